@@ -1,0 +1,105 @@
+"""Wiring: builds the catalogue, geodata, rules, store and pipeline from settings.
+
+The CLI is a thin layer over this module, and so can any other program be.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+from monitor.catalog import Catalog
+from monitor.collectors import CollectOptions
+from monitor.config import Config, default_config_path, load_config
+from monitor.egress import EgressOptions
+from monitor.geo import GeoResolver
+from monitor.pipeline import Pipeline, ScanSummary
+from monitor.policy import RuleSet
+from monitor.resources import rules_dir
+from monitor.store import Store
+
+
+def default_db_path() -> Path:
+    """``$XDG_DATA_HOME/apiwatch/apiwatch.db`` (``~/.local/share/apiwatch/apiwatch.db``)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "apiwatch" / "apiwatch.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: Path | None = None  # None: config, then default_db_path()
+    config: Path | None = None  # None: $APIWATCH_CONFIG or ~/.config/apiwatch/config.toml
+    geoip: tuple[Path, ...] = ()
+    geo_overrides: tuple[Path, ...] = ()
+    rules: tuple[Path, ...] = ()  # empty: the bundled rules/policies
+
+
+class App:
+    """Lazily opens each part, so `apiwatch providers` never touches the database."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.settings.config or default_config_path())
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog.load()
+
+    @cached_property
+    def geo(self) -> GeoResolver:
+        cfg = self.config
+        return GeoResolver.from_env(
+            databases=self.settings.geoip,
+            overrides=self.settings.geo_overrides,
+            config={
+                "databases": [str(p) for p in cfg.geo_databases],
+                "overrides": [str(p) for p in cfg.geo_overrides],
+                "search_system": cfg.geo_search_system,
+            },
+        )
+
+    @cached_property
+    def rules(self) -> RuleSet:
+        return RuleSet.load(self.settings.rules or (rules_dir() / "policies",))
+
+    @property
+    def db_path(self) -> Path:
+        return self.settings.db or (Path(self.config.db) if self.config.db else default_db_path())
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.db_path)
+
+    def pipeline(self, egress: EgressOptions, collect: CollectOptions) -> Pipeline:
+        return Pipeline(self.catalog, self.geo, self.rules, self.config, egress, collect)
+
+    def scan(self, paths: list[str], egress: EgressOptions, collect: CollectOptions,
+             on_read=None) -> tuple[int, ScanSummary]:  # fmt: skip
+        """Run and record one scan; returns its id and summary."""
+        pipeline = self.pipeline(egress, collect)  # validates options before anything is written
+        options = {"egress": asdict(egress), "collect": asdict(collect),
+                   "rules": [r.id for r in self.rules.rules]}  # fmt: skip
+        scan_id = self.store.start_scan(paths, options)
+        summary = pipeline.scan(paths, self.store, scan_id, on_read)
+        record = summary.as_dict()
+        problems = [{"source": p.source, "line": p.line, "reason": p.reason, "excerpt": p.excerpt}
+                    for p in (*summary.diag.file_errors, *summary.diag.problems)]  # fmt: skip
+        record.pop("problems")
+        record.pop("new_max_severity")
+        record["by_rule"] = {"new": record.pop("new_by_rule"), "updated": record.pop("updated_by_rule")}
+        record["catalog_version"] = self.catalog.version
+        record["geodata"] = [asdict(s) for s in self.geo.sources()]
+        self.store.finish_scan(scan_id, record, problems)
+        return scan_id, summary
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()
+        if "geo" in self.__dict__:
+            self.geo.close()
+

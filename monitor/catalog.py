@@ -1,0 +1,720 @@
+"""The provider catalogue (``rules/providers.yaml``) and region lists (``rules/regions.yaml``).
+
+Answers two questions on the hot path of the pipeline:
+
+* :meth:`Catalog.match_host` - is this destination host an LLM API (or a relay, or a consumer
+  chat app), and whose? Exact names beat patterns; the longest pattern wins; label boundaries
+  are respected (``notopenai.com`` is not ``openai.com``). Results are memoised per host.
+* :meth:`Catalog.match_ip` - is this destination address inside a range that a provider
+  publishes as its API ingress? (Only Anthropic does.)
+
+and, for the policy engine, :meth:`Catalog.allowed_countries` (a provider's published
+country allow-list, ``None`` when it publishes none).
+
+Both files are validated when loaded; any problem raises :class:`CatalogError` naming the
+file, the entry and the reason. The schemas are documented at the top of each file and in
+``rules/README.md``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from monitor.countries import VALID_COUNTRY_CODES
+
+PROVIDERS_FILE = "providers.yaml"
+REGIONS_FILE = "regions.yaml"
+
+KINDS = ("provider", "relay")
+RELAY_CATEGORIES = ("aggregator", "ai_gateway", "reseller_relay", "serverless_proxy")
+HOST_USES = ("api", "consumer")
+CONFIDENCES = ("low", "medium", "high")
+LIST_TYPES = ("allow_list",)
+
+#: Distinct hosts remembered by :meth:`Catalog.match_host` (and addresses by ``match_ip``).
+MATCH_CACHE_SIZE = 1 << 16
+
+_ID_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
+_LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+_LABEL_TAIL_RE = re.compile(r"[a-z0-9_-]{1,62}\Z")  # what follows "*" in "*-x.example.com"
+_URL_RE = re.compile(r"https?://[^\s/]+\S*\Z")
+_UNVERIFIED_PREFIX = "unverified:"
+
+_PROVIDER_KEYS = frozenset(
+    {
+        "id",
+        "name",
+        "kind",
+        "category",
+        "hq_country",
+        "hq_confidence",
+        "hq_sources",
+        "region_list",
+        "hosts",
+        "ingress_ranges",
+        "sources",
+        "notes",
+    }
+)
+_HOST_GROUP_KEYS = frozenset({"use", "exact", "patterns", "confidence", "sources", "note"})
+_RANGE_GROUP_KEYS = frozenset({"cidrs", "confidence", "sources", "note"})
+_LIST_KEYS = frozenset(
+    {
+        "id",
+        "provider_id",
+        "scope",
+        "list_type",
+        "countries",
+        "count",
+        "as_of",
+        "transcribed",
+        "sources",
+        "unconfirmed_additions",
+        "notes",
+    }
+)
+_MODEL_KEYS = frozenset({"provider_id", "model", "sources", "notes"})
+
+
+# --------------------------------------------------------------------------- public types
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    id: str
+    name: str
+    kind: str  # "provider" | "relay"
+    category: str | None  # relays: aggregator | ai_gateway | reseller_relay | serverless_proxy
+    hq_country: str | None
+    region_list: str | None  # id in regions.yaml; None = publishes no list
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    provider: Provider
+    kind: str  # "api" | "consumer" | "relay" (relay-kind providers always give "relay")
+    pattern: str  # the catalogue entry that matched, e.g. "*.openai.azure.com" or "160.79.104.0/23"
+    confidence: str = "high"  # of the catalogue entry: low | medium | high
+
+
+@dataclass(frozen=True, slots=True)
+class RegionList:
+    id: str
+    provider_id: str
+    scope: str
+    countries: frozenset[str]
+    sources: tuple[str, ...]
+    as_of: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One row of the ``apiwatch providers`` listing."""
+
+    id: str
+    name: str
+    kind: str
+    category: str | None
+    hq_country: str | None
+    hosts: tuple[str, ...]  # API (or relay) host names and patterns, catalogue order
+    consumer_hosts: tuple[str, ...]
+    ip_ranges: tuple[str, ...]
+    region_list: str | None
+    region_count: int | None  # number of countries on region_list
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "category": self.category,
+            "hq_country": self.hq_country,
+            "hosts": list(self.hosts),
+            "consumer_hosts": list(self.consumer_hosts),
+            "ip_ranges": list(self.ip_ranges),
+            "region_list": self.region_list,
+            "region_count": self.region_count,
+        }
+
+
+class CatalogError(ValueError):
+    """Invalid catalogue data; the message names the file, the entry id and the reason."""
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(slots=True)
+class _Index:
+    exact: dict[str, Match] = field(default_factory=dict)
+    suffix: dict[str, Match] = field(default_factory=dict)  # "*.a.b" stored as "a.b"
+    # one-label middle wildcards, by label count: [(star position, {"a.*.b.c": Match})]
+    middle: dict[int, list[tuple[int, dict[str, Match]]]] = field(default_factory=dict)
+    # "*-x.a.b": parent "a.b" -> [("-x", Match)]
+    label_tail: dict[str, list[tuple[str, Match]]] = field(default_factory=dict)
+    ranges: list[tuple[_Network, Match]] = field(default_factory=list)
+
+
+class Catalog:
+    """Providers, their hosts and ranges, and the region lists. Build with :meth:`load`."""
+
+    providers: dict[str, Provider]
+    region_lists: dict[str, RegionList]
+    version: str
+
+    def __init__(
+        self,
+        providers: dict[str, Provider],
+        region_lists: dict[str, RegionList],
+        version: str,
+        index: _Index,
+        entries: list[CatalogEntry],
+    ) -> None:
+        self.providers = providers
+        self.region_lists = region_lists
+        self.version = version
+        self._index = index
+        self._entries = entries
+        self._major = frozenset().union(*(r.countries for r in region_lists.values()))
+        self._match_host = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._lookup_host)
+        self._match_ip = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._lookup_ip)
+
+    @classmethod
+    def load(cls, rules_dir: Path | None = None) -> Catalog:
+        """Read and validate ``providers.yaml`` and ``regions.yaml`` from ``rules_dir``
+        (default: the bundled ``rules/``)."""
+        if rules_dir is None:
+            from monitor.resources import rules_dir as bundled_rules_dir
+
+            rules_dir = bundled_rules_dir()
+        rules_dir = Path(rules_dir)
+        return _build(rules_dir / PROVIDERS_FILE, rules_dir / REGIONS_FILE)
+
+    # -- matching ---------------------------------------------------------------------
+
+    def match_host(self, host: str) -> Match | None:
+        """The catalogue entry for a host (already lower-case, no port, no trailing dot)."""
+        return self._match_host(host)
+
+    def match_ip(self, ip: str) -> Match | None:
+        """The provider whose *published API ingress* range contains ``ip`` (most specific)."""
+        return self._match_ip(ip)
+
+    def cache_info(self) -> dict[str, Any]:
+        """Hit/miss counters of the two memoised lookups (for ``--stats`` and benchmarks)."""
+        return {"host": self._match_host.cache_info(), "ip": self._match_ip.cache_info()}
+
+    def _lookup_host(self, host: str) -> Match | None:
+        if not host:
+            return None
+        idx = self._index
+        found = idx.exact.get(host)
+        if found is not None:
+            return found
+        best: Match | None = None
+        # "*.a.b": walk the suffixes from the longest; the first hit is the most specific.
+        dot = host.find(".")
+        while dot >= 0:
+            hit = idx.suffix.get(host[dot + 1 :])
+            if hit is not None:
+                best = hit
+                break
+            dot = host.find(".", dot + 1)
+        if idx.middle or idx.label_tail:
+            labels = host.split(".")
+            for star, table in idx.middle.get(len(labels), ()):
+                key = ".".join((*labels[:star], "*", *labels[star + 1 :]))
+                hit = table.get(key)
+                if hit is not None and (best is None or len(hit.pattern) > len(best.pattern)):
+                    best = hit
+            if len(labels) > 2:
+                first = labels[0]
+                for tail, hit in idx.label_tail.get(host[len(first) + 1 :], ()):
+                    if (
+                        len(first) > len(tail)
+                        and first.endswith(tail)
+                        and (best is None or len(hit.pattern) > len(best.pattern))
+                    ):
+                        best = hit
+        return best
+
+    def _lookup_ip(self, ip: str) -> Match | None:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        best: tuple[_Network, Match] | None = None
+        for net, hit in self._index.ranges:
+            if (
+                net.version == addr.version
+                and addr in net
+                and (best is None or net.prefixlen > best[0].prefixlen)
+            ):
+                best = (net, hit)
+        return best[1] if best else None
+
+    # -- region lists -------------------------------------------------------------------
+
+    def allowed_countries(self, provider_id: str) -> frozenset[str] | None:
+        """The countries on the provider's published allow-list; ``None`` when it publishes
+        no list (or the provider id is unknown)."""
+        provider = self.providers.get(provider_id)
+        if provider is None or provider.region_list is None:
+            return None
+        return self.region_lists[provider.region_list].countries
+
+    def major_allowed_countries(self) -> frozenset[str]:
+        """Countries on at least one region list ("on any major provider's list")."""
+        return self._major
+
+    def entries(self) -> list[CatalogEntry]:
+        """Rows for the ``apiwatch providers`` listing, in catalogue order."""
+        return list(self._entries)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Catalog {self.version}: {len(self.providers)} providers, "
+            f"{len(self.region_lists)} region lists>"
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
+
+
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc,valid-type]
+    """SafeLoader that rejects a key given twice in one mapping (YAML keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CatalogError(f"{path}: (top level): expected a mapping")
+    return data
+
+
+class _Checker:
+    """Validation helpers that raise :class:`CatalogError` as ``file: entry: reason``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, entry: str, reason: str) -> CatalogError:
+        return CatalogError(f"{self.path}: {entry}: {reason}")
+
+    def keys(self, entry: str, obj: Any, allowed: frozenset[str], what: str) -> dict[str, Any]:
+        if not isinstance(obj, dict):
+            raise self.fail(entry, f"{what} must be a mapping, got {type(obj).__name__}")
+        unknown = sorted(str(k) for k in obj if k not in allowed)
+        if unknown:
+            raise self.fail(entry, f"unknown key(s) in {what}: {', '.join(unknown)}")
+        return obj
+
+    def text(self, entry: str, obj: dict[str, Any], key: str, *, required: bool = True) -> Any:
+        value = obj.get(key)
+        if value is None:
+            if required:
+                raise self.fail(entry, f"missing {key!r}")
+            return None
+        if isinstance(value, date):
+            return value.isoformat()
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(entry, f"{key!r} must be a non-empty string, got {value!r}")
+        return value
+
+    def choice(self, entry: str, value: Any, options: Iterable[str], what: str) -> str:
+        options = tuple(options)
+        if value not in options:
+            raise self.fail(entry, f"{what} {value!r} is not one of {', '.join(options)}")
+        return value
+
+    def str_list(self, entry: str, value: Any, what: str, *, allow_empty: bool = False) -> list:
+        if value is None and allow_empty:
+            return []
+        if not isinstance(value, list) or not (value or allow_empty):
+            raise self.fail(entry, f"{what} must be a non-empty list")
+        for item in value:
+            if not isinstance(item, str):
+                hint = (
+                    " (quote it: bare NO/YES/ON/OFF are YAML booleans)"
+                    if isinstance(item, bool)
+                    else ""
+                )
+                raise self.fail(entry, f"{what}: {item!r} is not a string{hint}")
+        return value
+
+    def country(self, entry: str, value: Any, what: str) -> str:
+        if isinstance(value, bool):
+            raise self.fail(entry, f'{what}: {value!r} is a YAML boolean - quote "NO"')
+        if not isinstance(value, str) or value not in VALID_COUNTRY_CODES:
+            raise self.fail(entry, f"{what}: {value!r} is not an ISO 3166-1 alpha-2 code")
+        return value
+
+    def sources(
+        self, entry: str, value: Any, what: str, *, confidence: str | None = None
+    ) -> list[str]:
+        """URLs; ``unverified: ...`` notes are accepted only where ``confidence`` is low."""
+        if value is None or value == []:
+            raise self.fail(entry, f"missing sources for {what}")
+        items = self.str_list(entry, value, f"sources of {what}")
+        for src in items:
+            if src.startswith(_UNVERIFIED_PREFIX):
+                if confidence != "low":
+                    raise self.fail(entry, f"{what}: an 'unverified:' source needs confidence: low")
+            elif not _URL_RE.match(src):
+                raise self.fail(entry, f"{what}: source {src!r} is not an http(s) URL")
+        return [s for s in items if not s.startswith(_UNVERIFIED_PREFIX)]
+
+
+def _host_error(host: str) -> str | None:
+    labels = host.split(".")
+    if len(host) > 253:
+        return "longer than 253 characters"
+    if len(labels) < 2:
+        return "needs at least two labels"
+    for label in labels:
+        if not _LABEL_RE.match(label):
+            return f"invalid label {label!r} (lower-case letters, digits, '-', '_')"
+    return None
+
+
+def _classify_pattern(pattern: str) -> tuple[str, Any] | str:
+    """``(shape, data)`` for a valid pattern, else the reason it is invalid.
+
+    Shapes: ``("suffix", "a.b")`` for ``*.a.b``; ``("middle", (n_labels, star, key))`` for
+    ``x.*.a.b``; ``("tail", ("-x", "a.b"))`` for ``*-x.a.b``.
+    """
+    labels = pattern.split(".")
+    stars = [i for i, label in enumerate(labels) if "*" in label]
+    if len(stars) != 1:
+        return "a pattern needs exactly one '*'"
+    star = stars[0]
+    fixed_after = ".".join(labels[star + 1 :])
+    if len(labels) - star - 1 < 2:
+        return "the fixed part after '*' needs at least two labels"
+    if err := _host_error(fixed_after):
+        return err
+    if star > 0:
+        if labels[star] != "*":
+            return "a '*' after the first label must be a whole label"
+        if err := _host_error(".".join(labels[:star]) + ".x"):
+            return err
+        return ("middle", (len(labels), star, pattern))
+    first = labels[0]
+    if first == "*":
+        return ("suffix", fixed_after)
+    tail = first[1:]
+    if first[0] != "*" or "*" in tail or not _LABEL_TAIL_RE.match(tail) or tail.endswith("-"):
+        return "a partial-label wildcard must be '*<suffix>' in the first label, e.g. *-x.a.b"
+    return ("tail", (tail, fixed_after))
+
+
+def _load_regions(path: Path) -> tuple[str, dict[str, tuple[RegionList, dict]], list[dict]]:
+    data = _read_yaml(path)
+    chk = _Checker(path)
+    chk.keys("(top level)", data, frozenset({"version", "lists", "region_models"}), "file")
+    version = chk.text("(top level)", data, "version")
+    lists: dict[str, tuple[RegionList, dict]] = {}
+    raw_lists = data.get("lists")
+    if not isinstance(raw_lists, list):
+        raise chk.fail("(top level)", "'lists' must be a list")
+    for n, raw in enumerate(raw_lists, 1):
+        entry = (
+            raw.get("id")
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str)
+            else f"lists[{n}]"
+        )
+        chk.keys(entry, raw, _LIST_KEYS, "region list")
+        list_id = chk.text(entry, raw, "id")
+        if not _ID_RE.match(list_id):
+            raise chk.fail(entry, "id must be snake_case ([a-z][a-z0-9_]*)")
+        if list_id in lists:
+            raise chk.fail(entry, "duplicate region list id")
+        provider_id = chk.text(entry, raw, "provider_id")
+        scope = chk.text(entry, raw, "scope")
+        chk.choice(entry, raw.get("list_type"), LIST_TYPES, "list_type")
+        countries = raw.get("countries")
+        if not isinstance(countries, list) or not countries:
+            raise chk.fail(entry, "countries must be a non-empty list")
+        for code in countries:
+            chk.country(entry, code, "countries")
+        if len(set(countries)) != len(countries):
+            dupes = sorted({c for c in countries if countries.count(c) > 1})
+            raise chk.fail(entry, f"countries listed twice: {', '.join(dupes)}")
+        if countries != sorted(countries):
+            raise chk.fail(entry, "countries must be sorted")
+        count = raw.get("count")
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise chk.fail(entry, "missing or non-integer 'count'")
+        if count != len(countries):
+            raise chk.fail(entry, f"count says {count} but {len(countries)} countries are listed")
+        for code in chk.str_list(
+            entry, raw.get("unconfirmed_additions"), "unconfirmed_additions", allow_empty=True
+        ):
+            chk.country(entry, code, "unconfirmed_additions")
+            if code in countries:
+                raise chk.fail(entry, f"unconfirmed addition {code} is already in countries")
+        sources = chk.sources(entry, raw.get("sources"), "the list")
+        if not sources:
+            raise chk.fail(entry, "the list needs at least one source URL")
+        chk.text(entry, raw, "transcribed", required=False)
+        chk.text(entry, raw, "notes", required=False)
+        region = RegionList(
+            id=list_id,
+            provider_id=provider_id,
+            scope=scope,
+            countries=frozenset(countries),
+            sources=tuple(sources),
+            as_of=chk.text(entry, raw, "as_of", required=False),
+        )
+        lists[list_id] = (region, raw)
+    models = data.get("region_models") or []
+    if not isinstance(models, list):
+        raise chk.fail("(top level)", "'region_models' must be a list")
+    for n, raw in enumerate(models, 1):
+        entry = f"region_models[{n}]"
+        chk.keys(entry, raw, _MODEL_KEYS, "region model")
+        entry = f"region_models[{n}] ({chk.text(entry, raw, 'provider_id')})"
+        chk.text(entry, raw, "model")
+        chk.sources(entry, raw.get("sources"), "the region model")
+        chk.text(entry, raw, "notes", required=False)
+    return version, lists, models
+
+
+def _build(providers_path: Path, regions_path: Path) -> Catalog:
+    _, region_raw, models = _load_regions(regions_path)
+    data = _read_yaml(providers_path)
+    chk = _Checker(providers_path)
+    chk.keys("(top level)", data, frozenset({"version", "source_urls", "providers"}), "file")
+    version = chk.text("(top level)", data, "version")
+    source_urls = data.get("source_urls") or {}
+    if not isinstance(source_urls, dict):
+        raise chk.fail("(top level)", "'source_urls' must be a mapping of name: URL")
+    for name, url in source_urls.items():
+        if not isinstance(url, str) or not _URL_RE.match(url):
+            raise chk.fail(f"source_urls.{name}", f"{url!r} is not an http(s) URL")
+    raw_providers = data.get("providers")
+    if not isinstance(raw_providers, list) or not raw_providers:
+        raise chk.fail("(top level)", "'providers' must be a non-empty list")
+
+    providers: dict[str, Provider] = {}
+    entries: list[CatalogEntry] = []
+    index = _Index()
+    owner: dict[str, str] = {}  # host / pattern / cidr -> provider id, for duplicate checks
+    pending: list[tuple[str, str, str, str, Any]] = []  # (provider, use, pattern, conf, shape)
+    ranges: list[tuple[str, _Network, str]] = []
+
+    def claim(entry: str, item: str) -> None:
+        if item in owner:
+            where = "this entry" if owner[item] == entry else f"entry {owner[item]!r}"
+            raise chk.fail(entry, f"{item!r} is already listed by {where}")
+        owner[item] = entry
+
+    for n, raw in enumerate(raw_providers, 1):
+        entry = (
+            raw.get("id")
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str)
+            else f"providers[{n}]"
+        )
+        chk.keys(entry, raw, _PROVIDER_KEYS, "provider entry")
+        pid = chk.text(entry, raw, "id")
+        if not _ID_RE.match(pid):
+            raise chk.fail(entry, "id must be snake_case ([a-z][a-z0-9_]*)")
+        if pid in providers:
+            raise chk.fail(entry, "duplicate provider id")
+        name = chk.text(entry, raw, "name")
+        kind = chk.choice(entry, raw.get("kind"), KINDS, "kind")
+        category = raw.get("category")
+        if kind == "relay":
+            chk.choice(entry, category, RELAY_CATEGORIES, "relay category")
+        elif category is not None:
+            raise chk.fail(entry, "only relays have a category")
+        if "hq_country" not in raw:
+            raise chk.fail(entry, "missing 'hq_country' (write null when unknown)")
+        hq = raw["hq_country"]
+        if hq is not None:
+            chk.country(entry, hq, "hq_country")
+        hq_conf = raw.get("hq_confidence")
+        if hq_conf is not None:
+            chk.choice(entry, hq_conf, CONFIDENCES, "hq_confidence")
+        all_sources: list[str] = []
+        if raw.get("hq_sources") is not None:
+            all_sources += chk.sources(entry, raw["hq_sources"], "hq_country")
+        elif hq_conf == "high":
+            raise chk.fail(entry, "hq_confidence high needs hq_sources")
+        if "region_list" not in raw:
+            raise chk.fail(entry, "missing 'region_list' (write null when none is published)")
+        region_list = raw["region_list"]
+        if region_list is not None:
+            if region_list not in region_raw:
+                raise chk.fail(
+                    entry, f"region_list {region_list!r} is not defined in {regions_path}"
+                )
+            if region_raw[region_list][0].provider_id != pid:
+                raise chk.fail(
+                    entry,
+                    f"region_list {region_list!r} belongs to "
+                    f"{region_raw[region_list][0].provider_id!r}",
+                )
+        api_hosts: list[str] = []
+        consumer_hosts: list[str] = []
+        groups = raw.get("hosts")
+        if not isinstance(groups, list):
+            raise chk.fail(entry, "'hosts' must be a list (may be empty)")
+        for g, group in enumerate(groups, 1):
+            what = f"hosts[{g}]"
+            chk.keys(entry, group, _HOST_GROUP_KEYS, what)
+            use = chk.choice(entry, group.get("use"), HOST_USES, f"{what} use")
+            conf = chk.choice(
+                entry, group.get("confidence", "high"), CONFIDENCES, f"{what} confidence"
+            )
+            all_sources += chk.sources(entry, group.get("sources"), what, confidence=conf)
+            exact = chk.str_list(entry, group.get("exact"), f"{what} exact", allow_empty=True)
+            patterns = chk.str_list(
+                entry, group.get("patterns"), f"{what} patterns", allow_empty=True
+            )
+            if not exact and not patterns:
+                raise chk.fail(entry, f"{what} lists no exact host and no pattern")
+            for host in exact:
+                if "*" in host:
+                    raise chk.fail(entry, f"{what}: {host!r} has a '*': put it under patterns")
+                if err := _host_error(host):
+                    raise chk.fail(entry, f"{what}: bad host {host!r}: {err}")
+                claim(entry, host)
+                pending.append((pid, use, host, conf, None))
+            for pattern in patterns:
+                shape = _classify_pattern(pattern)
+                if isinstance(shape, str):
+                    raise chk.fail(entry, f"{what}: bad pattern {pattern!r}: {shape}")
+                claim(entry, pattern)
+                pending.append((pid, use, pattern, conf, shape))
+            (api_hosts if use == "api" else consumer_hosts).extend(exact + patterns)
+        cidrs_listed: list[str] = []
+        range_groups = raw.get("ingress_ranges") or []
+        if not isinstance(range_groups, list):
+            raise chk.fail(entry, "'ingress_ranges' must be a list")
+        for g, group in enumerate(range_groups, 1):
+            what = f"ingress_ranges[{g}]"
+            chk.keys(entry, group, _RANGE_GROUP_KEYS, what)
+            conf = chk.choice(
+                entry, group.get("confidence", "high"), CONFIDENCES, f"{what} confidence"
+            )
+            all_sources += chk.sources(entry, group.get("sources"), what, confidence=conf)
+            for cidr in chk.str_list(entry, group.get("cidrs"), f"{what} cidrs"):
+                try:
+                    net = ipaddress.ip_network(cidr, strict=True)
+                except ValueError as exc:
+                    raise chk.fail(entry, f"{what}: bad CIDR {cidr!r}: {exc}") from exc
+                for other_pid, other, _ in ranges:
+                    if net.version == other.version and net.overlaps(other):
+                        raise chk.fail(entry, f"{what}: {cidr} overlaps {other} of {other_pid!r}")
+                ranges.append((pid, net, conf))
+                cidrs_listed.append(str(net))
+        if raw.get("sources") is not None:
+            all_sources += chk.sources(entry, raw["sources"], "the entry")
+        sources = tuple(dict.fromkeys(all_sources))
+        if not sources:
+            raise chk.fail(entry, "missing sources: the entry has no source URL at all")
+        chk.text(entry, raw, "notes", required=False)
+        providers[pid] = Provider(
+            id=pid,
+            name=name,
+            kind=kind,
+            category=category,
+            hq_country=hq,
+            region_list=region_list,
+            sources=sources,
+        )
+        entries.append(
+            CatalogEntry(
+                id=pid,
+                name=name,
+                kind=kind,
+                category=category,
+                hq_country=hq,
+                hosts=tuple(api_hosts),
+                consumer_hosts=tuple(consumer_hosts),
+                ip_ranges=tuple(cidrs_listed),
+                region_list=region_list,
+                region_count=len(region_raw[region_list][0].countries) if region_list else None,
+            )
+        )
+
+    # Cross-file checks: every list and region model points at a provider, consistently.
+    rchk = _Checker(regions_path)
+    for list_id, (region, _) in region_raw.items():
+        if region.provider_id not in providers:
+            raise rchk.fail(
+                list_id, f"provider_id {region.provider_id!r} is not in {providers_path}"
+            )
+    for n, model in enumerate(models, 1):
+        pid = model["provider_id"]
+        entry = f"region_models[{n}] ({pid})"
+        if pid not in providers:
+            raise rchk.fail(entry, f"provider_id {pid!r} is not in {providers_path}")
+        if providers[pid].region_list is not None:
+            raise rchk.fail(entry, f"{pid!r} has a country list; a region model contradicts it")
+
+    for pid, use, pattern, conf, shape in pending:
+        provider = providers[pid]
+        hit = Match(provider, "relay" if provider.kind == "relay" else use, pattern, conf)
+        if shape is None:
+            index.exact[pattern] = hit
+        elif shape[0] == "suffix":
+            index.suffix[shape[1]] = hit
+        elif shape[0] == "middle":
+            n_labels, star, key = shape[1]
+            slots = index.middle.setdefault(n_labels, [])
+            for pos, table in slots:
+                if pos == star:
+                    table[key] = hit
+                    break
+            else:
+                slots.append((star, {key: hit}))
+        else:
+            tail, parent = shape[1]
+            index.label_tail.setdefault(parent, []).append((tail, hit))
+    for pid, net, conf in ranges:
+        provider = providers[pid]
+        kind = "relay" if provider.kind == "relay" else "api"
+        index.ranges.append((net, Match(provider, kind, str(net), conf)))
+
+    region_lists = {list_id: region for list_id, (region, _) in region_raw.items()}
+    return Catalog(providers, region_lists, version, index, entries)

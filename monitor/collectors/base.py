@@ -1,0 +1,174 @@
+"""What every collector shares: opening inputs, streaming lines, reporting bad records.
+
+A collector turns one input stream into :class:`~monitor.observation.Observation` records.
+It never raises on bad input: a record it cannot read is counted in :class:`Diagnostics`
+with its file and line, and the scan goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from monitor.observation import Observation
+
+#: Longest line a collector will look at; longer ones are reported as malformed.
+MAX_LINE = 64 * 1024
+#: How many problems are kept verbatim per scan (all are counted).
+MAX_PROBLEMS_KEPT = 200
+READ_CHUNK = 1 << 20
+
+HostFilter = Callable[[str], bool]
+
+
+class InputError(Exception):
+    """An input cannot be opened or has no recognisable format (the whole file is skipped)."""
+
+
+@dataclass(slots=True)
+class Problem:
+    source: str
+    line: int
+    reason: str
+    excerpt: str = ""
+
+    def __str__(self) -> str:
+        tail = f": {self.excerpt}" if self.excerpt else ""
+        return f"{self.source}:{self.line}: {self.reason}{tail}"
+
+
+@dataclass
+class Diagnostics:
+    """Counters and a bounded sample of problems for one scan (across files)."""
+
+    records: int = 0
+    malformed: int = 0
+    skipped: int = 0  # well-formed records that carry nothing to observe (e.g. comments)
+    problems: list[Problem] = field(default_factory=list)
+    file_errors: list[Problem] = field(default_factory=list)
+
+    def malformed_record(self, source: str, line: int, reason: str, raw: bytes = b"") -> None:
+        self.malformed += 1
+        if len(self.problems) < MAX_PROBLEMS_KEPT:
+            self.problems.append(Problem(source, line, reason, excerpt(raw)))
+
+    def file_error(self, source: str, reason: str) -> None:
+        self.file_errors.append(Problem(source, 0, reason))
+
+
+def excerpt(raw: bytes, limit: int = 120) -> str:
+    """A printable, bounded rendering of raw bytes for error messages (never executed)."""
+    text = raw[:limit].decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text + ("…" if len(raw) > limit else "")
+
+
+class Collector(Protocol):
+    """One input format. ``parse`` must never raise for bad records."""
+
+    name: str
+
+    def parse(
+        self,
+        stream: BinaryIO,
+        source: str,
+        diag: Diagnostics,
+        host_filter: HostFilter | None = None,
+    ) -> Iterator[Observation]:
+        """Yield observations. With ``host_filter``, a collector may skip building records
+        whose destination host the filter rejects (they are still counted as read)."""
+        ...
+
+
+class CountingReader(io.RawIOBase):
+    """Wraps the on-disk file so progress can be shown in bytes of the file itself
+    (compressed bytes for .gz/.bz2), whatever layers sit above it."""
+
+    def __init__(self, raw: BinaryIO, on_read: Callable[[int], None] | None = None):
+        self._raw = raw
+        self.count = 0
+        self._on_read = on_read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = self._raw.readinto(buffer)
+        self.count += n or 0
+        if n and self._on_read is not None:
+            self._on_read(n)
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+@dataclass
+class OpenedInput:
+    stream: BinaryIO
+    counter: CountingReader
+    size: int | None  # bytes on disk, when known
+    name: str
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def open_input(path: str, on_read: Callable[[int], None] | None = None) -> OpenedInput:
+    """Open a file (or ``-`` for stdin) for streaming, decompressing gzip/bzip2 by magic bytes.
+
+    ``on_read(n)`` is told about every chunk read from disk (for progress bars)."""
+    try:
+        if path == "-":
+            raw: BinaryIO = sys.stdin.buffer
+            size = None
+        else:
+            p = Path(path)
+            if p.is_dir():
+                raise InputError(f"{path}: is a directory")
+            raw = open(p, "rb")  # noqa: SIM115 - closed by OpenedInput.close
+            size = p.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}") from exc
+    counter = CountingReader(raw, on_read)
+    buffered = io.BufferedReader(counter, READ_CHUNK)
+    magic = buffered.peek(4)[:4]
+    stream: BinaryIO
+    if magic[:2] == b"\x1f\x8b":
+        stream = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
+        stream = io.BufferedReader(stream, READ_CHUNK)  # type: ignore[arg-type]
+    elif magic[:3] == b"BZh":
+        stream = io.BufferedReader(bz2.BZ2File(buffered, "rb"), READ_CHUNK)  # type: ignore[arg-type]
+    else:
+        stream = buffered  # type: ignore[assignment]
+    return OpenedInput(stream, counter, size, path)
+
+
+def iter_lines(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line_number, line)`` without the line ending, reading in large chunks.
+
+    Over-long lines are reported and skipped, so a file without newlines cannot exhaust
+    memory. A compressed file that ends early is read up to the damage and reported.
+    """
+    lineno = 0
+    try:
+        while True:
+            line = stream.readline(MAX_LINE + 1)
+            if not line:
+                return
+            lineno += 1
+            if len(line) > MAX_LINE and not line.endswith(b"\n"):
+                diag.malformed_record(source, lineno, f"line longer than {MAX_LINE} bytes", line)
+                while line and not line.endswith(b"\n"):  # drain the rest of this line
+                    line = stream.readline(READ_CHUNK)
+                continue
+            yield lineno, line.rstrip(b"\r\n")
+    except (EOFError, OSError, ValueError) as exc:  # truncated or corrupt .gz / .bz2
+        diag.file_error(source, f"stopped reading after line {lineno}: {exc}")

@@ -1,0 +1,639 @@
+"""Squid access logs: native ``squid`` format, ``common``, ``combined`` and custom logformats.
+
+Native lines (``logformat squid``) are read with ``bytes.split()`` and a handful of small
+per-parse caches (client address, result/status, peer, CONNECT target, URL authority), no
+regular expression. ``common``, ``combined`` and any ``logformat`` string given by the
+user are compiled by :mod:`monitor.collectors.squid_logformat` into one regular expression.
+
+Text fields (user names, URLs, headers) are data: they are decoded as UTF-8 with
+``errors="backslashreplace"``, so undecodable bytes survive as ``\\xNN`` and nothing raises.
+
+Glued records. Squid writes the log through a buffer; after a crash, a full disk or a
+rotation race, a record can lose its end and its newline, and the next record continues
+on the same line (sometimes after a run of NUL bytes). When a line does not parse as one
+record, the collector looks for where another record starts inside it (native: an
+``epoch.mmm`` timestamp followed by the elapsed time; common/combined: a client address
+followed by ``[dd/Mon/yyyy:``). The line is then reported as malformed, *and* every piece
+of it that parses as a complete record is still yielded (with the line number of the
+physical line). A record whose own end was cut off is lost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from hashlib import blake2b
+from itertools import chain
+from typing import BinaryIO
+
+from monitor.collectors.base import Diagnostics, HostFilter, iter_lines
+from monitor.collectors.squid_logformat import (
+    BUILTIN,
+    CompiledLogformat,
+    LogformatError,
+    compile_logformat,
+)
+from monitor.observation import Observation, canonical_ip, split_host_port
+
+__all__ = ["SquidCollector", "sniff", "LogformatError"]
+
+FORMAT_NATIVE = "squid"
+FORMAT_COMMON = "squid-common"
+FORMAT_COMBINED = "squid-combined"
+FORMAT_CUSTOM = "squid-custom"
+
+_VARIANTS = {
+    "auto": "auto",
+    "squid": FORMAT_NATIVE,
+    "native": FORMAT_NATIVE,
+    "common": FORMAT_COMMON,
+    "squid-common": FORMAT_COMMON,
+    "combined": FORMAT_COMBINED,
+    "squid-combined": FORMAT_COMBINED,
+    "custom": FORMAT_CUSTOM,
+    "squid-custom": FORMAT_CUSTOM,
+}
+#: Non-empty lines looked at to decide the variant of a file.
+SNIFF_LINES = 10
+_CACHE_LIMIT = 50_000
+_MISSING = object()
+_DEFAULT_PORTS = {b"http": 80, b"https": 443, b"ftp": 21, b"ws": 80, b"wss": 443}
+#: Hierarchy codes whose peer address is the origin server itself (not a parent proxy).
+_DIRECT_HIER = frozenset(
+    {"DIRECT", "CLOSEST_DIRECT", "NO_CACHE_DIGEST_DIRECT", "ORIGINAL_DST", "SOURCE_FASTEST", "PINNED"}
+)
+
+# Where a second record starts inside a line (see the module docstring).
+_NATIVE_START = re.compile(rb"\d{10}\.\d{3} +-?\d+ ")
+_CLF_START = re.compile(
+    rb"(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+) \S+ \S+ \[\d{2}/[A-Za-z]{3}/\d{4}:"
+)
+_SNIFF_CLF = re.compile(rb'^\S+ \S+ \S+ \[[^\]]{10,40}\] "[^"]*" -?\d+ (?:-|\d+)( "|\s+\S+:\S+)')
+
+_COMPILED_BUILTIN: dict[str, CompiledLogformat] = {}
+
+
+def _builtin(name: str) -> CompiledLogformat:
+    c = _COMPILED_BUILTIN.get(name)
+    if c is None:
+        c = _COMPILED_BUILTIN[name] = compile_logformat(BUILTIN[name])
+    return c
+
+
+def _is_native_ts(tok: bytes) -> bool:
+    sec, dot, frac = tok.partition(b".")
+    return bool(dot) and sec.isdigit() and frac.isdigit()
+
+
+def sniff(line: bytes) -> str | None:
+    """Which Squid variant one line looks like: "squid", "squid-common", "squid-combined"."""
+    parts = line.split()
+    if (
+        len(parts) >= 10
+        and _is_native_ts(parts[0])
+        and parts[1].lstrip(b"-").isdigit()
+        and b"/" in parts[3]
+        and parts[3].rpartition(b"/")[2].isdigit()
+        and (parts[4].isdigit() or parts[4] == b"-")
+    ):
+        return FORMAT_NATIVE
+    m = _SNIFF_CLF.match(line)
+    if m is not None:
+        return FORMAT_COMBINED if m.group(1) == b' "' else FORMAT_COMMON
+    return None
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "backslashreplace")
+
+
+class _Targets:
+    """Per-parse caches turning raw tokens into normalised values."""
+
+    __slots__ = ("connect", "authority", "ips", "hier", "codes", "words", "filter")
+
+    def __init__(self) -> None:
+        self.connect: dict[bytes, tuple[str | None, int | None]] = {}
+        self.authority: dict[bytes, tuple[str | None, int | None]] = {}
+        self.ips: dict[bytes, str | None] = {}
+        self.hier: dict[bytes, str | None] = {}
+        self.codes: dict[bytes, tuple[str, int | None] | None] = {}
+        self.words: dict[bytes, str] = {}
+        self.filter: dict[str, bool] = {}
+
+    def ip(self, tok: bytes) -> str | None:
+        v = self.ips.get(tok, _MISSING)
+        if v is _MISSING:
+            if len(self.ips) > _CACHE_LIMIT:
+                self.ips.clear()
+            v = self.ips[tok] = canonical_ip(_text(tok))
+        return v  # type: ignore[return-value]
+
+    def word(self, tok: bytes) -> str:
+        v = self.words.get(tok)
+        if v is None:
+            if len(self.words) > _CACHE_LIMIT:
+                self.words.clear()
+            v = self.words[tok] = _text(tok)
+        return v
+
+    def code_status(self, tok: bytes) -> tuple[str, int | None] | None:
+        """``TCP_MISS/200`` -> ("TCP_MISS", 200); None when it is not one."""
+        v = self.codes.get(tok, _MISSING)
+        if v is _MISSING:
+            code, slash, status = tok.rpartition(b"/")
+            if slash and code[:1].isalpha() and code.isascii() and status.isdigit():
+                v = (code.decode("ascii"), int(status))
+            else:
+                v = None
+            if len(self.codes) > _CACHE_LIMIT:
+                self.codes.clear()
+            self.codes[tok] = v
+        return v  # type: ignore[return-value]
+
+    def peer(self, tok: bytes) -> str | None:
+        """``HIER_DIRECT/1.2.3.4`` -> "1.2.3.4"; parents, ``HIER_NONE/-`` -> None."""
+        v = self.hier.get(tok, _MISSING)
+        if v is _MISSING:
+            hier, _, peer = tok.partition(b"/")
+            v = self.direct_ip(hier, peer)
+            if len(self.hier) > _CACHE_LIMIT:
+                self.hier.clear()
+            self.hier[tok] = v
+        return v  # type: ignore[return-value]
+
+    def direct_ip(self, hier: bytes | None, peer: bytes | None) -> str | None:
+        if not peer or peer == b"-":
+            return None
+        h = (hier or b"").decode("ascii", "replace").upper()
+        if h.startswith("TIMEOUT_"):
+            h = h[8:]
+        if h.startswith("HIER_"):
+            h = h[5:]
+        if hier is not None and h not in _DIRECT_HIER:
+            return None
+        return canonical_ip(_text(peer).strip("[]"))
+
+    def target(self, method: str | None, ru: bytes) -> tuple[str | None, int | None, str | None, str | None]:
+        """(dest_host, dest_port, url, host_source) from the request URL."""
+        if ru == b"-":
+            return None, None, None, None
+        if method == "CONNECT" or (b"://" not in ru and ru[:1] not in (b"/", b"*")):
+            hp = self.connect.get(ru)
+            if hp is None:
+                if len(self.connect) > _CACHE_LIMIT:
+                    self.connect.clear()
+                hp = self.connect[ru] = _host_port(_text(ru))
+            if method == "CONNECT":
+                return hp[0], hp[1], None, "connect" if hp[0] else None
+            if hp[0] and hp[1] is not None:  # "host:port" logged without a scheme
+                return hp[0], hp[1], _text(ru), "url"
+            return None, None, _text(ru), None
+        i = ru.find(b"://")
+        if i <= 0:
+            return None, None, _text(ru), None
+        start = i + 3
+        end = len(ru)
+        for sep in (b"/", b"?", b"#"):
+            j = ru.find(sep, start)
+            if 0 <= j < end:
+                end = j
+        key = ru[:end]
+        hp = self.authority.get(key)
+        if hp is None:
+            auth = ru[start:end].rpartition(b"@")[2]
+            host, port = _host_port(_text(auth))
+            if port is None:
+                port = _DEFAULT_PORTS.get(ru[:i].lower())
+            if len(self.authority) > _CACHE_LIMIT:
+                self.authority.clear()
+            hp = self.authority[key] = (host, port)
+        return hp[0], hp[1], _text(ru), "url" if hp[0] else None
+
+
+def _host_port(text: str) -> tuple[str | None, int | None]:
+    host, port = split_host_port(text)
+    if port is not None and not 0 < port < 65536:
+        port = None
+    if host and (" " in host or "/" in host):
+        host = None
+    return host, port
+
+
+class SquidCollector:
+    """Squid ``access.log`` in the native, common, combined or a custom logformat."""
+
+    name = "squid"
+
+    def __init__(self, variant: str = "auto", logformat: str | None = None):
+        if variant not in _VARIANTS:
+            raise ValueError(f"unknown Squid variant {variant!r}; one of {sorted(_VARIANTS)}")
+        self.variant = _VARIANTS[variant]
+        self.compiled: CompiledLogformat | None = None
+        if logformat is not None:
+            if self.variant not in ("auto", FORMAT_CUSTOM):
+                raise ValueError("logformat= goes with variant 'auto' or 'custom'")
+            self.compiled = compile_logformat(logformat)  # LogformatError names a bad code
+            self.variant = FORMAT_CUSTOM
+            if " ".join(self.compiled.format.split()) == " ".join(BUILTIN["squid"].split()):
+                self.variant, self.compiled = FORMAT_NATIVE, None  # use the fast path
+        elif self.variant == FORMAT_CUSTOM:
+            raise ValueError("variant 'custom' needs logformat=")
+
+    # -- entry point ---------------------------------------------------------------------
+
+    def parse(
+        self,
+        stream: BinaryIO,
+        source: str,
+        diag: Diagnostics,
+        host_filter: HostFilter | None = None,
+    ) -> Iterator[Observation]:
+        lines: Iterable[tuple[int, bytes]] = iter_lines(stream, source, diag)
+        variant = self.variant
+        if variant == "auto":
+            variant, lines = _detect(lines)
+        if variant == FORMAT_NATIVE:
+            return self._parse_native(lines, source, diag, host_filter)
+        compiled = self.compiled if variant == FORMAT_CUSTOM else None
+        if compiled is None:
+            compiled = _builtin("combined" if variant == FORMAT_COMBINED else "common")
+        return self._parse_regex(lines, source, diag, host_filter, compiled, variant)
+
+    # -- native --------------------------------------------------------------------------
+
+    def _parse_native(
+        self,
+        lines: Iterable[tuple[int, bytes]],
+        source: str,
+        diag: Diagnostics,
+        host_filter: HostFilter | None,
+    ) -> Iterator[Observation]:
+        t = _Targets()
+        ips, codes, hiers, connect, words, fcache = t.ips, t.codes, t.hier, t.connect, t.words, t.filter
+        missing = _MISSING
+        obs = Observation
+        digest = blake2b
+        fmt = FORMAT_NATIVE
+        records = 0
+        try:
+            for lineno, line in lines:
+                parts = line.split()
+                if len(parts) != 10 or b"\x00" in line:
+                    if not parts:
+                        diag.skipped += 1
+                        continue
+                    for o in self._native_slow(line, parts, lineno, source, diag, host_filter, t):
+                        records += 1
+                        if o is not None:
+                            yield o
+                    continue
+                # -- fast path: exactly the ten native fields --
+                try:
+                    ts = float(parts[0])
+                    elapsed = int(parts[1])
+                except ValueError:
+                    ts = -1.0
+                    elapsed = 0
+                cs = codes.get(parts[3], missing)
+                if cs is missing:
+                    cs = t.code_status(parts[3])
+                size = parts[4]
+                if not (0.0 <= ts < 1e11) or cs is None or not (size.isdigit() or size == b"-"):
+                    for o in self._native_slow(line, parts, lineno, source, diag, host_filter, t):
+                        records += 1
+                        if o is not None:
+                            yield o
+                    continue
+                records += 1
+                method = words.get(parts[5]) or t.word(parts[5])
+                ru = parts[6]
+                if method == "CONNECT":
+                    hp = connect.get(ru)
+                    if hp is None:
+                        host, port, url, hsrc = t.target(method, ru)
+                    else:
+                        host, port, url = hp[0], hp[1], None
+                        hsrc = "connect" if host else None
+                else:
+                    host, port, url, hsrc = t.target(method, ru)
+                if host_filter is not None and host is not None:
+                    keep = fcache.get(host)
+                    if keep is None:
+                        keep = fcache[host] = bool(host_filter(host))
+                    if not keep:
+                        continue
+                client = ips.get(parts[2], missing)
+                if client is missing:
+                    client = t.ip(parts[2])
+                dest_ip = hiers.get(parts[8], missing)
+                if dest_ip is missing:
+                    dest_ip = t.peer(parts[8])
+                user = parts[7]
+                yield obs(
+                    ts,
+                    source,
+                    lineno,
+                    fmt,
+                    client,
+                    None,
+                    None if user == b"-" else (words.get(user) or t.word(user)),
+                    method,
+                    host,
+                    port,
+                    dest_ip,
+                    url,
+                    cs[1],
+                    None,
+                    None if size == b"-" else int(size),
+                    hsrc,
+                    cs[0],
+                    elapsed / 1000 if elapsed >= 0 else None,
+                    digest(line, digest_size=12).hexdigest(),
+                )
+        finally:
+            diag.records += records
+
+    def _native_record(
+        self,
+        raw: bytes,
+        parts: list[bytes],
+        lineno: int,
+        source: str,
+        host_filter: HostFilter | None,
+        t: _Targets,
+    ) -> Observation | None | str:
+        """One native record from its fields: an Observation, None (filtered out), or the
+        reason it is malformed (a str)."""
+        if len(parts) < 10:
+            return f"truncated record: {len(parts)} fields, native format has 10"
+        if not _is_native_ts(parts[0]):
+            return "bad timestamp"
+        ts = float(parts[0])
+        el = parts[1]
+        if not el.lstrip(b"-").isdigit():
+            return "bad elapsed time"
+        elapsed = int(el)
+        cs = t.code_status(parts[3])
+        if cs is None:
+            return "bad result code/status"
+        size = parts[4]
+        if not (size.isdigit() or size == b"-"):
+            return "bad size"
+        method = t.word(parts[5])
+        host, port, url, hsrc = t.target(method, parts[6])
+        if host_filter is not None and host is not None and not host_filter(host):
+            return None
+        user = parts[7]
+        return Observation(
+            ts,
+            source,
+            lineno,
+            FORMAT_NATIVE,
+            t.ip(parts[2]),
+            None,
+            None if user == b"-" else t.word(user),
+            method,
+            host,
+            port,
+            t.peer(parts[8]),
+            url,
+            cs[1],
+            None,
+            None if size == b"-" else int(size),
+            hsrc,
+            cs[0],
+            elapsed / 1000 if elapsed >= 0 else None,
+            blake2b(raw, digest_size=12).hexdigest(),
+        )
+
+    def _native_slow(
+        self,
+        line: bytes,
+        parts: list[bytes],
+        lineno: int,
+        source: str,
+        diag: Diagnostics,
+        host_filter: HostFilter | None,
+        t: _Targets,
+    ) -> Iterator[Observation | None]:
+        """Lines that are not exactly ten clean fields: extra trailing fields, glued
+        records, truncation, junk. Yields one item per good record (None when filtered)."""
+        starts = [m.start() for m in _NATIVE_START.finditer(line) if m.start() > 0]
+        if not starts:
+            if b"\x00" in line:
+                diag.malformed_record(source, lineno, "NUL bytes in line", line)
+                return
+            res = self._native_record(line, parts, lineno, source, host_filter, t)
+            if isinstance(res, str):
+                diag.malformed_record(source, lineno, res, line)
+                return
+            yield res
+            return
+        bounds = [0, *starts, len(line)]
+        recovered = 0
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            seg = line[a:b].strip(b" \t\x00")
+            if not seg or b"\x00" in seg:
+                continue
+            res = self._native_record(seg, seg.split(), lineno, source, host_filter, t)
+            if isinstance(res, str):
+                continue
+            recovered += 1
+            yield res
+        diag.malformed_record(
+            source,
+            lineno,
+            f"{len(starts) + 1} records glued on one line ({recovered} recovered)",
+            line,
+        )
+
+    # -- common / combined / custom ------------------------------------------------------
+
+    def _parse_regex(
+        self,
+        lines: Iterable[tuple[int, bytes]],
+        source: str,
+        diag: Diagnostics,
+        host_filter: HostFilter | None,
+        compiled: CompiledLogformat,
+        fmt: str,
+    ) -> Iterator[Observation]:
+        t = _Targets()
+        if compiled.starts_with_timestamp:
+            start_re: re.Pattern[bytes] | None = _NATIVE_START
+        elif fmt in (FORMAT_COMMON, FORMAT_COMBINED):
+            start_re = _CLF_START
+        else:
+            start_re = None
+        label = {FORMAT_COMMON: "the Squid common format", FORMAT_COMBINED: "the Squid combined format"}.get(
+            fmt, "the logformat"
+        )
+        records = 0
+        try:
+            for lineno, line in lines:
+                if not line.strip():
+                    diag.skipped += 1
+                    continue
+                res = self._regex_record(line, lineno, source, host_filter, compiled, fmt, t)
+                if not isinstance(res, str):
+                    records += 1
+                    if res is not None:
+                        yield res
+                    continue
+                starts = [m.start() for m in start_re.finditer(line)] if start_re else []
+                starts = [s for s in starts if s > 0]
+                if not starts:
+                    reason = res or f"does not match {label}"
+                    diag.malformed_record(source, lineno, reason, line)
+                    continue
+                bounds = [0, *starts, len(line)]
+                recovered = 0
+                for a, b in zip(bounds, bounds[1:], strict=False):
+                    seg = line[a:b].strip(b" \t\x00")
+                    if not seg:
+                        continue
+                    r = self._regex_record(seg, lineno, source, host_filter, compiled, fmt, t)
+                    if isinstance(r, str):
+                        continue
+                    recovered += 1
+                    records += 1
+                    if r is not None:
+                        yield r
+                diag.malformed_record(
+                    source,
+                    lineno,
+                    f"{len(starts) + 1} records glued on one line ({recovered} recovered)",
+                    line,
+                )
+        finally:
+            diag.records += records
+
+    def _regex_record(
+        self,
+        raw: bytes,
+        lineno: int,
+        source: str,
+        host_filter: HostFilter | None,
+        compiled: CompiledLogformat,
+        fmt: str,
+        t: _Targets,
+    ) -> Observation | None | str:
+        """Observation, None (filtered out) or a reason ("" = no match)."""
+        if b"\x00" in raw:
+            return "NUL bytes in line"
+        v = compiled.match(raw)
+        if v is None:
+            return ""
+        get = v.get
+        try:
+            # time: %ts[.%tu] | %tS | %tl | %tg
+            ts: float | None = None
+            sec = get("ts_sec")
+            if sec is not None:
+                ms = get("ts_ms")
+                ts = int(sec) + (int(ms) / 1000 if ms is not None else 0.0)
+            elif get("ts_start") is not None:
+                ts = float(get("ts_start"))  # type: ignore[arg-type]
+            else:
+                for role in ("ts_local", "ts_gmt"):
+                    text = get(role)
+                    if text is not None:
+                        ts = compiled.time_parsers[role](text)  # type: ignore[operator]
+                        break
+        except (ValueError, UnicodeDecodeError):
+            return "bad time"
+        if ts is None:
+            return "no time in record"
+        result = status = None
+        rs = get("result")
+        if rs is not None:
+            cs = t.code_status(rs)
+            if cs is not None:  # "%Ss/%03>Hs" captured as one word by a custom format
+                result, status = cs
+            else:
+                result = t.word(rs)
+        st = get("status") or get("status_next")
+        if st is not None:
+            status = int(st)
+        method_b = get("method") or get("method_client")
+        method = t.word(method_b) if method_b is not None else None
+        ru = get("url") or get("url_client")
+        if ru is not None:
+            host, port, url, hsrc = t.target(method, ru)
+        else:
+            host = port = url = hsrc = None
+        if host is None and get("domain") is not None:
+            host, port = _host_port(_text(get("domain")))  # type: ignore[arg-type]
+            if port is None and get("url_port") is not None:
+                port = int(get("url_port"))  # type: ignore[arg-type]
+            hsrc = "url" if host else None
+        if host is None and get("host_header") is not None:
+            host, hport = _host_port(_text(get("host_header")))  # type: ignore[arg-type]
+            port = port if port is not None else hport
+            hsrc = "http_host" if host else None
+        if host_filter is not None and host is not None and not host_filter(host):
+            return None
+        client = get("client_ip")
+        cport = get("client_port")
+        elapsed = get("elapsed")
+        bin_ = get("bytes_in")
+        bout = get("bytes_out")
+        user = None
+        for role in ("user_un", "user_ul", "user_ue", "user_us", "user_ui"):
+            u = get(role)
+            if u is not None:
+                user = t.word(u)
+                break
+        peer = get("peer_ip")
+        hier = get("hier")
+        if peer is not None:
+            dest_ip = t.direct_ip(hier, peer) if hier is not None else None
+            if hier is None:
+                dest_ip = canonical_ip(_text(peer))
+        elif hier is not None and b"/" in hier:  # "%Sh/%<a" captured as one word
+            dest_ip = t.peer(hier)
+        else:
+            dest_ip = None
+        return Observation(
+            ts,
+            source,
+            lineno,
+            fmt,
+            t.ip(client) if client is not None else None,
+            int(cport) if cport is not None else None,
+            user,
+            method,
+            host,
+            port,
+            dest_ip,
+            url,
+            status,
+            int(bout) if bout is not None else None,
+            int(bin_) if bin_ is not None else None,
+            hsrc,
+            result,
+            int(elapsed) / 1000 if elapsed is not None and int(elapsed) >= 0 else None,
+            blake2b(raw, digest_size=12).hexdigest(),
+        )
+
+
+def _detect(lines: Iterable[tuple[int, bytes]]) -> tuple[str, Iterable[tuple[int, bytes]]]:
+    """Decide the variant from the first non-empty lines; give back an iterator that
+    still yields every line. Falls back to native (each line then reports itself)."""
+    it = iter(lines)
+    head: list[tuple[int, bytes]] = []
+    votes: dict[str, int] = {}
+    seen = 0
+    for item in it:
+        head.append(item)
+        if not item[1].strip():
+            continue
+        v = sniff(item[1])
+        if v is not None:
+            votes[v] = votes.get(v, 0) + 1
+        seen += 1
+        if seen >= SNIFF_LINES:
+            break
+    variant = max(votes, key=lambda k: votes[k]) if votes else FORMAT_NATIVE
+    return variant, chain(head, it)

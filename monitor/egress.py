@@ -1,0 +1,85 @@
+"""Egress points: from which public address, in which country, a request left the organisation.
+
+Providers see the egress address, not the client, so region policy is judged on it.
+Precedence for the country: ``--egress-country`` > overrides file (for the egress IP) >
+the site's declared country > geolocation of the egress IP. Each answer carries its source.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from functools import lru_cache
+
+from monitor.config import Site
+from monitor.geo import GeoResolver
+
+
+@dataclass(frozen=True, slots=True)
+class Egress:
+    ip: str | None
+    country: str | None
+    site: str | None
+    source: str  # how the country was decided, e.g. "site:shanghai", "geo:embedded:…"
+
+
+@dataclass(frozen=True, slots=True)
+class EgressOptions:
+    """What the operator said about a log source on the command line."""
+
+    egress_ip: str | None = None
+    egress_country: str | None = None
+    site: str | None = None
+
+
+class EgressResolver:
+    """Maps a client address to its egress point; memoised per distinct client."""
+
+    def __init__(self, sites: dict[str, Site], geo: GeoResolver, options: EgressOptions):
+        if options.site is not None and options.site not in sites:
+            known = ", ".join(sorted(sites)) or "none configured"
+            raise ValueError(f"unknown site {options.site!r} (sites: {known})")
+        self._sites = sites
+        self._geo = geo
+        self._opts = options
+        self._forced_site = sites.get(options.site) if options.site else None
+        self.resolve = lru_cache(maxsize=65536)(self._resolve)
+
+    def _site_for(self, client_ip: str | None, is_public: bool) -> Site | None:
+        if self._forced_site is not None:
+            return self._forced_site
+        if client_ip is None:
+            return None
+        addr = ipaddress.ip_address(client_ip)
+        for site in self._sites.values():
+            if (is_public and client_ip in site.egress_ips) or any(
+                addr in net for net in site.client_cidrs if net.version == addr.version
+            ):
+                return site
+        return None
+
+    def _resolve(self, client_ip: str | None) -> Egress:
+        client_geo = self._geo.lookup(client_ip) if client_ip else None
+        is_public = client_geo is not None and client_geo.scope == "public"
+        site = self._site_for(client_ip, is_public)
+        site_name = site.name if site else (client_geo.site if client_geo else None)
+
+        if self._opts.egress_ip:
+            egress_ip: str | None = self._opts.egress_ip
+        elif is_public:
+            egress_ip = client_ip
+        elif site and site.egress_ips:
+            egress_ip = site.egress_ips[0]
+        else:
+            egress_ip = None
+
+        if self._opts.egress_country:
+            return Egress(egress_ip, self._opts.egress_country, site_name, "option:--egress-country")
+        answer = self._geo.lookup(egress_ip) if egress_ip else None
+        if answer and answer.country_source and answer.country_source.startswith("override"):
+            return Egress(egress_ip, answer.country, site_name or answer.site, answer.country_source)
+        if site and site.country:
+            return Egress(egress_ip, site.country, site_name, f"site:{site.name}")
+        if answer and answer.country:
+            return Egress(egress_ip, answer.country, site_name or answer.site, answer.country_source or "geo")
+        return Egress(egress_ip, None, site_name, "unknown")

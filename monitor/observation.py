@@ -1,0 +1,107 @@
+"""The one record shape every collector yields.
+
+Modelled on Zeek's logs: uniform field names whatever the input format, so that the
+stages after collection (identify, geolocate, evaluate, store) never look at formats.
+Unknown values are ``None``; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+#: How ``dest_host`` was learned, from most to least direct.
+HOST_SOURCES = ("connect", "url", "sni", "http_host", "dns", "ip")
+
+
+@dataclass(slots=True)
+class Observation:
+    """One request (proxy logs) or one flow (captures) seen leaving the organisation."""
+
+    ts: float  # seconds since the epoch, UTC (start of the request or flow)
+    source: str  # file the record came from ("-" for stdin)
+    line: int  # 1-based line number (record number for binary inputs)
+    format: str  # collector format name, e.g. "squid", "squid-common"
+    client_ip: str | None = None
+    client_port: int | None = None
+    user: str | None = None
+    method: str | None = None
+    dest_host: str | None = None  # lower-case, no trailing dot, no port
+    dest_port: int | None = None
+    dest_ip: str | None = None
+    url: str | None = None
+    status: int | None = None  # HTTP status (0 or None when the proxy never got one)
+    bytes_out: int | None = None  # client -> destination
+    bytes_in: int | None = None  # destination -> client
+    host_source: str | None = None  # one of HOST_SOURCES
+    result: str | None = None  # proxy verdict as logged, e.g. "TCP_DENIED", "TCP_TUNNEL"
+    duration: float | None = None  # seconds
+    record_id: str | None = None  # stable identity of the raw record, for de-duplication
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with ``ts`` rendered as ISO 8601 UTC (the ``parse --json`` contract)."""
+        d = asdict(self)
+        d["ts"] = iso_utc(self.ts)
+        return d
+
+
+OBSERVATION_FIELDS = tuple(f.name for f in fields(Observation))
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """ISO 8601 with millisecond precision and a ``Z`` suffix."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def normalise_host(host: str | None) -> str | None:
+    """Lower-case, strip ``[]`` around IPv6 literals, the port and any trailing dot.
+
+    >>> normalise_host("API.OpenAI.com.:443")
+    'api.openai.com'
+    >>> normalise_host("[2001:DB8::1]:443")
+    '2001:db8::1'
+    """
+    if not host or host == "-":
+        return None
+    h = host.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        if end < 0:
+            return None
+        return canonical_ip(h[1:end])
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    elif h.count(":") > 1:  # bare IPv6 literal
+        return canonical_ip(h)
+    h = h.rstrip(".")
+    return h or None
+
+
+def canonical_ip(text: str | None) -> str | None:
+    """RFC 5952 text form for IPv6, dotted quad for IPv4; ``None`` when not an address."""
+    if not text or text == "-":
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def split_host_port(hostport: str) -> tuple[str | None, int | None]:
+    """``host:port`` / ``[v6]:port`` / ``host`` -> (normalised host, port or None)."""
+    port: int | None = None
+    hp = hostport.strip()
+    if hp.startswith("["):
+        end = hp.find("]")
+        if end > 0 and hp[end + 1 : end + 2] == ":" and hp[end + 2 :].isdigit():
+            port = int(hp[end + 2 :])
+    elif hp.count(":") == 1:
+        head, _, tail = hp.partition(":")
+        if tail.isdigit():
+            port = int(tail)
+        hp = head
+    return normalise_host(hp), port

@@ -1,0 +1,71 @@
+"""Rendering rows for a terminal or a pipe: aligned table, JSON lines, CSV.
+
+Strings from logs are data. In tables they are stripped of control characters, so a
+crafted host name cannot move the cursor or rewrite the terminal; JSON and CSV are
+produced by their standard encoders.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+from tabulate import tabulate
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+MAX_CELL = 60
+
+
+def safe_text(value: Any, limit: int | None = MAX_CELL) -> str:
+    """Printable, bounded text for a terminal cell."""
+    if value is None:
+        return "-"
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()), str(value))
+    if limit and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def write_json_lines(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
+    n = 0
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False, default=str))
+        out.write("\n")
+        n += 1
+    return n
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], out: TextIO) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    n = 0
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else _csv_value(row.get(c)) for c in columns])
+        n += 1
+    return n
+
+
+def _csv_value(value: Any) -> Any:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+
+
+def write_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], out: TextIO,
+                headers: Sequence[str] | None = None) -> int:  # fmt: skip
+    body = [[safe_text(row.get(c)) for c in columns] for row in rows]
+    if body:
+        out.write(tabulate(body, headers=list(headers or columns), tablefmt="simple", disable_numparse=True))
+        out.write("\n")
+    return len(body)
+
+
+def write_rows(rows: Iterable[Mapping[str, Any]], fmt: str, columns: Sequence[str], out: TextIO,
+               table_columns: Sequence[str] | None = None) -> int:  # fmt: skip
+    """``fmt`` is ``table``, ``json`` (JSON lines) or ``csv``; returns the number of rows."""
+    if fmt == "json":
+        return write_json_lines(rows, out)
+    if fmt == "csv":
+        return write_csv(rows, columns, out)
+    return write_table(rows, table_columns or columns, out)

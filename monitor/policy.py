@@ -1,0 +1,203 @@
+"""The policy engine: YAML rules in, a compiled predicate per rule out.
+
+The engine knows no particular rule. A rule is data with a small vocabulary::
+
+    id: provider-region-unsupported        # unique, kebab-case
+    title: One line for tables and reports
+    severity: high                         # info | low | medium | high | critical
+    description: Why it matters, what to do.
+    references: [https://…]                # optional
+    enabled: true                          # optional
+    when:                                  # every field condition must hold
+      match.kind: {in: [api, consumer]}
+      egress.country: {exists: true, not_in: $provider.allowed_countries}
+
+Operators: ``equals``, ``not_equals``, ``in``, ``not_in``, ``exists`` (true/false),
+``empty`` (true/false, for lists). A value written ``$field`` is read from the same
+context at evaluation time. ``in`` against a missing list is false; ``not_in`` is true.
+Fields are the names in :data:`FIELDS`. Invalid rules fail at load time with the file,
+the rule id and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+SEVERITY_RANK = {name: i for i, name in enumerate(SEVERITIES)}
+
+#: The evaluation context: every field a rule may name, with what it holds.
+FIELDS: dict[str, str] = {
+    "match.kind": "api | consumer | relay: how the destination matched the catalogue",
+    "match.pattern": "the catalogue entry that matched (host, *.suffix or CIDR)",
+    "provider.id": "catalogue id, e.g. openai",
+    "provider.kind": "provider | relay",
+    "provider.category": "relay category (aggregator, ai_gateway, …) or null",
+    "provider.hq_country": "ISO code of the provider's headquarters",
+    "provider.region_list": "id of the provider's published allow-list, or null",
+    "provider.allowed_countries": "the provider's allow-list (countries), or null",
+    "catalog.major_allowed_countries": "union of every published allow-list",
+    "egress.ip": "egress address of the record",
+    "egress.country": "egress country (option, override, site or geolocation)",
+    "egress.site": "site name",
+    "egress.source": "how the egress country was decided",
+    "dest.host": "destination host name",
+    "dest.ip": "destination address, when known",
+    "dest.country": "geolocated destination country",
+    "dest.asn": "destination autonomous system number",
+    "client.ip": "client address",
+    "client.user": "authenticated user, when logged",
+    "request.method": "HTTP method or CONNECT",
+    "request.status": "HTTP status",
+    "request.outcome": "allowed | blocked | error | null",
+    "org.allowed_providers": "the organisation's provider allow-list (config)",
+}
+
+_OPERATORS = {"equals", "not_equals", "in", "not_in", "exists", "empty"}
+_RULE_KEYS = {"id", "title", "severity", "description", "references", "enabled", "when"}
+
+Context = Mapping[str, Any]
+Predicate = Callable[[Context], bool]
+
+
+class RuleError(ValueError):
+    """A rule file is invalid; the message names the file and the rule."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    severity: str
+    description: str
+    references: tuple[str, ...]
+    when: Mapping[str, Mapping[str, Any]]
+    source: str
+    predicate: Predicate
+
+    def matches(self, ctx: Context) -> bool:
+        return self.predicate(ctx)
+
+
+def _operand(value: Any) -> Callable[[Context], Any]:
+    if isinstance(value, str) and value.startswith("$"):
+        name = value[1:]
+        return lambda ctx: ctx.get(name)
+    if isinstance(value, list):
+        frozen = frozenset(value)
+        return lambda ctx: frozen
+    return lambda ctx: value
+
+
+def _condition(field: str, op: str, value: Any) -> Predicate:
+    get = _operand(value)
+    if op == "equals":
+        return lambda ctx: ctx.get(field) == get(ctx)
+    if op == "not_equals":
+        return lambda ctx: ctx.get(field) != get(ctx)
+    if op == "in":
+        return lambda ctx: (c := get(ctx)) is not None and ctx.get(field) in c
+    if op == "not_in":
+        return lambda ctx: (c := get(ctx)) is None or ctx.get(field) not in c
+    if op == "exists":
+        want = bool(value)
+        return lambda ctx: (ctx.get(field) is not None) is want
+    if op == "empty":
+        want = bool(value)
+        return lambda ctx: (not ctx.get(field)) is want
+    raise AssertionError(op)  # unreachable: validated before
+
+
+def compile_rule(doc: Any, source: str) -> Rule:
+    """Validate one rule document and compile its ``when`` block."""
+    if not isinstance(doc, dict):
+        raise RuleError(f"{source}: a rule must be a mapping, got {type(doc).__name__}")
+    rid = doc.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise RuleError(f"{source}: rule without an 'id'")
+    where = f"{source}: rule {rid!r}"
+    unknown = set(doc) - _RULE_KEYS
+    if unknown:
+        raise RuleError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    severity = doc.get("severity")
+    if severity not in SEVERITY_RANK:
+        raise RuleError(f"{where}: severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+    for key in ("title", "description"):
+        if not isinstance(doc.get(key), str) or not doc[key].strip():
+            raise RuleError(f"{where}: '{key}' is required")
+    when = doc.get("when")
+    if not isinstance(when, dict) or not when:
+        raise RuleError(f"{where}: 'when' must be a non-empty mapping of field: {{operator: value}}")
+    predicates: list[Predicate] = []
+    for field, conds in when.items():
+        if field not in FIELDS:
+            raise RuleError(f"{where}: unknown field {field!r} (known: {', '.join(FIELDS)})")
+        if not isinstance(conds, dict) or not conds:
+            raise RuleError(f"{where}: {field}: expected {{operator: value}}")
+        for op, value in conds.items():
+            if op not in _OPERATORS:
+                raise RuleError(f"{where}: {field}: unknown operator {op!r} (known: {', '.join(sorted(_OPERATORS))})")
+            if isinstance(value, str) and value.startswith("$") and value[1:] not in FIELDS:
+                raise RuleError(f"{where}: {field}: {op}: unknown field reference {value!r}")
+            if op in ("in", "not_in") and not (isinstance(value, list) or (isinstance(value, str) and value.startswith("$"))):
+                raise RuleError(f"{where}: {field}: {op} needs a list or a $field reference")
+            if op in ("exists", "empty") and not isinstance(value, bool):
+                raise RuleError(f"{where}: {field}: {op} needs true or false")
+            predicates.append(_condition(field, op, value))
+    refs = doc.get("references", [])
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise RuleError(f"{where}: references must be a list of strings")
+
+    def predicate(ctx: Context, _ps: tuple[Predicate, ...] = tuple(predicates)) -> bool:
+        return all(p(ctx) for p in _ps)
+
+    return Rule(
+        id=rid,
+        title=doc["title"].strip(),
+        severity=severity,
+        description=doc["description"].strip(),
+        references=tuple(refs),
+        when=when,
+        source=source,
+        predicate=predicate,
+    )
+
+
+class RuleSet:
+    """The enabled rules, in a stable order (file name, then position in file)."""
+
+    def __init__(self, rules: Iterable[Rule]):
+        self.rules = list(rules)
+        seen: dict[str, str] = {}
+        for rule in self.rules:
+            if rule.id in seen:
+                raise RuleError(f"{rule.source}: rule {rule.id!r}: duplicate id (also in {seen[rule.id]})")
+            seen[rule.id] = rule.source
+        self.by_id = {r.id: r for r in self.rules}
+
+    @classmethod
+    def load(cls, paths: Iterable[Path]) -> RuleSet:
+        """Load every ``*.yaml``/``*.yml`` file (or directory of them); multi-document files allowed."""
+        rules: list[Rule] = []
+        for path in paths:
+            files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+            for file in files:
+                try:
+                    docs = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+                except (OSError, yaml.YAMLError) as exc:
+                    raise RuleError(f"{file}: cannot load: {exc}") from exc
+                for doc in docs:
+                    if doc is None:
+                        continue
+                    rule = compile_rule(doc, str(file))
+                    if doc.get("enabled", True):
+                        rules.append(rule)
+        return cls(rules)
+
+    def evaluate(self, ctx: Context) -> list[Rule]:
+        return [r for r in self.rules if r.predicate(ctx)]

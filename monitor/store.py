@@ -1,0 +1,395 @@
+"""SQLite storage (through sqlite-utils): scans, LLM observations, incidents.
+
+Why it is idempotent: every stored observation has a deterministic id (a digest of the
+raw record, plus its occurrence number when a file holds identical lines), and incidents
+are only ever advanced by observations that were not stored before. Scanning a file twice,
+or two files that overlap (a rotated copy), adds nothing the second time.
+
+Tables:
+  scans          one row per scan run: files, options, counters, problems
+  scan_problems  malformed records and unreadable files (file:line, reason)
+  observations   LLM-API traffic (one row per request/flow) with its enrichment
+  hits           which observation raised which incident
+  incidents      one row per (rule, provider, dest_host, client, egress, UTC day)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from monitor.policy import SEVERITY_RANK
+
+SCHEMA_VERSION = 1
+EVIDENCE_SAMPLES = 5
+_IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
+
+OBSERVATION_COLUMNS: dict[str, type] = {
+    "id": str,
+    "ts": float,
+    "day": str,
+    "source": str,
+    "line": int,
+    "format": str,
+    "client_ip": str,
+    "client_port": int,
+    "user": str,
+    "method": str,
+    "dest_host": str,
+    "dest_port": int,
+    "dest_ip": str,
+    "url": str,
+    "status": int,
+    "result": str,
+    "bytes_out": int,
+    "bytes_in": int,
+    "host_source": str,
+    "duration": float,
+    "provider": str,
+    "provider_kind": str,
+    "match_pattern": str,
+    "site": str,
+    "egress_ip": str,
+    "egress_country": str,
+    "egress_source": str,
+    "dest_country": str,
+    "dest_asn": int,
+    "outcome": str,
+    "scan_id": int,
+}
+
+INCIDENT_COLUMNS: dict[str, type] = {
+    "id": str,
+    "rule": str,
+    "severity": str,
+    "severity_rank": int,
+    "title": str,
+    "provider": str,
+    "provider_kind": str,
+    "dest_host": str,
+    "client_ip": str,
+    "site": str,
+    "egress_ip": str,
+    "egress_country": str,
+    "egress_source": str,
+    "day": str,
+    "first_seen": str,
+    "last_seen": str,
+    "count": int,
+    "blocked": int,
+    "bytes_out": int,
+    "bytes_in": int,
+    "outcome": str,
+    "status": str,
+    "evidence": str,
+    "first_scan": int,
+    "last_scan": int,
+}
+
+#: Fields of an incident that a caller supplies (the rest is aggregated here).
+INCIDENT_IDENTITY = (
+    "id", "rule", "severity", "title", "provider", "provider_kind", "dest_host",
+    "client_ip", "site", "egress_ip", "egress_country", "egress_source", "day",
+)  # fmt: skip
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or is not an apiwatch database."""
+
+
+@dataclass
+class IngestResult:
+    stored: int = 0  # observations new to the database
+    duplicates: int = 0  # observations already stored (re-scan, overlapping files)
+    new_incidents: set[str] = field(default_factory=set)
+    updated_incidents: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class IncidentQuery:
+    since: str | None = None  # ISO 8601 UTC; incidents last seen at or after
+    until: str | None = None  # ISO 8601 UTC; incidents first seen before
+    rule: Sequence[str] = ()
+    min_severity: str | None = None
+    provider: Sequence[str] = ()
+    site: Sequence[str] = ()
+    client: Sequence[str] = ()
+    status: Sequence[str] = ()
+    limit: int | None = None
+
+
+class Store:
+    """One apiwatch database file. Open it, ingest batches, query incidents."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():  # create it private: it holds client addresses and users
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One write transaction, taken with the write lock up front (no upgrade deadlocks)."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this apiwatch ({SCHEMA_VERSION})"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0 and self.db.table_names():
+            raise StoreError(f"{self.path}: not an apiwatch database (has tables, no schema version)")
+        db = self.db
+        with self._tx():
+            if self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                return  # another process created it while we waited for the lock
+            db["scans"].create(
+                {
+                    "id": int, "started": str, "finished": str, "files": str, "options": str,
+                    "records": int, "malformed": int, "llm_observations": int, "stored": int,
+                    "duplicates": int, "incidents_new": int, "incidents_updated": int,
+                    "by_rule": str, "file_errors": str, "catalog_version": str, "geodata": str,
+                    "exit_code": int,
+                },
+                pk="id",
+            )  # fmt: skip
+            db["scan_problems"].create(
+                {"scan_id": int, "source": str, "line": int, "reason": str, "excerpt": str}
+            )
+            db["observations"].create(OBSERVATION_COLUMNS, pk="id", not_null={"ts", "day"})
+            db["hits"].create({"incident_id": str, "observation_id": str}, pk=("incident_id", "observation_id"))
+            db["incidents"].create(
+                INCIDENT_COLUMNS,
+                pk="id",
+                not_null={"rule", "severity", "day", "first_seen", "last_seen", "count", "status"},
+                defaults={"status": "open", "count": 0, "blocked": 0, "evidence": "[]"},
+            )
+            db["observations"].create_index(["day", "provider"])
+            db["observations"].create_index(["site", "day"])
+            db["observations"].create_index(["ts"])
+            db["hits"].create_index(["observation_id"])
+            for cols in (["last_seen"], ["first_seen"], ["rule"], ["severity_rank"], ["provider"],
+                         ["site"], ["client_ip"], ["status"], ["day"]):  # fmt: skip
+                db["incidents"].create_index(cols)
+            db["scan_problems"].create_index(["scan_id"])
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- scans ------------------------------------------------------------------------------
+
+    def start_scan(self, files: Sequence[str], options: dict[str, Any]) -> int:
+        with self._tx():
+            table = self.db["scans"].insert(
+                {"started": _now(), "files": json.dumps(list(files)), "options": json.dumps(options)}
+            )
+        return int(table.last_pk)
+
+    def finish_scan(self, scan_id: int, summary: dict[str, Any], problems: Iterable[dict[str, Any]]) -> None:
+        row = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in summary.items()}
+        row["finished"] = _now()
+        with self._tx():
+            self.db["scans"].update(scan_id, row)
+            self.db["scan_problems"].insert_all({"scan_id": scan_id, **p} for p in problems)
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    def ingest(self, scan_id: int, batch: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]) -> IngestResult:
+        """Store one batch of (observation row, incident identities) in one transaction.
+
+        Observations already in the database are skipped, and so are their contributions
+        to incidents: this is what makes re-scans and overlapping files safe.
+        """
+        result = IngestResult()
+        unique: dict[str, tuple[dict[str, Any], Sequence[dict[str, Any]]]] = {}
+        for obs, incs in batch:
+            unique.setdefault(obs["id"], (obs, incs))
+        result.duplicates += len(batch) - len(unique)
+        conn = self.db.conn
+        with self._tx():
+            existing = self._existing("observations", list(unique))
+            result.duplicates += len(existing)
+            fresh = [v for k, v in unique.items() if k not in existing]
+            if not fresh:
+                return result
+            obs_cols = list(OBSERVATION_COLUMNS)
+            conn.executemany(
+                f"INSERT INTO observations ({', '.join(obs_cols)}) VALUES ({', '.join('?' * len(obs_cols))})",
+                [[o.get(c) for c in obs_cols] for o, _ in fresh],
+            )
+            result.stored = len(fresh)
+
+            deltas: dict[str, dict[str, Any]] = {}
+            hits: list[tuple[str, str]] = []
+            for obs, incs in fresh:
+                for inc in incs:
+                    hits.append((inc["id"], obs["id"]))
+                    d = deltas.get(inc["id"])
+                    if d is None:
+                        d = deltas[inc["id"]] = {k: inc.get(k) for k in INCIDENT_IDENTITY}
+                        d.update(count=0, blocked=0, bytes_out=None, bytes_in=None,
+                                 first_seen=obs["iso"], last_seen=obs["iso"])  # fmt: skip
+                    d["count"] += 1
+                    d["blocked"] += obs.get("outcome") == "blocked"
+                    d["bytes_out"] = _add(d["bytes_out"], obs.get("bytes_out"))
+                    d["bytes_in"] = _add(d["bytes_in"], obs.get("bytes_in"))
+                    d["first_seen"] = min(d["first_seen"], obs["iso"])
+                    d["last_seen"] = max(d["last_seen"], obs["iso"])
+            if not deltas:
+                return result
+            conn.executemany("INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits)
+            before = self._existing("incidents", list(deltas))
+            result.updated_incidents = before
+            result.new_incidents = set(deltas) - before
+            cols = [*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count", "blocked",
+                    "bytes_out", "bytes_in", "outcome", "first_scan", "last_scan"]  # fmt: skip
+            rows = []
+            for d in deltas.values():
+                d["severity_rank"] = SEVERITY_RANK[d["severity"]]
+                d["outcome"] = _outcome(d["blocked"], d["count"])
+                d["first_scan"] = d["last_scan"] = scan_id
+                rows.append([d[c] for c in cols])
+            conn.executemany(
+                f"""INSERT INTO incidents ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})
+                ON CONFLICT(id) DO UPDATE SET
+                  first_seen = min(first_seen, excluded.first_seen),
+                  last_seen = max(last_seen, excluded.last_seen),
+                  count = count + excluded.count,
+                  blocked = blocked + excluded.blocked,
+                  bytes_out = CASE WHEN bytes_out IS NULL AND excluded.bytes_out IS NULL THEN NULL
+                              ELSE coalesce(bytes_out, 0) + coalesce(excluded.bytes_out, 0) END,
+                  bytes_in = CASE WHEN bytes_in IS NULL AND excluded.bytes_in IS NULL THEN NULL
+                             ELSE coalesce(bytes_in, 0) + coalesce(excluded.bytes_in, 0) END,
+                  outcome = CASE WHEN blocked + excluded.blocked = 0 THEN 'allowed'
+                                 WHEN blocked + excluded.blocked = count + excluded.count THEN 'blocked'
+                                 ELSE 'mixed' END,
+                  last_scan = excluded.last_scan""",
+                rows,
+            )
+            self._refresh_evidence(list(deltas))
+        return result
+
+    def _existing(self, table: str, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i : i + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found.update(r[0] for r in self.db.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk))
+        return found
+
+    def _refresh_evidence(self, incident_ids: list[str]) -> None:
+        for i in range(0, len(incident_ids), _IN_CHUNK):
+            chunk = incident_ids[i : i + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            self.db.execute(
+                f"""UPDATE incidents SET evidence = (
+                      SELECT json_group_array(loc) FROM (
+                        SELECT o.source || ':' || o.line AS loc FROM hits h
+                        JOIN observations o ON o.id = h.observation_id
+                        WHERE h.incident_id = incidents.id ORDER BY o.ts, o.source, o.line LIMIT {EVIDENCE_SAMPLES}))
+                    WHERE id IN ({marks}) AND json_array_length(evidence) < {EVIDENCE_SAMPLES}""",
+                chunk,
+            )
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def incidents(self, q: IncidentQuery) -> Iterator[dict[str, Any]]:
+        where, params = ["1 = 1"], []  # every value below is a bound parameter
+        if q.since:
+            where.append("last_seen >= ?")
+            params.append(q.since)
+        if q.until:
+            where.append("first_seen < ?")
+            params.append(q.until)
+        if q.min_severity:
+            where.append("severity_rank >= ?")
+            params.append(SEVERITY_RANK[q.min_severity])
+        for column, values in (("rule", q.rule), ("provider", q.provider), ("site", q.site),
+                               ("client_ip", q.client), ("status", q.status)):  # fmt: skip
+            if values:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(values)
+        sql = f"SELECT * FROM incidents WHERE {' AND '.join(where)} ORDER BY last_seen DESC, id"  # noqa: S608
+        if q.limit:
+            sql += " LIMIT ?"
+            params.append(q.limit)
+        for row in self.db.query(sql, params):
+            yield _incident_out(row)
+
+    def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
+        """One incident by id or unique id prefix, with its sample records."""
+        rows = list(self.db.query("SELECT * FROM incidents WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2",
+                                  [_like_escape(id_or_prefix)]))  # fmt: skip
+        if len(rows) != 1:
+            if len(rows) > 1:
+                raise KeyError(f"incident id prefix {id_or_prefix!r} is ambiguous")
+            return None
+        inc = _incident_out(rows[0])
+        inc["records"] = list(
+            self.db.query(
+                """SELECT o.* FROM hits h JOIN observations o ON o.id = h.observation_id
+                   WHERE h.incident_id = ? ORDER BY o.ts, o.source, o.line LIMIT ?""",
+                [inc["id"], samples],
+            )
+        )
+        return inc
+
+    def scan(self, scan_id: int) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM scans WHERE id = ?", [scan_id]))
+        return rows[0] if rows else None
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+
+def _incident_out(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out.pop("severity_rank", None)
+    out["evidence"] = json.loads(out.get("evidence") or "[]")
+    return out
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    if b is None:
+        return a
+    return b if a is None else a + b
+
+
+def _outcome(blocked: int, count: int) -> str:
+    return "allowed" if blocked == 0 else "blocked" if blocked == count else "mixed"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
