@@ -78,20 +78,29 @@ class App:
     def pipeline(self, egress: EgressOptions, collect: CollectOptions) -> Pipeline:
         return Pipeline(self.catalog, self.geo, self.rules, self.config, egress, collect)
 
-    def scan(self, paths: list[str], egress: EgressOptions, collect: CollectOptions,
-             on_read=None) -> tuple[int, ScanSummary]:  # fmt: skip
+    def scan(
+        self, paths: list[str], egress: EgressOptions, collect: CollectOptions, on_read=None
+    ) -> tuple[int, ScanSummary]:
         """Run and record one scan; returns its id and summary."""
         pipeline = self.pipeline(egress, collect)  # validates options before anything is written
-        options = {"egress": asdict(egress), "collect": asdict(collect),
-                   "rules": [r.id for r in self.rules.rules]}  # fmt: skip
+        options = {
+            "egress": asdict(egress),
+            "collect": asdict(collect),
+            "rules": [r.id for r in self.rules.rules],
+        }
         scan_id = self.store.start_scan(paths, options)
         summary = pipeline.scan(paths, self.store, scan_id, on_read)
         record = summary.as_dict()
-        problems = [{"source": p.source, "line": p.line, "reason": p.reason, "excerpt": p.excerpt}
-                    for p in (*summary.diag.file_errors, *summary.diag.problems)]  # fmt: skip
+        problems = [
+            {"source": p.source, "line": p.line, "reason": p.reason, "excerpt": p.excerpt}
+            for p in (*summary.diag.file_errors, *summary.diag.problems)
+        ]
         record.pop("problems")
         record.pop("new_max_severity")
-        record["by_rule"] = {"new": record.pop("new_by_rule"), "updated": record.pop("updated_by_rule")}
+        record["by_rule"] = {
+            "new": record.pop("new_by_rule"),
+            "updated": record.pop("updated_by_rule"),
+        }
         record["catalog_version"] = self.catalog.version
         record["geodata"] = [asdict(s) for s in self.geo.sources()]
         self.store.finish_scan(scan_id, record, problems)
@@ -102,4 +111,3 @@ class App:
             self.store.close()
         if "geo" in self.__dict__:
             self.geo.close()
-

@@ -188,8 +188,20 @@ class Catalog:
         self._index = index
         self._entries = entries
         self._major = frozenset().union(*(r.countries for r in region_lists.values()))
+        self._make_caches()
+
+    def _make_caches(self) -> None:
         self._match_host = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._lookup_host)
         self._match_ip = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._lookup_ip)
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes; caches dropped
+        state = dict(self.__dict__)
+        del state["_match_host"], state["_match_ip"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._make_caches()
 
     @classmethod
     def load(cls, rules_dir: Path | None = None) -> Catalog:

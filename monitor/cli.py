@@ -6,8 +6,10 @@ Exit codes (for cron): 0 success; 1 error (unreadable input, bad config or rules
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -30,17 +32,64 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FINDINGS = 0, 1, 2, 3
 _FATAL = (ConfigError, CatalogError, RuleError, GeoError, StoreError, InputError)
 
 INCIDENT_COLUMNS = [
-    "id", "rule", "severity", "provider", "provider_kind", "dest_host", "client_ip", "site",
-    "egress_ip", "egress_country", "egress_source", "day", "first_seen", "last_seen", "count",
-    "blocked", "outcome", "bytes_out", "bytes_in", "status", "evidence",
-]  # fmt: skip
-INCIDENT_TABLE = ["id", "severity", "rule", "provider", "dest_host", "client_ip", "site",
-                  "egress_country", "last_seen", "count", "outcome", "status"]  # fmt: skip
+    "id",
+    "rule",
+    "severity",
+    "provider",
+    "provider_kind",
+    "dest_host",
+    "client_ip",
+    "site",
+    "egress_ip",
+    "egress_country",
+    "egress_source",
+    "day",
+    "first_seen",
+    "last_seen",
+    "count",
+    "blocked",
+    "outcome",
+    "bytes_out",
+    "bytes_in",
+    "status",
+    "evidence",
+]
+INCIDENT_TABLE = [
+    "id",
+    "severity",
+    "rule",
+    "provider",
+    "dest_host",
+    "client_ip",
+    "site",
+    "egress_country",
+    "last_seen",
+    "count",
+    "outcome",
+    "status",
+]
 PARSE_COLUMNS = [
-    "ts", "source", "line", "format", "client_ip", "client_port", "user", "method", "dest_host",
-    "dest_port", "dest_ip", "url", "status", "result", "bytes_out", "bytes_in", "host_source",
-    "duration", "provider", "provider_kind",
-]  # fmt: skip
+    "ts",
+    "source",
+    "line",
+    "format",
+    "client_ip",
+    "client_port",
+    "user",
+    "method",
+    "dest_host",
+    "dest_port",
+    "dest_ip",
+    "url",
+    "status",
+    "result",
+    "bytes_out",
+    "bytes_in",
+    "host_source",
+    "duration",
+    "provider",
+    "provider_kind",
+]
 
 
 class Fatal(click.ClickException):
@@ -53,7 +102,6 @@ def _app(ctx: click.Context) -> App:
 
 def _guard(fn):
     """Turn expected failures (bad config, rules, database) into one clear line and exit 1."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -67,16 +115,38 @@ def _guard(fn):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="apiwatch")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar="APIWATCH_DB",
-              help="SQLite database [env APIWATCH_DB; default: config 'db', else ~/.local/share/apiwatch/apiwatch.db].")  # fmt: skip
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), envvar="APIWATCH_CONFIG",
-              help="TOML config: sites, geodata, organisation allow-list [env APIWATCH_CONFIG; default ~/.config/apiwatch/config.toml].")  # fmt: skip
-@click.option("--geoip", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Your own MMDB file (MaxMind, DB-IP, IPinfo; Country, City, ASN or ISP). Repeatable; beats the embedded data.")  # fmt: skip
-@click.option("--geo-overrides", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV of CIDR → country, site, ASN/org that wins over every database. Repeatable.")  # fmt: skip
-@click.option("--rules", "rules", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Policy rule file or folder to use instead of the bundled rules/policies. Repeatable.")  # fmt: skip
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="APIWATCH_DB",
+    help="SQLite database [env APIWATCH_DB; default: config 'db', else ~/.local/share/apiwatch/apiwatch.db].",
+)
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="APIWATCH_CONFIG",
+    help="TOML config: sites, geodata, organisation allow-list [env APIWATCH_CONFIG; default ~/.config/apiwatch/config.toml].",
+)
+@click.option(
+    "--geoip",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your own MMDB file (MaxMind, DB-IP, IPinfo; Country, City, ASN or ISP). Repeatable; beats the embedded data.",
+)
+@click.option(
+    "--geo-overrides",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV of CIDR → country, site, ASN/org that wins over every database. Repeatable.",
+)
+@click.option(
+    "--rules",
+    "rules",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Policy rule file or folder to use instead of the bundled rules/policies. Repeatable.",
+)
 @click.pass_context
 def main(ctx: click.Context, db, config, geoip, geo_overrides, rules) -> None:
     """Which machines talk to which LLM API, from which egress country, against whose policy.
@@ -86,8 +156,15 @@ def main(ctx: click.Context, db, config, geoip, geo_overrides, rules) -> None:
     apiwatch incidents --since 7d --severity high
     apiwatch show 3f9a0c1d
     """
-    ctx.obj = App(Settings(db=db, config=config, geoip=tuple(geoip), geo_overrides=tuple(geo_overrides),
-                           rules=tuple(rules)))  # fmt: skip
+    ctx.obj = App(
+        Settings(
+            db=db,
+            config=config,
+            geoip=tuple(geoip),
+            geo_overrides=tuple(geo_overrides),
+            rules=tuple(rules),
+        )
+    )
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -96,29 +173,64 @@ def _collect_options(fmt: str, squid_logformat: str | None) -> CollectOptions:
 
 
 _format_option = click.option(
-    "--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto", show_default=True,
-    help="Input format; auto detects Squid native, common and combined.")  # fmt: skip
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
+    show_default=True,
+    help="Input format; auto detects Squid native, common and combined.",
+)
 _logformat_option = click.option(
-    "--squid-logformat", metavar="FORMAT",
-    help="Squid logformat string (or whole 'logformat NAME …' line) the log was written with.")  # fmt: skip
+    "--squid-logformat",
+    metavar="FORMAT",
+    help="Squid logformat string (or whole 'logformat NAME …' line) the log was written with.",
+)
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, metavar="FILE…")
 @_format_option
 @_logformat_option
-@click.option("--site", help="Site (from the config) these logs come from; its egress IPs and country apply.")
-@click.option("--egress-ip", callback=lambda c, p, v: _ip_option(v), help="Public address these logs leave from.")
-@click.option("--egress-country", callback=lambda c, p, v: _country_option(v), metavar="CC",
-              help="Declared egress country (ISO 3166-1 alpha-2); beats geolocation.")  # fmt: skip
-@click.option("--fail-on", type=click.Choice(SEVERITIES), metavar="SEVERITY",
-              help=f"Exit {EXIT_FINDINGS} when new incidents at or above this severity were raised ({', '.join(SEVERITIES)}).")  # fmt: skip
+@click.option(
+    "--site", help="Site (from the config) these logs come from; its egress IPs and country apply."
+)
+@click.option(
+    "--egress-ip",
+    callback=lambda c, p, v: _ip_option(v),
+    help="Public address these logs leave from.",
+)
+@click.option(
+    "--egress-country",
+    callback=lambda c, p, v: _country_option(v),
+    metavar="CC",
+    help="Declared egress country (ISO 3166-1 alpha-2); beats geolocation.",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES),
+    metavar="SEVERITY",
+    help=f"Exit {EXIT_FINDINGS} when new incidents at or above this severity were raised ({', '.join(SEVERITIES)}).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
 @_guard
-def scan(ctx, paths, fmt, squid_logformat, site, egress_ip, egress_country, fail_on, as_json, progress, quiet):
+def scan(
+    ctx,
+    paths,
+    fmt,
+    squid_logformat,
+    site,
+    egress_ip,
+    egress_country,
+    fail_on,
+    as_json,
+    progress,
+    quiet,
+):
     """Scan logs, raise incidents, store them. FILE may be .gz, .bz2 or - (stdin).
 
     \b
@@ -130,12 +242,21 @@ def scan(ctx, paths, fmt, squid_logformat, site, egress_ip, egress_country, fail
     egress = EgressOptions(egress_ip=egress_ip, egress_country=egress_country, site=site)
     if site is not None and site not in app.config.sites:
         known = ", ".join(sorted(app.config.sites)) or "none configured"
-        raise click.BadParameter(f"unknown site {site!r} (sites in config: {known})", param_hint="--site")
+        raise click.BadParameter(
+            f"unknown site {site!r} (sites in config: {known})", param_hint="--site"
+        )
     show_bar = (progress if progress is not None else sys.stderr.isatty()) and not quiet
     total = sum(Path(p).stat().st_size for p in paths if p != "-" and Path(p).is_file())
-    with click.progressbar(length=total or 1, file=sys.stderr if show_bar else _Null(), label="scanning",
-                           show_eta=True, show_percent=True) as bar:  # fmt: skip
-        scan_id, summary = app.scan(list(paths), egress, _collect_options(fmt, squid_logformat), bar.update)
+    with click.progressbar(
+        length=total or 1,
+        file=sys.stderr if show_bar else _Null(),
+        label="scanning",
+        show_eta=True,
+        show_percent=True,
+    ) as bar:
+        scan_id, summary = app.scan(
+            list(paths), egress, _collect_options(fmt, squid_logformat), bar.update
+        )
     if not quiet:
         if as_json:
             click.echo(json.dumps({"scan_id": scan_id, **summary.as_dict()}, ensure_ascii=False))
@@ -144,7 +265,11 @@ def scan(ctx, paths, fmt, squid_logformat, site, egress_ip, egress_country, fail
     _print_problems(summary.diag)
     if summary.diag.file_errors:
         ctx.exit(EXIT_ERROR)
-    if fail_on and summary.new_max_severity and SEVERITY_RANK[summary.new_max_severity] >= SEVERITY_RANK[fail_on]:
+    if (
+        fail_on
+        and summary.new_max_severity
+        and SEVERITY_RANK[summary.new_max_severity] >= SEVERITY_RANK[fail_on]
+    ):
         ctx.exit(EXIT_FINDINGS)
 
 
@@ -180,11 +305,15 @@ def _country_option(value):
 
 def _print_summary(scan_id: int, s: ScanSummary) -> None:
     d = s.as_dict()
-    click.echo(f"scan {scan_id}: {len(s.files)} file(s), {s.records} records read, {s.malformed} malformed, "
-               f"{s.llm_observations} LLM observations ({s.stored} new, {s.duplicates} already stored)")  # fmt: skip
+    click.echo(
+        f"scan {scan_id}: {len(s.files)} file(s), {s.records} records read, {s.malformed} malformed, "
+        f"{s.llm_observations} LLM observations ({s.stored} new, {s.duplicates} already stored)"
+    )
     click.echo(f"incidents: {d['incidents_new']} new, {d['incidents_updated']} updated")
     for rule in sorted(set(s.new_by_rule) | set(s.updated_by_rule)):
-        click.echo(f"  {rule}: {s.new_by_rule.get(rule, 0)} new, {s.updated_by_rule.get(rule, 0)} updated")
+        click.echo(
+            f"  {rule}: {s.new_by_rule.get(rule, 0)} new, {s.updated_by_rule.get(rule, 0)} updated"
+        )
 
 
 def _print_problems(diag: Diagnostics, limit: int = 20) -> None:
@@ -193,7 +322,10 @@ def _print_problems(diag: Diagnostics, limit: int = 20) -> None:
     for p in diag.problems[:limit]:
         click.echo(f"malformed: {safe_text(str(p), 240)}", err=True)
     if diag.malformed > limit:
-        click.echo(f"malformed: … and {diag.malformed - limit} more (apiwatch keeps them in scan_problems)", err=True)
+        click.echo(
+            f"malformed: … and {diag.malformed - limit} more (apiwatch keeps them in scan_problems)",
+            err=True,
+        )
 
 
 @main.command()
@@ -202,8 +334,12 @@ def _print_problems(diag: Diagnostics, limit: int = 20) -> None:
 @_logformat_option
 @click.option("--json", "out", flag_value="json", help="JSON lines (the default when piped).")
 @click.option("--csv", "out", flag_value="csv", help="CSV with a header row.")
-@click.option("--table", "out", flag_value="table", help="Aligned table (the default on a terminal).")
-@click.option("--llm-only", is_flag=True, help="Only observations whose destination the catalogue knows.")
+@click.option(
+    "--table", "out", flag_value="table", help="Aligned table (the default on a terminal)."
+)
+@click.option(
+    "--llm-only", is_flag=True, help="Only observations whose destination the catalogue knows."
+)
 @click.pass_context
 @_guard
 def parse(ctx, paths, fmt, squid_logformat, out, llm_only):
@@ -230,8 +366,22 @@ def parse(ctx, paths, fmt, squid_logformat, out, llm_only):
                 diag.file_error(path, str(exc).removeprefix(f"{path}: "))
 
     try:
-        write_rows(rows(), out, PARSE_COLUMNS, sys.stdout,
-                   ["ts", "client_ip", "method", "dest_host", "dest_port", "status", "bytes_in", "provider"])  # fmt: skip
+        write_rows(
+            rows(),
+            out,
+            PARSE_COLUMNS,
+            sys.stdout,
+            [
+                "ts",
+                "client_ip",
+                "method",
+                "dest_host",
+                "dest_port",
+                "status",
+                "bytes_in",
+                "provider",
+            ],
+        )
     except BrokenPipeError:  # `| head` is fine
         sys.stderr.close()
         ctx.exit(EXIT_OK)
@@ -250,14 +400,23 @@ def _when(_ctx, _param, value):
 
 
 @main.command()
-@click.option("--since", callback=_when, help="Last seen at or after: 7d, 24h, 30m, or an ISO date/time (UTC).")
+@click.option(
+    "--since",
+    callback=_when,
+    help="Last seen at or after: 7d, 24h, 30m, or an ISO date/time (UTC).",
+)
 @click.option("--until", callback=_when, help="First seen before: same forms as --since.")
 @click.option("--rule", multiple=True, help="Rule id (repeatable).")
 @click.option("--severity", type=click.Choice(SEVERITIES), help="Minimum severity.")
 @click.option("--provider", multiple=True, help="Provider id, e.g. openai (repeatable).")
 @click.option("--site", multiple=True, help="Site name (repeatable).")
 @click.option("--client", multiple=True, help="Client address (repeatable).")
-@click.option("--status", multiple=True, type=click.Choice(["open", "acknowledged", "resolved"]), help="Incident status (repeatable).")
+@click.option(
+    "--status",
+    multiple=True,
+    type=click.Choice(["open", "acknowledged", "resolved"]),
+    help="Incident status (repeatable).",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first).")
 @click.option("--json", "out", flag_value="json", help="JSON lines, one incident per line.")
 @click.option("--csv", "out", flag_value="csv", help="CSV with a header row.")
@@ -271,16 +430,29 @@ def incidents(ctx, since, until, rule, severity, provider, site, client, status,
     apiwatch incidents --provider openai --site shanghai --csv > openai-shanghai.csv
     apiwatch incidents --json | jq -r 'select(.count > 100) | .id'
     """
-    q = IncidentQuery(since=since, until=until, rule=rule, min_severity=severity, provider=provider,
-                      site=site, client=tuple(canonical_ip(c) or c for c in client), status=status, limit=limit)  # fmt: skip
-    n = write_rows(_app(ctx).store.incidents(q), out or "table", INCIDENT_COLUMNS, sys.stdout, INCIDENT_TABLE)
+    q = IncidentQuery(
+        since=since,
+        until=until,
+        rule=rule,
+        min_severity=severity,
+        provider=provider,
+        site=site,
+        client=tuple(canonical_ip(c) or c for c in client),
+        status=status,
+        limit=limit,
+    )
+    n = write_rows(
+        _app(ctx).store.incidents(q), out or "table", INCIDENT_COLUMNS, sys.stdout, INCIDENT_TABLE
+    )
     if n == 0 and not out:
         click.echo("no incidents match", err=True)
 
 
 @main.command()
 @click.argument("incident_id")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object with the incident and its records.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object with the incident and its records."
+)
 @click.option("--samples", default=20, show_default=True, help="How many of its records to show.")
 @click.pass_context
 @_guard
@@ -306,8 +478,24 @@ def show(ctx, incident_id, as_json, samples):
         shown = ", ".join(value) if isinstance(value, list) else value
         click.echo(f"{key:<{width}}  {safe_text(shown, 200)}")
     click.echo(f"\nrecords ({len(records)} of {inc['count']}):")
-    write_rows(records, "table", [], sys.stdout,
-               ["source", "line", "ts", "client_ip", "method", "dest_host", "status", "result", "bytes_out", "bytes_in"])  # fmt: skip
+    write_rows(
+        records,
+        "table",
+        [],
+        sys.stdout,
+        [
+            "source",
+            "line",
+            "ts",
+            "client_ip",
+            "method",
+            "dest_host",
+            "status",
+            "result",
+            "bytes_out",
+            "bytes_in",
+        ],
+    )
 
 
 @main.command()
@@ -324,33 +512,52 @@ def providers(ctx, hosts, as_json):
     """
     app = _app(ctx)
     if not hosts:
-        rows = app.catalog.entries()
+        rows = [asdict(e) for e in app.catalog.entries()]
         if as_json:
             write_json_lines(rows, sys.stdout)
         else:
-            cols = ["id", "name", "kind", "category", "hq_country", "region_list", "allowed_countries", "hosts"]
-            write_rows(rows, "table", cols, sys.stdout, [c for c in cols if rows and c in rows[0]])
+            for row in rows:
+                row["hosts"] = " ".join((*row["hosts"], *row["consumer_hosts"], *row["ip_ranges"]))
+            write_rows(
+                rows,
+                "table",
+                [],
+                sys.stdout,
+                ["id", "kind", "category", "hq_country", "region_list", "region_count", "hosts"],
+            )
         click.echo(f"catalogue {app.catalog.version}: {len(rows)} entries", err=True)
         return
-    from monitor.pipeline import Identifier
     from monitor.observation import normalise_host
+    from monitor.pipeline import Identifier
 
     ident = Identifier(app.catalog)
     rows = []
     for host in hosts:
         norm = normalise_host(host) or host
         m = ident.by_host(norm)
-        rows.append({"host": norm, "provider": m.provider.id if m else None, "name": m.provider.name if m else None,
-                     "kind": m.kind if m else None, "matched": m.pattern if m else None,
-                     "region_list": m.provider.region_list if m else None,
-                     "hq_country": m.provider.hq_country if m else None})  # fmt: skip
+        rows.append(
+            {
+                "host": norm,
+                "provider": m.provider.id if m else None,
+                "name": m.provider.name if m else None,
+                "kind": m.kind if m else None,
+                "matched": m.pattern if m else None,
+                "region_list": m.provider.region_list if m else None,
+                "hq_country": m.provider.hq_country if m else None,
+            }
+        )
     write_rows(rows, "json" if as_json else "table", list(rows[0]), sys.stdout)
 
 
 @main.command()
 @click.argument("ips", nargs=-1, metavar="IP…")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
-@click.option("--sources", "list_sources", is_flag=True, help="List the geolocation sources in use and their build dates.")
+@click.option(
+    "--sources",
+    "list_sources",
+    is_flag=True,
+    help="List the geolocation sources in use and their build dates.",
+)
 @click.pass_context
 @_guard
 def geo(ctx, ips, as_json, list_sources):
@@ -361,8 +568,6 @@ def geo(ctx, ips, as_json, list_sources):
     apiwatch --geoip /var/lib/GeoIP/GeoLite2-City.mmdb geo 1.1.1.1 --json
     apiwatch geo --sources
     """
-    from dataclasses import asdict
-
     resolver = _app(ctx).geo
     if list_sources or not ips:
         rows = [asdict(s) for s in resolver.sources()]
@@ -372,8 +577,13 @@ def geo(ctx, ips, as_json, list_sources):
     if bad:
         raise click.BadParameter(f"not an IP address: {', '.join(bad)}", param_hint="IP")
     rows = [asdict(resolver.lookup(ip)) for ip in ips]
-    write_rows(rows, "json" if as_json else "table", list(rows[0]), sys.stdout,
-               ["ip", "scope", "country", "asn", "org", "site", "country_source", "asn_source"])  # fmt: skip
+    write_rows(
+        rows,
+        "json" if as_json else "table",
+        list(rows[0]),
+        sys.stdout,
+        ["ip", "scope", "country", "asn", "org", "site", "country_source", "asn_source"],
+    )
 
 
 @main.command("rules")
@@ -387,7 +597,21 @@ def rules_cmd(ctx, as_json):
     apiwatch rules
     apiwatch --rules ./my-policies rules --json
     """
-    rows = [{"id": r.id, "severity": r.severity, "title": r.title, "source": r.source,
-             "when": r.when, "description": r.description} for r in _app(ctx).rules.rules]  # fmt: skip
-    write_rows(rows, "json" if as_json else "table", list(rows[0]) if rows else [], sys.stdout,
-               ["id", "severity", "title"])  # fmt: skip
+    rows = [
+        {
+            "id": r.id,
+            "severity": r.severity,
+            "title": r.title,
+            "source": r.source,
+            "when": r.when,
+            "description": r.description,
+        }
+        for r in _app(ctx).rules.rules
+    ]
+    write_rows(
+        rows,
+        "json" if as_json else "table",
+        list(rows[0]) if rows else [],
+        sys.stdout,
+        ["id", "severity", "title"],
+    )

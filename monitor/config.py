@@ -140,7 +140,9 @@ def _site(name: str, body: dict[str, Any], where: str, key: str) -> Site:
     country = body.get("country")
     if country is not None:
         if not isinstance(country, str) or not is_country_code(country.upper()):
-            raise ConfigError(f"{where}: {key}.country: {country!r} is not an ISO 3166-1 alpha-2 code")
+            raise ConfigError(
+                f"{where}: {key}.country: {country!r} is not an ISO 3166-1 alpha-2 code"
+            )
         country = country.upper()
     return Site(name, tuple(cidrs), tuple(egress), country)
 

@@ -74,12 +74,18 @@ class EgressResolver:
             egress_ip = None
 
         if self._opts.egress_country:
-            return Egress(egress_ip, self._opts.egress_country, site_name, "option:--egress-country")
+            return Egress(
+                egress_ip, self._opts.egress_country, site_name, "option:--egress-country"
+            )
         answer = self._geo.lookup(egress_ip) if egress_ip else None
         if answer and answer.country_source and answer.country_source.startswith("override"):
-            return Egress(egress_ip, answer.country, site_name or answer.site, answer.country_source)
+            return Egress(
+                egress_ip, answer.country, site_name or answer.site, answer.country_source
+            )
         if site and site.country:
             return Egress(egress_ip, site.country, site_name, f"site:{site.name}")
         if answer and answer.country:
-            return Egress(egress_ip, answer.country, site_name or answer.site, answer.country_source or "geo")
+            return Egress(
+                egress_ip, answer.country, site_name or answer.site, answer.country_source or "geo"
+            )
         return Egress(egress_ip, None, site_name, "unknown")

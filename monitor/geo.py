@@ -394,6 +394,13 @@ def _probe_capabilities(reader: maxminddb.Reader, limit: int = 256) -> int:
     return caps
 
 
+def _network(n: int, plen: int, v6: bool) -> str:
+    """CIDR text of the ``plen`` network holding address ``n`` (cheaper than ip_network)."""
+    if v6:
+        return f"{ipaddress.IPv6Address(n >> (128 - plen) << (128 - plen))}/{plen}"
+    return f"{ipaddress.IPv4Address(n >> (32 - plen) << (32 - plen))}/{plen}"
+
+
 def _date(epoch: int | None) -> str | None:
     if not epoch:
         return None
@@ -442,13 +449,13 @@ class _Database:
         )
 
     # -- model path: geoip2's own objects (slower: builds a model per lookup)
-    def model_get(self, ip: str) -> tuple[str | None, int | None, str | None, str | None]:
+    def model_get(self, ip: str, n: int = 0, v6: bool = False):
         """(country, asn, org, network) via the geoip2 method this database type calls for."""
         r = self.reader
         m = self.method
         try:
             if m == "raw":
-                return self.raw_get(ip)
+                return self.raw_get(ip, n, v6)
             if m in ("country", "city", "enterprise"):
                 model = getattr(r, m)(ip)
                 cc = model.country.iso_code
@@ -466,16 +473,14 @@ class _Database:
             return None, None, None, None
 
     # -- raw path: the dict straight from the C extension (same answers, several times faster)
-    def raw_get(self, ip: str) -> tuple[str | None, int | None, str | None, str | None]:
+    def raw_get(self, ip: str, n: int = 0, v6: bool = False):
+        """Same answers as :meth:`model_get`; ``n`` is the address as an int (for network)."""
         rec, plen = self.raw.get_with_prefix_len(ip)
         if rec is None:
             return None, None, None, None
         asn, org = _raw_asn(rec) if self.caps & _ASN else (None, None)
         cc = _raw_country(rec) if self.caps & _COUNTRY else None
-        net = None
-        if cc is not None:
-            net = str(ipaddress.ip_network(f"{ip}/{plen}", strict=False))
-        return cc, asn, org, net
+        return cc, asn, org, (_network(n, plen, v6) if cc is not None else None)
 
     def close(self) -> None:
         self.reader.close()
@@ -849,16 +854,17 @@ class GeoResolver:
             need_country = country is None
             need_asn = asn is None
             if need_country or need_asn:
-                look_s = str(look)
+                look_s = canonical if look is addr else str(look)
                 country_chain, asn_chain = self._chains()
                 v6 = look.version == 6
+                n = int(look)
                 get = "raw_get" if self._raw_reads else "model_get"
                 seen: dict[int, tuple] = {}  # a country+asn file is read once
                 if need_country:
                     for db in country_chain:
                         if v6 and db.ip_version == 4:
                             continue
-                        seen[id(db)] = res = self._get(db, get, look_s)
+                        seen[id(db)] = res = self._get(db, get, look_s, n, v6)
                         if res[0] is not None:
                             country, country_src, network = res[0], db.label, res[3]
                             break
@@ -866,7 +872,7 @@ class GeoResolver:
                     for db in asn_chain:
                         if v6 and db.ip_version == 4:
                             continue
-                        res = seen.get(id(db)) or self._get(db, get, look_s)
+                        res = seen.get(id(db)) or self._get(db, get, look_s, n, v6)
                         if res[1] is not None:
                             asn, asn_src = res[1], db.label
                             if org is None:  # an override's org without asn is kept
@@ -875,9 +881,9 @@ class GeoResolver:
         return GeoAnswer(canonical, scope, country, asn, org, site, country_src, asn_src, network)
 
     @staticmethod
-    def _get(db: _Database, method: str, ip: str):
+    def _get(db: _Database, method: str, ip: str, n: int, v6: bool):
         try:
-            return getattr(db, method)(ip)
+            return getattr(db, method)(ip, n, v6)
         except ValueError:  # e.g. an IPv6 address in an IPv4-only file
             return _NONE4
         except maxminddb.errors.InvalidDatabaseError as exc:

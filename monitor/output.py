@@ -23,10 +23,15 @@ def safe_text(value: Any, limit: int | None = MAX_CELL) -> str:
     """Printable, bounded text for a terminal cell."""
     if value is None:
         return "-"
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()), str(value))
+    text = _CONTROL.sub(_escape, str(value))
     if limit and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
 
 
 def write_json_lines(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
@@ -52,17 +57,30 @@ def _csv_value(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
 
 
-def write_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], out: TextIO,
-                headers: Sequence[str] | None = None) -> int:  # fmt: skip
+def write_table(
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[str],
+    out: TextIO,
+    headers: Sequence[str] | None = None,
+) -> int:
     body = [[safe_text(row.get(c)) for c in columns] for row in rows]
     if body:
-        out.write(tabulate(body, headers=list(headers or columns), tablefmt="simple", disable_numparse=True))
+        out.write(
+            tabulate(
+                body, headers=list(headers or columns), tablefmt="simple", disable_numparse=True
+            )
+        )
         out.write("\n")
     return len(body)
 
 
-def write_rows(rows: Iterable[Mapping[str, Any]], fmt: str, columns: Sequence[str], out: TextIO,
-               table_columns: Sequence[str] | None = None) -> int:  # fmt: skip
+def write_rows(
+    rows: Iterable[Mapping[str, Any]],
+    fmt: str,
+    columns: Sequence[str],
+    out: TextIO,
+    table_columns: Sequence[str] | None = None,
+) -> int:
     """``fmt`` is ``table``, ``json`` (JSON lines) or ``csv``; returns the number of rows."""
     if fmt == "json":
         return write_json_lines(rows, out)

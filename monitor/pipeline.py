@@ -98,6 +98,7 @@ class Evaluator:
         return {
             "match.kind": e.match.kind,
             "match.pattern": e.match.pattern,
+            "match.confidence": e.match.confidence,
             "provider.id": p.id,
             "provider.kind": p.kind,
             "provider.category": p.category,
@@ -125,10 +126,19 @@ class Evaluator:
         return self.rules.evaluate(self.context(e))
 
 
-def incident_id(rule: str, provider: str, dest_host: str | None, client_ip: str | None,
-                egress_ip: str | None, egress_country: str | None, day: str) -> str:  # fmt: skip
+def incident_id(
+    rule: str,
+    provider: str,
+    dest_host: str | None,
+    client_ip: str | None,
+    egress_ip: str | None,
+    egress_country: str | None,
+    day: str,
+) -> str:
     """Deterministic: the same traffic always aggregates into the same incident."""
-    key = "\x1f".join(x or "" for x in (rule, provider, dest_host, client_ip, egress_ip, egress_country, day))
+    key = "\x1f".join(
+        x or "" for x in (rule, provider, dest_host, client_ip, egress_ip, egress_country, day)
+    )
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
@@ -136,28 +146,61 @@ def observation_row(e: Enriched, obs_id: str, scan_id: int | None) -> dict[str, 
     o = e.obs
     iso = iso_utc(o.ts)
     return {
-        "id": obs_id, "ts": o.ts, "iso": iso, "day": iso[:10], "source": o.source, "line": o.line,
-        "format": o.format, "client_ip": o.client_ip, "client_port": o.client_port, "user": o.user,
-        "method": o.method, "dest_host": o.dest_host, "dest_port": o.dest_port, "dest_ip": o.dest_ip,
-        "url": o.url, "status": o.status, "result": o.result, "bytes_out": o.bytes_out,
-        "bytes_in": o.bytes_in, "host_source": o.host_source, "duration": o.duration,
-        "provider": e.match.provider.id, "provider_kind": e.match.kind, "match_pattern": e.match.pattern,
-        "site": e.egress.site, "egress_ip": e.egress.ip, "egress_country": e.egress.country,
-        "egress_source": e.egress.source, "dest_country": e.dest.country if e.dest else None,
-        "dest_asn": e.dest.asn if e.dest else None, "outcome": e.outcome, "scan_id": scan_id,
-    }  # fmt: skip
+        "id": obs_id,
+        "ts": o.ts,
+        "iso": iso,
+        "day": iso[:10],
+        "source": o.source,
+        "line": o.line,
+        "format": o.format,
+        "client_ip": o.client_ip,
+        "client_port": o.client_port,
+        "user": o.user,
+        "method": o.method,
+        "dest_host": o.dest_host,
+        "dest_port": o.dest_port,
+        "dest_ip": o.dest_ip,
+        "url": o.url,
+        "status": o.status,
+        "result": o.result,
+        "bytes_out": o.bytes_out,
+        "bytes_in": o.bytes_in,
+        "host_source": o.host_source,
+        "duration": o.duration,
+        "provider": e.match.provider.id,
+        "provider_kind": e.match.kind,
+        "match_pattern": e.match.pattern,
+        "site": e.egress.site,
+        "egress_ip": e.egress.ip,
+        "egress_country": e.egress.country,
+        "egress_source": e.egress.source,
+        "dest_country": e.dest.country if e.dest else None,
+        "dest_asn": e.dest.asn if e.dest else None,
+        "outcome": e.outcome,
+        "scan_id": scan_id,
+    }
 
 
 def incident_rows(e: Enriched, rules: Iterable[Rule], day: str) -> list[dict[str, Any]]:
     o, p = e.obs, e.match.provider
     return [
         {
-            "id": incident_id(r.id, p.id, o.dest_host, o.client_ip, e.egress.ip, e.egress.country, day),
-            "rule": r.id, "severity": r.severity, "title": r.title, "provider": p.id,
-            "provider_kind": e.match.kind, "dest_host": o.dest_host or o.dest_ip,
-            "client_ip": o.client_ip, "site": e.egress.site, "egress_ip": e.egress.ip,
-            "egress_country": e.egress.country, "egress_source": e.egress.source, "day": day,
-        }  # fmt: skip
+            "id": incident_id(
+                r.id, p.id, o.dest_host, o.client_ip, e.egress.ip, e.egress.country, day
+            ),
+            "rule": r.id,
+            "severity": r.severity,
+            "title": r.title,
+            "provider": p.id,
+            "provider_kind": e.match.kind,
+            "dest_host": o.dest_host or o.dest_ip,
+            "client_ip": o.client_ip,
+            "site": e.egress.site,
+            "egress_ip": e.egress.ip,
+            "egress_country": e.egress.country,
+            "egress_source": e.egress.source,
+            "day": day,
+        }
         for r in rules
     ]
 
@@ -179,22 +222,34 @@ class ScanSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "files": self.files, "records": self.records, "malformed": self.malformed,
-            "llm_observations": self.llm_observations, "stored": self.stored,
-            "duplicates": self.duplicates, "incidents_new": len(self.incidents_new),
+            "files": self.files,
+            "records": self.records,
+            "malformed": self.malformed,
+            "llm_observations": self.llm_observations,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "incidents_new": len(self.incidents_new),
             "incidents_updated": len(self.incidents_updated - self.incidents_new),
-            "new_by_rule": dict(self.new_by_rule), "updated_by_rule": dict(self.updated_by_rule),
+            "new_by_rule": dict(self.new_by_rule),
+            "updated_by_rule": dict(self.updated_by_rule),
             "new_max_severity": self.new_max_severity,
             "file_errors": [str(p) for p in self.diag.file_errors],
             "problems": [str(p) for p in self.diag.problems],
-        }  # fmt: skip
+        }
 
 
 class Pipeline:
     """All stages for one run, built from the catalogue, geodata, rules and configuration."""
 
-    def __init__(self, catalog: Catalog, geo: GeoResolver, rules: RuleSet, config: Config,
-                 egress: EgressOptions, collect_options: CollectOptions):  # fmt: skip
+    def __init__(
+        self,
+        catalog: Catalog,
+        geo: GeoResolver,
+        rules: RuleSet,
+        config: Config,
+        egress: EgressOptions,
+        collect_options: CollectOptions,
+    ):
         self.catalog = catalog
         self.geo = geo
         self.identifier = Identifier(catalog)
@@ -202,8 +257,14 @@ class Pipeline:
         self.evaluator = Evaluator(rules, catalog, config)
         self.collect_options = collect_options
 
-    def observe(self, path: str, diag: Diagnostics, *, only_llm: bool = False,
-                on_read: Callable[[int], None] | None = None) -> Iterator[tuple[Observation, Match | None]]:  # fmt: skip
+    def observe(
+        self,
+        path: str,
+        diag: Diagnostics,
+        *,
+        only_llm: bool = False,
+        on_read: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[Observation, Match | None]]:
         """Stages 1–2 for one input: observations with their catalogue match."""
         host_filter = self.identifier.host_filter if only_llm else None
         for obs in collect(path, self.collect_options, diag, host_filter, on_read):
@@ -211,8 +272,13 @@ class Pipeline:
             if match is not None or not only_llm:
                 yield obs, match
 
-    def scan(self, paths: Iterable[str], store: Store, scan_id: int,
-             on_read: Callable[[int], None] | None = None) -> ScanSummary:  # fmt: skip
+    def scan(
+        self,
+        paths: Iterable[str],
+        store: Store,
+        scan_id: int,
+        on_read: Callable[[int], None] | None = None,
+    ) -> ScanSummary:
         """Every stage, for every input; commits one batch at a time."""
         summary = ScanSummary()
         diag = summary.diag
@@ -250,14 +316,19 @@ class Pipeline:
         return summary
 
 
-def _account(summary: ScanSummary, res: IngestResult, rule_of: dict[str, str], severity_of: dict[str, str]) -> None:
+def _account(
+    summary: ScanSummary, res: IngestResult, rule_of: dict[str, str], severity_of: dict[str, str]
+) -> None:
     summary.stored += res.stored
     summary.duplicates += res.duplicates
     for iid in res.new_incidents:
         summary.incidents_new.add(iid)
         summary.new_by_rule[rule_of[iid]] += 1
         sev = severity_of[iid]
-        if summary.new_max_severity is None or SEVERITY_RANK[sev] > SEVERITY_RANK[summary.new_max_severity]:
+        if (
+            summary.new_max_severity is None
+            or SEVERITY_RANK[sev] > SEVERITY_RANK[summary.new_max_severity]
+        ):
             summary.new_max_severity = sev
     for iid in res.updated_incidents:
         if iid not in summary.incidents_new and iid not in summary.incidents_updated:
@@ -266,6 +337,19 @@ def _account(summary: ScanSummary, res: IngestResult, rule_of: dict[str, str], s
 
 
 def _fallback_id(obs: Observation) -> str:
-    key = "\x1f".join(str(v) for v in (obs.ts, obs.client_ip, obs.client_port, obs.method, obs.dest_host,
-                                        obs.dest_port, obs.url, obs.status, obs.bytes_out, obs.bytes_in))  # fmt: skip
+    key = "\x1f".join(
+        str(v)
+        for v in (
+            obs.ts,
+            obs.client_ip,
+            obs.client_port,
+            obs.method,
+            obs.dest_host,
+            obs.dest_port,
+            obs.url,
+            obs.status,
+            obs.bytes_out,
+            obs.bytes_in,
+        )
+    )
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()

@@ -35,6 +35,7 @@ SEVERITY_RANK = {name: i for i, name in enumerate(SEVERITIES)}
 FIELDS: dict[str, str] = {
     "match.kind": "api | consumer | relay: how the destination matched the catalogue",
     "match.pattern": "the catalogue entry that matched (host, *.suffix or CIDR)",
+    "match.confidence": "high | medium | low: how sure the catalogue is of that entry",
     "provider.id": "catalogue id, e.g. openai",
     "provider.kind": "provider | relay",
     "provider.category": "relay category (aggregator, ai_gateway, …) or null",
@@ -126,13 +127,17 @@ def compile_rule(doc: Any, source: str) -> Rule:
         raise RuleError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     severity = doc.get("severity")
     if severity not in SEVERITY_RANK:
-        raise RuleError(f"{where}: severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+        raise RuleError(
+            f"{where}: severity must be one of {', '.join(SEVERITIES)}, got {severity!r}"
+        )
     for key in ("title", "description"):
         if not isinstance(doc.get(key), str) or not doc[key].strip():
             raise RuleError(f"{where}: '{key}' is required")
     when = doc.get("when")
     if not isinstance(when, dict) or not when:
-        raise RuleError(f"{where}: 'when' must be a non-empty mapping of field: {{operator: value}}")
+        raise RuleError(
+            f"{where}: 'when' must be a non-empty mapping of field: {{operator: value}}"
+        )
     predicates: list[Predicate] = []
     for field, conds in when.items():
         if field not in FIELDS:
@@ -141,10 +146,14 @@ def compile_rule(doc: Any, source: str) -> Rule:
             raise RuleError(f"{where}: {field}: expected {{operator: value}}")
         for op, value in conds.items():
             if op not in _OPERATORS:
-                raise RuleError(f"{where}: {field}: unknown operator {op!r} (known: {', '.join(sorted(_OPERATORS))})")
+                raise RuleError(
+                    f"{where}: {field}: unknown operator {op!r} (known: {', '.join(sorted(_OPERATORS))})"
+                )
             if isinstance(value, str) and value.startswith("$") and value[1:] not in FIELDS:
                 raise RuleError(f"{where}: {field}: {op}: unknown field reference {value!r}")
-            if op in ("in", "not_in") and not (isinstance(value, list) or (isinstance(value, str) and value.startswith("$"))):
+            if op in ("in", "not_in") and not (
+                isinstance(value, list) or (isinstance(value, str) and value.startswith("$"))
+            ):
                 raise RuleError(f"{where}: {field}: {op} needs a list or a $field reference")
             if op in ("exists", "empty") and not isinstance(value, bool):
                 raise RuleError(f"{where}: {field}: {op} needs true or false")
@@ -176,7 +185,9 @@ class RuleSet:
         seen: dict[str, str] = {}
         for rule in self.rules:
             if rule.id in seen:
-                raise RuleError(f"{rule.source}: rule {rule.id!r}: duplicate id (also in {seen[rule.id]})")
+                raise RuleError(
+                    f"{rule.source}: rule {rule.id!r}: duplicate id (also in {seen[rule.id]})"
+                )
             seen[rule.id] = rule.source
         self.by_id = {r.id: r for r in self.rules}
 
@@ -185,7 +196,11 @@ class RuleSet:
         """Load every ``*.yaml``/``*.yml`` file (or directory of them); multi-document files allowed."""
         rules: list[Rule] = []
         for path in paths:
-            files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+            files = (
+                sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+                if path.is_dir()
+                else [path]
+            )
             for file in files:
                 try:
                     docs = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))

@@ -19,14 +19,15 @@ import json
 import os
 import sqlite3
 import time
-from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from monitor.observation import iso_utc
 from monitor.policy import SEVERITY_RANK
 
 SCHEMA_VERSION = 1
@@ -97,9 +98,20 @@ INCIDENT_COLUMNS: dict[str, type] = {
 
 #: Fields of an incident that a caller supplies (the rest is aggregated here).
 INCIDENT_IDENTITY = (
-    "id", "rule", "severity", "title", "provider", "provider_kind", "dest_host",
-    "client_ip", "site", "egress_ip", "egress_country", "egress_source", "day",
-)  # fmt: skip
+    "id",
+    "rule",
+    "severity",
+    "title",
+    "provider",
+    "provider_kind",
+    "dest_host",
+    "client_ip",
+    "site",
+    "egress_ip",
+    "egress_country",
+    "egress_source",
+    "day",
+)
 
 
 class StoreError(RuntimeError):
@@ -168,26 +180,42 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         if version == 0 and self.db.table_names():
-            raise StoreError(f"{self.path}: not an apiwatch database (has tables, no schema version)")
+            raise StoreError(
+                f"{self.path}: not an apiwatch database (has tables, no schema version)"
+            )
         db = self.db
         with self._tx():
             if self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
                 return  # another process created it while we waited for the lock
             db["scans"].create(
                 {
-                    "id": int, "started": str, "finished": str, "files": str, "options": str,
-                    "records": int, "malformed": int, "llm_observations": int, "stored": int,
-                    "duplicates": int, "incidents_new": int, "incidents_updated": int,
-                    "by_rule": str, "file_errors": str, "catalog_version": str, "geodata": str,
+                    "id": int,
+                    "started": str,
+                    "finished": str,
+                    "files": str,
+                    "options": str,
+                    "records": int,
+                    "malformed": int,
+                    "llm_observations": int,
+                    "stored": int,
+                    "duplicates": int,
+                    "incidents_new": int,
+                    "incidents_updated": int,
+                    "by_rule": str,
+                    "file_errors": str,
+                    "catalog_version": str,
+                    "geodata": str,
                     "exit_code": int,
                 },
                 pk="id",
-            )  # fmt: skip
+            )
             db["scan_problems"].create(
                 {"scan_id": int, "source": str, "line": int, "reason": str, "excerpt": str}
             )
             db["observations"].create(OBSERVATION_COLUMNS, pk="id", not_null={"ts", "day"})
-            db["hits"].create({"incident_id": str, "observation_id": str}, pk=("incident_id", "observation_id"))
+            db["hits"].create(
+                {"incident_id": str, "observation_id": str}, pk=("incident_id", "observation_id")
+            )
             db["incidents"].create(
                 INCIDENT_COLUMNS,
                 pk="id",
@@ -198,8 +226,17 @@ class Store:
             db["observations"].create_index(["site", "day"])
             db["observations"].create_index(["ts"])
             db["hits"].create_index(["observation_id"])
-            for cols in (["last_seen"], ["first_seen"], ["rule"], ["severity_rank"], ["provider"],
-                         ["site"], ["client_ip"], ["status"], ["day"]):  # fmt: skip
+            for cols in (
+                ["last_seen"],
+                ["first_seen"],
+                ["rule"],
+                ["severity_rank"],
+                ["provider"],
+                ["site"],
+                ["client_ip"],
+                ["status"],
+                ["day"],
+            ):
                 db["incidents"].create_index(cols)
             db["scan_problems"].create_index(["scan_id"])
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -209,11 +246,17 @@ class Store:
     def start_scan(self, files: Sequence[str], options: dict[str, Any]) -> int:
         with self._tx():
             table = self.db["scans"].insert(
-                {"started": _now(), "files": json.dumps(list(files)), "options": json.dumps(options)}
+                {
+                    "started": _now(),
+                    "files": json.dumps(list(files)),
+                    "options": json.dumps(options),
+                }
             )
         return int(table.last_pk)
 
-    def finish_scan(self, scan_id: int, summary: dict[str, Any], problems: Iterable[dict[str, Any]]) -> None:
+    def finish_scan(
+        self, scan_id: int, summary: dict[str, Any], problems: Iterable[dict[str, Any]]
+    ) -> None:
         row = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in summary.items()}
         row["finished"] = _now()
         with self._tx():
@@ -222,7 +265,9 @@ class Store:
 
     # -- ingest -----------------------------------------------------------------------------
 
-    def ingest(self, scan_id: int, batch: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]) -> IngestResult:
+    def ingest(
+        self, scan_id: int, batch: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]
+    ) -> IngestResult:
         """Store one batch of (observation row, incident identities) in one transaction.
 
         Observations already in the database are skipped, and so are their contributions
@@ -242,7 +287,7 @@ class Store:
                 return result
             obs_cols = list(OBSERVATION_COLUMNS)
             conn.executemany(
-                f"INSERT INTO observations ({', '.join(obs_cols)}) VALUES ({', '.join('?' * len(obs_cols))})",
+                f"INSERT INTO observations ({', '.join(obs_cols)}) VALUES ({', '.join('?' * len(obs_cols))})",  # noqa: S608 - column names are constants
                 [[o.get(c) for c in obs_cols] for o, _ in fresh],
             )
             result.stored = len(fresh)
@@ -255,8 +300,14 @@ class Store:
                     d = deltas.get(inc["id"])
                     if d is None:
                         d = deltas[inc["id"]] = {k: inc.get(k) for k in INCIDENT_IDENTITY}
-                        d.update(count=0, blocked=0, bytes_out=None, bytes_in=None,
-                                 first_seen=obs["iso"], last_seen=obs["iso"])  # fmt: skip
+                        d.update(
+                            count=0,
+                            blocked=0,
+                            bytes_out=None,
+                            bytes_in=None,
+                            first_seen=obs["iso"],
+                            last_seen=obs["iso"],
+                        )
                     d["count"] += 1
                     d["blocked"] += obs.get("outcome") == "blocked"
                     d["bytes_out"] = _add(d["bytes_out"], obs.get("bytes_out"))
@@ -265,12 +316,25 @@ class Store:
                     d["last_seen"] = max(d["last_seen"], obs["iso"])
             if not deltas:
                 return result
-            conn.executemany("INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits)
+            conn.executemany(
+                "INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits
+            )
             before = self._existing("incidents", list(deltas))
             result.updated_incidents = before
             result.new_incidents = set(deltas) - before
-            cols = [*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count", "blocked",
-                    "bytes_out", "bytes_in", "outcome", "first_scan", "last_scan"]  # fmt: skip
+            cols = [
+                *INCIDENT_IDENTITY,
+                "severity_rank",
+                "first_seen",
+                "last_seen",
+                "count",
+                "blocked",
+                "bytes_out",
+                "bytes_in",
+                "outcome",
+                "first_scan",
+                "last_scan",
+            ]
             rows = []
             for d in deltas.values():
                 d["severity_rank"] = SEVERITY_RANK[d["severity"]]
@@ -278,7 +342,7 @@ class Store:
                 d["first_scan"] = d["last_scan"] = scan_id
                 rows.append([d[c] for c in cols])
             conn.executemany(
-                f"""INSERT INTO incidents ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})
+                f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
                 ON CONFLICT(id) DO UPDATE SET
                   first_seen = min(first_seen, excluded.first_seen),
                   last_seen = max(last_seen, excluded.last_seen),
@@ -291,7 +355,7 @@ class Store:
                   outcome = CASE WHEN blocked + excluded.blocked = 0 THEN 'allowed'
                                  WHEN blocked + excluded.blocked = count + excluded.count THEN 'blocked'
                                  ELSE 'mixed' END,
-                  last_scan = excluded.last_scan""",
+                  last_scan = excluded.last_scan""",  # noqa: S608 - constants and placeholders only
                 rows,
             )
             self._refresh_evidence(list(deltas))
@@ -302,7 +366,10 @@ class Store:
         for i in range(0, len(ids), _IN_CHUNK):
             chunk = ids[i : i + _IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
-            found.update(r[0] for r in self.db.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk))
+            found.update(
+                r[0]
+                for r in self.db.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk)  # noqa: S608
+            )
         return found
 
     def _refresh_evidence(self, incident_ids: list[str]) -> None:
@@ -315,7 +382,7 @@ class Store:
                         SELECT o.source || ':' || o.line AS loc FROM hits h
                         JOIN observations o ON o.id = h.observation_id
                         WHERE h.incident_id = incidents.id ORDER BY o.ts, o.source, o.line LIMIT {EVIDENCE_SAMPLES}))
-                    WHERE id IN ({marks}) AND json_array_length(evidence) < {EVIDENCE_SAMPLES}""",
+                    WHERE id IN ({marks}) AND json_array_length(evidence) < {EVIDENCE_SAMPLES}""",  # noqa: S608
                 chunk,
             )
 
@@ -332,8 +399,13 @@ class Store:
         if q.min_severity:
             where.append("severity_rank >= ?")
             params.append(SEVERITY_RANK[q.min_severity])
-        for column, values in (("rule", q.rule), ("provider", q.provider), ("site", q.site),
-                               ("client_ip", q.client), ("status", q.status)):  # fmt: skip
+        for column, values in (
+            ("rule", q.rule),
+            ("provider", q.provider),
+            ("site", q.site),
+            ("client_ip", q.client),
+            ("status", q.status),
+        ):
             if values:
                 where.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params.extend(values)
@@ -346,20 +418,25 @@ class Store:
 
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
         """One incident by id or unique id prefix, with its sample records."""
-        rows = list(self.db.query("SELECT * FROM incidents WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2",
-                                  [_like_escape(id_or_prefix)]))  # fmt: skip
+        rows = list(
+            self.db.query(
+                "SELECT * FROM incidents WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2",
+                [_like_escape(id_or_prefix)],
+            )
+        )
         if len(rows) != 1:
             if len(rows) > 1:
                 raise KeyError(f"incident id prefix {id_or_prefix!r} is ambiguous")
             return None
         inc = _incident_out(rows[0])
-        inc["records"] = list(
-            self.db.query(
+        inc["records"] = [
+            {**r, "ts": iso_utc(r["ts"])}
+            for r in self.db.query(
                 """SELECT o.* FROM hits h JOIN observations o ON o.id = h.observation_id
                    WHERE h.incident_id = ? ORDER BY o.ts, o.source, o.line LIMIT ?""",
                 [inc["id"], samples],
             )
-        )
+        ]
         return inc
 
     def scan(self, scan_id: int) -> dict[str, Any] | None:

@@ -291,6 +291,7 @@ class SquidProxy:
     http_port: int
     cacert: Path
     sent: list[SentRequest] = field(default_factory=list)
+    bare_connections: list[int] = field(default_factory=list)  # client ports, see below
     logs: dict[str, Path] = field(default_factory=dict)  # filled on exit
     started: float = 0.0
     stopped: float = 0.0
@@ -393,15 +394,30 @@ class SquidProxy:
         return self._record(label or f"urllib {method} {url}", "urllib", url, method,
                             len(data or b""), ports[0], origin_status, connect_status)  # fmt: skip
 
+    def bare_connection(self) -> int:
+        """Connect to the proxy and close without a request, as health checks and port
+        probes do. Squid logs it as ``NONE_NONE/000 ... error:transaction-end-before-headers``.
+        Returns the client port."""
+        if len(self.sent) + len(self.bare_connections) >= MAX_REQUESTS:
+            raise RuntimeError(f"harness request budget ({MAX_REQUESTS}) exhausted")
+        with socket.create_connection(("127.0.0.1", self.proxy_port), timeout=5) as s:
+            port = s.getsockname()[1]
+        self.bare_connections.append(port)
+        return port
+
+    @property
+    def expected_lines(self) -> int:
+        return len(self.sent) + len(self.bare_connections)
+
     def wait_for_log_lines(self, timeout: float = 5.0) -> None:
-        """Until every access log holds one line per request sent (Squid logs unbuffered)."""
+        """Until every access log holds one line per connection (Squid logs unbuffered)."""
         deadline = time.monotonic() + timeout
         while True:
             counts = {v: _count_lines(self.workdir / n) for v, n in LOG_FILES.items()}
-            if all(c >= len(self.sent) for c in counts.values()):
+            if all(c >= self.expected_lines for c in counts.values()):
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(f"Squid logged {counts}, expected {len(self.sent)} each")
+                raise AssertionError(f"Squid logged {counts}, expected {self.expected_lines} each")
             time.sleep(0.05)
 
 

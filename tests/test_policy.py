@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 
 from monitor.catalog import Catalog
+from monitor.config import Config
+from monitor.egress import Egress
+from monitor.observation import Observation
+from monitor.pipeline import Enriched, Evaluator
 from monitor.policy import FIELDS, RuleError, RuleSet, compile_rule
 from monitor.resources import rules_dir
 
@@ -16,11 +20,19 @@ def rule_doc(**when):
 
 
 def test_operators():
-    ctx = {"provider.id": "openai", "egress.country": "CN", "provider.allowed_countries": frozenset({"US", "DE"})}
+    ctx = {
+        "provider.id": "openai",
+        "egress.country": "CN",
+        "provider.allowed_countries": frozenset({"US", "DE"}),
+    }
     assert compile_rule(rule_doc(**{"provider.id": {"equals": "openai"}}), "x").matches(ctx)
     assert not compile_rule(rule_doc(**{"provider.id": {"not_equals": "openai"}}), "x").matches(ctx)
-    assert compile_rule(rule_doc(**{"egress.country": {"not_in": "$provider.allowed_countries"}}), "x").matches(ctx)
-    assert not compile_rule(rule_doc(**{"egress.country": {"in": "$provider.allowed_countries"}}), "x").matches(ctx)
+    assert compile_rule(
+        rule_doc(**{"egress.country": {"not_in": "$provider.allowed_countries"}}), "x"
+    ).matches(ctx)
+    assert not compile_rule(
+        rule_doc(**{"egress.country": {"in": "$provider.allowed_countries"}}), "x"
+    ).matches(ctx)
     assert compile_rule(rule_doc(**{"egress.country": {"in": ["CN", "HK"]}}), "x").matches(ctx)
     assert compile_rule(rule_doc(**{"egress.site": {"exists": False}}), "x").matches(ctx)
     assert compile_rule(rule_doc(**{"org.allowed_providers": {"empty": True}}), "x").matches(ctx)
@@ -29,22 +41,46 @@ def test_operators():
 def test_missing_list_semantics():
     # `in` a list that does not exist is false; `not_in` it is true
     ctx = {"egress.country": "CN"}
-    assert not compile_rule(rule_doc(**{"egress.country": {"in": "$provider.allowed_countries"}}), "x").matches(ctx)
-    assert compile_rule(rule_doc(**{"egress.country": {"not_in": "$provider.allowed_countries"}}), "x").matches(ctx)
+    assert not compile_rule(
+        rule_doc(**{"egress.country": {"in": "$provider.allowed_countries"}}), "x"
+    ).matches(ctx)
+    assert compile_rule(
+        rule_doc(**{"egress.country": {"not_in": "$provider.allowed_countries"}}), "x"
+    ).matches(ctx)
 
 
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"title": "x", "severity": "low", "description": "d", "when": {"provider.id": {"equals": "a"}}}, "without an 'id'"),
-        ({**rule_doc(**{"provider.id": {"equals": "a"}}), "severity": "urgent"}, "rule 't': severity"),
-        (rule_doc(**{"provider.nonsense": {"equals": "a"}}), "rule 't': unknown field 'provider.nonsense'"),
-        (rule_doc(**{"provider.id": {"matches": "a"}}), "rule 't': provider.id: unknown operator 'matches'"),
+        (
+            {
+                "title": "x",
+                "severity": "low",
+                "description": "d",
+                "when": {"provider.id": {"equals": "a"}},
+            },
+            "without an 'id'",
+        ),
+        (
+            {**rule_doc(**{"provider.id": {"equals": "a"}}), "severity": "urgent"},
+            "rule 't': severity",
+        ),
+        (
+            rule_doc(**{"provider.nonsense": {"equals": "a"}}),
+            "rule 't': unknown field 'provider.nonsense'",
+        ),
+        (
+            rule_doc(**{"provider.id": {"matches": "a"}}),
+            "rule 't': provider.id: unknown operator 'matches'",
+        ),
         (rule_doc(**{"provider.id": {"in": "$nope"}}), "unknown field reference '$nope'"),
         (rule_doc(**{"provider.id": {"in": "openai"}}), "needs a list"),
         (rule_doc(**{"provider.id": {"exists": "yes"}}), "needs true or false"),
         (rule_doc(), "'when' must be a non-empty mapping"),
-        ({**rule_doc(**{"provider.id": {"equals": "a"}}), "colour": "red"}, "unknown key(s) colour"),
+        (
+            {**rule_doc(**{"provider.id": {"equals": "a"}}), "colour": "red"},
+            "unknown key(s) colour",
+        ),
     ],
 )
 def test_invalid_rules_fail_at_load_with_name(tmp_path, doc, message):
@@ -67,29 +103,33 @@ def test_duplicate_ids_rejected(tmp_path):
 
 
 def test_disabled_rule_is_loaded_but_not_used(tmp_path):
-    (tmp_path / "r.yaml").write_text((BUNDLED / "relay-service.yaml").read_text() + "enabled: false\n")
+    (tmp_path / "r.yaml").write_text(
+        (BUNDLED / "relay-service.yaml").read_text() + "enabled: false\n"
+    )
     assert RuleSet.load([tmp_path]).rules == []
 
 
 def test_bundled_rules_use_only_documented_fields():
     rules = RuleSet.load([BUNDLED])
     assert {r.id for r in rules.rules} == {
-        "provider-region-unsupported", "unknown-region-policy", "relay-service", "unapproved-provider",
+        "provider-region-unsupported",
+        "unknown-region-policy",
+        "relay-service",
+        "unapproved-provider",
+        "possible-relay",
     }
     for rule in rules.rules:
         assert set(rule.when) <= set(FIELDS)
 
 
 def _ctx(catalog: Catalog, host: str, country: str | None, allowed=frozenset()):
+    """The context the real pipeline builds for a CONNECT to ``host`` from ``country``."""
     m = catalog.match_host(host)
     assert m is not None, host
-    p = m.provider
-    return {
-        "match.kind": m.kind, "provider.id": p.id, "provider.kind": p.kind, "provider.hq_country": p.hq_country,
-        "provider.region_list": p.region_list, "provider.allowed_countries": catalog.allowed_countries(p.id),
-        "catalog.major_allowed_countries": catalog.major_allowed_countries(), "egress.country": country,
-        "org.allowed_providers": allowed,
-    }  # fmt: skip
+    obs = Observation(ts=0.0, source="t", line=1, format="squid", dest_host=host, method="CONNECT")
+    enriched = Enriched(obs, m, Egress("203.0.113.1", country, None, "test"), None, None)
+    rules = RuleSet.load([BUNDLED])
+    return Evaluator(rules, catalog, Config(allowed_providers=tuple(allowed))).context(enriched)
 
 
 @pytest.mark.parametrize(
@@ -111,6 +151,7 @@ def _ctx(catalog: Catalog, host: str, country: str | None, allowed=frozenset()):
         ("api.mistral.ai", "RU", {"unknown-region-policy"}),
         ("openrouter.ai", "DE", {"relay-service"}),
         ("gateway.ai.cloudflare.com", "CN", {"relay-service"}),
+        ("my-openai-proxy.example.workers.dev", "CN", {"possible-relay"}),
     ],
 )
 def test_bundled_rules_meaning(host, country, expected):
@@ -122,7 +163,11 @@ def test_bundled_rules_meaning(host, country, expected):
 def test_unapproved_provider_only_with_a_list():
     catalog = Catalog.load()
     rules = RuleSet.load([BUNDLED])
-    ids = lambda host, allowed: {r.id for r in rules.evaluate(_ctx(catalog, host, "DE", allowed))}  # noqa: E731
+
+    def ids(host, allowed):
+        return {r.id for r in rules.evaluate(_ctx(catalog, host, "DE", allowed))}
+
     assert "unapproved-provider" not in ids("api.deepseek.com", frozenset())
     assert "unapproved-provider" in ids("api.deepseek.com", frozenset({"openai"}))
     assert "unapproved-provider" not in ids("api.openai.com", frozenset({"openai"}))
+    assert "unapproved-provider" not in ids("x.workers.dev", frozenset({"openai"}))

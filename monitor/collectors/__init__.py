@@ -17,7 +17,8 @@ from monitor.collectors.base import (
     OpenedInput,
     open_input,
 )
-from monitor.collectors.squid import SquidCollector, sniff as squid_sniff
+from monitor.collectors.squid import SquidCollector
+from monitor.collectors.squid import sniff as squid_sniff
 from monitor.observation import Observation
 
 #: format name -> one-line description (for --help and errors)
@@ -103,4 +104,12 @@ def _parse_and_close(collector, opened, diag, host_filter) -> Iterator[Observati
         opened.close()
 
 
-__all__ = ["FORMATS", "CollectOptions", "Diagnostics", "InputError", "collect", "detect", "make_collector"]
+__all__ = [
+    "FORMATS",
+    "CollectOptions",
+    "Diagnostics",
+    "InputError",
+    "collect",
+    "detect",
+    "make_collector",
+]

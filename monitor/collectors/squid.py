@@ -26,7 +26,7 @@ from hashlib import blake2b
 from itertools import chain
 from typing import BinaryIO
 
-from monitor.collectors.base import Diagnostics, HostFilter, iter_lines
+from monitor.collectors.base import MAX_LINE, READ_CHUNK, Diagnostics, HostFilter
 from monitor.collectors.squid_logformat import (
     BUILTIN,
     CompiledLogformat,
@@ -101,6 +101,84 @@ def sniff(line: bytes) -> str | None:
     if m is not None:
         return FORMAT_COMBINED if m.group(1) == b' "' else FORMAT_COMMON
     return None
+
+
+Batch = tuple[int, list[bytes], bool]  # (line number before the first line, lines, NUL-free)
+
+
+def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Batch]:
+    """Like :func:`~monitor.collectors.base.iter_lines`, but hands out whole chunks as
+    lists of lines (no line ending) so the per-line loop is a plain ``for`` over a list.
+
+    Same contract: line numbers count every physical line; lines longer than ``MAX_LINE``
+    are reported as malformed and skipped; a damaged compressed stream is reported as a
+    file error after the last complete line. The third item says the chunk holds no NUL
+    byte, so callers need not look for one line by line.
+    """
+    read = getattr(stream, "read1", None) or stream.read
+    lineno = 0
+    carry = b""
+    skipping = False  # inside an over-long line, dropping bytes up to its newline
+    try:
+        while True:
+            chunk = read(READ_CHUNK)
+            if not chunk:
+                break
+            if skipping:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    continue
+                chunk = chunk[nl + 1 :]
+                skipping = False
+            if carry:
+                chunk = carry + chunk
+                carry = b""
+            has_cr = b"\r" in chunk
+            has_nul = b"\x00" in chunk
+            lines = chunk.split(b"\n")
+            carry = lines.pop()
+            if len(carry) > MAX_LINE:
+                lineno_long = lineno + len(lines) + 1
+                diag.malformed_record(source, lineno_long, f"line longer than {MAX_LINE} bytes", carry)
+                carry = b""
+                skipping = True
+            if lines:
+                yield from _finish_batch(lineno, lines, has_cr, has_nul, source, diag)
+                lineno += len(lines)
+            if skipping:
+                lineno += 1
+        if carry:
+            yield from _finish_batch(
+                lineno, [carry], b"\r" in carry, b"\x00" in carry, source, diag
+            )
+            lineno += 1
+    except (EOFError, OSError, ValueError) as exc:  # truncated or corrupt .gz / .bz2
+        diag.file_error(source, f"stopped reading after line {lineno}: {exc}")
+
+
+def _finish_batch(
+    base: int, lines: list[bytes], has_cr: bool, has_nul: bool, source: str, diag: Diagnostics
+) -> Iterator[Batch]:
+    if has_cr:
+        lines = [ln.rstrip(b"\r") for ln in lines]
+    clean = not has_nul
+    if max(map(len, lines)) <= MAX_LINE:
+        yield base, lines, clean
+        return
+    start = 0
+    for i, ln in enumerate(lines):  # split the batch around over-long lines
+        if len(ln) > MAX_LINE:
+            if i > start:
+                yield base + start, lines[start:i], clean
+            diag.malformed_record(source, base + i + 1, f"line longer than {MAX_LINE} bytes", ln)
+            start = i + 1
+    if start < len(lines):
+        yield base + start, lines[start:], clean
+
+
+def _numbered(batches: Iterable[Batch]) -> Iterator[tuple[int, bytes]]:
+    for base, lines, _clean in batches:
+        yield from enumerate(lines, base + 1)
 
 
 def _text(b: bytes) -> str:
@@ -249,108 +327,112 @@ class SquidCollector:
         diag: Diagnostics,
         host_filter: HostFilter | None = None,
     ) -> Iterator[Observation]:
-        lines: Iterable[tuple[int, bytes]] = iter_lines(stream, source, diag)
+        batches: Iterable[Batch] = iter_batches(stream, source, diag)
         variant = self.variant
         if variant == "auto":
-            variant, lines = _detect(lines)
+            variant, batches = _detect(batches)
         if variant == FORMAT_NATIVE:
-            return self._parse_native(lines, source, diag, host_filter)
+            return self._parse_native(batches, source, diag, host_filter)
         compiled = self.compiled if variant == FORMAT_CUSTOM else None
         if compiled is None:
             compiled = _builtin("combined" if variant == FORMAT_COMBINED else "common")
-        return self._parse_regex(lines, source, diag, host_filter, compiled, variant)
+        return self._parse_regex(_numbered(batches), source, diag, host_filter, compiled, variant)
 
     # -- native --------------------------------------------------------------------------
 
     def _parse_native(
         self,
-        lines: Iterable[tuple[int, bytes]],
+        batches: Iterable[Batch],
         source: str,
         diag: Diagnostics,
         host_filter: HostFilter | None,
     ) -> Iterator[Observation]:
+        """The hot loop. Exactly ten fields that convert cleanly take the fast path;
+        everything else (extra fields, glued records, junk) goes to :meth:`_native_slow`."""
         t = _Targets()
         ips, codes, hiers, connect, words, fcache = t.ips, t.codes, t.hier, t.connect, t.words, t.filter
         missing = _MISSING
         obs = Observation
         digest = blake2b
         fmt = FORMAT_NATIVE
+        slow = self._native_slow
         records = 0
         try:
-            for lineno, line in lines:
-                parts = line.split()
-                if len(parts) != 10 or b"\x00" in line:
-                    if not parts:
-                        diag.skipped += 1
+            for base, lines, clean in batches:
+                lineno = base
+                for line in lines:
+                    lineno += 1
+                    parts = line.split()
+                    if len(parts) != 10 or not (clean or b"\x00" not in line):
+                        if not parts:
+                            diag.skipped += 1
+                            continue
+                        for o in slow(line, parts, lineno, source, diag, host_filter, t):
+                            records += 1
+                            if o is not None:
+                                yield o
                         continue
-                    for o in self._native_slow(line, parts, lineno, source, diag, host_filter, t):
-                        records += 1
-                        if o is not None:
-                            yield o
-                    continue
-                # -- fast path: exactly the ten native fields --
-                try:
-                    ts = float(parts[0])
-                    elapsed = int(parts[1])
-                except ValueError:
-                    ts = -1.0
-                    elapsed = 0
-                cs = codes.get(parts[3], missing)
-                if cs is missing:
-                    cs = t.code_status(parts[3])
-                size = parts[4]
-                if not (0.0 <= ts < 1e11) or cs is None or not (size.isdigit() or size == b"-"):
-                    for o in self._native_slow(line, parts, lineno, source, diag, host_filter, t):
-                        records += 1
-                        if o is not None:
-                            yield o
-                    continue
-                records += 1
-                method = words.get(parts[5]) or t.word(parts[5])
-                ru = parts[6]
-                if method == "CONNECT":
-                    hp = connect.get(ru)
-                    if hp is None:
-                        host, port, url, hsrc = t.target(method, ru)
+                    cs = codes.get(parts[3], missing)
+                    if cs is missing:
+                        cs = t.code_status(parts[3])
+                    try:
+                        ts = float(parts[0])
+                        elapsed = int(parts[1])
+                        size = int(parts[4])
+                    except ValueError:
+                        cs = None
+                    if cs is None or not (0.0 <= ts < 1e11):
+                        # "-" size, junk, bad numbers: the careful path decides
+                        for o in slow(line, parts, lineno, source, diag, host_filter, t):
+                            records += 1
+                            if o is not None:
+                                yield o
+                        continue
+                    records += 1
+                    method = words.get(parts[5]) or t.word(parts[5])
+                    if method == "CONNECT":
+                        hp = connect.get(parts[6])
+                        if hp is None:
+                            host, port, url, hsrc = t.target(method, parts[6])
+                        else:
+                            host, port, url = hp[0], hp[1], None
+                            hsrc = "connect" if host else None
                     else:
-                        host, port, url = hp[0], hp[1], None
-                        hsrc = "connect" if host else None
-                else:
-                    host, port, url, hsrc = t.target(method, ru)
-                if host_filter is not None and host is not None:
-                    keep = fcache.get(host)
-                    if keep is None:
-                        keep = fcache[host] = bool(host_filter(host))
-                    if not keep:
-                        continue
-                client = ips.get(parts[2], missing)
-                if client is missing:
-                    client = t.ip(parts[2])
-                dest_ip = hiers.get(parts[8], missing)
-                if dest_ip is missing:
-                    dest_ip = t.peer(parts[8])
-                user = parts[7]
-                yield obs(
-                    ts,
-                    source,
-                    lineno,
-                    fmt,
-                    client,
-                    None,
-                    None if user == b"-" else (words.get(user) or t.word(user)),
-                    method,
-                    host,
-                    port,
-                    dest_ip,
-                    url,
-                    cs[1],
-                    None,
-                    None if size == b"-" else int(size),
-                    hsrc,
-                    cs[0],
-                    elapsed / 1000 if elapsed >= 0 else None,
-                    digest(line, digest_size=12).hexdigest(),
-                )
+                        host, port, url, hsrc = t.target(method, parts[6])
+                    if host_filter is not None and host is not None:
+                        keep = fcache.get(host)
+                        if keep is None:
+                            keep = fcache[host] = bool(host_filter(host))
+                        if not keep:
+                            continue
+                    client = ips.get(parts[2], missing)
+                    if client is missing:
+                        client = t.ip(parts[2])
+                    dest_ip = hiers.get(parts[8], missing)
+                    if dest_ip is missing:
+                        dest_ip = t.peer(parts[8])
+                    user = parts[7]
+                    yield obs(
+                        ts,
+                        source,
+                        lineno,
+                        fmt,
+                        client,
+                        None,
+                        None if user == b"-" else (words.get(user) or t.word(user)),
+                        method,
+                        host,
+                        port,
+                        dest_ip,
+                        url,
+                        cs[1],
+                        None,
+                        size,
+                        hsrc,
+                        cs[0],
+                        elapsed / 1000 if elapsed >= 0 else None,
+                        digest(line, digest_size=12).hexdigest(),
+                    )
         finally:
             diag.records += records
 
@@ -618,21 +700,25 @@ class SquidCollector:
         )
 
 
-def _detect(lines: Iterable[tuple[int, bytes]]) -> tuple[str, Iterable[tuple[int, bytes]]]:
-    """Decide the variant from the first non-empty lines; give back an iterator that
-    still yields every line. Falls back to native (each line then reports itself)."""
-    it = iter(lines)
-    head: list[tuple[int, bytes]] = []
+def _detect(batches: Iterable[Batch]) -> tuple[str, Iterable[Batch]]:
+    """Decide the variant from the first non-empty lines (most votes of :func:`sniff`);
+    give back an iterator that still yields every batch. Falls back to native, where each
+    unreadable line then reports itself."""
+    it = iter(batches)
+    head: list[Batch] = []
     votes: dict[str, int] = {}
     seen = 0
-    for item in it:
-        head.append(item)
-        if not item[1].strip():
-            continue
-        v = sniff(item[1])
-        if v is not None:
-            votes[v] = votes.get(v, 0) + 1
-        seen += 1
+    for batch in it:
+        head.append(batch)
+        for line in batch[1]:
+            if not line.strip():
+                continue
+            v = sniff(line)
+            if v is not None:
+                votes[v] = votes.get(v, 0) + 1
+            seen += 1
+            if seen >= SNIFF_LINES:
+                break
         if seen >= SNIFF_LINES:
             break
     variant = max(votes, key=lambda k: votes[k]) if votes else FORMAT_NATIVE
