@@ -37,6 +37,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -525,6 +526,7 @@ def _decompress_to(xz: Path, target: Path) -> None:
         with os.fdopen(fd, "wb") as out, lzma.open(xz) as src:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
+        os.chmod(tmp, 0o644)  # public data; the directory decides who may read it
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -696,6 +698,7 @@ class GeoResolver:
         use_embedded: bool = True,
     ):
         self._closed = False
+        self._lock = threading.Lock()
         self._dbs: list[_Database] = []
         self._embedded: list[_Embedded] = []
         self._override_files: list[tuple[Path, int]] = []
@@ -805,15 +808,19 @@ class GeoResolver:
     # ---- lookups
 
     def _chains(self) -> tuple[list[_Database], list[_Database]]:
-        if self._country_chain is None:
+        if self._country_chain is not None:
+            return self._country_chain, self._asn_chain  # type: ignore[return-value]
+        with self._lock:  # first public lookup opens the embedded files, once
+            if self._country_chain is not None:
+                return self._country_chain, self._asn_chain  # type: ignore[return-value]
             dbs = list(self._dbs)
             for e in self._embedded:
                 db = e.open()
                 if db is not None:
                     dbs.append(db)
-            self._country_chain = [d for d in dbs if d.caps & _COUNTRY]
             self._asn_chain = [d for d in dbs if d.caps & _ASN]
-        return self._country_chain, self._asn_chain  # type: ignore[return-value]
+            self._country_chain = [d for d in dbs if d.caps & _COUNTRY]
+            return self._country_chain, self._asn_chain
 
     def lookup(self, ip: str) -> GeoAnswer:
         """Scope, country and ASN of one address. Memoised; never raises for bad input."""

@@ -38,6 +38,10 @@ class Observation:
     host_source: str | None = None  # one of HOST_SOURCES
     result: str | None = None  # proxy verdict as logged, e.g. "TCP_DENIED", "TCP_TUNNEL"
     duration: float | None = None  # seconds
+    ts_end: float | None = None  # flows: time of the last packet
+    packets_out: int | None = None  # flows: packets client -> destination
+    packets_in: int | None = None  # flows: packets destination -> client
+    ech: bool | None = None  # TLS: an Encrypted ClientHello was offered (dest_host is the outer SNI)
     record_id: str | None = None  # stable identity of the raw record, for de-duplication
 
     def to_dict(self) -> dict[str, Any]:

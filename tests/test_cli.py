@@ -149,10 +149,12 @@ def test_rescan_and_overlapping_files_never_double_count(db, tmp_path):
 
     reference = tmp_path / "reference.db"
     run("--db", reference, "scan", union, *args)
+
     def strip(rows):
         return sorted(
             (r["id"], r["count"], r["bytes_in"], r["first_seen"], r["last_seen"]) for r in rows
         )
+
     assert strip(incidents(db)) == strip(incidents(reference))
     assert sum(i["count"] for i in incidents(db)) == 31
 

@@ -188,9 +188,19 @@ def _text(b: bytes) -> str:
 class _Targets:
     """Per-parse caches turning raw tokens into normalised values."""
 
-    __slots__ = ("connect", "authority", "ips", "hier", "codes", "words", "filter")
+    __slots__ = (
+        "connect",
+        "authority",
+        "ips",
+        "hier",
+        "codes",
+        "words",
+        "filter",
+        "host_filter",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, host_filter: HostFilter | None = None) -> None:
+        self.host_filter = host_filter
         self.connect: dict[bytes, tuple[str | None, int | None]] = {}
         self.authority: dict[bytes, tuple[str | None, int | None]] = {}
         self.ips: dict[bytes, str | None] = {}
@@ -198,6 +208,15 @@ class _Targets:
         self.codes: dict[bytes, tuple[str, int | None] | None] = {}
         self.words: dict[bytes, str] = {}
         self.filter: dict[str, bool] = {}
+
+    def keep(self, host: str | None) -> bool:
+        """The host filter's verdict, asked once per host (records without a host are kept)."""
+        if self.host_filter is None or host is None:
+            return True
+        v = self.filter.get(host)
+        if v is None:
+            v = self.filter[host] = bool(self.host_filter(host))
+        return v
 
     def ip(self, tok: bytes) -> str | None:
         v = self.ips.get(tok, _MISSING)
@@ -347,15 +366,18 @@ class SquidCollector:
         diag: Diagnostics,
         host_filter: HostFilter | None,
     ) -> Iterator[Observation]:
-        """The hot loop. Exactly ten fields that convert cleanly take the fast path;
-        everything else (extra fields, glued records, junk) goes to :meth:`_native_slow`."""
-        t = _Targets()
-        ips, codes, hiers, connect, words, fcache = t.ips, t.codes, t.hier, t.connect, t.words, t.filter
+        """The hot loop. A line of exactly ten fields that convert cleanly takes the fast
+        path (per-field caches, no regex); anything else (extra fields, glued records,
+        junk, ``-`` sizes) goes to :meth:`_native_slow`."""
+        t = _Targets(host_filter)
+        ips, codes, hiers, connect, words = t.ips, t.codes, t.hier, t.connect, t.words
+        fcache = t.filter
         missing = _MISSING
         obs = Observation
         digest = blake2b
         fmt = FORMAT_NATIVE
         slow = self._native_slow
+        filtering = host_filter is not None
         records = 0
         try:
             for base, lines, clean in batches:
@@ -363,76 +385,69 @@ class SquidCollector:
                 for line in lines:
                     lineno += 1
                     parts = line.split()
-                    if len(parts) != 10 or not (clean or b"\x00" not in line):
-                        if not parts:
-                            diag.skipped += 1
-                            continue
-                        for o in slow(line, parts, lineno, source, diag, host_filter, t):
+                    if len(parts) == 10 and (clean or b"\x00" not in line):
+                        cs = codes.get(parts[3])
+                        if cs is None:
+                            cs = t.code_status(parts[3])
+                        try:
+                            ts = float(parts[0])
+                            elapsed = int(parts[1])
+                            size = int(parts[4])
+                        except ValueError:
+                            ts = size = -1
+                        if cs is not None and size >= 0 and 0 <= ts < 1e11:
                             records += 1
-                            if o is not None:
-                                yield o
-                        continue
-                    cs = codes.get(parts[3], missing)
-                    if cs is missing:
-                        cs = t.code_status(parts[3])
-                    try:
-                        ts = float(parts[0])
-                        elapsed = int(parts[1])
-                        size = int(parts[4])
-                    except ValueError:
-                        cs = None
-                    if cs is None or not (0.0 <= ts < 1e11):
-                        # "-" size, junk, bad numbers: the careful path decides
-                        for o in slow(line, parts, lineno, source, diag, host_filter, t):
-                            records += 1
-                            if o is not None:
-                                yield o
-                        continue
-                    records += 1
-                    method = words.get(parts[5]) or t.word(parts[5])
-                    if method == "CONNECT":
-                        hp = connect.get(parts[6])
-                        if hp is None:
-                            host, port, url, hsrc = t.target(method, parts[6])
-                        else:
-                            host, port, url = hp[0], hp[1], None
-                            hsrc = "connect" if host else None
-                    else:
-                        host, port, url, hsrc = t.target(method, parts[6])
-                    if host_filter is not None and host is not None:
-                        keep = fcache.get(host)
-                        if keep is None:
-                            keep = fcache[host] = bool(host_filter(host))
-                        if not keep:
+                            method = words.get(parts[5]) or t.word(parts[5])
+                            hp = connect.get(parts[6]) if method == "CONNECT" else None
+                            if hp is not None:
+                                host, port = hp
+                                url = None
+                                hsrc = "connect" if host else None
+                            else:
+                                host, port, url, hsrc = t.target(method, parts[6])
+                            if filtering and host is not None:
+                                keep = fcache.get(host)
+                                if keep is None:
+                                    keep = t.keep(host)
+                                if not keep:  # rejected: counted, no Observation built
+                                    continue
+                            client = ips.get(parts[2], missing)
+                            if client is missing:
+                                client = t.ip(parts[2])
+                            dest_ip = hiers.get(parts[8], missing)
+                            if dest_ip is missing:
+                                dest_ip = t.peer(parts[8])
+                            user = parts[7]
+                            yield obs(
+                                ts,
+                                source,
+                                lineno,
+                                fmt,
+                                client,
+                                None,
+                                None if user == b"-" else (words.get(user) or t.word(user)),
+                                method,
+                                host,
+                                port,
+                                dest_ip,
+                                url,
+                                cs[1],
+                                None,
+                                size,
+                                hsrc,
+                                cs[0],
+                                elapsed / 1000 if elapsed >= 0 else None,
+                                digest(line, digest_size=12).hexdigest(),
+                            )
                             continue
-                    client = ips.get(parts[2], missing)
-                    if client is missing:
-                        client = t.ip(parts[2])
-                    dest_ip = hiers.get(parts[8], missing)
-                    if dest_ip is missing:
-                        dest_ip = t.peer(parts[8])
-                    user = parts[7]
-                    yield obs(
-                        ts,
-                        source,
-                        lineno,
-                        fmt,
-                        client,
-                        None,
-                        None if user == b"-" else (words.get(user) or t.word(user)),
-                        method,
-                        host,
-                        port,
-                        dest_ip,
-                        url,
-                        cs[1],
-                        None,
-                        size,
-                        hsrc,
-                        cs[0],
-                        elapsed / 1000 if elapsed >= 0 else None,
-                        digest(line, digest_size=12).hexdigest(),
-                    )
+                    elif not parts:
+                        diag.skipped += 1
+                        continue
+                    # the careful path: "-" size, extra fields, glued records, junk
+                    for o in slow(line, parts, lineno, source, diag, t):
+                        records += 1
+                        if o is not None:
+                            yield o
         finally:
             diag.records += records
 
@@ -442,7 +457,6 @@ class SquidCollector:
         parts: list[bytes],
         lineno: int,
         source: str,
-        host_filter: HostFilter | None,
         t: _Targets,
     ) -> Observation | None | str:
         """One native record from its fields: an Observation, None (filtered out), or the
@@ -464,7 +478,7 @@ class SquidCollector:
             return "bad size"
         method = t.word(parts[5])
         host, port, url, hsrc = t.target(method, parts[6])
-        if host_filter is not None and host is not None and not host_filter(host):
+        if not t.keep(host):
             return None
         user = parts[7]
         return Observation(
@@ -496,7 +510,6 @@ class SquidCollector:
         lineno: int,
         source: str,
         diag: Diagnostics,
-        host_filter: HostFilter | None,
         t: _Targets,
     ) -> Iterator[Observation | None]:
         """Lines that are not exactly ten clean fields: extra trailing fields, glued
@@ -506,7 +519,7 @@ class SquidCollector:
             if b"\x00" in line:
                 diag.malformed_record(source, lineno, "NUL bytes in line", line)
                 return
-            res = self._native_record(line, parts, lineno, source, host_filter, t)
+            res = self._native_record(line, parts, lineno, source, t)
             if isinstance(res, str):
                 diag.malformed_record(source, lineno, res, line)
                 return
@@ -518,7 +531,7 @@ class SquidCollector:
             seg = line[a:b].strip(b" \t\x00")
             if not seg or b"\x00" in seg:
                 continue
-            res = self._native_record(seg, seg.split(), lineno, source, host_filter, t)
+            res = self._native_record(seg, seg.split(), lineno, source, t)
             if isinstance(res, str):
                 continue
             recovered += 1
@@ -541,7 +554,7 @@ class SquidCollector:
         compiled: CompiledLogformat,
         fmt: str,
     ) -> Iterator[Observation]:
-        t = _Targets()
+        t = _Targets(host_filter)
         if compiled.starts_with_timestamp:
             start_re: re.Pattern[bytes] | None = _NATIVE_START
         elif fmt in (FORMAT_COMMON, FORMAT_COMBINED):
@@ -557,7 +570,7 @@ class SquidCollector:
                 if not line.strip():
                     diag.skipped += 1
                     continue
-                res = self._regex_record(line, lineno, source, host_filter, compiled, fmt, t)
+                res = self._regex_record(line, lineno, source, compiled, fmt, t)
                 if not isinstance(res, str):
                     records += 1
                     if res is not None:
@@ -575,7 +588,7 @@ class SquidCollector:
                     seg = line[a:b].strip(b" \t\x00")
                     if not seg:
                         continue
-                    r = self._regex_record(seg, lineno, source, host_filter, compiled, fmt, t)
+                    r = self._regex_record(seg, lineno, source, compiled, fmt, t)
                     if isinstance(r, str):
                         continue
                     recovered += 1
@@ -596,12 +609,25 @@ class SquidCollector:
         raw: bytes,
         lineno: int,
         source: str,
-        host_filter: HostFilter | None,
         compiled: CompiledLogformat,
         fmt: str,
         t: _Targets,
     ) -> Observation | None | str:
         """Observation, None (filtered out) or a reason ("" = no match)."""
+        try:
+            return self._regex_fields(raw, lineno, source, compiled, fmt, t)
+        except (ValueError, TypeError, KeyError, UnicodeError, OverflowError) as exc:
+            return f"unreadable field: {exc}"
+
+    def _regex_fields(
+        self,
+        raw: bytes,
+        lineno: int,
+        source: str,
+        compiled: CompiledLogformat,
+        fmt: str,
+        t: _Targets,
+    ) -> Observation | None | str:
         if b"\x00" in raw:
             return "NUL bytes in line"
         v = compiled.match(raw)
@@ -654,7 +680,7 @@ class SquidCollector:
             host, hport = _host_port(_text(get("host_header")))  # type: ignore[arg-type]
             port = port if port is not None else hport
             hsrc = "http_host" if host else None
-        if host_filter is not None and host is not None and not host_filter(host):
+        if not t.keep(host):
             return None
         client = get("client_ip")
         cport = get("client_port")

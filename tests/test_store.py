@@ -1,0 +1,121 @@
+"""The SQLite store on real files: schema guard, idempotent ingest, incident aggregation."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from monitor.store import SCHEMA_VERSION, IncidentQuery, Store, StoreError
+
+
+def obs(i, **kw):
+    row = {
+        "id": f"o{i}",
+        "ts": 1795741200.0 + i,
+        "iso": f"2026-11-27T00:20:{i:02d}.000Z",
+        "day": "2026-11-27",
+        "source": "a.log",
+        "line": i + 1,
+        "bytes_in": 100,
+        "outcome": "allowed",
+    }
+    row.update(kw)
+    return row
+
+
+def inc(iid="i1", rule="provider-region-unsupported", severity="high"):
+    return {
+        "id": iid,
+        "rule": rule,
+        "severity": severity,
+        "title": "t",
+        "provider": "openai",
+        "provider_kind": "api",
+        "dest_host": "api.openai.com",
+        "client_ip": "10.0.0.1",
+        "site": None,
+        "egress_ip": None,
+        "egress_country": "CN",
+        "egress_source": "test",
+        "day": "2026-11-27",
+    }
+
+
+def test_ingest_is_idempotent_and_aggregates(tmp_path):
+    store = Store(tmp_path / "s.db")
+    sid = store.start_scan(["a.log"], {})
+    batch = [(obs(i, outcome="blocked" if i == 3 else "allowed"), [inc()]) for i in range(8)]
+    first = store.ingest(sid, batch)
+    assert (first.stored, first.duplicates, first.new_incidents, first.updated_incidents) == (
+        8,
+        0,
+        {"i1"},
+        set(),
+    )
+    again = store.ingest(sid, batch + batch[:2])
+    assert (again.stored, again.duplicates, again.new_incidents) == (0, 10, set())
+    more = store.ingest(sid, [(obs(20, bytes_in=None), [inc()])])
+    assert more.updated_incidents == {"i1"} and more.stored == 1
+
+    (row,) = store.incidents(IncidentQuery())
+    assert row["count"] == 9 and row["blocked"] == 1 and row["outcome"] == "mixed"
+    assert row["bytes_in"] == 800
+    assert (
+        row["first_seen"] == "2026-11-27T00:20:00.000Z"
+        and row["last_seen"] == "2026-11-27T00:20:20.000Z"
+    )
+    assert row["evidence"] == [f"a.log:{n}" for n in range(1, 6)]  # a few samples, earliest first
+    shown = store.incident("i")
+    assert (
+        shown is not None and len(shown["records"]) == 9 and shown["records"][0]["ts"].endswith("Z")
+    )
+
+
+def test_severity_filter_is_a_minimum(tmp_path):
+    store = Store(tmp_path / "s.db")
+    sid = store.start_scan([], {})
+    store.ingest(
+        sid,
+        [
+            (obs(1), [inc("a", "relay-service", "medium"), inc("b")]),
+            (obs(2), [inc("c", "x", "info")]),
+        ],
+    )
+    assert {r["id"] for r in store.incidents(IncidentQuery(min_severity="medium"))} == {"a", "b"}
+    assert {r["id"] for r in store.incidents(IncidentQuery(rule=("x",)))} == {"c"}
+
+
+def test_ambiguous_prefix(tmp_path):
+    store = Store(tmp_path / "s.db")
+    sid = store.start_scan([], {})
+    store.ingest(sid, [(obs(1), [inc("ab1"), inc("ab2", "r2")])])
+    with pytest.raises(KeyError, match="ambiguous"):
+        store.incident("ab")
+    assert store.incident("ab2")["rule"] == "r2"
+    assert store.incident("%") is None  # LIKE wildcards in ids are data
+
+
+def test_refuses_foreign_and_newer_databases(tmp_path):
+    foreign = tmp_path / "other.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(StoreError, match="not an apiwatch database"):
+        Store(foreign)
+    newer = tmp_path / "newer.db"
+    con = sqlite3.connect(newer)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.commit()
+    with pytest.raises(StoreError, match="newer than this apiwatch"):
+        Store(newer)
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open database"):
+        Store(garbage)
+
+
+def test_reopen_keeps_data(tmp_path):
+    path = tmp_path / "s.db"
+    store = Store(path)
+    store.ingest(store.start_scan([], {}), [(obs(1), [inc()])])
+    store.close()
+    assert [r["id"] for r in Store(path).incidents(IncidentQuery())] == ["i1"]
