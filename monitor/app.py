@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -14,11 +15,13 @@ from monitor.catalog import Catalog
 from monitor.collectors import CollectOptions
 from monitor.config import Config, default_config_path, load_config
 from monitor.egress import EgressOptions
-from monitor.geo import GeoResolver
+from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
 from monitor.policy import RuleSet
 from monitor.resources import rules_dir
 from monitor.store import Store
+
+STALE_GEODATA_DAYS = 183
 
 
 def default_db_path() -> Path:
@@ -105,6 +108,15 @@ class App:
         record["geodata"] = [asdict(s) for s in self.geo.sources()]
         self.store.finish_scan(scan_id, record, problems)
         return scan_id, summary
+
+    def stale_geodata(self, max_age_days: int = STALE_GEODATA_DAYS) -> list[GeoSource]:
+        """Databases older than ``max_age_days``: addresses move, so say so, but keep going."""
+        cutoff = (datetime.now(UTC) - timedelta(days=max_age_days)).strftime("%Y-%m-%d")
+        return [
+            s
+            for s in self.geo.sources()
+            if s.origin != "override" and s.build_date and s.build_date < cutoff
+        ]
 
     def close(self) -> None:
         if "store" in self.__dict__:

@@ -316,6 +316,15 @@ def _print_summary(scan_id: int, s: ScanSummary) -> None:
         )
 
 
+def _warn_stale(app: App) -> None:
+    for src in app.stale_geodata():
+        click.echo(
+            f"warning: geolocation source {src.name} is from {src.build_date}; "
+            "refresh it (geodata/build.py, or geoipupdate for your own files)",
+            err=True,
+        )
+
+
 def _print_problems(diag: Diagnostics, limit: int = 20) -> None:
     for p in diag.file_errors:
         click.echo(f"error: {safe_text(str(p), None)}", err=True)
@@ -571,6 +580,7 @@ def geo(ctx, ips, as_json, list_sources):
     resolver = _app(ctx).geo
     if list_sources or not ips:
         rows = [asdict(s) for s in resolver.sources()]
+        _warn_stale(_app(ctx))
         write_rows(rows, "json" if as_json else "table", list(rows[0]) if rows else [], sys.stdout)
         return
     bad = [ip for ip in ips if canonical_ip(ip) is None]

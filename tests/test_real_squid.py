@@ -223,18 +223,14 @@ def test_host_filter_keeps_every_accepted_record(squid_run: SquidProxy):
     assert kept == ["api.openai.com", "notopenai.com"]
 
 
-_CLF_PROBE_BUG = (
-    "collector reads common/combined with a literal 'HTTP/%rv', but Squid writes the "
-    "protocol it saw, 'NONE/0.0' for a connection that sent no request"
-)
 
 
 @pytest.mark.parametrize(
     "variant",
     [
         "native",
-        pytest.param("common", marks=pytest.mark.xfail(reason=_CLF_PROBE_BUG, strict=False)),
-        pytest.param("combined", marks=pytest.mark.xfail(reason=_CLF_PROBE_BUG, strict=False)),
+        "common",
+        "combined",
         "custom",
     ],
 )

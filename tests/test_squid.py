@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from monitor.collectors.base import MAX_LINE, Diagnostics, open_input
-from monitor.collectors.squid import SquidCollector, sniff
+from monitor.collectors.squid import POSITIONAL_FIELDS, SquidCollector, sniff
 from monitor.collectors.squid_logformat import LogformatError, compile_logformat, tokenize
+from monitor.observation import OBSERVATION_FIELDS
 
 DATA = Path(__file__).resolve().parent / "data" / "squid"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -54,6 +55,10 @@ def epoch(y, mo, d, h, mi, s):
 # --- native -----------------------------------------------------------------------------
 
 
+def test_observation_field_order_matches_positional_construction():
+    assert OBSERVATION_FIELDS[: len(POSITIONAL_FIELDS)] == POSITIONAL_FIELDS
+
+
 def test_native_sample():
     obs, diag = parse_file(DATA / "native.log")
     assert diag.malformed == 0 and diag.records == 8 == len(obs)
@@ -62,7 +67,12 @@ def test_native_sample():
     assert c.ts == pytest.approx(1700000000.123)
     assert c.line == 1
     assert (c.client_ip, c.user, c.method) == ("10.0.0.5", "alice", "CONNECT")
-    assert (c.dest_host, c.dest_port, c.url, c.host_source) == ("api.openai.com", 443, None, "connect")
+    assert (c.dest_host, c.dest_port, c.url, c.host_source) == (
+        "api.openai.com",
+        443,
+        None,
+        "connect",
+    )
     assert (c.dest_ip, c.status, c.result) == ("104.18.7.192", 200, "TCP_TUNNEL")
     assert (c.bytes_in, c.bytes_out, c.duration) == (48213, None, 0.25)
     assert c.record_id and len(c.record_id) == 24
@@ -76,14 +86,24 @@ def test_native_sample():
     assert p.dest_ip == "160.79.104.10" and p.duration == pytest.approx(1.003)
 
     d = obs[3]
-    assert (d.result, d.status, d.dest_host, d.dest_ip) == ("TCP_DENIED", 403, "api.deepseek.com", None)
+    assert (d.result, d.status, d.dest_host, d.dest_ip) == (
+        "TCP_DENIED",
+        403,
+        "api.deepseek.com",
+        None,
+    )
 
     v6 = obs[4]
     assert v6.client_ip == "2001:db8::5"
     assert (v6.dest_host, v6.dest_port, v6.dest_ip) == ("2001:db8::10", 443, "2001:db8::10")
 
     none = obs[5]
-    assert (none.result, none.status, none.dest_host, none.host_source) == ("NONE_NONE", 0, None, None)
+    assert (none.result, none.status, none.dest_host, none.host_source) == (
+        "NONE_NONE",
+        0,
+        None,
+        None,
+    )
     assert none.bytes_in == 0
 
     parent = obs[6]  # peer is a parent proxy, not the destination
@@ -156,9 +176,19 @@ def test_common():
     assert a.format == b.format == "squid-common"
     assert a.ts == epoch(2026, 3, 13, 15, 48, 42)
     assert b.ts == epoch(2026, 3, 13, 15, 48, 42)  # 16:48:42 +0100
-    assert (a.user, a.dest_host, a.dest_port, a.host_source) == ("alice", "api.openai.com", 443, "connect")
+    assert (a.user, a.dest_host, a.dest_port, a.host_source) == (
+        "alice",
+        "api.openai.com",
+        443,
+        "connect",
+    )
     assert (a.result, a.status, a.bytes_in, a.dest_ip) == ("TCP_TUNNEL", 200, 48213, None)
-    assert (b.dest_host, b.dest_port, b.status, b.result) == ("example.org", 80, 304, "TCP_REFRESH_UNMODIFIED")
+    assert (b.dest_host, b.dest_port, b.status, b.result) == (
+        "example.org",
+        80,
+        304,
+        "TCP_REFRESH_UNMODIFIED",
+    )
 
 
 def test_combined_with_tz_offsets():
@@ -220,7 +250,12 @@ def test_custom_logformat_elastic_extensive():
         "www.google.com",
         443,
     )
-    assert (tunnel.host_source, tunnel.url, tunnel.bytes_in, tunnel.bytes_out) == ("connect", None, 28854, 2051)
+    assert (tunnel.host_source, tunnel.url, tunnel.bytes_in, tunnel.bytes_out) == (
+        "connect",
+        None,
+        28854,
+        2051,
+    )
     assert tunnel.dest_ip == "198.51.100.20" and tunnel.client_port == 58948
 
     assert (obs[3].status, obs[3].line) == (404, 4)
@@ -229,7 +264,11 @@ def test_custom_logformat_elastic_extensive():
 
     sni, diag2 = parse_file(path, logformat=EXTENSIVE_SNI)
     assert [o.line for o in sni] == [10, 11] and diag2.malformed == 9
-    assert (sni[0].dest_host, sni[0].bytes_out, sni[0].bytes_in) == ("secure.example.com", 1980, 15432)
+    assert (sni[0].dest_host, sni[0].bytes_out, sni[0].bytes_in) == (
+        "secure.example.com",
+        1980,
+        15432,
+    )
     assert (sni[1].dest_host, sni[1].url) == ("httpbin.org", "http://httpbin.org/headers")
 
 
@@ -239,11 +278,15 @@ def test_custom_logformat_host_header_and_quotes(tmp_path):
         tmp_path,
         "c.log",
         b'13/Mar/2026:15:48:42 +0000 10.0.0.1 TCP_MISS 200 GET API.Example.COM:8443 - "a \\"b\\" c"\n'
-        b"13/Mar/2026:15:48:43 +0000 10.0.0.1 TCP_MISS 200 GET - host.example \"x\"\n",
+        b'13/Mar/2026:15:48:43 +0000 10.0.0.1 TCP_MISS 200 GET - host.example "x"\n',
     )
     obs, diag = parse_file(p, logformat=fmt)
     assert diag.malformed == 0
-    assert (obs[0].dest_host, obs[0].dest_port, obs[0].host_source) == ("api.example.com", 8443, "http_host")
+    assert (obs[0].dest_host, obs[0].dest_port, obs[0].host_source) == (
+        "api.example.com",
+        8443,
+        "http_host",
+    )
     assert (obs[1].dest_host, obs[1].host_source) == ("host.example", "url")
     assert obs[0].ts == epoch(2026, 3, 13, 15, 48, 42)
 
@@ -272,9 +315,7 @@ def test_tokenize_modifiers():
     toks = tokenize('%ts.%03tu %-6tr %"{User-Agent}>h %[un %http::>Hs %%')
     codes = [t.code for t in toks if not isinstance(t, str)]
     assert codes == ["ts", "tu", "tr", ">h", "un", ">Hs"]
-    tu, tr, ua, un = (t for t in toks if not isinstance(t, str))[1:5] if False else [
-        t for t in toks if not isinstance(t, str)
-    ][1:5]
+    tu, tr, ua, un = [t for t in toks if not isinstance(t, str)][1:5]
     assert tu.zero and tu.width == 3
     assert tr.left and tr.width == 6
     assert ua.quote == "quote" and ua.arg == "User-Agent"
@@ -293,7 +334,18 @@ def test_glued_lines_recovered(tmp_path):
     p = write(
         tmp_path,
         "glued.log",
-        GOOD + b"\n" + cut + GOOD2 + b"\n" + GOOD + b" " + GOOD2 + b"\n" + b"\x00" * 30 + GOOD2 + b"\n",
+        GOOD
+        + b"\n"
+        + cut
+        + GOOD2
+        + b"\n"
+        + GOOD
+        + b" "
+        + GOOD2
+        + b"\n"
+        + b"\x00" * 30
+        + GOOD2
+        + b"\n",
     )
     obs, diag = parse_file(p)
     assert [(o.line, o.dest_host) for o in obs] == [
@@ -397,3 +449,53 @@ def test_common_glued(tmp_path):
     obs, diag = parse_file(p, "common")
     assert [(o.line, o.dest_host) for o in obs] == [(1, "example.org")]
     assert diag.malformed == 1 and "glued" in diag.problems[0].reason
+
+
+def test_line_longer_than_a_read_chunk(tmp_path):
+    huge = b"y" * (3 * 1024 * 1024)
+    p = write(tmp_path, "huge.log", GOOD + b"\n" + huge + b"\n" + GOOD2 + b"\n" + huge)
+    obs, diag = parse_file(p)
+    assert [o.line for o in obs] == [1, 3]
+    assert [pr.line for pr in diag.problems] == [2, 4]
+    assert all("longer than" in pr.reason for pr in diag.problems)
+
+
+def test_host_filter_on_combined():
+    obs, diag = parse_file(DATA / "combined.log", host_filter=lambda h: h == "api.openai.com")
+    assert [o.dest_host for o in obs] == ["api.openai.com"] and diag.records == 2
+
+
+def test_custom_peer_without_hierarchy_and_ts_start(tmp_path):
+    p = write(
+        tmp_path,
+        "p.log",
+        b"1700000000.250 10.0.0.1 CONNECT api.openai.com:443 104.18.7.192 200 5 7\n"
+        b"1700000001.000 10.0.0.1 GET http://x.example/ - 200 - -\n",
+    )
+    obs, diag = parse_file(p, logformat="%tS %>a %rm %ru %<a %>Hs %>st %<st")
+    assert diag.malformed == 0
+    assert obs[0].ts == pytest.approx(1700000000.25)
+    assert (obs[0].dest_ip, obs[0].bytes_out, obs[0].bytes_in) == ("104.18.7.192", 5, 7)
+    assert (obs[1].dest_ip, obs[1].bytes_out, obs[1].bytes_in) == (None, None, None)
+
+
+def test_common_connection_without_request(tmp_path):
+    # Squid's built-in common/combined print the protocol seen, NONE/0.0 for a bare probe
+    p = write(
+        tmp_path,
+        "probe.log",
+        b'10.0.0.9 - - [13/Mar/2026:15:48:42 +0000] "NONE error:transaction-end-before-headers'
+        b' NONE/0.0" 0 0 NONE_NONE:HIER_NONE\n'
+        b'10.0.0.9 - - [13/Mar/2026:15:48:43 +0000] "GET http://a.example/ HTTP/1.1" 200 5'
+        b' "-" "curl/8" TCP_MISS:HIER_DIRECT\n',
+    )
+    obs, diag = parse_file(p, "common")
+    assert diag.malformed == 1 and diag.problems[0].line == 2  # combined line, common forced
+    assert (obs[0].method, obs[0].dest_host, obs[0].status, obs[0].result) == (
+        "NONE",
+        None,
+        0,
+        "NONE_NONE",
+    )
+    obs, diag = parse_file(p, "combined")
+    assert [o.line for o in obs] == [2] and diag.malformed == 1

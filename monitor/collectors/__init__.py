@@ -27,8 +27,13 @@ FORMATS: dict[str, str] = {
     "squid-common": "Squid/Apache common log format (logformat common)",
     "squid-combined": "Squid/Apache combined log format (logformat combined)",
     "squid-custom": "Squid with a custom logformat (--squid-logformat)",
+    "pcap": "pcap / pcapng capture (optionally gzip)",
 }
 SNIFF_LINES = 20
+#: pcap (both byte orders, micro- and nanosecond) and pcapng magic numbers
+_CAPTURE_MAGICS = frozenset(
+    {b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a"}
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,23 @@ class CollectOptions:
     squid_logformat: str | None = None
 
 
+_CATALOG: list = []
+
+
+def _catalog():
+    """The bundled catalogue, loaded once (captures name flows by published IP ranges)."""
+    if not _CATALOG:
+        from monitor.catalog import Catalog
+
+        _CATALOG.append(Catalog.load())
+    return _CATALOG[0]
+
+
 def make_collector(name: str, options: CollectOptions) -> Collector:
+    if name == "pcap":
+        from monitor.collectors.pcap import PcapCollector
+
+        return PcapCollector(catalog=_catalog())
     if name == "squid-custom" or options.squid_logformat:
         if not options.squid_logformat:
             raise InputError("format squid-custom needs --squid-logformat")
@@ -51,6 +72,8 @@ def make_collector(name: str, options: CollectOptions) -> Collector:
 def detect(opened: OpenedInput) -> str:
     """Name the format of an opened input from its first non-empty lines (without consuming them)."""
     head = opened.stream.peek(64 * 1024)[: 64 * 1024]  # type: ignore[attr-defined]
+    if head[:4] in _CAPTURE_MAGICS:
+        return "pcap"
     votes: dict[str, int] = {}
     seen = 0
     for line in head.splitlines():

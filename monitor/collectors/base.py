@@ -151,24 +151,76 @@ def open_input(path: str, on_read: Callable[[int], None] | None = None) -> Opene
     return OpenedInput(stream, counter, size, path)
 
 
-def iter_lines(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(line_number, line)`` without the line ending, reading in large chunks.
+Batch = tuple[int, list[bytes], bool]  # (line number before the first line, lines, NUL-free)
 
-    Over-long lines are reported and skipped, so a file without newlines cannot exhaust
-    memory. A compressed file that ends early is read up to the damage and reported.
+
+def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Batch]:
+    """Stream a text input as batches of lines (no line endings), one batch per chunk read,
+    so a collector's per-line loop is a plain ``for`` over a list.
+
+    Line numbers count every physical line. Lines longer than ``MAX_LINE`` are reported as
+    malformed and skipped, so a file without newlines cannot exhaust memory. A damaged
+    compressed stream is read up to the damage and reported as a file error. The third item
+    of a batch says it holds no NUL byte, so callers need not look for one line by line.
     """
+    read = getattr(stream, "read1", None) or stream.read
     lineno = 0
+    carry = b""
+    skipping = False  # inside an over-long line, dropping bytes up to its newline
     try:
         while True:
-            line = stream.readline(MAX_LINE + 1)
-            if not line:
-                return
+            chunk = read(READ_CHUNK)
+            if not chunk:
+                break
+            if skipping:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    continue
+                chunk = chunk[nl + 1 :]
+                skipping = False
+            if carry:
+                chunk = carry + chunk
+                carry = b""
+            has_cr = b"\r" in chunk
+            has_nul = b"\x00" in chunk
+            lines = chunk.split(b"\n")
+            carry = lines.pop()
+            if len(carry) > MAX_LINE:
+                lineno_long = lineno + len(lines) + 1
+                diag.malformed_record(
+                    source, lineno_long, f"line longer than {MAX_LINE} bytes", carry
+                )
+                carry = b""
+                skipping = True
+            if lines:
+                yield from _finish_batch(lineno, lines, has_cr, has_nul, source, diag)
+                lineno += len(lines)
+            if skipping:
+                lineno += 1
+        if carry:
+            yield from _finish_batch(
+                lineno, [carry], b"\r" in carry, b"\x00" in carry, source, diag
+            )
             lineno += 1
-            if len(line) > MAX_LINE and not line.endswith(b"\n"):
-                diag.malformed_record(source, lineno, f"line longer than {MAX_LINE} bytes", line)
-                while line and not line.endswith(b"\n"):  # drain the rest of this line
-                    line = stream.readline(READ_CHUNK)
-                continue
-            yield lineno, line.rstrip(b"\r\n")
     except (EOFError, OSError, ValueError) as exc:  # truncated or corrupt .gz / .bz2
         diag.file_error(source, f"stopped reading after line {lineno}: {exc}")
+
+
+def _finish_batch(
+    base: int, lines: list[bytes], has_cr: bool, has_nul: bool, source: str, diag: Diagnostics
+) -> Iterator[Batch]:
+    if has_cr:
+        lines = [ln.rstrip(b"\r") for ln in lines]
+    clean = not has_nul
+    if max(map(len, lines)) <= MAX_LINE:
+        yield base, lines, clean
+        return
+    start = 0
+    for i, ln in enumerate(lines):  # split the batch around over-long lines
+        if len(ln) > MAX_LINE:
+            if i > start:
+                yield base + start, lines[start:i], clean
+            diag.malformed_record(source, base + i + 1, f"line longer than {MAX_LINE} bytes", ln)
+            start = i + 1
+    if start < len(lines):
+        yield base + start, lines[start:], clean

@@ -26,7 +26,7 @@ from hashlib import blake2b
 from itertools import chain
 from typing import BinaryIO
 
-from monitor.collectors.base import MAX_LINE, READ_CHUNK, Diagnostics, HostFilter
+from monitor.collectors.base import Batch, Diagnostics, HostFilter, iter_batches
 from monitor.collectors.squid_logformat import (
     BUILTIN,
     CompiledLogformat,
@@ -60,7 +60,14 @@ _MISSING = object()
 _DEFAULT_PORTS = {b"http": 80, b"https": 443, b"ftp": 21, b"ws": 80, b"wss": 443}
 #: Hierarchy codes whose peer address is the origin server itself (not a parent proxy).
 _DIRECT_HIER = frozenset(
-    {"DIRECT", "CLOSEST_DIRECT", "NO_CACHE_DIGEST_DIRECT", "ORIGINAL_DST", "SOURCE_FASTEST", "PINNED"}
+    {
+        "DIRECT",
+        "CLOSEST_DIRECT",
+        "NO_CACHE_DIGEST_DIRECT",
+        "ORIGINAL_DST",
+        "SOURCE_FASTEST",
+        "PINNED",
+    }
 )
 
 # Where a second record starts inside a line (see the module docstring).
@@ -72,11 +79,34 @@ _SNIFF_CLF = re.compile(rb'^\S+ \S+ \S+ \[[^\]]{10,40}\] "[^"]*" -?\d+ (?:-|\d+)
 
 _COMPILED_BUILTIN: dict[str, CompiledLogformat] = {}
 
+#: Observation is built positionally up to ``duration`` (measurably faster on the hot
+#: path); tests/test_squid.py checks this order against OBSERVATION_FIELDS.
+POSITIONAL_FIELDS = (
+    "ts",
+    "source",
+    "line",
+    "format",
+    "client_ip",
+    "client_port",
+    "user",
+    "method",
+    "dest_host",
+    "dest_port",
+    "dest_ip",
+    "url",
+    "status",
+    "bytes_out",
+    "bytes_in",
+    "host_source",
+    "result",
+    "duration",
+)
+
 
 def _builtin(name: str) -> CompiledLogformat:
     c = _COMPILED_BUILTIN.get(name)
     if c is None:
-        c = _COMPILED_BUILTIN[name] = compile_logformat(BUILTIN[name])
+        c = _COMPILED_BUILTIN[name] = compile_logformat(BUILTIN[name], any_protocol=True)
     return c
 
 
@@ -101,79 +131,6 @@ def sniff(line: bytes) -> str | None:
     if m is not None:
         return FORMAT_COMBINED if m.group(1) == b' "' else FORMAT_COMMON
     return None
-
-
-Batch = tuple[int, list[bytes], bool]  # (line number before the first line, lines, NUL-free)
-
-
-def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Batch]:
-    """Like :func:`~monitor.collectors.base.iter_lines`, but hands out whole chunks as
-    lists of lines (no line ending) so the per-line loop is a plain ``for`` over a list.
-
-    Same contract: line numbers count every physical line; lines longer than ``MAX_LINE``
-    are reported as malformed and skipped; a damaged compressed stream is reported as a
-    file error after the last complete line. The third item says the chunk holds no NUL
-    byte, so callers need not look for one line by line.
-    """
-    read = getattr(stream, "read1", None) or stream.read
-    lineno = 0
-    carry = b""
-    skipping = False  # inside an over-long line, dropping bytes up to its newline
-    try:
-        while True:
-            chunk = read(READ_CHUNK)
-            if not chunk:
-                break
-            if skipping:
-                nl = chunk.find(b"\n")
-                if nl < 0:
-                    continue
-                chunk = chunk[nl + 1 :]
-                skipping = False
-            if carry:
-                chunk = carry + chunk
-                carry = b""
-            has_cr = b"\r" in chunk
-            has_nul = b"\x00" in chunk
-            lines = chunk.split(b"\n")
-            carry = lines.pop()
-            if len(carry) > MAX_LINE:
-                lineno_long = lineno + len(lines) + 1
-                diag.malformed_record(source, lineno_long, f"line longer than {MAX_LINE} bytes", carry)
-                carry = b""
-                skipping = True
-            if lines:
-                yield from _finish_batch(lineno, lines, has_cr, has_nul, source, diag)
-                lineno += len(lines)
-            if skipping:
-                lineno += 1
-        if carry:
-            yield from _finish_batch(
-                lineno, [carry], b"\r" in carry, b"\x00" in carry, source, diag
-            )
-            lineno += 1
-    except (EOFError, OSError, ValueError) as exc:  # truncated or corrupt .gz / .bz2
-        diag.file_error(source, f"stopped reading after line {lineno}: {exc}")
-
-
-def _finish_batch(
-    base: int, lines: list[bytes], has_cr: bool, has_nul: bool, source: str, diag: Diagnostics
-) -> Iterator[Batch]:
-    if has_cr:
-        lines = [ln.rstrip(b"\r") for ln in lines]
-    clean = not has_nul
-    if max(map(len, lines)) <= MAX_LINE:
-        yield base, lines, clean
-        return
-    start = 0
-    for i, ln in enumerate(lines):  # split the batch around over-long lines
-        if len(ln) > MAX_LINE:
-            if i > start:
-                yield base + start, lines[start:i], clean
-            diag.malformed_record(source, base + i + 1, f"line longer than {MAX_LINE} bytes", ln)
-            start = i + 1
-    if start < len(lines):
-        yield base + start, lines[start:], clean
 
 
 def _numbered(batches: Iterable[Batch]) -> Iterator[tuple[int, bytes]]:
@@ -260,6 +217,7 @@ class _Targets:
         return v  # type: ignore[return-value]
 
     def direct_ip(self, hier: bytes | None, peer: bytes | None) -> str | None:
+        """The peer address when it is the origin server (``hier`` None: not logged)."""
         if not peer or peer == b"-":
             return None
         h = (hier or b"").decode("ascii", "replace").upper()
@@ -271,7 +229,9 @@ class _Targets:
             return None
         return canonical_ip(_text(peer).strip("[]"))
 
-    def target(self, method: str | None, ru: bytes) -> tuple[str | None, int | None, str | None, str | None]:
+    def target(
+        self, method: str | None, ru: bytes
+    ) -> tuple[str | None, int | None, str | None, str | None]:
         """(dest_host, dest_port, url, host_source) from the request URL."""
         if ru == b"-":
             return None, None, None, None
@@ -398,6 +358,8 @@ class SquidCollector:
                         if cs is not None and size >= 0 and 0 <= ts < 1e11:
                             records += 1
                             method = words.get(parts[5]) or t.word(parts[5])
+                            if method == "-":
+                                method = None
                             hp = connect.get(parts[6]) if method == "CONNECT" else None
                             if hp is not None:
                                 host, port = hp
@@ -418,7 +380,7 @@ class SquidCollector:
                             if dest_ip is missing:
                                 dest_ip = t.peer(parts[8])
                             user = parts[7]
-                            yield obs(
+                            o = obs(
                                 ts,
                                 source,
                                 lineno,
@@ -437,8 +399,9 @@ class SquidCollector:
                                 hsrc,
                                 cs[0],
                                 elapsed / 1000 if elapsed >= 0 else None,
-                                digest(line, digest_size=12).hexdigest(),
                             )
+                            o.record_id = digest(line, digest_size=12).hexdigest()
+                            yield o
                             continue
                     elif not parts:
                         diag.skipped += 1
@@ -477,6 +440,8 @@ class SquidCollector:
         if not (size.isdigit() or size == b"-"):
             return "bad size"
         method = t.word(parts[5])
+        if method == "-":
+            method = None
         host, port, url, hsrc = t.target(method, parts[6])
         if not t.keep(host):
             return None
@@ -500,7 +465,7 @@ class SquidCollector:
             hsrc,
             cs[0],
             elapsed / 1000 if elapsed >= 0 else None,
-            blake2b(raw, digest_size=12).hexdigest(),
+            record_id=blake2b(raw, digest_size=12).hexdigest(),
         )
 
     def _native_slow(
@@ -561,9 +526,10 @@ class SquidCollector:
             start_re = _CLF_START
         else:
             start_re = None
-        label = {FORMAT_COMMON: "the Squid common format", FORMAT_COMBINED: "the Squid combined format"}.get(
-            fmt, "the logformat"
-        )
+        label = {
+            FORMAT_COMMON: "the Squid common format",
+            FORMAT_COMBINED: "the Squid combined format",
+        }.get(fmt, "the logformat")
         records = 0
         try:
             for lineno, line in lines:
@@ -656,11 +622,7 @@ class SquidCollector:
         result = status = None
         rs = get("result")
         if rs is not None:
-            cs = t.code_status(rs)
-            if cs is not None:  # "%Ss/%03>Hs" captured as one word by a custom format
-                result, status = cs
-            else:
-                result = t.word(rs)
+            result = t.word(rs)
         st = get("status") or get("status_next")
         if st is not None:
             status = int(st)
@@ -694,15 +656,8 @@ class SquidCollector:
                 user = t.word(u)
                 break
         peer = get("peer_ip")
-        hier = get("hier")
-        if peer is not None:
-            dest_ip = t.direct_ip(hier, peer) if hier is not None else None
-            if hier is None:
-                dest_ip = canonical_ip(_text(peer))
-        elif hier is not None and b"/" in hier:  # "%Sh/%<a" captured as one word
-            dest_ip = t.peer(hier)
-        else:
-            dest_ip = None
+        # with %Sh, only a direct hierarchy code makes %<a the destination (see native)
+        dest_ip = t.direct_ip(get("hier"), peer) if peer is not None else None
         return Observation(
             ts,
             source,
@@ -722,7 +677,7 @@ class SquidCollector:
             hsrc,
             result,
             int(elapsed) / 1000 if elapsed is not None and int(elapsed) >= 0 else None,
-            blake2b(raw, digest_size=12).hexdigest(),
+            record_id=blake2b(raw, digest_size=12).hexdigest(),
         )
 
 

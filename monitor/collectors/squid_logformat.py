@@ -58,9 +58,9 @@ class LogformatError(ValueError):
 # --- the code table -------------------------------------------------------------------
 # role: which Observation input the value feeds (None: matched, then ignored).
 # kind: "int" (``-`` or an integer), "dec" (``-`` or a decimal), "time" (%tl/%tg),
-#       "word" (anything without spaces).
+#       "tag" (Squid status words: TCP_MISS, HIER_DIRECT), "word" (anything without spaces).
 
-_INT, _DEC, _TIME, _WORD = "int", "dec", "time", "word"
+_INT, _DEC, _TIME, _WORD, _TAG = "int", "dec", "time", "word", "tag"
 
 _CODES: dict[str, tuple[str | None, str]] = {
     # time
@@ -127,8 +127,8 @@ _CODES: dict[str, tuple[str | None, str]] = {
     "Hs": ("status", _INT),
     "<Hs": ("status_next", _INT),
     "mt": (None, _WORD),
-    "Ss": ("result", _WORD),
-    "Sh": ("hier", _WORD),
+    "Ss": ("result", _TAG),
+    "Sh": ("hier", _TAG),
     # sizes and timers
     "st": (None, _INT),
     ">st": ("bytes_out", _INT),
@@ -355,7 +355,9 @@ class _StrftimeParser:
             if spec[i] == "%" and i + 1 < len(spec):
                 d = spec[i + 1]
                 if d not in _STRFTIME_RE:
-                    raise LogformatError(f"strftime directive %{d} in a time argument is not supported")
+                    raise LogformatError(
+                        f"strftime directive %{d} in a time argument is not supported"
+                    )
                 parts.append(_STRFTIME_RE[d])
                 i += 2
             else:
@@ -392,6 +394,7 @@ _KIND_RE = {
     _INT: r"-|-?\d+",
     _DEC: r"-|\d+(?:\.\d+)?",
     _TIME: r"\d{1,2}/[A-Za-z]{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}",
+    _TAG: r"-|[A-Za-z][A-Za-z0-9_]*",
 }
 
 
@@ -426,8 +429,13 @@ class CompiledLogformat:
         return out
 
 
-def compile_logformat(definition: str) -> CompiledLogformat:
-    """Compile ``logformat NAME FORMAT`` or just ``FORMAT`` (see module docstring)."""
+def compile_logformat(definition: str, *, any_protocol: bool = False) -> CompiledLogformat:
+    """Compile ``logformat NAME FORMAT`` or just ``FORMAT`` (see module docstring).
+
+    ``any_protocol``: a literal ``HTTP/`` just before ``%rv`` matches any protocol name.
+    Squid's built-in common/combined writers print the protocol they saw there (``NONE/0.0``
+    for a connection that sent no request) although their documented definition reads
+    ``HTTP/%rv``; a user's own logformat prints the literal as written."""
     text = definition.strip()
     name = None
     if text.startswith("logformat ") or text.startswith("logformat\t"):
@@ -452,9 +460,18 @@ def compile_logformat(definition: str) -> CompiledLogformat:
     group = 0
     for pos, tok in enumerate(tokens):
         if isinstance(tok, str):
+            proto = ""
+            nxt_tok = tokens[pos + 1] if pos + 1 < len(tokens) else None
+            if (
+                any_protocol
+                and tok.endswith("HTTP/")
+                and isinstance(nxt_tok, Token)
+                and nxt_tok.code in ("rv", ">rv")
+            ):
+                tok, proto = tok[: -len("HTTP/")], "[A-Za-z]+/"
             # a run of spaces matches one or more spaces (padding, left alignment)
             lit = "".join(" +" if ch == " " else re.escape(ch) for ch in tok)
-            pieces.append(re.sub(r"(?: \+)+", " +", lit))
+            pieces.append(re.sub(r"(?: \+)+", " +", lit) + proto)
             continue
         prev = tokens[pos - 1] if pos > 0 else None
         nxt = tokens[pos + 1] if pos + 1 < len(tokens) else None
@@ -470,7 +487,7 @@ def compile_logformat(definition: str) -> CompiledLogformat:
                 body = _KIND_RE[_TIME]
                 time_parsers[tok.role or tok.code] = _default_time
             body = f"-|{body}"
-        elif tok.kind in (_INT, _DEC):
+        elif tok.kind in (_INT, _DEC, _TAG):
             body = _KIND_RE[tok.kind]
         elif enclosed:  # no raw closing quote inside (Squid escapes it), \-escapes allowed
             body = r'(?:[^"\\]|\\.)*' if prev_c == '"' else f"[^{re.escape(next_c)}]*"

@@ -1,0 +1,1267 @@
+"""Flows from packets: the flow table, TCP reassembly of the first bytes, HTTP/1 requests.
+
+:class:`FlowTable` takes one captured frame at a time (link type, buffer and offsets, so
+nothing is copied for the bulk of the traffic) and keeps one :class:`Flow` per TCP or UDP
+5-tuple. What each flow is called comes, in order of preference, from
+
+* an HTTP/1 request: ``CONNECT host:port`` (``connect``), an absolute-form target
+  (``url``) or the ``Host`` header (``http_host``), one observation per request;
+* the TLS ClientHello SNI (``sni``), read from the reassembled client bytes (the
+  ClientHello may span several segments, out of order or retransmitted), or the SNI of a
+  QUIC Initial when :mod:`monitor.collectors.quic` is available;
+* the latest DNS answer for the server address seen before the flow's first packet
+  (``dns``, see :mod:`monitor.collectors.dns`);
+* the catalogue's published IP ranges (``ip``; ``dest_host`` is then the address itself).
+
+Client and server. The client is the side that sent the SYN (a SYN-ACK names the server).
+Without a handshake in the capture, the side whose first payload is a TLS ClientHello or an
+HTTP request is the client, a side answering ``HTTP/`` is the server; otherwise the side
+with the lower port is taken as the server (equal ports: the first sender is the client).
+For UDP the first sender is the client, unless it sent from a well-known port (below 1024,
+or 443/853/3478/5353/8443) to a port >= 1024.
+
+Counters. ``packets_*`` count every frame of the flow; ``bytes_*`` count transport payload
+bytes as declared by the IP and TCP/UDP headers (so a capture with a short snap length still
+counts what was sent), like Zeek's ``orig_bytes``/``resp_bytes`` but without the sequence-
+number arithmetic. For HTTP each packet is attributed to the request the client is sending
+or the response the server is sending at that moment.
+
+A flow ends when both sides have sent FIN (or one RST) and a short linger has passed (late
+ACKs still count), when it has been idle for ``idle_timeout`` seconds of capture time, when
+a new SYN reuses its 5-tuple after it closed, when the table is full (the oldest flows go
+first, counted in :attr:`FlowTable.stats`), or at the end of the capture. DNS (port 53 and
+mDNS 5353) is parsed to feed the name map, and is not reported as flows.
+
+Bounds (memory stays flat whatever the capture size): ``max_flows`` flows, ``STREAM_LIMIT``
+bytes of buffered client (and, for HTTP, server) data per flow, ``MAX_HEAD`` bytes per HTTP
+head, ``MAX_EXCHANGES`` requests kept per flow before the earliest are reported, ``max_frags``
+IP datagrams being reassembled; each bound counts in :attr:`FlowTable.stats` when hit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from hashlib import blake2b
+from struct import Struct
+from typing import Any
+
+from monitor.collectors.dns import DnsMap, parse_message
+from monitor.collectors.tls import client_hello_from_records
+from monitor.observation import Observation, split_host_port
+
+try:  # written alongside; optional until present
+    from monitor.collectors import quic as _quic
+except ImportError:  # pragma: no cover - depends on the checkout
+    _quic = None  # type: ignore[assignment]
+
+__all__ = [
+    "FlowTable",
+    "HttpHead",
+    "Stream",
+    "parse_request_head",
+    "parse_response_head",
+    "LINKTYPES",
+]
+
+#: Link types read (pcap LINKTYPE_* values).
+LINKTYPES = {
+    0: "BSD loopback (NULL)",
+    1: "Ethernet (802.1Q, QinQ)",
+    12: "raw IP (OpenBSD DLT_RAW)",
+    14: "raw IP (DLT_RAW)",
+    101: "raw IP",
+    108: "OpenBSD loopback (LOOP)",
+    113: "Linux cooked (SLL)",
+    228: "raw IPv4",
+    229: "raw IPv6",
+    276: "Linux cooked v2 (SLL2)",
+}
+
+IDLE_TIMEOUT = 120.0
+CLOSE_LINGER = 5.0
+MAX_FLOWS = 131_072
+STREAM_LIMIT = 16 * 1024
+MAX_HEAD = 16 * 1024
+MAX_EXCHANGES = 256
+MAX_FRAGS = 1024
+FRAG_TIMEOUT = 30.0
+MAX_QUIC_DATAGRAMS = 16
+
+_VLAN = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
+_V6_EXT = frozenset({0, 43, 60, 135, 139, 140, 253, 254})
+_UDP_SERVER_PORTS = frozenset({443, 853, 3478, 5353, 8443})
+_DNS_PORTS = frozenset({53, 5353})
+_TCP_HDR = Struct("!HHIIBB")
+_U16 = Struct("!H")
+_U32LE = Struct("<I")
+_U32BE = Struct("!I")
+
+# flow.app
+APP_UNKNOWN, APP_TLS, APP_HTTP, APP_DNS, APP_OPAQUE, APP_QUIC = range(6)
+
+Emit = Callable[[Observation], None]
+
+
+# ----------------------------------------------------------------------------- TCP stream
+
+
+class Stream:
+    """The first bytes of one direction of a TCP connection, in order.
+
+    ``base`` is the sequence number of the first byte. Segments may come out of order,
+    overlap or repeat; bytes are appended to :attr:`data` once contiguous. At most
+    ``limit`` bytes are held in :attr:`data` plus the out-of-order segments; beyond that
+    :attr:`overflow` is set and bytes are dropped (the consumer gives up)."""
+
+    __slots__ = ("next", "data", "pending", "pending_bytes", "limit", "overflow", "consumed")
+
+    def __init__(self, base: int, limit: int = STREAM_LIMIT):
+        self.next = base & 0xFFFFFFFF
+        self.data = bytearray()
+        self.pending: dict[int, bytes] = {}
+        self.pending_bytes = 0
+        self.limit = limit
+        self.overflow = False
+        self.consumed = 0  # bytes removed from the front of ``data`` by the consumer
+
+    def add(self, seq: int, seg: bytes) -> bool:
+        """Add a segment; True when new contiguous bytes were appended."""
+        if not seg:
+            return False
+        rel = (seq - self.next) & 0xFFFFFFFF
+        if rel == 0:
+            self._append(seg)
+        elif rel < 0x80000000:  # in the future: keep it for later, bounded
+            if rel > self.limit or self.pending_bytes + len(seg) > self.limit:
+                self.overflow = True
+                return False
+            old = self.pending.get(seq)
+            if old is None or len(old) < len(seg):
+                self.pending_bytes += len(seg) - (len(old) if old else 0)
+                self.pending[seq] = seg
+            return False
+        else:  # starts in the past: retransmission, maybe with new bytes at its end
+            overlap = 0x100000000 - rel
+            if overlap >= len(seg):
+                return False
+            self._append(seg[overlap:])
+        while self.pending:
+            progressed = False
+            for s in list(self.pending):
+                r = (s - self.next) & 0xFFFFFFFF
+                if r < 0x80000000 and r > 0:
+                    continue
+                seg2 = self.pending.pop(s)
+                self.pending_bytes -= len(seg2)
+                overlap = 0 if r == 0 else 0x100000000 - r
+                if overlap < len(seg2):
+                    self._append(seg2[overlap:])
+                    progressed = True
+            if not progressed:
+                break
+        return True
+
+    def _append(self, seg: bytes) -> None:
+        room = self.limit - len(self.data)
+        if len(seg) > room:
+            self.overflow = True
+            seg = seg[: max(room, 0)]
+        self.data += seg
+        self.next = (self.next + len(seg)) & 0xFFFFFFFF
+
+    def take(self, n: int) -> None:
+        """The consumer is done with the first ``n`` bytes of :attr:`data`."""
+        del self.data[:n]
+        self.consumed += n
+
+
+# ----------------------------------------------------------------------------- HTTP/1
+
+
+@dataclass(slots=True)
+class HttpHead:
+    """A parsed request or response head (start line and the headers apiwatch uses)."""
+
+    method: str | None = None  # requests
+    target: str | None = None  # requests: as sent
+    version: str = ""
+    status: int | None = None  # responses
+    host: str | None = None  # Host header value, as sent
+    content_length: int | None = None
+    chunked: bool = False
+    upgrade: bool = False
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "backslashreplace")
+
+
+def _is_token(b: bytes) -> bool:
+    return (
+        bool(b)
+        and len(b) <= 32
+        and all(33 <= c <= 126 and c not in b'()<>@,;:\\"/[]?={}' for c in b)
+    )
+
+
+def _headers(lines: list[bytes], h: HttpHead) -> HttpHead | None:
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            if line[:1] in (b" ", b"\t"):
+                continue  # obsolete line folding: a continuation, ignored
+            return None
+        name = name.strip().lower()
+        value = value.strip()
+        if name == b"host":
+            if h.host is None:
+                h.host = _text(value)
+        elif name == b"content-length":
+            v = value.split(b",")[0].strip()
+            if v.isdigit() and len(v) < 19:
+                h.content_length = int(v)
+        elif name == b"transfer-encoding":
+            if value.lower().rstrip().endswith(b"chunked"):
+                h.chunked = True
+        elif name == b"upgrade":
+            h.upgrade = True
+    return h
+
+
+def parse_request_head(head: bytes) -> HttpHead | None:
+    """``METHOD SP target SP HTTP/x.y`` and the headers (CRLF or bare LF line ends);
+    ``None`` when the start line is not an HTTP/1 request line."""
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    parts = lines[0].split(b" ")
+    if len(parts) < 3 or not _is_token(parts[0]) or not parts[0].isupper():
+        return None
+    version = parts[-1]
+    if not version.startswith(b"HTTP/") or len(version) > 12:
+        return None
+    target = b" ".join(p for p in parts[1:-1] if p)  # tolerate extra spaces
+    h = HttpHead(
+        method=parts[0].decode("ascii"),
+        target=_text(target),
+        version=version.decode("ascii", "replace"),
+    )
+    return _headers(lines[1:], h)
+
+
+def parse_response_head(head: bytes) -> HttpHead | None:
+    """``HTTP/x.y SP status [SP reason]`` and the headers; ``None`` when not a status line."""
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    parts = lines[0].split(b" ", 2)
+    if (
+        len(parts) < 2
+        or not parts[0].startswith(b"HTTP/")
+        or not (parts[1].isdigit() and len(parts[1]) == 3)
+    ):
+        return None
+    h = HttpHead(version=parts[0].decode("ascii", "replace"), status=int(parts[1]))
+    return _headers(lines[1:], h)
+
+
+_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _CLOSE, _DEAD = range(7)
+
+
+class _HttpSide:
+    """One direction of an HTTP/1 connection: heads, then bodies skipped by length."""
+
+    __slots__ = ("state", "left", "msg_ts")
+
+    def __init__(self) -> None:
+        self.state = _HEAD
+        self.left = 0
+        self.msg_ts: float | None = None
+
+    def feed(self, data: bytearray, ts: float, on_head) -> int:
+        """Consume what can be consumed of ``data``; returns the bytes used. ``on_head(head
+        bytes, start ts)`` returns the body framing: ("len", n) / ("chunked", 0) /
+        ("none", 0) / ("close", 0) / ("dead", 0)."""
+        pos = 0
+        n = len(data)
+        while pos < n:
+            st = self.state
+            if st == _HEAD:
+                while pos < n and data[pos] in (13, 10):
+                    pos += 1  # stray CRLF between messages
+                if pos >= n:
+                    break
+                if self.msg_ts is None:
+                    self.msg_ts = ts
+                i = data.find(b"\r\n\r\n", pos)
+                j = data.find(b"\n\n", pos)
+                if i < 0 and j < 0:
+                    if n - pos > MAX_HEAD:
+                        self.state = _DEAD
+                        return n
+                    break
+                if j >= 0 and (i < 0 or j < i):
+                    end, skip = j, 2
+                else:
+                    end, skip = i, 4
+                if end - pos > MAX_HEAD:
+                    self.state = _DEAD
+                    return n
+                start_ts = self.msg_ts
+                self.msg_ts = None
+                mode, size = on_head(bytes(data[pos:end]), start_ts)
+                pos = end + skip
+                if mode == "len" and size > 0:
+                    self.state, self.left = _BODY, size
+                elif mode == "chunked":
+                    self.state = _CHUNK_SIZE
+                elif mode == "close":
+                    self.state = _CLOSE
+                elif mode == "dead":
+                    self.state = _DEAD
+                    return n
+            elif st == _BODY or st == _CHUNK_DATA:
+                take = min(self.left, n - pos)
+                pos += take
+                self.left -= take
+                if self.left == 0:
+                    self.state = _HEAD if st == _BODY else _CHUNK_SIZE
+            elif st == _CHUNK_SIZE:
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    if n - pos > 1024:
+                        self.state = _DEAD
+                        return n
+                    break
+                line = bytes(data[pos:nl]).split(b";")[0].strip()
+                pos = nl + 1
+                if not line:
+                    continue  # the CRLF after a chunk's data
+                try:
+                    size = int(line, 16)
+                except ValueError:
+                    self.state = _DEAD
+                    return n
+                if size == 0:
+                    self.state = _TRAILER
+                else:
+                    self.state, self.left = _CHUNK_DATA, size
+            elif st == _TRAILER:
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    if n - pos > MAX_HEAD:
+                        self.state = _DEAD
+                        return n
+                    break
+                line = bytes(data[pos:nl]).strip()
+                pos = nl + 1
+                if not line:
+                    self.state = _HEAD
+            else:  # _CLOSE, _DEAD: everything to the end belongs to the body / tunnel
+                return n
+        return pos
+
+
+class _Exchange:
+    __slots__ = (
+        "ts",
+        "ts_end",
+        "method",
+        "target",
+        "host",
+        "status",
+        "pk_out",
+        "pk_in",
+        "by_out",
+        "by_in",
+        "index",
+    )
+
+    def __init__(self, ts: float, head: HttpHead, index: int):
+        self.ts = ts
+        self.ts_end = ts
+        self.method = head.method
+        self.target = head.target
+        self.host = head.host
+        self.status: int | None = None
+        self.pk_out = self.pk_in = self.by_out = self.by_in = 0
+        self.index = index
+
+
+class _Http:
+    """Both directions of one HTTP/1 connection, and its requests."""
+
+    __slots__ = ("client", "server", "exchanges", "awaiting", "cur_s", "emitted", "dead")
+
+    def __init__(self) -> None:
+        self.client = _HttpSide()
+        self.server = _HttpSide()
+        self.exchanges: list[_Exchange] = []
+        self.awaiting: list[_Exchange] = []  # requests whose response has not started
+        self.cur_s: _Exchange | None = None
+        self.emitted = 0  # requests already reported (when over MAX_EXCHANGES)
+        self.dead = False
+
+    def on_request(self, raw: bytes, ts: float) -> tuple[str, int]:
+        h = parse_request_head(raw)
+        if h is None:
+            self.dead = True
+            return "dead", 0
+        x = _Exchange(ts, h, self.emitted + len(self.exchanges))
+        self.exchanges.append(x)
+        self.awaiting.append(x)
+        if h.method == "CONNECT":
+            return "dead", 0  # the rest is the tunnel
+        if h.chunked:
+            return "chunked", 0
+        if h.content_length:
+            return "len", h.content_length
+        return "none", 0
+
+    def on_response(self, raw: bytes, ts: float) -> tuple[str, int]:
+        h = parse_response_head(raw)
+        if h is None:
+            self.dead = True
+            return "dead", 0
+        st = h.status or 0
+        x = self.awaiting[0] if self.awaiting else None
+        if x is not None:
+            self.cur_s = x
+            if st >= 200 or st == 101:
+                self.awaiting.pop(0)
+                x.status = st
+        if st == 101 or (x is not None and x.method == "CONNECT" and 200 <= st < 300):
+            self.dead = True
+            return "dead", 0
+        if 100 <= st < 200 or st in (204, 304) or (x is not None and x.method == "HEAD"):
+            return "none", 0
+        if h.chunked:
+            return "chunked", 0
+        if h.content_length is not None:
+            return ("len", h.content_length) if h.content_length else ("none", 0)
+        return "close", 0
+
+
+# ----------------------------------------------------------------------------- flows
+
+
+class Flow:
+    __slots__ = (
+        "proto",
+        "ckey",
+        "skey",
+        "cip",
+        "cport",
+        "sip",
+        "sport",
+        "first",
+        "last",
+        "pktno",
+        "pk_out",
+        "pk_in",
+        "by_out",
+        "by_in",
+        "watch",
+        "app",
+        "isn_c",
+        "isn_s",
+        "cs",
+        "ss",
+        "fin_c",
+        "fin_s",
+        "closed",
+        "sni",
+        "ech",
+        "http",
+        "quic",
+        "known",
+        "datagrams",
+    )
+
+    def __init__(
+        self, proto: int, cip: bytes, cport: int, sip: bytes, sport: int, ts: float, pktno: int
+    ):
+        self.proto = proto
+        self.cip, self.cport, self.sip, self.sport = cip, cport, sip, sport
+        self.ckey = cip + sip + _U16.pack(cport) + _U16.pack(sport)
+        self.skey = sip + cip + _U16.pack(sport) + _U16.pack(cport)
+        self.first = self.last = ts
+        self.pktno = pktno
+        self.pk_out = self.pk_in = self.by_out = self.by_in = 0
+        self.watch = True  # payload still looked at
+        self.app = APP_UNKNOWN
+        self.isn_c: int | None = None
+        self.isn_s: int | None = None
+        self.cs: Stream | None = None
+        self.ss: Stream | None = None
+        self.fin_c = self.fin_s = False
+        self.closed: float | None = None
+        self.sni: str | None = None
+        self.ech: bool | None = None
+        self.http: _Http | None = None
+        self.quic: Any = None
+        self.known = False  # client/server decided by a handshake or by content
+        self.datagrams = 0
+
+
+def _looks_client_start(p: bytes) -> bool:
+    if len(p) >= 6 and p[0] == 0x16 and p[1] == 3 and p[5] == 1:
+        return True
+    sp = p.find(b" ", 0, 33)
+    return (
+        sp > 2
+        and p[:sp].isupper()
+        and _is_token(p[:sp])
+        and b" HTTP/1." in p[: p.find(b"\n") if b"\n" in p else 8192]
+    )
+
+
+def _ip_text(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw))
+
+
+class FlowTable:
+    """The flow table of one capture. Feed frames with :meth:`packet`; observations are
+    appended to :attr:`ready` (the caller drains it); call :meth:`finish` at the end."""
+
+    def __init__(
+        self,
+        source: str,
+        fmt: str = "pcap",
+        catalog: Any = None,
+        host_filter: Callable[[str], bool] | None = None,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_flows: int = MAX_FLOWS,
+        dns: DnsMap | None = None,
+    ):
+        self.source = source
+        self.fmt = fmt
+        self.catalog = catalog
+        self.host_filter = host_filter
+        self.idle_timeout = idle_timeout
+        self.max_flows = max_flows
+        self.dns = dns if dns is not None else DnsMap()
+        self.tcp: dict[bytes, tuple[Flow, bool]] = {}
+        self.udp: dict[bytes, tuple[Flow, bool]] = {}
+        self.closing: dict[int, Flow] = {}  # id(flow) -> flow, in order of closing
+        self.frags: dict[tuple, list] = {}
+        self.ready: list[Observation] = []
+        self.now = float("-inf")
+        self.next_linger = float("-inf")
+        self.next_idle = float("-inf")
+        self._ip_names: dict[bytes, str | None] = {}
+        self._filter_cache: dict[str, bool] = {}
+        self.stats: dict[str, int] = {
+            "packets": 0,
+            "not_ip": 0,
+            "not_tcp_udp": 0,
+            "short": 0,
+            "fragments": 0,
+            "fragments_reassembled": 0,
+            "dns_messages": 0,
+            "dns_malformed": 0,
+            "flows": 0,
+            "flows_dns": 0,
+            "flows_evicted_table_full": 0,
+            "reassembly_limit": 0,
+            "http_requests_early": 0,
+            "fragment_limit": 0,
+            "unknown_linktype": 0,
+        }
+        self.unknown_linktypes: set[int] = set()
+
+    # -- frames ---------------------------------------------------------------------------
+
+    def packet(self, ts: float, pktno: int, lt: int, b: bytes, off: int, end: int) -> None:
+        """One captured frame ``b[off:end]`` of link type ``lt`` (pcap LINKTYPE_*)."""
+        self.stats["packets"] += 1
+        if ts > self.now:
+            self.now = ts
+            if ts >= self.next_linger:
+                self._timers(ts)
+        # -- link layer
+        if lt == 1:
+            if end - off < 14:
+                self.stats["short"] += 1
+                return
+            et = (b[off + 12] << 8) | b[off + 13]
+            off += 14
+            while et in _VLAN:
+                if end - off < 4:
+                    self.stats["short"] += 1
+                    return
+                et = (b[off + 2] << 8) | b[off + 3]
+                off += 4
+        elif lt == 113:
+            if end - off < 16:
+                self.stats["short"] += 1
+                return
+            et = (b[off + 14] << 8) | b[off + 15]
+            off += 16
+        elif lt == 276:
+            if end - off < 20:
+                self.stats["short"] += 1
+                return
+            et = (b[off] << 8) | b[off + 1]
+            off += 20
+        elif lt == 101 or lt == 12 or lt == 14 or lt == 228 or lt == 229:
+            if end <= off:
+                self.stats["short"] += 1
+                return
+            v = b[off] >> 4
+            et = 0x0800 if v == 4 else 0x86DD if v == 6 else 0
+        elif lt == 0 or lt == 108:
+            if end - off < 4:
+                self.stats["short"] += 1
+                return
+            fam = (_U32BE if lt == 108 else _U32LE).unpack_from(b, off)[0]
+            if lt == 0 and fam > 0xFFFF:  # written on a big-endian host
+                fam = _U32BE.unpack_from(b, off)[0]
+            off += 4
+            et = 0x0800 if fam == 2 else 0x86DD if fam in (10, 24, 28, 30) else 0
+        else:
+            self.stats["unknown_linktype"] += 1
+            self.unknown_linktypes.add(lt)
+            return
+        # -- network layer
+        if et == 0x0800:
+            if end - off < 20 or b[off] >> 4 != 4:
+                self.stats["short"] += 1
+                return
+            ihl = (b[off] & 15) << 2
+            tot = (b[off + 2] << 8) | b[off + 3]
+            iend = off + tot if tot >= ihl else end  # 0 with TSO: take the frame
+            dend = iend if iend <= end else end
+            proto = b[off + 9]
+            l4 = off + ihl
+            if ((b[off + 6] << 8) | b[off + 7]) & 0x3FFF:  # a fragment
+                self._fragment(
+                    ts,
+                    pktno,
+                    proto,
+                    b[off + 12 : off + 16],
+                    b[off + 16 : off + 20],
+                    b,
+                    off,
+                    l4,
+                    iend,
+                    dend,
+                    4,
+                )
+                return
+            addrs = b[off + 12 : off + 20]
+        elif et == 0x86DD:
+            if end - off < 40:
+                self.stats["short"] += 1
+                return
+            plen = (b[off + 4] << 8) | b[off + 5]
+            proto = b[off + 6]
+            l4 = off + 40
+            iend = l4 + plen if plen else end
+            dend = iend if iend <= end else end
+            addrs = b[off + 8 : off + 40]
+            if proto != 6 and proto != 17:
+                while proto in _V6_EXT or proto == 44 or proto == 51:
+                    if dend - l4 < 8:
+                        self.stats["short"] += 1
+                        return
+                    if proto == 44:
+                        self._fragment(
+                            ts, pktno, b[l4], addrs[:16], addrs[16:], b, off, l4, iend, dend, 6
+                        )
+                        return
+                    nxt = b[l4]
+                    l4 += (b[l4 + 1] + 2) << 2 if proto == 51 else (b[l4 + 1] + 1) << 3
+                    proto = nxt
+        else:
+            self.stats["not_ip"] += 1
+            return
+        # -- transport layer
+        if proto == 6:
+            if dend - l4 < 20:
+                self.stats["short"] += 1
+                return
+            ent = self.tcp.get(addrs + b[l4 : l4 + 4])
+            hl = (b[l4 + 12] >> 4) << 2
+            flags = b[l4 + 13]
+            plen = iend - l4 - hl
+            if plen < 0:
+                plen = 0
+            if ent is not None:
+                f, out = ent
+                f.last = ts
+                if out:
+                    f.pk_out += 1
+                    f.by_out += plen
+                else:
+                    f.pk_in += 1
+                    f.by_in += plen
+                if not (f.watch or flags & 7):
+                    return
+            else:
+                f = None
+                out = True
+            self._tcp(ts, pktno, f, out, addrs, b, l4, hl, flags, plen, dend)
+        elif proto == 17:
+            if dend - l4 < 8:
+                self.stats["short"] += 1
+                return
+            plen = iend - l4 - 8
+            if plen < 0:
+                plen = 0
+            ent = self.udp.get(addrs + b[l4 : l4 + 4])
+            if ent is not None:
+                f, out = ent
+                f.last = ts
+                if out:
+                    f.pk_out += 1
+                    f.by_out += plen
+                else:
+                    f.pk_in += 1
+                    f.by_in += plen
+                if f.watch:
+                    self._udp_watch(f, out, b[l4 + 8 : dend], ts)
+                return
+            self._udp_new(ts, pktno, addrs, b, l4, plen, dend)
+        else:
+            self.stats["not_tcp_udp"] += 1
+
+    # -- IP fragments ---------------------------------------------------------------------
+
+    def _fragment(self, ts, pktno, proto, src, dst, b, off, l4, iend, dend, ver) -> None:
+        """Reassemble fragmented datagrams (bounded); the whole datagram then goes on."""
+        self.stats["fragments"] += 1
+        if ver == 4:
+            fo = (b[off + 6] << 8) | b[off + 7]
+            ident = (b[off + 4] << 8) | b[off + 5]
+            offset = (fo & 0x1FFF) << 3
+            more = bool(fo & 0x2000)
+            data = b[l4:dend]
+        else:
+            fo = (b[l4 + 2] << 8) | b[l4 + 3]
+            ident = _U32BE.unpack_from(b, l4 + 4)[0]
+            offset = fo & 0xFFF8
+            more = bool(fo & 1)
+            data = b[l4 + 8 : dend]
+        key = (src, dst, ident, proto)
+        ent = self.frags.get(key)
+        if ent is None:
+            if len(self.frags) >= MAX_FRAGS:
+                self.stats["fragment_limit"] += 1
+                del self.frags[next(iter(self.frags))]
+            ent = self.frags[key] = [ts, pktno, {}, None]
+        parts: dict[int, bytes] = ent[2]
+        parts[offset] = data
+        if not more:
+            ent[3] = offset + len(data)
+        total = ent[3]
+        if total is None or total > 65535:
+            return
+        have = 0
+        for o in sorted(parts):
+            if o > have:
+                return
+            have = max(have, o + len(parts[o]))
+        if have < total:
+            return
+        buf = bytearray(total)
+        for o in sorted(parts):
+            buf[o : o + len(parts[o])] = parts[o]
+        del self.frags[key]
+        self.stats["fragments_reassembled"] += 1
+        self._datagram(ts, ent[1], proto, src + dst, bytes(buf))
+
+    def _datagram(self, ts: float, pktno: int, proto: int, addrs: bytes, seg: bytes) -> None:
+        """A reassembled transport segment (header and payload)."""
+        n = len(seg)
+        if proto == 6 and n >= 20:
+            ent = self.tcp.get(addrs + seg[:4])
+            hl = (seg[12] >> 4) << 2
+            plen = max(n - hl, 0)
+            f, out = ent if ent is not None else (None, True)
+            if f is not None:
+                f.last = ts
+                if out:
+                    f.pk_out += 1
+                    f.by_out += plen
+                else:
+                    f.pk_in += 1
+                    f.by_in += plen
+            self._tcp(ts, pktno, f, out, addrs, seg, 0, hl, seg[13], plen, n)
+        elif proto == 17 and n >= 8:
+            ent = self.udp.get(addrs + seg[:4])
+            if ent is not None:
+                f, out = ent
+                f.last = ts
+                if out:
+                    f.pk_out += 1
+                    f.by_out += n - 8
+                else:
+                    f.pk_in += 1
+                    f.by_in += n - 8
+                if f.watch:
+                    self._udp_watch(f, out, seg[8:], ts)
+                return
+            self._udp_new(ts, pktno, addrs, seg, 0, n - 8, n)
+
+    # -- TCP ------------------------------------------------------------------------------
+
+    def _tcp(self, ts, pktno, f, out, addrs, b, l4, hl, flags, plen, dend) -> None:
+        half = len(addrs) >> 1
+        if f is None or (
+            flags & 0x12 == 0x02
+            and (
+                f.closed is not None
+                or (f.isn_c is not None and f.isn_c != _U32BE.unpack_from(b, l4 + 4)[0])
+            )
+        ):
+            if f is not None:  # a new connection on a 5-tuple that closed: end the old one
+                self._end(f)
+            sport, dport = (b[l4] << 8) | b[l4 + 1], (b[l4 + 2] << 8) | b[l4 + 3]
+            src, dst = addrs[:half], addrs[half:]
+            pstart = l4 + hl
+            payload = bytes(b[pstart:dend]) if dend > pstart else b""
+            syn = flags & 0x12
+            if syn == 0x02:
+                client, known = True, True
+            elif syn == 0x12:
+                client, known = False, True
+            elif payload and _looks_client_start(payload):
+                client, known = True, True
+            elif payload[:5] == b"HTTP/":
+                client, known = False, True
+            elif sport != dport:
+                client, known = sport > dport, False
+            else:
+                client, known = True, False
+            if client:
+                f = Flow(6, src, sport, dst, dport, ts, pktno)
+                f.pk_out, f.by_out = 1, plen
+            else:
+                f = Flow(6, dst, dport, src, sport, ts, pktno)
+                f.pk_in, f.by_in = 1, plen
+            f.known = known
+            out = client
+            if dport in _DNS_PORTS or sport in _DNS_PORTS:
+                f.app = APP_DNS
+            self._insert(self.tcp, f)
+        seq = _U32BE.unpack_from(b, l4 + 4)[0]
+        if flags & 0x02:  # SYN / SYN-ACK: initial sequence numbers
+            if out:
+                f.isn_c = seq
+            else:
+                f.isn_s = seq
+            seq = (seq + 1) & 0xFFFFFFFF
+        if flags & 0x04:  # RST
+            f.fin_c = f.fin_s = True
+        elif flags & 0x01:
+            if out:
+                f.fin_c = True
+            else:
+                f.fin_s = True
+        if f.watch:
+            pstart = l4 + hl
+            if dend > pstart:
+                self._tcp_payload(f, out, seq, bytes(b[pstart:dend]), ts, plen)
+            elif f.http is not None:
+                self._http_count(f, out, ts, plen)
+        if f.fin_c and f.fin_s and f.closed is None:
+            f.closed = ts
+            self.closing[id(f)] = f
+
+    def _tcp_payload(self, f: Flow, out: bool, seq: int, data: bytes, ts: float, plen: int) -> None:
+        if not f.known and f.app == APP_UNKNOWN:
+            # no handshake seen: the content may say the ports guessed wrong
+            if (not out and _looks_client_start(data)) or (out and data[:5] == b"HTTP/"):
+                self._swap(f)
+                out = not out
+            f.known = True
+        if out:
+            st = f.cs
+            if st is None:
+                if f.app == APP_UNKNOWN and f.isn_c is None and not _looks_client_start(data):
+                    f.app = APP_OPAQUE  # joined mid-stream, not at a message start
+                    f.watch = False
+                    return
+                st = f.cs = Stream(seq if f.isn_c is None else f.isn_c + 1)
+        else:
+            if f.app not in (APP_HTTP, APP_DNS):
+                return
+            st = f.ss
+            if st is None:
+                st = f.ss = Stream(seq if f.isn_s is None else f.isn_s + 1)
+        if not st.add(seq, data):
+            if st.overflow:
+                self._give_up(f)
+            elif f.http is not None:
+                self._http_count(f, out, ts, plen)
+            return
+        app = f.app
+        if app == APP_UNKNOWN:
+            d = st.data
+            if d[0] == 0x16:
+                app = f.app = APP_TLS
+            elif len(d) >= 8 or b" " in d:
+                sp = d.find(b" ", 0, 33)
+                if sp > 2 and _is_token(bytes(d[:sp])) and bytes(d[:sp]).isupper():
+                    app = f.app = APP_HTTP
+                    f.http = _Http()
+                else:
+                    f.app = APP_OPAQUE
+                    f.watch = False
+                    f.cs = None
+                    return
+            else:
+                return
+        if app == APP_TLS:
+            info, need = client_hello_from_records(bytes(st.data))
+            if info is not None:
+                f.sni = info.sni
+                f.ech = info.ech
+                self._done(f)
+            elif need < 0:
+                self._done(f)
+            elif need + len(st.data) > st.limit:
+                self.stats["reassembly_limit"] += 1
+                self._done(f)
+        elif app == APP_HTTP:
+            h = f.http
+            if out:
+                used = h.client.feed(st.data, ts, h.on_request)
+            else:
+                used = h.server.feed(st.data, ts, h.on_response)
+            st.take(used)
+            self._http_count(f, out, ts, plen)
+            if len(h.exchanges) > MAX_EXCHANGES:
+                self._emit_early(f)
+            if h.dead:
+                f.watch = False
+                f.cs = f.ss = None
+        elif app == APP_DNS:
+            if not out:
+                d = st.data
+                while len(d) >= 2:
+                    n = (d[0] << 8) | d[1]
+                    if len(d) < 2 + n:
+                        break
+                    self._dns(bytes(d[2 : 2 + n]), ts)
+                    st.take(2 + n)
+                    d = st.data
+
+    def _http_count(self, f: Flow, out: bool, ts: float, plen: int) -> None:
+        h = f.http
+        if not h.exchanges:
+            return
+        if out:
+            x = h.exchanges[-1]
+            x.pk_out += 1
+            x.by_out += plen
+        else:
+            x = h.cur_s or (h.awaiting[0] if h.awaiting else h.exchanges[-1])
+            x.pk_in += 1
+            x.by_in += plen
+        if ts > x.ts_end:
+            x.ts_end = ts
+
+    def _give_up(self, f: Flow) -> None:
+        self.stats["reassembly_limit"] += 1
+        if f.http is not None:
+            f.http.dead = True
+        self._done(f)
+
+    def _done(self, f: Flow) -> None:
+        f.watch = False
+        f.cs = f.ss = None
+
+    def _swap(self, f: Flow) -> None:
+        d = self.tcp if f.proto == 6 else self.udp
+        d.pop(f.ckey, None)
+        d.pop(f.skey, None)
+        f.cip, f.cport, f.sip, f.sport = f.sip, f.sport, f.cip, f.cport
+        f.ckey, f.skey = f.skey, f.ckey
+        f.pk_out, f.pk_in, f.by_out, f.by_in = f.pk_in, f.pk_out, f.by_in, f.by_out
+        f.isn_c, f.isn_s = f.isn_s, f.isn_c
+        f.fin_c, f.fin_s = f.fin_s, f.fin_c
+        d[f.ckey] = (f, True)
+        d[f.skey] = (f, False)
+
+    # -- UDP ------------------------------------------------------------------------------
+
+    def _udp_new(self, ts, pktno, addrs, b, l4, plen, dend) -> None:
+        sport, dport = (b[l4] << 8) | b[l4 + 1], (b[l4 + 2] << 8) | b[l4 + 3]
+        if sport in _DNS_PORTS or dport in _DNS_PORTS:
+            # DNS datagrams make no flow: they only feed the name map
+            if dend - l4 > 8:
+                self._dns(bytes(b[l4 + 8 : dend]), ts)
+            return
+        half = len(addrs) >> 1
+        src, dst = addrs[:half], addrs[half:]
+        if (
+            dport >= 1024
+            and (sport < 1024 or sport in _UDP_SERVER_PORTS)
+            and dport not in _UDP_SERVER_PORTS
+        ):
+            f = Flow(17, dst, dport, src, sport, ts, pktno)
+            f.pk_in, f.by_in = 1, plen
+            out = False
+        else:
+            f = Flow(17, src, sport, dst, dport, ts, pktno)
+            f.pk_out, f.by_out = 1, plen
+            out = True
+        f.watch = _quic is not None and f.sport == 443
+        self._insert(self.udp, f)
+        if f.watch:
+            self._udp_watch(f, out, bytes(b[l4 + 8 : dend]), ts)
+
+    def _udp_watch(self, f: Flow, out: bool, data, ts: float) -> None:
+        """QUIC: client Initial datagrams to port 443 go to :mod:`monitor.collectors.quic`."""
+        if not out:
+            return
+        f.datagrams += 1
+        if f.datagrams > MAX_QUIC_DATAGRAMS:
+            f.watch = False
+            f.quic = None
+            return
+        try:
+            res = _quic_feed(f, bytes(data))
+        except Exception:  # the QUIC parser must not stop the scan
+            res = (None, True)
+        sni, finished, ech = res[0], res[1], (res[2] if len(res) > 2 else None)
+        if sni is not None or finished:
+            f.sni = sni
+            if ech is not None:
+                f.ech = ech
+            f.watch = False
+            f.quic = None
+            if f.sni is not None:
+                f.app = APP_QUIC
+
+    # -- DNS ------------------------------------------------------------------------------
+
+    def _dns(self, msg: bytes, ts: float) -> None:
+        m = parse_message(msg)
+        if m is None:
+            self.stats["dns_malformed"] += 1
+            return
+        self.stats["dns_messages"] += 1
+        if m.response:
+            self.dns.add(m, ts)
+
+    # -- table ----------------------------------------------------------------------------
+
+    def _insert(self, d: dict, f: Flow) -> None:
+        self.stats["flows"] += 1
+        if (len(self.tcp) + len(self.udp)) >> 1 >= self.max_flows:
+            self._evict()
+        d[f.ckey] = (f, True)
+        d[f.skey] = (f, False)
+
+    def _evict(self) -> None:
+        """Table full: expire idle flows, then end the oldest eighth of the table."""
+        self._expire_idle(self.now)
+        if (len(self.tcp) + len(self.udp)) >> 1 < self.max_flows:
+            return
+        victims: list[Flow] = []
+        want = max(self.max_flows >> 3, 1)
+        for d in (self.tcp, self.udp):
+            for f, fwd in d.values():
+                if fwd:
+                    victims.append(f)
+        victims.sort(key=lambda f: f.last)
+        victims = victims[:want]
+        self.stats["flows_evicted_table_full"] += len(victims)
+        for f in sorted(victims, key=lambda f: f.pktno):
+            self._end(f)
+
+    def _timers(self, ts: float) -> None:
+        self.next_linger = ts + 1.0
+        if self.closing:
+            done = [
+                f
+                for f in self.closing.values()
+                if f.closed is not None and ts - f.closed >= CLOSE_LINGER
+            ]
+            for f in done:
+                self._end(f)
+        if ts >= self.next_idle:
+            self.next_idle = ts + max(self.idle_timeout / 4, 1.0)
+            self._expire_idle(ts)
+            if self.frags:
+                for k in [k for k, v in self.frags.items() if ts - v[0] > FRAG_TIMEOUT]:
+                    del self.frags[k]
+
+    def _expire_idle(self, ts: float) -> None:
+        limit = ts - self.idle_timeout
+        old = [f for d in (self.tcp, self.udp) for f, fwd in d.values() if fwd and f.last < limit]
+        for f in sorted(old, key=lambda f: f.pktno):
+            self._end(f)
+
+    def _end(self, f: Flow) -> None:
+        d = self.tcp if f.proto == 6 else self.udp
+        if d.get(f.ckey, (None,))[0] is f:
+            del d[f.ckey]
+        if d.get(f.skey, (None,))[0] is f:
+            del d[f.skey]
+        self.closing.pop(id(f), None)
+        self._report(f)
+
+    def finish(self) -> None:
+        """End of capture: every flow still open is reported, in order of first packet."""
+        rest = [f for d in (self.tcp, self.udp) for f, fwd in d.values() if fwd]
+        for f in sorted(rest, key=lambda f: f.pktno):
+            self._end(f)
+        self.frags.clear()
+
+    # -- observations ---------------------------------------------------------------------
+
+    def _name(self, f: Flow) -> tuple[str | None, str | None]:
+        if f.sni:
+            return f.sni, "sni"
+        name = self.dns.lookup(f.sip, f.first)
+        if name:
+            return name, "dns"
+        if self.catalog is not None:
+            ip = self._ip_names.get(f.sip, False)
+            if ip is False:
+                text = _ip_text(f.sip)
+                ip = text if self.catalog.match_ip(text) is not None else None
+                if len(self._ip_names) > 65536:
+                    self._ip_names.clear()
+                self._ip_names[f.sip] = ip
+            if ip:
+                return ip, "ip"
+        return None, None
+
+    def _keep(self, host: str | None) -> bool:
+        if self.host_filter is None or host is None:
+            return True
+        v = self._filter_cache.get(host)
+        if v is None:
+            if len(self._filter_cache) > 65536:
+                self._filter_cache.clear()
+            v = self._filter_cache[host] = bool(self.host_filter(host))
+        return v
+
+    def _report(self, f: Flow) -> None:
+        if f.app == APP_DNS:
+            self.stats["flows_dns"] += 1
+            return
+        h = f.http
+        if h is not None and (h.exchanges or h.emitted):
+            self._report_http(f, h.exchanges, last=True)
+            return
+        host, src = self._name(f)
+        if not self._keep(host):
+            return
+        self.ready.append(
+            self._obs(f, f.first, f.last, host, src, f.pk_out, f.pk_in, f.by_out, f.by_in, None)
+        )
+
+    def _emit_early(self, f: Flow) -> None:
+        """Too many requests kept for one flow: report all but the newest (bounded memory)."""
+        h = f.http
+        keep = h.exchanges[-1]
+        early = [x for x in h.exchanges[:-1] if x not in h.awaiting]
+        if not early:
+            return
+        self.stats["http_requests_early"] += len(early)
+        self._report_http(f, early, last=False)
+        h.exchanges = [x for x in h.exchanges if x not in early] or [keep]
+        h.emitted += len(early)
+
+    def _report_http(self, f: Flow, exchanges: list[_Exchange], last: bool) -> None:
+        if last and exchanges:
+            # packets not attributed to a request (handshake, FIN, a tunnel) go to the
+            # first one (before any request) and the last one (after the parser stopped)
+            x0 = exchanges[0]
+            if f.http.emitted == 0:
+                pre_out = f.pk_out - sum(x.pk_out for x in exchanges)
+                pre_in = f.pk_in - sum(x.pk_in for x in exchanges)
+                bo = f.by_out - sum(x.by_out for x in exchanges)
+                bi = f.by_in - sum(x.by_in for x in exchanges)
+                xl = exchanges[-1] if f.http.dead else x0
+                xl.pk_out += max(pre_out, 0)
+                xl.pk_in += max(pre_in, 0)
+                xl.by_out += max(bo, 0)
+                xl.by_in += max(bi, 0)
+            if f.http.dead or f.closed is not None:
+                exchanges[-1].ts_end = max(exchanges[-1].ts_end, f.last)
+        for x in exchanges:
+            method = x.method
+            hsrc: str | None
+            port = f.sport
+            url: str | None = None
+            target = x.target or ""
+            if method == "CONNECT":
+                host, cport = split_host_port(target)
+                hsrc = "connect" if host else None
+                port = cport
+            elif "://" in target[:12]:
+                auth = (
+                    target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+                )
+                host, uport = split_host_port(auth)
+                hsrc = "url" if host else None
+                if uport is not None:
+                    port = uport
+                elif target[:6].lower() == "https:":
+                    port = 443
+                elif target[:5].lower() == "http:":
+                    port = 80
+                url = target
+            else:
+                host = None
+                hsrc = None
+                if x.host:
+                    host, _hp = split_host_port(x.host)
+                    hsrc = "http_host" if host else None
+                if host and target.startswith("/"):
+                    url = f"http://{x.host}{target}"
+                else:
+                    url = target or None
+            if host is None:
+                host, hsrc = self._name(f)
+            if not self._keep(host):
+                continue
+            o = self._obs(
+                f, x.ts, x.ts_end, host, hsrc, x.pk_out, x.pk_in, x.by_out, x.by_in, x.index
+            )
+            o.method = method
+            o.url = url
+            o.status = x.status
+            o.dest_port = port
+            self.ready.append(o)
+
+    def _obs(self, f: Flow, ts, ts_end, host, hsrc, pko, pki, bo, bi, index) -> Observation:
+        cip, sip = _ip_text(f.cip), _ip_text(f.sip)
+        proto = "tcp" if f.proto == 6 else "udp"
+        key = f"{round(f.first * 1e6)}|{proto}|{cip}|{f.cport}|{sip}|{f.sport}"
+        if index is not None:
+            key += f"|{index}"
+        return Observation(
+            ts=ts,
+            source=self.source,
+            line=f.pktno,
+            format=self.fmt,
+            client_ip=cip,
+            client_port=f.cport,
+            dest_host=host,
+            dest_port=f.sport,
+            dest_ip=sip,
+            bytes_out=bo,
+            bytes_in=bi,
+            host_source=hsrc,
+            duration=max(ts_end - ts, 0.0),
+            ts_end=ts_end,
+            packets_out=pko,
+            packets_in=pki,
+            ech=f.ech,
+            record_id=blake2b(key.encode(), digest_size=12).hexdigest(),
+        )
+
+
+def _quic_feed(f: Flow, datagram: bytes) -> tuple:
+    """Adapter to :mod:`monitor.collectors.quic`; returns (sni, finished[, ech])."""
+    fn = getattr(_quic, "feed_datagram", None)
+    if fn is None:
+        return (None, True)
+    return fn(f, datagram)  # pragma: no cover - replaced once quic.py's API is known
