@@ -19,6 +19,7 @@ from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
 from monitor.policy import RuleSet
 from monitor.resources import rules_dir
+from monitor.scanner import Scanner
 from monitor.store import Store
 
 STALE_GEODATA_DAYS = 183
@@ -82,7 +83,12 @@ class App:
         return Pipeline(self.catalog, self.geo, self.rules, self.config, egress, collect)
 
     def scan(
-        self, paths: list[str], egress: EgressOptions, collect: CollectOptions, on_read=None
+        self,
+        paths: list[str],
+        egress: EgressOptions,
+        collect: CollectOptions,
+        on_read=None,
+        jobs: int | None = None,
     ) -> tuple[int, ScanSummary]:
         """Run and record one scan; returns its id and summary."""
         pipeline = self.pipeline(egress, collect)  # validates options before anything is written
@@ -92,7 +98,7 @@ class App:
             "rules": [r.id for r in self.rules.rules],
         }
         scan_id = self.store.start_scan(paths, options)
-        summary = pipeline.scan(paths, self.store, scan_id, on_read)
+        summary = Scanner(pipeline, self.store, jobs).run(paths, scan_id, on_read)
         record = summary.as_dict()
         problems = [
             {"source": p.source, "line": p.line, "reason": p.reason, "excerpt": p.excerpt}

@@ -211,6 +211,13 @@ _logformat_option = click.option(
     metavar="SEVERITY",
     help=f"Exit {EXIT_FINDINGS} when new incidents at or above this severity were raised ({', '.join(SEVERITIES)}).",
 )
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Parser processes (default: CPU count, at most 4); 1 parses in-process.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal)."
@@ -227,6 +234,7 @@ def scan(
     egress_ip,
     egress_country,
     fail_on,
+    jobs,
     as_json,
     progress,
     quiet,
@@ -255,7 +263,7 @@ def scan(
         show_percent=True,
     ) as bar:
         scan_id, summary = app.scan(
-            list(paths), egress, _collect_options(fmt, squid_logformat), bar.update
+            list(paths), egress, _collect_options(fmt, squid_logformat), bar.update, jobs
         )
     if not quiet:
         if as_json:

@@ -16,16 +16,15 @@ from functools import lru_cache
 from typing import Any
 
 from monitor.catalog import Catalog, Match
-from monitor.collectors import CollectOptions, Diagnostics, InputError, collect
+from monitor.collectors import CollectOptions, Diagnostics, collect
 from monitor.config import Config
 from monitor.egress import Egress, EgressOptions, EgressResolver
 from monitor.geo import GeoAnswer, GeoResolver
 from monitor.observation import Observation, canonical_ip, iso_utc
-from monitor.policy import SEVERITY_RANK, Rule, RuleSet
-from monitor.store import IngestResult, Store
+from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
+from monitor.store import IngestResult
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
-BATCH = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,46 +83,66 @@ class Enricher:
         return Enriched(obs, match, self.egress.resolve(obs.client_ip), dest, outcome_of(obs))
 
 
+#: How each rule-context field (:data:`monitor.policy.FIELDS`) is read from an enriched record.
+_GETTERS: dict[str, Callable[[Enriched], Any]] = {
+    "match.kind": lambda e: e.match.kind,
+    "match.pattern": lambda e: e.match.pattern,
+    "match.confidence": lambda e: e.match.confidence,
+    "provider.id": lambda e: e.match.provider.id,
+    "provider.kind": lambda e: e.match.provider.kind,
+    "provider.category": lambda e: e.match.provider.category,
+    "provider.hq_country": lambda e: e.match.provider.hq_country,
+    "provider.region_list": lambda e: e.match.provider.region_list,
+    "egress.ip": lambda e: e.egress.ip,
+    "egress.country": lambda e: e.egress.country,
+    "egress.site": lambda e: e.egress.site,
+    "egress.source": lambda e: e.egress.source,
+    "dest.host": lambda e: e.obs.dest_host,
+    "dest.ip": lambda e: e.obs.dest_ip,
+    "dest.country": lambda e: e.dest.country if e.dest else None,
+    "dest.asn": lambda e: e.dest.asn if e.dest else None,
+    "client.ip": lambda e: e.obs.client_ip,
+    "client.user": lambda e: e.obs.user,
+    "request.method": lambda e: e.obs.method,
+    "request.status": lambda e: e.obs.status,
+    "request.outcome": lambda e: e.outcome,
+}
+
+
 class Evaluator:
-    """Stage 4: builds the rule context (see :data:`monitor.policy.FIELDS`) and runs the rules."""
+    """Stage 4: builds the rule context (see :data:`monitor.policy.FIELDS`) and runs the rules.
+
+    Results are memoised on the values of the fields the rules actually read, so millions of
+    records cost one evaluation per distinct combination (provider, egress country, …).
+    """
 
     def __init__(self, rules: RuleSet, catalog: Catalog, config: Config):
         self.rules = rules
-        self.catalog = catalog
-        self._major = catalog.major_allowed_countries()
-        self._org_allowed = frozenset(config.allowed_providers)
+        major = catalog.major_allowed_countries()
+        org = frozenset(config.allowed_providers)
+        allowed = catalog.allowed_countries
+        self._getters: dict[str, Callable[[Enriched], Any]] = {
+            **_GETTERS,
+            "provider.allowed_countries": lambda e: allowed(e.match.provider.id),
+            "catalog.major_allowed_countries": lambda e: major,
+            "org.allowed_providers": lambda e: org,
+        }
+        missing = set(FIELDS) - set(self._getters)
+        assert not missing, f"no getter for rule fields {missing}"
+        self._key_getters = [self._getters[f] for f in rules.fields]
+        self._memo: dict[tuple[Any, ...], list[Rule]] = {}
 
     def context(self, e: Enriched) -> dict[str, Any]:
-        p, o = e.match.provider, e.obs
-        return {
-            "match.kind": e.match.kind,
-            "match.pattern": e.match.pattern,
-            "match.confidence": e.match.confidence,
-            "provider.id": p.id,
-            "provider.kind": p.kind,
-            "provider.category": p.category,
-            "provider.hq_country": p.hq_country,
-            "provider.region_list": p.region_list,
-            "provider.allowed_countries": self.catalog.allowed_countries(p.id),
-            "catalog.major_allowed_countries": self._major,
-            "egress.ip": e.egress.ip,
-            "egress.country": e.egress.country,
-            "egress.site": e.egress.site,
-            "egress.source": e.egress.source,
-            "dest.host": o.dest_host,
-            "dest.ip": o.dest_ip,
-            "dest.country": e.dest.country if e.dest else None,
-            "dest.asn": e.dest.asn if e.dest else None,
-            "client.ip": o.client_ip,
-            "client.user": o.user,
-            "request.method": o.method,
-            "request.status": o.status,
-            "request.outcome": e.outcome,
-            "org.allowed_providers": self._org_allowed,
-        }
+        return {name: get(e) for name, get in self._getters.items()}
 
     def evaluate(self, e: Enriched) -> list[Rule]:
-        return self.rules.evaluate(self.context(e))
+        key = tuple([get(e) for get in self._key_getters])
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) > 65536:
+                self._memo.clear()
+            found = self._memo[key] = self.rules.evaluate(self.context(e))
+        return found
 
 
 def incident_id(
@@ -142,11 +161,11 @@ def incident_id(
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
-def observation_row(e: Enriched, obs_id: str, scan_id: int | None) -> dict[str, Any]:
+def observation_row(e: Enriched) -> dict[str, Any]:
+    """The stored form of an observation; the scanner adds ``id`` and ``scan_id``."""
     o = e.obs
     iso = iso_utc(o.ts)
     return {
-        "id": obs_id,
         "ts": o.ts,
         "iso": iso,
         "day": iso[:10],
@@ -181,7 +200,6 @@ def observation_row(e: Enriched, obs_id: str, scan_id: int | None) -> dict[str, 
         "dest_country": e.dest.country if e.dest else None,
         "dest_asn": e.dest.asn if e.dest else None,
         "outcome": e.outcome,
-        "scan_id": scan_id,
     }
 
 
@@ -268,67 +286,28 @@ class Pipeline:
         *,
         only_llm: bool = False,
         on_read: Callable[[int], None] | None = None,
+        fmt: str | None = None,
+        byte_range: tuple[int, int] | None = None,
     ) -> Iterator[tuple[Observation, Match | None]]:
         """Stages 1–2 for one input: observations with their catalogue match."""
         host_filter = self.identifier.host_filter if only_llm else None
-        for obs in collect(path, self.collect_options, diag, host_filter, on_read):
+        options = self.collect_options
+        for obs in collect(
+            path, options, diag, host_filter, on_read, fmt=fmt, byte_range=byte_range
+        ):
             match = self.identifier.identify(obs)
             if match is not None or not only_llm:
                 yield obs, match
 
-    def scan(
-        self,
-        paths: Iterable[str],
-        store: Store,
-        scan_id: int,
-        on_read: Callable[[int], None] | None = None,
-    ) -> ScanSummary:
-        """Every stage, for every input; commits one batch at a time."""
-        summary = ScanSummary()
-        diag = summary.diag
-        batch: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
-        rule_of: dict[str, str] = {}
-        severity_of: dict[str, str] = {}
 
-        def flush() -> None:
-            if batch:
-                _account(summary, store.ingest(scan_id, batch), rule_of, severity_of)
-                batch.clear()
-
-        for path in paths:
-            summary.files.append(path)
-            seen: Counter[str] = Counter()  # identical records within one file stay distinct
-            try:
-                for obs, match in self.observe(path, diag, only_llm=True, on_read=on_read):
-                    summary.llm_observations += 1
-                    base = obs.record_id or _fallback_id(obs)
-                    nth = seen[base]
-                    seen[base] += 1
-                    enriched = self.enricher.enrich(obs, match)  # type: ignore[arg-type]
-                    row = observation_row(enriched, base if nth == 0 else f"{base}.{nth}", scan_id)
-                    incs = incident_rows(enriched, self.evaluator.evaluate(enriched), row["day"])
-                    for inc in incs:
-                        rule_of[inc["id"]] = inc["rule"]
-                        severity_of[inc["id"]] = inc["severity"]
-                    batch.append((row, incs))
-                    if len(batch) >= BATCH:
-                        flush()
-            except InputError as exc:
-                diag.file_error(path, str(exc).removeprefix(f"{path}: "))
-            flush()
-        summary.records, summary.malformed = diag.records, diag.malformed
-        return summary
-
-
-def _account(
-    summary: ScanSummary, res: IngestResult, rule_of: dict[str, str], severity_of: dict[str, str]
-) -> None:
+def account(summary: ScanSummary, res: IngestResult, rule_of: dict[str, tuple[str, str]]) -> None:
+    """Add one stored batch to the summary; ``rule_of`` maps incident id -> (rule, severity)."""
     summary.stored += res.stored
     summary.duplicates += res.duplicates
     for iid in res.new_incidents:
+        rule, sev = rule_of[iid]
         summary.incidents_new.add(iid)
-        summary.new_by_rule[rule_of[iid]] += 1
-        sev = severity_of[iid]
+        summary.new_by_rule[rule] += 1
         if (
             summary.new_max_severity is None
             or SEVERITY_RANK[sev] > SEVERITY_RANK[summary.new_max_severity]
@@ -337,23 +316,4 @@ def _account(
     for iid in res.updated_incidents:
         if iid not in summary.incidents_new and iid not in summary.incidents_updated:
             summary.incidents_updated.add(iid)
-            summary.updated_by_rule[rule_of[iid]] += 1
-
-
-def _fallback_id(obs: Observation) -> str:
-    key = "\x1f".join(
-        str(v)
-        for v in (
-            obs.ts,
-            obs.client_ip,
-            obs.client_port,
-            obs.method,
-            obs.dest_host,
-            obs.dest_port,
-            obs.url,
-            obs.status,
-            obs.bytes_out,
-            obs.bytes_in,
-        )
-    )
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+            summary.updated_by_rule[rule_of[iid][0]] += 1

@@ -80,6 +80,7 @@ class Rule:
     when: Mapping[str, Mapping[str, Any]]
     source: str
     predicate: Predicate
+    fields: frozenset[str]  # every context field the rule reads
 
     def matches(self, ctx: Context) -> bool:
         return self.predicate(ctx)
@@ -139,6 +140,7 @@ def compile_rule(doc: Any, source: str) -> Rule:
             f"{where}: 'when' must be a non-empty mapping of field: {{operator: value}}"
         )
     predicates: list[Predicate] = []
+    reads: set[str] = set(when)
     for field, conds in when.items():
         if field not in FIELDS:
             raise RuleError(f"{where}: unknown field {field!r} (known: {', '.join(FIELDS)})")
@@ -158,6 +160,8 @@ def compile_rule(doc: Any, source: str) -> Rule:
             if op in ("exists", "empty") and not isinstance(value, bool):
                 raise RuleError(f"{where}: {field}: {op} needs true or false")
             predicates.append(_condition(field, op, value))
+            if isinstance(value, str) and value.startswith("$"):
+                reads.add(value[1:])
     refs = doc.get("references", [])
     if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
         raise RuleError(f"{where}: references must be a list of strings")
@@ -174,6 +178,7 @@ def compile_rule(doc: Any, source: str) -> Rule:
         when=when,
         source=source,
         predicate=predicate,
+        fields=frozenset(reads),
     )
 
 
@@ -190,6 +195,8 @@ class RuleSet:
                 )
             seen[rule.id] = rule.source
         self.by_id = {r.id: r for r in self.rules}
+        #: the context fields any rule reads: evaluation results depend on nothing else
+        self.fields: tuple[str, ...] = tuple(sorted(set().union(*(r.fields for r in self.rules))))
 
     @classmethod
     def load(cls, paths: Iterable[Path]) -> RuleSet:

@@ -35,7 +35,7 @@ EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 
 OBSERVATION_COLUMNS: dict[str, type] = {
-    "id": str,
+    "id": int,  # 63-bit digest of the raw record (unique)
     "ts": float,
     "day": str,
     "source": str,
@@ -157,6 +157,8 @@ class Store:
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = NORMAL")
+            self.db.execute("PRAGMA cache_size = -65536")  # 64 MB: index pages stay in memory
+            self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
             self._migrate()
         except (OSError, sqlite3.DatabaseError) as exc:
             raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
@@ -216,9 +218,12 @@ class Store:
             db["scan_problems"].create(
                 {"scan_id": int, "source": str, "line": int, "reason": str, "excerpt": str}
             )
-            db["observations"].create(OBSERVATION_COLUMNS, pk="id", not_null={"ts", "day"})
+            # rows are appended in rowid order (page locality); the random-looking content id
+            # gets its own compact unique index
+            db["observations"].create(OBSERVATION_COLUMNS, not_null={"id", "ts", "day"})
+            db["observations"].create_index(["id"], unique=True)
             db["hits"].create(
-                {"incident_id": str, "observation_id": str}, pk=("incident_id", "observation_id")
+                {"incident_id": str, "observation_id": int}, pk=("incident_id", "observation_id")
             )
             db["incidents"].create(
                 INCIDENT_COLUMNS,
@@ -228,8 +233,6 @@ class Store:
             )
             db["observations"].create_index(["day", "provider"])
             db["observations"].create_index(["site", "day"])
-            db["observations"].create_index(["ts"])
-            db["hits"].create_index(["observation_id"])
             for cols in (
                 ["last_seen"],
                 ["first_seen"],
@@ -278,7 +281,7 @@ class Store:
         to incidents: this is what makes re-scans and overlapping files safe.
         """
         result = IngestResult()
-        unique: dict[str, tuple[dict[str, Any], Sequence[dict[str, Any]]]] = {}
+        unique: dict[int, tuple[dict[str, Any], Sequence[dict[str, Any]]]] = {}
         for obs, incs in batch:
             unique.setdefault(obs["id"], (obs, incs))
         result.duplicates += len(batch) - len(unique)
@@ -297,7 +300,7 @@ class Store:
             result.stored = len(fresh)
 
             deltas: dict[str, dict[str, Any]] = {}
-            hits: list[tuple[str, str]] = []
+            hits: list[tuple[str, int]] = []
             for obs, incs in fresh:
                 for inc in incs:
                     hits.append((inc["id"], obs["id"]))
@@ -311,7 +314,10 @@ class Store:
                             bytes_in=None,
                             first_seen=obs["iso"],
                             last_seen=obs["iso"],
+                            evidence=[],
                         )
+                    if len(d["evidence"]) < EVIDENCE_SAMPLES:
+                        d["evidence"].append(f"{obs['source']}:{obs['line']}")
                     d["count"] += 1
                     d["blocked"] += obs.get("outcome") == "blocked"
                     d["bytes_out"] = _add(d["bytes_out"], obs.get("bytes_out"))
@@ -323,9 +329,9 @@ class Store:
             conn.executemany(
                 "INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits
             )
-            before = self._existing("incidents", list(deltas))
-            result.updated_incidents = before
-            result.new_incidents = set(deltas) - before
+            before = self._evidence_of(list(deltas))
+            result.updated_incidents = set(before)
+            result.new_incidents = set(deltas) - result.updated_incidents
             cols = [
                 *INCIDENT_IDENTITY,
                 "severity_rank",
@@ -336,11 +342,16 @@ class Store:
                 "bytes_out",
                 "bytes_in",
                 "outcome",
+                "evidence",
                 "first_scan",
                 "last_scan",
             ]
             rows = []
-            for d in deltas.values():
+            for iid, d in deltas.items():
+                old = before.get(iid, [])
+                d["evidence"] = json.dumps(
+                    (old + [e for e in d["evidence"] if e not in old])[:EVIDENCE_SAMPLES]
+                )
                 d["severity_rank"] = SEVERITY_RANK[d["severity"]]
                 d["outcome"] = _outcome(d["blocked"], d["count"])
                 d["first_scan"] = d["last_scan"] = scan_id
@@ -359,14 +370,14 @@ class Store:
                   outcome = CASE WHEN blocked + excluded.blocked = 0 THEN 'allowed'
                                  WHEN blocked + excluded.blocked = count + excluded.count THEN 'blocked'
                                  ELSE 'mixed' END,
+                  evidence = excluded.evidence,
                   last_scan = excluded.last_scan""",  # noqa: S608 - constants and placeholders only
                 rows,
             )
-            self._refresh_evidence(list(deltas))
         return result
 
-    def _existing(self, table: str, ids: list[str]) -> set[str]:
-        found: set[str] = set()
+    def _existing(self, table: str, ids: list[Any]) -> set[Any]:
+        found: set[Any] = set()
         for i in range(0, len(ids), _IN_CHUNK):
             chunk = ids[i : i + _IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
@@ -376,19 +387,15 @@ class Store:
             )
         return found
 
-    def _refresh_evidence(self, incident_ids: list[str]) -> None:
-        for i in range(0, len(incident_ids), _IN_CHUNK):
-            chunk = incident_ids[i : i + _IN_CHUNK]
+    def _evidence_of(self, ids: list[str]) -> dict[str, list[str]]:
+        """Evidence samples of the incidents among ``ids`` that already exist."""
+        found: dict[str, list[str]] = {}
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i : i + _IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
-            self.db.execute(
-                f"""UPDATE incidents SET evidence = (
-                      SELECT json_group_array(loc) FROM (
-                        SELECT o.source || ':' || o.line AS loc FROM hits h
-                        JOIN observations o ON o.id = h.observation_id
-                        WHERE h.incident_id = incidents.id ORDER BY o.ts, o.source, o.line LIMIT {EVIDENCE_SAMPLES}))
-                    WHERE id IN ({marks}) AND json_array_length(evidence) < {EVIDENCE_SAMPLES}""",  # noqa: S608
-                chunk,
-            )
+            sql = f"SELECT id, evidence FROM incidents WHERE id IN ({marks})"  # noqa: S608
+            found.update((r[0], json.loads(r[1] or "[]")) for r in self.db.execute(sql, chunk))
+        return found
 
     # -- queries ----------------------------------------------------------------------------
 

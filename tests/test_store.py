@@ -11,7 +11,7 @@ from monitor.store import SCHEMA_VERSION, IncidentQuery, Store, StoreError
 
 def obs(i, **kw):
     row = {
-        "id": f"o{i}",
+        "id": 1000 + i,
         "ts": 1795741200.0 + i,
         "iso": f"2026-11-27T00:20:{i:02d}.000Z",
         "day": "2026-11-27",

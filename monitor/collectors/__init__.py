@@ -32,7 +32,13 @@ FORMATS: dict[str, str] = {
 SNIFF_LINES = 20
 #: pcap (both byte orders, micro- and nanosecond) and pcapng magic numbers
 _CAPTURE_MAGICS = frozenset(
-    {b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a"}
+    {
+        b"\xd4\xc3\xb2\xa1",
+        b"\xa1\xb2\xc3\xd4",
+        b"\x4d\x3c\xb2\xa1",
+        b"\xa1\xb2\x3c\x4d",
+        b"\x0a\x0d\x0d\x0a",
+    }
 )
 
 
@@ -96,18 +102,42 @@ def detect(opened: OpenedInput) -> str:
     )
 
 
+#: formats whose files can be split at line boundaries and parsed in parallel
+LINE_FORMATS = frozenset({"squid", "squid-common", "squid-combined", "squid-custom"})
+
+
+def format_of(path: str, options: CollectOptions) -> str:
+    """The format ``collect`` would use for ``path`` (opens and closes a regular file)."""
+    if options.squid_logformat:
+        return "squid-custom"
+    if options.format != "auto":
+        return options.format
+    opened = open_input(path)
+    try:
+        return detect(opened)
+    finally:
+        opened.close()
+
+
 def collect(
     path: str,
     options: CollectOptions,
     diag: Diagnostics,
     host_filter: HostFilter | None = None,
     on_read=None,
+    *,
+    fmt: str | None = None,
+    byte_range: tuple[int, int] | None = None,
 ) -> Iterator[Observation]:
-    """Open, detect and parse one input. Raises :class:`InputError` before yielding anything
-    when the file cannot be opened or its format is unknown."""
-    opened = open_input(path, on_read)
+    """Open, detect and parse one input (or one byte range of it, in format ``fmt``).
+
+    Raises :class:`InputError` before yielding anything when the file cannot be opened or
+    its format is unknown."""
+    opened = open_input(path, on_read, byte_range)
     try:
-        if options.squid_logformat:
+        if fmt is not None:
+            name = fmt
+        elif options.squid_logformat:
             name = "squid-custom"
         elif options.format == "auto":
             name = detect(opened)

@@ -90,16 +90,29 @@ class CountingReader(io.RawIOBase):
     """Wraps the on-disk file so progress can be shown in bytes of the file itself
     (compressed bytes for .gz/.bz2), whatever layers sit above it."""
 
-    def __init__(self, raw: BinaryIO, on_read: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        raw: BinaryIO,
+        on_read: Callable[[int], None] | None = None,
+        limit: int | None = None,
+    ):
         self._raw = raw
         self.count = 0
         self._on_read = on_read
+        self._left = limit  # bytes still to deliver when reading a byte range
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self._left is not None:
+            if self._left <= 0:
+                return 0
+            if len(buffer) > self._left:
+                buffer = memoryview(buffer)[: self._left]
         n = self._raw.readinto(buffer)
+        if self._left is not None and n:
+            self._left -= n
         self.count += n or 0
         if n and self._on_read is not None:
             self._on_read(n)
@@ -121,10 +134,16 @@ class OpenedInput:
         self.stream.close()
 
 
-def open_input(path: str, on_read: Callable[[int], None] | None = None) -> OpenedInput:
+def open_input(
+    path: str,
+    on_read: Callable[[int], None] | None = None,
+    byte_range: tuple[int, int] | None = None,
+) -> OpenedInput:
     """Open a file (or ``-`` for stdin) for streaming, decompressing gzip/bzip2 by magic bytes.
 
-    ``on_read(n)`` is told about every chunk read from disk (for progress bars)."""
+    ``on_read(n)`` is told about every chunk read from disk (for progress bars).
+    ``byte_range=(start, end)`` reads only that part of an uncompressed file (parallel scans
+    split big files at line boundaries)."""
     try:
         if path == "-":
             raw: BinaryIO = sys.stdin.buffer
@@ -137,6 +156,10 @@ def open_input(path: str, on_read: Callable[[int], None] | None = None) -> Opene
             size = p.stat().st_size
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}") from exc
+    if byte_range is not None:
+        raw.seek(byte_range[0])
+        counter = CountingReader(raw, on_read, byte_range[1] - byte_range[0])
+        return OpenedInput(io.BufferedReader(counter, READ_CHUNK), counter, size, path)  # type: ignore[arg-type]
     counter = CountingReader(raw, on_read)
     buffered = io.BufferedReader(counter, READ_CHUNK)
     magic = buffered.peek(4)[:4]
@@ -149,6 +172,42 @@ def open_input(path: str, on_read: Callable[[int], None] | None = None) -> Opene
     else:
         stream = buffered  # type: ignore[assignment]
     return OpenedInput(stream, counter, size, path)
+
+
+def is_compressed(path: str) -> bool:
+    with open(path, "rb") as f:
+        magic = f.read(3)
+    return magic[:2] == b"\x1f\x8b" or magic == b"BZh"
+
+
+def split_at_lines(path: str, parts: int) -> list[tuple[int, int]]:
+    """Byte ranges of about equal size, each starting right after a newline."""
+    size = Path(path).stat().st_size
+    cuts = [0]
+    with open(path, "rb") as f:
+        for i in range(1, parts):
+            f.seek(max(size * i // parts, cuts[-1]))
+            f.readline(MAX_LINE + 1)  # finish the line we landed in
+            pos = f.tell()
+            if pos >= size:
+                break
+            if pos > cuts[-1]:
+                cuts.append(pos)
+    cuts.append(size)
+    return list(zip(cuts, cuts[1:], strict=False))
+
+
+def count_lines_before(path: str, offset: int) -> int:
+    """Newlines in the first ``offset`` bytes: the line number a byte range starts after."""
+    n = 0
+    with open(path, "rb") as f:
+        while offset > 0:
+            chunk = f.read(min(READ_CHUNK * 8, offset))
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            offset -= len(chunk)
+    return n
 
 
 Batch = tuple[int, list[bytes], bool]  # (line number before the first line, lines, NUL-free)

@@ -48,13 +48,9 @@ from struct import Struct
 from typing import Any
 
 from monitor.collectors.dns import DnsMap, parse_message
+from monitor.collectors.quic import QUIC_V1, QUIC_V2, QuicInitialTracker
 from monitor.collectors.tls import client_hello_from_records
 from monitor.observation import Observation, split_host_port
-
-try:  # written alongside; optional until present
-    from monitor.collectors import quic as _quic
-except ImportError:  # pragma: no cover - depends on the checkout
-    _quic = None  # type: ignore[assignment]
 
 __all__ = [
     "FlowTable",
@@ -69,6 +65,7 @@ __all__ = [
 LINKTYPES = {
     0: "BSD loopback (NULL)",
     1: "Ethernet (802.1Q, QinQ)",
+    9: "PPP",
     12: "raw IP (OpenBSD DLT_RAW)",
     14: "raw IP (DLT_RAW)",
     101: "raw IP",
@@ -80,7 +77,11 @@ LINKTYPES = {
 }
 
 IDLE_TIMEOUT = 120.0
-CLOSE_LINGER = 5.0
+CLOSE_LINGER = 2.0
+#: after a closed flow is reported, stray segments on its 5-tuple (retransmissions, late
+#: RSTs) are dropped rather than starting a new flow, for this long (TCP's TIME_WAIT)
+TIME_WAIT = 60.0
+MAX_TOMBSTONES = 65_536
 MAX_FLOWS = 131_072
 STREAM_LIMIT = 16 * 1024
 MAX_HEAD = 16 * 1024
@@ -210,9 +211,7 @@ def _headers(lines: list[bytes], h: HttpHead) -> HttpHead | None:
     for line in lines:
         name, colon, value = line.partition(b":")
         if not colon:
-            if line[:1] in (b" ", b"\t"):
-                continue  # obsolete line folding: a continuation, ignored
-            return None
+            continue  # obsolete line folding, or junk: ignored (as Zeek does)
         name = name.strip().lower()
         value = value.strip()
         if name == b"host":
@@ -235,12 +234,17 @@ def parse_request_head(head: bytes) -> HttpHead | None:
     ``None`` when the start line is not an HTTP/1 request line."""
     lines = head.replace(b"\r\n", b"\n").split(b"\n")
     parts = lines[0].split(b" ")
-    if len(parts) < 3 or not _is_token(parts[0]) or not parts[0].isupper():
+    if len(parts) < 2 or not _is_token(parts[0]) or not parts[0].isupper():
         return None
     version = parts[-1]
-    if not version.startswith(b"HTTP/") or len(version) > 12:
+    if version.startswith(b"HTTP/") and len(version) <= 12 and len(parts) >= 3:
+        target = b" ".join(parts[1:-1]).strip(b" ")  # tolerate extra spaces
+    elif len(parts) == 2 and parts[1].startswith(b"HTTP/"):  # "OPTIONS HTTP/1.1": no target
+        version, target = parts[1], b""
+    elif len(parts) == 2 and parts[1]:  # HTTP/0.9 style, or "GET /HTTP/1.1"
+        version, target = b"", parts[1]
+    else:
         return None
-    target = b" ".join(p for p in parts[1:-1] if p)  # tolerate extra spaces
     h = HttpHead(
         method=parts[0].decode("ascii"),
         target=_text(target),
@@ -318,7 +322,7 @@ class _HttpSide:
                 elif mode == "dead":
                     self.state = _DEAD
                     return n
-            elif st == _BODY or st == _CHUNK_DATA:
+            elif st in (_BODY, _CHUNK_DATA):
                 take = min(self.left, n - pos)
                 pos += take
                 self.left -= take
@@ -474,6 +478,7 @@ class Flow:
         "quic",
         "known",
         "datagrams",
+        "socks",
     )
 
     def __init__(
@@ -500,6 +505,7 @@ class Flow:
         self.quic: Any = None
         self.known = False  # client/server decided by a handshake or by content
         self.datagrams = 0
+        self.socks: tuple[str | None, int] | None = None  # SOCKS 4/5 CONNECT target
 
 
 def _looks_client_start(p: bytes) -> bool:
@@ -512,6 +518,66 @@ def _looks_client_start(p: bytes) -> bool:
         and _is_token(p[:sp])
         and b" HTTP/1." in p[: p.find(b"\n") if b"\n" in p else 8192]
     )
+
+
+_QUIC_VERSIONS = frozenset({QUIC_V1.to_bytes(4, "big"), QUIC_V2.to_bytes(4, "big")})
+
+
+def _socks_request(d: bytearray) -> tuple[tuple[str | None, int], int] | None | bool:
+    """A SOCKS 5 greeting and CONNECT request, or a SOCKS 4/4a CONNECT, at the start of
+    the client bytes: ((host or None, port), bytes used); None: need more; False: not SOCKS."""
+    n = len(d)
+    if d[0] == 5:
+        if n < 2:
+            return None
+        p = 2 + d[1]
+        if d[1] == 0 or d[1] > 16:
+            return False
+        if n < p + 5:
+            return None
+        if d[p] != 5 or d[p + 1] != 1 or d[p + 2] != 0:
+            return False
+        atyp = d[p + 3]
+        q = p + 4
+        if atyp == 1:
+            host, q = str(ipaddress.IPv4Address(bytes(d[q : q + 4]))) if n >= q + 4 else None, q + 4
+        elif atyp == 4:
+            host, q = (
+                str(ipaddress.IPv6Address(bytes(d[q : q + 16]))) if n >= q + 16 else None,
+                q + 16,
+            )
+        elif atyp == 3:
+            ln = d[q]
+            host, q = bytes(d[q + 1 : q + 1 + ln]).decode("ascii", "replace").lower(), q + 1 + ln
+        else:
+            return False
+        if n < q + 2:
+            return None
+        return (host, (d[q] << 8) | d[q + 1]), q + 2
+    if d[0] == 4:
+        if n < 9:
+            return None
+        if d[1] != 1:
+            return False
+        port = (d[2] << 8) | d[3]
+        end = d.find(b"\x00", 8)
+        if end < 0:
+            return None if n < 256 else False
+        host: str | None = str(ipaddress.IPv4Address(bytes(d[4:8])))
+        if d[4:7] == b"\x00\x00\x00" and d[7]:  # SOCKS 4a: the name follows
+            e2 = d.find(b"\x00", end + 1)
+            if e2 < 0:
+                return None if n < 512 else False
+            host = bytes(d[end + 1 : e2]).decode("ascii", "replace").lower()
+            end = e2
+        return (host, port), end + 1
+    return False
+
+
+def _quic_long_header(p: bytes) -> bool:
+    """A QUIC v1/v2 long-header packet (Initial, 0-RTT or Handshake): worth watching, as the
+    client's first datagrams may be 0-RTT before the Initial that carries the ClientHello."""
+    return len(p) >= 7 and p[0] & 0xC0 == 0xC0 and p[1:5] in _QUIC_VERSIONS
 
 
 def _ip_text(raw: bytes) -> str:
@@ -543,7 +609,9 @@ class FlowTable:
         self.tcp: dict[bytes, tuple[Flow, bool]] = {}
         self.udp: dict[bytes, tuple[Flow, bool]] = {}
         self.closing: dict[int, Flow] = {}  # id(flow) -> flow, in order of closing
+        self.tombstones: dict[bytes, float] = {}  # keys of closed TCP flows -> time reported
         self.frags: dict[tuple, list] = {}
+        self.quic = QuicInitialTracker()
         self.ready: list[Observation] = []
         self.now = float("-inf")
         self.next_linger = float("-inf")
@@ -566,6 +634,7 @@ class FlowTable:
             "http_requests_early": 0,
             "fragment_limit": 0,
             "unknown_linktype": 0,
+            "late_segments": 0,
         }
         self.unknown_linktypes: set[int] = set()
 
@@ -609,6 +678,15 @@ class FlowTable:
                 return
             v = b[off] >> 4
             et = 0x0800 if v == 4 else 0x86DD if v == 6 else 0
+        elif lt == 9:  # PPP, with or without the HDLC address/control bytes
+            if end - off >= 2 and b[off] == 0xFF and b[off + 1] == 0x03:
+                off += 2
+            if end - off < 2:
+                self.stats["short"] += 1
+                return
+            ppp = (b[off] << 8) | b[off + 1]
+            off += 2
+            et = 0x0800 if ppp == 0x0021 else 0x86DD if ppp == 0x0057 else 0
         elif lt == 0 or lt == 108:
             if end - off < 4:
                 self.stats["short"] += 1
@@ -816,6 +894,12 @@ class FlowTable:
         ):
             if f is not None:  # a new connection on a 5-tuple that closed: end the old one
                 self._end(f)
+            elif not flags & 0x02 and self.tombstones:
+                key = addrs + b[l4 : l4 + 4]
+                t = self.tombstones.get(key)
+                if t is not None and 0 <= ts - t <= TIME_WAIT:
+                    self.stats["late_segments"] += 1  # a straggler of a flow already reported
+                    return
             sport, dport = (b[l4] << 8) | b[l4 + 1], (b[l4 + 2] << 8) | b[l4 + 3]
             src, dst = addrs[:half], addrs[half:]
             pstart = l4 + hl
@@ -896,6 +980,19 @@ class FlowTable:
                 self._http_count(f, out, ts, plen)
             return
         app = f.app
+        if app == APP_UNKNOWN and out and st.data[0] in (4, 5) and f.socks is None:
+            r = _socks_request(st.data)
+            if r is None:
+                return  # need more bytes
+            if r is False:
+                f.app = APP_OPAQUE
+                f.watch = False
+                f.cs = None
+                return
+            f.socks, used = r
+            st.take(used)  # what follows is the tunnelled protocol: look again
+            if not st.data:
+                return
         if app == APP_UNKNOWN:
             d = st.data
             if d[0] == 0x16:
@@ -936,16 +1033,15 @@ class FlowTable:
             if h.dead:
                 f.watch = False
                 f.cs = f.ss = None
-        elif app == APP_DNS:
-            if not out:
+        elif app == APP_DNS and not out:
+            d = st.data
+            while len(d) >= 2:
+                n = (d[0] << 8) | d[1]
+                if len(d) < 2 + n:
+                    break
+                self._dns(bytes(d[2 : 2 + n]), ts)
+                st.take(2 + n)
                 d = st.data
-                while len(d) >= 2:
-                    n = (d[0] << 8) | d[1]
-                    if len(d) < 2 + n:
-                        break
-                    self._dns(bytes(d[2 : 2 + n]), ts)
-                    st.take(2 + n)
-                    d = st.data
 
     def _http_count(self, f: Flow, out: bool, ts: float, plen: int) -> None:
         h = f.http
@@ -1007,33 +1103,26 @@ class FlowTable:
             f = Flow(17, src, sport, dst, dport, ts, pktno)
             f.pk_out, f.by_out = 1, plen
             out = True
-        f.watch = _quic is not None and f.sport == 443
         self._insert(self.udp, f)
+        payload = bytes(b[l4 + 8 : dend])
+        f.watch = out and _quic_long_header(payload)
         if f.watch:
-            self._udp_watch(f, out, bytes(b[l4 + 8 : dend]), ts)
+            self._udp_watch(f, out, payload, ts)
 
     def _udp_watch(self, f: Flow, out: bool, data, ts: float) -> None:
-        """QUIC: client Initial datagrams to port 443 go to :mod:`monitor.collectors.quic`."""
+        """QUIC: client datagrams go to :class:`~monitor.collectors.quic.QuicInitialTracker`
+        until it returns the ClientHello (or ``MAX_QUIC_DATAGRAMS`` client datagrams)."""
         if not out:
             return
         f.datagrams += 1
-        if f.datagrams > MAX_QUIC_DATAGRAMS:
+        info = self.quic.feed(bytes(data), f.ckey)
+        if info is not None:
+            f.sni = info.sni
+            f.ech = info.ech
+            f.app = APP_QUIC
+        if info is not None or f.datagrams >= MAX_QUIC_DATAGRAMS:
             f.watch = False
-            f.quic = None
-            return
-        try:
-            res = _quic_feed(f, bytes(data))
-        except Exception:  # the QUIC parser must not stop the scan
-            res = (None, True)
-        sni, finished, ech = res[0], res[1], (res[2] if len(res) > 2 else None)
-        if sni is not None or finished:
-            f.sni = sni
-            if ech is not None:
-                f.ech = ech
-            f.watch = False
-            f.quic = None
-            if f.sni is not None:
-                f.app = APP_QUIC
+            self.quic.forget(f.ckey)
 
     # -- DNS ------------------------------------------------------------------------------
 
@@ -1088,6 +1177,9 @@ class FlowTable:
             if self.frags:
                 for k in [k for k, v in self.frags.items() if ts - v[0] > FRAG_TIMEOUT]:
                     del self.frags[k]
+            if self.tombstones:
+                for k in [k for k, t in self.tombstones.items() if ts - t > TIME_WAIT]:
+                    del self.tombstones[k]
 
     def _expire_idle(self, ts: float) -> None:
         limit = ts - self.idle_timeout
@@ -1102,6 +1194,14 @@ class FlowTable:
         if d.get(f.skey, (None,))[0] is f:
             del d[f.skey]
         self.closing.pop(id(f), None)
+        if f.watch and f.proto == 17:
+            self.quic.forget(f.ckey)
+        if f.proto == 6 and f.closed is not None:
+            tomb = self.tombstones
+            if len(tomb) >= MAX_TOMBSTONES:
+                for k in list(tomb)[: MAX_TOMBSTONES >> 2]:
+                    del tomb[k]
+            tomb[f.ckey] = tomb[f.skey] = self.now
         self._report(f)
 
     def finish(self) -> None:
@@ -1116,6 +1216,8 @@ class FlowTable:
     def _name(self, f: Flow) -> tuple[str | None, str | None]:
         if f.sni:
             return f.sni, "sni"
+        if f.socks is not None and f.socks[0]:
+            return f.socks[0], "connect"
         name = self.dns.lookup(f.sip, f.first)
         if name:
             return name, "dns"
@@ -1152,9 +1254,10 @@ class FlowTable:
         host, src = self._name(f)
         if not self._keep(host):
             return
-        self.ready.append(
-            self._obs(f, f.first, f.last, host, src, f.pk_out, f.pk_in, f.by_out, f.by_in, None)
-        )
+        o = self._obs(f, f.first, f.last, host, src, f.pk_out, f.pk_in, f.by_out, f.by_in, None)
+        if f.socks is not None:
+            o.dest_port = f.socks[1]  # the port asked of the SOCKS proxy
+        self.ready.append(o)
 
     def _emit_early(self, f: Flow) -> None:
         """Too many requests kept for one flow: report all but the newest (bounded memory)."""
@@ -1191,10 +1294,16 @@ class FlowTable:
             port = f.sport
             url: str | None = None
             target = x.target or ""
-            if method == "CONNECT":
-                host, cport = split_host_port(target)
-                hsrc = "connect" if host else None
-                port = cport
+            host = None
+            hsrc = None
+            if method == "CONNECT":  # "CONNECT host:port"; anything else is a bad CONNECT
+                host, cport = split_host_port(target.split(" ", 1)[0])
+                if host and cport and "/" not in host:
+                    hsrc, port = "connect", cport
+                else:
+                    host = None
+            if hsrc is not None:
+                pass
             elif "://" in target[:12]:
                 auth = (
                     target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
@@ -1209,8 +1318,6 @@ class FlowTable:
                     port = 80
                 url = target
             else:
-                host = None
-                hsrc = None
                 if x.host:
                     host, _hp = split_host_port(x.host)
                     hsrc = "http_host" if host else None
@@ -1257,11 +1364,3 @@ class FlowTable:
             ech=f.ech,
             record_id=blake2b(key.encode(), digest_size=12).hexdigest(),
         )
-
-
-def _quic_feed(f: Flow, datagram: bytes) -> tuple:
-    """Adapter to :mod:`monitor.collectors.quic`; returns (sni, finished[, ech])."""
-    fn = getattr(_quic, "feed_datagram", None)
-    if fn is None:
-        return (None, True)
-    return fn(f, datagram)  # pragma: no cover - replaced once quic.py's API is known

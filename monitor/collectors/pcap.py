@@ -73,11 +73,18 @@ class PcapCollector:
 
     name = FORMAT
 
-    def __init__(self, catalog: Any = None, *, idle_timeout: float | None = None, max_flows: int | None = None):
+    def __init__(
+        self,
+        catalog: Any = None,
+        *,
+        idle_timeout: float | None = None,
+        max_flows: int | None = None,
+    ):
         self.catalog = catalog
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
         self.last_stats: dict[str, int] = {}  # counters of the last parse (for tests, --stats)
+        self.last_dns: DnsMap | None = None  # the name map of the last parse
 
     def parse(
         self,
@@ -121,18 +128,27 @@ class PcapCollector:
         stats["dns_dropped_names"] = dns.dropped_names
         stats["dns_dropped_addresses"] = dns.dropped_addresses
         self.last_stats = stats
+        self.last_dns = dns
         diag.records += state["packets"]
-        diag.skipped += stats["not_ip"] + stats["not_tcp_udp"] + stats["short"] + stats["unknown_linktype"]
+        diag.skipped += (
+            stats["not_ip"] + stats["not_tcp_udp"] + stats["short"] + stats["unknown_linktype"]
+        )
         for key, what in _BOUND_STATS.items():
             if stats.get(key):
                 diag.problems.append(Problem(source, 0, f"{what}: {stats[key]}"))
         dropped = dns.dropped_names + dns.dropped_addresses
         if dropped:
-            diag.problems.append(Problem(source, 0, f"DNS name map bound hit: {dropped} names dropped"))
+            diag.problems.append(
+                Problem(source, 0, f"DNS name map bound hit: {dropped} names dropped")
+            )
         if table.unknown_linktypes:
             lts = ", ".join(str(t) for t in sorted(table.unknown_linktypes))
             diag.problems.append(
-                Problem(source, 0, f"link type(s) {lts} not supported: {stats['unknown_linktype']} frames skipped")
+                Problem(
+                    source,
+                    0,
+                    f"link type(s) {lts} not supported: {stats['unknown_linktype']} frames skipped",
+                )
             )
 
     # -- pcap -----------------------------------------------------------------------------
@@ -150,7 +166,7 @@ class PcapCollector:
         unpack = Struct(order + "IIII").unpack_from
         packet = table.packet
         ready = table.ready
-        read = stream.read
+        read = getattr(stream, "read1", None) or stream.read  # what is there: damage later keeps it
         base = 24  # file offset of buf[0]
         buf = b""
         pos = 0
@@ -195,10 +211,12 @@ class PcapCollector:
 
     # -- pcapng ---------------------------------------------------------------------------
 
-    def _pcapng(self, stream, magic, source, diag, table: FlowTable, state) -> Iterator[Observation]:
+    def _pcapng(
+        self, stream, magic, source, diag, table: FlowTable, state
+    ) -> Iterator[Observation]:
         packet = table.packet
         ready = table.ready
-        read = stream.read
+        read = getattr(stream, "read1", None) or stream.read  # what is there: damage later keeps it
         buf = magic
         pos = 0
         base = 0
@@ -238,7 +256,9 @@ class PcapCollector:
                     elif bom == b"\x1a\x2b\x3c\x4d":
                         order = ">"
                     else:
-                        raise _Damage(f"corrupt section header at byte offset {base + pos}: bad byte-order magic")
+                        raise _Damage(
+                            f"corrupt section header at byte offset {base + pos}: bad byte-order magic"
+                        )
                     hdr = Struct(order + "II").unpack_from
                     epb = Struct(order + "IIIII").unpack_from
                     btype, blen = hdr(buf, pos)
@@ -270,7 +290,14 @@ class PcapCollector:
                     pktno += 1
                     if iface < len(ifaces):
                         lt, scale, tsoff, _snap = ifaces[iface]
-                        packet(((th << 32) | tl) * scale + tsoff, pktno, lt, buf, pos + 28, pos + 28 + cap)
+                        packet(
+                            ((th << 32) | tl) * scale + tsoff,
+                            pktno,
+                            lt,
+                            buf,
+                            pos + 28,
+                            pos + 28 + cap,
+                        )
                     else:
                         note(f"packet for undeclared interface {iface}")
                 elif btype == 3:  # Simple Packet Block (no timestamp: the last one seen)
@@ -281,11 +308,20 @@ class PcapCollector:
                         cap = min(orig, blen - 16, snap or orig)
                         packet(table.now, pktno, lt, buf, pos + 12, pos + 12 + cap)
                 elif btype == 2:  # obsolete Packet Block
-                    iface, _drops, th, tl, cap, _orig = Struct(order + "HHIIII").unpack_from(buf, pos + 8)
+                    iface, _drops, th, tl, cap, _orig = Struct(order + "HHIIII").unpack_from(
+                        buf, pos + 8
+                    )
                     pktno += 1
                     if iface < len(ifaces) and cap <= blen - 32:
                         lt, scale, tsoff, _snap = ifaces[iface]
-                        packet(((th << 32) | tl) * scale + tsoff, pktno, lt, buf, pos + 28, pos + 28 + cap)
+                        packet(
+                            ((th << 32) | tl) * scale + tsoff,
+                            pktno,
+                            lt,
+                            buf,
+                            pos + 28,
+                            pos + 28 + cap,
+                        )
                 elif btype == 1:  # Interface Description Block
                     lt, _res, snap = Struct(order + "HHI").unpack_from(buf, pos + 8)
                     scale, tsoff = _idb_options(buf, pos + 16, pos + blen - 4, order)
@@ -312,7 +348,7 @@ def _idb_options(buf: bytes, p: int, end: int, order: str) -> tuple[float, float
         v = p + 4
         if code == 9 and ln >= 1:
             r = buf[v]
-            scale = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
+            scale = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0**-r
         elif code == 14 and ln >= 8:
             tsoff = float(Struct(order + "q").unpack_from(buf, v)[0])
         p = v + ((ln + 3) & ~3)

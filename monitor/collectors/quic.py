@@ -90,6 +90,19 @@ MAX_FRAGMENTS = 512
 #: Derived key sets kept (one per version and DCID).
 KEY_CACHE = 4096
 
+_COUNTERS = (
+    "datagrams",
+    "initial_packets",
+    "decrypted",
+    "decrypt_failures",
+    "client_hellos",
+    "not_client_hello",
+    "closed",
+    "unsupported_version",
+    "evicted",
+    "crypto_overflow",
+    "errors",
+)
 _I = struct.Struct(">I").unpack_from
 _NONZERO = re.compile(rb"[^\x00]").search
 
@@ -210,11 +223,7 @@ class QuicInitialTracker:
         return self.evicted + self.crypto_overflow
 
     def counters(self) -> dict[str, int]:
-        names = (
-            "datagrams initial_packets decrypted decrypt_failures client_hellos "
-            "not_client_hello closed unsupported_version evicted crypto_overflow errors"
-        ).split()
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in _COUNTERS}
 
     def __len__(self) -> int:
         """Connections in progress."""
@@ -270,8 +279,12 @@ class QuicInitialTracker:
             if ptype == params.retry:
                 return None
             if ptype == params.initial:
+                if p >= n or p + (1 << (d[p] >> 6)) > n:
+                    return None
                 token_len, p = _varint(d, p)
                 p += token_len
+            if p >= n or p + (1 << (d[p] >> 6)) > n:
+                return None
             length, p = _varint(d, p)
             end = p + length
             if end > n:
@@ -308,8 +321,8 @@ class QuicInitialTracker:
             tomb = self._done.get(flow_key)
             if tomb is not None and dcid in tomb:
                 return None  # a finished connection's retransmission, ACK or the server
-            if dcil_too_short(dcid):
-                return None  # a client's first Initial carries a DCID of 8 bytes or more
+            if len(dcid) < 8:
+                return None  # RFC 9000 §7.2: a client's first Initial has a DCID of 8+ bytes
         elif dcid == conn.scid and dcid not in conn.cids:
             return None  # sent to the client: a server packet
         self.initial_packets += 1
@@ -477,8 +490,3 @@ class QuicInitialTracker:
         if conn.scid:
             conn.cids.add(conn.scid)
         self._done[flow_key] = conn.cids
-
-
-def dcil_too_short(dcid: bytes) -> bool:
-    """RFC 9000 §7.2: the DCID of a client's first Initial is at least 8 bytes long."""
-    return len(dcid) < 8

@@ -153,6 +153,7 @@ class _Targets:
         "codes",
         "words",
         "filter",
+        "rejects",
         "host_filter",
     )
 
@@ -165,6 +166,21 @@ class _Targets:
         self.codes: dict[bytes, tuple[str, int | None] | None] = {}
         self.words: dict[bytes, str] = {}
         self.filter: dict[str, bool] = {}
+        self.rejects: dict[bytes, bool] = {}  # CONNECT target -> rejected by the host filter
+
+    def rejects_connect(self, target: bytes) -> bool:
+        """Whether the host filter rejects the host of a CONNECT target (memoised)."""
+        host = self.connect.get(target)
+        if host is None:
+            host = _host_port(_text(target))
+            if len(self.connect) > _CACHE_LIMIT:
+                self.connect.clear()
+            self.connect[target] = host
+        v = host[0] is not None and not self.keep(host[0])
+        if len(self.rejects) > _CACHE_LIMIT:
+            self.rejects.clear()
+        self.rejects[target] = v
+        return v
 
     def keep(self, host: str | None) -> bool:
         """The host filter's verdict, asked once per host (records without a host are kept)."""
@@ -332,6 +348,7 @@ class SquidCollector:
         t = _Targets(host_filter)
         ips, codes, hiers, connect, words = t.ips, t.codes, t.hier, t.connect, t.words
         fcache = t.filter
+        rejects = t.rejects
         missing = _MISSING
         obs = Observation
         digest = blake2b
@@ -346,6 +363,25 @@ class SquidCollector:
                     lineno += 1
                     parts = line.split()
                     if len(parts) == 10 and (clean or b"\x00" not in line):
+                        if filtering and parts[5] == b"CONNECT":
+                            # most lines are CONNECTs to hosts the filter rejects: check the
+                            # target first, then only that the record is well formed
+                            rejected = rejects.get(parts[6])
+                            if rejected is None:
+                                rejected = t.rejects_connect(parts[6])
+                            if (
+                                rejected
+                                and parts[1].isdigit()
+                                and parts[4].isdigit()
+                                and codes.get(parts[3])
+                            ):
+                                try:
+                                    ts = float(parts[0])
+                                except ValueError:
+                                    ts = -1
+                                if 0 <= ts < 1e11:
+                                    records += 1
+                                    continue
                         cs = codes.get(parts[3])
                         if cs is None:
                             cs = t.code_status(parts[3])

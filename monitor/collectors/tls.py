@@ -12,13 +12,14 @@ Two entry points:
 Only five things are taken from the message: the first ``host_name`` of server_name, the
 presence of encrypted_client_hello (``0xfe0d``), the legacy version, supported_versions
 (GREASE removed) and the ALPN protocol names. Every other extension is stepped over without
-building anything, so a typical browser ClientHello takes a couple of microseconds.
+building anything (server_name, ALPN and supported_versions bodies are memoised by their
+bytes), so a typical ClientHello takes about 3 µs on a plain CPython 3.11 build.
 
-Nothing here raises on any input: a message whose lengths overrun their container is
-malformed and gives ``None``. The
+Nothing here raises on any input: a message whose lengths overrun their container (or
+whose extensions do not fill their block exactly) is malformed and gives ``None``. The
 server name is decoded byte-for-byte (latin-1, so IDNA ``xn--`` labels stay as sent),
-lower-cased, with one trailing dot removed; a name holding a control character is dropped
-(``sni=None``) but the rest of the ClientHello is still reported. IP literals (which RFC 6066
+lower-cased, with one trailing dot removed; a name holding a C0 control character or DEL is
+dropped (``sni=None``) but the rest of the ClientHello is still reported. IP literals (which RFC 6066
 forbids but clients send) are kept as given.
 
 Note that Chrome and Firefox send a GREASE ``encrypted_client_hello`` extension on every
@@ -131,10 +132,9 @@ def _parse(d: bytes) -> ClientHelloInfo | None:
     alpn: tuple[str, ...] = ()
     seen_sni = False
     hh = _HH
-    # Extensions must fill their block exactly: one overrunning it (or 1-3 stray bytes at
-    # its end, which make the last header overrun) makes the message malformed. A header
-    # read past the end of ``d`` raises struct.error, caught by the caller.
-    while p < ext_end:
+    # Extensions must fill their block exactly: one overrunning it, or 1-3 stray bytes at
+    # its end, make the message malformed.
+    while p + 4 <= ext_end:
         etype, elen = hh(d, p)
         p += 4
         q = p + elen
