@@ -102,9 +102,10 @@ class App:
         record = summary.as_dict()
         problems = [
             {"source": p.source, "line": p.line, "reason": p.reason, "excerpt": p.excerpt}
-            for p in (*summary.diag.file_errors, *summary.diag.problems)
+            for p in (*summary.diag.file_errors, *summary.diag.problems, *summary.diag.notices)
         ]
         record.pop("problems")
+        record.pop("notices")
         record.pop("new_max_severity")
         record["by_rule"] = {
             "new": record.pop("new_by_rule"),

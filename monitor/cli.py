@@ -336,6 +336,8 @@ def _warn_stale(app: App) -> None:
 def _print_problems(diag: Diagnostics, limit: int = 20) -> None:
     for p in diag.file_errors:
         click.echo(f"error: {safe_text(str(p), None)}", err=True)
+    for p in diag.notices[:limit]:
+        click.echo(f"notice: {safe_text(str(p), 240)}", err=True)
     for p in diag.problems[:limit]:
         click.echo(f"malformed: {safe_text(str(p), 240)}", err=True)
     if diag.malformed > limit:

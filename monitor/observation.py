@@ -8,8 +8,11 @@ Unknown values are ``None``; nothing is guessed.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 #: How ``dest_host`` was learned, from most to least direct.
@@ -41,24 +44,35 @@ class Observation:
     ts_end: float | None = None  # flows: time of the last packet
     packets_out: int | None = None  # flows: packets client -> destination
     packets_in: int | None = None  # flows: packets destination -> client
-    ech: bool | None = None  # TLS: an Encrypted ClientHello was offered (dest_host is the outer SNI)
+    ech: bool | None = (
+        None  # TLS: an Encrypted ClientHello was offered (dest_host is the outer SNI)
+    )
     record_id: str | None = None  # stable identity of the raw record, for de-duplication
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with ``ts`` rendered as ISO 8601 UTC (the ``parse --json`` contract)."""
-        d = asdict(self)
+        d = dict(zip(OBSERVATION_FIELDS, _values(self), strict=True))
         d["ts"] = iso_utc(self.ts)
         return d
 
 
 OBSERVATION_FIELDS = tuple(f.name for f in fields(Observation))
+_values = attrgetter(*OBSERVATION_FIELDS)
+
+
+@lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def iso_utc(ts: float | None) -> str | None:
-    """ISO 8601 with millisecond precision and a ``Z`` suffix."""
+    """ISO 8601 with millisecond precision and a ``Z`` suffix (memoised per second: logs
+    are mostly in time order)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second = math.floor(ts)
+    millis = min(999, round((ts - second) * 1000))
+    return f"{_iso_second(second)}.{millis:03d}Z"
 
 
 def normalise_host(host: str | None) -> str | None:

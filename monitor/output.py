@@ -34,12 +34,23 @@ def _escape(m: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
 
 
-def write_json_lines(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
+def write_json_lines(rows: Iterable[Mapping[str, Any]], out: TextIO, chunk: int = 512) -> int:
+    """One JSON object per line, written in chunks (one write per line is the bottleneck)."""
     n = 0
+    pending: list[str] = []
     for row in rows:
-        out.write(json.dumps(row, ensure_ascii=False, default=str))
-        out.write("\n")
+        pending.append(_JSON(row))
         n += 1
+        if len(pending) >= chunk:
+            pending.append("")
+            out.write("\n".join(pending))
+            pending = []
+    if pending:
+        pending.append("")
+        out.write("\n".join(pending))
     return n
 
 

@@ -257,6 +257,7 @@ class ScanSummary:
             "new_max_severity": self.new_max_severity,
             "file_errors": [str(p) for p in self.diag.file_errors],
             "problems": [str(p) for p in self.diag.problems],
+            "notices": [str(p) for p in self.diag.notices],
         }
 
 

@@ -88,7 +88,7 @@ def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> 
             incident_rows(enriched, evaluate(enriched), row["day"]),
         )
     if offset:
-        for problem in diag.problems:
+        for problem in (*diag.problems, *diag.notices):
             problem.line += offset
 
 
@@ -256,3 +256,4 @@ def _merge(into: Diagnostics, other: Diagnostics) -> None:
     into.skipped += other.skipped
     into.problems.extend(other.problems[: max(0, MAX_PROBLEMS_KEPT - len(into.problems))])
     into.file_errors.extend(other.file_errors)
+    into.notices.extend(other.notices[: max(0, MAX_PROBLEMS_KEPT - len(into.notices))])

@@ -256,7 +256,7 @@ def test_http_connect_to_explicit_proxy(tmp_path):
         443,
         "connect",
         200,
-        "10.0.0.8",
+        None,  # 10.0.0.8 is the proxy, not the destination
     )
     assert o.packets_out + o.packets_in == len(s.packets)
 
@@ -446,7 +446,7 @@ def test_flow_table_bound_is_counted(tmp_path):
     )
     assert len(obs) == 10
     assert col.last_stats["flows_evicted_table_full"] > 0
-    assert any("flow table full" in p.reason for p in diag.problems)
+    assert any("flow table full" in p.reason for p in diag.notices)
 
 
 def test_udp_flow_and_client_side(tmp_path):

@@ -52,6 +52,7 @@ class Diagnostics:
     skipped: int = 0  # well-formed records that carry nothing to observe (e.g. comments)
     problems: list[Problem] = field(default_factory=list)
     file_errors: list[Problem] = field(default_factory=list)
+    notices: list[Problem] = field(default_factory=list)  # resource bounds hit, skipped parts
 
     def malformed_record(self, source: str, line: int, reason: str, raw: bytes = b"") -> None:
         self.malformed += 1
@@ -60,6 +61,12 @@ class Diagnostics:
 
     def file_error(self, source: str, reason: str) -> None:
         self.file_errors.append(Problem(source, 0, reason))
+
+    def notice(self, source: str, line: int, reason: str) -> None:
+        """Something was left out on purpose (a resource bound, an unsupported link type):
+        not an error and not a malformed record, but the operator must hear of it."""
+        if len(self.notices) < MAX_PROBLEMS_KEPT:
+            self.notices.append(Problem(source, line, reason))
 
 
 def excerpt(raw: bytes, limit: int = 120) -> str:

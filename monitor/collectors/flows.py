@@ -1353,7 +1353,7 @@ class FlowTable:
             client_port=f.cport,
             dest_host=host,
             dest_port=f.sport,
-            dest_ip=sip,
+            dest_ip=None if hsrc == "connect" else sip,  # a proxy's address is not the destination
             bytes_out=bo,
             bytes_in=bi,
             host_source=hsrc,

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from struct import Struct
 from typing import Any, BinaryIO
 
-from monitor.collectors.base import Diagnostics, HostFilter, Problem
+from monitor.collectors.base import Diagnostics, HostFilter
 from monitor.collectors.dns import DnsMap
 from monitor.collectors.flows import LINKTYPES, FlowTable
 from monitor.observation import Observation
@@ -135,20 +135,16 @@ class PcapCollector:
         )
         for key, what in _BOUND_STATS.items():
             if stats.get(key):
-                diag.problems.append(Problem(source, 0, f"{what}: {stats[key]}"))
+                diag.notice(source, 0, f"{what}: {stats[key]}")
         dropped = dns.dropped_names + dns.dropped_addresses
         if dropped:
-            diag.problems.append(
-                Problem(source, 0, f"DNS name map bound hit: {dropped} names dropped")
-            )
+            diag.notice(source, 0, f"DNS name map bound hit: {dropped} names dropped")
         if table.unknown_linktypes:
             lts = ", ".join(str(t) for t in sorted(table.unknown_linktypes))
-            diag.problems.append(
-                Problem(
-                    source,
-                    0,
-                    f"link type(s) {lts} not supported: {stats['unknown_linktype']} frames skipped",
-                )
+            diag.notice(
+                source,
+                0,
+                f"link type(s) {lts} not supported: {stats['unknown_linktype']} frames skipped",
             )
 
     # -- pcap -----------------------------------------------------------------------------
@@ -230,7 +226,7 @@ class PcapCollector:
         def note(msg: str) -> None:
             if msg not in warned and len(warned) < 20:
                 warned.add(msg)
-                diag.problems.append(Problem(source, pktno, msg))
+                diag.notice(source, pktno, msg)
 
         try:
             while True:
