@@ -6,104 +6,80 @@ first lines, and says which formats it tried when none fits.
 
 from __future__ import annotations
 
+import importlib
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from monitor.collectors.base import (
+    CollectOptions,
     Collector,
     Diagnostics,
+    FormatSpec,
     HostFilter,
     InputError,
     OpenedInput,
     open_input,
 )
-from monitor.collectors.squid import SquidCollector
-from monitor.collectors.squid import sniff as squid_sniff
 from monitor.observation import Observation
 
-#: format name -> one-line description (for --help and errors)
-FORMATS: dict[str, str] = {
-    "squid": "Squid native access.log (logformat squid)",
-    "squid-common": "Squid/Apache common log format (logformat common)",
-    "squid-combined": "Squid/Apache combined log format (logformat combined)",
-    "squid-custom": "Squid with a custom logformat (--squid-logformat)",
-    "pcap": "pcap / pcapng capture (optionally gzip)",
-}
 SNIFF_LINES = 20
-#: pcap (both byte orders, micro- and nanosecond) and pcapng magic numbers
-_CAPTURE_MAGICS = frozenset(
-    {
-        b"\xd4\xc3\xb2\xa1",
-        b"\xa1\xb2\xc3\xd4",
-        b"\x4d\x3c\xb2\xa1",
-        b"\xa1\xb2\x3c\x4d",
-        b"\x0a\x0d\x0d\x0a",
-    }
-)
+SNIFF_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class CollectOptions:
-    format: str = "auto"  # "auto" or a key of FORMATS
-    squid_logformat: str | None = None
+#: modules that define FORMAT_SPECS, in detection order
+_SPEC_MODULES = ("monitor.collectors.pcap", "monitor.collectors.squid")
 
 
-_CATALOG: list = []
+def _load_specs() -> dict[str, FormatSpec]:
+    specs: dict[str, FormatSpec] = {}
+    for module in _SPEC_MODULES:
+        for spec in importlib.import_module(module).FORMAT_SPECS:
+            specs[spec.name] = spec
+    return specs
 
 
-def _catalog():
-    """The bundled catalogue, loaded once (captures name flows by published IP ranges)."""
-    if not _CATALOG:
-        from monitor.catalog import Catalog
-
-        _CATALOG.append(Catalog.load())
-    return _CATALOG[0]
+SPECS = _load_specs()
+#: format name -> one-line description (for --help and errors)
+FORMATS: dict[str, str] = {name: spec.description for name, spec in SPECS.items()}
+#: formats whose files can be split at line boundaries and parsed in parallel
+LINE_FORMATS = frozenset(name for name, spec in SPECS.items() if spec.splittable)
 
 
 def make_collector(name: str, options: CollectOptions) -> Collector:
-    if name == "pcap":
-        from monitor.collectors.pcap import PcapCollector
-
-        return PcapCollector(catalog=_catalog())
-    if name == "squid-custom" or options.squid_logformat:
-        if not options.squid_logformat:
-            raise InputError("format squid-custom needs --squid-logformat")
-        return SquidCollector(logformat=options.squid_logformat)
-    variants = {"squid": "native", "squid-common": "common", "squid-combined": "combined"}
-    if name not in variants:
+    spec = SPECS.get(name)
+    if spec is None:
         raise InputError(f"unknown format {name!r} (known: {', '.join(FORMATS)})")
-    return SquidCollector(variant=variants[name])
+    return spec.make(options)
 
 
 def detect(opened: OpenedInput) -> str:
-    """Name the format of an opened input from its first non-empty lines (without consuming them)."""
-    head = opened.stream.peek(64 * 1024)[: 64 * 1024]  # type: ignore[attr-defined]
-    if head[:4] in _CAPTURE_MAGICS:
-        return "pcap"
-    votes: dict[str, int] = {}
+    """Name the format of an opened input from its first bytes (without consuming them)."""
+    head = opened.stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
+    for spec in SPECS.values():
+        if spec.sniff_head is not None and spec.sniff_head(head):
+            return spec.name
+    voters = [spec for spec in SPECS.values() if spec.sniff_line is not None]
+    votes: Counter[str] = Counter()
     seen = 0
     for line in head.splitlines():
         if not line.strip() or line.startswith(b"#"):
             continue
         seen += 1
-        name = squid_sniff(line)
-        if name:
-            votes[name] = votes.get(name, 0) + 1
+        for spec in voters:
+            if spec.sniff_line(line):  # type: ignore[misc]
+                votes[spec.name] += 1
+                break
         if seen >= SNIFF_LINES:
             break
     if votes:
-        return max(votes, key=votes.__getitem__)
-    if seen == 0:
+        return votes.most_common(1)[0][0]
+    if seen == 0 and not head.strip(b"\r\n\t #"):
         return "squid"  # empty file: any line collector reads it as zero records
-    tried = ", ".join(n for n in FORMATS if n != "squid-custom")
+    tried = ", ".join(n for n, spec in SPECS.items() if spec.sniff_head or spec.sniff_line)
     raise InputError(
         f"{opened.name}: unrecognised log format (tried {tried}); "
         "force one with --format, or give --squid-logformat for a custom Squid logformat"
     )
-
-
-#: formats whose files can be split at line boundaries and parsed in parallel
-LINE_FORMATS = frozenset({"squid", "squid-common", "squid-combined", "squid-custom"})
 
 
 def format_of(path: str, options: CollectOptions) -> str:
@@ -160,6 +136,7 @@ def _parse_and_close(collector, opened, diag, host_filter) -> Iterator[Observati
 __all__ = [
     "FORMATS",
     "CollectOptions",
+    "FormatSpec",
     "Diagnostics",
     "InputError",
     "collect",

@@ -93,6 +93,29 @@ class Collector(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class CollectOptions:
+    format: str = "auto"  # "auto" or a key of FORMATS
+    squid_logformat: str | None = None
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """One input format: how to recognise it and how to build its collector.
+
+    Each collector module lists its formats in ``FORMAT_SPECS``; the registry below only
+    imports those modules. ``sniff_head`` looks at the first bytes of a file (magic numbers,
+    headers); ``sniff_line`` votes on each of the first non-comment lines.
+    """
+
+    name: str
+    description: str
+    make: Callable[[CollectOptions], Collector]
+    sniff_head: Callable[[bytes], bool] | None = None
+    sniff_line: Callable[[bytes], bool] | None = None
+    splittable: bool = False  # plain files can be split at line boundaries for parallel parsing
+
+
 class CountingReader(io.RawIOBase):
     """Wraps the on-disk file so progress can be shown in bytes of the file itself
     (compressed bytes for .gz/.bz2), whatever layers sit above it."""

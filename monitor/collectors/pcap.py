@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from struct import Struct
 from typing import Any, BinaryIO
 
-from monitor.collectors.base import Diagnostics, HostFilter
+from monitor.collectors.base import CollectOptions, Diagnostics, FormatSpec, HostFilter
 from monitor.collectors.dns import DnsMap
 from monitor.collectors.flows import LINKTYPES, FlowTable
 from monitor.observation import Observation
@@ -363,3 +363,20 @@ def _read(stream: BinaryIO, n: int) -> bytes:
 
 def _lt_list() -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(LINKTYPES.items()))
+
+
+_CATALOG: list[Any] = []
+
+
+def _make(options: CollectOptions) -> PcapCollector:
+    """Captures name flows by published IP ranges too: load the bundled catalogue once."""
+    if not _CATALOG:
+        from monitor.catalog import Catalog
+
+        _CATALOG.append(Catalog.load())
+    return PcapCollector(catalog=_CATALOG[0])
+
+
+FORMAT_SPECS = [
+    FormatSpec(FORMAT, "pcap / pcapng capture (optionally gzip)", _make, sniff_head=sniff)
+]

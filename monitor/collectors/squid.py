@@ -26,7 +26,15 @@ from hashlib import blake2b
 from itertools import chain
 from typing import BinaryIO
 
-from monitor.collectors.base import Batch, Diagnostics, HostFilter, iter_batches
+from monitor.collectors.base import (
+    Batch,
+    CollectOptions,
+    Diagnostics,
+    FormatSpec,
+    HostFilter,
+    InputError,
+    iter_batches,
+)
 from monitor.collectors.squid_logformat import (
     BUILTIN,
     CompiledLogformat,
@@ -740,3 +748,40 @@ def _detect(batches: Iterable[Batch]) -> tuple[str, Iterable[Batch]]:
             break
     variant = max(votes, key=lambda k: votes[k]) if votes else FORMAT_NATIVE
     return variant, chain(head, it)
+
+
+def _make_custom(options: CollectOptions) -> SquidCollector:
+    if not options.squid_logformat:
+        raise InputError("format squid-custom needs --squid-logformat")
+    return SquidCollector(logformat=options.squid_logformat)
+
+
+FORMAT_SPECS = [
+    FormatSpec(
+        FORMAT_NATIVE,
+        "Squid native access.log (logformat squid)",
+        lambda options: SquidCollector(variant="native"),
+        sniff_line=lambda line: sniff(line) == FORMAT_NATIVE,
+        splittable=True,
+    ),
+    FormatSpec(
+        FORMAT_COMMON,
+        "Squid/Apache common log format (logformat common)",
+        lambda options: SquidCollector(variant="common"),
+        sniff_line=lambda line: sniff(line) == FORMAT_COMMON,
+        splittable=True,
+    ),
+    FormatSpec(
+        FORMAT_COMBINED,
+        "Squid/Apache combined log format (logformat combined)",
+        lambda options: SquidCollector(variant="combined"),
+        sniff_line=lambda line: sniff(line) == FORMAT_COMBINED,
+        splittable=True,
+    ),
+    FormatSpec(
+        FORMAT_CUSTOM,
+        "Squid with a custom logformat (--squid-logformat)",
+        _make_custom,
+        splittable=True,
+    ),
+]
