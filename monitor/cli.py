@@ -492,10 +492,14 @@ def show(ctx, incident_id, as_json, samples):
         click.echo(json.dumps(inc, ensure_ascii=False))
         return
     records = inc.pop("records")
+    events = inc.pop("events")
     width = max(len(k) for k in inc)
     for key, value in inc.items():
         shown = ", ".join(value) if isinstance(value, list) else value
         click.echo(f"{key:<{width}}  {safe_text(shown, 200)}")
+    if events:
+        click.echo("\nhistory:")
+        write_rows(events, "table", [], sys.stdout, ["at", "status_from", "status_to", "actor", "note"])
     click.echo(f"\nrecords ({len(records)} of {inc['count']}):")
     write_rows(
         records,

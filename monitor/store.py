@@ -31,6 +31,7 @@ from monitor.observation import iso_utc
 from monitor.policy import SEVERITY_RANK
 
 SCHEMA_VERSION = 1
+INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 
@@ -246,6 +247,13 @@ class Store:
             ):
                 db["incidents"].create_index(cols)
             db["scan_problems"].create_index(["scan_id"])
+            db["incident_events"].create(
+                {"id": int, "incident_id": str, "at": str, "action": str, "status_from": str,
+                 "status_to": str, "note": str, "actor": str},
+                pk="id",
+                not_null={"incident_id", "at", "action"},
+            )  # fmt: skip
+            db["incident_events"].create_index(["incident_id", "at"])
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- scans ------------------------------------------------------------------------------
@@ -440,6 +448,7 @@ class Store:
                 raise KeyError(f"incident id prefix {id_or_prefix!r} is ambiguous")
             return None
         inc = _incident_out(rows[0])
+        inc["events"] = self.events(inc["id"])
         inc["records"] = [
             {**r, "ts": iso_utc(r["ts"])}
             for r in self.db.query(
@@ -449,6 +458,38 @@ class Store:
             )
         ]
         return inc
+
+    def set_status(self, incident_id: str, status: str, note: str | None = None,
+                   actor: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """Move an incident to ``status`` (open | acknowledged | resolved), recording who, when
+        and why in ``incident_events``. Raises KeyError for an unknown or ambiguous id."""
+        if status not in INCIDENT_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(INCIDENT_STATUSES)}")
+        with self._tx():
+            rows = list(self.db.query("SELECT id, status FROM incidents WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2",
+                                      [_like_escape(incident_id)]))  # fmt: skip
+            if len(rows) != 1:
+                raise KeyError(
+                    f"incident id prefix {incident_id!r} is ambiguous"
+                    if rows
+                    else f"no incident with id {incident_id!r}"
+                )
+            (row,) = rows
+            event = {"incident_id": row["id"], "at": _now(), "action": status, "status_from": row["status"],
+                     "status_to": status, "note": note, "actor": actor}  # fmt: skip
+            self.db.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, row["id"]])
+            self.db["incident_events"].insert(event)
+        return event
+
+    def events(self, incident_id: str | None = None) -> list[dict[str, Any]]:
+        """The audit trail, oldest first (of one incident, or all)."""
+        if incident_id is None:
+            return list(self.db.query("SELECT * FROM incident_events ORDER BY at, id"))
+        return list(
+            self.db.query(
+                "SELECT * FROM incident_events WHERE incident_id = ? ORDER BY at, id", [incident_id]
+            )
+        )
 
     def scan(self, scan_id: int) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM scans WHERE id = ?", [scan_id]))
