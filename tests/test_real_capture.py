@@ -142,13 +142,19 @@ def _py_client(port: int, name: str, version: ssl.TLSVersion) -> None:
         s.recv(100)
 
 
-def test_tcpdump_capture_of_tls_and_http_on_loopback(tmp_path, tools):
+EXPECTED_SNIS = sorted(
+    ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com", "api.cohere.com"]
+)
+
+
+def _capture_exchange(tmp_path: Path, attempt: int):
+    """Run the servers and clients under tcpdump; return the parsed flows and tcpdump's report."""
     key, crt = _cert(tmp_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(crt, key)
     tls_port, http_port = _free_port(), _free_port()
     servers = [_Server(tls_port, ctx), _Server(http_port, None)]
-    cap = tmp_path / "lo.pcap"
+    cap = tmp_path / f"lo-{attempt}.pcap"
     dump = _start_tcpdump(cap, [tls_port, http_port])
     try:
         curl = ["curl", "-sk", "--max-time", "10", "-o", "/dev/null"]
@@ -169,8 +175,9 @@ def test_tcpdump_capture_of_tls_and_http_on_loopback(tmp_path, tools):
         except subprocess.TimeoutExpired:
             dump.kill()
             dump.wait(5)
-        for s in servers:
-            s.close()
+        for srv in servers:
+            srv.close()
+    report = (dump.stderr.read() or b"").decode(errors="replace") if dump.stderr else ""
     diag = Diagnostics()
     opened = open_input(str(cap))
     try:
@@ -178,15 +185,19 @@ def test_tcpdump_capture_of_tls_and_http_on_loopback(tmp_path, tools):
     finally:
         opened.close()
     assert not diag.file_errors, diag.file_errors
-    snis = sorted(o.dest_host for o in obs if o.host_source == "sni")
-    assert snis == sorted(
-        [
-            "api.openai.com",
-            "api.anthropic.com",
-            "generativelanguage.googleapis.com",
-            "api.cohere.com",
-        ]
-    )
+    return obs, report, tls_port, http_port
+
+
+def test_tcpdump_capture_of_tls_and_http_on_loopback(tmp_path, tools):
+    # A loaded CI machine can make a capture miss packets (tcpdump says so on exit); the
+    # parser is deterministic on a given file, so one more exchange is a fair retry.
+    for attempt in range(2):
+        obs, report, tls_port, http_port = _capture_exchange(tmp_path, attempt)
+        snis = sorted(o.dest_host for o in obs if o.host_source == "sni")
+        if snis == EXPECTED_SNIS:
+            break
+    flows = [(o.client_port, o.dest_port, o.host_source, o.dest_host, o.packets_out) for o in obs]
+    assert snis == EXPECTED_SNIS, f"flows={flows}\ntcpdump: {report}"
     https = [o for o in obs if o.host_source == "sni"]
     assert {o.dest_port for o in https} == {tls_port}
     assert all(
