@@ -89,16 +89,18 @@ class App:
         collect: CollectOptions,
         on_read=None,
         jobs: int | None = None,
+        full: bool = False,
     ) -> tuple[int, ScanSummary]:
         """Run and record one scan; returns its id and summary."""
         pipeline = self.pipeline(egress, collect)  # validates options before anything is written
         options = {
             "egress": asdict(egress),
             "collect": asdict(collect),
+            "full": full,
             "rules": [r.id for r in self.rules.rules],
         }
         scan_id = self.store.start_scan(paths, options)
-        summary = Scanner(pipeline, self.store, jobs).run(paths, scan_id, on_read)
+        summary = Scanner(pipeline, self.store, jobs, full).run(paths, scan_id, on_read)
         record = summary.as_dict()
         problems = [
             {"source": p.source, "line": p.line, "reason": p.reason, "excerpt": p.excerpt}

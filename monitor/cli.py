@@ -168,8 +168,25 @@ def main(ctx: click.Context, db, config, geoip, geo_overrides, rules) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
-def _collect_options(fmt: str, squid_logformat: str | None) -> CollectOptions:
-    return CollectOptions(format=fmt, squid_logformat=squid_logformat)
+def _collect_options(
+    fmt: str,
+    squid_logformat: str | None,
+    columns: str | None = None,
+    mapping: str | None = None,
+) -> CollectOptions:
+    if (columns or mapping) and fmt == "auto":
+        fmt = "mapped"
+    options = CollectOptions(
+        format=fmt, squid_logformat=squid_logformat, columns=columns, mapping=mapping
+    )
+    if fmt == "mapped":
+        from monitor.collectors.mapped import MappingError, mapping_of
+
+        try:
+            mapping_of(options)
+        except MappingError as exc:
+            raise click.BadParameter(str(exc), param_hint="--columns/--mapping") from exc
+    return options
 
 
 _format_option = click.option(
@@ -180,11 +197,26 @@ _format_option = click.option(
     show_default=True,
     help="Input format; auto detects Squid native, common and combined.",
 )
-_logformat_option = click.option(
+_squid_logformat_option = click.option(
     "--squid-logformat",
     metavar="FORMAT",
     help="Squid logformat string (or whole 'logformat NAME …' line) the log was written with.",
 )
+_columns_option = click.option(
+    "--columns",
+    metavar="MAP",
+    help="Custom mapping for any CSV/TSV/JSON/key=value gateway log, e.g. "
+    "'ts=time,client=src,host=dhost,bytes_out=sentbytes' (implies --format mapped).",
+)
+_mapping_option = click.option(
+    "--mapping",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML/YAML mapping file for --format mapped (fields, time format, time zone).",
+)
+
+
+def _logformat_option(fn):
+    return _squid_logformat_option(_columns_option(_mapping_option(fn)))
 
 
 @main.command()
@@ -218,6 +250,12 @@ _logformat_option = click.option(
     metavar="N",
     help="Parser processes (default: CPU count, at most 4); 1 parses in-process.",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Read every file from its start, not only what earlier scans left unread "
+    "(nothing is counted twice either way).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal)."
@@ -230,11 +268,14 @@ def scan(
     paths,
     fmt,
     squid_logformat,
+    columns,
+    mapping,
     site,
     egress_ip,
     egress_country,
     fail_on,
     jobs,
+    full,
     as_json,
     progress,
     quiet,
@@ -263,7 +304,12 @@ def scan(
         show_percent=True,
     ) as bar:
         scan_id, summary = app.scan(
-            list(paths), egress, _collect_options(fmt, squid_logformat), bar.update, jobs
+            list(paths),
+            egress,
+            _collect_options(fmt, squid_logformat, columns, mapping),
+            bar.update,
+            jobs,
+            full,
         )
     if not quiet:
         if as_json:
@@ -361,7 +407,7 @@ def _print_problems(diag: Diagnostics, limit: int = 20) -> None:
 )
 @click.pass_context
 @_guard
-def parse(ctx, paths, fmt, squid_logformat, out, llm_only):
+def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only):
     """Print normalised observations; store nothing (like zeek-cut).
 
     \b
@@ -370,7 +416,9 @@ def parse(ctx, paths, fmt, squid_logformat, out, llm_only):
     """
     app = _app(ctx)
     out = out or ("table" if sys.stdout.isatty() else "json")
-    pipeline = app.pipeline(EgressOptions(), _collect_options(fmt, squid_logformat))
+    pipeline = app.pipeline(
+        EgressOptions(), _collect_options(fmt, squid_logformat, columns, mapping)
+    )
     diag = Diagnostics()
 
     def rows():
@@ -499,7 +547,9 @@ def show(ctx, incident_id, as_json, samples):
         click.echo(f"{key:<{width}}  {safe_text(shown, 200)}")
     if events:
         click.echo("\nhistory:")
-        write_rows(events, "table", [], sys.stdout, ["at", "status_from", "status_to", "actor", "note"])
+        write_rows(
+            events, "table", [], sys.stdout, ["at", "status_from", "status_to", "actor", "note"]
+        )
     click.echo(f"\nrecords ({len(records)} of {inc['count']}):")
     write_rows(
         records,

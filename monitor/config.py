@@ -17,6 +17,20 @@ Example::
     egress_ips = ["114.114.114.114"]
     country = "CN"
 
+    [daily]                                          # apiwatch daily
+    fail_on = "high"                                   # exit 3 on new open incidents >= this
+
+    [[sources]]                                        # scanned by apiwatch daily
+    path = "/var/log/squid/access.log*"                # glob ok; relative to this file
+    site = "shanghai"                                  # or egress_ip / egress_country
+    format = "auto"                                    # optional; squid_logformat too
+
+    [[reports]]                                        # written by apiwatch daily
+    period = "weekly"                                  # daily | weekly | monthly
+    format = "html"                                    # html | md | csv | json
+    output = "reports/apiwatch-{period}-{date}.html"   # relative to this file
+    site = ["shanghai"]                                # optional filters; provider too
+
 Every error names the key that is wrong, so ``apiwatch`` fails before it scans anything.
 """
 
@@ -46,6 +60,42 @@ class Site:
     country: str | None = None  # declared egress country
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One ``[[sources]]`` entry: logs that ``apiwatch daily`` scans, with their options."""
+
+    path: str  # absolute glob pattern (or plain path)
+    format: str = "auto"
+    site: str | None = None
+    egress_ip: str | None = None
+    egress_country: str | None = None
+    squid_logformat: str | None = None
+    optional: bool = False  # a pattern that matches no file is not an error
+    key: str = "sources"  # where it was written, e.g. "sources[0]", for messages
+
+
+REPORT_PERIODS = ("daily", "weekly", "monthly")
+REPORT_FORMATS = ("html", "md", "csv", "json")
+REPORT_WHEN = ("period-end", "always")
+#: Placeholders an ``output`` pattern may use.
+OUTPUT_FIELDS = ("period", "date", "start", "end", "format", "week", "month")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSpec:
+    """One ``[[reports]]`` entry: a report that ``apiwatch daily`` writes."""
+
+    period: str
+    format: str
+    output: str  # absolute path pattern with OUTPUT_FIELDS placeholders
+    site: tuple[str, ...] = ()
+    provider: tuple[str, ...] = ()
+    when: str = "period-end"  # period-end: once its period is over; always: every run (to date)
+    top: int = 20
+    spreadsheet_safe: bool = False  # CSV: neutralise cells a spreadsheet would run as formulas
+    key: str = "reports"
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path | None = None
@@ -55,9 +105,32 @@ class Config:
     geo_databases: tuple[Path, ...] = ()
     geo_overrides: tuple[Path, ...] = ()
     geo_search_system: bool = True
+    sources: tuple[Source, ...] = ()
+    reports: tuple[ReportSpec, ...] = ()
+    fail_on: str | None = None  # [daily] fail_on
 
 
-_TOP_KEYS = {"db", "organisation", "geo", "sites"}
+_TOP_KEYS = {"db", "organisation", "geo", "sites", "sources", "reports", "daily"}
+_SOURCE_KEYS = {
+    "path",
+    "format",
+    "site",
+    "egress_ip",
+    "egress_country",
+    "squid_logformat",
+    "optional",
+}
+_REPORT_KEYS = {
+    "period",
+    "format",
+    "output",
+    "site",
+    "provider",
+    "when",
+    "top",
+    "spreadsheet_safe",
+}
+_DAILY_KEYS = {"fail_on"}
 _ORG_KEYS = {"allowed_providers"}
 _GEO_KEYS = {"databases", "overrides", "search_system"}
 _SITE_KEYS = {"client_cidrs", "egress_ips", "country"}
@@ -113,6 +186,26 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         _no_unknown(body, _SITE_KEYS, where, key + ".")
         sites[name] = _site(name, body, where, key)
 
+    daily = _table(data, "daily", where)
+    _no_unknown(daily, _DAILY_KEYS, where, "daily.")
+    fail_on = daily.get("fail_on")
+    if fail_on is not None:
+        from monitor.policy import SEVERITIES
+
+        if fail_on not in SEVERITIES:
+            raise ConfigError(
+                f"{where}: daily.fail_on: {fail_on!r} is not a severity "
+                f"(expected one of {', '.join(SEVERITIES)})"
+            )
+
+    sources = tuple(
+        _source(body, where, key, base, sites)
+        for key, body in _array_of_tables(data, "sources", where)
+    )
+    reports = tuple(
+        _report(body, where, key, base) for key, body in _array_of_tables(data, "reports", where)
+    )
+
     return Config(
         path=path,
         db=str(_resolve(base, db)) if db else None,
@@ -121,7 +214,146 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         geo_databases=tuple(_resolve(base, p) for p in _str_list(geo, "databases", where, "geo.")),
         geo_overrides=tuple(_resolve(base, p) for p in _str_list(geo, "overrides", where, "geo.")),
         geo_search_system=search_system,
+        sources=sources,
+        reports=reports,
+        fail_on=fail_on,
     )
+
+
+def _array_of_tables(data: dict[str, Any], name: str, where: str) -> list[tuple[str, dict]]:
+    """``[[name]]`` entries as (key for messages, table); a single ``[name]`` table is one."""
+    value = data.get(name, [])
+    if isinstance(value, dict):
+        return [(name, value)]
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: {name}: expected [[{name}]] tables")
+    out = []
+    for i, body in enumerate(value):
+        key = f"{name}[{i}]"
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: {key}: expected a table")
+        out.append((key, body))
+    return out
+
+
+def _opt_str(body: dict[str, Any], name: str, where: str, key: str) -> str | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{where}: {key}.{name}: expected a non-empty string")
+    return value
+
+
+def _opt_bool(body: dict[str, Any], name: str, where: str, key: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key}.{name}: expected true or false")
+    return value
+
+
+def _source(
+    body: dict[str, Any], where: str, key: str, base: Path, sites: dict[str, Site]
+) -> Source:
+    from monitor.collectors import FORMATS
+
+    _no_unknown(body, _SOURCE_KEYS, where, key + ".")
+    pattern = _opt_str(body, "path", where, key)
+    if pattern is None:
+        raise ConfigError(f"{where}: {key}.path: missing (a log file or glob pattern)")
+    fmt = _opt_str(body, "format", where, key) or "auto"
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ConfigError(
+            f"{where}: {key}.format: unknown format {fmt!r} (expected auto, {', '.join(FORMATS)})"
+        )
+    site = _opt_str(body, "site", where, key)
+    if site is not None and site not in sites:
+        known = ", ".join(sorted(sites)) or "none configured"
+        raise ConfigError(f"{where}: {key}.site: unknown site {site!r} (sites: {known})")
+    egress_ip = _opt_str(body, "egress_ip", where, key)
+    if egress_ip is not None:
+        try:
+            egress_ip = str(ipaddress.ip_address(egress_ip.strip()))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key}.egress_ip: {exc}") from exc
+    country = _opt_str(body, "egress_country", where, key)
+    if country is not None:
+        if not is_country_code(country.upper()):
+            raise ConfigError(
+                f"{where}: {key}.egress_country: {country!r} is not an ISO 3166-1 alpha-2 code"
+            )
+        country = country.upper()
+    return Source(
+        path=str(_resolve(base, pattern)),
+        format=fmt,
+        site=site,
+        egress_ip=egress_ip,
+        egress_country=country,
+        squid_logformat=_opt_str(body, "squid_logformat", where, key),
+        optional=_opt_bool(body, "optional", where, key),
+        key=key,
+    )
+
+
+def _report(body: dict[str, Any], where: str, key: str, base: Path) -> ReportSpec:
+    _no_unknown(body, _REPORT_KEYS, where, key + ".")
+    choices = {"period": REPORT_PERIODS, "format": REPORT_FORMATS, "when": REPORT_WHEN}
+    picked: dict[str, str | None] = {}
+    for name, allowed in choices.items():
+        value = body.get(name)
+        if value is not None and value not in allowed:
+            raise ConfigError(
+                f"{where}: {key}.{name}: {value!r} is not one of {', '.join(allowed)}"
+            )
+        picked[name] = value
+    if picked["period"] is None:
+        raise ConfigError(f"{where}: {key}.period: missing ({', '.join(REPORT_PERIODS)})")
+    output = _opt_str(body, "output", where, key)
+    if output is None:
+        raise ConfigError(
+            f"{where}: {key}.output: missing (a path pattern, e.g. "
+            "'reports/apiwatch-{period}-{date}.html')"
+        )
+    fmt = picked["format"] or _format_from_suffix(output)
+    if fmt is None:
+        raise ConfigError(
+            f"{where}: {key}.format: missing, and the output suffix does not say "
+            f"({', '.join(REPORT_FORMATS)})"
+        )
+    try:
+        output.format(**{f: "x" for f in OUTPUT_FIELDS})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"{where}: {key}.output: bad placeholder {exc} "
+            f"(known: {', '.join('{' + f + '}' for f in OUTPUT_FIELDS)})"
+        ) from None
+    top = body.get("top", 20)
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise ConfigError(f"{where}: {key}.top: expected a positive integer")
+    return ReportSpec(
+        period=picked["period"],
+        format=fmt,
+        output=str(_resolve(base, output)),
+        site=tuple(_str_or_list(body, "site", where, key)),
+        provider=tuple(_str_or_list(body, "provider", where, key)),
+        when=picked["when"] or "period-end",
+        top=top,
+        spreadsheet_safe=_opt_bool(body, "spreadsheet_safe", where, key),
+        key=key,
+    )
+
+
+def _format_from_suffix(path: str) -> str | None:
+    suffix = Path(path).suffix.lower().lstrip(".")
+    suffix = {"htm": "html", "markdown": "md"}.get(suffix, suffix)
+    return suffix if suffix in REPORT_FORMATS else None
+
+
+def _str_or_list(body: dict[str, Any], name: str, where: str, key: str) -> list[str]:
+    value = body.get(name, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: {key}.{name}: expected a string or a list of strings")
+    return value
 
 
 def _site(name: str, body: dict[str, Any], where: str, key: str) -> Site:

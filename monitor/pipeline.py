@@ -235,6 +235,8 @@ class ScanSummary:
     llm_observations: int = 0
     stored: int = 0
     duplicates: int = 0
+    expired: int = 0  # older than the database's retention (db prune): not stored
+    skipped_bytes: int = 0  # already read by an earlier scan (incremental)
     incidents_new: set[str] = field(default_factory=set)
     incidents_updated: set[str] = field(default_factory=set)
     new_by_rule: Counter[str] = field(default_factory=Counter)
@@ -250,6 +252,8 @@ class ScanSummary:
             "llm_observations": self.llm_observations,
             "stored": self.stored,
             "duplicates": self.duplicates,
+            "expired": self.expired,
+            "skipped_bytes": self.skipped_bytes,
             "incidents_new": len(self.incidents_new),
             "incidents_updated": len(self.incidents_updated - self.incidents_new),
             "new_by_rule": dict(self.new_by_rule),
@@ -289,13 +293,21 @@ class Pipeline:
         on_read: Callable[[int], None] | None = None,
         fmt: str | None = None,
         byte_range: tuple[int, int] | None = None,
+        skip: int = 0,
     ) -> Iterator[tuple[Observation, Match | None]]:
         """Stages 1–2 for one input: observations with their catalogue match."""
         host_filter = self.identifier.host_filter if only_llm else None
-        options = self.collect_options
-        for obs in collect(
-            path, options, diag, host_filter, on_read, fmt=fmt, byte_range=byte_range
-        ):
+        found = collect(
+            path,
+            self.collect_options,
+            diag,
+            host_filter,
+            on_read,
+            fmt=fmt,
+            byte_range=byte_range,
+            skip=skip,
+        )
+        for obs in found:
             match = self.identifier.identify(obs)
             if match is not None or not only_llm:
                 yield obs, match
@@ -305,6 +317,7 @@ def account(summary: ScanSummary, res: IngestResult, rule_of: dict[str, tuple[st
     """Add one stored batch to the summary; ``rule_of`` maps incident id -> (rule, severity)."""
     summary.stored += res.stored
     summary.duplicates += res.duplicates
+    summary.expired += res.expired
     for iid in res.new_incidents:
         rule, sev = rule_of[iid]
         summary.incidents_new.add(iid)

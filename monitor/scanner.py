@@ -1,11 +1,22 @@
-"""Running the pipeline over files, in parallel where it pays, storing as it goes.
+"""Running the pipeline over inputs: incrementally, in parallel where it pays, crash-safe.
 
-Parsing is the expensive part and storing must happen in one process, so a scan forks
-producer processes that run collect → identify → geolocate → evaluate, and the main process
-stores what they send. A big uncompressed log is split at line boundaries into one range
-per producer; anything else (compressed, stdin, captures) gets one producer, which still
-overlaps parsing with storing. Ranges are consumed in file order, so observation ids (and
-hence de-duplication) are the same whatever the number of producers.
+**Incremental.** Each source is known by a digest of its first bytes of content, so a log
+keeps its identity when it is renamed by rotation or compressed (``access.log`` →
+``access.log.1`` → ``access.log.1.gz``). The store remembers how much of that content was
+read; a re-scan reads only what is new. A file truncated in place (copytruncate) starts
+with new content, hence a new identity, and is read from the start. ``full=True`` ignores
+what was read before. Either way nothing is counted twice: observation ids are digests of
+the records, and the store skips ids it already holds.
+
+**Parallel.** Parsing is the expensive part and storing must happen in one process, so
+producer processes run collect → identify → geolocate → evaluate and the main process
+stores. A big plain log is cut at line boundaries into parts of about ``PART_SIZE`` bytes;
+at most ``jobs`` producers run ahead of the part being stored. Parts are stored in file
+order, so ids, line numbers and de-duplication do not depend on ``jobs``.
+
+**Crash-safe.** After the last batch of each part, the read position is committed in the
+same transaction as the data that part produced. ``kill -9`` at any moment loses at most
+the part in flight, which the next run reads again (and de-duplicates).
 """
 
 from __future__ import annotations
@@ -24,8 +35,9 @@ from typing import Any
 from monitor.collectors import LINE_FORMATS, Diagnostics, InputError, format_of
 from monitor.collectors.base import (
     MAX_PROBLEMS_KEPT,
-    count_lines_before,
     is_compressed,
+    last_line_end,
+    read_head,
     split_at_lines,
 )
 from monitor.observation import Observation
@@ -33,11 +45,12 @@ from monitor.pipeline import Pipeline, ScanSummary, account, incident_rows, obse
 from monitor.store import Store
 
 BATCH = 5000
-#: files smaller than this are parsed in the main process: forking would cost more
+HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
+#: inputs smaller than this are parsed in the main process: forking would cost more
 IN_PROCESS_BELOW = 8 << 20
-#: each producer range is at least this big
-MIN_RANGE = 32 << 20
-_QUEUE_BATCHES = 8  # bounded hand-over: producers wait rather than fill memory
+PART_SIZE = 64 << 20  # a commit point at least this often in big plain logs
+MIN_PART = 16 << 20
+_QUEUE_BATCHES = 4  # bounded hand-over: producers wait rather than fill memory
 
 Produced = tuple[str, dict[str, Any], list[dict[str, Any]]]  # (record id, row, incidents)
 
@@ -53,33 +66,70 @@ class Part:
     path: str
     fmt: str | None = None
     byte_range: tuple[int, int] | None = None
+    skip: int = 0  # compressed input: content bytes an earlier scan already read
 
 
-def plan(path: str, pipeline: Pipeline, jobs: int) -> tuple[list[Part], bool]:
-    """Split one input into parts; the flag says whether to fork producers for it."""
+@dataclass
+class SourcePlan:
+    path: str
+    parts: list[Part]
+    fork: bool
+    key: str | None = None  # identity (None: stdin, unreadable, or not resumable)
+    state: dict[str, Any] | None = None  # what to commit, advanced part by part
+    complete_end: int | None = None  # plain files: offset after the last complete line
+
+
+def source_key(head: bytes) -> str:
+    return hashlib.sha256(head).hexdigest()
+
+
+def plan(
+    path: str, pipeline: Pipeline, store: Store | None, jobs: int, full: bool = False
+) -> SourcePlan:
+    """Decide what to read of one input and how to split it."""
     if path == "-":
-        return [Part(path)], jobs > 1
+        return SourcePlan(path, [Part(path)], fork=jobs > 1)
     p = Path(path)
     if not p.is_file():
-        return [Part(path)], False  # open_input reports the error
-    size = p.stat().st_size
-    if jobs <= 1 or size < IN_PROCESS_BELOW:
-        return [Part(path)], False
+        return SourcePlan(path, [Part(path)], fork=False)  # open_input reports the error
+    st = p.stat()
     fmt = format_of(path, pipeline.collect_options)
-    if fmt not in LINE_FORMATS or is_compressed(path) or size < 2 * MIN_RANGE:
-        return [Part(path, fmt)], True
-    ranges = split_at_lines(path, min(jobs, size // MIN_RANGE))
-    return [Part(path, fmt, r) for r in ranges], True
+    if fmt not in LINE_FORMATS:  # captures: read whole (ids de-duplicate a re-read)
+        return SourcePlan(path, [Part(path, fmt)], fork=jobs > 1 and st.st_size >= IN_PROCESS_BELOW)
+    head = read_head(path, HEAD_BYTES)
+    if len(head) < HEAD_BYTES:  # identity not stable yet: read it whole (ids de-duplicate)
+        return SourcePlan(path, [Part(path, fmt)], fork=False)
+    key = source_key(head)
+    state = None if (store is None or full) else store.source_state(key)
+    compressed = is_compressed(path)
+    start, lines = 0, 0
+    if state and (compressed or state["offset"] <= st.st_size):
+        start, lines = state["offset"], state["lines"]
+    new_state = {"key": key, "head_len": len(head), "path": str(p.resolve()), "device": st.st_dev,
+                 "inode": st.st_ino, "size": st.st_size, "offset": start, "lines": lines}  # fmt: skip
+    if compressed:
+        return SourcePlan(path, [Part(path, fmt, skip=start)], jobs > 1 and st.st_size >= IN_PROCESS_BELOW // 4,
+                          key, new_state)  # fmt: skip
+    size = st.st_size
+    end_complete = last_line_end(path, start, size)
+    todo = size - start
+    if jobs <= 1 or todo < IN_PROCESS_BELOW:
+        ranges = [(start, size)]
+    else:
+        n = max(jobs if todo >= jobs * MIN_PART else 1, -(-todo // PART_SIZE))
+        ranges = split_at_lines(path, start, size, n)
+    parts = [Part(path, fmt, r) for r in ranges]
+    return SourcePlan(
+        path, parts, jobs > 1 and todo >= IN_PROCESS_BELOW, key, new_state, end_complete
+    )
 
 
 def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> Iterator[Produced]:
-    """Stages 1–4 over one part: (record id, observation row, incident rows) per LLM record."""
-    offset = count_lines_before(part.path, part.byte_range[0]) if part.byte_range else 0
+    """Stages 1–4 over one part: (record id, observation row, incident rows) per LLM record.
+    Line numbers are relative to the part; the scanner makes them absolute."""
     enrich, evaluate = pipeline.enricher.enrich, pipeline.evaluator.evaluate
-    for obs, match in pipeline.observe(
-        part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt, byte_range=part.byte_range
-    ):
-        obs.line += offset
+    for obs, match in pipeline.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
+                                       byte_range=part.byte_range, skip=part.skip):  # fmt: skip
         enriched = enrich(obs, match)  # type: ignore[arg-type]
         row = observation_row(enriched)
         yield (
@@ -87,9 +137,6 @@ def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> 
             row,
             incident_rows(enriched, evaluate(enriched), row["day"]),
         )
-    if offset:
-        for problem in (*diag.problems, *diag.notices):
-            problem.line += offset
 
 
 def fallback_id(obs: Observation) -> str:
@@ -103,7 +150,7 @@ def fallback_id(obs: Observation) -> str:
 
 
 def observation_id(record_id: str, nth: int) -> int:
-    """63-bit integer id (SQLite rowid) of the nth identical record in one input."""
+    """63-bit integer id of the nth identical record in one input."""
     key = record_id if nth == 0 else f"{record_id}/{nth}"
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
 
@@ -172,6 +219,23 @@ class _Remote:
         self.process.join(5)
 
 
+def _local(pipeline: Pipeline, part: Part, on_read) -> Iterator[tuple[str, Any]]:
+    """The same message stream as a producer process, produced in this process."""
+    diag = Diagnostics()
+    try:
+        batch: list[Produced] = []
+        for item in produce(pipeline, part, diag, on_read):
+            batch.append(item)
+            if len(batch) >= BATCH:
+                yield "batch", batch
+                batch = []
+        if batch:
+            yield "batch", batch
+        yield "done", diag
+    except InputError as exc:
+        yield "input-error", str(exc)
+
+
 # -- the scan -------------------------------------------------------------------------------
 
 
@@ -180,59 +244,103 @@ class ScanError(RuntimeError):
 
 
 class Scanner:
-    def __init__(self, pipeline: Pipeline, store: Store, jobs: int | None = None):
+    def __init__(
+        self, pipeline: Pipeline, store: Store, jobs: int | None = None, full: bool = False
+    ):
         self.pipeline = pipeline
         self.store = store
         self.jobs = default_jobs() if jobs is None else max(1, jobs)
+        self.full = full
 
-    def run(self, paths: Iterable[str], scan_id: int,
-            on_read: Callable[[int], None] | None = None) -> ScanSummary:  # fmt: skip
+    def run(
+        self, paths: Iterable[str], scan_id: int, on_read: Callable[[int], None] | None = None
+    ) -> ScanSummary:
         summary = ScanSummary()
         self._batch: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
         self._rule_of: dict[str, tuple[str, str]] = {}
         for path in paths:
             summary.files.append(path)
-            seen: Counter[str] = Counter()  # identical records within one input stay distinct
             try:
-                parts, fork = plan(path, self.pipeline, self.jobs)
+                source = plan(path, self.pipeline, self.store, self.jobs, self.full)
             except InputError as exc:
                 summary.diag.file_error(path, str(exc).removeprefix(f"{path}: "))
                 continue
-            if fork:
-                self._run_forked(parts, seen, scan_id, summary, on_read)
-            else:
-                for part in parts:
-                    try:
-                        for item in produce(self.pipeline, part, summary.diag, on_read):
-                            self._take(item, seen, scan_id, summary)
-                    except InputError as exc:
-                        summary.diag.file_error(path, str(exc).removeprefix(f"{path}: "))
-            self._flush(scan_id, summary)
+            if source.state:
+                summary.skipped_bytes += source.state["offset"]
+            self._scan_source(source, scan_id, summary, on_read)
         summary.records, summary.malformed = summary.diag.records, summary.diag.malformed
         return summary
 
-    def _run_forked(self, parts: list[Part], seen: Counter[str], scan_id: int, summary: ScanSummary,
-                    on_read: Callable[[int], None] | None) -> None:  # fmt: skip
+    def _scan_source(self, source: SourcePlan, scan_id: int, summary: ScanSummary,
+                     on_read: Callable[[int], None] | None) -> None:  # fmt: skip
+        seen: Counter[str] = Counter()  # identical records within one input stay distinct
+        base = source.state["lines"] if source.state else 0  # lines before the part at hand
         ctx = mp.get_context("fork")
-        remotes = [_Remote(ctx, self.pipeline, part) for part in parts]
+        remotes: dict[int, _Remote] = {}
+        damaged = False
+
+        def start(i: int) -> None:
+            if source.fork and i < len(source.parts) and i not in remotes:
+                remotes[i] = _Remote(ctx, self.pipeline, source.parts[i])
+
         try:
-            for part, remote in zip(parts, remotes, strict=True):
-                for kind, payload in remote.messages(on_read):
+            for i in range(min(self.jobs, len(source.parts))):
+                start(i)
+            for i, part in enumerate(source.parts):
+                start(i)
+                messages = (
+                    remotes[i].messages(on_read)
+                    if source.fork
+                    else _local(self.pipeline, part, on_read)
+                )
+                for kind, payload in messages:
                     if kind == "batch":
-                        for item in payload:
-                            self._take(item, seen, scan_id, summary)
+                        for record_id, row, incs in payload:
+                            row["line"] += base
+                            self._take(record_id, row, incs, seen, scan_id, summary)
                     elif kind == "done":
-                        _merge(summary.diag, payload)
+                        diag: Diagnostics = payload
+                        damaged |= bool(diag.file_errors)
+                        _merge(summary.diag, diag, base)
+                        checkpoint = None
+                        if source.state is not None and not damaged:
+                            checkpoint = self._advance(source, part, diag, base)
+                        base += diag.lines
+                        self._flush(scan_id, summary, checkpoint)
                     elif kind == "input-error":
+                        damaged = True
                         summary.diag.file_error(part.path, payload.removeprefix(f"{part.path}: "))
                     else:
                         raise ScanError(f"{part.path}: {payload}")
+                if i in remotes:
+                    remotes.pop(i).stop()
+                start(i + self.jobs)
         finally:
-            for remote in remotes:
+            for remote in remotes.values():
                 remote.stop()
+        self._flush(scan_id, summary)
 
-    def _take(self, item: Produced, seen: Counter[str], scan_id: int, summary: ScanSummary) -> None:
-        record_id, row, incs = item
+    @staticmethod
+    def _advance(source: SourcePlan, part: Part, diag: Diagnostics, base: int) -> dict[str, Any]:
+        """The read position after ``part``: never past the last complete line of a plain
+        file, so a line still being written is read again, whole, next time."""
+        state = source.state
+        assert state is not None
+        if part.byte_range is None:  # compressed: it was read to its end
+            state["offset"] = part.skip + diag.content_bytes
+            state["lines"] = base + diag.lines
+        else:
+            end = part.byte_range[1]
+            if source.complete_end is not None and end > source.complete_end:
+                state["offset"] = source.complete_end
+                state["lines"] = base + diag.lines - (1 if end > source.complete_end else 0)
+            else:
+                state["offset"] = end
+                state["lines"] = base + diag.lines
+        return dict(state)
+
+    def _take(self, record_id: str, row: dict[str, Any], incs: list[dict[str, Any]], seen: Counter[str],
+              scan_id: int, summary: ScanSummary) -> None:  # fmt: skip
         nth = seen[record_id]
         seen[record_id] = nth + 1
         row["id"] = observation_id(record_id, nth)
@@ -244,16 +352,21 @@ class Scanner:
         if len(self._batch) >= BATCH:
             self._flush(scan_id, summary)
 
-    def _flush(self, scan_id: int, summary: ScanSummary) -> None:
-        if self._batch:
-            account(summary, self.store.ingest(scan_id, self._batch), self._rule_of)
+    def _flush(
+        self, scan_id: int, summary: ScanSummary, checkpoint: dict[str, Any] | None = None
+    ) -> None:
+        if self._batch or checkpoint is not None:
+            account(summary, self.store.ingest(scan_id, self._batch, checkpoint), self._rule_of)
             self._batch = []
 
 
-def _merge(into: Diagnostics, other: Diagnostics) -> None:
+def _merge(into: Diagnostics, other: Diagnostics, line_base: int) -> None:
     into.records += other.records
     into.malformed += other.malformed
     into.skipped += other.skipped
+    for problem in (*other.problems, *other.notices):
+        if problem.line:
+            problem.line += line_base
     into.problems.extend(other.problems[: max(0, MAX_PROBLEMS_KEPT - len(into.problems))])
-    into.file_errors.extend(other.file_errors)
     into.notices.extend(other.notices[: max(0, MAX_PROBLEMS_KEPT - len(into.notices))])
+    into.file_errors.extend(other.file_errors)

@@ -30,7 +30,7 @@ import sqlite_utils
 from monitor.observation import iso_utc
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -127,6 +127,7 @@ class StoreError(RuntimeError):
 class IngestResult:
     stored: int = 0  # observations new to the database
     duplicates: int = 0  # observations already stored (re-scan, overlapping files)
+    expired: int = 0  # older than a prune: skipped, since their twins may be gone
     new_incidents: set[str] = field(default_factory=set)
     updated_incidents: set[str] = field(default_factory=set)
 
@@ -179,6 +180,7 @@ class Store:
     # -- schema -----------------------------------------------------------------------------
 
     def _migrate(self) -> None:
+        """Create the schema, or bring an older apiwatch database up to date."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -190,71 +192,11 @@ class Store:
             raise StoreError(
                 f"{self.path}: not an apiwatch database (has tables, no schema version)"
             )
-        db = self.db
         with self._tx():
-            if self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-                return  # another process created it while we waited for the lock
-            db["scans"].create(
-                {
-                    "id": int,
-                    "started": str,
-                    "finished": str,
-                    "files": str,
-                    "options": str,
-                    "records": int,
-                    "malformed": int,
-                    "llm_observations": int,
-                    "stored": int,
-                    "duplicates": int,
-                    "incidents_new": int,
-                    "incidents_updated": int,
-                    "by_rule": str,
-                    "file_errors": str,
-                    "catalog_version": str,
-                    "geodata": str,
-                    "exit_code": int,
-                },
-                pk="id",
-            )
-            db["scan_problems"].create(
-                {"scan_id": int, "source": str, "line": int, "reason": str, "excerpt": str}
-            )
-            # rows are appended in rowid order (page locality); the random-looking content id
-            # gets its own compact unique index
-            db["observations"].create(OBSERVATION_COLUMNS, not_null={"id", "ts", "day"})
-            db["observations"].create_index(["id"], unique=True)
-            db["hits"].create(
-                {"incident_id": str, "observation_id": int}, pk=("incident_id", "observation_id")
-            )
-            db["incidents"].create(
-                INCIDENT_COLUMNS,
-                pk="id",
-                not_null={"rule", "severity", "day", "first_seen", "last_seen", "count", "status"},
-                defaults={"status": "open", "count": 0, "blocked": 0, "evidence": "[]"},
-            )
-            db["observations"].create_index(["day", "provider"])
-            db["observations"].create_index(["site", "day"])
-            for cols in (
-                ["last_seen"],
-                ["first_seen"],
-                ["rule"],
-                ["severity_rank"],
-                ["provider"],
-                ["site"],
-                ["client_ip"],
-                ["status"],
-                ["day"],
-            ):
-                db["incidents"].create_index(cols)
-            db["scan_problems"].create_index(["scan_id"])
-            db["incident_events"].create(
-                {"id": int, "incident_id": str, "at": str, "action": str, "status_from": str,
-                 "status_to": str, "note": str, "actor": str},
-                pk="id",
-                not_null={"incident_id", "at", "action"},
-            )  # fmt: skip
-            db["incident_events"].create_index(["incident_id", "at"])
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[step](self.db)  # each runs in this one transaction
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- scans ------------------------------------------------------------------------------
 
@@ -281,107 +223,134 @@ class Store:
     # -- ingest -----------------------------------------------------------------------------
 
     def ingest(
-        self, scan_id: int, batch: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]
+        self,
+        scan_id: int,
+        batch: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]],
+        source: dict[str, Any] | None = None,
     ) -> IngestResult:
-        """Store one batch of (observation row, incident identities) in one transaction.
+        """Store one batch of (observation row, incident identities) in one transaction,
+        together with how far its source has been read (``source``, see :meth:`source_state`).
 
         Observations already in the database are skipped, and so are their contributions
-        to incidents: this is what makes re-scans and overlapping files safe.
+        to incidents: this is what makes re-scans, overlapping files and a re-run after a
+        crash safe. Committing the read position with the data it produced is what lets a
+        re-run resume where the last commit left off.
         """
+        with self._tx():
+            result = self._ingest(scan_id, batch)
+            if source is not None:
+                self.db["sources"].upsert({**source, "updated": _now()}, pk="key")
+        return result
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def source_state(self, key: str) -> dict[str, Any] | None:
+        """What an earlier scan read of the source whose content starts with ``key``."""
+        rows = list(self.db.query("SELECT * FROM sources WHERE key = ?", [key]))
+        return rows[0] if rows else None
+
+    def _ingest(
+        self, scan_id: int, batch: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]
+    ) -> IngestResult:
         result = IngestResult()
         unique: dict[int, tuple[dict[str, Any], Sequence[dict[str, Any]]]] = {}
+        pruned = self._meta("pruned_before")
         for obs, incs in batch:
+            if pruned and obs["day"] < pruned:  # its twin may have been pruned: never recount
+                result.expired += 1
+                continue
             unique.setdefault(obs["id"], (obs, incs))
-        result.duplicates += len(batch) - len(unique)
+        result.duplicates += len(batch) - result.expired - len(unique)
         conn = self.db.conn
-        with self._tx():
-            existing = self._existing("observations", list(unique))
-            result.duplicates += len(existing)
-            fresh = [v for k, v in unique.items() if k not in existing]
-            if not fresh:
-                return result
-            obs_cols = list(OBSERVATION_COLUMNS)
-            conn.executemany(
-                f"INSERT INTO observations ({', '.join(obs_cols)}) VALUES ({', '.join('?' * len(obs_cols))})",  # noqa: S608 - column names are constants
-                [[o.get(c) for c in obs_cols] for o, _ in fresh],
-            )
-            result.stored = len(fresh)
+        existing = self._existing("observations", list(unique))
+        result.duplicates += len(existing)
+        fresh = [v for k, v in unique.items() if k not in existing]
+        if not fresh:
+            return result
+        obs_cols = list(OBSERVATION_COLUMNS)
+        conn.executemany(
+            f"INSERT INTO observations ({', '.join(obs_cols)}) VALUES ({', '.join('?' * len(obs_cols))})",  # noqa: S608 - column names are constants
+            [[o.get(c) for c in obs_cols] for o, _ in fresh],
+        )
+        result.stored = len(fresh)
 
-            deltas: dict[str, dict[str, Any]] = {}
-            hits: list[tuple[str, int]] = []
-            for obs, incs in fresh:
-                for inc in incs:
-                    hits.append((inc["id"], obs["id"]))
-                    d = deltas.get(inc["id"])
-                    if d is None:
-                        d = deltas[inc["id"]] = {k: inc.get(k) for k in INCIDENT_IDENTITY}
-                        d.update(
-                            count=0,
-                            blocked=0,
-                            bytes_out=None,
-                            bytes_in=None,
-                            first_seen=obs["iso"],
-                            last_seen=obs["iso"],
-                            evidence=[],
-                        )
-                    if len(d["evidence"]) < EVIDENCE_SAMPLES:
-                        d["evidence"].append(f"{obs['source']}:{obs['line']}")
-                    d["count"] += 1
-                    d["blocked"] += obs.get("outcome") == "blocked"
-                    d["bytes_out"] = _add(d["bytes_out"], obs.get("bytes_out"))
-                    d["bytes_in"] = _add(d["bytes_in"], obs.get("bytes_in"))
-                    d["first_seen"] = min(d["first_seen"], obs["iso"])
-                    d["last_seen"] = max(d["last_seen"], obs["iso"])
-            if not deltas:
-                return result
-            conn.executemany(
-                "INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits
+        deltas: dict[str, dict[str, Any]] = {}
+        hits: list[tuple[str, int]] = []
+        for obs, incs in fresh:
+            for inc in incs:
+                hits.append((inc["id"], obs["id"]))
+                d = deltas.get(inc["id"])
+                if d is None:
+                    d = deltas[inc["id"]] = {k: inc.get(k) for k in INCIDENT_IDENTITY}
+                    d.update(
+                        count=0,
+                        blocked=0,
+                        bytes_out=None,
+                        bytes_in=None,
+                        first_seen=obs["iso"],
+                        last_seen=obs["iso"],
+                        evidence=[],
+                    )
+                if len(d["evidence"]) < EVIDENCE_SAMPLES:
+                    d["evidence"].append(f"{obs['source']}:{obs['line']}")
+                d["count"] += 1
+                d["blocked"] += obs.get("outcome") == "blocked"
+                d["bytes_out"] = _add(d["bytes_out"], obs.get("bytes_out"))
+                d["bytes_in"] = _add(d["bytes_in"], obs.get("bytes_in"))
+                d["first_seen"] = min(d["first_seen"], obs["iso"])
+                d["last_seen"] = max(d["last_seen"], obs["iso"])
+        if not deltas:
+            return result
+        conn.executemany(
+            "INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits
+        )
+        before = self._evidence_of(list(deltas))
+        result.updated_incidents = set(before)
+        result.new_incidents = set(deltas) - result.updated_incidents
+        cols = [
+            *INCIDENT_IDENTITY,
+            "severity_rank",
+            "first_seen",
+            "last_seen",
+            "count",
+            "blocked",
+            "bytes_out",
+            "bytes_in",
+            "outcome",
+            "evidence",
+            "first_scan",
+            "last_scan",
+        ]
+        rows = []
+        for iid, d in deltas.items():
+            old = before.get(iid, [])
+            d["evidence"] = json.dumps(
+                (old + [e for e in d["evidence"] if e not in old])[:EVIDENCE_SAMPLES]
             )
-            before = self._evidence_of(list(deltas))
-            result.updated_incidents = set(before)
-            result.new_incidents = set(deltas) - result.updated_incidents
-            cols = [
-                *INCIDENT_IDENTITY,
-                "severity_rank",
-                "first_seen",
-                "last_seen",
-                "count",
-                "blocked",
-                "bytes_out",
-                "bytes_in",
-                "outcome",
-                "evidence",
-                "first_scan",
-                "last_scan",
-            ]
-            rows = []
-            for iid, d in deltas.items():
-                old = before.get(iid, [])
-                d["evidence"] = json.dumps(
-                    (old + [e for e in d["evidence"] if e not in old])[:EVIDENCE_SAMPLES]
-                )
-                d["severity_rank"] = SEVERITY_RANK[d["severity"]]
-                d["outcome"] = _outcome(d["blocked"], d["count"])
-                d["first_scan"] = d["last_scan"] = scan_id
-                rows.append([d[c] for c in cols])
-            conn.executemany(
-                f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
-                ON CONFLICT(id) DO UPDATE SET
-                  first_seen = min(first_seen, excluded.first_seen),
-                  last_seen = max(last_seen, excluded.last_seen),
-                  count = count + excluded.count,
-                  blocked = blocked + excluded.blocked,
-                  bytes_out = CASE WHEN bytes_out IS NULL AND excluded.bytes_out IS NULL THEN NULL
-                              ELSE coalesce(bytes_out, 0) + coalesce(excluded.bytes_out, 0) END,
-                  bytes_in = CASE WHEN bytes_in IS NULL AND excluded.bytes_in IS NULL THEN NULL
-                             ELSE coalesce(bytes_in, 0) + coalesce(excluded.bytes_in, 0) END,
-                  outcome = CASE WHEN blocked + excluded.blocked = 0 THEN 'allowed'
-                                 WHEN blocked + excluded.blocked = count + excluded.count THEN 'blocked'
-                                 ELSE 'mixed' END,
-                  evidence = excluded.evidence,
-                  last_scan = excluded.last_scan""",  # noqa: S608 - constants and placeholders only
-                rows,
-            )
+            d["severity_rank"] = SEVERITY_RANK[d["severity"]]
+            d["outcome"] = _outcome(d["blocked"], d["count"])
+            d["first_scan"] = d["last_scan"] = scan_id
+            rows.append([d[c] for c in cols])
+        conn.executemany(
+            f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
+            ON CONFLICT(id) DO UPDATE SET
+              first_seen = min(first_seen, excluded.first_seen),
+              last_seen = max(last_seen, excluded.last_seen),
+              count = count + excluded.count,
+              blocked = blocked + excluded.blocked,
+              bytes_out = CASE WHEN bytes_out IS NULL AND excluded.bytes_out IS NULL THEN NULL
+                          ELSE coalesce(bytes_out, 0) + coalesce(excluded.bytes_out, 0) END,
+              bytes_in = CASE WHEN bytes_in IS NULL AND excluded.bytes_in IS NULL THEN NULL
+                         ELSE coalesce(bytes_in, 0) + coalesce(excluded.bytes_in, 0) END,
+              outcome = CASE WHEN blocked + excluded.blocked = 0 THEN 'allowed'
+                             WHEN blocked + excluded.blocked = count + excluded.count THEN 'blocked'
+                             ELSE 'mixed' END,
+              evidence = excluded.evidence,
+              last_scan = excluded.last_scan""",  # noqa: S608 - constants and placeholders only
+            rows,
+        )
         return result
 
     def _existing(self, table: str, ids: list[Any]) -> set[Any]:
@@ -491,12 +460,133 @@ class Store:
             )
         )
 
+    def prune(self, before_day: str) -> dict[str, int]:
+        """Delete traffic detail (observations and their hits) of UTC days before
+        ``before_day``; incidents, their counts and evidence are kept."""
+        with self._tx():
+            hits = self.db.execute(
+                "DELETE FROM hits WHERE observation_id IN (SELECT id FROM observations WHERE day < ?)",
+                [before_day],
+            ).rowcount
+            observations = self.db.execute(
+                "DELETE FROM observations WHERE day < ?", [before_day]
+            ).rowcount
+        return {"observations": observations, "hits": hits}
+
+    def check(self) -> dict[str, Any]:
+        """Integrity, schema version and table sizes, for ``apiwatch db check``."""
+        integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
+        counts = {
+            t: self.db[t].count
+            for t in ("scans", "observations", "hits", "incidents", "incident_events", "sources")
+        }
+        orphans = self.db.execute(
+            "SELECT count(*) FROM hits WHERE incident_id NOT IN (SELECT id FROM incidents)"
+        ).fetchone()[0]
+        return {
+            "path": str(self.path),
+            "schema_version": self.db.execute("PRAGMA user_version").fetchone()[0],
+            "expected_schema_version": SCHEMA_VERSION,
+            "integrity": "ok" if integrity == ["ok"] else "; ".join(integrity[:20]),
+            "orphan_hits": orphans,
+            "tables": counts,
+        }
+
     def scan(self, scan_id: int) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM scans WHERE id = ?", [scan_id]))
         return rows[0] if rows else None
 
     def close(self) -> None:
         self.db.conn.close()
+
+
+def _schema_v1(db: sqlite_utils.Database) -> None:
+    """Scans, observations, hits, incidents and their audit trail."""
+    db["scans"].create(
+        {
+            "id": int,
+            "started": str,
+            "finished": str,
+            "files": str,
+            "options": str,
+            "records": int,
+            "malformed": int,
+            "llm_observations": int,
+            "stored": int,
+            "duplicates": int,
+            "incidents_new": int,
+            "incidents_updated": int,
+            "by_rule": str,
+            "file_errors": str,
+            "catalog_version": str,
+            "geodata": str,
+            "exit_code": int,
+        },
+        pk="id",
+    )
+    db["scan_problems"].create(
+        {"scan_id": int, "source": str, "line": int, "reason": str, "excerpt": str}
+    )
+    # rows are appended in rowid order (page locality); the random-looking content id
+    # gets its own compact unique index
+    db["observations"].create(OBSERVATION_COLUMNS, not_null={"id", "ts", "day"})
+    db["observations"].create_index(["id"], unique=True)
+    db["hits"].create(
+        {"incident_id": str, "observation_id": int}, pk=("incident_id", "observation_id")
+    )
+    db["incidents"].create(
+        INCIDENT_COLUMNS,
+        pk="id",
+        not_null={"rule", "severity", "day", "first_seen", "last_seen", "count", "status"},
+        defaults={"status": "open", "count": 0, "blocked": 0, "evidence": "[]"},
+    )
+    db["observations"].create_index(["day", "provider"])
+    db["observations"].create_index(["site", "day"])
+    for cols in (
+        ["last_seen"],
+        ["first_seen"],
+        ["rule"],
+        ["severity_rank"],
+        ["provider"],
+        ["site"],
+        ["client_ip"],
+        ["status"],
+        ["day"],
+    ):
+        db["incidents"].create_index(cols)
+    db["scan_problems"].create_index(["scan_id"])
+    db["incident_events"].create(
+        {"id": int, "incident_id": str, "at": str, "action": str, "status_from": str,
+         "status_to": str, "note": str, "actor": str},
+        pk="id",
+        not_null={"incident_id", "at", "action"},
+    )  # fmt: skip
+    db["incident_events"].create_index(["incident_id", "at"])
+
+
+def _schema_v2(db: sqlite_utils.Database) -> None:
+    """Incremental scanning: what was read of each source; hits by observation (prune)."""
+    db["sources"].create(
+        {
+            "key": str,  # sha256 of the first bytes of the (decompressed) content
+            "head_len": int,
+            "path": str,
+            "device": int,
+            "inode": int,
+            "size": int,
+            "offset": int,  # bytes of (decompressed) content already processed
+            "lines": int,  # lines before that offset
+            "updated": str,
+        },
+        pk="key",
+    )
+    db["hits"].create_index(["observation_id"])
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["scans"].add_column("expired", int)
+    db["scans"].add_column("skipped_bytes", int)
+
+
+MIGRATIONS = {1: _schema_v1, 2: _schema_v2}
 
 
 def _incident_out(row: dict[str, Any]) -> dict[str, Any]:

@@ -55,7 +55,8 @@ def scan(db, *args):
 def test_ranges_and_producers_match_in_process(tmp_path, log, monkeypatch):
     alone, alone_incidents = scan(tmp_path / "a.db", log, "-j", "1")
     monkeypatch.setattr(scanner, "IN_PROCESS_BELOW", 0)
-    monkeypatch.setattr(scanner, "MIN_RANGE", 20_000)  # ~25 ranges of a 500 KB file, 4 producers
+    monkeypatch.setattr(scanner, "PART_SIZE", 20_000)  # ~25 parts of a 500 KB file, 4 producers
+    monkeypatch.setattr(scanner, "MIN_PART", 10_000)
     split, split_incidents = scan(tmp_path / "b.db", log, "-j", "4")
     for key in ("records", "malformed", "llm_observations", "stored", "incidents_new"):
         assert split[key] == alone[key], key
@@ -72,16 +73,20 @@ def test_compressed_input_through_one_producer(tmp_path, log, monkeypatch):
     forked, forked_incidents = scan(tmp_path / "b.db", gz, "-j", "2")
     assert (forked["records"], forked["stored"]) == (alone["records"], alone["stored"])
     assert forked_incidents == alone_incidents
-    # the same records under another file name add nothing
+    # the same content under another name is recognised: nothing is read again ...
     again, _ = scan(tmp_path / "b.db", log, "-j", "2")
-    assert again["stored"] == 0 and again["duplicates"] == alone["llm_observations"]
+    assert again["stored"] == again["records"] == 0 and again["skipped_bytes"] == log.stat().st_size
+    # ... and when made to read it all, nothing is counted twice
+    full, full_incidents = scan(tmp_path / "b.db", log, "-j", "2", "--full")
+    assert full["stored"] == 0 and full["duplicates"] == alone["llm_observations"]
+    assert full_incidents == alone_incidents
 
 
 def test_split_points_are_line_starts(tmp_path, log):
     from monitor.collectors.base import split_at_lines
 
     data = log.read_bytes()
-    ranges = split_at_lines(str(log), 7)
+    ranges = split_at_lines(str(log), 0, len(data), 7)
     assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
     for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False):
         assert end == start and data[start - 1 : start] == b"\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from monitor.collectors.base import (
     CollectOptions,
@@ -27,7 +28,15 @@ SNIFF_BYTES = 64 * 1024
 
 
 #: modules that define FORMAT_SPECS, in detection order
-_SPEC_MODULES = ("monitor.collectors.pcap", "monitor.collectors.squid")
+_SPEC_MODULES = (
+    "monitor.collectors.pcap",
+    "monitor.collectors.squid",
+    "monitor.collectors.zeek",
+    "monitor.collectors.suricata",
+    "monitor.collectors.zscaler",
+    "monitor.collectors.elff",
+    "monitor.collectors.mapped",
+)
 
 
 def _load_specs() -> dict[str, FormatSpec]:
@@ -88,6 +97,8 @@ def format_of(path: str, options: CollectOptions) -> str:
         return "squid-custom"
     if options.format != "auto":
         return options.format
+    if _zeek_directory(path, options):
+        return "zeek"
     opened = open_input(path)
     try:
         return detect(opened)
@@ -104,12 +115,17 @@ def collect(
     *,
     fmt: str | None = None,
     byte_range: tuple[int, int] | None = None,
+    skip: int = 0,
 ) -> Iterator[Observation]:
     """Open, detect and parse one input (or one byte range of it, in format ``fmt``).
 
     Raises :class:`InputError` before yielding anything when the file cannot be opened or
-    its format is unknown."""
-    opened = open_input(path, on_read, byte_range)
+    its format is unknown. A directory is read as one day of Zeek logs."""
+    if byte_range is None and _zeek_directory(path, options):
+        from monitor.collectors.zeek import collect_directory, shared_catalog
+
+        return collect_directory(path, shared_catalog(), diag, host_filter, on_read)
+    opened = open_input(path, on_read, byte_range, skip)
     try:
         if fmt is not None:
             name = fmt
@@ -124,6 +140,18 @@ def collect(
         opened.close()
         raise
     return _parse_and_close(collector, opened, diag, host_filter)
+
+
+def _zeek_directory(path: str, options: CollectOptions) -> bool:
+    """A directory given with ``--format`` auto, zeek or zeek-json: its Zeek logs are read
+    together (joined across files, see :func:`monitor.collectors.zeek.collect_directory`);
+    with any other format ``open_input`` rejects it."""
+    return (
+        path != "-"
+        and options.format in ("auto", "zeek", "zeek-json")
+        and not options.squid_logformat
+        and Path(path).is_dir()
+    )
 
 
 def _parse_and_close(collector, opened, diag, host_filter) -> Iterator[Observation]:

@@ -53,6 +53,8 @@ class Diagnostics:
     problems: list[Problem] = field(default_factory=list)
     file_errors: list[Problem] = field(default_factory=list)
     notices: list[Problem] = field(default_factory=list)  # resource bounds hit, skipped parts
+    lines: int = 0  # physical lines read (line-based inputs)
+    content_bytes: int = 0  # (decompressed) bytes read (line-based inputs)
 
     def malformed_record(self, source: str, line: int, reason: str, raw: bytes = b"") -> None:
         self.malformed += 1
@@ -97,6 +99,8 @@ class Collector(Protocol):
 class CollectOptions:
     format: str = "auto"  # "auto" or a key of FORMATS
     squid_logformat: str | None = None
+    columns: str | None = None  # custom mapping, e.g. "ts=time,client=src,host=dhost"
+    mapping: str | None = None  # path of a TOML/YAML mapping file
 
 
 @dataclass(frozen=True)
@@ -168,12 +172,14 @@ def open_input(
     path: str,
     on_read: Callable[[int], None] | None = None,
     byte_range: tuple[int, int] | None = None,
+    skip: int = 0,
 ) -> OpenedInput:
     """Open a file (or ``-`` for stdin) for streaming, decompressing gzip/bzip2 by magic bytes.
 
     ``on_read(n)`` is told about every chunk read from disk (for progress bars).
     ``byte_range=(start, end)`` reads only that part of an uncompressed file (parallel scans
-    split big files at line boundaries)."""
+    split big files at line boundaries). ``skip`` discards that many bytes of (decompressed)
+    content first: how an incremental scan resumes inside a rotated, compressed log."""
     try:
         if path == "-":
             raw: BinaryIO = sys.stdin.buffer
@@ -201,7 +207,17 @@ def open_input(
         stream = io.BufferedReader(bz2.BZ2File(buffered, "rb"), READ_CHUNK)  # type: ignore[arg-type]
     else:
         stream = buffered  # type: ignore[assignment]
-    return OpenedInput(stream, counter, size, path)
+    opened = OpenedInput(stream, counter, size, path)
+    try:
+        while skip > 0:
+            dropped = stream.read(min(skip, READ_CHUNK))
+            if not dropped:
+                break
+            skip -= len(dropped)
+    except (EOFError, OSError, ValueError) as exc:
+        opened.close()
+        raise InputError(f"{path}: damaged before the part already read: {exc}") from exc
+    return opened
 
 
 def is_compressed(path: str) -> bool:
@@ -210,34 +226,47 @@ def is_compressed(path: str) -> bool:
     return magic[:2] == b"\x1f\x8b" or magic == b"BZh"
 
 
-def split_at_lines(path: str, parts: int) -> list[tuple[int, int]]:
-    """Byte ranges of about equal size, each starting right after a newline."""
-    size = Path(path).stat().st_size
-    cuts = [0]
+def split_at_lines(path: str, start: int, end: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` byte ranges of about equal size covering [start, end), each starting right
+    after a newline (``start`` is assumed to be a line start)."""
+    cuts = [start]
     with open(path, "rb") as f:
         for i in range(1, parts):
-            f.seek(max(size * i // parts, cuts[-1]))
+            f.seek(max(start + (end - start) * i // parts, cuts[-1]))
             f.readline(MAX_LINE + 1)  # finish the line we landed in
             pos = f.tell()
-            if pos >= size:
+            if pos >= end:
                 break
             if pos > cuts[-1]:
                 cuts.append(pos)
-    cuts.append(size)
+    cuts.append(end)
     return list(zip(cuts, cuts[1:], strict=False))
 
 
-def count_lines_before(path: str, offset: int) -> int:
-    """Newlines in the first ``offset`` bytes: the line number a byte range starts after."""
-    n = 0
+def last_line_end(path: str, start: int, end: int) -> int:
+    """Offset just after the last newline in [start, end), or ``start`` when there is none."""
     with open(path, "rb") as f:
-        while offset > 0:
-            chunk = f.read(min(READ_CHUNK * 8, offset))
-            if not chunk:
-                break
-            n += chunk.count(b"\n")
-            offset -= len(chunk)
-    return n
+        pos = end
+        while pos > start:
+            step = min(READ_CHUNK, pos - start)
+            f.seek(pos - step)
+            block = f.read(step)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                return pos - step + i + 1
+            pos -= step
+    return start
+
+
+def read_head(path: str, size: int = 4096) -> bytes:
+    """The first ``size`` bytes of a file's (decompressed) content."""
+    opened = open_input(path)
+    try:
+        return opened.stream.read(size)
+    except (EOFError, OSError, ValueError):
+        return b""
+    finally:
+        opened.close()
 
 
 Batch = tuple[int, list[bytes], bool]  # (line number before the first line, lines, NUL-free)
@@ -254,6 +283,7 @@ def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[B
     """
     read = getattr(stream, "read1", None) or stream.read
     lineno = 0
+    consumed = 0
     carry = b""
     skipping = False  # inside an over-long line, dropping bytes up to its newline
     try:
@@ -261,6 +291,7 @@ def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[B
             chunk = read(READ_CHUNK)
             if not chunk:
                 break
+            consumed += len(chunk)
             if skipping:
                 nl = chunk.find(b"\n")
                 if nl < 0:
@@ -293,6 +324,9 @@ def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[B
             lineno += 1
     except (EOFError, OSError, ValueError) as exc:  # truncated or corrupt .gz / .bz2
         diag.file_error(source, f"stopped reading after line {lineno}: {exc}")
+    finally:
+        diag.lines += lineno
+        diag.content_bytes += consumed
 
 
 def _finish_batch(

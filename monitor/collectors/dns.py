@@ -8,8 +8,9 @@ strictly before the label that contains it, so a pointer loop cannot be followed
 name is at most 255 bytes long.
 
 :class:`DnsMap` keeps, for each address seen in an A or AAAA answer, the most recent names
-(bounded, with the time of the answer). A CNAME chain is walked back to the name the
-client asked for, so ``api.openai.com CNAME x.cdn.net, x.cdn.net A 1.2.3.4`` maps
+(bounded, with the time of the answer; a name answered again keeps the time of its first
+answer, so a flow is named by the answer in force when it started). A CNAME chain is
+walked back to the name the client asked for, so ``api.openai.com CNAME x.cdn.net, x.cdn.net A 1.2.3.4`` maps
 ``1.2.3.4`` to ``api.openai.com``. Both bounds (names per address, addresses in total)
 are counted when hit.
 """
@@ -223,14 +224,18 @@ class DnsMap:
                 del self._by_ip[next(iter(self._by_ip))]
                 self.dropped_addresses += 1
         if entries and entries[-1][1] == name:
-            entries[-1] = (max(ts, entries[-1][0]), name)
-        else:
-            entries = [e for e in entries if e[1] != name]
+            # the same answer again: the name has held since the earlier one (keeping the
+            # later time would hide it from a flow that started between the two answers)
+            if ts < entries[-1][0]:
+                entries[-1] = (ts, name)
+        elif not entries or ts >= entries[-1][0]:
+            entries.append((ts, name))
+        else:  # an answer older than the latest one (capture slightly out of order)
             entries.append((ts, name))
             entries.sort(key=lambda e: e[0])
-            if len(entries) > self.names_per_address:
-                self.dropped_names += len(entries) - self.names_per_address
-                del entries[: len(entries) - self.names_per_address]
+        if len(entries) > self.names_per_address:
+            self.dropped_names += len(entries) - self.names_per_address
+            del entries[: len(entries) - self.names_per_address]
         self._by_ip[ip] = entries  # re-inserted: most recently answered last
 
     def lookup(self, ip: bytes, ts: float) -> str | None:
@@ -244,4 +249,9 @@ class DnsMap:
         return None
 
     def names(self, ip: bytes) -> list[str]:
-        return [n for _t, n in self._by_ip.get(ip, ())]
+        """The names kept for ``ip``, oldest answer first (each name once, at its latest)."""
+        out: dict[str, None] = {}
+        for _t, n in self._by_ip.get(ip, ()):
+            out.pop(n, None)
+            out[n] = None
+        return list(out)

@@ -1,0 +1,830 @@
+"""Every figure of a report, computed in one place from the store (SQL + pandas).
+
+Renderers (HTML, Markdown, CSV, JSON) only format what :func:`build_report` returns; they
+never count. The heavy lifting is a handful of ``GROUP BY`` queries over the period's
+observations (the ``day`` index bounds the scan); pandas folds those small aggregates into
+the report's tables.
+
+Definitions (also printed in the report's methods section):
+
+* **Period** ``[since, until)`` in UTC; the **previous period** is the one before it
+  (the previous day, the previous ISO week, the previous calendar month, or for
+  ``--since/--until`` the same length immediately before).
+* **Requests**: stored LLM observations whose timestamp falls in the period.
+  **Blocked**: their ``outcome`` is ``blocked``. Bytes are sums of what the logs supply
+  (``null`` when no record of the group has the field, e.g. Squid logs no upload size).
+* **Incidents**: *new* = first seen in the period; *active* = seen in the period
+  (first seen before its end, last seen after its start); *open* / *acknowledged* = the
+  current status of incidents first seen before the end of the period (the backlog when
+  the report was made); *resolved* = incidents resolved during the period (audit trail).
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from monitor import __version__
+from monitor.policy import SEVERITIES
+
+PERIODS = ("daily", "weekly", "monthly")
+DEFAULT_TOP = 20
+LIST_LIMIT = 50  # incident lists: this many rows (the totals count them all)
+EVENT_LIMIT = 200
+PROBLEM_SAMPLES = 20
+TIMELINE_SERIES = 8  # providers drawn on their own; the rest is "other"
+OTHER = "(other)"
+_DAY = 86400
+
+
+# --------------------------------------------------------------------------- the period
+
+
+@dataclass(frozen=True)
+class Window:
+    """A report period ``[since, until)`` in UTC."""
+
+    period: str  # daily | weekly | monthly | custom
+    since: datetime
+    until: datetime
+
+    @property
+    def seconds(self) -> float:
+        return (self.until - self.since).total_seconds()
+
+    @property
+    def first_day(self) -> str:
+        return self.since.strftime("%Y-%m-%d")
+
+    @property
+    def last_day(self) -> str:
+        """The last UTC day that has any of the period in it (inclusive)."""
+        return (self.until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+
+    @property
+    def label(self) -> str:
+        if self.period == "daily":
+            return self.first_day
+        if self.period == "weekly":
+            year, week, _ = self.since.isocalendar()
+            return f"{year}-W{week:02d} ({self.first_day} – {self.last_day})"
+        if self.period == "monthly":
+            return self.since.strftime("%Y-%m")
+        return f"{_iso(self.since)} – {_iso(self.until)}"
+
+    def previous(self) -> Window:
+        if self.period == "monthly":
+            start = (self.since - timedelta(days=1)).replace(day=1)
+            return Window(self.period, start, self.since)
+        if self.period in ("daily", "weekly"):
+            return Window(self.period, self.since - (self.until - self.since), self.since)
+        return Window("custom", self.since - (self.until - self.since), self.since)
+
+    def bucket(self) -> tuple[str, int]:
+        """Timeline resolution: hours for a day or less, days up to ~2 months, else weeks."""
+        if self.seconds <= 2 * _DAY:
+            return "hour", 3600
+        if self.seconds <= 92 * _DAY:
+            return "day", _DAY
+        return "week", 7 * _DAY
+
+
+def period_window(period: str, day: date | None = None, today: date | None = None) -> Window:
+    """The ``period`` that contains ``day`` (default: yesterday, UTC).
+
+    Run on a Monday, ``weekly`` is the week that just ended; run on the 1st, ``monthly`` is
+    the month that just ended; ``daily`` is yesterday.
+    """
+    if period not in PERIODS:
+        raise ValueError(f"period must be one of {', '.join(PERIODS)}")
+    if day is None:
+        day = (today or datetime.now(UTC).date()) - timedelta(days=1)
+    if period == "daily":
+        start, end = day, day + timedelta(days=1)
+    elif period == "weekly":
+        start = day - timedelta(days=day.weekday())
+        end = start + timedelta(days=7)
+    else:
+        start = day.replace(day=1)
+        end = start + timedelta(days=calendar.monthrange(day.year, day.month)[1])
+    return Window(period, _midnight(start), _midnight(end))
+
+
+def custom_window(since: str, until: str | None = None, now: datetime | None = None) -> Window:
+    """``--since/--until`` (ISO 8601 UTC strings as :func:`monitor.timespec.parse_when` gives)."""
+    start = _parse_iso(since)
+    end = _parse_iso(until) if until else (now or datetime.now(UTC))
+    if end <= start:
+        raise ValueError("--until must be after --since")
+    return Window("custom", start, end)
+
+
+def period_ended(window: Window, today: date) -> bool:
+    """True when ``window`` ended exactly at the start of ``today`` (its report is due)."""
+    return window.until == _midnight(today)
+
+
+def _midnight(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def _parse_iso(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    window: Window
+    sites: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ()
+    top: int = DEFAULT_TOP
+    now: datetime | None = None  # when the report is made (default: now)
+
+
+@dataclass
+class Report:
+    """The whole report as plain data: what the JSON format prints, field for field."""
+
+    meta: dict[str, Any]
+    totals: list[dict[str, Any]]
+    timeline: dict[str, Any]
+    by_provider: list[dict[str, Any]]
+    by_site: list[dict[str, Any]]
+    by_egress_country: list[dict[str, Any]]
+    incidents: dict[str, Any]
+    top_clients: list[dict[str, Any]]
+    top_destinations: list[dict[str, Any]]
+    relays: dict[str, Any]
+    events: dict[str, Any]
+    methods: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TOTAL_METRICS = (
+    ("requests", "LLM API requests"),
+    ("blocked", "blocked by the proxy"),
+    ("bytes_out", "bytes sent"),
+    ("bytes_in", "bytes received"),
+    ("clients", "clients"),
+    ("providers", "providers"),
+    ("sites", "sites"),
+    ("egress_countries", "egress countries"),
+    ("relay_requests", "requests to relays"),
+    ("incidents_new", "new incidents"),
+    ("incidents_new_high", "new incidents, high or critical"),
+)
+
+
+# --------------------------------------------------------------------------- building
+
+
+class _Filters:
+    """The report's --site/--provider filters as SQL (every value a bound parameter)."""
+
+    def __init__(self, q: ReportQuery):
+        self.sql = ""
+        self.params: list[Any] = []
+        for column, values in (("site", q.sites), ("provider", q.providers)):
+            if values:
+                self.sql += f" AND {column} IN ({', '.join('?' * len(values))})"
+                self.params.extend(values)
+
+    def prefixed(self, alias: str) -> str:
+        return self.sql.replace(" site IN", f" {alias}.site IN").replace(
+            " provider IN", f" {alias}.provider IN"
+        )
+
+
+def build_report(app: Any, q: ReportQuery) -> Report:
+    """Assemble the report for ``q`` from ``app.store`` (and ``app.catalog``/``rules``)."""
+    db = app.store.db
+    now = q.now or datetime.now(UTC)
+    win, prev = q.window, q.window.previous()
+    f = _Filters(q)
+    cur_rng = _Range(win)
+    prev_rng = _Range(prev)
+    both = _Range(Window("custom", prev.since, win.until))
+    bucket_name, width = win.bucket()
+
+    # A. the cube: one pass over both periods, at the grain every traffic table needs
+    cube = _frame(
+        db,
+        f"""SELECT CASE WHEN ts >= ? THEN 0 ELSE 1 END AS prev,
+                   CAST((ts - ?) / ? AS INTEGER) AS bucket,
+                   provider, provider_kind AS kind, site, egress_country AS country,
+                   outcome = 'blocked' AS is_blocked,
+                   count(*) AS requests, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
+            FROM observations WHERE {both.sql}{f.sql}
+            GROUP BY 1, 2, 3, 4, 5, 6, 7""",  # noqa: S608 - fragments are constants
+        [win.since.timestamp(), win.since.timestamp(), width, *both.params, *f.params],
+    )
+    cur = cube[cube.prev == 0]
+    old = cube[cube.prev == 1]
+
+    # B. who: clients (with users) per provider, site and country in the period
+    who = _frame(
+        db,
+        f"""SELECT client_ip, user, provider, site, egress_country AS country,
+                   count(*) AS requests, sum(outcome = 'blocked') AS blocked,
+                   sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
+            FROM observations WHERE {cur_rng.sql}{f.sql}
+            GROUP BY 1, 2, 3, 4, 5""",  # noqa: S608
+        [*cur_rng.params, *f.params],
+    )
+    (prev_clients,) = db.execute(
+        f"SELECT count(DISTINCT client_ip) FROM observations WHERE {prev_rng.sql}{f.sql}",  # noqa: S608
+        [*prev_rng.params, *f.params],
+    ).fetchone()
+
+    # C. where to: destination hosts
+    dest = _frame(
+        db,
+        f"""SELECT dest_host, provider, provider_kind AS kind, count(*) AS requests,
+                   sum(outcome = 'blocked') AS blocked, count(DISTINCT client_ip) AS clients,
+                   sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in, min(url) AS example_url
+            FROM observations WHERE {cur_rng.sql}{f.sql}
+            GROUP BY 1, 2, 3""",  # noqa: S608
+        [*cur_rng.params, *f.params],
+    )
+
+    incidents = _incidents(db, win, prev, f, q.top)
+    relay_kind = set(cube.loc[cube.kind == "relay", "provider"].dropna())
+    catalog = app.catalog
+
+    totals_cur = _totals(cur, who, len(set(who.client_ip.dropna())) if len(who) else 0)
+    totals_cur["incidents_new"] = incidents["totals"]["new"]
+    totals_cur["incidents_new_high"] = incidents["totals"]["new_high"]
+    totals_prev = _totals(old, None, prev_clients)
+    totals_prev["incidents_new"] = incidents["previous"]["new"]
+    totals_prev["incidents_new_high"] = incidents["previous"]["new_high"]
+    totals = [
+        {
+            "metric": key,
+            "label": label,
+            "current": totals_cur[key],
+            "previous": totals_prev[key],
+            "change": _delta(totals_cur[key], totals_prev[key]),
+            "change_pct": _pct(totals_cur[key], totals_prev[key]),
+        }
+        for key, label in TOTAL_METRICS
+    ]
+
+    by_provider = _breakdown(cur, old, who, "provider")
+    for row in by_provider:
+        entry = catalog.providers.get(row["provider"])
+        row["name"] = entry.name if entry else None
+        row["kinds"] = sorted(set(cur.loc[cur.provider == row["provider"], "kind"].dropna()))
+    by_site = _breakdown(cur, old, who, "site")
+    by_country = _breakdown(cur, old, who, "country")
+    for row in by_country:
+        row["egress_country"] = row.pop("country")
+
+    meta = {
+        "title": "apiwatch report",
+        "period": win.period,
+        "label": win.label,
+        "since": _iso(win.since),
+        "until": _iso(win.until),
+        "first_day": win.first_day,
+        "last_day": win.last_day,
+        "complete": now >= win.until,
+        "previous": {"since": _iso(prev.since), "until": _iso(prev.until), "label": prev.label},
+        "generated": _iso(now),
+        "filters": {"site": list(q.sites), "provider": list(q.providers)},
+        "top": q.top,
+        "apiwatch_version": __version__,
+        "database": str(app.db_path),
+    }
+    return Report(
+        meta=meta,
+        totals=totals,
+        timeline=_timeline(cur, win, bucket_name, width),
+        by_provider=by_provider,
+        by_site=by_site,
+        by_egress_country=by_country,
+        incidents=incidents,
+        top_clients=_top_clients(who, q.top),
+        top_destinations=_top_destinations(dest, q.top),
+        relays=_relays(dest, who, relay_kind, catalog),
+        events=_events(db, win, f),
+        methods=_methods(app, db, win, f, cur_rng),
+    )
+
+
+class _Range:
+    """``day`` bounds (so the index narrows the scan) plus the exact timestamp bounds."""
+
+    def __init__(self, w: Window):
+        self.sql = "day >= ? AND day <= ? AND ts >= ? AND ts < ?"
+        self.params = [w.first_day, w.last_day, w.since.timestamp(), w.until.timestamp()]
+
+
+def _frame(db: Any, sql: str, params: Sequence[Any]) -> pd.DataFrame:
+    cursor = db.execute(sql, list(params))
+    columns = [d[0] for d in cursor.description]
+    return pd.DataFrame.from_records(cursor.fetchall(), columns=columns)
+
+
+def _py(value: Any) -> Any:
+    """numpy/pandas scalars to plain Python; NaN/NA to None."""
+    if value is None:
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _sum(series: pd.Series) -> int | None:
+    """Sum that stays null when every value is null (as SQL's SUM)."""
+    value = series.sum(min_count=1) if len(series) else None
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def _delta(cur: int | None, prev: int | None) -> int | None:
+    if cur is None or prev is None:
+        return None
+    return cur - prev
+
+
+def _pct(cur: int | None, prev: int | None) -> float | None:
+    if cur is None or not prev:
+        return None
+    return round((cur - prev) * 100.0 / prev, 1)
+
+
+def _totals(cube: pd.DataFrame, who: pd.DataFrame | None, clients: int) -> dict[str, Any]:
+    def distinct(col: str) -> int:
+        return int(cube.loc[cube.requests > 0, col].dropna().nunique()) if len(cube) else 0
+
+    return {
+        "requests": int(cube.requests.sum()) if len(cube) else 0,
+        "blocked": int(cube.loc[cube.is_blocked == 1, "requests"].sum()) if len(cube) else 0,
+        "bytes_out": _sum(cube.bytes_out) if len(cube) else None,
+        "bytes_in": _sum(cube.bytes_in) if len(cube) else None,
+        "clients": int(clients),
+        "providers": distinct("provider"),
+        "sites": distinct("site"),
+        "egress_countries": distinct("country"),
+        "relay_requests": int(cube.loc[cube.kind == "relay", "requests"].sum()) if len(cube) else 0,
+    }
+
+
+def _breakdown(
+    cur: pd.DataFrame, old: pd.DataFrame, who: pd.DataFrame, key: str
+) -> list[dict[str, Any]]:
+    """One row per value of ``key``: requests, blocked, bytes, clients, previous requests."""
+    if not len(cur) and not len(old):
+        return []
+    rows: dict[Any, dict[str, Any]] = {}
+    if len(cur):
+        blocked = cur.assign(b=cur.requests * cur.is_blocked)
+        grouped = blocked.groupby(key, dropna=False).agg(
+            requests=("requests", "sum"),
+            blocked=("b", "sum"),
+            bytes_out=("bytes_out", lambda s: s.sum(min_count=1)),
+            bytes_in=("bytes_in", lambda s: s.sum(min_count=1)),
+        )
+        clients = who.groupby(key, dropna=False).client_ip.nunique()
+        for k, r in grouped.iterrows():
+            k = _py(k)
+            rows[k] = {
+                key: k,
+                "requests": int(r.requests),
+                "blocked": int(r.blocked),
+                "bytes_out": _py(r.bytes_out) and int(r.bytes_out),
+                "bytes_in": _py(r.bytes_in) and int(r.bytes_in),
+                "clients": int(_lookup(clients, k, 0)),
+                "previous_requests": 0,
+            }
+    if len(old):
+        for k, n in old.groupby(key, dropna=False).requests.sum().items():
+            k = _py(k)
+            row = rows.setdefault(
+                k,
+                {
+                    key: k,
+                    "requests": 0,
+                    "blocked": 0,
+                    "bytes_out": None,
+                    "bytes_in": None,
+                    "clients": 0,
+                    "previous_requests": 0,
+                },
+            )
+            row["previous_requests"] = int(n)
+    total = sum(r["requests"] for r in rows.values())
+    out = []
+    for row in rows.values():
+        row["share_pct"] = round(row["requests"] * 100.0 / total, 1) if total else 0.0
+        row["change"] = row["requests"] - row["previous_requests"]
+        row["change_pct"] = _pct(row["requests"], row["previous_requests"])
+        out.append(row)
+    out.sort(key=lambda r: (-r["requests"], -r["previous_requests"], str(r[key] or "")))
+    return out
+
+
+def _lookup(series: pd.Series, key: Any, default: Any) -> Any:
+    for k, v in series.items():
+        if _py(k) == key:
+            return v
+    return default
+
+
+def _timeline(cur: pd.DataFrame, win: Window, bucket_name: str, width: int) -> dict[str, Any]:
+    n = max(1, int(-(-win.seconds // width)))
+    starts = [win.since + timedelta(seconds=width * i) for i in range(n)]
+    fmt = "%Y-%m-%dT%H:00Z" if bucket_name == "hour" else "%Y-%m-%d"
+    out: dict[str, Any] = {
+        "bucket": bucket_name,
+        "buckets": [s.strftime(fmt) for s in starts],
+        "series": [],
+    }
+    if not len(cur):
+        return out
+    per = cur.groupby(["provider", "bucket"]).requests.sum()
+    ranking = cur.groupby("provider").requests.sum().sort_values(ascending=False, kind="stable")
+    ranking = ranking.sort_index().sort_values(ascending=False, kind="stable")
+    shown = list(ranking.index[:TIMELINE_SERIES])
+    if len(ranking) > TIMELINE_SERIES + 1:
+        rest = list(ranking.index[TIMELINE_SERIES:])
+    else:
+        shown, rest = list(ranking.index), []
+    for name in shown:
+        values = [0] * n
+        for b, v in per.loc[name].items():
+            if 0 <= int(b) < n:
+                values[int(b)] += int(v)
+        out["series"].append({"provider": name, "values": values, "total": sum(values)})
+    if rest:
+        values = [0] * n
+        for name in rest:
+            for b, v in per.loc[name].items():
+                if 0 <= int(b) < n:
+                    values[int(b)] += int(v)
+        out["series"].append(
+            {"provider": OTHER, "providers": rest, "values": values, "total": sum(values)}
+        )
+    return out
+
+
+def _top_clients(who: pd.DataFrame, top: int) -> list[dict[str, Any]]:
+    if not len(who):
+        return []
+    per = (
+        who.groupby("client_ip", dropna=False)
+        .agg(
+            requests=("requests", "sum"),
+            blocked=("blocked", "sum"),
+            bytes_out=("bytes_out", lambda s: s.sum(min_count=1)),
+            bytes_in=("bytes_in", lambda s: s.sum(min_count=1)),
+        )
+        .reset_index()
+    )
+    per["key"] = per.client_ip.fillna("")
+    per = per.sort_values(["requests", "key"], ascending=[False, True], kind="stable").head(top)
+    chosen = who[who.client_ip.isin(per.client_ip.dropna())]
+    out = []
+    for r in per.itertuples(index=False):
+        rows = chosen[chosen.client_ip == r.client_ip]
+        users = rows.dropna(subset=["user"]).groupby("user").requests.sum()
+        providers = rows.groupby("provider").requests.sum()
+        sites = rows.dropna(subset=["site"]).groupby("site").requests.sum()
+        out.append(
+            {
+                "client_ip": _py(r.client_ip),
+                "users": _ranked(users),
+                "sites": _ranked(sites),
+                "providers": _ranked(providers),
+                "requests": int(r.requests),
+                "blocked": int(r.blocked),
+                "bytes_out": _py(r.bytes_out) and int(r.bytes_out),
+                "bytes_in": _py(r.bytes_in) and int(r.bytes_in),
+            }
+        )
+    return out
+
+
+def _ranked(series: pd.Series) -> list[str]:
+    """Index values by their count, largest first, ties by name."""
+    pairs = sorted(((str(k), int(v)) for k, v in series.items()), key=lambda p: (-p[1], p[0]))
+    return [k for k, _ in pairs]
+
+
+def _dest_row(r: Any) -> dict[str, Any]:
+    return {
+        "dest_host": _py(r.dest_host),
+        "provider": _py(r.provider),
+        "kind": _py(r.kind),
+        "requests": int(r.requests),
+        "blocked": int(r.blocked),
+        "clients": int(r.clients),
+        "bytes_out": _py(r.bytes_out) and int(r.bytes_out),
+        "bytes_in": _py(r.bytes_in) and int(r.bytes_in),
+        "example_url": _py(r.example_url),
+    }
+
+
+def _sorted_dest(dest: pd.DataFrame) -> pd.DataFrame:
+    d = dest.assign(_h=dest.dest_host.fillna(""), _p=dest.provider.fillna(""))
+    return d.sort_values(["requests", "_h", "_p"], ascending=[False, True, True], kind="stable")
+
+
+def _top_destinations(dest: pd.DataFrame, top: int) -> list[dict[str, Any]]:
+    if not len(dest):
+        return []
+    return [_dest_row(r) for r in _sorted_dest(dest).head(top).itertuples(index=False)]
+
+
+def _relays(
+    dest: pd.DataFrame, who: pd.DataFrame, relay_providers: set[str], catalog: Any
+) -> dict[str, Any]:
+    rows = dest[dest.kind == "relay"] if len(dest) else dest
+    clients = (
+        int(who.loc[who.provider.isin(relay_providers), "client_ip"].dropna().nunique())
+        if len(who)
+        else 0
+    )
+    hosts = []
+    for r in _sorted_dest(rows).itertuples(index=False) if len(rows) else ():
+        row = _dest_row(r)
+        entry = catalog.providers.get(row["provider"])
+        row["category"] = entry.category if entry else None
+        row["name"] = entry.name if entry else None
+        hosts.append(row)
+    return {
+        "requests": int(rows.requests.sum()) if len(rows) else 0,
+        "clients": clients,
+        "hosts": hosts,
+    }
+
+
+# --------------------------------------------------------------------------- incidents
+
+_INCIDENT_LIST_COLUMNS = (
+    "id, rule, severity, title, provider, dest_host, client_ip, site, egress_ip, egress_country,"
+    " day, first_seen, last_seen, count, blocked, outcome, status"
+)
+
+
+def _incidents(db: Any, win: Window, prev: Window, f: _Filters, top: int) -> dict[str, Any]:
+    s, u, ps = _iso(win.since), _iso(win.until), _iso(prev.since)
+    high = SEVERITIES.index("high")
+    resolved = (
+        "id IN (SELECT incident_id FROM incident_events"
+        " WHERE status_to = 'resolved' AND at >= ? AND at < ?)"
+    )
+    rows = _frame(
+        db,
+        f"""SELECT rule, severity, severity_rank AS rank,
+               sum(first_seen >= ? AND first_seen < ?) AS new,
+               sum(first_seen < ? AND last_seen >= ?) AS active,
+               sum(first_seen < ? AND status = 'open') AS open,
+               sum(first_seen < ? AND status = 'acknowledged') AS acknowledged,
+               sum({resolved}) AS resolved,
+               sum(first_seen >= ? AND first_seen < ?) AS previous_new
+            FROM incidents WHERE first_seen < ?{f.sql}
+            GROUP BY rule, severity, severity_rank""",  # noqa: S608 - constants only
+        [s, u, u, s, u, u, s, u, ps, s, u, *f.params],
+    )
+    metrics = ["new", "active", "open", "acknowledged", "resolved", "previous_new"]
+    if len(rows):
+        rows = rows[(rows[metrics] > 0).any(axis=1)]
+        rows = rows.sort_values(["rank", "rule"], ascending=[False, True], kind="stable")
+    by_rule = [
+        {"rule": r.rule, "severity": r.severity, **{m: int(getattr(r, m)) for m in metrics}}
+        for r in rows.itertuples(index=False)
+    ]
+    by_severity = []
+    for sev in reversed(SEVERITIES):
+        part = rows[rows.severity == sev] if len(rows) else rows
+        by_severity.append(
+            {"severity": sev, **{m: int(part[m].sum()) if len(part) else 0 for m in metrics}}
+        )
+    totals = {m: sum(r[m] for r in by_severity) for m in metrics}
+    totals["new_high"] = sum(
+        r["new"] for r in by_severity if SEVERITIES.index(r["severity"]) >= high
+    )
+    previous = {
+        "new": totals.pop("previous_new"),
+        "new_high": sum(
+            r["previous_new"] for r in by_severity if SEVERITIES.index(r["severity"]) >= high
+        ),
+    }
+
+    def listing(where: str, params: list[Any], order: str) -> dict[str, Any]:
+        sql = f"SELECT {_INCIDENT_LIST_COLUMNS} FROM incidents WHERE {where}{f.sql}"  # noqa: S608
+        items = list(db.query(f"{sql} ORDER BY {order} LIMIT ?", [*params, *f.params, top_n]))
+        return {"items": items, "shown": len(items)}
+
+    top_n = max(LIST_LIMIT, top)
+    by_sev = "severity_rank DESC, count DESC, first_seen, id"
+    lists = {
+        "new": listing("first_seen >= ? AND first_seen < ?", [s, u], by_sev),
+        "open": listing("first_seen < ? AND status IN ('open', 'acknowledged')", [u], by_sev),
+        "resolved": listing(resolved, [s, u], "severity_rank DESC, last_seen DESC, id"),
+    }
+    lists["new"]["total"] = totals["new"]
+    lists["open"]["total"] = totals["open"] + totals["acknowledged"]
+    lists["resolved"]["total"] = totals["resolved"]
+    return {
+        "by_rule": by_rule,
+        "by_severity": by_severity,
+        "totals": totals,
+        "previous": previous,
+        "lists": lists,
+    }
+
+
+def _events(db: Any, win: Window, f: _Filters) -> dict[str, Any]:
+    where = f"e.at >= ? AND e.at < ?{f.prefixed('i')}"
+    params = [_iso(win.since), _iso(win.until), *f.params]
+    join = "FROM incident_events e JOIN incidents i ON i.id = e.incident_id"
+    (total,) = db.execute(f"SELECT count(*) {join} WHERE {where}", params).fetchone()  # noqa: S608
+    items = list(
+        db.query(
+            f"""SELECT e.at, e.incident_id, i.rule, i.severity, i.provider, i.site, e.action,
+                       e.status_from, e.status_to, e.actor, e.note
+                {join} WHERE {where} ORDER BY e.at, e.id LIMIT ?""",  # noqa: S608
+            [*params, EVENT_LIMIT],
+        )
+    )
+    by_action = {
+        r[0]: r[1]
+        for r in db.execute(
+            f"SELECT e.action, count(*) {join} WHERE {where} GROUP BY e.action",  # noqa: S608
+            params,
+        )
+    }
+    return {"total": total, "shown": len(items), "by_action": by_action, "items": items}
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _methods(app: Any, db: Any, win: Window, f: _Filters, rng: _Range) -> dict[str, Any]:
+    sources = _frame(
+        db,
+        f"""SELECT scan_id, source, format, count(*) AS observations,
+                   min(ts) AS first_ts, max(ts) AS last_ts
+            FROM observations WHERE {rng.sql}{f.sql}
+            GROUP BY 1, 2, 3""",  # noqa: S608
+        [*rng.params, *f.params],
+    )
+    contributing = sorted({int(x) for x in sources.scan_id.dropna()}) if len(sources) else []
+    started = [
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM scans WHERE started >= ? AND started < ?",
+            [win.since.strftime("%Y-%m-%dT%H:%M:%SZ"), win.until.strftime("%Y-%m-%dT%H:%M:%SZ")],
+        )
+    ]
+    scan_ids = sorted(set(contributing) | set(started))
+    scans = []
+    catalog_versions: set[str] = set()
+    geodata: dict[tuple, dict[str, Any]] = {}
+    rules_used: set[str] = set()
+    for i in range(0, len(scan_ids), 500):
+        chunk = scan_ids[i : i + 500]
+        marks = ", ".join("?" * len(chunk))
+        for row in db.query(f"SELECT * FROM scans WHERE id IN ({marks}) ORDER BY id", chunk):  # noqa: S608
+            options = _loads(row.get("options"), {})
+            if row.get("catalog_version"):
+                catalog_versions.add(row["catalog_version"])
+            for g in _loads(row.get("geodata"), []):
+                geodata.setdefault((g.get("name"), g.get("path"), g.get("build_date")), g)
+            rules_used.update(options.get("rules", []))
+            scans.append(
+                {
+                    "id": row["id"],
+                    "started": row.get("started"),
+                    "finished": row.get("finished"),
+                    "files": _loads(row.get("files"), []),
+                    "records": row.get("records"),
+                    "malformed": row.get("malformed"),
+                    "llm_observations": row.get("llm_observations"),
+                    "stored": row.get("stored"),
+                    "duplicates": row.get("duplicates"),
+                    "file_errors": len(_loads(row.get("file_errors"), [])),
+                    "exit_code": row.get("exit_code"),
+                    "catalog_version": row.get("catalog_version"),
+                    "options": {
+                        k: v for k, v in (options.get("egress") or {}).items() if v is not None
+                    }
+                    | {
+                        k: v
+                        for k, v in (options.get("collect") or {}).items()
+                        if v not in (None, "auto")
+                    },
+                }
+            )
+    problems: list[dict[str, Any]] = []
+    problem_counts: list[dict[str, Any]] = []
+    for i in range(0, len(scan_ids), 500):
+        chunk = scan_ids[i : i + 500]
+        marks = ", ".join("?" * len(chunk))
+        problem_counts += list(
+            db.query(
+                f"""SELECT source, count(*) AS problems FROM scan_problems
+                    WHERE scan_id IN ({marks}) GROUP BY source ORDER BY source""",  # noqa: S608
+                chunk,
+            )
+        )
+        if len(problems) < PROBLEM_SAMPLES:
+            problems += list(
+                db.query(
+                    f"""SELECT scan_id, source, line, reason, excerpt FROM scan_problems
+                        WHERE scan_id IN ({marks}) ORDER BY scan_id, rowid LIMIT ?""",  # noqa: S608
+                    [*chunk, PROBLEM_SAMPLES - len(problems)],
+                )
+            )
+    source_rows = []
+    if len(sources):
+        per = sources.groupby(["source", "format"], dropna=False).agg(
+            observations=("observations", "sum"),
+            first_ts=("first_ts", "min"),
+            last_ts=("last_ts", "max"),
+            scans=("scan_id", lambda s: sorted({int(x) for x in s})),
+        )
+        for (src, fmt), r in per.sort_index().iterrows():
+            source_rows.append(
+                {
+                    "source": _py(src),
+                    "format": _py(fmt),
+                    "observations": int(r.observations),
+                    "first": _iso(datetime.fromtimestamp(float(r.first_ts), UTC)),
+                    "last": _iso(datetime.fromtimestamp(float(r.last_ts), UTC)),
+                    "scans": r.scans,
+                }
+            )
+    catalog = app.catalog
+    current_geo = [asdict(s) for s in app.geo.sources()]
+    return {
+        "scans": scans,
+        "sources": source_rows,
+        "records": sum(s["records"] or 0 for s in scans),
+        "malformed": sum(s["malformed"] or 0 for s in scans),
+        "file_errors": sum(s["file_errors"] for s in scans),
+        "problems_by_source": problem_counts,
+        "problems": problems,
+        "catalog": {
+            "version": catalog.version,
+            "versions_in_scans": sorted(catalog_versions),
+            "providers": len(catalog.providers),
+            "region_lists": [
+                {
+                    "id": r.id,
+                    "provider": r.provider_id,
+                    "scope": r.scope,
+                    "countries": len(r.countries),
+                    "as_of": r.as_of,
+                    "sources": list(r.sources),
+                }
+                for r in sorted(catalog.region_lists.values(), key=lambda r: r.id)
+            ],
+        },
+        "geodata": list(geodata.values()) or current_geo,
+        "geodata_recorded": bool(geodata),
+        "geodata_current": current_geo,
+        "rules": [
+            {
+                "id": r.id,
+                "severity": r.severity,
+                "title": r.title,
+                "source": r.source,
+                "used_in_scans": r.id in rules_used,
+            }
+            for r in app.rules.rules
+        ],
+        "rules_in_scans": sorted(rules_used),
+        "allowed_providers": list(app.config.allowed_providers),
+    }
+
+
+def _loads(text: Any, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return default
