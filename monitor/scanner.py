@@ -25,6 +25,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import queue
+import signal
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -48,7 +49,8 @@ BATCH = 5000
 HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
 #: inputs smaller than this are parsed in the main process: forking would cost more
 IN_PROCESS_BELOW = 8 << 20
-PART_SIZE = 64 << 20  # a commit point at least this often in big plain logs
+#: bytes of a big plain log between commit points (``APIWATCH_PART_SIZE`` to tune)
+PART_SIZE = int(os.environ.get("APIWATCH_PART_SIZE", 64 << 20))
 MIN_PART = 16 << 20
 _QUEUE_BATCHES = 4  # bounded hand-over: producers wait rather than fill memory
 
@@ -158,8 +160,31 @@ def observation_id(record_id: str, nth: int) -> int:
 # -- producer processes -------------------------------------------------------------------
 
 
-def _producer(pipeline: Pipeline, part: Part, out: mp.Queue, progress) -> None:
+def _die_with_parent(parent: int) -> None:
+    """A producer must not outlive a killed scan (it would wait forever on a full queue)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _put(out: mp.Queue, item: Any, parent: int) -> None:
+    while True:
+        try:
+            out.put(item, timeout=1)
+            return
+        except queue.Full:
+            if os.getppid() != parent:
+                os._exit(1)
+
+
+def _producer(pipeline: Pipeline, part: Part, out: mp.Queue, progress, parent: int) -> None:
     """Child process body: stream batches, then the diagnostics, then exit."""
+    _die_with_parent(parent)
     diag = Diagnostics()
 
     def on_read(n: int) -> None:
@@ -171,15 +196,15 @@ def _producer(pipeline: Pipeline, part: Part, out: mp.Queue, progress) -> None:
         for item in produce(pipeline, part, diag, on_read):
             batch.append(item)
             if len(batch) >= BATCH:
-                out.put(("batch", batch))
+                _put(out, ("batch", batch), parent)
                 batch = []
         if batch:
-            out.put(("batch", batch))
-        out.put(("done", diag))
+            _put(out, ("batch", batch), parent)
+        _put(out, ("done", diag), parent)
     except InputError as exc:
-        out.put(("input-error", str(exc)))
+        _put(out, ("input-error", str(exc)), parent)
     except BaseException:  # a bug: report it to the parent rather than die silently
-        out.put(("crash", traceback.format_exc()))
+        _put(out, ("crash", traceback.format_exc()), parent)
 
 
 class _Remote:
@@ -190,7 +215,9 @@ class _Remote:
         self.progress = ctx.Value("q", 0)
         self.seen_progress = 0
         self.process = ctx.Process(
-            target=_producer, args=(pipeline, part, self.queue, self.progress), daemon=True
+            target=_producer,
+            args=(pipeline, part, self.queue, self.progress, os.getpid()),
+            daemon=True,
         )
         self.process.start()
 
