@@ -329,7 +329,7 @@ class ElffCollector:
             if method == "CONNECT" or (scheme in _TUNNEL_SCHEMES and method is None):
                 hsrc = "connect" if host else None
             elif host is not None:
-                hsrc = "url"
+                hsrc = "http_host" if plan.iis else "url"  # IIS cs-host is the Host header
                 if port is None and scheme is not None:
                     port = DEFAULT_PORTS.get(scheme)
                 if ub is not None:
@@ -380,7 +380,7 @@ class ElffCollector:
             dest_ip = self._ip(get("s_ip") or b"-")
             if port is None:
                 port = _port(get("s_port"))
-        if host is None and url is None and get("path") is not None and plan.iis:
+        if url is None and plan.iis and get("path") is not None:
             path = text(get("path"))  # type: ignore[arg-type]
             query = get("query")
             url = path + ("?" + text(query) if query else "")

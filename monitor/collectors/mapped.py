@@ -348,7 +348,7 @@ def to_seconds(text: str | None, unit: float) -> float | None:
     if text is None:
         return None
     try:
-        v = float(text) * unit
+        v = float(text) / unit
     except ValueError:
         return None
     return v if math.isfinite(v) and v >= 0 else None
@@ -505,7 +505,7 @@ OPTIONS = {
     "host_source",
 }
 _FORMATS = ("auto", "csv", "tsv", "json", "kv")
-_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}  # divisors to seconds
 
 
 @dataclass
@@ -516,13 +516,18 @@ class Mapping:
     tz: tzinfo = UTC
     delimiter: str | None = None
     header: bool | None = None  # None: no header when every reference is a column number
-    duration_unit: float = 1.0
+    duration_unit: float = 1.0  # divisor: 1000 for milliseconds
     host_source: str = "url"
     text: str = field(default="", compare=False)  # as given, for messages
 
     @property
     def positional(self) -> bool:
-        return all(ref.isdigit() for refs in self.fields.values() for ref in refs)
+        return all(
+            part.strip().isdigit()
+            for refs in self.fields.values()
+            for ref in refs
+            for part in ref.split("+")
+        )
 
 
 def mapping_from_dict(d: dict[str, Any], origin: str = "mapping") -> Mapping:
@@ -807,6 +812,10 @@ class MappedCollector:
 
     def __init__(self, mapping: Mapping):
         self.mapping = mapping
+        self._alts = {
+            target: [tuple(r.strip() for r in ref.split("+")) for ref in refs]
+            for target, refs in mapping.fields.items()
+        }
 
     def parse(
         self,
@@ -863,40 +872,47 @@ class MappedCollector:
 
     def _columns(
         self, first: str, delim: str
-    ) -> tuple[dict[str, list[int]], list[str] | None, int, str | None]:
+    ) -> tuple[dict[str, list[tuple[int, ...]]], list[str] | None, int, str | None]:
+        """Column indexes per target (each alternative a tuple: ``date+time`` joins two),
+        the header (None without one), the columns a row needs, or a problem."""
         m = self.mapping
         want_header = m.header if m.header is not None else not m.positional
-        cols: dict[str, list[int]] = {}
+        cols: dict[str, list[tuple[int, ...]]] = {}
         if not want_header:
             if not m.positional:
                 return {}, None, 0, "header = false needs column numbers in the mapping"
-            for target, refs in m.fields.items():
-                cols[target] = [int(r) - 1 for r in refs if int(r) > 0]
-            need = max((i for idx in cols.values() for i in idx), default=-1) + 1
+            for target, alts in self._alts.items():
+                cols[target] = [tuple(int(r) - 1 for r in alt) for alt in alts]
+            need = max((max(a) for alts in cols.values() for a in alts), default=-1) + 1
+            if min((min(a) for alts in cols.values() for a in alts), default=0) < 0:
+                return {}, None, 0, "column numbers start at 1"
             return cols, None, need, None
         row = _split_row(first, delim)
         if row is None:
             return {}, None, 0, "unreadable header line"
         names = [c.strip().strip('"').strip().lower() for c in row]
-        index = {}
+        index: dict[str, int] = {}
         for i, n in enumerate(names):
             index.setdefault(n, i)
-        missing = []
-        for target, refs in m.fields.items():
-            idx = []
-            for r in refs:
-                if r.isdigit() and int(r) > 0:
-                    idx.append(int(r) - 1)
-                elif r.lower() in index:
-                    idx.append(index[r.lower()])
-            if not idx:
-                missing.append(f"{target}={'|'.join(refs)}")
-            cols[target] = idx
-        if "ts" in [mi.split("=")[0] for mi in missing]:
-            shown = ", ".join(row[:40])
-            return {}, None, 0, f"time column {'|'.join(m.fields['ts'])!r} not in header ({shown})"
-        need = 0
-        return cols, names, need, None
+        for target, alts in self._alts.items():
+            found = []
+            for alt in alts:
+                idx = []
+                for r in alt:
+                    if r.isdigit() and int(r) > 0:
+                        idx.append(int(r) - 1)
+                    elif r.lower() in index:
+                        idx.append(index[r.lower()])
+                    else:
+                        break
+                else:
+                    found.append(tuple(idx))
+            if not found and target == "ts":
+                shown = ", ".join(row[:40])
+                ref = "|".join(m.fields["ts"])
+                return {}, None, 0, f"time column {ref!r} not in header ({shown})"
+            cols[target] = found
+        return cols, names, 0, None
 
     def _row_record(
         self,
@@ -905,38 +921,41 @@ class MappedCollector:
         source: str,
         b: _Builder,
         delim: str,
-        cols: dict[str, list[int]],
+        cols: dict[str, list[tuple[int, ...]]],
         need: int,
         header: list[str] | None,
     ) -> Observation | None | str:
         if b"\x00" in line:
             return "NUL bytes in line"
-        s = text(line)
-        row = _split_row(s, delim)
+        row = _split_row(text(line), delim)
         if row is None:
             return "unbalanced quotes"
+        n = len(row)
         if header is not None:
-            if len(row) < len(header):
-                return f"truncated record: {len(row)} fields, header has {len(header)}"
+            if n < len(header):
+                return f"truncated record: {n} fields, header has {len(header)}"
             if [c.strip().lower() for c in row] == header:
                 return ""  # the header again (concatenated files)
-        elif len(row) < need:
-            return f"truncated record: {len(row)} fields, mapping reads column {need}"
+        elif n < need:
+            return f"truncated record: {n} fields, mapping reads column {need}"
         vals: dict[str, str | None] = {}
-        n = len(row)
-        for target, idx in cols.items():
+        for target, alts in cols.items():
             v = None
-            for i in idx:
-                if i < n:
-                    v = _clean(row[i])
-                    if v is not None:
-                        break
+            for alt in alts:
+                if len(alt) == 1:
+                    v = _clean(row[alt[0]]) if alt[0] < n else None
+                else:
+                    parts = [_clean(row[i]) if i < n else None for i in alt]
+                    v = " ".join(parts) if None not in parts else None  # type: ignore[arg-type]
+                if v is not None:
+                    break
             vals[target] = v
         return b.build(vals, line, source, lineno)
 
     def _dict_record(
         self, layout: str, line: bytes, lineno: int, source: str, b: _Builder
     ) -> Observation | None | str:
+        get: Callable[[str], str | None]
         if layout == "json":
             try:
                 d = json.loads(line)
@@ -944,34 +963,38 @@ class MappedCollector:
                 return "not a JSON object"
             if not isinstance(d, dict):
                 return "not a JSON object"
-            vals = {}
-            for target, refs in self.mapping.fields.items():
-                v = None
-                for r in refs:
-                    v = _clean(_json_get(d, r))
-                    if v is not None:
-                        break
-                vals[target] = v
+
+            def get(r: str) -> str | None:
+                return _clean(_json_get(d, r))
+
         else:
             if b"\x00" in line:
                 return "NUL bytes in line"
-            d = parse_kv(text(line))
-            if not d:
+            kv = parse_kv(text(line))
+            if not kv:
                 return "no key=value pairs"
-            lower = None
-            vals = {}
-            for target, refs in self.mapping.fields.items():
-                v = None
-                for r in refs:
-                    raw = d.get(r)
-                    if raw is None:
-                        if lower is None:
-                            lower = {k.lower(): x for k, x in d.items()}
-                        raw = lower.get(r.lower())
-                    v = _clean(raw)
-                    if v is not None:
-                        break
-                vals[target] = v
+            lower: dict[str, str] = {}
+
+            def get(r: str) -> str | None:
+                raw = kv.get(r)
+                if raw is None:
+                    if not lower:
+                        lower.update((k.lower(), x) for k, x in kv.items())
+                    raw = lower.get(r.lower())
+                return _clean(raw)
+
+        vals: dict[str, str | None] = {}
+        for target, alts in self._alts.items():
+            v = None
+            for alt in alts:
+                if len(alt) == 1:
+                    v = get(alt[0])
+                else:
+                    parts = [get(r) for r in alt]
+                    v = " ".join(parts) if None not in parts else None  # type: ignore[arg-type]
+                if v is not None:
+                    break
+            vals[target] = v
         return b.build(vals, line, source, lineno)
 
 

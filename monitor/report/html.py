@@ -148,9 +148,7 @@ def joined(values: Sequence[Any] | None, limit: int = 3) -> Markup:
     out = Markup(", ").join(parts)
     if len(values) > limit:
         rest = ", ".join(safe_text(v, None) for v in values[limit:])
-        out += Markup(' <span class="more" title="{}">+{}</span>').format(
-            rest, len(values) - limit
-        )
+        out += Markup(' <span class="more" title="{}">+{}</span>').format(rest, len(values) - limit)
     return out
 
 
@@ -217,8 +215,14 @@ def stacked_bars(
                     '<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" '
                     'fill="{c}"><title>{p} · {b}: {v}</title></rect>'
                 ).format(
-                    x=x, y=y, w=bar_w, h=max(h, 0.5), c=colours[s["provider"]],
-                    p=_short(s["provider"], 60), b=label, v=num(v),
+                    x=x,
+                    y=y,
+                    w=bar_w,
+                    h=max(h, 0.5),
+                    c=colours[s["provider"]],
+                    p=_short(s["provider"], 60),
+                    b=label,
+                    v=num(v),
                 )  # fmt: skip
             )
     step = max(1, math.ceil(n / 12))
@@ -244,14 +248,14 @@ def hbars(
     """Horizontal bars: rows of (label, [(metric, value, colour), …]) grouped per label."""
     width = 760
     per = max((len(m) for _, m in rows), default=1)
-    bar_h, gap = 14, 10
+    bar_h, gap = 11, 8
     row_h = per * bar_h + gap
     height = max(40, len(rows) * row_h + 20)
     vmax = _nice_max(max((v for _, m in rows for _, v, _ in m), default=0))
     plot_w = width - label_width - 80
     parts = [
         Markup(
-            '<svg class="chart" role="img" viewBox="0 0 {w} {h}" width="100%" '
+            '<svg class="chart h" role="img" viewBox="0 0 {w} {h}" width="100%" '
             'preserveAspectRatio="xMidYMid meet" aria-label="{t}"><title>{t}</title>'
         ).format(w=width, h=height, t=title)
     ]
@@ -271,8 +275,15 @@ def hbars(
                     "<title>{l} · {m}: {v}</title></rect>"
                     '<text class="value" x="{tx:.1f}" y="{ty}">{v}</text>'
                 ).format(
-                    x=label_width, y=y, w=max(w, 0.5 if value else 0), h=bar_h - 2, c=colour,
-                    l=_short(label, 60), m=metric, v=num(value), tx=label_width + w + 4,
+                    x=label_width,
+                    y=y,
+                    w=max(w, 0.5 if value else 0),
+                    h=bar_h - 2,
+                    c=colour,
+                    l=_short(label, 60),
+                    m=metric,
+                    v=num(value),
+                    tx=label_width + w + 4,
                     ty=y + bar_h - 4,
                 )  # fmt: skip
             )
@@ -290,7 +301,11 @@ def charts(report: Report) -> dict[str, Any]:
             s["severity"],
             [
                 ("new", s["new"], STATUS_COLOURS["new"]),
-                ("open (incl. acknowledged)", s["open"] + s["acknowledged"], STATUS_COLOURS["open"]),
+                (
+                    "open (incl. acknowledged)",
+                    s["open"] + s["acknowledged"],
+                    STATUS_COLOURS["open"],
+                ),
                 ("resolved", s["resolved"], STATUS_COLOURS["resolved"]),
             ],
         )

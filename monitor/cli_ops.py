@@ -1,0 +1,281 @@
+"""Operations commands: ``report``, ``daily``, ``config check``, ``ack``, ``resolve``.
+
+Each is a few lines over the library (:mod:`monitor.report`, :mod:`monitor.daily`,
+:meth:`monitor.store.Store.set_status`); ``monitor.cli`` imports this module to register them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import glob
+import json
+import os
+import sys
+from dataclasses import replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import click
+
+from monitor.app import App
+from monitor.cli import _FATAL, EXIT_ERROR, Fatal, _guard, _when, main
+from monitor.config import REPORT_FORMATS, load_config
+from monitor.output import safe_text
+from monitor.policy import SEVERITIES
+from monitor.report import (
+    PERIODS,
+    ReportQuery,
+    build_report,
+    custom_window,
+    format_for,
+    output_path,
+    period_window,
+    render,
+    write_atomic,
+)
+
+
+def _date(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@main.command("report")
+@click.option("--period", type=click.Choice(PERIODS), help="A calendar period (UTC).")
+@click.option(
+    "--date",
+    "day",
+    callback=_date,
+    metavar="YYYY-MM-DD",
+    help="A day inside the period [default: yesterday, so on Mondays weekly is last week].",
+)
+@click.option("--since", callback=_when, help="Instead of --period: start (7d, 24h, ISO date/time).")
+@click.option("--until", callback=_when, help="With --since: end, excluded [default: now].")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(REPORT_FORMATS),
+    help="html, md (tickets, e-mail), csv or json (BI tools) [default: from -o, else md].",
+)
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE",
+    help="Write here (atomically) instead of stdout; may use {period} {date} {end} {week} {month}.",
+)
+@click.option("--site", multiple=True, help="Only this site (repeatable).")
+@click.option("--provider", multiple=True, help="Only this provider id (repeatable).")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in top-N tables.")
+@click.option(
+    "--spreadsheet-safe",
+    is_flag=True,
+    help="CSV for spreadsheets: prefix text cells starting with = + - @ with ' (formula injection).",
+)
+@click.pass_context
+@_guard
+def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top, spreadsheet_safe):
+    """Traffic and incidents of a period, with trend and methods, as evidence.
+
+    \b
+    apiwatch report --period weekly -o weekly.html
+    apiwatch report --period monthly --date 2026-11-15 --format json > nov.json
+    apiwatch report --since 2026-11-01 --until 2026-11-15 --site shanghai --format md
+    apiwatch report --period daily --format csv --spreadsheet-safe -o daily-{date}.csv
+    """
+    if period and since:
+        raise click.UsageError("give either --period or --since/--until, not both")
+    if until and not since:
+        raise click.UsageError("--until needs --since")
+    if day and not period:
+        raise click.UsageError("--date needs --period")
+    if not period and not since:
+        raise click.UsageError("give --period daily|weekly|monthly, or --since [--until]")
+    try:
+        window = period_window(period, day) if period else custom_window(since, until)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    fmt = fmt or format_for(output) or ("html" if output else "md")
+    app: App = ctx.obj
+    report = build_report(app, ReportQuery(window, sites=site, providers=provider, top=top))
+    text = render(report, fmt, spreadsheet_safe)
+    if output is None or output == "-":
+        click.echo(text, nl=False)
+        return
+    path = output_path(output, window, fmt)
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        raise Fatal(f"{path}: cannot write: {exc.strerror or exc}") from None
+    click.echo(f"wrote {path}", err=True)
+
+
+@main.command("daily")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config with [[sources]] and [[reports]] [default: the global --config].",
+)
+@click.option(
+    "--date",
+    "today",
+    callback=_date,
+    metavar="YYYY-MM-DD",
+    help="Run as if today were this UTC date (which reports are due) [default: today].",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES),
+    metavar="SEVERITY",
+    help="Exit 3 when today's scans raised open incidents at or above this [default: config daily.fail_on].",
+)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N", help="Parser processes per scan.")
+@click.option("--no-reports", is_flag=True, help="Scan only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.pass_context
+@_guard
+def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet):
+    """Scan every configured source, write the reports that are due, exit with a code for cron.
+
+    \b
+    Exit: 0 ok · 1 a source or report failed (the rest is still done) · 3 --fail-on matched.
+    Safe to run twice a day: nothing is counted twice.
+    \b
+    apiwatch daily --config /etc/apiwatch/config.toml
+    apiwatch daily --config apiwatch.toml --fail-on high --json
+    """
+    from monitor.daily import run_daily
+
+    app: App = ctx.obj
+    if config_path is not None:
+        app = App(replace(app.settings, config=config_path))
+        ctx.call_on_close(app.close)
+    app.config  # noqa: B018 - load (and validate) before scanning anything
+
+    def log(msg: str) -> None:
+        if not quiet or msg.startswith(("sources", "reports")) and "wrote" not in msg:
+            click.echo(safe_text(msg, None), err=True)
+
+    result = run_daily(app, today, fail_on, jobs, not no_reports, log if not as_json else _quiet_log(log))
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+    elif not quiet:
+        for r in result.reports:
+            if r.skipped:
+                click.echo(f"{r.key}: not due ({r.skipped})", err=True)
+        if result.fail_on:
+            click.echo(f"{len(result.findings)} open incident(s) at or above {result.fail_on} raised today", err=True)
+    ctx.exit(result.exit_code)
+
+
+def _quiet_log(log):
+    """With --json, stdout is the JSON: progress lines still go to stderr, errors included."""
+    return log
+
+
+@main.group("config")
+def config_group():
+    """Check a configuration file."""
+
+
+@config_group.command("check")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def config_check(ctx, path):
+    """Validate FILE: every key, sites, sources, reports, geodata files and rules.
+
+    \b
+    apiwatch config check /etc/apiwatch/config.toml && echo ok
+    """
+    app = App(replace(ctx.obj.settings, config=path))
+    ctx.call_on_close(app.close)
+    try:
+        cfg = load_config(path)
+        app.geo.sources()  # geodata files and overrides open
+        app.rules  # noqa: B018 - rules load
+    except _FATAL as exc:
+        raise Fatal(str(exc)) from None
+    click.echo(f"{path}: ok")
+    click.echo(f"  database   {app.db_path}")
+    click.echo(f"  sites      {', '.join(cfg.sites) or '-'}")
+    click.echo(f"  providers  {', '.join(cfg.allowed_providers) or '- (unapproved-provider off)'}")
+    for s in cfg.sources:
+        n = len(glob.glob(s.path)) if glob.has_magic(s.path) else int(Path(s.path).exists())
+        opts = ", ".join(
+            f"{k}={v}"
+            for k, v in (("site", s.site), ("egress_ip", s.egress_ip), ("egress_country", s.egress_country),
+                         ("format", s.format))
+            if v and v != "auto"
+        )  # fmt: skip
+        click.echo(f"  {s.key:<10} {s.path} ({n} file(s) now{'; ' + opts if opts else ''})")
+        if n == 0 and not s.optional:
+            click.echo(f"warning: {s.key}.path: {s.path} matches no file now", err=True)
+    for r in cfg.reports:
+        example = output_path(r.output, period_window(r.period, today=datetime.now(UTC).date()), r.format)
+        click.echo(f"  {r.key:<10} {r.period} {r.format} → {example}")
+    if cfg.fail_on:
+        click.echo(f"  fail_on    {cfg.fail_on}")
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _set_status(ctx, incident_id: str, status: str, note: str, actor: str | None) -> None:
+    app: App = ctx.obj
+    try:
+        event = app.store.set_status(incident_id, status, note, _actor(actor))
+    except KeyError as exc:
+        raise Fatal(exc.args[0]) from None
+    click.echo(
+        f"incident {event['incident_id']}: {event['status_from']} → {event['status_to']} "
+        f"({event['actor']}, {event['at']})"
+    )
+
+
+_note = click.option("--note", "-m", required=True, help="Why: kept in the audit trail and the report.")
+_actor_option = click.option("--actor", help="Who [default: $SUDO_USER, else the login name].")
+
+
+@main.command("ack")
+@click.argument("incident_id")
+@_note
+@_actor_option
+@click.pass_context
+@_guard
+def ack_cmd(ctx, incident_id, note, actor):
+    """Acknowledge an incident (an id prefix is enough): seen, being handled.
+
+    \b
+    apiwatch ack 3f9a0c1d --note "ticket SEC-123: moving the job to the Frankfurt egress"
+    """
+    _set_status(ctx, incident_id, "acknowledged", note, actor)
+
+
+@main.command("resolve")
+@click.argument("incident_id")
+@_note
+@_actor_option
+@click.pass_context
+@_guard
+def resolve_cmd(ctx, incident_id, note, actor):
+    """Resolve an incident (an id prefix is enough), with a note for the audit trail.
+
+    \b
+    apiwatch resolve 3f9a0c1d --note "egress moved; traffic stopped on 2026-11-28"
+    """
+    _set_status(ctx, incident_id, "resolved", note, actor)
+
+
+if sys.version_info < (3, 11):  # pragma: no cover - pyproject requires 3.11
+    raise RuntimeError("apiwatch needs Python 3.11")

@@ -1,0 +1,224 @@
+"""The daily job: scan every configured source, write the reports that are due, say how it went.
+
+``apiwatch daily --config FILE`` from cron or a systemd timer calls :func:`run_daily`. It is
+safe to run more than once a day: the store keeps each record once, so a second run adds
+nothing, and the reports it rewrites have the same figures.
+
+Exit code (:attr:`DailyResult.exit_code`): 0 success; 1 a source failed (unreadable file,
+a pattern that matched nothing, bad options) or a report could not be written — the other
+sources and reports are still done; 3 ``fail_on`` matched: open incidents at or above that
+severity were first raised by a scan that ran today (UTC), so the second run of a day gives
+the same answer as the first, until someone acknowledges or resolves them.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from monitor.catalog import CatalogError
+from monitor.collectors import CollectOptions, InputError
+from monitor.config import ConfigError, ReportSpec, Source
+from monitor.egress import EgressOptions
+from monitor.geo import GeoError
+from monitor.policy import SEVERITY_RANK, RuleError
+from monitor.store import StoreError
+from monitor.report import (
+    ReportQuery,
+    build_report,
+    output_path,
+    period_ended,
+    period_window,
+    render,
+    write_atomic,
+)
+
+EXIT_OK, EXIT_ERROR, EXIT_FINDINGS = 0, 1, 3
+#: Errors that fail one source (and the run's exit code) without stopping the others.
+SOURCE_ERRORS = (ConfigError, CatalogError, RuleError, GeoError, StoreError, InputError, ValueError)
+
+
+@dataclass
+class SourceResult:
+    key: str  # sources[0]
+    pattern: str
+    files: list[str] = field(default_factory=list)
+    scan_id: int | None = None
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or bool(self.summary and self.summary.get("file_errors"))
+
+
+@dataclass
+class ReportResult:
+    key: str
+    period: str
+    format: str
+    path: str | None = None
+    written: bool = False
+    skipped: str | None = None  # why it was not due
+    error: str | None = None
+
+
+@dataclass
+class DailyResult:
+    today: str
+    sources: list[SourceResult] = field(default_factory=list)
+    reports: list[ReportResult] = field(default_factory=list)
+    fail_on: str | None = None
+    findings: list[dict[str, Any]] = field(default_factory=list)  # incidents fail_on matched
+    exit_code: int = EXIT_OK
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "today": self.today,
+            "exit_code": self.exit_code,
+            "fail_on": self.fail_on,
+            "findings": len(self.findings),
+            "sources": [
+                {
+                    "key": s.key,
+                    "pattern": s.pattern,
+                    "files": s.files,
+                    "scan_id": s.scan_id,
+                    "error": s.error,
+                    **(
+                        {
+                            k: s.summary[k]
+                            for k in (
+                                "records",
+                                "malformed",
+                                "llm_observations",
+                                "stored",
+                                "duplicates",
+                                "incidents_new",
+                                "incidents_updated",
+                                "file_errors",
+                            )
+                        }
+                        if s.summary
+                        else {}
+                    ),
+                }
+                for s in self.sources
+            ],
+            "reports": [vars(r) for r in self.reports],
+        }
+
+
+def expand(source: Source) -> list[str]:
+    """Files a source names now: the glob's matches, sorted (rotated logs oldest-name first)."""
+    if glob.has_magic(source.path):
+        return sorted(p for p in glob.glob(source.path) if Path(p).is_file())
+    return [source.path] if Path(source.path).exists() or not source.optional else []
+
+
+def run_daily(
+    app: Any,
+    today: date | None = None,
+    fail_on: str | None = None,
+    jobs: int | None = None,
+    write_reports: bool = True,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> DailyResult:
+    """Scan ``app.config.sources``, write ``app.config.reports`` that are due, return the result.
+
+    ``today`` (default: the current UTC date) decides which reports are due: daily reports
+    cover yesterday; weekly reports are written on Mondays for the week that ended, monthly
+    ones on the 1st for the month that ended (``when = "always"``: every run, to date).
+    """
+    started = datetime.now(UTC)
+    today = today or started.date()
+    config = app.config
+    fail_on = fail_on or config.fail_on
+    result = DailyResult(today=today.isoformat(), fail_on=fail_on)
+    if not config.sources:
+        log("no [[sources]] in the configuration: nothing to scan")
+    for source in config.sources:
+        result.sources.append(_scan_source(app, source, jobs, log))
+    if write_reports:
+        for spec in config.reports:
+            result.reports.append(_write_report(app, spec, today, log))
+    if fail_on:
+        result.findings = _findings(app, fail_on, started)
+    failed = any(s.failed for s in result.sources) or any(r.error for r in result.reports)
+    if failed:
+        result.exit_code = EXIT_ERROR
+    elif result.findings:
+        result.exit_code = EXIT_FINDINGS
+    return result
+
+
+def _scan_source(app: Any, source: Source, jobs: int | None, log) -> SourceResult:
+    res = SourceResult(key=source.key, pattern=source.path)
+    files = expand(source)
+    res.files = files
+    if not files:
+        if source.optional:
+            log(f"{source.key}: {source.path}: no file matches (optional)")
+        else:
+            res.error = f"{source.key}: {source.path}: no file matches"
+            log(res.error)
+        return res
+    egress = EgressOptions(
+        egress_ip=source.egress_ip, egress_country=source.egress_country, site=source.site
+    )
+    collect = CollectOptions(format=source.format, squid_logformat=source.squid_logformat)
+    try:
+        res.scan_id, summary = app.scan(files, egress, collect, None, jobs)
+    except SOURCE_ERRORS as exc:
+        res.error = f"{source.key}: {exc}"
+        log(res.error)
+        return res
+    res.summary = summary.as_dict()
+    for err in res.summary["file_errors"]:
+        log(f"{source.key}: {err}")
+    log(
+        f"{source.key}: scan {res.scan_id}: {len(files)} file(s), {summary.records} records, "
+        f"{summary.malformed} malformed, {summary.stored} new LLM observations "
+        f"({summary.duplicates} already stored)"
+    )
+    return res
+
+
+def _write_report(app: Any, spec: ReportSpec, today: date, log) -> ReportResult:
+    res = ReportResult(key=spec.key, period=spec.period, format=spec.format)
+    window = period_window(spec.period, today - timedelta(days=1))
+    if spec.when == "period-end" and not period_ended(window, today):
+        res.skipped = f"{spec.period} period {window.label} is not over"
+        return res
+    path = output_path(spec.output, window, spec.format)
+    res.path = str(path)
+    try:
+        report = build_report(
+            app, ReportQuery(window, sites=spec.site, providers=spec.provider, top=spec.top)
+        )
+        write_atomic(path, render(report, spec.format, spec.spreadsheet_safe))
+    except (OSError, ValueError) as exc:
+        res.error = f"{spec.key}: {path}: {exc}"
+        log(res.error)
+        return res
+    res.written = True
+    log(f"{spec.key}: wrote {path}")
+    return res
+
+
+def _findings(app: Any, fail_on: str, started: datetime) -> list[dict[str, Any]]:
+    """Open incidents >= ``fail_on`` first raised by a scan that started today (UTC)."""
+    midnight = started.strftime("%Y-%m-%dT00:00:00Z")
+    rows = app.store.db.query(
+        """SELECT id, rule, severity, provider, site, egress_country, client_ip, dest_host
+           FROM incidents
+           WHERE status = 'open' AND severity_rank >= ?
+             AND first_scan IN (SELECT id FROM scans WHERE started >= ?)
+           ORDER BY severity_rank DESC, id""",
+        [SEVERITY_RANK[fail_on], midnight],
+    )
+    return list(rows)

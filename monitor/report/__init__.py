@@ -1,0 +1,111 @@
+"""Reports: daily, weekly and monthly summaries of traffic and incidents for the record.
+
+:func:`build_report` (in :mod:`monitor.report.data`) computes every figure once; the
+renderers (HTML, Markdown, CSV, JSON) only format that model::
+
+    from monitor.report import ReportQuery, period_window, build_report, render
+    report = build_report(app, ReportQuery(period_window("weekly")))
+    html = render(report, "html")
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from monitor.report.data import (
+    PERIODS,
+    Report,
+    ReportQuery,
+    Window,
+    build_report,
+    custom_window,
+    period_ended,
+    period_window,
+)
+
+FORMATS = ("html", "md", "csv", "json")
+SUFFIXES = {
+    "html": "html",
+    "htm": "html",
+    "md": "md",
+    "markdown": "md",
+    "csv": "csv",
+    "json": "json",
+}
+
+__all__ = [
+    "FORMATS",
+    "PERIODS",
+    "Report",
+    "ReportQuery",
+    "Window",
+    "build_report",
+    "custom_window",
+    "format_for",
+    "output_path",
+    "period_ended",
+    "period_window",
+    "render",
+    "write_atomic",
+]
+
+
+def render(report: Report, fmt: str, spreadsheet_safe: bool = False) -> str:
+    if fmt == "html":
+        from monitor.report.html import render_html
+
+        return render_html(report)
+    if fmt == "md":
+        from monitor.report.markdown import render_markdown
+
+        return render_markdown(report)
+    if fmt == "csv":
+        from monitor.report.tabular import render_csv
+
+        return render_csv(report, spreadsheet_safe)
+    if fmt == "json":
+        from monitor.report.tabular import render_json
+
+        return render_json(report)
+    raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
+
+
+def format_for(path: str | Path | None) -> str | None:
+    """The format a file name asks for by its suffix (``.html``, ``.md``, ``.csv``, ``.json``)."""
+    if path is None:
+        return None
+    return SUFFIXES.get(Path(path).suffix.lower().lstrip("."))
+
+
+def output_path(pattern: str, window: Window, fmt: str) -> Path:
+    """Fill an ``output`` pattern: ``{period}``, ``{date}`` (first day), ``{start}``, ``{end}``
+    (last day, inclusive), ``{format}``, ``{week}`` (``2026-W48``), ``{month}`` (``2026-11``)."""
+    year, week, _ = window.since.isocalendar()
+    return Path(
+        pattern.format(
+            period=window.period,
+            date=window.first_day,
+            start=window.first_day,
+            end=window.last_day,
+            format=fmt,
+            week=f"{year}-W{week:02d}",
+            month=window.since.strftime("%Y-%m"),
+        )
+    )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o640)  # reports name clients and users: not world-readable
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
