@@ -18,6 +18,7 @@ from monitor.egress import EgressOptions
 from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
 from monitor.policy import RuleSet
+from monitor.privacy import PrivacyError, Pseudonymizer
 from monitor.resources import rules_dir
 from monitor.scanner import Scanner
 from monitor.store import Store
@@ -79,8 +80,31 @@ class App:
     def store(self) -> Store:
         return Store(self.db_path)
 
-    def pipeline(self, egress: EgressOptions, collect: CollectOptions) -> Pipeline:
-        return Pipeline(self.catalog, self.geo, self.rules, self.config, egress, collect)
+    def pipeline(
+        self, egress: EgressOptions, collect: CollectOptions, pseudonymize: bool = False
+    ) -> Pipeline:
+        return Pipeline(
+            self.catalog,
+            self.geo,
+            self.rules,
+            self.config,
+            egress,
+            collect,
+            self.pseudonymizer(pseudonymize),
+        )
+
+    def pseudonymizer(self, wanted: bool = False) -> Pseudonymizer | None:
+        """On with ``--pseudonymize`` or config ``[privacy] pseudonymize``; the key comes from
+        the config, else ``$APIWATCH_PSEUDONYMIZE_KEY``."""
+        if not (wanted or self.config.pseudonymize):
+            return None
+        key = self.config.privacy_key or os.environ.get("APIWATCH_PSEUDONYMIZE_KEY")
+        if not key:
+            raise PrivacyError(
+                "pseudonymisation needs a key: [privacy] key or key_file in the config, "
+                "or APIWATCH_PSEUDONYMIZE_KEY"
+            )
+        return Pseudonymizer(key)
 
     def scan(
         self,
@@ -90,13 +114,15 @@ class App:
         on_read=None,
         jobs: int | None = None,
         full: bool = False,
+        pseudonymize: bool = False,
     ) -> tuple[int, ScanSummary]:
         """Run and record one scan; returns its id and summary."""
-        pipeline = self.pipeline(egress, collect)  # validates options before anything is written
+        pipeline = self.pipeline(egress, collect, pseudonymize)  # validates before writing
         options = {
             "egress": asdict(egress),
             "collect": asdict(collect),
             "full": full,
+            "pseudonymize": pipeline.pseudonymizer is not None,
             "rules": [r.id for r in self.rules.rules],
         }
         scan_id = self.store.start_scan(paths, options)

@@ -25,11 +25,12 @@ from monitor.observation import canonical_ip
 from monitor.output import safe_text, write_json_lines, write_rows
 from monitor.pipeline import ScanSummary
 from monitor.policy import SEVERITIES, SEVERITY_RANK, RuleError
+from monitor.privacy import PrivacyError
 from monitor.store import IncidentQuery, StoreError
 from monitor.timespec import parse_when
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FINDINGS = 0, 1, 2, 3
-_FATAL = (ConfigError, CatalogError, RuleError, GeoError, StoreError, InputError)
+_FATAL = (ConfigError, CatalogError, RuleError, GeoError, StoreError, InputError, PrivacyError)
 
 INCIDENT_COLUMNS = [
     "id",
@@ -256,6 +257,12 @@ def _logformat_option(fn):
     help="Read every file from its start, not only what earlier scans left unread "
     "(nothing is counted twice either way).",
 )
+@click.option(
+    "--pseudonymize",
+    is_flag=True,
+    help="Store client addresses and user names as keyed HMACs ([privacy] key in the config, "
+    "or APIWATCH_PSEUDONYMIZE_KEY).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal)."
@@ -276,6 +283,7 @@ def scan(
     fail_on,
     jobs,
     full,
+    pseudonymize,
     as_json,
     progress,
     quiet,
@@ -310,6 +318,7 @@ def scan(
             bar.update,
             jobs,
             full,
+            pseudonymize,
         )
     if not quiet:
         if as_json:
@@ -751,3 +760,6 @@ def db_prune(ctx, keep, as_json):
         click.echo(
             f"deleted {deleted['observations']} observations before {before} ({deleted['hits']} links)"
         )
+
+
+from monitor import cli_ops  # noqa: E402,F401  (registers report/daily/config/ack/resolve)

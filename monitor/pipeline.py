@@ -22,6 +22,7 @@ from monitor.egress import Egress, EgressOptions, EgressResolver
 from monitor.geo import GeoAnswer, GeoResolver
 from monitor.observation import Observation, canonical_ip, iso_utc
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
+from monitor.privacy import Pseudonymizer
 from monitor.store import IngestResult
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
@@ -276,6 +277,7 @@ class Pipeline:
         config: Config,
         egress: EgressOptions,
         collect_options: CollectOptions,
+        pseudonymizer: Pseudonymizer | None = None,
     ):
         self.catalog = catalog
         self.geo = geo
@@ -283,6 +285,7 @@ class Pipeline:
         self.enricher = Enricher(geo, EgressResolver(config.sites, geo, egress))
         self.evaluator = Evaluator(rules, catalog, config)
         self.collect_options = collect_options
+        self.pseudonymizer = pseudonymizer  # applied to what is stored, after the rules ran
 
     def observe(
         self,

@@ -130,15 +130,15 @@ def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> 
     """Stages 1–4 over one part: (record id, observation row, incident rows) per LLM record.
     Line numbers are relative to the part; the scanner makes them absolute."""
     enrich, evaluate = pipeline.enricher.enrich, pipeline.evaluator.evaluate
+    private = pipeline.pseudonymizer
     for obs, match in pipeline.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
                                        byte_range=part.byte_range, skip=part.skip):  # fmt: skip
         enriched = enrich(obs, match)  # type: ignore[arg-type]
+        rules = evaluate(enriched)  # on the real addresses: rules may name them
+        if private is not None:
+            enriched = private.apply(enriched)  # before ids are computed from them
         row = observation_row(enriched)
-        yield (
-            obs.record_id or fallback_id(obs),
-            row,
-            incident_rows(enriched, evaluate(enriched), row["day"]),
-        )
+        yield obs.record_id or fallback_id(obs), row, incident_rows(enriched, rules, row["day"])
 
 
 def fallback_id(obs: Observation) -> str:

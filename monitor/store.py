@@ -471,6 +471,8 @@ class Store:
             observations = self.db.execute(
                 "DELETE FROM observations WHERE day < ?", [before_day]
             ).rowcount
+            if before_day > (self._meta("pruned_before") or ""):
+                self.db["meta"].upsert({"key": "pruned_before", "value": before_day}, pk="key")
         return {"observations": observations, "hits": hits}
 
     def check(self) -> dict[str, Any]:
