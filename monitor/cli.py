@@ -21,40 +21,20 @@ from monitor.collectors import FORMATS, CollectOptions, Diagnostics, InputError
 from monitor.config import ConfigError
 from monitor.egress import EgressOptions
 from monitor.geo import GeoError
-from monitor.observation import canonical_ip
+from monitor.observation import OBSERVATION_FIELDS, canonical_ip
 from monitor.output import safe_text, write_json_lines, write_rows
 from monitor.pipeline import ScanSummary
 from monitor.policy import SEVERITIES, SEVERITY_RANK, RuleError
 from monitor.privacy import PrivacyError
+from monitor.store import INCIDENT_COLUMNS as STORED_INCIDENT_COLUMNS
 from monitor.store import IncidentQuery, StoreError
 from monitor.timespec import parse_when
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FINDINGS = 0, 1, 2, 3
 _FATAL = (ConfigError, CatalogError, RuleError, GeoError, StoreError, InputError, PrivacyError)
 
-INCIDENT_COLUMNS = [
-    "id",
-    "rule",
-    "severity",
-    "provider",
-    "provider_kind",
-    "dest_host",
-    "client_ip",
-    "site",
-    "egress_ip",
-    "egress_country",
-    "egress_source",
-    "day",
-    "first_seen",
-    "last_seen",
-    "count",
-    "blocked",
-    "outcome",
-    "bytes_out",
-    "bytes_in",
-    "status",
-    "evidence",
-]
+#: incident fields in output order (the store's columns without its internal ones)
+INCIDENT_COLUMNS = [c for c in STORED_INCIDENT_COLUMNS if c not in ("severity_rank", "title")]
 INCIDENT_TABLE = [
     "id",
     "severity",
@@ -69,28 +49,7 @@ INCIDENT_TABLE = [
     "outcome",
     "status",
 ]
-PARSE_COLUMNS = [
-    "ts",
-    "source",
-    "line",
-    "format",
-    "client_ip",
-    "client_port",
-    "user",
-    "method",
-    "dest_host",
-    "dest_port",
-    "dest_ip",
-    "url",
-    "status",
-    "result",
-    "bytes_out",
-    "bytes_in",
-    "host_source",
-    "duration",
-    "provider",
-    "provider_kind",
-]
+PARSE_COLUMNS = [*(f for f in OBSERVATION_FIELDS if f != "record_id"), "provider", "provider_kind"]
 
 
 class Fatal(click.ClickException):
