@@ -155,7 +155,7 @@ _format_option = click.option(
     type=click.Choice(["auto", *FORMATS]),
     default="auto",
     show_default=True,
-    help="Input format; auto detects Squid native, common and combined.",
+    help="Input format; auto recognises every format but squid-custom and mapped from the first lines.",
 )
 _squid_logformat_option = click.option(
     "--squid-logformat",

@@ -10,7 +10,6 @@ import getpass
 import glob
 import json
 import os
-import sys
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import click
 
 from monitor.app import App
-from monitor.cli import _FATAL, EXIT_ERROR, Fatal, _guard, _when, main
+from monitor.cli import _FATAL, Fatal, _guard, _when, main
 from monitor.config import REPORT_FORMATS, load_config
 from monitor.output import safe_text
 from monitor.policy import SEVERITIES
@@ -53,7 +52,9 @@ def _date(_ctx, _param, value):
     metavar="YYYY-MM-DD",
     help="A day inside the period [default: yesterday, so on Mondays weekly is last week].",
 )
-@click.option("--since", callback=_when, help="Instead of --period: start (7d, 24h, ISO date/time).")
+@click.option(
+    "--since", callback=_when, help="Instead of --period: start (7d, 24h, ISO date/time)."
+)
 @click.option("--until", callback=_when, help="With --since: end, excluded [default: now].")
 @click.option(
     "--format",
@@ -69,7 +70,9 @@ def _date(_ctx, _param, value):
 )
 @click.option("--site", multiple=True, help="Only this site (repeatable).")
 @click.option("--provider", multiple=True, help="Only this provider id (repeatable).")
-@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in top-N tables.")
+@click.option(
+    "--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in top-N tables."
+)
 @click.option(
     "--spreadsheet-safe",
     is_flag=True,
@@ -133,7 +136,9 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
     metavar="SEVERITY",
     help="Exit 3 when today's scans raised open incidents at or above this [default: config daily.fail_on].",
 )
-@click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N", help="Parser processes per scan.")
+@click.option(
+    "--jobs", "-j", type=click.IntRange(min=1), metavar="N", help="Parser processes per scan."
+)
 @click.option("--no-reports", is_flag=True, help="Scan only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -157,11 +162,11 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet
         ctx.call_on_close(app.close)
     app.config  # noqa: B018 - load (and validate) before scanning anything
 
-    def log(msg: str) -> None:
-        if not quiet or msg.startswith(("sources", "reports")) and "wrote" not in msg:
-            click.echo(safe_text(msg, None), err=True)
+    def log(msg: str, error: bool = False) -> None:
+        if error or not quiet:  # stderr: with --json, stdout holds only the JSON
+            click.echo(("error: " if error else "") + safe_text(msg, None), err=True)
 
-    result = run_daily(app, today, fail_on, jobs, not no_reports, log if not as_json else _quiet_log(log))
+    result = run_daily(app, today, fail_on, jobs, not no_reports, log)
     if as_json:
         click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
     elif not quiet:
@@ -169,18 +174,20 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet
             if r.skipped:
                 click.echo(f"{r.key}: not due ({r.skipped})", err=True)
         if result.fail_on:
-            click.echo(f"{len(result.findings)} open incident(s) at or above {result.fail_on} raised today", err=True)
+            click.echo(
+                f"{len(result.findings)} open incident(s) at or above {result.fail_on} raised today",
+                err=True,
+            )
     ctx.exit(result.exit_code)
-
-
-def _quiet_log(log):
-    """With --json, stdout is the JSON: progress lines still go to stderr, errors included."""
-    return log
 
 
 @main.group("config")
 def config_group():
-    """Check a configuration file."""
+    """Check a configuration file before cron runs it.
+
+    \b
+    apiwatch config check /etc/apiwatch/config.toml
+    """
 
 
 @config_group.command("check")
@@ -216,7 +223,9 @@ def config_check(ctx, path):
         if n == 0 and not s.optional:
             click.echo(f"warning: {s.key}.path: {s.path} matches no file now", err=True)
     for r in cfg.reports:
-        example = output_path(r.output, period_window(r.period, today=datetime.now(UTC).date()), r.format)
+        example = output_path(
+            r.output, period_window(r.period, today=datetime.now(UTC).date()), r.format
+        )
         click.echo(f"  {r.key:<10} {r.period} {r.format} → {example}")
     if cfg.fail_on:
         click.echo(f"  fail_on    {cfg.fail_on}")
@@ -243,7 +252,9 @@ def _set_status(ctx, incident_id: str, status: str, note: str, actor: str | None
     )
 
 
-_note = click.option("--note", "-m", required=True, help="Why: kept in the audit trail and the report.")
+_note = click.option(
+    "--note", "-m", required=True, help="Why: kept in the audit trail and the report."
+)
 _actor_option = click.option("--actor", help="Who [default: $SUDO_USER, else the login name].")
 
 
@@ -275,7 +286,3 @@ def resolve_cmd(ctx, incident_id, note, actor):
     apiwatch resolve 3f9a0c1d --note "egress moved; traffic stopped on 2026-11-28"
     """
     _set_status(ctx, incident_id, "resolved", note, actor)
-
-
-if sys.version_info < (3, 11):  # pragma: no cover - pyproject requires 3.11
-    raise RuntimeError("apiwatch needs Python 3.11")

@@ -108,9 +108,12 @@ class Config:
     sources: tuple[Source, ...] = ()
     reports: tuple[ReportSpec, ...] = ()
     fail_on: str | None = None  # [daily] fail_on
+    pseudonymize: bool = False  # [privacy] pseudonymize
+    privacy_key: str | None = field(default=None, repr=False)  # [privacy] key or key_file
 
 
-_TOP_KEYS = {"db", "organisation", "geo", "sites", "sources", "reports", "daily"}
+_TOP_KEYS = {"db", "organisation", "geo", "sites", "sources", "reports", "daily", "privacy"}
+_PRIVACY_KEYS = {"pseudonymize", "key", "key_file"}
 _SOURCE_KEYS = {
     "path",
     "format",
@@ -206,6 +209,8 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         _report(body, where, key, base) for key, body in _array_of_tables(data, "reports", where)
     )
 
+    pseudonymize, privacy_key = _privacy(_table(data, "privacy", where), where, base)
+
     return Config(
         path=path,
         db=str(_resolve(base, db)) if db else None,
@@ -217,7 +222,36 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         sources=sources,
         reports=reports,
         fail_on=fail_on,
+        pseudonymize=pseudonymize,
+        privacy_key=privacy_key,
     )
+
+
+def _privacy(body: dict[str, Any], where: str, base: Path) -> tuple[bool, str | None]:
+    """``[privacy]``: pseudonymise client addresses and users with a key kept here or in a
+    file beside the config (which can then be readable by root alone)."""
+    _no_unknown(body, _PRIVACY_KEYS, where, "privacy.")
+    on = body.get("pseudonymize", False)
+    if not isinstance(on, bool):
+        raise ConfigError(f"{where}: privacy.pseudonymize: expected true or false")
+    key = body.get("key")
+    if key is not None and not isinstance(key, str):
+        raise ConfigError(f"{where}: privacy.key: expected a string")
+    if body.get("key_file") is not None:
+        if key is not None:
+            raise ConfigError(f"{where}: privacy.key_file: give key or key_file, not both")
+        if not isinstance(body["key_file"], str):
+            raise ConfigError(f"{where}: privacy.key_file: expected a path string")
+        key_path = _resolve(base, body["key_file"])
+        try:
+            key = key_path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: privacy.key_file: cannot read {key_path}: {exc.strerror}"
+            ) from exc
+    if on and not key:
+        raise ConfigError(f"{where}: privacy.key: pseudonymize = true needs a key or key_file")
+    return on, key
 
 
 def _array_of_tables(data: dict[str, Any], name: str, where: str) -> list[tuple[str, dict]]:

@@ -26,7 +26,6 @@ from monitor.config import ConfigError, ReportSpec, Source
 from monitor.egress import EgressOptions
 from monitor.geo import GeoError
 from monitor.policy import SEVERITY_RANK, RuleError
-from monitor.store import StoreError
 from monitor.report import (
     ReportQuery,
     build_report,
@@ -36,6 +35,7 @@ from monitor.report import (
     render,
     write_atomic,
 )
+from monitor.store import StoreError
 
 EXIT_OK, EXIT_ERROR, EXIT_FINDINGS = 0, 1, 3
 #: Errors that fail one source (and the run's exit code) without stopping the others.
@@ -126,7 +126,7 @@ def run_daily(
     fail_on: str | None = None,
     jobs: int | None = None,
     write_reports: bool = True,
-    log: Callable[[str], None] = lambda _msg: None,
+    log: Callable[..., None] = lambda _msg, error=False: None,
 ) -> DailyResult:
     """Scan ``app.config.sources``, write ``app.config.reports`` that are due, return the result.
 
@@ -165,7 +165,7 @@ def _scan_source(app: Any, source: Source, jobs: int | None, log) -> SourceResul
             log(f"{source.key}: {source.path}: no file matches (optional)")
         else:
             res.error = f"{source.key}: {source.path}: no file matches"
-            log(res.error)
+            log(res.error, True)
         return res
     egress = EgressOptions(
         egress_ip=source.egress_ip, egress_country=source.egress_country, site=source.site
@@ -175,11 +175,11 @@ def _scan_source(app: Any, source: Source, jobs: int | None, log) -> SourceResul
         res.scan_id, summary = app.scan(files, egress, collect, None, jobs)
     except SOURCE_ERRORS as exc:
         res.error = f"{source.key}: {exc}"
-        log(res.error)
+        log(res.error, True)
         return res
     res.summary = summary.as_dict()
     for err in res.summary["file_errors"]:
-        log(f"{source.key}: {err}")
+        log(f"{source.key}: {err}", True)
     log(
         f"{source.key}: scan {res.scan_id}: {len(files)} file(s), {summary.records} records, "
         f"{summary.malformed} malformed, {summary.stored} new LLM observations "
@@ -203,7 +203,7 @@ def _write_report(app: Any, spec: ReportSpec, today: date, log) -> ReportResult:
         write_atomic(path, render(report, spec.format, spec.spreadsheet_safe))
     except (OSError, ValueError) as exc:
         res.error = f"{spec.key}: {path}: {exc}"
-        log(res.error)
+        log(res.error, True)
         return res
     res.written = True
     log(f"{spec.key}: wrote {path}")

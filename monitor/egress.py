@@ -58,7 +58,9 @@ class EgressResolver:
                 return site
         return None
 
-    def _resolve(self, client_ip: str | None) -> Egress:
+    def _resolve(self, client_ip: str | None, logged_egress: str | None = None) -> Egress:
+        """``logged_egress`` is the public address the log itself gives for the record
+        (gateways such as Zscaler log it); it beats the site's egress and declared country."""
         client_geo = self._geo.lookup(client_ip) if client_ip else None
         is_public = client_geo is not None and client_geo.scope == "public"
         site = self._site_for(client_ip, is_public)
@@ -66,6 +68,8 @@ class EgressResolver:
 
         if self._opts.egress_ip:
             egress_ip: str | None = self._opts.egress_ip
+        elif logged_egress:
+            egress_ip = logged_egress
         elif is_public:
             egress_ip = client_ip
         elif site and site.egress_ips:
@@ -82,7 +86,9 @@ class EgressResolver:
             return Egress(
                 egress_ip, answer.country, site_name or answer.site, answer.country_source
             )
-        if site and site.country:
+        # a site's declared country is that of its own egress, not of one the log names
+        logged_elsewhere = egress_ip == logged_egress and site and egress_ip not in site.egress_ips
+        if site and site.country and not logged_elsewhere:
             return Egress(egress_ip, site.country, site_name, f"site:{site.name}")
         if answer and answer.country:
             return Egress(

@@ -44,9 +44,8 @@ class Observation:
     ts_end: float | None = None  # flows: time of the last packet
     packets_out: int | None = None  # flows: packets client -> destination
     packets_in: int | None = None  # flows: packets destination -> client
-    ech: bool | None = (
-        None  # TLS: an Encrypted ClientHello was offered (dest_host is the outer SNI)
-    )
+    ech: bool | None = None  # TLS: ECH offered (dest_host is then the outer SNI)
+    egress_ip: str | None = None  # public address the request left from, when the log says so
     record_id: str | None = None  # stable identity of the raw record, for de-duplication
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,11 +40,16 @@ class Enriched:
 
 
 def outcome_of(obs: Observation) -> str | None:
-    """allowed | blocked | error, from the proxy verdict and HTTP status."""
-    if (obs.result and "DENIED" in obs.result) or obs.status in BLOCKED_STATUSES:
+    """allowed | blocked | error, from the gateway's verdict and the HTTP status.
+
+    Gateways log a block in their own words (Squid ``TCP_DENIED``, Zscaler ``Blocked``,
+    Blue Coat ``DENIED``, TMG ``Denied Connection``), sometimes with status 200 for the
+    block page, so the verdict is read before the status."""
+    verdict = obs.result.lower() if obs.result else ""
+    if "deni" in verdict or "block" in verdict or obs.status in BLOCKED_STATUSES:
         return "blocked"
     if obs.status is None or obs.status == 0:
-        return "error" if obs.result and ("ABORTED" in obs.result or "ERR" in obs.result) else None
+        return "error" if "abort" in verdict or "err" in verdict else None
     return "allowed" if obs.status < 400 else "error"
 
 
@@ -81,7 +86,8 @@ class Enricher:
 
     def enrich(self, obs: Observation, match: Match) -> Enriched:
         dest = self.geo.lookup(obs.dest_ip) if obs.dest_ip else None
-        return Enriched(obs, match, self.egress.resolve(obs.client_ip), dest, outcome_of(obs))
+        egress = self.egress.resolve(obs.client_ip, obs.egress_ip)
+        return Enriched(obs, match, egress, dest, outcome_of(obs))
 
 
 #: How each rule-context field (:data:`monitor.policy.FIELDS`) is read from an enriched record.

@@ -66,3 +66,18 @@ def test_unknown_client_without_options_has_no_egress(geo):
 def test_unknown_site_is_an_error(geo):
     with pytest.raises(ValueError, match="unknown site 'paris'"):
         EgressResolver(SITES, geo, EgressOptions(site="paris"))
+
+
+def test_egress_logged_by_the_gateway_beats_the_site(geo):
+    # Zscaler logs the client's public address: that is what the provider saw
+    r = EgressResolver(SITES, geo, EgressOptions())
+    e = r.resolve("10.30.0.9", "133.1.1.40")
+    assert (e.ip, e.country, e.site) == ("133.1.1.40", "JP", "hongkong")
+    # ... unless it is the site's own egress, whose declared country then applies
+    e = r.resolve("10.20.3.4", "114.114.114.7")
+    assert (e.ip, e.country, e.site) == ("114.114.114.7", "CN", "shanghai")
+    # and an operator's --egress-ip still wins
+    e = EgressResolver(SITES, geo, EgressOptions(egress_ip="114.114.114.7")).resolve(
+        "10.30.0.9", "133.1.1.40"
+    )
+    assert e.ip == "114.114.114.7"

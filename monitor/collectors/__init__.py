@@ -87,7 +87,8 @@ def detect(opened: OpenedInput) -> str:
     tried = ", ".join(n for n, spec in SPECS.items() if spec.sniff_head or spec.sniff_line)
     raise InputError(
         f"{opened.name}: unrecognised log format (tried {tried}); "
-        "force one with --format, or give --squid-logformat for a custom Squid logformat"
+        "force one with --format, give --squid-logformat for a custom Squid logformat, "
+        "or --columns/--mapping to map any CSV, JSON or key=value log"
     )
 
 

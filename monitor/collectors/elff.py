@@ -123,6 +123,12 @@ def _int(b: bytes | None) -> int | None:
     return int(b) if b is not None and len(b) < 20 and b.isdigit() else None
 
 
+def _status(b: bytes | None) -> int | None:
+    """HTTP status; TMG logs Windows error numbers (12202…) there, which are not one."""
+    v = _int(b)
+    return v if v is not None and v < 1000 else None
+
+
 def _port(b: bytes | None) -> int | None:
     v = _int(b)
     return v if v is not None and 0 < v < 65536 else None
@@ -220,6 +226,14 @@ class ElffCollector:
 
     # -- helpers ------------------------------------------------------------------------
 
+    def _keeps(self, host: str) -> bool:
+        keep = self._keep.get(host)
+        if keep is None:
+            if len(self._keep) > _CACHE_LIMIT:
+                self._keep.clear()
+            keep = self._keep[host] = bool(self._filter(host))  # type: ignore[misc]
+        return keep
+
     def _word(self, b: bytes) -> str | None:
         if not b or b == b"-":
             return None
@@ -302,26 +316,26 @@ class ElffCollector:
     def _record(
         self, tokens: list[bytes], plan: _Plan, raw: bytes, lineno: int, source: str
     ) -> Observation | None | str:
-        i = plan.idx
-
-        def get(role: str) -> bytes | None:
-            k = i[role]
-            if k < 0:
-                return None
-            v = tokens[k]
-            return None if v == b"-" or not v else v
-
+        i = plan.idx  # a role that is not logged has index -1: the None appended below
+        if self._filter is not None and i["host"] >= 0:  # reject early: no other work
+            hb0 = tokens[i["host"]]
+            if hb0 and hb0 != b"-":
+                h0 = self._host(hb0)[0]
+                if h0 is not None and not self._keeps(h0):
+                    return None
+        toks: list[bytes | None] = [None if t == b"-" or not t else t for t in tokens]
+        toks.append(None)
         ts = self._ts(tokens, plan)
         if ts is None:
             return "bad date/time"
-        mb = get("method")
+        mb = toks[i["method"]]
         method = self._word(mb).upper() if mb else None  # type: ignore[union-attr]
-        sb = get("scheme")
+        sb = toks[i["scheme"]]
         scheme = self._word(sb).lower() if sb else None  # type: ignore[union-attr]
-        hb = get("host")
-        port = _port(get("port"))
+        hb = toks[i["host"]]
+        port = _port(toks[i["port"]])
         host = url = hsrc = None
-        ub = get("uri")
+        ub = toks[i["uri"]]
         if hb is not None:
             host, hport = self._host(hb)
             if port is None:
@@ -335,8 +349,8 @@ class ElffCollector:
                 if ub is not None:
                     url = text(ub)
                 elif scheme in DEFAULT_PORTS:
-                    path = get("path")
-                    query = get("query")
+                    path = toks[i["path"]]
+                    query = toks[i["query"]]
                     hosttext = text(hb)
                     if port is not None and port != DEFAULT_PORTS[scheme] and ":" not in hosttext:
                         hosttext = f"{hosttext}:{port}"
@@ -356,68 +370,62 @@ class ElffCollector:
                     hsrc = "url"
                     port = port if port is not None else uport
         if host is None:
-            hh = get("host_header")
+            hh = toks[i["host_header"]]
             if hh is not None:
                 host, hport = self._host(hh)
                 if host is not None:
                     hsrc = "http_host"
                     port = port if port is not None else hport
-        if host is not None and self._filter is not None:
-            keep = self._keep.get(host)
-            if keep is None:
-                if len(self._keep) > _CACHE_LIMIT:
-                    self._keep.clear()
-                keep = self._keep[host] = bool(self._filter(host))
-            if not keep:
-                return None
+        if host is not None and self._filter is not None and not self._keeps(host):
+            return None
         dest_ip = None
-        sup = get("supplier")
+        sup = toks[i["supplier"]]
         if sup is not None:
-            hier = get("hierarchy")
+            hier = toks[i["hierarchy"]]
             if hier is None or hier.upper().endswith(b"DIRECT"):
                 dest_ip = self._ip(sup)
         elif plan.iis:
-            dest_ip = self._ip(get("s_ip") or b"-")
+            dest_ip = self._ip(toks[i["s_ip"]] or b"-")
             if port is None:
-                port = _port(get("s_port"))
-        if url is None and plan.iis and get("path") is not None:
-            path = text(get("path"))  # type: ignore[arg-type]
-            query = get("query")
+                port = _port(toks[i["s_port"]])
+        if url is None and plan.iis and toks[i["path"]] is not None:
+            path = text(toks[i["path"]])  # type: ignore[arg-type]
+            query = toks[i["query"]]
             url = path + ("?" + text(query) if query else "")
-        sa = get("s_action")
-        fr = get("filter")
-        result = self._word(sa or get("action") or fr or b"")
+        sa = toks[i["s_action"]]
+        fr = toks[i["filter"]]
+        result = self._word(sa or toks[i["action"]] or fr or b"")
         if (
             fr is not None
             and fr.upper() == b"DENIED"
             and (result is None or "DENIED" not in result.upper())
         ):
             result = "DENIED"
-        ex = get("exception")
+        ex = toks[i["exception"]]
         if (
             ex is not None
             and ex.lower().endswith(b"_denied")
             and (result is None or "DENIED" not in result.upper())
         ):
             result = "DENIED"
-        tt = _int(get("time_taken"))
-        ub_user = get("user")
+        tt = _int(toks[i["time_taken"]])
+        ub_user = toks[i["user"]]
         return Observation(
             ts,
             source,
             lineno,
             FORMAT,
-            self._ip(get("c_ip") or b"-"),
-            _port(get("c_port")),
+            self._ip(toks[i["c_ip"]] or b"-"),
+            _port(toks[i["c_port"]]),
             self._word(ub_user) if ub_user is not None else None,
             method,
             host,
             port,
             dest_ip,
             url,
-            _int(get("status")),
-            _int(get("cs_bytes")),
-            _int(get("sc_bytes")),
+            _status(toks[i["status"]]),
+            _int(toks[i["cs_bytes"]]),
+            _int(toks[i["sc_bytes"]]),
             hsrc,
             result,
             tt / 1000 if tt is not None else None,

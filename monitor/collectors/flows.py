@@ -98,6 +98,12 @@ _TCP_HDR = Struct("!HHIIBB")
 _U16 = Struct("!H")
 _U32LE = Struct("<I")
 _U32BE = Struct("!I")
+#: Ethernet + IPv4 (20 bytes) + TCP: ethertype, version/IHL, total length, flags/fragment,
+#: protocol, and the TCP data offset and flags bytes (read for UDP too: frames >= 54 bytes)
+_ETH_IP4 = Struct("!12xHBxH2xHxB22xBB")
+#: Ethernet + IPv6 header: ethertype, version/class, payload length, next header
+_ETH_IP6 = Struct("!12xHB3xHB")
+MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
 
 # flow.app
 APP_UNKNOWN, APP_TLS, APP_HTTP, APP_DNS, APP_OPAQUE, APP_QUIC = range(6)
@@ -640,6 +646,181 @@ class FlowTable:
 
     # -- frames ---------------------------------------------------------------------------
 
+    def scan(
+        self,
+        buf: bytes,
+        pos: int,
+        n: int,
+        pktno: int,
+        rec: Callable,
+        scale: float,
+        lt: int,
+        ifaces: list | None = None,
+    ) -> tuple[int, int]:
+        """Read the records of a capture chunk ``buf[pos:n]`` while they are complete and
+        plain; returns (offset of the first record not read, packet number).
+
+        Classic pcap when ``ifaces`` is None (``rec`` unpacks a record header, ``scale`` and
+        ``lt`` are the file's); pcapng otherwise (``rec`` unpacks a block header and an
+        Enhanced Packet Block's fixed fields, ``ifaces`` holds (link type, scale, offset,
+        snaplen) per interface). It stops before anything the caller must look at: a record
+        that is incomplete or impossible, a pcapng block other than an EPB of a declared
+        interface; and after a frame that made observations ready (:attr:`ready`).
+
+        This is the hot loop. Ethernet frames of TCP/UDP flows whose payload is no longer
+        inspected (their name is known, or the flow is opaque) only have their counters
+        updated here, without a call per packet; every other frame goes to :meth:`packet`.
+        """
+        ready = self.ready
+        packet = self.packet
+        tcp = self._tcp
+        http_count = self._http_count
+        udp_watch = self._udp_watch
+        tcp_get = self.tcp.get
+        udp_get = self.udp.get
+        ip4 = _ETH_IP4.unpack_from
+        ip6 = _ETH_IP6.unpack_from
+        next_linger = self.next_linger
+        ng = ifaces is not None
+        eth = lt == 1
+        cur = -1  # pcapng: the interface whose (link type, scale, offset) are loaded
+        nif = len(ifaces) if ng else 0
+        sc = tsoff = 0.0
+        max_frame = MAX_FRAME
+        first = pktno
+        slow = 0
+        ts = self.now
+        try:
+            while True:
+                if ng:
+                    if pos + 32 > n:
+                        break
+                    btype, blen, iface, th, tl, incl, _orig = rec(buf, pos)
+                    if btype != 6 or blen & 3 or incl > blen - 32 or pos + blen > n:
+                        break
+                    if iface != cur:  # another interface than the last packet's
+                        if iface >= nif:
+                            break
+                        cur = iface
+                        lt, sc, tsoff, _snap = ifaces[iface]
+                        eth = lt == 1
+                    ts = ((th << 32) | tl) * sc + tsoff
+                    p = pos + 28
+                    e = p + incl
+                    pos += blen
+                else:
+                    if pos + 16 > n:
+                        break
+                    sec, frac, incl, _orig = rec(buf, pos)
+                    p = pos + 16
+                    e = p + incl
+                    if e > n or incl > max_frame:
+                        break
+                    ts = sec + frac * scale
+                    pos = e
+                pktno += 1
+                # Fast path: Ethernet, IPv4 without options and not a fragment (or IPv6 with
+                # TCP/UDP right after its header), a flow in the table, no SYN, no timer due:
+                # the packet is counted in its flow, and only when the flow is still inspected
+                # (or for a FIN/RST) does it go on to the TCP/UDP step, skipping the general
+                # path's header parsing. (``now`` is left to the general path: it lags by
+                # less than a second.)
+                if eth and ts < next_linger and incl >= 54:
+                    et, vihl, tot, frag, proto, doff, fl = ip4(buf, p)
+                    if et == 0x0800:
+                        if vihl == 0x45 and not frag & 0x3FFF:
+                            if proto == 6:
+                                ent = tcp_get(buf[p + 26 : p + 38])
+                                if ent is not None and not fl & 2:
+                                    hl = (doff >> 4) << 2
+                                    plen = tot - 20 - hl
+                                    if plen >= 0:
+                                        f, out = ent
+                                        if out:
+                                            f.pk_out += 1
+                                            f.by_out += plen
+                                        else:
+                                            f.pk_in += 1
+                                            f.by_in += plen
+                                        f.last = ts
+                                        if f.watch or fl & 5:
+                                            if plen or fl & 5:
+                                                tcp(ts, pktno, f, out, buf[p + 26 : p + 34], buf,
+                                                    p + 34, hl, fl, plen,
+                                                    min(p + 14 + tot, e))  # fmt: skip
+                                                if ready:
+                                                    break
+                                            elif f.http is not None:  # an ACK: counted
+                                                http_count(f, out, ts, 0)
+                                        continue
+                            elif proto == 17:
+                                ent = udp_get(buf[p + 26 : p + 38])
+                                if ent is not None and tot >= 28:
+                                    f, out = ent
+                                    if out:
+                                        f.pk_out += 1
+                                        f.by_out += tot - 28
+                                    else:
+                                        f.pk_in += 1
+                                        f.by_in += tot - 28
+                                    f.last = ts
+                                    if f.watch:
+                                        udp_watch(f, out, buf[p + 42 : min(p + 14 + tot, e)], ts)
+                                    continue
+                    elif et == 0x86DD and incl >= 74:
+                        et, vtc, pl, nh = ip6(buf, p)
+                        if vtc >> 4 == 6 and pl:
+                            if nh == 6:
+                                ent = tcp_get(buf[p + 22 : p + 58])
+                                fl = buf[p + 67]
+                                if ent is not None and not fl & 2:
+                                    hl = (buf[p + 66] >> 4) << 2
+                                    plen = pl - hl
+                                    if plen >= 0:
+                                        f, out = ent
+                                        if out:
+                                            f.pk_out += 1
+                                            f.by_out += plen
+                                        else:
+                                            f.pk_in += 1
+                                            f.by_in += plen
+                                        f.last = ts
+                                        if f.watch or fl & 5:
+                                            if plen or fl & 5:
+                                                tcp(ts, pktno, f, out, buf[p + 22 : p + 54], buf,
+                                                    p + 54, hl, fl, plen,
+                                                    min(p + 54 + pl, e))  # fmt: skip
+                                                if ready:
+                                                    break
+                                            elif f.http is not None:
+                                                http_count(f, out, ts, 0)
+                                        continue
+                            elif nh == 17:
+                                ent = udp_get(buf[p + 22 : p + 58])
+                                if ent is not None and pl >= 8:
+                                    f, out = ent
+                                    if out:
+                                        f.pk_out += 1
+                                        f.by_out += pl - 8
+                                    else:
+                                        f.pk_in += 1
+                                        f.by_in += pl - 8
+                                    f.last = ts
+                                    if f.watch:
+                                        udp_watch(f, out, buf[p + 62 : min(p + 54 + pl, e)], ts)
+                                    continue
+                # everything else: the general path (it runs the timers too)
+                slow += 1
+                packet(ts, pktno, lt, buf, p, e)
+                next_linger = self.next_linger
+                if ready:
+                    break
+        finally:
+            if ts > self.now:
+                self.now = ts
+            self.stats["packets"] += pktno - first - slow
+        return pos, pktno
+
     def packet(self, ts: float, pktno: int, lt: int, b: bytes, off: int, end: int) -> None:
         """One captured frame ``b[off:end]`` of link type ``lt`` (pcap LINKTYPE_*)."""
         self.stats["packets"] += 1
@@ -945,12 +1126,36 @@ class FlowTable:
         if f.watch:
             pstart = l4 + hl
             if dend > pstart:
-                self._tcp_payload(f, out, seq, bytes(b[pstart:dend]), ts, plen)
+                if f.http is None or not self._http_skip(f, out, seq, dend - pstart):
+                    self._tcp_payload(f, out, seq, bytes(b[pstart:dend]), ts, plen)
+                else:
+                    self._http_count(f, out, ts, plen)
             elif f.http is not None:
                 self._http_count(f, out, ts, plen)
         if f.fin_c and f.fin_s and f.closed is None:
             f.closed = ts
             self.closing[id(f)] = f
+
+    def _http_skip(self, f: Flow, out: bool, seq: int, n: int) -> bool:
+        """An in-order segment wholly inside an HTTP body (by length or chunk, or up to the
+        close): stepped over without copying it; what :meth:`_tcp_payload` would do with
+        it, minus the bytes. False when the segment needs the general path."""
+        st = f.cs if out else f.ss
+        if st is None or st.data or st.pending or st.overflow or seq != st.next or n > st.limit:
+            return False
+        side = f.http.client if out else f.http.server
+        state = side.state
+        if state in (_BODY, _CHUNK_DATA):
+            if side.left < n:
+                return False
+            side.left -= n
+            if side.left == 0:
+                side.state = _HEAD if state == _BODY else _CHUNK_SIZE
+        elif state != _CLOSE:
+            return False
+        st.next = (seq + n) & 0xFFFFFFFF
+        st.consumed += n
+        return True
 
     def _tcp_payload(self, f: Flow, out: bool, seq: int, data: bytes, ts: float, plen: int) -> None:
         if not f.known and f.app == APP_UNKNOWN:

@@ -265,11 +265,11 @@ class TimeParser:
         elif f in ("epoch", "epoch_s", "unix"):
             self._parse = lambda s: _scaled(s, 1.0)
         elif f in ("epoch_ms", "unix_ms"):
-            self._parse = lambda s: _scaled(s, 1e-3)
+            self._parse = lambda s: _scaled(s, 1e3)
         elif f in ("epoch_us", "unix_us"):
-            self._parse = lambda s: _scaled(s, 1e-6)
+            self._parse = lambda s: _scaled(s, 1e6)
         elif f in ("epoch_ns", "unix_ns"):
-            self._parse = lambda s: _scaled(s, 1e-9)
+            self._parse = lambda s: _scaled(s, 1e9)
         elif f in ("iso8601", "iso"):
             self._parse = self._iso
         elif "%" in fmt:
@@ -311,9 +311,9 @@ class TimeParser:
 _MISSING = object()
 
 
-def _scaled(s: str, factor: float) -> float | None:
+def _scaled(s: str, divisor: float) -> float | None:
     try:
-        v = float(s) * factor
+        v = float(s) / divisor
     except ValueError:
         return None
     return v if math.isfinite(v) else None
@@ -382,8 +382,18 @@ def url_target(url: str) -> tuple[str | None, int | None, str | None]:
     return host, port, scheme
 
 
+_KEYS: dict[str, bool] = {}
+
+
 def _valid_key(k: str) -> bool:
-    return bool(k) and k.replace("_", "").replace(".", "").replace("-", "").isalnum()
+    """A key name: letters, digits, ``_ . -`` (memoised: logs repeat their keys)."""
+    v = _KEYS.get(k)
+    if v is None:
+        v = bool(k) and k.replace("_", "").replace(".", "").replace("-", "").isalnum()
+        if len(_KEYS) > 4096:
+            _KEYS.clear()
+        _KEYS[k] = v
+    return v
 
 
 def strip_header(text: str) -> str:
@@ -410,17 +420,22 @@ def parse_kv(text: str) -> dict[str, str]:
     body = strip_header(text)
     out: dict[str, str] = {}
     if "\t" in body:
+        valid = _KEYS.get
         for part in body.split("\t"):
             k, eq, v = part.partition("=")
-            k = k.strip()
             if not eq:
                 continue
-            if not _valid_key(k):
-                # a syslog prefix before the first pair: "Oct 10 host key=value"
-                k = k.rpartition(" ")[2]
+            if not valid(k):
+                k = k.strip()
                 if not _valid_key(k):
-                    continue
-            out[k] = _unquote(v)
+                    # a syslog prefix before the first pair: "Oct 10 host key=value"
+                    k = k.rpartition(" ")[2]
+                    if not _valid_key(k):
+                        continue
+            if v and v[0] not in "\"' " and v[-1] != " " and "\\" not in v:
+                out[k] = v
+            else:
+                out[k] = _unquote(v)
         return out
     key: str | None = None
     vals: list[str] = []

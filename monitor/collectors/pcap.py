@@ -32,15 +32,15 @@ from typing import Any, BinaryIO
 
 from monitor.collectors.base import CollectOptions, Diagnostics, FormatSpec, HostFilter
 from monitor.collectors.dns import DnsMap
-from monitor.collectors.flows import LINKTYPES, FlowTable
+from monitor.collectors.flows import LINKTYPES, MAX_FRAME, FlowTable
 from monitor.observation import Observation
 
 __all__ = ["PcapCollector", "sniff", "PCAP_MAGICS", "PCAPNG_MAGIC"]
 
 FORMAT = "pcap"
 CHUNK = 4 << 20
-MAX_FRAME = 256 * 1024
 MAX_BLOCK = 16 << 20
+GLUE = MAX_FRAME + 16  # enough of a new chunk to complete any record begun in the last one
 
 #: first four bytes -> (struct byte order, seconds per timestamp fraction unit)
 PCAP_MAGICS = {
@@ -160,27 +160,36 @@ class PcapCollector:
             diag.file_error(source, f"link type {lt} not supported (supported: {_lt_list()})")
             return
         unpack = Struct(order + "IIII").unpack_from
-        packet = table.packet
+        scan = table.scan
         ready = table.ready
         read = getattr(stream, "read1", None) or stream.read  # what is there: damage later keeps it
         base = 24  # file offset of buf[0]
         buf = b""
         pos = 0
         pktno = 0
+        # The record that straddles two reads is completed in a small "glue" buffer (the end
+        # of the old chunk + the first GLUE bytes of the new one) rather than by copying the
+        # whole new chunk behind the old end: ``pending`` is then the new chunk, ``glued``
+        # the length of the old end at the front of ``buf``.
+        pending = b""
+        glued = 0
         try:
             while True:
                 n = len(buf)
-                while pos + 16 <= n:
-                    sec, frac, incl, _orig = unpack(buf, pos)
-                    e = pos + 16 + incl
-                    if e > n or incl > MAX_FRAME:
+                while True:  # every complete record of the chunk (the scan stops to hand over)
+                    pos, pktno = scan(buf, pos, n, pktno, unpack, scale, lt)
+                    if not ready:
                         break
-                    pktno += 1
-                    packet(sec + frac * scale, pktno, lt, buf, pos + 16, e)
-                    pos = e
-                    if ready:
-                        yield from ready
-                        ready.clear()
+                    yield from ready
+                    ready.clear()
+                if pending:  # leave the glue buffer for the new chunk itself
+                    if pos >= glued:
+                        base += glued
+                        buf, pos = pending, pos - glued
+                    else:  # a damaged record in the old end: look at it in one piece
+                        buf = buf[:glued] + pending
+                    pending = b""
+                    continue
                 if pos + 16 <= n:
                     incl = unpack(buf, pos)[2]
                     if incl > MAX_FRAME:
@@ -199,7 +208,14 @@ class PcapCollector:
                         )
                     break
                 base += pos
-                buf = buf[pos:] + more if pos < n else more
+                if pos >= n:
+                    buf = more
+                elif len(more) > GLUE:
+                    glued = n - pos
+                    buf = buf[pos:] + more[:GLUE]
+                    pending = more
+                else:
+                    buf = buf[pos:] + more
                 pos = 0
         finally:
             state["packets"] = pktno
@@ -211,6 +227,7 @@ class PcapCollector:
         self, stream, magic, source, diag, table: FlowTable, state
     ) -> Iterator[Observation]:
         packet = table.packet
+        scan = table.scan
         ready = table.ready
         read = getattr(stream, "read1", None) or stream.read  # what is there: damage later keeps it
         buf = magic
@@ -220,6 +237,7 @@ class PcapCollector:
         order = "<"
         hdr = Struct("<II").unpack_from
         epb = Struct("<IIIII").unpack_from
+        block = Struct("<IIIIIII").unpack_from  # block header + EPB fields, for the scan
         ifaces: list[tuple[int, float, float, int]] = []  # (link type, scale, offset, snaplen)
         warned: set[str] = set()
 
@@ -231,6 +249,12 @@ class PcapCollector:
         try:
             while True:
                 n = len(buf)
+                if ifaces:  # runs of plain Enhanced Packet Blocks
+                    pos, pktno = scan(buf, pos, n, pktno, block, 0.0, 1, ifaces)
+                    if ready:
+                        yield from ready
+                        ready.clear()
+                        continue
                 if n - pos < 12:
                     more = read(CHUNK)
                     if not more:
@@ -257,6 +281,7 @@ class PcapCollector:
                         )
                     hdr = Struct(order + "II").unpack_from
                     epb = Struct(order + "IIIII").unpack_from
+                    block = Struct(order + "IIIIIII").unpack_from
                     btype, blen = hdr(buf, pos)
                     ifaces = []
                 if blen < 12 or blen & 3 or blen > MAX_BLOCK:

@@ -36,11 +36,12 @@ from monitor.collectors.zeek import (
     MAX_PENDING,
     FlowJoin,
     FlowStats,
+    IpCache,
     http_target,
     iso_ts,
     shared_catalog,
 )
-from monitor.observation import Observation, canonical_ip, split_host_port
+from monitor.observation import Observation, split_host_port
 
 try:  # optional: a faster parser for the same JSON
     import orjson
@@ -57,6 +58,9 @@ FORMAT = "suricata-eve"
 JSON_PARSER = _loads.__module__ if hasattr(_loads, "__module__") else "json"
 _WANTED = frozenset({b"tls", b"quic", b"http", b"dns", b"flow"})
 _MARK = b'"event_type":"'
+#: events known without parsing to name nothing: DNS queries, flows of DNS
+_DNS_QUERY = b'"type":"query"'
+_DNS_FLOW = b'"app_proto":"dns"'
 
 
 def sniff(line: bytes) -> bool:
@@ -85,6 +89,7 @@ class SuricataCollector:
         self.catalog = catalog
         self.max_pending = max_pending
         self.last_stats: dict[str, int] = {}
+        self._ip = IpCache()
 
     def parse(
         self,
@@ -100,6 +105,8 @@ class SuricataCollector:
         wanted = _WANTED
         mark = _MARK
         handle = self._event
+        dns_query, dns_flow = _DNS_QUERY, _DNS_FLOW
+        self._ip = IpCache()
         records = skipped = 0
         try:
             for base, lines, _clean in iter_batches(stream, source, diag):
@@ -112,6 +119,13 @@ class SuricataCollector:
                         et = line[i : line.find(b'"', i)]
                         if et not in wanted:
                             skipped += 1
+                            continue
+                        if et == b"dns":
+                            if dns_query in line:
+                                records += 1
+                                continue
+                        elif et == b"flow" and dns_flow in line:
+                            records += 1
                             continue
                     elif not line.strip():
                         skipped += 1
@@ -163,7 +177,9 @@ class SuricataCollector:
         source: str,
         diag: Diagnostics,
     ) -> None:
-        ts = iso_ts(d.get("timestamp"))
+        f = d.get("flow") if et == b"flow" else None
+        start = iso_ts(f.get("start")) if type(f) is dict else None
+        ts = start if start is not None else iso_ts(d.get("timestamp"))
         if ts is None:
             diag.malformed_record(source, lineno, "bad or missing timestamp", raw)
             return
@@ -173,19 +189,16 @@ class SuricataCollector:
         key = d.get("flow_id")
         if type(key) is not int:
             key = (source, lineno)  # joins nothing; reported at the end
-        client = canonical_ip(_str(d.get("src_ip")))
-        server = canonical_ip(_str(d.get("dest_ip")))
+        ip = self._ip
+        client = ip(d.get("src_ip"))
+        server = ip(d.get("dest_ip"))
         cport, sport = _port(d.get("src_port")), _port(d.get("dest_port"))
-        rid = blake2b(raw, digest_size=12).hexdigest()
         if et == b"flow":
-            f = d.get("flow")
             if type(f) is not dict:
                 diag.malformed_record(source, lineno, "flow event without flow object", raw)
                 return
-            start = iso_ts(f.get("start"))
             end = iso_ts(f.get("end"))
-            if start is None:
-                start = ts
+            start = ts
             duration = max(end - start, 0.0) if end is not None else None
             st = FlowStats(
                 start,
@@ -223,7 +236,7 @@ class SuricataCollector:
                     ts_end=end,
                     packets_out=st.packets_out,
                     packets_in=st.packets_in,
-                    record_id=rid,
+                    record_id=blake2b(raw, digest_size=12).hexdigest(),
                 )
 
             join.flow(key, st, standalone)
@@ -256,7 +269,7 @@ class SuricataCollector:
                 None,
                 _count(h.get("length")),
                 hsrc,
-                record_id=rid,
+                record_id=blake2b(raw, digest_size=12).hexdigest(),
             )
             join.named(key, obs, tls=False)
             return
@@ -277,7 +290,7 @@ class SuricataCollector:
             dest_port=sport,
             dest_ip=server,
             host_source="sni" if host else None,
-            record_id=rid,
+            record_id=blake2b(raw, digest_size=12).hexdigest(),
         )
         join.named(key, obs, tls=True)
 

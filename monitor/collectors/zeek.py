@@ -516,10 +516,12 @@ class FlowJoin:
         if st is not None:
             target = tls if tls is not None else p.http[0] if len(p.http) == 1 else None
             if target is not None:
+                target.ts_end = st.ts_end
                 if tls is not None:
                     target.ts = st.ts
-                target.ts_end = st.ts_end
-                target.duration = st.duration
+                    target.duration = st.duration
+                elif st.ts_end is not None:  # from the request to the connection's end
+                    target.duration = max(st.ts_end - target.ts, 0.0)
                 target.bytes_out, target.bytes_in = st.bytes_out, st.bytes_in
                 target.packets_out, target.packets_in = st.packets_out, st.packets_in
             for o in (tls, *p.http):
@@ -632,6 +634,7 @@ class ZeekCollector:
         self.catalog = catalog
         self.max_pending = max_pending
         self.last_stats: dict[str, int] = {}
+        self._ip = IpCache()
 
     def parse(
         self,
@@ -809,8 +812,8 @@ class ZeekCollector:
         if not isinstance(uid, str) or not uid:
             diag.malformed_record(source, lineno, "no uid", raw)
             return False
-        client = canonical_ip(_str(r.get("orig_h")))
-        server = canonical_ip(_str(r.get("resp_h")))
+        client = self._ip(r.get("orig_h"))
+        server = self._ip(r.get("resp_h"))
         cport, sport = _port(r.get("orig_p")), _port(r.get("resp_p"))
         rid = blake2b(raw, digest_size=12).hexdigest()
         if path == "conn":

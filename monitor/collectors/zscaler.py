@@ -16,13 +16,14 @@
   prefix, with the same names plus CEF's (``src``, ``dhost``, ``requestMethod``, ``in``…).
 
 ``action`` (``Allowed``/``Blocked``/``Caution``…) goes verbatim to ``result``. The client's
-public address (``cpubip``/``clientpublicIP``) is not the client: it is only used as
-``client_ip`` when no client address at all is logged. Zscaler URLs carry no scheme
+public address (``cpubip``/``clientpublicIP``) is the record's ``egress_ip``, the address the
+provider saw; it is also used as ``client_ip`` when no client address at all is logged. Zscaler URLs carry no scheme
 (``api.openai.com/v1/chat``); a ``CONNECT`` logs ``host:port``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -41,10 +42,18 @@ from monitor.collectors.mapped import (
     record_id,
     text,
     to_int,
-    to_port,
     url_target,
 )
 from monitor.observation import Observation, canonical_ip, split_host_port
+
+try:  # optional: a faster parser for the same JSON (as in the Suricata collector)
+    import orjson
+
+    _loads = orjson.loads
+    _JSON_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError, RecursionError)
+except ImportError:  # pragma: no cover - exercised when orjson is absent
+    _loads = json.loads
+    _JSON_ERRORS = (ValueError, RecursionError)
 
 __all__ = ["ZscalerCollector", "sniff", "FORMAT_CSV", "FORMAT_JSON", "FORMAT_KV"]
 
@@ -190,13 +199,13 @@ def _is_zscaler_time(b: bytes) -> bool:
 def _csv_fields(line: bytes) -> list[bytes] | None:
     """Fields of a default-feed line: tab-separated, or comma-separated with quotes."""
     if b"\t" in line:
+        if b'"' not in line:
+            return line.split(b"\t")
         return [f.strip(b'"') for f in line.split(b"\t")]
     if line[:1] == b'"' and line[-1:] == b'"':
         parts = line[1:-1].split(b'","')
-        if not any(b'"' in p for p in parts):
+        if line.count(b'"') == 2 * len(parts):  # no quote inside a value
             return parts
-    import csv
-
     try:
         rows = list(csv.reader([text(line)], strict=True))
     except csv.Error:
@@ -226,17 +235,81 @@ def sniff(line: bytes) -> str | None:
     return None
 
 
+#: roles read by the dict-shaped variants, in the order _Parse.build takes them
+_DICT_ROLES = (
+    "epoch",
+    "time",
+    "tz",
+    "client_ip",
+    "client_alt",
+    "client_port",
+    "user",
+    "method",
+    "host",
+    "url",
+    "dest_ip",
+    "dest_port",
+    "status",
+    "bytes_out",
+    "bytes_in",
+    "action",
+    "proto",
+    "ctime",
+)
+_PARTS = ("yyyy", "mth", "dd", "hh", "mm", "ss")
+#: default-feed column of each role, with and without stime/ctime
+_CSV_POS = {
+    with_times: tuple(
+        (_WITH_TIMES if with_times else _WITHOUT_TIMES).get(_CSV_ROLES[r], -1)
+        for r in (
+            "time",
+            "user",
+            "proto",
+            "url",
+            "action",
+            "bytes_out",
+            "bytes_in",
+            "ctime",
+            "client_ip",
+            "dest_ip",
+            "method",
+            "status",
+        )
+    )
+    for with_times in (True, False)
+}
+_NULL_BYTES = frozenset(n.encode() for n in NULLS)
+_BAD_METHODS = frozenset({"INVALID", "NA", "NONE", "N/A", "-"})
+
+
+def _num(v: Any) -> int | None:
+    """An int from a JSON number or a text/bytes field (``None``/``NA`` -> None)."""
+    if v is None:
+        return None
+    if type(v) is int:
+        return v if v >= 0 else None
+    if isinstance(v, (str, bytes)):
+        if v.isdigit() and len(v) < 20:
+            return int(v)
+        return to_int(v.decode("ascii", "replace") if isinstance(v, bytes) else v)
+    if isinstance(v, float) and v == v and 0 <= v < 1e19:
+        return int(v)
+    return None
+
+
 class _Parse:
-    """Per-parse state: caches and the Observation builder."""
+    """Per-parse state: memoised conversions and the Observation builder."""
 
     def __init__(self, fmt: str, host_filter: HostFilter | None):
         self.fmt = fmt
         self.host_filter = host_filter
         self.filter_cache: dict[str, bool] = {}
         self.times: dict[str | None, TimeParser] = {None: TimeParser("auto")}
-        self.ips: dict[str, str | None] = {}
+        self.tcache: dict[Any, float | None] = {}  # (tz, text) / bytes -> ts
+        self.ips: dict[Any, str | None] = {}
+        self.words: dict[Any, str | None] = {}
         self.urls: dict[str, tuple[str | None, int | None, str | None]] = {}
-        self.plans: dict[tuple[str, ...], dict[str, str]] = {}
+        self.plans: dict[tuple[str, ...], tuple[str | None, ...]] = {}
 
     def keep(self, host: str | None) -> bool:
         if self.host_filter is None or host is None:
@@ -248,17 +321,28 @@ class _Parse:
             v = self.filter_cache[host] = bool(self.host_filter(host))
         return v
 
-    def ip(self, s: str | None) -> str | None:
-        if s is None:
-            return None
+    def ip(self, s: Any) -> str | None:
+        """Canonical address from text or bytes; Zscaler's ``0.0.0.0`` (a blocked request's
+        server) is no address."""
         v = self.ips.get(s, _MISSING)
         if v is _MISSING:
             if len(self.ips) > _CACHE_LIMIT:
                 self.ips.clear()
-            v = canonical_ip(s.strip().strip("[]"))
-            if v in ("0.0.0.0", "::"):  # Zscaler logs 0.0.0.0 as the server of a blocked request
+            t = text(s) if isinstance(s, bytes) else str(s)
+            v = canonical_ip(t.strip().strip("[]"))
+            if v in ("0.0.0.0", "::"):
                 v = None
             self.ips[s] = v
+        return v  # type: ignore[return-value]
+
+    def word(self, s: Any) -> str | None:
+        """Text of a value (bytes or str), None for Zscaler's unknowns (None, NA, -)."""
+        v = self.words.get(s, _MISSING)
+        if v is _MISSING:
+            if len(self.words) > _CACHE_LIMIT:
+                self.words.clear()
+            t = (text(s) if isinstance(s, bytes) else str(s)).strip()
+            v = self.words[s] = None if t in NULLS else t
         return v  # type: ignore[return-value]
 
     def url(self, u: str) -> tuple[str | None, int | None, str | None]:
@@ -269,122 +353,224 @@ class _Parse:
             v = self.urls[u] = url_target(u)
         return v
 
-    def plan(self, d: dict[str, Any]) -> dict[str, str]:
-        """role -> key of this record, resolved once per distinct key set."""
+    def time(self, t: Any, tz: str | None = None) -> float | None:
+        key = (tz, t) if tz is not None else t
+        v = self.tcache.get(key, _MISSING)
+        if v is _MISSING:
+            tp = self.times.get(tz)
+            if tp is None:
+                try:
+                    tp = TimeParser("auto", make_tz(tz))
+                except Exception:  # an unknown zone name: read the times as UTC
+                    tp = self.times[None]
+                if len(self.times) > 64:
+                    self.times = {None: self.times[None]}
+                self.times[tz] = tp
+            if len(self.tcache) > _CACHE_LIMIT:
+                self.tcache.clear()
+            v = self.tcache[key] = tp(text(t) if isinstance(t, bytes) else str(t))
+        return v  # type: ignore[return-value]
+
+    def plan(self, d: dict[str, Any]) -> tuple[str | None, ...]:
+        """The key of each role in this record (None: not logged), resolved once per
+        distinct key set; then the key of each time component."""
         keys = tuple(d)
         p = self.plans.get(keys)
         if p is None:
             by_norm: dict[str, str] = {}
             for k in keys:
                 by_norm.setdefault(_norm(k), k)
-            p = {}
+            found: dict[str, str | None] = {}
             for role, names in ROLES.items():
-                for n in names:
-                    if n in by_norm:
-                        p[role] = by_norm[n]
-                        break
+                found[role] = next((by_norm[n] for n in names if n in by_norm), None)
+            p = tuple(found[r] for r in _DICT_ROLES + _PARTS)
             if len(self.plans) > 256:
                 self.plans.clear()
             self.plans[keys] = p
         return p
 
-    def timestamp(self, v: dict[str, str | None]) -> float | None:
-        e = v.get("epoch")
-        if e is not None:
-            t = to_int(e)
-            if t is not None and 0 < t < 1e11:
-                return float(t)
-        tz = v.get("tz")
-        tp = self.times.get(tz)
-        if tp is None:
-            try:
-                tp = TimeParser("auto", make_tz(tz))
-            except Exception:  # an unknown zone name: read the times as UTC
-                tp = self.times[None]
-            if len(self.times) > 64:
-                self.times = {None: self.times[None]}
-            self.times[tz] = tp
-        t = v.get("time")
-        if t is not None:
-            ts = tp(t)
-            if ts is not None:
-                return ts
-        parts = [v.get(k) for k in ("yyyy", "mth", "dd", "hh", "mm", "ss")]
-        if all(p is not None and p.isdigit() for p in parts):
-            return tp("{}-{:0>2}-{:0>2} {:0>2}:{:0>2}:{:0>2}".format(*parts))
-        return None
-
-    def build(
-        self, v: dict[str, str | None], raw: bytes, source: str, lineno: int
-    ) -> Observation | None | str:
-        """Observation, None (rejected by the host filter) or why it is malformed."""
-        ts = self.timestamp(v)
-        if ts is None:
-            t = v.get("time")
-            return f"bad time {t[:40]!r}" if t else "no time in record"
-        method = v.get("method")
-        if method is not None:
-            method = method.upper()
-            if method in ("INVALID", "NA", "NONE"):
-                method = None
-        host = port = None
-        hsrc = url = None
-        u = v.get("url")
+    def target(
+        self, method: str | None, u: str | None, h: str | None, proto: str | None
+    ) -> tuple[str | None, int | None, str | None, str | None]:
+        """(dest_host, dest_port, host_source, url) from the URL, else the host field."""
+        host = port = hsrc = url = None
         if u is not None:
+            r = self.urls.get(u)
+            if r is None:
+                r = self.url(u)
+            host, port, scheme = r
             if method == "CONNECT":
-                host, port, _scheme = self.url(u)
                 hsrc = "connect" if host else None
             else:
-                host, port, scheme = self.url(u)
                 url = u
                 if host is not None:
                     hsrc = "url"
-                    if port is None and scheme is None:
-                        proto = v.get("proto")
-                        port = _PROTO_PORTS.get(proto.upper()) if proto else None
-        if host is None:
-            h = v.get("host")
-            if h is not None:
-                host, hport = split_host_port(h)
-                if host is not None:
-                    hsrc = "connect" if method == "CONNECT" else "http_host"
-                    port = port if port is not None else hport
-        dp = to_port(v.get("dest_port"))
-        if dp is not None:
-            port = dp
-        if not self.keep(host):
+                    if port is None and scheme is None and proto is not None:
+                        port = _PROTO_PORTS.get(proto.upper())
+        if host is None and h is not None:
+            host, hport = split_host_port(h)
+            if host is not None:
+                hsrc = "connect" if method == "CONNECT" else "http_host"
+                if port is None and hport is not None and 0 < hport < 65536:
+                    port = hport
+        return host, port, hsrc, url
+
+    def build(self, d: dict[str, Any], raw: bytes, source: str, lineno: int):
+        """Observation, None (rejected by the host filter) or why it is malformed, from a
+        JSON or key=value record."""
+        p = self.plan(d)
+        get = d.get
+        (
+            k_epoch,
+            k_time,
+            k_tz,
+            k_client,
+            k_alt,
+            k_cport,
+            k_user,
+            k_method,
+            k_host,
+            k_url,
+            k_dip,
+            k_dport,
+            k_status,
+            k_out,
+            k_in,
+            k_action,
+            k_proto,
+            k_ctime,
+        ) = p[:18]
+        ts = None
+        if k_epoch is not None:
+            e = _num(get(k_epoch))
+            if e is not None and 0 < e < 1e11:
+                ts = float(e)
+        t = get(k_time) if k_time is not None else None
+        if ts is None and t is not None and t not in NULLS:
+            tz = get(k_tz) if k_tz is not None else None
+            if tz in NULLS or tz in ("GMT", "UTC"):
+                tz = None
+            ts = self.time(t, tz)
+        if ts is None:
+            parts = [get(k) if k is not None else None for k in p[18:]]
+            if all(isinstance(x, (str, int)) and str(x).isdigit() for x in parts):
+                ts = self.time("{}-{:0>2}-{:0>2} {:0>2}:{:0>2}:{:0>2}".format(*parts))
+            if ts is None:
+                return f"bad time {str(t)[:40]!r}" if t is not None else "no time in record"
+        w = self.word
+        m = get(k_method) if k_method is not None else None
+        method = w(m) if m is not None else None
+        if method is not None:
+            method = method.upper()
+            if method in _BAD_METHODS:
+                method = None
+        u = get(k_url) if k_url is not None else None
+        if u is not None:
+            u = w(u)
+        h = get(k_host) if k_host is not None else None
+        if h is not None:
+            h = w(h)
+        pr = get(k_proto) if k_proto is not None else None
+        host, port, hsrc, url = self.target(method, u, h, w(pr) if pr is not None else None)
+        if k_dport is not None:
+            dp = _num(get(k_dport))
+            if dp is not None and 0 < dp < 65536:
+                port = dp
+        if host is not None and self.host_filter is not None and not self.keep(host):
             return None
-        client = self.ip(v.get("client_ip")) or self.ip(v.get("client_alt"))
-        ctime = to_int(v.get("ctime"))
+        c = get(k_client) if k_client is not None else None
+        client = self.ip(c) if c is not None else None
+        pub = get(k_alt) if k_alt is not None else None
+        egress = self.ip(pub) if pub is not None else None  # the client's public address
+        if client is None:
+            client = egress
+        cport = _num(get(k_cport)) if k_cport is not None else None
+        if cport is not None and not 0 < cport < 65536:
+            cport = None
+        di = get(k_dip) if k_dip is not None else None
+        ctime = _num(get(k_ctime)) if k_ctime is not None else None
+        user = get(k_user) if k_user is not None else None
+        action = get(k_action) if k_action is not None else None
         return Observation(
             ts,
             source,
             lineno,
             self.fmt,
             client,
-            to_port(v.get("client_port")),
-            v.get("user"),
+            cport,
+            w(user) if user is not None else None,
             method,
             host,
             port,
-            self.ip(v.get("dest_ip")),
+            self.ip(di) if di is not None else None,
             url,
-            to_int(v.get("status")),
-            to_int(v.get("bytes_out")),
-            to_int(v.get("bytes_in")),
+            _num(get(k_status)) if k_status is not None else None,
+            _num(get(k_out)) if k_out is not None else None,
+            _num(get(k_in)) if k_in is not None else None,
             hsrc,
-            v.get("action"),
+            w(action) if action is not None else None,
             ctime / 1000 if ctime is not None else None,
+            egress_ip=egress,
             record_id=record_id(raw),
         )
 
-
-def _val(x: Any) -> str | None:
-    if x is None or isinstance(x, (dict, list, bool)):
-        return None
-    s = x if isinstance(x, str) else str(x)
-    s = s.strip()
-    return None if s in NULLS else s
+    def build_csv(self, f: list[bytes], raw: bytes, source: str, lineno: int):
+        """The same from the default feed's fields (bytes)."""
+        with_times = len(f) > 10 and f[9].isdigit() and f[10].isdigit()
+        need = _CSV_MIN[with_times]
+        if len(f) < need:
+            return f"truncated record: {len(f)} fields, the default web feed has at least {need}"
+        (
+            i_time,
+            i_user,
+            i_proto,
+            i_url,
+            i_action,
+            i_out,
+            i_in,
+            i_ctime,
+            i_client,
+            i_dip,
+            i_method,
+            i_status,
+        ) = _CSV_POS[with_times]
+        tb = f[i_time]
+        ts = self.tcache.get(tb, _MISSING)
+        if ts is _MISSING:
+            ts = self.time(tb)
+        if ts is None:
+            return f"bad time {text(tb)[:40]!r}"
+        w = self.word
+        method = w(f[i_method])
+        if method is not None:
+            method = method.upper()
+            if method in _BAD_METHODS:
+                method = None
+        host, port, hsrc, url = self.target(method, w(f[i_url]), None, w(f[i_proto]))
+        if host is not None and self.host_filter is not None and not self.keep(host):
+            return None
+        ctime = _num(f[i_ctime]) if i_ctime >= 0 else None
+        return Observation(
+            ts,  # type: ignore[arg-type]
+            source,
+            lineno,
+            self.fmt,
+            self.ip(f[i_client]),
+            None,
+            w(f[i_user]),
+            method,
+            host,
+            port,
+            self.ip(f[i_dip]),
+            url,
+            _num(f[i_status]),
+            _num(f[i_out]),
+            _num(f[i_in]),
+            hsrc,
+            w(f[i_action]),
+            ctime / 1000 if ctime is not None else None,
+            record_id=record_id(raw),
+        )
 
 
 class ZscalerCollector:
@@ -405,16 +591,18 @@ class ZscalerCollector:
         diag: Diagnostics,
         host_filter: HostFilter | None = None,
     ) -> Iterator[Observation]:
-        fmt = {"csv": FORMAT_CSV, "json": FORMAT_JSON, "kv": FORMAT_KV}.get(self.variant)
-        st = _Parse(fmt or FORMAT_JSON, host_filter)
+        kinds = {"csv": FORMAT_CSV, "json": FORMAT_JSON, "kv": FORMAT_KV}
+        st = _Parse(kinds.get(self.variant, FORMAT_JSON), host_filter)
         variant = self.variant
         records = 0
-        fast_key: bytes | None = None  # '"<url key>":"' for skipping rejected JSON records
+        fast_key: bytes | None = None  # '"<url key>":"' to skip rejected JSON records early
+        kv_keys: tuple[bytes, ...] | None = None  # '\turl=', ' url=', '|url=' likewise
         filtering = host_filter is not None
+        json_rec, kv_rec, csv_rec = self._json, self._kv, self._csv
         try:
             for base, lines, _clean in iter_batches(stream, source, diag):
                 for lineno, line in enumerate(lines, base + 1):
-                    if not line.strip() or line.startswith(b"#"):
+                    if not line or line[:1] == b"#" or not line.strip():
                         diag.skipped += 1
                         continue
                     kind = variant
@@ -423,9 +611,9 @@ class ZscalerCollector:
                         kind = {FORMAT_CSV: "csv", FORMAT_JSON: "json", FORMAT_KV: "kv"}.get(
                             s or "", "json" if line.lstrip()[:1] == b"{" else "csv"
                         )
-                        st.fmt = {"csv": FORMAT_CSV, "json": FORMAT_JSON, "kv": FORMAT_KV}[kind]
+                        st.fmt = kinds[kind]
                     if kind == "json":
-                        if filtering and fast_key is not None:
+                        if fast_key is not None:
                             i = line.find(fast_key)
                             if i >= 0:
                                 j = i + len(fast_key)
@@ -436,78 +624,96 @@ class ZscalerCollector:
                                     if host is not None and not st.keep(host):
                                         records += 1
                                         continue
-                        res = self._json(line, lineno, source, st)
+                        res = json_rec(line, lineno, source, st)
                         if filtering and fast_key is None and st.plans:
-                            p = next(iter(st.plans.values()))
-                            if "url" in p:
-                                fast_key = b'"' + p["url"].encode() + b'":"'
+                            k_url = next(iter(st.plans.values()))[_DICT_ROLES.index("url")]
+                            if k_url is not None:
+                                fast_key = b'"' + k_url.encode() + b'":"'
                     elif kind == "kv":
-                        res = self._kv(line, lineno, source, st)
+                        if kv_keys:
+                            host = self._kv_host(line, kv_keys, st)
+                            if host is not None and not st.keep(host):
+                                records += 1
+                                continue
+                        res = kv_rec(line, lineno, source, st)
+                        if filtering and kv_keys is None and st.plans:
+                            k_url = next(iter(st.plans.values()))[_DICT_ROLES.index("url")]
+                            kv_keys = (
+                                tuple(sep + k_url.encode() + b"=" for sep in (b"\t", b" ", b"|"))
+                                if k_url is not None
+                                else ()
+                            )
                     else:
-                        res = self._csv(line, lineno, source, st)
+                        res = csv_rec(line, lineno, source, st)
                     if res is None:
                         records += 1
-                    elif isinstance(res, str):
+                    elif type(res) is str:
                         diag.malformed_record(source, lineno, res, line)
                     else:
                         records += 1
-                        yield res
+                        yield res  # type: ignore[misc]
         finally:
             diag.records += records
 
-    def _dict(
-        self, d: dict[str, Any], line: bytes, lineno: int, source: str, st: _Parse
-    ) -> Observation | None | str:
-        p = st.plan(d)
-        v = {role: _val(d[key]) for role, key in p.items()}
-        return st.build(v, line, source, lineno)
+    @staticmethod
+    def _kv_host(line: bytes, needles: tuple[bytes, ...], st: _Parse) -> str | None:
+        """The URL host of a key=value record, read straight from the bytes (None when
+        the value is not plain), so that rejected records cost no full parse."""
+        for needle in needles:
+            i = line.find(needle)
+            if i >= 0:
+                j = i + len(needle)
+                end = len(line)
+                for sep in (b"\t", b" "):
+                    k = line.find(sep, j)
+                    if 0 <= k < end:
+                        end = k
+                value = line[j:end]
+                if not value or b"\\" in value or value[:1] == b'"':
+                    return None
+                return st.url(text(value))[0]
+        return None
 
-    def _json(self, line: bytes, lineno: int, source: str, st: _Parse) -> Observation | None | str:
+    def _json(self, line: bytes, lineno: int, source: str, st: _Parse):
         try:
-            d = json.loads(line)
-        except (ValueError, RecursionError):
+            d = _loads(line)
+        except _JSON_ERRORS:
             return "not a JSON object"
         if not isinstance(d, dict):
             return "not a JSON object"
         ev = d.get("event")
         if isinstance(ev, dict):
             d = ev
-        return self._dict(d, line, lineno, source, st)
+        try:
+            return st.build(d, line, source, lineno)
+        except (TypeError, ValueError, OverflowError):  # a list or object where text belongs
+            return "unreadable field value"
 
-    def _kv(self, line: bytes, lineno: int, source: str, st: _Parse) -> Observation | None | str:
+    def _kv(self, line: bytes, lineno: int, source: str, st: _Parse):
         if b"\x00" in line:
             return "NUL bytes in line"
         s = text(line)
         d = parse_kv(s)
         if not d:
             return "no key=value pairs"
-        res_header = None
         if "CEF:" in s:
             hdr = s[s.find("CEF:") :].split("|", 7)
-            if len(hdr) == 8:
-                res_header = hdr[4]  # CEF signature id: the action in Zscaler's template
+            if len(hdr) == 8 and "act" not in d and "action" not in d:
+                d["act"] = hdr[4]  # CEF signature id: %s{action} in Zscaler's template
         elif "LEEF:" in s and "cat" in d and "action" not in d and "act" not in d:
             d["action"] = d.pop("cat")  # LEEF: cat=%s{action}
-        if res_header and "act" not in d and "action" not in d:
-            d["act"] = res_header
-        return self._dict(d, line, lineno, source, st)
+        try:
+            return st.build(d, line, source, lineno)
+        except (TypeError, ValueError, OverflowError):
+            return "unreadable field value"
 
-    def _csv(self, line: bytes, lineno: int, source: str, st: _Parse) -> Observation | None | str:
+    def _csv(self, line: bytes, lineno: int, source: str, st: _Parse):
         if b"\x00" in line:
             return "NUL bytes in line"
         f = _csv_fields(line)
         if f is None:
             return "unbalanced quotes"
-        with_times = len(f) > 10 and f[9].isdigit() and f[10].isdigit()
-        need = _CSV_MIN[with_times]
-        if len(f) < need:
-            return f"truncated record: {len(f)} fields, the default web feed has at least {need}"
-        idx = _WITH_TIMES if with_times else _WITHOUT_TIMES
-        v: dict[str, str | None] = {}
-        for role, name in _CSV_ROLES.items():
-            i = idx.get(name)
-            v[role] = _val(text(f[i])) if i is not None else None
-        return st.build(v, line, source, lineno)
+        return st.build_csv(f, line, source, lineno)
 
 
 FORMAT_SPECS = [

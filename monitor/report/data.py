@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import calendar
 import json
+import sqlite3
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -119,7 +122,10 @@ def period_window(period: str, day: date | None = None, today: date | None = Non
 def custom_window(since: str, until: str | None = None, now: datetime | None = None) -> Window:
     """``--since/--until`` (ISO 8601 UTC strings as :func:`monitor.timespec.parse_when` gives)."""
     start = _parse_iso(since)
-    end = _parse_iso(until) if until else (now or datetime.now(UTC))
+    if until:
+        end = _parse_iso(until)
+    else:  # up to now, including this second (audit events are stamped to the second)
+        end = (now or datetime.now(UTC)).replace(microsecond=0) + timedelta(seconds=1)
     if end <= start:
         raise ValueError("--until must be after --since")
     return Window("custom", start, end)
@@ -221,51 +227,64 @@ def build_report(app: Any, q: ReportQuery) -> Report:
     prev_rng = _Range(prev)
     both = _Range(Window("custom", prev.since, win.until))
     bucket_name, width = win.bucket()
+    origin = _floor(win.since, width)  # buckets are whole UTC hours or days
 
-    # A. the cube: one pass over both periods, at the grain every traffic table needs
-    cube = _frame(
-        db,
-        f"""SELECT CASE WHEN ts >= ? THEN 0 ELSE 1 END AS prev,
-                   CAST((ts - ?) / ? AS INTEGER) AS bucket,
-                   provider, provider_kind AS kind, site, egress_country AS country,
-                   outcome = 'blocked' AS is_blocked,
-                   count(*) AS requests, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
-            FROM observations WHERE {both.sql}{f.sql}
-            GROUP BY 1, 2, 3, 4, 5, 6, 7""",  # noqa: S608 - fragments are constants
-        [win.since.timestamp(), win.since.timestamp(), width, *both.params, *f.params],
-    )
-    cur = cube[cube.prev == 0]
-    old = cube[cube.prev == 1]
-
-    # B. who: clients (with users) per provider, site and country in the period
-    who = _frame(
-        db,
-        f"""SELECT client_ip, user, provider, site, egress_country AS country,
-                   count(*) AS requests, sum(outcome = 'blocked') AS blocked,
-                   sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
-            FROM observations WHERE {cur_rng.sql}{f.sql}
-            GROUP BY 1, 2, 3, 4, 5""",  # noqa: S608
-        [*cur_rng.params, *f.params],
-    )
-    (prev_clients,) = db.execute(
-        f"SELECT count(DISTINCT client_ip) FROM observations WHERE {prev_rng.sql}{f.sql}",  # noqa: S608
-        [*prev_rng.params, *f.params],
-    ).fetchone()
-
-    # C. where to: destination hosts
-    dest = _frame(
-        db,
-        f"""SELECT dest_host, provider, provider_kind AS kind, count(*) AS requests,
-                   sum(outcome = 'blocked') AS blocked, count(DISTINCT client_ip) AS clients,
-                   sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in, min(url) AS example_url
-            FROM observations WHERE {cur_rng.sql}{f.sql}
-            GROUP BY 1, 2, 3""",  # noqa: S608
-        [*cur_rng.params, *f.params],
-    )
+    # The heavy GROUP BYs run side by side, each on its own read-only connection (SQLite
+    # releases the GIL while it works): A the cube, B who went where, C the sources behind
+    # the period, D distinct clients of the previous period.
+    path = app.store.path
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="report") as pool:
+        # A. the cube: both periods, at the grain every traffic table and the timeline need
+        a = pool.submit(
+            _read,
+            path,
+            f"""SELECT CASE WHEN ts >= ? THEN 0 ELSE 1 END AS prev,
+                       CASE WHEN ts >= ? THEN CAST((ts - ?) / ? AS INTEGER) ELSE -1 END AS bucket,
+                       provider, provider_kind AS kind, site, egress_country AS country,
+                       count(*) AS requests, sum(outcome IS 'blocked') AS blocked,
+                       sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
+                FROM observations WHERE {both.sql}{f.sql}
+                GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
+            [win.since.timestamp(), win.since.timestamp(), origin.timestamp(), width,
+             *both.params, *f.params],
+        )  # fmt: skip
+        # B. who went where: client x destination in the period (users as an aggregate)
+        b = pool.submit(
+            _read,
+            path,
+            f"""SELECT client_ip, dest_host, provider, provider_kind AS kind, site,
+                       egress_country AS country, count(*) AS requests,
+                       sum(outcome IS 'blocked') AS blocked, sum(bytes_out) AS bytes_out,
+                       sum(bytes_in) AS bytes_in, min(url) AS example_url,
+                       json_group_array(DISTINCT user) AS users
+                FROM observations WHERE {cur_rng.sql}{f.sql}
+                GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608
+            [*cur_rng.params, *f.params],
+        )
+        c = pool.submit(
+            _read,
+            path,
+            f"""SELECT scan_id, source, format, count(*) AS observations,
+                       min(ts) AS first_ts, max(ts) AS last_ts
+                FROM observations WHERE {cur_rng.sql}{f.sql}
+                GROUP BY 1, 2, 3""",  # noqa: S608
+            [*cur_rng.params, *f.params],
+        )
+        d = pool.submit(
+            _read,
+            path,
+            f"SELECT count(DISTINCT client_ip) AS n FROM observations WHERE {prev_rng.sql}{f.sql}",  # noqa: S608
+            [*prev_rng.params, *f.params],
+        )
+        catalog = app.catalog  # loads (pure Python) while SQLite works
+        cube, who, sources, prev_clients = a.result(), b.result(), c.result(), d.result()
+    prev_clients = int(prev_clients.n.iloc[0]) if len(prev_clients) else 0
+    cur = cube[cube.prev == 0] if len(cube) else cube
+    old = cube[cube.prev == 1] if len(cube) else cube
+    dest = _destinations(who)
 
     incidents = _incidents(db, win, prev, f, q.top)
-    relay_kind = set(cube.loc[cube.kind == "relay", "provider"].dropna())
-    catalog = app.catalog
+    relay_kind = set(cube.loc[cube.kind == "relay", "provider"].dropna()) if len(cube) else set()
 
     totals_cur = _totals(cur, who, len(set(who.client_ip.dropna())) if len(who) else 0)
     totals_cur["incidents_new"] = incidents["totals"]["new"]
@@ -314,7 +333,7 @@ def build_report(app: Any, q: ReportQuery) -> Report:
     return Report(
         meta=meta,
         totals=totals,
-        timeline=_timeline(cur, win, bucket_name, width),
+        timeline=_timeline(cur, win, origin, bucket_name, width),
         by_provider=by_provider,
         by_site=by_site,
         by_egress_country=by_country,
@@ -323,7 +342,7 @@ def build_report(app: Any, q: ReportQuery) -> Report:
         top_destinations=_top_destinations(dest, q.top),
         relays=_relays(dest, who, relay_kind, catalog),
         events=_events(db, win, f),
-        methods=_methods(app, db, win, f, cur_rng),
+        methods=_methods(app, db, win, sources),
     )
 
 
@@ -333,6 +352,17 @@ class _Range:
     def __init__(self, w: Window):
         self.sql = "day >= ? AND day <= ? AND ts >= ? AND ts < ?"
         self.params = [w.first_day, w.last_day, w.since.timestamp(), w.until.timestamp()]
+
+
+def _read(path: Path, sql: str, params: Sequence[Any]) -> pd.DataFrame:
+    """One query on its own read-only connection (safe to run in a worker thread)."""
+    con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        con.execute("PRAGMA busy_timeout = 30000")
+        con.execute("PRAGMA cache_size = -65536")
+        return _frame(con, sql, params)
+    finally:
+        con.close()
 
 
 def _frame(db: Any, sql: str, params: Sequence[Any]) -> pd.DataFrame:
@@ -379,7 +409,7 @@ def _totals(cube: pd.DataFrame, who: pd.DataFrame | None, clients: int) -> dict[
 
     return {
         "requests": int(cube.requests.sum()) if len(cube) else 0,
-        "blocked": int(cube.loc[cube.is_blocked == 1, "requests"].sum()) if len(cube) else 0,
+        "blocked": int(cube.blocked.sum()) if len(cube) else 0,
         "bytes_out": _sum(cube.bytes_out) if len(cube) else None,
         "bytes_in": _sum(cube.bytes_in) if len(cube) else None,
         "clients": int(clients),
@@ -398,23 +428,27 @@ def _breakdown(
         return []
     rows: dict[Any, dict[str, Any]] = {}
     if len(cur):
-        blocked = cur.assign(b=cur.requests * cur.is_blocked)
-        grouped = blocked.groupby(key, dropna=False).agg(
+        grouped = cur.groupby(key, dropna=False).agg(
             requests=("requests", "sum"),
-            blocked=("b", "sum"),
+            blocked=("blocked", "sum"),
             bytes_out=("bytes_out", lambda s: s.sum(min_count=1)),
             bytes_in=("bytes_in", lambda s: s.sum(min_count=1)),
         )
-        clients = who.groupby(key, dropna=False).client_ip.nunique()
+        clients = {
+            _py(k): int(v)
+            for k, v in (
+                who.groupby(key, dropna=False).client_ip.nunique().items() if len(who) else ()
+            )
+        }
         for k, r in grouped.iterrows():
             k = _py(k)
             rows[k] = {
                 key: k,
                 "requests": int(r.requests),
                 "blocked": int(r.blocked),
-                "bytes_out": _py(r.bytes_out) and int(r.bytes_out),
-                "bytes_in": _py(r.bytes_in) and int(r.bytes_in),
-                "clients": int(_lookup(clients, k, 0)),
+                "bytes_out": _int_or_none(r.bytes_out),
+                "bytes_in": _int_or_none(r.bytes_in),
+                "clients": clients.get(k, 0),
                 "previous_requests": 0,
             }
     if len(old):
@@ -444,16 +478,16 @@ def _breakdown(
     return out
 
 
-def _lookup(series: pd.Series, key: Any, default: Any) -> Any:
-    for k, v in series.items():
-        if _py(k) == key:
-            return v
-    return default
+def _floor(when: datetime, width: int) -> datetime:
+    step = min(width, _DAY)  # weeks start on the day the period starts
+    return datetime.fromtimestamp(when.timestamp() // step * step, UTC)
 
 
-def _timeline(cur: pd.DataFrame, win: Window, bucket_name: str, width: int) -> dict[str, Any]:
-    n = max(1, int(-(-win.seconds // width)))
-    starts = [win.since + timedelta(seconds=width * i) for i in range(n)]
+def _timeline(
+    cur: pd.DataFrame, win: Window, origin: datetime, bucket_name: str, width: int
+) -> dict[str, Any]:
+    n = max(1, int(-(-(win.until - origin).total_seconds() // width)))
+    starts = [origin + timedelta(seconds=width * i) for i in range(n)]
     fmt = "%Y-%m-%dT%H:00Z" if bucket_name == "hour" else "%Y-%m-%d"
     out: dict[str, Any] = {
         "bucket": bucket_name,
@@ -507,28 +541,54 @@ def _top_clients(who: pd.DataFrame, top: int) -> list[dict[str, Any]]:
     out = []
     for r in per.itertuples(index=False):
         rows = chosen[chosen.client_ip == r.client_ip]
-        users = rows.dropna(subset=["user"]).groupby("user").requests.sum()
-        providers = rows.groupby("provider").requests.sum()
-        sites = rows.dropna(subset=["site"]).groupby("site").requests.sum()
+        users = sorted({u for text in rows.users for u in _loads(text, []) if u is not None})
         out.append(
             {
                 "client_ip": _py(r.client_ip),
-                "users": _ranked(users),
-                "sites": _ranked(sites),
-                "providers": _ranked(providers),
+                "users": users,
+                "sites": _ranked(rows.dropna(subset=["site"]).groupby("site").requests.sum()),
+                "providers": _ranked(rows.groupby("provider").requests.sum()),
                 "requests": int(r.requests),
                 "blocked": int(r.blocked),
-                "bytes_out": _py(r.bytes_out) and int(r.bytes_out),
-                "bytes_in": _py(r.bytes_in) and int(r.bytes_in),
+                "bytes_out": _int_or_none(r.bytes_out),
+                "bytes_in": _int_or_none(r.bytes_in),
             }
         )
     return out
+
+
+def _int_or_none(value: Any) -> int | None:
+    value = _py(value)
+    return None if value is None else int(value)
 
 
 def _ranked(series: pd.Series) -> list[str]:
     """Index values by their count, largest first, ties by name."""
     pairs = sorted(((str(k), int(v)) for k, v in series.items()), key=lambda p: (-p[1], p[0]))
     return [k for k, _ in pairs]
+
+
+def _destinations(who: pd.DataFrame) -> pd.DataFrame:
+    """Destination hosts of the period, folded from the client x destination table."""
+    if not len(who):
+        return who
+    keys = ["dest_host", "provider", "kind"]
+    filled = who.assign(**{k: who[k].fillna("\0") for k in keys})
+    dest = (
+        filled.groupby(keys)
+        .agg(
+            requests=("requests", "sum"),
+            blocked=("blocked", "sum"),
+            clients=("client_ip", "nunique"),
+            bytes_out=("bytes_out", lambda s: s.sum(min_count=1)),
+            bytes_in=("bytes_in", lambda s: s.sum(min_count=1)),
+            example_url=("example_url", lambda s: s.dropna().min() if s.notna().any() else None),
+        )
+        .reset_index()
+    )
+    for k in keys:
+        dest[k] = dest[k].where(dest[k] != "\0", None)
+    return dest
 
 
 def _dest_row(r: Any) -> dict[str, Any]:
@@ -539,8 +599,8 @@ def _dest_row(r: Any) -> dict[str, Any]:
         "requests": int(r.requests),
         "blocked": int(r.blocked),
         "clients": int(r.clients),
-        "bytes_out": _py(r.bytes_out) and int(r.bytes_out),
-        "bytes_in": _py(r.bytes_in) and int(r.bytes_in),
+        "bytes_out": _int_or_none(r.bytes_out),
+        "bytes_in": _int_or_none(r.bytes_in),
         "example_url": _py(r.example_url),
     }
 
@@ -560,11 +620,7 @@ def _relays(
     dest: pd.DataFrame, who: pd.DataFrame, relay_providers: set[str], catalog: Any
 ) -> dict[str, Any]:
     rows = dest[dest.kind == "relay"] if len(dest) else dest
-    clients = (
-        int(who.loc[who.provider.isin(relay_providers), "client_ip"].dropna().nunique())
-        if len(who)
-        else 0
-    )
+    clients = int(who.loc[who.kind == "relay", "client_ip"].dropna().nunique()) if len(who) else 0
     hosts = []
     for r in _sorted_dest(rows).itertuples(index=False) if len(rows) else ():
         row = _dest_row(r)
@@ -603,9 +659,9 @@ def _incidents(db: Any, win: Window, prev: Window, f: _Filters, top: int) -> dic
                sum(first_seen < ? AND status = 'acknowledged') AS acknowledged,
                sum({resolved}) AS resolved,
                sum(first_seen >= ? AND first_seen < ?) AS previous_new
-            FROM incidents WHERE first_seen < ?{f.sql}
+            FROM incidents WHERE 1 = 1{f.sql}
             GROUP BY rule, severity, severity_rank""",  # noqa: S608 - constants only
-        [s, u, u, s, u, u, s, u, ps, s, u, *f.params],
+        [s, u, u, s, u, u, s, u, ps, s, *f.params],
     )
     metrics = ["new", "active", "open", "acknowledged", "resolved", "previous_new"]
     if len(rows):
@@ -682,15 +738,7 @@ def _events(db: Any, win: Window, f: _Filters) -> dict[str, Any]:
 # --------------------------------------------------------------------------- methods
 
 
-def _methods(app: Any, db: Any, win: Window, f: _Filters, rng: _Range) -> dict[str, Any]:
-    sources = _frame(
-        db,
-        f"""SELECT scan_id, source, format, count(*) AS observations,
-                   min(ts) AS first_ts, max(ts) AS last_ts
-            FROM observations WHERE {rng.sql}{f.sql}
-            GROUP BY 1, 2, 3""",  # noqa: S608
-        [*rng.params, *f.params],
-    )
+def _methods(app: Any, db: Any, win: Window, sources: pd.DataFrame) -> dict[str, Any]:
     contributing = sorted({int(x) for x in sources.scan_id.dropna()}) if len(sources) else []
     started = [
         r[0]

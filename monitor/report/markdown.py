@@ -18,7 +18,7 @@ from monitor.output import safe_text
 from monitor.report.data import OTHER, Report
 
 CELL_LIMIT = 60
-_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>|#!~&+\-.:\"'=$])")
+_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#!~&])")
 _TICKS = re.compile(r"`+")
 
 
@@ -129,8 +129,8 @@ def _incidents(items: list[dict[str, Any]]) -> str:
                 code(i["client_ip"]),
                 code(i["site"]),
                 code(i["egress_country"]),
-                md(i["first_seen"]),
-                md(i["last_seen"]),
+                i["first_seen"],
+                i["last_seen"],
                 num(i["count"]),
                 md(i["status"]),
             ]
@@ -145,10 +145,10 @@ def render_markdown(report: Report) -> str:
     m = r.meta
     out: list[str] = []
     add = out.append
-    add(f"# apiwatch {m['period']} report: {md(m['label'], 80)}\n")
+    add(f"# apiwatch {m['period']} report: {m['label']}\n")
     add(
-        f"LLM API traffic and region-policy incidents, {md(m['since'])} to {md(m['until'])} "
-        f"(UTC, end excluded), compared with {md(m['previous']['label'], 80)}.  "
+        f"LLM API traffic and region-policy incidents, {m['since']} to {m['until']} "
+        f"(UTC, end excluded), compared with {m['previous']['label']}.  "
     )
     filters = m["filters"]
     if filters["site"] or filters["provider"]:
@@ -159,12 +159,10 @@ def render_markdown(report: Report) -> str:
             + "  "
         )
     add(
-        f"Generated {md(m['generated'])} by apiwatch {md(m['apiwatch_version'])} from {code(m['database'], 90)}.\n"
+        f"Generated {m['generated']} by apiwatch {m['apiwatch_version']} from {code(m['database'], 90)}.\n"
     )
     if not m["complete"]:
-        add(
-            f"> **This period is not over yet**: the figures cover it up to {md(m['generated'])}.\n"
-        )
+        add(f"> **This period is not over yet**: the figures cover it up to {m['generated']}.\n")
 
     add("## Summary\n")
     add(
@@ -192,7 +190,7 @@ def render_markdown(report: Report) -> str:
                 [tl["bucket"], "total", *(code(s["provider"], 24) for s in tl["series"])],
                 [
                     [
-                        md(b),
+                        b,
                         num(sum(s["values"][i] for s in tl["series"])),
                         *(num(s["values"][i]) for s in tl["series"]),
                     ]
@@ -287,7 +285,7 @@ def render_markdown(report: Report) -> str:
             ["at", "incident", "rule", "change", "by", "note"],
             [
                 [
-                    md(e["at"]),
+                    e["at"],
                     code(e["incident_id"]),
                     md(e["rule"]),
                     f"{md(e['status_from'])} → {md(e['status_to'])}",
@@ -357,8 +355,8 @@ def render_markdown(report: Report) -> str:
                     code(s["source"], 80),
                     md(s["format"]),
                     num(s["observations"]),
-                    md(s["first"]),
-                    md(s["last"]),
+                    s["first"],
+                    s["last"],
                     ", ".join(str(i) for i in s["scans"]),
                 ]
                 for s in x["sources"]

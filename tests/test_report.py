@@ -1,0 +1,614 @@
+"""Reports over a database built by real scans: every figure equals an independent SQL count.
+
+The database is made by ``apiwatch scan`` over ``examples/logs/*`` and generated Squid logs
+spanning two weeks (so the trend has a previous period), including hostile strings in host
+names, URLs, user names and a file name. The JSON report exposes every figure; each one is
+recomputed here with SQL written for the test, not taken from the report code.
+"""
+
+# ruff: noqa: S608 - SQL assembled from constants in this file; values are bound
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import re
+import sqlite3
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from monitor.cli import main
+from monitor.report import custom_window, output_path, period_window
+from monitor.report.markdown import code, md
+from monitor.report.tabular import spreadsheet_cell
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+CONFIG = EXAMPLES / "apiwatch.toml"
+LOGS = sorted(str(p) for p in (EXAMPLES / "logs").iterdir())
+
+WEEK = date(2026, 11, 27)  # a day in 2026-W48 (Mon 23 – Sun 29 November); W47 before it
+SINCE, UNTIL = "2026-11-23T00:00:00.000Z", "2026-11-30T00:00:00.000Z"
+PSINCE = "2026-11-16T00:00:00.000Z"
+
+HOSTILE_HOST = "\"'><script>document.title='pwned'<.workers.dev"
+HOSTILE_USER = "\"><script>document.title='pwned'</script>"
+HOSTILE_URL_Q = "?q=<script>document.title='pwned'</script>&x=\"'><img src=x onerror=alert(1)>"
+RLO_HOST = "\u202eecnerefer.workers.dev"
+LONG_HOST = "a" * 300 + ".workers.dev"
+HOSTILE_FILE = "<img src=x onerror=\"document.title='pwned'\">.log"
+
+HOSTS = [
+    ("CONNECT", "api.openai.com:443"),
+    ("CONNECT", "api.anthropic.com:443"),
+    ("CONNECT", "generativelanguage.googleapis.com:443"),
+    ("CONNECT", "api.deepseek.com:443"),
+    ("CONNECT", "openrouter.ai:443"),
+    ("CONNECT", "api.mistral.ai:443"),
+    ("CONNECT", "chatgpt.com:443"),
+    ("POST", "http://api.openai.com/v1/chat/completions"),
+    ("CONNECT", "registry.npmjs.org:443"),  # not LLM traffic: never stored
+]
+CLIENTS = ["10.20.1.1", "10.20.1.2", "10.20.3.3", "10.30.0.5", "10.30.0.6", "10.40.5.7"]
+USERS = ["-", "-", "alice", "bob", HOSTILE_USER]
+
+
+def native(ts, client, method, url, status=200, size=5000, code="TCP_TUNNEL", user="-"):
+    return f"{ts:.3f}    120 {client} {code}/{status:03d} {size} {method} {url} {user} HIER_DIRECT/162.159.140.245 -"
+
+
+def generated_log(seed: int = 7) -> str:
+    """Two weeks and a bit of traffic (9 Nov – 1 Dec 2026), deterministic."""
+    rnd = random.Random(seed)
+    start = datetime(2026, 11, 9, tzinfo=UTC).timestamp()
+    end = datetime(2026, 12, 2, tzinfo=UTC).timestamp()
+    lines = []
+    ts = start
+    while ts < end:
+        ts += rnd.expovariate(1 / 1500)
+        method, url = rnd.choice(HOSTS)
+        denied = rnd.random() < 0.1
+        lines.append(
+            native(
+                ts,
+                rnd.choice(CLIENTS),
+                method,
+                url,
+                status=403 if denied else 200,
+                size=rnd.randint(300, 90000),
+                code="TCP_DENIED" if denied else ("TCP_MISS" if method == "POST" else "TCP_TUNNEL"),
+                user=rnd.choice(USERS),
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def hostile_log() -> str:
+    t = datetime(2026, 11, 25, 9, tzinfo=UTC).timestamp()
+    return (
+        "\n".join(
+            [
+                native(t, "10.20.1.16", "POST", f"http://{HOSTILE_HOST}/v1/chat", code="TCP_MISS"),
+                native(t + 1, "10.20.1.16", "POST", f"http://{RLO_HOST}/v1/chat", code="TCP_MISS"),
+                native(t + 2, "10.20.1.16", "POST", f"http://{LONG_HOST}/v1/x", code="TCP_MISS"),
+                native(
+                    t + 3,
+                    "10.20.1.16",
+                    "POST",
+                    f"http://x.workers.dev/v1/chat{HOSTILE_URL_Q}".replace(" ", "%20"),
+                    code="TCP_MISS",
+                    user=HOSTILE_USER,
+                ),
+                native(t + 4, "10.20.1.16", "CONNECT", "api.openai.com:443", user="mallory\u202e"),
+                "1795741912.118     88 10.20.1.15 TCP_TUNNEL/200",  # malformed: truncated
+            ]
+        )
+        + "\n"
+    )
+
+
+def run(*args, ok=(0,), input=None):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, input=input)
+    assert result.exit_code in ok, result.output + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(db path, workdir): real scans, then some incidents acknowledged and resolved."""
+    tmp = tmp_path_factory.mktemp("report")
+    db = tmp / "apiwatch.db"
+    gen = tmp / "generated.log"
+    gen.write_text(generated_log())
+    rotated = tmp / "generated.log.1"  # overlaps the live file: nothing may count twice
+    rotated.write_text("".join(gen.read_text().splitlines(keepends=True)[:400]))
+    evil = tmp / HOSTILE_FILE
+    evil.write_text(hostile_log())
+    run("--config", CONFIG, "--db", db, "scan", *LOGS, "-q", ok=(0,))
+    run("--config", CONFIG, "--db", db, "scan", rotated, gen, "-q", "--jobs", "1")
+    run("--config", CONFIG, "--db", db, "scan", evil, "-q", "--jobs", "1")
+    run("--config", CONFIG, "--db", db, "scan", gen, "-q", "--jobs", "1")  # a re-scan
+    con = sqlite3.connect(db)
+    ids = [r[0] for r in con.execute("SELECT id FROM incidents ORDER BY id")]
+    con.close()
+    for iid in ids[:6]:
+        run(
+            "--db",
+            db,
+            "ack",
+            iid[:10],
+            "--note",
+            "ticket SEC-1 <b>bold</b> | pipe",
+            "--actor",
+            "ana",
+        )
+    for iid in ids[3:9]:
+        run("--db", db, "resolve", iid, "--note", "fixed\u202e", "--actor", "bo")
+    # status changes happen now, not in the report week: date them into it for the trail
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE incident_events SET at = '2026-11-26T10:00:00Z' WHERE id % 2 = 0")
+    con.close()
+    return db, tmp
+
+
+def report_json(db, *args):
+    out = run("--config", CONFIG, "--db", db, "report", "--format", "json", *args).stdout
+    return json.loads(out)
+
+
+def q(con, sql, params=()):
+    return con.execute(sql, params).fetchall()
+
+
+def one(con, sql, params=()):
+    return con.execute(sql, params).fetchone()[0]
+
+
+# --------------------------------------------------------------------------- figures = SQL
+
+
+def _obs_where(since, until, sites=(), providers=()):
+    where = "ts >= ? AND ts < ?"
+    params = [_epoch(since), _epoch(until)]
+    if sites:
+        where += f" AND site IN ({','.join('?' * len(sites))})"
+        params += list(sites)
+    if providers:
+        where += f" AND provider IN ({','.join('?' * len(providers))})"
+        params += list(providers)
+    return where, params
+
+
+def _epoch(iso):
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _inc_filter(sites=(), providers=()):
+    where, params = "", []
+    if sites:
+        where += f" AND site IN ({','.join('?' * len(sites))})"
+        params += list(sites)
+    if providers:
+        where += f" AND provider IN ({','.join('?' * len(providers))})"
+        params += list(providers)
+    return where, params
+
+
+def check_against_sql(con, rep, since, until, psince, sites=(), providers=()):
+    """Every figure of ``rep`` (the JSON report) against SQL written here."""
+    cur_w, cur_p = _obs_where(since, until, sites, providers)
+    prev_w, prev_p = _obs_where(psince, since, sites, providers)
+    inc_f, inc_p = _inc_filter(sites, providers)
+
+    def totals(w, p):
+        row = con.execute(
+            f"""SELECT count(*), sum(outcome = 'blocked'), sum(bytes_out), sum(bytes_in),
+                   count(DISTINCT client_ip), count(DISTINCT provider), count(DISTINCT site),
+                   count(DISTINCT egress_country), sum(provider_kind = 'relay')
+                FROM observations WHERE {w}""",
+            p,
+        ).fetchone()
+        keys = ["requests", "blocked", "bytes_out", "bytes_in", "clients", "providers", "sites",
+                "egress_countries", "relay_requests"]  # fmt: skip
+        out = dict(zip(keys, row, strict=True))
+        out["blocked"] = out["blocked"] or 0
+        out["relay_requests"] = out["relay_requests"] or 0
+        return out
+
+    cur, prev = totals(cur_w, cur_p), totals(prev_w, prev_p)
+    for window, store in ((since, until), cur), ((psince, since), prev):
+        store["incidents_new"] = one(
+            con,
+            f"SELECT count(*) FROM incidents WHERE first_seen >= ? AND first_seen < ?{inc_f}",
+            [*window, *inc_p],
+        )
+        store["incidents_new_high"] = one(
+            con,
+            f"""SELECT count(*) FROM incidents WHERE first_seen >= ? AND first_seen < ?
+                AND severity IN ('high', 'critical'){inc_f}""",
+            [*window, *inc_p],
+        )
+    checked = 0
+    for t in rep["totals"]:
+        assert t["current"] == cur[t["metric"]], t
+        assert t["previous"] == prev[t["metric"]], t
+        if t["current"] is not None and t["previous"] is not None:
+            assert t["change"] == t["current"] - t["previous"]
+        checked += 2
+    assert {t["metric"] for t in rep["totals"]} == set(cur)
+
+    # breakdowns by provider, site, egress country
+    for section, column in (
+        ("by_provider", "provider"),
+        ("by_site", "site"),
+        ("by_egress_country", "egress_country"),
+    ):
+        expect = {
+            r[0]: r[1:]
+            for r in q(
+                con,
+                f"""SELECT {column}, count(*), sum(outcome = 'blocked'), sum(bytes_out),
+                       sum(bytes_in), count(DISTINCT client_ip)
+                    FROM observations WHERE {cur_w} GROUP BY 1""",
+                cur_p,
+            )
+        }
+        previous = dict(
+            q(con, f"SELECT {column}, count(*) FROM observations WHERE {prev_w} GROUP BY 1", prev_p)
+        )
+        rows = rep[section]
+        assert {r[column] for r in rows} == set(expect) | set(previous)
+        total = sum(v[0] for v in expect.values())
+        for r in rows:
+            n, blocked, bout, bin_, clients = expect.get(r[column], (0, 0, None, None, 0))
+            assert (r["requests"], r["blocked"], r["bytes_out"], r["bytes_in"], r["clients"]) == (
+                n, blocked or 0, bout, bin_, clients,
+            ), r  # fmt: skip
+            assert r["previous_requests"] == previous.get(r[column], 0)
+            assert r["change"] == r["requests"] - r["previous_requests"]
+            assert r["share_pct"] == pytest.approx(round(n * 100 / total, 1) if total else 0)
+            checked += 7
+        counts = [r["requests"] for r in rows]
+        assert counts == sorted(counts, reverse=True)
+
+    # timeline: requests per day and provider
+    tl = rep["timeline"]
+    unit = {"day": "date(ts, 'unixepoch')", "hour": "strftime('%Y-%m-%dT%H:00Z', ts, 'unixepoch')"}
+    per = {
+        (p, d): n
+        for p, d, n in q(
+            con,
+            f"""SELECT provider, {unit[tl["bucket"]]}, count(*) FROM observations
+                WHERE {cur_w} GROUP BY 1, 2""",
+            cur_p,
+        )
+    }
+    other = next((s for s in tl["series"] if s["provider"] == "(other)"), None)
+    for s in tl["series"]:
+        names = s.get("providers", [s["provider"]]) if s is other else [s["provider"]]
+        for i, bucket in enumerate(tl["buckets"]):
+            assert s["values"][i] == sum(per.get((p, bucket), 0) for p in names)
+            checked += 1
+    assert sum(sum(s["values"]) for s in tl["series"]) == cur["requests"]
+
+    # incidents by rule and severity
+    resolved_sub = "SELECT incident_id FROM incident_events WHERE status_to = 'resolved' AND at >= ? AND at < ?"
+    metric_sql = {
+        "new": ("first_seen >= ? AND first_seen < ?", [since, until]),
+        "previous_new": ("first_seen >= ? AND first_seen < ?", [psince, since]),
+        "active": ("first_seen < ? AND last_seen >= ?", [until, since]),
+        "open": ("first_seen < ? AND status = 'open'", [until]),
+        "acknowledged": ("first_seen < ? AND status = 'acknowledged'", [until]),
+        "resolved": (f"id IN ({resolved_sub})", [since, until]),
+    }
+    inc = rep["incidents"]
+    for row in inc["by_rule"]:
+        for metric, (cond, params) in metric_sql.items():
+            n = one(
+                con,
+                f"SELECT count(*) FROM incidents WHERE rule = ? AND severity = ? AND {cond}{inc_f}",
+                [row["rule"], row["severity"], *params, *inc_p],
+            )
+            assert row[metric] == n, (row, metric)
+            checked += 1
+    for row in inc["by_severity"]:
+        for metric, (cond, params) in metric_sql.items():
+            n = one(
+                con,
+                f"SELECT count(*) FROM incidents WHERE severity = ? AND {cond}{inc_f}",
+                [row["severity"], *params, *inc_p],
+            )
+            assert row[metric] == n, (row, metric)
+            checked += 1
+    for metric in ("new", "active", "open", "acknowledged", "resolved"):
+        cond, params = metric_sql[metric]
+        assert inc["totals"][metric] == one(
+            con, f"SELECT count(*) FROM incidents WHERE {cond}{inc_f}", [*params, *inc_p]
+        )
+    assert inc["previous"]["new"] == prev["incidents_new"]
+    lists = inc["lists"]
+    assert lists["new"]["total"] == inc["totals"]["new"]
+    assert lists["resolved"]["total"] == inc["totals"]["resolved"]
+    for name, (cond, params) in (
+        ("new", metric_sql["new"]),
+        ("open", ("first_seen < ? AND status IN ('open', 'acknowledged')", [until])),
+        ("resolved", metric_sql["resolved"]),
+    ):
+        ids = {
+            r[0] for r in q(con, f"SELECT id FROM incidents WHERE {cond}{inc_f}", [*params, *inc_p])
+        }
+        items = lists[name]["items"]
+        assert len(items) == lists[name]["shown"] == min(len(ids), max(50, rep["meta"]["top"]))
+        assert {i["id"] for i in items} <= ids
+        for i in items:
+            assert i["count"] == one(
+                con, "SELECT count(*) FROM hits WHERE incident_id = ?", [i["id"]]
+            )
+            checked += 1
+
+    # audit trail
+    ev_where = f"e.at >= ? AND e.at < ?{inc_f.replace(' site', ' i.site').replace(' provider', ' i.provider')}"
+    join = "FROM incident_events e JOIN incidents i ON i.id = e.incident_id"
+    assert rep["events"]["total"] == one(
+        con, f"SELECT count(*) {join} WHERE {ev_where}", [since, until, *inc_p]
+    )
+    assert rep["events"]["by_action"] == dict(
+        q(
+            con,
+            f"SELECT e.action, count(*) {join} WHERE {ev_where} GROUP BY 1",
+            [since, until, *inc_p],
+        )
+    )
+
+    # top clients and destinations
+    for c in rep["top_clients"]:
+        n, blocked, bin_ = con.execute(
+            f"""SELECT count(*), sum(outcome = 'blocked'), sum(bytes_in) FROM observations
+                WHERE {cur_w} AND client_ip = ?""",
+            [*cur_p, c["client_ip"]],
+        ).fetchone()
+        assert (c["requests"], c["blocked"], c["bytes_in"]) == (n, blocked or 0, bin_)
+        users = {r[0] for r in q(con, f"SELECT DISTINCT user FROM observations WHERE {cur_w} AND client_ip = ? AND user IS NOT NULL", [*cur_p, c["client_ip"]])}  # fmt: skip
+        assert set(c["users"]) == users
+        checked += 4
+    top_n = sorted(
+        (r[1] for r in q(con, f"SELECT client_ip, count(*) FROM observations WHERE {cur_w} GROUP BY 1", cur_p)),
+        reverse=True,
+    )[: rep["meta"]["top"]]  # fmt: skip
+    assert [c["requests"] for c in rep["top_clients"]] == top_n
+    for d in rep["top_destinations"] + rep["relays"]["hosts"]:
+        n, blocked, clients, bin_ = con.execute(
+            f"""SELECT count(*), sum(outcome = 'blocked'), count(DISTINCT client_ip), sum(bytes_in)
+                FROM observations WHERE {cur_w} AND dest_host = ? AND provider = ?""",
+            [*cur_p, d["dest_host"], d["provider"]],
+        ).fetchone()
+        assert (d["requests"], d["blocked"], d["clients"], d["bytes_in"]) == (
+            n,
+            blocked or 0,
+            clients,
+            bin_,
+        )
+        checked += 4
+    assert rep["relays"]["requests"] == cur["relay_requests"]
+    assert rep["relays"]["clients"] == one(
+        con,
+        f"SELECT count(DISTINCT client_ip) FROM observations WHERE {cur_w} AND provider_kind = 'relay'",
+        cur_p,
+    )
+    assert len(rep["relays"]["hosts"]) == one(
+        con,
+        f"SELECT count(*) FROM (SELECT DISTINCT dest_host, provider FROM observations WHERE {cur_w} AND provider_kind = 'relay')",
+        cur_p,
+    )  # fmt: skip
+
+    # methods: the scans, sources and malformed counts behind the period
+    scan_ids = {
+        r[0] for r in q(con, f"SELECT DISTINCT scan_id FROM observations WHERE {cur_w}", cur_p)
+    } | {
+        r[0]
+        for r in q(
+            con,
+            "SELECT id FROM scans WHERE started >= ? AND started < ?",
+            [since[:19] + "Z", until[:19] + "Z"],
+        )
+    }
+    x = rep["methods"]
+    assert {s["id"] for s in x["scans"]} == scan_ids
+    marks = ",".join("?" * len(scan_ids))
+    assert x["records"] == one(
+        con, f"SELECT coalesce(sum(records), 0) FROM scans WHERE id IN ({marks})", sorted(scan_ids)
+    )
+    assert x["malformed"] == one(
+        con,
+        f"SELECT coalesce(sum(malformed), 0) FROM scans WHERE id IN ({marks})",
+        sorted(scan_ids),
+    )
+    assert {p["source"]: p["problems"] for p in x["problems_by_source"]} == dict(
+        q(con, f"SELECT source, count(*) FROM scan_problems WHERE scan_id IN ({marks}) GROUP BY 1", sorted(scan_ids))
+    )  # fmt: skip
+    for s in x["sources"]:
+        n, lo, hi = con.execute(
+            f"SELECT count(*), min(ts), max(ts) FROM observations WHERE {cur_w} AND source = ?",
+            [*cur_p, s["source"]],
+        ).fetchone()
+        assert s["observations"] == n
+        assert s["first"] == datetime.fromtimestamp(lo, UTC).isoformat(
+            timespec="milliseconds"
+        ).replace("+00:00", "Z")
+        assert s["last"] == datetime.fromtimestamp(hi, UTC).isoformat(
+            timespec="milliseconds"
+        ).replace("+00:00", "Z")
+        checked += 3
+    assert sum(s["observations"] for s in x["sources"]) == cur["requests"]
+    return checked
+
+
+def test_weekly_report_figures_equal_sql(built):
+    db, _ = built
+    rep = report_json(db, "--period", "weekly", "--date", WEEK)
+    assert rep["meta"]["since"] == SINCE and rep["meta"]["until"] == UNTIL
+    assert rep["meta"]["previous"]["since"] == PSINCE
+    assert rep["meta"]["complete"] is (datetime.now(UTC).isoformat() >= "2026-11-30")
+    con = sqlite3.connect(db)
+    # the data is what the test means it to be: both weeks have traffic and incidents
+    assert one(con, "SELECT count(*) FROM observations WHERE ts >= ? AND ts < ?", [_epoch(PSINCE), _epoch(SINCE)]) > 50  # fmt: skip
+    checked = check_against_sql(con, rep, SINCE, UNTIL, PSINCE)
+    assert checked > 300
+    totals = {t["metric"]: t for t in rep["totals"]}
+    assert totals["requests"]["current"] > 0 and totals["requests"]["previous"] > 0
+    assert totals["blocked"]["current"] > 0 and totals["relay_requests"]["current"] > 0
+    assert rep["incidents"]["totals"]["resolved"] > 0 and rep["events"]["total"] > 0
+    assert rep["methods"]["malformed"] >= 1  # the truncated records are counted
+
+
+def test_filtered_and_custom_reports_equal_sql(built):
+    db, _ = built
+    con = sqlite3.connect(db)
+    rep = report_json(db, "--period", "weekly", "--date", WEEK, "--site", "shanghai", "--provider", "openai", "--provider", "anthropic")  # fmt: skip
+    assert rep["meta"]["filters"] == {"site": ["shanghai"], "provider": ["openai", "anthropic"]}
+    check_against_sql(con, rep, SINCE, UNTIL, PSINCE, ("shanghai",), ("openai", "anthropic"))
+    assert {r["site"] for r in rep["by_site"]} == {"shanghai"}
+
+    since, until = "2026-11-20T06:00:00.000Z", "2026-11-27T18:00:00.000Z"
+    rep = report_json(db, "--since", since, "--until", until, "--top", "3")
+    psince = "2026-11-12T18:00:00.000Z"  # same length (7.5 days) just before
+    assert rep["meta"]["previous"]["since"] == psince
+    check_against_sql(con, rep, since, until, psince)
+    assert len(rep["top_clients"]) == 3
+
+    rep = report_json(db, "--period", "daily", "--date", "2026-11-25")
+    assert rep["timeline"]["bucket"] == "hour" and len(rep["timeline"]["buckets"]) == 24
+    check_hourly = sum(sum(s["values"]) for s in rep["timeline"]["series"])
+    assert check_hourly == rep["totals"][0]["current"]
+    check_against_sql(con, rep, "2026-11-25T00:00:00.000Z", "2026-11-26T00:00:00.000Z", "2026-11-24T00:00:00.000Z")  # fmt: skip
+
+    rep = report_json(db, "--period", "monthly", "--date", "2026-11-03")
+    assert rep["meta"]["previous"]["since"] == "2026-10-01T00:00:00.000Z"
+    check_against_sql(con, rep, "2026-11-01T00:00:00.000Z", "2026-12-01T00:00:00.000Z", "2026-10-01T00:00:00.000Z")  # fmt: skip
+
+
+def test_empty_period_and_empty_database(tmp_path):
+    db = tmp_path / "empty.db"
+    rep = report_json(db, "--period", "daily", "--date", "2020-01-01")
+    assert all(t["current"] in (0, None) for t in rep["totals"])
+    assert rep["by_provider"] == [] and rep["timeline"]["series"] == []
+    for fmt in ("html", "md", "csv"):
+        out = run("--db", db, "report", "--period", "weekly", "--format", fmt).stdout
+        assert out.strip()
+
+
+def test_csv_and_markdown_carry_the_same_figures(built):
+    db, _ = built
+    rep = report_json(db, "--period", "weekly", "--date", WEEK)
+    out = run("--db", db, "--config", CONFIG, "report", "--period", "weekly", "--date", WEEK, "--format", "csv").stdout  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["since", "until", "section", "key", "subkey", "metric", "value"]
+    got = {(r["section"], r["key"], r["metric"]): r["value"] for r in rows}
+    for t in rep["totals"]:
+        value = t["current"]
+        assert got[("totals", t["metric"], "current")] == ("" if value is None else str(value))
+    for p in rep["by_provider"]:
+        assert got[("by_provider", p["provider"], "requests")] == str(p["requests"])
+    for s in rep["incidents"]["by_severity"]:
+        assert got[("incidents_by_severity", s["severity"], "new")] == str(s["new"])
+    # the hostile user is written as it is for BI tools, and neutralised for spreadsheets
+    assert any(r["subkey"].startswith('"><script>') for r in rows if r["section"] == "top_clients")
+    safe = run("--db", db, "report", "--period", "weekly", "--date", WEEK, "--format", "csv", "--spreadsheet-safe").stdout  # fmt: skip
+    for r in csv.DictReader(io.StringIO(safe)):
+        for v in r.values():
+            assert not v.startswith(("=", "+", "@")) or v.startswith("'")
+            assert not (v.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?", v))
+
+    text = run("--db", db, "--config", CONFIG, "report", "--period", "weekly", "--date", WEEK, "--format", "md").stdout  # fmt: skip
+    assert f"| LLM API requests | {rep['totals'][0]['current']:,} |" in text
+    assert "\u202e" not in text and "\\u202e" in text
+    # log data sits in code spans (literal text): outside them no markup from the logs is left
+    outside = re.sub(r"(`+)(.+?)\1", "", text)
+    assert "<script" not in outside and "<img" not in outside
+    assert "`\"><script>document.title='pwned'</scrip…`" in text
+
+
+def test_html_escapes_hostile_log_strings(built):
+    db, _ = built
+    html = run("--db", db, "--config", CONFIG, "report", "--period", "weekly", "--date", WEEK, "--format", "html").stdout  # fmt: skip
+    assert "<script>document.title" not in html
+    assert "&lt;script&gt;document.title=&#39;pwned&#39;" in html
+    assert "onerror=alert(1)>" not in html and 'onerror="document' not in html
+    assert "\u202e" not in html and "\\u202e" in html  # bidi override shown, not obeyed
+    assert LONG_HOST not in re.sub(r'title="[^"]*"', "", html)  # cut, full value in title
+    assert f'title="{LONG_HOST}"' in html
+    assert html.count("<script>") == 1  # only the report's own sort script
+    assert 'http-equiv="Content-Security-Policy"' in html and "default-src 'none'" in html
+
+
+def test_ack_resolve_and_the_audit_trail(built, tmp_path):
+    db, _ = built
+    con = sqlite3.connect(db)
+    (iid,) = con.execute(
+        "SELECT id FROM incidents WHERE status = 'open' ORDER BY id LIMIT 1"
+    ).fetchone()
+    out = run("--db", db, "ack", iid[:8], "--note", "looking", "--actor", "cy").stdout
+    assert f"incident {iid}: open → acknowledged" in out
+    run("--db", db, "resolve", iid, "-m", "done", "--actor", "cy")
+    events = [e for e in json.loads(run("--db", db, "show", iid, "--json").stdout)["events"]]
+    assert [(e["status_from"], e["status_to"], e["note"], e["actor"]) for e in events] == [
+        ("open", "acknowledged", "looking", "cy"),
+        ("acknowledged", "resolved", "done", "cy"),
+    ]
+    bad = run("--db", db, "ack", "ffffffffffffffff0", "--note", "x", ok=(1,))
+    assert "no incident" in bad.stderr
+    run("--db", db, "resolve", iid, ok=(2,))  # --note is required: an audit trail says why
+    # today's report shows the changes made today
+    rep = report_json(db, "--since", "1d")
+    assert rep["events"]["by_action"].get("resolved", 0) >= 1
+    assert iid in {e["incident_id"] for e in rep["events"]["items"]}
+
+
+def test_periods_and_output_patterns():
+    w = period_window("weekly", date(2026, 11, 30))  # a Monday
+    assert (w.first_day, w.last_day, w.label) == ("2026-11-30", "2026-12-06", "2026-W49 (2026-11-30 – 2026-12-06)")  # fmt: skip
+    assert period_window("weekly", today=date(2026, 11, 30)).first_day == "2026-11-23"  # last week
+    assert period_window("daily", today=date(2026, 3, 1)).first_day == "2026-02-28"
+    m = period_window("monthly", today=date(2026, 3, 1))
+    assert (m.first_day, m.last_day, m.previous().first_day) == (
+        "2026-02-01",
+        "2026-02-28",
+        "2026-01-01",
+    )
+    assert m.previous().last_day == "2026-01-31"
+    c = custom_window("2026-11-01T00:00:00.000Z", "2026-11-03T12:00:00.000Z")
+    assert c.previous().since.isoformat() == "2026-10-29T12:00:00+00:00" and c.bucket()[0] == "day"
+    with pytest.raises(ValueError):
+        custom_window("2026-11-03", "2026-11-01")
+    p = output_path("r/{period}-{date}-{end}-{week}-{month}.{format}", w, "html")
+    assert str(p) == "r/weekly-2026-11-30-2026-12-06-2026-W49-2026-11.html"
+
+
+def test_report_command_line(built, tmp_path):
+    db, _ = built
+    target = tmp_path / "out" / "weekly-{date}.html"
+    res = run("--db", db, "report", "--period", "weekly", "--date", WEEK, "-o", target)
+    written = tmp_path / "out" / "weekly-2026-11-23.html"
+    assert written.read_text().startswith("<!DOCTYPE html>") and "wrote" in res.stderr
+    assert oct(written.stat().st_mode & 0o777) == "0o640"
+    run("--db", db, "report", "--period", "weekly", "-o", tmp_path / "x.json")
+    json.loads((tmp_path / "x.json").read_text())  # format from the suffix
+    assert run("--db", db, "report", ok=(2,)).exit_code == 2
+    assert run("--db", db, "report", "--period", "daily", "--since", "1d", ok=(2,)).exit_code == 2
+    assert run("--db", db, "report", "--since", "2026-11-05", "--until", "2026-11-01", ok=(2,)).exit_code == 2  # fmt: skip
+
+
+def test_escaping_helpers():
+    assert md("a|b*c_[x](y)<z>") == "a\\|b\\*c\\_\\[x\\](y)\\<z\\>"
+    assert code("a|b`c") == "``a\\|b`c``"
+    assert code("\u202eevil") == "`\\u202eevil`"
+    assert md("x" * 100, 10) == "x" * 9 + "…"
+    assert spreadsheet_cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert spreadsheet_cell("-2+3") == "'-2+3" and spreadsheet_cell(-5) == -5
+    assert spreadsheet_cell("api.openai.com") == "api.openai.com"
