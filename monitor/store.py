@@ -34,6 +34,7 @@ SCHEMA_VERSION = 2
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
+_LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
 
 OBSERVATION_COLUMNS: dict[str, type] = {
     "id": int,  # 63-bit digest of the raw record (unique)
@@ -169,7 +170,15 @@ class Store:
     def _tx(self) -> Iterator[None]:
         """One write transaction, taken with the write lock up front (no upgrade deadlocks)."""
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:  # another writer kept the lock past the timeout
+                contended = "locked" in str(exc) or "busy" in str(exc)
+                if not contended or attempt == _LOCK_RETRIES - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         try:
             yield
         except BaseException:
