@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Benchmark ``apiwatch report`` on a large store: 1 M observations and 100 k incidents.
+
+The database is generated straight into SQLite in the store's schema (``Store`` creates the
+schema; rows are bulk-inserted in one transaction), deterministic for a seed: two months of
+traffic (October and November 2026, three quarters of it in November), ~5,000 clients on
+5 sites, 16 providers, daily log files and one scan per day, incidents with a status history.
+Then the monthly report for November is timed end to end as a command (process start,
+imports, queries, rendering, writing the file), in HTML and in JSON.
+
+Target: each under 5 s. Usage::
+
+    python benchmarks/bench_report.py                     # generates /tmp/apiwatch-bench-report.db
+    python benchmarks/bench_report.py --observations 200000 --incidents 20000 --repeat 3
+    python benchmarks/bench_report.py --db /tmp/existing.db --json
+"""
+
+# ruff: noqa: S608 - column lists are the store's constants; values are bound
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+TARGET_SECONDS = 5.0
+
+PROVIDERS = [
+    ("openai", "api", "api.openai.com"),
+    ("openai", "consumer", "chatgpt.com"),
+    ("anthropic", "api", "api.anthropic.com"),
+    ("google_gemini", "api", "generativelanguage.googleapis.com"),
+    ("azure_openai", "api", "acme-prod.openai.azure.com"),
+    ("mistral", "api", "api.mistral.ai"),
+    ("deepseek", "api", "api.deepseek.com"),
+    ("cohere", "api", "api.cohere.com"),
+    ("groq", "api", "api.groq.com"),
+    ("perplexity", "api", "api.perplexity.ai"),
+    ("together", "api", "api.together.xyz"),
+    ("fireworks", "api", "api.fireworks.ai"),
+    ("openrouter", "relay", "openrouter.ai"),
+    ("cloudflare_ai_gateway", "relay", "gateway.ai.cloudflare.com"),
+    ("cloudflare_workers_proxy", "relay", "gpt-proxy.workers.dev"),
+    ("xai", "api", "api.x.ai"),
+]
+SITES = [
+    ("shanghai", "CN", "114.114.114.114"),
+    ("hongkong", "HK", "8.217.0.1"),
+    ("frankfurt", "DE", "185.60.216.1"),
+    ("london", "GB", "81.2.69.1"),
+    ("newyork", "US", "8.8.8.8"),
+]
+RULES = [
+    ("provider-region-unsupported", "high"),
+    ("relay-service", "medium"),
+    ("unapproved-provider", "medium"),
+    ("possible-relay", "low"),
+    ("unknown-region-policy", "info"),
+]
+SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
+    from monitor.store import INCIDENT_COLUMNS, OBSERVATION_COLUMNS, Store
+
+    path.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    store = Store(path)
+    db = store.db.conn
+    db.execute("PRAGMA synchronous = OFF")
+    rnd = random.Random(seed)
+    t0 = time.perf_counter()
+    oct1 = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
+    nov1 = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+    dec1 = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    clients = [f"10.{20 + 10 * (i % 5)}.{i // 250 % 250}.{i % 250 + 1}" for i in range(5000)]
+    weights = [1 / (i + 1) ** 0.8 for i in range(len(clients))]
+    users = ["alice", "bob", "carol", None, None, None]
+
+    db.execute("BEGIN")
+    days = []
+    d = datetime(2026, 10, 1, tzinfo=UTC)
+    while d.timestamp() < dec1:
+        days.append(d)
+        d += timedelta(days=1)
+    geodata = json.dumps(
+        [
+            {"name": "geo-whois-asn-country", "path": "geodata/geo-whois-asn-country.mmdb.xz",
+             "database_type": "apiwatch-Country", "capability": "country",
+             "build_date": "2026-06-17", "origin": "embedded"},
+        ]
+    )  # fmt: skip
+    rules = json.dumps({"rules": [r for r, _ in RULES]})
+    for i, day in enumerate(days, start=1):
+        start = (day + timedelta(days=1, hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        db.execute(
+            """INSERT INTO scans (id, started, finished, files, options, records, malformed,
+               llm_observations, stored, duplicates, incidents_new, incidents_updated, by_rule,
+               file_errors, catalog_version, geodata, exit_code)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, '{}', '[]', '2026-11-28', ?, 0)""",
+            [i, start, start, json.dumps([f"/var/log/squid/access.log-{day:%Y%m%d}.gz"]),
+             rules, 1_000_000, 7, 0, 0, geodata],
+        )  # fmt: skip
+        db.executemany(
+            "INSERT INTO scan_problems (scan_id, source, line, reason, excerpt) VALUES (?, ?, ?, ?, ?)",
+            [(i, f"/var/log/squid/access.log-{day:%Y%m%d}.gz", 100 + k, "truncated record", "x")
+             for k in range(7)],
+        )  # fmt: skip
+
+    cols = list(OBSERVATION_COLUMNS)
+    sql = f"INSERT INTO observations ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    batch = []
+    n_oct = observations // 4
+    for k in range(observations):
+        lo, hi = (oct1, nov1) if k < n_oct else (nov1, dec1)
+        ts = lo + (hi - lo) * (k - (0 if k < n_oct else n_oct)) / (
+            n_oct if k < n_oct else observations - n_oct
+        )
+        client = (
+            rnd.choices(clients, weights)[0] if k % 8 == 0 else clients[rnd.randrange(len(clients))]
+        )
+        site, country, egress = SITES[int(client.split(".")[1]) // 10 - 2]
+        provider, kind, host = PROVIDERS[min(int(rnd.expovariate(0.35)), len(PROVIDERS) - 1)]
+        blocked = rnd.random() < 0.05
+        day = datetime.fromtimestamp(ts, UTC)
+        row = {
+            "id": k + 1, "ts": ts, "day": day.strftime("%Y-%m-%d"),
+            "source": f"/var/log/squid/access.log-{day:%Y%m%d}.gz", "line": k, "format": "squid",
+            "client_ip": client, "user": users[k % len(users)], "method": "CONNECT",
+            "dest_host": host, "dest_port": 443, "dest_ip": "162.159.140.245",
+            "url": None, "status": 403 if blocked else 200,
+            "result": "TCP_DENIED" if blocked else "TCP_TUNNEL", "bytes_out": None,
+            "bytes_in": rnd.randint(300, 200_000), "host_source": "connect", "duration": 1.0,
+            "provider": provider, "provider_kind": kind, "match_pattern": host, "site": site,
+            "egress_ip": egress, "egress_country": country, "egress_source": f"site:{site}",
+            "dest_country": "US", "dest_asn": 13335, "outcome": "blocked" if blocked else "allowed",
+            "scan_id": (day - days[0]).days + 1,
+        }  # fmt: skip
+        batch.append([row.get(c) for c in cols])
+        if len(batch) >= 50_000:
+            db.executemany(sql, batch)
+            batch = []
+    if batch:
+        db.executemany(sql, batch)
+
+    icols = list(INCIDENT_COLUMNS)
+    isql = f"INSERT INTO incidents ({', '.join(icols)}) VALUES ({', '.join('?' * len(icols))})"
+    rows, events = [], []
+    for _ in range(incidents):
+        ts = oct1 + (dec1 - oct1) * rnd.random()
+        rule, severity = RULES[min(int(rnd.expovariate(0.7)), len(RULES) - 1)]
+        provider, kind, host = rnd.choice(PROVIDERS)
+        site, country, egress = rnd.choice(SITES)
+        status = rnd.choices(["open", "acknowledged", "resolved"], [6, 2, 2])[0]
+        iid = f"{rnd.getrandbits(64):016x}"
+        count = rnd.randint(1, 40)
+        row = {
+            "id": iid, "rule": rule, "severity": severity, "severity_rank": SEVERITY_RANK[severity],
+            "title": rule, "provider": provider, "provider_kind": kind, "dest_host": host,
+            "client_ip": rnd.choice(clients), "site": site, "egress_ip": egress,
+            "egress_country": country, "egress_source": f"site:{site}",
+            "day": datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d"), "first_seen": iso(ts),
+            "last_seen": iso(ts + rnd.random() * 3600), "count": count, "blocked": 0,
+            "bytes_out": None, "bytes_in": count * 1000, "outcome": "allowed", "status": status,
+            "evidence": "[]", "first_scan": 1, "last_scan": 1,
+        }  # fmt: skip
+        rows.append([row[c] for c in icols])
+        if status != "open":
+            at = datetime.fromtimestamp(ts + 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            events.append((iid, at, status, "open", status, "bench", "ops"))
+    db.executemany(isql, rows)
+    db.executemany(
+        """INSERT INTO incident_events (incident_id, at, action, status_from, status_to, note, actor)
+           VALUES (?, ?, ?, ?, ?, ?, ?)""",
+        events,
+    )
+    db.execute("COMMIT")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("ANALYZE")
+    store.close()
+    return {
+        "observations": observations,
+        "incidents": incidents,
+        "events": len(events),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "size_mb": round(path.stat().st_size / 1e6, 1),
+    }
+
+
+def time_report(db: Path, fmt: str, out: Path) -> float:
+    cmd = [sys.executable, "-m", "monitor", "--db", str(db), "report", "--period", "monthly",
+           "--date", "2026-11-15", "--format", fmt, "-o", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"report failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--db", type=Path, default=Path("/tmp/apiwatch-bench-report.db"))
+    ap.add_argument("--observations", type=int, default=1_000_000)
+    ap.add_argument("--incidents", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3, help="Timed runs per format (best and all).")
+    ap.add_argument("--reuse", action="store_true", help="Keep an existing --db.")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    setup = None
+    if not (args.reuse and args.db.exists()):
+        print(f"generating {args.observations:,} observations and {args.incidents:,} incidents "
+              f"into {args.db} …", file=sys.stderr)  # fmt: skip
+        setup = generate(args.db, args.observations, args.incidents, args.seed)
+    results = {}
+    for fmt in ("html", "json"):
+        out = args.db.with_suffix(f".report.{fmt}")
+        runs = [time_report(args.db, fmt, out) for _ in range(args.repeat)]
+        results[fmt] = {"best": round(min(runs), 2), "runs": [round(r, 2) for r in runs],
+                        "bytes": out.stat().st_size}  # fmt: skip
+    ok = all(
+        r["best"] < TARGET_SECONDS and max(r["runs"]) < TARGET_SECONDS for r in results.values()
+    )
+    summary = {"setup": setup, "reports": results, "target_seconds": TARGET_SECONDS, "ok": ok}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        if setup:
+            print(f"setup: {setup}")
+        for fmt, r in results.items():
+            print(f"monthly report, {fmt:<4}: best {r['best']:.2f} s, runs {r['runs']} "
+                  f"({r['bytes'] / 1e3:,.0f} kB)")  # fmt: skip
+        print(f"target < {TARGET_SECONDS:.0f} s: {'met' if ok else 'MISSED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
