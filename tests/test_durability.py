@@ -59,6 +59,19 @@ def incidents(db: Path) -> list[tuple]:
         con.close()
 
 
+def stored(db: Path) -> int:
+    """Observations committed so far (0 while the database does not exist yet)."""
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        return con.execute("SELECT count(*) FROM observations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
 def run_ok(db: Path, *args: str) -> dict:
     proc = apiwatch(db, *args)
     out, err = proc.communicate(timeout=300)
@@ -102,7 +115,11 @@ def test_kill_minus_nine_then_rerun_equals_uninterrupted(tmp_path, logs, referen
             "2",
             env=SMALL_PARTS,
         )
-        time.sleep(rnd.uniform(0.3, 2.0))
+        # kill once the scan is really writing, at a random moment after that
+        before, deadline = stored(db), time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline and stored(db) == before:
+            time.sleep(0.05)
+        time.sleep(rnd.uniform(0.0, 0.8))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -130,7 +147,7 @@ def test_concurrent_scans_of_the_same_and_different_files(tmp_path, logs, refere
     started = time.monotonic()
     query = apiwatch(db, "incidents", "--json", "--limit", "5")
     query.communicate(timeout=60)
-    assert query.returncode == 0 and time.monotonic() - started < 10
+    assert query.returncode == 0 and time.monotonic() - started < 20
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
