@@ -21,17 +21,6 @@ from monitor.cli import _FATAL, Fatal, _guard, _when, main
 from monitor.config import REPORT_FORMATS, load_config
 from monitor.output import safe_text
 from monitor.policy import SEVERITIES
-from monitor.report import (
-    PERIODS,
-    ReportQuery,
-    build_report,
-    custom_window,
-    format_for,
-    output_path,
-    period_window,
-    render,
-    write_atomic,
-)
 
 
 def _date(_ctx, _param, value):
@@ -44,7 +33,7 @@ def _date(_ctx, _param, value):
 
 
 @main.command("report")
-@click.option("--period", type=click.Choice(PERIODS), help="A calendar period (UTC).")
+@click.option("--period", type=click.Choice(("daily", "weekly", "monthly")), help="A calendar period (UTC).")
 @click.option(
     "--date",
     "day",
@@ -97,6 +86,17 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
         raise click.UsageError("--date needs --period")
     if not period and not since:
         raise click.UsageError("give --period daily|weekly|monthly, or --since [--until]")
+    from monitor.report import (  # pandas and jinja2 load only for reports
+        ReportQuery,
+        build_report,
+        custom_window,
+        format_for,
+        output_path,
+        period_window,
+        render,
+        write_atomic,
+    )
+
     try:
         window = period_window(period, day) if period else custom_window(since, until)
     except ValueError as exc:
@@ -222,6 +222,8 @@ def config_check(ctx, path):
         click.echo(f"  {s.key:<10} {s.path} ({n} file(s) now{'; ' + opts if opts else ''})")
         if n == 0 and not s.optional:
             click.echo(f"warning: {s.key}.path: {s.path} matches no file now", err=True)
+    from monitor.report import output_path, period_window
+
     for r in cfg.reports:
         example = output_path(
             r.output, period_window(r.period, today=datetime.now(UTC).date()), r.format

@@ -23,11 +23,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from monitor.observation import iso_utc
+
+if TYPE_CHECKING:
+    import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
 SCHEMA_VERSION = 2
@@ -156,6 +157,8 @@ class Store:
             if not self.path.exists():  # create it private: it holds client addresses and users
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            import sqlite_utils  # here: it imports pandas, which commands without a store skip
+
             self.db = sqlite_utils.Database(conn)
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute("PRAGMA journal_mode = WAL")
