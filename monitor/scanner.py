@@ -43,7 +43,9 @@ from monitor.collectors.base import (
 )
 from monitor.observation import Observation
 from monitor.pipeline import Pipeline, ScanSummary, account, incident_rows, observation_row
-from monitor.store import Store
+from monitor.store import COL, Store
+
+ID, DAY, LINE, SCAN_ID = COL["id"], COL["day"], COL["line"], COL["scan_id"]
 
 BATCH = 5000
 HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
@@ -54,7 +56,7 @@ PART_SIZE = int(os.environ.get("APIWATCH_PART_SIZE", 64 << 20))
 MIN_PART = 16 << 20
 _QUEUE_BATCHES = 4  # bounded hand-over: producers wait rather than fill memory
 
-Produced = tuple[str, dict[str, Any], list[dict[str, Any]]]  # (record id, row, incidents)
+Produced = tuple[str, list[Any], list[dict[str, Any]]]  # (record id, row, incidents)
 
 
 def default_jobs() -> int:
@@ -138,7 +140,7 @@ def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> 
         if private is not None:
             enriched = private.apply(enriched)  # before ids are computed from them
         row = observation_row(enriched)
-        yield obs.record_id or fallback_id(obs), row, incident_rows(enriched, rules, row["day"])
+        yield obs.record_id or fallback_id(obs), row, incident_rows(enriched, rules, row[DAY])
 
 
 def fallback_id(obs: Observation) -> str:
@@ -283,7 +285,7 @@ class Scanner:
         self, paths: Iterable[str], scan_id: int, on_read: Callable[[int], None] | None = None
     ) -> ScanSummary:
         summary = ScanSummary()
-        self._batch: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        self._batch: list[tuple[list[Any], list[dict[str, Any]]]] = []
         self._rule_of: dict[str, tuple[str, str]] = {}
         for path in paths:
             summary.files.append(path)
@@ -323,7 +325,7 @@ class Scanner:
                 for kind, payload in messages:
                     if kind == "batch":
                         for record_id, row, incs in payload:
-                            row["line"] += base
+                            row[LINE] += base
                             self._take(record_id, row, incs, seen, scan_id, summary)
                     elif kind == "done":
                         diag: Diagnostics = payload
@@ -366,12 +368,12 @@ class Scanner:
                 state["lines"] = base + diag.lines
         return dict(state)
 
-    def _take(self, record_id: str, row: dict[str, Any], incs: list[dict[str, Any]], seen: Counter[str],
+    def _take(self, record_id: str, row: list[Any], incs: list[dict[str, Any]], seen: Counter[str],
               scan_id: int, summary: ScanSummary) -> None:  # fmt: skip
         nth = seen[record_id]
         seen[record_id] = nth + 1
-        row["id"] = observation_id(record_id, nth)
-        row["scan_id"] = scan_id
+        row[ID] = observation_id(record_id, nth)
+        row[SCAN_ID] = scan_id
         summary.llm_observations += 1
         for inc in incs:
             self._rule_of[inc["id"]] = (inc["rule"], inc["severity"])

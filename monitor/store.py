@@ -75,6 +75,26 @@ OBSERVATION_COLUMNS: dict[str, type] = {
     "scan_id": int,
 }
 
+#: positions in a stored observation row (rows are lists in OBSERVATION_COLUMNS order)
+COL = {name: i for i, name in enumerate(OBSERVATION_COLUMNS)}
+_ID, _TS, _DAY, _SOURCE, _LINE = COL["id"], COL["ts"], COL["day"], COL["source"], COL["line"]
+_OUT, _IN, _OUTCOME = COL["bytes_out"], COL["bytes_in"], COL["outcome"]
+
+
+_INSERT_OBSERVATION = (
+    f"INSERT INTO observations ({', '.join(OBSERVATION_COLUMNS)}) "  # noqa: S608 - constants
+    f"VALUES ({', '.join('?' * len(OBSERVATION_COLUMNS))})"
+)
+
+
+def observation_values(**fields: Any) -> list[Any]:
+    """A stored observation row from keyword fields (unknown columns are an error)."""
+    row: list[Any] = [None] * len(COL)
+    for name, value in fields.items():
+        row[COL[name]] = value
+    return row
+
+
 INCIDENT_COLUMNS: dict[str, type] = {
     "id": str,
     "rule": str,
@@ -237,7 +257,7 @@ class Store:
     def ingest(
         self,
         scan_id: int,
-        batch: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]],
+        batch: Sequence[tuple[list[Any], Sequence[dict[str, Any]]]],
         source: dict[str, Any] | None = None,
     ) -> IngestResult:
         """Store one batch of (observation row, incident identities) in one transaction,
@@ -264,16 +284,16 @@ class Store:
         return rows[0] if rows else None
 
     def _ingest(
-        self, scan_id: int, batch: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]
+        self, scan_id: int, batch: Sequence[tuple[list[Any], Sequence[dict[str, Any]]]]
     ) -> IngestResult:
         result = IngestResult()
-        unique: dict[int, tuple[dict[str, Any], Sequence[dict[str, Any]]]] = {}
+        unique: dict[int, tuple[list[Any], Sequence[dict[str, Any]]]] = {}
         pruned = self._meta("pruned_before")
         for obs, incs in batch:
-            if pruned and obs["day"] < pruned:  # its twin may have been pruned: never recount
+            if pruned and obs[_DAY] < pruned:  # its twin may have been pruned: never recount
                 result.expired += 1
                 continue
-            unique.setdefault(obs["id"], (obs, incs))
+            unique.setdefault(obs[_ID], (obs, incs))
         result.duplicates += len(batch) - result.expired - len(unique)
         conn = self.db.conn
         existing = self._existing("observations", list(unique))
@@ -281,18 +301,15 @@ class Store:
         fresh = [v for k, v in unique.items() if k not in existing]
         if not fresh:
             return result
-        obs_cols = list(OBSERVATION_COLUMNS)
-        conn.executemany(
-            f"INSERT INTO observations ({', '.join(obs_cols)}) VALUES ({', '.join('?' * len(obs_cols))})",  # noqa: S608 - column names are constants
-            [[o.get(c) for c in obs_cols] for o, _ in fresh],
-        )
+        conn.executemany(_INSERT_OBSERVATION, [o for o, _ in fresh])
         result.stored = len(fresh)
 
         deltas: dict[str, dict[str, Any]] = {}
         hits: list[tuple[str, int]] = []
         for obs, incs in fresh:
+            ts = obs[_TS]
             for inc in incs:
-                hits.append((inc["id"], obs["id"]))
+                hits.append((inc["id"], obs[_ID]))
                 d = deltas.get(inc["id"])
                 if d is None:
                     d = deltas[inc["id"]] = {k: inc.get(k) for k in INCIDENT_IDENTITY}
@@ -301,18 +318,22 @@ class Store:
                         blocked=0,
                         bytes_out=None,
                         bytes_in=None,
-                        first_seen=obs["iso"],
-                        last_seen=obs["iso"],
+                        first=ts,
+                        last=ts,
                         evidence=[],
                     )
                 if len(d["evidence"]) < EVIDENCE_SAMPLES:
-                    d["evidence"].append(f"{obs['source']}:{obs['line']}")
+                    d["evidence"].append(f"{obs[_SOURCE]}:{obs[_LINE]}")
                 d["count"] += 1
-                d["blocked"] += obs.get("outcome") == "blocked"
-                d["bytes_out"] = _add(d["bytes_out"], obs.get("bytes_out"))
-                d["bytes_in"] = _add(d["bytes_in"], obs.get("bytes_in"))
-                d["first_seen"] = min(d["first_seen"], obs["iso"])
-                d["last_seen"] = max(d["last_seen"], obs["iso"])
+                d["blocked"] += obs[_OUTCOME] == "blocked"
+                d["bytes_out"] = _add(d["bytes_out"], obs[_OUT])
+                d["bytes_in"] = _add(d["bytes_in"], obs[_IN])
+                if ts < d["first"]:
+                    d["first"] = ts
+                if ts > d["last"]:
+                    d["last"] = ts
+        for d in deltas.values():
+            d["first_seen"], d["last_seen"] = iso_utc(d["first"]), iso_utc(d["last"])
         if not deltas:
             return result
         conn.executemany(

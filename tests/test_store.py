@@ -6,22 +6,20 @@ import sqlite3
 
 import pytest
 
-from monitor.store import SCHEMA_VERSION, IncidentQuery, Store, StoreError
+from monitor.store import SCHEMA_VERSION, IncidentQuery, Store, StoreError, observation_values
 
 
 def obs(i, **kw):
-    row = {
+    fields = {
         "id": 1000 + i,
-        "ts": 1795741200.0 + i,
-        "iso": f"2026-11-27T00:20:{i:02d}.000Z",
+        "ts": 1795741200.0 + i,  # 2026-11-27T01:00:00Z + i seconds
         "day": "2026-11-27",
         "source": "a.log",
         "line": i + 1,
         "bytes_in": 100,
         "outcome": "allowed",
     }
-    row.update(kw)
-    return row
+    return observation_values(**{**fields, **kw})
 
 
 def inc(iid="i1", rule="provider-region-unsupported", severity="high"):
@@ -62,8 +60,8 @@ def test_ingest_is_idempotent_and_aggregates(tmp_path):
     assert row["count"] == 9 and row["blocked"] == 1 and row["outcome"] == "mixed"
     assert row["bytes_in"] == 800
     assert (
-        row["first_seen"] == "2026-11-27T00:20:00.000Z"
-        and row["last_seen"] == "2026-11-27T00:20:20.000Z"
+        row["first_seen"] == "2026-11-27T01:00:00.000Z"
+        and row["last_seen"] == "2026-11-27T01:00:20.000Z"
     )
     assert row["evidence"] == [f"a.log:{n}" for n in range(1, 6)]  # a few samples, earliest first
     shown = store.incident("i")
@@ -119,3 +117,38 @@ def test_reopen_keeps_data(tmp_path):
     store.ingest(store.start_scan([], {}), [(obs(1), [inc()])])
     store.close()
     assert [r["id"] for r in Store(path).incidents(IncidentQuery())] == ["i1"]
+
+
+def test_pipeline_rows_follow_the_column_order():
+    """observation_row builds lists positionally: every value must land in its column."""
+    from monitor.catalog import Catalog
+    from monitor.egress import Egress
+    from monitor.geo import GeoAnswer
+    from monitor.observation import Observation
+    from monitor.pipeline import Enriched, observation_row
+    from monitor.store import OBSERVATION_COLUMNS
+
+    o = Observation(ts=1795741200.5, source="s", line=7, format="squid", client_ip="10.0.0.1", client_port=5,
+                    user="u", method="CONNECT", dest_host="api.openai.com", dest_port=443, dest_ip="1.2.3.4",
+                    url="http://x/", status=200, bytes_out=11, bytes_in=22, host_source="connect",
+                    result="TCP_TUNNEL", duration=0.5, ts_end=9.0, packets_out=3, packets_in=4, ech=True)  # fmt: skip
+    m = Catalog.load().match_host("api.openai.com")
+    dest = GeoAnswer("1.2.3.4", "public", "US", 13335, "Cloudflare", None, "x", "y", None)
+    row = dict(
+        zip(
+            OBSERVATION_COLUMNS,
+            observation_row(Enriched(o, m, Egress("5.6.7.8", "CN", "sh", "src"), dest, "allowed")),
+            strict=True,
+        )
+    )
+    expected = {
+        "id": None, "ts": 1795741200.5, "day": "2026-11-27", "source": "s", "line": 7, "format": "squid",
+        "client_ip": "10.0.0.1", "client_port": 5, "user": "u", "method": "CONNECT",
+        "dest_host": "api.openai.com", "dest_port": 443, "dest_ip": "1.2.3.4", "url": "http://x/",
+        "status": 200, "result": "TCP_TUNNEL", "bytes_out": 11, "bytes_in": 22, "host_source": "connect",
+        "duration": 0.5, "ts_end": 9.0, "packets_out": 3, "packets_in": 4, "ech": True, "provider": "openai",
+        "provider_kind": "api", "match_pattern": "api.openai.com", "site": "sh", "egress_ip": "5.6.7.8",
+        "egress_country": "CN", "egress_source": "src", "dest_country": "US", "dest_asn": 13335,
+        "outcome": "allowed", "scan_id": None,
+    }  # fmt: skip
+    assert row == expected

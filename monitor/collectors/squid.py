@@ -255,8 +255,9 @@ class _Targets:
 
     def target(
         self, method: str | None, ru: bytes
-    ) -> tuple[str | None, int | None, str | None, str | None]:
-        """(dest_host, dest_port, url, host_source) from the request URL."""
+    ) -> tuple[str | None, int | None, bytes | None, str | None]:
+        """(dest_host, dest_port, url, host_source) from the request URL. The URL stays bytes:
+        most records are dropped by the host filter, so callers decode only what they keep."""
         if ru == b"-":
             return None, None, None, None
         if method == "CONNECT" or (b"://" not in ru and ru[:1] not in (b"/", b"*")):
@@ -268,11 +269,11 @@ class _Targets:
             if method == "CONNECT":
                 return hp[0], hp[1], None, "connect" if hp[0] else None
             if hp[0] and hp[1] is not None:  # "host:port" logged without a scheme
-                return hp[0], hp[1], _text(ru), "url"
-            return None, None, _text(ru), None
+                return hp[0], hp[1], ru, "url"
+            return None, None, ru, None
         i = ru.find(b"://")
         if i <= 0:
-            return None, None, _text(ru), None
+            return None, None, ru, None
         start = i + 3
         end = len(ru)
         for sep in (b"/", b"?", b"#"):
@@ -289,7 +290,7 @@ class _Targets:
             if len(self.authority) > _CACHE_LIMIT:
                 self.authority.clear()
             hp = self.authority[key] = (host, port)
-        return hp[0], hp[1], _text(ru), "url" if hp[0] else None
+        return hp[0], hp[1], ru, "url" if hp[0] else None
 
 
 def _host_port(text: str) -> tuple[str | None, int | None]:
@@ -417,6 +418,8 @@ class SquidCollector:
                                     keep = t.keep(host)
                                 if not keep:  # rejected: counted, no Observation built
                                     continue
+                            if url is not None:
+                                url = _text(url)
                             client = ips.get(parts[2], missing)
                             if client is missing:
                                 client = t.ip(parts[2])
@@ -486,9 +489,10 @@ class SquidCollector:
         method = t.word(parts[5])
         if method == "-":
             method = None
-        host, port, url, hsrc = t.target(method, parts[6])
+        host, port, raw_url, hsrc = t.target(method, parts[6])
         if not t.keep(host):
             return None
+        url = _text(raw_url) if raw_url is not None else None
         user = parts[7]
         return Observation(
             ts,
@@ -674,9 +678,9 @@ class SquidCollector:
         method = t.word(method_b) if method_b is not None else None
         ru = get("url") or get("url_client")
         if ru is not None:
-            host, port, url, hsrc = t.target(method, ru)
+            host, port, raw_url, hsrc = t.target(method, ru)
         else:
-            host = port = url = hsrc = None
+            host = port = raw_url = hsrc = None
         if host is None and get("domain") is not None:
             host, port = _host_port(_text(get("domain")))  # type: ignore[arg-type]
             if port is None and get("url_port") is not None:
@@ -688,6 +692,7 @@ class SquidCollector:
             hsrc = "http_host" if host else None
         if not t.keep(host):
             return None
+        url = _text(raw_url) if raw_url is not None else None
         client = get("client_ip")
         cport = get("client_port")
         elapsed = get("elapsed")
