@@ -761,27 +761,22 @@ def _make_custom(options: CollectOptions) -> SquidCollector:
     return SquidCollector(logformat=options.squid_logformat)
 
 
+def _variant_spec(name: str, variant: str, description: str) -> FormatSpec:
+    """A built-in Squid logformat: recognised line by line, split for parallel parsing."""
+    return FormatSpec(
+        name,
+        description,
+        lambda options: SquidCollector(variant=variant),
+        sniff_line=lambda line: sniff(line) == name,
+        splittable=True,
+    )
+
+
 FORMAT_SPECS = [
-    FormatSpec(
-        FORMAT_NATIVE,
-        "Squid native access.log (logformat squid)",
-        lambda options: SquidCollector(variant="native"),
-        sniff_line=lambda line: sniff(line) == FORMAT_NATIVE,
-        splittable=True,
-    ),
-    FormatSpec(
-        FORMAT_COMMON,
-        "Squid/Apache common log format (logformat common)",
-        lambda options: SquidCollector(variant="common"),
-        sniff_line=lambda line: sniff(line) == FORMAT_COMMON,
-        splittable=True,
-    ),
-    FormatSpec(
-        FORMAT_COMBINED,
-        "Squid/Apache combined log format (logformat combined)",
-        lambda options: SquidCollector(variant="combined"),
-        sniff_line=lambda line: sniff(line) == FORMAT_COMBINED,
-        splittable=True,
+    _variant_spec(FORMAT_NATIVE, "native", "Squid native access.log (logformat squid)"),
+    _variant_spec(FORMAT_COMMON, "common", "Squid/Apache common log format (logformat common)"),
+    _variant_spec(
+        FORMAT_COMBINED, "combined", "Squid/Apache combined log format (logformat combined)"
     ),
     FormatSpec(
         FORMAT_CUSTOM,
