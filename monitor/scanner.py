@@ -45,7 +45,7 @@ from monitor.observation import Observation
 from monitor.pipeline import Pipeline, ScanSummary, account, incident_rows, observation_row
 from monitor.store import COL, Store
 
-ID, DAY, LINE, SCAN_ID = COL["id"], COL["day"], COL["line"], COL["scan_id"]
+ID, TS, DAY, LINE, SCAN_ID = COL["id"], COL["ts"], COL["day"], COL["line"], COL["scan_id"]
 
 BATCH = 5000
 HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
@@ -157,6 +157,28 @@ def observation_id(record_id: str, nth: int) -> int:
     """63-bit integer id of the nth identical record in one input."""
     key = record_id if nth == 0 else f"{record_id}/{nth}"
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
+
+
+class Occurrences:
+    """Numbers identical records (the 2nd copy of a line is a second request), remembering
+    only the last few hours of log time: identical records share their timestamp and logs
+    run in time order, so memory stays flat however long the file is."""
+
+    HOURS_KEPT = 3
+
+    def __init__(self) -> None:
+        self._hours: dict[int, Counter[str]] = {}
+
+    def next(self, record_id: str, ts: float) -> int:
+        hour = int(ts // 3600)
+        counts = self._hours.get(hour)
+        if counts is None:
+            counts = self._hours[hour] = Counter()
+            for old in [h for h in self._hours if h < hour - self.HOURS_KEPT]:
+                del self._hours[old]
+        nth = counts[record_id]
+        counts[record_id] = nth + 1
+        return nth
 
 
 # -- producer processes -------------------------------------------------------------------
@@ -302,7 +324,7 @@ class Scanner:
 
     def _scan_source(self, source: SourcePlan, scan_id: int, summary: ScanSummary,
                      on_read: Callable[[int], None] | None) -> None:  # fmt: skip
-        seen: Counter[str] = Counter()  # identical records within one input stay distinct
+        seen = Occurrences()  # identical records within one input stay distinct
         base = source.state["lines"] if source.state else 0  # lines before the part at hand
         ctx = mp.get_context("fork")
         remotes: dict[int, _Remote] = {}
@@ -368,10 +390,9 @@ class Scanner:
                 state["lines"] = base + diag.lines
         return dict(state)
 
-    def _take(self, record_id: str, row: list[Any], incs: list[dict[str, Any]], seen: Counter[str],
+    def _take(self, record_id: str, row: list[Any], incs: list[dict[str, Any]], seen: Occurrences,
               scan_id: int, summary: ScanSummary) -> None:  # fmt: skip
-        nth = seen[record_id]
-        seen[record_id] = nth + 1
+        nth = seen.next(record_id, row[TS])
         row[ID] = observation_id(record_id, nth)
         row[SCAN_ID] = scan_id
         summary.llm_observations += 1

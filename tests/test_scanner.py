@@ -90,3 +90,12 @@ def test_split_points_are_line_starts(tmp_path, log):
     assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
     for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False):
         assert end == start and data[start - 1 : start] == b"\n"
+
+
+def test_occurrences_number_identical_records_and_forget_old_hours():
+    seen = scanner.Occurrences()
+    assert [seen.next("a", 3600.5), seen.next("a", 3600.5), seen.next("b", 3600.5)] == [0, 1, 0]
+    for hour in range(2, 40):  # a long log: only the last few hours stay in memory
+        seen.next("x", hour * 3600.0)
+    assert len(seen._hours) <= scanner.Occurrences.HOURS_KEPT + 1
+    assert seen.next("a", 39 * 3600.0) == 0  # another hour: another record
