@@ -40,9 +40,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-GNU_TIME = "/usr/bin/time"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import GNU_TIME, REPO, apiwatch_command  # noqa: E402
 
 LLM_HOSTS = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
 LLM_HOSTS += ["api.deepseek.com", "api.mistral.ai", "openrouter.ai"]
@@ -268,11 +267,6 @@ def timed(cmd: list[str], keep_stdout: bool = False) -> tuple[float, float | Non
     return secs, rss, proc.returncode, (proc.stdout or b"").decode(errors="replace")
 
 
-def apiwatch_cmd() -> list[str]:
-    exe = shutil.which("apiwatch")
-    return [exe] if exe else [sys.executable, "-m", "monitor"]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("file", nargs="?", help="an eve.json (default: generate one)")
@@ -301,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         wanted = set(args.only.split(","))
         db = tmp / "bench.db"
+        aw_cmd, _ = apiwatch_command(None)  # the command only: it runs in our environment
         cmds = {
             "jq": ("jq -r .tls.sni", ["jq", "-r", ".tls.sni", str(path)]),
             "orjson": (
@@ -313,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "scan": (
                 "apiwatch scan",
-                [*apiwatch_cmd(), "--db", str(db), "scan", str(path), "--egress-country", "CN"]
+                [*aw_cmd, "--db", str(db), "scan", str(path), "--egress-country", "CN"]
                 + ["--json"],
             ),
         }

@@ -48,25 +48,39 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import struct
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    GNU_TIME,
+    SCAN_SUMMARY_RE,
+    apiwatch_command,
+    best_of,
+    failed_cells,
+    failure_lines,
+    fmt,
+    format_table,
+    fresh_db,
+    kb_to_mb,
+    parse_only,
+    pick_timer,
+    rates,
+    run_measured,
+    say,
+    scratch_dir,
+    truth_path,
+    warm_cache,
+)
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 GENERATOR = HERE / "gen_pcap.py"
-GNU_TIME = "/usr/bin/time"
 DEFAULT_PACKETS = 250_000
 MEMORY_CHECK_SIZE = "2G"
 RSS_TARGET_MB = 200.0
-STDERR_TAIL = 1500
 SURICATA_MISSING = "suricata not installed (install from bookworm-backports)"
 TSHARK_MISSING = "tshark not installed (apt-get install tshark)"
 TSHARK_FIELDS = [
@@ -81,15 +95,6 @@ TSHARK_FIELDS = [
     "-Y",
     "tls.handshake.type==1 || http.request || dns",
 ]
-
-
-@dataclass
-class Run:
-    seconds: float
-    max_rss_kb: int | None
-    exit_code: int
-    stderr_tail: str = ""
-    timed_out: bool = False
 
 
 @dataclass
@@ -116,118 +121,24 @@ class Row:
 # --------------------------------------------------------------------------- measuring
 
 
-def gnu_time_usable() -> bool:
-    if not os.access(GNU_TIME, os.X_OK):
-        return False
-    try:
-        p = subprocess.run(
-            [GNU_TIME, "-f", "%e %M", "true"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return p.returncode == 0 and len(p.stderr.split()) == 2
+def measure(tool: str, cmd: list[str], *, packets: int, nbytes: int, **kw) -> Row:
+    """Best wall time of ``repeat`` runs; peak RSS is the largest of them.
 
-
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - STDERR_TAIL))
-            return fh.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
-def run_measured(
-    cmd: list[str],
-    *,
-    timer: str,
-    workdir: Path,
-    stdout: Path | None = None,
-    env: dict[str, str] | None = None,
-    timeout: float | None = None,
-) -> Run:
-    """Run ``cmd``; wall time, its own peak RSS, exit code. stdout to ``stdout`` or null."""
-    err_path = workdir / "stderr.txt"
-    rss_path = workdir / "time.txt"
-    full = [GNU_TIME, "-f", "%e %M", "-o", str(rss_path), *cmd] if timer == "gnu-time" else cmd
-    rss_path.unlink(missing_ok=True)
-    timed_out = False
-    with open(err_path, "wb") as err, open(stdout or os.devnull, "wb") as out:
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.Popen(full, stdout=out, stderr=err, env=env, start_new_session=True)
-        except OSError as exc:
-            return Run(0.0, None, 127, f"cannot start {cmd[0]!r}: {exc}")
-        killer = None
-        if timeout:
-
-            def expire() -> None:
-                nonlocal timed_out
-                timed_out = True
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-
-            killer = threading.Timer(timeout, expire)
-            killer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            if killer:
-                killer.cancel()
-        seconds = time.perf_counter() - t0
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    rss_kb: int | None = None
-    if timer == "gnu-time":
-        try:
-            rss_kb = int(rss_path.read_text().strip().splitlines()[-1].split()[1])
-        except (OSError, IndexError, ValueError):
-            rss_kb = None
-    else:
-        rss_kb = usage.ru_maxrss
-    tail = _tail(err_path) if code != 0 or timed_out else ""
-    if timed_out:
-        tail = (tail + f"\n[killed after {timeout:.0f} s]").strip()
-    return Run(seconds, rss_kb, code, tail, timed_out)
-
-
-def measure(
-    tool: str,
-    cmd: list[str],
-    *,
-    packets: int,
-    nbytes: int,
-    repeat: int,
-    timer: str,
-    workdir: Path,
-    env: dict[str, str] | None = None,
-    timeout: float | None = None,
-    before_each=None,
-    stdout: Path | None = None,
-    ok_codes: tuple[int, ...] = (0,),
-) -> Row:
-    """Best wall time of ``repeat`` runs; peak RSS is the largest of them."""
+    ``kw``: ``repeat``, ``timer``, ``workdir`` and optionally ``env``, ``timeout``,
+    ``before_each``, ``ok_codes`` and ``stdout`` (a file for the command's output; see
+    ``common.best_of``).
+    """
     row = Row(tool=tool, command=shlex.join(cmd), packets=packets, bytes=nbytes)
-    best: float | None = None
-    peak = 0
-    for _ in range(max(1, repeat)):
-        if before_each:
-            before_each()
-        r = run_measured(cmd, timer=timer, workdir=workdir, stdout=stdout, env=env, timeout=timeout)
-        if r.exit_code not in ok_codes or r.timed_out:
-            row.exit_code, row.stderr_tail = r.exit_code, r.stderr_tail
-            row.seconds = round(r.seconds, 3)
-            return row
-        row.runs.append(round(r.seconds, 3))
-        peak = max(peak, r.max_rss_kb or 0)
-        best = r.seconds if best is None else min(best, r.seconds)
-    assert best is not None
+    b = best_of(cmd, **kw)
+    row.runs = b.runs
+    row.seconds = round(b.run.seconds, 3)
+    if not b.ok:
+        row.exit_code, row.stderr_tail = b.run.exit_code, b.run.stderr_tail
+        return row
     row.ok, row.exit_code = True, 0
-    row.seconds = round(best, 3)
-    if best > 0:
-        row.packets_per_s = round(packets / best)
-        row.mb_per_s = round(nbytes / 1e6 / best, 1)
-    row.peak_rss_mb = round(peak / 1024, 1) if peak else None
+    if b.run.seconds > 0:
+        row.packets_per_s, row.mb_per_s = rates(packets, nbytes, b.run.seconds)
+    row.peak_rss_mb = kb_to_mb(b.peak_rss_kb)
     return row
 
 
@@ -248,7 +159,7 @@ def startup(cmd: list[str], *, timer: str, workdir: Path, env=None, before_each=
 
 
 def load_truth(path: Path) -> dict | None:
-    t = Path(f"{path}.truth.json")
+    t = truth_path(path)
     if not t.exists():
         return None
     try:
@@ -310,24 +221,6 @@ def one_packet_copy(src: Path, dst: Path) -> None:
     dst.write_bytes(head[: 24 + 16 + incl])
 
 
-def warm_cache(path: Path) -> None:
-    with open(path, "rb") as fh:
-        while fh.read(1 << 24):
-            pass
-
-
-def apiwatch_command(override: str | None) -> tuple[list[str], dict[str, str]]:
-    """apiwatch on PATH, else ``python -m monitor`` with this repository on PYTHONPATH."""
-    env = dict(os.environ)
-    if override:
-        return shlex.split(override), env
-    exe = shutil.which("apiwatch")
-    if exe:
-        return [exe], env
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return [sys.executable, "-m", "monitor"], env
-
-
 def generate(out: Path, args_gen: list[str], *, timer: str, workdir: Path) -> Row:
     cmd = [sys.executable, str(GENERATOR), "-o", str(out), *args_gen, "-q"]
     row = measure(
@@ -336,8 +229,7 @@ def generate(out: Path, args_gen: list[str], *, timer: str, workdir: Path) -> Ro
     truth = load_truth(out)
     if row.ok and truth and row.seconds:
         row.packets, row.bytes = truth["packets"], truth["bytes"]
-        row.packets_per_s = round(row.packets / row.seconds)
-        row.mb_per_s = round(row.bytes / 1e6 / row.seconds, 1)
+        row.packets_per_s, row.mb_per_s = rates(row.packets, row.bytes, row.seconds)
     return row
 
 
@@ -383,14 +275,27 @@ def check_parse(out: Path, truth: dict) -> dict:
 
 
 def check_scan(summary: str, truth: dict) -> dict:
-    import re
-
-    m = re.search(r"(\d+) records read, (\d+) malformed, (\d+) LLM observations", summary)
+    m = SCAN_SUMMARY_RE.search(summary)
     if not m:
         return {"match": False, "summary": summary[:300]}
     got = {"packets": int(m[1]), "llm_observations": int(m[3])}
     want = {"packets": truth["packets"], "llm_observations": truth["llm_observations"]}
     return {"got": got, "truth": want, "match": got == want}
+
+
+def _names_found(
+    sni_want: Counter, sni_got: Counter, http_want: Counter, http_got: Counter
+) -> dict:
+    """SNIs and HTTP hostnames found of those expected ("found/expected") and the percentage
+    of both together."""
+    sni_ok = sum((sni_want & sni_got).values())
+    http_ok = sum((http_want & http_got).values())
+    want = sum(sni_want.values()) + sum(http_want.values())
+    return {
+        "sni": f"{sni_ok}/{sum(sni_want.values())}",
+        "http_host": f"{http_ok}/{sum(http_want.values())}",
+        "percent": round(100.0 * (sni_ok + http_ok) / want, 3) if want else 100.0,
+    }
 
 
 def check_suricata(eve: Path, truth: dict) -> dict:
@@ -431,13 +336,8 @@ def check_suricata(eve: Path, truth: dict) -> dict:
                     dns_q += 1
                 elif d.get("type") == "answer":
                     dns_a += 1
-    sni_ok = sum((sni_want & sni_got).values())
-    http_ok = sum((http_want & http_got).values())
-    want = sum(sni_want.values()) + sum(http_want.values())
     return {
-        "sni": f"{sni_ok}/{sum(sni_want.values())}",
-        "http_host": f"{http_ok}/{sum(http_want.values())}",
-        "percent": round(100.0 * (sni_ok + http_ok) / want, 3) if want else 100.0,
+        **_names_found(sni_want, sni_got, http_want, http_got),
         "dns_queries": f"{dns_q}/{truth['counts']['dns_queries']}",
         "dns_answers": f"{dns_a}/{truth['counts']['dns_responses']}",
         "events": dict(types.most_common()),
@@ -469,26 +369,13 @@ def check_tshark(out: Path, truth: dict) -> dict:
                 dns += 1
     sni_want = Counter(truth["sni_per_host"])
     host_want = Counter(truth["http_requests_per_host"])
-    sni_ok = sum((sni_want & sni).values())
-    host_ok = sum((host_want & host).values())
-    want = sum(sni_want.values()) + sum(host_want.values())
     return {
-        "sni": f"{sni_ok}/{sum(sni_want.values())}",
-        "http_host": f"{host_ok}/{sum(host_want.values())}",
-        "percent": round(100.0 * (sni_ok + host_ok) / want, 3) if want else 100.0,
+        **_names_found(sni_want, sni, host_want, host),
         "dns_messages": f"{dns}/{truth['dns_messages']}",
     }
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def fresh_db(db: Path):
-    def clean() -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(str(db) + suffix).unlink(missing_ok=True)
-
-    return clean
 
 
 def fresh_dir(d: Path):
@@ -609,10 +496,6 @@ def bench_file(
     return rows
 
 
-def _fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def render_table(rows: list[Row]) -> str:
     head = (
         "tool",
@@ -641,31 +524,22 @@ def render_table(rows: list[Row]) -> str:
                 (
                     r.tool,
                     f"{r.packets:,}",
-                    _fmt(r.seconds, ".2f"),
-                    _fmt(r.packets_per_s, ",.0f"),
-                    _fmt(r.mb_per_s, ",.1f"),
-                    _fmt(r.peak_rss_mb, ",.1f"),
-                    _fmt(r.startup_s, ".2f"),
-                    _fmt(r.net_packets_per_s, ",.0f"),
-                    _fmt(r.vs_suricata, ".2f"),
+                    fmt(r.seconds, ".2f"),
+                    fmt(r.packets_per_s, ",.0f"),
+                    fmt(r.mb_per_s, ",.1f"),
+                    fmt(r.peak_rss_mb, ",.1f"),
+                    fmt(r.startup_s, ".2f"),
+                    fmt(r.net_packets_per_s, ",.0f"),
+                    fmt(r.vs_suricata, ".2f"),
                     agree,
                 )
             )
         else:
-            body.append((r.tool, f"{r.packets:,}", f"FAILED (exit {r.exit_code})", *[""] * 7))
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
-
-    def line(cells) -> str:
-        return "  ".join(
-            str(c).ljust(w) if i == 0 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
+            body.append(failed_cells(r.tool, r.packets, r.exit_code, len(head)))
+    out = format_table(head, body)
     for r in rows:
         if not r.ok and not r.note:
-            out.append(f"\n{r.tool} failed, exit {r.exit_code}: {r.command}")
-            out += ["  | " + ln for ln in r.stderr_tail.splitlines()[-12:]]
+            out += failure_lines(r.tool, r.exit_code, r.command, r.stderr_tail)
     return "\n".join(out)
 
 
@@ -677,10 +551,6 @@ def render_agreement(rows: list[Row]) -> str:
         a = {k: v for k, v in r.agreement.items() if v not in ([], None)}
         out.append(f"  {r.tool}: {json.dumps(a)}")
     return "\n".join(out)
-
-
-def say(*parts: object) -> None:
-    print(*parts, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -715,21 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args(argv)
 
-    timer = args.timer
-    if timer == "auto":
-        timer = "gnu-time" if gnu_time_usable() else "wait4"
-    elif timer == "gnu-time" and not gnu_time_usable():
+    timer = pick_timer(args.timer)
+    if timer is None:
         ap.error(f"{GNU_TIME} is not GNU time (apt-get install time); use --timer wait4")
-    only = (
-        {s.strip() for s in args.only.split(",")}
-        if args.only
-        else {"parse", "scan", "suricata", "tshark"}
-    )
-    tmp = Path(tempfile.mkdtemp(prefix="apiwatch-pcap-bench-", dir=args.tmpdir))
+    only = parse_only(args.only, {"parse", "scan", "suricata", "tshark"})
     result: dict = {"timer": timer, "targets": {}}
     rows: list[Row] = []
     missed: list[str] = []
-    try:
+    with scratch_dir("apiwatch-pcap-bench-", args.tmpdir, args.keep) as tmp:
         aw_cmd, aw_env = apiwatch_command(args.apiwatch)
         result["apiwatch"] = shlex.join(aw_cmd)
         cap = args.capture
@@ -800,11 +663,6 @@ def main(argv: list[str] | None = None) -> int:
             print()
             for name, t in result["targets"].items():
                 print(f"target {name}: {'met' if t['met'] else 'NOT met'} {t}")
-    finally:
-        if args.keep:
-            say(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 1 if (args.strict and missed) else 0
 
 
@@ -837,7 +695,7 @@ def memory_check(args, timer, tmp, aw_cmd, aw_env) -> tuple[list[Row], dict]:
     }
     if args.memory_file is None:
         cap.unlink(missing_ok=True)
-        Path(f"{cap}.truth.json").unlink(missing_ok=True)
+        truth_path(cap).unlink(missing_ok=True)
     return rows, info
 
 

@@ -29,8 +29,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, remove_db  # noqa: E402
+
 sys.path.insert(0, str(REPO))
 
 TARGET_SECONDS = 5.0
@@ -77,9 +78,7 @@ def iso(ts: float) -> str:
 def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
     from monitor.store import INCIDENT_COLUMNS, OBSERVATION_COLUMNS, Store
 
-    path.unlink(missing_ok=True)
-    for suffix in ("-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
+    remove_db(path)
     store = Store(path)
     db = store.db.conn
     db.execute("PRAGMA synchronous = OFF")

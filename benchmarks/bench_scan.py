@@ -27,40 +27,39 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import re
 import shlex
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    GNU_TIME,
+    SCAN_SUMMARY_RE,
+    apiwatch_command,
+    best_of,
+    failed_cells,
+    failure_lines,
+    fmt,
+    format_table,
+    fresh_db,
+    kb_to_mb,
+    parse_only,
+    pick_timer,
+    rates,
+    say,
+    scratch_dir,
+    truth_path,
+    warm_cache,
+)
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 GENERATOR = HERE / "gen_squid_log.py"
-GNU_TIME = "/usr/bin/time"
 
 SCAN_RATIO_TARGET = 0.5  # scan lines/s must be at least half of awk's
 RSS_TARGET_MB = 300.0  # peak RSS of a 10 M-line scan
 MEMORY_CHECK_LINES = 10_000_000
-STDERR_TAIL = 1500  # characters of stderr kept for a failed row
-
-
-@dataclass
-class Run:
-    seconds: float
-    max_rss_kb: int | None
-    exit_code: int
-    stderr_tail: str = ""
-    timed_out: bool = False
-    stdout_head: str = ""
 
 
 @dataclass
@@ -84,144 +83,30 @@ class Row:
 # --------------------------------------------------------------------------- measuring
 
 
-def _gnu_time_usable() -> bool:
-    if not os.access(GNU_TIME, os.X_OK):
-        return False
-    try:
-        p = subprocess.run(
-            [GNU_TIME, "-f", "%e %M", "true"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return p.returncode == 0 and len(p.stderr.split()) == 2
-
-
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - STDERR_TAIL))
-            return fh.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
-def _killpg(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def run_measured(
-    cmd: list[str],
-    *,
-    timer: str,
-    workdir: Path,
-    env: dict[str, str] | None = None,
-    timeout: float | None = None,
-    keep_stdout: bool = False,
-) -> Run:
-    """Run ``cmd`` (stdout to /dev/null), return wall time, its own peak RSS and exit code."""
-    err_path = workdir / "stderr.txt"
-    out_path = workdir / "stdout.txt"
-    rss_path = workdir / "time.txt"
-    full = [GNU_TIME, "-f", "%e %M", "-o", str(rss_path), *cmd] if timer == "gnu-time" else cmd
-    rss_path.unlink(missing_ok=True)
-    timed_out = False
-    with (
-        open(err_path, "wb") as err,
-        open(out_path if keep_stdout else os.devnull, "wb") as out,
-    ):
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.Popen(full, stdout=out, stderr=err, env=env, start_new_session=True)
-        except OSError as exc:
-            return Run(0.0, None, 127, f"cannot start {cmd[0]!r}: {exc}")
-        killer = None
-        if timeout:
-
-            def _expire() -> None:
-                nonlocal timed_out
-                timed_out = True
-                _killpg(proc.pid)
-
-            killer = threading.Timer(timeout, _expire)
-            killer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            if killer:
-                killer.cancel()
-        seconds = time.perf_counter() - t0
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    rss_kb: int | None = None
-    if timer == "gnu-time":
-        # "%e %M" is the last line; GNU time puts "Command exited with non-zero status N"
-        # or "Command terminated by signal N" before it.
-        try:
-            last = rss_path.read_text().strip().splitlines()[-1].split()
-            rss_kb = int(last[1])
-        except (OSError, IndexError, ValueError):
-            rss_kb = None
-    else:
-        # Caveat: Linux keeps the pre-exec high-water mark, so a child forked from this
-        # Python process never reports less than our own RSS at fork time (~20-30 MB).
-        rss_kb = usage.ru_maxrss // (1024 if sys.platform == "darwin" else 1)
-    tail = _tail(err_path) if code != 0 or timed_out else ""
-    if timed_out:
-        tail = (tail + f"\n[killed after {timeout:.0f} s timeout]").strip()
-    head = ""
-    if keep_stdout:
-        with open(out_path, "rb") as fh:
-            head = fh.read(2000).decode("utf-8", "replace").strip()
-    return Run(seconds, rss_kb, code, tail, timed_out, head)
-
-
 def measure(
-    tool: str,
-    cmd: list[str],
-    *,
-    lines: int,
-    nbytes: int,
-    repeat: int,
-    timer: str,
-    workdir: Path,
-    env: dict[str, str] | None = None,
-    timeout: float | None = None,
-    before_each=None,
-    ok_codes: tuple[int, ...] = (0,),
-    keep_stdout: bool = False,
+    tool: str, cmd: list[str], *, lines: int, nbytes: int, keep_stdout: bool = False, **kw
 ) -> Row:
+    """Best wall time of ``repeat`` runs; peak RSS is the largest of them.
+
+    ``kw``: ``repeat``, ``timer``, ``workdir`` and optionally ``env``, ``timeout``,
+    ``before_each``, ``ok_codes`` (see ``common.best_of``). ``keep_stdout`` keeps the head of
+    what the command prints in ``Row.stdout_head``.
+    """
     row = Row(tool=tool, command=shlex.join(cmd), lines=lines, bytes=nbytes)
-    best: Run | None = None
-    peak = 0
-    for _ in range(max(1, repeat)):
-        if before_each:
-            before_each()
-        r = run_measured(
-            cmd, timer=timer, workdir=workdir, env=env, timeout=timeout, keep_stdout=keep_stdout
-        )
-        if r.exit_code not in ok_codes or r.timed_out:
-            row.ok = False
-            row.exit_code = r.exit_code
-            row.stderr_tail = r.stderr_tail
-            row.seconds = round(r.seconds, 3)
-            if r.max_rss_kb:
-                row.peak_rss_mb = round(r.max_rss_kb / 1024, 1)
-            return row
-        row.runs.append(round(r.seconds, 3))
-        peak = max(peak, r.max_rss_kb or 0)
-        if best is None or r.seconds < best.seconds:
-            best = r
-    assert best is not None
+    note = "[killed after {timeout:.0f} s timeout]"
+    b = best_of(cmd, keep_head=keep_stdout, timeout_note=note, **kw)
+    row.runs = b.runs
+    row.exit_code = b.run.exit_code
+    row.seconds = round(b.run.seconds, 3)
+    if not b.ok:
+        row.stderr_tail = b.run.stderr_tail
+        row.peak_rss_mb = kb_to_mb(b.run.max_rss_kb)
+        return row
     row.ok = True
-    row.exit_code = best.exit_code
-    row.stdout_head = best.stdout_head
-    row.seconds = round(best.seconds, 3)
-    if best.seconds > 0:
-        row.lines_per_s = round(lines / best.seconds)
-        row.mb_per_s = round(nbytes / 1e6 / best.seconds, 1)
-    row.peak_rss_mb = round(peak / 1024, 1) if peak else None
+    row.stdout_head = b.run.stdout_head
+    if b.run.seconds > 0:
+        row.lines_per_s, row.mb_per_s = rates(lines, nbytes, b.run.seconds)
+    row.peak_rss_mb = kb_to_mb(b.peak_rss_kb)
     return row
 
 
@@ -247,7 +132,7 @@ def _open_gz(path, mode):
 
 def log_facts(path: Path) -> tuple[int, int]:
     """Lines and uncompressed bytes, from the generator's truth file when it is there."""
-    truth = path.with_name(path.name + ".truth.json")
+    truth = truth_path(path)
     if truth.exists():
         try:
             t = json.loads(truth.read_text())
@@ -276,13 +161,10 @@ def generate(out: Path, lines: int, seed: int, *, timer: str, workdir: Path, rep
     return row
 
 
-SUMMARY_RE = re.compile(r"(\d+) records read, (\d+) malformed, (\d+) LLM observations")
-
-
 def check_scan(row: Row, log: Path) -> dict | None:
     """Compare the scan's summary line with the generator's truth file (when both exist)."""
-    truth_file = log.with_name(log.name + ".truth.json")
-    m = SUMMARY_RE.search(row.stdout_head or "")
+    truth_file = truth_path(log)
+    m = SCAN_SUMMARY_RE.search(row.stdout_head or "")
     if not (row.ok and m and truth_file.exists()):
         return None
     truth = json.loads(truth_file.read_text())
@@ -299,29 +181,7 @@ def check_scan(row: Row, log: Path) -> dict | None:
     return {"scan": got, "truth": want, "match": match}
 
 
-def warm_cache(path: Path) -> None:
-    with open(path, "rb") as fh:
-        while fh.read(1 << 24):
-            pass
-
-
-def apiwatch_command(override: str | None) -> tuple[list[str], dict[str, str]]:
-    """The apiwatch command line and environment: --apiwatch, PATH, else python -m monitor."""
-    env = dict(os.environ)
-    if override:
-        return shlex.split(override), env
-    exe = shutil.which("apiwatch")
-    if exe:
-        return [exe], env
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return [sys.executable, "-m", "monitor"], env
-
-
 # --------------------------------------------------------------------------- report
-
-
-def _fmt(v, spec: str, dash: str = "-") -> str:
-    return dash if v is None else format(v, spec)
 
 
 def render_table(rows: list[Row]) -> str:
@@ -333,27 +193,19 @@ def render_table(rows: list[Row]) -> str:
                 (
                     r.tool,
                     f"{r.lines:,}",
-                    _fmt(r.seconds, ".2f"),
-                    _fmt(r.lines_per_s, ",.0f"),
-                    _fmt(r.mb_per_s, ",.1f"),
-                    _fmt(r.peak_rss_mb, ",.1f"),
-                    _fmt(r.ratio_to_awk, ".2f"),
+                    fmt(r.seconds, ".2f"),
+                    fmt(r.lines_per_s, ",.0f"),
+                    fmt(r.mb_per_s, ",.1f"),
+                    fmt(r.peak_rss_mb, ",.1f"),
+                    fmt(r.ratio_to_awk, ".2f"),
                 )
             )
         else:
-            body.append((r.tool, f"{r.lines:,}", f"FAILED (exit {r.exit_code})", "", "", "", ""))
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
-    fmt_row = lambda cells: "  ".join(  # noqa: E731
-        str(c).ljust(w) if i == 0 else str(c).rjust(w)
-        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-    )
-    out = [fmt_row(head), fmt_row(["-" * w for w in widths])]
-    out += [fmt_row(b) for b in body]
+            body.append(failed_cells(r.tool, r.lines, r.exit_code, len(head)))
+    out = format_table(head, body)
     for r in rows:
         if not r.ok:
-            out.append(f"\n{r.tool} failed, exit {r.exit_code}: {r.command}")
-            if r.stderr_tail:
-                out += ["  | " + ln for ln in r.stderr_tail.splitlines()[-12:]]
+            out += failure_lines(r.tool, r.exit_code, r.command, r.stderr_tail)
     return "\n".join(out)
 
 
@@ -367,11 +219,6 @@ def add_ratios(rows: list[Row]) -> None:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def say(*parts: object) -> None:
-    """Progress goes to stderr so that --json output stays clean."""
-    print(*parts, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,19 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args(argv)
 
-    timer = args.timer
-    if timer == "auto":
-        timer = "gnu-time" if _gnu_time_usable() else "wait4"
-    elif timer == "gnu-time" and not _gnu_time_usable():
+    timer = pick_timer(args.timer)
+    if timer is None:
         ap.error(f"{GNU_TIME} is not GNU time (apt-get install time) -- use --timer wait4")
     ok_codes = tuple(int(c) for c in args.ok_exit.split(",") if c.strip())
-    only = {s.strip() for s in args.only.split(",")} if args.only else {"awk", "parse", "scan"}
+    only = parse_only(args.only, {"awk", "parse", "scan"})
 
-    tmp = Path(tempfile.mkdtemp(prefix="apiwatch-bench-", dir=args.tmpdir))
     result: dict = {"timer": timer, "targets": {}}
     rows: list[Row] = []
     failed_targets: list[str] = []
-    try:
+    with scratch_dir("apiwatch-bench-", args.tmpdir, args.keep) as tmp:
         aw_cmd, aw_env = apiwatch_command(args.apiwatch)
         result["apiwatch"] = shlex.join(aw_cmd)
 
@@ -508,20 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     got = "failed" if t["peak_rss_mb"] is None else f"{t['peak_rss_mb']} MB"
                     print(f"target {name}: {state} ({got}; need < {t['target_mb']:.0f} MB)")
-    finally:
-        if args.keep:
-            say(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 1 if (args.strict and failed_targets) else 0
-
-
-def _fresh_db(db: Path):
-    def clean() -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(str(db) + suffix).unlink(missing_ok=True)
-
-    return clean
 
 
 def bench_file(log, lines, nbytes, args, timer, tmp, aw_cmd, aw_env, ok_codes, only, say):
@@ -559,7 +390,7 @@ def bench_file(log, lines, nbytes, args, timer, tmp, aw_cmd, aw_env, ok_codes, o
                 cmd,
                 env=aw_env,
                 timeout=args.timeout,
-                before_each=_fresh_db(db),
+                before_each=fresh_db(db),
                 ok_codes=ok_codes,
                 keep_stdout=True,
                 **common,
@@ -591,7 +422,7 @@ def memory_check(args, timer, tmp, aw_cmd, aw_env, ok_codes, say) -> dict:
         workdir=tmp,
         env=aw_env,
         timeout=args.timeout,
-        before_each=_fresh_db(db),
+        before_each=fresh_db(db),
         ok_codes=ok_codes,
         keep_stdout=True,
     )

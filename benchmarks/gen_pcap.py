@@ -44,12 +44,14 @@ import bisect
 import ipaddress
 import itertools
 import json
-import os
 import random
 import struct
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ensure_parent, say, truth_path  # noqa: E402
 
 DEFAULT_PACKETS = 250_000
 DEFAULT_SEED = 1
@@ -823,20 +825,18 @@ def main(argv: list[str] | None = None) -> int:
     packets = args.packets if args.packets is not None or size else DEFAULT_PACKETS
     if packets is not None and packets < 1:
         ap.error("--packets must be >= 1")
-    if args.output.parent and not args.output.parent.exists():
-        os.makedirs(args.output.parent, exist_ok=True)
+    ensure_parent(args.output)
     truth = generate(args.output, packets=packets, size=size, seed=args.seed, fmt=fmt)
     if not args.no_truth:
-        with open(f"{args.output}.truth.json", "w") as fh:
+        with open(truth_path(args.output), "w") as fh:
             json.dump(truth, fh, indent=0)
             fh.write("\n")
     if not args.quiet:
-        print(
+        say(
             f"wrote {truth['packets']:,} packets ({truth['bytes'] / 1e6:,.1f} MB, {fmt}) to "
             f"{args.output} in {truth['seconds']:.2f} s ({truth['packets_per_s'] or 0:,} "
             f"packets/s); {truth['flows']:,} flows, {truth['llm_observations']:,} LLM "
-            f"observations, {truth['dns_messages']:,} DNS messages",
-            file=sys.stderr,
+            f"observations, {truth['dns_messages']:,} DNS messages"
         )
     return 0
 

@@ -37,13 +37,15 @@ import itertools
 import json
 import math
 import operator
-import os
 import random
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ensure_parent, say, truth_path  # noqa: E402
 
 DEFAULT_LINES = 2_000_000
 DEFAULT_SEED = 1
@@ -638,10 +640,6 @@ def generate(
     return truth
 
 
-def truth_path(out: Path) -> Path:
-    return out.with_name(out.name + ".truth.json")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-o", "--output", required=True, type=Path, help="log file (.gz => gzip)")
@@ -663,8 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.malformed_rate < 1:
         ap.error("--malformed-rate must be in [0, 1)")
     out = args.output
-    if out.parent and not out.parent.exists():
-        os.makedirs(out.parent, exist_ok=True)
+    ensure_parent(out)
     truth = generate(
         out,
         lines=args.lines,
@@ -676,11 +673,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.quiet:
         mb = truth["uncompressed_bytes"] / 1e6
-        print(
+        say(
             f"wrote {truth['lines']:,} lines ({mb:,.1f} MB uncompressed) to {out} in "
             f"{truth['seconds']:.2f} s ({truth['lines_per_s'] or 0:,} lines/s); "
-            f"{truth['llm_lines']:,} LLM lines, {truth['malformed']} malformed",
-            file=sys.stderr,
+            f"{truth['llm_lines']:,} LLM lines, {truth['malformed']} malformed"
         )
     return 0
 
