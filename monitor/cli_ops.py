@@ -33,7 +33,9 @@ def _date(_ctx, _param, value):
 
 
 @main.command("report")
-@click.option("--period", type=click.Choice(("daily", "weekly", "monthly")), help="A calendar period (UTC).")
+@click.option(
+    "--period", type=click.Choice(("daily", "weekly", "monthly")), help="A calendar period (UTC)."
+)
 @click.option(
     "--date",
     "day",

@@ -223,8 +223,6 @@ def test_host_filter_keeps_every_accepted_record(squid_run: SquidProxy):
     assert kept == ["api.openai.com", "notopenai.com"]
 
 
-
-
 @pytest.mark.parametrize(
     "variant",
     [

@@ -24,6 +24,7 @@ from monitor.collectors.base import (
     HostFilter,
     iter_batches,
 )
+from monitor.collectors.fields import host_keeper, memoised
 from monitor.collectors.mapped import DEFAULT_PORTS, record_id, text, url_target
 from monitor.observation import Observation, canonical_ip, split_host_port
 
@@ -31,7 +32,6 @@ __all__ = ["ElffCollector", "sniff_head", "split_fields", "FORMAT"]
 
 FORMAT = "elff"
 _CACHE_LIMIT = 50_000
-_MISSING = object()
 _DIRECTIVES = (b"#Software:", b"#Version:", b"#Fields:", b"#Date:", b"#Remark:", b"#Start-Date:")
 
 #: Observation input -> W3C field names (lower-case), first present wins.
@@ -134,6 +134,32 @@ def _port(b: bytes | None) -> int | None:
     return v if v is not None and 0 < v < 65536 else None
 
 
+def _word(b: bytes) -> str | None:
+    return text(b) if b and b != b"-" else None
+
+
+def _address(b: bytes) -> str | None:
+    return canonical_ip(text(b).strip("[]")) if b and b != b"-" else None
+
+
+def _host_port(b: bytes) -> tuple[str | None, int | None]:
+    h, p = split_host_port(text(b))
+    return h, p if p is not None and 0 < p < 65536 else None
+
+
+def _day(b: bytes) -> float | None:
+    """Epoch seconds of a ``YYYY-MM-DD`` date (UTC midnight); None when it is not one."""
+    parts = b.split(b"-")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        try:
+            return float(
+                (date(int(parts[0]), int(parts[1]), int(parts[2])).toordinal() - 719163) * 86400
+            )
+        except ValueError:
+            return None
+    return None
+
+
 class _Plan:
     """Column indexes for one ``#Fields:`` list (-1: not logged)."""
 
@@ -161,11 +187,11 @@ class ElffCollector:
         host_filter: HostFilter | None = None,
     ) -> Iterator[Observation]:
         self._filter = host_filter
-        self._keep: dict[str, bool] = {}
-        self._days: dict[bytes, float | None] = {}
-        self._ips: dict[bytes, str | None] = {}
-        self._words: dict[bytes, str] = {}
-        self._hosts: dict[bytes, tuple[str | None, int | None]] = {}
+        self._keeps = host_keeper(host_filter, _CACHE_LIMIT)
+        self._day = memoised(_day, 4096)
+        self._ip = memoised(_address, _CACHE_LIMIT)
+        self._word = memoised(_word, _CACHE_LIMIT)
+        self._host = memoised(_host_port, _CACHE_LIMIT)
         plan: _Plan | None = None
         software = ""
         records = 0
@@ -225,59 +251,6 @@ class ElffCollector:
             diag.records += records
 
     # -- helpers ------------------------------------------------------------------------
-
-    def _keeps(self, host: str) -> bool:
-        keep = self._keep.get(host)
-        if keep is None:
-            if len(self._keep) > _CACHE_LIMIT:
-                self._keep.clear()
-            keep = self._keep[host] = bool(self._filter(host))  # type: ignore[misc]
-        return keep
-
-    def _word(self, b: bytes) -> str | None:
-        if not b or b == b"-":
-            return None
-        v = self._words.get(b)
-        if v is None:
-            if len(self._words) > _CACHE_LIMIT:
-                self._words.clear()
-            v = self._words[b] = text(b)
-        return v
-
-    def _ip(self, b: bytes) -> str | None:
-        v = self._ips.get(b, _MISSING)
-        if v is _MISSING:
-            if len(self._ips) > _CACHE_LIMIT:
-                self._ips.clear()
-            v = self._ips[b] = canonical_ip(text(b).strip("[]")) if b and b != b"-" else None
-        return v  # type: ignore[return-value]
-
-    def _host(self, b: bytes) -> tuple[str | None, int | None]:
-        v = self._hosts.get(b)
-        if v is None:
-            if len(self._hosts) > _CACHE_LIMIT:
-                self._hosts.clear()
-            h, p = split_host_port(text(b))
-            v = self._hosts[b] = (h, p if p is not None and 0 < p < 65536 else None)
-        return v
-
-    def _day(self, b: bytes) -> float | None:
-        v = self._days.get(b, _MISSING)
-        if v is _MISSING:
-            v = None
-            parts = b.split(b"-")
-            if len(parts) == 3 and all(p.isdigit() for p in parts):
-                try:
-                    v = float(
-                        (date(int(parts[0]), int(parts[1]), int(parts[2])).toordinal() - 719163)
-                        * 86400
-                    )
-                except ValueError:
-                    v = None
-            if len(self._days) > 4096:
-                self._days.clear()
-            self._days[b] = v
-        return v  # type: ignore[return-value]
 
     def _ts(self, tokens: list[bytes], plan: _Plan) -> float | None:
         i = plan.idx

@@ -48,6 +48,7 @@ from struct import Struct
 from typing import Any
 
 from monitor.collectors.dns import DnsMap, parse_message
+from monitor.collectors.fields import host_keeper, memoised
 from monitor.collectors.quic import QUIC_V1, QUIC_V2, QuicInitialTracker
 from monitor.collectors.tls import client_hello_from_records
 from monitor.observation import Observation, split_host_port
@@ -622,8 +623,9 @@ class FlowTable:
         self.now = float("-inf")
         self.next_linger = float("-inf")
         self.next_idle = float("-inf")
-        self._ip_names: dict[bytes, str | None] = {}
-        self._filter_cache: dict[str, bool] = {}
+        #: packed server address -> its text when the catalogue's ranges hold it (memoised)
+        self._in_ranges = memoised(self._catalog_ip, 65536) if catalog is not None else None
+        self._keep = host_keeper(host_filter, 65536)
         self.stats: dict[str, int] = {
             "packets": 0,
             "not_ip": 0,
@@ -1426,27 +1428,15 @@ class FlowTable:
         name = self.dns.lookup(f.sip, f.first)
         if name:
             return name, "dns"
-        if self.catalog is not None:
-            ip = self._ip_names.get(f.sip, False)
-            if ip is False:
-                text = _ip_text(f.sip)
-                ip = text if self.catalog.match_ip(text) is not None else None
-                if len(self._ip_names) > 65536:
-                    self._ip_names.clear()
-                self._ip_names[f.sip] = ip
+        if self._in_ranges is not None:
+            ip = self._in_ranges(f.sip)
             if ip:
                 return ip, "ip"
         return None, None
 
-    def _keep(self, host: str | None) -> bool:
-        if self.host_filter is None or host is None:
-            return True
-        v = self._filter_cache.get(host)
-        if v is None:
-            if len(self._filter_cache) > 65536:
-                self._filter_cache.clear()
-            v = self._filter_cache[host] = bool(self.host_filter(host))
-        return v
+    def _catalog_ip(self, sip: bytes) -> str | None:
+        text = _ip_text(sip)
+        return text if self.catalog.match_ip(text) is not None else None
 
     def _report(self, f: Flow) -> None:
         if f.app == APP_DNS:

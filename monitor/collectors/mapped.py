@@ -43,6 +43,7 @@ from monitor.collectors.base import (
     InputError,
     iter_batches,
 )
+from monitor.collectors.fields import host_keeper, memoised
 from monitor.observation import HOST_SOURCES, Observation, canonical_ip, split_host_port
 
 __all__ = [
@@ -671,6 +672,10 @@ def mapping_of(options: CollectOptions) -> Mapping:
 # --- the collector ---------------------------------------------------------------------
 
 
+def _address(s: str | None) -> str | None:
+    return canonical_ip(s.strip().strip("[]")) if s is not None else None
+
+
 class _Builder:
     """Raw field texts -> Observation, with per-parse caches. Shared by the layouts."""
 
@@ -679,37 +684,9 @@ class _Builder:
         self.fmt = fmt
         self.time = TimeParser(mapping.time_format, mapping.tz)
         self.host_filter = host_filter
-        self.filter_cache: dict[str, bool] = {}
-        self.ips: dict[str, str | None] = {}
-        self.urls: dict[str, tuple[str | None, int | None, str | None]] = {}
-
-    def keep(self, host: str | None) -> bool:
-        if self.host_filter is None or host is None:
-            return True
-        v = self.filter_cache.get(host)
-        if v is None:
-            if len(self.filter_cache) > _CACHE_LIMIT:
-                self.filter_cache.clear()
-            v = self.filter_cache[host] = bool(self.host_filter(host))
-        return v
-
-    def ip(self, s: str | None) -> str | None:
-        if s is None:
-            return None
-        v = self.ips.get(s, _MISSING)
-        if v is _MISSING:
-            if len(self.ips) > _CACHE_LIMIT:
-                self.ips.clear()
-            v = self.ips[s] = canonical_ip(s.strip().strip("[]"))
-        return v  # type: ignore[return-value]
-
-    def url(self, u: str) -> tuple[str | None, int | None, str | None]:
-        v = self.urls.get(u)
-        if v is None:
-            if len(self.urls) > _CACHE_LIMIT:
-                self.urls.clear()
-            v = self.urls[u] = url_target(u)
-        return v
+        self.keep = host_keeper(host_filter, _CACHE_LIMIT)
+        self.ip = memoised(_address, _CACHE_LIMIT)
+        self.url = memoised(url_target, _CACHE_LIMIT)
 
     def build(
         self, vals: dict[str, str | None], raw: bytes, source: str, lineno: int

@@ -19,7 +19,6 @@ spaces) is parsed to find it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from hashlib import blake2b
 from typing import Any, BinaryIO
@@ -31,26 +30,21 @@ from monitor.collectors.base import (
     HostFilter,
     iter_batches,
 )
+from monitor.collectors.fields import JSON_ERRORS as _JSON_ERRORS
+from monitor.collectors.fields import loads as _loads
 from monitor.collectors.zeek import (
     DNS_PORTS,
-    MAX_PENDING,
     FlowJoin,
     FlowStats,
     IpCache,
+    JoinCollector,
+    http_observation,
     http_target,
     iso_ts,
     shared_catalog,
+    tls_observation,
 )
-from monitor.observation import Observation, split_host_port
-
-try:  # optional: a faster parser for the same JSON
-    import orjson
-
-    _loads = orjson.loads
-    _JSON_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError, RecursionError)
-except ImportError:  # pragma: no cover - exercised when orjson is absent
-    _loads = json.loads
-    _JSON_ERRORS = (ValueError, RecursionError)
+from monitor.observation import Observation
 
 __all__ = ["SuricataCollector", "sniff", "JSON_PARSER"]
 
@@ -80,16 +74,10 @@ def _str(v: Any) -> str | None:
     return v if type(v) is str and v else None
 
 
-class SuricataCollector:
+class SuricataCollector(JoinCollector):
     """Suricata eve.json (plain, gzip or bzip2) -> observations per flow / HTTP request."""
 
     name = FORMAT
-
-    def __init__(self, catalog: Any = None, max_pending: int = MAX_PENDING):
-        self.catalog = catalog
-        self.max_pending = max_pending
-        self.last_stats: dict[str, int] = {}
-        self._ip = IpCache()
 
     def parse(
         self,
@@ -98,7 +86,7 @@ class SuricataCollector:
         diag: Diagnostics,
         host_filter: HostFilter | None = None,
     ) -> Iterator[Observation]:
-        join = FlowJoin(self.catalog, host_filter, max_pending=self.max_pending)
+        join = self._join(host_filter)
         ready = join.ready
         loads = _loads
         errors = _JSON_ERRORS
@@ -161,11 +149,7 @@ class SuricataCollector:
         finally:
             diag.records += records
             diag.skipped += skipped
-        join.finish()
-        yield from ready
-        ready.clear()
-        join.report(source, diag, "flow")
-        self.last_stats = dict(join.stats)
+        yield from self._drain(join, source, diag, "flow")
 
     def _event(
         self,
@@ -221,22 +205,8 @@ class SuricataCollector:
                     return None
                 if app == "dns" or sport in DNS_PORTS or cport in DNS_PORTS:
                     return None
-                return Observation(
-                    start,
-                    source,
-                    lineno,
-                    FORMAT,
-                    client,
-                    cport,
-                    dest_port=sport,
-                    dest_ip=server,
-                    bytes_out=st.bytes_out,
-                    bytes_in=st.bytes_in,
-                    duration=duration,
-                    ts_end=end,
-                    packets_out=st.packets_out,
-                    packets_in=st.packets_in,
-                    record_id=blake2b(raw, digest_size=12).hexdigest(),
+                return st.observation(
+                    source, lineno, FORMAT, blake2b(raw, digest_size=12).hexdigest()
                 )
 
             join.flow(key, st, standalone)
@@ -246,52 +216,32 @@ class SuricataCollector:
             if type(h) is not dict:
                 h = {}
             method = _str(h.get("http_method"))
-            host, port, url, hsrc = http_target(
-                method, _str(h.get("hostname")), _str(h.get("url")), sport
-            )
+            target = http_target(method, _str(h.get("hostname")), _str(h.get("url")), sport)
             status = h.get("status")
             if type(status) is str and status.isdigit():
                 status = int(status)
-            obs = Observation(
+            obs = http_observation(
                 ts,
                 source,
                 lineno,
                 FORMAT,
                 client,
                 cport,
-                None,
+                server,
                 method,
-                host,
-                port,
-                None if hsrc == "connect" else server,
-                url,
+                target,
                 status if type(status) is int else None,
                 None,
                 _count(h.get("length")),
-                hsrc,
-                record_id=blake2b(raw, digest_size=12).hexdigest(),
+                blake2b(raw, digest_size=12).hexdigest(),
             )
             join.named(key, obs, tls=False)
             return
         # tls / quic
         sub = d.get("tls" if et == b"tls" else "quic")
         sni = _str(sub.get("sni")) if type(sub) is dict else None
-        host, _p = split_host_port(sni) if sni else (None, None)
-        if host and (" " in host or "/" in host):
-            host = None
-        obs = Observation(
-            ts,
-            source,
-            lineno,
-            FORMAT,
-            client,
-            cport,
-            dest_host=host,
-            dest_port=sport,
-            dest_ip=server,
-            host_source="sni" if host else None,
-            record_id=blake2b(raw, digest_size=12).hexdigest(),
-        )
+        rid = blake2b(raw, digest_size=12).hexdigest()
+        obs = tls_observation(ts, source, lineno, FORMAT, client, cport, server, sport, sni, rid)
         join.named(key, obs, tls=True)
 
     @staticmethod

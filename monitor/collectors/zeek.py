@@ -51,6 +51,7 @@ from monitor.collectors.base import (
     open_input,
 )
 from monitor.collectors.dns import TYPE_A, TYPE_AAAA, TYPE_CNAME, DnsAnswer, DnsMap, DnsMessage
+from monitor.collectors.fields import host_keeper, memoised
 from monitor.observation import Observation, canonical_ip, split_host_port
 
 __all__ = [
@@ -58,12 +59,15 @@ __all__ = [
     "FlowJoin",
     "FlowStats",
     "IpCache",
+    "JoinCollector",
     "collect_directory",
     "directory_files",
+    "http_observation",
     "http_target",
     "iso_ts",
     "sniff_tsv",
     "sniff_json",
+    "tls_observation",
 ]
 
 FORMAT_TSV = "zeek"
@@ -338,6 +342,101 @@ class FlowStats:
         self.dest_ip = dest_ip
         self.dest_port = dest_port
 
+    def observation(self, source: str, lineno: int, fmt: str, record_id: str) -> Observation:
+        """The connection reported on its own (no record named it; the join names it)."""
+        return Observation(
+            self.ts,
+            source,
+            lineno,
+            fmt,
+            self.client_ip,
+            self.client_port,
+            dest_port=self.dest_port,
+            dest_ip=self.dest_ip,
+            bytes_out=self.bytes_out,
+            bytes_in=self.bytes_in,
+            duration=self.duration,
+            ts_end=self.ts_end,
+            packets_out=self.packets_out,
+            packets_in=self.packets_in,
+            record_id=record_id,
+        )
+
+
+# ----------------------------------------------------------------------------- records
+# What Zeek's ssl/quic/http logs and Suricata's tls/quic/http events become, before the join.
+
+
+def tls_observation(
+    ts: float,
+    source: str,
+    lineno: int,
+    fmt: str,
+    client: str | None,
+    cport: int | None,
+    server: str | None,
+    sport: int | None,
+    sni: str | None,
+    record_id: str,
+) -> Observation:
+    """One TLS/QUIC connection named by its server name (``sni``, a ``:port`` dropped; a
+    value with a space or ``/`` in it is no host name)."""
+    host, _p = split_host_port(sni) if sni else (None, None)
+    if host and (" " in host or "/" in host):
+        host = None
+    return Observation(
+        ts,
+        source,
+        lineno,
+        fmt,
+        client,
+        cport,
+        dest_host=host,
+        dest_port=sport,
+        dest_ip=server,
+        host_source="sni" if host else None,
+        record_id=record_id,
+    )
+
+
+def http_observation(
+    ts: float,
+    source: str,
+    lineno: int,
+    fmt: str,
+    client: str | None,
+    cport: int | None,
+    server: str | None,
+    method: str | None,
+    target: tuple[str | None, int | None, str | None, str | None],
+    status: int | None,
+    bytes_out: int | None,
+    bytes_in: int | None,
+    record_id: str,
+) -> Observation:
+    """One logged HTTP request; ``target`` is what :func:`http_target` made of it (the
+    server's address is not the destination of a ``CONNECT``)."""
+    dest, port, url, hsrc = target
+    return Observation(
+        ts,
+        source,
+        lineno,
+        fmt,
+        client,
+        cport,
+        None,
+        method,
+        dest,
+        port,
+        None if hsrc == "connect" else server,
+        url,
+        status,
+        bytes_out,
+        bytes_in,
+        hsrc,
+        record_id=record_id,
+    )
+
 
 class _Conn:
     __slots__ = ("tls", "http")
@@ -380,9 +479,10 @@ class FlowJoin:
         self.done: dict[Hashable, None] = {}
         self.ready: list[Observation] = []
         self.stats: Counter[str] = Counter()
-        self._filter: dict[str, bool] = {}
+        #: host name -> kept by ``host_filter`` (memoised); None (not known) is kept
+        self.keep = host_keeper(host_filter, 65536)
         self._packed: dict[str, bytes | None] = {}
-        self._ip_names: dict[str, str | None] = {}
+        self._in_ranges = memoised(self._catalog_ip, 65536) if catalog is not None else None
 
     # -- DNS ------------------------------------------------------------------------------
 
@@ -429,28 +529,14 @@ class FlowJoin:
             name = self.dns.lookup(packed, ts)
             if name:
                 return name, "dns"
-        if self.catalog is not None:
-            v = self._ip_names.get(ip, _MISSING)
-            if v is _MISSING:
-                v = ip if self.catalog.match_ip(ip) is not None else None
-                if len(self._ip_names) > 65536:
-                    self._ip_names.clear()
-                self._ip_names[ip] = v
-            if v:
-                return v, "ip"  # type: ignore[return-value]
+        if self._in_ranges is not None and self._in_ranges(ip):
+            return ip, "ip"
         return None, None
 
-    # -- joins ----------------------------------------------------------------------------
+    def _catalog_ip(self, ip: str) -> str | None:
+        return ip if self.catalog.match_ip(ip) is not None else None
 
-    def keep(self, host: str | None) -> bool:
-        if self.host_filter is None or host is None:
-            return True
-        v = self._filter.get(host)
-        if v is None:
-            if len(self._filter) > 65536:
-                self._filter.clear()
-            v = self._filter[host] = bool(self.host_filter(host))
-        return v
+    # -- joins ----------------------------------------------------------------------------
 
     def _mark_done(self, key: Hashable) -> None:
         done = self.done
@@ -625,16 +711,35 @@ def _resolve(names: Iterable[str], wanted: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-class ZeekCollector:
-    """Zeek conn/ssl/http/dns/quic logs, TSV or JSON (auto per line)."""
-
-    name = FORMAT_TSV
+class JoinCollector:
+    """What the collectors that join through :class:`FlowJoin` share (Zeek, Suricata): the
+    catalogue and bound each join is built with, and the join's stats once it ended."""
 
     def __init__(self, catalog: Any = None, max_pending: int = MAX_PENDING):
         self.catalog = catalog
         self.max_pending = max_pending
         self.last_stats: dict[str, int] = {}
         self._ip = IpCache()
+
+    def _join(self, host_filter: HostFilter | None) -> FlowJoin:
+        return FlowJoin(self.catalog, host_filter, max_pending=self.max_pending)
+
+    def _drain(
+        self, join: FlowJoin, source: str, diag: Diagnostics, what: str
+    ) -> Iterator[Observation]:
+        """End of input: what never saw its connection end, then the bounds hit (``what``
+        names the connection records) and the stats."""
+        join.finish()
+        yield from join.ready
+        join.ready.clear()
+        join.report(source, diag, what)
+        self.last_stats = dict(join.stats)
+
+
+class ZeekCollector(JoinCollector):
+    """Zeek conn/ssl/http/dns/quic logs, TSV or JSON (auto per line)."""
+
+    name = FORMAT_TSV
 
     def parse(
         self,
@@ -643,16 +748,9 @@ class ZeekCollector:
         diag: Diagnostics,
         host_filter: HostFilter | None = None,
     ) -> Iterator[Observation]:
-        join = FlowJoin(self.catalog, host_filter, max_pending=self.max_pending)
+        join = self._join(host_filter)
         yield from self.parse_into(join, stream, source, diag)
-        join.finish()
-        yield from join.ready
-        join.ready.clear()
-        self._close(join, source, diag)
-
-    def _close(self, join: FlowJoin, source: str, diag: Diagnostics) -> None:
-        join.report(source, diag, "conn")
-        self.last_stats = dict(join.stats)
+        yield from self._drain(join, source, diag, "conn")
 
     def parse_into(
         self, join: FlowJoin, stream: BinaryIO, source: str, diag: Diagnostics
@@ -841,74 +939,31 @@ class ZeekCollector:
                     return None  # icmp, unknown_transport: captures report TCP/UDP only
                 if "dns" in _list(services) or sport in DNS_PORTS:
                     return None  # DNS feeds the name map, like the capture collector
-                return Observation(
-                    ts,
-                    source,
-                    lineno,
-                    fmt,
-                    client,
-                    cport,
-                    None,
-                    None,
-                    None,
-                    sport,
-                    server,
-                    None,
-                    None,
-                    st.bytes_out,
-                    st.bytes_in,
-                    None,
-                    None,
-                    duration,
-                    st.ts_end,
-                    st.packets_out,
-                    st.packets_in,
-                    record_id=rid,
-                )
+                return st.observation(source, lineno, fmt, rid)
 
             join.flow(uid, st, standalone)
             return True
         if path in ("ssl", "quic"):
             sni = _str(r.get("server_name"))
-            host, _p = split_host_port(sni) if sni else (None, None)
-            if host and (" " in host or "/" in host):
-                host = None
-            obs = Observation(
-                ts,
-                source,
-                lineno,
-                fmt,
-                client,
-                cport,
-                dest_host=host,
-                dest_port=sport,
-                dest_ip=server,
-                host_source="sni" if host else None,
-                record_id=rid,
-            )
+            obs = tls_observation(ts, source, lineno, fmt, client, cport, server, sport, sni, rid)
             join.named(uid, obs, tls=True)
             return True
         # http
         method = _str(r.get("method"))
-        host, port, url, hsrc = http_target(method, _str(r.get("host")), _str(r.get("uri")), sport)
-        obs = Observation(
+        obs = http_observation(
             ts,
             source,
             lineno,
             fmt,
             client,
             cport,
-            None,
+            server,
             method,
-            host,
-            port,
-            None if hsrc == "connect" else server,
-            url,
+            http_target(method, _str(r.get("host")), _str(r.get("uri")), sport),
             _int(r.get("status_code")),
             _int(r.get("request_body_len")),
             _int(r.get("response_body_len")),
-            hsrc,
-            record_id=rid,
+            rid,
         )
         join.named(uid, obs, tls=False)
         return True
@@ -962,7 +1017,7 @@ def collect_directory(
 
 def _collect_directory(path, files, catalog, diag, host_filter, on_read, max_pending):
     collector = ZeekCollector(catalog, max_pending)
-    join = FlowJoin(catalog, host_filter, max_pending=max_pending)
+    join = collector._join(host_filter)
     for _period, _kind, file in files:
         try:
             opened = open_input(file, on_read)
@@ -973,10 +1028,7 @@ def _collect_directory(path, files, catalog, diag, host_filter, on_read, max_pen
             yield from collector.parse_into(join, opened.stream, file, diag)
         finally:
             opened.close()
-    join.finish()
-    yield from join.ready
-    join.ready.clear()
-    collector._close(join, path, diag)
+    yield from collector._drain(join, path, diag, "conn")
 
 
 # ----------------------------------------------------------------------------- detection

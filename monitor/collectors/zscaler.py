@@ -24,7 +24,6 @@ provider saw; it is also used as ``client_ip`` when no client address at all is 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -34,6 +33,9 @@ from monitor.collectors.base import (
     HostFilter,
     iter_batches,
 )
+from monitor.collectors.fields import JSON_ERRORS as _JSON_ERRORS
+from monitor.collectors.fields import host_keeper, memoised
+from monitor.collectors.fields import loads as _loads
 from monitor.collectors.mapped import (
     NULLS,
     TimeParser,
@@ -45,15 +47,6 @@ from monitor.collectors.mapped import (
     url_target,
 )
 from monitor.observation import Observation, canonical_ip, split_host_port
-
-try:  # optional: a faster parser for the same JSON (as in the Suricata collector)
-    import orjson
-
-    _loads = orjson.loads
-    _JSON_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError, RecursionError)
-except ImportError:  # pragma: no cover - exercised when orjson is absent
-    _loads = json.loads
-    _JSON_ERRORS = (ValueError, RecursionError)
 
 __all__ = ["ZscalerCollector", "sniff", "FORMAT_CSV", "FORMAT_JSON", "FORMAT_KV"]
 
@@ -297,61 +290,33 @@ def _num(v: Any) -> int | None:
     return None
 
 
+def _address(s: Any) -> str | None:
+    """Canonical address from text or bytes; Zscaler's ``0.0.0.0`` (a blocked request's
+    server) is no address."""
+    t = text(s) if isinstance(s, bytes) else str(s)
+    v = canonical_ip(t.strip().strip("[]"))
+    return None if v in ("0.0.0.0", "::") else v
+
+
+def _word(s: Any) -> str | None:
+    """Text of a value (bytes or str), None for Zscaler's unknowns (None, NA, -)."""
+    t = (text(s) if isinstance(s, bytes) else str(s)).strip()
+    return None if t in NULLS else t
+
+
 class _Parse:
     """Per-parse state: memoised conversions and the Observation builder."""
 
     def __init__(self, fmt: str, host_filter: HostFilter | None):
         self.fmt = fmt
         self.host_filter = host_filter
-        self.filter_cache: dict[str, bool] = {}
+        self.keep = host_keeper(host_filter, _CACHE_LIMIT)
         self.times: dict[str | None, TimeParser] = {None: TimeParser("auto")}
         self.tcache: dict[Any, float | None] = {}  # (tz, text) / bytes -> ts
-        self.ips: dict[Any, str | None] = {}
-        self.words: dict[Any, str | None] = {}
-        self.urls: dict[str, tuple[str | None, int | None, str | None]] = {}
+        self.ip = memoised(_address, _CACHE_LIMIT)
+        self.word = memoised(_word, _CACHE_LIMIT)
+        self.url = memoised(url_target, _CACHE_LIMIT)
         self.plans: dict[tuple[str, ...], tuple[str | None, ...]] = {}
-
-    def keep(self, host: str | None) -> bool:
-        if self.host_filter is None or host is None:
-            return True
-        v = self.filter_cache.get(host)
-        if v is None:
-            if len(self.filter_cache) > _CACHE_LIMIT:
-                self.filter_cache.clear()
-            v = self.filter_cache[host] = bool(self.host_filter(host))
-        return v
-
-    def ip(self, s: Any) -> str | None:
-        """Canonical address from text or bytes; Zscaler's ``0.0.0.0`` (a blocked request's
-        server) is no address."""
-        v = self.ips.get(s, _MISSING)
-        if v is _MISSING:
-            if len(self.ips) > _CACHE_LIMIT:
-                self.ips.clear()
-            t = text(s) if isinstance(s, bytes) else str(s)
-            v = canonical_ip(t.strip().strip("[]"))
-            if v in ("0.0.0.0", "::"):
-                v = None
-            self.ips[s] = v
-        return v  # type: ignore[return-value]
-
-    def word(self, s: Any) -> str | None:
-        """Text of a value (bytes or str), None for Zscaler's unknowns (None, NA, -)."""
-        v = self.words.get(s, _MISSING)
-        if v is _MISSING:
-            if len(self.words) > _CACHE_LIMIT:
-                self.words.clear()
-            t = (text(s) if isinstance(s, bytes) else str(s)).strip()
-            v = self.words[s] = None if t in NULLS else t
-        return v  # type: ignore[return-value]
-
-    def url(self, u: str) -> tuple[str | None, int | None, str | None]:
-        v = self.urls.get(u)
-        if v is None:
-            if len(self.urls) > _CACHE_LIMIT:
-                self.urls.clear()
-            v = self.urls[u] = url_target(u)
-        return v
 
     def time(self, t: Any, tz: str | None = None) -> float | None:
         key = (tz, t) if tz is not None else t
@@ -370,6 +335,12 @@ class _Parse:
                 self.tcache.clear()
             v = self.tcache[key] = tp(text(t) if isinstance(t, bytes) else str(t))
         return v  # type: ignore[return-value]
+
+    def url_key(self) -> bytes | None:
+        """The key the first record read names its URL with (None: it has none), for
+        reading the host of the next records straight from their bytes."""
+        k = next(iter(self.plans.values()))[_DICT_ROLES.index("url")]
+        return k.encode() if k is not None else None
 
     def plan(self, d: dict[str, Any]) -> tuple[str | None, ...]:
         """The key of each role in this record (None: not logged), resolved once per
@@ -395,10 +366,7 @@ class _Parse:
         """(dest_host, dest_port, host_source, url) from the URL, else the host field."""
         host = port = hsrc = url = None
         if u is not None:
-            r = self.urls.get(u)
-            if r is None:
-                r = self.url(u)
-            host, port, scheme = r
+            host, port, scheme = self.url(u)
             if method == "CONNECT":
                 hsrc = "connect" if host else None
             else:
@@ -626,9 +594,9 @@ class ZscalerCollector:
                                         continue
                         res = json_rec(line, lineno, source, st)
                         if filtering and fast_key is None and st.plans:
-                            k_url = next(iter(st.plans.values()))[_DICT_ROLES.index("url")]
+                            k_url = st.url_key()
                             if k_url is not None:
-                                fast_key = b'"' + k_url.encode() + b'":"'
+                                fast_key = b'"' + k_url + b'":"'
                     elif kind == "kv":
                         if kv_keys:
                             host = self._kv_host(line, kv_keys, st)
@@ -637,9 +605,9 @@ class ZscalerCollector:
                                 continue
                         res = kv_rec(line, lineno, source, st)
                         if filtering and kv_keys is None and st.plans:
-                            k_url = next(iter(st.plans.values()))[_DICT_ROLES.index("url")]
+                            k_url = st.url_key()
                             kv_keys = (
-                                tuple(sep + k_url.encode() + b"=" for sep in (b"\t", b" ", b"|"))
+                                tuple(sep + k_url + b"=" for sep in (b"\t", b" ", b"|"))
                                 if k_url is not None
                                 else ()
                             )
@@ -718,24 +686,15 @@ class ZscalerCollector:
 
 FORMAT_SPECS = [
     FormatSpec(
-        FORMAT_CSV,
-        "Zscaler NSS web feed, default fields (CSV or tab-separated)",
-        lambda options: ZscalerCollector("csv"),
-        sniff_line=lambda line: sniff(line) == FORMAT_CSV,
+        fmt,
+        f"Zscaler NSS web feed, {what}",
+        lambda options, variant=variant: ZscalerCollector(variant),
+        sniff_line=lambda line, fmt=fmt: sniff(line) == fmt,
         splittable=True,
-    ),
-    FormatSpec(
-        FORMAT_JSON,
-        "Zscaler NSS web feed, JSON (Splunk zscalernss-web wrapper or bare)",
-        lambda options: ZscalerCollector("json"),
-        sniff_line=lambda line: sniff(line) == FORMAT_JSON,
-        splittable=True,
-    ),
-    FormatSpec(
-        FORMAT_KV,
-        "Zscaler NSS web feed, key=value (LEEF, CEF, tab-separated pairs)",
-        lambda options: ZscalerCollector("kv"),
-        sniff_line=lambda line: sniff(line) == FORMAT_KV,
-        splittable=True,
-    ),
+    )
+    for fmt, variant, what in (
+        (FORMAT_CSV, "csv", "default fields (CSV or tab-separated)"),
+        (FORMAT_JSON, "json", "JSON (Splunk zscalernss-web wrapper or bare)"),
+        (FORMAT_KV, "kv", "key=value (LEEF, CEF, tab-separated pairs)"),
+    )
 ]
