@@ -247,12 +247,14 @@ def scan(
     progress,
     quiet,
 ):
-    """Scan logs, raise incidents, store them. FILE may be .gz, .bz2 or - (stdin).
+    """Scan logs or captures, raise incidents, store them. FILE may be .gz, .bz2, - (stdin)
+    or a directory of Zeek logs; only what earlier scans have not read is read.
 
     \b
     apiwatch scan /var/log/squid/access.log --site shanghai
     apiwatch scan access.log.1.gz --egress-ip 114.114.114.114 --fail-on high
     zcat access.log.*.gz | apiwatch scan - --egress-country HK --json
+    apiwatch scan span-port.pcapng /var/log/zeek/2026-11-27/ --site hongkong
     """
     app = _app(ctx)
     egress = EgressOptions(egress_ip=egress_ip, egress_country=egress_country, site=site)
