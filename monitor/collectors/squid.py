@@ -176,15 +176,11 @@ class _Targets:
         self.filter: dict[str, bool] = {}
         self.rejects: dict[bytes, bool] = {}  # CONNECT target -> rejected by the host filter
 
-    def rejects_connect(self, target: bytes) -> bool:
-        """Whether the host filter rejects the host of a CONNECT target (memoised)."""
-        host = self.connect.get(target)
-        if host is None:
-            host = _host_port(_text(target))
-            if len(self.connect) > _CACHE_LIMIT:
-                self.connect.clear()
-            self.connect[target] = host
-        v = host[0] is not None and not self.keep(host[0])
+    def rejects_target(self, connect: bool, target: bytes) -> bool:
+        """Whether the host filter rejects the host of a CONNECT target or of a URL's
+        ``scheme://authority`` (memoised per distinct target)."""
+        host = self.target("CONNECT" if connect else "GET", target)[0]
+        v = host is not None and not self.keep(host)
         if len(self.rejects) > _CACHE_LIMIT:
             self.rejects.clear()
         self.rejects[target] = v
@@ -372,12 +368,19 @@ class SquidCollector:
                     lineno += 1
                     parts = line.split()
                     if len(parts) == 10 and (clean or b"\x00" not in line):
-                        if filtering and parts[5] == b"CONNECT":
-                            # most lines are CONNECTs to hosts the filter rejects: check the
-                            # target first, then only that the record is well formed
-                            rejected = rejects.get(parts[6])
+                        if filtering:
+                            # most lines go to hosts the filter rejects: check the target
+                            # first (CONNECT host:port, or a URL's scheme and authority),
+                            # then only that the record is well formed
+                            target = parts[6]
+                            if parts[5] != b"CONNECT":
+                                i = target.find(b"://")
+                                j = target.find(b"/", i + 3) if i > 0 else -1
+                                if j > 0:
+                                    target = target[:j]
+                            rejected = rejects.get(target)
                             if rejected is None:
-                                rejected = t.rejects_connect(parts[6])
+                                rejected = t.rejects_target(parts[5] == b"CONNECT", target)
                             if (
                                 rejected
                                 and parts[1].isdigit()
