@@ -566,8 +566,10 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
     # gets its own compact unique index
     db["observations"].create(OBSERVATION_COLUMNS, not_null={"id", "ts", "day"})
     db["observations"].create_index(["id"], unique=True)
-    db["hits"].create(
-        {"incident_id": str, "observation_id": int}, pk=("incident_id", "observation_id")
+    # a clustered (WITHOUT ROWID) table: one B-tree per link instead of a table plus its key
+    db.execute(
+        "CREATE TABLE hits (incident_id TEXT NOT NULL, observation_id INTEGER NOT NULL,"
+        " PRIMARY KEY (incident_id, observation_id)) WITHOUT ROWID"
     )
     db["incidents"].create(
         INCIDENT_COLUMNS,
@@ -576,7 +578,6 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
         defaults={"status": "open", "count": 0, "blocked": 0, "evidence": "[]"},
     )
     db["observations"].create_index(["day", "provider"])
-    db["observations"].create_index(["site", "day"])
     for cols in (
         ["last_seen"],
         ["first_seen"],
