@@ -140,7 +140,9 @@ def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> 
         if private is not None:
             enriched = private.apply(enriched)  # before ids are computed from them
         row = observation_row(enriched)
-        yield obs.record_id or fallback_id(obs), row, incident_rows(enriched, rules, row[DAY])
+        record_id = obs.record_id or fallback_id(obs)
+        row[ID] = observation_id(record_id, 0)  # the storing process renumbers true repeats
+        yield record_id, row, incident_rows(enriched, rules, row[DAY])
 
 
 def fallback_id(obs: Observation) -> str:
@@ -393,7 +395,8 @@ class Scanner:
     def _take(self, record_id: str, row: list[Any], incs: list[dict[str, Any]], seen: Occurrences,
               scan_id: int, summary: ScanSummary) -> None:  # fmt: skip
         nth = seen.next(record_id, row[TS])
-        row[ID] = observation_id(record_id, nth)
+        if nth:
+            row[ID] = observation_id(record_id, nth)
         row[SCAN_ID] = scan_id
         summary.llm_observations += 1
         for inc in incs:
