@@ -457,9 +457,16 @@ def _when(_ctx, _param, value):
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first).")
 @click.option("--json", "out", flag_value="json", help="JSON lines, one incident per line.")
 @click.option("--csv", "out", flag_value="csv", help="CSV with a header row.")
+@click.option(
+    "--spreadsheet-safe",
+    is_flag=True,
+    help="With --csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '.",
+)
 @click.pass_context
 @_guard
-def incidents(ctx, since, until, rule, severity, provider, site, client, status, limit, out):
+def incidents(
+    ctx, since, until, rule, severity, provider, site, client, status, limit, out, spreadsheet_safe
+):
     """List incidents, newest first.
 
     \b
@@ -478,8 +485,9 @@ def incidents(ctx, since, until, rule, severity, provider, site, client, status,
         status=status,
         limit=limit,
     )
+    rows = _app(ctx).store.incidents(q)
     n = write_rows(
-        _app(ctx).store.incidents(q), out or "table", INCIDENT_COLUMNS, sys.stdout, INCIDENT_TABLE
+        rows, out or "table", INCIDENT_COLUMNS, sys.stdout, INCIDENT_TABLE, spreadsheet_safe
     )
     if n == 0 and not out:
         click.echo("no incidents match", err=True)

@@ -17,6 +17,7 @@ from tabulate import tabulate
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 MAX_CELL = 60
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def safe_text(value: Any, limit: int | None = MAX_CELL) -> str:
@@ -54,12 +55,27 @@ def write_json_lines(rows: Iterable[Mapping[str, Any]], out: TextIO, chunk: int 
     return n
 
 
-def write_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], out: TextIO) -> int:
+def spreadsheet_cell(value: Any) -> Any:
+    """Text a spreadsheet would run as a formula (CSV injection) gets a leading ``'``."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def write_csv(
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[str],
+    out: TextIO,
+    spreadsheet_safe: bool = False,
+) -> int:
+    """CSV with a header row. ``spreadsheet_safe`` is for files people open in a
+    spreadsheet; leave it off for tools, which should see the data as logged."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     n = 0
     for row in rows:
-        writer.writerow(["" if row.get(c) is None else _csv_value(row.get(c)) for c in columns])
+        cells = ["" if row.get(c) is None else _csv_value(row.get(c)) for c in columns]
+        writer.writerow([spreadsheet_cell(c) for c in cells] if spreadsheet_safe else cells)
         n += 1
     return n
 
@@ -91,10 +107,11 @@ def write_rows(
     columns: Sequence[str],
     out: TextIO,
     table_columns: Sequence[str] | None = None,
+    spreadsheet_safe: bool = False,
 ) -> int:
     """``fmt`` is ``table``, ``json`` (JSON lines) or ``csv``; returns the number of rows."""
     if fmt == "json":
         return write_json_lines(rows, out)
     if fmt == "csv":
-        return write_csv(rows, columns, out)
+        return write_csv(rows, columns, out, spreadsheet_safe)
     return write_table(rows, table_columns or columns, out)

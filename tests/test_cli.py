@@ -392,3 +392,14 @@ def test_python_dash_m_and_console_script(tmp_path):
     exe = shutil.which("apiwatch")
     if exe:
         assert subprocess.run([exe, "--help"], capture_output=True, text=True).returncode == 0
+
+
+def test_incidents_csv_can_be_made_spreadsheet_safe(db, tmp_path):
+    log = tmp_path / "a.log"
+    # a host name a spreadsheet would run as a formula, under a provider's wildcard
+    log.write_text(native(1795741200, "10.0.0.1", "CONNECT", "=cmd.openai.azure.com:443") + "\n")
+    run("--db", db, "scan", log, "--egress-country", "RU")
+    raw = run("--db", db, "incidents", "--csv").stdout
+    safe = run("--db", db, "incidents", "--csv", "--spreadsheet-safe").stdout
+    assert ",=cmd.openai.azure.com," in raw  # tools get the data as logged
+    assert ",'=cmd.openai.azure.com," in safe

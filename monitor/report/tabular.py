@@ -19,20 +19,14 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from monitor.output import spreadsheet_cell
 from monitor.report.data import Report
 
 CSV_COLUMNS = ("since", "until", "section", "key", "subkey", "metric", "value")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def render_json(report: Report) -> str:
     return json.dumps(report.to_dict(), ensure_ascii=False, indent=1, default=str) + "\n"
-
-
-def spreadsheet_cell(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
 
 
 def csv_rows(report: Report) -> Iterator[tuple[str, Any, Any, str, Any]]:
