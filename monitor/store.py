@@ -278,6 +278,10 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
+    def pruned_before(self) -> str | None:
+        """The first UTC day whose traffic detail is still kept (None: never pruned)."""
+        return self._meta("pruned_before")
+
     def source_state(self, key: str) -> dict[str, Any] | None:
         """What an earlier scan read of the source whose content starts with ``key``."""
         rows = list(self.db.query("SELECT * FROM sources WHERE key = ?", [key]))

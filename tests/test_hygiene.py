@@ -133,3 +133,16 @@ def test_database_files_are_private(tmp_path, mode):
     db = tmp_path / "x.db"
     run("--db", db, "scan", LOG, "--egress-country", "CN")
     assert db.stat().st_mode & 0o777 == mode
+
+
+def test_reports_say_when_the_period_was_pruned(tmp_path):
+    db = tmp_path / "x.db"
+    run("--db", db, "scan", LOG, "--egress-country", "CN")
+    args = ("--db", db, "report", "--period", "daily", "--date", "2026-11-27")
+    before = json.loads(run(*args, "--format", "json").stdout)
+    assert before["methods"]["retention"]["affects_period"] is False
+    run("--db", db, "db", "prune", "--keep", "2026-11-28")
+    after = json.loads(run(*args, "--format", "json").stdout)
+    assert after["methods"]["retention"] == {"pruned_before": "2026-11-28", "affects_period": True}
+    assert "was pruned" in run(*args, "--format", "md").stdout
+    assert "was pruned" in run(*args, "--format", "html").stdout

@@ -738,6 +738,13 @@ def _events(db: Any, win: Window, f: _Filters) -> dict[str, Any]:
 # --------------------------------------------------------------------------- methods
 
 
+def _retention(app: Any, win: Window) -> dict[str, Any]:
+    """Whether ``apiwatch db prune`` removed traffic detail this period's figures needed:
+    incidents survive a prune, traffic rows do not, so the report must say so."""
+    pruned = app.store.pruned_before()
+    return {"pruned_before": pruned, "affects_period": bool(pruned and win.first_day < pruned)}
+
+
 def _methods(app: Any, db: Any, win: Window, sources: pd.DataFrame) -> dict[str, Any]:
     contributing = sorted({int(x) for x in sources.scan_id.dropna()}) if len(sources) else []
     started = [
@@ -851,6 +858,7 @@ def _methods(app: Any, db: Any, win: Window, sources: pd.DataFrame) -> dict[str,
                 for r in sorted(catalog.region_lists.values(), key=lambda r: r.id)
             ],
         },
+        "retention": _retention(app, win),
         "geodata": list(geodata.values()) or current_geo,
         "geodata_recorded": bool(geodata),
         "geodata_current": current_geo,

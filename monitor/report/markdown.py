@@ -401,6 +401,12 @@ def render_markdown(report: Report) -> str:
                 ],
             )  # fmt: skip
         )
+    if x["retention"]["affects_period"]:
+        add(
+            f"\n**Traffic detail before {md(x['retention']['pruned_before'])} was pruned** "
+            "(`apiwatch db prune`): traffic figures for earlier days are missing, while their "
+            "incidents and counts remain.\n"
+        )
     cat = x["catalog"]
     add("\n### Provider catalogue\n")
     add(f"Catalogue version {md(cat['version'])} ({num(cat['providers'])} providers and relays)" + (f"; the scans used {', '.join(md(v) for v in cat['versions_in_scans'])}" if cat["versions_in_scans"] else "") + ".\n")  # fmt: skip
