@@ -375,9 +375,14 @@ def _print_problems(diag: Diagnostics, limit: int = 20) -> None:
 @click.option(
     "--llm-only", is_flag=True, help="Only observations whose destination the catalogue knows."
 )
+@click.option(
+    "--spreadsheet-safe",
+    is_flag=True,
+    help="With --csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '.",
+)
 @click.pass_context
 @_guard
-def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only):
+def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spreadsheet_safe):
     """Print normalised observations; store nothing (like zeek-cut).
 
     \b
@@ -418,6 +423,7 @@ def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only):
                 "bytes_in",
                 "provider",
             ],
+            spreadsheet_safe,
         )
     except BrokenPipeError:  # `| head` is fine
         sys.stderr.close()

@@ -57,8 +57,8 @@ def write_json_lines(rows: Iterable[Mapping[str, Any]], out: TextIO, chunk: int 
 
 def spreadsheet_cell(value: Any) -> Any:
     """Text a spreadsheet would run as a formula (CSV injection) gets a leading ``'``."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and value != "-":
+        return "'" + value  # a lone "-" (a log's "unknown") is no formula and stays as it is
     return value
 
 
