@@ -19,6 +19,7 @@ from monitor.app import App, Settings
 from monitor.catalog import CatalogError
 from monitor.collectors import FORMATS, CollectOptions, Diagnostics, InputError
 from monitor.config import ConfigError
+from monitor.countries import is_country_code
 from monitor.egress import EgressOptions
 from monitor.geo import GeoError
 from monitor.observation import OBSERVATION_FIELDS, canonical_ip
@@ -318,8 +319,6 @@ def _ip_option(value):
 
 
 def _country_option(value):
-    from monitor.countries import is_country_code
-
     if value is None:
         return None
     if not is_country_code(value.upper()):

@@ -38,7 +38,7 @@ import re
 import stat
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -895,10 +895,6 @@ class GeoResolver:
             return _NONE4
         except maxminddb.errors.InvalidDatabaseError as exc:
             raise GeoError(f"{db.info.path}: corrupt MaxMind DB: {exc}") from None
-
-    def lookup_many(self, ips: Iterable[str]) -> Iterator[GeoAnswer]:
-        for ip in ips:
-            yield self.lookup(ip)
 
     def cache_info(self):
         return self._cached.cache_info()

@@ -194,7 +194,6 @@ class RuleSet:
                     f"{rule.source}: rule {rule.id!r}: duplicate id (also in {seen[rule.id]})"
                 )
             seen[rule.id] = rule.source
-        self.by_id = {r.id: r for r in self.rules}
         #: the context fields any rule reads: evaluation results depend on nothing else
         self.fields: tuple[str, ...] = tuple(sorted(set().union(*(r.fields for r in self.rules))))
 

@@ -183,6 +183,24 @@ class Occurrences:
         return nth
 
 
+def part_messages(pipeline: Pipeline, part: Part, on_read=None) -> Iterator[tuple[str, Any]]:
+    """What a producer says about one part: ("batch", items)… then ("done", diagnostics),
+    or ("input-error", message). The same stream whether produced here or in a child."""
+    diag = Diagnostics()
+    try:
+        batch: list[Produced] = []
+        for item in produce(pipeline, part, diag, on_read):
+            batch.append(item)
+            if len(batch) >= BATCH:
+                yield "batch", batch
+                batch = []
+        if batch:
+            yield "batch", batch
+        yield "done", diag
+    except InputError as exc:
+        yield "input-error", str(exc)
+
+
 # -- producer processes -------------------------------------------------------------------
 
 
@@ -209,26 +227,16 @@ def _put(out: mp.Queue, item: Any, parent: int) -> None:
 
 
 def _producer(pipeline: Pipeline, part: Part, out: mp.Queue, progress, parent: int) -> None:
-    """Child process body: stream batches, then the diagnostics, then exit."""
+    """Child process body: forward :func:`part_messages` to the parent, then exit."""
     _die_with_parent(parent)
-    diag = Diagnostics()
 
     def on_read(n: int) -> None:
         with progress.get_lock():
             progress.value += n
 
     try:
-        batch: list[Produced] = []
-        for item in produce(pipeline, part, diag, on_read):
-            batch.append(item)
-            if len(batch) >= BATCH:
-                _put(out, ("batch", batch), parent)
-                batch = []
-        if batch:
-            _put(out, ("batch", batch), parent)
-        _put(out, ("done", diag), parent)
-    except InputError as exc:
-        _put(out, ("input-error", str(exc)), parent)
+        for message in part_messages(pipeline, part, on_read):
+            _put(out, message, parent)
     except BaseException:  # a bug: report it to the parent rather than die silently
         _put(out, ("crash", traceback.format_exc()), parent)
 
@@ -270,23 +278,6 @@ class _Remote:
         if self.process.is_alive():
             self.process.terminate()
         self.process.join(5)
-
-
-def _local(pipeline: Pipeline, part: Part, on_read) -> Iterator[tuple[str, Any]]:
-    """The same message stream as a producer process, produced in this process."""
-    diag = Diagnostics()
-    try:
-        batch: list[Produced] = []
-        for item in produce(pipeline, part, diag, on_read):
-            batch.append(item)
-            if len(batch) >= BATCH:
-                yield "batch", batch
-                batch = []
-        if batch:
-            yield "batch", batch
-        yield "done", diag
-    except InputError as exc:
-        yield "input-error", str(exc)
 
 
 # -- the scan -------------------------------------------------------------------------------
@@ -344,7 +335,7 @@ class Scanner:
                 messages = (
                     remotes[i].messages(on_read)
                     if source.fork
-                    else _local(self.pipeline, part, on_read)
+                    else part_messages(self.pipeline, part, on_read)
                 )
                 for kind, payload in messages:
                     if kind == "batch":

@@ -104,22 +104,9 @@ _ETH_IP4 = Struct("!12xHBxH2xHxB22xBB")
 #: Ethernet + IPv6 header: ethertype, version/class, payload length, next header
 _ETH_IP6 = Struct("!12xHB3xHB")
 MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
-#: classic pcap record header + Ethernet + IPv4 (20 bytes) + TCP, in one read, per byte order
-#: of the file: the record header fields, then the ethertype, version/IHL, total length (two
-#: bytes), flags/fragment, protocol, the addresses and ports (the flow key), and the TCP data
-#: offset and flags bytes. The two 16-bit network fields are read in the file's byte order:
-#: the constants they are compared with are swapped to match (see ``_REC_CONSTS``).
-_REC_ETH_IP4 = {o: Struct(o + "IIII12xHBxBB2xHxB2x12s8xBB") for o in "<>"}
-_REC = {o: Struct(o + "IIII") for o in "<>"}
-#: byte order -> (IPv4 ethertype, IPv6 ethertype, fragment mask) as read by ``_REC_ETH_IP4``
-_REC_CONSTS = {"<": (0x0008, 0xDD86, 0xFF3F), ">": (0x0800, 0x86DD, 0x3FFF)}
-#: TCP data offset byte -> IPv4 header (20 bytes) + TCP header length
-_IP4_TCP_HL = tuple(20 + ((d >> 4) << 2) for d in range(256))
 
 # flow.app
 APP_UNKNOWN, APP_TLS, APP_HTTP, APP_DNS, APP_OPAQUE, APP_QUIC = range(6)
-
-Emit = Callable[[Observation], None]
 
 
 # ----------------------------------------------------------------------------- TCP stream
@@ -209,7 +196,6 @@ class HttpHead:
     host: str | None = None  # Host header value, as sent
     content_length: int | None = None
     chunked: bool = False
-    upgrade: bool = False
 
 
 def _text(b: bytes) -> str:
@@ -238,11 +224,8 @@ def _headers(lines: list[bytes], h: HttpHead) -> HttpHead | None:
             v = value.split(b",")[0].strip()
             if v.isdigit() and len(v) < 19:
                 h.content_length = int(v)
-        elif name == b"transfer-encoding":
-            if value.lower().rstrip().endswith(b"chunked"):
-                h.chunked = True
-        elif name == b"upgrade":
-            h.upgrade = True
+        elif name == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
+            h.chunked = True
     return h
 
 
@@ -679,7 +662,6 @@ class FlowTable:
         scale: float,
         lt: int,
         ifaces: list | None = None,
-        order: str | None = None,
     ) -> tuple[int, int]:
         """Read the records of a capture chunk ``buf[pos:n]`` while they are complete and
         plain; returns (offset of the first record not read, packet number).
@@ -694,12 +676,7 @@ class FlowTable:
         This is the hot loop. Ethernet frames of TCP/UDP flows whose payload is no longer
         inspected (their name is known, or the flow is opaque) only have their counters
         updated here, without a call per packet; every other frame goes to :meth:`packet`.
-
-        Classic pcap of Ethernet frames with its byte ``order`` given ("<" or ">") goes to
-        :meth:`_scan_pcap_eth`, the same loop reading each record with one unpack.
         """
-        if ifaces is None and lt == 1 and order in _REC_CONSTS:
-            return self._scan_pcap_eth(buf, pos, n, pktno, order, scale)
         ready = self.ready
         packet = self.packet
         tcp = self._tcp
@@ -841,146 +818,6 @@ class FlowTable:
                 # everything else: the general path (it runs the timers too)
                 slow += 1
                 packet(ts, pktno, lt, buf, p, e)
-                next_linger = self.next_linger
-                if ready:
-                    break
-        finally:
-            if ts > self.now:
-                self.now = ts
-            self.stats["packets"] += pktno - first - slow
-        return pos, pktno
-
-    def _scan_pcap_eth(
-        self, buf: bytes, pos: int, n: int, pktno: int, order: str, scale: float
-    ) -> tuple[int, int]:
-        """:meth:`scan` for classic pcap of Ethernet frames: the record header, the Ethernet
-        and IPv4 headers, the flow key and the TCP flags are read by one unpack
-        (``_REC_ETH_IP4``) when the chunk holds 64 bytes from the record (a complete record
-        too short for that is not for the fast path anyway). Same decisions, same order."""
-        ready = self.ready
-        packet = self.packet
-        tcp = self._tcp
-        http_count = self._http_count
-        udp_watch = self._udp_watch
-        tcp_get = self.tcp.get
-        udp_get = self.udp.get
-        rec = _REC[order].unpack_from
-        full = _REC_ETH_IP4[order].unpack_from
-        ip6 = _ETH_IP6.unpack_from
-        et4, et6, fragmask = _REC_CONSTS[order]
-        iptcp_hl = _IP4_TCP_HL
-        next_linger = self.next_linger
-        max_frame = MAX_FRAME
-        last_full = n - 64  # a record starting here or before: ``full`` can read it
-        first = pktno
-        slow = 0
-        ts = self.now
-        try:
-            while True:
-                if pos <= last_full:
-                    sec, frac, incl, _o, et, vihl, th, tl, frag, proto, key, doff, fl = full(
-                        buf, pos
-                    )
-                else:
-                    if pos + 16 > n:
-                        break
-                    sec, frac, incl, _o = rec(buf, pos)
-                    et = -1  # incl < 48 or the record is incomplete: not for the fast path
-                p = pos + 16
-                e = p + incl
-                if e > n or incl > max_frame:
-                    break
-                ts = sec + frac * scale
-                pos = e
-                pktno += 1
-                # the fast path of :meth:`scan`, see there
-                if ts < next_linger and incl >= 54:
-                    if et == et4:
-                        if vihl == 0x45 and not frag & fragmask:
-                            if proto == 6:
-                                ent = tcp_get(key)
-                                if ent is not None and not fl & 2:
-                                    tot = (th << 8) | tl
-                                    plen = tot - iptcp_hl[doff]
-                                    if plen >= 0:
-                                        f, out = ent
-                                        if out:
-                                            f.pk_out += 1
-                                            f.by_out += plen
-                                        else:
-                                            f.pk_in += 1
-                                            f.by_in += plen
-                                        f.last = ts
-                                        if f.watch or fl & 5:
-                                            if plen or fl & 5:
-                                                tcp(ts, pktno, f, out, key[:8], buf, p + 34,
-                                                    (doff >> 4) << 2, fl, plen,
-                                                    min(p + 14 + tot, e))  # fmt: skip
-                                                if ready:
-                                                    break
-                                            elif f.http is not None:  # an ACK: counted
-                                                http_count(f, out, ts, 0)
-                                        continue
-                            elif proto == 17:
-                                ent = udp_get(key)
-                                tot = (th << 8) | tl
-                                if ent is not None and tot >= 28:
-                                    f, out = ent
-                                    if out:
-                                        f.pk_out += 1
-                                        f.by_out += tot - 28
-                                    else:
-                                        f.pk_in += 1
-                                        f.by_in += tot - 28
-                                    f.last = ts
-                                    if f.watch:
-                                        udp_watch(f, out, buf[p + 42 : min(p + 14 + tot, e)], ts)
-                                    continue
-                    elif et == et6 and incl >= 74:
-                        et, vtc, pl, nh = ip6(buf, p)
-                        if vtc >> 4 == 6 and pl:
-                            if nh == 6:
-                                ent = tcp_get(buf[p + 22 : p + 58])
-                                fl = buf[p + 67]
-                                if ent is not None and not fl & 2:
-                                    hl = (buf[p + 66] >> 4) << 2
-                                    plen = pl - hl
-                                    if plen >= 0:
-                                        f, out = ent
-                                        if out:
-                                            f.pk_out += 1
-                                            f.by_out += plen
-                                        else:
-                                            f.pk_in += 1
-                                            f.by_in += plen
-                                        f.last = ts
-                                        if f.watch or fl & 5:
-                                            if plen or fl & 5:
-                                                tcp(ts, pktno, f, out, buf[p + 22 : p + 54], buf,
-                                                    p + 54, hl, fl, plen,
-                                                    min(p + 54 + pl, e))  # fmt: skip
-                                                if ready:
-                                                    break
-                                            elif f.http is not None:
-                                                http_count(f, out, ts, 0)
-                                        continue
-                            elif nh == 17:
-                                ent = udp_get(buf[p + 22 : p + 58])
-                                if ent is not None and pl >= 8:
-                                    f, out = ent
-                                    if out:
-                                        f.pk_out += 1
-                                        f.by_out += pl - 8
-                                    else:
-                                        f.pk_in += 1
-                                        f.by_in += pl - 8
-                                    f.last = ts
-                                    if f.watch:
-                                        udp_watch(f, out, buf[p + 62 : min(p + 54 + pl, e)], ts)
-                                    continue
-                # everything else: the general path (it runs the timers too)
-                slow += 1
-                packet(ts, pktno, 1, buf, p, e)
                 next_linger = self.next_linger
                 if ready:
                     break

@@ -177,7 +177,7 @@ class PcapCollector:
             while True:
                 n = len(buf)
                 while True:  # every complete record of the chunk (the scan stops to hand over)
-                    pos, pktno = scan(buf, pos, n, pktno, unpack, scale, lt, order=order)
+                    pos, pktno = scan(buf, pos, n, pktno, unpack, scale, lt)
                     if not ready:
                         break
                     yield from ready

@@ -284,7 +284,6 @@ def build_report(app: Any, q: ReportQuery) -> Report:
     dest = _destinations(who)
 
     incidents = _incidents(db, win, prev, f, q.top)
-    relay_kind = set(cube.loc[cube.kind == "relay", "provider"].dropna()) if len(cube) else set()
 
     totals_cur = _totals(cur, who, len(set(who.client_ip.dropna())) if len(who) else 0)
     totals_cur["incidents_new"] = incidents["totals"]["new"]
@@ -340,7 +339,7 @@ def build_report(app: Any, q: ReportQuery) -> Report:
         incidents=incidents,
         top_clients=_top_clients(who, q.top),
         top_destinations=_top_destinations(dest, q.top),
-        relays=_relays(dest, who, relay_kind, catalog),
+        relays=_relays(dest, who, catalog),
         events=_events(db, win, f),
         methods=_methods(app, db, win, sources),
     )
@@ -616,9 +615,7 @@ def _top_destinations(dest: pd.DataFrame, top: int) -> list[dict[str, Any]]:
     return [_dest_row(r) for r in _sorted_dest(dest).head(top).itertuples(index=False)]
 
 
-def _relays(
-    dest: pd.DataFrame, who: pd.DataFrame, relay_providers: set[str], catalog: Any
-) -> dict[str, Any]:
+def _relays(dest: pd.DataFrame, who: pd.DataFrame, catalog: Any) -> dict[str, Any]:
     rows = dest[dest.kind == "relay"] if len(dest) else dest
     clients = int(who.loc[who.kind == "relay", "client_ip"].dropna().nunique()) if len(who) else 0
     hosts = []
