@@ -21,11 +21,12 @@ physical line). A record whose own end was cut off is lost.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
 from itertools import chain
 from typing import BinaryIO
 
+from monitor import accel
 from monitor.collectors.base import (
     Batch,
     CollectOptions,
@@ -289,6 +290,16 @@ class _Targets:
         return hp[0], hp[1], ru, "url" if hp[0] else None
 
 
+#: (lines, clean, rejects) -> (records counted and dropped, indexes of the other lines)
+NativeFilter = Callable[[list[bytes], bool, dict[bytes, bool]], tuple[int, list[int]]]
+
+
+def _accelerator() -> NativeFilter | None:
+    """``native_filter`` of the C pre-pass (``_squidscan.c``), when it is built and wanted."""
+    module = accel.load("monitor.collectors._squidscan")
+    return None if module is None else module.native_filter
+
+
 def _host_port(text: str) -> tuple[str | None, int | None]:
     host, port = split_host_port(text)
     if port is not None and not 0 < port < 65536:
@@ -360,12 +371,20 @@ class SquidCollector:
         fmt = FORMAT_NATIVE
         slow = self._native_slow
         filtering = host_filter is not None
+        # the C pre-pass counts the records the filter rejects (most of them) and hands
+        # the rest to the loop below, which reads every line when it is absent
+        prepass = _accelerator() if filtering else None
         records = 0
         try:
             for base, lines, clean in batches:
-                lineno = base
-                for line in lines:
-                    lineno += 1
+                if prepass is not None:
+                    dropped, todo = prepass(lines, clean, rejects)
+                    records += dropped
+                else:
+                    todo = range(len(lines))
+                for i in todo:
+                    line = lines[i]
+                    lineno = base + i + 1
                     parts = line.split()
                     if len(parts) == 10 and (clean or b"\x00" not in line):
                         if filtering:

@@ -1,0 +1,160 @@
+"""The Squid collector's C pre-pass (``_squidscan.c``) against the pure-Python loop.
+
+The pre-pass may only count and drop lines that the Python code would also count and drop;
+whatever it hands back must come out of the Python loop exactly as before. So every test
+here parses the same bytes both ways and asserts equal observations, counts and problems.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from monitor import accel
+from monitor.catalog import Catalog
+from monitor.collectors import CollectOptions, Diagnostics, make_collector
+from monitor.pipeline import Identifier
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = "monitor.collectors._squidscan"
+
+built = accel.load(MODULE)
+if built is None and os.environ.get("CI") and not os.environ.get(accel.PURE_ENV):
+    pytest.fail("the C accelerator was not built (hatch_build.py needs a C compiler)")
+pytestmark = pytest.mark.skipif(built is None, reason="C accelerator not built")
+
+HOST_FILTER = Identifier(Catalog.load()).host_filter
+
+
+@contextmanager
+def pure_python():
+    old = os.environ.get(accel.PURE_ENV)
+    os.environ[accel.PURE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[accel.PURE_ENV]
+        else:
+            os.environ[accel.PURE_ENV] = old
+
+
+def parse(data: bytes) -> tuple[list[dict], tuple]:
+    diag = Diagnostics()
+    collector = make_collector("squid", CollectOptions(format="squid"))
+    stream = io.BufferedReader(io.BytesIO(data))
+    found = [
+        o.to_dict() | {"id": o.record_id} for o in collector.parse(stream, "t", diag, HOST_FILTER)
+    ]
+    problems = [(p.line, p.reason, p.excerpt) for p in (*diag.problems, *diag.notices)]
+    return found, (diag.records, diag.malformed, diag.skipped, problems)
+
+
+def both_ways(data: bytes) -> tuple[list[dict], tuple]:
+    fast = parse(data)
+    with pure_python():
+        assert accel.load(MODULE) is None
+        reference = parse(data)
+    assert fast == reference
+    return fast
+
+
+LLM = b"1732752001.203  70428 10.1.88.196 TCP_TUNNEL/200 2475 CONNECT api.openai.com:443 - HIER_DIRECT/172.66.0.243 -"
+OTHER = b"1732752001.372     27 10.20.115.79 TCP_MISS/200 778 GET http://anan.co.jp/x?q=1 - HIER_DIRECT/62.39.132.77 text/html"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        OTHER,
+        OTHER.replace(b"1732752001.372", b"1732752001"),  # no fraction
+        OTHER.replace(b"1732752001.372", b"1e9"),  # float() reads it, C hands it back
+        OTHER.replace(b"1732752001.372", b"99999999999.5"),  # 11 digits: < 1e11 in Python
+        OTHER.replace(b"1732752001.372", b"123456789012"),  # >= 1e11: malformed
+        OTHER.replace(b"1732752001.372", b"-5.0"),
+        OTHER.replace(b"TCP_MISS/200", b"TCP_MISS/2x0"),
+        OTHER.replace(b"TCP_MISS/200", b"_TCP/200"),
+        OTHER.replace(b"TCP_MISS/200", b"T\xc3\xa9/200"),
+        OTHER.replace(b"TCP_MISS/200", b"/200"),
+        OTHER.replace(b" 778 ", b" - "),
+        OTHER.replace(b" 27 ", b" -1 "),
+        OTHER.replace(b"text/html", b"text/html extra"),  # eleven fields
+        OTHER.replace(b" text/html", b""),  # nine
+        OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"GET http://api.openai.com/v1/x"),
+        OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"GET http://anan.co.jp"),  # no path
+        OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"GET ://api.openai.com/v1"),
+        OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"GET api.openai.com:443"),
+        OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"CONNECT anan.co.jp:443"),
+        OTHER.replace(b" ", b"\t"),
+        OTHER.replace(b"anan", b"an\x00an"),
+        OTHER + b"\r",
+        LLM,
+        LLM + b" " + OTHER,  # two records glued
+        LLM[:50],
+        b"",
+        b"   ",
+    ],
+)
+def test_line_shapes(line: bytes) -> None:
+    """Each line after a warm-up that teaches ``rejects`` the target, so the pre-pass
+    really decides (a first sighting always goes to Python)."""
+    found, _ = both_ways(b"\n".join([OTHER, LLM, line, line, OTHER]) + b"\n")
+    assert sum(o["dest_host"] == "api.openai.com" for o in found) >= 1
+
+
+TOKENS = st.sampled_from(
+    [b"1732752001.203", b"1732752001", b"1e9", b"  70428", b"0", b"-", b"10.1.88.196",
+     b"TCP_TUNNEL/200", b"TCP_DENIED/403", b"NONE/000", b"x/1", b"2475", b"CONNECT", b"GET",
+     b"api.openai.com:443", b"anan.co.jp:443", b"http://api.anthropic.com/v1/messages",
+     b"http://anan.co.jp/", b"https://claude.ai", b"HIER_DIRECT/1.2.3.4", b"HIER_NONE/-",
+     b"text/html", b"\x00", b"\xff\xfe", b"\t", b"\r"]
+)  # fmt: skip
+
+
+@st.composite
+def logs(draw) -> bytes:
+    lines = []
+    for _ in range(draw(st.integers(1, 40))):
+        if draw(st.booleans()):
+            lines.append(draw(st.sampled_from([LLM, OTHER])))
+        else:
+            lines.append(b" ".join(draw(st.lists(TOKENS, min_size=0, max_size=12))))
+    return b"\n".join(lines) + draw(st.sampled_from([b"\n", b""]))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(logs())
+def test_generated_lines_agree(data: bytes) -> None:
+    both_ways(data)
+
+
+def test_benchmark_log_agrees(tmp_path: Path) -> None:
+    """The benchmark generator's log, with a malformed line in every hundred."""
+    out = tmp_path / "access.log"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gen_squid_log.py"), "-o", str(out),
+         "--lines", "30000", "--malformed-rate", "0.01", "-q"],
+        check=True,
+    )  # fmt: skip
+    found, (records, malformed, _, problems) = both_ways(out.read_bytes())
+    assert found and malformed > 100 and problems and records > 29000
+
+
+def test_native_filter_contract() -> None:
+    """The pre-pass alone: it drops only what ``rejects`` rejects, and hands back the rest."""
+    rejects = {b"anan.co.jp:443": True, b"http://anan.co.jp": True, b"api.openai.com:443": False}
+    connect = OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"CONNECT anan.co.jp:443")
+    lines = [OTHER, connect, LLM, b"", OTHER.replace(b"anan", b"other"), connect + b" x"]
+    assert built.native_filter(lines, True, rejects) == (2, [2, 3, 4, 5])
+    with pytest.raises(TypeError):
+        built.native_filter(tuple(lines), True, rejects)
+    assert built.native_filter([OTHER, 42], True, rejects) == (1, [1])
