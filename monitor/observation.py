@@ -64,6 +64,16 @@ def _iso_second(second: int) -> str:
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+@lru_cache(maxsize=1024)
+def _iso_day(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+
+
+def iso_day(ts: float) -> str:
+    """The UTC day of ``ts``, ``YYYY-MM-DD`` (as ``iso_utc(ts)[:10]``, memoised per day)."""
+    return _iso_day(int(ts // 86400))
+
+
 def iso_utc(ts: float | None) -> str | None:
     """ISO 8601 with millisecond precision and a ``Z`` suffix (memoised per second: logs
     are mostly in time order)."""

@@ -20,7 +20,7 @@ from monitor.collectors import CollectOptions, Diagnostics, collect
 from monitor.config import Config
 from monitor.egress import Egress, EgressOptions, EgressResolver
 from monitor.geo import GeoAnswer, GeoResolver
-from monitor.observation import Observation, canonical_ip, iso_utc
+from monitor.observation import Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
 from monitor.store import IngestResult
@@ -173,12 +173,36 @@ def observation_row(e: Enriched) -> list[Any]:
     millions of them cross a process boundary); the scanner fills ``id`` and ``scan_id``."""
     o, m, g, d = e.obs, e.match, e.egress, e.dest
     return [
-        None, o.ts, iso_utc(o.ts)[:10], o.source, o.line, o.format, o.client_ip, o.client_port,
+        None, o.ts, iso_day(o.ts), o.source, o.line, o.format, o.client_ip, o.client_port,
         o.user, o.method, o.dest_host, o.dest_port, o.dest_ip, o.url, o.status, o.result,
         o.bytes_out, o.bytes_in, o.host_source, o.duration, o.ts_end, o.packets_out,
         o.packets_in, o.ech, m.provider.id, m.kind, m.pattern, g.site, g.ip, g.country,
         g.source, d.country if d else None, d.asn if d else None, e.outcome, None,
     ]  # fmt: skip
+
+
+class IncidentRows:
+    """:func:`incident_rows`, remembered per distinct combination of the values they hold:
+    a client calls the same host from the same egress all day, so most records of a day
+    share theirs. The lists returned are shared, so callers only read them (which also
+    lets pickle send one copy per batch)."""
+
+    def __init__(self, limit: int = 65536):
+        self._memo: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        self._limit = limit
+
+    def __call__(self, e: Enriched, rules: list[Rule], day: str) -> list[dict[str, Any]]:
+        o, m, g = e.obs, e.match, e.egress
+        key = (
+            tuple([r.id for r in rules]), m.provider.id, m.kind, o.dest_host, o.dest_ip,
+            o.client_ip, g.site, g.ip, g.country, g.source, day,
+        )  # fmt: skip
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) > self._limit:
+                self._memo.clear()
+            found = self._memo[key] = incident_rows(e, rules, day)
+        return found
 
 
 def incident_rows(e: Enriched, rules: Iterable[Rule], day: str) -> list[dict[str, Any]]:
@@ -261,6 +285,7 @@ class Pipeline:
         self.identifier = Identifier(catalog)
         self.enricher = Enricher(geo, EgressResolver(config.sites, geo, egress))
         self.evaluator = Evaluator(rules, catalog, config)
+        self.incident_rows = IncidentRows()
         self.collect_options = collect_options
         self.pseudonymizer = pseudonymizer  # applied to what is stored, after the rules ran
 

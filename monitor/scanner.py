@@ -42,12 +42,13 @@ from monitor.collectors.base import (
     split_at_lines,
 )
 from monitor.observation import Observation
-from monitor.pipeline import Pipeline, ScanSummary, account, incident_rows, observation_row
+from monitor.pipeline import Pipeline, ScanSummary, account, observation_row
 from monitor.store import COL, Store
 
 ID, TS, DAY, LINE, SCAN_ID = COL["id"], COL["ts"], COL["day"], COL["line"], COL["scan_id"]
 
 BATCH = 5000
+FLUSH = 20000  # observations per store transaction: an incident recurs in fewer of them
 HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
 #: inputs smaller than this are parsed in the main process: forking would cost more
 IN_PROCESS_BELOW = 8 << 20
@@ -132,7 +133,7 @@ def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> 
     """Stages 1–4 over one part: (record id, observation row, incident rows) per LLM record.
     Line numbers are relative to the part; the scanner makes them absolute."""
     enrich, evaluate = pipeline.enricher.enrich, pipeline.evaluator.evaluate
-    private = pipeline.pseudonymizer
+    private, incidents = pipeline.pseudonymizer, pipeline.incident_rows
     for obs, match in pipeline.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
                                        byte_range=part.byte_range, skip=part.skip):  # fmt: skip
         enriched = enrich(obs, match)  # type: ignore[arg-type]
@@ -142,7 +143,7 @@ def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> 
         row = observation_row(enriched)
         record_id = obs.record_id or fallback_id(obs)
         row[ID] = observation_id(record_id, 0)  # the storing process renumbers true repeats
-        yield record_id, row, incident_rows(enriched, rules, row[DAY])
+        yield record_id, row, incidents(enriched, rules, row[DAY])
 
 
 def fallback_id(obs: Observation) -> str:
@@ -393,7 +394,7 @@ class Scanner:
         for inc in incs:
             self._rule_of[inc["id"]] = (inc["rule"], inc["severity"])
         self._batch.append((row, incs))
-        if len(self._batch) >= BATCH:
+        if len(self._batch) >= FLUSH:
             self._flush(scan_id, summary)
 
     def _flush(

@@ -83,7 +83,7 @@ _OUT, _IN, _OUTCOME = COL["bytes_out"], COL["bytes_in"], COL["outcome"]
 
 _INSERT_OBSERVATION = (
     f"INSERT INTO observations ({', '.join(OBSERVATION_COLUMNS)}) "  # noqa: S608 - constants
-    f"VALUES ({', '.join('?' * len(OBSERVATION_COLUMNS))})"
+    f"VALUES ({', '.join('?' * len(OBSERVATION_COLUMNS))}) ON CONFLICT(id) DO NOTHING"
 )
 
 
@@ -299,13 +299,24 @@ class Store:
                 continue
             unique.setdefault(obs[_ID], (obs, incs))
         result.duplicates += len(batch) - result.expired - len(unique)
+        if not unique:
+            return result
         conn = self.db.conn
-        existing = self._existing("observations", list(unique))
-        result.duplicates += len(existing)
-        fresh = [v for k, v in unique.items() if k not in existing]
+        # the unique index on id skips observations stored before; rows are appended after
+        # the largest rowid (SQLite picks rowids at random only past 2**63 - 1 rows), so
+        # the ones this batch added are those above it, looked up only when some were skipped
+        top = conn.execute("SELECT max(rowid) FROM observations").fetchone()[0] or 0
+        added = conn.executemany(_INSERT_OBSERVATION, [o for o, _ in unique.values()]).rowcount
+        if added == len(unique):
+            fresh = list(unique.values())
+        else:
+            new_ids = {
+                r[0] for r in conn.execute("SELECT id FROM observations WHERE rowid > ?", [top])
+            }
+            fresh = [v for k, v in unique.items() if k in new_ids]
+        result.duplicates += len(unique) - len(fresh)
         if not fresh:
             return result
-        conn.executemany(_INSERT_OBSERVATION, [o for o, _ in fresh])
         result.stored = len(fresh)
 
         deltas: dict[str, dict[str, Any]] = {}
@@ -389,17 +400,6 @@ class Store:
             rows,
         )
         return result
-
-    def _existing(self, table: str, ids: list[Any]) -> set[Any]:
-        found: set[Any] = set()
-        for i in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[i : i + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            found.update(
-                r[0]
-                for r in self.db.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk)  # noqa: S608
-            )
-        return found
 
     def _evidence_of(self, ids: list[str]) -> dict[str, list[str]]:
         """Evidence samples of the incidents among ``ids`` that already exist."""
