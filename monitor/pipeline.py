@@ -136,7 +136,14 @@ class Evaluator:
         }
         missing = set(FIELDS) - set(self._getters)
         assert not missing, f"no getter for rule fields {missing}"
-        self._key_getters = [self._getters[f] for f in rules.fields]
+        # the memo key holds only what varies between records: provider facts follow from
+        # provider.id, and catalogue and organisation facts are fixed for the run
+        varying = {
+            "provider.id" if f.startswith("provider.") else f
+            for f in rules.fields
+            if not f.startswith(("catalog.", "org."))
+        }
+        self._key_getters = [self._getters[f] for f in sorted(varying)]
         self._memo: dict[tuple[Any, ...], list[Rule]] = {}
 
     def context(self, e: Enriched) -> dict[str, Any]:
@@ -318,8 +325,9 @@ class Pipeline:
                 yield obs, match
 
 
-def account(summary: ScanSummary, res: IngestResult, rule_of: dict[str, tuple[str, str]]) -> None:
-    """Add one stored batch to the summary; ``rule_of`` maps incident id -> (rule, severity)."""
+def account(summary: ScanSummary, res: IngestResult) -> None:
+    """Add one stored batch to the summary."""
+    rule_of = res.rule_of
     summary.stored += res.stored
     summary.duplicates += res.duplicates
     summary.expired += res.expired

@@ -152,6 +152,7 @@ class IngestResult:
     expired: int = 0  # older than a prune: skipped, since their twins may be gone
     new_incidents: set[str] = field(default_factory=set)
     updated_incidents: set[str] = field(default_factory=set)
+    rule_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (rule, severity)
 
 
 @dataclass(frozen=True)
@@ -354,6 +355,7 @@ class Store:
         conn.executemany(
             "INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits
         )
+        result.rule_of = {iid: (d["rule"], d["severity"]) for iid, d in deltas.items()}
         before = self._evidence_of(list(deltas))
         result.updated_incidents = set(before)
         result.new_incidents = set(deltas) - result.updated_incidents

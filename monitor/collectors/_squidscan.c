@@ -18,12 +18,11 @@
 
 #define FIELDS 10
 
-static int
-is_space(unsigned char c)
-{
-    /* bytes.split() separators: Py_ISSPACE */
-    return c == ' ' || (c >= '\t' && c <= '\r');
-}
+/* bytes.split() separators (Py_ISSPACE): space and \t \n \v \f \r */
+static const unsigned char SPACE[256] = {
+    ['\t'] = 1, ['\n'] = 1, ['\v'] = 1, ['\f'] = 1, ['\r'] = 1, [' '] = 1,
+};
+#define is_space(c) (SPACE[(unsigned char)(c)])
 
 static int
 all_digits(const char *s, Py_ssize_t n)
