@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from monitor.observation import iso_utc
@@ -141,6 +143,24 @@ INCIDENT_IDENTITY = (
 )
 
 
+def _sqlite_utils() -> ModuleType:
+    """sqlite-utils, imported without pandas and numpy: it loads them, when installed, only
+    to map their scalar types to column types, and apiwatch stores plain Python values.
+    That is 0.2 s off every command that opens a database; imported later (reports),
+    pandas and numpy work as usual."""
+    if "sqlite_utils" not in sys.modules:
+        blocked = [m for m in ("pandas", "numpy") if m not in sys.modules]
+        for name in blocked:
+            sys.modules[name] = None  # type: ignore[assignment]  # `import name` fails
+        try:
+            import sqlite_utils  # noqa: F401
+        finally:
+            for name in blocked:
+                if sys.modules.get(name, ...) is None:
+                    del sys.modules[name]
+    return sys.modules["sqlite_utils"]
+
+
 class StoreError(RuntimeError):
     """The database cannot be opened or is not an apiwatch database."""
 
@@ -178,9 +198,7 @@ class Store:
             if not self.path.exists():  # create it private: it holds client addresses and users
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            import sqlite_utils  # here: it imports pandas, which commands without a store skip
-
-            self.db = sqlite_utils.Database(conn)
+            self.db = _sqlite_utils().Database(conn)
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = NORMAL")
