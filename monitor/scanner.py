@@ -230,8 +230,9 @@ def _put(out: mp.Queue, item: Any, parent: int) -> None:
                 os._exit(1)
 
 
-def _producer(pipeline: Pipeline, part: Part, out: mp.Queue, progress, parent: int) -> None:
-    """Child process body: forward :func:`part_messages` to the parent, then exit."""
+def _producer(pipeline: Pipeline, parts: list[Part], out: mp.Queue, progress, parent: int) -> None:
+    """Child process body: forward :func:`part_messages` of each part, in order, to the
+    parent, then exit. One process reads several parts so that its caches stay warm."""
     _die_with_parent(parent)
 
     def on_read(n: int) -> None:
@@ -239,27 +240,29 @@ def _producer(pipeline: Pipeline, part: Part, out: mp.Queue, progress, parent: i
             progress.value += n
 
     try:
-        for message in part_messages(pipeline, part, on_read):
-            _put(out, message, parent)
+        for part in parts:
+            for message in part_messages(pipeline, part, on_read):
+                _put(out, message, parent)
     except BaseException:  # a bug: report it to the parent rather than die silently
         _put(out, ("crash", traceback.format_exc()), parent)
 
 
 class _Remote:
-    """The parent's view of one producer process."""
+    """The parent's view of one producer process and the parts it reads, in order."""
 
-    def __init__(self, ctx, pipeline: Pipeline, part: Part):
+    def __init__(self, ctx, pipeline: Pipeline, parts: list[Part]):
         self.queue = ctx.Queue(_QUEUE_BATCHES)
         self.progress = ctx.Value("q", 0)
         self.seen_progress = 0
         self.process = ctx.Process(
             target=_producer,
-            args=(pipeline, part, self.queue, self.progress, os.getpid()),
+            args=(pipeline, parts, self.queue, self.progress, os.getpid()),
             daemon=True,
         )
         self.process.start()
 
     def messages(self, on_read: Callable[[int], None] | None) -> Iterator[tuple[str, Any]]:
+        """The messages of its next part."""
         while True:
             try:
                 kind, payload = self.queue.get(timeout=0.5)
@@ -344,22 +347,18 @@ class Scanner:
                      on_read: Callable[[int], None] | None) -> None:  # fmt: skip
         seen = Occurrences()  # identical records within one input stay distinct
         base = source.state["lines"] if source.state else 0  # lines before the part at hand
+        parts = source.parts
+        # part i is read by producer i % jobs, so the parts arrive in order and each
+        # producer starts its next part as soon as it has handed over the last one
+        workers = min(self.jobs, len(parts)) if source.fork else 0
         ctx = mp.get_context("fork")
-        remotes: dict[int, _Remote] = {}
+        remotes = [_Remote(ctx, self.pipeline, parts[w::workers]) for w in range(workers)]
         damaged = False
-
-        def start(i: int) -> None:
-            if source.fork and i < len(source.parts) and i not in remotes:
-                remotes[i] = _Remote(ctx, self.pipeline, source.parts[i])
-
         try:
-            for i in range(min(self.jobs, len(source.parts))):
-                start(i)
-            for i, part in enumerate(source.parts):
-                start(i)
+            for i, part in enumerate(parts):
                 messages = (
-                    remotes[i].messages(on_read)
-                    if source.fork
+                    remotes[i % workers].messages(on_read)
+                    if workers
                     else part_messages(self.pipeline, part, on_read)
                 )
                 for kind, payload in messages:
@@ -379,11 +378,8 @@ class Scanner:
                         summary.diag.file_error(part.path, payload.removeprefix(f"{part.path}: "))
                     else:
                         raise ScanError(f"{part.path}: {payload}")
-                if i in remotes:
-                    remotes.pop(i).stop()
-                start(i + self.jobs)
         finally:
-            for remote in remotes.values():
+            for remote in remotes:
                 remote.stop()
         self._flush(scan_id, summary)
 
