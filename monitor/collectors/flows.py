@@ -47,6 +47,7 @@ from hashlib import blake2b
 from struct import Struct
 from typing import Any
 
+from monitor import accel
 from monitor.collectors.dns import DnsMap, parse_message
 from monitor.collectors.fields import host_keeper, memoised
 from monitor.collectors.tls import client_hello_from_records
@@ -104,6 +105,14 @@ _ETH_IP4 = Struct("!12xHBxH2xHxB22xBB")
 #: Ethernet + IPv6 header: ethertype, version/class, payload length, next header
 _ETH_IP6 = Struct("!12xHB3xHB")
 MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
+#: what a capture's record reader (``rec`` of :meth:`FlowTable.scan`: 4 uint32s for pcap,
+#: 7 for pcapng) returns for ``_PROBE`` -> its byte order (1: big-endian), for the C scan
+_PROBE = bytes(range(1, 29))
+_PROBE_ORDERS = {
+    (k == 7, Struct(order + "I" * k).unpack_from(_PROBE)): int(order == ">")
+    for order in "<>"
+    for k in (4, 7)
+}
 
 # flow.app
 APP_UNKNOWN, APP_TLS, APP_HTTP, APP_DNS, APP_OPAQUE, APP_QUIC = range(6)
@@ -640,6 +649,8 @@ class FlowTable:
             "late_segments": 0,
         }
         self.unknown_linktypes: set[int] = set()
+        #: the C accelerator of :meth:`scan` (``monitor/collectors/_pcapscan.c``), or None
+        self._cscan = accel.load("monitor.collectors._pcapscan")
 
     @property
     def quic(self) -> Any:
@@ -696,8 +707,21 @@ class FlowTable:
         first = pktno
         slow = 0
         ts = self.now
+        # The C accelerator, when built, counts the run of packets from ``pos`` that the
+        # fast path below would only count, and stops before the first record it does not
+        # handle entirely (returning its offset, the packet number and timestamp so far),
+        # which the Python code below then reads as usual. It needs the byte order of
+        # ``rec``'s reads; the Python code stays the reference.
+        cscan = self._cscan.scan if self._cscan is not None else None
+        big = _PROBE_ORDERS.get((ng, rec(_PROBE, 0))) if cscan is not None else None
+        if big is None or not (ng or eth):  # (not Ethernet: nothing it would count)
+            cscan = None
+        tcp_d, udp_d = self.tcp, self.udp
         try:
             while True:
+                if cscan is not None:
+                    pos, pktno, ts = cscan(buf, pos, n, pktno, ts, next_linger, big, scale, lt,
+                                           ifaces, tcp_d, udp_d)  # fmt: skip
                 if ng:
                     if pos + 32 > n:
                         break

@@ -1,0 +1,331 @@
+/* The pcap/pcapng collector's hot loop, in C (see monitor/accel.py).
+ *
+ * scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp)
+ *     -> (pos, pktno, ts)
+ *
+ * It reads the records of buf[pos:n] as FlowTable.scan does (classic pcap when `ifaces` is
+ * None, with the file's `scale` and link type `lt`; pcapng Enhanced Packet Blocks
+ * otherwise, `ifaces` holding (link type, scale, offset, snaplen) per interface; `big`
+ * is the byte order) and counts, exactly as that loop's fast path does, every packet that
+ * the fast path would only count: an Ethernet frame before the timers are due
+ * (ts < next_linger) of IPv4 without options and not a fragment, or of IPv6 with TCP/UDP
+ * right after its header, whose 5-tuple is in the table (`tcp` / `udp`: key ->
+ * (Flow, client side)) of a flow no longer inspected (flow.watch is False), and for TCP
+ * neither SYN, FIN nor RST. It stops before the first record that is anything else
+ * (incomplete, impossible, another block, another packet) and returns its offset, the
+ * number of the last packet counted and its timestamp (the arguments as given when none
+ * was): the Python loop reads that record. It is stricter than the Python code, never
+ * looser, and the Python code stays the reference.
+ *
+ * Timestamps are computed with the same double arithmetic as the Python code (the product
+ * is rounded on its own, never fused into the addition) so they are bit-identical.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+/* flows.MAX_FRAME: longest classic pcap record read (checked by the tests) */
+#define MAX_FRAME (256 * 1024)
+
+static PyObject *s_watch, *s_last, *s_pk_out, *s_pk_in, *s_by_out, *s_by_in;
+
+static inline uint32_t
+rd32(const unsigned char *b, int big)
+{
+    if (big)
+        return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
+    return ((uint32_t)b[3] << 24) | ((uint32_t)b[2] << 16) | ((uint32_t)b[1] << 8) | b[0];
+}
+
+static inline long
+rd16be(const unsigned char *b)
+{
+    return ((long)b[0] << 8) | b[1];
+}
+
+/* an exact int attribute of `f` that fits a long long, into *v: 1; 0: not so; -1: error */
+static int
+get_count(PyObject *f, PyObject *name, long long *v)
+{
+    PyObject *o = PyObject_GetAttr(f, name);
+    if (o == NULL) {
+        PyErr_Clear(); /* the Python loop meets the same and says so */
+        return 0;
+    }
+    int ok = 0;
+    if (PyLong_CheckExact(o)) {
+        int overflow = 0;
+        *v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        ok = !overflow && *v >= 0 && *v < ((long long)1 << 62);
+    }
+    Py_DECREF(o);
+    return ok;
+}
+
+static int
+set_count(PyObject *f, PyObject *name, long long v)
+{
+    PyObject *o = PyLong_FromLongLong(v);
+    if (o == NULL)
+        return -1;
+    int r = PyObject_SetAttr(f, name, o);
+    Py_DECREF(o);
+    return r;
+}
+
+/* the table entry of key b[0:len] counts one packet of `plen` payload bytes at `ts`:
+ * 1 done; 0 not a packet the fast path only counts (nothing changed); -1 error */
+static int
+count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double ts)
+{
+    PyObject *key = PyBytes_FromStringAndSize((const char *)b, len);
+    if (key == NULL)
+        return -1;
+    PyObject *ent = PyDict_GetItemWithError(table, key); /* borrowed */
+    Py_DECREF(key);
+    if (ent == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_CheckExact(ent) || PyTuple_GET_SIZE(ent) != 2)
+        return 0;
+    PyObject *side = PyTuple_GET_ITEM(ent, 1);
+    if (side != Py_True && side != Py_False)
+        return 0;
+    int out = side == Py_True;
+    PyObject *f = PyTuple_GET_ITEM(ent, 0);
+    Py_INCREF(f); /* the entry is the table's: hold the flow while it is updated */
+    int r = 0;
+    PyObject *watch = PyObject_GetAttr(f, s_watch);
+    if (watch == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    int watched = watch != Py_False;
+    Py_DECREF(watch);
+    if (watched)
+        goto done;
+    PyObject *pk_name = out ? s_pk_out : s_pk_in;
+    PyObject *by_name = out ? s_by_out : s_by_in;
+    long long pk, by;
+    if (get_count(f, pk_name, &pk) <= 0 || get_count(f, by_name, &by) <= 0)
+        goto done;
+    /* checked: commit (pk, by < 2**62 and plen < 2**17: no overflow) */
+    r = -1;
+    if (set_count(f, pk_name, pk + 1) < 0 || set_count(f, by_name, by + plen) < 0)
+        goto done;
+    PyObject *last = PyFloat_FromDouble(ts);
+    if (last == NULL)
+        goto done;
+    int err = PyObject_SetAttr(f, s_last, last);
+    Py_DECREF(last);
+    if (err < 0)
+        goto done;
+    r = 1;
+done:
+    Py_DECREF(f);
+    return r;
+}
+
+/* one Ethernet frame b[p:p+incl] (incl >= 54, in the buffer) at `ts`: as count() */
+static int
+frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts, PyObject *tcp,
+      PyObject *udp)
+{
+    const unsigned char *h = b + p;
+    long et = rd16be(h + 12);
+    if (et == 0x0800) {
+        if (h[14] != 0x45 || rd16be(h + 20) & 0x3FFF)
+            return 0;
+        long tot = rd16be(h + 16);
+        if (h[23] == 6) {
+            if (h[47] & 7) /* SYN: the general path; FIN, RST: the TCP step */
+                return 0;
+            long plen = tot - 20 - ((h[46] >> 4) << 2);
+            if (plen < 0)
+                return 0;
+            return count(tcp, h + 26, 12, plen, ts);
+        }
+        if (h[23] == 17 && tot >= 28)
+            return count(udp, h + 26, 12, tot - 28, ts);
+        return 0;
+    }
+    if (et == 0x86DD && incl >= 74) {
+        long pl = rd16be(h + 18);
+        if (h[14] >> 4 != 6 || pl == 0)
+            return 0;
+        if (h[20] == 6) {
+            if (h[67] & 7)
+                return 0;
+            long plen = pl - ((h[66] >> 4) << 2);
+            if (plen < 0)
+                return 0;
+            return count(tcp, h + 22, 36, plen, ts);
+        }
+        if (h[20] == 17 && pl >= 8)
+            return count(udp, h + 22, 36, pl - 8, ts);
+    }
+    return 0;
+}
+
+/* an interface's (link type, scale, offset, snaplen): 1 when Ethernet with float scale
+ * and offset (into *sc, *off); 0 otherwise */
+static int
+ethernet_iface(PyObject *ifaces, uint32_t i, double *sc, double *off)
+{
+    if ((uint64_t)i >= (uint64_t)PyList_GET_SIZE(ifaces))
+        return 0;
+    PyObject *t = PyList_GET_ITEM(ifaces, (Py_ssize_t)i);
+    if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 4)
+        return 0;
+    PyObject *lt = PyTuple_GET_ITEM(t, 0);
+    PyObject *s = PyTuple_GET_ITEM(t, 1);
+    PyObject *o = PyTuple_GET_ITEM(t, 2);
+    if (!PyLong_CheckExact(lt) || !PyFloat_CheckExact(s) || !PyFloat_CheckExact(o))
+        return 0;
+    int overflow = 0;
+    if (PyLong_AsLongAndOverflow(lt, &overflow) != 1 || overflow)
+        return 0;
+    *sc = PyFloat_AS_DOUBLE(s);
+    *off = PyFloat_AS_DOUBLE(o);
+    return 1;
+}
+
+static PyObject *
+scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes 12 arguments");
+        return NULL;
+    }
+    PyObject *bufo = args[0], *ifaces = args[9], *tcp = args[10], *udp = args[11];
+    int ng = ifaces != Py_None;
+    if (!PyBytes_CheckExact(bufo) || !PyLong_CheckExact(args[1]) ||
+        !PyLong_CheckExact(args[2]) || !PyLong_CheckExact(args[3]) ||
+        !PyFloat_CheckExact(args[5]) || !PyFloat_CheckExact(args[7]) ||
+        !PyLong_CheckExact(args[8]) || !PyDict_CheckExact(tcp) || !PyDict_CheckExact(udp) ||
+        (ng && !PyList_CheckExact(ifaces)))
+        goto unchanged;
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    long long pktno = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        goto unchanged;
+    }
+    int big = PyObject_IsTrue(args[6]);
+    if (big < 0)
+        return NULL;
+    double next_linger = PyFloat_AS_DOUBLE(args[5]);
+    double scale = PyFloat_AS_DOUBLE(args[7]);
+    int overflow = 0;
+    long lt = PyLong_AsLongAndOverflow(args[8], &overflow);
+    if (pos < 0 || n > PyBytes_GET_SIZE(bufo) || pktno < 0 || pktno >= LLONG_MAX - n)
+        goto unchanged;
+    if (!ng && (lt != 1 || overflow))
+        goto unchanged; /* not Ethernet: nothing for the fast path */
+
+    Py_INCREF(bufo);
+    Py_INCREF(tcp);
+    Py_INCREF(udp);
+    Py_XINCREF(ifaces);
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(bufo);
+    long long first = pktno;
+    double ts = 0.0;
+    int64_t cur = -1; /* pcapng: the interface whose scale and offset are loaded */
+    double sc = 0.0, tsoff = 0.0;
+    int err = 0;
+    for (;;) {
+        Py_ssize_t p, next;
+        int64_t incl;
+        double t;
+        volatile double prod; /* rounded alone, as in Python: never fused with the sum */
+        if (ng) {
+            if (pos > n - 32)
+                break;
+            const unsigned char *r = b + pos;
+            uint32_t btype = rd32(r, big), blen = rd32(r + 4, big), iface = rd32(r + 8, big);
+            incl = rd32(r + 20, big);
+            if (btype != 6 || blen & 3 || incl > (int64_t)blen - 32 || (int64_t)blen > n - pos)
+                break;
+            if ((int64_t)iface != cur) {
+                if (!ethernet_iface(ifaces, iface, &sc, &tsoff))
+                    break;
+                cur = iface;
+            }
+            uint64_t tsraw = ((uint64_t)rd32(r + 12, big) << 32) | rd32(r + 16, big);
+            prod = (double)tsraw * sc;
+            t = prod + tsoff;
+            p = pos + 28;
+            next = pos + (Py_ssize_t)blen;
+        }
+        else {
+            if (pos > n - 16)
+                break;
+            const unsigned char *r = b + pos;
+            incl = rd32(r + 8, big);
+            if (incl > MAX_FRAME || incl > n - pos - 16)
+                break;
+            prod = (double)rd32(r + 4, big) * scale;
+            t = (double)rd32(r, big) + prod;
+            p = pos + 16;
+            next = p + (Py_ssize_t)incl;
+        }
+        if (!(t < next_linger) || incl < 54)
+            break;
+        int r = frame(b, p, incl, t, tcp, udp);
+        if (r < 0) {
+            err = 1;
+            break;
+        }
+        if (r == 0)
+            break;
+        pos = next;
+        pktno++;
+        ts = t;
+    }
+    Py_DECREF(bufo);
+    Py_DECREF(tcp);
+    Py_DECREF(udp);
+    Py_XDECREF(ifaces);
+    if (err)
+        return NULL;
+    if (pktno == first)
+        goto unchanged;
+    return Py_BuildValue("nLd", pos, pktno, ts);
+unchanged:
+    return PyTuple_Pack(3, args[1], args[3], args[4]);
+}
+
+static PyMethodDef methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
+     "scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp) -> "
+     "(pos, pktno, ts): count the run of packets FlowTable.scan's fast path only counts."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_pcapscan",
+    "The pcap collector's hot loop (FlowTable.scan's fast path) in C.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__pcapscan(void)
+{
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {
+        {&s_watch, "watch"}, {&s_last, "last"},   {&s_pk_out, "pk_out"},
+        {&s_pk_in, "pk_in"}, {&s_by_out, "by_out"}, {&s_by_in, "by_in"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
+            return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "MAX_FRAME", MAX_FRAME) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,461 @@
+"""The C accelerator of the capture hot loop (``monitor/collectors/_pcapscan.c``) against
+the pure-Python loop of ``FlowTable.scan`` it speeds up: the same observations bit for bit
+(timestamps included), the same counters and the same diagnostics, on generated,
+hand-made, real and damaged captures.
+
+Each capture is parsed twice, with the accelerator and with ``APIWATCH_PURE_PYTHON=1``.
+Skipped when the accelerator is not built (no C compiler); in CI (env ``CI``) it must be,
+unless the run is a pure-Python one (``APIWATCH_PURE_PYTHON`` set, as in
+``test_squid_accel.py``). When it is built these tests switch the variable themselves.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from monitor import accel
+from monitor.catalog import Catalog
+from monitor.cli import main
+from monitor.collectors import open_input
+from monitor.collectors.base import Diagnostics
+from monitor.collectors.flows import MAX_FRAME, FlowTable
+from monitor.collectors.pcap import PcapCollector
+from tests import pcaps
+from tests.pcaps import T0, client_hello, dns_response
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFORMANCE = pcaps.CONFORMANCE / "pcap"
+MODULE = "monitor.collectors._pcapscan"
+
+
+def _built():
+    try:
+        return importlib.import_module(MODULE)
+    except ImportError:
+        return None
+
+
+CSCAN = _built()
+
+
+@pytest.fixture(autouse=True)
+def _need_accelerator():
+    if CSCAN is None:
+        if os.environ.get("CI") and not os.environ.get(accel.PURE_ENV):
+            pytest.fail(f"{MODULE} is not built (pip install -e . with a C compiler)")
+        pytest.skip(f"{MODULE} not built")
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+def parse(path: Path, catalog, pure: bool, mp: pytest.MonkeyPatch) -> tuple:
+    """Everything a parse says: observations (repr: floats exact), counters, diagnostics."""
+    if pure:
+        mp.setenv(accel.PURE_ENV, "1")
+    else:
+        mp.delenv(accel.PURE_ENV, raising=False)
+    diag = Diagnostics()
+    col = PcapCollector(catalog)
+    opened = open_input(str(path))
+    try:
+        obs = [repr(o) for o in col.parse(opened.stream, path.name, diag)]
+    finally:
+        opened.close()
+    problems = [repr(p) for p in diag.file_errors + diag.notices + diag.problems]
+    return obs, col.last_stats, (diag.records, diag.skipped, diag.malformed), problems
+
+
+def assert_same(path: Path, catalog, mp: pytest.MonkeyPatch) -> tuple:
+    fast = parse(path, catalog, False, mp)
+    pure = parse(path, catalog, True, mp)
+    assert fast[1] == pure[1]  # counters first: the clearest message
+    assert fast[2:] == pure[2:]
+    assert fast[0] == pure[0]
+    return fast
+
+
+def cli_json(path: Path, pure: bool) -> tuple[int, str]:
+    env = {accel.PURE_ENV: "1" if pure else None}
+    r = CliRunner().invoke(main, ["parse", str(path), "--json"], env=env)
+    return r.exit_code, r.output
+
+
+# ----------------------------------------------------------------------------- captures
+
+ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01"
+
+
+def _ip4(src, dst, proto, l4, *, ihl=5, frag=0x4000, tot=None) -> bytes:
+    opts = l4[:4] * (ihl - 5)  # options that look like the ports, as a trap
+    n = 20 + len(opts) + len(l4) if tot is None else tot
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, n, 7, frag, 64, proto, 0, src, dst)
+    return ETH + b"\x08\x00" + hdr + opts + l4
+
+
+def _ip6(src, dst, nh, l4, *, pl=None) -> bytes:
+    n = len(l4) if pl is None else pl
+    return ETH + b"\x86\xdd" + struct.pack("!IHBB16s16s", 0x60000000, n, nh, 64, src, dst) + l4
+
+
+def _tcp(sp, dp, seq, flags, payload=b"", doff=5) -> bytes:
+    hdr = struct.pack("!HHIIBBHHH", sp, dp, seq & 0xFFFFFFFF, 1, doff << 4, flags, 65535, 0, 0)
+    return hdr + b"\x01" * max(4 * (doff - 5), 0) + payload
+
+
+def _udp(sp, dp, payload=b"", ln=None) -> bytes:
+    return struct.pack("!HHHH", sp, dp, 8 + len(payload) if ln is None else ln, 0) + payload
+
+
+class _Conn:
+    def __init__(self, rnd: random.Random, i: int):
+        self.v6 = rnd.random() < 0.3
+        self.udp = rnd.random() < 0.25
+        n = 16 if self.v6 else 4
+        self.c = bytes([0xFD if self.v6 else 10, 0, i >> 8 & 0xFF, i & 0xFF]) + bytes(n - 4)
+        self.s = bytes([0x2A if self.v6 else 93, 4, 0, i % 7]) + bytes(n - 4)
+        self.cp, self.sp = 40000 + i, rnd.choice([443, 80, 8443, 3478, 5000 + i])
+        self.seq = [rnd.getrandbits(32), rnd.getrandbits(32)]
+        self.started = False
+
+
+def mixed_frames(seed: int, count: int = 3000, t0: int = int(T0 * 1e6)) -> list:
+    """(time in microseconds, frame, captured length): TCP and UDP flows over IPv4 and IPv6,
+    mostly packets the fast path only counts, and among them everything it must not count
+    (handshakes, FIN/RST, new flows, IP options and fragments, VLAN tags, extension
+    headers, odd lengths, short frames, DNS, timers due, idle expiry). ``t0``: the first
+    time (a small one shows the rounding of the fraction's product)."""
+    rnd = random.Random(seed)
+    conns = [_Conn(rnd, i) for i in range(40)]
+    t = t0
+    out: list[tuple[int, bytes, int]] = []
+    payload = bytes(rnd.getrandbits(8) for _ in range(1500))
+    while len(out) < count:
+        r = rnd.random()
+        t += 200_000_000 if r < 0.0007 else 1_500_000 if r < 0.01 else rnd.choice([1, 7, 30, 250])
+        c = rnd.choice(conns)
+        out_dir = rnd.random() < 0.5
+        src, dst = (c.c, c.s) if out_dir else (c.s, c.c)
+        sp, dp = (c.cp, c.sp) if out_dir else (c.sp, c.cp)
+        ip = _ip6 if c.v6 else _ip4
+        n = rnd.choice([0, 0, 1, 100, 1448])
+        data = payload[:n]
+        if not c.started:  # a first packet that makes the flow (watched or not)
+            c.started = True
+            kind = rnd.random()
+            if c.udp:
+                first = b"\xc3\x00\x00\x00\x01\x08" + bytes(60) if kind < 0.2 else data or b"x"
+                l4 = _udp(c.cp, c.sp, first)
+            elif kind < 0.5:
+                l4 = _tcp(c.cp, c.sp, c.seq[0], 0x18, client_hello(f"h{rnd.random():.3f}.ai"))
+            elif kind < 0.7:
+                l4 = _tcp(c.cp, c.sp, c.seq[0], 0x18, b"GET / HTTP/1.1\r\nHost: x.ai\r\n\r\n")
+            elif kind < 0.8:
+                l4 = _tcp(c.cp, c.sp, c.seq[0], 0x02)
+            else:
+                l4 = _tcp(c.cp, c.sp, c.seq[0], 0x18, payload[:300])
+            fr = ip(c.c, c.s, 17 if c.udp else 6, l4)
+            out.append((t, fr, len(fr)))
+            continue
+        odd = rnd.random()
+        flags = 0x10 if rnd.random() < 0.7 else 0x18
+        if odd < 0.03:
+            flags = rnd.choice([0x01, 0x04, 0x02, 0x12, 0x11, 0x14, 0x30, 0xD0, rnd.getrandbits(8)])
+        if c.udp:
+            l4 = _udp(sp, dp, data, ln=rnd.choice([3, 7, 8]) if odd < 0.02 else None)
+        else:
+            doff = rnd.choice([4, 8, 15]) if 0.03 <= odd < 0.05 else 5
+            l4 = _tcp(sp, dp, c.seq[out_dir], flags, data, doff)
+            c.seq[out_dir] += n
+        proto = 17 if c.udp else 6
+        if 0.05 <= odd < 0.06:
+            fr = ip(src, dst, proto, l4) if c.v6 else _ip4(src, dst, proto, l4, ihl=6)
+        elif 0.06 <= odd < 0.07:
+            fr = ip(src, dst, 0, l4) if c.v6 else _ip4(src, dst, proto, l4, frag=0x2000)
+        elif 0.07 <= odd < 0.08:
+            fr = ip(src, dst, proto, l4)
+            fr = fr[:12] + b"\x81\x00\x00\x05" + fr[12:]  # a VLAN tag
+        elif 0.08 <= odd < 0.09:
+            short = rnd.choice([0, 3, 7, 8, 19, 20, 27, 28, 30])
+            if c.v6:
+                fr = _ip6(src, dst, proto, l4, pl=short)
+            else:
+                fr = _ip4(src, dst, proto, l4, tot=short + 20)
+        elif 0.09 <= odd < 0.095:
+            fr = ETH + b"\x08\x06" + bytes(28)  # ARP
+        elif 0.095 <= odd < 0.1:
+            msg = dns_response("api.openai.com", [("api.openai.com", "A", "93.4.0.1")])
+            fr = _ip4(b"\x0a\x00\x00\x35", c.c[:4], 17, _udp(53, 5353, msg))
+        else:
+            fr = ip(src, dst, proto, l4)
+        snap = len(fr)
+        if 0.1 <= odd < 0.12:
+            snap = rnd.choice([20, 53, 54, 60, 73, 74, 80])
+        out.append((t, fr, min(snap, len(fr))))
+    return out
+
+
+def write_pcap(path: Path, frames, *, endian: str = "<", nano: bool = False) -> Path:
+    magic = 0xA1B23C4D if nano else 0xA1B2C3D4
+    chunks = [struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 262144, 1)]
+    for us, fr, incl in frames:
+        sec, frac = divmod(us, 1_000_000)
+        if nano:
+            frac = frac * 1000 + us % 997  # odd nanoseconds: inexact products
+        chunks.append(struct.pack(endian + "IIII", sec, frac, incl, len(fr)) + fr[:incl])
+    path.write_bytes(b"".join(chunks))
+    return path
+
+
+#: pcapng interfaces: (link type, if_tsresol or None, if_tsoffset or None); frames of the
+#: raw IP interface (101) are the Ethernet frames without their Ethernet header
+IFACES = [(1, None, None), (1, 9, 3), (1, 0x80 | 30, -7), (101, None, None)]
+
+
+def write_pcapng(path: Path, frames, *, endian: str = "<", swap_at: int | None = None) -> Path:
+    """Packets spread over IFACES, with other blocks (Simple Packet, Name Resolution, an
+    EPB of an undeclared interface) among them; from frame ``swap_at`` on, a second
+    section in the other byte order."""
+    rnd = random.Random(len(frames))
+    out: list[bytes] = []
+    e = endian
+
+    def block(btype: int, body: bytes) -> None:
+        body += b"\x00" * (-len(body) % 4)
+        out.append(struct.pack(e + "II", btype, len(body) + 12) + body)
+        out.append(struct.pack(e + "I", len(body) + 12))
+
+    def section() -> None:
+        block(0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+        for lt, res, off in IFACES:
+            opts = b""
+            if res is not None:
+                opts += struct.pack(e + "HHB3x", 9, 1, res)
+            if off is not None:
+                opts += struct.pack(e + "HHq", 14, 8, off)
+            block(1, struct.pack(e + "HHI", lt, 0, 262144) + opts + struct.pack(e + "HH", 0, 0))
+
+    section()
+    for k, (us, fr, incl) in enumerate(frames):
+        if k == swap_at:
+            e = ">" if endian == "<" else "<"
+            section()
+        iface = rnd.choice([0, 0, 0, 0, 1, 1, 2, 3])
+        lt, res, off = IFACES[iface]
+        secs = us / 1e6 - (off or 0)
+        ticks = round(secs * (2 ** (res & 0x7F) if res and res & 0x80 else 10 ** (res or 6)))
+        if lt == 101:
+            fr, incl = fr[14:], max(incl - 14, 0)
+        r = rnd.random()
+        if r < 0.01:
+            block(3, struct.pack(e + "I", len(fr)) + fr[:incl])
+            continue
+        if r < 0.015:
+            block(4, struct.pack(e + "HH", 0, 0))
+        if r < 0.02:
+            iface = 9  # undeclared
+        body = struct.pack(e + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, incl, len(fr))
+        if r > 0.99:
+            block(0xBAD, body + fr[:incl])  # a custom block that looks like an EPB: skipped
+            continue
+        block(6, body + fr[:incl])
+    path.write_bytes(b"".join(out))
+    return path
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> dict[str, Path]:
+    """benchmarks/gen_pcap.py captures (20,000 packets), pcap and pcapng."""
+    d = tmp_path_factory.mktemp("gen")
+    out = {}
+    for fmt in ("pcap", "pcapng"):
+        path = d / f"g.{fmt}"
+        subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "gen_pcap.py"), "--packets", "20000"]
+            + ["--format", fmt, "-o", str(path), "-q", "--no-truth"],
+            check=True,
+        )
+        out[fmt] = path
+    return out
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_max_frame_agrees():
+    assert CSCAN.MAX_FRAME == MAX_FRAME
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_generated_capture_parse_json_is_identical(generated, catalog, fmt, monkeypatch):
+    path = generated[fmt]
+    code, out = cli_json(path, pure=False)
+    assert code == 0 and out.count("\n") > 100
+    assert (code, out) == cli_json(path, pure=True)
+    obs, stats, counts, problems = assert_same(path, catalog, monkeypatch)
+    assert len(obs) > 100 and counts[0] >= 20000 and not problems
+
+
+@pytest.mark.parametrize("variant", ["be", "ns", "be-ns"])
+def test_generated_capture_byte_orders_and_resolutions(
+    generated, catalog, variant, tmp_path, monkeypatch
+):
+    frames = pcaps._read_le_pcap(generated["pcap"].read_bytes())
+    endian = ">" if "be" in variant else "<"
+    path = pcaps.write_raw(tmp_path / "v.pcap", frames, 1, endian=endian, nano="ns" in variant)
+    obs, _stats, counts, _ = assert_same(path, catalog, monkeypatch)
+    assert len(obs) > 100 and counts[0] == len(frames)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    "kind",
+    ["pcap-le", "pcap-be-ns", "pcap-ns-early", "pcapng-le", "pcapng-be-swap", "pcapng-early"],
+)
+def test_mixed_traffic(catalog, tmp_path, monkeypatch, seed, kind):
+    early = 5_000_000 if kind.startswith("pcapng") else 0  # (for if_tsoffset 3)
+    frames = mixed_frames(seed, t0=early if "early" in kind else int(T0 * 1e6))
+    path = tmp_path / "m.cap"
+    if kind.startswith("pcapng"):
+        write_pcapng(path, frames, endian=">" if "be" in kind else "<", swap_at=1500)
+    else:
+        write_pcap(path, frames, endian=">" if "be" in kind else "<", nano="ns" in kind)
+    obs, stats, counts, _ = assert_same(path, catalog, monkeypatch)
+    assert obs and stats["flows"] > 10 and counts[0] >= 2900
+
+
+def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatch):
+    """Called by hand after the Python loop has made the flow: it counts the ACKs and
+    data segments of a flow named by its ClientHello, and stops at its FIN."""
+    s = pcaps.Tcp("10.1.2.3", "93.184.216.34", 50000, 443).handshake()
+    s.send(True, client_hello("api.openai.com"))
+    for _ in range(50):
+        s.send(False, bytes(1400)).add([s.seg(True, "A")])
+    s.close()
+    frames = [(round(float(p.time) * 1e6), bytes(p), len(p)) for p in pcaps.with_ether(s.packets)]
+    buf = b"".join(
+        struct.pack("<IIII", us // 1_000_000, us % 1_000_000, n, n) + fr for us, fr, n in frames
+    )
+    rec = struct.Struct("<IIII").unpack_from
+    monkeypatch.setenv(accel.PURE_ENV, "1")
+    ref = FlowTable("s")
+    assert ref.scan(buf, 0, len(buf), 0, rec, 1e-6, 1) == (len(buf), len(frames))
+    pos = sum(16 + n for _, _, n in frames[:4])  # handshake and ClientHello: Python
+
+    def started() -> FlowTable:
+        t = FlowTable("s")
+        assert t.scan(buf, 0, pos, 0, rec, 1e-6, 1) == (pos, 4)
+        return t
+
+    t = started()
+    (f, _out), *_ = t.tcp.values()
+    assert f.watch is False and f.sni == "api.openai.com"
+    end, pktno, ts = CSCAN.scan(buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None,
+                                t.tcp, t.udp)  # fmt: skip
+    fin = len(frames) - 3
+    assert pktno == fin and end == sum(16 + n for _, _, n in frames[:fin])
+    us = frames[fin - 1][0]
+    assert ts == us // 1_000_000 + (us % 1_000_000) * 1e-6
+    assert (f.pk_out, f.pk_in, f.by_in, f.last) == (53, 51, 50 * 1400, ts)
+    # the rest through the Python loop: the same flow as the pure run
+    t.scan(buf, end, len(buf), pktno, rec, 1e-6, 1)
+    t.finish()
+    ref.finish()
+    assert [repr(o) for o in t.ready] == [repr(o) for o in ref.ready]
+    # nothing it does not expect: the arguments back, untouched
+    t = started()
+    same = (pos, 4, t.now)
+    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, t.tcp, t.udp]
+    assert CSCAN.scan(*args)[:2] == (end, fin)  # (a flow with its counters in t)
+    t = started()
+    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, t.tcp, t.udp]
+    for at, value in [(0, bytearray(buf)), (0, buf[:-1]), (8, 113), (5, float("-inf"))]:
+        assert CSCAN.scan(*args[:at], value, *args[at + 1 :]) == same
+    assert CSCAN.scan(*args[:9], [], *args[10:]) == same  # pcapng, no interface
+    big = bytearray(buf[: pos + 16 + 80] + bytes(MAX_FRAME - 80))
+    big[pos + 8 : pos + 12] = struct.pack("<I", MAX_FRAME + 1)  # impossible: Python's to say
+    assert CSCAN.scan(bytes(big), pos, len(big), *args[3:]) == same
+    big[pos + 8 : pos + 12] = struct.pack("<I", MAX_FRAME)  # the longest possible: counted
+    assert CSCAN.scan(bytes(big), pos, len(big), *args[3:])[:2] == (len(big), 5)
+    assert t.tcp[bytes(big[pos + 16 + 26 : pos + 16 + 38])][0].pk_in == 2
+    with pytest.raises(TypeError):
+        CSCAN.scan(*args[:-1])
+
+
+def _conformance() -> list:
+    if not CONFORMANCE.is_dir():
+        return [pytest.param(None, marks=pytest.mark.skip(reason="conformance data absent"))]
+    paths = sorted(p for p in CONFORMANCE.rglob("*") if p.suffix in (".pcap", ".pcapng"))
+    return [pytest.param(p, id=str(p.relative_to(CONFORMANCE))) for p in paths]
+
+
+@pytest.mark.parametrize("path", _conformance())
+def test_conformance_captures(catalog, monkeypatch, path):
+    assert_same(path, catalog, monkeypatch)
+
+
+def _starts(data: bytes) -> list[int]:
+    """Offsets of the records (pcap) or blocks (pcapng, little-endian) of a capture."""
+    ng = data[:4] == b"\x0a\x0d\x0d\x0a"
+    pos, out = 0 if ng else 24, []
+    while pos + 16 <= len(data):
+        out.append(pos)
+        n = struct.unpack_from("<I", data, pos + (4 if ng else 8))[0]
+        pos += max(n, 12) if ng else 16 + n
+    return out
+
+
+def _damaged(data: bytes, starts: list[int], seed: int) -> bytes:
+    """Bits flipped in record headers and in the link, IP and TCP/UDP headers after them."""
+    rnd = random.Random(seed)
+    b = bytearray(data)
+    for _ in range(rnd.choice([1, 5, 40])):
+        at = rnd.choice(starts) + rnd.randrange(0, 90)
+        if at < len(b):
+            b[at] ^= 1 << rnd.randrange(8) if rnd.random() < 0.8 else 0xFF
+    return bytes(b)
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_damaged_captures(catalog, tmp_path, monkeypatch, fmt):
+    frames = mixed_frames(7, 1500)
+    src = tmp_path / f"m.{fmt}"
+    if fmt == "pcap":
+        write_pcap(src, frames)
+    else:
+        write_pcapng(src, frames, swap_at=700)
+    data = src.read_bytes()
+    starts = _starts(data)
+    rnd = random.Random(fmt)
+    bad = tmp_path / "bad.cap"
+    errors = 0
+    cuts = [rnd.randrange(24, len(data)) for _ in range(8)] + [len(data) - 1, 25, 40]
+    cuts += [rnd.choice(starts) - k for k in (1, 2, 4, 5, 17)]  # in a record's (block's) end
+    for cut in cuts:
+        bad.write_bytes(data[:cut])
+        errors += bool(assert_same(bad, catalog, monkeypatch)[3])
+    for seed in range(16):
+        bad.write_bytes(_damaged(data, starts, seed))
+        errors += bool(assert_same(bad, catalog, monkeypatch)[3])
+    assert errors  # the damage was seen
+
+
+def test_damaged_generated_capture(generated, catalog, tmp_path, monkeypatch):
+    data = generated["pcap"].read_bytes()[: 3 << 20]  # cut mid-record
+    starts = _starts(data)
+    bad = tmp_path / "g.pcap"
+    for seed in range(4):
+        bad.write_bytes(_damaged(data, starts, seed))
+        assert_same(bad, catalog, monkeypatch)
+    assert cli_json(bad, pure=False) == cli_json(bad, pure=True)
