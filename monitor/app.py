@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
-from monitor.catalog import Catalog
+from monitor.catalog import Catalog, bundled_catalog
 from monitor.collectors import CollectOptions
 from monitor.config import Config, default_config_path, load_config
 from monitor.egress import EgressOptions
@@ -53,7 +53,7 @@ class App:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return Catalog.load()
+        return bundled_catalog()
 
     @cached_property
     def geo(self) -> GeoResolver:

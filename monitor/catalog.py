@@ -302,6 +302,13 @@ class Catalog:
         )
 
 
+@lru_cache(maxsize=1)
+def bundled_catalog() -> Catalog:
+    """The bundled catalogue, read once per process: the CLI and the collectors that name
+    flows by published IP ranges (captures, Zeek, Suricata) share it."""
+    return Catalog.load()
+
+
 # --------------------------------------------------------------------------- loading
 
 

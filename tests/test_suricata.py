@@ -170,9 +170,9 @@ def test_dns_answers_name_flows_without_sni(version):
 
 
 def test_names_by_catalogue_ranges_and_host_filter():
-    from monitor.collectors.zeek import shared_catalog
+    from monitor.catalog import bundled_catalog
 
-    cat = shared_catalog()
+    cat = bundled_catalog()
     ip = "160.79.104.10"  # Anthropic's published range
     if cat.match_ip(ip) is None:
         pytest.skip("catalogue has no range for the test address")

@@ -123,9 +123,10 @@ def collect(
     Raises :class:`InputError` before yielding anything when the file cannot be opened or
     its format is unknown. A directory is read as one day of Zeek logs."""
     if byte_range is None and _zeek_directory(path, options):
-        from monitor.collectors.zeek import collect_directory, shared_catalog
+        from monitor.catalog import bundled_catalog
+        from monitor.collectors.zeek import collect_directory
 
-        return collect_directory(path, shared_catalog(), diag, host_filter, on_read)
+        return collect_directory(path, bundled_catalog(), diag, host_filter, on_read)
     opened = open_input(path, on_read, byte_range, skip)
     try:
         if fmt is not None:

@@ -390,16 +390,11 @@ def _lt_list() -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(LINKTYPES.items()))
 
 
-_CATALOG: list[Any] = []
-
-
 def _make(options: CollectOptions) -> PcapCollector:
-    """Captures name flows by published IP ranges too: load the bundled catalogue once."""
-    if not _CATALOG:
-        from monitor.catalog import Catalog
+    """Captures name flows by published IP ranges too (the bundled catalogue's)."""
+    from monitor.catalog import bundled_catalog
 
-        _CATALOG.append(Catalog.load())
-    return PcapCollector(catalog=_CATALOG[0])
+    return PcapCollector(catalog=bundled_catalog())
 
 
 FORMAT_SPECS = [

@@ -41,7 +41,6 @@ from monitor.collectors.zeek import (
     http_observation,
     http_target,
     iso_ts,
-    shared_catalog,
     tls_observation,
 )
 from monitor.observation import Observation
@@ -273,7 +272,9 @@ class SuricataCollector(JoinCollector):
 
 
 def _make(options: CollectOptions) -> SuricataCollector:
-    return SuricataCollector(catalog=shared_catalog())
+    from monitor.catalog import bundled_catalog
+
+    return SuricataCollector(catalog=bundled_catalog())
 
 
 FORMAT_SPECS = [

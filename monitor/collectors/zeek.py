@@ -1052,20 +1052,11 @@ def sniff_json(line: bytes) -> bool:
     )
 
 
-_CATALOG: list[Any] = []
-
-
-def shared_catalog() -> Any:
-    """The bundled catalogue, loaded once (names connections by published ranges)."""
-    if not _CATALOG:
-        from monitor.catalog import Catalog
-
-        _CATALOG.append(Catalog.load())
-    return _CATALOG[0]
-
-
 def _make(options: CollectOptions) -> ZeekCollector:
-    return ZeekCollector(catalog=shared_catalog())
+    """Connections are named by published IP ranges too (the bundled catalogue's)."""
+    from monitor.catalog import bundled_catalog
+
+    return ZeekCollector(catalog=bundled_catalog())
 
 
 FORMAT_SPECS = [
