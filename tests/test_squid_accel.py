@@ -137,6 +137,19 @@ def test_generated_lines_agree(data: bytes) -> None:
     both_ways(data)
 
 
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(st.binary(max_size=600), st.integers(0, 4))
+def test_random_bytes_agree(junk: bytes, copies: int) -> None:
+    """Arbitrary bytes between well-formed lines (the pre-pass reads raw memory)."""
+    both_ways(b"\n".join([OTHER, junk, *[OTHER] * copies, junk[::-1], LLM]))
+
+
+def test_fuzz_corpus_agrees() -> None:
+    for path in sorted((ROOT / "tests" / "corpus").glob("*")):
+        both_ways(OTHER + b"\n" + path.read_bytes())
+
+
 def test_benchmark_log_agrees(tmp_path: Path) -> None:
     """The benchmark generator's log, with a malformed line in every hundred."""
     out = tmp_path / "access.log"
