@@ -51,7 +51,7 @@ def _compile(root: Path, sources: list[Path]) -> list[Path]:
         Extension(
             ".".join(src.relative_to(root).with_suffix("").parts),
             [str(src.relative_to(root))],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
         for src in sources
     ]
