@@ -294,7 +294,7 @@ class _Remote:
 def _fewer_collections() -> Iterator[None]:
     """A scan allocates and frees millions of small containers (rows, batches, messages)
     that form no cycles, yet each allocation burst wakes CPython's cycle collector, which
-    then walks the catalogue, geodata and rules too: about 15 % of a scan's CPU. So the
+    then walks the catalogue, geodata and rules too: about a tenth of a scan's CPU. So the
     objects built before the scan are frozen out of its view and young collections run
     less often, in this process and the producers it forks. Cycles are still collected."""
     threshold = gc.get_threshold()
