@@ -17,7 +17,7 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 
 def _sources(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "monitor").rglob("_*.c") if "build" not in p.parts)
+    return sorted((root / "monitor").rglob("_*.c"))
 
 
 class AcceleratorBuildHook(BuildHookInterface):

@@ -348,7 +348,7 @@ class Scanner:
         seen = Occurrences()  # identical records within one input stay distinct
         base = source.state["lines"] if source.state else 0  # lines before the part at hand
         parts = source.parts
-        # part i is read by producer i % jobs, so the parts arrive in order and each
+        # part i is read by producer i % workers, so the parts arrive in order and each
         # producer starts its next part as soon as it has handed over the last one
         workers = min(self.jobs, len(parts)) if source.fork else 0
         ctx = mp.get_context("fork")

@@ -347,15 +347,14 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     buf = b"".join(
         struct.pack("<IIII", us // 1_000_000, us % 1_000_000, n, n) + fr for us, fr, n in frames
     )
-    rec = struct.Struct("<IIII").unpack_from
     monkeypatch.setenv(accel.PURE_ENV, "1")
     ref = FlowTable("s")
-    assert ref.scan(buf, 0, len(buf), 0, rec, 1e-6, 1) == (len(buf), len(frames))
+    assert ref.scan(buf, 0, len(buf), 0, "<", 1e-6, 1) == (len(buf), len(frames))
     pos = sum(16 + n for _, _, n in frames[:4])  # handshake and ClientHello: Python
 
     def started() -> FlowTable:
         t = FlowTable("s")
-        assert t.scan(buf, 0, pos, 0, rec, 1e-6, 1) == (pos, 4)
+        assert t.scan(buf, 0, pos, 0, "<", 1e-6, 1) == (pos, 4)
         return t
 
     t = started()
@@ -369,7 +368,7 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     assert ts == us // 1_000_000 + (us % 1_000_000) * 1e-6
     assert (f.pk_out, f.pk_in, f.by_in, f.last) == (53, 51, 50 * 1400, ts)
     # the rest through the Python loop: the same flow as the pure run
-    t.scan(buf, end, len(buf), pktno, rec, 1e-6, 1)
+    t.scan(buf, end, len(buf), pktno, "<", 1e-6, 1)
     t.finish()
     ref.finish()
     assert [repr(o) for o in t.ready] == [repr(o) for o in ref.ready]

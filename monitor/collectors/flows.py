@@ -105,14 +105,6 @@ _ETH_IP4 = Struct("!12xHBxH2xHxB22xBB")
 #: Ethernet + IPv6 header: ethertype, version/class, payload length, next header
 _ETH_IP6 = Struct("!12xHB3xHB")
 MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
-#: what a capture's record reader (``rec`` of :meth:`FlowTable.scan`: 4 uint32s for pcap,
-#: 7 for pcapng) returns for ``_PROBE`` -> its byte order (1: big-endian), for the C scan
-_PROBE = bytes(range(1, 29))
-_PROBE_ORDERS = {
-    (k == 7, Struct(order + "I" * k).unpack_from(_PROBE)): int(order == ">")
-    for order in "<>"
-    for k in (4, 7)
-}
 
 # flow.app
 APP_UNKNOWN, APP_TLS, APP_HTTP, APP_DNS, APP_OPAQUE, APP_QUIC = range(6)
@@ -669,7 +661,7 @@ class FlowTable:
         pos: int,
         n: int,
         pktno: int,
-        rec: Callable,
+        order: str,
         scale: float,
         lt: int,
         ifaces: list | None = None,
@@ -677,10 +669,9 @@ class FlowTable:
         """Read the records of a capture chunk ``buf[pos:n]`` while they are complete and
         plain; returns (offset of the first record not read, packet number).
 
-        Classic pcap when ``ifaces`` is None (``rec`` unpacks a record header, ``scale`` and
-        ``lt`` are the file's); pcapng otherwise (``rec`` unpacks a block header and an
-        Enhanced Packet Block's fixed fields, ``ifaces`` holds (link type, scale, offset,
-        snaplen) per interface). It stops before anything the caller must look at: a record
+        ``order`` is the file's (or section's) byte order, ``<`` or ``>``. Classic pcap when
+        ``ifaces`` is None (``scale`` and ``lt`` are the file's); pcapng otherwise (``ifaces``
+        holds (link type, scale, offset, snaplen) per interface). It stops before anything the caller must look at: a record
         that is incomplete or impossible, a pcapng block other than an EPB of a declared
         interface; and after a frame that made observations ready (:attr:`ready`).
 
@@ -699,6 +690,8 @@ class FlowTable:
         ip6 = _ETH_IP6.unpack_from
         next_linger = self.next_linger
         ng = ifaces is not None
+        # a record header; pcapng: a block header and an Enhanced Packet Block's fixed fields
+        rec = Struct(order + ("IIIIIII" if ng else "IIII")).unpack_from
         eth = lt == 1
         cur = -1  # pcapng: the interface whose (link type, scale, offset) are loaded
         nif = len(ifaces) if ng else 0
@@ -710,12 +703,9 @@ class FlowTable:
         # The C accelerator, when built, counts the run of packets from ``pos`` that the
         # fast path below would only count, and stops before the first record it does not
         # handle entirely (returning its offset, the packet number and timestamp so far),
-        # which the Python code below then reads as usual. It needs the byte order of
-        # ``rec``'s reads; the Python code stays the reference.
-        cscan = self._cscan.scan if self._cscan is not None else None
-        big = _PROBE_ORDERS.get((ng, rec(_PROBE, 0))) if cscan is not None else None
-        if big is None or not (ng or eth):  # (not Ethernet: nothing it would count)
-            cscan = None
+        # which the Python code below then reads as usual; the Python code stays the reference.
+        cscan = self._cscan.scan if self._cscan is not None and (ng or eth) else None
+        big = int(order == ">")
         tcp_d, udp_d = self.tcp, self.udp
         try:
             while True:
@@ -756,89 +746,56 @@ class FlowTable:
                 # path's header parsing. (``now`` is left to the general path: it lags by
                 # less than a second.)
                 if eth and ts < next_linger and incl >= 54:
+                    # the IP header gives: where the ports start (l4), the 5-tuple key
+                    # buf[ka : l4 + 4] (addresses from ka), the IP payload's length and end
+                    l4 = 0
                     et, vihl, tot, frag, proto, doff, fl = ip4(buf, p)
                     if et == 0x0800:
                         if vihl == 0x45 and not frag & 0x3FFF:
-                            if proto == 6:
-                                ent = tcp_get(buf[p + 26 : p + 38])
-                                if ent is not None and not fl & 2:
-                                    hl = (doff >> 4) << 2
-                                    plen = tot - 20 - hl
-                                    if plen >= 0:
-                                        f, out = ent
-                                        if out:
-                                            f.pk_out += 1
-                                            f.by_out += plen
-                                        else:
-                                            f.pk_in += 1
-                                            f.by_in += plen
-                                        f.last = ts
-                                        if f.watch or fl & 5:
-                                            if plen or fl & 5:
-                                                tcp(ts, pktno, f, out, buf[p + 26 : p + 34], buf,
-                                                    p + 34, hl, fl, plen,
-                                                    min(p + 14 + tot, e))  # fmt: skip
-                                                if ready:
-                                                    break
-                                            elif f.http is not None:  # an ACK: counted
-                                                http_count(f, out, ts, 0)
-                                        continue
-                            elif proto == 17:
-                                ent = udp_get(buf[p + 26 : p + 38])
-                                if ent is not None and tot >= 28:
-                                    f, out = ent
-                                    if out:
-                                        f.pk_out += 1
-                                        f.by_out += tot - 28
-                                    else:
-                                        f.pk_in += 1
-                                        f.by_in += tot - 28
-                                    f.last = ts
-                                    if f.watch:
-                                        udp_watch(f, out, buf[p + 42 : min(p + 14 + tot, e)], ts)
-                                    continue
+                            l4, ka, size, ipend = p + 34, p + 26, tot - 20, p + 14 + tot
                     elif et == 0x86DD and incl >= 74:
-                        et, vtc, pl, nh = ip6(buf, p)
+                        et, vtc, pl, proto = ip6(buf, p)
                         if vtc >> 4 == 6 and pl:
-                            if nh == 6:
-                                ent = tcp_get(buf[p + 22 : p + 58])
-                                fl = buf[p + 67]
-                                if ent is not None and not fl & 2:
-                                    hl = (buf[p + 66] >> 4) << 2
-                                    plen = pl - hl
-                                    if plen >= 0:
-                                        f, out = ent
-                                        if out:
-                                            f.pk_out += 1
-                                            f.by_out += plen
-                                        else:
-                                            f.pk_in += 1
-                                            f.by_in += plen
-                                        f.last = ts
-                                        if f.watch or fl & 5:
-                                            if plen or fl & 5:
-                                                tcp(ts, pktno, f, out, buf[p + 22 : p + 54], buf,
-                                                    p + 54, hl, fl, plen,
-                                                    min(p + 54 + pl, e))  # fmt: skip
-                                                if ready:
-                                                    break
-                                            elif f.http is not None:
-                                                http_count(f, out, ts, 0)
-                                        continue
-                            elif nh == 17:
-                                ent = udp_get(buf[p + 22 : p + 58])
-                                if ent is not None and pl >= 8:
+                            l4, ka, size, ipend = p + 54, p + 22, pl, p + 54 + pl
+                            doff, fl = buf[p + 66], buf[p + 67]
+                    if l4:
+                        if proto == 6:
+                            ent = tcp_get(buf[ka : l4 + 4])
+                            if ent is not None and not fl & 2:
+                                hl = (doff >> 4) << 2
+                                plen = size - hl
+                                if plen >= 0:
                                     f, out = ent
                                     if out:
                                         f.pk_out += 1
-                                        f.by_out += pl - 8
+                                        f.by_out += plen
                                     else:
                                         f.pk_in += 1
-                                        f.by_in += pl - 8
+                                        f.by_in += plen
                                     f.last = ts
-                                    if f.watch:
-                                        udp_watch(f, out, buf[p + 62 : min(p + 54 + pl, e)], ts)
+                                    if f.watch or fl & 5:
+                                        if plen or fl & 5:
+                                            tcp(ts, pktno, f, out, buf[ka:l4], buf, l4, hl, fl,
+                                                plen, min(ipend, e))  # fmt: skip
+                                            if ready:
+                                                break
+                                        elif f.http is not None:  # an ACK: counted
+                                            http_count(f, out, ts, 0)
                                     continue
+                        elif proto == 17:
+                            ent = udp_get(buf[ka : l4 + 4])
+                            if ent is not None and size >= 8:
+                                f, out = ent
+                                if out:
+                                    f.pk_out += 1
+                                    f.by_out += size - 8
+                                else:
+                                    f.pk_in += 1
+                                    f.by_in += size - 8
+                                f.last = ts
+                                if f.watch:
+                                    udp_watch(f, out, buf[l4 + 8 : min(ipend, e)], ts)
+                                continue
                 # everything else: the general path (it runs the timers too)
                 slow += 1
                 packet(ts, pktno, lt, buf, p, e)

@@ -177,7 +177,7 @@ class PcapCollector:
             while True:
                 n = len(buf)
                 while True:  # every complete record of the chunk (the scan stops to hand over)
-                    pos, pktno = scan(buf, pos, n, pktno, unpack, scale, lt)
+                    pos, pktno = scan(buf, pos, n, pktno, order, scale, lt)
                     if not ready:
                         break
                     yield from ready
@@ -237,7 +237,6 @@ class PcapCollector:
         order = "<"
         hdr = Struct("<II").unpack_from
         epb = Struct("<IIIII").unpack_from
-        block = Struct("<IIIIIII").unpack_from  # block header + EPB fields, for the scan
         ifaces: list[tuple[int, float, float, int]] = []  # (link type, scale, offset, snaplen)
         warned: set[str] = set()
 
@@ -250,7 +249,7 @@ class PcapCollector:
             while True:
                 n = len(buf)
                 if ifaces:  # runs of plain Enhanced Packet Blocks
-                    pos, pktno = scan(buf, pos, n, pktno, block, 0.0, 1, ifaces)
+                    pos, pktno = scan(buf, pos, n, pktno, order, 0.0, 1, ifaces)
                     if ready:
                         yield from ready
                         ready.clear()
@@ -281,7 +280,6 @@ class PcapCollector:
                         )
                     hdr = Struct(order + "II").unpack_from
                     epb = Struct(order + "IIIII").unpack_from
-                    block = Struct(order + "IIIIIII").unpack_from
                     btype, blen = hdr(buf, pos)
                     ifaces = []
                 if blen < 12 or blen & 3 or blen > MAX_BLOCK:
