@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from monitor.countries import VALID_COUNTRY_CODES
+from monitor.errors import ApiwatchError
 
 PROVIDERS_FILE = "providers.yaml"
 REGIONS_FILE = "regions.yaml"
@@ -147,7 +148,7 @@ class CatalogEntry:
         }
 
 
-class CatalogError(ValueError):
+class CatalogError(ApiwatchError, ValueError):
     """Invalid catalogue data; the message names the file, the entry id and the reason."""
 
 

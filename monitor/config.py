@@ -43,12 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
-
 from monitor.countries import is_country_code
+from monitor.errors import ApiwatchError
 
 
-class ConfigError(ValueError):
+class ConfigError(ApiwatchError, ValueError):
     """The configuration file is missing, unreadable or invalid (message names the key)."""
 
 
@@ -144,7 +143,8 @@ def default_config_path() -> Path | None:
     env = os.environ.get("APIWATCH_CONFIG")
     if env:
         return Path(env)
-    candidate = Path(click.get_app_dir("apiwatch")) / "config.toml"
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    candidate = Path(base) / "apiwatch" / "config.toml"
     return candidate if candidate.is_file() else None
 
 

@@ -20,12 +20,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from monitor.catalog import CatalogError
-from monitor.collectors import CollectOptions, InputError
-from monitor.config import ConfigError, ReportSpec, Source
+from monitor.collectors import CollectOptions
+from monitor.config import ReportSpec, Source
 from monitor.egress import EgressOptions
-from monitor.geo import GeoError
-from monitor.policy import SEVERITY_RANK, RuleError
+from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, ApiwatchError
+from monitor.policy import SEVERITY_RANK
 from monitor.report import (
     ReportQuery,
     build_report,
@@ -35,11 +34,9 @@ from monitor.report import (
     render,
     write_atomic,
 )
-from monitor.store import StoreError
 
-EXIT_OK, EXIT_ERROR, EXIT_FINDINGS = 0, 1, 3
 #: Errors that fail one source (and the run's exit code) without stopping the others.
-SOURCE_ERRORS = (ConfigError, CatalogError, RuleError, GeoError, StoreError, InputError, ValueError)
+SOURCE_ERRORS = (ApiwatchError, ValueError)
 
 
 @dataclass

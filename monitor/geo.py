@@ -49,6 +49,7 @@ import geoip2.errors
 import maxminddb
 import maxminddb.errors
 
+from monitor.errors import ApiwatchError
 from monitor.resources import geodata_dir
 
 __all__ = [
@@ -103,7 +104,7 @@ _NAME_RANK = (
 )
 
 
-class GeoError(ValueError):
+class GeoError(ApiwatchError, ValueError):
     """A database or overrides file that cannot be used; the message names the file (and line)."""
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from monitor.errors import ApiwatchError
+
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 SEVERITY_RANK = {name: i for i, name in enumerate(SEVERITIES)}
 
@@ -66,7 +68,7 @@ Context = Mapping[str, Any]
 Predicate = Callable[[Context], bool]
 
 
-class RuleError(ValueError):
+class RuleError(ApiwatchError, ValueError):
     """A rule file is invalid; the message names the file and the rule."""
 
 

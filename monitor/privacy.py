@@ -14,11 +14,13 @@ import hashlib
 import hmac
 from functools import lru_cache
 
+from monitor.errors import ApiwatchError
+
 PREFIX = "anon:"
 MIN_KEY_BYTES = 16
 
 
-class PrivacyError(ValueError):
+class PrivacyError(ApiwatchError, ValueError):
     """No key, or one too short to resist guessing."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from monitor.errors import ApiwatchError
 from monitor.observation import iso_utc
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ def _sqlite_utils() -> ModuleType:
     return sys.modules["sqlite_utils"]
 
 
-class StoreError(RuntimeError):
+class StoreError(ApiwatchError, RuntimeError):
     """The database cannot be opened or is not an apiwatch database."""
 
 

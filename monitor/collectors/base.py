@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from monitor.errors import ApiwatchError
 from monitor.observation import Observation
 
 #: Longest line a collector will look at; longer ones are reported as malformed.
@@ -27,7 +28,7 @@ READ_CHUNK = 1 << 20
 HostFilter = Callable[[str], bool]
 
 
-class InputError(Exception):
+class InputError(ApiwatchError):
     """An input cannot be opened or has no recognisable format (the whole file is skipped)."""
 
 

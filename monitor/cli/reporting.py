@@ -1,35 +1,20 @@
-"""Operations commands: ``report``, ``daily``, ``config check``, ``ack``, ``resolve``.
-
-Each is a few lines over the library (:mod:`monitor.report`, :mod:`monitor.daily`,
-:meth:`monitor.store.Store.set_status`); ``monitor.cli`` imports this module to register them.
-"""
+"""``report``, ``daily`` and ``config check``: the scheduled job and its evidence."""
 
 from __future__ import annotations
 
-import getpass
 import glob
 import json
-import os
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from monitor.app import App
-from monitor.cli import _FATAL, Fatal, _guard, _when, main
+from monitor.cli.base import FATAL, Fatal, date_value, guard, main, when
 from monitor.config import REPORT_FORMATS, load_config
 from monitor.output import safe_text
 from monitor.policy import SEVERITIES
-
-
-def _date(_ctx, _param, value):
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
 @main.command("report")
@@ -39,14 +24,12 @@ def _date(_ctx, _param, value):
 @click.option(
     "--date",
     "day",
-    callback=_date,
+    callback=date_value,
     metavar="YYYY-MM-DD",
     help="A day inside the period [default: yesterday, so on Mondays weekly is last week].",
 )
-@click.option(
-    "--since", callback=_when, help="Instead of --period: start (7d, 24h, ISO date/time)."
-)
-@click.option("--until", callback=_when, help="With --since: end, excluded [default: now].")
+@click.option("--since", callback=when, help="Instead of --period: start (7d, 24h, ISO date/time).")
+@click.option("--until", callback=when, help="With --since: end, excluded [default: now].")
 @click.option(
     "--format",
     "fmt",
@@ -70,7 +53,7 @@ def _date(_ctx, _param, value):
     help="CSV for spreadsheets: prefix text cells starting with = + - @ with ' (formula injection).",
 )
 @click.pass_context
-@_guard
+@guard
 def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top, spreadsheet_safe):
     """Traffic and incidents of a period, with trend and methods, as evidence.
 
@@ -128,7 +111,7 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
 @click.option(
     "--date",
     "today",
-    callback=_date,
+    callback=date_value,
     metavar="YYYY-MM-DD",
     help="Run as if today were this UTC date (which reports are due) [default: today].",
 )
@@ -145,7 +128,7 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
-@_guard
+@guard
 def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet):
     """Scan every configured source, write the reports that are due, exit with a code for cron.
 
@@ -207,7 +190,7 @@ def config_check(ctx, path):
         cfg = load_config(path)
         app.geo.sources()  # geodata files and overrides open
         app.rules  # noqa: B018 - rules load
-    except _FATAL as exc:
+    except FATAL as exc:
         raise Fatal(str(exc)) from None
     click.echo(f"{path}: ok")
     click.echo(f"  database   {app.db_path}")
@@ -233,60 +216,3 @@ def config_check(ctx, path):
         click.echo(f"  {r.key:<10} {r.period} {r.format} → {example}")
     if cfg.fail_on:
         click.echo(f"  fail_on    {cfg.fail_on}")
-
-
-def _actor(actor: str | None) -> str:
-    if actor:
-        return actor
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def _set_status(ctx, incident_id: str, status: str, note: str, actor: str | None) -> None:
-    app: App = ctx.obj
-    try:
-        event = app.store.set_status(incident_id, status, note, _actor(actor))
-    except KeyError as exc:
-        raise Fatal(exc.args[0]) from None
-    click.echo(
-        f"incident {event['incident_id']}: {event['status_from']} → {event['status_to']} "
-        f"({event['actor']}, {event['at']})"
-    )
-
-
-_note = click.option(
-    "--note", "-m", required=True, help="Why: kept in the audit trail and the report."
-)
-_actor_option = click.option("--actor", help="Who [default: $SUDO_USER, else the login name].")
-
-
-@main.command("ack")
-@click.argument("incident_id")
-@_note
-@_actor_option
-@click.pass_context
-@_guard
-def ack_cmd(ctx, incident_id, note, actor):
-    """Acknowledge an incident (an id prefix is enough): seen, being handled.
-
-    \b
-    apiwatch ack 3f9a0c1d --note "ticket SEC-123: moving the job to the Frankfurt egress"
-    """
-    _set_status(ctx, incident_id, "acknowledged", note, actor)
-
-
-@main.command("resolve")
-@click.argument("incident_id")
-@_note
-@_actor_option
-@click.pass_context
-@_guard
-def resolve_cmd(ctx, incident_id, note, actor):
-    """Resolve an incident (an id prefix is enough), with a note for the audit trail.
-
-    \b
-    apiwatch resolve 3f9a0c1d --note "egress moved; traffic stopped on 2026-11-28"
-    """
-    _set_status(ctx, incident_id, "resolved", note, actor)

@@ -1,0 +1,224 @@
+"""The ``apiwatch`` group and what its commands share: the exit codes, the error guard,
+option callbacks and the input options of ``scan`` and ``parse``.
+
+Command modules (:mod:`monitor.cli.collect`, :mod:`~monitor.cli.query`, …) import from here
+and register themselves on :data:`main`; nothing here imports them.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import date
+from pathlib import Path
+
+import click
+
+from monitor import __version__
+from monitor.app import App, Settings
+from monitor.collectors import FORMATS, CollectOptions, Diagnostics
+from monitor.countries import is_country_code
+from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, ApiwatchError
+from monitor.observation import canonical_ip
+from monitor.output import safe_text
+from monitor.timespec import parse_when
+
+__all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "FATAL", "Fatal", "main"]
+
+#: expected failures: one clear line and exit 1, never a traceback
+FATAL = ApiwatchError
+
+
+class Fatal(click.ClickException):
+    exit_code = EXIT_ERROR
+
+
+def app_of(ctx: click.Context) -> App:
+    return ctx.obj
+
+
+def guard(fn):
+    """Turn expected failures (bad config, rules, database) into one clear line and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FATAL as exc:
+            raise Fatal(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="apiwatch")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="APIWATCH_DB",
+    help="SQLite database [env APIWATCH_DB; default: config 'db', else ~/.local/share/apiwatch/apiwatch.db].",
+)
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="APIWATCH_CONFIG",
+    help="TOML config: sites, geodata, organisation allow-list [env APIWATCH_CONFIG; default ~/.config/apiwatch/config.toml].",
+)
+@click.option(
+    "--geoip",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your own MMDB file (MaxMind, DB-IP, IPinfo; Country, City, ASN or ISP). Repeatable; beats the embedded data.",
+)
+@click.option(
+    "--geo-overrides",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV of CIDR → country, site, ASN/org that wins over every database. Repeatable.",
+)
+@click.option(
+    "--rules",
+    "rules",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Policy rule file or folder to use instead of the bundled rules/policies. Repeatable.",
+)
+@click.pass_context
+def main(ctx: click.Context, db, config, geoip, geo_overrides, rules) -> None:
+    """Which machines talk to which LLM API, from which egress country, against whose policy.
+
+    \b
+    apiwatch scan /var/log/squid/access.log --site shanghai
+    apiwatch incidents --since 7d --severity high
+    apiwatch show 3f9a0c1d
+    """
+    ctx.obj = App(
+        Settings(
+            db=db,
+            config=config,
+            geoip=tuple(geoip),
+            geo_overrides=tuple(geo_overrides),
+            rules=tuple(rules),
+        )
+    )
+    ctx.call_on_close(ctx.obj.close)
+
+
+def collect_options(
+    fmt: str,
+    squid_logformat: str | None,
+    columns: str | None = None,
+    mapping: str | None = None,
+) -> CollectOptions:
+    if (columns or mapping) and fmt == "auto":
+        fmt = "mapped"
+    options = CollectOptions(
+        format=fmt, squid_logformat=squid_logformat, columns=columns, mapping=mapping
+    )
+    if fmt == "mapped":
+        from monitor.collectors.mapped import MappingError, mapping_of
+
+        try:
+            mapping_of(options)
+        except MappingError as exc:
+            raise click.BadParameter(str(exc), param_hint="--columns/--mapping") from exc
+    return options
+
+
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
+    show_default=True,
+    help="Input format; auto recognises every format but squid-custom and mapped from the first lines.",
+)
+_squid_logformat_option = click.option(
+    "--squid-logformat",
+    metavar="FORMAT",
+    help="Squid logformat string (or whole 'logformat NAME …' line) the log was written with.",
+)
+_columns_option = click.option(
+    "--columns",
+    metavar="MAP",
+    help="Custom mapping for any CSV/TSV/JSON/key=value gateway log, e.g. "
+    "'ts=time,client=src,host=dhost,bytes_out=sentbytes' (implies --format mapped).",
+)
+_mapping_option = click.option(
+    "--mapping",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML/YAML mapping file for --format mapped (fields, time format, time zone).",
+)
+
+
+def logformat_options(fn):
+    return _squid_logformat_option(_columns_option(_mapping_option(fn)))
+
+
+class NullFile:
+    def write(self, _):
+        return 0
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def ip_value(value):
+    if value is None:
+        return None
+    ip = canonical_ip(value)
+    if ip is None:
+        raise click.BadParameter(f"{value!r} is not an IP address")
+    return ip
+
+
+def country_value(value):
+    if value is None:
+        return None
+    if not is_country_code(value.upper()):
+        raise click.BadParameter(f"{value!r} is not an ISO 3166-1 alpha-2 country code")
+    return value.upper()
+
+
+def warn_stale(app: App) -> None:
+    for src in app.stale_geodata():
+        click.echo(
+            f"warning: geolocation source {src.name} is from {src.build_date}; "
+            "refresh it (geodata/build.py, or geoipupdate for your own files)",
+            err=True,
+        )
+
+
+def print_problems(diag: Diagnostics, limit: int = 20) -> None:
+    for p in diag.file_errors:
+        click.echo(f"error: {safe_text(str(p), None)}", err=True)
+    for p in diag.notices[:limit]:
+        click.echo(f"notice: {safe_text(str(p), 240)}", err=True)
+    for p in diag.problems[:limit]:
+        click.echo(f"malformed: {safe_text(str(p), 240)}", err=True)
+    if diag.malformed > limit:
+        click.echo(
+            f"malformed: … and {diag.malformed - limit} more (apiwatch keeps them in scan_problems)",
+            err=True,
+        )
+
+
+def when(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return parse_when(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def date_value(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None

@@ -1,0 +1,267 @@
+"""Questions to the store and the catalogue: ``incidents``, ``show``, ``providers``, ``geo``,
+``rules``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+import click
+
+from monitor.cli.base import Fatal, app_of, guard, main, warn_stale, when
+from monitor.observation import canonical_ip
+from monitor.output import safe_text, write_json_lines, write_rows
+from monitor.policy import SEVERITIES
+from monitor.store import INCIDENT_COLUMNS as STORED_INCIDENT_COLUMNS
+from monitor.store import IncidentQuery
+
+#: incident fields in output order (the store's columns without its internal ones)
+INCIDENT_COLUMNS = [c for c in STORED_INCIDENT_COLUMNS if c not in ("severity_rank", "title")]
+INCIDENT_TABLE = [
+    "id",
+    "severity",
+    "rule",
+    "provider",
+    "dest_host",
+    "client_ip",
+    "site",
+    "egress_country",
+    "last_seen",
+    "count",
+    "outcome",
+    "status",
+]
+
+
+@main.command()
+@click.option(
+    "--since",
+    callback=when,
+    help="Last seen at or after: 7d, 24h, 30m, or an ISO date/time (UTC).",
+)
+@click.option("--until", callback=when, help="First seen before: same forms as --since.")
+@click.option("--rule", multiple=True, help="Rule id (repeatable).")
+@click.option("--severity", type=click.Choice(SEVERITIES), help="Minimum severity.")
+@click.option("--provider", multiple=True, help="Provider id, e.g. openai (repeatable).")
+@click.option("--site", multiple=True, help="Site name (repeatable).")
+@click.option("--client", multiple=True, help="Client address (repeatable).")
+@click.option(
+    "--status",
+    multiple=True,
+    type=click.Choice(["open", "acknowledged", "resolved"]),
+    help="Incident status (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first).")
+@click.option("--json", "out", flag_value="json", help="JSON lines, one incident per line.")
+@click.option("--csv", "out", flag_value="csv", help="CSV with a header row.")
+@click.option(
+    "--spreadsheet-safe",
+    is_flag=True,
+    help="With --csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '.",
+)
+@click.pass_context
+@guard
+def incidents(
+    ctx, since, until, rule, severity, provider, site, client, status, limit, out, spreadsheet_safe
+):
+    """List incidents, newest first.
+
+    \b
+    apiwatch incidents --since 7d --severity high
+    apiwatch incidents --provider openai --site shanghai --csv > openai-shanghai.csv
+    apiwatch incidents --json | jq -r 'select(.count > 100) | .id'
+    """
+    q = IncidentQuery(
+        since=since,
+        until=until,
+        rule=rule,
+        min_severity=severity,
+        provider=provider,
+        site=site,
+        client=tuple(canonical_ip(c) or c for c in client),
+        status=status,
+        limit=limit,
+    )
+    rows = app_of(ctx).store.incidents(q)
+    n = write_rows(
+        rows, out or "table", INCIDENT_COLUMNS, sys.stdout, INCIDENT_TABLE, spreadsheet_safe
+    )
+    if n == 0 and not out:
+        click.echo("no incidents match", err=True)
+
+
+@main.command()
+@click.argument("incident_id")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object with the incident and its records."
+)
+@click.option("--samples", default=20, show_default=True, help="How many of its records to show.")
+@click.pass_context
+@guard
+def show(ctx, incident_id, as_json, samples):
+    """One incident and its sample records (an id prefix is enough).
+
+    \b
+    apiwatch show 3f9a0c1d
+    apiwatch show 3f9a --json | jq '.records[].url'
+    """
+    try:
+        inc = app_of(ctx).store.incident(incident_id, samples)
+    except KeyError as exc:
+        raise Fatal(exc.args[0]) from None
+    if inc is None:
+        raise Fatal(f"no incident with id {incident_id!r}")
+    if as_json:
+        click.echo(json.dumps(inc, ensure_ascii=False))
+        return
+    records = inc.pop("records")
+    events = inc.pop("events")
+    width = max(len(k) for k in inc)
+    for key, value in inc.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        click.echo(f"{key:<{width}}  {safe_text(shown, 200)}")
+    if events:
+        click.echo("\nhistory:")
+        write_rows(
+            events, "table", [], sys.stdout, ["at", "status_from", "status_to", "actor", "note"]
+        )
+    click.echo(f"\nrecords ({len(records)} of {inc['count']}):")
+    write_rows(
+        records,
+        "table",
+        [],
+        sys.stdout,
+        [
+            "source",
+            "line",
+            "ts",
+            "client_ip",
+            "method",
+            "dest_host",
+            "status",
+            "result",
+            "bytes_out",
+            "bytes_in",
+        ],
+    )
+
+
+@main.command()
+@click.argument("hosts", nargs=-1, metavar="[HOST|IP]…")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@click.pass_context
+@guard
+def providers(ctx, hosts, as_json):
+    """Which provider serves a host; without arguments, the whole catalogue.
+
+    \b
+    apiwatch providers api.openai.com chatgpt.com notopenai.com 160.79.104.10
+    apiwatch providers --json | jq -r 'select(.kind == "relay") | .id'
+    """
+    app = app_of(ctx)
+    if not hosts:
+        rows = [asdict(e) for e in app.catalog.entries()]
+        if as_json:
+            write_json_lines(rows, sys.stdout)
+        else:
+            for row in rows:
+                row["hosts"] = " ".join((*row["hosts"], *row["consumer_hosts"], *row["ip_ranges"]))
+            write_rows(
+                rows,
+                "table",
+                [],
+                sys.stdout,
+                ["id", "kind", "category", "hq_country", "region_list", "region_count", "hosts"],
+            )
+        click.echo(f"catalogue {app.catalog.version}: {len(rows)} entries", err=True)
+        return
+    from monitor.observation import normalise_host
+    from monitor.pipeline import Identifier
+
+    ident = Identifier(app.catalog)
+    rows = []
+    for host in hosts:
+        norm = normalise_host(host) or host
+        m = ident.by_host(norm)
+        rows.append(
+            {
+                "host": norm,
+                "provider": m.provider.id if m else None,
+                "name": m.provider.name if m else None,
+                "kind": m.kind if m else None,
+                "matched": m.pattern if m else None,
+                "region_list": m.provider.region_list if m else None,
+                "hq_country": m.provider.hq_country if m else None,
+            }
+        )
+    write_rows(rows, "json" if as_json else "table", list(rows[0]), sys.stdout)
+
+
+@main.command()
+@click.argument("ips", nargs=-1, metavar="IP…")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@click.option(
+    "--sources",
+    "list_sources",
+    is_flag=True,
+    help="List the geolocation sources in use and their build dates.",
+)
+@click.pass_context
+@guard
+def geo(ctx, ips, as_json, list_sources):
+    """Country, ASN and organisation of addresses, and which source said so.
+
+    \b
+    apiwatch geo 8.8.8.8 114.114.114.114 10.1.2.3
+    apiwatch --geoip /var/lib/GeoIP/GeoLite2-City.mmdb geo 1.1.1.1 --json
+    apiwatch geo --sources
+    """
+    resolver = app_of(ctx).geo
+    if list_sources or not ips:
+        rows = [asdict(s) for s in resolver.sources()]
+        warn_stale(app_of(ctx))
+        write_rows(rows, "json" if as_json else "table", list(rows[0]) if rows else [], sys.stdout)
+        return
+    bad = [ip for ip in ips if canonical_ip(ip) is None]
+    if bad:
+        raise click.BadParameter(f"not an IP address: {', '.join(bad)}", param_hint="IP")
+    rows = [asdict(resolver.lookup(ip)) for ip in ips]
+    write_rows(
+        rows,
+        "json" if as_json else "table",
+        list(rows[0]),
+        sys.stdout,
+        ["ip", "scope", "country", "asn", "org", "site", "country_source", "asn_source"],
+    )
+
+
+@main.command("rules")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@click.pass_context
+@guard
+def rules_cmd(ctx, as_json):
+    """The policy rules in force (bundled rules/policies, or --rules).
+
+    \b
+    apiwatch rules
+    apiwatch --rules ./my-policies rules --json
+    """
+    rows = [
+        {
+            "id": r.id,
+            "severity": r.severity,
+            "title": r.title,
+            "source": r.source,
+            "when": r.when,
+            "description": r.description,
+        }
+        for r in app_of(ctx).rules.rules
+    ]
+    write_rows(
+        rows,
+        "json" if as_json else "table",
+        list(rows[0]) if rows else [],
+        sys.stdout,
+        ["id", "severity", "title"],
+    )
