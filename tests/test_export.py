@@ -27,6 +27,7 @@ from monitor.export.suricata import sid_for
 from monitor.export.zeek import FIELDS as ZEEK_FIELDS
 from tests.pcaps import Tcp, client_hello, http_request, udp, write_scapy
 from tests.squid_harness import in_ci, squid_proxy
+from tests.test_suricata import SURICATA_YAML as BASE_SURICATA_YAML
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "apiwatch.toml"  # shanghai: egress 114.114.114.114, geolocated CN
@@ -263,36 +264,8 @@ def test_squid_parses_the_acls_and_denies_exactly_the_listed_hosts(tmp_path):
 
 # ---------------------------------------------------------------------------- Suricata
 
-SURICATA_YAML = """%YAML 1.1
----
-default-rule-path: {rules_dir}
-classification-file: /etc/suricata/classification.config
-reference-config-file: /etc/suricata/reference.config
-outputs:
-  - eve-log:
-      enabled: yes
-      filetype: regular
-      filename: eve.json
-      types:
-        - alert
-app-layer:
-  protocols:
-    tls:
-      enabled: yes
-    http:
-      enabled: yes
-    dns:
-      tcp:
-        enabled: yes
-      udp:
-        enabled: yes
-stream:
-  midstream: false
-logging:
-  outputs:
-    - console:
-        enabled: no
-"""
+#: test_suricata's configuration, with alerts in eve.json
+SURICATA_YAML = BASE_SURICATA_YAML.replace("      types:\n", "      types:\n        - alert\n")
 
 
 def _capture(path: Path) -> dict[tuple[str, int], str]:
@@ -319,7 +292,7 @@ def test_suricata_loads_the_rules_and_alerts_on_exactly_the_listed_names(tmp_pat
     rules = tmp_path / "apiwatch.rules"
     rules.write_text(run("export", "suricata", *SHAPES))
     conf = tmp_path / "suricata.yaml"
-    conf.write_text(SURICATA_YAML.format(rules_dir=tmp_path))
+    conf.write_text(SURICATA_YAML)
     base = [exe, "-c", str(conf), "-S", str(rules), "-k", "none", "--runmode", "single"]
     test = subprocess.run([*base, "-T", "-l", str(tmp_path)], capture_output=True, text=True,
                           timeout=120)  # fmt: skip

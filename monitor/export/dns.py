@@ -8,15 +8,22 @@ only as a leading ``*.``: so ``*.a.b`` translates to both, while one-label wildc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from monitor.export.model import EXACT, SUFFIX, WILDCARD, Export, Format, by_provider, commented
 
 RPZ_TTL = 300
 _NOT_EXPRESSIBLE = "not expressible (a wildcard inside a label or the name, not a leading *.):"
 
 
-def _unexpressed(export: Export, prefix: str) -> list[str]:
-    hosts = [e.host for e in export.entries if e.shape == WILDCARD]
-    return [f"{prefix} {_NOT_EXPRESSIBLE} {h}" for h in hosts]
+def _policy(export: Export, prefix: str, line: Callable[[str], str]) -> list[str]:
+    """One ``line(host)`` per expressible host under its provider comment, then the rest."""
+    out = []
+    for label, entries in by_provider(export.entries):
+        out.append(f"{prefix} {label}")
+        out += [line(e.host) for e in entries if e.shape in (EXACT, SUFFIX)]
+    unexpressed = [e.host for e in export.entries if e.shape == WILDCARD]
+    return out + [f"{prefix} {_NOT_EXPRESSIBLE} {h}" for h in unexpressed]
 
 
 def render_rpz(export: Export) -> str:
@@ -32,10 +39,7 @@ def render_rpz(export: Export) -> str:
         f"@ IN SOA localhost. hostmaster.localhost. {serial} 3600 600 86400 {RPZ_TTL}",
         "@ IN NS localhost.",
     ]
-    for label, entries in by_provider(export.entries):
-        lines.append(f"; {label}")
-        lines += [f"{e.host} CNAME ." for e in entries if e.shape in (EXACT, SUFFIX)]
-    lines += _unexpressed(export, ";")
+    lines += _policy(export, ";", "{} CNAME .".format)
     return "\n".join(lines) + "\n"
 
 
@@ -46,10 +50,7 @@ def render_dnsmasq(export: Export) -> str:
         "dnsmasq --conf-file=THIS (or conf-dir): NXDOMAIN for each listed name.",
         "address=/a.b/ also covers every name under a.b; /*.a.b/ only the names under it.",
     )
-    for label, entries in by_provider(export.entries):
-        lines.append(f"# {label}")
-        lines += [f"address=/{e.host}/" for e in entries if e.shape in (EXACT, SUFFIX)]
-    lines += _unexpressed(export, "#")
+    lines += _policy(export, "#", "address=/{}/".format)
     return "\n".join(lines) + "\n"
 
 
