@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from monitor.errors import ApiwatchError
 from monitor.observation import iso_utc
+from monitor.rows import COL, TYPES
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -40,46 +41,8 @@ EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
 
-OBSERVATION_COLUMNS: dict[str, type] = {
-    "id": int,  # 63-bit digest of the raw record (unique)
-    "ts": float,
-    "day": str,
-    "source": str,
-    "line": int,
-    "format": str,
-    "client_ip": str,
-    "client_port": int,
-    "user": str,
-    "method": str,
-    "dest_host": str,
-    "dest_port": int,
-    "dest_ip": str,
-    "url": str,
-    "status": int,
-    "result": str,
-    "bytes_out": int,
-    "bytes_in": int,
-    "host_source": str,
-    "duration": float,
-    "ts_end": float,
-    "packets_out": int,
-    "packets_in": int,
-    "ech": int,
-    "provider": str,
-    "provider_kind": str,
-    "match_pattern": str,
-    "site": str,
-    "egress_ip": str,
-    "egress_country": str,
-    "egress_source": str,
-    "dest_country": str,
-    "dest_asn": int,
-    "outcome": str,
-    "scan_id": int,
-}
-
-#: positions in a stored observation row (rows are lists in OBSERVATION_COLUMNS order)
-COL = {name: i for i, name in enumerate(OBSERVATION_COLUMNS)}
+#: stored observation columns (name -> type, in row order): see :mod:`monitor.rows`
+OBSERVATION_COLUMNS = TYPES
 _ID, _TS, _DAY, _SOURCE, _LINE = COL["id"], COL["ts"], COL["day"], COL["source"], COL["line"]
 _OUT, _IN, _OUTCOME = COL["bytes_out"], COL["bytes_in"], COL["outcome"]
 
@@ -88,14 +51,6 @@ _INSERT_OBSERVATION = (
     f"INSERT INTO observations ({', '.join(OBSERVATION_COLUMNS)}) "  # noqa: S608 - constants
     f"VALUES ({', '.join('?' * len(OBSERVATION_COLUMNS))}) ON CONFLICT(id) DO NOTHING"
 )
-
-
-def observation_values(**fields: Any) -> list[Any]:
-    """A stored observation row from keyword fields (unknown columns are an error)."""
-    row: list[Any] = [None] * len(COL)
-    for name, value in fields.items():
-        row[COL[name]] = value
-    return row
 
 
 INCIDENT_COLUMNS: dict[str, type] = {
@@ -560,6 +515,47 @@ class Store:
         self.db.conn.close()
 
 
+#: the observation columns as version 1 created them: a landed step never changes, so
+#: columns added to :mod:`monitor.rows` since come with a later step
+_V1_OBSERVATION_COLUMNS: dict[str, type] = {
+    "id": int,
+    "ts": float,
+    "day": str,
+    "source": str,
+    "line": int,
+    "format": str,
+    "client_ip": str,
+    "client_port": int,
+    "user": str,
+    "method": str,
+    "dest_host": str,
+    "dest_port": int,
+    "dest_ip": str,
+    "url": str,
+    "status": int,
+    "result": str,
+    "bytes_out": int,
+    "bytes_in": int,
+    "host_source": str,
+    "duration": float,
+    "ts_end": float,
+    "packets_out": int,
+    "packets_in": int,
+    "ech": int,
+    "provider": str,
+    "provider_kind": str,
+    "match_pattern": str,
+    "site": str,
+    "egress_ip": str,
+    "egress_country": str,
+    "egress_source": str,
+    "dest_country": str,
+    "dest_asn": int,
+    "outcome": str,
+    "scan_id": int,
+}
+
+
 def _schema_v1(db: sqlite_utils.Database) -> None:
     """Scans, observations, hits, incidents and their audit trail."""
     db["scans"].create(
@@ -589,7 +585,7 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
     )
     # rows are appended in rowid order (page locality); the random-looking content id
     # gets its own compact unique index
-    db["observations"].create(OBSERVATION_COLUMNS, not_null={"id", "ts", "day"})
+    db["observations"].create(_V1_OBSERVATION_COLUMNS, not_null={"id", "ts", "day"})
     db["observations"].create_index(["id"], unique=True)
     # a clustered (WITHOUT ROWID) table: one B-tree per link instead of a table plus its key
     db.execute(

@@ -43,7 +43,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from hashlib import blake2b
 from struct import Struct
 from typing import Any
 
@@ -51,6 +50,7 @@ from monitor import accel
 from monitor.collectors.dns import DnsMap, parse_message
 from monitor.collectors.fields import host_keeper, memoised
 from monitor.collectors.tls import client_hello_from_records
+from monitor.ids import record_id
 from monitor.observation import Observation, split_host_port
 
 __all__ = [
@@ -1542,5 +1542,5 @@ class FlowTable:
             packets_out=pko,
             packets_in=pki,
             ech=f.ech,
-            record_id=blake2b(key.encode(), digest_size=12).hexdigest(),
+            record_id=record_id(key.encode()),
         )
