@@ -90,6 +90,11 @@ def iso_utc(ts: float | None) -> str | None:
     return f"{_iso_second(second)}.{millis:03d}Z"
 
 
+def iso_datetime(value: datetime) -> str:
+    """:func:`iso_utc` of an aware datetime (milliseconds truncated, not rounded)."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def normalise_host(host: str | None) -> str | None:
     """Lower-case, strip ``[]`` around IPv6 literals, the port and any trailing dot.
 

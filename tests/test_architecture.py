@@ -103,3 +103,42 @@ def test_click_only_in_the_cli():
         if re.search(r"^\s*(import click|from click\b)", path.read_text(encoding="utf-8"), re.M)
     }
     assert users and all(name.startswith("monitor.cli") for name in users), sorted(users)
+
+
+#: SQL statements as they are written: upper-case keywords that start a statement or clause
+SQL = re.compile(
+    r"\b(SELECT\b.+\bFROM|INSERT (OR \w+ )?INTO|UPDATE \w+ SET|DELETE FROM|"
+    r"(CREATE|DROP|ALTER) (TABLE|INDEX|VIEW|TRIGGER)|PRAGMA \w+|BEGIN (IMMEDIATE|EXCLUSIVE))\b",
+    re.S,
+)
+STORE = ("monitor.store",)  # the store module, or a package of that name if it becomes one
+
+
+def _strings(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every string literal, f-strings with their constant parts joined."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.append((node.lineno, node.value))
+        elif isinstance(node, ast.JoinedStr):
+            parts = [v.value if isinstance(v, ast.Constant) else "?" for v in node.values]
+            found.append((node.lineno, "".join(map(str, parts))))
+    return found
+
+
+def test_the_sql_finder_finds_sql():
+    tree = ast.parse(
+        'q = f"SELECT id FROM {t} WHERE x = ?"\nw = "DELETE FROM hits"\nd = "Select a file"'
+    )
+    assert {line for line, s in _strings(tree) if SQL.search(s)} == {1, 2}
+
+
+def test_no_sql_outside_the_store():
+    outside = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {text.strip()[:60]}"
+        for name, path in MODULES.items()
+        if not name.startswith(STORE)
+        for line, text in _strings(ast.parse(path.read_text(encoding="utf-8")))
+        if SQL.search(text)
+    ]
+    assert outside == []
