@@ -101,7 +101,7 @@ def scan(
     progress,
     quiet,
 ):
-    """Scan logs or captures, raise incidents, store them. FILE may be .gz, .bz2, - (stdin)
+    """Scan logs or captures, raise incidents, store them. FILE may be .gz, .bz2, .xz, - (stdin)
     or a directory of Zeek logs; only what earlier scans have not read is read.
 
     \b

@@ -14,6 +14,7 @@ from pathlib import Path
 from monitor.collectors.base import (
     CollectOptions,
     Collector,
+    DamagedInput,
     Diagnostics,
     FormatSpec,
     HostFilter,
@@ -63,7 +64,10 @@ def make_collector(name: str, options: CollectOptions) -> Collector:
 
 def detect(opened: OpenedInput) -> str:
     """Name the format of an opened input from its first bytes (without consuming them)."""
-    head = opened.stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
+    try:
+        head = opened.stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
+    except DamagedInput:  # damaged at its very start: nothing to read, the parser says so
+        return "squid"
     for spec in SPECS.values():
         if spec.sniff_head is not None and spec.sniff_head(head):
             return spec.name
