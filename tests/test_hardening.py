@@ -9,6 +9,7 @@ import gzip
 import json
 import lzma
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -145,3 +146,90 @@ def test_daily_with_a_truncated_rotation_scans_and_reports_the_rest(tmp_path):
     assert all(s["stored"] > 0 for s in out["sources"])
     assert all(r["written"] for r in out["reports"] if not r["skipped"])
     assert (tmp_path / "reports" / "apiwatch-weekly-2026-W48.html").exists()
+
+
+# -- 5. control characters stay data ----------------------------------------------------------
+
+RAW_CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+EVIL_SITE = "sh\x1b]0;pwned\x07\u202eai"
+
+
+@pytest.fixture
+def evil(tmp_path):
+    """A log with hosts no DNS name can hold, a URL and a user with controls, and a site
+    whose name (from the config) carries them too."""
+    lines = SHANGHAI.read_bytes().splitlines()
+    good = next(ln for ln in lines if b"CONNECT api.openai.com" in ln and len(ln.split()) == 10)
+    bad_hosts = [
+        good.replace(b"api.openai.com", b"\x1b]0;title\x07.openai.azure.com"),
+        good.replace(b"api.openai.com", "x\u202emoc.openai.azure.com".encode()),
+        good.replace(b"api.openai.com", b"a\xc2\x9b2J.openai.azure.com"),  # C1 CSI
+    ]
+    get = (b"1795741343.300    120 10.20.7.2 TCP_MISS/200 900 POST "
+           b"https://api.openai.com/v1/\x1b[2J\xe2\x80\xaechat \x07bob HIER_DIRECT/162.159.140.245 -")  # fmt: skip
+    log = tmp_path / "evil.log"
+    log.write_bytes(b"\n".join([*lines, *bad_hosts, get]) + b"\n")
+    cfg = tmp_path / "evil.toml"
+    cfg.write_text(
+        (EXAMPLES / "apiwatch.toml").read_text().split("# ----")[0].replace(
+            "[sites.shanghai]", '[sites."sh\\u001b]0;pwned\\u0007\\u202eai"]'
+        )
+    )
+    return log, cfg, len(lines)
+
+
+def test_hosts_no_dns_name_can_hold_are_malformed_not_llm_traffic(tmp_path, evil):
+    log, cfg, n = evil
+    db = tmp_path / "e.db"
+    res = apiwatch("--config", cfg, "--db", db, "scan", "-j", "1", log, "--json")
+    no_traceback(res)
+    assert res.returncode == 0
+    summary = json.loads(res.stdout)
+    assert summary["malformed"] == 4  # line 21 of the example, and the three bad hosts
+    for i, shown in enumerate([r"\x1b]0;title\x07.openai.azure.com",
+                               r"x\u202emoc.openai.azure.com", r"a\x9b2j.openai.azure.com"]):  # fmt: skip
+        assert f"{log}:{n + 1 + i}: destination is not a host name: {shown}" in res.stderr
+    assert not RAW_CONTROLS.search(res.stderr + res.stdout)
+    assert rows(db, "SELECT count(*) FROM observations WHERE dest_host LIKE '%azure%'") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM incidents WHERE dest_host LIKE '%azure%'") == [(0,)]
+    problems = [r[0] for r in rows(db, "SELECT line FROM scan_problems ORDER BY line")]
+    assert problems == [21, n + 1, n + 2, n + 3]
+
+
+def test_every_text_output_escapes_controls(tmp_path, evil):
+    log, cfg, _ = evil
+    db = tmp_path / "e.db"
+    assert apiwatch("--config", cfg, "--db", db, "scan", "-q", log).returncode == 0
+    (site,) = rows(db, "SELECT DISTINCT site FROM incidents WHERE site LIKE 'sh%'")[0]
+    assert site == EVIL_SITE  # stored as data, exactly
+    outputs = {}
+    for name, args in {
+        "incidents table": ("incidents",),
+        "incidents csv": ("incidents", "--csv"),
+        "incidents safe csv": ("incidents", "--csv", "--spreadsheet-safe"),
+        "incidents json": ("incidents", "--json"),
+        "parse csv": ("parse", "--csv", log),
+        "parse json": ("parse", "--json", log),
+        "parse table": ("parse", "--table", log),
+        "report md": ("report", "--since", "2026-01-01", "--format", "md"),
+        "report csv": ("report", "--since", "2026-01-01", "--format", "csv"),
+        "report json": ("report", "--since", "2026-01-01", "--format", "json"),
+        "report html": ("report", "--since", "2026-01-01", "--format", "html"),
+    }.items():
+        res = apiwatch("--config", cfg, "--db", db, *args)
+        no_traceback(res)
+        assert not RAW_CONTROLS.search(res.stdout), name
+        outputs[name] = res.stdout
+    for name in ("incidents csv", "incidents safe csv", "report csv", "report md"):
+        assert r"sh\x1b]0;pwned\x07\u202eai" in outputs[name], name
+    assert r"/v1/\x1b[2J\u202echat" in outputs["parse csv"] and r"\x07bob" in outputs["parse csv"]
+    # JSON escapes them the JSON way: a reader gets the logged strings back exactly
+    assert "\\u001b]0;pwned\\u0007\\u202eai" in outputs["incidents json"]
+    sites = {json.loads(ln)["site"] for ln in outputs["incidents json"].splitlines()}
+    assert EVIL_SITE in sites
+    urls = {json.loads(ln).get("url") for ln in outputs["parse json"].splitlines()}
+    assert "https://api.openai.com/v1/\x1b[2J\u202echat" in urls
+    assert '"site": "sh\\u001b]0;pwned\\u0007\\u202eai"' in outputs["report json"]
+    iid = json.loads(outputs["incidents json"].splitlines()[0])["id"]
+    shown = apiwatch("--config", cfg, "--db", db, "show", iid, "--json")
+    assert not RAW_CONTROLS.search(shown.stdout) and json.loads(shown.stdout)["id"] == iid

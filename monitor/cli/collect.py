@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from monitor.cli.base import (
 from monitor.collectors import Diagnostics, InputError
 from monitor.egress import EgressOptions
 from monitor.observation import OBSERVATION_FIELDS
-from monitor.output import write_rows
+from monitor.output import json_text, write_rows
 from monitor.pipeline import ScanSummary
 from monitor.policy import SEVERITIES, SEVERITY_RANK
 
@@ -137,7 +136,7 @@ def scan(
         )
     if not quiet:
         if as_json:
-            click.echo(json.dumps({"scan_id": scan_id, **summary.as_dict()}, ensure_ascii=False))
+            click.echo(json_text({"scan_id": scan_id, **summary.as_dict()}))
         else:
             _print_summary(scan_id, summary)
     print_problems(summary.diag)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict
 
@@ -11,7 +10,7 @@ import click
 
 from monitor.cli.base import Fatal, app_of, guard, main, warn_stale, when
 from monitor.observation import canonical_ip
-from monitor.output import safe_text, write_json_lines, write_rows
+from monitor.output import json_text, safe_text, write_json_lines, write_rows
 from monitor.policy import SEVERITIES
 from monitor.store import INCIDENT_COLUMNS as STORED_INCIDENT_COLUMNS
 from monitor.store import IncidentQuery
@@ -113,7 +112,7 @@ def show(ctx, incident_id, as_json, samples):
     if inc is None:
         raise Fatal(f"no incident with id {incident_id!r}")
     if as_json:
-        click.echo(json.dumps(inc, ensure_ascii=False))
+        click.echo(json_text(inc))
         return
     records = inc.pop("records")
     events = inc.pop("events")

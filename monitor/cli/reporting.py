@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ import click
 from monitor.app import App
 from monitor.cli.base import FATAL, Fatal, date_value, guard, main, when
 from monitor.config import REPORT_FORMATS, load_config
-from monitor.output import safe_text
+from monitor.output import json_text, safe_text
 from monitor.policy import SEVERITIES
 
 
@@ -153,7 +152,7 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet
 
     result = run_daily(app, today, fail_on, jobs, not no_reports, log)
     if as_json:
-        click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+        click.echo(json_text(result.as_dict()))
     elif not quiet:
         for r in result.reports:
             if r.skipped:
