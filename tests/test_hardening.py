@@ -171,9 +171,10 @@ def evil(tmp_path):
     log.write_bytes(b"\n".join([*lines, *bad_hosts, get]) + b"\n")
     cfg = tmp_path / "evil.toml"
     cfg.write_text(
-        (EXAMPLES / "apiwatch.toml").read_text().split("# ----")[0].replace(
-            "[sites.shanghai]", '[sites."sh\\u001b]0;pwned\\u0007\\u202eai"]'
-        )
+        (EXAMPLES / "apiwatch.toml")
+        .read_text()
+        .split("# ----")[0]
+        .replace("[sites.shanghai]", '[sites."sh\\u001b]0;pwned\\u0007\\u202eai"]')
     )
     return log, cfg, len(lines)
 
