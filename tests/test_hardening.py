@@ -234,3 +234,64 @@ def test_every_text_output_escapes_controls(tmp_path, evil):
     iid = json.loads(outputs["incidents json"].splitlines()[0])["id"]
     shown = apiwatch("--config", cfg, "--db", db, "show", iid, "--json")
     assert not RAW_CONTROLS.search(shown.stdout) and json.loads(shown.stdout)["id"] == iid
+
+
+# -- 7. report paths ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def example_db(tmp_path_factory):
+    db = tmp_path_factory.mktemp("ex") / "example.db"
+    res = apiwatch("--config", EXAMPLES / "apiwatch.toml", "--db", db, "scan", "-q",
+                   *sorted((EXAMPLES / "logs").iterdir()))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return db
+
+
+@pytest.mark.parametrize(
+    "pattern, shown",
+    [
+        ("x-{nosuch}.md", "{nosuch}"),
+        ("x-{0}.md", "{0}"),
+        ("x-{.md", "expected '}'"),
+        ("x-}.md", "Single '}'"),
+        ("x-{date.__class__}.md", "{date.__class__}"),
+        ("x-{date!r}.md", "{date!r}"),
+        ("x-{date:>40}.md", "{date:>40}"),
+        ("x-{week[0]}.md", "{week[0]}"),
+    ],
+)
+def test_report_path_only_takes_the_documented_placeholders(tmp_path, example_db, pattern, shown):
+    out = tmp_path / pattern
+    res = apiwatch("--db", example_db, "report", "--period", "weekly", "--date", "2026-11-27",
+                   "-o", out)  # fmt: skip
+    no_traceback(res)
+    assert res.returncode == 2 and "bad placeholder" in res.stderr and shown in res.stderr
+    assert "{start}" in res.stderr  # the message lists what is known
+    assert list(tmp_path.iterdir()) == []
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[reports]]\nperiod = "weekly"\noutput = "{pattern}"\n')
+    res = apiwatch("config", "check", cfg)
+    no_traceback(res)
+    assert res.returncode == 1
+    assert f"{cfg}: reports[0].output: bad placeholder" in res.stderr and shown in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_report_format_rule_is_one_and_documented(tmp_path, example_db):
+    base = ("--db", example_db, "report", "--period", "weekly", "--date", "2026-11-27")
+    ok = apiwatch(*base, "-o", tmp_path / "r-{start}-{end}-{week}.{format}.txt")
+    assert ok.returncode == 0, ok.stderr
+    (txt,) = tmp_path.glob("*.txt")
+    assert txt.name == "r-2026-11-23-2026-11-29-2026-W48.md.txt"
+    assert txt.read_text().startswith("# ")  # Markdown, as help says
+    for suffix, start in ((".html", "<!DOCTYPE html>"), (".json", "{"), (".csv", "since,")):
+        apiwatch(*base, "-o", tmp_path / f"r{suffix}")
+        assert (tmp_path / f"r{suffix}").read_text().startswith(start)
+    assert apiwatch(*base).stdout.startswith("# ")
+    helptext = apiwatch("report", "--help").stdout
+    assert "{start}" in helptext and "else md" in helptext
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[reports]]\nperiod = "weekly"\noutput = "r.txt"\n')
+    res = apiwatch("config", "check", cfg)
+    assert res.returncode == 0 and "weekly md" in res.stdout
