@@ -41,10 +41,10 @@ def no_traceback(res: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in res.stderr and "Aborted!" not in res.stderr, res.stderr
 
 
-def rows(db: Path, sql: str) -> list[tuple]:
+def rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return con.execute(sql).fetchall()
+        return con.execute(sql, params).fetchall()
     finally:
         con.close()
 
@@ -295,3 +295,114 @@ def test_report_format_rule_is_one_and_documented(tmp_path, example_db):
     cfg.write_text('[[reports]]\nperiod = "weekly"\noutput = "r.txt"\n')
     res = apiwatch("config", "check", cfg)
     assert res.returncode == 0 and "weekly md" in res.stdout
+
+
+# -- 8. small things a user trips on -----------------------------------------------------------
+
+
+def test_parse_says_it_stores_nothing_and_wrong_format_is_an_error(tmp_path):
+    log = big_log(tmp_path / "a.log", copies=2)
+    res = apiwatch("parse", "--format", "squid-common", "--csv", log)
+    no_traceback(res)
+    assert res.returncode == 1
+    assert (f"error: {log}: all 124 records are malformed read as squid-common; "
+            "it looks like squid (try --format squid)") in res.stderr  # fmt: skip
+    assert "parse stores nothing" in res.stderr and "keeps them in scan_problems)" not in res.stderr
+    db = tmp_path / "x.db"
+    res = apiwatch("--db", db, "scan", "--format", "squid-common", log)
+    assert res.returncode == 1 and "it looks like squid (try --format squid)" in res.stderr
+    assert "the first 200 are kept in the scan_problems table" in res.stderr
+    assert rows(db, "SELECT count(*) FROM scan_problems WHERE line = 0") == [(1,)]
+    # a file with some good records is not misread: malformed lines stay notices
+    assert apiwatch("--db", db, "scan", "-q", SHANGHAI).returncode == 0
+
+
+def test_triage_notes_and_no_op_changes(tmp_path, example_db):
+    db = tmp_path / "t.db"
+    shutil.copy(example_db, db)
+    (iid,) = rows(db, "SELECT id FROM incidents ORDER BY id LIMIT 1")[0]
+    for note in ("", "   "):
+        res = apiwatch("--db", db, "ack", iid, "--note", note)
+        assert res.returncode == 2 and "a note must say something" in res.stderr
+    assert apiwatch("--db", db, "resolve", iid, "-m", "SEC-1").returncode == 0
+    again = apiwatch("--db", db, "resolve", iid, "-m", "SEC-1 again")
+    assert again.returncode == 0 and "already resolved; nothing changed" in again.stderr
+    events = "SELECT status_from, status_to FROM incident_events WHERE incident_id = ?"
+    assert rows(db, events, (iid,)) == [("open", "resolved")]
+
+
+def test_unknown_filter_values_are_named(example_db):
+    cfg = ("--config", EXAMPLES / "apiwatch.toml", "--db", example_db)
+    for args, message in [
+        (("--site", "paris"), "unknown site 'paris'"),
+        (("--provider", "openia"), "unknown provider 'openia'"),
+        (("--client", "10.9.9.9"), "unknown client '10.9.9.9'"),
+        (("--rule", "nosuch-rule"), "unknown rule 'nosuch-rule'"),
+    ]:
+        res = apiwatch(*cfg, "incidents", *args)
+        no_traceback(res)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
+    assert (
+        "known: frankfurt, hongkong, shanghai"
+        in apiwatch(*cfg, "incidents", "--site", "paris").stderr
+    )
+    # known values with nothing in the period: no error, just nothing
+    quiet = apiwatch(*cfg, "incidents", "--site", "frankfurt", "--since", "2030-01-01")
+    assert quiet.returncode == 0 and "no incidents match" in quiet.stderr
+
+
+def test_db_check_prints_text_not_a_python_dict(example_db):
+    res = apiwatch("--db", example_db, "db", "check")
+    assert res.returncode == 0 and "{" not in res.stdout and "'" not in res.stdout
+    assert any(ln.startswith("tables") and "observations " in ln for ln in res.stdout.splitlines())
+    as_json = json.loads(apiwatch("--db", example_db, "db", "check", "--json").stdout)
+    assert as_json["integrity"] == "ok"
+
+
+def test_small_files_are_remembered_as_read(tmp_path):
+    small = tmp_path / "small.log"
+    small.write_bytes(b"".join(SHANGHAI.read_bytes().splitlines(keepends=True)[:10]))
+    assert small.stat().st_size < 4096
+    db = tmp_path / "s.db"
+    first = json.loads(apiwatch("--db", db, "scan", "--json", small).stdout)
+    second = json.loads(apiwatch("--db", db, "scan", "--json", small).stdout)
+    assert first["records"] == 10 and first["stored"] > 0
+    assert second["records"] == 0 and second["skipped_bytes"] == small.stat().st_size
+    with open(small, "ab") as f:  # it grows: a new identity, read again, nothing counted twice
+        f.write(SHANGHAI.read_bytes().splitlines(keepends=True)[10])
+    third = json.loads(apiwatch("--db", db, "scan", "--json", small).stdout)
+    assert (
+        third["records"] == 11
+        and third["stored"] + third["duplicates"] == third["llm_observations"]
+    )
+    assert third["duplicates"] == first["stored"]
+
+
+def test_global_options_after_the_sub_command(tmp_path):
+    db = tmp_path / "after.db"
+    res = apiwatch("scan", "--db", db, "-q", SHANGHAI, "--config", EXAMPLES / "apiwatch.toml")
+    no_traceback(res)
+    assert res.returncode == 0 and db.exists()
+    assert rows(db, "SELECT DISTINCT site FROM observations") == [("shanghai",)]
+    assert apiwatch("incidents", f"--db={db}", "--json").stdout.count("\n") > 0
+    assert "ok" in apiwatch("db", "check", "--db", db).stdout
+    # a command's own option of that name wins: daily --config is daily's
+    site = tmp_path / "site"
+    shutil.copytree(EXAMPLES, site)
+    res = apiwatch("daily", "--db", site / "d.db", "--config", site / "apiwatch.toml",
+                   "--no-reports", "-q")  # fmt: skip
+    assert res.returncode in (0, 3) and (site / "d.db").exists(), res.stderr
+
+
+def test_readme_incident_examples_answer_for_the_example_logs(tmp_path):
+    """Set-up step 1 of the README, then every `apiwatch incidents` example in it."""
+    db = tmp_path / "example.db"
+    setup = apiwatch("--config", "examples/apiwatch.toml", "--db", db, "scan",
+                     *sorted(str(p.relative_to(ROOT)) for p in (EXAMPLES / "logs").iterdir()))  # fmt: skip
+    assert setup.returncode == 0, setup.stderr
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r"^apiwatch (incidents[^#|>\n]*)", readme, re.M)
+    assert len(examples) >= 3
+    for example in examples:
+        res = apiwatch("--config", "examples/apiwatch.toml", "--db", db, *example.split())
+        assert res.returncode == 0 and res.stdout.strip(), example

@@ -22,7 +22,7 @@ from monitor.cli.base import (
     main,
     print_problems,
 )
-from monitor.collectors import Diagnostics, InputError
+from monitor.collectors import Diagnostics, InputError, note_misread
 from monitor.egress import EgressOptions
 from monitor.observation import OBSERVATION_FIELDS
 from monitor.output import json_text, write_rows
@@ -139,7 +139,7 @@ def scan(
             click.echo(json_text({"scan_id": scan_id, **summary.as_dict()}))
         else:
             _print_summary(scan_id, summary)
-    print_problems(summary.diag)
+    print_problems(summary.diag, stored=True)
     if summary.diag.file_errors:
         ctx.exit(EXIT_ERROR)
     if (
@@ -198,6 +198,7 @@ def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spr
 
     def rows():
         for path in paths:
+            before = diag.records, diag.malformed
             try:
                 for obs, match in pipeline.observe(path, diag, only_llm=llm_only):
                     d = obs.to_dict()
@@ -206,6 +207,7 @@ def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spr
                     yield d
             except InputError as exc:
                 diag.file_error(path, str(exc).removeprefix(f"{path}: "))
+            note_misread(path, diag, before, pipeline.collect_options, None)
 
     try:
         write_rows(
@@ -228,6 +230,6 @@ def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spr
     except BrokenPipeError:  # `| head` is fine
         sys.stderr.close()
         ctx.exit(EXIT_OK)
-    print_problems(diag)
+    print_problems(diag, stored=False)
     if diag.file_errors:
         ctx.exit(EXIT_ERROR)

@@ -6,6 +6,7 @@ first lines, and says which formats it tried when none fits.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections import Counter
 from collections.abc import Iterator
@@ -111,6 +112,26 @@ def format_of(path: str, options: CollectOptions) -> str:
         opened.close()
 
 
+def note_misread(
+    path: str, diag: Diagnostics, before: tuple[int, int], options: CollectOptions, fmt: str | None
+) -> None:
+    """If every record of ``path`` was malformed (``before``: ``diag``'s records and malformed
+    counts before it was read), it was most likely read in the wrong format: a file error
+    that says which format it looks like. ``fmt``: the format it was read as."""
+    records, malformed = diag.records - before[0], diag.malformed - before[1]
+    if records or not malformed or any(e.source == path for e in diag.file_errors):
+        return
+    read_as = fmt or (options.format if options.format != "auto" else None)
+    looks = None
+    if path != "-":
+        with contextlib.suppress(InputError, OSError):
+            looks = format_of(path, CollectOptions())
+    message = f"all {malformed} records are malformed" + (f" read as {read_as}" if read_as else "")
+    if looks and looks != read_as:
+        message += f"; it looks like {looks} (try --format {looks})"
+    diag.file_error(path, message)
+
+
 def collect(
     path: str,
     options: CollectOptions,
@@ -176,4 +197,5 @@ __all__ = [
     "collect",
     "detect",
     "make_collector",
+    "note_misread",
 ]
