@@ -147,6 +147,8 @@ def test_export_and_scan_never_disagree(tmp_path):
 
 
 def test_filters_and_country():
+    every = {h for row in bundled_catalog().entries() for h in (*row.hosts, *row.consumer_hosts)}
+    assert {e["host"] for e in export_json("--kind", "api,consumer,relay")["entries"]} == every
     de = export_json("--country", "DE")
     assert de["entries"] == [] and de["egress_country"] == "DE"  # DE is served by all three
     ru = export_json("--country", "RU", "--provider", "openai", "--kind", "consumer")
