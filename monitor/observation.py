@@ -46,6 +46,11 @@ class Observation:
     packets_in: int | None = None  # flows: packets destination -> client
     ech: bool | None = None  # TLS: ECH offered (dest_host is then the outer SNI)
     egress_ip: str | None = None  # public address the request left from, when the log says so
+    # where the destination processes the request (LLM observations; see monitor.residency)
+    processing_region: str | None = None  # provider's region id, e.g. "aws:eu-central-1"
+    processing_geo: str | None = None  # country or zone of that region, e.g. "DE", "EU"
+    residency_basis: str | None = None  # hostname | config | global | unknown
+    residency_caveat: str | None = None  # id of the provider's caveat (rules/residency.yaml)
     record_id: str | None = None  # stable identity of the raw record, for de-duplication
 
     def to_dict(self) -> dict[str, Any]:
