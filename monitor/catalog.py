@@ -231,12 +231,13 @@ class Catalog:
         self._make_caches()
 
     def _make_caches(self) -> None:
+        self._resolved: dict[tuple[str, str | None], Match] = {}
         self._match_host = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._lookup_host)
         self._match_ip = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._lookup_ip)
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes; caches dropped
         state = dict(self.__dict__)
-        del state["_match_host"], state["_match_ip"]
+        del state["_match_host"], state["_match_ip"], state["_resolved"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -287,8 +288,17 @@ class Catalog:
     def _resolve(self, hit: Match, host: str) -> Match:
         """A match whose region is a template (``aws:{*}``): fill it in from the host."""
         region = _fill(hit.processing.region or "", hit.pattern, host)
-        geo = self.residency.geo_of(region) if region else None
-        return replace(hit, processing=replace(hit.processing, region=region, geo=geo))
+        key = (hit.pattern, region)
+        found = self._resolved.get(key)
+        if found is None:  # one per (pattern, region): few, and frozen dataclasses are slow
+            p = hit.processing
+            geo = self.residency.region_geo.get(region) if region else None
+            processing = Processing(region, geo, p.basis, p.caveat, p.resource_map)
+            found = Match(
+                hit.provider, hit.kind, hit.pattern, hit.confidence, processing, hit.listed
+            )
+            self._resolved[key] = found
+        return found
 
     def _lookup_ip(self, ip: str) -> Match | None:
         try:
@@ -344,14 +354,15 @@ def _find(idx: _Index, host: str) -> Match | None:
             best = hit
             break
         dot = host.find(".", dot + 1)
-    if idx.middle or idx.label_tail:
+    slots = idx.middle.get(host.count(".") + 1) if idx.middle else None
+    if slots or idx.label_tail:
         labels = host.split(".")
-        for star, table in idx.middle.get(len(labels), ()):
+        for star, table in slots or ():
             key = ".".join((*labels[:star], "*", *labels[star + 1 :]))
             hit = table.get(key)
             if hit is not None and (best is None or len(hit.pattern) > len(best.pattern)):
                 best = hit
-        if len(labels) > 2:
+        if len(labels) > 2 and idx.label_tail:
             first = labels[0]
             for tail, hit in idx.label_tail.get(host[len(first) + 1 :], ()):
                 if (
@@ -369,18 +380,25 @@ def _fill(template: str, pattern: str, host: str) -> str | None:
     ``None`` when the host gives an empty value."""
     labels = host.split(".")
     if "{*}" in template:
-        plabels = pattern.split(".")
-        star = next(i for i, label in enumerate(plabels) if "*" in label)
+        star, n_labels, cut = _star_of(pattern)
         if star > 0:
             value = labels[star]
-        elif plabels[0] == "*":
-            value = labels[len(labels) - len(plabels)]
-        else:
-            value = labels[0][: len(labels[0]) - len(plabels[0]) + 1]
+        elif cut == 0:  # "*.a.b": the label next to the fixed part
+            value = labels[len(labels) - n_labels]
+        else:  # "*-x.a.b": the first label without its "-x"
+            value = labels[0][: len(labels[0]) - cut]
         template = template.replace("{*}", value)
     if "{1}" in template:
         template = template.replace("{1}", labels[0])
     return template if _REGION_ID_RE.match(template.partition(":")[2]) else None
+
+
+@lru_cache(maxsize=1024)
+def _star_of(pattern: str) -> tuple[int, int, int]:
+    """(position of the label with the ``*``, number of labels, length of a ``*-x`` tail)."""
+    plabels = pattern.split(".")
+    star = next(i for i, label in enumerate(plabels) if "*" in label)
+    return star, len(plabels), len(plabels[0]) - 1 if star == 0 and plabels[0] != "*" else 0
 
 
 @lru_cache(maxsize=1)

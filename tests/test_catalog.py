@@ -267,7 +267,7 @@ def test_kinds_categories_and_hq(cat):
 
 
 def test_version_and_entries(cat):
-    assert cat.version == "2026-11-28"
+    assert cat.version == "2026-12-04"
     rows = {e.id: e for e in cat.entries()}
     assert list(rows) == list(cat.providers)
     assert rows["openai"].region_list == "openai_api"
