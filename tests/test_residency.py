@@ -7,6 +7,7 @@ incidents, providers, rules, config check) with a real SQLite file.
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
 from pathlib import Path
 
@@ -220,6 +221,21 @@ def test_residency_entity_pack_and_unknown_endpoint_rules(tmp_path):
     assert flagged == {"us.api.openai.com", "contoso-us.openai.azure.com", "api.openai.com"}
     assert not {r for r, h, s in found if h == "api.anthropic.com" and s == "dc"}
     severities = {i["rule"]: i["severity"] for i in rows}
+    with sqlite3.connect(tmp_path / "apiwatch.db") as con:
+        stored = {
+            r[0]: r[1:]
+            for r in con.execute(
+                "SELECT dest_host, processing_region, processing_geo, residency_basis,"
+                " residency_caveat FROM observations"
+            )
+        }
+    assert stored["contoso-gpt.openai.azure.com"] == (
+        "azure:swedencentral", "SE", "config", "azure-deployment-type"
+    )  # fmt: skip
+    assert stored["bedrock-runtime.eu-central-1.amazonaws.com"][:3] == (
+        "aws:eu-central-1", "DE", "hostname"
+    )  # fmt: skip
+    assert stored["api.openai.com"] == (None, None, "global", None)
     assert severities["data-residency"] == "high"
     assert severities["residency-unverifiable"] == "low"
     assert severities["provider-entity-restricted"] == "high"
@@ -454,3 +470,18 @@ def test_every_catalogue_region_has_a_geo():
     for region, geo in tables.region_geo.items():
         assert geo in tables.zones or len(geo) == 2, region
     assert textwrap.dedent(cat.residency.caveats["aws-cross-region-inference"]).startswith("AWS")
+
+
+def test_older_database_gains_the_processing_columns(tmp_path):
+    from monitor.store import Store
+
+    path = tmp_path / "old.db"
+    Store(path).close()
+    with sqlite3.connect(path) as con:  # make it look like a version-2 database
+        for name in ("processing_region", "processing_geo", "residency_basis", "residency_caveat"):
+            con.execute(f"ALTER TABLE observations DROP COLUMN {name}")
+        con.execute("PRAGMA user_version = 2")
+    store = Store(path)
+    names = {c.name for c in store.db["observations"].columns}
+    store.close()
+    assert {"processing_region", "processing_geo", "residency_basis", "residency_caveat"} <= names
