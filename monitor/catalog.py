@@ -498,6 +498,19 @@ class _Checker:
                 raise self.fail(entry, f"{what}: {item!r} is not a string{hint}")
         return value
 
+    def entry_id(
+        self, raw: Any, fallback: str, allowed: frozenset[str], what: str
+    ) -> tuple[str, str]:
+        """(name for messages, snake_case id) of a list entry with only ``allowed`` keys."""
+        entry = (
+            raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else fallback
+        )
+        self.keys(entry, raw, allowed, what)
+        ident = self.text(entry, raw, "id")
+        if not _ID_RE.match(ident):
+            raise self.fail(entry, "id must be snake_case ([a-z][a-z0-9_]*)")
+        return entry, ident
+
     def checked(self, entry: str, value: Any) -> str:
         """``checked``: the date the sources were read (YAML may give a date object)."""
         if isinstance(value, date):
@@ -585,15 +598,7 @@ def _load_regions(path: Path) -> tuple[str, dict[str, tuple[RegionList, dict]], 
     if not isinstance(raw_lists, list):
         raise chk.fail("(top level)", "'lists' must be a list")
     for n, raw in enumerate(raw_lists, 1):
-        entry = (
-            raw.get("id")
-            if isinstance(raw, dict) and isinstance(raw.get("id"), str)
-            else f"lists[{n}]"
-        )
-        chk.keys(entry, raw, _LIST_KEYS, "region list")
-        list_id = chk.text(entry, raw, "id")
-        if not _ID_RE.match(list_id):
-            raise chk.fail(entry, "id must be snake_case ([a-z][a-z0-9_]*)")
+        entry, list_id = chk.entry_id(raw, f"lists[{n}]", _LIST_KEYS, "region list")
         if list_id in lists:
             raise chk.fail(entry, "duplicate region list id")
         provider_id = chk.text(entry, raw, "provider_id")
@@ -804,15 +809,7 @@ def _restrictions(
 
 def _entry(chk: _Checker, raw: Any, n: int, b: _Building, *, overlay: bool) -> None:
     """Validate one provider entry and add it to ``b``."""
-    entry = (
-        raw.get("id")
-        if isinstance(raw, dict) and isinstance(raw.get("id"), str)
-        else f"providers[{n}]"
-    )
-    chk.keys(entry, raw, _PROVIDER_KEYS, "provider entry")
-    pid = chk.text(entry, raw, "id")
-    if not _ID_RE.match(pid):
-        raise chk.fail(entry, "id must be snake_case ([a-z][a-z0-9_]*)")
+    entry, pid = chk.entry_id(raw, f"providers[{n}]", _PROVIDER_KEYS, "provider entry")
     if pid in b.providers:
         where = b.providers[pid].origin
         raise chk.fail(
@@ -876,6 +873,15 @@ def _entry(chk: _Checker, raw: Any, n: int, b: _Building, *, overlay: bool) -> N
             raise chk.fail(entry, f"{item!r} is already listed by {where}")
         b.owner[item] = entry
 
+    def group_head(what: str, group: Any, keys: frozenset[str]) -> str:
+        """Keys, date and sources of a host or range group; returns its confidence."""
+        nonlocal all_sources
+        chk.keys(entry, group, keys, what)
+        dated(what, group)
+        conf = chk.choice(entry, group.get("confidence", "high"), CONFIDENCES, f"{what} confidence")
+        all_sources += chk.sources(entry, group.get("sources"), what, confidence=conf)
+        return conf
+
     api_hosts: list[str] = []
     consumer_hosts: list[str] = []
     groups = raw.get("hosts")
@@ -883,11 +889,8 @@ def _entry(chk: _Checker, raw: Any, n: int, b: _Building, *, overlay: bool) -> N
         raise chk.fail(entry, "'hosts' must be a list (may be empty)")
     for g, group in enumerate(groups, 1):
         what = f"hosts[{g}]"
-        chk.keys(entry, group, _HOST_GROUP_KEYS, what)
-        dated(what, group)
+        conf = group_head(what, group, _HOST_GROUP_KEYS)
         use = chk.choice(entry, group.get("use"), HOST_USES, f"{what} use")
-        conf = chk.choice(entry, group.get("confidence", "high"), CONFIDENCES, f"{what} confidence")
-        all_sources += chk.sources(entry, group.get("sources"), what, confidence=conf)
         exact = chk.str_list(entry, group.get("exact"), f"{what} exact", allow_empty=True)
         patterns = chk.str_list(entry, group.get("patterns"), f"{what} patterns", allow_empty=True)
         if not exact and not patterns:
@@ -930,10 +933,7 @@ def _entry(chk: _Checker, raw: Any, n: int, b: _Building, *, overlay: bool) -> N
         raise chk.fail(entry, "'ingress_ranges' must be a list")
     for g, group in enumerate(range_groups, 1):
         what = f"ingress_ranges[{g}]"
-        chk.keys(entry, group, _RANGE_GROUP_KEYS, what)
-        dated(what, group)
-        conf = chk.choice(entry, group.get("confidence", "high"), CONFIDENCES, f"{what} confidence")
-        all_sources += chk.sources(entry, group.get("sources"), what, confidence=conf)
+        conf = group_head(what, group, _RANGE_GROUP_KEYS)
         for cidr in chk.str_list(entry, group.get("cidrs"), f"{what} cidrs"):
             try:
                 net = ipaddress.ip_network(cidr, strict=True)

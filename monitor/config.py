@@ -325,12 +325,7 @@ def _entity(name: str, body: Any, where: str, sites: dict[str, Site]) -> Entity:
         if site not in sites:
             known = ", ".join(sorted(sites)) or "none configured"
             raise ConfigError(f"{where}: {key}.sites: unknown site {site!r} (sites: {known})")
-    cidrs = []
-    for text in _str_list(body, "client_cidrs", where, key + "."):
-        try:
-            cidrs.append(ipaddress.ip_network(text, strict=False))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {key}.client_cidrs: {exc}") from exc
+    cidrs = _client_cidrs(body, where, key)
     if not names and not cidrs:
         raise ConfigError(f"{where}: {key}: name its sites or client_cidrs")
     return Entity(name, country.upper(), tuple(names), tuple(cidrs))
@@ -499,13 +494,20 @@ def _str_or_list(body: dict[str, Any], name: str, where: str, key: str) -> list[
     return value
 
 
-def _site(name: str, body: dict[str, Any], where: str, key: str) -> Site:
+def _client_cidrs(
+    body: dict[str, Any], where: str, key: str
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     cidrs = []
     for text in _str_list(body, "client_cidrs", where, key + "."):
         try:
             cidrs.append(ipaddress.ip_network(text, strict=False))
         except ValueError as exc:
             raise ConfigError(f"{where}: {key}.client_cidrs: {exc}") from exc
+    return cidrs
+
+
+def _site(name: str, body: dict[str, Any], where: str, key: str) -> Site:
+    cidrs = _client_cidrs(body, where, key)
     egress = []
     for text in _str_list(body, "egress_ips", where, key + "."):
         try:

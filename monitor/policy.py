@@ -128,25 +128,32 @@ def _condition(field: str, op: str, value: Any) -> Predicate:
     raise AssertionError(op)  # unreachable: validated before
 
 
-def compile_rule(doc: Any, source: str) -> Rule:
-    """Validate one rule document and compile its ``when`` block."""
+def _header(doc: Any, source: str, kind: str, allowed: set[str]) -> tuple[str, str]:
+    """Checks shared by rules and packs: a mapping with an id, known keys, a title and a
+    description; returns (id, ``source: kind 'id'`` for messages)."""
     if not isinstance(doc, dict):
-        raise RuleError(f"{source}: a rule must be a mapping, got {type(doc).__name__}")
-    rid = doc.get("id")
-    if not isinstance(rid, str) or not rid:
-        raise RuleError(f"{source}: rule without an 'id'")
-    where = f"{source}: rule {rid!r}"
-    unknown = set(doc) - _RULE_KEYS
+        raise RuleError(f"{source}: a {kind} must be a mapping, got {type(doc).__name__}")
+    ident = doc.get("id")
+    if not isinstance(ident, str) or not ident:
+        raise RuleError(f"{source}: {kind} without an 'id'")
+    where = f"{source}: {kind} {ident!r}"
+    unknown = set(doc) - allowed
     if unknown:
         raise RuleError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key in ("title", "description"):
+        if not isinstance(doc.get(key), str) or not doc[key].strip():
+            raise RuleError(f"{where}: '{key}' is required")
+    return ident, where
+
+
+def compile_rule(doc: Any, source: str) -> Rule:
+    """Validate one rule document and compile its ``when`` block."""
+    rid, where = _header(doc, source, "rule", _RULE_KEYS)
     severity = doc.get("severity")
     if severity not in SEVERITY_RANK:
         raise RuleError(
             f"{where}: severity must be one of {', '.join(SEVERITIES)}, got {severity!r}"
         )
-    for key in ("title", "description"):
-        if not isinstance(doc.get(key), str) or not doc[key].strip():
-            raise RuleError(f"{where}: '{key}' is required")
     when = doc.get("when")
     if not isinstance(when, dict) or not when:
         raise RuleError(
@@ -271,18 +278,7 @@ def load_packs(directory: Path) -> dict[str, Pack]:
         if not isinstance(doc, dict) or set(doc) - {"pack", "rules"} or "pack" not in doc:
             raise RuleError(f"{file}: a pack file is a mapping with 'pack' and 'rules'")
         meta = doc["pack"]
-        if not isinstance(meta, dict):
-            raise RuleError(f"{file}: 'pack' must be a mapping")
-        pid = meta.get("id")
-        if not isinstance(pid, str) or not pid:
-            raise RuleError(f"{file}: pack without an 'id'")
-        where = f"{file}: pack {pid!r}"
-        unknown = set(meta) - _PACK_KEYS
-        if unknown:
-            raise RuleError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-        for key in ("title", "description"):
-            if not isinstance(meta.get(key), str) or not meta[key].strip():
-                raise RuleError(f"{where}: '{key}' is required")
+        pid, where = _header(meta, str(file), "pack", _PACK_KEYS)
         refs = meta.get("references")
         if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
             raise RuleError(f"{where}: 'references' must list the legal or policy sources")
