@@ -570,6 +570,20 @@ class Store:
             [*params, *fparams],
         )
 
+    def processing_locations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
+        """Where the requests of ``[since, until)`` were processed: by site, processing geo,
+        residency basis and region."""
+        span, params = _span(since, until)
+        f, fparams = where.sql()
+        return self._read_only(
+            f"""SELECT site, processing_geo AS geo, residency_basis AS basis,
+                       processing_region AS region, count(*) AS requests,
+                       sum(outcome IS 'blocked') AS blocked
+                FROM observations WHERE {span}{f}
+                GROUP BY 1, 2, 3, 4""",  # noqa: S608
+            [*params, *fparams],
+        )
+
     def traffic_sources(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """The scans and input files behind the observations of ``[since, until)``."""
         span, params = _span(since, until)

@@ -485,3 +485,19 @@ def test_older_database_gains_the_processing_columns(tmp_path):
     names = {c.name for c in store.db["observations"].columns}
     store.close()
     assert {"processing_region", "processing_geo", "residency_basis", "residency_caveat"} <= names
+
+
+def test_load_overlay_api_for_promote(tmp_path):
+    """``discovered --promote`` writes entries in this schema and validates with load_overlay."""
+    from monitor.catalog import load_overlay
+
+    path = tmp_path / "corp-llm.yaml"
+    path.write_text(OVERLAY)
+    cat = load_overlay(path)
+    m = cat.match_host("api.shady-relay.example")
+    assert m is not None and m.kind == "relay" and m.provider.origin == str(path)
+    assert [e.origin for e in cat.entries()][-2:] == ["overlay", "overlay"]
+    assert cat.overlays == (str(path),)
+    path.write_text(OVERLAY.replace("kind: relay\n  category: reseller_relay", "kind: relay"))
+    with pytest.raises(CatalogError, match="shady_relay: relay category None"):
+        load_overlay(path)
