@@ -84,8 +84,7 @@ def select(app: App, sel: Selection, now: datetime | None = None) -> Export:
             continue
         for host in (*row.hosts, *row.consumer_hosts):
             obs = Observation(ts=ts, source="apiwatch-export", line=0, format="export")
-            # a pattern is evaluated through a name it matches: '*' is no DNS character
-            obs.dest_host = host.replace("*", "x")
+            obs.dest_host = host
             match = pipeline.identifier.identify(obs)
             if match is None:  # cannot happen for a catalogue entry; never guess
                 continue
