@@ -7,6 +7,7 @@ with the reason, under ``CI`` it fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -359,12 +360,30 @@ def test_pysigma_parses_and_converts_every_rule():
 # ---------------------------------------------------------------------------- DNS
 
 
-def _query(port: int, name: str) -> int:
-    """The rcode dnsmasq answers for an A query (loopback, UDP)."""
+def _query(port: int, name: str, timeout: float = 5) -> int:
+    """The rcode a resolver answers for an A query (loopback, UDP)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(5)
+        s.settimeout(timeout)
         s.sendto(bytes(DNS(id=7, rd=1, qd=DNSQR(qname=name, qtype="A"))), ("127.0.0.1", port))
         return DNS(s.recv(4096)).rcode
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_answering(proc: subprocess.Popen, port: int) -> None:
+    """Until the resolver answers on ``port`` (it exits or 10 s pass: fail)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            _query(port, "api.openai.com", 1)
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.1)
 
 
 def test_dnsmasq_answers_listed_names_with_nxdomain(tmp_path):
@@ -374,9 +393,7 @@ def test_dnsmasq_answers_listed_names_with_nxdomain(tmp_path):
     workdir = Path(tempfile.mkdtemp(prefix="apiwatch-dnsmasq-"))
     try:
         (workdir / "apiwatch.conf").write_text(text)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = _free_udp_port()
         pid = workdir / "dnsmasq.pid"
         proc = subprocess.Popen(
             [exe, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll",
@@ -387,14 +404,7 @@ def test_dnsmasq_answers_listed_names_with_nxdomain(tmp_path):
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    _query(port, "probe.invalid")
-                    break
-                except OSError:
-                    assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-                    time.sleep(0.1)
+            _wait_answering(proc, port)
             nxdomain, refused = 3, 5  # no upstream: anything not listed is refused
             expressible = [n for n in LISTED if "aws-external" not in n and "aiplatform" not in n]
             for name in expressible:
@@ -453,3 +463,61 @@ def test_hosts_file_lists_whole_names_and_comments_patterns():
         line.startswith("0.0.0.0 ") and "*" not in line for line in entries
     )
     assert "# pattern (a hosts file matches whole names only): *.openai.azure.com" in text
+
+
+UNBOUND_CONF = """server:
+    interface: 127.0.0.1
+    port: {port}
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "{workdir}"
+    pidfile: "{workdir}/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    do-ip6: no
+    access-control: 127.0.0.0/8 allow
+    module-config: "respip iterator"
+    auto-trust-anchor-file: ""
+    do-not-query-localhost: no
+forward-zone:
+    name: "."
+    forward-addr: 127.0.0.1@{dead_port}
+rpz:
+    name: "apiwatch.rpz"
+    zonefile: "{workdir}/apiwatch.rpz"
+"""
+
+
+def test_unbound_loads_the_rpz_and_answers_listed_names_with_nxdomain():
+    """A real resolver (Unbound) on loopback, with the zone as its response policy; anything
+    not listed is forwarded to a closed loopback port, so no query leaves the machine."""
+    exe = need("unbound", "apt-get install unbound")
+    checkconf = need("unbound-checkconf", "apt-get install unbound")
+    workdir = Path(tempfile.mkdtemp(prefix="apiwatch-unbound-"))
+    try:
+        (workdir / "apiwatch.rpz").write_text(run("export", "rpz", *SHAPES))
+        port, dead_port = _free_udp_port(), _free_udp_port()
+        conf = workdir / "unbound.conf"
+        conf.write_text(UNBOUND_CONF.format(port=port, dead_port=dead_port, workdir=workdir))
+        check = subprocess.run([checkconf, str(conf)], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stdout + check.stderr
+        proc = subprocess.Popen(
+            [exe, "-d", "-c", str(conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        try:
+            _wait_answering(proc, port)
+            nxdomain = 3
+            for name in LISTED:
+                if "aws-external" not in name and "aiplatform" not in name:
+                    assert _query(port, name) == nxdomain, name
+            for name in UNLISTED:  # exact RPZ triggers do not cover the names below them
+                with contextlib.suppress(TimeoutError):  # the dead forwarder: no answer
+                    assert _query(port, name, 1) != nxdomain, name
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
