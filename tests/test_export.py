@@ -54,14 +54,14 @@ UNLISTED = [
 ]
 
 
-def run(*args: str, code: int = 0) -> str:
-    res = CliRunner().invoke(main, ["--config", str(CONFIG), *args])
+def run(*args: str, code: int = 0, config: Path = CONFIG) -> str:
+    res = CliRunner().invoke(main, ["--config", str(config), *args])
     assert res.exit_code == code, (res.output, res.stderr if res.stderr_bytes else "")
     return res.stdout
 
 
-def export_json(*args: str) -> dict:
-    return json.loads(run("export", "json", *args))
+def export_json(*args: str, config: Path = CONFIG) -> dict:
+    return json.loads(run("export", "json", *args, config=config))
 
 
 def need(tool: str, hint: str) -> str:
@@ -118,33 +118,71 @@ def _instance(pattern: str) -> str:
     return pattern.replace("*", "x1")
 
 
-def test_export_and_scan_never_disagree(tmp_path):
-    """Traffic to every catalogue host from shanghai, scanned: the hosts with a high incident
-    are exactly the exported ones."""
-    catalog = bundled_catalog()
-    hosts = [h for row in catalog.entries() for h in (*row.hosts, *row.consumer_hosts)]
+def _scan_every_host(tmp_path: Path, config: Path, client: str) -> list[dict]:
+    """Traffic from ``client`` to every catalogue host (patterns instantiated), scanned;
+    returns the incidents."""
+    hosts = [h for row in bundled_catalog().entries() for h in (*row.hosts, *row.consumer_hosts)]
     log = tmp_path / "access.log"
     log.write_text(
         "".join(
-            f"{1764300000 + i}.000    120 10.20.0.5 TCP_TUNNEL/200 5000 CONNECT "
+            f"{1764300000 + i}.000    120 {client} TCP_TUNNEL/200 5000 CONNECT "
             f"{_instance(h)}:443 - HIER_DIRECT/192.0.2.1 -\n"
             for i, h in enumerate(hosts)
         )
     )
     db = str(tmp_path / "a.db")
-    run("--db", db, "scan", str(log))
-    incidents = [json.loads(line) for line in run("--db", db, "incidents", "--json").splitlines()]
-    flagged = {
+    run("--db", db, "scan", str(log), config=config)
+    lines = run("--db", db, "incidents", "--json", config=config).splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _flagged(incidents: list[dict], rules: set[str] | None = None) -> set[str]:
+    """The catalogue entries behind the high incidents (or those of ``rules``)."""
+    catalog = bundled_catalog()
+    return {
         catalog.match_host(i["dest_host"]).pattern
         for i in incidents
-        if i["site"] == "shanghai" and i["severity"] in ("high", "critical")
+        if (i["rule"] in rules if rules else i["severity"] in ("high", "critical"))
     }
+
+
+def test_export_and_scan_never_disagree(tmp_path):
+    """Traffic to every catalogue host from shanghai, scanned: the hosts with a high incident
+    are exactly the exported ones."""
+    incidents = _scan_every_host(tmp_path, CONFIG, "10.20.0.5")
     exported = {e["host"] for e in export_json("--site", "shanghai")["entries"]}
-    assert flagged == exported and exported
+    assert _flagged(incidents) == exported and exported
     # the same holds rule by rule for a lower-severity rule asked for by name
-    relay = {i["dest_host"] for i in incidents if i["rule"] == "relay-service"}
     relay_export = export_json("--site", "shanghai", "--rule", "relay-service")["entries"]
-    assert {catalog.match_host(h).pattern for h in relay} == {e["host"] for e in relay_export}
+    assert _flagged(incidents, {"relay-service"}) == {e["host"] for e in relay_export}
+
+
+EU_CONFIG = """
+[organisation]
+data_residency = ["EU"]
+[sites.frankfurt]
+client_cidrs = ["10.40.0.0/16"]
+egress_ips = ["185.60.216.1"]
+country = "DE"
+[entities.acme_de]
+controlled_from = "CN"
+sites = ["frankfurt"]
+"""
+
+
+def test_residency_and_entity_rules_flow_into_the_export(tmp_path):
+    """Rules added after export was written select hosts too, as the scan raises them: an EU
+    residency requirement and an entity controlled from CN, at a DE egress."""
+    config = tmp_path / "eu.toml"
+    config.write_text(EU_CONFIG)
+    incidents = _scan_every_host(tmp_path, config, "10.40.0.5")
+    doc = export_json("--site", "frankfurt", config=config)
+    exported = {e["host"] for e in doc["entries"]}
+    assert _flagged(incidents) == exported
+    fired = {r for e in doc["entries"] for r in e["rules"]}
+    assert {"data-residency", "provider-entity-restricted"} <= fired
+    assert {"us.api.openai.com", "api.anthropic.com"} <= exported
+    assert "api.openai.com" not in exported  # served in DE, and no region pinned
 
 
 def test_filters_and_country():
