@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from monitor import __version__
+from monitor.alerts import Delivery
 from monitor.app import App, Settings
 from monitor.collectors import FORMATS, CollectOptions, Diagnostics
 from monitor.countries import is_country_code
@@ -202,6 +203,16 @@ def print_problems(diag: Diagnostics, limit: int = 20) -> None:
     if diag.malformed > limit:
         click.echo(
             f"malformed: … and {diag.malformed - limit} more (apiwatch keeps them in scan_problems)",
+            err=True,
+        )
+
+
+def report_delivery(delivery: Delivery) -> None:
+    """A sink that failed is a warning: its events wait in the outbox for the next run."""
+    for name, error in delivery.failed.items():
+        click.echo(
+            f"warning: alerts: sink {safe_text(name, 80)!s} failed, events kept in the outbox: "
+            f"{safe_text(error, 240)}",
             err=True,
         )
 

@@ -22,6 +22,7 @@ from monitor.cli.base import (
     logformat_options,
     main,
     print_problems,
+    report_delivery,
 )
 from monitor.collectors import Diagnostics, InputError
 from monitor.egress import EgressOptions
@@ -141,6 +142,7 @@ def scan(
         else:
             _print_summary(scan_id, summary)
     print_problems(summary.diag)
+    report_delivery(app.deliver_alerts())
     if summary.diag.file_errors:
         ctx.exit(EXIT_ERROR)
     if (
