@@ -225,7 +225,8 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
 
     pseudonymize, privacy_key = _privacy(_table(data, "privacy", where), where, base)
     alerts = tuple(
-        _alert(body, where, key, base, sites) for key, body in _array_of_tables(data, "alerts", where)
+        _alert(body, where, key, base, sites)
+        for key, body in _array_of_tables(data, "alerts", where)
     )
     names = [a.name for a in alerts]
     for a in alerts:
@@ -366,9 +367,7 @@ def _alert(
         raise ConfigError(f"{where}: {key}.name: missing (a name for messages and --sink)")
     min_severity = body.get("min_severity", DEFAULT_MIN_SEVERITY)
     if min_severity not in SEVERITIES:
-        raise ConfigError(
-            f"{where}: {key}.min_severity: expected one of {', '.join(SEVERITIES)}"
-        )
+        raise ConfigError(f"{where}: {key}.min_severity: expected one of {', '.join(SEVERITIES)}")
     site_filter = tuple(_str_or_list(body, "sites", where, key))
     for site in site_filter:
         if site not in sites:
