@@ -207,3 +207,22 @@ def test_event_round_trip():
                      rule="r", severity="high", count=2)  # fmt: skip
     assert FindingEvent.from_json(e.to_json()) == e
     assert e.as_dict()["idempotency_key"] == "f1:e1"
+
+
+def test_config_check_lists_the_sinks(tmp_path, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
+    config = write_config(
+        tmp_path / "c.toml",
+        OCSF,
+        'name = "hook"\nkind = "webhook"\nurl = "https://hooks.example/T0/secretpath"\n'
+        'token_env = "NO_SUCH_TOKEN_VAR"\nmin_severity = "high"',
+    )
+    result = cli(config, tmp_path / "db.sqlite", "config", "check", config)
+    assert "alerts[0]  lake: jsonl ocsf →" in result.stdout
+    assert "alerts[1]  hook: webhook → https://hooks.example/… (>= high)" in result.stdout
+    assert "secretpath" not in result.stdout
+    assert "alerts[1].token_env: $NO_SUCH_TOKEN_VAR is not set" in result.stderr
+    bad = config.read_text().replace('format = "ocsf"', 'format = "cef"')
+    config.write_text(bad)
+    failed = cli(config, tmp_path / "db.sqlite", "config", "check", config, ok=(1,))
+    assert "alerts[0].format: expected one of ocsf, ecs" in failed.stderr
