@@ -161,10 +161,11 @@ class HttpReceiver:
     """tests/http_receiver.py in its own process on a fixed loopback port, so it can be
     stopped (the sink is down) and started again on the same address."""
 
-    def __init__(self, directory: Path, status: int = 200):
+    def __init__(self, directory: Path, status: int = 200, delay: float = 0.0):
         self.port = free_port()
         self.out = directory / f"http-{self.port}.jsonl"
         self.status = status
+        self.delay = delay
         self.process: subprocess.Popen | None = None
 
     @property
@@ -174,7 +175,7 @@ class HttpReceiver:
     def start(self) -> HttpReceiver:
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "http_receiver.py"), str(self.port), str(self.out),
-             "--status", str(self.status)],
+             "--status", str(self.status), "--delay", str(self.delay)],
             stdout=subprocess.PIPE,
         )  # fmt: skip
         assert self.process.stdout is not None
