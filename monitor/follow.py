@@ -27,8 +27,8 @@ from typing import Any
 from monitor.alerts import Dispatcher
 from monitor.collectors import InputError
 from monitor.collectors.base import MAX_PROBLEMS_KEPT, Problem
-from monitor.daily import expand
 from monitor.config import Source
+from monitor.daily import expand
 from monitor.pipeline import Pipeline, ScanSummary
 from monitor.scanner import Scanner
 from monitor.store import Store
@@ -78,7 +78,9 @@ class WatchTotals:
         self.incidents_updated |= s.incidents_updated
         room = max(0, MAX_PROBLEMS_KEPT - len(self.problems))
         self.problems.extend(s.diag.problems[:room])
-        self.file_errors.extend(s.diag.file_errors[: max(0, MAX_PROBLEMS_KEPT - len(self.file_errors))])
+        self.file_errors.extend(
+            s.diag.file_errors[: max(0, MAX_PROBLEMS_KEPT - len(self.file_errors))]
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {

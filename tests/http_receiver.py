@@ -11,6 +11,7 @@ a request whose ``Idempotency-Key`` it has already accepted as a duplicate. Loop
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -54,10 +55,9 @@ def main() -> None:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
-            try:
+            # the sender may have died waiting (the kill -9 test): it will send again
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.wfile.write(answer)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the sender died waiting (the kill -9 test): it will send again
 
         def log_message(self, *_: object) -> None:
             pass
