@@ -156,6 +156,33 @@ def logformat_options(fn):
     return _squid_logformat_option(_columns_option(_mapping_option(fn)))
 
 
+def egress_options(fn):
+    """``--site``, ``--egress-ip``, ``--egress-country``: where the logs' traffic leaves."""
+    fn = click.option(
+        "--egress-country",
+        callback=lambda c, p, v: country_value(v),
+        metavar="CC",
+        help="Declared egress country (ISO 3166-1 alpha-2); beats geolocation.",
+    )(fn)
+    fn = click.option(
+        "--egress-ip",
+        callback=lambda c, p, v: ip_value(v),
+        help="Public address these logs leave from.",
+    )(fn)
+    return click.option(
+        "--site",
+        help="Site (from the config) these logs come from; its egress IPs and country apply.",
+    )(fn)
+
+
+def check_site(app: App, site: str | None) -> None:
+    if site is not None and site not in app.config.sites:
+        known = ", ".join(sorted(app.config.sites)) or "none configured"
+        raise click.BadParameter(
+            f"unknown site {site!r} (sites in config: {known})", param_hint="--site"
+        )
+
+
 class NullFile:
     def write(self, _):
         return 0

@@ -12,11 +12,11 @@ import click
 from monitor.cli.base import (
     EXIT_ERROR,
     app_of,
+    check_site,
     collect_options,
-    country_value,
+    egress_options,
     format_option,
     guard,
-    ip_value,
     logformat_options,
     main,
 )
@@ -30,14 +30,7 @@ from monitor.output import safe_text
 @click.argument("paths", nargs=-1, metavar="[FILE…]")
 @format_option
 @logformat_options
-@click.option("--site", help="Site (from the config) the logs come from.")
-@click.option("--egress-ip", callback=lambda c, p, v: ip_value(v), help="Public egress address.")
-@click.option(
-    "--egress-country",
-    callback=lambda c, p, v: country_value(v),
-    metavar="CC",
-    help="Declared egress country (ISO 3166-1 alpha-2).",
-)
+@egress_options
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.05, max=60),
@@ -67,8 +60,7 @@ def watch_cmd(ctx, paths, fmt, squid_logformat, columns, mapping, site, egress_i
     apiwatch watch /var/log/squid/access.log --site shanghai --heartbeat 300
     """
     app = app_of(ctx)
-    if site is not None and site not in app.config.sites:
-        raise click.BadParameter(f"unknown site {site!r}", param_hint="--site")
+    check_site(app, site)
     inputs: list[Followed] = []
     if paths:
         pipeline = app.pipeline(
