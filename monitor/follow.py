@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,10 @@ from monitor.collectors import InputError
 from monitor.collectors.base import MAX_PROBLEMS_KEPT, Problem
 from monitor.config import Source
 from monitor.daily import expand
-from monitor.pipeline import Pipeline, ScanSummary
-from monitor.scanner import Scanner
-from monitor.store import Store
+from monitor.live import LiveCapture
+from monitor.pipeline import Pipeline, ScanSummary, account
+from monitor.scanner import Scanner, produce_all
+from monitor.store import COL, Store
 
 DIGEST_CHECK = 30.0  # seconds between looks for held-back digest counts
 
@@ -196,7 +197,7 @@ def watch(
     interval: float = 0.5,
     heartbeat: float = 60.0,
     log: Callable[[str], None] = print,
-    extra_poll: Callable[[], int] | None = None,
+    captures: Sequence[LiveCapture] = (),
 ) -> WatchTotals:
     """Follow until ``stop`` is set; returns the totals. Everything read is committed batch
     by batch, so stopping (or dying) at any point loses nothing and repeats nothing."""
@@ -209,8 +210,12 @@ def watch(
     try:
         while not stop.is_set():
             follower.poll()
-            if extra_poll is not None:
-                totals.records += extra_poll()
+            for capture in captures:
+                store_live(store, capture, scan_id, totals)
+                if not capture.alive:
+                    log(f"error: {capture.source}: tcpdump stopped; watch stops too")
+                    totals.file_errors.append(Problem(capture.source, 0, "tcpdump stopped"))
+                    stop.set()
             now = time.monotonic()
             if now - last_digest >= DIGEST_CHECK:
                 store.emit_digests()
@@ -229,7 +234,25 @@ def watch(
     finally:
         notify("STOPPING=1")
         follower.close()
+        for capture in captures:  # flows still open are reported, and stored
+            capture.close()
+            store_live(store, capture, scan_id, totals)
     return totals
+
+
+def store_live(store: Store, capture: LiveCapture, scan_id: int, totals: WatchTotals) -> None:
+    """Store what a live capture found since the last call, in one transaction."""
+    found = capture.drain()
+    if not found:
+        return
+    batch = []
+    for _record_id, row, incidents in produce_all(capture.pipeline, found):
+        row[COL["scan_id"]] = scan_id
+        batch.append((row, incidents))
+    summary = ScanSummary(llm_observations=len(batch))
+    account(summary, store.ingest(scan_id, batch))
+    summary.records = summary.llm_observations
+    totals.add(summary)
 
 
 def _heartbeat(store: Store, totals: WatchTotals, records: int, seconds: float) -> str:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monitor.catalog import Match
 from monitor.collectors import LINE_FORMATS, Diagnostics, InputError, format_of
 from monitor.collectors.base import (
     MAX_PROBLEMS_KEPT,
@@ -135,10 +136,17 @@ def plan(
 def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> Iterator[Produced]:
     """Stages 1–4 over one part: (record id, observation row, incident rows) per LLM record.
     Line numbers are relative to the part; the scanner makes them absolute."""
+    return produce_all(pipeline, pipeline.observe(part.path, diag, only_llm=True, on_read=on_read,
+                       fmt=part.fmt, byte_range=part.byte_range, skip=part.skip))  # fmt: skip
+
+
+def produce_all(
+    pipeline: Pipeline, found: Iterable[tuple[Observation, Match | None]]
+) -> Iterator[Produced]:
+    """Stages 3–4 over LLM observations with their match (a file's, or a live capture's)."""
     enrich, evaluate = pipeline.enricher.enrich, pipeline.evaluator.evaluate
     private, incidents = pipeline.pseudonymizer, pipeline.incident_rows
-    for obs, match in pipeline.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
-                                       byte_range=part.byte_range, skip=part.skip):  # fmt: skip
+    for obs, match in found:
         enriched = enrich(obs, match)  # type: ignore[arg-type]
         rules = evaluate(enriched)  # on the real addresses: rules may name them
         if private is not None:

@@ -23,6 +23,7 @@ from monitor.cli.base import (
 from monitor.collectors import CollectOptions
 from monitor.egress import EgressOptions
 from monitor.follow import Followed, watch
+from monitor.live import LiveCapture
 from monitor.output import safe_text
 
 
@@ -45,30 +46,42 @@ from monitor.output import safe_text
     show_default=True,
     help="Seconds between heartbeat lines on stderr (records/s, alerts, lag); 0: none.",
 )
+@click.option(
+    "--interface",
+    "-i",
+    metavar="IF",
+    help="Capture live on this interface (through tcpdump; needs capture permission).",
+)
+@click.option(
+    "--bpf",
+    metavar="FILTER",
+    help="Capture filter for --interface, e.g. 'tcp port 443 or udp port 443 or port 53'.",
+)
 @click.pass_context
 @guard
 def watch_cmd(ctx, paths, fmt, squid_logformat, columns, mapping, site, egress_ip,
-              egress_country, interval, heartbeat):  # fmt: skip
+              egress_country, interval, heartbeat, interface, bpf):  # fmt: skip
     """Follow logs as they are written (like tail -F) and send alerts within seconds.
 
-    Without FILE, follows every [[sources]] entry of the config with its options. Read
+    Without FILE (or --interface), follows every [[sources]] entry of the config. Read
     positions are those of scan and daily: stopping, restarting or alternating with them
     never counts a line twice. SIGTERM (or Ctrl-C) commits what was read and exits 0.
 
     \b
     apiwatch --config /etc/apiwatch/config.toml watch
     apiwatch watch /var/log/squid/access.log --site shanghai --heartbeat 300
+    apiwatch watch --interface eth0 --bpf 'tcp port 443 or udp port 443 or port 53' --site sh
     """
     app = app_of(ctx)
     check_site(app, site)
+    if bpf and not interface:
+        raise click.UsageError("--bpf filters a live capture: give --interface too")
+    egress = EgressOptions(egress_ip=egress_ip, egress_country=egress_country, site=site)
     inputs: list[Followed] = []
     if paths:
-        pipeline = app.pipeline(
-            EgressOptions(egress_ip=egress_ip, egress_country=egress_country, site=site),
-            collect_options(fmt, squid_logformat, columns, mapping),
-        )
+        pipeline = app.pipeline(egress, collect_options(fmt, squid_logformat, columns, mapping))
         inputs = [Followed(p, pipeline, p) for p in paths]
-    else:
+    elif not interface:
         for src in app.config.sources:
             pipeline = app.pipeline(
                 EgressOptions(egress_ip=src.egress_ip, egress_country=src.egress_country,
@@ -76,8 +89,10 @@ def watch_cmd(ctx, paths, fmt, squid_logformat, columns, mapping, site, egress_i
                 CollectOptions(format=src.format, squid_logformat=src.squid_logformat),
             )  # fmt: skip
             inputs.append(Followed(src.path, pipeline, src.key))
-    if not inputs:
-        raise click.UsageError("nothing to watch: give FILE… or [[sources]] in the config")
+    if not inputs and not interface:
+        raise click.UsageError(
+            "nothing to watch: give FILE…, --interface or [[sources]] in the config"
+        )
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -91,11 +106,16 @@ def watch_cmd(ctx, paths, fmt, squid_logformat, columns, mapping, site, egress_i
                    f"{safe_text(message, 2000)}", err=True)  # fmt: skip
 
     store = app.store
-    scan_id = store.start_scan([i.pattern for i in inputs], {"watch": True})
-    log(f"watch: following {', '.join(i.pattern for i in inputs)} (scan {scan_id})")
+    captures = []
+    if interface:
+        live = app.pipeline(egress, CollectOptions(format="pcap"))
+        captures.append(LiveCapture(live, interface, bpf, log))
+    followed = [i.pattern for i in inputs] + [c.source for c in captures]
+    scan_id = store.start_scan(followed, {"watch": True, "bpf": bpf})
+    log(f"watch: following {', '.join(followed)} (scan {scan_id})")
     dispatcher = app.dispatcher if app.config.alerts else None
     totals = watch(store, dispatcher, inputs, scan_id, stop, interval=interval,
-                   heartbeat=heartbeat, log=log)  # fmt: skip
+                   heartbeat=heartbeat, log=log, captures=captures)  # fmt: skip
     record = totals.as_dict()
     record.pop("alerts_sent")
     store.finish_scan(
