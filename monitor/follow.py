@@ -30,8 +30,8 @@ from monitor.collectors.base import MAX_PROBLEMS_KEPT, Problem
 from monitor.config import Source
 from monitor.daily import expand
 from monitor.live import LiveCapture
-from monitor.pipeline import Pipeline, ScanSummary, account
-from monitor.scanner import Scanner, produce_all
+from monitor.pipeline import Pipeline, ScanSummary
+from monitor.scanner import Scanner
 from monitor.store import COL, Store
 
 DIGEST_CHECK = 30.0  # seconds between looks for held-back digest counts
@@ -246,11 +246,11 @@ def store_live(store: Store, capture: LiveCapture, scan_id: int, totals: WatchTo
     if not found:
         return
     batch = []
-    for _record_id, row, incidents in produce_all(capture.pipeline, found):
+    for _record_id, row, incidents in capture.pipeline.records(found):
         row[COL["scan_id"]] = scan_id
         batch.append((row, incidents))
     summary = ScanSummary(llm_observations=len(batch))
-    account(summary, store.ingest(scan_id, batch))
+    summary.account(store.ingest(scan_id, batch))
     summary.records = summary.llm_observations
     totals.add(summary)
 

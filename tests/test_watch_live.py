@@ -69,6 +69,6 @@ def test_live_capture_on_loopback_alerts_within_5s(tmp_path):
         assert (e["egress_country"], e["rule"], e["event_type"]) == (
             "CN", "provider-region-unsupported", "new")  # fmt: skip
         latency[host] = request["received_at"] - ended[host]
-    print(f"\nlive capture: connection closed to alert received: "
+    print("\nlive capture: connection closed to alert received: "
           + ", ".join(f"{h} {s:.2f} s" for h, s in latency.items()))  # fmt: skip
     assert max(latency.values()) < LATENCY_LIMIT

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from hashlib import blake2b
 from struct import Struct
 from typing import Any
 
@@ -64,6 +63,7 @@ from monitor.collectors.layers import LINKTYPES, Decoder
 from monitor.collectors.socks import socks_request
 from monitor.collectors.tcpstream import Stream
 from monitor.collectors.tls import client_hello_from_records
+from monitor.ids import record_id
 from monitor.observation import Observation
 
 __all__ = [
@@ -892,5 +892,5 @@ class FlowTable:
             packets_out=pko,
             packets_in=pki,
             ech=f.ech,
-            record_id=blake2b(key.encode(), digest_size=12).hexdigest(),
+            record_id=record_id(key.encode()),
         )
