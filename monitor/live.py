@@ -57,14 +57,22 @@ class LiveCapture:
     LLM observations found so far, with their catalogue match."""
 
     def __init__(self, pipeline: Pipeline, interface: str, bpf: str | None,
-                 log: Callable[[str], None]):  # fmt: skip
+                 log: Callable[[str], None], command: list[str] | None = None,
+                 tick: float | None = TICK):  # fmt: skip
+        """``command``: what writes pcap to stdout instead of tcpdump on ``interface``
+        (``tcpdump -r FILE -w -`` in the benchmark, with ``tick=None``: a recorded
+        capture's clock is not now)."""
+        self.tick = tick
         self.pipeline = pipeline
         self.source = f"live:{interface}"
         self.log = log
         self.diag = Diagnostics()
         self.found: queue.Queue[tuple[Observation, object]] = queue.Queue()
         self.process = subprocess.Popen(
-            tcpdump_command(interface, bpf), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            command or tcpdump_command(interface, bpf),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,  # unbuffered: the forwarder reads the descriptor itself
         )
         read_end, self._write_end = os.pipe()
         self._reader = os.fdopen(read_end, "rb", buffering=0)
@@ -108,7 +116,7 @@ class LiveCapture:
         try:
             os.write(out, head)
             while True:
-                ready, _, _ = select.select([fd], [], [], TICK)
+                ready, _, _ = select.select([fd], [], [], self.tick)
                 if not ready:
                     if linktype == ETHERNET and left == 0 and not partial:
                         now = time.time()
