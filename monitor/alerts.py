@@ -12,7 +12,10 @@ retried with exponential backoff (``watch``) or on the next run (``scan``, ``dai
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,8 +24,23 @@ from monitor.sinks import AlertSpec, Sink, SinkError, open_sink
 from monitor.store import Store
 
 BATCH = 200  # events read from the outbox per query
+LEASE = 60.0  # seconds a dispatcher holds a sink while it delivers (renewed per batch)
 BACKOFF_FIRST = 1.0  # seconds before the first retry; doubles per failure
 BACKOFF_MAX = 300.0
+
+
+def _owner_gone(owner: str) -> bool:
+    """A lease holder on this host whose process no longer exists (killed, crashed)."""
+    host, _, rest = owner.partition(":")
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(rest.partition(":")[0]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False
 
 
 def backoff(attempts: int) -> float:
@@ -55,6 +73,7 @@ class Dispatcher:
         self.specs = list(specs)
         self.clock = clock
         self._sinks: dict[str, Sink] = {}
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         for spec in self.specs:  # a no-op for sinks App.store registered
             store.register_sink(spec.name, spec.kind)
 
@@ -71,27 +90,38 @@ class Dispatcher:
         return result
 
     def _deliver_one(self, spec: AlertSpec, result: Delivery) -> None:
-        while True:
-            pending = self.store.pending_events(spec.name, BATCH)
-            if not pending:
-                return
-            skipped_to = None
-            for seq, event in pending:
-                if not spec.wants(event):
-                    skipped_to = seq
-                    continue
-                if skipped_to is not None:
-                    self.store.advance_sink(spec.name, skipped_to, 0)
-                    skipped_to = None
-                try:
-                    self._sink(spec).send(event)
-                except SinkError as exc:
-                    self._failed(spec, str(exc), result)
+        """Deliver to one sink, holding its lease (another process delivering to it now
+        means this one leaves it alone)."""
+        try:
+            while True:
+                if not self.store.lease_sink(spec.name, self.owner, LEASE, _owner_gone):
                     return
-                self.store.advance_sink(spec.name, seq, 1)
-                result.sent[spec.name] = result.sent.get(spec.name, 0) + 1
+                pending = self.store.pending_events(spec.name, BATCH)
+                if not pending or not self._send_batch(spec, pending, result):
+                    return
+        finally:
+            self.store.release_sink(spec.name, self.owner)
+
+    def _send_batch(self, spec: AlertSpec, pending, result: Delivery) -> bool:
+        """Send one batch in order; False when the sink failed (the rest waits)."""
+        skipped_to = None
+        for seq, event in pending:
+            if not spec.wants(event):
+                skipped_to = seq
+                continue
             if skipped_to is not None:
                 self.store.advance_sink(spec.name, skipped_to, 0)
+                skipped_to = None
+            try:
+                self._sink(spec).send(event)
+            except SinkError as exc:
+                self._failed(spec, str(exc), result)
+                return False
+            self.store.advance_sink(spec.name, seq, 1)
+            result.sent[spec.name] = result.sent.get(spec.name, 0) + 1
+        if skipped_to is not None:
+            self.store.advance_sink(spec.name, skipped_to, 0)
+        return True
 
     def _failed(self, spec: AlertSpec, error: str, result: Delivery) -> None:
         self._close(spec.name)  # reconnect next time

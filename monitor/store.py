@@ -515,6 +515,35 @@ class Store:
                 [name, kind, _now()],
             )
 
+    def lease_sink(self, sink: str, owner: str, seconds: float,
+                   owner_gone: Callable[[str], bool]) -> bool:  # fmt: skip
+        """Take (or renew) the right to deliver to ``sink`` for ``seconds``: two processes
+        (``watch`` and a cron ``daily``) must not send the same events at once. A lease
+        whose holder has died (``owner_gone``) is taken over at once."""
+        now = time.time()
+        with self._tx():
+            row = self.db.execute(
+                "SELECT lease_owner, lease_until FROM alert_sinks WHERE name = ?", [sink]
+            ).fetchone()
+            if row is None:
+                return False
+            holder, until = row
+            if holder not in (None, owner) and (until or 0) > now and not owner_gone(holder):
+                return False
+            self.db.execute(
+                "UPDATE alert_sinks SET lease_owner = ?, lease_until = ? WHERE name = ?",
+                [owner, now + seconds, sink],
+            )
+        return True
+
+    def release_sink(self, sink: str, owner: str) -> None:
+        with self._tx():
+            self.db.execute(
+                "UPDATE alert_sinks SET lease_owner = NULL, lease_until = NULL"
+                " WHERE name = ? AND lease_owner = ?",
+                [sink, owner],
+            )
+
     def pending_events(self, sink: str, limit: int = 100) -> list[tuple[int, FindingEvent]]:
         """Events after the sink's cursor, oldest first, as (sequence number, event)."""
         rows = self.db.execute(
@@ -600,6 +629,19 @@ class Store:
         for row in self.db.query(sql, params):
             yield _incident_out(row)
 
+    def present(self, column: str, values: Sequence[str]) -> set[str]:
+        """Which of ``values`` some incident holds in ``column`` (to tell a typo from a quiet
+        week)."""
+        if column not in INCIDENT_COLUMNS:
+            raise ValueError(f"not an incident column: {column}")
+        found: set[str] = set()
+        for i in range(0, len(values), _IN_CHUNK):
+            chunk = list(values[i : i + _IN_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT DISTINCT {column} FROM incidents WHERE {column} IN ({marks})"  # noqa: S608
+            found.update(r[0] for r in self.db.execute(sql, chunk))
+        return found
+
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
         """One incident by id or unique id prefix, with its sample records."""
         rows = list(
@@ -625,9 +667,10 @@ class Store:
         return inc
 
     def set_status(self, incident_id: str, status: str, note: str | None = None,
-                   actor: str | None = None) -> dict[str, Any]:  # fmt: skip
+                   actor: str | None = None) -> dict[str, Any] | None:  # fmt: skip
         """Move an incident to ``status`` (open | acknowledged | resolved), recording who, when
-        and why in ``incident_events``. Raises KeyError for an unknown or ambiguous id."""
+        and why in ``incident_events``; None when it already has that status (nothing is
+        logged). Raises KeyError for an unknown or ambiguous id."""
         if status not in INCIDENT_STATUSES:
             raise ValueError(f"status must be one of {', '.join(INCIDENT_STATUSES)}")
         with self._tx():
@@ -640,6 +683,8 @@ class Store:
                     else f"no incident with id {incident_id!r}"
                 )
             (row,) = rows
+            if row["status"] == status:  # nothing changes: nothing to log
+                return None
             event = {"incident_id": row["id"], "at": _now(), "action": status, "status_from": row["status"],
                      "status_to": status, "note": note, "actor": actor}  # fmt: skip
             self.db.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, row["id"]])
@@ -1029,7 +1074,7 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
     db["alert_sinks"].create(
         {"name": str, "kind": str, "cursor": int, "registered": str, "delivered": int,
          "attempts": int, "next_at": float, "last_error": str, "last_failure": str,
-         "last_success": str},
+         "last_success": str, "lease_owner": str, "lease_until": float},
         pk="name",
     )  # fmt: skip
     db["finding_alerts"].create(

@@ -40,14 +40,12 @@ def cli(config: Path, db: Path, *args: str, ok: tuple[int, ...] = (0,)):
     return result
 
 
-def cli_process(config: Path, db: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    """The CLI in its own process (signals, kill -9, real stdout)."""
-    return subprocess.run(
+def cli_process_async(config: Path, db: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-m", "monitor", "--config", str(config), "--db", str(db), *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=kw.pop("timeout", 120),
-        **kw,
     )
 
 

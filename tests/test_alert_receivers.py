@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.alerting import cli, incidents, squid_line, write_config
+from tests.alerting import cli, cli_process_async, incidents, squid_line, write_config
 from tests.receivers import HttpReceiver, Rsyslog
 
 SECRET = "s3cr3t-token-value-0123"
@@ -212,3 +212,25 @@ def test_alerts_test_reaches_each_sink(tmp_path, rsyslog):
         assert len(hook.wait_for(2)) == 2 and len(rsyslog.lines("tls")) == 1
     finally:
         hook.stop()
+
+
+def test_two_processes_delivering_at_once_send_each_event_once(tmp_path, log):
+    """watch and a cron daily (here: two `alerts deliver`) share the outbox: a lease per
+    sink keeps them from sending the same event twice."""
+    slow = HttpReceiver(tmp_path, delay=0.2)
+    with log.open("a") as f:
+        f.writelines(squid_line(10 + i, client=f"10.0.2.{i}") for i in range(10))
+    config = write_config(
+        tmp_path / "c.toml", f'name = "oncall"\nkind = "webhook"\nurl = "{slow.url}/h"'
+    )
+    db = tmp_path / "db.sqlite"
+    cli(config, db, "scan", log, "--egress-country", "CN")  # the receiver is not up yet
+    slow.start()
+    try:
+        both = [cli_process_async(config, db, "alerts", "deliver") for _ in range(2)]
+        codes = [p.wait(120) for p in both]
+    finally:
+        slow.stop()
+    assert codes.count(0) >= 1
+    keys = [r["headers"]["Idempotency-Key"] for r in slow.requests()]
+    assert len(keys) == len(set(keys)) == len(incidents(config, db)) == 13
