@@ -709,7 +709,8 @@ class Store:
 
     def prune(self, before_day: str) -> dict[str, int]:
         """Delete traffic detail (observations and their hits) of UTC days before
-        ``before_day``; incidents, their counts and evidence are kept."""
+        ``before_day``, and the alert events of those days that every sink has had;
+        incidents, their counts and evidence are kept."""
         with self._tx():
             hits = self.db.execute(
                 "DELETE FROM hits WHERE observation_id IN (SELECT id FROM observations WHERE day < ?)",
@@ -720,7 +721,13 @@ class Store:
             ).rowcount
             if before_day > (self._meta("pruned_before") or ""):
                 self.db["meta"].upsert({"key": "pruned_before", "value": before_day}, pk="key")
-        return {"observations": observations, "hits": hits}
+            # alert events every sink is done with (a sink that is down keeps its own)
+            alert_events = self.db.execute(
+                """DELETE FROM outbox WHERE at < ? AND seq <= coalesce(
+                   (SELECT min(cursor) FROM alert_sinks), (SELECT max(seq) FROM outbox))""",
+                [before_day],
+            ).rowcount
+        return {"observations": observations, "hits": hits, "alert_events": alert_events}
 
     def check(self) -> dict[str, Any]:
         """Integrity, schema version and table sizes, for ``apiwatch db check``."""

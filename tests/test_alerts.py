@@ -226,3 +226,19 @@ def test_config_check_lists_the_sinks(tmp_path, monkeypatch):
     config.write_text(bad)
     failed = cli(config, tmp_path / "db.sqlite", "config", "check", config, ok=(1,))
     assert "alerts[0].format: expected one of ocsf, ecs" in failed.stderr
+
+
+def test_prune_drops_alert_events_every_sink_has_had(env):
+    tmp, config, db, log = env
+    config.write_text(config.read_text().replace('path = "ocsf.jsonl"', 'path = "no/ocsf.jsonl"'))
+    cli(config, db, "scan", log, "--egress-country", "CN")  # lake is down, elastic got 3
+    con = sqlite3.connect(db)
+    con.execute("UPDATE outbox SET at = '2020-01-01T00:00:00Z'")
+    con.commit()
+    out = json.loads(cli(config, db, "db", "prune", "--keep", "1d", "--json").stdout)
+    assert out["alert_events"] == 0  # lake has not had them yet
+    (tmp / "no").mkdir()
+    cli(config, db, "alerts", "deliver")
+    out = json.loads(cli(config, db, "db", "prune", "--keep", "1d", "--json").stdout)
+    assert out["alert_events"] == 3
+    assert len(jsonl(tmp / "no" / "ocsf.jsonl")) == 3
