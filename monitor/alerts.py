@@ -73,9 +73,25 @@ class Dispatcher:
         self.specs = list(specs)
         self.clock = clock
         self._sinks: dict[str, Sink] = {}
+        self._last_look = 0.0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         for spec in self.specs:  # a no-op for sinks App.store registered
             store.register_sink(spec.name, spec.kind)
+        self.woken = True  # events may be waiting from before this process started
+        store.listeners.append(self._wake)
+
+    def _wake(self) -> None:
+        """The store committed events (its hook): the next :meth:`due` pass delivers them."""
+        self.woken = True
+
+    def deliver_due(self, every: float) -> Delivery:
+        """For a loop (``watch``): deliver when this process committed events, or at most
+        every ``every`` seconds otherwise (events other processes committed, retries)."""
+        now = self.clock()
+        if not self.woken and now - self._last_look < every:
+            return Delivery()
+        self.woken, self._last_look = False, now
+        return self.deliver(respect_backoff=True)
 
     def deliver(self, respect_backoff: bool = False) -> Delivery:
         """One pass over every sink: send what is pending, stop a sink at its first failure.
@@ -92,6 +108,8 @@ class Dispatcher:
     def _deliver_one(self, spec: AlertSpec, result: Delivery) -> None:
         """Deliver to one sink, holding its lease (another process delivering to it now
         means this one leaves it alone)."""
+        if not self.store.pending_events(spec.name, 1):  # a read: no write lock when idle
+            return
         try:
             while True:
                 if not self.store.lease_sink(spec.name, self.owner, LEASE, _owner_gone):

@@ -35,6 +35,7 @@ from monitor.scanner import Scanner
 from monitor.store import COL, Store
 
 DIGEST_CHECK = 30.0  # seconds between looks for held-back digest counts
+LOOK_EVERY = 2.0  # seconds between looks at the outbox for events of other processes
 
 
 @dataclass
@@ -221,7 +222,7 @@ def watch(
                 store.emit_digests()
                 last_digest = now
             if dispatcher is not None:
-                delivery = dispatcher.deliver(respect_backoff=True)
+                delivery = dispatcher.deliver_due(LOOK_EVERY)
                 totals.alerts_sent += sum(delivery.sent.values())
                 for name, error in delivery.failed.items():
                     log(f"warning: alerts: sink {name} failed, retrying with backoff: {error}")
