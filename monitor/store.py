@@ -184,6 +184,7 @@ class Store:
         self.digest_seconds = DEFAULT_DIGEST_SECONDS
         #: called after each commit that added events (a dispatcher's wake-up), like hooks
         self.listeners: list[Callable[[], None]] = []
+        self._emitted = 0  # events written by the transaction in progress
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():  # create it private: it holds client addresses and users
@@ -212,12 +213,16 @@ class Store:
                 if not contended or attempt == _LOCK_RETRIES - 1:
                     raise
                 time.sleep(0.5 * (attempt + 1))
+        self._emitted = 0
         try:
             yield
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if self._emitted:  # finding events were committed: tell the listeners (hooks)
+            for listener in self.listeners:
+                listener()
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -282,9 +287,8 @@ class Store:
             result = self._ingest(scan_id, batch)
             if source is not None:
                 self.db["sources"].upsert({**source, "updated": _now()}, pk="key")
-            emitted = self._emit_changes(result) if self.emit_events else 0
-        if emitted:
-            self._notify()
+            if self.emit_events:
+                self._emit_changes(result)
         return result
 
     def _meta(self, key: str) -> str | None:
@@ -468,12 +472,9 @@ class Store:
                     [cutoff],
                 )
             )
-            n = self._outbox(
+            return self._outbox(
                 [FindingEvent.of_finding(r, "updated", r["count"] - r["last_count"]) for r in rows]
             )
-        if n:
-            self._notify()
-        return n
 
     def _outbox(self, events: Sequence[FindingEvent]) -> int:
         if not events:
@@ -490,11 +491,8 @@ class Store:
             " last_count = excluded.last_count",
             [(e.finding_id, now, e.count) for e in events],
         )
+        self._emitted += len(events)
         return len(events)
-
-    def _notify(self) -> None:
-        for listener in self.listeners:
-            listener()
 
     def _rows_in(self, sql: str, ids: Sequence[str]) -> list[dict[str, Any]]:
         """``sql`` with its one ``IN ({})`` filled with ``ids``, in chunks."""
@@ -693,8 +691,6 @@ class Store:
             if self.emit_events and kind:
                 (finding,) = self.db.query("SELECT * FROM incidents WHERE id = ?", [row["id"]])
                 self._outbox([FindingEvent.of_finding(finding, kind)])
-        if self.emit_events and kind:
-            self._notify()
         return event
 
     def events(self, incident_id: str | None = None) -> list[dict[str, Any]]:
