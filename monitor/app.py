@@ -5,7 +5,10 @@ The CLI is a thin layer over this module, and so can any other program be.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -14,7 +17,7 @@ from pathlib import Path
 from monitor.catalog import Catalog, bundled_catalog
 from monitor.collectors import CollectOptions
 from monitor.config import Config, default_config_path, load_config
-from monitor.egress import EgressOptions
+from monitor.egress import EgressOptions, contradictions
 from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
 from monitor.policy import RuleSet
@@ -24,6 +27,15 @@ from monitor.scanner import Scanner
 from monitor.store import Store
 
 STALE_GEODATA_DAYS = 183
+
+
+def _file_digest(path: str) -> str | None:
+    """Content digest of an overrides file (None: not readable)."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+    except OSError:
+        return None
 
 
 def default_db_path() -> Path:
@@ -46,6 +58,8 @@ class App:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        #: called with (app, scan ids) after each scan and re-evaluation (correlation steps)
+        self.after_evaluation: list[Callable[[App, list[int]], None]] = []
 
     @cached_property
     def config(self) -> Config:
@@ -127,6 +141,8 @@ class App:
         }
         scan_id = self.store.start_scan(paths, options)
         summary = Scanner(pipeline, self.store, jobs, full).run(paths, scan_id, on_read)
+        for text in contradictions(self.config.sites, self.geo, egress):
+            summary.diag.notice("config", 0, text)
         record = summary.as_dict()
         problems = [
             {"source": p.source, "line": p.line, "reason": p.reason, "excerpt": p.excerpt}
@@ -135,6 +151,9 @@ class App:
         record.pop("problems")
         record.pop("notices")
         record.pop("new_max_severity")
+        record.pop("findings_new")
+        record.pop("findings_reopened")
+        record["settings_digest"] = self.settings_digest()
         record["by_rule"] = {
             "new": record.pop("new_by_rule"),
             "updated": record.pop("updated_by_rule"),
@@ -142,7 +161,47 @@ class App:
         record["catalog_version"] = self.catalog.version
         record["geodata"] = [asdict(s) for s in self.geo.sources()]
         self.store.finish_scan(scan_id, record, problems)
+        self.apply_exceptions()
+        for hook in self.after_evaluation:
+            hook(self, [scan_id])
         return scan_id, summary
+
+    def settings_digest(self) -> str:
+        """What evaluation depends on besides the logs: catalogue, geodata, rules, sites and
+        the organisation's allow-list. ``config check`` compares it with each scan's."""
+        cfg = self.config
+        state = {
+            "catalog": self.catalog.version,
+            "geo": [
+                (
+                    s.name,
+                    s.database_type,
+                    _file_digest(s.path) if s.origin == "override" else s.build_date,
+                )
+                for s in self.geo.sources()
+            ],
+            "rules": [(r.id, r.severity, r.title, repr(r.when)) for r in self.rules.rules],
+            "sites": [
+                (s.name, [str(n) for n in s.client_cidrs], s.egress_ips, s.country)
+                for s in cfg.sites.values()
+            ],
+            "allowed_providers": sorted(cfg.allowed_providers),
+        }
+        blob = json.dumps(state, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def apply_exceptions(self, today: str | None = None) -> list[dict]:
+        """Bring the exception register up to date (expiries, config entries)."""
+        day = today or datetime.now(UTC).strftime("%Y-%m-%d")
+        return self.store.apply_exceptions(self.config.exceptions, day)
+
+    def raised_findings(
+        self, scan_ids: list[int], fail_on: str, today: str | None = None
+    ) -> list[dict]:
+        """What ``--fail-on``/``fail_on`` counts: findings these scans raised or reopened (or
+        added detail to), still open, at or above ``fail_on``, not under an exception."""
+        day = today or datetime.now(UTC).strftime("%Y-%m-%d")
+        return self.store.raised_findings(scan_ids, fail_on, day)
 
     def stale_geodata(self, max_age_days: int = STALE_GEODATA_DAYS) -> list[GeoSource]:
         """Databases older than ``max_age_days``: addresses move, so say so, but keep going."""

@@ -6,9 +6,10 @@ nothing, and the reports it rewrites have the same figures.
 
 Exit code (:attr:`DailyResult.exit_code`): 0 success; 1 a source failed (unreadable file,
 a pattern that matched nothing, bad options) or a report could not be written — the other
-sources and reports are still done; 3 ``fail_on`` matched: open incidents at or above that
-severity were first raised by a scan that ran today (UTC), so the second run of a day gives
-the same answer as the first, until someone acknowledges or resolves them.
+sources and reports are still done; 3 ``fail_on`` matched: findings at or above that severity
+that a scan of today (UTC) raised, reopened or added detail to are still open (or reopened)
+and not under an exception, so the second run of a day gives the same answer as the first,
+until someone acknowledges or resolves them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from monitor.collectors import CollectOptions
 from monitor.config import ReportSpec, Source
 from monitor.egress import EgressOptions
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, ApiwatchError
-from monitor.policy import SEVERITY_RANK
 from monitor.report import (
     ReportQuery,
     build_report,
@@ -70,7 +70,7 @@ class DailyResult:
     sources: list[SourceResult] = field(default_factory=list)
     reports: list[ReportResult] = field(default_factory=list)
     fail_on: str | None = None
-    findings: list[dict[str, Any]] = field(default_factory=list)  # incidents fail_on matched
+    findings: list[dict[str, Any]] = field(default_factory=list)  # what fail_on matched
     exit_code: int = EXIT_OK
 
     def as_dict(self) -> dict[str, Any]:
@@ -208,14 +208,8 @@ def _write_report(app: Any, spec: ReportSpec, today: date, log) -> ReportResult:
 
 
 def _findings(app: Any, fail_on: str, started: datetime) -> list[dict[str, Any]]:
-    """Open incidents >= ``fail_on`` first raised by a scan that started today (UTC)."""
-    midnight = started.strftime("%Y-%m-%dT00:00:00Z")
-    rows = app.store.db.query(
-        """SELECT id, rule, severity, provider, site, egress_country, client_ip, dest_host
-           FROM incidents
-           WHERE status = 'open' AND severity_rank >= ?
-             AND first_scan IN (SELECT id FROM scans WHERE started >= ?)
-           ORDER BY severity_rank DESC, id""",
-        [SEVERITY_RANK[fail_on], midnight],
-    )
-    return list(rows)
+    """Findings >= ``fail_on`` that scans started today (UTC) raised, reopened or added
+    detail to, still open or reopened and not under an exception."""
+    app.apply_exceptions(started.strftime("%Y-%m-%d"))
+    scans = app.store.scans_since(started.strftime("%Y-%m-%dT00:00:00Z"))
+    return app.raised_findings(scans, fail_on, started.strftime("%Y-%m-%d"))

@@ -19,11 +19,14 @@ from monitor.catalog import Catalog, Match
 from monitor.collectors import CollectOptions, Diagnostics, collect
 from monitor.config import Config
 from monitor.egress import Egress, EgressOptions, EgressResolver
+from monitor.findings import finding_id
 from monitor.geo import GeoAnswer, GeoResolver
 from monitor.observation import Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
-from monitor.store import IngestResult
+from monitor.store import COL, IngestResult
+
+_DAY = COL["day"]
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
 
@@ -102,6 +105,7 @@ _GETTERS: dict[str, Callable[[Enriched], Any]] = {
     "provider.region_list": lambda e: e.match.provider.region_list,
     "egress.ip": lambda e: e.egress.ip,
     "egress.country": lambda e: e.egress.country,
+    "egress.geo_country": lambda e: e.egress.geo_country,
     "egress.site": lambda e: e.egress.site,
     "egress.source": lambda e: e.egress.source,
     "dest.host": lambda e: e.obs.dest_host,
@@ -167,11 +171,14 @@ def incident_id(
     egress_ip: str | None,
     egress_country: str | None,
     day: str,
+    user: str | None = None,
 ) -> str:
-    """Deterministic: the same traffic always aggregates into the same incident."""
-    key = "\x1f".join(
-        x or "" for x in (rule, provider, dest_host, client_ip, egress_ip, egress_country, day)
-    )
+    """Deterministic: the same traffic always aggregates into the same incident. The user is
+    part of the key only when the log names one (ids of user-less traffic do not change)."""
+    parts = [rule, provider, dest_host, client_ip, egress_ip, egress_country, day]
+    if user:
+        parts.append(user)
+    key = "\x1f".join(x or "" for x in parts)
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
@@ -185,6 +192,7 @@ def observation_row(e: Enriched) -> list[Any]:
         o.bytes_out, o.bytes_in, o.host_source, o.duration, o.ts_end, o.packets_out,
         o.packets_in, o.ech, m.provider.id, m.kind, m.pattern, g.site, g.ip, g.country,
         g.source, d.country if d else None, d.asn if d else None, e.outcome, None,
+        g.geo_country, o.egress_ip,
     ]  # fmt: skip
 
 
@@ -202,7 +210,7 @@ class IncidentRows:
         o, m, g = e.obs, e.match, e.egress
         key = (
             tuple([r.id for r in rules]), m.provider.id, m.kind, o.dest_host, o.dest_ip,
-            o.client_ip, g.site, g.ip, g.country, g.source, day,
+            o.client_ip, o.user, g.site, g.ip, g.country, g.source, day,
         )  # fmt: skip
         found = self._memo.get(key)
         if found is None:
@@ -217,7 +225,7 @@ def incident_rows(e: Enriched, rules: Iterable[Rule], day: str) -> list[dict[str
     return [
         {
             "id": incident_id(
-                r.id, p.id, o.dest_host, o.client_ip, e.egress.ip, e.egress.country, day
+                r.id, p.id, o.dest_host, o.client_ip, e.egress.ip, e.egress.country, day, o.user
             ),
             "rule": r.id,
             "severity": r.severity,
@@ -231,6 +239,8 @@ def incident_rows(e: Enriched, rules: Iterable[Rule], day: str) -> list[dict[str
             "egress_country": e.egress.country,
             "egress_source": e.egress.source,
             "day": day,
+            "user": o.user,
+            "finding_id": finding_id(r.id, p.id, e.egress.site, e.egress.country),
         }
         for r in rules
     ]
@@ -251,6 +261,8 @@ class ScanSummary:
     new_by_rule: Counter[str] = field(default_factory=Counter)
     updated_by_rule: Counter[str] = field(default_factory=Counter)
     new_max_severity: str | None = None
+    findings_new: set[str] = field(default_factory=set)
+    findings_reopened: set[str] = field(default_factory=set)
     diag: Diagnostics = field(default_factory=Diagnostics)
 
     def as_dict(self) -> dict[str, Any]:
@@ -268,6 +280,8 @@ class ScanSummary:
             "new_by_rule": dict(self.new_by_rule),
             "updated_by_rule": dict(self.updated_by_rule),
             "new_max_severity": self.new_max_severity,
+            "findings_new": len(self.findings_new),
+            "findings_reopened": len(self.findings_reopened),
             "file_errors": [str(p) for p in self.diag.file_errors],
             "problems": [str(p) for p in self.diag.problems],
             "notices": [str(p) for p in self.diag.notices],
@@ -295,6 +309,16 @@ class Pipeline:
         self.incident_rows = IncidentRows()
         self.collect_options = collect_options
         self.pseudonymizer = pseudonymizer  # applied to what is stored, after the rules ran
+
+    def record(self, obs: Observation, match: Match) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Stages 3–4 for one LLM observation: its stored row (``id`` and ``scan_id`` unset)
+        and the incident rows it raises. Scans and re-evaluation both go through here."""
+        enriched = self.enricher.enrich(obs, match)
+        rules = self.evaluator.evaluate(enriched)  # on the real addresses: rules may name them
+        if self.pseudonymizer is not None:
+            enriched = self.pseudonymizer.apply(enriched)  # before ids are computed from them
+        row = observation_row(enriched)
+        return row, self.incident_rows(enriched, rules, row[_DAY])
 
     def observe(
         self,
@@ -331,6 +355,8 @@ def account(summary: ScanSummary, res: IngestResult) -> None:
     summary.stored += res.stored
     summary.duplicates += res.duplicates
     summary.expired += res.expired
+    summary.findings_new |= res.new_findings
+    summary.findings_reopened |= res.reopened_findings
     for iid in res.new_incidents:
         rule, sev = rule_of[iid]
         summary.incidents_new.add(iid)

@@ -44,7 +44,7 @@ from monitor.collectors.base import (
     split_at_lines,
 )
 from monitor.observation import Observation
-from monitor.pipeline import Pipeline, ScanSummary, account, observation_row
+from monitor.pipeline import Pipeline, ScanSummary, account
 from monitor.store import COL, Store
 
 ID, TS, DAY, LINE, SCAN_ID = COL["id"], COL["ts"], COL["day"], COL["line"], COL["scan_id"]
@@ -135,18 +135,13 @@ def plan(
 def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> Iterator[Produced]:
     """Stages 1–4 over one part: (record id, observation row, incident rows) per LLM record.
     Line numbers are relative to the part; the scanner makes them absolute."""
-    enrich, evaluate = pipeline.enricher.enrich, pipeline.evaluator.evaluate
-    private, incidents = pipeline.pseudonymizer, pipeline.incident_rows
+    record = pipeline.record
     for obs, match in pipeline.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
                                        byte_range=part.byte_range, skip=part.skip):  # fmt: skip
-        enriched = enrich(obs, match)  # type: ignore[arg-type]
-        rules = evaluate(enriched)  # on the real addresses: rules may name them
-        if private is not None:
-            enriched = private.apply(enriched)  # before ids are computed from them
-        row = observation_row(enriched)
+        row, incidents = record(obs, match)  # type: ignore[arg-type]
         record_id = obs.record_id or fallback_id(obs)
         row[ID] = observation_id(record_id, 0)  # the storing process renumbers true repeats
-        yield record_id, row, incidents(enriched, rules, row[DAY])
+        yield record_id, row, incidents
 
 
 def fallback_id(obs: Observation) -> str:

@@ -28,7 +28,7 @@ from monitor.egress import EgressOptions
 from monitor.observation import OBSERVATION_FIELDS
 from monitor.output import write_rows
 from monitor.pipeline import ScanSummary
-from monitor.policy import SEVERITIES, SEVERITY_RANK
+from monitor.policy import SEVERITIES
 
 PARSE_COLUMNS = [*(f for f in OBSERVATION_FIELDS if f != "record_id"), "provider", "provider_kind"]
 
@@ -55,7 +55,8 @@ PARSE_COLUMNS = [*(f for f in OBSERVATION_FIELDS if f != "record_id"), "provider
     "--fail-on",
     type=click.Choice(SEVERITIES),
     metavar="SEVERITY",
-    help=f"Exit {EXIT_FINDINGS} when new incidents at or above this severity were raised ({', '.join(SEVERITIES)}).",
+    help=f"Exit {EXIT_FINDINGS} when this scan raised or reopened findings (or added detail to open ones) "
+    f"at or above this severity, not under an exception ({', '.join(SEVERITIES)}).",
 )
 @click.option(
     "--jobs",
@@ -143,11 +144,7 @@ def scan(
     print_problems(summary.diag)
     if summary.diag.file_errors:
         ctx.exit(EXIT_ERROR)
-    if (
-        fail_on
-        and summary.new_max_severity
-        and SEVERITY_RANK[summary.new_max_severity] >= SEVERITY_RANK[fail_on]
-    ):
+    if fail_on and app.raised_findings([scan_id], fail_on):
         ctx.exit(EXIT_FINDINGS)
 
 
@@ -157,7 +154,10 @@ def _print_summary(scan_id: int, s: ScanSummary) -> None:
         f"scan {scan_id}: {len(s.files)} file(s), {s.records} records read, {s.malformed} malformed, "
         f"{s.llm_observations} LLM observations ({s.stored} new, {s.duplicates} already stored)"
     )
-    click.echo(f"incidents: {d['incidents_new']} new, {d['incidents_updated']} updated")
+    click.echo(
+        f"findings: {d['findings_new']} new, {d['findings_reopened']} reopened; "
+        f"incidents: {d['incidents_new']} new, {d['incidents_updated']} updated"
+    )
     for rule in sorted(set(s.new_by_rule) | set(s.updated_by_rule)):
         click.echo(
             f"  {rule}: {s.new_by_rule.get(rule, 0)} new, {s.updated_by_rule.get(rule, 0)} updated"

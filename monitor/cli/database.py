@@ -37,7 +37,7 @@ def db_check(ctx, as_json):
     else:
         for key, value in report.items():
             click.echo(f"{key:<24} {value}")
-    if report["integrity"] != "ok" or report["orphan_hits"]:
+    if report["integrity"] != "ok" or report["orphan_hits"] or report["incidents_without_finding"]:
         ctx.exit(EXIT_ERROR)
 
 

@@ -119,7 +119,7 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
     "--fail-on",
     type=click.Choice(SEVERITIES),
     metavar="SEVERITY",
-    help="Exit 3 when today's scans raised open incidents at or above this [default: config daily.fail_on].",
+    help="Exit 3 when today's scans raised or reopened findings at or above this, not excepted [default: config daily.fail_on].",
 )
 @click.option(
     "--jobs", "-j", type=click.IntRange(min=1), metavar="N", help="Parser processes per scan."
@@ -160,7 +160,7 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet
                 click.echo(f"{r.key}: not due ({r.skipped})", err=True)
         if result.fail_on:
             click.echo(
-                f"{len(result.findings)} open incident(s) at or above {result.fail_on} raised today",
+                f"{len(result.findings)} open finding(s) at or above {result.fail_on} raised or reopened today",
                 err=True,
             )
     ctx.exit(result.exit_code)
@@ -216,3 +216,19 @@ def config_check(ctx, path):
         click.echo(f"  {r.key:<10} {r.period} {r.format} → {example}")
     if cfg.fail_on:
         click.echo(f"  fail_on    {cfg.fail_on}")
+    for e in cfg.exceptions:
+        click.echo(
+            f"  {e.key:<10} until {e.until}: {safe_text(e.reason, 120)} ({safe_text(e.approver, 60)})"
+        )
+    from monitor.egress import contradictions
+
+    for text in contradictions(cfg.sites, app.geo):
+        click.echo(f"warning: {text}", err=True)
+    if app.db_path.exists():
+        stale = app.store.scans_evaluated_otherwise(app.settings_digest())
+        if stale:
+            click.echo(
+                f"warning: {len(stale)} scan(s) in {app.db_path} were evaluated with other settings "
+                "(catalogue, geodata, rules, sites); `apiwatch reevaluate` applies these",
+                err=True,
+            )

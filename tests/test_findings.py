@@ -1,0 +1,255 @@
+"""Findings end to end: a week of Squid traffic from 200 clients at one site, rolled up into
+findings; reopen, exceptions and their expiry, bulk actions, the audit trail; migration."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from click.testing import CliRunner
+
+from monitor.cli import EXIT_FINDINGS, main
+from monitor.store import MIGRATIONS, Store
+
+HOSTS = {  # provider id -> (host, destination address)
+    "openai": ("api.openai.com", "104.18.7.192"),
+    "anthropic": ("api.anthropic.com", "160.79.104.10"),
+    "google_gemini": ("generativelanguage.googleapis.com", "142.250.72.10"),
+}
+RULE = "provider-region-unsupported"
+WEEK_START = datetime(2026, 11, 23, tzinfo=UTC).timestamp()  # Monday
+CLIENTS = [f"10.20.{i // 100}.{i % 100 + 1}" for i in range(200)]
+
+CONFIG = """
+[sites.shanghai]
+client_cidrs = ["10.20.0.0/16"]
+country = "CN"
+"""
+
+
+def run(*args, ok=(0,)):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code in ok, result.output + result.stderr
+    return result
+
+
+def squid_line(ts: float, client: str, provider: str, user: str | None, size: int = 900) -> str:
+    host, ip = HOSTS[provider]
+    return (
+        f"{ts:.3f}    120 {client} TCP_TUNNEL/200 {size} CONNECT {host}:443 "
+        f"{user or '-'} HIER_DIRECT/{ip} -\n"
+    )
+
+
+def week_log(path, days=7) -> int:
+    """Every client calls each provider once or twice a day, as its own user: a real
+    Squid native log, in time order."""
+    lines = []
+    for day in range(days):
+        for n, client in enumerate(CLIENTS):
+            for k, provider in enumerate(HOSTS):
+                for rep in range(1 + (n + k) % 2):
+                    ts = WEEK_START + day * 86400 + 3600 + n * 60 + k * 7 + rep
+                    lines.append((ts, squid_line(ts, client, provider, f"user{n:03d}")))
+    lines.sort()
+    path.write_text("".join(line for _, line in lines))
+    return len(lines)
+
+
+@pytest.fixture
+def env(tmp_path):
+    cfg = tmp_path / "apiwatch.toml"
+    cfg.write_text(CONFIG)
+    db = tmp_path / "a.db"
+    log = tmp_path / "access.log"
+    lines = week_log(log)
+    return {"db": db, "cfg": cfg, "log": log, "lines": lines, "dir": tmp_path}
+
+
+def cli(env, *args, ok=(0,)):
+    return run("--db", env["db"], "--config", env["cfg"], *args, ok=ok)
+
+
+def findings(env, *args):
+    out = cli(env, "findings", "--json", *args).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def incidents(env, *args):
+    out = cli(env, "incidents", "--json", *args).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def events(env, fid):
+    return json.loads(cli(env, "show", fid, "--json").stdout)["events"]
+
+
+def more_traffic(env, name, provider, n, day=8):
+    path = env["dir"] / name
+    ts0 = WEEK_START + day * 86400
+    path.write_text("".join(squid_line(ts0 + i, CLIENTS[i], provider, None) for i in range(n)))
+    return path
+
+
+def test_a_week_rolls_up_into_findings(env):
+    cli(env, "scan", env["log"], ok=(EXIT_FINDINGS, 0))
+    rows = findings(env)
+    # a site that declares a country but no egress address still has CN as egress country
+    assert {(f["rule"], f["provider"], f["site"]) for f in rows} == {
+        (RULE, p, "shanghai") for p in HOSTS
+    }
+    assert all(list(f) == list(rows[0]) for f in rows)
+    assert list(rows[0]) == [
+        "id", "rule", "severity", "provider", "site", "egress_country", "status", "first_seen",
+        "last_seen", "count", "blocked", "bytes_out", "clients", "users", "hosts", "days",
+    ]  # fmt: skip
+    assert sum(f["count"] for f in rows) == env["lines"]
+    for f in rows:
+        detail = incidents(env, "--finding", f["id"])
+        assert len(detail) == 200 * 7  # one per client and day (each client is one user)
+        assert f["count"] == sum(i["count"] for i in detail)
+        assert (f["clients"], f["users"], f["hosts"], f["days"]) == (200, 200, 1, 7)
+        assert f["egress_country"] == "CN" and f["status"] == "open" and f["severity"] == "high"
+        assert {i["user"] for i in detail} == {f"user{n:03d}" for n in range(200)}
+    shown = cli(env, "show", rows[0]["id"]).stdout
+    assert "top clients" in shown and "top users" in shown and "user0" in shown
+    # --user and --client narrow the detail and the figures
+    (one,) = findings(env, "--provider", "openai", "--user", "user007")
+    assert one["users"] == 1 and one["clients"] == 1 and one["days"] == 7
+    (net,) = findings(env, "--provider", "openai", "--client", "10.20.1.0/24")
+    assert net["clients"] == 100
+    assert incidents(env, "--client", "10.20.9.0/24") == []
+
+
+def test_reopen_activity_exceptions_and_bulk(env):
+    cli(env, "scan", env["log"], "--fail-on", "high", ok=(EXIT_FINDINGS,))
+    by = {f["provider"]: f for f in findings(env)}
+    fo, fa, fg = by["openai"]["id"], by["anthropic"]["id"], by["google_gemini"]["id"]
+
+    cli(env, "resolve", fo, "--note", "egress moved", "--actor", "ana")
+    cli(env, "ack", fa, "--note", "SEC-1: handled", "--actor", "ana")
+    assert {i["status"] for i in incidents(env, "--finding", fo)} == {"resolved"}
+    # a scan of traffic for the acknowledged finding alone: recorded, not counted
+    cli(env, "scan", more_traffic(env, "a.log", "anthropic", 5), "--fail-on", "high")
+    (fa_now,) = [f for f in findings(env) if f["id"] == fa]
+    assert fa_now["status"] == "acknowledged" and fa_now["count"] == by["anthropic"]["count"] + 5
+    assert [(e["action"], e["requests"]) for e in events(env, fa)][-1] == ("activity", 5)
+
+    # the traffic comes back an hour later: reopened, counted by --fail-on like a new one
+    res = cli(env, "scan", more_traffic(env, "o.log", "openai", 7), "--fail-on", "high", "--json",
+              ok=(EXIT_FINDINGS,))  # fmt: skip
+    scan_id = json.loads(res.stdout)["scan_id"]
+    assert json.loads(res.stdout)["findings_reopened"] == 1
+    assert [f["id"] for f in findings(env, "--status", "reopened")] == [fo]
+    last = events(env, fo)[-1]
+    assert (last["action"], last["status_from"], last["status_to"]) == (
+        "reopened",
+        "resolved",
+        "reopened",
+    )
+    assert last["scan_id"] == scan_id and last["requests"] == 7
+    assert incidents(env, "--finding", fo, "--status", "reopened")
+
+    # an exception with an expiry: not counted while it holds, open again after
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    cli(env, "ack", fo, "--until", tomorrow, "--note", "SEC-2: pilot", "--actor", "ciso")
+    cli(env, "scan", more_traffic(env, "o2.log", "openai", 3, day=9), "--fail-on", "high")
+    store = Store(env["db"])
+    try:
+        (expired,) = store.apply_exceptions([], (date.today() + timedelta(days=2)).isoformat())
+    finally:
+        store.close()
+    assert (expired["finding_id"], expired["action"], expired["status_to"]) == (
+        fo, "exception-expired", "open")  # fmt: skip
+    assert [f["status"] for f in findings(env) if f["id"] == fo] == ["open"]
+    cli(env, "ack", fo, "--until", "2020-01-01", "--note", "x", ok=(2,))  # past: refused
+
+    # an exception register entry in the config covers the gemini finding (all its clients)
+    env["cfg"].write_text(
+        CONFIG + f'\n[[exceptions]]\nrule = "{RULE}"\nprovider = "google_gemini"\n'
+        f'client = "10.20.0.0/16"\nuntil = {tomorrow}\nreason = "SEC-3"\napprover = "ciso"\n'
+        '\n[[exceptions]]\nprovider = "openai"\nuntil = 2020-01-01\nreason = "old"\napprover = "x"\n'
+    )
+    cli(env, "resolve", fg, "--note", "done")
+    res = cli(env, "scan", more_traffic(env, "g.log", "google_gemini", 4), "--fail-on", "high")
+    (g,) = [f for f in findings(env) if f["id"] == fg]
+    assert g["status"] == "reopened"  # reopened, but excepted: --fail-on stays quiet
+    assert [e["action"] for e in events(env, fg)][-3:] == ["excepted", "resolved", "reopened"]
+    shown = json.loads(cli(env, "show", fg, "--json").stdout)
+    assert (shown["exception_until"], shown["exception_by"]) == (tomorrow, "ciso")
+    assert json.loads(cli(env, "show", fo, "--json").stdout)["exception_until"] is None
+
+    # bulk: filters instead of ids, a dry run first, a note always
+    cli(env, "resolve", "--site", "shanghai", "--note", "", ok=(2,))
+    cli(env, "resolve", "--site", "shanghai", ok=(2,))
+    dry = cli(
+        env, "resolve", "--site", "shanghai", "--severity", "high", "--dry-run", "--note", "n"
+    )
+    assert "3 finding(s) would change" in dry.stderr
+    assert {f["status"] for f in findings(env)} != {"resolved"}
+    cli(
+        env,
+        "resolve",
+        "--site",
+        "shanghai",
+        "--since",
+        "2026-11-01",
+        "--note",
+        "bulk",
+        "--actor",
+        "lead",
+    )
+    assert {f["status"] for f in findings(env)} == {"resolved"}
+    assert all(events(env, f["id"])[-1]["actor"] == "lead" for f in findings(env))
+    again = cli(env, "resolve", "--site", "shanghai", "--note", "bulk")
+    assert "0 finding(s)" in again.stderr
+
+
+def test_migration_keeps_incidents_and_events(tmp_path):
+    """A schema-2 database (built by the landed migration steps) comes up to date with every
+    incident, its hits and its events, a finding over them, and passes ``db check``."""
+    path = tmp_path / "v2.db"
+    con = sqlite3.connect(path)
+    import sqlite_utils
+
+    db = sqlite_utils.Database(con)
+    MIGRATIONS[1](db)
+    MIGRATIONS[2](db)
+    db.execute("PRAGMA user_version = 2")
+    db["scans"].insert({"id": 1, "started": "2026-11-27T00:00:00Z"})
+    base = {"rule": RULE, "severity": "high", "severity_rank": 3, "title": "t",
+            "provider": "openai", "provider_kind": "api", "dest_host": "api.openai.com",
+            "egress_country": "CN", "day": "2026-11-27", "first_seen": "2026-11-27T01:00:00.000Z",
+            "last_seen": "2026-11-27T02:00:00.000Z", "count": 3, "blocked": 0, "outcome": "allowed",
+            "evidence": "[]", "first_scan": 1, "last_scan": 1}  # fmt: skip
+    db["incidents"].insert_all([
+        {**base, "id": "aa01", "client_ip": "10.0.0.1", "site": "sh", "status": "resolved"},
+        {**base, "id": "aa02", "client_ip": "10.0.0.2", "site": "sh", "status": "open"},
+        {**base, "id": "aa03", "client_ip": "10.0.0.3", "site": None, "status": "acknowledged"},
+    ])  # fmt: skip
+    db["incident_events"].insert({"incident_id": "aa01", "at": "2026-11-28T00:00:00Z",
+                                  "action": "resolved", "status_from": "open",
+                                  "status_to": "resolved", "note": "n", "actor": "a"})  # fmt: skip
+    db["observations"].insert({"id": 7, "ts": 1795741200.0, "day": "2026-11-27", "scan_id": 1})
+    db.execute("INSERT INTO hits VALUES ('aa01', 7)")
+    con.commit()
+    con.close()
+
+    store = Store(path)
+    try:
+        assert {r["id"]: r["status"] for r in store.db.query("SELECT * FROM incidents")} == {
+            "aa01": "resolved", "aa02": "open", "aa03": "acknowledged"}  # fmt: skip
+        assert len(store.events()) == 1 and store.events()[0]["incident_id"] == "aa01"
+        rows = {
+            (f["site"], f["egress_country"]): f for f in store.db.query("SELECT * FROM findings")
+        }
+        assert rows[("sh", "CN")]["count"] == 6 and rows[("sh", "CN")]["status"] == "open"
+        assert rows[(None, "CN")]["status"] == "acknowledged"
+        report = store.check()
+        assert report["integrity"] == "ok" and report["incidents_without_finding"] == 0
+    finally:
+        store.close()
+    check = run("--db", path, "db", "check", "--json")
+    assert json.loads(check.stdout)["schema_version"] == 3
