@@ -129,8 +129,10 @@ class App:
         jobs: int | None = None,
         full: bool = False,
         pseudonymize: bool = False,
+        fail_on: str | None = None,
     ) -> tuple[int, ScanSummary]:
-        """Run and record one scan; returns its id and summary."""
+        """Run and record one scan (with the exit code ``fail_on`` gives it, see
+        :meth:`ScanSummary.exit_code`); returns its id and summary."""
         pipeline = self.pipeline(egress, collect, pseudonymize)  # validates before writing
         options = {
             "egress": asdict(egress),
@@ -143,25 +145,14 @@ class App:
         summary = Scanner(pipeline, self.store, jobs, full).run(paths, scan_id, on_read)
         for text in contradictions(self.config.sites, self.geo, egress):
             summary.diag.notice("config", 0, text)
-        record = summary.as_dict()
-        problems = [
-            {"source": p.source, "line": p.line, "reason": p.reason, "excerpt": p.excerpt}
-            for p in (*summary.diag.file_errors, *summary.diag.problems, *summary.diag.notices)
-        ]
-        record.pop("problems")
-        record.pop("notices")
-        record.pop("new_max_severity")
-        record.pop("findings_new")
-        record.pop("findings_reopened")
+        self.apply_exceptions()
+        if fail_on:
+            summary.fail_on_matched = [f["id"] for f in self.raised_findings([scan_id], fail_on)]
+        record, problems = summary.scan_record(fail_on)
         record["settings_digest"] = self.settings_digest()
-        record["by_rule"] = {
-            "new": record.pop("new_by_rule"),
-            "updated": record.pop("updated_by_rule"),
-        }
         record["catalog_version"] = self.catalog.version
         record["geodata"] = [asdict(s) for s in self.geo.sources()]
         self.store.finish_scan(scan_id, record, problems)
-        self.apply_exceptions()
         for hook in self.after_evaluation:
             hook(self, [scan_id])
         return scan_id, summary

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor.collectors import CollectOptions
 from monitor.config import ReportSpec, Source
@@ -27,6 +27,7 @@ from monitor.egress import EgressOptions
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, ApiwatchError
 from monitor.report import (
     ReportQuery,
+    ReportSource,
     build_report,
     output_path,
     period_ended,
@@ -35,8 +36,30 @@ from monitor.report import (
     write_atomic,
 )
 
+if TYPE_CHECKING:
+    from monitor.pipeline import ScanSummary
+
 #: Errors that fail one source (and the run's exit code) without stopping the others.
 SOURCE_ERRORS = (ApiwatchError, ValueError)
+
+
+class DailySource(ReportSource, Protocol):
+    """What the daily job needs: a report's sources, and scans (:class:`monitor.app.App`)."""
+
+    def scan(
+        self,
+        paths: list[str],
+        egress: EgressOptions,
+        collect: CollectOptions,
+        on_read: Callable[[int], None] | None = None,
+        jobs: int | None = None,
+    ) -> tuple[int, ScanSummary]: ...
+
+    def apply_exceptions(self, today: str | None = None) -> list[dict[str, Any]]: ...
+
+    def raised_findings(
+        self, scan_ids: list[int], fail_on: str, today: str | None = None
+    ) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -118,7 +141,7 @@ def expand(source: Source) -> list[str]:
 
 
 def run_daily(
-    app: Any,
+    app: DailySource,
     today: date | None = None,
     fail_on: str | None = None,
     jobs: int | None = None,
@@ -153,7 +176,7 @@ def run_daily(
     return result
 
 
-def _scan_source(app: Any, source: Source, jobs: int | None, log) -> SourceResult:
+def _scan_source(app: DailySource, source: Source, jobs: int | None, log) -> SourceResult:
     res = SourceResult(key=source.key, pattern=source.path)
     files = expand(source)
     res.files = files
@@ -185,7 +208,7 @@ def _scan_source(app: Any, source: Source, jobs: int | None, log) -> SourceResul
     return res
 
 
-def _write_report(app: Any, spec: ReportSpec, today: date, log) -> ReportResult:
+def _write_report(app: DailySource, spec: ReportSpec, today: date, log) -> ReportResult:
     res = ReportResult(key=spec.key, period=spec.period, format=spec.format)
     window = period_window(spec.period, today - timedelta(days=1))
     if spec.when == "period-end" and not period_ended(window, today):
@@ -207,9 +230,11 @@ def _write_report(app: Any, spec: ReportSpec, today: date, log) -> ReportResult:
     return res
 
 
-def _findings(app: Any, fail_on: str, started: datetime) -> list[dict[str, Any]]:
+def _findings(app: DailySource, fail_on: str, started: datetime) -> list[dict[str, Any]]:
     """Findings >= ``fail_on`` that scans started today (UTC) raised, reopened or added
     detail to, still open or reopened and not under an exception."""
-    app.apply_exceptions(started.strftime("%Y-%m-%d"))
-    scans = app.store.scans_since(started.strftime("%Y-%m-%dT00:00:00Z"))
-    return app.raised_findings(scans, fail_on, started.strftime("%Y-%m-%d"))
+    today = started.strftime("%Y-%m-%d")
+    app.apply_exceptions(today)
+    midnight = started.replace(hour=0, minute=0, second=0, microsecond=0)
+    scans = app.store.scans_started(midnight, midnight + timedelta(days=2))
+    return app.raised_findings(scans, fail_on, today)

@@ -13,10 +13,13 @@ the rows and is the one place a status changes (:meth:`monitor.store.Store.trans
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from monitor.ids import finding_id
+
+__all__ = ["FINDING_FIELDS", "FINDING_STATUSES", "ExceptionEntry", "finding_id", "is_finding_id"]
 
 FINDING_STATUSES = ("open", "acknowledged", "resolved", "reopened", "superseded")
 #: statuses that need someone's attention: counted by ``fail_on``
@@ -31,14 +34,6 @@ EVENT_ACTIONS = (
     "new", "acknowledged", "resolved", "open", "reopened", "activity", "excepted",
     "exception-expired", "superseded",
 )  # fmt: skip
-
-
-def finding_id(rule: str, provider: str, site: str | None, egress_country: str | None) -> str:
-    """Deterministic: ``F-`` and 12 hex digits (never a prefix of an incident id, which is
-    all hex). With a site, the egress country is not part of the identity."""
-    key = "\x1f".join((rule, provider or "", site or "", "" if site else egress_country or ""))
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
-    return f"F-{digest}"
 
 
 def is_finding_id(text: str) -> bool:

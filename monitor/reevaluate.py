@@ -23,19 +23,11 @@ from monitor.egress import EgressOptions
 from monitor.errors import ApiwatchError
 from monitor.observation import Observation
 from monitor.pipeline import Pipeline
-from monitor.store import COL, ReevaluationResult
+from monitor.rows import COL, COLUMNS
+from monitor.store import ReevaluationResult
 
-#: Observation fields read back from a stored row (the stored column where names differ)
-_FIELDS = {
-    "ts": "ts", "source": "source", "line": "line", "format": "format", "client_ip": "client_ip",
-    "client_port": "client_port", "user": "user", "method": "method", "dest_host": "dest_host",
-    "dest_port": "dest_port", "dest_ip": "dest_ip", "url": "url", "status": "status",
-    "bytes_out": "bytes_out", "bytes_in": "bytes_in", "host_source": "host_source",
-    "result": "result", "duration": "duration", "ts_end": "ts_end",
-    "packets_out": "packets_out", "packets_in": "packets_in", "ech": "ech",
-    "egress_ip": "egress_logged",
-}  # fmt: skip
-_POSITIONS = [(name, COL[column]) for name, column in _FIELDS.items()]
+#: (Observation field, position in a stored row) of what the log said
+_POSITIONS = [(c.path[4:], COL[c.name]) for c in COLUMNS if c.path and c.path.startswith("obs.")]
 _ID, _SCAN = COL["id"], COL["scan_id"]
 
 

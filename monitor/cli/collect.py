@@ -135,6 +135,7 @@ def scan(
             jobs,
             full,
             pseudonymize,
+            fail_on,
         )
     if not quiet:
         if as_json:
@@ -142,10 +143,8 @@ def scan(
         else:
             _print_summary(scan_id, summary)
     print_problems(summary.diag)
-    if summary.diag.file_errors:
-        ctx.exit(EXIT_ERROR)
-    if fail_on and app.raised_findings([scan_id], fail_on):
-        ctx.exit(EXIT_FINDINGS)
+    if code := summary.exit_code(fail_on):
+        ctx.exit(code)
 
 
 def _print_summary(scan_id: int, s: ScanSummary) -> None:

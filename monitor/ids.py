@@ -1,0 +1,63 @@
+"""Identities: of raw records, of stored observations and of incidents.
+
+De-duplication and aggregation rest on these digests, so each is defined once here: a
+collector names a record with :func:`record_id`, the pipeline turns that into the stored
+observation's :func:`observation_id`, and traffic aggregates under its :func:`incident_id`,
+which rolls up into its :func:`finding_id`.
+Changing any of them changes what a re-scan considers already stored.
+"""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from monitor.observation import Observation
+
+
+def record_id(raw: bytes) -> str:
+    """Stable identity of one raw record (a log line, an eve.json event, a flow key)."""
+    return blake2b(raw, digest_size=12).hexdigest()
+
+
+def observed_record_id(obs: Observation) -> str:
+    """Identity of a record whose collector gave none: its observed values."""
+    key = "\x1f".join(
+        str(v)
+        for v in (obs.ts, obs.source, obs.client_ip, obs.client_port, obs.method, obs.dest_host,
+                  obs.dest_port, obs.url, obs.status, obs.bytes_out, obs.bytes_in)
+    )  # fmt: skip
+    return record_id(key.encode("utf-8", "surrogatepass"))
+
+
+def observation_id(record_id: str, nth: int) -> int:
+    """63-bit integer id of the nth identical record in one input."""
+    key = record_id if nth == 0 else f"{record_id}/{nth}"
+    return int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def incident_id(
+    rule: str,
+    provider: str,
+    dest_host: str | None,
+    client_ip: str | None,
+    egress_ip: str | None,
+    egress_country: str | None,
+    day: str,
+    user: str | None = None,
+) -> str:
+    """Deterministic: the same traffic always aggregates into the same incident. The user is
+    part of the key only when the log names one (ids of user-less traffic do not change)."""
+    parts = [rule, provider, dest_host, client_ip, egress_ip, egress_country, day]
+    if user:
+        parts.append(user)
+    key = "\x1f".join(x or "" for x in parts)
+    return blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def finding_id(rule: str, provider: str, site: str | None, egress_country: str | None) -> str:
+    """The finding detail rolls up into: ``F-`` and 12 hex digits (never a prefix of an
+    incident id, which is all hex). With a site, the egress country is not part of it."""
+    key = "\x1f".join((rule, provider or "", site or "", "" if site else egress_country or ""))
+    return "F-" + blake2b(key.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
