@@ -293,19 +293,6 @@ def bulk_filter_options(fn):
     return filter_options(fn, without=("until",))
 
 
-FILTER_NAMES = (
-    "since",
-    "until",
-    "rule",
-    "severity",
-    "provider",
-    "site",
-    "client",
-    "user",
-    "status",
-)
-
-
 def query_of(kwargs: dict, **extra):
     """The store query for :func:`filter_options` values (removed from ``kwargs``)."""
     from monitor.store import IncidentQuery
@@ -316,3 +303,26 @@ def query_of(kwargs: dict, **extra):
         provider=f["provider"], site=f["site"], client=f["client"], user=f["user"],
         status=f["status"], **extra,
     )  # fmt: skip
+
+
+spreadsheet_safe_option = click.option(
+    "--spreadsheet-safe",
+    is_flag=True,
+    help="With --csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '.",
+)
+
+
+def listing_options(noun: str):
+    """``--limit``, ``--json``, ``--csv`` and ``--spreadsheet-safe`` of a listing command."""
+
+    def decorate(fn):
+        for option in reversed([
+            click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first)."),
+            click.option("--json", "out", flag_value="json", help=f"JSON lines, one {noun} per line."),
+            click.option("--csv", "out", flag_value="csv", help="CSV with a header row."),
+            spreadsheet_safe_option,
+        ]):  # fmt: skip
+            fn = option(fn)
+        return fn
+
+    return decorate

@@ -22,6 +22,7 @@ from monitor.cli.base import (
     logformat_options,
     main,
     print_problems,
+    spreadsheet_safe_option,
 )
 from monitor.collectors import Diagnostics, InputError
 from monitor.egress import EgressOptions
@@ -175,11 +176,7 @@ def _print_summary(scan_id: int, s: ScanSummary) -> None:
 @click.option(
     "--llm-only", is_flag=True, help="Only observations whose destination the catalogue knows."
 )
-@click.option(
-    "--spreadsheet-safe",
-    is_flag=True,
-    help="With --csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '.",
-)
+@spreadsheet_safe_option
 @click.pass_context
 @guard
 def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spreadsheet_safe):

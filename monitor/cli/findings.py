@@ -8,7 +8,15 @@ import sys
 
 import click
 
-from monitor.cli.base import app_of, date_value, filter_options, guard, main, query_of
+from monitor.cli.base import (
+    app_of,
+    date_value,
+    filter_options,
+    guard,
+    listing_options,
+    main,
+    query_of,
+)
 from monitor.findings import FINDING_FIELDS
 from monitor.output import write_rows
 
@@ -20,14 +28,7 @@ FINDING_TABLE = [
 
 @main.command("findings")
 @filter_options
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first).")
-@click.option("--json", "out", flag_value="json", help="JSON lines, one finding per line.")
-@click.option("--csv", "out", flag_value="csv", help="CSV with a header row.")
-@click.option(
-    "--spreadsheet-safe",
-    is_flag=True,
-    help="With --csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '.",
-)
+@listing_options("finding")
 @click.pass_context
 @guard
 def findings_cmd(ctx, limit, out, spreadsheet_safe, **filters):

@@ -9,7 +9,16 @@ from dataclasses import asdict
 
 import click
 
-from monitor.cli.base import Fatal, app_of, filter_options, guard, main, query_of, warn_stale
+from monitor.cli.base import (
+    Fatal,
+    app_of,
+    filter_options,
+    guard,
+    listing_options,
+    main,
+    query_of,
+    warn_stale,
+)
 from monitor.findings import is_finding_id
 from monitor.observation import canonical_ip
 from monitor.output import safe_text, write_json_lines, write_rows
@@ -37,14 +46,7 @@ INCIDENT_TABLE = [
 @main.command()
 @filter_options
 @click.option("--finding", metavar="ID", help="Only the detail of this finding (id or prefix).")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first).")
-@click.option("--json", "out", flag_value="json", help="JSON lines, one incident per line.")
-@click.option("--csv", "out", flag_value="csv", help="CSV with a header row.")
-@click.option(
-    "--spreadsheet-safe",
-    is_flag=True,
-    help="With --csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '.",
-)
+@listing_options("incident")
 @click.pass_context
 @guard
 def incidents(ctx, finding, limit, out, spreadsheet_safe, **filters):
