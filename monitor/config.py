@@ -473,11 +473,11 @@ def _site(name: str, body: dict[str, Any], where: str, key: str) -> Site:
         country = country.upper()
     tz = body.get("tz")
     if tz is not None:
-        tz = _time_zone(tz, where, f"{key}.tz")
+        tz = time_zone(tz, f"{where}: {key}.tz")
     return Site(name, tuple(cidrs), tuple(egress), country, tz)
 
 
-def _time_zone(value: Any, where: str, key: str) -> str:
+def time_zone(value: Any, where: str) -> str:
     """An IANA time zone name, validated against the system's zone database."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -486,9 +486,7 @@ def _time_zone(value: Any, where: str, key: str) -> str:
             raise ValueError
         ZoneInfo(value)
     except (ValueError, ZoneInfoNotFoundError):
-        raise ConfigError(
-            f"{where}: {key}: {value!r} is not a time zone (e.g. Asia/Shanghai)"
-        ) from None
+        raise ConfigError(f"{where}: {value!r} is not a time zone (e.g. Asia/Shanghai)") from None
     return value
 
 

@@ -147,6 +147,7 @@ def run_daily(
     jobs: int | None = None,
     write_reports: bool = True,
     log: Callable[..., None] = lambda _msg, error=False: None,
+    tz: str | None = None,
 ) -> DailyResult:
     """Scan ``app.config.sources``, write ``app.config.reports`` that are due, return the result.
 
@@ -165,7 +166,7 @@ def run_daily(
         result.sources.append(_scan_source(app, source, jobs, log))
     if write_reports:
         for spec in config.reports:
-            result.reports.append(_write_report(app, spec, today, log))
+            result.reports.append(_write_report(app, spec, today, log, tz))
     if fail_on:
         result.findings = _findings(app, fail_on, started)
     failed = any(s.failed for s in result.sources) or any(r.error for r in result.reports)
@@ -208,9 +209,14 @@ def _scan_source(app: DailySource, source: Source, jobs: int | None, log) -> Sou
     return res
 
 
-def _write_report(app: DailySource, spec: ReportSpec, today: date, log) -> ReportResult:
+def _write_report(
+    app: DailySource, spec: ReportSpec, today: date, log, tz: str | None = None
+) -> ReportResult:
+    """``tz`` (``--tz``), else the time zone of the one site the report is about, else UTC."""
     res = ReportResult(key=spec.key, period=spec.period, format=spec.format)
-    window = period_window(spec.period, today - timedelta(days=1))
+    zones = {app.config.sites[s].tz for s in spec.site if s in app.config.sites}
+    tz = tz or (zones.pop() if len(zones) == 1 and None not in zones else "UTC")
+    window = period_window(spec.period, today - timedelta(days=1), tz=tz)
     if spec.when == "period-end" and not period_ended(window, today):
         res.skipped = f"{spec.period} period {window.label} is not over"
         return res

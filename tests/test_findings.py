@@ -253,3 +253,48 @@ def test_migration_keeps_incidents_and_events(tmp_path):
         store.close()
     check = run("--db", path, "db", "check", "--json")
     assert json.loads(check.stdout)["schema_version"] == 3
+
+
+def test_egress_precedence_is_predictable(tmp_path):
+    """The command line beats the config; a declared country that contradicts geolocation is
+    said, and both countries are kept."""
+    cfg, db = tmp_path / "c.toml", tmp_path / "c.db"
+    cfg.write_text('[sites.sh]\nclient_cidrs = ["10.20.0.0/16"]\ncountry = "DE"\n'
+                   '[sites.hq]\nclient_cidrs = ["10.30.0.0/16"]\negress_ips = ["114.114.114.114"]\n'
+                   'country = "DE"\n')  # fmt: skip
+    log = tmp_path / "a.log"
+    log.write_text(squid_line(WEEK_START, "10.20.0.1", "openai", None)
+                   + squid_line(WEEK_START + 1, "10.30.0.1", "openai", None))  # fmt: skip
+    res = run("--db", db, "--config", cfg, "scan", log, "--egress-ip", "114.114.114.114",
+              "--fail-on", "high", ok=(EXIT_FINDINGS,))  # fmt: skip
+    assert "sites.hq: declares DE for egress 114.114.114.114, which geolocates to CN" in res.stderr
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT site, egress_ip, egress_country, egress_geo_country, egress_source"
+                       " FROM observations ORDER BY ts").fetchall()  # fmt: skip
+    con.close()
+    # sh names no egress IP: the operator's address is geolocated, not given the site's DE;
+    # hq names this very address as its own: its declaration holds, the geolocation is kept
+    assert rows[0][:4] == ("sh", "114.114.114.114", "CN", "CN")
+    assert rows[1][:4] == ("hq", "114.114.114.114", "DE", "CN") and rows[1][4] == "site:hq"
+    check = run("--db", db, "config", "check", cfg)
+    assert "sites.hq: declares DE" in check.stderr
+    # without an egress address a declared country applies (it raised nothing before)
+    cfg.write_text('[sites.sh]\nclient_cidrs = ["10.20.0.0/16"]\ncountry = "CN"\n')
+    db2 = tmp_path / "d.db"
+    run("--db", db2, "--config", cfg, "scan", log, "--fail-on", "high", ok=(EXIT_FINDINGS,))
+
+
+def test_report_days_in_a_time_zone(env):
+    cli(env, "scan", env["log"], ok=(0, EXIT_FINDINGS))
+    env["cfg"].write_text(CONFIG.replace('country = "CN"', 'country = "CN"\ntz = "Asia/Shanghai"'))
+    utc = json.loads(
+        cli(env, "report", "--period", "daily", "--date", "2026-11-24", "--format", "json").stdout
+    )
+    sh = json.loads(cli(env, "report", "--period", "daily", "--date", "2026-11-24", "--format", "json",
+                        "--site", "shanghai").stdout)  # fmt: skip
+    tz = json.loads(cli(env, "report", "--period", "daily", "--date", "2026-11-24", "--format", "json",
+                        "--tz", "Asia/Shanghai").stdout)  # fmt: skip
+    assert utc["meta"]["since"] == "2026-11-24T00:00:00.000Z" and utc["meta"]["tz"] == "UTC"
+    assert sh["meta"]["since"] == tz["meta"]["since"] == "2026-11-23T16:00:00.000Z"
+    assert sh["meta"]["tz"] == "Asia/Shanghai" and sh["meta"]["label"] == "2026-11-24"
+    cli(env, "report", "--period", "daily", "--tz", "Mars/Olympus", ok=(2,))

@@ -12,9 +12,27 @@ import click
 
 from monitor.app import App
 from monitor.cli.base import FATAL, Fatal, date_value, guard, main, when
-from monitor.config import REPORT_FORMATS, load_config
+from monitor.config import REPORT_FORMATS, ConfigError, load_config, time_zone
 from monitor.output import safe_text
 from monitor.policy import SEVERITIES
+
+tz_option = click.option(
+    "--tz",
+    metavar="ZONE",
+    help="Report days in this IANA time zone, e.g. Asia/Shanghai [default: the site's tz when "
+    "the report is of one site that declares one, else UTC].",
+)
+
+
+def report_tz(app: App, tz: str | None, sites) -> str:
+    """``--tz``, else the time zone of the one site a report is about, else UTC."""
+    if tz:
+        try:
+            return time_zone(tz, "--tz")
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tz") from None
+    declared = {app.config.sites[s].tz for s in sites if s in app.config.sites}
+    return declared.pop() if len(declared) == 1 and None not in declared else "UTC"
 
 
 @main.command("report")
@@ -47,6 +65,7 @@ from monitor.policy import SEVERITIES
 @click.option(
     "--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in top-N tables."
 )
+@tz_option
 @click.option(
     "--spreadsheet-safe",
     is_flag=True,
@@ -54,7 +73,9 @@ from monitor.policy import SEVERITIES
 )
 @click.pass_context
 @guard
-def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top, spreadsheet_safe):
+def report_cmd(
+    ctx, period, day, since, until, fmt, output, site, provider, top, tz, spreadsheet_safe
+):
     """Traffic and incidents of a period, with trend and methods, as evidence.
 
     \b
@@ -62,6 +83,7 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
     apiwatch report --period monthly --date 2026-11-15 --format json > nov.json
     apiwatch report --since 2026-11-01 --until 2026-11-15 --site shanghai --format md
     apiwatch report --period daily --format csv --spreadsheet-safe -o daily-{date}.csv
+    apiwatch report --period weekly --site shanghai --tz Asia/Shanghai -o sh-{week}.html
     """
     if period and since:
         raise click.UsageError("give either --period or --since/--until, not both")
@@ -82,12 +104,13 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
         write_atomic,
     )
 
+    app: App = ctx.obj
+    tz = report_tz(app, tz, site)
     try:
-        window = period_window(period, day) if period else custom_window(since, until)
+        window = period_window(period, day, tz=tz) if period else custom_window(since, until, tz=tz)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     fmt = fmt or format_for(output) or ("html" if output else "md")
-    app: App = ctx.obj
     report = build_report(app, ReportQuery(window, sites=site, providers=provider, top=top))
     text = render(report, fmt, spreadsheet_safe)
     if output is None or output == "-":
@@ -125,11 +148,12 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
     "--jobs", "-j", type=click.IntRange(min=1), metavar="N", help="Parser processes per scan."
 )
 @click.option("--no-reports", is_flag=True, help="Scan only.")
+@tz_option
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
 @guard
-def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet):
+def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, tz, as_json, quiet):
     """Scan every configured source, write the reports that are due, exit with a code for cron.
 
     \b
@@ -151,7 +175,7 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet
         if error or not quiet:  # stderr: with --json, stdout holds only the JSON
             click.echo(("error: " if error else "") + safe_text(msg, None), err=True)
 
-    result = run_daily(app, today, fail_on, jobs, not no_reports, log)
+    result = run_daily(app, today, fail_on, jobs, not no_reports, log, tz)
     if as_json:
         click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
     elif not quiet:
