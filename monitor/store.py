@@ -1162,6 +1162,61 @@ class Store:
         }
         return {"total": total, "shown": len(items), "by_action": by_action, "items": items}
 
+    def report_findings(
+        self, since: datetime, until: datetime, where: TrafficFilter, limit: int, top_users: int = 3
+    ) -> dict[str, Any]:
+        """Findings with detail active in ``[since, until)``, their figures over that detail
+        (whole UTC days: the detail's grain), the most severe and busiest first, each with
+        its top users; and which were reopened during the period."""
+        s, u = iso_datetime(since), iso_datetime(until)
+        f, fparams = where.sql()
+        detail = f"first_seen < ? AND last_seen >= ?{f}"
+        cols = ", ".join(f"d.{c}" for c in _ROLLUP_COLUMNS if c != "severity")
+        sql = (
+            "SELECT f.id, f.status, f.exception_until, f.exception_reason, f.exception_by, "  # noqa: S608
+            f"f.exception_source, {cols} FROM findings f JOIN ({_ROLLUP.format(where=detail)}) d"
+            " ON d.id = f.id ORDER BY d.severity_rank DESC, d.count DESC, f.id"
+        )
+        rows = [_rolled(r) for r in self.db.query(sql, [u, s, *fparams])]
+        reopened = {r[0] for r in self.db.execute(
+            "SELECT DISTINCT finding_id FROM finding_events WHERE action = 'reopened'"
+            " AND at >= ? AND at < ?", [s, u])}  # fmt: skip
+        shown = rows[:limit]
+        users: dict[str, list[dict[str, Any]]] = {}
+        for chunk, marks in _chunks([r["id"] for r in shown]):
+            for fid, user, n in self.db.execute(
+                f"""SELECT finding_id, user, sum(count) AS n FROM incidents
+                    WHERE finding_id IN ({marks}) AND user IS NOT NULL AND {detail}
+                    GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",  # noqa: S608 - constants
+                [*chunk, u, s, *fparams],
+            ):
+                if len(users.setdefault(fid, [])) < top_users:
+                    users[fid].append({"user": user, "count": n})
+        for r in rows:
+            r.pop("severity_rank", None)
+            r["reopened_in_period"] = r["id"] in reopened
+            r["top_users"] = users.get(r["id"], [])
+        return {"total": len(rows), "shown": len(shown), "items": shown, "all": rows}
+
+    def report_exceptions(
+        self, since: datetime, until: datetime, where: TrafficFilter
+    ) -> dict[str, Any]:
+        """Exceptions in force at the end of ``[since, until)`` and those that ran out in it."""
+        s, u = iso_datetime(since), iso_datetime(until)
+        f, fparams = where.sql("f")
+        last_day = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+        in_force = list(self.db.query(
+            "SELECT f.id, f.rule, f.severity, f.provider, f.site, f.egress_country, f.status,"  # noqa: S608
+            " f.exception_until AS until, f.exception_reason AS reason, f.exception_by AS approver,"
+            f" f.exception_source AS source FROM findings f WHERE f.exception_until >= ?{f}"
+            " ORDER BY f.exception_until, f.id", [last_day, *fparams]))  # fmt: skip
+        expired = list(self.db.query(
+            "SELECT e.at, f.id, f.rule, f.severity, f.provider, f.site, f.egress_country,"  # noqa: S608
+            " e.note FROM finding_events e JOIN findings f ON f.id = e.finding_id"
+            f" WHERE e.action = 'exception-expired' AND e.at >= ? AND e.at < ?{f}"
+            " ORDER BY e.at, e.id", [s, u, *fparams]))  # fmt: skip
+        return {"in_force": in_force, "expired": expired}
+
     def scans_started(self, since: datetime, until: datetime) -> list[int]:
         """Ids of the scans started in ``[since, until)``."""
         bounds = [since.strftime("%Y-%m-%dT%H:%M:%SZ"), until.strftime("%Y-%m-%dT%H:%M:%SZ")]
