@@ -143,8 +143,7 @@ class App:
         }
         scan_id = self.store.start_scan(paths, options)
         summary = Scanner(pipeline, self.store, jobs, full).run(paths, scan_id, on_read)
-        for text in contradictions(self.config.sites, self.geo, egress):
-            summary.diag.notice("config", 0, text)
+        summary.warnings = contradictions(self.config.sites, self.geo, egress)
         self.apply_exceptions()
         if fail_on:
             summary.fail_on_matched = [f["id"] for f in self.raised_findings([scan_id], fail_on)]

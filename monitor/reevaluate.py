@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from monitor.collectors import CollectOptions
@@ -29,6 +30,12 @@ from monitor.store import ReevaluationResult
 #: (Observation field, position in a stored row) of what the log said
 _POSITIONS = [(c.path[4:], COL[c.name]) for c in COLUMNS if c.path and c.path.startswith("obs.")]
 _ID, _SCAN = COL["id"], COL["scan_id"]
+_KEPT = frozenset((_ID, _SCAN))
+#: everything the record path reads that varies between records (rules read no URL, size
+#: or duration): records that agree on these get the same enrichment and incidents
+_key = itemgetter(*(COL[c] for c in ("scan_id", "day", "client_ip", "user", "method", "dest_host",
+                                      "dest_ip", "status", "result", "egress_logged")))  # fmt: skip
+MEMO_LIMIT = 1 << 18
 
 
 class ReevaluateError(ApiwatchError, ValueError):
@@ -78,14 +85,36 @@ def reevaluate(
                 ) from None
         by_scan[sid] = pipelines[egress]
 
+    memo: dict[tuple[Any, ...], tuple[list[tuple[int, Any]], list[dict[str, Any]]] | None] = {}
+
     def evaluate(old: list[Any]) -> tuple[list[Any], list[dict[str, Any]]] | None:
-        pipeline = by_scan[old[_SCAN]]
-        obs = observation_of(old)
-        match = pipeline.identifier.identify(obs)
-        if match is None:
+        """The record path, once per distinct combination of what it reads (a client calls
+        the same host from the same egress all day): the changes to the row and the
+        incident rows are reused for every record that shares it."""
+        key = _key(old)
+        if key in memo:
+            found = memo[key]
+        else:
+            if len(memo) > MEMO_LIMIT:
+                memo.clear()
+            pipeline = by_scan[old[_SCAN]]
+            obs = observation_of(old)
+            match = pipeline.identifier.identify(obs)
+            if match is None:
+                found = None
+            else:
+                row, incidents = pipeline.record(obs, match)
+                changes = [(i, v) for i, v in enumerate(row) if i not in _KEPT and v != old[i]]
+                found = (changes, incidents)
+            memo[key] = found
+        if found is None:
             return None
-        row, incidents = pipeline.record(obs, match)
-        row[_ID], row[_SCAN] = old[_ID], old[_SCAN]
+        changes, incidents = found
+        if not changes:
+            return old, incidents
+        row = list(old)
+        for i, v in changes:
+            row[i] = v
         return row, incidents
 
     result = store.reevaluate(start, evaluate, app.settings_digest(), actor)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from monitor.errors import ApiwatchError
 from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
 from monitor.observation import iso_datetime, iso_utc
-from monitor.rows import COL, COLUMNS, TYPES
+from monitor.rows import COL, TYPES
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -50,10 +50,9 @@ OBSERVATION_COLUMNS = TYPES
 _ID, _TS, _DAY, _SOURCE, _LINE = COL["id"], COL["ts"], COL["day"], COL["source"], COL["line"]
 _OUT, _IN, _OUTCOME = COL["bytes_out"], COL["bytes_in"], COL["outcome"]
 _SCAN = COL["scan_id"]
-#: what the log said (never changed by re-evaluation); the other columns are enrichment
-_RECORD_COLUMNS = frozenset(
-    c.name for c in COLUMNS if c.path is None or c.path == "day" or c.path.startswith("obs.")
-)
+#: what re-evaluation may rewrite: every column but the id (row order)
+_UPDATED = list(OBSERVATION_COLUMNS)[1:]
+assert COL["id"] == 0
 
 
 _INSERT_OBSERVATION = (
@@ -818,6 +817,7 @@ class Store:
         self,
         start_day: str,
         evaluate: Callable[[list[Any]], tuple[list[Any], Sequence[dict[str, Any]]] | None],
+        # (returns the row it was given when nothing changed)
         digest: str | None = None,
         actor: str = "apiwatch reevaluate",
         batch: int = 20000,
@@ -830,9 +830,7 @@ class Store:
         out = ReevaluationResult()
         agg = IngestResult()
         conn = self.db.conn
-        enrichment = [c for c in OBSERVATION_COLUMNS if c not in _RECORD_COLUMNS]
-        positions = [COL[c] for c in enrichment]
-        update = (f"UPDATE observations SET {', '.join(f'{c} = ?' for c in enrichment)}"  # noqa: S608
+        update = (f"UPDATE observations SET {', '.join(f'{c} = ?' for c in _UPDATED)}"  # noqa: S608
                   " WHERE rowid = ?")  # fmt: skip
         with self._tx():
             old_status = dict(conn.execute(
@@ -862,8 +860,8 @@ class Store:
                         gone.append((r[0],))
                         continue
                     row, incs = new
-                    if row != old:
-                        changed.append([*(row[p] for p in positions), r[0]])
+                    if row is not old:  # ``evaluate`` returns ``old`` itself when unchanged
+                        changed.append([*row[1:], r[0]])
                     fresh.append((row, incs))
                 out.observations += len(rows)
                 out.changed += len(changed)
@@ -919,6 +917,19 @@ class Store:
         for row in self.db.query(sql, params):
             yield _incident_out(row)
 
+    def present(self, column: str, values: Sequence[str]) -> set[str]:
+        """Which of ``values`` some incident holds in ``column`` (to tell a typo from a quiet
+        week)."""
+        if column not in INCIDENT_COLUMNS:
+            raise ValueError(f"not an incident column: {column}")
+        found: set[str] = set()
+        for i in range(0, len(values), _IN_CHUNK):
+            chunk = list(values[i : i + _IN_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT DISTINCT {column} FROM incidents WHERE {column} IN ({marks})"  # noqa: S608
+            found.update(r[0] for r in self.db.execute(sql, chunk))
+        return found
+
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
         """One incident by id or unique id prefix, with its sample records."""
         rows = list(
@@ -944,9 +955,10 @@ class Store:
         return inc
 
     def set_status(self, incident_id: str, status: str, note: str | None = None,
-                   actor: str | None = None) -> dict[str, Any]:  # fmt: skip
+                   actor: str | None = None) -> dict[str, Any] | None:  # fmt: skip
         """Move an incident to ``status`` (open | acknowledged | resolved), recording who, when
-        and why in ``incident_events``. Raises KeyError for an unknown or ambiguous id."""
+        and why in ``incident_events``; None when it already has that status (nothing is
+        logged). Raises KeyError for an unknown or ambiguous id."""
         if status not in INCIDENT_STATUSES:
             raise ValueError(f"status must be one of {', '.join(INCIDENT_STATUSES)}")
         with self._tx():
@@ -959,6 +971,8 @@ class Store:
                     else f"no incident with id {incident_id!r}"
                 )
             (row,) = rows
+            if row["status"] == status:  # nothing changes: nothing to log
+                return None
             event = {"incident_id": row["id"], "at": _now(), "action": status, "status_from": row["status"],
                      "status_to": status, "note": note, "actor": actor}  # fmt: skip
             self.db.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, row["id"]])

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict
 
@@ -21,8 +20,9 @@ from monitor.cli.base import (
 )
 from monitor.findings import is_finding_id
 from monitor.observation import canonical_ip
-from monitor.output import safe_text, write_json_lines, write_rows
+from monitor.output import json_text, safe_text, write_json_lines, write_rows
 from monitor.store import INCIDENT_COLUMNS as STORED_INCIDENT_COLUMNS
+from monitor.store import FindingQuery
 
 #: incident fields in output order (the store's columns without its internal ones)
 INCIDENT_COLUMNS = [c for c in STORED_INCIDENT_COLUMNS if c not in ("severity_rank", "title")]
@@ -60,15 +60,43 @@ def incidents(ctx, finding, limit, out, spreadsheet_safe, **filters):
     apiwatch incidents --json | jq -r 'select(.count > 100) | .id'
     """
     q = query_of(filters, limit=limit, finding=finding)
+    app = app_of(ctx)
     try:
-        rows = list(app_of(ctx).store.incidents(q))
+        rows = list(app.store.incidents(q))
     except KeyError as exc:
         raise Fatal(exc.args[0]) from None
     n = write_rows(
         rows, out or "table", INCIDENT_COLUMNS, sys.stdout, INCIDENT_TABLE, spreadsheet_safe
     )
-    if n == 0 and not out:
-        click.echo("no incidents match", err=True)
+    if n == 0:
+        unknown_filter_values(app, q)
+        if not out:
+            click.echo("no incidents match", err=True)
+
+
+def unknown_filter_values(app, q: FindingQuery) -> None:
+    """A filter value no incident holds and nothing configures is most likely a typo: say so
+    (a usage error) rather than 'no incidents match'. (A network given to --client is not.)"""
+    for option, column, values, known in (
+        ("--site", "site", q.site, lambda: set(app.config.sites)),
+        ("--provider", "provider", q.provider, lambda: {e.id for e in app.catalog.entries()}),
+        ("--client", "client_ip", [c for c in q.client if "/" not in c], set),
+        ("--user", "user", q.user, set),
+        ("--rule", "rule", q.rule, lambda: {r.id for r in app.rules.rules}),
+    ):
+        if not values:
+            continue
+        configured = known()
+        unknown = [v for v in values if v not in configured]
+        if unknown:
+            unknown = [v for v in unknown if v not in app.store.present(column, unknown)]
+        if unknown:
+            listed = ", ".join(sorted(configured))
+            raise click.BadParameter(
+                f"unknown {column.removesuffix('_ip')} {safe_text(unknown[0], 80)!r}: no incident "
+                "or configuration names it" + (f" (known: {listed})" if listed else ""),
+                param_hint=option,
+            )
 
 
 @main.command()
@@ -101,7 +129,7 @@ def show(ctx, incident_id, as_json, samples):
     if inc is None:
         raise Fatal(f"no {'finding' if finding else 'incident'} with id {incident_id!r}")
     if as_json:
-        click.echo(json.dumps(inc, ensure_ascii=False))
+        click.echo(json_text(inc))
         return
     records = inc.pop("records")
     events = inc.pop("events")

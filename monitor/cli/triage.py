@@ -26,9 +26,9 @@ def _actor(actor: str | None) -> str:
 
 
 def _note_value(_ctx, _param, value: str) -> str:
-    if not value or not value.strip():
-        raise click.BadParameter("must not be empty: say why (it goes into the audit trail)")
-    return value.strip()
+    if not value.strip():
+        raise click.BadParameter("a note must say something (why, a ticket id)")
+    return value
 
 
 def _set_status(ctx, ids, status, note, actor, until, dry_run, filters) -> None:
@@ -74,6 +74,9 @@ def _set_status(ctx, ids, status, note, actor, until, dry_run, filters) -> None:
             if until_text:
                 raise click.UsageError("--until applies to findings (F-…), not incidents")
             event = app.store.set_status(iid, status, note, who)
+            if event is None:
+                click.echo(f"incident {iid}: already {status}; nothing changed", err=True)
+                continue
             event["finding_id"] = event.pop("incident_id")
             events.append(event)
     except KeyError as exc:
@@ -83,8 +86,14 @@ def _set_status(ctx, ids, status, note, actor, until, dry_run, filters) -> None:
         extra = f", until {e['until']}" if e.get("until") else ""
         click.echo(f"{kind} {e['finding_id']}: {e['status_from']} → {e['status_to']} "
                    f"({e['actor']}, {e['at']}{extra})")  # fmt: skip
-    if findings and not events:
-        click.echo(f"nothing to change: already {status}", err=True)
+    if findings and not any(is_finding_id(e["finding_id"]) for e in events):
+        click.echo(f"finding(s) already {status}; nothing changed", err=True)
+
+
+def _note_value(_ctx, _param, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("a note must say something (why, a ticket id)")
+    return value
 
 
 _note = click.option(
