@@ -87,10 +87,10 @@ def reevaluate(
 
     memo: dict[tuple[Any, ...], tuple[list[tuple[int, Any]], list[dict[str, Any]]] | None] = {}
 
-    def evaluate(old: list[Any]) -> tuple[list[Any], list[dict[str, Any]]] | None:
+    def evaluate(old: list[Any]) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]] | None:
         """The record path, once per distinct combination of what it reads (a client calls
-        the same host from the same egress all day): the changes to the row and the
-        incident rows are reused for every record that shares it."""
+        the same host from the same egress all day): the changes to the row (position,
+        value) and the incident rows are reused for every record that shares it."""
         key = _key(old)
         if key in memo:
             found = memo[key]
@@ -107,15 +107,7 @@ def reevaluate(
                 changes = [(i, v) for i, v in enumerate(row) if i not in _KEPT and v != old[i]]
                 found = (changes, incidents)
             memo[key] = found
-        if found is None:
-            return None
-        changes, incidents = found
-        if not changes:
-            return old, incidents
-        row = list(old)
-        for i, v in changes:
-            row[i] = v
-        return row, incidents
+        return found
 
     result = store.reevaluate(start, evaluate, app.settings_digest(), actor)
     app.apply_exceptions()

@@ -50,9 +50,6 @@ OBSERVATION_COLUMNS = TYPES
 _ID, _TS, _DAY, _SOURCE, _LINE = COL["id"], COL["ts"], COL["day"], COL["source"], COL["line"]
 _OUT, _IN, _OUTCOME = COL["bytes_out"], COL["bytes_in"], COL["outcome"]
 _SCAN = COL["scan_id"]
-#: what re-evaluation may rewrite: every column but the id (row order)
-_UPDATED = list(OBSERVATION_COLUMNS)[1:]
-assert COL["id"] == 0
 
 
 _INSERT_OBSERVATION = (
@@ -816,22 +813,22 @@ class Store:
     def reevaluate(
         self,
         start_day: str,
-        evaluate: Callable[[list[Any]], tuple[list[Any], Sequence[dict[str, Any]]] | None],
-        # (returns the row it was given when nothing changed)
+        evaluate: Callable[
+            [list[Any]], tuple[list[tuple[int, Any]], Sequence[dict[str, Any]]] | None
+        ],
         digest: str | None = None,
         actor: str = "apiwatch reevaluate",
         batch: int = 20000,
     ) -> ReevaluationResult:
         """Recompute everything stored from ``start_day`` on, in one transaction: each stored
-        observation row goes through ``evaluate`` (its new row and incident rows, or None when
-        it is no longer LLM traffic), incidents and findings are rebuilt from them exactly as
+        observation row goes through ``evaluate`` (the changes to its columns as (position,
+        value) pairs and its incident rows, or None when it is no longer LLM traffic), incidents and findings are rebuilt from them exactly as
         a scan stores them, detail statuses and finding lifecycles are kept, findings left
         without detail are superseded and findings that appear are raised, with events."""
         out = ReevaluationResult()
         agg = IngestResult()
         conn = self.db.conn
-        update = (f"UPDATE observations SET {', '.join(f'{c} = ?' for c in _UPDATED)}"  # noqa: S608
-                  " WHERE rowid = ?")  # fmt: skip
+        names = list(OBSERVATION_COLUMNS)
         with self._tx():
             old_status = dict(conn.execute(
                 "SELECT id, status FROM incidents WHERE day >= ? AND status != 'open'", [start_day]))  # fmt: skip
@@ -852,21 +849,27 @@ class Store:
                 if not rows:
                     break
                 last = rows[-1][0]
-                changed, gone, fresh = [], [], []
+                changed: dict[tuple[int, ...], list[list[Any]]] = {}  # by the columns changed
+                gone, fresh = [], []
                 for r in rows:
-                    old = list(r[1:])
-                    new = evaluate(old)
+                    row = list(r[1:])
+                    new = evaluate(row)
                     if new is None:
                         gone.append((r[0],))
                         continue
-                    row, incs = new
-                    if row is not old:  # ``evaluate`` returns ``old`` itself when unchanged
-                        changed.append([*row[1:], r[0]])
+                    changes, incs = new
+                    if changes:
+                        cols = tuple([i for i, _ in changes])
+                        changed.setdefault(cols, []).append([*(v for _, v in changes), r[0]])
+                        for i, v in changes:
+                            row[i] = v
                     fresh.append((row, incs))
                 out.observations += len(rows)
-                out.changed += len(changed)
                 out.removed += len(gone)
-                conn.executemany(update, changed)
+                for cols, values in changed.items():
+                    out.changed += len(values)
+                    sets = ", ".join(f"{names[i]} = ?" for i in cols)
+                    conn.executemany(f"UPDATE observations SET {sets} WHERE rowid = ?", values)  # noqa: S608
                 conn.executemany("DELETE FROM observations WHERE rowid = ?", gone)
                 self._aggregate(fresh, None, agg)
             conn.executemany(
