@@ -23,7 +23,7 @@ from monitor.collectors import CollectOptions
 from monitor.egress import EgressOptions
 from monitor.errors import ApiwatchError
 from monitor.observation import Observation
-from monitor.pipeline import Pipeline
+from monitor.pipeline import Pipeline, place
 from monitor.rows import COL, COLUMNS
 from monitor.store import ReevaluationResult
 
@@ -103,6 +103,7 @@ def reevaluate(
             if match is None:
                 found = None
             else:
+                place(obs, match)
                 row, incidents = pipeline.record(obs, match)
                 changes = [(i, v) for i, v in enumerate(row) if i not in _KEPT and v != old[i]]
                 found = (changes, incidents)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from monitor.cli import EXIT_FINDINGS, main
-from monitor.store import MIGRATIONS, Store
+from monitor.store import MIGRATIONS, SCHEMA_VERSION, Store
 
 HOSTS = {  # provider id -> (host, destination address)
     "openai": ("api.openai.com", "104.18.7.192"),
@@ -19,6 +19,7 @@ HOSTS = {  # provider id -> (host, destination address)
     "google_gemini": ("generativelanguage.googleapis.com", "142.250.72.10"),
 }
 RULE = "provider-region-unsupported"
+FINDINGS_SCHEMA = 4  # the step that brought findings
 WEEK_START = datetime(2026, 11, 23, tzinfo=UTC).timestamp()  # Monday
 CLIENTS = [f"10.20.{i // 100}.{i % 100 + 1}" for i in range(200)]
 
@@ -208,16 +209,17 @@ def test_reopen_activity_exceptions_and_bulk(env):
 
 
 def test_migration_keeps_incidents_and_events(tmp_path):
-    """A schema-2 database (built by the landed migration steps) comes up to date with every
-    incident, its hits and its events, a finding over them, and passes ``db check``."""
-    path = tmp_path / "v2.db"
+    """A database of the schema before findings (built by the landed migration steps) comes
+    up to date with every incident, its hits and its events, a finding over them, and
+    passes ``db check``."""
+    path = tmp_path / "before.db"
     con = sqlite3.connect(path)
     import sqlite_utils
 
     db = sqlite_utils.Database(con)
-    MIGRATIONS[1](db)
-    MIGRATIONS[2](db)
-    db.execute("PRAGMA user_version = 2")
+    for step in range(1, FINDINGS_SCHEMA):
+        MIGRATIONS[step](db)
+    db.execute(f"PRAGMA user_version = {FINDINGS_SCHEMA - 1}")
     db["scans"].insert({"id": 1, "started": "2026-11-27T00:00:00Z"})
     base = {"rule": RULE, "severity": "high", "severity_rank": 3, "title": "t",
             "provider": "openai", "provider_kind": "api", "dest_host": "api.openai.com",
@@ -252,7 +254,7 @@ def test_migration_keeps_incidents_and_events(tmp_path):
     finally:
         store.close()
     check = run("--db", path, "db", "check", "--json")
-    assert json.loads(check.stdout)["schema_version"] == 3
+    assert json.loads(check.stdout)["schema_version"] == SCHEMA_VERSION
 
 
 def test_egress_precedence_is_predictable(tmp_path):
