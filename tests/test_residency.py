@@ -473,11 +473,9 @@ def test_every_catalogue_region_has_a_geo():
 
 
 def test_older_database_gains_the_processing_columns(tmp_path):
-    from monitor.store import Store
-
     import sqlite_utils
 
-    from monitor.store import MIGRATIONS
+    from monitor.store import MIGRATIONS, Store
 
     path = tmp_path / "old.db"
     db = sqlite_utils.Database(sqlite3.connect(path))  # a version-2 database, by its own steps
