@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -1232,10 +1232,12 @@ class Store:
     def report_exceptions(
         self, since: datetime, until: datetime, where: TrafficFilter
     ) -> dict[str, Any]:
-        """Exceptions in force at the end of ``[since, until)`` and those that ran out in it."""
+        """Exceptions in force at the end of ``[since, until)`` (or now, when that is earlier)
+        and those that ran out in it."""
         s, u = iso_datetime(since), iso_datetime(until)
         f, fparams = where.sql("f")
-        last_day = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+        end = min(until - timedelta(microseconds=1), datetime.now(UTC))
+        last_day = end.astimezone(UTC).strftime("%Y-%m-%d")
         in_force = list(self.db.query(
             "SELECT f.id, f.rule, f.severity, f.provider, f.site, f.egress_country, f.status,"  # noqa: S608
             " f.exception_until AS until, f.exception_reason AS reason, f.exception_by AS approver,"

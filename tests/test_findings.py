@@ -300,3 +300,30 @@ def test_report_days_in_a_time_zone(env):
     assert sh["meta"]["since"] == tz["meta"]["since"] == "2026-11-23T16:00:00.000Z"
     assert sh["meta"]["tz"] == "Asia/Shanghai" and sh["meta"]["label"] == "2026-11-24"
     cli(env, "report", "--period", "daily", "--tz", "Mars/Olympus", ok=(2,))
+
+
+def test_reports_lead_with_findings_and_exceptions(env):
+    cli(env, "scan", env["log"], ok=(0, EXIT_FINDINGS))
+    by = {f["provider"]: f["id"] for f in findings(env)}
+    cli(env, "resolve", by["openai"], "--note", "moved")
+    cli(env, "scan", more_traffic(env, "o.log", "openai", 3), ok=(0, EXIT_FINDINGS))
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    cli(env, "ack", by["google_gemini"], "--until", tomorrow, "--note", "SEC-9 <b>pilot</b>")
+    args = ("report", "--since", "2026-11-01", "--until", "2026-12-31")
+    doc = json.loads(cli(env, *args, "--format", "json").stdout)
+    fd = doc["findings"]
+    assert fd["totals"] == {"findings": 3, "high": 3, "reopened": 1, "open": 2, "excepted": 1}
+    assert fd["summary"] == [
+        "shanghai sends Anthropic, Google Gemini API (AI Studio) and OpenAI traffic through a CN "
+        "egress: 3 findings, 3 high or critical, 1 reopened in the period."
+    ]
+    assert sum(f["count"] for f in fd["items"]) == env["lines"] + 3
+    assert all(len(f["top_users"]) == 3 for f in fd["items"])
+    (exc,) = fd["exceptions"]["in_force"]
+    assert (exc["id"], exc["until"], exc["source"]) == (by["google_gemini"], tomorrow, "ack")
+    md = cli(env, *args, "--format", "md").stdout
+    assert md.index("## Findings") < md.index("## Summary") < md.index("## Incidents")
+    assert fd["summary"][0] in md and "SEC-9 \\<b\\>pilot\\</b\\>" in md
+    html = cli(env, *args, "--format", "html").stdout
+    assert html.index('id="findings"') < html.index('id="incidents"')
+    assert "SEC-9 &lt;b&gt;pilot&lt;/b&gt;" in html and "<b>pilot</b>" not in html

@@ -35,6 +35,7 @@ import pandas as pd
 from monitor import __version__
 from monitor.observation import iso_datetime as _iso
 from monitor.policy import SEVERITIES
+from monitor.report.findings import findings_part
 from monitor.store import Rows, Store, TrafficFilter
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class Report:
     relays: dict[str, Any]
     events: dict[str, Any]
     methods: dict[str, Any] = field(default_factory=dict)
+    findings: dict[str, Any] = field(default_factory=dict)  # see monitor.report.findings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -322,6 +324,7 @@ def build_report(app: ReportSource, q: ReportQuery) -> Report:
         relays=_relays(dest, who, catalog),
         events=store.status_changes(win.since, win.until, f, EVENT_LIMIT),
         methods=_methods(app, win, sources),
+        findings=findings_part(store, win, f, q.top, {e.id: e.name for e in catalog.entries()}),
     )
 
 
