@@ -10,6 +10,7 @@ of millions of lines fast.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections import Counter
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
+from monitor import __version__
 from monitor.catalog import Catalog, Match
 from monitor.collectors import CollectOptions, Diagnostics, collect
 from monitor.config import Config, Entity
@@ -373,8 +375,8 @@ class ScanSummary:
             "skipped_bytes": self.skipped_bytes,
             "incidents_new": len(self.incidents_new),
             "incidents_updated": len(self.incidents_updated - self.incidents_new),
-            "new_by_rule": dict(self.new_by_rule),
-            "updated_by_rule": dict(self.updated_by_rule),
+            "new_by_rule": dict(sorted(self.new_by_rule.items())),
+            "updated_by_rule": dict(sorted(self.updated_by_rule.items())),
             "new_max_severity": self.new_max_severity,
             "findings_new": len(self.findings_new),
             "findings_reopened": len(self.findings_reopened),
@@ -476,6 +478,18 @@ class Pipeline:
         row = observation_row(enriched)
         return row, self.incident_rows(enriched, rules, row[DAY])
 
+    def fingerprint(self) -> str:
+        """A digest of what decides this pipeline's answers besides its inputs and config:
+        apiwatch's version, the catalogue, the geodata sources and the rules. A Dask worker
+        must match the client's (:mod:`monitor.cluster`)."""
+        facts = [
+            __version__,
+            self.catalog.version,
+            *(f"{s.name}|{s.database_type}|{s.build_date}" for s in self.geo.sources()),
+            *(f"{r.id}|{r.severity}|{r.when}" for r in self.evaluator.rules.rules),
+        ]
+        return hashlib.blake2b("\n".join(facts).encode(), digest_size=8).hexdigest()
+
     def observe(
         self,
         path: str,
@@ -520,9 +534,14 @@ class Pipeline:
         rows, one :data:`Produced` per LLM record. Line numbers are relative to the part and
         ``scan_id`` is unset: the scanner, which orders parts, fills both, and renumbers the
         ids of identical records (:func:`monitor.ids.observation_id`)."""
+        return self.records(self.observe(part.path, diag, only_llm=True, on_read=on_read,
+                            fmt=part.fmt, byte_range=part.byte_range, skip=part.skip))  # fmt: skip
+
+    def records(self, found: Iterable[tuple[Observation, Match | None]]) -> Iterator[Produced]:
+        """Stages 3 on over LLM observations with their match: a part's (:meth:`process`)
+        or a live capture's (:mod:`monitor.live`)."""
         record = self.record
-        for obs, match in self.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
-                                       byte_range=part.byte_range, skip=part.skip):  # fmt: skip
+        for obs, match in found:
             row, incidents = record(obs, match)  # type: ignore[arg-type]
             record_id = obs.record_id or observed_record_id(obs)
             row[ID] = observation_id(record_id, 0)
