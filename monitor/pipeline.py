@@ -185,6 +185,7 @@ def observation_row(e: Enriched) -> list[Any]:
         o.bytes_out, o.bytes_in, o.host_source, o.duration, o.ts_end, o.packets_out,
         o.packets_in, o.ech, m.provider.id, m.kind, m.pattern, g.site, g.ip, g.country,
         g.source, d.country if d else None, d.asn if d else None, e.outcome, None,
+        o.ech_outer, o.tunnel, o.tunnel_src, o.tunnel_dst,
     ]  # fmt: skip
 
 

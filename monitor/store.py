@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -76,6 +76,10 @@ OBSERVATION_COLUMNS: dict[str, type] = {
     "dest_asn": int,
     "outcome": str,
     "scan_id": int,
+    "ech_outer": str,
+    "tunnel": str,
+    "tunnel_src": str,
+    "tunnel_dst": str,
 }
 
 #: positions in a stored observation row (rows are lists in OBSERVATION_COLUMNS order)
@@ -647,7 +651,15 @@ def _schema_v2(db: sqlite_utils.Database) -> None:
     db["scans"].add_column("skipped_bytes", int)
 
 
-MIGRATIONS = {1: _schema_v1, 2: _schema_v2}
+def _schema_v3(db: sqlite_utils.Database) -> None:
+    """Captures: the outer SNI of an ECH ClientHello, the tunnel a flow was carried in."""
+    have = db["observations"].columns_dict
+    for name in ("ech_outer", "tunnel", "tunnel_src", "tunnel_dst"):
+        if name not in have:  # a database made by this version has them from v1
+            db["observations"].add_column(name, str)
+
+
+MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3}
 
 
 def _incident_out(row: dict[str, Any]) -> dict[str, Any]:

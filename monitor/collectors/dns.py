@@ -13,6 +13,12 @@ answer, so a flow is named by the answer in force when it started). A CNAME chai
 walked back to the name the client asked for, so ``api.openai.com CNAME x.cdn.net, x.cdn.net A 1.2.3.4`` maps
 ``1.2.3.4`` to ``api.openai.com``. Both bounds (names per address, addresses in total)
 are counted when hit.
+
+HTTPS and SVCB answers (RFC 9460) count as address answers for their ``ipv4hint`` and
+``ipv6hint`` addresses; their ``ech`` parameter (an ECHConfigList, draft-ietf-tls-esni
+section 4) says the service offers Encrypted Client Hello and gives the *public name* its
+clients put in the outer ClientHello's SNI: :meth:`DnsMap.is_ech_public` knows those names,
+so that a flow whose SNI is one is named from DNS instead (see docs/formats.md, ECH).
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ TYPE_CNAME = 5
 TYPE_PTR = 12
 TYPE_MX = 15
 TYPE_AAAA = 28
+TYPE_SVCB = 64
+TYPE_HTTPS = 65
+#: outer SNIs of real ECH without a DNS answer in the capture: Cloudflare's public name
+#: (https://blog.cloudflare.com/announcing-encrypted-client-hello/, 2023-09-29)
+KNOWN_ECH_PUBLIC_NAMES = frozenset({"cloudflare-ech.com"})
+MAX_ECH_NAMES = 4096
 TYPE_NAMES = {
     1: "A",
     2: "NS",
@@ -63,6 +75,8 @@ class DnsAnswer:
     ttl: int
     value: str | None  # A/AAAA: address text; CNAME/NS/PTR/MX: a name; other types: None
     raw: bytes = b""  # A/AAAA: the packed address
+    hints: tuple[bytes, ...] = ()  # HTTPS/SVCB: ipv4hint and ipv6hint addresses, packed
+    ech_names: tuple[str, ...] = ()  # HTTPS/SVCB: public names of the ech parameter's configs
 
 
 @dataclass(slots=True)
@@ -168,9 +182,68 @@ def parse_message(msg: bytes) -> DnsMessage | None:
         elif rtype in _NAME_TYPES or (rtype == TYPE_MX and rdlen > 2):
             t = read_name(msg[:rend], pos + 2 if rtype == TYPE_MX else pos)
             value = t[0] if t is not None else None
+        elif rtype in (TYPE_HTTPS, TYPE_SVCB) and rdlen > 2:
+            svc = _service(msg[:rend], pos)
+            if svc is not None:
+                value, hints, ech = svc
+                m.answers.append(DnsAnswer(name, rtype, ttl, value, raw, hints, ech))
+                pos = rend
+                continue
         m.answers.append(DnsAnswer(name, rtype, ttl, value, raw))
         pos = rend
     return m
+
+
+def _service(msg: bytes, pos: int) -> tuple[str, tuple[bytes, ...], tuple[str, ...]] | None:
+    """An HTTPS/SVCB RDATA ending at ``len(msg)``: (target name, address hints, ECH public
+    names); None when malformed."""
+    t = read_name(msg, pos + 2)
+    if t is None:
+        return None
+    target, p = t
+    end = len(msg)
+    hints: list[bytes] = []
+    ech: list[str] = []
+    while p + 4 <= end:
+        key, ln = _QTAIL.unpack_from(msg, p)
+        v, p = p + 4, p + 4 + ln
+        if p > end:
+            return None
+        if key == 4:  # ipv4hint
+            hints += [msg[i : i + 4] for i in range(v, p - 3, 4)]
+        elif key == 6:  # ipv6hint
+            hints += [msg[i : i + 16] for i in range(v, p - 15, 16)]
+        elif key == 5:  # ech: ECHConfigList
+            ech += _ech_public_names(msg[v:p])
+    return target, tuple(hints), tuple(ech)
+
+
+def _ech_public_names(b: bytes) -> list[str]:
+    """The public names of an ECHConfigList's version 0xfe0d configs (others skipped)."""
+    names: list[str] = []
+    if len(b) < 2:
+        return names
+    p, end = 2, min(len(b), 2 + ((b[0] << 8) | b[1]))
+    while p + 4 <= end:
+        version, ln = _QTAIL.unpack_from(b, p)
+        c, p = p + 4, p + 4 + ln
+        if p > end or version != 0xFE0D:
+            continue
+        # HpkeKeyConfig: config_id, kem_id, public_key<1..2^16-1>, cipher_suites<4..2^16-4>
+        c += 3
+        if c + 2 > p:
+            continue
+        c += 2 + ((b[c] << 8) | b[c + 1])
+        if c + 2 > p:
+            continue
+        c += 2 + ((b[c] << 8) | b[c + 1])
+        c += 1  # maximum_name_length
+        if c + 1 > p or c + 1 + b[c] > p:
+            continue
+        name = b[c + 1 : c + 1 + b[c]].decode("ascii", "replace").lower().rstrip(".")
+        if name:
+            names.append(name)
+    return names
 
 
 class DnsMap:
@@ -188,6 +261,8 @@ class DnsMap:
         self.answers = 0
         self.dropped_names = 0
         self.dropped_addresses = 0
+        #: public names of the ECH configs seen in HTTPS/SVCB answers (bounded)
+        self.ech_public: set[str] = set(KNOWN_ECH_PUBLIC_NAMES)
 
     def __len__(self) -> int:
         return len(self._by_ip)
@@ -202,7 +277,7 @@ class DnsMap:
             if a.rtype == TYPE_CNAME and a.value and a.value != a.name:
                 alias_of.setdefault(a.value, a.name)
         for a in msg.answers:
-            if not a.raw:
+            if not (a.raw or a.hints):
                 continue
             name = a.name
             seen = {name}
@@ -211,7 +286,17 @@ class DnsMap:
                 if name in seen or len(seen) > 16:
                     break
                 seen.add(name)
-            self._remember(a.raw, name, ts)
+            if a.raw:
+                self._remember(a.raw, name, ts)
+            for ip in a.hints:
+                self._remember(ip, name, ts)
+            for public in a.ech_names:
+                if len(self.ech_public) < MAX_ECH_NAMES:
+                    self.ech_public.add(public)
+
+    def is_ech_public(self, name: str) -> bool:
+        """``name`` is the public (outer) name of an ECH config seen in DNS, or known."""
+        return name in self.ech_public
 
     def _remember(self, ip: bytes, name: str, ts: float) -> None:
         if not name:

@@ -63,7 +63,12 @@ from monitor.collectors.http1 import (
 from monitor.collectors.layers import LINKTYPES, Decoder
 from monitor.collectors.socks import socks_request
 from monitor.collectors.tcpstream import Stream
-from monitor.collectors.tls import client_hello_from_records
+from monitor.collectors.tls import ClientHelloInfo, client_hello_from_records
+from monitor.collectors.tlscert import (
+    certificate_from_records,
+    certificate_name,
+    looks_server_hello,
+)
 from monitor.observation import Observation
 
 __all__ = [
@@ -95,7 +100,8 @@ _ETH_IP6 = Struct("!12xHB3xHB")
 MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
 
 # flow.app
-APP_UNKNOWN, APP_TLS, APP_HTTP, APP_DNS, APP_OPAQUE, APP_QUIC = range(6)
+# (APP_CERT: TLS read from the server's side, the ClientHello having been missed)
+APP_UNKNOWN, APP_TLS, APP_HTTP, APP_DNS, APP_OPAQUE, APP_QUIC, APP_CERT = range(7)
 
 # ----------------------------------------------------------------------------- flows
 
@@ -132,6 +138,9 @@ class Flow:
         "known",
         "datagrams",
         "socks",
+        "hello",
+        "cert",
+        "tunnel",
     )
 
     def __init__(
@@ -159,6 +168,9 @@ class Flow:
         self.known = False  # client/server decided by a handshake or by content
         self.datagrams = 0
         self.socks: tuple[str | None, int] | None = None  # SOCKS 4/5 CONNECT target
+        self.hello: ClientHelloInfo | None = None  # the ClientHello read (TCP or QUIC)
+        self.cert: str | None = None  # the server certificate's name (ClientHello missed)
+        self.tunnel: tuple[str, bytes, bytes] | None = None  # see layers.Decoder.tunnel
 
     def count(self, out: bool, n: int, ts: float) -> None:
         """One packet of ``n`` transport payload bytes, from the client when ``out``."""
@@ -474,7 +486,7 @@ class FlowTable:
                 client, known = False, True
             elif payload and _looks_client_start(payload):
                 client, known = True, True
-            elif payload[:5] == b"HTTP/":
+            elif payload[:5] == b"HTTP/" or looks_server_hello(payload):
                 client, known = False, True
             elif sport != dport:
                 client, known = sport > dport, False
@@ -534,11 +546,15 @@ class FlowTable:
     def _tcp_payload(self, f: Flow, out: bool, seq: int, data: bytes, ts: float, plen: int) -> None:
         if not f.known and f.app == APP_UNKNOWN:
             # no handshake seen: the content may say the ports guessed wrong
-            if (not out and _looks_client_start(data)) or (out and data[:5] == b"HTTP/"):
+            if (not out and _looks_client_start(data)) or (
+                out and (data[:5] == b"HTTP/" or looks_server_hello(data))
+            ):
                 self._swap(f)
                 out = not out
             f.known = True
         if out:
+            if f.app == APP_CERT:
+                return  # the client's bytes after a missed ClientHello
             st = f.cs
             if st is None:
                 if f.app == APP_UNKNOWN and f.isn_c is None and not _looks_client_start(data):
@@ -547,6 +563,11 @@ class FlowTable:
                     return
                 st = f.cs = Stream(seq if f.isn_c is None else f.isn_c + 1)
         else:
+            if f.app == APP_UNKNOWN and f.cs is None and looks_server_hello(data):
+                f.app = APP_CERT  # no ClientHello: the server's certificate names the flow
+            if f.app == APP_CERT:
+                self._server_cert(f, seq, data)
+                return
             if f.app not in (APP_HTTP, APP_DNS):
                 return
             st = f.ss
@@ -591,6 +612,7 @@ class FlowTable:
         if app == APP_TLS:
             info, need = client_hello_from_records(bytes(st.data))
             if info is not None:
+                f.hello = info
                 f.sni = info.sni
                 f.ech = info.ech
                 self._done(f)
@@ -621,6 +643,25 @@ class FlowTable:
                 self._dns(bytes(d[2 : 2 + n]), ts)
                 st.take(2 + n)
                 d = st.data
+
+    def _server_cert(self, f: Flow, seq: int, data: bytes) -> None:
+        """TLS <= 1.2 seen from the server's first flight: the certificate's name."""
+        st = f.ss
+        if st is None:
+            st = f.ss = Stream(seq if f.isn_s is None else f.isn_s + 1)
+        if not st.add(seq, data):
+            if st.overflow:
+                self._give_up(f)
+            return
+        der, need = certificate_from_records(bytes(st.data))
+        if der is not None:
+            f.cert = certificate_name(der)
+            self._done(f)
+        elif need < 0:
+            self._done(f)
+        elif need + len(st.data) > st.limit:
+            self.stats["reassembly_limit"] += 1
+            self._done(f)
 
     def _http_count(self, f: Flow, out: bool, ts: float, plen: int) -> None:
         h = f.http
@@ -696,6 +737,7 @@ class FlowTable:
         f.datagrams += 1
         info = self.quic.feed(bytes(data), f.ckey)
         if info is not None:
+            f.hello = info
             f.sni = info.sni
             f.ech = info.ech
             f.app = APP_QUIC
@@ -718,6 +760,7 @@ class FlowTable:
 
     def _insert(self, d: dict, f: Flow) -> None:
         self.stats["flows"] += 1
+        f.tunnel = self._decoder.tunnel  # the frame that opened the flow was in it
         if (len(self.tcp) + len(self.udp)) >> 1 >= self.max_flows:
             self._evict()
         d[f.ckey] = (f, True)
@@ -792,9 +835,17 @@ class FlowTable:
 
     def _name(self, f: Flow) -> tuple[str | None, str | None]:
         if f.sni:
+            if f.ech and self.dns.is_ech_public(f.sni):
+                # the outer name of Encrypted Client Hello: the client's DNS answer for the
+                # address says which service it asked for (the inner name is encrypted)
+                name = self.dns.lookup(f.sip, f.first)
+                if name and name != f.sni:
+                    return name, "dns"
             return f.sni, "sni"
         if f.socks is not None and f.socks[0]:
             return f.socks[0], "connect"
+        if f.cert:
+            return f.cert, "cert"
         name = self.dns.lookup(f.sip, f.first)
         if name:
             return name, "dns"
@@ -871,6 +922,7 @@ class FlowTable:
     def _obs(self, f: Flow, ts, ts_end, host, hsrc, pko, pki, bo, bi, index) -> Observation:
         cip, sip = _ip_text(f.cip), _ip_text(f.sip)
         proto = "tcp" if f.proto == 6 else "udp"
+        tunnel = f.tunnel
         key = f"{round(f.first * 1e6)}|{proto}|{cip}|{f.cport}|{sip}|{f.sport}"
         if index is not None:
             key += f"|{index}"
@@ -892,5 +944,9 @@ class FlowTable:
             packets_out=pko,
             packets_in=pki,
             ech=f.ech,
+            ech_outer=f.sni if f.ech and f.sni and self.dns.is_ech_public(f.sni) else None,
+            tunnel=tunnel[0] if tunnel else None,
+            tunnel_src=_ip_text(tunnel[1]) if tunnel else None,
+            tunnel_dst=_ip_text(tunnel[2]) if tunnel else None,
             record_id=blake2b(key.encode(), digest_size=12).hexdigest(),
         )
