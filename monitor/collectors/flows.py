@@ -61,6 +61,7 @@ from monitor.collectors.http1 import (
     request_name,
 )
 from monitor.collectors.layers import LINKTYPES, Decoder
+from monitor.collectors.quic_versions import worth_watching
 from monitor.collectors.socks import socks_request
 from monitor.collectors.tcpstream import Stream
 from monitor.collectors.tls import ClientHelloInfo, client_hello_from_records
@@ -193,17 +194,6 @@ def _looks_client_start(p: bytes) -> bool:
         and is_token(p[:sp])
         and b" HTTP/1." in p[: p.find(b"\n") if b"\n" in p else 8192]
     )
-
-
-#: QUIC v1 and v2 (``QUIC_V1``, ``QUIC_V2`` of :mod:`monitor.collectors.quic`, which is only
-#: imported once a QUIC long-header datagram is seen: it loads ``cryptography``)
-_QUIC_VERSIONS = frozenset({b"\x00\x00\x00\x01", b"\x6b\x33\x43\xcf"})
-
-
-def _quic_long_header(p: bytes) -> bool:
-    """A QUIC v1/v2 long-header packet (Initial, 0-RTT or Handshake): worth watching, as the
-    client's first datagrams may be 0-RTT before the Initial that carries the ClientHello."""
-    return len(p) >= 7 and p[0] & 0xC0 == 0xC0 and p[1:5] in _QUIC_VERSIONS
 
 
 def _ip_text(raw: bytes) -> str:
@@ -725,7 +715,7 @@ class FlowTable:
             out = True
         self._insert(self.udp, f)
         payload = bytes(b[l4 + 8 : dend])
-        f.watch = out and _quic_long_header(payload)
+        f.watch = out and worth_watching(payload)
         if f.watch:
             self._udp_watch(f, out, payload, ts)
 
