@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from hashlib import blake2b
 from struct import Struct
 from typing import Any
 
@@ -70,6 +69,7 @@ from monitor.collectors.tlscert import (
     certificate_name,
     looks_server_hello,
 )
+from monitor.ids import record_id
 from monitor.observation import Observation
 
 __all__ = [
@@ -938,5 +938,5 @@ class FlowTable:
             tunnel=tunnel[0] if tunnel else None,
             tunnel_src=_ip_text(tunnel[1]) if tunnel else None,
             tunnel_dst=_ip_text(tunnel[2]) if tunnel else None,
-            record_id=blake2b(key.encode(), digest_size=12).hexdigest(),
+            record_id=record_id(key.encode()),
         )
