@@ -32,11 +32,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
 
-from monitor.collectors import open_input
-from monitor.collectors.base import Diagnostics
 from monitor.collectors.dns import parse_message
-from monitor.collectors.pcap import PcapCollector
-from tests.pcaps import client_hello
+from tests.pcaps import client_hello, parse_capture
 from tests.test_real_capture import _need
 
 pytestmark = pytest.mark.realtools
@@ -177,15 +174,9 @@ def capture(tmp_path_factory) -> Path:
 
 
 def _parse(path: Path) -> dict:
-    diag = Diagnostics()
-    col = PcapCollector()
-    opened = open_input(str(path))
-    try:
-        obs = {o.client_port: o for o in col.parse(opened.stream, path.name, diag)}
-    finally:
-        opened.close()
+    obs, diag, _ = parse_capture(path)
     assert not diag.file_errors
-    return obs
+    return {o.client_port: o for o in obs}
 
 
 def test_ech_flow_is_named_from_the_clients_dns_answer(capture):

@@ -17,9 +17,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.utils import rdpcap, wrpcap
 
-from monitor.collectors import open_input
-from monitor.collectors.base import Diagnostics
-from monitor.collectors.pcap import PcapCollector
+from tests.pcaps import parse_capture
 from tests.test_real_capture import _free_port, _need, _start_tcpdump
 
 pytestmark = pytest.mark.realtools
@@ -91,12 +89,7 @@ def _cut(cap: Path, port: int, out: Path) -> int:
 
 
 def _parse(path: Path) -> list:
-    diag = Diagnostics()
-    opened = open_input(str(path))
-    try:
-        obs = list(PcapCollector().parse(opened.stream, path.name, diag))
-    finally:
-        opened.close()
+    obs, diag, _ = parse_capture(path)
     assert not diag.file_errors, diag.file_errors
     return obs
 

@@ -20,11 +20,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from monitor.collectors import open_input
-from monitor.collectors.base import Diagnostics
-from monitor.collectors.pcap import PcapCollector
 from monitor.collectors.quic import QuicInitialTracker, chlo_length, parse_chlo
-from tests.pcaps import T0, client_hello
+from tests.pcaps import T0, client_hello, parse_capture
 from tests.test_quic import _varint, crypto_frame, padded, protect
 from tests.test_real_capture import _need
 
@@ -125,12 +122,7 @@ def capture(tmp_path_factory) -> Path:
 
 
 def test_every_version_is_named(capture):
-    diag = Diagnostics()
-    opened = open_input(str(capture))
-    try:
-        obs = list(PcapCollector().parse(opened.stream, capture.name, diag))
-    finally:
-        opened.close()
+    obs, diag, _ = parse_capture(capture)
     assert not diag.file_errors
     expected = {50000 + i: sni for i, (_n, (_d, sni)) in enumerate(sorted(datagrams().items()))}
     got = {o.client_port: (o.dest_host, o.host_source) for o in obs}
@@ -149,12 +141,7 @@ def test_tshark_names_the_same(capture):
         port, sni, gsni = line.split("\t")
         if sni or gsni:
             theirs[int(port)] = sni or gsni
-    diag = Diagnostics()
-    opened = open_input(str(capture))
-    try:
-        ours = {o.client_port: o.dest_host for o in PcapCollector().parse(opened.stream, "c", diag)}
-    finally:
-        opened.close()
+    ours = {o.client_port: o.dest_host for o in parse_capture(capture)[0]}
     # tshark 4.0 decrypts all of them but does not put Google QUIC CRYPTO data split over
     # packets back together: it names all but T050, T051 and the split Q050
     assert len(theirs) >= 9, theirs

@@ -30,12 +30,10 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
 
-from monitor.collectors import open_input
 from monitor.collectors.base import Diagnostics
 from monitor.collectors.layers import MAX_DEPTH
-from monitor.collectors.pcap import PcapCollector
 from monitor.observation import split_host_port
-from tests.pcaps import T0, client_hello
+from tests.pcaps import T0, client_hello, parse_capture
 from tests.test_real_capture import EXPECTED_SNIS, _capture_exchange, _need
 
 pytestmark = pytest.mark.realtools
@@ -159,13 +157,7 @@ def loopback(tmp_path_factory) -> tuple[Path, int, int]:
 
 
 def parse(path: Path) -> tuple[list, Diagnostics, dict]:
-    diag = Diagnostics()
-    col = PcapCollector()
-    opened = open_input(str(path))
-    try:
-        obs = list(col.parse(opened.stream, path.name, diag))
-    finally:
-        opened.close()
+    obs, diag, col = parse_capture(path)
     return obs, diag, col.last_stats
 
 

@@ -555,10 +555,7 @@ class FlowTable:
         else:
             if f.app == APP_UNKNOWN and f.cs is None and looks_server_hello(data):
                 f.app = APP_CERT  # no ClientHello: the server's certificate names the flow
-            if f.app == APP_CERT:
-                self._server_cert(f, seq, data)
-                return
-            if f.app not in (APP_HTTP, APP_DNS):
+            if f.app not in (APP_HTTP, APP_DNS, APP_CERT):
                 return
             st = f.ss
             if st is None:
@@ -605,12 +602,12 @@ class FlowTable:
                 f.hello = info
                 f.sni = info.sni
                 f.ech = info.ech
-                self._done(f)
-            elif need < 0:
-                self._done(f)
-            elif need + len(st.data) > st.limit:
-                self.stats["reassembly_limit"] += 1
-                self._done(f)
+            self._handshake_read(f, st, info is not None, need)
+        elif app == APP_CERT:
+            der, need = certificate_from_records(bytes(st.data))
+            if der is not None:
+                f.cert = certificate_name(der)
+            self._handshake_read(f, st, der is not None, need)
         elif app == APP_HTTP:
             h = f.http
             if out:
@@ -634,20 +631,11 @@ class FlowTable:
                 st.take(2 + n)
                 d = st.data
 
-    def _server_cert(self, f: Flow, seq: int, data: bytes) -> None:
-        """TLS <= 1.2 seen from the server's first flight: the certificate's name."""
-        st = f.ss
-        if st is None:
-            st = f.ss = Stream(seq if f.isn_s is None else f.isn_s + 1)
-        if not st.add(seq, data):
-            if st.overflow:
-                self._give_up(f)
-            return
-        der, need = certificate_from_records(bytes(st.data))
-        if der is not None:
-            f.cert = certificate_name(der)
-            self._done(f)
-        elif need < 0:
+    def _handshake_read(self, f: Flow, st: Stream, found: bool, need: int) -> None:
+        """After looking for a handshake message (a ClientHello, a server Certificate) in
+        ``st``: the flow is no longer inspected when it was found, cannot be, or would need
+        more bytes than the buffer holds (counted)."""
+        if found or need < 0:
             self._done(f)
         elif need + len(st.data) > st.limit:
             self.stats["reassembly_limit"] += 1
