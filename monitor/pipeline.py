@@ -10,6 +10,7 @@ of millions of lines fast.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from monitor.store import IngestResult
 ID, DAY = COL["id"], COL["day"]
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
+#: a character no host name (or address literal) holds: controls, bidi, spaces, punctuation
+_NOT_IN_HOSTS = re.compile(r"[^\w.:\[\]%-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +82,22 @@ class Identifier:
         self.by_host = lru_cache(maxsize=1 << 18)(self._by_host)
 
     def _by_host(self, host: str) -> Match | None:
+        if self.bad_host(host):
+            return None
         found = self.catalog.match_host(host)
         if found is None and (ip := canonical_ip(host)) is not None:
             found = self.catalog.match_ip(ip)
         return found
 
+    @staticmethod
+    @lru_cache(maxsize=1 << 14)
+    def bad_host(host: str) -> bool:
+        """A destination no DNS name can be: malformed input, never an LLM observation."""
+        return _NOT_IN_HOSTS.search(host) is not None
+
     def host_filter(self, host: str) -> bool:
-        return self.by_host(host) is not None
+        """Records worth building: LLM destinations, and bad hosts (to be reported)."""
+        return self.by_host(host) is not None or self.bad_host(host)
 
     def identify(self, obs: Observation) -> Match | None:
         if obs.dest_host:
@@ -371,8 +383,14 @@ class Pipeline:
             byte_range=byte_range,
             skip=skip,
         )
+        identify, bad_host = self.identifier.identify, self.identifier.bad_host
         for obs in found:
-            match = self.identifier.identify(obs)
+            match = identify(obs)
+            if match is None and obs.dest_host and bad_host(obs.dest_host):
+                diag.records -= 1  # collectors count it as read; it is not a record
+                host = obs.dest_host.encode("utf-8", "backslashreplace")
+                diag.malformed_record(obs.source, obs.line, "destination is not a host name", host)
+                continue
             if match is not None or not only_llm:
                 yield obs, match
 
