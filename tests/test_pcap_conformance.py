@@ -156,9 +156,9 @@ def _dns_messages(path: Path) -> list:
 
         original = flows.FlowTable._dns
 
-        def hook(self, msg, ts):
+        def hook(self, msg, ts, client=None):
             seen.append(parse_message(msg))
-            return original(self, msg, ts)
+            return original(self, msg, ts, client)
 
         flows.FlowTable._dns = hook  # type: ignore[method-assign]
         try:

@@ -8,7 +8,8 @@ strictly before the label that contains it, so a pointer loop cannot be followed
 name is at most 255 bytes long.
 
 :class:`DnsMap` keeps, for each address seen in an A or AAAA answer, the most recent names
-(bounded, with the time of the answer; a name answered again keeps the time of its first
+(bounded, with the time of the answer; also per client the answer went to, when the
+caller says, so a flow is named by its own client's answer first; a name answered again keeps the time of its first
 answer, so a flow is named by the answer in force when it started). A CNAME chain is
 walked back to the name the client asked for, so ``api.openai.com CNAME x.cdn.net, x.cdn.net A 1.2.3.4`` maps
 ``1.2.3.4`` to ``api.openai.com``. Both bounds (names per address, addresses in total)
@@ -258,6 +259,9 @@ class DnsMap:
         self.names_per_address = names_per_address
         self.max_addresses = max_addresses
         self._by_ip: dict[bytes, list[tuple[float, str]]] = {}
+        #: client address + address -> names, from the answers that went to that client
+        #: (bounded by ``max_addresses`` too, counted in ``dropped_addresses``)
+        self._by_client: dict[bytes, list[tuple[float, str]]] = {}
         self.answers = 0
         self.dropped_names = 0
         self.dropped_addresses = 0
@@ -267,9 +271,10 @@ class DnsMap:
     def __len__(self) -> int:
         return len(self._by_ip)
 
-    def add(self, msg: DnsMessage, ts: float) -> None:
+    def add(self, msg: DnsMessage, ts: float, client: bytes | None = None) -> None:
         """Learn from a response: every A/AAAA answer maps its address to the head of its
-        CNAME chain (the name the client asked for when the chain leads back to it)."""
+        CNAME chain (the name the client asked for when the chain leads back to it); with
+        ``client`` (the packed address the response went to), for that client too."""
         if not msg.response or not msg.answers:
             return
         alias_of: dict[str, str] = {}  # CNAME target -> owner
@@ -286,10 +291,12 @@ class DnsMap:
                 if name in seen or len(seen) > 16:
                     break
                 seen.add(name)
-            if a.raw:
-                self._remember(a.raw, name, ts)
-            for ip in a.hints:
-                self._remember(ip, name, ts)
+            addresses = (a.raw, *a.hints) if a.raw else a.hints
+            for ip in addresses if name else ():
+                self.answers += 1
+                self._remember(self._by_ip, ip, name, ts)
+                if client:
+                    self._remember(self._by_client, client + ip, name, ts)
             for public in a.ech_names:
                 if len(self.ech_public) < MAX_ECH_NAMES:
                     self.ech_public.add(public)
@@ -298,15 +305,12 @@ class DnsMap:
         """``name`` is the public (outer) name of an ECH config seen in DNS, or known."""
         return name in self.ech_public
 
-    def _remember(self, ip: bytes, name: str, ts: float) -> None:
-        if not name:
-            return
-        self.answers += 1
-        entries = self._by_ip.pop(ip, None)
+    def _remember(self, table: dict, ip: bytes, name: str, ts: float) -> None:
+        entries = table.pop(ip, None)
         if entries is None:
             entries = []
-            if len(self._by_ip) >= self.max_addresses:
-                del self._by_ip[next(iter(self._by_ip))]
+            if len(table) >= self.max_addresses:
+                del table[next(iter(table))]
                 self.dropped_addresses += 1
         if entries and entries[-1][1] == name:
             # the same answer again: the name has held since the earlier one (keeping the
@@ -321,11 +325,20 @@ class DnsMap:
         if len(entries) > self.names_per_address:
             self.dropped_names += len(entries) - self.names_per_address
             del entries[: len(entries) - self.names_per_address]
-        self._by_ip[ip] = entries  # re-inserted: most recently answered last
+        table[ip] = entries  # re-inserted: most recently answered last
 
-    def lookup(self, ip: bytes, ts: float) -> str | None:
-        """The name of the latest answer for ``ip`` (packed) given at or before ``ts``."""
-        entries = self._by_ip.get(ip)
+    def lookup(self, ip: bytes, ts: float, client: bytes | None = None) -> str | None:
+        """The name of the latest answer for ``ip`` (packed) given at or before ``ts``: to
+        ``client`` when one is given and it had one, else to anyone."""
+        if client and self._by_client:
+            name = self._lookup(self._by_client, client + ip, ts)
+            if name is not None:
+                return name
+        return self._lookup(self._by_ip, ip, ts)
+
+    @staticmethod
+    def _lookup(table: dict, key: bytes, ts: float) -> str | None:
+        entries = table.get(key)
         if not entries:
             return None
         for t, name in reversed(entries):

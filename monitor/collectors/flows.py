@@ -627,7 +627,7 @@ class FlowTable:
                 n = (d[0] << 8) | d[1]
                 if len(d) < 2 + n:
                     break
-                self._dns(bytes(d[2 : 2 + n]), ts)
+                self._dns(bytes(d[2 : 2 + n]), ts, f.cip)
                 st.take(2 + n)
                 d = st.data
 
@@ -684,8 +684,8 @@ class FlowTable:
         sport, dport = (b[l4] << 8) | b[l4 + 1], (b[l4 + 2] << 8) | b[l4 + 3]
         if sport in _DNS_PORTS or dport in _DNS_PORTS:
             # DNS datagrams make no flow: they only feed the name map
-            if dend - l4 > 8:
-                self._dns(bytes(b[l4 + 8 : dend]), ts)
+            if dend - l4 > 8:  # a response goes to the client: its destination address
+                self._dns(bytes(b[l4 + 8 : dend]), ts, addrs[len(addrs) >> 1 :])
             return
         half = len(addrs) >> 1
         src, dst = addrs[:half], addrs[half:]
@@ -725,14 +725,14 @@ class FlowTable:
 
     # -- DNS ------------------------------------------------------------------------------
 
-    def _dns(self, msg: bytes, ts: float) -> None:
+    def _dns(self, msg: bytes, ts: float, client: bytes | None = None) -> None:
         m = parse_message(msg)
         if m is None:
             self.stats["dns_malformed"] += 1
             return
         self.stats["dns_messages"] += 1
         if m.response:
-            self.dns.add(m, ts)
+            self.dns.add(m, ts, client)
 
     # -- table ----------------------------------------------------------------------------
 
@@ -816,7 +816,7 @@ class FlowTable:
             if f.ech and self.dns.is_ech_public(f.sni):
                 # the outer name of Encrypted Client Hello: the client's DNS answer for the
                 # address says which service it asked for (the inner name is encrypted)
-                name = self.dns.lookup(f.sip, f.first)
+                name = self.dns.lookup(f.sip, f.first, f.cip)
                 if name and name != f.sni:
                     return name, "dns"
             return f.sni, "sni"
@@ -824,7 +824,7 @@ class FlowTable:
             return f.socks[0], "connect"
         if f.cert:
             return f.cert, "cert"
-        name = self.dns.lookup(f.sip, f.first)
+        name = self.dns.lookup(f.sip, f.first, f.cip)
         if name:
             return name, "dns"
         if self._in_ranges is not None:
