@@ -267,7 +267,7 @@ def test_kinds_categories_and_hq(cat):
 
 
 def test_version_and_entries(cat):
-    assert cat.version == "2026-11-28"
+    assert cat.version == "2026-12-04"
     rows = {e.id: e for e in cat.entries()}
     assert list(rows) == list(cat.providers)
     assert rows["openai"].region_list == "openai_api"
@@ -396,6 +396,7 @@ PROVIDERS_OK = """\
 version: "2026-01-01"
 providers:
 - id: alpha
+  checked: "2026-01-01"
   name: Alpha AI
   kind: provider
   hq_country: US
@@ -406,6 +407,7 @@ providers:
   ingress_ranges:
   - {cidrs: [192.0.2.0/24, "2001:db8::/32"], sources: [https://a.example/ips]}
 - id: beta_relay
+  checked: "2026-01-01"
   name: Beta relay
   kind: relay
   category: aggregator
