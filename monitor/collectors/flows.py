@@ -13,8 +13,11 @@ tunnel kept beside it). What each flow is called comes, in order of preference, 
   (:mod:`monitor.collectors.tcpstream`: the ClientHello may span several segments, out of
   order or retransmitted), or the SNI of a QUIC Initial when :mod:`monitor.collectors.quic`
   is available; a SOCKS CONNECT target (:mod:`monitor.collectors.socks`);
-* the latest DNS answer for the server address seen before the flow's first packet
-  (``dns``, see :mod:`monitor.collectors.dns`);
+* for TLS <= 1.2 whose ClientHello was missed (a capture started mid-connection), the
+  server certificate's name (``cert``, :mod:`monitor.collectors.tlscert`);
+* the latest DNS answer for the server address seen before the flow's first packet, the
+  flow's own client's first (``dns``, see :mod:`monitor.collectors.dns`); also instead of
+  an SNI that is an Encrypted Client Hello public name (``ech_outer`` keeps it);
 * the catalogue's published IP ranges (``ip``; ``dest_host`` is then the address itself).
 
 Client and server. The client is the side that sent the SYN (a SYN-ACK names the server).
