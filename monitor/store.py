@@ -890,8 +890,10 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
 
 def _schema_v4(db: sqlite_utils.Database) -> None:
     """Captures: the outer SNI of an ECH ClientHello, the tunnel a flow was carried in."""
+    have = db["observations"].columns_dict
     for name in ("ech_outer", "tunnel", "tunnel_src", "tunnel_dst"):
-        db["observations"].add_column(name, str)
+        if name not in have:  # only where missing: a copy made for tests may hold them
+            db["observations"].add_column(name, str)
 
 
 MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4}
