@@ -231,6 +231,8 @@ def open_input(
         if path == "-":
             raw: BinaryIO = sys.stdin.buffer
             size = None
+        elif is_url(path):
+            raw, size = _open_url(path)
         else:
             p = Path(path)
             if p.is_dir():
@@ -262,6 +264,24 @@ def open_input(
     return opened
 
 
+def is_url(path: str) -> bool:
+    """``s3://bucket/access.log``, ``file:///shared/access.log``: opened through fsspec."""
+    return "://" in path
+
+
+def _open_url(url: str) -> tuple[BinaryIO, int | None]:
+    try:
+        import fsspec
+    except ImportError:
+        raise InputError(f"{url}: reading URLs needs fsspec (pip install fsspec)") from None
+    try:
+        opened = fsspec.open(url, "rb")
+        size = opened.fs.size(opened.path)
+        return opened.open(), size
+    except (ValueError, ImportError) as exc:  # unknown protocol, or its package missing
+        raise InputError(f"{url}: {exc}") from None
+
+
 def is_compressed(path: str) -> bool:
     with open(path, "rb") as f:
         return _decompressor(f.read(6)) is not None
@@ -273,15 +293,30 @@ def split_at_lines(path: str, start: int, end: int, parts: int) -> list[tuple[in
     cuts = [start]
     with open(path, "rb") as f:
         for i in range(1, parts):
-            f.seek(max(start + (end - start) * i // parts, cuts[-1]))
-            f.readline(MAX_LINE + 1)  # finish the line we landed in
-            pos = f.tell()
+            pos = _next_line_start(f, max(start + (end - start) * i // parts, cuts[-1]), end)
             if pos >= end:
                 break
             if pos > cuts[-1]:
                 cuts.append(pos)
     cuts.append(end)
     return list(zip(cuts, cuts[1:], strict=False))
+
+
+def _next_line_start(f: BinaryIO, pos: int, end: int) -> int:
+    """Offset just after the first newline at or after ``pos - 1`` (so a cut never falls
+    inside a line, however long), or ``end``. ``pos`` itself when a line starts there."""
+    if pos <= 0:
+        return 0
+    f.seek(pos - 1)
+    while pos - 1 < end:
+        block = f.read(READ_CHUNK)
+        if not block:
+            break
+        i = block.find(b"\n")
+        if i >= 0:
+            return pos + i
+        pos += len(block)
+    return end
 
 
 def last_line_end(path: str, start: int, end: int) -> int:
