@@ -460,7 +460,17 @@ def test_damaged_generated_capture(generated, catalog, tmp_path, monkeypatch):
     assert cli_json(bad, pure=False) == cli_json(bad, pure=True)
 
 
-def test_http_states_agree():
+@pytest.fixture
+def current_build():
+    """The two tests below need the accelerator built from the current source (it counts
+    HTTP segments too); one built before still passes every equivalence test."""
+    if not hasattr(CSCAN, "HTTP_HEAD"):
+        if os.environ.get("CI"):
+            pytest.fail(f"{MODULE} was built from an older _pcapscan.c")
+        pytest.skip(f"{MODULE} was built from an older _pcapscan.c: rebuild it (pip install -e .)")
+
+
+def test_http_states_agree(current_build):
     from monitor.collectors import http1
 
     assert (CSCAN.HTTP_HEAD, CSCAN.HTTP_BODY, CSCAN.HTTP_CHUNK_SIZE) == (
@@ -494,7 +504,7 @@ def _http_connection(port: int, rnd: random.Random) -> list:
     return s.packets
 
 
-def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch):
+def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch, current_build):
     """The C loop steps over in-order body segments and counts ACKs of HTTP flows, as
     FlowTable._http_skip and _http_count do; everything else stays Python's."""
     rnd = random.Random(5)
