@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -1660,15 +1660,23 @@ def _schema_v4(db: sqlite_utils.Database) -> None:
 
 
 def _schema_v5(db: sqlite_utils.Database) -> None:
+    """Captures: the outer SNI of an ECH ClientHello, the tunnel a flow was carried in."""
+    have = db["observations"].columns_dict
+    for name in ("ech_outer", "tunnel", "tunnel_src", "tunnel_dst"):
+        if name not in have:  # only where missing: a copy made for tests may hold them
+            db["observations"].add_column(name, str)
+
+
+def _schema_v6(db: sqlite_utils.Database) -> None:
     """Findings: the roll-up an analyst works, its audit trail and exceptions; who (user) in
     the detail; both egress countries; the settings digest each scan was evaluated with.
     Every incident is kept, linked to its finding; a finding's status is derived from
     its incidents' (all resolved: resolved; none open: acknowledged; else open)."""
-    db["observations"].add_column("egress_geo_country", str)
-    db["observations"].add_column("egress_logged", str)
-    db["incidents"].add_column("user", str)
-    db["incidents"].add_column("finding_id", str)
-    db["scans"].add_column("settings_digest", str)
+    for table, name in (("observations", "egress_geo_country"), ("observations", "egress_logged"),
+                        ("incidents", "user"), ("incidents", "finding_id"),
+                        ("scans", "settings_digest")):  # fmt: skip
+        if name not in db[table].columns_dict:  # only where missing, as in step 5
+            db[table].add_column(name, str)
     db.conn.create_function("apiwatch_finding_id", 4, finding_id, deterministic=True)
     db.execute(
         "UPDATE incidents SET finding_id = apiwatch_finding_id(rule, provider, site, egress_country)"
@@ -1713,7 +1721,14 @@ def _schema_v5(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4, 5: _schema_v5}
+MIGRATIONS = {
+    1: _schema_v1,
+    2: _schema_v2,
+    3: _schema_v3,
+    4: _schema_v4,
+    5: _schema_v5,
+    6: _schema_v6,
+}
 
 #: (status before, status after) → the event a status change raises
 _STATUS_EVENT = {

@@ -19,7 +19,7 @@ HOSTS = {  # provider id -> (host, destination address)
     "google_gemini": ("generativelanguage.googleapis.com", "142.250.72.10"),
 }
 RULE = "provider-region-unsupported"
-FINDINGS_SCHEMA = 5  # the step that brought findings
+FINDINGS_SCHEMA = 6  # the step that brought findings
 WEEK_START = datetime(2026, 11, 23, tzinfo=UTC).timestamp()  # Monday
 CLIENTS = [f"10.20.{i // 100}.{i % 100 + 1}" for i in range(200)]
 

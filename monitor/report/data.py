@@ -36,6 +36,7 @@ from monitor import __version__
 from monitor.observation import iso_datetime as _iso
 from monitor.policy import SEVERITIES
 from monitor.report.findings import findings_part
+from monitor.report.processing import processing_summary
 from monitor.store import Rows, Store, TrafficFilter
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class Report:
     top_destinations: list[dict[str, Any]]
     relays: dict[str, Any]
     events: dict[str, Any]
+    processing: dict[str, Any] = field(default_factory=dict)  # where prompts are processed
     methods: dict[str, Any] = field(default_factory=dict)
     findings: dict[str, Any] = field(default_factory=dict)  # see monitor.report.findings
 
@@ -257,6 +259,7 @@ def build_report(app: ReportSource, q: ReportQuery) -> Report:
         b = pool.submit(store.client_destinations, win.since, win.until, f)
         c = pool.submit(store.traffic_sources, win.since, win.until, f)
         d = pool.submit(store.distinct_clients, prev.since, prev.until, f)
+        e = pool.submit(store.processing_locations, win.since, win.until, f)
         catalog = app.catalog  # loads (pure Python) while SQLite works
         cube, who, sources = _frame(a.result()), _frame(b.result()), _frame(c.result())
         prev_clients = d.result()
@@ -325,6 +328,7 @@ def build_report(app: ReportSource, q: ReportQuery) -> Report:
         events=store.status_changes(win.since, win.until, f, EVENT_LIMIT),
         methods=_methods(app, win, sources),
         findings=findings_part(store, win, f, q.top, {e.id: e.name for e in catalog.entries()}),
+        processing=processing_summary(e.result(), app.config, catalog),
     )
 
 
