@@ -45,6 +45,8 @@ class Observation:
     packets_out: int | None = None  # flows: packets client -> destination
     packets_in: int | None = None  # flows: packets destination -> client
     ech: bool | None = None  # TLS: ECH offered (dest_host is then the outer SNI)
+    ja4: str | None = None  # TLS/QUIC: JA4 fingerprint of the ClientHello
+    user_agent: str | None = None  # HTTP User-Agent, where the log or capture shows it
     egress_ip: str | None = None  # public address the request left from, when the log says so
     record_id: str | None = None  # stable identity of the raw record, for de-duplication
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -65,6 +65,8 @@ OBSERVATION_COLUMNS: dict[str, type] = {
     "packets_out": int,
     "packets_in": int,
     "ech": int,
+    "ja4": str,
+    "user_agent": str,
     "provider": str,
     "provider_kind": str,
     "match_pattern": str,
@@ -647,7 +649,15 @@ def _schema_v2(db: sqlite_utils.Database) -> None:
     db["scans"].add_column("skipped_bytes", int)
 
 
-MIGRATIONS = {1: _schema_v1, 2: _schema_v2}
+def _schema_v3(db: sqlite_utils.Database) -> None:
+    """Who is calling: the ClientHello's JA4 and the User-Agent of each observation."""
+    have = db["observations"].columns_dict
+    for name in ("ja4", "user_agent"):
+        if name not in have:  # a database created by this version has them from v1
+            db["observations"].add_column(name, str)
+
+
+MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3}
 
 
 def _incident_out(row: dict[str, Any]) -> dict[str, Any]:

@@ -475,6 +475,7 @@ class Flow:
         "closed",
         "sni",
         "ech",
+        "ja4",
         "http",
         "quic",
         "known",
@@ -502,6 +503,7 @@ class Flow:
         self.closed: float | None = None
         self.sni: str | None = None
         self.ech: bool | None = None
+        self.ja4: str | None = None
         self.http: _Http | None = None
         self.quic: Any = None
         self.known = False  # client/server decided by a handshake or by content
@@ -1204,8 +1206,7 @@ class FlowTable:
         if app == APP_TLS:
             info, need = client_hello_from_records(bytes(st.data))
             if info is not None:
-                f.sni = info.sni
-                f.ech = info.ech
+                f.sni, f.ech, f.ja4 = info.sni, info.ech, info.ja4
                 self._done(f)
             elif need < 0:
                 self._done(f)
@@ -1309,8 +1310,7 @@ class FlowTable:
         f.datagrams += 1
         info = self.quic.feed(bytes(data), f.ckey)
         if info is not None:
-            f.sni = info.sni
-            f.ech = info.ech
+            f.sni, f.ech, f.ja4 = info.sni, info.ech, info.ja4
             f.app = APP_QUIC
         if info is not None or f.datagrams >= MAX_QUIC_DATAGRAMS:
             f.watch = False
@@ -1533,7 +1533,8 @@ class FlowTable:
             client_port=f.cport,
             dest_host=host,
             dest_port=f.sport,
-            dest_ip=None if hsrc == "connect" else sip,  # a proxy's address is not the destination
+            # a proxy's address (HTTP CONNECT, SOCKS) is not the destination's
+            dest_ip=None if hsrc == "connect" or f.socks is not None else sip,
             bytes_out=bo,
             bytes_in=bi,
             host_source=hsrc,
@@ -1542,5 +1543,6 @@ class FlowTable:
             packets_out=pko,
             packets_in=pki,
             ech=f.ech,
+            ja4=f.ja4,
             record_id=blake2b(key.encode(), digest_size=12).hexdigest(),
         )

@@ -34,6 +34,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+from monitor.collectors.ja4 import ja4
+
 __all__ = [
     "MAX_CLIENT_HELLO",
     "ClientHelloInfo",
@@ -79,6 +81,7 @@ class ClientHelloInfo:
     legacy_version: int  # e.g. 0x0303
     versions: tuple[int, ...]  # supported_versions, GREASE removed; () when absent
     alpn: tuple[str, ...]  # ALPN protocol names, latin-1 decoded, in the client's order
+    ja4: str | None = None  # JA4 fingerprint (monitor.collectors.ja4)
 
 
 def is_grease(value: int) -> bool:
@@ -114,6 +117,7 @@ def _parse(d: bytes) -> ClientHelloInfo | None:
     p = 39 + d[38]  # past the legacy session id
     if p + 2 > end:
         return None
+    suites = p
     p += 2 + (d[p] << 8 | d[p + 1])  # cipher suites
     if p + 1 > end:
         return None
@@ -121,10 +125,14 @@ def _parse(d: bytes) -> ClientHelloInfo | None:
     if p + 2 > end:
         if p > end:
             return None
-        return ClientHelloInfo(None, False, legacy_version, (), ())  # no extensions (SSLv3-like)
+        # no extensions (SSLv3-like)
+        return ClientHelloInfo(
+            None, False, legacy_version, (), (), ja4(d, suites, p, p, legacy_version)
+        )
     ext_end = p + 2 + (d[p] << 8 | d[p + 1])
     if ext_end > end:
         return None
+    extensions = p
     p += 2
     sni = None
     ech = False
@@ -163,7 +171,8 @@ def _parse(d: bytes) -> ClientHelloInfo | None:
         p = q
     if p != ext_end:
         return None
-    return ClientHelloInfo(sni, ech, legacy_version, versions, alpn)
+    fingerprint = ja4(d, suites, extensions, ext_end, legacy_version)
+    return ClientHelloInfo(sni, ech, legacy_version, versions, alpn, fingerprint)
 
 
 def _remember(cache: dict, key: bytes, value):
