@@ -183,8 +183,9 @@ def observation_row(e: Enriched) -> list[Any]:
         None, o.ts, iso_day(o.ts), o.source, o.line, o.format, o.client_ip, o.client_port,
         o.user, o.method, o.dest_host, o.dest_port, o.dest_ip, o.url, o.status, o.result,
         o.bytes_out, o.bytes_in, o.host_source, o.duration, o.ts_end, o.packets_out,
-        o.packets_in, o.ech, o.ja4, o.user_agent, m.provider.id, m.kind, m.pattern, g.site, g.ip, g.country,
-        g.source, d.country if d else None, d.asn if d else None, e.outcome, None,
+        o.packets_in, o.ech, o.ja4, o.user_agent, m.provider.id, m.kind, m.pattern, g.site,
+        g.ip, g.country, g.source, d.country if d else None, d.asn if d else None, e.outcome,
+        None,
     ]  # fmt: skip
 
 
