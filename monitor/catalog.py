@@ -62,10 +62,13 @@ _PROVIDER_KEYS = frozenset(
         "region_list",
         "hosts",
         "ingress_ranges",
+        "networks",
+        "private_endpoints",
         "sources",
         "notes",
     }
 )
+_NETWORK_GROUP_KEYS = frozenset({"asns", "org", "hosts", "sources", "note"})
 _HOST_GROUP_KEYS = frozenset({"use", "exact", "patterns", "confidence", "sources", "note"})
 _RANGE_GROUP_KEYS = frozenset({"cidrs", "confidence", "sources", "note"})
 _LIST_KEYS = frozenset(
@@ -98,6 +101,17 @@ class Provider:
     hq_country: str | None
     region_list: str | None  # id in regions.yaml; None = publishes no list
     sources: tuple[str, ...]
+    asns: frozenset[int] = frozenset()  # networks its API hosts are served from
+    ranges: tuple[str, ...] = ()  # its published API ingress ranges
+    private_endpoints: bool = False  # reachable at customers' private addresses too
+    host_asns: tuple[tuple[str, frozenset[int]], ...] = ()  # hosts served from other networks
+
+    def asns_for(self, pattern: str) -> frozenset[int]:
+        """The networks the catalogue entry ``pattern`` (a host or pattern) is served from."""
+        for host, asns in self.host_asns:
+            if host == pattern:
+                return asns
+        return self.asns
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,6 +681,32 @@ def _build(providers_path: Path, regions_path: Path) -> Catalog:
                         raise chk.fail(entry, f"{what}: {cidr} overlaps {other} of {other_pid!r}")
                 ranges.append((pid, net, conf))
                 cidrs_listed.append(str(net))
+        asns: set[int] = set()
+        host_asns: dict[str, set[int]] = {}
+        net_groups = raw.get("networks") or []
+        if not isinstance(net_groups, list):
+            raise chk.fail(entry, "'networks' must be a list")
+        for g, group in enumerate(net_groups, 1):
+            what = f"networks[{g}]"
+            chk.keys(entry, group, _NETWORK_GROUP_KEYS, what)
+            all_sources += chk.sources(entry, group.get("sources"), what)
+            listed = group.get("asns")
+            if not isinstance(listed, list) or not listed:
+                raise chk.fail(entry, f"{what}: 'asns' must be a non-empty list of AS numbers")
+            for asn in listed:
+                if isinstance(asn, bool) or not isinstance(asn, int) or not 0 < asn < 1 << 32:
+                    raise chk.fail(entry, f"{what}: {asn!r} is not an AS number")
+            chk.text(entry, group, "org")
+            if group.get("hosts") is None:
+                asns.update(listed)
+                continue
+            for host in chk.str_list(entry, group["hosts"], f"{what} hosts"):
+                if host not in api_hosts:
+                    raise chk.fail(entry, f"{what}: {host!r} is not one of this entry's API hosts")
+                host_asns.setdefault(host, set()).update(listed)
+        private = raw.get("private_endpoints", False)
+        if not isinstance(private, bool):
+            raise chk.fail(entry, "'private_endpoints' must be true or false")
         if raw.get("sources") is not None:
             all_sources += chk.sources(entry, raw["sources"], "the entry")
         sources = tuple(dict.fromkeys(all_sources))
@@ -681,6 +721,10 @@ def _build(providers_path: Path, regions_path: Path) -> Catalog:
             hq_country=hq,
             region_list=region_list,
             sources=sources,
+            asns=frozenset(asns),
+            ranges=tuple(cidrs_listed),
+            private_endpoints=private,
+            host_asns=tuple((h, frozenset(a)) for h, a in host_asns.items()),
         )
         entries.append(
             CatalogEntry(

@@ -70,8 +70,13 @@ class Identifier:
         return self.by_host(host) is not None
 
     def identify(self, obs: Observation) -> Match | None:
+        """By name first; a name the catalogue does not know, sent to an address in a
+        provider's published ingress range, matches by that range (fronted traffic)."""
         if obs.dest_host:
-            return self.by_host(obs.dest_host)
+            found = self.by_host(obs.dest_host)
+            if found is None and obs.dest_ip:
+                found = self.catalog.match_ip(obs.dest_ip)
+            return found
         if obs.dest_ip:
             return self.catalog.match_ip(obs.dest_ip)
         return None
@@ -108,12 +113,44 @@ _GETTERS: dict[str, Callable[[Enriched], Any]] = {
     "dest.ip": lambda e: e.obs.dest_ip,
     "dest.country": lambda e: e.dest.country if e.dest else None,
     "dest.asn": lambda e: e.dest.asn if e.dest else None,
+    "dest.org": lambda e: e.dest.org if e.dest else None,
+    "dest.scope": lambda e: e.dest.scope if e.dest else None,
+    "dest.address_source": lambda e: address_source(e.obs),
+    "match.on": lambda e: "address" if "/" in e.match.pattern else "host",
+    "request.name_source": lambda e: e.obs.host_source,
+    "provider.asns": lambda e: e.match.provider.asns_for(e.match.pattern),
+    "provider.ranges": lambda e: e.match.provider.ranges,
+    "provider.private_endpoints": lambda e: e.match.provider.private_endpoints,
     "client.ip": lambda e: e.obs.client_ip,
     "client.user": lambda e: e.obs.user,
     "request.method": lambda e: e.obs.method,
     "request.status": lambda e: e.obs.status,
     "request.outcome": lambda e: e.outcome,
 }
+
+
+#: Where each input format reads the destination address (evidence for the network rules).
+ADDRESS_SOURCES = {
+    "pcap": "packet destination",
+    "squid": "%<a",
+    "squid-common": "%<a",
+    "squid-combined": "%<a",
+    "squid-custom": "%<a",
+    "zeek": "id.resp_h",
+    "zeek-json": "id.resp_h",
+    "suricata-eve": "dest_ip",
+    "zscaler-csv": "serverip",
+    "zscaler-json": "serverip",
+    "zscaler-kv": "serverip",
+    "elff": "s-ip / s-supplier-ip",
+    "mapped": "dest_ip column",
+}
+
+
+def address_source(obs: Observation) -> str | None:
+    if obs.dest_ip is None:
+        return None
+    return ADDRESS_SOURCES.get(obs.format, obs.format)
 
 
 class Evaluator:
@@ -128,8 +165,12 @@ class Evaluator:
         major = catalog.major_allowed_countries()
         org = frozenset(config.allowed_providers)
         allowed = catalog.allowed_countries
+        by_range = catalog.match_ip
         self._getters: dict[str, Callable[[Enriched], Any]] = {
             **_GETTERS,
+            "dest.range_provider": lambda e: (
+                (m := by_range(e.obs.dest_ip)) and m.provider.id if e.obs.dest_ip else None
+            ),
             "provider.allowed_countries": lambda e: allowed(e.match.provider.id),
             "catalog.major_allowed_countries": lambda e: major,
             "org.allowed_providers": lambda e: org,
@@ -138,13 +179,26 @@ class Evaluator:
         assert not missing, f"no getter for rule fields {missing}"
         # the memo key holds only what varies between records: provider facts follow from
         # provider.id, and catalogue and organisation facts are fixed for the run
+        # (provider.asns also follows match.pattern, which the key then holds)
         varying = {
             "provider.id" if f.startswith("provider.") else f
             for f in rules.fields
             if not f.startswith(("catalog.", "org."))
         }
+        if "provider.asns" in rules.fields:
+            varying.add("match.pattern")
         self._key_getters = [self._getters[f] for f in sorted(varying)]
         self._memo: dict[tuple[Any, ...], list[Rule]] = {}
+        shown = sorted({f for r in rules.rules for f in r.evidence})
+        self._evidence_getters = [self._getters[f] for f in shown]
+
+    def evidence_key(self, e: Enriched) -> tuple[Any, ...]:
+        """The values of every field any rule stores as evidence (a memo key)."""
+        return tuple([get(e) for get in self._evidence_getters])
+
+    def evidence(self, e: Enriched, rule: Rule) -> dict[str, Any]:
+        """The fields ``rule`` stores with what it raises, as JSON values."""
+        return {f: _plain(self._getters[f](e)) for f in rule.evidence}
 
     def context(self, e: Enriched) -> dict[str, Any]:
         return {name: get(e) for name, get in self._getters.items()}
@@ -189,31 +243,45 @@ def observation_row(e: Enriched) -> list[Any]:
     ]  # fmt: skip
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, (frozenset, set, tuple, list)):
+        return sorted(value)
+    return value
+
+
 class IncidentRows:
     """:func:`incident_rows`, remembered per distinct combination of the values they hold:
     a client calls the same host from the same egress all day, so most records of a day
     share theirs. The lists returned are shared, so callers only read them (which also
     lets pickle send one copy per batch)."""
 
-    def __init__(self, limit: int = 65536):
+    def __init__(self, evaluator: Evaluator, limit: int = 65536):
         self._memo: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         self._limit = limit
+        self._evaluator = evaluator
 
     def __call__(self, e: Enriched, rules: list[Rule], day: str) -> list[dict[str, Any]]:
         o, m, g = e.obs, e.match, e.egress
         key = (
             tuple([r.id for r in rules]), m.provider.id, m.kind, o.dest_host, o.dest_ip,
             o.client_ip, g.site, g.ip, g.country, g.source, day,
+            self._evaluator.evidence_key(e),
         )  # fmt: skip
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) > self._limit:
                 self._memo.clear()
-            found = self._memo[key] = incident_rows(e, rules, day)
+            found = self._memo[key] = incident_rows(e, rules, day, self._evaluator.evidence)
         return found
 
 
-def incident_rows(e: Enriched, rules: Iterable[Rule], day: str) -> list[dict[str, Any]]:
+def incident_rows(
+    e: Enriched,
+    rules: Iterable[Rule],
+    day: str,
+    evidence: Callable[[Enriched, Rule], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One incident row per rule raised; ``facts`` holds the rule's evidence fields."""
     o, p = e.obs, e.match.provider
     return [
         {
@@ -232,6 +300,7 @@ def incident_rows(e: Enriched, rules: Iterable[Rule], day: str) -> list[dict[str
             "egress_country": e.egress.country,
             "egress_source": e.egress.source,
             "day": day,
+            "facts": evidence(e, r) if evidence is not None and r.evidence else None,
         }
         for r in rules
     ]
@@ -293,7 +362,7 @@ class Pipeline:
         self.identifier = Identifier(catalog)
         self.enricher = Enricher(geo, EgressResolver(config.sites, geo, egress))
         self.evaluator = Evaluator(rules, catalog, config)
-        self.incident_rows = IncidentRows()
+        self.incident_rows = IncidentRows(self.evaluator)
         self.collect_options = collect_options
         self.pseudonymizer = pseudonymizer  # applied to what is stored, after the rules ran
 

@@ -12,17 +12,25 @@ The engine knows no particular rule. A rule is data with a small vocabulary::
       match.kind: {in: [api, consumer]}
       egress.country: {exists: true, not_in: $provider.allowed_countries}
 
+    unless:                                # optional: the rule does not fire when all the
+      dest.scope: {equals: private}        # conditions of this block hold (a list of blocks:
+                                           # of any one of them)
+    evidence: [dest.ip, dest.asn]          # optional: context fields stored with the finding
+
 Operators: ``equals``, ``not_equals``, ``in``, ``not_in``, ``exists`` (true/false),
-``empty`` (true/false, for lists). A value written ``$field`` is read from the same
-context at evaluation time. ``in`` against a missing list is false; ``not_in`` is true.
-Fields are the names in :data:`FIELDS`. Invalid rules fail at load time with the file,
-the rule id and the reason.
+``empty`` (true/false, for lists), ``in_networks`` / ``not_in_networks`` (an address field
+against a list of CIDRs). A value written ``$field`` is read from the same context at
+evaluation time. ``in`` against a missing list is false; ``not_in`` is true; an address
+that is missing or not an address is in no network. Fields are the names in :data:`FIELDS`.
+Invalid rules fail at load time with the file, the rule id and the reason.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +61,15 @@ FIELDS: dict[str, str] = {
     "dest.ip": "destination address, when known",
     "dest.country": "geolocated destination country",
     "dest.asn": "destination autonomous system number",
+    "dest.org": "organisation of the destination's autonomous system",
+    "dest.scope": "public | private | loopback | … : what kind of address the destination is",
+    "dest.address_source": "where the destination address was read (%<a, id.resp_h, packet, …)",
+    "dest.range_provider": "provider whose published API ingress range holds dest.ip, or null",
+    "match.on": "host | address: matched by the destination's name or by a published range",
+    "request.name_source": "how the destination name was learned: connect, url, sni, http_host, dns, ip",
+    "provider.asns": "autonomous systems the provider's API hosts are served from (catalogue)",
+    "provider.ranges": "the provider's published API ingress ranges (catalogue)",
+    "provider.private_endpoints": "true when the provider offers private endpoints (private addresses)",
     "client.ip": "client address",
     "client.user": "authenticated user, when logged",
     "request.method": "HTTP method or CONNECT",
@@ -61,11 +78,18 @@ FIELDS: dict[str, str] = {
     "org.allowed_providers": "the organisation's provider allow-list (config)",
 }
 
-_OPERATORS = {"equals", "not_equals", "in", "not_in", "exists", "empty"}
-_RULE_KEYS = {"id", "title", "severity", "description", "references", "enabled", "when"}
+_OPERATORS = {
+    "equals", "not_equals", "in", "not_in", "exists", "empty", "in_networks", "not_in_networks"
+}  # fmt: skip
+_LIST_OPERATORS = {"in", "not_in", "in_networks", "not_in_networks"}
+_RULE_KEYS = {
+    "id", "title", "severity", "description", "references", "enabled", "when", "unless", "evidence"
+}  # fmt: skip
 
 Context = Mapping[str, Any]
 Predicate = Callable[[Context], bool]
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class RuleError(ApiwatchError, ValueError):
@@ -83,23 +107,50 @@ class Rule:
     source: str
     predicate: Predicate
     fields: frozenset[str]  # every context field the rule reads
+    evidence: tuple[str, ...] = ()  # context fields stored with what the rule raises
 
     def matches(self, ctx: Context) -> bool:
         return self.predicate(ctx)
 
 
-def _operand(value: Any) -> Callable[[Context], Any]:
+def _operand(value: Any, networks: bool = False) -> Callable[[Context], Any]:
     if isinstance(value, str) and value.startswith("$"):
         name = value[1:]
+        if networks:
+            return lambda ctx: _networks(ctx.get(name))
         return lambda ctx: ctx.get(name)
     if isinstance(value, list):
-        frozen = frozenset(value)
+        frozen: Any = _networks(tuple(value)) if networks else frozenset(value)
         return lambda ctx: frozen
     return lambda ctx: value
 
 
+@lru_cache(maxsize=1024)
+def _networks(cidrs: Iterable[str] | None) -> tuple[_Network, ...] | None:
+    if cidrs is None:
+        return None
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+@lru_cache(maxsize=65536)
+def _address(text: Any) -> _Address | None:
+    try:
+        return ipaddress.ip_address(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def _in_networks(text: Any, nets: tuple[_Network, ...] | None) -> bool:
+    addr = _address(text)
+    return (
+        addr is not None
+        and nets is not None
+        and any(addr.version == n.version and addr in n for n in nets)
+    )
+
+
 def _condition(field: str, op: str, value: Any) -> Predicate:
-    get = _operand(value)
+    get = _operand(value, networks=op.endswith("in_networks"))
     if op == "equals":
         return lambda ctx: ctx.get(field) == get(ctx)
     if op == "not_equals":
@@ -114,6 +165,10 @@ def _condition(field: str, op: str, value: Any) -> Predicate:
     if op == "empty":
         want = bool(value)
         return lambda ctx: (not ctx.get(field)) is want
+    if op == "in_networks":
+        return lambda ctx: _in_networks(ctx.get(field), get(ctx))
+    if op == "not_in_networks":
+        return lambda ctx: not _in_networks(ctx.get(field), get(ctx))
     raise AssertionError(op)  # unreachable: validated before
 
 
@@ -136,40 +191,38 @@ def compile_rule(doc: Any, source: str) -> Rule:
     for key in ("title", "description"):
         if not isinstance(doc.get(key), str) or not doc[key].strip():
             raise RuleError(f"{where}: '{key}' is required")
-    when = doc.get("when")
-    if not isinstance(when, dict) or not when:
+    reads: set[str] = set()
+    when = _block(doc.get("when"), "when", where, reads)
+    if when is None:
         raise RuleError(
             f"{where}: 'when' must be a non-empty mapping of field: {{operator: value}}"
         )
-    predicates: list[Predicate] = []
-    reads: set[str] = set(when)
-    for field, conds in when.items():
+    raw_unless = doc.get("unless", [])
+    vetoes: list[Predicate] = []
+    blocks = raw_unless if isinstance(raw_unless, list) else [raw_unless]
+    for block in blocks if "unless" not in doc or blocks else [None]:
+        compiled = _block(block, "unless", where, reads)
+        if compiled is None:
+            raise RuleError(
+                f"{where}: 'unless' must be a mapping of field: {{operator: value}}, or a list of them"
+            )
+        vetoes.append(_all(compiled[1]))
+    evidence = doc.get("evidence", [])
+    if not isinstance(evidence, list) or not all(isinstance(f, str) for f in evidence):
+        raise RuleError(f"{where}: evidence must be a list of field names")
+    for field in evidence:
         if field not in FIELDS:
-            raise RuleError(f"{where}: unknown field {field!r} (known: {', '.join(FIELDS)})")
-        if not isinstance(conds, dict) or not conds:
-            raise RuleError(f"{where}: {field}: expected {{operator: value}}")
-        for op, value in conds.items():
-            if op not in _OPERATORS:
-                raise RuleError(
-                    f"{where}: {field}: unknown operator {op!r} (known: {', '.join(sorted(_OPERATORS))})"
-                )
-            if isinstance(value, str) and value.startswith("$") and value[1:] not in FIELDS:
-                raise RuleError(f"{where}: {field}: {op}: unknown field reference {value!r}")
-            if op in ("in", "not_in") and not (
-                isinstance(value, list) or (isinstance(value, str) and value.startswith("$"))
-            ):
-                raise RuleError(f"{where}: {field}: {op} needs a list or a $field reference")
-            if op in ("exists", "empty") and not isinstance(value, bool):
-                raise RuleError(f"{where}: {field}: {op} needs true or false")
-            predicates.append(_condition(field, op, value))
-            if isinstance(value, str) and value.startswith("$"):
-                reads.add(value[1:])
+            raise RuleError(f"{where}: evidence: unknown field {field!r}")
     refs = doc.get("references", [])
     if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
         raise RuleError(f"{where}: references must be a list of strings")
+    all_of = _all(when[1])
+    if not vetoes:
+        predicate = all_of
+    else:
 
-    def predicate(ctx: Context, _ps: tuple[Predicate, ...] = tuple(predicates)) -> bool:
-        return all(p(ctx) for p in _ps)
+        def predicate(ctx: Context, _vetoes: tuple[Predicate, ...] = tuple(vetoes)) -> bool:
+            return all_of(ctx) and not any(v(ctx) for v in _vetoes)
 
     return Rule(
         id=rid,
@@ -177,11 +230,59 @@ def compile_rule(doc: Any, source: str) -> Rule:
         severity=severity,
         description=doc["description"].strip(),
         references=tuple(refs),
-        when=when,
+        when=when[0],
         source=source,
         predicate=predicate,
         fields=frozenset(reads),
+        evidence=tuple(evidence),
     )
+
+
+def _all(predicates: list[Predicate]) -> Predicate:
+    def predicate(ctx: Context, _ps: tuple[Predicate, ...] = tuple(predicates)) -> bool:
+        return all(p(ctx) for p in _ps)
+
+    return predicate
+
+
+def _block(
+    block: Any, key: str, where: str, reads: set[str]
+) -> tuple[Mapping[str, Mapping[str, Any]], list[Predicate]] | None:
+    """Validate and compile a ``when`` / ``unless`` block; ``None`` when it is not a
+    non-empty mapping. The fields it reads are added to ``reads``."""
+    if not isinstance(block, dict) or not block:
+        return None
+    predicates: list[Predicate] = []
+    reads.update(block)
+    for field, conds in block.items():
+        if field not in FIELDS:
+            inside = "" if key == "when" else f"{key}: "
+            raise RuleError(
+                f"{where}: {inside}unknown field {field!r} (known: {', '.join(FIELDS)})"
+            )
+        if not isinstance(conds, dict) or not conds:
+            raise RuleError(f"{where}: {field}: expected {{operator: value}}")
+        for op, value in conds.items():
+            if op not in _OPERATORS:
+                raise RuleError(
+                    f"{where}: {field}: unknown operator {op!r} (known: {', '.join(sorted(_OPERATORS))})"
+                )
+            ref = isinstance(value, str) and value.startswith("$")
+            if ref and value[1:] not in FIELDS:
+                raise RuleError(f"{where}: {field}: {op}: unknown field reference {value!r}")
+            if op in _LIST_OPERATORS and not (isinstance(value, list) or ref):
+                raise RuleError(f"{where}: {field}: {op} needs a list or a $field reference")
+            if op in ("exists", "empty") and not isinstance(value, bool):
+                raise RuleError(f"{where}: {field}: {op} needs true or false")
+            if op.endswith("in_networks") and not ref:
+                try:
+                    _networks(tuple(str(v) for v in value))
+                except ValueError as exc:
+                    raise RuleError(f"{where}: {field}: {op}: {exc}") from None
+            predicates.append(_condition(field, op, value))
+            if ref:
+                reads.add(value[1:])
+    return block, predicates
 
 
 class RuleSet:

@@ -124,6 +124,7 @@ INCIDENT_COLUMNS: dict[str, type] = {
     "outcome": str,
     "status": str,
     "evidence": str,
+    "facts": str,  # JSON {field: [distinct values]}: what the rule's evidence fields showed
     "first_scan": int,
     "last_scan": int,
 }
@@ -361,6 +362,8 @@ class Store:
                     )
                 if len(d["evidence"]) < EVIDENCE_SAMPLES:
                     d["evidence"].append(f"{obs[_SOURCE]}:{obs[_LINE]}")
+                if inc.get("facts"):
+                    d["facts"] = merge_facts(d.get("facts"), inc["facts"])
                 d["count"] += 1
                 d["blocked"] += obs[_OUTCOME] == "blocked"
                 d["bytes_out"] = _add(d["bytes_out"], obs[_OUT])
@@ -377,7 +380,7 @@ class Store:
             "INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits
         )
         result.rule_of = {iid: (d["rule"], d["severity"]) for iid, d in deltas.items()}
-        before = self._evidence_of(list(deltas))
+        before, facts_before = self._evidence_of(list(deltas))
         result.updated_incidents = set(before)
         result.new_incidents = set(deltas) - result.updated_incidents
         cols = [
@@ -391,6 +394,7 @@ class Store:
             "bytes_in",
             "outcome",
             "evidence",
+            "facts",
             "first_scan",
             "last_scan",
         ]
@@ -400,6 +404,10 @@ class Store:
             d["evidence"] = json.dumps(
                 (old + [e for e in d["evidence"] if e not in old])[:EVIDENCE_SAMPLES]
             )
+            facts = d.get("facts")
+            if facts_before.get(iid):
+                facts = merge_facts(facts_before[iid], facts or {})
+            d["facts"] = json.dumps(facts, sort_keys=True) if facts else None
             d["severity_rank"] = SEVERITY_RANK[d["severity"]]
             d["outcome"] = _outcome(d["blocked"], d["count"])
             d["first_scan"] = d["last_scan"] = scan_id
@@ -419,20 +427,27 @@ class Store:
                              WHEN blocked + excluded.blocked = count + excluded.count THEN 'blocked'
                              ELSE 'mixed' END,
               evidence = excluded.evidence,
+              facts = excluded.facts,
               last_scan = excluded.last_scan""",  # noqa: S608 - constants and placeholders only
             rows,
         )
         return result
 
-    def _evidence_of(self, ids: list[str]) -> dict[str, list[str]]:
-        """Evidence samples of the incidents among ``ids`` that already exist."""
+    def _evidence_of(
+        self, ids: list[str]
+    ) -> tuple[dict[str, list[str]], dict[str, dict[str, list[Any]]]]:
+        """Evidence samples and facts of the incidents among ``ids`` that already exist."""
         found: dict[str, list[str]] = {}
+        facts: dict[str, dict[str, list[Any]]] = {}
         for i in range(0, len(ids), _IN_CHUNK):
             chunk = ids[i : i + _IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT id, evidence FROM incidents WHERE id IN ({marks})"  # noqa: S608
-            found.update((r[0], json.loads(r[1] or "[]")) for r in self.db.execute(sql, chunk))
-        return found
+            sql = f"SELECT id, evidence, facts FROM incidents WHERE id IN ({marks})"  # noqa: S608
+            for r in self.db.execute(sql, chunk):
+                found[r[0]] = json.loads(r[1] or "[]")
+                if r[2]:
+                    facts[r[0]] = json.loads(r[2])
+        return found, facts
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -650,11 +665,12 @@ def _schema_v2(db: sqlite_utils.Database) -> None:
 
 
 def _schema_v3(db: sqlite_utils.Database) -> None:
-    """Who is calling: the ClientHello's JA4 and the User-Agent of each observation."""
-    have = db["observations"].columns_dict
-    for name in ("ja4", "user_agent"):
-        if name not in have:  # a database created by this version has them from v1
-            db["observations"].add_column(name, str)
+    """Who is calling (the ClientHello's JA4, the User-Agent) and what the rules saw."""
+    for table, names in (("observations", ("ja4", "user_agent")), ("incidents", ("facts",))):
+        have = db[table].columns_dict
+        for name in names:
+            if name not in have:  # a database created by this version has them from v1
+                db[table].add_column(name, str)
 
 
 MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3}
@@ -664,6 +680,20 @@ def _incident_out(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out.pop("severity_rank", None)
     out["evidence"] = json.loads(out.get("evidence") or "[]")
+    out["facts"] = json.loads(out.get("facts") or "{}")
+    return out
+
+
+def merge_facts(
+    old: dict[str, list[Any]] | None, new: dict[str, Any], limit: int = EVIDENCE_SAMPLES
+) -> dict[str, list[Any]]:
+    """``old`` with the values of ``new`` added: per field, distinct values in the order
+    first seen, at most ``limit`` (a list value counts as one)."""
+    out = {k: list(v) for k, v in (old or {}).items()}
+    for name, value in new.items():
+        seen = out.setdefault(name, [])
+        if value not in seen and len(seen) < limit:
+            seen.append(value)
     return out
 
 

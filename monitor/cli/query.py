@@ -117,10 +117,16 @@ def show(ctx, incident_id, as_json, samples):
         return
     records = inc.pop("records")
     events = inc.pop("events")
-    width = max(len(k) for k in inc)
+    facts = inc.pop("facts", None) or {}
+    width = max(len(k) for k in [*inc, *(f"  {f}" for f in facts)])
     for key, value in inc.items():
         shown = ", ".join(value) if isinstance(value, list) else value
         click.echo(f"{key:<{width}}  {safe_text(shown, 200)}")
+    if facts:  # what the rule's evidence fields showed
+        click.echo("facts:")
+        for name, values in facts.items():
+            shown = ", ".join(json.dumps(v, ensure_ascii=False) for v in values)
+            click.echo(f"{'  ' + name:<{width}}  {safe_text(shown, 200)}")
     if events:
         click.echo("\nhistory:")
         write_rows(

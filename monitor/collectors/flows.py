@@ -1419,6 +1419,10 @@ class FlowTable:
                 return ip, "ip"
         return None, None
 
+    def _to_ingress(self, f: Flow) -> bool:
+        """The server is in a provider's published ingress ranges (whatever its name)."""
+        return self._in_ranges is not None and self._in_ranges(f.sip) is not None
+
     def _catalog_ip(self, sip: bytes) -> str | None:
         text = _ip_text(sip)
         return text if self.catalog.match_ip(text) is not None else None
@@ -1432,7 +1436,7 @@ class FlowTable:
             self._report_http(f, h.exchanges, last=True)
             return
         host, src = self._name(f)
-        if not self._keep(host):
+        if not self._keep(host) and not self._to_ingress(f):
             return
         o = self._obs(f, f.first, f.last, host, src, f.pk_out, f.pk_in, f.by_out, f.by_in, None)
         if f.socks is not None:
@@ -1507,7 +1511,7 @@ class FlowTable:
                     url = target or None
             if host is None:
                 host, hsrc = self._name(f)
-            if not self._keep(host):
+            if not self._keep(host) and not self._to_ingress(f):
                 continue
             o = self._obs(
                 f, x.ts, x.ts_end, host, hsrc, x.pk_out, x.pk_in, x.by_out, x.by_in, x.index

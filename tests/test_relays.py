@@ -1,0 +1,192 @@
+"""Relays and evasion: the network rules on crafted captures with public addresses.
+
+Each capture holds the traffic a rule is about next to ordinary traffic to the same
+providers, and the tests check both that the rule fires with the evidence it used and
+that the ordinary traffic raises none of the new rules.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from scapy.layers.dns import DNS, DNSQR
+from scapy.layers.inet import UDP
+from scapy.utils import rdpcap, wrpcap
+
+from monitor.cli import main
+from tests.pcaps import Tcp, client_hello, with_ether, write_scapy
+from tests.test_real_capture import _cert, _free_port, _need, _Server, _start_tcpdump, tools
+
+__all__ = ["tools"]  # the fixture, used by name
+
+NETWORK_RULES = {"endpoint-network-mismatch", "fronted-llm-traffic"}
+
+
+def run(*args, ok=(0, 3)):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code in ok, result.output + result.stderr
+    return result
+
+
+def scan(tmp_path, packets, name="cap.pcap"):
+    """Scan a capture (egress declared US: no region rule), return the incidents."""
+    cap = write_scapy(tmp_path / name, with_ether(packets))
+    db = tmp_path / "apiwatch.db"
+    run("--db", db, "scan", cap, "--egress-country", "US")
+    out = run("--db", db, "incidents", "--json").stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def tls(client: str, server: str, sni: str | None, sport: int) -> list:
+    t = Tcp(client, server, sport, 443).handshake()
+    t.send(True, client_hello(sni)).send(False, b"\x16\x03\x03\x00\x02\x02\x00").close()
+    return t.packets
+
+
+def test_api_name_at_a_vps_address_is_a_network_mismatch(tmp_path):
+    packets = [
+        # api.openai.com at a DigitalOcean address (AS14061): a relay behind a hosts-file entry
+        *tls("10.0.0.5", "159.89.0.10", "api.openai.com", 40001),
+        # ... and at a private address (a proxy on the LAN); OpenAI has no private endpoints
+        *tls("10.0.0.5", "10.9.9.9", "api.openai.com", 40002),
+        # ordinary: api.openai.com at Cloudflare, api.anthropic.com in Anthropic's range
+        *tls("10.0.0.6", "162.159.140.245", "api.openai.com", 40003),
+        *tls("10.0.0.6", "160.79.104.10", "api.anthropic.com", 40004),
+        # Azure OpenAI at a private address: Private Link, expected
+        *tls("10.0.0.6", "10.1.2.3", "acme.openai.azure.com", 40005),
+    ]
+    incs = scan(tmp_path, packets)
+    hits = [i for i in incs if i["rule"] in NETWORK_RULES]
+    assert {(i["rule"], i["client_ip"]) for i in hits} == {
+        ("endpoint-network-mismatch", "10.0.0.5")
+    }
+    assert all(i["severity"] == "high" and i["provider"] == "openai" for i in hits)
+    (facts,) = [i["facts"] for i in hits]  # one incident: same client, host, egress, day
+    assert facts["request.name_source"] == ["sni"]
+    assert facts["dest.host"] == ["api.openai.com"]
+    assert facts["dest.ip"] == ["159.89.0.10", "10.9.9.9"]
+    assert facts["dest.address_source"] == ["packet destination"]
+    assert facts["dest.asn"] == [14061, None]
+    assert facts["dest.scope"] == ["public", "private"]
+    assert facts["provider.asns"] == [[13335]]
+
+
+def test_unrelated_name_at_a_published_range_is_fronted(tmp_path):
+    packets = [
+        *tls("10.0.0.7", "160.79.104.10", "cdn.example.org", 40011),  # fronted
+        *tls("10.0.0.8", "160.79.104.10", "api.anthropic.com", 40012),  # ordinary
+        *tls("10.0.0.8", "198.51.100.20", "cdn.example.org", 40013),  # not in any range
+    ]
+    incs = scan(tmp_path, packets)
+    hits = [i for i in incs if i["rule"] in NETWORK_RULES]
+    assert [(i["rule"], i["client_ip"], i["dest_host"]) for i in hits] == [
+        ("fronted-llm-traffic", "10.0.0.7", "cdn.example.org")
+    ]
+    facts = hits[0]["facts"]
+    assert facts["dest.ip"] == ["160.79.104.10"]
+    assert facts["dest.range_provider"] == ["anthropic"]
+    assert facts["request.name_source"] == ["sni"]
+    assert facts["dest.address_source"] == ["packet destination"]
+    assert "160.79.104.0/23" in facts["provider.ranges"][0]
+    # nothing else is said of the ordinary flow
+    assert not [i for i in incs if i["client_ip"] == "10.0.0.8"]
+
+
+# --- real tools: curl, openssl, tcpdump and dnsmasq on loopback -----------------------------
+
+
+@pytest.fixture
+def dnsmasq(tmp_path) -> Iterator[int]:
+    """dnsmasq on 127.0.0.1 (a free high port) answering api.openai.com with 127.0.0.1, as a
+    hijacked resolver would; stopped by its PID."""
+    _need(shutil.which("dnsmasq") is not None, "dnsmasq is not installed")
+    port = _free_port_udp()
+    proc = subprocess.Popen(
+        ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--listen-address=127.0.0.1",
+         f"--port={port}", "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=",
+         "--address=/api.openai.com/127.0.0.1", "--log-facility=-"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while _resolve(port, "api.openai.com", timeout=0.5) is None:
+            _need(proc.poll() is None and time.monotonic() < deadline, "dnsmasq did not start")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _free_port_udp() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _resolve(port: int, name: str, timeout: float = 5) -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(bytes(DNS(id=7, rd=1, qd=DNSQR(qname=name))), ("127.0.0.1", port))
+        try:
+            answer = DNS(s.recv(512))
+        except TimeoutError:
+            return None
+    return answer.an[0].rdata if answer.ancount else None
+
+
+@pytest.mark.realtools
+def test_hosts_file_override_and_dns_hijack_on_loopback(tmp_path, tools, dnsmasq):
+    """curl with a hosts-file style override, and a client whose resolver (dnsmasq) answers
+    api.openai.com with a local address: both reach a TLS server that is not OpenAI's."""
+    key, crt = _cert(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(crt, key)
+    port = _free_port()
+    server = _Server(port, ctx)
+    raw = tmp_path / "lo.pcap"
+    dump = _start_tcpdump(raw, [port], udp_ports=(dnsmasq,))
+    try:
+        subprocess.run(
+            ["curl", "-sk", "--max-time", "10", "-o", "/dev/null", "--resolve",
+             f"api.openai.com:{port}:127.0.0.1", f"https://api.openai.com:{port}/v1/models"],
+            check=True, timeout=20,
+        )  # fmt: skip
+        address = _resolve(dnsmasq, "api.openai.com")
+        assert address == "127.0.0.1"
+        client = ssl.create_default_context()
+        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+        with client.wrap_socket(socket.create_connection((address, port), timeout=5)) as s:
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+            s.recv(100)
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+        dump.wait(10)
+        server.close()
+    # the resolver ran on a high port; DNS is read on port 53, where a resolver answers
+    packets = rdpcap(str(raw))
+    for p in packets:
+        if p.haslayer(UDP):
+            udp = p[UDP]
+            udp.sport, udp.dport = (53 if x == dnsmasq else x for x in (udp.sport, udp.dport))
+            del udp.chksum
+    cap = tmp_path / "dns53.pcap"
+    wrpcap(str(cap), packets)
+    db = tmp_path / "apiwatch.db"
+    run("--db", db, "scan", cap, "--egress-country", "US")
+    incs = [json.loads(x) for x in run("--db", db, "incidents", "--json").stdout.splitlines()]
+    (hit,) = [i for i in incs if i["rule"] == "endpoint-network-mismatch"]
+    facts = hit["facts"]
+    assert (hit["provider"], hit["dest_host"]) == ("openai", "api.openai.com")
+    assert sorted(facts["request.name_source"]) == ["dns", "sni"]
+    assert facts["dest.ip"] == ["127.0.0.1"] and facts["dest.scope"] == ["loopback"]
+    assert facts["dest.address_source"] == ["packet destination"]
+    assert not [i for i in incs if i["rule"] == "fronted-llm-traffic"]
