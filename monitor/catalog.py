@@ -120,6 +120,7 @@ class Match:
     kind: str  # "api" | "consumer" | "relay" (relay-kind providers always give "relay")
     pattern: str  # the catalogue entry that matched, e.g. "*.openai.azure.com" or "160.79.104.0/23"
     confidence: str = "high"  # of the catalogue entry: low | medium | high
+    on: str = "host"  # host: by the name | address: by a published range | request: by its shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -778,7 +779,7 @@ def _build(providers_path: Path, regions_path: Path) -> Catalog:
     for pid, net, conf in ranges:
         provider = providers[pid]
         kind = "relay" if provider.kind == "relay" else "api"
-        index.ranges.append((net, Match(provider, kind, str(net), conf)))
+        index.ranges.append((net, Match(provider, kind, str(net), conf, "address")))
 
     region_lists = {list_id: region for list_id, (region, _) in region_raw.items()}
     return Catalog(providers, region_lists, version, index, entries)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
-from monitor.catalog import Catalog, Match
+from monitor.catalog import Catalog, Match, Provider
+from monitor.clients import Signatures, bundled_signatures
 from monitor.collectors import CollectOptions, Diagnostics, collect
 from monitor.config import Config
 from monitor.egress import Egress, EgressOptions, EgressResolver
@@ -53,33 +54,78 @@ def outcome_of(obs: Observation) -> str | None:
     return "allowed" if obs.status < 400 else "error"
 
 
-class Identifier:
-    """Stage 2: destination → provider, memoised per distinct host or address."""
+#: The provider of a destination the catalogue does not know, reached with an LLM-shaped
+#: request (an API path, an LLM SDK): a relay or shell-site candidate.
+UNKNOWN_PROVIDER = Provider(
+    id="unknown", name="Host outside the catalogue", kind="unknown", category=None,
+    hq_country=None, region_list=None, sources=(),
+)  # fmt: skip
 
-    def __init__(self, catalog: Catalog):
+
+class Identifier:
+    """Stage 2: destination → provider, memoised per distinct host, address or request shape."""
+
+    def __init__(self, catalog: Catalog, signatures: Signatures | None = None):
         self.catalog = catalog
+        self.signatures = signatures or bundled_signatures()
         self.by_host = lru_cache(maxsize=1 << 18)(self._by_host)
+        self.host_filter = _LlmFilter(self)
 
     def _by_host(self, host: str) -> Match | None:
         found = self.catalog.match_host(host)
         if found is None and (ip := canonical_ip(host)) is not None:
             found = self.catalog.match_ip(ip)
+            if found is not None:  # the name is the address
+                found = replace(found, on="host")
         return found
 
-    def host_filter(self, host: str) -> bool:
-        return self.by_host(host) is not None
+    def shape(self, url: str | None, user_agent: str | None) -> Match | None:
+        """A match by the request itself: an LLM API path, or an LLM SDK's User-Agent."""
+        sig = self.signatures
+        path = sig.api_path(url)
+        if path is not None:
+            return Match(UNKNOWN_PROVIDER, "unknown", f"path:{path}", "medium", "request")
+        client = sig.user_agent(user_agent)
+        if client is not None and client.llm:
+            return Match(
+                UNKNOWN_PROVIDER, "unknown", f"user-agent:{client.id}", "medium", "request"
+            )
+        return None
 
     def identify(self, obs: Observation) -> Match | None:
         """By name first; a name the catalogue does not know, sent to an address in a
-        provider's published ingress range, matches by that range (fronted traffic)."""
+        provider's published ingress range, matches by that range (fronted traffic); else
+        an LLM-shaped request matches as a host outside the catalogue."""
         if obs.dest_host:
             found = self.by_host(obs.dest_host)
             if found is None and obs.dest_ip:
                 found = self.catalog.match_ip(obs.dest_ip)
-            return found
-        if obs.dest_ip:
-            return self.catalog.match_ip(obs.dest_ip)
-        return None
+        elif obs.dest_ip:
+            found = self.catalog.match_ip(obs.dest_ip)
+        else:
+            found = None
+        if found is None and (obs.url or obs.user_agent):
+            found = self.shape(obs.url, obs.user_agent)
+        return found
+
+
+class _LlmFilter:
+    """The collectors' filter: hosts the catalogue knows, and (``requests``) any request
+    whose path or User-Agent is an LLM API's."""
+
+    __slots__ = ("_by_host", "_shape", "markers")
+
+    def __init__(self, identifier: Identifier):
+        self._by_host = identifier.by_host
+        self._shape = identifier.shape
+        #: byte strings one of which any LLM API path holds (collectors' cheap pre-test)
+        self.markers = identifier.signatures.markers
+
+    def __call__(self, host: str) -> bool:
+        return self._by_host(host) is not None
+
+    def requests(self, url: str | None, user_agent: str | None) -> bool:
+        return self._shape(url, user_agent) is not None
 
 
 class Enricher:
@@ -116,7 +162,10 @@ _GETTERS: dict[str, Callable[[Enriched], Any]] = {
     "dest.org": lambda e: e.dest.org if e.dest else None,
     "dest.scope": lambda e: e.dest.scope if e.dest else None,
     "dest.address_source": lambda e: address_source(e.obs),
-    "match.on": lambda e: "address" if "/" in e.match.pattern else "host",
+    "match.on": lambda e: e.match.on,
+    "request.url": lambda e: e.obs.url,
+    "client.user_agent": lambda e: e.obs.user_agent,
+    "client.ja4": lambda e: e.obs.ja4,
     "request.name_source": lambda e: e.obs.host_source,
     "provider.asns": lambda e: e.match.provider.asns_for(e.match.pattern),
     "provider.ranges": lambda e: e.match.provider.ranges,
@@ -160,8 +209,15 @@ class Evaluator:
     records cost one evaluation per distinct combination (provider, egress country, …).
     """
 
-    def __init__(self, rules: RuleSet, catalog: Catalog, config: Config):
+    def __init__(
+        self,
+        rules: RuleSet,
+        catalog: Catalog,
+        config: Config,
+        signatures: Signatures | None = None,
+    ):
         self.rules = rules
+        sig = signatures or bundled_signatures()
         major = catalog.major_allowed_countries()
         org = frozenset(config.allowed_providers)
         allowed = catalog.allowed_countries
@@ -171,6 +227,9 @@ class Evaluator:
             "dest.range_provider": lambda e: (
                 (m := by_range(e.obs.dest_ip)) and m.provider.id if e.obs.dest_ip else None
             ),
+            "request.api_path": lambda e: sig.api_path(e.obs.url),
+            "client.software": lambda e: (c := sig.user_agent(e.obs.user_agent)) and c.id,
+            "client.tls_software": lambda e: (c := sig.tls_client(e.obs.ja4)) and c.id,
             "provider.allowed_countries": lambda e: allowed(e.match.provider.id),
             "catalog.major_allowed_countries": lambda e: major,
             "org.allowed_providers": lambda e: org,
@@ -361,7 +420,7 @@ class Pipeline:
         self.geo = geo
         self.identifier = Identifier(catalog)
         self.enricher = Enricher(geo, EgressResolver(config.sites, geo, egress))
-        self.evaluator = Evaluator(rules, catalog, config)
+        self.evaluator = Evaluator(rules, catalog, config, self.identifier.signatures)
         self.incident_rows = IncidentRows(self.evaluator)
         self.collect_options = collect_options
         self.pseudonymizer = pseudonymizer  # applied to what is stored, after the rules ran

@@ -43,7 +43,7 @@ SEVERITY_RANK = {name: i for i, name in enumerate(SEVERITIES)}
 
 #: The evaluation context: every field a rule may name, with what it holds.
 FIELDS: dict[str, str] = {
-    "match.kind": "api | consumer | relay: how the destination matched the catalogue",
+    "match.kind": "api | consumer | relay | unknown: how the destination matched the catalogue",
     "match.pattern": "the catalogue entry that matched (host, *.suffix or CIDR)",
     "match.confidence": "high | medium | low: how sure the catalogue is of that entry",
     "provider.id": "catalogue id, e.g. openai",
@@ -65,7 +65,14 @@ FIELDS: dict[str, str] = {
     "dest.scope": "public | private | loopback | … : what kind of address the destination is",
     "dest.address_source": "where the destination address was read (%<a, id.resp_h, packet, …)",
     "dest.range_provider": "provider whose published API ingress range holds dest.ip, or null",
-    "match.on": "host | address: matched by the destination's name or by a published range",
+    "match.on": "host | address | request: matched by the name, a published range, or the "
+    "request's shape (an LLM API path or SDK, to a host outside the catalogue)",
+    "request.api_path": "id of the LLM API path signature the URL ends with (rules/clients.yaml)",
+    "request.url": "the request URL, when the log shows it",
+    "client.user_agent": "the HTTP User-Agent, when the log shows it",
+    "client.software": "id of the SDK or client the User-Agent names (rules/clients.yaml)",
+    "client.ja4": "JA4 fingerprint of the TLS ClientHello",
+    "client.tls_software": "id of the software the JA4 is known from (rules/clients.yaml)",
     "request.name_source": "how the destination name was learned: connect, url, sni, http_host, dns, ip",
     "provider.asns": "autonomous systems the provider's API hosts are served from (catalogue)",
     "provider.ranges": "the provider's published API ingress ranges (catalogue)",

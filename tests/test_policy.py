@@ -128,6 +128,7 @@ def test_bundled_rules_use_only_documented_fields():
     assert {r.id for r in rules.rules} == {
         "endpoint-network-mismatch",
         "fronted-llm-traffic",
+        "llm-api-unknown-host",
         "provider-region-unsupported",
         "unknown-region-policy",
         "relay-service",

@@ -21,6 +21,7 @@ from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import UDP
 from scapy.utils import rdpcap, wrpcap
 
+from monitor import accel
 from monitor.cli import main
 from tests.pcaps import Tcp, client_hello, with_ether, write_scapy
 from tests.test_real_capture import _cert, _free_port, _need, _Server, _start_tcpdump, tools
@@ -190,3 +191,116 @@ def test_hosts_file_override_and_dns_hijack_on_loopback(tmp_path, tools, dnsmasq
     assert facts["dest.ip"] == ["127.0.0.1"] and facts["dest.scope"] == ["loopback"]
     assert facts["dest.address_source"] == ["packet destination"]
     assert not [i for i in incs if i["rule"] == "fronted-llm-traffic"]
+
+
+# --- API-shaped requests to hosts outside the catalogue -------------------------------------
+
+
+def native_line(ts: float, client: str, method: str, url: str, peer: str = "203.0.113.9") -> str:
+    return f"{ts:.3f}    120 {client} TCP_MISS/200 900 {method} {url} - HIER_DIRECT/{peer} -"
+
+
+def scan_log(tmp_path, lines, *options):
+    log = tmp_path / "access.log"
+    log.write_text("\n".join(lines) + "\n")
+    db = tmp_path / "apiwatch.db"
+    run("--db", db, "scan", log, "--egress-country", "US", *options)
+    out = run("--db", db, "incidents", "--json").stdout
+    return [json.loads(line) for line in out.splitlines()], db
+
+
+def test_llm_api_paths_to_unknown_hosts_in_a_squid_log(tmp_path):
+    t = 1795741200.0
+    lines = [
+        # SSL-bumped / plain requests to a relay: API paths
+        native_line(t, "10.0.0.1", "POST", "https://api.relay-station.example/v1/chat/completions"),
+        native_line(t + 1, "10.0.0.1", "POST", "http://gw.example.net/openai/v1/responses?x=1"),
+        native_line(t + 2, "10.0.0.2", "GET", "https://oneapi.example.org/api/user/self"),
+        native_line(
+            t + 3,
+            "10.0.0.3",
+            "POST",
+            "https://g.example.com/v1beta/models/gemini-pro:generateContent",
+        ),
+        # ordinary traffic: other paths, tunnels, the provider itself, near misses
+        native_line(t + 4, "10.0.0.4", "GET", "https://www.example.com/v1/chat/completionsx"),
+        native_line(t + 5, "10.0.0.4", "GET", "https://docs.example.com/guide/v1/chat/"),
+        native_line(t + 6, "10.0.0.4", "CONNECT", "api.relay-station.example:443"),
+        native_line(
+            t + 7,
+            "10.0.0.5",
+            "POST",
+            "https://api.openai.com/v1/chat/completions",
+            "162.159.140.245",
+        ),
+    ]
+    incs, _ = scan_log(tmp_path, lines)
+    hits = sorted(
+        (
+            i["dest_host"],
+            i["client_ip"],
+            i["severity"],
+            i["provider"],
+            i["facts"]["request.api_path"][0],
+        )
+        for i in incs
+        if i["rule"] == "llm-api-unknown-host"
+    )
+    assert hits == [
+        ("api.relay-station.example", "10.0.0.1", "medium", "unknown", "openai_chat_completions"),
+        ("g.example.com", "10.0.0.3", "medium", "unknown", "gemini_generate_content"),
+        ("gw.example.net", "10.0.0.1", "medium", "unknown", "openai_chat_completions"),
+        ("oneapi.example.org", "10.0.0.2", "medium", "unknown", "one_api_admin"),
+    ]
+    assert not [i for i in incs if i["client_ip"] == "10.0.0.4"]
+    assert {i["rule"] for i in incs if i["client_ip"] == "10.0.0.5"} <= {"unapproved-provider"}
+    # the Python loop (no C pre-pass) gives the same
+    (tmp_path / "pure").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(accel.PURE_ENV, "1")
+        pure, _ = scan_log(tmp_path / "pure", lines)
+    assert sorted(i["id"] for i in pure) == sorted(i["id"] for i in incs)
+
+
+def test_sdk_user_agent_to_an_unknown_host_in_a_custom_squid_log(tmp_path):
+    fmt = '%ts.%03tu %>a %Ss/%03>Hs %<st %rm %ru "%{User-Agent}>h"'
+    t = 1795741200
+    lines = [
+        f'{t}.000 10.0.0.1 TCP_MISS/200 900 POST https://llm.example.net/chat "OpenAI/Python 1.54.0"',
+        f'{t}.500 10.0.0.2 TCP_MISS/200 900 GET https://www.example.net/ "curl/8.5.0"',
+        f'{t + 1}.000 10.0.0.3 TCP_MISS/200 900 GET https://www.example.net/ "Mozilla/5.0 (X11)"',
+    ]
+    incs, db = scan_log(tmp_path, lines, "--format", "squid-custom", "--squid-logformat", fmt)
+    (hit,) = [i for i in incs if i["rule"] == "llm-api-unknown-host"]
+    assert (hit["dest_host"], hit["client_ip"]) == ("llm.example.net", "10.0.0.1")
+    assert hit["facts"]["client.software"] == ["openai_python"]
+    assert hit["facts"]["client.user_agent"] == ["OpenAI/Python 1.54.0"]
+    assert len(incs) == 1
+
+
+def test_api_path_and_sdk_over_plain_http_in_a_capture(tmp_path):
+    def request(target: str, host: str, agent: str) -> bytes:
+        return f"POST {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\n\r\n".encode()
+
+    def exchange(client, server, sport, data):
+        t = Tcp(client, server, sport, 80).handshake()
+        t.send(True, data).send(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").close()
+        return t.packets
+
+    packets = [
+        *exchange("10.0.0.1", "45.77.0.10", 40021, request("/v1/messages", "relay.example", "x")),
+        *exchange(
+            "10.0.0.2",
+            "45.77.0.10",
+            40022,
+            request("/chat", "relay.example", "Anthropic/JS 0.30.1"),
+        ),
+        *exchange("10.0.0.3", "45.77.0.10", 40023, request("/chat", "relay.example", "curl/8.5.0")),
+    ]
+    incs = scan(tmp_path, packets)
+    hits = {i["client_ip"]: i["facts"] for i in incs if i["rule"] == "llm-api-unknown-host"}
+    assert set(hits) == {"10.0.0.1", "10.0.0.2"}
+    assert hits["10.0.0.1"]["request.api_path"] == ["anthropic_messages"]
+    assert hits["10.0.0.2"]["client.software"] == ["anthropic_js"]
+    assert hits["10.0.0.2"]["dest.asn"] == [20473]
+    assert hits["10.0.0.1"]["request.name_source"] == ["http_host"]

@@ -48,6 +48,7 @@ from struct import Struct
 from typing import Any
 
 from monitor import accel
+from monitor.collectors.base import requests_of
 from monitor.collectors.dns import DnsMap, parse_message
 from monitor.collectors.fields import host_keeper, memoised
 from monitor.collectors.tls import client_hello_from_records
@@ -195,6 +196,7 @@ class HttpHead:
     version: str = ""
     status: int | None = None  # responses
     host: str | None = None  # Host header value, as sent
+    user_agent: str | None = None  # requests: User-Agent header value
     content_length: int | None = None
     chunked: bool = False
 
@@ -221,6 +223,9 @@ def _headers(lines: list[bytes], h: HttpHead) -> HttpHead | None:
         if name == b"host":
             if h.host is None:
                 h.host = _text(value)
+        elif name == b"user-agent":
+            if h.user_agent is None:
+                h.user_agent = _text(value)
         elif name == b"content-length":
             v = value.split(b",")[0].strip()
             if v.isdigit() and len(v) < 19:
@@ -372,6 +377,7 @@ class _Exchange:
         "method",
         "target",
         "host",
+        "user_agent",
         "status",
         "pk_out",
         "pk_in",
@@ -386,6 +392,7 @@ class _Exchange:
         self.method = head.method
         self.target = head.target
         self.host = head.host
+        self.user_agent = head.user_agent
         self.status: int | None = None
         self.pk_out = self.pk_in = self.by_out = self.by_in = 0
         self.index = index
@@ -624,6 +631,7 @@ class FlowTable:
         #: packed server address -> its text when the catalogue's ranges hold it (memoised)
         self._in_ranges = memoised(self._catalog_ip, 65536) if catalog is not None else None
         self._keep = host_keeper(host_filter, 65536)
+        self._requests = requests_of(host_filter)
         self.stats: dict[str, int] = {
             "packets": 0,
             "not_ip": 0,
@@ -1511,13 +1519,18 @@ class FlowTable:
                     url = target or None
             if host is None:
                 host, hsrc = self._name(f)
-            if not self._keep(host) and not self._to_ingress(f):
+            if (
+                not self._keep(host)
+                and not self._to_ingress(f)
+                and not (self._requests and self._requests(url or target, x.user_agent))
+            ):
                 continue
             o = self._obs(
                 f, x.ts, x.ts_end, host, hsrc, x.pk_out, x.pk_in, x.by_out, x.by_in, x.index
             )
             o.method = method
             o.url = url
+            o.user_agent = x.user_agent
             o.status = x.status
             o.dest_port = port
             self.ready.append(o)
