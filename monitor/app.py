@@ -115,8 +115,10 @@ class App:
         jobs: int | None = None,
         full: bool = False,
         pseudonymize: bool = False,
+        fail_on: str | None = None,
     ) -> tuple[int, ScanSummary]:
-        """Run and record one scan; returns its id and summary."""
+        """Run and record one scan (with the exit code ``fail_on`` gives it, see
+        :meth:`ScanSummary.exit_code`); returns its id and summary."""
         pipeline = self.pipeline(egress, collect, pseudonymize)  # validates before writing
         options = {
             "egress": asdict(egress),
@@ -127,18 +129,7 @@ class App:
         }
         scan_id = self.store.start_scan(paths, options)
         summary = Scanner(pipeline, self.store, jobs, full).run(paths, scan_id, on_read)
-        record = summary.as_dict()
-        problems = [
-            {"source": p.source, "line": p.line, "reason": p.reason, "excerpt": p.excerpt}
-            for p in (*summary.diag.file_errors, *summary.diag.problems, *summary.diag.notices)
-        ]
-        record.pop("problems")
-        record.pop("notices")
-        record.pop("new_max_severity")
-        record["by_rule"] = {
-            "new": record.pop("new_by_rule"),
-            "updated": record.pop("updated_by_rule"),
-        }
+        record, problems = summary.scan_record(fail_on)
         record["catalog_version"] = self.catalog.version
         record["geodata"] = [asdict(s) for s in self.geo.sources()]
         self.store.finish_scan(scan_id, record, problems)

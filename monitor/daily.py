@@ -18,15 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor.collectors import CollectOptions
 from monitor.config import ReportSpec, Source
 from monitor.egress import EgressOptions
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, ApiwatchError
-from monitor.policy import SEVERITY_RANK
 from monitor.report import (
     ReportQuery,
+    ReportSource,
     build_report,
     output_path,
     period_ended,
@@ -35,8 +35,24 @@ from monitor.report import (
     write_atomic,
 )
 
+if TYPE_CHECKING:
+    from monitor.pipeline import ScanSummary
+
 #: Errors that fail one source (and the run's exit code) without stopping the others.
 SOURCE_ERRORS = (ApiwatchError, ValueError)
+
+
+class DailySource(ReportSource, Protocol):
+    """What the daily job needs: a report's sources, and scans (:class:`monitor.app.App`)."""
+
+    def scan(
+        self,
+        paths: list[str],
+        egress: EgressOptions,
+        collect: CollectOptions,
+        on_read: Callable[[int], None] | None = None,
+        jobs: int | None = None,
+    ) -> tuple[int, ScanSummary]: ...
 
 
 @dataclass
@@ -118,7 +134,7 @@ def expand(source: Source) -> list[str]:
 
 
 def run_daily(
-    app: Any,
+    app: DailySource,
     today: date | None = None,
     fail_on: str | None = None,
     jobs: int | None = None,
@@ -153,7 +169,7 @@ def run_daily(
     return result
 
 
-def _scan_source(app: Any, source: Source, jobs: int | None, log) -> SourceResult:
+def _scan_source(app: DailySource, source: Source, jobs: int | None, log) -> SourceResult:
     res = SourceResult(key=source.key, pattern=source.path)
     files = expand(source)
     res.files = files
@@ -185,7 +201,7 @@ def _scan_source(app: Any, source: Source, jobs: int | None, log) -> SourceResul
     return res
 
 
-def _write_report(app: Any, spec: ReportSpec, today: date, log) -> ReportResult:
+def _write_report(app: DailySource, spec: ReportSpec, today: date, log) -> ReportResult:
     res = ReportResult(key=spec.key, period=spec.period, format=spec.format)
     window = period_window(spec.period, today - timedelta(days=1))
     if spec.when == "period-end" and not period_ended(window, today):
@@ -207,15 +223,6 @@ def _write_report(app: Any, spec: ReportSpec, today: date, log) -> ReportResult:
     return res
 
 
-def _findings(app: Any, fail_on: str, started: datetime) -> list[dict[str, Any]]:
+def _findings(app: DailySource, fail_on: str, started: datetime) -> list[dict[str, Any]]:
     """Open incidents >= ``fail_on`` first raised by a scan that started today (UTC)."""
-    midnight = started.strftime("%Y-%m-%dT00:00:00Z")
-    rows = app.store.db.query(
-        """SELECT id, rule, severity, provider, site, egress_country, client_ip, dest_host
-           FROM incidents
-           WHERE status = 'open' AND severity_rank >= ?
-             AND first_scan IN (SELECT id FROM scans WHERE started >= ?)
-           ORDER BY severity_rank DESC, id""",
-        [SEVERITY_RANK[fail_on], midnight],
-    )
-    return list(rows)
+    return app.store.new_open_incidents(fail_on, started.strftime("%Y-%m-%dT00:00:00Z"))

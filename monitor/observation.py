@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from functools import lru_cache
 from operator import attrgetter
 from typing import Any
+
+#: Field metadata of what is not a stored column (see :mod:`monitor.rows`).
+NOT_STORED = {"stored": False}
 
 #: How ``dest_host`` was learned, from most to least direct.
 HOST_SOURCES = ("connect", "url", "sni", "http_host", "dns", "ip")
@@ -47,8 +50,11 @@ class Observation:
     ech: bool | None = None  # TLS: ECH offered (dest_host is then the outer SNI)
     ja4: str | None = None  # TLS/QUIC: JA4 fingerprint of the ClientHello
     user_agent: str | None = None  # HTTP User-Agent, where the log or capture shows it
-    egress_ip: str | None = None  # public address the request left from, when the log says so
-    record_id: str | None = None  # stable identity of the raw record, for de-duplication
+    # public address the request left from, when the log says so (the egress point
+    # resolved from it, or from the site or client, is what is stored)
+    egress_ip: str | None = field(default=None, metadata=NOT_STORED)
+    # stable identity of the raw record, for de-duplication (stored as the row's id)
+    record_id: str | None = field(default=None, metadata=NOT_STORED)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with ``ts`` rendered as ISO 8601 UTC (the ``parse --json`` contract)."""
@@ -84,6 +90,11 @@ def iso_utc(ts: float | None) -> str | None:
     second = math.floor(ts)
     millis = min(999, round((ts - second) * 1000))
     return f"{_iso_second(second)}.{millis:03d}Z"
+
+
+def iso_datetime(value: datetime) -> str:
+    """:func:`iso_utc` of an aware datetime (milliseconds truncated, not rounded)."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def normalise_host(host: str | None) -> str | None:

@@ -1,14 +1,15 @@
-"""The scan pipeline: collect → identify → geolocate → evaluate → store.
+"""The scan pipeline: collect → identify → geolocate → evaluate → ids → stored rows.
 
 Each stage is a small object that can be used alone; :class:`Pipeline` wires them for one
-run. Only observations whose destination the catalogue knows go past *identify*, and every
+run, and :meth:`Pipeline.process` is the whole record path for one part of an input (the
+scanner only plans parts, forks producers and batches what they yield to the store).
+Only observations whose destination the catalogue knows go past *identify*, and every
 distinct host, client and address is looked up once (memoised), which is what keeps a scan
 of millions of lines fast.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -20,11 +21,16 @@ from monitor.clients import Signatures, bundled_signatures
 from monitor.collectors import CollectOptions, Diagnostics, collect
 from monitor.config import Config
 from monitor.egress import Egress, EgressOptions, EgressResolver
+from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from monitor.geo import GeoAnswer, GeoResolver
+from monitor.ids import incident_id, observation_id, observed_record_id
 from monitor.observation import Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
+from monitor.rows import COL, observation_row
 from monitor.store import IngestResult
+
+ID, DAY = COL["id"], COL["day"]
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
 
@@ -38,6 +44,18 @@ class Enriched:
     egress: Egress
     dest: GeoAnswer | None
     outcome: str | None
+
+    @property
+    def day(self) -> str:
+        return iso_day(self.obs.ts)
+
+    @property
+    def dest_country(self) -> str | None:
+        return self.dest.country if self.dest else None
+
+    @property
+    def dest_asn(self) -> int | None:
+        return self.dest.asn if self.dest else None
 
 
 def outcome_of(obs: Observation) -> str | None:
@@ -272,36 +290,6 @@ class Evaluator:
         return found
 
 
-def incident_id(
-    rule: str,
-    provider: str,
-    dest_host: str | None,
-    client_ip: str | None,
-    egress_ip: str | None,
-    egress_country: str | None,
-    day: str,
-) -> str:
-    """Deterministic: the same traffic always aggregates into the same incident."""
-    key = "\x1f".join(
-        x or "" for x in (rule, provider, dest_host, client_ip, egress_ip, egress_country, day)
-    )
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-
-
-def observation_row(e: Enriched) -> list[Any]:
-    """The stored form of an observation, in ``OBSERVATION_COLUMNS`` order (a list, since
-    millions of them cross a process boundary); the scanner fills ``id`` and ``scan_id``."""
-    o, m, g, d = e.obs, e.match, e.egress, e.dest
-    return [
-        None, o.ts, iso_day(o.ts), o.source, o.line, o.format, o.client_ip, o.client_port,
-        o.user, o.method, o.dest_host, o.dest_port, o.dest_ip, o.url, o.status, o.result,
-        o.bytes_out, o.bytes_in, o.host_source, o.duration, o.ts_end, o.packets_out,
-        o.packets_in, o.ech, o.ja4, o.user_agent, m.provider.id, m.kind, m.pattern, g.site,
-        g.ip, g.country, g.source, d.country if d else None, d.asn if d else None, e.outcome,
-        None,
-    ]  # fmt: skip
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, (frozenset, set, tuple, list)):
         return sorted(value)
@@ -365,6 +353,20 @@ def incident_rows(
     ]
 
 
+@dataclass(frozen=True)
+class Part:
+    """One unit of producer work: a whole input, or a byte range of a plain log."""
+
+    path: str
+    fmt: str | None = None
+    byte_range: tuple[int, int] | None = None
+    skip: int = 0  # compressed input: content bytes an earlier scan already read
+
+
+#: What the record path yields per LLM record: (record id, stored row, incident rows).
+Produced = tuple[str, list[Any], list[dict[str, Any]]]
+
+
 @dataclass
 class ScanSummary:
     files: list[str] = field(default_factory=list)
@@ -401,6 +403,55 @@ class ScanSummary:
             "problems": [str(p) for p in self.diag.problems],
             "notices": [str(p) for p in self.diag.notices],
         }
+
+    def exit_code(self, fail_on: str | None = None) -> int:
+        """What the scan exits with (README, "Exit codes"): an unreadable input is an error;
+        else new incidents at or above ``fail_on`` are findings."""
+        if self.diag.file_errors:
+            return EXIT_ERROR
+        worst = self.new_max_severity
+        if fail_on and worst and SEVERITY_RANK[worst] >= SEVERITY_RANK[fail_on]:
+            return EXIT_FINDINGS
+        return EXIT_OK
+
+    def scan_record(
+        self, fail_on: str | None = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """What the ``scans`` table keeps of this summary, and the ``scan_problems`` rows."""
+        record = self.as_dict()
+        for key in ("problems", "notices", "new_max_severity"):
+            del record[key]
+        record["by_rule"] = {
+            "new": record.pop("new_by_rule"),
+            "updated": record.pop("updated_by_rule"),
+        }
+        record["exit_code"] = self.exit_code(fail_on)
+        d = self.diag
+        problems = [
+            {"source": p.source, "line": p.line, "reason": p.reason, "excerpt": p.excerpt}
+            for p in (*d.file_errors, *d.problems, *d.notices)
+        ]
+        return record, problems
+
+    def account(self, res: IngestResult) -> None:
+        """Add one stored batch."""
+        rule_of = res.rule_of
+        self.stored += res.stored
+        self.duplicates += res.duplicates
+        self.expired += res.expired
+        for iid in res.new_incidents:
+            rule, sev = rule_of[iid]
+            self.incidents_new.add(iid)
+            self.new_by_rule[rule] += 1
+            if (
+                self.new_max_severity is None
+                or SEVERITY_RANK[sev] > SEVERITY_RANK[self.new_max_severity]
+            ):
+                self.new_max_severity = sev
+        for iid in res.updated_incidents:
+            if iid not in self.incidents_new and iid not in self.incidents_updated:
+                self.incidents_updated.add(iid)
+                self.updated_by_rule[rule_of[iid][0]] += 1
 
 
 class Pipeline:
@@ -453,23 +504,22 @@ class Pipeline:
             if match is not None or not only_llm:
                 yield obs, match
 
-
-def account(summary: ScanSummary, res: IngestResult) -> None:
-    """Add one stored batch to the summary."""
-    rule_of = res.rule_of
-    summary.stored += res.stored
-    summary.duplicates += res.duplicates
-    summary.expired += res.expired
-    for iid in res.new_incidents:
-        rule, sev = rule_of[iid]
-        summary.incidents_new.add(iid)
-        summary.new_by_rule[rule] += 1
-        if (
-            summary.new_max_severity is None
-            or SEVERITY_RANK[sev] > SEVERITY_RANK[summary.new_max_severity]
-        ):
-            summary.new_max_severity = sev
-    for iid in res.updated_incidents:
-        if iid not in summary.incidents_new and iid not in summary.incidents_updated:
-            summary.incidents_updated.add(iid)
-            summary.updated_by_rule[rule_of[iid][0]] += 1
+    def process(
+        self, part: Part, diag: Diagnostics, on_read: Callable[[int], None] | None = None
+    ) -> Iterator[Produced]:
+        """The record path over one part: collect → identify → locate → evaluate → ids →
+        rows, one :data:`Produced` per LLM record. Line numbers are relative to the part and
+        ``scan_id`` is unset: the scanner, which orders parts, fills both, and renumbers the
+        ids of identical records (:func:`monitor.ids.observation_id`)."""
+        enrich, evaluate = self.enricher.enrich, self.evaluator.evaluate
+        private, incidents = self.pseudonymizer, self.incident_rows
+        for obs, match in self.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
+                                       byte_range=part.byte_range, skip=part.skip):  # fmt: skip
+            enriched = enrich(obs, match)  # type: ignore[arg-type]
+            rules = evaluate(enriched)  # on the real addresses: rules may name them
+            if private is not None:
+                enriched = private.apply(enriched)  # before ids are computed from them
+            row = observation_row(enriched)
+            record_id = obs.record_id or observed_record_id(obs)
+            row[ID] = observation_id(record_id, 0)
+            yield record_id, row, incidents(enriched, rules, row[DAY])

@@ -9,8 +9,8 @@ what was read before. Either way nothing is counted twice: observation ids are d
 the records, and the store skips ids it already holds.
 
 **Parallel.** Parsing is the expensive part and storing must happen in one process, so
-producer processes run collect → identify → geolocate → evaluate and the main process
-stores. A big plain log is cut at line boundaries into parts of about ``PART_SIZE`` bytes;
+producer processes run the record path (:meth:`monitor.pipeline.Pipeline.process`) and the
+main process stores. A big plain log is cut at line boundaries into parts of about ``PART_SIZE`` bytes;
 at most ``jobs`` producers run ahead of the part being stored. Parts are stored in file
 order, so ids, line numbers and de-duplication do not depend on ``jobs``.
 
@@ -43,11 +43,12 @@ from monitor.collectors.base import (
     read_head,
     split_at_lines,
 )
-from monitor.observation import Observation
-from monitor.pipeline import Pipeline, ScanSummary, account, observation_row
-from monitor.store import COL, Store
+from monitor.ids import observation_id
+from monitor.pipeline import Part, Pipeline, Produced, ScanSummary
+from monitor.rows import COL
+from monitor.store import Store
 
-ID, TS, DAY, LINE, SCAN_ID = COL["id"], COL["ts"], COL["day"], COL["line"], COL["scan_id"]
+ID, TS, LINE, SCAN_ID = COL["id"], COL["ts"], COL["line"], COL["scan_id"]
 
 BATCH = 5000
 GC_THRESHOLD = 50_000  # allocations between young collections during a scan (default 700)
@@ -60,21 +61,9 @@ PART_SIZE = int(os.environ.get("APIWATCH_PART_SIZE", 64 << 20))
 MIN_PART = 16 << 20
 _QUEUE_BATCHES = 4  # bounded hand-over: producers wait rather than fill memory
 
-Produced = tuple[str, list[Any], list[dict[str, Any]]]  # (record id, row, incidents)
-
 
 def default_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
-
-
-@dataclass(frozen=True)
-class Part:
-    """One unit of producer work: a whole input, or a byte range of a plain log."""
-
-    path: str
-    fmt: str | None = None
-    byte_range: tuple[int, int] | None = None
-    skip: int = 0  # compressed input: content bytes an earlier scan already read
 
 
 @dataclass
@@ -132,39 +121,6 @@ def plan(
     )
 
 
-def produce(pipeline: Pipeline, part: Part, diag: Diagnostics, on_read=None) -> Iterator[Produced]:
-    """Stages 1–4 over one part: (record id, observation row, incident rows) per LLM record.
-    Line numbers are relative to the part; the scanner makes them absolute."""
-    enrich, evaluate = pipeline.enricher.enrich, pipeline.evaluator.evaluate
-    private, incidents = pipeline.pseudonymizer, pipeline.incident_rows
-    for obs, match in pipeline.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
-                                       byte_range=part.byte_range, skip=part.skip):  # fmt: skip
-        enriched = enrich(obs, match)  # type: ignore[arg-type]
-        rules = evaluate(enriched)  # on the real addresses: rules may name them
-        if private is not None:
-            enriched = private.apply(enriched)  # before ids are computed from them
-        row = observation_row(enriched)
-        record_id = obs.record_id or fallback_id(obs)
-        row[ID] = observation_id(record_id, 0)  # the storing process renumbers true repeats
-        yield record_id, row, incidents(enriched, rules, row[DAY])
-
-
-def fallback_id(obs: Observation) -> str:
-    """Identity of a record whose collector gave none: its observed values."""
-    key = "\x1f".join(
-        str(v)
-        for v in (obs.ts, obs.source, obs.client_ip, obs.client_port, obs.method, obs.dest_host,
-                  obs.dest_port, obs.url, obs.status, obs.bytes_out, obs.bytes_in)
-    )  # fmt: skip
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
-
-
-def observation_id(record_id: str, nth: int) -> int:
-    """63-bit integer id of the nth identical record in one input."""
-    key = record_id if nth == 0 else f"{record_id}/{nth}"
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
-
-
 class Occurrences:
     """Numbers identical records (the 2nd copy of a line is a second request), remembering
     only the last few hours of log time: identical records share their timestamp and logs
@@ -193,7 +149,7 @@ def part_messages(pipeline: Pipeline, part: Part, on_read=None) -> Iterator[tupl
     diag = Diagnostics()
     try:
         batch: list[Produced] = []
-        for item in produce(pipeline, part, diag, on_read):
+        for item in pipeline.process(part, diag, on_read):
             batch.append(item)
             if len(batch) >= BATCH:
                 yield "batch", batch
@@ -423,7 +379,7 @@ class Scanner:
         self, scan_id: int, summary: ScanSummary, checkpoint: dict[str, Any] | None = None
     ) -> None:
         if self._batch or checkpoint is not None:
-            account(summary, self.store.ingest(scan_id, self._batch, checkpoint))
+            summary.account(self.store.ingest(scan_id, self._batch, checkpoint))
             self._batch = []
 
 

@@ -23,12 +23,14 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from monitor.errors import ApiwatchError
-from monitor.observation import iso_utc
+from monitor.observation import iso_datetime, iso_utc
+from monitor.rows import COL, TYPES
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -40,48 +42,8 @@ EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
 
-OBSERVATION_COLUMNS: dict[str, type] = {
-    "id": int,  # 63-bit digest of the raw record (unique)
-    "ts": float,
-    "day": str,
-    "source": str,
-    "line": int,
-    "format": str,
-    "client_ip": str,
-    "client_port": int,
-    "user": str,
-    "method": str,
-    "dest_host": str,
-    "dest_port": int,
-    "dest_ip": str,
-    "url": str,
-    "status": int,
-    "result": str,
-    "bytes_out": int,
-    "bytes_in": int,
-    "host_source": str,
-    "duration": float,
-    "ts_end": float,
-    "packets_out": int,
-    "packets_in": int,
-    "ech": int,
-    "ja4": str,
-    "user_agent": str,
-    "provider": str,
-    "provider_kind": str,
-    "match_pattern": str,
-    "site": str,
-    "egress_ip": str,
-    "egress_country": str,
-    "egress_source": str,
-    "dest_country": str,
-    "dest_asn": int,
-    "outcome": str,
-    "scan_id": int,
-}
-
-#: positions in a stored observation row (rows are lists in OBSERVATION_COLUMNS order)
-COL = {name: i for i, name in enumerate(OBSERVATION_COLUMNS)}
+#: stored observation columns (name -> type, in row order): see :mod:`monitor.rows`
+OBSERVATION_COLUMNS = TYPES
 _ID, _TS, _DAY, _SOURCE, _LINE = COL["id"], COL["ts"], COL["day"], COL["source"], COL["line"]
 _OUT, _IN, _OUTCOME = COL["bytes_out"], COL["bytes_in"], COL["outcome"]
 
@@ -90,14 +52,6 @@ _INSERT_OBSERVATION = (
     f"INSERT INTO observations ({', '.join(OBSERVATION_COLUMNS)}) "  # noqa: S608 - constants
     f"VALUES ({', '.join('?' * len(OBSERVATION_COLUMNS))}) ON CONFLICT(id) DO NOTHING"
 )
-
-
-def observation_values(**fields: Any) -> list[Any]:
-    """A stored observation row from keyword fields (unknown columns are an error)."""
-    row: list[Any] = [None] * len(COL)
-    for name, value in fields.items():
-        row[COL[name]] = value
-    return row
 
 
 INCIDENT_COLUMNS: dict[str, type] = {
@@ -177,6 +131,31 @@ class IngestResult:
     new_incidents: set[str] = field(default_factory=set)
     updated_incidents: set[str] = field(default_factory=set)
     rule_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (rule, severity)
+
+
+class Rows(NamedTuple):
+    """A query's result as it came: column names and value tuples (for a data frame)."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class TrafficFilter:
+    """Report filters on the site and provider of observations and incidents."""
+
+    sites: Sequence[str] = ()
+    providers: Sequence[str] = ()
+
+    def sql(self, alias: str | None = None) -> tuple[str, list[Any]]:
+        """`` AND site IN (?, …) AND provider IN (…)``, every value a bound parameter."""
+        prefix = f"{alias}." if alias else ""
+        sql, params = "", []
+        for column, values in (("site", self.sites), ("provider", self.providers)):
+            if values:
+                sql += f" AND {prefix}{column} IN ({', '.join('?' * len(values))})"
+                params.extend(values)
+        return sql, params
 
 
 @dataclass(frozen=True)
@@ -439,9 +418,7 @@ class Store:
         """Evidence samples and facts of the incidents among ``ids`` that already exist."""
         found: dict[str, list[str]] = {}
         facts: dict[str, dict[str, list[Any]]] = {}
-        for i in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[i : i + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
+        for chunk, marks in _chunks(ids):
             sql = f"SELECT id, evidence, facts FROM incidents WHERE id IN ({marks})"  # noqa: S608
             for r in self.db.execute(sql, chunk):
                 found[r[0]] = json.loads(r[1] or "[]")
@@ -569,12 +546,238 @@ class Store:
             "tables": counts,
         }
 
-    def scan(self, scan_id: int) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM scans WHERE id = ?", [scan_id]))
-        return rows[0] if rows else None
+    # -- report and daily queries ---------------------------------------------------------
+    # The traffic queries run side by side in report threads, each on its own read-only
+    # connection (SQLite releases the GIL while it works); the rest use this connection.
+
+    def traffic_cube(
+        self, since: datetime, until: datetime, previous: datetime, origin: datetime, width: int,
+        where: TrafficFilter,
+    ) -> Rows:  # fmt: skip
+        """Requests of the period ``[since, until)`` (``prev`` 0) and of the one before it,
+        from ``previous`` (``prev`` 1), by time bucket (``width`` seconds from ``origin``; -1
+        for the previous period), provider, kind, site and egress country."""
+        span, params = _span(previous, until)
+        f, fparams = where.sql()
+        return self._read_only(
+            f"""SELECT CASE WHEN ts >= ? THEN 0 ELSE 1 END AS prev,
+                       CASE WHEN ts >= ? THEN CAST((ts - ?) / ? AS INTEGER) ELSE -1 END AS bucket,
+                       provider, provider_kind AS kind, site, egress_country AS country,
+                       count(*) AS requests, sum(outcome IS 'blocked') AS blocked,
+                       sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
+                FROM observations WHERE {span}{f}
+                GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
+            [since.timestamp(), since.timestamp(), origin.timestamp(), width, *params, *fparams],
+        )
+
+    def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
+        """Who went where: client x destination in ``[since, until)``, users as a JSON array."""
+        span, params = _span(since, until)
+        f, fparams = where.sql()
+        return self._read_only(
+            f"""SELECT client_ip, dest_host, provider, provider_kind AS kind, site,
+                       egress_country AS country, count(*) AS requests,
+                       sum(outcome IS 'blocked') AS blocked, sum(bytes_out) AS bytes_out,
+                       sum(bytes_in) AS bytes_in, min(url) AS example_url,
+                       json_group_array(DISTINCT user) AS users
+                FROM observations WHERE {span}{f}
+                GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608
+            [*params, *fparams],
+        )
+
+    def traffic_sources(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
+        """The scans and input files behind the observations of ``[since, until)``."""
+        span, params = _span(since, until)
+        f, fparams = where.sql()
+        return self._read_only(
+            f"""SELECT scan_id, source, format, count(*) AS observations,
+                       min(ts) AS first_ts, max(ts) AS last_ts
+                FROM observations WHERE {span}{f}
+                GROUP BY 1, 2, 3""",  # noqa: S608
+            [*params, *fparams],
+        )
+
+    def distinct_clients(self, since: datetime, until: datetime, where: TrafficFilter) -> int:
+        span, params = _span(since, until)
+        f, fparams = where.sql()
+        sql = f"SELECT count(DISTINCT client_ip) AS n FROM observations WHERE {span}{f}"  # noqa: S608
+        found = self._read_only(sql, [*params, *fparams]).rows
+        return int(found[0][0]) if found else 0
+
+    def incident_counts(
+        self, since: datetime, until: datetime, previous: datetime, where: TrafficFilter
+    ) -> Rows:
+        """Per rule and severity: incidents new, active, open, acknowledged and resolved in
+        ``[since, until)``, and new in the period before it (from ``previous``)."""
+        s, u, ps = iso_datetime(since), iso_datetime(until), iso_datetime(previous)
+        f, fparams = where.sql()
+        cursor = self.db.execute(
+            f"""SELECT rule, severity, severity_rank AS rank,
+                   sum(first_seen >= ? AND first_seen < ?) AS new,
+                   sum(first_seen < ? AND last_seen >= ?) AS active,
+                   sum(first_seen < ? AND status = 'open') AS open,
+                   sum(first_seen < ? AND status = 'acknowledged') AS acknowledged,
+                   sum({_RESOLVED_IN}) AS resolved,
+                   sum(first_seen >= ? AND first_seen < ?) AS previous_new
+                FROM incidents WHERE 1 = 1{f}
+                GROUP BY rule, severity, severity_rank""",  # noqa: S608 - constants only
+            [s, u, u, s, u, u, s, u, ps, s, *fparams],
+        )
+        return Rows([d[0] for d in cursor.description], cursor.fetchall())
+
+    def incident_list(
+        self, which: str, since: datetime, until: datetime, where: TrafficFilter, limit: int
+    ) -> list[dict[str, Any]]:
+        """The first ``limit`` incidents ``new`` in ``[since, until)``, ``open`` (or
+        acknowledged) at its end, or ``resolved`` during it, the most severe first."""
+        s, u = iso_datetime(since), iso_datetime(until)
+        by_severity = "severity_rank DESC, count DESC, first_seen, id"
+        cond, params, order = {
+            "new": ("first_seen >= ? AND first_seen < ?", [s, u], by_severity),
+            "open": ("first_seen < ? AND status IN ('open', 'acknowledged')", [u], by_severity),
+            "resolved": (_RESOLVED_IN, [s, u], "severity_rank DESC, last_seen DESC, id"),
+        }[which]
+        f, fparams = where.sql()
+        sql = f"SELECT {_INCIDENT_LIST_COLUMNS} FROM incidents WHERE {cond}{f}"  # noqa: S608
+        return list(self.db.query(f"{sql} ORDER BY {order} LIMIT ?", [*params, *fparams, limit]))
+
+    def status_changes(
+        self, since: datetime, until: datetime, where: TrafficFilter, limit: int
+    ) -> dict[str, Any]:
+        """The audit trail of ``[since, until)``: total, count by action, the first ``limit``."""
+        f, fparams = where.sql("i")
+        cond = f"e.at >= ? AND e.at < ?{f}"
+        params = [iso_datetime(since), iso_datetime(until), *fparams]
+        join = "FROM incident_events e JOIN incidents i ON i.id = e.incident_id"
+        (total,) = self.db.execute(f"SELECT count(*) {join} WHERE {cond}", params).fetchone()  # noqa: S608
+        items = list(
+            self.db.query(
+                f"""SELECT e.at, e.incident_id, i.rule, i.severity, i.provider, i.site, e.action,
+                           e.status_from, e.status_to, e.actor, e.note
+                    {join} WHERE {cond} ORDER BY e.at, e.id LIMIT ?""",  # noqa: S608
+                [*params, limit],
+            )
+        )
+        by_action = {
+            r[0]: r[1]
+            for r in self.db.execute(
+                f"SELECT e.action, count(*) {join} WHERE {cond} GROUP BY e.action",  # noqa: S608
+                params,
+            )
+        }
+        return {"total": total, "shown": len(items), "by_action": by_action, "items": items}
+
+    def scans_started(self, since: datetime, until: datetime) -> list[int]:
+        """Ids of the scans started in ``[since, until)``."""
+        bounds = [since.strftime("%Y-%m-%dT%H:%M:%SZ"), until.strftime("%Y-%m-%dT%H:%M:%SZ")]
+        sql = "SELECT id FROM scans WHERE started >= ? AND started < ?"
+        return [r[0] for r in self.db.execute(sql, bounds)]
+
+    def scans(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """The ``scans`` rows of ``ids``, by id (JSON columns as stored)."""
+        return [
+            row
+            for chunk, marks in _chunks(ids)
+            for row in self.db.query(
+                f"SELECT * FROM scans WHERE id IN ({marks}) ORDER BY id",  # noqa: S608
+                chunk,
+            )
+        ]
+
+    def problem_counts(self, scan_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Malformed records and unreadable files of these scans, per input."""
+        return [
+            row
+            for chunk, marks in _chunks(scan_ids)
+            for row in self.db.query(
+                f"""SELECT source, count(*) AS problems FROM scan_problems
+                    WHERE scan_id IN ({marks}) GROUP BY source ORDER BY source""",  # noqa: S608
+                chunk,
+            )
+        ]
+
+    def problem_samples(self, scan_ids: Sequence[int], limit: int) -> list[dict[str, Any]]:
+        """The first ``limit`` problems of these scans, in scan and input order."""
+        found: list[dict[str, Any]] = []
+        for chunk, marks in _chunks(scan_ids):
+            if len(found) >= limit:
+                break
+            found += self.db.query(
+                f"""SELECT scan_id, source, line, reason, excerpt FROM scan_problems
+                    WHERE scan_id IN ({marks}) ORDER BY scan_id, rowid LIMIT ?""",  # noqa: S608
+                [*chunk, limit - len(found)],
+            )
+        return found
+
+    def new_open_incidents(self, min_severity: str, scans_since: str) -> list[dict[str, Any]]:
+        """Open incidents at or above ``min_severity`` first raised by a scan started at or
+        after ``scans_since`` (ISO 8601 UTC), the most severe first."""
+        return list(
+            self.db.query(
+                """SELECT id, rule, severity, provider, site, egress_country, client_ip, dest_host
+                   FROM incidents
+                   WHERE status = 'open' AND severity_rank >= ?
+                     AND first_scan IN (SELECT id FROM scans WHERE started >= ?)
+                   ORDER BY severity_rank DESC, id""",
+                [SEVERITY_RANK[min_severity], scans_since],
+            )
+        )
+
+    def _read_only(self, sql: str, params: Sequence[Any]) -> Rows:
+        """One query on its own read-only connection (safe to run in a worker thread)."""
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        con = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            con.execute("PRAGMA busy_timeout = 30000")
+            con.execute("PRAGMA cache_size = -65536")
+            cursor = con.execute(sql, list(params))
+            return Rows([d[0] for d in cursor.description], cursor.fetchall())
+        finally:
+            con.close()
 
     def close(self) -> None:
         self.db.conn.close()
+
+
+#: the observation columns as version 1 created them: a landed step never changes, so
+#: columns added to :mod:`monitor.rows` since come with a later step
+_V1_OBSERVATION_COLUMNS: dict[str, type] = {
+    "id": int,
+    "ts": float,
+    "day": str,
+    "source": str,
+    "line": int,
+    "format": str,
+    "client_ip": str,
+    "client_port": int,
+    "user": str,
+    "method": str,
+    "dest_host": str,
+    "dest_port": int,
+    "dest_ip": str,
+    "url": str,
+    "status": int,
+    "result": str,
+    "bytes_out": int,
+    "bytes_in": int,
+    "host_source": str,
+    "duration": float,
+    "ts_end": float,
+    "packets_out": int,
+    "packets_in": int,
+    "ech": int,
+    "provider": str,
+    "provider_kind": str,
+    "match_pattern": str,
+    "site": str,
+    "egress_ip": str,
+    "egress_country": str,
+    "egress_source": str,
+    "dest_country": str,
+    "dest_asn": int,
+    "outcome": str,
+    "scan_id": int,
+}
 
 
 def _schema_v1(db: sqlite_utils.Database) -> None:
@@ -606,7 +809,7 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
     )
     # rows are appended in rowid order (page locality); the random-looking content id
     # gets its own compact unique index
-    db["observations"].create(OBSERVATION_COLUMNS, not_null={"id", "ts", "day"})
+    db["observations"].create(_V1_OBSERVATION_COLUMNS, not_null={"id", "ts", "day"})
     db["observations"].create_index(["id"], unique=True)
     # a clustered (WITHOUT ROWID) table: one B-tree per link instead of a table plus its key
     db.execute(
@@ -674,6 +877,38 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3}
+
+
+_INCIDENT_LIST_COLUMNS = (
+    "id, rule, severity, title, provider, dest_host, client_ip, site, egress_ip, egress_country,"
+    " day, first_seen, last_seen, count, blocked, outcome, status"
+)
+_RESOLVED_IN = (
+    "id IN (SELECT incident_id FROM incident_events"
+    " WHERE status_to = 'resolved' AND at >= ? AND at < ?)"
+)
+
+
+def _span(since: datetime, until: datetime) -> tuple[str, list[Any]]:
+    """Observations of ``[since, until)``: ``day`` bounds (so the index narrows the scan)
+    plus the exact timestamp bounds."""
+    first, last = (
+        since.strftime("%Y-%m-%d"),
+        (until - timedelta(microseconds=1)).strftime("%Y-%m-%d"),
+    )
+    return "day >= ? AND day <= ? AND ts >= ? AND ts < ?", [
+        first,
+        last,
+        since.timestamp(),
+        until.timestamp(),
+    ]
+
+
+def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
+    """``ids`` in slices small enough for one ``IN (…)``, with their placeholders."""
+    for i in range(0, len(ids), _IN_CHUNK):
+        chunk = list(ids[i : i + _IN_CHUNK])
+        yield chunk, ", ".join("?" * len(chunk))
 
 
 def _incident_out(row: dict[str, Any]) -> dict[str, Any]:

@@ -235,6 +235,18 @@ def test_fail_on_exit_code_for_cron(db, tmp_path):
     )
 
 
+def test_scans_record_their_exit_code(db, tmp_path):
+    """The report's methods section reads ``scans.exit_code``: every scan writes it."""
+    log = tmp_path / "a.log"
+    log.write_text(native(1795741200, "10.0.0.1", "CONNECT", "api.openai.com:443") + "\n")
+    run("--db", db, "scan", log, "--egress-country", "RU", "--fail-on", "high", ok=(EXIT_FINDINGS,))
+    run("--db", db, "scan", log, "--egress-country", "RU")
+    run("--db", db, "scan", log, tmp_path / "missing.log", ok=(EXIT_ERROR,))
+    with sqlite3.connect(db) as con:
+        codes = [r[0] for r in con.execute("SELECT exit_code FROM scans ORDER BY id")]
+    assert codes == [EXIT_FINDINGS, 0, EXIT_ERROR]
+
+
 def test_bad_input_is_reported_and_the_rest_scanned(db, tmp_path):
     good = tmp_path / "good.log"
     good.write_text(native(1795741200, "10.0.0.1", "CONNECT", "api.openai.com:443") + "\n")

@@ -22,8 +22,10 @@ from monitor.catalog import Catalog
 from monitor.collectors import CollectOptions, collect, detect, open_input
 from monitor.collectors.base import Diagnostics
 from monitor.collectors.dns import DnsMap, parse_message, read_name
-from monitor.collectors.flows import FlowTable, Stream, parse_request_head, parse_response_head
+from monitor.collectors.flows import FlowTable
+from monitor.collectors.http1 import parse_request_head, parse_response_head
 from monitor.collectors.pcap import PcapCollector
+from monitor.collectors.tcpstream import Stream
 from tests import pcaps
 from tests.pcaps import T0, Tcp, client_hello, dns_response, http_request, http_response, udp
 

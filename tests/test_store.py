@@ -6,7 +6,8 @@ import sqlite3
 
 import pytest
 
-from monitor.store import SCHEMA_VERSION, IncidentQuery, Store, StoreError, observation_values
+from monitor.rows import observation_values
+from monitor.store import SCHEMA_VERSION, IncidentQuery, Store, StoreError
 
 
 def obs(i, **kw):
@@ -117,6 +118,17 @@ def test_reopen_keeps_data(tmp_path):
     store.ingest(store.start_scan([], {}), [(obs(1), [inc()])])
     store.close()
     assert [r["id"] for r in Store(path).incidents(IncidentQuery())] == ["i1"]
+
+
+def test_schema_holds_every_stored_column(tmp_path):
+    """A field added to Observation is a column of monitor.rows: it needs a schema step."""
+    from monitor.rows import TYPES
+
+    store = Store(tmp_path / "a.db")
+    affinity = {int: "INTEGER", float: "REAL", str: "TEXT"}
+    assert {c.name: c.type for c in store.db["observations"].columns} == {
+        name: affinity[t] for name, t in TYPES.items()
+    }
 
 
 def test_pipeline_rows_follow_the_column_order():

@@ -28,7 +28,7 @@ from monitor.egress import EgressOptions
 from monitor.observation import OBSERVATION_FIELDS
 from monitor.output import write_rows
 from monitor.pipeline import ScanSummary
-from monitor.policy import SEVERITIES, SEVERITY_RANK
+from monitor.policy import SEVERITIES
 
 PARSE_COLUMNS = [*(f for f in OBSERVATION_FIELDS if f != "record_id"), "provider", "provider_kind"]
 
@@ -134,6 +134,7 @@ def scan(
             jobs,
             full,
             pseudonymize,
+            fail_on,
         )
     if not quiet:
         if as_json:
@@ -141,14 +142,8 @@ def scan(
         else:
             _print_summary(scan_id, summary)
     print_problems(summary.diag)
-    if summary.diag.file_errors:
-        ctx.exit(EXIT_ERROR)
-    if (
-        fail_on
-        and summary.new_max_severity
-        and SEVERITY_RANK[summary.new_max_severity] >= SEVERITY_RANK[fail_on]
-    ):
-        ctx.exit(EXIT_FINDINGS)
+    if code := summary.exit_code(fail_on):
+        ctx.exit(code)
 
 
 def _print_summary(scan_id: int, s: ScanSummary) -> None:

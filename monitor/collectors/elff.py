@@ -25,7 +25,8 @@ from monitor.collectors.base import (
     iter_batches,
 )
 from monitor.collectors.fields import host_keeper, memoised
-from monitor.collectors.mapped import DEFAULT_PORTS, record_id, text, url_target
+from monitor.collectors.mapped import DEFAULT_PORTS, text, url_target
+from monitor.ids import record_id
 from monitor.observation import Observation, canonical_ip, split_host_port
 
 __all__ = ["ElffCollector", "sniff_head", "split_fields", "FORMAT"]

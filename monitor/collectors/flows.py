@@ -1,14 +1,18 @@
-"""Flows from packets: the flow table, TCP reassembly of the first bytes, HTTP/1 requests.
+"""Flows from packets: the flow table of one capture and what names each flow.
 
 :class:`FlowTable` takes one captured frame at a time (link type, buffer and offsets, so
-nothing is copied for the bulk of the traffic) and keeps one :class:`Flow` per TCP or UDP
-5-tuple. What each flow is called comes, in order of preference, from
+nothing is copied for the bulk of the traffic). :mod:`monitor.collectors.layers` finds the
+frame's TCP or UDP segment (link layers, IP, fragments, tunnels); the table keeps one
+:class:`Flow` per TCP or UDP 5-tuple (the innermost one for tunnelled traffic, with the
+tunnel kept beside it). What each flow is called comes, in order of preference, from
 
-* an HTTP/1 request: ``CONNECT host:port`` (``connect``), an absolute-form target
-  (``url``) or the ``Host`` header (``http_host``), one observation per request;
-* the TLS ClientHello SNI (``sni``), read from the reassembled client bytes (the
-  ClientHello may span several segments, out of order or retransmitted), or the SNI of a
-  QUIC Initial when :mod:`monitor.collectors.quic` is available;
+* an HTTP/1 request (:mod:`monitor.collectors.http1`): ``CONNECT host:port``
+  (``connect``), an absolute-form target (``url``) or the ``Host`` header
+  (``http_host``), one observation per request;
+* the TLS ClientHello SNI (``sni``), read from the reassembled client bytes
+  (:mod:`monitor.collectors.tcpstream`: the ClientHello may span several segments, out of
+  order or retransmitted), or the SNI of a QUIC Initial when :mod:`monitor.collectors.quic`
+  is available; a SOCKS CONNECT target (:mod:`monitor.collectors.socks`);
 * the latest DNS answer for the server address seen before the flow's first packet
   (``dns``, see :mod:`monitor.collectors.dns`);
 * the catalogue's published IP ranges (``ip``; ``dest_host`` is then the address itself).
@@ -34,16 +38,15 @@ mDNS 5353) is parsed to feed the name map, and is not reported as flows.
 
 Bounds (memory stays flat whatever the capture size): ``max_flows`` flows, ``STREAM_LIMIT``
 bytes of buffered client (and, for HTTP, server) data per flow, ``MAX_HEAD`` bytes per HTTP
-head, ``MAX_EXCHANGES`` requests kept per flow before the earliest are reported, ``max_frags``
-IP datagrams being reassembled; each bound counts in :attr:`FlowTable.stats` when hit.
+head, ``MAX_EXCHANGES`` requests kept per flow before the earliest are reported, ``MAX_FRAGS``
+IP datagrams being reassembled, ``MAX_DEPTH`` encapsulations; each bound counts in
+:attr:`FlowTable.stats` when hit.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
-from hashlib import blake2b
 from struct import Struct
 from typing import Any
 
@@ -51,32 +54,25 @@ from monitor import accel
 from monitor.collectors.base import requests_of
 from monitor.collectors.dns import DnsMap, parse_message
 from monitor.collectors.fields import host_keeper, memoised
+from monitor.collectors.http1 import (
+    Exchange,
+    HttpConnection,
+    is_token,
+    request_name,
+)
+from monitor.collectors.layers import LINKTYPES, Decoder
+from monitor.collectors.socks import socks_request
+from monitor.collectors.tcpstream import Stream
 from monitor.collectors.tls import client_hello_from_records
-from monitor.observation import Observation, split_host_port
+from monitor.ids import record_id
+from monitor.observation import Observation
 
 __all__ = [
     "FlowTable",
-    "HttpHead",
-    "Stream",
-    "parse_request_head",
-    "parse_response_head",
+    "Flow",
     "LINKTYPES",
+    "MAX_FRAME",
 ]
-
-#: Link types read (pcap LINKTYPE_* values).
-LINKTYPES = {
-    0: "BSD loopback (NULL)",
-    1: "Ethernet (802.1Q, QinQ)",
-    9: "PPP",
-    12: "raw IP (OpenBSD DLT_RAW)",
-    14: "raw IP (DLT_RAW)",
-    101: "raw IP",
-    108: "OpenBSD loopback (LOOP)",
-    113: "Linux cooked (SLL)",
-    228: "raw IPv4",
-    229: "raw IPv6",
-    276: "Linux cooked v2 (SLL2)",
-}
 
 IDLE_TIMEOUT = 120.0
 CLOSE_LINGER = 2.0
@@ -85,20 +81,12 @@ CLOSE_LINGER = 2.0
 TIME_WAIT = 60.0
 MAX_TOMBSTONES = 65_536
 MAX_FLOWS = 131_072
-STREAM_LIMIT = 16 * 1024
-MAX_HEAD = 16 * 1024
 MAX_EXCHANGES = 256
-MAX_FRAGS = 1024
-FRAG_TIMEOUT = 30.0
 MAX_QUIC_DATAGRAMS = 16
 
-_VLAN = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
-_V6_EXT = frozenset({0, 43, 60, 135, 139, 140, 253, 254})
 _UDP_SERVER_PORTS = frozenset({443, 853, 3478, 5353, 8443})
 _DNS_PORTS = frozenset({53, 5353})
-_TCP_HDR = Struct("!HHIIBB")
 _U16 = Struct("!H")
-_U32LE = Struct("<I")
 _U32BE = Struct("!I")
 #: Ethernet + IPv4 (20 bytes) + TCP: ethertype, version/IHL, total length, flags/fragment,
 #: protocol, and the TCP data offset and flags bytes (read for UDP too: frames >= 54 bytes)
@@ -109,348 +97,6 @@ MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
 
 # flow.app
 APP_UNKNOWN, APP_TLS, APP_HTTP, APP_DNS, APP_OPAQUE, APP_QUIC = range(6)
-
-
-# ----------------------------------------------------------------------------- TCP stream
-
-
-class Stream:
-    """The first bytes of one direction of a TCP connection, in order.
-
-    ``base`` is the sequence number of the first byte. Segments may come out of order,
-    overlap or repeat; bytes are appended to :attr:`data` once contiguous. At most
-    ``limit`` bytes are held in :attr:`data` plus the out-of-order segments; beyond that
-    :attr:`overflow` is set and bytes are dropped (the consumer gives up)."""
-
-    __slots__ = ("next", "data", "pending", "pending_bytes", "limit", "overflow", "consumed")
-
-    def __init__(self, base: int, limit: int = STREAM_LIMIT):
-        self.next = base & 0xFFFFFFFF
-        self.data = bytearray()
-        self.pending: dict[int, bytes] = {}
-        self.pending_bytes = 0
-        self.limit = limit
-        self.overflow = False
-        self.consumed = 0  # bytes removed from the front of ``data`` by the consumer
-
-    def add(self, seq: int, seg: bytes) -> bool:
-        """Add a segment; True when new contiguous bytes were appended."""
-        if not seg:
-            return False
-        rel = (seq - self.next) & 0xFFFFFFFF
-        if rel == 0:
-            self._append(seg)
-        elif rel < 0x80000000:  # in the future: keep it for later, bounded
-            if rel > self.limit or self.pending_bytes + len(seg) > self.limit:
-                self.overflow = True
-                return False
-            old = self.pending.get(seq)
-            if old is None or len(old) < len(seg):
-                self.pending_bytes += len(seg) - (len(old) if old else 0)
-                self.pending[seq] = seg
-            return False
-        else:  # starts in the past: retransmission, maybe with new bytes at its end
-            overlap = 0x100000000 - rel
-            if overlap >= len(seg):
-                return False
-            self._append(seg[overlap:])
-        while self.pending:
-            progressed = False
-            for s in list(self.pending):
-                r = (s - self.next) & 0xFFFFFFFF
-                if r < 0x80000000 and r > 0:
-                    continue
-                seg2 = self.pending.pop(s)
-                self.pending_bytes -= len(seg2)
-                overlap = 0 if r == 0 else 0x100000000 - r
-                if overlap < len(seg2):
-                    self._append(seg2[overlap:])
-                    progressed = True
-            if not progressed:
-                break
-        return True
-
-    def _append(self, seg: bytes) -> None:
-        room = self.limit - len(self.data)
-        if len(seg) > room:
-            self.overflow = True
-            seg = seg[: max(room, 0)]
-        self.data += seg
-        self.next = (self.next + len(seg)) & 0xFFFFFFFF
-
-    def take(self, n: int) -> None:
-        """The consumer is done with the first ``n`` bytes of :attr:`data`."""
-        del self.data[:n]
-        self.consumed += n
-
-
-# ----------------------------------------------------------------------------- HTTP/1
-
-
-@dataclass(slots=True)
-class HttpHead:
-    """A parsed request or response head (start line and the headers apiwatch uses)."""
-
-    method: str | None = None  # requests
-    target: str | None = None  # requests: as sent
-    version: str = ""
-    status: int | None = None  # responses
-    host: str | None = None  # Host header value, as sent
-    user_agent: str | None = None  # requests: User-Agent header value
-    content_length: int | None = None
-    chunked: bool = False
-
-
-def _text(b: bytes) -> str:
-    return b.decode("utf-8", "backslashreplace")
-
-
-def _is_token(b: bytes) -> bool:
-    return (
-        bool(b)
-        and len(b) <= 32
-        and all(33 <= c <= 126 and c not in b'()<>@,;:\\"/[]?={}' for c in b)
-    )
-
-
-def _headers(lines: list[bytes], h: HttpHead) -> HttpHead | None:
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            continue  # obsolete line folding, or junk: ignored (as Zeek does)
-        name = name.strip().lower()
-        value = value.strip()
-        if name == b"host":
-            if h.host is None:
-                h.host = _text(value)
-        elif name == b"user-agent":
-            if h.user_agent is None:
-                h.user_agent = _text(value)
-        elif name == b"content-length":
-            v = value.split(b",")[0].strip()
-            if v.isdigit() and len(v) < 19:
-                h.content_length = int(v)
-        elif name == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
-            h.chunked = True
-    return h
-
-
-def parse_request_head(head: bytes) -> HttpHead | None:
-    """``METHOD SP target SP HTTP/x.y`` and the headers (CRLF or bare LF line ends);
-    ``None`` when the start line is not an HTTP/1 request line."""
-    lines = head.replace(b"\r\n", b"\n").split(b"\n")
-    parts = lines[0].split(b" ")
-    if len(parts) < 2 or not _is_token(parts[0]) or not parts[0].isupper():
-        return None
-    version = parts[-1]
-    if version.startswith(b"HTTP/") and len(version) <= 12 and len(parts) >= 3:
-        target = b" ".join(parts[1:-1]).strip(b" ")  # tolerate extra spaces
-    elif len(parts) == 2 and parts[1].startswith(b"HTTP/"):  # "OPTIONS HTTP/1.1": no target
-        version, target = parts[1], b""
-    elif len(parts) == 2 and parts[1]:  # HTTP/0.9 style, or "GET /HTTP/1.1"
-        version, target = b"", parts[1]
-    else:
-        return None
-    h = HttpHead(
-        method=parts[0].decode("ascii"),
-        target=_text(target),
-        version=version.decode("ascii", "replace"),
-    )
-    return _headers(lines[1:], h)
-
-
-def parse_response_head(head: bytes) -> HttpHead | None:
-    """``HTTP/x.y SP status [SP reason]`` and the headers; ``None`` when not a status line."""
-    lines = head.replace(b"\r\n", b"\n").split(b"\n")
-    parts = lines[0].split(b" ", 2)
-    if (
-        len(parts) < 2
-        or not parts[0].startswith(b"HTTP/")
-        or not (parts[1].isdigit() and len(parts[1]) == 3)
-    ):
-        return None
-    h = HttpHead(version=parts[0].decode("ascii", "replace"), status=int(parts[1]))
-    return _headers(lines[1:], h)
-
-
-_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _CLOSE, _DEAD = range(7)
-
-
-class _HttpSide:
-    """One direction of an HTTP/1 connection: heads, then bodies skipped by length."""
-
-    __slots__ = ("state", "left", "msg_ts")
-
-    def __init__(self) -> None:
-        self.state = _HEAD
-        self.left = 0
-        self.msg_ts: float | None = None
-
-    def feed(self, data: bytearray, ts: float, on_head) -> int:
-        """Consume what can be consumed of ``data``; returns the bytes used. ``on_head(head
-        bytes, start ts)`` returns the body framing: ("len", n) / ("chunked", 0) /
-        ("none", 0) / ("close", 0) / ("dead", 0)."""
-        pos = 0
-        n = len(data)
-        while pos < n:
-            st = self.state
-            if st == _HEAD:
-                while pos < n and data[pos] in (13, 10):
-                    pos += 1  # stray CRLF between messages
-                if pos >= n:
-                    break
-                if self.msg_ts is None:
-                    self.msg_ts = ts
-                i = data.find(b"\r\n\r\n", pos)
-                j = data.find(b"\n\n", pos)
-                if i < 0 and j < 0:
-                    if n - pos > MAX_HEAD:
-                        self.state = _DEAD
-                        return n
-                    break
-                if j >= 0 and (i < 0 or j < i):
-                    end, skip = j, 2
-                else:
-                    end, skip = i, 4
-                if end - pos > MAX_HEAD:
-                    self.state = _DEAD
-                    return n
-                start_ts = self.msg_ts
-                self.msg_ts = None
-                mode, size = on_head(bytes(data[pos:end]), start_ts)
-                pos = end + skip
-                if mode == "len" and size > 0:
-                    self.state, self.left = _BODY, size
-                elif mode == "chunked":
-                    self.state = _CHUNK_SIZE
-                elif mode == "close":
-                    self.state = _CLOSE
-                elif mode == "dead":
-                    self.state = _DEAD
-                    return n
-            elif st in (_BODY, _CHUNK_DATA):
-                take = min(self.left, n - pos)
-                pos += take
-                self.left -= take
-                if self.left == 0:
-                    self.state = _HEAD if st == _BODY else _CHUNK_SIZE
-            elif st == _CHUNK_SIZE:
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    if n - pos > 1024:
-                        self.state = _DEAD
-                        return n
-                    break
-                line = bytes(data[pos:nl]).split(b";")[0].strip()
-                pos = nl + 1
-                if not line:
-                    continue  # the CRLF after a chunk's data
-                try:
-                    size = int(line, 16)
-                except ValueError:
-                    self.state = _DEAD
-                    return n
-                if size == 0:
-                    self.state = _TRAILER
-                else:
-                    self.state, self.left = _CHUNK_DATA, size
-            elif st == _TRAILER:
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    if n - pos > MAX_HEAD:
-                        self.state = _DEAD
-                        return n
-                    break
-                line = bytes(data[pos:nl]).strip()
-                pos = nl + 1
-                if not line:
-                    self.state = _HEAD
-            else:  # _CLOSE, _DEAD: everything to the end belongs to the body / tunnel
-                return n
-        return pos
-
-
-class _Exchange:
-    __slots__ = (
-        "ts",
-        "ts_end",
-        "method",
-        "target",
-        "host",
-        "user_agent",
-        "status",
-        "pk_out",
-        "pk_in",
-        "by_out",
-        "by_in",
-        "index",
-    )
-
-    def __init__(self, ts: float, head: HttpHead, index: int):
-        self.ts = ts
-        self.ts_end = ts
-        self.method = head.method
-        self.target = head.target
-        self.host = head.host
-        self.user_agent = head.user_agent
-        self.status: int | None = None
-        self.pk_out = self.pk_in = self.by_out = self.by_in = 0
-        self.index = index
-
-
-class _Http:
-    """Both directions of one HTTP/1 connection, and its requests."""
-
-    __slots__ = ("client", "server", "exchanges", "awaiting", "cur_s", "emitted", "dead")
-
-    def __init__(self) -> None:
-        self.client = _HttpSide()
-        self.server = _HttpSide()
-        self.exchanges: list[_Exchange] = []
-        self.awaiting: list[_Exchange] = []  # requests whose response has not started
-        self.cur_s: _Exchange | None = None
-        self.emitted = 0  # requests already reported (when over MAX_EXCHANGES)
-        self.dead = False
-
-    def on_request(self, raw: bytes, ts: float) -> tuple[str, int]:
-        h = parse_request_head(raw)
-        if h is None:
-            self.dead = True
-            return "dead", 0
-        x = _Exchange(ts, h, self.emitted + len(self.exchanges))
-        self.exchanges.append(x)
-        self.awaiting.append(x)
-        if h.method == "CONNECT":
-            return "dead", 0  # the rest is the tunnel
-        if h.chunked:
-            return "chunked", 0
-        if h.content_length:
-            return "len", h.content_length
-        return "none", 0
-
-    def on_response(self, raw: bytes, ts: float) -> tuple[str, int]:
-        h = parse_response_head(raw)
-        if h is None:
-            self.dead = True
-            return "dead", 0
-        st = h.status or 0
-        x = self.awaiting[0] if self.awaiting else None
-        if x is not None:
-            self.cur_s = x
-            if st >= 200 or st == 101:
-                self.awaiting.pop(0)
-                x.status = st
-        if st == 101 or (x is not None and x.method == "CONNECT" and 200 <= st < 300):
-            self.dead = True
-            return "dead", 0
-        if 100 <= st < 200 or st in (204, 304) or (x is not None and x.method == "HEAD"):
-            return "none", 0
-        if h.chunked:
-            return "chunked", 0
-        if h.content_length is not None:
-            return ("len", h.content_length) if h.content_length else ("none", 0)
-        return "close", 0
-
 
 # ----------------------------------------------------------------------------- flows
 
@@ -511,11 +157,21 @@ class Flow:
         self.sni: str | None = None
         self.ech: bool | None = None
         self.ja4: str | None = None
-        self.http: _Http | None = None
+        self.http: HttpConnection | None = None
         self.quic: Any = None
         self.known = False  # client/server decided by a handshake or by content
         self.datagrams = 0
         self.socks: tuple[str | None, int] | None = None  # SOCKS 4/5 CONNECT target
+
+    def count(self, out: bool, n: int, ts: float) -> None:
+        """One packet of ``n`` transport payload bytes, from the client when ``out``."""
+        if out:
+            self.pk_out += 1
+            self.by_out += n
+        else:
+            self.pk_in += 1
+            self.by_in += n
+        self.last = ts
 
 
 def _looks_client_start(p: bytes) -> bool:
@@ -525,7 +181,7 @@ def _looks_client_start(p: bytes) -> bool:
     return (
         sp > 2
         and p[:sp].isupper()
-        and _is_token(p[:sp])
+        and is_token(p[:sp])
         and b" HTTP/1." in p[: p.find(b"\n") if b"\n" in p else 8192]
     )
 
@@ -533,57 +189,6 @@ def _looks_client_start(p: bytes) -> bool:
 #: QUIC v1 and v2 (``QUIC_V1``, ``QUIC_V2`` of :mod:`monitor.collectors.quic`, which is only
 #: imported once a QUIC long-header datagram is seen: it loads ``cryptography``)
 _QUIC_VERSIONS = frozenset({b"\x00\x00\x00\x01", b"\x6b\x33\x43\xcf"})
-
-
-def _socks_request(d: bytearray) -> tuple[tuple[str | None, int], int] | None | bool:
-    """A SOCKS 5 greeting and CONNECT request, or a SOCKS 4/4a CONNECT, at the start of
-    the client bytes: ((host or None, port), bytes used); None: need more; False: not SOCKS."""
-    n = len(d)
-    if d[0] == 5:
-        if n < 2:
-            return None
-        p = 2 + d[1]
-        if d[1] == 0 or d[1] > 16:
-            return False
-        if n < p + 5:
-            return None
-        if d[p] != 5 or d[p + 1] != 1 or d[p + 2] != 0:
-            return False
-        atyp = d[p + 3]
-        q = p + 4
-        if atyp == 1:
-            host, q = str(ipaddress.IPv4Address(bytes(d[q : q + 4]))) if n >= q + 4 else None, q + 4
-        elif atyp == 4:
-            host, q = (
-                str(ipaddress.IPv6Address(bytes(d[q : q + 16]))) if n >= q + 16 else None,
-                q + 16,
-            )
-        elif atyp == 3:
-            ln = d[q]
-            host, q = bytes(d[q + 1 : q + 1 + ln]).decode("ascii", "replace").lower(), q + 1 + ln
-        else:
-            return False
-        if n < q + 2:
-            return None
-        return (host, (d[q] << 8) | d[q + 1]), q + 2
-    if d[0] == 4:
-        if n < 9:
-            return None
-        if d[1] != 1:
-            return False
-        port = (d[2] << 8) | d[3]
-        end = d.find(b"\x00", 8)
-        if end < 0:
-            return None if n < 256 else False
-        host: str | None = str(ipaddress.IPv4Address(bytes(d[4:8])))
-        if d[4:7] == b"\x00\x00\x00" and d[7]:  # SOCKS 4a: the name follows
-            e2 = d.find(b"\x00", end + 1)
-            if e2 < 0:
-                return None if n < 512 else False
-            host = bytes(d[end + 1 : e2]).decode("ascii", "replace").lower()
-            end = e2
-        return (host, port), end + 1
-    return False
 
 
 def _quic_long_header(p: bytes) -> bool:
@@ -622,7 +227,6 @@ class FlowTable:
         self.udp: dict[bytes, tuple[Flow, bool]] = {}
         self.closing: dict[int, Flow] = {}  # id(flow) -> flow, in order of closing
         self.tombstones: dict[bytes, float] = {}  # keys of closed TCP flows -> time reported
-        self.frags: dict[tuple, list] = {}
         self._quic: Any = None  # QuicInitialTracker, made on first use (see :attr:`quic`)
         self.ready: list[Observation] = []
         self.now = float("-inf")
@@ -634,11 +238,6 @@ class FlowTable:
         self._requests = requests_of(host_filter)
         self.stats: dict[str, int] = {
             "packets": 0,
-            "not_ip": 0,
-            "not_tcp_udp": 0,
-            "short": 0,
-            "fragments": 0,
-            "fragments_reassembled": 0,
             "dns_messages": 0,
             "dns_malformed": 0,
             "flows": 0,
@@ -646,11 +245,11 @@ class FlowTable:
             "flows_evicted_table_full": 0,
             "reassembly_limit": 0,
             "http_requests_early": 0,
-            "fragment_limit": 0,
-            "unknown_linktype": 0,
             "late_segments": 0,
         }
-        self.unknown_linktypes: set[int] = set()
+        #: link, IP and tunnel layers (it counts into :attr:`stats` too)
+        self._decoder = Decoder(self.stats)
+        self.unknown_linktypes = self._decoder.unknown_linktypes
         #: the C accelerator of :meth:`scan` (``monitor/collectors/_pcapscan.c``), or None
         self._cscan = accel.load("monitor.collectors._pcapscan")
 
@@ -691,13 +290,7 @@ class FlowTable:
         """
         ready = self.ready
         packet = self.packet
-        tcp = self._tcp
-        http_count = self._http_count
-        udp_watch = self._udp_watch
-        tcp_get = self.tcp.get
-        udp_get = self.udp.get
-        ip4 = _ETH_IP4.unpack_from
-        ip6 = _ETH_IP6.unpack_from
+        counted = self._counted
         next_linger = self.next_linger
         ng = ifaces is not None
         # a record header; pcapng: a block header and an Enhanced Packet Block's fixed fields
@@ -706,12 +299,11 @@ class FlowTable:
         cur = -1  # pcapng: the interface whose (link type, scale, offset) are loaded
         nif = len(ifaces) if ng else 0
         sc = tsoff = 0.0
-        max_frame = MAX_FRAME
         first = pktno
         slow = 0
         ts = self.now
-        # The C accelerator, when built, counts the run of packets from ``pos`` that the
-        # fast path below would only count, and stops before the first record it does not
+        # The C accelerator, when built, counts the run of packets from ``pos`` that
+        # :meth:`_counted` would only count, and stops before the first record it does not
         # handle entirely (returning its offset, the packet number and timestamp so far),
         # which the Python code below then reads as usual; the Python code stays the reference.
         cscan = self._cscan.scan if self._cscan is not None and (ng or eth) else None
@@ -744,68 +336,16 @@ class FlowTable:
                     sec, frac, incl, _orig = rec(buf, pos)
                     p = pos + 16
                     e = p + incl
-                    if e > n or incl > max_frame:
+                    if e > n or incl > MAX_FRAME:
                         break
                     ts = sec + frac * scale
                     pos = e
                 pktno += 1
-                # Fast path: Ethernet, IPv4 without options and not a fragment (or IPv6 with
-                # TCP/UDP right after its header), a flow in the table, no SYN, no timer due:
-                # the packet is counted in its flow, and only when the flow is still inspected
-                # (or for a FIN/RST) does it go on to the TCP/UDP step, skipping the general
-                # path's header parsing. (``now`` is left to the general path: it lags by
-                # less than a second.)
-                if eth and ts < next_linger and incl >= 54:
-                    # the IP header gives: where the ports start (l4), the 5-tuple key
-                    # buf[ka : l4 + 4] (addresses from ka), the IP payload's length and end
-                    l4 = 0
-                    et, vihl, tot, frag, proto, doff, fl = ip4(buf, p)
-                    if et == 0x0800:
-                        if vihl == 0x45 and not frag & 0x3FFF:
-                            l4, ka, size, ipend = p + 34, p + 26, tot - 20, p + 14 + tot
-                    elif et == 0x86DD and incl >= 74:
-                        et, vtc, pl, proto = ip6(buf, p)
-                        if vtc >> 4 == 6 and pl:
-                            l4, ka, size, ipend = p + 54, p + 22, pl, p + 54 + pl
-                            doff, fl = buf[p + 66], buf[p + 67]
-                    if l4:
-                        if proto == 6:
-                            ent = tcp_get(buf[ka : l4 + 4])
-                            if ent is not None and not fl & 2:
-                                hl = (doff >> 4) << 2
-                                plen = size - hl
-                                if plen >= 0:
-                                    f, out = ent
-                                    if out:
-                                        f.pk_out += 1
-                                        f.by_out += plen
-                                    else:
-                                        f.pk_in += 1
-                                        f.by_in += plen
-                                    f.last = ts
-                                    if f.watch or fl & 5:
-                                        if plen or fl & 5:
-                                            tcp(ts, pktno, f, out, buf[ka:l4], buf, l4, hl, fl,
-                                                plen, min(ipend, e))  # fmt: skip
-                                            if ready:
-                                                break
-                                        elif f.http is not None:  # an ACK: counted
-                                            http_count(f, out, ts, 0)
-                                    continue
-                        elif proto == 17:
-                            ent = udp_get(buf[ka : l4 + 4])
-                            if ent is not None and size >= 8:
-                                f, out = ent
-                                if out:
-                                    f.pk_out += 1
-                                    f.by_out += size - 8
-                                else:
-                                    f.pk_in += 1
-                                    f.by_in += size - 8
-                                f.last = ts
-                                if f.watch:
-                                    udp_watch(f, out, buf[l4 + 8 : min(ipend, e)], ts)
-                                continue
+                # (``now`` is left to the general path: it lags by less than a second.)
+                if eth and ts < next_linger and incl >= 54 and counted(buf, p, e, ts, pktno):
+                    if ready:
+                        break
+                    continue
                 # everything else: the general path (it runs the timers too)
                 slow += 1
                 packet(ts, pktno, lt, buf, p, e)
@@ -818,6 +358,56 @@ class FlowTable:
             self.stats["packets"] += pktno - first - slow
         return pos, pktno
 
+    def _counted(self, buf: bytes, p: int, e: int, ts: float, pktno: int) -> bool:
+        """The fast path of :meth:`scan` for an Ethernet frame ``buf[p:e]`` of at least 54
+        bytes when no timer is due: IPv4 without options and not a fragment, or IPv6 with
+        TCP/UDP right after its header, of a flow in the table, TCP without SYN. The packet
+        is counted in its flow, and only when the flow is still inspected (or for a FIN/RST)
+        does it go on to the TCP/UDP step, skipping the general path's header parsing. False:
+        for the general path (nothing was changed). ``frame()`` in ``_pcapscan.c`` is its
+        C twin, for flows no longer inspected and neither FIN nor RST."""
+        # the IP header gives: where the ports start (l4), the 5-tuple key buf[ka : l4 + 4]
+        # (addresses from ka), the IP payload's length and end
+        et, vihl, tot, frag, proto, doff, fl = _ETH_IP4.unpack_from(buf, p)
+        if et == 0x0800:
+            if vihl != 0x45 or frag & 0x3FFF:
+                return False
+            l4, ka, size, ipend = p + 34, p + 26, tot - 20, p + 14 + tot
+        elif et == 0x86DD and e - p >= 74:
+            et, vtc, size, proto = _ETH_IP6.unpack_from(buf, p)
+            if vtc >> 4 != 6 or not size:
+                return False
+            l4, ka, ipend = p + 54, p + 22, p + 54 + size
+            doff, fl = buf[p + 66], buf[p + 67]
+        else:
+            return False
+        if proto == 6:
+            ent = self.tcp.get(buf[ka : l4 + 4])
+            if ent is None or fl & 2:
+                return False
+            hl = (doff >> 4) << 2
+            plen = size - hl
+            if plen < 0:
+                return False
+            f, out = ent
+            f.count(out, plen, ts)
+            if f.watch or fl & 5:
+                if plen or fl & 5:
+                    self._tcp(ts, pktno, f, out, buf[ka:l4], buf, l4, hl, fl, plen, min(ipend, e))
+                elif f.http is not None:  # an ACK: counted
+                    self._http_count(f, out, ts, 0)
+            return True
+        if proto == 17:
+            ent = self.udp.get(buf[ka : l4 + 4])
+            if ent is None or size < 8:
+                return False
+            f, out = ent
+            f.count(out, size - 8, ts)
+            if f.watch:
+                self._udp_watch(f, out, buf[l4 + 8 : min(ipend, e)], ts)
+            return True
+        return False
+
     def packet(self, ts: float, pktno: int, lt: int, b: bytes, off: int, end: int) -> None:
         """One captured frame ``b[off:end]`` of link type ``lt`` (pcap LINKTYPE_*)."""
         self.stats["packets"] += 1
@@ -825,113 +415,10 @@ class FlowTable:
             self.now = ts
             if ts >= self.next_linger:
                 self._timers(ts)
-        # -- link layer
-        if lt == 1:
-            if end - off < 14:
-                self.stats["short"] += 1
-                return
-            et = (b[off + 12] << 8) | b[off + 13]
-            off += 14
-            while et in _VLAN:
-                if end - off < 4:
-                    self.stats["short"] += 1
-                    return
-                et = (b[off + 2] << 8) | b[off + 3]
-                off += 4
-        elif lt == 113:
-            if end - off < 16:
-                self.stats["short"] += 1
-                return
-            et = (b[off + 14] << 8) | b[off + 15]
-            off += 16
-        elif lt == 276:
-            if end - off < 20:
-                self.stats["short"] += 1
-                return
-            et = (b[off] << 8) | b[off + 1]
-            off += 20
-        elif lt == 101 or lt == 12 or lt == 14 or lt == 228 or lt == 229:
-            if end <= off:
-                self.stats["short"] += 1
-                return
-            v = b[off] >> 4
-            et = 0x0800 if v == 4 else 0x86DD if v == 6 else 0
-        elif lt == 9:  # PPP, with or without the HDLC address/control bytes
-            if end - off >= 2 and b[off] == 0xFF and b[off + 1] == 0x03:
-                off += 2
-            if end - off < 2:
-                self.stats["short"] += 1
-                return
-            ppp = (b[off] << 8) | b[off + 1]
-            off += 2
-            et = 0x0800 if ppp == 0x0021 else 0x86DD if ppp == 0x0057 else 0
-        elif lt == 0 or lt == 108:
-            if end - off < 4:
-                self.stats["short"] += 1
-                return
-            fam = (_U32BE if lt == 108 else _U32LE).unpack_from(b, off)[0]
-            if lt == 0 and fam > 0xFFFF:  # written on a big-endian host
-                fam = _U32BE.unpack_from(b, off)[0]
-            off += 4
-            et = 0x0800 if fam == 2 else 0x86DD if fam in (10, 24, 28, 30) else 0
-        else:
-            self.stats["unknown_linktype"] += 1
-            self.unknown_linktypes.add(lt)
+        seg = self._decoder.frame(ts, pktno, lt, b, off, end)
+        if seg is None:
             return
-        # -- network layer
-        if et == 0x0800:
-            if end - off < 20 or b[off] >> 4 != 4:
-                self.stats["short"] += 1
-                return
-            ihl = (b[off] & 15) << 2
-            tot = (b[off + 2] << 8) | b[off + 3]
-            iend = off + tot if tot >= ihl else end  # 0 with TSO: take the frame
-            dend = iend if iend <= end else end
-            proto = b[off + 9]
-            l4 = off + ihl
-            if ((b[off + 6] << 8) | b[off + 7]) & 0x3FFF:  # a fragment
-                self._fragment(
-                    ts,
-                    pktno,
-                    proto,
-                    b[off + 12 : off + 16],
-                    b[off + 16 : off + 20],
-                    b,
-                    off,
-                    l4,
-                    iend,
-                    dend,
-                    4,
-                )
-                return
-            addrs = b[off + 12 : off + 20]
-        elif et == 0x86DD:
-            if end - off < 40:
-                self.stats["short"] += 1
-                return
-            plen = (b[off + 4] << 8) | b[off + 5]
-            proto = b[off + 6]
-            l4 = off + 40
-            iend = l4 + plen if plen else end
-            dend = iend if iend <= end else end
-            addrs = b[off + 8 : off + 40]
-            if proto != 6 and proto != 17:
-                while proto in _V6_EXT or proto == 44 or proto == 51:
-                    if dend - l4 < 8:
-                        self.stats["short"] += 1
-                        return
-                    if proto == 44:
-                        self._fragment(
-                            ts, pktno, b[l4], addrs[:16], addrs[16:], b, off, l4, iend, dend, 6
-                        )
-                        return
-                    nxt = b[l4]
-                    l4 += (b[l4 + 1] + 2) << 2 if proto == 51 else (b[l4 + 1] + 1) << 3
-                    proto = nxt
-        else:
-            self.stats["not_ip"] += 1
-            return
-        # -- transport layer
+        proto, addrs, b, l4, iend, dend, pktno = seg
         if proto == 6:
             if dend - l4 < 20:
                 self.stats["short"] += 1
@@ -939,125 +426,27 @@ class FlowTable:
             ent = self.tcp.get(addrs + b[l4 : l4 + 4])
             hl = (b[l4 + 12] >> 4) << 2
             flags = b[l4 + 13]
-            plen = iend - l4 - hl
-            if plen < 0:
-                plen = 0
-            if ent is not None:
-                f, out = ent
-                f.last = ts
-                if out:
-                    f.pk_out += 1
-                    f.by_out += plen
-                else:
-                    f.pk_in += 1
-                    f.by_in += plen
-                if not (f.watch or flags & 7):
-                    return
-            else:
-                f = None
-                out = True
-            self._tcp(ts, pktno, f, out, addrs, b, l4, hl, flags, plen, dend)
-        elif proto == 17:
-            if dend - l4 < 8:
-                self.stats["short"] += 1
+            plen = max(iend - l4 - hl, 0)
+            if ent is None:
+                self._tcp(ts, pktno, None, True, addrs, b, l4, hl, flags, plen, dend)
                 return
-            plen = iend - l4 - 8
-            if plen < 0:
-                plen = 0
-            ent = self.udp.get(addrs + b[l4 : l4 + 4])
-            if ent is not None:
-                f, out = ent
-                f.last = ts
-                if out:
-                    f.pk_out += 1
-                    f.by_out += plen
-                else:
-                    f.pk_in += 1
-                    f.by_in += plen
-                if f.watch:
-                    self._udp_watch(f, out, b[l4 + 8 : dend], ts)
-                return
-            self._udp_new(ts, pktno, addrs, b, l4, plen, dend)
-        else:
-            self.stats["not_tcp_udp"] += 1
-
-    # -- IP fragments ---------------------------------------------------------------------
-
-    def _fragment(self, ts, pktno, proto, src, dst, b, off, l4, iend, dend, ver) -> None:
-        """Reassemble fragmented datagrams (bounded); the whole datagram then goes on."""
-        self.stats["fragments"] += 1
-        if ver == 4:
-            fo = (b[off + 6] << 8) | b[off + 7]
-            ident = (b[off + 4] << 8) | b[off + 5]
-            offset = (fo & 0x1FFF) << 3
-            more = bool(fo & 0x2000)
-            data = b[l4:dend]
-        else:
-            fo = (b[l4 + 2] << 8) | b[l4 + 3]
-            ident = _U32BE.unpack_from(b, l4 + 4)[0]
-            offset = fo & 0xFFF8
-            more = bool(fo & 1)
-            data = b[l4 + 8 : dend]
-        key = (src, dst, ident, proto)
-        ent = self.frags.get(key)
+            f, out = ent
+            f.count(out, plen, ts)
+            if f.watch or flags & 7:
+                self._tcp(ts, pktno, f, out, addrs, b, l4, hl, flags, plen, dend)
+            return
+        if dend - l4 < 8:
+            self.stats["short"] += 1
+            return
+        plen = max(iend - l4 - 8, 0)
+        ent = self.udp.get(addrs + b[l4 : l4 + 4])
         if ent is None:
-            if len(self.frags) >= MAX_FRAGS:
-                self.stats["fragment_limit"] += 1
-                del self.frags[next(iter(self.frags))]
-            ent = self.frags[key] = [ts, pktno, {}, None]
-        parts: dict[int, bytes] = ent[2]
-        parts[offset] = data
-        if not more:
-            ent[3] = offset + len(data)
-        total = ent[3]
-        if total is None or total > 65535:
+            self._udp_new(ts, pktno, addrs, b, l4, plen, dend)
             return
-        have = 0
-        for o in sorted(parts):
-            if o > have:
-                return
-            have = max(have, o + len(parts[o]))
-        if have < total:
-            return
-        buf = bytearray(total)
-        for o in sorted(parts):
-            buf[o : o + len(parts[o])] = parts[o]
-        del self.frags[key]
-        self.stats["fragments_reassembled"] += 1
-        self._datagram(ts, ent[1], proto, src + dst, bytes(buf))
-
-    def _datagram(self, ts: float, pktno: int, proto: int, addrs: bytes, seg: bytes) -> None:
-        """A reassembled transport segment (header and payload)."""
-        n = len(seg)
-        if proto == 6 and n >= 20:
-            ent = self.tcp.get(addrs + seg[:4])
-            hl = (seg[12] >> 4) << 2
-            plen = max(n - hl, 0)
-            f, out = ent if ent is not None else (None, True)
-            if f is not None:
-                f.last = ts
-                if out:
-                    f.pk_out += 1
-                    f.by_out += plen
-                else:
-                    f.pk_in += 1
-                    f.by_in += plen
-            self._tcp(ts, pktno, f, out, addrs, seg, 0, hl, seg[13], plen, n)
-        elif proto == 17 and n >= 8:
-            ent = self.udp.get(addrs + seg[:4])
-            if ent is not None:
-                f, out = ent
-                f.last = ts
-                if out:
-                    f.pk_out += 1
-                    f.by_out += n - 8
-                else:
-                    f.pk_in += 1
-                    f.by_in += n - 8
-                if f.watch:
-                    self._udp_watch(f, out, seg[8:], ts)
-                return
-            self._udp_new(ts, pktno, addrs, seg, 0, n - 8, n)
+        f, out = ent
+        f.count(out, plen, ts)
+        if f.watch:
+            self._udp_watch(f, out, b[l4 + 8 : dend], ts)
 
     # -- TCP ------------------------------------------------------------------------------
 
@@ -1140,15 +529,7 @@ class FlowTable:
         st = f.cs if out else f.ss
         if st is None or st.data or st.pending or st.overflow or seq != st.next or n > st.limit:
             return False
-        side = f.http.client if out else f.http.server
-        state = side.state
-        if state in (_BODY, _CHUNK_DATA):
-            if side.left < n:
-                return False
-            side.left -= n
-            if side.left == 0:
-                side.state = _HEAD if state == _BODY else _CHUNK_SIZE
-        elif state != _CLOSE:
+        if not (f.http.client if out else f.http.server).skip(n):
             return False
         st.next = (seq + n) & 0xFFFFFFFF
         st.consumed += n
@@ -1183,7 +564,7 @@ class FlowTable:
             return
         app = f.app
         if app == APP_UNKNOWN and out and st.data[0] in (4, 5) and f.socks is None:
-            r = _socks_request(st.data)
+            r = socks_request(st.data)
             if r is None:
                 return  # need more bytes
             if r is False:
@@ -1201,9 +582,9 @@ class FlowTable:
                 app = f.app = APP_TLS
             elif len(d) >= 8 or b" " in d:
                 sp = d.find(b" ", 0, 33)
-                if sp > 2 and _is_token(bytes(d[:sp])) and bytes(d[:sp]).isupper():
+                if sp > 2 and is_token(bytes(d[:sp])) and bytes(d[:sp]).isupper():
                     app = f.app = APP_HTTP
-                    f.http = _Http()
+                    f.http = HttpConnection()
                 else:
                     f.app = APP_OPAQUE
                     f.watch = False
@@ -1374,9 +755,7 @@ class FlowTable:
         if ts >= self.next_idle:
             self.next_idle = ts + max(self.idle_timeout / 4, 1.0)
             self._expire_idle(ts)
-            if self.frags:
-                for k in [k for k, v in self.frags.items() if ts - v[0] > FRAG_TIMEOUT]:
-                    del self.frags[k]
+            self._decoder.expire(ts)
             if self.tombstones:
                 for k in [k for k, t in self.tombstones.items() if ts - t > TIME_WAIT]:
                     del self.tombstones[k]
@@ -1409,7 +788,7 @@ class FlowTable:
         rest = [f for d in (self.tcp, self.udp) for f, fwd in d.values() if fwd]
         for f in sorted(rest, key=lambda f: f.pktno):
             self._end(f)
-        self.frags.clear()
+        self._decoder.frags.clear()
 
     # -- observations ---------------------------------------------------------------------
 
@@ -1463,7 +842,7 @@ class FlowTable:
         h.exchanges = [x for x in h.exchanges if x not in early] or [keep]
         h.emitted += len(early)
 
-    def _report_http(self, f: Flow, exchanges: list[_Exchange], last: bool) -> None:
+    def _report_http(self, f: Flow, exchanges: list[Exchange], last: bool) -> None:
         if last and exchanges:
             # packets not attributed to a request (handshake, FIN, a tunnel) go to the
             # first one (before any request) and the last one (after the parser stopped)
@@ -1481,54 +860,19 @@ class FlowTable:
             if f.http.dead or f.closed is not None:
                 exchanges[-1].ts_end = max(exchanges[-1].ts_end, f.last)
         for x in exchanges:
-            method = x.method
-            hsrc: str | None
-            port = f.sport
-            url: str | None = None
-            target = x.target or ""
-            host = None
-            hsrc = None
-            if method == "CONNECT":  # "CONNECT host:port"; anything else is a bad CONNECT
-                host, cport = split_host_port(target.split(" ", 1)[0])
-                if host and cport and "/" not in host:
-                    hsrc, port = "connect", cport
-                else:
-                    host = None
-            if hsrc is not None:
-                pass
-            elif "://" in target[:12]:
-                auth = (
-                    target.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
-                )
-                host, uport = split_host_port(auth)
-                hsrc = "url" if host else None
-                if uport is not None:
-                    port = uport
-                elif target[:6].lower() == "https:":
-                    port = 443
-                elif target[:5].lower() == "http:":
-                    port = 80
-                url = target
-            else:
-                if x.host:
-                    host, _hp = split_host_port(x.host)
-                    hsrc = "http_host" if host else None
-                if host and target.startswith("/"):
-                    url = f"http://{x.host}{target}"
-                else:
-                    url = target or None
+            host, hsrc, port, url = request_name(x, f.sport)
             if host is None:
                 host, hsrc = self._name(f)
             if (
                 not self._keep(host)
                 and not self._to_ingress(f)
-                and not (self._requests and self._requests(url or target, x.user_agent))
+                and not (self._requests and self._requests(url or x.target, x.user_agent))
             ):
                 continue
             o = self._obs(
                 f, x.ts, x.ts_end, host, hsrc, x.pk_out, x.pk_in, x.by_out, x.by_in, x.index
             )
-            o.method = method
+            o.method = x.method
             o.url = url
             o.user_agent = x.user_agent
             o.status = x.status
@@ -1561,5 +905,5 @@ class FlowTable:
             packets_in=pki,
             ech=f.ech,
             ja4=f.ja4,
-            record_id=blake2b(key.encode(), digest_size=12).hexdigest(),
+            record_id=record_id(key.encode()),
         )

@@ -1,8 +1,8 @@
 """JA4 fingerprints of TLS ClientHellos (FoxIO's JA4, BSD-3-Clause).
 
 A JA4 names the TLS library and settings a client uses (``t13d1516h2_8daaf6152771_e5627efa2ab1``
-is Chrome; Python's ``ssl`` through the OpenAI SDK has its own), so it tells which software
-made a connection whatever host it went to. Spec: https://github.com/FoxIO-LLC/ja4
+is Chrome; Python's ``ssl`` under an SDK has its own), so it tells which software made a
+connection whatever host it went to. Spec: https://github.com/FoxIO-LLC/ja4
 (``technical_details/JA4.md``); the rules below follow FoxIO's reference implementation
 (``rust/ja4/src/tls.rs``) and are checked against its outputs for every capture in
 ``../shared/conformance/pcap/ja4``:
@@ -17,9 +17,9 @@ made a connection whatever host it went to. Spec: https://github.com/FoxIO-LLC/j
   ALPN removed) followed by ``_`` and the signature algorithms in the client's order;
   an empty list hashes to ``000000000000``.
 
-The parts that vary per connection (random, key shares, session ids) are not in the
-fingerprint, so the result is memoised on the parts that are: one hash per distinct client
-configuration, not per connection.
+:mod:`monitor.collectors.tls` walks the ClientHello once and hands over the parts; the
+parts that vary per connection (random, key shares, session ids) are not among them, so
+the result is memoised: one hash per distinct client configuration, not per connection.
 """
 
 from __future__ import annotations
@@ -30,12 +30,31 @@ __all__ = ["ja4"]
 
 _VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3", 0x0002: "s2"}
 _SERVER_NAME = 0x0000
-_SIGNATURE_ALGORITHMS = 0x000D
 _ALPN = 0x0010
 _SUPPORTED_VERSIONS = 0x002B
 _QUIC_TRANSPORT_PARAMETERS = 0x0039
 _CACHE_LIMIT = 4096
 _CACHE: dict[tuple, str] = {}
+
+
+def ja4(
+    suites: bytes,
+    types: tuple[int, ...],
+    sigalgs: bytes,
+    alpn: tuple[str, ...],
+    versions: tuple[int, ...],
+    legacy_version: int,
+) -> str:
+    """JA4 from the parts of a well-formed ClientHello: the cipher-suite bytes, every
+    extension type in order, the signature_algorithms extension body, the ALPN names and
+    supported_versions (GREASE removed) as :mod:`monitor.collectors.tls` parsed them."""
+    key = (suites, types, sigalgs, alpn[:1], versions, legacy_version)
+    found = _CACHE.get(key)
+    if found is None:
+        if len(_CACHE) >= _CACHE_LIMIT:
+            _CACHE.clear()
+        found = _CACHE[key] = _fingerprint(*key)
+    return found
 
 
 def _grease(v: int) -> bool:
@@ -48,49 +67,12 @@ def _hash12(text: str) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
 
 
-def ja4(hello: bytes, ciphers: int, extensions: int, end: int, legacy_version: int) -> str | None:
-    """JA4 of a well-formed ClientHello already walked by :mod:`monitor.collectors.tls`.
-
-    ``hello`` is the handshake message; ``ciphers`` the offset of the cipher-suite length,
-    ``extensions`` that of the extensions block length (``end`` when there is none), ``end``
-    the end of the extensions. ``None`` when a part overruns its container.
-    """
-    d = hello
-    n_cs = d[ciphers] << 8 | d[ciphers + 1]
-    suites = d[ciphers + 2 : ciphers + 2 + n_cs]
-    types: list[int] = []
-    sigalgs = b""
-    alpn = b""
-    versions = b""
-    p = extensions + 2
-    while p + 4 <= end:
-        etype = d[p] << 8 | d[p + 1]
-        q = p + 4 + (d[p + 2] << 8 | d[p + 3])
-        if q > end:
-            return None
-        types.append(etype)
-        if etype == _SIGNATURE_ALGORITHMS:
-            sigalgs = d[p + 4 : q]
-        elif etype == _ALPN:
-            alpn = d[p + 4 : q]
-        elif etype == _SUPPORTED_VERSIONS:
-            versions = d[p + 4 : q]
-        p = q
-    key = (suites, tuple(types), sigalgs, alpn, versions, legacy_version)
-    found = _CACHE.get(key)
-    if found is None:
-        if len(_CACHE) >= _CACHE_LIMIT:
-            _CACHE.clear()
-        found = _CACHE[key] = _fingerprint(*key)
-    return found
-
-
 def _fingerprint(
     suites: bytes,
     types: tuple[int, ...],
     sigalgs: bytes,
-    alpn: bytes,
-    versions: bytes,
+    alpn: tuple[str, ...],
+    versions: tuple[int, ...],
     legacy_version: int,
 ) -> str:
     cs = [
@@ -101,12 +83,7 @@ def _fingerprint(
     exts = [t for t in types if not _grease(t)]
     version = legacy_version
     if _SUPPORTED_VERSIONS in exts:
-        listed = [
-            v
-            for i in range(1, min(len(versions), 1 + versions[0] if versions else 0) - 1, 2)
-            if not _grease(v := versions[i] << 8 | versions[i + 1])
-        ]
-        version = max(listed) if listed else -1
+        version = max(versions) if versions else -1
     proto = "q" if _QUIC_TRANSPORT_PARAMETERS in exts else "t"
     sni = "d" if _SERVER_NAME in exts else "i"
     head = (
@@ -115,26 +92,19 @@ def _fingerprint(
     )
     sorted_exts = ",".join(sorted(f"{t:04x}" for t in exts if t not in (_SERVER_NAME, _ALPN)))
     # signature_algorithms body: 2-byte length, then 2-byte code points, in the client's order
-    sigs = ",".join(
-        f"{sigalgs[i] << 8 | sigalgs[i + 1]:04x}"
-        for i in range(
-            2, min(len(sigalgs), 2 + (sigalgs[0] << 8 | sigalgs[1]) if sigalgs else 0) - 1, 2
-        )
-    )
+    end = min(len(sigalgs), 2 + (sigalgs[0] << 8 | sigalgs[1])) if len(sigalgs) >= 2 else 0
+    sigs = ",".join(f"{sigalgs[i] << 8 | sigalgs[i + 1]:04x}" for i in range(2, end - 1, 2))
     tail = f"{sorted_exts}_{sigs}" if sigs else sorted_exts
     return f"{head}_{_hash12(','.join(sorted(cs)))}_{_hash12(tail)}"
 
 
-def _alpn_chars(body: bytes) -> str:
+def _alpn_chars(alpn: tuple[str, ...]) -> str:
     """First and last character of the first protocol name ('00' without one)."""
-    if len(body) < 3:
-        return "00"
-    n = body[2]
-    name = body[3 : 3 + n]
+    name = alpn[0] if alpn else ""
     if not name:
         return "00"
 
-    def char(b: int) -> str:
-        return chr(b) if b < 0x80 else "9"
+    def char(c: str) -> str:
+        return c if c < "\x80" else "9"
 
     return char(name[0]) + (char(name[-1]) if len(name) > 1 else "0")

@@ -31,7 +31,6 @@ from calendar import timegm
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from hashlib import blake2b
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -44,6 +43,7 @@ from monitor.collectors.base import (
     iter_batches,
 )
 from monitor.collectors.fields import host_keeper, memoised
+from monitor.ids import record_id
 from monitor.observation import HOST_SOURCES, Observation, canonical_ip, split_host_port
 
 __all__ = [
@@ -467,10 +467,6 @@ def _unquote(v: str) -> str:
     if "\\" in v:
         v = v.replace("\\=", "=").replace("\\|", "|").replace("\\\\", "\\")
     return v
-
-
-def record_id(raw: bytes) -> str:
-    return blake2b(raw, digest_size=12).hexdigest()
 
 
 def text(b: bytes) -> str:

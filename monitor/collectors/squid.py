@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
-from hashlib import blake2b
 from itertools import chain
 from typing import BinaryIO
 
@@ -43,6 +42,7 @@ from monitor.collectors.squid_logformat import (
     LogformatError,
     compile_logformat,
 )
+from monitor.ids import record_id
 from monitor.observation import Observation, canonical_ip, split_host_port
 
 __all__ = ["SquidCollector", "sniff", "LogformatError"]
@@ -393,7 +393,7 @@ class SquidCollector:
         rejects = t.rejects
         missing = _MISSING
         obs = Observation
-        digest = blake2b
+        digest = record_id
         fmt = FORMAT_NATIVE
         slow = self._native_slow
         filtering = host_filter is not None
@@ -500,7 +500,7 @@ class SquidCollector:
                                 cs[0],
                                 elapsed / 1000 if elapsed >= 0 else None,
                             )
-                            o.record_id = digest(line, digest_size=12).hexdigest()
+                            o.record_id = digest(line)
                             yield o
                             continue
                     elif not parts:
@@ -566,7 +566,7 @@ class SquidCollector:
             hsrc,
             cs[0],
             elapsed / 1000 if elapsed >= 0 else None,
-            record_id=blake2b(raw, digest_size=12).hexdigest(),
+            record_id=record_id(raw),
         )
 
     def _native_slow(
@@ -782,7 +782,7 @@ class SquidCollector:
             hsrc,
             result,
             int(elapsed) / 1000 if elapsed is not None and int(elapsed) >= 0 else None,
-            record_id=blake2b(raw, digest_size=12).hexdigest(),
+            record_id=record_id(raw),
             user_agent=_text(agent) if agent is not None else None,
         )
 

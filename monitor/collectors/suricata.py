@@ -20,7 +20,6 @@ spaces) is parsed to find it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from hashlib import blake2b
 from typing import Any, BinaryIO
 
 from monitor.collectors.base import (
@@ -43,6 +42,7 @@ from monitor.collectors.zeek import (
     iso_ts,
     tls_observation,
 )
+from monitor.ids import record_id
 from monitor.observation import Observation
 
 __all__ = ["SuricataCollector", "sniff", "JSON_PARSER"]
@@ -204,9 +204,7 @@ class SuricataCollector(JoinCollector):
                     return None
                 if app == "dns" or sport in DNS_PORTS or cport in DNS_PORTS:
                     return None
-                return st.observation(
-                    source, lineno, FORMAT, blake2b(raw, digest_size=12).hexdigest()
-                )
+                return st.observation(source, lineno, FORMAT, record_id(raw))
 
             join.flow(key, st, standalone)
             return
@@ -232,14 +230,14 @@ class SuricataCollector(JoinCollector):
                 status if type(status) is int else None,
                 None,
                 _count(h.get("length")),
-                blake2b(raw, digest_size=12).hexdigest(),
+                record_id(raw),
             )
             join.named(key, obs, tls=False)
             return
         # tls / quic
         sub = d.get("tls" if et == b"tls" else "quic")
         sni = _str(sub.get("sni")) if type(sub) is dict else None
-        rid = blake2b(raw, digest_size=12).hexdigest()
+        rid = record_id(raw)
         obs = tls_observation(ts, source, lineno, FORMAT, client, cport, server, sport, sni, rid)
         join.named(key, obs, tls=True)
 

@@ -37,7 +37,6 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
-from hashlib import blake2b
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -52,6 +51,7 @@ from monitor.collectors.base import (
 )
 from monitor.collectors.dns import TYPE_A, TYPE_AAAA, TYPE_CNAME, DnsAnswer, DnsMap, DnsMessage
 from monitor.collectors.fields import host_keeper, memoised
+from monitor.ids import record_id
 from monitor.observation import Observation, canonical_ip, split_host_port
 
 __all__ = [
@@ -913,7 +913,7 @@ class ZeekCollector(JoinCollector):
         client = self._ip(r.get("orig_h"))
         server = self._ip(r.get("resp_h"))
         cport, sport = _port(r.get("orig_p")), _port(r.get("resp_p"))
-        rid = blake2b(raw, digest_size=12).hexdigest()
+        rid = record_id(raw)
         if path == "conn":
             proto = _str(r.get("proto"))
             duration = _float(r.get("duration"))

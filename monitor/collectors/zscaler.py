@@ -41,11 +41,11 @@ from monitor.collectors.mapped import (
     TimeParser,
     make_tz,
     parse_kv,
-    record_id,
     text,
     to_int,
     url_target,
 )
+from monitor.ids import record_id
 from monitor.observation import Observation, canonical_ip, split_host_port
 
 __all__ = ["ZscalerCollector", "sniff", "FORMAT_CSV", "FORMAT_JSON", "FORMAT_KV"]

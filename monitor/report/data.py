@@ -1,9 +1,9 @@
-"""Every figure of a report, computed in one place from the store (SQL + pandas).
+"""Every figure of a report, computed in one place from the store's queries and pandas.
 
 Renderers (HTML, Markdown, CSV, JSON) only format what :func:`build_report` returns; they
 never count. The heavy lifting is a handful of ``GROUP BY`` queries over the period's
-observations (the ``day`` index bounds the scan); pandas folds those small aggregates into
-the report's tables.
+observations (typed methods of :class:`~monitor.store.Store`; the ``day`` index bounds the
+scan); pandas folds those small aggregates into the report's tables.
 
 Definitions (also printed in the report's methods section):
 
@@ -23,18 +23,24 @@ from __future__ import annotations
 
 import calendar
 import json
-import sqlite3
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
 from monitor import __version__
+from monitor.observation import iso_datetime as _iso
 from monitor.policy import SEVERITIES
+from monitor.store import Rows, Store, TrafficFilter
+
+if TYPE_CHECKING:
+    from monitor.catalog import Catalog
+    from monitor.config import Config
+    from monitor.geo import GeoResolver
+    from monitor.policy import RuleSet
 
 PERIODS = ("daily", "weekly", "monthly")
 DEFAULT_TOP = 20
@@ -145,11 +151,25 @@ def _parse_iso(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 # --------------------------------------------------------------------------- the model
+
+
+class ReportSource(Protocol):
+    """What a report reads: the store, and the catalogue, geodata, rules and configuration
+    in force (:class:`monitor.app.App` is one)."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def catalog(self) -> Catalog: ...
+    @property
+    def geo(self) -> GeoResolver: ...
+    @property
+    def rules(self) -> RuleSet: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def db_path(self) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -200,90 +220,31 @@ TOTAL_METRICS = (
 # --------------------------------------------------------------------------- building
 
 
-class _Filters:
-    """The report's --site/--provider filters as SQL (every value a bound parameter)."""
-
-    def __init__(self, q: ReportQuery):
-        self.sql = ""
-        self.params: list[Any] = []
-        for column, values in (("site", q.sites), ("provider", q.providers)):
-            if values:
-                self.sql += f" AND {column} IN ({', '.join('?' * len(values))})"
-                self.params.extend(values)
-
-    def prefixed(self, alias: str) -> str:
-        return self.sql.replace(" site IN", f" {alias}.site IN").replace(
-            " provider IN", f" {alias}.provider IN"
-        )
-
-
-def build_report(app: Any, q: ReportQuery) -> Report:
+def build_report(app: ReportSource, q: ReportQuery) -> Report:
     """Assemble the report for ``q`` from ``app.store`` (and ``app.catalog``/``rules``)."""
-    db = app.store.db
+    store = app.store
     now = q.now or datetime.now(UTC)
     win, prev = q.window, q.window.previous()
-    f = _Filters(q)
-    cur_rng = _Range(win)
-    prev_rng = _Range(prev)
-    both = _Range(Window("custom", prev.since, win.until))
+    f = TrafficFilter(q.sites, q.providers)
     bucket_name, width = win.bucket()
     origin = _floor(win.since, width)  # buckets are whole UTC hours or days
 
-    # The heavy GROUP BYs run side by side, each on its own read-only connection (SQLite
-    # releases the GIL while it works): A the cube, B who went where, C the sources behind
-    # the period, D distinct clients of the previous period.
-    path = app.store.path
+    # The heavy GROUP BYs run side by side, each on its own read-only connection: A the
+    # cube (both periods, at the grain every traffic table and the timeline need), B who
+    # went where, C the sources behind the period, D distinct clients of the previous period.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="report") as pool:
-        # A. the cube: both periods, at the grain every traffic table and the timeline need
-        a = pool.submit(
-            _read,
-            path,
-            f"""SELECT CASE WHEN ts >= ? THEN 0 ELSE 1 END AS prev,
-                       CASE WHEN ts >= ? THEN CAST((ts - ?) / ? AS INTEGER) ELSE -1 END AS bucket,
-                       provider, provider_kind AS kind, site, egress_country AS country,
-                       count(*) AS requests, sum(outcome IS 'blocked') AS blocked,
-                       sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
-                FROM observations WHERE {both.sql}{f.sql}
-                GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
-            [win.since.timestamp(), win.since.timestamp(), origin.timestamp(), width,
-             *both.params, *f.params],
-        )  # fmt: skip
-        # B. who went where: client x destination in the period (users as an aggregate)
-        b = pool.submit(
-            _read,
-            path,
-            f"""SELECT client_ip, dest_host, provider, provider_kind AS kind, site,
-                       egress_country AS country, count(*) AS requests,
-                       sum(outcome IS 'blocked') AS blocked, sum(bytes_out) AS bytes_out,
-                       sum(bytes_in) AS bytes_in, min(url) AS example_url,
-                       json_group_array(DISTINCT user) AS users
-                FROM observations WHERE {cur_rng.sql}{f.sql}
-                GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608
-            [*cur_rng.params, *f.params],
-        )
-        c = pool.submit(
-            _read,
-            path,
-            f"""SELECT scan_id, source, format, count(*) AS observations,
-                       min(ts) AS first_ts, max(ts) AS last_ts
-                FROM observations WHERE {cur_rng.sql}{f.sql}
-                GROUP BY 1, 2, 3""",  # noqa: S608
-            [*cur_rng.params, *f.params],
-        )
-        d = pool.submit(
-            _read,
-            path,
-            f"SELECT count(DISTINCT client_ip) AS n FROM observations WHERE {prev_rng.sql}{f.sql}",  # noqa: S608
-            [*prev_rng.params, *f.params],
-        )
+        a = pool.submit(store.traffic_cube, win.since, win.until, prev.since, origin, width, f)
+        b = pool.submit(store.client_destinations, win.since, win.until, f)
+        c = pool.submit(store.traffic_sources, win.since, win.until, f)
+        d = pool.submit(store.distinct_clients, prev.since, prev.until, f)
         catalog = app.catalog  # loads (pure Python) while SQLite works
-        cube, who, sources, prev_clients = a.result(), b.result(), c.result(), d.result()
-    prev_clients = int(prev_clients.n.iloc[0]) if len(prev_clients) else 0
+        cube, who, sources = _frame(a.result()), _frame(b.result()), _frame(c.result())
+        prev_clients = d.result()
     cur = cube[cube.prev == 0] if len(cube) else cube
     old = cube[cube.prev == 1] if len(cube) else cube
     dest = _destinations(who)
 
-    incidents = _incidents(db, win, prev, f, q.top)
+    incidents = _incidents(store, win, prev, f, q.top)
 
     totals_cur = _totals(cur, who, len(set(who.client_ip.dropna())) if len(who) else 0)
     totals_cur["incidents_new"] = incidents["totals"]["new"]
@@ -340,34 +301,13 @@ def build_report(app: Any, q: ReportQuery) -> Report:
         top_clients=_top_clients(who, q.top),
         top_destinations=_top_destinations(dest, q.top),
         relays=_relays(dest, who, catalog),
-        events=_events(db, win, f),
-        methods=_methods(app, db, win, sources),
+        events=store.status_changes(win.since, win.until, f, EVENT_LIMIT),
+        methods=_methods(app, win, sources),
     )
 
 
-class _Range:
-    """``day`` bounds (so the index narrows the scan) plus the exact timestamp bounds."""
-
-    def __init__(self, w: Window):
-        self.sql = "day >= ? AND day <= ? AND ts >= ? AND ts < ?"
-        self.params = [w.first_day, w.last_day, w.since.timestamp(), w.until.timestamp()]
-
-
-def _read(path: Path, sql: str, params: Sequence[Any]) -> pd.DataFrame:
-    """One query on its own read-only connection (safe to run in a worker thread)."""
-    con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
-        con.execute("PRAGMA busy_timeout = 30000")
-        con.execute("PRAGMA cache_size = -65536")
-        return _frame(con, sql, params)
-    finally:
-        con.close()
-
-
-def _frame(db: Any, sql: str, params: Sequence[Any]) -> pd.DataFrame:
-    cursor = db.execute(sql, list(params))
-    columns = [d[0] for d in cursor.description]
-    return pd.DataFrame.from_records(cursor.fetchall(), columns=columns)
+def _frame(found: Rows) -> pd.DataFrame:
+    return pd.DataFrame.from_records(found.rows, columns=found.columns)
 
 
 def _py(value: Any) -> Any:
@@ -634,32 +574,12 @@ def _relays(dest: pd.DataFrame, who: pd.DataFrame, catalog: Any) -> dict[str, An
 
 # --------------------------------------------------------------------------- incidents
 
-_INCIDENT_LIST_COLUMNS = (
-    "id, rule, severity, title, provider, dest_host, client_ip, site, egress_ip, egress_country,"
-    " day, first_seen, last_seen, count, blocked, outcome, status"
-)
 
-
-def _incidents(db: Any, win: Window, prev: Window, f: _Filters, top: int) -> dict[str, Any]:
-    s, u, ps = _iso(win.since), _iso(win.until), _iso(prev.since)
+def _incidents(
+    store: Store, win: Window, prev: Window, f: TrafficFilter, top: int
+) -> dict[str, Any]:
     high = SEVERITIES.index("high")
-    resolved = (
-        "id IN (SELECT incident_id FROM incident_events"
-        " WHERE status_to = 'resolved' AND at >= ? AND at < ?)"
-    )
-    rows = _frame(
-        db,
-        f"""SELECT rule, severity, severity_rank AS rank,
-               sum(first_seen >= ? AND first_seen < ?) AS new,
-               sum(first_seen < ? AND last_seen >= ?) AS active,
-               sum(first_seen < ? AND status = 'open') AS open,
-               sum(first_seen < ? AND status = 'acknowledged') AS acknowledged,
-               sum({resolved}) AS resolved,
-               sum(first_seen >= ? AND first_seen < ?) AS previous_new
-            FROM incidents WHERE 1 = 1{f.sql}
-            GROUP BY rule, severity, severity_rank""",  # noqa: S608 - constants only
-        [s, u, u, s, u, u, s, u, ps, s, *f.params],
-    )
+    rows = _frame(store.incident_counts(win.since, win.until, prev.since, f))
     metrics = ["new", "active", "open", "acknowledged", "resolved", "previous_new"]
     if len(rows):
         rows = rows[(rows[metrics] > 0).any(axis=1)]
@@ -685,18 +605,11 @@ def _incidents(db: Any, win: Window, prev: Window, f: _Filters, top: int) -> dic
         ),
     }
 
-    def listing(where: str, params: list[Any], order: str) -> dict[str, Any]:
-        sql = f"SELECT {_INCIDENT_LIST_COLUMNS} FROM incidents WHERE {where}{f.sql}"  # noqa: S608
-        items = list(db.query(f"{sql} ORDER BY {order} LIMIT ?", [*params, *f.params, top_n]))
-        return {"items": items, "shown": len(items)}
-
     top_n = max(LIST_LIMIT, top)
-    by_sev = "severity_rank DESC, count DESC, first_seen, id"
-    lists = {
-        "new": listing("first_seen >= ? AND first_seen < ?", [s, u], by_sev),
-        "open": listing("first_seen < ? AND status IN ('open', 'acknowledged')", [u], by_sev),
-        "resolved": listing(resolved, [s, u], "severity_rank DESC, last_seen DESC, id"),
-    }
+    lists = {}
+    for which in ("new", "open", "resolved"):
+        items = store.incident_list(which, win.since, win.until, f, top_n)
+        lists[which] = {"items": items, "shown": len(items)}
     lists["new"]["total"] = totals["new"]
     lists["open"]["total"] = totals["open"] + totals["acknowledged"]
     lists["resolved"]["total"] = totals["resolved"]
@@ -709,107 +622,55 @@ def _incidents(db: Any, win: Window, prev: Window, f: _Filters, top: int) -> dic
     }
 
 
-def _events(db: Any, win: Window, f: _Filters) -> dict[str, Any]:
-    where = f"e.at >= ? AND e.at < ?{f.prefixed('i')}"
-    params = [_iso(win.since), _iso(win.until), *f.params]
-    join = "FROM incident_events e JOIN incidents i ON i.id = e.incident_id"
-    (total,) = db.execute(f"SELECT count(*) {join} WHERE {where}", params).fetchone()  # noqa: S608
-    items = list(
-        db.query(
-            f"""SELECT e.at, e.incident_id, i.rule, i.severity, i.provider, i.site, e.action,
-                       e.status_from, e.status_to, e.actor, e.note
-                {join} WHERE {where} ORDER BY e.at, e.id LIMIT ?""",  # noqa: S608
-            [*params, EVENT_LIMIT],
-        )
-    )
-    by_action = {
-        r[0]: r[1]
-        for r in db.execute(
-            f"SELECT e.action, count(*) {join} WHERE {where} GROUP BY e.action",  # noqa: S608
-            params,
-        )
-    }
-    return {"total": total, "shown": len(items), "by_action": by_action, "items": items}
-
-
 # --------------------------------------------------------------------------- methods
 
 
-def _retention(app: Any, win: Window) -> dict[str, Any]:
+def _retention(app: ReportSource, win: Window) -> dict[str, Any]:
     """Whether ``apiwatch db prune`` removed traffic detail this period's figures needed:
     incidents survive a prune, traffic rows do not, so the report must say so."""
     pruned = app.store.pruned_before()
     return {"pruned_before": pruned, "affects_period": bool(pruned and win.first_day < pruned)}
 
 
-def _methods(app: Any, db: Any, win: Window, sources: pd.DataFrame) -> dict[str, Any]:
+def _methods(app: ReportSource, win: Window, sources: pd.DataFrame) -> dict[str, Any]:
+    store = app.store
     contributing = sorted({int(x) for x in sources.scan_id.dropna()}) if len(sources) else []
-    started = [
-        r[0]
-        for r in db.execute(
-            "SELECT id FROM scans WHERE started >= ? AND started < ?",
-            [win.since.strftime("%Y-%m-%dT%H:%M:%SZ"), win.until.strftime("%Y-%m-%dT%H:%M:%SZ")],
-        )
-    ]
-    scan_ids = sorted(set(contributing) | set(started))
+    scan_ids = sorted(set(contributing) | set(store.scans_started(win.since, win.until)))
     scans = []
     catalog_versions: set[str] = set()
     geodata: dict[tuple, dict[str, Any]] = {}
     rules_used: set[str] = set()
-    for i in range(0, len(scan_ids), 500):
-        chunk = scan_ids[i : i + 500]
-        marks = ", ".join("?" * len(chunk))
-        for row in db.query(f"SELECT * FROM scans WHERE id IN ({marks}) ORDER BY id", chunk):  # noqa: S608
-            options = _loads(row.get("options"), {})
-            if row.get("catalog_version"):
-                catalog_versions.add(row["catalog_version"])
-            for g in _loads(row.get("geodata"), []):
-                geodata.setdefault((g.get("name"), g.get("path"), g.get("build_date")), g)
-            rules_used.update(options.get("rules", []))
-            scans.append(
-                {
-                    "id": row["id"],
-                    "started": row.get("started"),
-                    "finished": row.get("finished"),
-                    "files": _loads(row.get("files"), []),
-                    "records": row.get("records"),
-                    "malformed": row.get("malformed"),
-                    "llm_observations": row.get("llm_observations"),
-                    "stored": row.get("stored"),
-                    "duplicates": row.get("duplicates"),
-                    "file_errors": len(_loads(row.get("file_errors"), [])),
-                    "exit_code": row.get("exit_code"),
-                    "catalog_version": row.get("catalog_version"),
-                    "options": {
-                        k: v for k, v in (options.get("egress") or {}).items() if v is not None
-                    }
-                    | {
-                        k: v
-                        for k, v in (options.get("collect") or {}).items()
-                        if v not in (None, "auto")
-                    },
-                }
-            )
-    problems: list[dict[str, Any]] = []
-    problem_counts: list[dict[str, Any]] = []
-    for i in range(0, len(scan_ids), 500):
-        chunk = scan_ids[i : i + 500]
-        marks = ", ".join("?" * len(chunk))
-        problem_counts += list(
-            db.query(
-                f"""SELECT source, count(*) AS problems FROM scan_problems
-                    WHERE scan_id IN ({marks}) GROUP BY source ORDER BY source""",  # noqa: S608
-                chunk,
-            )
+    for row in store.scans(scan_ids):
+        options = _loads(row.get("options"), {})
+        if row.get("catalog_version"):
+            catalog_versions.add(row["catalog_version"])
+        for g in _loads(row.get("geodata"), []):
+            geodata.setdefault((g.get("name"), g.get("path"), g.get("build_date")), g)
+        rules_used.update(options.get("rules", []))
+        scans.append(
+            {
+                "id": row["id"],
+                "started": row.get("started"),
+                "finished": row.get("finished"),
+                "files": _loads(row.get("files"), []),
+                "records": row.get("records"),
+                "malformed": row.get("malformed"),
+                "llm_observations": row.get("llm_observations"),
+                "stored": row.get("stored"),
+                "duplicates": row.get("duplicates"),
+                "file_errors": len(_loads(row.get("file_errors"), [])),
+                "exit_code": row.get("exit_code"),
+                "catalog_version": row.get("catalog_version"),
+                "options": {k: v for k, v in (options.get("egress") or {}).items() if v is not None}
+                | {
+                    k: v
+                    for k, v in (options.get("collect") or {}).items()
+                    if v not in (None, "auto")
+                },
+            }
         )
-        if len(problems) < PROBLEM_SAMPLES:
-            problems += list(
-                db.query(
-                    f"""SELECT scan_id, source, line, reason, excerpt FROM scan_problems
-                        WHERE scan_id IN ({marks}) ORDER BY scan_id, rowid LIMIT ?""",  # noqa: S608
-                    [*chunk, PROBLEM_SAMPLES - len(problems)],
-                )
-            )
+    problem_counts = store.problem_counts(scan_ids)
+    problems = store.problem_samples(scan_ids, PROBLEM_SAMPLES)
     source_rows = []
     if len(sources):
         per = sources.groupby(["source", "format"], dropna=False).agg(

@@ -1,0 +1,84 @@
+"""The stored observation row: one column specification, derived from :class:`Observation`.
+
+Every stored field of an observation becomes a column of the same name and type; the
+enrichment (catalogue match, egress point, destination geolocation, outcome) follows, then
+the bookkeeping the store fills (``id``, ``scan_id``). The store creates and inserts from
+:data:`COLUMNS`, the pipeline builds rows from it: adding a field to ``Observation`` adds
+its column everywhere, and only needs a schema step to add it to existing databases
+(``tests/test_store.py`` fails until there is one). Rows are plain lists in this order,
+since millions of them cross a process boundary.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, fields
+from operator import attrgetter
+from typing import Any
+
+from monitor.observation import Observation
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: type  # int, float or str: the SQLite column type
+    path: str | None  # attribute path on the enriched record; None: filled when stored
+
+
+def _sql_type(hint: Any) -> type:
+    """``int | None`` -> int; ``bool`` is stored as an integer."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return int if hint is bool else hint
+
+
+def _observation_columns() -> list[Column]:
+    hints = typing.get_type_hints(Observation)
+    return [
+        Column(f.name, _sql_type(hints[f.name]), f"obs.{f.name}")
+        for f in fields(Observation)
+        if f.metadata.get("stored", True)
+    ]
+
+
+#: The stored observation, in row order.
+COLUMNS: tuple[Column, ...] = (
+    Column("id", int, None),  # monitor.ids.observation_id of the record (unique)
+    Column("day", str, "day"),  # UTC day of ts: what reports and prune select on
+    *_observation_columns(),
+    Column("provider", str, "match.provider.id"),
+    Column("provider_kind", str, "match.kind"),
+    Column("match_pattern", str, "match.pattern"),
+    Column("site", str, "egress.site"),
+    Column("egress_ip", str, "egress.ip"),
+    Column("egress_country", str, "egress.country"),
+    Column("egress_source", str, "egress.source"),
+    Column("dest_country", str, "dest_country"),
+    Column("dest_asn", int, "dest_asn"),
+    Column("outcome", str, "outcome"),
+    Column("scan_id", int, None),
+)
+#: column name -> SQLite type, in row order
+TYPES: dict[str, type] = {c.name: c.type for c in COLUMNS}
+#: column name -> position in a row
+COL: dict[str, int] = {c.name: i for i, c in enumerate(COLUMNS)}
+
+_filled = [c.path is None for c in COLUMNS]
+assert _filled == [True] + [False] * (len(COLUMNS) - 2) + [True], "id first, scan_id last"
+assert len(COL) == len(COLUMNS), "column names are unique"
+_values = attrgetter(*[c.path for c in COLUMNS[1:-1]])
+
+
+def observation_row(enriched: Any) -> list[Any]:
+    """The stored row of an enriched record (``id`` and ``scan_id`` still to fill)."""
+    return [None, *_values(enriched), None]
+
+
+def observation_values(**values: Any) -> list[Any]:
+    """A stored row from keyword fields (unknown columns are an error)."""
+    row: list[Any] = [None] * len(COLUMNS)
+    for name, value in values.items():
+        row[COL[name]] = value
+    return row
