@@ -779,7 +779,7 @@ def _build(providers_path: Path, regions_path: Path) -> Catalog:
     for pid, net, conf in ranges:
         provider = providers[pid]
         kind = "relay" if provider.kind == "relay" else "api"
-        index.ranges.append((net, Match(provider, kind, str(net), conf, "address")))
+        index.ranges.append((net, Match(provider, kind, str(net), conf, on="address")))
 
     region_lists = {list_id: region for list_id, (region, _) in region_raw.items()}
     return Catalog(providers, region_lists, version, index, entries)

@@ -102,7 +102,7 @@ class Identifier:
         sig = self.signatures
         path = sig.api_path(url)
         if path is not None:
-            return Match(UNKNOWN_PROVIDER, "unknown", f"path:{path}", "medium", "request")
+            return Match(UNKNOWN_PROVIDER, "unknown", f"path:{path}", "medium", on="request")
         client = sig.user_agent(user_agent)
         if client is not None and client.llm:
             return Match(

@@ -456,6 +456,41 @@ class Store:
         for row in self.db.query(sql, params):
             yield _incident_out(row)
 
+    def discovered(
+        self, since: float | None = None, host: str | None = None, samples: int = 5
+    ) -> list[dict[str, Any]]:
+        """Hosts outside the catalogue reached with LLM-shaped requests (provider kind
+        ``unknown``), newest first: when, how often, from which clients, and why (the
+        signatures that matched, the User-Agents, URLs and addresses seen; ``samples`` of
+        each)."""
+        where, params = ["provider_kind = 'unknown'"], []
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        if host is not None:
+            where.append("dest_host = ?")
+            params.append(host)
+        sql = f"""SELECT dest_host AS host, min(ts) AS first, max(ts) AS last,
+                    count(*) AS requests, count(DISTINCT client_ip) AS client_count,
+                    json_group_array(DISTINCT client_ip) AS clients,
+                    json_group_array(DISTINCT match_pattern) AS evidence,
+                    json_group_array(DISTINCT user_agent) AS user_agents,
+                    json_group_array(DISTINCT url) AS urls,
+                    json_group_array(DISTINCT dest_ip) AS addresses,
+                    json_group_array(DISTINCT ja4) AS ja4
+                  FROM observations WHERE {" AND ".join(where)}
+                  GROUP BY dest_host ORDER BY last DESC, host"""  # noqa: S608 - constants
+        out = []
+        for row in self.db.query(sql, params):
+            item = {"host": row["host"], "first_seen": iso_utc(row["first"]),
+                    "last_seen": iso_utc(row["last"]), "requests": row["requests"],
+                    "client_count": row["client_count"]}  # fmt: skip
+            for key in ("clients", "evidence", "user_agents", "urls", "addresses", "ja4"):
+                values = sorted(v for v in json.loads(row[key]) if v is not None)
+                item[key] = values[:samples]
+            out.append(item)
+        return out
+
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
         """One incident by id or unique id prefix, with its sample records."""
         rows = list(

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import UDP
@@ -304,3 +305,54 @@ def test_api_path_and_sdk_over_plain_http_in_a_capture(tmp_path):
     assert hits["10.0.0.2"]["client.software"] == ["anthropic_js"]
     assert hits["10.0.0.2"]["dest.asn"] == [20473]
     assert hits["10.0.0.1"]["request.name_source"] == ["http_host"]
+
+
+def test_discovered_lists_candidates_and_promotes_one_into_the_overlay(tmp_path):
+    t = 1795741200.0
+    lines = [
+        native_line(t, "10.0.0.1", "POST", "https://api.relay-station.example/v1/chat/completions"),
+        native_line(t + 60, "10.0.0.2", "POST", "https://api.relay-station.example/v1/messages"),
+        native_line(t + 90, "10.0.0.3", "GET", "https://oneapi.example.org/api/user/self"),
+        native_line(t + 95, "10.0.0.4", "GET", "https://www.example.com/index.html"),
+    ]
+    _, db = scan_log(tmp_path, lines)
+    rows = [json.loads(x) for x in run("--db", db, "discovered", "--json").stdout.splitlines()]
+    assert [r["host"] for r in rows] == ["oneapi.example.org", "api.relay-station.example"]
+    relay = rows[1]
+    assert (relay["first_seen"], relay["last_seen"]) == (
+        "2026-11-27T01:00:00.000Z",
+        "2026-11-27T01:01:00.000Z",
+    )
+    assert relay["requests"] == 2 and relay["clients"] == ["10.0.0.1", "10.0.0.2"]
+    assert relay["evidence"] == ["path:anthropic_messages", "path:openai_chat_completions"]
+    assert relay["addresses"] == ["203.0.113.9"]
+    table = run("--db", db, "discovered").stdout
+    assert "api.relay-station.example" in table and "path:one_api_admin" in table
+
+    overlay = tmp_path / "corp-llm.yaml"
+    out = run("--db", db, "discovered", "--promote", "API.Relay-Station.example",
+              "--provider", "relay", "--source", "https://tickets.example/SEC-9",
+              "--overlay", overlay).stdout  # fmt: skip
+    assert "relay_api_relay_station_example" in out
+    (entry,) = yaml.safe_load(overlay.read_text())["providers"]
+    assert entry["kind"] == "relay" and entry["category"] == "reseller_relay"
+    (group,) = entry["hosts"]
+    assert group["exact"] == ["api.relay-station.example"]
+    assert group["confidence"] == "medium"
+    assert group["sources"] == ["https://tickets.example/SEC-9"]
+    assert "path:openai_chat_completions" in group["note"]
+    # a second host into the same entry; without a source it is low confidence
+    run("--db", db, "discovered", "--promote", "oneapi.example.org", "--provider",
+        "relay_api_relay_station_example", "--overlay", overlay)  # fmt: skip
+    (entry,) = yaml.safe_load(overlay.read_text())["providers"]
+    low = entry["hosts"][1]
+    assert low["confidence"] == "low" and low["sources"][0].startswith("unverified: promoted")
+    # errors: one line, the file unchanged
+    before = overlay.read_text()
+    bad = run("--db", db, "discovered", "--promote", "oneapi.example.org", "--provider", "relay",
+              "--overlay", overlay, ok=(1,))  # fmt: skip
+    assert "already listed" in bad.stderr and overlay.read_text() == before
+    bad = run("--db", db, "discovered", "--promote", "x", "--provider", "relay", ok=(2,))
+    assert "not a host name" in bad.stderr
+    bad = run("--db", db, "discovered", "--promote", "a.example", ok=(2,))
+    assert "--provider" in bad.stderr
