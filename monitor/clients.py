@@ -46,9 +46,11 @@ class Signatures:
         agents: list[tuple[str, Client]],  # (prefix, client)
         tls: dict[str, Client],
         version: str,
+        refusals: list[tuple[str, frozenset[int], str]] = (),  # (id, statuses, marker)
     ):
         self.version = version
         self.tls = tls
+        self.refusals = tuple(refusals)
         # one alternative per pattern; a pattern starts with "/", so a match is at a segment
         # boundary; "*" stays inside a segment; a trailing "/" lets the path go on
         alternatives = []
@@ -89,6 +91,15 @@ class Signatures:
                 return client
         return None
 
+    def refusal(self, status: int | None, body: str | None) -> str | None:
+        """Id of the provider refusal an error response is (its status and body), or None."""
+        if not body or status is None or status < 400:
+            return None
+        for rid, statuses, marker in self.refusals:
+            if status in statuses and marker in body:
+                return rid
+        return None
+
     def tls_client(self, ja4: str | None) -> Client | None:
         return self.tls.get(ja4) if ja4 else None
 
@@ -116,7 +127,7 @@ def _load(path: Path) -> Signatures:
         raise SignatureError(f"{path}: cannot read: {exc}") from None
     if not isinstance(data, dict):
         raise fail("(top level)", "expected a mapping")
-    unknown = set(data) - {"version", "api_paths", "user_agents", "tls_clients"}
+    unknown = set(data) - {"version", "api_paths", "user_agents", "refusals", "tls_clients"}
     if unknown:
         raise fail("(top level)", f"unknown key(s) {', '.join(sorted(unknown))}")
     seen: set[str] = set()
@@ -172,6 +183,18 @@ def _load(path: Path) -> Signatures:
             raise fail(entry, "'name' (text) and 'llm' (true or false) are required")
         client = Client(entry, item["name"], item["llm"])
         agents.extend((prefix, client) for prefix in strings(entry, item, "prefixes"))
+    refusals: list[tuple[str, frozenset[int], str]] = []
+    for entry, item in entries("refusals", {"id", "provider", "statuses", "marker", "sources"}):
+        statuses = item.get("statuses")
+        if not isinstance(statuses, list) or not all(
+            isinstance(v, int) and 400 <= v < 600 for v in statuses
+        ):
+            raise fail(entry, "'statuses' must be a list of HTTP error statuses (400-599)")
+        if not isinstance(item.get("marker"), str) or not item["marker"].strip():
+            raise fail(entry, "'marker' (the text the response body holds) is required")
+        if not isinstance(item.get("provider"), str):
+            raise fail(entry, "'provider' (a catalogue id) is required")
+        refusals.append((entry, frozenset(statuses), item["marker"]))
     tls: dict[str, Client] = {}
     for entry, item in entries("tls_clients", {"id", "name", "ja4", "sources", "note"}):
         if not isinstance(item.get("name"), str):
@@ -185,4 +208,4 @@ def _load(path: Path) -> Signatures:
     version = data.get("version")
     if not isinstance(version, str):
         raise fail("(top level)", "'version' is required")
-    return Signatures(paths, agents, tls, version)
+    return Signatures(paths, agents, tls, version, refusals)

@@ -50,6 +50,9 @@ class Observation:
     ech: bool | None = None  # TLS: ECH offered (dest_host is then the outer SNI)
     ja4: str | None = None  # TLS/QUIC: JA4 fingerprint of the ClientHello
     user_agent: str | None = None  # HTTP User-Agent, where the log or capture shows it
+    # the first bytes of an error response's body, where visible (rules read it, e.g. a
+    # provider's refusal; not stored)
+    response_excerpt: str | None = field(default=None, metadata=NOT_STORED)
     # public address the request left from, when the log says so (the egress point
     # resolved from it, or from the site or client, is what is stored)
     egress_ip: str | None = field(default=None, metadata=NOT_STORED)

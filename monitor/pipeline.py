@@ -248,6 +248,7 @@ class Evaluator:
             "request.api_path": lambda e: sig.api_path(e.obs.url),
             "client.software": lambda e: (c := sig.user_agent(e.obs.user_agent)) and c.id,
             "client.tls_software": lambda e: (c := sig.tls_client(e.obs.ja4)) and c.id,
+            "provider_refused": lambda e: sig.refusal(e.obs.status, e.obs.response_excerpt),
             "provider.allowed_countries": lambda e: allowed(e.match.provider.id),
             "catalog.major_allowed_countries": lambda e: major,
             "org.allowed_providers": lambda e: org,
@@ -266,12 +267,14 @@ class Evaluator:
             varying.add("match.pattern")
         self._key_getters = [self._getters[f] for f in sorted(varying)]
         self._memo: dict[tuple[Any, ...], list[Rule]] = {}
-        shown = sorted({f for r in rules.rules for f in r.evidence})
-        self._evidence_getters = [self._getters[f] for f in shown]
+        self._evidence_getters = {
+            r.id: [self._getters[f] for f in r.evidence] for r in rules.rules if r.evidence
+        }
 
-    def evidence_key(self, e: Enriched) -> tuple[Any, ...]:
-        """The values of every field any rule stores as evidence (a memo key)."""
-        return tuple([get(e) for get in self._evidence_getters])
+    def evidence_key(self, e: Enriched, rules: list[Rule]) -> tuple[Any, ...]:
+        """The values of the evidence fields of ``rules`` (the ones raised: a memo key)."""
+        getters = self._evidence_getters
+        return tuple([get(e) for r in rules if r.id in getters for get in getters[r.id]])
 
     def evidence(self, e: Enriched, rule: Rule) -> dict[str, Any]:
         """The fields ``rule`` stores with what it raises, as JSON values."""
@@ -312,7 +315,7 @@ class IncidentRows:
         key = (
             tuple([r.id for r in rules]), m.provider.id, m.kind, o.dest_host, o.dest_ip,
             o.client_ip, g.site, g.ip, g.country, g.source, day,
-            self._evaluator.evidence_key(e),
+            self._evaluator.evidence_key(e, rules),
         )  # fmt: skip
         found = self._memo.get(key)
         if found is None:

@@ -73,6 +73,8 @@ FIELDS: dict[str, str] = {
     "client.software": "id of the SDK or client the User-Agent names (rules/clients.yaml)",
     "client.ja4": "JA4 fingerprint of the TLS ClientHello",
     "client.tls_software": "id of the software the JA4 is known from (rules/clients.yaml)",
+    "provider_refused": "id of the provider's own refusal of the client's location, when the "
+    "error response shows it (rules/clients.yaml refusals), else null",
     "request.name_source": "how the destination name was learned: connect, url, sni, http_host, dns, ip",
     "provider.asns": "autonomous systems the provider's API hosts are served from (catalogue)",
     "provider.ranges": "the provider's published API ingress ranges (catalogue)",

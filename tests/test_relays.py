@@ -356,3 +356,47 @@ def test_discovered_lists_candidates_and_promotes_one_into_the_overlay(tmp_path)
     assert "not a host name" in bad.stderr
     bad = run("--db", db, "discovered", "--promote", "a.example", ok=(2,))
     assert "--provider" in bad.stderr
+
+
+# --- the provider's own verdict -----------------------------------------------------------------
+
+OPENAI_REFUSAL = (
+    b'{"error": {"code": "unsupported_country_region_territory", "message": "Country, region, '
+    b'or territory not supported", "param": null, "type": "request_forbidden"}}'
+)
+GEMINI_REFUSAL = (
+    b'{"error": {"code": 400, "message": "User location is not supported for the API use.", '
+    b'"status": "FAILED_PRECONDITION"}}'
+)
+
+
+def test_provider_refusal_is_evidence_on_the_region_finding(tmp_path):
+    def exchange(client, server, sport, host, status, body, split=False):
+        t = Tcp(client, server, sport, 80).handshake()
+        t.send(True, f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        if split:  # the body in a segment of its own
+            t.send(False, head).send(False, body)
+        else:
+            t.send(False, head + body)
+        return t.close().packets
+
+    packets = [
+        *exchange("10.0.0.1", "162.159.140.245", 40031, "api.openai.com", 403, OPENAI_REFUSAL),
+        *exchange(
+            "10.0.0.2", "142.250.74.106", 40032, "generativelanguage.googleapis.com", 400,
+            GEMINI_REFUSAL, split=True,
+        ),
+        *exchange("10.0.0.3", "162.159.140.245", 40033, "api.openai.com", 403, b'{"error": {}}'),
+    ]  # fmt: skip
+    cap = write_scapy(tmp_path / "refused.pcap", with_ether(packets))
+    db = tmp_path / "apiwatch.db"
+    run("--db", db, "scan", cap, "--egress-country", "CN")
+    incs = [json.loads(x) for x in run("--db", db, "incidents", "--json").stdout.splitlines()]
+    region = {
+        i["client_ip"]: i["facts"] for i in incs if i["rule"] == "provider-region-unsupported"
+    }
+    assert region["10.0.0.1"]["provider_refused"] == ["openai_unsupported_country_region_territory"]
+    assert region["10.0.0.2"]["provider_refused"] == ["gemini_user_location_not_supported"]
+    assert region["10.0.0.3"]["provider_refused"] == [None]  # a 403, but not the refusal
+    assert region["10.0.0.1"]["request.status"] == [403]

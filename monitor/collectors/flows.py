@@ -875,6 +875,8 @@ class FlowTable:
             o.method = x.method
             o.url = url
             o.user_agent = x.user_agent
+            if x.body:
+                o.response_excerpt = x.body.decode("utf-8", "backslashreplace")
             o.status = x.status
             o.dest_port = port
             self.ready.append(o)
