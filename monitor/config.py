@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import string
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,19 +347,11 @@ def _report(body: dict[str, Any], where: str, key: str, base: Path) -> ReportSpe
             f"{where}: {key}.output: missing (a path pattern, e.g. "
             "'reports/apiwatch-{period}-{date}.html')"
         )
-    fmt = picked["format"] or _format_from_suffix(output)
-    if fmt is None:
-        raise ConfigError(
-            f"{where}: {key}.format: missing, and the output suffix does not say "
-            f"({', '.join(REPORT_FORMATS)})"
-        )
+    fmt = report_format(picked["format"], output)
     try:
-        output.format(**{f: "x" for f in OUTPUT_FIELDS})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"{where}: {key}.output: bad placeholder {exc} "
-            f"(known: {', '.join('{' + f + '}' for f in OUTPUT_FIELDS)})"
-        ) from None
+        check_output_pattern(output)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key}.output: {exc}") from None
     top = body.get("top", 20)
     if not isinstance(top, int) or isinstance(top, bool) or top < 1:
         raise ConfigError(f"{where}: {key}.top: expected a positive integer")
@@ -375,10 +368,37 @@ def _report(body: dict[str, Any], where: str, key: str, base: Path) -> ReportSpe
     )
 
 
-def _format_from_suffix(path: str) -> str | None:
-    suffix = Path(path).suffix.lower().lstrip(".")
+def report_format(fmt: str | None, output: str | None) -> str:
+    """The one rule for a report's format: the one asked for, else the output's suffix
+    (``.html``/``.htm``, ``.md``/``.markdown``, ``.csv``, ``.json``), else Markdown."""
+    if fmt:
+        return fmt
+    suffix = Path(output or "").suffix.lower().lstrip(".")
     suffix = {"htm": "html", "markdown": "md"}.get(suffix, suffix)
-    return suffix if suffix in REPORT_FORMATS else None
+    return suffix if suffix in REPORT_FORMATS else "md"
+
+
+def check_output_pattern(pattern: str) -> None:
+    """Raise ValueError unless ``pattern`` uses only the plain placeholders of
+    :data:`OUTPUT_FIELDS` (no attributes, indexes, conversions or format specs: a path
+    pattern is not a template language)."""
+    known = ", ".join("{" + f + "}" for f in OUTPUT_FIELDS)
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(pattern)]
+    except ValueError as exc:  # a lone { or }
+        raise ValueError(
+            f"bad placeholder in {pattern!r}: {exc}; write {{{{ and }}}} for braces (known: {known})"
+        ) from None
+    for name, spec, conv in fields:
+        if name is not None and (name not in OUTPUT_FIELDS or spec or conv):
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"bad placeholder {shown} in {pattern!r} (known: {known})")
+
+
+def fill_output_pattern(pattern: str, values: dict[str, str]) -> str:
+    """``pattern`` with its placeholders filled (checked by :func:`check_output_pattern`)."""
+    check_output_pattern(pattern)
+    return pattern.format_map(values)
 
 
 def _str_or_list(body: dict[str, Any], name: str, where: str, key: str) -> list[str]:

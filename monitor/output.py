@@ -1,8 +1,9 @@
 """Rendering rows for a terminal or a pipe: aligned table, JSON lines, CSV.
 
-Strings from logs are data. In tables they are stripped of control characters, so a
-crafted host name cannot move the cursor or rewrite the terminal; JSON and CSV are
-produced by their standard encoders.
+Strings from logs are data. In every text output C0/C1 control and bidi characters are
+shown escaped, so a crafted host name cannot move the cursor, retitle the terminal or
+reorder what a reader sees: tables and CSV show them as ``\\x1b`` / ``\\u202e``; JSON
+escapes them as ``\\u001b`` / ``\\u202e``, which decodes to the same string.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: what JSON encoders leave raw but a terminal or a text viewer would act on
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 MAX_CELL = 60
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -33,7 +36,22 @@ def _escape(m: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
+def _json_escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """JSON (UTF-8 text, ``default=str``) with control and bidi characters ``\\u``-escaped."""
+    text = (
+        json.dumps(value, ensure_ascii=False, default=str, **options) if options else _ENCODE(value)
+    )
+    return _JSON_UNSAFE.sub(_json_escape, text)
+
+
+_JSON = json_text
 
 
 def write_json_lines(rows: Iterable[Mapping[str, Any]], out: TextIO, chunk: int = 512) -> int:
@@ -79,7 +97,14 @@ def write_csv(
 
 
 def _csv_value(value: Any) -> Any:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, ensure_ascii=False)
+    return csv_text(value)
+
+
+def csv_text(value: Any) -> Any:
+    """A CSV cell: text with control and bidi characters escaped, other values as they are."""
+    return _CONTROL.sub(_escape, value) if isinstance(value, str) else value
 
 
 def write_table(

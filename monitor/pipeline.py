@@ -10,6 +10,7 @@ of millions of lines fast.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,8 @@ from monitor.store import IngestResult
 ID, DAY = COL["id"], COL["day"]
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
+#: a character no host name (or address literal) holds: controls, bidi, spaces, punctuation
+_NOT_IN_HOSTS = re.compile(r"[^\w.:\[\]%-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,8 @@ class Identifier:
         self.host_filter = _LlmFilter(self)
 
     def _by_host(self, host: str) -> Match | None:
+        if self.bad_host(host):
+            return None
         found = self.catalog.match_host(host)
         if found is None and (ip := canonical_ip(host)) is not None:
             found = self.catalog.match_ip(ip)
@@ -110,11 +115,19 @@ class Identifier:
             )
         return None
 
+    @staticmethod
+    @lru_cache(maxsize=1 << 14)
+    def bad_host(host: str) -> bool:
+        """A destination no DNS name can be: malformed input, never an LLM observation."""
+        return _NOT_IN_HOSTS.search(host) is not None
+
     def identify(self, obs: Observation) -> Match | None:
         """By name first; a name the catalogue does not know, sent to an address in a
         provider's published ingress range, matches by that range (fronted traffic); else
         an LLM-shaped request matches as a host outside the catalogue."""
         if obs.dest_host:
+            if self.bad_host(obs.dest_host):
+                return None  # malformed: reported, never an LLM observation
             found = self.by_host(obs.dest_host)
             if found is None and obs.dest_ip:
                 found = self.catalog.match_ip(obs.dest_ip)
@@ -131,16 +144,18 @@ class _LlmFilter:
     """The collectors' filter: hosts the catalogue knows, and (``requests``) any request
     whose path or User-Agent is an LLM API's."""
 
-    __slots__ = ("_by_host", "_shape", "markers")
+    __slots__ = ("_by_host", "_bad_host", "_shape", "markers")
 
     def __init__(self, identifier: Identifier):
         self._by_host = identifier.by_host
+        self._bad_host = identifier.bad_host
         self._shape = identifier.shape
         #: byte strings one of which any LLM API path holds (collectors' cheap pre-test)
         self.markers = identifier.signatures.markers
 
     def __call__(self, host: str) -> bool:
-        return self._by_host(host) is not None
+        """Records worth building: LLM destinations, and bad hosts (to be reported)."""
+        return self._by_host(host) is not None or self._bad_host(host)
 
     def requests(self, url: str | None, user_agent: str | None) -> bool:
         return self._shape(url, user_agent) is not None
@@ -502,8 +517,14 @@ class Pipeline:
             byte_range=byte_range,
             skip=skip,
         )
+        identify, bad_host = self.identifier.identify, self.identifier.bad_host
         for obs in found:
-            match = self.identifier.identify(obs)
+            match = identify(obs)
+            if match is None and obs.dest_host and bad_host(obs.dest_host):
+                diag.records -= 1  # collectors count it as read; it is not a record
+                host = obs.dest_host.encode("utf-8", "backslashreplace")
+                diag.malformed_record(obs.source, obs.line, "destination is not a host name", host)
+                continue
             if match is not None or not only_llm:
                 yield obs, match
 

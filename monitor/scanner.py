@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monitor.collectors import LINE_FORMATS, Diagnostics, InputError, format_of
+from monitor.collectors import LINE_FORMATS, Diagnostics, InputError, format_of, note_misread
 from monitor.collectors.base import (
     MAX_PROBLEMS_KEPT,
     is_compressed,
@@ -93,9 +93,9 @@ def plan(
     fmt = format_of(path, pipeline.collect_options)
     if fmt not in LINE_FORMATS:  # captures: read whole (ids de-duplicate a re-read)
         return SourcePlan(path, [Part(path, fmt)], fork=jobs > 1 and st.st_size >= IN_PROCESS_BELOW)
+    # a file shorter than HEAD_BYTES is known by all of it: once it grows, it is a new
+    # identity and is read whole again (ids de-duplicate), but unchanged it is not re-read
     head = read_head(path, HEAD_BYTES)
-    if len(head) < HEAD_BYTES:  # identity not stable yet: read it whole (ids de-duplicate)
-        return SourcePlan(path, [Part(path, fmt)], fork=False)
     key = source_key(head)
     state = None if (store is None or full) else store.source_state(key)
     compressed = is_compressed(path)
@@ -297,7 +297,10 @@ class Scanner:
                 continue
             if source.state:
                 summary.skipped_bytes += source.state["offset"]
+            before = summary.diag.records, summary.diag.malformed
             self._scan_source(source, scan_id, summary, on_read)
+            note_misread(path, summary.diag, before, self.pipeline.collect_options,
+                         source.parts[0].fmt)  # fmt: skip
 
     def _scan_source(self, source: SourcePlan, scan_id: int, summary: ScanSummary,
                      on_read: Callable[[int], None] | None) -> None:  # fmt: skip

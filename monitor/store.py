@@ -491,6 +491,19 @@ class Store:
             out.append(item)
         return out
 
+    def present(self, column: str, values: Sequence[str]) -> set[str]:
+        """Which of ``values`` some incident holds in ``column`` (to tell a typo from a quiet
+        week)."""
+        if column not in INCIDENT_COLUMNS:
+            raise ValueError(f"not an incident column: {column}")
+        found: set[str] = set()
+        for i in range(0, len(values), _IN_CHUNK):
+            chunk = list(values[i : i + _IN_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT DISTINCT {column} FROM incidents WHERE {column} IN ({marks})"  # noqa: S608
+            found.update(r[0] for r in self.db.execute(sql, chunk))
+        return found
+
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
         """One incident by id or unique id prefix, with its sample records."""
         rows = list(
@@ -516,9 +529,10 @@ class Store:
         return inc
 
     def set_status(self, incident_id: str, status: str, note: str | None = None,
-                   actor: str | None = None) -> dict[str, Any]:  # fmt: skip
+                   actor: str | None = None) -> dict[str, Any] | None:  # fmt: skip
         """Move an incident to ``status`` (open | acknowledged | resolved), recording who, when
-        and why in ``incident_events``. Raises KeyError for an unknown or ambiguous id."""
+        and why in ``incident_events``; None when it already has that status (nothing is
+        logged). Raises KeyError for an unknown or ambiguous id."""
         if status not in INCIDENT_STATUSES:
             raise ValueError(f"status must be one of {', '.join(INCIDENT_STATUSES)}")
         with self._tx():
@@ -531,6 +545,8 @@ class Store:
                     else f"no incident with id {incident_id!r}"
                 )
             (row,) = rows
+            if row["status"] == status:  # nothing changes: nothing to log
+                return None
             event = {"incident_id": row["id"], "at": _now(), "action": status, "status_from": row["status"],
                      "status_to": status, "note": note, "actor": actor}  # fmt: skip
             self.db.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, row["id"]])

@@ -235,7 +235,12 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 def squid_conf(
-    workdir: Path, proxy_port: int, tls_port: int, http_port: int, effective_user: str | None
+    workdir: Path,
+    proxy_port: int,
+    tls_port: int,
+    http_port: int,
+    effective_user: str | None,
+    include: Path | None = None,
 ) -> str:
     logs = "\n".join(
         f"access_log stdio:{workdir / name} {SQUID_FORMAT_NAMES[v]}"
@@ -271,6 +276,7 @@ acl denied_host dstdomain {DENIED_HOST}
 http_access deny !Safe_ports
 http_access deny CONNECT !SSL_ports
 http_access deny denied_host
+{f"include {include}" if include else ""}
 http_access allow localhost
 http_access deny all
 """
@@ -297,6 +303,7 @@ class SquidProxy:
     stopped: float = 0.0
     process: subprocess.Popen | None = None
     origins: list[_Origin] = field(default_factory=list)
+    denied_hosts: frozenset[str] = frozenset({DENIED_HOST})  # what the config refuses
 
     @property
     def proxy_url(self) -> str:
@@ -317,7 +324,7 @@ class SquidProxy:
         parts = urllib.parse.urlsplit(url)
         host = (parts.hostname or "").lower()
         tunnel = parts.scheme == "https"
-        denied = host == DENIED_HOST
+        denied = host in self.denied_hosts
         status = 403 if denied else 200
         seen = connect_status if tunnel else origin_status
         if seen is not None and seen != status:
@@ -519,8 +526,15 @@ def _stop_squid(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def squid_proxy(results: Path, squid: str | None = None) -> Iterator[SquidProxy]:
-    """Run origins and Squid for the duration of the block; logs land in ``results``."""
+def squid_proxy(
+    results: Path,
+    squid: str | None = None,
+    include: str | None = None,
+    denied: frozenset[str] = frozenset(),
+) -> Iterator[SquidProxy]:
+    """Run origins and Squid for the duration of the block; logs land in ``results``.
+    ``include`` is configuration text (an exported ACL file) included after the harness's own
+    deny lines; ``denied`` names the hosts it refuses, which the harness then expects."""
     squid = squid or require_real_tools()
     results.mkdir(parents=True, exist_ok=True)
     # Squid (as the proxy user) must reach its files: pytest's basetemp is 0700, so use a
@@ -541,13 +555,17 @@ def squid_proxy(results: Path, squid: str | None = None) -> Iterator[SquidProxy]
         proxy_port = _free_port("127.0.0.1")
         user = _effective_user()
         (workdir / "hosts").write_text("".join(f"{ip} {h}\n" for h in MAPPED_HOSTS))
+        included = None
+        if include is not None:
+            included = workdir / "included.conf"
+            included.write_text(include)
         conf = workdir / "squid.conf"
-        conf.write_text(squid_conf(workdir, proxy_port, tls_port, http_port, user))
+        conf.write_text(squid_conf(workdir, proxy_port, tls_port, http_port, user, included))
         if user:  # Squid writes its logs and pid file here after dropping privileges
             pw = pwd.getpwnam(user)
             os.chown(workdir, pw.pw_uid, pw.pw_gid)
         proxy = SquidProxy(squid, workdir, results, ip, proxy_port, tls_port, http_port, cert,
-                           origins=origins)  # fmt: skip
+                           origins=origins, denied_hosts=frozenset({DENIED_HOST, *denied}))  # fmt: skip
         with open(workdir / "squid.out", "wb") as out:
             # Under coreutils' timeout, so Squid ends even if this process is killed.
             cap = ["timeout", "-k", "5", str(MAX_LIFETIME)] if shutil.which("timeout") else []
@@ -578,7 +596,7 @@ def squid_proxy(results: Path, squid: str | None = None) -> Iterator[SquidProxy]
                 shutil.copyfile(src, results / name)
                 if proxy is not None:
                     proxy.logs[variant] = results / name
-        for name in ("squid.conf", "cache.log", "squid.out", "hosts"):
+        for name in ("squid.conf", "included.conf", "cache.log", "squid.out", "hosts"):
             with contextlib.suppress(OSError):
                 shutil.copyfile(workdir / name, results / name)
         shutil.rmtree(workdir, ignore_errors=True)

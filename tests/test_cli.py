@@ -308,10 +308,12 @@ def test_wrong_format_flag_gives_malformed_counts(db):
         "--format",
         "squid-common",
         "--json",
+        ok=(EXIT_ERROR,),  # every record malformed: the wrong format, most likely (issue 10)
     )
     summary = json.loads(result.stdout)
     assert summary["records"] == 0 and summary["malformed"] == 30
     assert "frankfurt-access.log:1:" in result.stderr
+    assert "it looks like squid (try --format squid)" in result.stderr
 
 
 def test_unrecognised_format_names_what_was_tried(db, tmp_path):
@@ -345,7 +347,8 @@ def test_hostile_strings_stay_data(db, tmp_path):
         f"1795741200.000    120 10.0.0.9 TCP_TUNNEL/200 5000 CONNECT {evil_host}:443 {evil_user} HIER_DIRECT/1.2.3.4 -\n"
     )
     run("--db", db, "scan", log, "--egress-country", "CN")
-    assert incidents(db, "--client", "10.0.0.9' OR '1'='1") == []
+    odd = run("--db", db, "incidents", "--client", "10.0.0.9' OR '1'='1", ok=(2,))
+    assert "unknown client \"10.0.0.9' OR '1'='1\"" in odd.stderr  # a value, not SQL
     assert len(incidents(db, "--client", "10.0.0.9")) == 1
     (inc,) = incidents(db)
     shown = json.loads(run("--db", db, "show", inc["id"], "--json").stdout)
@@ -408,10 +411,11 @@ def test_python_dash_m_and_console_script(tmp_path):
 
 def test_incidents_csv_can_be_made_spreadsheet_safe(db, tmp_path):
     log = tmp_path / "a.log"
-    # a host name a spreadsheet would run as a formula, under a provider's wildcard
-    log.write_text(native(1795741200, "10.0.0.1", "CONNECT", "=cmd.openai.azure.com:443") + "\n")
+    # a host name a spreadsheet would run as a formula, under a provider's wildcard ("=" is
+    # no host name character: such a host is malformed, but "-" starts a formula too)
+    log.write_text(native(1795741200, "10.0.0.1", "CONNECT", "-cmd.openai.azure.com:443") + "\n")
     run("--db", db, "scan", log, "--egress-country", "RU")
     raw = run("--db", db, "incidents", "--csv").stdout
     safe = run("--db", db, "incidents", "--csv", "--spreadsheet-safe").stdout
-    assert ",=cmd.openai.azure.com," in raw  # tools get the data as logged
-    assert ",'=cmd.openai.azure.com," in safe
+    assert ",-cmd.openai.azure.com," in raw  # tools get the data as logged
+    assert ",'-cmd.openai.azure.com," in safe

@@ -123,7 +123,6 @@ def test_config_check(site):
         ('\n[[sources]]\npath = "x"\negress_country = "XX"\n', "sources[3].egress_country"),
         ('\n[[sources]]\npath = "x"\negress_ip = "1.2.3"\n', "sources[3].egress_ip"),
         ('\n[[reports]]\nperiod = "yearly"\noutput = "r.html"\n', "reports[3].period"),
-        ('\n[[reports]]\nperiod = "daily"\noutput = "r.txt"\n', "reports[3].format: missing"),
         ('\n[[reports]]\nperiod = "daily"\noutput = "r-{day}.md"\n', "reports[3].output: bad placeholder"),
         ('\n[[reports]]\nperiod = "daily"\noutput = "r.md"\ntop = 0\n', "reports[3].top"),
     ]:  # fmt: skip

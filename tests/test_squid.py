@@ -418,8 +418,10 @@ def test_truncated_gzip(tmp_path):
     raw = b"\n".join([GOOD] * 5000) + b"\n"
     p = write(tmp_path, "cut.log.gz", gzip.compress(raw)[:-200])
     obs, diag = parse_file(p)
-    assert diag.file_errors and "stopped reading" in diag.file_errors[0].reason
-    assert diag.malformed == 0
+    assert (
+        diag.file_errors and "compressed data ends early after line" in diag.file_errors[0].reason
+    )
+    assert diag.malformed == 0 and diag.records == int(diag.file_errors[0].reason.split()[-1])
 
 
 def test_wrong_forced_variant(tmp_path):

@@ -11,6 +11,7 @@ from monitor.cli import (  # noqa: F401 (registration)
     collect,
     database,
     discovered,
+    export,
     query,
     reporting,
     triage,

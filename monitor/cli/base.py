@@ -16,6 +16,7 @@ import click
 from monitor import __version__
 from monitor.app import App, Settings
 from monitor.collectors import FORMATS, CollectOptions, Diagnostics
+from monitor.collectors.base import MAX_PROBLEMS_KEPT
 from monitor.countries import is_country_code
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, ApiwatchError
 from monitor.observation import canonical_ip
@@ -49,7 +50,53 @@ def guard(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """The ``apiwatch`` group: its own options are accepted after the sub-command too
+    (``apiwatch scan --db x.db access.log``), unless that command has an option of the
+    same name (``daily --config``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, self._hoist(ctx, args))
+
+    def _hoist(self, ctx: click.Context, args: list[str]) -> list[str]:
+        valued = {
+            o for p in self.params if isinstance(p, click.Option) and not p.is_flag for o in p.opts
+        }
+        i = 0  # the sub-command: the first word that is not a group option or its value
+        while i < len(args) and args[i].startswith("-") and args[i] != "--":
+            i += 2 if args[i] in valued else 1
+        if i >= len(args) or args[i] not in self.commands:
+            return args
+        own = _option_names(self.commands[args[i]], args[i + 1 :])
+        moved: list[str] = []
+        rest: list[str] = []
+        words = iter(args[i + 1 :])
+        for word in words:
+            if word == "--":  # what follows is arguments
+                rest.extend([word, *words])
+                break
+            name, eq, _ = word.partition("=")
+            if name in valued and name not in own:
+                moved.extend([word] if eq else [word, next(words, "")])
+            else:
+                rest.append(word)
+        return [*moved, *args[: i + 1], *rest] if moved else args
+
+
+def _option_names(command: click.Command, args: list[str]) -> set[str]:
+    """Option names of ``command`` and, for a group, of the sub-command ``args`` name."""
+    names = {o for p in command.params for o in getattr(p, "opts", ())}
+    if isinstance(command, click.Group):
+        sub = next((a for a in args if not a.startswith("-")), None)
+        if sub in command.commands:
+            names |= _option_names(command.commands[sub], [])
+    return names
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, "-V", "--version", prog_name="apiwatch")
 @click.option(
     "--db",
@@ -192,7 +239,9 @@ def warn_stale(app: App) -> None:
         )
 
 
-def print_problems(diag: Diagnostics, limit: int = 20) -> None:
+def print_problems(diag: Diagnostics, stored: bool, limit: int = 20) -> None:
+    """Problems on stderr; ``stored``: the scan kept them in ``scan_problems`` (parse keeps
+    nothing)."""
     for p in diag.file_errors:
         click.echo(f"error: {safe_text(str(p), None)}", err=True)
     for p in diag.notices[:limit]:
@@ -200,10 +249,12 @@ def print_problems(diag: Diagnostics, limit: int = 20) -> None:
     for p in diag.problems[:limit]:
         click.echo(f"malformed: {safe_text(str(p), 240)}", err=True)
     if diag.malformed > limit:
-        click.echo(
-            f"malformed: … and {diag.malformed - limit} more (apiwatch keeps them in scan_problems)",
-            err=True,
+        where = (
+            f"the first {MAX_PROBLEMS_KEPT} are kept in the scan_problems table"
+            if stored
+            else "parse stores nothing; scan keeps them in the scan_problems table"
         )
+        click.echo(f"malformed: … and {diag.malformed - limit} more ({where})", err=True)
 
 
 def when(_ctx, _param, value):

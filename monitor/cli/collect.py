@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -23,10 +22,10 @@ from monitor.cli.base import (
     main,
     print_problems,
 )
-from monitor.collectors import Diagnostics, InputError
+from monitor.collectors import Diagnostics, InputError, note_misread
 from monitor.egress import EgressOptions
 from monitor.observation import OBSERVATION_FIELDS
-from monitor.output import write_rows
+from monitor.output import json_text, write_rows
 from monitor.pipeline import ScanSummary
 from monitor.policy import SEVERITIES
 
@@ -101,7 +100,7 @@ def scan(
     progress,
     quiet,
 ):
-    """Scan logs or captures, raise incidents, store them. FILE may be .gz, .bz2, - (stdin)
+    """Scan logs or captures, raise incidents, store them. FILE may be .gz, .bz2, .xz, - (stdin)
     or a directory of Zeek logs; only what earlier scans have not read is read.
 
     \b
@@ -138,10 +137,10 @@ def scan(
         )
     if not quiet:
         if as_json:
-            click.echo(json.dumps({"scan_id": scan_id, **summary.as_dict()}, ensure_ascii=False))
+            click.echo(json_text({"scan_id": scan_id, **summary.as_dict()}))
         else:
             _print_summary(scan_id, summary)
-    print_problems(summary.diag)
+    print_problems(summary.diag, stored=True)
     if code := summary.exit_code(fail_on):
         ctx.exit(code)
 
@@ -194,6 +193,7 @@ def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spr
 
     def rows():
         for path in paths:
+            before = diag.records, diag.malformed
             try:
                 for obs, match in pipeline.observe(path, diag, only_llm=llm_only):
                     d = obs.to_dict()
@@ -202,6 +202,7 @@ def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spr
                     yield d
             except InputError as exc:
                 diag.file_error(path, str(exc).removeprefix(f"{path}: "))
+            note_misread(path, diag, before, pipeline.collect_options, None)
 
     try:
         write_rows(
@@ -224,6 +225,6 @@ def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spr
     except BrokenPipeError:  # `| head` is fine
         sys.stderr.close()
         ctx.exit(EXIT_OK)
-    print_problems(diag)
+    print_problems(diag, stored=False)
     if diag.file_errors:
         ctx.exit(EXIT_ERROR)

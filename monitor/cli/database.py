@@ -36,6 +36,8 @@ def db_check(ctx, as_json):
         click.echo(json.dumps(report))
     else:
         for key, value in report.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in value.items())
             click.echo(f"{key:<24} {value}")
     if report["integrity"] != "ok" or report["orphan_hits"]:
         ctx.exit(EXIT_ERROR)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict
 
@@ -11,7 +10,7 @@ import click
 
 from monitor.cli.base import Fatal, app_of, guard, main, warn_stale, when
 from monitor.observation import canonical_ip
-from monitor.output import safe_text, write_json_lines, write_rows
+from monitor.output import json_text, safe_text, write_json_lines, write_rows
 from monitor.policy import SEVERITIES
 from monitor.store import INCIDENT_COLUMNS as STORED_INCIDENT_COLUMNS
 from monitor.store import IncidentQuery
@@ -83,12 +82,39 @@ def incidents(
         status=status,
         limit=limit,
     )
-    rows = app_of(ctx).store.incidents(q)
+    app = app_of(ctx)
+    rows = app.store.incidents(q)
     n = write_rows(
         rows, out or "table", INCIDENT_COLUMNS, sys.stdout, INCIDENT_TABLE, spreadsheet_safe
     )
-    if n == 0 and not out:
-        click.echo("no incidents match", err=True)
+    if n == 0:
+        _unknown_filter_values(app, q)
+        if not out:
+            click.echo("no incidents match", err=True)
+
+
+def _unknown_filter_values(app, q: IncidentQuery) -> None:
+    """A filter value no incident holds and nothing configures is most likely a typo: say so
+    (a usage error) rather than 'no incidents match'."""
+    for option, column, values, known in (
+        ("--site", "site", q.site, lambda: set(app.config.sites)),
+        ("--provider", "provider", q.provider, lambda: {e.id for e in app.catalog.entries()}),
+        ("--client", "client_ip", q.client, set),
+        ("--rule", "rule", q.rule, lambda: {r.id for r in app.rules.rules}),
+    ):
+        if not values:
+            continue
+        configured = known()
+        unknown = [v for v in values if v not in configured]
+        if unknown:
+            unknown = [v for v in unknown if v not in app.store.present(column, unknown)]
+        if unknown:
+            listed = ", ".join(sorted(configured))
+            raise click.BadParameter(
+                f"unknown {column.removesuffix('_ip')} {safe_text(unknown[0], 80)!r}: no incident "
+                "or configuration names it" + (f" (known: {listed})" if listed else ""),
+                param_hint=option,
+            )
 
 
 @main.command()
@@ -113,7 +139,7 @@ def show(ctx, incident_id, as_json, samples):
     if inc is None:
         raise Fatal(f"no incident with id {incident_id!r}")
     if as_json:
-        click.echo(json.dumps(inc, ensure_ascii=False))
+        click.echo(json_text(inc))
         return
     records = inc.pop("records")
     events = inc.pop("events")
@@ -125,7 +151,7 @@ def show(ctx, incident_id, as_json, samples):
     if facts:  # what the rule's evidence fields showed
         click.echo("facts:")
         for name, values in facts.items():
-            shown = ", ".join(json.dumps(v, ensure_ascii=False) for v in values)
+            shown = ", ".join(json_text(v) for v in values)
             click.echo(f"{'  ' + name:<{width}}  {safe_text(shown, 200)}")
     if events:
         click.echo("\nhistory:")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,8 +11,8 @@ import click
 
 from monitor.app import App
 from monitor.cli.base import FATAL, Fatal, date_value, guard, main, when
-from monitor.config import REPORT_FORMATS, load_config
-from monitor.output import safe_text
+from monitor.config import REPORT_FORMATS, check_output_pattern, load_config, report_format
+from monitor.output import json_text, safe_text
 from monitor.policy import SEVERITIES
 
 
@@ -34,13 +33,15 @@ from monitor.policy import SEVERITIES
     "--format",
     "fmt",
     type=click.Choice(REPORT_FORMATS),
-    help="html, md (tickets, e-mail), csv or json (BI tools) [default: from -o, else md].",
+    help="html, md (tickets, e-mail), csv or json (BI tools) [default: the suffix of -o "
+    "(.html .md .csv .json), else md].",
 )
 @click.option(
     "-o",
     "--output",
     metavar="FILE",
-    help="Write here (atomically) instead of stdout; may use {period} {date} {end} {week} {month}.",
+    help="Write here (atomically) instead of stdout; may use {period} {date} {start} {end} "
+    "{week} {month} {format}.",
 )
 @click.option("--site", multiple=True, help="Only this site (repeatable).")
 @click.option("--provider", multiple=True, help="Only this provider id (repeatable).")
@@ -75,7 +76,6 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
         ReportQuery,
         build_report,
         custom_window,
-        format_for,
         output_path,
         period_window,
         render,
@@ -86,7 +86,12 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
         window = period_window(period, day) if period else custom_window(since, until)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    fmt = fmt or format_for(output) or ("html" if output else "md")
+    fmt = report_format(fmt, output)
+    if output not in (None, "-"):
+        try:
+            check_output_pattern(output)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="-o/--output") from None
     app: App = ctx.obj
     report = build_report(app, ReportQuery(window, sites=site, providers=provider, top=top))
     text = render(report, fmt, spreadsheet_safe)
@@ -153,7 +158,7 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet
 
     result = run_daily(app, today, fail_on, jobs, not no_reports, log)
     if as_json:
-        click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+        click.echo(json_text(result.as_dict()))
     elif not quiet:
         for r in result.reports:
             if r.skipped:

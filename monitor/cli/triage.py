@@ -26,14 +26,27 @@ def _set_status(ctx, incident_id: str, status: str, note: str, actor: str | None
         event = app.store.set_status(incident_id, status, note, _actor(actor))
     except KeyError as exc:
         raise Fatal(exc.args[0]) from None
+    if event is None:
+        click.echo(f"incident {incident_id}: already {status}; nothing changed", err=True)
+        return
     click.echo(
         f"incident {event['incident_id']}: {event['status_from']} → {event['status_to']} "
         f"({event['actor']}, {event['at']})"
     )
 
 
+def _note_value(_ctx, _param, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("a note must say something (why, a ticket id)")
+    return value
+
+
 _note = click.option(
-    "--note", "-m", required=True, help="Why: kept in the audit trail and the report."
+    "--note",
+    "-m",
+    required=True,
+    callback=_note_value,
+    help="Why: kept in the audit trail and the report.",
 )
 _actor_option = click.option("--actor", help="Who [default: $SUDO_USER, else the login name].")
 

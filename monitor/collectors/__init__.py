@@ -6,6 +6,7 @@ first lines, and says which formats it tried when none fits.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections import Counter
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from monitor.collectors.base import (
     CollectOptions,
     Collector,
+    DamagedInput,
     Diagnostics,
     FormatSpec,
     HostFilter,
@@ -63,7 +65,10 @@ def make_collector(name: str, options: CollectOptions) -> Collector:
 
 def detect(opened: OpenedInput) -> str:
     """Name the format of an opened input from its first bytes (without consuming them)."""
-    head = opened.stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
+    try:
+        head = opened.stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
+    except DamagedInput:  # damaged at its very start: nothing to read, the parser says so
+        return "squid"
     for spec in SPECS.values():
         if spec.sniff_head is not None and spec.sniff_head(head):
             return spec.name
@@ -105,6 +110,26 @@ def format_of(path: str, options: CollectOptions) -> str:
         return detect(opened)
     finally:
         opened.close()
+
+
+def note_misread(
+    path: str, diag: Diagnostics, before: tuple[int, int], options: CollectOptions, fmt: str | None
+) -> None:
+    """If every record of ``path`` was malformed (``before``: ``diag``'s records and malformed
+    counts before it was read), it was most likely read in the wrong format: a file error
+    that says which format it looks like. ``fmt``: the format it was read as."""
+    records, malformed = diag.records - before[0], diag.malformed - before[1]
+    if records or not malformed or any(e.source == path for e in diag.file_errors):
+        return
+    read_as = fmt or (options.format if options.format != "auto" else None)
+    looks = None
+    if path != "-":
+        with contextlib.suppress(InputError, OSError):
+            looks = format_of(path, CollectOptions())
+    message = f"all {malformed} records are malformed" + (f" read as {read_as}" if read_as else "")
+    if looks and looks != read_as:
+        message += f"; it looks like {looks} (try --format {looks})"
+    diag.file_error(path, message)
 
 
 def collect(
@@ -172,4 +197,5 @@ __all__ = [
     "collect",
     "detect",
     "make_collector",
+    "note_misread",
 ]

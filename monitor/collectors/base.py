@@ -10,7 +10,9 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import lzma
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,11 @@ class InputError(ApiwatchError):
     """An input cannot be opened or has no recognisable format (the whole file is skipped)."""
 
 
+class DamagedInput(OSError):
+    """Compressed content that ends early or is corrupt; what came before it was delivered.
+    An OSError, so every reader's handling of read errors covers it."""
+
+
 @dataclass(slots=True)
 class Problem:
     source: str
@@ -49,7 +56,8 @@ class Problem:
 
     def __str__(self) -> str:
         tail = f": {self.excerpt}" if self.excerpt else ""
-        return f"{self.source}:{self.line}: {self.reason}{tail}"
+        where = f"{self.source}:{self.line}" if self.line else self.source  # 0: the whole file
+        return f"{where}: {self.reason}{tail}"
 
 
 @dataclass
@@ -166,6 +174,44 @@ class CountingReader(io.RawIOBase):
         super().close()
 
 
+class _Decompressed(io.RawIOBase):
+    """A gzip, bzip2 or xz file read one decompressed chunk at a time (``read1``), so the
+    content before damage is delivered before the damage is reported (a buffered ``read``
+    would drop it with the error); damage is raised as :class:`DamagedInput`."""
+
+    def __init__(self, compressed: io.BufferedIOBase):
+        self._file = compressed
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        try:
+            data = self._file.read1(len(buffer))
+        except EOFError:
+            raise DamagedInput("compressed data ends early") from None
+        except (OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
+            raise DamagedInput(f"compressed data is damaged ({exc})") from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+#: magic bytes -> how to decompress (``.gz``, ``.bz2``, ``.xz``; rotated logs are read as is)
+_COMPRESSED = (
+    (b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+    (b"BZh", lambda f: bz2.BZ2File(f, "rb")),
+    (b"\xfd7zXZ\x00", lambda f: lzma.LZMAFile(f, "rb")),  # noqa: SIM115 - closed by the reader
+)
+
+
+def _decompressor(magic: bytes):
+    return next((make for prefix, make in _COMPRESSED if magic.startswith(prefix)), None)
+
+
 @dataclass
 class OpenedInput:
     stream: BinaryIO
@@ -207,15 +253,10 @@ def open_input(
         return OpenedInput(io.BufferedReader(counter, READ_CHUNK), counter, size, path)  # type: ignore[arg-type]
     counter = CountingReader(raw, on_read)
     buffered = io.BufferedReader(counter, READ_CHUNK)
-    magic = buffered.peek(4)[:4]
-    stream: BinaryIO
-    if magic[:2] == b"\x1f\x8b":
-        stream = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
-        stream = io.BufferedReader(stream, READ_CHUNK)  # type: ignore[arg-type]
-    elif magic[:3] == b"BZh":
-        stream = io.BufferedReader(bz2.BZ2File(buffered, "rb"), READ_CHUNK)  # type: ignore[arg-type]
-    else:
-        stream = buffered  # type: ignore[assignment]
+    make = _decompressor(buffered.peek(6)[:6])
+    stream: BinaryIO = buffered  # type: ignore[assignment]
+    if make is not None:
+        stream = io.BufferedReader(_Decompressed(make(buffered)), READ_CHUNK)  # type: ignore[assignment]
     opened = OpenedInput(stream, counter, size, path)
     try:
         while skip > 0:
@@ -231,8 +272,7 @@ def open_input(
 
 def is_compressed(path: str) -> bool:
     with open(path, "rb") as f:
-        magic = f.read(3)
-    return magic[:2] == b"\x1f\x8b" or magic == b"BZh"
+        return _decompressor(f.read(6)) is not None
 
 
 def split_at_lines(path: str, start: int, end: int, parts: int) -> list[tuple[int, int]]:
@@ -331,7 +371,9 @@ def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[B
                 lineno, [carry], b"\r" in carry, b"\x00" in carry, source, diag
             )
             lineno += 1
-    except (EOFError, OSError, ValueError) as exc:  # truncated or corrupt .gz / .bz2
+    except DamagedInput as exc:  # truncated or corrupt .gz / .bz2 / .xz
+        diag.file_error(source, f"{exc} after line {lineno}")
+    except (OSError, ValueError) as exc:  # a read error
         diag.file_error(source, f"stopped reading after line {lineno}: {exc}")
     finally:
         diag.lines += lineno

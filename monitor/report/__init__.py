@@ -14,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from monitor.config import fill_output_pattern
 from monitor.report.data import (
     PERIODS,
     Report,
@@ -27,14 +28,6 @@ from monitor.report.data import (
 )
 
 FORMATS = ("html", "md", "csv", "json")
-SUFFIXES = {
-    "html": "html",
-    "htm": "html",
-    "md": "md",
-    "markdown": "md",
-    "csv": "csv",
-    "json": "json",
-}
 
 __all__ = [
     "FORMATS",
@@ -45,7 +38,6 @@ __all__ = [
     "Window",
     "build_report",
     "custom_window",
-    "format_for",
     "output_path",
     "period_ended",
     "period_window",
@@ -74,28 +66,20 @@ def render(report: Report, fmt: str, spreadsheet_safe: bool = False) -> str:
     raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
 
 
-def format_for(path: str | Path | None) -> str | None:
-    """The format a file name asks for by its suffix (``.html``, ``.md``, ``.csv``, ``.json``)."""
-    if path is None:
-        return None
-    return SUFFIXES.get(Path(path).suffix.lower().lstrip("."))
-
-
 def output_path(pattern: str, window: Window, fmt: str) -> Path:
     """Fill an ``output`` pattern: ``{period}``, ``{date}`` (first day), ``{start}``, ``{end}``
     (last day, inclusive), ``{format}``, ``{week}`` (``2026-W48``), ``{month}`` (``2026-11``)."""
     year, week, _ = window.since.isocalendar()
-    return Path(
-        pattern.format(
-            period=window.period,
-            date=window.first_day,
-            start=window.first_day,
-            end=window.last_day,
-            format=fmt,
-            week=f"{year}-W{week:02d}",
-            month=window.since.strftime("%Y-%m"),
-        )
-    )
+    values = {
+        "period": window.period,
+        "date": str(window.first_day),
+        "start": str(window.first_day),
+        "end": str(window.last_day),
+        "format": fmt,
+        "week": f"{year}-W{week:02d}",
+        "month": window.since.strftime("%Y-%m"),
+    }
+    return Path(fill_output_pattern(pattern, values))
 
 
 def write_atomic(path: Path, text: str) -> None:

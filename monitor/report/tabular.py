@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from typing import Any
 
-from monitor.output import spreadsheet_cell
+from monitor.output import csv_text, json_text, spreadsheet_cell
 from monitor.report.data import Report
 
 CSV_COLUMNS = ("since", "until", "section", "key", "subkey", "metric", "value")
 
 
 def render_json(report: Report) -> str:
-    return json.dumps(report.to_dict(), ensure_ascii=False, indent=1, default=str) + "\n"
+    return json_text(report.to_dict(), indent=1) + "\n"
 
 
 def csv_rows(report: Report) -> Iterator[tuple[str, Any, Any, str, Any]]:
@@ -108,7 +107,7 @@ def render_csv(report: Report, spreadsheet_safe: bool = False) -> str:
     since, until = report.meta["since"], report.meta["until"]
     for section, key, subkey, metric, value in csv_rows(report):
         row = [since, until, section, key, subkey, metric, value]
-        row = ["" if v is None else v for v in row]
+        row = ["" if v is None else csv_text(v) for v in row]
         if spreadsheet_safe:
             row = [spreadsheet_cell(v) for v in row]
         writer.writerow(row)

@@ -1,0 +1,408 @@
+"""Every failure clear, nothing lost (issue 10): damaged inputs and databases, full disks,
+read-only databases, hostile strings, parallel parts. Real files, real ``apiwatch``
+processes: each test reproduces what a user met and checks the one-line answer."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SHANGHAI = EXAMPLES / "logs" / "shanghai-access.log"
+FRANKFURT = EXAMPLES / "logs" / "frankfurt-access.log"
+
+
+def apiwatch(*args, cwd=None, env=None, input=None) -> subprocess.CompletedProcess:
+    """A real ``apiwatch`` process (this tree's code: the cwd is first on sys.path)."""
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *map(str, args)],
+        cwd=cwd or ROOT,
+        env={**os.environ, **(env or {})},
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def no_traceback(res: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in res.stderr and "Aborted!" not in res.stderr, res.stderr
+
+
+def rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+def big_log(path: Path, copies: int = 40) -> Path:
+    """Many shifted copies of the Shanghai example: distinct records, line after line."""
+    lines = SHANGHAI.read_bytes().splitlines(keepends=True)
+    with open(path, "wb") as f:
+        for i in range(copies):
+            for ln in lines:
+                if ln[:1].isdigit():  # shift the timestamp: every copy is new traffic
+                    ts, rest = ln.split(b" ", 1)
+                    ln = b"%.3f %s" % (float(ts) + 60 * i, rest)
+                f.write(ln)
+    return path
+
+
+# -- 1. truncated compressed inputs -----------------------------------------------------------
+
+
+def _complete_lines(data: bytes) -> int:
+    return data.count(b"\n")
+
+
+@pytest.mark.parametrize(
+    "suffix, compress",
+    [
+        (".gz", lambda b: gzip.compress(b)),
+        (".bz2", lambda b: bz2.compress(b, 1)),  # 100 KB blocks: the first ones survive
+        (".xz", lambda b: lzma.compress(b)),
+    ],
+)
+@pytest.mark.parametrize("fmt", [None, "squid"])
+def test_truncated_compressed_log_is_read_up_to_the_damage(tmp_path, suffix, compress, fmt):
+    plain = big_log(tmp_path / "a.log", copies=400)  # ~2.8 MB: several bz2 blocks
+    packed = compress(plain.read_bytes())
+    cut = tmp_path / f"cut.log{suffix}"
+    cut.write_bytes(packed[: len(packed) // 2])
+    ok = tmp_path / "ok.log"
+    shutil.copy(FRANKFURT, ok)
+    db = tmp_path / "x.db"
+    res = apiwatch("--db", db, "scan", "-q", *(["--format", fmt] if fmt else []), cut, ok)
+    no_traceback(res)
+    assert res.returncode == 1
+    (err,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    prefix = f"error: {cut}: compressed data ends early after line "
+    assert err.startswith(prefix), err
+    n = int(err.removeprefix(prefix))
+    # every complete line before the damage was read: the decompressor's own view of them
+    readable = b""
+    with {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix](cut) as f:
+        try:
+            while chunk := f.read1(1 << 16):
+                readable += chunk
+        except EOFError:
+            pass
+    assert n == _complete_lines(readable) > 1000
+    stored = dict(rows(db, "SELECT source, max(line) FROM observations GROUP BY source"))
+    assert stored[str(ok)] > 0  # the other file was read
+    assert n - 62 < stored[str(cut)] <= n
+    (finished,) = rows(db, "SELECT finished, exit_code FROM scans")
+    assert finished[0] is not None  # the scan row is complete
+
+
+def test_truncated_gzip_header_and_pcap_in_gzip(tmp_path):
+    from tests import pcaps
+
+    tiny = tmp_path / "tiny.log.gz"
+    tiny.write_bytes(gzip.compress(SHANGHAI.read_bytes())[:10])
+    cap = tmp_path / "c.pcap"
+    info = pcaps.bulk_capture(cap, 6000, flows=30)
+    gz = tmp_path / "c.pcap.gz"
+    data = gzip.compress(cap.read_bytes())
+    gz.write_bytes(data[: len(data) // 2])
+    db = tmp_path / "x.db"
+    res = apiwatch("--db", db, "scan", "-q", tiny, gz, FRANKFURT)
+    no_traceback(res)
+    assert res.returncode == 1
+    assert f"error: {tiny}: compressed data ends early after line 0" in res.stderr
+    assert f"error: {gz}: stopped reading after packet " in res.stderr
+    assert "compressed data ends early" in res.stderr.split(str(gz))[1]
+    sources = dict(rows(db, "SELECT source, count(*) FROM observations GROUP BY source"))
+    assert 0 < sources[str(gz)] < info["flows"] and sources[str(FRANKFURT)] > 0
+
+
+def test_daily_with_a_truncated_rotation_scans_and_reports_the_rest(tmp_path):
+    shutil.copy(EXAMPLES / "apiwatch.toml", tmp_path / "apiwatch.toml")
+    shutil.copytree(EXAMPLES / "logs", tmp_path / "logs")
+    rotated = tmp_path / "logs" / "shanghai-access.log.1.gz"
+    data = gzip.compress(big_log(tmp_path / "old.log", copies=200).read_bytes())
+    rotated.write_bytes(data[: len(data) // 2])
+    db = tmp_path / "a.db"
+    res = apiwatch("--db", db, "daily", "--config", tmp_path / "apiwatch.toml",
+                   "--date", "2026-11-30", "--json")  # fmt: skip
+    no_traceback(res)
+    assert res.returncode == 1
+    assert f"{rotated}: compressed data ends early after line " in res.stderr
+    out = json.loads(res.stdout)
+    assert all(s["stored"] > 0 for s in out["sources"])
+    assert all(r["written"] for r in out["reports"] if not r["skipped"])
+    assert (tmp_path / "reports" / "apiwatch-weekly-2026-W48.html").exists()
+
+
+# -- 5. control characters stay data ----------------------------------------------------------
+
+RAW_CONTROLS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+EVIL_SITE = "sh\x1b]0;pwned\x07\u202eai"
+
+
+@pytest.fixture
+def evil(tmp_path):
+    """A log with hosts no DNS name can hold, a URL and a user with controls, and a site
+    whose name (from the config) carries them too."""
+    lines = SHANGHAI.read_bytes().splitlines()
+    good = next(ln for ln in lines if b"CONNECT api.openai.com" in ln and len(ln.split()) == 10)
+    bad_hosts = [
+        good.replace(b"api.openai.com", b"\x1b]0;title\x07.openai.azure.com"),
+        good.replace(b"api.openai.com", "x\u202emoc.openai.azure.com".encode()),
+        good.replace(b"api.openai.com", b"a\xc2\x9b2J.openai.azure.com"),  # C1 CSI
+    ]
+    get = (b"1795741343.300    120 10.20.7.2 TCP_MISS/200 900 POST "
+           b"https://api.openai.com/v1/\x1b[2J\xe2\x80\xaechat \x07bob HIER_DIRECT/162.159.140.245 -")  # fmt: skip
+    log = tmp_path / "evil.log"
+    log.write_bytes(b"\n".join([*lines, *bad_hosts, get]) + b"\n")
+    cfg = tmp_path / "evil.toml"
+    cfg.write_text(
+        (EXAMPLES / "apiwatch.toml")
+        .read_text()
+        .split("# ----")[0]
+        .replace("[sites.shanghai]", '[sites."sh\\u001b]0;pwned\\u0007\\u202eai"]')
+    )
+    return log, cfg, len(lines)
+
+
+def test_hosts_no_dns_name_can_hold_are_malformed_not_llm_traffic(tmp_path, evil):
+    log, cfg, n = evil
+    db = tmp_path / "e.db"
+    res = apiwatch("--config", cfg, "--db", db, "scan", "-j", "1", log, "--json")
+    no_traceback(res)
+    assert res.returncode == 0
+    summary = json.loads(res.stdout)
+    assert summary["malformed"] == 4  # line 21 of the example, and the three bad hosts
+    for i, shown in enumerate([r"\x1b]0;title\x07.openai.azure.com",
+                               r"x\u202emoc.openai.azure.com", r"a\x9b2j.openai.azure.com"]):  # fmt: skip
+        assert f"{log}:{n + 1 + i}: destination is not a host name: {shown}" in res.stderr
+    assert not RAW_CONTROLS.search(res.stderr + res.stdout)
+    assert rows(db, "SELECT count(*) FROM observations WHERE dest_host LIKE '%azure%'") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM incidents WHERE dest_host LIKE '%azure%'") == [(0,)]
+    problems = [r[0] for r in rows(db, "SELECT line FROM scan_problems ORDER BY line")]
+    assert problems == [21, n + 1, n + 2, n + 3]
+
+
+def test_every_text_output_escapes_controls(tmp_path, evil):
+    log, cfg, _ = evil
+    db = tmp_path / "e.db"
+    assert apiwatch("--config", cfg, "--db", db, "scan", "-q", log).returncode == 0
+    (site,) = rows(db, "SELECT DISTINCT site FROM incidents WHERE site LIKE 'sh%'")[0]
+    assert site == EVIL_SITE  # stored as data, exactly
+    outputs = {}
+    for name, args in {
+        "incidents table": ("incidents",),
+        "incidents csv": ("incidents", "--csv"),
+        "incidents safe csv": ("incidents", "--csv", "--spreadsheet-safe"),
+        "incidents json": ("incidents", "--json"),
+        "parse csv": ("parse", "--csv", log),
+        "parse json": ("parse", "--json", log),
+        "parse table": ("parse", "--table", log),
+        "report md": ("report", "--since", "2026-01-01", "--format", "md"),
+        "report csv": ("report", "--since", "2026-01-01", "--format", "csv"),
+        "report json": ("report", "--since", "2026-01-01", "--format", "json"),
+        "report html": ("report", "--since", "2026-01-01", "--format", "html"),
+    }.items():
+        res = apiwatch("--config", cfg, "--db", db, *args)
+        no_traceback(res)
+        assert not RAW_CONTROLS.search(res.stdout), name
+        outputs[name] = res.stdout
+    for name in ("incidents csv", "incidents safe csv", "report csv", "report md"):
+        assert r"sh\x1b]0;pwned\x07\u202eai" in outputs[name], name
+    assert r"/v1/\x1b[2J\u202echat" in outputs["parse csv"] and r"\x07bob" in outputs["parse csv"]
+    # JSON escapes them the JSON way: a reader gets the logged strings back exactly
+    assert "\\u001b]0;pwned\\u0007\\u202eai" in outputs["incidents json"]
+    sites = {json.loads(ln)["site"] for ln in outputs["incidents json"].splitlines()}
+    assert EVIL_SITE in sites
+    urls = {json.loads(ln).get("url") for ln in outputs["parse json"].splitlines()}
+    assert "https://api.openai.com/v1/\x1b[2J\u202echat" in urls
+    assert '"site": "sh\\u001b]0;pwned\\u0007\\u202eai"' in outputs["report json"]
+    iid = json.loads(outputs["incidents json"].splitlines()[0])["id"]
+    shown = apiwatch("--config", cfg, "--db", db, "show", iid, "--json")
+    assert not RAW_CONTROLS.search(shown.stdout) and json.loads(shown.stdout)["id"] == iid
+
+
+# -- 7. report paths ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def example_db(tmp_path_factory):
+    db = tmp_path_factory.mktemp("ex") / "example.db"
+    res = apiwatch("--config", EXAMPLES / "apiwatch.toml", "--db", db, "scan", "-q",
+                   *sorted((EXAMPLES / "logs").iterdir()))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return db
+
+
+@pytest.mark.parametrize(
+    "pattern, shown",
+    [
+        ("x-{nosuch}.md", "{nosuch}"),
+        ("x-{0}.md", "{0}"),
+        ("x-{.md", "expected '}'"),
+        ("x-}.md", "Single '}'"),
+        ("x-{date.__class__}.md", "{date.__class__}"),
+        ("x-{date!r}.md", "{date!r}"),
+        ("x-{date:>40}.md", "{date:>40}"),
+        ("x-{week[0]}.md", "{week[0]}"),
+    ],
+)
+def test_report_path_only_takes_the_documented_placeholders(tmp_path, example_db, pattern, shown):
+    out = tmp_path / pattern
+    res = apiwatch("--db", example_db, "report", "--period", "weekly", "--date", "2026-11-27",
+                   "-o", out)  # fmt: skip
+    no_traceback(res)
+    assert res.returncode == 2 and "bad placeholder" in res.stderr and shown in res.stderr
+    assert "{start}" in res.stderr  # the message lists what is known
+    assert list(tmp_path.iterdir()) == []
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[reports]]\nperiod = "weekly"\noutput = "{pattern}"\n')
+    res = apiwatch("config", "check", cfg)
+    no_traceback(res)
+    assert res.returncode == 1
+    assert f"{cfg}: reports[0].output: bad placeholder" in res.stderr and shown in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_report_format_rule_is_one_and_documented(tmp_path, example_db):
+    base = ("--db", example_db, "report", "--period", "weekly", "--date", "2026-11-27")
+    ok = apiwatch(*base, "-o", tmp_path / "r-{start}-{end}-{week}.{format}.txt")
+    assert ok.returncode == 0, ok.stderr
+    (txt,) = tmp_path.glob("*.txt")
+    assert txt.name == "r-2026-11-23-2026-11-29-2026-W48.md.txt"
+    assert txt.read_text().startswith("# ")  # Markdown, as help says
+    for suffix, start in ((".html", "<!DOCTYPE html>"), (".json", "{"), (".csv", "since,")):
+        apiwatch(*base, "-o", tmp_path / f"r{suffix}")
+        assert (tmp_path / f"r{suffix}").read_text().startswith(start)
+    assert apiwatch(*base).stdout.startswith("# ")
+    helptext = apiwatch("report", "--help").stdout
+    assert "{start}" in helptext and "else md" in helptext
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[reports]]\nperiod = "weekly"\noutput = "r.txt"\n')
+    res = apiwatch("config", "check", cfg)
+    assert res.returncode == 0 and "weekly md" in res.stdout
+
+
+# -- 8. small things a user trips on -----------------------------------------------------------
+
+
+def test_parse_says_it_stores_nothing_and_wrong_format_is_an_error(tmp_path):
+    log = big_log(tmp_path / "a.log", copies=2)
+    res = apiwatch("parse", "--format", "squid-common", "--csv", log)
+    no_traceback(res)
+    assert res.returncode == 1
+    assert (f"error: {log}: all 124 records are malformed read as squid-common; "
+            "it looks like squid (try --format squid)") in res.stderr  # fmt: skip
+    assert "parse stores nothing" in res.stderr and "keeps them in scan_problems)" not in res.stderr
+    db = tmp_path / "x.db"
+    res = apiwatch("--db", db, "scan", "--format", "squid-common", log)
+    assert res.returncode == 1 and "it looks like squid (try --format squid)" in res.stderr
+    assert "the first 200 are kept in the scan_problems table" in res.stderr
+    assert rows(db, "SELECT count(*) FROM scan_problems WHERE line = 0") == [(1,)]
+    # a file with some good records is not misread: malformed lines stay notices
+    assert apiwatch("--db", db, "scan", "-q", SHANGHAI).returncode == 0
+
+
+def test_triage_notes_and_no_op_changes(tmp_path, example_db):
+    db = tmp_path / "t.db"
+    shutil.copy(example_db, db)
+    (iid,) = rows(db, "SELECT id FROM incidents ORDER BY id LIMIT 1")[0]
+    for note in ("", "   "):
+        res = apiwatch("--db", db, "ack", iid, "--note", note)
+        assert res.returncode == 2 and "a note must say something" in res.stderr
+    assert apiwatch("--db", db, "resolve", iid, "-m", "SEC-1").returncode == 0
+    again = apiwatch("--db", db, "resolve", iid, "-m", "SEC-1 again")
+    assert again.returncode == 0 and "already resolved; nothing changed" in again.stderr
+    events = "SELECT status_from, status_to FROM incident_events WHERE incident_id = ?"
+    assert rows(db, events, (iid,)) == [("open", "resolved")]
+
+
+def test_unknown_filter_values_are_named(example_db):
+    cfg = ("--config", EXAMPLES / "apiwatch.toml", "--db", example_db)
+    for args, message in [
+        (("--site", "paris"), "unknown site 'paris'"),
+        (("--provider", "openia"), "unknown provider 'openia'"),
+        (("--client", "10.9.9.9"), "unknown client '10.9.9.9'"),
+        (("--rule", "nosuch-rule"), "unknown rule 'nosuch-rule'"),
+    ]:
+        res = apiwatch(*cfg, "incidents", *args)
+        no_traceback(res)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
+    assert (
+        "known: frankfurt, hongkong, shanghai"
+        in apiwatch(*cfg, "incidents", "--site", "paris").stderr
+    )
+    # known values with nothing in the period: no error, just nothing
+    quiet = apiwatch(*cfg, "incidents", "--site", "frankfurt", "--since", "2030-01-01")
+    assert quiet.returncode == 0 and "no incidents match" in quiet.stderr
+
+
+def test_db_check_prints_text_not_a_python_dict(example_db):
+    res = apiwatch("--db", example_db, "db", "check")
+    assert res.returncode == 0 and "{" not in res.stdout and "'" not in res.stdout
+    assert any(ln.startswith("tables") and "observations " in ln for ln in res.stdout.splitlines())
+    as_json = json.loads(apiwatch("--db", example_db, "db", "check", "--json").stdout)
+    assert as_json["integrity"] == "ok"
+
+
+def test_small_files_are_remembered_as_read(tmp_path):
+    small = tmp_path / "small.log"
+    small.write_bytes(b"".join(SHANGHAI.read_bytes().splitlines(keepends=True)[:10]))
+    assert small.stat().st_size < 4096
+    db = tmp_path / "s.db"
+    first = json.loads(apiwatch("--db", db, "scan", "--json", small).stdout)
+    second = json.loads(apiwatch("--db", db, "scan", "--json", small).stdout)
+    assert first["records"] == 10 and first["stored"] > 0
+    assert second["records"] == 0 and second["skipped_bytes"] == small.stat().st_size
+    with open(small, "ab") as f:  # it grows: a new identity, read again, nothing counted twice
+        f.write(SHANGHAI.read_bytes().splitlines(keepends=True)[10])
+    third = json.loads(apiwatch("--db", db, "scan", "--json", small).stdout)
+    assert (
+        third["records"] == 11
+        and third["stored"] + third["duplicates"] == third["llm_observations"]
+    )
+    assert third["duplicates"] == first["stored"]
+
+
+def test_global_options_after_the_sub_command(tmp_path):
+    db = tmp_path / "after.db"
+    res = apiwatch("scan", "--db", db, "-q", SHANGHAI, "--config", EXAMPLES / "apiwatch.toml")
+    no_traceback(res)
+    assert res.returncode == 0 and db.exists()
+    assert rows(db, "SELECT DISTINCT site FROM observations") == [("shanghai",)]
+    assert apiwatch("incidents", f"--db={db}", "--json").stdout.count("\n") > 0
+    assert "ok" in apiwatch("db", "check", "--db", db).stdout
+    # a command's own option of that name wins: daily --config is daily's
+    site = tmp_path / "site"
+    shutil.copytree(EXAMPLES, site)
+    res = apiwatch("daily", "--db", site / "d.db", "--config", site / "apiwatch.toml",
+                   "--no-reports", "-q")  # fmt: skip
+    assert res.returncode in (0, 3) and (site / "d.db").exists(), res.stderr
+
+
+def test_readme_incident_examples_answer_for_the_example_logs(tmp_path):
+    """Set-up step 1 of the README, then every `apiwatch incidents` example in it."""
+    db = tmp_path / "example.db"
+    setup = apiwatch("--config", "examples/apiwatch.toml", "--db", db, "scan",
+                     *sorted(str(p.relative_to(ROOT)) for p in (EXAMPLES / "logs").iterdir()))  # fmt: skip
+    assert setup.returncode == 0, setup.stderr
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r"^apiwatch (incidents[^#|>\n]*)", readme, re.M)
+    assert len(examples) >= 3
+    for example in examples:
+        res = apiwatch("--config", "examples/apiwatch.toml", "--db", db, *example.split())
+        assert res.returncode == 0 and res.stdout.strip(), example
