@@ -14,6 +14,7 @@ from pathlib import Path
 from monitor.catalog import Catalog, bundled_catalog
 from monitor.collectors import CollectOptions
 from monitor.config import Config, default_config_path, load_config
+from monitor.correlate import CorrelationResult, correlate
 from monitor.egress import EgressOptions
 from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
@@ -129,11 +130,17 @@ class App:
         }
         scan_id = self.store.start_scan(paths, options)
         summary = Scanner(pipeline, self.store, jobs, full).run(paths, scan_id, on_read)
+        summary.account(self.correlate([scan_id]).new)
         record, problems = summary.scan_record(fail_on)
         record["catalog_version"] = self.catalog.version
         record["geodata"] = [asdict(s) for s in self.geo.sources()]
         self.store.finish_scan(scan_id, record, problems)
         return scan_id, summary
+
+    def correlate(self, scan_ids: list[int]) -> CorrelationResult:
+        """The correlation rules (egress-hopping) over the days these scans stored: run
+        after each scan and after re-evaluation."""
+        return correlate(self.store, self.catalog, self.rules, scan_ids)
 
     def stale_geodata(self, max_age_days: int = STALE_GEODATA_DAYS) -> list[GeoSource]:
         """Databases older than ``max_age_days``: addresses move, so say so, but keep going."""

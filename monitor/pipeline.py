@@ -268,8 +268,8 @@ class Evaluator:
             "catalog.major_allowed_countries": lambda e: major,
             "org.allowed_providers": lambda e: org,
         }
-        missing = set(FIELDS) - set(self._getters)
-        assert not missing, f"no getter for rule fields {missing}"
+        missing = {f for f in FIELDS if not f.startswith("history.")} - set(self._getters)
+        assert not missing, f"no getter for rule fields {missing}"  # history: monitor.correlate
         # the memo key holds only what varies between records: provider facts follow from
         # provider.id, and catalogue and organisation facts are fixed for the run
         # (provider.asns also follows match.pattern, which the key then holds)
@@ -283,17 +283,25 @@ class Evaluator:
         self._key_getters = [self._getters[f] for f in sorted(varying)]
         self._memo: dict[tuple[Any, ...], list[Rule]] = {}
         self._evidence_getters = {
-            r.id: [self._getters[f] for f in r.evidence] for r in rules.rules if r.evidence
+            r.id: [self._getters[f] for f in r.evidence]
+            for r in rules.rules
+            if r.evidence and r.correlate is None
         }
+        self._by_rules: dict[tuple[str, ...], tuple[Callable[[Enriched], Any], ...]] = {}
 
-    def evidence_key(self, e: Enriched, rules: list[Rule]) -> tuple[Any, ...]:
-        """The values of the evidence fields of ``rules`` (the ones raised: a memo key)."""
-        getters = self._evidence_getters
-        return tuple([get(e) for r in rules if r.id in getters for get in getters[r.id]])
+    def evidence_getters(self, rule_ids: tuple[str, ...]) -> tuple[Callable[[Enriched], Any], ...]:
+        """The getters of the evidence fields of the rules ``rule_ids`` (memoised)."""
+        found = self._by_rules.get(rule_ids)
+        if found is None:
+            getters = self._evidence_getters
+            found = self._by_rules[rule_ids] = tuple(
+                get for rid in rule_ids for get in getters.get(rid, ())
+            )
+        return found
 
     def evidence(self, e: Enriched, rule: Rule) -> dict[str, Any]:
         """The fields ``rule`` stores with what it raises, as JSON values."""
-        return {f: _plain(self._getters[f](e)) for f in rule.evidence}
+        return {f: json_value(self._getters[f](e)) for f in rule.evidence}
 
     def context(self, e: Enriched) -> dict[str, Any]:
         return {name: get(e) for name, get in self._getters.items()}
@@ -308,7 +316,8 @@ class Evaluator:
         return found
 
 
-def _plain(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """A context value as stored in an incident's facts (sets as sorted lists)."""
     if isinstance(value, (frozenset, set, tuple, list)):
         return sorted(value)
     return value
@@ -327,10 +336,11 @@ class IncidentRows:
 
     def __call__(self, e: Enriched, rules: list[Rule], day: str) -> list[dict[str, Any]]:
         o, m, g = e.obs, e.match, e.egress
+        ids = tuple([r.id for r in rules])
+        shown = self._evaluator.evidence_getters(ids)
         key = (
-            tuple([r.id for r in rules]), m.provider.id, m.kind, o.dest_host, o.dest_ip,
-            o.client_ip, g.site, g.ip, g.country, g.source, day,
-            self._evaluator.evidence_key(e, rules),
+            ids, m.provider.id, m.kind, o.dest_host, o.dest_ip, o.client_ip, g.site, g.ip,
+            g.country, g.source, day, tuple([get(e) for get in shown]) if shown else (),
         )  # fmt: skip
         found = self._memo.get(key)
         if found is None:

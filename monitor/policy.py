@@ -73,6 +73,12 @@ FIELDS: dict[str, str] = {
     "client.software": "id of the SDK or client the User-Agent names (rules/clients.yaml)",
     "client.ja4": "JA4 fingerprint of the TLS ClientHello",
     "client.tls_software": "id of the software the JA4 is known from (rules/clients.yaml)",
+    "history.countries": "correlation rules: egress countries of the client with the "
+    "provider within the window",
+    "history.served": "correlation rules: those of history.countries the provider serves",
+    "history.unserved": "correlation rules: those of history.countries it does not serve",
+    "history.first_seen": "correlation rules: first record of the window (ISO 8601)",
+    "history.last_seen": "correlation rules: last record of the window (ISO 8601)",
     "provider_refused": "id of the provider's own refusal of the client's location, when the "
     "error response shows it (rules/clients.yaml refusals), else null",
     "request.name_source": "how the destination name was learned: connect, url, sni, http_host, dns, ip",
@@ -92,8 +98,11 @@ _OPERATORS = {
 }  # fmt: skip
 _LIST_OPERATORS = {"in", "not_in", "in_networks", "not_in_networks"}
 _RULE_KEYS = {
-    "id", "title", "severity", "description", "references", "enabled", "when", "unless", "evidence"
+    "id", "title", "severity", "description", "references", "enabled", "when", "unless",
+    "evidence", "correlate",
 }  # fmt: skip
+#: what a correlation rule may read: its history, and what is fixed per client and provider
+_CORRELATION_FIELDS = ("history.", "provider.", "client.", "catalog.", "org.")
 
 Context = Mapping[str, Any]
 Predicate = Callable[[Context], bool]
@@ -103,6 +112,29 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class RuleError(ApiwatchError, ValueError):
     """A rule file is invalid; the message names the file and the rule."""
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """``correlate:`` of a rule: evaluated over the stored history (monitor.correlate)."""
+
+    window: float  # seconds
+    window_text: str  # as written, e.g. "24h"
+    by: str  # "client": the user when the log names one, else the client address
+
+
+def window_seconds(text: Any) -> float:
+    """``24h``, ``90m``, ``2d`` -> seconds."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if (
+        not isinstance(text, str)
+        or len(text) < 2
+        or text[-1] not in units
+        or not text[:-1].isdigit()
+        or int(text[:-1]) < 1
+    ):
+        raise ValueError(f"window must be minutes, hours or days (e.g. 24h), got {text!r}")
+    return float(int(text[:-1]) * units[text[-1]])
 
 
 @dataclass(frozen=True)
@@ -117,6 +149,7 @@ class Rule:
     predicate: Predicate
     fields: frozenset[str]  # every context field the rule reads
     evidence: tuple[str, ...] = ()  # context fields stored with what the rule raises
+    correlate: Correlation | None = None  # a rule over the stored history, not one record
 
     def matches(self, ctx: Context) -> bool:
         return self.predicate(ctx)
@@ -225,6 +258,24 @@ def compile_rule(doc: Any, source: str) -> Rule:
     refs = doc.get("references", [])
     if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
         raise RuleError(f"{where}: references must be a list of strings")
+    correlation = None
+    if "correlate" in doc:
+        spec = doc["correlate"]
+        if not isinstance(spec, dict) or set(spec) - {"window", "by"}:
+            raise RuleError(f"{where}: correlate: expected {{window: 24h, by: client}}")
+        try:
+            text = spec.get("window", "24h")
+            correlation = Correlation(window_seconds(text), text, spec.get("by", "client"))
+        except ValueError as exc:
+            raise RuleError(f"{where}: correlate: {exc}") from None
+        if correlation.by != "client":
+            raise RuleError(f"{where}: correlate: by must be client, got {correlation.by!r}")
+    for field in sorted(reads | set(evidence)):
+        if correlation is not None and not field.startswith(_CORRELATION_FIELDS):
+            raise RuleError(f"{where}: {field}: a correlation rule reads history, provider, "
+                            "client, catalog and org fields only")  # fmt: skip
+        if correlation is None and field.startswith("history."):
+            raise RuleError(f"{where}: {field}: history fields need 'correlate'")
     all_of = _all(when[1])
     if not vetoes:
         predicate = all_of
@@ -244,6 +295,7 @@ def compile_rule(doc: Any, source: str) -> Rule:
         predicate=predicate,
         fields=frozenset(reads),
         evidence=tuple(evidence),
+        correlate=correlation,
     )
 
 
@@ -299,6 +351,9 @@ class RuleSet:
 
     def __init__(self, rules: Iterable[Rule]):
         self.rules = list(rules)
+        #: rules over the stored history (monitor.correlate), not evaluated per record
+        self.correlations = [r for r in self.rules if r.correlate is not None]
+        self._per_record = [r for r in self.rules if r.correlate is None]
         seen: dict[str, str] = {}
         for rule in self.rules:
             if rule.id in seen:
@@ -307,7 +362,9 @@ class RuleSet:
                 )
             seen[rule.id] = rule.source
         #: the context fields any rule reads: evaluation results depend on nothing else
-        self.fields: tuple[str, ...] = tuple(sorted(set().union(*(r.fields for r in self.rules))))
+        self.fields: tuple[str, ...] = tuple(
+            sorted(set().union(*(r.fields for r in self._per_record)))
+        )
 
     @classmethod
     def load(cls, paths: Iterable[Path]) -> RuleSet:
@@ -333,4 +390,5 @@ class RuleSet:
         return cls(rules)
 
     def evaluate(self, ctx: Context) -> list[Rule]:
-        return [r for r in self.rules if r.predicate(ctx)]
+        """The per-record rules that hold for one record's context."""
+        return [r for r in self._per_record if r.predicate(ctx)]

@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from monitor.errors import ApiwatchError
-from monitor.observation import iso_datetime, iso_utc
+from monitor.observation import iso_datetime, iso_day, iso_utc
 from monitor.rows import COL, TYPES
 
 if TYPE_CHECKING:
@@ -341,8 +341,10 @@ class Store:
                     )
                 if len(d["evidence"]) < EVIDENCE_SAMPLES:
                     d["evidence"].append(f"{obs[_SOURCE]}:{obs[_LINE]}")
-                if inc.get("facts"):
-                    d["facts"] = merge_facts(d.get("facts"), inc["facts"])
+                facts = inc.get("facts")
+                if facts and facts is not d.get("facts_of"):  # rows are shared: merge once each
+                    d["facts_of"] = facts
+                    d["facts"] = merge_facts(d.get("facts"), facts)
                 d["count"] += 1
                 d["blocked"] += obs[_OUTCOME] == "blocked"
                 d["bytes_out"] = _add(d["bytes_out"], obs[_OUT])
@@ -503,6 +505,79 @@ class Store:
             sql = f"SELECT DISTINCT {column} FROM incidents WHERE {column} IN ({marks})"  # noqa: S608
             found.update(r[0] for r in self.db.execute(sql, chunk))
         return found
+
+    # -- correlation (monitor.correlate) --------------------------------------------------
+
+    def scan_days(self, scan_ids: Sequence[int]) -> list[str]:
+        """The UTC days the scans ``scan_ids`` stored observations for."""
+        days: set[str] = set()
+        for chunk, marks in _chunks(scan_ids):
+            sql = f"SELECT DISTINCT day FROM observations WHERE scan_id IN ({marks})"  # noqa: S608
+            days.update(r[0] for r in self.db.execute(sql, chunk))
+        return sorted(days)
+
+    def egress_buckets(
+        self, start: float, end: float
+    ) -> list[tuple[str, str, str, float, float, int]]:
+        """Who (the user, else the client address) reached which provider through which
+        egress country, per hour of ``[start, end)``: (who, provider, country, first ts,
+        last ts, records), in that order."""
+        return [tuple(r) for r in self.db.execute(
+            """SELECT coalesce(user, client_ip) AS who, provider, egress_country,
+                      min(ts), max(ts), count(*)
+               FROM observations
+               WHERE day >= ? AND day <= ? AND ts >= ? AND ts < ?
+                 AND egress_country IS NOT NULL AND coalesce(user, client_ip) IS NOT NULL
+                 AND provider_kind IN ('api', 'consumer')
+               GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
+               ORDER BY who, provider, min(ts)""",
+            [iso_day(start), iso_day(end), start, end])]  # fmt: skip
+
+    def replace_correlated(
+        self,
+        rule: str,
+        first_day: str,
+        last_day: str,
+        rows: Sequence[dict[str, Any]],
+        scan_id: int | None,
+    ) -> tuple[int, IngestResult]:
+        """Make the incidents ``rule`` raised on ``[first_day, last_day]`` exactly ``rows``
+        (recomputed from the history): counts and facts are replaced, not added, so running
+        the correlation again changes nothing; open incidents it no longer raises go (the
+        acknowledged and resolved stay, with their audit trail). Returns (removed, new and
+        updated incidents)."""
+        result = IngestResult()
+        with self._tx():
+            old = {r[0] for r in self.db.execute(
+                "SELECT id FROM incidents WHERE rule = ? AND day >= ? AND day <= ?",
+                [rule, first_day, last_day])}  # fmt: skip
+            ids = {r["id"] for r in rows}
+            stale = sorted(old - ids)
+            removed = 0
+            for chunk, marks in _chunks(stale):
+                removed += self.db.execute(
+                    f"DELETE FROM incidents WHERE status = 'open' AND id IN ({marks})",  # noqa: S608
+                    chunk,
+                ).rowcount
+            cols = [*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
+                    "blocked", "outcome", "evidence", "facts", "first_scan", "last_scan"]  # fmt: skip
+            values = []
+            for r in rows:
+                d = {**r, "severity_rank": SEVERITY_RANK[r["severity"]], "blocked": 0,
+                     "outcome": "allowed", "evidence": "[]",
+                     "facts": json.dumps(r.get("facts") or {}, sort_keys=True),
+                     "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
+                values.append([d.get(c) for c in cols])
+                result.rule_of[r["id"]] = (r["rule"], r["severity"])
+                (result.updated_incidents if r["id"] in old else result.new_incidents).add(r["id"])
+            self.db.conn.executemany(
+                f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
+                ON CONFLICT(id) DO UPDATE SET first_seen = excluded.first_seen,
+                  last_seen = excluded.last_seen, count = excluded.count,
+                  facts = excluded.facts, last_scan = excluded.last_scan""",  # noqa: S608
+                values,
+            )
+        return removed, result
 
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
         """One incident by id or unique id prefix, with its sample records."""

@@ -91,6 +91,19 @@ def test_missing_list_semantics():
             {**rule_doc(**{"dest.ip": {"exists": True}}), "evidence": ["dest.nope"]},
             "evidence: unknown field 'dest.nope'",
         ),
+        (rule_doc(**{"history.served": {"empty": False}}), "history fields need 'correlate'"),
+        (
+            {**rule_doc(**{"dest.ip": {"exists": True}}), "correlate": {"window": "24h"}},
+            "dest.ip: a correlation rule reads history",
+        ),
+        (
+            {**rule_doc(**{"history.served": {"empty": False}}), "correlate": {"window": "1w"}},
+            "correlate: window must be",
+        ),
+        (
+            {**rule_doc(**{"history.served": {"empty": False}}), "correlate": {"by": "site"}},
+            "by must be client",
+        ),
         (
             {**rule_doc(**{"provider.id": {"equals": "a"}}), "colour": "red"},
             "unknown key(s) colour",
@@ -126,6 +139,7 @@ def test_disabled_rule_is_loaded_but_not_used(tmp_path):
 def test_bundled_rules_use_only_documented_fields():
     rules = RuleSet.load([BUNDLED])
     assert {r.id for r in rules.rules} == {
+        "egress-hopping",
         "endpoint-network-mismatch",
         "fronted-llm-traffic",
         "llm-api-unknown-host",

@@ -400,3 +400,54 @@ def test_provider_refusal_is_evidence_on_the_region_finding(tmp_path):
     assert region["10.0.0.2"]["provider_refused"] == ["gemini_user_location_not_supported"]
     assert region["10.0.0.3"]["provider_refused"] == [None]  # a 403, but not the refusal
     assert region["10.0.0.1"]["request.status"] == [403]
+
+
+# --- egress hopping: a correlation over the stored history --------------------------------------
+
+
+def test_egress_hopping_across_scans_is_deterministic_and_idempotent(tmp_path):
+    t = 1795741200.0  # 2026-11-27T01:00Z
+    api = "https://api.openai.com/v1/chat/completions"
+    morning = tmp_path / "hk.log"  # through a Hong Kong egress (OpenAI does not serve HK)
+    morning.write_text("\n".join([
+        native_line(t, "10.0.0.1", "CONNECT", "api.openai.com:443", "162.159.140.245"),
+        native_line(t + 60, "10.0.0.1", "CONNECT", "api.openai.com:443", "162.159.140.245"),
+        native_line(t, "10.0.0.3", "CONNECT", "api.openai.com:443", "162.159.140.245"),
+        native_line(t, "10.0.0.4", "CONNECT", "api.openai.com:443", "162.159.140.245"),
+    ]) + "\n")  # fmt: skip
+    afternoon = tmp_path / "sg.log"  # the same laptop, six hours later, through Singapore
+    afternoon.write_text("\n".join([
+        native_line(t + 6 * 3600, "10.0.0.1", "POST", api.replace("https", "http"), "162.159.140.245"),
+        native_line(t + 6 * 3600, "10.0.0.2", "CONNECT", "api.openai.com:443", "162.159.140.245"),
+        native_line(t + 30 * 3600, "10.0.0.4", "CONNECT", "api.openai.com:443", "162.159.140.245"),
+    ]) + "\n")  # fmt: skip
+    db = tmp_path / "apiwatch.db"
+    run("--db", db, "scan", morning, "--egress-country", "HK")
+    assert not [i for i in _incidents(db) if i["rule"] == "egress-hopping"]
+    summary = json.loads(
+        run("--db", db, "scan", afternoon, "--egress-country", "SG", "--json").stdout
+    )
+    assert summary["new_by_rule"].get("egress-hopping") == 1
+    (hop,) = [i for i in _incidents(db) if i["rule"] == "egress-hopping"]
+    assert (hop["client_ip"], hop["provider"], hop["severity"], hop["day"]) == (
+        "10.0.0.1", "openai", "high", "2026-11-27",
+    )  # fmt: skip
+    assert hop["count"] == 3
+    assert hop["facts"]["history.countries"] == [["HK", "SG"]]
+    assert hop["facts"]["history.served"] == [["SG"]]
+    assert hop["facts"]["history.unserved"] == [["HK"]]
+    assert (hop["first_seen"], hop["last_seen"]) == (
+        "2026-11-27T01:00:00.000Z", "2026-11-27T07:00:00.000Z",
+    )  # fmt: skip
+    # 10.0.0.3: HK only; 10.0.0.2: SG only; 10.0.0.4: HK then SG 30 h later (outside 24 h)
+    # scanning everything again changes nothing
+    run("--db", db, "scan", "--full", morning, "--egress-country", "HK")
+    run("--db", db, "scan", "--full", afternoon, "--egress-country", "SG")
+    (again,) = [i for i in _incidents(db) if i["rule"] == "egress-hopping"]
+    assert {k: again[k] for k in ("id", "count", "facts", "first_seen", "last_seen")} == {
+        k: hop[k] for k in ("id", "count", "facts", "first_seen", "last_seen")
+    }
+
+
+def _incidents(db):
+    return [json.loads(x) for x in run("--db", db, "incidents", "--json").stdout.splitlines()]
