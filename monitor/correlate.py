@@ -53,7 +53,15 @@ def correlate(
         window = rule.correlate.window
         margin = math.ceil(window / DAY) * DAY
         start, end = first - margin, last + margin
-        buckets = store.egress_buckets(start - window, end)
+        # only clients seen through several countries need the hour-by-hour history, unless
+        # the rule holds for one country alone (then every window of the client holds)
+        by_countries = not rule.fields & {"history.first_seen", "history.last_seen"}
+        detail = [
+            who
+            for who, provider, n, country in store.egress_groups(start - window, end)
+            if n > 1 or not by_countries or _holds_for(rule, catalog, who, provider, country)
+        ]
+        buckets = store.egress_buckets(start - window, end, detail) if detail else []
         rows = list(_hops(rule, catalog, buckets, window, start, end))
         removed, ingest = store.replace_correlated(
             rule.id, iso_day(start), iso_day(end - 1), rows, max(scan_ids, default=None)
@@ -91,11 +99,22 @@ def _hops(
     groups: dict[tuple[str, str], list[_Bucket]] = defaultdict(list)
     for who, provider, country, first, last, count in buckets:
         groups[(who, provider)].append(_Bucket(first, last, country, count))
+    # unless the rule reads the window's times, its verdict follows from the countries alone
+    by_countries = not rule.fields & {"history.first_seen", "history.last_seen"}
+    served_by: dict[str, frozenset[str] | None] = {}
     for (who, provider), seq in sorted(groups.items()):
-        seq.sort(key=lambda b: b.first)
         p = catalog.providers.get(provider)
         allowed = catalog.allowed_countries(provider)
-        served = allowed | {p.hq_country} if allowed is not None and p and p.hq_country else allowed
+        served = served_by.get(provider, allowed)
+        if provider not in served_by:  # its list, plus its home country
+            if allowed is not None and p and p.hq_country:
+                served = allowed | {p.hq_country}
+            served_by[provider] = served
+        verdicts: dict[frozenset[str], bool] = {}
+        args = (rule, who, provider, p, allowed, served, by_countries, verdicts)
+        if by_countries and len({b.country for b in seq}) == 1 and not _holds(seq, *args):
+            continue  # one country all along: every window looks the same
+        seq.sort(key=lambda b: b.first)
         hops: dict[str, dict[int, _Bucket]] = defaultdict(dict)  # day -> buckets involved
         lo = 0
         for j, b in enumerate(seq):
@@ -104,7 +123,7 @@ def _hops(
             if not start <= b.first < end:
                 continue
             near = [a for a in seq[lo : j + 1] if a.last >= b.first - window]
-            if rule.matches(_context(near, who, provider, p, allowed, served)):
+            if _holds(near, *args):
                 hops[iso_day(b.first)].update((id(a), a) for a in near)
         for day, involved in sorted(hops.items()):
             near = list(involved.values())
@@ -130,6 +149,37 @@ def _hops(
             }
 
 
+def _holds_for(rule: Rule, catalog: Catalog, who: str, provider: str, country: str) -> bool:
+    """The rule's verdict on a client seen through one country only (times not read)."""
+    p = catalog.providers.get(provider)
+    allowed = catalog.allowed_countries(provider)
+    served = allowed | {p.hq_country} if allowed is not None and p and p.hq_country else allowed
+    near = [_Bucket(0.0, 0.0, country, 0)]
+    return rule.matches(_context(near, who, provider, p, allowed, served, times=False))
+
+
+def _holds(
+    near: list[_Bucket],
+    rule: Rule,
+    who: str,
+    provider: str,
+    p: Provider | None,
+    allowed: frozenset[str] | None,
+    served: frozenset[str] | None,
+    by_countries: bool,
+    verdicts: dict[frozenset[str], bool],
+) -> bool:
+    """The rule's verdict on a window (memoised per set of countries when that decides it)."""
+    if not by_countries:
+        return rule.matches(_context(near, who, provider, p, allowed, served))
+    key = frozenset(a.country for a in near)
+    found = verdicts.get(key)
+    if found is None:
+        ctx = _context(near, who, provider, p, allowed, served, times=False)
+        found = verdicts[key] = rule.matches(ctx)
+    return found
+
+
 def _context(
     near: list[_Bucket],
     who: str,
@@ -137,14 +187,15 @@ def _context(
     p: Provider | None,
     allowed: frozenset[str] | None,
     served: frozenset[str] | None,
+    times: bool = True,
 ) -> dict[str, Any]:
     countries = frozenset(a.country for a in near)
     return {
         "history.countries": countries,
         "history.served": countries & served if served is not None else None,
         "history.unserved": countries - served if served is not None else None,
-        "history.first_seen": iso_utc(min(a.first for a in near)),
-        "history.last_seen": iso_utc(max(a.last for a in near)),
+        "history.first_seen": iso_utc(min(a.first for a in near)) if times else None,
+        "history.last_seen": iso_utc(max(a.last for a in near)) if times else None,
         "provider.id": provider,
         "provider.hq_country": p.hq_country if p else None,
         "provider.allowed_countries": allowed,

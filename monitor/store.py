@@ -516,22 +516,31 @@ class Store:
             days.update(r[0] for r in self.db.execute(sql, chunk))
         return sorted(days)
 
-    def egress_buckets(
-        self, start: float, end: float
-    ) -> list[tuple[str, str, str, float, float, int]]:
-        """Who (the user, else the client address) reached which provider through which
-        egress country, per hour of ``[start, end)``: (who, provider, country, first ts,
-        last ts, records), in that order."""
+    def egress_groups(self, start: float, end: float) -> list[tuple[str, str, int, str]]:
+        """Who (the user, else the client address) reached which provider in ``[start,
+        end)``: (who, provider, how many egress countries, the first of them)."""
         return [tuple(r) for r in self.db.execute(
-            """SELECT coalesce(user, client_ip) AS who, provider, egress_country,
-                      min(ts), max(ts), count(*)
-               FROM observations
-               WHERE day >= ? AND day <= ? AND ts >= ? AND ts < ?
-                 AND egress_country IS NOT NULL AND coalesce(user, client_ip) IS NOT NULL
-                 AND provider_kind IN ('api', 'consumer')
-               GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
-               ORDER BY who, provider, min(ts)""",
+            f"""SELECT coalesce(user, client_ip) AS who, provider,
+                      count(DISTINCT egress_country), min(egress_country)
+               FROM observations WHERE {_EGRESS_HISTORY}
+               GROUP BY who, provider ORDER BY who, provider""",  # noqa: S608 - constants
             [iso_day(start), iso_day(end), start, end])]  # fmt: skip
+
+    def egress_buckets(
+        self, start: float, end: float, who: Sequence[str]
+    ) -> list[tuple[str, str, str, float, float, int]]:
+        """For the clients ``who``: which provider they reached through which egress country,
+        per hour of ``[start, end)``: (who, provider, country, first ts, last ts, records)."""
+        out: list[tuple[str, str, str, float, float, int]] = []
+        for chunk, marks in _chunks(sorted(set(who))):
+            out.extend(tuple(r) for r in self.db.execute(
+                f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
+                          min(ts), max(ts), count(*)
+                   FROM observations WHERE {_EGRESS_HISTORY} AND who IN ({marks})
+                   GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
+                   ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants, placeholders
+                [iso_day(start), iso_day(end), start, end, *chunk]))  # fmt: skip
+        return out
 
     def replace_correlated(
         self,
@@ -1028,6 +1037,13 @@ def _span(since: datetime, until: datetime) -> tuple[str, list[Any]]:
         since.timestamp(),
         until.timestamp(),
     ]
+
+
+#: observations of a time span that tell a client's egress country with a provider
+_EGRESS_HISTORY = (
+    "day >= ? AND day <= ? AND ts >= ? AND ts < ? AND egress_country IS NOT NULL"
+    " AND coalesce(user, client_ip) IS NOT NULL AND provider_kind IN ('api', 'consumer')"
+)
 
 
 def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
