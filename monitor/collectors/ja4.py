@@ -53,7 +53,7 @@ def ja4(
     if found is None:
         if len(_CACHE) >= _CACHE_LIMIT:
             _CACHE.clear()
-        found = _CACHE[key] = _fingerprint(*key)
+        found = _CACHE[key] = _fingerprint(key)
     return found
 
 
@@ -67,14 +67,9 @@ def _hash12(text: str) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:12]
 
 
-def _fingerprint(
-    suites: bytes,
-    types: tuple[int, ...],
-    sigalgs: bytes,
-    alpn: tuple[str, ...],
-    versions: tuple[int, ...],
-    legacy_version: int,
-) -> str:
+def _fingerprint(key: tuple) -> str:
+    """The fingerprint of the parts :func:`ja4` takes, in its order."""
+    suites, types, sigalgs, alpn, versions, legacy_version = key
     cs = [
         f"{v:04x}"
         for i in range(0, len(suites) - 1, 2)
