@@ -451,3 +451,28 @@ def test_egress_hopping_across_scans_is_deterministic_and_idempotent(tmp_path):
 
 def _incidents(db):
     return [json.loads(x) for x in run("--db", db, "incidents", "--json").stdout.splitlines()]
+
+
+def test_api_path_and_sdk_user_agent_in_a_zeek_http_log(tmp_path):
+    fields = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "trans_depth",
+              "method", "host", "uri", "user_agent", "status_code"]  # fmt: skip
+    rows = [
+        ["1795741200.0", "C1", "10.0.0.1", "40001", "45.77.0.10", "80", "1", "POST",
+         "relay.example", "/v1/chat/completions", "python-httpx/0.27", "200"],
+        ["1795741201.0", "C2", "10.0.0.2", "40002", "45.77.0.10", "80", "1", "POST",
+         "relay.example", "/chat", "OpenAI/Python 1.54.0", "200"],
+        ["1795741202.0", "C3", "10.0.0.3", "40003", "45.77.0.10", "80", "1", "GET",
+         "www.example.net", "/index.html", "Mozilla/5.0 (X11)", "200"],
+    ]  # fmt: skip
+    log = tmp_path / "http.log"
+    lines = ["#separator \\x09", "#path\thttp", "#fields\t" + "\t".join(fields)]
+    log.write_text("\n".join(lines + ["\t".join(r) for r in rows]) + "\n")
+    db = tmp_path / "apiwatch.db"
+    run("--db", db, "scan", log, "--egress-country", "US")
+    hits = {
+        i["client_ip"]: i["facts"] for i in _incidents(db) if i["rule"] == "llm-api-unknown-host"
+    }
+    assert set(hits) == {"10.0.0.1", "10.0.0.2"}
+    assert hits["10.0.0.1"]["request.api_path"] == ["openai_chat_completions"]
+    assert hits["10.0.0.2"]["client.user_agent"] == ["OpenAI/Python 1.54.0"]
+    assert hits["10.0.0.2"]["client.software"] == ["openai_python"]
