@@ -13,18 +13,40 @@ from pathlib import Path
 
 from monitor.catalog import Catalog, bundled_catalog
 from monitor.collectors import CollectOptions
-from monitor.config import Config, default_config_path, load_config
+from monitor.config import Config, ConfigError, default_config_path, load_config
 from monitor.correlate import CorrelationResult, correlate
 from monitor.egress import EgressOptions
 from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
-from monitor.policy import RuleSet
+from monitor.policy import Pack, RuleSet, default_packs, load_packs, with_packs
 from monitor.privacy import PrivacyError, Pseudonymizer
 from monitor.resources import rules_dir
 from monitor.scanner import Scanner
 from monitor.store import Store
 
 STALE_GEODATA_DAYS = 183
+
+
+def check_residency_config(config: Config, catalog: Catalog) -> None:
+    """Residency settings name zones and Azure regions that ``rules/residency.yaml`` knows."""
+    where = str(config.path) if config.path else "config"
+    tables = catalog.residency
+    requirements = [("organisation.data_residency", config.data_residency)]
+    requirements += [
+        (f"sites.{name}.data_residency", site.data_residency or ())
+        for name, site in config.sites.items()
+    ]
+    for key, values in requirements:
+        for value in values:
+            if len(value) > 2 and value not in tables.zones:
+                known = ", ".join(sorted(tables.zones)) or "none"
+                raise ConfigError(f"{where}: {key}: unknown zone {value!r} (zones: {known})")
+    for name, region in config.azure_resources.items():
+        if f"azure:{region}" not in tables.region_geo:
+            raise ConfigError(
+                f"{where}: residency.azure_resources.{name}: unknown Azure region {region!r} "
+                "(see rules/residency.yaml regions.azure)"
+            )
 
 
 def default_db_path() -> Path:
@@ -54,7 +76,21 @@ class App:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return bundled_catalog()
+        """The bundled catalogue, plus the organisation's overlays (``[catalog] extra``);
+        checked against the configuration's residency and entity settings."""
+        extra = self.config.catalog_extra
+        catalog = Catalog.load(extra=extra) if extra else bundled_catalog()
+        check_residency_config(self.config, catalog)
+        return catalog
+
+    @cached_property
+    def packs(self) -> dict[str, Pack]:
+        return load_packs(rules_dir() / "packs")
+
+    @property
+    def packs_on(self) -> tuple[str, ...]:
+        """``[organisation] packs``, else the packs that are on by default."""
+        return self.config.packs if self.config.packs is not None else default_packs(self.packs)
 
     @cached_property
     def geo(self) -> GeoResolver:
@@ -71,7 +107,8 @@ class App:
 
     @cached_property
     def rules(self) -> RuleSet:
-        return RuleSet.load(self.settings.rules or (rules_dir() / "policies",))
+        base = RuleSet.load(self.settings.rules or (rules_dir() / "policies",))
+        return with_packs(base, self.packs, self.packs_on)
 
     @property
     def db_path(self) -> Path:

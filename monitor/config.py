@@ -6,6 +6,18 @@ Example::
 
     [organisation]
     allowed_providers = ["openai", "azure_openai"]   # empty or absent: rule off
+    data_residency = ["EU"]                            # countries and zones (rules/residency.yaml)
+    packs = ["provider-region-lists", "eu-personal-data"]   # rules/packs; absent: the defaults
+
+    [residency.azure_resources]                        # Azure resource name -> Azure region
+    contoso-gpt = "swedencentral"
+
+    [entities.acme_sh]                                 # a legal entity and who controls it
+    controlled_from = "CN"
+    sites = ["shanghai"]                               # and/or client_cidrs = [...]
+
+    [catalog]
+    extra = ["corp-llm.yaml"]                          # overlay: internal gateways, relays
 
     [geo]
     databases = ["/var/lib/GeoIP/GeoLite2-City.mmdb"]
@@ -58,6 +70,18 @@ class Site:
     client_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     egress_ips: tuple[str, ...] = ()
     country: str | None = None  # declared egress country
+    data_residency: tuple[str, ...] | None = None  # None: the organisation's requirement
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """``[entities.NAME]``: a legal entity, the country it is controlled from, and which
+    sites or client networks are it (for restrictions that follow ownership)."""
+
+    name: str
+    controlled_from: str
+    sites: tuple[str, ...] = ()
+    client_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +134,29 @@ class Config:
     fail_on: str | None = None  # [daily] fail_on
     pseudonymize: bool = False  # [privacy] pseudonymize
     privacy_key: str | None = field(default=None, repr=False)  # [privacy] key or key_file
+    data_residency: tuple[str, ...] = ()  # [organisation] data_residency: countries and zones
+    packs: tuple[str, ...] | None = None  # [organisation] packs; None: the packs on by default
+    entities: dict[str, Entity] = field(default_factory=dict)
+    azure_resources: dict[str, str] = field(default_factory=dict)  # resource name -> region
+    catalog_extra: tuple[Path, ...] = ()  # [catalog] extra: organisation overlay files
 
 
-_TOP_KEYS = {"db", "organisation", "geo", "sites", "sources", "reports", "daily", "privacy"}
+_TOP_KEYS = {
+    "db",
+    "organisation",
+    "geo",
+    "sites",
+    "sources",
+    "reports",
+    "daily",
+    "privacy",
+    "residency",
+    "entities",
+    "catalog",
+}
+_RESIDENCY_KEYS = {"azure_resources"}
+_ENTITY_KEYS = {"controlled_from", "sites", "client_cidrs"}
+_CATALOG_KEYS = {"extra"}
 _PRIVACY_KEYS = {"pseudonymize", "key", "key_file"}
 _SOURCE_KEYS = {
     "path",
@@ -134,9 +178,9 @@ _REPORT_KEYS = {
     "spreadsheet_safe",
 }
 _DAILY_KEYS = {"fail_on"}
-_ORG_KEYS = {"allowed_providers"}
+_ORG_KEYS = {"allowed_providers", "data_residency", "packs"}
 _GEO_KEYS = {"databases", "overrides", "search_system"}
-_SITE_KEYS = {"client_cidrs", "egress_ips", "country"}
+_SITE_KEYS = {"client_cidrs", "egress_ips", "country", "data_residency"}
 
 
 def default_config_path() -> Path | None:
@@ -175,6 +219,8 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     org = _table(data, "organisation", where)
     _no_unknown(org, _ORG_KEYS, where, "organisation.")
     allowed = tuple(_str_list(org, "allowed_providers", where, "organisation."))
+    data_residency = _geo_list(org, where, "organisation.") or ()
+    packs = tuple(_str_list(org, "packs", where, "organisation.")) if "packs" in org else None
 
     geo = _table(data, "geo", where)
     _no_unknown(geo, _GEO_KEYS, where, "geo.")
@@ -212,6 +258,23 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
 
     pseudonymize, privacy_key = _privacy(_table(data, "privacy", where), where, base)
 
+    residency = _table(data, "residency", where)
+    _no_unknown(residency, _RESIDENCY_KEYS, where, "residency.")
+    azure = _table(residency, "azure_resources", where)
+    for name, region in azure.items():
+        if not isinstance(region, str) or not region.strip():
+            raise ConfigError(
+                f"{where}: residency.azure_resources.{name}: expected an Azure region name "
+                "such as 'swedencentral'"
+            )
+    entities = {
+        name: _entity(name, body, where, sites)
+        for name, body in _table(data, "entities", where).items()
+    }
+    catalog = _table(data, "catalog", where)
+    _no_unknown(catalog, _CATALOG_KEYS, where, "catalog.")
+    extra = tuple(_resolve(base, p) for p in _str_list(catalog, "extra", where, "catalog."))
+
     return Config(
         path=path,
         db=str(_resolve(base, db)) if db else None,
@@ -225,7 +288,48 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         fail_on=fail_on,
         pseudonymize=pseudonymize,
         privacy_key=privacy_key,
+        data_residency=data_residency,
+        packs=packs,
+        entities=entities,
+        azure_resources={name.lower(): region.strip().lower() for name, region in azure.items()},
+        catalog_extra=extra,
     )
+
+
+def _geo_list(body: dict[str, Any], where: str, prefix: str) -> tuple[str, ...] | None:
+    """``data_residency``: country codes and zone ids (upper case); the zones are checked
+    against ``rules/residency.yaml`` when the catalogue is loaded."""
+    if "data_residency" not in body:
+        return None
+    values = _str_list(body, "data_residency", where, prefix)
+    for value in values:
+        if not (is_country_code(value) or (value.isupper() and value.replace("_", "").isalnum())):
+            raise ConfigError(
+                f"{where}: {prefix}data_residency: {value!r} is neither an ISO 3166-1 alpha-2 "
+                "code nor a zone (e.g. EU, EEA)"
+            )
+    return tuple(values)
+
+
+def _entity(name: str, body: Any, where: str, sites: dict[str, Site]) -> Entity:
+    key = f"entities.{name}"
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: {key}: expected a table")
+    _no_unknown(body, _ENTITY_KEYS, where, key + ".")
+    country = body.get("controlled_from")
+    if not isinstance(country, str) or not is_country_code(country.upper()):
+        raise ConfigError(
+            f"{where}: {key}.controlled_from: {country!r} is not an ISO 3166-1 alpha-2 code"
+        )
+    names = _str_list(body, "sites", where, key + ".")
+    for site in names:
+        if site not in sites:
+            known = ", ".join(sorted(sites)) or "none configured"
+            raise ConfigError(f"{where}: {key}.sites: unknown site {site!r} (sites: {known})")
+    cidrs = _client_cidrs(body, where, key)
+    if not names and not cidrs:
+        raise ConfigError(f"{where}: {key}: name its sites or client_cidrs")
+    return Entity(name, country.upper(), tuple(names), tuple(cidrs))
 
 
 def _privacy(body: dict[str, Any], where: str, base: Path) -> tuple[bool, str | None]:
@@ -410,13 +514,20 @@ def _str_or_list(body: dict[str, Any], name: str, where: str, key: str) -> list[
     return value
 
 
-def _site(name: str, body: dict[str, Any], where: str, key: str) -> Site:
+def _client_cidrs(
+    body: dict[str, Any], where: str, key: str
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     cidrs = []
     for text in _str_list(body, "client_cidrs", where, key + "."):
         try:
             cidrs.append(ipaddress.ip_network(text, strict=False))
         except ValueError as exc:
             raise ConfigError(f"{where}: {key}.client_cidrs: {exc}") from exc
+    return cidrs
+
+
+def _site(name: str, body: dict[str, Any], where: str, key: str) -> Site:
+    cidrs = _client_cidrs(body, where, key)
     egress = []
     for text in _str_list(body, "egress_ips", where, key + "."):
         try:
@@ -430,7 +541,7 @@ def _site(name: str, body: dict[str, Any], where: str, key: str) -> Site:
                 f"{where}: {key}.country: {country!r} is not an ISO 3166-1 alpha-2 code"
             )
         country = country.upper()
-    return Site(name, tuple(cidrs), tuple(egress), country)
+    return Site(name, tuple(cidrs), tuple(egress), country, _geo_list(body, where, key + "."))
 
 
 def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:

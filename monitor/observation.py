@@ -56,6 +56,11 @@ class Observation:
     # public address the request left from, when the log says so (the egress point
     # resolved from it, or from the site or client, is what is stored)
     egress_ip: str | None = field(default=None, metadata=NOT_STORED)
+    # where the destination processes the request (LLM observations; see monitor.residency)
+    processing_region: str | None = None  # provider's region id, e.g. "aws:eu-central-1"
+    processing_geo: str | None = None  # country or zone of that region, e.g. "DE", "EU"
+    residency_basis: str | None = None  # hostname | config | global | unknown
+    residency_caveat: str | None = None  # id of the provider's caveat (rules/residency.yaml)
     # stable identity of the raw record, for de-duplication (stored as the row's id)
     record_id: str | None = field(default=None, metadata=NOT_STORED)
 

@@ -10,9 +10,10 @@ of millions of lines fast.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from monitor.catalog import Catalog, Match, Provider
 from monitor.clients import Signatures, bundled_signatures
 from monitor.collectors import CollectOptions, Diagnostics, collect
-from monitor.config import Config
+from monitor.config import Config, Entity
 from monitor.egress import Egress, EgressOptions, EgressResolver
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from monitor.geo import GeoAnswer, GeoResolver
@@ -84,10 +85,18 @@ UNKNOWN_PROVIDER = Provider(
 
 
 class Identifier:
-    """Stage 2: destination → provider, memoised per distinct host, address or request shape."""
+    """Stage 2: destination → provider and processing location, memoised per distinct host,
+    address or request shape. ``azure_resources`` (config ``[residency.azure_resources]``)
+    maps Azure resource names, which the catalogue cannot place, to their Azure region."""
 
-    def __init__(self, catalog: Catalog, signatures: Signatures | None = None):
+    def __init__(
+        self,
+        catalog: Catalog,
+        azure_resources: Mapping[str, str] | None = None,
+        signatures: Signatures | None = None,
+    ):
         self.catalog = catalog
+        self._azure = dict(azure_resources or {})
         self.signatures = signatures or bundled_signatures()
         self.by_host = lru_cache(maxsize=1 << 18)(self._by_host)
         self.host_filter = _LlmFilter(self)
@@ -100,6 +109,19 @@ class Identifier:
             found = self.catalog.match_ip(ip)
             if found is not None:  # the name is the address
                 found = replace(found, on="host")
+        if found is not None and found.processing.resource_map == "azure" and self._azure:
+            region = self._azure.get(host.partition(".")[0])
+            if region is not None:
+                region = "azure:" + region
+                found = replace(
+                    found,
+                    processing=replace(
+                        found.processing,
+                        region=region,
+                        geo=self.catalog.residency.geo_of(region),
+                        basis="config",
+                    ),
+                )
         return found
 
     def shape(self, url: str | None, user_agent: str | None) -> Match | None:
@@ -111,7 +133,7 @@ class Identifier:
         client = sig.user_agent(user_agent)
         if client is not None and client.llm:
             return Match(
-                UNKNOWN_PROVIDER, "unknown", f"user-agent:{client.id}", "medium", "request"
+                UNKNOWN_PROVIDER, "unknown", f"user-agent:{client.id}", "medium", on="request"
             )
         return None
 
@@ -208,6 +230,13 @@ _GETTERS: dict[str, Callable[[Enriched], Any]] = {
     "request.method": lambda e: e.obs.method,
     "request.status": lambda e: e.obs.status,
     "request.outcome": lambda e: e.outcome,
+    "match.listed": lambda e: e.match.listed,
+    "provider.approved": lambda e: e.match.provider.approved,
+    "provider.restricted_controllers": lambda e: e.match.provider.restricted_controllers,
+    "processing.region": lambda e: e.match.processing.region,
+    "processing.geo": lambda e: e.match.processing.geo,
+    "processing.basis": lambda e: e.match.processing.basis,
+    "processing.caveat": lambda e: e.match.processing.caveat,
 }
 
 
@@ -235,6 +264,46 @@ def address_source(obs: Observation) -> str | None:
     return ADDRESS_SOURCES.get(obs.format, obs.format)
 
 
+def entity_of(config: Config) -> Callable[[str | None, str | None], Entity | None]:
+    """The ``[entities]`` entry a record belongs to: by client network first (the more
+    specific), then by site; memoised per (client, site)."""
+    by_site = {site: ent for ent in config.entities.values() for site in ent.sites}
+    networks = [(net, ent) for ent in config.entities.values() for net in ent.client_cidrs]
+    memo: dict[tuple[str | None, str | None], Entity | None] = {}
+
+    def lookup(client_ip: str | None, site: str | None) -> Entity | None:
+        key = (client_ip, site)
+        if key in memo:
+            return memo[key]
+        found = None
+        if networks and client_ip:
+            try:
+                addr = ipaddress.ip_address(client_ip)
+            except ValueError:
+                addr = None
+            if addr is not None:
+                found = next((ent for net, ent in networks if addr in net), None)
+        if found is None and site is not None:
+            found = by_site.get(site)
+        if len(memo) > 65536:
+            memo.clear()
+        memo[key] = found
+        return found
+
+    return lookup
+
+
+def residency_requirements(config: Config, catalog: Catalog) -> dict[str | None, frozenset[str]]:
+    """Per site (``None``: records of no site) the geos it may process in, from the site's
+    ``data_residency``, else the organisation's; an empty set is no requirement."""
+    tables = catalog.residency
+    org = tables.allowed_geos(config.data_residency)
+    out: dict[str | None, frozenset[str]] = {None: org}
+    for name, site in config.sites.items():
+        out[name] = org if site.data_residency is None else tables.allowed_geos(site.data_residency)
+    return out
+
+
 class Evaluator:
     """Stage 4: builds the rule context (see :data:`monitor.policy.FIELDS`) and runs the rules.
 
@@ -255,6 +324,21 @@ class Evaluator:
         org = frozenset(config.allowed_providers)
         allowed = catalog.allowed_countries
         by_range = catalog.match_ip
+        required = residency_requirements(config, catalog)
+        no_requirement = required[None]
+        entity = entity_of(config)
+        eu_adequate = catalog.residency.allowed_geos(
+            ("EU_ADEQUATE",) if "EU_ADEQUATE" in catalog.residency.zones else ()
+        )
+
+        def entity_name(e: Enriched) -> str | None:
+            found = entity(e.obs.client_ip, e.egress.site)
+            return found.name if found else None
+
+        def controlled_from(e: Enriched) -> str | None:
+            found = entity(e.obs.client_ip, e.egress.site)
+            return found.controlled_from if found else None
+
         self._getters: dict[str, Callable[[Enriched], Any]] = {
             **_GETTERS,
             "dest.range_provider": lambda e: (
@@ -267,16 +351,22 @@ class Evaluator:
             "provider.allowed_countries": lambda e: allowed(e.match.provider.id),
             "catalog.major_allowed_countries": lambda e: major,
             "org.allowed_providers": lambda e: org,
+            "residency.required": lambda e: required.get(e.egress.site, no_requirement),
+            "entity.name": entity_name,
+            "entity.controlled_from": controlled_from,
+            "zone.eu_adequate": lambda e: eu_adequate,
         }
         missing = {f for f in FIELDS if not f.startswith("history.")} - set(self._getters)
         assert not missing, f"no getter for rule fields {missing}"  # history: monitor.correlate
         # the memo key holds only what varies between records: provider facts follow from
-        # provider.id, and catalogue and organisation facts are fixed for the run
-        # (provider.asns also follows match.pattern, which the key then holds)
+        # provider.id, the requirement from the site, entity facts from the entity's name,
+        # and catalogue and organisation facts are fixed for the run (provider.asns also
+        # follows match.pattern, which the key then holds)
+        derived = {"residency.required": "egress.site", "entity.controlled_from": "entity.name"}
         varying = {
-            "provider.id" if f.startswith("provider.") else f
+            "provider.id" if f.startswith("provider.") else derived.get(f, f)
             for f in rules.fields
-            if not f.startswith(("catalog.", "org."))
+            if not f.startswith(("catalog.", "org.", "zone."))
         }
         if "provider.asns" in rules.fields:
             varying.add("match.pattern")
@@ -497,7 +587,7 @@ class Pipeline:
     ):
         self.catalog = catalog
         self.geo = geo
-        self.identifier = Identifier(catalog)
+        self.identifier = Identifier(catalog, config.azure_resources)
         self.enricher = Enricher(geo, EgressResolver(config.sites, geo, egress))
         self.evaluator = Evaluator(rules, catalog, config, self.identifier.signatures)
         self.incident_rows = IncidentRows(self.evaluator)
@@ -535,7 +625,12 @@ class Pipeline:
                 host = obs.dest_host.encode("utf-8", "backslashreplace")
                 diag.malformed_record(obs.source, obs.line, "destination is not a host name", host)
                 continue
-            if match is not None or not only_llm:
+            if match is not None:
+                p = match.processing
+                obs.processing_region, obs.processing_geo = p.region, p.geo
+                obs.residency_basis, obs.residency_caveat = p.basis, p.caveat
+                yield obs, match
+            elif not only_llm:
                 yield obs, match
 
     def process(

@@ -91,6 +91,17 @@ FIELDS: dict[str, str] = {
     "request.status": "HTTP status",
     "request.outcome": "allowed | blocked | error | null",
     "org.allowed_providers": "the organisation's provider allow-list (config)",
+    "match.listed": "false when the host is only under a provider's endpoint domain, unlisted",
+    "provider.approved": "true for an organisation overlay entry marked approved",
+    "provider.restricted_controllers": "countries whose control bars an entity from the provider",
+    "processing.region": "provider's region id where the request is processed (aws:eu-west-1)",
+    "processing.geo": "country or zone of processing (DE, EU), when known",
+    "processing.basis": "hostname | config | global | unknown: how the region is known",
+    "processing.caveat": "id of the provider's caveat about that region, or null",
+    "residency.required": "geos the site (else the organisation) must process in; empty: none",
+    "entity.name": "legal entity of the record's site or client (config [entities])",
+    "entity.controlled_from": "country the entity is controlled (majority-owned) from",
+    "zone.eu_adequate": "the EEA and countries with an EU adequacy decision (rules/residency.yaml)",
 }
 
 _OPERATORS = {
@@ -214,25 +225,32 @@ def _condition(field: str, op: str, value: Any) -> Predicate:
     raise AssertionError(op)  # unreachable: validated before
 
 
-def compile_rule(doc: Any, source: str) -> Rule:
-    """Validate one rule document and compile its ``when`` block."""
+def _header(doc: Any, source: str, kind: str, allowed: set[str]) -> tuple[str, str]:
+    """Checks shared by rules and packs: a mapping with an id, known keys, a title and a
+    description; returns (id, ``source: kind 'id'`` for messages)."""
     if not isinstance(doc, dict):
-        raise RuleError(f"{source}: a rule must be a mapping, got {type(doc).__name__}")
-    rid = doc.get("id")
-    if not isinstance(rid, str) or not rid:
-        raise RuleError(f"{source}: rule without an 'id'")
-    where = f"{source}: rule {rid!r}"
-    unknown = set(doc) - _RULE_KEYS
+        raise RuleError(f"{source}: a {kind} must be a mapping, got {type(doc).__name__}")
+    ident = doc.get("id")
+    if not isinstance(ident, str) or not ident:
+        raise RuleError(f"{source}: {kind} without an 'id'")
+    where = f"{source}: {kind} {ident!r}"
+    unknown = set(doc) - allowed
     if unknown:
         raise RuleError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key in ("title", "description"):
+        if not isinstance(doc.get(key), str) or not doc[key].strip():
+            raise RuleError(f"{where}: '{key}' is required")
+    return ident, where
+
+
+def compile_rule(doc: Any, source: str) -> Rule:
+    """Validate one rule document and compile its ``when`` block."""
+    rid, where = _header(doc, source, "rule", _RULE_KEYS)
     severity = doc.get("severity")
     if severity not in SEVERITY_RANK:
         raise RuleError(
             f"{where}: severity must be one of {', '.join(SEVERITIES)}, got {severity!r}"
         )
-    for key in ("title", "description"):
-        if not isinstance(doc.get(key), str) or not doc[key].strip():
-            raise RuleError(f"{where}: '{key}' is required")
     reads: set[str] = set()
     when = _block(doc.get("when"), "when", where, reads)
     if when is None:
@@ -392,3 +410,90 @@ class RuleSet:
     def evaluate(self, ctx: Context) -> list[Rule]:
         """The per-record rules that hold for one record's context."""
         return [r for r in self._per_record if r.predicate(ctx)]
+
+
+_PACK_KEYS = {"id", "title", "description", "references", "default", "includes", "checked"}
+
+
+@dataclass(frozen=True)
+class Pack:
+    """An opt-in rule set (``rules/packs/ID.yaml``), switched on by config
+    ``[organisation] packs``. ``includes`` names rules of ``rules/policies`` that belong to
+    the pack: they are dropped while the pack is off."""
+
+    id: str
+    title: str
+    description: str
+    references: tuple[str, ...]
+    default: bool
+    includes: tuple[str, ...]
+    rules: tuple[Rule, ...]
+    source: str
+
+
+def load_packs(directory: Path) -> dict[str, Pack]:
+    """Every pack in ``directory`` (none when it does not exist). A pack file is one mapping:
+    ``pack:`` (id, title, description, references, default, includes, checked) and
+    ``rules:`` (rule documents); every pack rule must cite its legal or policy reference."""
+    packs: dict[str, Pack] = {}
+    if not directory.is_dir():
+        return packs
+    for file in sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml")):
+        try:
+            doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise RuleError(f"{file}: cannot load: {exc}") from exc
+        if not isinstance(doc, dict) or set(doc) - {"pack", "rules"} or "pack" not in doc:
+            raise RuleError(f"{file}: a pack file is a mapping with 'pack' and 'rules'")
+        meta = doc["pack"]
+        pid, where = _header(meta, str(file), "pack", _PACK_KEYS)
+        refs = meta.get("references")
+        if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+            raise RuleError(f"{where}: 'references' must list the legal or policy sources")
+        if not isinstance(meta.get("checked"), str):
+            raise RuleError(f"{where}: 'checked' (the date the references were read) is required")
+        default = meta.get("default", False)
+        includes = meta.get("includes", [])
+        if not isinstance(default, bool):
+            raise RuleError(f"{where}: default must be true or false")
+        if not isinstance(includes, list) or not all(isinstance(r, str) for r in includes):
+            raise RuleError(f"{where}: includes must be a list of rule ids")
+        rule_docs = doc.get("rules") or []
+        if not isinstance(rule_docs, list) or not (rule_docs or includes):
+            raise RuleError(f"{where}: 'rules' must be a list (or the pack includes rules)")
+        rules = []
+        for rule_doc in rule_docs:
+            rule = compile_rule(rule_doc, str(file))
+            if not rule.references:
+                raise RuleError(f"{file}: rule {rule.id!r}: a pack rule needs its references")
+            rules.append(rule)
+        if pid in packs:
+            raise RuleError(f"{where}: duplicate pack id (also in {packs[pid].source})")
+        packs[pid] = Pack(
+            id=pid,
+            title=meta["title"].strip(),
+            description=" ".join(meta["description"].split()),
+            references=tuple(refs),
+            default=default,
+            includes=tuple(includes),
+            rules=tuple(rules),
+            source=str(file),
+        )
+    return packs
+
+
+def with_packs(base: RuleSet, packs: Mapping[str, Pack], enabled: Iterable[str]) -> RuleSet:
+    """``base`` without the rules of packs that are off, plus the rules of packs that are on."""
+    on = list(dict.fromkeys(enabled))
+    for pid in on:
+        if pid not in packs:
+            known = ", ".join(sorted(packs)) or "none"
+            raise RuleError(f"organisation.packs: unknown pack {pid!r} (packs: {known})")
+    dropped = {rid for pid, pack in packs.items() if pid not in on for rid in pack.includes}
+    rules = [r for r in base.rules if r.id not in dropped]
+    rules += [r for pid in on for r in packs[pid].rules]
+    return RuleSet(rules)
+
+
+def default_packs(packs: Mapping[str, Pack]) -> tuple[str, ...]:
+    return tuple(pid for pid, pack in packs.items() if pack.default)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -720,6 +720,20 @@ class Store:
             [*params, *fparams],
         )
 
+    def processing_locations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
+        """Where the requests of ``[since, until)`` were processed: by site, processing geo,
+        residency basis and region."""
+        span, params = _span(since, until)
+        f, fparams = where.sql()
+        return self._read_only(
+            f"""SELECT site, processing_geo AS geo, residency_basis AS basis,
+                       processing_region AS region, count(*) AS requests,
+                       sum(outcome IS 'blocked') AS blocked
+                FROM observations WHERE {span}{f}
+                GROUP BY 1, 2, 3, 4""",  # noqa: S608
+            [*params, *fparams],
+        )
+
     def traffic_sources(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """The scans and input files behind the observations of ``[since, until)``."""
         span, params = _span(since, until)
@@ -1003,15 +1017,20 @@ def _schema_v2(db: sqlite_utils.Database) -> None:
 
 
 def _schema_v3(db: sqlite_utils.Database) -> None:
+    """Where each LLM request is processed (monitor.residency): region, geo, basis, caveat."""
+    for name in ("processing_region", "processing_geo", "residency_basis", "residency_caveat"):
+        db["observations"].add_column(name, str)
+
+
+def _schema_v4(db: sqlite_utils.Database) -> None:
     """Who is calling (the ClientHello's JA4, the User-Agent) and what the rules saw."""
-    for table, names in (("observations", ("ja4", "user_agent")), ("incidents", ("facts",))):
-        have = db[table].columns_dict
-        for name in names:
-            if name not in have:  # a database created by this version has them from v1
-                db[table].add_column(name, str)
+    db["observations"].add_column("ja4", str)
+    db["observations"].add_column("user_agent", str)
+    if "facts" not in db["incidents"].columns_dict:  # v1 creates incidents as they are now
+        db["incidents"].add_column("facts", str)
 
 
-MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3}
+MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4}
 
 
 _INCIDENT_LIST_COLUMNS = (

@@ -267,7 +267,7 @@ def test_kinds_categories_and_hq(cat):
 
 
 def test_version_and_entries(cat):
-    assert cat.version == "2026-11-28"
+    assert cat.version == "2026-12-04"
     rows = {e.id: e for e in cat.entries()}
     assert list(rows) == list(cat.providers)
     assert rows["openai"].region_list == "openai_api"
@@ -396,6 +396,7 @@ PROVIDERS_OK = """\
 version: "2026-01-01"
 providers:
 - id: alpha
+  checked: "2026-01-01"
   name: Alpha AI
   kind: provider
   hq_country: US
@@ -410,6 +411,7 @@ providers:
   - {asns: [64501], org: Cloud, hosts: [special.b.example.com], sources: [https://a.example/asn]}
   private_endpoints: true
 - id: beta_relay
+  checked: "2026-01-01"
   name: Beta relay
   kind: relay
   category: aggregator

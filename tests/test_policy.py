@@ -148,6 +148,10 @@ def test_bundled_rules_use_only_documented_fields():
         "relay-service",
         "unapproved-provider",
         "possible-relay",
+        "data-residency",
+        "residency-unverifiable",
+        "provider-entity-restricted",
+        "unknown-provider-endpoint",
     }
     for rule in rules.rules:
         assert set(rule.when) <= set(FIELDS)

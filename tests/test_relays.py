@@ -341,6 +341,16 @@ def test_discovered_lists_candidates_and_promotes_one_into_the_overlay(tmp_path)
     assert group["confidence"] == "medium"
     assert group["sources"] == ["https://tickets.example/SEC-9"]
     assert "path:openai_chat_completions" in group["note"]
+    # with the overlay in the config, the promoted host is a relay from the next scan on
+    config = tmp_path / "apiwatch.toml"
+    config.write_text('[catalog]\nextra = ["corp-llm.yaml"]\n')
+    db2 = tmp_path / "after.db"
+    run("--config", config, "--db", db2, "scan", tmp_path / "access.log", "--egress-country", "US")
+    relay = [i for i in _incidents(db2) if i["dest_host"] == "api.relay-station.example"]
+    assert {i["rule"] for i in relay} == {"relay-service"}
+    assert {i["provider"] for i in relay if i["rule"] == "relay-service"} == {
+        "relay_api_relay_station_example"
+    }
     # a second host into the same entry; without a source it is low confidence
     run("--db", db, "discovered", "--promote", "oneapi.example.org", "--provider",
         "relay_api_relay_station_example", "--overlay", overlay)  # fmt: skip

@@ -144,7 +144,9 @@ def test_pipeline_rows_follow_the_column_order():
                     user="u", method="CONNECT", dest_host="api.openai.com", dest_port=443, dest_ip="1.2.3.4",
                     url="http://x/", status=200, bytes_out=11, bytes_in=22, host_source="connect",
                     result="TCP_TUNNEL", duration=0.5, ts_end=9.0, packets_out=3, packets_in=4, ech=True,
-                    ja4="t13d1516h2_8daaf6152771_e5627efa2ab1", user_agent="OpenAI/Python 1.54.0")  # fmt: skip
+                    ja4="t13d1516h2_8daaf6152771_e5627efa2ab1", user_agent="OpenAI/Python 1.54.0",
+                    processing_region="openai:eu", processing_geo="EU", residency_basis="hostname",
+                    residency_caveat="c")  # fmt: skip
     m = Catalog.load().match_host("api.openai.com")
     dest = GeoAnswer("1.2.3.4", "public", "US", 13335, "Cloudflare", None, "x", "y", None)
     row = dict(
@@ -163,6 +165,7 @@ def test_pipeline_rows_follow_the_column_order():
         "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1", "user_agent": "OpenAI/Python 1.54.0", "provider": "openai",
         "provider_kind": "api", "match_pattern": "api.openai.com", "site": "sh", "egress_ip": "5.6.7.8",
         "egress_country": "CN", "egress_source": "src", "dest_country": "US", "dest_asn": 13335,
-        "outcome": "allowed", "scan_id": None,
+        "outcome": "allowed", "scan_id": None, "processing_region": "openai:eu", "processing_geo": "EU",
+        "residency_basis": "hostname", "residency_caveat": "c",
     }  # fmt: skip
     assert row == expected

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -15,7 +14,7 @@ from typing import Any
 import click
 import yaml
 
-from monitor.catalog import RELAY_CATEGORIES
+from monitor.catalog import RELAY_CATEGORIES, load_overlay
 from monitor.cli.base import Fatal, app_of, guard, main, when
 from monitor.output import write_rows
 
@@ -140,6 +139,7 @@ def promote_host(
         "sources": list(sources)
         or [f"unverified: promoted by apiwatch discovered on {date.today()} ({evidence})"],
         "note": f"seen {when}; evidence: {evidence}",
+        "checked": date.today().isoformat(),
     }
     if provider == "relay":
         pid = "relay_" + re.sub(r"[^a-z0-9]+", "_", host).strip("_")
@@ -188,10 +188,4 @@ def _replace(path: Path, text: str) -> None:
 
 def _check(path: Path) -> None:
     """The overlay loads with the bundled catalogue (same schema as providers.yaml)."""
-    from monitor import catalog
-
-    load_overlay = getattr(catalog, "load_overlay", None)
-    if load_overlay is not None:
-        load_overlay(path)
-    else:  # the overlay loader is not in this version: check it is YAML with providers
-        json.dumps(yaml.safe_load(path.read_text(encoding="utf-8"))["providers"])
+    load_overlay(path)

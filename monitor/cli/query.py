@@ -189,7 +189,13 @@ def providers(ctx, hosts, as_json):
 
     \b
     apiwatch providers api.openai.com chatgpt.com notopenai.com 160.79.104.10
+    apiwatch providers eu.api.openai.com bedrock-runtime.eu-central-1.amazonaws.com
     apiwatch providers --json | jq -r 'select(.kind == "relay") | .id'
+
+    For a host the answer includes where the endpoint processes requests: processing_region
+    (aws:eu-central-1), processing_geo (DE, EU) and residency_basis (hostname, config,
+    global, unknown), with the provider's caveat where a regional endpoint does not
+    guarantee in-region processing.
     """
     app = app_of(ctx)
     if not hosts:
@@ -211,11 +217,13 @@ def providers(ctx, hosts, as_json):
     from monitor.observation import normalise_host
     from monitor.pipeline import Identifier
 
-    ident = Identifier(app.catalog)
+    ident = Identifier(app.catalog, app.config.azure_resources)
+    caveats = app.catalog.residency.caveats
     rows = []
     for host in hosts:
         norm = normalise_host(host) or host
         m = ident.by_host(norm)
+        p = m.processing if m else None
         rows.append(
             {
                 "host": norm,
@@ -223,11 +231,26 @@ def providers(ctx, hosts, as_json):
                 "name": m.provider.name if m else None,
                 "kind": m.kind if m else None,
                 "matched": m.pattern if m else None,
+                "listed": m.listed if m else None,
                 "region_list": m.provider.region_list if m else None,
                 "hq_country": m.provider.hq_country if m else None,
+                "processing_region": p.region if p else None,
+                "processing_geo": p.geo if p else None,
+                "residency_basis": p.basis if p else None,
+                "residency_caveat": p.caveat if p else None,
+                "caveat": caveats.get(p.caveat) if p and p.caveat else None,
             }
         )
-    write_rows(rows, "json" if as_json else "table", list(rows[0]), sys.stdout)
+    write_rows(
+        rows,
+        "json" if as_json else "table",
+        list(rows[0]),
+        sys.stdout,
+        None if as_json else [
+            "host", "provider", "kind", "matched", "processing_region", "processing_geo",
+            "residency_basis", "residency_caveat",
+        ],
+    )  # fmt: skip
 
 
 @main.command()
@@ -270,30 +293,56 @@ def geo(ctx, ips, as_json, list_sources):
 
 @main.command("rules")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@click.option("--packs", "list_packs", is_flag=True, help="Only the policy packs, on or off.")
 @click.pass_context
 @guard
-def rules_cmd(ctx, as_json):
-    """The policy rules in force (bundled rules/policies, or --rules).
+def rules_cmd(ctx, as_json, list_packs):
+    """The policy rules in force (bundled rules/policies, or --rules, plus the packs that are
+    on), then the policy packs (rules/packs) and which are on ([organisation] packs).
 
     \b
     apiwatch rules
+    apiwatch rules --packs
     apiwatch --rules ./my-policies rules --json
+    apiwatch rules --packs --json | jq -r 'select(.on) | .id'
     """
+    app = app_of(ctx)
+    on = set(app.packs_on)
+    pack_of = {r.id: p.id for p in app.packs.values() for r in p.rules}
+    pack_of |= {rid: p.id for p in app.packs.values() for rid in p.includes}
+    packs = [
+        {
+            "id": p.id,
+            "on": p.id in on,
+            "default": p.default,
+            "rules": len(p.rules) + len(p.includes),
+            "title": p.title,
+            "source": p.source,
+            "references": list(p.references),
+            "description": p.description,
+        }
+        for p in app.packs.values()
+    ]
+    out = "json" if as_json else "table"
+    if list_packs:
+        write_rows(packs, out, list(packs[0]) if packs else [], sys.stdout,
+                   ["id", "on", "default", "rules", "title"])  # fmt: skip
+        return
     rows = [
         {
             "id": r.id,
             "severity": r.severity,
             "title": r.title,
+            "pack": pack_of.get(r.id),
             "source": r.source,
             "when": r.when,
             "description": r.description,
         }
-        for r in app_of(ctx).rules.rules
+        for r in app.rules.rules
     ]
-    write_rows(
-        rows,
-        "json" if as_json else "table",
-        list(rows[0]) if rows else [],
-        sys.stdout,
-        ["id", "severity", "title"],
-    )
+    write_rows(rows, out, list(rows[0]) if rows else [], sys.stdout,
+               ["id", "severity", "pack", "title"])  # fmt: skip
+    if not as_json and packs:
+        click.echo()
+        write_rows(packs, out, list(packs[0]), sys.stdout,
+                   ["id", "on", "default", "rules", "title"])  # fmt: skip

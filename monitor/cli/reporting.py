@@ -194,13 +194,21 @@ def config_check(ctx, path):
     try:
         cfg = load_config(path)
         app.geo.sources()  # geodata files and overrides open
-        app.rules  # noqa: B018 - rules load
+        app.catalog  # noqa: B018 - overlays ([catalog] extra) and residency settings validate
+        app.rules  # noqa: B018 - rules and packs load
     except FATAL as exc:
         raise Fatal(str(exc)) from None
     click.echo(f"{path}: ok")
     click.echo(f"  database   {app.db_path}")
     click.echo(f"  sites      {', '.join(cfg.sites) or '-'}")
     click.echo(f"  providers  {', '.join(cfg.allowed_providers) or '- (unapproved-provider off)'}")
+    click.echo(f"  packs      {', '.join(app.packs_on) or '-'}")
+    if cfg.data_residency:
+        click.echo(f"  residency  {', '.join(cfg.data_residency)}")
+    for extra in app.catalog.overlays:
+        click.echo(f"  catalog    {extra} (overlay)")
+    for name, ent in cfg.entities.items():
+        click.echo(f"  entity     {name}: controlled from {ent.controlled_from}")
     for s in cfg.sources:
         n = len(glob.glob(s.path)) if glob.has_magic(s.path) else int(Path(s.path).exists())
         opts = ", ".join(
