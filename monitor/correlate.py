@@ -145,6 +145,14 @@ def _hops(
                 "first_seen": iso_utc(min(a.first for a in near)),
                 "last_seen": iso_utc(max(a.last for a in near)),
                 "count": sum(a.count for a in near),
+                # where the store finds the records behind it
+                "span": (
+                    who,
+                    provider,
+                    min(a.first for a in near),
+                    max(a.last for a in near),
+                    sorted({a.country for a in near}),
+                ),  # fmt: skip
                 "facts": {f: [json_value(ctx.get(f))] for f in rule.evidence},
             }
 

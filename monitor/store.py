@@ -386,8 +386,9 @@ class Store:
                 (old + [e for e in d["evidence"] if e not in old])[:EVIDENCE_SAMPLES]
             )
             facts = d.get("facts")
-            if facts_before.get(iid):
-                facts = merge_facts(facts_before[iid], facts or {})
+            for name, values in (facts_before.get(iid) or {}).items():  # the stored ones
+                for value in values:
+                    facts = merge_facts(facts, {name: value})
             d["facts"] = json.dumps(facts, sort_keys=True) if facts else None
             d["severity_rank"] = SEVERITY_RANK[d["severity"]]
             d["outcome"] = _outcome(d["blocked"], d["count"])
@@ -571,7 +572,19 @@ class Store:
             cols = [*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
                     "blocked", "outcome", "evidence", "facts", "first_scan", "last_scan"]  # fmt: skip
             values = []
+            hits: list[tuple[str, int]] = []
             for r in rows:
+                # the records behind it: the client's, with the provider, through the countries
+                who, provider, first, last, countries = r["span"]
+                marks = ", ".join("?" * len(countries))
+                found = [x[0] for x in self.db.execute(
+                    f"""SELECT id FROM observations WHERE day >= ? AND day <= ? AND ts >= ?
+                         AND ts <= ? AND provider = ? AND coalesce(user, client_ip) = ?
+                         AND egress_country IN ({marks})""",  # noqa: S608 - placeholders
+                    [iso_day(first), iso_day(last), first, last, provider, who, *countries])]  # fmt: skip
+                self.db.execute("DELETE FROM hits WHERE incident_id = ?", [r["id"]])
+                hits.extend((r["id"], oid) for oid in found)
+                r = {**r, "count": len(found)}
                 d = {**r, "severity_rank": SEVERITY_RANK[r["severity"]], "blocked": 0,
                      "outcome": "allowed", "evidence": "[]",
                      "facts": json.dumps(r.get("facts") or {}, sort_keys=True),
@@ -586,6 +599,7 @@ class Store:
                   facts = excluded.facts, last_scan = excluded.last_scan""",  # noqa: S608
                 values,
             )
+            self.db.conn.executemany("INSERT OR IGNORE INTO hits VALUES (?, ?)", hits)
         return removed, result
 
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
@@ -1083,14 +1097,21 @@ def _incident_out(row: dict[str, Any]) -> dict[str, Any]:
 def merge_facts(
     old: dict[str, list[Any]] | None, new: dict[str, Any], limit: int = EVIDENCE_SAMPLES
 ) -> dict[str, list[Any]]:
-    """``old`` with the values of ``new`` added: per field, distinct values in the order
-    first seen, at most ``limit`` (a list value counts as one)."""
+    """``old`` with the values of ``new`` added: per field, distinct values, the ``limit``
+    first in a fixed order (whatever order records arrive in: scans are deterministic)."""
     out = {k: list(v) for k, v in (old or {}).items()}
     for name, value in new.items():
         seen = out.setdefault(name, [])
-        if value not in seen and len(seen) < limit:
+        if value not in seen:
             seen.append(value)
+            if len(seen) > 1:
+                seen.sort(key=_fact_key)
+                del seen[limit:]
     return out
+
+
+def _fact_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _like_escape(text: str) -> str:
