@@ -35,8 +35,9 @@ from monitor.store import IngestResult
 ID, DAY = COL["id"], COL["day"]
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
-#: a character no host name (or address literal) holds: controls, bidi, spaces, punctuation
-_NOT_IN_HOSTS = re.compile(r"[^\w.:\[\]%-]")
+#: a character no host name, address literal or catalogue pattern (``*``) holds: controls,
+#: bidi, spaces, punctuation
+_NOT_IN_HOSTS = re.compile(r"[^\w.:\[\]%*-]")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -406,3 +408,119 @@ def test_readme_incident_examples_answer_for_the_example_logs(tmp_path):
     for example in examples:
         res = apiwatch("--config", "examples/apiwatch.toml", "--db", db, *example.split())
         assert res.returncode == 0 and res.stdout.strip(), example
+
+
+# -- 6. -j N stores exactly what -j 1 stores -------------------------------------------------
+
+
+def _stored(db: Path) -> dict[str, list[tuple]]:
+    """Everything a scan stores, field by field (but the scan's own id and times)."""
+    return {
+        "observations": rows(db, "SELECT * FROM observations ORDER BY id"),
+        "incidents": rows(db, "SELECT * FROM incidents ORDER BY id"),
+        "hits": rows(db, "SELECT * FROM hits ORDER BY incident_id, observation_id"),
+        "problems": rows(db, "SELECT source, line, reason, excerpt FROM scan_problems ORDER BY line, reason"),
+        "sources": rows(db, "SELECT key, head_len, path, size, offset, lines FROM sources ORDER BY key"),
+        "scans": rows(db, "SELECT records, malformed, llm_observations, stored, duplicates, incidents_new, file_errors FROM scans"),
+    }  # fmt: skip
+
+
+def test_a_huge_line_across_the_split_point_keeps_every_line_number(tmp_path):
+    """The user's case: a 20 MB line straddles the cut between two parts."""
+    records = big_log(tmp_path / "h.log", copies=300).read_bytes().splitlines(keepends=True)
+    head = b"".join(r for r in records if len(r.split()) == 10)  # ~2 MB each side
+    log = tmp_path / "big.log"
+    log.write_bytes(head + b"x" * (20 << 20) + b"\n" + head)
+    env = {"APIWATCH_PART_SIZE": str(8 << 20)}  # 3 parts: both cuts fall inside the long line
+    for jobs in (1, 2):
+        res = apiwatch("--db", tmp_path / f"j{jobs}.db", "scan", "-q", "-j", jobs, log, env=env)
+        assert res.returncode == 0, res.stderr
+    one, two = _stored(tmp_path / "j1.db"), _stored(tmp_path / "j2.db")
+    long_line = head.count(b"\n") + 1
+    assert (str(log), long_line, "line longer than 65536 bytes") in [p[:3] for p in one["problems"]]
+    assert one == two
+
+
+def test_line_starts_found_from_every_offset(tmp_path):
+    from monitor.collectors.base import _next_line_start
+
+    data = b"a\r\n\n" + b"x" * 300 + b"\n\x00\x00\x00\nlast"
+    path = tmp_path / "l.log"
+    path.write_bytes(data)
+    starts = [0] + [i + 1 for i, c in enumerate(data) if c == ord("\n")]
+    with open(path, "rb") as f:
+        for pos in range(len(data) + 1):
+            want = next((s for s in starts if s >= pos), len(data))
+            assert _next_line_start(f, pos, len(data)) == want, pos
+
+
+_RECORD = st.builds(
+    lambda ts, client, host, size: (
+        f"{ts:.3f}    120 10.20.1.{client} TCP_TUNNEL/200 {size} CONNECT {host}:443 - "
+        "HIER_DIRECT/162.159.140.245 -"
+    ).encode(),
+    st.floats(1795741200, 1795751200).map(lambda t: round(t, 3)),
+    st.integers(1, 4),
+    st.sampled_from(["api.openai.com", "api.anthropic.com", "github.com", "openrouter.ai"]),
+    st.integers(0, 99999),
+)
+_LINE = st.one_of(
+    _RECORD,
+    _RECORD,
+    st.integers(280, 320).map(lambda n: b"y" * n),  # around the (lowered) longest line
+    st.builds(
+        lambda r, k, at: r[:at] + b"\x00" * k + r[at:],
+        _RECORD,
+        st.integers(1, 40),
+        st.integers(0, 100),
+    ),  # fmt: skip
+    st.just(b""),
+    st.binary(max_size=30).filter(lambda b: b"\n" not in b),
+)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(
+    lines=st.lists(
+        st.tuples(_LINE, st.sampled_from([b"\n", b"\r\n"]), st.booleans()), min_size=1, max_size=60
+    ),  # fmt: skip
+    pad=st.integers(0, 400),
+    part_size=st.integers(1, 4000),
+    jobs=st.integers(2, 4),
+    tail=st.booleans(),
+)
+def test_parallel_parts_store_exactly_what_one_process_stores(
+    tmp_path_factory, monkeypatch, lines, pad, part_size, jobs, tail
+):
+    """Generated logs (long lines, CRLF, NUL runs, repeats, a last line without newline),
+    cut into parts wherever the part size and the padding put the cuts: -j N == -j 1."""
+    import monitor.collectors.base as base
+    import monitor.scanner as scanner
+    from monitor.app import App, Settings
+    from monitor.collectors import CollectOptions
+    from monitor.egress import EgressOptions
+
+    monkeypatch.setattr(base, "MAX_LINE", 300)
+    monkeypatch.setattr(scanner, "IN_PROCESS_BELOW", 0)
+    monkeypatch.setattr(scanner, "MIN_PART", 1)
+    monkeypatch.setattr(scanner, "PART_SIZE", part_size)
+    tmp = tmp_path_factory.mktemp("prop")
+    body = b"#" * pad + b"\n"
+    for line, end, repeat in lines:
+        body += line + end + ((line + end) if repeat else b"")
+    if tail:
+        body = body.rstrip(b"\r\n") + b" -"
+    log = tmp / "gen.log"
+    log.write_bytes(body)
+    stored = []
+    for n in (1, jobs):
+        db = tmp / f"j{n}.db"
+        app = App(Settings(db=db, config=EXAMPLES / "apiwatch.toml"))
+        try:
+            app.scan([str(log)], EgressOptions(egress_country="CN"), CollectOptions(format="squid"),
+                     jobs=n)  # fmt: skip
+        finally:
+            app.close()
+        stored.append(_stored(db))
+    assert stored[0] == stored[1]

@@ -281,15 +281,30 @@ def split_at_lines(path: str, start: int, end: int, parts: int) -> list[tuple[in
     cuts = [start]
     with open(path, "rb") as f:
         for i in range(1, parts):
-            f.seek(max(start + (end - start) * i // parts, cuts[-1]))
-            f.readline(MAX_LINE + 1)  # finish the line we landed in
-            pos = f.tell()
+            pos = _next_line_start(f, max(start + (end - start) * i // parts, cuts[-1]), end)
             if pos >= end:
                 break
             if pos > cuts[-1]:
                 cuts.append(pos)
     cuts.append(end)
     return list(zip(cuts, cuts[1:], strict=False))
+
+
+def _next_line_start(f: BinaryIO, pos: int, end: int) -> int:
+    """Offset just after the first newline at or after ``pos - 1`` (so a cut never falls
+    inside a line, however long), or ``end``. ``pos`` itself when a line starts there."""
+    if pos <= 0:
+        return 0
+    f.seek(pos - 1)
+    while pos - 1 < end:
+        block = f.read(READ_CHUNK)
+        if not block:
+            break
+        i = block.find(b"\n")
+        if i >= 0:
+            return pos + i
+        pos += len(block)
+    return end
 
 
 def last_line_end(path: str, start: int, end: int) -> int:
