@@ -1038,10 +1038,10 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
 
 def _schema_v4(db: sqlite_utils.Database) -> None:
     """Who is calling (the ClientHello's JA4, the User-Agent) and what the rules saw."""
-    db["observations"].add_column("ja4", str)
-    db["observations"].add_column("user_agent", str)
-    if "facts" not in db["incidents"].columns_dict:  # v1 creates incidents as they are now
-        db["incidents"].add_column("facts", str)
+    for table, name in (("observations", "ja4"), ("observations", "user_agent"),
+                        ("incidents", "facts")):  # fmt: skip
+        if name not in db[table].columns_dict:  # v1 creates incidents as they are now
+            db[table].add_column(name, str)
 
 
 MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4}
