@@ -8,6 +8,7 @@ Exit codes (for cron): 0 success; 1 error (unreadable input, bad config or rules
 """
 
 from monitor.cli import (  # noqa: F401 (registration)
+    alerts,
     collect,
     database,
     discovered,
@@ -15,6 +16,7 @@ from monitor.cli import (  # noqa: F401 (registration)
     query,
     reporting,
     triage,
+    watch,
 )
 from monitor.cli.base import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
 
