@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -1259,6 +1259,14 @@ def _schema_v4(db: sqlite_utils.Database) -> None:
 
 
 def _schema_v5(db: sqlite_utils.Database) -> None:
+    """Captures: the outer SNI of an ECH ClientHello, the tunnel a flow was carried in."""
+    have = db["observations"].columns_dict
+    for name in ("ech_outer", "tunnel", "tunnel_src", "tunnel_dst"):
+        if name not in have:  # only where missing: a copy made for tests may hold them
+            db["observations"].add_column(name, str)
+
+
+def _schema_v6(db: sqlite_utils.Database) -> None:
     """Who is calling (the ClientHello's JA4, the User-Agent) and what the rules saw."""
     for table, name in (("observations", "ja4"), ("observations", "user_agent"),
                         ("incidents", "facts")):  # fmt: skip
@@ -1266,7 +1274,9 @@ def _schema_v5(db: sqlite_utils.Database) -> None:
             db[table].add_column(name, str)
 
 
-MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4, 5: _schema_v5}
+MIGRATIONS = {
+    1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4, 5: _schema_v5, 6: _schema_v6
+}  # fmt: skip
 
 #: (status before, status after) → the event a status change raises
 _STATUS_EVENT = {

@@ -23,7 +23,8 @@ from tests.squid_harness import in_ci
 
 HERE = Path(__file__).resolve().parent
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
-RSYSLOG_MODULES = Path("/usr/lib/x86_64-linux-gnu/rsyslog")
+#: rsyslog's TLS driver (Debian's rsyslog-openssl), wherever the architecture puts it
+RSYSLOG_TLS = next(iter(sorted(Path("/usr/lib").glob("*/rsyslog/lmnsd_ossl.so"))), None)
 
 
 def need(ok: bool, reason: str) -> None:
@@ -82,7 +83,7 @@ class Rsyslog:
     def __init__(self, directory: Path):
         need(Path(RSYSLOGD).exists(), "needs rsyslogd (apt-get install rsyslog)")
         need(
-            (RSYSLOG_MODULES / "lmnsd_ossl.so").exists(),
+            RSYSLOG_TLS is not None,
             "needs rsyslog's TLS driver (apt-get install rsyslog-openssl)",
         )
         self.dir = directory

@@ -34,6 +34,7 @@ import pandas as pd
 from monitor import __version__
 from monitor.observation import iso_datetime as _iso
 from monitor.policy import SEVERITIES
+from monitor.report.processing import processing_summary
 from monitor.store import Rows, Store, TrafficFilter
 
 if TYPE_CHECKING:
@@ -196,6 +197,7 @@ class Report:
     top_destinations: list[dict[str, Any]]
     relays: dict[str, Any]
     events: dict[str, Any]
+    processing: dict[str, Any] = field(default_factory=dict)  # where prompts are processed
     methods: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,6 +239,7 @@ def build_report(app: ReportSource, q: ReportQuery) -> Report:
         b = pool.submit(store.client_destinations, win.since, win.until, f)
         c = pool.submit(store.traffic_sources, win.since, win.until, f)
         d = pool.submit(store.distinct_clients, prev.since, prev.until, f)
+        e = pool.submit(store.processing_locations, win.since, win.until, f)
         catalog = app.catalog  # loads (pure Python) while SQLite works
         cube, who, sources = _frame(a.result()), _frame(b.result()), _frame(c.result())
         prev_clients = d.result()
@@ -303,6 +306,7 @@ def build_report(app: ReportSource, q: ReportQuery) -> Report:
         relays=_relays(dest, who, catalog),
         events=store.status_changes(win.since, win.until, f, EVENT_LIMIT),
         methods=_methods(app, win, sources),
+        processing=processing_summary(e.result(), app.config, catalog),
     )
 
 

@@ -317,6 +317,8 @@ def render_markdown(report: Report) -> str:
         )  # fmt: skip
     )
 
+    out.extend(_processing(r.processing))
+
     rl = r.relays
     add("\n## Relay use\n")
     add(f"{num(rl['requests'])} request(s) from {num(rl['clients'])} client(s) went to relays, aggregators, AI gateways or generic hosting often used as a relay.\n")  # fmt: skip
@@ -467,3 +469,37 @@ def render_markdown(report: Report) -> str:
         "resolved = resolved during it (audit trail).\n"
     )
     return "\n".join(out)
+
+
+def _processing(p: dict[str, Any]) -> list[str]:
+    t = p["totals"]
+    return [
+        "\n## Where prompts are processed\n",
+        f"{num(t['outside'])} request(s) were processed outside their site's residency requirement and {num(t['unverifiable'])} went where the processing location cannot be verified (global endpoints, unmapped resources); {num(t['inside'])} stayed inside it.\n",  # fmt: skip
+        table(
+            [
+                "site",
+                "requirement",
+                "processing geo",
+                "basis",
+                "regions",
+                "requests",
+                "blocked",
+                "status",
+            ],
+            [
+                [
+                    code(r["site"]),
+                    codes(r["requirement"], 6) if r["requirement"] else "-",
+                    code(r["processing_geo"]),
+                    md(r["residency_basis"]),
+                    codes(r["regions"], 3),
+                    num(r["requests"]),
+                    num(r["blocked"]),
+                    md(r["status"]),
+                ]
+                for r in p["rows"]
+            ],
+            right={5, 6},
+        ),  # fmt: skip
+    ]
