@@ -473,16 +473,17 @@ def test_every_catalogue_region_has_a_geo():
 
 
 def test_older_database_gains_the_processing_columns(tmp_path):
-    from monitor.store import Store
+    import sqlite_utils
+
+    from monitor.store import MIGRATIONS, Store
 
     path = tmp_path / "old.db"
-    Store(path).close()
-    with sqlite3.connect(path) as con:  # make it look like a version-2 database
-        for name in ("processing_region", "processing_geo", "residency_basis", "residency_caveat"):
-            con.execute(f"ALTER TABLE observations DROP COLUMN {name}")
-        for table in ("outbox", "alert_sinks", "finding_alerts"):  # and what later steps add
-            con.execute(f"DROP TABLE {table}")
-        con.execute("PRAGMA user_version = 2")
+    db = sqlite_utils.Database(sqlite3.connect(path))  # a version-2 database, by its own steps
+    for step in (1, 2):
+        MIGRATIONS[step](db)
+    db.execute("PRAGMA user_version = 2")
+    db.conn.commit()
+    db.conn.close()
     store = Store(path)
     names = {c.name for c in store.db["observations"].columns}
     store.close()

@@ -39,7 +39,7 @@ def db_check(ctx, as_json):
             if isinstance(value, dict):
                 value = ", ".join(f"{k} {v}" for k, v in value.items())
             click.echo(f"{key:<24} {value}")
-    if report["integrity"] != "ok" or report["orphan_hits"]:
+    if report["integrity"] != "ok" or report["orphan_hits"] or report["incidents_without_finding"]:
         ctx.exit(EXIT_ERROR)
 
 
