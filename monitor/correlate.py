@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.catalog import Catalog, Provider
-from monitor.ids import finding_id, incident_id
+from monitor.ids import incident_id
 from monitor.observation import iso_day, iso_utc
 from monitor.pipeline import json_value
 from monitor.policy import Rule, RuleSet
@@ -130,7 +130,7 @@ def _hops(
             ctx = _context(near, who, provider, p, allowed, served)
             yield {
                 "id": incident_id(rule.id, provider, None, who, None, None, day),
-                "finding_id": finding_id(rule.id, provider, None, None),
+                "finding_id": None,  # not rolled up into findings (yet): see the report
                 "user": None,
                 "rule": rule.id,
                 "severity": rule.severity,
