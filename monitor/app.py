@@ -6,6 +6,7 @@ The CLI is a thin layer over this module, and so can any other program be.
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -21,7 +22,7 @@ from monitor.policy import Pack, RuleSet, default_packs, load_packs, with_packs
 from monitor.privacy import PrivacyError, Pseudonymizer
 from monitor.resources import rules_dir
 from monitor.scanner import Scanner
-from monitor.store import Store
+from monitor.store import Store, StoreError, database_problem
 
 STALE_GEODATA_DAYS = 183
 
@@ -68,6 +69,14 @@ class App:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.read_only = False  # queries and reports: open the database read-only
+        self._checked = False  # the database passed SQLite's quick check in this process
+
+    def for_reading(self) -> App:
+        """Open the database read-only when first used (an auditor's copy, a read-only
+        mount, a directory the user cannot write): for commands that only query it."""
+        self.read_only = True
+        return self
 
     @cached_property
     def config(self) -> Config:
@@ -115,7 +124,7 @@ class App:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.db_path)
+        return Store(self.db_path, readonly=self.read_only)
 
     def pipeline(
         self, egress: EgressOptions, collect: CollectOptions, pseudonymize: bool = False
@@ -164,8 +173,24 @@ class App:
             "pseudonymize": pipeline.pseudonymizer is not None,
             "rules": [r.id for r in self.rules.rules],
         }
+        if not self._checked:  # never add to a database SQLite finds damaged
+            if damage := self.store.damage():
+                raise StoreError(
+                    f"{self.db_path}: the database is damaged ({damage}); nothing was scanned; "
+                    f"run `apiwatch --db {self.db_path} db check`"
+                )
+            self._checked = True
         scan_id = self.store.start_scan(paths, options)
-        summary = Scanner(pipeline, self.store, jobs, full).run(paths, scan_id, on_read)
+        scanner = Scanner(pipeline, self.store, jobs, full)
+        try:
+            summary = scanner.run(paths, scan_id, on_read)
+        except sqlite3.DatabaseError as exc:  # a full disk, a damaged file: say what is kept
+            done = scanner.summary
+            raise StoreError(
+                f"{database_problem(self.db_path, exc)} (scan {scan_id} committed "
+                f"{done.stored} new observations, {len(done.incidents_new)} new and "
+                f"{len(done.incidents_updated)} updated incidents before it stopped)"
+            ) from exc
         record, problems = summary.scan_record(fail_on)
         record["catalog_version"] = self.catalog.version
         record["geodata"] = [asdict(s) for s in self.geo.sources()]

@@ -173,22 +173,47 @@ class IncidentQuery:
 class Store:
     """One apiwatch database file. Open it, ingest batches, query incidents."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """Open (or create) the database. ``readonly``: open an existing file for queries
+        only (SQLite ``mode=ro``, and ``immutable`` when no WAL index can be made there: a
+        read-only mount, a directory the user cannot write, an auditor's copy)."""
         self.path = Path(path).expanduser()
+        self.readonly = readonly
+        self._ro_uri = f"{self.path.resolve().as_uri()}?mode=ro"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():  # create it private: it holds client addresses and users
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            if readonly:
+                conn = self._connect_readonly()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if not self.path.exists():  # create it private: it holds addresses and users
+                    os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db = _sqlite_utils().Database(conn)
             self.db.execute("PRAGMA busy_timeout = 30000")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = NORMAL")
             self.db.execute("PRAGMA cache_size = -65536")  # 64 MB: index pages stay in memory
-            self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
             self._migrate()
         except (OSError, sqlite3.DatabaseError) as exc:
-            raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
+            raise StoreError(database_problem(self.path, exc, "cannot open database")) from exc
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: no such database")
+        for uri in (self._ro_uri, self._ro_uri + "&immutable=1"):
+            conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:  # a WAL index (-shm) cannot be made here
+                conn.close()
+                if uri.endswith("immutable=1"):
+                    raise
+                continue
+            self._ro_uri = uri  # the report's worker connections open it the same way
+            return conn
+        raise AssertionError("unreachable")
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -221,6 +246,13 @@ class Store:
             )
         if version == SCHEMA_VERSION:
             return
+        if self.readonly:
+            raise StoreError(
+                f"{self.path}: schema version {version}, this apiwatch reads {SCHEMA_VERSION}: "
+                "a scan with write access upgrades it"
+                if version
+                else f"{self.path}: not an apiwatch database"
+            )
         if version == 0 and self.db.table_names():
             raise StoreError(
                 f"{self.path}: not an apiwatch database (has tables, no schema version)"
@@ -528,16 +560,31 @@ class Store:
                 self.db["meta"].upsert({"key": "pruned_before", "value": before_day}, pk="key")
         return {"observations": observations, "hits": hits}
 
+    def damage(self) -> str | None:
+        """What SQLite's quick check finds wrong (None: nothing). It reads every page once,
+        so a scan runs it before writing, not each query."""
+        try:
+            found = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if found == ["ok"] else "; ".join(found).replace("\n", " ")
+
     def check(self) -> dict[str, Any]:
         """Integrity, schema version and table sizes, for ``apiwatch db check``."""
-        integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
-        counts = {
-            t: self.db[t].count
-            for t in ("scans", "observations", "hits", "incidents", "incident_events", "sources")
-        }
-        orphans = self.db.execute(
-            "SELECT count(*) FROM hits WHERE incident_id NOT IN (SELECT id FROM incidents)"
-        ).fetchone()[0]
+        try:
+            integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as exc:  # too damaged to walk
+            integrity = [str(exc)]
+        counts: dict[str, int | str] = {}
+        orphans: int | None = None
+        try:  # a damaged database may not answer these: what it says is the report
+            for t in ("scans", "observations", "hits", "incidents", "incident_events", "sources"):
+                counts[t] = self.db[t].count
+            orphans = self.db.execute(
+                "SELECT count(*) FROM hits WHERE incident_id NOT IN (SELECT id FROM incidents)"
+            ).fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            counts[t] = f"unreadable ({exc})"
         return {
             "path": str(self.path),
             "schema_version": self.db.execute("PRAGMA user_version").fetchone()[0],
@@ -740,8 +787,7 @@ class Store:
 
     def _read_only(self, sql: str, params: Sequence[Any]) -> Rows:
         """One query on its own read-only connection (safe to run in a worker thread)."""
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        con = sqlite3.connect(uri, uri=True, timeout=30)
+        con = sqlite3.connect(self._ro_uri, uri=True, timeout=30)
         try:
             con.execute("PRAGMA busy_timeout = 30000")
             con.execute("PRAGMA cache_size = -65536")
@@ -921,6 +967,19 @@ def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
     for i in range(0, len(ids), _IN_CHUNK):
         chunk = list(ids[i : i + _IN_CHUNK])
         yield chunk, ", ".join("?" * len(chunk))
+
+
+def database_problem(path: Path, exc: BaseException, doing: str = "database error") -> str:
+    """One line for a failure SQLite reported: the file, what is wrong, what to do."""
+    text = str(exc)
+    if "full" in text:
+        return (
+            f"{path}: {text}: what was committed is kept; free space and run the command "
+            "again (a scan resumes where its last commit left off)"
+        )
+    if "readonly" in text or "read-only" in text:
+        return f"{path}: {text}: this command needs write access to the database and its directory"
+    return f"{path}: {doing}: {text}; run `apiwatch --db {path} db check`"
 
 
 def _incident_out(row: dict[str, Any]) -> dict[str, Any]:

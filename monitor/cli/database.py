@@ -31,7 +31,7 @@ def db_check(ctx, as_json):
     apiwatch db check
     apiwatch --db /var/lib/apiwatch/apiwatch.db db check --json
     """
-    report = app_of(ctx).store.check()
+    report = app_of(ctx).for_reading().store.check()
     if as_json:
         click.echo(json.dumps(report))
     else:
@@ -39,7 +39,8 @@ def db_check(ctx, as_json):
             if isinstance(value, dict):
                 value = ", ".join(f"{k} {v}" for k, v in value.items())
             click.echo(f"{key:<24} {value}")
-    if report["integrity"] != "ok" or report["orphan_hits"]:
+    unreadable = any(isinstance(n, str) for n in report["tables"].values())
+    if report["integrity"] != "ok" or report["orphan_hits"] or unreadable:
         ctx.exit(EXIT_ERROR)
 
 

@@ -43,8 +43,15 @@ def _write(text: str, output: Path | None) -> None:
 
 @main.command("export")
 @click.argument("fmt", metavar="[FORMAT]", required=False, type=click.Choice(list(FORMATS)))
-@click.option("--site", metavar="NAME", help="Site from the config: its egress country decides (as in scan).")
-@click.option("--country", metavar="CC", callback=_country, help="Egress country (ISO code) instead of a site.")
+@click.option(
+    "--site", metavar="NAME", help="Site from the config: its egress country decides (as in scan)."
+)
+@click.option(
+    "--country",
+    metavar="CC",
+    callback=_country,
+    help="Egress country (ISO code) instead of a site.",
+)
 @click.option("--provider", multiple=True, callback=_list, metavar="ID",
               help="Only these providers (repeatable, or comma-separated).")  # fmt: skip
 @click.option("--kind", multiple=True, callback=_list, metavar="api,consumer,relay",

@@ -82,7 +82,7 @@ def incidents(
         status=status,
         limit=limit,
     )
-    app = app_of(ctx)
+    app = app_of(ctx).for_reading()
     rows = app.store.incidents(q)
     n = write_rows(
         rows, out or "table", INCIDENT_COLUMNS, sys.stdout, INCIDENT_TABLE, spreadsheet_safe
@@ -133,7 +133,7 @@ def show(ctx, incident_id, as_json, samples):
     apiwatch show 3f9a --json | jq '.records[].url'
     """
     try:
-        inc = app_of(ctx).store.incident(incident_id, samples)
+        inc = app_of(ctx).for_reading().store.incident(incident_id, samples)
     except KeyError as exc:
         raise Fatal(exc.args[0]) from None
     if inc is None:

@@ -92,7 +92,7 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
             check_output_pattern(output)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="-o/--output") from None
-    app: App = ctx.obj
+    app: App = ctx.obj.for_reading()
     report = build_report(app, ReportQuery(window, sites=site, providers=provider, top=top))
     text = render(report, fmt, spreadsheet_safe)
     if output is None or output == "-":
