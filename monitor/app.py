@@ -19,7 +19,7 @@ from monitor.egress import EgressOptions
 from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
 from monitor.policy import Pack, RuleSet, default_packs, load_packs, with_packs
-from monitor.privacy import PrivacyError, Pseudonymizer
+from monitor.privacy import PrivacyError, Pseudonymizer, privacy_mode
 from monitor.resources import rules_dir
 from monitor.scanner import Scanner
 from monitor.store import Store, StoreError, database_problem
@@ -180,6 +180,9 @@ class App:
                     f"run `apiwatch --db {self.db_path} db check`"
                 )
             self._checked = True
+        mode = privacy_mode(pipeline.pseudonymizer)
+        if (recorded := self.store.claim_privacy_mode(mode)) != mode:
+            raise StoreError(f"{self.db_path}: {_privacy_mismatch(recorded, mode)}")
         scan_id = self.store.start_scan(paths, options)
         scanner = Scanner(pipeline, self.store, jobs, full)
         try:
@@ -211,3 +214,19 @@ class App:
             self.store.close()
         if "geo" in self.__dict__:
             self.geo.close()
+
+
+def _privacy_mismatch(recorded: str, mode: str) -> str:
+    def said(m: str) -> str:
+        fingerprint = m.partition(":")[2]
+        return f"pseudonymised with key {fingerprint}" if fingerprint else "real addresses"
+
+    fix = (
+        "scan with --pseudonymize and the same key"
+        if recorded != "plain"
+        else "scan without --pseudonymize"
+    )
+    return (
+        f"this database holds {said(recorded)} and this scan would store {said(mode)}: "
+        f"refused, nothing was scanned ({fix}, or use another database)"
+    )

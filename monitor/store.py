@@ -311,6 +311,23 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
+    def claim_privacy_mode(self, mode: str) -> str:
+        """The privacy mode of the database's data (see :func:`monitor.privacy.privacy_mode`),
+        recorded by its first scan: one database never mixes pseudonyms with real addresses,
+        or the pseudonyms of two keys. Returns the recorded mode (``mode`` if it was none)."""
+        with self._tx():
+            recorded = self._meta("privacy")
+            if recorded is None:  # a database older than the record: what its rows hold
+                seen = self.db.execute(
+                    "SELECT client_ip LIKE 'anon:%' FROM observations"
+                    " WHERE client_ip IS NOT NULL LIMIT 1"
+                ).fetchone()
+                if seen is not None and bool(seen[0]) != (mode != "plain"):
+                    return "pseudonymized:(key not recorded)" if seen[0] else "plain"
+                self.db["meta"].upsert({"key": "privacy", "value": mode}, pk="key")
+                return mode
+        return recorded
+
     def pruned_before(self) -> str | None:
         """The first UTC day whose traffic detail is still kept (None: never pruned)."""
         return self._meta("pruned_before")

@@ -676,3 +676,31 @@ def test_an_auditors_copy_in_a_directory_without_write_access(tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == ["audit.db"]
     finally:
         subprocess.run(["chattr", "-i", str(folder)], check=False)
+
+
+# -- 9. one privacy mode per database ---------------------------------------------------------
+
+
+def test_a_pseudonymised_database_refuses_plain_scans_and_other_keys(tmp_path):
+    db = tmp_path / "p.db"
+    key = {"APIWATCH_PSEUDONYMIZE_KEY": "k" * 32}
+    first = apiwatch("--db", db, "scan", "-q", "--pseudonymize", SHANGHAI, env=key)
+    assert first.returncode == 0, first.stderr
+    before = _stored(db)
+    for args, env in ((("scan", FRANKFURT), {}),
+                      (("scan", "--pseudonymize", FRANKFURT), {"APIWATCH_PSEUDONYMIZE_KEY": "z" * 32})):  # fmt: skip
+        res = apiwatch("--db", db, *args, env=env)
+        no_traceback(res)
+        assert res.returncode == 1
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith(f"Error: {db}: this database holds pseudonymised with key ")
+        assert "refused, nothing was scanned" in line
+    assert _stored(db) == before  # no anon: ids mixed with real addresses, no new scan row
+    same = apiwatch("--db", db, "scan", "-q", "--pseudonymize", FRANKFURT, env=key)
+    assert same.returncode == 0, same.stderr
+    clients = {r[0] for r in rows(db, "SELECT DISTINCT client_ip FROM observations")}
+    assert clients and all(c.startswith("anon:") for c in clients)
+    plain = tmp_path / "plain.db"
+    assert apiwatch("--db", plain, "scan", "-q", SHANGHAI).returncode == 0
+    res = apiwatch("--db", plain, "scan", "--pseudonymize", FRANKFURT, env=key)
+    assert res.returncode == 1 and "this database holds real addresses" in res.stderr
