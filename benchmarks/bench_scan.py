@@ -18,7 +18,8 @@ the benchmark: its row is reported as failed with the exit code and the tail of 
 
 Usage::
 
-    python benchmarks/bench_scan.py                      # 2 M generated lines
+    python benchmarks/bench_scan.py                      # 2 M generated lines, 3 % and 25 % LLM
+    python benchmarks/bench_scan.py --llm-share 0.25     # one developer-heavy workload
     python benchmarks/bench_scan.py /var/log/squid/access.log --repeat 3
     python benchmarks/bench_scan.py --lines 500000 --json
     python benchmarks/bench_scan.py --memory-check       # + scan of 10 M lines, RSS target
@@ -142,9 +143,10 @@ def log_facts(path: Path) -> tuple[int, int]:
     return count_lines(path)
 
 
-def generate(out: Path, lines: int, seed: int, *, timer: str, workdir: Path, repeat=1) -> Row:
+def generate(out: Path, lines: int, seed: int, *, timer: str, workdir: Path, repeat=1,
+             llm_share: float = 0.03) -> Row:  # fmt: skip
     cmd = [sys.executable, str(GENERATOR), "-o", str(out), "--lines", str(lines)]
-    cmd += ["--seed", str(seed), "-q"]
+    cmd += ["--seed", str(seed), "--llm-share", str(llm_share), "-q"]
     row = measure(
         "gen_squid_log.py (write)",
         cmd,
@@ -159,6 +161,19 @@ def generate(out: Path, lines: int, seed: int, *, timer: str, workdir: Path, rep
         row.bytes = nbytes
         row.mb_per_s = round(nbytes / 1e6 / row.seconds, 1)
     return row
+
+
+def workload(log: Path, lines: int, check: dict | None) -> str:
+    """The share of LLM lines, which decides what a scan costs: from the generator's truth,
+    else from the scan's own count."""
+    truth_file = truth_path(log)
+    if truth_file.exists():
+        llm = json.loads(truth_file.read_text())["llm_lines"]
+    elif check:
+        llm = check["scan"]["llm_lines"]
+    else:
+        return "share of LLM lines unknown (no generator truth, no scan row)"
+    return f"{llm:,} LLM lines = {100 * llm / max(lines, 1):.1f} % of {lines:,}"
 
 
 def check_scan(row: Row, log: Path) -> dict | None:
@@ -228,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("log", nargs="?", type=Path, help="Squid native access.log (.gz allowed)")
     ap.add_argument("--lines", type=int, default=2_000_000, help="lines to generate (no log)")
     ap.add_argument("--seed", type=int, default=1, help="generator seed")
+    ap.add_argument(
+        "--llm-share",
+        help="share(s) of LLM lines in the generated log, comma-separated: each is its own "
+        "workload and table [default without LOG: 0.03,0.25, a typical and a developer-heavy "
+        "proxy]",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="runs per command; best time kept")
     ap.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     ap.add_argument("--country", default="CN", help="--egress-country for the scan row")
@@ -257,6 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-lines", type=int, default=MEMORY_CHECK_LINES)
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args(argv)
+    try:
+        given = args.llm_share or ("0.03" if args.log else "0.03,0.25")
+        shares = [float(s) for s in given.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--llm-share: {args.llm_share!r} is not a list of numbers")
+    if len(shares) > 1:  # one workload after the other, each with its own peer run
+        if args.log:
+            ap.error("a LOG has the share of LLM lines it has: give one --llm-share or none")
+        rest = list(sys.argv[1:] if argv is None else argv)
+        codes = [main([*rest, "--llm-share", str(s)]) for s in shares]
+        return max(codes)
+    args.llm_share = shares[0]
 
     timer = pick_timer(args.timer)
     if timer is None:
@@ -275,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         if log is None:
             log = tmp / "access.log"
             say(f"generating {args.lines:,} lines into {log} ...")
-            gen_row = generate(log, args.lines, args.seed, timer=timer, workdir=tmp)
+            gen_row = generate(
+                log, args.lines, args.seed, timer=timer, workdir=tmp, llm_share=args.llm_share
+            )
             rows.append(gen_row)
             if not gen_row.ok:
                 say(render_table(rows))
@@ -327,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=2))
         else:
             print(f"log: {log}  ({lines:,} lines, {nbytes / 1e6:,.1f} MB)  timer: {timer}")
+            print(f"workload: {workload(log, lines, result.get('scan_check'))}")
             print(f"apiwatch: {result['apiwatch']}\n")
             print(render_table(rows))
             if result.get("scan_check"):

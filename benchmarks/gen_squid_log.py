@@ -57,7 +57,7 @@ BATCH = 1 << 16
 RECORD_POOL = 1 << 16  # distinct (elapsed, request...) records; small enough to stay in cache
 CLIENT_POOL = 1 << 16  # weighted client draw table
 INC_POOL = 1 << 8  # inter-arrival time quantiles
-LLM_SHARE = 0.03  # share of the record pool that goes to LLM API hosts
+LLM_SHARE = 0.03  # default share of the record pool that goes to LLM API hosts
 
 # host -> (weight within LLM traffic, share of lines denied by the proxy, upstream addresses)
 LLM_HOSTS: dict[str, tuple[float, float, tuple[str, ...]]] = {
@@ -366,7 +366,7 @@ def _lognormal_int(rng: random.Random, median: float, sigma: float, cap: int) ->
     return min(cap, int(rng.lognormvariate(math.log(median), sigma)))
 
 
-def build_pools(rng: random.Random, lines: int) -> Pools:
+def build_pools(rng: random.Random, lines: int, llm_share: float = LLM_SHARE) -> Pools:
     n_hosts = 6000
     random_hosts = _hostnames(rng, n_hosts)
     host_ip: dict[str, str] = {}
@@ -403,7 +403,10 @@ def build_pools(rng: random.Random, lines: int) -> Pools:
 
     for _ in range(RECORD_POOL):
         r = rng.random()
-        if r < LLM_SHARE:
+        to_llm = r < llm_share
+        if not to_llm:  # the other traffic keeps its mix whatever the LLM share
+            r = LLM_SHARE + (r - llm_share) / (1 - llm_share) * (1 - LLM_SHARE)
+        if to_llm:
             host = rng.choices(llm_names, cum_weights=llm_cw)[0]
             _, deny_share, addrs = LLM_HOSTS[host]
             u = user()
@@ -518,11 +521,12 @@ def generate(
     start: int = DEFAULT_START,
     gzip_level: int = 1,
     write_truth: bool = True,
+    llm_share: float = LLM_SHARE,
 ) -> dict:
     """Write ``lines`` lines to ``out`` (gzip when it ends in .gz); return the truth dict."""
     rng = random.Random(seed)
     t0 = time.perf_counter()
-    pools = build_pools(rng, lines)
+    pools = build_pools(rng, lines, llm_share)
     t_pools = time.perf_counter() - t0
 
     # Positions of malformed lines (geometric gaps), drawn up front from their own stream.
@@ -653,6 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--start", type=int, default=DEFAULT_START, help="first timestamp (epoch s)")
     ap.add_argument("--gzip-level", type=int, default=1, help="compression level for .gz")
+    ap.add_argument(
+        "--llm-share",
+        type=float,
+        default=LLM_SHARE,
+        help=f"share of records that go to LLM API hosts (default {LLM_SHARE}; 0.25 for a "
+        "developer-heavy proxy)",
+    )
     ap.add_argument("--no-truth", action="store_true", help="do not write <out>.truth.json")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -660,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--lines must be >= 0")
     if not 0 <= args.malformed_rate < 1:
         ap.error("--malformed-rate must be in [0, 1)")
+    if not 0 < args.llm_share < 1:
+        ap.error("--llm-share must be in (0, 1)")
     out = args.output
     ensure_parent(out)
     truth = generate(
@@ -670,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         start=args.start,
         gzip_level=args.gzip_level,
         write_truth=not args.no_truth,
+        llm_share=args.llm_share,
     )
     if not args.quiet:
         mb = truth["uncompressed_bytes"] / 1e6

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 from monitor.catalog import Catalog, bundled_catalog
@@ -20,7 +20,7 @@ from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
 from monitor.policy import Pack, RuleSet, default_packs, load_packs, with_packs
 from monitor.privacy import PrivacyError, Pseudonymizer, privacy_mode
-from monitor.resources import rules_dir
+from monitor.resources import geodata_dir, rules_dir
 from monitor.scanner import Scanner
 from monitor.store import Store, StoreError, database_problem
 
@@ -62,6 +62,40 @@ class Settings:
     geoip: tuple[Path, ...] = ()
     geo_overrides: tuple[Path, ...] = ()
     rules: tuple[Path, ...] = ()  # empty: the bundled rules/policies
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a Dask worker needs to build the client's pipeline: the loaded config and
+    catalogue themselves, and the geodata and rule files (absolute paths) the client uses."""
+
+    config: Config
+    catalog: Catalog
+    geo_databases: tuple[str, ...]
+    geo_overrides: tuple[str, ...]
+    rules: tuple[Path, ...]
+    packs_on: tuple[str, ...]  # the bundled packs in force, by name
+    egress: EgressOptions
+    collect: CollectOptions
+    pseudonymize_key: str | None = field(default=None, repr=False)
+
+
+def build_pipeline(recipe: Recipe) -> Pipeline:
+    """The pipeline a :class:`Recipe` describes, on whatever machine runs this."""
+    geo = GeoResolver(
+        [Path(p) for p in recipe.geo_databases],
+        [Path(p) for p in recipe.geo_overrides],
+        search_dirs=(),
+    )
+    return Pipeline(
+        recipe.catalog,
+        geo,
+        with_packs(RuleSet.load(recipe.rules), load_packs(rules_dir() / "packs"), recipe.packs_on),
+        recipe.config,
+        recipe.egress,
+        recipe.collect,
+        Pseudonymizer(recipe.pseudonymize_key) if recipe.pseudonymize_key else None,
+    )
 
 
 class App:
@@ -113,10 +147,13 @@ class App:
             },
         )
 
+    @property
+    def rule_paths(self) -> tuple[Path, ...]:
+        return self.settings.rules or (rules_dir() / "policies",)
+
     @cached_property
     def rules(self) -> RuleSet:
-        base = RuleSet.load(self.settings.rules or (rules_dir() / "policies",))
-        return with_packs(base, self.packs, self.packs_on)
+        return with_packs(RuleSet.load(self.rule_paths), self.packs, self.packs_on)
 
     @property
     def db_path(self) -> Path:
@@ -142,6 +179,10 @@ class App:
     def pseudonymizer(self, wanted: bool = False) -> Pseudonymizer | None:
         """On with ``--pseudonymize`` or config ``[privacy] pseudonymize``; the key comes from
         the config, else ``$APIWATCH_PSEUDONYMIZE_KEY``."""
+        key = self._pseudonymize_key(wanted)
+        return None if key is None else Pseudonymizer(key)
+
+    def _pseudonymize_key(self, wanted: bool) -> str | None:
         if not (wanted or self.config.pseudonymize):
             return None
         key = self.config.privacy_key or os.environ.get("APIWATCH_PSEUDONYMIZE_KEY")
@@ -150,7 +191,25 @@ class App:
                 "pseudonymisation needs a key: [privacy] key or key_file in the config, "
                 "or APIWATCH_PSEUDONYMIZE_KEY"
             )
-        return Pseudonymizer(key)
+        return key
+
+    def recipe(self, egress: EgressOptions, collect: CollectOptions, pseudonymize: bool) -> Recipe:
+        """This app's pipeline, described for another machine (``scan --cluster``)."""
+        sources = self.geo.sources()
+        bundled = geodata_dir() / "overrides.csv"
+        return Recipe(
+            config=self.config,
+            catalog=self.catalog,
+            geo_databases=tuple(s.path for s in sources if s.origin in ("user", "system")),
+            geo_overrides=tuple(  # the bundled file is the worker's own
+                s.path for s in sources if s.origin == "override" and Path(s.path) != bundled
+            ),
+            rules=tuple(Path(p).resolve() for p in self.rule_paths),
+            packs_on=tuple(self.packs_on),
+            egress=egress,
+            collect=collect,
+            pseudonymize_key=self._pseudonymize_key(pseudonymize),
+        )
 
     def scan(
         self,
@@ -162,9 +221,12 @@ class App:
         full: bool = False,
         pseudonymize: bool = False,
         fail_on: str | None = None,
+        cluster: str | None = None,
     ) -> tuple[int, ScanSummary]:
         """Run and record one scan (with the exit code ``fail_on`` gives it, see
-        :meth:`ScanSummary.exit_code`); returns its id and summary."""
+        :meth:`ScanSummary.exit_code`); returns its id and summary. With ``cluster`` (a Dask
+        scheduler address) the inputs are parsed by the cluster's workers
+        (:mod:`monitor.cluster`) and stored here."""
         pipeline = self.pipeline(egress, collect, pseudonymize)  # validates before writing
         options = {
             "egress": asdict(egress),
@@ -183,8 +245,19 @@ class App:
         mode = privacy_mode(pipeline.pseudonymizer)
         if (recorded := self.store.claim_privacy_mode(mode)) != mode:
             raise StoreError(f"{self.db_path}: {_privacy_mismatch(recorded, mode)}")
+        producers = None
+        if cluster:
+            from monitor.cluster import ClusterProducers  # Dask loads only for a cluster scan
+
+            recipe = self.recipe(egress, collect, pseudonymize)
+            producers = ClusterProducers(
+                cluster, partial(build_pipeline, recipe), pipeline.fingerprint()
+            )
+            options["cluster"] = cluster
+            jobs = jobs or producers.threads  # split big inputs into that many parts at least
+            paths = [p if p == "-" or "://" in p else os.path.abspath(p) for p in paths]
         scan_id = self.store.start_scan(paths, options)
-        scanner = Scanner(pipeline, self.store, jobs, full)
+        scanner = Scanner(pipeline, self.store, jobs, full, producers)
         try:
             summary = scanner.run(paths, scan_id, on_read)
         except sqlite3.DatabaseError as exc:  # a full disk, a damaged file: say what is kept
@@ -194,6 +267,9 @@ class App:
                 f"{done.stored} new observations, {len(done.incidents_new)} new and "
                 f"{len(done.incidents_updated)} updated incidents before it stopped)"
             ) from exc
+        finally:
+            if producers is not None:
+                producers.close()
         record, problems = summary.scan_record(fail_on)
         record["catalog_version"] = self.catalog.version
         record["geodata"] = [asdict(s) for s in self.geo.sources()]

@@ -124,6 +124,7 @@ class ReportSpec:
 class Config:
     path: Path | None = None
     db: str | None = None
+    cluster: str | None = None  # Dask scheduler address for daily's scans
     sites: dict[str, Site] = field(default_factory=dict)
     allowed_providers: tuple[str, ...] = ()
     geo_databases: tuple[Path, ...] = ()
@@ -143,6 +144,7 @@ class Config:
 
 _TOP_KEYS = {
     "db",
+    "cluster",
     "organisation",
     "geo",
     "sites",
@@ -215,6 +217,9 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     db = data.get("db")
     if db is not None and not isinstance(db, str):
         raise ConfigError(f"{where}: db: expected a path string")
+    cluster = data.get("cluster")
+    if cluster is not None and (not isinstance(cluster, str) or not cluster.strip()):
+        raise ConfigError(f"{where}: cluster: expected a Dask scheduler address (tcp://host:8786)")
 
     org = _table(data, "organisation", where)
     _no_unknown(org, _ORG_KEYS, where, "organisation.")
@@ -278,6 +283,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     return Config(
         path=path,
         db=str(_resolve(base, db)) if db else None,
+        cluster=cluster,
         sites=sites,
         allowed_providers=allowed,
         geo_databases=tuple(_resolve(base, p) for p in _str_list(geo, "databases", where, "geo.")),

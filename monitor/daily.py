@@ -185,7 +185,9 @@ def _scan_source(app: DailySource, source: Source, jobs: int | None, log) -> Sou
     )
     collect = CollectOptions(format=source.format, squid_logformat=source.squid_logformat)
     try:
-        res.scan_id, summary = app.scan(files, egress, collect, None, jobs)
+        res.scan_id, summary = app.scan(
+            files, egress, collect, None, jobs, cluster=app.config.cluster
+        )
     except SOURCE_ERRORS as exc:
         res.error = f"{source.key}: {exc}"
         log(res.error, True)

@@ -10,6 +10,7 @@ of millions of lines fast.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections import Counter
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
+from monitor import __version__
 from monitor.catalog import Catalog, Match
 from monitor.collectors import CollectOptions, Diagnostics, collect
 from monitor.config import Config, Entity
@@ -366,8 +368,8 @@ class ScanSummary:
             "skipped_bytes": self.skipped_bytes,
             "incidents_new": len(self.incidents_new),
             "incidents_updated": len(self.incidents_updated - self.incidents_new),
-            "new_by_rule": dict(self.new_by_rule),
-            "updated_by_rule": dict(self.updated_by_rule),
+            "new_by_rule": dict(sorted(self.new_by_rule.items())),
+            "updated_by_rule": dict(sorted(self.updated_by_rule.items())),
             "new_max_severity": self.new_max_severity,
             "file_errors": [str(p) for p in self.diag.file_errors],
             "problems": [str(p) for p in self.diag.problems],
@@ -445,6 +447,18 @@ class Pipeline:
         self.incident_rows = IncidentRows()
         self.collect_options = collect_options
         self.pseudonymizer = pseudonymizer  # applied to what is stored, after the rules ran
+
+    def fingerprint(self) -> str:
+        """A digest of what decides this pipeline's answers besides its inputs and config:
+        apiwatch's version, the catalogue, the geodata sources and the rules. A Dask worker
+        must match the client's (:mod:`monitor.cluster`)."""
+        facts = [
+            __version__,
+            self.catalog.version,
+            *(f"{s.name}|{s.database_type}|{s.build_date}" for s in self.geo.sources()),
+            *(f"{r.id}|{r.severity}|{r.when}" for r in self.evaluator.rules.rules),
+        ]
+        return hashlib.blake2b("\n".join(facts).encode(), digest_size=8).hexdigest()
 
     def observe(
         self,

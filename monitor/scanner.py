@@ -29,16 +29,17 @@ import queue
 import signal
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from monitor.collectors import LINE_FORMATS, Diagnostics, InputError, format_of, note_misread
 from monitor.collectors.base import (
     MAX_PROBLEMS_KEPT,
     is_compressed,
+    is_url,
     last_line_end,
     read_head,
     split_at_lines,
@@ -85,6 +86,8 @@ def plan(
 ) -> SourcePlan:
     """Decide what to read of one input and how to split it."""
     if path == "-":
+        return SourcePlan(path, [Part(path)], fork=jobs > 1)
+    if is_url(path):  # read whole, where the producer runs (no resume position yet)
         return SourcePlan(path, [Part(path)], fork=jobs > 1)
     p = Path(path)
     if not p.is_file():
@@ -267,14 +270,21 @@ class ScanError(RuntimeError):
     """A producer process failed: a bug, reported with its traceback."""
 
 
+class Producers(Protocol):
+    """Producers elsewhere (:class:`monitor.cluster.ClusterProducers`): each part's messages,
+    in the order of the parts."""
+
+    def streams(self, parts: Sequence[Part]) -> Iterator[Iterable[tuple[str, Any]]]: ...
+
+
 class Scanner:
-    def __init__(
-        self, pipeline: Pipeline, store: Store, jobs: int | None = None, full: bool = False
-    ):
+    def __init__(self, pipeline: Pipeline, store: Store, jobs: int | None = None,
+                 full: bool = False, producers: Producers | None = None):  # fmt: skip
         self.pipeline = pipeline
         self.store = store
         self.jobs = default_jobs() if jobs is None else max(1, jobs)
         self.full = full
+        self.producers = producers
 
     def run(
         self, paths: Iterable[str], scan_id: int, on_read: Callable[[int], None] | None = None
@@ -310,16 +320,22 @@ class Scanner:
         # part i is read by producer i % workers, so the parts arrive in order and each
         # producer starts its next part as soon as it has handed over the last one
         workers = min(self.jobs, len(parts)) if source.fork else 0
+        elsewhere = None
+        if self.producers is not None and source.path != "-":
+            workers, elsewhere = 0, self.producers.streams(parts)
         ctx = mp.get_context("fork")
         remotes = [_Remote(ctx, self.pipeline, parts[w::workers]) for w in range(workers)]
         damaged = False
         try:
             for i, part in enumerate(parts):
-                messages = (
-                    remotes[i % workers].messages(on_read)
-                    if workers
-                    else part_messages(self.pipeline, part, on_read)
-                )
+                if elsewhere is not None:
+                    messages = next(elsewhere)
+                    if on_read is not None and part.byte_range:
+                        on_read(part.byte_range[1] - part.byte_range[0])
+                elif workers:
+                    messages = remotes[i % workers].messages(on_read)
+                else:
+                    messages = part_messages(self.pipeline, part, on_read)
                 for kind, payload in messages:
                     if kind == "batch":
                         self._take(payload, base, seen, scan_id, summary)

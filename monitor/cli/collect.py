@@ -75,6 +75,13 @@ PARSE_COLUMNS = [*(f for f in OBSERVATION_FIELDS if f != "record_id"), "provider
     help="Store client addresses and user names as keyed HMACs ([privacy] key in the config, "
     "or APIWATCH_PSEUDONYMIZE_KEY).",
 )
+@click.option(
+    "--cluster",
+    metavar="ADDRESS",
+    envvar="APIWATCH_CLUSTER",
+    help="Parse on a Dask cluster (tcp://scheduler:8786); FILE may then be a URL (s3://, "
+    "file://). Workers need apiwatch and read access to the inputs [env APIWATCH_CLUSTER].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal)."
@@ -96,6 +103,7 @@ def scan(
     jobs,
     full,
     pseudonymize,
+    cluster,
     as_json,
     progress,
     quiet,
@@ -108,6 +116,7 @@ def scan(
     apiwatch scan access.log.1.gz --egress-ip 114.114.114.114 --fail-on high
     zcat access.log.*.gz | apiwatch scan - --egress-country HK --json
     apiwatch scan span-port.pcapng /var/log/zeek/2026-11-27/ --site hongkong
+    apiwatch scan --cluster tcp://10.0.0.5:8786 /shared/squid/access.log.*.gz
     """
     app = app_of(ctx)
     egress = EgressOptions(egress_ip=egress_ip, egress_country=egress_country, site=site)
@@ -134,6 +143,7 @@ def scan(
             full,
             pseudonymize,
             fail_on,
+            cluster,
         )
     if not quiet:
         if as_json:

@@ -231,6 +231,8 @@ def open_input(
         if path == "-":
             raw: BinaryIO = sys.stdin.buffer
             size = None
+        elif is_url(path):
+            raw, size = _open_url(path)
         else:
             p = Path(path)
             if p.is_dir():
@@ -260,6 +262,24 @@ def open_input(
         opened.close()
         raise InputError(f"{path}: damaged before the part already read: {exc}") from exc
     return opened
+
+
+def is_url(path: str) -> bool:
+    """``s3://bucket/access.log``, ``file:///shared/access.log``: opened through fsspec."""
+    return "://" in path
+
+
+def _open_url(url: str) -> tuple[BinaryIO, int | None]:
+    try:
+        import fsspec
+    except ImportError:
+        raise InputError(f"{url}: reading URLs needs fsspec (pip install fsspec)") from None
+    try:
+        opened = fsspec.open(url, "rb")
+        size = opened.fs.size(opened.path)
+        return opened.open(), size
+    except (ValueError, ImportError) as exc:  # unknown protocol, or its package missing
+        raise InputError(f"{url}: {exc}") from None
 
 
 def is_compressed(path: str) -> bool:
