@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
 from pathlib import Path
 
+from monitor.alerts import Delivery, Dispatcher
 from monitor.catalog import Catalog, bundled_catalog
 from monitor.collectors import CollectOptions
 from monitor.config import Config, ConfigError, default_config_path, load_config
@@ -161,7 +162,23 @@ class App:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.db_path, readonly=self.read_only)
+        store = Store(self.db_path, readonly=self.read_only)
+        if self.read_only:  # queries: nothing is stored, no outbox to fill
+            return store
+        store.emit_events = bool(self.config.alerts)  # the outbox fills only when someone reads it
+        for spec in self.config.alerts:  # before anything is stored: its events are theirs
+            store.register_sink(spec.name, spec.kind)
+        return store
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(self.store, self.config.alerts)
+
+    def deliver_alerts(self) -> Delivery:
+        """Send what the outbox holds to the configured sinks (one attempt each)."""
+        if not self.config.alerts:
+            return Delivery()
+        return self.dispatcher.deliver()
 
     def pipeline(
         self, egress: EgressOptions, collect: CollectOptions, pseudonymize: bool = False
@@ -286,6 +303,8 @@ class App:
         ]
 
     def close(self) -> None:
+        if "dispatcher" in self.__dict__:
+            self.dispatcher.close()
         if "store" in self.__dict__:
             self.store.close()
         if "geo" in self.__dict__:

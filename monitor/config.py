@@ -58,6 +58,7 @@ from typing import Any
 
 from monitor.countries import is_country_code
 from monitor.errors import ApiwatchError
+from monitor.sinks.base import DEFAULT_MIN_SEVERITY, AlertSpec
 
 
 class ConfigError(ApiwatchError, ValueError):
@@ -135,6 +136,7 @@ class Config:
     fail_on: str | None = None  # [daily] fail_on
     pseudonymize: bool = False  # [privacy] pseudonymize
     privacy_key: str | None = field(default=None, repr=False)  # [privacy] key or key_file
+    alerts: tuple[AlertSpec, ...] = ()  # [[alerts]]: sinks that receive finding events
     data_residency: tuple[str, ...] = ()  # [organisation] data_residency: countries and zones
     packs: tuple[str, ...] | None = None  # [organisation] packs; None: the packs on by default
     entities: dict[str, Entity] = field(default_factory=dict)
@@ -152,10 +154,13 @@ _TOP_KEYS = {
     "reports",
     "daily",
     "privacy",
+    "alerts",
     "residency",
     "entities",
     "catalog",
 }
+#: keys of every [[alerts]] table; each sink kind adds its own (``KEYS`` of its module)
+_ALERT_KEYS = {"name", "kind", "min_severity", "rules", "sites", "ca_file"}
 _RESIDENCY_KEYS = {"azure_resources"}
 _ENTITY_KEYS = {"controlled_from", "sites", "client_cidrs"}
 _CATALOG_KEYS = {"extra"}
@@ -262,6 +267,14 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     )
 
     pseudonymize, privacy_key = _privacy(_table(data, "privacy", where), where, base)
+    alerts = tuple(
+        _alert(body, where, key, base, sites)
+        for key, body in _array_of_tables(data, "alerts", where)
+    )
+    names = [a.name for a in alerts]
+    for a in alerts:
+        if names.count(a.name) > 1:
+            raise ConfigError(f"{where}: {a.key}.name: {a.name!r} is used by another sink")
 
     residency = _table(data, "residency", where)
     _no_unknown(residency, _RESIDENCY_KEYS, where, "residency.")
@@ -294,6 +307,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         fail_on=fail_on,
         pseudonymize=pseudonymize,
         privacy_key=privacy_key,
+        alerts=alerts,
         data_residency=data_residency,
         packs=packs,
         entities=entities,
@@ -436,6 +450,59 @@ def _source(
         optional=_opt_bool(body, "optional", where, key),
         key=key,
     )
+
+
+def _alert(
+    body: dict[str, Any], where: str, key: str, base: Path, sites: dict[str, Site]
+) -> AlertSpec:
+    """One ``[[alerts]]`` sink: the keys every kind shares, then its kind's own check."""
+    from monitor.policy import SEVERITIES
+    from monitor.sinks import KINDS, module_of
+
+    kind = body.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: {key}.kind: expected one of {', '.join(KINDS)}")
+    module = module_of(kind)
+    _no_unknown(body, _ALERT_KEYS | module.KEYS, where, key + ".")
+    name = _opt_str(body, "name", where, key)
+    if name is None:
+        raise ConfigError(f"{where}: {key}.name: missing (a name for messages and --sink)")
+    min_severity = body.get("min_severity", DEFAULT_MIN_SEVERITY)
+    if min_severity not in SEVERITIES:
+        raise ConfigError(f"{where}: {key}.min_severity: expected one of {', '.join(SEVERITIES)}")
+    site_filter = tuple(_str_or_list(body, "sites", where, key))
+    for site in site_filter:
+        if site not in sites:
+            raise ConfigError(f"{where}: {key}.sites: unknown site {site!r}")
+    headers = body.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigError(f"{where}: {key}.headers: expected a table of strings")
+    files = {n: _opt_str(body, n, where, key) for n in ("token_file", "ca_file", "path")}
+    spec = AlertSpec(
+        name=name,
+        kind=kind,
+        min_severity=min_severity,
+        rules=tuple(_str_or_list(body, "rules", where, key)),
+        sites=site_filter,
+        url=_opt_str(body, "url", where, key),
+        headers=tuple(headers.items()),
+        token_env=_opt_str(body, "token_env", where, key),
+        token_file=_resolve(base, files["token_file"]) if files["token_file"] else None,
+        address=_opt_str(body, "address", where, key),
+        format=_opt_str(body, "format", where, key),
+        path=files["path"] if files["path"] in (None, "-") else str(_resolve(base, files["path"])),
+        ca_file=_resolve(base, files["ca_file"]) if files["ca_file"] else None,
+        key=key,
+    )
+    try:
+        module.check(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key}.{exc}") from None
+    if spec.ca_file and not spec.ca_file.is_file():
+        raise ConfigError(f"{where}: {key}.ca_file: {spec.ca_file} is not a readable file")
+    return spec
 
 
 def _report(body: dict[str, Any], where: str, key: str, base: Path) -> ReportSpec:

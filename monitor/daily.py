@@ -87,6 +87,7 @@ class DailyResult:
     reports: list[ReportResult] = field(default_factory=list)
     fail_on: str | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)  # incidents fail_on matched
+    alerts_sent: int = 0
     exit_code: int = EXIT_OK
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,6 +96,7 @@ class DailyResult:
             "exit_code": self.exit_code,
             "fail_on": self.fail_on,
             "findings": len(self.findings),
+            "alerts_sent": self.alerts_sent,
             "sources": [
                 {
                     "key": s.key,
@@ -159,6 +161,10 @@ def run_daily(
     if write_reports:
         for spec in config.reports:
             result.reports.append(_write_report(app, spec, today, log))
+    delivery = app.deliver_alerts()
+    result.alerts_sent = sum(delivery.sent.values())
+    for name, error in delivery.failed.items():
+        log(f"alerts: sink {name!r} failed, its events wait in the outbox: {error}", True)
     if fail_on:
         result.findings = _findings(app, fail_on, started)
     failed = any(s.failed for s in result.sources) or any(r.error for r in result.reports)

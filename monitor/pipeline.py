@@ -506,10 +506,15 @@ class Pipeline:
         rows, one :data:`Produced` per LLM record. Line numbers are relative to the part and
         ``scan_id`` is unset: the scanner, which orders parts, fills both, and renumbers the
         ids of identical records (:func:`monitor.ids.observation_id`)."""
+        return self.records(self.observe(part.path, diag, only_llm=True, on_read=on_read,
+                            fmt=part.fmt, byte_range=part.byte_range, skip=part.skip))  # fmt: skip
+
+    def records(self, found: Iterable[tuple[Observation, Match | None]]) -> Iterator[Produced]:
+        """Stages 3 on over LLM observations with their match: a part's (:meth:`process`)
+        or a live capture's (:mod:`monitor.live`)."""
         enrich, evaluate = self.enricher.enrich, self.evaluator.evaluate
         private, incidents = self.pseudonymizer, self.incident_rows
-        for obs, match in self.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
-                                       byte_range=part.byte_range, skip=part.skip):  # fmt: skip
+        for obs, match in found:
             enriched = enrich(obs, match)  # type: ignore[arg-type]
             rules = evaluate(enriched)  # on the real addresses: rules may name them
             if private is not None:

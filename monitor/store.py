@@ -11,6 +11,9 @@ Tables:
   observations   LLM-API traffic (one row per request/flow) with its enrichment
   hits           which observation raised which incident
   incidents      one row per (rule, provider, dest_host, client, egress, UTC day)
+  outbox         finding events (monitor.events), written in the transaction of their change
+  alert_sinks    per configured sink: how far through the outbox it is, its last failure
+  finding_alerts per finding: when its last event was raised (the digest window)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +32,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from monitor.errors import ApiwatchError
+from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
 from monitor.observation import iso_datetime, iso_utc
 from monitor.rows import COL, TYPES
 
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -180,6 +184,12 @@ class Store:
         self.path = Path(path).expanduser()
         self.readonly = readonly
         self._ro_uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        #: write finding events to the outbox (on when sinks are configured: see App)
+        self.emit_events = False
+        self.digest_seconds = DEFAULT_DIGEST_SECONDS
+        #: called after each commit that added events (a dispatcher's wake-up), like hooks
+        self.listeners: list[Callable[[], None]] = []
+        self._emitted = 0  # events written by the transaction in progress
         try:
             if readonly:
                 conn = self._connect_readonly()
@@ -228,12 +238,16 @@ class Store:
                 if not contended or attempt == _LOCK_RETRIES - 1:
                     raise
                 time.sleep(0.5 * (attempt + 1))
+        self._emitted = 0
         try:
             yield
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if self._emitted:  # finding events were committed: tell the listeners (hooks)
+            for listener in self.listeners:
+                listener()
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -305,6 +319,8 @@ class Store:
             result = self._ingest(scan_id, batch)
             if source is not None:
                 self.db["sources"].upsert({**source, "updated": _now()}, pk="key")
+            if self.emit_events:
+                self._emit_changes(result)
         return result
 
     def _meta(self, key: str) -> str | None:
@@ -460,6 +476,176 @@ class Store:
             found.update((r[0], json.loads(r[1] or "[]")) for r in self.db.execute(sql, chunk))
         return found
 
+    # -- finding events and the outbox -----------------------------------------------------
+
+    def _emit_changes(self, result: IngestResult) -> int:
+        """Events for the findings this batch created or advanced, inside its transaction:
+        ``new`` always, ``updated`` at most once per digest window per finding (the next
+        one carries the requests since, so a flood is one alert plus counts)."""
+        ids = sorted(result.new_incidents | result.updated_incidents)
+        if not ids:
+            return 0
+        now = time.time()
+        rows = self._rows_in("SELECT * FROM incidents WHERE id IN ({})", ids)
+        state = {
+            r["finding_id"]: r
+            for r in self._rows_in("SELECT * FROM finding_alerts WHERE finding_id IN ({})", ids)
+        }
+        events = []
+        for row in rows:
+            last = state.get(row["id"])
+            if last is None:
+                kind = "new" if row["id"] in result.new_incidents else "updated"
+            elif now - last["last_event_at"] >= self.digest_seconds:
+                kind = "updated"
+            else:
+                continue
+            events.append(
+                FindingEvent.of_finding(row, kind, row["count"] - (last or {}).get("last_count", 0))
+            )
+        return self._outbox(events)
+
+    def emit_digests(self) -> int:
+        """``updated`` events for findings that gained requests inside a digest window that
+        has now passed (``watch`` calls this periodically, so the counts are not held back
+        until the next request)."""
+        if not self.emit_events:
+            return 0
+        cutoff = time.time() - self.digest_seconds
+        with self._tx():
+            rows = list(
+                self.db.query(
+                    """SELECT i.*, a.last_count AS last_count FROM finding_alerts a
+                       JOIN incidents i ON i.id = a.finding_id
+                       WHERE a.last_event_at <= ? AND i.count > a.last_count""",
+                    [cutoff],
+                )
+            )
+            return self._outbox(
+                [FindingEvent.of_finding(r, "updated", r["count"] - r["last_count"]) for r in rows]
+            )
+
+    def _outbox(self, events: Sequence[FindingEvent]) -> int:
+        if not events:
+            return 0
+        now = time.time()
+        self.db.conn.executemany(
+            "INSERT INTO outbox (event_id, finding_id, event_type, at, payload)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(e.event_id, e.finding_id, e.event_type, e.time, e.to_json()) for e in events],
+        )
+        self.db.conn.executemany(
+            "INSERT INTO finding_alerts (finding_id, last_event_at, last_count) VALUES (?, ?, ?)"
+            " ON CONFLICT(finding_id) DO UPDATE SET last_event_at = excluded.last_event_at,"
+            " last_count = excluded.last_count",
+            [(e.finding_id, now, e.count) for e in events],
+        )
+        self._emitted += len(events)
+        return len(events)
+
+    def _rows_in(self, sql: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """``sql`` with its one ``IN ({})`` filled with ``ids``, in chunks."""
+        rows: list[dict[str, Any]] = []
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i : i + _IN_CHUNK]
+            rows.extend(self.db.query(sql.format(", ".join("?" * len(chunk))), chunk))
+        return rows
+
+    def register_sink(self, name: str, kind: str) -> None:
+        """A sink starts with the events raised after it was first configured (a new sink
+        is not flooded with the history)."""
+        with self._tx():
+            self.db.execute(
+                """INSERT INTO alert_sinks (name, kind, cursor, registered, delivered, attempts)
+                   VALUES (?, ?, (SELECT coalesce(max(seq), 0) FROM outbox), ?, 0, 0)
+                   ON CONFLICT(name) DO UPDATE SET kind = excluded.kind""",
+                [name, kind, _now()],
+            )
+
+    def lease_sink(self, sink: str, owner: str, seconds: float,
+                   owner_gone: Callable[[str], bool]) -> bool:  # fmt: skip
+        """Take (or renew) the right to deliver to ``sink`` for ``seconds``: two processes
+        (``watch`` and a cron ``daily``) must not send the same events at once. A lease
+        whose holder has died (``owner_gone``) is taken over at once."""
+        now = time.time()
+        with self._tx():
+            row = self.db.execute(
+                "SELECT lease_owner, lease_until FROM alert_sinks WHERE name = ?", [sink]
+            ).fetchone()
+            if row is None:
+                return False
+            holder, until = row
+            if holder not in (None, owner) and (until or 0) > now and not owner_gone(holder):
+                return False
+            self.db.execute(
+                "UPDATE alert_sinks SET lease_owner = ?, lease_until = ? WHERE name = ?",
+                [owner, now + seconds, sink],
+            )
+        return True
+
+    def release_sink(self, sink: str, owner: str) -> None:
+        with self._tx():
+            self.db.execute(
+                "UPDATE alert_sinks SET lease_owner = NULL, lease_until = NULL"
+                " WHERE name = ? AND lease_owner = ?",
+                [sink, owner],
+            )
+
+    def pending_events(self, sink: str, limit: int = 100) -> list[tuple[int, FindingEvent]]:
+        """Events after the sink's cursor, oldest first, as (sequence number, event)."""
+        rows = self.db.execute(
+            """SELECT seq, payload FROM outbox
+               WHERE seq > (SELECT cursor FROM alert_sinks WHERE name = ?) ORDER BY seq LIMIT ?""",
+            [sink, limit],
+        )
+        return [(seq, FindingEvent.from_json(payload)) for seq, payload in rows]
+
+    def sink_state(self, sink: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM alert_sinks WHERE name = ?", [sink]))
+        return rows[0] if rows else None
+
+    def advance_sink(self, sink: str, seq: int, delivered: int) -> None:
+        """The sink is done with every event up to ``seq`` (``delivered`` of them were sent,
+        the others filtered out): committed right after the receiver accepted, so an event
+        is sent again only if apiwatch dies between the two."""
+        with self._tx():
+            self.db.execute(
+                """UPDATE alert_sinks SET cursor = max(cursor, ?), delivered = delivered + ?,
+                   attempts = 0, next_at = NULL, last_error = NULL,
+                   last_success = CASE WHEN ? > 0 THEN ? ELSE last_success END WHERE name = ?""",
+                [seq, delivered, delivered, _now(), sink],
+            )
+
+    def sink_failed(self, sink: str, error: str, next_at: float) -> int:
+        """Record a failed attempt; returns how many attempts have failed in a row."""
+        with self._tx():
+            self.db.execute(
+                """UPDATE alert_sinks SET attempts = attempts + 1, last_error = ?,
+                   last_failure = ?, next_at = ? WHERE name = ?""",
+                [error, _now(), next_at, sink],
+            )
+            return self.db.execute(
+                "SELECT attempts FROM alert_sinks WHERE name = ?", [sink]
+            ).fetchone()[0]
+
+    def outbox_status(self) -> list[dict[str, Any]]:
+        """Per registered sink: events waiting, delivered, and the last failure."""
+        return list(
+            self.db.query(
+                """SELECT s.*, (SELECT count(*) FROM outbox o WHERE o.seq > s.cursor) AS pending,
+                   (SELECT min(at) FROM outbox o WHERE o.seq > s.cursor) AS oldest_pending
+                   FROM alert_sinks s ORDER BY s.name"""
+            )
+        )
+
+    def outbox_events(self, after: int = 0, limit: int = 50) -> list[tuple[int, FindingEvent]]:
+        """The newest events (after sequence number ``after``), oldest first."""
+        rows = self.db.execute(
+            "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq DESC LIMIT ?",
+            [after, limit],
+        ).fetchall()
+        return [(seq, FindingEvent.from_json(p)) for seq, p in reversed(rows)]
+
     # -- queries ----------------------------------------------------------------------------
 
     def incidents(self, q: IncidentQuery) -> Iterator[dict[str, Any]]:
@@ -550,6 +736,10 @@ class Store:
                      "status_to": status, "note": note, "actor": actor}  # fmt: skip
             self.db.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, row["id"]])
             self.db["incident_events"].insert(event)
+            kind = _STATUS_EVENT.get((row["status"], status))
+            if self.emit_events and kind:
+                (finding,) = self.db.query("SELECT * FROM incidents WHERE id = ?", [row["id"]])
+                self._outbox([FindingEvent.of_finding(finding, kind)])
         return event
 
     def events(self, incident_id: str | None = None) -> list[dict[str, Any]]:
@@ -564,7 +754,8 @@ class Store:
 
     def prune(self, before_day: str) -> dict[str, int]:
         """Delete traffic detail (observations and their hits) of UTC days before
-        ``before_day``; incidents, their counts and evidence are kept."""
+        ``before_day``, and the alert events of those days that every sink has had;
+        incidents, their counts and evidence are kept."""
         with self._tx():
             hits = self.db.execute(
                 "DELETE FROM hits WHERE observation_id IN (SELECT id FROM observations WHERE day < ?)",
@@ -575,7 +766,13 @@ class Store:
             ).rowcount
             if before_day > (self._meta("pruned_before") or ""):
                 self.db["meta"].upsert({"key": "pruned_before", "value": before_day}, pk="key")
-        return {"observations": observations, "hits": hits}
+            # alert events every sink is done with (a sink that is down keeps its own)
+            alert_events = self.db.execute(
+                """DELETE FROM outbox WHERE at < ? AND seq <= coalesce(
+                   (SELECT min(cursor) FROM alert_sinks), (SELECT max(seq) FROM outbox))""",
+                [before_day],
+            ).rowcount
+        return {"observations": observations, "hits": hits, "alert_events": alert_events}
 
     def damage(self) -> str | None:
         """What SQLite's quick check finds wrong (None: nothing). It reads every page once,
@@ -951,7 +1148,36 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
         db["observations"].add_column(name, str)
 
 
-MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3}
+def _schema_v4(db: sqlite_utils.Database) -> None:
+    """Alerts: the outbox of finding events, each sink's progress through it, digests."""
+    # AUTOINCREMENT: a sequence number is never reused, so a sink's cursor stays valid
+    db.execute(
+        """CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL
+           UNIQUE, finding_id TEXT NOT NULL, event_type TEXT NOT NULL, at TEXT NOT NULL,
+           payload TEXT NOT NULL)"""
+    )
+    db["outbox"].create_index(["finding_id"])
+    db["alert_sinks"].create(
+        {"name": str, "kind": str, "cursor": int, "registered": str, "delivered": int,
+         "attempts": int, "next_at": float, "last_error": str, "last_failure": str,
+         "last_success": str, "lease_owner": str, "lease_until": float},
+        pk="name",
+    )  # fmt: skip
+    db["finding_alerts"].create(
+        {"finding_id": str, "last_event_at": float, "last_count": int}, pk="finding_id"
+    )
+
+
+MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4}
+
+#: (status before, status after) → the event a status change raises
+_STATUS_EVENT = {
+    ("open", "acknowledged"): "acknowledged",
+    ("open", "resolved"): "resolved",
+    ("acknowledged", "resolved"): "resolved",
+    ("resolved", "open"): "reopened",
+    ("resolved", "acknowledged"): "reopened",
+}
 
 
 _INCIDENT_LIST_COLUMNS = (

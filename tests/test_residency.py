@@ -480,6 +480,8 @@ def test_older_database_gains_the_processing_columns(tmp_path):
     with sqlite3.connect(path) as con:  # make it look like a version-2 database
         for name in ("processing_region", "processing_geo", "residency_basis", "residency_caveat"):
             con.execute(f"ALTER TABLE observations DROP COLUMN {name}")
+        for table in ("outbox", "alert_sinks", "finding_alerts"):  # and what later steps add
+            con.execute(f"DROP TABLE {table}")
         con.execute("PRAGMA user_version = 2")
     store = Store(path)
     names = {c.name for c in store.db["observations"].columns}

@@ -7,7 +7,16 @@ Exit codes (for cron): 0 success; 1 error (unreadable input, bad config or rules
 2 usage error; 3 ``--fail-on`` matched new incidents.
 """
 
-from monitor.cli import collect, database, export, query, reporting, triage  # noqa: F401
+from monitor.cli import (  # noqa: F401 (registration)
+    alerts,
+    collect,
+    database,
+    export,
+    query,
+    reporting,
+    triage,
+    watch,
+)
 from monitor.cli.base import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
 
 __all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "main"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from monitor import __version__
+from monitor.alerts import Delivery
 from monitor.app import App, Settings
 from monitor.collectors import FORMATS, CollectOptions, Diagnostics
 from monitor.collectors.base import MAX_PROBLEMS_KEPT
@@ -209,6 +210,33 @@ def logformat_options(fn):
     return _squid_logformat_option(_columns_option(_mapping_option(fn)))
 
 
+def egress_options(fn):
+    """``--site``, ``--egress-ip``, ``--egress-country``: where the logs' traffic leaves."""
+    fn = click.option(
+        "--egress-country",
+        callback=lambda c, p, v: country_value(v),
+        metavar="CC",
+        help="Declared egress country (ISO 3166-1 alpha-2); beats geolocation.",
+    )(fn)
+    fn = click.option(
+        "--egress-ip",
+        callback=lambda c, p, v: ip_value(v),
+        help="Public address these logs leave from.",
+    )(fn)
+    return click.option(
+        "--site",
+        help="Site (from the config) these logs come from; its egress IPs and country apply.",
+    )(fn)
+
+
+def check_site(app: App, site: str | None) -> None:
+    if site is not None and site not in app.config.sites:
+        known = ", ".join(sorted(app.config.sites)) or "none configured"
+        raise click.BadParameter(
+            f"unknown site {site!r} (sites in config: {known})", param_hint="--site"
+        )
+
+
 class NullFile:
     def write(self, _):
         return 0
@@ -262,6 +290,16 @@ def print_problems(diag: Diagnostics, stored: bool, limit: int = 20) -> None:
             else "parse stores nothing; scan keeps them in the scan_problems table"
         )
         click.echo(f"malformed: … and {diag.malformed - limit} more ({where})", err=True)
+
+
+def report_delivery(delivery: Delivery) -> None:
+    """A sink that failed is a warning: its events wait in the outbox for the next run."""
+    for name, error in delivery.failed.items():
+        click.echo(
+            f"warning: alerts: sink {safe_text(name, 80)!s} failed, events kept in the outbox: "
+            f"{safe_text(error, 240)}",
+            err=True,
+        )
 
 
 def when(_ctx, _param, value):

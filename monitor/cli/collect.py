@@ -13,14 +13,15 @@ from monitor.cli.base import (
     EXIT_OK,
     NullFile,
     app_of,
+    check_site,
     collect_options,
-    country_value,
+    egress_options,
     format_option,
     guard,
-    ip_value,
     logformat_options,
     main,
     print_problems,
+    report_delivery,
 )
 from monitor.collectors import Diagnostics, InputError, note_misread
 from monitor.egress import EgressOptions
@@ -36,20 +37,7 @@ PARSE_COLUMNS = [*(f for f in OBSERVATION_FIELDS if f != "record_id"), "provider
 @click.argument("paths", nargs=-1, required=True, metavar="FILE…")
 @format_option
 @logformat_options
-@click.option(
-    "--site", help="Site (from the config) these logs come from; its egress IPs and country apply."
-)
-@click.option(
-    "--egress-ip",
-    callback=lambda c, p, v: ip_value(v),
-    help="Public address these logs leave from.",
-)
-@click.option(
-    "--egress-country",
-    callback=lambda c, p, v: country_value(v),
-    metavar="CC",
-    help="Declared egress country (ISO 3166-1 alpha-2); beats geolocation.",
-)
+@egress_options
 @click.option(
     "--fail-on",
     type=click.Choice(SEVERITIES),
@@ -120,11 +108,7 @@ def scan(
     """
     app = app_of(ctx)
     egress = EgressOptions(egress_ip=egress_ip, egress_country=egress_country, site=site)
-    if site is not None and site not in app.config.sites:
-        known = ", ".join(sorted(app.config.sites)) or "none configured"
-        raise click.BadParameter(
-            f"unknown site {site!r} (sites in config: {known})", param_hint="--site"
-        )
+    check_site(app, site)
     show_bar = (progress if progress is not None else sys.stderr.isatty()) and not quiet
     total = sum(Path(p).stat().st_size for p in paths if p != "-" and Path(p).is_file())
     with click.progressbar(
@@ -151,6 +135,7 @@ def scan(
         else:
             _print_summary(scan_id, summary)
     print_problems(summary.diag, stored=True)
+    report_delivery(app.deliver_alerts())
     if code := summary.exit_code(fail_on):
         ctx.exit(code)
 

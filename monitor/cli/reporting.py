@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -229,3 +230,13 @@ def config_check(ctx, path):
         click.echo(f"  {r.key:<10} {r.period} {r.format} → {example}")
     if cfg.fail_on:
         click.echo(f"  fail_on    {cfg.fail_on}")
+    for a in cfg.alerts:
+        filters = "".join(
+            f"; {k} {', '.join(v)}" for k, v in (("rules", a.rules), ("sites", a.sites)) if v
+        )
+        fmt = f" {a.format}" if a.format else ""
+        click.echo(
+            f"  {a.key:<10} {a.name}: {a.kind}{fmt} → {a.where()} (>= {a.min_severity}{filters})"
+        )
+        if a.token_env and not os.environ.get(a.token_env):
+            click.echo(f"warning: {a.key}.token_env: ${a.token_env} is not set here", err=True)
