@@ -172,13 +172,21 @@ def problems(events: list[dict]) -> list[str]:
     return out
 
 
-def test_html_report_in_chromium(chromium, built, tmp_path):
-    db, _ = built
+def weekly_in_chromium(chromium, db, tmp_path) -> tuple[Browser, str]:
+    """The weekly report of the module's database, open in a fresh Chromium."""
     page = tmp_path / "weekly.html"
     run("--db", db, "--config", CONFIG, "report", "--period", "weekly", "--date", WEEK, "-o", page)
     browser = Browser(chromium, tmp_path / "profile")
     try:
-        session = open_page(browser, page.as_uri())
+        return browser, open_page(browser, page.as_uri())
+    except BaseException:
+        browser.close()
+        raise
+
+
+def test_html_report_in_chromium(chromium, built, tmp_path):
+    browser, session = weekly_in_chromium(chromium, built[0], tmp_path)
+    try:
         title = evaluate(browser, session, "document.title")
         assert title.startswith("apiwatch weekly report"), title  # no injected script ran
         assert evaluate(browser, session, "document.scripts.length") == 1
@@ -270,11 +278,8 @@ def test_layout_fits_at_1400_px_and_print_width(chromium, built, tmp_path, width
     """Every table fits (count and status on screen), rule ids stay on one line, and
     severities without incidents draw no row of zeros."""
     db, _ = built
-    page = tmp_path / "weekly.html"
-    run("--db", db, "--config", CONFIG, "report", "--period", "weekly", "--date", WEEK, "-o", page)
-    browser = Browser(chromium, tmp_path / "profile")
+    browser, session = weekly_in_chromium(chromium, db, tmp_path)
     try:
-        session = open_page(browser, page.as_uri())
         browser.send("Emulation.setDeviceMetricsOverride",
                      {"width": width, "height": 1200, "deviceScaleFactor": 1, "mobile": False},
                      session=session)  # fmt: skip
