@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import click
 
 from monitor.cli.base import EXIT_ERROR, app_of, guard, main
+from monitor.store import StoreError
 from monitor.timespec import parse_when
 
 
@@ -31,7 +33,14 @@ def db_check(ctx, as_json):
     apiwatch db check
     apiwatch --db /var/lib/apiwatch/apiwatch.db db check --json
     """
-    report = app_of(ctx).for_reading().store.check()
+    app = app_of(ctx).for_reading()
+    try:
+        report = app.store.check()
+    except StoreError as exc:  # too damaged to open: that is the finding
+        if not isinstance(exc.__cause__, sqlite3.DatabaseError):
+            raise
+        report = {"path": str(app.db_path), "integrity": f"cannot be opened: {exc.__cause__}",
+                  "orphan_hits": None, "tables": {}}  # fmt: skip
     if as_json:
         click.echo(json.dumps(report))
     else:
