@@ -5,8 +5,11 @@ The CLI is a thin layer over this module, and so can any other program be.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
@@ -16,7 +19,7 @@ from monitor.alerts import Delivery, Dispatcher
 from monitor.catalog import Catalog, bundled_catalog
 from monitor.collectors import CollectOptions
 from monitor.config import Config, ConfigError, default_config_path, load_config
-from monitor.egress import EgressOptions
+from monitor.egress import EgressOptions, contradictions
 from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
 from monitor.policy import Pack, RuleSet, default_packs, load_packs, with_packs
@@ -26,6 +29,15 @@ from monitor.scanner import Scanner
 from monitor.store import Store, StoreError, database_problem
 
 STALE_GEODATA_DAYS = 183
+
+
+def _file_digest(path: str) -> str | None:
+    """Content digest of an overrides file (None: not readable)."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+    except OSError:
+        return None
 
 
 def check_residency_config(config: Config, catalog: Catalog) -> None:
@@ -106,6 +118,8 @@ class App:
         self.settings = settings
         self.read_only = False  # queries and reports: open the database read-only
         self._checked = False  # the database passed SQLite's quick check in this process
+        #: called with (app, scan ids) after each scan and re-evaluation (correlation steps)
+        self.after_evaluation: list[Callable[[App, list[int]], None]] = []
 
     def for_reading(self) -> App:
         """Open the database read-only when first used (an auditor's copy, a read-only
@@ -162,8 +176,9 @@ class App:
 
     @cached_property
     def store(self) -> Store:
-        store = Store(self.db_path, readonly=self.read_only)
-        if self.read_only:  # queries: nothing is stored, no outbox to fill
+        readonly = self.read_only and self.db_path.exists()  # none yet: an empty one
+        store = Store(self.db_path, readonly=readonly)
+        if readonly:  # queries: nothing is stored, no outbox to fill
             return store
         store.emit_events = bool(self.config.alerts)  # the outbox fills only when someone reads it
         for spec in self.config.alerts:  # before anything is stored: its events are theirs
@@ -287,11 +302,55 @@ class App:
         finally:
             if producers is not None:
                 producers.close()
+        summary.warnings = contradictions(self.config.sites, self.geo, egress)
+        self.apply_exceptions()
+        if fail_on:
+            summary.fail_on_matched = [f["id"] for f in self.raised_findings([scan_id], fail_on)]
         record, problems = summary.scan_record(fail_on)
+        record["settings_digest"] = self.settings_digest()
         record["catalog_version"] = self.catalog.version
         record["geodata"] = [asdict(s) for s in self.geo.sources()]
         self.store.finish_scan(scan_id, record, problems)
+        for hook in self.after_evaluation:
+            hook(self, [scan_id])
         return scan_id, summary
+
+    def settings_digest(self) -> str:
+        """What evaluation depends on besides the logs: catalogue, geodata, rules, sites and
+        the organisation's allow-list. ``config check`` compares it with each scan's."""
+        cfg = self.config
+        state = {
+            "catalog": self.catalog.version,
+            "geo": [
+                (
+                    s.name,
+                    s.database_type,
+                    _file_digest(s.path) if s.origin == "override" else s.build_date,
+                )
+                for s in self.geo.sources()
+            ],
+            "rules": [(r.id, r.severity, r.title, repr(r.when)) for r in self.rules.rules],
+            "sites": [
+                (s.name, [str(n) for n in s.client_cidrs], s.egress_ips, s.country)
+                for s in cfg.sites.values()
+            ],
+            "allowed_providers": sorted(cfg.allowed_providers),
+        }
+        blob = json.dumps(state, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def apply_exceptions(self, today: str | None = None) -> list[dict]:
+        """Bring the exception register up to date (expiries, config entries)."""
+        day = today or datetime.now(UTC).strftime("%Y-%m-%d")
+        return self.store.apply_exceptions(self.config.exceptions, day)
+
+    def raised_findings(
+        self, scan_ids: list[int], fail_on: str, today: str | None = None
+    ) -> list[dict]:
+        """What ``--fail-on``/``fail_on`` counts: findings these scans raised or reopened (or
+        added detail to), still open, at or above ``fail_on``, not under an exception."""
+        day = today or datetime.now(UTC).strftime("%Y-%m-%d")
+        return self.store.raised_findings(scan_ids, fail_on, day)
 
     def stale_geodata(self, max_age_days: int = STALE_GEODATA_DAYS) -> list[GeoSource]:
         """Databases older than ``max_age_days``: addresses move, so say so, but keep going."""

@@ -27,7 +27,16 @@ Example::
     [sites.shanghai]
     client_cidrs = ["10.20.0.0/16"]
     egress_ips = ["114.114.114.114"]
-    country = "CN"
+    country = "CN"                                     # applies with or without egress_ips
+    tz = "Asia/Shanghai"                               # optional: report days in local time
+
+    [[exceptions]]                                     # the exception register
+    rule = "provider-region-unsupported"               # rule, provider, site: optional
+    site = "shanghai"
+    client = "10.20.8.0/24"                            # or user = "alice"; optional
+    until = 2027-03-31                                 # last day it holds
+    reason = "SEC-123: pilot approved by legal"
+    approver = "ciso@example.com"
 
     [daily]                                          # apiwatch daily
     fail_on = "high"                                   # exit 3 on new open incidents >= this
@@ -53,11 +62,13 @@ import os
 import string
 import tomllib
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from monitor.countries import is_country_code
 from monitor.errors import ApiwatchError
+from monitor.findings import ExceptionEntry
 from monitor.sinks.base import DEFAULT_MIN_SEVERITY, AlertSpec
 
 
@@ -72,6 +83,7 @@ class Site:
     egress_ips: tuple[str, ...] = ()
     country: str | None = None  # declared egress country
     data_residency: tuple[str, ...] | None = None  # None: the organisation's requirement
+    tz: str | None = None  # IANA time zone of the site, e.g. Asia/Shanghai (report days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +154,7 @@ class Config:
     entities: dict[str, Entity] = field(default_factory=dict)
     azure_resources: dict[str, str] = field(default_factory=dict)  # resource name -> region
     catalog_extra: tuple[Path, ...] = ()  # [catalog] extra: organisation overlay files
+    exceptions: tuple[ExceptionEntry, ...] = ()  # [[exceptions]]: the exception register
 
 
 _TOP_KEYS = {
@@ -158,7 +171,9 @@ _TOP_KEYS = {
     "residency",
     "entities",
     "catalog",
+    "exceptions",
 }
+_EXCEPTION_KEYS = {"rule", "provider", "site", "client", "user", "until", "reason", "approver"}
 #: keys of every [[alerts]] table; each sink kind adds its own (``KEYS`` of its module)
 _ALERT_KEYS = {"name", "kind", "min_severity", "rules", "sites", "ca_file"}
 _RESIDENCY_KEYS = {"azure_resources"}
@@ -187,7 +202,7 @@ _REPORT_KEYS = {
 _DAILY_KEYS = {"fail_on"}
 _ORG_KEYS = {"allowed_providers", "data_residency", "packs"}
 _GEO_KEYS = {"databases", "overrides", "search_system"}
-_SITE_KEYS = {"client_cidrs", "egress_ips", "country", "data_residency"}
+_SITE_KEYS = {"client_cidrs", "egress_ips", "country", "data_residency", "tz"}
 
 
 def default_config_path() -> Path | None:
@@ -267,6 +282,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     )
 
     pseudonymize, privacy_key = _privacy(_table(data, "privacy", where), where, base)
+    exceptions = tuple(
+        _exception(body, where, key, sites)
+        for key, body in _array_of_tables(data, "exceptions", where)
+    )
     alerts = tuple(
         _alert(body, where, key, base, sites)
         for key, body in _array_of_tables(data, "alerts", where)
@@ -313,7 +332,48 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         entities=entities,
         azure_resources={name.lower(): region.strip().lower() for name, region in azure.items()},
         catalog_extra=extra,
+        exceptions=exceptions,
     )
+
+
+def _exception(
+    body: dict[str, Any], where: str, key: str, sites: dict[str, Site]
+) -> ExceptionEntry:
+    """One ``[[exceptions]]`` entry: what it covers, until when, why and who approved it."""
+    _no_unknown(body, _EXCEPTION_KEYS, where, key + ".")
+    until = body.get("until")
+    if isinstance(until, date):  # TOML dates arrive parsed
+        until = until.isoformat()
+    try:
+        until = date.fromisoformat(until).isoformat() if isinstance(until, str) else None
+    except ValueError:
+        until = None
+    if until is None:
+        raise ConfigError(
+            f"{where}: {key}.until: expected a date (YYYY-MM-DD), the last day it holds"
+        )
+    texts = {
+        n: _opt_str(body, n, where, key)
+        for n in ("rule", "provider", "site", "user", "reason", "approver")
+    }
+    for needed in ("reason", "approver"):
+        if texts[needed] is None:
+            raise ConfigError(f"{where}: {key}.{needed}: required (an exception says why and who)")
+    if texts["site"] is not None and texts["site"] not in sites:
+        known = ", ".join(sorted(sites)) or "none configured"
+        raise ConfigError(f"{where}: {key}.site: unknown site {texts['site']!r} (sites: {known})")
+    client = _opt_str(body, "client", where, key)
+    net = None
+    if client is not None:
+        try:
+            net = ipaddress.ip_network(client.strip(), strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key}.client: {exc}") from exc
+    if net is not None and texts["user"] is not None:
+        raise ConfigError(f"{where}: {key}: give client (a CIDR) or user, not both")
+    return ExceptionEntry(until=until, reason=texts["reason"], approver=texts["approver"],
+                          rule=texts["rule"], provider=texts["provider"], site=texts["site"],
+                          client=net, user=texts["user"], key=key)  # fmt: skip
 
 
 def _geo_list(body: dict[str, Any], where: str, prefix: str) -> tuple[str, ...] | None:
@@ -614,7 +674,25 @@ def _site(name: str, body: dict[str, Any], where: str, key: str) -> Site:
                 f"{where}: {key}.country: {country!r} is not an ISO 3166-1 alpha-2 code"
             )
         country = country.upper()
-    return Site(name, tuple(cidrs), tuple(egress), country, _geo_list(body, where, key + "."))
+    tz = body.get("tz")
+    if tz is not None:
+        tz = time_zone(tz, f"{where}: {key}.tz")
+    return Site(
+        name, tuple(cidrs), tuple(egress), country, _geo_list(body, where, key + "."), tz=tz
+    )
+
+
+def time_zone(value: Any, where: str) -> str:
+    """An IANA time zone name, validated against the system's zone database."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        if not isinstance(value, str) or not value:
+            raise ValueError
+        ZoneInfo(value)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise ConfigError(f"{where}: {value!r} is not a time zone (e.g. Asia/Shanghai)") from None
+    return value
 
 
 def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -6,9 +6,10 @@ nothing, and the reports it rewrites have the same figures.
 
 Exit code (:attr:`DailyResult.exit_code`): 0 success; 1 a source failed (unreadable file,
 a pattern that matched nothing, bad options) or a report could not be written — the other
-sources and reports are still done; 3 ``fail_on`` matched: open incidents at or above that
-severity were first raised by a scan that ran today (UTC), so the second run of a day gives
-the same answer as the first, until someone acknowledges or resolves them.
+sources and reports are still done; 3 ``fail_on`` matched: findings at or above that severity
+that a scan of today (UTC) raised, reopened or added detail to are still open (or reopened)
+and not under an exception, so the second run of a day gives the same answer as the first,
+until someone acknowledges or resolves them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ class DailySource(ReportSource, Protocol):
         jobs: int | None = None,
     ) -> tuple[int, ScanSummary]: ...
 
+    def apply_exceptions(self, today: str | None = None) -> list[dict[str, Any]]: ...
+
+    def raised_findings(
+        self, scan_ids: list[int], fail_on: str, today: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
 
 @dataclass
 class SourceResult:
@@ -86,7 +93,7 @@ class DailyResult:
     sources: list[SourceResult] = field(default_factory=list)
     reports: list[ReportResult] = field(default_factory=list)
     fail_on: str | None = None
-    findings: list[dict[str, Any]] = field(default_factory=list)  # incidents fail_on matched
+    findings: list[dict[str, Any]] = field(default_factory=list)  # what fail_on matched
     alerts_sent: int = 0
     exit_code: int = EXIT_OK
 
@@ -142,6 +149,7 @@ def run_daily(
     jobs: int | None = None,
     write_reports: bool = True,
     log: Callable[..., None] = lambda _msg, error=False: None,
+    tz: str | None = None,
 ) -> DailyResult:
     """Scan ``app.config.sources``, write ``app.config.reports`` that are due, return the result.
 
@@ -160,7 +168,7 @@ def run_daily(
         result.sources.append(_scan_source(app, source, jobs, log))
     if write_reports:
         for spec in config.reports:
-            result.reports.append(_write_report(app, spec, today, log))
+            result.reports.append(_write_report(app, spec, today, log, tz))
     delivery = app.deliver_alerts()
     result.alerts_sent = sum(delivery.sent.values())
     for name, error in delivery.failed.items():
@@ -209,9 +217,14 @@ def _scan_source(app: DailySource, source: Source, jobs: int | None, log) -> Sou
     return res
 
 
-def _write_report(app: DailySource, spec: ReportSpec, today: date, log) -> ReportResult:
+def _write_report(
+    app: DailySource, spec: ReportSpec, today: date, log, tz: str | None = None
+) -> ReportResult:
+    """``tz`` (``--tz``), else the time zone of the one site the report is about, else UTC."""
     res = ReportResult(key=spec.key, period=spec.period, format=spec.format)
-    window = period_window(spec.period, today - timedelta(days=1))
+    zones = {app.config.sites[s].tz for s in spec.site if s in app.config.sites}
+    tz = tz or (zones.pop() if len(zones) == 1 and None not in zones else "UTC")
+    window = period_window(spec.period, today - timedelta(days=1), tz=tz)
     if spec.when == "period-end" and not period_ended(window, today):
         res.skipped = f"{spec.period} period {window.label} is not over"
         return res
@@ -232,5 +245,10 @@ def _write_report(app: DailySource, spec: ReportSpec, today: date, log) -> Repor
 
 
 def _findings(app: DailySource, fail_on: str, started: datetime) -> list[dict[str, Any]]:
-    """Open incidents >= ``fail_on`` first raised by a scan that started today (UTC)."""
-    return app.store.new_open_incidents(fail_on, started.strftime("%Y-%m-%dT00:00:00Z"))
+    """Findings >= ``fail_on`` that scans started today (UTC) raised, reopened or added
+    detail to, still open or reopened and not under an exception."""
+    today = started.strftime("%Y-%m-%d")
+    app.apply_exceptions(today)
+    midnight = started.replace(hour=0, minute=0, second=0, microsecond=0)
+    scans = app.store.scans_started(midnight, midnight + timedelta(days=2))
+    return app.raised_findings(scans, fail_on, today)

@@ -2,7 +2,11 @@
 
 Providers see the egress address, not the client, so region policy is judged on it.
 Precedence for the country: ``--egress-country`` > overrides file (for the egress IP) >
-the site's declared country > geolocation of the egress IP. Each answer carries its source.
+the site's declared country (for the site's own egress IPs, or any when it names none) >
+geolocation of the egress IP. An egress IP given on the command line (``--egress-ip``) or by
+the log itself that is not one of the site's is geolocated: what the operator says for this
+scan beats the config. Each answer carries its source, and the geolocated country is kept
+beside the decided one (``egress_geo_country``) so rules can use either.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class Egress:
     country: str | None
     site: str | None
     source: str  # how the country was decided, e.g. "site:shanghai", "geo:embedded:…"
+    geo_country: str | None = None  # geolocation of ``ip``, whatever decided ``country``
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +82,52 @@ class EgressResolver:
         else:
             egress_ip = None
 
+        answer = self._geo.lookup(egress_ip) if egress_ip else None
+        geo_cc = answer.country if answer else None
         if self._opts.egress_country:
             return Egress(
-                egress_ip, self._opts.egress_country, site_name, "option:--egress-country"
+                egress_ip, self._opts.egress_country, site_name, "option:--egress-country", geo_cc
             )
-        answer = self._geo.lookup(egress_ip) if egress_ip else None
         if answer and answer.country_source and answer.country_source.startswith("override"):
             return Egress(
-                egress_ip, answer.country, site_name or answer.site, answer.country_source
+                egress_ip, answer.country, site_name or answer.site, answer.country_source, geo_cc
             )
-        # a site's declared country is that of its own egress, not of one the log names
-        logged_elsewhere = egress_ip == logged_egress and site and egress_ip not in site.egress_ips
-        if site and site.country and not logged_elsewhere:
-            return Egress(egress_ip, site.country, site_name, f"site:{site.name}")
+        # a site's declared country is that of its own egress (or of the site, when it names
+        # none), not of an address the command line or the log names instead
+        named_elsewhere = (
+            egress_ip is not None
+            and egress_ip in (self._opts.egress_ip, logged_egress)
+            and site is not None
+            and egress_ip not in site.egress_ips
+        )
+        if site and site.country and not named_elsewhere:
+            return Egress(egress_ip, site.country, site_name, f"site:{site.name}", geo_cc)
         if answer and answer.country:
-            return Egress(
-                egress_ip, answer.country, site_name or answer.site, answer.country_source or "geo"
+            return Egress(egress_ip, answer.country, site_name or answer.site,
+                          answer.country_source or "geo", geo_cc)  # fmt: skip
+        return Egress(egress_ip, None, site_name, "unknown", geo_cc)
+
+
+def contradictions(
+    sites: dict[str, Site], geo: GeoResolver, options: EgressOptions | None = None
+) -> list[str]:
+    """Where a declared country (a site's, or ``--egress-country``) contradicts the
+    geolocation of the same egress address: said by ``config check`` and the scan summary."""
+    found = []
+    declared = [(f"sites.{s.name}", ip, s.country) for s in sites.values() if s.country
+                for ip in s.egress_ips]  # fmt: skip
+    if options and options.egress_country and options.egress_ip:
+        declared.append(("--egress-country", options.egress_ip, options.egress_country))
+    for where, ip, country in declared:
+        answer = geo.lookup(ip)
+        if (
+            answer.country
+            and answer.country != country
+            and not (answer.country_source or "").startswith("override")
+        ):
+            found.append(
+                f"{where}: declares {country} for egress {ip}, which geolocates to "
+                f"{answer.country} ({answer.country_source}); rules see {country} as "
+                f"egress.country and {answer.country} as egress.geo_country"
             )
-        return Egress(egress_ip, None, site_name, "unknown")
+    return found

@@ -28,7 +28,6 @@ from monitor.alerts import Dispatcher
 from monitor.collectors import InputError
 from monitor.collectors.base import MAX_PROBLEMS_KEPT, Problem
 from monitor.config import Source
-from monitor.daily import expand
 from monitor.live import LiveCapture
 from monitor.pipeline import Pipeline, ScanSummary
 from monitor.scanner import Scanner
@@ -114,6 +113,10 @@ class Follower:
 
     def poll(self) -> int:
         """One pass: returns the records read."""
+        # imported here: monitor.daily loads the report stack (pandas), which every CLI
+        # command (``apiwatch parse`` too) would otherwise pay for at start-up
+        from monitor.daily import expand
+
         before = self.totals.records
         for inp in self.inputs:
             for path in expand(Source(path=inp.pattern, optional=True)):

@@ -2,7 +2,8 @@
 
 De-duplication and aggregation rest on these digests, so each is defined once here: a
 collector names a record with :func:`record_id`, the pipeline turns that into the stored
-observation's :func:`observation_id`, and traffic aggregates under its :func:`incident_id`.
+observation's :func:`observation_id`, and traffic aggregates under its :func:`incident_id`,
+which rolls up into its :func:`finding_id`.
 Changing any of them changes what a re-scan considers already stored.
 """
 
@@ -44,9 +45,19 @@ def incident_id(
     egress_ip: str | None,
     egress_country: str | None,
     day: str,
+    user: str | None = None,
 ) -> str:
-    """Deterministic: the same traffic always aggregates into the same incident."""
-    key = "\x1f".join(
-        x or "" for x in (rule, provider, dest_host, client_ip, egress_ip, egress_country, day)
-    )
+    """Deterministic: the same traffic always aggregates into the same incident. The user is
+    part of the key only when the log names one (ids of user-less traffic do not change)."""
+    parts = [rule, provider, dest_host, client_ip, egress_ip, egress_country, day]
+    if user:
+        parts.append(user)
+    key = "\x1f".join(x or "" for x in parts)
     return blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def finding_id(rule: str, provider: str, site: str | None, egress_country: str | None) -> str:
+    """The finding detail rolls up into: ``F-`` and 12 hex digits (never a prefix of an
+    incident id, which is all hex). With a site, the egress country is not part of it."""
+    key = "\x1f".join((rule, provider or "", site or "", "" if site else egress_country or ""))
+    return "F-" + blake2b(key.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()

@@ -19,7 +19,7 @@ from typing import Any
 NOT_STORED = {"stored": False}
 
 #: How ``dest_host`` was learned, from most to least direct.
-HOST_SOURCES = ("connect", "url", "sni", "http_host", "dns", "ip")
+HOST_SOURCES = ("connect", "url", "sni", "http_host", "cert", "dns", "ip")
 
 
 @dataclass(slots=True)
@@ -47,7 +47,11 @@ class Observation:
     ts_end: float | None = None  # flows: time of the last packet
     packets_out: int | None = None  # flows: packets client -> destination
     packets_in: int | None = None  # flows: packets destination -> client
-    ech: bool | None = None  # TLS: ECH offered (dest_host is then the outer SNI)
+    ech: bool | None = None  # TLS: ECH offered (see ech_outer)
+    ech_outer: str | None = None  # TLS with ECH: the outer (public) SNI, not the real name
+    tunnel: str | None = None  # captures: encapsulations around the flow, outermost first
+    tunnel_src: str | None = None  # captures: the outermost tunnel's source address
+    tunnel_dst: str | None = None  # captures: the outermost tunnel's destination address
     # public address the request left from, when the log says so (the egress point
     # resolved from it, or from the site or client, is what is stored)
     egress_ip: str | None = field(default=None, metadata=NOT_STORED)

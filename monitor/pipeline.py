@@ -26,7 +26,7 @@ from monitor.config import Config, Entity
 from monitor.egress import Egress, EgressOptions, EgressResolver
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from monitor.geo import GeoAnswer, GeoResolver
-from monitor.ids import incident_id, observation_id, observed_record_id
+from monitor.ids import finding_id, incident_id, observation_id, observed_record_id
 from monitor.observation import Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
@@ -152,6 +152,7 @@ _GETTERS: dict[str, Callable[[Enriched], Any]] = {
     "provider.region_list": lambda e: e.match.provider.region_list,
     "egress.ip": lambda e: e.egress.ip,
     "egress.country": lambda e: e.egress.country,
+    "egress.geo_country": lambda e: e.egress.geo_country,
     "egress.site": lambda e: e.egress.site,
     "egress.source": lambda e: e.egress.source,
     "dest.host": lambda e: e.obs.dest_host,
@@ -291,7 +292,7 @@ class IncidentRows:
         o, m, g = e.obs, e.match, e.egress
         key = (
             tuple([r.id for r in rules]), m.provider.id, m.kind, o.dest_host, o.dest_ip,
-            o.client_ip, g.site, g.ip, g.country, g.source, day,
+            o.client_ip, o.user, g.site, g.ip, g.country, g.source, day,
         )  # fmt: skip
         found = self._memo.get(key)
         if found is None:
@@ -306,7 +307,7 @@ def incident_rows(e: Enriched, rules: Iterable[Rule], day: str) -> list[dict[str
     return [
         {
             "id": incident_id(
-                r.id, p.id, o.dest_host, o.client_ip, e.egress.ip, e.egress.country, day
+                r.id, p.id, o.dest_host, o.client_ip, e.egress.ip, e.egress.country, day, o.user
             ),
             "rule": r.id,
             "severity": r.severity,
@@ -320,6 +321,8 @@ def incident_rows(e: Enriched, rules: Iterable[Rule], day: str) -> list[dict[str
             "egress_country": e.egress.country,
             "egress_source": e.egress.source,
             "day": day,
+            "user": o.user,
+            "finding_id": finding_id(r.id, p.id, e.egress.site, e.egress.country),
         }
         for r in rules
     ]
@@ -354,6 +357,10 @@ class ScanSummary:
     new_by_rule: Counter[str] = field(default_factory=Counter)
     updated_by_rule: Counter[str] = field(default_factory=Counter)
     new_max_severity: str | None = None
+    findings_new: set[str] = field(default_factory=set)
+    findings_reopened: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)  # settings that contradict each other
+    fail_on_matched: list[str] = field(default_factory=list)  # findings --fail-on counts
     diag: Diagnostics = field(default_factory=Diagnostics)
 
     def as_dict(self) -> dict[str, Any]:
@@ -371,6 +378,9 @@ class ScanSummary:
             "new_by_rule": dict(sorted(self.new_by_rule.items())),
             "updated_by_rule": dict(sorted(self.updated_by_rule.items())),
             "new_max_severity": self.new_max_severity,
+            "findings_new": len(self.findings_new),
+            "findings_reopened": len(self.findings_reopened),
+            "warnings": self.warnings,
             "file_errors": [str(p) for p in self.diag.file_errors],
             "problems": [str(p) for p in self.diag.problems],
             "notices": [str(p) for p in self.diag.notices],
@@ -378,11 +388,11 @@ class ScanSummary:
 
     def exit_code(self, fail_on: str | None = None) -> int:
         """What the scan exits with (README, "Exit codes"): an unreadable input is an error;
-        else new incidents at or above ``fail_on`` are findings."""
+        else findings ``fail_on`` matched (:meth:`monitor.app.App.raised_findings`, which
+        the app sets in ``fail_on_matched``) are findings."""
         if self.diag.file_errors:
             return EXIT_ERROR
-        worst = self.new_max_severity
-        if fail_on and worst and SEVERITY_RANK[worst] >= SEVERITY_RANK[fail_on]:
+        if fail_on and self.fail_on_matched:
             return EXIT_FINDINGS
         return EXIT_OK
 
@@ -391,7 +401,8 @@ class ScanSummary:
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """What the ``scans`` table keeps of this summary, and the ``scan_problems`` rows."""
         record = self.as_dict()
-        for key in ("problems", "notices", "new_max_severity"):
+        for key in ("problems", "notices", "new_max_severity", "findings_new", "findings_reopened",
+                    "warnings"):  # fmt: skip
             del record[key]
         record["by_rule"] = {
             "new": record.pop("new_by_rule"),
@@ -411,6 +422,8 @@ class ScanSummary:
         self.stored += res.stored
         self.duplicates += res.duplicates
         self.expired += res.expired
+        self.findings_new |= res.new_findings
+        self.findings_reopened |= res.reopened_findings
         for iid in res.new_incidents:
             rule, sev = rule_of[iid]
             self.incidents_new.add(iid)
@@ -424,6 +437,13 @@ class ScanSummary:
             if iid not in self.incidents_new and iid not in self.incidents_updated:
                 self.incidents_updated.add(iid)
                 self.updated_by_rule[rule_of[iid][0]] += 1
+
+
+def place(obs: Observation, match: Match) -> None:
+    """Where the matched endpoint processes the request (region, geo, basis, caveat)."""
+    p = match.processing
+    obs.processing_region, obs.processing_geo = p.region, p.geo
+    obs.residency_basis, obs.residency_caveat = p.basis, p.caveat
 
 
 class Pipeline:
@@ -447,6 +467,16 @@ class Pipeline:
         self.incident_rows = IncidentRows()
         self.collect_options = collect_options
         self.pseudonymizer = pseudonymizer  # applied to what is stored, after the rules ran
+
+    def record(self, obs: Observation, match: Match) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Stages 3–4 for one LLM observation: its stored row (``id`` and ``scan_id`` unset)
+        and the incident rows it raises. Scans and re-evaluation both go through here."""
+        enriched = self.enricher.enrich(obs, match)
+        rules = self.evaluator.evaluate(enriched)  # on the real addresses: rules may name them
+        if self.pseudonymizer is not None:
+            enriched = self.pseudonymizer.apply(enriched)  # before ids are computed from them
+        row = observation_row(enriched)
+        return row, self.incident_rows(enriched, rules, row[DAY])
 
     def fingerprint(self) -> str:
         """A digest of what decides this pipeline's answers besides its inputs and config:
@@ -492,9 +522,7 @@ class Pipeline:
                 diag.malformed_record(obs.source, obs.line, "destination is not a host name", host)
                 continue
             if match is not None:
-                p = match.processing
-                obs.processing_region, obs.processing_geo = p.region, p.geo
-                obs.residency_basis, obs.residency_caveat = p.basis, p.caveat
+                place(obs, match)
                 yield obs, match
             elif not only_llm:
                 yield obs, match
@@ -512,14 +540,9 @@ class Pipeline:
     def records(self, found: Iterable[tuple[Observation, Match | None]]) -> Iterator[Produced]:
         """Stages 3 on over LLM observations with their match: a part's (:meth:`process`)
         or a live capture's (:mod:`monitor.live`)."""
-        enrich, evaluate = self.enricher.enrich, self.evaluator.evaluate
-        private, incidents = self.pseudonymizer, self.incident_rows
+        record = self.record
         for obs, match in found:
-            enriched = enrich(obs, match)  # type: ignore[arg-type]
-            rules = evaluate(enriched)  # on the real addresses: rules may name them
-            if private is not None:
-                enriched = private.apply(enriched)  # before ids are computed from them
-            row = observation_row(enriched)
+            row, incidents = record(obs, match)  # type: ignore[arg-type]
             record_id = obs.record_id or observed_record_id(obs)
             row[ID] = observation_id(record_id, 0)
-            yield record_id, row, incidents(enriched, rules, row[DAY])
+            yield record_id, row, incidents

@@ -47,6 +47,7 @@ FIELDS: dict[str, str] = {
     "catalog.major_allowed_countries": "union of every published allow-list",
     "egress.ip": "egress address of the record",
     "egress.country": "egress country (option, override, site or geolocation)",
+    "egress.geo_country": "geolocated country of the egress address (whatever decided egress.country)",
     "egress.site": "site name",
     "egress.source": "how the egress country was decided",
     "dest.host": "destination host name",

@@ -60,7 +60,9 @@ class Pseudonymizer:
         public address) egress address pseudonymised."""
         obs, egress = enriched.obs, enriched.egress
         client = obs.client_ip
-        new_obs = dataclasses.replace(obs, client_ip=self(client), user=self(obs.user))
+        logged = obs.egress_ip
+        new_obs = dataclasses.replace(obs, client_ip=self(client), user=self(obs.user),
+                                      egress_ip=self(logged) if logged == client else logged)  # fmt: skip
         if egress.ip is not None and egress.ip == client:
             egress = dataclasses.replace(egress, ip=self(egress.ip))
         return dataclasses.replace(enriched, obs=new_obs, egress=egress)

@@ -55,6 +55,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("egress_ip", str, "egress.ip"),
     Column("egress_country", str, "egress.country"),
     Column("egress_source", str, "egress.source"),
+    Column("egress_geo_country", str, "egress.geo_country"),  # beside the decided country
+    Column("egress_logged", str, "obs.egress_ip"),  # the egress the log gave (re-evaluation)
     Column("dest_country", str, "dest_country"),
     Column("dest_asn", int, "dest_asn"),
     Column("outcome", str, "outcome"),

@@ -18,21 +18,24 @@ Tables:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
+from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
 from monitor.observation import iso_datetime, iso_utc
 from monitor.rows import COL, TYPES
 
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -50,6 +53,7 @@ _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
 OBSERVATION_COLUMNS = TYPES
 _ID, _TS, _DAY, _SOURCE, _LINE = COL["id"], COL["ts"], COL["day"], COL["source"], COL["line"]
 _OUT, _IN, _OUTCOME = COL["bytes_out"], COL["bytes_in"], COL["outcome"]
+_SCAN = COL["scan_id"]
 
 
 _INSERT_OBSERVATION = (
@@ -58,7 +62,7 @@ _INSERT_OBSERVATION = (
 )
 
 
-INCIDENT_COLUMNS: dict[str, type] = {
+_INCIDENT_COLUMNS_V1: dict[str, type] = {
     "id": str,
     "rule": str,
     "severity": str,
@@ -85,6 +89,7 @@ INCIDENT_COLUMNS: dict[str, type] = {
     "first_scan": int,
     "last_scan": int,
 }
+INCIDENT_COLUMNS: dict[str, type] = {**_INCIDENT_COLUMNS_V1, "user": str, "finding_id": str}
 
 #: Fields of an incident that a caller supplies (the rest is aggregated here).
 INCIDENT_IDENTITY = (
@@ -101,6 +106,8 @@ INCIDENT_IDENTITY = (
     "egress_country",
     "egress_source",
     "day",
+    "user",
+    "finding_id",
 )
 
 
@@ -134,6 +141,20 @@ class IngestResult:
     new_incidents: set[str] = field(default_factory=set)
     updated_incidents: set[str] = field(default_factory=set)
     rule_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (rule, severity)
+    finding_requests: Counter[str] = field(default_factory=Counter)  # finding -> new requests
+    new_findings: set[str] = field(default_factory=set)
+    reopened_findings: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ReevaluationResult:
+    observations: int = 0  # stored observations re-evaluated
+    changed: int = 0  # whose enrichment (site, egress, destination, outcome, …) changed
+    removed: int = 0  # no longer LLM traffic under the current catalogue
+    incidents: int = 0  # detail rows rebuilt
+    new: set[str] = field(default_factory=set)  # findings raised
+    superseded: set[str] = field(default_factory=set)  # findings whose basis disappeared
+    reopened: set[str] = field(default_factory=set)  # superseded findings whose basis came back
 
 
 class Rows(NamedTuple):
@@ -169,9 +190,30 @@ class IncidentQuery:
     min_severity: str | None = None
     provider: Sequence[str] = ()
     site: Sequence[str] = ()
-    client: Sequence[str] = ()
+    client: Sequence[str] = ()  # addresses or CIDRs
     status: Sequence[str] = ()
     limit: int | None = None
+    user: Sequence[str] = ()
+    finding: str | None = None  # incidents: of this finding (id or unique prefix)
+
+
+#: findings take the same filters; those on detail (client, user) select and count detail
+FindingQuery = IncidentQuery
+
+#: a finding's figures, rolled up from its detail rows (findings are never counted apart)
+_ROLLUP = """SELECT finding_id AS id, min(rule) AS rule, min(provider) AS provider,
+      min(site) AS site, max(severity_rank) AS severity_rank, max(title) AS title,
+      min(first_seen) AS first_seen, max(last_seen) AS last_seen, sum(count) AS count,
+      sum(blocked) AS blocked, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in,
+      count(DISTINCT client_ip) AS clients, count(DISTINCT user) AS users,
+      count(DISTINCT dest_host) AS hosts, count(DISTINCT day) AS days,
+      group_concat(DISTINCT egress_country) AS egress_country,
+      min(first_scan) AS first_scan, max(last_scan) AS last_scan
+    FROM incidents WHERE {where} GROUP BY finding_id"""
+_ROLLUP_COLUMNS = ("rule", "provider", "site", "severity", "severity_rank", "title", "first_seen",
+                   "last_seen", "count", "blocked", "bytes_out", "bytes_in", "clients", "users",
+                   "hosts", "days", "egress_country", "first_scan", "last_scan")  # fmt: skip
+_SEVERITY_OF_RANK = {rank: name for name, rank in SEVERITY_RANK.items()}
 
 
 class Store:
@@ -384,25 +426,33 @@ class Store:
         if not fresh:
             return result
         result.stored = len(fresh)
+        self._aggregate(fresh, scan_id, result)
+        if result.rule_of:
+            self._advance_findings(scan_id, result)
+        return result
 
+    def _aggregate(
+        self, fresh: Sequence[tuple[list[Any], Sequence[dict[str, Any]]]], scan_id: int | None,
+        result: IngestResult,
+    ) -> None:  # fmt: skip
+        """Add observations new to the incidents (their detail rows) they raise, and link them.
+        ``scan_id`` None: each observation counts for the scan that stored it (re-evaluation)."""
+        conn = self.db.conn
         deltas: dict[str, dict[str, Any]] = {}
         hits: list[tuple[str, int]] = []
         for obs, incs in fresh:
             ts = obs[_TS]
+            sid = scan_id if scan_id is not None else obs[_SCAN]
             for inc in incs:
                 hits.append((inc["id"], obs[_ID]))
                 d = deltas.get(inc["id"])
                 if d is None:
                     d = deltas[inc["id"]] = {k: inc.get(k) for k in INCIDENT_IDENTITY}
-                    d.update(
-                        count=0,
-                        blocked=0,
-                        bytes_out=None,
-                        bytes_in=None,
-                        first=ts,
-                        last=ts,
-                        evidence=[],
-                    )
+                    if d["finding_id"] is None:
+                        d["finding_id"] = finding_id(d["rule"], d["provider"], d["site"],
+                                                     d["egress_country"])  # fmt: skip
+                    d.update(count=0, blocked=0, bytes_out=None, bytes_in=None, first=ts,
+                             last=ts, evidence=[], first_scan=sid, last_scan=sid)  # fmt: skip
                 if len(d["evidence"]) < EVIDENCE_SAMPLES:
                     d["evidence"].append(f"{obs[_SOURCE]}:{obs[_LINE]}")
                 d["count"] += 1
@@ -413,17 +463,22 @@ class Store:
                     d["first"] = ts
                 if ts > d["last"]:
                     d["last"] = ts
+                if sid is not None:
+                    d["first_scan"] = sid if d["first_scan"] is None else min(d["first_scan"], sid)
+                    d["last_scan"] = sid if d["last_scan"] is None else max(d["last_scan"], sid)
+        if not deltas:
+            return
         for d in deltas.values():
             d["first_seen"], d["last_seen"] = iso_utc(d["first"]), iso_utc(d["last"])
-        if not deltas:
-            return result
         conn.executemany(
             "INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits
         )
-        result.rule_of = {iid: (d["rule"], d["severity"]) for iid, d in deltas.items()}
+        result.rule_of.update({iid: (d["rule"], d["severity"]) for iid, d in deltas.items()})
         before = self._evidence_of(list(deltas))
-        result.updated_incidents = set(before)
-        result.new_incidents = set(deltas) - result.updated_incidents
+        result.updated_incidents |= set(before)
+        result.new_incidents |= set(deltas) - set(before)
+        for d in deltas.values():
+            result.finding_requests[d["finding_id"]] += d["count"]
         cols = [
             *INCIDENT_IDENTITY,
             "severity_rank",
@@ -446,7 +501,6 @@ class Store:
             )
             d["severity_rank"] = SEVERITY_RANK[d["severity"]]
             d["outcome"] = _outcome(d["blocked"], d["count"])
-            d["first_scan"] = d["last_scan"] = scan_id
             rows.append([d[c] for c in cols])
         conn.executemany(
             f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
@@ -463,10 +517,10 @@ class Store:
                              WHEN blocked + excluded.blocked = count + excluded.count THEN 'blocked'
                              ELSE 'mixed' END,
               evidence = excluded.evidence,
-              last_scan = excluded.last_scan""",  # noqa: S608 - constants and placeholders only
+              first_scan = min(coalesce(first_scan, excluded.first_scan), excluded.first_scan),
+              last_scan = max(coalesce(last_scan, excluded.last_scan), excluded.last_scan)""",  # noqa: S608 - constants and placeholders only
             rows,
         )
-        return result
 
     def _evidence_of(self, ids: list[str]) -> dict[str, list[str]]:
         """Evidence samples of the incidents among ``ids`` that already exist."""
@@ -475,6 +529,444 @@ class Store:
             sql = f"SELECT id, evidence FROM incidents WHERE id IN ({marks})"  # noqa: S608
             found.update((r[0], json.loads(r[1] or "[]")) for r in self.db.execute(sql, chunk))
         return found
+
+    # -- findings ---------------------------------------------------------------------------
+
+    def _advance_findings(self, scan_id: int, result: IngestResult) -> None:
+        """Roll the new detail up into its findings: raise new ones, reopen resolved (or
+        superseded) ones, and record new activity on acknowledged ones."""
+        fids = list(result.finding_requests)
+        before = self._finding_statuses(fids)
+        self._refresh_findings(fids)
+        for fid in fids:
+            requests = result.finding_requests[fid]
+            status = before.get(fid)
+            if status is None:
+                result.new_findings.add(fid)
+                self._event(fid, "new", None, "open", scan_id=scan_id, requests=requests)
+            elif status in ("resolved", "superseded"):
+                result.reopened_findings.add(fid)
+                self.transition(fid, "reopened", "reopened", scan_id=scan_id, requests=requests,
+                                note=f"{requests} new request(s) in scan {scan_id}")  # fmt: skip
+            elif not self._add_to_last_event(fid, scan_id, requests) and status == "acknowledged":
+                self._event(fid, "activity", status, status, scan_id=scan_id, requests=requests)
+        result.finding_requests.clear()
+
+    def _finding_statuses(self, fids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for chunk, marks in _chunks(fids):
+            sql = f"SELECT id, status FROM findings WHERE id IN ({marks})"  # noqa: S608
+            found.update(self.db.execute(sql, chunk).fetchall())
+        return found
+
+    def _refresh_findings(self, fids: Sequence[str]) -> set[str]:
+        """Recompute the figures of these findings from their detail (new ones are inserted,
+        open); returns those that have detail."""
+        cols = ["id", *_ROLLUP_COLUMNS]
+        rows = []
+        for chunk, marks in _chunks(fids):
+            where = f"finding_id IN ({marks})"
+            for r in self.db.query(_ROLLUP.format(where=where), chunk):  # noqa: S608 - constants
+                rows.append([_rolled(r)[c] for c in cols])
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _ROLLUP_COLUMNS)
+        self.db.conn.executemany(
+            f"INSERT INTO findings ({', '.join(cols)}) VALUES ({_marks(cols)}) "  # noqa: S608
+            f"ON CONFLICT(id) DO UPDATE SET {updates}",
+            rows,
+        )
+        return {r[0] for r in rows}
+
+    def _add_to_last_event(self, fid: str, scan_id: int, requests: int) -> bool:
+        """Later batches of one scan add to the event its first batch recorded."""
+        last = self.db.execute(
+            "SELECT id, action, scan_id FROM finding_events WHERE finding_id = ? ORDER BY id DESC LIMIT 1",
+            [fid],
+        ).fetchone()
+        if last is None or last[2] != scan_id or last[1] not in ("new", "reopened", "activity"):
+            return False
+        self.db.execute(
+            "UPDATE finding_events SET requests = requests + ? WHERE id = ?", [requests, last[0]]
+        )
+        return True
+
+    def _event(self, fid: str, action: str, status_from: str | None, status_to: str | None,
+               **fields: Any) -> dict[str, Any]:  # fmt: skip
+        """Record one lifecycle event (the audit trail of findings; sinks read it from here)."""
+        event = {"finding_id": fid, "at": _now(), "action": action, "status_from": status_from,
+                 "status_to": status_to, "note": None, "actor": None, "scan_id": None,
+                 "requests": None, **fields}  # fmt: skip
+        event["id"] = self.db["finding_events"].insert(event).last_pk
+        return event
+
+    def transition(
+        self, fid: str, status: str, action: str, cascade: bool = True, **fields: Any
+    ) -> dict[str, Any]:
+        """The one place a finding's status changes: the row, its detail rows (``cascade``)
+        and the audit trail, in the caller's transaction. Reopening touches only resolved
+        detail."""
+        (current,) = self.db.execute("SELECT status FROM findings WHERE id = ?", [fid]).fetchone()
+        self.db.execute(
+            "UPDATE findings SET status = ?, changed = ? WHERE id = ?", [status, _now(), fid]
+        )
+        if cascade:
+            self.db.execute(
+                "UPDATE incidents SET status = ? WHERE finding_id = ?"
+                " AND (? != 'reopened' OR status = 'resolved')",
+                [status, fid, status],
+            )
+        return self._event(fid, action, current, status, **fields)
+
+    def resolve_finding_id(self, id_or_prefix: str) -> str:
+        """The finding an id or unique id prefix names; KeyError otherwise."""
+        rows = self.db.execute(
+            "SELECT id FROM findings WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2",
+            [_like_escape(id_or_prefix)],
+        ).fetchall()
+        if len(rows) != 1:
+            raise KeyError(
+                f"finding id prefix {id_or_prefix!r} is ambiguous"
+                if rows
+                else f"no finding with id {id_or_prefix!r}"
+            )
+        return rows[0][0]
+
+    def set_finding_status(
+        self, ids: Sequence[str], status: str, note: str, actor: str | None = None,
+        until: str | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Acknowledge or resolve findings (ids, or unique prefixes), with who and why; ``until``
+        (acknowledge only) makes it an exception that expires after that day. A finding
+        already in that state (and with that exception) is left alone. KeyError: unknown id."""
+        if status not in ("acknowledged", "resolved", "open"):
+            raise ValueError("status must be acknowledged, resolved or open")
+        if not note or not note.strip():
+            raise ValueError("a non-empty note is required")
+        events = []
+        with self._tx():
+            for fid in [self.resolve_finding_id(i) for i in ids]:
+                current, holds = self.db.execute(
+                    "SELECT status, exception_until FROM findings WHERE id = ?", [fid]
+                ).fetchone()
+                if current == status and (until is None or holds == until):
+                    continue
+                if until is not None:
+                    self.db.execute(
+                        "UPDATE findings SET exception_until = ?, exception_reason = ?,"
+                        " exception_by = ?, exception_source = 'ack' WHERE id = ?",
+                        [until, note, actor, fid],
+                    )
+                elif current == "acknowledged" or status != "acknowledged":
+                    self._clear_exception(fid, "ack")
+                events.append(self.transition(fid, status, status, note=note, actor=actor,
+                                              until=until))  # fmt: skip
+        return events
+
+    def _clear_exception(self, fid: str, source: str | None = None) -> None:
+        self.db.execute(
+            "UPDATE findings SET exception_until = NULL, exception_reason = NULL, exception_by = NULL,"
+            " exception_source = NULL WHERE id = ? AND (? IS NULL OR exception_source = ?)",
+            [fid, source, source],
+        )
+
+    def apply_exceptions(
+        self, entries: Sequence[ExceptionEntry], today: str
+    ) -> list[dict[str, Any]]:
+        """Bring exceptions up to date on ``today`` (YYYY-MM-DD): ``ack --until`` ones that
+        ran out reopen their finding; config entries in force mark the findings they cover,
+        and those that ran out or no longer cover it are removed. Returns the events."""
+        events: list[dict[str, Any]] = []
+        with self._tx():
+            for (fid,) in self.db.execute(
+                "SELECT id FROM findings WHERE exception_source = 'ack' AND exception_until < ?",
+                [today],
+            ).fetchall():
+                self._clear_exception(fid)
+                events.append(self.transition(fid, "open", "exception-expired",
+                                              note=f"exception ran out on {today}"))  # fmt: skip
+            in_force = [e for e in entries if e.holds(today)]
+            rows = list(self.db.query(
+                "SELECT * FROM findings WHERE status != 'superseded'"
+                " AND (exception_source IS NULL OR exception_source != 'ack')"))  # fmt: skip
+            detail = self._detail_who([r["id"] for r in rows]) if in_force else {}
+            for row in rows:
+                clients, users = detail.get(row["id"], ((), ()))
+                entry = next((e for e in in_force if e.covers(row, clients, users)), None)
+                source = f"config:{entry.key}" if entry else None
+                if source == row["exception_source"] and (
+                    entry is None or entry.until == row["exception_until"]
+                ):
+                    continue
+                if entry is None:
+                    self._clear_exception(row["id"])
+                    events.append(self._event(row["id"], "exception-expired", row["status"],
+                                              row["status"], note=f"{row['exception_source']} "
+                                              f"no longer holds ({today})"))  # fmt: skip
+                    continue
+                self.db.execute(
+                    "UPDATE findings SET exception_until = ?, exception_reason = ?,"
+                    " exception_by = ?, exception_source = ? WHERE id = ?",
+                    [entry.until, entry.reason, entry.approver, source, row["id"]],
+                )
+                events.append(self._event(row["id"], "excepted", row["status"], row["status"],
+                                          note=f"{entry.key} until {entry.until}: {entry.reason}",
+                                          actor=entry.approver))  # fmt: skip
+        return events
+
+    def _detail_who(self, fids: Sequence[str]) -> dict[str, tuple[list[str], list[str]]]:
+        """Distinct clients and users of each finding's detail."""
+        who: dict[str, tuple[list[str], list[str]]] = {}
+        for chunk, marks in _chunks(fids):
+            for fid, client, user in self.db.execute(
+                "SELECT DISTINCT finding_id, client_ip, user FROM incidents"  # noqa: S608
+                f" WHERE finding_id IN ({marks})",
+                chunk,
+            ):
+                clients, users = who.setdefault(fid, ([], []))
+                clients.append(client)
+                users.append(user)
+        return who
+
+    def raised_findings(
+        self, scan_ids: Sequence[int], min_severity: str, today: str
+    ) -> list[dict[str, Any]]:
+        """Findings ``fail_on`` counts: open or reopened, at or above ``min_severity``, not
+        under an exception on ``today``, that these scans raised, reopened or added detail to."""
+        if not scan_ids:
+            return []
+        marks = _marks(scan_ids)
+        sql = f"""SELECT * FROM findings
+            WHERE status IN ({_marks(ACTIVE_STATUSES)}) AND severity_rank >= ?
+              AND (exception_until IS NULL OR exception_until < ?)
+              AND (id IN (SELECT finding_id FROM incidents WHERE first_scan IN ({marks}))
+                   OR id IN (SELECT finding_id FROM finding_events
+                             WHERE action = 'reopened' AND scan_id IN ({marks})))
+            ORDER BY severity_rank DESC, id"""  # noqa: S608 - placeholders only
+        params = [*ACTIVE_STATUSES, SEVERITY_RANK[min_severity], today, *scan_ids, *scan_ids]
+        return [_finding_out(r) for r in self.db.query(sql, params)]
+
+    def findings(self, q: FindingQuery) -> Iterator[dict[str, Any]]:
+        """Findings, newest activity first (superseded ones only when asked for by status);
+        with a client or user filter, their figures count only that detail."""
+        where, params = self._filters(q, "f.")
+        if not q.status:
+            where.append("f.status != 'superseded'")
+        detail_where, detail_params = self._detail_filters(q)
+        if detail_where:
+            cols = ", ".join(f"d.{c}" for c in _ROLLUP_COLUMNS if c != "severity")
+            rollup = _ROLLUP.format(where=" AND ".join(detail_where))
+            sql = (
+                f"SELECT f.id, f.severity, f.status, f.exception_until, f.exception_reason, "  # noqa: S608
+                f"f.exception_by, f.exception_source, f.changed, {cols} "
+                f"FROM findings f JOIN ({rollup}) d ON d.id = f.id"
+            )
+            params = detail_params + params
+        else:
+            sql = "SELECT * FROM findings f"
+        sql += f" WHERE {' AND '.join(where)} ORDER BY f.last_seen DESC, f.id"
+        if q.limit:
+            sql += " LIMIT ?"
+            params.append(q.limit)
+        for row in self.db.query(sql, params):
+            yield _finding_out(row)
+
+    def _filters(self, q: IncidentQuery, alias: str = "") -> tuple[list[str], list[Any]]:
+        """WHERE terms shared by findings and incidents (bound parameters only)."""
+        where, params = ["1 = 1"], []
+        if q.since:
+            where.append(f"{alias}last_seen >= ?")
+            params.append(q.since)
+        if q.until:
+            where.append(f"{alias}first_seen < ?")
+            params.append(q.until)
+        if q.min_severity:
+            where.append(f"{alias}severity_rank >= ?")
+            params.append(SEVERITY_RANK[q.min_severity])
+        for column, values in (
+            ("rule", q.rule), ("provider", q.provider), ("site", q.site), ("status", q.status)
+        ):  # fmt: skip
+            if values:
+                where.append(f"{alias}{column} IN ({_marks(values)})")
+                params.extend(values)
+        return where, params
+
+    def _detail_filters(self, q: IncidentQuery) -> tuple[list[str], list[Any]]:
+        """WHERE terms on detail rows for ``--client`` (addresses or CIDRs) and ``--user``."""
+        where: list[str] = []
+        params: list[Any] = []
+        if q.client:
+            known = [r[0] for r in self.db.execute("SELECT DISTINCT client_ip FROM incidents")]
+            cidrs = [c for c in q.client if _is_network(c)]
+            chosen = sorted(set(clients_in(known, cidrs)) | (set(q.client) & set(known)))
+            where.append(f"client_ip IN ({_marks(chosen)})" if chosen else "0")
+            params.extend(chosen)
+        if q.user:
+            where.append(f"user IN ({_marks(q.user)})")
+            params.extend(q.user)
+        if where:
+            where.insert(0, "finding_id IS NOT NULL")
+        return where, params
+
+    def finding(self, id_or_prefix: str, top: int = 10, samples: int = 20) -> dict[str, Any] | None:
+        """One finding with its top clients, users, hosts and days, its detail rows'
+        evidence, sample records and audit trail. KeyError: ambiguous prefix."""
+        try:
+            fid = self.resolve_finding_id(id_or_prefix)
+        except KeyError as exc:
+            if "ambiguous" in exc.args[0]:
+                raise
+            return None
+        (row,) = self.db.query("SELECT * FROM findings WHERE id = ?", [fid])
+        out = _finding_out(row)
+        for name, column in (("top_clients", "client_ip"), ("top_users", "user"),
+                             ("top_hosts", "dest_host"), ("top_days", "day")):  # fmt: skip
+            out[name] = [
+                {"value": r[0], "count": r[1], "incidents": r[2]}
+                for r in self.db.execute(
+                    f"SELECT {column}, sum(count) AS n, count(*) FROM incidents"  # noqa: S608
+                    f" WHERE finding_id = ? AND {column} IS NOT NULL GROUP BY {column}"
+                    " ORDER BY n DESC, 1 LIMIT ?",
+                    [fid, top],
+                )
+            ]
+        evidence: list[str] = []
+        for (ev,) in self.db.execute(
+            "SELECT evidence FROM incidents WHERE finding_id = ? ORDER BY first_seen, id", [fid]
+        ):
+            evidence.extend(e for e in json.loads(ev or "[]") if e not in evidence)
+            if len(evidence) >= samples:
+                break
+        out["evidence"] = evidence[:samples]
+        out["events"] = self.finding_events(fid)
+        out["records"] = [
+            {**r, "ts": iso_utc(r["ts"])}
+            for r in self.db.query(
+                """SELECT o.* FROM incidents i JOIN hits h ON h.incident_id = i.id
+                   JOIN observations o ON o.id = h.observation_id
+                   WHERE i.finding_id = ? ORDER BY o.ts, o.source, o.line LIMIT ?""",
+                [fid, samples],
+            )
+        ]
+        return out
+
+    def finding_events(
+        self, fid: str | None = None, since: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The findings' audit trail, oldest first (of one finding, or all since a time)."""
+        if fid is not None:
+            return list(self.db.query(
+                "SELECT * FROM finding_events WHERE finding_id = ? ORDER BY id", [fid]))  # fmt: skip
+        return list(self.db.query(
+            "SELECT * FROM finding_events WHERE at >= ? ORDER BY id", [since or ""]))  # fmt: skip
+
+    # -- re-evaluation ----------------------------------------------------------------------
+
+    def evaluation_start(self, since_day: str | None) -> str:
+        """The first UTC day a re-evaluation can recompute: ``since_day``, but never before
+        the traffic detail that is still kept (pruned days have no observations)."""
+        return max(since_day or "", self._meta("pruned_before") or "")
+
+    def scan_options(self) -> dict[int, dict[str, Any]]:
+        """Each scan's recorded options (``egress``, ``pseudonymize``, …) by id."""
+        return {
+            r[0]: json.loads(r[1] or "{}") for r in self.db.execute("SELECT id, options FROM scans")
+        }
+
+    def scans_with_observations(self, start_day: str) -> list[int]:
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT scan_id FROM observations WHERE day >= ?", [start_day])]  # fmt: skip
+
+    def reevaluate(
+        self,
+        start_day: str,
+        evaluate: Callable[
+            [list[Any]], tuple[list[tuple[int, Any]], Sequence[dict[str, Any]]] | None
+        ],
+        digest: str | None = None,
+        actor: str = "apiwatch reevaluate",
+        batch: int = 20000,
+    ) -> ReevaluationResult:
+        """Recompute everything stored from ``start_day`` on, in one transaction: each stored
+        observation row goes through ``evaluate`` (the changes to its columns as (position,
+        value) pairs and its incident rows, or None when it is no longer LLM traffic), incidents and findings are rebuilt from them exactly as
+        a scan stores them, detail statuses and finding lifecycles are kept, findings left
+        without detail are superseded and findings that appear are raised, with events."""
+        out = ReevaluationResult()
+        agg = IngestResult()
+        conn = self.db.conn
+        names = list(OBSERVATION_COLUMNS)
+        with self._tx():
+            old_status = dict(conn.execute(
+                "SELECT id, status FROM incidents WHERE day >= ? AND status != 'open'", [start_day]))  # fmt: skip
+            old_fids = {r[0] for r in conn.execute(
+                "SELECT DISTINCT finding_id FROM incidents WHERE day >= ?", [start_day])}  # fmt: skip
+            conn.execute(
+                "DELETE FROM hits WHERE observation_id IN (SELECT id FROM observations WHERE day >= ?)",
+                [start_day],
+            )
+            conn.execute("DELETE FROM incidents WHERE day >= ?", [start_day])
+            last = 0
+            while True:
+                rows = conn.execute(
+                    f"SELECT rowid, {', '.join(OBSERVATION_COLUMNS)} FROM observations"  # noqa: S608
+                    " WHERE rowid > ? AND day >= ? ORDER BY rowid LIMIT ?",
+                    [last, start_day, batch],
+                ).fetchall()
+                if not rows:
+                    break
+                last = rows[-1][0]
+                changed: dict[tuple[int, ...], list[list[Any]]] = {}  # by the columns changed
+                gone, fresh = [], []
+                for r in rows:
+                    row = list(r[1:])
+                    new = evaluate(row)
+                    if new is None:
+                        gone.append((r[0],))
+                        continue
+                    changes, incs = new
+                    if changes:
+                        cols = tuple([i for i, _ in changes])
+                        changed.setdefault(cols, []).append([*(v for _, v in changes), r[0]])
+                        for i, v in changes:
+                            row[i] = v
+                    fresh.append((row, incs))
+                out.observations += len(rows)
+                out.removed += len(gone)
+                for cols, values in changed.items():
+                    out.changed += len(values)
+                    sets = ", ".join(f"{names[i]} = ?" for i in cols)
+                    conn.executemany(f"UPDATE observations SET {sets} WHERE rowid = ?", values)  # noqa: S608
+                conn.executemany("DELETE FROM observations WHERE rowid = ?", gone)
+                self._aggregate(fresh, None, agg)
+            conn.executemany(
+                "UPDATE incidents SET status = ? WHERE id = ?",
+                [(status, iid) for iid, status in old_status.items()],
+            )
+            affected = old_fids | set(agg.finding_requests)
+            before = self._finding_statuses(list(affected))
+            alive = self._refresh_findings(list(affected))
+            for fid in sorted(affected - alive):
+                if before.get(fid) != "superseded":
+                    out.superseded.add(fid)
+                    self.transition(fid, "superseded", "superseded", cascade=False, actor=actor,
+                                    note="no stored traffic raises it under the current settings")  # fmt: skip
+            for fid in sorted(alive):
+                if fid not in before:
+                    out.new.add(fid)
+                    self._event(fid, "new", None, "open", actor=actor,
+                                requests=agg.finding_requests[fid])  # fmt: skip
+                elif before[fid] == "superseded":
+                    out.reopened.add(fid)
+                    self.transition(fid, "reopened", "reopened", actor=actor,
+                                    requests=agg.finding_requests[fid])  # fmt: skip
+            out.incidents = len(agg.rule_of)
+            if digest is not None:
+                conn.execute(
+                    "UPDATE scans SET settings_digest = ? WHERE id IN"
+                    " (SELECT DISTINCT scan_id FROM observations WHERE day >= ?)"
+                    " OR (? = '' AND id NOT IN (SELECT DISTINCT scan_id FROM observations))",
+                    [digest, start_day, start_day],
+                )
+        return out
 
     # -- finding events and the outbox -----------------------------------------------------
 
@@ -649,26 +1141,13 @@ class Store:
     # -- queries ----------------------------------------------------------------------------
 
     def incidents(self, q: IncidentQuery) -> Iterator[dict[str, Any]]:
-        where, params = ["1 = 1"], []  # every value below is a bound parameter
-        if q.since:
-            where.append("last_seen >= ?")
-            params.append(q.since)
-        if q.until:
-            where.append("first_seen < ?")
-            params.append(q.until)
-        if q.min_severity:
-            where.append("severity_rank >= ?")
-            params.append(SEVERITY_RANK[q.min_severity])
-        for column, values in (
-            ("rule", q.rule),
-            ("provider", q.provider),
-            ("site", q.site),
-            ("client_ip", q.client),
-            ("status", q.status),
-        ):
-            if values:
-                where.append(f"{column} IN ({', '.join('?' * len(values))})")
-                params.extend(values)
+        where, params = self._filters(q)  # every value is a bound parameter
+        detail_where, detail_params = self._detail_filters(q)
+        where += detail_where
+        params += detail_params
+        if q.finding:
+            where.append("finding_id = ?")
+            params.append(self.resolve_finding_id(q.finding))
         sql = f"SELECT * FROM incidents WHERE {' AND '.join(where)} ORDER BY last_seen DESC, id"  # noqa: S608
         if q.limit:
             sql += " LIMIT ?"
@@ -721,7 +1200,7 @@ class Store:
         if status not in INCIDENT_STATUSES:
             raise ValueError(f"status must be one of {', '.join(INCIDENT_STATUSES)}")
         with self._tx():
-            rows = list(self.db.query("SELECT id, status FROM incidents WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2",
+            rows = list(self.db.query("SELECT id, status, finding_id FROM incidents WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2",
                                       [_like_escape(incident_id)]))  # fmt: skip
             if len(rows) != 1:
                 raise KeyError(
@@ -736,11 +1215,24 @@ class Store:
                      "status_to": status, "note": note, "actor": actor}  # fmt: skip
             self.db.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, row["id"]])
             self.db["incident_events"].insert(event)
+            self._follow_detail(row["finding_id"], note, actor)
             kind = _STATUS_EVENT.get((row["status"], status))
             if self.emit_events and kind:
                 (finding,) = self.db.query("SELECT * FROM incidents WHERE id = ?", [row["id"]])
                 self._outbox([FindingEvent.of_finding(finding, kind)])
         return event
+
+    def _follow_detail(self, fid: str | None, note: str | None, actor: str | None) -> None:
+        """A finding whose detail was all acknowledged or resolved one by one follows it."""
+        if fid is None:
+            return
+        (current,) = self.db.execute("SELECT status FROM findings WHERE id = ?", [fid]).fetchone()
+        statuses = {r[0] for r in self.db.execute(
+            "SELECT DISTINCT status FROM incidents WHERE finding_id = ?", [fid])}  # fmt: skip
+        follows = "resolved" if statuses == {"resolved"} else (
+            "acknowledged" if statuses <= {"acknowledged", "resolved"} else None)  # fmt: skip
+        if follows and follows != current:
+            self.transition(fid, follows, follows, cascade=False, note=note, actor=actor)
 
     def events(self, incident_id: str | None = None) -> list[dict[str, Any]]:
         """The audit trail, oldest first (of one incident, or all)."""
@@ -791,11 +1283,17 @@ class Store:
             integrity = [str(exc)]
         counts: dict[str, int | str] = {}
         orphans: int | None = None
+        unrolled: int | None = None
         try:  # a damaged database may not answer these: what it says is the report
-            for t in ("scans", "observations", "hits", "incidents", "incident_events", "sources"):
+            for t in ("scans", "observations", "hits", "incidents", "incident_events", "sources",
+                      "findings", "finding_events"):  # fmt: skip
                 counts[t] = self.db[t].count
             orphans = self.db.execute(
                 "SELECT count(*) FROM hits WHERE incident_id NOT IN (SELECT id FROM incidents)"
+            ).fetchone()[0]
+            unrolled = self.db.execute(
+                "SELECT count(*) FROM incidents WHERE finding_id IS NULL"
+                " OR finding_id NOT IN (SELECT id FROM findings)"
             ).fetchone()[0]
         except sqlite3.DatabaseError as exc:
             counts[t] = f"unreadable ({exc})"
@@ -805,8 +1303,14 @@ class Store:
             "expected_schema_version": SCHEMA_VERSION,
             "integrity": "ok" if integrity == ["ok"] else "; ".join(integrity[:20]),
             "orphan_hits": orphans,
+            "incidents_without_finding": unrolled,
             "tables": counts,
         }
+
+    def scans_evaluated_otherwise(self, digest: str) -> list[int]:
+        """Scans whose stored data was evaluated with settings other than ``digest``."""
+        return [r[0] for r in self.db.execute(
+            "SELECT id FROM scans WHERE settings_digest IS NULL OR settings_digest != ?", [digest])]  # fmt: skip
 
     # -- report and daily queries ---------------------------------------------------------
     # The traffic queries run side by side in report threads, each on its own read-only
@@ -943,6 +1447,63 @@ class Store:
         }
         return {"total": total, "shown": len(items), "by_action": by_action, "items": items}
 
+    def report_findings(
+        self, since: datetime, until: datetime, where: TrafficFilter, limit: int, top_users: int = 3
+    ) -> dict[str, Any]:
+        """Findings with detail active in ``[since, until)``, their figures over that detail
+        (whole UTC days: the detail's grain), the most severe and busiest first, each with
+        its top users; and which were reopened during the period."""
+        s, u = iso_datetime(since), iso_datetime(until)
+        f, fparams = where.sql()
+        detail = f"first_seen < ? AND last_seen >= ?{f}"
+        cols = ", ".join(f"d.{c}" for c in _ROLLUP_COLUMNS if c != "severity")
+        sql = (
+            "SELECT f.id, f.status, f.exception_until, f.exception_reason, f.exception_by, "  # noqa: S608
+            f"f.exception_source, {cols} FROM findings f JOIN ({_ROLLUP.format(where=detail)}) d"
+            " ON d.id = f.id ORDER BY d.severity_rank DESC, d.count DESC, f.id"
+        )
+        rows = [_rolled(r) for r in self.db.query(sql, [u, s, *fparams])]
+        reopened = {r[0] for r in self.db.execute(
+            "SELECT DISTINCT finding_id FROM finding_events WHERE action = 'reopened'"
+            " AND at >= ? AND at < ?", [s, u])}  # fmt: skip
+        shown = rows[:limit]
+        users: dict[str, list[dict[str, Any]]] = {}
+        for chunk, marks in _chunks([r["id"] for r in shown]):
+            for fid, user, n in self.db.execute(
+                f"""SELECT finding_id, user, sum(count) AS n FROM incidents
+                    WHERE finding_id IN ({marks}) AND user IS NOT NULL AND {detail}
+                    GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",  # noqa: S608 - constants
+                [*chunk, u, s, *fparams],
+            ):
+                if len(users.setdefault(fid, [])) < top_users:
+                    users[fid].append({"user": user, "count": n})
+        for r in rows:
+            r.pop("severity_rank", None)
+            r["reopened_in_period"] = r["id"] in reopened
+            r["top_users"] = users.get(r["id"], [])
+        return {"total": len(rows), "shown": len(shown), "items": shown, "all": rows}
+
+    def report_exceptions(
+        self, since: datetime, until: datetime, where: TrafficFilter
+    ) -> dict[str, Any]:
+        """Exceptions in force at the end of ``[since, until)`` (or now, when that is earlier)
+        and those that ran out in it."""
+        s, u = iso_datetime(since), iso_datetime(until)
+        f, fparams = where.sql("f")
+        end = min(until - timedelta(microseconds=1), datetime.now(UTC))
+        last_day = end.astimezone(UTC).strftime("%Y-%m-%d")
+        in_force = list(self.db.query(
+            "SELECT f.id, f.rule, f.severity, f.provider, f.site, f.egress_country, f.status,"  # noqa: S608
+            " f.exception_until AS until, f.exception_reason AS reason, f.exception_by AS approver,"
+            f" f.exception_source AS source FROM findings f WHERE f.exception_until >= ?{f}"
+            " ORDER BY f.exception_until, f.id", [last_day, *fparams]))  # fmt: skip
+        expired = list(self.db.query(
+            "SELECT e.at, f.id, f.rule, f.severity, f.provider, f.site, f.egress_country,"  # noqa: S608
+            " e.note FROM finding_events e JOIN findings f ON f.id = e.finding_id"
+            f" WHERE e.action = 'exception-expired' AND e.at >= ? AND e.at < ?{f}"
+            " ORDER BY e.at, e.id", [s, u, *fparams]))  # fmt: skip
+        return {"in_force": in_force, "expired": expired}
+
     def scans_started(self, since: datetime, until: datetime) -> list[int]:
         """Ids of the scans started in ``[since, until)``."""
         bounds = [since.strftime("%Y-%m-%dT%H:%M:%SZ"), until.strftime("%Y-%m-%dT%H:%M:%SZ")]
@@ -984,20 +1545,6 @@ class Store:
                 [*chunk, limit - len(found)],
             )
         return found
-
-    def new_open_incidents(self, min_severity: str, scans_since: str) -> list[dict[str, Any]]:
-        """Open incidents at or above ``min_severity`` first raised by a scan started at or
-        after ``scans_since`` (ISO 8601 UTC), the most severe first."""
-        return list(
-            self.db.query(
-                """SELECT id, rule, severity, provider, site, egress_country, client_ip, dest_host
-                   FROM incidents
-                   WHERE status = 'open' AND severity_rank >= ?
-                     AND first_scan IN (SELECT id FROM scans WHERE started >= ?)
-                   ORDER BY severity_rank DESC, id""",
-                [SEVERITY_RANK[min_severity], scans_since],
-            )
-        )
 
     def _read_only(self, sql: str, params: Sequence[Any]) -> Rows:
         """One query on its own read-only connection (safe to run in a worker thread)."""
@@ -1092,7 +1639,7 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
         " PRIMARY KEY (incident_id, observation_id)) WITHOUT ROWID"
     )
     db["incidents"].create(
-        INCIDENT_COLUMNS,
+        _INCIDENT_COLUMNS_V1,
         pk="id",
         not_null={"rule", "severity", "day", "first_seen", "last_seen", "count", "status"},
         defaults={"status": "open", "count": 0, "blocked": 0, "evidence": "[]"},
@@ -1168,7 +1715,76 @@ def _schema_v4(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = {1: _schema_v1, 2: _schema_v2, 3: _schema_v3, 4: _schema_v4}
+def _schema_v5(db: sqlite_utils.Database) -> None:
+    """Captures: the outer SNI of an ECH ClientHello, the tunnel a flow was carried in."""
+    have = db["observations"].columns_dict
+    for name in ("ech_outer", "tunnel", "tunnel_src", "tunnel_dst"):
+        if name not in have:  # only where missing: a copy made for tests may hold them
+            db["observations"].add_column(name, str)
+
+
+def _schema_v6(db: sqlite_utils.Database) -> None:
+    """Findings: the roll-up an analyst works, its audit trail and exceptions; who (user) in
+    the detail; both egress countries; the settings digest each scan was evaluated with.
+    Every incident is kept, linked to its finding; a finding's status is derived from
+    its incidents' (all resolved: resolved; none open: acknowledged; else open)."""
+    for table, name in (("observations", "egress_geo_country"), ("observations", "egress_logged"),
+                        ("incidents", "user"), ("incidents", "finding_id"),
+                        ("scans", "settings_digest")):  # fmt: skip
+        if name not in db[table].columns_dict:  # only where missing, as in step 5
+            db[table].add_column(name, str)
+    db.conn.create_function("apiwatch_finding_id", 4, finding_id, deterministic=True)
+    db.execute(
+        "UPDATE incidents SET finding_id = apiwatch_finding_id(rule, provider, site, egress_country)"
+    )
+    db["incidents"].create_index(["finding_id"])
+    db["incidents"].create_index(["user"])
+    db["findings"].create(
+        {"id": str, "rule": str, "provider": str, "site": str, "egress_country": str,
+         "severity": str, "severity_rank": int, "title": str, "status": str, "first_seen": str,
+         "last_seen": str, "count": int, "blocked": int, "bytes_out": int, "bytes_in": int,
+         "clients": int, "users": int, "hosts": int, "days": int, "first_scan": int,
+         "last_scan": int, "changed": str, "exception_until": str, "exception_reason": str,
+         "exception_by": str, "exception_source": str},
+        pk="id",
+        not_null={"rule", "severity", "status", "count"},
+        defaults={"status": "open", "count": 0, "blocked": 0},
+    )  # fmt: skip
+    for cols in (["last_seen"], ["status"], ["rule"], ["provider"], ["site"], ["severity_rank"]):
+        db["findings"].create_index(cols)
+    db["finding_events"].create(
+        {"id": int, "finding_id": str, "at": str, "action": str, "status_from": str,
+         "status_to": str, "note": str, "actor": str, "scan_id": int, "requests": int,
+         "until": str},
+        pk="id",
+        not_null={"finding_id", "at", "action"},
+    )  # fmt: skip
+    db["finding_events"].create_index(["finding_id", "id"])
+    db["finding_events"].create_index(["at"])
+    db["finding_events"].create_index(["scan_id"])
+    cols = ["id", *_ROLLUP_COLUMNS]
+    db.conn.executemany(
+        f"INSERT INTO findings ({', '.join(cols)}) VALUES ({_marks(cols)})",  # noqa: S608
+        ([_rolled(r)[c] for c in cols] for r in db.query(_ROLLUP.format(where="1 = 1"))),
+    )
+    db.execute(
+        """UPDATE findings SET status = CASE
+             WHEN NOT EXISTS (SELECT 1 FROM incidents i WHERE i.finding_id = findings.id
+                              AND i.status != 'resolved') THEN 'resolved'
+             WHEN NOT EXISTS (SELECT 1 FROM incidents i WHERE i.finding_id = findings.id
+                              AND i.status = 'open') THEN 'acknowledged'
+             ELSE 'open' END"""
+    )
+
+
+MIGRATIONS = {
+    1: _schema_v1,
+    2: _schema_v2,
+    3: _schema_v3,
+    4: _schema_v4,
+    5: _schema_v5,
+    6: _schema_v6,
+}
 
 #: (status before, status after) → the event a status change raises
 _STATUS_EVENT = {
@@ -1230,6 +1846,33 @@ def _incident_out(row: dict[str, Any]) -> dict[str, Any]:
     out.pop("severity_rank", None)
     out["evidence"] = json.loads(out.get("evidence") or "[]")
     return out
+
+
+def _rolled(row: dict[str, Any]) -> dict[str, Any]:
+    """A roll-up row in the findings table's terms."""
+    out = dict(row)
+    out["severity"] = _SEVERITY_OF_RANK[row["severity_rank"]]
+    countries = sorted(c for c in (row["egress_country"] or "").split(",") if c)
+    out["egress_country"] = ",".join(countries) or None
+    return out
+
+
+def _finding_out(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out.pop("severity_rank", None)
+    return out
+
+
+def _marks(items: Sequence[Any]) -> str:
+    return ", ".join("?" * len(items))
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _like_escape(text: str) -> str:

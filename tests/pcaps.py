@@ -1,7 +1,7 @@
 """Test captures: scapy builds the packets and writes pcap/pcapng; struct writes the odd
 link types scapy does not (SLL2, BSD loopback) and the large generated benchmark capture.
 
-Nothing here is used by apiwatch itself.
+Nothing here is used by apiwatch itself; :func:`parse_capture` reads a capture with it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, IPv6
 from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import PcapNgWriter, wrpcap
+
+from monitor.collectors import open_input
+from monitor.collectors.base import Diagnostics
+from monitor.collectors.pcap import PcapCollector
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -430,3 +434,15 @@ def bulk_capture(
         emit(frame(c, s, 6, tcp(sp, dp, cseq + 1, sseq + 1, 0x10)))
     path.write_bytes(b"".join(out))
     return {"packets": count, "flows": i, "client_hellos": hellos, "dns": dns}
+
+
+def parse_capture(path: Path, catalog=None) -> tuple[list, Diagnostics, PcapCollector]:
+    """apiwatch's reading of a capture file: (observations, diagnostics, the collector)."""
+    diag = Diagnostics()
+    col = PcapCollector(catalog)
+    opened = open_input(str(path))
+    try:
+        obs = list(col.parse(opened.stream, path.name, diag))
+    finally:
+        opened.close()
+    return obs, diag, col

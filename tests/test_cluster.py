@@ -29,7 +29,7 @@ from dask_local import DaskCluster, free_port, wait_for  # noqa: E402
 
 GEN = ROOT / "benchmarks" / "gen_squid_log.py"
 #: columns that say when, not what: they differ between any two scans
-WHEN = {"started", "finished", "updated", "options"}
+WHEN = {"started", "finished", "updated", "options", "at", "changed"}  # when, not what
 
 pytestmark = pytest.mark.realtools
 

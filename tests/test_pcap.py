@@ -328,6 +328,34 @@ def test_dns_cname_chain_names_a_later_flow_without_sni(tmp_path):
     assert len(dns) == 3  # two A, one AAAA; DNS itself is not reported as flows
 
 
+def test_dns_names_a_flow_by_its_own_clients_answer(tmp_path):
+    """Two clients got different names for one shared address (a CDN): each SNI-less flow
+    (e.g. joined mid-stream) is named by the answer its own client received."""
+    other = "10.1.2.99"
+    a = dns_response("api.anthropic.com", [("api.anthropic.com", "A", "160.79.104.10")])
+    b = dns_response("claude.ai", [("claude.ai", "A", "160.79.104.10")], ident=8)
+    pkts = [
+        udp("10.0.0.53", CLIENT, 53, 40000, a, T0),
+        udp("10.0.0.53", other, 53, 40001, b, T0 + 0.5),  # the latest answer overall
+    ]
+    flows = [
+        Tcp(c, "160.79.104.10", port, 443, ts=T0 + 1)
+        .handshake()
+        .send(True, b"\x17\x03\x03" + bytes(9))
+        for c, port in ((CLIENT, 50030), (other, 50031), ("10.1.2.7", 50032))
+    ]
+    path = pcaps.write_scapy(
+        tmp_path / "c.pcap", pcaps.with_ether(pkts + [p for f in flows for p in f.packets])
+    )
+    obs, _, col = run(path)
+    assert {o.client_port: o.dest_host for o in obs} == {
+        50030: "api.anthropic.com",
+        50031: "claude.ai",
+        50032: "claude.ai",  # no answer of its own: the latest one for the address
+    }
+    assert col.last_stats["dns_names"] == 2 and len(col.last_dns) == 1
+
+
 def test_dns_over_tcp(tmp_path):
     msg = dns_response("api.mistral.ai", [("api.mistral.ai", "A", "51.159.1.1")])
     s = Tcp(CLIENT, "10.0.0.53", 50030, 53).handshake()

@@ -30,7 +30,7 @@ from monitor.collectors.base import Diagnostics
 from monitor.collectors.flows import MAX_FRAME, FlowTable
 from monitor.collectors.pcap import PcapCollector
 from tests import pcaps
-from tests.pcaps import T0, client_hello, dns_response
+from tests.pcaps import T0, client_hello, dns_response, http_request, http_response
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = pcaps.CONFORMANCE / "pcap"
@@ -458,3 +458,80 @@ def test_damaged_generated_capture(generated, catalog, tmp_path, monkeypatch):
         bad.write_bytes(_damaged(data, starts, seed))
         assert_same(bad, catalog, monkeypatch)
     assert cli_json(bad, pure=False) == cli_json(bad, pure=True)
+
+
+@pytest.fixture
+def current_build():
+    """The two tests below need the accelerator built from the current source (it counts
+    HTTP segments too); one built before still passes every equivalence test."""
+    if not hasattr(CSCAN, "HTTP_HEAD"):
+        if os.environ.get("CI"):
+            pytest.fail(f"{MODULE} was built from an older _pcapscan.c")
+        pytest.skip(f"{MODULE} was built from an older _pcapscan.c: rebuild it (pip install -e .)")
+
+
+def test_http_states_agree(current_build):
+    from monitor.collectors import http1
+
+    assert (CSCAN.HTTP_HEAD, CSCAN.HTTP_BODY, CSCAN.HTTP_CHUNK_SIZE) == (
+        http1.HEAD,
+        http1.BODY,
+        http1.CHUNK_SIZE,
+    )
+    assert (CSCAN.HTTP_CHUNK_DATA, CSCAN.HTTP_CLOSE) == (http1.CHUNK_DATA, http1.CLOSE)
+
+
+def _http_connection(port: int, rnd: random.Random) -> list:
+    """An HTTP/1.1 connection: pipelined requests; responses by length, chunked and to the
+    close; ACKs; a body segment out of order, one repeated, one cut by the snap length."""
+    s = pcaps.Tcp("10.1.2.3", "93.184.216.34", port, 80).handshake()
+    s.send(
+        True,
+        http_request("GET", "/a", "api.mistral.ai") + http_request("GET", "/b", "api.mistral.ai"),
+    )
+    s.send(False, http_response(200, bytes(rnd.randrange(256) for _ in range(9000))))
+    for _ in range(3):
+        s.add([s.seg(True, "A")])
+    body = b"".join(b"%x\r\n%s\r\n" % (n, bytes(n)) for n in (3000, 5000, 17)) + b"0\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    segs = s.segments(False, head + body, [700, 2100, 3500, 4900, 6300])
+    s.add([segs[0], segs[2], segs[1], segs[1], *segs[3:]])  # out of order, repeated
+    s.add([s.seg(True, "A")])
+    s.send(True, http_request("GET", "/c", "api.mistral.ai", extra="Connection: close\r\n"))
+    s.send(False, b"HTTP/1.0 200 OK\r\n\r\n" + bytes(6000))  # to the close
+    s.add([s.seg(True, "A")])
+    s.close()
+    return s.packets
+
+
+def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch, current_build):
+    """The C loop steps over in-order body segments and counts ACKs of HTTP flows, as
+    FlowTable._http_skip and _http_count do; everything else stays Python's."""
+    rnd = random.Random(5)
+    pkts = [p for port in range(41000, 41006) for p in _http_connection(port, rnd)]
+    frames = [(round(float(p.time) * 1e6), bytes(p), len(p)) for p in pcaps.with_ether(pkts)]
+    frames.sort(key=lambda f: f[0])
+    # one body segment captured short (snap length): Python's to read
+    us, fr, _ = next(f for f in frames if len(f[1]) > 1000)
+    frames[frames.index((us, fr, len(fr)))] = (us, fr, 200)
+    cut = struct.unpack_from("!H", fr, 14 + 20 + 2)[0]  # its client port: parsing stops there
+    path = write_pcap(tmp_path / "http.pcap", frames)
+    calls = []
+    original = FlowTable._counted
+    monkeypatch.setattr(
+        FlowTable, "_counted", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    assert_same(path, catalog, monkeypatch)
+    diag = Diagnostics()
+    with open(path, "rb") as fh:
+        obs = list(PcapCollector(catalog).parse(fh, "http", diag))
+    assert [o.url for o in obs if o.client_port == 41000] == [
+        "http://api.mistral.ai/a",
+        "http://api.mistral.ai/b",
+        "http://api.mistral.ai/c",
+    ]
+    assert len(obs) == 18
+    assert all(o.status == 200 and o.packets_in and o.bytes_in for o in obs if o.client_port != cut)
+    calls.clear()
+    parse(path, catalog, False, monkeypatch)
+    assert 0 < len(calls) < len(frames) // 2  # the body segments and ACKs counted in C

@@ -19,6 +19,7 @@ from monitor.collectors.base import Diagnostics
 from monitor.collectors.dns import DnsMap, parse_message
 from monitor.collectors.pcap import PcapCollector
 from monitor.observation import canonical_ip
+from tests.pcaps import parse_capture
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "conformance"
 ZEEK = ROOT / "pcap" / "zeek"
@@ -39,14 +40,7 @@ def _load(path: Path) -> dict:
 
 
 def observe(path: Path) -> tuple[list, Diagnostics, PcapCollector]:
-    diag = Diagnostics()
-    col = PcapCollector()
-    opened = open_input(str(path))
-    try:
-        obs = list(col.parse(opened.stream, path.name, diag))
-    finally:
-        opened.close()
-    return obs, diag, col
+    return parse_capture(path)
 
 
 def sni_set(obs) -> list[str]:
@@ -162,9 +156,9 @@ def _dns_messages(path: Path) -> list:
 
         original = flows.FlowTable._dns
 
-        def hook(self, msg, ts):
+        def hook(self, msg, ts, client=None):
             seen.append(parse_message(msg))
-            return original(self, msg, ts)
+            return original(self, msg, ts, client)
 
         flows.FlowTable._dns = hook  # type: ignore[method-assign]
         try:

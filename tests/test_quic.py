@@ -21,6 +21,7 @@ from monitor.collectors.quic import (
     derive_initial_keys,
     is_quic_long_header_initial,
 )
+from monitor.collectors.quic_versions import INITIAL_VERSIONS
 from monitor.collectors.tls import parse_client_hello
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -157,9 +158,10 @@ def protect(
 ) -> bytes:
     """Build a protected client long-header packet (Initial unless ``ptype`` says otherwise)."""
     key, iv, hp = derive_initial_keys(keys_dcid or dcid, version)
+    initial = INITIAL_VERSIONS[version][3]  # the long-header type bits of an Initial
     if ptype is None:
-        ptype = 0 if version == QUIC_V1 else 1
-    is_initial = ptype == (0 if version == QUIC_V1 else 1)
+        ptype = initial
+    is_initial = ptype == initial
     b0 = 0xC0 | ptype << 4 | (pn_len - 1)
     header = bytes((b0,)) + version.to_bytes(4, "big")
     header += bytes((len(dcid),)) + dcid + bytes((len(scid),)) + scid
@@ -249,7 +251,8 @@ def test_is_quic_long_header_initial():
     assert not is_quic_long_header_initial(b"\x40" + bytes(30))  # short header
     assert not is_quic_long_header_initial(b"\xc0\x00\x00\x00\x00" + bytes(30))  # version nego
     assert not is_quic_long_header_initial(b"\xe0\x00\x00\x00\x01" + bytes(30))  # Handshake
-    assert not is_quic_long_header_initial(b"\xc0\xff\x00\x00\x1d" + bytes(30))  # draft-29
+    assert is_quic_long_header_initial(b"\xc0\xff\x00\x00\x1d" + bytes(30))  # draft-29: read
+    assert not is_quic_long_header_initial(b"\xc0\x1a\x2a\x3a\x4a" + bytes(30))  # unknown
     assert not is_quic_long_header_initial(None)  # type: ignore[arg-type]
 
 

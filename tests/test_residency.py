@@ -473,16 +473,17 @@ def test_every_catalogue_region_has_a_geo():
 
 
 def test_older_database_gains_the_processing_columns(tmp_path):
-    from monitor.store import Store
+    import sqlite_utils
+
+    from monitor.store import MIGRATIONS, Store
 
     path = tmp_path / "old.db"
-    Store(path).close()
-    with sqlite3.connect(path) as con:  # make it look like a version-2 database
-        for name in ("processing_region", "processing_geo", "residency_basis", "residency_caveat"):
-            con.execute(f"ALTER TABLE observations DROP COLUMN {name}")
-        for table in ("outbox", "alert_sinks", "finding_alerts"):  # and what later steps add
-            con.execute(f"DROP TABLE {table}")
-        con.execute("PRAGMA user_version = 2")
+    db = sqlite_utils.Database(sqlite3.connect(path))  # a version-2 database, by its own steps
+    for step in (1, 2):
+        MIGRATIONS[step](db)
+    db.execute("PRAGMA user_version = 2")
+    db.conn.commit()
+    db.conn.close()
     store = Store(path)
     names = {c.name for c in store.db["observations"].columns}
     store.close()
@@ -503,3 +504,47 @@ def test_load_overlay_api_for_promote(tmp_path):
     path.write_text(OVERLAY.replace("kind: relay\n  category: reseller_relay", "kind: relay"))
     with pytest.raises(CatalogError, match="shady_relay: relay category None"):
         load_overlay(path)
+
+
+# --------------------------------------------------------------------------- the report section
+
+
+def test_report_section_where_prompts_are_processed(tmp_path):
+    config = CONFIG.replace("[organisation]\n", '[organisation]\ndata_residency = ["US"]\n')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(config)
+    db = tmp_path / "r.db"
+    lines = [
+        squid_line(1, "10.1.0.5", "us.api.openai.com"),  # frankfurt (EU): outside
+        squid_line(2, "10.1.0.5", "us.api.openai.com"),
+        squid_line(3, "10.1.0.5", "eu.api.openai.com"),  # inside
+        squid_line(4, "10.1.0.5", "api.openai.com"),  # unverifiable (global)
+        squid_line(5, "10.1.0.6", "contoso-gpt.openai.azure.com"),  # config: SE, inside
+        squid_line(6, "10.30.0.7", "bedrock-runtime.us-east-1.amazonaws.com"),  # dc: org US
+        squid_line(7, "10.30.0.7", "bedrock-runtime.us-west-2.amazonaws.com"),
+    ]
+    log = tmp_path / "access.log"
+    log.write_text("".join(x + "\n" for x in lines))
+    run("--config", cfg, "--db", db, "scan", log, ok=(0, 3))
+    span = ("--since", "2025-12-01", "--until", "2025-12-31")
+    rep = json.loads(run("--config", cfg, "--db", db, "report", *span, "--format", "json").stdout)
+    p = rep["processing"]
+    rows = {(r["site"], r["processing_geo"], r["residency_basis"]): r for r in p["rows"]}
+    assert rows[("frankfurt", "US", "hostname")]["status"] == "outside"
+    assert rows[("frankfurt", "US", "hostname")]["requests"] == 2
+    assert rows[("frankfurt", "US", "hostname")]["regions"] == ["openai:us"]
+    assert rows[("frankfurt", "EU", "hostname")]["status"] == "inside"
+    assert rows[("frankfurt", "SE", "config")]["status"] == "inside"
+    assert rows[("frankfurt", None, "global")]["status"] == "unverifiable"
+    dc = rows[("dc", "US", "hostname")]
+    assert dc["status"] == "inside" and dc["requirement"] == ["US"] and dc["requests"] == 2
+    assert dc["regions"] == ["aws:us-east-1", "aws:us-west-2"]
+    assert p["totals"] == {"outside": 2, "unverifiable": 1, "inside": 4, "no_requirement": 0}
+    assert p["rows"][0]["status"] == "outside"  # most urgent first
+    md = run("--config", cfg, "--db", db, "report", *span, "--format", "md").stdout
+    assert "## Where prompts are processed" in md and "`openai:us`" in md
+    html = run("--config", cfg, "--db", db, "report", *span, "--format", "html").stdout
+    assert 'id="processing"' in html and "Where prompts are processed" in html
+    csv_text = run("--config", cfg, "--db", db, "report", *span, "--format", "csv").stdout
+    assert "processing,total,,outside,2" in csv_text
+    assert "processing,frankfurt,US/hostname,status,outside" in csv_text

@@ -144,6 +144,7 @@ def test_pipeline_rows_follow_the_column_order():
                     user="u", method="CONNECT", dest_host="api.openai.com", dest_port=443, dest_ip="1.2.3.4",
                     url="http://x/", status=200, bytes_out=11, bytes_in=22, host_source="connect",
                     result="TCP_TUNNEL", duration=0.5, ts_end=9.0, packets_out=3, packets_in=4, ech=True,
+                    egress_ip="5.6.7.8", ech_outer="cloudflare-ech.com", tunnel="vxlan", tunnel_src="10.9.0.1", tunnel_dst="10.9.0.2",
                     processing_region="openai:eu", processing_geo="EU", residency_basis="hostname",
                     residency_caveat="c")  # fmt: skip
     m = Catalog.load().match_host("api.openai.com")
@@ -151,7 +152,9 @@ def test_pipeline_rows_follow_the_column_order():
     row = dict(
         zip(
             OBSERVATION_COLUMNS,
-            observation_row(Enriched(o, m, Egress("5.6.7.8", "CN", "sh", "src"), dest, "allowed")),
+            observation_row(
+                Enriched(o, m, Egress("5.6.7.8", "CN", "sh", "src", "DE"), dest, "allowed")
+            ),
             strict=True,
         )
     )
@@ -163,7 +166,9 @@ def test_pipeline_rows_follow_the_column_order():
         "duration": 0.5, "ts_end": 9.0, "packets_out": 3, "packets_in": 4, "ech": True, "provider": "openai",
         "provider_kind": "api", "match_pattern": "api.openai.com", "site": "sh", "egress_ip": "5.6.7.8",
         "egress_country": "CN", "egress_source": "src", "dest_country": "US", "dest_asn": 13335,
-        "outcome": "allowed", "scan_id": None, "processing_region": "openai:eu", "processing_geo": "EU",
-        "residency_basis": "hostname", "residency_caveat": "c",
+        "outcome": "allowed", "scan_id": None, "egress_geo_country": "DE",
+        "egress_logged": "5.6.7.8", "ech_outer": "cloudflare-ech.com", "tunnel": "vxlan",
+        "tunnel_src": "10.9.0.1", "tunnel_dst": "10.9.0.2", "processing_region": "openai:eu",
+        "processing_geo": "EU", "residency_basis": "hostname", "residency_caveat": "c",
     }  # fmt: skip
     assert row == expected

@@ -4,7 +4,7 @@
 its commands on that group when imported here. A new command is one module plus one line below.
 
 Exit codes (for cron): 0 success; 1 error (unreadable input, bad config or rules);
-2 usage error; 3 ``--fail-on`` matched new incidents.
+2 usage error; 3 ``--fail-on`` matched new or reopened findings.
 """
 
 from monitor.cli import (  # noqa: F401 (registration)
@@ -12,6 +12,7 @@ from monitor.cli import (  # noqa: F401 (registration)
     collect,
     database,
     export,
+    findings,
     query,
     reporting,
     triage,

@@ -318,3 +318,109 @@ def date_value(_ctx, _param, value):
         return date.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+FILTER_NAMES = (
+    "since",
+    "until",
+    "rule",
+    "severity",
+    "provider",
+    "site",
+    "client",
+    "user",
+    "status",
+)
+
+
+def cidr_value(_ctx, _param, values):
+    """``--client``: an address (canonical form) or a network (CIDR form); anything else (a
+    pseudonymised client) is matched as it is."""
+    import ipaddress
+
+    out = []
+    for value in values:
+        text = value.strip()
+        try:
+            out.append(str(ipaddress.ip_network(text, strict=False)) if "/" in text else
+                       str(ipaddress.ip_address(text)))  # fmt: skip
+        except ValueError:
+            out.append(value)
+    return tuple(out)
+
+
+def filter_options(fn, without: tuple[str, ...] = ()):
+    """The filters ``findings``, ``incidents`` and bulk ``ack``/``resolve`` share; the
+    command receives them as keyword arguments (see :func:`query_of`)."""
+    from monitor.findings import FINDING_STATUSES
+    from monitor.policy import SEVERITIES
+
+    since_help = "Last seen at or after: 7d, 24h, 30m, or an ISO date/time (UTC)."
+    options = {
+        "since": click.option("--since", callback=when, help=since_help),
+        "until": click.option("--until", callback=when, help="First seen before: as --since."),
+        "rule": click.option("--rule", multiple=True, help="Rule id (repeatable)."),
+        "severity": click.option(
+            "--severity", type=click.Choice(SEVERITIES), help="Minimum severity."
+        ),
+        "provider": click.option("--provider", multiple=True, help="Provider id (repeatable)."),
+        "site": click.option("--site", multiple=True, help="Site name (repeatable)."),
+        "client": click.option(
+            "--client",
+            multiple=True,
+            callback=cidr_value,
+            metavar="CIDR",
+            help="Client address or network, e.g. 10.20.0.0/16 (repeatable).",
+        ),
+        "user": click.option("--user", multiple=True, help="User name as logged (repeatable)."),
+        "status": click.option(
+            "--status",
+            multiple=True,
+            type=click.Choice(FINDING_STATUSES),
+            help="Status (repeatable).",
+        ),
+    }
+    for name in reversed(FILTER_NAMES):
+        if name not in without:
+            fn = options[name](fn)
+    return fn
+
+
+def bulk_filter_options(fn):
+    """:func:`filter_options` for ``ack``/``resolve`` (whose ``--until`` is an exception's)."""
+    return filter_options(fn, without=("until",))
+
+
+def query_of(kwargs: dict, **extra):
+    """The store query for :func:`filter_options` values (removed from ``kwargs``)."""
+    from monitor.store import IncidentQuery
+
+    f = {name: kwargs.pop(name, None) for name in FILTER_NAMES}
+    return IncidentQuery(
+        since=f["since"], until=f["until"], rule=f["rule"], min_severity=f["severity"],
+        provider=f["provider"], site=f["site"], client=f["client"], user=f["user"],
+        status=f["status"], **extra,
+    )  # fmt: skip
+
+
+spreadsheet_safe_option = click.option(
+    "--spreadsheet-safe",
+    is_flag=True,
+    help="With --csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '.",
+)
+
+
+def listing_options(noun: str):
+    """``--limit``, ``--json``, ``--csv`` and ``--spreadsheet-safe`` of a listing command."""
+
+    def decorate(fn):
+        for option in reversed([
+            click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first)."),
+            click.option("--json", "out", flag_value="json", help=f"JSON lines, one {noun} per line."),
+            click.option("--csv", "out", flag_value="csv", help="CSV with a header row."),
+            spreadsheet_safe_option,
+        ]):  # fmt: skip
+            fn = option(fn)
+        return fn
+
+    return decorate

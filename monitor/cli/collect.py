@@ -22,11 +22,12 @@ from monitor.cli.base import (
     main,
     print_problems,
     report_delivery,
+    spreadsheet_safe_option,
 )
 from monitor.collectors import Diagnostics, InputError, note_misread
 from monitor.egress import EgressOptions
 from monitor.observation import OBSERVATION_FIELDS
-from monitor.output import json_text, write_rows
+from monitor.output import json_text, safe_text, write_rows
 from monitor.pipeline import ScanSummary
 from monitor.policy import SEVERITIES
 
@@ -42,7 +43,8 @@ PARSE_COLUMNS = [*(f for f in OBSERVATION_FIELDS if f != "record_id"), "provider
     "--fail-on",
     type=click.Choice(SEVERITIES),
     metavar="SEVERITY",
-    help=f"Exit {EXIT_FINDINGS} when new incidents at or above this severity were raised ({', '.join(SEVERITIES)}).",
+    help=f"Exit {EXIT_FINDINGS} when this scan raised or reopened findings (or added detail to open ones) "
+    f"at or above this severity, not under an exception ({', '.join(SEVERITIES)}).",
 )
 @click.option(
     "--jobs",
@@ -134,6 +136,8 @@ def scan(
             click.echo(json_text({"scan_id": scan_id, **summary.as_dict()}))
         else:
             _print_summary(scan_id, summary)
+    for text in summary.warnings:
+        click.echo(f"warning: {safe_text(text, None)}", err=True)
     print_problems(summary.diag, stored=True)
     report_delivery(app.deliver_alerts())
     if code := summary.exit_code(fail_on):
@@ -146,7 +150,10 @@ def _print_summary(scan_id: int, s: ScanSummary) -> None:
         f"scan {scan_id}: {len(s.files)} file(s), {s.records} records read, {s.malformed} malformed, "
         f"{s.llm_observations} LLM observations ({s.stored} new, {s.duplicates} already stored)"
     )
-    click.echo(f"incidents: {d['incidents_new']} new, {d['incidents_updated']} updated")
+    click.echo(
+        f"findings: {d['findings_new']} new, {d['findings_reopened']} reopened; "
+        f"incidents: {d['incidents_new']} new, {d['incidents_updated']} updated"
+    )
     for rule in sorted(set(s.new_by_rule) | set(s.updated_by_rule)):
         click.echo(
             f"  {rule}: {s.new_by_rule.get(rule, 0)} new, {s.updated_by_rule.get(rule, 0)} updated"
@@ -165,11 +172,7 @@ def _print_summary(scan_id: int, s: ScanSummary) -> None:
 @click.option(
     "--llm-only", is_flag=True, help="Only observations whose destination the catalogue knows."
 )
-@click.option(
-    "--spreadsheet-safe",
-    is_flag=True,
-    help="With --csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '.",
-)
+@spreadsheet_safe_option
 @click.pass_context
 @guard
 def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spreadsheet_safe):

@@ -49,7 +49,8 @@ def db_check(ctx, as_json):
                 value = ", ".join(f"{k} {v}" for k, v in value.items())
             click.echo(f"{key:<24} {value}")
     unreadable = any(isinstance(n, str) for n in report["tables"].values())
-    if report["integrity"] != "ok" or report["orphan_hits"] or unreadable:
+    if (report["integrity"] != "ok" or report["orphan_hits"] or unreadable
+            or report.get("incidents_without_finding")):  # fmt: skip
         ctx.exit(EXIT_ERROR)
 
 

@@ -1,5 +1,5 @@
 """Questions to the store and the catalogue: ``incidents``, ``show``, ``providers``, ``geo``,
-``rules``."""
+``rules`` (``findings`` is in :mod:`monitor.cli.findings`)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,21 @@ from dataclasses import asdict
 
 import click
 
-from monitor.cli.base import Fatal, app_of, guard, main, warn_stale, when
+from monitor.cli.base import (
+    Fatal,
+    app_of,
+    filter_options,
+    guard,
+    listing_options,
+    main,
+    query_of,
+    warn_stale,
+)
+from monitor.findings import is_finding_id
 from monitor.observation import canonical_ip
 from monitor.output import json_text, safe_text, write_json_lines, write_rows
-from monitor.policy import SEVERITIES
 from monitor.store import INCIDENT_COLUMNS as STORED_INCIDENT_COLUMNS
-from monitor.store import IncidentQuery
+from monitor.store import FindingQuery
 
 #: incident fields in output order (the store's columns without its internal ones)
 INCIDENT_COLUMNS = [c for c in STORED_INCIDENT_COLUMNS if c not in ("severity_rank", "title")]
@@ -24,6 +33,7 @@ INCIDENT_TABLE = [
     "provider",
     "dest_host",
     "client_ip",
+    "user",
     "site",
     "egress_country",
     "last_seen",
@@ -34,72 +44,44 @@ INCIDENT_TABLE = [
 
 
 @main.command()
-@click.option(
-    "--since",
-    callback=when,
-    help="Last seen at or after: 7d, 24h, 30m, or an ISO date/time (UTC).",
-)
-@click.option("--until", callback=when, help="First seen before: same forms as --since.")
-@click.option("--rule", multiple=True, help="Rule id (repeatable).")
-@click.option("--severity", type=click.Choice(SEVERITIES), help="Minimum severity.")
-@click.option("--provider", multiple=True, help="Provider id, e.g. openai (repeatable).")
-@click.option("--site", multiple=True, help="Site name (repeatable).")
-@click.option("--client", multiple=True, help="Client address (repeatable).")
-@click.option(
-    "--status",
-    multiple=True,
-    type=click.Choice(["open", "acknowledged", "resolved"]),
-    help="Incident status (repeatable).",
-)
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many (newest first).")
-@click.option("--json", "out", flag_value="json", help="JSON lines, one incident per line.")
-@click.option("--csv", "out", flag_value="csv", help="CSV with a header row.")
-@click.option(
-    "--spreadsheet-safe",
-    is_flag=True,
-    help="With --csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '.",
-)
+@filter_options
+@click.option("--finding", metavar="ID", help="Only the detail of this finding (id or prefix).")
+@listing_options("incident")
 @click.pass_context
 @guard
-def incidents(
-    ctx, since, until, rule, severity, provider, site, client, status, limit, out, spreadsheet_safe
-):
-    """List incidents, newest first.
+def incidents(ctx, finding, limit, out, spreadsheet_safe, **filters):
+    """List incidents (the detail under findings: one per rule, host, client, user, egress and
+    UTC day), newest first.
 
     \b
     apiwatch incidents --since 7d --severity high
-    apiwatch incidents --provider openai --site shanghai --csv > openai-shanghai.csv
+    apiwatch incidents --finding F-3a9c01d2e4f5 --user alice
+    apiwatch incidents --provider openai --site shanghai --client 10.20.0.0/16 --csv > sh.csv
     apiwatch incidents --json | jq -r 'select(.count > 100) | .id'
     """
-    q = IncidentQuery(
-        since=since,
-        until=until,
-        rule=rule,
-        min_severity=severity,
-        provider=provider,
-        site=site,
-        client=tuple(canonical_ip(c) or c for c in client),
-        status=status,
-        limit=limit,
-    )
+    q = query_of(filters, limit=limit, finding=finding)
     app = app_of(ctx).for_reading()
-    rows = app.store.incidents(q)
+    try:
+        rows = list(app.store.incidents(q))
+    except KeyError as exc:
+        raise Fatal(exc.args[0]) from None
     n = write_rows(
         rows, out or "table", INCIDENT_COLUMNS, sys.stdout, INCIDENT_TABLE, spreadsheet_safe
     )
     if n == 0:
-        _unknown_filter_values(app, q)
+        unknown_filter_values(app, q)
         if not out:
             click.echo("no incidents match", err=True)
 
 
-def _unknown_filter_values(app, q: IncidentQuery) -> None:
+def unknown_filter_values(app, q: FindingQuery) -> None:
     """A filter value no incident holds and nothing configures is most likely a typo: say so
-    (a usage error) rather than 'no incidents match'."""
+    (a usage error) rather than 'no incidents match'. (A network given to --client is not.)"""
     for option, column, values, known in (
         ("--site", "site", q.site, lambda: set(app.config.sites)),
         ("--provider", "provider", q.provider, lambda: {e.id for e in app.catalog.entries()}),
-        ("--client", "client_ip", q.client, set),
+        ("--client", "client_ip", [c for c in q.client if "/" not in c], set),
+        ("--user", "user", q.user, set),
         ("--rule", "rule", q.rule, lambda: {r.id for r in app.rules.rules}),
     ):
         if not values:
@@ -126,31 +108,45 @@ def _unknown_filter_values(app, q: IncidentQuery) -> None:
 @click.pass_context
 @guard
 def show(ctx, incident_id, as_json, samples):
-    """One incident and its sample records (an id prefix is enough).
+    """One finding (F-…) with its top clients, users, hosts, days and evidence, or one
+    incident with its sample records (an id prefix is enough).
 
     \b
+    apiwatch show F-3a9c01d2e4f5
     apiwatch show 3f9a0c1d
     apiwatch show 3f9a --json | jq '.records[].url'
     """
+    finding = is_finding_id(incident_id)
+    store = app_of(ctx).for_reading().store
     try:
-        inc = app_of(ctx).for_reading().store.incident(incident_id, samples)
+        inc = (
+            store.finding(incident_id, samples=samples)
+            if finding
+            else store.incident(incident_id, samples)
+        )
     except KeyError as exc:
         raise Fatal(exc.args[0]) from None
     if inc is None:
-        raise Fatal(f"no incident with id {incident_id!r}")
+        raise Fatal(f"no {'finding' if finding else 'incident'} with id {incident_id!r}")
     if as_json:
         click.echo(json_text(inc))
         return
     records = inc.pop("records")
     events = inc.pop("events")
+    tops = {k: inc.pop(k) for k in list(inc) if k.startswith("top_")}
     width = max(len(k) for k in inc)
     for key, value in inc.items():
         shown = ", ".join(value) if isinstance(value, list) else value
         click.echo(f"{key:<{width}}  {safe_text(shown, 200)}")
+    for key, rows in tops.items():
+        if rows:
+            click.echo(f"\n{key.replace('_', ' ')}:")
+            write_rows(rows, "table", [], sys.stdout, ["value", "count", "incidents"])
     if events:
         click.echo("\nhistory:")
+        columns = ["at", "action", "status_from", "status_to", "actor", "note"]
         write_rows(
-            events, "table", [], sys.stdout, ["at", "status_from", "status_to", "actor", "note"]
+            events, "table", [], sys.stdout, columns if finding else columns[:1] + columns[2:]
         )
     click.echo(f"\nrecords ({len(records)} of {inc['count']}):")
     write_rows(
@@ -163,6 +159,7 @@ def show(ctx, incident_id, as_json, samples):
             "line",
             "ts",
             "client_ip",
+            "user",
             "method",
             "dest_host",
             "status",

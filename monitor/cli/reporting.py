@@ -12,9 +12,34 @@ import click
 
 from monitor.app import App
 from monitor.cli.base import FATAL, Fatal, date_value, guard, main, when
-from monitor.config import REPORT_FORMATS, check_output_pattern, load_config, report_format
+from monitor.config import (
+    REPORT_FORMATS,
+    ConfigError,
+    check_output_pattern,
+    load_config,
+    report_format,
+    time_zone,
+)
 from monitor.output import json_text, safe_text
 from monitor.policy import SEVERITIES
+
+tz_option = click.option(
+    "--tz",
+    metavar="ZONE",
+    help="Report days in this IANA time zone, e.g. Asia/Shanghai [default: the site's tz when "
+    "the report is of one site that declares one, else UTC].",
+)
+
+
+def report_tz(app: App, tz: str | None, sites) -> str:
+    """``--tz``, else the time zone of the one site a report is about, else UTC."""
+    if tz:
+        try:
+            return time_zone(tz, "--tz")
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tz") from None
+    declared = {app.config.sites[s].tz for s in sites if s in app.config.sites}
+    return declared.pop() if len(declared) == 1 and None not in declared else "UTC"
 
 
 @main.command("report")
@@ -49,6 +74,7 @@ from monitor.policy import SEVERITIES
 @click.option(
     "--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in top-N tables."
 )
+@tz_option
 @click.option(
     "--spreadsheet-safe",
     is_flag=True,
@@ -56,7 +82,9 @@ from monitor.policy import SEVERITIES
 )
 @click.pass_context
 @guard
-def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top, spreadsheet_safe):
+def report_cmd(
+    ctx, period, day, since, until, fmt, output, site, provider, top, tz, spreadsheet_safe
+):
     """Traffic and incidents of a period, with trend and methods, as evidence.
 
     \b
@@ -64,6 +92,7 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
     apiwatch report --period monthly --date 2026-11-15 --format json > nov.json
     apiwatch report --since 2026-11-01 --until 2026-11-15 --site shanghai --format md
     apiwatch report --period daily --format csv --spreadsheet-safe -o daily-{date}.csv
+    apiwatch report --period weekly --site shanghai --tz Asia/Shanghai -o sh-{week}.html
     """
     if period and since:
         raise click.UsageError("give either --period or --since/--until, not both")
@@ -83,8 +112,10 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
         write_atomic,
     )
 
+    app: App = ctx.obj.for_reading()
+    tz = report_tz(app, tz, site)
     try:
-        window = period_window(period, day) if period else custom_window(since, until)
+        window = period_window(period, day, tz=tz) if period else custom_window(since, until, tz=tz)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     fmt = report_format(fmt, output)
@@ -93,7 +124,6 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
             check_output_pattern(output)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="-o/--output") from None
-    app: App = ctx.obj.for_reading()
     report = build_report(app, ReportQuery(window, sites=site, providers=provider, top=top))
     text = render(report, fmt, spreadsheet_safe)
     if output is None or output == "-":
@@ -125,17 +155,18 @@ def report_cmd(ctx, period, day, since, until, fmt, output, site, provider, top,
     "--fail-on",
     type=click.Choice(SEVERITIES),
     metavar="SEVERITY",
-    help="Exit 3 when today's scans raised open incidents at or above this [default: config daily.fail_on].",
+    help="Exit 3 when today's scans raised or reopened findings at or above this, not excepted [default: config daily.fail_on].",
 )
 @click.option(
     "--jobs", "-j", type=click.IntRange(min=1), metavar="N", help="Parser processes per scan."
 )
 @click.option("--no-reports", is_flag=True, help="Scan only.")
+@tz_option
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
 @guard
-def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet):
+def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, tz, as_json, quiet):
     """Scan every configured source, write the reports that are due, exit with a code for cron.
 
     \b
@@ -157,7 +188,7 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet
         if error or not quiet:  # stderr: with --json, stdout holds only the JSON
             click.echo(("error: " if error else "") + safe_text(msg, None), err=True)
 
-    result = run_daily(app, today, fail_on, jobs, not no_reports, log)
+    result = run_daily(app, today, fail_on, jobs, not no_reports, log, tz)
     if as_json:
         click.echo(json_text(result.as_dict()))
     elif not quiet:
@@ -166,7 +197,7 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, as_json, quiet
                 click.echo(f"{r.key}: not due ({r.skipped})", err=True)
         if result.fail_on:
             click.echo(
-                f"{len(result.findings)} open incident(s) at or above {result.fail_on} raised today",
+                f"{len(result.findings)} open finding(s) at or above {result.fail_on} raised or reopened today",
                 err=True,
             )
     ctx.exit(result.exit_code)
@@ -230,6 +261,22 @@ def config_check(ctx, path):
         click.echo(f"  {r.key:<10} {r.period} {r.format} → {example}")
     if cfg.fail_on:
         click.echo(f"  fail_on    {cfg.fail_on}")
+    for e in cfg.exceptions:
+        click.echo(
+            f"  {e.key:<10} until {e.until}: {safe_text(e.reason, 120)} ({safe_text(e.approver, 60)})"
+        )
+    from monitor.egress import contradictions
+
+    for text in contradictions(cfg.sites, app.geo):
+        click.echo(f"warning: {text}", err=True)
+    if app.db_path.exists():
+        stale = app.store.scans_evaluated_otherwise(app.settings_digest())
+        if stale:
+            click.echo(
+                f"warning: {len(stale)} scan(s) in {app.db_path} were evaluated with other settings "
+                "(catalogue, geodata, rules, sites); `apiwatch reevaluate` applies these",
+                err=True,
+            )
     for a in cfg.alerts:
         filters = "".join(
             f"; {k} {', '.join(v)}" for k, v in (("rules", a.rules), ("sites", a.sites)) if v

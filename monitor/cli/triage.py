@@ -1,14 +1,19 @@
-"""``ack`` and ``resolve``: the lifecycle of an incident, with who and why."""
+"""``ack`` and ``resolve``: the lifecycle of findings (and incidents), with who and why —
+by id, or in bulk by the filters of ``findings``."""
 
 from __future__ import annotations
 
 import getpass
 import os
+import sys
+from datetime import UTC, datetime
 
 import click
 
 from monitor.app import App
-from monitor.cli.base import Fatal, guard, main
+from monitor.cli.base import Fatal, bulk_filter_options, date_value, guard, main, query_of
+from monitor.findings import is_finding_id
+from monitor.output import write_rows
 
 
 def _actor(actor: str | None) -> str:
@@ -20,19 +25,69 @@ def _actor(actor: str | None) -> str:
         return "unknown"
 
 
-def _set_status(ctx, incident_id: str, status: str, note: str, actor: str | None) -> None:
+def _note_value(_ctx, _param, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("a note must say something (why, a ticket id)")
+    return value
+
+
+def _set_status(ctx, ids, status, note, actor, until, dry_run, filters) -> None:
     app: App = ctx.obj
+    who = _actor(actor)
+    q = query_of(filters)  # (--until here is the exception's end, not a filter)
+    by_filter = any(getattr(q, f) for f in ("since", "until", "rule", "min_severity", "provider",
+                                             "site", "client", "user", "status"))  # fmt: skip
+    if ids and by_filter:
+        raise click.UsageError("give ids or filters, not both")
+    if not ids and not by_filter:
+        raise click.UsageError(
+            "give ids, or filters (--rule --provider --site --severity --since …)"
+        )
+    if until is not None and status != "acknowledged":
+        raise click.UsageError("--until is for ack")
+    if until is not None and until < datetime.now(UTC).date():
+        raise click.BadParameter(f"{until} is in the past", param_hint="--until")
+    until_text = until.isoformat() if until else None
+    app.apply_exceptions()
+    if by_filter:
+        targets = [f for f in app.store.findings(q) if f["status"] not in (status, "superseded")
+                   or (until_text and f["exception_until"] != until_text)]  # fmt: skip
+        verb = "would change" if dry_run else "changing"
+        click.echo(f"{len(targets)} finding(s) {verb} to {status}", err=True)
+        if dry_run:
+            write_rows(targets, "table", [], sys.stdout,
+                       ["id", "severity", "rule", "provider", "site", "status", "count"])  # fmt: skip
+            return
+        ids = [f["id"] for f in targets]
+    findings = [i for i in ids if is_finding_id(i)]
+    incidents = [i for i in ids if not is_finding_id(i)]
+    if dry_run:
+        click.echo(f"{len(ids)} id(s) would change to {status}", err=True)
+        return
     try:
-        event = app.store.set_status(incident_id, status, note, _actor(actor))
+        events = (
+            app.store.set_finding_status(findings, status, note, who, until_text)
+            if findings
+            else []
+        )
+        for iid in incidents:
+            if until_text:
+                raise click.UsageError("--until applies to findings (F-…), not incidents")
+            event = app.store.set_status(iid, status, note, who)
+            if event is None:
+                click.echo(f"incident {iid}: already {status}; nothing changed", err=True)
+                continue
+            event["finding_id"] = event.pop("incident_id")
+            events.append(event)
     except KeyError as exc:
         raise Fatal(exc.args[0]) from None
-    if event is None:
-        click.echo(f"incident {incident_id}: already {status}; nothing changed", err=True)
-        return
-    click.echo(
-        f"incident {event['incident_id']}: {event['status_from']} → {event['status_to']} "
-        f"({event['actor']}, {event['at']})"
-    )
+    for e in events:
+        kind = "finding" if is_finding_id(e["finding_id"]) else "incident"
+        extra = f", until {e['until']}" if e.get("until") else ""
+        click.echo(f"{kind} {e['finding_id']}: {e['status_from']} → {e['status_to']} "
+                   f"({e['actor']}, {e['at']}{extra})")  # fmt: skip
+    if findings and not any(is_finding_id(e["finding_id"]) for e in events):
+        click.echo(f"finding(s) already {status}; nothing changed", err=True)
 
 
 def _note_value(_ctx, _param, value: str) -> str:
@@ -46,36 +101,54 @@ _note = click.option(
     "-m",
     required=True,
     callback=_note_value,
-    help="Why: kept in the audit trail and the report.",
+    help="Why (required, non-empty): kept in the audit trail and the report.",
 )
 _actor_option = click.option("--actor", help="Who [default: $SUDO_USER, else the login name].")
+_dry_run = click.option(
+    "--dry-run", is_flag=True, help="Say how many would change; change nothing."
+)
 
 
 @main.command("ack")
-@click.argument("incident_id")
+@click.argument("ids", nargs=-1, metavar="[ID]…")
 @_note
+@click.option(
+    "--until",
+    callback=date_value,
+    metavar="YYYY-MM-DD",
+    help="An exception: acknowledged through this day, open again (with an event) after it.",
+)
+@bulk_filter_options
+@_dry_run
 @_actor_option
 @click.pass_context
 @guard
-def ack_cmd(ctx, incident_id, note, actor):
-    """Acknowledge an incident (an id prefix is enough): seen, being handled.
+def ack_cmd(ctx, ids, note, until, dry_run, actor, **filters):
+    """Acknowledge findings (F-…) or incidents by id (a prefix is enough), or every finding
+    the filters select: seen, being handled. New traffic is recorded, the status stays.
 
     \b
-    apiwatch ack 3f9a0c1d --note "ticket SEC-123: moving the job to the Frankfurt egress"
+    apiwatch ack F-3a9c01d2e4f5 --note "ticket SEC-123: moving the job to the Frankfurt egress"
+    apiwatch ack F-3a9c --until 2027-03-31 --note "SEC-130: pilot approved by legal"
+    apiwatch ack --site shanghai --provider openai --severity high --dry-run --note "SEC-140"
     """
-    _set_status(ctx, incident_id, "acknowledged", note, actor)
+    _set_status(ctx, ids, "acknowledged", note, actor, until, dry_run, filters)
 
 
 @main.command("resolve")
-@click.argument("incident_id")
+@click.argument("ids", nargs=-1, metavar="[ID]…")
 @_note
+@bulk_filter_options
+@_dry_run
 @_actor_option
 @click.pass_context
 @guard
-def resolve_cmd(ctx, incident_id, note, actor):
-    """Resolve an incident (an id prefix is enough), with a note for the audit trail.
+def resolve_cmd(ctx, ids, note, dry_run, actor, **filters):
+    """Resolve findings (F-…) or incidents by id (a prefix is enough), or every finding the
+    filters select, with a note for the audit trail. New traffic reopens a resolved finding.
 
     \b
-    apiwatch resolve 3f9a0c1d --note "egress moved; traffic stopped on 2026-11-28"
+    apiwatch resolve F-3a9c01d2e4f5 --note "egress moved; traffic stopped on 2026-11-28"
+    apiwatch resolve --rule unapproved-provider --since 30d --note "provider approved (SEC-9)"
     """
-    _set_status(ctx, incident_id, "resolved", note, actor)
+    _set_status(ctx, ids, "resolved", note, actor, None, dry_run, filters)

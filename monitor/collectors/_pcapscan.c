@@ -11,7 +11,12 @@
  * (ts < next_linger) of IPv4 without options and not a fragment, or of IPv6 with TCP/UDP
  * right after its header, whose 5-tuple is in the table (`tcp` / `udp`: key ->
  * (Flow, client side)) of a flow no longer inspected (flow.watch is False), and for TCP
- * neither SYN, FIN nor RST. It stops before the first record that is anything else
+ * neither SYN, FIN nor RST; and, of an HTTP flow still inspected, a TCP segment neither
+ * SYN, FIN nor RST that is an ACK without payload or in order and wholly inside a body
+ * (FlowTable._http_skip), which FlowTable._counted only counts, in the flow and in the
+ * request it belongs to (FlowTable._http_count), and steps over; an ACK of another flow
+ * still inspected, which it only counts. It stops before the first record that is
+ * anything else
  * (incomplete, impossible, another block, another packet) and returns its offset, the
  * number of the last packet counted and its timestamp (the arguments as given when none
  * was): the Python loop reads that record. It is stricter than the Python code, never
@@ -26,8 +31,30 @@
 
 /* flows.MAX_FRAME: longest classic pcap record read (checked by the tests) */
 #define MAX_FRAME (256 * 1024)
+/* http1's HttpSide states (checked by the tests) */
+#define HTTP_HEAD 0
+#define HTTP_BODY 1
+#define HTTP_CHUNK_SIZE 2
+#define HTTP_CHUNK_DATA 3
+#define HTTP_CLOSE 5
 
 static PyObject *s_watch, *s_last, *s_pk_out, *s_pk_in, *s_by_out, *s_by_in;
+static PyObject *s_http, *s_exchanges, *s_cur_s, *s_awaiting, *s_ts_end;
+static PyObject *s_cs, *s_ss, *s_client, *s_server, *s_data, *s_pending, *s_overflow;
+static PyObject *s_next, *s_limit, *s_consumed, *s_state, *s_left;
+
+/* a TCP segment's sequence number and captured payload length (FlowTable._counted) */
+struct seg {
+    uint32_t seq;
+    long n;
+};
+
+/* what FlowTable._http_skip changes for an in-order body segment, checked before any of
+ * it is committed */
+struct skip {
+    PyObject *st, *side; /* the Stream and the HttpSide (new references) */
+    long long next, consumed, left, state;
+};
 
 static inline uint32_t
 rd32(const unsigned char *b, int big)
@@ -73,10 +100,130 @@ set_count(PyObject *f, PyObject *name, long long v)
     return r;
 }
 
-/* the table entry of key b[0:len] counts one packet of `plen` payload bytes at `ts`:
- * 1 done; 0 not a packet the fast path only counts (nothing changed); -1 error */
+/* the request a segment of HTTP flow `h` counts in (FlowTable._http_count), into *x (a
+ * new reference, or NULL when the flow has no request yet): 1; 0 not so */
 static int
-count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double ts)
+http_exchange(PyObject *h, int out, PyObject **x)
+{
+    *x = NULL;
+    int ok = 0;
+    PyObject *ex = NULL, *cur = NULL, *aw = NULL;
+    if ((ex = PyObject_GetAttr(h, s_exchanges)) == NULL || !PyList_CheckExact(ex))
+        goto done;
+    Py_ssize_t n = PyList_GET_SIZE(ex);
+    if (n == 0) {
+        ok = 1;
+        goto done;
+    }
+    if (out) {
+        *x = PyList_GET_ITEM(ex, n - 1);
+    }
+    else {
+        if ((cur = PyObject_GetAttr(h, s_cur_s)) == NULL)
+            goto done;
+        if (cur != Py_None) {
+            *x = cur; /* an _Exchange (always true) */
+        }
+        else {
+            if ((aw = PyObject_GetAttr(h, s_awaiting)) == NULL || !PyList_CheckExact(aw))
+                goto done;
+            *x = PyList_GET_SIZE(aw) ? PyList_GET_ITEM(aw, 0) : PyList_GET_ITEM(ex, n - 1);
+        }
+    }
+    Py_INCREF(*x);
+    ok = 1;
+done:
+    if (!ok)
+        PyErr_Clear();
+    Py_XDECREF(aw);
+    Py_XDECREF(cur);
+    Py_XDECREF(ex);
+    return ok;
+}
+
+/* borrowed-free attribute read: a new reference, or NULL with no error set */
+static PyObject *
+attr(PyObject *o, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL)
+        PyErr_Clear();
+    return v;
+}
+
+/* FlowTable._http_skip's checks for `n` bytes at `seq` of an HTTP flow: 1 and *k filled
+ * (to commit with skip_commit, or release with skip_release); 0 not so */
+static int
+skip_check(PyObject *http, PyObject *f, int out, uint32_t seq, long n, struct skip *k)
+{
+    k->st = k->side = NULL;
+    PyObject *data = NULL, *pending = NULL, *overflow = NULL;
+    long long limit;
+    int ok = 0;
+    if ((k->st = attr(f, out ? s_cs : s_ss)) == NULL || k->st == Py_None)
+        goto done;
+    if ((data = attr(k->st, s_data)) == NULL || !PyByteArray_CheckExact(data) ||
+        PyByteArray_GET_SIZE(data) != 0)
+        goto done;
+    if ((pending = attr(k->st, s_pending)) == NULL || !PyDict_CheckExact(pending) ||
+        PyDict_GET_SIZE(pending) != 0)
+        goto done;
+    if ((overflow = attr(k->st, s_overflow)) == NULL || overflow != Py_False)
+        goto done;
+    if (get_count(k->st, s_next, &k->next) <= 0 || k->next != (long long)seq ||
+        get_count(k->st, s_limit, &limit) <= 0 || n > limit ||
+        get_count(k->st, s_consumed, &k->consumed) <= 0)
+        goto done;
+    if ((k->side = attr(http, out ? s_client : s_server)) == NULL)
+        goto done;
+    if (get_count(k->side, s_state, &k->state) <= 0 || get_count(k->side, s_left, &k->left) <= 0)
+        goto done;
+    if (k->state == HTTP_BODY || k->state == HTTP_CHUNK_DATA) {
+        if (k->left < n)
+            goto done;
+        k->left -= n;
+        if (k->left == 0)
+            k->state = k->state == HTTP_BODY ? HTTP_HEAD : HTTP_CHUNK_SIZE;
+    }
+    else if (k->state != HTTP_CLOSE)
+        goto done;
+    k->next = (k->next + n) & 0xFFFFFFFF;
+    k->consumed += n;
+    ok = 1;
+done:
+    Py_XDECREF(overflow);
+    Py_XDECREF(pending);
+    Py_XDECREF(data);
+    if (!ok) {
+        Py_CLEAR(k->st);
+        Py_CLEAR(k->side);
+    }
+    return ok;
+}
+
+static void
+skip_release(struct skip *k)
+{
+    Py_CLEAR(k->st);
+    Py_CLEAR(k->side);
+}
+
+static int
+skip_commit(struct skip *k)
+{
+    return set_count(k->st, s_next, k->next) < 0 || set_count(k->st, s_consumed, k->consumed) < 0 ||
+                   set_count(k->side, s_left, k->left) < 0 ||
+                   set_count(k->side, s_state, k->state) < 0
+               ? -1
+               : 0;
+}
+
+/* the table entry of key b[0:len] counts one packet of `plen` payload bytes at `ts`
+ * (`s`: the TCP segment, NULL for UDP): 1 done; 0 not a packet the fast path only counts
+ * (nothing changed); -1 error */
+static int
+count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double ts,
+      const struct seg *s)
 {
     PyObject *key = PyBytes_FromStringAndSize((const char *)b, len);
     if (key == NULL)
@@ -94,24 +241,72 @@ count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double
     PyObject *f = PyTuple_GET_ITEM(ent, 0);
     Py_INCREF(f); /* the entry is the table's: hold the flow while it is updated */
     int r = 0;
+    PyObject *x = NULL; /* the HTTP request a segment of an inspected flow counts in */
+    PyObject *http = NULL;
+    struct skip k = {NULL, NULL, 0, 0, 0, 0};
+    int skipping = 0;
     PyObject *watch = PyObject_GetAttr(f, s_watch);
     if (watch == NULL) {
         PyErr_Clear();
         goto done;
     }
-    int watched = watch != Py_False;
+    int watched = watch != Py_False, inspected = watch == Py_True;
     Py_DECREF(watch);
-    if (watched)
-        goto done;
+    if (watched) { /* only TCP segments of HTTP flows (ACKs of any flow) */
+        if (s == NULL || !inspected || (plen && s->n <= 0))
+            goto done;
+        if ((http = attr(f, s_http)) == NULL || (plen && http == Py_None))
+            goto done;
+        if (plen) {
+            if (!skip_check(http, f, out, s->seq, s->n, &k))
+                goto done;
+            skipping = 1;
+        }
+        if (http != Py_None && !http_exchange(http, out, &x))
+            goto done;
+    }
     PyObject *pk_name = out ? s_pk_out : s_pk_in;
     PyObject *by_name = out ? s_by_out : s_by_in;
-    long long pk, by;
+    long long pk, by, xpk = 0;
+    double ts_end = 0.0;
     if (get_count(f, pk_name, &pk) <= 0 || get_count(f, by_name, &by) <= 0)
         goto done;
+    if (x != NULL) {
+        if (get_count(x, pk_name, &xpk) <= 0)
+            goto done;
+        PyObject *te = PyObject_GetAttr(x, s_ts_end);
+        if (te == NULL) {
+            PyErr_Clear();
+            goto done;
+        }
+        int isfloat = PyFloat_CheckExact(te);
+        ts_end = isfloat ? PyFloat_AS_DOUBLE(te) : 0.0;
+        Py_DECREF(te);
+        if (!isfloat)
+            goto done;
+    }
     /* checked: commit (pk, by < 2**62 and plen < 2**17: no overflow) */
+    long long xby = 0;
+    if (x != NULL && get_count(x, by_name, &xby) <= 0)
+        goto done;
     r = -1;
     if (set_count(f, pk_name, pk + 1) < 0 || set_count(f, by_name, by + plen) < 0)
         goto done;
+    if (skipping && skip_commit(&k) < 0)
+        goto done;
+    if (x != NULL) {
+        if (set_count(x, pk_name, xpk + 1) < 0 || (plen && set_count(x, by_name, xby + plen) < 0))
+            goto done;
+        if (ts > ts_end) {
+            PyObject *t = PyFloat_FromDouble(ts);
+            if (t == NULL)
+                goto done;
+            int err = PyObject_SetAttr(x, s_ts_end, t);
+            Py_DECREF(t);
+            if (err < 0)
+                goto done;
+        }
+    }
     PyObject *last = PyFloat_FromDouble(ts);
     if (last == NULL)
         goto done;
@@ -121,6 +316,9 @@ count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double
         goto done;
     r = 1;
 done:
+    skip_release(&k);
+    Py_XDECREF(http);
+    Py_XDECREF(x);
     Py_DECREF(f);
     return r;
 }
@@ -139,13 +337,15 @@ frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts, PyObject *t
         if (h[23] == 6) {
             if (h[47] & 7) /* SYN: the general path; FIN, RST: the TCP step */
                 return 0;
-            long plen = tot - 20 - ((h[46] >> 4) << 2);
+            long hl = (h[46] >> 4) << 2, plen = tot - 20 - hl;
             if (plen < 0)
                 return 0;
-            return count(tcp, h + 26, 12, plen, ts);
+            int64_t dend = 14 + tot < incl ? 14 + tot : incl;
+            struct seg s = {rd32(h + 38, 1), (long)(dend - 34 - hl)};
+            return count(tcp, h + 26, 12, plen, ts, &s);
         }
         if (h[23] == 17 && tot >= 28)
-            return count(udp, h + 26, 12, tot - 28, ts);
+            return count(udp, h + 26, 12, tot - 28, ts, NULL);
         return 0;
     }
     if (et == 0x86DD && incl >= 74) {
@@ -155,13 +355,15 @@ frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts, PyObject *t
         if (h[20] == 6) {
             if (h[67] & 7)
                 return 0;
-            long plen = pl - ((h[66] >> 4) << 2);
+            long hl = (h[66] >> 4) << 2, plen = pl - hl;
             if (plen < 0)
                 return 0;
-            return count(tcp, h + 22, 36, plen, ts);
+            int64_t dend = 54 + pl < incl ? 54 + pl : incl;
+            struct seg s = {rd32(h + 58, 1), (long)(dend - 54 - hl)};
+            return count(tcp, h + 22, 36, plen, ts, &s);
         }
         if (h[20] == 17 && pl >= 8)
-            return count(udp, h + 22, 36, pl - 8, ts);
+            return count(udp, h + 22, 36, pl - 8, ts, NULL);
     }
     return 0;
 }
@@ -317,13 +519,23 @@ PyInit__pcapscan(void)
     } names[] = {
         {&s_watch, "watch"}, {&s_last, "last"},   {&s_pk_out, "pk_out"},
         {&s_pk_in, "pk_in"}, {&s_by_out, "by_out"}, {&s_by_in, "by_in"},
+        {&s_http, "http"}, {&s_exchanges, "exchanges"}, {&s_cur_s, "cur_s"},
+        {&s_awaiting, "awaiting"}, {&s_ts_end, "ts_end"}, {&s_cs, "cs"}, {&s_ss, "ss"},
+        {&s_client, "client"}, {&s_server, "server"}, {&s_data, "data"},
+        {&s_pending, "pending"}, {&s_overflow, "overflow"}, {&s_next, "next"},
+        {&s_limit, "limit"}, {&s_consumed, "consumed"}, {&s_state, "state"}, {&s_left, "left"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
     }
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "MAX_FRAME", MAX_FRAME) < 0) {
+    if (m != NULL && (PyModule_AddIntConstant(m, "MAX_FRAME", MAX_FRAME) < 0 ||
+                      PyModule_AddIntConstant(m, "HTTP_HEAD", HTTP_HEAD) < 0 ||
+                      PyModule_AddIntConstant(m, "HTTP_BODY", HTTP_BODY) < 0 ||
+                      PyModule_AddIntConstant(m, "HTTP_CHUNK_SIZE", HTTP_CHUNK_SIZE) < 0 ||
+                      PyModule_AddIntConstant(m, "HTTP_CHUNK_DATA", HTTP_CHUNK_DATA) < 0 ||
+                      PyModule_AddIntConstant(m, "HTTP_CLOSE", HTTP_CLOSE) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

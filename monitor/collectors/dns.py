@@ -8,11 +8,18 @@ strictly before the label that contains it, so a pointer loop cannot be followed
 name is at most 255 bytes long.
 
 :class:`DnsMap` keeps, for each address seen in an A or AAAA answer, the most recent names
-(bounded, with the time of the answer; a name answered again keeps the time of its first
+(bounded, with the time of the answer; also per client the answer went to, when the
+caller says, so a flow is named by its own client's answer first; a name answered again keeps the time of its first
 answer, so a flow is named by the answer in force when it started). A CNAME chain is
 walked back to the name the client asked for, so ``api.openai.com CNAME x.cdn.net, x.cdn.net A 1.2.3.4`` maps
 ``1.2.3.4`` to ``api.openai.com``. Both bounds (names per address, addresses in total)
 are counted when hit.
+
+HTTPS and SVCB answers (RFC 9460) count as address answers for their ``ipv4hint`` and
+``ipv6hint`` addresses; their ``ech`` parameter (an ECHConfigList, draft-ietf-tls-esni
+section 4) says the service offers Encrypted Client Hello and gives the *public name* its
+clients put in the outer ClientHello's SNI: :meth:`DnsMap.is_ech_public` knows those names,
+so that a flow whose SNI is one is named from DNS instead (see docs/formats.md, ECH).
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ TYPE_CNAME = 5
 TYPE_PTR = 12
 TYPE_MX = 15
 TYPE_AAAA = 28
+TYPE_SVCB = 64
+TYPE_HTTPS = 65
+#: outer SNIs of real ECH without a DNS answer in the capture: Cloudflare's public name
+#: (https://blog.cloudflare.com/announcing-encrypted-client-hello/, 2023-09-29)
+KNOWN_ECH_PUBLIC_NAMES = frozenset({"cloudflare-ech.com"})
+MAX_ECH_NAMES = 4096
 TYPE_NAMES = {
     1: "A",
     2: "NS",
@@ -63,6 +76,8 @@ class DnsAnswer:
     ttl: int
     value: str | None  # A/AAAA: address text; CNAME/NS/PTR/MX: a name; other types: None
     raw: bytes = b""  # A/AAAA: the packed address
+    hints: tuple[bytes, ...] = ()  # HTTPS/SVCB: ipv4hint and ipv6hint addresses, packed
+    ech_names: tuple[str, ...] = ()  # HTTPS/SVCB: public names of the ech parameter's configs
 
 
 @dataclass(slots=True)
@@ -168,9 +183,68 @@ def parse_message(msg: bytes) -> DnsMessage | None:
         elif rtype in _NAME_TYPES or (rtype == TYPE_MX and rdlen > 2):
             t = read_name(msg[:rend], pos + 2 if rtype == TYPE_MX else pos)
             value = t[0] if t is not None else None
+        elif rtype in (TYPE_HTTPS, TYPE_SVCB) and rdlen > 2:
+            svc = _service(msg[:rend], pos)
+            if svc is not None:
+                value, hints, ech = svc
+                m.answers.append(DnsAnswer(name, rtype, ttl, value, raw, hints, ech))
+                pos = rend
+                continue
         m.answers.append(DnsAnswer(name, rtype, ttl, value, raw))
         pos = rend
     return m
+
+
+def _service(msg: bytes, pos: int) -> tuple[str, tuple[bytes, ...], tuple[str, ...]] | None:
+    """An HTTPS/SVCB RDATA ending at ``len(msg)``: (target name, address hints, ECH public
+    names); None when malformed."""
+    t = read_name(msg, pos + 2)
+    if t is None:
+        return None
+    target, p = t
+    end = len(msg)
+    hints: list[bytes] = []
+    ech: list[str] = []
+    while p + 4 <= end:
+        key, ln = _QTAIL.unpack_from(msg, p)
+        v, p = p + 4, p + 4 + ln
+        if p > end:
+            return None
+        if key == 4:  # ipv4hint
+            hints += [msg[i : i + 4] for i in range(v, p - 3, 4)]
+        elif key == 6:  # ipv6hint
+            hints += [msg[i : i + 16] for i in range(v, p - 15, 16)]
+        elif key == 5:  # ech: ECHConfigList
+            ech += _ech_public_names(msg[v:p])
+    return target, tuple(hints), tuple(ech)
+
+
+def _ech_public_names(b: bytes) -> list[str]:
+    """The public names of an ECHConfigList's version 0xfe0d configs (others skipped)."""
+    names: list[str] = []
+    if len(b) < 2:
+        return names
+    p, end = 2, min(len(b), 2 + ((b[0] << 8) | b[1]))
+    while p + 4 <= end:
+        version, ln = _QTAIL.unpack_from(b, p)
+        c, p = p + 4, p + 4 + ln
+        if p > end or version != 0xFE0D:
+            continue
+        # HpkeKeyConfig: config_id, kem_id, public_key<1..2^16-1>, cipher_suites<4..2^16-4>
+        c += 3
+        if c + 2 > p:
+            continue
+        c += 2 + ((b[c] << 8) | b[c + 1])
+        if c + 2 > p:
+            continue
+        c += 2 + ((b[c] << 8) | b[c + 1])
+        c += 1  # maximum_name_length
+        if c + 1 > p or c + 1 + b[c] > p:
+            continue
+        name = b[c + 1 : c + 1 + b[c]].decode("ascii", "replace").lower().rstrip(".")
+        if name:
+            names.append(name)
+    return names
 
 
 class DnsMap:
@@ -185,16 +259,22 @@ class DnsMap:
         self.names_per_address = names_per_address
         self.max_addresses = max_addresses
         self._by_ip: dict[bytes, list[tuple[float, str]]] = {}
+        #: client address + address -> names, from the answers that went to that client
+        #: (bounded by ``max_addresses`` too, counted in ``dropped_addresses``)
+        self._by_client: dict[bytes, list[tuple[float, str]]] = {}
         self.answers = 0
         self.dropped_names = 0
         self.dropped_addresses = 0
+        #: public names of the ECH configs seen in HTTPS/SVCB answers (bounded)
+        self.ech_public: set[str] = set(KNOWN_ECH_PUBLIC_NAMES)
 
     def __len__(self) -> int:
         return len(self._by_ip)
 
-    def add(self, msg: DnsMessage, ts: float) -> None:
+    def add(self, msg: DnsMessage, ts: float, client: bytes | None = None) -> None:
         """Learn from a response: every A/AAAA answer maps its address to the head of its
-        CNAME chain (the name the client asked for when the chain leads back to it)."""
+        CNAME chain (the name the client asked for when the chain leads back to it); with
+        ``client`` (the packed address the response went to), for that client too."""
         if not msg.response or not msg.answers:
             return
         alias_of: dict[str, str] = {}  # CNAME target -> owner
@@ -202,7 +282,7 @@ class DnsMap:
             if a.rtype == TYPE_CNAME and a.value and a.value != a.name:
                 alias_of.setdefault(a.value, a.name)
         for a in msg.answers:
-            if not a.raw:
+            if not (a.raw or a.hints):
                 continue
             name = a.name
             seen = {name}
@@ -211,17 +291,26 @@ class DnsMap:
                 if name in seen or len(seen) > 16:
                     break
                 seen.add(name)
-            self._remember(a.raw, name, ts)
+            addresses = (a.raw, *a.hints) if a.raw else a.hints
+            for ip in addresses if name else ():
+                self.answers += 1
+                self._remember(self._by_ip, ip, name, ts)
+                if client:
+                    self._remember(self._by_client, client + ip, name, ts)
+            for public in a.ech_names:
+                if len(self.ech_public) < MAX_ECH_NAMES:
+                    self.ech_public.add(public)
 
-    def _remember(self, ip: bytes, name: str, ts: float) -> None:
-        if not name:
-            return
-        self.answers += 1
-        entries = self._by_ip.pop(ip, None)
+    def is_ech_public(self, name: str) -> bool:
+        """``name`` is the public (outer) name of an ECH config seen in DNS, or known."""
+        return name in self.ech_public
+
+    def _remember(self, table: dict, ip: bytes, name: str, ts: float) -> None:
+        entries = table.pop(ip, None)
         if entries is None:
             entries = []
-            if len(self._by_ip) >= self.max_addresses:
-                del self._by_ip[next(iter(self._by_ip))]
+            if len(table) >= self.max_addresses:
+                del table[next(iter(table))]
                 self.dropped_addresses += 1
         if entries and entries[-1][1] == name:
             # the same answer again: the name has held since the earlier one (keeping the
@@ -236,11 +325,20 @@ class DnsMap:
         if len(entries) > self.names_per_address:
             self.dropped_names += len(entries) - self.names_per_address
             del entries[: len(entries) - self.names_per_address]
-        self._by_ip[ip] = entries  # re-inserted: most recently answered last
+        table[ip] = entries  # re-inserted: most recently answered last
 
-    def lookup(self, ip: bytes, ts: float) -> str | None:
-        """The name of the latest answer for ``ip`` (packed) given at or before ``ts``."""
-        entries = self._by_ip.get(ip)
+    def lookup(self, ip: bytes, ts: float, client: bytes | None = None) -> str | None:
+        """The name of the latest answer for ``ip`` (packed) given at or before ``ts``: to
+        ``client`` when one is given and it had one, else to anyone."""
+        if client and self._by_client:
+            name = self._lookup(self._by_client, client + ip, ts)
+            if name is not None:
+                return name
+        return self._lookup(self._by_ip, ip, ts)
+
+    @staticmethod
+    def _lookup(table: dict, key: bytes, ts: float) -> str | None:
+        entries = table.get(key)
         if not entries:
             return None
         for t, name in reversed(entries):

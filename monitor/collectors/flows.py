@@ -13,8 +13,11 @@ tunnel kept beside it). What each flow is called comes, in order of preference, 
   (:mod:`monitor.collectors.tcpstream`: the ClientHello may span several segments, out of
   order or retransmitted), or the SNI of a QUIC Initial when :mod:`monitor.collectors.quic`
   is available; a SOCKS CONNECT target (:mod:`monitor.collectors.socks`);
-* the latest DNS answer for the server address seen before the flow's first packet
-  (``dns``, see :mod:`monitor.collectors.dns`);
+* for TLS <= 1.2 whose ClientHello was missed (a capture started mid-connection), the
+  server certificate's name (``cert``, :mod:`monitor.collectors.tlscert`);
+* the latest DNS answer for the server address seen before the flow's first packet, the
+  flow's own client's first (``dns``, see :mod:`monitor.collectors.dns`); also instead of
+  an SNI that is an Encrypted Client Hello public name (``ech_outer`` keeps it);
 * the catalogue's published IP ranges (``ip``; ``dest_host`` is then the address itself).
 
 Client and server. The client is the side that sent the SYN (a SYN-ACK names the server).
@@ -60,9 +63,15 @@ from monitor.collectors.http1 import (
     request_name,
 )
 from monitor.collectors.layers import LINKTYPES, Decoder
+from monitor.collectors.quic_versions import worth_watching
 from monitor.collectors.socks import socks_request
 from monitor.collectors.tcpstream import Stream
-from monitor.collectors.tls import client_hello_from_records
+from monitor.collectors.tls import ClientHelloInfo, client_hello_from_records
+from monitor.collectors.tlscert import (
+    certificate_from_records,
+    certificate_name,
+    looks_server_hello,
+)
 from monitor.ids import record_id
 from monitor.observation import Observation
 
@@ -95,7 +104,8 @@ _ETH_IP6 = Struct("!12xHB3xHB")
 MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
 
 # flow.app
-APP_UNKNOWN, APP_TLS, APP_HTTP, APP_DNS, APP_OPAQUE, APP_QUIC = range(6)
+# (APP_CERT: TLS read from the server's side, the ClientHello having been missed)
+APP_UNKNOWN, APP_TLS, APP_HTTP, APP_DNS, APP_OPAQUE, APP_QUIC, APP_CERT = range(7)
 
 # ----------------------------------------------------------------------------- flows
 
@@ -132,6 +142,9 @@ class Flow:
         "known",
         "datagrams",
         "socks",
+        "hello",
+        "cert",
+        "tunnel",
     )
 
     def __init__(
@@ -159,6 +172,9 @@ class Flow:
         self.known = False  # client/server decided by a handshake or by content
         self.datagrams = 0
         self.socks: tuple[str | None, int] | None = None  # SOCKS 4/5 CONNECT target
+        self.hello: ClientHelloInfo | None = None  # the ClientHello read (TCP or QUIC)
+        self.cert: str | None = None  # the server certificate's name (ClientHello missed)
+        self.tunnel: tuple[str, bytes, bytes] | None = None  # see layers.Decoder.tunnel
 
     def count(self, out: bool, n: int, ts: float) -> None:
         """One packet of ``n`` transport payload bytes, from the client when ``out``."""
@@ -181,17 +197,6 @@ def _looks_client_start(p: bytes) -> bool:
         and is_token(p[:sp])
         and b" HTTP/1." in p[: p.find(b"\n") if b"\n" in p else 8192]
     )
-
-
-#: QUIC v1 and v2 (``QUIC_V1``, ``QUIC_V2`` of :mod:`monitor.collectors.quic`, which is only
-#: imported once a QUIC long-header datagram is seen: it loads ``cryptography``)
-_QUIC_VERSIONS = frozenset({b"\x00\x00\x00\x01", b"\x6b\x33\x43\xcf"})
-
-
-def _quic_long_header(p: bytes) -> bool:
-    """A QUIC v1/v2 long-header packet (Initial, 0-RTT or Handshake): worth watching, as the
-    client's first datagrams may be 0-RTT before the Initial that carries the ClientHello."""
-    return len(p) >= 7 and p[0] & 0xC0 == 0xC0 and p[1:5] in _QUIC_VERSIONS
 
 
 def _ip_text(raw: bytes) -> str:
@@ -474,7 +479,7 @@ class FlowTable:
                 client, known = False, True
             elif payload and _looks_client_start(payload):
                 client, known = True, True
-            elif payload[:5] == b"HTTP/":
+            elif payload[:5] == b"HTTP/" or looks_server_hello(payload):
                 client, known = False, True
             elif sport != dport:
                 client, known = sport > dport, False
@@ -534,11 +539,15 @@ class FlowTable:
     def _tcp_payload(self, f: Flow, out: bool, seq: int, data: bytes, ts: float, plen: int) -> None:
         if not f.known and f.app == APP_UNKNOWN:
             # no handshake seen: the content may say the ports guessed wrong
-            if (not out and _looks_client_start(data)) or (out and data[:5] == b"HTTP/"):
+            if (not out and _looks_client_start(data)) or (
+                out and (data[:5] == b"HTTP/" or looks_server_hello(data))
+            ):
                 self._swap(f)
                 out = not out
             f.known = True
         if out:
+            if f.app == APP_CERT:
+                return  # the client's bytes after a missed ClientHello
             st = f.cs
             if st is None:
                 if f.app == APP_UNKNOWN and f.isn_c is None and not _looks_client_start(data):
@@ -547,7 +556,9 @@ class FlowTable:
                     return
                 st = f.cs = Stream(seq if f.isn_c is None else f.isn_c + 1)
         else:
-            if f.app not in (APP_HTTP, APP_DNS):
+            if f.app == APP_UNKNOWN and f.cs is None and looks_server_hello(data):
+                f.app = APP_CERT  # no ClientHello: the server's certificate names the flow
+            if f.app not in (APP_HTTP, APP_DNS, APP_CERT):
                 return
             st = f.ss
             if st is None:
@@ -591,14 +602,15 @@ class FlowTable:
         if app == APP_TLS:
             info, need = client_hello_from_records(bytes(st.data))
             if info is not None:
+                f.hello = info
                 f.sni = info.sni
                 f.ech = info.ech
-                self._done(f)
-            elif need < 0:
-                self._done(f)
-            elif need + len(st.data) > st.limit:
-                self.stats["reassembly_limit"] += 1
-                self._done(f)
+            self._handshake_read(f, st, info is not None, need)
+        elif app == APP_CERT:
+            der, need = certificate_from_records(bytes(st.data))
+            if der is not None:
+                f.cert = certificate_name(der)
+            self._handshake_read(f, st, der is not None, need)
         elif app == APP_HTTP:
             h = f.http
             if out:
@@ -618,9 +630,19 @@ class FlowTable:
                 n = (d[0] << 8) | d[1]
                 if len(d) < 2 + n:
                     break
-                self._dns(bytes(d[2 : 2 + n]), ts)
+                self._dns(bytes(d[2 : 2 + n]), ts, f.cip)
                 st.take(2 + n)
                 d = st.data
+
+    def _handshake_read(self, f: Flow, st: Stream, found: bool, need: int) -> None:
+        """After looking for a handshake message (a ClientHello, a server Certificate) in
+        ``st``: the flow is no longer inspected when it was found, cannot be, or would need
+        more bytes than the buffer holds (counted)."""
+        if found or need < 0:
+            self._done(f)
+        elif need + len(st.data) > st.limit:
+            self.stats["reassembly_limit"] += 1
+            self._done(f)
 
     def _http_count(self, f: Flow, out: bool, ts: float, plen: int) -> None:
         h = f.http
@@ -665,8 +687,8 @@ class FlowTable:
         sport, dport = (b[l4] << 8) | b[l4 + 1], (b[l4 + 2] << 8) | b[l4 + 3]
         if sport in _DNS_PORTS or dport in _DNS_PORTS:
             # DNS datagrams make no flow: they only feed the name map
-            if dend - l4 > 8:
-                self._dns(bytes(b[l4 + 8 : dend]), ts)
+            if dend - l4 > 8:  # a response goes to the client: its destination address
+                self._dns(bytes(b[l4 + 8 : dend]), ts, addrs[len(addrs) >> 1 :])
             return
         half = len(addrs) >> 1
         src, dst = addrs[:half], addrs[half:]
@@ -684,7 +706,7 @@ class FlowTable:
             out = True
         self._insert(self.udp, f)
         payload = bytes(b[l4 + 8 : dend])
-        f.watch = out and _quic_long_header(payload)
+        f.watch = out and worth_watching(payload)
         if f.watch:
             self._udp_watch(f, out, payload, ts)
 
@@ -696,6 +718,7 @@ class FlowTable:
         f.datagrams += 1
         info = self.quic.feed(bytes(data), f.ckey)
         if info is not None:
+            f.hello = info
             f.sni = info.sni
             f.ech = info.ech
             f.app = APP_QUIC
@@ -705,19 +728,20 @@ class FlowTable:
 
     # -- DNS ------------------------------------------------------------------------------
 
-    def _dns(self, msg: bytes, ts: float) -> None:
+    def _dns(self, msg: bytes, ts: float, client: bytes | None = None) -> None:
         m = parse_message(msg)
         if m is None:
             self.stats["dns_malformed"] += 1
             return
         self.stats["dns_messages"] += 1
         if m.response:
-            self.dns.add(m, ts)
+            self.dns.add(m, ts, client)
 
     # -- table ----------------------------------------------------------------------------
 
     def _insert(self, d: dict, f: Flow) -> None:
         self.stats["flows"] += 1
+        f.tunnel = self._decoder.tunnel  # the frame that opened the flow was in it
         if (len(self.tcp) + len(self.udp)) >> 1 >= self.max_flows:
             self._evict()
         d[f.ckey] = (f, True)
@@ -792,10 +816,18 @@ class FlowTable:
 
     def _name(self, f: Flow) -> tuple[str | None, str | None]:
         if f.sni:
+            if f.ech and self.dns.is_ech_public(f.sni):
+                # the outer name of Encrypted Client Hello: the client's DNS answer for the
+                # address says which service it asked for (the inner name is encrypted)
+                name = self.dns.lookup(f.sip, f.first, f.cip)
+                if name and name != f.sni:
+                    return name, "dns"
             return f.sni, "sni"
         if f.socks is not None and f.socks[0]:
             return f.socks[0], "connect"
-        name = self.dns.lookup(f.sip, f.first)
+        if f.cert:
+            return f.cert, "cert"
+        name = self.dns.lookup(f.sip, f.first, f.cip)
         if name:
             return name, "dns"
         if self._in_ranges is not None:
@@ -871,6 +903,7 @@ class FlowTable:
     def _obs(self, f: Flow, ts, ts_end, host, hsrc, pko, pki, bo, bi, index) -> Observation:
         cip, sip = _ip_text(f.cip), _ip_text(f.sip)
         proto = "tcp" if f.proto == 6 else "udp"
+        tunnel = f.tunnel
         key = f"{round(f.first * 1e6)}|{proto}|{cip}|{f.cport}|{sip}|{f.sport}"
         if index is not None:
             key += f"|{index}"
@@ -892,5 +925,9 @@ class FlowTable:
             packets_out=pko,
             packets_in=pki,
             ech=f.ech,
+            ech_outer=f.sni if f.ech and f.sni and self.dns.is_ech_public(f.sni) else None,
+            tunnel=tunnel[0] if tunnel else None,
+            tunnel_src=_ip_text(tunnel[1]) if tunnel else None,
+            tunnel_dst=_ip_text(tunnel[2]) if tunnel else None,
             record_id=record_id(key.encode()),
         )

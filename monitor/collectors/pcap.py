@@ -56,6 +56,7 @@ _BOUND_STATS = {
     "reassembly_limit": "per-flow reassembly buffer full: flows no longer inspected",
     "http_requests_early": "too many requests kept for one connection: requests reported early",
     "fragment_limit": "IP fragment table full: datagrams dropped",
+    "tunnel_depth_limit": "tunnels nested too deep: frames dropped",
 }
 
 

@@ -6,8 +6,11 @@ recover the TLS ClientHello and its server name. :class:`QuicInitialTracker` is 
 client→server UDP datagrams of each flow and returns a
 :class:`~monitor.collectors.tls.ClientHelloInfo` once a connection's ClientHello is complete.
 
-What it handles: several packets coalesced in one datagram; QUIC v1 and v2 (their salts,
-labels and long-header type bits); header protection; packet number decoding; AES-128-GCM;
+What it handles: several packets coalesced in one datagram; QUIC v1 and v2, the IETF
+drafts 23 to 34, mvfst's versions and Google QUIC T050/T051 (TLS) and Q050 (a QUIC Crypto
+``CHLO`` in CRYPTO frames) -- their salts, labels and long-header type bits are in
+:mod:`monitor.collectors.quic_versions`; Google QUIC Q039 to Q046, whose ``CHLO`` is sent in
+the clear (read when it fits one datagram, as browsers pad it to); header protection; packet number decoding; AES-128-GCM;
 the frames allowed in Initial packets (PADDING, PING, ACK, CRYPTO, CONNECTION_CLOSE);
 CRYPTO data spread over several frames, packets and datagrams in any order (a ClientHello
 with a post-quantum key share needs two Initial packets or more; Chrome also scatters it
@@ -39,7 +42,20 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from monitor.collectors.tls import MAX_CLIENT_HELLO, ClientHelloInfo, parse_client_hello
+from monitor.collectors.quic_versions import (
+    CHLO_VERSIONS,
+    GQUIC_FRAMES,
+    INITIAL_VERSIONS,
+    PLAIN_GQUIC,
+    QUIC_V1,
+    QUIC_V2,
+)
+from monitor.collectors.tls import (
+    MAX_CLIENT_HELLO,
+    ClientHelloInfo,
+    _decode_host,  # the SNI rules, for the CHLO's SNI tag too
+    parse_client_hello,
+)
 
 __all__ = [
     "QUIC_V1",
@@ -48,9 +64,6 @@ __all__ = [
     "derive_initial_keys",
     "is_quic_long_header_initial",
 ]
-
-QUIC_V1 = 0x00000001
-QUIC_V2 = 0x6B3343CF
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,22 +77,15 @@ class _Version:
 
 
 _VERSIONS: dict[int, _Version] = {
-    QUIC_V1: _Version(
-        bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
-        b"quic key",
-        b"quic iv",
-        b"quic hp",
-        initial=0b00,
-        retry=0b11,
-    ),
-    QUIC_V2: _Version(
-        bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"),
-        b"quicv2 key",
-        b"quicv2 iv",
-        b"quicv2 hp",
-        initial=0b01,
-        retry=0b00,
-    ),
+    version: _Version(
+        bytes.fromhex(salt),
+        f"{prefix} key".encode(),
+        f"{prefix} iv".encode(),
+        f"{prefix} hp".encode(),
+        initial=initial,
+        retry=retry,
+    )
+    for version, (_name, salt, prefix, initial, retry) in INITIAL_VERSIONS.items()
 }
 _INITIAL_TYPE = {v: p.initial for v, p in _VERSIONS.items()}
 
@@ -138,9 +144,21 @@ class _Keys:
 
 
 class _Conn:
-    __slots__ = ("odcid", "scid", "cids", "largest_pn", "buf", "pending", "pending_bytes", "total")
+    __slots__ = (
+        "odcid",
+        "scid",
+        "cids",
+        "largest_pn",
+        "buf",
+        "pending",
+        "pending_bytes",
+        "total",
+        "chlo",
+        "crypto_type",
+        "ping_type",
+    )
 
-    def __init__(self, odcid: bytes, scid: bytes) -> None:
+    def __init__(self, odcid: bytes, scid: bytes, version: int) -> None:
         self.odcid = odcid  # the DCID the client's Initial keys come from
         self.scid = scid  # the client's SCID: a packet sent to it comes from the server
         self.cids = {odcid}  # DCIDs seen on this connection's client packets
@@ -148,11 +166,15 @@ class _Conn:
         self.buf = bytearray()  # CRYPTO stream, contiguous from offset 0
         self.pending: dict[int, bytes] = {}  # fragments past the end of buf
         self.pending_bytes = 0
-        self.total = 0  # 4 + ClientHello length, once known
+        self.total = 0  # 4 + ClientHello length, once known (CHLO: its whole length)
+        self.chlo = version in CHLO_VERSIONS  # the CRYPTO stream holds a CHLO, not TLS
+        gquic = version in GQUIC_FRAMES  # Google QUIC frame types
+        self.crypto_type, self.ping_type = (0x08, 0x07) if gquic else (0x06, 0x01)
 
 
 def is_quic_long_header_initial(datagram: bytes) -> bool:
-    """Cheap check: does the datagram start with a QUIC v1/v2 long-header Initial packet?"""
+    """Cheap check: does the datagram start with a long-header Initial packet of a version
+    whose Initial keys are known?"""
     try:
         if len(datagram) < 7 or not datagram[0] & 0x80:
             return False
@@ -253,6 +275,10 @@ class QuicInitialTracker:
     def _feed(self, d: bytes, flow_key: Hashable) -> ClientHelloInfo | None:
         n = len(d)
         pos = 0
+        if n >= 7 and (
+            d[1:5] in PLAIN_GQUIC or (not d[0] & 0x80 and d[0] & 9 == 9 and d[9:13] in PLAIN_GQUIC)
+        ):
+            return self._plain_chlo(d, flow_key)
         while pos + 7 <= n:
             b0 = d[pos]
             if not b0 & 0x80:
@@ -351,7 +377,7 @@ class QuicInitialTracker:
             if len(self._conns) >= self.max_connections:
                 del self._conns[next(iter(self._conns))]
                 self.evicted += 1
-            conn = self._conns[flow_key] = _Conn(dcid, scid)
+            conn = self._conns[flow_key] = _Conn(dcid, scid, version)
             self._done.pop(flow_key, None)
         conn.cids.add(dcid)
         if pn > conn.largest_pn:
@@ -365,7 +391,8 @@ class QuicInitialTracker:
             self._finish(flow_key, conn)
             return None
         if conn.total and len(conn.buf) >= conn.total:
-            info = parse_client_hello(bytes(conn.buf[: conn.total]))
+            msg = bytes(conn.buf[: conn.total])
+            info = parse_chlo(msg) if conn.chlo else parse_client_hello(msg)
             self._finish(flow_key, conn)
             if info is None:
                 self.not_client_hello += 1
@@ -409,7 +436,7 @@ class QuicInitialTracker:
                     if m is None:
                         break
                     i = m.start()
-                elif ft == 0x06:  # CRYPTO
+                elif ft == conn.crypto_type:  # CRYPTO
                     off, i = _varint(b, i + 1)
                     length, i = _varint(b, i)
                     if i + length > n:
@@ -417,8 +444,12 @@ class QuicInitialTracker:
                     if not self._crypto(conn, off, b[i : i + length]):
                         return False
                     i += length
-                elif ft == 0x01:  # PING
+                elif ft == conn.ping_type:  # PING
                     i += 1
+                elif conn.crypto_type == 0x08:  # Google QUIC frames: nothing else is read
+                    if ft == 0x02:  # CONNECTION_CLOSE
+                        raise _Closed
+                    break
                 elif ft == 0x02 or ft == 0x03:  # ACK
                     _, i = _varint(b, i + 1)  # largest acknowledged
                     _, i = _varint(b, i)  # ack delay
@@ -472,7 +503,15 @@ class QuicInitialTracker:
                 if conn.pending_bytes > limit:
                     self.crypto_overflow += 1
                     return False
-        if not conn.total and len(buf) >= 4:
+        if not conn.total and conn.chlo:
+            conn.total = chlo_length(buf)
+            if conn.total < 0:
+                self.not_client_hello += 1
+                return False
+            if conn.total > limit:
+                self.crypto_overflow += 1
+                return False
+        elif not conn.total and len(buf) >= 4:
             if buf[0] != 1:  # the client's first handshake message must be a ClientHello
                 self.not_client_hello += 1
                 return False
@@ -482,6 +521,27 @@ class QuicInitialTracker:
                 return False
         return True
 
+    def _plain_chlo(self, d: bytes, flow_key: Hashable) -> ClientHelloInfo | None:
+        """Google QUIC before Q050: the CHLO is in the clear, in the client's first packets;
+        read when the whole message is in this datagram."""
+        if flow_key in self._done:
+            return None
+        at = d.find(b"CHLO")
+        if at < 0:
+            return None
+        total = chlo_length(d[at:])
+        if total <= 0 or at + total > len(d):
+            return None
+        info = parse_chlo(d[at : at + total])
+        self._done[flow_key] = set()
+        if len(self._done) > self.max_connections:
+            del self._done[next(iter(self._done))]
+        if info is None:
+            self.not_client_hello += 1
+            return None
+        self.client_hellos += 1
+        return info
+
     def _finish(self, flow_key: Hashable, conn: _Conn) -> None:
         self._conns.pop(flow_key, None)
         if len(self._done) >= self.max_connections:
@@ -490,3 +550,48 @@ class QuicInitialTracker:
         if conn.scid:
             conn.cids.add(conn.scid)
         self._done[flow_key] = conn.cids
+
+
+# -- Google QUIC's handshake message ----------------------------------------------------
+
+_TAG_SNI = b"SNI\x00"
+_MAX_TAGS = 128
+
+
+def chlo_length(b: bytes | bytearray) -> int:
+    """The whole length of the QUIC Crypto handshake message (tag ``CHLO``, a little-endian
+    entry count and padding, then (tag, end offset) entries and the values) starting ``b``:
+    0 when more bytes are needed to tell, -1 when it is not a CHLO."""
+    if len(b) < 8:
+        return 0 if bytes(b[:4]) == b"CHLO"[: len(b[:4])] else -1
+    if bytes(b[:4]) != b"CHLO":
+        return -1
+    count = b[4] | b[5] << 8
+    if count > _MAX_TAGS:
+        return -1
+    head = 8 + 8 * count
+    if len(b) < head:
+        return 0
+    last = struct.unpack_from("<I", b, head - 4)[0] if count else 0
+    return head + last
+
+
+def parse_chlo(msg: bytes) -> ClientHelloInfo | None:
+    """A CHLO's server name (tag ``SNI``) as a :class:`ClientHelloInfo` (no TLS fields);
+    None when the message is malformed."""
+    total = chlo_length(msg)
+    if total <= 0 or total > len(msg):
+        return None
+    count = msg[4] | msg[5] << 8
+    base = 8 + 8 * count
+    start = 0
+    sni = None
+    for i in range(count):
+        tag = msg[8 + 8 * i : 12 + 8 * i]
+        end = struct.unpack_from("<I", msg, 12 + 8 * i)[0]
+        if end < start or base + end > total:
+            return None
+        if tag == _TAG_SNI:
+            sni = _decode_host(msg[base + start : base + end])
+        start = end
+    return ClientHelloInfo(sni=sni, ech=False, legacy_version=0, versions=(), alpn=())

@@ -7,7 +7,7 @@ scan); pandas folds those small aggregates into the report's tables.
 
 Definitions (also printed in the report's methods section):
 
-* **Period** ``[since, until)`` in UTC; the **previous period** is the one before it
+* **Period** ``[since, until)``, in calendar days of ``--tz`` (default UTC); the **previous period** is the one before it
   (the previous day, the previous ISO week, the previous calendar month, or for
   ``--since/--until`` the same length immediately before).
 * **Requests**: stored LLM observations whose timestamp falls in the period.
@@ -25,15 +25,18 @@ import calendar
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 
 from monitor import __version__
 from monitor.observation import iso_datetime as _iso
 from monitor.policy import SEVERITIES
+from monitor.report.findings import findings_part
+from monitor.report.processing import processing_summary
 from monitor.store import Rows, Store, TrafficFilter
 
 if TYPE_CHECKING:
@@ -57,11 +60,13 @@ _DAY = 86400
 
 @dataclass(frozen=True)
 class Window:
-    """A report period ``[since, until)`` in UTC."""
+    """A report period ``[since, until)``: calendar days of the time zone ``tz`` (UTC unless
+    asked), held as UTC instants."""
 
     period: str  # daily | weekly | monthly | custom
     since: datetime
     until: datetime
+    tz: str = "UTC"
 
     @property
     def seconds(self) -> float:
@@ -69,31 +74,37 @@ class Window:
 
     @property
     def first_day(self) -> str:
-        return self.since.strftime("%Y-%m-%d")
+        return self.since.astimezone(_zone(self.tz)).strftime("%Y-%m-%d")
 
     @property
     def last_day(self) -> str:
-        """The last UTC day that has any of the period in it (inclusive)."""
-        return (self.until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+        """The last day (in ``tz``) that has any of the period in it (inclusive)."""
+        last = self.until - timedelta(microseconds=1)
+        return last.astimezone(_zone(self.tz)).strftime("%Y-%m-%d")
 
     @property
     def label(self) -> str:
         if self.period == "daily":
             return self.first_day
         if self.period == "weekly":
-            year, week, _ = self.since.isocalendar()
+            year, week, _ = self.since.astimezone(_zone(self.tz)).isocalendar()
             return f"{year}-W{week:02d} ({self.first_day} – {self.last_day})"
         if self.period == "monthly":
-            return self.since.strftime("%Y-%m")
+            return self.first_day[:7]
         return f"{_iso(self.since)} – {_iso(self.until)}"
 
     def previous(self) -> Window:
         if self.period == "monthly":
-            start = (self.since - timedelta(days=1)).replace(day=1)
-            return Window(self.period, start, self.since)
+            local = self.since.astimezone(_zone(self.tz)).date()
+            start = _midnight((local - timedelta(days=1)).replace(day=1), self.tz)
+            return Window(self.period, start, self.since, self.tz)
         if self.period in ("daily", "weekly"):
-            return Window(self.period, self.since - (self.until - self.since), self.since)
-        return Window("custom", self.since - (self.until - self.since), self.since)
+            days = round(self.seconds / _DAY)  # whole local days, across a DST change too
+            local = self.since.astimezone(_zone(self.tz)).date()
+            return Window(
+                self.period, _midnight(local - timedelta(days=days), self.tz), self.since, self.tz
+            )
+        return Window("custom", self.since - (self.until - self.since), self.since, self.tz)
 
     def bucket(self) -> tuple[str, int]:
         """Timeline resolution: hours for a day or less, days up to ~2 months, else weeks."""
@@ -104,8 +115,10 @@ class Window:
         return "week", 7 * _DAY
 
 
-def period_window(period: str, day: date | None = None, today: date | None = None) -> Window:
-    """The ``period`` that contains ``day`` (default: yesterday, UTC).
+def period_window(
+    period: str, day: date | None = None, today: date | None = None, tz: str = "UTC"
+) -> Window:
+    """The ``period`` that contains ``day`` (default: yesterday), in calendar days of ``tz``.
 
     Run on a Monday, ``weekly`` is the week that just ended; run on the 1st, ``monthly`` is
     the month that just ended; ``daily`` is yesterday.
@@ -113,7 +126,7 @@ def period_window(period: str, day: date | None = None, today: date | None = Non
     if period not in PERIODS:
         raise ValueError(f"period must be one of {', '.join(PERIODS)}")
     if day is None:
-        day = (today or datetime.now(UTC).date()) - timedelta(days=1)
+        day = (today or datetime.now(_zone(tz)).date()) - timedelta(days=1)
     if period == "daily":
         start, end = day, day + timedelta(days=1)
     elif period == "weekly":
@@ -122,10 +135,12 @@ def period_window(period: str, day: date | None = None, today: date | None = Non
     else:
         start = day.replace(day=1)
         end = start + timedelta(days=calendar.monthrange(day.year, day.month)[1])
-    return Window(period, _midnight(start), _midnight(end))
+    return Window(period, _midnight(start, tz), _midnight(end, tz), tz)
 
 
-def custom_window(since: str, until: str | None = None, now: datetime | None = None) -> Window:
+def custom_window(
+    since: str, until: str | None = None, now: datetime | None = None, tz: str = "UTC"
+) -> Window:
     """``--since/--until`` (ISO 8601 UTC strings as :func:`monitor.timespec.parse_when` gives)."""
     start = _parse_iso(since)
     if until:
@@ -134,16 +149,21 @@ def custom_window(since: str, until: str | None = None, now: datetime | None = N
         end = (now or datetime.now(UTC)).replace(microsecond=0) + timedelta(seconds=1)
     if end <= start:
         raise ValueError("--until must be after --since")
-    return Window("custom", start, end)
+    return Window("custom", start, end, tz)
 
 
 def period_ended(window: Window, today: date) -> bool:
     """True when ``window`` ended exactly at the start of ``today`` (its report is due)."""
-    return window.until == _midnight(today)
+    return window.until == _midnight(today, window.tz)
 
 
-def _midnight(d: date) -> datetime:
-    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+def _zone(tz: str) -> tzinfo:
+    return UTC if tz == "UTC" else ZoneInfo(tz)
+
+
+def _midnight(d: date, tz: str = "UTC") -> datetime:
+    """The start of day ``d`` in ``tz``, as a UTC instant."""
+    return datetime(d.year, d.month, d.day, tzinfo=_zone(tz)).astimezone(UTC)
 
 
 def _parse_iso(text: str) -> datetime:
@@ -196,7 +216,9 @@ class Report:
     top_destinations: list[dict[str, Any]]
     relays: dict[str, Any]
     events: dict[str, Any]
+    processing: dict[str, Any] = field(default_factory=dict)  # where prompts are processed
     methods: dict[str, Any] = field(default_factory=dict)
+    findings: dict[str, Any] = field(default_factory=dict)  # see monitor.report.findings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,7 +249,7 @@ def build_report(app: ReportSource, q: ReportQuery) -> Report:
     win, prev = q.window, q.window.previous()
     f = TrafficFilter(q.sites, q.providers)
     bucket_name, width = win.bucket()
-    origin = _floor(win.since, width)  # buckets are whole UTC hours or days
+    origin = _floor(win.since, width, win.tz)  # buckets are whole hours or days of --tz
 
     # The heavy GROUP BYs run side by side, each on its own read-only connection: A the
     # cube (both periods, at the grain every traffic table and the timeline need), B who
@@ -237,6 +259,7 @@ def build_report(app: ReportSource, q: ReportQuery) -> Report:
         b = pool.submit(store.client_destinations, win.since, win.until, f)
         c = pool.submit(store.traffic_sources, win.since, win.until, f)
         d = pool.submit(store.distinct_clients, prev.since, prev.until, f)
+        e = pool.submit(store.processing_locations, win.since, win.until, f)
         catalog = app.catalog  # loads (pure Python) while SQLite works
         cube, who, sources = _frame(a.result()), _frame(b.result()), _frame(c.result())
         prev_clients = d.result()
@@ -282,6 +305,7 @@ def build_report(app: ReportSource, q: ReportQuery) -> Report:
         "until": _iso(win.until),
         "first_day": win.first_day,
         "last_day": win.last_day,
+        "tz": win.tz,
         "complete": now >= win.until,
         "previous": {"since": _iso(prev.since), "until": _iso(prev.until), "label": prev.label},
         "generated": _iso(now),
@@ -303,6 +327,8 @@ def build_report(app: ReportSource, q: ReportQuery) -> Report:
         relays=_relays(dest, who, catalog),
         events=store.status_changes(win.since, win.until, f, EVENT_LIMIT),
         methods=_methods(app, win, sources),
+        findings=findings_part(store, win, f, q.top, {e.id: e.name for e in catalog.entries()}),
+        processing=processing_summary(e.result(), app.config, catalog),
     )
 
 
@@ -417,9 +443,10 @@ def _breakdown(
     return out
 
 
-def _floor(when: datetime, width: int) -> datetime:
+def _floor(when: datetime, width: int, tz: str = "UTC") -> datetime:
     step = min(width, _DAY)  # weeks start on the day the period starts
-    return datetime.fromtimestamp(when.timestamp() // step * step, UTC)
+    offset = when.astimezone(_zone(tz)).utcoffset().total_seconds()  # type: ignore[union-attr]
+    return datetime.fromtimestamp((when.timestamp() + offset) // step * step - offset, UTC)
 
 
 def _timeline(
@@ -427,10 +454,12 @@ def _timeline(
 ) -> dict[str, Any]:
     n = max(1, int(-(-(win.until - origin).total_seconds() // width)))
     starts = [origin + timedelta(seconds=width * i) for i in range(n)]
-    fmt = "%Y-%m-%dT%H:00Z" if bucket_name == "hour" else "%Y-%m-%d"
+    fmt = "%Y-%m-%dT%H:00" if bucket_name == "hour" else "%Y-%m-%d"
+    fmt += "Z" if bucket_name == "hour" and win.tz == "UTC" else ""
+    zone = _zone(win.tz)
     out: dict[str, Any] = {
         "bucket": bucket_name,
-        "buckets": [s.strftime(fmt) for s in starts],
+        "buckets": [s.astimezone(zone).strftime(fmt) for s in starts],
         "series": [],
     }
     if not len(cur):

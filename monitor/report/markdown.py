@@ -140,6 +140,102 @@ def _incidents(items: list[dict[str, Any]]) -> str:
     )
 
 
+def _findings(fd: dict[str, Any]) -> list[str]:
+    """The findings first: what there is to decide, in plain words, then the list; the
+    detail (incidents) is the section further down."""
+    t = fd["totals"]
+    out = ["## Findings\n"]
+    out += [md(line, 400) + "\n" for line in fd["summary"]] or ["No findings in this period.\n"]
+    out.append(
+        f"{num(t['findings'])} finding(s) with activity in the period: {num(t['high'])} high or "
+        f"critical, {num(t['reopened'])} reopened during it, {num(t['open'])} open or reopened "
+        f"now, {num(t['excepted'])} under an exception. Detail: see *Incidents* below, or "
+        "`apiwatch incidents --finding ID`.\n"
+    )
+    out.append(
+        table(
+            [
+                "id",
+                "severity",
+                "rule",
+                "provider",
+                "site",
+                "egress",
+                "status",
+                "requests",
+                "clients",
+                "users",
+                "days",
+                "top users",
+            ],
+            [
+                [
+                    code(f["id"]),
+                    md(f["severity"]),
+                    md(f["rule"]),
+                    code(f["provider"]),
+                    code(f["site"]),
+                    code(f["egress_country"]),
+                    md(
+                        f["status"]
+                        + (" (reopened in period)" if f["reopened_in_period"] else "")
+                        + (
+                            f" (exception until {f['exception_until']})"
+                            if f["exception_until"]
+                            else ""
+                        )
+                    ),
+                    num(f["count"]),
+                    num(f["clients"]),
+                    num(f["users"]),
+                    num(f["days"]),
+                    ", ".join(f"{code(u['user'], 30)} ({num(u['count'])})" for u in f["top_users"])
+                    or "–",
+                ]
+                for f in fd["items"]
+            ],
+            right={7, 8, 9, 10},
+        )  # fmt: skip
+    )
+    ex = fd["exceptions"]
+    out.append("\n### Exceptions in force at the end of the period\n")
+    out.append(
+        table(
+            ["finding", "rule", "provider", "site", "until", "reason", "approver"],
+            [
+                [
+                    code(e["id"]),
+                    md(e["rule"]),
+                    code(e["provider"]),
+                    code(e["site"]),
+                    md(e["until"]),
+                    md(e["reason"], 120),
+                    md(e["approver"]),
+                ]
+                for e in ex["in_force"]
+            ],
+        )  # fmt: skip
+    )
+    out.append("\n### Exceptions that ran out during the period\n")
+    out.append(
+        table(
+            ["at", "finding", "rule", "provider", "site", "note"],
+            [
+                [
+                    md(e["at"]),
+                    code(e["id"]),
+                    md(e["rule"]),
+                    code(e["provider"]),
+                    code(e["site"]),
+                    md(e["note"], 120),
+                ]
+                for e in ex["expired"]
+            ],
+        )  # fmt: skip
+    )
+    return out
+
+
 def render_markdown(report: Report) -> str:
     r = report
     m = r.meta
@@ -164,6 +260,7 @@ def render_markdown(report: Report) -> str:
     if not m["complete"]:
         add(f"> **This period is not over yet**: the figures cover it up to {m['generated']}.\n")
 
+    out.extend(_findings(r.findings))
     add("## Summary\n")
     add(
         table(
@@ -317,6 +414,8 @@ def render_markdown(report: Report) -> str:
         )  # fmt: skip
     )
 
+    out.extend(_processing(r.processing))
+
     rl = r.relays
     add("\n## Relay use\n")
     add(f"{num(rl['requests'])} request(s) from {num(rl['clients'])} client(s) went to relays, aggregators, AI gateways or generic hosting often used as a relay.\n")  # fmt: skip
@@ -467,3 +566,37 @@ def render_markdown(report: Report) -> str:
         "resolved = resolved during it (audit trail).\n"
     )
     return "\n".join(out)
+
+
+def _processing(p: dict[str, Any]) -> list[str]:
+    t = p["totals"]
+    return [
+        "\n## Where prompts are processed\n",
+        f"{num(t['outside'])} request(s) were processed outside their site's residency requirement and {num(t['unverifiable'])} went where the processing location cannot be verified (global endpoints, unmapped resources); {num(t['inside'])} stayed inside it.\n",  # fmt: skip
+        table(
+            [
+                "site",
+                "requirement",
+                "processing geo",
+                "basis",
+                "regions",
+                "requests",
+                "blocked",
+                "status",
+            ],
+            [
+                [
+                    code(r["site"]),
+                    codes(r["requirement"], 6) if r["requirement"] else "-",
+                    code(r["processing_geo"]),
+                    md(r["residency_basis"]),
+                    codes(r["regions"], 3),
+                    num(r["requests"]),
+                    num(r["blocked"]),
+                    md(r["status"]),
+                ]
+                for r in p["rows"]
+            ],
+            right={5, 6},
+        ),  # fmt: skip
+    ]

@@ -20,6 +20,7 @@ from typing import Any
 
 from monitor.output import csv_text, json_text, spreadsheet_cell
 from monitor.report.data import Report
+from monitor.report.processing import csv_rows as processing_csv_rows
 
 CSV_COLUMNS = ("since", "until", "section", "key", "subkey", "metric", "value")
 
@@ -73,6 +74,7 @@ def csv_rows(report: Report) -> Iterator[tuple[str, Any, Any, str, Any]]:
     for d in report.top_destinations:
         for metric in ("requests", "blocked", "clients", "bytes_out", "bytes_in"):
             yield "top_destinations", d["dest_host"], d["provider"], metric, d[metric]
+    yield from processing_csv_rows(report.processing)
     yield "relays", "total", None, "requests", report.relays["requests"]
     yield "relays", "total", None, "clients", report.relays["clients"]
     for d in report.relays["hosts"]:
