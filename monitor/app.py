@@ -19,6 +19,7 @@ from monitor.alerts import Delivery, Dispatcher
 from monitor.catalog import Catalog, bundled_catalog
 from monitor.collectors import CollectOptions
 from monitor.config import Config, ConfigError, default_config_path, load_config
+from monitor.correlate import CorrelationResult, correlate
 from monitor.egress import EgressOptions, contradictions
 from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
@@ -302,6 +303,7 @@ class App:
         finally:
             if producers is not None:
                 producers.close()
+        summary.account(self.correlate([scan_id]).new)
         summary.warnings = contradictions(self.config.sites, self.geo, egress)
         self.apply_exceptions()
         if fail_on:
@@ -314,6 +316,11 @@ class App:
         for hook in self.after_evaluation:
             hook(self, [scan_id])
         return scan_id, summary
+
+    def correlate(self, scan_ids: list[int]) -> CorrelationResult:
+        """The correlation rules (egress-hopping) over the days these scans stored: run
+        after each scan and after re-evaluation."""
+        return correlate(self.store, self.catalog, self.rules, scan_ids)
 
     def settings_digest(self) -> str:
         """What evaluation depends on besides the logs: catalogue, geodata, rules, sites and

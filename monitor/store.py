@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
 from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
-from monitor.observation import iso_datetime, iso_utc
+from monitor.observation import iso_datetime, iso_day, iso_utc
 from monitor.rows import COL, TYPES
 
 if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -86,6 +86,7 @@ _INCIDENT_COLUMNS_V1: dict[str, type] = {
     "outcome": str,
     "status": str,
     "evidence": str,
+    "facts": str,  # JSON {field: [distinct values]}: what the rule's evidence fields showed
     "first_scan": int,
     "last_scan": int,
 }
@@ -455,6 +456,10 @@ class Store:
                              last=ts, evidence=[], first_scan=sid, last_scan=sid)  # fmt: skip
                 if len(d["evidence"]) < EVIDENCE_SAMPLES:
                     d["evidence"].append(f"{obs[_SOURCE]}:{obs[_LINE]}")
+                facts = inc.get("facts")
+                if facts and facts is not d.get("facts_of"):  # rows are shared: merge once each
+                    d["facts_of"] = facts
+                    d["facts"] = merge_facts(d.get("facts"), facts)
                 d["count"] += 1
                 d["blocked"] += obs[_OUTCOME] == "blocked"
                 d["bytes_out"] = _add(d["bytes_out"], obs[_OUT])
@@ -474,7 +479,7 @@ class Store:
             "INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits
         )
         result.rule_of.update({iid: (d["rule"], d["severity"]) for iid, d in deltas.items()})
-        before = self._evidence_of(list(deltas))
+        before, facts_before = self._evidence_of(list(deltas))
         result.updated_incidents |= set(before)
         result.new_incidents |= set(deltas) - set(before)
         for d in deltas.values():
@@ -490,6 +495,7 @@ class Store:
             "bytes_in",
             "outcome",
             "evidence",
+            "facts",
             "first_scan",
             "last_scan",
         ]
@@ -499,6 +505,11 @@ class Store:
             d["evidence"] = json.dumps(
                 (old + [e for e in d["evidence"] if e not in old])[:EVIDENCE_SAMPLES]
             )
+            facts = d.get("facts")
+            for name, values in (facts_before.get(iid) or {}).items():  # the stored ones
+                for value in values:
+                    facts = merge_facts(facts, {name: value})
+            d["facts"] = json.dumps(facts, sort_keys=True) if facts else None
             d["severity_rank"] = SEVERITY_RANK[d["severity"]]
             d["outcome"] = _outcome(d["blocked"], d["count"])
             rows.append([d[c] for c in cols])
@@ -517,18 +528,25 @@ class Store:
                              WHEN blocked + excluded.blocked = count + excluded.count THEN 'blocked'
                              ELSE 'mixed' END,
               evidence = excluded.evidence,
+              facts = excluded.facts,
               first_scan = min(coalesce(first_scan, excluded.first_scan), excluded.first_scan),
               last_scan = max(coalesce(last_scan, excluded.last_scan), excluded.last_scan)""",  # noqa: S608 - constants and placeholders only
             rows,
         )
 
-    def _evidence_of(self, ids: list[str]) -> dict[str, list[str]]:
-        """Evidence samples of the incidents among ``ids`` that already exist."""
+    def _evidence_of(
+        self, ids: list[str]
+    ) -> tuple[dict[str, list[str]], dict[str, dict[str, list[Any]]]]:
+        """Evidence samples and facts of the incidents among ``ids`` that already exist."""
         found: dict[str, list[str]] = {}
+        facts: dict[str, dict[str, list[Any]]] = {}
         for chunk, marks in _chunks(ids):
-            sql = f"SELECT id, evidence FROM incidents WHERE id IN ({marks})"  # noqa: S608
-            found.update((r[0], json.loads(r[1] or "[]")) for r in self.db.execute(sql, chunk))
-        return found
+            sql = f"SELECT id, evidence, facts FROM incidents WHERE id IN ({marks})"  # noqa: S608
+            for r in self.db.execute(sql, chunk):
+                found[r[0]] = json.loads(r[1] or "[]")
+                if r[2]:
+                    facts[r[0]] = json.loads(r[2])
+        return found, facts
 
     # -- findings ---------------------------------------------------------------------------
 
@@ -1155,6 +1173,41 @@ class Store:
         for row in self.db.query(sql, params):
             yield _incident_out(row)
 
+    def discovered(
+        self, since: float | None = None, host: str | None = None, samples: int = 5
+    ) -> list[dict[str, Any]]:
+        """Hosts outside the catalogue reached with LLM-shaped requests (provider kind
+        ``unknown``), newest first: when, how often, from which clients, and why (the
+        signatures that matched, the User-Agents, URLs and addresses seen; ``samples`` of
+        each)."""
+        where, params = ["provider_kind = 'unknown'"], []
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        if host is not None:
+            where.append("dest_host = ?")
+            params.append(host)
+        sql = f"""SELECT dest_host AS host, min(ts) AS first, max(ts) AS last,
+                    count(*) AS requests, count(DISTINCT client_ip) AS client_count,
+                    json_group_array(DISTINCT client_ip) AS clients,
+                    json_group_array(DISTINCT match_pattern) AS evidence,
+                    json_group_array(DISTINCT user_agent) AS user_agents,
+                    json_group_array(DISTINCT url) AS urls,
+                    json_group_array(DISTINCT dest_ip) AS addresses,
+                    json_group_array(DISTINCT ja4) AS ja4
+                  FROM observations WHERE {" AND ".join(where)}
+                  GROUP BY dest_host ORDER BY last DESC, host"""  # noqa: S608 - constants
+        out = []
+        for row in self.db.query(sql, params):
+            item = {"host": row["host"], "first_seen": iso_utc(row["first"]),
+                    "last_seen": iso_utc(row["last"]), "requests": row["requests"],
+                    "client_count": row["client_count"]}  # fmt: skip
+            for key in ("clients", "evidence", "user_agents", "urls", "addresses", "ja4"):
+                values = sorted(v for v in json.loads(row[key]) if v is not None)
+                item[key] = values[:samples]
+            out.append(item)
+        return out
+
     def present(self, column: str, values: Sequence[str]) -> set[str]:
         """Which of ``values`` some incident holds in ``column`` (to tell a typo from a quiet
         week)."""
@@ -1167,6 +1220,106 @@ class Store:
             sql = f"SELECT DISTINCT {column} FROM incidents WHERE {column} IN ({marks})"  # noqa: S608
             found.update(r[0] for r in self.db.execute(sql, chunk))
         return found
+
+    # -- correlation (monitor.correlate) --------------------------------------------------
+
+    def scan_days(self, scan_ids: Sequence[int]) -> list[str]:
+        """The UTC days the scans ``scan_ids`` stored observations for."""
+        days: set[str] = set()
+        for chunk, marks in _chunks(scan_ids):
+            sql = f"SELECT DISTINCT day FROM observations WHERE scan_id IN ({marks})"  # noqa: S608
+            days.update(r[0] for r in self.db.execute(sql, chunk))
+        return sorted(days)
+
+    def egress_groups(self, start: float, end: float) -> list[tuple[str, str, int, str]]:
+        """Who (the user, else the client address) reached which provider in ``[start,
+        end)``: (who, provider, how many egress countries, the first of them)."""
+        return [tuple(r) for r in self.db.execute(
+            f"""SELECT coalesce(user, client_ip) AS who, provider,
+                      count(DISTINCT egress_country), min(egress_country)
+               FROM observations WHERE {_EGRESS_HISTORY}
+               GROUP BY who, provider ORDER BY who, provider""",  # noqa: S608 - constants
+            [iso_day(start), iso_day(end), start, end])]  # fmt: skip
+
+    def egress_buckets(
+        self, start: float, end: float, who: Sequence[str]
+    ) -> list[tuple[str, str, str, float, float, int]]:
+        """For the clients ``who``: which provider they reached through which egress country,
+        per hour of ``[start, end)``: (who, provider, country, first ts, last ts, records)."""
+        out: list[tuple[str, str, str, float, float, int]] = []
+        for chunk, marks in _chunks(sorted(set(who))):
+            out.extend(tuple(r) for r in self.db.execute(
+                f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
+                          min(ts), max(ts), count(*)
+                   FROM observations WHERE {_EGRESS_HISTORY} AND who IN ({marks})
+                   GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
+                   ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants, placeholders
+                [iso_day(start), iso_day(end), start, end, *chunk]))  # fmt: skip
+        return out
+
+    def replace_correlated(
+        self,
+        rule: str,
+        first_day: str,
+        last_day: str,
+        rows: Sequence[dict[str, Any]],
+        scan_id: int | None,
+    ) -> tuple[int, IngestResult]:
+        """Make the incidents ``rule`` raised on ``[first_day, last_day]`` exactly ``rows``
+        (recomputed from the history): counts and facts are replaced, not added, so running
+        the correlation again changes nothing; open incidents it no longer raises go (the
+        acknowledged and resolved stay, with their audit trail). Returns (removed, new and
+        updated incidents)."""
+        result = IngestResult()
+        with self._tx():
+            old = {r[0]: r[1] for r in self.db.execute(
+                "SELECT id, count FROM incidents WHERE rule = ? AND day >= ? AND day <= ?",
+                [rule, first_day, last_day])}  # fmt: skip
+            ids = {r["id"] for r in rows}
+            stale = sorted(set(old) - ids)
+            removed = 0
+            for chunk, marks in _chunks(stale):
+                removed += self.db.execute(
+                    f"DELETE FROM incidents WHERE status = 'open' AND id IN ({marks})",  # noqa: S608
+                    chunk,
+                ).rowcount
+            cols = [*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
+                    "blocked", "outcome", "evidence", "facts", "first_scan", "last_scan"]  # fmt: skip
+            values = []
+            hits: list[tuple[str, int]] = []
+            for r in rows:
+                # the records behind it: the client's, with the provider, through the countries
+                who, provider, first, last, countries = r["span"]
+                marks = ", ".join("?" * len(countries))
+                found = [x[0] for x in self.db.execute(
+                    f"""SELECT id FROM observations WHERE day >= ? AND day <= ? AND ts >= ?
+                         AND ts <= ? AND provider = ? AND coalesce(user, client_ip) = ?
+                         AND egress_country IN ({marks})""",  # noqa: S608 - placeholders
+                    [iso_day(first), iso_day(last), first, last, provider, who, *countries])]  # fmt: skip
+                self.db.execute("DELETE FROM hits WHERE incident_id = ?", [r["id"]])
+                hits.extend((r["id"], oid) for oid in found)
+                r = {**r, "count": len(found)}
+                d = {**r, "severity_rank": SEVERITY_RANK[r["severity"]], "blocked": 0,
+                     "outcome": "allowed", "evidence": "[]",
+                     "facts": json.dumps(r.get("facts") or {}, sort_keys=True),
+                     "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
+                values.append([d.get(c) for c in cols])
+                result.rule_of[r["id"]] = (r["rule"], r["severity"])
+                if r["id"] not in old:
+                    result.new_incidents.add(r["id"])
+                elif old[r["id"]] != r["count"]:  # recomputed the same: nothing happened
+                    result.updated_incidents.add(r["id"])
+            self.db.conn.executemany(
+                f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
+                ON CONFLICT(id) DO UPDATE SET first_seen = excluded.first_seen,
+                  last_seen = excluded.last_seen, count = excluded.count,
+                  facts = excluded.facts, last_scan = excluded.last_scan""",  # noqa: S608
+                values,
+            )
+            self.db.conn.executemany("INSERT OR IGNORE INTO hits VALUES (?, ?)", hits)
+            if self.emit_events:  # alerts, as for the findings a scan raises
+                self._emit_changes(result)
+        return removed, result
 
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
         """One incident by id or unique id prefix, with its sample records."""
@@ -1777,6 +1930,14 @@ def _schema_v6(db: sqlite_utils.Database) -> None:
     )
 
 
+def _schema_v7(db: sqlite_utils.Database) -> None:
+    """Who is calling (the ClientHello's JA4, the User-Agent) and what the rules saw."""
+    for table, name in (("observations", "ja4"), ("observations", "user_agent"),
+                        ("incidents", "facts")):  # fmt: skip
+        if name not in db[table].columns_dict:  # v1 creates incidents as they are now
+            db[table].add_column(name, str)
+
+
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -1784,6 +1945,7 @@ MIGRATIONS = {
     4: _schema_v4,
     5: _schema_v5,
     6: _schema_v6,
+    7: _schema_v7,
 }
 
 #: (status before, status after) → the event a status change raises
@@ -1821,6 +1983,13 @@ def _span(since: datetime, until: datetime) -> tuple[str, list[Any]]:
     ]
 
 
+#: observations of a time span that tell a client's egress country with a provider
+_EGRESS_HISTORY = (
+    "day >= ? AND day <= ? AND ts >= ? AND ts < ? AND egress_country IS NOT NULL"
+    " AND coalesce(user, client_ip) IS NOT NULL AND provider_kind IN ('api', 'consumer')"
+)
+
+
 def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
     """``ids`` in slices small enough for one ``IN (…)``, with their placeholders."""
     for i in range(0, len(ids), _IN_CHUNK):
@@ -1845,7 +2014,28 @@ def _incident_out(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out.pop("severity_rank", None)
     out["evidence"] = json.loads(out.get("evidence") or "[]")
+    out["facts"] = json.loads(out.get("facts") or "{}")
     return out
+
+
+def merge_facts(
+    old: dict[str, list[Any]] | None, new: dict[str, Any], limit: int = EVIDENCE_SAMPLES
+) -> dict[str, list[Any]]:
+    """``old`` with the values of ``new`` added: per field, distinct values, the ``limit``
+    first in a fixed order (whatever order records arrive in: scans are deterministic)."""
+    out = {k: list(v) for k, v in (old or {}).items()}
+    for name, value in new.items():
+        seen = out.setdefault(name, [])
+        if value not in seen:
+            seen.append(value)
+            if len(seen) > 1:
+                seen.sort(key=_fact_key)
+                del seen[limit:]
+    return out
+
+
+def _fact_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _rolled(row: dict[str, Any]) -> dict[str, Any]:

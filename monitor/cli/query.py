@@ -134,10 +134,16 @@ def show(ctx, incident_id, as_json, samples):
     records = inc.pop("records")
     events = inc.pop("events")
     tops = {k: inc.pop(k) for k in list(inc) if k.startswith("top_")}
-    width = max(len(k) for k in inc)
+    facts = inc.pop("facts", None) or {}
+    width = max(len(k) for k in [*inc, *(f"  {f}" for f in facts)])
     for key, value in inc.items():
         shown = ", ".join(value) if isinstance(value, list) else value
         click.echo(f"{key:<{width}}  {safe_text(shown, 200)}")
+    if facts:  # what the rule's evidence fields showed
+        click.echo("facts:")
+        for name, values in facts.items():
+            shown = ", ".join(json_text(v) for v in values)
+            click.echo(f"{'  ' + name:<{width}}  {safe_text(shown, 200)}")
     for key, rows in tops.items():
         if rows:
             click.echo(f"\n{key.replace('_', ' ')}:")
