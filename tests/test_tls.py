@@ -306,7 +306,10 @@ def test_malformed_lengths_give_none():
     # a hello with no extensions at all (SSLv3 style)
     bare = hs[4:start]
     msg = b"\x01" + len(bare).to_bytes(3, "big") + bare
-    assert parse_client_hello(msg) == ClientHelloInfo(None, False, 0x0303, (), ())
+    # JA4: TLS 1.2, no SNI (i), 18 suites, no extensions, no ALPN (00), empty extension hash
+    assert parse_client_hello(msg) == ClientHelloInfo(
+        None, False, 0x0303, (), (), "t12i180000_85036bcba153_000000000000"
+    )
 
 
 # --- real captures: Zeek and JA4 TLS-over-TCP pcaps -----------------------------------------
