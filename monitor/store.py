@@ -220,8 +220,13 @@ _SEVERITY_OF_RANK = {rank: name for name, rank in SEVERITY_RANK.items()}
 class Store:
     """One apiwatch database file. Open it, ingest batches, query incidents."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """Open (or create) the database. ``readonly``: open an existing file for queries
+        only (SQLite ``mode=ro``, and ``immutable`` when no WAL index can be made there: a
+        read-only mount, a directory the user cannot write, an auditor's copy)."""
         self.path = Path(path).expanduser()
+        self.readonly = readonly
+        self._ro_uri = f"{self.path.resolve().as_uri()}?mode=ro"
         #: write finding events to the outbox (on when sinks are configured: see App)
         self.emit_events = False
         self.digest_seconds = DEFAULT_DIGEST_SECONDS
@@ -229,19 +234,39 @@ class Store:
         self.listeners: list[Callable[[], None]] = []
         self._emitted = 0  # events written by the transaction in progress
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():  # create it private: it holds client addresses and users
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            if readonly:
+                conn = self._connect_readonly()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if not self.path.exists():  # create it private: it holds addresses and users
+                    os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db = _sqlite_utils().Database(conn)
             self.db.execute("PRAGMA busy_timeout = 30000")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = NORMAL")
             self.db.execute("PRAGMA cache_size = -65536")  # 64 MB: index pages stay in memory
-            self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
             self._migrate()
         except (OSError, sqlite3.DatabaseError) as exc:
-            raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
+            raise StoreError(database_problem(self.path, exc, "cannot open database")) from exc
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: no such database")
+        for uri in (self._ro_uri, self._ro_uri + "&immutable=1"):
+            conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:  # a WAL index (-shm) cannot be made here
+                conn.close()
+                if uri.endswith("immutable=1"):
+                    raise
+                continue
+            self._ro_uri = uri  # the report's worker connections open it the same way
+            return conn
+        raise AssertionError("unreachable")
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -278,6 +303,13 @@ class Store:
             )
         if version == SCHEMA_VERSION:
             return
+        if self.readonly:
+            raise StoreError(
+                f"{self.path}: schema version {version}, this apiwatch reads {SCHEMA_VERSION}: "
+                "a scan with write access upgrades it"
+                if version
+                else f"{self.path}: not an apiwatch database"
+            )
         if version == 0 and self.db.table_names():
             raise StoreError(
                 f"{self.path}: not an apiwatch database (has tables, no schema version)"
@@ -337,6 +369,23 @@ class Store:
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
+
+    def claim_privacy_mode(self, mode: str) -> str:
+        """The privacy mode of the database's data (see :func:`monitor.privacy.privacy_mode`),
+        recorded by its first scan: one database never mixes pseudonyms with real addresses,
+        or the pseudonyms of two keys. Returns the recorded mode (``mode`` if it was none)."""
+        with self._tx():
+            recorded = self._meta("privacy")
+            if recorded is None:  # a database older than the record: what its rows hold
+                seen = self.db.execute(
+                    "SELECT client_ip LIKE 'anon:%' FROM observations"
+                    " WHERE client_ip IS NOT NULL LIMIT 1"
+                ).fetchone()
+                if seen is not None and bool(seen[0]) != (mode != "plain"):
+                    return "pseudonymized:(key not recorded)" if seen[0] else "plain"
+                self.db["meta"].upsert({"key": "privacy", "value": mode}, pk="key")
+                return mode
+        return recorded
 
     def pruned_before(self) -> str | None:
         """The first UTC day whose traffic detail is still kept (None: never pruned)."""
@@ -1370,29 +1419,37 @@ class Store:
             ).rowcount
         return {"observations": observations, "hits": hits, "alert_events": alert_events}
 
+    def damage(self) -> str | None:
+        """What SQLite's quick check finds wrong (None: nothing). It reads every page once,
+        so a scan runs it before writing, not each query."""
+        try:
+            found = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if found == ["ok"] else "; ".join(found).replace("\n", " ")
+
     def check(self) -> dict[str, Any]:
         """Integrity, schema version and table sizes, for ``apiwatch db check``."""
-        integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
-        counts = {
-            t: self.db[t].count
-            for t in (
-                "scans",
-                "observations",
-                "hits",
-                "incidents",
-                "incident_events",
-                "sources",
-                "findings",
-                "finding_events",
-            )  # fmt: skip
-        }
-        orphans = self.db.execute(
-            "SELECT count(*) FROM hits WHERE incident_id NOT IN (SELECT id FROM incidents)"
-        ).fetchone()[0]
-        unrolled = self.db.execute(
-            "SELECT count(*) FROM incidents WHERE finding_id IS NULL"
-            " OR finding_id NOT IN (SELECT id FROM findings)"
-        ).fetchone()[0]
+        try:
+            integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as exc:  # too damaged to walk
+            integrity = [str(exc)]
+        counts: dict[str, int | str] = {}
+        orphans: int | None = None
+        unrolled: int | None = None
+        try:  # a damaged database may not answer these: what it says is the report
+            for t in ("scans", "observations", "hits", "incidents", "incident_events", "sources",
+                      "findings", "finding_events"):  # fmt: skip
+                counts[t] = self.db[t].count
+            orphans = self.db.execute(
+                "SELECT count(*) FROM hits WHERE incident_id NOT IN (SELECT id FROM incidents)"
+            ).fetchone()[0]
+            unrolled = self.db.execute(
+                "SELECT count(*) FROM incidents WHERE finding_id IS NULL"
+                " OR finding_id NOT IN (SELECT id FROM findings)"
+            ).fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            counts[t] = f"unreadable ({exc})"
         return {
             "path": str(self.path),
             "schema_version": self.db.execute("PRAGMA user_version").fetchone()[0],
@@ -1644,8 +1701,7 @@ class Store:
 
     def _read_only(self, sql: str, params: Sequence[Any]) -> Rows:
         """One query on its own read-only connection (safe to run in a worker thread)."""
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        con = sqlite3.connect(uri, uri=True, timeout=30)
+        con = sqlite3.connect(self._ro_uri, uri=True, timeout=30)
         try:
             con.execute("PRAGMA busy_timeout = 30000")
             con.execute("PRAGMA cache_size = -65536")
@@ -1939,6 +1995,19 @@ def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
     for i in range(0, len(ids), _IN_CHUNK):
         chunk = list(ids[i : i + _IN_CHUNK])
         yield chunk, ", ".join("?" * len(chunk))
+
+
+def database_problem(path: Path, exc: BaseException, doing: str = "database error") -> str:
+    """One line for a failure SQLite reported: the file, what is wrong, what to do."""
+    text = str(exc)
+    if "full" in text:
+        return (
+            f"{path}: {text}: what was committed is kept; free space and run the command "
+            "again (a scan resumes where its last commit left off)"
+        )
+    if "readonly" in text or "read-only" in text:
+        return f"{path}: {text}: this command needs write access to the database and its directory"
+    return f"{path}: {doing}: {text}; run `apiwatch --db {path} db check`"
 
 
 def _incident_out(row: dict[str, Any]) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def incidents(ctx, finding, limit, out, spreadsheet_safe, **filters):
     apiwatch incidents --json | jq -r 'select(.count > 100) | .id'
     """
     q = query_of(filters, limit=limit, finding=finding)
-    app = app_of(ctx)
+    app = app_of(ctx).for_reading()
     try:
         rows = list(app.store.incidents(q))
     except KeyError as exc:
@@ -117,7 +117,7 @@ def show(ctx, incident_id, as_json, samples):
     apiwatch show 3f9a --json | jq '.records[].url'
     """
     finding = is_finding_id(incident_id)
-    store = app_of(ctx).store
+    store = app_of(ctx).for_reading().store
     try:
         inc = (
             store.finding(incident_id, samples=samples)
