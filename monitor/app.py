@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,14 +19,15 @@ from monitor.alerts import Delivery, Dispatcher
 from monitor.catalog import Catalog, bundled_catalog
 from monitor.collectors import CollectOptions
 from monitor.config import Config, ConfigError, default_config_path, load_config
+from monitor.correlate import CorrelationResult, correlate
 from monitor.egress import EgressOptions, contradictions
 from monitor.geo import GeoResolver, GeoSource
 from monitor.pipeline import Pipeline, ScanSummary
 from monitor.policy import Pack, RuleSet, default_packs, load_packs, with_packs
-from monitor.privacy import PrivacyError, Pseudonymizer
+from monitor.privacy import PrivacyError, Pseudonymizer, privacy_mode
 from monitor.resources import geodata_dir, rules_dir
 from monitor.scanner import Scanner
-from monitor.store import Store
+from monitor.store import Store, StoreError, database_problem
 
 STALE_GEODATA_DAYS = 183
 
@@ -115,8 +117,16 @@ class App:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.read_only = False  # queries and reports: open the database read-only
+        self._checked = False  # the database passed SQLite's quick check in this process
         #: called with (app, scan ids) after each scan and re-evaluation (correlation steps)
         self.after_evaluation: list[Callable[[App, list[int]], None]] = []
+
+    def for_reading(self) -> App:
+        """Open the database read-only when first used (an auditor's copy, a read-only
+        mount, a directory the user cannot write): for commands that only query it."""
+        self.read_only = True
+        return self
 
     @cached_property
     def config(self) -> Config:
@@ -167,7 +177,10 @@ class App:
 
     @cached_property
     def store(self) -> Store:
-        store = Store(self.db_path)
+        readonly = self.read_only and self.db_path.exists()  # none yet: an empty one
+        store = Store(self.db_path, readonly=readonly)
+        if readonly:  # queries: nothing is stored, no outbox to fill
+            return store
         store.emit_events = bool(self.config.alerts)  # the outbox fills only when someone reads it
         for spec in self.config.alerts:  # before anything is stored: its events are theirs
             store.register_sink(spec.name, spec.kind)
@@ -255,6 +268,16 @@ class App:
             "pseudonymize": pipeline.pseudonymizer is not None,
             "rules": [r.id for r in self.rules.rules],
         }
+        if not self._checked:  # never add to a database SQLite finds damaged
+            if damage := self.store.damage():
+                raise StoreError(
+                    f"{self.db_path}: the database is damaged ({damage}); nothing was scanned; "
+                    f"run `apiwatch --db {self.db_path} db check`"
+                )
+            self._checked = True
+        mode = privacy_mode(pipeline.pseudonymizer)
+        if (recorded := self.store.claim_privacy_mode(mode)) != mode:
+            raise StoreError(f"{self.db_path}: {_privacy_mismatch(recorded, mode)}")
         producers = None
         if cluster:
             from monitor.cluster import ClusterProducers  # Dask loads only for a cluster scan
@@ -267,13 +290,20 @@ class App:
             jobs = jobs or producers.threads  # split big inputs into that many parts at least
             paths = [p if p == "-" or "://" in p else os.path.abspath(p) for p in paths]
         scan_id = self.store.start_scan(paths, options)
+        scanner = Scanner(pipeline, self.store, jobs, full, producers)
         try:
-            summary = Scanner(pipeline, self.store, jobs, full, producers).run(
-                paths, scan_id, on_read
-            )
+            summary = scanner.run(paths, scan_id, on_read)
+        except sqlite3.DatabaseError as exc:  # a full disk, a damaged file: say what is kept
+            done = scanner.summary
+            raise StoreError(
+                f"{database_problem(self.db_path, exc)} (scan {scan_id} committed "
+                f"{done.stored} new observations, {len(done.incidents_new)} new and "
+                f"{len(done.incidents_updated)} updated incidents before it stopped)"
+            ) from exc
         finally:
             if producers is not None:
                 producers.close()
+        summary.account(self.correlate([scan_id]).new)
         summary.warnings = contradictions(self.config.sites, self.geo, egress)
         self.apply_exceptions()
         if fail_on:
@@ -286,6 +316,11 @@ class App:
         for hook in self.after_evaluation:
             hook(self, [scan_id])
         return scan_id, summary
+
+    def correlate(self, scan_ids: list[int]) -> CorrelationResult:
+        """The correlation rules (egress-hopping) over the days these scans stored: run
+        after each scan and after re-evaluation."""
+        return correlate(self.store, self.catalog, self.rules, scan_ids)
 
     def settings_digest(self) -> str:
         """What evaluation depends on besides the logs: catalogue, geodata, rules, sites and
@@ -340,3 +375,19 @@ class App:
             self.store.close()
         if "geo" in self.__dict__:
             self.geo.close()
+
+
+def _privacy_mismatch(recorded: str, mode: str) -> str:
+    def said(m: str) -> str:
+        fingerprint = m.partition(":")[2]
+        return f"pseudonymised with key {fingerprint}" if fingerprint else "real addresses"
+
+    fix = (
+        "scan with --pseudonymize and the same key"
+        if recorded != "plain"
+        else "scan without --pseudonymize"
+    )
+    return (
+        f"this database holds {said(recorded)} and this scan would store {said(mode)}: "
+        f"refused, nothing was scanned ({fix}, or use another database)"
+    )

@@ -75,6 +75,8 @@ _PROVIDER_KEYS = frozenset(
         "region_list",
         "hosts",
         "ingress_ranges",
+        "networks",
+        "private_endpoints",
         "sources",
         "notes",
         "checked",
@@ -83,6 +85,7 @@ _PROVIDER_KEYS = frozenset(
         "approved",
     }
 )
+_NETWORK_GROUP_KEYS = frozenset({"asns", "org", "hosts", "sources", "note", "checked"})
 _HOST_GROUP_KEYS = frozenset(
     {"use", "exact", "patterns", "confidence", "sources", "note", "processing", "checked"}
 )
@@ -128,6 +131,17 @@ class Provider:
     #: wherever it connects from (Anthropic, September 2025); None = no such restriction
     restricted_controllers: frozenset[str] | None = None
     origin: str = ""  # file the entry came from (bundled providers.yaml or an overlay)
+    asns: frozenset[int] = frozenset()  # networks its API hosts are served from
+    ranges: tuple[str, ...] = ()  # its published API ingress ranges
+    private_endpoints: bool = False  # reachable at customers' private addresses too
+    host_asns: tuple[tuple[str, frozenset[int]], ...] = ()  # hosts served from other networks
+
+    def asns_for(self, pattern: str) -> frozenset[int]:
+        """The networks the catalogue entry ``pattern`` (a host or pattern) is served from."""
+        for host, asns in self.host_asns:
+            if host == pattern:
+                return asns
+        return self.asns
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +152,7 @@ class Match:
     confidence: str = "high"  # of the catalogue entry: low | medium | high
     processing: Processing = UNKNOWN  # where the endpoint processes requests
     listed: bool = True  # False: only under the provider's endpoint domain, not in the catalogue
+    on: str = "host"  # host: by the name | address: by a published range | request: by its shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -944,6 +959,32 @@ def _entry(chk: _Checker, raw: Any, n: int, b: _Building, *, overlay: bool) -> N
                     raise chk.fail(entry, f"{what}: {cidr} overlaps {other} of {other_pid!r}")
             b.ranges.append((pid, net, conf))
             cidrs_listed.append(str(net))
+    asns: set[int] = set()
+    host_asns: dict[str, set[int]] = {}
+    net_groups = raw.get("networks") or []
+    if not isinstance(net_groups, list):
+        raise chk.fail(entry, "'networks' must be a list")
+    for g, group in enumerate(net_groups, 1):
+        what = f"networks[{g}]"
+        chk.keys(entry, group, _NETWORK_GROUP_KEYS, what)
+        all_sources += chk.sources(entry, group.get("sources"), what)
+        listed = group.get("asns")
+        if not isinstance(listed, list) or not listed:
+            raise chk.fail(entry, f"{what}: 'asns' must be a non-empty list of AS numbers")
+        for asn in listed:
+            if isinstance(asn, bool) or not isinstance(asn, int) or not 0 < asn < 1 << 32:
+                raise chk.fail(entry, f"{what}: {asn!r} is not an AS number")
+        chk.text(entry, group, "org")
+        if group.get("hosts") is None:
+            asns.update(listed)
+            continue
+        for host in chk.str_list(entry, group["hosts"], f"{what} hosts"):
+            if host not in api_hosts:
+                raise chk.fail(entry, f"{what}: {host!r} is not one of this entry's API hosts")
+            host_asns.setdefault(host, set()).update(listed)
+    private = raw.get("private_endpoints", False)
+    if not isinstance(private, bool):
+        raise chk.fail(entry, "'private_endpoints' must be true or false")
     restricted, restriction_sources = _restrictions(chk, entry, raw.get("restrictions"), pid, b)
     all_sources += restriction_sources
     if raw.get("sources") is not None:
@@ -963,6 +1004,10 @@ def _entry(chk: _Checker, raw: Any, n: int, b: _Building, *, overlay: bool) -> N
         approved=approved,
         restricted_controllers=restricted,
         origin=str(chk.path),
+        asns=frozenset(asns),
+        ranges=tuple(cidrs_listed),
+        private_endpoints=private,
+        host_asns=tuple((h, frozenset(a)) for h, a in host_asns.items()),
     )
     b.entries.append(
         CatalogEntry(
@@ -1049,7 +1094,7 @@ def _build(
     for pid, net, conf in b.ranges:
         provider = b.providers[pid]
         kind = "relay" if provider.kind == "relay" else "api"
-        index.ranges.append((net, Match(provider, kind, str(net), conf)))
+        index.ranges.append((net, Match(provider, kind, str(net), conf, on="address")))
 
     region_lists = {list_id: region for list_id, (region, _) in region_raw.items()}
     return Catalog(

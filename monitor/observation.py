@@ -52,6 +52,11 @@ class Observation:
     tunnel: str | None = None  # captures: encapsulations around the flow, outermost first
     tunnel_src: str | None = None  # captures: the outermost tunnel's source address
     tunnel_dst: str | None = None  # captures: the outermost tunnel's destination address
+    ja4: str | None = None  # TLS/QUIC: JA4 fingerprint of the ClientHello
+    user_agent: str | None = None  # HTTP User-Agent, where the log or capture shows it
+    # the first bytes of an error response's body, where visible (rules read it, e.g. a
+    # provider's refusal; not stored)
+    response_excerpt: str | None = field(default=None, metadata=NOT_STORED)
     # public address the request left from, when the log says so (the egress point
     # resolved from it, or from the site or client, is what is stored)
     egress_ip: str | None = field(default=None, metadata=NOT_STORED)

@@ -20,7 +20,8 @@ from functools import lru_cache
 from typing import Any
 
 from monitor import __version__
-from monitor.catalog import Catalog, Match
+from monitor.catalog import Catalog, Match, Provider
+from monitor.clients import Signatures, bundled_signatures
 from monitor.collectors import CollectOptions, Diagnostics, collect
 from monitor.config import Config, Entity
 from monitor.egress import Egress, EgressOptions, EgressResolver
@@ -78,15 +79,30 @@ def outcome_of(obs: Observation) -> str | None:
     return "allowed" if obs.status < 400 else "error"
 
 
-class Identifier:
-    """Stage 2: destination → provider and processing location, memoised per distinct host
-    or address. ``azure_resources`` (config ``[residency.azure_resources]``) maps Azure
-    resource names, which the catalogue cannot place, to their Azure region."""
+#: The provider of a destination the catalogue does not know, reached with an LLM-shaped
+#: request (an API path, an LLM SDK): a relay or shell-site candidate.
+UNKNOWN_PROVIDER = Provider(
+    id="unknown", name="Host outside the catalogue", kind="unknown", category=None,
+    hq_country=None, region_list=None, sources=(),
+)  # fmt: skip
 
-    def __init__(self, catalog: Catalog, azure_resources: Mapping[str, str] | None = None):
+
+class Identifier:
+    """Stage 2: destination → provider and processing location, memoised per distinct host,
+    address or request shape. ``azure_resources`` (config ``[residency.azure_resources]``)
+    maps Azure resource names, which the catalogue cannot place, to their Azure region."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        azure_resources: Mapping[str, str] | None = None,
+        signatures: Signatures | None = None,
+    ):
         self.catalog = catalog
         self._azure = dict(azure_resources or {})
+        self.signatures = signatures or bundled_signatures()
         self.by_host = lru_cache(maxsize=1 << 18)(self._by_host)
+        self.host_filter = _LlmFilter(self)
 
     def _by_host(self, host: str) -> Match | None:
         if self.bad_host(host):
@@ -94,6 +110,8 @@ class Identifier:
         found = self.catalog.match_host(host)
         if found is None and (ip := canonical_ip(host)) is not None:
             found = self.catalog.match_ip(ip)
+            if found is not None:  # the name is the address
+                found = replace(found, on="host")
         if found is not None and found.processing.resource_map == "azure" and self._azure:
             region = self._azure.get(host.partition(".")[0])
             if region is not None:
@@ -109,22 +127,63 @@ class Identifier:
                 )
         return found
 
+    def shape(self, url: str | None, user_agent: str | None) -> Match | None:
+        """A match by the request itself: an LLM API path, or an LLM SDK's User-Agent."""
+        sig = self.signatures
+        path = sig.api_path(url)
+        if path is not None:
+            return Match(UNKNOWN_PROVIDER, "unknown", f"path:{path}", "medium", on="request")
+        client = sig.user_agent(user_agent)
+        if client is not None and client.llm:
+            return Match(
+                UNKNOWN_PROVIDER, "unknown", f"user-agent:{client.id}", "medium", on="request"
+            )
+        return None
+
     @staticmethod
     @lru_cache(maxsize=1 << 14)
     def bad_host(host: str) -> bool:
         """A destination no DNS name can be: malformed input, never an LLM observation."""
         return _NOT_IN_HOSTS.search(host) is not None
 
-    def host_filter(self, host: str) -> bool:
-        """Records worth building: LLM destinations, and bad hosts (to be reported)."""
-        return self.by_host(host) is not None or self.bad_host(host)
-
     def identify(self, obs: Observation) -> Match | None:
+        """By name first; a name the catalogue does not know, sent to an address in a
+        provider's published ingress range, matches by that range (fronted traffic); else
+        an LLM-shaped request matches as a host outside the catalogue."""
         if obs.dest_host:
-            return self.by_host(obs.dest_host)
-        if obs.dest_ip:
-            return self.catalog.match_ip(obs.dest_ip)
-        return None
+            if self.bad_host(obs.dest_host):
+                return None  # malformed: reported, never an LLM observation
+            found = self.by_host(obs.dest_host)
+            if found is None and obs.dest_ip:
+                found = self.catalog.match_ip(obs.dest_ip)
+        elif obs.dest_ip:
+            found = self.catalog.match_ip(obs.dest_ip)
+        else:
+            found = None
+        if found is None and (obs.url or obs.user_agent):
+            found = self.shape(obs.url, obs.user_agent)
+        return found
+
+
+class _LlmFilter:
+    """The collectors' filter: hosts the catalogue knows, and (``requests``) any request
+    whose path or User-Agent is an LLM API's."""
+
+    __slots__ = ("_by_host", "_bad_host", "_shape", "markers")
+
+    def __init__(self, identifier: Identifier):
+        self._by_host = identifier.by_host
+        self._bad_host = identifier.bad_host
+        self._shape = identifier.shape
+        #: byte strings one of which any LLM API path holds (collectors' cheap pre-test)
+        self.markers = identifier.signatures.markers
+
+    def __call__(self, host: str) -> bool:
+        """Records worth building: LLM destinations, and bad hosts (to be reported)."""
+        return self._by_host(host) is not None or self._bad_host(host)
+
+    def requests(self, url: str | None, user_agent: str | None) -> bool:
+        return self._shape(url, user_agent) is not None
 
 
 class Enricher:
@@ -159,6 +218,17 @@ _GETTERS: dict[str, Callable[[Enriched], Any]] = {
     "dest.ip": lambda e: e.obs.dest_ip,
     "dest.country": lambda e: e.dest.country if e.dest else None,
     "dest.asn": lambda e: e.dest.asn if e.dest else None,
+    "dest.org": lambda e: e.dest.org if e.dest else None,
+    "dest.scope": lambda e: e.dest.scope if e.dest else None,
+    "dest.address_source": lambda e: address_source(e.obs),
+    "match.on": lambda e: e.match.on,
+    "request.url": lambda e: e.obs.url,
+    "client.user_agent": lambda e: e.obs.user_agent,
+    "client.ja4": lambda e: e.obs.ja4,
+    "request.name_source": lambda e: e.obs.host_source,
+    "provider.asns": lambda e: e.match.provider.asns_for(e.match.pattern),
+    "provider.ranges": lambda e: e.match.provider.ranges,
+    "provider.private_endpoints": lambda e: e.match.provider.private_endpoints,
     "client.ip": lambda e: e.obs.client_ip,
     "client.user": lambda e: e.obs.user,
     "request.method": lambda e: e.obs.method,
@@ -172,6 +242,30 @@ _GETTERS: dict[str, Callable[[Enriched], Any]] = {
     "processing.basis": lambda e: e.match.processing.basis,
     "processing.caveat": lambda e: e.match.processing.caveat,
 }
+
+
+#: Where each input format reads the destination address (evidence for the network rules).
+ADDRESS_SOURCES = {
+    "pcap": "packet destination",
+    "squid": "%<a",
+    "squid-common": "%<a",
+    "squid-combined": "%<a",
+    "squid-custom": "%<a",
+    "zeek": "id.resp_h",
+    "zeek-json": "id.resp_h",
+    "suricata-eve": "dest_ip",
+    "zscaler-csv": "serverip",
+    "zscaler-json": "serverip",
+    "zscaler-kv": "serverip",
+    "elff": "s-ip / s-supplier-ip",
+    "mapped": "dest_ip column",
+}
+
+
+def address_source(obs: Observation) -> str | None:
+    if obs.dest_ip is None:
+        return None
+    return ADDRESS_SOURCES.get(obs.format, obs.format)
 
 
 def entity_of(config: Config) -> Callable[[str | None, str | None], Entity | None]:
@@ -221,11 +315,19 @@ class Evaluator:
     records cost one evaluation per distinct combination (provider, egress country, …).
     """
 
-    def __init__(self, rules: RuleSet, catalog: Catalog, config: Config):
+    def __init__(
+        self,
+        rules: RuleSet,
+        catalog: Catalog,
+        config: Config,
+        signatures: Signatures | None = None,
+    ):
         self.rules = rules
+        sig = signatures or bundled_signatures()
         major = catalog.major_allowed_countries()
         org = frozenset(config.allowed_providers)
         allowed = catalog.allowed_countries
+        by_range = catalog.match_ip
         required = residency_requirements(config, catalog)
         no_requirement = required[None]
         entity = entity_of(config)
@@ -243,6 +345,13 @@ class Evaluator:
 
         self._getters: dict[str, Callable[[Enriched], Any]] = {
             **_GETTERS,
+            "dest.range_provider": lambda e: (
+                (m := by_range(e.obs.dest_ip)) and m.provider.id if e.obs.dest_ip else None
+            ),
+            "request.api_path": lambda e: sig.api_path(e.obs.url),
+            "client.software": lambda e: (c := sig.user_agent(e.obs.user_agent)) and c.id,
+            "client.tls_software": lambda e: (c := sig.tls_client(e.obs.ja4)) and c.id,
+            "provider_refused": lambda e: sig.refusal(e.obs.status, e.obs.response_excerpt),
             "provider.allowed_countries": lambda e: allowed(e.match.provider.id),
             "catalog.major_allowed_countries": lambda e: major,
             "org.allowed_providers": lambda e: org,
@@ -251,19 +360,42 @@ class Evaluator:
             "entity.controlled_from": controlled_from,
             "zone.eu_adequate": lambda e: eu_adequate,
         }
-        missing = set(FIELDS) - set(self._getters)
-        assert not missing, f"no getter for rule fields {missing}"
+        missing = {f for f in FIELDS if not f.startswith("history.")} - set(self._getters)
+        assert not missing, f"no getter for rule fields {missing}"  # history: monitor.correlate
         # the memo key holds only what varies between records: provider facts follow from
         # provider.id, the requirement from the site, entity facts from the entity's name,
-        # and catalogue and organisation facts are fixed for the run
+        # and catalogue and organisation facts are fixed for the run (provider.asns also
+        # follows match.pattern, which the key then holds)
         derived = {"residency.required": "egress.site", "entity.controlled_from": "entity.name"}
         varying = {
             "provider.id" if f.startswith("provider.") else derived.get(f, f)
             for f in rules.fields
             if not f.startswith(("catalog.", "org.", "zone."))
         }
+        if "provider.asns" in rules.fields:
+            varying.add("match.pattern")
         self._key_getters = [self._getters[f] for f in sorted(varying)]
         self._memo: dict[tuple[Any, ...], list[Rule]] = {}
+        self._evidence_getters = {
+            r.id: [self._getters[f] for f in r.evidence]
+            for r in rules.rules
+            if r.evidence and r.correlate is None
+        }
+        self._by_rules: dict[tuple[str, ...], tuple[Callable[[Enriched], Any], ...]] = {}
+
+    def evidence_getters(self, rule_ids: tuple[str, ...]) -> tuple[Callable[[Enriched], Any], ...]:
+        """The getters of the evidence fields of the rules ``rule_ids`` (memoised)."""
+        found = self._by_rules.get(rule_ids)
+        if found is None:
+            getters = self._evidence_getters
+            found = self._by_rules[rule_ids] = tuple(
+                get for rid in rule_ids for get in getters.get(rid, ())
+            )
+        return found
+
+    def evidence(self, e: Enriched, rule: Rule) -> dict[str, Any]:
+        """The fields ``rule`` stores with what it raises, as JSON values."""
+        return {f: json_value(self._getters[f](e)) for f in rule.evidence}
 
     def context(self, e: Enriched) -> dict[str, Any]:
         return {name: get(e) for name, get in self._getters.items()}
@@ -278,31 +410,47 @@ class Evaluator:
         return found
 
 
+def json_value(value: Any) -> Any:
+    """A context value as stored in an incident's facts (sets as sorted lists)."""
+    if isinstance(value, (frozenset, set, tuple, list)):
+        return sorted(value)
+    return value
+
+
 class IncidentRows:
     """:func:`incident_rows`, remembered per distinct combination of the values they hold:
     a client calls the same host from the same egress all day, so most records of a day
     share theirs. The lists returned are shared, so callers only read them (which also
     lets pickle send one copy per batch)."""
 
-    def __init__(self, limit: int = 65536):
+    def __init__(self, evaluator: Evaluator, limit: int = 65536):
         self._memo: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         self._limit = limit
+        self._evaluator = evaluator
 
     def __call__(self, e: Enriched, rules: list[Rule], day: str) -> list[dict[str, Any]]:
         o, m, g = e.obs, e.match, e.egress
+        ids = tuple([r.id for r in rules])
+        shown = self._evaluator.evidence_getters(ids)
         key = (
-            tuple([r.id for r in rules]), m.provider.id, m.kind, o.dest_host, o.dest_ip,
-            o.client_ip, o.user, g.site, g.ip, g.country, g.source, day,
+            ids, m.provider.id, m.kind, o.dest_host, o.dest_ip, o.client_ip, o.user, g.site,
+            g.ip, g.country, g.source, day, tuple([get(e) for get in shown]) if shown else (),
         )  # fmt: skip
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) > self._limit:
                 self._memo.clear()
-            found = self._memo[key] = incident_rows(e, rules, day)
+            found = self._memo[key] = incident_rows(e, rules, day, self._evaluator.evidence)
         return found
 
 
-def incident_rows(e: Enriched, rules: Iterable[Rule], day: str) -> list[dict[str, Any]]:
+def incident_rows(
+    e: Enriched,
+    rules: Iterable[Rule],
+    day: str,
+    evidence: Callable[[Enriched, Rule], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One incident row per rule raised; ``facts`` holds the rule's evidence fields."""
     o, p = e.obs, e.match.provider
     return [
         {
@@ -321,6 +469,7 @@ def incident_rows(e: Enriched, rules: Iterable[Rule], day: str) -> list[dict[str
             "egress_country": e.egress.country,
             "egress_source": e.egress.source,
             "day": day,
+            "facts": evidence(e, r) if evidence is not None and r.evidence else None,
             "user": o.user,
             "finding_id": finding_id(r.id, p.id, e.egress.site, e.egress.country),
         }
@@ -463,8 +612,8 @@ class Pipeline:
         self.geo = geo
         self.identifier = Identifier(catalog, config.azure_resources)
         self.enricher = Enricher(geo, EgressResolver(config.sites, geo, egress))
-        self.evaluator = Evaluator(rules, catalog, config)
-        self.incident_rows = IncidentRows()
+        self.evaluator = Evaluator(rules, catalog, config, self.identifier.signatures)
+        self.incident_rows = IncidentRows(self.evaluator)
         self.collect_options = collect_options
         self.pseudonymizer = pseudonymizer  # applied to what is stored, after the rules ran
 

@@ -24,6 +24,11 @@ class PrivacyError(ApiwatchError, ValueError):
     """No key, or one too short to resist guessing."""
 
 
+def privacy_mode(pseudonymizer: Pseudonymizer | None) -> str:
+    """How a scan stores who did it: ``plain``, or ``pseudonymized:<key fingerprint>``."""
+    return "plain" if pseudonymizer is None else f"pseudonymized:{pseudonymizer.fingerprint}"
+
+
 class Pseudonymizer:
     def __init__(self, key: str | bytes):
         raw = key.encode() if isinstance(key, str) else key
@@ -31,6 +36,11 @@ class Pseudonymizer:
             raise PrivacyError(f"the pseudonymisation key must be at least {MIN_KEY_BYTES} bytes")
         self._key = raw
         self.pseudonym = lru_cache(maxsize=1 << 16)(self._pseudonym)
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the key without revealing it (recorded in the database, shown in errors)."""
+        return hmac.new(self._key, b"apiwatch key fingerprint", hashlib.sha256).hexdigest()[:16]
 
     def _pseudonym(self, value: str) -> str:
         return (

@@ -112,6 +112,7 @@ def reevaluate(
 
     result = store.reevaluate(start, evaluate, app.settings_digest(), actor)
     app.apply_exceptions()
+    app.correlate(store.scans_with_observations(start))  # egress-hopping and the like
     for hook in app.after_evaluation:
         hook(app, store.scans_with_observations(start))
     return Reevaluation(start, result, time.perf_counter() - started)

@@ -289,7 +289,7 @@ class Scanner:
     def run(
         self, paths: Iterable[str], scan_id: int, on_read: Callable[[int], None] | None = None
     ) -> ScanSummary:
-        summary = ScanSummary()
+        summary = self.summary = ScanSummary()  # what was committed, should storing fail
         self._batch: list[tuple[list[Any], list[dict[str, Any]]]] = []
         with _fewer_collections():
             self._run(paths, scan_id, on_read, summary)

@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
 from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
-from monitor.observation import iso_datetime, iso_utc
+from monitor.observation import iso_datetime, iso_day, iso_utc
 from monitor.rows import COL, TYPES
 
 if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -86,6 +86,7 @@ _INCIDENT_COLUMNS_V1: dict[str, type] = {
     "outcome": str,
     "status": str,
     "evidence": str,
+    "facts": str,  # JSON {field: [distinct values]}: what the rule's evidence fields showed
     "first_scan": int,
     "last_scan": int,
 }
@@ -219,8 +220,13 @@ _SEVERITY_OF_RANK = {rank: name for name, rank in SEVERITY_RANK.items()}
 class Store:
     """One apiwatch database file. Open it, ingest batches, query incidents."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """Open (or create) the database. ``readonly``: open an existing file for queries
+        only (SQLite ``mode=ro``, and ``immutable`` when no WAL index can be made there: a
+        read-only mount, a directory the user cannot write, an auditor's copy)."""
         self.path = Path(path).expanduser()
+        self.readonly = readonly
+        self._ro_uri = f"{self.path.resolve().as_uri()}?mode=ro"
         #: write finding events to the outbox (on when sinks are configured: see App)
         self.emit_events = False
         self.digest_seconds = DEFAULT_DIGEST_SECONDS
@@ -228,19 +234,39 @@ class Store:
         self.listeners: list[Callable[[], None]] = []
         self._emitted = 0  # events written by the transaction in progress
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():  # create it private: it holds client addresses and users
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            if readonly:
+                conn = self._connect_readonly()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if not self.path.exists():  # create it private: it holds addresses and users
+                    os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db = _sqlite_utils().Database(conn)
             self.db.execute("PRAGMA busy_timeout = 30000")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA synchronous = NORMAL")
             self.db.execute("PRAGMA cache_size = -65536")  # 64 MB: index pages stay in memory
-            self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
             self._migrate()
         except (OSError, sqlite3.DatabaseError) as exc:
-            raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
+            raise StoreError(database_problem(self.path, exc, "cannot open database")) from exc
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: no such database")
+        for uri in (self._ro_uri, self._ro_uri + "&immutable=1"):
+            conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:  # a WAL index (-shm) cannot be made here
+                conn.close()
+                if uri.endswith("immutable=1"):
+                    raise
+                continue
+            self._ro_uri = uri  # the report's worker connections open it the same way
+            return conn
+        raise AssertionError("unreachable")
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -277,6 +303,13 @@ class Store:
             )
         if version == SCHEMA_VERSION:
             return
+        if self.readonly:
+            raise StoreError(
+                f"{self.path}: schema version {version}, this apiwatch reads {SCHEMA_VERSION}: "
+                "a scan with write access upgrades it"
+                if version
+                else f"{self.path}: not an apiwatch database"
+            )
         if version == 0 and self.db.table_names():
             raise StoreError(
                 f"{self.path}: not an apiwatch database (has tables, no schema version)"
@@ -336,6 +369,23 @@ class Store:
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
+
+    def claim_privacy_mode(self, mode: str) -> str:
+        """The privacy mode of the database's data (see :func:`monitor.privacy.privacy_mode`),
+        recorded by its first scan: one database never mixes pseudonyms with real addresses,
+        or the pseudonyms of two keys. Returns the recorded mode (``mode`` if it was none)."""
+        with self._tx():
+            recorded = self._meta("privacy")
+            if recorded is None:  # a database older than the record: what its rows hold
+                seen = self.db.execute(
+                    "SELECT client_ip LIKE 'anon:%' FROM observations"
+                    " WHERE client_ip IS NOT NULL LIMIT 1"
+                ).fetchone()
+                if seen is not None and bool(seen[0]) != (mode != "plain"):
+                    return "pseudonymized:(key not recorded)" if seen[0] else "plain"
+                self.db["meta"].upsert({"key": "privacy", "value": mode}, pk="key")
+                return mode
+        return recorded
 
     def pruned_before(self) -> str | None:
         """The first UTC day whose traffic detail is still kept (None: never pruned)."""
@@ -406,6 +456,10 @@ class Store:
                              last=ts, evidence=[], first_scan=sid, last_scan=sid)  # fmt: skip
                 if len(d["evidence"]) < EVIDENCE_SAMPLES:
                     d["evidence"].append(f"{obs[_SOURCE]}:{obs[_LINE]}")
+                facts = inc.get("facts")
+                if facts and facts is not d.get("facts_of"):  # rows are shared: merge once each
+                    d["facts_of"] = facts
+                    d["facts"] = merge_facts(d.get("facts"), facts)
                 d["count"] += 1
                 d["blocked"] += obs[_OUTCOME] == "blocked"
                 d["bytes_out"] = _add(d["bytes_out"], obs[_OUT])
@@ -425,7 +479,7 @@ class Store:
             "INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits
         )
         result.rule_of.update({iid: (d["rule"], d["severity"]) for iid, d in deltas.items()})
-        before = self._evidence_of(list(deltas))
+        before, facts_before = self._evidence_of(list(deltas))
         result.updated_incidents |= set(before)
         result.new_incidents |= set(deltas) - set(before)
         for d in deltas.values():
@@ -441,6 +495,7 @@ class Store:
             "bytes_in",
             "outcome",
             "evidence",
+            "facts",
             "first_scan",
             "last_scan",
         ]
@@ -450,6 +505,11 @@ class Store:
             d["evidence"] = json.dumps(
                 (old + [e for e in d["evidence"] if e not in old])[:EVIDENCE_SAMPLES]
             )
+            facts = d.get("facts")
+            for name, values in (facts_before.get(iid) or {}).items():  # the stored ones
+                for value in values:
+                    facts = merge_facts(facts, {name: value})
+            d["facts"] = json.dumps(facts, sort_keys=True) if facts else None
             d["severity_rank"] = SEVERITY_RANK[d["severity"]]
             d["outcome"] = _outcome(d["blocked"], d["count"])
             rows.append([d[c] for c in cols])
@@ -468,18 +528,25 @@ class Store:
                              WHEN blocked + excluded.blocked = count + excluded.count THEN 'blocked'
                              ELSE 'mixed' END,
               evidence = excluded.evidence,
+              facts = excluded.facts,
               first_scan = min(coalesce(first_scan, excluded.first_scan), excluded.first_scan),
               last_scan = max(coalesce(last_scan, excluded.last_scan), excluded.last_scan)""",  # noqa: S608 - constants and placeholders only
             rows,
         )
 
-    def _evidence_of(self, ids: list[str]) -> dict[str, list[str]]:
-        """Evidence samples of the incidents among ``ids`` that already exist."""
+    def _evidence_of(
+        self, ids: list[str]
+    ) -> tuple[dict[str, list[str]], dict[str, dict[str, list[Any]]]]:
+        """Evidence samples and facts of the incidents among ``ids`` that already exist."""
         found: dict[str, list[str]] = {}
+        facts: dict[str, dict[str, list[Any]]] = {}
         for chunk, marks in _chunks(ids):
-            sql = f"SELECT id, evidence FROM incidents WHERE id IN ({marks})"  # noqa: S608
-            found.update((r[0], json.loads(r[1] or "[]")) for r in self.db.execute(sql, chunk))
-        return found
+            sql = f"SELECT id, evidence, facts FROM incidents WHERE id IN ({marks})"  # noqa: S608
+            for r in self.db.execute(sql, chunk):
+                found[r[0]] = json.loads(r[1] or "[]")
+                if r[2]:
+                    facts[r[0]] = json.loads(r[2])
+        return found, facts
 
     # -- findings ---------------------------------------------------------------------------
 
@@ -1106,6 +1173,41 @@ class Store:
         for row in self.db.query(sql, params):
             yield _incident_out(row)
 
+    def discovered(
+        self, since: float | None = None, host: str | None = None, samples: int = 5
+    ) -> list[dict[str, Any]]:
+        """Hosts outside the catalogue reached with LLM-shaped requests (provider kind
+        ``unknown``), newest first: when, how often, from which clients, and why (the
+        signatures that matched, the User-Agents, URLs and addresses seen; ``samples`` of
+        each)."""
+        where, params = ["provider_kind = 'unknown'"], []
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        if host is not None:
+            where.append("dest_host = ?")
+            params.append(host)
+        sql = f"""SELECT dest_host AS host, min(ts) AS first, max(ts) AS last,
+                    count(*) AS requests, count(DISTINCT client_ip) AS client_count,
+                    json_group_array(DISTINCT client_ip) AS clients,
+                    json_group_array(DISTINCT match_pattern) AS evidence,
+                    json_group_array(DISTINCT user_agent) AS user_agents,
+                    json_group_array(DISTINCT url) AS urls,
+                    json_group_array(DISTINCT dest_ip) AS addresses,
+                    json_group_array(DISTINCT ja4) AS ja4
+                  FROM observations WHERE {" AND ".join(where)}
+                  GROUP BY dest_host ORDER BY last DESC, host"""  # noqa: S608 - constants
+        out = []
+        for row in self.db.query(sql, params):
+            item = {"host": row["host"], "first_seen": iso_utc(row["first"]),
+                    "last_seen": iso_utc(row["last"]), "requests": row["requests"],
+                    "client_count": row["client_count"]}  # fmt: skip
+            for key in ("clients", "evidence", "user_agents", "urls", "addresses", "ja4"):
+                values = sorted(v for v in json.loads(row[key]) if v is not None)
+                item[key] = values[:samples]
+            out.append(item)
+        return out
+
     def present(self, column: str, values: Sequence[str]) -> set[str]:
         """Which of ``values`` some incident holds in ``column`` (to tell a typo from a quiet
         week)."""
@@ -1118,6 +1220,106 @@ class Store:
             sql = f"SELECT DISTINCT {column} FROM incidents WHERE {column} IN ({marks})"  # noqa: S608
             found.update(r[0] for r in self.db.execute(sql, chunk))
         return found
+
+    # -- correlation (monitor.correlate) --------------------------------------------------
+
+    def scan_days(self, scan_ids: Sequence[int]) -> list[str]:
+        """The UTC days the scans ``scan_ids`` stored observations for."""
+        days: set[str] = set()
+        for chunk, marks in _chunks(scan_ids):
+            sql = f"SELECT DISTINCT day FROM observations WHERE scan_id IN ({marks})"  # noqa: S608
+            days.update(r[0] for r in self.db.execute(sql, chunk))
+        return sorted(days)
+
+    def egress_groups(self, start: float, end: float) -> list[tuple[str, str, int, str]]:
+        """Who (the user, else the client address) reached which provider in ``[start,
+        end)``: (who, provider, how many egress countries, the first of them)."""
+        return [tuple(r) for r in self.db.execute(
+            f"""SELECT coalesce(user, client_ip) AS who, provider,
+                      count(DISTINCT egress_country), min(egress_country)
+               FROM observations WHERE {_EGRESS_HISTORY}
+               GROUP BY who, provider ORDER BY who, provider""",  # noqa: S608 - constants
+            [iso_day(start), iso_day(end), start, end])]  # fmt: skip
+
+    def egress_buckets(
+        self, start: float, end: float, who: Sequence[str]
+    ) -> list[tuple[str, str, str, float, float, int]]:
+        """For the clients ``who``: which provider they reached through which egress country,
+        per hour of ``[start, end)``: (who, provider, country, first ts, last ts, records)."""
+        out: list[tuple[str, str, str, float, float, int]] = []
+        for chunk, marks in _chunks(sorted(set(who))):
+            out.extend(tuple(r) for r in self.db.execute(
+                f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
+                          min(ts), max(ts), count(*)
+                   FROM observations WHERE {_EGRESS_HISTORY} AND who IN ({marks})
+                   GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
+                   ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants, placeholders
+                [iso_day(start), iso_day(end), start, end, *chunk]))  # fmt: skip
+        return out
+
+    def replace_correlated(
+        self,
+        rule: str,
+        first_day: str,
+        last_day: str,
+        rows: Sequence[dict[str, Any]],
+        scan_id: int | None,
+    ) -> tuple[int, IngestResult]:
+        """Make the incidents ``rule`` raised on ``[first_day, last_day]`` exactly ``rows``
+        (recomputed from the history): counts and facts are replaced, not added, so running
+        the correlation again changes nothing; open incidents it no longer raises go (the
+        acknowledged and resolved stay, with their audit trail). Returns (removed, new and
+        updated incidents)."""
+        result = IngestResult()
+        with self._tx():
+            old = {r[0]: r[1] for r in self.db.execute(
+                "SELECT id, count FROM incidents WHERE rule = ? AND day >= ? AND day <= ?",
+                [rule, first_day, last_day])}  # fmt: skip
+            ids = {r["id"] for r in rows}
+            stale = sorted(set(old) - ids)
+            removed = 0
+            for chunk, marks in _chunks(stale):
+                removed += self.db.execute(
+                    f"DELETE FROM incidents WHERE status = 'open' AND id IN ({marks})",  # noqa: S608
+                    chunk,
+                ).rowcount
+            cols = [*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
+                    "blocked", "outcome", "evidence", "facts", "first_scan", "last_scan"]  # fmt: skip
+            values = []
+            hits: list[tuple[str, int]] = []
+            for r in rows:
+                # the records behind it: the client's, with the provider, through the countries
+                who, provider, first, last, countries = r["span"]
+                marks = ", ".join("?" * len(countries))
+                found = [x[0] for x in self.db.execute(
+                    f"""SELECT id FROM observations WHERE day >= ? AND day <= ? AND ts >= ?
+                         AND ts <= ? AND provider = ? AND coalesce(user, client_ip) = ?
+                         AND egress_country IN ({marks})""",  # noqa: S608 - placeholders
+                    [iso_day(first), iso_day(last), first, last, provider, who, *countries])]  # fmt: skip
+                self.db.execute("DELETE FROM hits WHERE incident_id = ?", [r["id"]])
+                hits.extend((r["id"], oid) for oid in found)
+                r = {**r, "count": len(found)}
+                d = {**r, "severity_rank": SEVERITY_RANK[r["severity"]], "blocked": 0,
+                     "outcome": "allowed", "evidence": "[]",
+                     "facts": json.dumps(r.get("facts") or {}, sort_keys=True),
+                     "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
+                values.append([d.get(c) for c in cols])
+                result.rule_of[r["id"]] = (r["rule"], r["severity"])
+                if r["id"] not in old:
+                    result.new_incidents.add(r["id"])
+                elif old[r["id"]] != r["count"]:  # recomputed the same: nothing happened
+                    result.updated_incidents.add(r["id"])
+            self.db.conn.executemany(
+                f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
+                ON CONFLICT(id) DO UPDATE SET first_seen = excluded.first_seen,
+                  last_seen = excluded.last_seen, count = excluded.count,
+                  facts = excluded.facts, last_scan = excluded.last_scan""",  # noqa: S608
+                values,
+            )
+            self.db.conn.executemany("INSERT OR IGNORE INTO hits VALUES (?, ?)", hits)
+            if self.emit_events:  # alerts, as for the findings a scan raises
+                self._emit_changes(result)
+        return removed, result
 
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
         """One incident by id or unique id prefix, with its sample records."""
@@ -1217,29 +1419,37 @@ class Store:
             ).rowcount
         return {"observations": observations, "hits": hits, "alert_events": alert_events}
 
+    def damage(self) -> str | None:
+        """What SQLite's quick check finds wrong (None: nothing). It reads every page once,
+        so a scan runs it before writing, not each query."""
+        try:
+            found = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if found == ["ok"] else "; ".join(found).replace("\n", " ")
+
     def check(self) -> dict[str, Any]:
         """Integrity, schema version and table sizes, for ``apiwatch db check``."""
-        integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
-        counts = {
-            t: self.db[t].count
-            for t in (
-                "scans",
-                "observations",
-                "hits",
-                "incidents",
-                "incident_events",
-                "sources",
-                "findings",
-                "finding_events",
-            )  # fmt: skip
-        }
-        orphans = self.db.execute(
-            "SELECT count(*) FROM hits WHERE incident_id NOT IN (SELECT id FROM incidents)"
-        ).fetchone()[0]
-        unrolled = self.db.execute(
-            "SELECT count(*) FROM incidents WHERE finding_id IS NULL"
-            " OR finding_id NOT IN (SELECT id FROM findings)"
-        ).fetchone()[0]
+        try:
+            integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as exc:  # too damaged to walk
+            integrity = [str(exc)]
+        counts: dict[str, int | str] = {}
+        orphans: int | None = None
+        unrolled: int | None = None
+        try:  # a damaged database may not answer these: what it says is the report
+            for t in ("scans", "observations", "hits", "incidents", "incident_events", "sources",
+                      "findings", "finding_events"):  # fmt: skip
+                counts[t] = self.db[t].count
+            orphans = self.db.execute(
+                "SELECT count(*) FROM hits WHERE incident_id NOT IN (SELECT id FROM incidents)"
+            ).fetchone()[0]
+            unrolled = self.db.execute(
+                "SELECT count(*) FROM incidents WHERE finding_id IS NULL"
+                " OR finding_id NOT IN (SELECT id FROM findings)"
+            ).fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            counts[t] = f"unreadable ({exc})"
         return {
             "path": str(self.path),
             "schema_version": self.db.execute("PRAGMA user_version").fetchone()[0],
@@ -1491,8 +1701,7 @@ class Store:
 
     def _read_only(self, sql: str, params: Sequence[Any]) -> Rows:
         """One query on its own read-only connection (safe to run in a worker thread)."""
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        con = sqlite3.connect(uri, uri=True, timeout=30)
+        con = sqlite3.connect(self._ro_uri, uri=True, timeout=30)
         try:
             con.execute("PRAGMA busy_timeout = 30000")
             con.execute("PRAGMA cache_size = -65536")
@@ -1721,6 +1930,14 @@ def _schema_v6(db: sqlite_utils.Database) -> None:
     )
 
 
+def _schema_v7(db: sqlite_utils.Database) -> None:
+    """Who is calling (the ClientHello's JA4, the User-Agent) and what the rules saw."""
+    for table, name in (("observations", "ja4"), ("observations", "user_agent"),
+                        ("incidents", "facts")):  # fmt: skip
+        if name not in db[table].columns_dict:  # v1 creates incidents as they are now
+            db[table].add_column(name, str)
+
+
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -1728,6 +1945,7 @@ MIGRATIONS = {
     4: _schema_v4,
     5: _schema_v5,
     6: _schema_v6,
+    7: _schema_v7,
 }
 
 #: (status before, status after) → the event a status change raises
@@ -1765,6 +1983,13 @@ def _span(since: datetime, until: datetime) -> tuple[str, list[Any]]:
     ]
 
 
+#: observations of a time span that tell a client's egress country with a provider
+_EGRESS_HISTORY = (
+    "day >= ? AND day <= ? AND ts >= ? AND ts < ? AND egress_country IS NOT NULL"
+    " AND coalesce(user, client_ip) IS NOT NULL AND provider_kind IN ('api', 'consumer')"
+)
+
+
 def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
     """``ids`` in slices small enough for one ``IN (…)``, with their placeholders."""
     for i in range(0, len(ids), _IN_CHUNK):
@@ -1772,11 +1997,45 @@ def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
         yield chunk, ", ".join("?" * len(chunk))
 
 
+def database_problem(path: Path, exc: BaseException, doing: str = "database error") -> str:
+    """One line for a failure SQLite reported: the file, what is wrong, what to do."""
+    text = str(exc)
+    if "full" in text:
+        return (
+            f"{path}: {text}: what was committed is kept; free space and run the command "
+            "again (a scan resumes where its last commit left off)"
+        )
+    if "readonly" in text or "read-only" in text:
+        return f"{path}: {text}: this command needs write access to the database and its directory"
+    return f"{path}: {doing}: {text}; run `apiwatch --db {path} db check`"
+
+
 def _incident_out(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out.pop("severity_rank", None)
     out["evidence"] = json.loads(out.get("evidence") or "[]")
+    out["facts"] = json.loads(out.get("facts") or "{}")
     return out
+
+
+def merge_facts(
+    old: dict[str, list[Any]] | None, new: dict[str, Any], limit: int = EVIDENCE_SAMPLES
+) -> dict[str, list[Any]]:
+    """``old`` with the values of ``new`` added: per field, distinct values, the ``limit``
+    first in a fixed order (whatever order records arrive in: scans are deterministic)."""
+    out = {k: list(v) for k, v in (old or {}).items()}
+    for name, value in new.items():
+        seen = out.setdefault(name, [])
+        if value not in seen:
+            seen.append(value)
+            if len(seen) > 1:
+                seen.sort(key=_fact_key)
+                del seen[limit:]
+    return out
+
+
+def _fact_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _rolled(row: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,10 @@ stays in the CLI, and SQL text stays in the store."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "monitor"
@@ -142,3 +145,14 @@ def test_no_sql_outside_the_store():
         if SQL.search(text)
     ]
     assert outside == []
+
+
+def test_hypothesis_is_derandomised_under_ci():
+    """CI draws the same examples every run (tests/conftest.py), so its results repeat."""
+    code = "import tests.conftest, hypothesis; print(hypothesis.settings.default.derandomize)"
+    env = {**os.environ, "CI": "true"}
+    root = PACKAGE.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "True"

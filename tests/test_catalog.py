@@ -406,6 +406,10 @@ providers:
   - {use: consumer, exact: [chat.alpha.example], sources: [https://a.example/doc]}
   ingress_ranges:
   - {cidrs: [192.0.2.0/24, "2001:db8::/32"], sources: [https://a.example/ips]}
+  networks:
+  - {asns: [64500], org: Alpha, sources: [https://a.example/asn]}
+  - {asns: [64501], org: Cloud, hosts: [special.b.example.com], sources: [https://a.example/asn]}
+  private_endpoints: true
 - id: beta_relay
   checked: "2026-01-01"
   name: Beta relay
@@ -451,6 +455,11 @@ def test_loads_a_minimal_catalogue(tmp_path):
     assert cat.providers["beta_relay"].sources == ("https://b.example/", "https://b.example/ips")
     assert cat.match_ip("2001:db8::1").provider.id == "alpha"
     assert cat.match_ip("198.51.100.7").kind == "relay"
+    alpha = cat.providers["alpha"]
+    assert alpha.asns_for("api.alpha.example") == {64500}
+    assert alpha.asns_for("special.b.example.com") == {64501}
+    assert alpha.ranges == ("192.0.2.0/24", "2001:db8::/32") and alpha.private_endpoints
+    assert cat.providers["beta_relay"].asns == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -522,6 +531,11 @@ def _case_id(value: object) -> str | None:
             "beta_relay",
             "not an http(s) URL",
         ),
+        (_break("asns: [64500]", "asns: [AS64500]"), "alpha", "not an AS number"),
+        (_break("asns: [64500]", "asns: []"), "alpha", "non-empty list of AS numbers"),
+        (_break("org: Alpha, ", ""), "alpha", "missing 'org'"),
+        (_break("hosts: [special.b.example.com]", "hosts: [x.example]"), "alpha", "not one of"),
+        (_break("private_endpoints: true", "private_endpoints: maybe"), "alpha", "true or false"),
         (
             _break("  hq_country: US\n  region", "  hq_country: US\n  hq_country: DE\n  region"),
             "",

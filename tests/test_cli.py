@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from monitor.cli import EXIT_ERROR, EXIT_FINDINGS, main
+from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -61,12 +62,6 @@ INCIDENT_CONTRACT = {
 }
 
 
-def run(*args, input=None, ok=(0,)):
-    result = CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
-    assert result.exit_code in ok, result.output + result.stderr
-    return result
-
-
 def incidents(db, *args):
     out = run("--db", db, "incidents", "--json", *args).stdout
     return [json.loads(line) for line in out.splitlines()]
@@ -83,11 +78,6 @@ def native(
     peer="HIER_DIRECT/162.159.140.245",
 ):
     return f"{ts:.3f}    120 {client} {code}/{status:03d} {size} {method} {url} - {peer} -"
-
-
-@pytest.fixture
-def db(tmp_path):
-    return tmp_path / "apiwatch.db"
 
 
 def test_example_scan_raises_the_expected_incidents(db):

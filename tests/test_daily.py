@@ -8,19 +8,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from monitor.cli import main
 from monitor.config import ConfigError, parse_config
+from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-
-
-def run(*args, ok=(0,)):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code in ok, result.output + result.stderr
-    return result
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@ quoting, CONNECT, damaged input (fuzzed), the CLI end to end."""
 
 from __future__ import annotations
 
-import io
 import json
-from calendar import timegm
 from pathlib import Path
 
 import pytest
@@ -14,9 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.cli import main
-from monitor.collectors import CollectOptions, collect, detect
-from monitor.collectors.base import Diagnostics, open_input
+from monitor.collectors import detect
+from monitor.collectors.base import open_input
 from monitor.collectors.elff import ElffCollector, sniff_head, split_fields
+from tests.conftest import by_line, epoch, parse
+from tests.conftest import collect_file as parse_file
 
 DATA = Path(__file__).resolve().parent / "data" / "gateways"
 BLUECOAT = DATA / "bluecoat-proxysg.log"
@@ -30,23 +30,8 @@ BCREPORTER = (
 )
 
 
-def epoch(y, mo, d, h, mi, s):
-    return float(timegm((y, mo, d, h, mi, s, 0, 0, 0)))
-
-
 def parse_bytes(data: bytes, host_filter=None):
-    diag = Diagnostics()
-    obs = list(ElffCollector().parse(io.BytesIO(data), "t", diag, host_filter))
-    return obs, diag
-
-
-def parse_file(path, host_filter=None):
-    diag = Diagnostics()
-    return list(collect(str(path), CollectOptions(), diag, host_filter)), diag
-
-
-def by_line(obs):
-    return {o.line: o for o in obs}
+    return parse(ElffCollector(), data, host_filter=host_filter)
 
 
 @pytest.mark.parametrize("path", [BLUECOAT, IIS])
@@ -190,7 +175,7 @@ def test_epoch_timestamp_column_and_bad_dates():
 def test_host_filter():
     keep = lambda h: h == "api.openai.com"  # noqa: E731
     everything, d1 = parse_file(BLUECOAT)
-    kept, d2 = parse_file(BLUECOAT, keep)
+    kept, d2 = parse_file(BLUECOAT, host_filter=keep)
     assert d1.records == d2.records
     assert kept == [o for o in everything if o.dest_host is None or keep(o.dest_host)]
 

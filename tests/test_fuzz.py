@@ -52,7 +52,9 @@ def run_parser(fmt: str, data: bytes) -> Diagnostics:
     for obs in collector.parse(io.BufferedReader(io.BytesIO(data)), "fuzz", diag):
         assert obs.source == "fuzz" and obs.line >= 0
         assert obs.dest_host is None or obs.dest_host == obs.dest_host.lower()
-    assert diag.malformed >= 0 and diag.records >= 0
+    # damage is reported against this input, as file:line where there is a line
+    assert all(p.source == "fuzz" for p in (*diag.problems, *diag.notices, *diag.file_errors))
+    assert all(p.line >= 1 for p in diag.problems if p.line is not None)
     return diag
 
 

@@ -524,3 +524,189 @@ def test_parallel_parts_store_exactly_what_one_process_stores(
             app.close()
         stored.append(_stored(db))
     assert stored[0] == stored[1]
+
+
+# -- 2. a damaged database; 3. a full disk; 4. a read-only database -------------------------------
+
+
+def _scanned_db(path: Path, *logs: Path) -> Path:
+    res = apiwatch("--config", EXAMPLES / "apiwatch.toml", "--db", path, "scan", "-q",
+                   *(logs or sorted((EXAMPLES / "logs").iterdir())))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return path
+
+
+def _damage(db: Path, where: int) -> None:
+    """Overwrite 4 KB (a page) at ``where`` with bytes no page holds."""
+    with sqlite3.connect(db) as con:  # fold the WAL in, as after a clean shutdown
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    with open(db, "r+b") as f:
+        f.seek(where)
+        f.write(bytes(range(256)) * 16)
+
+
+def test_a_damaged_database_is_named_and_nothing_claims_success(tmp_path):
+    db = _scanned_db(tmp_path / "d.db")
+    pages = db.stat().st_size // 4096
+    _damage(db, (pages // 2) * 4096)
+    check = apiwatch("--db", db, "db", "check")
+    no_traceback(check)
+    assert check.returncode == 1
+    integrity = next(ln for ln in check.stdout.splitlines() if ln.startswith("integrity"))
+    assert "ok" not in integrity.split(None, 1)[1]  # what SQLite's integrity check found
+    scan = apiwatch("--db", db, "scan", FRANKFURT)
+    no_traceback(scan)
+    assert scan.returncode == 1 and "scan 1" not in scan.stdout
+    (line,) = scan.stderr.strip().splitlines()  # damaged (quick check) or malformed at open
+    assert line.startswith(f"Error: {db}: ") and f"run `apiwatch --db {db} db check`" in line
+    for args in (("incidents",), ("report", "--since", "2026-01-01")):
+        res = apiwatch("--db", db, *args)  # a read that meets the damage says so in one line
+        no_traceback(res)
+        if res.returncode:
+            assert res.returncode == 1 and res.stderr.startswith(f"Error: {db}: "), res.stderr
+            assert "db check" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_every_command_that_meets_damage_says_so_in_one_line(tmp_path):
+    db = _scanned_db(tmp_path / "d.db")
+    _damage(db, 0)  # the header: SQLite calls it "not a database" at once
+    daily_site = tmp_path / "site"
+    shutil.copytree(EXAMPLES, daily_site)
+    for args in (("incidents",), ("show", "abc"), ("report", "--since", "2026-01-01"),
+                 ("scan", FRANKFURT), ("db", "check"), ("ack", "abc", "-m", "x"),
+                 ("daily", "--config", daily_site / "apiwatch.toml", "--date", "2026-11-30")):  # fmt: skip
+        res = apiwatch("--db", db, *args)
+        no_traceback(res)
+        assert res.returncode == 1, (args, res.stderr)
+        if args == ("db", "check"):  # the finding is its report
+            assert "integrity                cannot be opened: " in res.stdout
+            continue
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
+        assert errors and all(str(db) in ln for ln in errors), (args, res.stderr)
+        assert "db check" in res.stderr, (args, res.stderr)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 1 MB tmpfs (root); where mounting is not allowed, None."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                                            str(mnt)], capture_output=True).returncode:  # fmt: skip
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root and must be able to mount a tmpfs")
+        yield None
+        return
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_stops_the_scan_cleanly_and_a_rerun_completes(tmp_path, small_fs):
+    if small_fs is None:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    log = big_log(tmp_path / "a.log", copies=400)  # ~25k records: more than 1 MB of rows
+    full = small_fs / "x.db"
+    res = apiwatch("--config", EXAMPLES / "apiwatch.toml", "--db", full, "scan", "-j", "1", log)
+    no_traceback(res)
+    assert res.returncode == 1
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
+    assert line.startswith(f"Error: {full}: database or disk is full: what was committed is kept")
+    assert "committed" in line and "new observations" in line
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)  # space freed
+    again = apiwatch("--config", EXAMPLES / "apiwatch.toml", "--db", full, "scan", "-j", "1", log)
+    assert again.returncode == 0, again.stderr
+    whole = _scanned_db(tmp_path / "whole.db", log)
+    a, b = _stored(full), _stored(whole)
+    cols = [r[1] for r in rows(full, "PRAGMA table_info(observations)")]
+    scan_col = cols.index("scan_id")  # which scan stored a row is all that may differ
+    assert [o[:scan_col] + o[scan_col + 1 :] for o in a["observations"]] == [
+        o[:scan_col] + o[scan_col + 1 :] for o in b["observations"]
+    ]
+    assert a["hits"] == b["hits"] and a["sources"] == b["sources"]
+    names = [r[1] for r in rows(full, "PRAGMA table_info(incidents)")]
+    keep = [i for i, n in enumerate(names) if n not in ("first_scan", "last_scan")]  # scan ids
+    assert [[r[i] for i in keep] for r in a["incidents"]] == [
+        [r[i] for i in keep] for r in b["incidents"]
+    ]
+
+
+def test_a_read_only_database_answers_queries_and_reports(tmp_path, small_fs):
+    if small_fs is None:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    db = _scanned_db(small_fs / "audit.db")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)  # a read-only mount
+    assert not os.access(small_fs, os.W_OK) or (
+        subprocess.run(["touch", str(small_fs / "probe")], capture_output=True).returncode
+    )
+    expected = {json.loads(ln)["id"] for ln in
+                apiwatch("--db", db, "incidents", "--json").stdout.splitlines()}  # fmt: skip
+    assert len(expected) > 10
+    (iid,) = sorted(expected)[:1]
+    for args in (("incidents",), ("incidents", "--csv"), ("show", iid),
+                 ("report", "--since", "2026-01-01", "--format", "html"), ("db", "check")):  # fmt: skip
+        res = apiwatch("--db", db, *args)
+        no_traceback(res)
+        assert res.returncode == 0, (args, res.stderr)
+        assert "readonly" not in res.stderr and res.stdout.strip()
+    # writing commands say what they need, in one line
+    ack = apiwatch("--db", db, "ack", iid, "-m", "audit")
+    no_traceback(ack)
+    assert ack.returncode == 1 and str(db) in ack.stderr
+
+
+def test_an_auditors_copy_in_a_directory_without_write_access(tmp_path):
+    """A WAL database whose directory cannot be written (no -shm can be made): opened
+    read-only and immutable; the SQLite URI path, with the directory made immutable."""
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    db = _scanned_db(folder / "audit.db")
+    with sqlite3.connect(db) as con:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    for extra in ("audit.db-wal", "audit.db-shm"):
+        (folder / extra).unlink(missing_ok=True)
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chattr +i must work in CI (root, ext4/tmpfs)")
+        pytest.skip("chattr +i is not supported here")
+    try:
+        res = apiwatch("--db", db, "incidents", "--json")
+        no_traceback(res)
+        assert res.returncode == 0 and len(res.stdout.splitlines()) > 10, res.stderr
+        report = apiwatch("--db", db, "report", "--since", "2026-01-01", "--format", "md")
+        assert report.returncode == 0 and "apiwatch" in report.stdout, report.stderr
+        assert apiwatch("--db", db, "db", "check").returncode == 0
+        assert sorted(p.name for p in folder.iterdir()) == ["audit.db"]
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=False)
+
+
+# -- 9. one privacy mode per database ---------------------------------------------------------
+
+
+def test_a_pseudonymised_database_refuses_plain_scans_and_other_keys(tmp_path):
+    db = tmp_path / "p.db"
+    key = {"APIWATCH_PSEUDONYMIZE_KEY": "k" * 32}
+    first = apiwatch("--db", db, "scan", "-q", "--pseudonymize", SHANGHAI, env=key)
+    assert first.returncode == 0, first.stderr
+    before = _stored(db)
+    for args, env in ((("scan", FRANKFURT), {}),
+                      (("scan", "--pseudonymize", FRANKFURT), {"APIWATCH_PSEUDONYMIZE_KEY": "z" * 32})):  # fmt: skip
+        res = apiwatch("--db", db, *args, env=env)
+        no_traceback(res)
+        assert res.returncode == 1
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith(f"Error: {db}: this database holds pseudonymised with key ")
+        assert "refused, nothing was scanned" in line
+    assert _stored(db) == before  # no anon: ids mixed with real addresses, no new scan row
+    same = apiwatch("--db", db, "scan", "-q", "--pseudonymize", FRANKFURT, env=key)
+    assert same.returncode == 0, same.stderr
+    clients = {r[0] for r in rows(db, "SELECT DISTINCT client_ip FROM observations")}
+    assert clients and all(c.startswith("anon:") for c in clients)
+    plain = tmp_path / "plain.db"
+    assert apiwatch("--db", plain, "scan", "-q", SHANGHAI).returncode == 0
+    res = apiwatch("--db", plain, "scan", "--pseudonymize", FRANKFURT, env=key)
+    assert res.returncode == 1 and "this database holds real addresses" in res.stderr

@@ -6,22 +6,15 @@ import json
 import sqlite3
 from pathlib import Path
 
-from click.testing import CliRunner
-
 from monitor import store as store_module
-from monitor.cli import EXIT_ERROR, main
+from monitor.cli import EXIT_ERROR
 from monitor.store import SCHEMA_VERSION, Store
+from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG = ROOT / "examples" / "logs" / "shanghai-access.log"
 CONFIG = ROOT / "examples" / "apiwatch.toml"
 KEY = "k" * 32
-
-
-def run(*args, env=None, ok=(0,)):
-    result = CliRunner(env=env or {}).invoke(main, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code in ok, result.output + result.stderr
-    return result
 
 
 def test_pseudonymize_keeps_no_client_address_or_user(tmp_path):

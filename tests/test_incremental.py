@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 
-import pytest
 from click.testing import CliRunner
 
 from monitor.cli import main
@@ -39,11 +38,6 @@ def total(db) -> int:
 def evidence(db) -> list[str]:
     out = CliRunner().invoke(main, ["--db", str(db), "incidents", "--json"]).stdout
     return sorted(e for x in out.splitlines() for e in json.loads(x)["evidence"])
-
-
-@pytest.fixture
-def db(tmp_path):
-    return tmp_path / "db.sqlite"
 
 
 N = 60  # lines: past HEAD_BYTES, so the file's identity is stable as it grows

@@ -3,9 +3,7 @@ time formats; mapping errors; damaged input (fuzzed); the CLI end to end."""
 
 from __future__ import annotations
 
-import io
 import json
-from calendar import timegm
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.cli import main
-from monitor.collectors import CollectOptions, collect
-from monitor.collectors.base import Diagnostics
+from monitor.collectors import CollectOptions
 from monitor.collectors.mapped import (
     MappedCollector,
     MappingError,
@@ -26,6 +23,7 @@ from monitor.collectors.mapped import (
     parse_time_auto,
     url_target,
 )
+from tests.conftest import by_line, collect_file, epoch, parse
 
 DATA = Path(__file__).resolve().parent / "data" / "gateways"
 CSV_COLUMNS = (
@@ -35,24 +33,13 @@ CSV_COLUMNS = (
 )
 
 
-def epoch(y, mo, d, h, mi, s):
-    return float(timegm((y, mo, d, h, mi, s, 0, 0, 0)))
-
-
 def parse_bytes(data: bytes, columns: str, host_filter=None):
-    diag = Diagnostics()
-    col = MappedCollector(parse_columns(columns))
-    return list(col.parse(io.BytesIO(data), "t", diag, host_filter)), diag
+    return parse(MappedCollector(parse_columns(columns)), data, host_filter=host_filter)
 
 
 def parse_file(path, columns=None, mapping=None, host_filter=None):
-    diag = Diagnostics()
     opts = CollectOptions(format="mapped", columns=columns, mapping=mapping)
-    return list(collect(str(path), opts, diag, host_filter)), diag
-
-
-def by_line(obs):
-    return {o.line: o for o in obs}
+    return collect_file(path, opts, host_filter)
 
 
 # --- mappings ----------------------------------------------------------------------------

@@ -33,11 +33,6 @@ CLIENT, SERVER = "10.1.2.3", "93.184.216.34"
 ANTHROPIC_IP = "160.79.104.10"  # in Anthropic's published 160.79.104.0/23
 
 
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return Catalog.load()
-
-
 def run(path: Path, catalog: Catalog | None = None, **kw):
     diag = Diagnostics()
     col = PcapCollector(catalog, **kw)
@@ -568,16 +563,31 @@ def test_fuzz_frames_never_raise(frame, lt):
         b = bytes(proto_pkt)
         t.packet(T0, 2, 101, b, 0, len(b))
     t.finish()
+    assert t.stats["packets"] == 4  # every frame counted, whatever it held
+    for o in t.ready:  # and whatever was reported came from these frames
+        assert (o.source, o.ts, o.ts_end) == ("fuzz", T0, T0) and o.line in (1, 2)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=700))
 def test_fuzz_dns_and_http_parsers(data):
     m = parse_message(data)
-    if m is not None:
+    if m is not None:  # what it read is the header it was given
+        assert (m.id, m.response, m.rcode) == (
+            int.from_bytes(data[:2], "big"),
+            bool(data[2] & 0x80),
+            data[3] & 0xF,
+        )
         DnsMap().add(m, T0)
-    parse_request_head(data)
-    parse_response_head(data)
+    start = data.replace(b"\r\n", b"\n").split(b"\n")[0]
+    req = parse_request_head(data)
+    if req is not None:  # a request line starts with an upper-case token: its method
+        assert req.method is not None and start.startswith(req.method.encode() + b" ")
+        assert req.method.isupper()
+    resp = parse_response_head(data)
+    if resp is not None:  # a status line: HTTP/x SP three digits
+        assert start.startswith(b"HTTP/") and resp.status == int(start.split(b" ")[1])
+        assert req is None
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -591,7 +601,13 @@ def test_fuzz_capture_files_never_raise(junk, kind):
             + b"\x1c\x00\x00\x00"
         )
     diag = Diagnostics()
-    list(PcapCollector().parse(io.BytesIO(head + junk), "fuzz", diag))
+    obs = list(PcapCollector().parse(io.BytesIO(head + junk), "fuzz", diag))
+    # junk is reported, never raised, and nothing is invented: at most a flow per packet,
+    # and a capture with no packets at all is a clean, empty one
+    assert all(o.source == "fuzz" and o.format == "pcap" for o in obs)
+    assert len(obs) <= diag.records
+    if not junk:
+        assert (obs, diag.records, diag.file_errors) == ([], 0, [])
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -23,7 +23,6 @@ import pytest
 from click.testing import CliRunner
 
 from monitor import accel
-from monitor.catalog import Catalog
 from monitor.cli import main
 from monitor.collectors import open_input
 from monitor.collectors.base import Diagnostics
@@ -53,11 +52,6 @@ def _need_accelerator():
         if os.environ.get("CI") and not os.environ.get(accel.PURE_ENV):
             pytest.fail(f"{MODULE} is not built (pip install -e . with a C compiler)")
         pytest.skip(f"{MODULE} not built")
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return Catalog.load()
 
 
 def parse(path: Path, catalog, pure: bool, mp: pytest.MonkeyPatch) -> tuple:

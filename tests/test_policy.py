@@ -77,6 +77,33 @@ def test_missing_list_semantics():
         (rule_doc(**{"provider.id": {"in": "openai"}}), "needs a list"),
         (rule_doc(**{"provider.id": {"exists": "yes"}}), "needs true or false"),
         (rule_doc(), "'when' must be a non-empty mapping"),
+        (rule_doc(**{"dest.ip": {"in_networks": ["10.0.0.0/33"]}}), "dest.ip: in_networks"),
+        (rule_doc(**{"dest.ip": {"in_networks": "10.0.0.0/8"}}), "needs a list"),
+        (
+            {
+                **rule_doc(**{"dest.ip": {"exists": True}}),
+                "unless": {"dest.nope": {"exists": True}},
+            },
+            "rule 't': unless: unknown field 'dest.nope'",
+        ),
+        ({**rule_doc(**{"dest.ip": {"exists": True}}), "unless": []}, "'unless' must be"),
+        (
+            {**rule_doc(**{"dest.ip": {"exists": True}}), "evidence": ["dest.nope"]},
+            "evidence: unknown field 'dest.nope'",
+        ),
+        (rule_doc(**{"history.served": {"empty": False}}), "history fields need 'correlate'"),
+        (
+            {**rule_doc(**{"dest.ip": {"exists": True}}), "correlate": {"window": "24h"}},
+            "dest.ip: a correlation rule reads history",
+        ),
+        (
+            {**rule_doc(**{"history.served": {"empty": False}}), "correlate": {"window": "1w"}},
+            "correlate: window must be",
+        ),
+        (
+            {**rule_doc(**{"history.served": {"empty": False}}), "correlate": {"by": "site"}},
+            "by must be client",
+        ),
         (
             {**rule_doc(**{"provider.id": {"equals": "a"}}), "colour": "red"},
             "unknown key(s) colour",
@@ -112,6 +139,10 @@ def test_disabled_rule_is_loaded_but_not_used(tmp_path):
 def test_bundled_rules_use_only_documented_fields():
     rules = RuleSet.load([BUNDLED])
     assert {r.id for r in rules.rules} == {
+        "egress-hopping",
+        "endpoint-network-mismatch",
+        "fronted-llm-traffic",
+        "llm-api-unknown-host",
         "provider-region-unsupported",
         "unknown-region-policy",
         "relay-service",
@@ -124,6 +155,30 @@ def test_bundled_rules_use_only_documented_fields():
     }
     for rule in rules.rules:
         assert set(rule.when) <= set(FIELDS)
+        assert set(rule.evidence) <= set(FIELDS)
+
+
+def test_networks_unless_and_evidence():
+    doc = {
+        **rule_doc(**{"dest.ip": {"not_in_networks": "$provider.ranges"}}),
+        "unless": [{"dest.scope": {"equals": "private"}}, {"dest.asn": {"in": [13335]}}],
+        "evidence": ["dest.ip"],
+    }
+    rule = compile_rule(doc, "x")
+    ranges = ("160.79.104.0/23", "2607:6bc0::/48")
+    assert rule.evidence == ("dest.ip",)
+    assert rule.matches({"dest.ip": "159.89.0.10", "provider.ranges": ranges})
+    assert not rule.matches({"dest.ip": "160.79.105.1", "provider.ranges": ranges})
+    assert not rule.matches({"dest.ip": "2607:6bc0::10", "provider.ranges": ranges})
+    assert rule.matches({"dest.ip": "2001:db8::1", "provider.ranges": ranges})
+    assert not rule.matches(
+        {"dest.ip": "10.0.0.1", "dest.scope": "private", "provider.ranges": ranges}
+    )
+    assert not rule.matches({"dest.ip": "1.1.1.1", "dest.asn": 13335, "provider.ranges": ranges})
+    # a literal list; no address is in no network
+    inside = compile_rule(rule_doc(**{"dest.ip": {"in_networks": ["10.0.0.0/8"]}}), "x")
+    assert inside.matches({"dest.ip": "10.1.2.3"}) and not inside.matches({"dest.ip": None})
+    assert not inside.matches({"dest.ip": "not-an-address"})
 
 
 def _ctx(catalog: Catalog, host: str, country: str | None, allowed=frozenset()):

@@ -23,6 +23,7 @@ from monitor.collectors.quic import (
 )
 from monitor.collectors.quic_versions import INITIAL_VERSIONS
 from monitor.collectors.tls import parse_client_hello
+from tests.test_tls import check_hello
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PCAP = SHARED / "conformance" / "pcap"
@@ -549,7 +550,7 @@ def test_fuzz_decrypted_payloads(payload, pn_len, version):
     tracker = QuicInitialTracker(max_crypto_bytes=4096)
     info = tracker.feed(protect(payload, pn_len=pn_len, version=version), "f")
     assert tracker.errors == 0 and tracker.decrypted == 1
-    assert info is None or info.legacy_version >= 0
+    check_hello(info)
 
 
 @_FUZZ

@@ -100,8 +100,10 @@ def _cert(tmp: Path) -> tuple[Path, Path]:
     return key, crt
 
 
-def _start_tcpdump(path: Path, ports: list[int]) -> subprocess.Popen:
-    flt = " or ".join(f"tcp port {p}" for p in ports)
+def _start_tcpdump(
+    path: Path, ports: list[int], udp_ports: tuple[int, ...] = ()
+) -> subprocess.Popen:
+    flt = " or ".join([*(f"tcp port {p}" for p in ports), *(f"udp port {p}" for p in udp_ports)])
     proc = subprocess.Popen(
         ["tcpdump", "-i", "lo", "-n", "-U", "--immediate-mode", "-w", str(path), flt],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -9,8 +9,6 @@ Skipped locally without squid/curl/openssl; fails instead when ``CI`` is set.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -264,12 +262,9 @@ def _incidents(runner, main, db: Path) -> list[dict]:
 
 
 def test_cli_scan_raises_region_incidents_idempotently(squid_run: SquidProxy, tmp_path: Path):
-    # Skip only while monitor/cli.py does not exist; once it does, a failing import fails.
-    if importlib.util.find_spec("monitor.cli") is None:
-        pytest.skip("monitor.cli is not written yet")
     from click.testing import CliRunner
 
-    cli = importlib.import_module("monitor.cli")
+    from monitor import cli
 
     # no user config or database leaks in from the machine running the tests
     runner = CliRunner(env={"HOME": str(tmp_path), "APIWATCH_CONFIG": None, "APIWATCH_DB": None})

@@ -20,12 +20,11 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from monitor.cli import main
 from monitor.report import custom_window, output_path, period_window
 from monitor.report.markdown import code, md
 from monitor.report.tabular import spreadsheet_cell
+from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -110,12 +109,6 @@ def hostile_log() -> str:
         )
         + "\n"
     )
-
-
-def run(*args, ok=(0,), input=None):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, input=input)
-    assert result.exit_code in ok, result.output + result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")

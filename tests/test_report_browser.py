@@ -172,13 +172,21 @@ def problems(events: list[dict]) -> list[str]:
     return out
 
 
-def test_html_report_in_chromium(chromium, built, tmp_path):
-    db, _ = built
+def weekly_in_chromium(chromium, db, tmp_path) -> tuple[Browser, str]:
+    """The weekly report of the module's database, open in a fresh Chromium."""
     page = tmp_path / "weekly.html"
     run("--db", db, "--config", CONFIG, "report", "--period", "weekly", "--date", WEEK, "-o", page)
     browser = Browser(chromium, tmp_path / "profile")
     try:
-        session = open_page(browser, page.as_uri())
+        return browser, open_page(browser, page.as_uri())
+    except BaseException:
+        browser.close()
+        raise
+
+
+def test_html_report_in_chromium(chromium, built, tmp_path):
+    browser, session = weekly_in_chromium(chromium, built[0], tmp_path)
+    try:
         title = evaluate(browser, session, "document.title")
         assert title.startswith("apiwatch weekly report"), title  # no injected script ran
         assert evaluate(browser, session, "document.scripts.length") == 1
@@ -239,6 +247,60 @@ def test_print_layout_has_no_errors(chromium, built, tmp_path):
         pdf = browser.send("Page.printToPDF", {"printBackground": True}, session=session)
         data = base64.b64decode(pdf["data"])
         assert data.startswith(b"%PDF") and len(data) > 10_000
+        assert not problems(browser.events)
+    finally:
+        browser.close()
+
+
+LAYOUT = """(() => {
+  const vw = document.documentElement.clientWidth;
+  const overflowing = Array.from(document.querySelectorAll('table'))
+    .filter(t => t.scrollWidth > t.parentElement.clientWidth + 1
+                 || t.getBoundingClientRect().right > vw + 1)
+    .map(t => (t.closest('section') || {}).id + ': ' + t.tHead.innerText.replace(/\\s+/g, ' '));
+  const lines = el => { const r = document.createRange(); r.selectNodeContents(el);
+                        return new Set(Array.from(r.getClientRects()).map(c => Math.round(c.top))).size; };
+  const wrappedRules = Array.from(document.querySelectorAll('td.rule'))
+    .filter(td => lines(td) > 1).map(td => td.innerText);
+  const sev = document.querySelector('#incidents svg.chart.h');
+  return {vw, page: document.documentElement.scrollWidth, overflowing, wrappedRules,
+          rules: document.querySelectorAll('td.rule').length,
+          sevLabels: Array.from(sev.querySelectorAll('text.label')).map(t => t.textContent),
+          sevZeros: Array.from(sev.querySelectorAll('text.value')).filter(t => t.textContent === '0').length,
+          lastHeader: Array.from(document.querySelectorAll('#incidents table.sortable thead'))
+            .map(h => { const c = h.rows[0].cells; const r = c[c.length - 1].getBoundingClientRect();
+                        return [c[c.length - 1].innerText.trim(), r.right <= vw]; })};
+})()"""
+
+
+@pytest.mark.parametrize("width, media", [(1400, "screen"), (718, "print")])  # 718: A4 at 96 dpi
+def test_layout_fits_at_1400_px_and_print_width(chromium, built, tmp_path, width, media):
+    """Every table fits (count and status on screen), rule ids stay on one line, and
+    severities without incidents draw no row of zeros."""
+    db, _ = built
+    browser, session = weekly_in_chromium(chromium, db, tmp_path)
+    try:
+        browser.send("Emulation.setDeviceMetricsOverride",
+                     {"width": width, "height": 1200, "deviceScaleFactor": 1, "mobile": False},
+                     session=session)  # fmt: skip
+        browser.send("Emulation.setEmulatedMedia", {"media": media}, session=session)
+        got = evaluate(browser, session, LAYOUT)
+        # the findings section (issue 11) is not laid out for print yet: see the issue 10 report
+        late = [t for t in got["overflowing"] if media == "print" and t.startswith("findings:")]
+        assert got["page"] <= got["vw"] or late, got
+        assert [t for t in got["overflowing"] if t not in late] == [], got["overflowing"]
+        assert got["rules"] > 5 and got["wrappedRules"] == [], got["wrappedRules"]
+        assert got["lastHeader"] and all(ok for name, ok in got["lastHeader"])
+        assert "status" in {name for name, _ in got["lastHeader"]}
+        by_severity = json.loads(
+            run(
+                "--db", db, "report", "--period", "weekly", "--date", WEEK, "--format", "json"
+            ).stdout
+        )["incidents"]["by_severity"]
+        busy = [s["severity"] for s in by_severity
+                if s["new"] or s["open"] or s["acknowledged"] or s["resolved"]]  # fmt: skip
+        assert len(busy) < len(by_severity)  # some severities are empty this week
+        assert got["sevLabels"] == busy and got["sevZeros"] == 0
         assert not problems(browser.events)
     finally:
         browser.close()

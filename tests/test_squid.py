@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-from calendar import timegm
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from monitor.collectors.base import MAX_LINE, Diagnostics, open_input
 from monitor.collectors.squid import POSITIONAL_FIELDS, SquidCollector, sniff
 from monitor.collectors.squid_logformat import LogformatError, compile_logformat, tokenize
 from monitor.observation import OBSERVATION_FIELDS
+from tests.conftest import epoch
 
 DATA = Path(__file__).resolve().parent / "data" / "squid"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -46,10 +46,6 @@ def write(tmp_path, name, data: bytes) -> Path:
     p = tmp_path / name
     p.write_bytes(data)
     return p
-
-
-def epoch(y, mo, d, h, mi, s):
-    return float(timegm((y, mo, d, h, mi, s, 0, 0, 0)))
 
 
 # --- native -----------------------------------------------------------------------------

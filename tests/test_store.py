@@ -144,6 +144,7 @@ def test_pipeline_rows_follow_the_column_order():
                     user="u", method="CONNECT", dest_host="api.openai.com", dest_port=443, dest_ip="1.2.3.4",
                     url="http://x/", status=200, bytes_out=11, bytes_in=22, host_source="connect",
                     result="TCP_TUNNEL", duration=0.5, ts_end=9.0, packets_out=3, packets_in=4, ech=True,
+                    ja4="t13d1516h2_8daaf6152771_e5627efa2ab1", user_agent="OpenAI/Python 1.54.0",
                     egress_ip="5.6.7.8", ech_outer="cloudflare-ech.com", tunnel="vxlan", tunnel_src="10.9.0.1", tunnel_dst="10.9.0.2",
                     processing_region="openai:eu", processing_geo="EU", residency_basis="hostname",
                     residency_caveat="c")  # fmt: skip
@@ -163,7 +164,8 @@ def test_pipeline_rows_follow_the_column_order():
         "client_ip": "10.0.0.1", "client_port": 5, "user": "u", "method": "CONNECT",
         "dest_host": "api.openai.com", "dest_port": 443, "dest_ip": "1.2.3.4", "url": "http://x/",
         "status": 200, "result": "TCP_TUNNEL", "bytes_out": 11, "bytes_in": 22, "host_source": "connect",
-        "duration": 0.5, "ts_end": 9.0, "packets_out": 3, "packets_in": 4, "ech": True, "provider": "openai",
+        "duration": 0.5, "ts_end": 9.0, "packets_out": 3, "packets_in": 4, "ech": True,
+        "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1", "user_agent": "OpenAI/Python 1.54.0", "provider": "openai",
         "provider_kind": "api", "match_pattern": "api.openai.com", "site": "sh", "egress_ip": "5.6.7.8",
         "egress_country": "CN", "egress_source": "src", "dest_country": "US", "dest_asn": 13335,
         "outcome": "allowed", "scan_id": None, "egress_geo_country": "DE",

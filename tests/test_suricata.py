@@ -23,6 +23,7 @@ from monitor.collectors import CollectOptions, Diagnostics, collect, format_of
 from monitor.collectors.pcap import PcapCollector
 from monitor.collectors.suricata import SuricataCollector, sniff
 from monitor.observation import HOST_SOURCES
+from tests import conftest
 from tests.pcaps import (
     T0,
     Tcp,
@@ -71,9 +72,8 @@ def eve(*events: dict) -> bytes:
 
 
 def parse(data: bytes, host_filter=None, **kw):
-    diag = Diagnostics()
     c = SuricataCollector(**kw)
-    return list(c.parse(io.BytesIO(data), "eve.json", diag, host_filter)), diag, c
+    return (*conftest.parse(c, data, "eve.json", host_filter), c)
 
 
 # ----------------------------------------------------------------------------- events
@@ -239,7 +239,11 @@ SAMPLES = eve(
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2048))
 def test_fuzz_random_bytes_never_raise(data):
-    list(SuricataCollector().parse(io.BytesIO(data), "fuzz", Diagnostics()))
+    diag = Diagnostics()
+    for o in SuricataCollector().parse(io.BytesIO(data), "fuzz", diag):
+        assert o.source == "fuzz" and o.line >= 1 and o.host_source in (None, *HOST_SOURCES)
+    assert all(p.source == "fuzz" and p.line for p in diag.problems)  # file:line, every one
+    assert diag.records + diag.malformed <= diag.lines  # at most one record per line
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

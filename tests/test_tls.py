@@ -306,7 +306,10 @@ def test_malformed_lengths_give_none():
     # a hello with no extensions at all (SSLv3 style)
     bare = hs[4:start]
     msg = b"\x01" + len(bare).to_bytes(3, "big") + bare
-    assert parse_client_hello(msg) == ClientHelloInfo(None, False, 0x0303, (), ())
+    # JA4: TLS 1.2, no SNI (i), 18 suites, no extensions, no ALPN (00), empty extension hash
+    assert parse_client_hello(msg) == ClientHelloInfo(
+        None, False, 0x0303, (), (), "t12i180000_85036bcba153_000000000000"
+    )
 
 
 # --- real captures: Zeek and JA4 TLS-over-TCP pcaps -----------------------------------------
@@ -425,10 +428,22 @@ def _base() -> bytes:
     return _BASE_STREAM
 
 
+def check_hello(info: ClientHelloInfo | None) -> None:
+    """What any parse result must be, however damaged its input: nothing, or a ClientHello
+    summary as documented (a 16-bit version, GREASE removed, a normalised server name)."""
+    if info is None:
+        return
+    assert isinstance(info, ClientHelloInfo) and 0 <= info.legacy_version <= 0xFFFF
+    assert not any(is_grease(v) for v in info.versions)
+    assert all(isinstance(a, str) for a in info.alpn)
+    assert info.sni is None or (info.sni and not info.sni.endswith("."))
+
+
 def _check_result(result):
     info, need = result
     if info is not None:
-        assert need == 0 and isinstance(info, ClientHelloInfo)
+        assert need == 0
+        check_hello(info)
     else:
         assert need == -1 or need > 0
 
@@ -437,11 +452,10 @@ def _check_result(result):
 @given(st.binary(max_size=600))
 def test_fuzz_random_bytes(data):
     # the private functions have no catch-all: they must not raise by construction
-    assert tls._parse(data) is None or isinstance(tls._parse(data), ClientHelloInfo)
+    check_hello(tls._parse(data))
     _check_result(tls._from_records(data, len(data)))
     _check_result(client_hello_from_records(b"\x16\x03\x01" + data))
-    info = parse_client_hello(b"\x01" + data)
-    assert info is None or isinstance(info, ClientHelloInfo)
+    check_hello(parse_client_hello(b"\x01" + data))
 
 
 @_FUZZ
@@ -459,8 +473,7 @@ def test_fuzz_mutated_real_hello(flips, cut):
     mutated = bytearray(hs)
     for pos, x in flips:
         mutated[pos % len(mutated)] ^= x
-    info = tls._parse(bytes(mutated))
-    assert info is None or isinstance(info, ClientHelloInfo)
+    check_hello(tls._parse(bytes(mutated)))
 
 
 @_FUZZ

@@ -52,7 +52,9 @@ def test_live_capture_on_loopback_alerts_within_5s(tmp_path):
             input=b"", capture_output=True, timeout=20,
         )  # fmt: skip
         ended["api.anthropic.com"] = time.time()
-        got = hook.wait_for(2, timeout=15)
+        # per host: the region finding, and endpoint-network-mismatch (the provider's name
+        # at a loopback address is what a hosts-file override looks like)
+        got = hook.wait_for(4, timeout=15)
         assert watch.stop(signal.SIGTERM) == 0, "\n".join(watch.log)
         watch = None
     finally:
@@ -61,7 +63,16 @@ def test_live_capture_on_loopback_alerts_within_5s(tmp_path):
         hook.stop()
         server.terminate()
         server.wait(10)
-    events = {r["body"]["event"]["dest_host"]: (r, r["body"]["event"]) for r in got}
+    rules = {(r["body"]["event"]["dest_host"], r["body"]["event"]["rule"]) for r in got}
+    assert {rule for _, rule in rules} == {
+        "provider-region-unsupported",
+        "endpoint-network-mismatch",
+    }
+    events = {
+        r["body"]["event"]["dest_host"]: (r, r["body"]["event"])
+        for r in got
+        if r["body"]["event"]["rule"] == "provider-region-unsupported"
+    }
     assert set(events) == {"api.openai.com", "api.anthropic.com"}
     latency = {}
     for host, (request, e) in events.items():

@@ -27,6 +27,7 @@ from monitor.collectors.zeek import (
     sniff_tsv,
 )
 from monitor.observation import HOST_SOURCES
+from tests import conftest
 
 ZEEK_LOGS = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "zeek-logs"
 needs_conformance = pytest.mark.skipif(
@@ -61,10 +62,8 @@ def tsv(path: str, fields: list[str], rows: list[list[str]]) -> bytes:
 
 
 def parse(data: bytes, source: str = "x.log", host_filter=None, **kw):
-    diag = Diagnostics()
     c = ZeekCollector(**kw)
-    out = list(c.parse(io.BytesIO(data), source, diag, host_filter))
-    return out, diag, c
+    return (*conftest.parse(c, data, source, host_filter), c)
 
 
 def day(tmp_path: Path, period: str = "00:00:00-01:00:00", gz: bool = True) -> Path:
@@ -535,9 +534,12 @@ REAL_LINES = _real_lines()
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2048))
 def test_fuzz_random_bytes_never_raise(data):
-    diag = Diagnostics()
-    list(ZeekCollector().parse(io.BytesIO(data), "fuzz", diag))
-    list(ZeekCollector().parse(io.BytesIO(tsv("conn", CONN, []) + data), "fuzz", diag))
+    for blob in (data, tsv("conn", CONN, []) + data):
+        diag = Diagnostics()
+        for o in ZeekCollector().parse(io.BytesIO(blob), "fuzz", diag):
+            assert o.source == "fuzz" and o.line >= 1 and o.host_source in (None, *HOST_SOURCES)
+        assert all(p.source == "fuzz" for p in diag.problems)
+        assert diag.records + diag.malformed <= diag.lines  # at most one record per line
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -3,9 +3,7 @@ Elastic conformance sample; detection; damaged input (fuzzed); the CLI end to en
 
 from __future__ import annotations
 
-import io
 import json
-from calendar import timegm
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.cli import main
-from monitor.collectors import CollectOptions, collect, detect
-from monitor.collectors.base import Diagnostics, open_input
+from monitor.collectors import detect
+from monitor.collectors.base import open_input
 from monitor.collectors.zscaler import (
     FORMAT_CSV,
     FORMAT_JSON,
@@ -24,6 +22,8 @@ from monitor.collectors.zscaler import (
     sniff,
 )
 from monitor.observation import OBSERVATION_FIELDS
+from tests.conftest import by_line, epoch, parse
+from tests.conftest import collect_file as parse_file
 
 DATA = Path(__file__).resolve().parent / "data" / "gateways"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -36,24 +36,8 @@ SAMPLES = {
 }
 
 
-def epoch(y, mo, d, h, mi, s):
-    return float(timegm((y, mo, d, h, mi, s, 0, 0, 0)))
-
-
 def parse_bytes(data: bytes, variant="auto", host_filter=None, source="t"):
-    diag = Diagnostics()
-    obs = list(ZscalerCollector(variant).parse(io.BytesIO(data), source, diag, host_filter))
-    return obs, diag
-
-
-def parse_file(path, host_filter=None):
-    diag = Diagnostics()
-    obs = list(collect(str(path), CollectOptions(), diag, host_filter))
-    return obs, diag
-
-
-def by_line(obs):
-    return {o.line: o for o in obs}
+    return parse(ZscalerCollector(variant), data, source, host_filter)
 
 
 # --- detection ---------------------------------------------------------------------------
@@ -245,7 +229,7 @@ def test_host_filter_skips_rejected_records_but_counts_them():
     keep_openai = lambda h: h.endswith("openai.com")  # noqa: E731
     for name in SAMPLES:
         everything, d_all = parse_file(DATA / name)
-        kept, d_kept = parse_file(DATA / name, keep_openai)
+        kept, d_kept = parse_file(DATA / name, host_filter=keep_openai)
         assert d_kept.records == d_all.records and d_kept.malformed == d_all.malformed
         assert kept == [o for o in everything if o.dest_host is None or keep_openai(o.dest_host)]
 

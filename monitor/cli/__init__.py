@@ -11,6 +11,7 @@ from monitor.cli import (  # noqa: F401 (registration)
     alerts,
     collect,
     database,
+    discovered,
     export,
     findings,
     query,

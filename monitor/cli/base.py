@@ -8,6 +8,7 @@ and register themselves on :data:`main`; nothing here imports them.
 from __future__ import annotations
 
 import functools
+import sqlite3
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from monitor.countries import is_country_code
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, ApiwatchError
 from monitor.observation import canonical_ip
 from monitor.output import safe_text
+from monitor.store import database_problem
 from monitor.timespec import parse_when
 
 __all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "FATAL", "Fatal", "main"]
@@ -39,7 +41,8 @@ def app_of(ctx: click.Context) -> App:
 
 
 def guard(fn):
-    """Turn expected failures (bad config, rules, database) into one clear line and exit 1."""
+    """Turn expected failures (bad config, rules, database) into one clear line and exit 1;
+    whatever SQLite reports (a damaged file, a full disk) names the database file."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -47,6 +50,10 @@ def guard(fn):
             return fn(*args, **kwargs)
         except FATAL as exc:
             raise Fatal(str(exc)) from exc
+        except sqlite3.DatabaseError as exc:
+            app = click.get_current_context().find_object(App)
+            where = app.db_path if app is not None else Path("database")
+            raise Fatal(database_problem(where, exc)) from exc
 
     return wrapper
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import click
 
 from monitor.cli.base import EXIT_ERROR, app_of, guard, main
+from monitor.store import StoreError
 from monitor.timespec import parse_when
 
 
@@ -31,7 +33,14 @@ def db_check(ctx, as_json):
     apiwatch db check
     apiwatch --db /var/lib/apiwatch/apiwatch.db db check --json
     """
-    report = app_of(ctx).store.check()
+    app = app_of(ctx).for_reading()
+    try:
+        report = app.store.check()
+    except StoreError as exc:  # too damaged to open: that is the finding
+        if not isinstance(exc.__cause__, sqlite3.DatabaseError):
+            raise
+        report = {"path": str(app.db_path), "integrity": f"cannot be opened: {exc.__cause__}",
+                  "orphan_hits": None, "tables": {}}  # fmt: skip
     if as_json:
         click.echo(json.dumps(report))
     else:
@@ -39,7 +48,9 @@ def db_check(ctx, as_json):
             if isinstance(value, dict):
                 value = ", ".join(f"{k} {v}" for k, v in value.items())
             click.echo(f"{key:<24} {value}")
-    if report["integrity"] != "ok" or report["orphan_hits"] or report["incidents_without_finding"]:
+    unreadable = any(isinstance(n, str) for n in report["tables"].values())
+    if (report["integrity"] != "ok" or report["orphan_hits"] or unreadable
+            or report.get("incidents_without_finding")):  # fmt: skip
         ctx.exit(EXIT_ERROR)
 
 

@@ -60,7 +60,7 @@ def incidents(ctx, finding, limit, out, spreadsheet_safe, **filters):
     apiwatch incidents --json | jq -r 'select(.count > 100) | .id'
     """
     q = query_of(filters, limit=limit, finding=finding)
-    app = app_of(ctx)
+    app = app_of(ctx).for_reading()
     try:
         rows = list(app.store.incidents(q))
     except KeyError as exc:
@@ -117,7 +117,7 @@ def show(ctx, incident_id, as_json, samples):
     apiwatch show 3f9a --json | jq '.records[].url'
     """
     finding = is_finding_id(incident_id)
-    store = app_of(ctx).store
+    store = app_of(ctx).for_reading().store
     try:
         inc = (
             store.finding(incident_id, samples=samples)
@@ -134,10 +134,16 @@ def show(ctx, incident_id, as_json, samples):
     records = inc.pop("records")
     events = inc.pop("events")
     tops = {k: inc.pop(k) for k in list(inc) if k.startswith("top_")}
-    width = max(len(k) for k in inc)
+    facts = inc.pop("facts", None) or {}
+    width = max(len(k) for k in [*inc, *(f"  {f}" for f in facts)])
     for key, value in inc.items():
         shown = ", ".join(value) if isinstance(value, list) else value
         click.echo(f"{key:<{width}}  {safe_text(shown, 200)}")
+    if facts:  # what the rule's evidence fields showed
+        click.echo("facts:")
+        for name, values in facts.items():
+            shown = ", ".join(json_text(v) for v in values)
+            click.echo(f"{'  ' + name:<{width}}  {safe_text(shown, 200)}")
     for key, rows in tops.items():
         if rows:
             click.echo(f"\n{key.replace('_', ' ')}:")

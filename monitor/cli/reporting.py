@@ -112,7 +112,7 @@ def report_cmd(
         write_atomic,
     )
 
-    app: App = ctx.obj
+    app: App = ctx.obj.for_reading()
     tz = report_tz(app, tz, site)
     try:
         window = period_window(period, day, tz=tz) if period else custom_window(since, until, tz=tz)

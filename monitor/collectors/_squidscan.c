@@ -1,6 +1,6 @@
 /* The Squid native collector's host-filter pre-pass, in C (see monitor/accel.py).
  *
- * native_filter(lines, clean, rejects) -> (records, todo)
+ * native_filter(lines, clean, rejects, markers=()) -> (records, todo)
  *
  * For each line of a batch, it does what the first branch of SquidCollector._parse_native
  * does when a host filter is set: a line of exactly ten whitespace-separated fields whose
@@ -10,7 +10,9 @@
  * not sure of (any other shape, a target not yet in `rejects`, a timestamp that is not
  * plain digits[.digits] below 1e10) goes to `todo`, the list of indexes the Python loop
  * then reads, in order. Lines are only read; nothing here allocates per line except the
- * lookup key.
+ * lookup key. A URL (not a CONNECT target) whose path holds one of `markers` (byte
+ * strings an LLM API path holds) goes to `todo` even when its target is rejected: the
+ * Python loop decides whether the request is LLM-shaped.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -78,8 +80,22 @@ find_scheme_sep(const char *s, Py_ssize_t n)
 }
 
 /* 1: counted and dropped; 0: to the Python loop; -1: error set */
+/* 1 when s[0:n] holds one of the byte strings of the tuple `markers` */
 static int
-rejected_record(const char *s, Py_ssize_t n, int clean, PyObject *rejects)
+has_marker(const char *s, Py_ssize_t n, PyObject *markers)
+{
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(markers); k++) {
+        PyObject *m = PyTuple_GET_ITEM(markers, k);
+        if (!PyBytes_Check(m) || PyBytes_GET_SIZE(m) == 0)
+            continue;
+        if (memmem(s, (size_t)n, PyBytes_AS_STRING(m), (size_t)PyBytes_GET_SIZE(m)) != NULL)
+            return 1;
+    }
+    return 0;
+}
+
+static int
+rejected_record(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *markers)
 {
     const char *tok[FIELDS];
     Py_ssize_t len[FIELDS];
@@ -125,18 +141,29 @@ rejected_record(const char *s, Py_ssize_t n, int clean, PyObject *rejects)
     Py_DECREF(key);
     if (verdict == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    return verdict == Py_True;
+    if (verdict != Py_True)
+        return 0;
+    if (tlen < len[6] && has_marker(target + tlen, len[6] - tlen, markers))
+        return 0; /* a URL whose path may be an LLM API's */
+    return 1;
 }
 
 static PyObject *
 native_filter(PyObject *self, PyObject *args)
 {
-    PyObject *lines, *rejects;
+    PyObject *lines, *rejects, *markers = NULL;
     int clean;
 
-    if (!PyArg_ParseTuple(args, "O!pO!:native_filter", &PyList_Type, &lines, &clean,
-                          &PyDict_Type, &rejects))
+    if (!PyArg_ParseTuple(args, "O!pO!|O!:native_filter", &PyList_Type, &lines, &clean,
+                          &PyDict_Type, &rejects, &PyTuple_Type, &markers))
         return NULL;
+    if (markers == NULL) {
+        markers = PyTuple_New(0);
+        if (markers == NULL)
+            return NULL;
+    } else {
+        Py_INCREF(markers);
+    }
     PyObject *todo = PyList_New(0);
     if (todo == NULL)
         return NULL;
@@ -147,7 +174,7 @@ native_filter(PyObject *self, PyObject *args)
         if (PyBytes_Check(line)) {
             Py_INCREF(line); /* a dict lookup may run Python code that changes the list */
             r = rejected_record(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line), clean,
-                                rejects);
+                                rejects, markers);
             Py_DECREF(line);
         }
         if (r < 0)
@@ -164,16 +191,19 @@ native_filter(PyObject *self, PyObject *args)
         if (err < 0)
             goto fail;
     }
+    Py_DECREF(markers);
     return Py_BuildValue("nN", records, todo);
 fail:
+    Py_DECREF(markers);
     Py_DECREF(todo);
     return NULL;
 }
 
 static PyMethodDef methods[] = {
     {"native_filter", native_filter, METH_VARARGS,
-     "native_filter(lines, clean, rejects) -> (records, todo): count the lines whose "
-     "target the host filter rejected; the indexes of the others, for the Python loop."},
+     "native_filter(lines, clean, rejects, markers=()) -> (records, todo): count the lines "
+     "whose target the host filter rejected (unless their URL path holds a marker); the "
+     "indexes of the others, for the Python loop."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -186,5 +216,11 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__squidscan(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* 2: native_filter takes `markers`; squid.py ignores a module built before that */
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 2) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -28,6 +28,14 @@ MAX_PROBLEMS_KEPT = 200
 READ_CHUNK = 1 << 20
 
 HostFilter = Callable[[str], bool]
+#: Whether a request whose host the host filter rejected looks like an LLM API request all
+#: the same (its URL path, its User-Agent): a host filter may carry one as ``.requests``.
+RequestFilter = Callable[[str | None, str | None], bool]
+
+
+def requests_of(host_filter: HostFilter | None) -> RequestFilter | None:
+    """The request filter a host filter carries, if any."""
+    return getattr(host_filter, "requests", None)
 
 
 class InputError(ApiwatchError):

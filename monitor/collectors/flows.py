@@ -54,6 +54,7 @@ from struct import Struct
 from typing import Any
 
 from monitor import accel
+from monitor.collectors.base import requests_of
 from monitor.collectors.dns import DnsMap, parse_message
 from monitor.collectors.fields import host_keeper, memoised
 from monitor.collectors.http1 import (
@@ -237,6 +238,7 @@ class FlowTable:
         #: packed server address -> its text when the catalogue's ranges hold it (memoised)
         self._in_ranges = memoised(self._catalog_ip, 65536) if catalog is not None else None
         self._keep = host_keeper(host_filter, 65536)
+        self._requests = requests_of(host_filter)
         self.stats: dict[str, int] = {
             "packets": 0,
             "dns_messages": 0,
@@ -836,6 +838,10 @@ class FlowTable:
                 return ip, "ip"
         return None, None
 
+    def _to_ingress(self, f: Flow) -> bool:
+        """The server is in a provider's published ingress ranges (whatever its name)."""
+        return self._in_ranges is not None and self._in_ranges(f.sip) is not None
+
     def _catalog_ip(self, sip: bytes) -> str | None:
         text = _ip_text(sip)
         return text if self.catalog.match_ip(text) is not None else None
@@ -849,7 +855,7 @@ class FlowTable:
             self._report_http(f, h.exchanges, last=True)
             return
         host, src = self._name(f)
-        if not self._keep(host):
+        if not self._keep(host) and not self._to_ingress(f):
             return
         o = self._obs(f, f.first, f.last, host, src, f.pk_out, f.pk_in, f.by_out, f.by_in, None)
         if f.socks is not None:
@@ -889,13 +895,20 @@ class FlowTable:
             host, hsrc, port, url = request_name(x, f.sport)
             if host is None:
                 host, hsrc = self._name(f)
-            if not self._keep(host):
+            if (
+                not self._keep(host)
+                and not self._to_ingress(f)
+                and not (self._requests and self._requests(url or x.target, x.user_agent))
+            ):
                 continue
             o = self._obs(
                 f, x.ts, x.ts_end, host, hsrc, x.pk_out, x.pk_in, x.by_out, x.by_in, x.index
             )
             o.method = x.method
             o.url = url
+            o.user_agent = x.user_agent
+            if x.body:
+                o.response_excerpt = x.body.decode("utf-8", "backslashreplace")
             o.status = x.status
             o.dest_port = port
             self.ready.append(o)
@@ -916,7 +929,8 @@ class FlowTable:
             client_port=f.cport,
             dest_host=host,
             dest_port=f.sport,
-            dest_ip=None if hsrc == "connect" else sip,  # a proxy's address is not the destination
+            # a proxy's address (HTTP CONNECT, SOCKS) is not the destination's
+            dest_ip=None if hsrc == "connect" or f.socks is not None else sip,
             bytes_out=bo,
             bytes_in=bi,
             host_source=hsrc,
@@ -925,6 +939,7 @@ class FlowTable:
             packets_out=pko,
             packets_in=pki,
             ech=f.ech,
+            ja4=f.hello.ja4 if f.hello is not None else None,
             ech_outer=f.sni if f.ech and f.sni and self.dns.is_ech_public(f.sni) else None,
             tunnel=tunnel[0] if tunnel else None,
             tunnel_src=_ip_text(tunnel[1]) if tunnel else None,

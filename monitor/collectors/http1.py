@@ -35,6 +35,7 @@ class HttpHead:
     version: str = ""
     status: int | None = None  # responses
     host: str | None = None  # Host header value, as sent
+    user_agent: str | None = None  # requests: User-Agent header value
     content_length: int | None = None
     chunked: bool = False
 
@@ -61,6 +62,9 @@ def _headers(lines: list[bytes], h: HttpHead) -> HttpHead | None:
         if name == b"host":
             if h.host is None:
                 h.host = _text(value)
+        elif name == b"user-agent":
+            if h.user_agent is None:
+                h.user_agent = _text(value)
         elif name == b"content-length":
             v = value.split(b",")[0].strip()
             if v.isdigit() and len(v) < 19:
@@ -111,20 +115,28 @@ def parse_response_head(head: bytes) -> HttpHead | None:
 HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILER, CLOSE, DEAD = range(7)
 
 
-class HttpSide:
-    """One direction of an HTTP/1 connection: heads, then bodies skipped by length."""
+#: bytes kept of an error response's body (a provider's refusal is a short JSON message)
+MAX_BODY_EXCERPT = 2048
 
-    __slots__ = ("state", "left", "msg_ts")
+
+class HttpSide:
+    """One direction of an HTTP/1 connection: heads, then bodies skipped by length. While
+    :attr:`body` is a bytearray, the body's first bytes are kept in it."""
+
+    __slots__ = ("state", "left", "msg_ts", "body")
 
     def __init__(self) -> None:
         self.state = HEAD
         self.left = 0
         self.msg_ts: float | None = None
+        self.body: bytearray | None = None
 
     def skip(self, n: int) -> bool:
         """``n`` in-order bytes wholly inside a body (by length or chunk, or up to the
         close): stepped over without parsing; False when they need :meth:`feed`."""
         state = self.state
+        if self.body is not None and len(self.body) < MAX_BODY_EXCERPT:
+            return False  # the bytes are wanted
         if state in (BODY, CHUNK_DATA):
             if self.left < n:
                 return False
@@ -178,6 +190,9 @@ class HttpSide:
                     return n
             elif st in (BODY, CHUNK_DATA):
                 take = min(self.left, n - pos)
+                body = self.body
+                if body is not None and len(body) < MAX_BODY_EXCERPT:
+                    body += data[pos : pos + min(take, MAX_BODY_EXCERPT - len(body))]
                 pos += take
                 self.left -= take
                 if self.left == 0:
@@ -214,6 +229,9 @@ class HttpSide:
                 if not line:
                     self.state = HEAD
             else:  # CLOSE, DEAD: everything to the end belongs to the body / tunnel
+                body = self.body
+                if st == CLOSE and body is not None and len(body) < MAX_BODY_EXCERPT:
+                    body += data[pos : pos + MAX_BODY_EXCERPT - len(body)]
                 return n
         return pos
 
@@ -225,7 +243,9 @@ class Exchange:
         "method",
         "target",
         "host",
+        "user_agent",
         "status",
+        "body",
         "pk_out",
         "pk_in",
         "by_out",
@@ -239,7 +259,9 @@ class Exchange:
         self.method = head.method
         self.target = head.target
         self.host = head.host
+        self.user_agent = head.user_agent
         self.status: int | None = None
+        self.body: bytearray | None = None  # error responses: the body's first bytes
         self.pk_out = self.pk_in = self.by_out = self.by_in = 0
         self.index = index
 
@@ -281,11 +303,14 @@ class HttpConnection:
             return "dead", 0
         st = h.status or 0
         x = self.awaiting[0] if self.awaiting else None
+        self.server.body = None
         if x is not None:
             self.cur_s = x
             if st >= 200 or st == 101:
                 self.awaiting.pop(0)
                 x.status = st
+            if st >= 400:  # a refusal explains itself in the body
+                x.body = self.server.body = bytearray()
         if st == 101 or (x is not None and x.method == "CONNECT" and 200 <= st < 300):
             self.dead = True
             return "dead", 0

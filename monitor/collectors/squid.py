@@ -34,6 +34,7 @@ from monitor.collectors.base import (
     HostFilter,
     InputError,
     iter_batches,
+    requests_of,
 )
 from monitor.collectors.squid_logformat import (
     BUILTIN,
@@ -164,10 +165,15 @@ class _Targets:
         "filter",
         "rejects",
         "host_filter",
+        "requests",
+        "markers",
     )
 
     def __init__(self, host_filter: HostFilter | None = None) -> None:
         self.host_filter = host_filter
+        self.requests = requests_of(host_filter)
+        #: byte strings one of which an LLM-shaped URL holds (a cheap test before the filter)
+        self.markers: tuple[bytes, ...] = tuple(getattr(host_filter, "markers", ()))
         self.connect: dict[bytes, tuple[str | None, int | None]] = {}
         self.authority: dict[bytes, tuple[str | None, int | None]] = {}
         self.ips: dict[bytes, str | None] = {}
@@ -186,6 +192,18 @@ class _Targets:
             self.rejects.clear()
         self.rejects[target] = v
         return v
+
+    def wanted(self, url: bytes | None, user_agent: bytes | None = None) -> bool:
+        """A request to a host the filter rejected is kept when its URL path or User-Agent
+        is an LLM API's (``requests`` of the host filter)."""
+        if self.requests is None:
+            return False
+        if user_agent is None and (url is None or not any(m in url for m in self.markers)):
+            return False
+        return self.requests(
+            _text(url) if url is not None else None,
+            _text(user_agent) if user_agent is not None else None,
+        )
 
     def keep(self, host: str | None) -> bool:
         """The host filter's verdict, asked once per host (records without a host are kept)."""
@@ -290,14 +308,22 @@ class _Targets:
         return hp[0], hp[1], ru, "url" if hp[0] else None
 
 
-#: (lines, clean, rejects) -> (records counted and dropped, indexes of the other lines)
-NativeFilter = Callable[[list[bytes], bool, dict[bytes, bool]], tuple[int, list[int]]]
+#: (lines, clean, rejects, markers) -> (records counted and dropped, indexes of the others)
+NativeFilter = Callable[
+    [list[bytes], bool, dict[bytes, bool], tuple[bytes, ...]], tuple[int, list[int]]
+]
 
 
 def _accelerator() -> NativeFilter | None:
     """``native_filter`` of the C pre-pass (``_squidscan.c``), when it is built and wanted."""
     module = accel.load("monitor.collectors._squidscan")
-    return None if module is None else module.native_filter
+    if module is None or getattr(module, "ABI", 1) < _ACCEL_ABI:
+        return None  # absent, or built from an older source: rebuild it (pip install)
+    return module.native_filter
+
+
+#: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
+_ACCEL_ABI = 2
 
 
 def _host_port(text: str) -> tuple[str | None, int | None]:
@@ -374,11 +400,12 @@ class SquidCollector:
         # the C pre-pass counts the records the filter rejects (most of them) and hands
         # the rest to the loop below, which reads every line when it is absent
         prepass = _accelerator() if filtering else None
+        markers = t.markers if t.requests is not None else ()
         records = 0
         try:
             for base, lines, clean in batches:
                 if prepass is not None:
-                    dropped, todo = prepass(lines, clean, rejects)
+                    dropped, todo = prepass(lines, clean, rejects, markers)
                     records += dropped
                 else:
                     todo = range(len(lines))
@@ -400,6 +427,10 @@ class SquidCollector:
                             rejected = rejects.get(target)
                             if rejected is None:
                                 rejected = t.rejects_target(parts[5] == b"CONNECT", target)
+                            if rejected and markers and target is not parts[6]:
+                                # a URL with a path: an LLM API path keeps it all the same
+                                path = parts[6][len(target) :]
+                                rejected = not any(m in path for m in markers)
                             if (
                                 rejected
                                 and parts[1].isdigit()
@@ -438,8 +469,8 @@ class SquidCollector:
                                 keep = fcache.get(host)
                                 if keep is None:
                                     keep = t.keep(host)
-                                if not keep:  # rejected: counted, no Observation built
-                                    continue
+                                if not keep and not t.wanted(url):
+                                    continue  # rejected: counted, no Observation built
                             if url is not None:
                                 url = _text(url)
                             client = ips.get(parts[2], missing)
@@ -512,7 +543,7 @@ class SquidCollector:
         if method == "-":
             method = None
         host, port, raw_url, hsrc = t.target(method, parts[6])
-        if not t.keep(host):
+        if not t.keep(host) and not t.wanted(raw_url):
             return None
         url = _text(raw_url) if raw_url is not None else None
         user = parts[7]
@@ -712,7 +743,10 @@ class SquidCollector:
             host, hport = _host_port(_text(get("host_header")))  # type: ignore[arg-type]
             port = port if port is not None else hport
             hsrc = "http_host" if host else None
-        if not t.keep(host):
+        agent = get("user_agent")
+        if agent == b"-":
+            agent = None
+        if not t.keep(host) and not t.wanted(raw_url, agent):
             return None
         url = _text(raw_url) if raw_url is not None else None
         client = get("client_ip")
@@ -749,6 +783,7 @@ class SquidCollector:
             result,
             int(elapsed) / 1000 if elapsed is not None and int(elapsed) >= 0 else None,
             record_id=record_id(raw),
+            user_agent=_text(agent) if agent is not None else None,
         )
 
 

@@ -119,7 +119,7 @@ _CODES: dict[str, tuple[str | None, str]] = {
     "rv": (None, _WORD),
     ">rv": (None, _WORD),
     "<rv": (None, _WORD),
-    ">h": (None, _WORD),  # role "host_header" when the argument is Host
+    ">h": (None, _WORD),  # role "host_header" / "user_agent" when the argument is Host / User-Agent
     ">ha": (None, _WORD),
     "<h": (None, _WORD),
     # reply / status
@@ -206,6 +206,8 @@ class Token:
     def role(self) -> str | None:
         if self.code in (">h", ">ha") and self.arg and self.arg.lower() == "host":
             return "host_header"
+        if self.code in (">h", ">ha") and self.arg and self.arg.lower() == "user-agent":
+            return "user_agent"
         return _CODES[self.code][0]
 
     @property

@@ -232,6 +232,7 @@ class SuricataCollector(JoinCollector):
                 _count(h.get("length")),
                 record_id(raw),
             )
+            obs.user_agent = _str(h.get("http_user_agent"))
             join.named(key, obs, tls=False)
             return
         # tls / quic

@@ -48,6 +48,7 @@ from monitor.collectors.base import (
     InputError,
     iter_batches,
     open_input,
+    requests_of,
 )
 from monitor.collectors.dns import TYPE_A, TYPE_AAAA, TYPE_CNAME, DnsAnswer, DnsMap, DnsMessage
 from monitor.collectors.fields import host_keeper, memoised
@@ -104,6 +105,7 @@ _WANTED: dict[str, tuple[str, ...]] = {
         "status_code",
         "request_body_len",
         "response_body_len",
+        "user_agent",
     ),
     "dns": ("ts", "query", "answers", "TTLs"),
     "conn": (
@@ -481,6 +483,8 @@ class FlowJoin:
         self.stats: Counter[str] = Counter()
         #: host name -> kept by ``host_filter`` (memoised); None (not known) is kept
         self.keep = host_keeper(host_filter, 65536)
+        #: a request to a host ``keep`` rejects is kept all the same when LLM-shaped
+        self.requests = requests_of(host_filter)
         self._packed: dict[str, bytes | None] = {}
         self._in_ranges = memoised(self._catalog_ip, 65536) if catalog is not None else None
 
@@ -561,7 +565,11 @@ class FlowJoin:
             return
         if tls and key in self.done:
             return
-        if obs.dest_host is not None and not self.keep(obs.dest_host):
+        if (
+            obs.dest_host is not None
+            and not self.keep(obs.dest_host)
+            and (tls or not self.requests or not self.requests(obs.url, obs.user_agent))
+        ):
             self._mark_done(key)
             return
         if p is None:
@@ -965,6 +973,8 @@ class ZeekCollector(JoinCollector):
             _int(r.get("response_body_len")),
             rid,
         )
+        agent = _str(r.get("user_agent"))
+        obs.user_agent = agent if agent != "-" else None
         join.named(uid, obs, tls=False)
         return True
 

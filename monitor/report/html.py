@@ -267,6 +267,8 @@ def hbars(
             )
         )
         for k, (metric, value, colour) in enumerate(metrics):
+            if not value:  # no bar, no label: zeros would stack up as "0 0 0"
+                continue
             w = plot_w * value / vmax
             y = y0 + k * bar_h
             parts.append(
@@ -277,7 +279,7 @@ def hbars(
                 ).format(
                     x=label_width,
                     y=y,
-                    w=max(w, 0.5 if value else 0),
+                    w=max(w, 0.5),
                     h=bar_h - 2,
                     c=colour,
                     l=_short(label, 60),
@@ -310,6 +312,7 @@ def charts(report: Report) -> dict[str, Any]:
             ],
         )
         for s in report.incidents["by_severity"]
+        if s["new"] or s["open"] or s["acknowledged"] or s["resolved"]  # empty rows: left out
     ]
     countries = [
         (

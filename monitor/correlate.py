@@ -1,0 +1,213 @@
+"""Correlation: rules over the stored history, not one record (``correlate:`` in a rule).
+
+A correlation rule looks at what one client (its user when the log names one, else its
+address) did with one provider within a window: the egress countries it was seen through
+(``history.countries``), those the provider serves (``history.served``: its published list
+plus its home country) and those it does not (``history.unserved``). ``egress-hopping`` is
+such a rule: a VPN or a relay used to evade a region block shows as the same client in a
+served and an unserved country within hours.
+
+:func:`correlate` runs after each scan and after re-evaluation. It recomputes the days the
+given scans touched (and a window either side) from the store, so running it twice, or
+after a re-scan, gives the same incidents: deterministic and idempotent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.catalog import Catalog, Provider
+from monitor.ids import incident_id
+from monitor.observation import iso_day, iso_utc
+from monitor.pipeline import json_value
+from monitor.policy import Rule, RuleSet
+from monitor.store import IngestResult, Store
+
+DAY = 86400.0
+
+
+@dataclass
+class CorrelationResult:
+    new: IngestResult = field(default_factory=IngestResult)
+    incidents: int = 0  # raised or confirmed
+    removed: int = 0  # open incidents the history no longer shows
+
+
+def correlate(
+    store: Store, catalog: Catalog, rules: RuleSet, scan_ids: Iterable[int]
+) -> CorrelationResult:
+    """Run every correlation rule over the days the scans ``scan_ids`` stored observations
+    for (widened by the rule's window), replacing what earlier runs raised there."""
+    result = CorrelationResult()
+    days = store.scan_days(list(scan_ids))
+    if not days:
+        return result
+    first = _day_start(min(days))
+    last = _day_start(max(days)) + DAY
+    for rule in rules.correlations:
+        window = rule.correlate.window
+        margin = math.ceil(window / DAY) * DAY
+        start, end = first - margin, last + margin
+        # only clients seen through several countries need the hour-by-hour history, unless
+        # the rule holds for one country alone (then every window of the client holds)
+        by_countries = not rule.fields & {"history.first_seen", "history.last_seen"}
+        detail = [
+            who
+            for who, provider, n, country in store.egress_groups(start - window, end)
+            if n > 1 or not by_countries or _holds_for(rule, catalog, who, provider, country)
+        ]
+        buckets = store.egress_buckets(start - window, end, detail) if detail else []
+        rows = list(_hops(rule, catalog, buckets, window, start, end))
+        removed, ingest = store.replace_correlated(
+            rule.id, iso_day(start), iso_day(end - 1), rows, max(scan_ids, default=None)
+        )
+        result.removed += removed
+        result.incidents += len(rows)
+        result.new.new_incidents |= ingest.new_incidents
+        result.new.updated_incidents |= ingest.updated_incidents
+        result.new.rule_of.update(ingest.rule_of)
+    return result
+
+
+def _day_start(day: str) -> float:
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+
+
+@dataclass(slots=True)
+class _Bucket:
+    first: float
+    last: float
+    country: str
+    count: int
+
+
+def _hops(
+    rule: Rule,
+    catalog: Catalog,
+    buckets: Iterable[tuple[str, str, str, float, float, int]],
+    window: float,
+    start: float,
+    end: float,
+) -> Iterable[dict[str, Any]]:
+    """Incident rows: per (client, provider, UTC day in [start, end)) where the rule holds
+    for the countries seen within ``window`` of a record of that day."""
+    groups: dict[tuple[str, str], list[_Bucket]] = defaultdict(list)
+    for who, provider, country, first, last, count in buckets:
+        groups[(who, provider)].append(_Bucket(first, last, country, count))
+    # unless the rule reads the window's times, its verdict follows from the countries alone
+    by_countries = not rule.fields & {"history.first_seen", "history.last_seen"}
+    served_by: dict[str, frozenset[str] | None] = {}
+    for (who, provider), seq in sorted(groups.items()):
+        p = catalog.providers.get(provider)
+        allowed = catalog.allowed_countries(provider)
+        served = served_by.get(provider, allowed)
+        if provider not in served_by:  # its list, plus its home country
+            if allowed is not None and p and p.hq_country:
+                served = allowed | {p.hq_country}
+            served_by[provider] = served
+        verdicts: dict[frozenset[str], bool] = {}
+        args = (rule, who, provider, p, allowed, served, by_countries, verdicts)
+        if by_countries and len({b.country for b in seq}) == 1 and not _holds(seq, *args):
+            continue  # one country all along: every window looks the same
+        seq.sort(key=lambda b: b.first)
+        hops: dict[str, dict[int, _Bucket]] = defaultdict(dict)  # day -> buckets involved
+        lo = 0
+        for j, b in enumerate(seq):
+            while seq[lo].last < b.first - window:
+                lo += 1
+            if not start <= b.first < end:
+                continue
+            near = [a for a in seq[lo : j + 1] if a.last >= b.first - window]
+            if _holds(near, *args):
+                hops[iso_day(b.first)].update((id(a), a) for a in near)
+        for day, involved in sorted(hops.items()):
+            near = list(involved.values())
+            ctx = _context(near, who, provider, p, allowed, served)
+            yield {
+                "id": incident_id(rule.id, provider, None, who, None, None, day),
+                "finding_id": None,  # not rolled up into findings (yet): see the report
+                "user": None,
+                "rule": rule.id,
+                "severity": rule.severity,
+                "title": rule.title,
+                "provider": provider,
+                "provider_kind": p.kind if p else None,
+                "dest_host": None,
+                "client_ip": who,
+                "site": None,
+                "egress_ip": None,
+                "egress_country": None,  # several: see the facts
+                "egress_source": f"history ({rule.correlate.window_text})",
+                "day": day,
+                "first_seen": iso_utc(min(a.first for a in near)),
+                "last_seen": iso_utc(max(a.last for a in near)),
+                "count": sum(a.count for a in near),
+                # where the store finds the records behind it
+                "span": (
+                    who,
+                    provider,
+                    min(a.first for a in near),
+                    max(a.last for a in near),
+                    sorted({a.country for a in near}),
+                ),  # fmt: skip
+                "facts": {f: [json_value(ctx.get(f))] for f in rule.evidence},
+            }
+
+
+def _holds_for(rule: Rule, catalog: Catalog, who: str, provider: str, country: str) -> bool:
+    """The rule's verdict on a client seen through one country only (times not read)."""
+    p = catalog.providers.get(provider)
+    allowed = catalog.allowed_countries(provider)
+    served = allowed | {p.hq_country} if allowed is not None and p and p.hq_country else allowed
+    near = [_Bucket(0.0, 0.0, country, 0)]
+    return rule.matches(_context(near, who, provider, p, allowed, served, times=False))
+
+
+def _holds(
+    near: list[_Bucket],
+    rule: Rule,
+    who: str,
+    provider: str,
+    p: Provider | None,
+    allowed: frozenset[str] | None,
+    served: frozenset[str] | None,
+    by_countries: bool,
+    verdicts: dict[frozenset[str], bool],
+) -> bool:
+    """The rule's verdict on a window (memoised per set of countries when that decides it)."""
+    if not by_countries:
+        return rule.matches(_context(near, who, provider, p, allowed, served))
+    key = frozenset(a.country for a in near)
+    found = verdicts.get(key)
+    if found is None:
+        ctx = _context(near, who, provider, p, allowed, served, times=False)
+        found = verdicts[key] = rule.matches(ctx)
+    return found
+
+
+def _context(
+    near: list[_Bucket],
+    who: str,
+    provider: str,
+    p: Provider | None,
+    allowed: frozenset[str] | None,
+    served: frozenset[str] | None,
+    times: bool = True,
+) -> dict[str, Any]:
+    countries = frozenset(a.country for a in near)
+    return {
+        "history.countries": countries,
+        "history.served": countries & served if served is not None else None,
+        "history.unserved": countries - served if served is not None else None,
+        "history.first_seen": iso_utc(min(a.first for a in near)) if times else None,
+        "history.last_seen": iso_utc(max(a.last for a in near)) if times else None,
+        "provider.id": provider,
+        "provider.hq_country": p.hq_country if p else None,
+        "provider.allowed_countries": allowed,
+        "client.ip": who,
+    }
