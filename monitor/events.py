@@ -22,9 +22,10 @@ from typing import Any
 from monitor.policy import SEVERITY_RANK
 
 #: Event types: a finding appeared, gained traffic (at most once per digest window), rose in
-#: severity, came back after being resolved, or an analyst changed its status. ``test``
-#: is what ``apiwatch alerts test`` sends.
-EVENT_TYPES = ("new", "updated", "escalated", "reopened", "acknowledged", "resolved", "test")
+#: severity, came back after being resolved (or superseded), an analyst changed its status,
+#: or ``reevaluate`` found its basis gone. ``test`` is what ``apiwatch alerts test`` sends.
+EVENT_TYPES = ("new", "updated", "escalated", "reopened", "acknowledged", "resolved",
+               "superseded", "test")  # fmt: skip
 
 #: A finding that keeps receiving traffic raises one ``updated`` event per this many seconds
 #: at most, carrying the requests since the previous event (``new_count``).
@@ -51,7 +52,7 @@ class FindingEvent:
     status: str | None = None
     first_seen: str | None = None
     last_seen: str | None = None
-    count: int = 0  # requests behind the finding so far
+    count: int = 0  # requests behind the finding so far (all its detail rows)
     new_count: int = 0  # requests since the previous event of this finding
     blocked: int = 0
 
@@ -79,7 +80,8 @@ class FindingEvent:
     def of_finding(
         cls, finding: dict[str, Any], event_type: str, new_count: int = 0, at: str | None = None
     ) -> FindingEvent:
-        """An event about ``finding`` (a stored incident/finding row) as it is now."""
+        """An event about ``finding`` (a stored finding row, with where/who/host from its
+        latest detail; or a detail row outside any finding) as it is now."""
         return cls(
             event_id=new_event_id(),
             finding_id=finding["id"],

@@ -18,6 +18,7 @@ Tables:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -554,26 +555,39 @@ class Store:
         """Roll the new detail up into its findings: raise new ones, reopen resolved (or
         superseded) ones, and record new activity on acknowledged ones."""
         fids = list(result.finding_requests)
+        ranks = self._finding_ranks(fids)
         before = self._finding_statuses(fids)
         self._refresh_findings(fids)
+        active = []  # findings that stay open or acknowledged: ``updated`` (digested) alerts
         for fid in fids:
             requests = result.finding_requests[fid]
             status = before.get(fid)
             if status is None:
                 result.new_findings.add(fid)
                 self._event(fid, "new", None, "open", scan_id=scan_id, requests=requests)
-            elif status in ("resolved", "superseded"):
+                continue
+            if status in ("resolved", "superseded"):
                 result.reopened_findings.add(fid)
                 self.transition(fid, "reopened", "reopened", scan_id=scan_id, requests=requests,
                                 note=f"{requests} new request(s) in scan {scan_id}")  # fmt: skip
-            elif not self._add_to_last_event(fid, scan_id, requests) and status == "acknowledged":
+                continue
+            if not self._add_to_last_event(fid, scan_id, requests) and status == "acknowledged":
                 self._event(fid, "activity", status, status, scan_id=scan_id, requests=requests)
+            active.append(fid)
+        if self.emit_events and active:
+            self._alert_activity(active, ranks)
         result.finding_requests.clear()
 
     def _finding_statuses(self, fids: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
+        return self._finding_column(fids, "status")
+
+    def _finding_ranks(self, fids: Sequence[str]) -> dict[str, int]:
+        return self._finding_column(fids, "severity_rank")
+
+    def _finding_column(self, fids: Sequence[str], column: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
         for chunk, marks in _chunks(fids):
-            sql = f"SELECT id, status FROM findings WHERE id IN ({marks})"  # noqa: S608
+            sql = f"SELECT id, {column} FROM findings WHERE id IN ({marks})"  # noqa: S608
             found.update(self.db.execute(sql, chunk).fetchall())
         return found
 
@@ -614,7 +628,44 @@ class Store:
                  "status_to": status_to, "note": None, "actor": None, "scan_id": None,
                  "requests": None, **fields}  # fmt: skip
         event["id"] = self.db["finding_events"].insert(event).last_pk
+        kind = _ALERT_OF_ACTION.get(action)
+        if self.emit_events and kind:  # the alert, in the transaction of the change
+            self._outbox([self._finding_event(fid, kind, fields.get("requests") or 0)])
         return event
+
+    def _finding_event(self, fid: str, kind: str, new_count: int = 0) -> FindingEvent:
+        """An alert about finding ``fid`` as it is now; where, who and which host come from
+        its most recent detail row (the finding spans many)."""
+        (row,) = self.db.query("SELECT * FROM findings WHERE id = ?", [fid])
+        latest = list(self.db.query(
+            "SELECT egress_ip, dest_host, client_ip FROM incidents WHERE finding_id = ?"
+            " ORDER BY last_seen DESC, id LIMIT 1", [fid]))  # fmt: skip
+        return FindingEvent.of_finding({**row, **(latest[0] if latest else {})}, kind, new_count)
+
+    def _alert_activity(self, fids: Sequence[str], ranks: dict[str, int]) -> None:
+        """Alerts for new traffic on findings that stay open or acknowledged: ``escalated``
+        when the finding's severity rose, otherwise ``updated`` at most once per digest
+        window per finding (the next one carries the requests since: a flood is one alert
+        plus counts)."""
+        now = time.time()
+        state = {
+            r["finding_id"]: r
+            for r in self._rows_in("SELECT * FROM finding_alerts WHERE finding_id IN ({})", fids)
+        }
+        risen = self._finding_ranks(fids)
+        events = []
+        for fid in fids:
+            last = state.get(fid)
+            if risen.get(fid, 0) > ranks.get(fid, 0):
+                kind = "escalated"
+            elif last is None or now - last["last_event_at"] >= self.digest_seconds:
+                kind = "updated"
+            else:
+                continue
+            event = self._finding_event(fid, kind)
+            since = event.count - (last or {}).get("last_count", 0)
+            events.append(dataclasses.replace(event, new_count=max(since, 0)))
+        self._outbox(events)
 
     def transition(
         self, fid: str, status: str, action: str, cascade: bool = True, **fields: Any
@@ -989,14 +1040,18 @@ class Store:
     # -- finding events and the outbox -----------------------------------------------------
 
     def _emit_changes(self, result: IngestResult) -> int:
-        """Events for the findings this batch created or advanced, inside its transaction:
-        ``new`` always, ``updated`` at most once per digest window per finding (the next
-        one carries the requests since, so a flood is one alert plus counts)."""
+        """Events for the detail rows outside any finding (correlated incidents) this batch
+        created or advanced, inside its transaction: ``new`` always, ``updated`` at most
+        once per digest window (findings alert from their lifecycle: :meth:`_event`)."""
         ids = sorted(result.new_incidents | result.updated_incidents)
         if not ids:
             return 0
         now = time.time()
-        rows = self._rows_in("SELECT * FROM incidents WHERE id IN ({})", ids)
+        rows = [
+            r
+            for r in self._rows_in("SELECT * FROM incidents WHERE id IN ({})", ids)
+            if r["finding_id"] is None  # a finding's own alerts come with its lifecycle
+        ]
         state = {
             r["finding_id"]: r
             for r in self._rows_in("SELECT * FROM finding_alerts WHERE finding_id IN ({})", ids)
@@ -1023,6 +1078,18 @@ class Store:
             return 0
         cutoff = time.time() - self.digest_seconds
         with self._tx():
+            due = self.db.execute(
+                """SELECT f.id, a.last_count FROM finding_alerts a
+                   JOIN findings f ON f.id = a.finding_id
+                   WHERE a.last_event_at <= ? AND f.count > a.last_count
+                     AND f.status NOT IN ('resolved', 'superseded')""",
+                [cutoff],
+            ).fetchall()
+            events = [
+                dataclasses.replace(e, new_count=e.count - last)
+                for fid, last in due
+                for e in [self._finding_event(fid, "updated")]
+            ]
             rows = list(
                 self.db.query(
                     """SELECT i.*, a.last_count AS last_count FROM finding_alerts a
@@ -1031,9 +1098,10 @@ class Store:
                     [cutoff],
                 )
             )
-            return self._outbox(
-                [FindingEvent.of_finding(r, "updated", r["count"] - r["last_count"]) for r in rows]
-            )
+            events += [
+                FindingEvent.of_finding(r, "updated", r["count"] - r["last_count"]) for r in rows
+            ]
+            return self._outbox(events)
 
     def _outbox(self, events: Sequence[FindingEvent]) -> int:
         if not events:
@@ -1370,7 +1438,7 @@ class Store:
             self.db["incident_events"].insert(event)
             self._follow_detail(row["finding_id"], note, actor)
             kind = _STATUS_EVENT.get((row["status"], status))
-            if self.emit_events and kind:
+            if self.emit_events and kind and row["finding_id"] is None:  # else: the finding's
                 (finding,) = self.db.query("SELECT * FROM incidents WHERE id = ?", [row["id"]])
                 self._outbox([FindingEvent.of_finding(finding, kind)])
         return event
@@ -1949,6 +2017,15 @@ MIGRATIONS = {
 }
 
 #: (status before, status after) → the event a status change raises
+#: the alert (``monitor.events`` type) a finding's lifecycle action raises
+_ALERT_OF_ACTION = {
+    "new": "new",
+    "reopened": "reopened",
+    "acknowledged": "acknowledged",
+    "resolved": "resolved",
+    "superseded": "superseded",
+}
+#: alerts for status changes of detail rows outside any finding (correlated incidents)
 _STATUS_EVENT = {
     ("open", "acknowledged"): "acknowledged",
     ("open", "resolved"): "resolved",

@@ -54,5 +54,30 @@ def incidents(config: Path, db: Path) -> dict[str, dict]:
     return {d["id"]: d for d in map(json.loads, out.splitlines())}
 
 
+#: hosts of providers that raise a finding each from a CN egress (besides api.openai.com,
+#: api.anthropic.com and openrouter.ai): severity info (no region policy known), then high
+OTHER_PROVIDERS = (
+    "api.cohere.ai", "api.groq.com", "api.together.xyz", "api.fireworks.ai", "api.perplexity.ai",
+    "api.mistral.ai", "api.x.ai", "generativelanguage.googleapis.com",
+)  # fmt: skip
+
+
+def site_per_client(clients: list[str]) -> str:
+    """Config sites, one per client (in CN): each client's traffic is a finding of its own
+    (the clients of one site calling one provider share one finding, and one alert)."""
+    return "".join(
+        f'[sites.s{i}]\nclient_cidrs = ["{c}/32"]\ncountry = "CN"\n' for i, c in enumerate(clients)
+    )
+
+
+def findings(config: Path, db: Path) -> dict[str, dict]:
+    """The findings (what alerts are about), by id, each over its latest detail row (whose
+    title, client and host an alert names)."""
+    detail = sorted(incidents(config, db).values(), key=lambda i: (i["last_seen"], i["id"]))
+    latest = {i["finding_id"]: i for i in detail}
+    out = cli(config, db, "findings", "--json").stdout
+    return {d["id"]: {**latest[d["id"]], **d} for d in map(json.loads, out.splitlines())}
+
+
 def jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []

@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
-from tests.alerting import cli, cli_process_async, incidents, squid_line, write_config
+from tests.alerting import (
+    OTHER_PROVIDERS,
+    cli,
+    cli_process_async,
+    findings,
+    squid_line,
+    write_config,
+)
 from tests.receivers import HttpReceiver, Rsyslog
 
 SECRET = "s3cr3t-token-value-0123"
@@ -56,7 +64,7 @@ def test_syslog_cef_over_udp_tcp_and_tls(tmp_path, log, rsyslog):
     config = write_config(tmp_path / "c.toml", *sinks)
     db = tmp_path / "db.sqlite"
     cli(config, db, "scan", log, "--egress-country", "CN")
-    found = incidents(config, db)
+    found = findings(config, db)
     assert len(found) == 3
     for transport in ("udp", "tcp", "tls"):
         lines = rsyslog.wait_for(transport, 3)
@@ -89,7 +97,7 @@ def test_syslog_leef_and_a_tls_peer_we_do_not_trust(tmp_path, log, rsyslog):
     db = tmp_path / "db.sqlite"
     result = cli(config, db, "scan", log, "--egress-country", "CN")
     assert "sink untrusted failed" in result.stderr and "CERTIFICATE_VERIFY_FAILED" in result.stderr
-    found = incidents(config, db)
+    found = findings(config, db)
     lines = rsyslog.wait_for("tcp", 3)
     for _f, _s, _app, _msgid, msg in lines:
         header, attrs = leef_fields(msg)
@@ -114,11 +122,11 @@ def test_webhook_with_token_down_then_up_exactly_once(tmp_path, log, monkeypatch
         config = write_config(
             tmp_path / "c.toml",
             f'name = "oncall"\nkind = "webhook"\nurl = "{hook.url}/hooks/T000/{SECRET}"\n'
-            'token_env = "APIWATCH_TEST_TOKEN"\nheaders = { X-Team = "soc" }',
+            'token_env = "APIWATCH_TEST_TOKEN"\nheaders = { X-Team = "soc" }\nmin_severity = "info"',
         )
         db = tmp_path / "db.sqlite"
         out = cli(config, db, "scan", log, "--egress-country", "CN")
-        found = incidents(config, db)
+        found = findings(config, db)
         got = hook.wait_for(3)
         assert len(got) == 3
         for req in got:
@@ -134,10 +142,10 @@ def test_webhook_with_token_down_then_up_exactly_once(tmp_path, log, monkeypatch
                 assert event[k] == inc[k], k
             assert event["event_type"] == "new"
             assert req["body"]["text"].startswith("[apiwatch] new ")
-        # the receiver goes down: new findings wait in the outbox, the scan says so
+        # the receiver goes down: new findings (four more providers) wait in the outbox
         hook.stop()
         with log.open("a") as f:
-            f.writelines(squid_line(10 + i, client=f"10.0.1.{i}") for i in range(4))
+            f.writelines(squid_line(10 + i, host=h) for i, h in enumerate(OTHER_PROVIDERS[:4]))
         down = cli(config, db, "scan", log, "--egress-country", "CN")
         assert "sink oncall failed" in down.stderr and "Connection refused" in down.stderr
         shown = cli(config, db, "alerts")
@@ -151,7 +159,7 @@ def test_webhook_with_token_down_then_up_exactly_once(tmp_path, log, monkeypatch
         cli(config, db, "alerts", "deliver")
         keys = [r["body"]["event"]["idempotency_key"] for r in hook.requests()]
         assert len(keys) == len(set(keys)) == 7
-        assert {k.split(":")[0] for k in keys} == set(incidents(config, db))
+        assert {k.split(":")[0] for k in keys} == set(findings(config, db))
     finally:
         hook.stop()
 
@@ -173,7 +181,7 @@ def test_splunk_hec(tmp_path, log):
         result = cli(config, db, "scan", log, "--egress-country", "CN")
         assert "sink busy failed" in result.stderr and "HTTP 503" in result.stderr
         assert SECRET not in result.stderr + result.stdout
-        high = {i["id"]: i for i in incidents(config, db).values() if i["severity"] == "high"}
+        high = {i["id"]: i for i in findings(config, db).values() if i["severity"] == "high"}
         got = hec.wait_for(len(high))
         assert len(got) == len(high) == 2
         for req in got:
@@ -219,9 +227,10 @@ def test_two_processes_delivering_at_once_send_each_event_once(tmp_path, log):
     sink keeps them from sending the same event twice."""
     slow = HttpReceiver(tmp_path, delay=0.2)
     with log.open("a") as f:
-        f.writelines(squid_line(10 + i, client=f"10.0.2.{i}") for i in range(10))
+        f.writelines(squid_line(10 + i, host=h) for i, h in enumerate(OTHER_PROVIDERS))
     config = write_config(
-        tmp_path / "c.toml", f'name = "oncall"\nkind = "webhook"\nurl = "{slow.url}/h"'
+        tmp_path / "c.toml",
+        f'name = "oncall"\nkind = "webhook"\nurl = "{slow.url}/h"\nmin_severity = "info"',
     )
     db = tmp_path / "db.sqlite"
     cli(config, db, "scan", log, "--egress-country", "CN")  # the receiver is not up yet
@@ -233,4 +242,50 @@ def test_two_processes_delivering_at_once_send_each_event_once(tmp_path, log):
         slow.stop()
     assert codes.count(0) >= 1
     keys = [r["headers"]["Idempotency-Key"] for r in slow.requests()]
-    assert len(keys) == len(set(keys)) == len(incidents(config, db)) == 13
+    assert len(keys) == len(set(keys)) == len(findings(config, db)) == 11
+
+
+def test_one_alert_per_finding_and_reopened_after_resolve(tmp_path):
+    """50 clients of one site calling one provider are one finding: one `new` alert, with
+    the finding's id and figures. Resolving it and new traffic: a `reopened` alert."""
+    log = tmp_path / "access.log"
+    log.write_text("".join(squid_line(i, client=f"10.9.0.{i + 1}") for i in range(50)))
+    hook = HttpReceiver(tmp_path).start()
+    try:
+        config = write_config(
+            tmp_path / "c.toml",
+            f'name = "oncall"\nkind = "webhook"\nurl = "{hook.url}/h"',
+            extra='[sites.shanghai]\nclient_cidrs = ["10.9.0.0/16"]\ncountry = "CN"\n',
+        )
+        db = tmp_path / "db.sqlite"
+        cli(config, db, "scan", log)
+        (finding,) = findings(config, db).values()
+        assert (finding["site"], finding["provider"], finding["clients"]) == (
+            "shanghai",
+            "openai",
+            50,
+        )
+        (req,) = hook.wait_for(1)
+        event = req["body"]["event"]
+        assert event["event_type"] == "new" and event["finding_id"] == finding["id"]
+        assert event["finding_id"].startswith("F-")
+        for k in ("rule", "severity", "provider", "site", "egress_country", "first_seen",
+                  "last_seen", "count"):  # fmt: skip
+            assert event[k] == finding[k], k
+        assert event["count"] == 50
+        cli(config, db, "resolve", finding["id"], "--note", "blocked at the proxy")
+        with log.open("a") as f:
+            f.writelines(squid_line(100 + i, client="10.9.0.7") for i in range(2))
+        cli(config, db, "scan", log)
+        got = hook.wait_for(3)
+        time.sleep(0.5)  # anything more would be a duplicate
+        got = hook.requests()
+    finally:
+        hook.stop()
+    events = [r["body"]["event"] for r in got]
+    assert [e["event_type"] for e in events] == ["new", "resolved", "reopened"]
+    assert {e["finding_id"] for e in events} == {finding["id"]}
+    reopened = events[-1]
+    assert (reopened["status"], reopened["count"], reopened["new_count"]) == ("reopened", 52, 2)
+    assert reopened["last_seen"] == findings(config, db)[finding["id"]]["last_seen"]
+    assert len({e["idempotency_key"] for e in events}) == 3

@@ -10,7 +10,7 @@ import pytest
 
 from monitor.config import ConfigError, parse_config
 from monitor.events import FindingEvent
-from tests.alerting import cli, incidents, jsonl, squid_line, write_config
+from tests.alerting import cli, findings, incidents, jsonl, squid_line, write_config
 
 OCSF = 'name = "lake"\nkind = "jsonl"\npath = "ocsf.jsonl"\nformat = "ocsf"\nmin_severity = "info"'
 ECS = 'name = "elastic"\nkind = "jsonl"\npath = "ecs.jsonl"\nformat = "ecs"'
@@ -31,7 +31,8 @@ def env(tmp_path):
 def test_scan_delivers_every_new_finding_in_ocsf_and_ecs(env):
     tmp, config, db, log = env
     cli(config, db, "scan", log, "--egress-country", "CN")
-    found = incidents(config, db)
+    found = findings(config, db)
+    detail = {i["finding_id"]: i for i in incidents(config, db).values()}  # one each here
     ocsf = jsonl(tmp / "ocsf.jsonl")
     assert len(ocsf) == len(found) == 3
     for doc in ocsf:
@@ -57,7 +58,7 @@ def test_scan_delivers_every_new_finding_in_ocsf_and_ecs(env):
         assert doc["apiwatch"]["egress"]["country"] == inc["egress_country"]
         assert doc["apiwatch"]["finding"]["first_seen"] == inc["first_seen"]
         assert doc["apiwatch"]["finding"]["last_seen"] == inc["last_seen"]
-        assert doc["source"]["ip"] == inc["client_ip"]
+        assert doc["source"]["ip"] == detail[fid]["client_ip"]
     # scanning again delivers nothing more: every event went once to each sink
     cli(config, db, "scan", log, "--egress-country", "CN", "--full")
     assert len(jsonl(tmp / "ocsf.jsonl")) == 3 and len(jsonl(tmp / "ecs.jsonl")) == 3
@@ -94,7 +95,7 @@ def test_filters_threshold_rules_and_sites(tmp_path):
 def test_status_changes_and_digest_of_a_flood(env):
     tmp, config, db, log = env
     cli(config, db, "scan", log, "--egress-country", "CN")
-    openai = next(i for i in incidents(config, db).values() if i["provider"] == "openai")
+    openai = next(i for i in findings(config, db).values() if i["provider"] == "openai")
     # a flood into the same finding inside the digest window: no new alert
     with log.open("a") as f:
         f.writelines(squid_line(10 + i) for i in range(50))

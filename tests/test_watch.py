@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.alerting import cli, incidents, squid_line, write_config
+from tests.alerting import cli, findings, incidents, site_per_client, squid_line, write_config
 from tests.receivers import HttpReceiver, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,14 +81,17 @@ def test_follow_with_rotation_latency_under_5s(tmp_path):
     hook = HttpReceiver(tmp_path).start()
     log = tmp_path / "access.log"
     log.write_text(squid_line(0, host="www.example.org"))
+    n = 100
+    # one site per client, so that each client's first request raises a finding of its own
+    # (one alert each: the latency of 100 alerts; clients of one site share one finding)
+    sites = site_per_client([f"10.1.{i // 200}.{i % 200 + 1}" for i in range(n)])
     config = write_config(
         tmp_path / "c.toml", f'name = "oncall"\nkind = "webhook"\nurl = "{hook.url}/hook"\n'
-        'min_severity = "info"'
+        'min_severity = "info"', extra=sites,
     )  # fmt: skip
     db = tmp_path / "db.sqlite"
     watch = Watch(config, db, str(log), "--egress-country", "CN", "--interval", "0.2",
                   "--heartbeat", "2")  # fmt: skip
-    n = 100
     try:
         script = WRITER.format(root=str(ROOT), log=str(log), times=str(tmp_path / "times.json"),
                                n=n, rotate_at=n // 2, pause=0.05)  # fmt: skip
@@ -149,7 +152,12 @@ def test_restart_and_alternating_with_scan_count_once(tmp_path):
     assert watch.stop() == 0
     assert _total(config, db) == 200
     events = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
-    assert len(events) == 7 == len({e["apiwatch"]["finding"]["id"] for e in events})
+    # seven clients, one provider, one egress country: one finding, one alert (no digest
+    # window passed, so no `updated`)
+    (finding,) = findings(config, db)
+    assert [(e["event"]["action"], e["apiwatch"]["finding"]["id"]) for e in events] == [
+        ("new", finding)
+    ]
 
 
 def _total(config: Path, db: Path) -> int:
@@ -160,10 +168,12 @@ def test_kill_9_during_delivery_then_restart_delivers_the_rest_once(tmp_path):
     slow = HttpReceiver(tmp_path, delay=0.3).start()
     log = tmp_path / "access.log"
     n = 30
-    log.write_text("".join(squid_line(i, client=f"10.4.0.{i + 1}") for i in range(n)))
+    clients = [f"10.4.0.{i + 1}" for i in range(n)]
+    log.write_text("".join(squid_line(i, client=c) for i, c in enumerate(clients)))
     config = write_config(
-        tmp_path / "c.toml", f'name = "oncall"\nkind = "webhook"\nurl = "{slow.url}/hook"'
-    )
+        tmp_path / "c.toml", f'name = "oncall"\nkind = "webhook"\nurl = "{slow.url}/hook"',
+        extra=site_per_client(clients),
+    )  # fmt: skip
     db = tmp_path / "db.sqlite"
     try:
         watch = Watch(config, db, str(log), "--egress-country", "CN", "--interval", "0.2")
@@ -180,7 +190,7 @@ def test_kill_9_during_delivery_then_restart_delivers_the_rest_once(tmp_path):
     got = slow.requests()
     accepted = [_key(r) for r in got if not r["duplicate"]]
     assert len(accepted) == len(set(accepted)) == n  # each event accepted exactly once
-    assert {k.split(":")[0] for k in accepted} == set(incidents(config, db))
+    assert {k.split(":")[0] for k in accepted} == set(findings(config, db))
     # a repeat can only be the one event in flight at the kill, sent with the same key
     repeats = [r for r in got if r["duplicate"]]
     assert len(repeats) <= 1

@@ -23,11 +23,11 @@ OCSF_VERSION = "1.1.0"
 #: OCSF severity_id: 1 Informational, 2 Low, 3 Medium, 4 High, 5 Critical
 OCSF_SEVERITY = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 #: OCSF Detection Finding activity_id: 1 Create, 2 Update, 3 Close
-OCSF_ACTIVITY = {"new": 1, "resolved": 3}
+OCSF_ACTIVITY = {"new": 1, "resolved": 3, "superseded": 3}
 OCSF_ACTIVITY_NAME = {1: "Create", 2: "Update", 3: "Close"}
-#: OCSF finding status_id: 1 New, 2 In Progress, 4 Resolved
-OCSF_STATUS = {"open": 1, "reopened": 1, "acknowledged": 2, "resolved": 4}
-OCSF_STATUS_NAME = {1: "New", 2: "In Progress", 4: "Resolved"}
+#: OCSF finding status_id: 1 New, 2 In Progress, 4 Resolved, 99 Other (superseded)
+OCSF_STATUS = {"open": 1, "reopened": 1, "acknowledged": 2, "resolved": 4, "superseded": 99}
+OCSF_STATUS_NAME = {1: "New", 2: "In Progress", 4: "Resolved", 99: "Other"}
 #: ECS event.severity: a number; higher is more severe (same scale as CEF's 0-10)
 ECS_SEVERITY = {"info": 1, "low": 3, "medium": 5, "high": 8, "critical": 10}
 
