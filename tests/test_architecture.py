@@ -99,6 +99,20 @@ def test_imports_form_no_cycle():
     assert _cycles(graph) == []
 
 
+def test_collectors_do_not_reach_up():
+    """Collectors are the bottom of the pipeline: what they need from the stages above (the
+    host filter, the catalogue) they receive as arguments."""
+    below = {"monitor.observation", "monitor.ids", "monitor.errors", "monitor.accel"}
+    reached = {
+        (name, imported)
+        for name, path in MODULES.items()
+        if name.startswith("monitor.collectors")
+        for imported in _imports(name, path)
+        if not imported.startswith("monitor.collectors") and imported not in below
+    }
+    assert reached == set()
+
+
 def test_click_only_in_the_cli():
     users = {
         name
