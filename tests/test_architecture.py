@@ -47,8 +47,10 @@ def _imports(name: str, path: Path) -> set[str]:
                 module = ".".join([*base, *([node.module] if node.module else [])])
             else:
                 module = node.module or ""
-            found.add(module)
-            found.update(f"{module}.{a.name}" for a in node.names)
+            submodules = {f"{module}.{a.name}" for a in node.names} & MODULES.keys()
+            found.update(submodules)  # `from package import module` runs that module
+            if len(submodules) < len(node.names):  # and the package, for any other name
+                found.add(module)
     return {m for m in found if m in MODULES and m != name}
 
 
