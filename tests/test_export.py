@@ -7,6 +7,7 @@ with the reason, under ``CI`` it fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -53,14 +54,14 @@ UNLISTED = [
 ]
 
 
-def run(*args: str, code: int = 0) -> str:
-    res = CliRunner().invoke(main, ["--config", str(CONFIG), *args])
+def run(*args: str, code: int = 0, config: Path = CONFIG) -> str:
+    res = CliRunner().invoke(main, ["--config", str(config), *args])
     assert res.exit_code == code, (res.output, res.stderr if res.stderr_bytes else "")
     return res.stdout
 
 
-def export_json(*args: str) -> dict:
-    return json.loads(run("export", "json", *args))
+def export_json(*args: str, config: Path = CONFIG) -> dict:
+    return json.loads(run("export", "json", *args, config=config))
 
 
 def need(tool: str, hint: str) -> str:
@@ -117,36 +118,76 @@ def _instance(pattern: str) -> str:
     return pattern.replace("*", "x1")
 
 
-def test_export_and_scan_never_disagree(tmp_path):
-    """Traffic to every catalogue host from shanghai, scanned: the hosts with a high incident
-    are exactly the exported ones."""
-    catalog = bundled_catalog()
-    hosts = [h for row in catalog.entries() for h in (*row.hosts, *row.consumer_hosts)]
+def _scan_every_host(tmp_path: Path, config: Path, client: str) -> list[dict]:
+    """Traffic from ``client`` to every catalogue host (patterns instantiated), scanned;
+    returns the incidents."""
+    hosts = [h for row in bundled_catalog().entries() for h in (*row.hosts, *row.consumer_hosts)]
     log = tmp_path / "access.log"
     log.write_text(
         "".join(
-            f"{1764300000 + i}.000    120 10.20.0.5 TCP_TUNNEL/200 5000 CONNECT "
+            f"{1764300000 + i}.000    120 {client} TCP_TUNNEL/200 5000 CONNECT "
             f"{_instance(h)}:443 - HIER_DIRECT/192.0.2.1 -\n"
             for i, h in enumerate(hosts)
         )
     )
     db = str(tmp_path / "a.db")
-    run("--db", db, "scan", str(log))
-    incidents = [json.loads(line) for line in run("--db", db, "incidents", "--json").splitlines()]
-    flagged = {
+    run("--db", db, "scan", str(log), config=config)
+    lines = run("--db", db, "incidents", "--json", config=config).splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _flagged(incidents: list[dict], rules: set[str] | None = None) -> set[str]:
+    """The catalogue entries behind the high incidents (or those of ``rules``)."""
+    catalog = bundled_catalog()
+    return {
         catalog.match_host(i["dest_host"]).pattern
         for i in incidents
-        if i["site"] == "shanghai" and i["severity"] in ("high", "critical")
+        if (i["rule"] in rules if rules else i["severity"] in ("high", "critical"))
     }
+
+
+def test_export_and_scan_never_disagree(tmp_path):
+    """Traffic to every catalogue host from shanghai, scanned: the hosts with a high incident
+    are exactly the exported ones."""
+    incidents = _scan_every_host(tmp_path, CONFIG, "10.20.0.5")
     exported = {e["host"] for e in export_json("--site", "shanghai")["entries"]}
-    assert flagged == exported and exported
+    assert _flagged(incidents) == exported and exported
     # the same holds rule by rule for a lower-severity rule asked for by name
-    relay = {i["dest_host"] for i in incidents if i["rule"] == "relay-service"}
     relay_export = export_json("--site", "shanghai", "--rule", "relay-service")["entries"]
-    assert {catalog.match_host(h).pattern for h in relay} == {e["host"] for e in relay_export}
+    assert _flagged(incidents, {"relay-service"}) == {e["host"] for e in relay_export}
+
+
+EU_CONFIG = """
+[organisation]
+data_residency = ["EU"]
+[sites.frankfurt]
+client_cidrs = ["10.40.0.0/16"]
+egress_ips = ["185.60.216.1"]
+country = "DE"
+[entities.acme_de]
+controlled_from = "CN"
+sites = ["frankfurt"]
+"""
+
+
+def test_residency_and_entity_rules_flow_into_the_export(tmp_path):
+    """Rules added after export was written select hosts too, as the scan raises them: an EU
+    residency requirement and an entity controlled from CN, at a DE egress."""
+    config = tmp_path / "eu.toml"
+    config.write_text(EU_CONFIG)
+    incidents = _scan_every_host(tmp_path, config, "10.40.0.5")
+    doc = export_json("--site", "frankfurt", config=config)
+    exported = {e["host"] for e in doc["entries"]}
+    assert _flagged(incidents) == exported
+    fired = {r for e in doc["entries"] for r in e["rules"]}
+    assert {"data-residency", "provider-entity-restricted"} <= fired
+    assert {"us.api.openai.com", "api.anthropic.com"} <= exported
+    assert "api.openai.com" not in exported  # served in DE, and no region pinned
 
 
 def test_filters_and_country():
+    every = {h for row in bundled_catalog().entries() for h in (*row.hosts, *row.consumer_hosts)}
+    assert {e["host"] for e in export_json("--kind", "api,consumer,relay")["entries"]} == every
     de = export_json("--country", "DE")
     assert de["entries"] == [] and de["egress_country"] == "DE"  # DE is served by all three
     ru = export_json("--country", "RU", "--provider", "openai", "--kind", "consumer")
@@ -194,14 +235,16 @@ def test_every_format_writes_a_header_and_the_hosts(tmp_path):
 def test_diff_shows_changes_and_reruns_the_old_selection(tmp_path):
     old = tmp_path / "apiwatch.conf"
     run("export", "squid", "--site", "shanghai", "--provider", "openai,anthropic", "-o", str(old))
-    assert run("export", "--diff", str(old)).strip() == "0 added, 0 removed, 14 unchanged"
+    same = run("export", "--diff", str(old)).strip()
+    n = sum(1 for line in old.read_text().splitlines() if line and not line.startswith("#"))
+    assert same == f"0 added, 0 removed, {n} unchanged"
     # one line gone, one foreign line added: both show, with the provider they sit under
     text = old.read_text().replace("acl apiwatch_llm dstdomain claude.ai\n", "")
     old.write_text(text + "acl apiwatch_llm dstdomain gone.example\n")
     out = run("export", "--diff", str(old), code=EXIT_FINDINGS)
     assert "+acl apiwatch_llm dstdomain claude.ai    # Anthropic (anthropic) consumer" in out
     assert "-acl apiwatch_llm dstdomain gone.example" in out
-    assert out.strip().endswith("1 added, 1 removed, 13 unchanged")
+    assert out.strip().endswith(f"1 added, 1 removed, {n - 1} unchanged")
     # an explicit selection, and -o writes the new export for the ticket's next step
     new = tmp_path / "new.conf"
     out = run("export", "squid", "--site", "shanghai", "--diff", str(old), "-o", str(new),
@@ -355,12 +398,30 @@ def test_pysigma_parses_and_converts_every_rule():
 # ---------------------------------------------------------------------------- DNS
 
 
-def _query(port: int, name: str) -> int:
-    """The rcode dnsmasq answers for an A query (loopback, UDP)."""
+def _query(port: int, name: str, timeout: float = 5) -> int:
+    """The rcode a resolver answers for an A query (loopback, UDP)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(5)
+        s.settimeout(timeout)
         s.sendto(bytes(DNS(id=7, rd=1, qd=DNSQR(qname=name, qtype="A"))), ("127.0.0.1", port))
         return DNS(s.recv(4096)).rcode
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_answering(proc: subprocess.Popen, port: int) -> None:
+    """Until the resolver answers on ``port`` (it exits or 10 s pass: fail)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            _query(port, "api.openai.com", 1)
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.1)
 
 
 def test_dnsmasq_answers_listed_names_with_nxdomain(tmp_path):
@@ -370,9 +431,7 @@ def test_dnsmasq_answers_listed_names_with_nxdomain(tmp_path):
     workdir = Path(tempfile.mkdtemp(prefix="apiwatch-dnsmasq-"))
     try:
         (workdir / "apiwatch.conf").write_text(text)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = _free_udp_port()
         pid = workdir / "dnsmasq.pid"
         proc = subprocess.Popen(
             [exe, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll",
@@ -383,14 +442,7 @@ def test_dnsmasq_answers_listed_names_with_nxdomain(tmp_path):
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    _query(port, "probe.invalid")
-                    break
-                except OSError:
-                    assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-                    time.sleep(0.1)
+            _wait_answering(proc, port)
             nxdomain, refused = 3, 5  # no upstream: anything not listed is refused
             expressible = [n for n in LISTED if "aws-external" not in n and "aiplatform" not in n]
             for name in expressible:
@@ -449,3 +501,61 @@ def test_hosts_file_lists_whole_names_and_comments_patterns():
         line.startswith("0.0.0.0 ") and "*" not in line for line in entries
     )
     assert "# pattern (a hosts file matches whole names only): *.openai.azure.com" in text
+
+
+UNBOUND_CONF = """server:
+    interface: 127.0.0.1
+    port: {port}
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "{workdir}"
+    pidfile: "{workdir}/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    do-ip6: no
+    access-control: 127.0.0.0/8 allow
+    module-config: "respip iterator"
+    auto-trust-anchor-file: ""
+    do-not-query-localhost: no
+forward-zone:
+    name: "."
+    forward-addr: 127.0.0.1@{dead_port}
+rpz:
+    name: "apiwatch.rpz"
+    zonefile: "{workdir}/apiwatch.rpz"
+"""
+
+
+def test_unbound_loads_the_rpz_and_answers_listed_names_with_nxdomain():
+    """A real resolver (Unbound) on loopback, with the zone as its response policy; anything
+    not listed is forwarded to a closed loopback port, so no query leaves the machine."""
+    exe = need("unbound", "apt-get install unbound")
+    checkconf = need("unbound-checkconf", "apt-get install unbound")
+    workdir = Path(tempfile.mkdtemp(prefix="apiwatch-unbound-"))
+    try:
+        (workdir / "apiwatch.rpz").write_text(run("export", "rpz", *SHAPES))
+        port, dead_port = _free_udp_port(), _free_udp_port()
+        conf = workdir / "unbound.conf"
+        conf.write_text(UNBOUND_CONF.format(port=port, dead_port=dead_port, workdir=workdir))
+        check = subprocess.run([checkconf, str(conf)], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stdout + check.stderr
+        proc = subprocess.Popen(
+            [exe, "-d", "-c", str(conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        try:
+            _wait_answering(proc, port)
+            nxdomain = 3
+            for name in LISTED:
+                if "aws-external" not in name and "aiplatform" not in name:
+                    assert _query(port, name) == nxdomain, name
+            for name in UNLISTED:  # exact RPZ triggers do not cover the names below them
+                with contextlib.suppress(TimeoutError):  # the dead forwarder: no answer
+                    assert _query(port, name, 1) != nxdomain, name
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

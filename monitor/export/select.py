@@ -2,9 +2,9 @@
 
 Every host and pattern the catalogue lists (read through :meth:`Catalog.entries`, so the
 organisation's additions flow in too) becomes one synthetic request to that host from the
-chosen site or country. It goes through the scan pipeline's own stages — identify, enrich
-(egress country by the same precedence as a scan: overrides, the site's declared country,
-geolocation of its egress address), evaluate — so a host is exported exactly when a scan of
+chosen site or country, matched to its catalogue entry. It goes through the scan pipeline's
+own stages — enrich (egress country by the same precedence as a scan: overrides, the site's
+declared country, geolocation of its egress address), evaluate — so a host is exported exactly when a scan of
 traffic to it from there would raise the rule. Nothing about regions is decided here.
 """
 
@@ -85,9 +85,10 @@ def select(app: App, sel: Selection, now: datetime | None = None) -> Export:
         for host in (*row.hosts, *row.consumer_hosts):
             obs = Observation(ts=ts, source="apiwatch-export", line=0, format="export")
             obs.dest_host = host
-            match = pipeline.identifier.identify(obs)
-            if match is None:  # cannot happen for a catalogue entry; never guess
-                continue
+            # the catalogue entry itself: a pattern is no host name a scan would identify
+            match = app.catalog.match_host(host)
+            if match is None or match.pattern != host:
+                raise ExportError(f"catalogue entry {host!r} does not match itself")
             if sel.kinds and match.kind not in sel.kinds:
                 continue
             enriched = pipeline.enricher.enrich(obs, match)
