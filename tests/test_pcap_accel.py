@@ -457,8 +457,9 @@ def test_damaged_generated_capture(generated, catalog, tmp_path, monkeypatch):
 @pytest.fixture
 def current_build():
     """The two tests below need the accelerator built from the current source (it counts
-    HTTP segments too); one built before still passes every equivalence test."""
-    if not hasattr(CSCAN, "HTTP_HEAD"):
+    HTTP segments too, and keeps a refusal's body); one built before still passes every
+    equivalence test."""
+    if not hasattr(CSCAN, "MAX_BODY_EXCERPT"):
         if os.environ.get("CI"):
             pytest.fail(f"{MODULE} was built from an older _pcapscan.c")
         pytest.skip(f"{MODULE} was built from an older _pcapscan.c: rebuild it (pip install -e .)")
@@ -473,6 +474,7 @@ def test_http_states_agree(current_build):
         http1.CHUNK_SIZE,
     )
     assert (CSCAN.HTTP_CHUNK_DATA, CSCAN.HTTP_CLOSE) == (http1.CHUNK_DATA, http1.CLOSE)
+    assert CSCAN.MAX_BODY_EXCERPT == http1.MAX_BODY_EXCERPT
 
 
 def _http_connection(port: int, rnd: random.Random) -> list:

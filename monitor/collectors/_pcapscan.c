@@ -37,11 +37,13 @@
 #define HTTP_CHUNK_SIZE 2
 #define HTTP_CHUNK_DATA 3
 #define HTTP_CLOSE 5
+/* http1.MAX_BODY_EXCERPT: a response body shorter than this is still wanted (a refusal) */
+#define MAX_BODY_EXCERPT 2048
 
 static PyObject *s_watch, *s_last, *s_pk_out, *s_pk_in, *s_by_out, *s_by_in;
 static PyObject *s_http, *s_exchanges, *s_cur_s, *s_awaiting, *s_ts_end;
 static PyObject *s_cs, *s_ss, *s_client, *s_server, *s_data, *s_pending, *s_overflow;
-static PyObject *s_next, *s_limit, *s_consumed, *s_state, *s_left;
+static PyObject *s_next, *s_limit, *s_consumed, *s_state, *s_left, *s_body;
 
 /* a TCP segment's sequence number and captured payload length (FlowTable._counted) */
 struct seg {
@@ -175,6 +177,14 @@ skip_check(PyObject *http, PyObject *f, int out, uint32_t seq, long n, struct sk
         get_count(k->st, s_consumed, &k->consumed) <= 0)
         goto done;
     if ((k->side = attr(http, out ? s_client : s_server)) == NULL)
+        goto done;
+    PyObject *body = attr(k->side, s_body); /* HttpSide.skip: the bytes are wanted */
+    if (body == NULL)
+        goto done;
+    int wanted = body != Py_None &&
+                 (!PyByteArray_CheckExact(body) || PyByteArray_GET_SIZE(body) < MAX_BODY_EXCERPT);
+    Py_DECREF(body);
+    if (wanted)
         goto done;
     if (get_count(k->side, s_state, &k->state) <= 0 || get_count(k->side, s_left, &k->left) <= 0)
         goto done;
@@ -524,6 +534,7 @@ PyInit__pcapscan(void)
         {&s_client, "client"}, {&s_server, "server"}, {&s_data, "data"},
         {&s_pending, "pending"}, {&s_overflow, "overflow"}, {&s_next, "next"},
         {&s_limit, "limit"}, {&s_consumed, "consumed"}, {&s_state, "state"}, {&s_left, "left"},
+        {&s_body, "body"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
@@ -531,6 +542,7 @@ PyInit__pcapscan(void)
     }
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "MAX_FRAME", MAX_FRAME) < 0 ||
+                      PyModule_AddIntConstant(m, "MAX_BODY_EXCERPT", MAX_BODY_EXCERPT) < 0 ||
                       PyModule_AddIntConstant(m, "HTTP_HEAD", HTTP_HEAD) < 0 ||
                       PyModule_AddIntConstant(m, "HTTP_BODY", HTTP_BODY) < 0 ||
                       PyModule_AddIntConstant(m, "HTTP_CHUNK_SIZE", HTTP_CHUNK_SIZE) < 0 ||
