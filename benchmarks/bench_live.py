@@ -45,7 +45,7 @@ def main() -> None:
     t = time.perf_counter()
     diag = Diagnostics()
     with open(cap, "rb") as f:
-        n_file = sum(1 for o in make_collector("pcap", pipeline.collect_options).parse(
+        n_file = sum(1 for o in make_collector("pcap", pipeline.collect_options, pipeline.catalog).parse(
             f, "file", diag, pipeline.identifier.host_filter) if identify(o))  # fmt: skip
     results["file → collector (floor)"] = (time.perf_counter() - t, diag.records, n_file)
 

@@ -148,7 +148,7 @@ class LiveCapture:
 
     def _parse(self) -> None:
         identify = self.pipeline.identifier.identify
-        collector = make_collector("pcap", self.pipeline.collect_options)
+        collector = make_collector("pcap", self.pipeline.collect_options, self.pipeline.catalog)
         for obs in collector.parse(self._reader, self.source, self.diag,  # type: ignore[arg-type]
                                    self.pipeline.identifier.host_filter):  # fmt: skip
             match = identify(obs)

@@ -661,6 +661,7 @@ class Pipeline:
             fmt=fmt,
             byte_range=byte_range,
             skip=skip,
+            catalog=self.catalog,
         )
         identify, bad_host = self.identifier.identify, self.identifier.bad_host
         for obs in found:

@@ -47,8 +47,10 @@ def _imports(name: str, path: Path) -> set[str]:
                 module = ".".join([*base, *([node.module] if node.module else [])])
             else:
                 module = node.module or ""
-            found.add(module)
-            found.update(f"{module}.{a.name}" for a in node.names)
+            submodules = {f"{module}.{a.name}" for a in node.names} & MODULES.keys()
+            found.update(submodules)  # `from package import module` runs that module
+            if len(submodules) < len(node.names):  # and the package, for any other name
+                found.add(module)
     return {m for m in found if m in MODULES and m != name}
 
 
@@ -97,6 +99,20 @@ def test_imports_form_no_cycle():
     graph = {name: _imports(name, path) for name, path in MODULES.items()}
     assert graph["monitor.scanner"] >= {"monitor.pipeline", "monitor.store"}  # the walk works
     assert _cycles(graph) == []
+
+
+def test_collectors_do_not_reach_up():
+    """Collectors are the bottom of the pipeline: what they need from the stages above (the
+    host filter, the catalogue) they receive as arguments."""
+    below = {"monitor.observation", "monitor.ids", "monitor.errors", "monitor.accel"}
+    reached = {
+        (name, imported)
+        for name, path in MODULES.items()
+        if name.startswith("monitor.collectors")
+        for imported in _imports(name, path)
+        if not imported.startswith("monitor.collectors") and imported not in below
+    }
+    assert reached == set()
 
 
 def test_click_only_in_the_cli():

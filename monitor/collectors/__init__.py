@@ -11,6 +11,7 @@ import importlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from monitor.collectors.base import (
     CollectOptions,
@@ -24,6 +25,9 @@ from monitor.collectors.base import (
     open_input,
 )
 from monitor.observation import Observation
+
+if TYPE_CHECKING:
+    from monitor.catalog import Catalog
 
 SNIFF_LINES = 20
 SNIFF_BYTES = 64 * 1024
@@ -56,11 +60,13 @@ FORMATS: dict[str, str] = {name: spec.description for name, spec in SPECS.items(
 LINE_FORMATS = frozenset(name for name, spec in SPECS.items() if spec.splittable)
 
 
-def make_collector(name: str, options: CollectOptions) -> Collector:
+def make_collector(name: str, options: CollectOptions, catalog: Catalog | None = None) -> Collector:
+    """The collector of format ``name``; with a ``catalog``, captures and flow logs name
+    destinations by its published IP ranges too."""
     spec = SPECS.get(name)
     if spec is None:
         raise InputError(f"unknown format {name!r} (known: {', '.join(FORMATS)})")
-    return spec.make(options)
+    return spec.make(options, catalog)
 
 
 def detect(opened: OpenedInput) -> str:
@@ -142,16 +148,17 @@ def collect(
     fmt: str | None = None,
     byte_range: tuple[int, int] | None = None,
     skip: int = 0,
+    catalog: Catalog | None = None,
 ) -> Iterator[Observation]:
-    """Open, detect and parse one input (or one byte range of it, in format ``fmt``).
+    """Open, detect and parse one input (or one byte range of it, in format ``fmt``);
+    ``catalog`` as for :func:`make_collector` (the pipeline passes its own).
 
     Raises :class:`InputError` before yielding anything when the file cannot be opened or
     its format is unknown. A directory is read as one day of Zeek logs."""
     if byte_range is None and _zeek_directory(path, options):
-        from monitor.catalog import bundled_catalog
         from monitor.collectors.zeek import collect_directory
 
-        return collect_directory(path, bundled_catalog(), diag, host_filter, on_read)
+        return collect_directory(path, catalog, diag, host_filter, on_read)
     opened = open_input(path, on_read, byte_range, skip)
     try:
         if fmt is not None:
@@ -162,7 +169,7 @@ def collect(
             name = detect(opened)
         else:
             name = options.format
-        collector = make_collector(name, options)
+        collector = make_collector(name, options, catalog)
     except BaseException:
         opened.close()
         raise

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from monitor.errors import ApiwatchError
 from monitor.observation import Observation
@@ -131,7 +131,9 @@ class FormatSpec:
 
     name: str
     description: str
-    make: Callable[[CollectOptions], Collector]
+    #: (options, catalogue or None) -> collector; the catalogue names flows by published
+    #: IP ranges, for the formats that see bare addresses (it comes from the pipeline)
+    make: Callable[[CollectOptions, Any], Collector]
     sniff_head: Callable[[bytes], bool] | None = None
     sniff_line: Callable[[bytes], bool] | None = None
     splittable: bool = False  # plain files can be split at line boundaries for parallel parsing

@@ -411,7 +411,7 @@ FORMAT_SPECS = [
     FormatSpec(
         FORMAT,
         "W3C extended log (#Fields: header): Blue Coat/Symantec ProxySG, IIS, TMG, …",
-        lambda options: ElffCollector(),
+        lambda options, catalog: ElffCollector(),
         sniff_head=sniff_head,
     )
 ]

@@ -996,7 +996,7 @@ def _split_row(s: str, delim: str) -> list[str] | None:
     return rows[0] if rows else []
 
 
-def _make(options: CollectOptions) -> MappedCollector:
+def _make(options: CollectOptions, catalog: Any = None) -> MappedCollector:
     return MappedCollector(mapping_of(options))
 
 

@@ -389,11 +389,9 @@ def _lt_list() -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(LINKTYPES.items()))
 
 
-def _make(options: CollectOptions) -> PcapCollector:
-    """Captures name flows by published IP ranges too (the bundled catalogue's)."""
-    from monitor.catalog import bundled_catalog
-
-    return PcapCollector(catalog=bundled_catalog())
+def _make(options: CollectOptions, catalog: Any = None) -> PcapCollector:
+    """Captures name flows by the catalogue's published IP ranges too, when given one."""
+    return PcapCollector(catalog=catalog)
 
 
 FORMAT_SPECS = [

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from monitor import accel
 from monitor.collectors.base import (
@@ -812,7 +812,7 @@ def _detect(batches: Iterable[Batch]) -> tuple[str, Iterable[Batch]]:
     return variant, chain(head, it)
 
 
-def _make_custom(options: CollectOptions) -> SquidCollector:
+def _make_custom(options: CollectOptions, catalog: Any = None) -> SquidCollector:
     if not options.squid_logformat:
         raise InputError("format squid-custom needs --squid-logformat")
     return SquidCollector(logformat=options.squid_logformat)
@@ -823,7 +823,7 @@ def _variant_spec(name: str, variant: str, description: str) -> FormatSpec:
     return FormatSpec(
         name,
         description,
-        lambda options: SquidCollector(variant=variant),
+        lambda options, catalog: SquidCollector(variant=variant),
         sniff_line=lambda line: sniff(line) == name,
         splittable=True,
     )

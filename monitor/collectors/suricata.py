@@ -270,10 +270,8 @@ class SuricataCollector(JoinCollector):
             join.learn(qname, out, ts)
 
 
-def _make(options: CollectOptions) -> SuricataCollector:
-    from monitor.catalog import bundled_catalog
-
-    return SuricataCollector(catalog=bundled_catalog())
+def _make(options: CollectOptions, catalog: Any = None) -> SuricataCollector:
+    return SuricataCollector(catalog=catalog)
 
 
 FORMAT_SPECS = [

@@ -1062,11 +1062,9 @@ def sniff_json(line: bytes) -> bool:
     )
 
 
-def _make(options: CollectOptions) -> ZeekCollector:
-    """Connections are named by published IP ranges too (the bundled catalogue's)."""
-    from monitor.catalog import bundled_catalog
-
-    return ZeekCollector(catalog=bundled_catalog())
+def _make(options: CollectOptions, catalog: Any = None) -> ZeekCollector:
+    """Connections are named by the catalogue's published IP ranges too, when given one."""
+    return ZeekCollector(catalog=catalog)
 
 
 FORMAT_SPECS = [

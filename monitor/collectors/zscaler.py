@@ -688,7 +688,7 @@ FORMAT_SPECS = [
     FormatSpec(
         fmt,
         f"Zscaler NSS web feed, {what}",
-        lambda options, variant=variant: ZscalerCollector(variant),
+        lambda options, catalog, variant=variant: ZscalerCollector(variant),
         sniff_line=lambda line, fmt=fmt: sniff(line) == fmt,
         splittable=True,
     )

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from monitor.config import fill_output_pattern
+from monitor.config import REPORT_FORMATS, fill_output_pattern
 from monitor.report.data import (
     PERIODS,
     Report,
@@ -27,7 +27,7 @@ from monitor.report.data import (
     period_window,
 )
 
-FORMATS = ("html", "md", "csv", "json")
+FORMATS = REPORT_FORMATS  # the configuration's vocabulary, defined once there
 
 __all__ = [
     "FORMATS",

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 from monitor import __version__
+from monitor.config import REPORT_PERIODS
 from monitor.observation import iso_datetime as _iso
 from monitor.policy import SEVERITIES
 from monitor.report.findings import findings_part
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from monitor.geo import GeoResolver
     from monitor.policy import RuleSet
 
-PERIODS = ("daily", "weekly", "monthly")
+PERIODS = REPORT_PERIODS  # the configuration's vocabulary, defined once there
 DEFAULT_TOP = 20
 LIST_LIMIT = 50  # incident lists: this many rows (the totals count them all)
 EVENT_LIMIT = 200
