@@ -167,6 +167,7 @@ class _Targets:
         "host_filter",
         "requests",
         "markers",
+        "marker_search",
     )
 
     def __init__(self, host_filter: HostFilter | None = None) -> None:
@@ -174,6 +175,12 @@ class _Targets:
         self.requests = requests_of(host_filter)
         #: byte strings one of which an LLM-shaped URL holds (a cheap test before the filter)
         self.markers: tuple[bytes, ...] = tuple(getattr(host_filter, "markers", ()))
+        #: the same test in one pass over the URL: a line's path is checked against all markers
+        self.marker_search = (
+            re.compile(b"|".join(re.escape(m) for m in self.markers)).search
+            if self.markers
+            else None
+        )
         self.connect: dict[bytes, tuple[str | None, int | None]] = {}
         self.authority: dict[bytes, tuple[str | None, int | None]] = {}
         self.ips: dict[bytes, str | None] = {}
@@ -198,7 +205,9 @@ class _Targets:
         is an LLM API's (``requests`` of the host filter)."""
         if self.requests is None:
             return False
-        if user_agent is None and (url is None or not any(m in url for m in self.markers)):
+        if user_agent is None and (
+            url is None or self.marker_search is None or self.marker_search(url) is None
+        ):
             return False
         return self.requests(
             _text(url) if url is not None else None,
@@ -401,6 +410,7 @@ class SquidCollector:
         # the rest to the loop below, which reads every line when it is absent
         prepass = _accelerator() if filtering else None
         markers = t.markers if t.requests is not None else ()
+        marker_search = t.marker_search
         records = 0
         try:
             for base, lines, clean in batches:
@@ -429,8 +439,7 @@ class SquidCollector:
                                 rejected = t.rejects_target(parts[5] == b"CONNECT", target)
                             if rejected and markers and target is not parts[6]:
                                 # a URL with a path: an LLM API path keeps it all the same
-                                path = parts[6][len(target) :]
-                                rejected = not any(m in path for m in markers)
+                                rejected = marker_search(parts[6], len(target)) is None
                             if (
                                 rejected
                                 and parts[1].isdigit()
