@@ -56,7 +56,7 @@ def listening(port: int) -> bool:
         return False
 
 
-def test_ca(directory: Path) -> dict[str, Path]:
+def make_test_ca(directory: Path) -> dict[str, Path]:
     """A CA and a server certificate for 127.0.0.1/localhost, made by openssl."""
     need(bool(shutil.which("openssl")), "needs openssl (apt-get install openssl)")
     d = directory
@@ -69,9 +69,6 @@ def test_ca(directory: Path) -> dict[str, Path]:
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem")  # fmt: skip
     return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
-
-
-test_ca.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 class Rsyslog:
@@ -93,7 +90,7 @@ class Rsyslog:
             "tcp": free_port(),
             "tls": free_port(),
         }
-        self.ca = test_ca(self.dir)
+        self.ca = make_test_ca(self.dir)
         self.process: subprocess.Popen | None = None
 
     def address(self, transport: str) -> str:

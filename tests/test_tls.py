@@ -506,6 +506,8 @@ def test_speed_report(capsys):
                 fn(arg)
             best = min(best, time.perf_counter() - t)
         results[label] = best / n * 1e6
+        assert fn(arg) is not None, label  # what was timed is a parse that succeeds
+    assert all(0 < us < 10_000 for us in results.values()), results  # measured, and sane
     with capsys.disabled():
         for label, us in results.items():
             print(f"\n  tls speed: {label}: {us:.2f} us per {len(hs)}-byte ClientHello", end="")

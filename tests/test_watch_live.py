@@ -10,14 +10,14 @@ import subprocess
 import time
 
 from tests.alerting import write_config
-from tests.receivers import HttpReceiver, free_port, listening, need, test_ca, wait_until
+from tests.receivers import HttpReceiver, free_port, listening, make_test_ca, need, wait_until
 from tests.test_watch import LATENCY_LIMIT, Watch
 
 
 def test_live_capture_on_loopback_alerts_within_5s(tmp_path):
     for tool in ("tcpdump", "curl", "openssl"):
         need(shutil.which(tool) is not None, f"{tool} is not installed")
-    ca = test_ca(tmp_path)
+    ca = make_test_ca(tmp_path)
     port = free_port()
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(ca["cert"]),
