@@ -202,9 +202,11 @@ def watch(
     heartbeat: float = 60.0,
     log: Callable[[str], None] = print,
     captures: Sequence[LiveCapture] = (),
+    upkeep: Callable[[], object] | None = None,
 ) -> WatchTotals:
     """Follow until ``stop`` is set; returns the totals. Everything read is committed batch
-    by batch, so stopping (or dying) at any point loses nothing and repeats nothing."""
+    by batch, so stopping (or dying) at any point loses nothing and repeats nothing.
+    ``upkeep`` runs with the digest check (exceptions that ran out: without traffic)."""
     follower = Follower(store, inputs, scan_id, log)
     notify = Notifier()
     totals = follower.totals
@@ -222,6 +224,8 @@ def watch(
                     stop.set()
             now = time.monotonic()
             if now - last_digest >= DIGEST_CHECK:
+                if upkeep is not None:
+                    upkeep()
                 store.emit_digests()
                 last_digest = now
             if dispatcher is not None:

@@ -628,19 +628,24 @@ class Store:
                  "status_to": status_to, "note": None, "actor": None, "scan_id": None,
                  "requests": None, **fields}  # fmt: skip
         event["id"] = self.db["finding_events"].insert(event).last_pk
-        kind = _ALERT_OF_ACTION.get(action)
-        if self.emit_events and kind:  # the alert, in the transaction of the change
-            self._outbox([self._finding_event(fid, kind, fields.get("requests") or 0)])
+        if self.emit_events and action in _ALERTED_ACTIONS:  # the alert, in its transaction
+            self._outbox([self._finding_event(
+                fid, action, event["requests"] or 0, actor=event["actor"], note=event["note"],
+                until=fields.get("until"))])  # fmt: skip
         return event
 
-    def _finding_event(self, fid: str, kind: str, new_count: int = 0) -> FindingEvent:
+    def _finding_event(
+        self, fid: str, kind: str, new_count: int = 0, **change: Any
+    ) -> FindingEvent:
         """An alert about finding ``fid`` as it is now; where, who and which host come from
-        its most recent detail row (the finding spans many)."""
+        its most recent detail row (the finding spans many); ``change``: who, why, until."""
         (row,) = self.db.query("SELECT * FROM findings WHERE id = ?", [fid])
         latest = list(self.db.query(
             "SELECT egress_ip, dest_host, client_ip FROM incidents WHERE finding_id = ?"
             " ORDER BY last_seen DESC, id LIMIT 1", [fid]))  # fmt: skip
-        return FindingEvent.of_finding({**row, **(latest[0] if latest else {})}, kind, new_count)
+        return FindingEvent.of_finding(
+            {**row, **(latest[0] if latest else {})}, kind, new_count, **change
+        )
 
     def _alert_activity(self, fids: Sequence[str], ranks: dict[str, int]) -> None:
         """Alerts for new traffic on findings that stay open or acknowledged: ``escalated``
@@ -712,12 +717,10 @@ class Store:
             raise ValueError("a non-empty note is required")
         events = []
         with self._tx():
-            for fid in [self.resolve_finding_id(i) for i in ids]:
-                current, holds = self.db.execute(
-                    "SELECT status, exception_until FROM findings WHERE id = ?", [fid]
+            for fid in self.would_change(ids, status, until):
+                (current,) = self.db.execute(
+                    "SELECT status FROM findings WHERE id = ?", [fid]
                 ).fetchone()
-                if current == status and (until is None or holds == until):
-                    continue
                 if until is not None:
                     self.db.execute(
                         "UPDATE findings SET exception_until = ?, exception_reason = ?,"
@@ -726,9 +729,22 @@ class Store:
                     )
                 elif current == "acknowledged" or status != "acknowledged":
                     self._clear_exception(fid, "ack")
-                events.append(self.transition(fid, status, status, note=note, actor=actor,
+                action = "excepted" if until is not None else status
+                events.append(self.transition(fid, status, action, note=note, actor=actor,
                                               until=until))  # fmt: skip
         return events
+
+    def would_change(self, ids: Sequence[str], status: str, until: str | None = None) -> list[str]:
+        """The findings among ``ids`` (or unique prefixes) that setting ``status`` (with an
+        exception ``until``) changes: not already so. KeyError: unknown or ambiguous id."""
+        changing = []
+        for fid in dict.fromkeys(self.resolve_finding_id(i) for i in ids):
+            current, holds = self.db.execute(
+                "SELECT status, exception_until FROM findings WHERE id = ?", [fid]
+            ).fetchone()
+            if current != status or (until is not None and holds != until):
+                changing.append(fid)
+        return changing
 
     def _clear_exception(self, fid: str, source: str | None = None) -> None:
         self.db.execute(
@@ -745,14 +761,17 @@ class Store:
         and those that ran out or no longer cover it are removed. Returns the events."""
         events: list[dict[str, Any]] = []
         with self._tx():
-            for (fid,) in self.db.execute(
-                "SELECT id FROM findings WHERE exception_source = 'ack' AND exception_until < ?",
+            for fid, until, by in self.db.execute(
+                "SELECT id, exception_until, exception_by FROM findings"
+                " WHERE exception_source = 'ack' AND exception_until < ?",
                 [today],
             ).fetchall():
                 self._clear_exception(fid)
-                events.append(self.transition(fid, "open", "exception-expired",
-                                              note=f"exception ran out on {today}"))  # fmt: skip
+                events.append(self.transition(
+                    fid, "open", "exception-expired", until=until,
+                    note=f"exception (ack by {by or '?'}) ran out after {until}"))  # fmt: skip
             in_force = [e for e in entries if e.holds(today)]
+            lapsed = {f"config:{e.key}": e.until for e in entries if not e.holds(today)}
             rows = list(self.db.query(
                 "SELECT * FROM findings WHERE status != 'superseded'"
                 " AND (exception_source IS NULL OR exception_source != 'ack')"))  # fmt: skip
@@ -767,9 +786,12 @@ class Store:
                     continue
                 if entry is None:
                     self._clear_exception(row["id"])
-                    events.append(self._event(row["id"], "exception-expired", row["status"],
-                                              row["status"], note=f"{row['exception_source']} "
-                                              f"no longer holds ({today})"))  # fmt: skip
+                    was = lapsed.get(row["exception_source"])
+                    why = f"ran out after {was}" if was else "was withdrawn from the config"
+                    events.append(self._event(
+                        row["id"], "exception-expired", row["status"], row["status"],
+                        until=was or row["exception_until"],
+                        note=f"{row['exception_source']}: exception {why}"))  # fmt: skip
                     continue
                 self.db.execute(
                     "UPDATE findings SET exception_until = ?, exception_reason = ?,"
@@ -796,21 +818,26 @@ class Store:
         return who
 
     def raised_findings(
-        self, scan_ids: Sequence[int], min_severity: str, today: str
-    ) -> list[dict[str, Any]]:
+        self, scan_ids: Sequence[int], min_severity: str, today: str, since: str | None = None,
+        also: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:  # fmt: skip
         """Findings ``fail_on`` counts: open or reopened, at or above ``min_severity``, not
-        under an exception on ``today``, that these scans raised, reopened or added detail to."""
-        if not scan_ids:
-            return []
+        under an exception on ``today``, that these scans raised, reopened or added detail to,
+        or whose exception ran out (open again) at or after ``since`` (ISO 8601 UTC), or
+        among ``also``."""
         marks = _marks(scan_ids)
         sql = f"""SELECT * FROM findings
             WHERE status IN ({_marks(ACTIVE_STATUSES)}) AND severity_rank >= ?
               AND (exception_until IS NULL OR exception_until < ?)
               AND (id IN (SELECT finding_id FROM incidents WHERE first_scan IN ({marks}))
                    OR id IN (SELECT finding_id FROM finding_events
-                             WHERE action = 'reopened' AND scan_id IN ({marks})))
+                             WHERE action = 'reopened' AND scan_id IN ({marks}))
+                   OR id IN (SELECT finding_id FROM finding_events
+                             WHERE action = 'exception-expired' AND at >= ?)
+                   OR id IN ({_marks(also)}))
             ORDER BY severity_rank DESC, id"""  # noqa: S608 - placeholders only
-        params = [*ACTIVE_STATUSES, SEVERITY_RANK[min_severity], today, *scan_ids, *scan_ids]
+        params = [*ACTIVE_STATUSES, SEVERITY_RANK[min_severity], today, *scan_ids, *scan_ids,
+                  since or "~", *also]  # fmt: skip
         return [_finding_out(r) for r in self.db.query(sql, params)]
 
     def findings(self, q: FindingQuery) -> Iterator[dict[str, Any]]:
@@ -1645,27 +1672,34 @@ class Store:
     def status_changes(
         self, since: datetime, until: datetime, where: TrafficFilter, limit: int
     ) -> dict[str, Any]:
-        """The audit trail of ``[since, until)``: total, count by action, the first ``limit``."""
-        f, fparams = where.sql("i")
-        cond = f"e.at >= ? AND e.at < ?{f}"
-        params = [iso_datetime(since), iso_datetime(until), *fparams]
-        join = "FROM incident_events e JOIN incidents i ON i.id = e.incident_id"
-        (total,) = self.db.execute(f"SELECT count(*) {join} WHERE {cond}", params).fetchone()  # noqa: S608
+        """The audit trail of ``[since, until)``: total, count by action, the first ``limit``;
+        the changes of incidents and of findings (``incident_id`` holds the finding's id,
+        ``F-…``), with who made each and why."""
+        fi, fparams = where.sql("i")
+        ff, ffparams = where.sql("f")
+        span = [iso_datetime(since), iso_datetime(until)]
+        union = f"""SELECT e.id AS seq, 0 AS kind, e.at, e.incident_id, i.rule, i.severity,
+                   i.provider, i.site, e.action, e.status_from, e.status_to, e.actor, e.note
+              FROM incident_events e JOIN incidents i ON i.id = e.incident_id
+              WHERE e.at >= ? AND e.at < ?{fi}
+            UNION ALL
+            SELECT e.id, 1, e.at, e.finding_id, f.rule, f.severity, f.provider, f.site, e.action,
+                   e.status_from, e.status_to, e.actor, e.note
+              FROM finding_events e JOIN findings f ON f.id = e.finding_id
+              WHERE e.at >= ? AND e.at < ? AND e.action NOT IN ('new', 'activity'){ff}"""  # noqa: S608 - constants
+        params = [*span, *fparams, *span, *ffparams]
+        (total,) = self.db.execute(f"SELECT count(*) FROM ({union})", params).fetchone()  # noqa: S608
         items = list(
             self.db.query(
-                f"""SELECT e.at, e.incident_id, i.rule, i.severity, i.provider, i.site, e.action,
-                           e.status_from, e.status_to, e.actor, e.note
-                    {join} WHERE {cond} ORDER BY e.at, e.id LIMIT ?""",  # noqa: S608
+                f"""SELECT at, incident_id, rule, severity, provider, site, action, status_from,
+                           status_to, actor, note FROM ({union})
+                    ORDER BY at, kind, seq LIMIT ?""",  # noqa: S608
                 [*params, limit],
             )
         )
-        by_action = {
-            r[0]: r[1]
-            for r in self.db.execute(
-                f"SELECT e.action, count(*) {join} WHERE {cond} GROUP BY e.action",  # noqa: S608
-                params,
-            )
-        }
+        by_action = dict(
+            self.db.execute(f"SELECT action, count(*) FROM ({union}) GROUP BY action", params)  # noqa: S608
+        )
         return {"total": total, "shown": len(items), "by_action": by_action, "items": items}
 
     def report_findings(
@@ -2016,15 +2050,10 @@ MIGRATIONS = {
     7: _schema_v7,
 }
 
-#: (status before, status after) → the event a status change raises
-#: the alert (``monitor.events`` type) a finding's lifecycle action raises
-_ALERT_OF_ACTION = {
-    "new": "new",
-    "reopened": "reopened",
-    "acknowledged": "acknowledged",
-    "resolved": "resolved",
-    "superseded": "superseded",
-}
+#: the lifecycle actions of findings that alert (the ``monitor.events`` type of the same name;
+#: ``activity`` alerts as ``updated``/``escalated``, digested: :meth:`Store._alert_activity`)
+_ALERTED_ACTIONS = frozenset({"new", "reopened", "acknowledged", "resolved", "excepted",
+                              "exception-expired", "superseded"})  # fmt: skip
 #: alerts for status changes of detail rows outside any finding (correlated incidents)
 _STATUS_EVENT = {
     ("open", "acknowledged"): "acknowledged",

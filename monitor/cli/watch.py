@@ -115,7 +115,8 @@ def watch_cmd(ctx, paths, fmt, squid_logformat, columns, mapping, site, egress_i
     log(f"watch: following {', '.join(followed)} (scan {scan_id})")
     dispatcher = app.dispatcher if app.config.alerts else None
     totals = watch(store, dispatcher, inputs, scan_id, stop, interval=interval,
-                   heartbeat=heartbeat, log=log, captures=captures)  # fmt: skip
+                   heartbeat=heartbeat, log=log, captures=captures,
+                   upkeep=app.apply_exceptions)  # fmt: skip
     record = totals.as_dict()
     record.pop("alerts_sent")
     store.finish_scan(
