@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -363,8 +363,6 @@ class Store:
             result = self._ingest(scan_id, batch)
             if source is not None:
                 self.db["sources"].upsert({**source, "updated": _now()}, pk="key")
-            if self.emit_events:
-                self._emit_changes(result)
         return result
 
     def _meta(self, key: str) -> str | None:
@@ -980,26 +978,32 @@ class Store:
         digest: str | None = None,
         actor: str = "apiwatch reevaluate",
         batch: int = 20000,
+        correlated: Sequence[str] = (),
     ) -> ReevaluationResult:
         """Recompute everything stored from ``start_day`` on, in one transaction: each stored
         observation row goes through ``evaluate`` (the changes to its columns as (position,
         value) pairs and its incident rows, or None when it is no longer LLM traffic), incidents and findings are rebuilt from them exactly as
         a scan stores them, detail statuses and finding lifecycles are kept, findings left
-        without detail are superseded and findings that appear are raised, with events."""
+        without detail are superseded and findings that appear are raised, with events.
+        The detail of the ``correlated`` rules (computed from the history, not per record)
+        is left to the correlation step that follows (:meth:`replace_correlated`)."""
         out = ReevaluationResult()
         agg = IngestResult()
         conn = self.db.conn
         names = list(OBSERVATION_COLUMNS)
+        per_record = f"day >= ? AND rule NOT IN ({_marks(correlated)})"
         with self._tx():
             old_status = dict(conn.execute(
-                "SELECT id, status FROM incidents WHERE day >= ? AND status != 'open'", [start_day]))  # fmt: skip
+                f"SELECT id, status FROM incidents WHERE {per_record} AND status != 'open'",  # noqa: S608
+                [start_day, *correlated]))  # fmt: skip
             old_fids = {r[0] for r in conn.execute(
-                "SELECT DISTINCT finding_id FROM incidents WHERE day >= ?", [start_day])}  # fmt: skip
+                f"SELECT DISTINCT finding_id FROM incidents WHERE {per_record}",  # noqa: S608
+                [start_day, *correlated])}  # fmt: skip
             conn.execute(
                 "DELETE FROM hits WHERE observation_id IN (SELECT id FROM observations WHERE day >= ?)",
                 [start_day],
             )
-            conn.execute("DELETE FROM incidents WHERE day >= ?", [start_day])
+            conn.execute(f"DELETE FROM incidents WHERE {per_record}", [start_day, *correlated])  # noqa: S608
             last = 0
             while True:
                 rows = conn.execute(
@@ -1066,37 +1070,6 @@ class Store:
 
     # -- finding events and the outbox -----------------------------------------------------
 
-    def _emit_changes(self, result: IngestResult) -> int:
-        """Events for the detail rows outside any finding (correlated incidents) this batch
-        created or advanced, inside its transaction: ``new`` always, ``updated`` at most
-        once per digest window (findings alert from their lifecycle: :meth:`_event`)."""
-        ids = sorted(result.new_incidents | result.updated_incidents)
-        if not ids:
-            return 0
-        now = time.time()
-        rows = [
-            r
-            for r in self._rows_in("SELECT * FROM incidents WHERE id IN ({})", ids)
-            if r["finding_id"] is None  # a finding's own alerts come with its lifecycle
-        ]
-        state = {
-            r["finding_id"]: r
-            for r in self._rows_in("SELECT * FROM finding_alerts WHERE finding_id IN ({})", ids)
-        }
-        events = []
-        for row in rows:
-            last = state.get(row["id"])
-            if last is None:
-                kind = "new" if row["id"] in result.new_incidents else "updated"
-            elif now - last["last_event_at"] >= self.digest_seconds:
-                kind = "updated"
-            else:
-                continue
-            events.append(
-                FindingEvent.of_finding(row, kind, row["count"] - (last or {}).get("last_count", 0))
-            )
-        return self._outbox(events)
-
     def emit_digests(self) -> int:
         """``updated`` events for findings that gained requests inside a digest window that
         has now passed (``watch`` calls this periodically, so the counts are not held back
@@ -1116,17 +1089,6 @@ class Store:
                 dataclasses.replace(e, new_count=e.count - last)
                 for fid, last in due
                 for e in [self._finding_event(fid, "updated")]
-            ]
-            rows = list(
-                self.db.query(
-                    """SELECT i.*, a.last_count AS last_count FROM finding_alerts a
-                       JOIN incidents i ON i.id = a.finding_id
-                       WHERE a.last_event_at <= ? AND i.count > a.last_count""",
-                    [cutoff],
-                )
-            )
-            events += [
-                FindingEvent.of_finding(r, "updated", r["count"] - r["last_count"]) for r in rows
             ]
             return self._outbox(events)
 
@@ -1338,14 +1300,15 @@ class Store:
 
     def egress_buckets(
         self, start: float, end: float, who: Sequence[str]
-    ) -> list[tuple[str, str, str, float, float, int]]:
+    ) -> list[tuple[str, str, str, float, float, int, str | None, str | None, str | None]]:
         """For the clients ``who``: which provider they reached through which egress country,
-        per hour of ``[start, end)``: (who, provider, country, first ts, last ts, records)."""
-        out: list[tuple[str, str, str, float, float, int]] = []
+        per hour of ``[start, end)``: (who, provider, country, first ts, last ts, records,
+        site, user, client address), the last three the least of the records'."""
+        out: list[tuple[str, str, str, float, float, int, str | None, str | None, str | None]] = []
         for chunk, marks in _chunks(sorted(set(who))):
             out.extend(tuple(r) for r in self.db.execute(
                 f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
-                          min(ts), max(ts), count(*)
+                          min(ts), max(ts), count(*), min(site), min(user), min(client_ip)
                    FROM observations WHERE {_EGRESS_HISTORY} AND who IN ({marks})
                    GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
                    ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants, placeholders
@@ -1363,12 +1326,13 @@ class Store:
         """Make the incidents ``rule`` raised on ``[first_day, last_day]`` exactly ``rows``
         (recomputed from the history): counts and facts are replaced, not added, so running
         the correlation again changes nothing; open incidents it no longer raises go (the
-        acknowledged and resolved stay, with their audit trail). Returns (removed, new and
-        updated incidents)."""
+        acknowledged and resolved stay, with their audit trail). Their findings follow as a
+        scan's do: raised, reopened, given the new activity, or superseded when no detail is
+        left. Returns (removed, new and updated incidents, findings raised and reopened)."""
         result = IngestResult()
         with self._tx():
-            old = {r[0]: r[1] for r in self.db.execute(
-                "SELECT id, count FROM incidents WHERE rule = ? AND day >= ? AND day <= ?",
+            old = {r[0]: (r[1], r[2]) for r in self.db.execute(
+                "SELECT id, count, finding_id FROM incidents WHERE rule = ? AND day >= ? AND day <= ?",
                 [rule, first_day, last_day])}  # fmt: skip
             ids = {r["id"] for r in rows}
             stale = sorted(set(old) - ids)
@@ -1400,21 +1364,44 @@ class Store:
                      "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
                 values.append([d.get(c) for c in cols])
                 result.rule_of[r["id"]] = (r["rule"], r["severity"])
+                before, was_in = old.get(r["id"], (0, None))
                 if r["id"] not in old:
                     result.new_incidents.add(r["id"])
-                elif old[r["id"]] != r["count"]:  # recomputed the same: nothing happened
-                    result.updated_incidents.add(r["id"])
+                elif before != r["count"] or was_in != r["finding_id"]:
+                    result.updated_incidents.add(r["id"])  # (recomputed the same: nothing)
+                if r["count"] > before or was_in != r["finding_id"]:
+                    result.finding_requests[r["finding_id"]] += r["count"] - (
+                        before if was_in == r["finding_id"] else 0)  # fmt: skip
             self.db.conn.executemany(
                 f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
                 ON CONFLICT(id) DO UPDATE SET first_seen = excluded.first_seen,
                   last_seen = excluded.last_seen, count = excluded.count,
-                  facts = excluded.facts, last_scan = excluded.last_scan""",  # noqa: S608
+                  facts = excluded.facts, last_scan = excluded.last_scan,
+                  finding_id = excluded.finding_id, site = excluded.site, user = excluded.user,
+                  client_ip = excluded.client_ip,
+                  egress_country = excluded.egress_country""",  # noqa: S608
                 values,
             )
             self.db.conn.executemany("INSERT OR IGNORE INTO hits VALUES (?, ?)", hits)
-            if self.emit_events:  # alerts, as for the findings a scan raises
-                self._emit_changes(result)
+            touched = {fid for _count, fid in old.values() if fid} - set(result.finding_requests)
+            if result.finding_requests:
+                self._advance_findings(scan_id, result)
+            self._settle(sorted(touched), "the correlation no longer finds it in the history")
         return removed, result
+
+    def _settle(self, fids: Sequence[str], why: str, actor: str | None = None) -> set[str]:
+        """Refresh findings whose detail shrank; those left without any are superseded (kept,
+        with an event). Returns the superseded."""
+        alive = self._refresh_findings(fids)
+        gone = set()
+        for fid, status in sorted(
+            self._finding_statuses([f for f in fids if f not in alive]).items()
+        ):
+            if status != "superseded":
+                gone.add(fid)
+                self.transition(fid, "superseded", "superseded", cascade=False, actor=actor,
+                                note=why)  # fmt: skip
+        return gone
 
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
         """One incident by id or unique id prefix, with its sample records."""
@@ -1463,11 +1450,7 @@ class Store:
                      "status_to": status, "note": note, "actor": actor}  # fmt: skip
             self.db.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, row["id"]])
             self.db["incident_events"].insert(event)
-            self._follow_detail(row["finding_id"], note, actor)
-            kind = _STATUS_EVENT.get((row["status"], status))
-            if self.emit_events and kind and row["finding_id"] is None:  # else: the finding's
-                (finding,) = self.db.query("SELECT * FROM incidents WHERE id = ?", [row["id"]])
-                self._outbox([FindingEvent.of_finding(finding, kind)])
+            self._follow_detail(row["finding_id"], note, actor)  # its alerts: the finding's
         return event
 
     def _follow_detail(self, fid: str | None, note: str | None, actor: str | None) -> None:
@@ -2040,6 +2023,42 @@ def _schema_v7(db: sqlite_utils.Database) -> None:
             db[table].add_column(name, str)
 
 
+def _schema_v8(db: sqlite_utils.Database) -> None:
+    """Correlated detail (egress-hopping) rolls up into findings like every other rule's: its
+    rows, which had no finding, get one (rule, provider, the first country the provider does
+    not serve, from their facts), with the status of their detail as in step 6."""
+    adopted: dict[str, str] = {}
+    for iid, rule, provider, facts in db.execute(
+        "SELECT id, rule, provider, facts FROM incidents WHERE finding_id IS NULL"
+    ).fetchall():
+        seen = json.loads(facts or "{}")
+        countries = {c for v in seen.get("history.unserved") or [] for c in v or ()}
+        countries = countries or {c for v in seen.get("history.countries") or [] for c in v or ()}
+        country = min(countries, default=None)
+        fid = finding_id(rule, provider, None, country)
+        db.execute(
+            "UPDATE incidents SET finding_id = ?, egress_country = ? WHERE id = ?",
+            [fid, country, iid],
+        )
+        adopted[fid] = iid
+    cols = ["id", *_ROLLUP_COLUMNS]
+    for chunk, marks in _chunks(sorted(adopted)):
+        rows = db.query(_ROLLUP.format(where=f"finding_id IN ({marks})"), chunk)  # noqa: S608
+        db.conn.executemany(
+            f"INSERT OR IGNORE INTO findings ({', '.join(cols)}) VALUES ({_marks(cols)})",  # noqa: S608
+            [[_rolled(r)[c] for c in cols] for r in rows],
+        )
+        db.execute(
+            f"""UPDATE findings SET status = CASE
+                 WHEN NOT EXISTS (SELECT 1 FROM incidents i WHERE i.finding_id = findings.id
+                                  AND i.status != 'resolved') THEN 'resolved'
+                 WHEN NOT EXISTS (SELECT 1 FROM incidents i WHERE i.finding_id = findings.id
+                                  AND i.status = 'open') THEN 'acknowledged'
+                 ELSE 'open' END WHERE id IN ({marks})""",  # noqa: S608
+            chunk,
+        )
+
+
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -2048,20 +2067,13 @@ MIGRATIONS = {
     5: _schema_v5,
     6: _schema_v6,
     7: _schema_v7,
+    8: _schema_v8,
 }
 
 #: the lifecycle actions of findings that alert (the ``monitor.events`` type of the same name;
 #: ``activity`` alerts as ``updated``/``escalated``, digested: :meth:`Store._alert_activity`)
 _ALERTED_ACTIONS = frozenset({"new", "reopened", "acknowledged", "resolved", "excepted",
                               "exception-expired", "superseded"})  # fmt: skip
-#: alerts for status changes of detail rows outside any finding (correlated incidents)
-_STATUS_EVENT = {
-    ("open", "acknowledged"): "acknowledged",
-    ("open", "resolved"): "resolved",
-    ("acknowledged", "resolved"): "resolved",
-    ("resolved", "open"): "reopened",
-    ("resolved", "acknowledged"): "reopened",
-}
 
 
 _INCIDENT_LIST_COLUMNS = (

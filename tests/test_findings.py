@@ -385,3 +385,38 @@ def test_bulk_actions_by_who_and_dry_runs_by_id(env):
     dry = cli(env, "resolve", *ids, "--dry-run", "--note", "n")
     assert "2 id(s) would change to resolved (1 finding(s) already are)" in dry.stderr
     cli(env, "ack", ids[0], "--until", "2099-01-01", "--note", "n", "0123abcd", ok=(2,))
+
+
+def test_migration_gives_correlated_incidents_a_finding(tmp_path):
+    """Egress-hopping detail stored without a finding (schema 7) is adopted by one: (rule,
+    provider, the first country the provider does not serve), with its detail's status."""
+    path = tmp_path / "v7.db"
+    con = sqlite3.connect(path)
+    import sqlite_utils
+
+    db = sqlite_utils.Database(con)
+    for step in range(1, 8):
+        MIGRATIONS[step](db)
+    db.execute("PRAGMA user_version = 7")
+    facts = {"history.countries": [["HK", "SG"]], "history.unserved": [["HK"]]}
+    base = {"rule": "egress-hopping", "severity": "high", "severity_rank": 3, "title": "t",
+            "provider": "openai", "provider_kind": "api", "day": "2026-11-27", "count": 3,
+            "first_seen": "2026-11-27T01:00:00.000Z", "last_seen": "2026-11-27T07:00:00.000Z",
+            "blocked": 0, "outcome": "allowed", "evidence": "[]", "facts": json.dumps(facts),
+            "first_scan": 1, "last_scan": 1}  # fmt: skip
+    db["incidents"].insert_all([
+        {**base, "id": "bb01", "client_ip": "10.0.0.1", "status": "acknowledged"},
+        {**base, "id": "bb02", "client_ip": "10.0.0.2", "status": "acknowledged", "count": 2},
+    ])  # fmt: skip
+    con.commit()
+    con.close()
+    store = Store(path)
+    try:
+        (f,) = store.db.query("SELECT * FROM findings")
+        assert (f["rule"], f["provider"], f["site"], f["egress_country"]) == (
+            "egress-hopping", "openai", None, "HK")  # fmt: skip
+        assert (f["count"], f["clients"], f["status"]) == (5, 2, "acknowledged")
+        assert {r[0] for r in store.db.execute("SELECT finding_id FROM incidents")} == {f["id"]}
+        assert store.check()["incidents_without_finding"] == 0
+    finally:
+        store.close()
