@@ -420,3 +420,20 @@ def test_migration_gives_correlated_incidents_a_finding(tmp_path):
         assert store.check()["incidents_without_finding"] == 0
     finally:
         store.close()
+
+
+def test_config_check_names_exceptions_that_can_never_hold(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        CONFIG + '[[exceptions]]\nrule = "provider-region-unsuported"\nprovider = "openia"\n'
+        'until = 2099-01-01\nreason = "typos"\napprover = "a"\n'
+        '[[exceptions]]\nprovider = "openai"\nuntil = 2020-01-01\nreason = "old"\napprover = "a"\n'
+        '[[alerts]]\nname = "x"\nkind = "jsonl"\npath = "-"\nformat = "ecs"\nrules = ["nope"]\n'
+    )
+    res = run("--db", tmp_path / "c.db", "config", "check", cfg)
+    assert res.stderr.splitlines() == [
+        "warning: exceptions[0]: unknown rule 'provider-region-unsuported': it never matches",
+        "warning: exceptions[0]: unknown provider 'openia': it never matches",
+        "warning: alerts[0].rules: unknown rule 'nope': it never matches",
+        "warning: exceptions[1]: ran out after 2020-01-01",
+    ]
