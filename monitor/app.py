@@ -319,10 +319,10 @@ class App:
             hook(self, [scan_id])
         return scan_id, summary
 
-    def correlate(self, scan_ids: list[int]) -> CorrelationResult:
-        """The correlation rules (egress-hopping) over the days these scans stored: run
-        after each scan and after re-evaluation."""
-        return correlate(self.store, self.catalog, self.rules, scan_ids)
+    def correlate(self, scan_ids: list[int], days: list[str] | None = None) -> CorrelationResult:
+        """The correlation rules (egress-hopping) over the days these scans stored (or
+        ``days``): run after each scan and after re-evaluation, and by ``watch``."""
+        return correlate(self.store, self.catalog, self.rules, scan_ids, days)
 
     def settings_digest(self) -> str:
         """What evaluation depends on besides the logs: catalogue, geodata, rules, sites and

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,12 +48,18 @@ class CorrelationResult:
 
 
 def correlate(
-    store: Store, catalog: Catalog, rules: RuleSet, scan_ids: Iterable[int]
+    store: Store,
+    catalog: Catalog,
+    rules: RuleSet,
+    scan_ids: Iterable[int],
+    days: Sequence[str] | None = None,
 ) -> CorrelationResult:
     """Run every correlation rule over the days the scans ``scan_ids`` stored observations
-    for (widened by the rule's window), replacing what earlier runs raised there."""
+    for, or over ``days`` (widened by the rule's window), replacing what earlier runs
+    raised there; new detail counts for the last of ``scan_ids``."""
     result = CorrelationResult()
-    days = store.scan_days(list(scan_ids))
+    scan_ids = list(scan_ids)
+    days = sorted(days) if days is not None else store.scan_days(scan_ids)
     if not days:
         return result
     first = _day_start(min(days))
