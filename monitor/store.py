@@ -298,6 +298,8 @@ class Store:
     def _migrate(self) -> None:
         """Create the schema, or bring an older apiwatch database up to date."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if self.readonly and version == 0 and not self.db.table_names():
+            version = self._created_meanwhile()
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: schema version {version} is newer than this apiwatch ({SCHEMA_VERSION})"
@@ -320,6 +322,18 @@ class Store:
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[step](self.db)  # each runs in this one transaction
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _created_meanwhile(self, wait: float = 10.0) -> int:
+        """The schema version of a database file without any schema yet, once the process
+        creating it (a first scan, started a moment ago) has committed it; 0 if none does
+        within ``wait`` seconds. A query run alongside the first scan answers, not fails."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version:
+                return version
+        return 0
 
     # -- scans ------------------------------------------------------------------------------
 
