@@ -38,6 +38,7 @@ import yaml
 from monitor.countries import VALID_COUNTRY_CODES
 from monitor.errors import ApiwatchError
 from monitor.residency import BASES, UNKNOWN, Processing, ResidencyTables
+from monitor.yamlfile import SafeLoader
 
 PROVIDERS_FILE = "providers.yaml"
 REGIONS_FILE = "regions.yaml"
@@ -426,10 +427,7 @@ def bundled_catalog() -> Catalog:
 # --------------------------------------------------------------------------- loading
 
 
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
-
-
-class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc,valid-type]
+class _UniqueKeyLoader(SafeLoader):  # type: ignore[misc,valid-type]
     """SafeLoader that rejects a key given twice in one mapping (YAML keeps the last)."""
 
 

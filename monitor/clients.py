@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from monitor.errors import ApiwatchError
+from monitor.yamlfile import safe_load
 
 CLIENTS_FILE = "clients.yaml"
 PATH_KINDS = ("api", "relay_admin")
@@ -122,7 +123,7 @@ def _load(path: Path) -> Signatures:
         return SignatureError(f"{path}: {entry}: {reason}")
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise SignatureError(f"{path}: cannot read: {exc}") from None
     if not isinstance(data, dict):

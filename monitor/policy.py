@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from monitor.errors import ApiwatchError
+from monitor.yamlfile import safe_load, safe_load_all
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 SEVERITY_RANK = {name: i for i, name in enumerate(SEVERITIES)}
@@ -397,7 +398,7 @@ class RuleSet:
             )
             for file in files:
                 try:
-                    docs = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+                    docs = list(safe_load_all(file.read_text(encoding="utf-8")))
                 except (OSError, yaml.YAMLError) as exc:
                     raise RuleError(f"{file}: cannot load: {exc}") from exc
                 for doc in docs:
@@ -441,7 +442,7 @@ def load_packs(directory: Path) -> dict[str, Pack]:
         return packs
     for file in sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml")):
         try:
-            doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+            doc = safe_load(file.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
             raise RuleError(f"{file}: cannot load: {exc}") from exc
         if not isinstance(doc, dict) or set(doc) - {"pack", "rules"} or "pack" not in doc:
