@@ -133,17 +133,13 @@ class Identifier:
         sig = self.signatures
         path = sig.api_path(url)
         if path is not None:
-            return self._shape_match(f"path:{path}")
+            return Match(UNKNOWN_PROVIDER, "unknown", f"path:{path}", "medium", on="request")
         client = sig.user_agent(user_agent)
         if client is not None and client.llm:
-            return self._shape_match(f"user-agent:{client.id}")
+            return Match(
+                UNKNOWN_PROVIDER, "unknown", f"user-agent:{client.id}", "medium", on="request"
+            )
         return None
-
-    @staticmethod
-    @lru_cache(maxsize=1024)
-    def _shape_match(pattern: str) -> Match:
-        """One match object per request shape (the record path's memo keys on it)."""
-        return Match(UNKNOWN_PROVIDER, "unknown", pattern, "medium", on="request")
 
     @staticmethod
     @lru_cache(maxsize=1 << 14)

@@ -162,11 +162,12 @@ def test_memoised_record_path_equals_the_stages_record_by_record(app, pseudonymi
         match = memoised.identifier.identify(obs)
         if match is None:
             continue
-        identified += 1
+        identified += match.provider.id != "unknown"  # request shapes: a match per record
         got = memoised.record(dataclasses.replace(obs), match)
         want = _reference(plain, dataclasses.replace(obs), match)
         assert got == want, obs
         seen_rules |= {i["rule"] for i in got[1]}
     # the records raise rules whose evidence the key holds, and one whose it does not
     assert {"provider-region-unsupported", "relay-service", "llm-api-unknown-host"} <= seen_rules
-    assert len(memoised.memo._memo) <= identified // 2
+    keys = [c for c in memoised.memo._memo.values() if c.match.provider.id != "unknown"]
+    assert len(keys) <= identified // 2
