@@ -1,9 +1,10 @@
 """The Squid collector's C pre-pass (``_squidscan.c``) against the pure-Python loop.
 
-The pre-pass may only count and drop lines that the Python code would also count and drop,
-and only split into fields lines that the Python code would read the same way; whatever it
-hands back must come out of the Python loop exactly as before. So every test
-here parses the same bytes both ways and asserts equal observations, counts and problems.
+The pre-pass reads whole read chunks. It may only count and drop lines that the Python code
+would also count and drop, and only split into fields lines that the Python code would read
+the same way; whatever it hands back must come out of the Python loop exactly as before. So
+every test here parses the same bytes both ways (also read in small pieces, so that lines
+straddle the chunks) and asserts equal observations, line numbers, counts and problems.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from monitor import accel
 from monitor.catalog import Catalog
 from monitor.collectors import CollectOptions, Diagnostics, make_collector, squid
+from monitor.collectors.base import MAX_LINE
 from monitor.pipeline import Identifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,10 +52,27 @@ def pure_python():
             os.environ[accel.PURE_ENV] = old
 
 
-def parse(data: bytes) -> tuple[list[dict], tuple]:
+class Trickle(io.RawIOBase):
+    """A stream that gives at most ``piece`` bytes per read, so chunks end anywhere."""
+
+    def __init__(self, data: bytes, piece: int):
+        self.data, self.piece, self.pos = data, piece, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        got = self.data[self.pos : self.pos + min(self.piece, len(buffer))]
+        buffer[: len(got)] = got
+        self.pos += len(got)
+        return len(got)
+
+
+def parse(data: bytes, piece: int | None = None) -> tuple[list[dict], tuple]:
     diag = Diagnostics()
     collector = make_collector("squid", CollectOptions(format="squid"))
-    stream = io.BufferedReader(io.BytesIO(data))
+    raw = io.BytesIO(data) if piece is None else Trickle(data, piece)
+    stream = io.BufferedReader(raw)
     found = [
         o.to_dict() | {"id": o.record_id} for o in collector.parse(stream, "t", diag, HOST_FILTER)
     ]
@@ -61,11 +80,11 @@ def parse(data: bytes) -> tuple[list[dict], tuple]:
     return found, (diag.records, diag.malformed, diag.skipped, problems)
 
 
-def both_ways(data: bytes) -> tuple[list[dict], tuple]:
-    fast = parse(data)
+def both_ways(data: bytes, piece: int | None = None) -> tuple[list[dict], tuple]:
+    fast = parse(data, piece)
     with pure_python():
         assert accel.load(MODULE) is None
-        reference = parse(data)
+        reference = parse(data, piece)
     assert fast == reference
     return fast
 
@@ -163,9 +182,9 @@ def logs(draw) -> bytes:
 
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
-@given(logs())
-def test_generated_lines_agree(data: bytes) -> None:
-    both_ways(data)
+@given(logs(), st.one_of(st.none(), st.integers(1, 300)))
+def test_generated_lines_agree(data: bytes, piece: int | None) -> None:
+    both_ways(data, piece)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True,
@@ -193,18 +212,51 @@ def test_benchmark_log_agrees(tmp_path: Path) -> None:
     assert found and malformed > 100 and problems and records > 29000
 
 
-def test_native_scan_contract() -> None:
-    """The pre-pass alone: it drops only what ``rejects`` rejects, splits what it keeps
-    into its fields, and hands back the rest."""
+@pytest.mark.parametrize("piece", [1, 7, 100, 4096, 70_000])
+def test_lines_across_chunks(piece: int) -> None:
+    """Lines cut by the reads, CRLF, blank, NUL-bearing and over-long lines (one ending
+    inside a chunk, one running past it, one that ends the file without a newline)."""
+    long = b"x" * (MAX_LINE + 5)
+    body = [OTHER, LLM, b"", OTHER + b"\r", LLM + b"\r\r", long, OTHER, long + b"\r", LLM,
+            OTHER.replace(b"anan", b"an\x00an"), LLM + b" " + OTHER, b"  ", LLM]  # fmt: skip
+    data = b"\n".join(body * 3) + b"\n" + long
+    found, (records, malformed, skipped, problems) = both_ways(data, piece)
+    assert [o["line"] for o in found if o["dest_host"] == "api.openai.com"][:4] == [2, 5, 9, 11]
+    assert skipped == 6 and records == 27
+    assert [line for line, reason, _ in problems if "longer" in reason] == [
+        6,
+        8,
+        19,
+        21,
+        32,
+        34,
+        40,
+    ]
+
+
+def test_native_chunk_contract() -> None:
+    """The pre-pass alone: over the lines of a chunk it drops only what ``rejects``
+    rejects, splits what it keeps into its fields, and hands back the rest as lines."""
     rejects = {b"anan.co.jp:443": True, b"http://anan.co.jp": True, b"api.openai.com:443": False}
     connect = OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"CONNECT anan.co.jp:443")
     lines = [OTHER, connect, LLM, b"", OTHER.replace(b"anan", b"other"), connect + b" x"]
     fields = (2, 1732752001.203, 70428, b"10.1.88.196", b"TCP_TUNNEL/200", 2475, b"CONNECT",
-              b"api.openai.com:443", b"-", b"HIER_DIRECT/172.66.0.243")  # fmt: skip
-    assert built.native_scan(lines, True, rejects) == (2, [fields, 3, 4, 5])
-    assert built.native_scan(lines, False, rejects) == (2, [fields, 3, 4, 5])
+              b"api.openai.com:443", b"-", b"HIER_DIRECT/172.66.0.243", LLM)  # fmt: skip
+    todo = [fields, (3, b""), (4, lines[4]), (5, lines[5])]
+    for end in (b"\n", b"\r\n", b"\r\r\n"):
+        chunk = end.join(lines) + end
+        assert built.native_chunk(chunk, True, MAX_LINE, rejects) == (2, todo)
+        assert built.native_chunk(chunk, False, MAX_LINE, rejects) == (2, todo)
+    assert built.native_chunk(b"\n".join(lines), True, MAX_LINE, rejects) == (2, todo)
+    assert built.native_chunk(LLM + b"\n", True, len(LLM) - 1, rejects) == (0, [(0, LLM)])
+    assert built.native_chunk(b"", True, MAX_LINE, rejects) == (0, [])
     nul = LLM.replace(b"10.1.88.196", b"10.1.88.1\x00")
-    assert built.native_scan([nul], False, rejects) == (0, [0])
+    assert built.native_chunk(nul + b"\n", False, MAX_LINE, rejects) == (0, [(0, nul)])
     with pytest.raises(TypeError):
-        built.native_scan(tuple(lines), True, rejects)
-    assert built.native_scan([OTHER, 42], True, rejects) == (1, [1])
+        built.native_chunk(lines, True, MAX_LINE, rejects)
+    marked = OTHER.replace(b"/x?q=1", b"/x/v1/messages")
+    assert built.native_chunk(marked + b"\n", True, MAX_LINE, rejects, (b"/v1/messages",)) == (
+        0,
+        [(0, marked)],
+    )
+    assert built.native_chunk(marked + b"\n", True, MAX_LINE, rejects, (b"/v2/",)) == (1, [])

@@ -1,21 +1,24 @@
 /* The Squid native collector's pre-pass, in C (see monitor/accel.py).
  *
- * native_scan(lines, clean, rejects, markers=()) -> (records, todo)
+ * native_chunk(chunk, clean, max_line, rejects, markers=()) -> (records, todo)
  *
- * For each line of a batch, it does what the first steps of SquidCollector._parse_native
- * do when a host filter is set. A line of exactly ten whitespace-separated fields whose
- * fields are well formed and whose target (the CONNECT host:port, or a URL's
- * scheme://authority) the filter has already judged is
+ * `chunk` holds whole lines, each ending in a newline (monitor.collectors.base.iter_chunks);
+ * a line is what precedes its newline, without the carriage returns that end it. For each
+ * line it does what the first steps of SquidCollector._parse_native do when a host filter
+ * is set. A line of exactly ten whitespace-separated fields whose fields are well formed
+ * and whose target (the CONNECT host:port, or a URL's scheme://authority) the filter has
+ * already judged is
  *   - rejected (rejects[target] is True): a record that is counted and dropped, unless it
  *     is a URL whose path holds one of `markers` (byte strings an LLM API path holds);
  *   - kept (rejects[target] is False): split into its fields, the tuple
- *     (index, ts, elapsed, client, code/status, size, method, target, user, peer) with ts a
- *     float, elapsed and size ints and the rest the fields' bytes, appended to `todo`.
- * Every other line (any other shape, a target not yet in `rejects`, a timestamp that is
- * not plain digits[.digits] below 1e10, a marker in a rejected URL) goes to `todo` as its
- * index, for the Python loop to read. It is stricter than the Python code, never looser;
- * `todo` keeps the order of the lines. Rejected lines are only read: nothing is allocated
- * for them but the lookup key.
+ *     (index, ts, elapsed, client, code/status, size, method, target, user, peer, line)
+ *     with ts a float, elapsed and size ints and the rest bytes, appended to `todo`.
+ * Every other line (any other shape, longer than max_line, a target not yet in `rejects`,
+ * a timestamp that is not plain digits[.digits] below 1e10, a marker in a rejected URL)
+ * goes to `todo` as (index, line), for the Python loop to read. It is stricter than the
+ * Python code, never looser; `todo` keeps the order of the lines; `clean` says the chunk
+ * holds no NUL byte. Rejected lines are only read: no object is made for them but the
+ * lookup key.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -82,16 +85,29 @@ find_scheme_sep(const char *s, Py_ssize_t n)
     return -1;
 }
 
-/* 1 when s[0:n] holds one of the byte strings of the tuple `markers` */
+/* 1 when s[0:n] holds one of the byte strings of the tuple `markers`: each position whose
+ * byte starts a marker is compared with those markers (a path has few such bytes) */
 static int
 has_marker(const char *s, Py_ssize_t n, PyObject *markers)
 {
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(markers); k++) {
+    unsigned char first[256] = {0};
+    Py_ssize_t count = PyTuple_GET_SIZE(markers);
+    for (Py_ssize_t k = 0; k < count; k++) {
         PyObject *m = PyTuple_GET_ITEM(markers, k);
-        if (!PyBytes_Check(m) || PyBytes_GET_SIZE(m) == 0)
+        if (PyBytes_Check(m) && PyBytes_GET_SIZE(m) > 0)
+            first[(unsigned char)PyBytes_AS_STRING(m)[0]] = 1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!first[(unsigned char)s[i]])
             continue;
-        if (memmem(s, (size_t)n, PyBytes_AS_STRING(m), (size_t)PyBytes_GET_SIZE(m)) != NULL)
-            return 1;
+        for (Py_ssize_t k = 0; k < count; k++) {
+            PyObject *m = PyTuple_GET_ITEM(markers, k);
+            if (!PyBytes_Check(m))
+                continue;
+            Py_ssize_t mlen = PyBytes_GET_SIZE(m);
+            if (mlen > 0 && mlen <= n - i && memcmp(s + i, PyBytes_AS_STRING(m), (size_t)mlen) == 0)
+                return 1;
+        }
     }
     return 0;
 }
@@ -179,23 +195,55 @@ classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *ma
     return DROP;
 }
 
-/* the tuple a kept line becomes (see the top of this file) */
+/* the tuple a kept line becomes (see the top of this file); steals nothing */
 static PyObject *
 fields_of(Py_ssize_t index, const char **tok, Py_ssize_t *len, double ts, long long elapsed,
-          long long size)
+          long long size, const char *line, Py_ssize_t n)
 {
-    return Py_BuildValue("(ndLy#y#Ly#y#y#y#)", index, ts, elapsed, tok[2], len[2], tok[3],
-                         len[3], size, tok[5], len[5], tok[6], len[6], tok[7], len[7], tok[8],
-                         len[8]);
+    PyObject *t = PyTuple_New(FIELDS + 1);
+    if (t == NULL)
+        return NULL;
+    PyObject *v[FIELDS + 1] = {
+        PyLong_FromSsize_t(index),
+        PyFloat_FromDouble(ts),
+        PyLong_FromLongLong(elapsed),
+        PyBytes_FromStringAndSize(tok[2], len[2]),
+        PyBytes_FromStringAndSize(tok[3], len[3]),
+        PyLong_FromLongLong(size),
+        PyBytes_FromStringAndSize(tok[5], len[5]),
+        PyBytes_FromStringAndSize(tok[6], len[6]),
+        PyBytes_FromStringAndSize(tok[7], len[7]),
+        PyBytes_FromStringAndSize(tok[8], len[8]),
+        PyBytes_FromStringAndSize(line, n),
+    };
+    int ok = 1;
+    for (int k = 0; k <= FIELDS; k++) {
+        if (v[k] == NULL)
+            ok = 0;
+        PyTuple_SET_ITEM(t, k, v[k]); /* a NULL slot is fine for Py_DECREF of the tuple */
+    }
+    if (!ok) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* (index, line): a line for the Python loop */
+static PyObject *
+handed_back(Py_ssize_t index, const char *line, Py_ssize_t n)
+{
+    return Py_BuildValue("(ny#)", index, line, n);
 }
 
 static PyObject *
-native_scan(PyObject *self, PyObject *args)
+native_chunk(PyObject *self, PyObject *args)
 {
-    PyObject *lines, *rejects, *markers = NULL;
+    PyObject *chunk, *rejects, *markers = NULL;
     int clean;
+    Py_ssize_t max_line;
 
-    if (!PyArg_ParseTuple(args, "O!pO!|O!:native_scan", &PyList_Type, &lines, &clean,
+    if (!PyArg_ParseTuple(args, "SpnO!|O!:native_chunk", &chunk, &clean, &max_line,
                           &PyDict_Type, &rejects, &PyTuple_Type, &markers))
         return NULL;
     if (markers == NULL) {
@@ -205,59 +253,62 @@ native_scan(PyObject *self, PyObject *args)
     } else {
         Py_INCREF(markers);
     }
+    Py_INCREF(chunk); /* a dict lookup may run Python code; keep the buffer alive */
     PyObject *todo = PyList_New(0);
-    if (todo == NULL) {
-        Py_DECREF(markers);
-        return NULL;
-    }
-    Py_ssize_t records = 0;
-    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(lines); k++) {
-        PyObject *line = PyList_GET_ITEM(lines, k);
+    if (todo == NULL)
+        goto fail;
+    const char *data = PyBytes_AS_STRING(chunk);
+    Py_ssize_t size_all = PyBytes_GET_SIZE(chunk);
+    Py_ssize_t records = 0, index = 0, pos = 0;
+    while (pos < size_all) {
+        const char *line = data + pos;
+        const char *nl = memchr(line, '\n', (size_t)(size_all - pos));
+        Py_ssize_t raw = nl != NULL ? nl - line : size_all - pos;
+        Py_ssize_t n = raw;
+        while (n > 0 && line[n - 1] == '\r')
+            n--;
+        pos += raw + 1;
         const char *tok[FIELDS];
         Py_ssize_t len[FIELDS];
         double ts = 0;
         long long elapsed = 0, size = 0;
         int r = 0;
-        PyObject *item = NULL;
-        if (PyBytes_Check(line)) {
-            Py_INCREF(line); /* a dict lookup may run Python code that changes the list */
-            r = classify(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line), clean, rejects,
-                         markers, tok, len, &ts, &elapsed, &size);
-            if (r == KEEP)
-                item = fields_of(k, tok, len, ts, elapsed, size);
-            Py_DECREF(line);
-            if (r == KEEP && item == NULL)
+        if (n <= max_line) {
+            r = classify(line, n, clean, rejects, markers, tok, len, &ts, &elapsed, &size);
+            if (r < 0)
                 goto fail;
         }
-        if (r < 0)
-            goto fail;
         if (r == DROP) {
             records++;
+            index++;
             continue;
         }
-        if (item == NULL) {
-            item = PyLong_FromSsize_t(k);
-            if (item == NULL)
-                goto fail;
-        }
+        PyObject *item = r == KEEP ? fields_of(index, tok, len, ts, elapsed, size, line, n)
+                                   : handed_back(index, line, n);
+        if (item == NULL)
+            goto fail;
         int err = PyList_Append(todo, item);
         Py_DECREF(item);
         if (err < 0)
             goto fail;
+        index++;
     }
+    Py_DECREF(chunk);
     Py_DECREF(markers);
     return Py_BuildValue("nN", records, todo);
 fail:
+    Py_DECREF(chunk);
     Py_DECREF(markers);
-    Py_DECREF(todo);
+    Py_XDECREF(todo);
     return NULL;
 }
 
 static PyMethodDef methods[] = {
-    {"native_scan", native_scan, METH_VARARGS,
-     "native_scan(lines, clean, rejects, markers=()) -> (records, todo): count the lines "
-     "whose target the host filter rejected (unless their URL path holds a marker); split "
-     "those whose target it kept into their fields; the indexes of the others."},
+    {"native_chunk", native_chunk, METH_VARARGS,
+     "native_chunk(chunk, clean, max_line, rejects, markers=()) -> (records, todo): over "
+     "the lines of a chunk, count those whose target the host filter rejected (unless "
+     "their URL path holds a marker); split those whose target it kept into their fields; "
+     "(index, line) for the others."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -271,8 +322,8 @@ PyMODINIT_FUNC
 PyInit__squidscan(void)
 {
     PyObject *m = PyModule_Create(&module);
-    /* 3: native_scan splits kept lines; squid.py ignores a module built before that */
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 3) < 0) {
+    /* 4: native_chunk reads whole chunks; squid.py ignores a module built before that */
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 4) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -356,16 +356,19 @@ def read_head(path: str, size: int = 4096) -> bytes:
 
 
 Batch = tuple[int, list[bytes], bool]  # (line number before the first line, lines, NUL-free)
+#: (line number before the first line, whole lines each ending in a newline, NUL-free)
+Chunk = tuple[int, bytes, bool]
 
 
-def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Batch]:
-    """Stream a text input as batches of lines (no line endings), one batch per chunk read,
-    so a collector's per-line loop is a plain ``for`` over a list.
+def iter_chunks(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Chunk]:
+    """Stream a text input as the whole lines of each chunk read, not yet split, for a
+    collector that reads them without making each line an object (the Squid C pre-pass).
 
-    Line numbers count every physical line. Lines longer than ``MAX_LINE`` are reported as
-    malformed and skipped, so a file without newlines cannot exhaust memory. A damaged
-    compressed stream is read up to the damage and reported as a file error. The third item
-    of a batch says it holds no NUL byte, so callers need not look for one line by line.
+    Line numbers count every physical line. A line longer than ``MAX_LINE`` that does not
+    end inside its chunk is reported as malformed and skipped, so a file without newlines
+    cannot exhaust memory; longer lines inside a chunk are the reader's to report (as
+    :func:`lines_of` does). A damaged compressed stream is read up to the damage and
+    reported as a file error. A last line without a newline is given one.
     """
     read = getattr(stream, "read1", None) or stream.read
     lineno = 0
@@ -387,26 +390,24 @@ def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[B
             if carry:
                 chunk = carry + chunk
                 carry = b""
-            has_cr = b"\r" in chunk
-            has_nul = b"\x00" in chunk
-            lines = chunk.split(b"\n")
-            carry = lines.pop()
+            end = chunk.rfind(b"\n") + 1
+            lines = chunk.count(b"\n", 0, end)
+            if end < len(chunk):
+                carry = chunk[end:]
+                chunk = chunk[:end]
             if len(carry) > MAX_LINE:
-                lineno_long = lineno + len(lines) + 1
                 diag.malformed_record(
-                    source, lineno_long, f"line longer than {MAX_LINE} bytes", carry
+                    source, lineno + lines + 1, f"line longer than {MAX_LINE} bytes", carry
                 )
                 carry = b""
                 skipping = True
             if lines:
-                yield from _finish_batch(lineno, lines, has_cr, has_nul, source, diag)
-                lineno += len(lines)
+                yield lineno, chunk, b"\x00" not in chunk
+                lineno += lines
             if skipping:
                 lineno += 1
         if carry:
-            yield from _finish_batch(
-                lineno, [carry], b"\r" in carry, b"\x00" in carry, source, diag
-            )
+            yield lineno, carry + b"\n", b"\x00" not in carry
             lineno += 1
     except DamagedInput as exc:  # truncated or corrupt .gz / .bz2 / .xz
         diag.file_error(source, f"{exc} after line {lineno}")
@@ -417,12 +418,24 @@ def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[B
         diag.content_bytes += consumed
 
 
-def _finish_batch(
-    base: int, lines: list[bytes], has_cr: bool, has_nul: bool, source: str, diag: Diagnostics
+def iter_batches(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Batch]:
+    """Stream a text input as batches of lines (no line endings), one batch per chunk read,
+    so a collector's per-line loop is a plain ``for`` over a list (see :func:`iter_chunks`).
+    The third item of a batch says it holds no NUL byte, so callers need not look for one
+    line by line."""
+    for base, chunk, clean in iter_chunks(stream, source, diag):
+        yield from lines_of(base, chunk, clean, source, diag)
+
+
+def lines_of(
+    base: int, chunk: bytes, clean: bool, source: str, diag: Diagnostics
 ) -> Iterator[Batch]:
-    if has_cr:
+    """The batches of lines of one :data:`Chunk`, without their line endings (CRLF too);
+    lines longer than ``MAX_LINE`` are reported as malformed and left out."""
+    lines = chunk.split(b"\n")
+    lines.pop()  # after the last newline
+    if b"\r" in chunk:
         lines = [ln.rstrip(b"\r") for ln in lines]
-    clean = not has_nul
     if max(map(len, lines)) <= MAX_LINE:
         yield base, lines, clean
         return

@@ -26,14 +26,16 @@ from itertools import chain
 from typing import Any, BinaryIO
 
 from monitor import accel
+from monitor.collectors import base as _base
 from monitor.collectors.base import (
-    Batch,
+    Chunk,
     CollectOptions,
     Diagnostics,
     FormatSpec,
     HostFilter,
     InputError,
-    iter_batches,
+    iter_chunks,
+    lines_of,
     requests_of,
 )
 from monitor.collectors.squid_logformat import (
@@ -143,9 +145,12 @@ def sniff(line: bytes) -> str | None:
     return None
 
 
-def _numbered(batches: Iterable[Batch]) -> Iterator[tuple[int, bytes]]:
-    for base, lines, _clean in batches:
-        yield from enumerate(lines, base + 1)
+def _numbered(
+    chunks: Iterable[Chunk], source: str, diag: Diagnostics
+) -> Iterator[tuple[int, bytes]]:
+    for base, chunk, clean in chunks:
+        for first, lines, _clean in lines_of(base, chunk, clean, source, diag):
+            yield from enumerate(lines, first + 1)
 
 
 def _text(b: bytes) -> str:
@@ -317,26 +322,28 @@ class _Targets:
         return hp[0], hp[1], ru, "url" if hp[0] else None
 
 
-#: A kept line split by the C pre-pass: (index in the batch, ts, elapsed, client,
-#: code/status, size, method, target, user, peer) -- the numbers converted, the rest bytes.
-Fields = tuple[int, float, int, bytes, bytes, int, bytes, bytes, bytes, bytes]
-#: (lines, clean, rejects, markers) -> (records counted and dropped, the others in order:
-#: split into their fields, or the index of a line for the Python loop to read)
-NativeScan = Callable[
-    [list[bytes], bool, dict[bytes, bool], tuple[bytes, ...]], tuple[int, list[int | Fields]]
+#: A kept line split by the C pre-pass: (index in the chunk, ts, elapsed, client,
+#: code/status, size, method, target, user, peer, line) -- the numbers converted, the rest
+#: bytes.
+Fields = tuple[int, float, int, bytes, bytes, int, bytes, bytes, bytes, bytes, bytes]
+#: (chunk, clean, max_line, rejects, markers) -> (records counted and dropped, the other
+#: lines in order: split into their fields, or (index, line) for the Python loop to read)
+NativeChunk = Callable[
+    [bytes, bool, int, dict[bytes, bool], tuple[bytes, ...]],
+    tuple[int, list[tuple[int, bytes] | Fields]],
 ]
 
 
-def _accelerator() -> NativeScan | None:
-    """``native_scan`` of the C pre-pass (``_squidscan.c``), when it is built and wanted."""
+def _accelerator() -> NativeChunk | None:
+    """``native_chunk`` of the C pre-pass (``_squidscan.c``), when it is built and wanted."""
     module = accel.load("monitor.collectors._squidscan")
     if module is None or getattr(module, "ABI", 1) < _ACCEL_ABI:
         return None  # absent, or built from an older source: rebuild it (pip install)
-    return module.native_scan
+    return module.native_chunk
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 3
+_ACCEL_ABI = 4
 
 
 def _host_port(text: str) -> tuple[str | None, int | None]:
@@ -377,22 +384,23 @@ class SquidCollector:
         diag: Diagnostics,
         host_filter: HostFilter | None = None,
     ) -> Iterator[Observation]:
-        batches: Iterable[Batch] = iter_batches(stream, source, diag)
+        chunks: Iterable[Chunk] = iter_chunks(stream, source, diag)
         variant = self.variant
         if variant == "auto":
-            variant, batches = _detect(batches)
+            variant, chunks = _detect(chunks)
         if variant == FORMAT_NATIVE:
-            return self._parse_native(batches, source, diag, host_filter)
+            return self._parse_native(chunks, source, diag, host_filter)
         compiled = self.compiled if variant == FORMAT_CUSTOM else None
         if compiled is None:
             compiled = _builtin("combined" if variant == FORMAT_COMBINED else "common")
-        return self._parse_regex(_numbered(batches), source, diag, host_filter, compiled, variant)
+        lines = _numbered(chunks, source, diag)
+        return self._parse_regex(lines, source, diag, host_filter, compiled, variant)
 
     # -- native --------------------------------------------------------------------------
 
     def _parse_native(
         self,
-        batches: Iterable[Batch],
+        chunks: Iterable[Chunk],
         source: str,
         diag: Diagnostics,
         host_filter: HostFilter | None,
@@ -410,134 +418,156 @@ class SquidCollector:
         fmt = FORMAT_NATIVE
         slow = self._native_slow
         filtering = host_filter is not None
-        # the C pre-pass counts the records the filter rejects (most of them), splits
-        # those it keeps into their fields and hands the rest to the loop below, which
-        # reads every line when it is absent
+        # the C pre-pass reads each chunk whole: it counts the records the filter rejects
+        # (most of them) without making them objects, splits those it keeps into their
+        # fields and hands the other lines to the loop below, which reads every line of
+        # every batch when it is absent
         prepass = _accelerator() if filtering else None
         markers = t.markers if t.requests is not None else ()
         marker_search = t.marker_search
+        max_line = _base.MAX_LINE
         records = 0
         try:
-            for base, lines, clean in batches:
+            for first, chunk, clean in chunks:
                 if prepass is not None:
-                    dropped, todo = prepass(lines, clean, rejects, markers)
+                    dropped, todo = prepass(chunk, clean, max_line, rejects, markers)
                     records += dropped
+                    batches: Iterable[tuple[int, Iterable[tuple]]] = ((first, todo),)
                 else:
-                    todo = range(len(lines))
-                for item in todo:
-                    if item.__class__ is tuple:  # kept and split by the pre-pass
-                        i, ts, elapsed, client_b, code_b, size, method_b, target, user, peer = item
-                        line = lines[i]
-                        cs = codes.get(code_b) or t.code_status(code_b)
-                    else:
-                        i = item
-                        line = lines[i]
-                        parts = line.split()
-                        if len(parts) != 10 or not (clean or b"\x00" not in line):
-                            if not parts:
-                                diag.skipped += 1
-                                continue
-                            # the careful path: extra fields, glued records, junk
-                            for o in slow(line, parts, base + i + 1, source, diag, t):
-                                records += 1
-                                if o is not None:
-                                    yield o
-                            continue
-                        if filtering:
-                            # most lines go to hosts the filter rejects: check the target
-                            # first (CONNECT host:port, or a URL's scheme and authority),
-                            # then only that the record is well formed
-                            target = parts[6]
-                            if parts[5] != b"CONNECT":
-                                k = target.find(b"://")
-                                j = target.find(b"/", k + 3) if k > 0 else -1
-                                if j > 0:
-                                    target = target[:j]
-                            rejected = rejects.get(target)
-                            if rejected is None:
-                                rejected = t.rejects_target(parts[5] == b"CONNECT", target)
-                            if rejected and markers and target is not parts[6]:
-                                # a URL with a path: an LLM API path keeps it all the same
-                                rejected = marker_search(parts[6], len(target)) is None
-                            if (
-                                rejected
-                                and parts[1].isdigit()
-                                and parts[4].isdigit()
-                                and codes.get(parts[3])
-                            ):
-                                try:
-                                    ts = float(parts[0])
-                                except ValueError:
-                                    ts = -1
-                                if 0 <= ts < 1e11:
-                                    records += 1
-                                    continue
-                        cs = codes.get(parts[3])
-                        if cs is None:
-                            cs = t.code_status(parts[3])
-                        try:
-                            ts = float(parts[0])
-                            elapsed = int(parts[1])
-                            size = int(parts[4])
-                        except ValueError:
-                            ts = size = -1
-                        if cs is None or size < 0 or not 0 <= ts < 1e11:
-                            # the careful path: "-" size, junk
-                            for o in slow(line, parts, base + i + 1, source, diag, t):
-                                records += 1
-                                if o is not None:
-                                    yield o
-                            continue
-                        client_b, method_b, target, user, peer = (
-                            parts[2], parts[5], parts[6], parts[7], parts[8]
-                        )  # fmt: skip
-                    records += 1
-                    method = words.get(method_b) or t.word(method_b)
-                    if method == "-":
-                        method = None
-                    hp = connect.get(target) if method == "CONNECT" else None
-                    if hp is not None:
-                        host, port = hp
-                        url = None
-                        hsrc = "connect" if host else None
-                    else:
-                        host, port, url, hsrc = t.target(method, target)
-                    if filtering and host is not None:
-                        keep = fcache.get(host)
-                        if keep is None:
-                            keep = t.keep(host)
-                        if not keep and not t.wanted(url):
-                            continue  # rejected: counted, no Observation built
-                    if url is not None:
-                        url = _text(url)
-                    client = ips.get(client_b, missing)
-                    if client is missing:
-                        client = t.ip(client_b)
-                    dest_ip = hiers.get(peer, missing)
-                    if dest_ip is missing:
-                        dest_ip = t.peer(peer)
-                    o = obs(
-                        ts,
-                        source,
-                        base + i + 1,
-                        fmt,
-                        client,
-                        None,
-                        None if user == b"-" else (words.get(user) or t.word(user)),
-                        method,
-                        host,
-                        port,
-                        dest_ip,
-                        url,
-                        cs[1],
-                        None,
-                        size,
-                        hsrc,
-                        cs[0],
-                        elapsed / 1000 if elapsed >= 0 else None,
+                    batches = (
+                        (base, enumerate(lines))
+                        for base, lines, _ in lines_of(first, chunk, clean, source, diag)
                     )
-                    o.record_id = digest(line)
-                    yield o
+                for base, todo in batches:
+                    for item in todo:
+                        if len(item) != 2:  # kept and split by the pre-pass
+                            (
+                                i,
+                                ts,
+                                elapsed,
+                                client_b,
+                                code_b,
+                                size,
+                                method_b,
+                                target,
+                                user,
+                                peer,
+                                line,
+                            ) = item
+                            cs = codes.get(code_b) or t.code_status(code_b)
+                        else:
+                            i, line = item
+                            if len(line) > max_line:  # handed back by the pre-pass
+                                diag.malformed_record(
+                                    source, base + i + 1, f"line longer than {max_line} bytes", line
+                                )
+                                continue
+                            parts = line.split()
+                            if len(parts) != 10 or not (clean or b"\x00" not in line):
+                                if not parts:
+                                    diag.skipped += 1
+                                    continue
+                                # the careful path: extra fields, glued records, junk
+                                for o in slow(line, parts, base + i + 1, source, diag, t):
+                                    records += 1
+                                    if o is not None:
+                                        yield o
+                                continue
+                            if filtering:
+                                # most lines go to hosts the filter rejects: check the target
+                                # first (CONNECT host:port, or a URL's scheme and authority),
+                                # then only that the record is well formed
+                                target = parts[6]
+                                if parts[5] != b"CONNECT":
+                                    k = target.find(b"://")
+                                    j = target.find(b"/", k + 3) if k > 0 else -1
+                                    if j > 0:
+                                        target = target[:j]
+                                rejected = rejects.get(target)
+                                if rejected is None:
+                                    rejected = t.rejects_target(parts[5] == b"CONNECT", target)
+                                if rejected and markers and target is not parts[6]:
+                                    # a URL with a path: an LLM API path keeps it all the same
+                                    rejected = marker_search(parts[6], len(target)) is None
+                                if (
+                                    rejected
+                                    and parts[1].isdigit()
+                                    and parts[4].isdigit()
+                                    and codes.get(parts[3])
+                                ):
+                                    try:
+                                        ts = float(parts[0])
+                                    except ValueError:
+                                        ts = -1
+                                    if 0 <= ts < 1e11:
+                                        records += 1
+                                        continue
+                            cs = codes.get(parts[3])
+                            if cs is None:
+                                cs = t.code_status(parts[3])
+                            try:
+                                ts = float(parts[0])
+                                elapsed = int(parts[1])
+                                size = int(parts[4])
+                            except ValueError:
+                                ts = size = -1
+                            if cs is None or size < 0 or not 0 <= ts < 1e11:
+                                # the careful path: "-" size, junk
+                                for o in slow(line, parts, base + i + 1, source, diag, t):
+                                    records += 1
+                                    if o is not None:
+                                        yield o
+                                continue
+                            client_b, method_b, target, user, peer = (
+                                parts[2], parts[5], parts[6], parts[7], parts[8]
+                            )  # fmt: skip
+                        records += 1
+                        method = words.get(method_b) or t.word(method_b)
+                        if method == "-":
+                            method = None
+                        hp = connect.get(target) if method == "CONNECT" else None
+                        if hp is not None:
+                            host, port = hp
+                            url = None
+                            hsrc = "connect" if host else None
+                        else:
+                            host, port, url, hsrc = t.target(method, target)
+                        if filtering and host is not None:
+                            keep = fcache.get(host)
+                            if keep is None:
+                                keep = t.keep(host)
+                            if not keep and not t.wanted(url):
+                                continue  # rejected: counted, no Observation built
+                        if url is not None:
+                            url = _text(url)
+                        client = ips.get(client_b, missing)
+                        if client is missing:
+                            client = t.ip(client_b)
+                        dest_ip = hiers.get(peer, missing)
+                        if dest_ip is missing:
+                            dest_ip = t.peer(peer)
+                        o = obs(
+                            ts,
+                            source,
+                            base + i + 1,
+                            fmt,
+                            client,
+                            None,
+                            None if user == b"-" else (words.get(user) or t.word(user)),
+                            method,
+                            host,
+                            port,
+                            dest_ip,
+                            url,
+                            cs[1],
+                            None,
+                            size,
+                            hsrc,
+                            cs[0],
+                            elapsed / 1000 if elapsed >= 0 else None,
+                        )
+                        o.record_id = digest(line)
+                        yield o
         finally:
             diag.records += records
 
@@ -814,18 +844,19 @@ class SquidCollector:
         )
 
 
-def _detect(batches: Iterable[Batch]) -> tuple[str, Iterable[Batch]]:
+def _detect(chunks: Iterable[Chunk]) -> tuple[str, Iterable[Chunk]]:
     """Decide the variant from the first non-empty lines (most votes of :func:`sniff`);
-    give back an iterator that still yields every batch. Falls back to native, where each
+    give back an iterator that still yields every chunk. Falls back to native, where each
     unreadable line then reports itself."""
-    it = iter(batches)
-    head: list[Batch] = []
+    it = iter(chunks)
+    head: list[Chunk] = []
     votes: dict[str, int] = {}
     seen = 0
-    for batch in it:
-        head.append(batch)
-        for line in batch[1]:
-            if not line.strip():
+    for chunk in it:
+        head.append(chunk)
+        for line in chunk[1].split(b"\n")[:-1]:
+            line = line.rstrip(b"\r")
+            if len(line) > _base.MAX_LINE or not line.strip():
                 continue
             v = sniff(line)
             if v is not None:
