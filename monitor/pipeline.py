@@ -166,15 +166,17 @@ class Identifier:
 
 
 class _LlmFilter:
-    """The collectors' filter: hosts the catalogue knows, and (``requests``) any request
-    whose path or User-Agent is an LLM API's."""
+    """The collectors' filter: hosts the catalogue knows, (``requests``) any request whose
+    path or User-Agent is an LLM API's, and (``ingress``) any destination address inside a
+    provider's published ingress ranges, whatever its name (fronted traffic)."""
 
-    __slots__ = ("_by_host", "_bad_host", "_shape", "markers")
+    __slots__ = ("_by_host", "_bad_host", "_shape", "_match_ip", "markers")
 
     def __init__(self, identifier: Identifier):
         self._by_host = identifier.by_host
         self._bad_host = identifier.bad_host
         self._shape = identifier.shape
+        self._match_ip = identifier.catalog.match_ip
         #: byte strings one of which any LLM API path holds (collectors' cheap pre-test)
         self.markers = identifier.signatures.markers
 
@@ -184,6 +186,9 @@ class _LlmFilter:
 
     def requests(self, url: str | None, user_agent: str | None) -> bool:
         return self._shape(url, user_agent) is not None
+
+    def ingress(self, ip: str) -> bool:
+        return self._match_ip(ip) is not None
 
 
 class Enricher:

@@ -33,9 +33,20 @@ HostFilter = Callable[[str], bool]
 RequestFilter = Callable[[str | None, str | None], bool]
 
 
+#: Whether a destination address is inside a provider's published ingress ranges: a record
+#: whose host the host filter rejected is kept all the same (fronted traffic). A host filter
+#: may carry one as ``.ingress``.
+IngressFilter = Callable[[str], bool]
+
+
 def requests_of(host_filter: HostFilter | None) -> RequestFilter | None:
     """The request filter a host filter carries, if any."""
     return getattr(host_filter, "requests", None)
+
+
+def ingress_of(host_filter: HostFilter | None) -> IngressFilter | None:
+    """The ingress-address filter a host filter carries, if any."""
+    return getattr(host_filter, "ingress", None)
 
 
 class InputError(ApiwatchError):
