@@ -74,7 +74,7 @@ from monitor.collectors.tlscert import (
     looks_server_hello,
 )
 from monitor.ids import record_id
-from monitor.observation import Observation
+from monitor.observation import Observation, canonical_ip
 
 __all__ = [
     "FlowTable",
@@ -589,6 +589,9 @@ class FlowTable:
             d = st.data
             if d[0] == 0x16:
                 app = f.app = APP_TLS
+            elif f.http is not None:  # inside a CONNECT tunnel only TLS is read
+                self._done(f)
+                return
             elif len(d) >= 8 or b" " in d:
                 sp = d.find(b" ", 0, 33)
                 if sp > 2 and is_token(bytes(d[:sp])) and bytes(d[:sp]).isupper():
@@ -625,7 +628,13 @@ class FlowTable:
                 self._emit_early(f)
             if h.dead:
                 f.watch = False
-                f.cs = f.ss = None
+                if h.tunnel is not None and not out and f.cs is not None:
+                    # CONNECT accepted: the client's bytes not read as HTTP (and those to
+                    # come) open the tunnelled TLS
+                    f.app, f.watch = APP_UNKNOWN, True
+                else:
+                    f.cs = None
+                f.ss = None
         elif app == APP_DNS and not out:
             d = st.data
             while len(d) >= 2:
@@ -891,10 +900,11 @@ class FlowTable:
                 xl.by_in += max(bi, 0)
             if f.http.dead or f.closed is not None:
                 exchanges[-1].ts_end = max(exchanges[-1].ts_end, f.last)
+        tunnel = f.http.tunnel if f.hello is not None else None
         for x in exchanges:
             host, hsrc, port, url = request_name(x, f.sport)
-            if host is None:
-                host, hsrc = self._name(f)
+            if host is None or (x is tunnel and f.sni and canonical_ip(host) is not None):
+                host, hsrc = self._name(f)  # CONNECT to an address: the tunnel's SNI names it
             if (
                 not self._keep(host)
                 and not self._to_ingress(f)
@@ -904,6 +914,10 @@ class FlowTable:
             o = self._obs(
                 f, x.ts, x.ts_end, host, hsrc, x.pk_out, x.pk_in, x.by_out, x.by_in, x.index
             )
+            if x.method == "CONNECT":
+                o.dest_ip = None  # the proxy's address, not the destination's
+            if x is not tunnel:
+                o.ja4 = None  # the ClientHello is the tunnel's
             o.method = x.method
             o.url = url
             o.user_agent = x.user_agent
