@@ -29,7 +29,9 @@ READ_CHUNK = 1 << 20
 
 HostFilter = Callable[[str], bool]
 #: Whether a request whose host the host filter rejected looks like an LLM API request all
-#: the same (its URL path, its User-Agent): a host filter may carry one as ``.requests``.
+#: the same (its URL path, its User-Agent): a host filter may carry one as ``.requests``,
+#: with ``.markers`` (byte strings every LLM API path holds) and ``.ja4s`` (JA4 values that
+#: alone make a TLS connection LLM-shaped).
 RequestFilter = Callable[[str | None, str | None], bool]
 
 

@@ -75,20 +75,21 @@ def host_keeper(host_filter: HostFilter | None, limit: int) -> Callable[[str | N
     return keep
 
 
-RecordKeeper = Callable[[str | None, str | None, str | None, str | None], bool]
+RecordKeeper = Callable[..., bool]
 
 
-def _keep_record(host, dest_ip=None, url=None, user_agent=None) -> bool:
+def _keep_record(host, dest_ip=None, url=None, user_agent=None, ja4=None) -> bool:
     return True
 
 
 def record_keeper(host_filter: HostFilter | None, limit: int) -> RecordKeeper:
-    """Whether a record ``(host, dest_ip, url, user_agent)`` is kept: its host passes the
-    host filter (:func:`host_keeper`); or, a host the filter rejects, its destination
+    """Whether a record ``(host, dest_ip, url, user_agent, ja4)`` is kept: its host passes
+    the host filter (:func:`host_keeper`); or, a host the filter rejects, its destination
     address is in a provider's published ingress ranges (the filter's ``ingress``: fronted
     traffic), or its request looks like an LLM API's (``requests``: its URL path, its
-    User-Agent). Addresses are asked once each; a URL is asked only when it holds one of
-    the filter's ``markers`` (the byte strings every LLM API path holds)."""
+    User-Agent; ``ja4s``: a JA4 only LLM clients send). Addresses are asked once each; a
+    URL is asked only when it holds one of the filter's ``markers`` (the byte strings every
+    LLM API path holds)."""
     if host_filter is None:
         return _keep_record
     keep_host = host_keeper(host_filter, limit)
@@ -96,16 +97,20 @@ def record_keeper(host_filter: HostFilter | None, limit: int) -> RecordKeeper:
     in_ranges = memoised(ingress, limit) if ingress is not None else None
     requests = requests_of(host_filter)
     markers = tuple(m.decode("ascii", "replace") for m in getattr(host_filter, "markers", ()))
+    ja4s = getattr(host_filter, "ja4s", frozenset())
 
     def keep(
         host: str | None,
         dest_ip: str | None = None,
         url: str | None = None,
         user_agent: str | None = None,
+        ja4: str | None = None,
     ) -> bool:
         if keep_host(host):
             return True
         if dest_ip is not None and in_ranges is not None and in_ranges(dest_ip):
+            return True
+        if ja4 is not None and ja4 in ja4s:
             return True
         if requests is None or (
             user_agent is None and (url is None or not any(m in url for m in markers))

@@ -239,6 +239,8 @@ class FlowTable:
         self._in_ranges = memoised(self._catalog_ip, 65536) if catalog is not None else None
         self._keep = host_keeper(host_filter, 65536)
         self._requests = requests_of(host_filter)
+        #: JA4 values that alone make a TLS connection worth reporting (LLM-only clients)
+        self._ja4s = getattr(host_filter, "ja4s", frozenset())
         self.stats: dict[str, int] = {
             "packets": 0,
             "dns_messages": 0,
@@ -864,7 +866,11 @@ class FlowTable:
             self._report_http(f, h.exchanges, last=True)
             return
         host, src = self._name(f)
-        if not self._keep(host) and not self._to_ingress(f):
+        if (
+            not self._keep(host)
+            and not self._to_ingress(f)
+            and not (self._ja4s and f.hello is not None and f.hello.ja4 in self._ja4s)
+        ):
             return
         o = self._obs(f, f.first, f.last, host, src, f.pk_out, f.pk_in, f.by_out, f.by_in, None)
         if f.socks is not None:

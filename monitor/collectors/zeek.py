@@ -94,8 +94,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 _COMMON = ("ts", "uid", "orig_h", "orig_p", "resp_h", "resp_p")
 #: fields read from each log (canonical names)
 _WANTED: dict[str, tuple[str, ...]] = {
-    "ssl": (*_COMMON, "server_name"),
-    "quic": (*_COMMON, "server_name"),
+    "ssl": (*_COMMON, "server_name", "ja4"),  # ja4: FoxIO's JA4 package for Zeek
+    "quic": (*_COMMON, "server_name", "ja4"),
     "http": (
         *_COMMON,
         "method",
@@ -368,6 +368,15 @@ class FlowStats:
 # What Zeek's ssl/quic/http logs and Suricata's tls/quic/http events become, before the join.
 
 
+_JA4_RE = re.compile(r"[tqd][0-9s]{2}[di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}\Z")
+
+
+def ja4_value(v: Any) -> str | None:
+    """A JA4 fingerprint as a log gives it (Zeek's JA4 package, Suricata's ``ja4``), None
+    when the value is not one."""
+    return v if type(v) is str and _JA4_RE.match(v) else None
+
+
 def tls_observation(
     ts: float,
     source: str,
@@ -566,7 +575,7 @@ class FlowJoin:
         if tls and key in self.done:
             return
         if obs.dest_host is not None and not (
-            self.wanted(obs.dest_host, obs.dest_ip)
+            self.wanted(obs.dest_host, obs.dest_ip, None, None, obs.ja4)
             if tls
             else self.wanted(obs.dest_host, obs.dest_ip, obs.url, obs.user_agent)
         ):
@@ -954,6 +963,7 @@ class ZeekCollector(JoinCollector):
         if path in ("ssl", "quic"):
             sni = _str(r.get("server_name"))
             obs = tls_observation(ts, source, lineno, fmt, client, cport, server, sport, sni, rid)
+            obs.ja4 = ja4_value(r.get("ja4"))
             join.named(uid, obs, tls=True)
             return True
         # http
