@@ -219,3 +219,27 @@ def test_suricata_eve_fronted_by_dest_ip(tmp_path):
     ]
     assert [(r, c) for r, c, _ in hits] == [("fronted-llm-traffic", FRONTED[0])]
     assert hits[0][2]["dest.address_source"] == ["dest_ip"]
+
+
+def test_zeek_and_suricata_ja4_fields_are_read(tmp_path):
+    """Zeek's JA4 package adds ``ja4`` to ssl.log, Suricata logs ``tls.ja4``; a value that is
+    no JA4 is dropped."""
+    ja4 = "t13d1812h1_85036bcba153_d41ae481755e"
+    fields = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "server_name", "ja4"]
+    head = ["#separator \\x09", "#path\tssl", "#fields\t" + "\t".join(fields)]
+    rows = [
+        [f"{T}.0", "C1", "10.0.0.1", "40001", "162.159.140.245", "443", "api.openai.com", ja4],
+        [f"{T}.5", "C2", "10.0.0.2", "40002", "162.159.140.245", "443", "api.openai.com", "x<y"],
+    ]
+    (tmp_path / "ssl.log").write_text("\n".join(head + ["\t".join(r) for r in rows]) + "\n")
+    events = [
+        {"timestamp": "2026-11-26T22:20:00.000000+0000", "flow_id": 7, "event_type": "tls",
+         "src_ip": "10.0.0.3", "src_port": 40003, "dest_ip": "162.159.140.245",
+         "dest_port": 443, "proto": "TCP", "tls": {"sni": "api.openai.com", "ja4": ja4}},
+    ]  # fmt: skip
+    (tmp_path / "eve.json").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    got = {}
+    for name in ("ssl.log", "eve.json"):
+        out = run("parse", tmp_path / name, "--json").stdout
+        got.update({o["client_ip"]: o["ja4"] for o in map(json.loads, out.splitlines())})
+    assert got == {"10.0.0.1": ja4, "10.0.0.2": None, "10.0.0.3": ja4}
