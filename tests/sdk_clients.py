@@ -19,16 +19,15 @@ import importlib.metadata
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.pcaps import parse_capture
+from tests.test_real_capture import _Server, _start_tcpdump, _stop_tcpdump
 
 #: client -> (what runs it, the packages whose versions say what was measured)
 CLIENTS: dict[str, tuple[list[str], tuple[str, ...]]] = {
@@ -115,62 +114,15 @@ def make_cert(tmp: Path) -> tuple[Path, Path]:
     return key, crt
 
 
-class JsonServer:
-    """TLS on 127.0.0.1: answers every request ``200 {}`` and keeps each request's head."""
-
-    def __init__(self, ctx: ssl.SSLContext):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.2)
-        self.ctx = ctx
-        self.heads: list[bytes] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        try:
-            tls = self.ctx.wrap_socket(conn, server_side=True)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                more = tls.recv(4096)
-                if not more:
-                    break
-                data += more
-            self.heads.append(data.split(b"\r\n\r\n", 1)[0])
-            body = b"{}"
-            tls.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            tls.close()
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            conn.close()
-
-    def user_agents(self) -> list[str]:
-        out = []
-        for head in self.heads:
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"user-agent":
-                    out.append(value.strip().decode("latin-1"))
-        return out
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
+def user_agents(server: _Server) -> list[str]:
+    """The User-Agent of each request ``server`` answered."""
+    out = []
+    for head in server.heads:
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"user-agent":
+                out.append(value.strip().decode("latin-1"))
+    return out
 
 
 @dataclass
@@ -183,13 +135,13 @@ class Measured:
     versions: dict[str, str]
 
 
-def measure(tmp: Path, names: list[str], start_tcpdump) -> dict[str, Measured]:
-    """Run the clients ``names`` under tcpdump (``start_tcpdump(path, ports)`` starts it and
-    returns the process); each one's ClientHellos as apiwatch and tshark read them."""
+def measure(tmp: Path, names: list[str]) -> dict[str, Measured]:
+    """Run the clients ``names`` under tcpdump on ``lo``; each one's ClientHellos as
+    apiwatch and tshark read them."""
     key, crt = make_cert(tmp)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(crt, key)
-    servers = {name: JsonServer(ctx) for name in names}
+    servers = {name: _Server(0, ctx, b"{}") for name in names}
     cap = tmp / "sdk-clients.pcap"
     env = {
         **os.environ,
@@ -197,7 +149,7 @@ def measure(tmp: Path, names: list[str], start_tcpdump) -> dict[str, Measured]:
         "REQUESTS_CA_BUNDLE": str(crt),
         "NODE_EXTRA_CA_CERTS": str(crt),
     }
-    dump = start_tcpdump(cap, [s.port for s in servers.values()])
+    dump = _start_tcpdump(cap, [s.port for s in servers.values()])
     try:
         for name, srv in servers.items():
             cmd = list(CLIENTS[name][0])
@@ -210,12 +162,7 @@ def measure(tmp: Path, names: list[str], start_tcpdump) -> dict[str, Measured]:
             )  # fmt: skip
         time.sleep(0.5)  # tcpdump -U writes each packet at once; leave time for the last
     finally:
-        dump.terminate()
-        try:
-            dump.wait(10)
-        except subprocess.TimeoutExpired:
-            dump.kill()
-            dump.wait(5)
+        _stop_tcpdump(dump)
         for srv in servers.values():
             srv.close()
     obs, _diag, _ = parse_capture(cap)
@@ -224,7 +171,7 @@ def measure(tmp: Path, names: list[str], start_tcpdump) -> dict[str, Measured]:
     for name, srv in servers.items():
         mine = [o.ja4 for o in obs if o.dest_port == srv.port and o.ja4]
         out[name] = Measured(
-            name, srv.port, mine, theirs.get(srv.port, []), srv.user_agents(), versions(name)
+            name, srv.port, mine, theirs.get(srv.port, []), user_agents(srv), versions(name)
         )
     return out
 
@@ -283,11 +230,9 @@ def _hash(text: str) -> str:
 def main() -> None:  # pragma: no cover - the measurement run recorded in rules/clients.yaml
     import tempfile
 
-    from tests.test_real_capture import _start_tcpdump
-
     names = [n for n in CLIENTS if available(n) is None]
     with tempfile.TemporaryDirectory() as tmp:
-        results = measure(Path(tmp), names, _start_tcpdump)
+        results = measure(Path(tmp), names)
     for m in results.values():
         print(json.dumps(m.__dict__, sort_keys=True))
 

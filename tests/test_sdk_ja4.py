@@ -22,7 +22,7 @@ from monitor.collectors.base import Diagnostics
 from monitor.collectors.pcap import PcapCollector
 from monitor.pipeline import Identifier
 from tests.sdk_clients import available, measure
-from tests.test_real_capture import _need, _start_tcpdump, tools
+from tests.test_real_capture import _need, tools
 
 __all__ = ["tools"]  # the fixture, used by name
 pytestmark = pytest.mark.realtools
@@ -44,7 +44,7 @@ def measured(tmp_path_factory) -> dict:
     _need(shutil.which("tshark") is not None, "tshark is not installed")
     tmp = tmp_path_factory.mktemp("sdk")
     return {
-        "results": measure(tmp, list(EXPECTED), _start_tcpdump),
+        "results": measure(tmp, list(EXPECTED)),
         "pcap": tmp / "sdk-clients.pcap",
     }
 
