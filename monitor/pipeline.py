@@ -103,6 +103,8 @@ class Identifier:
         self._azure = dict(azure_resources or {})
         self.signatures = signatures or bundled_signatures()
         self.by_host = lru_cache(maxsize=1 << 18)(self._by_host)
+        #: one Match per request signature (matches are compared and memoised by identity)
+        self._shapes: dict[str, Match] = {}
         self.host_filter = _LlmFilter(self)
 
     def _by_host(self, host: str) -> Match | None:
@@ -136,8 +138,12 @@ class Identifier:
         why = self.signatures.shape(url, user_agent, ja4)
         if why is None:
             return None
-        confidence = "low" if why.startswith("ja4:") else "medium"
-        return Match(UNKNOWN_PROVIDER, "unknown", why, confidence, on="request")
+        found = self._shapes.get(why)
+        if found is None:
+            confidence = "low" if why.startswith("ja4:") else "medium"
+            found = Match(UNKNOWN_PROVIDER, "unknown", why, confidence, on="request")
+            self._shapes[why] = found
+        return found
 
     @staticmethod
     @lru_cache(maxsize=1 << 14)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from monitor.catalog import bundled_catalog
 from monitor.clients import SignatureError, Signatures
+from monitor.pipeline import Identifier
 
 JA4 = "t13d1812h1_85036bcba153_d41ae481755e"
 MEASURED = '{client: "openai 1.0", tls: "OpenSSL 3.0.19", date: "2026-12-04", method: "loopback"}'
@@ -48,3 +50,15 @@ def test_bad_tls_clients_are_named(tmp_path, entry, reason):
     with pytest.raises(SignatureError) as err:
         _load(tmp_path, entry)
     assert str(tmp_path / "clients.yaml") in str(err.value) and reason in str(err.value)
+
+
+def test_one_match_per_request_signature():
+    """A request matched by its shape gets the same Match each time (the record memo keys
+    on the match's identity: a fresh object per record would defeat it, or collide)."""
+    ident = Identifier(bundled_catalog())
+    a = ident.shape("https://relay.example/v1/chat/completions", None)
+    b = ident.shape("http://gw.example/openai/v1/responses", "curl/8")
+    assert a is b and a.pattern == "path:openai_chat_completions"
+    c = ident.shape(None, "OpenAI/Python 1.54.0")
+    assert c is ident.shape("/x", "OpenAI/Python 2.0") and c.pattern == "user-agent:openai_python"
+    assert ident.shape(None, "curl/8.5.0") is None
