@@ -367,6 +367,9 @@ def test_an_exception_that_ran_out_counts_for_fail_on_without_traffic(env):
     actions = [(e["action"], e["actor"]) for e in events(env, by["openai"])]
     assert actions == [("new", None), ("acknowledged", "ana"), ("excepted", "ciso"),
                        ("exception-expired", None)]  # fmt: skip
+    history = cli(env, "show", by["openai"]).stdout.split("history:")[1].split("records")[0]
+    (granted,) = [ln.split() for ln in history.splitlines() if " excepted " in ln]
+    assert granted[1:6] == ["excepted", "acknowledged", "acknowledged", "ciso", tomorrow]
 
 
 def test_bulk_actions_by_who_and_dry_runs_by_id(env):
