@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from monitor.rows import observation_values
-from monitor.store import SCHEMA_VERSION, IncidentQuery, Store, StoreError
+from monitor.store import OBSERVATION_COLUMNS, SCHEMA_VERSION, IncidentQuery, Store, StoreError
 
 
 def obs(i, **kw):
@@ -174,3 +174,66 @@ def test_pipeline_rows_follow_the_column_order():
         "processing_geo": "EU", "residency_basis": "hostname", "residency_caveat": "c",
     }  # fmt: skip
     assert row == expected
+
+
+def test_migration_to_compact_observations_keeps_every_row(tmp_path):
+    """A database of schema 7 (built by the landed steps, observations as one wide table)
+    comes up to date with every observation, column for column, and every hit; what was
+    stored stays a duplicate for a later ingest, and ``db check`` passes."""
+    import sqlite_utils
+
+    from monitor.store import MIGRATIONS
+
+    path = tmp_path / "v7.db"
+    db = sqlite_utils.Database(sqlite3.connect(path))
+    for step in range(1, 8):
+        MIGRATIONS[step](db)
+    db.execute("PRAGMA user_version = 7")
+    db["scans"].insert({"id": 1, "started": "2026-11-27T00:00:00Z"})
+    wide = [
+        {
+            **dict(
+                zip(
+                    OBSERVATION_COLUMNS,
+                    obs(
+                        i,
+                        client_ip=f"10.0.0.{i % 3}",
+                        ech=i % 2,
+                        dest_host="api.openai.com",
+                        provider="openai",
+                        user="alice" if i == 4 else None,
+                        scan_id=1,
+                    ),
+                    strict=True,
+                )
+            ),
+            "duration": 0.125 * i,
+        }  # fmt: skip
+        for i in range(6)
+    ]
+    db["observations"].insert_all(wide)
+    db.execute("INSERT INTO hits VALUES ('i1', 1000), ('i1', 1003), ('i2', 1005)")
+    db.conn.commit()
+    before = db.execute(
+        f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM observations ORDER BY rowid"  # noqa: S608
+    ).fetchall()
+    db.conn.close()
+
+    store = Store(path)
+    after = store.db.execute(
+        f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM observations ORDER BY ts"  # noqa: S608
+    ).fetchall()
+    assert after == before and len(after) == 6
+    assert sorted(store.db.execute("SELECT * FROM hits").fetchall()) == [
+        ("i1", 1000), ("i1", 1003), ("i2", 1005)]  # fmt: skip
+    # two contexts (ech 0 and 1), four clients (three addresses, one with a user)
+    assert store.db.execute("SELECT count(*) FROM obs_contexts").fetchone() == (2,)
+    assert store.db.execute("SELECT count(*) FROM obs_clients").fetchone() == (4,)
+    again = store.ingest(1, [(list(r), []) for r in before])
+    assert (again.stored, again.duplicates) == (0, 6)
+    more = store.ingest(1, [(obs(9, client_ip="10.0.0.1", scan_id=1), [inc()])])
+    assert more.stored == 1 and store.db.execute("SELECT count(*) FROM hits").fetchone() == (4,)
+    report = store.check()
+    assert report["integrity"] == "ok" and report["schema_version"] == SCHEMA_VERSION
+    assert report["tables"]["observations"] == 7
+    store.close()
