@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -330,6 +330,7 @@ class Store:
             self._contexts = _Dictionary(conn, "obs_contexts", CONTEXT, ranged=True)
             self._clients = _Dictionary(conn, "obs_clients", CLIENT, ranged=False)
             self._incident_keys: dict[str, int] = {}
+            self._texts: dict[str, int] = {}
             self._data_version = -1
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute("PRAGMA cache_size = -65536")  # 64 MB: index pages stay in memory
@@ -390,6 +391,7 @@ class Store:
         self._contexts.forget()
         self._clients.forget()
         self._incident_keys.clear()
+        self._texts.clear()
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -591,11 +593,6 @@ class Store:
             return
         for d in deltas.values():
             d["first_seen"], d["last_seen"] = iso_utc(d["first"]), iso_utc(d["last"])
-        keys = self._incident_numbers(list(deltas))
-        conn.executemany(
-            "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
-            [(keys[iid], n) for iid, n in hits],
-        )
         result.rule_of.update({iid: (d["rule"], d["severity"]) for iid, d in deltas.items()})
         before, facts_before = self._evidence_of(list(deltas))
         result.updated_incidents |= set(before)
@@ -630,9 +627,9 @@ class Store:
             d["facts"] = json.dumps(facts, sort_keys=True) if facts else None
             d["severity_rank"] = SEVERITY_RANK[d["severity"]]
             d["outcome"] = _outcome(d["blocked"], d["count"])
-            rows.append([d[c] for c in cols])
+            rows.append(self._incident_values(d, cols))
         conn.executemany(
-            f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
+            f"""INSERT INTO incident_rows ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
             ON CONFLICT(id) DO UPDATE SET
               first_seen = min(first_seen, excluded.first_seen),
               last_seen = max(last_seen, excluded.last_seen),
@@ -651,21 +648,37 @@ class Store:
               last_scan = max(coalesce(last_scan, excluded.last_scan), excluded.last_scan)""",  # noqa: S608 - constants and placeholders only
             rows,
         )
+        keys = self._incident_numbers(list(deltas))
+        conn.executemany(
+            "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
+            [(keys[iid], n) for iid, n in hits],
+        )
 
     def _incident_numbers(self, ids: Sequence[str]) -> dict[str, int]:
-        """The ``incident_keys`` numbers of these incident ids (made as needed)."""
+        """The row numbers (``incident_rows.n``) of these stored incidents."""
         known = self._incident_keys
         missing = [i for i in ids if i not in known]
-        if missing:
-            conn = self.db.conn
-            conn.executemany(
-                "INSERT INTO incident_keys (id) VALUES (?) ON CONFLICT(id) DO NOTHING",
-                [(i,) for i in missing],
-            )
-            for chunk, marks in _chunks(missing):
-                sql = f"SELECT id, n FROM incident_keys WHERE id IN ({marks})"  # noqa: S608
-                known.update(conn.execute(sql, chunk))
+        for chunk, marks in _chunks(missing):
+            sql = f"SELECT id, n FROM incident_rows WHERE id IN ({marks})"  # noqa: S608
+            known.update(self.db.conn.execute(sql, chunk))
         return known
+
+    def _incident_values(self, d: dict[str, Any], cols: Sequence[str]) -> list[Any]:
+        """An ``incident_rows`` row: the values of ``cols``, texts as their entries."""
+        return [self._text(d.get(c)) if c in _TEXT_COLUMNS else d.get(c) for c in cols]
+
+    def _text(self, text: str | None) -> int | None:
+        """The ``incident_texts`` entry of a title or facts text (made as needed)."""
+        if text is None:
+            return None
+        n = self._texts.get(text)
+        if n is None:
+            conn = self.db.conn
+            found = conn.execute("SELECT n FROM incident_texts WHERE text = ?", [text]).fetchone()
+            n = found[0] if found else conn.execute(
+                "INSERT INTO incident_texts (text) VALUES (?)", [text]).lastrowid  # fmt: skip
+            self._texts[text] = n
+        return n
 
     def _evidence_of(
         self, ids: list[str]
@@ -811,7 +824,7 @@ class Store:
         )
         if cascade:
             self.db.execute(
-                "UPDATE incidents SET status = ? WHERE finding_id = ?"
+                "UPDATE incident_rows SET status = ? WHERE finding_id = ?"
                 " AND (? != 'reopened' OR status = 'resolved')",
                 [status, fid, status],
             )
@@ -1041,9 +1054,8 @@ class Store:
         out["records"] = [
             {**r, "ts": iso_utc(r["ts"])}
             for r in self.db.query(
-                f"""SELECT {_OBS_COLUMNS} FROM incidents i CROSS JOIN incident_keys k
-                   ON k.id = i.id CROSS JOIN hit_links l ON l.incident = k.n
-                   CROSS JOIN {_OBS}
+                f"""SELECT {_OBS_COLUMNS} FROM incident_rows i CROSS JOIN hit_links l
+                   ON l.incident = i.n CROSS JOIN {_OBS}
                    WHERE o.n = l.obs AND i.finding_id = ? ORDER BY o.ts, c.source, o.line LIMIT ?""",  # noqa: S608
                 [fid, samples],
             )
@@ -1130,7 +1142,13 @@ class Store:
                 " WHERE o.n >= ? AND c.day >= ?)",
                 [lo, start_day],
             )
-            conn.execute("DELETE FROM incidents WHERE day >= ?", [start_day])
+            conn.execute(
+                "DELETE FROM hit_links WHERE incident IN"
+                " (SELECT n FROM incident_rows WHERE day >= ?)",
+                [start_day],
+            )
+            conn.execute("DELETE FROM incident_rows WHERE day >= ?", [start_day])
+            self._incident_keys.clear()
             last = lo - 1
             while True:
                 rows = conn.execute(
@@ -1172,7 +1190,7 @@ class Store:
             )
             self._contexts.forget()
             conn.executemany(
-                "UPDATE incidents SET status = ? WHERE id = ?",
+                "UPDATE incident_rows SET status = ? WHERE id = ?",
                 [(status, iid) for iid, status in old_status.items()],
             )
             affected = old_fids | set(agg.finding_requests)
@@ -1514,10 +1532,13 @@ class Store:
             stale = sorted(set(old) - ids)
             removed = 0
             for chunk, marks in _chunks(stale):
+                gone = f"SELECT n FROM incident_rows WHERE status = 'open' AND id IN ({marks})"  # noqa: S608
+                self.db.execute(f"DELETE FROM hit_links WHERE incident IN ({gone})", chunk)  # noqa: S608
                 removed += self.db.execute(
-                    f"DELETE FROM incidents WHERE status = 'open' AND id IN ({marks})",  # noqa: S608
+                    f"DELETE FROM incident_rows WHERE n IN ({gone})",  # noqa: S608
                     chunk,
                 ).rowcount
+            self._incident_keys.clear()
             cols = [*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
                     "blocked", "outcome", "evidence", "facts", "first_scan", "last_scan"]  # fmt: skip
             values = []
@@ -1534,21 +1555,21 @@ class Store:
                     [*dparams, first, last, provider, who, *countries])]  # fmt: skip
                 self.db.execute(
                     "DELETE FROM hit_links WHERE incident ="
-                    " (SELECT n FROM incident_keys WHERE id = ?)", [r["id"]])  # fmt: skip
+                    " (SELECT n FROM incident_rows WHERE id = ?)", [r["id"]])  # fmt: skip
                 hits.extend((r["id"], n) for n in found)
                 r = {**r, "count": len(found)}
                 d = {**r, "severity_rank": SEVERITY_RANK[r["severity"]], "blocked": 0,
                      "outcome": "allowed", "evidence": "[]",
                      "facts": json.dumps(r.get("facts") or {}, sort_keys=True),
                      "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
-                values.append([d.get(c) for c in cols])
+                values.append(self._incident_values(d, cols))
                 result.rule_of[r["id"]] = (r["rule"], r["severity"])
                 if r["id"] not in old:
                     result.new_incidents.add(r["id"])
                 elif old[r["id"]] != r["count"]:  # recomputed the same: nothing happened
                     result.updated_incidents.add(r["id"])
             self.db.conn.executemany(
-                f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
+                f"""INSERT INTO incident_rows ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
                 ON CONFLICT(id) DO UPDATE SET first_seen = excluded.first_seen,
                   last_seen = excluded.last_seen, count = excluded.count,
                   facts = excluded.facts, last_scan = excluded.last_scan""",  # noqa: S608
@@ -1579,9 +1600,9 @@ class Store:
         inc["records"] = [
             {**r, "ts": iso_utc(r["ts"])}
             for r in self.db.query(
-                f"""SELECT {_OBS_COLUMNS} FROM incident_keys k CROSS JOIN hit_links l
-                   ON l.incident = k.n CROSS JOIN {_OBS}
-                   WHERE o.n = l.obs AND k.id = ? ORDER BY o.ts, c.source, o.line LIMIT ?""",  # noqa: S608
+                f"""SELECT {_OBS_COLUMNS} FROM incident_rows i CROSS JOIN hit_links l
+                   ON l.incident = i.n CROSS JOIN {_OBS}
+                   WHERE o.n = l.obs AND i.id = ? ORDER BY o.ts, c.source, o.line LIMIT ?""",  # noqa: S608
                 [inc["id"], samples],
             )
         ]
@@ -1608,7 +1629,7 @@ class Store:
                 return None
             event = {"incident_id": row["id"], "at": _now(), "action": status, "status_from": row["status"],
                      "status_to": status, "note": note, "actor": actor}  # fmt: skip
-            self.db.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, row["id"]])
+            self.db.execute("UPDATE incident_rows SET status = ? WHERE id = ?", [status, row["id"]])
             self.db["incident_events"].insert(event)
             self._follow_detail(row["finding_id"], note, actor)
             kind = _STATUS_EVENT.get((row["status"], status))
@@ -1688,9 +1709,8 @@ class Store:
                       "findings", "finding_events"):  # fmt: skip
                 counts[t] = self.db[t].count
             orphans = self.db.execute(
-                "SELECT count(*) FROM hit_links WHERE incident NOT IN (SELECT k.n FROM"
-                " incident_keys k JOIN incidents i ON i.id = k.id) OR obs NOT IN"
-                " (SELECT n FROM obs_rows)"
+                "SELECT count(*) FROM hit_links WHERE incident NOT IN (SELECT n FROM"
+                " incident_rows) OR obs NOT IN (SELECT n FROM obs_rows)"
             ).fetchone()[0]
             unrolled = self.db.execute(
                 "SELECT count(*) FROM incidents WHERE finding_id IS NULL"
@@ -2293,6 +2313,69 @@ def _schema_v8(db: sqlite_utils.Database) -> None:
 
 _SQL_TYPE = {int: "INTEGER", float: "REAL", str: "TEXT"}
 
+#: the incidents view's columns, in order, as step 9 makes it
+_V9_INCIDENT_COLUMNS = (*_INCIDENT_COLUMNS_V1, "user", "finding_id")
+#: incident columns of few distinct, long values: kept once each, in ``incident_texts``
+_TEXT_COLUMNS = ("rule", "title", "egress_source", "facts")
+
+
+def _schema_v9(db: sqlite_utils.Database) -> None:
+    """Compact incidents: rules, titles, egress sources and facts (a few distinct texts
+    repeated in every detail row) are kept once, in ``incident_texts``; rows are numbered (``incident_rows.n``) so
+    hit links name them by number; ``incidents`` becomes a view with the same columns.
+    Every incident is kept; links to incidents that no longer exist (an old re-correlation
+    left them; ``db check`` counted them as orphans) are not."""
+    texts = " UNION ".join(f"SELECT {c} AS t FROM incidents" for c in _TEXT_COLUMNS)  # noqa: S608
+    db.execute("CREATE TABLE incident_texts (n INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)")
+    db.execute(
+        f"INSERT INTO incident_texts (text) SELECT t FROM ({texts}) WHERE t IS NOT NULL ORDER BY t"  # noqa: S608
+    )
+    not_null = {"rule", "severity", "day", "first_seen", "last_seen", "count", "status"}
+    defaults = {"status": "'open'", "count": "0", "blocked": "0", "evidence": "'[]'"}
+    types = {**INCIDENT_COLUMNS, **dict.fromkeys(_TEXT_COLUMNS, int)}
+    cols = ", ".join(
+        f"{c} {_SQL_TYPE[types[c]]}{' NOT NULL' if c in not_null else ''}"
+        f"{' DEFAULT ' + defaults[c] if c in defaults else ''}"
+        for c in _V9_INCIDENT_COLUMNS
+        if c != "id"
+    )
+    db.execute(
+        f"CREATE TABLE incident_rows (n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, {cols})"
+    )
+    names = list(_V9_INCIDENT_COLUMNS)
+    entry = "(SELECT n FROM incident_texts WHERE text = i.{})"  # noqa: S608 - constants
+    values = [entry.format(c) if c in _TEXT_COLUMNS else f"i.{c}" for c in names]
+    db.execute(
+        f"INSERT INTO incident_rows (n, {', '.join(names)})"  # noqa: S608 - constants
+        f" SELECT i.rowid, {', '.join(values)} FROM incidents i ORDER BY i.rowid"
+    )
+    db.execute(
+        "CREATE TABLE links (incident INTEGER NOT NULL, obs INTEGER NOT NULL,"
+        " PRIMARY KEY (incident, obs)) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO links SELECT r.n, l.obs FROM hit_links l JOIN incident_keys k"
+        " ON k.n = l.incident JOIN incident_rows r ON r.id = k.id"
+    )
+    db.execute("DROP VIEW hits")
+    for table in ("hit_links", "incident_keys", "incidents"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("ALTER TABLE links RENAME TO hit_links")
+    db.execute("CREATE INDEX idx_incident_rows_last_seen ON incident_rows (last_seen)")
+    db.execute("CREATE INDEX idx_incident_rows_finding_id ON incident_rows (finding_id)")
+    shown = ", ".join(
+        f"t_{c}.text AS {c}" if c in _TEXT_COLUMNS else f"i.{c} AS {c}"
+        for c in _V9_INCIDENT_COLUMNS
+    )
+    texts = " ".join(f"LEFT JOIN incident_texts t_{c} ON t_{c}.n = i.{c}" for c in _TEXT_COLUMNS)
+    db.execute(f"CREATE VIEW incidents AS SELECT {shown} FROM incident_rows i {texts}")  # noqa: S608
+    db.execute(
+        "CREATE VIEW hits AS SELECT i.id AS incident_id, o.id AS observation_id"
+        " FROM hit_links l JOIN incident_rows i ON i.n = l.incident"
+        " JOIN obs_rows o ON o.n = l.obs"
+    )
+
+
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -2302,6 +2385,7 @@ MIGRATIONS = {
     6: _schema_v6,
     7: _schema_v7,
     8: _schema_v8,
+    9: _schema_v9,
 }
 
 #: (status before, status after) → the event a status change raises

@@ -177,9 +177,9 @@ def test_pipeline_rows_follow_the_column_order():
 
 
 def test_migration_to_compact_observations_keeps_every_row(tmp_path):
-    """A database of schema 7 (built by the landed steps, observations as one wide table)
-    comes up to date with every observation, column for column, and every hit; what was
-    stored stays a duplicate for a later ingest, and ``db check`` passes."""
+    """A database of schema 7 (built by the landed steps, observations and incidents as wide
+    tables) comes up to date with every observation and incident, column for column, and
+    every hit; what was stored stays a duplicate for a later ingest; ``db check`` passes."""
     import sqlite_utils
 
     from monitor.store import MIGRATIONS
@@ -212,20 +212,27 @@ def test_migration_to_compact_observations_keeps_every_row(tmp_path):
         for i in range(6)
     ]
     db["observations"].insert_all(wide)
+    for iid, title in (("i1", "t"), ("i2", "another title")):
+        db["incidents"].insert({**inc(iid), "title": title, "severity_rank": 3,
+                                "first_seen": "2026-11-27T01:00:00.000Z", "status": "open",
+                                "last_seen": "2026-11-27T01:00:05.000Z", "count": 2,
+                                "facts": '{"request.status": [200]}', "finding_id": "F-1"})  # fmt: skip
     db.execute("INSERT INTO hits VALUES ('i1', 1000), ('i1', 1003), ('i2', 1005)")
     db.conn.commit()
     before = db.execute(
         f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM observations ORDER BY rowid"  # noqa: S608
     ).fetchall()
+    incidents = [dict(r) for r in db.query("SELECT * FROM incidents ORDER BY id")]
     db.conn.close()
 
-    store = Store(path)
+    store = Store(path)  # steps 8 and 9
     after = store.db.execute(
         f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM observations ORDER BY ts"  # noqa: S608
     ).fetchall()
     assert after == before and len(after) == 6
     assert sorted(store.db.execute("SELECT * FROM hits").fetchall()) == [
         ("i1", 1000), ("i1", 1003), ("i2", 1005)]  # fmt: skip
+    assert [dict(r) for r in store.db.query("SELECT * FROM incidents ORDER BY id")] == incidents
     # two contexts (ech 0 and 1), four clients (three addresses, one with a user)
     assert store.db.execute("SELECT count(*) FROM obs_contexts").fetchone() == (2,)
     assert store.db.execute("SELECT count(*) FROM obs_clients").fetchone() == (4,)
