@@ -331,6 +331,7 @@ class Store:
             self._clients = _Dictionary(conn, "obs_clients", CLIENT, ranged=False)
             self._incident_keys: dict[str, int] = {}
             self._texts: dict[str, int] = {}
+            self._fact_numbers: dict[str, int] = {}
             self._data_version = -1
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute("PRAGMA cache_size = -65536")  # 64 MB: index pages stay in memory
@@ -392,6 +393,7 @@ class Store:
         self._clients.forget()
         self._incident_keys.clear()
         self._texts.clear()
+        self._fact_numbers.clear()
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -442,6 +444,7 @@ class Store:
         with self._tx():
             self.db["scans"].update(scan_id, row)
             self.db["scan_problems"].insert_all({"scan_id": scan_id, **p} for p in problems)
+            self._drop_unused_facts()  # what the scan's facts were on the way
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -556,7 +559,6 @@ class Store:
         """Add observations new to the incidents (their detail rows) they raise, and link them
         (``numbers``: their rows in ``obs_rows``). ``scan_id`` None: each observation counts
         for the scan that stored it (re-evaluation)."""
-        conn = self.db.conn
         deltas: dict[str, dict[str, Any]] = {}
         hits: list[tuple[str, int]] = []
         for (obs, incs), number in zip(fresh, numbers, strict=True):
@@ -566,12 +568,7 @@ class Store:
                 hits.append((inc["id"], number))
                 d = deltas.get(inc["id"])
                 if d is None:
-                    d = deltas[inc["id"]] = {k: inc.get(k) for k in INCIDENT_IDENTITY}
-                    if d["finding_id"] is None:
-                        d["finding_id"] = finding_id(d["rule"], d["provider"], d["site"],
-                                                     d["egress_country"])  # fmt: skip
-                    d.update(count=0, blocked=0, bytes_out=None, bytes_in=None, first=ts,
-                             last=ts, evidence=[], first_scan=sid, last_scan=sid)  # fmt: skip
+                    d = deltas[inc["id"]] = _delta(inc, ts, sid)
                 if len(d["evidence"]) < EVIDENCE_SAMPLES:
                     d["evidence"].append(f"{obs[_SOURCE]}:{obs[_LINE]}")
                 facts = inc.get("facts")
@@ -591,6 +588,16 @@ class Store:
                     d["last_scan"] = sid if d["last_scan"] is None else max(d["last_scan"], sid)
         if not deltas:
             return
+        self._store_incidents(deltas, result)
+        keys = self._incident_numbers(list(deltas))
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
+            [(keys[iid], n) for iid, n in hits],
+        )
+
+    def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult) -> None:
+        """Add what new observations brought (``deltas``, per incident) to the incidents."""
+        conn = self.db.conn
         for d in deltas.values():
             d["first_seen"], d["last_seen"] = iso_utc(d["first"]), iso_utc(d["last"])
         result.rule_of.update({iid: (d["rule"], d["severity"]) for iid, d in deltas.items()})
@@ -648,11 +655,6 @@ class Store:
               last_scan = max(coalesce(last_scan, excluded.last_scan), excluded.last_scan)""",  # noqa: S608 - constants and placeholders only
             rows,
         )
-        keys = self._incident_numbers(list(deltas))
-        conn.executemany(
-            "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
-            [(keys[iid], n) for iid, n in hits],
-        )
 
     def _incident_numbers(self, ids: Sequence[str]) -> dict[str, int]:
         """The row numbers (``incident_rows.n``) of these stored incidents."""
@@ -665,7 +667,32 @@ class Store:
 
     def _incident_values(self, d: dict[str, Any], cols: Sequence[str]) -> list[Any]:
         """An ``incident_rows`` row: the values of ``cols``, texts as their entries."""
-        return [self._text(d.get(c)) if c in _TEXT_COLUMNS else d.get(c) for c in cols]
+        return [
+            self._text(d.get(c))
+            if c in _TEXT_COLUMNS
+            else self._facts(d.get(c))
+            if c == "facts"
+            else d.get(c)
+            for c in cols
+        ]
+
+    def _facts(self, text: str | None) -> int | None:
+        """The ``incident_facts`` entry of a facts text, made as needed. Facts grow as a
+        scan goes, so their entries are numbered by a digest of the text (the same however
+        a scan is cut into transactions) and those left unused go at its end."""
+        if text is None:
+            return None
+        n = self._fact_numbers.get(text)
+        if n is None:
+            n = self._fact_numbers[text] = _fact_entry(self.db.conn, text)
+        return n
+
+    def _drop_unused_facts(self) -> None:
+        self.db.execute(
+            "DELETE FROM incident_facts WHERE n NOT IN"
+            " (SELECT facts FROM incident_rows WHERE facts IS NOT NULL)"
+        )
+        self._fact_numbers.clear()
 
     def _text(self, text: str | None) -> int | None:
         """The ``incident_texts`` entry of a title or facts text (made as needed)."""
@@ -1092,6 +1119,17 @@ class Store:
         days, params = self._days(first, last)
         return f"{days} AND ts >= ? AND ts < ?", [*params, since.timestamp(), until.timestamp()]
 
+    def _temp_table(self, name: str, columns: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """A temporary table of ``rows``: a row group (context, client, URL), indexed, and
+        ``columns``. Typed as the stored columns: an index serves only comparisons of one
+        affinity."""
+        conn = self.db.conn
+        conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
+        conn.execute(f"CREATE TEMP TABLE {name} (ctx INTEGER, client INTEGER, url TEXT, {columns})")
+        conn.execute(f"CREATE INDEX temp.{name}_key ON {name} (ctx, client, url)")
+        marks = ", ".join("?" * (3 + len(columns.split(", "))))
+        conn.executemany(f"INSERT INTO temp.{name} VALUES ({marks})", rows)  # noqa: S608
+
     def _first_row(self, first_day: str, last_day: str = "9999") -> int:
         """A lower bound of the row numbers of observations of these UTC days."""
         found = self.db.conn.execute(
@@ -1121,26 +1159,30 @@ class Store:
         actor: str = "apiwatch reevaluate",
         batch: int = 20000,
     ) -> ReevaluationResult:
-        """Recompute everything stored from ``start_day`` on, in one transaction: each stored
-        observation row goes through ``evaluate`` (the changes to its columns as (position,
-        value) pairs and its incident rows, or None when it is no longer LLM traffic), incidents and findings are rebuilt from them exactly as
-        a scan stores them, detail statuses and finding lifecycles are kept, findings left
-        without detail are superseded and findings that appear are raised, with events."""
+        """Recompute everything stored from ``start_day`` on, in one transaction. The record
+        path reads nothing per request but the URL, so the stored rows go through
+        ``evaluate`` once per group of one context, client and URL (a client calls the same
+        host from the same egress all day): it returns the changes to the row's columns as
+        (position, value) pairs and its incident rows, or None when it is no longer LLM
+        traffic. The rows move to their new context and the incidents are summed per group
+        in SQL, exactly as a scan stores them; detail statuses and finding lifecycles are
+        kept, findings left without detail are superseded and findings that appear are
+        raised, with events."""
         out = ReevaluationResult()
         agg = IngestResult()
         conn = self.db.conn
         context, client = self._contexts.number, self._clients.number
-        update = f"UPDATE obs_rows SET ctx = ?, client = ?, {', '.join(f'{c} = ?' for c in _ROW_FIELDS)} WHERE n = ?"  # noqa: S608
         with self._tx():
             old_status = dict(conn.execute(
                 "SELECT id, status FROM incidents WHERE day >= ? AND status != 'open'", [start_day]))  # fmt: skip
             old_fids = {r[0] for r in conn.execute(
                 "SELECT DISTINCT finding_id FROM incidents WHERE day >= ?", [start_day])}  # fmt: skip
             lo = self._first_row(start_day)
+            rows = "o.n >= ? AND o.ctx IN (SELECT n FROM obs_contexts WHERE day >= ?)"
+            span = [lo, start_day]
             conn.execute(
-                f"DELETE FROM hit_links WHERE obs IN (SELECT o.n FROM {_OBS}"  # noqa: S608
-                " WHERE o.n >= ? AND c.day >= ?)",
-                [lo, start_day],
+                f"DELETE FROM hit_links WHERE obs IN (SELECT o.n FROM obs_rows o WHERE {rows})",  # noqa: S608
+                span,
             )
             conn.execute(
                 "DELETE FROM hit_links WHERE incident IN"
@@ -1149,46 +1191,109 @@ class Store:
             )
             conn.execute("DELETE FROM incident_rows WHERE day >= ?", [start_day])
             self._incident_keys.clear()
-            last = lo - 1
-            while True:
-                rows = conn.execute(
-                    f"SELECT o.n, o.ctx, o.client, {_OBS_COLUMNS} FROM {_OBS}"  # noqa: S608
-                    " WHERE o.n > ? AND c.day >= ? ORDER BY o.n LIMIT ?",
-                    [last, start_day, batch],
-                ).fetchall()
-                if not rows:
-                    break
-                last = rows[-1][0]
-                changed, gone, fresh, numbers = [], [], [], []
-                for r in rows:
-                    row = list(r[3:])
-                    new = evaluate(row)
-                    if new is None:
-                        gone.append((r[0],))
-                        continue
-                    changes, incs = new
-                    if changes:
-                        for i, v in changes:
-                            row[i] = v
-                        out.changed += 1
-                        ctx, who = context(_CONTEXT_OF(row), r[0]), client(_CLIENT_OF(row), 0)
-                        if (ctx, who) != r[1:3] or any(i in _ROW_POSITIONS for i, _ in changes):
-                            changed.append([ctx, who, *_ROW_OF(row), r[0]])
-                    fresh.append((row, incs))
-                    numbers.append(r[0])
-                self._contexts.created.clear()
-                self._clients.created.clear()
-                out.observations += len(rows)
-                out.removed += len(gone)
-                conn.executemany(update, changed)
-                conn.executemany("DELETE FROM obs_rows WHERE n = ?", gone)
-                self._aggregate(fresh, numbers, None, agg)
+            # the groups of rows the record path cannot tell apart: one context, client, URL
+            groups = conn.execute(
+                f"""SELECT g.ctx, g.client, g.url, g.first, g.rows, g.bytes_out, g.bytes_in,
+                      g.first_ts, g.last_ts, {_OBS_COLUMNS}
+                    FROM (SELECT o.ctx, o.client, o.url, min(o.n) AS first, count(*) AS rows,
+                            sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in,
+                            min(o.ts) AS first_ts, max(o.ts) AS last_ts
+                          FROM obs_rows o WHERE {rows} GROUP BY o.ctx, o.client, o.url) g
+                    CROSS JOIN {_OBS} WHERE o.n = g.first ORDER BY g.first""",  # noqa: S608
+                span,
+            ).fetchall()
+            samples: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+            for ctx, who, url, n, line in conn.execute(
+                f"""SELECT ctx, client, url, n, line FROM (SELECT o.ctx, o.client, o.url, o.n,
+                      o.line, row_number() OVER (PARTITION BY o.ctx, o.client, o.url
+                                                 ORDER BY o.n) AS k
+                    FROM obs_rows o WHERE {rows}) WHERE k <= ? ORDER BY n""",  # noqa: S608
+                [*span, EVIDENCE_SAMPLES],
+            ):
+                samples.setdefault((ctx, who, url), []).append((n, line))
+            regroup: list[tuple[Any, ...]] = []  # (ctx, client, url, new ctx, new client, gone)
+            moved: list[tuple[int, int]] = []  # (first row, context it moves to)
+            links: list[tuple[Any, ...]] = []  # (ctx, client, url, incident id), as stored
+            deltas: dict[str, dict[str, Any]] = {}
+            for g in groups:
+                key, first, count = g[:3], g[3], g[4]
+                row = list(g[9:])
+                out.observations += count
+                new = evaluate(row)
+                if new is None:
+                    out.removed += count
+                    regroup.append((*key, None, None, 1))
+                    continue
+                changes, incs = new
+                ctx, who = key[0], key[1]
+                if changes:  # of the context and client: per-request values come from the row
+                    out.changed += count
+                    for i, v in changes:
+                        row[i] = v
+                    ctx, who = context(_CONTEXT_OF(row), first), client(_CLIENT_OF(row), 0)
+                    if (ctx, who) != (key[0], key[1]):
+                        regroup.append((*key, ctx, who, 0))
+                        moved.append((first, ctx))
+                source, blocked = row[_SOURCE], count if row[_OUTCOME] == "blocked" else 0
+                evidence = [(n, f"{source}:{line}") for n, line in samples[key]]
+                for inc in incs:
+                    d = deltas.get(inc["id"])
+                    if d is None:
+                        d = deltas[inc["id"]] = _delta(inc, g[7], row[_SCAN])
+                    links.append((ctx, who, key[2], inc["id"]))
+                    facts = inc.get("facts")
+                    if facts and facts is not d.get("facts_of"):
+                        d["facts_of"] = facts
+                        d["facts"] = merge_facts(d.get("facts"), facts)
+                    d["count"] += count
+                    d["blocked"] += blocked
+                    d["bytes_out"] = _add(d["bytes_out"], g[5])
+                    d["bytes_in"] = _add(d["bytes_in"], g[6])
+                    d["first"], d["last"] = min(d["first"], g[7]), max(d["last"], g[8])
+                    if row[_SCAN] is not None:
+                        d["first_scan"] = min(d["first_scan"] or row[_SCAN], row[_SCAN])
+                        d["last_scan"] = max(d["last_scan"] or row[_SCAN], row[_SCAN])
+                    d["evidence"].extend(evidence)
+            self._contexts.created.clear()
+            self._clients.created.clear()
+            for d in deltas.values():  # the first samples in arrival order, as a scan takes them
+                d["evidence"] = [e for _, e in sorted(d["evidence"])[:EVIDENCE_SAMPLES]]
+            by_group = (
+                "r.ctx = obs_rows.ctx AND r.client = obs_rows.client AND r.url IS obs_rows.url"
+            )
+            self._temp_table(
+                "regroup", "new_ctx INTEGER, new_client INTEGER, gone INTEGER", regroup
+            )
+            conn.execute(
+                f"DELETE FROM obs_rows WHERE n >= ? AND EXISTS (SELECT 1 FROM temp.regroup r"  # noqa: S608
+                f" WHERE r.gone AND {by_group})",
+                [lo],
+            )
+            conn.execute(
+                "UPDATE obs_rows SET ctx = r.new_ctx, client = r.new_client FROM temp.regroup r"  # noqa: S608
+                f" WHERE obs_rows.n >= ? AND NOT r.gone AND {by_group}",
+                [lo],
+            )
+            conn.executemany(
+                "UPDATE obs_contexts SET first_row = min(first_row, ?) WHERE n = ?", moved
+            )
             conn.execute(
                 "DELETE FROM obs_contexts WHERE day >= ? AND n NOT IN"
                 " (SELECT DISTINCT ctx FROM obs_rows WHERE n >= ?)",
                 [start_day, lo],
             )
             self._contexts.forget()
+            if deltas:
+                self._store_incidents(deltas, agg)
+                keys = self._incident_numbers(list(deltas))
+                self._temp_table("group_links", "incident INTEGER",
+                                 [(*k, keys[iid]) for *k, iid in links])  # fmt: skip
+                conn.execute(
+                    "INSERT OR IGNORE INTO hit_links (incident, obs) SELECT r.incident, obs_rows.n"  # noqa: S608
+                    f" FROM obs_rows JOIN temp.group_links r ON {by_group} WHERE obs_rows.n >= ?",
+                    [lo],
+                )
+            self._drop_unused_facts()
             conn.executemany(
                 "UPDATE incident_rows SET status = ? WHERE id = ?",
                 [(status, iid) for iid, status in old_status.items()],
@@ -2315,13 +2420,14 @@ _SQL_TYPE = {int: "INTEGER", float: "REAL", str: "TEXT"}
 
 #: the incidents view's columns, in order, as step 9 makes it
 _V9_INCIDENT_COLUMNS = (*_INCIDENT_COLUMNS_V1, "user", "finding_id")
-#: incident columns of few distinct, long values: kept once each, in ``incident_texts``
-_TEXT_COLUMNS = ("rule", "title", "egress_source", "facts")
+#: incident columns of few distinct values: kept once each, in ``incident_texts``
+_TEXT_COLUMNS = ("rule", "severity", "title", "provider_kind", "egress_source")
 
 
 def _schema_v9(db: sqlite_utils.Database) -> None:
-    """Compact incidents: rules, titles, egress sources and facts (a few distinct texts
-    repeated in every detail row) are kept once, in ``incident_texts``; rows are numbered (``incident_rows.n``) so
+    """Compact incidents: rules, severities, titles, kinds and egress sources (a few
+    distinct texts repeated in every detail row) are kept once, in ``incident_texts``, and
+    so are facts, in ``incident_facts``; rows are numbered (``incident_rows.n``) so
     hit links name them by number; ``incidents`` becomes a view with the same columns.
     Every incident is kept; links to incidents that no longer exist (an old re-correlation
     left them; ``db check`` counted them as orphans) are not."""
@@ -2330,9 +2436,15 @@ def _schema_v9(db: sqlite_utils.Database) -> None:
     db.execute(
         f"INSERT INTO incident_texts (text) SELECT t FROM ({texts}) WHERE t IS NOT NULL ORDER BY t"  # noqa: S608
     )
+    db.execute("CREATE TABLE incident_facts (n INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)")
+    facts = [
+        r[0] for r in db.execute("SELECT DISTINCT facts FROM incidents WHERE facts IS NOT NULL")
+    ]
+    for text in sorted(facts):
+        _fact_entry(db.conn, text)
     not_null = {"rule", "severity", "day", "first_seen", "last_seen", "count", "status"}
     defaults = {"status": "'open'", "count": "0", "blocked": "0", "evidence": "'[]'"}
-    types = {**INCIDENT_COLUMNS, **dict.fromkeys(_TEXT_COLUMNS, int)}
+    types = {**INCIDENT_COLUMNS, **dict.fromkeys((*_TEXT_COLUMNS, "facts"), int)}
     cols = ", ".join(
         f"{c} {_SQL_TYPE[types[c]]}{' NOT NULL' if c in not_null else ''}"
         f"{' DEFAULT ' + defaults[c] if c in defaults else ''}"
@@ -2343,8 +2455,15 @@ def _schema_v9(db: sqlite_utils.Database) -> None:
         f"CREATE TABLE incident_rows (n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, {cols})"
     )
     names = list(_V9_INCIDENT_COLUMNS)
-    entry = "(SELECT n FROM incident_texts WHERE text = i.{})"  # noqa: S608 - constants
-    values = [entry.format(c) if c in _TEXT_COLUMNS else f"i.{c}" for c in names]
+    entry = "(SELECT n FROM {} WHERE text = i.{})"  # noqa: S608 - constants
+    values = [
+        entry.format("incident_texts", c)
+        if c in _TEXT_COLUMNS
+        else entry.format("incident_facts", c)
+        if c == "facts"
+        else f"i.{c}"
+        for c in names
+    ]
     db.execute(
         f"INSERT INTO incident_rows (n, {', '.join(names)})"  # noqa: S608 - constants
         f" SELECT i.rowid, {', '.join(values)} FROM incidents i ORDER BY i.rowid"
@@ -2364,10 +2483,13 @@ def _schema_v9(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_incident_rows_last_seen ON incident_rows (last_seen)")
     db.execute("CREATE INDEX idx_incident_rows_finding_id ON incident_rows (finding_id)")
     shown = ", ".join(
-        f"t_{c}.text AS {c}" if c in _TEXT_COLUMNS else f"i.{c} AS {c}"
+        f"t_{c}.text AS {c}" if c in (*_TEXT_COLUMNS, "facts") else f"i.{c} AS {c}"
         for c in _V9_INCIDENT_COLUMNS
     )
-    texts = " ".join(f"LEFT JOIN incident_texts t_{c} ON t_{c}.n = i.{c}" for c in _TEXT_COLUMNS)
+    texts = " ".join(
+        f"LEFT JOIN {'incident_facts' if c == 'facts' else 'incident_texts'} t_{c} ON t_{c}.n = i.{c}"
+        for c in (*_TEXT_COLUMNS, "facts")
+    )
     db.execute(f"CREATE VIEW incidents AS SELECT {shown} FROM incident_rows i {texts}")  # noqa: S608
     db.execute(
         "CREATE VIEW hits AS SELECT i.id AS incident_id, o.id AS observation_id"
@@ -2507,6 +2629,29 @@ def _is_network(text: str) -> bool:
 
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _fact_entry(conn: sqlite3.Connection, text: str) -> int:
+    """The ``incident_facts`` number of ``text`` (a digest of it; on a clash, the next free
+    number), entered when new."""
+    n = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest()) >> 1
+    while True:
+        found = conn.execute("SELECT text FROM incident_facts WHERE n = ?", [n]).fetchone()
+        if found is None:
+            conn.execute("INSERT INTO incident_facts (n, text) VALUES (?, ?)", [n, text])
+        if found is None or found[0] == text:
+            return n
+        n += 1
+
+
+def _delta(inc: dict[str, Any], ts: float, scan_id: int | None) -> dict[str, Any]:
+    """What new observations add to the incident ``inc`` (none yet)."""
+    d = {k: inc.get(k) for k in INCIDENT_IDENTITY}
+    if d["finding_id"] is None:
+        d["finding_id"] = finding_id(d["rule"], d["provider"], d["site"], d["egress_country"])
+    d.update(count=0, blocked=0, bytes_out=None, bytes_in=None, first=ts, last=ts, evidence=[],
+             first_scan=scan_id, last_scan=scan_id)  # fmt: skip
+    return d
 
 
 def _add(a: int | None, b: int | None) -> int | None:
