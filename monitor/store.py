@@ -52,6 +52,7 @@ INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
+_CREATION_WAIT = 10.0  # seconds a query waits for a database another process is creating
 
 #: stored observation columns (name -> type, in row order): see :mod:`monitor.rows`
 OBSERVATION_COLUMNS = TYPES
@@ -400,6 +401,11 @@ class Store:
     def _migrate(self) -> None:
         """Create the schema, or bring an older apiwatch database up to date."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and self.readonly:  # a scan may be creating it: wait for its commit
+            deadline = time.monotonic() + _CREATION_WAIT
+            while version == 0 and not self.db.table_names() and time.monotonic() < deadline:
+                time.sleep(0.05)
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: schema version {version} is newer than this apiwatch ({SCHEMA_VERSION})"
@@ -561,29 +567,35 @@ class Store:
         for the scan that stored it (re-evaluation)."""
         deltas: dict[str, dict[str, Any]] = {}
         hits: list[tuple[str, int]] = []
+        merged: set[tuple[str, int]] = set()  # (incident, facts object): rows share their facts
         for (obs, incs), number in zip(fresh, numbers, strict=True):
             ts = obs[_TS]
             sid = scan_id if scan_id is not None else obs[_SCAN]
+            blocked = obs[_OUTCOME] == "blocked"
+            out, in_ = obs[_OUT], obs[_IN]
             for inc in incs:
-                hits.append((inc["id"], number))
-                d = deltas.get(inc["id"])
+                iid = inc["id"]
+                hits.append((iid, number))
+                d = deltas.get(iid)
                 if d is None:
-                    d = deltas[inc["id"]] = _delta(inc, ts, sid)
+                    d = deltas[iid] = _delta(inc, ts, sid)
                 if len(d["evidence"]) < EVIDENCE_SAMPLES:
                     d["evidence"].append(f"{obs[_SOURCE]}:{obs[_LINE]}")
                 facts = inc.get("facts")
-                if facts and facts is not d.get("facts_of"):  # rows are shared: merge once each
-                    d["facts_of"] = facts
+                if facts and (iid, id(facts)) not in merged:
+                    merged.add((iid, id(facts)))
                     d["facts"] = merge_facts(d.get("facts"), facts)
                 d["count"] += 1
-                d["blocked"] += obs[_OUTCOME] == "blocked"
-                d["bytes_out"] = _add(d["bytes_out"], obs[_OUT])
-                d["bytes_in"] = _add(d["bytes_in"], obs[_IN])
+                d["blocked"] += blocked
+                if out is not None:
+                    d["bytes_out"] = out + (d["bytes_out"] or 0)
+                if in_ is not None:
+                    d["bytes_in"] = in_ + (d["bytes_in"] or 0)
                 if ts < d["first"]:
                     d["first"] = ts
-                if ts > d["last"]:
+                elif ts > d["last"]:
                     d["last"] = ts
-                if sid is not None:
+                if sid is not None and sid != d["last_scan"]:
                     d["first_scan"] = sid if d["first_scan"] is None else min(d["first_scan"], sid)
                     d["last_scan"] = sid if d["last_scan"] is None else max(d["last_scan"], sid)
         if not deltas:

@@ -244,3 +244,26 @@ def test_migration_to_compact_observations_keeps_every_row(tmp_path):
     assert report["integrity"] == "ok" and report["schema_version"] == SCHEMA_VERSION
     assert report["tables"]["observations"] == 7
     store.close()
+
+
+def test_a_query_waits_for_a_database_another_process_is_creating(tmp_path):
+    """A query that opens the file a first scan has just made, before that scan committed
+    the schema, waits for it instead of calling it "not an apiwatch database"."""
+    import threading
+    import time
+
+    path = tmp_path / "new.db"
+    path.touch()  # the scan has created the file; its schema is not committed yet
+
+    def scan_opens_it() -> None:
+        time.sleep(0.3)
+        Store(path).close()
+
+    t = threading.Thread(target=scan_opens_it)
+    t.start()
+    try:
+        store = Store(path, readonly=True)
+        assert store.check()["schema_version"] == SCHEMA_VERSION
+        store.close()
+    finally:
+        t.join()
