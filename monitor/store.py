@@ -53,6 +53,7 @@ EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
 _CREATION_WAIT = 10.0  # seconds a query waits for a database another process is creating
+_CACHED = 1 << 16  # entries of each in-memory dictionary cache before it starts over
 
 #: stored observation columns (name -> type, in row order): see :mod:`monitor.rows`
 OBSERVATION_COLUMNS = TYPES
@@ -122,6 +123,8 @@ class _Dictionary:
             head = [key, first_row] if self.ranged else [key]
             n = self.conn.execute(self._insert, [*head, *values]).lastrowid
             self.created[n] = values
+        if len(self.known) > _CACHED:  # entries of earlier days: looked up again if needed
+            self.known.clear()
         self.known[values] = n
         return n
 
@@ -133,7 +136,7 @@ class _Dictionary:
             return
         unused = [n for n in self.created if n not in first_use]
         for n in unused:
-            del self.known[self.created[n]]
+            self.known.pop(self.created[n], None)
         for chunk, marks in _chunks(unused):
             self.conn.execute(f"DELETE FROM {self.table} WHERE n IN ({marks})", chunk)  # noqa: S608
         if self.ranged:
@@ -671,6 +674,8 @@ class Store:
     def _incident_numbers(self, ids: Sequence[str]) -> dict[str, int]:
         """The row numbers (``incident_rows.n``) of these stored incidents."""
         known = self._incident_keys
+        if len(known) > _CACHED:  # a long scan touches ever more incidents: memory stays flat
+            known.clear()
         missing = [i for i in ids if i not in known]
         for chunk, marks in _chunks(missing):
             sql = f"SELECT id, n FROM incident_rows WHERE id IN ({marks})"  # noqa: S608
@@ -696,6 +701,8 @@ class Store:
             return None
         n = self._fact_numbers.get(text)
         if n is None:
+            if len(self._fact_numbers) > _CACHED:
+                self._fact_numbers.clear()
             n = self._fact_numbers[text] = _fact_entry(self.db.conn, text)
         return n
 
