@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import pytest
 
 from monitor.rows import observation_values
-from monitor.store import OBSERVATION_COLUMNS, SCHEMA_VERSION, IncidentQuery, Store, StoreError
+from monitor.store import (
+    MIGRATIONS,
+    OBSERVATION_COLUMNS,
+    SCHEMA_VERSION,
+    IncidentQuery,
+    Store,
+    StoreError,
+)
 
 
 def obs(i, **kw):
@@ -177,18 +185,16 @@ def test_pipeline_rows_follow_the_column_order():
 
 
 def test_migration_to_compact_observations_keeps_every_row(tmp_path):
-    """A database of schema 7 (built by the landed steps, observations and incidents as wide
+    """A database of schema 8 (built by the landed steps, observations and incidents as wide
     tables) comes up to date with every observation and incident, column for column, and
     every hit; what was stored stays a duplicate for a later ingest; ``db check`` passes."""
     import sqlite_utils
 
-    from monitor.store import MIGRATIONS
-
-    path = tmp_path / "v7.db"
+    path = tmp_path / "v8.db"
     db = sqlite_utils.Database(sqlite3.connect(path))
-    for step in range(1, 8):
+    for step in range(1, 9):
         MIGRATIONS[step](db)
-    db.execute("PRAGMA user_version = 7")
+    db.execute("PRAGMA user_version = 8")
     db["scans"].insert({"id": 1, "started": "2026-11-27T00:00:00Z"})
     wide = [
         {
@@ -225,7 +231,7 @@ def test_migration_to_compact_observations_keeps_every_row(tmp_path):
     incidents = [dict(r) for r in db.query("SELECT * FROM incidents ORDER BY id")]
     db.conn.close()
 
-    store = Store(path)  # steps 8 and 9
+    store = Store(path)  # steps 9 and 10
     after = store.db.execute(
         f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM observations ORDER BY ts"  # noqa: S608
     ).fetchall()
@@ -246,24 +252,25 @@ def test_migration_to_compact_observations_keeps_every_row(tmp_path):
     store.close()
 
 
-def test_a_query_waits_for_a_database_another_process_is_creating(tmp_path):
-    """A query that opens the file a first scan has just made, before that scan committed
-    the schema, waits for it instead of calling it "not an apiwatch database"."""
-    import threading
-    import time
+def test_a_reader_waits_for_the_schema_a_first_scan_is_creating(tmp_path):
+    """A query started alongside the first scan of a new database finds the file before the
+    scan committed its schema: it waits for it instead of calling it no apiwatch database."""
+    import sqlite_utils
 
     path = tmp_path / "new.db"
-    path.touch()  # the scan has created the file; its schema is not committed yet
-
-    def scan_opens_it() -> None:
-        time.sleep(0.3)
-        Store(path).close()
-
-    t = threading.Thread(target=scan_opens_it)
-    t.start()
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("BEGIN IMMEDIATE")
+    db = sqlite_utils.Database(con)
+    for step in range(1, SCHEMA_VERSION + 1):
+        MIGRATIONS[step](db)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    timer = threading.Timer(0.5, lambda: con.execute("COMMIT"))
+    timer.start()
     try:
-        store = Store(path, readonly=True)
-        assert store.check()["schema_version"] == SCHEMA_VERSION
-        store.close()
+        reader = Store(path, readonly=True)
+        assert reader.check()["schema_version"] == SCHEMA_VERSION
+        reader.close()
     finally:
-        t.join()
+        timer.join()
+        con.close()
