@@ -537,3 +537,36 @@ def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch, 
     calls.clear()
     parse(path, catalog, False, monkeypatch)
     assert 0 < len(calls) < len(frames) // 2  # the body segments and ACKs counted in C
+
+
+def _tls_connection(port: int, v6: bool) -> list:
+    """A TLS connection named by its ClientHello: bulk data, ACKs, then FIN/ACK."""
+    client, server = ("fd00::7", "2a04:4e42::81") if v6 else ("10.1.2.3", "93.184.216.34")
+    s = pcaps.Tcp(client, server, port, 443, v6=v6).handshake()
+    s.send(True, client_hello("api.openai.com"))
+    for _ in range(20):
+        s.send(False, bytes(1400)).add([s.seg(True, "A")])
+    return s.close().packets
+
+
+@pytest.mark.parametrize("tags", [(), (5,), (100, 7), (1, 2, 3)])
+def test_vlan_tagged_flows_in_c_match_python(catalog, tmp_path, monkeypatch, tags):
+    """Frames behind one or two VLAN tags (802.1Q, QinQ) of known flows, and their FINs,
+    are counted in C as FlowTable._counted counts them; three tags go the general way."""
+    pkts = _tls_connection(42000, False) + _tls_connection(42001, True)
+    frames = [(round(float(p.time) * 1e6), bytes(p), len(p)) for p in pcaps.with_ether(pkts, tags)]
+    frames.sort(key=lambda f: f[0])
+    path = write_pcap(tmp_path / "vlan.pcap", frames)
+    calls = []
+    original = FlowTable._counted
+    monkeypatch.setattr(
+        FlowTable, "_counted", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    obs, stats, *_ = assert_same(path, catalog, monkeypatch)
+    assert len(obs) == 2 and stats["packets"] == len(frames)
+    calls.clear()
+    parse(path, catalog, False, monkeypatch)
+    if len(tags) <= 2:  # the handshakes and ClientHellos only
+        assert 0 < len(calls) <= 8
+    else:
+        assert len(calls) > len(frames) // 2

@@ -7,8 +7,9 @@
  * None, with the file's `scale` and link type `lt`; pcapng Enhanced Packet Blocks
  * otherwise, `ifaces` holding (link type, scale, offset, snaplen) per interface; `big`
  * is the byte order) and handles, exactly as that loop's fast path (FlowTable._counted)
- * does, every packet whose payload it would not read: an Ethernet frame before the timers
- * are due (ts < next_linger) of IPv4 without options and not a fragment, or of IPv6 with
+ * does, every packet whose payload it would not read: an Ethernet frame (with up to two
+ * VLAN tags) before the timers are due (ts < next_linger) of IPv4 without options and not
+ * a fragment, or of IPv6 with
  * TCP/UDP right after its header, whose 5-tuple is in the table (`tcp` / `udp`: key ->
  * (Flow, client side)), and that is
  *   - a UDP datagram or TCP segment of a flow no longer inspected (flow.watch is False);
@@ -471,13 +472,28 @@ done:
     return r;
 }
 
-/* one Ethernet frame b[p:p+incl] (incl >= 54, in the buffer) at `ts`: as count() */
+static inline int
+vlan(long et)
+{
+    return et == 0x8100 || et == 0x88A8 || et == 0x9100 || et == 0x9200;
+}
+
+/* one Ethernet frame b[p:p+incl] (incl >= 54, in the buffer) at `ts`: as count(). Up to
+ * two VLAN tags are stepped over (the frame is then read from 4 or 8 bytes on, as if they
+ * were not there), as FlowTable._counted does. */
 static int
 frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts, PyObject *tcp,
       PyObject *udp, PyObject *closing)
 {
     const unsigned char *h = b + p;
     long et = rd16be(h + 12);
+    for (int tags = 0; vlan(et); tags++) {
+        if (tags == 2 || incl - 4 < 54)
+            return 0;
+        h += 4;
+        incl -= 4;
+        et = rd16be(h + 12);
+    }
     if (et == 0x0800) {
         if (h[14] != 0x45 || rd16be(h + 20) & 0x3FFF)
             return 0;

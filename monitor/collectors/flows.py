@@ -63,7 +63,7 @@ from monitor.collectors.http1 import (
     is_token,
     request_name,
 )
-from monitor.collectors.layers import LINKTYPES, Decoder
+from monitor.collectors.layers import LINKTYPES, VLAN_TYPES, Decoder
 from monitor.collectors.quic_versions import worth_watching
 from monitor.collectors.socks import socks_request
 from monitor.collectors.tcpstream import Stream
@@ -367,7 +367,8 @@ class FlowTable:
 
     def _counted(self, buf: bytes, p: int, e: int, ts: float, pktno: int) -> bool:
         """The fast path of :meth:`scan` for an Ethernet frame ``buf[p:e]`` of at least 54
-        bytes when no timer is due: IPv4 without options and not a fragment, or IPv6 with
+        bytes (past up to two VLAN tags) when no timer is due: IPv4 without options and not
+        a fragment, or IPv6 with
         TCP/UDP right after its header, of a flow in the table, TCP but a pure SYN (which
         may open a new connection). The packet is counted in its flow, and only when the
         flow is still inspected (or for a SYN-ACK, FIN or RST) does it go on to the TCP/UDP
@@ -378,6 +379,16 @@ class FlowTable:
         # the IP header gives: where the ports start (l4), the 5-tuple key buf[ka : l4 + 4]
         # (addresses from ka), the IP payload's length and end
         et, vihl, tot, frag, proto, doff, fl = _ETH_IP4.unpack_from(buf, p)
+        if et in VLAN_TYPES:  # up to two VLAN tags: the frame read as if they were not there
+            p += 4
+            if e - p < 54:
+                return False
+            et, vihl, tot, frag, proto, doff, fl = _ETH_IP4.unpack_from(buf, p)
+            if et in VLAN_TYPES:
+                p += 4
+                if e - p < 54:
+                    return False
+                et, vihl, tot, frag, proto, doff, fl = _ETH_IP4.unpack_from(buf, p)
         if et == 0x0800:
             if vihl != 0x45 or frag & 0x3FFF:
                 return False
