@@ -356,7 +356,7 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     (f, _out), *_ = t.tcp.values()
     assert f.watch is False and f.sni == "api.openai.com"
     end, pktno, ts = CSCAN.scan(buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None,
-                                t.tcp, t.udp, t.closing)  # fmt: skip
+                                t.tcp, t.udp, t.closing, t.stats)  # fmt: skip
     fin = len(frames) - 1
     assert pktno == fin and end == sum(16 + n for _, _, n in frames[:fin])
 
@@ -375,10 +375,40 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     # nothing it does not expect: the arguments back, untouched
     t = started()
     same = (pos, 4, t.now)
-    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, t.tcp, t.udp, t.closing]
+    args = [
+        buf,
+        pos,
+        len(buf),
+        4,
+        t.now,
+        t.next_linger,
+        0,
+        1e-6,
+        1,
+        None,
+        t.tcp,
+        t.udp,
+        t.closing,
+        t.stats,
+    ]
     assert CSCAN.scan(*args)[:2] == (end, fin)  # (a flow with its counters in t)
     t = started()
-    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, t.tcp, t.udp, t.closing]
+    args = [
+        buf,
+        pos,
+        len(buf),
+        4,
+        t.now,
+        t.next_linger,
+        0,
+        1e-6,
+        1,
+        None,
+        t.tcp,
+        t.udp,
+        t.closing,
+        t.stats,
+    ]
     for at, value in [(0, bytearray(buf)), (0, buf[:-1]), (8, 113), (5, float("-inf"))]:
         assert CSCAN.scan(*args[:at], value, *args[at + 1 :]) == same
     assert CSCAN.scan(*args[:9], [], *args[10:]) == same  # pcapng, no interface
@@ -570,3 +600,44 @@ def test_vlan_tagged_flows_in_c_match_python(catalog, tmp_path, monkeypatch, tag
         assert 0 < len(calls) <= 8
     else:
         assert len(calls) > len(frames) // 2
+
+
+@pytest.mark.parametrize(
+    "name", ["vxlan-aws", "geneve-gcp", "nested-qinq-vxlan-gre-4in6", "erspan2", "6in4"]
+)
+def test_tunnelled_flows_in_c_match_python(catalog, tmp_path, monkeypatch, name):
+    """Frames of known flows inside VXLAN or GENEVE (Ethernet inside, one level) are
+    counted in C, and in ``tunnelled``, as FlowTable._counted counts them; deeper or other
+    encapsulations go the general way. Copies cut short and bit-flipped agree too."""
+    from tests.test_tunnels import VARIANTS
+
+    wrap = VARIANTS[name][0]
+    pkts = [p for p in _tls_connection(42000, False) if p.haslayer("IP")]
+    frames = []
+    for i, p in enumerate(pkts):
+        fr = bytes(wrap(p, i))
+        frames.append((round(float(p.time) * 1e6), fr, len(fr)))
+    path = write_pcap(tmp_path / "tunnel.pcap", frames)
+    calls = []
+    original = FlowTable._counted
+    monkeypatch.setattr(
+        FlowTable, "_counted", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    obs, stats, *_ = assert_same(path, catalog, monkeypatch)
+    assert len(obs) == 1 and stats["tunnelled"] == len(frames)
+    calls.clear()
+    parse(path, catalog, False, monkeypatch)
+    if name in ("vxlan-aws", "geneve-gcp"):  # the handshake and ClientHello only
+        assert 0 < len(calls) <= 4
+    else:
+        assert len(calls) > len(frames) // 2
+    rnd = random.Random(name)
+    for k in range(3):
+        damaged = []
+        for us, fr, n in frames:
+            b = bytearray(fr)
+            if rnd.random() < 0.3:
+                b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
+            cut = rnd.choice([n, n, n, rnd.randrange(14, n + 1)])
+            damaged.append((us, bytes(b), cut))
+        assert_same(write_pcap(tmp_path / f"damaged{k}.pcap", damaged), catalog, monkeypatch)
