@@ -26,7 +26,7 @@ from monitor import accel
 from monitor.cli import main
 from monitor.collectors import open_input
 from monitor.collectors.base import Diagnostics
-from monitor.collectors.flows import MAX_FRAME, FlowTable
+from monitor.collectors.flows import MAX_FRAME, SCAN_VERSION, FlowTable
 from monitor.collectors.pcap import PcapCollector
 from tests import pcaps
 from tests.pcaps import T0, client_hello, dns_response, http_request, http_response
@@ -52,6 +52,10 @@ def _need_accelerator():
         if os.environ.get("CI") and not os.environ.get(accel.PURE_ENV):
             pytest.fail(f"{MODULE} is not built (pip install -e . with a C compiler)")
         pytest.skip(f"{MODULE} not built")
+    if getattr(CSCAN, "SCAN_VERSION", None) != SCAN_VERSION:  # FlowTable would not use it
+        if os.environ.get("CI") and not os.environ.get(accel.PURE_ENV):
+            pytest.fail(f"{MODULE} was built from another version of _pcapscan.c")
+        pytest.skip(f"{MODULE} was built from another _pcapscan.c: rebuild it (pip install -e .)")
 
 
 def parse(path: Path, catalog, pure: bool, mp: pytest.MonkeyPatch) -> tuple:
@@ -291,6 +295,18 @@ def test_max_frame_agrees():
     assert CSCAN.MAX_FRAME == MAX_FRAME
 
 
+def test_a_module_built_from_another_source_is_not_used(monkeypatch):
+    """A stale build (another SCAN_VERSION, or none) leaves the Python loop in charge."""
+    monkeypatch.delenv(accel.PURE_ENV, raising=False)
+    assert FlowTable("s")._cscan is CSCAN
+    for version in (None, SCAN_VERSION - 1):
+        stale = type(sys)("stale")
+        if version is not None:
+            stale.SCAN_VERSION = version
+        monkeypatch.setattr(accel, "load", lambda name, m=stale: m)
+        assert FlowTable("s")._cscan is None
+
+
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
 def test_generated_capture_parse_json_is_identical(generated, catalog, fmt, monkeypatch):
     path = generated[fmt]
@@ -490,18 +506,7 @@ def test_damaged_generated_capture(generated, catalog, tmp_path, monkeypatch):
     assert cli_json(bad, pure=False) == cli_json(bad, pure=True)
 
 
-@pytest.fixture
-def current_build():
-    """The two tests below need the accelerator built from the current source (it counts
-    HTTP segments too, and keeps a refusal's body); one built before still passes every
-    equivalence test."""
-    if not hasattr(CSCAN, "MAX_BODY_EXCERPT"):
-        if os.environ.get("CI"):
-            pytest.fail(f"{MODULE} was built from an older _pcapscan.c")
-        pytest.skip(f"{MODULE} was built from an older _pcapscan.c: rebuild it (pip install -e .)")
-
-
-def test_http_states_agree(current_build):
+def test_http_states_agree():
     from monitor.collectors import http1
 
     assert (CSCAN.HTTP_HEAD, CSCAN.HTTP_BODY, CSCAN.HTTP_CHUNK_SIZE) == (
@@ -536,7 +541,7 @@ def _http_connection(port: int, rnd: random.Random) -> list:
     return s.packets
 
 
-def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch, current_build):
+def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch):
     """The C loop steps over in-order body segments and counts ACKs of HTTP flows, as
     FlowTable._http_skip and _http_count do; everything else stays Python's."""
     rnd = random.Random(5)

@@ -38,6 +38,9 @@
 #include <structmember.h>
 #include <stdint.h>
 
+/* flows.SCAN_VERSION: the interface of scan() (arguments, what it handles); FlowTable uses
+ * a module built with another one not at all */
+#define SCAN_VERSION 3
 /* flows.MAX_FRAME: longest classic pcap record read (checked by the tests) */
 #define MAX_FRAME (256 * 1024)
 /* http1's HttpSide states (checked by the tests) */
@@ -66,10 +69,10 @@ struct seg {
  * its member descriptors do, without looking them up per packet). Loaded for the type of
  * the first flow met and checked against the type of every flow. */
 enum { F_WATCH, F_LAST, F_PK_OUT, F_PK_IN, F_BY_OUT, F_BY_IN, F_HTTP, F_ISN_C, F_ISN_S,
-       F_FIN_C, F_FIN_S, F_CLOSED, F_CS, F_SS, F_NSLOTS };
+       F_FIN_C, F_FIN_S, F_CLOSED, F_NSLOTS };
 static PyObject **slot_names[F_NSLOTS] = {
     &s_watch, &s_last, &s_pk_out, &s_pk_in, &s_by_out, &s_by_in, &s_http,
-    &s_isn_c, &s_isn_s, &s_fin_c, &s_fin_s, &s_closed, &s_cs, &s_ss,
+    &s_isn_c, &s_isn_s, &s_fin_c, &s_fin_s, &s_closed,
 };
 static PyTypeObject *flow_type; /* a strong reference, or NULL */
 static Py_ssize_t flow_off[F_NSLOTS];
@@ -751,7 +754,8 @@ PyInit__pcapscan(void)
             return NULL;
     }
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (PyModule_AddIntConstant(m, "MAX_FRAME", MAX_FRAME) < 0 ||
+    if (m != NULL && (PyModule_AddIntConstant(m, "SCAN_VERSION", SCAN_VERSION) < 0 ||
+                      PyModule_AddIntConstant(m, "MAX_FRAME", MAX_FRAME) < 0 ||
                       PyModule_AddIntConstant(m, "MAX_BODY_EXCERPT", MAX_BODY_EXCERPT) < 0 ||
                       PyModule_AddIntConstant(m, "HTTP_HEAD", HTTP_HEAD) < 0 ||
                       PyModule_AddIntConstant(m, "HTTP_BODY", HTTP_BODY) < 0 ||

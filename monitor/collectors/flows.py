@@ -103,6 +103,9 @@ _ETH_IP4 = Struct("!12xHBxH2xHxB22xBB")
 #: Ethernet + IPv6 header: ethertype, version/class, payload length, next header
 _ETH_IP6 = Struct("!12xHB3xHB")
 MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
+#: the interface of ``_pcapscan.scan`` that :meth:`FlowTable.scan` calls (its arguments and
+#: what it does); the C module says which one it was built with
+SCAN_VERSION = 3
 
 # flow.app
 # (APP_CERT: TLS read from the server's side, the ClientHello having been missed)
@@ -257,8 +260,10 @@ class FlowTable:
         #: link, IP and tunnel layers (it counts into :attr:`stats` too)
         self._decoder = Decoder(self.stats)
         self.unknown_linktypes = self._decoder.unknown_linktypes
-        #: the C accelerator of :meth:`scan` (``monitor/collectors/_pcapscan.c``), or None
-        self._cscan = accel.load("monitor.collectors._pcapscan")
+        #: the C accelerator of :meth:`scan` (``monitor/collectors/_pcapscan.c``), or None;
+        #: one built from another version of the source is not used (rebuild it)
+        cscan = accel.load("monitor.collectors._pcapscan")
+        self._cscan = cscan if getattr(cscan, "SCAN_VERSION", None) == SCAN_VERSION else None
 
     @property
     def quic(self) -> Any:
