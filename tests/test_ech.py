@@ -180,23 +180,20 @@ def _nss_ech_flow(tmp: Path, t0: float, sport: int) -> list:
     listener = threading.Thread(target=_hello_listener, args=(port, stop), daemon=True)
     listener.start()
     cap = tmp / "nss.pcap"
-    try:
+    with contextlib.ExitStack() as cleanup:  # (undone last first)
+        cleanup.callback(listener.join, 5)
+        cleanup.callback(stop.set)
         dump = _start_tcpdump(cap, [port])
-        try:
-            configs = base64.b64encode(ech_config_list(PUBLIC)).decode()
-            # it fails (the listener hangs up after the ClientHello): only the hello counts
-            subprocess.run(
-                [exe, "-d", f"sql:{db}", "-h", "127.0.0.1", "-p", str(port), "-a", SERVICE,
-                 "-V", "tls1.3:tls1.3", "-Q", "-N", configs],
-                stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False,
-            )  # fmt: skip
-            time.sleep(0.5)
-        finally:
-            dump.terminate()
-            dump.wait(10)
-    finally:
-        stop.set()
-        listener.join(5)
+        cleanup.callback(dump.wait, 10)
+        cleanup.callback(dump.terminate)
+        configs = base64.b64encode(ech_config_list(PUBLIC)).decode()
+        # it fails (the listener hangs up after the ClientHello): only the hello counts
+        subprocess.run(
+            [exe, "-d", f"sql:{db}", "-h", "127.0.0.1", "-p", str(port), "-a", SERVICE,
+             "-V", "tls1.3:tls1.3", "-Q", "-N", configs],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        time.sleep(0.5)
     pkts = rdpcap(str(cap))
     hellos = [p for p in pkts if TCP in p and bytes(p[TCP].payload)[:1] == b"\x16"]
     assert hellos, "tstclnt sent no ClientHello"

@@ -75,6 +75,17 @@ def parse(path: Path, catalog, pure: bool, mp: pytest.MonkeyPatch) -> tuple:
     return obs, col.last_stats, (diag.records, diag.skipped, diag.malformed), problems
 
 
+def same_and_python_calls(path: Path, catalog, mp: pytest.MonkeyPatch) -> tuple[tuple, int]:
+    """:func:`assert_same`'s parse, and how many frames the accelerated parse handed to the
+    Python fast path (FlowTable._counted) after the C loop stopped at them."""
+    fast = assert_same(path, catalog, mp)
+    calls = []
+    original = FlowTable._counted
+    mp.setattr(FlowTable, "_counted", lambda self, *a: calls.append(1) or original(self, *a))
+    parse(path, catalog, False, mp)
+    return fast, len(calls)
+
+
 def assert_same(path: Path, catalog, mp: pytest.MonkeyPatch) -> tuple:
     fast = parse(path, catalog, False, mp)
     pure = parse(path, catalog, True, mp)
@@ -363,6 +374,9 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     assert ref.scan(buf, 0, len(buf), 0, "<", 1e-6, 1) == (len(buf), len(frames))
     pos = sum(16 + n for _, _, n in frames[:4])  # handshake and ClientHello: Python
 
+    def tables(t: FlowTable) -> tuple:
+        return t.tcp, t.udp, t.closing, t.stats
+
     def started() -> FlowTable:
         t = FlowTable("s")
         assert t.scan(buf, 0, pos, 0, "<", 1e-6, 1) == (pos, 4)
@@ -372,7 +386,7 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     (f, _out), *_ = t.tcp.values()
     assert f.watch is False and f.sni == "api.openai.com"
     end, pktno, ts = CSCAN.scan(buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None,
-                                t.tcp, t.udp, t.closing, t.stats)  # fmt: skip
+                                *tables(t))  # fmt: skip
     fin = len(frames) - 1
     assert pktno == fin and end == sum(16 + n for _, _, n in frames[:fin])
 
@@ -391,40 +405,10 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     # nothing it does not expect: the arguments back, untouched
     t = started()
     same = (pos, 4, t.now)
-    args = [
-        buf,
-        pos,
-        len(buf),
-        4,
-        t.now,
-        t.next_linger,
-        0,
-        1e-6,
-        1,
-        None,
-        t.tcp,
-        t.udp,
-        t.closing,
-        t.stats,
-    ]
+    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, *tables(t)]
     assert CSCAN.scan(*args)[:2] == (end, fin)  # (a flow with its counters in t)
     t = started()
-    args = [
-        buf,
-        pos,
-        len(buf),
-        4,
-        t.now,
-        t.next_linger,
-        0,
-        1e-6,
-        1,
-        None,
-        t.tcp,
-        t.udp,
-        t.closing,
-        t.stats,
-    ]
+    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, *tables(t)]
     for at, value in [(0, bytearray(buf)), (0, buf[:-1]), (8, 113), (5, float("-inf"))]:
         assert CSCAN.scan(*args[:at], value, *args[at + 1 :]) == same
     assert CSCAN.scan(*args[:9], [], *args[10:]) == same  # pcapng, no interface
@@ -553,12 +537,7 @@ def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch):
     frames[frames.index((us, fr, len(fr)))] = (us, fr, 200)
     cut = struct.unpack_from("!H", fr, 14 + 20 + 2)[0]  # its client port: parsing stops there
     path = write_pcap(tmp_path / "http.pcap", frames)
-    calls = []
-    original = FlowTable._counted
-    monkeypatch.setattr(
-        FlowTable, "_counted", lambda self, *a: calls.append(1) or original(self, *a)
-    )
-    assert_same(path, catalog, monkeypatch)
+    _, calls = same_and_python_calls(path, catalog, monkeypatch)
     diag = Diagnostics()
     with open(path, "rb") as fh:
         obs = list(PcapCollector(catalog).parse(fh, "http", diag))
@@ -569,9 +548,7 @@ def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch):
     ]
     assert len(obs) == 18
     assert all(o.status == 200 and o.packets_in and o.bytes_in for o in obs if o.client_port != cut)
-    calls.clear()
-    parse(path, catalog, False, monkeypatch)
-    assert 0 < len(calls) < len(frames) // 2  # the body segments and ACKs counted in C
+    assert 0 < calls < len(frames) // 2  # the body segments and ACKs counted in C
 
 
 def _tls_connection(port: int, v6: bool) -> list:
@@ -592,19 +569,12 @@ def test_vlan_tagged_flows_in_c_match_python(catalog, tmp_path, monkeypatch, tag
     frames = [(round(float(p.time) * 1e6), bytes(p), len(p)) for p in pcaps.with_ether(pkts, tags)]
     frames.sort(key=lambda f: f[0])
     path = write_pcap(tmp_path / "vlan.pcap", frames)
-    calls = []
-    original = FlowTable._counted
-    monkeypatch.setattr(
-        FlowTable, "_counted", lambda self, *a: calls.append(1) or original(self, *a)
-    )
-    obs, stats, *_ = assert_same(path, catalog, monkeypatch)
+    (obs, stats, *_), calls = same_and_python_calls(path, catalog, monkeypatch)
     assert len(obs) == 2 and stats["packets"] == len(frames)
-    calls.clear()
-    parse(path, catalog, False, monkeypatch)
     if len(tags) <= 2:  # the handshakes and ClientHellos only
-        assert 0 < len(calls) <= 8
+        assert 0 < calls <= 8
     else:
-        assert len(calls) > len(frames) // 2
+        assert calls > len(frames) // 2
 
 
 @pytest.mark.parametrize(
@@ -623,19 +593,12 @@ def test_tunnelled_flows_in_c_match_python(catalog, tmp_path, monkeypatch, name)
         fr = bytes(wrap(p, i))
         frames.append((round(float(p.time) * 1e6), fr, len(fr)))
     path = write_pcap(tmp_path / "tunnel.pcap", frames)
-    calls = []
-    original = FlowTable._counted
-    monkeypatch.setattr(
-        FlowTable, "_counted", lambda self, *a: calls.append(1) or original(self, *a)
-    )
-    obs, stats, *_ = assert_same(path, catalog, monkeypatch)
+    (obs, stats, *_), calls = same_and_python_calls(path, catalog, monkeypatch)
     assert len(obs) == 1 and stats["tunnelled"] == len(frames)
-    calls.clear()
-    parse(path, catalog, False, monkeypatch)
     if name in ("vxlan-aws", "geneve-gcp"):  # the handshake and ClientHello only
-        assert 0 < len(calls) <= 4
+        assert 0 < calls <= 4
     else:
-        assert len(calls) > len(frames) // 2
+        assert calls > len(frames) // 2
     rnd = random.Random(name)
     for k in range(3):
         damaged = []
