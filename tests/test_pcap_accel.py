@@ -609,3 +609,22 @@ def test_tunnelled_flows_in_c_match_python(catalog, tmp_path, monkeypatch, name)
             cut = rnd.choice([n, n, n, rnd.randrange(14, n + 1)])
             damaged.append((us, bytes(b), cut))
         assert_same(write_pcap(tmp_path / f"damaged{k}.pcap", damaged), catalog, monkeypatch)
+
+
+def test_connect_tunnels_in_c_match_python(catalog, tmp_path, monkeypatch):
+    """An HTTP proxy's CONNECT refused, then accepted on the same connection: the tunnel's
+    TLS (ClientHello, bulk data, ACKs, FINs) after HTTP gave up reads the same either way."""
+    s = pcaps.Tcp("10.1.2.3", "10.0.0.8", 50012, 3128).handshake()
+    target = "160.79.104.10:443"
+    s.send(True, http_request("CONNECT", target, target))
+    s.send(False, b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+    s.send(True, http_request("CONNECT", target, target))
+    s.send(False, b"HTTP/1.1 200 Connection established\r\n\r\n")
+    s.add([s.seg(True, "A")]).send(True, client_hello("api.anthropic.com"))
+    for _ in range(20):
+        s.send(False, bytes(1400)).add([s.seg(True, "A")])
+    frames = [
+        (round(float(p.time) * 1e6), bytes(p), len(p)) for p in pcaps.with_ether(s.close().packets)
+    ]
+    obs, *_ = assert_same(write_pcap(tmp_path / "connect.pcap", frames), catalog, monkeypatch)
+    assert len(obs) == 2 and "api.anthropic.com" in obs[1]
