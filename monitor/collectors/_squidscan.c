@@ -2,8 +2,9 @@
  *
  * native_chunk(chunk, clean, max_line, rejects, markers=()) -> (records, todo)
  *
- * `chunk` holds whole lines, each ending in a newline (monitor.collectors.base.iter_chunks);
- * a line is what precedes its newline, without the carriage returns that end it. For each
+ * `chunk` holds whole lines, each ending in a newline (monitor.collectors.base.iter_chunks),
+ * and after the last newline perhaps the start of a line that the next chunk holds, which
+ * is not read. A line is what precedes its newline, without the carriage returns ending it. For each
  * line it does what the first steps of SquidCollector._parse_native do when a host filter
  * is set. A line of exactly ten whitespace-separated fields whose fields are well formed
  * and whose target (the CONNECT host:port, or a URL's scheme://authority) the filter has
@@ -22,6 +23,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 #define FIELDS 10
@@ -31,6 +33,33 @@ static const unsigned char SPACE[256] = {
     ['\t'] = 1, ['\n'] = 1, ['\v'] = 1, ['\f'] = 1, ['\r'] = 1, [' '] = 1,
 };
 #define is_space(c) (SPACE[(unsigned char)(c)])
+
+/* the end of the field starting at s[i]: the first separator at or after i, or n. Eight
+ * bytes at a time where the byte order allows: the lowest byte below 0x21 of a word (the
+ * lowest bit the test sets is exact) is a separator, or a control byte to step over. */
+static Py_ssize_t
+field_end(const char *s, Py_ssize_t i, Py_ssize_t n)
+{
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (i + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t below = (w - ones * 0x21) & ~w & highs;
+        if (below == 0) {
+            i += 8;
+            continue;
+        }
+        i += __builtin_ctzll(below) >> 3;
+        if (is_space(s[i]))
+            return i;
+        i++;
+    }
+#endif
+    while (i < n && !is_space((unsigned char)s[i]))
+        i++;
+    return i;
+}
 
 static int
 all_digits(const char *s, Py_ssize_t n)
@@ -146,8 +175,7 @@ classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *ma
         if (count == FIELDS)
             return 0; /* an eleventh field */
         Py_ssize_t start = i;
-        while (i < n && !is_space((unsigned char)s[i]))
-            i++;
+        i = field_end(s, i, n);
         tok[count] = s + start;
         len[count] = i - start;
         count++;
@@ -263,7 +291,9 @@ native_chunk(PyObject *self, PyObject *args)
     while (pos < size_all) {
         const char *line = data + pos;
         const char *nl = memchr(line, '\n', (size_t)(size_all - pos));
-        Py_ssize_t raw = nl != NULL ? nl - line : size_all - pos;
+        if (nl == NULL)
+            break; /* after the last newline: the start of the next chunk's first line */
+        Py_ssize_t raw = nl - line;
         Py_ssize_t n = raw;
         while (n > 0 && line[n - 1] == '\r')
             n--;

@@ -369,7 +369,8 @@ def read_head(path: str, size: int = 4096) -> bytes:
 
 
 Batch = tuple[int, list[bytes], bool]  # (line number before the first line, lines, NUL-free)
-#: (line number before the first line, whole lines each ending in a newline, NUL-free)
+#: (line number before the first line, whole lines each ending in a newline and perhaps,
+#: after the last newline, the start of a line the next chunk holds: not to be read, NUL-free)
 Chunk = tuple[int, bytes, bool]
 
 
@@ -381,7 +382,9 @@ def iter_chunks(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Ch
     end inside its chunk is reported as malformed and skipped, so a file without newlines
     cannot exhaust memory; longer lines inside a chunk are the reader's to report (as
     :func:`lines_of` does). A damaged compressed stream is read up to the damage and
-    reported as a file error. A last line without a newline is given one.
+    reported as a file error. A last line without a newline is given one. Bytes after a
+    chunk's last newline belong to the next chunk (not copying them off saves a copy of the
+    chunk).
     """
     read = getattr(stream, "read1", None) or stream.read
     lineno = 0
@@ -406,8 +409,7 @@ def iter_chunks(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Ch
             end = chunk.rfind(b"\n") + 1
             lines = chunk.count(b"\n", 0, end)
             if end < len(chunk):
-                carry = chunk[end:]
-                chunk = chunk[:end]
+                carry = chunk[end:]  # the chunk keeps it: readers stop at its last newline
             if len(carry) > MAX_LINE:
                 diag.malformed_record(
                     source, lineno + lines + 1, f"line longer than {MAX_LINE} bytes", carry
