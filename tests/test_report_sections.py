@@ -130,9 +130,13 @@ def csv_set(text: str) -> list[tuple[str, ...]]:
     return sorted(tuple(row) for row in csv.reader(io.StringIO(text)))
 
 
+#: CSV sections main did not write: the findings section's rows (a section renders all formats)
+NEW_CSV = {"findings", "exceptions_in_force", "exceptions_expired"}
+
+
 def test_reports_equal_main_before_sections(golden_db):
     """HTML and Markdown byte-identical to main's before sections, JSON equal, CSV the same
-    rows (order aside)."""
+    rows (order aside) plus the findings section's."""
     db, tmps = golden_db
     got = render_all(db, tmps)
     if os.environ.get("APIWATCH_REGEN_GOLDEN") == "1":
@@ -147,9 +151,71 @@ def test_reports_equal_main_before_sections(golden_db):
         if fmt == "json":
             assert json.loads(text) == json.loads(expected[key]), key
         elif fmt == "csv":
-            assert csv_set(text) == csv_set(expected[key]), key
+            rows = csv_set(text)
+            assert [r for r in rows if r[2] not in NEW_CSV] == csv_set(expected[key]), key
+            assert {r[2] for r in rows} >= {"findings", "exceptions_in_force"}, key
         else:
             assert text == expected[key], key
     weekly = json.loads(got["weekly.json"])["findings"]
     assert weekly["exceptions"]["in_force"] and weekly["exceptions"]["expired"]
     assert weekly["totals"]["reopened"] == 1 and weekly["totals"]["excepted"] >= 1
+
+
+EXTRA_SECTION = """
+from monitor.report.section import Section
+
+
+class Kinds(Section):
+    \"\"\"Requests by destination kind (provider, relay, ...).\"\"\"
+
+    id = "kinds"
+    nav = "Kinds"
+    template = ('<section id="kinds"><h2>By kind</h2><table><tbody>'
+                '{% for k, n in r.kinds.items() %}<tr><td>{{ k|t }}</td>'
+                '<td class="n">{{ n|num }}</td></tr>{% endfor %}</tbody></table></section>')
+
+    def compute(self, ctx):
+        cur = ctx.current
+        return {"kinds": {str(k): int(n) for k, n in cur.groupby("kind").requests.sum().items()}}
+
+    def markdown(self, report):
+        return ["\\n## By kind\\n", *(f"- {k}: {n}\\n" for k, n in report.kinds.items())]
+
+    def csv_rows(self, report):
+        for k, n in report.kinds.items():
+            yield "kinds", k, None, "requests", n
+
+
+SECTION = Kinds()
+"""
+
+
+def test_a_section_is_one_module_and_one_registration_line(golden_db, tmp_path, monkeypatch):
+    """A section written as one module (here outside the package) and registered by one
+    line in MODULES appears in every format, after the one before it, with its own
+    figures; the other sections are unchanged."""
+    from monitor.report import sections
+
+    db, _ = golden_db
+    (tmp_path / "apiwatch_extra").mkdir()
+    (tmp_path / "apiwatch_extra" / "kinds.py").write_text(EXTRA_SECTION)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = {fmt: run("--config", CONFIG, "--db", db, "report", "--period", "weekly", "--date",
+                       "2026-11-27", "--format", fmt).stdout for fmt in FORMATS}  # fmt: skip
+    monkeypatch.setattr(sections, "MODULES", (*sections.MODULES, "apiwatch_extra.kinds"))
+    got = {fmt: run("--config", CONFIG, "--db", db, "report", "--period", "weekly", "--date",
+                    "2026-11-27", "--format", fmt).stdout for fmt in FORMATS}  # fmt: skip
+    doc, old = json.loads(got["json"]), json.loads(before["json"])
+    kinds = doc.pop("kinds")
+    assert sum(kinds.values()) == old["totals"][0]["current"] > 0
+    assert kinds["relay"] == old["relays"]["requests"] > 0
+    doc["meta"].pop("generated"), old["meta"].pop("generated")
+    assert doc == old
+    md = got["md"]
+    assert md.index("## Methods") < md.index("## By kind")
+    assert f"- relay: {kinds['relay']}\n" in md[md.index("## By kind") :]
+    html = got["html"]
+    assert '<a href="#methods">Methods</a><a href="#kinds">Kinds</a>' in html
+    assert html.index('id="methods"') < html.index('<section id="kinds"><h2>By kind</h2>')
+    rows = [r for r in csv.reader(io.StringIO(got["csv"])) if r[2] == "kinds"]
+    assert sorted((r[3], int(r[6])) for r in rows) == sorted(kinds.items())

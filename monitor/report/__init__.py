@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from monitor.config import REPORT_FORMATS, fill_output_pattern
@@ -21,11 +22,12 @@ from monitor.report.data import (
     ReportQuery,
     ReportSource,
     Window,
-    build_report,
+    compute_report,
     custom_window,
     period_ended,
     period_window,
 )
+from monitor.report.section import Section
 
 FORMATS = REPORT_FORMATS  # the configuration's vocabulary, defined once there
 
@@ -35,6 +37,7 @@ __all__ = [
     "Report",
     "ReportQuery",
     "ReportSource",
+    "Section",
     "Window",
     "build_report",
     "custom_window",
@@ -44,6 +47,17 @@ __all__ = [
     "render",
     "write_atomic",
 ]
+
+
+def build_report(
+    source: ReportSource, q: ReportQuery, sections: Sequence[Section] | None = None
+) -> Report:
+    """The report for ``q``: ``sections`` (default: the registered ones, in their order)."""
+    if sections is None:
+        from monitor.report.sections import registered
+
+        sections = registered()
+    return compute_report(source, q, sections)
 
 
 def render(report: Report, fmt: str, spreadsheet_safe: bool = False) -> str:
