@@ -112,6 +112,9 @@ def normalise(report: Any, tmps: tuple[Path, ...]) -> Any:
 
     for key, value in fix(report.methods).items():
         report.methods[key] = value
+    # listed by path: sorted again, as the paths are now (a checkout under /tmp sorts first)
+    report.methods["sources"].sort(key=lambda s: (s["source"], s["format"]))
+    report.methods["problems_by_source"].sort(key=lambda p: p["source"])
     return report
 
 
