@@ -1669,11 +1669,60 @@ class Store:
         return {"total": total, "shown": len(items), "by_action": by_action, "items": items}
 
     def report_findings(
-        self, since: datetime, until: datetime, where: TrafficFilter, limit: int, top_users: int = 3
+        self, since: datetime, until: datetime, where: TrafficFilter, limit: int, top_users: int = 3,
+        tz: str = "UTC",
+    ) -> dict[str, Any]:  # fmt: skip
+        """Findings with activity in ``[since, until)``, their figures over that period, the
+        most severe and busiest first, each with its top users; and which were reopened
+        during the period. A period of whole UTC days reads the detail rows (one per UTC
+        day); any other (whole days of another time zone ``tz``, or a custom span) counts
+        the observations in it, with ``days`` counted in ``tz``."""
+        s, u = iso_datetime(since), iso_datetime(until)
+        if tz == "UTC" and _utc_midnight(since) and _utc_midnight(until):
+            return self._findings_of_detail(since, until, where, limit, top_users)
+        f, fparams = where.sql("i")
+        span, sparams = _span(since, until, "o.")
+        day, dparams = _local_day("o.ts", since, until, tz)
+        cols = ", ".join({"first_seen": "d.first_ts AS first_seen", "last_seen": "d.last_ts AS last_seen"}
+                         .get(c, f"d.{c}") for c in _ROLLUP_COLUMNS if c != "severity")  # fmt: skip
+        joined = (
+            "FROM observations o JOIN hits h ON h.observation_id = o.id"
+            f" JOIN incidents i ON i.id = h.incident_id WHERE {span}{f}"
+        )
+        activity = f"""SELECT i.finding_id AS id, min(i.rule) AS rule, min(i.provider) AS provider,
+                  min(i.site) AS site, max(i.severity_rank) AS severity_rank,
+                  max(i.title) AS title, min(o.ts) AS first_ts, max(o.ts) AS last_ts,
+                  count(*) AS count, sum(o.outcome IS 'blocked') AS blocked,
+                  sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in,
+                  count(DISTINCT o.client_ip) AS clients, count(DISTINCT o.user) AS users,
+                  count(DISTINCT o.dest_host) AS hosts, count(DISTINCT {day}) AS days,
+                  group_concat(DISTINCT i.egress_country) AS egress_country,
+                  min(i.first_scan) AS first_scan, max(i.last_scan) AS last_scan
+                {joined} GROUP BY i.finding_id"""  # noqa: S608 - constants and bound values
+        sql = (
+            "SELECT f.id, f.status, f.exception_until, f.exception_reason, f.exception_by, "  # noqa: S608
+            f"f.exception_source, {cols} FROM findings f JOIN ({activity}) d"
+            " ON d.id = f.id ORDER BY d.severity_rank DESC, d.count DESC, f.id"
+        )
+        rows = []
+        for r in self.db.query(sql, [*dparams, *sparams, *fparams]):
+            r["first_seen"], r["last_seen"] = iso_utc(r["first_seen"]), iso_utc(r["last_seen"])
+            rows.append(_rolled(r))
+
+        def users_of(marks: str, chunk: list[Any]) -> Iterable[tuple[str, str, int]]:
+            return self.db.execute(
+                f"""SELECT i.finding_id, o.user, count(*) AS n {joined}
+                    AND i.finding_id IN ({marks}) AND o.user IS NOT NULL
+                    GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",  # noqa: S608 - constants
+                [*sparams, *fparams, *chunk],
+            )
+
+        return self._report_rows(rows, s, u, limit, top_users, users_of)
+
+    def _findings_of_detail(
+        self, since: datetime, until: datetime, where: TrafficFilter, limit: int, top_users: int
     ) -> dict[str, Any]:
-        """Findings with detail active in ``[since, until)``, their figures over that detail
-        (whole UTC days: the detail's grain), the most severe and busiest first, each with
-        its top users; and which were reopened during the period."""
+        """:meth:`report_findings` of whole UTC days: the roll-up of their detail rows."""
         s, u = iso_datetime(since), iso_datetime(until)
         f, fparams = where.sql()
         detail = f"first_seen < ? AND last_seen >= ?{f}"
@@ -1684,18 +1733,29 @@ class Store:
             " ON d.id = f.id ORDER BY d.severity_rank DESC, d.count DESC, f.id"
         )
         rows = [_rolled(r) for r in self.db.query(sql, [u, s, *fparams])]
+
+        def users_of(marks: str, chunk: list[Any]) -> Iterable[tuple[str, str, int]]:
+            return self.db.execute(
+                f"""SELECT finding_id, user, sum(count) AS n FROM incidents
+                    WHERE finding_id IN ({marks}) AND user IS NOT NULL AND {detail}
+                    GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",  # noqa: S608 - constants
+                [*chunk, u, s, *fparams],
+            )
+
+        return self._report_rows(rows, s, u, limit, top_users, users_of)
+
+    def _report_rows(
+        self, rows: list[dict[str, Any]], s: str, u: str, limit: int, top_users: int,
+        users_of: Callable[[str, list[Any]], Iterable[tuple[str, str, int]]],
+    ) -> dict[str, Any]:  # fmt: skip
+        """The shown findings' top users and which findings were reopened in ``[s, u)``."""
         reopened = {r[0] for r in self.db.execute(
             "SELECT DISTINCT finding_id FROM finding_events WHERE action = 'reopened'"
             " AND at >= ? AND at < ?", [s, u])}  # fmt: skip
         shown = rows[:limit]
         users: dict[str, list[dict[str, Any]]] = {}
         for chunk, marks in _chunks([r["id"] for r in shown]):
-            for fid, user, n in self.db.execute(
-                f"""SELECT finding_id, user, sum(count) AS n FROM incidents
-                    WHERE finding_id IN ({marks}) AND user IS NOT NULL AND {detail}
-                    GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",  # noqa: S608 - constants
-                [*chunk, u, s, *fparams],
-            ):
+            for fid, user, n in users_of(marks, chunk):
                 if len(users.setdefault(fid, [])) < top_users:
                     users[fid].append({"user": user, "count": n})
         for r in rows:
@@ -2045,14 +2105,38 @@ _RESOLVED_IN = (
 )
 
 
-def _span(since: datetime, until: datetime) -> tuple[str, list[Any]]:
+def _utc_midnight(when: datetime) -> bool:
+    return when.astimezone(UTC).timetz().replace(tzinfo=None) == datetime.min.time()
+
+
+def _local_day(column: str, since: datetime, until: datetime, tz: str) -> tuple[str, list[Any]]:
+    """SQL for the day number in ``tz`` of the epoch seconds ``column`` over ``[since,
+    until)``: the zone's UTC offsets there (daylight saving changes included, found at
+    the 15-minute grain every zone's offsets keep) as a CASE."""
+    from zoneinfo import ZoneInfo
+
+    zone = UTC if tz == "UTC" else ZoneInfo(tz)
+    offsets: list[tuple[float, float]] = []  # (from this instant, offset seconds)
+    at = since
+    while at < until or not offsets:
+        offset = at.astimezone(zone).utcoffset().total_seconds()  # type: ignore[union-attr]
+        if not offsets or offsets[-1][1] != offset:
+            offsets.append((at.timestamp(), offset))
+        at += timedelta(minutes=15)
+    case = " ".join(f"WHEN {column} >= ? THEN ?" for _ in offsets[1:])
+    params: list[Any] = [p for start, offset in reversed(offsets[1:]) for p in (start, offset)]
+    shift = f"CASE {case} ELSE ? END" if case else "?"
+    return f"CAST(({column} + {shift}) / 86400 AS INTEGER)", [*params, offsets[0][1]]
+
+
+def _span(since: datetime, until: datetime, alias: str = "") -> tuple[str, list[Any]]:
     """Observations of ``[since, until)``: ``day`` bounds (so the index narrows the scan)
-    plus the exact timestamp bounds."""
+    plus the exact timestamp bounds (columns prefixed with ``alias``, e.g. ``o.``)."""
     first, last = (
         since.strftime("%Y-%m-%d"),
         (until - timedelta(microseconds=1)).strftime("%Y-%m-%d"),
     )
-    return "day >= ? AND day <= ? AND ts >= ? AND ts < ?", [
+    return f"{alias}day >= ? AND {alias}day <= ? AND {alias}ts >= ? AND {alias}ts < ?", [
         first,
         last,
         since.timestamp(),

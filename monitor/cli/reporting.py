@@ -149,7 +149,8 @@ def report_cmd(
     "today",
     callback=date_value,
     metavar="YYYY-MM-DD",
-    help="Run as if today were this UTC date (which reports are due) [default: today].",
+    help="Run as if today were this date (which reports are due) [default: today in each "
+    "report's time zone: --tz, else its one site's tz, else UTC].",
 )
 @click.option(
     "--fail-on",

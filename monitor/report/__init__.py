@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import date
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def render(report: Report, fmt: str, spreadsheet_safe: bool = False) -> str:
 def output_path(pattern: str, window: Window, fmt: str) -> Path:
     """Fill an ``output`` pattern: ``{period}``, ``{date}`` (first day), ``{start}``, ``{end}``
     (last day, inclusive), ``{format}``, ``{week}`` (``2026-W48``), ``{month}`` (``2026-11``)."""
-    year, week, _ = window.since.isocalendar()
+    first = date.fromisoformat(window.first_day)  # in the window's time zone, as the period
+    year, week, _ = first.isocalendar()
     values = {
         "period": window.period,
         "date": str(window.first_day),
@@ -91,7 +93,7 @@ def output_path(pattern: str, window: Window, fmt: str) -> Path:
         "end": str(window.last_day),
         "format": fmt,
         "week": f"{year}-W{week:02d}",
-        "month": window.since.strftime("%Y-%m"),
+        "month": window.first_day[:7],
     }
     return Path(fill_output_pattern(pattern, values))
 

@@ -25,7 +25,7 @@ def findings_part(store: Store, window: Any, where: TrafficFilter, limit: int,
                   names: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     """``findings`` of the report: ``summary`` (sentences), ``totals``, ``items`` (the first
     ``limit``), ``exceptions``. ``names``: provider id -> display name."""
-    found = store.report_findings(window.since, window.until, where, limit)
+    found = store.report_findings(window.since, window.until, where, limit, tz=window.tz)
     rows = found.pop("all")
     when = _PERIOD_WORDS.get(window.period, "in the period")
     totals = {
