@@ -168,18 +168,27 @@ class Rows(NamedTuple):
 
 @dataclass(frozen=True)
 class TrafficFilter:
-    """Report filters on the site and provider of observations and incidents."""
+    """Report filters on the site and provider of observations and incidents, and on their
+    user and client (``clients``: the addresses chosen, see :meth:`Store.clients_matching`;
+    None: any client)."""
 
     sites: Sequence[str] = ()
     providers: Sequence[str] = ()
+    users: Sequence[str] = ()
+    clients: Sequence[str] | None = None
 
-    def sql(self, alias: str | None = None) -> tuple[str, list[Any]]:
-        """`` AND site IN (?, …) AND provider IN (…)``, every value a bound parameter."""
+    def sql(self, alias: str | None = None, who: bool = True) -> tuple[str, list[Any]]:
+        """`` AND site IN (?, …) AND provider IN (…)`` (and, with ``who``, ``user`` and
+        ``client_ip``: for tables that have them), every value a bound parameter."""
         prefix = f"{alias}." if alias else ""
+        terms: list[tuple[str, Sequence[str] | None]] = [
+            ("site", self.sites or None), ("provider", self.providers or None)]  # fmt: skip
+        if who:
+            terms += [("user", self.users or None), ("client_ip", self.clients)]
         sql, params = "", []
-        for column, values in (("site", self.sites), ("provider", self.providers)):
-            if values:
-                sql += f" AND {prefix}{column} IN ({', '.join('?' * len(values))})"
+        for column, values in terms:
+            if values is not None:
+                sql += f" AND {prefix}{column} IN ({_marks(values)})" if values else " AND 0"
                 params.extend(values)
         return sql, params
 
@@ -864,8 +873,7 @@ class Store:
         params: list[Any] = []
         if q.client:
             known = [r[0] for r in self.db.execute("SELECT DISTINCT client_ip FROM incidents")]
-            cidrs = [c for c in q.client if _is_network(c)]
-            chosen = sorted(set(clients_in(known, cidrs)) | (set(q.client) & set(known)))
+            chosen = _chosen_clients(known, q.client)
             where.append(f"client_ip IN ({_marks(chosen)})" if chosen else "0")
             params.extend(chosen)
         if q.user:
@@ -1668,6 +1676,15 @@ class Store:
         }
         return {"total": total, "shown": len(items), "by_action": by_action, "items": items}
 
+    def clients_matching(self, specs: Sequence[str], since: datetime, until: datetime) -> list[str]:
+        """The client addresses ``specs`` (addresses, CIDRs, pseudonyms) choose among those
+        of the observations of ``[since, until)`` and of every incident."""
+        span, params = _span(since, until)
+        known = [r[0] for r in self.db.execute(
+            f"SELECT DISTINCT client_ip FROM observations WHERE {span}"  # noqa: S608 - constants
+            " UNION SELECT DISTINCT client_ip FROM incidents", params)]  # fmt: skip
+        return _chosen_clients(known, specs)
+
     def report_findings(
         self, since: datetime, until: datetime, where: TrafficFilter, limit: int, top_users: int = 3,
         tz: str = "UTC",
@@ -1770,7 +1787,7 @@ class Store:
         """Exceptions in force at the end of ``[since, until)`` (or now, when that is earlier)
         and those that ran out in it."""
         s, u = iso_datetime(since), iso_datetime(until)
-        f, fparams = where.sql("f")
+        f, fparams = where.sql("f", who=False)  # findings: by site and provider
         end = min(until - timedelta(microseconds=1), datetime.now(UTC))
         last_day = end.astimezone(UTC).strftime("%Y-%m-%d")
         in_force = list(self.db.query(
@@ -2103,6 +2120,12 @@ _RESOLVED_IN = (
     "id IN (SELECT incident_id FROM incident_events"
     " WHERE status_to = 'resolved' AND at >= ? AND at < ?)"
 )
+
+
+def _chosen_clients(known: Sequence[str | None], specs: Sequence[str]) -> list[str]:
+    """The addresses of ``known`` that ``specs`` name, as networks or as they are."""
+    cidrs = [c for c in specs if _is_network(c)]
+    return sorted(set(clients_in(known, cidrs)) | (set(specs) & {k for k in known if k}))
 
 
 def _utc_midnight(when: datetime) -> bool:

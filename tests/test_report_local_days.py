@@ -10,6 +10,8 @@ from the log lines with zoneinfo, not by apiwatch's code.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -202,3 +204,33 @@ def test_output_names_are_the_local_period():
     assert month.since.date() == date(2026, 10, 31) and week.since.date() == date(2026, 11, 22)
     assert str(output_path("r-{month}-{date}.json", month, "json")) == "r-2026-11-2026-11-01.json"
     assert str(output_path("r-{week}.{format}", week, "md")) == "r-2026-W48.md"
+
+
+@pytest.mark.parametrize(
+    "args, chosen",
+    [
+        (("--client", "10.30.0.0/16"), lambda site, client, user: site == "la"),
+        (("--client", "10.20.0.4", "--client", "10.30.0.6"),
+         lambda site, client, user: client in ("10.20.0.4", "10.30.0.6")),
+        (("--user", "dan", "--user", "ned"), lambda site, client, user: user in ("dan", "ned")),
+        (("--user", "ned", "--client", "10.20.0.0/16"), lambda site, client, user: False),
+    ],
+)  # fmt: skip
+def test_report_by_user_and_client(env, args, chosen):
+    """``report --user/--client`` (issue 11): every figure counts only those requests."""
+    mine = [(s, t) for s, t, c, u in LINES if chosen(s, c, u)]
+    doc = report(env, "--since", "2026-10-01", "--until", "2026-12-31", *args)
+    assert doc["totals"][0]["current"] == len(mine)
+    assert sum(f["count"] for f in doc["findings"]["items"]) == len(mine)
+    assert sum(r["requests"] for r in doc["by_site"]) == len(mine)
+    assert {r["site"] for r in doc["by_site"]} == {s for s, _ in mine}
+    values = [a for a in args if not a.startswith("--")]
+    assert sorted(doc["meta"]["filters"]["user"] + doc["meta"]["filters"]["client"]) == sorted(
+        values
+    )
+    tmp, db = env
+    base = ("--db", db, "--config", tmp / "apiwatch.toml", "report", "--since", "2026-10-01")
+    md = run(*base, "--format", "md", *args).stdout
+    assert "Filtered: " in md and all(f"`{v}`" in md for v in values)
+    rows = list(csv.reader(io.StringIO(run(*base, "--format", "csv", *args).stdout)))
+    assert sorted(r[6] for r in rows if r[2:4] == ["meta", "filter"]) == sorted(values)

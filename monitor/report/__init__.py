@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from datetime import date
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 from monitor.config import REPORT_FORMATS, fill_output_pattern

@@ -197,6 +197,8 @@ class ReportQuery:
     providers: tuple[str, ...] = ()
     top: int = DEFAULT_TOP
     now: datetime | None = None  # when the report is made (default: now)
+    users: tuple[str, ...] = ()
+    clients: tuple[str, ...] = ()  # addresses, CIDRs or pseudonyms
 
 
 @dataclass
@@ -230,7 +232,12 @@ class Context:
         self.query = q
         self.now = q.now or datetime.now(UTC)
         self.window, self.previous = q.window, q.window.previous()
-        self.filter = TrafficFilter(q.sites, q.providers)
+        chosen = (  # the client addresses --client names, among those of both periods
+            self.store.clients_matching(q.clients, self.previous.since, self.window.until)
+            if q.clients
+            else None
+        )
+        self.filter = TrafficFilter(q.sites, q.providers, q.users, chosen)
         self.bucket, self.width = self.window.bucket()
         self.origin = _floor(self.window.since, self.width, self.window.tz)  # whole hours/days
         self.fetched: dict[str, Any] = {}
@@ -322,7 +329,12 @@ def compute_report(source: ReportSource, q: ReportQuery, sections: Sequence[Sect
         "complete": now >= win.until,
         "previous": {"since": _iso(prev.since), "until": _iso(prev.until), "label": prev.label},
         "generated": _iso(now),
-        "filters": {"site": list(q.sites), "provider": list(q.providers)},
+        "filters": {
+            "site": list(q.sites),
+            "provider": list(q.providers),
+            "user": list(q.users),
+            "client": list(q.clients),
+        },  # fmt: skip
         "top": q.top,
         "apiwatch_version": __version__,
         "database": str(source.db_path),

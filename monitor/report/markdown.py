@@ -90,11 +90,12 @@ def render_markdown(report: Report) -> str:
         f"(UTC, end excluded), compared with {m['previous']['label']}.  "
     )
     filters = m["filters"]
-    if filters["site"] or filters["provider"]:
+    if any(filters.values()):
         add(
             "Filtered: "
             + (f"site {codes(filters['site'], 10)} " if filters["site"] else "")
             + (f"provider {codes(filters['provider'], 10)}" if filters["provider"] else "")
+            + "".join(f" {k} {codes(filters[k], 10)}" for k in ("user", "client") if filters[k])
             + "  "
         )
     add(

@@ -33,7 +33,7 @@ def csv_rows(report: Report) -> Iterator[tuple[str, Any, Any, str, Any]]:
     m = report.meta
     for k in ("period", "label", "since", "until", "generated", "complete"):
         yield "meta", k, None, "value", m[k]
-    for k in ("site", "provider"):
+    for k in ("site", "provider", "user", "client"):
         for v in m["filters"][k]:
             yield "meta", "filter", k, "value", v
     for section in report.sections:
