@@ -225,12 +225,13 @@ def test_report_by_user_and_client(env, args, chosen):
     assert sum(r["requests"] for r in doc["by_site"]) == len(mine)
     assert {r["site"] for r in doc["by_site"]} == {s for s, _ in mine}
     values = [a for a in args if not a.startswith("--")]
-    assert sorted(doc["meta"]["filters"]["user"] + doc["meta"]["filters"]["client"]) == sorted(
-        values
-    )
+    filters = doc["meta"]["filters"]
+    assert sorted(filters.get("user", []) + filters.get("client", [])) == sorted(values)
     tmp, db = env
     base = ("--db", db, "--config", tmp / "apiwatch.toml", "report", "--since", "2026-10-01")
     md = run(*base, "--format", "md", *args).stdout
     assert "Filtered: " in md and all(f"`{v}`" in md for v in values)
+    html = run(*base, "--format", "html", *args).stdout
+    assert all(f" {k[2:]} " in html.split("Filtered:")[1][:400] for k in args[::2])
     rows = list(csv.reader(io.StringIO(run(*base, "--format", "csv", *args).stdout)))
     assert sorted(r[6] for r in rows if r[2:4] == ["meta", "filter"]) == sorted(values)

@@ -329,12 +329,8 @@ def compute_report(source: ReportSource, q: ReportQuery, sections: Sequence[Sect
         "complete": now >= win.until,
         "previous": {"since": _iso(prev.since), "until": _iso(prev.until), "label": prev.label},
         "generated": _iso(now),
-        "filters": {
-            "site": list(q.sites),
-            "provider": list(q.providers),
-            "user": list(q.users),
-            "client": list(q.clients),
-        },  # fmt: skip
+        "filters": {"site": list(q.sites), "provider": list(q.providers)}
+        | {k: list(v) for k, v in (("user", q.users), ("client", q.clients)) if v},  # fmt: skip
         "top": q.top,
         "apiwatch_version": __version__,
         "database": str(source.db_path),

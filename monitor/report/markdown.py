@@ -95,7 +95,7 @@ def render_markdown(report: Report) -> str:
             "Filtered: "
             + (f"site {codes(filters['site'], 10)} " if filters["site"] else "")
             + (f"provider {codes(filters['provider'], 10)}" if filters["provider"] else "")
-            + "".join(f" {k} {codes(filters[k], 10)}" for k in ("user", "client") if filters[k])
+            + "".join(f" {k} {codes(filters[k], 10)}" for k in ("user", "client") if k in filters)
             + "  "
         )
     add(

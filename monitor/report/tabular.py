@@ -34,7 +34,7 @@ def csv_rows(report: Report) -> Iterator[tuple[str, Any, Any, str, Any]]:
     for k in ("period", "label", "since", "until", "generated", "complete"):
         yield "meta", k, None, "value", m[k]
     for k in ("site", "provider", "user", "client"):
-        for v in m["filters"][k]:
+        for v in m["filters"].get(k, ()):
             yield "meta", "filter", k, "value", v
     for section in report.sections:
         yield from section.csv_rows(report)
