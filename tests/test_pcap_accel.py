@@ -330,13 +330,14 @@ def test_mixed_traffic(catalog, tmp_path, monkeypatch, seed, kind):
 
 
 def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatch):
-    """Called by hand after the Python loop has made the flow: it counts the ACKs and
-    data segments of a flow named by its ClientHello, and stops at its FIN."""
+    """Called by hand after the Python loop has made the flow: it counts the ACKs, data
+    segments and FINs of a flow named by its ClientHello, closes it as FlowTable._tcp
+    does, and stops at the SYN that reuses its 5-tuple."""
     s = pcaps.Tcp("10.1.2.3", "93.184.216.34", 50000, 443).handshake()
     s.send(True, client_hello("api.openai.com"))
     for _ in range(50):
         s.send(False, bytes(1400)).add([s.seg(True, "A")])
-    s.close()
+    s.close().add([s.seg(True, "S")])
     frames = [(round(float(p.time) * 1e6), bytes(p), len(p)) for p in pcaps.with_ether(s.packets)]
     buf = b"".join(
         struct.pack("<IIII", us // 1_000_000, us % 1_000_000, n, n) + fr for us, fr, n in frames
@@ -355,12 +356,17 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     (f, _out), *_ = t.tcp.values()
     assert f.watch is False and f.sni == "api.openai.com"
     end, pktno, ts = CSCAN.scan(buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None,
-                                t.tcp, t.udp)  # fmt: skip
-    fin = len(frames) - 3
+                                t.tcp, t.udp, t.closing)  # fmt: skip
+    fin = len(frames) - 1
     assert pktno == fin and end == sum(16 + n for _, _, n in frames[:fin])
-    us = frames[fin - 1][0]
-    assert ts == us // 1_000_000 + (us % 1_000_000) * 1e-6
-    assert (f.pk_out, f.pk_in, f.by_in, f.last) == (53, 51, 50 * 1400, ts)
+
+    def at(i: int) -> float:
+        us = frames[i][0]
+        return us // 1_000_000 + (us % 1_000_000) * 1e-6
+
+    assert ts == at(fin - 1)
+    assert (f.pk_out, f.pk_in, f.by_in, f.last) == (55, 52, 50 * 1400, ts)
+    assert (f.fin_c, f.fin_s, f.closed, t.closing) == (True, True, at(fin - 2), {id(f): f})
     # the rest through the Python loop: the same flow as the pure run
     t.scan(buf, end, len(buf), pktno, "<", 1e-6, 1)
     t.finish()
@@ -369,10 +375,10 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     # nothing it does not expect: the arguments back, untouched
     t = started()
     same = (pos, 4, t.now)
-    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, t.tcp, t.udp]
+    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, t.tcp, t.udp, t.closing]
     assert CSCAN.scan(*args)[:2] == (end, fin)  # (a flow with its counters in t)
     t = started()
-    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, t.tcp, t.udp]
+    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, t.tcp, t.udp, t.closing]
     for at, value in [(0, bytearray(buf)), (0, buf[:-1]), (8, 113), (5, float("-inf"))]:
         assert CSCAN.scan(*args[:at], value, *args[at + 1 :]) == same
     assert CSCAN.scan(*args[:9], [], *args[10:]) == same  # pcapng, no interface

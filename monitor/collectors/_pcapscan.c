@@ -1,22 +1,28 @@
 /* The pcap/pcapng collector's hot loop, in C (see monitor/accel.py).
  *
- * scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp)
+ * scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp, closing)
  *     -> (pos, pktno, ts)
  *
  * It reads the records of buf[pos:n] as FlowTable.scan does (classic pcap when `ifaces` is
  * None, with the file's `scale` and link type `lt`; pcapng Enhanced Packet Blocks
  * otherwise, `ifaces` holding (link type, scale, offset, snaplen) per interface; `big`
- * is the byte order) and counts, exactly as that loop's fast path does, every packet that
- * the fast path would only count: an Ethernet frame before the timers are due
- * (ts < next_linger) of IPv4 without options and not a fragment, or of IPv6 with TCP/UDP
- * right after its header, whose 5-tuple is in the table (`tcp` / `udp`: key ->
- * (Flow, client side)) of a flow no longer inspected (flow.watch is False), and for TCP
- * neither SYN, FIN nor RST; and, of an HTTP flow still inspected, a TCP segment neither
- * SYN, FIN nor RST that is an ACK without payload or in order and wholly inside a body
- * (FlowTable._http_skip), which FlowTable._counted only counts, in the flow and in the
- * request it belongs to (FlowTable._http_count), and steps over; an ACK of another flow
- * still inspected, which it only counts. It stops before the first record that is
- * anything else
+ * is the byte order) and handles, exactly as that loop's fast path (FlowTable._counted)
+ * does, every packet whose payload it would not read: an Ethernet frame before the timers
+ * are due (ts < next_linger) of IPv4 without options and not a fragment, or of IPv6 with
+ * TCP/UDP right after its header, whose 5-tuple is in the table (`tcp` / `udp`: key ->
+ * (Flow, client side)), and that is
+ *   - a UDP datagram or TCP segment of a flow no longer inspected (flow.watch is False);
+ *   - of an HTTP flow still inspected, a TCP segment neither SYN, FIN nor RST that is an
+ *     ACK without payload or in order and wholly inside a body (FlowTable._http_skip),
+ *     which is counted in the flow and in the request it belongs to
+ *     (FlowTable._http_count), and stepped over;
+ *   - an ACK without payload of another flow still inspected, only counted;
+ *   - a SYN-ACK, FIN or RST (never a pure SYN) of a flow no longer inspected, or without
+ *     captured payload of a flow still inspected that is not HTTP: counted, and its
+ *     initial sequence number, FIN flags and closing time (`closing`:
+ *     FlowTable.closing, id(flow) -> flow) set as FlowTable._tcp sets them.
+ * Flows' slots are read and written by offset (their member descriptors' offsets, loaded
+ * once for the type). It stops before the first record that is anything else
  * (incomplete, impossible, another block, another packet) and returns its offset, the
  * number of the last packet counted and its timestamp (the arguments as given when none
  * was): the Python loop reads that record. It is stricter than the Python code, never
@@ -27,6 +33,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 
 /* flows.MAX_FRAME: longest classic pcap record read (checked by the tests) */
@@ -44,12 +51,82 @@ static PyObject *s_watch, *s_last, *s_pk_out, *s_pk_in, *s_by_out, *s_by_in;
 static PyObject *s_http, *s_exchanges, *s_cur_s, *s_awaiting, *s_ts_end;
 static PyObject *s_cs, *s_ss, *s_client, *s_server, *s_data, *s_pending, *s_overflow;
 static PyObject *s_next, *s_limit, *s_consumed, *s_state, *s_left, *s_body;
+static PyObject *s_isn_c, *s_isn_s, *s_fin_c, *s_fin_s, *s_closed;
 
-/* a TCP segment's sequence number and captured payload length (FlowTable._counted) */
+/* a TCP segment's sequence number, flags and captured payload length (FlowTable._counted) */
 struct seg {
     uint32_t seq;
     long n;
+    int flags;
 };
+
+/* The slots of flows.Flow read and written per packet, by offset into the object (what
+ * its member descriptors do, without looking them up per packet). Loaded for the type of
+ * the first flow met and checked against the type of every flow. */
+enum { F_WATCH, F_LAST, F_PK_OUT, F_PK_IN, F_BY_OUT, F_BY_IN, F_HTTP, F_ISN_C, F_ISN_S,
+       F_FIN_C, F_FIN_S, F_CLOSED, F_CS, F_SS, F_NSLOTS };
+static PyObject **slot_names[F_NSLOTS] = {
+    &s_watch, &s_last, &s_pk_out, &s_pk_in, &s_by_out, &s_by_in, &s_http,
+    &s_isn_c, &s_isn_s, &s_fin_c, &s_fin_s, &s_closed, &s_cs, &s_ss,
+};
+static PyTypeObject *flow_type; /* a strong reference, or NULL */
+static Py_ssize_t flow_off[F_NSLOTS];
+
+/* 1 when flows of type `t` have every slot above (offsets into flow_off); 0 not so */
+static int
+flow_slots(PyTypeObject *t)
+{
+    if (t == flow_type)
+        return 1;
+    Py_ssize_t off[F_NSLOTS];
+    for (int i = 0; i < F_NSLOTS; i++) {
+        PyObject *d = PyObject_GetAttr((PyObject *)t, *slot_names[i]);
+        if (d == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)d)->d_common.d_type == t &&
+                 ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+                 !(((PyMemberDescrObject *)d)->d_member->flags & READONLY);
+        if (ok)
+            off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!ok)
+            return 0;
+    }
+    memcpy(flow_off, off, sizeof(off));
+    Py_INCREF(t);
+    Py_XSETREF(flow_type, t);
+    return 1;
+}
+
+/* the slot `i` of flow `f` (borrowed; NULL when unset) */
+#define SLOT(f, i) (*(PyObject **)((char *)(f) + flow_off[i]))
+
+/* set slot `i` of flow `f` to `v` (stolen; NULL: error, nothing changed) */
+static int
+slot_set(PyObject *f, int i, PyObject *v)
+{
+    if (v == NULL)
+        return -1;
+    PyObject *old = SLOT(f, i);
+    SLOT(f, i) = v;
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* slot `i` of `f` as a count (an exact int in [0, 2**62)) into *v: 1; 0 not so */
+static int
+slot_count(PyObject *f, int i, long long *v)
+{
+    PyObject *o = SLOT(f, i);
+    if (o == NULL || !PyLong_CheckExact(o))
+        return 0;
+    int overflow = 0;
+    *v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return !overflow && *v >= 0 && *v < ((long long)1 << 62);
+}
 
 /* what FlowTable._http_skip changes for an in-order body segment, checked before any of
  * it is committed */
@@ -228,12 +305,69 @@ skip_commit(struct skip *k)
                : 0;
 }
 
+/* what FlowTable._tcp does with a segment of flow `f` (side `out`) carrying SYN (not a
+ * pure SYN: a SYN-ACK), FIN or RST, when it reads no payload (the flow is no longer
+ * inspected, or the segment has no captured payload and the flow is not HTTP): the
+ * initial sequence number, the FIN flags, the closing time. Checked into *c, committed
+ * by ctl_commit. 1 checked; 0 not such a segment (nothing changed) */
+struct ctl {
+    int isn, fin_c, fin_s, close;
+};
+
+static int
+ctl_check(PyObject *f, int out, int watched, int inspected, const struct seg *s, struct ctl *c)
+{
+    if ((s->flags & 0x12) == 0x02) /* a SYN: a new connection perhaps, the general path */
+        return 0;
+    if (watched && (!inspected || s->n > 0 || SLOT(f, F_HTTP) != Py_None))
+        return 0;
+    PyObject *fc = SLOT(f, F_FIN_C), *fs = SLOT(f, F_FIN_S), *closed = SLOT(f, F_CLOSED);
+    if ((fc != Py_True && fc != Py_False) || (fs != Py_True && fs != Py_False) || closed == NULL)
+        return 0;
+    c->isn = (s->flags & 0x02) != 0;
+    c->fin_c = fc == Py_True;
+    c->fin_s = fs == Py_True;
+    if (s->flags & 0x04)
+        c->fin_c = c->fin_s = 1;
+    else if (s->flags & 0x01) {
+        if (out)
+            c->fin_c = 1;
+        else
+            c->fin_s = 1;
+    }
+    c->close = c->fin_c && c->fin_s && closed == Py_None;
+    return 1;
+}
+
+static int
+ctl_commit(PyObject *f, int out, uint32_t seq, double ts, const struct ctl *c, PyObject *closing)
+{
+    if (c->isn && slot_set(f, out ? F_ISN_C : F_ISN_S, PyLong_FromUnsignedLong(seq)) < 0)
+        return -1;
+    Py_INCREF(c->fin_c ? Py_True : Py_False);
+    slot_set(f, F_FIN_C, c->fin_c ? Py_True : Py_False);
+    Py_INCREF(c->fin_s ? Py_True : Py_False);
+    slot_set(f, F_FIN_S, c->fin_s ? Py_True : Py_False);
+    if (c->close) { /* FlowTable.closing[id(f)] = f */
+        if (slot_set(f, F_CLOSED, PyFloat_FromDouble(ts)) < 0)
+            return -1;
+        PyObject *id = PyLong_FromVoidPtr(f);
+        if (id == NULL)
+            return -1;
+        int err = PyDict_SetItem(closing, id, f);
+        Py_DECREF(id);
+        if (err < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* the table entry of key b[0:len] counts one packet of `plen` payload bytes at `ts`
  * (`s`: the TCP segment, NULL for UDP): 1 done; 0 not a packet the fast path only counts
  * (nothing changed); -1 error */
 static int
 count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double ts,
-      const struct seg *s)
+      const struct seg *s, PyObject *closing)
 {
     PyObject *key = PyBytes_FromStringAndSize((const char *)b, len);
     if (key == NULL)
@@ -249,24 +383,31 @@ count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double
         return 0;
     int out = side == Py_True;
     PyObject *f = PyTuple_GET_ITEM(ent, 0);
+    if (!flow_slots(Py_TYPE(f)))
+        return 0;
     Py_INCREF(f); /* the entry is the table's: hold the flow while it is updated */
     int r = 0;
     PyObject *x = NULL; /* the HTTP request a segment of an inspected flow counts in */
     PyObject *http = NULL;
     struct skip k = {NULL, NULL, 0, 0, 0, 0};
-    int skipping = 0;
-    PyObject *watch = PyObject_GetAttr(f, s_watch);
-    if (watch == NULL) {
-        PyErr_Clear();
+    struct ctl c = {0, 0, 0, 0};
+    int skipping = 0, ctl = s != NULL && (s->flags & 7);
+    PyObject *watch = SLOT(f, F_WATCH);
+    if (watch == NULL)
         goto done;
-    }
     int watched = watch != Py_False, inspected = watch == Py_True;
-    Py_DECREF(watch);
-    if (watched) { /* only TCP segments of HTTP flows (ACKs of any flow) */
+    if (ctl) {
+        if (!ctl_check(f, out, watched, inspected, s, &c))
+            goto done;
+    }
+    else if (watched) { /* only TCP segments of HTTP flows (ACKs of any flow) */
         if (s == NULL || !inspected || (plen && s->n <= 0))
             goto done;
-        if ((http = attr(f, s_http)) == NULL || (plen && http == Py_None))
+        PyObject *h = SLOT(f, F_HTTP);
+        if (h == NULL || (plen && h == Py_None))
             goto done;
+        Py_INCREF(h);
+        http = h;
         if (plen) {
             if (!skip_check(http, f, out, s->seq, s->n, &k))
                 goto done;
@@ -279,7 +420,7 @@ count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double
     PyObject *by_name = out ? s_by_out : s_by_in;
     long long pk, by, xpk = 0;
     double ts_end = 0.0;
-    if (get_count(f, pk_name, &pk) <= 0 || get_count(f, by_name, &by) <= 0)
+    if (!slot_count(f, out ? F_PK_OUT : F_PK_IN, &pk) || !slot_count(f, out ? F_BY_OUT : F_BY_IN, &by))
         goto done;
     if (x != NULL) {
         if (get_count(x, pk_name, &xpk) <= 0)
@@ -300,7 +441,11 @@ count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double
     if (x != NULL && get_count(x, by_name, &xby) <= 0)
         goto done;
     r = -1;
-    if (set_count(f, pk_name, pk + 1) < 0 || set_count(f, by_name, by + plen) < 0)
+    if (slot_set(f, out ? F_PK_OUT : F_PK_IN, PyLong_FromLongLong(pk + 1)) < 0 ||
+        slot_set(f, out ? F_BY_OUT : F_BY_IN, PyLong_FromLongLong(by + plen)) < 0 ||
+        slot_set(f, F_LAST, PyFloat_FromDouble(ts)) < 0)
+        goto done;
+    if (ctl && ctl_commit(f, out, s->seq, ts, &c, closing) < 0)
         goto done;
     if (skipping && skip_commit(&k) < 0)
         goto done;
@@ -317,13 +462,6 @@ count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double
                 goto done;
         }
     }
-    PyObject *last = PyFloat_FromDouble(ts);
-    if (last == NULL)
-        goto done;
-    int err = PyObject_SetAttr(f, s_last, last);
-    Py_DECREF(last);
-    if (err < 0)
-        goto done;
     r = 1;
 done:
     skip_release(&k);
@@ -336,7 +474,7 @@ done:
 /* one Ethernet frame b[p:p+incl] (incl >= 54, in the buffer) at `ts`: as count() */
 static int
 frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts, PyObject *tcp,
-      PyObject *udp)
+      PyObject *udp, PyObject *closing)
 {
     const unsigned char *h = b + p;
     long et = rd16be(h + 12);
@@ -345,17 +483,15 @@ frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts, PyObject *t
             return 0;
         long tot = rd16be(h + 16);
         if (h[23] == 6) {
-            if (h[47] & 7) /* SYN: the general path; FIN, RST: the TCP step */
-                return 0;
             long hl = (h[46] >> 4) << 2, plen = tot - 20 - hl;
             if (plen < 0)
                 return 0;
             int64_t dend = 14 + tot < incl ? 14 + tot : incl;
-            struct seg s = {rd32(h + 38, 1), (long)(dend - 34 - hl)};
-            return count(tcp, h + 26, 12, plen, ts, &s);
+            struct seg s = {rd32(h + 38, 1), (long)(dend - 34 - hl), h[47]};
+            return count(tcp, h + 26, 12, plen, ts, &s, closing);
         }
         if (h[23] == 17 && tot >= 28)
-            return count(udp, h + 26, 12, tot - 28, ts, NULL);
+            return count(udp, h + 26, 12, tot - 28, ts, NULL, closing);
         return 0;
     }
     if (et == 0x86DD && incl >= 74) {
@@ -363,17 +499,15 @@ frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts, PyObject *t
         if (h[14] >> 4 != 6 || pl == 0)
             return 0;
         if (h[20] == 6) {
-            if (h[67] & 7)
-                return 0;
             long hl = (h[66] >> 4) << 2, plen = pl - hl;
             if (plen < 0)
                 return 0;
             int64_t dend = 54 + pl < incl ? 54 + pl : incl;
-            struct seg s = {rd32(h + 58, 1), (long)(dend - 54 - hl)};
-            return count(tcp, h + 22, 36, plen, ts, &s);
+            struct seg s = {rd32(h + 58, 1), (long)(dend - 54 - hl), h[67]};
+            return count(tcp, h + 22, 36, plen, ts, &s, closing);
         }
         if (h[20] == 17 && pl >= 8)
-            return count(udp, h + 22, 36, pl - 8, ts, NULL);
+            return count(udp, h + 22, 36, pl - 8, ts, NULL, closing);
     }
     return 0;
 }
@@ -404,16 +538,17 @@ ethernet_iface(PyObject *ifaces, uint32_t i, double *sc, double *off)
 static PyObject *
 scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError, "scan() takes 12 arguments");
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes 13 arguments");
         return NULL;
     }
     PyObject *bufo = args[0], *ifaces = args[9], *tcp = args[10], *udp = args[11];
+    PyObject *closing = args[12];
     int ng = ifaces != Py_None;
     if (!PyBytes_CheckExact(bufo) || !PyLong_CheckExact(args[1]) ||
         !PyLong_CheckExact(args[2]) || !PyLong_CheckExact(args[3]) ||
         !PyFloat_CheckExact(args[5]) || !PyFloat_CheckExact(args[7]) ||
-        !PyLong_CheckExact(args[8]) || !PyDict_CheckExact(tcp) || !PyDict_CheckExact(udp) ||
+        !PyLong_CheckExact(args[8]) || !PyDict_CheckExact(tcp) || !PyDict_CheckExact(udp) || !PyDict_CheckExact(closing) ||
         (ng && !PyList_CheckExact(ifaces)))
         goto unchanged;
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
@@ -438,6 +573,7 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(bufo);
     Py_INCREF(tcp);
     Py_INCREF(udp);
+    Py_INCREF(closing);
     Py_XINCREF(ifaces);
     const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(bufo);
     long long first = pktno;
@@ -483,7 +619,7 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if (!(t < next_linger) || incl < 54)
             break;
-        int r = frame(b, p, incl, t, tcp, udp);
+        int r = frame(b, p, incl, t, tcp, udp, closing);
         if (r < 0) {
             err = 1;
             break;
@@ -497,6 +633,7 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(bufo);
     Py_DECREF(tcp);
     Py_DECREF(udp);
+    Py_DECREF(closing);
     Py_XDECREF(ifaces);
     if (err)
         return NULL;
@@ -509,7 +646,7 @@ unchanged:
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp) -> "
+     "scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp, closing) -> "
      "(pos, pktno, ts): count the run of packets FlowTable.scan's fast path only counts."},
     {NULL, NULL, 0, NULL},
 };
@@ -534,7 +671,8 @@ PyInit__pcapscan(void)
         {&s_client, "client"}, {&s_server, "server"}, {&s_data, "data"},
         {&s_pending, "pending"}, {&s_overflow, "overflow"}, {&s_next, "next"},
         {&s_limit, "limit"}, {&s_consumed, "consumed"}, {&s_state, "state"}, {&s_left, "left"},
-        {&s_body, "body"},
+        {&s_body, "body"}, {&s_isn_c, "isn_c"}, {&s_isn_s, "isn_s"}, {&s_fin_c, "fin_c"},
+        {&s_fin_s, "fin_s"}, {&s_closed, "closed"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)

@@ -200,8 +200,12 @@ def _looks_client_start(p: bytes) -> bool:
     )
 
 
-def _ip_text(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
+def _address_text(raw: bytes) -> str:
+    return ".".join(map(str, raw)) if len(raw) == 4 else str(ipaddress.ip_address(raw))
+
+
+#: the text of a packed address (a capture's observations name the same ones over and over)
+_ip_text = memoised(_address_text, 65536)
 
 
 class FlowTable:
@@ -311,12 +315,12 @@ class FlowTable:
         # which the Python code below then reads as usual; the Python code stays the reference.
         cscan = self._cscan.scan if self._cscan is not None and (ng or eth) else None
         big = int(order == ">")
-        tcp_d, udp_d = self.tcp, self.udp
+        tcp_d, udp_d, closing = self.tcp, self.udp, self.closing
         try:
             while True:
                 if cscan is not None:
                     pos, pktno, ts = cscan(buf, pos, n, pktno, ts, next_linger, big, scale, lt,
-                                           ifaces, tcp_d, udp_d)  # fmt: skip
+                                           ifaces, tcp_d, udp_d, closing)  # fmt: skip
                 if ng:
                     if pos + 32 > n:
                         break
@@ -364,11 +368,13 @@ class FlowTable:
     def _counted(self, buf: bytes, p: int, e: int, ts: float, pktno: int) -> bool:
         """The fast path of :meth:`scan` for an Ethernet frame ``buf[p:e]`` of at least 54
         bytes when no timer is due: IPv4 without options and not a fragment, or IPv6 with
-        TCP/UDP right after its header, of a flow in the table, TCP without SYN. The packet
-        is counted in its flow, and only when the flow is still inspected (or for a FIN/RST)
-        does it go on to the TCP/UDP step, skipping the general path's header parsing. False:
-        for the general path (nothing was changed). ``frame()`` in ``_pcapscan.c`` is its
-        C twin, for flows no longer inspected and neither FIN nor RST."""
+        TCP/UDP right after its header, of a flow in the table, TCP but a pure SYN (which
+        may open a new connection). The packet is counted in its flow, and only when the
+        flow is still inspected (or for a SYN-ACK, FIN or RST) does it go on to the TCP/UDP
+        step, skipping the general path's header parsing. False: for the general path
+        (nothing was changed). ``frame()`` in ``_pcapscan.c`` is its C twin for the segments
+        that need no payload read: of flows no longer inspected, and ACKs, SYN-ACKs, FINs
+        and RSTs without payload of flows that are not HTTP."""
         # the IP header gives: where the ports start (l4), the 5-tuple key buf[ka : l4 + 4]
         # (addresses from ka), the IP payload's length and end
         et, vihl, tot, frag, proto, doff, fl = _ETH_IP4.unpack_from(buf, p)
@@ -386,7 +392,7 @@ class FlowTable:
             return False
         if proto == 6:
             ent = self.tcp.get(buf[ka : l4 + 4])
-            if ent is None or fl & 2:
+            if ent is None or fl & 0x12 == 0x02:
                 return False
             hl = (doff >> 4) << 2
             plen = size - hl
@@ -394,8 +400,8 @@ class FlowTable:
                 return False
             f, out = ent
             f.count(out, plen, ts)
-            if f.watch or fl & 5:
-                if plen or fl & 5:
+            if f.watch or fl & 7:
+                if plen or fl & 7:
                     self._tcp(ts, pktno, f, out, buf[ka:l4], buf, l4, hl, fl, plen, min(ipend, e))
                 elif f.http is not None:  # an ACK: counted
                     self._http_count(f, out, ts, 0)

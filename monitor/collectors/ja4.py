@@ -20,11 +20,14 @@ connection whatever host it went to. Spec: https://github.com/FoxIO-LLC/ja4
 :mod:`monitor.collectors.tls` walks the ClientHello once and hands over the parts; the
 parts that vary per connection (random, key shares, session ids) are not among them, so
 the result is memoised: one hash per distinct client configuration, not per connection.
+The memo's key leaves out what JA4 leaves out and clients vary per connection (GREASE
+values, the order of extensions and cipher suites: Chrome shuffles its extensions).
 """
 
 from __future__ import annotations
 
 import hashlib
+from itertools import filterfalse
 
 __all__ = ["ja4"]
 
@@ -35,6 +38,7 @@ _SUPPORTED_VERSIONS = 0x002B
 _QUIC_TRANSPORT_PARAMETERS = 0x0039
 _CACHE_LIMIT = 4096
 _CACHE: dict[tuple, str] = {}
+_GREASE = frozenset(range(0x0A0A, 0x10000, 0x1010)).__contains__  # 0x0a0a, 0x1a1a .. 0xfafa
 
 
 def ja4(
@@ -48,12 +52,19 @@ def ja4(
     """JA4 from the parts of a well-formed ClientHello: the cipher-suite bytes, every
     extension type in order, the signature_algorithms extension body, the ALPN names and
     supported_versions (GREASE removed) as :mod:`monitor.collectors.tls` parsed them."""
-    key = (suites, types, sigalgs, alpn[:1], versions, legacy_version)
+    if len(suites) & 1:  # a stray byte: the suites as they are
+        cs: bytes | tuple[int, ...] = suites
+    else:  # as 16-bit units of either byte order (a GREASE value reads the same in both)
+        cs = tuple(sorted(filterfalse(_GREASE, memoryview(suites).cast("H"))))
+    key = (cs, tuple(sorted(filterfalse(_GREASE, types))), sigalgs, alpn[:1], versions)
+    key += (legacy_version,)
     found = _CACHE.get(key)
     if found is None:
         if len(_CACHE) >= _CACHE_LIMIT:
             _CACHE.clear()
-        found = _CACHE[key] = _fingerprint(key)
+        found = _CACHE[key] = _fingerprint(
+            (suites, types, sigalgs, alpn[:1], versions, legacy_version)
+        )
     return found
 
 
