@@ -252,9 +252,13 @@ def test_print_layout_has_no_errors(chromium, built, tmp_path):
         browser.close()
 
 
+OPEN_DETAILS = """(() => { const all = document.querySelectorAll('#findings details');
+  all.forEach(d => { d.open = true; }); return all.length; })()"""
+
 LAYOUT = """(() => {
   const vw = document.documentElement.clientWidth;
   const overflowing = Array.from(document.querySelectorAll('table'))
+    .filter(t => t.getClientRects().length)  // laid out: not inside a closed <details>
     .filter(t => t.scrollWidth > t.parentElement.clientWidth + 1
                  || t.getBoundingClientRect().right > vw + 1)
     .map(t => (t.closest('section') || {}).id + ': ' + t.tHead.innerText.replace(/\\s+/g, ' '));
@@ -280,8 +284,8 @@ LAYOUT = """(() => {
 @pytest.mark.parametrize("width, media", [(1400, "screen"), (718, "print")])  # 718: A4 at 96 dpi
 def test_layout_fits_at_1400_px_and_print_width(chromium, built, tmp_path, width, media):
     """Every table fits, the findings list (12 columns, hostile user names) included, at
-    print width too; rule ids stay on one line; severities without incidents draw no row
-    of zeros."""
+    print width too, and on screen with each finding's detail open; rule ids stay on one
+    line; severities without incidents draw no row of zeros."""
     db, _ = built
     browser, session = weekly_in_chromium(chromium, db, tmp_path)
     try:
@@ -289,6 +293,9 @@ def test_layout_fits_at_1400_px_and_print_width(chromium, built, tmp_path, width
                      {"width": width, "height": 1200, "deviceScaleFactor": 1, "mobile": False},
                      session=session)  # fmt: skip
         browser.send("Emulation.setEmulatedMedia", {"media": media}, session=session)
+        if media == "screen":  # each finding's detail opened: its table fits too
+            opened = evaluate(browser, session, OPEN_DETAILS)
+            assert opened > 5, opened
         got = evaluate(browser, session, LAYOUT)
         assert got["page"] <= got["vw"], got
         assert got["overflowing"] == [], got["overflowing"]

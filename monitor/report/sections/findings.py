@@ -10,15 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from monitor.observation import iso_datetime
 from monitor.policy import SEVERITY_RANK
 from monitor.report.data import Context, Report
 from monitor.report.markdown import code, md, num, table
 from monitor.report.section import CsvRow, Section
-from monitor.store import Store, TrafficFilter
+from monitor.store import IncidentQuery, Store, TrafficFilter
 
 #: words for "during the period" by period
 _PERIOD_WORDS = {"daily": "that day", "weekly": "this week", "monthly": "this month"}
 HIGH = SEVERITY_RANK["high"]
+DETAIL_ROWS = 10  # detail rows (incidents) under each finding of the HTML list
+_DETAIL_FIELDS = ("id", "client_ip", "user", "dest_host", "day", "count", "status")
 
 
 def findings_part(store: Store, window: Any, where: TrafficFilter, limit: int,
@@ -27,6 +30,13 @@ def findings_part(store: Store, window: Any, where: TrafficFilter, limit: int,
     ``limit``), ``exceptions``. ``names``: provider id -> display name."""
     found = store.report_findings(window.since, window.until, where, limit, tz=window.tz)
     rows = found.pop("all")
+    for item in found["items"]:  # its detail in the period, the latest first
+        q = IncidentQuery(
+            since=iso_datetime(window.since), until=iso_datetime(window.until),
+            site=where.sites, provider=where.providers, user=where.users,
+            client=tuple(where.clients or ()), finding=item["id"], limit=DETAIL_ROWS,
+        )  # fmt: skip
+        item["detail"] = [{k: d[k] for k in _DETAIL_FIELDS} for d in store.incidents(q)]
     when = _PERIOD_WORDS.get(window.period, "in the period")
     totals = {
         "findings": len(rows),
