@@ -62,12 +62,11 @@ class Incidents(Section):
 
     def csv_rows(self, report: Report) -> Iterator[CsvRow]:
         inc = report.incidents
-        metrics = ("new", "previous_new", "active", "open", "acknowledged", "resolved")
         for row in inc["by_severity"]:
-            for metric in metrics:
+            for metric in METRICS:
                 yield "incidents_by_severity", row["severity"], None, metric, row[metric]
         for row in inc["by_rule"]:
-            for metric in metrics:
+            for metric in METRICS:
                 yield "incidents_by_rule", row["rule"], row["severity"], metric, row[metric]
         for name, part in inc["lists"].items():
             for item in part["items"]:
