@@ -305,9 +305,11 @@ class App:
                 producers.close()
         summary.account(self.correlate([scan_id]).new)
         summary.warnings = contradictions(self.config.sites, self.geo, egress)
-        self.apply_exceptions()
-        if fail_on:
-            summary.fail_on_matched = [f["id"] for f in self.raised_findings([scan_id], fail_on)]
+        ran_out = [e["finding_id"] for e in self.apply_exceptions()
+                   if e["action"] == "exception-expired"]  # fmt: skip
+        if fail_on:  # an exception that ran out: open again, counted like a new finding
+            matched = self.store.raised_findings([scan_id], fail_on, today_utc(), also=ran_out)
+            summary.fail_on_matched = [f["id"] for f in matched]
         record, problems = summary.scan_record(fail_on)
         record["settings_digest"] = self.settings_digest()
         record["catalog_version"] = self.catalog.version
@@ -317,10 +319,10 @@ class App:
             hook(self, [scan_id])
         return scan_id, summary
 
-    def correlate(self, scan_ids: list[int]) -> CorrelationResult:
-        """The correlation rules (egress-hopping) over the days these scans stored: run
-        after each scan and after re-evaluation."""
-        return correlate(self.store, self.catalog, self.rules, scan_ids)
+    def correlate(self, scan_ids: list[int], days: list[str] | None = None) -> CorrelationResult:
+        """The correlation rules (egress-hopping) over the days these scans stored (or
+        ``days``): run after each scan and after re-evaluation, and by ``watch``."""
+        return correlate(self.store, self.catalog, self.rules, scan_ids, days)
 
     def settings_digest(self) -> str:
         """What evaluation depends on besides the logs: catalogue, geodata, rules, sites and
@@ -348,16 +350,15 @@ class App:
 
     def apply_exceptions(self, today: str | None = None) -> list[dict]:
         """Bring the exception register up to date (expiries, config entries)."""
-        day = today or datetime.now(UTC).strftime("%Y-%m-%d")
-        return self.store.apply_exceptions(self.config.exceptions, day)
+        return self.store.apply_exceptions(self.config.exceptions, today or today_utc())
 
     def raised_findings(
-        self, scan_ids: list[int], fail_on: str, today: str | None = None
+        self, scan_ids: list[int], fail_on: str, today: str | None = None, since: str | None = None
     ) -> list[dict]:
         """What ``--fail-on``/``fail_on`` counts: findings these scans raised or reopened (or
-        added detail to), still open, at or above ``fail_on``, not under an exception."""
-        day = today or datetime.now(UTC).strftime("%Y-%m-%d")
-        return self.store.raised_findings(scan_ids, fail_on, day)
+        added detail to), or whose exception ran out since ``since`` (ISO 8601 UTC), still
+        open, at or above ``fail_on``, not under an exception."""
+        return self.store.raised_findings(scan_ids, fail_on, today or today_utc(), since)
 
     def stale_geodata(self, max_age_days: int = STALE_GEODATA_DAYS) -> list[GeoSource]:
         """Databases older than ``max_age_days``: addresses move, so say so, but keep going."""
@@ -375,6 +376,10 @@ class App:
             self.store.close()
         if "geo" in self.__dict__:
             self.geo.close()
+
+
+def today_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
 
 
 def _privacy_mismatch(recorded: str, mode: str) -> str:

@@ -15,9 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from monitor.errors import ApiwatchError
+from monitor.yamlfile import YamlError, safe_load
 
 CLIENTS_FILE = "clients.yaml"
 PATH_KINDS = ("api", "relay_admin")
@@ -122,8 +121,8 @@ def _load(path: Path) -> Signatures:
         return SignatureError(f"{path}: {entry}: {reason}")
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        data = safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, YamlError) as exc:
         raise SignatureError(f"{path}: cannot read: {exc}") from None
     if not isinstance(data, dict):
         raise fail("(top level)", "expected a mapping")

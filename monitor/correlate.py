@@ -7,6 +7,15 @@ plus its home country) and those it does not (``history.unserved``). ``egress-ho
 such a rule: a VPN or a relay used to evade a region block shows as the same client in a
 served and an unserved country within hours.
 
+Its detail rows (one per client, provider and UTC day) roll up into findings like every other
+rule's: one per (rule, provider, site — or egress country where no site is known). A hop
+spans countries, so the egress country of its detail is the one the block is about: the
+first (alphabetically) the provider does not serve (``history.unserved``; every country seen,
+when a rule reads no such field). "Clients at Shanghai hop egress to reach OpenAI" and
+"clients hop between HK and a served country to reach OpenAI" are one decision each, as
+"Shanghai reaches OpenAI through CN" is for the region rule; the countries, the clients and
+the users are underneath (``show F-…``).
+
 :func:`correlate` runs after each scan and after re-evaluation. It recomputes the days the
 given scans touched (and a window either side) from the store, so running it twice, or
 after a re-scan, gives the same incidents: deterministic and idempotent.
@@ -16,13 +25,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from monitor.catalog import Catalog, Provider
-from monitor.ids import incident_id
+from monitor.ids import finding_id, incident_id
 from monitor.observation import iso_day, iso_utc
 from monitor.pipeline import json_value
 from monitor.policy import Rule, RuleSet
@@ -39,12 +48,18 @@ class CorrelationResult:
 
 
 def correlate(
-    store: Store, catalog: Catalog, rules: RuleSet, scan_ids: Iterable[int]
+    store: Store,
+    catalog: Catalog,
+    rules: RuleSet,
+    scan_ids: Iterable[int],
+    days: Sequence[str] | None = None,
 ) -> CorrelationResult:
     """Run every correlation rule over the days the scans ``scan_ids`` stored observations
-    for (widened by the rule's window), replacing what earlier runs raised there."""
+    for, or over ``days`` (widened by the rule's window), replacing what earlier runs
+    raised there; new detail counts for the last of ``scan_ids``."""
     result = CorrelationResult()
-    days = store.scan_days(list(scan_ids))
+    scan_ids = list(scan_ids)
+    days = sorted(days) if days is not None else store.scan_days(scan_ids)
     if not days:
         return result
     first = _day_start(min(days))
@@ -71,6 +86,8 @@ def correlate(
         result.new.new_incidents |= ingest.new_incidents
         result.new.updated_incidents |= ingest.updated_incidents
         result.new.rule_of.update(ingest.rule_of)
+        result.new.new_findings |= ingest.new_findings
+        result.new.reopened_findings |= ingest.reopened_findings
     return result
 
 
@@ -84,12 +101,15 @@ class _Bucket:
     last: float
     country: str
     count: int
+    site: str | None = None
+    user: str | None = None  # who is this user (else who is a client address)
+    client: str | None = None  # the (first) client address of the records
 
 
 def _hops(
     rule: Rule,
     catalog: Catalog,
-    buckets: Iterable[tuple[str, str, str, float, float, int]],
+    buckets: Iterable[tuple[str, str, str, float, float, int, str | None, str | None, str | None]],
     window: float,
     start: float,
     end: float,
@@ -97,8 +117,8 @@ def _hops(
     """Incident rows: per (client, provider, UTC day in [start, end)) where the rule holds
     for the countries seen within ``window`` of a record of that day."""
     groups: dict[tuple[str, str], list[_Bucket]] = defaultdict(list)
-    for who, provider, country, first, last, count in buckets:
-        groups[(who, provider)].append(_Bucket(first, last, country, count))
+    for who, provider, country, first, last, count, site, user, client in buckets:
+        groups[(who, provider)].append(_Bucket(first, last, country, count, site, user, client))
     # unless the rule reads the window's times, its verdict follows from the countries alone
     by_countries = not rule.fields & {"history.first_seen", "history.last_seen"}
     served_by: dict[str, frozenset[str] | None] = {}
@@ -128,20 +148,23 @@ def _hops(
         for day, involved in sorted(hops.items()):
             near = list(involved.values())
             ctx = _context(near, who, provider, p, allowed, served)
+            site = min((a.site for a in near if a.site), default=None)
+            country = min(ctx["history.unserved"] or {a.country for a in near})
+            user = next((a.user for a in near if a.user), None)
             yield {
                 "id": incident_id(rule.id, provider, None, who, None, None, day),
-                "finding_id": None,  # not rolled up into findings (yet): see the report
-                "user": None,
+                "finding_id": finding_id(rule.id, provider, site, country),
+                "user": user,
                 "rule": rule.id,
                 "severity": rule.severity,
                 "title": rule.title,
                 "provider": provider,
                 "provider_kind": p.kind if p else None,
                 "dest_host": None,
-                "client_ip": who,
-                "site": None,
+                "client_ip": min(a.client for a in near if a.client) if user else who,
+                "site": site,
                 "egress_ip": None,
-                "egress_country": None,  # several: see the facts
+                "egress_country": country,  # the one evaded; all of them: the facts
                 "egress_source": f"history ({rule.correlate.window_text})",
                 "day": day,
                 "first_seen": iso_utc(min(a.first for a in near)),

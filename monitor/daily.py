@@ -59,7 +59,7 @@ class DailySource(ReportSource, Protocol):
     def apply_exceptions(self, today: str | None = None) -> list[dict[str, Any]]: ...
 
     def raised_findings(
-        self, scan_ids: list[int], fail_on: str, today: str | None = None
+        self, scan_ids: list[int], fail_on: str, today: str | None = None, since: str | None = None
     ) -> list[dict[str, Any]]: ...
 
 
@@ -171,6 +171,9 @@ def run_daily(
     if write_reports:
         for spec in config.reports:
             result.reports.append(_write_report(app, spec, today or started, log, tz))
+    # exceptions that ran out open their findings again (with an event, an alert) even on a
+    # day without traffic for them
+    app.apply_exceptions(started.strftime("%Y-%m-%d"))
     delivery = app.deliver_alerts()
     result.alerts_sent = sum(delivery.sent.values())
     for name, error in delivery.failed.items():
@@ -252,9 +255,9 @@ def _write_report(
 
 def _findings(app: DailySource, fail_on: str, started: datetime) -> list[dict[str, Any]]:
     """Findings >= ``fail_on`` that scans started today (UTC) raised, reopened or added
-    detail to, still open or reopened and not under an exception."""
-    today = started.strftime("%Y-%m-%d")
-    app.apply_exceptions(today)
+    detail to, or whose exception ran out today, still open or reopened and not under an
+    exception."""
     midnight = started.replace(hour=0, minute=0, second=0, microsecond=0)
     scans = app.store.scans_started(midnight, midnight + timedelta(days=2))
-    return app.raised_findings(scans, fail_on, today)
+    since = midnight.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return app.raised_findings(scans, fail_on, started.strftime("%Y-%m-%d"), since)

@@ -1,7 +1,8 @@
 """Finding events: what the store tells registered sinks when a finding changes.
 
 The store writes each event to its outbox in the same transaction as the change it reports
-(new, updated, escalated, reopened, acknowledged, resolved), so an event exists if and only
+(new, updated, escalated, reopened, acknowledged, resolved, excepted, exception-expired,
+superseded), so an event exists if and only
 if its change was committed. Delivery happens after the commit (:mod:`monitor.alerts`), and
 every event carries an ``idempotency_key`` (finding id + event id) so that a receiver can
 drop the one copy a crash between its acknowledgement and our commit may send again.
@@ -23,9 +24,11 @@ from monitor.policy import SEVERITY_RANK
 
 #: Event types: a finding appeared, gained traffic (at most once per digest window), rose in
 #: severity, came back after being resolved (or superseded), an analyst changed its status,
-#: or ``reevaluate`` found its basis gone. ``test`` is what ``apiwatch alerts test`` sends.
+#: an exception now covers it (``ack --until``, a config ``[[exceptions]]`` entry) or no
+#: longer does (it ran out, or the entry was withdrawn), or ``reevaluate`` found its basis
+#: gone. The names are the finding's audit-trail actions. ``test`` is ``alerts test``'s.
 EVENT_TYPES = ("new", "updated", "escalated", "reopened", "acknowledged", "resolved",
-               "superseded", "test")  # fmt: skip
+               "excepted", "exception-expired", "superseded", "test")  # fmt: skip
 
 #: A finding that keeps receiving traffic raises one ``updated`` event per this many seconds
 #: at most, carrying the requests since the previous event (``new_count``).
@@ -55,6 +58,9 @@ class FindingEvent:
     count: int = 0  # requests behind the finding so far (all its detail rows)
     new_count: int = 0  # requests since the previous event of this finding
     blocked: int = 0
+    actor: str | None = None  # who made the change (ack, resolve, an exception's approver)
+    note: str | None = None  # why: the analyst's note, the exception's reason
+    exception_until: str | None = None  # YYYY-MM-DD, the last day the exception holds (held)
 
     @property
     def idempotency_key(self) -> str:
@@ -78,10 +84,12 @@ class FindingEvent:
 
     @classmethod
     def of_finding(
-        cls, finding: dict[str, Any], event_type: str, new_count: int = 0, at: str | None = None
-    ) -> FindingEvent:
+        cls, finding: dict[str, Any], event_type: str, new_count: int = 0, at: str | None = None,
+        actor: str | None = None, note: str | None = None, until: str | None = None,
+    ) -> FindingEvent:  # fmt: skip
         """An event about ``finding`` (a stored finding row, with where/who/host from its
-        latest detail; or a detail row outside any finding) as it is now."""
+        latest detail) as it is now; ``until``: the exception's last day when the finding
+        no longer holds it (an expiry)."""
         return cls(
             event_id=new_event_id(),
             finding_id=finding["id"],
@@ -102,6 +110,9 @@ class FindingEvent:
             count=finding.get("count") or 0,
             new_count=new_count,
             blocked=finding.get("blocked") or 0,
+            actor=actor,
+            note=note,
+            exception_until=until or finding.get("exception_until"),
         )
 
     def summary(self) -> str:
@@ -109,10 +120,15 @@ class FindingEvent:
         where = self.site or self.egress_country or "unknown egress"
         country = f" ({self.egress_country})" if self.site and self.egress_country else ""
         extra = f", +{self.new_count} since last alert" if self.event_type == "updated" else ""
+        if self.exception_until and self.event_type in ("excepted", "exception-expired"):
+            extra += f"; exception until {self.exception_until}"
+        if self.actor or self.note:
+            by = f"by {self.actor}" if self.actor else ""
+            extra += "; " + ": ".join(x for x in (by, self.note) if x)
         return (
             f"[apiwatch] {self.event_type} {self.severity} finding {self.finding_id}: "
             f"{self.title or self.rule} — {self.provider or '?'} from {where}{country}, "
-            f"{self.count} request(s){extra}, last seen {self.last_seen or '?'}"
+            f"{self.count} request(s), last seen {self.last_seen or '?'}{extra}"
         )
 
 

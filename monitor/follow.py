@@ -33,8 +33,43 @@ from monitor.pipeline import Pipeline, ScanSummary
 from monitor.scanner import Scanner
 from monitor.store import COL, Store
 
-DIGEST_CHECK = 30.0  # seconds between looks for held-back digest counts
+DIGEST_CHECK = 30.0  # seconds between looks for held-back digest counts (and upkeep)
 LOOK_EVERY = 2.0  # seconds between looks at the outbox for events of other processes
+CORRELATE_EVERY = 300.0  # seconds between correlation runs (egress-hopping) while following
+
+
+class Upkeep:
+    """What a long-running ``watch`` does besides reading, as ``scan`` does after each run:
+    brings exceptions up to date (one that ran out alerts without any traffic), and runs
+    the correlation rules over the history — while following, over yesterday and today
+    (UTC) at most every ``CORRELATE_EVERY`` seconds when something was stored; when it
+    stops, once more (over every day this watch stored, if it never ran)."""
+
+    def __init__(self, app: Any, scan_id: int, totals: WatchTotals,
+                 clock: Callable[[], float] = time.monotonic):  # fmt: skip
+        self.app, self.scan_id, self.totals, self.clock = app, scan_id, totals, clock
+        self._correlated = (clock(), 0)  # (when, observations stored by then)
+
+    def __call__(self) -> None:
+        self.app.apply_exceptions()
+        at, stored = self._correlated
+        if self.totals.stored > stored and self.clock() - at >= CORRELATE_EVERY:
+            self._correlate(self._recent())
+
+    @staticmethod
+    def _recent() -> list[str]:
+        """Yesterday and today (UTC)."""
+        now = time.time()
+        return sorted({time.strftime("%Y-%m-%d", time.gmtime(t)) for t in (now - 86400, now)})
+
+    def finish(self) -> None:
+        stored = self._correlated[1]
+        if self.totals.stored > stored:  # never ran: every day read (a backlog, too)
+            self._correlate(self._recent() if stored else None)
+
+    def _correlate(self, days: list[str] | None) -> None:
+        self._correlated = (self.clock(), self.totals.stored)
+        self.app.correlate([self.scan_id], days)
 
 
 @dataclass
@@ -202,10 +237,15 @@ def watch(
     heartbeat: float = 60.0,
     log: Callable[[str], None] = print,
     captures: Sequence[LiveCapture] = (),
+    upkeep: Callable[[], object] | None = None,
+    totals: WatchTotals | None = None,
 ) -> WatchTotals:
     """Follow until ``stop`` is set; returns the totals. Everything read is committed batch
-    by batch, so stopping (or dying) at any point loses nothing and repeats nothing."""
+    by batch, so stopping (or dying) at any point loses nothing and repeats nothing.
+    ``upkeep`` runs with the digest check (exceptions that ran out: without traffic)."""
     follower = Follower(store, inputs, scan_id, log)
+    if totals is not None:  # the caller's, to read while following (see Upkeep)
+        follower.totals = totals
     notify = Notifier()
     totals = follower.totals
     last_beat = last_digest = time.monotonic()
@@ -222,6 +262,8 @@ def watch(
                     stop.set()
             now = time.monotonic()
             if now - last_digest >= DIGEST_CHECK:
+                if upkeep is not None:
+                    upkeep()
                 store.emit_digests()
                 last_digest = now
             if dispatcher is not None:

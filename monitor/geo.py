@@ -50,7 +50,7 @@ import maxminddb
 import maxminddb.errors
 
 from monitor.errors import ApiwatchError
-from monitor.resources import geodata_dir
+from monitor.resources import cache_dir, geodata_dir
 
 __all__ = [
     "CACHE_SIZE",
@@ -489,15 +489,6 @@ class _Database:
 
 
 # --------------------------------------------------------------------------- embedded data
-
-
-def cache_dir() -> Path:
-    """``$APIWATCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/apiwatch``, else ``~/.cache/apiwatch``."""
-    if os.environ.get("APIWATCH_CACHE_DIR"):
-        return Path(os.environ["APIWATCH_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "apiwatch"
-    return Path.home() / ".cache" / "apiwatch"
 
 
 def _private_tmp() -> Path:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from monitor import __version__
@@ -42,7 +43,7 @@ BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
 _NOT_IN_HOSTS = re.compile(r"[^\w.:\[\]%*-]")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Enriched:
     """An LLM observation with everything the rules may look at."""
 
@@ -244,6 +245,42 @@ _GETTERS: dict[str, Callable[[Enriched], Any]] = {
 }
 
 
+#: The observation fields each rule-context field reads from the record itself; whatever a
+#: field reads through the match, the egress point, the destination's geolocation or the
+#: outcome follows from :data:`RECORD_READS`. The record path's memo key holds these fields
+#: for the fields the loaded rules read (tests/test_pipeline_memo.py checks every getter).
+OBS_READS: dict[str, tuple[str, ...]] = {
+    "dest.host": ("dest_host",),
+    "dest.ip": ("dest_ip",),
+    "dest.range_provider": ("dest_ip",),
+    "dest.address_source": ("dest_ip", "format"),
+    "request.url": ("url",),
+    "request.api_path": ("url",),
+    "request.name_source": ("host_source",),
+    "request.method": ("method",),
+    "request.status": ("status",),
+    "request.outcome": ("result", "status"),
+    "provider_refused": ("status", "response_excerpt"),
+    "client.ip": ("client_ip",),
+    "client.user": ("user",),
+    "client.user_agent": ("user_agent",),
+    "client.software": ("user_agent",),
+    "client.ja4": ("ja4",),
+    "client.tls_software": ("ja4",),
+    "entity.name": ("client_ip",),
+    "entity.controlled_from": ("client_ip",),
+}
+#: What the stages after *identify* read of every record whatever the rules: the egress
+#: point (client, logged egress), the destination's geolocation, the outcome, and the
+#: incident ids (host, address, client, user). With the match and the day, the memo key.
+RECORD_READS = ("dest_host", "dest_ip", "client_ip", "egress_ip", "user", "result", "status")
+
+
+def obs_reads(fields: Iterable[str]) -> frozenset[str]:
+    """The observation fields that decide the values of the rule-context ``fields``."""
+    return frozenset(a for f in fields for a in OBS_READS.get(f, ()))
+
+
 #: Where each input format reads the destination address (evidence for the network rules).
 ADDRESS_SOURCES = {
     "pcap": "packet destination",
@@ -417,33 +454,6 @@ def json_value(value: Any) -> Any:
     return value
 
 
-class IncidentRows:
-    """:func:`incident_rows`, remembered per distinct combination of the values they hold:
-    a client calls the same host from the same egress all day, so most records of a day
-    share theirs. The lists returned are shared, so callers only read them (which also
-    lets pickle send one copy per batch)."""
-
-    def __init__(self, evaluator: Evaluator, limit: int = 65536):
-        self._memo: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-        self._limit = limit
-        self._evaluator = evaluator
-
-    def __call__(self, e: Enriched, rules: list[Rule], day: str) -> list[dict[str, Any]]:
-        o, m, g = e.obs, e.match, e.egress
-        ids = tuple([r.id for r in rules])
-        shown = self._evaluator.evidence_getters(ids)
-        key = (
-            ids, m.provider.id, m.kind, o.dest_host, o.dest_ip, o.client_ip, o.user, g.site,
-            g.ip, g.country, g.source, day, tuple([get(e) for get in shown]) if shown else (),
-        )  # fmt: skip
-        found = self._memo.get(key)
-        if found is None:
-            if len(self._memo) > self._limit:
-                self._memo.clear()
-            found = self._memo[key] = incident_rows(e, rules, day, self._evaluator.evidence)
-        return found
-
-
 def incident_rows(
     e: Enriched,
     rules: Iterable[Rule],
@@ -595,6 +605,83 @@ def place(obs: Observation, match: Match) -> None:
     obs.residency_basis, obs.residency_caveat = p.basis, p.caveat
 
 
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the stages after *identify* make of every record of one memo key."""
+
+    match: Match  # held, so that the id in the key stays this match's
+    egress: Egress
+    dest: GeoAnswer | None
+    outcome: str | None
+    rules: list[Rule]
+    #: the incident rows, when the key decides them; else the getters of the evidence the
+    #: rules raised keep, and the incident rows per distinct evidence
+    incidents: list[dict[str, Any]] | None
+    evidence: tuple[Callable[[Enriched], Any], ...] = ()
+    by_evidence: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
+
+
+class RecordMemo:
+    """The record path's memo: a client calls the same host from the same egress all day,
+    so most records share their enrichment, rule verdicts and incident rows with an earlier
+    one. The key is the match (by identity: identification is memoised per host), the UTC
+    day and the observation fields those stages read, which the loaded rules decide
+    (:data:`OBS_READS`); rules are data, so the key is derived, never written down.
+    Incident rows are shared between records, so callers only read them (which also lets
+    pickle send one copy per batch)."""
+
+    EVIDENCE_KEPT = 1024  # distinct evidence values remembered per key
+
+    def __init__(self, pipeline: Pipeline, limit: int = 1 << 16):
+        self._pipeline = pipeline
+        self._limit = limit
+        self._memo: dict[tuple[Any, ...], Context] = {}
+        rules = pipeline.evaluator.rules
+        # the fields the rules read, and those their evidence reads but the URL, which
+        # differs from request to request (evidence read from it is remembered per value)
+        evidence = obs_reads(f for r in rules.rules for f in r.evidence) - {"url"}
+        keyed = set(RECORD_READS) | obs_reads(rules.fields) | evidence
+        self._reads = attrgetter(*sorted(keyed))
+        #: rule ids whose evidence the key decides (else incident rows are made per record)
+        self._evidence_keyed = frozenset(
+            r.id for r in rules.rules if obs_reads(r.evidence) <= keyed
+        )
+
+    def get(self, obs: Observation, match: Match) -> Context:
+        key = (id(match), obs.ts // 86400, *self._reads(obs))
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= self._limit:
+                self._memo.clear()
+            found = self._memo[key] = self._context(obs, match)
+        return found
+
+    def _context(self, obs: Observation, match: Match) -> Context:
+        p = self._pipeline
+        enriched = p.enricher.enrich(obs, match)
+        rules = p.evaluator.evaluate(enriched)  # on the real addresses: rules may name them
+        if all(r.id in self._evidence_keyed for r in rules):
+            shown = enriched if p.pseudonymizer is None else p.pseudonymizer.apply(enriched)
+            incidents = incident_rows(shown, rules, shown.day, p.evaluator.evidence)
+            return Context(match, enriched.egress, enriched.dest, enriched.outcome, rules,
+                           incidents)  # fmt: skip
+        evidence = p.evaluator.evidence_getters(tuple([r.id for r in rules]))
+        return Context(match, enriched.egress, enriched.dest, enriched.outcome, rules, None,
+                       evidence)  # fmt: skip
+
+    def incidents(self, found: Context, shown: Enriched, day: str) -> list[dict[str, Any]]:
+        """The incident rows of a record whose key does not decide them (``shown``: as
+        stored, pseudonymised or not), remembered per distinct evidence."""
+        key = tuple([get(shown) for get in found.evidence])
+        rows = found.by_evidence.get(key)
+        if rows is None:
+            if len(found.by_evidence) >= self.EVIDENCE_KEPT:
+                found.by_evidence.clear()
+            evidence = self._pipeline.evaluator.evidence
+            rows = found.by_evidence[key] = incident_rows(shown, found.rules, day, evidence)
+        return rows
+
+
 class Pipeline:
     """All stages for one run, built from the catalogue, geodata, rules and configuration."""
 
@@ -613,19 +700,26 @@ class Pipeline:
         self.identifier = Identifier(catalog, config.azure_resources)
         self.enricher = Enricher(geo, EgressResolver(config.sites, geo, egress))
         self.evaluator = Evaluator(rules, catalog, config, self.identifier.signatures)
-        self.incident_rows = IncidentRows(self.evaluator)
+        self.memo = RecordMemo(self)
         self.collect_options = collect_options
         self.pseudonymizer = pseudonymizer  # applied to what is stored, after the rules ran
 
     def record(self, obs: Observation, match: Match) -> tuple[list[Any], list[dict[str, Any]]]:
         """Stages 3–4 for one LLM observation: its stored row (``id`` and ``scan_id`` unset)
-        and the incident rows it raises. Scans and re-evaluation both go through here."""
-        enriched = self.enricher.enrich(obs, match)
-        rules = self.evaluator.evaluate(enriched)  # on the real addresses: rules may name them
+        and the incident rows it raises. Scans and re-evaluation both go through here.
+
+        Enrichment, rules and incident rows are worked out once per distinct key (the
+        match, the day and the fields of :data:`RECORD_READS` and those the loaded rules
+        read, see :class:`RecordMemo`); only the row is built per record."""
+        found = self.memo.get(obs, match)
+        enriched = Enriched(obs, match, found.egress, found.dest, found.outcome)
         if self.pseudonymizer is not None:
             enriched = self.pseudonymizer.apply(enriched)  # before ids are computed from them
         row = observation_row(enriched)
-        return row, self.incident_rows(enriched, rules, row[DAY])
+        incidents = found.incidents
+        if incidents is None:  # the rules raised keep evidence the key does not decide
+            incidents = self.memo.incidents(found, enriched, row[DAY])
+        return row, incidents
 
     def fingerprint(self) -> str:
         """A digest of what decides this pipeline's answers besides its inputs and config:

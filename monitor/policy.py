@@ -34,9 +34,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from monitor.errors import ApiwatchError
+from monitor.yamlfile import YamlError, safe_load, safe_load_all
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 SEVERITY_RANK = {name: i for i, name in enumerate(SEVERITIES)}
@@ -397,8 +396,8 @@ class RuleSet:
             )
             for file in files:
                 try:
-                    docs = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
-                except (OSError, yaml.YAMLError) as exc:
+                    docs = safe_load_all(file.read_text(encoding="utf-8"))
+                except (OSError, YamlError) as exc:
                     raise RuleError(f"{file}: cannot load: {exc}") from exc
                 for doc in docs:
                     if doc is None:
@@ -441,8 +440,8 @@ def load_packs(directory: Path) -> dict[str, Pack]:
         return packs
     for file in sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml")):
         try:
-            doc = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
+            doc = safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, YamlError) as exc:
             raise RuleError(f"{file}: cannot load: {exc}") from exc
         if not isinstance(doc, dict) or set(doc) - {"pack", "rules"} or "pack" not in doc:
             raise RuleError(f"{file}: a pack file is a mapping with 'pack' and 'rules'")

@@ -110,9 +110,12 @@ def reevaluate(
             memo[key] = found
         return found
 
-    result = store.reevaluate(start, evaluate, app.settings_digest(), actor)
+    correlated = [r.id for r in app.rules.correlations]  # recomputed by app.correlate below
+    result = store.reevaluate(start, evaluate, app.settings_digest(), actor, correlated=correlated)
     app.apply_exceptions()
-    app.correlate(store.scans_with_observations(start))  # egress-hopping and the like
+    found = app.correlate(store.scans_with_observations(start)).new  # egress-hopping and the like
+    result.new |= found.new_findings
+    result.reopened |= found.reopened_findings
     for hook in app.after_evaluation:
         hook(app, store.scans_with_observations(start))
     return Reevaluation(start, result, time.perf_counter() - started)

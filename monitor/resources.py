@@ -6,6 +6,7 @@ In a wheel they are packaged as ``monitor/_data/{rules,geodata}``; in a source c
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
@@ -28,3 +29,12 @@ def rules_dir() -> Path:
 def geodata_dir() -> Path:
     """The bundled geolocation databases, overrides and their licences."""
     return _bundled("geodata")
+
+
+def cache_dir() -> Path:
+    """``$APIWATCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/apiwatch``, else ``~/.cache/apiwatch``."""
+    if os.environ.get("APIWATCH_CACHE_DIR"):
+        return Path(os.environ["APIWATCH_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "apiwatch"
+    return Path.home() / ".cache" / "apiwatch"

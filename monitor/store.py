@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -192,6 +192,16 @@ class TrafficFilter:
                 params.extend(values)
         return sql, params
 
+    def finding_sql(self, alias: str) -> tuple[str, list[Any]]:
+        """:meth:`sql` for the findings table ``alias``: its site and provider, and (with a
+        user or client filter) findings with detail of those users and clients."""
+        sql, params = self.sql(alias, who=False)
+        if self.users or self.clients is not None:
+            who, who_params = TrafficFilter(users=self.users, clients=self.clients).sql()
+            sql += f" AND {alias}.id IN (SELECT finding_id FROM incidents WHERE 1 = 1{who})"  # noqa: S608
+            params += who_params
+        return sql, params
+
 
 @dataclass(frozen=True)
 class IncidentQuery:
@@ -307,6 +317,8 @@ class Store:
     def _migrate(self) -> None:
         """Create the schema, or bring an older apiwatch database up to date."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if self.readonly and version == 0 and not self.db.table_names():
+            version = self._created_meanwhile()
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: schema version {version} is newer than this apiwatch ({SCHEMA_VERSION})"
@@ -329,6 +341,18 @@ class Store:
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[step](self.db)  # each runs in this one transaction
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _created_meanwhile(self, wait: float = 10.0) -> int:
+        """The schema version of a database file without any schema yet, once the process
+        creating it (a first scan, started a moment ago) has committed it; 0 if none does
+        within ``wait`` seconds. A query run alongside the first scan answers, not fails."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version:
+                return version
+        return 0
 
     # -- scans ------------------------------------------------------------------------------
 
@@ -372,8 +396,6 @@ class Store:
             result = self._ingest(scan_id, batch)
             if source is not None:
                 self.db["sources"].upsert({**source, "updated": _now()}, pk="key")
-            if self.emit_events:
-                self._emit_changes(result)
         return result
 
     def _meta(self, key: str) -> str | None:
@@ -637,19 +659,24 @@ class Store:
                  "status_to": status_to, "note": None, "actor": None, "scan_id": None,
                  "requests": None, **fields}  # fmt: skip
         event["id"] = self.db["finding_events"].insert(event).last_pk
-        kind = _ALERT_OF_ACTION.get(action)
-        if self.emit_events and kind:  # the alert, in the transaction of the change
-            self._outbox([self._finding_event(fid, kind, fields.get("requests") or 0)])
+        if self.emit_events and action in _ALERTED_ACTIONS:  # the alert, in its transaction
+            self._outbox([self._finding_event(
+                fid, action, event["requests"] or 0, actor=event["actor"], note=event["note"],
+                until=fields.get("until"))])  # fmt: skip
         return event
 
-    def _finding_event(self, fid: str, kind: str, new_count: int = 0) -> FindingEvent:
+    def _finding_event(
+        self, fid: str, kind: str, new_count: int = 0, **change: Any
+    ) -> FindingEvent:
         """An alert about finding ``fid`` as it is now; where, who and which host come from
-        its most recent detail row (the finding spans many)."""
+        its most recent detail row (the finding spans many); ``change``: who, why, until."""
         (row,) = self.db.query("SELECT * FROM findings WHERE id = ?", [fid])
         latest = list(self.db.query(
             "SELECT egress_ip, dest_host, client_ip FROM incidents WHERE finding_id = ?"
             " ORDER BY last_seen DESC, id LIMIT 1", [fid]))  # fmt: skip
-        return FindingEvent.of_finding({**row, **(latest[0] if latest else {})}, kind, new_count)
+        return FindingEvent.of_finding(
+            {**row, **(latest[0] if latest else {})}, kind, new_count, **change
+        )
 
     def _alert_activity(self, fids: Sequence[str], ranks: dict[str, int]) -> None:
         """Alerts for new traffic on findings that stay open or acknowledged: ``escalated``
@@ -721,12 +748,10 @@ class Store:
             raise ValueError("a non-empty note is required")
         events = []
         with self._tx():
-            for fid in [self.resolve_finding_id(i) for i in ids]:
-                current, holds = self.db.execute(
-                    "SELECT status, exception_until FROM findings WHERE id = ?", [fid]
+            for fid in self.would_change(ids, status, until):
+                (current,) = self.db.execute(
+                    "SELECT status FROM findings WHERE id = ?", [fid]
                 ).fetchone()
-                if current == status and (until is None or holds == until):
-                    continue
                 if until is not None:
                     self.db.execute(
                         "UPDATE findings SET exception_until = ?, exception_reason = ?,"
@@ -735,9 +760,22 @@ class Store:
                     )
                 elif current == "acknowledged" or status != "acknowledged":
                     self._clear_exception(fid, "ack")
-                events.append(self.transition(fid, status, status, note=note, actor=actor,
+                action = "excepted" if until is not None else status
+                events.append(self.transition(fid, status, action, note=note, actor=actor,
                                               until=until))  # fmt: skip
         return events
+
+    def would_change(self, ids: Sequence[str], status: str, until: str | None = None) -> list[str]:
+        """The findings among ``ids`` (or unique prefixes) that setting ``status`` (with an
+        exception ``until``) changes: not already so. KeyError: unknown or ambiguous id."""
+        changing = []
+        for fid in dict.fromkeys(self.resolve_finding_id(i) for i in ids):
+            current, holds = self.db.execute(
+                "SELECT status, exception_until FROM findings WHERE id = ?", [fid]
+            ).fetchone()
+            if current != status or (until is not None and holds != until):
+                changing.append(fid)
+        return changing
 
     def _clear_exception(self, fid: str, source: str | None = None) -> None:
         self.db.execute(
@@ -754,14 +792,17 @@ class Store:
         and those that ran out or no longer cover it are removed. Returns the events."""
         events: list[dict[str, Any]] = []
         with self._tx():
-            for (fid,) in self.db.execute(
-                "SELECT id FROM findings WHERE exception_source = 'ack' AND exception_until < ?",
+            for fid, until, by in self.db.execute(
+                "SELECT id, exception_until, exception_by FROM findings"
+                " WHERE exception_source = 'ack' AND exception_until < ?",
                 [today],
             ).fetchall():
                 self._clear_exception(fid)
-                events.append(self.transition(fid, "open", "exception-expired",
-                                              note=f"exception ran out on {today}"))  # fmt: skip
+                events.append(self.transition(
+                    fid, "open", "exception-expired", until=until,
+                    note=f"exception (ack by {by or '?'}) ran out after {until}"))  # fmt: skip
             in_force = [e for e in entries if e.holds(today)]
+            lapsed = {f"config:{e.key}": e.until for e in entries if not e.holds(today)}
             rows = list(self.db.query(
                 "SELECT * FROM findings WHERE status != 'superseded'"
                 " AND (exception_source IS NULL OR exception_source != 'ack')"))  # fmt: skip
@@ -776,9 +817,12 @@ class Store:
                     continue
                 if entry is None:
                     self._clear_exception(row["id"])
-                    events.append(self._event(row["id"], "exception-expired", row["status"],
-                                              row["status"], note=f"{row['exception_source']} "
-                                              f"no longer holds ({today})"))  # fmt: skip
+                    was = lapsed.get(row["exception_source"])
+                    why = f"ran out after {was}" if was else "was withdrawn from the config"
+                    events.append(self._event(
+                        row["id"], "exception-expired", row["status"], row["status"],
+                        until=was or row["exception_until"],
+                        note=f"{row['exception_source']}: exception {why}"))  # fmt: skip
                     continue
                 self.db.execute(
                     "UPDATE findings SET exception_until = ?, exception_reason = ?,"
@@ -805,21 +849,26 @@ class Store:
         return who
 
     def raised_findings(
-        self, scan_ids: Sequence[int], min_severity: str, today: str
-    ) -> list[dict[str, Any]]:
+        self, scan_ids: Sequence[int], min_severity: str, today: str, since: str | None = None,
+        also: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:  # fmt: skip
         """Findings ``fail_on`` counts: open or reopened, at or above ``min_severity``, not
-        under an exception on ``today``, that these scans raised, reopened or added detail to."""
-        if not scan_ids:
-            return []
+        under an exception on ``today``, that these scans raised, reopened or added detail to,
+        or whose exception ran out (open again) at or after ``since`` (ISO 8601 UTC), or
+        among ``also``."""
         marks = _marks(scan_ids)
         sql = f"""SELECT * FROM findings
             WHERE status IN ({_marks(ACTIVE_STATUSES)}) AND severity_rank >= ?
               AND (exception_until IS NULL OR exception_until < ?)
               AND (id IN (SELECT finding_id FROM incidents WHERE first_scan IN ({marks}))
                    OR id IN (SELECT finding_id FROM finding_events
-                             WHERE action = 'reopened' AND scan_id IN ({marks})))
+                             WHERE action = 'reopened' AND scan_id IN ({marks}))
+                   OR id IN (SELECT finding_id FROM finding_events
+                             WHERE action = 'exception-expired' AND at >= ?)
+                   OR id IN ({_marks(also)}))
             ORDER BY severity_rank DESC, id"""  # noqa: S608 - placeholders only
-        params = [*ACTIVE_STATUSES, SEVERITY_RANK[min_severity], today, *scan_ids, *scan_ids]
+        params = [*ACTIVE_STATUSES, SEVERITY_RANK[min_severity], today, *scan_ids, *scan_ids,
+                  since or "~", *also]  # fmt: skip
         return [_finding_out(r) for r in self.db.query(sql, params)]
 
     def findings(self, q: FindingQuery) -> Iterator[dict[str, Any]]:
@@ -961,26 +1010,32 @@ class Store:
         digest: str | None = None,
         actor: str = "apiwatch reevaluate",
         batch: int = 20000,
+        correlated: Sequence[str] = (),
     ) -> ReevaluationResult:
         """Recompute everything stored from ``start_day`` on, in one transaction: each stored
         observation row goes through ``evaluate`` (the changes to its columns as (position,
         value) pairs and its incident rows, or None when it is no longer LLM traffic), incidents and findings are rebuilt from them exactly as
         a scan stores them, detail statuses and finding lifecycles are kept, findings left
-        without detail are superseded and findings that appear are raised, with events."""
+        without detail are superseded and findings that appear are raised, with events.
+        The detail of the ``correlated`` rules (computed from the history, not per record)
+        is left to the correlation step that follows (:meth:`replace_correlated`)."""
         out = ReevaluationResult()
         agg = IngestResult()
         conn = self.db.conn
         names = list(OBSERVATION_COLUMNS)
+        per_record = f"day >= ? AND rule NOT IN ({_marks(correlated)})"
         with self._tx():
             old_status = dict(conn.execute(
-                "SELECT id, status FROM incidents WHERE day >= ? AND status != 'open'", [start_day]))  # fmt: skip
+                f"SELECT id, status FROM incidents WHERE {per_record} AND status != 'open'",  # noqa: S608
+                [start_day, *correlated]))  # fmt: skip
             old_fids = {r[0] for r in conn.execute(
-                "SELECT DISTINCT finding_id FROM incidents WHERE day >= ?", [start_day])}  # fmt: skip
+                f"SELECT DISTINCT finding_id FROM incidents WHERE {per_record}",  # noqa: S608
+                [start_day, *correlated])}  # fmt: skip
             conn.execute(
                 "DELETE FROM hits WHERE observation_id IN (SELECT id FROM observations WHERE day >= ?)",
                 [start_day],
             )
-            conn.execute("DELETE FROM incidents WHERE day >= ?", [start_day])
+            conn.execute(f"DELETE FROM incidents WHERE {per_record}", [start_day, *correlated])  # noqa: S608
             last = 0
             while True:
                 rows = conn.execute(
@@ -1047,37 +1102,6 @@ class Store:
 
     # -- finding events and the outbox -----------------------------------------------------
 
-    def _emit_changes(self, result: IngestResult) -> int:
-        """Events for the detail rows outside any finding (correlated incidents) this batch
-        created or advanced, inside its transaction: ``new`` always, ``updated`` at most
-        once per digest window (findings alert from their lifecycle: :meth:`_event`)."""
-        ids = sorted(result.new_incidents | result.updated_incidents)
-        if not ids:
-            return 0
-        now = time.time()
-        rows = [
-            r
-            for r in self._rows_in("SELECT * FROM incidents WHERE id IN ({})", ids)
-            if r["finding_id"] is None  # a finding's own alerts come with its lifecycle
-        ]
-        state = {
-            r["finding_id"]: r
-            for r in self._rows_in("SELECT * FROM finding_alerts WHERE finding_id IN ({})", ids)
-        }
-        events = []
-        for row in rows:
-            last = state.get(row["id"])
-            if last is None:
-                kind = "new" if row["id"] in result.new_incidents else "updated"
-            elif now - last["last_event_at"] >= self.digest_seconds:
-                kind = "updated"
-            else:
-                continue
-            events.append(
-                FindingEvent.of_finding(row, kind, row["count"] - (last or {}).get("last_count", 0))
-            )
-        return self._outbox(events)
-
     def emit_digests(self) -> int:
         """``updated`` events for findings that gained requests inside a digest window that
         has now passed (``watch`` calls this periodically, so the counts are not held back
@@ -1097,17 +1121,6 @@ class Store:
                 dataclasses.replace(e, new_count=e.count - last)
                 for fid, last in due
                 for e in [self._finding_event(fid, "updated")]
-            ]
-            rows = list(
-                self.db.query(
-                    """SELECT i.*, a.last_count AS last_count FROM finding_alerts a
-                       JOIN incidents i ON i.id = a.finding_id
-                       WHERE a.last_event_at <= ? AND i.count > a.last_count""",
-                    [cutoff],
-                )
-            )
-            events += [
-                FindingEvent.of_finding(r, "updated", r["count"] - r["last_count"]) for r in rows
             ]
             return self._outbox(events)
 
@@ -1319,14 +1332,15 @@ class Store:
 
     def egress_buckets(
         self, start: float, end: float, who: Sequence[str]
-    ) -> list[tuple[str, str, str, float, float, int]]:
+    ) -> list[tuple[str, str, str, float, float, int, str | None, str | None, str | None]]:
         """For the clients ``who``: which provider they reached through which egress country,
-        per hour of ``[start, end)``: (who, provider, country, first ts, last ts, records)."""
-        out: list[tuple[str, str, str, float, float, int]] = []
+        per hour of ``[start, end)``: (who, provider, country, first ts, last ts, records,
+        site, user, client address), the last three the least of the records'."""
+        out: list[tuple[str, str, str, float, float, int, str | None, str | None, str | None]] = []
         for chunk, marks in _chunks(sorted(set(who))):
             out.extend(tuple(r) for r in self.db.execute(
                 f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
-                          min(ts), max(ts), count(*)
+                          min(ts), max(ts), count(*), min(site), min(user), min(client_ip)
                    FROM observations WHERE {_EGRESS_HISTORY} AND who IN ({marks})
                    GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
                    ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants, placeholders
@@ -1344,12 +1358,13 @@ class Store:
         """Make the incidents ``rule`` raised on ``[first_day, last_day]`` exactly ``rows``
         (recomputed from the history): counts and facts are replaced, not added, so running
         the correlation again changes nothing; open incidents it no longer raises go (the
-        acknowledged and resolved stay, with their audit trail). Returns (removed, new and
-        updated incidents)."""
+        acknowledged and resolved stay, with their audit trail). Their findings follow as a
+        scan's do: raised, reopened, given the new activity, or superseded when no detail is
+        left. Returns (removed, new and updated incidents, findings raised and reopened)."""
         result = IngestResult()
         with self._tx():
-            old = {r[0]: r[1] for r in self.db.execute(
-                "SELECT id, count FROM incidents WHERE rule = ? AND day >= ? AND day <= ?",
+            old = {r[0]: (r[1], r[2]) for r in self.db.execute(
+                "SELECT id, count, finding_id FROM incidents WHERE rule = ? AND day >= ? AND day <= ?",
                 [rule, first_day, last_day])}  # fmt: skip
             ids = {r["id"] for r in rows}
             stale = sorted(set(old) - ids)
@@ -1381,21 +1396,44 @@ class Store:
                      "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
                 values.append([d.get(c) for c in cols])
                 result.rule_of[r["id"]] = (r["rule"], r["severity"])
+                before, was_in = old.get(r["id"], (0, None))
                 if r["id"] not in old:
                     result.new_incidents.add(r["id"])
-                elif old[r["id"]] != r["count"]:  # recomputed the same: nothing happened
-                    result.updated_incidents.add(r["id"])
+                elif before != r["count"] or was_in != r["finding_id"]:
+                    result.updated_incidents.add(r["id"])  # (recomputed the same: nothing)
+                if r["count"] > before or was_in != r["finding_id"]:
+                    result.finding_requests[r["finding_id"]] += r["count"] - (
+                        before if was_in == r["finding_id"] else 0)  # fmt: skip
             self.db.conn.executemany(
                 f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
                 ON CONFLICT(id) DO UPDATE SET first_seen = excluded.first_seen,
                   last_seen = excluded.last_seen, count = excluded.count,
-                  facts = excluded.facts, last_scan = excluded.last_scan""",  # noqa: S608
+                  facts = excluded.facts, last_scan = excluded.last_scan,
+                  finding_id = excluded.finding_id, site = excluded.site, user = excluded.user,
+                  client_ip = excluded.client_ip,
+                  egress_country = excluded.egress_country""",  # noqa: S608
                 values,
             )
             self.db.conn.executemany("INSERT OR IGNORE INTO hits VALUES (?, ?)", hits)
-            if self.emit_events:  # alerts, as for the findings a scan raises
-                self._emit_changes(result)
+            touched = {fid for _count, fid in old.values() if fid} - set(result.finding_requests)
+            if result.finding_requests:
+                self._advance_findings(scan_id, result)
+            self._settle(sorted(touched), "the correlation no longer finds it in the history")
         return removed, result
+
+    def _settle(self, fids: Sequence[str], why: str, actor: str | None = None) -> set[str]:
+        """Refresh findings whose detail shrank; those left without any are superseded (kept,
+        with an event). Returns the superseded."""
+        alive = self._refresh_findings(fids)
+        gone = set()
+        for fid, status in sorted(
+            self._finding_statuses([f for f in fids if f not in alive]).items()
+        ):
+            if status != "superseded":
+                gone.add(fid)
+                self.transition(fid, "superseded", "superseded", cascade=False, actor=actor,
+                                note=why)  # fmt: skip
+        return gone
 
     def incident(self, id_or_prefix: str, samples: int = 20) -> dict[str, Any] | None:
         """One incident by id or unique id prefix, with its sample records."""
@@ -1444,11 +1482,7 @@ class Store:
                      "status_to": status, "note": note, "actor": actor}  # fmt: skip
             self.db.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, row["id"]])
             self.db["incident_events"].insert(event)
-            self._follow_detail(row["finding_id"], note, actor)
-            kind = _STATUS_EVENT.get((row["status"], status))
-            if self.emit_events and kind and row["finding_id"] is None:  # else: the finding's
-                (finding,) = self.db.query("SELECT * FROM incidents WHERE id = ?", [row["id"]])
-                self._outbox([FindingEvent.of_finding(finding, kind)])
+            self._follow_detail(row["finding_id"], note, actor)  # its alerts: the finding's
         return event
 
     def _follow_detail(self, fid: str | None, note: str | None, actor: str | None) -> None:
@@ -1653,27 +1687,34 @@ class Store:
     def status_changes(
         self, since: datetime, until: datetime, where: TrafficFilter, limit: int
     ) -> dict[str, Any]:
-        """The audit trail of ``[since, until)``: total, count by action, the first ``limit``."""
-        f, fparams = where.sql("i")
-        cond = f"e.at >= ? AND e.at < ?{f}"
-        params = [iso_datetime(since), iso_datetime(until), *fparams]
-        join = "FROM incident_events e JOIN incidents i ON i.id = e.incident_id"
-        (total,) = self.db.execute(f"SELECT count(*) {join} WHERE {cond}", params).fetchone()  # noqa: S608
+        """The audit trail of ``[since, until)``: total, count by action, the first ``limit``;
+        the changes of incidents and of findings (``incident_id`` holds the finding's id,
+        ``F-…``), with who made each and why."""
+        fi, fparams = where.sql("i")
+        ff, ffparams = where.finding_sql("f")
+        span = [iso_datetime(since), iso_datetime(until)]
+        union = f"""SELECT e.id AS seq, 0 AS kind, e.at, e.incident_id, i.rule, i.severity,
+                   i.provider, i.site, e.action, e.status_from, e.status_to, e.actor, e.note
+              FROM incident_events e JOIN incidents i ON i.id = e.incident_id
+              WHERE e.at >= ? AND e.at < ?{fi}
+            UNION ALL
+            SELECT e.id, 1, e.at, e.finding_id, f.rule, f.severity, f.provider, f.site, e.action,
+                   e.status_from, e.status_to, e.actor, e.note
+              FROM finding_events e JOIN findings f ON f.id = e.finding_id
+              WHERE e.at >= ? AND e.at < ? AND e.action NOT IN ('new', 'activity'){ff}"""  # noqa: S608 - constants
+        params = [*span, *fparams, *span, *ffparams]
+        (total,) = self.db.execute(f"SELECT count(*) FROM ({union})", params).fetchone()  # noqa: S608
         items = list(
             self.db.query(
-                f"""SELECT e.at, e.incident_id, i.rule, i.severity, i.provider, i.site, e.action,
-                           e.status_from, e.status_to, e.actor, e.note
-                    {join} WHERE {cond} ORDER BY e.at, e.id LIMIT ?""",  # noqa: S608
+                f"""SELECT at, incident_id, rule, severity, provider, site, action, status_from,
+                           status_to, actor, note FROM ({union})
+                    ORDER BY at, kind, seq LIMIT ?""",  # noqa: S608
                 [*params, limit],
             )
         )
-        by_action = {
-            r[0]: r[1]
-            for r in self.db.execute(
-                f"SELECT e.action, count(*) {join} WHERE {cond} GROUP BY e.action",  # noqa: S608
-                params,
-            )
-        }
+        by_action = dict(
+            self.db.execute(f"SELECT action, count(*) FROM ({union}) GROUP BY action", params)  # noqa: S608
+        )
         return {"total": total, "shown": len(items), "by_action": by_action, "items": items}
 
     def clients_matching(self, specs: Sequence[str], since: datetime, until: datetime) -> list[str]:
@@ -1787,7 +1828,7 @@ class Store:
         """Exceptions in force at the end of ``[since, until)`` (or now, when that is earlier)
         and those that ran out in it."""
         s, u = iso_datetime(since), iso_datetime(until)
-        f, fparams = where.sql("f", who=False)  # findings: by site and provider
+        f, fparams = where.finding_sql("f")
         end = min(until - timedelta(microseconds=1), datetime.now(UTC))
         last_day = end.astimezone(UTC).strftime("%Y-%m-%d")
         in_force = list(self.db.query(
@@ -2083,6 +2124,42 @@ def _schema_v7(db: sqlite_utils.Database) -> None:
             db[table].add_column(name, str)
 
 
+def _schema_v8(db: sqlite_utils.Database) -> None:
+    """Correlated detail (egress-hopping) rolls up into findings like every other rule's: its
+    rows, which had no finding, get one (rule, provider, the first country the provider does
+    not serve, from their facts), with the status of their detail as in step 6."""
+    adopted: dict[str, str] = {}
+    for iid, rule, provider, facts in db.execute(
+        "SELECT id, rule, provider, facts FROM incidents WHERE finding_id IS NULL"
+    ).fetchall():
+        seen = json.loads(facts or "{}")
+        countries = {c for v in seen.get("history.unserved") or [] for c in v or ()}
+        countries = countries or {c for v in seen.get("history.countries") or [] for c in v or ()}
+        country = min(countries, default=None)
+        fid = finding_id(rule, provider, None, country)
+        db.execute(
+            "UPDATE incidents SET finding_id = ?, egress_country = ? WHERE id = ?",
+            [fid, country, iid],
+        )
+        adopted[fid] = iid
+    cols = ["id", *_ROLLUP_COLUMNS]
+    for chunk, marks in _chunks(sorted(adopted)):
+        rows = db.query(_ROLLUP.format(where=f"finding_id IN ({marks})"), chunk)  # noqa: S608
+        db.conn.executemany(
+            f"INSERT OR IGNORE INTO findings ({', '.join(cols)}) VALUES ({_marks(cols)})",  # noqa: S608
+            [[_rolled(r)[c] for c in cols] for r in rows],
+        )
+        db.execute(
+            f"""UPDATE findings SET status = CASE
+                 WHEN NOT EXISTS (SELECT 1 FROM incidents i WHERE i.finding_id = findings.id
+                                  AND i.status != 'resolved') THEN 'resolved'
+                 WHEN NOT EXISTS (SELECT 1 FROM incidents i WHERE i.finding_id = findings.id
+                                  AND i.status = 'open') THEN 'acknowledged'
+                 ELSE 'open' END WHERE id IN ({marks})""",  # noqa: S608
+            chunk,
+        )
+
+
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -2091,25 +2168,13 @@ MIGRATIONS = {
     5: _schema_v5,
     6: _schema_v6,
     7: _schema_v7,
+    8: _schema_v8,
 }
 
-#: (status before, status after) → the event a status change raises
-#: the alert (``monitor.events`` type) a finding's lifecycle action raises
-_ALERT_OF_ACTION = {
-    "new": "new",
-    "reopened": "reopened",
-    "acknowledged": "acknowledged",
-    "resolved": "resolved",
-    "superseded": "superseded",
-}
-#: alerts for status changes of detail rows outside any finding (correlated incidents)
-_STATUS_EVENT = {
-    ("open", "acknowledged"): "acknowledged",
-    ("open", "resolved"): "resolved",
-    ("acknowledged", "resolved"): "resolved",
-    ("resolved", "open"): "reopened",
-    ("resolved", "acknowledged"): "reopened",
-}
+#: the lifecycle actions of findings that alert (the ``monitor.events`` type of the same name;
+#: ``activity`` alerts as ``updated``/``escalated``, digested: :meth:`Store._alert_activity`)
+_ALERTED_ACTIONS = frozenset({"new", "reopened", "acknowledged", "resolved", "excepted",
+                              "exception-expired", "superseded"})  # fmt: skip
 
 
 _INCIDENT_LIST_COLUMNS = (

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
+from datetime import date, timedelta
 
 import pytest
 
@@ -15,6 +17,7 @@ from tests.alerting import (
     cli,
     cli_process_async,
     findings,
+    jsonl,
     squid_line,
     write_config,
 )
@@ -289,3 +292,105 @@ def test_one_alert_per_finding_and_reopened_after_resolve(tmp_path):
     assert (reopened["status"], reopened["count"], reopened["new_count"]) == ("reopened", 52, 2)
     assert reopened["last_seen"] == findings(config, db)[finding["id"]]["last_seen"]
     assert len({e["idempotency_key"] for e in events}) == 3
+
+
+def test_exceptions_granted_and_expired_reach_every_sink(tmp_path, rsyslog):
+    """An exception (``ack --until``, a config ``[[exceptions]]`` entry) raises `excepted`,
+    its end `exception-expired`, at every kind of sink, with who, why and until; the expiry
+    is noticed by ``alerts deliver`` without any new traffic."""
+    token = tmp_path / "hec.token"
+    token.write_text(SECRET)
+    hook, hec = HttpReceiver(tmp_path).start(), HttpReceiver(tmp_path).start()
+    site = '[sites.sh]\nclient_cidrs = ["10.0.0.0/16"]\ncountry = "CN"\n'
+    sinks = (
+        f'name = "cef"\nkind = "syslog"\naddress = "{rsyslog.address("udp")}"\nformat = "cef"',
+        f'name = "leef"\nkind = "syslog"\naddress = "{rsyslog.address("tcp")}"\nformat = "leef"',
+        f'name = "hook"\nkind = "webhook"\nurl = "{hook.url}/h"',
+        f'name = "hec"\nkind = "splunk_hec"\nurl = "{hec.url}/services/collector/event"\n'
+        'token_file = "hec.token"',
+        'name = "ocsf"\nkind = "jsonl"\npath = "ocsf.jsonl"\nformat = "ocsf"',
+        'name = "ecs"\nkind = "jsonl"\npath = "ecs.jsonl"\nformat = "ecs"',
+    )
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    yesterday = (date.today() - timedelta(days=1)).isoformat()
+    register = ('\n[[exceptions]]\nprovider = "anthropic"\nuntil = {}\nreason = "SEC-3: legal '
+                'approved the pilot"\napprover = "legal"\n')  # fmt: skip
+    config = write_config(tmp_path / "c.toml", *sinks, extra=site)
+    db = tmp_path / "db.sqlite"
+    log = tmp_path / "access.log"
+    log.write_text(squid_line(0) + squid_line(1, host="api.anthropic.com", client="10.0.0.2"))
+    try:
+        cli(config, db, "scan", log)
+        by = {f["provider"]: f for f in findings(config, db).values()}
+        openai, anthropic = by["openai"]["id"], by["anthropic"]["id"]
+        # granted: by ack (delivered at once), and by the register (on the next run)
+        cli(config, db, "ack", openai, "--until", tomorrow, "--note", "SEC-2: pilot",
+            "--actor", "ciso")  # fmt: skip
+        write_config(config, *sinks, extra=site + register.format(tomorrow))
+        cli(config, db, "alerts", "deliver")
+        # a day later (the stored date of the ack and the register's entry lie in the past):
+        # no traffic at all, yet the next `alerts deliver` says both exceptions ran out
+        con = sqlite3.connect(db)
+        con.execute("UPDATE findings SET exception_until = ? WHERE id = ?", [yesterday, openai])
+        con.commit()
+        con.close()
+        write_config(config, *sinks, extra=site + register.format(yesterday))
+        cli(config, db, "alerts", "deliver")
+        wanted = [  # (finding, event type, actor, exception until)
+            (openai, "excepted", "ciso", tomorrow),
+            (anthropic, "excepted", "legal", tomorrow),
+            (openai, "exception-expired", None, yesterday),
+            (anthropic, "exception-expired", None, yesterday),
+        ]
+        statuses = ["acknowledged", "open", "open", "open"]  # the finding's, after each
+        n = 2 + len(wanted)  # the two `new` first
+
+        def check(got: list[tuple], sink: str) -> None:
+            """(finding, type, actor, until, note) per event received, in order."""
+            assert [g[:4] for g in got[2:]] == wanted, sink
+            notes = [g[4] for g in got[2:]]
+            assert "SEC-2: pilot" in notes[0] and "SEC-3" in notes[1], sink
+            assert "ran out after" in notes[2] and "ran out after" in notes[3], sink
+
+        cef = [cef_fields(m[4])[1] for m in rsyslog.wait_for("udp", n)]
+        check([(e["cs5"], e["act"], e.get("flexString1"), e.get("flexString2"), e.get("reason"))
+               for e in cef], "cef")  # fmt: skip
+        assert [e["outcome"] for e in cef[2:]] == statuses
+        assert (cef[2]["flexString1Label"], cef[2]["flexString2Label"]) == (
+            "actor",
+            "exceptionUntil",
+        )
+        assert [m[3] for m in rsyslog.lines("udp")][2:] == ["EXCEPTED"] * 2 + [
+            "EXCEPTION-EXPIRED"
+        ] * 2
+        leef = [leef_fields(m[4])[1] for m in rsyslog.wait_for("tcp", n)]
+        check([(e["findingId"], e["eventType"], e.get("actor"), e.get("exceptionUntil"),
+                e.get("note")) for e in leef], "leef")  # fmt: skip
+        assert [e["status"] for e in leef[2:]] == statuses
+        for receiver, name in ((hook, "webhook"), (hec, "hec")):
+            events = [r["body"]["event"] for r in receiver.wait_for(n)]
+            check([(e["finding_id"], e["event_type"], e["actor"], e["exception_until"], e["note"])
+                   for e in events], name)  # fmt: skip
+            assert [e["status"] for e in events[2:]] == statuses
+        text = hook.requests()[2]["body"]["text"]
+        assert text.endswith(f"; exception until {tomorrow}; by ciso: SEC-2: pilot")
+        ocsf = jsonl(tmp_path / "ocsf.jsonl")
+        check([(d["finding_info"]["uid"], d["metadata"]["event_code"], d["unmapped"].get("actor"),
+                d["unmapped"].get("exception_until"), d["unmapped"].get("note")) for d in ocsf],
+              "ocsf")  # fmt: skip
+        # under an exception the OCSF status is Suppressed; once it ran out, New again
+        assert [d["status"] for d in ocsf[2:]] == ["Suppressed", "Suppressed", "New", "New"]
+        ecs = jsonl(tmp_path / "ecs.jsonl")
+        check([(d["apiwatch"]["finding"]["id"], d["event"]["action"], d["apiwatch"].get("actor"),
+                d["apiwatch"]["finding"].get("exception_until"), d["event"].get("reason"))
+               for d in ecs], "ecs")  # fmt: skip
+        assert [d["apiwatch"]["finding"]["status"] for d in ecs[2:]] == statuses
+        assert [d["apiwatch"]["finding"]["excepted"] for d in ecs[2:]] == [True, True, False, False]
+        # delivered once each: running again sends nothing
+        cli(config, db, "alerts", "deliver")
+        assert (
+            len(hook.requests()) == len(hec.requests()) == len(jsonl(tmp_path / "ecs.jsonl")) == n
+        )
+    finally:
+        hook.stop()
+        hec.stop()

@@ -308,7 +308,8 @@ def test_reports_lead_with_findings_and_exceptions(env):
     cli(env, "resolve", by["openai"], "--note", "moved")
     cli(env, "scan", more_traffic(env, "o.log", "openai", 3), ok=(0, EXIT_FINDINGS))
     tomorrow = (date.today() + timedelta(days=1)).isoformat()
-    cli(env, "ack", by["google_gemini"], "--until", tomorrow, "--note", "SEC-9 <b>pilot</b>")
+    cli(env, "ack", by["google_gemini"], "--until", tomorrow, "--note", "SEC-9 <b>pilot</b>",
+        "--actor", "ciso")  # fmt: skip
     args = ("report", "--since", "2026-11-01", "--until", "2026-12-31")
     doc = json.loads(cli(env, *args, "--format", "json").stdout)
     fd = doc["findings"]
@@ -321,9 +322,118 @@ def test_reports_lead_with_findings_and_exceptions(env):
     assert all(len(f["top_users"]) == 3 for f in fd["items"])
     (exc,) = fd["exceptions"]["in_force"]
     assert (exc["id"], exc["until"], exc["source"]) == (by["google_gemini"], tomorrow, "ack")
+    # who did what to the findings is in the report's audit trail
+    trail = {(e["incident_id"], e["action"]): e for e in doc["events"]["items"]}
+    assert trail[(by["openai"], "resolved")]["note"] == "moved"
+    assert trail[(by["openai"], "reopened")]["status_to"] == "reopened"
+    assert trail[(by["google_gemini"], "excepted")]["actor"] == "ciso"
+    assert doc["events"]["by_action"] == {"resolved": 1, "reopened": 1, "excepted": 1}
     md = cli(env, *args, "--format", "md").stdout
     assert md.index("## Findings") < md.index("## Summary") < md.index("## Incidents")
     assert fd["summary"][0] in md and "SEC-9 \\<b\\>pilot\\</b\\>" in md
     html = cli(env, *args, "--format", "html").stdout
     assert html.index('id="findings"') < html.index('id="incidents"')
     assert "SEC-9 &lt;b&gt;pilot&lt;/b&gt;" in html and "<b>pilot</b>" not in html
+
+
+def test_an_exception_that_ran_out_counts_for_fail_on_without_traffic(env):
+    """No new traffic at all: the next `scan --fail-on` and `daily` notice that the exception
+    ran out (the finding is open again, with an event) and count it like a new finding."""
+    cli(env, "scan", env["log"])
+    by = {f["provider"]: f["id"] for f in findings(env)}
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    cli(env, "ack", "--site", "shanghai", "--note", "SEC-7: triaged", "--actor", "ana")
+    cli(env, "ack", by["openai"], "--until", tomorrow, "--note", "SEC-8: pilot", "--actor", "ciso")
+    empty = env["dir"] / "empty.log"
+    empty.write_text("")
+    cli(env, "scan", empty, "--fail-on", "high")
+    cli(env, "daily", "--no-reports", "--fail-on", "high")
+    # the day after the exception's last day (its stored date now lies in the past)
+    con = sqlite3.connect(env["db"])
+    con.execute("UPDATE findings SET exception_until = '2026-01-31' WHERE id = ?", [by["openai"]])
+    con.commit()
+    con.close()
+    res = cli(env, "scan", empty, "--fail-on", "high", "--json", ok=(EXIT_FINDINGS,))
+    assert json.loads(res.stdout)["stored"] == 0
+    assert [f["id"] for f in findings(env, "--status", "open")] == [by["openai"]]
+    (expired,) = [e for e in events(env, by["openai"]) if e["action"] == "exception-expired"]
+    assert (expired["status_from"], expired["status_to"], expired["until"]) == (
+        "acknowledged", "open", "2026-01-31")  # fmt: skip
+    assert "ack by ciso" in expired["note"] and "ran out after 2026-01-31" in expired["note"]
+    # daily (no sources to scan here): the exception ran out today, so it counts too
+    daily = cli(env, "daily", "--no-reports", "--fail-on", "high", "--json", ok=(EXIT_FINDINGS,))
+    assert json.loads(daily.stdout)["findings"] == 1
+    # who did what is kept: the analyst's bulk ack, the exception's approver
+    actions = [(e["action"], e["actor"]) for e in events(env, by["openai"])]
+    assert actions == [("new", None), ("acknowledged", "ana"), ("excepted", "ciso"),
+                       ("exception-expired", None)]  # fmt: skip
+
+
+def test_bulk_actions_by_who_and_dry_runs_by_id(env):
+    cli(env, "scan", env["log"])
+    ids = sorted(f["id"] for f in findings(env))
+    # one user's traffic is part of every finding: those are not acked as a whole
+    dry = cli(env, "ack", "--user", "user007", "--dry-run", "--note", "n")
+    assert "0 finding(s) would change" in dry.stderr and "3 finding(s) left alone" in dry.stderr
+    cli(env, "ack", "--user", "user007", "--note", "n")
+    assert {f["status"] for f in findings(env)} == {"open"}
+    # the whole site's network covers all their detail
+    dry = cli(env, "ack", "--client", "10.20.0.0/16", "--dry-run", "--note", "n")
+    assert "3 finding(s) would change to acknowledged" in dry.stderr
+    assert sorted(line.split()[0] for line in dry.stdout.splitlines()[2:]) == ids
+    cli(env, "resolve", ids[0], "--note", "done")
+    dry = cli(env, "resolve", *ids, "--dry-run", "--note", "n")
+    assert "2 id(s) would change to resolved (1 finding(s) already are)" in dry.stderr
+    cli(env, "ack", ids[0], "--until", "2099-01-01", "--note", "n", "0123abcd", ok=(2,))
+
+
+def test_migration_gives_correlated_incidents_a_finding(tmp_path):
+    """Egress-hopping detail stored without a finding (schema 7) is adopted by one: (rule,
+    provider, the first country the provider does not serve), with its detail's status."""
+    path = tmp_path / "v7.db"
+    con = sqlite3.connect(path)
+    import sqlite_utils
+
+    db = sqlite_utils.Database(con)
+    for step in range(1, 8):
+        MIGRATIONS[step](db)
+    db.execute("PRAGMA user_version = 7")
+    facts = {"history.countries": [["HK", "SG"]], "history.unserved": [["HK"]]}
+    base = {"rule": "egress-hopping", "severity": "high", "severity_rank": 3, "title": "t",
+            "provider": "openai", "provider_kind": "api", "day": "2026-11-27", "count": 3,
+            "first_seen": "2026-11-27T01:00:00.000Z", "last_seen": "2026-11-27T07:00:00.000Z",
+            "blocked": 0, "outcome": "allowed", "evidence": "[]", "facts": json.dumps(facts),
+            "first_scan": 1, "last_scan": 1}  # fmt: skip
+    db["incidents"].insert_all([
+        {**base, "id": "bb01", "client_ip": "10.0.0.1", "status": "acknowledged"},
+        {**base, "id": "bb02", "client_ip": "10.0.0.2", "status": "acknowledged", "count": 2},
+    ])  # fmt: skip
+    con.commit()
+    con.close()
+    store = Store(path)
+    try:
+        (f,) = store.db.query("SELECT * FROM findings")
+        assert (f["rule"], f["provider"], f["site"], f["egress_country"]) == (
+            "egress-hopping", "openai", None, "HK")  # fmt: skip
+        assert (f["count"], f["clients"], f["status"]) == (5, 2, "acknowledged")
+        assert {r[0] for r in store.db.execute("SELECT finding_id FROM incidents")} == {f["id"]}
+        assert store.check()["incidents_without_finding"] == 0
+    finally:
+        store.close()
+
+
+def test_config_check_names_exceptions_that_can_never_hold(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        CONFIG + '[[exceptions]]\nrule = "provider-region-unsuported"\nprovider = "openia"\n'
+        'until = 2099-01-01\nreason = "typos"\napprover = "a"\n'
+        '[[exceptions]]\nprovider = "openai"\nuntil = 2020-01-01\nreason = "old"\napprover = "a"\n'
+        '[[alerts]]\nname = "x"\nkind = "jsonl"\npath = "-"\nformat = "ecs"\nrules = ["nope"]\n'
+    )
+    res = run("--db", tmp_path / "c.db", "config", "check", cfg)
+    assert res.stderr.splitlines() == [
+        "warning: exceptions[0]: unknown rule 'provider-region-unsuported': it never matches",
+        "warning: exceptions[0]: unknown provider 'openia': it never matches",
+        "warning: alerts[0].rules: unknown rule 'nope': it never matches",
+        "warning: exceptions[1]: ran out after 2020-01-01",
+    ]

@@ -645,7 +645,7 @@ def test_a_read_only_database_answers_queries_and_reports(tmp_path, small_fs):
                 apiwatch("--db", db, "incidents", "--json").stdout.splitlines()}  # fmt: skip
     assert len(expected) > 10
     (iid,) = sorted(expected)[:1]
-    for args in (("incidents",), ("incidents", "--csv"), ("show", iid),
+    for args in (("incidents",), ("incidents", "--csv"), ("show", iid), ("findings",),
                  ("report", "--since", "2026-01-01", "--format", "html"), ("db", "check")):  # fmt: skip
         res = apiwatch("--db", db, *args)
         no_traceback(res)
@@ -679,6 +679,8 @@ def test_an_auditors_copy_in_a_directory_without_write_access(tmp_path):
         report = apiwatch("--db", db, "report", "--since", "2026-01-01", "--format", "md")
         assert report.returncode == 0 and "apiwatch" in report.stdout, report.stderr
         assert apiwatch("--db", db, "db", "check").returncode == 0
+        found = apiwatch("--db", db, "findings", "--json")
+        assert found.returncode == 0 and found.stdout.strip(), found.stderr
         assert sorted(p.name for p in folder.iterdir()) == ["audit.db"]
     finally:
         subprocess.run(["chattr", "-i", str(folder)], check=False)

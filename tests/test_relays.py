@@ -465,6 +465,85 @@ def test_egress_hopping_across_scans_is_deterministic_and_idempotent(tmp_path):
     }
 
 
+def test_egress_hopping_findings_count_reopen_take_exceptions_and_alert(tmp_path):
+    """Hops roll up into findings like every other rule's (rule, provider, site — or the
+    egress country evaded): listed by `findings`, counted by --fail-on, one alert each,
+    reopened by new hops after a resolve, excepted by the register, kept by reevaluate."""
+    t = 1795741200.0  # 2026-11-27T01:00Z
+
+    def line(ts, client, user="-"):
+        return f"{ts:.3f}    120 {client} TCP_TUNNEL/200 900 CONNECT api.openai.com:443 {user} HIER_DIRECT/162.159.140.245 -\n"
+
+    def write(name, *lines):
+        (tmp_path / name).write_text("".join(lines))
+        return tmp_path / name
+
+    hk = write(
+        "hk.log", line(t, "10.0.0.1"), line(t + 60, "10.0.0.1"), line(t, "10.1.0.7", "alice")
+    )
+    sg = write("sg.log", line(t + 6 * 3600, "10.0.0.1"), line(t + 6 * 3600, "10.1.0.7", "alice"))
+    site = '[sites.lab]\nclient_cidrs = ["10.1.0.0/16"]\n'
+    sink = '[[alerts]]\nname = "lake"\nkind = "jsonl"\npath = "ocsf.jsonl"\nformat = "ocsf"\n'
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(site + sink)
+    db = tmp_path / "apiwatch.db"
+    base = ("--db", db, "--config", cfg)
+
+    def hop_events():
+        docs = [json.loads(x) for x in (tmp_path / "ocsf.jsonl").read_text().splitlines()]
+        return [(d["finding_info"]["uid"], d["metadata"]["event_code"], d["count"])
+                for d in docs if d["finding_info"]["analytic"]["uid"] == "egress-hopping"]  # fmt: skip
+
+    def hops():
+        out = run(*base, "findings", "--rule", "egress-hopping", "--json").stdout
+        return {(f["site"], f["egress_country"]): f for f in map(json.loads, out.splitlines())}
+
+    run(*base, "scan", hk, "--egress-country", "HK", "--fail-on", "high", ok=(3,))
+    res = run(*base, "scan", sg, "--egress-country", "SG", "--fail-on", "high", "--json", ok=(3,))
+    assert json.loads(res.stdout)["findings_new"] == 2  # the hops alone: SG is served
+    found = hops()
+    assert set(found) == {(None, "HK"), ("lab", "HK")}
+    lone, lab = found[(None, "HK")], found[("lab", "HK")]
+    assert list(lone) == ["id", "rule", "severity", "provider", "site", "egress_country", "status",
+                          "first_seen", "last_seen", "count", "blocked", "bytes_out", "clients",
+                          "users", "hosts", "days"]  # fmt: skip
+    assert (lone["count"], lone["clients"], lone["users"], lone["status"]) == (3, 1, 0, "open")
+    assert (lab["count"], lab["users"], lab["severity"]) == (2, 1, "high")
+    (detail,) = [
+        json.loads(x)
+        for x in run(*base, "incidents", "--finding", lab["id"], "--json").stdout.splitlines()
+    ]
+    assert (detail["user"], detail["client_ip"], detail["site"]) == ("alice", "10.1.0.7", "lab")
+    shown = json.loads(run(*base, "show", lab["id"], "--json").stdout)
+    assert [u["value"] for u in shown["top_users"]] == ["alice"] and len(shown["records"]) == 2
+    assert sorted(hop_events()) == sorted([(lone["id"], "new", 3), (lab["id"], "new", 2)])
+    # the same logs again, and reevaluate: nothing changes, nothing alerts
+    run(*base, "scan", "--full", hk, "--egress-country", "HK")
+    run(*base, "scan", "--full", sg, "--egress-country", "SG")
+    run(*base, "reevaluate")
+    assert hops() == found and len(hop_events()) == 2
+    # resolved, then the laptop hops again: reopened, counted, one alert
+    run(*base, "resolve", lone["id"], "--note", "VPN removed (SEC-5)", "--actor", "ana")
+    again = write("sg2.log", line(t + 8 * 3600, "10.0.0.1"))
+    run(*base, "scan", again, "--egress-country", "SG", "--fail-on", "high", ok=(3,))
+    assert hops()[(None, "HK")]["status"] == "reopened" and hops()[(None, "HK")]["count"] == 4
+    assert hop_events()[-2:] == [(lone["id"], "resolved", 3), (lone["id"], "reopened", 4)]
+    # an exception for the lab's hops: alerted, and its new hops are not counted
+    tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))
+    cfg.write_text(site + sink + f'[[exceptions]]\nrule = "egress-hopping"\nsite = "lab"\n'
+                   f'until = {tomorrow}\nreason = "SEC-6: lab tests regions"\napprover = "ciso"\n')  # fmt: skip
+    run(*base, "alerts", "deliver")
+    assert hop_events()[-1] == (lab["id"], "excepted", 2)
+    more = write("sg3.log", line(t + 9 * 3600, "10.1.0.7", "alice"))
+    run(*base, "scan", more, "--egress-country", "SG", "--fail-on", "high", ok=(0,))
+    assert hops()[("lab", "HK")]["count"] == 3
+    run(*base, "reevaluate")
+    assert {k: f["status"] for k, f in hops().items()} == {
+        (None, "HK"): "reopened",
+        ("lab", "HK"): "open",
+    }
+
+
 def _incidents(db):
     return [json.loads(x) for x in run("--db", db, "incidents", "--json").stdout.splitlines()]
 

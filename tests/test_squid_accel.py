@@ -1,7 +1,8 @@
 """The Squid collector's C pre-pass (``_squidscan.c``) against the pure-Python loop.
 
-The pre-pass may only count and drop lines that the Python code would also count and drop;
-whatever it hands back must come out of the Python loop exactly as before. So every test
+The pre-pass may only count and drop lines that the Python code would also count and drop,
+and only split into fields lines that the Python code would read the same way; whatever it
+hands back must come out of the Python loop exactly as before. So every test
 here parses the same bytes both ways and asserts equal observations, counts and problems.
 """
 
@@ -20,16 +21,18 @@ from hypothesis import strategies as st
 
 from monitor import accel
 from monitor.catalog import Catalog
-from monitor.collectors import CollectOptions, Diagnostics, make_collector
+from monitor.collectors import CollectOptions, Diagnostics, make_collector, squid
 from monitor.pipeline import Identifier
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = "monitor.collectors._squidscan"
 
 built = accel.load(MODULE)
+if built is not None and getattr(built, "ABI", 1) < squid._ACCEL_ABI:
+    built = None  # compiled from an older _squidscan.c: squid.py does not use it either
 if built is None and os.environ.get("CI") and not os.environ.get(accel.PURE_ENV):
     pytest.fail("the C accelerator was not built (hatch_build.py needs a C compiler)")
-pytestmark = pytest.mark.skipif(built is None, reason="C accelerator not built")
+pytestmark = pytest.mark.skipif(built is None, reason="C accelerator not built, or outdated")
 
 HOST_FILTER = Identifier(Catalog.load()).host_filter
 
@@ -71,6 +74,33 @@ LLM = b"1732752001.203  70428 10.1.88.196 TCP_TUNNEL/200 2475 CONNECT api.openai
 OTHER = b"1732752001.372     27 10.20.115.79 TCP_MISS/200 778 GET http://anan.co.jp/x?q=1 - HIER_DIRECT/62.39.132.77 text/html"
 
 
+#: changes to LLM, whose target the host filter keeps: the pre-pass splits the line into
+#: its fields when it is sure to read them as Python does, else hands it back
+KEPT = [
+    (b"1732752001.203", b"1732752001"),
+    (b"1732752001.203", b"0.5"),
+    (b"1732752001.203", b"1732752001." + b"0" * 40 + b"1"),  # long: to Python
+    (b"1732752001.203", b"1732752001.2039999999999999"),
+    (b" 70428 ", b" -70428 "),
+    (b" 70428 ", b" 0 "),
+    (b" 2475 ", b" - "),
+    (b" 2475 ", b" 999999999999999999 "),  # 18 digits: read in C
+    (b" 2475 ", b" 9999999999999999999999 "),  # more: to Python
+    (b" 2475 ", b" 1_0 "),  # int() reads it; C hands it back
+    (b" - HIER", b" ana%20b HIER"),
+    (b" - HIER", b" \xc3\xa9 HIER"),
+    (b"HIER_DIRECT/172.66.0.243", b"HIER_NONE/-"),
+    (b"HIER_DIRECT/172.66.0.243", b"FIRSTUP_PARENT/10.0.0.1"),
+    (b"TCP_TUNNEL/200", b"NONE/000"),
+    (b"TCP_TUNNEL/200", b"TCP_DENIED/403"),
+    (b"TCP_TUNNEL/200", b"TCP_TUNNEL/99999999999999999999"),
+    (b"10.1.88.196", b"::ffff:10.1.88.196"),
+    (b"CONNECT api.openai.com:443", b"GET api.openai.com:443"),
+    (b" ", b"\t"),
+    (b" -", b" text/html extra"),  # eleven fields
+]
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -97,6 +127,7 @@ OTHER = b"1732752001.372     27 10.20.115.79 TCP_MISS/200 778 GET http://anan.co
         OTHER.replace(b"anan", b"an\x00an"),
         OTHER + b"\r",
         LLM,
+        *[LLM.replace(a, b) for a, b in KEPT],  # the pre-pass splits these, or hands back
         LLM + b" " + OTHER,  # two records glued
         LLM[:50],
         b"",
@@ -162,12 +193,18 @@ def test_benchmark_log_agrees(tmp_path: Path) -> None:
     assert found and malformed > 100 and problems and records > 29000
 
 
-def test_native_filter_contract() -> None:
-    """The pre-pass alone: it drops only what ``rejects`` rejects, and hands back the rest."""
+def test_native_scan_contract() -> None:
+    """The pre-pass alone: it drops only what ``rejects`` rejects, splits what it keeps
+    into its fields, and hands back the rest."""
     rejects = {b"anan.co.jp:443": True, b"http://anan.co.jp": True, b"api.openai.com:443": False}
     connect = OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"CONNECT anan.co.jp:443")
     lines = [OTHER, connect, LLM, b"", OTHER.replace(b"anan", b"other"), connect + b" x"]
-    assert built.native_filter(lines, True, rejects) == (2, [2, 3, 4, 5])
+    fields = (2, 1732752001.203, 70428, b"10.1.88.196", b"TCP_TUNNEL/200", 2475, b"CONNECT",
+              b"api.openai.com:443", b"-", b"HIER_DIRECT/172.66.0.243")  # fmt: skip
+    assert built.native_scan(lines, True, rejects) == (2, [fields, 3, 4, 5])
+    assert built.native_scan(lines, False, rejects) == (2, [fields, 3, 4, 5])
+    nul = LLM.replace(b"10.1.88.196", b"10.1.88.1\x00")
+    assert built.native_scan([nul], False, rejects) == (0, [0])
     with pytest.raises(TypeError):
-        built.native_filter(tuple(lines), True, rejects)
-    assert built.native_filter([OTHER, 42], True, rejects) == (1, [1])
+        built.native_scan(tuple(lines), True, rejects)
+    assert built.native_scan([OTHER, 42], True, rejects) == (1, [1])

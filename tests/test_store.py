@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import pytest
 
 from monitor.rows import observation_values
-from monitor.store import SCHEMA_VERSION, IncidentQuery, Store, StoreError
+from monitor.store import MIGRATIONS, SCHEMA_VERSION, IncidentQuery, Store, StoreError
 
 
 def obs(i, **kw):
@@ -174,3 +175,27 @@ def test_pipeline_rows_follow_the_column_order():
         "processing_geo": "EU", "residency_basis": "hostname", "residency_caveat": "c",
     }  # fmt: skip
     assert row == expected
+
+
+def test_a_reader_waits_for_the_schema_a_first_scan_is_creating(tmp_path):
+    """A query started alongside the first scan of a new database finds the file before the
+    scan committed its schema: it waits for it instead of calling it no apiwatch database."""
+    import sqlite_utils
+
+    path = tmp_path / "new.db"
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("BEGIN IMMEDIATE")
+    db = sqlite_utils.Database(con)
+    for step in range(1, SCHEMA_VERSION + 1):
+        MIGRATIONS[step](db)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    timer = threading.Timer(0.5, lambda: con.execute("COMMIT"))
+    timer.start()
+    try:
+        reader = Store(path, readonly=True)
+        assert reader.check()["schema_version"] == SCHEMA_VERSION
+        reader.close()
+    finally:
+        timer.join()
+        con.close()

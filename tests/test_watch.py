@@ -3,9 +3,11 @@ from write to alert, restarts, alternation with ``scan``, SIGTERM and ``kill -9`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -213,3 +215,32 @@ def test_signals_commit_and_exit_cleanly(tmp_path, sig):
     assert watch.stop(sig) == 0
     scans = json.loads(cli(config, db, "scan", log, "--egress-country", "CN", "--json").stdout)
     assert scans["records"] == 0  # watch committed its read position
+
+
+def test_watch_correlates_egress_hopping_and_alerts_its_finding(tmp_path):
+    """Correlation rules run in watch too (periodically, and when it stops, as after a
+    scan): a client followed through a HK and a SG egress raises egress-hopping."""
+    hk, sg = tmp_path / "hk.log", tmp_path / "sg.log"
+    hk.write_text(squid_line(0) + squid_line(60))
+    sg.write_text(squid_line(6 * 3600))
+    config = write_config(
+        tmp_path / "c.toml",
+        'name = "lake"\nkind = "jsonl"\npath = "ocsf.jsonl"\nformat = "ocsf"',
+        extra=f'[[sources]]\npath = "{hk}"\negress_country = "HK"\n'
+        f'[[sources]]\npath = "{sg}"\negress_country = "SG"\n',
+    )
+    db = tmp_path / "db.sqlite"
+    w = Watch(config, db)
+
+    def stored() -> int:
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            return con.execute("SELECT count(*) FROM observations").fetchone()[0]
+
+    wait_until(lambda: stored() == 3, 30, "the three lines stored")
+    assert not [f for f in findings(config, db).values() if f["rule"] == "egress-hopping"]
+    assert w.stop() == 0, "\n".join(w.log)
+    (hop,) = [f for f in findings(config, db).values() if f["rule"] == "egress-hopping"]
+    assert (hop["provider"], hop["egress_country"], hop["count"]) == ("openai", "HK", 3)
+    events = [json.loads(x) for x in (tmp_path / "ocsf.jsonl").read_text().splitlines()]
+    assert [(e["finding_info"]["uid"], e["metadata"]["event_code"]) for e in events
+            if e["finding_info"]["analytic"]["uid"] == "egress-hopping"] == [(hop["id"], "new")]  # fmt: skip

@@ -114,13 +114,15 @@ def alerts_test(ctx, name):
 @click.pass_context
 @guard
 def alerts_deliver(ctx):
-    """Send what the outbox holds now (scan, daily and watch do this themselves).
+    """Send what the outbox holds now (scan, daily and watch do this themselves), after
+    bringing exceptions up to date: one that ran out opens its finding again and alerts.
 
     \b
     apiwatch alerts deliver || echo "a sink is down; events are kept"
     """
     app = app_of(ctx)
     _specs(app, None)
+    app.apply_exceptions()
     delivery = app.deliver_alerts()
     for name, n in sorted(delivery.sent.items()):
         click.echo(f"{name}: {n} event(s) sent")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from monitor.catalog import RELAY_CATEGORIES, load_overlay
 from monitor.cli.base import Fatal, app_of, guard, main, when
@@ -116,6 +115,8 @@ def promote_host(
     """Add ``host`` to the overlay file at ``path`` (created when missing) and check the
     result loads; the file is replaced atomically, and left as it was on any error.
     Returns the entry id."""
+    import yaml  # here: PyYAML loads for this command only (start-up time)
+
     try:
         text = path.read_text(encoding="utf-8") if path.exists() else ""
         data = yaml.safe_load(text) if text.strip() else {}

@@ -215,6 +215,26 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, tz, as_json, q
     ctx.exit(result.exit_code)
 
 
+def unknown_names(cfg, app: App) -> list[str]:
+    """Exceptions and alert filters that name a rule or provider apiwatch does not know (a
+    typo there never matches: the exception never holds, the sink never alerts), and
+    exceptions that have run out."""
+    rules = {r.id for r in app.rules.rules}
+    providers = set(app.catalog.providers)
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    found = []
+    for key, rule, provider in [
+        *((e.key, e.rule, e.provider) for e in cfg.exceptions),
+        *((f"{a.key}.rules", r, None) for a in cfg.alerts for r in a.rules),
+    ]:
+        if rule is not None and rule not in rules:
+            found.append(f"{key}: unknown rule {safe_text(rule, 80)!r}: it never matches")
+        if provider is not None and provider not in providers:
+            found.append(f"{key}: unknown provider {safe_text(provider, 80)!r}: it never matches")
+    found += [f"{e.key}: ran out after {e.until}" for e in cfg.exceptions if not e.holds(today)]
+    return found
+
+
 @main.group("config")
 def config_group():
     """Check a configuration file before cron runs it.
@@ -277,6 +297,8 @@ def config_check(ctx, path):
         click.echo(
             f"  {e.key:<10} until {e.until}: {safe_text(e.reason, 120)} ({safe_text(e.approver, 60)})"
         )
+    for text in unknown_names(cfg, app):
+        click.echo(f"warning: {text}", err=True)
     from monitor.egress import contradictions
 
     for text in contradictions(cfg.sites, app.geo):

@@ -6,12 +6,21 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import click
 
 from monitor.app import App
-from monitor.cli.base import Fatal, bulk_filter_options, date_value, guard, main, query_of
+from monitor.cli.base import (
+    Fatal,
+    bulk_filter_options,
+    date_value,
+    guard,
+    main,
+    query_of,
+    report_delivery,
+)
 from monitor.findings import is_finding_id
 from monitor.output import write_rows
 
@@ -23,12 +32,6 @@ def _actor(actor: str | None) -> str:
         return os.environ.get("SUDO_USER") or getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
-
-
-def _note_value(_ctx, _param, value: str) -> str:
-    if not value.strip():
-        raise click.BadParameter("a note must say something (why, a ticket id)")
-    return value
 
 
 def _set_status(ctx, ids, status, note, actor, until, dry_run, filters) -> None:
@@ -47,22 +50,23 @@ def _set_status(ctx, ids, status, note, actor, until, dry_run, filters) -> None:
         raise click.UsageError("--until is for ack")
     if until is not None and until < datetime.now(UTC).date():
         raise click.BadParameter(f"{until} is in the past", param_hint="--until")
+    if until is not None and not all(is_finding_id(i) for i in ids):
+        raise click.UsageError("--until applies to findings (F-…), not incidents")
     until_text = until.isoformat() if until else None
     app.apply_exceptions()
     if by_filter:
-        targets = [f for f in app.store.findings(q) if f["status"] not in (status, "superseded")
-                   or (until_text and f["exception_until"] != until_text)]  # fmt: skip
-        verb = "would change" if dry_run else "changing"
-        click.echo(f"{len(targets)} finding(s) {verb} to {status}", err=True)
+        ids = _bulk_targets(app, q, status, until_text, dry_run)
         if dry_run:
-            write_rows(targets, "table", [], sys.stdout,
-                       ["id", "severity", "rule", "provider", "site", "status", "count"])  # fmt: skip
             return
-        ids = [f["id"] for f in targets]
     findings = [i for i in ids if is_finding_id(i)]
     incidents = [i for i in ids if not is_finding_id(i)]
     if dry_run:
-        click.echo(f"{len(ids)} id(s) would change to {status}", err=True)
+        try:
+            changing = app.store.would_change(findings, status, until_text)
+        except KeyError as exc:
+            raise Fatal(exc.args[0]) from None
+        click.echo(f"{len(changing) + len(incidents)} id(s) would change to {status} "
+                   f"({len(findings) - len(changing)} finding(s) already are)", err=True)  # fmt: skip
         return
     try:
         events = (
@@ -71,8 +75,6 @@ def _set_status(ctx, ids, status, note, actor, until, dry_run, filters) -> None:
             else []
         )
         for iid in incidents:
-            if until_text:
-                raise click.UsageError("--until applies to findings (F-…), not incidents")
             event = app.store.set_status(iid, status, note, who)
             if event is None:
                 click.echo(f"incident {iid}: already {status}; nothing changed", err=True)
@@ -88,6 +90,36 @@ def _set_status(ctx, ids, status, note, actor, until, dry_run, filters) -> None:
                    f"({e['actor']}, {e['at']}{extra})")  # fmt: skip
     if findings and not any(is_finding_id(e["finding_id"]) for e in events):
         click.echo(f"finding(s) already {status}; nothing changed", err=True)
+    if events:  # the SOC hears of it now, not at the next scan
+        report_delivery(app.deliver_alerts())
+
+
+def _bulk_targets(app: App, q, status: str, until: str | None, dry_run: bool) -> list[str]:
+    """The findings the filters select that the change would change. With --client or
+    --user, only findings whose detail all falls inside (a finding changes as a whole:
+    the others are named, so their incidents or an [[exceptions]] entry can be used)."""
+    chosen = [f for f in app.store.findings(q) if f["status"] not in (status, "superseded")
+              or (until and f["exception_until"] != until)]  # fmt: skip
+    partly: list[dict] = []
+    if q.client or q.user:
+        whole = {f["id"]: f["count"]
+                 for f in app.store.findings(replace(q, client=(), user=()))}  # fmt: skip
+        partly = [f for f in chosen if f["count"] != whole.get(f["id"])]
+        chosen = [f for f in chosen if f["count"] == whole.get(f["id"])]
+    verb = "would change" if dry_run else "changing"
+    click.echo(f"{len(chosen)} finding(s) {verb} to {status}", err=True)
+    if partly:
+        click.echo(
+            f"{len(partly)} finding(s) left alone: they also hold other clients' or users' "
+            f"traffic ({', '.join(f['id'] for f in partly[:10])}{' …' if len(partly) > 10 else ''}"
+            "); change their incidents by id (`incidents --finding ID --user …`) or add an "
+            "[[exceptions]] entry with client or user",
+            err=True,
+        )
+    if dry_run:
+        write_rows(chosen, "table", [], sys.stdout,
+                   ["id", "severity", "rule", "provider", "site", "status", "count"])  # fmt: skip
+    return [f["id"] for f in chosen]
 
 
 def _note_value(_ctx, _param, value: str) -> str:

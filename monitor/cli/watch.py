@@ -19,10 +19,11 @@ from monitor.cli.base import (
     guard,
     logformat_options,
     main,
+    report_delivery,
 )
 from monitor.collectors import CollectOptions
 from monitor.egress import EgressOptions
-from monitor.follow import Followed, watch
+from monitor.follow import Followed, Upkeep, WatchTotals, watch
 from monitor.live import LiveCapture
 from monitor.output import safe_text
 
@@ -114,8 +115,14 @@ def watch_cmd(ctx, paths, fmt, squid_logformat, columns, mapping, site, egress_i
     scan_id = store.start_scan(followed, {"watch": True, "bpf": bpf})
     log(f"watch: following {', '.join(followed)} (scan {scan_id})")
     dispatcher = app.dispatcher if app.config.alerts else None
-    totals = watch(store, dispatcher, inputs, scan_id, stop, interval=interval,
-                   heartbeat=heartbeat, log=log, captures=captures)  # fmt: skip
+    totals = WatchTotals()
+    upkeep = Upkeep(app, scan_id, totals)
+    watch(store, dispatcher, inputs, scan_id, stop, interval=interval, heartbeat=heartbeat,
+          log=log, captures=captures, upkeep=upkeep, totals=totals)  # fmt: skip
+    upkeep.finish()  # the correlation over this watch's days, as after a scan
+    delivery = app.deliver_alerts()
+    totals.alerts_sent += sum(delivery.sent.values())
+    report_delivery(delivery)
     record = totals.as_dict()
     record.pop("alerts_sent")
     store.finish_scan(

@@ -1,18 +1,21 @@
-/* The Squid native collector's host-filter pre-pass, in C (see monitor/accel.py).
+/* The Squid native collector's pre-pass, in C (see monitor/accel.py).
  *
- * native_filter(lines, clean, rejects, markers=()) -> (records, todo)
+ * native_scan(lines, clean, rejects, markers=()) -> (records, todo)
  *
- * For each line of a batch, it does what the first branch of SquidCollector._parse_native
- * does when a host filter is set: a line of exactly ten whitespace-separated fields whose
- * target (the CONNECT host:port, or a URL's scheme://authority) the filter has already
- * rejected (rejects[target] is True) and whose fields are well formed is a record that is
- * counted and dropped. It is stricter than the Python code, never looser: every line it is
- * not sure of (any other shape, a target not yet in `rejects`, a timestamp that is not
- * plain digits[.digits] below 1e10) goes to `todo`, the list of indexes the Python loop
- * then reads, in order. Lines are only read; nothing here allocates per line except the
- * lookup key. A URL (not a CONNECT target) whose path holds one of `markers` (byte
- * strings an LLM API path holds) goes to `todo` even when its target is rejected: the
- * Python loop decides whether the request is LLM-shaped.
+ * For each line of a batch, it does what the first steps of SquidCollector._parse_native
+ * do when a host filter is set. A line of exactly ten whitespace-separated fields whose
+ * fields are well formed and whose target (the CONNECT host:port, or a URL's
+ * scheme://authority) the filter has already judged is
+ *   - rejected (rejects[target] is True): a record that is counted and dropped, unless it
+ *     is a URL whose path holds one of `markers` (byte strings an LLM API path holds);
+ *   - kept (rejects[target] is False): split into its fields, the tuple
+ *     (index, ts, elapsed, client, code/status, size, method, target, user, peer) with ts a
+ *     float, elapsed and size ints and the rest the fields' bytes, appended to `todo`.
+ * Every other line (any other shape, a target not yet in `rejects`, a timestamp that is
+ * not plain digits[.digits] below 1e10, a marker in a rejected URL) goes to `todo` as its
+ * index, for the Python loop to read. It is stricter than the Python code, never looser;
+ * `todo` keeps the order of the lines. Rejected lines are only read: nothing is allocated
+ * for them but the lookup key.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -79,7 +82,6 @@ find_scheme_sep(const char *s, Py_ssize_t n)
     return -1;
 }
 
-/* 1: counted and dropped; 0: to the Python loop; -1: error set */
 /* 1 when s[0:n] holds one of the byte strings of the tuple `markers` */
 static int
 has_marker(const char *s, Py_ssize_t n, PyObject *markers)
@@ -94,11 +96,27 @@ has_marker(const char *s, Py_ssize_t n, PyObject *markers)
     return 0;
 }
 
-static int
-rejected_record(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *markers)
+/* digits only, at most 18 of them (no overflow): the value; else -1 */
+static long long
+small_int(const char *s, Py_ssize_t n)
 {
-    const char *tok[FIELDS];
-    Py_ssize_t len[FIELDS];
+    if (n > 18 || !all_digits(s, n))
+        return -1;
+    long long v = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        v = v * 10 + (s[i] - '0');
+    return v;
+}
+
+#define DROP 1 /* counted and dropped */
+#define KEEP 2 /* kept: split into fields */
+
+/* DROP, KEEP; 0: to the Python loop by index; -1: error set. On KEEP, tok/len hold the
+ * fields and *ts, *elapsed, *size their values. */
+static int
+classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *markers,
+         const char **tok, Py_ssize_t *len, double *ts, long long *elapsed, long long *size)
+{
     int count = 0;
     Py_ssize_t i = 0;
 
@@ -120,8 +138,9 @@ rejected_record(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObj
     }
     if (count != FIELDS)
         return 0;
-    if (!all_digits(tok[1], len[1]) || !all_digits(tok[4], len[4]) ||
-        !code_status(tok[3], len[3]) || !plain_ts(tok[0], len[0]))
+    *elapsed = small_int(tok[1], len[1]);
+    *size = small_int(tok[4], len[4]);
+    if (*elapsed < 0 || *size < 0 || !code_status(tok[3], len[3]) || !plain_ts(tok[0], len[0]))
         return 0;
 
     const char *target = tok[6];
@@ -141,20 +160,42 @@ rejected_record(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObj
     Py_DECREF(key);
     if (verdict == NULL)
         return PyErr_Occurred() ? -1 : 0;
+    if (verdict == Py_False) {
+        /* plain_ts: at most 10 digits, '.', digits; longer fractions go to Python */
+        char buf[40];
+        if (len[0] >= (Py_ssize_t)sizeof(buf))
+            return 0;
+        memcpy(buf, tok[0], (size_t)len[0]);
+        buf[len[0]] = '\0';
+        *ts = PyOS_string_to_double(buf, NULL, NULL);
+        if (*ts == -1.0 && PyErr_Occurred())
+            return -1;
+        return KEEP;
+    }
     if (verdict != Py_True)
         return 0;
     if (tlen < len[6] && has_marker(target + tlen, len[6] - tlen, markers))
         return 0; /* a URL whose path may be an LLM API's */
-    return 1;
+    return DROP;
+}
+
+/* the tuple a kept line becomes (see the top of this file) */
+static PyObject *
+fields_of(Py_ssize_t index, const char **tok, Py_ssize_t *len, double ts, long long elapsed,
+          long long size)
+{
+    return Py_BuildValue("(ndLy#y#Ly#y#y#y#)", index, ts, elapsed, tok[2], len[2], tok[3],
+                         len[3], size, tok[5], len[5], tok[6], len[6], tok[7], len[7], tok[8],
+                         len[8]);
 }
 
 static PyObject *
-native_filter(PyObject *self, PyObject *args)
+native_scan(PyObject *self, PyObject *args)
 {
     PyObject *lines, *rejects, *markers = NULL;
     int clean;
 
-    if (!PyArg_ParseTuple(args, "O!pO!|O!:native_filter", &PyList_Type, &lines, &clean,
+    if (!PyArg_ParseTuple(args, "O!pO!|O!:native_scan", &PyList_Type, &lines, &clean,
                           &PyDict_Type, &rejects, &PyTuple_Type, &markers))
         return NULL;
     if (markers == NULL) {
@@ -165,29 +206,42 @@ native_filter(PyObject *self, PyObject *args)
         Py_INCREF(markers);
     }
     PyObject *todo = PyList_New(0);
-    if (todo == NULL)
+    if (todo == NULL) {
+        Py_DECREF(markers);
         return NULL;
+    }
     Py_ssize_t records = 0;
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(lines); k++) {
         PyObject *line = PyList_GET_ITEM(lines, k);
+        const char *tok[FIELDS];
+        Py_ssize_t len[FIELDS];
+        double ts = 0;
+        long long elapsed = 0, size = 0;
         int r = 0;
+        PyObject *item = NULL;
         if (PyBytes_Check(line)) {
             Py_INCREF(line); /* a dict lookup may run Python code that changes the list */
-            r = rejected_record(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line), clean,
-                                rejects, markers);
+            r = classify(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line), clean, rejects,
+                         markers, tok, len, &ts, &elapsed, &size);
+            if (r == KEEP)
+                item = fields_of(k, tok, len, ts, elapsed, size);
             Py_DECREF(line);
+            if (r == KEEP && item == NULL)
+                goto fail;
         }
         if (r < 0)
             goto fail;
-        if (r) {
+        if (r == DROP) {
             records++;
             continue;
         }
-        PyObject *index = PyLong_FromSsize_t(k);
-        if (index == NULL)
-            goto fail;
-        int err = PyList_Append(todo, index);
-        Py_DECREF(index);
+        if (item == NULL) {
+            item = PyLong_FromSsize_t(k);
+            if (item == NULL)
+                goto fail;
+        }
+        int err = PyList_Append(todo, item);
+        Py_DECREF(item);
         if (err < 0)
             goto fail;
     }
@@ -200,16 +254,16 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"native_filter", native_filter, METH_VARARGS,
-     "native_filter(lines, clean, rejects, markers=()) -> (records, todo): count the lines "
-     "whose target the host filter rejected (unless their URL path holds a marker); the "
-     "indexes of the others, for the Python loop."},
+    {"native_scan", native_scan, METH_VARARGS,
+     "native_scan(lines, clean, rejects, markers=()) -> (records, todo): count the lines "
+     "whose target the host filter rejected (unless their URL path holds a marker); split "
+     "those whose target it kept into their fields; the indexes of the others."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_squidscan",
-    "Squid native collector: the host-filter pre-pass in C.", -1, methods,
+    "Squid native collector: the host-filter pre-pass and field split in C.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
@@ -217,8 +271,8 @@ PyMODINIT_FUNC
 PyInit__squidscan(void)
 {
     PyObject *m = PyModule_Create(&module);
-    /* 2: native_filter takes `markers`; squid.py ignores a module built before that */
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 2) < 0) {
+    /* 3: native_scan splits kept lines; squid.py ignores a module built before that */
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 3) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -317,22 +317,26 @@ class _Targets:
         return hp[0], hp[1], ru, "url" if hp[0] else None
 
 
-#: (lines, clean, rejects, markers) -> (records counted and dropped, indexes of the others)
-NativeFilter = Callable[
-    [list[bytes], bool, dict[bytes, bool], tuple[bytes, ...]], tuple[int, list[int]]
+#: A kept line split by the C pre-pass: (index in the batch, ts, elapsed, client,
+#: code/status, size, method, target, user, peer) -- the numbers converted, the rest bytes.
+Fields = tuple[int, float, int, bytes, bytes, int, bytes, bytes, bytes, bytes]
+#: (lines, clean, rejects, markers) -> (records counted and dropped, the others in order:
+#: split into their fields, or the index of a line for the Python loop to read)
+NativeScan = Callable[
+    [list[bytes], bool, dict[bytes, bool], tuple[bytes, ...]], tuple[int, list[int | Fields]]
 ]
 
 
-def _accelerator() -> NativeFilter | None:
-    """``native_filter`` of the C pre-pass (``_squidscan.c``), when it is built and wanted."""
+def _accelerator() -> NativeScan | None:
+    """``native_scan`` of the C pre-pass (``_squidscan.c``), when it is built and wanted."""
     module = accel.load("monitor.collectors._squidscan")
     if module is None or getattr(module, "ABI", 1) < _ACCEL_ABI:
         return None  # absent, or built from an older source: rebuild it (pip install)
-    return module.native_filter
+    return module.native_scan
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 2
+_ACCEL_ABI = 3
 
 
 def _host_port(text: str) -> tuple[str | None, int | None]:
@@ -406,8 +410,9 @@ class SquidCollector:
         fmt = FORMAT_NATIVE
         slow = self._native_slow
         filtering = host_filter is not None
-        # the C pre-pass counts the records the filter rejects (most of them) and hands
-        # the rest to the loop below, which reads every line when it is absent
+        # the C pre-pass counts the records the filter rejects (most of them), splits
+        # those it keeps into their fields and hands the rest to the loop below, which
+        # reads every line when it is absent
         prepass = _accelerator() if filtering else None
         markers = t.markers if t.requests is not None else ()
         marker_search = t.marker_search
@@ -419,19 +424,33 @@ class SquidCollector:
                     records += dropped
                 else:
                     todo = range(len(lines))
-                for i in todo:
-                    line = lines[i]
-                    lineno = base + i + 1
-                    parts = line.split()
-                    if len(parts) == 10 and (clean or b"\x00" not in line):
+                for item in todo:
+                    if item.__class__ is tuple:  # kept and split by the pre-pass
+                        i, ts, elapsed, client_b, code_b, size, method_b, target, user, peer = item
+                        line = lines[i]
+                        cs = codes.get(code_b) or t.code_status(code_b)
+                    else:
+                        i = item
+                        line = lines[i]
+                        parts = line.split()
+                        if len(parts) != 10 or not (clean or b"\x00" not in line):
+                            if not parts:
+                                diag.skipped += 1
+                                continue
+                            # the careful path: extra fields, glued records, junk
+                            for o in slow(line, parts, base + i + 1, source, diag, t):
+                                records += 1
+                                if o is not None:
+                                    yield o
+                            continue
                         if filtering:
                             # most lines go to hosts the filter rejects: check the target
                             # first (CONNECT host:port, or a URL's scheme and authority),
                             # then only that the record is well formed
                             target = parts[6]
                             if parts[5] != b"CONNECT":
-                                i = target.find(b"://")
-                                j = target.find(b"/", i + 3) if i > 0 else -1
+                                k = target.find(b"://")
+                                j = target.find(b"/", k + 3) if k > 0 else -1
                                 if j > 0:
                                     target = target[:j]
                             rejected = rejects.get(target)
@@ -462,64 +481,63 @@ class SquidCollector:
                             size = int(parts[4])
                         except ValueError:
                             ts = size = -1
-                        if cs is not None and size >= 0 and 0 <= ts < 1e11:
-                            records += 1
-                            method = words.get(parts[5]) or t.word(parts[5])
-                            if method == "-":
-                                method = None
-                            hp = connect.get(parts[6]) if method == "CONNECT" else None
-                            if hp is not None:
-                                host, port = hp
-                                url = None
-                                hsrc = "connect" if host else None
-                            else:
-                                host, port, url, hsrc = t.target(method, parts[6])
-                            if filtering and host is not None:
-                                keep = fcache.get(host)
-                                if keep is None:
-                                    keep = t.keep(host)
-                                if not keep and not t.wanted(url):
-                                    continue  # rejected: counted, no Observation built
-                            if url is not None:
-                                url = _text(url)
-                            client = ips.get(parts[2], missing)
-                            if client is missing:
-                                client = t.ip(parts[2])
-                            dest_ip = hiers.get(parts[8], missing)
-                            if dest_ip is missing:
-                                dest_ip = t.peer(parts[8])
-                            user = parts[7]
-                            o = obs(
-                                ts,
-                                source,
-                                lineno,
-                                fmt,
-                                client,
-                                None,
-                                None if user == b"-" else (words.get(user) or t.word(user)),
-                                method,
-                                host,
-                                port,
-                                dest_ip,
-                                url,
-                                cs[1],
-                                None,
-                                size,
-                                hsrc,
-                                cs[0],
-                                elapsed / 1000 if elapsed >= 0 else None,
-                            )
-                            o.record_id = digest(line)
-                            yield o
+                        if cs is None or size < 0 or not 0 <= ts < 1e11:
+                            # the careful path: "-" size, junk
+                            for o in slow(line, parts, base + i + 1, source, diag, t):
+                                records += 1
+                                if o is not None:
+                                    yield o
                             continue
-                    elif not parts:
-                        diag.skipped += 1
-                        continue
-                    # the careful path: "-" size, extra fields, glued records, junk
-                    for o in slow(line, parts, lineno, source, diag, t):
-                        records += 1
-                        if o is not None:
-                            yield o
+                        client_b, method_b, target, user, peer = (
+                            parts[2], parts[5], parts[6], parts[7], parts[8]
+                        )  # fmt: skip
+                    records += 1
+                    method = words.get(method_b) or t.word(method_b)
+                    if method == "-":
+                        method = None
+                    hp = connect.get(target) if method == "CONNECT" else None
+                    if hp is not None:
+                        host, port = hp
+                        url = None
+                        hsrc = "connect" if host else None
+                    else:
+                        host, port, url, hsrc = t.target(method, target)
+                    if filtering and host is not None:
+                        keep = fcache.get(host)
+                        if keep is None:
+                            keep = t.keep(host)
+                        if not keep and not t.wanted(url):
+                            continue  # rejected: counted, no Observation built
+                    if url is not None:
+                        url = _text(url)
+                    client = ips.get(client_b, missing)
+                    if client is missing:
+                        client = t.ip(client_b)
+                    dest_ip = hiers.get(peer, missing)
+                    if dest_ip is missing:
+                        dest_ip = t.peer(peer)
+                    o = obs(
+                        ts,
+                        source,
+                        base + i + 1,
+                        fmt,
+                        client,
+                        None,
+                        None if user == b"-" else (words.get(user) or t.word(user)),
+                        method,
+                        host,
+                        port,
+                        dest_ip,
+                        url,
+                        cs[1],
+                        None,
+                        size,
+                        hsrc,
+                        cs[0],
+                        elapsed / 1000 if elapsed >= 0 else None,
+                    )
+                    o.record_id = digest(line)
+                    yield o
         finally:
             diag.records += records
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import uuid
 
-import yaml
-
 from monitor.catalog import Provider
 from monitor.export.model import EXACT, SUFFIX, Entry, Export, Format, commented, host_regex
 from monitor.policy import Rule
@@ -86,6 +84,8 @@ def _rule(
 
 
 def render(export: Export) -> str:
+    import yaml  # here: PyYAML loads for this export only (start-up time)
+
     groups: dict[tuple[str, str], tuple[Provider, Rule | None, list[Entry]]] = {}
     for e in export.entries:
         for rule in e.rules or (None,):

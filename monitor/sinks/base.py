@@ -8,15 +8,17 @@ A sink module (one per ``kind``) defines ``KEYS`` (the config keys of its kind),
 from __future__ import annotations
 
 import os
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from monitor.errors import ApiwatchError
 from monitor.events import FindingEvent
 from monitor.policy import SEVERITY_RANK
+
+if TYPE_CHECKING:  # ssl loads only for a sink that speaks TLS (start-up time)
+    import ssl
 
 DEFAULT_MIN_SEVERITY = "medium"
 TIMEOUT = 10.0  # seconds for one delivery attempt (connect + send + answer)
@@ -81,6 +83,8 @@ class AlertSpec:
         return self.address or self.path or "-"
 
     def tls_context(self) -> ssl.SSLContext:
+        import ssl
+
         return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
 

@@ -25,9 +25,11 @@ OCSF_SEVERITY = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 #: OCSF Detection Finding activity_id: 1 Create, 2 Update, 3 Close
 OCSF_ACTIVITY = {"new": 1, "resolved": 3, "superseded": 3}
 OCSF_ACTIVITY_NAME = {1: "Create", 2: "Update", 3: "Close"}
-#: OCSF finding status_id: 1 New, 2 In Progress, 4 Resolved, 99 Other (superseded)
+#: OCSF finding status_id: 1 New, 2 In Progress, 3 Suppressed (under an exception),
+#: 4 Resolved, 99 Other (superseded)
 OCSF_STATUS = {"open": 1, "reopened": 1, "acknowledged": 2, "resolved": 4, "superseded": 99}
-OCSF_STATUS_NAME = {1: "New", 2: "In Progress", 4: "Resolved", 99: "Other"}
+OCSF_STATUS_NAME = {1: "New", 2: "In Progress", 3: "Suppressed", 4: "Resolved", 99: "Other"}
+SUPPRESSED = 3
 #: ECS event.severity: a number; higher is more severe (same scale as CEF's 0-10)
 ECS_SEVERITY = {"info": 1, "low": 3, "medium": 5, "high": 8, "critical": 10}
 
@@ -42,6 +44,8 @@ def ocsf(e: FindingEvent) -> dict[str, Any]:
     """An OCSF 1.1 Detection Finding (class_uid 2004, category Findings)."""
     activity = OCSF_ACTIVITY.get(e.event_type, 2)
     status = OCSF_STATUS.get(e.status or "open", 1)
+    if status < OCSF_STATUS["resolved"] and excepted(e):
+        status = SUPPRESSED
     return {
         "class_uid": 2004,
         "class_name": "Detection Finding",
@@ -86,9 +90,17 @@ def ocsf(e: FindingEvent) -> dict[str, Any]:
                 "egress_ip": e.egress_ip,
                 "new_count": e.new_count,
                 "blocked": e.blocked,
+                "actor": e.actor,
+                "note": e.note,
+                "exception_until": e.exception_until,
             }
         ),
     }
+
+
+def excepted(e: FindingEvent) -> bool:
+    """Whether the finding is under an exception after this event."""
+    return bool(e.exception_until) and e.event_type != "exception-expired"
 
 
 def ecs(e: FindingEvent) -> dict[str, Any]:
@@ -108,6 +120,7 @@ def ecs(e: FindingEvent) -> dict[str, Any]:
             "end": e.last_seen,
             "dataset": "apiwatch.finding",
             "module": "apiwatch",
+            **_drop_none({"reason": e.note}),
         },
         "rule": {"id": e.rule, "name": e.title or e.rule, "ruleset": "apiwatch"},
         "observer": {"vendor": "apiwatch", "product": "apiwatch", "version": __version__},
@@ -124,9 +137,12 @@ def ecs(e: FindingEvent) -> dict[str, Any]:
                     "blocked": e.blocked,
                     "first_seen": e.first_seen,
                     "last_seen": e.last_seen,
+                    "excepted": excepted(e),
+                    "exception_until": e.exception_until,
                 }
             ),
             "idempotency_key": e.idempotency_key,
+            **_drop_none({"actor": e.actor}),
             "provider": e.provider,
             "site": e.site,
             "egress": _drop_none({"country": e.egress_country, "ip": e.egress_ip}),

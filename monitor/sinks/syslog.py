@@ -89,6 +89,11 @@ def cef(e: FindingEvent) -> str:
         "cs6": e.idempotency_key,
         "cn1Label": "newCount",
         "cn1": e.new_count,
+        "reason": e.note,
+        "flexString1Label": "actor" if e.actor else None,
+        "flexString1": e.actor,
+        "flexString2Label": "exceptionUntil" if e.exception_until else None,
+        "flexString2": e.exception_until,
         "msg": e.summary(),
     }
     header = "|".join(
@@ -132,6 +137,9 @@ def leef(e: FindingEvent) -> str:
         "newCount": e.new_count,
         "status": e.status,
         "title": e.title,
+        "actor": e.actor,
+        "note": e.note,
+        "exceptionUntil": e.exception_until,
     }
     header = "|".join(
         _cef_header(v)

@@ -1,0 +1,173 @@
+"""The record path's memo (:class:`monitor.pipeline.RecordMemo`): enrichment, rules and
+incident rows are worked out once per key, so the key must hold every observation field
+they read, and a memoised run must give exactly what the stages give record by record."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+
+from monitor.app import App, Settings
+from monitor.collectors import CollectOptions
+from monitor.egress import Egress, EgressOptions
+from monitor.observation import Observation
+from monitor.pipeline import (
+    OBS_READS,
+    RECORD_READS,
+    Enriched,
+    Evaluator,
+    Pipeline,
+    incident_rows,
+    observation_row,
+)
+from monitor.privacy import Pseudonymizer
+
+CONFIG = """\
+[organisation]
+allowed_providers = ["anthropic"]
+
+[sites.sh]
+client_cidrs = ["10.1.0.0/16"]
+country = "CN"
+
+[entities.acme-cn]
+client_cidrs = ["10.1.2.0/24"]
+controlled_from = "CN"
+"""
+
+#: a second value for each observation field a rule may read (the first: ``_record``)
+OTHER = {
+    "source": "other.log",
+    "line": 99,
+    "format": "zeek",
+    "client_port": 4444,
+    "method": "POST",
+    "dest_port": 8443,
+    "url": "https://api.openai.com/v1/chat/completions",
+    "bytes_out": 1,
+    "bytes_in": 2,
+    "host_source": "sni",
+    "duration": 9.5,
+    "ts_end": 1795741300.0,
+    "packets_out": 7,
+    "packets_in": 8,
+    "ech": True,
+    "ech_outer": "cloudflare-ech.com",
+    "tunnel": "vxlan",
+    "tunnel_src": "10.9.0.1",
+    "tunnel_dst": "10.9.0.2",
+    "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1",
+    "user_agent": "OpenAI/Python 1.54.0",
+    "response_excerpt": '{"error": {"code": "unsupported_country_region_territory"}}',
+    "processing_region": "azure:westeurope",
+    "processing_geo": "NL",
+    "residency_basis": "config",
+    "residency_caveat": "c",
+    "record_id": "other",
+}
+
+
+def _record(**kw) -> Observation:
+    base = dict(ts=1795741200.5, source="a.log", line=7, format="squid", client_ip="10.1.2.3",
+                user="ana", method="CONNECT", dest_host="api.openai.com", dest_port=443,
+                dest_ip="162.159.140.245", status=403, result="TCP_DENIED", host_source="connect",
+                url="http://example.com/", user_agent="curl/8.5.0", ja4="t13d1517h2_aaaaaaaaaaaa_bbbbbbbbbbbb")  # fmt: skip
+    return Observation(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory) -> App:
+    tmp = tmp_path_factory.mktemp("memo")
+    cfg = tmp / "apiwatch.toml"
+    cfg.write_text(CONFIG)
+    return App(Settings(db=tmp / "m.db", config=cfg))
+
+
+def test_every_rule_field_reads_only_the_observation_fields_declared(app):
+    """A getter reading an observation field that neither RECORD_READS nor OBS_READS names
+    would make the memo hand one record's verdict to another."""
+    evaluator = Evaluator(app.rules, app.catalog, app.config)
+    obs = _record()
+    match = app.catalog.match_host(obs.dest_host)
+    egress = Egress("203.0.113.1", "CN", "sh", "site", "CN")
+    before = evaluator.context(Enriched(obs, match, egress, None, "blocked"))
+    assert set(OBS_READS) <= set(before), "OBS_READS names a field no getter serves"
+    changed_by: dict[str, set[str]] = {}
+    for name in [f.name for f in dataclasses.fields(Observation)]:
+        if name in RECORD_READS or name == "ts":  # in the key (ts: by its day)
+            continue
+        other = dataclasses.replace(obs, **{name: OTHER[name]})
+        after = evaluator.context(Enriched(other, match, egress, None, "blocked"))
+        for field, value in after.items():
+            if value != before[field]:
+                changed_by.setdefault(field, set()).add(name)
+    for field, names in changed_by.items():
+        assert names <= set(OBS_READS.get(field, ())), f"{field} reads {names}, undeclared"
+    # the declarations are not empty words: each changes what its field reads
+    assert changed_by["request.api_path"] == {"url"}
+    assert changed_by["client.software"] == {"user_agent"}
+    assert changed_by["provider_refused"] == {"response_excerpt"}
+    assert changed_by["dest.address_source"] == {"format"}
+
+
+def _reference(pipeline: Pipeline, obs: Observation, match) -> tuple[list, list]:
+    """Stages 3–4 record by record, without any memo of the record path."""
+    enriched = pipeline.enricher.enrich(obs, match)
+    rules = pipeline.evaluator.rules.evaluate(pipeline.evaluator.context(enriched))
+    if pipeline.pseudonymizer is not None:
+        enriched = pipeline.pseudonymizer.apply(enriched)
+    row = observation_row(enriched)
+    return row, incident_rows(enriched, rules, row[1], pipeline.evaluator.evidence)
+
+
+def _records() -> list[Observation]:
+    """Records that share keys and differ in what the key holds and what it does not."""
+    out = []
+    hosts = ("api.openai.com", "openrouter.ai", "api.deepseek.com", "unknown.example.org")
+    clients = ("10.1.2.3", "10.1.9.9", "192.168.0.5")
+    statuses = (
+        (200, "TCP_TUNNEL"),
+        (200, "TCP_DENIED"),
+        (403, "TCP_TUNNEL"),
+        (0, "TCP_MISS_ABORTED"),
+    )
+    extras = (
+        {},
+        {"url": "https://x.example/v1/chat/completions", "method": "POST", "dest_host": None},
+        {"response_excerpt": OTHER["response_excerpt"]},
+        {"user_agent": "OpenAI/Python 1.54.0", "user": None},
+        {"format": "zeek", "host_source": "sni"},
+    )
+    for n, (host, client, (status, result), extra, day) in enumerate(
+        itertools.product(hosts, clients, statuses, extras, (0, 1))
+    ):
+        kw = dict(dest_host=host, client_ip=client, status=status, result=result, line=n,
+                  ts=1795741200.5 + day * 86400 + n)  # fmt: skip
+        out.append(_record(**{**kw, **extra}))
+    return out * 2  # every key seen again
+
+
+@pytest.mark.parametrize("pseudonymize", [False, True])
+def test_memoised_record_path_equals_the_stages_record_by_record(app, pseudonymize):
+    pseud = Pseudonymizer("k" * 32) if pseudonymize else None
+    memoised = Pipeline(app.catalog, app.geo, app.rules, app.config, EgressOptions(),
+                        CollectOptions(), pseud)  # fmt: skip
+    plain = Pipeline(app.catalog, app.geo, app.rules, app.config, EgressOptions(),
+                     CollectOptions(), pseud)  # fmt: skip
+    seen_rules = set()
+    identified = 0
+    for obs in _records():
+        match = memoised.identifier.identify(obs)
+        if match is None:
+            continue
+        identified += match.provider.id != "unknown"  # request shapes: a match per record
+        got = memoised.record(dataclasses.replace(obs), match)
+        want = _reference(plain, dataclasses.replace(obs), match)
+        assert got == want, obs
+        seen_rules |= {i["rule"] for i in got[1]}
+    # the records raise rules whose evidence the key holds, and one whose it does not
+    assert {"provider-region-unsupported", "relay-service", "llm-api-unknown-host"} <= seen_rules
+    keys = [c for c in memoised.memo._memo.values() if c.match.provider.id != "unknown"]
+    assert len(keys) <= identified // 2
