@@ -811,9 +811,14 @@ class Store:
                 clients, users = detail.get(row["id"], ((), ()))
                 entry = next((e for e in in_force if e.covers(row, clients, users)), None)
                 source = f"config:{entry.key}" if entry else None
-                if source == row["exception_source"] and (
-                    entry is None or entry.until == row["exception_until"]
-                ):
+                same = entry is not None and (row["exception_source"] or "").startswith(
+                    "config:") and (row["exception_until"], row["exception_reason"],
+                    row["exception_by"]) == (entry.until, entry.reason, entry.approver)  # fmt: skip
+                if source == row["exception_source"] and (entry is None or same):
+                    continue
+                if same:  # the same exception, moved within the register: nothing to say
+                    self.db.execute("UPDATE findings SET exception_source = ? WHERE id = ?",
+                                    [source, row["id"]])  # fmt: skip
                     continue
                 if entry is None:
                     self._clear_exception(row["id"])

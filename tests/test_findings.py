@@ -180,6 +180,14 @@ def test_reopen_activity_exceptions_and_bulk(env):
     assert [e["action"] for e in events(env, fg)][-3:] == ["excepted", "resolved", "reopened"]
     shown = json.loads(cli(env, "show", fg, "--json").stdout)
     assert (shown["exception_until"], shown["exception_by"]) == (tomorrow, "ciso")
+    # the register reordered: the same exception, nothing happens
+    gemini, old = env["cfg"].read_text().split("\n[[exceptions]]")[1:]
+    env["cfg"].write_text(CONFIG + "\n[[exceptions]]" + old + "\n[[exceptions]]" + gemini)
+    trail = events(env, fg)
+    findings(env)
+    assert events(env, fg) == trail
+    assert json.loads(cli(env, "show", fg, "--json").stdout)["exception_source"] == (
+        "config:exceptions[1]")  # fmt: skip
     assert json.loads(cli(env, "show", fo, "--json").stdout)["exception_until"] is None
 
     # bulk: filters instead of ids, a dry run first, a note always
@@ -367,6 +375,9 @@ def test_an_exception_that_ran_out_counts_for_fail_on_without_traffic(env):
     actions = [(e["action"], e["actor"]) for e in events(env, by["openai"])]
     assert actions == [("new", None), ("acknowledged", "ana"), ("excepted", "ciso"),
                        ("exception-expired", None)]  # fmt: skip
+    history = cli(env, "show", by["openai"]).stdout.split("history:")[1].split("records")[0]
+    (granted,) = [ln.split() for ln in history.splitlines() if " excepted " in ln]
+    assert granted[1:6] == ["excepted", "acknowledged", "acknowledged", "ciso", tomorrow]
 
 
 def test_bulk_actions_by_who_and_dry_runs_by_id(env):

@@ -79,7 +79,7 @@ def alerts_group(ctx, as_json, n_events):
             click.echo("newest events:")
         for seq, e in events:
             click.echo(
-                f"  {seq:>6} {e.time} {e.event_type:<12} {e.severity:<8} {e.finding_id} "
+                f"  {seq:>6} {e.time} {e.event_type:<17} {e.severity:<8} {e.finding_id} "
                 f"{safe_text(e.rule, 40)} {safe_text(e.provider, 30)} "
                 f"{safe_text(e.site or e.egress_country, 30)} count {e.count}"
             )

@@ -150,10 +150,10 @@ def show(ctx, incident_id, as_json, samples):
             write_rows(rows, "table", [], sys.stdout, ["value", "count", "incidents"])
     if events:
         click.echo("\nhistory:")
-        columns = ["at", "action", "status_from", "status_to", "actor", "note"]
-        write_rows(
-            events, "table", [], sys.stdout, columns if finding else columns[:1] + columns[2:]
-        )
+        columns = ["at", "action", "status_from", "status_to", "actor", "until", "note"]
+        if not finding:  # an incident's trail: no exceptions, the action is the new status
+            columns = [c for c in columns if c not in ("action", "until")]
+        write_rows(events, "table", [], sys.stdout, columns)
     click.echo(f"\nrecords ({len(records)} of {inc['count']}):")
     write_rows(
         records,
