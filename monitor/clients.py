@@ -81,6 +81,22 @@ class Signatures:
         m = self._paths.search(path)
         return self._path_ids[int(m.lastgroup[1:])] if m else None  # type: ignore[index]
 
+    def shape(self, url: str | None, user_agent: str | None, ja4: str | None = None) -> str | None:
+        """Why a request looks like an LLM API call by itself (``path:ID``,
+        ``user-agent:ID``, ``ja4:ID``), or None: its URL path, an LLM client's User-Agent,
+        or a JA4 only LLM clients are known to send (``llm: true``; a shared TLS stack's
+        JA4 is evidence on the record, never a match)."""
+        path = self.api_path(url)
+        if path is not None:
+            return f"path:{path}"
+        client = self.user_agent(user_agent)
+        if client is not None and client.llm:
+            return f"user-agent:{client.id}"
+        client = self.tls_client(ja4)
+        if client is not None and client.llm:
+            return f"ja4:{client.id}"
+        return None
+
     def _user_agent(self, agent: str | None) -> Client | None:
         """The client a User-Agent names (longest prefix, at its start or after a space)."""
         if not agent:
@@ -195,16 +211,40 @@ def _load(path: Path) -> Signatures:
             raise fail(entry, "'provider' (a catalogue id) is required")
         refusals.append((entry, frozenset(statuses), item["marker"]))
     tls: dict[str, Client] = {}
-    for entry, item in entries("tls_clients", {"id", "name", "ja4", "sources", "note"}):
-        if not isinstance(item.get("name"), str):
-            raise fail(entry, "'name' is required")
+    allowed = {"id", "name", "ja4", "llm", "measured", "sources", "note"}
+    for entry, item in entries("tls_clients", allowed):
+        if not isinstance(item.get("name"), str) or not isinstance(item.get("llm", False), bool):
+            raise fail(entry, "'name' (text) is required; 'llm' is true or false")
+        _measured(fail, entry, item.get("measured", []))
+        client = Client(entry, item["name"], item.get("llm", False))
         for value in strings(entry, item, "ja4"):
             if not re.fullmatch(
                 r"[tqd][0-9s]{2}[di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}", value
             ):
                 raise fail(entry, f"{value!r} is not a JA4 fingerprint")
-            tls[value] = Client(entry, item["name"], False)
+            if value in tls:
+                raise fail(entry, f"{value} is already listed by {tls[value].id}")
+            tls[value] = client
     version = data.get("version")
     if not isinstance(version, str):
         raise fail("(top level)", "'version' is required")
     return Signatures(paths, agents, tls, version, refusals)
+
+
+#: what a measurement of a JA4 records (tls_clients[].measured)
+MEASURED_KEYS = ("client", "tls", "date", "method")
+
+
+def _measured(fail, entry: str, items: Any) -> None:
+    """``measured``: how each JA4 was measured here (a list of {client, tls, date, method})."""
+    if not isinstance(items, list):
+        raise fail(entry, "'measured' must be a list")
+    for m in items:
+        if (
+            not isinstance(m, dict)
+            or set(m) != set(MEASURED_KEYS)
+            or not all(isinstance(m[k], str) and m[k].strip() for k in MEASURED_KEYS)
+        ):
+            raise fail(entry, f"each 'measured' item needs exactly {', '.join(MEASURED_KEYS)}")
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", m["date"]):
+            raise fail(entry, f"measured date {m['date']!r} is not YYYY-MM-DD")

@@ -103,6 +103,8 @@ class Identifier:
         self._azure = dict(azure_resources or {})
         self.signatures = signatures or bundled_signatures()
         self.by_host = lru_cache(maxsize=1 << 18)(self._by_host)
+        #: one Match per request signature (matches are compared and memoised by identity)
+        self._shapes: dict[str, Match] = {}
         self.host_filter = _LlmFilter(self)
 
     def _by_host(self, host: str) -> Match | None:
@@ -128,18 +130,20 @@ class Identifier:
                 )
         return found
 
-    def shape(self, url: str | None, user_agent: str | None) -> Match | None:
-        """A match by the request itself: an LLM API path, or an LLM SDK's User-Agent."""
-        sig = self.signatures
-        path = sig.api_path(url)
-        if path is not None:
-            return Match(UNKNOWN_PROVIDER, "unknown", f"path:{path}", "medium", on="request")
-        client = sig.user_agent(user_agent)
-        if client is not None and client.llm:
-            return Match(
-                UNKNOWN_PROVIDER, "unknown", f"user-agent:{client.id}", "medium", on="request"
-            )
-        return None
+    def shape(
+        self, url: str | None, user_agent: str | None, ja4: str | None = None
+    ) -> Match | None:
+        """A match by the request itself: an LLM API path, an LLM SDK's User-Agent, or a
+        JA4 only LLM clients send (see :meth:`Signatures.shape`)."""
+        why = self.signatures.shape(url, user_agent, ja4)
+        if why is None:
+            return None
+        found = self._shapes.get(why)
+        if found is None:
+            confidence = "low" if why.startswith("ja4:") else "medium"
+            found = Match(UNKNOWN_PROVIDER, "unknown", why, confidence, on="request")
+            self._shapes[why] = found
+        return found
 
     @staticmethod
     @lru_cache(maxsize=1 << 14)
@@ -161,30 +165,37 @@ class Identifier:
             found = self.catalog.match_ip(obs.dest_ip)
         else:
             found = None
-        if found is None and (obs.url or obs.user_agent):
-            found = self.shape(obs.url, obs.user_agent)
+        if found is None and (obs.url or obs.user_agent or obs.ja4):
+            found = self.shape(obs.url, obs.user_agent, obs.ja4)
         return found
 
 
 class _LlmFilter:
-    """The collectors' filter: hosts the catalogue knows, and (``requests``) any request
-    whose path or User-Agent is an LLM API's."""
+    """The collectors' filter: hosts the catalogue knows, (``requests``) any request whose
+    path or User-Agent is an LLM API's, and (``ingress``) any destination address inside a
+    provider's published ingress ranges, whatever its name (fronted traffic)."""
 
-    __slots__ = ("_by_host", "_bad_host", "_shape", "markers")
+    __slots__ = ("_by_host", "_bad_host", "_shape", "_match_ip", "markers", "ja4s")
 
     def __init__(self, identifier: Identifier):
         self._by_host = identifier.by_host
         self._bad_host = identifier.bad_host
         self._shape = identifier.shape
+        self._match_ip = identifier.catalog.match_ip
         #: byte strings one of which any LLM API path holds (collectors' cheap pre-test)
         self.markers = identifier.signatures.markers
+        #: JA4 values that alone make a TLS connection LLM-shaped (``llm: true`` clients)
+        self.ja4s = frozenset(j for j, c in identifier.signatures.tls.items() if c.llm)
 
     def __call__(self, host: str) -> bool:
         """Records worth building: LLM destinations, and bad hosts (to be reported)."""
         return self._by_host(host) is not None or self._bad_host(host)
 
-    def requests(self, url: str | None, user_agent: str | None) -> bool:
-        return self._shape(url, user_agent) is not None
+    def requests(self, url: str | None, user_agent: str | None, ja4: str | None = None) -> bool:
+        return self._shape(url, user_agent, ja4) is not None
+
+    def ingress(self, ip: str) -> bool:
+        return self._match_ip(ip) is not None
 
 
 class Enricher:

@@ -84,6 +84,9 @@ def test_bluecoat_bcreportermain():
     assert deny.result == "DENIED" and deny.dest_host == "chat.deepseek.com"
     assert o[12].url == "http://llm-gateway.corp.example:8080/v1/models"
     assert o[14].client_ip == "2001:db8:20::58"
+    # cs(User-Agent), quoted (a doubled quote is one quote)
+    assert t.user_agent == "OpenAI/Python 1.54.0" and o[14].user_agent == "google-genai/1.0"
+    assert o[11].user_agent == 'Agent "quoted" 1.0'
 
 
 def test_fields_header_changes_mid_file():
@@ -112,6 +115,8 @@ def test_iis():
     )
     assert o[6].url == "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
     assert (o[6].user, o[6].status, o[6].duration) == ("CORP\\alice", 401, 0.003)
+    # IIS writes the User-Agent's spaces as "+"
+    assert o[5].user_agent == "Mozilla/5.0 (Windows NT 10.0; Win64; x64)"
     h = o[8]  # second header adds cs-host (the Host header) and byte counts
     assert (h.dest_host, h.host_source, h.bytes_in, h.bytes_out) == (
         "llm-gateway.corp.example",

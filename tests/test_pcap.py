@@ -256,6 +256,46 @@ def test_http_connect_to_explicit_proxy(tmp_path):
         None,  # 10.0.0.8 is the proxy, not the destination
     )
     assert o.packets_out + o.packets_in == len(s.packets)
+    # the tunnelled ClientHello gives the CONNECT its JA4 (the name stays the CONNECT's)
+    assert o.ja4 is not None and o.ja4.startswith("t13d")
+
+
+def test_http_connect_tunnel_ja4_and_sni(tmp_path):
+    """A CONNECT refused (407) then accepted on the same connection, to an address: the
+    accepted one carries the tunnel's JA4 and its SNI names it; the proxy's address is
+    never the destination's; a plain-HTTP tunnel gives no name of its own."""
+    s = Tcp(CLIENT, "10.0.0.8", 50012, 3128).handshake()
+    s.send(True, http_request("CONNECT", "160.79.104.10:443", "160.79.104.10:443"))
+    s.send(False, b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+    s.send(True, http_request("CONNECT", "160.79.104.10:443", "160.79.104.10:443"))
+    s.send(False, b"HTTP/1.1 200 Connection established\r\n\r\n")
+    s.send(True, client_hello("api.anthropic.com")).send(False, bytes(3000)).close()
+    p = Tcp(CLIENT, "10.0.0.8", 50013, 3128).handshake()
+    p.send(True, http_request("CONNECT", "api.openai.com:80", "api.openai.com:80"))
+    p.send(False, b"HTTP/1.1 200 Connection established\r\n\r\n")
+    p.send(True, http_request("GET", "/v1/models", "api.openai.com")).close()
+    packets = pcaps.with_ether(s.packets + p.packets)
+    obs, _, _ = run(pcaps.write_scapy(tmp_path / "c.pcap", packets))
+    refused, accepted, plain = sorted(obs, key=lambda o: (o.client_port, o.ts))
+    assert (refused.status, refused.dest_host, refused.host_source, refused.ja4) == (
+        407,
+        "160.79.104.10",
+        "connect",
+        None,
+    )
+    assert (accepted.status, accepted.dest_host, accepted.host_source) == (
+        200,
+        "api.anthropic.com",
+        "sni",
+    )
+    assert accepted.ja4 is not None and accepted.ja4.startswith("t13d")
+    assert accepted.dest_ip is None and accepted.dest_port == 443
+    assert (plain.dest_host, plain.host_source, plain.ja4, plain.dest_ip) == (
+        "api.openai.com",
+        "connect",
+        None,
+        None,
+    )
 
 
 def test_hand_http_parsers_agree_with_scapy():

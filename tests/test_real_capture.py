@@ -42,12 +42,16 @@ def _free_port() -> int:
 
 
 class _Server:
-    """Accepts connections on 127.0.0.1, optionally TLS, answers one HTTP request each."""
+    """Accepts connections on 127.0.0.1 (``port`` 0: any free one, then :attr:`port`),
+    optionally TLS, answers one HTTP request each with ``body`` and keeps its head."""
 
-    def __init__(self, port: int, ctx: ssl.SSLContext | None):
+    def __init__(self, port: int, ctx: ssl.SSLContext | None, body: bytes = b"ok"):
         self.sock = socket.create_server(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
         self.sock.settimeout(0.5)
         self.ctx = ctx
+        self.body = body
+        self.heads: list[bytes] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -71,7 +75,11 @@ class _Server:
                 if not more:
                     break
                 data += more
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            self.heads.append(data.split(b"\r\n\r\n", 1)[0])
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (len(self.body), self.body)
+            )
         except (OSError, ssl.SSLError):
             pass
         finally:
@@ -149,6 +157,16 @@ EXPECTED_SNIS = sorted(
 )
 
 
+def _stop_tcpdump(dump: subprocess.Popen) -> None:
+    """Stop tcpdump by its PID (it writes what it holds), killing it when it hangs."""
+    dump.terminate()
+    try:
+        dump.wait(10)
+    except subprocess.TimeoutExpired:
+        dump.kill()
+        dump.wait(5)
+
+
 def _capture_exchange(tmp_path: Path, attempt: int):
     """Run the servers and clients under tcpdump; return the parsed flows and tcpdump's report."""
     key, crt = _cert(tmp_path)
@@ -171,12 +189,7 @@ def _capture_exchange(tmp_path: Path, attempt: int):
         _py_client(tls_port, "api.cohere.com", ssl.TLSVersion.TLSv1_2)
         time.sleep(0.5)  # -U writes each packet at once; leave time for the last ones
     finally:
-        dump.terminate()
-        try:
-            dump.wait(10)
-        except subprocess.TimeoutExpired:
-            dump.kill()
-            dump.wait(5)
+        _stop_tcpdump(dump)
         for srv in servers:
             srv.close()
     report = (dump.stderr.read() or b"").decode(errors="replace") if dump.stderr else ""

@@ -307,6 +307,7 @@ def test_elastic_integration_sample():
         65,
     )
     assert first.result == "Blocked" and first.duration == 0.0
+    assert first.user_agent == "Windows Microsoft Windows 10 Pro ZTunnel/1.0"
     post = obs[1]
     assert (post.method, post.url, post.dest_host, post.dest_port, post.status) == (
         "POST",

@@ -29,13 +29,26 @@ READ_CHUNK = 1 << 20
 
 HostFilter = Callable[[str], bool]
 #: Whether a request whose host the host filter rejected looks like an LLM API request all
-#: the same (its URL path, its User-Agent): a host filter may carry one as ``.requests``.
+#: the same (its URL path, its User-Agent): a host filter may carry one as ``.requests``,
+#: with ``.markers`` (byte strings every LLM API path holds) and ``.ja4s`` (JA4 values that
+#: alone make a TLS connection LLM-shaped).
 RequestFilter = Callable[[str | None, str | None], bool]
+
+
+#: Whether a destination address is inside a provider's published ingress ranges: a record
+#: whose host the host filter rejected is kept all the same (fronted traffic). A host filter
+#: may carry one as ``.ingress``.
+IngressFilter = Callable[[str], bool]
 
 
 def requests_of(host_filter: HostFilter | None) -> RequestFilter | None:
     """The request filter a host filter carries, if any."""
     return getattr(host_filter, "requests", None)
+
+
+def ingress_of(host_filter: HostFilter | None) -> IngressFilter | None:
+    """The ingress-address filter a host filter carries, if any."""
+    return getattr(host_filter, "ingress", None)
 
 
 class InputError(ApiwatchError):

@@ -24,7 +24,7 @@ from monitor.collectors.base import (
     HostFilter,
     iter_batches,
 )
-from monitor.collectors.fields import host_keeper, memoised
+from monitor.collectors.fields import host_keeper, memoised, record_keeper
 from monitor.collectors.mapped import DEFAULT_PORTS, text, url_target
 from monitor.ids import record_id
 from monitor.observation import Observation, canonical_ip, split_host_port
@@ -63,6 +63,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "hierarchy": ("s-hierarchy",),
     "s_ip": ("s-ip",),
     "s_port": ("s-port",),
+    "user_agent": ("cs(user-agent)",),
 }
 _TUNNEL_SCHEMES = frozenset({"tcp", "ssl"})
 
@@ -189,6 +190,7 @@ class ElffCollector:
     ) -> Iterator[Observation]:
         self._filter = host_filter
         self._keeps = host_keeper(host_filter, _CACHE_LIMIT)
+        self._wants = record_keeper(host_filter, _CACHE_LIMIT)
         self._day = memoised(_day, 4096)
         self._ip = memoised(_address, _CACHE_LIMIT)
         self._word = memoised(_word, _CACHE_LIMIT)
@@ -291,14 +293,14 @@ class ElffCollector:
         self, tokens: list[bytes], plan: _Plan, raw: bytes, lineno: int, source: str
     ) -> Observation | None | str:
         i = plan.idx  # a role that is not logged has index -1: the None appended below
-        if self._filter is not None and i["host"] >= 0:  # reject early: no other work
-            hb0 = tokens[i["host"]]
-            if hb0 and hb0 != b"-":
-                h0 = self._host(hb0)[0]
-                if h0 is not None and not self._keeps(h0):
-                    return None
         toks: list[bytes | None] = [None if t == b"-" or not t else t for t in tokens]
         toks.append(None)
+        if self._filter is not None and i["host"] >= 0:  # reject early: no other work
+            hb0 = toks[i["host"]]
+            if hb0 is not None:
+                h0 = self._host(hb0)[0]
+                if h0 is not None and not self._keeps(h0) and not self._wanted(h0, toks, plan):
+                    return None
         ts = self._ts(tokens, plan)
         if ts is None:
             return "bad date/time"
@@ -350,18 +352,16 @@ class ElffCollector:
                 if host is not None:
                     hsrc = "http_host"
                     port = port if port is not None else hport
-        if host is not None and self._filter is not None and not self._keeps(host):
+        if (
+            host is not None
+            and self._filter is not None
+            and not self._keeps(host)
+            and not self._wanted(host, toks, plan)
+        ):
             return None
-        dest_ip = None
-        sup = toks[i["supplier"]]
-        if sup is not None:
-            hier = toks[i["hierarchy"]]
-            if hier is None or hier.upper().endswith(b"DIRECT"):
-                dest_ip = self._ip(sup)
-        elif plan.iis:
-            dest_ip = self._ip(toks[i["s_ip"]] or b"-")
-            if port is None:
-                port = _port(toks[i["s_port"]])
+        dest_ip = self._dest_ip(toks, plan)
+        if plan.iis and port is None and toks[i["supplier"]] is None:
+            port = _port(toks[i["s_port"]])
         if url is None and plan.iis and toks[i["path"]] is not None:
             path = text(toks[i["path"]])  # type: ignore[arg-type]
             query = toks[i["query"]]
@@ -375,6 +375,7 @@ class ElffCollector:
             and (result is None or "DENIED" not in result.upper())
         ):
             result = "DENIED"
+        ua = toks[i["user_agent"]]
         ex = toks[i["exception"]]
         if (
             ex is not None
@@ -403,8 +404,36 @@ class ElffCollector:
             hsrc,
             result,
             tt / 1000 if tt is not None else None,
+            user_agent=self._agent(ua, plan) if ua is not None else None,
             record_id=record_id(raw),
         )
+
+    def _dest_ip(self, toks: list[bytes | None], plan: _Plan) -> str | None:
+        """The server's address: the proxy's direct upstream (``s-supplier-ip``, not a
+        parent proxy's), or IIS's own ``s-ip`` (IIS is the server)."""
+        i = plan.idx
+        sup = toks[i["supplier"]]
+        if sup is not None:
+            hier = toks[i["hierarchy"]]
+            return self._ip(sup) if hier is None or hier.upper().endswith(b"DIRECT") else None
+        return self._ip(toks[i["s_ip"]] or b"-") if plan.iis else None
+
+    def _wanted(self, host: str, toks: list[bytes | None], plan: _Plan) -> bool:
+        """A record whose host the filter rejects is kept all the same when sent to a
+        provider's published ingress address, or LLM-shaped (path, User-Agent)."""
+        i = plan.idx
+        path = toks[i["uri"]] or toks[i["path"]]
+        ua = toks[i["user_agent"]]
+        return self._wants(
+            host,
+            self._dest_ip(toks, plan),
+            text(path) if path is not None else None,
+            self._agent(ua, plan) if ua is not None else None,
+        )
+
+    def _agent(self, ua: bytes, plan: _Plan) -> str | None:
+        """``cs(User-Agent)``; IIS writes its spaces as ``+``."""
+        return self._word(ua.replace(b"+", b" ") if plan.iis else ua)
 
 
 FORMAT_SPECS = [

@@ -74,7 +74,7 @@ from monitor.collectors.tlscert import (
     looks_server_hello,
 )
 from monitor.ids import record_id
-from monitor.observation import Observation
+from monitor.observation import Observation, canonical_ip
 
 __all__ = [
     "FlowTable",
@@ -243,6 +243,8 @@ class FlowTable:
         self._in_ranges = memoised(self._catalog_ip, 65536) if catalog is not None else None
         self._keep = host_keeper(host_filter, 65536)
         self._requests = requests_of(host_filter)
+        #: JA4 values that alone make a TLS connection worth reporting (LLM-only clients)
+        self._ja4s = getattr(host_filter, "ja4s", frozenset())
         self.stats: dict[str, int] = {
             "packets": 0,
             "dns_messages": 0,
@@ -595,6 +597,9 @@ class FlowTable:
             d = st.data
             if d[0] == 0x16:
                 app = f.app = APP_TLS
+            elif f.http is not None:  # inside a CONNECT tunnel only TLS is read
+                self._done(f)
+                return
             elif len(d) >= 8 or b" " in d:
                 sp = d.find(b" ", 0, 33)
                 if sp > 2 and is_token(bytes(d[:sp])) and bytes(d[:sp]).isupper():
@@ -631,7 +636,13 @@ class FlowTable:
                 self._emit_early(f)
             if h.dead:
                 f.watch = False
-                f.cs = f.ss = None
+                if h.tunnel is not None and not out and f.cs is not None:
+                    # CONNECT accepted: the client's bytes not read as HTTP (and those to
+                    # come) open the tunnelled TLS
+                    f.app, f.watch = APP_UNKNOWN, True
+                else:
+                    f.cs = None
+                f.ss = None
         elif app == APP_DNS and not out:
             d = st.data
             while len(d) >= 2:
@@ -861,7 +872,11 @@ class FlowTable:
             self._report_http(f, h.exchanges, last=True)
             return
         host, src = self._name(f)
-        if not self._keep(host) and not self._to_ingress(f):
+        if (
+            not self._keep(host)
+            and not self._to_ingress(f)
+            and not (self._ja4s and f.hello is not None and f.hello.ja4 in self._ja4s)
+        ):
             return
         o = self._obs(f, f.first, f.last, host, src, f.pk_out, f.pk_in, f.by_out, f.by_in, None)
         if f.socks is not None:
@@ -897,10 +912,11 @@ class FlowTable:
                 xl.by_in += max(bi, 0)
             if f.http.dead or f.closed is not None:
                 exchanges[-1].ts_end = max(exchanges[-1].ts_end, f.last)
+        tunnel = f.http.tunnel if f.hello is not None else None
         for x in exchanges:
             host, hsrc, port, url = request_name(x, f.sport)
-            if host is None:
-                host, hsrc = self._name(f)
+            if host is None or (x is tunnel and f.sni and canonical_ip(host) is not None):
+                host, hsrc = self._name(f)  # CONNECT to an address: the tunnel's SNI names it
             if (
                 not self._keep(host)
                 and not self._to_ingress(f)
@@ -910,6 +926,10 @@ class FlowTable:
             o = self._obs(
                 f, x.ts, x.ts_end, host, hsrc, x.pk_out, x.pk_in, x.by_out, x.by_in, x.index
             )
+            if x.method == "CONNECT":
+                o.dest_ip = None  # the proxy's address, not the destination's
+            if x is not tunnel:
+                o.ja4 = None  # the ClientHello is the tunnel's
             o.method = x.method
             o.url = url
             o.user_agent = x.user_agent

@@ -269,7 +269,16 @@ class Exchange:
 class HttpConnection:
     """Both directions of one HTTP/1 connection, and its requests."""
 
-    __slots__ = ("client", "server", "exchanges", "awaiting", "cur_s", "emitted", "dead")
+    __slots__ = (
+        "client",
+        "server",
+        "exchanges",
+        "awaiting",
+        "cur_s",
+        "emitted",
+        "dead",
+        "tunnel",
+    )
 
     def __init__(self) -> None:
         self.client = HttpSide()
@@ -279,6 +288,8 @@ class HttpConnection:
         self.cur_s: Exchange | None = None
         self.emitted = 0  # requests already reported (when over MAX_EXCHANGES)
         self.dead = False
+        #: the CONNECT the proxy accepted: the connection carries its tunnel from there on
+        self.tunnel: Exchange | None = None
 
     def on_request(self, raw: bytes, ts: float) -> tuple[str, int]:
         h = parse_request_head(raw)
@@ -289,7 +300,7 @@ class HttpConnection:
         self.exchanges.append(x)
         self.awaiting.append(x)
         if h.method == "CONNECT":
-            return "dead", 0  # the rest is the tunnel
+            return "none", 0  # a 2xx response opens the tunnel (a 407 may be retried)
         if h.chunked:
             return "chunked", 0
         if h.content_length:
@@ -313,6 +324,8 @@ class HttpConnection:
                 x.body = self.server.body = bytearray()
         if st == 101 or (x is not None and x.method == "CONNECT" and 200 <= st < 300):
             self.dead = True
+            if st != 101:
+                self.tunnel = x
             return "dead", 0
         if 100 <= st < 200 or st in (204, 304) or (x is not None and x.method == "HEAD"):
             return "none", 0

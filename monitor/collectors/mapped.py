@@ -42,7 +42,7 @@ from monitor.collectors.base import (
     InputError,
     iter_batches,
 )
-from monitor.collectors.fields import host_keeper, memoised
+from monitor.collectors.fields import memoised, record_keeper
 from monitor.ids import record_id
 from monitor.observation import HOST_SOURCES, Observation, canonical_ip, split_host_port
 
@@ -504,6 +504,8 @@ TARGETS = {
     "result": "result",
     "action": "result",
     "duration": "duration",
+    "user_agent": "user_agent",
+    "ua": "user_agent",
 }
 OPTIONS = {
     "format",
@@ -680,7 +682,9 @@ class _Builder:
         self.fmt = fmt
         self.time = TimeParser(mapping.time_format, mapping.tz)
         self.host_filter = host_filter
-        self.keep = host_keeper(host_filter, _CACHE_LIMIT)
+        #: a record whose host the filter rejects is kept when sent to a provider's
+        #: published ingress address or LLM-shaped (URL path, User-Agent)
+        self.keep = record_keeper(host_filter, _CACHE_LIMIT)
         self.ip = memoised(_address, _CACHE_LIMIT)
         self.url = memoised(url_target, _CACHE_LIMIT)
 
@@ -724,7 +728,9 @@ class _Builder:
             port = dp
         if port is not None and not 0 < port < 65536:
             port = None
-        if not self.keep(host):
+        dest_ip = self.ip(get("dest_ip"))
+        agent = get("user_agent")
+        if not self.keep(host, dest_ip, url, agent):
             return None
         user = get("user")
         return Observation(
@@ -738,7 +744,7 @@ class _Builder:
             method,
             host,
             port,
-            self.ip(get("dest_ip")),
+            dest_ip,
             url,
             to_int(get("status")),
             to_int(get("bytes_out")),
@@ -746,6 +752,7 @@ class _Builder:
             hsrc,
             get("result"),
             to_seconds(get("duration"), self.m.duration_unit),
+            user_agent=agent,
             record_id=record_id(raw),
         )
 

@@ -40,6 +40,7 @@ from monitor.collectors.zeek import (
     http_observation,
     http_target,
     iso_ts,
+    ja4_value,
     tls_observation,
 )
 from monitor.ids import record_id
@@ -240,6 +241,8 @@ class SuricataCollector(JoinCollector):
         sni = _str(sub.get("sni")) if type(sub) is dict else None
         rid = record_id(raw)
         obs = tls_observation(ts, source, lineno, FORMAT, client, cport, server, sport, sni, rid)
+        if type(sub) is dict:
+            obs.ja4 = ja4_value(sub.get("ja4"))
         join.named(key, obs, tls=True)
 
     @staticmethod

@@ -48,10 +48,9 @@ from monitor.collectors.base import (
     InputError,
     iter_batches,
     open_input,
-    requests_of,
 )
 from monitor.collectors.dns import TYPE_A, TYPE_AAAA, TYPE_CNAME, DnsAnswer, DnsMap, DnsMessage
-from monitor.collectors.fields import host_keeper, memoised
+from monitor.collectors.fields import host_keeper, memoised, record_keeper
 from monitor.ids import record_id
 from monitor.observation import Observation, canonical_ip, split_host_port
 
@@ -95,8 +94,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 _COMMON = ("ts", "uid", "orig_h", "orig_p", "resp_h", "resp_p")
 #: fields read from each log (canonical names)
 _WANTED: dict[str, tuple[str, ...]] = {
-    "ssl": (*_COMMON, "server_name"),
-    "quic": (*_COMMON, "server_name"),
+    "ssl": (*_COMMON, "server_name", "ja4"),  # ja4: FoxIO's JA4 package for Zeek
+    "quic": (*_COMMON, "server_name", "ja4"),
     "http": (
         *_COMMON,
         "method",
@@ -369,6 +368,15 @@ class FlowStats:
 # What Zeek's ssl/quic/http logs and Suricata's tls/quic/http events become, before the join.
 
 
+_JA4_RE = re.compile(r"[tqd][0-9s]{2}[di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}\Z")
+
+
+def ja4_value(v: Any) -> str | None:
+    """A JA4 fingerprint as a log gives it (Zeek's JA4 package, Suricata's ``ja4``), None
+    when the value is not one."""
+    return v if type(v) is str and _JA4_RE.match(v) else None
+
+
 def tls_observation(
     ts: float,
     source: str,
@@ -483,8 +491,9 @@ class FlowJoin:
         self.stats: Counter[str] = Counter()
         #: host name -> kept by ``host_filter`` (memoised); None (not known) is kept
         self.keep = host_keeper(host_filter, 65536)
-        #: a request to a host ``keep`` rejects is kept all the same when LLM-shaped
-        self.requests = requests_of(host_filter)
+        #: a record naming a host ``keep`` rejects is kept all the same when its server is
+        #: in a provider's published ingress ranges (fronted), or a request is LLM-shaped
+        self.wanted = record_keeper(host_filter, 65536)
         self._packed: dict[str, bytes | None] = {}
         self._in_ranges = memoised(self._catalog_ip, 65536) if catalog is not None else None
 
@@ -557,7 +566,7 @@ class FlowJoin:
         if tls and p is not None and p.tls is not None:  # ssl.log and quic.log, same uid
             first = p.tls
             if first.dest_host is None and obs.dest_host is not None:
-                if not self.keep(obs.dest_host):
+                if not self.wanted(obs.dest_host, first.dest_ip or obs.dest_ip):
                     del self.pending[key]
                     self._mark_done(key)
                     return
@@ -565,10 +574,10 @@ class FlowJoin:
             return
         if tls and key in self.done:
             return
-        if (
-            obs.dest_host is not None
-            and not self.keep(obs.dest_host)
-            and (tls or not self.requests or not self.requests(obs.url, obs.user_agent))
+        if obs.dest_host is not None and not (
+            self.wanted(obs.dest_host, obs.dest_ip, None, None, obs.ja4)
+            if tls
+            else self.wanted(obs.dest_host, obs.dest_ip, obs.url, obs.user_agent)
         ):
             self._mark_done(key)
             return
@@ -954,6 +963,7 @@ class ZeekCollector(JoinCollector):
         if path in ("ssl", "quic"):
             sni = _str(r.get("server_name"))
             obs = tls_observation(ts, source, lineno, fmt, client, cport, server, sport, sni, rid)
+            obs.ja4 = ja4_value(r.get("ja4"))
             join.named(uid, obs, tls=True)
             return True
         # http

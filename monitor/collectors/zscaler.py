@@ -34,7 +34,7 @@ from monitor.collectors.base import (
     iter_batches,
 )
 from monitor.collectors.fields import JSON_ERRORS as _JSON_ERRORS
-from monitor.collectors.fields import host_keeper, memoised
+from monitor.collectors.fields import host_keeper, memoised, record_keeper
 from monitor.collectors.fields import loads as _loads
 from monitor.collectors.mapped import (
     NULLS,
@@ -84,6 +84,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "action": ("action", "act", "policyaction"),
     "proto": ("proto", "protocol", "appproto", "app"),
     "ctime": ("ctime", "clienttranstime"),
+    "user_agent": ("ua", "useragent", "requestclientapplication"),
     "yyyy": ("yyyy", "year"),
     "mth": ("mth", "monthofyear"),
     "dd": ("dd", "dayofmonth"),
@@ -147,6 +148,7 @@ _CSV_ROLES = {
     "dest_ip": "sip",
     "method": "reqmethod",
     "status": "respcode",
+    "user_agent": "ua",
 }
 _CSV_MIN = {True: _WITH_TIMES["respcode"] + 1, False: _WITHOUT_TIMES["respcode"] + 1}
 
@@ -248,7 +250,9 @@ _DICT_ROLES = (
     "action",
     "proto",
     "ctime",
+    "user_agent",
 )
+_N_ROLES = len(_DICT_ROLES)
 _PARTS = ("yyyy", "mth", "dd", "hh", "mm", "ss")
 #: default-feed column of each role, with and without stime/ctime
 _CSV_POS = {
@@ -267,6 +271,7 @@ _CSV_POS = {
             "dest_ip",
             "method",
             "status",
+            "user_agent",
         )
     )
     for with_times in (True, False)
@@ -311,6 +316,9 @@ class _Parse:
         self.fmt = fmt
         self.host_filter = host_filter
         self.keep = host_keeper(host_filter, _CACHE_LIMIT)
+        #: a record whose host ``keep`` rejects is kept when sent to a provider's published
+        #: ingress address or LLM-shaped (URL path, User-Agent)
+        self.record = record_keeper(host_filter, _CACHE_LIMIT)
         self.times: dict[str | None, TimeParser] = {None: TimeParser("auto")}
         self.tcache: dict[Any, float | None] = {}  # (tz, text) / bytes -> ts
         self.ip = memoised(_address, _CACHE_LIMIT)
@@ -336,10 +344,10 @@ class _Parse:
             v = self.tcache[key] = tp(text(t) if isinstance(t, bytes) else str(t))
         return v  # type: ignore[return-value]
 
-    def url_key(self) -> bytes | None:
-        """The key the first record read names its URL with (None: it has none), for
-        reading the host of the next records straight from their bytes."""
-        k = next(iter(self.plans.values()))[_DICT_ROLES.index("url")]
+    def key_of(self, role: str) -> bytes | None:
+        """The key the first record read names ``role`` with (None: it has none), for
+        reading the values of the next records straight from their bytes."""
+        k = next(iter(self.plans.values()))[_DICT_ROLES.index(role)]
         return k.encode() if k is not None else None
 
     def plan(self, d: dict[str, Any]) -> tuple[str | None, ...]:
@@ -407,7 +415,8 @@ class _Parse:
             k_action,
             k_proto,
             k_ctime,
-        ) = p[:18]
+            k_ua,
+        ) = p[:_N_ROLES]
         ts = None
         if k_epoch is not None:
             e = _num(get(k_epoch))
@@ -420,7 +429,7 @@ class _Parse:
                 tz = None
             ts = self.time(t, tz)
         if ts is None:
-            parts = [get(k) if k is not None else None for k in p[18:]]
+            parts = [get(k) if k is not None else None for k in p[_N_ROLES:]]
             if all(isinstance(x, (str, int)) and str(x).isdigit() for x in parts):
                 ts = self.time("{}-{:0>2}-{:0>2} {:0>2}:{:0>2}:{:0>2}".format(*parts))
             if ts is None:
@@ -444,7 +453,11 @@ class _Parse:
             dp = _num(get(k_dport))
             if dp is not None and 0 < dp < 65536:
                 port = dp
-        if host is not None and self.host_filter is not None and not self.keep(host):
+        di = get(k_dip) if k_dip is not None else None
+        dest_ip = self.ip(di) if di is not None else None
+        ua = get(k_ua) if k_ua is not None else None
+        agent = w(ua) if ua is not None else None
+        if not self.record(host, dest_ip, url, agent):
             return None
         c = get(k_client) if k_client is not None else None
         client = self.ip(c) if c is not None else None
@@ -455,7 +468,6 @@ class _Parse:
         cport = _num(get(k_cport)) if k_cport is not None else None
         if cport is not None and not 0 < cport < 65536:
             cport = None
-        di = get(k_dip) if k_dip is not None else None
         ctime = _num(get(k_ctime)) if k_ctime is not None else None
         user = get(k_user) if k_user is not None else None
         action = get(k_action) if k_action is not None else None
@@ -470,7 +482,7 @@ class _Parse:
             method,
             host,
             port,
-            self.ip(di) if di is not None else None,
+            dest_ip,
             url,
             _num(get(k_status)) if k_status is not None else None,
             _num(get(k_out)) if k_out is not None else None,
@@ -478,6 +490,7 @@ class _Parse:
             hsrc,
             w(action) if action is not None else None,
             ctime / 1000 if ctime is not None else None,
+            user_agent=agent,
             egress_ip=egress,
             record_id=record_id(raw),
         )
@@ -501,6 +514,7 @@ class _Parse:
             i_dip,
             i_method,
             i_status,
+            i_ua,
         ) = _CSV_POS[with_times]
         tb = f[i_time]
         ts = self.tcache.get(tb, _MISSING)
@@ -515,7 +529,9 @@ class _Parse:
             if method in _BAD_METHODS:
                 method = None
         host, port, hsrc, url = self.target(method, w(f[i_url]), None, w(f[i_proto]))
-        if host is not None and self.host_filter is not None and not self.keep(host):
+        dest_ip = self.ip(f[i_dip])
+        agent = w(f[i_ua]) if len(f) > i_ua else None
+        if not self.record(host, dest_ip, url, agent):
             return None
         ctime = _num(f[i_ctime]) if i_ctime >= 0 else None
         return Observation(
@@ -529,7 +545,7 @@ class _Parse:
             method,
             host,
             port,
-            self.ip(f[i_dip]),
+            dest_ip,
             url,
             _num(f[i_status]),
             _num(f[i_out]),
@@ -537,7 +553,77 @@ class _Parse:
             hsrc,
             w(f[i_action]),
             ctime / 1000 if ctime is not None else None,
+            user_agent=agent,
             record_id=record_id(raw),
+        )
+
+
+class _Skim:
+    """Reads the URL, server address and User-Agent of a JSON or key=value record straight
+    from its bytes (under the keys the first record used), so that a record the filter
+    rejects costs no full parse. Anything not plain (escapes, quotes, other spacing) is
+    left to the full parse."""
+
+    __slots__ = ("st", "json", "url", "dest_ip", "user_agent")
+
+    def __init__(self, st: _Parse, json: bool, keys: dict[str, bytes | None]):
+        self.st = st
+        self.json = json
+        self.url, self.dest_ip, self.user_agent = keys["url"], keys["dest_ip"], keys["user_agent"]
+
+    @classmethod
+    def of(cls, st: _Parse, json: bool) -> _Skim | None:
+        keys = {role: st.key_of(role) for role in ("url", "dest_ip", "user_agent")}
+        return cls(st, json, keys) if keys["url"] is not None else None
+
+    def value(self, line: bytes, key: bytes | None, spaces: bool = False) -> Any:
+        """The plain value of ``key`` (bytes), None when the record has no such key,
+        _MISSING when it cannot be read without a full parse. ``spaces``: the value may
+        hold spaces (key=value records then end values at tabs only)."""
+        if key is None:
+            return None
+        if self.json:
+            needle = b'"' + key + b'":"'
+            i = line.find(needle)
+            if i < 0:
+                return _MISSING if b'"' + key + b'"' in line else None
+            j = i + len(needle)
+            k = line.find(b'"', j)
+            v = line[j:k]
+            return v if k >= j and b"\\" not in v else _MISSING
+        for sep in (b"\t", b" ", b"|"):
+            i = line.find(sep + key + b"=")
+            if i >= 0:
+                break
+        else:
+            return _MISSING if key + b"=" in line else None
+        j = i + len(key) + 2
+        ends = (b"\t",) if spaces else (b"\t", b" ")
+        if spaces and b"\t" not in line:
+            return _MISSING  # space-separated (CEF): where the value ends is not plain
+        end = len(line)
+        for sep in ends:
+            k = line.find(sep, j)
+            if 0 <= k < end:
+                end = k
+        v = line[j:end]
+        return v if v[:1] != b'"' and b"\\" not in v else _MISSING
+
+    def rejects(self, line: bytes) -> bool:
+        u = self.value(line, self.url)
+        if not u or u is _MISSING:
+            return False
+        st = self.st
+        url = text(u)
+        host = st.url(url)[0]
+        if host is None or st.keep(host):
+            return False
+        ip = self.value(line, self.dest_ip)
+        agent = self.value(line, self.user_agent, spaces=True)
+        if ip is _MISSING or agent is _MISSING:
+            return False
+        return not st.record(
+            host, st.ip(ip) if ip else None, url, st.word(agent) if agent else None
         )
 
 
@@ -563,8 +649,7 @@ class ZscalerCollector:
         st = _Parse(kinds.get(self.variant, FORMAT_JSON), host_filter)
         variant = self.variant
         records = 0
-        fast_key: bytes | None = None  # '"<url key>":"' to skip rejected JSON records early
-        kv_keys: tuple[bytes, ...] | None = None  # '\turl=', ' url=', '|url=' likewise
+        skims: dict[str, _Skim | None] = {}  # "json"/"kv" -> reads rejected records early
         filtering = host_filter is not None
         json_rec, kv_rec, csv_rec = self._json, self._kv, self._csv
         try:
@@ -580,37 +665,14 @@ class ZscalerCollector:
                             s or "", "json" if line.lstrip()[:1] == b"{" else "csv"
                         )
                         st.fmt = kinds[kind]
-                    if kind == "json":
-                        if fast_key is not None:
-                            i = line.find(fast_key)
-                            if i >= 0:
-                                j = i + len(fast_key)
-                                k = line.find(b'"', j)
-                                value = line[j:k]
-                                if k > j and b"\\" not in value:
-                                    host = st.url(text(value))[0]
-                                    if host is not None and not st.keep(host):
-                                        records += 1
-                                        continue
-                        res = json_rec(line, lineno, source, st)
-                        if filtering and fast_key is None and st.plans:
-                            k_url = st.url_key()
-                            if k_url is not None:
-                                fast_key = b'"' + k_url + b'":"'
-                    elif kind == "kv":
-                        if kv_keys:
-                            host = self._kv_host(line, kv_keys, st)
-                            if host is not None and not st.keep(host):
-                                records += 1
-                                continue
-                        res = kv_rec(line, lineno, source, st)
-                        if filtering and kv_keys is None and st.plans:
-                            k_url = st.url_key()
-                            kv_keys = (
-                                tuple(sep + k_url + b"=" for sep in (b"\t", b" ", b"|"))
-                                if k_url is not None
-                                else ()
-                            )
+                    if kind in ("json", "kv"):
+                        skim = skims.get(kind)
+                        if skim is not None and skim.rejects(line):
+                            records += 1
+                            continue
+                        res = (json_rec if kind == "json" else kv_rec)(line, lineno, source, st)
+                        if filtering and kind not in skims and st.plans:
+                            skims[kind] = _Skim.of(st, kind == "json")
                     else:
                         res = csv_rec(line, lineno, source, st)
                     if res is None:
@@ -622,25 +684,6 @@ class ZscalerCollector:
                         yield res  # type: ignore[misc]
         finally:
             diag.records += records
-
-    @staticmethod
-    def _kv_host(line: bytes, needles: tuple[bytes, ...], st: _Parse) -> str | None:
-        """The URL host of a key=value record, read straight from the bytes (None when
-        the value is not plain), so that rejected records cost no full parse."""
-        for needle in needles:
-            i = line.find(needle)
-            if i >= 0:
-                j = i + len(needle)
-                end = len(line)
-                for sep in (b"\t", b" "):
-                    k = line.find(sep, j)
-                    if 0 <= k < end:
-                        end = k
-                value = line[j:end]
-                if not value or b"\\" in value or value[:1] == b'"':
-                    return None
-                return st.url(text(value))[0]
-        return None
 
     def _json(self, line: bytes, lineno: int, source: str, st: _Parse):
         try:
