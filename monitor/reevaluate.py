@@ -5,7 +5,7 @@ the current settings would store — without the logs.
 Each stored observation keeps what the log said (client, user, destination, status, bytes,
 the egress address the log gave); stages 2–4 (identify, locate, evaluate) run again on it
 through :meth:`monitor.pipeline.Pipeline.record`, with the command-line egress options its
-scan was run with. The store rebuilds detail and findings in one transaction and keeps the
+scan was run with, once per group of stored rows they cannot tell apart. The store rebuilds detail and findings in one transaction and keeps the
 lifecycle (statuses, events); see :meth:`monitor.store.Store.reevaluate`.
 
 After it, ``App.after_evaluation`` hooks run (as after a scan): the place for steps that
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 from monitor.collectors import CollectOptions
@@ -31,11 +30,6 @@ from monitor.store import ReevaluationResult
 _POSITIONS = [(c.path[4:], COL[c.name]) for c in COLUMNS if c.path and c.path.startswith("obs.")]
 _ID, _SCAN = COL["id"], COL["scan_id"]
 _KEPT = frozenset((_ID, _SCAN))
-#: everything the record path reads that varies between records (rules read no URL, size
-#: or duration): records that agree on these get the same enrichment and incidents
-_key = itemgetter(*(COL[c] for c in ("scan_id", "day", "client_ip", "user", "method", "dest_host",
-                                      "dest_ip", "status", "result", "egress_logged")))  # fmt: skip
-MEMO_LIMIT = 1 << 18
 
 
 class ReevaluateError(ApiwatchError, ValueError):
@@ -85,30 +79,18 @@ def reevaluate(
                 ) from None
         by_scan[sid] = pipelines[egress]
 
-    memo: dict[tuple[Any, ...], tuple[list[tuple[int, Any]], list[dict[str, Any]]] | None] = {}
-
     def evaluate(old: list[Any]) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]] | None:
-        """The record path, once per distinct combination of what it reads (a client calls
-        the same host from the same egress all day): the changes to the row (position,
-        value) and the incident rows are reused for every record that shares it."""
-        key = _key(old)
-        if key in memo:
-            found = memo[key]
-        else:
-            if len(memo) > MEMO_LIMIT:
-                memo.clear()
-            pipeline = by_scan[old[_SCAN]]
-            obs = observation_of(old)
-            match = pipeline.identifier.identify(obs)
-            if match is None:
-                found = None
-            else:
-                place(obs, match)
-                row, incidents = pipeline.record(obs, match)
-                changes = [(i, v) for i, v in enumerate(row) if i not in _KEPT and v != old[i]]
-                found = (changes, incidents)
-            memo[key] = found
-        return found
+        """The record path for one group of stored rows it cannot tell apart (the store
+        calls it once per context, client and URL, not per record): the changes to the row
+        (position, value) and the incident rows, which hold for every row of the group."""
+        pipeline = by_scan[old[_SCAN]]
+        obs = observation_of(old)
+        match = pipeline.identifier.identify(obs)
+        if match is None:
+            return None
+        place(obs, match)
+        row, incidents = pipeline.record(obs, match)
+        return [(i, v) for i, v in enumerate(row) if i not in _KEPT and v != old[i]], incidents
 
     correlated = [r.id for r in app.rules.correlations]  # recomputed by app.correlate below
     result = store.reevaluate(start, evaluate, app.settings_digest(), actor, correlated=correlated)

@@ -73,6 +73,17 @@ assert len(COL) == len(COLUMNS), "column names are unique"
 _values = attrgetter(*[c.path for c in COLUMNS[1:-1]])
 
 
+#: Where the store keeps each column (see :mod:`monitor.store`): values that vary from one
+#: request to the next stay in the request's row; who made it (``client_ip``, ``user``) is
+#: one entry of a dictionary of clients; everything else (the source, the scan, the
+#: destination, the whole enrichment, the UTC day) repeats across many requests and is one
+#: entry of a dictionary of contexts. A new field lands in the context unless listed here.
+PER_REQUEST: tuple[str, ...] = ("id", "ts", "line", "bytes_out", "bytes_in", "duration", "url",
+                                "client_port", "ts_end", "packets_out", "packets_in")  # fmt: skip
+CLIENT: tuple[str, ...] = ("client_ip", "user")
+CONTEXT: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.name not in PER_REQUEST + CLIENT)
+
+
 def observation_row(enriched: Any) -> list[Any]:
     """The stored row of an enriched record (``id`` and ``scan_id`` still to fill)."""
     return [None, *_values(enriched), None]

@@ -8,8 +8,9 @@ or two files that overlap (a rotated copy), adds nothing the second time.
 Tables:
   scans          one row per scan run: files, options, counters, problems
   scan_problems  malformed records and unreadable files (file:line, reason)
-  observations   LLM-API traffic (one row per request/flow) with its enrichment
-  hits           which observation raised which incident
+  observations   LLM-API traffic (one row per request/flow) with its enrichment: a view
+                 over obs_rows (per request) and its dictionaries obs_contexts, obs_clients
+  hits           which observation raised which incident: a view over hit_links
   incidents      one row per (rule, provider, dest_host, client, egress, UTC day)
   outbox         finding events (monitor.events), written in the transaction of their change
   alert_sinks    per configured sink: how far through the outbox it is, its last failure
@@ -19,6 +20,7 @@ Tables:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import json
 import os
@@ -30,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -38,17 +41,18 @@ from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
 from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
 from monitor.observation import iso_datetime, iso_day, iso_utc
-from monitor.rows import COL, TYPES
+from monitor.rows import CLIENT, COL, CONTEXT, PER_REQUEST, TYPES
 
 if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 10
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
+_CACHED = 1 << 16  # entries of each in-memory dictionary cache before it starts over
 
 #: stored observation columns (name -> type, in row order): see :mod:`monitor.rows`
 OBSERVATION_COLUMNS = TYPES
@@ -57,10 +61,93 @@ _OUT, _IN, _OUTCOME = COL["bytes_out"], COL["bytes_in"], COL["outcome"]
 _SCAN = COL["scan_id"]
 
 
-_INSERT_OBSERVATION = (
-    f"INSERT INTO observations ({', '.join(OBSERVATION_COLUMNS)}) "  # noqa: S608 - constants
-    f"VALUES ({', '.join('?' * len(OBSERVATION_COLUMNS))}) ON CONFLICT(id) DO NOTHING"
+# How observations are kept (schema step 9). A stored request is one narrow row of
+# ``obs_rows`` holding what varies per request (:data:`monitor.rows.PER_REQUEST`) and two
+# integers: its context (``obs_contexts``: source, scan, UTC day, destination, the whole
+# enrichment: what repeats across requests) and its client (``obs_clients``: address and
+# user). ``observations`` is a view that joins them back into the stored row, column for
+# column; ``hits`` likewise over ``hit_links`` (integer pairs) and ``incident_keys``.
+# Rows are appended in arrival order (``n``), so the rows of recent days are at the end:
+# each context records the first row that may use it, which bounds day-range reads.
+_ROW_FIELDS = tuple(c for c in OBSERVATION_COLUMNS if c in PER_REQUEST)
+_ROW_OF = itemgetter(*(COL[c] for c in _ROW_FIELDS))
+_ROW_POSITIONS = frozenset(COL[c] for c in _ROW_FIELDS)
+_CONTEXT_OF = itemgetter(*(COL[c] for c in CONTEXT))
+_CLIENT_OF = itemgetter(*(COL[c] for c in CLIENT))
+_INSERT_ROW = (
+    f"INSERT INTO obs_rows (ctx, client, {', '.join(_ROW_FIELDS)}) "  # noqa: S608 - constants
+    f"VALUES (?, ?, {', '.join('?' * len(_ROW_FIELDS))}) ON CONFLICT(id) DO NOTHING"
 )
+#: the observations view's join, driven by the rows (the dictionaries are looked up by key)
+_OBS = (
+    "obs_rows o CROSS JOIN obs_contexts c ON c.n = o.ctx CROSS JOIN obs_clients w ON w.n = o.client"
+)
+_ALIAS = {**dict.fromkeys(PER_REQUEST, "o"), **dict.fromkeys(CLIENT, "w")}
+#: the view's columns, qualified: what ``SELECT *`` of ``observations`` gives
+_OBS_COLUMNS = ", ".join(f"{_ALIAS.get(c, 'c')}.{c}" for c in OBSERVATION_COLUMNS)
+
+
+def _key(values: Sequence[Any]) -> bytes:
+    """The dictionary key of a context or client: a digest of its values (as stored)."""
+    text = repr(tuple([int(v) if isinstance(v, bool) else v for v in values]))
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+class _Dictionary:
+    """One dictionary table (``obs_contexts`` or ``obs_clients``): value tuples to their
+    entry number, remembered for the life of the connection (entries are never renumbered;
+    the cache is dropped when a transaction rolls back or another connection wrote)."""
+
+    def __init__(self, conn: sqlite3.Connection, table: str, columns: Sequence[str],
+                 ranged: bool):  # fmt: skip
+        self.conn, self.table, self.ranged = conn, table, ranged
+        self.known: dict[tuple[Any, ...], int] = {}
+        self.created: dict[int, tuple[Any, ...]] = {}  # by the batch in progress
+        extra = ", first_row" if ranged else ""
+        self._insert = (
+            f"INSERT INTO {table} (key{extra}, {', '.join(columns)}) "  # noqa: S608 - constants
+            f"VALUES (?{', ?' if ranged else ''}, {', '.join('?' * len(columns))})"
+        )
+        self._find = f"SELECT n FROM {table} WHERE key = ?"  # noqa: S608
+
+    def number(self, values: tuple[Any, ...], first_row: int) -> int:
+        n = self.known.get(values)
+        if n is not None:
+            return n
+        key = _key(values)
+        found = self.conn.execute(self._find, [key]).fetchone()
+        if found is not None:
+            n = found[0]
+        else:
+            head = [key, first_row] if self.ranged else [key]
+            n = self.conn.execute(self._insert, [*head, *values]).lastrowid
+            self.created[n] = values
+        if len(self.known) > _CACHED:  # entries of earlier days: looked up again if needed
+            self.known.clear()
+        self.known[values] = n
+        return n
+
+    def settle(self, first_use: dict[int, int]) -> None:
+        """The batch is stored (``first_use``: entry -> the first row stored with it, for
+        the entries its rows use): entries it made that no stored row uses go again, the
+        others record their first row (where day-range reads start)."""
+        if not self.created:
+            return
+        unused = [n for n in self.created if n not in first_use]
+        for n in unused:
+            self.known.pop(self.created[n], None)
+        for chunk, marks in _chunks(unused):
+            self.conn.execute(f"DELETE FROM {self.table} WHERE n IN ({marks})", chunk)  # noqa: S608
+        if self.ranged:
+            self.conn.executemany(
+                f"UPDATE {self.table} SET first_row = ? WHERE n = ?",  # noqa: S608
+                [(first_use[n], n) for n in self.created if n in first_use],
+            )
+        self.created.clear()
+
+    def forget(self) -> None:
+        self.known.clear()
+        self.created.clear()
 
 
 _INCIDENT_COLUMNS_V1: dict[str, type] = {
@@ -243,6 +330,12 @@ class Store:
                     os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
                 conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db = _sqlite_utils().Database(conn)
+            self._contexts = _Dictionary(conn, "obs_contexts", CONTEXT, ranged=True)
+            self._clients = _Dictionary(conn, "obs_clients", CLIENT, ranged=False)
+            self._incident_keys: dict[str, int] = {}
+            self._texts: dict[str, int] = {}
+            self._fact_numbers: dict[str, int] = {}
+            self._data_version = -1
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute("PRAGMA cache_size = -65536")  # 64 MB: index pages stay in memory
             if not readonly:
@@ -283,15 +376,27 @@ class Store:
                     raise
                 time.sleep(0.5 * (attempt + 1))
         self._emitted = 0
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:  # another connection wrote: entries may be gone
+            self._forget()
+            self._data_version = version
         try:
             yield
         except BaseException:
             conn.execute("ROLLBACK")
+            self._forget()  # numbers handed out in the transaction were not kept
             raise
         conn.execute("COMMIT")
         if self._emitted:  # finding events were committed: tell the listeners (hooks)
             for listener in self.listeners:
                 listener()
+
+    def _forget(self) -> None:
+        self._contexts.forget()
+        self._clients.forget()
+        self._incident_keys.clear()
+        self._texts.clear()
+        self._fact_numbers.clear()
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -359,6 +464,7 @@ class Store:
         with self._tx():
             self.db["scans"].update(scan_id, row)
             self.db["scan_problems"].insert_all({"scan_id": scan_id, **p} for p in problems)
+            self._drop_unused_facts()  # what the scan's facts were on the way
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -394,7 +500,7 @@ class Store:
             recorded = self._meta("privacy")
             if recorded is None:  # a database older than the record: what its rows hold
                 seen = self.db.execute(
-                    "SELECT client_ip LIKE 'anon:%' FROM observations"
+                    "SELECT client_ip LIKE 'anon:%' FROM obs_clients"
                     " WHERE client_ip IS NOT NULL LIMIT 1"
                 ).fetchone()
                 if seen is not None and bool(seen[0]) != (mode != "plain"):
@@ -428,72 +534,96 @@ class Store:
             return result
         conn = self.db.conn
         # the unique index on id skips observations stored before; rows are appended after
-        # the largest rowid (SQLite picks rowids at random only past 2**63 - 1 rows), so
+        # the largest row number (SQLite picks them at random only past 2**63 - 1 rows), so
         # the ones this batch added are those above it, looked up only when some were skipped
-        top = conn.execute("SELECT max(rowid) FROM observations").fetchone()[0] or 0
-        added = conn.executemany(_INSERT_OBSERVATION, [o for o, _ in unique.values()]).rowcount
+        top = conn.execute("SELECT max(n) FROM obs_rows").fetchone()[0] or 0
+        rows = list(self._encoded(unique.values(), top + 1))
+        added = conn.executemany(_INSERT_ROW, rows).rowcount
         if added == len(unique):
             fresh = list(unique.values())
+            numbers: Sequence[int] = range(top + 1, top + 1 + added)
+            stored = rows
         else:
-            new_ids = {
-                r[0] for r in conn.execute("SELECT id FROM observations WHERE rowid > ?", [top])
-            }
+            new_ids = dict(conn.execute("SELECT id, n FROM obs_rows WHERE n > ?", [top]))
             fresh = [v for k, v in unique.items() if k in new_ids]
+            numbers = [new_ids[o[_ID]] for o, _ in fresh]
+            stored = [r for r in rows if r[2] in new_ids]
+        # the dictionary entries this batch made: kept with the first row that uses them
+        self._contexts.settle(
+            dict(zip(reversed([r[0] for r in stored]), reversed(numbers), strict=True))
+        )
+        self._clients.settle(dict(zip([r[1] for r in stored], numbers, strict=True)))
         result.duplicates += len(unique) - len(fresh)
         if not fresh:
             return result
         result.stored = len(fresh)
-        self._aggregate(fresh, scan_id, result)
+        self._aggregate(fresh, numbers, scan_id, result)
         if result.rule_of:
             self._advance_findings(scan_id, result)
         return result
 
+    def _encoded(
+        self, batch: Iterable[tuple[list[Any], Any]], first_row: int
+    ) -> Iterator[list[Any]]:
+        """``obs_rows`` rows of stored observation rows (dictionary entries made as needed)."""
+        context, client = self._contexts.number, self._clients.number
+        for obs, _ in batch:
+            yield [context(_CONTEXT_OF(obs), first_row), client(_CLIENT_OF(obs), 0), *_ROW_OF(obs)]
+
     def _aggregate(
-        self, fresh: Sequence[tuple[list[Any], Sequence[dict[str, Any]]]], scan_id: int | None,
-        result: IngestResult,
+        self, fresh: Sequence[tuple[list[Any], Sequence[dict[str, Any]]]], numbers: Sequence[int],
+        scan_id: int | None, result: IngestResult,
     ) -> None:  # fmt: skip
-        """Add observations new to the incidents (their detail rows) they raise, and link them.
-        ``scan_id`` None: each observation counts for the scan that stored it (re-evaluation)."""
-        conn = self.db.conn
+        """Add observations new to the incidents (their detail rows) they raise, and link them
+        (``numbers``: their rows in ``obs_rows``). ``scan_id`` None: each observation counts
+        for the scan that stored it (re-evaluation)."""
         deltas: dict[str, dict[str, Any]] = {}
         hits: list[tuple[str, int]] = []
-        for obs, incs in fresh:
+        merged: set[tuple[str, int]] = set()  # (incident, facts object): rows share their facts
+        for (obs, incs), number in zip(fresh, numbers, strict=True):
             ts = obs[_TS]
             sid = scan_id if scan_id is not None else obs[_SCAN]
+            blocked = obs[_OUTCOME] == "blocked"
+            out, in_ = obs[_OUT], obs[_IN]
             for inc in incs:
-                hits.append((inc["id"], obs[_ID]))
-                d = deltas.get(inc["id"])
+                iid = inc["id"]
+                hits.append((iid, number))
+                d = deltas.get(iid)
                 if d is None:
-                    d = deltas[inc["id"]] = {k: inc.get(k) for k in INCIDENT_IDENTITY}
-                    if d["finding_id"] is None:
-                        d["finding_id"] = finding_id(d["rule"], d["provider"], d["site"],
-                                                     d["egress_country"])  # fmt: skip
-                    d.update(count=0, blocked=0, bytes_out=None, bytes_in=None, first=ts,
-                             last=ts, evidence=[], first_scan=sid, last_scan=sid)  # fmt: skip
+                    d = deltas[iid] = _delta(inc, ts, sid)
                 if len(d["evidence"]) < EVIDENCE_SAMPLES:
                     d["evidence"].append(f"{obs[_SOURCE]}:{obs[_LINE]}")
                 facts = inc.get("facts")
-                if facts and facts is not d.get("facts_of"):  # rows are shared: merge once each
-                    d["facts_of"] = facts
+                if facts and (iid, id(facts)) not in merged:
+                    merged.add((iid, id(facts)))
                     d["facts"] = merge_facts(d.get("facts"), facts)
                 d["count"] += 1
-                d["blocked"] += obs[_OUTCOME] == "blocked"
-                d["bytes_out"] = _add(d["bytes_out"], obs[_OUT])
-                d["bytes_in"] = _add(d["bytes_in"], obs[_IN])
+                d["blocked"] += blocked
+                if out is not None:
+                    d["bytes_out"] = out + (d["bytes_out"] or 0)
+                if in_ is not None:
+                    d["bytes_in"] = in_ + (d["bytes_in"] or 0)
                 if ts < d["first"]:
                     d["first"] = ts
-                if ts > d["last"]:
+                elif ts > d["last"]:
                     d["last"] = ts
-                if sid is not None:
+                if sid is not None and sid != d["last_scan"]:
                     d["first_scan"] = sid if d["first_scan"] is None else min(d["first_scan"], sid)
                     d["last_scan"] = sid if d["last_scan"] is None else max(d["last_scan"], sid)
         if not deltas:
             return
+        self._store_incidents(deltas, result)
+        keys = self._incident_numbers(list(deltas))
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
+            [(keys[iid], n) for iid, n in hits],
+        )
+
+    def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult) -> None:
+        """Add what new observations brought (``deltas``, per incident) to the incidents."""
+        conn = self.db.conn
         for d in deltas.values():
             d["first_seen"], d["last_seen"] = iso_utc(d["first"]), iso_utc(d["last"])
-        conn.executemany(
-            "INSERT OR IGNORE INTO hits (incident_id, observation_id) VALUES (?, ?)", hits
-        )
         result.rule_of.update({iid: (d["rule"], d["severity"]) for iid, d in deltas.items()})
         before, facts_before = self._evidence_of(list(deltas))
         result.updated_incidents |= set(before)
@@ -528,9 +658,9 @@ class Store:
             d["facts"] = json.dumps(facts, sort_keys=True) if facts else None
             d["severity_rank"] = SEVERITY_RANK[d["severity"]]
             d["outcome"] = _outcome(d["blocked"], d["count"])
-            rows.append([d[c] for c in cols])
+            rows.append(self._incident_values(d, cols))
         conn.executemany(
-            f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
+            f"""INSERT INTO incident_rows ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
             ON CONFLICT(id) DO UPDATE SET
               first_seen = min(first_seen, excluded.first_seen),
               last_seen = max(last_seen, excluded.last_seen),
@@ -549,6 +679,61 @@ class Store:
               last_scan = max(coalesce(last_scan, excluded.last_scan), excluded.last_scan)""",  # noqa: S608 - constants and placeholders only
             rows,
         )
+
+    def _incident_numbers(self, ids: Sequence[str]) -> dict[str, int]:
+        """The row numbers (``incident_rows.n``) of these stored incidents."""
+        known = self._incident_keys
+        if len(known) > _CACHED:  # a long scan touches ever more incidents: memory stays flat
+            known.clear()
+        missing = [i for i in ids if i not in known]
+        for chunk, marks in _chunks(missing):
+            sql = f"SELECT id, n FROM incident_rows WHERE id IN ({marks})"  # noqa: S608
+            known.update(self.db.conn.execute(sql, chunk))
+        return known
+
+    def _incident_values(self, d: dict[str, Any], cols: Sequence[str]) -> list[Any]:
+        """An ``incident_rows`` row: the values of ``cols``, texts as their entries."""
+        return [
+            self._text(d.get(c))
+            if c in _TEXT_COLUMNS
+            else self._facts(d.get(c))
+            if c == "facts"
+            else d.get(c)
+            for c in cols
+        ]
+
+    def _facts(self, text: str | None) -> int | None:
+        """The ``incident_facts`` entry of a facts text, made as needed. Facts grow as a
+        scan goes, so their entries are numbered by a digest of the text (the same however
+        a scan is cut into transactions) and those left unused go at its end."""
+        if text is None:
+            return None
+        n = self._fact_numbers.get(text)
+        if n is None:
+            if len(self._fact_numbers) > _CACHED:
+                self._fact_numbers.clear()
+            n = self._fact_numbers[text] = _fact_entry(self.db.conn, text)
+        return n
+
+    def _drop_unused_facts(self) -> None:
+        self.db.execute(
+            "DELETE FROM incident_facts WHERE n NOT IN"
+            " (SELECT facts FROM incident_rows WHERE facts IS NOT NULL)"
+        )
+        self._fact_numbers.clear()
+
+    def _text(self, text: str | None) -> int | None:
+        """The ``incident_texts`` entry of a title or facts text (made as needed)."""
+        if text is None:
+            return None
+        n = self._texts.get(text)
+        if n is None:
+            conn = self.db.conn
+            found = conn.execute("SELECT n FROM incident_texts WHERE text = ?", [text]).fetchone()
+            n = found[0] if found else conn.execute(
+                "INSERT INTO incident_texts (text) VALUES (?)", [text]).lastrowid  # fmt: skip
+            self._texts[text] = n
+        return n
 
     def _evidence_of(
         self, ids: list[str]
@@ -699,7 +884,7 @@ class Store:
         )
         if cascade:
             self.db.execute(
-                "UPDATE incidents SET status = ? WHERE finding_id = ?"
+                "UPDATE incident_rows SET status = ? WHERE finding_id = ?"
                 " AND (? != 'reopened' OR status = 'resolved')",
                 [status, fid, status],
             )
@@ -956,9 +1141,9 @@ class Store:
         out["records"] = [
             {**r, "ts": iso_utc(r["ts"])}
             for r in self.db.query(
-                """SELECT o.* FROM incidents i JOIN hits h ON h.incident_id = i.id
-                   JOIN observations o ON o.id = h.observation_id
-                   WHERE i.finding_id = ? ORDER BY o.ts, o.source, o.line LIMIT ?""",
+                f"""SELECT {_OBS_COLUMNS} FROM incident_rows i CROSS JOIN hit_links l
+                   ON l.incident = i.n CROSS JOIN {_OBS}
+                   WHERE o.n = l.obs AND i.finding_id = ? ORDER BY o.ts, c.source, o.line LIMIT ?""",  # noqa: S608
                 [fid, samples],
             )
         ]
@@ -981,6 +1166,38 @@ class Store:
         the traffic detail that is still kept (pruned days have no observations)."""
         return max(since_day or "", self._meta("pruned_before") or "")
 
+    def _days(self, first_day: str, last_day: str) -> tuple[str, list[Any]]:
+        """A WHERE term on :data:`_OBS` for the observations of UTC days ``[first_day,
+        last_day]``: their row numbers' lower bound narrows the read to the recent rows."""
+        return _DAYS, [first_day, last_day, first_day, last_day]
+
+    def _span(self, since: datetime, until: datetime) -> tuple[str, list[Any]]:
+        """Observations of ``[since, until)``: their days (see :meth:`_days`) plus the exact
+        timestamp bounds."""
+        first = since.strftime("%Y-%m-%d")
+        last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+        days, params = self._days(first, last)
+        return f"{days} AND ts >= ? AND ts < ?", [*params, since.timestamp(), until.timestamp()]
+
+    def _temp_table(self, name: str, columns: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """A temporary table of ``rows``: a row group (context, client, URL), indexed, and
+        ``columns``. Typed as the stored columns: an index serves only comparisons of one
+        affinity."""
+        conn = self.db.conn
+        conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
+        conn.execute(f"CREATE TEMP TABLE {name} (ctx INTEGER, client INTEGER, url TEXT, {columns})")
+        conn.execute(f"CREATE INDEX temp.{name}_key ON {name} (ctx, client, url)")
+        marks = ", ".join("?" * (3 + len(columns.split(", "))))
+        conn.executemany(f"INSERT INTO temp.{name} VALUES ({marks})", rows)  # noqa: S608
+
+    def _first_row(self, first_day: str, last_day: str = "9999") -> int:
+        """A lower bound of the row numbers of observations of these UTC days."""
+        found = self.db.conn.execute(
+            "SELECT min(first_row) FROM obs_contexts WHERE day >= ? AND day <= ?",
+            [first_day, last_day],
+        ).fetchone()[0]
+        return 1 << 62 if found is None else found
+
     def scan_options(self) -> dict[int, dict[str, Any]]:
         """Each scan's recorded options (``egress``, ``pseudonymize``, …) by id."""
         return {
@@ -989,7 +1206,8 @@ class Store:
 
     def scans_with_observations(self, start_day: str) -> list[int]:
         return [r[0] for r in self.db.execute(
-            "SELECT DISTINCT scan_id FROM observations WHERE day >= ?", [start_day])]  # fmt: skip
+            "SELECT DISTINCT scan_id FROM obs_contexts WHERE day >= ? ORDER BY scan_id",
+            [start_day])]  # fmt: skip
 
     def reevaluate(
         self,
@@ -1002,18 +1220,27 @@ class Store:
         batch: int = 20000,
         correlated: Sequence[str] = (),
     ) -> ReevaluationResult:
-        """Recompute everything stored from ``start_day`` on, in one transaction: each stored
-        observation row goes through ``evaluate`` (the changes to its columns as (position,
-        value) pairs and its incident rows, or None when it is no longer LLM traffic), incidents and findings are rebuilt from them exactly as
-        a scan stores them, detail statuses and finding lifecycles are kept, findings left
-        without detail are superseded and findings that appear are raised, with events.
-        The detail of the ``correlated`` rules (computed from the history, not per record)
-        is left to the correlation step that follows (:meth:`replace_correlated`)."""
+        """Recompute everything stored from ``start_day`` on, in one transaction. The record
+        path reads nothing per request but the URL, so the stored rows go through
+        ``evaluate`` once per group of one context, client and URL (a client calls the same
+        host from the same egress all day): it returns the changes to the row's columns as
+        (position, value) pairs and its incident rows, or None when it is no longer LLM
+        traffic. The rows move to their new context and the incidents are summed per group
+        in SQL, exactly as a scan stores them; detail statuses and finding lifecycles are
+        kept, findings left without detail are superseded and findings that appear are
+        raised, with events. The detail of the ``correlated`` rules (computed from the
+        history, not per record) is left to the correlation step that follows
+        (:meth:`replace_correlated`)."""
         out = ReevaluationResult()
         agg = IngestResult()
         conn = self.db.conn
-        names = list(OBSERVATION_COLUMNS)
+        context, client = self._contexts.number, self._clients.number
         per_record = f"day >= ? AND rule NOT IN ({_marks(correlated)})"
+        # the same on incident_rows, whose rules are text entries
+        own_rows = (
+            "day >= ? AND rule NOT IN"  # noqa: S608 - placeholders
+            f" (SELECT n FROM incident_texts WHERE text IN ({_marks(correlated)}))"
+        )
         with self._tx():
             old_status = dict(conn.execute(
                 f"SELECT id, status FROM incidents WHERE {per_record} AND status != 'open'",  # noqa: S608
@@ -1021,46 +1248,124 @@ class Store:
             old_fids = {r[0] for r in conn.execute(
                 f"SELECT DISTINCT finding_id FROM incidents WHERE {per_record}",  # noqa: S608
                 [start_day, *correlated])}  # fmt: skip
+            lo = self._first_row(start_day)
+            rows = "o.n >= ? AND o.ctx IN (SELECT n FROM obs_contexts WHERE day >= ?)"
+            span = [lo, start_day]
             conn.execute(
-                "DELETE FROM hits WHERE observation_id IN (SELECT id FROM observations WHERE day >= ?)",
-                [start_day],
+                f"DELETE FROM hit_links WHERE obs IN (SELECT o.n FROM obs_rows o WHERE {rows})",  # noqa: S608
+                span,
             )
-            conn.execute(f"DELETE FROM incidents WHERE {per_record}", [start_day, *correlated])  # noqa: S608
-            last = 0
-            while True:
-                rows = conn.execute(
-                    f"SELECT rowid, {', '.join(OBSERVATION_COLUMNS)} FROM observations"  # noqa: S608
-                    " WHERE rowid > ? AND day >= ? ORDER BY rowid LIMIT ?",
-                    [last, start_day, batch],
-                ).fetchall()
-                if not rows:
-                    break
-                last = rows[-1][0]
-                changed: dict[tuple[int, ...], list[list[Any]]] = {}  # by the columns changed
-                gone, fresh = [], []
-                for r in rows:
-                    row = list(r[1:])
-                    new = evaluate(row)
-                    if new is None:
-                        gone.append((r[0],))
-                        continue
-                    changes, incs = new
-                    if changes:
-                        cols = tuple([i for i, _ in changes])
-                        changed.setdefault(cols, []).append([*(v for _, v in changes), r[0]])
-                        for i, v in changes:
-                            row[i] = v
-                    fresh.append((row, incs))
-                out.observations += len(rows)
-                out.removed += len(gone)
-                for cols, values in changed.items():
-                    out.changed += len(values)
-                    sets = ", ".join(f"{names[i]} = ?" for i in cols)
-                    conn.executemany(f"UPDATE observations SET {sets} WHERE rowid = ?", values)  # noqa: S608
-                conn.executemany("DELETE FROM observations WHERE rowid = ?", gone)
-                self._aggregate(fresh, None, agg)
+            conn.execute(
+                f"DELETE FROM hit_links WHERE incident IN (SELECT n FROM incident_rows WHERE {own_rows})",  # noqa: S608
+                [start_day, *correlated],
+            )
+            conn.execute(f"DELETE FROM incident_rows WHERE {own_rows}", [start_day, *correlated])  # noqa: S608
+            self._incident_keys.clear()
+            # the groups of rows the record path cannot tell apart: one context, client, URL
+            groups = conn.execute(
+                f"""SELECT g.ctx, g.client, g.url, g.first, g.rows, g.bytes_out, g.bytes_in,
+                      g.first_ts, g.last_ts, {_OBS_COLUMNS}
+                    FROM (SELECT o.ctx, o.client, o.url, min(o.n) AS first, count(*) AS rows,
+                            sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in,
+                            min(o.ts) AS first_ts, max(o.ts) AS last_ts
+                          FROM obs_rows o WHERE {rows} GROUP BY o.ctx, o.client, o.url) g
+                    CROSS JOIN {_OBS} WHERE o.n = g.first ORDER BY g.first""",  # noqa: S608
+                span,
+            ).fetchall()
+            samples: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+            for ctx, who, url, n, line in conn.execute(
+                f"""SELECT ctx, client, url, n, line FROM (SELECT o.ctx, o.client, o.url, o.n,
+                      o.line, row_number() OVER (PARTITION BY o.ctx, o.client, o.url
+                                                 ORDER BY o.n) AS k
+                    FROM obs_rows o WHERE {rows}) WHERE k <= ? ORDER BY n""",  # noqa: S608
+                [*span, EVIDENCE_SAMPLES],
+            ):
+                samples.setdefault((ctx, who, url), []).append((n, line))
+            regroup: list[tuple[Any, ...]] = []  # (ctx, client, url, new ctx, new client, gone)
+            moved: list[tuple[int, int]] = []  # (first row, context it moves to)
+            links: list[tuple[Any, ...]] = []  # (ctx, client, url, incident id), as stored
+            deltas: dict[str, dict[str, Any]] = {}
+            for g in groups:
+                key, first, count = g[:3], g[3], g[4]
+                row = list(g[9:])
+                out.observations += count
+                new = evaluate(row)
+                if new is None:
+                    out.removed += count
+                    regroup.append((*key, None, None, 1))
+                    continue
+                changes, incs = new
+                ctx, who = key[0], key[1]
+                if changes:  # of the context and client: per-request values come from the row
+                    out.changed += count
+                    for i, v in changes:
+                        row[i] = v
+                    ctx, who = context(_CONTEXT_OF(row), first), client(_CLIENT_OF(row), 0)
+                    if (ctx, who) != (key[0], key[1]):
+                        regroup.append((*key, ctx, who, 0))
+                        moved.append((first, ctx))
+                source, blocked = row[_SOURCE], count if row[_OUTCOME] == "blocked" else 0
+                evidence = [(n, f"{source}:{line}") for n, line in samples[key]]
+                for inc in incs:
+                    d = deltas.get(inc["id"])
+                    if d is None:
+                        d = deltas[inc["id"]] = _delta(inc, g[7], row[_SCAN])
+                    links.append((ctx, who, key[2], inc["id"]))
+                    facts = inc.get("facts")
+                    if facts and facts is not d.get("facts_of"):
+                        d["facts_of"] = facts
+                        d["facts"] = merge_facts(d.get("facts"), facts)
+                    d["count"] += count
+                    d["blocked"] += blocked
+                    d["bytes_out"] = _add(d["bytes_out"], g[5])
+                    d["bytes_in"] = _add(d["bytes_in"], g[6])
+                    d["first"], d["last"] = min(d["first"], g[7]), max(d["last"], g[8])
+                    if row[_SCAN] is not None:
+                        d["first_scan"] = min(d["first_scan"] or row[_SCAN], row[_SCAN])
+                        d["last_scan"] = max(d["last_scan"] or row[_SCAN], row[_SCAN])
+                    d["evidence"].extend(evidence)
+            self._contexts.created.clear()
+            self._clients.created.clear()
+            for d in deltas.values():  # the first samples in arrival order, as a scan takes them
+                d["evidence"] = [e for _, e in sorted(d["evidence"])[:EVIDENCE_SAMPLES]]
+            by_group = (
+                "r.ctx = obs_rows.ctx AND r.client = obs_rows.client AND r.url IS obs_rows.url"
+            )
+            self._temp_table(
+                "regroup", "new_ctx INTEGER, new_client INTEGER, gone INTEGER", regroup
+            )
+            conn.execute(
+                f"DELETE FROM obs_rows WHERE n >= ? AND EXISTS (SELECT 1 FROM temp.regroup r"  # noqa: S608
+                f" WHERE r.gone AND {by_group})",
+                [lo],
+            )
+            conn.execute(
+                "UPDATE obs_rows SET ctx = r.new_ctx, client = r.new_client FROM temp.regroup r"  # noqa: S608
+                f" WHERE obs_rows.n >= ? AND NOT r.gone AND {by_group}",
+                [lo],
+            )
             conn.executemany(
-                "UPDATE incidents SET status = ? WHERE id = ?",
+                "UPDATE obs_contexts SET first_row = min(first_row, ?) WHERE n = ?", moved
+            )
+            conn.execute(
+                "DELETE FROM obs_contexts WHERE day >= ? AND n NOT IN"
+                " (SELECT DISTINCT ctx FROM obs_rows WHERE n >= ?)",
+                [start_day, lo],
+            )
+            self._contexts.forget()
+            if deltas:
+                self._store_incidents(deltas, agg)
+                keys = self._incident_numbers(list(deltas))
+                self._temp_table("group_links", "incident INTEGER",
+                                 [(*k, keys[iid]) for *k, iid in links])  # fmt: skip
+                conn.execute(
+                    "INSERT OR IGNORE INTO hit_links (incident, obs) SELECT r.incident, obs_rows.n"  # noqa: S608
+                    f" FROM obs_rows JOIN temp.group_links r ON {by_group} WHERE obs_rows.n >= ?",
+                    [lo],
+                )
+            self._drop_unused_facts()
+            conn.executemany(
+                "UPDATE incident_rows SET status = ? WHERE id = ?",
                 [(status, iid) for iid, status in old_status.items()],
             )
             affected = old_fids | set(agg.finding_requests)
@@ -1084,8 +1389,8 @@ class Store:
             if digest is not None:
                 conn.execute(
                     "UPDATE scans SET settings_digest = ? WHERE id IN"
-                    " (SELECT DISTINCT scan_id FROM observations WHERE day >= ?)"
-                    " OR (? = '' AND id NOT IN (SELECT DISTINCT scan_id FROM observations))",
+                    " (SELECT DISTINCT scan_id FROM obs_contexts WHERE day >= ?)"
+                    " OR (? = '' AND id NOT IN (SELECT DISTINCT scan_id FROM obs_contexts))",
                     [digest, start_day, start_day],
                 )
         return out
@@ -1306,19 +1611,20 @@ class Store:
         """The UTC days the scans ``scan_ids`` stored observations for."""
         days: set[str] = set()
         for chunk, marks in _chunks(scan_ids):
-            sql = f"SELECT DISTINCT day FROM observations WHERE scan_id IN ({marks})"  # noqa: S608
+            sql = f"SELECT DISTINCT day FROM obs_contexts WHERE scan_id IN ({marks})"  # noqa: S608
             days.update(r[0] for r in self.db.execute(sql, chunk))
         return sorted(days)
 
     def egress_groups(self, start: float, end: float) -> list[tuple[str, str, int, str]]:
         """Who (the user, else the client address) reached which provider in ``[start,
         end)``: (who, provider, how many egress countries, the first of them)."""
+        days, params = self._days(iso_day(start), iso_day(end))
         return [tuple(r) for r in self.db.execute(
             f"""SELECT coalesce(user, client_ip) AS who, provider,
                       count(DISTINCT egress_country), min(egress_country)
-               FROM observations WHERE {_EGRESS_HISTORY}
+               FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY}
                GROUP BY who, provider ORDER BY who, provider""",  # noqa: S608 - constants
-            [iso_day(start), iso_day(end), start, end])]  # fmt: skip
+            [*params, start, end])]  # fmt: skip
 
     def egress_buckets(
         self, start: float, end: float, who: Sequence[str]
@@ -1327,14 +1633,15 @@ class Store:
         per hour of ``[start, end)``: (who, provider, country, first ts, last ts, records,
         site, user, client address), the last three the least of the records'."""
         out: list[tuple[str, str, str, float, float, int, str | None, str | None, str | None]] = []
+        days, params = self._days(iso_day(start), iso_day(end))
         for chunk, marks in _chunks(sorted(set(who))):
             out.extend(tuple(r) for r in self.db.execute(
                 f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
                           min(ts), max(ts), count(*), min(site), min(user), min(client_ip)
-                   FROM observations WHERE {_EGRESS_HISTORY} AND who IN ({marks})
+                   FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY} AND who IN ({marks})
                    GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
                    ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants, placeholders
-                [iso_day(start), iso_day(end), start, end, *chunk]))  # fmt: skip
+                [*params, start, end, *chunk]))  # fmt: skip
         return out
 
     def replace_correlated(
@@ -1360,10 +1667,13 @@ class Store:
             stale = sorted(set(old) - ids)
             removed = 0
             for chunk, marks in _chunks(stale):
+                gone = f"SELECT n FROM incident_rows WHERE status = 'open' AND id IN ({marks})"  # noqa: S608
+                self.db.execute(f"DELETE FROM hit_links WHERE incident IN ({gone})", chunk)  # noqa: S608
                 removed += self.db.execute(
-                    f"DELETE FROM incidents WHERE status = 'open' AND id IN ({marks})",  # noqa: S608
+                    f"DELETE FROM incident_rows WHERE n IN ({gone})",  # noqa: S608
                     chunk,
                 ).rowcount
+            self._incident_keys.clear()
             cols = [*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
                     "blocked", "outcome", "evidence", "facts", "first_scan", "last_scan"]  # fmt: skip
             values = []
@@ -1372,19 +1682,22 @@ class Store:
                 # the records behind it: the client's, with the provider, through the countries
                 who, provider, first, last, countries = r["span"]
                 marks = ", ".join("?" * len(countries))
+                days, dparams = self._days(iso_day(first), iso_day(last))
                 found = [x[0] for x in self.db.execute(
-                    f"""SELECT id FROM observations WHERE day >= ? AND day <= ? AND ts >= ?
+                    f"""SELECT o.n FROM {_OBS} WHERE {days} AND ts >= ?
                          AND ts <= ? AND provider = ? AND coalesce(user, client_ip) = ?
                          AND egress_country IN ({marks})""",  # noqa: S608 - placeholders
-                    [iso_day(first), iso_day(last), first, last, provider, who, *countries])]  # fmt: skip
-                self.db.execute("DELETE FROM hits WHERE incident_id = ?", [r["id"]])
-                hits.extend((r["id"], oid) for oid in found)
+                    [*dparams, first, last, provider, who, *countries])]  # fmt: skip
+                self.db.execute(
+                    "DELETE FROM hit_links WHERE incident ="
+                    " (SELECT n FROM incident_rows WHERE id = ?)", [r["id"]])  # fmt: skip
+                hits.extend((r["id"], n) for n in found)
                 r = {**r, "count": len(found)}
                 d = {**r, "severity_rank": SEVERITY_RANK[r["severity"]], "blocked": 0,
                      "outcome": "allowed", "evidence": "[]",
                      "facts": json.dumps(r.get("facts") or {}, sort_keys=True),
                      "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
-                values.append([d.get(c) for c in cols])
+                values.append(self._incident_values(d, cols))
                 result.rule_of[r["id"]] = (r["rule"], r["severity"])
                 before, was_in = old.get(r["id"], (0, None))
                 if r["id"] not in old:
@@ -1395,7 +1708,7 @@ class Store:
                     result.finding_requests[r["finding_id"]] += r["count"] - (
                         before if was_in == r["finding_id"] else 0)  # fmt: skip
             self.db.conn.executemany(
-                f"""INSERT INTO incidents ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
+                f"""INSERT INTO incident_rows ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
                 ON CONFLICT(id) DO UPDATE SET first_seen = excluded.first_seen,
                   last_seen = excluded.last_seen, count = excluded.count,
                   facts = excluded.facts, last_scan = excluded.last_scan,
@@ -1404,7 +1717,10 @@ class Store:
                   egress_country = excluded.egress_country""",  # noqa: S608
                 values,
             )
-            self.db.conn.executemany("INSERT OR IGNORE INTO hits VALUES (?, ?)", hits)
+            keys = self._incident_numbers([r["id"] for r in rows])
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO hit_links VALUES (?, ?)", [(keys[i], n) for i, n in hits]
+            )
             touched = {fid for _count, fid in old.values() if fid} - set(result.finding_requests)
             if result.finding_requests:
                 self._advance_findings(scan_id, result)
@@ -1442,8 +1758,9 @@ class Store:
         inc["records"] = [
             {**r, "ts": iso_utc(r["ts"])}
             for r in self.db.query(
-                """SELECT o.* FROM hits h JOIN observations o ON o.id = h.observation_id
-                   WHERE h.incident_id = ? ORDER BY o.ts, o.source, o.line LIMIT ?""",
+                f"""SELECT {_OBS_COLUMNS} FROM incident_rows i CROSS JOIN hit_links l
+                   ON l.incident = i.n CROSS JOIN {_OBS}
+                   WHERE o.n = l.obs AND i.id = ? ORDER BY o.ts, c.source, o.line LIMIT ?""",  # noqa: S608
                 [inc["id"], samples],
             )
         ]
@@ -1470,7 +1787,7 @@ class Store:
                 return None
             event = {"incident_id": row["id"], "at": _now(), "action": status, "status_from": row["status"],
                      "status_to": status, "note": note, "actor": actor}  # fmt: skip
-            self.db.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, row["id"]])
+            self.db.execute("UPDATE incident_rows SET status = ? WHERE id = ?", [status, row["id"]])
             self.db["incident_events"].insert(event)
             self._follow_detail(row["finding_id"], note, actor)  # its alerts: the finding's
         return event
@@ -1502,13 +1819,17 @@ class Store:
         ``before_day``, and the alert events of those days that every sink has had;
         incidents, their counts and evidence are kept."""
         with self._tx():
+            old = "SELECT n FROM obs_contexts WHERE day < ?"
             hits = self.db.execute(
-                "DELETE FROM hits WHERE observation_id IN (SELECT id FROM observations WHERE day < ?)",
+                f"DELETE FROM hit_links WHERE obs IN (SELECT n FROM obs_rows WHERE ctx IN ({old}))",  # noqa: S608 - constants
                 [before_day],
             ).rowcount
             observations = self.db.execute(
-                "DELETE FROM observations WHERE day < ?", [before_day]
+                f"DELETE FROM obs_rows WHERE ctx IN ({old})",  # noqa: S608 - constants
+                [before_day],
             ).rowcount
+            self.db.execute("DELETE FROM obs_contexts WHERE day < ?", [before_day])
+            self._contexts.forget()
             if before_day > (self._meta("pruned_before") or ""):
                 self.db["meta"].upsert({"key": "pruned_before", "value": before_day}, pk="key")
             # alert events every sink is done with (a sink that is down keeps its own)
@@ -1542,7 +1863,8 @@ class Store:
                       "findings", "finding_events"):  # fmt: skip
                 counts[t] = self.db[t].count
             orphans = self.db.execute(
-                "SELECT count(*) FROM hits WHERE incident_id NOT IN (SELECT id FROM incidents)"
+                "SELECT count(*) FROM hit_links WHERE incident NOT IN (SELECT n FROM"
+                " incident_rows) OR obs NOT IN (SELECT n FROM obs_rows)"
             ).fetchone()[0]
             unrolled = self.db.execute(
                 "SELECT count(*) FROM incidents WHERE finding_id IS NULL"
@@ -1576,7 +1898,7 @@ class Store:
         """Requests of the period ``[since, until)`` (``prev`` 0) and of the one before it,
         from ``previous`` (``prev`` 1), by time bucket (``width`` seconds from ``origin``; -1
         for the previous period), provider, kind, site and egress country."""
-        span, params = _span(previous, until)
+        span, params = self._span(previous, until)
         f, fparams = where.sql()
         return self._read_only(
             f"""SELECT CASE WHEN ts >= ? THEN 0 ELSE 1 END AS prev,
@@ -1584,14 +1906,14 @@ class Store:
                        provider, provider_kind AS kind, site, egress_country AS country,
                        count(*) AS requests, sum(outcome IS 'blocked') AS blocked,
                        sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
-                FROM observations WHERE {span}{f}
+                FROM {_OBS} WHERE {span}{f}
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
             [since.timestamp(), since.timestamp(), origin.timestamp(), width, *params, *fparams],
         )
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Who went where: client x destination in ``[since, until)``, users as a JSON array."""
-        span, params = _span(since, until)
+        span, params = self._span(since, until)
         f, fparams = where.sql()
         return self._read_only(
             f"""SELECT client_ip, dest_host, provider, provider_kind AS kind, site,
@@ -1599,7 +1921,7 @@ class Store:
                        sum(outcome IS 'blocked') AS blocked, sum(bytes_out) AS bytes_out,
                        sum(bytes_in) AS bytes_in, min(url) AS example_url,
                        json_group_array(DISTINCT user) AS users
-                FROM observations WHERE {span}{f}
+                FROM {_OBS} WHERE {span}{f}
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608
             [*params, *fparams],
         )
@@ -1607,33 +1929,33 @@ class Store:
     def processing_locations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Where the requests of ``[since, until)`` were processed: by site, processing geo,
         residency basis and region."""
-        span, params = _span(since, until)
+        span, params = self._span(since, until)
         f, fparams = where.sql()
         return self._read_only(
             f"""SELECT site, processing_geo AS geo, residency_basis AS basis,
                        processing_region AS region, count(*) AS requests,
                        sum(outcome IS 'blocked') AS blocked
-                FROM observations WHERE {span}{f}
+                FROM {_OBS} WHERE {span}{f}
                 GROUP BY 1, 2, 3, 4""",  # noqa: S608
             [*params, *fparams],
         )
 
     def traffic_sources(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """The scans and input files behind the observations of ``[since, until)``."""
-        span, params = _span(since, until)
+        span, params = self._span(since, until)
         f, fparams = where.sql()
         return self._read_only(
             f"""SELECT scan_id, source, format, count(*) AS observations,
                        min(ts) AS first_ts, max(ts) AS last_ts
-                FROM observations WHERE {span}{f}
+                FROM {_OBS} WHERE {span}{f}
                 GROUP BY 1, 2, 3""",  # noqa: S608
             [*params, *fparams],
         )
 
     def distinct_clients(self, since: datetime, until: datetime, where: TrafficFilter) -> int:
-        span, params = _span(since, until)
+        span, params = self._span(since, until)
         f, fparams = where.sql()
-        sql = f"SELECT count(DISTINCT client_ip) AS n FROM observations WHERE {span}{f}"  # noqa: S608
+        sql = f"SELECT count(DISTINCT client_ip) AS n FROM {_OBS} WHERE {span}{f}"  # noqa: S608
         found = self._read_only(sql, [*params, *fparams]).rows
         return int(found[0][0]) if found else 0
 
@@ -2081,6 +2403,193 @@ def _schema_v8(db: sqlite_utils.Database) -> None:
         )
 
 
+#: the stored observation as step 9 lays it out: per request, client, context (in this
+#: order the ``observations`` view shows them, as :mod:`monitor.rows` at the time)
+_V9_PER_REQUEST: dict[str, type] = {
+    "id": int, "ts": float, "line": int, "bytes_out": int, "bytes_in": int, "duration": float,
+    "url": str, "client_port": int, "ts_end": float, "packets_out": int, "packets_in": int,
+}  # fmt: skip
+_V9_CLIENT: dict[str, type] = {"client_ip": str, "user": str}
+_V9_CONTEXT: dict[str, type] = {
+    "day": str, "source": str, "format": str, "method": str, "dest_host": str, "dest_port": int,
+    "dest_ip": str, "status": int, "host_source": str, "result": str, "ech": int,
+    "ech_outer": str, "tunnel": str, "tunnel_src": str, "tunnel_dst": str, "ja4": str,
+    "user_agent": str, "processing_region": str, "processing_geo": str,
+    "residency_basis": str, "residency_caveat": str, "provider": str, "provider_kind": str,
+    "match_pattern": str, "site": str, "egress_ip": str, "egress_country": str,
+    "egress_source": str, "egress_geo_country": str, "egress_logged": str, "dest_country": str,
+    "dest_asn": int, "outcome": str, "scan_id": int,
+}  # fmt: skip
+_V9_VIEW_ORDER = (
+    "id", "day", "ts", "source", "line", "format", "client_ip", "client_port", "user", "method",
+    "dest_host", "dest_port", "dest_ip", "url", "status", "bytes_out", "bytes_in",
+    "host_source", "result", "duration", "ts_end", "packets_out", "packets_in", "ech",
+    "ech_outer", "tunnel", "tunnel_src", "tunnel_dst", "ja4", "user_agent",
+    "processing_region", "processing_geo", "residency_basis", "residency_caveat", "provider",
+    "provider_kind", "match_pattern", "site", "egress_ip", "egress_country", "egress_source",
+    "egress_geo_country", "egress_logged", "dest_country", "dest_asn", "outcome", "scan_id",
+)  # fmt: skip
+
+
+def _create_views(db: sqlite_utils.Database, order: Sequence[str]) -> None:
+    """``observations`` (columns in ``order``, each from the table that holds it) and
+    ``hits``, over the tables of step 9; a later step that adds a column creates them again."""
+    where = {c: a for a, t in (("o", "obs_rows"), ("c", "obs_contexts"), ("w", "obs_clients"))
+             for c in db[t].columns_dict if c not in ("n", "key", "first_row", "ctx", "client")}  # fmt: skip
+    cols = ", ".join(f"{where[c]}.{c} AS {c}" for c in order)
+    db.execute("DROP VIEW IF EXISTS observations")
+    db.execute(f"CREATE VIEW observations AS SELECT {cols} FROM {_OBS}")  # noqa: S608
+    db.execute("DROP VIEW IF EXISTS hits")
+    db.execute(
+        "CREATE VIEW hits AS SELECT k.id AS incident_id, o.id AS observation_id"
+        " FROM hit_links l CROSS JOIN incident_keys k ON k.n = l.incident"
+        " CROSS JOIN obs_rows o ON o.n = l.obs"
+    )
+
+
+def _schema_v9(db: sqlite_utils.Database) -> None:
+    """Compact observations (about a fifth of the bytes): what repeats across requests is
+    kept once, in dictionaries of contexts and clients, and each request is a narrow row
+    with its own values and two entry numbers; hits are integer pairs. ``observations``
+    and ``hits`` become views with the same columns. Every row is kept, in its order; the
+    indexes queries do not use go."""
+
+    def sql_types(cols: dict[str, type]) -> str:
+        return ", ".join(f"{c} {_SQL_TYPE[t]}" for c, t in cols.items())
+
+    db.execute(
+        "CREATE TABLE obs_contexts (n INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE,"
+        f" first_row INTEGER NOT NULL, {sql_types(_V9_CONTEXT)})"
+    )
+    db.execute(
+        "CREATE TABLE obs_clients (n INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE,"
+        f" {sql_types(_V9_CLIENT)})"
+    )
+    per_request = {k: v for k, v in _V9_PER_REQUEST.items() if k not in ("id", "ts")}
+    db.execute(
+        "CREATE TABLE obs_rows (n INTEGER PRIMARY KEY, id INTEGER NOT NULL, ctx INTEGER NOT NULL,"
+        f" client INTEGER NOT NULL, ts REAL NOT NULL, {sql_types(per_request)})"
+    )
+    db.execute("CREATE UNIQUE INDEX idx_obs_rows_id ON obs_rows (id)")
+    db.execute("CREATE TABLE incident_keys (n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE)")
+    db.execute(
+        "CREATE TABLE hit_links (incident INTEGER NOT NULL, obs INTEGER NOT NULL,"
+        " PRIMARY KEY (incident, obs)) WITHOUT ROWID"
+    )
+    db.conn.create_function("apiwatch_key", -1, lambda *v: _key(v), deterministic=True)
+    ctx, client = ", ".join(_V9_CONTEXT), ", ".join(_V9_CLIENT)
+    db.execute(
+        f"INSERT INTO obs_clients (key, {client}) SELECT apiwatch_key({client}), {client}"  # noqa: S608
+        f" FROM observations GROUP BY {client} ORDER BY min(rowid)"
+    )
+    db.execute(
+        f"INSERT INTO obs_contexts (key, first_row, {ctx}) SELECT apiwatch_key({ctx}),"  # noqa: S608
+        f" min(rowid), {ctx} FROM observations GROUP BY {ctx} ORDER BY min(rowid)"
+    )
+    rows = ", ".join(per_request)
+    db.execute(
+        f"INSERT INTO obs_rows (n, id, ctx, client, ts, {rows})"  # noqa: S608
+        f" SELECT o.rowid, o.id, c.n, w.n, o.ts, {', '.join(f'o.{r}' for r in per_request)}"
+        " FROM observations o JOIN obs_contexts c ON c.key = apiwatch_key("
+        f"{', '.join(f'o.{c}' for c in _V9_CONTEXT)}) JOIN obs_clients w"
+        f" ON w.key = apiwatch_key(o.client_ip, o.user) ORDER BY o.rowid"
+    )
+    db.execute(
+        "INSERT INTO incident_keys (id) SELECT DISTINCT incident_id FROM hits ORDER BY incident_id"
+    )
+    db.execute(
+        "INSERT INTO hit_links (incident, obs) SELECT k.n, o.n FROM hits h"
+        " JOIN incident_keys k ON k.id = h.incident_id JOIN obs_rows o ON o.id = h.observation_id"
+    )
+    db.execute("DROP TABLE hits")
+    db.execute("DROP TABLE observations")
+    for name in ("first_seen", "rule", "severity_rank", "provider", "site", "status", "user"):
+        db.execute(f"DROP INDEX IF EXISTS idx_incidents_{name}")
+    _create_views(db, _V9_VIEW_ORDER)
+
+
+_SQL_TYPE = {int: "INTEGER", float: "REAL", str: "TEXT"}
+
+#: the incidents view's columns, in order, as step 10 makes it
+_V10_INCIDENT_COLUMNS = (*_INCIDENT_COLUMNS_V1, "user", "finding_id")
+#: incident columns of few distinct values: kept once each, in ``incident_texts``
+_TEXT_COLUMNS = ("rule", "severity", "title", "provider_kind", "egress_source")
+
+
+def _schema_v10(db: sqlite_utils.Database) -> None:
+    """Compact incidents: rules, severities, titles, kinds and egress sources (a few
+    distinct texts repeated in every detail row) are kept once, in ``incident_texts``, and
+    so are facts, in ``incident_facts``; rows are numbered (``incident_rows.n``) so
+    hit links name them by number; ``incidents`` becomes a view with the same columns.
+    Every incident is kept; links to incidents that no longer exist (an old re-correlation
+    left them; ``db check`` counted them as orphans) are not."""
+    texts = " UNION ".join(f"SELECT {c} AS t FROM incidents" for c in _TEXT_COLUMNS)  # noqa: S608
+    db.execute("CREATE TABLE incident_texts (n INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)")
+    db.execute(
+        f"INSERT INTO incident_texts (text) SELECT t FROM ({texts}) WHERE t IS NOT NULL ORDER BY t"  # noqa: S608
+    )
+    db.execute("CREATE TABLE incident_facts (n INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)")
+    facts = [
+        r[0] for r in db.execute("SELECT DISTINCT facts FROM incidents WHERE facts IS NOT NULL")
+    ]
+    for text in sorted(facts):
+        _fact_entry(db.conn, text)
+    not_null = {"rule", "severity", "day", "first_seen", "last_seen", "count", "status"}
+    defaults = {"status": "'open'", "count": "0", "blocked": "0", "evidence": "'[]'"}
+    types = {**INCIDENT_COLUMNS, **dict.fromkeys((*_TEXT_COLUMNS, "facts"), int)}
+    cols = ", ".join(
+        f"{c} {_SQL_TYPE[types[c]]}{' NOT NULL' if c in not_null else ''}"
+        f"{' DEFAULT ' + defaults[c] if c in defaults else ''}"
+        for c in _V10_INCIDENT_COLUMNS
+        if c != "id"
+    )
+    db.execute(
+        f"CREATE TABLE incident_rows (n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, {cols})"
+    )
+    names = list(_V10_INCIDENT_COLUMNS)
+    entry = "(SELECT n FROM {} WHERE text = i.{})"  # noqa: S608 - constants
+    values = [
+        entry.format("incident_texts", c)
+        if c in _TEXT_COLUMNS
+        else entry.format("incident_facts", c)
+        if c == "facts"
+        else f"i.{c}"
+        for c in names
+    ]
+    db.execute(
+        f"INSERT INTO incident_rows (n, {', '.join(names)})"  # noqa: S608 - constants
+        f" SELECT i.rowid, {', '.join(values)} FROM incidents i ORDER BY i.rowid"
+    )
+    db.execute(
+        "CREATE TABLE links (incident INTEGER NOT NULL, obs INTEGER NOT NULL,"
+        " PRIMARY KEY (incident, obs)) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO links SELECT r.n, l.obs FROM hit_links l JOIN incident_keys k"
+        " ON k.n = l.incident JOIN incident_rows r ON r.id = k.id"
+    )
+    db.execute("DROP VIEW hits")
+    for table in ("hit_links", "incident_keys", "incidents"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("ALTER TABLE links RENAME TO hit_links")
+    db.execute("CREATE INDEX idx_incident_rows_last_seen ON incident_rows (last_seen)")
+    db.execute("CREATE INDEX idx_incident_rows_finding_id ON incident_rows (finding_id)")
+    shown = ", ".join(
+        f"t_{c}.text AS {c}" if c in (*_TEXT_COLUMNS, "facts") else f"i.{c} AS {c}"
+        for c in _V10_INCIDENT_COLUMNS
+    )
+    texts = " ".join(
+        f"LEFT JOIN {'incident_facts' if c == 'facts' else 'incident_texts'} t_{c} ON t_{c}.n = i.{c}"
+        for c in (*_TEXT_COLUMNS, "facts")
+    )
+    db.execute(f"CREATE VIEW incidents AS SELECT {shown} FROM incident_rows i {texts}")  # noqa: S608
+    db.execute(
+        "CREATE VIEW hits AS SELECT i.id AS incident_id, o.id AS observation_id"
+        " FROM hit_links l JOIN incident_rows i ON i.n = l.incident"
+        " JOIN obs_rows o ON o.n = l.obs"
+    )
+
+
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -2090,6 +2599,8 @@ MIGRATIONS = {
     6: _schema_v6,
     7: _schema_v7,
     8: _schema_v8,
+    9: _schema_v9,
+    10: _schema_v10,
 }
 
 #: the lifecycle actions of findings that alert (the ``monitor.events`` type of the same name;
@@ -2108,24 +2619,15 @@ _RESOLVED_IN = (
 )
 
 
-def _span(since: datetime, until: datetime) -> tuple[str, list[Any]]:
-    """Observations of ``[since, until)``: ``day`` bounds (so the index narrows the scan)
-    plus the exact timestamp bounds."""
-    first, last = (
-        since.strftime("%Y-%m-%d"),
-        (until - timedelta(microseconds=1)).strftime("%Y-%m-%d"),
-    )
-    return "day >= ? AND day <= ? AND ts >= ? AND ts < ?", [
-        first,
-        last,
-        since.timestamp(),
-        until.timestamp(),
-    ]
-
+#: see :meth:`Store._days` (a constant subquery: SQLite reads the rows from that number on)
+_DAYS = (
+    "o.n >= (SELECT coalesce(min(first_row), 1 << 62) FROM obs_contexts WHERE day >= ?"
+    " AND day <= ?) AND day >= ? AND day <= ?"
+)
 
 #: observations of a time span that tell a client's egress country with a provider
 _EGRESS_HISTORY = (
-    "day >= ? AND day <= ? AND ts >= ? AND ts < ? AND egress_country IS NOT NULL"
+    "ts >= ? AND ts < ? AND egress_country IS NOT NULL"
     " AND coalesce(user, client_ip) IS NOT NULL AND provider_kind IN ('api', 'consumer')"
 )
 
@@ -2207,6 +2709,29 @@ def _is_network(text: str) -> bool:
 
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _fact_entry(conn: sqlite3.Connection, text: str) -> int:
+    """The ``incident_facts`` number of ``text`` (a digest of it; on a clash, the next free
+    number), entered when new."""
+    n = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest()) >> 1
+    while True:
+        found = conn.execute("SELECT text FROM incident_facts WHERE n = ?", [n]).fetchone()
+        if found is None:
+            conn.execute("INSERT INTO incident_facts (n, text) VALUES (?, ?)", [n, text])
+        if found is None or found[0] == text:
+            return n
+        n += 1
+
+
+def _delta(inc: dict[str, Any], ts: float, scan_id: int | None) -> dict[str, Any]:
+    """What new observations add to the incident ``inc`` (none yet)."""
+    d = {k: inc.get(k) for k in INCIDENT_IDENTITY}
+    if d["finding_id"] is None:
+        d["finding_id"] = finding_id(d["rule"], d["provider"], d["site"], d["egress_country"])
+    d.update(count=0, blocked=0, bytes_out=None, bytes_in=None, first=ts, last=ts, evidence=[],
+             first_scan=scan_id, last_scan=scan_id)  # fmt: skip
+    return d
 
 
 def _add(a: int | None, b: int | None) -> int | None:

@@ -65,11 +65,15 @@ def logs(tmp_path_factory) -> dict[str, Path]:
 
 
 def dump(db: Path) -> dict[str, list[tuple]]:
-    """Every table, every row, in a stable order, without the columns that record when."""
+    """Every table (and view: what readers see), every row, in a stable order, without the
+    columns that record when."""
     con = sqlite3.connect(db)
     try:
         out = {}
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        tables = [
+            r[0]
+            for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        ]
         for t in sorted(tables):
             cols = [r[1] for r in con.execute(f"PRAGMA table_info({t})") if r[1] not in WHEN]
             rows = con.execute(f"SELECT {', '.join(cols)} FROM {t}").fetchall()  # noqa: S608

@@ -8,7 +8,14 @@ import threading
 import pytest
 
 from monitor.rows import observation_values
-from monitor.store import MIGRATIONS, SCHEMA_VERSION, IncidentQuery, Store, StoreError
+from monitor.store import (
+    MIGRATIONS,
+    OBSERVATION_COLUMNS,
+    SCHEMA_VERSION,
+    IncidentQuery,
+    Store,
+    StoreError,
+)
 
 
 def obs(i, **kw):
@@ -175,6 +182,74 @@ def test_pipeline_rows_follow_the_column_order():
         "processing_geo": "EU", "residency_basis": "hostname", "residency_caveat": "c",
     }  # fmt: skip
     assert row == expected
+
+
+def test_migration_to_compact_observations_keeps_every_row(tmp_path):
+    """A database of schema 8 (built by the landed steps, observations and incidents as wide
+    tables) comes up to date with every observation and incident, column for column, and
+    every hit; what was stored stays a duplicate for a later ingest; ``db check`` passes."""
+    import sqlite_utils
+
+    path = tmp_path / "v8.db"
+    db = sqlite_utils.Database(sqlite3.connect(path))
+    for step in range(1, 9):
+        MIGRATIONS[step](db)
+    db.execute("PRAGMA user_version = 8")
+    db["scans"].insert({"id": 1, "started": "2026-11-27T00:00:00Z"})
+    wide = [
+        {
+            **dict(
+                zip(
+                    OBSERVATION_COLUMNS,
+                    obs(
+                        i,
+                        client_ip=f"10.0.0.{i % 3}",
+                        ech=i % 2,
+                        dest_host="api.openai.com",
+                        provider="openai",
+                        user="alice" if i == 4 else None,
+                        scan_id=1,
+                    ),
+                    strict=True,
+                )
+            ),
+            "duration": 0.125 * i,
+        }  # fmt: skip
+        for i in range(6)
+    ]
+    db["observations"].insert_all(wide)
+    for iid, title in (("i1", "t"), ("i2", "another title")):
+        db["incidents"].insert({**inc(iid), "title": title, "severity_rank": 3,
+                                "first_seen": "2026-11-27T01:00:00.000Z", "status": "open",
+                                "last_seen": "2026-11-27T01:00:05.000Z", "count": 2,
+                                "facts": '{"request.status": [200]}', "finding_id": "F-1"})  # fmt: skip
+    db.execute("INSERT INTO hits VALUES ('i1', 1000), ('i1', 1003), ('i2', 1005)")
+    db.conn.commit()
+    before = db.execute(
+        f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM observations ORDER BY rowid"  # noqa: S608
+    ).fetchall()
+    incidents = [dict(r) for r in db.query("SELECT * FROM incidents ORDER BY id")]
+    db.conn.close()
+
+    store = Store(path)  # steps 9 and 10
+    after = store.db.execute(
+        f"SELECT {', '.join(OBSERVATION_COLUMNS)} FROM observations ORDER BY ts"  # noqa: S608
+    ).fetchall()
+    assert after == before and len(after) == 6
+    assert sorted(store.db.execute("SELECT * FROM hits").fetchall()) == [
+        ("i1", 1000), ("i1", 1003), ("i2", 1005)]  # fmt: skip
+    assert [dict(r) for r in store.db.query("SELECT * FROM incidents ORDER BY id")] == incidents
+    # two contexts (ech 0 and 1), four clients (three addresses, one with a user)
+    assert store.db.execute("SELECT count(*) FROM obs_contexts").fetchone() == (2,)
+    assert store.db.execute("SELECT count(*) FROM obs_clients").fetchone() == (4,)
+    again = store.ingest(1, [(list(r), []) for r in before])
+    assert (again.stored, again.duplicates) == (0, 6)
+    more = store.ingest(1, [(obs(9, client_ip="10.0.0.1", scan_id=1), [inc()])])
+    assert more.stored == 1 and store.db.execute("SELECT count(*) FROM hits").fetchone() == (4,)
+    report = store.check()
+    assert report["integrity"] == "ok" and report["schema_version"] == SCHEMA_VERSION
+    assert report["tables"]["observations"] == 7
+    store.close()
 
 
 def test_a_reader_waits_for_the_schema_a_first_scan_is_creating(tmp_path):
