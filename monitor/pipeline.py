@@ -302,9 +302,9 @@ ADDRESS_SOURCES = {
     "zeek": "id.resp_h",
     "zeek-json": "id.resp_h",
     "suricata-eve": "dest_ip",
-    "zscaler-csv": "serverip",
-    "zscaler-json": "serverip",
-    "zscaler-kv": "serverip",
+    "zscaler-csv": "sip",  # the default feed's server IP column
+    "zscaler-json": "sip / serverip",  # as the feed template names it
+    "zscaler-kv": "dst / sip / serverip",
     "elff": "s-ip / s-supplier-ip",
     "mapped": "dest_ip column",
 }

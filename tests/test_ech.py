@@ -6,22 +6,28 @@ The DNS part is real: dnsmasq, started here on 127.0.0.1, answers an HTTPS query
 dnsmasq listens on a free port, not 53 (other tests may hold it), so the copy read here has
 the port rewritten to 53, the answers' bytes unchanged.
 
-The ClientHellos are not: no ECH client is packaged here (Debian bookworm's curl 7.88 and
-OpenSSL 3.0 have no ECH; chromium's ECH needs its own DNS-over-HTTPS resolver, which
-cannot run offline), so scapy writes them following draft-ietf-tls-esni section 5: an
-outer ClientHello whose server_name is the public name, with an encrypted_client_hello
-extension (type outer, HPKE suite, config id, enc, payload). What apiwatch reads of them
-is exactly that structure, and tshark decodes it the same way.
+One ClientHello is real too: NSS's ``tstclnt`` (Debian bookworm's libnss3-tools, NSS
+3.87) is an ECH client (``-N`` takes the ECHConfigList of the HTTPS answer); it connects to
+a listener on 127.0.0.1 under tcpdump, and the copy read here has the server's address and
+port rewritten to the answered address and 443, the ClientHello's bytes unchanged. Debian
+bookworm's curl 7.88 and OpenSSL 3.0 have no ECH, and chromium's ECH needs its own
+DNS-over-HTTPS resolver, which cannot run offline. The other ClientHellos (ECH to an
+address with no answer, GREASE ECH) are written by scapy following draft-ietf-tls-esni
+section 5: an outer ClientHello whose server_name is the public name, with an
+encrypted_client_hello extension (type outer, HPKE suite, config id, enc, payload).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +40,7 @@ from scapy.utils import rdpcap, wrpcap
 
 from monitor.collectors.dns import parse_message
 from tests.pcaps import client_hello, parse_capture
-from tests.test_real_capture import _need
+from tests.test_real_capture import _free_port, _need, _start_tcpdump
 
 pytestmark = pytest.mark.realtools
 
@@ -146,10 +152,73 @@ def _tls_flow(t0: float, sport: int, dst: str, hello: bytes) -> list:
     return out
 
 
+def _hello_listener(port: int, stop: threading.Event) -> None:
+    """Takes what each connection sends first (a ClientHello), then hangs up."""
+    with socket.create_server(("127.0.0.1", port)) as srv:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(2)
+                conn.recv(65536)
+
+
+def _nss_ech_flow(tmp: Path, t0: float, sport: int) -> list:
+    """A real ECH ClientHello: tstclnt, given the ECHConfigList of the HTTPS answer, asks
+    for SERVICE; its connection to a listener on 127.0.0.1, recorded by tcpdump, with the
+    server made ADDRESS:443 and the client port ``sport``, from ``t0`` on."""
+    exe, certutil = shutil.which("tstclnt"), shutil.which("certutil")
+    _need(exe is not None and certutil is not None, "tstclnt is not installed (libnss3-tools)")
+    db = tmp / "nssdb"
+    db.mkdir()
+    subprocess.run([certutil, "-N", "-d", f"sql:{db}", "--empty-password"], check=True, timeout=30)
+    port = _free_port()
+    stop = threading.Event()
+    listener = threading.Thread(target=_hello_listener, args=(port, stop), daemon=True)
+    listener.start()
+    cap = tmp / "nss.pcap"
+    with contextlib.ExitStack() as cleanup:  # (undone last first)
+        cleanup.callback(listener.join, 5)
+        cleanup.callback(stop.set)
+        dump = _start_tcpdump(cap, [port])
+        cleanup.callback(dump.wait, 10)
+        cleanup.callback(dump.terminate)
+        configs = base64.b64encode(ech_config_list(PUBLIC)).decode()
+        # it fails (the listener hangs up after the ClientHello): only the hello counts
+        subprocess.run(
+            [exe, "-d", f"sql:{db}", "-h", "127.0.0.1", "-p", str(port), "-a", SERVICE,
+             "-V", "tls1.3:tls1.3", "-Q", "-N", configs],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        time.sleep(0.5)
+    pkts = rdpcap(str(cap))
+    hellos = [p for p in pkts if TCP in p and bytes(p[TCP].payload)[:1] == b"\x16"]
+    assert hellos, "tstclnt sent no ClientHello"
+    client = hellos[0][TCP].sport
+    flow = []
+    for p in pkts:
+        if TCP not in p or client not in (p[TCP].sport, p[TCP].dport):
+            continue
+        ip, tcp = p[IP], p[TCP]
+        if tcp.dport == port:
+            ip.dst, tcp.dport, tcp.sport = ADDRESS, 443, sport
+        else:
+            ip.src, tcp.sport, tcp.dport = ADDRESS, 443, sport
+        del ip.chksum, tcp.chksum
+        q = Ether(bytes(p))
+        q.time = t0 + float(p.time - pkts[0].time)
+        flow.append(q)
+    return flow
+
+
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory) -> Path:
-    """The real DNS exchange (port made 53), then three TLS flows: ECH to the answered
-    address, ECH to an address with no answer, and a GREASE ECH (real SNI) to the answered one."""
+    """The real DNS exchange (port made 53), then four TLS flows: ECH to the answered
+    address, ECH to an address with no answer, a GREASE ECH (real SNI) to the answered one,
+    and tstclnt's real ECH to the answered one."""
     tmp = tmp_path_factory.mktemp("ech")
     raw = rdpcap(str(_dns_capture(tmp)))
     port = raw[0][UDP].dport if raw[0][UDP].sport != 53 else raw[0][UDP].sport
@@ -168,6 +237,7 @@ def capture(tmp_path_factory) -> Path:
     frames = dns + _tls_flow(t0, 41001, ADDRESS, client_hello(PUBLIC, ech=True))
     frames += _tls_flow(t0 + 1, 41002, "104.18.33.47", client_hello(PUBLIC, ech=True))
     frames += _tls_flow(t0 + 2, 41003, ADDRESS, client_hello("api.openai.com", ech=True))
+    frames += _nss_ech_flow(tmp, t0 + 3, 41004)
     path = tmp / "ech.pcap"
     wrpcap(str(path), frames)
     return path
@@ -190,6 +260,10 @@ def test_ech_flow_is_named_from_the_clients_dns_answer(capture):
     # GREASE ECH (browsers send it to every server): the SNI is the real name
     o = obs[41003]
     assert (o.dest_host, o.host_source, o.ech, o.ech_outer) == ("api.openai.com", "sni", True, None)
+    # a real client's ECH (NSS): its outer name, and the name its DNS answer gives
+    o = obs[41004]
+    assert (o.dest_host, o.host_source, o.ech, o.ech_outer) == (SERVICE, "dns", True, PUBLIC)
+    assert (o.dest_ip, o.dest_port, o.ja4[:4]) == (ADDRESS, 443, "t13d")
 
 
 def test_dns_answer_is_real_and_tshark_reads_the_same(capture):
@@ -217,5 +291,6 @@ def test_dns_answer_is_real_and_tshark_reads_the_same(capture):
         41001: PUBLIC,
         41002: PUBLIC,
         41003: "api.openai.com",
+        41004: PUBLIC,
     }
     assert all("65037" in types.split(",") for _, _, types in hellos)  # encrypted_client_hello

@@ -26,7 +26,7 @@ from monitor import accel
 from monitor.cli import main
 from monitor.collectors import open_input
 from monitor.collectors.base import Diagnostics
-from monitor.collectors.flows import MAX_FRAME, FlowTable
+from monitor.collectors.flows import MAX_FRAME, SCAN_VERSION, FlowTable
 from monitor.collectors.pcap import PcapCollector
 from tests import pcaps
 from tests.pcaps import T0, client_hello, dns_response, http_request, http_response
@@ -52,6 +52,10 @@ def _need_accelerator():
         if os.environ.get("CI") and not os.environ.get(accel.PURE_ENV):
             pytest.fail(f"{MODULE} is not built (pip install -e . with a C compiler)")
         pytest.skip(f"{MODULE} not built")
+    if getattr(CSCAN, "SCAN_VERSION", None) != SCAN_VERSION:  # FlowTable would not use it
+        if os.environ.get("CI") and not os.environ.get(accel.PURE_ENV):
+            pytest.fail(f"{MODULE} was built from another version of _pcapscan.c")
+        pytest.skip(f"{MODULE} was built from another _pcapscan.c: rebuild it (pip install -e .)")
 
 
 def parse(path: Path, catalog, pure: bool, mp: pytest.MonkeyPatch) -> tuple:
@@ -69,6 +73,17 @@ def parse(path: Path, catalog, pure: bool, mp: pytest.MonkeyPatch) -> tuple:
         opened.close()
     problems = [repr(p) for p in diag.file_errors + diag.notices + diag.problems]
     return obs, col.last_stats, (diag.records, diag.skipped, diag.malformed), problems
+
+
+def same_and_python_calls(path: Path, catalog, mp: pytest.MonkeyPatch) -> tuple[tuple, int]:
+    """:func:`assert_same`'s parse, and how many frames the accelerated parse handed to the
+    Python fast path (FlowTable._counted) after the C loop stopped at them."""
+    fast = assert_same(path, catalog, mp)
+    calls = []
+    original = FlowTable._counted
+    mp.setattr(FlowTable, "_counted", lambda self, *a: calls.append(1) or original(self, *a))
+    parse(path, catalog, False, mp)
+    return fast, len(calls)
 
 
 def assert_same(path: Path, catalog, mp: pytest.MonkeyPatch) -> tuple:
@@ -291,6 +306,18 @@ def test_max_frame_agrees():
     assert CSCAN.MAX_FRAME == MAX_FRAME
 
 
+def test_a_module_built_from_another_source_is_not_used(monkeypatch):
+    """A stale build (another SCAN_VERSION, or none) leaves the Python loop in charge."""
+    monkeypatch.delenv(accel.PURE_ENV, raising=False)
+    assert FlowTable("s")._cscan is CSCAN
+    for version in (None, SCAN_VERSION - 1):
+        stale = type(sys)("stale")
+        if version is not None:
+            stale.SCAN_VERSION = version
+        monkeypatch.setattr(accel, "load", lambda name, m=stale: m)
+        assert FlowTable("s")._cscan is None
+
+
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
 def test_generated_capture_parse_json_is_identical(generated, catalog, fmt, monkeypatch):
     path = generated[fmt]
@@ -347,6 +374,9 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     assert ref.scan(buf, 0, len(buf), 0, "<", 1e-6, 1) == (len(buf), len(frames))
     pos = sum(16 + n for _, _, n in frames[:4])  # handshake and ClientHello: Python
 
+    def tables(t: FlowTable) -> tuple:
+        return t.tcp, t.udp, t.closing, t.stats
+
     def started() -> FlowTable:
         t = FlowTable("s")
         assert t.scan(buf, 0, pos, 0, "<", 1e-6, 1) == (pos, 4)
@@ -356,7 +386,7 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     (f, _out), *_ = t.tcp.values()
     assert f.watch is False and f.sni == "api.openai.com"
     end, pktno, ts = CSCAN.scan(buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None,
-                                t.tcp, t.udp, t.closing)  # fmt: skip
+                                *tables(t))  # fmt: skip
     fin = len(frames) - 1
     assert pktno == fin and end == sum(16 + n for _, _, n in frames[:fin])
 
@@ -375,10 +405,10 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     # nothing it does not expect: the arguments back, untouched
     t = started()
     same = (pos, 4, t.now)
-    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, t.tcp, t.udp, t.closing]
+    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, *tables(t)]
     assert CSCAN.scan(*args)[:2] == (end, fin)  # (a flow with its counters in t)
     t = started()
-    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, t.tcp, t.udp, t.closing]
+    args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, *tables(t)]
     for at, value in [(0, bytearray(buf)), (0, buf[:-1]), (8, 113), (5, float("-inf"))]:
         assert CSCAN.scan(*args[:at], value, *args[at + 1 :]) == same
     assert CSCAN.scan(*args[:9], [], *args[10:]) == same  # pcapng, no interface
@@ -460,18 +490,7 @@ def test_damaged_generated_capture(generated, catalog, tmp_path, monkeypatch):
     assert cli_json(bad, pure=False) == cli_json(bad, pure=True)
 
 
-@pytest.fixture
-def current_build():
-    """The two tests below need the accelerator built from the current source (it counts
-    HTTP segments too, and keeps a refusal's body); one built before still passes every
-    equivalence test."""
-    if not hasattr(CSCAN, "MAX_BODY_EXCERPT"):
-        if os.environ.get("CI"):
-            pytest.fail(f"{MODULE} was built from an older _pcapscan.c")
-        pytest.skip(f"{MODULE} was built from an older _pcapscan.c: rebuild it (pip install -e .)")
-
-
-def test_http_states_agree(current_build):
+def test_http_states_agree():
     from monitor.collectors import http1
 
     assert (CSCAN.HTTP_HEAD, CSCAN.HTTP_BODY, CSCAN.HTTP_CHUNK_SIZE) == (
@@ -506,7 +525,7 @@ def _http_connection(port: int, rnd: random.Random) -> list:
     return s.packets
 
 
-def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch, current_build):
+def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch):
     """The C loop steps over in-order body segments and counts ACKs of HTTP flows, as
     FlowTable._http_skip and _http_count do; everything else stays Python's."""
     rnd = random.Random(5)
@@ -518,12 +537,7 @@ def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch, 
     frames[frames.index((us, fr, len(fr)))] = (us, fr, 200)
     cut = struct.unpack_from("!H", fr, 14 + 20 + 2)[0]  # its client port: parsing stops there
     path = write_pcap(tmp_path / "http.pcap", frames)
-    calls = []
-    original = FlowTable._counted
-    monkeypatch.setattr(
-        FlowTable, "_counted", lambda self, *a: calls.append(1) or original(self, *a)
-    )
-    assert_same(path, catalog, monkeypatch)
+    _, calls = same_and_python_calls(path, catalog, monkeypatch)
     diag = Diagnostics()
     with open(path, "rb") as fh:
         obs = list(PcapCollector(catalog).parse(fh, "http", diag))
@@ -534,6 +548,83 @@ def test_http_bodies_and_acks_in_c_match_python(catalog, tmp_path, monkeypatch, 
     ]
     assert len(obs) == 18
     assert all(o.status == 200 and o.packets_in and o.bytes_in for o in obs if o.client_port != cut)
-    calls.clear()
-    parse(path, catalog, False, monkeypatch)
-    assert 0 < len(calls) < len(frames) // 2  # the body segments and ACKs counted in C
+    assert 0 < calls < len(frames) // 2  # the body segments and ACKs counted in C
+
+
+def _tls_connection(port: int, v6: bool) -> list:
+    """A TLS connection named by its ClientHello: bulk data, ACKs, then FIN/ACK."""
+    client, server = ("fd00::7", "2a04:4e42::81") if v6 else ("10.1.2.3", "93.184.216.34")
+    s = pcaps.Tcp(client, server, port, 443, v6=v6).handshake()
+    s.send(True, client_hello("api.openai.com"))
+    for _ in range(20):
+        s.send(False, bytes(1400)).add([s.seg(True, "A")])
+    return s.close().packets
+
+
+@pytest.mark.parametrize("tags", [(), (5,), (100, 7), (1, 2, 3)])
+def test_vlan_tagged_flows_in_c_match_python(catalog, tmp_path, monkeypatch, tags):
+    """Frames behind one or two VLAN tags (802.1Q, QinQ) of known flows, and their FINs,
+    are counted in C as FlowTable._counted counts them; three tags go the general way."""
+    pkts = _tls_connection(42000, False) + _tls_connection(42001, True)
+    frames = [(round(float(p.time) * 1e6), bytes(p), len(p)) for p in pcaps.with_ether(pkts, tags)]
+    frames.sort(key=lambda f: f[0])
+    path = write_pcap(tmp_path / "vlan.pcap", frames)
+    (obs, stats, *_), calls = same_and_python_calls(path, catalog, monkeypatch)
+    assert len(obs) == 2 and stats["packets"] == len(frames)
+    if len(tags) <= 2:  # the handshakes and ClientHellos only
+        assert 0 < calls <= 8
+    else:
+        assert calls > len(frames) // 2
+
+
+@pytest.mark.parametrize(
+    "name", ["vxlan-aws", "geneve-gcp", "nested-qinq-vxlan-gre-4in6", "erspan2", "6in4"]
+)
+def test_tunnelled_flows_in_c_match_python(catalog, tmp_path, monkeypatch, name):
+    """Frames of known flows inside VXLAN or GENEVE (Ethernet inside, one level) are
+    counted in C, and in ``tunnelled``, as FlowTable._counted counts them; deeper or other
+    encapsulations go the general way. Copies cut short and bit-flipped agree too."""
+    from tests.test_tunnels import VARIANTS
+
+    wrap = VARIANTS[name][0]
+    pkts = [p for p in _tls_connection(42000, False) if p.haslayer("IP")]
+    frames = []
+    for i, p in enumerate(pkts):
+        fr = bytes(wrap(p, i))
+        frames.append((round(float(p.time) * 1e6), fr, len(fr)))
+    path = write_pcap(tmp_path / "tunnel.pcap", frames)
+    (obs, stats, *_), calls = same_and_python_calls(path, catalog, monkeypatch)
+    assert len(obs) == 1 and stats["tunnelled"] == len(frames)
+    if name in ("vxlan-aws", "geneve-gcp"):  # the handshake and ClientHello only
+        assert 0 < calls <= 4
+    else:
+        assert calls > len(frames) // 2
+    rnd = random.Random(name)
+    for k in range(3):
+        damaged = []
+        for us, fr, n in frames:
+            b = bytearray(fr)
+            if rnd.random() < 0.3:
+                b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
+            cut = rnd.choice([n, n, n, rnd.randrange(14, n + 1)])
+            damaged.append((us, bytes(b), cut))
+        assert_same(write_pcap(tmp_path / f"damaged{k}.pcap", damaged), catalog, monkeypatch)
+
+
+def test_connect_tunnels_in_c_match_python(catalog, tmp_path, monkeypatch):
+    """An HTTP proxy's CONNECT refused, then accepted on the same connection: the tunnel's
+    TLS (ClientHello, bulk data, ACKs, FINs) after HTTP gave up reads the same either way."""
+    s = pcaps.Tcp("10.1.2.3", "10.0.0.8", 50012, 3128).handshake()
+    target = "160.79.104.10:443"
+    s.send(True, http_request("CONNECT", target, target))
+    s.send(False, b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+    s.send(True, http_request("CONNECT", target, target))
+    s.send(False, b"HTTP/1.1 200 Connection established\r\n\r\n")
+    s.add([s.seg(True, "A")]).send(True, client_hello("api.anthropic.com"))
+    for _ in range(20):
+        s.send(False, bytes(1400)).add([s.seg(True, "A")])
+    frames = [
+        (round(float(p.time) * 1e6), bytes(p), len(p)) for p in pcaps.with_ether(s.close().packets)
+    ]
+    obs, *_ = assert_same(write_pcap(tmp_path / "connect.pcap", frames), catalog, monkeypatch)
+    assert len(obs) == 2 and "api.anthropic.com" in obs[1]

@@ -131,7 +131,8 @@ def _check(incs: list[dict], address_source: str, agent_evidence: bool = True) -
 
 @pytest.mark.parametrize("kind", sorted(ZSCALER))
 def test_zscaler_user_agent_and_server_ip(tmp_path, kind):
-    _check(_scan(tmp_path, f"{kind}.log", _log(kind)), "serverip")
+    named = {"zscaler-csv": "sip", "zscaler-json": "sip / serverip"}
+    _check(_scan(tmp_path, f"{kind}.log", _log(kind)), named.get(kind, "dst / sip / serverip"))
 
 
 def test_zscaler_user_agent_is_read_in_every_feed_type():

@@ -1,14 +1,16 @@
 /* The pcap/pcapng collector's hot loop, in C (see monitor/accel.py).
  *
- * scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp, closing)
- *     -> (pos, pktno, ts)
+ * scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp, closing,
+ *      stats) -> (pos, pktno, ts)
  *
  * It reads the records of buf[pos:n] as FlowTable.scan does (classic pcap when `ifaces` is
  * None, with the file's `scale` and link type `lt`; pcapng Enhanced Packet Blocks
  * otherwise, `ifaces` holding (link type, scale, offset, snaplen) per interface; `big`
  * is the byte order) and handles, exactly as that loop's fast path (FlowTable._counted)
- * does, every packet whose payload it would not read: an Ethernet frame before the timers
- * are due (ts < next_linger) of IPv4 without options and not a fragment, or of IPv6 with
+ * does, every packet whose payload it would not read: an Ethernet frame (with up to two
+ * VLAN tags; or such a frame inside VXLAN or GENEVE in such a frame, counted in
+ * `stats["tunnelled"]`, FlowTable.stats) before the timers are due (ts < next_linger) of
+ * IPv4 without options and not a fragment, or of IPv6 with
  * TCP/UDP right after its header, whose 5-tuple is in the table (`tcp` / `udp`: key ->
  * (Flow, client side)), and that is
  *   - a UDP datagram or TCP segment of a flow no longer inspected (flow.watch is False);
@@ -36,6 +38,9 @@
 #include <structmember.h>
 #include <stdint.h>
 
+/* flows.SCAN_VERSION: the interface of scan() (arguments, what it handles); FlowTable uses
+ * a module built with another one not at all */
+#define SCAN_VERSION 3
 /* flows.MAX_FRAME: longest classic pcap record read (checked by the tests) */
 #define MAX_FRAME (256 * 1024)
 /* http1's HttpSide states (checked by the tests) */
@@ -51,7 +56,7 @@ static PyObject *s_watch, *s_last, *s_pk_out, *s_pk_in, *s_by_out, *s_by_in;
 static PyObject *s_http, *s_exchanges, *s_cur_s, *s_awaiting, *s_ts_end;
 static PyObject *s_cs, *s_ss, *s_client, *s_server, *s_data, *s_pending, *s_overflow;
 static PyObject *s_next, *s_limit, *s_consumed, *s_state, *s_left, *s_body;
-static PyObject *s_isn_c, *s_isn_s, *s_fin_c, *s_fin_s, *s_closed;
+static PyObject *s_isn_c, *s_isn_s, *s_fin_c, *s_fin_s, *s_closed, *s_tunnelled;
 
 /* a TCP segment's sequence number, flags and captured payload length (FlowTable._counted) */
 struct seg {
@@ -64,10 +69,10 @@ struct seg {
  * its member descriptors do, without looking them up per packet). Loaded for the type of
  * the first flow met and checked against the type of every flow. */
 enum { F_WATCH, F_LAST, F_PK_OUT, F_PK_IN, F_BY_OUT, F_BY_IN, F_HTTP, F_ISN_C, F_ISN_S,
-       F_FIN_C, F_FIN_S, F_CLOSED, F_CS, F_SS, F_NSLOTS };
+       F_FIN_C, F_FIN_S, F_CLOSED, F_NSLOTS };
 static PyObject **slot_names[F_NSLOTS] = {
     &s_watch, &s_last, &s_pk_out, &s_pk_in, &s_by_out, &s_by_in, &s_http,
-    &s_isn_c, &s_isn_s, &s_fin_c, &s_fin_s, &s_closed, &s_cs, &s_ss,
+    &s_isn_c, &s_isn_s, &s_fin_c, &s_fin_s, &s_closed,
 };
 static PyTypeObject *flow_type; /* a strong reference, or NULL */
 static Py_ssize_t flow_off[F_NSLOTS];
@@ -363,8 +368,8 @@ ctl_commit(PyObject *f, int out, uint32_t seq, double ts, const struct ctl *c, P
 }
 
 /* the table entry of key b[0:len] counts one packet of `plen` payload bytes at `ts`
- * (`s`: the TCP segment, NULL for UDP): 1 done; 0 not a packet the fast path only counts
- * (nothing changed); -1 error */
+ * (`s`: the TCP segment, NULL for UDP): 1 done; 0 not a packet the fast path only counts,
+ * 2 no such entry (nothing changed either way); -1 error */
 static int
 count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double ts,
       const struct seg *s, PyObject *closing)
@@ -375,7 +380,7 @@ count(PyObject *table, const unsigned char *b, Py_ssize_t len, long plen, double
     PyObject *ent = PyDict_GetItemWithError(table, key); /* borrowed */
     Py_DECREF(key);
     if (ent == NULL)
-        return PyErr_Occurred() ? -1 : 0;
+        return PyErr_Occurred() ? -1 : 2;
     if (!PyTuple_CheckExact(ent) || PyTuple_GET_SIZE(ent) != 2)
         return 0;
     PyObject *side = PyTuple_GET_ITEM(ent, 1);
@@ -471,43 +476,110 @@ done:
     return r;
 }
 
-/* one Ethernet frame b[p:p+incl] (incl >= 54, in the buffer) at `ts`: as count() */
+static inline int
+vlan(long et)
+{
+    return et == 0x8100 || et == 0x88A8 || et == 0x9100 || et == 0x9200;
+}
+
+static int frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts,
+                 PyObject *tcp, PyObject *udp, PyObject *closing, PyObject *stats);
+
+/* FlowTable._tunnelled: the Ethernet frame that the VXLAN or GENEVE datagram whose UDP
+ * header is at h + l4 (the IP payload ending at h + end) carries, as frame() for a frame
+ * in no tunnel, then counted in stats["tunnelled"]: 1 done; 0 not so (nothing changed);
+ * -1 error */
+static int
+tunnel(const unsigned char *h, long l4, int64_t end, double ts, PyObject *tcp, PyObject *udp,
+       PyObject *closing, PyObject *stats)
+{
+    if (end - l4 < 16 + 54)
+        return 0;
+    long port = rd16be(h + l4 + 2), q = l4 + 8;
+    if (port == 4789 && (h[q] & 0x08))
+        q += 8;
+    else if (port == 6081 && !(h[q] >> 6) && h[q + 2] == 0x65 && h[q + 3] == 0x58)
+        q += 8 + ((h[q] & 0x3F) << 2);
+    else
+        return 0;
+    if (end - q < 54)
+        return 0;
+    PyObject *n = PyDict_GetItemWithError(stats, s_tunnelled); /* borrowed */
+    if (n == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int overflow = 0;
+    long long v = PyLong_CheckExact(n) ? PyLong_AsLongLongAndOverflow(n, &overflow) : -1;
+    if (overflow || v < 0 || v >= ((long long)1 << 62))
+        return 0;
+    int r = frame(h, q, end - q, ts, tcp, udp, closing, NULL);
+    if (r != 1)
+        return r;
+    PyObject *nv = PyLong_FromLongLong(v + 1);
+    if (nv == NULL)
+        return -1;
+    int err = PyDict_SetItem(stats, s_tunnelled, nv);
+    Py_DECREF(nv);
+    return err < 0 ? -1 : 1;
+}
+
+/* one Ethernet frame b[p:p+incl] (incl >= 54, in the buffer) at `ts`: as count() (1, 0 or
+ * -1). Up to two VLAN tags are stepped over (the frame is then read from 4 or 8 bytes on,
+ * as if they were not there), as FlowTable._counted does; with `stats` (an outer frame),
+ * UDP to no flow goes to tunnel(). */
 static int
 frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts, PyObject *tcp,
-      PyObject *udp, PyObject *closing)
+      PyObject *udp, PyObject *closing, PyObject *stats)
 {
     const unsigned char *h = b + p;
     long et = rd16be(h + 12);
+    for (int tags = 0; vlan(et); tags++) {
+        if (tags == 2 || incl - 4 < 54)
+            return 0;
+        h += 4;
+        incl -= 4;
+        et = rd16be(h + 12);
+    }
+    int r;
     if (et == 0x0800) {
         if (h[14] != 0x45 || rd16be(h + 20) & 0x3FFF)
             return 0;
         long tot = rd16be(h + 16);
+        int64_t dend = 14 + tot < incl ? 14 + tot : incl;
         if (h[23] == 6) {
             long hl = (h[46] >> 4) << 2, plen = tot - 20 - hl;
             if (plen < 0)
                 return 0;
-            int64_t dend = 14 + tot < incl ? 14 + tot : incl;
             struct seg s = {rd32(h + 38, 1), (long)(dend - 34 - hl), h[47]};
-            return count(tcp, h + 26, 12, plen, ts, &s, closing);
+            r = count(tcp, h + 26, 12, plen, ts, &s, closing);
+            return r == 2 ? 0 : r;
         }
-        if (h[23] == 17 && tot >= 28)
-            return count(udp, h + 26, 12, tot - 28, ts, NULL, closing);
+        if (h[23] == 17 && tot >= 28) { /* (shorter: no flow, and too short for a tunnel) */
+            r = count(udp, h + 26, 12, tot - 28, ts, NULL, closing);
+            if (r == 2)
+                return stats != NULL ? tunnel(h, 34, dend, ts, tcp, udp, closing, stats) : 0;
+            return r;
+        }
         return 0;
     }
     if (et == 0x86DD && incl >= 74) {
         long pl = rd16be(h + 18);
         if (h[14] >> 4 != 6 || pl == 0)
             return 0;
+        int64_t dend = 54 + pl < incl ? 54 + pl : incl;
         if (h[20] == 6) {
             long hl = (h[66] >> 4) << 2, plen = pl - hl;
             if (plen < 0)
                 return 0;
-            int64_t dend = 54 + pl < incl ? 54 + pl : incl;
             struct seg s = {rd32(h + 58, 1), (long)(dend - 54 - hl), h[67]};
-            return count(tcp, h + 22, 36, plen, ts, &s, closing);
+            r = count(tcp, h + 22, 36, plen, ts, &s, closing);
+            return r == 2 ? 0 : r;
         }
-        if (h[20] == 17 && pl >= 8)
-            return count(udp, h + 22, 36, pl - 8, ts, NULL, closing);
+        if (h[20] == 17 && pl >= 8) {
+            r = count(udp, h + 22, 36, pl - 8, ts, NULL, closing);
+            if (r == 2)
+                return stats != NULL ? tunnel(h, 54, dend, ts, tcp, udp, closing, stats) : 0;
+            return r;
+        }
     }
     return 0;
 }
@@ -538,17 +610,17 @@ ethernet_iface(PyObject *ifaces, uint32_t i, double *sc, double *off)
 static PyObject *
 scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 13) {
-        PyErr_SetString(PyExc_TypeError, "scan() takes 13 arguments");
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes 14 arguments");
         return NULL;
     }
     PyObject *bufo = args[0], *ifaces = args[9], *tcp = args[10], *udp = args[11];
-    PyObject *closing = args[12];
+    PyObject *closing = args[12], *stats = args[13];
     int ng = ifaces != Py_None;
     if (!PyBytes_CheckExact(bufo) || !PyLong_CheckExact(args[1]) ||
         !PyLong_CheckExact(args[2]) || !PyLong_CheckExact(args[3]) ||
         !PyFloat_CheckExact(args[5]) || !PyFloat_CheckExact(args[7]) ||
-        !PyLong_CheckExact(args[8]) || !PyDict_CheckExact(tcp) || !PyDict_CheckExact(udp) || !PyDict_CheckExact(closing) ||
+        !PyLong_CheckExact(args[8]) || !PyDict_CheckExact(tcp) || !PyDict_CheckExact(udp) || !PyDict_CheckExact(closing) || !PyDict_CheckExact(stats) ||
         (ng && !PyList_CheckExact(ifaces)))
         goto unchanged;
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
@@ -574,6 +646,7 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(tcp);
     Py_INCREF(udp);
     Py_INCREF(closing);
+    Py_INCREF(stats);
     Py_XINCREF(ifaces);
     const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(bufo);
     long long first = pktno;
@@ -619,7 +692,7 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if (!(t < next_linger) || incl < 54)
             break;
-        int r = frame(b, p, incl, t, tcp, udp, closing);
+        int r = frame(b, p, incl, t, tcp, udp, closing, stats);
         if (r < 0) {
             err = 1;
             break;
@@ -634,6 +707,7 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(tcp);
     Py_DECREF(udp);
     Py_DECREF(closing);
+    Py_DECREF(stats);
     Py_XDECREF(ifaces);
     if (err)
         return NULL;
@@ -646,7 +720,8 @@ unchanged:
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp, closing) -> "
+     "scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp, closing, "
+     "stats) -> "
      "(pos, pktno, ts): count the run of packets FlowTable.scan's fast path only counts."},
     {NULL, NULL, 0, NULL},
 };
@@ -672,14 +747,15 @@ PyInit__pcapscan(void)
         {&s_pending, "pending"}, {&s_overflow, "overflow"}, {&s_next, "next"},
         {&s_limit, "limit"}, {&s_consumed, "consumed"}, {&s_state, "state"}, {&s_left, "left"},
         {&s_body, "body"}, {&s_isn_c, "isn_c"}, {&s_isn_s, "isn_s"}, {&s_fin_c, "fin_c"},
-        {&s_fin_s, "fin_s"}, {&s_closed, "closed"},
+        {&s_fin_s, "fin_s"}, {&s_closed, "closed"}, {&s_tunnelled, "tunnelled"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
     }
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (PyModule_AddIntConstant(m, "MAX_FRAME", MAX_FRAME) < 0 ||
+    if (m != NULL && (PyModule_AddIntConstant(m, "SCAN_VERSION", SCAN_VERSION) < 0 ||
+                      PyModule_AddIntConstant(m, "MAX_FRAME", MAX_FRAME) < 0 ||
                       PyModule_AddIntConstant(m, "MAX_BODY_EXCERPT", MAX_BODY_EXCERPT) < 0 ||
                       PyModule_AddIntConstant(m, "HTTP_HEAD", HTTP_HEAD) < 0 ||
                       PyModule_AddIntConstant(m, "HTTP_BODY", HTTP_BODY) < 0 ||

@@ -64,6 +64,10 @@ _NAME_TYPES = frozenset({TYPE_NS, TYPE_CNAME, TYPE_PTR})
 MAX_NAME = 255
 MAX_RECORDS = 512  # per section; a message has at most 64 KB anyway
 
+#: label bytes -> text (a capture's names share few distinct labels); emptied when full
+_LABELS: dict[bytes, str] = {}
+MAX_LABELS_KEPT = 65_536
+
 _HEADER = Struct("!HHHHHH")
 _RR = Struct("!HHIH")
 _QTAIL = Struct("!HH")
@@ -131,17 +135,24 @@ def read_name(msg: bytes, pos: int) -> tuple[str, int] | None:
         if total > MAX_NAME:
             return None
         raw = msg[start:pos]
-        if raw.isalnum() or all(c == 45 or c == 95 or 48 <= c <= 57 or 65 <= c <= 122 for c in raw):
-            label = raw.decode("ascii").lower()
-        else:
-            label = "".join(
-                chr(c).lower() if 33 <= c <= 126 and c not in (46, 92) else f"\\{c:03d}"
-                for c in raw
-            )
+        label = _LABELS.get(raw)
+        if label is None:
+            if len(_LABELS) >= MAX_LABELS_KEPT:
+                _LABELS.clear()
+            label = _LABELS[raw] = _label(raw)
         labels.append(label)
         if end < 0:
             limit = pos  # labels read in place move the bound on
     return ".".join(labels), end
+
+
+def _label(raw: bytes) -> str:
+    """The text of one label (see :func:`read_name`)."""
+    if raw.isalnum() or all(c == 45 or c == 95 or 48 <= c <= 57 or 65 <= c <= 122 for c in raw):
+        return raw.decode("ascii").lower()
+    return "".join(
+        chr(c).lower() if 33 <= c <= 126 and c not in (46, 92) else f"\\{c:03d}" for c in raw
+    )
 
 
 def parse_message(msg: bytes) -> DnsMessage | None:

@@ -63,7 +63,7 @@ from monitor.collectors.http1 import (
     is_token,
     request_name,
 )
-from monitor.collectors.layers import LINKTYPES, Decoder
+from monitor.collectors.layers import LINKTYPES, VLAN_TYPES, Decoder
 from monitor.collectors.quic_versions import worth_watching
 from monitor.collectors.socks import socks_request
 from monitor.collectors.tcpstream import Stream
@@ -103,6 +103,9 @@ _ETH_IP4 = Struct("!12xHBxH2xHxB22xBB")
 #: Ethernet + IPv6 header: ethertype, version/class, payload length, next header
 _ETH_IP6 = Struct("!12xHB3xHB")
 MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
+#: the interface of ``_pcapscan.scan`` that :meth:`FlowTable.scan` calls (its arguments and
+#: what it does); the C module says which one it was built with
+SCAN_VERSION = 3
 
 # flow.app
 # (APP_CERT: TLS read from the server's side, the ClientHello having been missed)
@@ -259,8 +262,10 @@ class FlowTable:
         #: link, IP and tunnel layers (it counts into :attr:`stats` too)
         self._decoder = Decoder(self.stats)
         self.unknown_linktypes = self._decoder.unknown_linktypes
-        #: the C accelerator of :meth:`scan` (``monitor/collectors/_pcapscan.c``), or None
-        self._cscan = accel.load("monitor.collectors._pcapscan")
+        #: the C accelerator of :meth:`scan` (``monitor/collectors/_pcapscan.c``), or None;
+        #: one built from another version of the source is not used (rebuild it)
+        cscan = accel.load("monitor.collectors._pcapscan")
+        self._cscan = cscan if getattr(cscan, "SCAN_VERSION", None) == SCAN_VERSION else None
 
     @property
     def quic(self) -> Any:
@@ -317,12 +322,12 @@ class FlowTable:
         # which the Python code below then reads as usual; the Python code stays the reference.
         cscan = self._cscan.scan if self._cscan is not None and (ng or eth) else None
         big = int(order == ">")
-        tcp_d, udp_d, closing = self.tcp, self.udp, self.closing
+        tcp_d, udp_d, closing, stats = self.tcp, self.udp, self.closing, self.stats
         try:
             while True:
                 if cscan is not None:
                     pos, pktno, ts = cscan(buf, pos, n, pktno, ts, next_linger, big, scale, lt,
-                                           ifaces, tcp_d, udp_d, closing)  # fmt: skip
+                                           ifaces, tcp_d, udp_d, closing, stats)  # fmt: skip
                 if ng:
                     if pos + 32 > n:
                         break
@@ -367,19 +372,33 @@ class FlowTable:
             self.stats["packets"] += pktno - first - slow
         return pos, pktno
 
-    def _counted(self, buf: bytes, p: int, e: int, ts: float, pktno: int) -> bool:
+    def _counted(
+        self, buf: bytes, p: int, e: int, ts: float, pktno: int, outer: bool = True
+    ) -> bool:
         """The fast path of :meth:`scan` for an Ethernet frame ``buf[p:e]`` of at least 54
-        bytes when no timer is due: IPv4 without options and not a fragment, or IPv6 with
-        TCP/UDP right after its header, of a flow in the table, TCP but a pure SYN (which
-        may open a new connection). The packet is counted in its flow, and only when the
-        flow is still inspected (or for a SYN-ACK, FIN or RST) does it go on to the TCP/UDP
-        step, skipping the general path's header parsing. False: for the general path
-        (nothing was changed). ``frame()`` in ``_pcapscan.c`` is its C twin for the segments
-        that need no payload read: of flows no longer inspected, and ACKs, SYN-ACKs, FINs
-        and RSTs without payload of flows that are not HTTP."""
+        bytes (past up to two VLAN tags) when no timer is due: IPv4 without options and not
+        a fragment, or IPv6 with TCP/UDP right after its header, of a flow in the table, TCP
+        but a pure SYN (which may open a new connection); when ``outer``, also such a frame
+        carried by VXLAN or GENEVE (Ethernet inside) in such a frame. The packet is counted
+        in its flow, and only when the flow is still inspected (or for a SYN-ACK, FIN or
+        RST) does it go on to the TCP/UDP step, skipping the general path's header parsing.
+        False: for the general path (nothing was changed). ``frame()`` in ``_pcapscan.c``
+        is its C twin for the segments that need no payload read: of flows no longer
+        inspected, and ACKs, SYN-ACKs, FINs and RSTs without payload of flows that are not
+        HTTP."""
         # the IP header gives: where the ports start (l4), the 5-tuple key buf[ka : l4 + 4]
         # (addresses from ka), the IP payload's length and end
         et, vihl, tot, frag, proto, doff, fl = _ETH_IP4.unpack_from(buf, p)
+        if et in VLAN_TYPES:  # up to two VLAN tags: the frame read as if they were not there
+            p += 4
+            if e - p < 54:
+                return False
+            et, vihl, tot, frag, proto, doff, fl = _ETH_IP4.unpack_from(buf, p)
+            if et in VLAN_TYPES:
+                p += 4
+                if e - p < 54:
+                    return False
+                et, vihl, tot, frag, proto, doff, fl = _ETH_IP4.unpack_from(buf, p)
         if et == 0x0800:
             if vihl != 0x45 or frag & 0x3FFF:
                 return False
@@ -410,7 +429,9 @@ class FlowTable:
             return True
         if proto == 17:
             ent = self.udp.get(buf[ka : l4 + 4])
-            if ent is None or size < 8:
+            if ent is None:  # UDP to a tunnel's port never makes a flow
+                return outer and self._tunnelled(buf, l4, min(ipend, e), ts, pktno)
+            if size < 8:
                 return False
             f, out = ent
             f.count(out, size - 8, ts)
@@ -418,6 +439,24 @@ class FlowTable:
                 self._udp_watch(f, out, buf[l4 + 8 : min(ipend, e)], ts)
             return True
         return False
+
+    def _tunnelled(self, buf: bytes, l4: int, end: int, ts: float, pktno: int) -> bool:
+        """:meth:`_counted` for the Ethernet frame a VXLAN or GENEVE datagram (UDP header
+        at ``l4``, IP payload ending at ``end``) carries, counted as the decoder counts it
+        (``tunnelled``)."""
+        if end - l4 < 16 + 54:
+            return False
+        port, q = (buf[l4 + 2] << 8) | buf[l4 + 3], l4 + 8
+        if port == 4789 and buf[q] & 0x08:
+            q += 8
+        elif port == 6081 and not buf[q] >> 6 and buf[q + 2 : q + 4] == b"\x65\x58":
+            q += 8 + ((buf[q] & 0x3F) << 2)
+        else:
+            return False
+        if end - q < 54 or not self._counted(buf, q, end, ts, pktno, False):
+            return False
+        self.stats["tunnelled"] += 1
+        return True
 
     def packet(self, ts: float, pktno: int, lt: int, b: bytes, off: int, end: int) -> None:
         """One captured frame ``b[off:end]`` of link type ``lt`` (pcap LINKTYPE_*)."""

@@ -25,7 +25,15 @@ from __future__ import annotations
 
 from struct import Struct
 
-__all__ = ["Decoder", "LINKTYPES", "MAX_DEPTH", "MAX_FRAGS", "FRAG_TIMEOUT", "TUNNEL_PORTS"]
+__all__ = [
+    "Decoder",
+    "LINKTYPES",
+    "MAX_DEPTH",
+    "MAX_FRAGS",
+    "FRAG_TIMEOUT",
+    "TUNNEL_PORTS",
+    "VLAN_TYPES",
+]
 
 #: Link types read (pcap LINKTYPE_* values).
 LINKTYPES = {
@@ -51,7 +59,8 @@ MAX_LABELS = 16  # MPLS labels in one stack
 #: UDP destination ports of the tunnels read -> tunnel name
 TUNNEL_PORTS = {4789: "vxlan", 6081: "geneve", 2152: "gtpu"}
 
-_VLAN = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
+#: EtherTypes of a VLAN tag (802.1Q, 802.1ad, and the older QinQ values)
+VLAN_TYPES = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
 _V6_EXT = frozenset({0, 43, 60, 135, 139, 140, 253, 254})
 _U32LE = Struct("<I")
 _U32BE = Struct("!I")
@@ -129,7 +138,7 @@ class Decoder:
 
     def _ether_type(self, et: int, b: bytes, off: int, end: int, depth: int):
         """The payload of EtherType ``et`` at ``b[off:end]``: VLAN tags, MPLS, PPPoE, IP."""
-        while et in _VLAN:
+        while et in VLAN_TYPES:
             if end - off < 4:
                 return self._short()
             et = (b[off + 2] << 8) | b[off + 3]
