@@ -404,7 +404,7 @@ class Store:
         """Create the schema, or bring an older apiwatch database up to date."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if self.readonly and version == 0 and not self.db.table_names():
-            version = self._created_meanwhile()
+            version = self._created_meanwhile()  # a first scan has just created the file
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: schema version {version} is newer than this apiwatch ({SCHEMA_VERSION})"
@@ -431,7 +431,10 @@ class Store:
     def _created_meanwhile(self, wait: float = 10.0) -> int:
         """The schema version of a database file without any schema yet, once the process
         creating it (a first scan, started a moment ago) has committed it; 0 if none does
-        within ``wait`` seconds. A query run alongside the first scan answers, not fails."""
+        within ``wait`` seconds (at once when no writer has the file open: no WAL). A query
+        run alongside the first scan answers, not fails."""
+        if not self.path.with_name(self.path.name + "-wal").exists():
+            return 0
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             time.sleep(0.05)
