@@ -1208,6 +1208,19 @@ class Store:
         marks = ", ".join("?" * (3 + len(columns.split(", "))))
         conn.executemany(f"INSERT INTO temp.{name} VALUES ({marks})", rows)  # noqa: S608
 
+    def _rows_in_span(
+        self, since: datetime, until: datetime, where: TrafficFilter
+    ) -> tuple[str, list[Any]]:
+        """A WHERE term on ``obs_rows o`` alone for the observations of ``[since, until)``
+        that ``where`` selects: their contexts are chosen first (a few per day), so a report
+        groups the rows by their context number and looks each context up once."""
+        first = since.strftime("%Y-%m-%d")
+        last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+        f, fparams = where.sql()
+        contexts = f"SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?{f}"  # noqa: S608
+        rows = f"{_FROM_ROW} AND o.ctx IN ({contexts}) AND o.ts >= ? AND o.ts < ?"
+        return rows, [first, last, first, last, *fparams, since.timestamp(), until.timestamp()]
+
     def _first_row(self, first_day: str, last_day: str = "9999") -> int:
         """A lower bound of the row numbers of observations of these UTC days."""
         found = self.db.conn.execute(
@@ -1916,17 +1929,20 @@ class Store:
         """Requests of the period ``[since, until)`` (``prev`` 0) and of the one before it,
         from ``previous`` (``prev`` 1), by time bucket (``width`` seconds from ``origin``; -1
         for the previous period), provider, kind, site and egress country."""
-        span, params = self._span(previous, until)
-        f, fparams = where.sql()
+        rows, params = self._rows_in_span(previous, until, where)
         return self._read_only(
-            f"""SELECT CASE WHEN ts >= ? THEN 0 ELSE 1 END AS prev,
-                       CASE WHEN ts >= ? THEN CAST((ts - ?) / ? AS INTEGER) ELSE -1 END AS bucket,
-                       provider, provider_kind AS kind, site, egress_country AS country,
-                       count(*) AS requests, sum(outcome IS 'blocked') AS blocked,
-                       sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
-                FROM {_OBS} WHERE {span}{f}
+            f"""SELECT g.prev, g.bucket, c.provider, c.provider_kind AS kind, c.site,
+                       c.egress_country AS country, sum(g.requests) AS requests,
+                       sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
+                       sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in
+                FROM (SELECT CASE WHEN o.ts >= ? THEN 0 ELSE 1 END AS prev,
+                        CASE WHEN o.ts >= ? THEN CAST((o.ts - ?) / ? AS INTEGER) ELSE -1 END
+                          AS bucket, o.ctx AS ctx, count(*) AS requests,
+                        sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in
+                      FROM obs_rows o WHERE {rows} GROUP BY 1, 2, 3) g
+                CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
-            [since.timestamp(), since.timestamp(), origin.timestamp(), width, *params, *fparams],
+            [since.timestamp(), since.timestamp(), origin.timestamp(), width, *params],
         )
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
@@ -2743,10 +2759,11 @@ def _local_day(column: str, since: datetime, until: datetime, tz: str) -> tuple[
 
 
 #: see :meth:`Store._days` (a constant subquery: SQLite reads the rows from that number on)
-_DAYS = (
+_FROM_ROW = (
     "o.n >= (SELECT coalesce(min(first_row), 1 << 62) FROM obs_contexts WHERE day >= ?"
-    " AND day <= ?) AND day >= ? AND day <= ?"
+    " AND day <= ?)"
 )
+_DAYS = f"{_FROM_ROW} AND day >= ? AND day <= ?"
 
 #: observations of a time span that tell a client's egress country with a provider
 _EGRESS_HISTORY = (
