@@ -1216,10 +1216,15 @@ class Store:
         groups the rows by their context number and looks each context up once."""
         first = since.strftime("%Y-%m-%d")
         last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
-        f, fparams = where.sql()
+        f, fparams = where.sql(who=False)
         contexts = f"SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?{f}"  # noqa: S608
         rows = f"{_FROM_ROW} AND o.ctx IN ({contexts}) AND o.ts >= ? AND o.ts < ?"
-        return rows, [first, last, first, last, *fparams, since.timestamp(), until.timestamp()]
+        params = [first, last, first, last, *fparams, since.timestamp(), until.timestamp()]
+        who, who_params = TrafficFilter(users=where.users, clients=where.clients).sql()
+        if who:  # the user and client live in the client dictionary
+            rows += f" AND o.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})"  # noqa: S608
+            params += who_params
+        return rows, params
 
     def _first_row(self, first_day: str, last_day: str = "9999") -> int:
         """A lower bound of the row numbers of observations of these UTC days."""
