@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from zoneinfo import ZoneInfo
 
 from monitor.collectors import CollectOptions
 from monitor.config import ReportSpec, Source
@@ -150,25 +151,26 @@ def run_daily(
     write_reports: bool = True,
     log: Callable[..., None] = lambda _msg, error=False: None,
     tz: str | None = None,
+    now: datetime | None = None,
 ) -> DailyResult:
     """Scan ``app.config.sources``, write ``app.config.reports`` that are due, return the result.
 
-    ``today`` (default: the current UTC date) decides which reports are due: daily reports
-    cover yesterday; weekly reports are written on Mondays for the week that ended, monthly
-    ones on the 1st for the month that ended (``when = "always"``: every run, to date).
+    The date in each report's time zone (``tz``, else its one site's ``tz``, else UTC) at
+    ``now`` decides which reports are due, or ``today`` when given: daily reports cover
+    yesterday; weekly reports are written on Mondays for the week that ended, monthly ones
+    on the 1st for the month that ended (``when = "always"``: every run, to date).
     """
-    started = datetime.now(UTC)
-    today = today or started.date()
+    started = now or datetime.now(UTC)
     config = app.config
     fail_on = fail_on or config.fail_on
-    result = DailyResult(today=today.isoformat(), fail_on=fail_on)
+    result = DailyResult(today=(today or started.date()).isoformat(), fail_on=fail_on)
     if not config.sources:
         log("no [[sources]] in the configuration: nothing to scan")
     for source in config.sources:
         result.sources.append(_scan_source(app, source, jobs, log))
     if write_reports:
         for spec in config.reports:
-            result.reports.append(_write_report(app, spec, today, log, tz))
+            result.reports.append(_write_report(app, spec, today or started, log, tz))
     # exceptions that ran out open their findings again (with an event, an alert) even on a
     # day without traffic for them
     app.apply_exceptions(started.strftime("%Y-%m-%d"))
@@ -221,12 +223,14 @@ def _scan_source(app: DailySource, source: Source, jobs: int | None, log) -> Sou
 
 
 def _write_report(
-    app: DailySource, spec: ReportSpec, today: date, log, tz: str | None = None
+    app: DailySource, spec: ReportSpec, when: date | datetime, log, tz: str | None = None
 ) -> ReportResult:
-    """``tz`` (``--tz``), else the time zone of the one site the report is about, else UTC."""
+    """Write ``spec`` if due on ``when`` (a date, or the instant whose date in the report's
+    time zone counts). The zone: ``tz`` (``--tz``), else the one site's, else UTC."""
     res = ReportResult(key=spec.key, period=spec.period, format=spec.format)
     zones = {app.config.sites[s].tz for s in spec.site if s in app.config.sites}
     tz = tz or (zones.pop() if len(zones) == 1 and None not in zones else "UTC")
+    today = when.astimezone(ZoneInfo(tz)).date() if isinstance(when, datetime) else when
     window = period_window(spec.period, today - timedelta(days=1), tz=tz)
     if spec.when == "period-end" and not period_ended(window, today):
         res.skipped = f"{spec.period} period {window.label} is not over"
@@ -235,8 +239,10 @@ def _write_report(
     res.path = str(path)
     try:
         report = build_report(
-            app, ReportQuery(window, sites=spec.site, providers=spec.provider, top=spec.top)
-        )
+            app,
+            ReportQuery(window, sites=spec.site, providers=spec.provider, top=spec.top,
+                        now=when if isinstance(when, datetime) else None),
+        )  # fmt: skip
         write_atomic(path, render(report, spec.format, spec.spreadsheet_safe))
     except (OSError, ValueError) as exc:
         res.error = f"{spec.key}: {path}: {exc}"

@@ -255,19 +255,38 @@ class Rows(NamedTuple):
 
 @dataclass(frozen=True)
 class TrafficFilter:
-    """Report filters on the site and provider of observations and incidents."""
+    """Report filters on the site and provider of observations and incidents, and on their
+    user and client (``clients``: the addresses chosen, see :meth:`Store.clients_matching`;
+    None: any client)."""
 
     sites: Sequence[str] = ()
     providers: Sequence[str] = ()
+    users: Sequence[str] = ()
+    clients: Sequence[str] | None = None
 
-    def sql(self, alias: str | None = None) -> tuple[str, list[Any]]:
-        """`` AND site IN (?, …) AND provider IN (…)``, every value a bound parameter."""
+    def sql(self, alias: str | None = None, who: bool = True) -> tuple[str, list[Any]]:
+        """`` AND site IN (?, …) AND provider IN (…)`` (and, with ``who``, ``user`` and
+        ``client_ip``: for tables that have them), every value a bound parameter."""
         prefix = f"{alias}." if alias else ""
+        terms: list[tuple[str, Sequence[str] | None]] = [
+            ("site", self.sites or None), ("provider", self.providers or None)]  # fmt: skip
+        if who:
+            terms += [("user", self.users or None), ("client_ip", self.clients)]
         sql, params = "", []
-        for column, values in (("site", self.sites), ("provider", self.providers)):
-            if values:
-                sql += f" AND {prefix}{column} IN ({', '.join('?' * len(values))})"
+        for column, values in terms:
+            if values is not None:
+                sql += f" AND {prefix}{column} IN ({_marks(values)})" if values else " AND 0"
                 params.extend(values)
+        return sql, params
+
+    def finding_sql(self, alias: str) -> tuple[str, list[Any]]:
+        """:meth:`sql` for the findings table ``alias``: its site and provider, and (with a
+        user or client filter) findings with detail of those users and clients."""
+        sql, params = self.sql(alias, who=False)
+        if self.users or self.clients is not None:
+            who, who_params = TrafficFilter(users=self.users, clients=self.clients).sql()
+            sql += f" AND {alias}.id IN (SELECT finding_id FROM incidents WHERE 1 = 1{who})"  # noqa: S608
+            params += who_params
         return sql, params
 
 
@@ -404,7 +423,7 @@ class Store:
         """Create the schema, or bring an older apiwatch database up to date."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if self.readonly and version == 0 and not self.db.table_names():
-            version = self._created_meanwhile()
+            version = self._created_meanwhile()  # a first scan has just created the file
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: schema version {version} is newer than this apiwatch ({SCHEMA_VERSION})"
@@ -431,7 +450,10 @@ class Store:
     def _created_meanwhile(self, wait: float = 10.0) -> int:
         """The schema version of a database file without any schema yet, once the process
         creating it (a first scan, started a moment ago) has committed it; 0 if none does
-        within ``wait`` seconds. A query run alongside the first scan answers, not fails."""
+        within ``wait`` seconds (at once when no writer has the file open: no WAL). A query
+        run alongside the first scan answers, not fails."""
+        if not self.path.with_name(self.path.name + "-wal").exists():
+            return 0
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             time.sleep(0.05)
@@ -1093,8 +1115,7 @@ class Store:
         params: list[Any] = []
         if q.client:
             known = [r[0] for r in self.db.execute("SELECT DISTINCT client_ip FROM incidents")]
-            cidrs = [c for c in q.client if _is_network(c)]
-            chosen = sorted(set(clients_in(known, cidrs)) | (set(q.client) & set(known)))
+            chosen = _chosen_clients(known, q.client)
             where.append(f"client_ip IN ({_marks(chosen)})" if chosen else "0")
             params.extend(chosen)
         if q.user:
@@ -1186,6 +1207,24 @@ class Store:
         conn.execute(f"CREATE INDEX temp.{name}_key ON {name} (ctx, client, url)")
         marks = ", ".join("?" * (3 + len(columns.split(", "))))
         conn.executemany(f"INSERT INTO temp.{name} VALUES ({marks})", rows)  # noqa: S608
+
+    def _rows_in_span(
+        self, since: datetime, until: datetime, where: TrafficFilter
+    ) -> tuple[str, list[Any]]:
+        """A WHERE term on ``obs_rows o`` alone for the observations of ``[since, until)``
+        that ``where`` selects: their contexts are chosen first (a few per day), so a report
+        groups the rows by their context number and looks each context up once."""
+        first = since.strftime("%Y-%m-%d")
+        last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+        f, fparams = where.sql(who=False)
+        contexts = f"SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?{f}"  # noqa: S608
+        rows = f"{_FROM_ROW} AND o.ctx IN ({contexts}) AND o.ts >= ? AND o.ts < ?"
+        params = [first, last, first, last, *fparams, since.timestamp(), until.timestamp()]
+        who, who_params = TrafficFilter(users=where.users, clients=where.clients).sql()
+        if who:  # the user and client live in the client dictionary
+            rows += f" AND o.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})"  # noqa: S608
+            params += who_params
+        return rows, params
 
     def _first_row(self, first_day: str, last_day: str = "9999") -> int:
         """A lower bound of the row numbers of observations of these UTC days."""
@@ -1895,17 +1934,20 @@ class Store:
         """Requests of the period ``[since, until)`` (``prev`` 0) and of the one before it,
         from ``previous`` (``prev`` 1), by time bucket (``width`` seconds from ``origin``; -1
         for the previous period), provider, kind, site and egress country."""
-        span, params = self._span(previous, until)
-        f, fparams = where.sql()
+        rows, params = self._rows_in_span(previous, until, where)
         return self._read_only(
-            f"""SELECT CASE WHEN ts >= ? THEN 0 ELSE 1 END AS prev,
-                       CASE WHEN ts >= ? THEN CAST((ts - ?) / ? AS INTEGER) ELSE -1 END AS bucket,
-                       provider, provider_kind AS kind, site, egress_country AS country,
-                       count(*) AS requests, sum(outcome IS 'blocked') AS blocked,
-                       sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in
-                FROM {_OBS} WHERE {span}{f}
+            f"""SELECT g.prev, g.bucket, c.provider, c.provider_kind AS kind, c.site,
+                       c.egress_country AS country, sum(g.requests) AS requests,
+                       sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
+                       sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in
+                FROM (SELECT CASE WHEN o.ts >= ? THEN 0 ELSE 1 END AS prev,
+                        CASE WHEN o.ts >= ? THEN CAST((o.ts - ?) / ? AS INTEGER) ELSE -1 END
+                          AS bucket, o.ctx AS ctx, count(*) AS requests,
+                        sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in
+                      FROM obs_rows o WHERE {rows} GROUP BY 1, 2, 3) g
+                CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
-            [since.timestamp(), since.timestamp(), origin.timestamp(), width, *params, *fparams],
+            [since.timestamp(), since.timestamp(), origin.timestamp(), width, *params],
         )
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
@@ -2000,7 +2042,7 @@ class Store:
         the changes of incidents and of findings (``incident_id`` holds the finding's id,
         ``F-…``), with who made each and why."""
         fi, fparams = where.sql("i")
-        ff, ffparams = where.sql("f")
+        ff, ffparams = where.finding_sql("f")
         span = [iso_datetime(since), iso_datetime(until)]
         union = f"""SELECT e.id AS seq, 0 AS kind, e.at, e.incident_id, i.rule, i.severity,
                    i.provider, i.site, e.action, e.status_from, e.status_to, e.actor, e.note
@@ -2026,12 +2068,76 @@ class Store:
         )
         return {"total": total, "shown": len(items), "by_action": by_action, "items": items}
 
+    def clients_matching(self, specs: Sequence[str], since: datetime, until: datetime) -> list[str]:
+        """The client addresses ``specs`` (addresses, CIDRs, pseudonyms) choose among those
+        of the observations of ``[since, until)`` and of every incident."""
+        span, params = self._span(since, until)
+        known = [r[0] for r in self.db.execute(
+            f"SELECT DISTINCT client_ip FROM {_OBS} WHERE {span}"  # noqa: S608 - constants
+            " UNION SELECT DISTINCT client_ip FROM incidents", params)]  # fmt: skip
+        return _chosen_clients(known, specs)
+
     def report_findings(
-        self, since: datetime, until: datetime, where: TrafficFilter, limit: int, top_users: int = 3
+        self, since: datetime, until: datetime, where: TrafficFilter, limit: int, top_users: int = 3,
+        tz: str = "UTC",
+    ) -> dict[str, Any]:  # fmt: skip
+        """Findings with activity in ``[since, until)``, their figures over that period, the
+        most severe and busiest first, each with its top users; and which were reopened
+        during the period. A period of whole UTC days reads the detail rows (one per UTC
+        day); any other (whole days of another time zone ``tz``, or a custom span) counts
+        the observations in it, with ``days`` counted in ``tz``."""
+        s, u = iso_datetime(since), iso_datetime(until)
+        if tz == "UTC" and _utc_midnight(since) and _utc_midnight(until):
+            return self._findings_of_detail(since, until, where, limit, top_users)
+        f, fparams = where.sql("i")
+        # the observations of the period under the detail rows that overlap it
+        sparams = [u, s, since.timestamp(), until.timestamp()]
+        o = {c: f"{_ALIAS.get(c, 'c')}.{c}" for c in ("ts", "outcome", "bytes_out", "bytes_in",
+                                                     "client_ip", "user", "dest_host")}  # fmt: skip
+        day, dparams = _local_day(o["ts"], since, until, tz)
+        cols = ", ".join({"first_seen": "d.first_ts AS first_seen", "last_seen": "d.last_ts AS last_seen"}
+                         .get(c, f"d.{c}") for c in _ROLLUP_COLUMNS if c != "severity")  # fmt: skip
+        joined = (
+            "FROM incidents i CROSS JOIN incident_rows r ON r.id = i.id"
+            " CROSS JOIN hit_links l ON l.incident = r.n CROSS JOIN obs_rows o ON o.n = l.obs"
+            " CROSS JOIN obs_contexts c ON c.n = o.ctx CROSS JOIN obs_clients w ON w.n = o.client"
+            f" WHERE i.first_seen < ? AND i.last_seen >= ? AND o.ts >= ? AND o.ts < ?{f}"
+        )
+        activity = f"""SELECT i.finding_id AS id, min(i.rule) AS rule, min(i.provider) AS provider,
+                  min(i.site) AS site, max(i.severity_rank) AS severity_rank,
+                  max(i.title) AS title, min(o.ts) AS first_ts, max(o.ts) AS last_ts,
+                  count(*) AS count, sum({o["outcome"]} IS 'blocked') AS blocked,
+                  sum({o["bytes_out"]}) AS bytes_out, sum({o["bytes_in"]}) AS bytes_in,
+                  count(DISTINCT {o["client_ip"]}) AS clients,
+                  count(DISTINCT {o["user"]}) AS users,
+                  count(DISTINCT {o["dest_host"]}) AS hosts, count(DISTINCT {day}) AS days,
+                  group_concat(DISTINCT i.egress_country) AS egress_country,
+                  min(i.first_scan) AS first_scan, max(i.last_scan) AS last_scan
+                {joined} GROUP BY i.finding_id"""  # noqa: S608 - constants and bound values
+        sql = (
+            "SELECT f.id, f.status, f.exception_until, f.exception_reason, f.exception_by, "  # noqa: S608
+            f"f.exception_source, {cols} FROM findings f JOIN ({activity}) d"
+            " ON d.id = f.id ORDER BY d.severity_rank DESC, d.count DESC, f.id"
+        )
+        rows = []
+        for r in self.db.query(sql, [*dparams, *sparams, *fparams]):
+            r["first_seen"], r["last_seen"] = iso_utc(r["first_seen"]), iso_utc(r["last_seen"])
+            rows.append(_rolled(r))
+
+        def users_of(marks: str, chunk: list[Any]) -> Iterable[tuple[str, str, int]]:
+            return self.db.execute(
+                f"""SELECT i.finding_id, {o["user"]}, count(*) AS n {joined}
+                    AND i.finding_id IN ({marks}) AND {o["user"]} IS NOT NULL
+                    GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",  # noqa: S608 - constants
+                [*sparams, *fparams, *chunk],
+            )
+
+        return self._report_rows(rows, s, u, limit, top_users, users_of)
+
+    def _findings_of_detail(
+        self, since: datetime, until: datetime, where: TrafficFilter, limit: int, top_users: int
     ) -> dict[str, Any]:
-        """Findings with detail active in ``[since, until)``, their figures over that detail
-        (whole UTC days: the detail's grain), the most severe and busiest first, each with
-        its top users; and which were reopened during the period."""
+        """:meth:`report_findings` of whole UTC days: the roll-up of their detail rows."""
         s, u = iso_datetime(since), iso_datetime(until)
         f, fparams = where.sql()
         detail = f"first_seen < ? AND last_seen >= ?{f}"
@@ -2042,18 +2148,29 @@ class Store:
             " ON d.id = f.id ORDER BY d.severity_rank DESC, d.count DESC, f.id"
         )
         rows = [_rolled(r) for r in self.db.query(sql, [u, s, *fparams])]
+
+        def users_of(marks: str, chunk: list[Any]) -> Iterable[tuple[str, str, int]]:
+            return self.db.execute(
+                f"""SELECT finding_id, user, sum(count) AS n FROM incidents
+                    WHERE finding_id IN ({marks}) AND user IS NOT NULL AND {detail}
+                    GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",  # noqa: S608 - constants
+                [*chunk, u, s, *fparams],
+            )
+
+        return self._report_rows(rows, s, u, limit, top_users, users_of)
+
+    def _report_rows(
+        self, rows: list[dict[str, Any]], s: str, u: str, limit: int, top_users: int,
+        users_of: Callable[[str, list[Any]], Iterable[tuple[str, str, int]]],
+    ) -> dict[str, Any]:  # fmt: skip
+        """The shown findings' top users and which findings were reopened in ``[s, u)``."""
         reopened = {r[0] for r in self.db.execute(
             "SELECT DISTINCT finding_id FROM finding_events WHERE action = 'reopened'"
             " AND at >= ? AND at < ?", [s, u])}  # fmt: skip
         shown = rows[:limit]
         users: dict[str, list[dict[str, Any]]] = {}
         for chunk, marks in _chunks([r["id"] for r in shown]):
-            for fid, user, n in self.db.execute(
-                f"""SELECT finding_id, user, sum(count) AS n FROM incidents
-                    WHERE finding_id IN ({marks}) AND user IS NOT NULL AND {detail}
-                    GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",  # noqa: S608 - constants
-                [*chunk, u, s, *fparams],
-            ):
+            for fid, user, n in users_of(marks, chunk):
                 if len(users.setdefault(fid, [])) < top_users:
                     users[fid].append({"user": user, "count": n})
         for r in rows:
@@ -2068,7 +2185,7 @@ class Store:
         """Exceptions in force at the end of ``[since, until)`` (or now, when that is earlier)
         and those that ran out in it."""
         s, u = iso_datetime(since), iso_datetime(until)
-        f, fparams = where.sql("f")
+        f, fparams = where.finding_sql("f")
         end = min(until - timedelta(microseconds=1), datetime.now(UTC))
         last_day = end.astimezone(UTC).strftime("%Y-%m-%d")
         in_force = list(self.db.query(
@@ -2616,11 +2733,42 @@ _RESOLVED_IN = (
 )
 
 
+def _chosen_clients(known: Sequence[str | None], specs: Sequence[str]) -> list[str]:
+    """The addresses of ``known`` that ``specs`` name, as networks or as they are."""
+    cidrs = [c for c in specs if _is_network(c)]
+    return sorted(set(clients_in(known, cidrs)) | (set(specs) & {k for k in known if k}))
+
+
+def _utc_midnight(when: datetime) -> bool:
+    return when.astimezone(UTC).timetz().replace(tzinfo=None) == datetime.min.time()
+
+
+def _local_day(column: str, since: datetime, until: datetime, tz: str) -> tuple[str, list[Any]]:
+    """SQL for the day number in ``tz`` of the epoch seconds ``column`` over ``[since,
+    until)``: the zone's UTC offsets there (daylight saving changes included, found at
+    the 15-minute grain every zone's offsets keep) as a CASE."""
+    from zoneinfo import ZoneInfo
+
+    zone = UTC if tz == "UTC" else ZoneInfo(tz)
+    offsets: list[tuple[float, float]] = []  # (from this instant, offset seconds)
+    at = since
+    while at < until or not offsets:
+        offset = at.astimezone(zone).utcoffset().total_seconds()  # type: ignore[union-attr]
+        if not offsets or offsets[-1][1] != offset:
+            offsets.append((at.timestamp(), offset))
+        at += timedelta(minutes=15)
+    case = " ".join(f"WHEN {column} >= ? THEN ?" for _ in offsets[1:])
+    params: list[Any] = [p for start, offset in reversed(offsets[1:]) for p in (start, offset)]
+    shift = f"CASE {case} ELSE ? END" if case else "?"
+    return f"CAST(({column} + {shift}) / 86400 AS INTEGER)", [*params, offsets[0][1]]
+
+
 #: see :meth:`Store._days` (a constant subquery: SQLite reads the rows from that number on)
-_DAYS = (
+_FROM_ROW = (
     "o.n >= (SELECT coalesce(min(first_row), 1 << 62) FROM obs_contexts WHERE day >= ?"
-    " AND day <= ?) AND day >= ? AND day <= ?"
+    " AND day <= ?)"
 )
+_DAYS = f"{_FROM_ROW} AND day >= ? AND day <= ?"
 
 #: observations of a time span that tell a client's egress country with a provider
 _EGRESS_HISTORY = (

@@ -252,9 +252,13 @@ def test_print_layout_has_no_errors(chromium, built, tmp_path):
         browser.close()
 
 
+OPEN_DETAILS = """(() => { const all = document.querySelectorAll('#findings details');
+  all.forEach(d => { d.open = true; }); return all.length; })()"""
+
 LAYOUT = """(() => {
   const vw = document.documentElement.clientWidth;
   const overflowing = Array.from(document.querySelectorAll('table'))
+    .filter(t => t.getClientRects().length)  // laid out: not inside a closed <details>
     .filter(t => t.scrollWidth > t.parentElement.clientWidth + 1
                  || t.getBoundingClientRect().right > vw + 1)
     .map(t => (t.closest('section') || {}).id + ': ' + t.tHead.innerText.replace(/\\s+/g, ' '));
@@ -263,7 +267,11 @@ LAYOUT = """(() => {
   const wrappedRules = Array.from(document.querySelectorAll('td.rule'))
     .filter(td => lines(td) > 1).map(td => td.innerText);
   const sev = document.querySelector('#incidents svg.chart.h');
+  const fl = document.querySelector('#findings-list');
   return {vw, page: document.documentElement.scrollWidth, overflowing, wrappedRules,
+          findingsFit: fl.scrollWidth <= fl.parentElement.clientWidth + 1
+                       && fl.getBoundingClientRect().right <= vw + 1,
+          findingRules: document.querySelectorAll('#findings-list td.rule').length,
           rules: document.querySelectorAll('td.rule').length,
           sevLabels: Array.from(sev.querySelectorAll('text.label')).map(t => t.textContent),
           sevZeros: Array.from(sev.querySelectorAll('text.value')).filter(t => t.textContent === '0').length,
@@ -275,8 +283,9 @@ LAYOUT = """(() => {
 
 @pytest.mark.parametrize("width, media", [(1400, "screen"), (718, "print")])  # 718: A4 at 96 dpi
 def test_layout_fits_at_1400_px_and_print_width(chromium, built, tmp_path, width, media):
-    """Every table fits (count and status on screen), rule ids stay on one line, and
-    severities without incidents draw no row of zeros."""
+    """Every table fits, the findings list (12 columns, hostile user names) included, at
+    print width too, and on screen with each finding's detail open; rule ids stay on one
+    line; severities without incidents draw no row of zeros."""
     db, _ = built
     browser, session = weekly_in_chromium(chromium, db, tmp_path)
     try:
@@ -284,11 +293,13 @@ def test_layout_fits_at_1400_px_and_print_width(chromium, built, tmp_path, width
                      {"width": width, "height": 1200, "deviceScaleFactor": 1, "mobile": False},
                      session=session)  # fmt: skip
         browser.send("Emulation.setEmulatedMedia", {"media": media}, session=session)
+        if media == "screen":  # each finding's detail opened: its table fits too
+            opened = evaluate(browser, session, OPEN_DETAILS)
+            assert opened > 5, opened
         got = evaluate(browser, session, LAYOUT)
-        # the findings section (issue 11) is not laid out for print yet: see the issue 10 report
-        late = [t for t in got["overflowing"] if media == "print" and t.startswith("findings:")]
-        assert got["page"] <= got["vw"] or late, got
-        assert [t for t in got["overflowing"] if t not in late] == [], got["overflowing"]
+        assert got["page"] <= got["vw"], got
+        assert got["overflowing"] == [], got["overflowing"]
+        assert got["findingsFit"] and got["findingRules"] > 5, got
         assert got["rules"] > 5 and got["wrappedRules"] == [], got["wrappedRules"]
         assert got["lastHeader"] and all(ok for name, ok in got["lastHeader"])
         assert "status" in {name for name, _ in got["lastHeader"]}

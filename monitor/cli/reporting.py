@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from monitor.app import App
-from monitor.cli.base import FATAL, Fatal, date_value, guard, main, when
+from monitor.cli.base import FATAL, Fatal, cidr_value, date_value, guard, main, when
 from monitor.config import (
     REPORT_FORMATS,
     ConfigError,
@@ -71,6 +71,14 @@ def report_tz(app: App, tz: str | None, sites) -> str:
 )
 @click.option("--site", multiple=True, help="Only this site (repeatable).")
 @click.option("--provider", multiple=True, help="Only this provider id (repeatable).")
+@click.option("--user", multiple=True, help="Only this user, as logged (repeatable).")
+@click.option(
+    "--client",
+    multiple=True,
+    callback=cidr_value,
+    metavar="CIDR",
+    help="Only this client address or network, e.g. 10.20.0.0/16 (repeatable).",
+)
 @click.option(
     "--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in top-N tables."
 )
@@ -83,8 +91,9 @@ def report_tz(app: App, tz: str | None, sites) -> str:
 @click.pass_context
 @guard
 def report_cmd(
-    ctx, period, day, since, until, fmt, output, site, provider, top, tz, spreadsheet_safe
-):
+    ctx, period, day, since, until, fmt, output, site, provider, user, client, top, tz,
+    spreadsheet_safe,
+):  # fmt: skip
     """Traffic and incidents of a period, with trend and methods, as evidence.
 
     \b
@@ -93,6 +102,7 @@ def report_cmd(
     apiwatch report --since 2026-11-01 --until 2026-11-15 --site shanghai --format md
     apiwatch report --period daily --format csv --spreadsheet-safe -o daily-{date}.csv
     apiwatch report --period weekly --site shanghai --tz Asia/Shanghai -o sh-{week}.html
+    apiwatch report --period monthly --client 10.20.0.0/16 --user alice --format md
     """
     if period and since:
         raise click.UsageError("give either --period or --since/--until, not both")
@@ -124,7 +134,8 @@ def report_cmd(
             check_output_pattern(output)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="-o/--output") from None
-    report = build_report(app, ReportQuery(window, sites=site, providers=provider, top=top))
+    q = ReportQuery(window, sites=site, providers=provider, top=top, users=user, clients=client)
+    report = build_report(app, q)
     text = render(report, fmt, spreadsheet_safe)
     if output is None or output == "-":
         click.echo(text, nl=False)
@@ -149,7 +160,8 @@ def report_cmd(
     "today",
     callback=date_value,
     metavar="YYYY-MM-DD",
-    help="Run as if today were this UTC date (which reports are due) [default: today].",
+    help="Run as if today were this date (which reports are due) [default: today in each "
+    "report's time zone: --tz, else its one site's tz, else UTC].",
 )
 @click.option(
     "--fail-on",

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 from monitor.config import REPORT_FORMATS, fill_output_pattern
@@ -21,11 +23,12 @@ from monitor.report.data import (
     ReportQuery,
     ReportSource,
     Window,
-    build_report,
+    compute_report,
     custom_window,
     period_ended,
     period_window,
 )
+from monitor.report.section import Section
 
 FORMATS = REPORT_FORMATS  # the configuration's vocabulary, defined once there
 
@@ -35,6 +38,7 @@ __all__ = [
     "Report",
     "ReportQuery",
     "ReportSource",
+    "Section",
     "Window",
     "build_report",
     "custom_window",
@@ -44,6 +48,17 @@ __all__ = [
     "render",
     "write_atomic",
 ]
+
+
+def build_report(
+    source: ReportSource, q: ReportQuery, sections: Sequence[Section] | None = None
+) -> Report:
+    """The report for ``q``: ``sections`` (default: the registered ones, in their order)."""
+    if sections is None:
+        from monitor.report.sections import registered
+
+        sections = registered()
+    return compute_report(source, q, sections)
 
 
 def render(report: Report, fmt: str, spreadsheet_safe: bool = False) -> str:
@@ -69,7 +84,8 @@ def render(report: Report, fmt: str, spreadsheet_safe: bool = False) -> str:
 def output_path(pattern: str, window: Window, fmt: str) -> Path:
     """Fill an ``output`` pattern: ``{period}``, ``{date}`` (first day), ``{start}``, ``{end}``
     (last day, inclusive), ``{format}``, ``{week}`` (``2026-W48``), ``{month}`` (``2026-11``)."""
-    year, week, _ = window.since.isocalendar()
+    first = date.fromisoformat(window.first_day)  # in the window's time zone, as the period
+    year, week, _ = first.isocalendar()
     values = {
         "period": window.period,
         "date": str(window.first_day),
@@ -77,7 +93,7 @@ def output_path(pattern: str, window: Window, fmt: str) -> Path:
         "end": str(window.last_day),
         "format": fmt,
         "week": f"{year}-W{week:02d}",
-        "month": window.since.strftime("%Y-%m"),
+        "month": window.first_day[:7],
     }
     return Path(fill_output_pattern(pattern, values))
 

@@ -293,42 +293,6 @@ def hbars(
     return Markup("").join(parts)
 
 
-def charts(report: Report) -> dict[str, Any]:
-    tl = report.timeline
-    timeline_svg, legend = stacked_bars(
-        tl["buckets"], tl["series"], f"LLM API requests per {tl['bucket']}, by provider"
-    )
-    sev_rows = [
-        (
-            s["severity"],
-            [
-                ("new", s["new"], STATUS_COLOURS["new"]),
-                (
-                    "open (incl. acknowledged)",
-                    s["open"] + s["acknowledged"],
-                    STATUS_COLOURS["open"],
-                ),
-                ("resolved", s["resolved"], STATUS_COLOURS["resolved"]),
-            ],
-        )
-        for s in report.incidents["by_severity"]
-        if s["new"] or s["open"] or s["acknowledged"] or s["resolved"]  # empty rows: left out
-    ]
-    countries = [
-        (
-            c["egress_country"] or "(unknown)",
-            [("requests", c["requests"], PALETTE[0]), ("previous period", c["previous_requests"], OTHER_COLOUR)],
-        )
-        for c in report.by_egress_country[:15]
-    ]  # fmt: skip
-    return {
-        "timeline": timeline_svg,
-        "legend": legend,
-        "severity": hbars(sev_rows, "Incidents by severity", 90),
-        "countries": hbars(countries, "Requests by egress country", 120) if countries else None,
-    }
-
-
 # --------------------------------------------------------------------------- render
 
 
@@ -347,15 +311,30 @@ def _environment() -> jinja2.Environment:
 _ENV: jinja2.Environment | None = None
 
 
-def render_html(report: Report) -> str:
+def _env() -> jinja2.Environment:
     global _ENV
     if _ENV is None:
         _ENV = _environment()
-    template = _ENV.get_template("report.html.j2")
-    return template.render(
-        r=report,
-        charts=charts(report),
-        script=Markup(SORT_SCRIPT),  # a constant of this module, never data
-        script_hash=script_hash(),
-        severity_colours=SEVERITY_COLOURS,
+    return _ENV
+
+
+def render_section(template: str, report: Report, inline: bool = False, **variables: Any) -> Markup:
+    """One section's template (a file under templates/, or ``inline`` Jinja source), which
+    sees the report as ``r`` and its meta as ``m``."""
+    env = _env()
+    found = env.from_string(template) if inline else env.get_template(template)
+    return Markup(found.render(r=report, m=report.meta, **variables))
+
+
+def render_html(report: Report) -> str:
+    return (
+        _env()
+        .get_template("report.html.j2")
+        .render(
+            r=report,
+            sections=[section.html(report) for section in report.sections],
+            script=Markup(SORT_SCRIPT),  # a constant of this module, never data
+            script_hash=script_hash(),
+            severity_colours=SEVERITY_COLOURS,
+        )
     )

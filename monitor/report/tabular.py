@@ -20,7 +20,6 @@ from typing import Any
 
 from monitor.output import csv_text, json_text, spreadsheet_cell
 from monitor.report.data import Report
-from monitor.report.processing import csv_rows as processing_csv_rows
 
 CSV_COLUMNS = ("since", "until", "section", "key", "subkey", "metric", "value")
 
@@ -34,72 +33,11 @@ def csv_rows(report: Report) -> Iterator[tuple[str, Any, Any, str, Any]]:
     m = report.meta
     for k in ("period", "label", "since", "until", "generated", "complete"):
         yield "meta", k, None, "value", m[k]
-    for k in ("site", "provider"):
-        for v in m["filters"][k]:
+    for k in ("site", "provider", "user", "client"):
+        for v in m["filters"].get(k, ()):
             yield "meta", "filter", k, "value", v
-    for t in report.totals:
-        for metric in ("current", "previous", "change", "change_pct"):
-            yield "totals", t["metric"], None, metric, t[metric]
-    tl = report.timeline
-    for s in tl["series"]:
-        for bucket, v in zip(tl["buckets"], s["values"], strict=True):
-            yield f"timeline_{tl['bucket']}", bucket, s["provider"], "requests", v
-    numeric = ("requests", "share_pct", "blocked", "clients", "bytes_out", "bytes_in",
-               "previous_requests", "change", "change_pct")  # fmt: skip
-    for section, key in (
-        ("by_provider", "provider"),
-        ("by_site", "site"),
-        ("by_egress_country", "egress_country"),
-    ):
-        for row in getattr(report, section):
-            for metric in numeric:
-                yield section, row[key], None, metric, row[metric]
-    inc = report.incidents
-    metrics = ("new", "previous_new", "active", "open", "acknowledged", "resolved")
-    for row in inc["by_severity"]:
-        for metric in metrics:
-            yield "incidents_by_severity", row["severity"], None, metric, row[metric]
-    for row in inc["by_rule"]:
-        for metric in metrics:
-            yield "incidents_by_rule", row["rule"], row["severity"], metric, row[metric]
-    for name, part in inc["lists"].items():
-        for item in part["items"]:
-            yield f"incidents_{name}", item["id"], item["rule"], "count", item["count"]
-    for action, n in report.events["by_action"].items():
-        yield "audit_trail", action, None, "events", n
-    yield "audit_trail", "total", None, "events", report.events["total"]
-    for c in report.top_clients:
-        for metric in ("requests", "blocked", "bytes_out", "bytes_in"):
-            yield "top_clients", c["client_ip"], ", ".join(c["users"]), metric, c[metric]
-    for d in report.top_destinations:
-        for metric in ("requests", "blocked", "clients", "bytes_out", "bytes_in"):
-            yield "top_destinations", d["dest_host"], d["provider"], metric, d[metric]
-    yield from processing_csv_rows(report.processing)
-    yield "relays", "total", None, "requests", report.relays["requests"]
-    yield "relays", "total", None, "clients", report.relays["clients"]
-    for d in report.relays["hosts"]:
-        for metric in ("requests", "blocked", "clients", "bytes_out", "bytes_in"):
-            yield "relays", d["dest_host"], d["provider"], metric, d[metric]
-    x = report.methods
-    for metric in ("records", "malformed", "file_errors"):
-        yield "methods", "scans", None, metric, x[metric]
-    for s in x["sources"]:
-        yield "sources", s["source"], s["format"], "observations", s["observations"]
-        yield "sources", s["source"], s["format"], "first", s["first"]
-        yield "sources", s["source"], s["format"], "last", s["last"]
-    for s in x["scans"]:
-        for metric in ("records", "malformed", "llm_observations", "stored", "duplicates"):
-            yield "scans", s["id"], s["started"], metric, s[metric]
-    for p in x["problems_by_source"]:
-        yield "problems", p["source"], None, "problems", p["problems"]
-    yield "catalog", "version", None, "value", x["catalog"]["version"]
-    for rl in x["catalog"]["region_lists"]:
-        yield "region_lists", rl["id"], rl["provider"], "countries", rl["countries"]
-        yield "region_lists", rl["id"], rl["provider"], "as_of", rl["as_of"]
-    for g in x["geodata"]:
-        yield "geodata", g.get("name"), g.get("origin"), "build_date", g.get("build_date")
-    for rule in x["rules"]:
-        yield "rules", rule["id"], rule["severity"], "used_in_scans", rule["used_in_scans"]
+    for section in report.sections:
+        yield from section.csv_rows(report)
 
 
 def render_csv(report: Report, spreadsheet_safe: bool = False) -> str:
