@@ -49,9 +49,13 @@ def _cached(text: str, how: str) -> Any:
         blob = marshal.dumps(data)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as out:
-            out.write(blob)
-        os.replace(tmp, path)  # concurrent commands write the same bytes
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(blob)
+            os.replace(tmp, path)  # concurrent commands write the same bytes
+        except OSError:
+            os.unlink(tmp)  # a full disk leaves no partial file behind
+            raise
     except (OSError, ValueError):
         pass  # an unwritable cache (or a value marshal cannot keep) costs a parse next time
     return data

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 from calendar import timegm
 from collections.abc import Iterable
 from pathlib import Path
@@ -64,3 +65,20 @@ def epoch(y: int, mo: int, d: int, h: int, mi: int, s: int) -> float:
 
 def by_line(obs: Iterable[Observation]) -> dict[int, Observation]:
     return {o.line: o for o in obs}
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 1 MB tmpfs (root); where mounting is not allowed, None."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                                            str(mnt)], capture_output=True).returncode:  # fmt: skip
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root and must be able to mount a tmpfs")
+        yield None
+        return
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

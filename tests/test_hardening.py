@@ -587,23 +587,6 @@ def test_every_command_that_meets_damage_says_so_in_one_line(tmp_path):
         assert "db check" in res.stderr, (args, res.stderr)
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A real 1 MB tmpfs (root); where mounting is not allowed, None."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
-                                            str(mnt)], capture_output=True).returncode:  # fmt: skip
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI runs as root and must be able to mount a tmpfs")
-        yield None
-        return
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_a_full_disk_stops_the_scan_cleanly_and_a_rerun_completes(tmp_path, small_fs):
     if small_fs is None:
         pytest.skip("cannot mount a tmpfs here (not root)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +83,22 @@ def test_a_scan_with_a_warm_cache_does_not_import_pyyaml(tmp_path):
         for _ in range(2)
     ]  # fmt: skip
     assert runs == [["True", "False"], ["False", "False"]]
+
+
+def test_a_full_cache_disk_leaves_no_partial_entry(small_fs, monkeypatch):
+    """On a real full tmpfs the document is still read, and no temporary file stays behind."""
+    if small_fs is None:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    monkeypatch.setenv("APIWATCH_CACHE_DIR", str(small_fs / "cache"))
+    (small_fs / "cache" / "yaml").mkdir(parents=True)
+    fd = os.open(small_fs / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # fill the 1 MB tmpfs to its last block
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    doc = "hosts:\n" + "".join(f"- h{i}.example\n" for i in range(2000))
+    assert len(safe_load(doc)["hosts"]) == 2000
+    assert list((small_fs / "cache" / "yaml").iterdir()) == []
