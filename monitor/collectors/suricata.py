@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from monitor.collectors.base import (
-    CollectOptions,
     Diagnostics,
     FormatSpec,
     ParseInput,
@@ -245,15 +244,11 @@ class SuricataCollector(JoinCollector):
             join.learn(qname, out, ts)
 
 
-def _make(options: CollectOptions, catalog: Any = None) -> SuricataCollector:
-    return SuricataCollector(catalog=catalog)
-
-
 FORMAT_SPECS = [
     FormatSpec(
         FORMAT,
         "Suricata eve.json (tls, quic, http, dns, flow events)",
-        _make,
+        SuricataCollector.made,
         sniff_line=sniff,
     )
 ]

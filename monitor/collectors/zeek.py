@@ -694,6 +694,12 @@ class JoinCollector(Collector):
         self.last_stats: dict[str, int] = {}
         self._ip = IpCache()
 
+    @classmethod
+    def made(cls, options: CollectOptions, catalog: Any = None) -> JoinCollector:
+        """The collector of a :class:`FormatSpec`: connections are named by the catalogue's
+        published IP ranges too, when given one."""
+        return cls(catalog=catalog)
+
     def _join(self, host_filter: HostFilter | None) -> FlowJoin:
         return FlowJoin(self.catalog, host_filter, max_pending=self.max_pending)
 
@@ -1004,22 +1010,17 @@ def sniff_json(line: bytes) -> bool:
     )
 
 
-def _make(options: CollectOptions, catalog: Any = None) -> ZeekCollector:
-    """Connections are named by the catalogue's published IP ranges too, when given one."""
-    return ZeekCollector(catalog=catalog)
-
-
 FORMAT_SPECS = [
     FormatSpec(
         FORMAT_TSV,
         "Zeek conn/ssl/http/dns/quic logs (TSV; or a directory of them)",
-        _make,
+        ZeekCollector.made,
         sniff_head=sniff_tsv,
     ),
     FormatSpec(
         FORMAT_JSON,
         "Zeek conn/ssl/http/dns/quic logs (JSON, LogAscii::use_json)",
-        _make,
+        ZeekCollector.made,
         sniff_line=sniff_json,
     ),
 ]
