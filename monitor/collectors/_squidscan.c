@@ -26,6 +26,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_accel.h"
+
 #define FIELDS 10
 
 /* bytes.split() separators (Py_ISSPACE): space and \t \n \v \f \r */
@@ -333,20 +335,12 @@ fail:
     return NULL;
 }
 
-static PyMethodDef methods[] = {
-    {"native_chunk", native_chunk, METH_VARARGS,
+ACCEL_MODULE("_squidscan", "Squid native collector: the host-filter pre-pass and field split in C.",
+             native_chunk, METH_VARARGS,
      "native_chunk(chunk, clean, max_line, rejects, markers=()) -> (records, todo): over "
      "the lines of a chunk, count those whose target the host filter rejected (unless "
      "their URL path holds a marker); split those whose target it kept into their fields; "
-     "(index, line) for the others."},
-    {NULL, NULL, 0, NULL},
-};
-
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_squidscan",
-    "Squid native collector: the host-filter pre-pass and field split in C.", -1, methods,
-    NULL, NULL, NULL, NULL,
-};
+     "(index, line) for the others.");
 
 PyMODINIT_FUNC
 PyInit__squidscan(void)
