@@ -959,11 +959,14 @@ unchanged:
     return PyTuple_Pack(3, args[1], args[3], args[4]);
 }
 
-ACCEL_MODULE("_pcapscan", "The pcap collector's hot loop (FlowTable.scan's fast path) in C.",
-             scan, METH_FASTCALL,
-             "scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp, "
-             "closing, stats) -> (pos, pktno, ts): count the run of packets FlowTable.scan "
-             "would only count.");
+static PyMethodDef methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
+     "scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp, closing, "
+     "stats) -> (pos, pktno, ts): count the run of packets FlowTable.scan would only count."},
+    {NULL, NULL, 0, NULL},
+};
+
+ACCEL_MODULE("_pcapscan", "The pcap collector's hot loop (FlowTable.scan's fast path) in C.");
 
 PyMODINIT_FUNC
 PyInit__pcapscan(void)

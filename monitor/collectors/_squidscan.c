@@ -335,12 +335,17 @@ fail:
     return NULL;
 }
 
-ACCEL_MODULE("_squidscan", "Squid native collector: the host-filter pre-pass and field split in C.",
-             native_chunk, METH_VARARGS,
+static PyMethodDef methods[] = {
+    {"native_chunk", native_chunk, METH_VARARGS,
      "native_chunk(chunk, clean, max_line, rejects, markers=()) -> (records, todo): over "
      "the lines of a chunk, count those whose target the host filter rejected (unless "
      "their URL path holds a marker); split those whose target it kept into their fields; "
-     "(index, line) for the others.");
+     "(index, line) for the others."},
+    {NULL, NULL, 0, NULL},
+};
+
+ACCEL_MODULE("_squidscan",
+             "Squid native collector: the host-filter pre-pass and field split in C.");
 
 PyMODINIT_FUNC
 PyInit__squidscan(void)
