@@ -33,7 +33,7 @@ CTX_SCAN, CTX_SOURCE, CTX_DAY, CTX_OUTCOME = (
 )
 CONTEXT_OF = itemgetter(*(COL[c] for c in CONTEXT))
 CLIENT_OF = itemgetter(*(COL[c] for c in CLIENT))
-_ROW_OF = itemgetter(*(COL[c] for c in ROW_FIELDS))
+_COLUMN_OF = [itemgetter(COL[c]) for c in ROW_FIELDS]
 
 #: one group: incident rows (shared by the records of one memo key, see
 #: :class:`monitor.pipeline.RecordMemo`) and the indexes of the batch's rows raising them
@@ -58,15 +58,9 @@ class Batch:
         """The batch of (record id, stored row, incident rows) items (the :data:`Produced`
         of :meth:`monitor.pipeline.Pipeline.records`; record ids may be None)."""
         record_ids, rows, raised = zip(*items, strict=True) if items else ((), (), ())
-        columns = (
-            [list(c) for c in zip(*map(_ROW_OF, rows), strict=True)]
-            if rows
-            else [[] for _ in ROW_FIELDS]
-        )
-        contexts: dict[tuple[Any, ...], int] = {}
-        clients: dict[tuple[Any, ...], int] = {}
-        ctx = [contexts.setdefault(k, len(contexts)) for k in map(CONTEXT_OF, rows)]
-        client = [clients.setdefault(k, len(clients)) for k in map(CLIENT_OF, rows)]
+        columns = [list(map(get, rows)) for get in _COLUMN_OF]
+        contexts, ctx = _distinct(map(CONTEXT_OF, rows))
+        clients, client = _distinct(map(CLIENT_OF, rows))
         grouped: dict[int, Group] = {}
         for i, incs in enumerate(raised):
             if incs:
@@ -74,8 +68,7 @@ class Batch:
                 if group is None:
                     group = grouped[id(incs)] = (incs, [])
                 group[1].append(i)
-        batch = cls(columns, list(contexts), ctx, list(clients), client, list(grouped.values()),
-                    {}, None, [])  # fmt: skip
+        batch = cls(columns, contexts, ctx, clients, client, list(grouped.values()), {}, None, [])
         batch.deltas = incident_deltas(batch, batch.groups)
         if record_ids and record_ids[0] is not None:
             batch.record_ids = list(record_ids)
@@ -90,8 +83,18 @@ class Batch:
 
     def sample(self, row: int) -> str:
         """The evidence ``file:line`` of a row."""
-        source = self.contexts[self.ctx[row]][CTX_SOURCE]
-        return f"{source}:{self.columns[ROW_LINE][row] + self.line_base}"
+        line = self.columns[ROW_LINE][row]
+        if self.line_base:
+            line += self.line_base
+        return f"{self.contexts[self.ctx[row]][CTX_SOURCE]}:{line}"
+
+
+def _distinct(keys: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[int]]:
+    """The distinct keys, in order of first appearance, and each key's index among them
+    (each key hashed once: a context is a long tuple)."""
+    index: dict[tuple[Any, ...], int] = {}
+    numbers = [index.setdefault(k, len(index)) for k in keys]
+    return list(index), numbers
 
 
 def _hour_runs(ts: list[float]) -> list[tuple[int, int]]:
@@ -114,31 +117,36 @@ def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str
     when no row has one), ``first``/``last`` (timestamps), ``evidence`` (the indexes of
     the first rows, in row order) and ``facts`` (the evidence facts, see :func:`merge_facts`)."""
     ts, out, in_ = (batch.columns[c] for c in (ROW_TS, ROW_OUT, ROW_IN))
-    blocked_ctx = [c[CTX_OUTCOME] == "blocked" for c in batch.contexts]
+    blocked_ctx = [int(c[CTX_OUTCOME] == "blocked") for c in batch.contexts]
     ctx = batch.ctx
     deltas: dict[str, dict[str, Any]] = {}
     for incs, rows in groups:
-        if not rows:
+        if len(rows) == 1:  # the common case: groups are small
+            i = rows[0]
+            count, blocked, sent, received = 1, blocked_ctx[ctx[i]], out[i], in_[i]
+            first = last = ts[i]
+        elif rows:
+            count = len(rows)
+            blocked = sum(map(blocked_ctx.__getitem__, map(ctx.__getitem__, rows)))
+            sent, received = _sum(map(out.__getitem__, rows)), _sum(map(in_.__getitem__, rows))
+            times = list(map(ts.__getitem__, rows))
+            first, last = min(times), max(times)
+        else:
             continue
-        times = list(map(ts.__getitem__, rows))
-        part = {
-            "count": len(rows),
-            "blocked": sum(map(blocked_ctx.__getitem__, map(ctx.__getitem__, rows))),
-            "bytes_out": _sum(map(out.__getitem__, rows)),
-            "bytes_in": _sum(map(in_.__getitem__, rows)),
-            "first": min(times),
-            "last": max(times),
-            "evidence": rows[:EVIDENCE_SAMPLES],
-        }
         for inc in incs:
             facts = inc.get("facts")
             d = deltas.get(inc["id"])
             if d is None:
-                deltas[inc["id"]] = {**part, "inc": inc,
+                deltas[inc["id"]] = {"inc": inc, "count": count, "blocked": blocked,
+                                     "bytes_out": sent, "bytes_in": received, "first": first,
+                                     "last": last, "evidence": rows[:EVIDENCE_SAMPLES],
                                      "facts": merge_facts(None, facts) if facts else None}  # fmt: skip
                 continue
-            first_rows = d["evidence"]
-            add_delta(d, part, sorted({*first_rows, *part["evidence"]}))
+            samples = d["evidence"]
+            if len(samples) < EVIDENCE_SAMPLES or rows[0] < samples[-1]:
+                samples = sorted({*samples, *rows[:EVIDENCE_SAMPLES]})
+            add_delta(d, {"count": count, "blocked": blocked, "bytes_out": sent,
+                          "bytes_in": received, "first": first, "last": last}, samples)  # fmt: skip
             if facts:
                 d["facts"] = merge_facts(d["facts"], facts)
     return deltas
@@ -177,7 +185,11 @@ def merge_facts(
 ) -> dict[str, list[Any]]:
     """``old`` with the values of ``new`` added: per field, distinct values, the ``limit``
     first in a fixed order (whatever order records arrive in: scans are deterministic)."""
-    out = {k: list(v) for k, v in (old or {}).items()}
+    if not old:
+        return {name: [value] for name, value in new.items()}
+    if all(value in old.get(name, ()) for name, value in new.items()):
+        return old  # nothing new (merged facts are only ever replaced, never changed)
+    out = {k: list(v) for k, v in old.items()}
     for name, value in new.items():
         seen = out.setdefault(name, [])
         if value not in seen:

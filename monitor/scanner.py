@@ -48,9 +48,9 @@ from monitor.ids import observation_id
 from monitor.pipeline import Part, Pipeline, Produced, ScanSummary
 from monitor.store import Store
 
-BATCH = 50_000  # records per producer message: the store works per batch, per incident
+BATCH = 20_000  # records per producer message: the store works per batch, per incident
 GC_THRESHOLD = 50_000  # allocations between young collections during a scan (default 700)
-FLUSH = BATCH  # observations per store transaction: an incident recurs in fewer of them
+FLUSH = 50_000  # observations per store transaction: an incident recurs in fewer of them
 HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
 #: inputs smaller than this are parsed in the main process: forking would cost more
 IN_PROCESS_BELOW = 8 << 20
