@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,7 +77,8 @@ def iso(ts: float) -> str:
 
 
 def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
-    from monitor.store import INCIDENT_COLUMNS, OBSERVATION_COLUMNS, Store
+    from monitor.rows import COL, observation_values
+    from monitor.store import INCIDENT_COLUMNS, Store
 
     remove_db(path)
     store = Store(path)
@@ -88,7 +90,7 @@ def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
     nov1 = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
     dec1 = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
     clients = [f"10.{20 + 10 * (i % 5)}.{i // 250 % 250}.{i % 250 + 1}" for i in range(5000)]
-    weights = [1 / (i + 1) ** 0.8 for i in range(len(clients))]
+    cum_weights = list(accumulate(1 / (i + 1) ** 0.8 for i in range(len(clients))))
     users = ["alice", "bob", "carol", None, None, None]
 
     db.execute("BEGIN")
@@ -122,7 +124,17 @@ def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
         )  # fmt: skip
 
     db.execute("COMMIT")
-    cols = list(OBSERVATION_COLUMNS)
+    # rows are built in column order from a template (millions of them: no dict per row)
+    base = observation_values(format="squid", method="CONNECT", dest_port=443,
+                              dest_ip="162.159.140.245", host_source="connect", duration=1.0,
+                              dest_country="US", dest_asn=13335)  # fmt: skip
+    by_day = [(f"{d:%Y-%m-%d}", f"/var/log/squid/access.log-{d:%Y%m%d}.gz", i)
+              for i, d in enumerate(days, start=1)]  # fmt: skip
+    at = {c: COL[c] for c in ("id", "ts", "day", "source", "line", "client_ip", "user",
+                              "dest_host", "status", "result", "bytes_in", "provider",
+                              "provider_kind", "match_pattern", "site", "egress_ip",
+                              "egress_country", "egress_source", "outcome", "scan_id")}  # fmt: skip
+    site_of = {c: SITES[int(c.split(".")[1]) // 10 - 2] for c in clients}
     batch = []
     n_oct = observations // 4
     for k in range(observations):
@@ -131,31 +143,33 @@ def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
             n_oct if k < n_oct else observations - n_oct
         )
         client = (
-            rnd.choices(clients, weights)[0] if k % 8 == 0 else clients[rnd.randrange(len(clients))]
+            rnd.choices(clients, cum_weights=cum_weights)[0]
+            if k % 8 == 0
+            else clients[rnd.randrange(len(clients))]
         )
-        site, country, egress = SITES[int(client.split(".")[1]) // 10 - 2]
+        site, country, egress = site_of[client]
         provider, kind, host = PROVIDERS[min(int(rnd.expovariate(0.35)), len(PROVIDERS) - 1)]
         blocked = rnd.random() < 0.05
-        day = datetime.fromtimestamp(ts, UTC)
-        row = {
-            "id": k + 1, "ts": ts, "day": day.strftime("%Y-%m-%d"),
-            "source": f"/var/log/squid/access.log-{day:%Y%m%d}.gz", "line": k, "format": "squid",
-            "client_ip": client, "user": users[k % len(users)], "method": "CONNECT",
-            "dest_host": host, "dest_port": 443, "dest_ip": "162.159.140.245",
-            "url": None, "status": 403 if blocked else 200,
-            "result": "TCP_DENIED" if blocked else "TCP_TUNNEL", "bytes_out": None,
-            "bytes_in": rnd.randint(300, 200_000), "host_source": "connect", "duration": 1.0,
-            "provider": provider, "provider_kind": kind, "match_pattern": host, "site": site,
-            "egress_ip": egress, "egress_country": country, "egress_source": f"site:{site}",
-            "dest_country": "US", "dest_asn": 13335, "outcome": "blocked" if blocked else "allowed",
-            "scan_id": (day - days[0]).days + 1,
-        }  # fmt: skip
-        batch.append(([row.get(c) for c in cols], []))
+        day, source, scan_id = by_day[int((ts - oct1) // 86400)]
+        row = base.copy()
+        for name, value in (
+            ("id", k + 1), ("ts", ts), ("day", day), ("source", source), ("line", k),
+            ("client_ip", client), ("user", users[k % len(users)]), ("dest_host", host),
+            ("status", 403 if blocked else 200),
+            ("result", "TCP_DENIED" if blocked else "TCP_TUNNEL"),
+            ("bytes_in", rnd.randint(300, 200_000)), ("provider", provider),
+            ("provider_kind", kind), ("match_pattern", host), ("site", site),
+            ("egress_ip", egress), ("egress_country", country), ("egress_source", f"site:{site}"),
+            ("outcome", "blocked" if blocked else "allowed"), ("scan_id", scan_id),
+        ):  # fmt: skip
+            row[at[name]] = value
+        batch.append((row, []))
         if len(batch) >= 50_000:  # stored as a scan stores them (the store's own layout)
-            store.ingest(row["scan_id"], batch)
+            store.ingest(scan_id, batch)
             batch = []
     if batch:
-        store.ingest(batch[-1][0][cols.index("scan_id")], batch)
+        store.ingest(scan_id, batch)
+    store.roll_up()  # as a scan does when it finishes
 
     icols = list(INCIDENT_COLUMNS)
     isql = f"INSERT INTO incident_rows ({', '.join(icols)}) VALUES ({', '.join('?' * len(icols))})"

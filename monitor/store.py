@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -484,6 +484,13 @@ class Store:
             self.db["scans"].update(scan_id, row)
             self.db["scan_problems"].insert_all({"scan_id": scan_id, **p} for p in problems)
             self._drop_unused_facts()  # what the scan's facts were on the way
+            _roll_up(self.db.conn)  # the requests it stored, summed for reports
+
+    def roll_up(self) -> None:
+        """Sum the requests stored since the last roll-up into ``obs_rollup`` (a scan does
+        when it finishes; a long-running watch calls this as it goes)."""
+        with self._tx():
+            _roll_up(self.db.conn)
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -1189,14 +1196,6 @@ class Store:
         last_day]``: their row numbers' lower bound narrows the read to the recent rows."""
         return _DAYS, [first_day, last_day, first_day, last_day]
 
-    def _span(self, since: datetime, until: datetime) -> tuple[str, list[Any]]:
-        """Observations of ``[since, until)``: their days (see :meth:`_days`) plus the exact
-        timestamp bounds."""
-        first = since.strftime("%Y-%m-%d")
-        last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
-        days, params = self._days(first, last)
-        return f"{days} AND ts >= ? AND ts < ?", [*params, since.timestamp(), until.timestamp()]
-
     def _temp_table(self, name: str, columns: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """A temporary table of ``rows``: a row group (context, client, URL), indexed, and
         ``columns``. Typed as the stored columns: an index serves only comparisons of one
@@ -1216,15 +1215,44 @@ class Store:
         groups the rows by their context number and looks each context up once."""
         first = since.strftime("%Y-%m-%d")
         last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
-        f, fparams = where.sql(who=False)
-        contexts = f"SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?{f}"  # noqa: S608
-        rows = f"{_FROM_ROW} AND o.ctx IN ({contexts}) AND o.ts >= ? AND o.ts < ?"
-        params = [first, last, first, last, *fparams, since.timestamp(), until.timestamp()]
-        who, who_params = TrafficFilter(users=where.users, clients=where.clients).sql()
-        if who:  # the user and client live in the client dictionary
-            rows += f" AND o.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})"  # noqa: S608
-            params += who_params
-        return rows, params
+        chosen, params = _chosen("o", first, last, where)
+        rows = f"{_FROM_ROW} AND {chosen} AND o.ts >= ? AND o.ts < ?"
+        return rows, [first, last, *params, since.timestamp(), until.timestamp()]
+
+    def _grouped(
+        self, since: datetime, until: datetime, where: TrafficFilter
+    ) -> tuple[str, list[Any]]:
+        """A query of the requests of ``[since, until)`` that ``where`` selects, summed per
+        context and client (``ctx, client, requests, bytes_out, bytes_in, url, first_ts,
+        last_ts``; a pair may come in several rows): the whole UTC days in it from their
+        roll-ups (and the rows stored since the last roll-up), part days from their rows."""
+        start = _day_floor(since)
+        start += timedelta(days=0 if start == since else 1)
+        end = _day_floor(until)
+        if start >= end:  # no whole day in it
+            return self._rows_grouped(since, until, where)
+        first, last = start.strftime("%Y-%m-%d"), (end - timedelta(days=1)).strftime("%Y-%m-%d")
+        rolled, params = _chosen("r", first, last, where)
+        recent, recent_params = _chosen("o", first, last, where)
+        parts = [  # the roll-ups, and the rows stored since they were made
+            f"SELECT {_ROLLUP_ROW} FROM obs_rollup r WHERE {rolled}",  # noqa: S608
+            f"SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE o.n > {_MARK} AND {recent}"  # noqa: S608
+            " GROUP BY 1, 2",
+        ]
+        params += recent_params
+        for a, b in ((since, start), (end, until)):
+            if a < b:
+                rows, rows_params = self._rows_grouped(a, b, where)
+                parts.append(rows)
+                params += rows_params
+        return " UNION ALL ".join(parts), params
+
+    def _rows_grouped(
+        self, since: datetime, until: datetime, where: TrafficFilter
+    ) -> tuple[str, list[Any]]:
+        """:meth:`_grouped` of ``[since, until)`` from the rows."""
+        rows, params = self._rows_in_span(since, until, where)
+        return f"SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE {rows} GROUP BY 1, 2", params  # noqa: S608
 
     def _first_row(self, first_day: str, last_day: str = "9999") -> int:
         """A lower bound of the row numbers of observations of these UTC days."""
@@ -1287,6 +1315,10 @@ class Store:
             lo = self._first_row(start_day)
             rows = "o.n >= ? AND o.ctx IN (SELECT n FROM obs_contexts WHERE day >= ?)"
             span = [lo, start_day]
+            # every row summed; the roll-ups of these days are made again once rows have moved
+            _roll_up(conn)
+            recent = "ctx IN (SELECT n FROM obs_contexts WHERE day >= ?)"
+            conn.execute(f"DELETE FROM obs_rollup WHERE {recent}", [start_day])  # noqa: S608
             conn.execute(
                 f"DELETE FROM hit_links WHERE obs IN (SELECT o.n FROM obs_rows o WHERE {rows})",  # noqa: S608
                 span,
@@ -1389,6 +1421,12 @@ class Store:
                 [start_day, lo],
             )
             self._contexts.forget()
+            conn.execute(
+                f"{_ROLLUP_INSERT} SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE {rows}"  # noqa: S608
+                " GROUP BY o.ctx, o.client",
+                span,
+            )
+            _set_mark(conn)
             if deltas:
                 self._store_incidents(deltas, agg)
                 keys = self._incident_numbers(list(deltas))
@@ -1856,6 +1894,8 @@ class Store:
         incidents, their counts and evidence are kept."""
         with self._tx():
             old = "SELECT n FROM obs_contexts WHERE day < ?"
+            _roll_up(self.db.conn)  # every row summed: the roll-ups of the days pruned go
+            self.db.execute(f"DELETE FROM obs_rollup WHERE ctx IN ({old})", [before_day])  # noqa: S608
             hits = self.db.execute(
                 f"DELETE FROM hit_links WHERE obs IN (SELECT n FROM obs_rows WHERE ctx IN ({old}))",  # noqa: S608 - constants
                 [before_day],
@@ -1865,6 +1905,7 @@ class Store:
                 [before_day],
             ).rowcount
             self.db.execute("DELETE FROM obs_contexts WHERE day < ?", [before_day])
+            _set_mark(self.db.conn)
             self._contexts.forget()
             if before_day > (self._meta("pruned_before") or ""):
                 self.db["meta"].upsert({"key": "pruned_before", "value": before_day}, pk="key")
@@ -1933,69 +1974,85 @@ class Store:
     ) -> Rows:  # fmt: skip
         """Requests of the period ``[since, until)`` (``prev`` 0) and of the one before it,
         from ``previous`` (``prev`` 1), by time bucket (``width`` seconds from ``origin``; -1
-        for the previous period), provider, kind, site and egress country."""
-        rows, params = self._rows_in_span(previous, until, where)
+        for the previous period), provider, kind, site and egress country. Buckets of whole
+        UTC days are counted from the roll-ups (a context's requests are of its day), finer
+        ones from the requests."""
+        cut = [since.timestamp(), since.timestamp(), origin.timestamp(), width]
+        if all(_utc_midnight(t) for t in (previous, since, until, origin)) and width % 86400 == 0:
+            grouped, params = self._grouped(previous, until, where)
+            at = "CAST(strftime('%s', c.day) AS INTEGER)"
+            prev = f"CASE WHEN {at} >= ? THEN 0 ELSE 1 END"
+            bucket = f"CASE WHEN {at} >= ? THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END"
+            params = [*cut, *params]
+            rows = f"""SELECT g.ctx AS ctx, sum(g.requests) AS requests,
+                         sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in
+                       FROM ({grouped}) g GROUP BY 1"""  # noqa: S608 - constants
+        else:
+            span, params = self._rows_in_span(previous, until, where)
+            prev, bucket = "g.prev", "g.bucket"
+            params = [*cut, *params]
+            rows = f"""SELECT CASE WHEN o.ts >= ? THEN 0 ELSE 1 END AS prev,
+                         CASE WHEN o.ts >= ? THEN CAST((o.ts - ?) / ? AS INTEGER) ELSE -1 END
+                           AS bucket, o.ctx AS ctx, count(*) AS requests,
+                         sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in
+                       FROM obs_rows o WHERE {span} GROUP BY 1, 2, 3"""  # noqa: S608
         return self._read_only(
-            f"""SELECT g.prev, g.bucket, c.provider, c.provider_kind AS kind, c.site,
-                       c.egress_country AS country, sum(g.requests) AS requests,
+            f"""SELECT {prev} AS prev, {bucket} AS bucket, c.provider,
+                       c.provider_kind AS kind, c.site, c.egress_country AS country,
+                       sum(g.requests) AS requests,
                        sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
                        sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in
-                FROM (SELECT CASE WHEN o.ts >= ? THEN 0 ELSE 1 END AS prev,
-                        CASE WHEN o.ts >= ? THEN CAST((o.ts - ?) / ? AS INTEGER) ELSE -1 END
-                          AS bucket, o.ctx AS ctx, count(*) AS requests,
-                        sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in
-                      FROM obs_rows o WHERE {rows} GROUP BY 1, 2, 3) g
-                CROSS JOIN obs_contexts c ON c.n = g.ctx
+                FROM ({rows}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
-            [since.timestamp(), since.timestamp(), origin.timestamp(), width, *params],
+            params,
         )
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Who went where: client x destination in ``[since, until)``, users as a JSON array."""
-        span, params = self._span(since, until)
-        f, fparams = where.sql()
+        grouped, params = self._grouped(since, until, where)
         return self._read_only(
-            f"""SELECT client_ip, dest_host, provider, provider_kind AS kind, site,
-                       egress_country AS country, count(*) AS requests,
-                       sum(outcome IS 'blocked') AS blocked, sum(bytes_out) AS bytes_out,
-                       sum(bytes_in) AS bytes_in, min(url) AS example_url,
-                       json_group_array(DISTINCT user) AS users
-                FROM {_OBS} WHERE {span}{f}
+            f"""SELECT w.client_ip, c.dest_host, c.provider, c.provider_kind AS kind, c.site,
+                       c.egress_country AS country, sum(g.requests) AS requests,
+                       sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
+                       sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in,
+                       min(g.url) AS example_url, json_group_array(DISTINCT w.user) AS users
+                FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
+                CROSS JOIN obs_clients w ON w.n = g.client
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608
-            [*params, *fparams],
+            params,
         )
 
     def processing_locations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Where the requests of ``[since, until)`` were processed: by site, processing geo,
         residency basis and region."""
-        span, params = self._span(since, until)
-        f, fparams = where.sql()
+        grouped, params = self._grouped(since, until, where)
         return self._read_only(
-            f"""SELECT site, processing_geo AS geo, residency_basis AS basis,
-                       processing_region AS region, count(*) AS requests,
-                       sum(outcome IS 'blocked') AS blocked
-                FROM {_OBS} WHERE {span}{f}
+            f"""SELECT c.site, c.processing_geo AS geo, c.residency_basis AS basis,
+                       c.processing_region AS region, sum(g.requests) AS requests,
+                       sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked
+                FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3, 4""",  # noqa: S608
-            [*params, *fparams],
+            params,
         )
 
     def traffic_sources(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """The scans and input files behind the observations of ``[since, until)``."""
-        span, params = self._span(since, until)
-        f, fparams = where.sql()
+        grouped, params = self._grouped(since, until, where)
         return self._read_only(
-            f"""SELECT scan_id, source, format, count(*) AS observations,
-                       min(ts) AS first_ts, max(ts) AS last_ts
-                FROM {_OBS} WHERE {span}{f}
+            f"""SELECT c.scan_id, c.source, c.format, sum(g.requests) AS observations,
+                       min(g.first_ts) AS first_ts, max(g.last_ts) AS last_ts
+                FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3""",  # noqa: S608
-            [*params, *fparams],
+            params,
         )
 
     def distinct_clients(self, since: datetime, until: datetime, where: TrafficFilter) -> int:
-        span, params = self._span(since, until)
-        f, fparams = where.sql()
-        sql = f"SELECT count(DISTINCT client_ip) AS n FROM {_OBS} WHERE {span}{f}"  # noqa: S608
-        found = self._read_only(sql, [*params, *fparams]).rows
+        grouped, params = self._grouped(since, until, where)
+        sql = (
+            f"SELECT count(DISTINCT w.client_ip) AS n FROM ({grouped}) g"  # noqa: S608
+            " CROSS JOIN obs_clients w ON w.n = g.client"
+        )
+        found = self._read_only(sql, params).rows
         return int(found[0][0]) if found else 0
 
     def incident_counts(
@@ -2071,10 +2128,10 @@ class Store:
     def clients_matching(self, specs: Sequence[str], since: datetime, until: datetime) -> list[str]:
         """The client addresses ``specs`` (addresses, CIDRs, pseudonyms) choose among those
         of the observations of ``[since, until)`` and of every incident."""
-        span, params = self._span(since, until)
+        grouped, params = self._grouped(since, until, TrafficFilter())
         known = [r[0] for r in self.db.execute(
-            f"SELECT DISTINCT client_ip FROM {_OBS} WHERE {span}"  # noqa: S608 - constants
-            " UNION SELECT DISTINCT client_ip FROM incidents", params)]  # fmt: skip
+            f"SELECT DISTINCT w.client_ip FROM ({grouped}) g CROSS JOIN obs_clients w"  # noqa: S608
+            " ON w.n = g.client UNION SELECT DISTINCT client_ip FROM incidents", params)]  # fmt: skip
         return _chosen_clients(known, specs)
 
     def report_findings(
@@ -2704,6 +2761,18 @@ def _schema_v10(db: sqlite_utils.Database) -> None:
     )
 
 
+def _schema_v11(db: sqlite_utils.Database) -> None:
+    """Roll-ups of the stored requests (see :data:`_ROLLUP_ROWS`): one row per context and
+    client with its requests, bytes, least URL and first and last timestamps, which the
+    report's traffic tables read instead of the requests of whole UTC days."""
+    db.execute(
+        "CREATE TABLE obs_rollup (ctx INTEGER NOT NULL, client INTEGER NOT NULL,"
+        " requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER, url TEXT,"
+        " first_ts REAL NOT NULL, last_ts REAL NOT NULL, PRIMARY KEY (ctx, client)) WITHOUT ROWID"
+    )
+    _roll_up(db.conn)
+
+
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -2715,6 +2784,7 @@ MIGRATIONS = {
     8: _schema_v8,
     9: _schema_v9,
     10: _schema_v10,
+    11: _schema_v11,
 }
 
 #: the lifecycle actions of findings that alert (the ``monitor.events`` type of the same name;
@@ -2769,6 +2839,71 @@ _FROM_ROW = (
     " AND day <= ?)"
 )
 _DAYS = f"{_FROM_ROW} AND day >= ? AND day <= ?"
+
+# Roll-ups (schema step 11). ``obs_rollup`` sums the requests of ``obs_rows`` per context
+# and client (a context belongs to one UTC day: a roll-up row is one day of one client's
+# traffic to one destination through one egress, for one source and scan). It holds
+# exactly the rows numbered up to the mark (``meta`` ``rolled_up_to``): appended rows are
+# added set-based when a scan finishes (and while a watch runs), and reads take the rows
+# above the mark from ``obs_rows`` itself, so a report is exact while a scan is storing or
+# after one was killed. Whatever changes or deletes rows (re-evaluation, prune) rebuilds
+# or drops their contexts' roll-ups in the same transaction and sets the mark again.
+_MARK = "(SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'rolled_up_to')"
+#: a roll-up row of the requests ``o`` grouped by context and client
+_ROLLED_ROWS = (
+    "o.ctx AS ctx, o.client AS client, count(*) AS requests, sum(o.bytes_out) AS bytes_out,"
+    " sum(o.bytes_in) AS bytes_in, min(o.url) AS url, min(o.ts) AS first_ts, max(o.ts) AS last_ts"
+)
+_ROLLUP_FIELDS = ("ctx", "client", "requests", "bytes_out", "bytes_in", "url", "first_ts",
+                  "last_ts")  # fmt: skip
+_ROLLUP_INSERT = f"INSERT INTO obs_rollup ({', '.join(_ROLLUP_FIELDS)})"
+_ROLLUP_ROW = ", ".join(f"r.{c}" for c in _ROLLUP_FIELDS)
+
+
+def _chosen(alias: str, first: str, last: str, where: TrafficFilter) -> tuple[str, list[Any]]:
+    """A WHERE term on ``alias`` (``obs_rows`` or ``obs_rollup``: context and client numbers)
+    for what ``where`` selects of UTC days ``[first, last]``: the contexts are chosen first
+    (a few per day), the users and clients in the client dictionary."""
+    f, params = where.sql(who=False)
+    term = f"{alias}.ctx IN (SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?{f})"  # noqa: S608
+    params = [first, last, *params]
+    who, who_params = TrafficFilter(users=where.users, clients=where.clients).sql()
+    if who:
+        term += f" AND {alias}.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})"  # noqa: S608
+        params += who_params
+    return term, params
+
+
+def _day_floor(when: datetime) -> datetime:
+    """The UTC midnight at or before ``when``."""
+    return when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _roll_up(conn: sqlite3.Connection) -> None:
+    """Add the rows above the mark to their roll-ups and move the mark to the last row."""
+    total = (  # SUM's: null only when both are
+        "CASE WHEN {0} IS NULL THEN excluded.{0} WHEN excluded.{0} IS NULL THEN {0}"
+        " ELSE {0} + excluded.{0} END"
+    )
+    conn.execute(
+        f"""{_ROLLUP_INSERT} SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE o.n > {_MARK}
+            GROUP BY o.ctx, o.client
+            ON CONFLICT (ctx, client) DO UPDATE SET requests = requests + excluded.requests,
+              bytes_out = {total.format("bytes_out")}, bytes_in = {total.format("bytes_in")},
+              url = coalesce(min(url, excluded.url), url, excluded.url),
+              first_ts = min(first_ts, excluded.first_ts),
+              last_ts = max(last_ts, excluded.last_ts)"""  # noqa: S608 - constants
+    )
+    _set_mark(conn)
+
+
+def _set_mark(conn: sqlite3.Connection) -> None:
+    """The roll-ups hold every row stored: the mark is the last row's number."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('rolled_up_to', (SELECT coalesce(max(n), 0)"
+        " FROM obs_rows)) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    )
+
 
 #: observations of a time span that tell a client's egress country with a provider
 _EGRESS_HISTORY = (
