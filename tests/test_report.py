@@ -605,3 +605,93 @@ def test_escaping_helpers():
     assert spreadsheet_cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
     assert spreadsheet_cell("-2+3") == "'-2+3" and spreadsheet_cell(-5) == -5
     assert spreadsheet_cell("api.openai.com") == "api.openai.com"
+
+
+# -- roll-ups: the report's traffic tables of whole UTC days read obs_rollup ----------------
+
+ROWS_ROLLED_UP = """SELECT ctx, client, count(*), sum(bytes_out), sum(bytes_in), min(url), min(ts),
+    max(ts) FROM obs_rows WHERE n <= ? GROUP BY ctx, client ORDER BY ctx, client"""
+
+
+def copy_db(db: Path, to: Path) -> Path:
+    src, dst = sqlite3.connect(db), sqlite3.connect(to)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    return to
+
+
+def assert_rolled_up(db: Path) -> int:
+    """The roll-ups are the sums of every stored row (and the mark is the last row)."""
+    con = sqlite3.connect(db)
+    mark = int(one(con, "SELECT value FROM meta WHERE key = 'rolled_up_to'"))
+    assert mark == one(con, "SELECT coalesce(max(n), 0) FROM obs_rows")
+    assert q(con, "SELECT * FROM obs_rollup ORDER BY ctx, client") == q(con, ROWS_ROLLED_UP, [mark])
+    n = one(con, "SELECT count(*) FROM obs_rollup")
+    con.close()
+    return n
+
+
+def test_roll_ups_are_the_sums_of_their_rows_after_scans_prune_and_reevaluate(built, tmp_path):
+    db = copy_db(built[0], tmp_path / "a.db")
+    assert assert_rolled_up(db) > 100
+    late = tmp_path / "late.log"  # a scan adding to days already rolled up
+    late.write_text(
+        native(
+            datetime(2026, 11, 28, 9, tzinfo=UTC).timestamp(),
+            "10.20.1.1",
+            "CONNECT",
+            "api.openai.com:443",
+        )
+        + "\n"  # fmt: skip
+    )
+    run("--config", CONFIG, "--db", db, "scan", late, "-q", "--jobs", "1")
+    assert_rolled_up(db)
+    run("--db", db, "db", "prune", "--keep", "2026-11-20")
+    con = sqlite3.connect(db)
+    assert one(con, "SELECT min(day) FROM obs_contexts") >= "2026-11-20"
+    con.close()
+    assert_rolled_up(db)
+    # other settings (no sites): the rows of these days move to other contexts
+    out = json.loads(run("--db", db, "reevaluate", "--since", "2026-11-25", "--json").stdout)
+    assert out["changed"] > 0
+    assert assert_rolled_up(db) > 10
+
+
+def test_report_is_the_same_from_roll_ups_and_from_rows(built, tmp_path):
+    """Rows stored since the last roll-up (a scan still storing, or killed before it
+    finished) are read from the rows: whether none, half or all of the rows are rolled up,
+    every report is the same."""
+    db = built[0]
+    periods = [("--period", "weekly", "--date", WEEK), ("--period", "monthly", "--date", WEEK),
+               ("--period", "daily", "--date", "2026-11-25"),
+               ("--since", "2026-11-20T06:00:00Z", "--until", "2026-11-27T18:00:00Z"),
+               ("--period", "weekly", "--date", WEEK, "--site", "shanghai", "--user", "alice")]  # fmt: skip
+
+    def reports(path):
+        out = []
+        for args in periods:
+            rep = report_json(path, *args)
+            del rep["meta"]["generated"], rep["meta"]["database"]
+            out.append(rep)
+        return out
+
+    expected = reports(db)
+    assert expected[0]["totals"][0]["current"] > 100
+    none, half = copy_db(db, tmp_path / "none.db"), copy_db(db, tmp_path / "half.db")
+    con = sqlite3.connect(none)
+    with con:
+        con.execute("DELETE FROM obs_rollup")
+        con.execute("DELETE FROM meta WHERE key = 'rolled_up_to'")
+    con = sqlite3.connect(half)
+    mid = one(con, "SELECT max(n) / 2 FROM obs_rows")
+    with con:
+        con.execute("DELETE FROM obs_rollup")
+        con.execute(f"INSERT INTO obs_rollup {ROWS_ROLLED_UP}", [mid])
+        con.execute("UPDATE meta SET value = ? WHERE key = 'rolled_up_to'", [mid])
+    con.close()
+    assert reports(none) == expected
+    assert reports(half) == expected
+    run("--db", half, "scan", tmp_path / "nothing.log", ok=(0, 1))  # a scan rolls up the rest
+    assert_rolled_up(half)
+    assert reports(half) == expected
