@@ -2770,7 +2770,14 @@ def _schema_v11(db: sqlite_utils.Database) -> None:
         " requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER, url TEXT,"
         " first_ts REAL NOT NULL, last_ts REAL NOT NULL, PRIMARY KEY (ctx, client)) WITHOUT ROWID"
     )
-    _roll_up(db.conn)
+    db.execute(
+        "INSERT INTO obs_rollup SELECT o.ctx, o.client, count(*), sum(o.bytes_out),"
+        " sum(o.bytes_in), min(o.url), min(o.ts), max(o.ts) FROM obs_rows o GROUP BY 1, 2"
+    )
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('rolled_up_to', (SELECT coalesce(max(n), 0)"
+        " FROM obs_rows)) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    )
 
 
 MIGRATIONS = {
