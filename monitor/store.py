@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -1233,18 +1233,54 @@ class Store:
             return self._rows_grouped(since, until, where)
         first, last = start.strftime("%Y-%m-%d"), (end - timedelta(days=1)).strftime("%Y-%m-%d")
         rolled, params = _chosen("r", first, last, where)
-        recent, recent_params = _chosen("o", first, last, where)
-        parts = [  # the roll-ups, and the rows stored since they were made
-            f"SELECT {_ROLLUP_ROW} FROM obs_rollup r WHERE {rolled}",  # noqa: S608
-            f"SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE o.n > {_MARK} AND {recent}"  # noqa: S608
-            " GROUP BY 1, 2",
-        ]
+        recent, recent_params = self._recent(first, last, where)
+        parts = [f"SELECT {_ROLLUP_ROW} FROM obs_rollup r WHERE {rolled}", recent]  # noqa: S608
         params += recent_params
         for a, b in ((since, start), (end, until)):
             if a < b:
                 rows, rows_params = self._rows_grouped(a, b, where)
                 parts.append(rows)
                 params += rows_params
+        return " UNION ALL ".join(parts), params
+
+    def _recent(self, first: str, last: str, where: TrafficFilter) -> tuple[str, list[Any]]:
+        """:meth:`_grouped` of the rows of UTC days ``[first, last]`` stored since the last
+        roll-up (the roll-ups hold the others)."""
+        rows, params = _chosen("o", first, last, where)
+        sql = f"SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE o.n > {_MARK} AND {rows} GROUP BY 1, 2"  # noqa: S608
+        return sql, params
+
+    def _by_dest(
+        self, since: datetime, until: datetime, where: TrafficFilter
+    ) -> tuple[str, list[Any]]:
+        """A query of the requests of ``[since, until)`` that ``where`` selects, summed per
+        client and destination (``client``, :data:`_DEST_COLUMNS`, ``requests, bytes_out,
+        bytes_in, url``; a pair may come in several rows): whole UTC months from their
+        monthly roll-ups, the rest as :meth:`_grouped` reads it."""
+        start = _day_floor(since).replace(day=1)
+        if start != since:
+            start = (start + timedelta(days=31)).replace(day=1)
+        end = _day_floor(until).replace(day=1)
+        if start >= end:  # no whole month in it
+            return _dest_rows(*self._grouped(since, until, where))
+        first, last = start.strftime("%Y-%m"), (end - timedelta(days=1)).strftime("%Y-%m")
+        f, params = where.sql("d", who=False)
+        who, who_params = _clients_chosen("m", where)
+        dests = ", ".join(f"d.{c}" for c in _DEST_COLUMNS)
+        parts = [
+            f"SELECT m.client, {dests}, m.requests, m.bytes_out, m.bytes_in, m.url"  # noqa: S608
+            f" FROM obs_monthly m CROSS JOIN obs_dests d ON d.n = m.dest"
+            f" WHERE m.month >= ? AND m.month <= ?{f}{who}"
+        ]
+        params = [first, last, *params, *who_params]
+        recent, recent_params = _dest_rows(*self._recent(first, last + "~", where))
+        parts.append(recent)
+        params += recent_params
+        for a, b in ((since, start), (end, until)):
+            if a < b:
+                rest, rest_params = _dest_rows(*self._grouped(a, b, where))
+                parts.append(rest)
+                params += rest_params
         return " UNION ALL ".join(parts), params
 
     def _rows_grouped(
@@ -1426,6 +1462,7 @@ class Store:
                 " GROUP BY o.ctx, o.client",
                 span,
             )
+            _remonth(conn, start_day)
             _set_mark(conn)
             if deltas:
                 self._store_incidents(deltas, agg)
@@ -1904,6 +1941,7 @@ class Store:
                 f"DELETE FROM obs_rows WHERE ctx IN ({old})",  # noqa: S608 - constants
                 [before_day],
             ).rowcount
+            _remonth(self.db.conn, "", before_day)  # before the contexts of those days go
             self.db.execute("DELETE FROM obs_contexts WHERE day < ?", [before_day])
             _set_mark(self.db.conn)
             self._contexts.forget()
@@ -2009,15 +2047,14 @@ class Store:
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Who went where: client x destination in ``[since, until)``, users as a JSON array."""
-        grouped, params = self._grouped(since, until, where)
+        grouped, params = self._by_dest(since, until, where)
         return self._read_only(
-            f"""SELECT w.client_ip, c.dest_host, c.provider, c.provider_kind AS kind, c.site,
-                       c.egress_country AS country, sum(g.requests) AS requests,
-                       sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
+            f"""SELECT w.client_ip, g.dest_host, g.provider, g.provider_kind AS kind, g.site,
+                       g.egress_country AS country, sum(g.requests) AS requests,
+                       sum(CASE WHEN g.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
                        sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in,
                        min(g.url) AS example_url, json_group_array(DISTINCT w.user) AS users
-                FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
-                CROSS JOIN obs_clients w ON w.n = g.client
+                FROM ({grouped}) g CROSS JOIN obs_clients w ON w.n = g.client
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608
             params,
         )
@@ -2047,7 +2084,7 @@ class Store:
         )
 
     def distinct_clients(self, since: datetime, until: datetime, where: TrafficFilter) -> int:
-        grouped, params = self._grouped(since, until, where)
+        grouped, params = self._by_dest(since, until, where)
         sql = (
             f"SELECT count(DISTINCT w.client_ip) AS n FROM ({grouped}) g"  # noqa: S608
             " CROSS JOIN obs_clients w ON w.n = g.client"
@@ -2128,7 +2165,7 @@ class Store:
     def clients_matching(self, specs: Sequence[str], since: datetime, until: datetime) -> list[str]:
         """The client addresses ``specs`` (addresses, CIDRs, pseudonyms) choose among those
         of the observations of ``[since, until)`` and of every incident."""
-        grouped, params = self._grouped(since, until, TrafficFilter())
+        grouped, params = self._by_dest(since, until, TrafficFilter())
         known = [r[0] for r in self.db.execute(
             f"SELECT DISTINCT w.client_ip FROM ({grouped}) g CROSS JOIN obs_clients w"  # noqa: S608
             " ON w.n = g.client UNION SELECT DISTINCT client_ip FROM incidents", params)]  # fmt: skip
@@ -2780,6 +2817,23 @@ def _schema_v11(db: sqlite_utils.Database) -> None:
     )
 
 
+def _schema_v12(db: sqlite_utils.Database) -> None:
+    """Monthly roll-ups (see :func:`_by_month`): who reached which destination in a UTC
+    month, so a month's report reads a few rows per client instead of one per client and
+    day. ``obs_dests`` numbers the destinations (host, provider, kind, site, egress
+    country, outcome) they are kept under."""
+    db.execute(
+        "CREATE TABLE obs_dests (n INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
+        f" {', '.join(f'{c} TEXT' for c in _DEST_COLUMNS)})"
+    )
+    db.execute(
+        "CREATE TABLE obs_monthly (month TEXT NOT NULL, client INTEGER NOT NULL,"
+        " dest INTEGER NOT NULL, requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER,"
+        " url TEXT, PRIMARY KEY (month, client, dest)) WITHOUT ROWID"
+    )
+    _by_month(db.conn, "obs_rollup", "1 = 1", [])
+
+
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -2792,6 +2846,7 @@ MIGRATIONS = {
     9: _schema_v9,
     10: _schema_v10,
     11: _schema_v11,
+    12: _schema_v12,
 }
 
 #: the lifecycle actions of findings that alert (the ``monitor.events`` type of the same name;
@@ -2873,12 +2928,27 @@ def _chosen(alias: str, first: str, last: str, where: TrafficFilter) -> tuple[st
     (a few per day), the users and clients in the client dictionary."""
     f, params = where.sql(who=False)
     term = f"{alias}.ctx IN (SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?{f})"  # noqa: S608
-    params = [first, last, *params]
-    who, who_params = TrafficFilter(users=where.users, clients=where.clients).sql()
-    if who:
-        term += f" AND {alias}.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})"  # noqa: S608
-        params += who_params
-    return term, params
+    who, who_params = _clients_chosen(alias, where)
+    return term + who, [first, last, *params, *who_params]
+
+
+def _clients_chosen(alias: str, where: TrafficFilter) -> tuple[str, list[Any]]:
+    """`` AND alias.client IN (…)``: the client entries of the users and clients ``where``
+    selects (nothing: any)."""
+    who, params = TrafficFilter(users=where.users, clients=where.clients).sql()
+    if not who:
+        return "", []
+    return f" AND {alias}.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})", params  # noqa: S608
+
+
+def _dest_rows(grouped: str, params: list[Any]) -> tuple[str, list[Any]]:
+    """:meth:`Store._grouped` rows in :meth:`Store._by_dest`'s terms."""
+    dests = ", ".join(f"c.{c}" for c in _DEST_COLUMNS)
+    return (
+        f"SELECT g.client, {dests}, g.requests, g.bytes_out, g.bytes_in, g.url"  # noqa: S608
+        f" FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx",
+        params,
+    )
 
 
 def _day_floor(when: datetime) -> datetime:
@@ -2886,22 +2956,70 @@ def _day_floor(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+#: how a roll-up row takes in more of its requests (``excluded``): SUM's and MIN's nulls
+_COMBINE = ", ".join(
+    [
+        "requests = requests + excluded.requests",
+        *(
+            f"{c} = CASE WHEN {c} IS NULL THEN excluded.{c} WHEN excluded.{c} IS NULL THEN {c}"
+            f" ELSE {c} + excluded.{c} END"
+            for c in ("bytes_out", "bytes_in")
+        ),
+        "url = coalesce(min(url, excluded.url), url, excluded.url)",
+    ]
+)
+#: the destination a monthly roll-up keeps a context's requests under
+_DEST_COLUMNS = ("dest_host", "provider", "provider_kind", "site", "egress_country", "outcome")
+_DEST_KEY = f"json_array({', '.join(f'c.{c}' for c in _DEST_COLUMNS)})"
+
+
 def _roll_up(conn: sqlite3.Connection) -> None:
     """Add the rows above the mark to their roll-ups and move the mark to the last row."""
-    total = (  # SUM's: null only when both are
-        "CASE WHEN {0} IS NULL THEN excluded.{0} WHEN excluded.{0} IS NULL THEN {0}"
-        " ELSE {0} + excluded.{0} END"
+    conn.execute("DROP TABLE IF EXISTS temp.rolled")
+    conn.execute(
+        f"CREATE TEMP TABLE rolled AS SELECT {_ROLLED_ROWS} FROM obs_rows o"  # noqa: S608
+        f" WHERE o.n > {_MARK} GROUP BY 1, 2"
     )
     conn.execute(
-        f"""{_ROLLUP_INSERT} SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE o.n > {_MARK}
-            GROUP BY o.ctx, o.client
-            ON CONFLICT (ctx, client) DO UPDATE SET requests = requests + excluded.requests,
-              bytes_out = {total.format("bytes_out")}, bytes_in = {total.format("bytes_in")},
-              url = coalesce(min(url, excluded.url), url, excluded.url),
+        f"""{_ROLLUP_INSERT} SELECT * FROM temp.rolled WHERE 1 = 1
+            ON CONFLICT (ctx, client) DO UPDATE SET {_COMBINE},
               first_ts = min(first_ts, excluded.first_ts),
               last_ts = max(last_ts, excluded.last_ts)"""  # noqa: S608 - constants
     )
+    _by_month(conn, "temp.rolled", "1 = 1", [])
+    conn.execute("DROP TABLE temp.rolled")
     _set_mark(conn)
+
+
+def _by_month(conn: sqlite3.Connection, source: str, where: str, params: Sequence[Any]) -> None:
+    """Add the roll-up rows of ``source`` (``obs_rollup`` or rows like its, ``g``) that
+    ``where`` selects to the monthly roll-ups: one row per UTC month, client and
+    destination (numbered in ``obs_dests``)."""
+    joined = f"FROM {source} g CROSS JOIN obs_contexts c ON c.n = g.ctx WHERE {where}"
+    cols = ", ".join(_DEST_COLUMNS)
+    conn.execute(
+        f"INSERT OR IGNORE INTO obs_dests (key, {cols}) SELECT DISTINCT {_DEST_KEY},"  # noqa: S608
+        f" {', '.join(f'c.{c}' for c in _DEST_COLUMNS)} {joined}",
+        params,
+    )
+    conn.execute(
+        f"""INSERT INTO obs_monthly (month, client, dest, requests, bytes_out, bytes_in, url)
+            SELECT substr(c.day, 1, 7), g.client, d.n, sum(g.requests), sum(g.bytes_out),
+              sum(g.bytes_in), min(g.url)
+            FROM {source} g CROSS JOIN obs_contexts c ON c.n = g.ctx
+            CROSS JOIN obs_dests d ON d.key = {_DEST_KEY} WHERE {where} GROUP BY 1, 2, 3
+            ON CONFLICT (month, client, dest) DO UPDATE SET {_COMBINE}""",  # noqa: S608
+        params,
+    )
+
+
+def _remonth(conn: sqlite3.Connection, first_day: str, last_day: str = "9999") -> None:
+    """Make the monthly roll-ups of the months of UTC days ``[first_day, last_day]`` again
+    from the daily ones (whose rows changed or went)."""
+    first, last = first_day[:7], last_day[:7] + "~"  # "~" sorts after any day of the month
+    conn.execute("DELETE FROM obs_monthly WHERE month >= ? AND month <= ?", [first, last])
+    days = "g.ctx IN (SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?)"
+    _by_month(conn, "obs_rollup", days, [first, last])
 
 
 def _set_mark(conn: sqlite3.Connection) -> None:

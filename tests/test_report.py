@@ -21,9 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from monitor.observation import iso_day
 from monitor.report import custom_window, output_path, period_window
 from monitor.report.markdown import code, md
 from monitor.report.tabular import spreadsheet_cell
+from monitor.rows import observation_values
+from monitor.store import Store
 from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -612,6 +615,12 @@ def test_escaping_helpers():
 ROWS_ROLLED_UP = """SELECT ctx, client, count(*), sum(bytes_out), sum(bytes_in), min(url), min(ts),
     max(ts) FROM obs_rows WHERE n <= ? GROUP BY ctx, client ORDER BY ctx, client"""
 
+MONTHS_ROLLED_UP = f"""SELECT substr(c.day, 1, 7), o.client, d.n, count(*), sum(o.bytes_out),
+    sum(o.bytes_in), min(o.url) FROM obs_rows o JOIN obs_contexts c ON c.n = o.ctx
+    JOIN obs_dests d ON {" AND ".join(f"d.{c} IS c.{c}" for c in ("dest_host", "provider",
+        "provider_kind", "site", "egress_country", "outcome"))}
+    WHERE o.n <= ? GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""  # fmt: skip
+
 
 def copy_db(db: Path, to: Path) -> Path:
     src, dst = sqlite3.connect(db), sqlite3.connect(to)
@@ -627,6 +636,7 @@ def assert_rolled_up(db: Path) -> int:
     mark = int(one(con, "SELECT value FROM meta WHERE key = 'rolled_up_to'"))
     assert mark == one(con, "SELECT coalesce(max(n), 0) FROM obs_rows")
     assert q(con, "SELECT * FROM obs_rollup ORDER BY ctx, client") == q(con, ROWS_ROLLED_UP, [mark])
+    assert q(con, "SELECT * FROM obs_monthly ORDER BY 1, 2, 3") == q(con, MONTHS_ROLLED_UP, [mark])
     n = one(con, "SELECT count(*) FROM obs_rollup")
     con.close()
     return n
@@ -660,7 +670,7 @@ def test_roll_ups_are_the_sums_of_their_rows_after_scans_prune_and_reevaluate(bu
 
 def test_report_is_the_same_from_roll_ups_and_from_rows(built, tmp_path):
     """Rows stored since the last roll-up (a scan still storing, or killed before it
-    finished) are read from the rows: whether none, half or all of the rows are rolled up,
+    finished) are read from the rows: whether none, some or all of the rows are rolled up,
     every report is the same."""
     db = built[0]
     periods = [("--period", "weekly", "--date", WEEK), ("--period", "monthly", "--date", WEEK),
@@ -678,20 +688,29 @@ def test_report_is_the_same_from_roll_ups_and_from_rows(built, tmp_path):
 
     expected = reports(db)
     assert expected[0]["totals"][0]["current"] > 100
-    none, half = copy_db(db, tmp_path / "none.db"), copy_db(db, tmp_path / "half.db")
+    none = copy_db(db, tmp_path / "none.db")
     con = sqlite3.connect(none)
     with con:
-        con.execute("DELETE FROM obs_rollup")
+        for table in ("obs_rollup", "obs_monthly"):
+            con.execute(f"DELETE FROM {table}")
         con.execute("DELETE FROM meta WHERE key = 'rolled_up_to'")
-    con = sqlite3.connect(half)
-    mid = one(con, "SELECT max(n) / 2 FROM obs_rows")
-    with con:
-        con.execute("DELETE FROM obs_rollup")
-        con.execute(f"INSERT INTO obs_rollup {ROWS_ROLLED_UP}", [mid])
-        con.execute("UPDATE meta SET value = ? WHERE key = 'rolled_up_to'", [mid])
     con.close()
     assert reports(none) == expected
-    assert reports(half) == expected
-    run("--db", half, "scan", tmp_path / "nothing.log", ok=(0, 1))  # a scan rolls up the rest
-    assert_rolled_up(half)
-    assert reports(half) == expected
+    # a scan killed after it committed some rows: those are above the mark until the next
+    killed = copy_db(db, tmp_path / "killed.db")
+    store = Store(killed)
+    at = datetime(2026, 11, 24, 10, tzinfo=UTC).timestamp()
+    rows = [observation_values(
+        id=7_000_000 + i, ts=at + 3600 * i, day=iso_day(at + 3600 * i), source="killed.log",
+        line=i, client_ip=f"10.20.1.{1 + i % 3}", user="alice" if i % 2 else None,
+        dest_host="api.openai.com", provider="openai", provider_kind="api", site="shanghai",
+        egress_country="CN", outcome="blocked" if i % 4 == 0 else "allowed", bytes_in=10 * i,
+        url=f"https://api.openai.com/v1/x{i}" if i % 3 else None, scan_id=1,
+    ) for i in range(60)]  # fmt: skip
+    assert store.ingest(1, [(r, []) for r in rows]).stored == 60
+    store.close()
+    before = reports(killed)
+    assert before != expected
+    Store(killed).roll_up()  # as the next scan's finish does
+    assert_rolled_up(killed)
+    assert reports(killed) == before
