@@ -1220,12 +1220,14 @@ class Store:
         return rows, [first, last, *params, since.timestamp(), until.timestamp()]
 
     def _grouped(
-        self, since: datetime, until: datetime, where: TrafficFilter
+        self, since: datetime, until: datetime, where: TrafficFilter, clients: bool = True
     ) -> tuple[str, list[Any]]:
         """A query of the requests of ``[since, until)`` that ``where`` selects, summed per
         context and client (``ctx, client, requests, bytes_out, bytes_in, url, first_ts,
         last_ts``; a pair may come in several rows): the whole UTC days in it from their
-        roll-ups (and the rows stored since the last roll-up), part days from their rows."""
+        roll-ups (and the rows stored since the last roll-up), part days from their rows.
+        Without ``clients`` (and no filter on them), the whole days come from the contexts'
+        totals, with null for client and URL."""
         start = _day_floor(since)
         start += timedelta(days=0 if start == since else 1)
         end = _day_floor(until)
@@ -1233,8 +1235,15 @@ class Store:
             return self._rows_grouped(since, until, where)
         first, last = start.strftime("%Y-%m-%d"), (end - timedelta(days=1)).strftime("%Y-%m-%d")
         rolled, params = _chosen("r", first, last, where)
+        if clients or where.users or where.clients is not None:
+            rolled = f"SELECT {_ROLLUP_ROW} FROM obs_rollup r WHERE {rolled}"  # noqa: S608
+        else:
+            rolled = (
+                "SELECT r.ctx, NULL, r.requests, r.bytes_out, r.bytes_in, NULL, r.first_ts,"  # noqa: S608
+                f" r.last_ts FROM obs_context_totals r WHERE {rolled}"
+            )
         recent, recent_params = self._recent(first, last, where)
-        parts = [f"SELECT {_ROLLUP_ROW} FROM obs_rollup r WHERE {rolled}", recent]  # noqa: S608
+        parts = [rolled, recent]
         params += recent_params
         for a, b in ((since, start), (end, until)):
             if a < b:
@@ -1354,7 +1363,8 @@ class Store:
             # every row summed; the roll-ups of these days are made again once rows have moved
             _roll_up(conn)
             recent = "ctx IN (SELECT n FROM obs_contexts WHERE day >= ?)"
-            conn.execute(f"DELETE FROM obs_rollup WHERE {recent}", [start_day])  # noqa: S608
+            for table in ("obs_rollup", "obs_context_totals"):
+                conn.execute(f"DELETE FROM {table} WHERE {recent}", [start_day])  # noqa: S608
             conn.execute(
                 f"DELETE FROM hit_links WHERE obs IN (SELECT o.n FROM obs_rows o WHERE {rows})",  # noqa: S608
                 span,
@@ -1462,6 +1472,7 @@ class Store:
                 " GROUP BY o.ctx, o.client",
                 span,
             )
+            _by_context(conn, "obs_rollup", f"g.{recent}", [start_day])
             _remonth(conn, start_day)
             _set_mark(conn)
             if deltas:
@@ -1932,7 +1943,8 @@ class Store:
         with self._tx():
             old = "SELECT n FROM obs_contexts WHERE day < ?"
             _roll_up(self.db.conn)  # every row summed: the roll-ups of the days pruned go
-            self.db.execute(f"DELETE FROM obs_rollup WHERE ctx IN ({old})", [before_day])  # noqa: S608
+            for table in ("obs_rollup", "obs_context_totals"):
+                self.db.execute(f"DELETE FROM {table} WHERE ctx IN ({old})", [before_day])  # noqa: S608
             hits = self.db.execute(
                 f"DELETE FROM hit_links WHERE obs IN (SELECT n FROM obs_rows WHERE ctx IN ({old}))",  # noqa: S608 - constants
                 [before_day],
@@ -2017,7 +2029,7 @@ class Store:
         ones from the requests."""
         cut = [since.timestamp(), since.timestamp(), origin.timestamp(), width]
         if all(_utc_midnight(t) for t in (previous, since, until, origin)) and width % 86400 == 0:
-            grouped, params = self._grouped(previous, until, where)
+            grouped, params = self._grouped(previous, until, where, clients=False)
             at = "CAST(strftime('%s', c.day) AS INTEGER)"
             prev = f"CASE WHEN {at} >= ? THEN 0 ELSE 1 END"
             bucket = f"CASE WHEN {at} >= ? THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END"
@@ -2062,7 +2074,7 @@ class Store:
     def processing_locations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Where the requests of ``[since, until)`` were processed: by site, processing geo,
         residency basis and region."""
-        grouped, params = self._grouped(since, until, where)
+        grouped, params = self._grouped(since, until, where, clients=False)
         return self._read_only(
             f"""SELECT c.site, c.processing_geo AS geo, c.residency_basis AS basis,
                        c.processing_region AS region, sum(g.requests) AS requests,
@@ -2074,7 +2086,7 @@ class Store:
 
     def traffic_sources(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """The scans and input files behind the observations of ``[since, until)``."""
-        grouped, params = self._grouped(since, until, where)
+        grouped, params = self._grouped(since, until, where, clients=False)
         return self._read_only(
             f"""SELECT c.scan_id, c.source, c.format, sum(g.requests) AS observations,
                        min(g.first_ts) AS first_ts, max(g.last_ts) AS last_ts
@@ -2818,10 +2830,11 @@ def _schema_v11(db: sqlite_utils.Database) -> None:
 
 
 def _schema_v12(db: sqlite_utils.Database) -> None:
-    """Monthly roll-ups (see :func:`_by_month`): who reached which destination in a UTC
-    month, so a month's report reads a few rows per client instead of one per client and
-    day. ``obs_dests`` numbers the destinations (host, provider, kind, site, egress
-    country, outcome) they are kept under."""
+    """Coarser roll-ups: each context's totals (``obs_context_totals``: what the traffic
+    tables that do not name clients read), and who reached which destination in a UTC
+    month (``obs_monthly``, see :func:`_by_month`: a month's client tables read a few rows
+    per client instead of one per client and day; ``obs_dests`` numbers the destinations,
+    host, provider, kind, site, egress country and outcome, they are kept under)."""
     db.execute(
         "CREATE TABLE obs_dests (n INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
         f" {', '.join(f'{c} TEXT' for c in _DEST_COLUMNS)})"
@@ -2831,6 +2844,11 @@ def _schema_v12(db: sqlite_utils.Database) -> None:
         " dest INTEGER NOT NULL, requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER,"
         " url TEXT, PRIMARY KEY (month, client, dest)) WITHOUT ROWID"
     )
+    db.execute(
+        "CREATE TABLE obs_context_totals (ctx INTEGER PRIMARY KEY, requests INTEGER NOT NULL,"
+        " bytes_out INTEGER, bytes_in INTEGER, first_ts REAL NOT NULL, last_ts REAL NOT NULL)"
+    )
+    _by_context(db.conn, "obs_rollup", "1 = 1", [])
     _by_month(db.conn, "obs_rollup", "1 = 1", [])
 
 
@@ -2956,8 +2974,9 @@ def _day_floor(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-#: how a roll-up row takes in more of its requests (``excluded``): SUM's and MIN's nulls
-_COMBINE = ", ".join(
+#: how a roll-up row takes in more of its requests (``excluded``), as SUM, MIN and MAX
+#: would have over all of them (nulls included)
+_SUMS = ", ".join(
     [
         "requests = requests + excluded.requests",
         *(
@@ -2965,9 +2984,10 @@ _COMBINE = ", ".join(
             f" ELSE {c} + excluded.{c} END"
             for c in ("bytes_out", "bytes_in")
         ),
-        "url = coalesce(min(url, excluded.url), url, excluded.url)",
     ]
 )
+_URL = "url = coalesce(min(url, excluded.url), url, excluded.url)"
+_SPAN = "first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts)"
 #: the destination a monthly roll-up keeps a context's requests under
 _DEST_COLUMNS = ("dest_host", "provider", "provider_kind", "site", "egress_country", "outcome")
 _DEST_KEY = f"json_array({', '.join(f'c.{c}' for c in _DEST_COLUMNS)})"
@@ -2982,10 +3002,9 @@ def _roll_up(conn: sqlite3.Connection) -> None:
     )
     conn.execute(
         f"""{_ROLLUP_INSERT} SELECT * FROM temp.rolled WHERE 1 = 1
-            ON CONFLICT (ctx, client) DO UPDATE SET {_COMBINE},
-              first_ts = min(first_ts, excluded.first_ts),
-              last_ts = max(last_ts, excluded.last_ts)"""  # noqa: S608 - constants
+            ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
     )
+    _by_context(conn, "temp.rolled", "1 = 1", [])
     _by_month(conn, "temp.rolled", "1 = 1", [])
     conn.execute("DROP TABLE temp.rolled")
     _set_mark(conn)
@@ -3008,7 +3027,18 @@ def _by_month(conn: sqlite3.Connection, source: str, where: str, params: Sequenc
               sum(g.bytes_in), min(g.url)
             FROM {source} g CROSS JOIN obs_contexts c ON c.n = g.ctx
             CROSS JOIN obs_dests d ON d.key = {_DEST_KEY} WHERE {where} GROUP BY 1, 2, 3
-            ON CONFLICT (month, client, dest) DO UPDATE SET {_COMBINE}""",  # noqa: S608
+            ON CONFLICT (month, client, dest) DO UPDATE SET {_SUMS}, {_URL}""",  # noqa: S608
+        params,
+    )
+
+
+def _by_context(conn: sqlite3.Connection, source: str, where: str, params: Sequence[Any]) -> None:
+    """Add the roll-up rows of ``source`` (as :func:`_by_month`) to their contexts' totals."""
+    conn.execute(
+        f"""INSERT INTO obs_context_totals (ctx, requests, bytes_out, bytes_in, first_ts, last_ts)
+            SELECT g.ctx, sum(g.requests), sum(g.bytes_out), sum(g.bytes_in), min(g.first_ts),
+              max(g.last_ts) FROM {source} g WHERE {where} GROUP BY 1
+            ON CONFLICT (ctx) DO UPDATE SET {_SUMS}, {_SPAN}""",  # noqa: S608 - constants
         params,
     )
 
