@@ -77,6 +77,7 @@ def iso(ts: float) -> str:
 
 
 def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
+    from monitor.findings import finding_id
     from monitor.rows import COL, observation_values
     from monitor.store import INCIDENT_COLUMNS, Store
 
@@ -175,7 +176,8 @@ def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
     isql = f"INSERT INTO incident_rows ({', '.join(icols)}) VALUES ({', '.join('?' * len(icols))})"
     db.execute("BEGIN")
     rows, events = [], []
-    for _ in range(incidents):
+    fids = set()
+    for i in range(incidents):
         ts = oct1 + (dec1 - oct1) * rnd.random()
         rule, severity = RULES[min(int(rnd.expovariate(0.7)), len(RULES) - 1)]
         provider, kind, host = rnd.choice(PROVIDERS)
@@ -191,8 +193,10 @@ def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
             "day": datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d"), "first_seen": iso(ts),
             "last_seen": iso(ts + rnd.random() * 3600), "count": count, "blocked": 0,
             "bytes_out": None, "bytes_in": count * 1000, "outcome": "allowed", "status": status,
-            "evidence": "[]", "first_scan": 1, "last_scan": 1,
+            "evidence": "[]", "first_scan": 1, "last_scan": 1, "user": users[i % len(users)],
+            "finding_id": finding_id(rule, provider, site, country),
         }  # fmt: skip
+        fids.add(row["finding_id"])
         rows.append(store._incident_values(row, icols))  # texts as the store keeps them
         if status != "open":
             at = datetime.fromtimestamp(ts + 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -203,6 +207,7 @@ def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
            VALUES (?, ?, ?, ?, ?, ?, ?)""",
         events,
     )
+    store._refresh_findings(sorted(fids))  # findings rolled up from their detail, as stored
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.execute("ANALYZE")
@@ -211,7 +216,8 @@ def generate(path: Path, observations: int, incidents: int, seed: int) -> dict:
         "workload": (
             f"{observations:,} observations (a quarter in October 2026, the rest in November)"
             f" from {len(clients):,} clients on {len(SITES)} sites to {len(PROVIDERS)} providers,"
-            f" one scan per day; {incidents:,} incidents; report: November 2026"
+            f" one scan per day; {incidents:,} incidents under {len(fids)} findings;"
+            " report: November 2026"
         ),
         "observations": observations,
         "incidents": incidents,

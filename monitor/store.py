@@ -1121,7 +1121,7 @@ class Store:
         where: list[str] = []
         params: list[Any] = []
         if q.client:
-            known = [r[0] for r in self.db.execute("SELECT DISTINCT client_ip FROM incidents")]
+            known = [r[0] for r in self.db.execute("SELECT DISTINCT client_ip FROM incident_rows")]
             chosen = _chosen_clients(known, q.client)
             where.append(f"client_ip IN ({_marks(chosen)})" if chosen else "0")
             params.extend(chosen)
@@ -2834,7 +2834,8 @@ def _schema_v12(db: sqlite_utils.Database) -> None:
     tables that do not name clients read), and who reached which destination in a UTC
     month (``obs_monthly``, see :func:`_by_month`: a month's client tables read a few rows
     per client instead of one per client and day; ``obs_dests`` numbers the destinations,
-    host, provider, kind, site, egress country and outcome, they are kept under)."""
+    host, provider, kind, site, egress country and outcome, they are kept under). And
+    indexes on the detail's users and clients, which ``--user`` and ``--client`` select."""
     db.execute(
         "CREATE TABLE obs_dests (n INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
         f" {', '.join(f'{c} TEXT' for c in _DEST_COLUMNS)})"
@@ -2850,6 +2851,8 @@ def _schema_v12(db: sqlite_utils.Database) -> None:
     )
     _by_context(db.conn, "obs_rollup", "1 = 1", [])
     _by_month(db.conn, "obs_rollup", "1 = 1", [])
+    for column in ("user", "client_ip"):  # findings and incidents --user/--client read these
+        db.execute(f"CREATE INDEX idx_incident_rows_{column} ON incident_rows ({column})")
 
 
 MIGRATIONS = {
