@@ -680,7 +680,10 @@ def test_report_is_the_same_from_roll_ups_and_from_rows(built, tmp_path):
     periods = [("--period", "weekly", "--date", WEEK), ("--period", "monthly", "--date", WEEK),
                ("--period", "daily", "--date", "2026-11-25"),
                ("--since", "2026-11-20T06:00:00Z", "--until", "2026-11-27T18:00:00Z"),
-               ("--period", "weekly", "--date", WEEK, "--site", "shanghai", "--user", "alice")]  # fmt: skip
+               ("--period", "weekly", "--date", WEEK, "--site", "shanghai", "--user", "alice"),
+               ("--period", "monthly", "--date", WEEK, "--provider", "openai", "--client",
+                "10.20.0.0/16"),
+               ("--period", "monthly", "--date", WEEK, "--tz", "Asia/Shanghai")]  # fmt: skip
 
     def reports(path):
         out = []
@@ -692,6 +695,7 @@ def test_report_is_the_same_from_roll_ups_and_from_rows(built, tmp_path):
 
     expected = reports(db)
     assert expected[0]["totals"][0]["current"] > 100
+    assert all(r["totals"][0]["current"] > 0 and r["top_clients"] for r in expected)
     none = copy_db(db, tmp_path / "none.db")
     con = sqlite3.connect(none)
     with con:
