@@ -1952,7 +1952,7 @@ class Store:
                 f"DELETE FROM obs_rows WHERE ctx IN ({old})",  # noqa: S608 - constants
                 [before_day],
             ).rowcount
-            _remonth(self.db.conn, "", before_day)  # before the contexts of those days go
+            _remonth(self.db.conn, "", before_day)  # their months, from the days left
             self.db.execute("DELETE FROM obs_contexts WHERE day < ?", [before_day])
             _set_mark(self.db.conn)
             self._contexts.forget()
@@ -3092,8 +3092,9 @@ def database_problem(path: Path, exc: BaseException, doing: str = "database erro
 def _incident_out(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out.pop("severity_rank", None)
-    out["evidence"] = json.loads(out.get("evidence") or "[]")
-    out["facts"] = json.loads(out.get("facts") or "{}")
+    evidence, facts = out.get("evidence"), out.get("facts")
+    out["evidence"] = json.loads(evidence) if evidence and evidence != "[]" else []
+    out["facts"] = json.loads(facts) if facts else {}
     return out
 
 
