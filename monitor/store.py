@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
@@ -1370,7 +1370,7 @@ class Store:
             # every row summed; the roll-ups of these days are made again once rows have moved
             _roll_up(conn)
             recent = "ctx IN (SELECT n FROM obs_contexts WHERE day >= ?)"
-            for table in ("obs_rollup", "obs_context_totals"):
+            for table in ("obs_rollup", "obs_context_totals", "obs_hourly"):
                 conn.execute(f"DELETE FROM {table} WHERE {recent}", [start_day])  # noqa: S608
             conn.execute(
                 f"DELETE FROM hit_links WHERE obs IN (SELECT o.n FROM obs_rows o WHERE {rows})",  # noqa: S608
@@ -1480,6 +1480,7 @@ class Store:
                 span,
             )
             _by_context(conn, "obs_rollup", f"g.{recent}", [start_day])
+            _by_hour(conn, rows, span)
             _remonth(conn, start_day)
             _set_mark(conn)
             if deltas:
@@ -1942,7 +1943,7 @@ class Store:
         with self._tx():
             old = "SELECT n FROM obs_contexts WHERE day < ?"
             _roll_up(self.db.conn)  # every row summed: the roll-ups of the days pruned go
-            for table in ("obs_rollup", "obs_context_totals"):
+            for table in ("obs_rollup", "obs_context_totals", "obs_hourly"):
                 self.db.execute(f"DELETE FROM {table} WHERE ctx IN ({old})", [before_day])  # noqa: S608
             hits = self.db.execute(
                 f"DELETE FROM hit_links WHERE obs IN (SELECT n FROM obs_rows WHERE ctx IN ({old}))",  # noqa: S608 - constants
@@ -2024,22 +2025,35 @@ class Store:
         """Requests of the period ``[since, until)`` (``prev`` 0) and of the one before it,
         from ``previous`` (``prev`` 1), by time bucket (``width`` seconds from ``origin``; -1
         for the previous period), provider, kind, site and egress country. Buckets of whole
-        UTC days are counted from the roll-ups (a context's requests are of its day), finer
-        ones from the requests."""
+        UTC days are counted from the contexts' totals (a context's requests are of its
+        day), buckets of whole hours from their hourly totals, finer ones from the requests."""
         cut = [since.timestamp(), since.timestamp(), origin.timestamp(), width]
-        if all(_utc_midnight(t) for t in (previous, since, until, origin)) and width % 86400 == 0:
+        bounds = (previous, since, until, origin)
+        hours = not (where.users or where.clients is not None)  # hourly totals name no client
+        at = None  # when the requests of a totals row were made, to the bucket's grain
+        if all(_utc_midnight(t) for t in bounds) and width % 86400 == 0:
             grouped, params = self._grouped(previous, until, where, clients=False)
             at = "CAST(strftime('%s', c.day) AS INTEGER)"
-            prev = f"CASE WHEN {at} >= ? THEN 0 ELSE 1 END"
-            bucket = f"CASE WHEN {at} >= ? THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END"
-            params = [*cut, *params]
             rows = f"""SELECT g.ctx AS ctx, sum(g.requests) AS requests,
                          sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in
                        FROM ({grouped}) g GROUP BY 1"""  # noqa: S608 - constants
+        elif hours and all(t.timestamp() % 3600 == 0 for t in bounds) and width % 3600 == 0:
+            first = previous.strftime("%Y-%m-%d")
+            last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+            hourly, params = _chosen("h", first, last, where)
+            recent, recent_params = _chosen("o", first, last, where)
+            at = "g.hour * 3600"
+            rows = f"""SELECT * FROM obs_hourly h WHERE {hourly} AND h.hour >= ? AND h.hour < ?
+                       UNION ALL SELECT {_HOURLY_ROWS} FROM obs_rows o WHERE o.n > {_MARK}
+                         AND {recent} AND o.ts >= ? AND o.ts < ? GROUP BY 1, 2"""  # noqa: S608
+            span = [previous.timestamp(), until.timestamp()]
+            params += [*(int(t) // 3600 for t in span), *recent_params, *span]
+        if at is not None:
+            prev = f"CASE WHEN {at} >= ? THEN 0 ELSE 1 END"
+            bucket = f"CASE WHEN {at} >= ? THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END"
         else:
             span, params = self._rows_in_span(previous, until, where)
             prev, bucket = "g.prev", "g.bucket"
-            params = [*cut, *params]
             rows = f"""SELECT CASE WHEN o.ts >= ? THEN 0 ELSE 1 END AS prev,
                          CASE WHEN o.ts >= ? THEN CAST((o.ts - ?) / ? AS INTEGER) ELSE -1 END
                            AS bucket, o.ctx AS ctx, count(*) AS requests,
@@ -2053,7 +2067,7 @@ class Store:
                        sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in
                 FROM ({rows}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
-            params,
+            [*cut, *params],
         )
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
@@ -2854,6 +2868,17 @@ def _schema_v12(db: sqlite_utils.Database) -> None:
         db.execute(f"CREATE INDEX idx_incident_rows_{column} ON incident_rows ({column})")
 
 
+def _schema_v13(db: sqlite_utils.Database) -> None:
+    """Hourly totals of each context (``obs_hourly``): the timeline of a day, or of days
+    in another time zone, from a few rows per context instead of its requests."""
+    db.execute(
+        "CREATE TABLE obs_hourly (ctx INTEGER NOT NULL, hour INTEGER NOT NULL,"
+        " requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER,"
+        " PRIMARY KEY (ctx, hour)) WITHOUT ROWID"
+    )
+    _by_hour(db.conn, "1 = 1", [])
+
+
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -2867,6 +2892,7 @@ MIGRATIONS = {
     10: _schema_v10,
     11: _schema_v11,
     12: _schema_v12,
+    13: _schema_v13,
 }
 
 #: the lifecycle actions of findings that alert (the ``monitor.events`` type of the same name;
@@ -2935,6 +2961,11 @@ _MARK = "(SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 
 _ROLLED_ROWS = (
     "o.ctx AS ctx, o.client AS client, count(*) AS requests, sum(o.bytes_out) AS bytes_out,"
     " sum(o.bytes_in) AS bytes_in, min(o.url) AS url, min(o.ts) AS first_ts, max(o.ts) AS last_ts"
+)
+#: the hourly totals of the requests ``o`` (hours since the epoch, UTC)
+_HOURLY_ROWS = (
+    "o.ctx AS ctx, CAST(o.ts / 3600 AS INTEGER) AS hour, count(*) AS requests,"
+    " sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in"
 )
 _ROLLUP_FIELDS = ("ctx", "client", "requests", "bytes_out", "bytes_in", "url", "first_ts",
                   "last_ts")  # fmt: skip
@@ -3009,6 +3040,7 @@ def _roll_up(conn: sqlite3.Connection) -> None:
     _by_context(conn, "temp.rolled", "1 = 1", [])
     _by_month(conn, "temp.rolled", "1 = 1", [])
     conn.execute("DROP TABLE temp.rolled")
+    _by_hour(conn, f"o.n > {_MARK}", [])
     _set_mark(conn)
 
 
@@ -3041,6 +3073,16 @@ def _by_context(conn: sqlite3.Connection, source: str, where: str, params: Seque
             SELECT g.ctx, sum(g.requests), sum(g.bytes_out), sum(g.bytes_in), min(g.first_ts),
               max(g.last_ts) FROM {source} g WHERE {where} GROUP BY 1
             ON CONFLICT (ctx) DO UPDATE SET {_SUMS}, {_SPAN}""",  # noqa: S608 - constants
+        params,
+    )
+
+
+def _by_hour(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> None:
+    """Add the rows ``o`` that ``where`` selects to their contexts' hourly totals."""
+    conn.execute(
+        f"""INSERT INTO obs_hourly (ctx, hour, requests, bytes_out, bytes_in)
+            SELECT {_HOURLY_ROWS} FROM obs_rows o WHERE {where} GROUP BY 1, 2
+            ON CONFLICT (ctx, hour) DO UPDATE SET {_SUMS}""",  # noqa: S608 - constants
         params,
     )
 

@@ -616,6 +616,8 @@ ROWS_ROLLED_UP = """SELECT ctx, client, count(*), sum(bytes_out), sum(bytes_in),
     max(ts) FROM obs_rows WHERE n <= ? GROUP BY ctx, client ORDER BY ctx, client"""
 CONTEXTS_ROLLED_UP = """SELECT ctx, count(*), sum(bytes_out), sum(bytes_in), min(ts), max(ts)
     FROM obs_rows WHERE n <= ? GROUP BY ctx ORDER BY ctx"""
+HOURS_ROLLED_UP = """SELECT ctx, CAST(ts / 3600 AS INTEGER), count(*), sum(bytes_out),
+    sum(bytes_in) FROM obs_rows WHERE n <= ? GROUP BY 1, 2 ORDER BY 1, 2"""
 MONTHS_ROLLED_UP = f"""SELECT substr(c.day, 1, 7), o.client, d.n, count(*), sum(o.bytes_out),
     sum(o.bytes_in), min(o.url) FROM obs_rows o JOIN obs_contexts c ON c.n = o.ctx
     JOIN obs_dests d ON {" AND ".join(f"d.{c} IS c.{c}" for c in ("dest_host", "provider",
@@ -636,11 +638,11 @@ def assert_rolled_up(db: Path) -> int:
     con = sqlite3.connect(db)
     mark = int(one(con, "SELECT value FROM meta WHERE key = 'rolled_up_to'"))
     assert mark == one(con, "SELECT coalesce(max(n), 0) FROM obs_rows")
-    assert q(con, "SELECT * FROM obs_rollup ORDER BY ctx, client") == q(con, ROWS_ROLLED_UP, [mark])
-    assert q(con, "SELECT * FROM obs_monthly ORDER BY 1, 2, 3") == q(con, MONTHS_ROLLED_UP, [mark])
-    assert q(con, "SELECT * FROM obs_context_totals ORDER BY ctx") == q(
-        con, CONTEXTS_ROLLED_UP, [mark]
-    )
+    for table, order, expected in (("obs_rollup", "ctx, client", ROWS_ROLLED_UP),
+                                   ("obs_monthly", "1, 2, 3", MONTHS_ROLLED_UP),
+                                   ("obs_context_totals", "ctx", CONTEXTS_ROLLED_UP),
+                                   ("obs_hourly", "1, 2", HOURS_ROLLED_UP)):  # fmt: skip
+        assert q(con, f"SELECT * FROM {table} ORDER BY {order}") == q(con, expected, [mark])
     n = one(con, "SELECT count(*) FROM obs_rollup")
     con.close()
     return n
@@ -699,7 +701,7 @@ def test_report_is_the_same_from_roll_ups_and_from_rows(built, tmp_path):
     none = copy_db(db, tmp_path / "none.db")
     con = sqlite3.connect(none)
     with con:
-        for table in ("obs_rollup", "obs_monthly", "obs_context_totals"):
+        for table in ("obs_rollup", "obs_monthly", "obs_context_totals", "obs_hourly"):
             con.execute(f"DELETE FROM {table}")
         con.execute("DELETE FROM meta WHERE key = 'rolled_up_to'")
     con.close()
