@@ -70,6 +70,7 @@ class Upkeep:
     def _correlate(self, days: list[str] | None) -> None:
         self._correlated = (self.clock(), self.totals.stored)
         self.app.correlate([self.scan_id], days)
+        self.app.store.roll_up()  # what was stored since, summed for reports
 
 
 @dataclass

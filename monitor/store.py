@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 13
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
@@ -528,6 +528,13 @@ class Store:
             self.db["scans"].update(scan_id, row)
             self.db["scan_problems"].insert_all({"scan_id": scan_id, **p} for p in problems)
             self._drop_unused_facts()  # what the scan's facts were on the way
+            _roll_up(self.db.conn)  # the requests it stored, summed for reports
+
+    def roll_up(self) -> None:
+        """Sum the requests stored since the last roll-up into ``obs_rollup`` (a scan does
+        when it finishes; a long-running watch calls this as it goes)."""
+        with self._tx():
+            _roll_up(self.db.conn)
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -1213,7 +1220,7 @@ class Store:
         where: list[str] = []
         params: list[Any] = []
         if q.client:
-            known = [r[0] for r in self.db.execute("SELECT DISTINCT client_ip FROM incidents")]
+            known = [r[0] for r in self.db.execute("SELECT DISTINCT client_ip FROM incident_rows")]
             chosen = _chosen_clients(known, q.client)
             where.append(f"client_ip IN ({_marks(chosen)})" if chosen else "0")
             params.extend(chosen)
@@ -1295,14 +1302,6 @@ class Store:
         last_day]``: their row numbers' lower bound narrows the read to the recent rows."""
         return _DAYS, [first_day, last_day, first_day, last_day]
 
-    def _span(self, since: datetime, until: datetime) -> tuple[str, list[Any]]:
-        """Observations of ``[since, until)``: their days (see :meth:`_days`) plus the exact
-        timestamp bounds."""
-        first = since.strftime("%Y-%m-%d")
-        last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
-        days, params = self._days(first, last)
-        return f"{days} AND ts >= ? AND ts < ?", [*params, since.timestamp(), until.timestamp()]
-
     def _temp_table(self, name: str, columns: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """A temporary table of ``rows``: a row group (context, client, URL), indexed, and
         ``columns``. Typed as the stored columns: an index serves only comparisons of one
@@ -1322,15 +1321,89 @@ class Store:
         groups the rows by their context number and looks each context up once."""
         first = since.strftime("%Y-%m-%d")
         last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
-        f, fparams = where.sql(who=False)
-        contexts = f"SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?{f}"  # noqa: S608
-        rows = f"{_FROM_ROW} AND o.ctx IN ({contexts}) AND o.ts >= ? AND o.ts < ?"
-        params = [first, last, first, last, *fparams, since.timestamp(), until.timestamp()]
-        who, who_params = TrafficFilter(users=where.users, clients=where.clients).sql()
-        if who:  # the user and client live in the client dictionary
-            rows += f" AND o.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})"  # noqa: S608
-            params += who_params
-        return rows, params
+        chosen, params = _chosen("o", first, last, where)
+        rows = f"{_FROM_ROW} AND {chosen} AND o.ts >= ? AND o.ts < ?"
+        return rows, [first, last, *params, since.timestamp(), until.timestamp()]
+
+    def _grouped(
+        self, since: datetime, until: datetime, where: TrafficFilter, clients: bool = True
+    ) -> tuple[str, list[Any]]:
+        """A query of the requests of ``[since, until)`` that ``where`` selects, summed per
+        context and client (``ctx, client, requests, bytes_out, bytes_in, url, first_ts,
+        last_ts``; a pair may come in several rows): the whole UTC days in it from their
+        roll-ups (and the rows stored since the last roll-up), part days from their rows.
+        Without ``clients`` (and no filter on them), the whole days come from the contexts'
+        totals, with null for client and URL."""
+        start = _day_floor(since)
+        start += timedelta(days=0 if start == since else 1)
+        end = _day_floor(until)
+        if start >= end:  # no whole day in it
+            return self._rows_grouped(since, until, where)
+        first, last = start.strftime("%Y-%m-%d"), (end - timedelta(days=1)).strftime("%Y-%m-%d")
+        rolled, params = _chosen("r", first, last, where)
+        if clients or where.users or where.clients is not None:
+            rolled = f"SELECT {_ROLLUP_ROW} FROM obs_rollup r WHERE {rolled}"  # noqa: S608
+        else:
+            rolled = (
+                "SELECT r.ctx, NULL, r.requests, r.bytes_out, r.bytes_in, NULL, r.first_ts,"  # noqa: S608
+                f" r.last_ts FROM obs_context_totals r WHERE {rolled}"
+            )
+        recent, recent_params = self._recent(first, last, where)
+        parts = [rolled, recent]
+        params += recent_params
+        for a, b in ((since, start), (end, until)):
+            if a < b:
+                rows, rows_params = self._rows_grouped(a, b, where)
+                parts.append(rows)
+                params += rows_params
+        return " UNION ALL ".join(parts), params
+
+    def _recent(self, first: str, last: str, where: TrafficFilter) -> tuple[str, list[Any]]:
+        """:meth:`_grouped` of the rows of UTC days ``[first, last]`` stored since the last
+        roll-up (the roll-ups hold the others)."""
+        rows, params = _chosen("o", first, last, where)
+        sql = f"SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE o.n > {_MARK} AND {rows} GROUP BY 1, 2"  # noqa: S608
+        return sql, params
+
+    def _by_dest(
+        self, since: datetime, until: datetime, where: TrafficFilter
+    ) -> tuple[str, list[Any]]:
+        """A query of the requests of ``[since, until)`` that ``where`` selects, summed per
+        client and destination (``client``, :data:`_DEST_COLUMNS`, ``requests, bytes_out,
+        bytes_in, url``; a pair may come in several rows): whole UTC months from their
+        monthly roll-ups, the rest as :meth:`_grouped` reads it."""
+        start = _day_floor(since).replace(day=1)
+        if start != since:
+            start = (start + timedelta(days=31)).replace(day=1)
+        end = _day_floor(until).replace(day=1)
+        if start >= end:  # no whole month in it
+            return _dest_rows(*self._grouped(since, until, where))
+        first, last = start.strftime("%Y-%m"), (end - timedelta(days=1)).strftime("%Y-%m")
+        f, params = where.sql("d", who=False)
+        who, who_params = _clients_chosen("m", where)
+        dests = ", ".join(f"d.{c}" for c in _DEST_COLUMNS)
+        parts = [
+            f"SELECT m.client, {dests}, m.requests, m.bytes_out, m.bytes_in, m.url"  # noqa: S608
+            f" FROM obs_monthly m CROSS JOIN obs_dests d ON d.n = m.dest"
+            f" WHERE m.month >= ? AND m.month <= ?{f}{who}"
+        ]
+        params = [first, last, *params, *who_params]
+        recent, recent_params = _dest_rows(*self._recent(first, last + "~", where))
+        parts.append(recent)
+        params += recent_params
+        for a, b in ((since, start), (end, until)):
+            if a < b:
+                rest, rest_params = _dest_rows(*self._grouped(a, b, where))
+                parts.append(rest)
+                params += rest_params
+        return " UNION ALL ".join(parts), params
+
+    def _rows_grouped(
+        self, since: datetime, until: datetime, where: TrafficFilter
+    ) -> tuple[str, list[Any]]:
+        """:meth:`_grouped` of ``[since, until)`` from the rows."""
+        rows, params = self._rows_in_span(since, until, where)
+        return f"SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE {rows} GROUP BY 1, 2", params  # noqa: S608
 
     def _first_row(self, first_day: str, last_day: str = "9999") -> int:
         """A lower bound of the row numbers of observations of these UTC days."""
@@ -1393,6 +1466,11 @@ class Store:
             lo = self._first_row(start_day)
             rows = "o.n >= ? AND o.ctx IN (SELECT n FROM obs_contexts WHERE day >= ?)"
             span = [lo, start_day]
+            # every row summed; the roll-ups of these days are made again once rows have moved
+            _roll_up(conn)
+            recent = "ctx IN (SELECT n FROM obs_contexts WHERE day >= ?)"
+            for table in ("obs_rollup", "obs_context_totals", "obs_hourly"):
+                conn.execute(f"DELETE FROM {table} WHERE {recent}", [start_day])  # noqa: S608
             conn.execute(
                 f"DELETE FROM hit_links WHERE obs IN (SELECT o.n FROM obs_rows o WHERE {rows})",  # noqa: S608
                 span,
@@ -1495,6 +1573,15 @@ class Store:
                 [start_day, lo],
             )
             self._contexts.forget()
+            conn.execute(
+                f"{_ROLLUP_INSERT} SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE {rows}"  # noqa: S608
+                " GROUP BY o.ctx, o.client",
+                span,
+            )
+            _by_context(conn, "obs_rollup", f"g.{recent}", [start_day])
+            _by_hour(conn, rows, span)
+            _remonth(conn, start_day)
+            _set_mark(conn)
             if deltas:
                 self._store_incidents(deltas, agg)
                 keys = self._incident_numbers(list(deltas))
@@ -1954,6 +2041,9 @@ class Store:
         incidents, their counts and evidence are kept."""
         with self._tx():
             old = "SELECT n FROM obs_contexts WHERE day < ?"
+            _roll_up(self.db.conn)  # every row summed: the roll-ups of the days pruned go
+            for table in ("obs_rollup", "obs_context_totals", "obs_hourly"):
+                self.db.execute(f"DELETE FROM {table} WHERE ctx IN ({old})", [before_day])  # noqa: S608
             hits = self.db.execute(
                 f"DELETE FROM hit_links WHERE obs IN (SELECT n FROM obs_rows WHERE ctx IN ({old}))",  # noqa: S608 - constants
                 [before_day],
@@ -1962,7 +2052,9 @@ class Store:
                 f"DELETE FROM obs_rows WHERE ctx IN ({old})",  # noqa: S608 - constants
                 [before_day],
             ).rowcount
+            _remonth(self.db.conn, "", before_day)  # their months, from the days left
             self.db.execute("DELETE FROM obs_contexts WHERE day < ?", [before_day])
+            _set_mark(self.db.conn)
             self._contexts.forget()
             if before_day > (self._meta("pruned_before") or ""):
                 self.db["meta"].upsert({"key": "pruned_before", "value": before_day}, pk="key")
@@ -2031,69 +2123,97 @@ class Store:
     ) -> Rows:  # fmt: skip
         """Requests of the period ``[since, until)`` (``prev`` 0) and of the one before it,
         from ``previous`` (``prev`` 1), by time bucket (``width`` seconds from ``origin``; -1
-        for the previous period), provider, kind, site and egress country."""
-        rows, params = self._rows_in_span(previous, until, where)
+        for the previous period), provider, kind, site and egress country. Buckets of whole
+        UTC days are counted from the contexts' totals (a context's requests are of its
+        day), buckets of whole hours from their hourly totals, finer ones from the requests."""
+        cut = [since.timestamp(), since.timestamp(), origin.timestamp(), width]
+        bounds = (previous, since, until, origin)
+        hours = not (where.users or where.clients is not None)  # hourly totals name no client
+        at = None  # when the requests of a totals row were made, to the bucket's grain
+        if all(_utc_midnight(t) for t in bounds) and width % 86400 == 0:
+            grouped, params = self._grouped(previous, until, where, clients=False)
+            at = "CAST(strftime('%s', c.day) AS INTEGER)"
+            rows = f"""SELECT g.ctx AS ctx, sum(g.requests) AS requests,
+                         sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in
+                       FROM ({grouped}) g GROUP BY 1"""  # noqa: S608 - constants
+        elif hours and all(t.timestamp() % 3600 == 0 for t in bounds) and width % 3600 == 0:
+            first = previous.strftime("%Y-%m-%d")
+            last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+            hourly, params = _chosen("h", first, last, where)
+            recent, recent_params = _chosen("o", first, last, where)
+            at = "g.hour * 3600"
+            rows = f"""SELECT * FROM obs_hourly h WHERE {hourly} AND h.hour >= ? AND h.hour < ?
+                       UNION ALL SELECT {_HOURLY_ROWS} FROM obs_rows o WHERE o.n > {_MARK}
+                         AND {recent} AND o.ts >= ? AND o.ts < ? GROUP BY 1, 2"""  # noqa: S608
+            span = [previous.timestamp(), until.timestamp()]
+            params += [*(int(t) // 3600 for t in span), *recent_params, *span]
+        if at is not None:
+            prev = f"CASE WHEN {at} >= ? THEN 0 ELSE 1 END"
+            bucket = f"CASE WHEN {at} >= ? THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END"
+        else:
+            span, params = self._rows_in_span(previous, until, where)
+            prev, bucket = "g.prev", "g.bucket"
+            rows = f"""SELECT CASE WHEN o.ts >= ? THEN 0 ELSE 1 END AS prev,
+                         CASE WHEN o.ts >= ? THEN CAST((o.ts - ?) / ? AS INTEGER) ELSE -1 END
+                           AS bucket, o.ctx AS ctx, count(*) AS requests,
+                         sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in
+                       FROM obs_rows o WHERE {span} GROUP BY 1, 2, 3"""  # noqa: S608
         return self._read_only(
-            f"""SELECT g.prev, g.bucket, c.provider, c.provider_kind AS kind, c.site,
-                       c.egress_country AS country, sum(g.requests) AS requests,
+            f"""SELECT {prev} AS prev, {bucket} AS bucket, c.provider,
+                       c.provider_kind AS kind, c.site, c.egress_country AS country,
+                       sum(g.requests) AS requests,
                        sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
                        sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in
-                FROM (SELECT CASE WHEN o.ts >= ? THEN 0 ELSE 1 END AS prev,
-                        CASE WHEN o.ts >= ? THEN CAST((o.ts - ?) / ? AS INTEGER) ELSE -1 END
-                          AS bucket, o.ctx AS ctx, count(*) AS requests,
-                        sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in
-                      FROM obs_rows o WHERE {rows} GROUP BY 1, 2, 3) g
-                CROSS JOIN obs_contexts c ON c.n = g.ctx
+                FROM ({rows}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
-            [since.timestamp(), since.timestamp(), origin.timestamp(), width, *params],
+            [*cut, *params],
         )
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Who went where: client x destination in ``[since, until)``, users as a JSON array."""
-        span, params = self._span(since, until)
-        f, fparams = where.sql()
+        grouped, params = self._by_dest(since, until, where)
         return self._read_only(
-            f"""SELECT client_ip, dest_host, provider, provider_kind AS kind, site,
-                       egress_country AS country, count(*) AS requests,
-                       sum(outcome IS 'blocked') AS blocked, sum(bytes_out) AS bytes_out,
-                       sum(bytes_in) AS bytes_in, min(url) AS example_url,
-                       json_group_array(DISTINCT user) AS users
-                FROM {_OBS} WHERE {span}{f}
+            f"""SELECT w.client_ip, g.dest_host, g.provider, g.provider_kind AS kind, g.site,
+                       g.egress_country AS country, sum(g.requests) AS requests,
+                       sum(CASE WHEN g.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
+                       sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in,
+                       min(g.url) AS example_url, json_group_array(DISTINCT w.user) AS users
+                FROM ({grouped}) g CROSS JOIN obs_clients w ON w.n = g.client
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608
-            [*params, *fparams],
+            params,
         )
 
     def processing_locations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Where the requests of ``[since, until)`` were processed: by site, processing geo,
         residency basis and region."""
-        span, params = self._span(since, until)
-        f, fparams = where.sql()
+        grouped, params = self._grouped(since, until, where, clients=False)
         return self._read_only(
-            f"""SELECT site, processing_geo AS geo, residency_basis AS basis,
-                       processing_region AS region, count(*) AS requests,
-                       sum(outcome IS 'blocked') AS blocked
-                FROM {_OBS} WHERE {span}{f}
+            f"""SELECT c.site, c.processing_geo AS geo, c.residency_basis AS basis,
+                       c.processing_region AS region, sum(g.requests) AS requests,
+                       sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked
+                FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3, 4""",  # noqa: S608
-            [*params, *fparams],
+            params,
         )
 
     def traffic_sources(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """The scans and input files behind the observations of ``[since, until)``."""
-        span, params = self._span(since, until)
-        f, fparams = where.sql()
+        grouped, params = self._grouped(since, until, where, clients=False)
         return self._read_only(
-            f"""SELECT scan_id, source, format, count(*) AS observations,
-                       min(ts) AS first_ts, max(ts) AS last_ts
-                FROM {_OBS} WHERE {span}{f}
+            f"""SELECT c.scan_id, c.source, c.format, sum(g.requests) AS observations,
+                       min(g.first_ts) AS first_ts, max(g.last_ts) AS last_ts
+                FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3""",  # noqa: S608
-            [*params, *fparams],
+            params,
         )
 
     def distinct_clients(self, since: datetime, until: datetime, where: TrafficFilter) -> int:
-        span, params = self._span(since, until)
-        f, fparams = where.sql()
-        sql = f"SELECT count(DISTINCT client_ip) AS n FROM {_OBS} WHERE {span}{f}"  # noqa: S608
-        found = self._read_only(sql, [*params, *fparams]).rows
+        grouped, params = self._by_dest(since, until, where)
+        sql = (
+            f"SELECT count(DISTINCT w.client_ip) AS n FROM ({grouped}) g"  # noqa: S608
+            " CROSS JOIN obs_clients w ON w.n = g.client"
+        )
+        found = self._read_only(sql, params).rows
         return int(found[0][0]) if found else 0
 
     def incident_counts(
@@ -2169,10 +2289,10 @@ class Store:
     def clients_matching(self, specs: Sequence[str], since: datetime, until: datetime) -> list[str]:
         """The client addresses ``specs`` (addresses, CIDRs, pseudonyms) choose among those
         of the observations of ``[since, until)`` and of every incident."""
-        span, params = self._span(since, until)
+        grouped, params = self._by_dest(since, until, TrafficFilter())
         known = [r[0] for r in self.db.execute(
-            f"SELECT DISTINCT client_ip FROM {_OBS} WHERE {span}"  # noqa: S608 - constants
-            " UNION SELECT DISTINCT client_ip FROM incidents", params)]  # fmt: skip
+            f"SELECT DISTINCT w.client_ip FROM ({grouped}) g CROSS JOIN obs_clients w"  # noqa: S608
+            " ON w.n = g.client UNION SELECT DISTINCT client_ip FROM incidents", params)]  # fmt: skip
         return _chosen_clients(known, specs)
 
     def report_findings(
@@ -2802,6 +2922,62 @@ def _schema_v10(db: sqlite_utils.Database) -> None:
     )
 
 
+def _schema_v11(db: sqlite_utils.Database) -> None:
+    """Roll-ups of the stored requests (see :data:`_ROLLUP_ROWS`): one row per context and
+    client with its requests, bytes, least URL and first and last timestamps, which the
+    report's traffic tables read instead of the requests of whole UTC days."""
+    db.execute(
+        "CREATE TABLE obs_rollup (ctx INTEGER NOT NULL, client INTEGER NOT NULL,"
+        " requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER, url TEXT,"
+        " first_ts REAL NOT NULL, last_ts REAL NOT NULL, PRIMARY KEY (ctx, client)) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO obs_rollup SELECT o.ctx, o.client, count(*), sum(o.bytes_out),"
+        " sum(o.bytes_in), min(o.url), min(o.ts), max(o.ts) FROM obs_rows o GROUP BY 1, 2"
+    )
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('rolled_up_to', (SELECT coalesce(max(n), 0)"
+        " FROM obs_rows)) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    )
+
+
+def _schema_v12(db: sqlite_utils.Database) -> None:
+    """Coarser roll-ups: each context's totals (``obs_context_totals``: what the traffic
+    tables that do not name clients read), and who reached which destination in a UTC
+    month (``obs_monthly``, see :func:`_by_month`: a month's client tables read a few rows
+    per client instead of one per client and day; ``obs_dests`` numbers the destinations,
+    host, provider, kind, site, egress country and outcome, they are kept under). And
+    indexes on the detail's users and clients, which ``--user`` and ``--client`` select."""
+    db.execute(
+        "CREATE TABLE obs_dests (n INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
+        f" {', '.join(f'{c} TEXT' for c in _DEST_COLUMNS)})"
+    )
+    db.execute(
+        "CREATE TABLE obs_monthly (month TEXT NOT NULL, client INTEGER NOT NULL,"
+        " dest INTEGER NOT NULL, requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER,"
+        " url TEXT, PRIMARY KEY (month, client, dest)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE obs_context_totals (ctx INTEGER PRIMARY KEY, requests INTEGER NOT NULL,"
+        " bytes_out INTEGER, bytes_in INTEGER, first_ts REAL NOT NULL, last_ts REAL NOT NULL)"
+    )
+    _by_context(db.conn, "obs_rollup", "1 = 1", [])
+    _by_month(db.conn, "obs_rollup", "1 = 1", [])
+    for column in ("user", "client_ip"):  # findings and incidents --user/--client read these
+        db.execute(f"CREATE INDEX idx_incident_rows_{column} ON incident_rows ({column})")
+
+
+def _schema_v13(db: sqlite_utils.Database) -> None:
+    """Hourly totals of each context (``obs_hourly``): the timeline of a day, or of days
+    in another time zone, from a few rows per context instead of its requests."""
+    db.execute(
+        "CREATE TABLE obs_hourly (ctx INTEGER NOT NULL, hour INTEGER NOT NULL,"
+        " requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER,"
+        " PRIMARY KEY (ctx, hour)) WITHOUT ROWID"
+    )
+    _by_hour(db.conn, "1 = 1", [])
+
+
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -2813,6 +2989,9 @@ MIGRATIONS = {
     8: _schema_v8,
     9: _schema_v9,
     10: _schema_v10,
+    11: _schema_v11,
+    12: _schema_v12,
+    13: _schema_v13,
 }
 
 #: the lifecycle actions of findings that alert (the ``monitor.events`` type of the same name;
@@ -2868,6 +3047,162 @@ _FROM_ROW = (
 )
 _DAYS = f"{_FROM_ROW} AND day >= ? AND day <= ?"
 
+# Roll-ups (schema step 11). ``obs_rollup`` sums the requests of ``obs_rows`` per context
+# and client (a context belongs to one UTC day: a roll-up row is one day of one client's
+# traffic to one destination through one egress, for one source and scan). It holds
+# exactly the rows numbered up to the mark (``meta`` ``rolled_up_to``): appended rows are
+# added set-based when a scan finishes (and while a watch runs), and reads take the rows
+# above the mark from ``obs_rows`` itself, so a report is exact while a scan is storing or
+# after one was killed. Whatever changes or deletes rows (re-evaluation, prune) rebuilds
+# or drops their contexts' roll-ups in the same transaction and sets the mark again.
+_MARK = "(SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'rolled_up_to')"
+#: a roll-up row of the requests ``o`` grouped by context and client
+_ROLLED_ROWS = (
+    "o.ctx AS ctx, o.client AS client, count(*) AS requests, sum(o.bytes_out) AS bytes_out,"
+    " sum(o.bytes_in) AS bytes_in, min(o.url) AS url, min(o.ts) AS first_ts, max(o.ts) AS last_ts"
+)
+#: the hourly totals of the requests ``o`` (hours since the epoch, UTC)
+_HOURLY_ROWS = (
+    "o.ctx AS ctx, CAST(o.ts / 3600 AS INTEGER) AS hour, count(*) AS requests,"
+    " sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in"
+)
+_ROLLUP_FIELDS = ("ctx", "client", "requests", "bytes_out", "bytes_in", "url", "first_ts",
+                  "last_ts")  # fmt: skip
+_ROLLUP_INSERT = f"INSERT INTO obs_rollup ({', '.join(_ROLLUP_FIELDS)})"
+_ROLLUP_ROW = ", ".join(f"r.{c}" for c in _ROLLUP_FIELDS)
+
+
+def _chosen(alias: str, first: str, last: str, where: TrafficFilter) -> tuple[str, list[Any]]:
+    """A WHERE term on ``alias`` (``obs_rows`` or ``obs_rollup``: context and client numbers)
+    for what ``where`` selects of UTC days ``[first, last]``: the contexts are chosen first
+    (a few per day), the users and clients in the client dictionary."""
+    f, params = where.sql(who=False)
+    term = f"{alias}.ctx IN (SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?{f})"  # noqa: S608
+    who, who_params = _clients_chosen(alias, where)
+    return term + who, [first, last, *params, *who_params]
+
+
+def _clients_chosen(alias: str, where: TrafficFilter) -> tuple[str, list[Any]]:
+    """`` AND alias.client IN (…)``: the client entries of the users and clients ``where``
+    selects (nothing: any)."""
+    who, params = TrafficFilter(users=where.users, clients=where.clients).sql()
+    if not who:
+        return "", []
+    return f" AND {alias}.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})", params  # noqa: S608
+
+
+def _dest_rows(grouped: str, params: list[Any]) -> tuple[str, list[Any]]:
+    """:meth:`Store._grouped` rows in :meth:`Store._by_dest`'s terms."""
+    dests = ", ".join(f"c.{c}" for c in _DEST_COLUMNS)
+    return (
+        f"SELECT g.client, {dests}, g.requests, g.bytes_out, g.bytes_in, g.url"  # noqa: S608
+        f" FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx",
+        params,
+    )
+
+
+def _day_floor(when: datetime) -> datetime:
+    """The UTC midnight at or before ``when``."""
+    return when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+#: how a roll-up row takes in more of its requests (``excluded``), as SUM, MIN and MAX
+#: would have over all of them (nulls included)
+_SUMS = ", ".join(
+    [
+        "requests = requests + excluded.requests",
+        *(
+            f"{c} = CASE WHEN {c} IS NULL THEN excluded.{c} WHEN excluded.{c} IS NULL THEN {c}"
+            f" ELSE {c} + excluded.{c} END"
+            for c in ("bytes_out", "bytes_in")
+        ),
+    ]
+)
+_URL = "url = coalesce(min(url, excluded.url), url, excluded.url)"
+_SPAN = "first_ts = min(first_ts, excluded.first_ts), last_ts = max(last_ts, excluded.last_ts)"
+#: the destination a monthly roll-up keeps a context's requests under
+_DEST_COLUMNS = ("dest_host", "provider", "provider_kind", "site", "egress_country", "outcome")
+_DEST_KEY = f"json_array({', '.join(f'c.{c}' for c in _DEST_COLUMNS)})"
+
+
+def _roll_up(conn: sqlite3.Connection) -> None:
+    """Add the rows above the mark to their roll-ups and move the mark to the last row."""
+    conn.execute("DROP TABLE IF EXISTS temp.rolled")
+    conn.execute(
+        f"CREATE TEMP TABLE rolled AS SELECT {_ROLLED_ROWS} FROM obs_rows o"  # noqa: S608
+        f" WHERE o.n > {_MARK} GROUP BY 1, 2"
+    )
+    conn.execute(
+        f"""{_ROLLUP_INSERT} SELECT * FROM temp.rolled WHERE 1 = 1
+            ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
+    )
+    _by_context(conn, "temp.rolled", "1 = 1", [])
+    _by_month(conn, "temp.rolled", "1 = 1", [])
+    conn.execute("DROP TABLE temp.rolled")
+    _by_hour(conn, f"o.n > {_MARK}", [])
+    _set_mark(conn)
+
+
+def _by_month(conn: sqlite3.Connection, source: str, where: str, params: Sequence[Any]) -> None:
+    """Add the roll-up rows of ``source`` (``obs_rollup`` or rows like its, ``g``) that
+    ``where`` selects to the monthly roll-ups: one row per UTC month, client and
+    destination (numbered in ``obs_dests``)."""
+    joined = f"FROM {source} g CROSS JOIN obs_contexts c ON c.n = g.ctx WHERE {where}"
+    cols = ", ".join(_DEST_COLUMNS)
+    conn.execute(
+        f"INSERT OR IGNORE INTO obs_dests (key, {cols}) SELECT DISTINCT {_DEST_KEY},"  # noqa: S608
+        f" {', '.join(f'c.{c}' for c in _DEST_COLUMNS)} {joined}",
+        params,
+    )
+    conn.execute(
+        f"""INSERT INTO obs_monthly (month, client, dest, requests, bytes_out, bytes_in, url)
+            SELECT substr(c.day, 1, 7), g.client, d.n, sum(g.requests), sum(g.bytes_out),
+              sum(g.bytes_in), min(g.url)
+            FROM {source} g CROSS JOIN obs_contexts c ON c.n = g.ctx
+            CROSS JOIN obs_dests d ON d.key = {_DEST_KEY} WHERE {where} GROUP BY 1, 2, 3
+            ON CONFLICT (month, client, dest) DO UPDATE SET {_SUMS}, {_URL}""",  # noqa: S608
+        params,
+    )
+
+
+def _by_context(conn: sqlite3.Connection, source: str, where: str, params: Sequence[Any]) -> None:
+    """Add the roll-up rows of ``source`` (as :func:`_by_month`) to their contexts' totals."""
+    conn.execute(
+        f"""INSERT INTO obs_context_totals (ctx, requests, bytes_out, bytes_in, first_ts, last_ts)
+            SELECT g.ctx, sum(g.requests), sum(g.bytes_out), sum(g.bytes_in), min(g.first_ts),
+              max(g.last_ts) FROM {source} g WHERE {where} GROUP BY 1
+            ON CONFLICT (ctx) DO UPDATE SET {_SUMS}, {_SPAN}""",  # noqa: S608 - constants
+        params,
+    )
+
+
+def _by_hour(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> None:
+    """Add the rows ``o`` that ``where`` selects to their contexts' hourly totals."""
+    conn.execute(
+        f"""INSERT INTO obs_hourly (ctx, hour, requests, bytes_out, bytes_in)
+            SELECT {_HOURLY_ROWS} FROM obs_rows o WHERE {where} GROUP BY 1, 2
+            ON CONFLICT (ctx, hour) DO UPDATE SET {_SUMS}""",  # noqa: S608 - constants
+        params,
+    )
+
+
+def _remonth(conn: sqlite3.Connection, first_day: str, last_day: str = "9999") -> None:
+    """Make the monthly roll-ups of the months of UTC days ``[first_day, last_day]`` again
+    from the daily ones (whose rows changed or went)."""
+    first, last = first_day[:7], last_day[:7] + "~"  # "~" sorts after any day of the month
+    conn.execute("DELETE FROM obs_monthly WHERE month >= ? AND month <= ?", [first, last])
+    days = "g.ctx IN (SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?)"
+    _by_month(conn, "obs_rollup", days, [first, last])
+
+
+def _set_mark(conn: sqlite3.Connection) -> None:
+    """The roll-ups hold every row stored: the mark is the last row's number."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('rolled_up_to', (SELECT coalesce(max(n), 0)"
+        " FROM obs_rows)) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    )
+
+
 #: observations of a time span that tell a client's egress country with a provider
 _EGRESS_HISTORY = (
     "ts >= ? AND ts < ? AND egress_country IS NOT NULL"
@@ -2898,8 +3233,9 @@ def database_problem(path: Path, exc: BaseException, doing: str = "database erro
 def _incident_out(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out.pop("severity_rank", None)
-    out["evidence"] = json.loads(out.get("evidence") or "[]")
-    out["facts"] = json.loads(out.get("facts") or "{}")
+    evidence, facts = out.get("evidence"), out.get("facts")
+    out["evidence"] = json.loads(evidence) if evidence and evidence != "[]" else []
+    out["facts"] = json.loads(facts) if facts else {}
     return out
 
 

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from monitor.observation import iso_day
 from monitor.report import custom_window, output_path, period_window
 from monitor.report.markdown import code, md
 from monitor.report.tabular import spreadsheet_cell
+from monitor.rows import observation_values
+from monitor.store import Store
 from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -605,3 +608,119 @@ def test_escaping_helpers():
     assert spreadsheet_cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
     assert spreadsheet_cell("-2+3") == "'-2+3" and spreadsheet_cell(-5) == -5
     assert spreadsheet_cell("api.openai.com") == "api.openai.com"
+
+
+# -- roll-ups: the report's traffic tables of whole UTC days read obs_rollup ----------------
+
+ROWS_ROLLED_UP = """SELECT ctx, client, count(*), sum(bytes_out), sum(bytes_in), min(url), min(ts),
+    max(ts) FROM obs_rows WHERE n <= ? GROUP BY ctx, client ORDER BY ctx, client"""
+CONTEXTS_ROLLED_UP = """SELECT ctx, count(*), sum(bytes_out), sum(bytes_in), min(ts), max(ts)
+    FROM obs_rows WHERE n <= ? GROUP BY ctx ORDER BY ctx"""
+HOURS_ROLLED_UP = """SELECT ctx, CAST(ts / 3600 AS INTEGER), count(*), sum(bytes_out),
+    sum(bytes_in) FROM obs_rows WHERE n <= ? GROUP BY 1, 2 ORDER BY 1, 2"""
+MONTHS_ROLLED_UP = f"""SELECT substr(c.day, 1, 7), o.client, d.n, count(*), sum(o.bytes_out),
+    sum(o.bytes_in), min(o.url) FROM obs_rows o JOIN obs_contexts c ON c.n = o.ctx
+    JOIN obs_dests d ON {" AND ".join(f"d.{c} IS c.{c}" for c in ("dest_host", "provider",
+        "provider_kind", "site", "egress_country", "outcome"))}
+    WHERE o.n <= ? GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""  # fmt: skip
+
+
+def copy_db(db: Path, to: Path) -> Path:
+    src, dst = sqlite3.connect(db), sqlite3.connect(to)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    return to
+
+
+def assert_rolled_up(db: Path) -> int:
+    """The roll-ups are the sums of every stored row (and the mark is the last row)."""
+    con = sqlite3.connect(db)
+    mark = int(one(con, "SELECT value FROM meta WHERE key = 'rolled_up_to'"))
+    assert mark == one(con, "SELECT coalesce(max(n), 0) FROM obs_rows")
+    for table, order, expected in (("obs_rollup", "ctx, client", ROWS_ROLLED_UP),
+                                   ("obs_monthly", "1, 2, 3", MONTHS_ROLLED_UP),
+                                   ("obs_context_totals", "ctx", CONTEXTS_ROLLED_UP),
+                                   ("obs_hourly", "1, 2", HOURS_ROLLED_UP)):  # fmt: skip
+        assert q(con, f"SELECT * FROM {table} ORDER BY {order}") == q(con, expected, [mark])
+    n = one(con, "SELECT count(*) FROM obs_rollup")
+    con.close()
+    return n
+
+
+def test_roll_ups_are_the_sums_of_their_rows_after_scans_prune_and_reevaluate(built, tmp_path):
+    db = copy_db(built[0], tmp_path / "a.db")
+    assert assert_rolled_up(db) > 100
+    late = tmp_path / "late.log"  # a scan adding to days already rolled up
+    late.write_text(
+        native(
+            datetime(2026, 11, 28, 9, tzinfo=UTC).timestamp(),
+            "10.20.1.1",
+            "CONNECT",
+            "api.openai.com:443",
+        )
+        + "\n"  # fmt: skip
+    )
+    run("--config", CONFIG, "--db", db, "scan", late, "-q", "--jobs", "1")
+    assert_rolled_up(db)
+    run("--db", db, "db", "prune", "--keep", "2026-11-20")
+    con = sqlite3.connect(db)
+    assert one(con, "SELECT min(day) FROM obs_contexts") >= "2026-11-20"
+    con.close()
+    assert_rolled_up(db)
+    # other settings (no sites): the rows of these days move to other contexts
+    out = json.loads(run("--db", db, "reevaluate", "--since", "2026-11-25", "--json").stdout)
+    assert out["changed"] > 0
+    assert assert_rolled_up(db) > 10
+
+
+def test_report_is_the_same_from_roll_ups_and_from_rows(built, tmp_path):
+    """Rows stored since the last roll-up (a scan still storing, or killed before it
+    finished) are read from the rows: whether none, some or all of the rows are rolled up,
+    every report is the same."""
+    db = built[0]
+    periods = [("--period", "weekly", "--date", WEEK), ("--period", "monthly", "--date", WEEK),
+               ("--period", "daily", "--date", "2026-11-25"),
+               ("--since", "2026-11-20T06:00:00Z", "--until", "2026-11-27T18:00:00Z"),
+               ("--period", "weekly", "--date", WEEK, "--site", "shanghai", "--user", "alice"),
+               ("--period", "monthly", "--date", WEEK, "--provider", "openai", "--client",
+                "10.20.0.0/16"),
+               ("--period", "monthly", "--date", WEEK, "--tz", "Asia/Shanghai")]  # fmt: skip
+
+    def reports(path):
+        out = []
+        for args in periods:
+            rep = report_json(path, *args)
+            del rep["meta"]["generated"], rep["meta"]["database"]
+            out.append(rep)
+        return out
+
+    expected = reports(db)
+    assert expected[0]["totals"][0]["current"] > 100
+    assert all(r["totals"][0]["current"] > 0 and r["top_clients"] for r in expected)
+    none = copy_db(db, tmp_path / "none.db")
+    con = sqlite3.connect(none)
+    with con:
+        for table in ("obs_rollup", "obs_monthly", "obs_context_totals", "obs_hourly"):
+            con.execute(f"DELETE FROM {table}")
+        con.execute("DELETE FROM meta WHERE key = 'rolled_up_to'")
+    con.close()
+    assert reports(none) == expected
+    # a scan killed after it committed some rows: those are above the mark until the next
+    killed = copy_db(db, tmp_path / "killed.db")
+    store = Store(killed)
+    at = datetime(2026, 11, 24, 10, tzinfo=UTC).timestamp()
+    rows = [observation_values(
+        id=7_000_000 + i, ts=at + 3600 * i, day=iso_day(at + 3600 * i), source="killed.log",
+        line=i, client_ip=f"10.20.1.{1 + i % 3}", user="alice" if i % 2 else None,
+        dest_host="api.openai.com", provider="openai", provider_kind="api", site="shanghai",
+        egress_country="CN", outcome="blocked" if i % 4 == 0 else "allowed", bytes_in=10 * i,
+        url=f"https://api.openai.com/v1/x{i}" if i % 3 else None, scan_id=1,
+    ) for i in range(60)]  # fmt: skip
+    assert store.ingest(1, [(r, []) for r in rows]).stored == 60
+    store.close()
+    before = reports(killed)
+    assert before != expected
+    Store(killed).roll_up()  # as the next scan's finish does
+    assert_rolled_up(killed)
+    assert reports(killed) == before

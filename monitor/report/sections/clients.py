@@ -49,14 +49,13 @@ class Clients(Section):
 def _top_clients(who: pd.DataFrame, top: int) -> list[dict[str, Any]]:
     if not len(who):
         return []
-    per = (
-        who.groupby("client_ip", dropna=False)
-        .agg(
-            requests=("requests", "sum"),
-            blocked=("blocked", "sum"),
-            bytes_out=("bytes_out", lambda s: s.sum(min_count=1)),
-            bytes_in=("bytes_in", lambda s: s.sum(min_count=1)),
-        )
+    by_client = who.astype({"bytes_out": float, "bytes_in": float}).groupby(
+        "client_ip", dropna=False
+    )
+    per = (  # bytes sum to null where no row has them (SQL's SUM), in one pass per column
+        by_client[["requests", "blocked"]]
+        .sum()
+        .join(by_client[["bytes_out", "bytes_in"]].sum(min_count=1))
         .reset_index()
     )
     per["key"] = per.client_ip.fillna("")
