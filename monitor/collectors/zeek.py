@@ -553,8 +553,8 @@ class FlowJoin:
             p.http.append(obs)
 
     def flow(self, key: Hashable, st: FlowStats, alone: bool, raw: bytes) -> None:
-        """The end of a connection: complete its pending observations, or, when ``alone``
-        (e.g. not DNS), report it on its own, identified by its record ``raw``."""
+        """The end of a connection: complete its pending observations, or report it on its
+        own when ``alone`` (TCP or UDP, not DNS), its id made from its record ``raw``."""
         p = self.pending.pop(key, None)
         was_done = self.done.pop(key, _MISSING) is not _MISSING
         if p is not None:
