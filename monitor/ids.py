@@ -16,9 +16,16 @@ if TYPE_CHECKING:
     from monitor.observation import Observation
 
 
+# copies of an empty hash cost less than making one with its parameters (once per record)
+_RECORD = blake2b(digest_size=12)
+_OBSERVATION = blake2b(digest_size=8)
+
+
 def record_id(raw: bytes) -> str:
     """Stable identity of one raw record (a log line, an eve.json event, a flow key)."""
-    return blake2b(raw, digest_size=12).hexdigest()
+    h = _RECORD.copy()
+    h.update(raw)
+    return h.hexdigest()
 
 
 def observed_record_id(obs: Observation) -> str:
@@ -31,10 +38,11 @@ def observed_record_id(obs: Observation) -> str:
     return record_id(key.encode("utf-8", "surrogatepass"))
 
 
-def observation_id(record_id: str, nth: int) -> int:
+def observation_id(record_id: str, nth: int = 0) -> int:
     """63-bit integer id of the nth identical record in one input."""
-    key = record_id if nth == 0 else f"{record_id}/{nth}"
-    return int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
+    h = _OBSERVATION.copy()
+    h.update((record_id if nth == 0 else f"{record_id}/{nth}").encode())
+    return int.from_bytes(h.digest(), "big") >> 1
 
 
 def incident_id(
