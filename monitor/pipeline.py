@@ -615,9 +615,10 @@ def place(obs: Observation, match: Match) -> None:
     obs.residency_basis, obs.residency_caveat = p.basis, p.caveat
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Context:
-    """What the stages after *identify* make of every record of one memo key."""
+    """What the stages after *identify* make of every record of one memo key (read only:
+    not frozen, which would make each of the many built cost more)."""
 
     match: Match  # held, so that the id in the key stays this match's
     egress: Egress
