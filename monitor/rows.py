@@ -86,7 +86,8 @@ CONTEXT: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.name not in PER_RE
 def compiled(name: str, args: str, expression: str) -> Callable[..., Any]:
     """``def name(args): return expression``, for the per-record work a specification
     decides once (row and key layouts): a display of plain attribute reads and indexing is
-    the cheapest per-record work Python has."""
+    the cheapest per-record work Python has. The expression names fields and columns of
+    this module's specification, never anything read from an input."""
     namespace: dict[str, Any] = {}
     source = f"def {name}({args}):\n    return {expression}\n"
     exec(compile(source, f"<monitor.rows.{name}>", "exec"), namespace)  # noqa: S102
