@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from operator import attrgetter
 from typing import Any
 
 from monitor import __version__
@@ -32,10 +31,10 @@ from monitor.ids import finding_id, incident_id, observation_id, observed_record
 from monitor.observation import Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
-from monitor.rows import COL, observation_row
+from monitor.rows import COL, compiled, observation_row, row_builder
 from monitor.store import IngestResult
 
-ID, DAY = COL["id"], COL["day"]
+ID = COL["id"]
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
 #: a character no host name, address literal or catalogue pattern (``*``) holds: controls,
@@ -620,15 +619,20 @@ def place(obs: Observation, match: Match) -> None:
     obs.residency_basis, obs.residency_caveat = p.basis, p.caveat
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Context:
-    """What the stages after *identify* make of every record of one memo key."""
+    """What the stages after *identify* make of every record of one memo key (read only:
+    not frozen, which would make each of the many built cost more)."""
 
     match: Match  # held, so that the id in the key stays this match's
     egress: Egress
     dest: GeoAnswer | None
     outcome: str | None
+    day: str
     rules: list[Rule]
+    #: the stored row of the first record of the key (as stored: pseudonymised or not),
+    #: whose columns the key decides are every record's (see :meth:`RecordMemo.row`)
+    row: tuple[Any, ...]
     #: the incident rows, when the key decides them; else the getters of the evidence the
     #: rules raised keep, and the incident rows per distinct evidence
     incidents: list[dict[str, Any]] | None
@@ -643,7 +647,8 @@ class RecordMemo:
     day and the observation fields those stages read, which the loaded rules decide
     (:data:`OBS_READS`); rules are data, so the key is derived, never written down.
     Incident rows are shared between records, so callers only read them (which also lets
-    pickle send one copy per batch)."""
+    pickle send one copy per batch). So is the stored row but for the fields the key does
+    not hold: each record's row is the first one's with those read from the record."""
 
     EVIDENCE_KEPT = 1024  # distinct evidence values remembered per key
 
@@ -651,19 +656,27 @@ class RecordMemo:
         self._pipeline = pipeline
         self._limit = limit
         self._memo: dict[tuple[Any, ...], Context] = {}
+        #: the context of a key seen before, else None (``lookup(key(obs, match))`` or
+        #: :meth:`get`: the first half of :meth:`get`, for callers that inline it)
+        self.lookup = self._memo.get
         rules = pipeline.evaluator.rules
         # the fields the rules read, and those their evidence reads but the URL, which
         # differs from request to request (evidence read from it is remembered per value)
         evidence = obs_reads(f for r in rules.rules for f in r.evidence) - {"url"}
         keyed = set(RECORD_READS) | obs_reads(rules.fields) | evidence
-        self._reads = attrgetter(*sorted(keyed))
+        #: ``(obs, match) -> key``: one tuple display (the key is built for every record)
+        reads = "".join(f", o.{name}" for name in sorted(keyed))
+        self.key = compiled("key", "o, m", f"(id(m), o.ts // 86400{reads})")
+        #: a record's stored row from its key's (pseudonymisation changes only fields of
+        #: RECORD_READS, which the key holds)
+        self.row = row_builder(keyed)
         #: rule ids whose evidence the key decides (else incident rows are made per record)
         self._evidence_keyed = frozenset(
             r.id for r in rules.rules if obs_reads(r.evidence) <= keyed
         )
 
     def get(self, obs: Observation, match: Match) -> Context:
-        key = (id(match), obs.ts // 86400, *self._reads(obs))
+        key = self.key(obs, match)
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= self._limit:
@@ -675,14 +688,13 @@ class RecordMemo:
         p = self._pipeline
         enriched = p.enricher.enrich(obs, match)
         rules = p.evaluator.evaluate(enriched)  # on the real addresses: rules may name them
+        shown = enriched if p.pseudonymizer is None else p.pseudonymizer.apply(enriched)
+        day = shown.day
+        facts = (match, enriched.egress, enriched.dest, enriched.outcome, day, rules,
+                 tuple(observation_row(shown)))  # fmt: skip
         if all(r.id in self._evidence_keyed for r in rules):
-            shown = enriched if p.pseudonymizer is None else p.pseudonymizer.apply(enriched)
-            incidents = incident_rows(shown, rules, shown.day, p.evaluator.evidence)
-            return Context(match, enriched.egress, enriched.dest, enriched.outcome, rules,
-                           incidents)  # fmt: skip
-        evidence = p.evaluator.evidence_getters(tuple([r.id for r in rules]))
-        return Context(match, enriched.egress, enriched.dest, enriched.outcome, rules, None,
-                       evidence)  # fmt: skip
+            return Context(*facts, incident_rows(shown, rules, day, p.evaluator.evidence))
+        return Context(*facts, None, p.evaluator.evidence_getters(tuple([r.id for r in rules])))
 
     def incidents(self, found: Context, shown: Enriched, day: str) -> list[dict[str, Any]]:
         """The incident rows of a record whose key does not decide them (``shown``: as
@@ -721,20 +733,25 @@ class Pipeline:
 
     def record(self, obs: Observation, match: Match) -> tuple[list[Any], list[dict[str, Any]]]:
         """Stages 3–4 for one LLM observation: its stored row (``id`` and ``scan_id`` unset)
-        and the incident rows it raises. Scans and re-evaluation both go through here.
+        and the incident rows it raises. Re-evaluation goes through here, scans and live
+        captures through :meth:`records`, which does the same for many.
 
-        Enrichment, rules and incident rows are worked out once per distinct key (the
-        match, the day and the fields of :data:`RECORD_READS` and those the loaded rules
-        read, see :class:`RecordMemo`); only the row is built per record."""
+        Enrichment, rules, incident rows and most of the row are worked out once per
+        distinct key (the match, the day and the fields of :data:`RECORD_READS` and those
+        the loaded rules read, see :class:`RecordMemo`); per record, only the fields the
+        key does not hold are read into the row."""
         found = self.memo.get(obs, match)
+        incidents = found.incidents
+        if incidents is None:
+            incidents = self._incidents(found, obs, match)
+        return self.memo.row(obs, found.row), incidents
+
+    def _incidents(self, found: Context, obs: Observation, match: Match) -> list[dict[str, Any]]:
+        """The incident rows of a record whose rules keep evidence its key does not decide."""
         enriched = Enriched(obs, match, found.egress, found.dest, found.outcome)
         if self.pseudonymizer is not None:
-            enriched = self.pseudonymizer.apply(enriched)  # before ids are computed from them
-        row = observation_row(enriched)
-        incidents = found.incidents
-        if incidents is None:  # the rules raised keep evidence the key does not decide
-            incidents = self.memo.incidents(found, enriched, row[DAY])
-        return row, incidents
+            enriched = self.pseudonymizer.apply(enriched)  # as stored
+        return self.memo.incidents(found, enriched, found.day)
 
     def fingerprint(self) -> str:
         """A digest of what decides this pipeline's answers besides its inputs and config:
@@ -798,10 +815,17 @@ class Pipeline:
 
     def records(self, found: Iterable[tuple[Observation, Match | None]]) -> Iterator[Produced]:
         """Stages 3 on over LLM observations with their match: a part's (:meth:`process`)
-        or a live capture's (:mod:`monitor.live`)."""
-        record = self.record
+        or a live capture's (:mod:`monitor.live`). What :meth:`record` does, inlined: this
+        is the loop every LLM record of a scan goes through."""
+        memo = self.memo
+        key, lookup, context, build = memo.key, memo.lookup, memo.get, memo.row
+        incidents_of = self._incidents
         for obs, match in found:
-            row, incidents = record(obs, match)  # type: ignore[arg-type]
+            ctx = lookup(key(obs, match)) or context(obs, match)  # type: ignore[arg-type]
+            incidents = ctx.incidents
+            if incidents is None:
+                incidents = incidents_of(ctx, obs, match)  # type: ignore[arg-type]
+            row = build(obs, ctx.row)
             record_id = obs.record_id or observed_record_id(obs)
-            row[ID] = observation_id(record_id, 0)
+            row[ID] = observation_id(record_id)
             yield record_id, row, incidents

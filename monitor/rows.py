@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from operator import attrgetter
 from typing import Any
 
 from monitor.observation import Observation
@@ -70,7 +70,6 @@ COL: dict[str, int] = {c.name: i for i, c in enumerate(COLUMNS)}
 _filled = [c.path is None for c in COLUMNS]
 assert _filled == [True] + [False] * (len(COLUMNS) - 2) + [True], "id first, scan_id last"
 assert len(COL) == len(COLUMNS), "column names are unique"
-_values = attrgetter(*[c.path for c in COLUMNS[1:-1]])
 
 
 #: Where the store keeps each column (see :mod:`monitor.store`): values that vary from one
@@ -84,9 +83,36 @@ CLIENT: tuple[str, ...] = ("client_ip", "user")
 CONTEXT: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.name not in PER_REQUEST + CLIENT)
 
 
-def observation_row(enriched: Any) -> list[Any]:
-    """The stored row of an enriched record (``id`` and ``scan_id`` still to fill)."""
-    return [None, *_values(enriched), None]
+def compiled(name: str, args: str, expression: str) -> Callable[..., Any]:
+    """``def name(args): return expression``, for the per-record work a specification
+    decides once (row and key layouts): a display of plain attribute reads and indexing is
+    the cheapest per-record work Python has. The expression names fields and columns of
+    this module's specification, never anything read from an input."""
+    namespace: dict[str, Any] = {}
+    source = f"def {name}({args}):\n    return {expression}\n"
+    exec(compile(source, f"<monitor.rows.{name}>", "exec"), namespace)  # noqa: S102
+    return namespace[name]
+
+
+#: The stored row of an enriched record (``id`` and ``scan_id`` still to fill).
+observation_row: Callable[[Any], list[Any]] = compiled(
+    "observation_row", "e", f"[None, {', '.join(f'e.{c.path}' for c in COLUMNS[1:-1])}, None]"
+)
+
+
+def row_builder(constant: Iterable[str]) -> Callable[[Any, Sequence[Any]], list[Any]]:
+    """A function ``(obs, template) -> row`` for records that share the observation fields
+    ``constant`` and all that follows from them (their enrichment, the day): each column
+    read from another observation field is read from ``obs``, every other column is the
+    ``template``'s (a row of such a record, as stored: pseudonymised or not)."""
+    fixed = set(constant)
+    items = [
+        f"o.{c.path[4:]}"
+        if c.path and c.path.startswith("obs.") and c.path[4:] not in fixed
+        else f"t[{i}]"
+        for i, c in enumerate(COLUMNS)
+    ]
+    return compiled("build_row", "o, t", f"[{', '.join(items)}]")
 
 
 def observation_values(**values: Any) -> list[Any]:

@@ -12,6 +12,7 @@ import pytest
 from monitor.app import App, Settings
 from monitor.collectors import CollectOptions
 from monitor.egress import Egress, EgressOptions
+from monitor.ids import observation_id, observed_record_id
 from monitor.observation import Observation
 from monitor.pipeline import (
     OBS_READS,
@@ -171,3 +172,36 @@ def test_memoised_record_path_equals_the_stages_record_by_record(app, pseudonymi
     assert {"provider-region-unsupported", "relay-service", "llm-api-unknown-host"} <= seen_rules
     keys = [c for c in memoised.memo._memo.values() if c.match.provider.id != "unknown"]
     assert len(keys) <= identified // 2
+
+
+@pytest.mark.parametrize("pseudonymize", [False, True])
+def test_records_of_one_key_differ_in_every_field_the_key_does_not_hold(app, pseudonymize):
+    """Records of one key share the first one's row but for the fields the key does not
+    hold, which each record's row reads from the record itself: a record differing from
+    the first in any one field gets the row (and id) the stages give it alone."""
+    pseud = Pseudonymizer("k" * 32) if pseudonymize else None
+    memoised = Pipeline(app.catalog, app.geo, app.rules, app.config, EgressOptions(),
+                        CollectOptions(), pseud)  # fmt: skip
+    plain = Pipeline(app.catalog, app.geo, app.rules, app.config, EgressOptions(),
+                     CollectOptions(), pseud)  # fmt: skip
+    first = _record(status=200, result="TCP_TUNNEL")
+    match = memoised.identifier.identify(first)
+    key = memoised.memo.key
+    records = [first]
+    for name, value in OTHER.items():
+        other = dataclasses.replace(first, **{name: value})
+        if key(other, match) == key(first, match):
+            records.append(other)
+    varied = {f.name for f in dataclasses.fields(Observation)} - {
+        n for n in OTHER if all(getattr(r, n) == getattr(first, n) for r in records)
+    }
+    assert {"ts", "line", "source", "url", "bytes_in", "duration", "tunnel", "record_id",
+            "processing_region"} <= varied  # fmt: skip
+    got = list(memoised.records([(dataclasses.replace(r), match) for r in records]))
+    assert len({id(memoised.memo.get(r, match)) for r in records}) == 1, "one key"
+    for obs, (record_id, row, incidents) in zip(records, got, strict=True):
+        want_row, want_incidents = _reference(plain, dataclasses.replace(obs), match)
+        want_id = obs.record_id or observed_record_id(obs)
+        want_row[0] = observation_id(want_id)
+        assert (record_id, row, incidents) == (want_id, want_row, want_incidents), obs
+    assert len({tuple(row) for _, row, _ in got}) == len(records), "each row its own"
