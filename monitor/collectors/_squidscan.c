@@ -1,6 +1,6 @@
 /* The Squid native collector's pre-pass, in C (see monitor/accel.py).
  *
- * native_chunk(chunk, clean, max_line, rejects, markers=()) -> (records, todo)
+ * native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None) -> (records, todo)
  *
  * `chunk` holds whole lines, each ending in a newline (monitor.collectors.base.iter_chunks),
  * and after the last newline perhaps the start of a line that the next chunk holds, which
@@ -10,19 +10,24 @@
  * and whose target (the CONNECT host:port, or a URL's scheme://authority) the filter has
  * already judged is
  *   - rejected (rejects[target] is True): a record that is counted and dropped, unless it
- *     is a URL whose path holds one of `markers` (byte strings an LLM API path holds);
+ *     is a URL whose path holds one of `markers` (byte strings an LLM API path holds), or
+ *     its %Sh/%<a field names an address that may lie in `ranges` (a provider's published
+ *     ingress ranges: fronted traffic, whatever the name);
  *   - kept (rejects[target] is False): split into its fields, the tuple
  *     (index, ts, elapsed, client, code/status, size, method, target, user, peer, line)
  *     with ts a float, elapsed and size ints and the rest bytes, appended to `todo`.
  * Every other line (any other shape, longer than max_line, a target not yet in `rejects`,
- * a timestamp that is not plain digits[.digits] below 1e10, a marker in a rejected URL)
- * goes to `todo` as (index, line), for the Python loop to read. It is stricter than the
+ * a timestamp that is not plain digits[.digits] below 1e10, a marker in a rejected URL, a
+ * peer address in `ranges` or one that only Python can read) goes to `todo` as (index,
+ * line), for the Python loop to read. `ranges` is (v4, v6): bytes of sorted, disjoint
+ * [first, last] address pairs, big-endian, 4 and 16 bytes per address. It is stricter than the
  * Python code, never looser; `todo` keeps the order of the lines; `clean` says the chunk
  * holds no NUL byte. Rejected lines are only read: no object is made for them but the
  * lookup key.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -141,6 +146,144 @@ has_marker(const char *s, Py_ssize_t n, PyObject *markers)
     return 0;
 }
 
+/* Published ingress ranges: sorted, disjoint [first, last] pairs of big-endian addresses
+ * (4 or 16 bytes each); `octets` marks the first octets the IPv4 ones cover. */
+typedef struct {
+    const unsigned char *v4, *v6;
+    Py_ssize_t n4, n6; /* pairs */
+    unsigned char octets[32];
+} Ranges;
+
+static uint32_t
+be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+/* 1 when the IPv4 address a lies in one of the pairs of r */
+static int
+in_v4(uint32_t a, const Ranges *r)
+{
+    Py_ssize_t lo = 0, hi = r->n4; /* the first pair whose first address is above a */
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (be32(r->v4 + mid * 8) <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && a <= be32(r->v4 + (lo - 1) * 8 + 4);
+}
+
+/* 1 when the IPv6 address a (16 bytes) lies in one of the pairs of r */
+static int
+in_v6(const unsigned char *a, const Ranges *r)
+{
+    Py_ssize_t lo = 0, hi = r->n6;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (memcmp(r->v6 + mid * 32, a, 16) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && memcmp(a, r->v6 + (lo - 1) * 32 + 16, 16) <= 0;
+}
+
+/* a dotted quad as Python's ipaddress reads it (1-3 digits per octet, no leading zero,
+ * at most 255) into *out; 0 when it is not one */
+static int
+parse_v4(const char *s, Py_ssize_t n, uint32_t *out)
+{
+    Py_ssize_t i = 0;
+    uint32_t a = 0;
+    for (int k = 0; k < 4; k++) {
+        if (k > 0) {
+            if (i >= n || s[i] != '.')
+                return 0;
+            i++;
+        }
+        Py_ssize_t start = i;
+        unsigned v = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9' && i - start < 3)
+            v = v * 10 + (unsigned)(s[i++] - '0');
+        if (i == start || v > 255 || (i - start > 1 && s[start] == '0'))
+            return 0;
+        a = a << 8 | v;
+    }
+    *out = a;
+    return i == n;
+}
+
+/* the value of the 1-`most` digits (of base 10 or 16) at p[0:m] that a `sep` follows, or -1:
+ * a first octet "160." or a first group "2607:" */
+static long
+leading_number(const char *p, Py_ssize_t m, int base, Py_ssize_t most, char sep)
+{
+    long v = 0;
+    Py_ssize_t i = 0;
+    for (; i < m && i < most; i++) {
+        unsigned char c = (unsigned char)p[i], lower = (unsigned char)(c | 0x20);
+        if (c >= '0' && c <= '9')
+            v = v * base + (c - '0');
+        else if (base == 16 && lower >= 'a' && lower <= 'f')
+            v = v * base + (lower - 'a' + 10);
+        else
+            break;
+    }
+    return i > 0 && i < m && p[i] == sep ? v : -1;
+}
+
+/* Whether the peer of a %Sh/%<a field ("HIER_DIRECT/160.79.104.10") may lie in `r`:
+ * 0 when Python's reading of it (SquidCollector: the text after the first '/', stripped of
+ * brackets, read by ipaddress) is no address or one outside the ranges; 1 when it is in
+ * them, or is text with a ':' that inet_pton cannot read (Python decides). The hierarchy
+ * code is not looked at: Python does, for the few lines handed back. Most lines end on
+ * their first octet or group, which no range covers: a number and a '.' first is an IPv4
+ * address or none (no IPv6 text starts so), and an IPv6 address starts with its first group. */
+static int
+peer_in_ranges(const char *s, Py_ssize_t n, const Ranges *r)
+{
+    const char *slash = n >= 12 && memcmp(s, "HIER_DIRECT/", 12) == 0
+                            ? s + 11
+                            : memchr(s, '/', (size_t)n);
+    if (slash == NULL)
+        return 0;
+    const char *p = slash + 1;
+    Py_ssize_t m = s + n - p;
+    while (m > 0 && (*p == '[' || *p == ']'))
+        p++, m--;
+    while (m > 0 && (p[m - 1] == '[' || p[m - 1] == ']'))
+        m--;
+    long first = leading_number(p, m, 10, 3, '.');
+    if (first >= 0) {
+        uint32_t a;
+        return first <= 255 && (r->octets[first >> 3] >> (first & 7) & 1) && parse_v4(p, m, &a) &&
+               in_v4(a, r);
+    }
+    if (m == 0 || memchr(p, ':', (size_t)m) == NULL)
+        return 0; /* "-", a host name: no address */
+    long group = leading_number(p, m, 16, 4, ':');
+    if (group >= 0) {
+        int near = 0;
+        for (Py_ssize_t k = 0; k < r->n6 && !near; k++) {
+            const unsigned char *pair = r->v6 + k * 32;
+            near = (pair[0] << 8 | pair[1]) <= group && group <= (pair[16] << 8 | pair[17]);
+        }
+        if (!near)
+            return 0;
+    }
+    char buf[INET6_ADDRSTRLEN];
+    unsigned char a6[16];
+    if (m >= (Py_ssize_t)sizeof(buf))
+        return 1;
+    memcpy(buf, p, (size_t)m);
+    buf[m] = '\0';
+    if (inet_pton(AF_INET6, buf, a6) != 1)
+        return 1; /* a zone index, or text only Python may read */
+    return in_v6(a6, r);
+}
+
 /* digits only, at most 18 of them (no overflow): the value; else -1 */
 static long long
 small_int(const char *s, Py_ssize_t n)
@@ -160,7 +303,8 @@ small_int(const char *s, Py_ssize_t n)
  * fields and *ts, *elapsed, *size their values. */
 static int
 classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *markers,
-         const char **tok, Py_ssize_t *len, double *ts, long long *elapsed, long long *size)
+         const Ranges *ranges, const char **tok, Py_ssize_t *len, double *ts,
+         long long *elapsed, long long *size)
 {
     int count = 0;
     Py_ssize_t i = 0;
@@ -220,6 +364,8 @@ classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *ma
         return 0;
     if (tlen < len[6] && has_marker(target + tlen, len[6] - tlen, markers))
         return 0; /* a URL whose path may be an LLM API's */
+    if ((ranges->n4 > 0 || ranges->n6 > 0) && peer_in_ranges(tok[8], len[8], ranges))
+        return 0; /* the origin may be a provider's published ingress address */
     return DROP;
 }
 
@@ -264,16 +410,48 @@ handed_back(Py_ssize_t index, const char *line, Py_ssize_t n)
     return Py_BuildValue("(ny#)", index, line, n);
 }
 
+/* `ranges` (None, or a tuple of two bytes objects) into r; 0 with an error set if bad */
+static int
+ranges_of(PyObject *ranges, Ranges *r)
+{
+    memset(r, 0, sizeof(*r));
+    if (ranges == NULL || ranges == Py_None)
+        return 1;
+    PyObject *v4, *v6;
+    if (!PyArg_ParseTuple(ranges, "SS:ranges", &v4, &v6))
+        return 0;
+    if (PyBytes_GET_SIZE(v4) % 8 != 0 || PyBytes_GET_SIZE(v6) % 32 != 0) {
+        PyErr_SetString(PyExc_ValueError, "ranges: (v4, v6) pairs of 4- and 16-byte addresses");
+        return 0;
+    }
+    r->v4 = (const unsigned char *)PyBytes_AS_STRING(v4);
+    r->n4 = PyBytes_GET_SIZE(v4) / 8;
+    r->v6 = (const unsigned char *)PyBytes_AS_STRING(v6);
+    r->n6 = PyBytes_GET_SIZE(v6) / 32;
+    for (Py_ssize_t k = 0; k < r->n4; k++)
+        for (unsigned o = r->v4[k * 8]; o <= r->v4[k * 8 + 4]; o++)
+            r->octets[o >> 3] |= (unsigned char)(1u << (o & 7));
+    return 1;
+}
+
 static PyObject *
 native_chunk(PyObject *self, PyObject *args)
 {
-    PyObject *chunk, *rejects, *markers = NULL;
+    PyObject *chunk, *rejects, *markers = NULL, *ranges_arg = NULL;
     int clean;
     Py_ssize_t max_line;
+    Ranges ranges;
 
-    if (!PyArg_ParseTuple(args, "SpnO!|O!:native_chunk", &chunk, &clean, &max_line,
-                          &PyDict_Type, &rejects, &PyTuple_Type, &markers))
+    if (!PyArg_ParseTuple(args, "SpnO!|O!O:native_chunk", &chunk, &clean, &max_line,
+                          &PyDict_Type, &rejects, &PyTuple_Type, &markers, &ranges_arg))
         return NULL;
+    if (ranges_arg != NULL && ranges_arg != Py_None && !PyTuple_Check(ranges_arg)) {
+        PyErr_SetString(PyExc_TypeError, "ranges must be None or a (v4, v6) tuple of bytes");
+        return NULL;
+    }
+    if (!ranges_of(ranges_arg, &ranges))
+        return NULL;
+    /* the tuple (held by the caller's argument tuple) keeps both buffers alive */
     if (markers == NULL) {
         markers = PyTuple_New(0);
         if (markers == NULL)
@@ -304,7 +482,8 @@ native_chunk(PyObject *self, PyObject *args)
         long long elapsed = 0, size = 0;
         int r = 0;
         if (n <= max_line) {
-            r = classify(line, n, clean, rejects, markers, tok, len, &ts, &elapsed, &size);
+            r = classify(line, n, clean, rejects, markers, &ranges, tok, len, &ts, &elapsed,
+                         &size);
             if (r < 0)
                 goto fail;
         }
@@ -335,10 +514,10 @@ fail:
 
 static PyMethodDef methods[] = {
     {"native_chunk", native_chunk, METH_VARARGS,
-     "native_chunk(chunk, clean, max_line, rejects, markers=()) -> (records, todo): over "
-     "the lines of a chunk, count those whose target the host filter rejected (unless "
-     "their URL path holds a marker); split those whose target it kept into their fields; "
-     "(index, line) for the others."},
+     "native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None) -> (records, "
+     "todo): over the lines of a chunk, count those whose target the host filter rejected "
+     "(unless their URL path holds a marker or their peer address lies in ranges); split "
+     "those whose target it kept into their fields; (index, line) for the others."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -352,8 +531,9 @@ PyMODINIT_FUNC
 PyInit__squidscan(void)
 {
     PyObject *m = PyModule_Create(&module);
-    /* 4: native_chunk reads whole chunks; squid.py ignores a module built before that */
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 4) < 0) {
+    /* 4: native_chunk reads whole chunks; 5: it takes the ingress ranges. squid.py
+     * ignores a module built before that */
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 5) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -20,6 +20,7 @@ physical line). A record whose own end was cut off is lost.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
@@ -34,6 +35,7 @@ from monitor.collectors.base import (
     FormatSpec,
     HostFilter,
     InputError,
+    ingress_of,
     iter_chunks,
     lines_of,
     requests_of,
@@ -173,11 +175,15 @@ class _Targets:
         "requests",
         "markers",
         "marker_search",
+        "ingress",
+        "fronts",
     )
 
     def __init__(self, host_filter: HostFilter | None = None) -> None:
         self.host_filter = host_filter
         self.requests = requests_of(host_filter)
+        #: whether an address is in a provider's published ingress ranges (fronted traffic)
+        self.ingress = ingress_of(host_filter)
         #: byte strings one of which an LLM-shaped URL holds (a cheap test before the filter)
         self.markers: tuple[bytes, ...] = tuple(getattr(host_filter, "markers", ()))
         #: the same test in one pass over the URL: a line's path is checked against all markers
@@ -194,6 +200,7 @@ class _Targets:
         self.words: dict[bytes, str] = {}
         self.filter: dict[str, bool] = {}
         self.rejects: dict[bytes, bool] = {}  # CONNECT target -> rejected by the host filter
+        self.fronts: dict[bytes, bool] = {}  # %Sh/%<a field -> origin in the ingress ranges
 
     def rejects_target(self, connect: bool, target: bytes) -> bool:
         """Whether the host filter rejects the host of a CONNECT target or of a URL's
@@ -218,6 +225,20 @@ class _Targets:
             _text(url) if url is not None else None,
             _text(user_agent) if user_agent is not None else None,
         )
+
+    def fronted(self, tok: bytes) -> bool:
+        """Whether a ``%Sh/%<a`` field names an origin server inside a provider's published
+        ingress ranges: the record is kept whatever its host (fronted traffic)."""
+        v = self.fronts.get(tok)
+        if v is None:
+            if len(self.fronts) > _CACHE_LIMIT:
+                self.fronts.clear()
+            v = self.fronts[tok] = self.fronted_ip(self.peer(tok))
+        return v
+
+    def fronted_ip(self, ip: str | None) -> bool:
+        """Whether an origin address is inside a provider's published ingress ranges."""
+        return ip is not None and self.ingress is not None and bool(self.ingress(ip))
 
     def keep(self, host: str | None) -> bool:
         """The host filter's verdict, asked once per host (records without a host are kept)."""
@@ -326,10 +347,12 @@ class _Targets:
 #: code/status, size, method, target, user, peer, line) -- the numbers converted, the rest
 #: bytes.
 Fields = tuple[int, float, int, bytes, bytes, int, bytes, bytes, bytes, bytes, bytes]
-#: (chunk, clean, max_line, rejects, markers) -> (records counted and dropped, the other
-#: lines in order: split into their fields, or (index, line) for the Python loop to read)
+#: The published ingress ranges as the C pre-pass reads them (see :func:`intervals`).
+Intervals = tuple[bytes, bytes]
+#: (chunk, clean, max_line, rejects, markers, ranges) -> (records counted and dropped, the
+#: other lines in order: split into their fields, or (index, line) for the Python loop)
 NativeChunk = Callable[
-    [bytes, bool, int, dict[bytes, bool], tuple[bytes, ...]],
+    [bytes, bool, int, dict[bytes, bool], tuple[bytes, ...], Intervals | None],
     tuple[int, list[tuple[int, bytes] | Fields]],
 ]
 
@@ -343,7 +366,29 @@ def _accelerator() -> NativeChunk | None:
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 4
+_ACCEL_ABI = 5
+
+
+def intervals(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> Intervals:
+    """IPv4 and IPv6 networks as sorted, merged [first, last] address pairs, packed
+    big-endian (4 and 16 bytes an address): what the C pre-pass binary-searches."""
+    packed = []
+    for version, width in ((4, 4), (6, 16)):
+        spans = sorted(
+            (int(n.network_address), int(n.broadcast_address))
+            for n in networks
+            if n.version == version
+        )
+        merged: list[list[int]] = []
+        for first, last in spans:
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], last)
+            else:
+                merged.append([first, last])
+        packed.append(
+            b"".join(a.to_bytes(width, "big") + b.to_bytes(width, "big") for a, b in merged)
+        )
+    return packed[0], packed[1]
 
 
 def _host_port(text: str) -> tuple[str | None, int | None]:
@@ -421,8 +466,14 @@ class SquidCollector:
         # the C pre-pass reads each chunk whole: it counts the records the filter rejects
         # (most of them) without making them objects, splits those it keeps into their
         # fields and hands the other lines to the loop below, which reads every line of
-        # every batch when it is absent
-        prepass = _accelerator() if filtering else None
+        # every batch when it is absent. It is given the ingress ranges themselves.
+        networks = getattr(host_filter, "networks", None)
+        ranges = intervals(networks) if t.ingress is not None and networks is not None else None
+        usable = t.ingress is None or ranges is not None
+        prepass = _accelerator() if filtering and usable else None
+        fronting = t.ingress is not None
+        fronted = t.fronted
+        fronts = t.fronts
         markers = t.markers if t.requests is not None else ()
         marker_search = t.marker_search
         max_line = _base.MAX_LINE
@@ -430,7 +481,7 @@ class SquidCollector:
         try:
             for first, chunk, clean in chunks:
                 if prepass is not None:
-                    dropped, todo = prepass(chunk, clean, max_line, rejects, markers)
+                    dropped, todo = prepass(chunk, clean, max_line, rejects, markers, ranges)
                     records += dropped
                     batches: Iterable[tuple[int, Iterable[tuple]]] = ((first, todo),)
                 else:
@@ -489,6 +540,10 @@ class SquidCollector:
                                 if rejected and markers and target is not parts[6]:
                                     # a URL with a path: an LLM API path keeps it all the same
                                     rejected = marker_search(parts[6], len(target)) is None
+                                if rejected and fronting:
+                                    # so does an origin in a provider's ingress ranges
+                                    f = fronts.get(parts[8])
+                                    rejected = not (fronted(parts[8]) if f is None else f)
                                 if (
                                     rejected
                                     and parts[1].isdigit()
@@ -536,7 +591,7 @@ class SquidCollector:
                             keep = fcache.get(host)
                             if keep is None:
                                 keep = t.keep(host)
-                            if not keep and not t.wanted(url):
+                            if not keep and not t.wanted(url) and not fronted(peer):
                                 continue  # rejected: counted, no Observation built
                         if url is not None:
                             url = _text(url)
@@ -600,7 +655,7 @@ class SquidCollector:
         if method == "-":
             method = None
         host, port, raw_url, hsrc = t.target(method, parts[6])
-        if not t.keep(host) and not t.wanted(raw_url):
+        if not t.keep(host) and not t.wanted(raw_url) and not t.fronted(parts[8]):
             return None
         url = _text(raw_url) if raw_url is not None else None
         user = parts[7]
@@ -803,7 +858,10 @@ class SquidCollector:
         agent = get("user_agent")
         if agent == b"-":
             agent = None
-        if not t.keep(host) and not t.wanted(raw_url, agent):
+        peer = get("peer_ip")
+        # with %Sh, only a direct hierarchy code makes %<a the destination (see native)
+        dest_ip = t.direct_ip(get("hier"), peer) if peer is not None else None
+        if not t.keep(host) and not t.wanted(raw_url, agent) and not t.fronted_ip(dest_ip):
             return None
         url = _text(raw_url) if raw_url is not None else None
         client = get("client_ip")
@@ -817,9 +875,6 @@ class SquidCollector:
             if u is not None:
                 user = t.word(u)
                 break
-        peer = get("peer_ip")
-        # with %Sh, only a direct hierarchy code makes %<a the destination (see native)
-        dest_ip = t.direct_ip(get("hier"), peer) if peer is not None else None
         return Observation(
             ts,
             source,
