@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from struct import Struct
 from typing import Any, BinaryIO
 
-from monitor.collectors.base import CollectOptions, Diagnostics, FormatSpec, HostFilter
+from monitor.collectors.base import CollectOptions, Collector, FormatSpec, ParseInput
 from monitor.collectors.dns import DnsMap
 from monitor.collectors.flows import LINKTYPES, MAX_FRAME, FlowTable
 from monitor.observation import Observation
@@ -69,7 +69,7 @@ class _Damage(Exception):
     pass
 
 
-class PcapCollector:
+class PcapCollector(Collector):
     """pcap / pcapng (optionally gzip) -> one observation per flow, per request for HTTP."""
 
     name = FORMAT
@@ -87,13 +87,8 @@ class PcapCollector:
         self.last_stats: dict[str, int] = {}  # counters of the last parse (for tests, --stats)
         self.last_dns: DnsMap | None = None  # the name map of the last parse
 
-    def parse(
-        self,
-        stream: BinaryIO,
-        source: str,
-        diag: Diagnostics,
-        host_filter: HostFilter | None = None,
-    ) -> Iterator[Observation]:
+    def read(self, job: ParseInput) -> Iterator[Observation]:
+        stream, source, diag, host_filter = job
         kw: dict[str, Any] = {}
         if self.idle_timeout is not None:
             kw["idle_timeout"] = self.idle_timeout
@@ -246,6 +241,12 @@ class PcapCollector:
                 warned.add(msg)
                 diag.notice(source, pktno, msg)
 
+        def stamped(iface: int, th: int, tl: int, cap: int) -> None:
+            """The frame of the packet block at ``pos`` (Enhanced or obsolete: both have it
+            at 28), on its interface's clock."""
+            lt, scale, tsoff, _snap = ifaces[iface]
+            packet(((th << 32) | tl) * scale + tsoff, pktno, lt, buf, pos + 28, pos + 28 + cap)
+
         try:
             while True:
                 n = len(buf)
@@ -309,15 +310,7 @@ class PcapCollector:
                         )
                     pktno += 1
                     if iface < len(ifaces):
-                        lt, scale, tsoff, _snap = ifaces[iface]
-                        packet(
-                            ((th << 32) | tl) * scale + tsoff,
-                            pktno,
-                            lt,
-                            buf,
-                            pos + 28,
-                            pos + 28 + cap,
-                        )
+                        stamped(iface, th, tl, cap)
                     else:
                         note(f"packet for undeclared interface {iface}")
                 elif btype == 3:  # Simple Packet Block (no timestamp: the last one seen)
@@ -333,15 +326,7 @@ class PcapCollector:
                     )
                     pktno += 1
                     if iface < len(ifaces) and cap <= blen - 32:
-                        lt, scale, tsoff, _snap = ifaces[iface]
-                        packet(
-                            ((th << 32) | tl) * scale + tsoff,
-                            pktno,
-                            lt,
-                            buf,
-                            pos + 28,
-                            pos + 28 + cap,
-                        )
+                        stamped(iface, th, tl, cap)
                 elif btype == 1:  # Interface Description Block
                     lt, _res, snap = Struct(order + "HHI").unpack_from(buf, pos + 8)
                     scale, tsoff = _idb_options(buf, pos + 16, pos + blen - 4, order)

@@ -24,7 +24,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
-from typing import Any, BinaryIO
+from typing import Any
 
 from monitor import accel
 from monitor.collectors import base as _base
@@ -400,7 +400,7 @@ def _host_port(text: str) -> tuple[str | None, int | None]:
     return host, port
 
 
-class SquidCollector:
+class SquidCollector(_base.Collector):
     """Squid ``access.log`` in the native, common, combined or a custom logformat."""
 
     name = "squid"
@@ -422,13 +422,8 @@ class SquidCollector:
 
     # -- entry point ---------------------------------------------------------------------
 
-    def parse(
-        self,
-        stream: BinaryIO,
-        source: str,
-        diag: Diagnostics,
-        host_filter: HostFilter | None = None,
-    ) -> Iterator[Observation]:
+    def read(self, job: _base.ParseInput) -> Iterator[Observation]:
+        stream, source, diag, host_filter = job
         chunks: Iterable[Chunk] = iter_chunks(stream, source, diag)
         variant = self.variant
         if variant == "auto":
