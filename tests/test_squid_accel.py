@@ -23,6 +23,8 @@ from monitor import accel
 from monitor.catalog import Catalog
 from monitor.collectors import CollectOptions, Diagnostics, make_collector, squid
 from monitor.collectors.base import MAX_LINE
+from monitor.ids import record_id
+from monitor.observation import Observation
 from monitor.pipeline import Identifier
 from tests.conftest import generated_squid_log
 
@@ -299,7 +301,7 @@ def test_native_chunk_contract() -> None:
     connect = OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"CONNECT anan.co.jp:443")
     lines = [OTHER, connect, LLM, b"", OTHER.replace(b"anan", b"other"), connect + b" x"]
     fields = (2, 1732752001.203, 70428, b"10.1.88.196", b"TCP_TUNNEL/200", 2475, b"CONNECT",
-              b"api.openai.com:443", b"-", b"HIER_DIRECT/172.66.0.243", LLM)  # fmt: skip
+              b"api.openai.com:443", b"-", b"HIER_DIRECT/172.66.0.243", record_id(LLM))  # fmt: skip
     todo = [fields, (3, b""), (4, lines[4]), (5, lines[5])]
     for end in (b"\n", b"\r\n", b"\r\r\n"):
         chunk = end.join(lines) + end
@@ -389,3 +391,68 @@ def test_range_search_is_membership(networks, data) -> None:
         line = OTHER.replace(PEER, b"HIER_DIRECT/" + str(addr).encode()) + b"\n"
         dropped, _ = built.native_chunk(line, True, MAX_LINE, rejects, (), ranges)
         assert dropped == (not any(addr in n for n in networks)), (addr, networks)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        st.sampled_from([b"x" * n for n in (127, 128, 129, 256, 257, MAX_LINE)]),
+    )
+)
+def test_record_id_is_ids_record_id(line: bytes) -> None:
+    """The pre-pass names a kept line as :func:`monitor.ids.record_id` does (BLAKE2b in C)."""
+    assert built.record_id(line) == record_id(line)
+
+
+def _maker(t: squid._Targets, first: int, layout) -> tuple:
+    return (Observation, "t", "squid", first, t.codes, t.words, t.connect, t.ips, t.hier,
+            ("record_id",), layout)  # fmt: skip
+
+
+def test_native_chunk_makes_observations() -> None:
+    """With ``maker``, a kept CONNECT whose values the caches hold becomes the Observation
+    the Python loop makes of it, counted; one a cache lacks stays a tuple, uncounted; a
+    layout that is not the class's slots is refused. Filling the slots or calling the class
+    gives the same Observation."""
+    (reference,), _ = parse(LLM + b"\n")
+    t = squid._Targets(HOST_FILTER)
+    rejects = {b"api.openai.com:443": False}
+    plain = built.native_chunk(LLM + b"\n", True, MAX_LINE, rejects)
+    assert plain == (0, [(0, *plain[1][0][1:])])  # caches empty: the fields
+    assert (
+        built.native_chunk(LLM + b"\n", True, MAX_LINE, rejects, (), None, _maker(t, 4, None))
+        == plain
+    )
+    t.code_status(b"TCP_TUNNEL/200"), t.word(b"CONNECT"), t.ip(b"10.1.88.196")
+    t.peer(b"HIER_DIRECT/172.66.0.243"), t.target("CONNECT", b"api.openai.com:443")
+    for layout in (squid._layout(), None):
+        done, (blank, o) = built.native_chunk(
+            b"\n" + LLM + b"\n", True, MAX_LINE, rejects, (), None, _maker(t, 4, layout)
+        )
+        assert done == 1 and blank == (0, b"") and type(o) is Observation
+        assert o.to_dict() | {"id": o.record_id} == reference | {"line": 6}
+    t.ips.clear()
+    assert (
+        built.native_chunk(
+            LLM + b"\n", True, MAX_LINE, rejects, (), None, _maker(t, 4, squid._layout())
+        )
+        == plain
+    )
+    bad = (squid._layout()[0][:-1] + (None,), *squid._layout()[1:])
+    with pytest.raises(ValueError):
+        built.native_chunk(LLM + b"\n", True, MAX_LINE, rejects, (), None, _maker(t, 4, bad))
+
+
+def test_layout_only_for_a_plain_dataclass() -> None:
+    """C fills the slots only of a dataclass whose generated ``__init__`` only stores."""
+    import dataclasses
+
+    assert squid._layout() is not None and squid._layout()[2] == 34
+
+    @dataclasses.dataclass(slots=True)
+    class Checked(Observation.__mro__[0]):  # type: ignore[misc]
+        def __post_init__(self) -> None:
+            pass
+
+    assert squid._layout(Checked) is None

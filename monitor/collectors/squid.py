@@ -2,7 +2,9 @@
 
 Native lines (``logformat squid``) are read with ``bytes.split()`` and a handful of small
 per-parse caches (client address, result/status, peer, CONNECT target, URL authority), no
-regular expression. ``common``, ``combined`` and any ``logformat`` string given by the
+regular expression; with a scan's host filter, the C pre-pass (``_squidscan.c``) drops the
+lines the filter rejects and makes the Observations of kept CONNECTs whose values those
+caches already hold. ``common``, ``combined`` and any ``logformat`` string given by the
 user are compiled by :mod:`monitor.collectors.squid_logformat` into one regular expression.
 
 Text fields (user names, URLs, headers) are data: they are decoded as UTF-8 with
@@ -20,9 +22,11 @@ physical line). A record whose own end was cut off is lost.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
+from functools import cache, wraps
 from itertools import chain
 from typing import Any
 
@@ -344,16 +348,21 @@ class _Targets:
 
 
 #: A kept line split by the C pre-pass: (index in the chunk, ts, elapsed, client,
-#: code/status, size, method, target, user, peer, line) -- the numbers converted, the rest
-#: bytes.
-Fields = tuple[int, float, int, bytes, bytes, int, bytes, bytes, bytes, bytes, bytes]
+#: code/status, size, method, target, user, peer, record id) -- the numbers converted, the
+#: record id made (:func:`monitor.ids.record_id` of the line), the rest bytes.
+Fields = tuple[int, float, int, bytes, bytes, int, bytes, bytes, bytes, bytes, str]
 #: The published ingress ranges as the C pre-pass reads them (see :func:`intervals`).
 Intervals = tuple[bytes, bytes]
-#: (chunk, clean, max_line, rejects, markers, ranges) -> (records counted and dropped, the
-#: other lines in order: split into their fields, or (index, line) for the Python loop)
+#: What the C pre-pass needs to make the Observation of a kept CONNECT itself: (Observation,
+#: source, format, line number before the chunk's first, the caches of :class:`_Targets`
+#: codes, words, connect, ips, hier, ("record_id",), and :func:`_layout`)
+Maker = tuple[type, str, str, int, dict, dict, dict, dict, dict, tuple[str], tuple | None]
+#: (chunk, clean, max_line, rejects, markers, ranges, maker) -> (records counted: dropped or
+#: made, the other lines in order: Observations, split into their fields, or (index, line)
+#: for the Python loop)
 NativeChunk = Callable[
-    [bytes, bool, int, dict[bytes, bool], tuple[bytes, ...], Intervals | None],
-    tuple[int, list[tuple[int, bytes] | Fields]],
+    [bytes, bool, int, dict[bytes, bool], tuple[bytes, ...], Intervals | None, Maker | None],
+    tuple[int, list[Observation | tuple[int, bytes] | Fields]],
 ]
 
 
@@ -366,7 +375,33 @@ def _accelerator() -> NativeChunk | None:
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 5
+_ACCEL_ABI = 6
+_RID = ("record_id",)
+
+
+@cache
+def _layout(cls: type = Observation) -> tuple[tuple[Any, ...], tuple[Any, ...], int] | None:
+    """How the C pre-pass may fill the slots of an Observation (``cls``) itself instead of
+    calling the class: (slot descriptors and defaults in field order, index of
+    ``record_id``), when its ``__init__`` is the one :mod:`dataclasses` wrote (it only
+    stores its arguments) and every field but the positional ones has a plain default; else
+    None (C calls the class)."""
+    fs = dataclasses.fields(cls)
+    names = [f.name for f in fs]
+    generated = getattr(cls.__init__, "__code__", None)
+    if (
+        generated is None
+        or generated.co_filename != "<string>"  # written by dataclasses, not by hand
+        or hasattr(cls, "__post_init__")
+        or tuple(names[: len(POSITIONAL_FIELDS)]) != POSITIONAL_FIELDS
+        or "record_id" not in names
+        or any(not f.init or f.default_factory is not dataclasses.MISSING for f in fs)
+        or any(f.default is dataclasses.MISSING for f in fs[len(POSITIONAL_FIELDS) :])
+    ):
+        return None
+    slots = tuple(cls.__dict__.get(n) for n in names)
+    defaults = tuple(None if f.default is dataclasses.MISSING else f.default for f in fs)
+    return slots, defaults, names.index("record_id")
 
 
 def intervals(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> Intervals:
@@ -398,6 +433,23 @@ def _host_port(text: str) -> tuple[str | None, int | None]:
     if host and (" " in host or "/" in host):
         host = None
     return host, port
+
+
+_Read = Callable[..., Observation | None | str]
+
+
+def _reason_on_error(read: _Read) -> _Read:
+    """A record reader whose field that does not convert makes the record's reason
+    (``unreadable field: ...``) instead of an exception."""
+
+    @wraps(read)
+    def guarded(*args: Any) -> Observation | None | str:
+        try:
+            return read(*args)
+        except (ValueError, TypeError, KeyError, UnicodeError, OverflowError) as exc:
+            return f"unreadable field: {exc}"
+
+    return guarded
 
 
 class SquidCollector(_base.Collector):
@@ -459,13 +511,16 @@ class SquidCollector(_base.Collector):
         slow = self._native_slow
         filtering = host_filter is not None
         # the C pre-pass reads each chunk whole: it counts the records the filter rejects
-        # (most of them) without making them objects, splits those it keeps into their
-        # fields and hands the other lines to the loop below, which reads every line of
-        # every batch when it is absent. It is given the ingress ranges themselves.
+        # (most of them) without making them objects, makes the Observations of the kept
+        # CONNECTs whose values the caches hold, splits the other kept lines into their
+        # fields and hands the rest to the loop below, which reads every line of every
+        # batch when it is absent. It is given the ingress ranges themselves.
         networks = getattr(host_filter, "networks", None)
         ranges = intervals(networks) if t.ingress is not None and networks is not None else None
         usable = t.ingress is None or ranges is not None
         prepass = _accelerator() if filtering and usable else None
+        # what it needs to make the Observation of a kept CONNECT whose values are cached
+        cached = (codes, words, connect, ips, hiers, _RID, _layout())
         fronting = t.ingress is not None
         fronted = t.fronted
         fronts = t.fronts
@@ -476,8 +531,9 @@ class SquidCollector(_base.Collector):
         try:
             for first, chunk, clean in chunks:
                 if prepass is not None:
-                    dropped, todo = prepass(chunk, clean, max_line, rejects, markers, ranges)
-                    records += dropped
+                    maker = (obs, source, fmt, first, *cached)
+                    done, todo = prepass(chunk, clean, max_line, rejects, markers, ranges, maker)
+                    records += done
                     batches: Iterable[tuple[int, Iterable[tuple]]] = ((first, todo),)
                 else:
                     batches = (
@@ -486,6 +542,9 @@ class SquidCollector(_base.Collector):
                     )
                 for base, todo in batches:
                     for item in todo:
+                        if type(item) is obs:  # made by the pre-pass
+                            yield item
+                            continue
                         if len(item) != 2:  # kept and split by the pre-pass
                             (
                                 i,
@@ -498,11 +557,12 @@ class SquidCollector(_base.Collector):
                                 target,
                                 user,
                                 peer,
-                                line,
+                                rid,
                             ) = item
                             cs = codes.get(code_b) or t.code_status(code_b)
                         else:
                             i, line = item
+                            rid = None
                             if len(line) > max_line:  # handed back by the pre-pass
                                 diag.malformed_record(
                                     source, base + i + 1, f"line longer than {max_line} bytes", line
@@ -616,7 +676,7 @@ class SquidCollector(_base.Collector):
                             cs[0],
                             elapsed / 1000 if elapsed >= 0 else None,
                         )
-                        o.record_id = digest(line)
+                        o.record_id = rid or digest(line)
                         yield o
         finally:
             diag.records += records
@@ -778,6 +838,7 @@ class SquidCollector(_base.Collector):
         finally:
             diag.records += records
 
+    @_reason_on_error
     def _regex_record(
         self,
         raw: bytes,
@@ -788,20 +849,6 @@ class SquidCollector(_base.Collector):
         t: _Targets,
     ) -> Observation | None | str:
         """Observation, None (filtered out) or a reason ("" = no match)."""
-        try:
-            return self._regex_fields(raw, lineno, source, compiled, fmt, t)
-        except (ValueError, TypeError, KeyError, UnicodeError, OverflowError) as exc:
-            return f"unreadable field: {exc}"
-
-    def _regex_fields(
-        self,
-        raw: bytes,
-        lineno: int,
-        source: str,
-        compiled: CompiledLogformat,
-        fmt: str,
-        t: _Targets,
-    ) -> Observation | None | str:
         if b"\x00" in raw:
             return "NUL bytes in line"
         v = compiled.match(raw)
