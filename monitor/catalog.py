@@ -285,6 +285,10 @@ class Catalog:
         """The provider whose *published API ingress* range contains ``ip`` (most specific)."""
         return self._match_ip(ip)
 
+    def ingress_networks(self) -> tuple[_Network, ...]:
+        """Every published API ingress range (what :meth:`match_ip` looks in)."""
+        return tuple(net for net, _ in self._index.ranges)
+
     def cache_info(self) -> dict[str, Any]:
         """Hit/miss counters of the two memoised lookups (for ``--stats`` and benchmarks)."""
         return {"host": self._match_host.cache_info(), "ip": self._match_ip.cache_info()}

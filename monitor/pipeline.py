@@ -174,7 +174,7 @@ class _LlmFilter:
     path or User-Agent is an LLM API's, and (``ingress``) any destination address inside a
     provider's published ingress ranges, whatever its name (fronted traffic)."""
 
-    __slots__ = ("_by_host", "_bad_host", "_shape", "_match_ip", "markers", "ja4s")
+    __slots__ = ("_by_host", "_bad_host", "_shape", "_match_ip", "markers", "ja4s", "networks")
 
     def __init__(self, identifier: Identifier):
         self._by_host = identifier.by_host
@@ -185,6 +185,8 @@ class _LlmFilter:
         self.markers = identifier.signatures.markers
         #: JA4 values that alone make a TLS connection LLM-shaped (``llm: true`` clients)
         self.ja4s = frozenset(j for j, c in identifier.signatures.tls.items() if c.llm)
+        #: the ranges ``ingress`` looks in (for collectors' C pre-passes)
+        self.networks = identifier.catalog.ingress_networks()
 
     def __call__(self, host: str) -> bool:
         """Records worth building: LLM destinations, and bad hosts (to be reported)."""

@@ -4,8 +4,10 @@ parse bytes or files with a collector (``from tests.conftest import run, parse, 
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
+import sys
 from calendar import timegm
 from collections.abc import Iterable
 from pathlib import Path
@@ -56,6 +58,14 @@ def collect_file(path: Path, options: CollectOptions | None = None, host_filter=
     """(observations, diagnostics) of a file read as ``apiwatch parse`` reads it."""
     diag = Diagnostics()
     return list(collect(str(path), options or CollectOptions(), diag, host_filter)), diag
+
+
+def generated_squid_log(path: Path, *options: str) -> dict:
+    """A native Squid log written by the benchmark generator (``--lines N`` etc. in
+    ``options``); returns what it says the log holds (its truth file)."""
+    gen = Path(__file__).resolve().parent.parent / "benchmarks" / "gen_squid_log.py"
+    subprocess.run([sys.executable, str(gen), "-o", str(path), "-q", *options], check=True)
+    return json.loads(path.with_name(path.name + ".truth.json").read_text())
 
 
 def epoch(y: int, mo: int, d: int, h: int, mi: int, s: int) -> float:

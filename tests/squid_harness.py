@@ -57,6 +57,7 @@ MAPPED_HOSTS = (
     "api.deepseek.com",
     "blocked.deepseek.com",
     "notopenai.com",
+    "cdn.example.org",  # a name in no catalogue (fronted traffic, tests/test_squid_fronted.py)
 )
 #: Requests for this host are refused by ``http_access deny`` (dstdomain ACL).
 DENIED_HOST = "blocked.deepseek.com"

@@ -1,6 +1,7 @@
 /* The Squid native collector's pre-pass, in C (see monitor/accel.py).
  *
- * native_chunk(chunk, clean, max_line, rejects, markers=()) -> (records, todo)
+ * native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None)
+ *     -> (records, todo)
  *
  * `chunk` holds whole lines, each ending in a newline (monitor.collectors.base.iter_chunks),
  * and after the last newline perhaps the start of a line that the next chunk holds, which
@@ -10,19 +11,28 @@
  * and whose target (the CONNECT host:port, or a URL's scheme://authority) the filter has
  * already judged is
  *   - rejected (rejects[target] is True): a record that is counted and dropped, unless it
- *     is a URL whose path holds one of `markers` (byte strings an LLM API path holds);
+ *     is a URL whose path holds one of `markers` (byte strings an LLM API path holds), or
+ *     its %Sh/%<a field names an address that may lie in `ranges` (a provider's published
+ *     ingress ranges: fronted traffic, whatever the name);
  *   - kept (rejects[target] is False): split into its fields, the tuple
- *     (index, ts, elapsed, client, code/status, size, method, target, user, peer, line)
- *     with ts a float, elapsed and size ints and the rest bytes, appended to `todo`.
+ *     (index, ts, elapsed, client, code/status, size, method, target, user, peer, id)
+ *     with ts a float, elapsed and size ints, id the line's record id (a str: what
+ *     monitor.ids.record_id makes of the line) and the rest bytes, appended to `todo`;
+ *     with `maker`, a CONNECT whose values are all in the collector's caches becomes its
+ *     Observation right here (counted in `records`, see observation_of).
  * Every other line (any other shape, longer than max_line, a target not yet in `rejects`,
- * a timestamp that is not plain digits[.digits] below 1e10, a marker in a rejected URL)
- * goes to `todo` as (index, line), for the Python loop to read. It is stricter than the
+ * a timestamp that is not plain digits[.digits] below 1e10, a marker in a rejected URL, a
+ * peer address in `ranges` or one that only Python can read) goes to `todo` as (index,
+ * line), for the Python loop to read. `ranges` is (v4, v6): bytes of sorted, disjoint
+ * [first, last] address pairs, big-endian, 4 and 16 bytes per address. It is stricter than the
  * Python code, never looser; `todo` keeps the order of the lines; `clean` says the chunk
  * holds no NUL byte. Rejected lines are only read: no object is made for them but the
  * lookup key.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <arpa/inet.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -143,6 +153,251 @@ has_marker(const char *s, Py_ssize_t n, PyObject *markers)
     return 0;
 }
 
+/* Published ingress ranges: sorted, disjoint [first, last] pairs of big-endian addresses
+ * (4 or 16 bytes each); `octets` marks the first octets the IPv4 ones cover. */
+typedef struct {
+    const unsigned char *v4, *v6;
+    Py_ssize_t n4, n6; /* pairs */
+    unsigned char octets[32];
+} Ranges;
+
+static uint32_t
+be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+/* 1 when the IPv4 address a lies in one of the pairs of r */
+static int
+in_v4(uint32_t a, const Ranges *r)
+{
+    Py_ssize_t lo = 0, hi = r->n4; /* the first pair whose first address is above a */
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (be32(r->v4 + mid * 8) <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && a <= be32(r->v4 + (lo - 1) * 8 + 4);
+}
+
+/* 1 when the IPv6 address a (16 bytes) lies in one of the pairs of r */
+static int
+in_v6(const unsigned char *a, const Ranges *r)
+{
+    Py_ssize_t lo = 0, hi = r->n6;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (memcmp(r->v6 + mid * 32, a, 16) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && memcmp(a, r->v6 + (lo - 1) * 32 + 16, 16) <= 0;
+}
+
+/* a dotted quad as Python's ipaddress reads it (1-3 digits per octet, no leading zero,
+ * at most 255) into *out; 0 when it is not one */
+static int
+parse_v4(const char *s, Py_ssize_t n, uint32_t *out)
+{
+    Py_ssize_t i = 0;
+    uint32_t a = 0;
+    for (int k = 0; k < 4; k++) {
+        if (k > 0) {
+            if (i >= n || s[i] != '.')
+                return 0;
+            i++;
+        }
+        Py_ssize_t start = i;
+        unsigned v = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9' && i - start < 3)
+            v = v * 10 + (unsigned)(s[i++] - '0');
+        if (i == start || v > 255 || (i - start > 1 && s[start] == '0'))
+            return 0;
+        a = a << 8 | v;
+    }
+    *out = a;
+    return i == n;
+}
+
+/* the value of the 1-`most` digits (of base 10 or 16) at p[0:m] that a `sep` follows, or -1:
+ * a first octet "160." or a first group "2607:" */
+static long
+leading_number(const char *p, Py_ssize_t m, int base, Py_ssize_t most, char sep)
+{
+    long v = 0;
+    Py_ssize_t i = 0;
+    for (; i < m && i < most; i++) {
+        unsigned char c = (unsigned char)p[i], lower = (unsigned char)(c | 0x20);
+        if (c >= '0' && c <= '9')
+            v = v * base + (c - '0');
+        else if (base == 16 && lower >= 'a' && lower <= 'f')
+            v = v * base + (lower - 'a' + 10);
+        else
+            break;
+    }
+    return i > 0 && i < m && p[i] == sep ? v : -1;
+}
+
+/* Whether the peer of a %Sh/%<a field ("HIER_DIRECT/160.79.104.10") may lie in `r`:
+ * 0 when Python's reading of it (SquidCollector: the text after the first '/', stripped of
+ * brackets, read by ipaddress) is no address or one outside the ranges; 1 when it is in
+ * them, or is text with a ':' that inet_pton cannot read (Python decides). The hierarchy
+ * code is not looked at: Python does, for the few lines handed back. Most lines end on
+ * their first octet or group, which no range covers: a number and a '.' first is an IPv4
+ * address or none (no IPv6 text starts so), and an IPv6 address starts with its first group. */
+static int
+peer_in_ranges(const char *s, Py_ssize_t n, const Ranges *r)
+{
+    const char *slash = n >= 12 && memcmp(s, "HIER_DIRECT/", 12) == 0
+                            ? s + 11
+                            : memchr(s, '/', (size_t)n);
+    if (slash == NULL)
+        return 0;
+    const char *p = slash + 1;
+    Py_ssize_t m = s + n - p;
+    while (m > 0 && (*p == '[' || *p == ']'))
+        p++, m--;
+    while (m > 0 && (p[m - 1] == '[' || p[m - 1] == ']'))
+        m--;
+    long first = leading_number(p, m, 10, 3, '.');
+    if (first >= 0) {
+        uint32_t a;
+        return first <= 255 && (r->octets[first >> 3] >> (first & 7) & 1) && parse_v4(p, m, &a) &&
+               in_v4(a, r);
+    }
+    if (m == 0 || memchr(p, ':', (size_t)m) == NULL)
+        return 0; /* "-", a host name: no address */
+    long group = leading_number(p, m, 16, 4, ':');
+    if (group >= 0) {
+        int near = 0;
+        for (Py_ssize_t k = 0; k < r->n6 && !near; k++) {
+            const unsigned char *pair = r->v6 + k * 32;
+            near = (pair[0] << 8 | pair[1]) <= group && group <= (pair[16] << 8 | pair[17]);
+        }
+        if (!near)
+            return 0;
+    }
+    char buf[INET6_ADDRSTRLEN];
+    unsigned char a6[16];
+    if (m >= (Py_ssize_t)sizeof(buf))
+        return 1;
+    memcpy(buf, p, (size_t)m);
+    buf[m] = '\0';
+    if (inet_pton(AF_INET6, buf, a6) != 1)
+        return 1; /* a zone index, or text only Python may read */
+    return in_v6(a6, r);
+}
+
+/* Record ids: monitor.ids.record_id(line), blake2b(line, digest_size=12).hexdigest(), in C
+ * (BLAKE2b as RFC 7693 defines it, unkeyed; the tests compare it with hashlib's). */
+static const uint64_t B2_IV[8] = {
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+    0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
+};
+static const uint8_t B2_SIGMA[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+#define RECORD_ID_BYTES 12
+
+static uint64_t
+rotr64(uint64_t x, int n)
+{
+    return (x >> n) | (x << (64 - n));
+}
+
+static uint64_t
+load64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int k = 7; k >= 0; k--)
+        v = v << 8 | p[k];
+    return v;
+}
+
+#define B2_G(a, b, c, d, x, y)                                                                 \
+    do {                                                                                       \
+        v[a] = v[a] + v[b] + (x);                                                              \
+        v[d] = rotr64(v[d] ^ v[a], 32);                                                        \
+        v[c] = v[c] + v[d];                                                                    \
+        v[b] = rotr64(v[b] ^ v[c], 24);                                                        \
+        v[a] = v[a] + v[b] + (y);                                                              \
+        v[d] = rotr64(v[d] ^ v[a], 16);                                                        \
+        v[c] = v[c] + v[d];                                                                    \
+        v[b] = rotr64(v[b] ^ v[c], 63);                                                        \
+    } while (0)
+
+/* one 128-byte block; t: bytes hashed so far, this block's included (lines are < 2^64) */
+static void
+b2_compress(uint64_t h[8], const unsigned char *block, uint64_t t, int last)
+{
+    uint64_t v[16], m[16];
+    for (int k = 0; k < 16; k++)
+        m[k] = load64(block + 8 * k);
+    for (int k = 0; k < 8; k++) {
+        v[k] = h[k];
+        v[k + 8] = B2_IV[k];
+    }
+    v[12] ^= t;
+    if (last)
+        v[14] = ~v[14];
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = B2_SIGMA[r];
+        B2_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        B2_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        B2_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        B2_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        B2_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        B2_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        B2_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        B2_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int k = 0; k < 8; k++)
+        h[k] ^= v[k] ^ v[k + 8];
+}
+
+/* the record id of s[0:n] as a str of 24 hex digits; NULL with an error set */
+static PyObject *
+record_id_of(const char *s, Py_ssize_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t h[8];
+    memcpy(h, B2_IV, sizeof(h));
+    h[0] ^= 0x01010000ULL ^ RECORD_ID_BYTES; /* fanout 1, depth 1, no key, digest length */
+    const unsigned char *p = (const unsigned char *)s;
+    uint64_t t = 0;
+    for (; n > 128; p += 128, n -= 128) {
+        t += 128;
+        b2_compress(h, p, t, 0);
+    }
+    unsigned char last[128] = {0};
+    memcpy(last, p, (size_t)n);
+    b2_compress(h, last, t + (uint64_t)n, 1);
+    PyObject *out = PyUnicode_New(2 * RECORD_ID_BYTES, 127);
+    if (out == NULL)
+        return NULL;
+    Py_UCS1 *d = PyUnicode_1BYTE_DATA(out);
+    for (int k = 0; k < RECORD_ID_BYTES; k++) {
+        unsigned b = (unsigned)(h[k / 8] >> (8 * (k % 8))) & 0xff;
+        d[2 * k] = (Py_UCS1)hex[b >> 4];
+        d[2 * k + 1] = (Py_UCS1)hex[b & 15];
+    }
+    return out;
+}
+
 /* digits only, at most 18 of them (no overflow): the value; else -1 */
 static long long
 small_int(const char *s, Py_ssize_t n)
@@ -162,7 +417,8 @@ small_int(const char *s, Py_ssize_t n)
  * fields and *ts, *elapsed, *size their values. */
 static int
 classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *markers,
-         const char **tok, Py_ssize_t *len, double *ts, long long *elapsed, long long *size)
+         const Ranges *ranges, const char **tok, Py_ssize_t *len, double *ts,
+         long long *elapsed, long long *size)
 {
     int count = 0;
     Py_ssize_t i = 0;
@@ -222,6 +478,8 @@ classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *ma
         return 0;
     if (tlen < len[6] && has_marker(target + tlen, len[6] - tlen, markers))
         return 0; /* a URL whose path may be an LLM API's */
+    if ((ranges->n4 > 0 || ranges->n6 > 0) && peer_in_ranges(tok[8], len[8], ranges))
+        return 0; /* the origin may be a provider's published ingress address */
     return DROP;
 }
 
@@ -244,7 +502,7 @@ fields_of(Py_ssize_t index, const char **tok, Py_ssize_t *len, double ts, long l
         PyBytes_FromStringAndSize(tok[6], len[6]),
         PyBytes_FromStringAndSize(tok[7], len[7]),
         PyBytes_FromStringAndSize(tok[8], len[8]),
-        PyBytes_FromStringAndSize(line, n),
+        record_id_of(line, n),
     };
     int ok = 1;
     for (int k = 0; k <= FIELDS; k++) {
@@ -259,6 +517,150 @@ fields_of(Py_ssize_t index, const char **tok, Py_ssize_t *len, double ts, long l
     return t;
 }
 
+/* What a kept CONNECT line becomes when every value it needs is in the collector's caches
+ * (squid.py `_Targets`: bytes -> value): the Observation SquidCollector._parse_native makes of
+ * it, made here. `maker` is the tuple (Observation, source, format, first, codes, words,
+ * connect, ips, hiers, kwnames): first the number of the chunk's line before its first,
+ * kwnames ("record_id",). */
+#define MAX_SLOTS 64
+typedef struct {
+    PyObject *cls, *source, *format, *codes, *words, *connect, *ips, *hiers, *kwnames;
+    Py_ssize_t first;
+    /* with a layout: the slots of Observation, their offsets and defaults, filled here
+     * instead of calling its __init__ (which only stores its arguments) */
+    Py_ssize_t nslots, rid;
+    Py_ssize_t offset[MAX_SLOTS];
+    PyObject *fallback[MAX_SLOTS];
+} Maker;
+
+static PyObject *CONNECT_SOURCE; /* the host_source "connect" */
+
+/* the value dict holds for s[0:n] (borrowed), NULL if none; *err set on a failure */
+static PyObject *
+cached(PyObject *dict, const char *s, Py_ssize_t n, int *err)
+{
+    PyObject *key = PyBytes_FromStringAndSize(s, n);
+    if (key == NULL) {
+        *err = 1;
+        return NULL;
+    }
+    PyObject *v = PyDict_GetItemWithError(dict, key);
+    Py_DECREF(key);
+    if (v == NULL && PyErr_Occurred())
+        *err = 1;
+    return v;
+}
+
+/* the Observation of a kept line; NULL and no error when it is no CONNECT or a value is not
+ * cached yet (the line goes to Python as a tuple), NULL and an error set on a failure */
+static PyObject *
+observation_of(const Maker *mk, Py_ssize_t index, const char **tok, Py_ssize_t *len, double ts,
+               long long elapsed, long long size, const char *line, Py_ssize_t n)
+{
+    if (!(len[5] == 7 && memcmp(tok[5], "CONNECT", 7) == 0))
+        return NULL;
+    int err = 0;
+    PyObject *cs = cached(mk->codes, tok[3], len[3], &err);
+    PyObject *method = err ? NULL : cached(mk->words, tok[5], len[5], &err);
+    PyObject *hp = err ? NULL : cached(mk->connect, tok[6], len[6], &err);
+    PyObject *client = err ? NULL : cached(mk->ips, tok[2], len[2], &err);
+    PyObject *dest = err ? NULL : cached(mk->hiers, tok[8], len[8], &err);
+    PyObject *user = Py_None;
+    if (!err && !(len[7] == 1 && tok[7][0] == '-'))
+        user = cached(mk->words, tok[7], len[7], &err);
+    if (err)
+        return NULL;
+    if (cs == NULL || method == NULL || hp == NULL || client == NULL || dest == NULL ||
+        user == NULL || !PyTuple_CheckExact(cs) || PyTuple_GET_SIZE(cs) != 2 ||
+        !PyTuple_CheckExact(hp) || PyTuple_GET_SIZE(hp) != 2)
+        return NULL;
+    /* held while objects are made (an allocation may collect garbage, and run Python code) */
+    PyObject *held[] = {cs, method, hp, client, dest, user};
+    for (size_t k = 0; k < sizeof(held) / sizeof(held[0]); k++)
+        Py_INCREF(held[k]);
+    PyObject *host = PyTuple_GET_ITEM(hp, 0);
+    PyObject *hsrc = PyUnicode_Check(host) && PyUnicode_GET_LENGTH(host) > 0 ? CONNECT_SOURCE
+                                                                              : Py_None;
+    PyObject *lineno = PyLong_FromSsize_t(mk->first + index + 1);
+    PyObject *when = PyFloat_FromDouble(ts);
+    PyObject *bytes_in = PyLong_FromLongLong(size);
+    PyObject *duration = PyFloat_FromDouble((double)elapsed / 1000.0);
+    PyObject *rid = record_id_of(line, n);
+    PyObject *o = NULL;
+    if (lineno != NULL && when != NULL && bytes_in != NULL && duration != NULL && rid != NULL) {
+        /* Observation(ts, source, line, format, client_ip, client_port, user, method,
+         * dest_host, dest_port, dest_ip, url, status, bytes_out, bytes_in, host_source,
+         * result, duration, record_id=) as squid.py's POSITIONAL_FIELDS */
+        PyObject *args[19] = {
+            when, mk->source, lineno, mk->format, client, Py_None, user, method, host,
+            PyTuple_GET_ITEM(hp, 1), dest, Py_None, PyTuple_GET_ITEM(cs, 1), Py_None,
+            bytes_in, hsrc, PyTuple_GET_ITEM(cs, 0), duration, rid,
+        };
+        if (mk->nslots > 0) {
+            PyTypeObject *tp = (PyTypeObject *)mk->cls;
+            o = tp->tp_alloc(tp, 0);
+            for (Py_ssize_t k = 0; o != NULL && k < mk->nslots; k++) {
+                PyObject *v = k < 18 ? args[k] : k == mk->rid ? rid : mk->fallback[k];
+                *(PyObject **)((char *)o + mk->offset[k]) = Py_NewRef(v);
+            }
+        } else {
+            o = PyObject_Vectorcall(mk->cls, args, 18, mk->kwnames);
+        }
+    }
+    for (size_t k = 0; k < sizeof(held) / sizeof(held[0]); k++)
+        Py_DECREF(held[k]);
+    Py_XDECREF(lineno);
+    Py_XDECREF(when);
+    Py_XDECREF(bytes_in);
+    Py_XDECREF(duration);
+    Py_XDECREF(rid);
+    if (o == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_MemoryError, "native_chunk: no memory for an Observation");
+    return o;
+}
+
+/* `maker` (None or the tuple above) into mk; 0 with an error set if it is malformed */
+static int
+maker_of(PyObject *maker, Maker *mk)
+{
+    memset(mk, 0, sizeof(*mk));
+    if (maker == NULL || maker == Py_None)
+        return 1;
+    PyObject *layout = Py_None;
+    if (!PyArg_ParseTuple(maker, "OUUnO!O!O!O!O!O!|O:maker", &mk->cls, &mk->source,
+                          &mk->format, &mk->first, &PyDict_Type, &mk->codes, &PyDict_Type,
+                          &mk->words, &PyDict_Type, &mk->connect, &PyDict_Type, &mk->ips,
+                          &PyDict_Type, &mk->hiers, &PyTuple_Type, &mk->kwnames, &layout))
+        return 0;
+    if (layout == Py_None)
+        return 1;
+    /* (slot descriptors of cls in field order, their defaults, index of record_id) */
+    PyObject *slots, *defaults;
+    Py_ssize_t rid;
+    if (!PyArg_ParseTuple(layout, "O!O!n:layout", &PyTuple_Type, &slots, &PyTuple_Type,
+                          &defaults, &rid))
+        return 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(slots);
+    if (!PyType_Check(mk->cls) || n < 19 || n > MAX_SLOTS || PyTuple_GET_SIZE(defaults) != n ||
+        rid < 18 || rid >= n) {
+        PyErr_SetString(PyExc_ValueError, "layout: not the slots of the class");
+        return 0;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *d = PyTuple_GET_ITEM(slots, k);
+        if (!Py_IS_TYPE(d, &PyMemberDescr_Type) || PyDescr_TYPE(d) != (PyTypeObject *)mk->cls ||
+            ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            PyErr_SetString(PyExc_ValueError, "layout: not the slots of the class");
+            return 0;
+        }
+        mk->offset[k] = ((PyMemberDescrObject *)d)->d_member->offset;
+        mk->fallback[k] = PyTuple_GET_ITEM(defaults, k);
+    }
+    mk->nslots = n;
+    mk->rid = rid;
+    return 1;
+}
+
 /* (index, line): a line for the Python loop */
 static PyObject *
 handed_back(Py_ssize_t index, const char *line, Py_ssize_t n)
@@ -266,16 +668,53 @@ handed_back(Py_ssize_t index, const char *line, Py_ssize_t n)
     return Py_BuildValue("(ny#)", index, line, n);
 }
 
+/* `ranges` (None, or a tuple of two bytes objects) into r; 0 with an error set if bad */
+static int
+ranges_of(PyObject *ranges, Ranges *r)
+{
+    memset(r, 0, sizeof(*r));
+    if (ranges == NULL || ranges == Py_None)
+        return 1;
+    PyObject *v4, *v6;
+    if (!PyArg_ParseTuple(ranges, "SS:ranges", &v4, &v6))
+        return 0;
+    if (PyBytes_GET_SIZE(v4) % 8 != 0 || PyBytes_GET_SIZE(v6) % 32 != 0) {
+        PyErr_SetString(PyExc_ValueError, "ranges: (v4, v6) pairs of 4- and 16-byte addresses");
+        return 0;
+    }
+    r->v4 = (const unsigned char *)PyBytes_AS_STRING(v4);
+    r->n4 = PyBytes_GET_SIZE(v4) / 8;
+    r->v6 = (const unsigned char *)PyBytes_AS_STRING(v6);
+    r->n6 = PyBytes_GET_SIZE(v6) / 32;
+    for (Py_ssize_t k = 0; k < r->n4; k++)
+        for (unsigned o = r->v4[k * 8]; o <= r->v4[k * 8 + 4]; o++)
+            r->octets[o >> 3] |= (unsigned char)(1u << (o & 7));
+    return 1;
+}
+
 static PyObject *
 native_chunk(PyObject *self, PyObject *args)
 {
-    PyObject *chunk, *rejects, *markers = NULL;
+    PyObject *chunk, *rejects, *markers = NULL, *ranges_arg = NULL, *maker = NULL;
     int clean;
     Py_ssize_t max_line;
+    Ranges ranges;
+    Maker mk;
 
-    if (!PyArg_ParseTuple(args, "SpnO!|O!:native_chunk", &chunk, &clean, &max_line,
-                          &PyDict_Type, &rejects, &PyTuple_Type, &markers))
+    if (!PyArg_ParseTuple(args, "SpnO!|O!OO:native_chunk", &chunk, &clean, &max_line,
+                          &PyDict_Type, &rejects, &PyTuple_Type, &markers, &ranges_arg, &maker))
         return NULL;
+    if (ranges_arg != NULL && ranges_arg != Py_None && !PyTuple_Check(ranges_arg)) {
+        PyErr_SetString(PyExc_TypeError, "ranges must be None or a (v4, v6) tuple of bytes");
+        return NULL;
+    }
+    if (maker != NULL && maker != Py_None && !PyTuple_Check(maker)) {
+        PyErr_SetString(PyExc_TypeError, "maker must be None or a tuple");
+        return NULL;
+    }
+    if (!ranges_of(ranges_arg, &ranges) || !maker_of(maker, &mk))
+        return NULL;
+    /* the tuple (held by the caller's argument tuple) keeps both buffers alive */
     if (markers == NULL) {
         markers = PyTuple_New(0);
         if (markers == NULL)
@@ -306,7 +745,8 @@ native_chunk(PyObject *self, PyObject *args)
         long long elapsed = 0, size = 0;
         int r = 0;
         if (n <= max_line) {
-            r = classify(line, n, clean, rejects, markers, tok, len, &ts, &elapsed, &size);
+            r = classify(line, n, clean, rejects, markers, &ranges, tok, len, &ts, &elapsed,
+                         &size);
             if (r < 0)
                 goto fail;
         }
@@ -315,8 +755,16 @@ native_chunk(PyObject *self, PyObject *args)
             index++;
             continue;
         }
-        PyObject *item = r == KEEP ? fields_of(index, tok, len, ts, elapsed, size, line, n)
-                                   : handed_back(index, line, n);
+        PyObject *item = NULL;
+        if (r == KEEP && mk.cls != NULL) {
+            item = observation_of(&mk, index, tok, len, ts, elapsed, size, line, n);
+            if (item == NULL && PyErr_Occurred())
+                goto fail;
+            records += item != NULL; /* made here: counted here */
+        }
+        if (item == NULL)
+            item = r == KEEP ? fields_of(index, tok, len, ts, elapsed, size, line, n)
+                             : handed_back(index, line, n);
         if (item == NULL)
             goto fail;
         int err = PyList_Append(todo, item);
@@ -335,12 +783,25 @@ fail:
     return NULL;
 }
 
+static PyObject *
+record_id(PyObject *self, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "record_id() takes bytes");
+        return NULL;
+    }
+    return record_id_of(PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg));
+}
+
 static PyMethodDef methods[] = {
+    {"record_id", record_id, METH_O,
+     "record_id(line) -> str: monitor.ids.record_id, the id of a kept line, in C."},
     {"native_chunk", native_chunk, METH_VARARGS,
-     "native_chunk(chunk, clean, max_line, rejects, markers=()) -> (records, todo): over "
-     "the lines of a chunk, count those whose target the host filter rejected (unless "
-     "their URL path holds a marker); split those whose target it kept into their fields; "
-     "(index, line) for the others."},
+     "native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None) -> "
+     "(records, todo): over the lines of a chunk, count those whose target the host filter "
+     "rejected (unless their URL path holds a marker or their peer address lies in ranges); "
+     "make the Observation of a kept CONNECT whose values are cached (with maker), split "
+     "the other kept lines into their fields; (index, line) for the others."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -350,9 +811,13 @@ ACCEL_MODULE("_squidscan",
 PyMODINIT_FUNC
 PyInit__squidscan(void)
 {
+    CONNECT_SOURCE = PyUnicode_InternFromString("connect");
+    if (CONNECT_SOURCE == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
-    /* 4: native_chunk reads whole chunks; squid.py ignores a module built before that */
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 4) < 0) {
+    /* 4: native_chunk reads whole chunks; 5: it takes the ingress ranges; 6: a kept line
+     * comes with its record id. squid.py ignores a module built before that */
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 6) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -37,7 +37,7 @@ RequestFilter = Callable[[str | None, str | None], bool]
 
 #: Whether a destination address is inside a provider's published ingress ranges: a record
 #: whose host the host filter rejected is kept all the same (fronted traffic). A host filter
-#: may carry one as ``.ingress``.
+#: may carry one as ``.ingress``, with ``.networks``: the ranges it looks in.
 IngressFilter = Callable[[str], bool]
 
 

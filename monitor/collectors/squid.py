@@ -2,7 +2,9 @@
 
 Native lines (``logformat squid``) are read with ``bytes.split()`` and a handful of small
 per-parse caches (client address, result/status, peer, CONNECT target, URL authority), no
-regular expression. ``common``, ``combined`` and any ``logformat`` string given by the
+regular expression; with a scan's host filter, the C pre-pass (``_squidscan.c``) drops the
+lines the filter rejects and makes the Observations of kept CONNECTs whose values those
+caches already hold. ``common``, ``combined`` and any ``logformat`` string given by the
 user are compiled by :mod:`monitor.collectors.squid_logformat` into one regular expression.
 
 Text fields (user names, URLs, headers) are data: they are decoded as UTF-8 with
@@ -20,8 +22,11 @@ physical line). A record whose own end was cut off is lost.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
+from functools import cache, wraps
 from itertools import chain
 from typing import Any
 
@@ -34,6 +39,7 @@ from monitor.collectors.base import (
     FormatSpec,
     HostFilter,
     InputError,
+    ingress_of,
     iter_chunks,
     lines_of,
     requests_of,
@@ -173,11 +179,15 @@ class _Targets:
         "requests",
         "markers",
         "marker_search",
+        "ingress",
+        "fronts",
     )
 
     def __init__(self, host_filter: HostFilter | None = None) -> None:
         self.host_filter = host_filter
         self.requests = requests_of(host_filter)
+        #: whether an address is in a provider's published ingress ranges (fronted traffic)
+        self.ingress = ingress_of(host_filter)
         #: byte strings one of which an LLM-shaped URL holds (a cheap test before the filter)
         self.markers: tuple[bytes, ...] = tuple(getattr(host_filter, "markers", ()))
         #: the same test in one pass over the URL: a line's path is checked against all markers
@@ -194,6 +204,7 @@ class _Targets:
         self.words: dict[bytes, str] = {}
         self.filter: dict[str, bool] = {}
         self.rejects: dict[bytes, bool] = {}  # CONNECT target -> rejected by the host filter
+        self.fronts: dict[bytes, bool] = {}  # %Sh/%<a field -> origin in the ingress ranges
 
     def rejects_target(self, connect: bool, target: bytes) -> bool:
         """Whether the host filter rejects the host of a CONNECT target or of a URL's
@@ -218,6 +229,20 @@ class _Targets:
             _text(url) if url is not None else None,
             _text(user_agent) if user_agent is not None else None,
         )
+
+    def fronted(self, tok: bytes) -> bool:
+        """Whether a ``%Sh/%<a`` field names an origin server inside a provider's published
+        ingress ranges: the record is kept whatever its host (fronted traffic)."""
+        v = self.fronts.get(tok)
+        if v is None:
+            if len(self.fronts) > _CACHE_LIMIT:
+                self.fronts.clear()
+            v = self.fronts[tok] = self.fronted_ip(self.peer(tok))
+        return v
+
+    def fronted_ip(self, ip: str | None) -> bool:
+        """Whether an origin address is inside a provider's published ingress ranges."""
+        return ip is not None and self.ingress is not None and bool(self.ingress(ip))
 
     def keep(self, host: str | None) -> bool:
         """The host filter's verdict, asked once per host (records without a host are kept)."""
@@ -323,14 +348,21 @@ class _Targets:
 
 
 #: A kept line split by the C pre-pass: (index in the chunk, ts, elapsed, client,
-#: code/status, size, method, target, user, peer, line) -- the numbers converted, the rest
-#: bytes.
-Fields = tuple[int, float, int, bytes, bytes, int, bytes, bytes, bytes, bytes, bytes]
-#: (chunk, clean, max_line, rejects, markers) -> (records counted and dropped, the other
-#: lines in order: split into their fields, or (index, line) for the Python loop to read)
+#: code/status, size, method, target, user, peer, record id) -- the numbers converted, the
+#: record id made (:func:`monitor.ids.record_id` of the line), the rest bytes.
+Fields = tuple[int, float, int, bytes, bytes, int, bytes, bytes, bytes, bytes, str]
+#: The published ingress ranges as the C pre-pass reads them (see :func:`intervals`).
+Intervals = tuple[bytes, bytes]
+#: What the C pre-pass needs to make the Observation of a kept CONNECT itself: (Observation,
+#: source, format, line number before the chunk's first, the caches of :class:`_Targets`
+#: codes, words, connect, ips, hier, ("record_id",), and :func:`_layout`)
+Maker = tuple[type, str, str, int, dict, dict, dict, dict, dict, tuple[str], tuple | None]
+#: (chunk, clean, max_line, rejects, markers, ranges, maker) -> (records counted: dropped or
+#: made, the other lines in order: Observations, split into their fields, or (index, line)
+#: for the Python loop)
 NativeChunk = Callable[
-    [bytes, bool, int, dict[bytes, bool], tuple[bytes, ...]],
-    tuple[int, list[tuple[int, bytes] | Fields]],
+    [bytes, bool, int, dict[bytes, bool], tuple[bytes, ...], Intervals | None, Maker | None],
+    tuple[int, list[Observation | tuple[int, bytes] | Fields]],
 ]
 
 
@@ -343,7 +375,55 @@ def _accelerator() -> NativeChunk | None:
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 4
+_ACCEL_ABI = 6
+_RID = ("record_id",)
+
+
+@cache
+def _layout(cls: type = Observation) -> tuple[tuple[Any, ...], tuple[Any, ...], int] | None:
+    """How the C pre-pass may fill the slots of an Observation (``cls``) itself instead of
+    calling the class: (slot descriptors and defaults in field order, index of
+    ``record_id``), when its ``__init__`` is the one :mod:`dataclasses` wrote (it only
+    stores its arguments) and every field but the positional ones has a plain default; else
+    None (C calls the class)."""
+    fs = dataclasses.fields(cls)
+    names = [f.name for f in fs]
+    generated = getattr(cls.__init__, "__code__", None)
+    if (
+        generated is None
+        or generated.co_filename != "<string>"  # written by dataclasses, not by hand
+        or hasattr(cls, "__post_init__")
+        or tuple(names[: len(POSITIONAL_FIELDS)]) != POSITIONAL_FIELDS
+        or "record_id" not in names
+        or any(not f.init or f.default_factory is not dataclasses.MISSING for f in fs)
+        or any(f.default is dataclasses.MISSING for f in fs[len(POSITIONAL_FIELDS) :])
+    ):
+        return None
+    slots = tuple(cls.__dict__.get(n) for n in names)
+    defaults = tuple(None if f.default is dataclasses.MISSING else f.default for f in fs)
+    return slots, defaults, names.index("record_id")
+
+
+def intervals(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> Intervals:
+    """IPv4 and IPv6 networks as sorted, merged [first, last] address pairs, packed
+    big-endian (4 and 16 bytes an address): what the C pre-pass binary-searches."""
+    packed = []
+    for version, width in ((4, 4), (6, 16)):
+        spans = sorted(
+            (int(n.network_address), int(n.broadcast_address))
+            for n in networks
+            if n.version == version
+        )
+        merged: list[list[int]] = []
+        for first, last in spans:
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], last)
+            else:
+                merged.append([first, last])
+        packed.append(
+            b"".join(a.to_bytes(width, "big") + b.to_bytes(width, "big") for a, b in merged)
+        )
+    return packed[0], packed[1]
 
 
 def _host_port(text: str) -> tuple[str | None, int | None]:
@@ -353,6 +433,23 @@ def _host_port(text: str) -> tuple[str | None, int | None]:
     if host and (" " in host or "/" in host):
         host = None
     return host, port
+
+
+_Read = Callable[..., Observation | None | str]
+
+
+def _reason_on_error(read: _Read) -> _Read:
+    """A record reader whose field that does not convert makes the record's reason
+    (``unreadable field: ...``) instead of an exception."""
+
+    @wraps(read)
+    def guarded(*args: Any) -> Observation | None | str:
+        try:
+            return read(*args)
+        except (ValueError, TypeError, KeyError, UnicodeError, OverflowError) as exc:
+            return f"unreadable field: {exc}"
+
+    return guarded
 
 
 class SquidCollector(_base.Collector):
@@ -414,10 +511,19 @@ class SquidCollector(_base.Collector):
         slow = self._native_slow
         filtering = host_filter is not None
         # the C pre-pass reads each chunk whole: it counts the records the filter rejects
-        # (most of them) without making them objects, splits those it keeps into their
-        # fields and hands the other lines to the loop below, which reads every line of
-        # every batch when it is absent
-        prepass = _accelerator() if filtering else None
+        # (most of them) without making them objects, makes the Observations of the kept
+        # CONNECTs whose values the caches hold, splits the other kept lines into their
+        # fields and hands the rest to the loop below, which reads every line of every
+        # batch when it is absent. It is given the ingress ranges themselves.
+        networks = getattr(host_filter, "networks", None)
+        ranges = intervals(networks) if t.ingress is not None and networks is not None else None
+        usable = t.ingress is None or ranges is not None
+        prepass = _accelerator() if filtering and usable else None
+        # what it needs to make the Observation of a kept CONNECT whose values are cached
+        cached = (codes, words, connect, ips, hiers, _RID, _layout())
+        fronting = t.ingress is not None
+        fronted = t.fronted
+        fronts = t.fronts
         markers = t.markers if t.requests is not None else ()
         marker_search = t.marker_search
         max_line = _base.MAX_LINE
@@ -425,8 +531,9 @@ class SquidCollector(_base.Collector):
         try:
             for first, chunk, clean in chunks:
                 if prepass is not None:
-                    dropped, todo = prepass(chunk, clean, max_line, rejects, markers)
-                    records += dropped
+                    maker = (obs, source, fmt, first, *cached)
+                    done, todo = prepass(chunk, clean, max_line, rejects, markers, ranges, maker)
+                    records += done
                     batches: Iterable[tuple[int, Iterable[tuple]]] = ((first, todo),)
                 else:
                     batches = (
@@ -435,6 +542,9 @@ class SquidCollector(_base.Collector):
                     )
                 for base, todo in batches:
                     for item in todo:
+                        if type(item) is obs:  # made by the pre-pass
+                            yield item
+                            continue
                         if len(item) != 2:  # kept and split by the pre-pass
                             (
                                 i,
@@ -447,11 +557,12 @@ class SquidCollector(_base.Collector):
                                 target,
                                 user,
                                 peer,
-                                line,
+                                rid,
                             ) = item
                             cs = codes.get(code_b) or t.code_status(code_b)
                         else:
                             i, line = item
+                            rid = None
                             if len(line) > max_line:  # handed back by the pre-pass
                                 diag.malformed_record(
                                     source, base + i + 1, f"line longer than {max_line} bytes", line
@@ -484,6 +595,10 @@ class SquidCollector(_base.Collector):
                                 if rejected and markers and target is not parts[6]:
                                     # a URL with a path: an LLM API path keeps it all the same
                                     rejected = marker_search(parts[6], len(target)) is None
+                                if rejected and fronting:
+                                    # so does an origin in a provider's ingress ranges
+                                    f = fronts.get(parts[8])
+                                    rejected = not (fronted(parts[8]) if f is None else f)
                                 if (
                                     rejected
                                     and parts[1].isdigit()
@@ -531,7 +646,7 @@ class SquidCollector(_base.Collector):
                             keep = fcache.get(host)
                             if keep is None:
                                 keep = t.keep(host)
-                            if not keep and not t.wanted(url):
+                            if not keep and not t.wanted(url) and not fronted(peer):
                                 continue  # rejected: counted, no Observation built
                         if url is not None:
                             url = _text(url)
@@ -561,7 +676,7 @@ class SquidCollector(_base.Collector):
                             cs[0],
                             elapsed / 1000 if elapsed >= 0 else None,
                         )
-                        o.record_id = digest(line)
+                        o.record_id = rid or digest(line)
                         yield o
         finally:
             diag.records += records
@@ -595,7 +710,7 @@ class SquidCollector(_base.Collector):
         if method == "-":
             method = None
         host, port, raw_url, hsrc = t.target(method, parts[6])
-        if not t.keep(host) and not t.wanted(raw_url):
+        if not t.keep(host) and not t.wanted(raw_url) and not t.fronted(parts[8]):
             return None
         url = _text(raw_url) if raw_url is not None else None
         user = parts[7]
@@ -723,6 +838,7 @@ class SquidCollector(_base.Collector):
         finally:
             diag.records += records
 
+    @_reason_on_error
     def _regex_record(
         self,
         raw: bytes,
@@ -733,20 +849,6 @@ class SquidCollector(_base.Collector):
         t: _Targets,
     ) -> Observation | None | str:
         """Observation, None (filtered out) or a reason ("" = no match)."""
-        try:
-            return self._regex_fields(raw, lineno, source, compiled, fmt, t)
-        except (ValueError, TypeError, KeyError, UnicodeError, OverflowError) as exc:
-            return f"unreadable field: {exc}"
-
-    def _regex_fields(
-        self,
-        raw: bytes,
-        lineno: int,
-        source: str,
-        compiled: CompiledLogformat,
-        fmt: str,
-        t: _Targets,
-    ) -> Observation | None | str:
         if b"\x00" in raw:
             return "NUL bytes in line"
         v = compiled.match(raw)
@@ -798,7 +900,10 @@ class SquidCollector(_base.Collector):
         agent = get("user_agent")
         if agent == b"-":
             agent = None
-        if not t.keep(host) and not t.wanted(raw_url, agent):
+        peer = get("peer_ip")
+        # with %Sh, only a direct hierarchy code makes %<a the destination (see native)
+        dest_ip = t.direct_ip(get("hier"), peer) if peer is not None else None
+        if not t.keep(host) and not t.wanted(raw_url, agent) and not t.fronted_ip(dest_ip):
             return None
         url = _text(raw_url) if raw_url is not None else None
         client = get("client_ip")
@@ -812,9 +917,6 @@ class SquidCollector(_base.Collector):
             if u is not None:
                 user = t.word(u)
                 break
-        peer = get("peer_ip")
-        # with %Sh, only a direct hierarchy code makes %<a the destination (see native)
-        dest_ip = t.direct_ip(get("hier"), peer) if peer is not None else None
         return Observation(
             ts,
             source,
