@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor import __version__
 from monitor.catalog import Catalog, Match, Provider
@@ -33,7 +33,9 @@ from monitor.observation import Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
 from monitor.rows import COL, observation_row
-from monitor.store import IngestResult
+
+if TYPE_CHECKING:
+    from monitor.store import IngestResult
 
 ID, DAY = COL["id"], COL["day"]
 
