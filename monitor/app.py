@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -293,6 +292,8 @@ class App:
         :meth:`ScanSummary.exit_code`); returns its id and summary. With ``cluster`` (a Dask
         scheduler address) the inputs are parsed by the cluster's workers
         (:mod:`monitor.cluster`) and stored here."""
+        import sqlite3
+
         from monitor.egress import contradictions
         from monitor.privacy import privacy_mode
         from monitor.scanner import Scanner

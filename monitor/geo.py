@@ -31,7 +31,6 @@ import hashlib
 import io
 import ipaddress
 import json
-import logging
 import lzma
 import os
 import re
@@ -65,7 +64,13 @@ __all__ = [
     "load_overrides",
 ]
 
-log = logging.getLogger(__name__)
+
+def _log():
+    """This module's logger (logging loads only when there is something to say)."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 #: Every value ``GeoAnswer.scope`` can take. Only "public" addresses reach a database.
 SCOPES = (
@@ -562,8 +567,8 @@ def _materialise(xz: Path, stem: str, sha256: str | None = None) -> Path | io.By
                         old.unlink(missing_ok=True)
             return target
         except OSError as exc:
-            log.debug("geodata cache %s unusable: %s", base, exc)
-    log.warning("no writable cache directory; decompressing %s into memory", xz.name)
+            _log().debug("geodata cache %s unusable: %s", base, exc)
+    _log().warning("no writable cache directory; decompressing %s into memory", xz.name)
     with lzma.open(xz) as src:
         return io.BytesIO(src.read())
 
@@ -573,7 +578,7 @@ def _manifest(directory: Path | None = None) -> dict[str, Any]:
         d = directory or geodata_dir()
         return json.loads((d / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, FileNotFoundError) as exc:
-        log.warning("embedded geodata manifest unreadable: %s", exc)
+        _log().warning("embedded geodata manifest unreadable: %s", exc)
         return {}
 
 
@@ -632,7 +637,7 @@ class _Embedded:
                     if attempt == 1 and isinstance(target, Path):
                         target.unlink(missing_ok=True)  # damaged cache file: decompress again
                         continue
-                    log.warning("embedded database %s unusable: %s", self.xz, exc)
+                    _log().warning("embedded database %s unusable: %s", self.xz, exc)
                     self.failed = True
         return self.db
 
@@ -770,7 +775,7 @@ class GeoResolver:
         except GeoError:
             if explicit:
                 raise
-            log.warning("skipping unreadable GeoIP database %s", path)
+            _log().warning("skipping unreadable GeoIP database %s", path)
             return
         if not db.caps:
             db.close()
@@ -778,7 +783,7 @@ class GeoResolver:
                 raise GeoError(
                     f"{path}: database type {db.info.database_type!r} has no country or ASN data"
                 )
-            log.info("skipping %s (%s): no country or ASN data", path, db.info.database_type)
+            _log().info("skipping %s (%s): no country or ASN data", path, db.info.database_type)
             return
         self._dbs.append(db)
 

@@ -8,7 +8,7 @@ and register themselves on :data:`main`; nothing here imports them.
 from __future__ import annotations
 
 import functools
-import sqlite3
+import sys
 from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
@@ -49,7 +49,10 @@ def guard(fn):
             return fn(*args, **kwargs)
         except FATAL as exc:
             raise Fatal(str(exc)) from exc
-        except sqlite3.DatabaseError as exc:
+        except Exception as exc:
+            sqlite3 = sys.modules.get("sqlite3")  # loaded by whatever raised it (`parse` never)
+            if sqlite3 is None or not isinstance(exc, sqlite3.DatabaseError):
+                raise
             from monitor.app import App
             from monitor.store import database_problem
 
@@ -186,7 +189,7 @@ def collect_options(
     return options
 
 
-class _LazyChoice(click.Choice):
+class LazyChoice(click.Choice):
     """A :class:`click.Choice` whose choices are computed when first needed (the collectors
     load only for a command that reads input)."""
 
@@ -208,7 +211,7 @@ def _format_names() -> list[str]:
 format_option = click.option(
     "--format",
     "fmt",
-    type=_LazyChoice(_format_names),
+    type=LazyChoice(_format_names),
     default="auto",
     show_default=True,
     help="Input format; auto recognises every format but squid-custom and mapped from the first lines.",

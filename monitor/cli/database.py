@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import click
 
@@ -31,6 +30,8 @@ def db_check(ctx, as_json):
     apiwatch db check
     apiwatch --db /var/lib/apiwatch/apiwatch.db db check --json
     """
+    import sqlite3
+
     from monitor.store import StoreError
 
     app = app_of(ctx).for_reading()
