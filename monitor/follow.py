@@ -29,7 +29,7 @@ from monitor.collectors import InputError
 from monitor.collectors.base import MAX_PROBLEMS_KEPT, Problem
 from monitor.config import Source
 from monitor.live import LiveCapture
-from monitor.pipeline import Pipeline, ScanSummary
+from monitor.pipeline import SCAN_COUNTS, Pipeline, ScanSummary, incident_counts
 from monitor.scanner import Scanner
 from monitor.store import COL, Store
 
@@ -105,11 +105,8 @@ class WatchTotals:
     file_errors: list[Problem] = field(default_factory=list)
 
     def add(self, s: ScanSummary) -> None:
-        self.records += s.records
-        self.malformed += s.malformed
-        self.llm_observations += s.llm_observations
-        self.stored += s.stored
-        self.duplicates += s.duplicates
+        for k in SCAN_COUNTS:
+            setattr(self, k, getattr(self, k) + getattr(s, k))
         self.incidents_new |= s.incidents_new
         self.incidents_updated |= s.incidents_updated
         room = max(0, MAX_PROBLEMS_KEPT - len(self.problems))
@@ -120,13 +117,8 @@ class WatchTotals:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "records": self.records,
-            "malformed": self.malformed,
-            "llm_observations": self.llm_observations,
-            "stored": self.stored,
-            "duplicates": self.duplicates,
-            "incidents_new": len(self.incidents_new),
-            "incidents_updated": len(self.incidents_updated - self.incidents_new),
+            **{k: getattr(self, k) for k in SCAN_COUNTS},
+            **incident_counts(self.incidents_new, self.incidents_updated),
             "alerts_sent": self.alerts_sent,
             "file_errors": [str(p) for p in self.file_errors],
         }

@@ -514,6 +514,15 @@ class Part:
 Produced = tuple[str, list[Any], list[dict[str, Any]]]
 
 
+#: The counts of a scan that add up across scans (``apiwatch watch`` keeps their totals).
+SCAN_COUNTS = ("records", "malformed", "llm_observations", "stored", "duplicates")
+
+
+def incident_counts(new: set[str], updated: set[str]) -> dict[str, int]:
+    """How many incidents a scan (or several) raised, and how many others it updated."""
+    return {"incidents_new": len(new), "incidents_updated": len(updated - new)}
+
+
 @dataclass
 class ScanSummary:
     files: list[str] = field(default_factory=list)
@@ -538,15 +547,10 @@ class ScanSummary:
     def as_dict(self) -> dict[str, Any]:
         return {
             "files": self.files,
-            "records": self.records,
-            "malformed": self.malformed,
-            "llm_observations": self.llm_observations,
-            "stored": self.stored,
-            "duplicates": self.duplicates,
+            **{k: getattr(self, k) for k in SCAN_COUNTS},
             "expired": self.expired,
             "skipped_bytes": self.skipped_bytes,
-            "incidents_new": len(self.incidents_new),
-            "incidents_updated": len(self.incidents_updated - self.incidents_new),
+            **incident_counts(self.incidents_new, self.incidents_updated),
             "new_by_rule": dict(sorted(self.new_by_rule.items())),
             "updated_by_rule": dict(sorted(self.updated_by_rule.items())),
             "new_max_severity": self.new_max_severity,

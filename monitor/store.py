@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
@@ -1156,16 +1156,23 @@ class Store:
                 break
         out["evidence"] = evidence[:samples]
         out["events"] = self.finding_events(fid)
-        out["records"] = [
+        out["records"] = self._sample_records("finding_id", fid, samples)
+        return out
+
+    def _sample_records(
+        self, column: Literal["finding_id", "id"], value: str, samples: int
+    ) -> list[dict[str, Any]]:
+        """The first ``samples`` stored records of the incidents whose ``column`` (their
+        finding's id, or their own) is ``value``, oldest first."""
+        return [
             {**r, "ts": iso_utc(r["ts"])}
             for r in self.db.query(
                 f"""SELECT {_OBS_COLUMNS} FROM incident_rows i CROSS JOIN hit_links l
                    ON l.incident = i.n CROSS JOIN {_OBS}
-                   WHERE o.n = l.obs AND i.finding_id = ? ORDER BY o.ts, c.source, o.line LIMIT ?""",  # noqa: S608
-                [fid, samples],
+                   WHERE o.n = l.obs AND i.{column} = ? ORDER BY o.ts, c.source, o.line LIMIT ?""",  # noqa: S608
+                [value, samples],
             )
         ]
-        return out
 
     def finding_events(
         self, fid: str | None = None, since: str | None = None
@@ -1791,15 +1798,7 @@ class Store:
             return None
         inc = _incident_out(rows[0])
         inc["events"] = self.events(inc["id"])
-        inc["records"] = [
-            {**r, "ts": iso_utc(r["ts"])}
-            for r in self.db.query(
-                f"""SELECT {_OBS_COLUMNS} FROM incident_rows i CROSS JOIN hit_links l
-                   ON l.incident = i.n CROSS JOIN {_OBS}
-                   WHERE o.n = l.obs AND i.id = ? ORDER BY o.ts, c.source, o.line LIMIT ?""",  # noqa: S608
-                [inc["id"], samples],
-            )
-        ]
+        inc["records"] = self._sample_records("id", inc["id"], samples)
         return inc
 
     def set_status(self, incident_id: str, status: str, note: str | None = None,

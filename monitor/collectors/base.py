@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple
 
 from monitor.errors import ApiwatchError
 from monitor.observation import Observation
@@ -108,8 +108,21 @@ def excerpt(raw: bytes, limit: int = 120) -> str:
     return text + ("…" if len(raw) > limit else "")
 
 
-class Collector(Protocol):
-    """One input format. ``parse`` must never raise for bad records."""
+class ParseInput(NamedTuple):
+    """What one :meth:`Collector.parse` call reads: the stream, its name for messages, where
+    problems are counted, and the host filter (see :meth:`Collector.parse`)."""
+
+    stream: BinaryIO
+    source: str
+    diag: Diagnostics
+    host_filter: HostFilter | None = None
+
+
+class Collector:
+    """One input format. ``parse`` must never raise for bad records.
+
+    A collector implements :meth:`read`, which receives ``parse``'s arguments as one
+    :class:`ParseInput`: the call every caller makes is spelled once, here."""
 
     name: str
 
@@ -122,7 +135,11 @@ class Collector(Protocol):
     ) -> Iterator[Observation]:
         """Yield observations. With ``host_filter``, a collector may skip building records
         whose destination host the filter rejects (they are still counted as read)."""
-        ...
+        return self.read(ParseInput(stream, source, diag, host_filter))
+
+    def read(self, job: ParseInput) -> Iterator[Observation]:
+        """What :meth:`parse` yields, for ``job``'s stream."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)

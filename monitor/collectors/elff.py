@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date
-from typing import BinaryIO
 
 from monitor.collectors.base import (
-    Diagnostics,
+    Collector,
     FormatSpec,
-    HostFilter,
+    ParseInput,
     iter_batches,
 )
 from monitor.collectors.fields import host_keeper, memoised, record_keeper
@@ -176,18 +175,13 @@ class _Plan:
         self.has_time = (self.idx["date"] >= 0 and self.idx["time"] >= 0) or self.idx["epoch"] >= 0
 
 
-class ElffCollector:
+class ElffCollector(Collector):
     """W3C extended / ELFF access logs (the ``#Fields:`` header drives everything)."""
 
     name = FORMAT
 
-    def parse(
-        self,
-        stream: BinaryIO,
-        source: str,
-        diag: Diagnostics,
-        host_filter: HostFilter | None = None,
-    ) -> Iterator[Observation]:
+    def read(self, job: ParseInput) -> Iterator[Observation]:
+        stream, source, diag, host_filter = job
         self._filter = host_filter
         self._keeps = host_keeper(host_filter, _CACHE_LIMIT)
         self._wants = record_keeper(host_filter, _CACHE_LIMIT)

@@ -32,14 +32,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from monitor.collectors.base import (
     CollectOptions,
-    Diagnostics,
+    Collector,
     FormatSpec,
     HostFilter,
     InputError,
+    ParseInput,
     iter_batches,
 )
 from monitor.collectors.fields import memoised, record_keeper
@@ -800,7 +801,7 @@ def _sniff_delimiter(line: str) -> str:
     return best if counts[best] else ","
 
 
-class MappedCollector:
+class MappedCollector(Collector):
     """Any line-oriented gateway log read through a user :class:`Mapping`."""
 
     name = FORMAT
@@ -812,13 +813,8 @@ class MappedCollector:
             for target, refs in mapping.fields.items()
         }
 
-    def parse(
-        self,
-        stream: BinaryIO,
-        source: str,
-        diag: Diagnostics,
-        host_filter: HostFilter | None = None,
-    ) -> Iterator[Observation]:
+    def read(self, job: ParseInput) -> Iterator[Observation]:
+        stream, source, diag, host_filter = job
         b = _Builder(self.mapping, host_filter)
         m = self.mapping
         layout = m.layout

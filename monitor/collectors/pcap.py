@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from struct import Struct
 from typing import Any, BinaryIO
 
-from monitor.collectors.base import CollectOptions, Diagnostics, FormatSpec, HostFilter
+from monitor.collectors.base import CollectOptions, Collector, FormatSpec, ParseInput
 from monitor.collectors.dns import DnsMap
 from monitor.collectors.flows import LINKTYPES, MAX_FRAME, FlowTable
 from monitor.observation import Observation
@@ -69,7 +69,7 @@ class _Damage(Exception):
     pass
 
 
-class PcapCollector:
+class PcapCollector(Collector):
     """pcap / pcapng (optionally gzip) -> one observation per flow, per request for HTTP."""
 
     name = FORMAT
@@ -87,13 +87,8 @@ class PcapCollector:
         self.last_stats: dict[str, int] = {}  # counters of the last parse (for tests, --stats)
         self.last_dns: DnsMap | None = None  # the name map of the last parse
 
-    def parse(
-        self,
-        stream: BinaryIO,
-        source: str,
-        diag: Diagnostics,
-        host_filter: HostFilter | None = None,
-    ) -> Iterator[Observation]:
+    def read(self, job: ParseInput) -> Iterator[Observation]:
+        stream, source, diag, host_filter = job
         kw: dict[str, Any] = {}
         if self.idle_timeout is not None:
             kw["idle_timeout"] = self.idle_timeout

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
-from typing import Any, BinaryIO
+from typing import Any
 
 from monitor import accel
 from monitor.collectors import base as _base
@@ -355,7 +355,7 @@ def _host_port(text: str) -> tuple[str | None, int | None]:
     return host, port
 
 
-class SquidCollector:
+class SquidCollector(_base.Collector):
     """Squid ``access.log`` in the native, common, combined or a custom logformat."""
 
     name = "squid"
@@ -377,13 +377,8 @@ class SquidCollector:
 
     # -- entry point ---------------------------------------------------------------------
 
-    def parse(
-        self,
-        stream: BinaryIO,
-        source: str,
-        diag: Diagnostics,
-        host_filter: HostFilter | None = None,
-    ) -> Iterator[Observation]:
+    def read(self, job: _base.ParseInput) -> Iterator[Observation]:
+        stream, source, diag, host_filter = job
         chunks: Iterable[Chunk] = iter_chunks(stream, source, diag)
         variant = self.variant
         if variant == "auto":

@@ -20,13 +20,12 @@ spaces) is parsed to find it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from monitor.collectors.base import (
-    CollectOptions,
     Diagnostics,
     FormatSpec,
-    HostFilter,
+    ParseInput,
     iter_batches,
 )
 from monitor.collectors.fields import JSON_ERRORS as _JSON_ERRORS
@@ -35,6 +34,7 @@ from monitor.collectors.zeek import (
     DNS_PORTS,
     FlowJoin,
     FlowStats,
+    Head,
     IpCache,
     JoinCollector,
     http_observation,
@@ -52,6 +52,10 @@ FORMAT = "suricata-eve"
 JSON_PARSER = _loads.__module__ if hasattr(_loads, "__module__") else "json"
 _WANTED = frozenset({b"tls", b"quic", b"http", b"dns", b"flow"})
 _MARK = b'"event_type":"'
+#: the counters of a ``flow`` event, in :class:`FlowStats`' order
+_FLOW_COUNTS = ("bytes_toserver", "bytes_toclient", "pkts_toserver", "pkts_toclient")
+#: the transports a flow is reported alone for (as Suricata spells them, or numbers them)
+_FLOW_PROTOS = ("TCP", "UDP", "tcp", "udp", 6, 17, "006", "017")
 #: events known without parsing to name nothing: DNS queries, flows of DNS
 _DNS_QUERY = b'"type":"query"'
 _DNS_FLOW = b'"app_proto":"dns"'
@@ -79,13 +83,8 @@ class SuricataCollector(JoinCollector):
 
     name = FORMAT
 
-    def parse(
-        self,
-        stream: BinaryIO,
-        source: str,
-        diag: Diagnostics,
-        host_filter: HostFilter | None = None,
-    ) -> Iterator[Observation]:
+    def read(self, job: ParseInput) -> Iterator[Observation]:
+        stream, source, diag, host_filter = job
         join = self._join(host_filter)
         ready = join.ready
         loads = _loads
@@ -177,37 +176,22 @@ class SuricataCollector(JoinCollector):
         client = ip(d.get("src_ip"))
         server = ip(d.get("dest_ip"))
         cport, sport = _port(d.get("src_port")), _port(d.get("dest_port"))
+        head = Head(ts, source, lineno, FORMAT, client, cport, server, sport)
         if et == b"flow":
             if type(f) is not dict:
                 diag.malformed_record(source, lineno, "flow event without flow object", raw)
                 return
             end = iso_ts(f.get("end"))
-            start = ts
-            duration = max(end - start, 0.0) if end is not None else None
-            st = FlowStats(
-                start,
-                end,
-                duration,
-                _count(f.get("bytes_toserver")),
-                _count(f.get("bytes_toclient")),
-                _count(f.get("pkts_toserver")),
-                _count(f.get("pkts_toclient")),
-                client,
-                cport,
-                server,
-                sport,
-            )
-            proto = d.get("proto")
+            duration = max(end - ts, 0.0) if end is not None else None
+            st = FlowStats(head, end, duration, *[_count(f.get(k)) for k in _FLOW_COUNTS])
             app = d.get("app_proto")
-
-            def standalone() -> Observation | None:
-                if proto not in ("TCP", "UDP", "tcp", "udp", 6, 17, "006", "017"):
-                    return None
-                if app == "dns" or sport in DNS_PORTS or cport in DNS_PORTS:
-                    return None
-                return st.observation(source, lineno, FORMAT, record_id(raw))
-
-            join.flow(key, st, standalone)
+            alone = (
+                d.get("proto") in _FLOW_PROTOS
+                and app != "dns"
+                and sport not in DNS_PORTS
+                and cport not in DNS_PORTS
+            )
+            join.flow(key, st, alone, raw)
             return
         if et == b"http":
             h = d.get("http")
@@ -218,29 +202,16 @@ class SuricataCollector(JoinCollector):
             status = h.get("status")
             if type(status) is str and status.isdigit():
                 status = int(status)
-            obs = http_observation(
-                ts,
-                source,
-                lineno,
-                FORMAT,
-                client,
-                cport,
-                server,
-                method,
-                target,
-                status if type(status) is int else None,
-                None,
-                _count(h.get("length")),
-                record_id(raw),
-            )
+            status = status if type(status) is int else None
+            length = _count(h.get("length"))
+            obs = http_observation(head, method, target, status, None, length, record_id(raw))
             obs.user_agent = _str(h.get("http_user_agent"))
             join.named(key, obs, tls=False)
             return
         # tls / quic
         sub = d.get("tls" if et == b"tls" else "quic")
         sni = _str(sub.get("sni")) if type(sub) is dict else None
-        rid = record_id(raw)
-        obs = tls_observation(ts, source, lineno, FORMAT, client, cport, server, sport, sni, rid)
+        obs = tls_observation(head, sni, record_id(raw))
         if type(sub) is dict:
             obs.ja4 = ja4_value(sub.get("ja4"))
         join.named(key, obs, tls=True)
@@ -273,15 +244,11 @@ class SuricataCollector(JoinCollector):
             join.learn(qname, out, ts)
 
 
-def _make(options: CollectOptions, catalog: Any = None) -> SuricataCollector:
-    return SuricataCollector(catalog=catalog)
-
-
 FORMAT_SPECS = [
     FormatSpec(
         FORMAT,
         "Suricata eve.json (tls, quic, http, dns, flow events)",
-        _make,
+        SuricataCollector.made,
         sniff_line=sniff,
     )
 ]

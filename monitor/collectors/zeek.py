@@ -34,18 +34,21 @@ import json
 import re
 import socket
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from monitor.collectors.base import (
     CollectOptions,
+    Collector,
     Diagnostics,
     FormatSpec,
     HostFilter,
     InputError,
+    ParseInput,
     iter_batches,
     open_input,
 )
@@ -58,6 +61,7 @@ __all__ = [
     "ZeekCollector",
     "FlowJoin",
     "FlowStats",
+    "Head",
     "IpCache",
     "JoinCollector",
     "collect_directory",
@@ -74,6 +78,8 @@ FORMAT_TSV = "zeek"
 FORMAT_JSON = "zeek-json"
 LOG_TYPES = ("conn", "ssl", "http", "dns", "quic")
 
+#: the counters of a ``conn`` record, in :class:`FlowStats`' order
+_CONN_COUNTS = ("orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts")
 #: connections whose naming records wait for their conn/flow record, at most
 MAX_PENDING = 1 << 18
 #: connections remembered as already reported or filtered out, at most
@@ -300,60 +306,40 @@ def http_target(
 # ----------------------------------------------------------------------------- the join
 
 
+class Head(NamedTuple):
+    """What every observation made of one Zeek / Suricata record starts with: when, where it
+    was read, and the two ends of its connection. The first six fields are
+    :class:`~monitor.observation.Observation`'s first six (``Observation(*head[:6], ...)``)."""
+
+    ts: float
+    source: str
+    lineno: int
+    fmt: str
+    client: str | None
+    cport: int | None
+    server: str | None
+    sport: int | None
+
+
+@dataclass(slots=True)
 class FlowStats:
     """What a ``conn`` / ``flow`` record adds to the observations of its connection."""
 
-    __slots__ = (
-        "ts",
-        "ts_end",
-        "duration",
-        "bytes_out",
-        "bytes_in",
-        "packets_out",
-        "packets_in",
-        "client_ip",
-        "client_port",
-        "dest_ip",
-        "dest_port",
-    )
+    head: Head
+    ts_end: float | None
+    duration: float | None
+    bytes_out: int | None
+    bytes_in: int | None
+    packets_out: int | None
+    packets_in: int | None
 
-    def __init__(
-        self,
-        ts: float,
-        ts_end: float | None,
-        duration: float | None,
-        bytes_out: int | None,
-        bytes_in: int | None,
-        packets_out: int | None,
-        packets_in: int | None,
-        client_ip: str | None,
-        client_port: int | None,
-        dest_ip: str | None,
-        dest_port: int | None,
-    ):
-        self.ts = ts
-        self.ts_end = ts_end
-        self.duration = duration
-        self.bytes_out = bytes_out
-        self.bytes_in = bytes_in
-        self.packets_out = packets_out
-        self.packets_in = packets_in
-        self.client_ip = client_ip
-        self.client_port = client_port
-        self.dest_ip = dest_ip
-        self.dest_port = dest_port
-
-    def observation(self, source: str, lineno: int, fmt: str, record_id: str) -> Observation:
+    def observation(self, record_id: str) -> Observation:
         """The connection reported on its own (no record named it; the join names it)."""
+        head = self.head
         return Observation(
-            self.ts,
-            source,
-            lineno,
-            fmt,
-            self.client_ip,
-            self.client_port,
-            dest_port=self.dest_port,
-            dest_ip=self.dest_ip,
+            *head[:6],
+            dest_port=head.sport,
+            dest_ip=head.server,
             bytes_out=self.bytes_out,
             bytes_in=self.bytes_in,
             duration=self.duration,
@@ -377,46 +363,24 @@ def ja4_value(v: Any) -> str | None:
     return v if type(v) is str and _JA4_RE.match(v) else None
 
 
-def tls_observation(
-    ts: float,
-    source: str,
-    lineno: int,
-    fmt: str,
-    client: str | None,
-    cport: int | None,
-    server: str | None,
-    sport: int | None,
-    sni: str | None,
-    record_id: str,
-) -> Observation:
+def tls_observation(head: Head, sni: str | None, record_id: str) -> Observation:
     """One TLS/QUIC connection named by its server name (``sni``, a ``:port`` dropped; a
     value with a space or ``/`` in it is no host name)."""
     host, _p = split_host_port(sni) if sni else (None, None)
     if host and (" " in host or "/" in host):
         host = None
     return Observation(
-        ts,
-        source,
-        lineno,
-        fmt,
-        client,
-        cport,
+        *head[:6],
         dest_host=host,
-        dest_port=sport,
-        dest_ip=server,
+        dest_port=head.sport,
+        dest_ip=head.server,
         host_source="sni" if host else None,
         record_id=record_id,
     )
 
 
 def http_observation(
-    ts: float,
-    source: str,
-    lineno: int,
-    fmt: str,
-    client: str | None,
-    cport: int | None,
-    server: str | None,
+    head: Head,
     method: str | None,
     target: tuple[str | None, int | None, str | None, str | None],
     status: int | None,
@@ -428,17 +392,12 @@ def http_observation(
     server's address is not the destination of a ``CONNECT``)."""
     dest, port, url, hsrc = target
     return Observation(
-        ts,
-        source,
-        lineno,
-        fmt,
-        client,
-        cport,
+        *head[:6],
         None,
         method,
         dest,
         port,
-        None if hsrc == "connect" else server,
+        None if hsrc == "connect" else head.server,
         url,
         status,
         bytes_out,
@@ -593,21 +552,17 @@ class FlowJoin:
         else:
             p.http.append(obs)
 
-    def flow(
-        self, key: Hashable, st: FlowStats, standalone: Callable[[], Observation | None]
-    ) -> None:
-        """The end of a connection: complete its pending observations, or report it alone
-        (``standalone`` builds that observation; None: not reported, e.g. DNS)."""
+    def flow(self, key: Hashable, st: FlowStats, alone: bool, raw: bytes) -> None:
+        """The end of a connection: complete its pending observations, or, when ``alone``
+        (e.g. not DNS), report it on its own, identified by its record ``raw``."""
         p = self.pending.pop(key, None)
         was_done = self.done.pop(key, _MISSING) is not _MISSING
         if p is not None:
             self._emit(p, st)
             return
-        if was_done:
+        if was_done or not alone:
             return
-        obs = standalone()
-        if obs is None:
-            return
+        obs = st.observation(record_id(raw))
         host, src = self.name_of(obs.dest_ip, obs.ts)
         if not self.keep(host):
             return
@@ -621,21 +576,22 @@ class FlowJoin:
             if target is not None:
                 target.ts_end = st.ts_end
                 if tls is not None:
-                    target.ts = st.ts
+                    target.ts = st.head.ts
                     target.duration = st.duration
                 elif st.ts_end is not None:  # from the request to the connection's end
                     target.duration = max(st.ts_end - target.ts, 0.0)
                 target.bytes_out, target.bytes_in = st.bytes_out, st.bytes_in
                 target.packets_out, target.packets_in = st.packets_out, st.packets_in
+            head = st.head
             for o in (tls, *p.http):
                 if o is None:
                     continue
                 if o.client_ip is None:
-                    o.client_ip, o.client_port = st.client_ip, st.client_port
+                    o.client_ip, o.client_port = head.client, head.cport
                 if o.dest_ip is None and o.host_source != "connect":
-                    o.dest_ip = st.dest_ip
+                    o.dest_ip = head.server
                 if o.dest_port is None:
-                    o.dest_port = st.dest_port
+                    o.dest_port = head.sport
         for o in (tls, *p.http):
             if o is None:
                 continue
@@ -728,7 +684,7 @@ def _resolve(names: Iterable[str], wanted: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-class JoinCollector:
+class JoinCollector(Collector):
     """What the collectors that join through :class:`FlowJoin` share (Zeek, Suricata): the
     catalogue and bound each join is built with, and the join's stats once it ended."""
 
@@ -737,6 +693,12 @@ class JoinCollector:
         self.max_pending = max_pending
         self.last_stats: dict[str, int] = {}
         self._ip = IpCache()
+
+    @classmethod
+    def made(cls, options: CollectOptions, catalog: Any = None) -> JoinCollector:
+        """The collector of a :class:`FormatSpec`: connections are named by the catalogue's
+        published IP ranges too, when given one."""
+        return cls(catalog=catalog)
 
     def _join(self, host_filter: HostFilter | None) -> FlowJoin:
         return FlowJoin(self.catalog, host_filter, max_pending=self.max_pending)
@@ -758,13 +720,8 @@ class ZeekCollector(JoinCollector):
 
     name = FORMAT_TSV
 
-    def parse(
-        self,
-        stream: BinaryIO,
-        source: str,
-        diag: Diagnostics,
-        host_filter: HostFilter | None = None,
-    ) -> Iterator[Observation]:
+    def read(self, job: ParseInput) -> Iterator[Observation]:
+        stream, source, diag, host_filter = job
         join = self._join(host_filter)
         yield from self.parse_into(join, stream, source, diag)
         yield from self._drain(join, source, diag, "conn")
@@ -930,52 +887,33 @@ class ZeekCollector(JoinCollector):
         client = self._ip(r.get("orig_h"))
         server = self._ip(r.get("resp_h"))
         cport, sport = _port(r.get("orig_p")), _port(r.get("resp_p"))
-        rid = record_id(raw)
+        head = Head(ts, source, lineno, fmt, client, cport, server, sport)
         if path == "conn":
-            proto = _str(r.get("proto"))
             duration = _float(r.get("duration"))
-            st = FlowStats(
-                ts,
-                ts + duration if duration is not None else None,
-                duration,
-                _int(r.get("orig_bytes")),
-                _int(r.get("resp_bytes")),
-                _int(r.get("orig_pkts")),
-                _int(r.get("resp_pkts")),
-                client,
-                cport,
-                server,
-                sport,
-            )
+            end = ts + duration if duration is not None else None
+            st = FlowStats(head, end, duration, *[_int(r.get(k)) for k in _CONN_COUNTS])
             services = r.get("service")
             if isinstance(services, str):
                 services = services.split(",")
-
-            def standalone() -> Observation | None:
-                if proto not in ("tcp", "udp"):
-                    return None  # icmp, unknown_transport: captures report TCP/UDP only
-                if "dns" in _list(services) or sport in DNS_PORTS:
-                    return None  # DNS feeds the name map, like the capture collector
-                return st.observation(source, lineno, fmt, rid)
-
-            join.flow(uid, st, standalone)
+            # alone: TCP/UDP only (icmp, unknown_transport: captures report TCP/UDP only),
+            # not DNS (it feeds the name map, like the capture collector)
+            alone = (
+                _str(r.get("proto")) in ("tcp", "udp")
+                and "dns" not in _list(services)
+                and sport not in DNS_PORTS
+            )
+            join.flow(uid, st, alone, raw)
             return True
+        rid = record_id(raw)
         if path in ("ssl", "quic"):
-            sni = _str(r.get("server_name"))
-            obs = tls_observation(ts, source, lineno, fmt, client, cport, server, sport, sni, rid)
+            obs = tls_observation(head, _str(r.get("server_name")), rid)
             obs.ja4 = ja4_value(r.get("ja4"))
             join.named(uid, obs, tls=True)
             return True
         # http
         method = _str(r.get("method"))
         obs = http_observation(
-            ts,
-            source,
-            lineno,
-            fmt,
-            client,
-            cport,
-            server,
+            head,
             method,
             http_target(method, _str(r.get("host")), _str(r.get("uri")), sport),
             _int(r.get("status_code")),
@@ -1072,22 +1010,17 @@ def sniff_json(line: bytes) -> bool:
     )
 
 
-def _make(options: CollectOptions, catalog: Any = None) -> ZeekCollector:
-    """Connections are named by the catalogue's published IP ranges too, when given one."""
-    return ZeekCollector(catalog=catalog)
-
-
 FORMAT_SPECS = [
     FormatSpec(
         FORMAT_TSV,
         "Zeek conn/ssl/http/dns/quic logs (TSV; or a directory of them)",
-        _make,
+        ZeekCollector.made,
         sniff_head=sniff_tsv,
     ),
     FormatSpec(
         FORMAT_JSON,
         "Zeek conn/ssl/http/dns/quic logs (JSON, LogAscii::use_json)",
-        _make,
+        ZeekCollector.made,
         sniff_line=sniff_json,
     ),
 ]

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from monitor.collectors.base import (
-    Diagnostics,
+    Collector,
     FormatSpec,
     HostFilter,
+    ParseInput,
     iter_batches,
 )
 from monitor.collectors.fields import JSON_ERRORS as _JSON_ERRORS
@@ -627,7 +628,7 @@ class _Skim:
         )
 
 
-class ZscalerCollector:
+class ZscalerCollector(Collector):
     """Zscaler NSS web feed; ``variant`` is ``csv``, ``json``, ``kv`` or ``auto`` (each
     line is read in the output type it looks like)."""
 
@@ -638,13 +639,8 @@ class ZscalerCollector:
             raise ValueError(f"unknown Zscaler variant {variant!r}")
         self.variant = variant
 
-    def parse(
-        self,
-        stream: BinaryIO,
-        source: str,
-        diag: Diagnostics,
-        host_filter: HostFilter | None = None,
-    ) -> Iterator[Observation]:
+    def read(self, job: ParseInput) -> Iterator[Observation]:
+        stream, source, diag, host_filter = job
         kinds = {"csv": FORMAT_CSV, "json": FORMAT_JSON, "kv": FORMAT_KV}
         st = _Parse(kinds.get(self.variant, FORMAT_JSON), host_filter)
         variant = self.variant
