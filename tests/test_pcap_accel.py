@@ -27,6 +27,7 @@ from monitor.cli import main
 from monitor.collectors import open_input
 from monitor.collectors.base import Diagnostics
 from monitor.collectors.flows import MAX_FRAME, SCAN_VERSION, FlowTable
+from monitor.collectors.layers import MAX_DEPTH, MAX_LABELS
 from monitor.collectors.pcap import PcapCollector
 from tests import pcaps
 from tests.pcaps import T0, client_hello, dns_response, http_request, http_response
@@ -76,14 +77,22 @@ def parse(path: Path, catalog, pure: bool, mp: pytest.MonkeyPatch) -> tuple:
 
 
 def same_and_python_calls(path: Path, catalog, mp: pytest.MonkeyPatch) -> tuple[tuple, int]:
-    """:func:`assert_same`'s parse, and how many frames the accelerated parse handed to the
-    Python fast path (FlowTable._counted) after the C loop stopped at them."""
+    """:func:`assert_same`'s parse, and how many frames the accelerated parse handed to
+    Python (its fast path, FlowTable._counted, or the general one, FlowTable.packet) after
+    the C loop stopped at them."""
     fast = assert_same(path, catalog, mp)
     calls = []
-    original = FlowTable._counted
-    mp.setattr(FlowTable, "_counted", lambda self, *a: calls.append(1) or original(self, *a))
+    counted, packet = FlowTable._counted, FlowTable.packet
+
+    def python_counted(self, *a):
+        done = counted(self, *a)
+        calls.append(done)  # (when not done, FlowTable.packet reads it)
+        return done
+
+    mp.setattr(FlowTable, "_counted", lambda self, *a: python_counted(self, *a))
+    mp.setattr(FlowTable, "packet", lambda self, *a: calls.append(True) or packet(self, *a))
     parse(path, catalog, False, mp)
-    return fast, len(calls)
+    return fast, sum(calls)
 
 
 def assert_same(path: Path, catalog, mp: pytest.MonkeyPatch) -> tuple:
@@ -215,9 +224,11 @@ def mixed_frames(seed: int, count: int = 3000, t0: int = int(T0 * 1e6)) -> list:
     return out
 
 
-def write_pcap(path: Path, frames, *, endian: str = "<", nano: bool = False) -> Path:
+def write_pcap(
+    path: Path, frames, *, endian: str = "<", nano: bool = False, linktype: int = 1
+) -> Path:
     magic = 0xA1B23C4D if nano else 0xA1B2C3D4
-    chunks = [struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 262144, 1)]
+    chunks = [struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 262144, linktype)]
     for us, fr, incl in frames:
         sec, frac = divmod(us, 1_000_000)
         if nano:
@@ -304,6 +315,10 @@ def generated(tmp_path_factory) -> dict[str, Path]:
 
 def test_max_frame_agrees():
     assert CSCAN.MAX_FRAME == MAX_FRAME
+
+
+def test_decoder_bounds_agree():
+    assert (CSCAN.MAX_DEPTH, CSCAN.MAX_LABELS) == (MAX_DEPTH, MAX_LABELS)
 
 
 def test_a_module_built_from_another_source_is_not_used(monkeypatch):
@@ -409,7 +424,7 @@ def test_the_accelerator_counts_runs_and_stops_where_python_must_look(monkeypatc
     assert CSCAN.scan(*args)[:2] == (end, fin)  # (a flow with its counters in t)
     t = started()
     args = [buf, pos, len(buf), 4, t.now, t.next_linger, 0, 1e-6, 1, None, *tables(t)]
-    for at, value in [(0, bytearray(buf)), (0, buf[:-1]), (8, 113), (5, float("-inf"))]:
+    for at, value in [(0, bytearray(buf)), (0, buf[:-1]), (8, 147), (5, float("-inf"))]:
         assert CSCAN.scan(*args[:at], value, *args[at + 1 :]) == same
     assert CSCAN.scan(*args[:9], [], *args[10:]) == same  # pcapng, no interface
     big = bytearray(buf[: pos + 16 + 80] + bytes(MAX_FRAME - 80))
@@ -561,54 +576,168 @@ def _tls_connection(port: int, v6: bool) -> list:
     return s.close().packets
 
 
-@pytest.mark.parametrize("tags", [(), (5,), (100, 7), (1, 2, 3)])
+@pytest.mark.parametrize("tags", [(), (5,), (100, 7), (1, 2, 3), (1, 2, 3, 4, 5)])
 def test_vlan_tagged_flows_in_c_match_python(catalog, tmp_path, monkeypatch, tags):
-    """Frames behind one or two VLAN tags (802.1Q, QinQ) of known flows, and their FINs,
-    are counted in C as FlowTable._counted counts them; three tags go the general way."""
+    """Frames behind VLAN tags (802.1Q, QinQ, deeper stacks) of known flows, and their
+    FINs, are counted in C as the Python loop counts them."""
     pkts = _tls_connection(42000, False) + _tls_connection(42001, True)
     frames = [(round(float(p.time) * 1e6), bytes(p), len(p)) for p in pcaps.with_ether(pkts, tags)]
     frames.sort(key=lambda f: f[0])
     path = write_pcap(tmp_path / "vlan.pcap", frames)
     (obs, stats, *_), calls = same_and_python_calls(path, catalog, monkeypatch)
     assert len(obs) == 2 and stats["packets"] == len(frames)
-    if len(tags) <= 2:  # the handshakes and ClientHellos only
-        assert 0 < calls <= 8
-    else:
-        assert calls > len(frames) // 2
+    assert 0 < calls <= 8  # the handshakes and ClientHellos only
 
 
-@pytest.mark.parametrize(
-    "name", ["vxlan-aws", "geneve-gcp", "nested-qinq-vxlan-gre-4in6", "erspan2", "6in4"]
-)
-def test_tunnelled_flows_in_c_match_python(catalog, tmp_path, monkeypatch, name):
-    """Frames of known flows inside VXLAN or GENEVE (Ethernet inside, one level) are
-    counted in C, and in ``tunnelled``, as FlowTable._counted counts them; deeper or other
-    encapsulations go the general way. Copies cut short and bit-flipped agree too."""
-    from tests.test_tunnels import VARIANTS
-
-    wrap = VARIANTS[name][0]
-    pkts = [p for p in _tls_connection(42000, False) if p.haslayer("IP")]
-    frames = []
-    for i, p in enumerate(pkts):
-        fr = bytes(wrap(p, i))
-        frames.append((round(float(p.time) * 1e6), fr, len(fr)))
-    path = write_pcap(tmp_path / "tunnel.pcap", frames)
-    (obs, stats, *_), calls = same_and_python_calls(path, catalog, monkeypatch)
-    assert len(obs) == 1 and stats["tunnelled"] == len(frames)
-    if name in ("vxlan-aws", "geneve-gcp"):  # the handshake and ClientHello only
-        assert 0 < calls <= 4
-    else:
-        assert calls > len(frames) // 2
-    rnd = random.Random(name)
+def _damaged_copies(frames: list, seed: str, tmp_path: Path, linktype: int = 1) -> list[Path]:
+    """Three copies of ``frames`` with bits flipped and frames cut short at random."""
+    rnd = random.Random(seed)
+    out = []
     for k in range(3):
         damaged = []
         for us, fr, n in frames:
             b = bytearray(fr)
             if rnd.random() < 0.3:
                 b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
-            cut = rnd.choice([n, n, n, rnd.randrange(14, n + 1)])
+            cut = rnd.choice([n, n, n, rnd.randrange(min(14, n), n + 1)])
             damaged.append((us, bytes(b), cut))
-        assert_same(write_pcap(tmp_path / f"damaged{k}.pcap", damaged), catalog, monkeypatch)
+        out.append(write_pcap(tmp_path / f"damaged{k}.pcap", damaged, linktype=linktype))
+    return out
+
+
+def _wrapped(wrap, pkts) -> list:
+    frames = []
+    for i, p in enumerate(pkts):
+        fr = bytes(wrap(p, i))
+        frames.append((round(float(p.time) * 1e6), fr, len(fr)))
+    return frames
+
+
+def _tunnel_variants() -> list[str]:
+    from tests.test_tunnels import VARIANTS
+
+    return sorted(VARIANTS)
+
+
+@pytest.mark.parametrize("name", _tunnel_variants())
+def test_tunnelled_flows_in_c_match_python(catalog, tmp_path, monkeypatch, name):
+    """Frames of known flows in every encapsulation the decoder reads (IP in IP, GRE,
+    ERSPAN, VXLAN, GENEVE, GTP-U, MPLS, PPPoE, nestings of them), written with scapy, are
+    counted in C, and in ``tunnelled``, as the Python loop counts them: only the
+    handshake and ClientHello go to Python. Copies cut short and bit-flipped agree too."""
+    from tests.test_tunnels import VARIANTS
+
+    wrap, kind, outer = VARIANTS[name]
+    pkts = [p for p in _tls_connection(42000, False) if p.haslayer("IP")]
+    frames = _wrapped(wrap, pkts)
+    path = write_pcap(tmp_path / "tunnel.pcap", frames)
+    (obs, stats, *_), calls = same_and_python_calls(path, catalog, monkeypatch)
+    assert len(obs) == 1 and stats["tunnelled"] == (len(frames) if kind else 0)
+    assert (f"tunnel={kind!r}" in obs[0]) and (not outer or f"tunnel_src={outer[0]!r}" in obs[0])
+    assert 0 < calls <= 4  # the handshake and ClientHello only
+    for damaged in _damaged_copies(frames, name, tmp_path):
+        assert_same(damaged, catalog, monkeypatch)
+
+
+def test_tunnel_depth_bound_in_c_matches_python(catalog, tmp_path, monkeypatch):
+    """IP in IP and MPLS pseudowires nested to the bound are counted in C; one level
+    deeper is left to Python, which drops and counts it (``tunnel_depth_limit``)."""
+    from scapy.contrib.mpls import MPLS
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+
+    _ETHER = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+    def ipip(depth):
+        def wrap(p, i):
+            for level in range(depth):
+                p = IP(src=f"192.0.2.{level + 1}", dst="192.0.2.200") / p
+            return _ETHER / p
+
+        return wrap
+
+    def pseudowire(depth):
+        def wrap(p, i):
+            b = bytes(_ETHER / p)
+            for _ in range(depth):  # Ethernet, a label, the control word, Ethernet
+                b = bytes(_ETHER / MPLS(label=16, s=1)) + bytes(4) + b
+            return b
+
+        return wrap
+
+    pkts = [p for p in _tls_connection(42000, False) if p.haslayer("IP")]
+    for make in (ipip, pseudowire):
+        for depth, counted in ((MAX_DEPTH, True), (MAX_DEPTH + 1, False)):
+            frames = _wrapped(make(depth), pkts)
+            path = write_pcap(tmp_path / f"deep-{depth}.pcap", frames)
+            (obs, stats, *_), calls = same_and_python_calls(path, catalog, monkeypatch)
+            limit = stats["tunnel_depth_limit"]
+            if counted:
+                assert len(obs) == 1 and 0 < calls <= 4 and limit == 0
+            else:
+                assert not obs and calls == len(frames) and limit == len(frames)
+
+
+def _link_header(lt: int, fr: bytes) -> bytes:
+    """Ethernet frame ``fr`` re-framed for link type ``lt``."""
+    et, ip = fr[12:14], fr[14:]
+    v6 = et == b"\x86\xdd"
+    if lt == 113:  # Linux cooked: packet type, ARPHRD, address length, address, protocol
+        return struct.pack("!HHH8s", 0, 1, 6, fr[6:12]) + et + ip
+    if lt == 276:  # Linux cooked v2: protocol, reserved, ifindex, ARPHRD, type, addr len/addr
+        return et + struct.pack("!HIHBB8s", 0, 2, 1, 0, 6, fr[6:12]) + ip
+    if lt == 0:
+        return struct.pack("<I", 30 if v6 else 2) + ip
+    if lt == 108:
+        return struct.pack("!I", 24 if v6 else 2) + ip
+    if lt == 9:
+        return b"\xff\x03" + (b"\x00\x57" if v6 else b"\x00\x21") + ip
+    return ip  # raw IP
+
+
+@pytest.mark.parametrize("lt", [0, 9, 12, 14, 101, 108, 113, 228, 229, 276])
+def test_link_types_in_c_match_python(catalog, tmp_path, monkeypatch, lt):
+    """Flows captured on each link type the decoder reads (loopback, PPP, raw IP, Linux
+    cooked v1/v2), and on raw IP one inside nested tunnels (VXLAN, GRE, 4in6), are counted
+    in C as in Python: only the handshakes and ClientHellos go to Python. Damaged copies
+    agree too."""
+    from tests.test_tunnels import VARIANTS
+
+    v4 = [p for p in _tls_connection(42000, False) if p.haslayer("IP")]
+    v6 = _tls_connection(42001, True)
+    pkts = v6 if lt == 229 else v4 if lt == 228 else v4 + v6
+    ether = [(round(float(p.time) * 1e6), bytes(p)) for p in pcaps.with_ether(pkts)]
+    framed = [(us, _link_header(lt, fr)) for us, fr in ether]
+    flows = 1 if lt in (228, 229) else 2
+    if lt in (12, 14, 101, 228):  # the outer IPv4 datagram of a nested encapsulation
+        wrap = VARIANTS["nested-qinq-vxlan-gre-4in6"][0]
+        inner = [p for p in _tls_connection(42002, False) if p.haslayer("IP")]
+        framed += [(us, fr[14 + 8 :]) for us, fr, _ in _wrapped(wrap, inner)]
+        flows += 1
+    framed = [(us, fr, len(fr)) for us, fr in sorted(framed, key=lambda f: f[0])]
+    path = write_pcap(tmp_path / f"lt{lt}.pcap", framed, linktype=lt)
+    (obs, stats, *_), calls = same_and_python_calls(path, catalog, monkeypatch)
+    assert len(obs) == flows and stats["packets"] == len(framed)
+    assert not stats["unknown_linktype"] and not stats["short"]
+    assert 0 < calls <= 4 * flows
+    for damaged in _damaged_copies(framed, f"lt{lt}", tmp_path, linktype=lt):
+        assert_same(damaged, catalog, monkeypatch)
+
+
+def test_udp_to_a_tunnel_port_is_never_a_flow_in_either_loop(catalog, tmp_path, monkeypatch):
+    """A UDP flow whose client sent from the VXLAN, GENEVE or GTP-U port: the replies to
+    that port are read as the tunnel (and dropped as such), never counted in the flow."""
+    frames = []
+    for k, port in enumerate((4789, 6081, 2152)):
+        for i in range(6):
+            out = i % 2 == 0
+            sp, dp = (port, 5000 + k) if out else (5000 + k, port)
+            src, dst = (b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02")[:: 1 if out else -1]
+            fr = _ip4(src, dst, 17, _udp(sp, dp, bytes(80)))
+            frames.append((int(T0 * 1e6) + 1000 * (10 * k + i), fr, len(fr)))
+    path = write_pcap(tmp_path / "ports.pcap", frames)
+    (_, stats, *_), _calls = same_and_python_calls(path, catalog, monkeypatch)
+    assert stats["tunnelled"] == 9
 
 
 def test_connect_tunnels_in_c_match_python(catalog, tmp_path, monkeypatch):

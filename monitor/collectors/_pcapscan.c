@@ -6,13 +6,15 @@
  * It reads the records of buf[pos:n] as FlowTable.scan does (classic pcap when `ifaces` is
  * None, with the file's `scale` and link type `lt`; pcapng Enhanced Packet Blocks
  * otherwise, `ifaces` holding (link type, scale, offset, snaplen) per interface; `big`
- * is the byte order) and handles, exactly as that loop's fast path (FlowTable._counted)
- * does, every packet whose payload it would not read: an Ethernet frame (with up to two
- * VLAN tags; or such a frame inside VXLAN or GENEVE in such a frame, counted in
- * `stats["tunnelled"]`, FlowTable.stats) before the timers are due (ts < next_linger) of
- * IPv4 without options and not a fragment, or of IPv6 with
- * TCP/UDP right after its header, whose 5-tuple is in the table (`tcp` / `udp`: key ->
- * (Flow, client side)), and that is
+ * is the byte order) and handles, exactly as that loop (FlowTable._counted, or
+ * FlowTable.packet and layers.Decoder) does, every packet whose payload it would not
+ * read: a frame of any link type the Decoder reads (layers.LINKTYPES), through VLAN
+ * stacks, MPLS label stacks and pseudowires, PPPoE, and tunnels nested to the Decoder's
+ * depth bound (IP in IP, GRE, ERSPAN I/II/III, VXLAN, GENEVE, GTP-U; a frame in a tunnel
+ * counts in `stats["tunnelled"]`, FlowTable.stats, and one nested deeper, a fragment or
+ * anything the Decoder counts as damage is the Python code's) before the timers are due
+ * (ts < next_linger), of a TCP segment or UDP datagram whose 5-tuple is in the table
+ * (`tcp` / `udp`: key -> (Flow, client side)), and that is
  *   - a UDP datagram or TCP segment of a flow no longer inspected (flow.watch is False);
  *   - of an HTTP flow still inspected, a TCP segment neither SYN, FIN nor RST that is an
  *     ACK without payload or in order and wholly inside a body (FlowTable._http_skip),
@@ -40,7 +42,7 @@
 
 /* flows.SCAN_VERSION: the interface of scan() (arguments, what it handles); FlowTable uses
  * a module built with another one not at all */
-#define SCAN_VERSION 3
+#define SCAN_VERSION 4
 /* flows.MAX_FRAME: longest classic pcap record read (checked by the tests) */
 #define MAX_FRAME (256 * 1024)
 /* http1's HttpSide states (checked by the tests) */
@@ -476,45 +478,343 @@ done:
     return r;
 }
 
+/* layers.MAX_DEPTH, MAX_LABELS (checked by the tests) */
+#define MAX_DEPTH 8
+#define MAX_LABELS 16
+
+/* What decode() found, as layers.Decoder.frame finds it: the TCP or UDP segment at b + l4
+ * (offsets from b), the IP payload's declared end and the end of its bytes present, the
+ * innermost addresses; `tunnelled` when an encapsulation (not MPLS pseudowire) was
+ * entered (Decoder._enter: counted in stats["tunnelled"]) */
+struct dec {
+    const unsigned char *b;
+    const unsigned char *addrs;
+    Py_ssize_t l4, iend, dend;
+    int proto, alen, tunnelled;
+};
+
+/* The twins of layers.Decoder's methods: each returns 1 when a TCP/UDP segment was found
+ * (into *d), 0 for whatever the Decoder counts or drops (short, not IP, a fragment, the
+ * depth bound...) or reads in ways not mirrored here: the Python code then reads it.
+ * Every read is inside [off, end), which is inside the buffer. */
+static int d_ether_type(struct dec *d, long et, Py_ssize_t off, Py_ssize_t end, int depth);
+static int d_ip4(struct dec *d, Py_ssize_t off, Py_ssize_t end, int depth);
+static int d_ip6(struct dec *d, Py_ssize_t off, Py_ssize_t end, int depth);
+
 static inline int
 vlan(long et)
 {
     return et == 0x8100 || et == 0x88A8 || et == 0x9100 || et == 0x9200;
 }
 
-static int frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts,
-                 PyObject *tcp, PyObject *udp, PyObject *closing, PyObject *stats);
-
-/* FlowTable._tunnelled: the Ethernet frame that the VXLAN or GENEVE datagram whose UDP
- * header is at h + l4 (the IP payload ending at h + end) carries, as frame() for a frame
- * in no tunnel, then counted in stats["tunnelled"]: 1 done; 0 not so (nothing changed);
- * -1 error */
-static int
-tunnel(const unsigned char *h, long l4, int64_t end, double ts, PyObject *tcp, PyObject *udp,
-       PyObject *closing, PyObject *stats)
+/* Decoder._enter: one encapsulation more, unless too deep */
+static inline int
+d_enter(struct dec *d, int depth)
 {
-    if (end - l4 < 16 + 54)
+    if (depth >= MAX_DEPTH)
         return 0;
-    long port = rd16be(h + l4 + 2), q = l4 + 8;
-    if (port == 4789 && (h[q] & 0x08))
-        q += 8;
-    else if (port == 6081 && !(h[q] >> 6) && h[q + 2] == 0x65 && h[q + 3] == 0x58)
-        q += 8 + ((h[q] & 0x3F) << 2);
-    else
+    d->tunnelled = 1;
+    return 1;
+}
+
+static int
+d_ethernet(struct dec *d, Py_ssize_t off, Py_ssize_t end, int depth)
+{
+    if (end - off < 14)
         return 0;
-    if (end - q < 54)
+    return d_ether_type(d, rd16be(d->b + off + 12), off + 14, end, depth);
+}
+
+static int
+d_raw_ip(struct dec *d, Py_ssize_t off, Py_ssize_t end, int depth)
+{
+    if (end <= off)
         return 0;
-    PyObject *n = PyDict_GetItemWithError(stats, s_tunnelled); /* borrowed */
-    if (n == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    int overflow = 0;
-    long long v = PyLong_CheckExact(n) ? PyLong_AsLongLongAndOverflow(n, &overflow) : -1;
-    if (overflow || v < 0 || v >= ((long long)1 << 62))
+    int v = d->b[off] >> 4;
+    return v == 4 ? d_ip4(d, off, end, depth) : v == 6 ? d_ip6(d, off, end, depth) : 0;
+}
+
+static int
+d_ppp(struct dec *d, Py_ssize_t off, Py_ssize_t end, int depth)
+{
+    if (end - off < 2)
         return 0;
-    int r = frame(h, q, end - q, ts, tcp, udp, closing, NULL);
-    if (r != 1)
-        return r;
-    PyObject *nv = PyLong_FromLongLong(v + 1);
+    long ppp = rd16be(d->b + off);
+    return ppp == 0x0021   ? d_ip4(d, off + 2, end, depth)
+           : ppp == 0x0057 ? d_ip6(d, off + 2, end, depth)
+                           : 0;
+}
+
+/* Decoder._mpls: a label stack, then IP or (pseudowire control word) Ethernet */
+static int
+d_mpls(struct dec *d, Py_ssize_t off, Py_ssize_t end, int depth)
+{
+    int bottom = 0;
+    for (int i = 0; i < MAX_LABELS && !bottom; i++) {
+        if (end - off < 4)
+            return 0;
+        bottom = d->b[off + 2] & 1;
+        off += 4;
+    }
+    if (!bottom || end <= off)
+        return 0;
+    if (d->b[off] >> 4 == 0)
+        return depth < MAX_DEPTH ? d_ethernet(d, off + 4, end, depth + 1) : 0;
+    return d_raw_ip(d, off, end, depth);
+}
+
+static int
+d_ether_type(struct dec *d, long et, Py_ssize_t off, Py_ssize_t end, int depth)
+{
+    const unsigned char *b = d->b;
+    while (vlan(et)) {
+        if (end - off < 4)
+            return 0;
+        et = rd16be(b + off + 2);
+        off += 4;
+    }
+    switch (et) {
+    case 0x0800:
+        return d_ip4(d, off, end, depth);
+    case 0x86DD:
+        return d_ip6(d, off, end, depth);
+    case 0x8847:
+    case 0x8848:
+        return d_mpls(d, off, end, depth);
+    case 0x8864: /* a PPPoE session */
+        if (end - off < 6 || b[off] != 0x11 || b[off + 1] != 0)
+            return 0;
+        return d_ppp(d, off + 6, end, depth);
+    }
+    return 0;
+}
+
+/* Decoder._gre: GRE with checksum, key, sequence number; ERSPAN I/II/III, Ethernet, or
+ * the EtherType inside */
+static int
+d_gre(struct dec *d, Py_ssize_t p, Py_ssize_t end, int depth)
+{
+    const unsigned char *b = d->b;
+    if (end - p < 4)
+        return 0;
+    long flags = rd16be(b + p), et = rd16be(b + p + 2), seq = flags & 0x1000;
+    if (flags & 7)
+        return 0;
+    p += 4 + ((flags & 0x8000) >> 13) + ((flags & 0x2000) >> 11) + (seq >> 10);
+    int bridged = et == 0x6558;
+    if (et == 0x88BE) { /* ERSPAN II has a sequence number and an 8-byte header; I neither */
+        p += seq ? 8 : 0;
+        bridged = 1;
+    }
+    else if (et == 0x22EB) {
+        if (end - p < 12)
+            return 0;
+        p += b[p + 11] & 1 ? 20 : 12;
+        bridged = 1;
+    }
+    if (!d_enter(d, depth))
+        return 0;
+    return bridged ? d_ethernet(d, p, end, depth + 1) : d_ether_type(d, et, p, end, depth + 1);
+}
+
+/* Decoder._gtpu: a G-PDU, its optional fields and extension headers, then IP */
+static int
+d_gtpu(struct dec *d, Py_ssize_t p, Py_ssize_t end, int depth)
+{
+    const unsigned char *b = d->b;
+    if (end - p < 8)
+        return 0;
+    int flags = b[p];
+    if (flags >> 5 != 1 || b[p + 1] != 0xFF)
+        return 0;
+    Py_ssize_t q = p + 8;
+    if (flags & 7) {
+        if (end - q < 4)
+            return 0;
+        int nxt = flags & 4 ? b[q + 3] : 0;
+        q += 4;
+        while (nxt) {
+            if (end - q < 4 || !b[q])
+                return 0;
+            q += b[q] << 2;
+            if (q > end)
+                return 0; /* (short, whatever the byte after it says) */
+            nxt = b[q - 1];
+        }
+    }
+    return d_raw_ip(d, q, end, depth);
+}
+
+/* the tail of Decoder._ip4 / _ip6 and Decoder._inner: the segment, or what the datagram
+ * of protocol `proto` carries at b[l4:dend] */
+static int
+d_datagram(struct dec *d, int proto, const unsigned char *addrs, int alen, Py_ssize_t l4,
+           Py_ssize_t iend, Py_ssize_t dend, int depth)
+{
+    const unsigned char *b = d->b;
+    long port = dend - l4 >= 4 ? rd16be(b + l4 + 2) : -1; /* layers.TUNNEL_PORTS */
+    int tunnel_port = port == 4789 || port == 6081 || port == 2152;
+    if (proto == 6 || (proto == 17 && !tunnel_port)) {
+        d->proto = proto;
+        d->addrs = addrs;
+        d->alen = alen;
+        d->l4 = l4;
+        d->iend = iend;
+        d->dend = dend;
+        return 1;
+    }
+    if (proto == 4 || proto == 41) {
+        if (!d_enter(d, depth))
+            return 0;
+        return proto == 4 ? d_ip4(d, l4, dend, depth + 1) : d_ip6(d, l4, dend, depth + 1);
+    }
+    if (proto == 47)
+        return d_gre(d, l4, dend, depth);
+    if (proto != 17 || dend - l4 < 8 || !d_enter(d, depth))
+        return 0;
+    Py_ssize_t p = l4 + 8;
+    if (port == 2152)
+        return d_gtpu(d, p, dend, depth + 1);
+    if (dend - p < 8)
+        return 0;
+    if (port == 4789)
+        return b[p] & 0x08 ? d_ethernet(d, p + 8, dend, depth + 1) : 0;
+    if (b[p] >> 6) /* GENEVE */
+        return 0;
+    long et = rd16be(b + p + 2);
+    p += 8 + ((b[p] & 0x3F) << 2);
+    return et == 0x6558 ? d_ethernet(d, p, dend, depth + 1) : d_ether_type(d, et, p, dend, depth + 1);
+}
+
+static int
+d_ip4(struct dec *d, Py_ssize_t off, Py_ssize_t end, int depth)
+{
+    const unsigned char *b = d->b;
+    if (end - off < 20 || b[off] >> 4 != 4)
+        return 0;
+    long ihl = (b[off] & 15) << 2, tot = rd16be(b + off + 2);
+    if (ihl < 20 || rd16be(b + off + 6) & 0x3FFF) /* a fragment: reassembled in Python */
+        return 0;
+    Py_ssize_t iend = tot >= ihl ? off + tot : end; /* 0 with TSO: the frame */
+    return d_datagram(d, b[off + 9], b + off + 12, 8, off + ihl, iend, iend < end ? iend : end,
+                      depth);
+}
+
+static int
+d_ip6(struct dec *d, Py_ssize_t off, Py_ssize_t end, int depth)
+{
+    const unsigned char *b = d->b;
+    if (end - off < 40)
+        return 0;
+    long plen = rd16be(b + off + 4);
+    int proto = b[off + 6];
+    Py_ssize_t l4 = off + 40, iend = plen ? l4 + plen : end, dend = iend < end ? iend : end;
+    /* extension headers (layers._V6_EXT, and 51); a fragment (44) is Python's */
+    while (proto == 0 || proto == 43 || proto == 60 || proto == 135 || proto == 139 ||
+           proto == 140 || proto == 253 || proto == 254 || proto == 44 || proto == 51) {
+        if (dend - l4 < 8 || proto == 44)
+            return 0;
+        int nxt = b[l4];
+        l4 += proto == 51 ? (b[l4 + 1] + 2) << 2 : (b[l4 + 1] + 1) << 3;
+        proto = nxt;
+    }
+    return d_datagram(d, proto, b + off + 8, 32, l4, iend, dend, depth);
+}
+
+/* Decoder.frame: frame b[off:end] of link type `lt` */
+static int
+decode(struct dec *d, long lt, Py_ssize_t off, Py_ssize_t end)
+{
+    const unsigned char *b = d->b;
+    d->tunnelled = 0;
+    switch (lt) {
+    case 1:
+        return d_ethernet(d, off, end, 0);
+    case 113: /* Linux cooked */
+        return end - off >= 16 ? d_ether_type(d, rd16be(b + off + 14), off + 16, end, 0) : 0;
+    case 276: /* Linux cooked v2 */
+        return end - off >= 20 ? d_ether_type(d, rd16be(b + off), off + 20, end, 0) : 0;
+    case 12:
+    case 14:
+    case 101:
+    case 228:
+    case 229:
+        return d_raw_ip(d, off, end, 0);
+    case 9: /* PPP, with or without the HDLC address/control bytes */
+        if (end - off >= 2 && b[off] == 0xFF && b[off + 1] == 0x03)
+            off += 2;
+        return d_ppp(d, off, end, 0);
+    case 0:
+    case 108: { /* BSD loopback (host order, or written on a big-endian host), OpenBSD's */
+        if (end - off < 4)
+            return 0;
+        uint32_t fam = rd32(b + off, lt == 108);
+        if (lt == 0 && fam > 0xFFFF)
+            fam = rd32(b + off, 1);
+        if (fam == 2)
+            return d_ip4(d, off + 4, end, 0);
+        if (fam == 10 || fam == 24 || fam == 28 || fam == 30)
+            return d_ip6(d, off + 4, end, 0);
+        return 0;
+    }
+    }
+    return 0;
+}
+
+/* the link types decode() reads (layers.LINKTYPES) */
+static int
+linktype_read(long lt)
+{
+    return lt == 0 || lt == 1 || lt == 9 || lt == 12 || lt == 14 || lt == 101 || lt == 108 ||
+           lt == 113 || lt == 228 || lt == 229 || lt == 276;
+}
+
+/* FlowTable.packet for frame b[off:end] of link type `lt` at `ts`, for the packets of
+ * flows in the table the fast path only counts (see count()): 1 done; 0 not so (nothing
+ * changed); -1 error. A frame in a tunnel counts in stats["tunnelled"] as
+ * Decoder._enter counts it. */
+static int
+frame(const unsigned char *b, long lt, Py_ssize_t off, Py_ssize_t end, double ts,
+      PyObject *tcp, PyObject *udp, PyObject *closing, PyObject *stats)
+{
+    struct dec d;
+    d.b = b;
+    if (!decode(&d, lt, off, end))
+        return 0;
+    Py_ssize_t l4 = d.l4;
+    long long tunnelled = 0;
+    if (d.tunnelled) {
+        PyObject *n = PyDict_GetItemWithError(stats, s_tunnelled); /* borrowed */
+        if (n == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        int overflow = 0;
+        tunnelled = PyLong_CheckExact(n) ? PyLong_AsLongLongAndOverflow(n, &overflow) : -1;
+        if (overflow || tunnelled < 0 || tunnelled >= ((long long)1 << 62))
+            return 0;
+    }
+    unsigned char key[36]; /* the 5-tuple key: addresses, ports */
+    memcpy(key, d.addrs, d.alen);
+    int r;
+    if (d.proto == 6) {
+        if (d.dend - l4 < 20)
+            return 0;
+        long hl = (b[l4 + 12] >> 4) << 2;
+        Py_ssize_t plen = d.iend - l4 - hl;
+        if (hl < 20 || plen < 0)
+            return 0;
+        memcpy(key + d.alen, b + l4, 4);
+        struct seg s = {rd32(b + l4 + 4, 1), (long)(d.dend - l4 - hl), b[l4 + 13]};
+        r = count(tcp, key, d.alen + 4, (long)plen, ts, &s, closing);
+    }
+    else {
+        if (d.dend - l4 < 8 || d.iend - l4 < 8)
+            return 0;
+        memcpy(key + d.alen, b + l4, 4);
+        r = count(udp, key, d.alen + 4, (long)(d.iend - l4 - 8), ts, NULL, closing);
+    }
+    if (r != 1 || !d.tunnelled)
+        return r == 2 ? 0 : r;
+    PyObject *nv = PyLong_FromLongLong(tunnelled + 1);
     if (nv == NULL)
         return -1;
     int err = PyDict_SetItem(stats, s_tunnelled, nv);
@@ -522,85 +822,24 @@ tunnel(const unsigned char *h, long l4, int64_t end, double ts, PyObject *tcp, P
     return err < 0 ? -1 : 1;
 }
 
-/* one Ethernet frame b[p:p+incl] (incl >= 54, in the buffer) at `ts`: as count() (1, 0 or
- * -1). Up to two VLAN tags are stepped over (the frame is then read from 4 or 8 bytes on,
- * as if they were not there), as FlowTable._counted does; with `stats` (an outer frame),
- * UDP to no flow goes to tunnel(). */
+/* an interface's (link type, scale, offset, snaplen): 1 when a link type read, with float
+ * scale and offset (into *lt, *sc, *off); 0 otherwise */
 static int
-frame(const unsigned char *b, Py_ssize_t p, int64_t incl, double ts, PyObject *tcp,
-      PyObject *udp, PyObject *closing, PyObject *stats)
-{
-    const unsigned char *h = b + p;
-    long et = rd16be(h + 12);
-    for (int tags = 0; vlan(et); tags++) {
-        if (tags == 2 || incl - 4 < 54)
-            return 0;
-        h += 4;
-        incl -= 4;
-        et = rd16be(h + 12);
-    }
-    int r;
-    if (et == 0x0800) {
-        if (h[14] != 0x45 || rd16be(h + 20) & 0x3FFF)
-            return 0;
-        long tot = rd16be(h + 16);
-        int64_t dend = 14 + tot < incl ? 14 + tot : incl;
-        if (h[23] == 6) {
-            long hl = (h[46] >> 4) << 2, plen = tot - 20 - hl;
-            if (plen < 0)
-                return 0;
-            struct seg s = {rd32(h + 38, 1), (long)(dend - 34 - hl), h[47]};
-            r = count(tcp, h + 26, 12, plen, ts, &s, closing);
-            return r == 2 ? 0 : r;
-        }
-        if (h[23] == 17 && tot >= 28) { /* (shorter: no flow, and too short for a tunnel) */
-            r = count(udp, h + 26, 12, tot - 28, ts, NULL, closing);
-            if (r == 2)
-                return stats != NULL ? tunnel(h, 34, dend, ts, tcp, udp, closing, stats) : 0;
-            return r;
-        }
-        return 0;
-    }
-    if (et == 0x86DD && incl >= 74) {
-        long pl = rd16be(h + 18);
-        if (h[14] >> 4 != 6 || pl == 0)
-            return 0;
-        int64_t dend = 54 + pl < incl ? 54 + pl : incl;
-        if (h[20] == 6) {
-            long hl = (h[66] >> 4) << 2, plen = pl - hl;
-            if (plen < 0)
-                return 0;
-            struct seg s = {rd32(h + 58, 1), (long)(dend - 54 - hl), h[67]};
-            r = count(tcp, h + 22, 36, plen, ts, &s, closing);
-            return r == 2 ? 0 : r;
-        }
-        if (h[20] == 17 && pl >= 8) {
-            r = count(udp, h + 22, 36, pl - 8, ts, NULL, closing);
-            if (r == 2)
-                return stats != NULL ? tunnel(h, 54, dend, ts, tcp, udp, closing, stats) : 0;
-            return r;
-        }
-    }
-    return 0;
-}
-
-/* an interface's (link type, scale, offset, snaplen): 1 when Ethernet with float scale
- * and offset (into *sc, *off); 0 otherwise */
-static int
-ethernet_iface(PyObject *ifaces, uint32_t i, double *sc, double *off)
+iface_of(PyObject *ifaces, uint32_t i, long *lt, double *sc, double *off)
 {
     if ((uint64_t)i >= (uint64_t)PyList_GET_SIZE(ifaces))
         return 0;
     PyObject *t = PyList_GET_ITEM(ifaces, (Py_ssize_t)i);
     if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 4)
         return 0;
-    PyObject *lt = PyTuple_GET_ITEM(t, 0);
+    PyObject *l = PyTuple_GET_ITEM(t, 0);
     PyObject *s = PyTuple_GET_ITEM(t, 1);
     PyObject *o = PyTuple_GET_ITEM(t, 2);
-    if (!PyLong_CheckExact(lt) || !PyFloat_CheckExact(s) || !PyFloat_CheckExact(o))
+    if (!PyLong_CheckExact(l) || !PyFloat_CheckExact(s) || !PyFloat_CheckExact(o))
         return 0;
     int overflow = 0;
-    if (PyLong_AsLongAndOverflow(lt, &overflow) != 1 || overflow)
+    *lt = PyLong_AsLongAndOverflow(l, &overflow);
+    if (overflow || !linktype_read(*lt))
         return 0;
     *sc = PyFloat_AS_DOUBLE(s);
     *off = PyFloat_AS_DOUBLE(o);
@@ -639,8 +878,8 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     long lt = PyLong_AsLongAndOverflow(args[8], &overflow);
     if (pos < 0 || n > PyBytes_GET_SIZE(bufo) || pktno < 0 || pktno >= LLONG_MAX - n)
         goto unchanged;
-    if (!ng && (lt != 1 || overflow))
-        goto unchanged; /* not Ethernet: nothing for the fast path */
+    if (!ng && (overflow || !linktype_read(lt)))
+        goto unchanged; /* a link type not read here: nothing for the fast path */
 
     Py_INCREF(bufo);
     Py_INCREF(tcp);
@@ -668,7 +907,7 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             if (btype != 6 || blen & 3 || incl > (int64_t)blen - 32 || (int64_t)blen > n - pos)
                 break;
             if ((int64_t)iface != cur) {
-                if (!ethernet_iface(ifaces, iface, &sc, &tsoff))
+                if (!iface_of(ifaces, iface, &lt, &sc, &tsoff))
                     break;
                 cur = iface;
             }
@@ -690,9 +929,9 @@ scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             p = pos + 16;
             next = p + (Py_ssize_t)incl;
         }
-        if (!(t < next_linger) || incl < 54)
+        if (!(t < next_linger))
             break;
-        int r = frame(b, p, incl, t, tcp, udp, closing, stats);
+        int r = frame(b, lt, p, p + (Py_ssize_t)incl, t, tcp, udp, closing, stats);
         if (r < 0) {
             err = 1;
             break;
@@ -756,6 +995,8 @@ PyInit__pcapscan(void)
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "SCAN_VERSION", SCAN_VERSION) < 0 ||
                       PyModule_AddIntConstant(m, "MAX_FRAME", MAX_FRAME) < 0 ||
+                      PyModule_AddIntConstant(m, "MAX_DEPTH", MAX_DEPTH) < 0 ||
+                      PyModule_AddIntConstant(m, "MAX_LABELS", MAX_LABELS) < 0 ||
                       PyModule_AddIntConstant(m, "MAX_BODY_EXCERPT", MAX_BODY_EXCERPT) < 0 ||
                       PyModule_AddIntConstant(m, "HTTP_HEAD", HTTP_HEAD) < 0 ||
                       PyModule_AddIntConstant(m, "HTTP_BODY", HTTP_BODY) < 0 ||

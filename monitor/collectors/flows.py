@@ -63,7 +63,7 @@ from monitor.collectors.http1 import (
     is_token,
     request_name,
 )
-from monitor.collectors.layers import LINKTYPES, VLAN_TYPES, Decoder
+from monitor.collectors.layers import LINKTYPES, TUNNEL_PORTS, VLAN_TYPES, Decoder
 from monitor.collectors.quic_versions import worth_watching
 from monitor.collectors.socks import socks_request
 from monitor.collectors.tcpstream import Stream
@@ -105,7 +105,7 @@ _ETH_IP6 = Struct("!12xHB3xHB")
 MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
 #: the interface of ``_pcapscan.scan`` that :meth:`FlowTable.scan` calls (its arguments and
 #: what it does); the C module says which one it was built with
-SCAN_VERSION = 3
+SCAN_VERSION = 4
 
 # flow.app
 # (APP_CERT: TLS read from the server's side, the ClientHello having been missed)
@@ -317,10 +317,12 @@ class FlowTable:
         slow = 0
         ts = self.now
         # The C accelerator, when built, counts the run of packets from ``pos`` that
-        # :meth:`_counted` would only count, and stops before the first record it does not
-        # handle entirely (returning its offset, the packet number and timestamp so far),
-        # which the Python code below then reads as usual; the Python code stays the reference.
-        cscan = self._cscan.scan if self._cscan is not None and (ng or eth) else None
+        # :meth:`_counted` or :meth:`packet` would only count (of any link type, VLAN,
+        # MPLS, PPPoE and tunnels as :class:`Decoder` reads them), and stops before the
+        # first record it does not handle entirely (returning its offset, the packet number
+        # and timestamp so far), which the Python code below then reads as usual; the
+        # Python code stays the reference.
+        cscan = self._cscan.scan if self._cscan is not None else None
         big = int(order == ">")
         tcp_d, udp_d, closing, stats = self.tcp, self.udp, self.closing, self.stats
         try:
@@ -382,10 +384,12 @@ class FlowTable:
         carried by VXLAN or GENEVE (Ethernet inside) in such a frame. The packet is counted
         in its flow, and only when the flow is still inspected (or for a SYN-ACK, FIN or
         RST) does it go on to the TCP/UDP step, skipping the general path's header parsing.
-        False: for the general path (nothing was changed). ``frame()`` in ``_pcapscan.c``
-        is its C twin for the segments that need no payload read: of flows no longer
-        inspected, and ACKs, SYN-ACKs, FINs and RSTs without payload of flows that are not
-        HTTP."""
+        False: for the general path (nothing was changed). UDP to a tunnel's port is never
+        a flow's, as in :class:`Decoder`. ``frame()`` in ``_pcapscan.c`` is the C twin of
+        this and of :meth:`packet` (every link type, encapsulation and nesting the decoder
+        reads, but fragments) for the segments that need no payload read: of flows no
+        longer inspected, and ACKs, SYN-ACKs, FINs and RSTs without payload of flows that
+        are not HTTP."""
         # the IP header gives: where the ports start (l4), the 5-tuple key buf[ka : l4 + 4]
         # (addresses from ka), the IP payload's length and end
         et, vihl, tot, frag, proto, doff, fl = _ETH_IP4.unpack_from(buf, p)
@@ -428,9 +432,11 @@ class FlowTable:
                     self._http_count(f, out, ts, 0)
             return True
         if proto == 17:
-            ent = self.udp.get(buf[ka : l4 + 4])
-            if ent is None:  # UDP to a tunnel's port never makes a flow
+            if ((buf[l4 + 2] << 8) | buf[l4 + 3]) in TUNNEL_PORTS:  # never a flow's
                 return outer and self._tunnelled(buf, l4, min(ipend, e), ts, pktno)
+            ent = self.udp.get(buf[ka : l4 + 4])
+            if ent is None:
+                return False
             if size < 8:
                 return False
             f, out = ent

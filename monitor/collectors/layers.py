@@ -375,5 +375,7 @@ class Decoder:
                 if end - q < 4 or not b[q]:
                     return self._short()
                 q += b[q] << 2
+                if q > end:  # (its next-type byte would be past the frame)
+                    return self._short()
                 nxt = b[q - 1]
         return self._raw_ip(b, q, end, depth)

@@ -241,6 +241,12 @@ class PcapCollector(Collector):
                 warned.add(msg)
                 diag.notice(source, pktno, msg)
 
+        def stamped(iface: int, th: int, tl: int, cap: int) -> None:
+            """The frame of the packet block at ``pos`` (Enhanced or obsolete: both have it
+            at 28), on its interface's clock."""
+            lt, scale, tsoff, _snap = ifaces[iface]
+            packet(((th << 32) | tl) * scale + tsoff, pktno, lt, buf, pos + 28, pos + 28 + cap)
+
         try:
             while True:
                 n = len(buf)
@@ -304,15 +310,7 @@ class PcapCollector(Collector):
                         )
                     pktno += 1
                     if iface < len(ifaces):
-                        lt, scale, tsoff, _snap = ifaces[iface]
-                        packet(
-                            ((th << 32) | tl) * scale + tsoff,
-                            pktno,
-                            lt,
-                            buf,
-                            pos + 28,
-                            pos + 28 + cap,
-                        )
+                        stamped(iface, th, tl, cap)
                     else:
                         note(f"packet for undeclared interface {iface}")
                 elif btype == 3:  # Simple Packet Block (no timestamp: the last one seen)
@@ -328,15 +326,7 @@ class PcapCollector(Collector):
                     )
                     pktno += 1
                     if iface < len(ifaces) and cap <= blen - 32:
-                        lt, scale, tsoff, _snap = ifaces[iface]
-                        packet(
-                            ((th << 32) | tl) * scale + tsoff,
-                            pktno,
-                            lt,
-                            buf,
-                            pos + 28,
-                            pos + 28 + cap,
-                        )
+                        stamped(iface, th, tl, cap)
                 elif btype == 1:  # Interface Description Block
                     lt, _res, snap = Struct(order + "HHI").unpack_from(buf, pos + 8)
                     scale, tsoff = _idb_options(buf, pos + 16, pos + blen - 4, order)
