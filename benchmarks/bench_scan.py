@@ -58,9 +58,19 @@ from common import (  # noqa: E402
 HERE = Path(__file__).resolve().parent
 GENERATOR = HERE / "gen_squid_log.py"
 
-SCAN_RATIO_TARGET = 0.5  # scan lines/s must be at least half of awk's
+#: (share of LLM lines, scan lines/s as a share of awk's) the issue asks for (issue 15): at
+#: least awk's speed at 3 % LLM lines, half of it at 25 %
+SCAN_RATIO_TARGETS = ((0.03, 1.0), (0.25, 0.5))
 RSS_TARGET_MB = 300.0  # peak RSS of a 10 M-line scan
 MEMORY_CHECK_LINES = 10_000_000
+
+
+def scan_ratio_target(llm_share: float) -> float:
+    """The scan's target for a share of LLM lines: :data:`SCAN_RATIO_TARGETS`, linear
+    between its points and flat beyond them."""
+    (lo, at_lo), (hi, at_hi) = SCAN_RATIO_TARGETS
+    share = min(max(llm_share, lo), hi)
+    return round(at_lo + (at_hi - at_lo) * (share - lo) / (hi - lo), 2)
 
 
 @dataclass
@@ -330,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         scan = next((r for r in rows if r.tool == "apiwatch scan"), None)
         awk = next((r for r in rows if r.tool.startswith("awk")), None)
         if scan and awk and awk.ok:
-            met = bool(scan.ok and scan.ratio_to_awk and scan.ratio_to_awk >= SCAN_RATIO_TARGET)
+            target = scan_ratio_target(args.llm_share)
+            met = bool(scan.ok and scan.ratio_to_awk and scan.ratio_to_awk >= target)
             result["targets"]["scan_vs_awk"] = {
-                "target_ratio": SCAN_RATIO_TARGET,
+                "target_ratio": target,
                 "ratio": scan.ratio_to_awk,
                 "met": met,
             }
@@ -384,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                 state = "met" if t["met"] else "NOT met"
                 if name == "scan_vs_awk":
                     got = "failed" if t["ratio"] is None else f"{t['ratio']:.2f}x awk"
-                    print(f"target {name}: {state} ({got}; need >= {t['target_ratio']}x)")
+                    print(f"target {name}: {state} ({got}; need >= {t['target_ratio']:g}x)")
                 else:
                     got = "failed" if t["peak_rss_mb"] is None else f"{t['peak_rss_mb']} MB"
                     print(f"target {name}: {state} ({got}; need < {t['target_mb']:.0f} MB)")

@@ -28,13 +28,13 @@ import os
 import queue
 import signal
 import traceback
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from monitor.batch import ROW_ID, ROW_TS, Batch
 from monitor.collectors import LINE_FORMATS, Diagnostics, InputError, format_of, note_misread
 from monitor.collectors.base import (
     MAX_PROBLEMS_KEPT,
@@ -46,21 +46,18 @@ from monitor.collectors.base import (
 )
 from monitor.ids import observation_id
 from monitor.pipeline import Part, Pipeline, Produced, ScanSummary
-from monitor.rows import COL
 from monitor.store import Store
 
-ID, TS, LINE, SCAN_ID = COL["id"], COL["ts"], COL["line"], COL["scan_id"]
-
-BATCH = 5000
+BATCH = 20_000  # records per producer message: the store works per batch, per incident
 GC_THRESHOLD = 50_000  # allocations between young collections during a scan (default 700)
-FLUSH = 20000  # observations per store transaction: an incident recurs in fewer of them
+FLUSH = 50_000  # observations per store transaction: an incident recurs in fewer of them
 HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
 #: inputs smaller than this are parsed in the main process: forking would cost more
 IN_PROCESS_BELOW = 8 << 20
 #: bytes of a big plain log between commit points (``APIWATCH_PART_SIZE`` to tune)
 PART_SIZE = int(os.environ.get("APIWATCH_PART_SIZE", 64 << 20))
 MIN_PART = 16 << 20
-_QUEUE_BATCHES = 4  # bounded hand-over: producers wait rather than fill memory
+_QUEUE_BATCHES = 2  # bounded hand-over: producers wait rather than fill memory
 
 
 def default_jobs() -> int:
@@ -132,33 +129,55 @@ class Occurrences:
     HOURS_KEPT = 3
 
     def __init__(self) -> None:
-        self._hours: dict[int, Counter[str]] = {}
+        self._hours: dict[int, dict[str, int]] = {}
 
-    def next(self, record_id: str, ts: float) -> int:
-        hour = int(ts // 3600)
+    def _counts(self, hour: int) -> dict[str, int]:
         counts = self._hours.get(hour)
         if counts is None:
-            counts = self._hours[hour] = Counter()
+            counts = self._hours[hour] = {}
             for old in [h for h in self._hours if h < hour - self.HOURS_KEPT]:
                 del self._hours[old]
-        nth = counts[record_id]
+        return counts
+
+    def next(self, record_id: str, ts: float) -> int:
+        counts = self._counts(int(ts // 3600))
+        nth = counts.get(record_id, 0)
         counts[record_id] = nth + 1
         return nth
 
+    def repeated(self, batch: Batch) -> Iterator[tuple[int, int]]:
+        """:meth:`next` of each record of a batch, in order: (index, nth) of those with
+        an nth (a run of one hour at a time, whole when its records are all new)."""
+        ids, ts = batch.record_ids or [], batch.columns[ROW_TS]
+        start = 0
+        for hour, end in batch.hours:
+            counts = self._counts(hour)
+            fresh = dict.fromkeys(ids[start:end], 1)
+            if len(fresh) == end - start and counts.keys().isdisjoint(fresh):
+                counts.update(fresh)
+            else:
+                for i in range(start, end):
+                    nth = self.next(ids[i], ts[i])
+                    if nth:
+                        yield i, nth
+            start = end
+
 
 def part_messages(pipeline: Pipeline, part: Part, on_read=None) -> Iterator[tuple[str, Any]]:
-    """What a producer says about one part: ("batch", items)… then ("done", diagnostics),
-    or ("input-error", message). The same stream whether produced here or in a child."""
+    """What a producer says about one part: ("batch", :class:`Batch`)… then ("done",
+    diagnostics), or ("input-error", message). The same stream whether produced here, in a
+    child or on a cluster: the per-record work of storing is done here (see
+    :mod:`monitor.batch`)."""
     diag = Diagnostics()
     try:
-        batch: list[Produced] = []
+        items: list[Produced] = []
         for item in pipeline.process(part, diag, on_read):
-            batch.append(item)
-            if len(batch) >= BATCH:
-                yield "batch", batch
-                batch = []
-        if batch:
-            yield "batch", batch
+            items.append(item)
+            if len(items) >= BATCH:
+                yield "batch", Batch.of(items)
+                items = []
+        if items:
+            yield "batch", Batch.of(items)
         yield "done", diag
     except InputError as exc:
         yield "input-error", str(exc)
@@ -290,7 +309,8 @@ class Scanner:
         self, paths: Iterable[str], scan_id: int, on_read: Callable[[int], None] | None = None
     ) -> ScanSummary:
         summary = self.summary = ScanSummary()  # what was committed, should storing fail
-        self._batch: list[tuple[list[Any], list[dict[str, Any]]]] = []
+        self._batches: list[Batch] = []
+        self._queued = 0  # observations in them
         with _fewer_collections():
             self._run(paths, scan_id, on_read, summary)
         summary.records, summary.malformed = summary.diag.records, summary.diag.malformed
@@ -377,29 +397,28 @@ class Scanner:
                 state["lines"] = base + diag.lines
         return dict(state)
 
-    def _take(self, produced: list[Produced], base: int, seen: Occurrences, scan_id: int,
+    def _take(self, batch: Batch, base: int, seen: Occurrences, scan_id: int,
               summary: ScanSummary) -> None:  # fmt: skip
         """Queue a producer's batch for storing: absolute line numbers, the scan, and the
         ids of repeated identical records (numbered here, across parts, in input order)."""
-        batch = self._batch
-        nth_of = seen.next
-        for record_id, row, incs in produced:
-            row[LINE] += base
-            row[SCAN_ID] = scan_id
-            nth = nth_of(record_id, row[TS])
-            if nth:
-                row[ID] = observation_id(record_id, nth)
-            batch.append((row, incs))
-        summary.llm_observations += len(produced)
-        if len(batch) >= FLUSH:
+        batch.line_base = base
+        batch.set_scan(scan_id)
+        ids, record_ids = batch.columns[ROW_ID], batch.record_ids or []
+        for i, nth in seen.repeated(batch):
+            ids[i] = observation_id(record_ids[i], nth)
+        batch.record_ids = None  # not needed any more
+        self._batches.append(batch)
+        self._queued += len(batch)
+        summary.llm_observations += len(batch)
+        if self._queued >= FLUSH:
             self._flush(scan_id, summary)
 
     def _flush(
         self, scan_id: int, summary: ScanSummary, checkpoint: dict[str, Any] | None = None
     ) -> None:
-        if self._batch or checkpoint is not None:
-            summary.account(self.store.ingest(scan_id, self._batch, checkpoint))
-            self._batch = []
+        if self._batches or checkpoint is not None:
+            summary.account(self.store.ingest_batches(scan_id, self._batches, checkpoint))
+            self._batches, self._queued = [], 0
 
 
 def _merge(into: Diagnostics, other: Diagnostics, line_base: int) -> None:

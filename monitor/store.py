@@ -32,11 +32,26 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import itemgetter
+from itertools import repeat
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from monitor.batch import (
+    CLIENT_OF,
+    CONTEXT_OF,
+    CTX_DAY,
+    EVIDENCE_SAMPLES,
+    ROW_FIELDS,
+    ROW_ID,
+    ROW_LINE,
+    Batch,
+    _add,
+    add_delta,
+    incident_deltas,
+    merge_fact_lists,
+    merge_facts,
+)
 from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
 from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
@@ -49,7 +64,6 @@ from monitor.policy import SEVERITY_RANK
 
 SCHEMA_VERSION = 10
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
-EVIDENCE_SAMPLES = 5
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
 _CACHED = 1 << 16  # entries of each in-memory dictionary cache before it starts over
@@ -69,15 +83,7 @@ _SCAN = COL["scan_id"]
 # column; ``hits`` likewise over ``hit_links`` (integer pairs) and ``incident_keys``.
 # Rows are appended in arrival order (``n``), so the rows of recent days are at the end:
 # each context records the first row that may use it, which bounds day-range reads.
-_ROW_FIELDS = tuple(c for c in OBSERVATION_COLUMNS if c in PER_REQUEST)
-_ROW_OF = itemgetter(*(COL[c] for c in _ROW_FIELDS))
-_ROW_POSITIONS = frozenset(COL[c] for c in _ROW_FIELDS)
-_CONTEXT_OF = itemgetter(*(COL[c] for c in CONTEXT))
-_CLIENT_OF = itemgetter(*(COL[c] for c in CLIENT))
-_INSERT_ROW = (
-    f"INSERT INTO obs_rows (ctx, client, {', '.join(_ROW_FIELDS)}) "  # noqa: S608 - constants
-    f"VALUES (?, ?, {', '.join('?' * len(_ROW_FIELDS))}) ON CONFLICT(id) DO NOTHING"
-)
+# Scans hand the store :class:`monitor.batch.Batch` es, shaped so by their producers.
 #: the observations view's join, driven by the rows (the dictionaries are looked up by key)
 _OBS = (
     "obs_rows o CROSS JOIN obs_contexts c ON c.n = o.ctx CROSS JOIN obs_clients w ON w.n = o.client"
@@ -324,6 +330,42 @@ _ROLLUP_COLUMNS = ("rule", "provider", "site", "severity", "severity_rank", "tit
 _SEVERITY_OF_RANK = {rank: name for name, rank in SEVERITY_RANK.items()}
 
 
+class _StoredIncident(NamedTuple):
+    """What the store remembers of an incident it holds (see :meth:`Store._store_incidents`)."""
+
+    evidence: list[str]
+    evidence_text: str | None
+    facts: dict[str, list[Any]] | None
+    facts_text: str | None
+
+
+_NEW_INCIDENT_COLUMNS = (*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
+                         "blocked", "bytes_out", "bytes_in", "outcome", "evidence", "facts",
+                         "first_scan", "last_scan")  # fmt: skip
+_INSERT_INCIDENT = (
+    f"INSERT INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)})"  # noqa: S608 - constants
+    f" VALUES ({', '.join('?' * len(_NEW_INCIDENT_COLUMNS))})"
+)
+#: what new observations add to a stored incident (parameters: first_seen, last_seen, count,
+#: blocked, bytes_out, bytes_in, evidence, facts, first_scan, last_scan, id)
+_UPDATE_INCIDENT = """UPDATE incident_rows SET
+  first_seen = min(first_seen, ?1),
+  last_seen = max(last_seen, ?2),
+  count = count + ?3,
+  blocked = blocked + ?4,
+  bytes_out = CASE WHEN bytes_out IS NULL AND ?5 IS NULL THEN NULL
+              ELSE coalesce(bytes_out, 0) + coalesce(?5, 0) END,
+  bytes_in = CASE WHEN bytes_in IS NULL AND ?6 IS NULL THEN NULL
+             ELSE coalesce(bytes_in, 0) + coalesce(?6, 0) END,
+  outcome = CASE WHEN blocked + ?4 = 0 THEN 'allowed'
+                 WHEN blocked + ?4 = count + ?3 THEN 'blocked' ELSE 'mixed' END,
+  evidence = ?7,
+  facts = ?8,
+  first_scan = min(coalesce(first_scan, ?9), ?9),
+  last_scan = max(coalesce(last_scan, ?10), ?10)
+WHERE id = ?11"""
+
+
 class Store:
     """One apiwatch database file. Open it, ingest batches, query incidents."""
 
@@ -352,8 +394,10 @@ class Store:
             self._contexts = _Dictionary(conn, "obs_contexts", CONTEXT, ranged=True)
             self._clients = _Dictionary(conn, "obs_clients", CLIENT, ranged=False)
             self._incident_keys: dict[str, int] = {}
+            self._incident_state: dict[str, _StoredIncident] = {}  # see _store_incidents
             self._texts: dict[str, int] = {}
             self._fact_numbers: dict[str, int] = {}
+            self._insert_sql: dict[tuple[bool, ...], str] = {}  # by the columns present
             self._data_version = -1
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute("PRAGMA cache_size = -65536")  # 64 MB: index pages stay in memory
@@ -413,7 +457,7 @@ class Store:
     def _forget(self) -> None:
         self._contexts.forget()
         self._clients.forget()
-        self._incident_keys.clear()
+        self._forget_incidents()
         self._texts.clear()
         self._fact_numbers.clear()
 
@@ -493,8 +537,15 @@ class Store:
         batch: Sequence[tuple[list[Any], Sequence[dict[str, Any]]]],
         source: dict[str, Any] | None = None,
     ) -> IngestResult:
-        """Store one batch of (observation row, incident identities) in one transaction,
-        together with how far its source has been read (``source``, see :meth:`source_state`).
+        """Store one batch of (observation row, incident identities) in one transaction:
+        :meth:`ingest_batches` of it."""
+        return self.ingest_batches(scan_id, [Batch.of([(None, *item) for item in batch])], source)
+
+    def ingest_batches(
+        self, scan_id: int, batches: Sequence[Batch], source: dict[str, Any] | None = None
+    ) -> IngestResult:
+        """Store batches of observations in one transaction, together with how far their
+        source has been read (``source``, see :meth:`source_state`).
 
         Observations already in the database are skipped, and so are their contributions
         to incidents: this is what makes re-scans, overlapping files and a re-run after a
@@ -502,7 +553,7 @@ class Store:
         re-run resume where the last commit left off.
         """
         with self._tx():
-            result = self._ingest(scan_id, batch)
+            result = self._ingest(scan_id, batches)
             if source is not None:
                 self.db["sources"].upsert({**source, "updated": _now()}, pk="key")
         return result
@@ -537,167 +588,219 @@ class Store:
         rows = list(self.db.query("SELECT * FROM sources WHERE key = ?", [key]))
         return rows[0] if rows else None
 
-    def _ingest(
-        self, scan_id: int, batch: Sequence[tuple[list[Any], Sequence[dict[str, Any]]]]
-    ) -> IngestResult:
+    def _ingest(self, scan_id: int, batches: Sequence[Batch]) -> IngestResult:
         result = IngestResult()
-        unique: dict[int, tuple[list[Any], Sequence[dict[str, Any]]]] = {}
         pruned = self._meta("pruned_before")
-        for obs, incs in batch:
-            if pruned and obs[_DAY] < pruned:  # its twin may have been pruned: never recount
-                result.expired += 1
-                continue
-            unique.setdefault(obs[_ID], (obs, incs))
-        result.duplicates += len(batch) - result.expired - len(unique)
-        if not unique:
-            return result
         conn = self.db.conn
         # the unique index on id skips observations stored before; rows are appended after
         # the largest row number (SQLite picks them at random only past 2**63 - 1 rows), so
-        # the ones this batch added are those above it, looked up only when some were skipped
+        # the ones a batch added are those above it, looked up only when some were skipped
         top = conn.execute("SELECT max(n) FROM obs_rows").fetchone()[0] or 0
-        rows = list(self._encoded(unique.values(), top + 1))
-        added = conn.executemany(_INSERT_ROW, rows).rowcount
-        if added == len(unique):
-            fresh = list(unique.values())
-            numbers: Sequence[int] = range(top + 1, top + 1 + added)
-            stored = rows
-        else:
-            new_ids = dict(conn.execute("SELECT id, n FROM obs_rows WHERE n > ?", [top]))
-            fresh = [v for k, v in unique.items() if k in new_ids]
-            numbers = [new_ids[o[_ID]] for o, _ in fresh]
-            stored = [r for r in rows if r[2] in new_ids]
-        # the dictionary entries this batch made: kept with the first row that uses them
-        self._contexts.settle(
-            dict(zip(reversed([r[0] for r in stored]), reversed(numbers), strict=True))
-        )
-        self._clients.settle(dict(zip([r[1] for r in stored], numbers, strict=True)))
-        result.duplicates += len(unique) - len(fresh)
-        if not fresh:
+        ids: set[int] = set()  # of the transaction's observations: the first of each is stored
+        deltas: dict[str, dict[str, Any]] = {}
+        links: list[tuple[Sequence[dict[str, Any]], list[int], int]] = []  # incs, rows, + offset
+        first_use: tuple[dict[int, int], dict[int, int]] = ({}, {})  # context/client -> first row
+        # (of those made in this transaction: the others are in use already)
+        for batch in batches:
+            size = len(batch)
+            if not size:
+                continue
+            new = set(batch.columns[ROW_ID])
+            expired = bool(pruned) and any(c[CTX_DAY] < pruned for c in batch.contexts)
+            if not expired and len(new) == size and ids.isdisjoint(new):  # the common case
+                ids |= new
+                kept: list[int] | None = None
+                ctx, client = self._numbers(batch, range(len(batch.contexts)),
+                                            range(len(batch.clients)), top + 1)  # fmt: skip
+            else:
+                kept = self._kept(batch, ids, pruned, result)
+                ctx, client = self._numbers(batch, dict.fromkeys(batch.ctx[i] for i in kept),
+                                            dict.fromkeys(batch.client[i] for i in kept), top + 1)  # fmt: skip
+            added = self._insert_rows(batch, ctx, client, kept)
+            if kept is None and added == size:
+                self._first_use(first_use, batch, ctx, client, top + 1)
+                self._add_batch_deltas(deltas, batch, batch.deltas, scan_id)
+                links.extend((incs, rows, top + 1) for incs, rows in batch.groups)
+            else:
+                if kept is None:
+                    kept = list(range(size))
+                new_ids = dict(conn.execute("SELECT id, n FROM obs_rows WHERE n > ?", [top]))
+                row_ids = batch.columns[ROW_ID]
+                number = {i: new_ids[row_ids[i]] for i in kept if row_ids[i] in new_ids}
+                result.duplicates += len(kept) - len(number)
+                for i, n in number.items():
+                    first_use[0].setdefault(ctx[batch.ctx[i]], n)
+                    first_use[1].setdefault(client[batch.client[i]], n)
+                groups = [(incs, [i for i in rows if i in number]) for incs, rows in batch.groups]
+                self._add_batch_deltas(deltas, batch, incident_deltas(batch, groups), scan_id)
+                links.extend((incs, [number[i] for i in rows], 0) for incs, rows in groups if rows)
+            result.stored += added
+            top += added
+        # the dictionary entries this transaction made: kept with the first row that uses them
+        self._contexts.settle(first_use[0])
+        self._clients.settle(first_use[1])
+        if not result.stored:
             return result
-        result.stored = len(fresh)
-        self._aggregate(fresh, numbers, scan_id, result)
+        if deltas:
+            self._store_incidents(deltas, result)
+            keys = self._incident_numbers(list(deltas))
+            pairs: list[tuple[int, int]] = []
+            for incs, rows, offset in links:
+                for inc in incs:
+                    pairs.extend(
+                        zip(repeat(keys[inc["id"]]), map(offset.__add__, rows), strict=False)
+                    )
+            conn.executemany("INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", pairs)
         if result.rule_of:
             self._advance_findings(scan_id, result)
         return result
 
-    def _encoded(
-        self, batch: Iterable[tuple[list[Any], Any]], first_row: int
-    ) -> Iterator[list[Any]]:
-        """``obs_rows`` rows of stored observation rows (dictionary entries made as needed)."""
-        context, client = self._contexts.number, self._clients.number
-        for obs, _ in batch:
-            yield [context(_CONTEXT_OF(obs), first_row), client(_CLIENT_OF(obs), 0), *_ROW_OF(obs)]
+    @staticmethod
+    def _kept(batch: Batch, ids: set[int], pruned: str | None, result: IngestResult) -> list[int]:
+        """The rows of a batch to store, when some are older than a prune (their twins may
+        have been pruned: never counted again) or repeat an earlier row of the transaction
+        (``ids``: its observations so far, to which the rows kept are added)."""
+        kept = []
+        for i, oid in enumerate(batch.columns[ROW_ID]):
+            if pruned and batch.contexts[batch.ctx[i]][CTX_DAY] < pruned:
+                result.expired += 1
+            elif oid in ids:
+                result.duplicates += 1
+            else:
+                ids.add(oid)
+                kept.append(i)
+        return kept
 
-    def _aggregate(
-        self, fresh: Sequence[tuple[list[Any], Sequence[dict[str, Any]]]], numbers: Sequence[int],
-        scan_id: int | None, result: IngestResult,
-    ) -> None:  # fmt: skip
-        """Add observations new to the incidents (their detail rows) they raise, and link them
-        (``numbers``: their rows in ``obs_rows``). ``scan_id`` None: each observation counts
-        for the scan that stored it (re-evaluation)."""
-        deltas: dict[str, dict[str, Any]] = {}
-        hits: list[tuple[str, int]] = []
-        merged: set[tuple[str, int]] = set()  # (incident, facts object): rows share their facts
-        for (obs, incs), number in zip(fresh, numbers, strict=True):
-            ts = obs[_TS]
-            sid = scan_id if scan_id is not None else obs[_SCAN]
-            blocked = obs[_OUTCOME] == "blocked"
-            out, in_ = obs[_OUT], obs[_IN]
-            for inc in incs:
-                iid = inc["id"]
-                hits.append((iid, number))
-                d = deltas.get(iid)
-                if d is None:
-                    d = deltas[iid] = _delta(inc, ts, sid)
-                if len(d["evidence"]) < EVIDENCE_SAMPLES:
-                    d["evidence"].append(f"{obs[_SOURCE]}:{obs[_LINE]}")
-                facts = inc.get("facts")
-                if facts and (iid, id(facts)) not in merged:
-                    merged.add((iid, id(facts)))
-                    d["facts"] = merge_facts(d.get("facts"), facts)
-                d["count"] += 1
-                d["blocked"] += blocked
-                if out is not None:
-                    d["bytes_out"] = out + (d["bytes_out"] or 0)
-                if in_ is not None:
-                    d["bytes_in"] = in_ + (d["bytes_in"] or 0)
-                if ts < d["first"]:
-                    d["first"] = ts
-                elif ts > d["last"]:
-                    d["last"] = ts
-                if sid is not None and sid != d["last_scan"]:
-                    d["first_scan"] = sid if d["first_scan"] is None else min(d["first_scan"], sid)
-                    d["last_scan"] = sid if d["last_scan"] is None else max(d["last_scan"], sid)
-        if not deltas:
-            return
-        self._store_incidents(deltas, result)
-        keys = self._incident_numbers(list(deltas))
-        self.db.conn.executemany(
-            "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
-            [(keys[iid], n) for iid, n in hits],
+    def _numbers(self, batch: Batch, contexts: Iterable[int], clients: Iterable[int],
+                 first_row: int) -> tuple[list[int], list[int]]:  # fmt: skip
+        """The dictionary entries of the batch's contexts and clients (by their index in
+        the batch; those not asked for: 0), made as needed in order of first use."""
+        context, client = self._contexts.number, self._clients.number
+        ctx, who = [0] * len(batch.contexts), [0] * len(batch.clients)
+        for i in contexts:
+            ctx[i] = context(batch.contexts[i], first_row)
+        for i in clients:
+            who[i] = client(batch.clients[i], 0)
+        return ctx, who
+
+    def _first_use(self, first_use: tuple[dict[int, int], dict[int, int]], batch: Batch,
+                   ctx: list[int], client: list[int], first_row: int) -> None:  # fmt: skip
+        """Record the first row (all of the batch's rows stored from ``first_row`` on) of
+        the dictionary entries made in this transaction that the batch uses (clients: that
+        they are used)."""
+        made, used = self._contexts.created, first_use[0]
+        if made:
+            for i, n in enumerate(ctx):
+                if n in made and n not in used:
+                    used[n] = first_row + batch.ctx.index(i)
+        made, used = self._clients.created, first_use[1]
+        if made:
+            for n in client:
+                if n in made:
+                    used.setdefault(n, first_row)
+
+    def _insert_rows(self, batch: Batch, ctx: list[int], client: list[int],
+                     kept: list[int] | None) -> int:  # fmt: skip
+        """Append the batch's rows (``kept``: those of these indexes; None: all) to
+        ``obs_rows``, but those whose id is stored already; returns how many were added.
+        Columns no row has a value in are left out of the statement (NULL either way)."""
+        columns, ctxs, clients = batch.columns, batch.ctx, batch.client
+        if kept is not None:
+            if not kept:
+                return 0
+            columns = [[col[i] for i in kept] for col in columns]
+            ctxs, clients = [ctxs[i] for i in kept], [clients[i] for i in kept]
+        present = tuple(col.count(None) != len(col) for col in columns)
+        sql = self._insert_sql.get(present)
+        if sql is None:
+            names = [c for c, p in zip(ROW_FIELDS, present, strict=True) if p]
+            sql = self._insert_sql[present] = (
+                f"INSERT INTO obs_rows (ctx, client, {', '.join(names)}) "  # noqa: S608 - constants
+                f"VALUES (?, ?, {', '.join('?' * len(names))}) ON CONFLICT(id) DO NOTHING"
+            )
+        values = [col for col, p in zip(columns, present, strict=True) if p]
+        if batch.line_base and present[ROW_LINE]:
+            values[sum(present[:ROW_LINE])] = map(batch.line_base.__add__, columns[ROW_LINE])
+        rows = zip(
+            map(ctx.__getitem__, ctxs), map(client.__getitem__, clients), *values, strict=True
         )
+        return self.db.conn.executemany(sql, rows).rowcount
+
+    @staticmethod
+    def _add_batch_deltas(deltas: dict[str, dict[str, Any]], batch: Batch,
+                          parts: dict[str, dict[str, Any]], scan_id: int) -> None:  # fmt: skip
+        """Add a batch's deltas (:func:`monitor.batch.incident_deltas`) to the transaction's
+        (:func:`_delta`): the first of an incident is taken as it is."""
+        for iid, part in parts.items():
+            d = deltas.get(iid)
+            if d is None:
+                part.update(evidence=[batch.sample(i) for i in part["evidence"]],
+                            finding_id=_finding_of(part["inc"]), first_scan=scan_id,
+                            last_scan=scan_id)  # fmt: skip
+                deltas[iid] = part
+                continue
+            room = EVIDENCE_SAMPLES - len(d["evidence"])
+            evidence = d["evidence"]
+            if room > 0:
+                evidence = evidence + [batch.sample(i) for i in part["evidence"][:room]]
+            add_delta(d, part, evidence)
+            d["facts"] = merge_fact_lists(d.get("facts"), part["facts"])
 
     def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult) -> None:
-        """Add what new observations brought (``deltas``, per incident) to the incidents."""
-        conn = self.db.conn
+        """Add what new observations brought (``deltas``, per incident) to the incidents.
+
+        The evidence samples and facts of the incidents this connection stored are
+        remembered (:meth:`_forget_incidents`), so an incident that recurs from one
+        transaction to the next is neither read back nor rewritten whole."""
         for d in deltas.values():
             d["first_seen"], d["last_seen"] = iso_utc(d["first"]), iso_utc(d["last"])
-        result.rule_of.update({iid: (d["rule"], d["severity"]) for iid, d in deltas.items()})
-        before, facts_before = self._evidence_of(list(deltas))
-        result.updated_incidents |= set(before)
-        result.new_incidents |= set(deltas) - set(before)
+        result.rule_of.update(
+            {iid: (d["inc"]["rule"], d["inc"]["severity"]) for iid, d in deltas.items()}
+        )
+        stored = self._incident_state
+        if len(stored) > _CACHED:
+            stored.clear()
+        stored.update(self._evidence_of([iid for iid in deltas if iid not in stored]))
+        existing = {iid for iid in deltas if iid in stored}
+        result.updated_incidents |= existing
+        result.new_incidents |= set(deltas) - existing
         for d in deltas.values():
             result.finding_requests[d["finding_id"]] += d["count"]
-        cols = [
-            *INCIDENT_IDENTITY,
-            "severity_rank",
-            "first_seen",
-            "last_seen",
-            "count",
-            "blocked",
-            "bytes_out",
-            "bytes_in",
-            "outcome",
-            "evidence",
-            "facts",
-            "first_scan",
-            "last_scan",
-        ]
-        rows = []
+        new, updates = [], []
         for iid, d in deltas.items():
-            old = before.get(iid, [])
-            d["evidence"] = json.dumps(
-                (old + [e for e in d["evidence"] if e not in old])[:EVIDENCE_SAMPLES]
-            )
-            facts = d.get("facts")
-            for name, values in (facts_before.get(iid) or {}).items():  # the stored ones
-                for value in values:
-                    facts = merge_facts(facts, {name: value})
-            d["facts"] = json.dumps(facts, sort_keys=True) if facts else None
-            d["severity_rank"] = SEVERITY_RANK[d["severity"]]
-            d["outcome"] = _outcome(d["blocked"], d["count"])
-            rows.append(self._incident_values(d, cols))
-        conn.executemany(
-            f"""INSERT INTO incident_rows ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})
-            ON CONFLICT(id) DO UPDATE SET
-              first_seen = min(first_seen, excluded.first_seen),
-              last_seen = max(last_seen, excluded.last_seen),
-              count = count + excluded.count,
-              blocked = blocked + excluded.blocked,
-              bytes_out = CASE WHEN bytes_out IS NULL AND excluded.bytes_out IS NULL THEN NULL
-                          ELSE coalesce(bytes_out, 0) + coalesce(excluded.bytes_out, 0) END,
-              bytes_in = CASE WHEN bytes_in IS NULL AND excluded.bytes_in IS NULL THEN NULL
-                         ELSE coalesce(bytes_in, 0) + coalesce(excluded.bytes_in, 0) END,
-              outcome = CASE WHEN blocked + excluded.blocked = 0 THEN 'allowed'
-                             WHEN blocked + excluded.blocked = count + excluded.count THEN 'blocked'
-                             ELSE 'mixed' END,
-              evidence = excluded.evidence,
-              facts = excluded.facts,
-              first_scan = min(coalesce(first_scan, excluded.first_scan), excluded.first_scan),
-              last_scan = max(coalesce(last_scan, excluded.last_scan), excluded.last_scan)""",  # noqa: S608 - constants and placeholders only
-            rows,
-        )
+            old = stored.get(iid)
+            if old is not None and len(old.evidence) >= EVIDENCE_SAMPLES:
+                evidence, evidence_text = old.evidence, old.evidence_text
+            else:
+                samples = old.evidence if old is not None else []
+                evidence = (samples + [e for e in d["evidence"] if e not in samples])[
+                    :EVIDENCE_SAMPLES
+                ]
+                evidence_text = json.dumps(evidence)
+            facts = merge_fact_lists(d.get("facts"), old.facts if old is not None else None)
+            if old is not None and facts == old.facts:
+                facts_text = old.facts_text
+            else:
+                facts_text = json.dumps(facts, sort_keys=True) if facts else None
+            stored[iid] = _StoredIncident(evidence, evidence_text, facts, facts_text)
+            if old is None:
+                inc = d["inc"]
+                row = {k: inc.get(k) for k in INCIDENT_IDENTITY}
+                row.update(d, evidence=evidence_text, facts=facts_text,
+                           severity_rank=SEVERITY_RANK[inc["severity"]],
+                           outcome=_outcome(d["blocked"], d["count"]))  # fmt: skip
+                new.append(self._incident_values(row, _NEW_INCIDENT_COLUMNS))
+            else:
+                updates.append((d["first_seen"], d["last_seen"], d["count"], d["blocked"],
+                                d["bytes_out"], d["bytes_in"], evidence_text,
+                                self._facts(facts_text), d["first_scan"], d["last_scan"], iid))  # fmt: skip
+        self.db.conn.executemany(_INSERT_INCIDENT, new)
+        self.db.conn.executemany(_UPDATE_INCIDENT, updates)
+
+    def _forget_incidents(self) -> None:
+        """Drop what is remembered of stored incidents (after writing them otherwise)."""
+        self._incident_keys.clear()
+        self._incident_state.clear()
 
     def _incident_numbers(self, ids: Sequence[str]) -> dict[str, int]:
         """The row numbers (``incident_rows.n``) of these stored incidents."""
@@ -754,19 +857,15 @@ class Store:
             self._texts[text] = n
         return n
 
-    def _evidence_of(
-        self, ids: list[str]
-    ) -> tuple[dict[str, list[str]], dict[str, dict[str, list[Any]]]]:
+    def _evidence_of(self, ids: list[str]) -> dict[str, _StoredIncident]:
         """Evidence samples and facts of the incidents among ``ids`` that already exist."""
-        found: dict[str, list[str]] = {}
-        facts: dict[str, dict[str, list[Any]]] = {}
+        found: dict[str, _StoredIncident] = {}
         for chunk, marks in _chunks(ids):
             sql = f"SELECT id, evidence, facts FROM incidents WHERE id IN ({marks})"  # noqa: S608
-            for r in self.db.execute(sql, chunk):
-                found[r[0]] = json.loads(r[1] or "[]")
-                if r[2]:
-                    facts[r[0]] = json.loads(r[2])
-        return found, facts
+            for iid, evidence, facts in self.db.execute(sql, chunk):
+                found[iid] = _StoredIncident(json.loads(evidence or "[]"), evidence,
+                                             json.loads(facts) if facts else None, facts)  # fmt: skip
+        return found
 
     # -- findings ---------------------------------------------------------------------------
 
@@ -1303,7 +1402,7 @@ class Store:
                 [start_day, *correlated],
             )
             conn.execute(f"DELETE FROM incident_rows WHERE {own_rows}", [start_day, *correlated])  # noqa: S608
-            self._incident_keys.clear()
+            self._forget_incidents()
             # the groups of rows the record path cannot tell apart: one context, client, URL
             groups = conn.execute(
                 f"""SELECT g.ctx, g.client, g.url, g.first, g.rows, g.bytes_out, g.bytes_in,
@@ -1343,7 +1442,7 @@ class Store:
                     out.changed += count
                     for i, v in changes:
                         row[i] = v
-                    ctx, who = context(_CONTEXT_OF(row), first), client(_CLIENT_OF(row), 0)
+                    ctx, who = context(CONTEXT_OF(row), first), client(CLIENT_OF(row), 0)
                     if (ctx, who) != (key[0], key[1]):
                         regroup.append((*key, ctx, who, 0))
                         moved.append((first, ctx))
@@ -1716,7 +1815,7 @@ class Store:
                     f"DELETE FROM incident_rows WHERE n IN ({gone})",  # noqa: S608
                     chunk,
                 ).rowcount
-            self._incident_keys.clear()
+            self._forget_incidents()
             cols = [*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
                     "blocked", "outcome", "evidence", "facts", "first_scan", "last_scan"]  # fmt: skip
             values = []
@@ -2804,26 +2903,6 @@ def _incident_out(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def merge_facts(
-    old: dict[str, list[Any]] | None, new: dict[str, Any], limit: int = EVIDENCE_SAMPLES
-) -> dict[str, list[Any]]:
-    """``old`` with the values of ``new`` added: per field, distinct values, the ``limit``
-    first in a fixed order (whatever order records arrive in: scans are deterministic)."""
-    out = {k: list(v) for k, v in (old or {}).items()}
-    for name, value in new.items():
-        seen = out.setdefault(name, [])
-        if value not in seen:
-            seen.append(value)
-            if len(seen) > 1:
-                seen.sort(key=_fact_key)
-                del seen[limit:]
-    return out
-
-
-def _fact_key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
 def _rolled(row: dict[str, Any]) -> dict[str, Any]:
     """A roll-up row in the findings table's terms."""
     out = dict(row)
@@ -2869,19 +2948,17 @@ def _fact_entry(conn: sqlite3.Connection, text: str) -> int:
 
 
 def _delta(inc: dict[str, Any], ts: float, scan_id: int | None) -> dict[str, Any]:
-    """What new observations add to the incident ``inc`` (none yet)."""
-    d = {k: inc.get(k) for k in INCIDENT_IDENTITY}
-    if d["finding_id"] is None:
-        d["finding_id"] = finding_id(d["rule"], d["provider"], d["site"], d["egress_country"])
-    d.update(count=0, blocked=0, bytes_out=None, bytes_in=None, first=ts, last=ts, evidence=[],
-             first_scan=scan_id, last_scan=scan_id)  # fmt: skip
-    return d
+    """What new observations add to the incident ``inc`` (none yet): its identity is
+    ``inc``'s (:data:`INCIDENT_IDENTITY`)."""
+    return {"inc": inc, "finding_id": _finding_of(inc), "count": 0, "blocked": 0,
+            "bytes_out": None, "bytes_in": None, "first": ts, "last": ts, "evidence": [],
+            "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
 
 
-def _add(a: int | None, b: int | None) -> int | None:
-    if b is None:
-        return a
-    return b if a is None else a + b
+def _finding_of(inc: dict[str, Any]) -> str:
+    return inc.get("finding_id") or finding_id(
+        inc["rule"], inc["provider"], inc.get("site"), inc.get("egress_country")
+    )
 
 
 def _outcome(blocked: int, count: int) -> str:

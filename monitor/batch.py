@@ -1,0 +1,216 @@
+"""A batch of LLM records shaped for the store where it is produced.
+
+A scan stores in one process and produces in several (:mod:`monitor.scanner`), so the
+per-record work of storing is done here, by the producer, and the storing process works
+per batch, per distinct context and per incident: a :class:`Batch` holds the per-request
+values column by column (``obs_rows``' columns, see :mod:`monitor.store`), each distinct
+context and client once with the rows' indexes into them, the rows grouped by the incident
+rows they raise, and what the batch adds to each incident (:func:`incident_deltas`),
+worked out as if every row of it were new. The store uses that as it is when every row is
+new (the common case) and works the deltas out again over the rows it did store otherwise
+(a re-scan, overlapping files, identical records renumbered by the scanner).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST
+
+EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
+
+#: ``obs_rows``' per-request columns, in row order; a batch holds one list per column
+ROW_FIELDS = tuple(c.name for c in COLUMNS if c.name in PER_REQUEST)
+ROW_ID, ROW_TS, ROW_LINE = (ROW_FIELDS.index(c) for c in ("id", "ts", "line"))
+ROW_OUT, ROW_IN = ROW_FIELDS.index("bytes_out"), ROW_FIELDS.index("bytes_in")
+#: positions in a context's values
+CTX_SCAN, CTX_SOURCE, CTX_DAY, CTX_OUTCOME = (
+    CONTEXT.index(c) for c in ("scan_id", "source", "day", "outcome")
+)
+CONTEXT_OF = itemgetter(*(COL[c] for c in CONTEXT))
+CLIENT_OF = itemgetter(*(COL[c] for c in CLIENT))
+_COLUMN_OF = [itemgetter(COL[c]) for c in ROW_FIELDS]
+
+#: one group: incident rows (shared by the records of one memo key, see
+#: :class:`monitor.pipeline.RecordMemo`) and the indexes of the batch's rows raising them
+Group = tuple[Sequence[dict[str, Any]], list[int]]
+
+
+@dataclass(slots=True)
+class Batch:
+    columns: list[list[Any]]  # per-request values, one list per ROW_FIELDS column
+    contexts: list[tuple[Any, ...]]  # distinct context values (CONTEXT), in order of first use
+    ctx: list[int]  # per row: its context's index in ``contexts``
+    clients: list[tuple[Any, ...]]  # distinct client values (CLIENT)
+    client: list[int]  # per row: its client's index
+    groups: list[Group]
+    deltas: dict[str, dict[str, Any]]  # incident id -> what all rows add (incident_deltas)
+    record_ids: list[str] | None  # per row (the scanner numbers identical records by them)
+    hours: list[tuple[int, int]]  # runs of rows in one UTC hour: (hour, end index)
+    line_base: int = 0  # lines before the part's first (the scanner's)
+
+    @classmethod
+    def of(cls, items: Sequence[tuple[str | None, list[Any], Sequence[dict[str, Any]]]]) -> Batch:
+        """The batch of (record id, stored row, incident rows) items (the :data:`Produced`
+        of :meth:`monitor.pipeline.Pipeline.records`; record ids may be None)."""
+        record_ids, rows, raised = zip(*items, strict=True) if items else ((), (), ())
+        columns = [list(map(get, rows)) for get in _COLUMN_OF]
+        contexts, ctx = _distinct(map(CONTEXT_OF, rows))
+        clients, client = _distinct(map(CLIENT_OF, rows))
+        grouped: dict[int, Group] = {}
+        for i, incs in enumerate(raised):
+            if incs:
+                group = grouped.get(id(incs))
+                if group is None:
+                    group = grouped[id(incs)] = (incs, [])
+                group[1].append(i)
+        batch = cls(columns, contexts, ctx, clients, client, list(grouped.values()), {}, None, [])
+        batch.deltas = incident_deltas(batch, batch.groups)
+        if record_ids and record_ids[0] is not None:
+            batch.record_ids = list(record_ids)
+            batch.hours = _hour_runs(columns[ROW_TS])
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.ctx)
+
+    def set_scan(self, scan_id: int) -> None:
+        self.contexts = [(*c[:CTX_SCAN], scan_id, *c[CTX_SCAN + 1 :]) for c in self.contexts]
+
+    def sample(self, row: int) -> str:
+        """The evidence ``file:line`` of a row."""
+        line = self.columns[ROW_LINE][row]
+        if self.line_base:
+            line += self.line_base
+        return f"{self.contexts[self.ctx[row]][CTX_SOURCE]}:{line}"
+
+
+def _distinct(keys: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[int]]:
+    """The distinct keys, in order of first appearance, and each key's index among them
+    (each key hashed once: a context is a long tuple)."""
+    index: dict[tuple[Any, ...], int] = {}
+    numbers = [index.setdefault(k, len(index)) for k in keys]
+    return list(index), numbers
+
+
+def _hour_runs(ts: list[float]) -> list[tuple[int, int]]:
+    if not ts:
+        return []
+    hours = [int(t // 3600) for t in ts]
+    if hours[0] == hours[-1] and min(hours) == max(hours):
+        return [(hours[0], len(hours))]
+    runs = []
+    for i in range(1, len(hours)):
+        if hours[i] != hours[i - 1]:
+            runs.append((hours[i - 1], i))
+    runs.append((hours[-1], len(hours)))
+    return runs
+
+
+def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str, Any]]:
+    """What the rows of ``groups`` add to each incident they raise: the incident row
+    (``inc``: its identity), ``count``, ``blocked``, ``bytes_out``, ``bytes_in`` (None
+    when no row has one), ``first``/``last`` (timestamps), ``evidence`` (the indexes of
+    the first rows, in row order) and ``facts`` (the evidence facts, see :func:`merge_facts`)."""
+    ts, out, in_ = (batch.columns[c] for c in (ROW_TS, ROW_OUT, ROW_IN))
+    blocked_ctx = [int(c[CTX_OUTCOME] == "blocked") for c in batch.contexts]
+    ctx = batch.ctx
+    deltas: dict[str, dict[str, Any]] = {}
+    for incs, rows in groups:
+        if len(rows) == 1:  # the common case: groups are small
+            i = rows[0]
+            count, blocked, sent, received = 1, blocked_ctx[ctx[i]], out[i], in_[i]
+            first = last = ts[i]
+        elif rows:
+            count = len(rows)
+            blocked = sum(map(blocked_ctx.__getitem__, map(ctx.__getitem__, rows)))
+            sent, received = _sum(map(out.__getitem__, rows)), _sum(map(in_.__getitem__, rows))
+            times = list(map(ts.__getitem__, rows))
+            first, last = min(times), max(times)
+        else:
+            continue
+        for inc in incs:
+            facts = inc.get("facts")
+            d = deltas.get(inc["id"])
+            if d is None:
+                deltas[inc["id"]] = {"inc": inc, "count": count, "blocked": blocked,
+                                     "bytes_out": sent, "bytes_in": received, "first": first,
+                                     "last": last, "evidence": rows[:EVIDENCE_SAMPLES],
+                                     "facts": merge_facts(None, facts) if facts else None}  # fmt: skip
+                continue
+            samples = d["evidence"]
+            if len(samples) < EVIDENCE_SAMPLES or rows[0] < samples[-1]:
+                samples = sorted({*samples, *rows[:EVIDENCE_SAMPLES]})
+            add_delta(d, {"count": count, "blocked": blocked, "bytes_out": sent,
+                          "bytes_in": received, "first": first, "last": last}, samples)  # fmt: skip
+            if facts:
+                d["facts"] = merge_facts(d["facts"], facts)
+    return deltas
+
+
+def add_delta(d: dict[str, Any], part: dict[str, Any], evidence: list[Any]) -> None:
+    """Add ``part``'s figures to the delta ``d`` (an incident's, see
+    :func:`incident_deltas`); ``evidence``: the samples of both, in order (cut here)."""
+    d["count"] += part["count"]
+    d["blocked"] += part["blocked"]
+    d["bytes_out"] = _add(d["bytes_out"], part["bytes_out"])
+    d["bytes_in"] = _add(d["bytes_in"], part["bytes_in"])
+    if part["first"] < d["first"]:
+        d["first"] = part["first"]
+    if part["last"] > d["last"]:
+        d["last"] = part["last"]
+    d["evidence"] = evidence[:EVIDENCE_SAMPLES]
+
+
+def merge_fact_lists(
+    old: dict[str, list[Any]] | None, new: dict[str, list[Any]] | None
+) -> dict[str, list[Any]] | None:
+    """Facts in :func:`merge_facts`' form (field -> values) merged with more of them."""
+    if not new or new == old:  # merging is idempotent
+        return old
+    if not old:
+        return {name: list(values) for name, values in new.items()}
+    for name, values in new.items():
+        for value in values:
+            old = merge_facts(old, {name: value})
+    return old
+
+
+def merge_facts(
+    old: dict[str, list[Any]] | None, new: dict[str, Any], limit: int = EVIDENCE_SAMPLES
+) -> dict[str, list[Any]]:
+    """``old`` with the values of ``new`` added: per field, distinct values, the ``limit``
+    first in a fixed order (whatever order records arrive in: scans are deterministic)."""
+    if not old:
+        return {name: [value] for name, value in new.items()}
+    if all(value in old.get(name, ()) for name, value in new.items()):
+        return old  # nothing new (merged facts are only ever replaced, never changed)
+    out = {k: list(v) for k, v in old.items()}
+    for name, value in new.items():
+        seen = out.setdefault(name, [])
+        if value not in seen:
+            seen.append(value)
+            if len(seen) > 1:
+                seen.sort(key=_fact_key)
+                del seen[limit:]
+    return out
+
+
+def _fact_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _sum(values: Iterable[int | None]) -> int | None:
+    """The sum of the values given (None: none is)."""
+    found = [v for v in values if v is not None]
+    return sum(found) if found else None
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    if b is None:
+        return a
+    return b if a is None else a + b

@@ -1,0 +1,125 @@
+"""Batches shaped by producers (monitor.batch) store exactly what records stored one at a
+time do: the storing process's per-batch path and its per-row fall-back agree, on real
+database files."""
+
+from __future__ import annotations
+
+import random
+
+from monitor import scanner
+from monitor.batch import ROW_ID, Batch
+from monitor.ids import observation_id
+from monitor.rows import COL, observation_values
+from monitor.store import Store
+
+DAY_TS = 1795737600.0  # 2026-11-27T00:00:00Z
+
+
+def _records(n: int, rng: random.Random) -> list[tuple[str, list, list[dict]]]:
+    """Records (record id, stored row, incident rows) of a small world: a few clients,
+    hosts, outcomes and days, so that contexts, clients and incidents recur; one in ten
+    repeats the record before it (an identical line: the same id, a second request)."""
+    out: list[tuple[str, list, list[dict]]] = []
+    for k in range(n):
+        if out and rng.random() < 0.1:  # the next line of the file
+            record_id, row, incs = out[-1]
+            out.append((record_id, [*row[: COL["line"]], k + 1, *row[COL["line"] + 1 :]], incs))
+            continue
+        client, host = f"10.0.0.{rng.randrange(4)}", rng.choice(["api.openai.com", "api.x.ai"])
+        day = rng.randrange(2)
+        row = observation_values(
+            ts=DAY_TS + day * 86400 + rng.randrange(5) * 3600 + k, day=f"2026-11-{27 + day}",
+            source=f"{rng.choice('ab')}.log", line=k + 1, client_ip=client,
+            user=rng.choice([None, "alice"]), dest_host=host, provider="p",
+            bytes_in=rng.choice([None, 100]), bytes_out=rng.choice([None, 7]),
+            outcome=rng.choice(["allowed", "blocked"]),
+        )  # fmt: skip
+        incs = [
+            {"id": f"{rule}-{client}-{host}-{day}", "rule": rule, "severity": "high",
+             "title": "t", "provider": "p", "dest_host": host, "client_ip": client,
+             "day": row[COL["day"]], "facts": {"request.host": host} if rule == "r1" else None}
+            for rule in ("r1", "r2")[: rng.randrange(3)]
+        ]  # fmt: skip
+        row[COL["id"]] = observation_id(f"rec{k}", 0)
+        out.append((f"rec{k}", row, incs))
+    return out
+
+
+def _one_at_a_time(store: Store, records: list) -> list[tuple[int, int, int]]:
+    seen, results = scanner.Occurrences(), []
+    for record_id, row, incs in records:
+        row = list(row)
+        row[COL["scan_id"]] = 1
+        nth = seen.next(record_id, row[COL["ts"]])
+        if nth:
+            row[COL["id"]] = observation_id(record_id, nth)
+        r = store.ingest(1, [(row, incs)])
+        results.append((r.stored, r.duplicates, r.expired))
+    return [tuple(map(sum, zip(*results, strict=True)))]
+
+
+def _batched(store: Store, records: list, size: int, per_tx: int) -> list[tuple[int, int, int]]:
+    seen, batches = scanner.Occurrences(), []
+    for start in range(0, len(records), size):
+        batch = Batch.of([(r, list(row), incs) for r, row, incs in records[start : start + size]])
+        batch.set_scan(1)
+        for i, nth in seen.repeated(batch):
+            batch.columns[ROW_ID][i] = observation_id(batch.record_ids[i], nth)
+        batches.append(batch)
+    results = [
+        store.ingest_batches(1, batches[k : k + per_tx]) for k in range(0, len(batches), per_tx)
+    ]
+    return [tuple(sum(getattr(r, f) for r in results) for f in ("stored", "duplicates", "expired"))]
+
+
+def _tables(store: Store) -> dict[str, list]:
+    names = ("obs_rows", "obs_contexts", "obs_clients", "hit_links", "incident_rows",
+             "incident_facts", "findings")  # fmt: skip
+    return {t: store.db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in names}  # noqa: S608
+
+
+def test_batches_store_what_records_one_at_a_time_store(tmp_path):
+    """A file with identical records (each a request of its own), a second overlapping it
+    (stored already, within one transaction too) and, after a prune, a re-read of the pruned days: every table is the
+    one storing each record in a transaction of its own makes, and so are the counts."""
+    records = _records(500, random.Random(15))
+    one, many = Store(tmp_path / "one.db"), Store(tmp_path / "many.db")
+    for store in (one, many):
+        store.start_scan([], {})
+    counts = _one_at_a_time(one, records)
+    assert _batched(many, records, 37, 3) == counts
+    assert counts == [(len(records), 0, 0)] and _tables(many) == _tables(one)  # repeats count
+
+    overlap = records[100:160] + records[150:170]  # the second copies are new requests
+    counts = _one_at_a_time(one, overlap)
+    assert _batched(many, overlap, 30, 2) == counts and counts[0][1] >= 60
+    assert _tables(many) == _tables(one)
+
+    for store in (one, many):
+        store.prune("2026-11-28")
+    counts = _one_at_a_time(one, records[:80])
+    assert _batched(many, records[:80], 25, 2) == counts
+    assert counts[0][0] == 0 and counts[0][2] > 0 and counts[0][1] > 0
+    assert _tables(many) == _tables(one)
+
+
+def test_repeated_numbers_records_as_next_does():
+    """:meth:`Occurrences.repeated` over a batch is :meth:`Occurrences.next` record by
+    record: runs of one hour, hours going back, identical records within and across runs."""
+    rng = random.Random(3)
+    ts = [3600.0 * h + rng.random() for h in (5, 5, 5, 6, 6, 2, 2, 9, 9, 9, 5, 10, 11, 12)]
+    items = []
+    for k, t in enumerate(ts * 3):
+        record_id = rng.choice(["a", "b", f"u{k}"])
+        items.append((record_id, observation_values(id=k, ts=t, line=k, day="x"), []))
+    expected, seen = [], scanner.Occurrences()
+    for record_id, row, _ in items:
+        expected.append(seen.next(record_id, row[COL["ts"]]))
+    got = [0] * len(items)
+    numbering = scanner.Occurrences()
+    for start in range(0, len(items), 10):
+        batch = Batch.of(items[start : start + 10])
+        for i, nth in numbering.repeated(batch):
+            got[start + i] = nth
+    assert got == expected and any(expected)
+    assert numbering._hours.keys() == seen._hours.keys()
