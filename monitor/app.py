@@ -8,26 +8,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from monitor.alerts import Delivery, Dispatcher
-from monitor.catalog import Catalog, bundled_catalog
-from monitor.collectors import CollectOptions
-from monitor.config import Config, ConfigError, default_config_path, load_config
-from monitor.correlate import CorrelationResult, correlate
-from monitor.egress import EgressOptions, contradictions
-from monitor.geo import GeoResolver, GeoSource
-from monitor.pipeline import Pipeline, ScanSummary
-from monitor.policy import Pack, RuleSet, default_packs, load_packs, with_packs
-from monitor.privacy import PrivacyError, Pseudonymizer, privacy_mode
 from monitor.resources import geodata_dir, rules_dir
-from monitor.scanner import Scanner
-from monitor.store import Store, StoreError, database_problem
+
+if TYPE_CHECKING:  # the parts load when first used: `parse` never imports the store
+    from monitor.alerts import Delivery, Dispatcher
+    from monitor.catalog import Catalog
+    from monitor.collectors import CollectOptions
+    from monitor.config import Config
+    from monitor.correlate import CorrelationResult
+    from monitor.egress import EgressOptions
+    from monitor.geo import GeoResolver, GeoSource
+    from monitor.pipeline import Pipeline, ScanSummary
+    from monitor.policy import Pack, RuleSet
+    from monitor.privacy import Pseudonymizer
+    from monitor.store import Store
 
 STALE_GEODATA_DAYS = 183
 
@@ -43,6 +44,8 @@ def _file_digest(path: str) -> str | None:
 
 def check_residency_config(config: Config, catalog: Catalog) -> None:
     """Residency settings name zones and Azure regions that ``rules/residency.yaml`` knows."""
+    from monitor.config import ConfigError
+
     where = str(config.path) if config.path else "config"
     tables = catalog.residency
     requirements = [("organisation.data_residency", config.data_residency)]
@@ -96,6 +99,11 @@ class Recipe:
 
 def build_pipeline(recipe: Recipe) -> Pipeline:
     """The pipeline a :class:`Recipe` describes, on whatever machine runs this."""
+    from monitor.geo import GeoResolver
+    from monitor.pipeline import Pipeline
+    from monitor.policy import RuleSet, load_packs, with_packs
+    from monitor.privacy import Pseudonymizer
+
     geo = GeoResolver(
         [Path(p) for p in recipe.geo_databases],
         [Path(p) for p in recipe.geo_overrides],
@@ -130,12 +138,16 @@ class App:
 
     @cached_property
     def config(self) -> Config:
+        from monitor.config import default_config_path, load_config
+
         return load_config(self.settings.config or default_config_path())
 
     @cached_property
     def catalog(self) -> Catalog:
         """The bundled catalogue, plus the organisation's overlays (``[catalog] extra``);
         checked against the configuration's residency and entity settings."""
+        from monitor.catalog import Catalog, bundled_catalog
+
         extra = self.config.catalog_extra
         catalog = Catalog.load(extra=extra) if extra else bundled_catalog()
         check_residency_config(self.config, catalog)
@@ -143,15 +155,21 @@ class App:
 
     @cached_property
     def packs(self) -> dict[str, Pack]:
+        from monitor.policy import load_packs
+
         return load_packs(rules_dir() / "packs")
 
     @property
     def packs_on(self) -> tuple[str, ...]:
         """``[organisation] packs``, else the packs that are on by default."""
+        from monitor.policy import default_packs
+
         return self.config.packs if self.config.packs is not None else default_packs(self.packs)
 
     @cached_property
     def geo(self) -> GeoResolver:
+        from monitor.geo import GeoResolver
+
         cfg = self.config
         return GeoResolver.from_env(
             databases=self.settings.geoip,
@@ -169,6 +187,8 @@ class App:
 
     @cached_property
     def rules(self) -> RuleSet:
+        from monitor.policy import RuleSet, with_packs
+
         return with_packs(RuleSet.load(self.rule_paths), self.packs, self.packs_on)
 
     @property
@@ -177,6 +197,8 @@ class App:
 
     @cached_property
     def store(self) -> Store:
+        from monitor.store import Store
+
         readonly = self.read_only and self.db_path.exists()  # none yet: an empty one
         store = Store(self.db_path, readonly=readonly)
         if readonly:  # queries: nothing is stored, no outbox to fill
@@ -188,10 +210,14 @@ class App:
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
+        from monitor.alerts import Dispatcher
+
         return Dispatcher(self.store, self.config.alerts)
 
     def deliver_alerts(self) -> Delivery:
         """Send what the outbox holds to the configured sinks (one attempt each)."""
+        from monitor.alerts import Delivery
+
         if not self.config.alerts:
             return Delivery()
         return self.dispatcher.deliver()
@@ -199,6 +225,8 @@ class App:
     def pipeline(
         self, egress: EgressOptions, collect: CollectOptions, pseudonymize: bool = False
     ) -> Pipeline:
+        from monitor.pipeline import Pipeline
+
         return Pipeline(
             self.catalog,
             self.geo,
@@ -212,6 +240,8 @@ class App:
     def pseudonymizer(self, wanted: bool = False) -> Pseudonymizer | None:
         """On with ``--pseudonymize`` or config ``[privacy] pseudonymize``; the key comes from
         the config, else ``$APIWATCH_PSEUDONYMIZE_KEY``."""
+        from monitor.privacy import Pseudonymizer
+
         key = self._pseudonymize_key(wanted)
         return None if key is None else Pseudonymizer(key)
 
@@ -220,6 +250,8 @@ class App:
             return None
         key = self.config.privacy_key or os.environ.get("APIWATCH_PSEUDONYMIZE_KEY")
         if not key:
+            from monitor.privacy import PrivacyError
+
             raise PrivacyError(
                 "pseudonymisation needs a key: [privacy] key or key_file in the config, "
                 "or APIWATCH_PSEUDONYMIZE_KEY"
@@ -260,6 +292,13 @@ class App:
         :meth:`ScanSummary.exit_code`); returns its id and summary. With ``cluster`` (a Dask
         scheduler address) the inputs are parsed by the cluster's workers
         (:mod:`monitor.cluster`) and stored here."""
+        import sqlite3
+
+        from monitor.egress import contradictions
+        from monitor.privacy import privacy_mode
+        from monitor.scanner import Scanner
+        from monitor.store import StoreError, database_problem
+
         pipeline = self.pipeline(egress, collect, pseudonymize)  # validates before writing
         options = {
             "egress": asdict(egress),
@@ -322,6 +361,8 @@ class App:
     def correlate(self, scan_ids: list[int], days: list[str] | None = None) -> CorrelationResult:
         """The correlation rules (egress-hopping) over the days these scans stored (or
         ``days``): run after each scan and after re-evaluation, and by ``watch``."""
+        from monitor.correlate import correlate
+
         return correlate(self.store, self.catalog, self.rules, scan_ids, days)
 
     def settings_digest(self) -> str:

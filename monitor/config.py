@@ -60,7 +60,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import string
-import tomllib
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -219,6 +218,8 @@ def load_config(path: Path | str | None) -> Config:
     """Read and validate a config file; ``None`` gives the empty configuration."""
     if path is None:
         return Config()
+    import tomllib  # only with a config file to read
+
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

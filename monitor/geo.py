@@ -31,7 +31,6 @@ import hashlib
 import io
 import ipaddress
 import json
-import logging
 import lzma
 import os
 import re
@@ -42,15 +41,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import geoip2.database
-import geoip2.errors
-import maxminddb
-import maxminddb.errors
+from typing import TYPE_CHECKING, Any
 
 from monitor.errors import ApiwatchError
 from monitor.resources import cache_dir, geodata_dir
+
+if TYPE_CHECKING:  # maxminddb loads with the first database opened, geoip2 for its models only
+    import geoip2.database
+    import maxminddb
 
 __all__ = [
     "CACHE_SIZE",
@@ -66,7 +64,13 @@ __all__ = [
     "load_overrides",
 ]
 
-log = logging.getLogger(__name__)
+
+def _log():
+    """This module's logger (logging loads only when there is something to say)."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 #: Every value ``GeoAnswer.scope`` can take. Only "public" addresses reach a database.
 SCOPES = (
@@ -412,7 +416,7 @@ def _date(epoch: int | None) -> str | None:
 class _Database:
     """One open MMDB, with its dispatch decided once."""
 
-    __slots__ = ("caps", "info", "ip_version", "label", "method", "raw", "reader")
+    __slots__ = ("_model", "caps", "info", "ip_version", "label", "method", "path", "raw")
 
     def __init__(
         self,
@@ -425,17 +429,24 @@ class _Database:
         build_date: str | None = None,
         display_path: str | None = None,
     ):
+        import maxminddb
+        from maxminddb.errors import InvalidDatabaseError
+
+        self.path = path
+        self._model: geoip2.database.Reader | None = None
         try:
-            if fileobj is not None:
-                self.reader = geoip2.database.Reader(fileobj, mode=maxminddb.MODE_FD)
-            else:
-                self.reader = geoip2.database.Reader(str(path), mode=maxminddb.MODE_AUTO)
+            if fileobj is not None:  # read into memory once: geoip2's reader holds it
+                import geoip2.database
+
+                self._model = geoip2.database.Reader(fileobj, mode=maxminddb.MODE_FD)
+                self.raw = self._model._db_reader
+            else:  # what geoip2.database.Reader opens; geoip2 loads if its models are asked for
+                self.raw = maxminddb.open_database(str(path), maxminddb.MODE_AUTO)
         except FileNotFoundError:
             raise GeoError(f"{path}: GeoIP database not found") from None
-        except (OSError, ValueError, maxminddb.errors.InvalidDatabaseError) as exc:
+        except (OSError, ValueError, InvalidDatabaseError) as exc:
             raise GeoError(f"{path}: not a readable MaxMind DB file: {exc}") from None
-        self.raw = self.reader._db_reader
-        md = self.reader.metadata()
+        md = self.raw.metadata()
         self.ip_version = md.ip_version
         self.method, self.caps = _dispatch(md.database_type)
         if self.method == "raw":
@@ -450,14 +461,26 @@ class _Database:
             origin=origin,
         )
 
+    @property
+    def reader(self) -> geoip2.database.Reader:
+        """geoip2's reader of this file, opened when first asked for."""
+        if self._model is None:
+            import geoip2.database
+            import maxminddb
+
+            self._model = geoip2.database.Reader(str(self.path), mode=maxminddb.MODE_AUTO)
+        return self._model
+
     # -- model path: geoip2's own objects (slower: builds a model per lookup)
     def model_get(self, ip: str, n: int = 0, v6: bool = False):
         """(country, asn, org, network) via the geoip2 method this database type calls for."""
-        r = self.reader
+        from geoip2.errors import AddressNotFoundError
+
         m = self.method
+        if m == "raw":
+            return self.raw_get(ip, n, v6)
+        r = self.reader
         try:
-            if m == "raw":
-                return self.raw_get(ip, n, v6)
             if m in ("country", "city", "enterprise"):
                 model = getattr(r, m)(ip)
                 cc = model.country.iso_code
@@ -471,7 +494,7 @@ class _Database:
             if org is None and m == "isp":
                 org = model.isp or model.organization
             return None, model.autonomous_system_number, org, str(model.network)
-        except geoip2.errors.AddressNotFoundError:
+        except AddressNotFoundError:
             return None, None, None, None
 
     # -- raw path: the dict straight from the C extension (same answers, several times faster)
@@ -485,7 +508,9 @@ class _Database:
         return cc, asn, org, (_network(n, plen, v6) if cc is not None else None)
 
     def close(self) -> None:
-        self.reader.close()
+        self.raw.close()
+        if self._model is not None and self._model._db_reader is not self.raw:
+            self._model.close()
 
 
 # --------------------------------------------------------------------------- embedded data
@@ -525,9 +550,10 @@ def _decompress_to(xz: Path, target: Path) -> None:
         raise
 
 
-def _materialise(xz: Path, stem: str) -> Path | io.BytesIO:
-    """The decompressed MMDB for ``xz``: a cached file, or (no writable dir) an in-memory copy."""
-    digest = _sha256(xz)[:16]
+def _materialise(xz: Path, stem: str, sha256: str | None = None) -> Path | io.BytesIO:
+    """The decompressed MMDB for ``xz``: a cached file, or (no writable dir) an in-memory copy.
+    ``sha256``: the xz's digest as the manifest records it (else it is computed: ~5 ms)."""
+    digest = (sha256 or _sha256(xz))[:16]
     bases: list[Any] = [cache_dir, _private_tmp]
     for base in bases:
         try:
@@ -541,8 +567,8 @@ def _materialise(xz: Path, stem: str) -> Path | io.BytesIO:
                         old.unlink(missing_ok=True)
             return target
         except OSError as exc:
-            log.debug("geodata cache %s unusable: %s", base, exc)
-    log.warning("no writable cache directory; decompressing %s into memory", xz.name)
+            _log().debug("geodata cache %s unusable: %s", base, exc)
+    _log().warning("no writable cache directory; decompressing %s into memory", xz.name)
     with lzma.open(xz) as src:
         return io.BytesIO(src.read())
 
@@ -552,7 +578,7 @@ def _manifest(directory: Path | None = None) -> dict[str, Any]:
         d = directory or geodata_dir()
         return json.loads((d / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, FileNotFoundError) as exc:
-        log.warning("embedded geodata manifest unreadable: %s", exc)
+        _log().warning("embedded geodata manifest unreadable: %s", exc)
         return {}
 
 
@@ -584,10 +610,18 @@ class _Embedded:
             origin="embedded",
         )
 
+    def _recorded_sha256(self) -> str | None:
+        """The manifest's digest of the xz, if the file is still the size it records."""
+        try:
+            same = self.xz.stat().st_size == self.entry.get("xz_size")
+        except OSError:
+            return None
+        return self.entry.get("xz_sha256") if same else None
+
     def open(self) -> _Database | None:
         if self.db is None and not self.failed:
             for attempt in (1, 2):
-                target = _materialise(self.xz, self.stem)
+                target = _materialise(self.xz, self.stem, self._recorded_sha256())
                 try:
                     self.db = _Database(
                         None if isinstance(target, io.BytesIO) else target,
@@ -603,7 +637,7 @@ class _Embedded:
                     if attempt == 1 and isinstance(target, Path):
                         target.unlink(missing_ok=True)  # damaged cache file: decompress again
                         continue
-                    log.warning("embedded database %s unusable: %s", self.xz, exc)
+                    _log().warning("embedded database %s unusable: %s", self.xz, exc)
                     self.failed = True
         return self.db
 
@@ -741,7 +775,7 @@ class GeoResolver:
         except GeoError:
             if explicit:
                 raise
-            log.warning("skipping unreadable GeoIP database %s", path)
+            _log().warning("skipping unreadable GeoIP database %s", path)
             return
         if not db.caps:
             db.close()
@@ -749,7 +783,7 @@ class GeoResolver:
                 raise GeoError(
                     f"{path}: database type {db.info.database_type!r} has no country or ASN data"
                 )
-            log.info("skipping %s (%s): no country or ASN data", path, db.info.database_type)
+            _log().info("skipping %s (%s): no country or ASN data", path, db.info.database_type)
             return
         self._dbs.append(db)
 
@@ -790,11 +824,14 @@ class GeoResolver:
 
     @staticmethod
     def _has_geo_data(path: Path) -> bool:
+        import maxminddb
+        from maxminddb.errors import InvalidDatabaseError
+
         try:
             with maxminddb.open_database(str(path)) as r:
                 method, caps = _dispatch(r.metadata().database_type)
                 return bool(caps or _probe_capabilities(r))
-        except (OSError, ValueError, maxminddb.errors.InvalidDatabaseError):
+        except (OSError, ValueError, InvalidDatabaseError):
             return True  # let the real open report the error with the file name
 
     # ---- lookups
@@ -885,8 +922,12 @@ class GeoResolver:
             return getattr(db, method)(ip, n, v6)
         except ValueError:  # e.g. an IPv6 address in an IPv4-only file
             return _NONE4
-        except maxminddb.errors.InvalidDatabaseError as exc:
-            raise GeoError(f"{db.info.path}: corrupt MaxMind DB: {exc}") from None
+        except Exception as exc:
+            from maxminddb.errors import InvalidDatabaseError  # loaded: a database is open
+
+            if isinstance(exc, InvalidDatabaseError):
+                raise GeoError(f"{db.info.path}: corrupt MaxMind DB: {exc}") from None
+            raise
 
     def cache_info(self):
         return self._cached.cache_info()

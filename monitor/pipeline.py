@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor import __version__
 from monitor.catalog import Catalog, Match, Provider
@@ -32,7 +32,9 @@ from monitor.observation import Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
 from monitor.rows import COL, compiled, observation_row, row_builder
-from monitor.store import IngestResult
+
+if TYPE_CHECKING:
+    from monitor.store import IngestResult
 
 ID = COL["id"]
 

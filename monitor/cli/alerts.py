@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
-from monitor.app import App
 from monitor.cli.base import EXIT_ERROR, Fatal, app_of, guard, main, report_delivery
-from monitor.events import sample_event
 from monitor.output import safe_text
-from monitor.sinks import SinkError
+
+if TYPE_CHECKING:
+    from monitor.app import App
 
 
 def _specs(app: App, name: str | None):
@@ -96,6 +97,9 @@ def alerts_test(ctx, name):
     apiwatch alerts test
     apiwatch alerts test --sink slack-oncall
     """
+    from monitor.events import sample_event
+    from monitor.sinks import SinkError
+
     app = app_of(ctx)
     failed = False
     for spec in _specs(app, name):

@@ -8,23 +8,22 @@ and register themselves on :data:`main`; nothing here imports them.
 from __future__ import annotations
 
 import functools
-import sqlite3
+import sys
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from monitor import __version__
-from monitor.alerts import Delivery
-from monitor.app import App, Settings
-from monitor.collectors import FORMATS, CollectOptions, Diagnostics
-from monitor.collectors.base import MAX_PROBLEMS_KEPT
-from monitor.countries import is_country_code
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, ApiwatchError
-from monitor.observation import canonical_ip
 from monitor.output import safe_text
-from monitor.store import database_problem
-from monitor.timespec import parse_when
+
+if TYPE_CHECKING:  # commands import what they use in their bodies: start-up stays short
+    from monitor.alerts import Delivery
+    from monitor.app import App
+    from monitor.collectors import CollectOptions, Diagnostics
 
 __all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "FATAL", "Fatal", "main"]
 
@@ -50,7 +49,13 @@ def guard(fn):
             return fn(*args, **kwargs)
         except FATAL as exc:
             raise Fatal(str(exc)) from exc
-        except sqlite3.DatabaseError as exc:
+        except Exception as exc:
+            sqlite3 = sys.modules.get("sqlite3")  # loaded by whatever raised it (`parse` never)
+            if sqlite3 is None or not isinstance(exc, sqlite3.DatabaseError):
+                raise
+            from monitor.app import App
+            from monitor.store import database_problem
+
             app = click.get_current_context().find_object(App)
             where = app.db_path if app is not None else Path("database")
             raise Fatal(database_problem(where, exc)) from exc
@@ -147,6 +152,8 @@ def main(ctx: click.Context, db, config, geoip, geo_overrides, rules) -> None:
     apiwatch incidents --since 7d --severity high
     apiwatch show 3f9a0c1d
     """
+    from monitor.app import App, Settings
+
     ctx.obj = App(
         Settings(
             db=db,
@@ -165,6 +172,8 @@ def collect_options(
     columns: str | None = None,
     mapping: str | None = None,
 ) -> CollectOptions:
+    from monitor.collectors import CollectOptions
+
     if (columns or mapping) and fmt == "auto":
         fmt = "mapped"
     options = CollectOptions(
@@ -180,10 +189,29 @@ def collect_options(
     return options
 
 
+class LazyChoice(click.Choice):
+    """A :class:`click.Choice` whose choices are computed when first needed (the collectors
+    load only for a command that reads input)."""
+
+    def __init__(self, choices: Callable[[], Iterable[str]]):
+        self._choices = choices
+        self.case_sensitive = True
+
+    @functools.cached_property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._choices())
+
+
+def _format_names() -> list[str]:
+    from monitor.collectors import FORMATS
+
+    return ["auto", *FORMATS]
+
+
 format_option = click.option(
     "--format",
     "fmt",
-    type=click.Choice(["auto", *FORMATS]),
+    type=LazyChoice(_format_names),
     default="auto",
     show_default=True,
     help="Input format; auto recognises every format but squid-custom and mapped from the first lines.",
@@ -251,6 +279,8 @@ class NullFile:
 def ip_value(value):
     if value is None:
         return None
+    from monitor.observation import canonical_ip
+
     ip = canonical_ip(value)
     if ip is None:
         raise click.BadParameter(f"{value!r} is not an IP address")
@@ -260,6 +290,8 @@ def ip_value(value):
 def country_value(value):
     if value is None:
         return None
+    from monitor.countries import is_country_code
+
     if not is_country_code(value.upper()):
         raise click.BadParameter(f"{value!r} is not an ISO 3166-1 alpha-2 country code")
     return value.upper()
@@ -277,6 +309,8 @@ def warn_stale(app: App) -> None:
 def print_problems(diag: Diagnostics, stored: bool, limit: int = 20) -> None:
     """Problems on stderr; ``stored``: the scan kept them in ``scan_problems`` (parse keeps
     nothing)."""
+    from monitor.collectors.base import MAX_PROBLEMS_KEPT
+
     for p in diag.file_errors:
         click.echo(f"error: {safe_text(str(p), None)}", err=True)
     for p in diag.notices[:limit]:
@@ -305,6 +339,8 @@ def report_delivery(delivery: Delivery) -> None:
 def when(_ctx, _param, value):
     if value is None:
         return None
+    from monitor.timespec import parse_when
+
     try:
         return parse_when(value)
     except ValueError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,14 +25,18 @@ from monitor.cli.base import (
     report_delivery,
     spreadsheet_safe_option,
 )
-from monitor.collectors import Diagnostics, InputError, note_misread
-from monitor.egress import EgressOptions
-from monitor.observation import OBSERVATION_FIELDS
 from monitor.output import json_text, safe_text, write_rows
-from monitor.pipeline import ScanSummary
 from monitor.policy import SEVERITIES
 
-PARSE_COLUMNS = [*(f for f in OBSERVATION_FIELDS if f != "record_id"), "provider", "provider_kind"]
+if TYPE_CHECKING:
+    from monitor.pipeline import ScanSummary
+
+
+def parse_columns() -> list[str]:
+    """The columns ``parse --csv`` writes."""
+    from monitor.observation import OBSERVATION_FIELDS
+
+    return [*(f for f in OBSERVATION_FIELDS if f != "record_id"), "provider", "provider_kind"]
 
 
 @main.command()
@@ -108,6 +113,8 @@ def scan(
     apiwatch scan span-port.pcapng /var/log/zeek/2026-11-27/ --site hongkong
     apiwatch scan --cluster tcp://10.0.0.5:8786 /shared/squid/access.log.*.gz
     """
+    from monitor.egress import EgressOptions
+
     app = app_of(ctx)
     egress = EgressOptions(egress_ip=egress_ip, egress_country=egress_country, site=site)
     check_site(app, site)
@@ -182,6 +189,9 @@ def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spr
     apiwatch parse access.log --json | jq -r 'select(.provider) | .dest_host'
     apiwatch parse --format squid-common access.log --csv > flows.csv
     """
+    from monitor.collectors import Diagnostics, InputError, note_misread
+    from monitor.egress import EgressOptions
+
     app = app_of(ctx)
     out = out or ("table" if sys.stdout.isatty() else "json")
     pipeline = app.pipeline(
@@ -206,7 +216,7 @@ def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spr
         write_rows(
             rows(),
             out,
-            PARSE_COLUMNS,
+            parse_columns(),
             sys.stdout,
             [
                 "ts",

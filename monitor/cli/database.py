@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import click
 
 from monitor.cli.base import EXIT_ERROR, app_of, guard, main
-from monitor.store import StoreError
-from monitor.timespec import parse_when
 
 
 @main.group("db")
@@ -33,6 +30,10 @@ def db_check(ctx, as_json):
     apiwatch db check
     apiwatch --db /var/lib/apiwatch/apiwatch.db db check --json
     """
+    import sqlite3
+
+    from monitor.store import StoreError
+
     app = app_of(ctx).for_reading()
     try:
         report = app.store.check()
@@ -72,6 +73,8 @@ def db_prune(ctx, keep, as_json):
     \b
     apiwatch db prune --keep 90d
     """
+    from monitor.timespec import parse_when
+
     try:
         before = parse_when(keep)[:10]
     except ValueError as exc:

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import click
 
-from monitor.cli.base import EXIT_FINDINGS, app_of, country_value, guard, main
-from monitor.export import DEFAULT_SEVERITY, FORMATS, ExportError, Selection, diff, select
-from monitor.export.diff import selection_of
+from monitor.cli.base import EXIT_FINDINGS, LazyChoice, app_of, country_value, guard, main
 from monitor.policy import SEVERITIES
+
+
+def _formats() -> list[str]:
+    from monitor.export import FORMATS  # the exporters load for `export` only
+
+    return list(FORMATS)
 
 
 def _country(_ctx, _param, value):
@@ -25,6 +29,8 @@ def _list(_ctx, _param, values):
 
 
 def _read(path: Path) -> str:
+    from monitor.export import ExportError
+
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -38,11 +44,13 @@ def _write(text: str, output: Path | None) -> None:
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
+        from monitor.export import ExportError
+
         raise ExportError(f"{output}: cannot write: {exc.strerror or exc}") from None
 
 
 @main.command("export")
-@click.argument("fmt", metavar="[FORMAT]", required=False, type=click.Choice(list(FORMATS)))
+@click.argument("fmt", metavar="[FORMAT]", required=False, type=LazyChoice(_formats))
 @click.option(
     "--site", metavar="NAME", help="Site from the config: its egress country decides (as in scan)."
 )
@@ -60,8 +68,8 @@ def _write(text: str, output: Path | None) -> None:
               help="Select by these rules (repeatable) instead of every rule in force at or "
               "above --severity.")  # fmt: skip
 @click.option("--severity", type=click.Choice(SEVERITIES),
-              help=f"Lowest severity of the rules in force that select hosts [default: "
-              f"{DEFAULT_SEVERITY}].")  # fmt: skip
+              help="Lowest severity of the rules in force that select hosts "
+              "[default: high].")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the export here instead of standard output.")  # fmt: skip
 @click.option("--diff", "old", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -84,6 +92,9 @@ def export_cmd(ctx, fmt, site, country, provider, kind, rule, severity, output, 
     apiwatch export json --provider deepseek --kind api,consumer
     apiwatch export --diff /etc/squid/conf.d/apiwatch.conf   # for the change ticket
     """
+    from monitor.export import FORMATS, ExportError, Selection, diff, select
+    from monitor.export.diff import selection_of
+
     app = app_of(ctx)
     old_text = _read(old) if old else None
     if fmt is None:

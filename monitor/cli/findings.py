@@ -19,7 +19,6 @@ from monitor.cli.base import (
     main,
     query_of,
 )
-from monitor.findings import FINDING_FIELDS
 from monitor.output import write_rows
 
 
@@ -54,6 +53,8 @@ def findings_cmd(ctx, limit, out, spreadsheet_safe, **filters):
     apiwatch findings --site shanghai --user alice --json | jq -r .id
     apiwatch show F-3a9c01d2e4f5
     """
+    from monitor.findings import FINDING_FIELDS
+
     app = app_of(ctx)
     if writable(app.db_path):  # exceptions that ran out show as such (with their event)
         app.apply_exceptions()

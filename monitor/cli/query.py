@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,13 +20,19 @@ from monitor.cli.base import (
     warn_stale,
 )
 from monitor.findings import is_finding_id
-from monitor.observation import canonical_ip
 from monitor.output import json_text, safe_text, write_json_lines, write_rows
-from monitor.store import INCIDENT_COLUMNS as STORED_INCIDENT_COLUMNS
-from monitor.store import FindingQuery
 
-#: incident fields in output order (the store's columns without its internal ones)
-INCIDENT_COLUMNS = [c for c in STORED_INCIDENT_COLUMNS if c not in ("severity_rank", "title")]
+if TYPE_CHECKING:
+    from monitor.store import FindingQuery
+
+
+def incident_columns() -> list[str]:
+    """Incident fields in output order (the store's columns without its internal ones)."""
+    from monitor.store import INCIDENT_COLUMNS
+
+    return [c for c in INCIDENT_COLUMNS if c not in ("severity_rank", "title")]
+
+
 INCIDENT_TABLE = [
     "id",
     "severity",
@@ -66,7 +73,7 @@ def incidents(ctx, finding, limit, out, spreadsheet_safe, **filters):
     except KeyError as exc:
         raise Fatal(exc.args[0]) from None
     n = write_rows(
-        rows, out or "table", INCIDENT_COLUMNS, sys.stdout, INCIDENT_TABLE, spreadsheet_safe
+        rows, out or "table", incident_columns(), sys.stdout, INCIDENT_TABLE, spreadsheet_safe
     )
     if n == 0:
         unknown_filter_values(app, q)
@@ -275,6 +282,8 @@ def geo(ctx, ips, as_json, list_sources):
         warn_stale(app_of(ctx))
         write_rows(rows, "json" if as_json else "table", list(rows[0]) if rows else [], sys.stdout)
         return
+    from monitor.observation import canonical_ip
+
     bad = [ip for ip in ips if canonical_ip(ip) is None]
     if bad:
         raise click.BadParameter(f"not an IP address: {', '.join(bad)}", param_hint="IP")

@@ -7,10 +7,10 @@ import os
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from monitor.app import App
 from monitor.cli.base import FATAL, Fatal, cidr_value, date_value, guard, main, when
 from monitor.config import (
     REPORT_FORMATS,
@@ -22,6 +22,9 @@ from monitor.config import (
 )
 from monitor.output import json_text, safe_text
 from monitor.policy import SEVERITIES
+
+if TYPE_CHECKING:
+    from monitor.app import App
 
 tz_option = click.option(
     "--tz",
@@ -188,6 +191,7 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, tz, as_json, q
     apiwatch daily --config /etc/apiwatch/config.toml
     apiwatch daily --config apiwatch.toml --fail-on high --json
     """
+    from monitor.app import App
     from monitor.daily import run_daily
 
     app: App = ctx.obj
@@ -253,6 +257,8 @@ def config_check(ctx, path):
     \b
     apiwatch config check /etc/apiwatch/config.toml && echo ok
     """
+    from monitor.app import App
+
     app = App(replace(ctx.obj.settings, config=path))
     ctx.call_on_close(app.close)
     try:

@@ -8,10 +8,10 @@ import os
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
-from monitor.app import App
 from monitor.cli.base import (
     Fatal,
     bulk_filter_options,
@@ -23,6 +23,9 @@ from monitor.cli.base import (
 )
 from monitor.findings import is_finding_id
 from monitor.output import write_rows
+
+if TYPE_CHECKING:
+    from monitor.app import App
 
 
 def _actor(actor: str | None) -> str:

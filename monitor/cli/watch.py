@@ -21,10 +21,6 @@ from monitor.cli.base import (
     main,
     report_delivery,
 )
-from monitor.collectors import CollectOptions
-from monitor.egress import EgressOptions
-from monitor.follow import Followed, Upkeep, WatchTotals, watch
-from monitor.live import LiveCapture
 from monitor.output import safe_text
 
 
@@ -73,6 +69,11 @@ def watch_cmd(ctx, paths, fmt, squid_logformat, columns, mapping, site, egress_i
     apiwatch watch /var/log/squid/access.log --site shanghai --heartbeat 300
     apiwatch watch --interface eth0 --bpf 'tcp port 443 or udp port 443 or port 53' --site sh
     """
+    from monitor.collectors import CollectOptions
+    from monitor.egress import EgressOptions
+    from monitor.follow import Followed, Upkeep, WatchTotals, watch
+    from monitor.live import LiveCapture
+
     app = app_of(ctx)
     check_site(app, site)
     if bpf and not interface:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import tomllib
 from calendar import timegm
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -646,6 +645,8 @@ def load_mapping(path: str) -> Mapping:
         raise MappingError(f"{path}: {exc.strerror or exc}") from exc
     try:
         if p.suffix.lower() == ".toml":
+            import tomllib  # only for a mapping file: every input format loads this module
+
             data = tomllib.loads(raw.decode("utf-8"))
         else:
             import yaml

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from monitor.app import App
-from monitor.collectors import CollectOptions
-from monitor.egress import EgressOptions
 from monitor.export.model import KINDS, Entry, Export, ExportError, Selection
 from monitor.observation import Observation
 from monitor.policy import SEVERITY_RANK, Rule
+
+if TYPE_CHECKING:
+    from monitor.app import App
 
 #: Rules at or above this severity drive the default selection: the ones that say a policy
 #: is broken. Leads (``possible-relay``, ``unknown-region-policy``) and reviews
@@ -65,6 +66,9 @@ def check(app: App, sel: Selection) -> None:
 
 def select(app: App, sel: Selection, now: datetime | None = None) -> Export:
     """Evaluate the selection against the catalogue; entries come in catalogue order."""
+    from monitor.collectors import CollectOptions
+    from monitor.egress import EgressOptions
+
     check(app, sel)
     rules = rules_for(app, sel)
     pipeline = app.pipeline(

@@ -1,0 +1,109 @@
+"""Start-up stays short: each command imports what it uses and nothing more. Checked from the
+modules a real ``python -m monitor`` process has loaded (not from timings, which vary)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from monitor.cli import main
+from tests.conftest import run
+
+ROOT = Path(__file__).resolve().parents[1]
+SQUID_LOG = ROOT / "tests" / "data" / "squid" / "native.log"
+
+#: what no command needs before it runs: the store, alerting, correlation, exports, reports,
+#: live capture, the cluster, and the third-party libraries behind them
+NOT_FOR_HELP = {
+    "monitor.alerts",
+    "monitor.collectors",
+    "monitor.correlate",
+    "monitor.egress",
+    "monitor.export",
+    "monitor.follow",
+    "monitor.geo",
+    "monitor.live",
+    "monitor.pipeline",
+    "monitor.report",
+    "monitor.scanner",
+    "monitor.store",
+    "dask",
+    "distributed",
+    "geoip2",
+    "jinja2",
+    "maxminddb",
+    "pandas",
+    "sqlite3",
+    "sqlite_utils",
+    "yaml",
+}
+
+#: what ``parse`` (which stores nothing, alerts nothing, looks up no address) never loads
+NOT_FOR_PARSE = NOT_FOR_HELP - {"monitor.collectors", "monitor.egress", "monitor.geo",
+                                "monitor.pipeline", "yaml"}  # fmt: skip
+
+#: what ``scan`` never loads: exports, reports, live capture, the cluster, geoip2's models
+NOT_FOR_SCAN = {"monitor.export", "monitor.follow", "monitor.live", "monitor.report",
+                "dask", "distributed", "geoip2", "jinja2", "pandas"}  # fmt: skip
+
+
+def _loaded(args: list[str], tmp_path: Path) -> set[str]:
+    """Modules loaded by ``python -m monitor ARGS`` once it has run (its own process)."""
+    out = tmp_path / "modules.json"
+    code = (
+        "import json, runpy, sys\n"
+        f"sys.argv = ['apiwatch', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('monitor', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (None, 0, 3), exc.code\n"
+        f"open({str(out)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, timeout=120
+    )
+    return set(json.loads(out.read_text()))
+
+
+def _heavy(loaded: set[str], forbidden: set[str]) -> list[str]:
+    return sorted(m for m in loaded if m in forbidden or m.split(".")[0] in forbidden
+                  or any(m.startswith(f + ".") for f in forbidden))  # fmt: skip
+
+
+def test_import_and_help_load_no_command_parts(tmp_path):
+    assert _heavy(_loaded(["--help"], tmp_path), NOT_FOR_HELP) == []
+
+
+def test_parse_loads_neither_store_nor_alerting(tmp_path):
+    loaded = _loaded(["parse", "--json", str(SQUID_LOG)], tmp_path)
+    assert {"monitor.pipeline", "monitor.collectors.squid"} <= loaded  # it did parse
+    assert _heavy(loaded, NOT_FOR_PARSE) == []
+
+
+def test_scan_loads_no_exporters_reports_or_cluster(tmp_path):
+    db = tmp_path / "a.db"
+    args = ["--db", str(db), "scan", str(SQUID_LOG), "--egress-country", "CN", "-q"]
+    loaded = _loaded(args, tmp_path)
+    assert {"monitor.store", "monitor.scanner", "maxminddb"} <= loaded  # it did scan, locate
+    assert _heavy(loaded, NOT_FOR_SCAN) == []
+
+
+def test_help_still_lists_every_command_and_choice():
+    text = run("--help").stdout
+    for name, command in main.commands.items():
+        assert name in text
+        assert command.get_short_help_str(limit=45).split()[0] in text, name
+    scan_help = " ".join(run("scan", "--help").stdout.split())
+    assert "[auto|pcap|" in scan_help  # the --format choices, loaded when first needed
+    assert run("parse", "--format", "nonsense", "x", ok=(2,)).exit_code == 2
+
+
+def test_export_help_names_the_default_severity():
+    from monitor.export import DEFAULT_SEVERITY, FORMATS
+
+    text = " ".join(run("export", "--help").stdout.split())
+    assert f"[default: {DEFAULT_SEVERITY}]" in text
+    refused = run("export", "nonsense", ok=(2,)).stderr  # FORMAT's choices load when needed
+    assert all(name in refused for name in FORMATS)
