@@ -343,6 +343,24 @@ def test_generated_capture_parse_json_is_identical(generated, catalog, fmt, monk
     assert len(obs) > 100 and counts[0] >= 20000 and not problems
 
 
+@pytest.mark.parametrize("cut", ["header", "frame", "odd"])
+def test_records_across_reads(generated, catalog, monkeypatch, cut):
+    """Records cut by the end of a read (in their header, in their frame) are completed
+    from the next one: the same parse, accelerated or not, as from one read of the file."""
+    from monitor.collectors import pcap
+
+    path = generated["pcap"]
+    starts = _starts(path.read_bytes())
+    record = next(p for p in starts if p > MAX_FRAME + 1000)  # (reads start at byte 24)
+    chunk = {"header": record + 8, "frame": record + 16 + 30, "odd": 300_007}[cut] - 24
+    monkeypatch.setattr(pcap, "CHUNK", path.stat().st_size)
+    whole = parse(path, catalog, True, monkeypatch)
+    assert whole[2][0] >= 20000
+    monkeypatch.setattr(pcap, "CHUNK", chunk)
+    assert parse(path, catalog, False, monkeypatch) == whole
+    assert parse(path, catalog, True, monkeypatch) == whole
+
+
 @pytest.mark.parametrize("variant", ["be", "ns", "be-ns"])
 def test_generated_capture_byte_orders_and_resolutions(
     generated, catalog, variant, tmp_path, monkeypatch

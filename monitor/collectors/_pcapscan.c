@@ -40,6 +40,8 @@
 #include <structmember.h>
 #include <stdint.h>
 
+#include "_accel.h"
+
 /* flows.SCAN_VERSION: the interface of scan() (arguments, what it handles); FlowTable uses
  * a module built with another one not at all */
 #define SCAN_VERSION 4
@@ -960,16 +962,11 @@ unchanged:
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(buf, pos, n, pktno, ts, next_linger, big, scale, lt, ifaces, tcp, udp, closing, "
-     "stats) -> "
-     "(pos, pktno, ts): count the run of packets FlowTable.scan's fast path only counts."},
+     "stats) -> (pos, pktno, ts): count the run of packets FlowTable.scan would only count."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_pcapscan",
-    "The pcap collector's hot loop (FlowTable.scan's fast path) in C.", -1, methods,
-    NULL, NULL, NULL, NULL,
-};
+ACCEL_MODULE("_pcapscan", "The pcap collector's hot loop (FlowTable.scan's fast path) in C.");
 
 PyMODINIT_FUNC
 PyInit__pcapscan(void)

@@ -26,6 +26,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_accel.h"
+
 #define FIELDS 10
 
 /* bytes.split() separators (Py_ISSPACE): space and \t \n \v \f \r */
@@ -342,11 +344,8 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_squidscan",
-    "Squid native collector: the host-filter pre-pass and field split in C.", -1, methods,
-    NULL, NULL, NULL, NULL,
-};
+ACCEL_MODULE("_squidscan",
+             "Squid native collector: the host-filter pre-pass and field split in C.");
 
 PyMODINIT_FUNC
 PyInit__squidscan(void)
