@@ -100,13 +100,9 @@ def _distinct(keys: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], l
 def _hour_runs(ts: list[float]) -> list[tuple[int, int]]:
     if not ts:
         return []
+    """Runs of consecutive rows in one UTC hour: (hour, end index), in row order."""
     hours = [int(t // 3600) for t in ts]
-    if hours[0] == hours[-1] and min(hours) == max(hours):
-        return [(hours[0], len(hours))]
-    runs = []
-    for i in range(1, len(hours)):
-        if hours[i] != hours[i - 1]:
-            runs.append((hours[i - 1], i))
+    runs = [(hours[i - 1], i) for i in range(1, len(hours)) if hours[i] != hours[i - 1]]
     runs.append((hours[-1], len(hours)))
     return runs
 
