@@ -238,6 +238,11 @@ def logformat_options(fn):
     return _squid_logformat_option(_columns_option(_mapping_option(fn)))
 
 
+def log_inputs(fn):
+    """What reading logs takes (``scan``, ``watch``): the format, its layout, the egress."""
+    return format_option(logformat_options(egress_options(fn)))
+
+
 def egress_options(fn):
     """``--site``, ``--egress-ip``, ``--egress-country``: where the logs' traffic leaves."""
     fn = click.option(

@@ -16,9 +16,9 @@ from monitor.cli.base import (
     app_of,
     check_site,
     collect_options,
-    egress_options,
     format_option,
     guard,
+    log_inputs,
     logformat_options,
     main,
     print_problems,
@@ -41,9 +41,7 @@ def parse_columns() -> list[str]:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, metavar="FILE…")
-@format_option
-@logformat_options
-@egress_options
+@log_inputs
 @click.option(
     "--fail-on",
     type=click.Choice(SEVERITIES),

@@ -14,10 +14,8 @@ from monitor.cli.base import (
     app_of,
     check_site,
     collect_options,
-    egress_options,
-    format_option,
     guard,
-    logformat_options,
+    log_inputs,
     main,
     report_delivery,
 )
@@ -26,9 +24,7 @@ from monitor.output import safe_text
 
 @main.command("watch")
 @click.argument("paths", nargs=-1, metavar="[FILE…]")
-@format_option
-@logformat_options
-@egress_options
+@log_inputs
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.05, max=60),
