@@ -14,12 +14,12 @@ new (the common case) and works the deltas out again over the rows it did store 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST
+from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 
@@ -34,6 +34,12 @@ CTX_SCAN, CTX_SOURCE, CTX_DAY, CTX_OUTCOME = (
 CONTEXT_OF = itemgetter(*(COL[c] for c in CONTEXT))
 CLIENT_OF = itemgetter(*(COL[c] for c in CLIENT))
 _COLUMN_OF = [itemgetter(COL[c]) for c in ROW_FIELDS]
+#: ``obs -> values``: a record's per-request values but the id (every one an observation
+#: field that pseudonymisation leaves as it is), in ROW_FIELDS order
+request_values: Callable[[Any], tuple[Any, ...]] = compiled(
+    "request_values", "o", f"({''.join(f'o.{COLUMNS[COL[c]].path[4:]}, ' for c in ROW_FIELDS[1:])})"
+)
+assert all(COLUMNS[COL[c]].path == f"obs.{c}" for c in ROW_FIELDS[1:]), "request values"
 
 #: one group: incident rows (shared by the records of one memo key, see
 #: :class:`monitor.pipeline.RecordMemo`) and the indexes of the batch's rows raising them
@@ -61,6 +67,15 @@ class Batch:
         columns = [list(map(get, rows)) for get in _COLUMN_OF]
         contexts, ctx = _distinct(map(CONTEXT_OF, rows))
         clients, client = _distinct(map(CLIENT_OF, rows))
+        return cls.made(columns, contexts, ctx, clients, client, raised, record_ids)
+
+    @classmethod
+    def made(cls, columns: list[list[Any]], contexts: list[tuple[Any, ...]], ctx: list[int],
+             clients: list[tuple[Any, ...]], client: list[int],
+             raised: Sequence[Sequence[dict[str, Any]]],
+             record_ids: Sequence[str | None]) -> Batch:  # fmt: skip
+        """The batch of rows given column by column, with the incident rows each raises
+        (grouped here by identity: records of one memo key share theirs)."""
         grouped: dict[int, Group] = {}
         for i, incs in enumerate(raised):
             if incs:
@@ -87,6 +102,48 @@ class Batch:
         if self.line_base:
             line += self.line_base
         return f"{self.contexts[self.ctx[row]][CTX_SOURCE]}:{line}"
+
+
+class BatchBuilder:
+    """Builds a producer's batches record by record, without a row per record: the
+    caller (:meth:`monitor.pipeline.Pipeline.process`) appends to :meth:`lists` each
+    record's id, :data:`request_values`, (context, client) indexes and incident rows, and
+    finds those indexes per memo key and the context fields the key does not decide: only
+    the first record of each builds its row (:meth:`place`)."""
+
+    def __init__(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        self.ids: list[int] = []
+        self.values: list[tuple[Any, ...]] = []
+        self.places: list[tuple[int, int]] = []
+        self.raised: list[Sequence[dict[str, Any]]] = []
+        self.record_ids: list[str] = []
+        self.slots: dict[tuple[Any, ...], tuple[int, int]] = {}  # the caller's, per batch
+        self._contexts: dict[tuple[Any, ...], int] = {}
+        self._clients: dict[tuple[Any, ...], int] = {}
+
+    def lists(self) -> tuple[list[int], list[tuple[Any, ...]], list[tuple[int, int]],
+                             list[Sequence[dict[str, Any]]], list[str],
+                             dict[tuple[Any, ...], tuple[int, int]]]:  # fmt: skip
+        """ids, request values, places, incident rows, record ids; slots (a place per key)"""
+        return self.ids, self.values, self.places, self.raised, self.record_ids, self.slots
+
+    def place(self, row: Sequence[Any]) -> tuple[int, int]:
+        """The (context, client) indexes of a stored row."""
+        contexts, clients = self._contexts, self._clients
+        return (contexts.setdefault(CONTEXT_OF(row), len(contexts)),
+                clients.setdefault(CLIENT_OF(row), len(clients)))  # fmt: skip
+
+    def batch(self) -> Batch:
+        """The batch of the records appended so far (at least one); starts the next."""
+        columns = [self.ids, *map(list, zip(*self.values, strict=True))]
+        ctx, client = zip(*self.places, strict=True)
+        batch = Batch.made(columns, list(self._contexts), list(ctx), list(self._clients),
+                           list(client), self.raised, self.record_ids)  # fmt: skip
+        self._start()
+        return batch
 
 
 def _distinct(keys: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[int]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -20,6 +21,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from monitor import __version__
+from monitor.batch import Batch, BatchBuilder, request_values
 from monitor.catalog import Catalog, Match, Provider
 from monitor.clients import Signatures, bundled_signatures
 from monitor.collectors import CollectOptions, Diagnostics, collect
@@ -31,7 +33,7 @@ from monitor.ids import finding_id, incident_id, observation_id, observed_record
 from monitor.observation import Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
-from monitor.rows import COL, compiled, observation_row, row_builder
+from monitor.rows import COL, COLUMNS, PER_REQUEST, compiled, observation_row, row_builder
 
 if TYPE_CHECKING:
     from monitor.store import IngestResult
@@ -642,6 +644,8 @@ class Context:
     incidents: list[dict[str, Any]] | None
     evidence: tuple[Callable[[Enriched], Any], ...] = ()
     by_evidence: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
+    #: unique for the run (unlike ``id``, never reused once the memo let go of it)
+    serial: int = field(default_factory=itertools.count().__next__)
 
 
 class RecordMemo:
@@ -674,6 +678,16 @@ class RecordMemo:
         #: a record's stored row from its key's (pseudonymisation changes only fields of
         #: RECORD_READS, which the key holds)
         self.row = row_builder(keyed)
+        #: ``(serial, obs) -> slot``: the context and client of a record's row are those of
+        #: the first record with its key and these values of the fields they read but the
+        #: key does not hold (:meth:`Pipeline.process` builds one row per slot and batch)
+        varying = [
+            c.path[4:]
+            for c in COLUMNS
+            if c.name not in PER_REQUEST and c.path and c.path.startswith("obs.")
+            and c.path[4:] not in keyed
+        ]  # fmt: skip
+        self.slot = compiled("slot", "n, o", f"(n, {''.join(f'o.{f}, ' for f in varying)})")
         #: rule ids whose evidence the key decides (else incident rows are made per record)
         self._evidence_keyed = frozenset(
             r.id for r in rules.rules if obs_reads(r.evidence) <= keyed
@@ -808,19 +822,52 @@ class Pipeline:
                 yield obs, match
 
     def process(
-        self, part: Part, diag: Diagnostics, on_read: Callable[[int], None] | None = None
-    ) -> Iterator[Produced]:
+        self,
+        part: Part,
+        diag: Diagnostics,
+        on_read: Callable[[int], None] | None = None,
+        size: int = 20_000,
+    ) -> Iterator[Batch]:
         """The record path over one part: collect → identify → locate → evaluate → ids →
-        rows, one :data:`Produced` per LLM record. Line numbers are relative to the part and
-        ``scan_id`` is unset: the scanner, which orders parts, fills both, and renumbers the
-        ids of identical records (:func:`monitor.ids.observation_id`)."""
-        return self.records(self.observe(part.path, diag, only_llm=True, on_read=on_read,
-                            fmt=part.fmt, byte_range=part.byte_range, skip=part.skip))  # fmt: skip
+        the store's batches of ``size`` LLM records. Line numbers are relative to the part
+        and ``scan_id`` is unset: the scanner, which orders parts, fills both, and renumbers
+        the ids of identical records (:func:`monitor.ids.observation_id`).
+
+        What :meth:`records` does, inlined and without a row per record: each record's
+        per-request values go straight into the batch's columns, and its context and client
+        are found per memo key and the few context fields the key does not hold (its slot,
+        see :class:`RecordMemo`); this is the loop every LLM record of a scan goes through."""
+        found = self.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
+                             byte_range=part.byte_range, skip=part.skip)  # fmt: skip
+        memo = self.memo
+        key, lookup, context, build, slot_of = memo.key, memo.lookup, memo.get, memo.row, memo.slot
+        incidents_of, values_of = self._incidents, request_values
+        builder = BatchBuilder()
+        ids, values, places, raised, record_ids, slots = builder.lists()
+        for obs, match in found:
+            ctx = lookup(key(obs, match)) or context(obs, match)  # type: ignore[arg-type]
+            incidents = ctx.incidents
+            if incidents is None:
+                incidents = incidents_of(ctx, obs, match)  # type: ignore[arg-type]
+            slot = slot_of(ctx.serial, obs)
+            where = slots.get(slot)
+            if where is None:
+                where = slots[slot] = builder.place(build(obs, ctx.row))
+            record_id = obs.record_id or observed_record_id(obs)
+            ids.append(observation_id(record_id))
+            values.append(values_of(obs))
+            places.append(where)
+            raised.append(incidents)
+            record_ids.append(record_id)
+            if len(ids) >= size:
+                yield builder.batch()
+                ids, values, places, raised, record_ids, slots = builder.lists()
+        if ids:
+            yield builder.batch()
 
     def records(self, found: Iterable[tuple[Observation, Match | None]]) -> Iterator[Produced]:
-        """Stages 3 on over LLM observations with their match: a part's (:meth:`process`)
-        or a live capture's (:mod:`monitor.live`). What :meth:`record` does, inlined: this
-        is the loop every LLM record of a scan goes through."""
+        """Stages 3 on over LLM observations with their match, one :data:`Produced` per
+        record: a live capture's (:mod:`monitor.live`). What :meth:`record` does, inlined."""
         memo = self.memo
         key, lookup, context, build = memo.key, memo.lookup, memo.get, memo.row
         incidents_of = self._incidents
