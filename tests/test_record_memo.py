@@ -10,7 +10,8 @@ import itertools
 import pytest
 
 from monitor.app import App, Settings
-from monitor.collectors import CollectOptions
+from monitor.batch import Batch
+from monitor.collectors import CollectOptions, Diagnostics
 from monitor.egress import Egress, EgressOptions
 from monitor.ids import observation_id, observed_record_id
 from monitor.observation import Observation
@@ -19,11 +20,13 @@ from monitor.pipeline import (
     RECORD_READS,
     Enriched,
     Evaluator,
+    Part,
     Pipeline,
     incident_rows,
     observation_row,
 )
 from monitor.privacy import Pseudonymizer
+from tests.conftest import generated_squid_log
 
 CONFIG = """\
 [organisation]
@@ -205,3 +208,32 @@ def test_records_of_one_key_differ_in_every_field_the_key_does_not_hold(app, pse
         want_row[0] = observation_id(want_id)
         assert (record_id, row, incidents) == (want_id, want_row, want_incidents), obs
     assert len({tuple(row) for _, row, _ in got}) == len(records), "each row its own"
+
+
+@pytest.mark.parametrize("pseudonymize", [False, True])
+def test_process_batches_equal_the_batches_of_the_records_rows(app, tmp_path, pseudonymize):
+    """The scan's record loop builds the store's batches without a row per record (a
+    context and client per memo key and the context fields the key does not hold): they
+    are the batches of the rows :meth:`Pipeline.records` gives, field by field, across
+    batch boundaries, with rules whose evidence the key holds and one whose it does not."""
+    log = tmp_path / "access.log"
+    generated_squid_log(log, "--lines", "20000", "--llm-share", "0.3", "--seed", "5")
+    pseud = Pseudonymizer("k" * 32) if pseudonymize else None
+
+    def pipeline() -> Pipeline:
+        return Pipeline(app.catalog, app.geo, app.rules, app.config,
+                        EgressOptions(egress_country="CN"), CollectOptions(), pseud)  # fmt: skip
+
+    size = 1000
+    fused = list(pipeline().process(Part(str(log)), Diagnostics(), size=size))
+    plain = pipeline()
+    items = list(plain.records(plain.observe(str(log), Diagnostics(), only_llm=True)))
+    want = [Batch.of(items[i : i + size]) for i in range(0, len(items), size)]
+    assert len(items) > 5 * size and len(fused) == len(want)
+    rules = set()
+    for got, expected in zip(fused, want, strict=True):
+        for name in Batch.__slots__:
+            assert getattr(got, name) == getattr(expected, name), name
+        rules |= {inc["rule"] for incs, _ in got.groups for inc in incs}
+    assert {"provider-region-unsupported", "relay-service"} <= rules
+    assert sum(len(b.contexts) for b in fused) < len(items) // 4, "contexts are shared"
