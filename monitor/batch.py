@@ -196,7 +196,10 @@ def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str
                                      "facts": merge_facts(None, facts) if facts else None}  # fmt: skip
                 continue
             samples = d["evidence"]
-            if len(samples) < EVIDENCE_SAMPLES or rows[0] < samples[-1]:
+            if rows[0] > samples[-1]:  # the rows follow the samples: no sort
+                if len(samples) < EVIDENCE_SAMPLES:
+                    samples = samples + rows[: EVIDENCE_SAMPLES - len(samples)]
+            else:
                 samples = sorted({*samples, *rows[:EVIDENCE_SAMPLES]})
             add_delta(d, {"count": count, "blocked": blocked, "bytes_out": sent,
                           "bytes_in": received, "first": first, "last": last}, samples)  # fmt: skip
@@ -254,7 +257,18 @@ def merge_facts(
 
 
 def _fact_key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    """A fact value's sort key (its JSON), remembered for plain values (by type too: 1,
+    1.0 and True are equal keys of a dict but not equal JSON)."""
+    try:
+        return _FACT_KEYS[value.__class__, value]
+    except (KeyError, TypeError):  # not seen yet, or unhashable (a list)
+        key = json.dumps(value, sort_keys=True, default=str)
+        if isinstance(value, (str, int, float)) and len(_FACT_KEYS) < 4096:
+            _FACT_KEYS[value.__class__, value] = key
+        return key
+
+
+_FACT_KEYS: dict[tuple[type, Any], str] = {}
 
 
 def _sum(values: Iterable[int | None]) -> int | None:
