@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -237,3 +238,61 @@ def test_process_batches_equal_the_batches_of_the_records_rows(app, tmp_path, ps
         rules |= {inc["rule"] for incs, _ in got.groups for inc in incs}
     assert {"provider-region-unsupported", "relay-service"} <= rules
     assert sum(len(b.contexts) for b in fused) < len(items) // 4, "contexts are shared"
+
+
+CLIENT_RULE = """\
+id: client-watch
+title: A watched client
+severity: low
+description: Traffic of one client (a rule that reads the client's address).
+when:
+  client.ip: {in: ["10.1.2.3"]}
+"""
+
+
+@pytest.mark.parametrize("pseudonymize", [False, True])
+@pytest.mark.parametrize(
+    ("config", "rule", "shared"),
+    [
+        (CONFIG, None, False),  # an entity by client network: the rules read the client
+        (CONFIG.replace('client_cidrs = ["10.1.2.0/24"]', 'sites = ["sh"]'), None, True),
+        (CONFIG.replace('client_cidrs = ["10.1.2.0/24"]', 'sites = ["sh"]'), CLIENT_RULE, False),
+    ],
+)
+def test_clients_share_enrichment_and_verdicts_unless_the_rules_read_the_client(
+    tmp_path, config, rule, shared, pseudonymize
+):
+    """Records of other clients with the same egress point share their enrichment and rule
+    verdicts (the memo's shared level) unless a rule reads the client; either way each
+    record's row and incident rows (whose ids hold the client) are the stages' own."""
+    cfg = tmp_path / "apiwatch.toml"
+    cfg.write_text(config)
+    rules = ()
+    if rule:
+        (tmp_path / "rules").mkdir()
+        (tmp_path / "rules" / "client.yaml").write_text(rule)
+        rules = (Path(__file__).parent.parent / "rules" / "policies", tmp_path / "rules")
+    app = App(Settings(db=tmp_path / "m.db", config=cfg, rules=rules))
+    pseud = Pseudonymizer("k" * 32) if pseudonymize else None
+    memoised = Pipeline(app.catalog, app.geo, app.rules, app.config, EgressOptions(),
+                        CollectOptions(), pseud)  # fmt: skip
+    plain = Pipeline(app.catalog, app.geo, app.rules, app.config, EgressOptions(),
+                     CollectOptions(), pseud)  # fmt: skip
+    clients = ("10.1.2.3", "10.1.2.4", "10.2.0.9", "192.168.0.5", "8.8.8.8")
+    raised = set()
+    for obs in _records():
+        for client in clients:
+            other = dataclasses.replace(obs, client_ip=client, egress_ip=None)
+            match = memoised.identifier.identify(other)
+            if match is None:
+                continue
+            got = memoised.record(dataclasses.replace(other), match)
+            assert got == _reference(plain, dataclasses.replace(other), match), other
+            raised |= {(i["rule"], i["client_ip"]) for i in got[1]}
+    memo = memoised.memo
+    assert (memo._shared_key is not None) == shared
+    if shared:
+        assert 0 < len(memo._shared) < len(memo._memo) * 2 // 3
+    assert len({c for _, c in raised}) >= 4, "incidents per client"
+    if rule:
+        assert "client-watch" in {r for r, _ in raised}
