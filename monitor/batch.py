@@ -107,9 +107,10 @@ class Batch:
 class BatchBuilder:
     """Builds a producer's batches record by record, without a row per record: the
     caller (:meth:`monitor.pipeline.Pipeline.process`) appends to :meth:`lists` each
-    record's id, :data:`request_values`, (context, client) indexes and incident rows, and
-    finds those indexes per memo key and the context fields the key does not decide: only
-    the first record of each builds its row (:meth:`place`)."""
+    record's id, :data:`request_values`, context and client indexes and incident rows,
+    finding those indexes per memo key's context and client (numbers, see
+    :class:`monitor.pipeline.RecordMemo`) in ``slots`` and ``clients``: only the first
+    record of each in a batch hands its row to :meth:`context_index` or :meth:`client_index`."""
 
     def __init__(self) -> None:
         self._start()
@@ -117,31 +118,36 @@ class BatchBuilder:
     def _start(self) -> None:
         self.ids: list[int] = []
         self.values: list[tuple[Any, ...]] = []
-        self.places: list[tuple[int, int]] = []
+        self.ctx: list[int] = []
+        self.client: list[int] = []
         self.raised: list[Sequence[dict[str, Any]]] = []
         self.record_ids: list[str] = []
-        self.slots: dict[tuple[Any, ...], tuple[int, int]] = {}  # the caller's, per batch
+        self.slots: dict[Any, int] = {}  # the caller's: context index per slot
+        self.clients: dict[Any, int] = {}  # the caller's: client index per client number
         self._contexts: dict[tuple[Any, ...], int] = {}
         self._clients: dict[tuple[Any, ...], int] = {}
 
-    def lists(self) -> tuple[list[int], list[tuple[Any, ...]], list[tuple[int, int]],
-                             list[Sequence[dict[str, Any]]], list[str],
-                             dict[tuple[Any, ...], tuple[int, int]]]:  # fmt: skip
-        """ids, request values, places, incident rows, record ids; slots (a place per key)"""
-        return self.ids, self.values, self.places, self.raised, self.record_ids, self.slots
+    def lists(self) -> tuple[list[int], list[tuple[Any, ...]], list[int], list[int],
+                             list[Sequence[dict[str, Any]]], list[str], dict[Any, int],
+                             dict[Any, int]]:  # fmt: skip
+        """ids, request values, context and client indexes, incident rows, record ids;
+        slots and clients"""
+        return (self.ids, self.values, self.ctx, self.client, self.raised, self.record_ids,
+                self.slots, self.clients)  # fmt: skip
 
-    def place(self, row: Sequence[Any]) -> tuple[int, int]:
-        """The (context, client) indexes of a stored row."""
-        contexts, clients = self._contexts, self._clients
-        return (contexts.setdefault(CONTEXT_OF(row), len(contexts)),
-                clients.setdefault(CLIENT_OF(row), len(clients)))  # fmt: skip
+    def context_index(self, row: Sequence[Any]) -> int:
+        """The context index of a stored row."""
+        return self._contexts.setdefault(CONTEXT_OF(row), len(self._contexts))
+
+    def client_index(self, row: Sequence[Any]) -> int:
+        """The client index of a stored row."""
+        return self._clients.setdefault(CLIENT_OF(row), len(self._clients))
 
     def batch(self) -> Batch:
         """The batch of the records appended so far (at least one); starts the next."""
         columns = [self.ids, *map(list, zip(*self.values, strict=True))]
-        ctx, client = zip(*self.places, strict=True)
-        batch = Batch.made(columns, list(self._contexts), list(ctx), list(self._clients),
-                           list(client), self.raised, self.record_ids)  # fmt: skip
+        batch = Batch.made(columns, list(self._contexts), self.ctx, list(self._clients),
+                           self.client, self.raised, self.record_ids)  # fmt: skip
         self._start()
         return batch
 

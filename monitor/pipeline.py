@@ -18,10 +18,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from monitor import __version__
-from monitor.batch import Batch, BatchBuilder, request_values
+from monitor.batch import CLIENT_OF, Batch, BatchBuilder, request_values
 from monitor.catalog import Catalog, Match, Provider
 from monitor.clients import Signatures, bundled_signatures
 from monitor.collectors import CollectOptions, Diagnostics, collect
@@ -33,7 +34,7 @@ from monitor.ids import finding_id, incident_id, observation_id, observed_record
 from monitor.observation import Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
-from monitor.rows import CLIENT, COL, COLUMNS, PER_REQUEST, compiled, observation_row, row_builder
+from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, compiled, observation_row, row_builder
 
 if TYPE_CHECKING:
     from monitor.store import IngestResult
@@ -650,8 +651,10 @@ class Context:
     incidents: list[dict[str, Any]] | None
     evidence: tuple[Callable[[Enriched], Any], ...] = ()
     by_evidence: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
-    #: unique for the run (unlike ``id``, never reused once the memo let go of it)
-    serial: int = field(default_factory=itertools.count().__next__)
+    #: numbers of the row's values the key decides: of its context, of its client (for
+    #: the run: never reused, unlike ``id``, once the memo let go of a value)
+    context_no: int = 0
+    client_no: int = 0
 
 
 class RecordMemo:
@@ -684,16 +687,24 @@ class RecordMemo:
         #: a record's stored row from its key's (pseudonymisation changes only fields of
         #: RECORD_READS, which the key holds)
         self.row = row_builder(keyed)
-        #: ``(serial, obs) -> slot``: the context and client of a record's row are those of
-        #: the first record with its key and these values of the fields they read but the
-        #: key does not hold (:meth:`Pipeline.process` builds one row per slot and batch)
-        varying = [
-            c.path[4:]
+        # a record's client is its key's; its context is the values of its key's row that
+        # the key decides (numbered: Context.context_no) and of the fields the row reads
+        # from the record itself (:meth:`Pipeline.process` builds one row per slot)
+        assert set(CLIENT) <= keyed, "a key decides the client"
+        own = {
+            c.name
             for c in COLUMNS
-            if c.name not in PER_REQUEST and c.path and c.path.startswith("obs.")
-            and c.path[4:] not in keyed
-        ]  # fmt: skip
-        self.slot = compiled("slot", "n, o", f"(n, {''.join(f'o.{f}, ' for f in varying)})")
+            if c.path and c.path[4:] not in keyed and c.path.startswith("obs.")
+        }
+        #: ``(context number, obs) -> slot``: records of one slot share their context
+        self.slot = compiled(
+            "slot",
+            "n, o",
+            f"(n, {''.join(f'o.{COLUMNS[COL[c]].path[4:]}, ' for c in CONTEXT if c in own)})",
+        )
+        self._decided = itemgetter(*(COL[c] for c in CONTEXT if c not in own))
+        self._numbers: tuple[dict[Any, int], dict[Any, int]] = ({}, {})
+        self._count = itertools.count(1)
         #: ``(obs, match, egress) -> key`` of what the records of many keys share when
         #: the rules do not read the client (its enrichment but for the egress point, which
         #: the key holds instead, and the rules' verdicts), else None: a client's first
@@ -728,8 +739,22 @@ class RecordMemo:
         facts = (match, enriched.egress, enriched.dest, enriched.outcome, day, rules,
                  tuple(observation_row(shown)))  # fmt: skip
         if all(r.id in self._evidence_keyed for r in rules):
-            return Context(*facts, incident_rows(shown, rules, day, p.evaluator.evidence))
-        return Context(*facts, None, p.evaluator.evidence_getters(tuple([r.id for r in rules])))
+            found = Context(*facts, incident_rows(shown, rules, day, p.evaluator.evidence))
+        else:
+            getters = p.evaluator.evidence_getters(tuple([r.id for r in rules]))
+            found = Context(*facts, None, getters)
+        found.context_no = self._number(0, self._decided(found.row))
+        found.client_no = self._number(1, CLIENT_OF(found.row))
+        return found
+
+    def _number(self, kind: int, value: Any) -> int:
+        numbers = self._numbers[kind]
+        n = numbers.get(value)
+        if n is None:
+            if len(numbers) >= self._limit:
+                numbers.clear()
+            n = numbers[value] = next(self._count)
+        return n
 
     def _enriched(self, obs: Observation, match: Match) -> tuple[Enriched, list[Rule]]:
         """Stages 3–4 of a record: enriched, and the rules it raises (on the real
@@ -880,25 +905,29 @@ class Pipeline:
         key, lookup, context, build, slot_of = memo.key, memo.lookup, memo.get, memo.row, memo.slot
         incidents_of, values_of = self._incidents, request_values
         builder = BatchBuilder()
-        ids, values, places, raised, record_ids, slots = builder.lists()
+        ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
         for obs, match in found:
             ctx = lookup(key(obs, match)) or context(obs, match)  # type: ignore[arg-type]
             incidents = ctx.incidents
             if incidents is None:
                 incidents = incidents_of(ctx, obs, match)  # type: ignore[arg-type]
-            slot = slot_of(ctx.serial, obs)
-            where = slots.get(slot)
-            if where is None:
-                where = slots[slot] = builder.place(build(obs, ctx.row))
+            slot = slot_of(ctx.context_no, obs)
+            c = slots.get(slot)
+            if c is None:
+                c = slots[slot] = builder.context_index(build(obs, ctx.row))
+            w = clients.get(ctx.client_no)
+            if w is None:
+                w = clients[ctx.client_no] = builder.client_index(ctx.row)
             record_id = obs.record_id or observed_record_id(obs)
             ids.append(observation_id(record_id))
             values.append(values_of(obs))
-            places.append(where)
+            ctxs.append(c)
+            who.append(w)
             raised.append(incidents)
             record_ids.append(record_id)
             if len(ids) >= size:
                 yield builder.batch()
-                ids, values, places, raised, record_ids, slots = builder.lists()
+                ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
         if ids:
             yield builder.batch()
 
