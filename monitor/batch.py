@@ -179,6 +179,7 @@ def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str
     blocked_ctx = [int(c[CTX_OUTCOME] == "blocked") for c in batch.contexts]
     ctx = batch.ctx
     deltas: dict[str, dict[str, Any]] = {}
+    found = deltas.get
     for incs, rows in groups:
         if len(rows) == 1:  # the common case: groups are small
             i = rows[0]
@@ -186,20 +187,20 @@ def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str
             first = last = ts[i]
         elif rows:
             count = len(rows)
-            blocked = sum(map(blocked_ctx.__getitem__, map(ctx.__getitem__, rows)))
-            sent, received = _sum(map(out.__getitem__, rows)), _sum(map(in_.__getitem__, rows))
-            times = list(map(ts.__getitem__, rows))
+            blocked = sum([blocked_ctx[ctx[i]] for i in rows])
+            sent, received = _sum([out[i] for i in rows]), _sum([in_[i] for i in rows])
+            times = [ts[i] for i in rows]
             first, last = min(times), max(times)
         else:
             continue
         for inc in incs:
             facts = inc.get("facts")
-            d = deltas.get(inc["id"])
+            d = found(inc["id"])
             if d is None:
                 deltas[inc["id"]] = {"inc": inc, "count": count, "blocked": blocked,
                                      "bytes_out": sent, "bytes_in": received, "first": first,
                                      "last": last, "evidence": rows[:EVIDENCE_SAMPLES],
-                                     "facts": merge_facts(None, facts) if facts else None}  # fmt: skip
+                                     "facts": {k: [v] for k, v in facts.items()} if facts else None}  # fmt: skip
                 continue
             samples = d["evidence"]
             if rows[0] > samples[-1]:  # the rows follow the samples: no sort
@@ -277,10 +278,11 @@ def _fact_key(value: Any) -> str:
 _FACT_KEYS: dict[tuple[type, Any], str] = {}
 
 
-def _sum(values: Iterable[int | None]) -> int | None:
+def _sum(values: list[int | None]) -> int | None:
     """The sum of the values given (None: none is)."""
-    found = [v for v in values if v is not None]
-    return sum(found) if found else None
+    if None in values:
+        values = [v for v in values if v is not None]
+    return sum(values) if values else None
 
 
 def _add(a: int | None, b: int | None) -> int | None:
