@@ -219,6 +219,11 @@ def test_process_batches_equal_the_batches_of_the_records_rows(app, tmp_path, ps
     batch boundaries, with rules whose evidence the key holds and one whose it does not."""
     log = tmp_path / "access.log"
     generated_squid_log(log, "--lines", "20000", "--llm-share", "0.3", "--seed", "5")
+    with log.open("a") as f:  # LLM API calls to a host outside the catalogue: evidence per URL
+        for n in range(300):
+            f.write(f"{1732752000 + 20 * n}.5 {n:6d} 10.0.{n % 3}.{n % 7} TCP_MISS/200 {n} POST "
+                    f"http://relay{n % 2}.example.net/v1/{('chat/completions', 'embeddings')[n % 3 > 1]}"
+                    f" - HIER_DIRECT/203.0.113.{n % 4} application/json\n")  # fmt: skip
     pseud = Pseudonymizer("k" * 32) if pseudonymize else None
 
     def pipeline() -> Pipeline:
@@ -236,7 +241,7 @@ def test_process_batches_equal_the_batches_of_the_records_rows(app, tmp_path, ps
         for name in Batch.__slots__:
             assert getattr(got, name) == getattr(expected, name), name
         rules |= {inc["rule"] for incs, _ in got.groups for inc in incs}
-    assert {"provider-region-unsupported", "relay-service"} <= rules
+    assert {"provider-region-unsupported", "relay-service", "llm-api-unknown-host"} <= rules
     assert sum(len(b.contexts) for b in fused) < len(items) // 4, "contexts are shared"
 
 
