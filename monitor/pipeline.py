@@ -710,7 +710,9 @@ class RecordMemo:
         #: the key holds instead, and the rules' verdicts), else None: a client's first
         #: record then makes only its rows (see :meth:`_context`)
         self._shared_key = None
-        self._shared: dict[tuple[Any, ...], tuple[Enriched, list[Rule]]] = {}
+        #: (match, egress, destination, outcome, rules raised) per shared key (the match
+        #: held, so that the id in the key stays this match's)
+        self._shared: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         read = obs_reads(f for f in rules.fields if f not in pipeline.evaluator.site_only)
         if not (read | evidence) & set(CLIENT):
             shared = "".join(f", o.{name}" for name in sorted(keyed - set(CLIENT)))
@@ -768,12 +770,12 @@ class RecordMemo:
         key = self._shared_key(obs, match, egress)
         found = self._shared.get(key)
         if found is not None:
-            e = found[0]
-            return Enriched(obs, match, e.egress, e.dest, e.outcome), found[1]
+            return Enriched(obs, match, *found[1:4]), found[4]
         enriched = p.enricher.enrich(obs, match)
         if len(self._shared) >= self._limit:
             self._shared.clear()
-        self._shared[key] = (enriched, rules := p.evaluator.evaluate(enriched))
+        rules = p.evaluator.evaluate(enriched)
+        self._shared[key] = (match, enriched.egress, enriched.dest, enriched.outcome, rules)
         return enriched, rules
 
     def incidents(self, found: Context, shown: Enriched, day: str) -> list[dict[str, Any]]:
