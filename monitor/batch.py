@@ -14,12 +14,12 @@ new (the common case) and works the deltas out again over the rows it did store 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST
+from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 
@@ -34,6 +34,12 @@ CTX_SCAN, CTX_SOURCE, CTX_DAY, CTX_OUTCOME = (
 CONTEXT_OF = itemgetter(*(COL[c] for c in CONTEXT))
 CLIENT_OF = itemgetter(*(COL[c] for c in CLIENT))
 _COLUMN_OF = [itemgetter(COL[c]) for c in ROW_FIELDS]
+#: ``obs -> values``: a record's per-request values but the id (every one an observation
+#: field that pseudonymisation leaves as it is), in ROW_FIELDS order
+request_values: Callable[[Any], tuple[Any, ...]] = compiled(
+    "request_values", "o", f"({''.join(f'o.{COLUMNS[COL[c]].path[4:]}, ' for c in ROW_FIELDS[1:])})"
+)
+assert all(COLUMNS[COL[c]].path == f"obs.{c}" for c in ROW_FIELDS[1:]), "request values"
 
 #: one group: incident rows (shared by the records of one memo key, see
 #: :class:`monitor.pipeline.RecordMemo`) and the indexes of the batch's rows raising them
@@ -61,6 +67,15 @@ class Batch:
         columns = [list(map(get, rows)) for get in _COLUMN_OF]
         contexts, ctx = _distinct(map(CONTEXT_OF, rows))
         clients, client = _distinct(map(CLIENT_OF, rows))
+        return cls.made(columns, contexts, ctx, clients, client, raised, record_ids)
+
+    @classmethod
+    def made(cls, columns: list[list[Any]], contexts: list[tuple[Any, ...]], ctx: list[int],
+             clients: list[tuple[Any, ...]], client: list[int],
+             raised: Sequence[Sequence[dict[str, Any]]],
+             record_ids: Sequence[str | None]) -> Batch:  # fmt: skip
+        """The batch of rows given column by column, with the incident rows each raises
+        (grouped here by identity: records of one memo key share theirs)."""
         grouped: dict[int, Group] = {}
         for i, incs in enumerate(raised):
             if incs:
@@ -87,6 +102,54 @@ class Batch:
         if self.line_base:
             line += self.line_base
         return f"{self.contexts[self.ctx[row]][CTX_SOURCE]}:{line}"
+
+
+class BatchBuilder:
+    """Builds a producer's batches record by record, without a row per record: the
+    caller (:meth:`monitor.pipeline.Pipeline.process`) appends to :meth:`lists` each
+    record's id, :data:`request_values`, context and client indexes and incident rows,
+    finding those indexes per memo key's context and client (numbers, see
+    :class:`monitor.pipeline.RecordMemo`) in ``slots`` and ``clients``: only the first
+    record of each in a batch hands its row to :meth:`context_index` or :meth:`client_index`."""
+
+    def __init__(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        self.ids: list[int] = []
+        self.values: list[tuple[Any, ...]] = []
+        self.ctx: list[int] = []
+        self.client: list[int] = []
+        self.raised: list[Sequence[dict[str, Any]]] = []
+        self.record_ids: list[str] = []
+        self.slots: dict[Any, int] = {}  # the caller's: context index per slot
+        self.clients: dict[Any, int] = {}  # the caller's: client index per client number
+        self._contexts: dict[tuple[Any, ...], int] = {}
+        self._clients: dict[tuple[Any, ...], int] = {}
+
+    def lists(self) -> tuple[list[int], list[tuple[Any, ...]], list[int], list[int],
+                             list[Sequence[dict[str, Any]]], list[str], dict[Any, int],
+                             dict[Any, int]]:  # fmt: skip
+        """ids, request values, context and client indexes, incident rows, record ids;
+        slots and clients"""
+        return (self.ids, self.values, self.ctx, self.client, self.raised, self.record_ids,
+                self.slots, self.clients)  # fmt: skip
+
+    def context_index(self, row: Sequence[Any]) -> int:
+        """The context index of a stored row."""
+        return self._contexts.setdefault(CONTEXT_OF(row), len(self._contexts))
+
+    def client_index(self, row: Sequence[Any]) -> int:
+        """The client index of a stored row."""
+        return self._clients.setdefault(CLIENT_OF(row), len(self._clients))
+
+    def batch(self) -> Batch:
+        """The batch of the records appended so far (at least one); starts the next."""
+        columns = [self.ids, *map(list, zip(*self.values, strict=True))]
+        batch = Batch.made(columns, list(self._contexts), self.ctx, list(self._clients),
+                           self.client, self.raised, self.record_ids)  # fmt: skip
+        self._start()
+        return batch
 
 
 def _distinct(keys: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[int]]:
@@ -116,6 +179,7 @@ def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str
     blocked_ctx = [int(c[CTX_OUTCOME] == "blocked") for c in batch.contexts]
     ctx = batch.ctx
     deltas: dict[str, dict[str, Any]] = {}
+    found = deltas.get
     for incs, rows in groups:
         if len(rows) == 1:  # the common case: groups are small
             i = rows[0]
@@ -123,23 +187,26 @@ def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str
             first = last = ts[i]
         elif rows:
             count = len(rows)
-            blocked = sum(map(blocked_ctx.__getitem__, map(ctx.__getitem__, rows)))
-            sent, received = _sum(map(out.__getitem__, rows)), _sum(map(in_.__getitem__, rows))
-            times = list(map(ts.__getitem__, rows))
+            blocked = sum([blocked_ctx[ctx[i]] for i in rows])
+            sent, received = _sum([out[i] for i in rows]), _sum([in_[i] for i in rows])
+            times = [ts[i] for i in rows]
             first, last = min(times), max(times)
         else:
             continue
         for inc in incs:
             facts = inc.get("facts")
-            d = deltas.get(inc["id"])
+            d = found(inc["id"])
             if d is None:
                 deltas[inc["id"]] = {"inc": inc, "count": count, "blocked": blocked,
                                      "bytes_out": sent, "bytes_in": received, "first": first,
                                      "last": last, "evidence": rows[:EVIDENCE_SAMPLES],
-                                     "facts": merge_facts(None, facts) if facts else None}  # fmt: skip
+                                     "facts": {k: [v] for k, v in facts.items()} if facts else None}  # fmt: skip
                 continue
             samples = d["evidence"]
-            if len(samples) < EVIDENCE_SAMPLES or rows[0] < samples[-1]:
+            if rows[0] > samples[-1]:  # the rows follow the samples: no sort
+                if len(samples) < EVIDENCE_SAMPLES:
+                    samples = samples + rows[: EVIDENCE_SAMPLES - len(samples)]
+            else:
                 samples = sorted({*samples, *rows[:EVIDENCE_SAMPLES]})
             add_delta(d, {"count": count, "blocked": blocked, "bytes_out": sent,
                           "bytes_in": received, "first": first, "last": last}, samples)  # fmt: skip
@@ -197,13 +264,25 @@ def merge_facts(
 
 
 def _fact_key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    """A fact value's sort key (its JSON), remembered for plain values (by type too: 1,
+    1.0 and True are equal keys of a dict but not equal JSON)."""
+    try:
+        return _FACT_KEYS[value.__class__, value]
+    except (KeyError, TypeError):  # not seen yet, or unhashable (a list)
+        key = json.dumps(value, sort_keys=True, default=str)
+        if isinstance(value, (str, int, float)) and len(_FACT_KEYS) < 4096:
+            _FACT_KEYS[value.__class__, value] = key
+        return key
 
 
-def _sum(values: Iterable[int | None]) -> int | None:
+_FACT_KEYS: dict[tuple[type, Any], str] = {}
+
+
+def _sum(values: list[int | None]) -> int | None:
     """The sum of the values given (None: none is)."""
-    found = [v for v in values if v is not None]
-    return sum(found) if found else None
+    if None in values:
+        values = [v for v in values if v is not None]
+    return sum(values) if values else None
 
 
 def _add(a: int | None, b: int | None) -> int | None:

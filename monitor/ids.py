@@ -9,6 +9,7 @@ Changing any of them changes what a re-scan considers already stored.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,7 @@ def incident_id(
     return h.hexdigest()
 
 
+@lru_cache(maxsize=4096)  # a scan makes one per incident row, from a few distinct values
 def finding_id(rule: str, provider: str, site: str | None, egress_country: str | None) -> str:
     """The finding detail rolls up into: ``F-`` and 12 hex digits (never a prefix of an
     incident id, which is all hex). With a site, the egress country is not part of it."""

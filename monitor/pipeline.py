@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from monitor import __version__
+from monitor.batch import CLIENT_OF, Batch, BatchBuilder, request_values
 from monitor.catalog import Catalog, Match, Provider
 from monitor.clients import Signatures, bundled_signatures
 from monitor.collectors import CollectOptions, Diagnostics, collect
@@ -31,7 +34,7 @@ from monitor.ids import finding_id, incident_id, observation_id, observed_record
 from monitor.observation import Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
-from monitor.rows import COL, compiled, observation_row, row_builder
+from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, compiled, observation_row, row_builder
 
 if TYPE_CHECKING:
     from monitor.store import IngestResult
@@ -426,6 +429,12 @@ class Evaluator:
         if "provider.asns" in rules.fields:
             varying.add("match.pattern")
         self._key_getters = [self._getters[f] for f in sorted(varying)]
+        #: rule fields that read the client only through ``[entities]`` client networks:
+        #: with none configured, they follow from the egress site
+        self.site_only = frozenset(
+            () if any(e.client_cidrs for e in config.entities.values())
+            else ("entity.name", "entity.controlled_from")
+        )  # fmt: skip
         self._memo: dict[tuple[Any, ...], list[Rule]] = {}
         self._evidence_getters = {
             r.id: [self._getters[f] for f in r.evidence]
@@ -642,6 +651,10 @@ class Context:
     incidents: list[dict[str, Any]] | None
     evidence: tuple[Callable[[Enriched], Any], ...] = ()
     by_evidence: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
+    #: numbers of the row's values the key decides: of its context, of its client (for
+    #: the run: never reused, unlike ``id``, once the memo let go of a value)
+    context_no: int = 0
+    client_no: int = 0
 
 
 class RecordMemo:
@@ -674,6 +687,38 @@ class RecordMemo:
         #: a record's stored row from its key's (pseudonymisation changes only fields of
         #: RECORD_READS, which the key holds)
         self.row = row_builder(keyed)
+        # a record's client is its key's; its context is the values of its key's row that
+        # the key decides (numbered: Context.context_no) and of the fields the row reads
+        # from the record itself (:meth:`Pipeline.process` builds one row per slot)
+        assert set(CLIENT) <= keyed, "a key decides the client"
+        own = {
+            c.name
+            for c in COLUMNS
+            if c.path and c.path[4:] not in keyed and c.path.startswith("obs.")
+        }
+        #: ``(context number, obs) -> slot``: records of one slot share their context
+        self.slot = compiled(
+            "slot",
+            "n, o",
+            f"(n, {''.join(f'o.{COLUMNS[COL[c]].path[4:]}, ' for c in CONTEXT if c in own)})",
+        )
+        self._decided = itemgetter(*(COL[c] for c in CONTEXT if c not in own))
+        self._numbers: tuple[dict[Any, int], dict[Any, int]] = ({}, {})
+        self._count = itertools.count(1)
+        #: ``(obs, match, egress) -> key`` of what the records of many keys share when
+        #: the rules do not read the client (its enrichment but for the egress point, which
+        #: the key holds instead, and the rules' verdicts), else None: a client's first
+        #: record then makes only its rows (see :meth:`_context`)
+        self._shared_key = None
+        #: (match, egress, destination, outcome, rules raised) per shared key (the match
+        #: held, so that the id in the key stays this match's)
+        self._shared: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        read = obs_reads(f for f in rules.fields if f not in pipeline.evaluator.site_only)
+        if not (read | evidence) & set(CLIENT):
+            shared = "".join(f", o.{name}" for name in sorted(keyed - set(CLIENT)))
+            self._shared_key = compiled(
+                "shared_key", "o, m, g", f"(id(m), o.ts // 86400, g{shared})"
+            )
         #: rule ids whose evidence the key decides (else incident rows are made per record)
         self._evidence_keyed = frozenset(
             r.id for r in rules.rules if obs_reads(r.evidence) <= keyed
@@ -690,15 +735,48 @@ class RecordMemo:
 
     def _context(self, obs: Observation, match: Match) -> Context:
         p = self._pipeline
-        enriched = p.enricher.enrich(obs, match)
-        rules = p.evaluator.evaluate(enriched)  # on the real addresses: rules may name them
+        enriched, rules = self._enriched(obs, match)
         shown = enriched if p.pseudonymizer is None else p.pseudonymizer.apply(enriched)
         day = shown.day
         facts = (match, enriched.egress, enriched.dest, enriched.outcome, day, rules,
                  tuple(observation_row(shown)))  # fmt: skip
         if all(r.id in self._evidence_keyed for r in rules):
-            return Context(*facts, incident_rows(shown, rules, day, p.evaluator.evidence))
-        return Context(*facts, None, p.evaluator.evidence_getters(tuple([r.id for r in rules])))
+            found = Context(*facts, incident_rows(shown, rules, day, p.evaluator.evidence))
+        else:
+            getters = p.evaluator.evidence_getters(tuple([r.id for r in rules]))
+            found = Context(*facts, None, getters)
+        found.context_no = self._number(0, self._decided(found.row))
+        found.client_no = self._number(1, CLIENT_OF(found.row))
+        return found
+
+    def _number(self, kind: int, value: Any) -> int:
+        numbers = self._numbers[kind]
+        n = numbers.get(value)
+        if n is None:
+            if len(numbers) >= self._limit:
+                numbers.clear()
+            n = numbers[value] = next(self._count)
+        return n
+
+    def _enriched(self, obs: Observation, match: Match) -> tuple[Enriched, list[Rule]]:
+        """Stages 3–4 of a record: enriched, and the rules it raises (on the real
+        addresses: rules may name them); shared by the keys of every client with the same
+        egress point, unless the rules read the client."""
+        p = self._pipeline
+        if self._shared_key is None:
+            enriched = p.enricher.enrich(obs, match)
+            return enriched, p.evaluator.evaluate(enriched)
+        egress = p.enricher.egress.resolve(obs.client_ip, obs.egress_ip)
+        key = self._shared_key(obs, match, egress)
+        found = self._shared.get(key)
+        if found is not None:
+            return Enriched(obs, match, *found[1:4]), found[4]
+        enriched = p.enricher.enrich(obs, match)
+        if len(self._shared) >= self._limit:
+            self._shared.clear()
+        rules = p.evaluator.evaluate(enriched)
+        self._shared[key] = (match, enriched.egress, enriched.dest, enriched.outcome, rules)
+        return enriched, rules
 
     def incidents(self, found: Context, shown: Enriched, day: str) -> list[dict[str, Any]]:
         """The incident rows of a record whose key does not decide them (``shown``: as
@@ -808,19 +886,56 @@ class Pipeline:
                 yield obs, match
 
     def process(
-        self, part: Part, diag: Diagnostics, on_read: Callable[[int], None] | None = None
-    ) -> Iterator[Produced]:
+        self,
+        part: Part,
+        diag: Diagnostics,
+        on_read: Callable[[int], None] | None = None,
+        size: int = 20_000,
+    ) -> Iterator[Batch]:
         """The record path over one part: collect → identify → locate → evaluate → ids →
-        rows, one :data:`Produced` per LLM record. Line numbers are relative to the part and
-        ``scan_id`` is unset: the scanner, which orders parts, fills both, and renumbers the
-        ids of identical records (:func:`monitor.ids.observation_id`)."""
-        return self.records(self.observe(part.path, diag, only_llm=True, on_read=on_read,
-                            fmt=part.fmt, byte_range=part.byte_range, skip=part.skip))  # fmt: skip
+        the store's batches of ``size`` LLM records. Line numbers are relative to the part
+        and ``scan_id`` is unset: the scanner, which orders parts, fills both, and renumbers
+        the ids of identical records (:func:`monitor.ids.observation_id`).
+
+        What :meth:`records` does, inlined and without a row per record: each record's
+        per-request values go straight into the batch's columns, and its context and client
+        are found per memo key and the few context fields the key does not hold (its slot,
+        see :class:`RecordMemo`); this is the loop every LLM record of a scan goes through."""
+        found = self.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
+                             byte_range=part.byte_range, skip=part.skip)  # fmt: skip
+        memo = self.memo
+        key, lookup, context, build, slot_of = memo.key, memo.lookup, memo.get, memo.row, memo.slot
+        incidents_of, values_of = self._incidents, request_values
+        builder = BatchBuilder()
+        ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
+        for obs, match in found:
+            ctx = lookup(key(obs, match)) or context(obs, match)  # type: ignore[arg-type]
+            incidents = ctx.incidents
+            if incidents is None:
+                incidents = incidents_of(ctx, obs, match)  # type: ignore[arg-type]
+            slot = slot_of(ctx.context_no, obs)
+            c = slots.get(slot)
+            if c is None:
+                c = slots[slot] = builder.context_index(build(obs, ctx.row))
+            w = clients.get(ctx.client_no)
+            if w is None:
+                w = clients[ctx.client_no] = builder.client_index(ctx.row)
+            record_id = obs.record_id or observed_record_id(obs)
+            ids.append(observation_id(record_id))
+            values.append(values_of(obs))
+            ctxs.append(c)
+            who.append(w)
+            raised.append(incidents)
+            record_ids.append(record_id)
+            if len(ids) >= size:
+                yield builder.batch()
+                ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
+        if ids:
+            yield builder.batch()
 
     def records(self, found: Iterable[tuple[Observation, Match | None]]) -> Iterator[Produced]:
-        """Stages 3 on over LLM observations with their match: a part's (:meth:`process`)
-        or a live capture's (:mod:`monitor.live`). What :meth:`record` does, inlined: this
-        is the loop every LLM record of a scan goes through."""
+        """Stages 3 on over LLM observations with their match, one :data:`Produced` per
+        record: a live capture's (:mod:`monitor.live`). What :meth:`record` does, inlined."""
         memo = self.memo
         key, lookup, context, build = memo.key, memo.lookup, memo.get, memo.row
         incidents_of = self._incidents

@@ -45,7 +45,7 @@ from monitor.collectors.base import (
     split_at_lines,
 )
 from monitor.ids import observation_id
-from monitor.pipeline import Part, Pipeline, Produced, ScanSummary
+from monitor.pipeline import Part, Pipeline, ScanSummary
 from monitor.store import Store
 
 BATCH = 20_000  # records per producer message: the store works per batch, per incident
@@ -170,14 +170,8 @@ def part_messages(pipeline: Pipeline, part: Part, on_read=None) -> Iterator[tupl
     :mod:`monitor.batch`)."""
     diag = Diagnostics()
     try:
-        items: list[Produced] = []
-        for item in pipeline.process(part, diag, on_read):
-            items.append(item)
-            if len(items) >= BATCH:
-                yield "batch", Batch.of(items)
-                items = []
-        if items:
-            yield "batch", Batch.of(items)
+        for batch in pipeline.process(part, diag, on_read, BATCH):
+            yield "batch", batch
         yield "done", diag
     except InputError as exc:
         yield "input-error", str(exc)

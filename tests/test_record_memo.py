@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from pathlib import Path
 
 import pytest
 
 from monitor.app import App, Settings
-from monitor.collectors import CollectOptions
+from monitor.batch import Batch
+from monitor.collectors import CollectOptions, Diagnostics
 from monitor.egress import Egress, EgressOptions
 from monitor.ids import observation_id, observed_record_id
 from monitor.observation import Observation
@@ -19,11 +21,13 @@ from monitor.pipeline import (
     RECORD_READS,
     Enriched,
     Evaluator,
+    Part,
     Pipeline,
     incident_rows,
     observation_row,
 )
 from monitor.privacy import Pseudonymizer
+from tests.conftest import generated_squid_log
 
 CONFIG = """\
 [organisation]
@@ -205,3 +209,95 @@ def test_records_of_one_key_differ_in_every_field_the_key_does_not_hold(app, pse
         want_row[0] = observation_id(want_id)
         assert (record_id, row, incidents) == (want_id, want_row, want_incidents), obs
     assert len({tuple(row) for _, row, _ in got}) == len(records), "each row its own"
+
+
+@pytest.mark.parametrize("pseudonymize", [False, True])
+def test_process_batches_equal_the_batches_of_the_records_rows(app, tmp_path, pseudonymize):
+    """The scan's record loop builds the store's batches without a row per record (a
+    context and client per memo key and the context fields the key does not hold): they
+    are the batches of the rows :meth:`Pipeline.records` gives, field by field, across
+    batch boundaries, with rules whose evidence the key holds and one whose it does not."""
+    log = tmp_path / "access.log"
+    generated_squid_log(log, "--lines", "20000", "--llm-share", "0.3", "--seed", "5")
+    with log.open("a") as f:  # LLM API calls to a host outside the catalogue: evidence per URL
+        for n in range(300):
+            f.write(f"{1732752000 + 20 * n}.5 {n:6d} 10.0.{n % 3}.{n % 7} TCP_MISS/200 {n} POST "
+                    f"http://relay{n % 2}.example.net/v1/{('chat/completions', 'embeddings')[n % 3 > 1]}"
+                    f" - HIER_DIRECT/203.0.113.{n % 4} application/json\n")  # fmt: skip
+    pseud = Pseudonymizer("k" * 32) if pseudonymize else None
+
+    def pipeline() -> Pipeline:
+        return Pipeline(app.catalog, app.geo, app.rules, app.config,
+                        EgressOptions(egress_country="CN"), CollectOptions(), pseud)  # fmt: skip
+
+    size = 1000
+    fused = list(pipeline().process(Part(str(log)), Diagnostics(), size=size))
+    plain = pipeline()
+    items = list(plain.records(plain.observe(str(log), Diagnostics(), only_llm=True)))
+    want = [Batch.of(items[i : i + size]) for i in range(0, len(items), size)]
+    assert len(items) > 5 * size and len(fused) == len(want)
+    rules = set()
+    for got, expected in zip(fused, want, strict=True):
+        for name in Batch.__slots__:
+            assert getattr(got, name) == getattr(expected, name), name
+        rules |= {inc["rule"] for incs, _ in got.groups for inc in incs}
+    assert {"provider-region-unsupported", "relay-service", "llm-api-unknown-host"} <= rules
+    assert sum(len(b.contexts) for b in fused) < len(items) // 4, "contexts are shared"
+
+
+CLIENT_RULE = """\
+id: client-watch
+title: A watched client
+severity: low
+description: Traffic of one client (a rule that reads the client's address).
+when:
+  client.ip: {in: ["10.1.2.3"]}
+"""
+
+
+@pytest.mark.parametrize("pseudonymize", [False, True])
+@pytest.mark.parametrize(
+    ("config", "rule", "shared"),
+    [
+        (CONFIG, None, False),  # an entity by client network: the rules read the client
+        (CONFIG.replace('client_cidrs = ["10.1.2.0/24"]', 'sites = ["sh"]'), None, True),
+        (CONFIG.replace('client_cidrs = ["10.1.2.0/24"]', 'sites = ["sh"]'), CLIENT_RULE, False),
+    ],
+)
+def test_clients_share_enrichment_and_verdicts_unless_the_rules_read_the_client(
+    tmp_path, config, rule, shared, pseudonymize
+):
+    """Records of other clients with the same egress point share their enrichment and rule
+    verdicts (the memo's shared level) unless a rule reads the client; either way each
+    record's row and incident rows (whose ids hold the client) are the stages' own."""
+    cfg = tmp_path / "apiwatch.toml"
+    cfg.write_text(config)
+    rules = ()
+    if rule:
+        (tmp_path / "rules").mkdir()
+        (tmp_path / "rules" / "client.yaml").write_text(rule)
+        rules = (Path(__file__).parent.parent / "rules" / "policies", tmp_path / "rules")
+    app = App(Settings(db=tmp_path / "m.db", config=cfg, rules=rules))
+    pseud = Pseudonymizer("k" * 32) if pseudonymize else None
+    memoised = Pipeline(app.catalog, app.geo, app.rules, app.config, EgressOptions(),
+                        CollectOptions(), pseud)  # fmt: skip
+    plain = Pipeline(app.catalog, app.geo, app.rules, app.config, EgressOptions(),
+                     CollectOptions(), pseud)  # fmt: skip
+    clients = ("10.1.2.3", "10.1.2.4", "10.2.0.9", "192.168.0.5", "8.8.8.8")
+    raised = set()
+    for obs in _records():
+        for client in clients:
+            other = dataclasses.replace(obs, client_ip=client, egress_ip=None)
+            match = memoised.identifier.identify(other)
+            if match is None:
+                continue
+            got = memoised.record(dataclasses.replace(other), match)
+            assert got == _reference(plain, dataclasses.replace(other), match), other
+            raised |= {(i["rule"], i["client_ip"]) for i in got[1]}
+    memo = memoised.memo
+    assert (memo._shared_key is not None) == shared
+    if shared:
+        assert 0 < len(memo._shared) < len(memo._memo) * 2 // 3
+    assert len({c for _, c in raised}) >= 4, "incidents per client"
+    if rule:
+        assert "client-watch" in {r for r, _ in raised}
