@@ -40,37 +40,75 @@
 
 #define FIELDS 10
 
+
+/* bit k of the result set when p[k] is a separator, for k < 64 (p[0:64] readable) */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+static inline uint64_t
+separators64(const char *p)
+{
+    const __m128i space = _mm_set1_epi8(' '), tab = _mm_set1_epi8('\t'), four = _mm_set1_epi8(4);
+    uint64_t m = 0;
+    for (int k = 0; k < 4; k++) {
+        __m128i b = _mm_loadu_si128((const __m128i *)(p + 16 * k));
+        /* ' ', or \t..\r: b - '\t' at most 4, unsigned */
+        __m128i ctrl = _mm_cmpeq_epi8(_mm_subs_epu8(_mm_sub_epi8(b, tab), four), _mm_setzero_si128());
+        __m128i sep = _mm_or_si128(_mm_cmpeq_epi8(b, space), ctrl);
+        m |= (uint64_t)(uint16_t)_mm_movemask_epi8(sep) << (16 * k);
+    }
+    return m;
+}
+#else
 /* bytes.split() separators (Py_ISSPACE): space and \t \n \v \f \r */
 static const unsigned char SPACE[256] = {
     ['\t'] = 1, ['\n'] = 1, ['\v'] = 1, ['\f'] = 1, ['\r'] = 1, [' '] = 1,
 };
 #define is_space(c) (SPACE[(unsigned char)(c)])
 
-/* the end of the field starting at s[i]: the first separator at or after i, or n. Eight
- * bytes at a time where the byte order allows: the lowest byte below 0x21 of a word (the
- * lowest bit the test sets is exact) is a separator, or a control byte to step over. */
-static Py_ssize_t
-field_end(const char *s, Py_ssize_t i, Py_ssize_t n)
+static inline uint64_t
+separators64(const char *p)
 {
-#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    while (i + 8 <= n) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        uint64_t below = (w - ones * 0x21) & ~w & highs;
-        if (below == 0) {
-            i += 8;
-            continue;
-        }
-        i += __builtin_ctzll(below) >> 3;
-        if (is_space(s[i]))
-            return i;
-        i++;
-    }
+    uint64_t m = 0;
+    for (int k = 0; k < 64; k++)
+        m |= (uint64_t)is_space(p[k]) << k;
+    return m;
+}
 #endif
-    while (i < n && !is_space((unsigned char)s[i]))
-        i++;
-    return i;
+
+/* Split s[0:n] at separators (as bytes.split() does) into at most FIELDS fields: their
+ * count, or FIELDS + 1 when there are more. Reads 64 bytes at a time: s[0:avail] must be
+ * readable (avail >= n), what lies past n is read but taken for separators. */
+static int
+split_fields(const char *s, Py_ssize_t n, Py_ssize_t avail, const char **tok, Py_ssize_t *len)
+{
+    int starts_seen = 0, ends_seen = 0;
+    uint64_t before = 1; /* whether the byte before the block is a separator */
+    for (Py_ssize_t base = 0; base < n; base += 64) {
+        uint64_t sep;
+        if (base + 64 <= avail) {
+            sep = separators64(s + base);
+        } else {
+            char pad[64];
+            memset(pad, ' ', sizeof(pad));
+            memcpy(pad, s + base, (size_t)(avail - base));
+            sep = separators64(pad);
+        }
+        if (n - base < 64)
+            sep |= ~0ULL << (n - base);
+        uint64_t shifted = sep << 1 | before;
+        uint64_t starts = ~sep & shifted, ends = sep & ~shifted;
+        before = sep >> 63;
+        if (starts_seen + __builtin_popcountll(starts) > FIELDS)
+            return FIELDS + 1;
+        for (; starts; starts &= starts - 1)
+            tok[starts_seen++] = s + base + __builtin_ctzll(starts);
+        for (; ends; ends &= ends - 1, ends_seen++)
+            len[ends_seen] = s + base + __builtin_ctzll(ends) - tok[ends_seen];
+    }
+    if (ends_seen < starts_seen) /* the last field runs to n */
+        len[ends_seen] = s + n - tok[ends_seen];
+    return starts_seen;
 }
 
 static int
@@ -410,34 +448,170 @@ small_int(const char *s, Py_ssize_t n)
     return v;
 }
 
+/* Verdicts: the host filter's verdicts on targets (the keys of `rejects`) in a C table, so
+ * that a line's target is looked up without making it a bytes object and hashing it through
+ * Python. It only mirrors `rejects`: a target is added when it is found there, so what is
+ * decided stays Python's; squid.py clears both together. Bounded: VERDICT_SLOTS slots of
+ * 64 bytes, at most half of them used (then it is emptied, as the Python caches are), keys
+ * of at most VERDICT_KEY bytes, and a lookup looks at VERDICT_PROBES slots at most (targets
+ * come from the log: a run of colliding ones only sends the lines to `rejects`). */
+#define VERDICT_SLOTS 32768
+#define VERDICT_KEY 48
+#define VERDICT_PROBES 16
+
+typedef struct {
+    uint64_t hash; /* 0: empty */
+    uint16_t len;
+    uint8_t verdict; /* 1: rejected */
+    char key[VERDICT_KEY];
+} VerdictSlot;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t used;
+    uint64_t seed;
+    VerdictSlot *slot;
+} Verdicts;
+
+static PyTypeObject VerdictsType;
+
+static uint64_t
+mix64(uint64_t h)
+{
+    h ^= h >> 32;
+    h *= 0xd6e8feb86659fd93ULL;
+    h ^= h >> 32;
+    return h;
+}
+
+/* a 64-bit hash of s[0:n] (n <= VERDICT_KEY), never 0 */
+static uint64_t
+verdict_hash(uint64_t seed, const char *s, Py_ssize_t n)
+{
+    uint64_t h = seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ULL);
+    for (; n >= 8; s += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
+    }
+    if (n > 0) {
+        uint64_t w = 0;
+        memcpy(&w, s, (size_t)n);
+        h = mix64(h ^ w ^ 0xff51afd7ed558ccdULL);
+    }
+    return mix64(h) | 1;
+}
+
+/* the verdict on s[0:n] (0 kept, 1 rejected), or -1 when the table does not hold it */
+static int
+verdict_get(const Verdicts *v, uint64_t h, const char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t k = 0; k < VERDICT_PROBES; k++) {
+        const VerdictSlot *e = &v->slot[(h + (uint64_t)k) & (VERDICT_SLOTS - 1)];
+        if (e->hash == 0)
+            return -1;
+        if (e->hash == h && e->len == n && memcmp(e->key, s, (size_t)n) == 0)
+            return e->verdict;
+    }
+    return -1;
+}
+
+static void
+verdict_put(Verdicts *v, uint64_t h, const char *s, Py_ssize_t n, int verdict)
+{
+    if (v->used >= VERDICT_SLOTS / 2) {
+        memset(v->slot, 0, sizeof(VerdictSlot) * VERDICT_SLOTS);
+        v->used = 0;
+    }
+    for (Py_ssize_t k = 0; k < VERDICT_PROBES; k++) {
+        VerdictSlot *e = &v->slot[(h + (uint64_t)k) & (VERDICT_SLOTS - 1)];
+        if (e->hash == 0) {
+            e->hash = h;
+            e->len = (uint16_t)n;
+            e->verdict = (uint8_t)verdict;
+            memcpy(e->key, s, (size_t)n);
+            v->used++;
+            return;
+        }
+    }
+}
+
+static PyObject *
+Verdicts_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Verdicts() takes no arguments");
+        return NULL;
+    }
+    Verdicts *v = (Verdicts *)type->tp_alloc(type, 0);
+    if (v == NULL)
+        return NULL;
+    v->slot = PyMem_Calloc(VERDICT_SLOTS, sizeof(VerdictSlot));
+    if (v->slot == NULL) {
+        Py_DECREF(v);
+        return PyErr_NoMemory();
+    }
+    /* targets come from the log: a seed its writer cannot know */
+    v->seed = mix64((uint64_t)(uintptr_t)v->slot ^ (uint64_t)(uintptr_t)v ^ 0x2545f4914f6cdd1dULL);
+    return (PyObject *)v;
+}
+
+static void
+Verdicts_dealloc(Verdicts *v)
+{
+    PyMem_Free(v->slot);
+    Py_TYPE(v)->tp_free((PyObject *)v);
+}
+
+static PyObject *
+Verdicts_clear(Verdicts *v, PyObject *unused)
+{
+    memset(v->slot, 0, sizeof(VerdictSlot) * VERDICT_SLOTS);
+    v->used = 0;
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+Verdicts_len(Verdicts *v)
+{
+    return v->used;
+}
+
+static PyMethodDef Verdicts_methods[] = {
+    {"clear", (PyCFunction)Verdicts_clear, METH_NOARGS, "Forget every verdict."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Verdicts_as_sequence = {
+    .sq_length = (lenfunc)Verdicts_len,
+};
+
+static PyTypeObject VerdictsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "monitor.collectors._squidscan.Verdicts",
+    .tp_doc = "Verdicts() -> the host filter's verdicts on targets, mirrored from `rejects` "
+              "for native_chunk (bounded: at most CAPACITY targets).",
+    .tp_basicsize = sizeof(Verdicts),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Verdicts_new,
+    .tp_dealloc = (destructor)Verdicts_dealloc,
+    .tp_methods = Verdicts_methods,
+    .tp_as_sequence = &Verdicts_as_sequence,
+};
+
 #define DROP 1 /* counted and dropped */
 #define KEEP 2 /* kept: split into fields */
 
 /* DROP, KEEP; 0: to the Python loop by index; -1: error set. On KEEP, tok/len hold the
  * fields and *ts, *elapsed, *size their values. */
 static int
-classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *markers,
-         const Ranges *ranges, const char **tok, Py_ssize_t *len, double *ts,
+classify(const char *s, Py_ssize_t n, Py_ssize_t avail, int clean, PyObject *rejects,
+         Verdicts *verdicts,
+         PyObject *markers, const Ranges *ranges, const char **tok, Py_ssize_t *len, double *ts,
          long long *elapsed, long long *size)
 {
-    int count = 0;
-    Py_ssize_t i = 0;
-
     if (!clean && memchr(s, 0, (size_t)n) != NULL)
         return 0;
-    while (1) {
-        while (i < n && is_space((unsigned char)s[i]))
-            i++;
-        if (i >= n)
-            break;
-        if (count == FIELDS)
-            return 0; /* an eleventh field */
-        Py_ssize_t start = i;
-        i = field_end(s, i, n);
-        tok[count] = s + start;
-        len[count] = i - start;
-        count++;
-    }
+    int count = split_fields(s, n, avail, tok, len);
     if (count != FIELDS)
         return 0;
     *elapsed = small_int(tok[1], len[1]);
@@ -455,14 +629,27 @@ classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *ma
                 tlen = slash - target;
         }
     }
-    PyObject *key = PyBytes_FromStringAndSize(target, tlen);
-    if (key == NULL)
-        return -1;
-    PyObject *verdict = PyDict_GetItemWithError(rejects, key); /* borrowed */
-    Py_DECREF(key);
-    if (verdict == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    if (verdict == Py_False) {
+    int rejected = -1;
+    uint64_t h = 0;
+    if (verdicts != NULL && tlen <= VERDICT_KEY) {
+        h = verdict_hash(verdicts->seed, target, tlen);
+        rejected = verdict_get(verdicts, h, target, tlen);
+    }
+    if (rejected < 0) {
+        PyObject *key = PyBytes_FromStringAndSize(target, tlen);
+        if (key == NULL)
+            return -1;
+        PyObject *verdict = PyDict_GetItemWithError(rejects, key); /* borrowed */
+        Py_DECREF(key);
+        if (verdict == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        if (verdict != Py_False && verdict != Py_True)
+            return 0;
+        rejected = verdict == Py_True;
+        if (h != 0)
+            verdict_put(verdicts, h, target, tlen, rejected);
+    }
+    if (!rejected) {
         /* plain_ts: at most 10 digits, '.', digits; longer fractions go to Python */
         char buf[40];
         if (len[0] >= (Py_ssize_t)sizeof(buf))
@@ -474,8 +661,6 @@ classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *ma
             return -1;
         return KEEP;
     }
-    if (verdict != Py_True)
-        return 0;
     if (tlen < len[6] && has_marker(target + tlen, len[6] - tlen, markers))
         return 0; /* a URL whose path may be an LLM API's */
     if ((ranges->n4 > 0 || ranges->n6 > 0) && peer_in_ranges(tok[8], len[8], ranges))
@@ -696,14 +881,24 @@ static PyObject *
 native_chunk(PyObject *self, PyObject *args)
 {
     PyObject *chunk, *rejects, *markers = NULL, *ranges_arg = NULL, *maker = NULL;
+    PyObject *verdicts_arg = NULL;
     int clean;
     Py_ssize_t max_line;
     Ranges ranges;
     Maker mk;
 
-    if (!PyArg_ParseTuple(args, "SpnO!|O!OO:native_chunk", &chunk, &clean, &max_line,
-                          &PyDict_Type, &rejects, &PyTuple_Type, &markers, &ranges_arg, &maker))
+    if (!PyArg_ParseTuple(args, "SpnO!|O!OOO:native_chunk", &chunk, &clean, &max_line,
+                          &PyDict_Type, &rejects, &PyTuple_Type, &markers, &ranges_arg, &maker,
+                          &verdicts_arg))
         return NULL;
+    if (verdicts_arg != NULL && verdicts_arg != Py_None &&
+        !PyObject_TypeCheck(verdicts_arg, &VerdictsType)) {
+        PyErr_SetString(PyExc_TypeError, "verdicts must be None or a Verdicts");
+        return NULL;
+    }
+    Verdicts *verdicts = verdicts_arg == NULL || verdicts_arg == Py_None
+                             ? NULL
+                             : (Verdicts *)verdicts_arg;
     if (ranges_arg != NULL && ranges_arg != Py_None && !PyTuple_Check(ranges_arg)) {
         PyErr_SetString(PyExc_TypeError, "ranges must be None or a (v4, v6) tuple of bytes");
         return NULL;
@@ -745,8 +940,8 @@ native_chunk(PyObject *self, PyObject *args)
         long long elapsed = 0, size = 0;
         int r = 0;
         if (n <= max_line) {
-            r = classify(line, n, clean, rejects, markers, &ranges, tok, len, &ts, &elapsed,
-                         &size);
+            r = classify(line, n, size_all - (line - data), clean, rejects, verdicts, markers,
+                         &ranges, tok, len, &ts, &elapsed, &size);
             if (r < 0)
                 goto fail;
         }
@@ -814,10 +1009,21 @@ PyInit__squidscan(void)
     CONNECT_SOURCE = PyUnicode_InternFromString("connect");
     if (CONNECT_SOURCE == NULL)
         return NULL;
+    if (PyType_Ready(&VerdictsType) < 0)
+        return NULL;
+    PyObject *capacity = PyLong_FromLong(VERDICT_SLOTS / 2);
+    int bad = capacity == NULL ||
+              PyDict_SetItemString(VerdictsType.tp_dict, "CAPACITY", capacity) < 0;
+    Py_XDECREF(capacity);
+    PyType_Modified(&VerdictsType);
+    if (bad)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     /* 4: native_chunk reads whole chunks; 5: it takes the ingress ranges; 6: a kept line
-     * comes with its record id. squid.py ignores a module built before that */
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 6) < 0) {
+     * comes with its record id; 7: it takes a Verdicts table. squid.py ignores a module
+     * built before that */
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 7) < 0 ||
+                      PyModule_AddObjectRef(m, "Verdicts", (PyObject *)&VerdictsType) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -181,6 +181,7 @@ class _Targets:
         "marker_search",
         "ingress",
         "fronts",
+        "verdicts",
     )
 
     def __init__(self, host_filter: HostFilter | None = None) -> None:
@@ -205,6 +206,8 @@ class _Targets:
         self.filter: dict[str, bool] = {}
         self.rejects: dict[bytes, bool] = {}  # CONNECT target -> rejected by the host filter
         self.fronts: dict[bytes, bool] = {}  # %Sh/%<a field -> origin in the ingress ranges
+        #: the C pre-pass's copy of ``rejects`` (a ``_squidscan.Verdicts``), emptied with it
+        self.verdicts: Any = None
 
     def rejects_target(self, connect: bool, target: bytes) -> bool:
         """Whether the host filter rejects the host of a CONNECT target or of a URL's
@@ -213,6 +216,8 @@ class _Targets:
         v = host is not None and not self.keep(host)
         if len(self.rejects) > _CACHE_LIMIT:
             self.rejects.clear()
+            if self.verdicts is not None:
+                self.verdicts.clear()
         self.rejects[target] = v
         return v
 
@@ -357,25 +362,35 @@ Intervals = tuple[bytes, bytes]
 #: source, format, line number before the chunk's first, the caches of :class:`_Targets`
 #: codes, words, connect, ips, hier, ("record_id",), and :func:`_layout`)
 Maker = tuple[type, str, str, int, dict, dict, dict, dict, dict, tuple[str], tuple | None]
-#: (chunk, clean, max_line, rejects, markers, ranges, maker) -> (records counted: dropped or
-#: made, the other lines in order: Observations, split into their fields, or (index, line)
-#: for the Python loop)
+#: (chunk, clean, max_line, rejects, markers, ranges, maker, verdicts) -> (records counted:
+#: dropped or made, the other lines in order: Observations, split into their fields, or
+#: (index, line) for the Python loop); verdicts: a ``Verdicts`` table mirroring rejects
 NativeChunk = Callable[
-    [bytes, bool, int, dict[bytes, bool], tuple[bytes, ...], Intervals | None, Maker | None],
+    [
+        bytes,
+        bool,
+        int,
+        dict[bytes, bool],
+        tuple[bytes, ...],
+        Intervals | None,
+        Maker | None,
+        Any,
+    ],
     tuple[int, list[Observation | tuple[int, bytes] | Fields]],
 ]
 
 
-def _accelerator() -> NativeChunk | None:
-    """``native_chunk`` of the C pre-pass (``_squidscan.c``), when it is built and wanted."""
+def _accelerator() -> Any:
+    """The C pre-pass module (``_squidscan.c``: ``native_chunk``, ``Verdicts``), when it is
+    built and wanted."""
     module = accel.load("monitor.collectors._squidscan")
     if module is None or getattr(module, "ABI", 1) < _ACCEL_ABI:
         return None  # absent, or built from an older source: rebuild it (pip install)
-    return module.native_chunk
+    return module
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 6
+_ACCEL_ABI = 7
 _RID = ("record_id",)
 
 
@@ -518,7 +533,12 @@ class SquidCollector(_base.Collector):
         networks = getattr(host_filter, "networks", None)
         ranges = intervals(networks) if t.ingress is not None and networks is not None else None
         usable = t.ingress is None or ranges is not None
-        prepass = _accelerator() if filtering and usable else None
+        module = _accelerator() if filtering and usable else None
+        prepass: NativeChunk | None = None
+        if module is not None:
+            prepass = module.native_chunk
+            t.verdicts = module.Verdicts()
+        verdicts = t.verdicts
         # what it needs to make the Observation of a kept CONNECT whose values are cached
         cached = (codes, words, connect, ips, hiers, _RID, _layout())
         fronting = t.ingress is not None
@@ -532,7 +552,9 @@ class SquidCollector(_base.Collector):
             for first, chunk, clean in chunks:
                 if prepass is not None:
                     maker = (obs, source, fmt, first, *cached)
-                    done, todo = prepass(chunk, clean, max_line, rejects, markers, ranges, maker)
+                    done, todo = prepass(
+                        chunk, clean, max_line, rejects, markers, ranges, maker, verdicts
+                    )
                     records += done
                     batches: Iterable[tuple[int, Iterable[tuple]]] = ((first, todo),)
                 else:
