@@ -1,7 +1,7 @@
 /* The Squid native collector's pre-pass, in C (see monitor/accel.py).
  *
- * native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None)
- *     -> (records, todo)
+ * native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None,
+ *              verdicts=None, connects=rejects) -> (records, todo, lines)
  *
  * `chunk` holds whole lines, each ending in a newline (monitor.collectors.base.iter_chunks),
  * and after the last newline perhaps the start of a line that the next chunk holds, which
@@ -9,7 +9,8 @@
  * line it does what the first steps of SquidCollector._parse_native do when a host filter
  * is set. A line of exactly ten whitespace-separated fields whose fields are well formed
  * and whose target (the CONNECT host:port, or a URL's scheme://authority) the filter has
- * already judged is
+ * already judged (in `connects` for a CONNECT, `rejects` for the others: one text may be
+ * read as either, differently) is
  *   - rejected (rejects[target] is True): a record that is counted and dropped, unless it
  *     is a URL whose path holds one of `markers` (byte strings an LLM API path holds), or
  *     its %Sh/%<a field names an address that may lie in `ranges` (a provider's published
@@ -26,8 +27,9 @@
  * line), for the Python loop to read. `ranges` is (v4, v6): bytes of sorted, disjoint
  * [first, last] address pairs, big-endian, 4 and 16 bytes per address. It is stricter than the
  * Python code, never looser; `todo` keeps the order of the lines; `clean` says the chunk
- * holds no NUL byte. Rejected lines are only read: no object is made for them but the
- * lookup key.
+ * holds no NUL byte; `lines` is the number of lines read (the newlines of the chunk, up to its
+ * last). `verdicts` (a Verdicts) holds what `rejects` held for the targets seen so far: a
+ * rejected line whose target it holds is only read, no object is made for it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -99,10 +101,11 @@ split_fields(const char *s, Py_ssize_t n, Py_ssize_t avail, const char **tok, Py
         uint64_t shifted = sep << 1 | before;
         uint64_t starts = ~sep & shifted, ends = sep & ~shifted;
         before = sep >> 63;
-        if (starts_seen + __builtin_popcountll(starts) > FIELDS)
-            return FIELDS + 1;
-        for (; starts; starts &= starts - 1)
+        for (; starts; starts &= starts - 1) {
+            if (starts_seen == FIELDS)
+                return FIELDS + 1;
             tok[starts_seen++] = s + base + __builtin_ctzll(starts);
+        }
         for (; ends; ends &= ends - 1, ends_seen++)
             len[ends_seen] = s + base + __builtin_ctzll(ends) - tok[ends_seen];
     }
@@ -462,6 +465,7 @@ small_int(const char *s, Py_ssize_t n)
 typedef struct {
     uint64_t hash; /* 0: empty */
     uint16_t len;
+    uint8_t connect; /* a CONNECT target (`connects`), else a URL's (`rejects`) */
     uint8_t verdict; /* 1: rejected */
     char key[VERDICT_KEY];
 } VerdictSlot;
@@ -484,11 +488,11 @@ mix64(uint64_t h)
     return h;
 }
 
-/* a 64-bit hash of s[0:n] (n <= VERDICT_KEY), never 0 */
+/* a 64-bit hash of s[0:n] (n <= VERDICT_KEY) as a CONNECT target or not, never 0 */
 static uint64_t
-verdict_hash(uint64_t seed, const char *s, Py_ssize_t n)
+verdict_hash(uint64_t seed, int connect, const char *s, Py_ssize_t n)
 {
-    uint64_t h = seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ULL);
+    uint64_t h = seed ^ ((uint64_t)(n * 2 + connect) * 0x9e3779b97f4a7c15ULL);
     for (; n >= 8; s += 8, n -= 8) {
         uint64_t w;
         memcpy(&w, s, 8);
@@ -504,20 +508,21 @@ verdict_hash(uint64_t seed, const char *s, Py_ssize_t n)
 
 /* the verdict on s[0:n] (0 kept, 1 rejected), or -1 when the table does not hold it */
 static int
-verdict_get(const Verdicts *v, uint64_t h, const char *s, Py_ssize_t n)
+verdict_get(const Verdicts *v, uint64_t h, int connect, const char *s, Py_ssize_t n)
 {
     for (Py_ssize_t k = 0; k < VERDICT_PROBES; k++) {
         const VerdictSlot *e = &v->slot[(h + (uint64_t)k) & (VERDICT_SLOTS - 1)];
         if (e->hash == 0)
             return -1;
-        if (e->hash == h && e->len == n && memcmp(e->key, s, (size_t)n) == 0)
+        if (e->hash == h && e->len == n && e->connect == connect &&
+            memcmp(e->key, s, (size_t)n) == 0)
             return e->verdict;
     }
     return -1;
 }
 
 static void
-verdict_put(Verdicts *v, uint64_t h, const char *s, Py_ssize_t n, int verdict)
+verdict_put(Verdicts *v, uint64_t h, int connect, const char *s, Py_ssize_t n, int verdict)
 {
     if (v->used >= VERDICT_SLOTS / 2) {
         memset(v->slot, 0, sizeof(VerdictSlot) * VERDICT_SLOTS);
@@ -528,6 +533,7 @@ verdict_put(Verdicts *v, uint64_t h, const char *s, Py_ssize_t n, int verdict)
         if (e->hash == 0) {
             e->hash = h;
             e->len = (uint16_t)n;
+            e->connect = (uint8_t)connect;
             e->verdict = (uint8_t)verdict;
             memcpy(e->key, s, (size_t)n);
             v->used++;
@@ -605,7 +611,7 @@ static PyTypeObject VerdictsType = {
  * fields and *ts, *elapsed, *size their values. */
 static int
 classify(const char *s, Py_ssize_t n, Py_ssize_t avail, int clean, PyObject *rejects,
-         Verdicts *verdicts,
+         PyObject *connects, Verdicts *verdicts,
          PyObject *markers, const Ranges *ranges, const char **tok, Py_ssize_t *len, double *ts,
          long long *elapsed, long long *size)
 {
@@ -614,14 +620,10 @@ classify(const char *s, Py_ssize_t n, Py_ssize_t avail, int clean, PyObject *rej
     int count = split_fields(s, n, avail, tok, len);
     if (count != FIELDS)
         return 0;
-    *elapsed = small_int(tok[1], len[1]);
-    *size = small_int(tok[4], len[4]);
-    if (*elapsed < 0 || *size < 0 || !code_status(tok[3], len[3]) || !plain_ts(tok[0], len[0]))
-        return 0;
-
     const char *target = tok[6];
     Py_ssize_t tlen = len[6];
-    if (!(len[5] == 7 && memcmp(tok[5], "CONNECT", 7) == 0)) {
+    int connect = len[5] == 7 && memcmp(tok[5], "CONNECT", 7) == 0;
+    if (!connect) {
         Py_ssize_t sep = find_scheme_sep(target, tlen);
         if (sep > 0) {
             const char *slash = memchr(target + sep + 3, '/', (size_t)(tlen - sep - 3));
@@ -632,14 +634,21 @@ classify(const char *s, Py_ssize_t n, Py_ssize_t avail, int clean, PyObject *rej
     int rejected = -1;
     uint64_t h = 0;
     if (verdicts != NULL && tlen <= VERDICT_KEY) {
-        h = verdict_hash(verdicts->seed, target, tlen);
-        rejected = verdict_get(verdicts, h, target, tlen);
+        /* its slot is most often not cached: fetched while the fields are checked */
+        h = verdict_hash(verdicts->seed, connect, target, tlen);
+        __builtin_prefetch(&verdicts->slot[h & (VERDICT_SLOTS - 1)]);
     }
+    *elapsed = small_int(tok[1], len[1]);
+    *size = small_int(tok[4], len[4]);
+    if (*elapsed < 0 || *size < 0 || !code_status(tok[3], len[3]) || !plain_ts(tok[0], len[0]))
+        return 0;
+    if (h != 0)
+        rejected = verdict_get(verdicts, h, connect, target, tlen);
     if (rejected < 0) {
         PyObject *key = PyBytes_FromStringAndSize(target, tlen);
         if (key == NULL)
             return -1;
-        PyObject *verdict = PyDict_GetItemWithError(rejects, key); /* borrowed */
+        PyObject *verdict = PyDict_GetItemWithError(connect ? connects : rejects, key);
         Py_DECREF(key);
         if (verdict == NULL)
             return PyErr_Occurred() ? -1 : 0;
@@ -647,7 +656,7 @@ classify(const char *s, Py_ssize_t n, Py_ssize_t avail, int clean, PyObject *rej
             return 0;
         rejected = verdict == Py_True;
         if (h != 0)
-            verdict_put(verdicts, h, target, tlen, rejected);
+            verdict_put(verdicts, h, connect, target, tlen, rejected);
     }
     if (!rejected) {
         /* plain_ts: at most 10 digits, '.', digits; longer fractions go to Python */
@@ -881,16 +890,18 @@ static PyObject *
 native_chunk(PyObject *self, PyObject *args)
 {
     PyObject *chunk, *rejects, *markers = NULL, *ranges_arg = NULL, *maker = NULL;
-    PyObject *verdicts_arg = NULL;
+    PyObject *verdicts_arg = NULL, *connects = NULL;
     int clean;
     Py_ssize_t max_line;
     Ranges ranges;
     Maker mk;
 
-    if (!PyArg_ParseTuple(args, "SpnO!|O!OOO:native_chunk", &chunk, &clean, &max_line,
+    if (!PyArg_ParseTuple(args, "SpnO!|O!OOOO!:native_chunk", &chunk, &clean, &max_line,
                           &PyDict_Type, &rejects, &PyTuple_Type, &markers, &ranges_arg, &maker,
-                          &verdicts_arg))
+                          &verdicts_arg, &PyDict_Type, &connects))
         return NULL;
+    if (connects == NULL)
+        connects = rejects;
     if (verdicts_arg != NULL && verdicts_arg != Py_None &&
         !PyObject_TypeCheck(verdicts_arg, &VerdictsType)) {
         PyErr_SetString(PyExc_TypeError, "verdicts must be None or a Verdicts");
@@ -940,8 +951,8 @@ native_chunk(PyObject *self, PyObject *args)
         long long elapsed = 0, size = 0;
         int r = 0;
         if (n <= max_line) {
-            r = classify(line, n, size_all - (line - data), clean, rejects, verdicts, markers,
-                         &ranges, tok, len, &ts, &elapsed, &size);
+            r = classify(line, n, size_all - (line - data), clean, rejects, connects, verdicts,
+                         markers, &ranges, tok, len, &ts, &elapsed, &size);
             if (r < 0)
                 goto fail;
         }
@@ -970,7 +981,7 @@ native_chunk(PyObject *self, PyObject *args)
     }
     Py_DECREF(chunk);
     Py_DECREF(markers);
-    return Py_BuildValue("nN", records, todo);
+    return Py_BuildValue("nNn", records, todo, index);
 fail:
     Py_DECREF(chunk);
     Py_DECREF(markers);
@@ -992,9 +1003,9 @@ static PyMethodDef methods[] = {
     {"record_id", record_id, METH_O,
      "record_id(line) -> str: monitor.ids.record_id, the id of a kept line, in C."},
     {"native_chunk", native_chunk, METH_VARARGS,
-     "native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None) -> "
-     "(records, todo): over the lines of a chunk, count those whose target the host filter "
-     "rejected (unless their URL path holds a marker or their peer address lies in ranges); "
+     "native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None, "
+     "verdicts=None, connects=rejects) -> (records, todo, lines): over the lines of a chunk, count those whose "
+     "target the host filter rejected (unless their URL path holds a marker or their peer address lies in ranges); "
      "make the Observation of a kept CONNECT whose values are cached (with maker), split "
      "the other kept lines into their fields; (index, line) for the others."},
     {NULL, NULL, 0, NULL},
