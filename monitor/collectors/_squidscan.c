@@ -506,6 +506,22 @@ verdict_hash(uint64_t seed, int connect, const char *s, Py_ssize_t n)
     return mix64(h) | 1;
 }
 
+/* key[0:n] == s[0:n], for the short keys of the table (n <= VERDICT_KEY), inline */
+static inline int
+same_key(const char *key, const char *s, Py_ssize_t n)
+{
+    uint64_t diff = 0, a, b;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&a, key + i, 8);
+        memcpy(&b, s + i, 8);
+        diff |= a ^ b;
+    }
+    for (; i < n; i++)
+        diff |= (unsigned char)key[i] ^ (unsigned char)s[i];
+    return diff == 0;
+}
+
 /* the verdict on s[0:n] (0 kept, 1 rejected), or -1 when the table does not hold it */
 static int
 verdict_get(const Verdicts *v, uint64_t h, int connect, const char *s, Py_ssize_t n)
@@ -514,8 +530,7 @@ verdict_get(const Verdicts *v, uint64_t h, int connect, const char *s, Py_ssize_
         const VerdictSlot *e = &v->slot[(h + (uint64_t)k) & (VERDICT_SLOTS - 1)];
         if (e->hash == 0)
             return -1;
-        if (e->hash == h && e->len == n && e->connect == connect &&
-            memcmp(e->key, s, (size_t)n) == 0)
+        if (e->hash == h && e->len == n && e->connect == connect && same_key(e->key, s, n))
             return e->verdict;
     }
     return -1;
@@ -607,23 +622,46 @@ static PyTypeObject VerdictsType = {
 #define DROP 1 /* counted and dropped */
 #define KEEP 2 /* kept: split into fields */
 
-/* DROP, KEEP; 0: to the Python loop by index; -1: error set. On KEEP, tok/len hold the
- * fields and *ts, *elapsed, *size their values. */
+/* One line of a chunk: split into its fields, its target found and hashed, the slot of its
+ * verdict fetched; its verdict not yet looked up (that is done a line later, so that the
+ * slot, most often not cached, is fetched while the line before is dealt with). */
+typedef struct {
+    const char *line;
+    Py_ssize_t n;   /* its length, without the newline and the carriage returns before it */
+    int split;      /* ten fields, s[0:n] free of NUL bytes and not longer than max_line */
+    int connect;    /* a CONNECT: the target is a connects key, else a rejects key */
+    const char *tok[FIELDS];
+    Py_ssize_t len[FIELDS];
+    Py_ssize_t tlen; /* the target: tok[6][0:tlen] */
+    uint64_t h;      /* its hash in verdicts, 0 when verdicts do not hold it */
+} Line;
+
+/* the line of the chunk data[0:size] at *pos into ln, and *pos past it; 0 when no newline
+ * ends it (the start of a line that the next chunk holds) */
 static int
-classify(const char *s, Py_ssize_t n, Py_ssize_t avail, int clean, PyObject *rejects,
-         PyObject *connects, Verdicts *verdicts,
-         PyObject *markers, const Ranges *ranges, const char **tok, Py_ssize_t *len, double *ts,
-         long long *elapsed, long long *size)
+next_line(const char *data, Py_ssize_t size, Py_ssize_t *pos, int clean, Py_ssize_t max_line,
+          const Verdicts *verdicts, Line *ln)
 {
-    if (!clean && memchr(s, 0, (size_t)n) != NULL)
+    const char *s = data + *pos;
+    const char *nl = memchr(s, '\n', (size_t)(size - *pos));
+    if (nl == NULL)
         return 0;
-    int count = split_fields(s, n, avail, tok, len);
-    if (count != FIELDS)
-        return 0;
-    const char *target = tok[6];
-    Py_ssize_t tlen = len[6];
-    int connect = len[5] == 7 && memcmp(tok[5], "CONNECT", 7) == 0;
-    if (!connect) {
+    Py_ssize_t n = nl - s;
+    *pos += n + 1;
+    while (n > 0 && s[n - 1] == '\r')
+        n--;
+    ln->line = s;
+    ln->n = n;
+    ln->split = 0;
+    ln->h = 0;
+    if (n > max_line || (!clean && memchr(s, 0, (size_t)n) != NULL) ||
+        split_fields(s, n, size - (s - data), ln->tok, ln->len) != FIELDS)
+        return 1;
+    ln->split = 1;
+    const char *target = ln->tok[6];
+    Py_ssize_t tlen = ln->len[6];
+    ln->connect = ln->len[5] == 7 && memcmp(ln->tok[5], "CONNECT", 7) == 0;
+    if (!ln->connect) {
         Py_ssize_t sep = find_scheme_sep(target, tlen);
         if (sep > 0) {
             const char *slash = memchr(target + sep + 3, '/', (size_t)(tlen - sep - 3));
@@ -631,13 +669,28 @@ classify(const char *s, Py_ssize_t n, Py_ssize_t avail, int clean, PyObject *rej
                 tlen = slash - target;
         }
     }
-    int rejected = -1;
-    uint64_t h = 0;
+    ln->tlen = tlen;
     if (verdicts != NULL && tlen <= VERDICT_KEY) {
-        /* its slot is most often not cached: fetched while the fields are checked */
-        h = verdict_hash(verdicts->seed, connect, target, tlen);
-        __builtin_prefetch(&verdicts->slot[h & (VERDICT_SLOTS - 1)]);
+        ln->h = verdict_hash(verdicts->seed, ln->connect, target, tlen);
+        __builtin_prefetch(&verdicts->slot[ln->h & (VERDICT_SLOTS - 1)]);
     }
+    return 1;
+}
+
+/* What becomes of a split line: DROP, KEEP; 0: to the Python loop by index; -1: error set.
+ * On KEEP, *ts, *elapsed, *size hold the values of its fields. */
+static int
+classify(const Line *ln, PyObject *rejects, PyObject *connects, Verdicts *verdicts,
+         PyObject *markers, const Ranges *ranges, double *ts, long long *elapsed,
+         long long *size)
+{
+    const char *const *tok = ln->tok;
+    const Py_ssize_t *len = ln->len;
+    const char *target = tok[6];
+    Py_ssize_t tlen = ln->tlen;
+    int connect = ln->connect;
+    uint64_t h = ln->h;
+    int rejected = -1;
     *elapsed = small_int(tok[1], len[1]);
     *size = small_int(tok[4], len[4]);
     if (*elapsed < 0 || *size < 0 || !code_status(tok[3], len[3]) || !plain_ts(tok[0], len[0]))
@@ -679,8 +732,8 @@ classify(const char *s, Py_ssize_t n, Py_ssize_t avail, int clean, PyObject *rej
 
 /* the tuple a kept line becomes (see the top of this file); steals nothing */
 static PyObject *
-fields_of(Py_ssize_t index, const char **tok, Py_ssize_t *len, double ts, long long elapsed,
-          long long size, const char *line, Py_ssize_t n)
+fields_of(Py_ssize_t index, const char *const *tok, const Py_ssize_t *len, double ts,
+          long long elapsed, long long size, const char *line, Py_ssize_t n)
 {
     PyObject *t = PyTuple_New(FIELDS + 1);
     if (t == NULL)
@@ -748,8 +801,8 @@ cached(PyObject *dict, const char *s, Py_ssize_t n, int *err)
 /* the Observation of a kept line; NULL and no error when it is no CONNECT or a value is not
  * cached yet (the line goes to Python as a tuple), NULL and an error set on a failure */
 static PyObject *
-observation_of(const Maker *mk, Py_ssize_t index, const char **tok, Py_ssize_t *len, double ts,
-               long long elapsed, long long size, const char *line, Py_ssize_t n)
+observation_of(const Maker *mk, Py_ssize_t index, const char *const *tok, const Py_ssize_t *len,
+               double ts, long long elapsed, long long size, const char *line, Py_ssize_t n)
 {
     if (!(len[5] == 7 && memcmp(tok[5], "CONNECT", 7) == 0))
         return NULL;
@@ -935,24 +988,20 @@ native_chunk(PyObject *self, PyObject *args)
     const char *data = PyBytes_AS_STRING(chunk);
     Py_ssize_t size_all = PyBytes_GET_SIZE(chunk);
     Py_ssize_t records = 0, index = 0, pos = 0;
-    while (pos < size_all) {
-        const char *line = data + pos;
-        const char *nl = memchr(line, '\n', (size_t)(size_all - pos));
-        if (nl == NULL)
-            break; /* after the last newline: the start of the next chunk's first line */
-        Py_ssize_t raw = nl - line;
-        Py_ssize_t n = raw;
-        while (n > 0 && line[n - 1] == '\r')
-            n--;
-        pos += raw + 1;
-        const char *tok[FIELDS];
-        Py_ssize_t len[FIELDS];
+    Line lines[2];
+    int cur = 0;
+    int more = next_line(data, size_all, &pos, clean, max_line, verdicts, &lines[0]);
+    for (; more; cur ^= 1) {
+        const Line *ln = &lines[cur];
+        more = next_line(data, size_all, &pos, clean, max_line, verdicts, &lines[cur ^ 1]);
+        const char *line = ln->line;
+        Py_ssize_t n = ln->n;
         double ts = 0;
         long long elapsed = 0, size = 0;
         int r = 0;
-        if (n <= max_line) {
-            r = classify(line, n, size_all - (line - data), clean, rejects, connects, verdicts,
-                         markers, &ranges, tok, len, &ts, &elapsed, &size);
+        if (ln->split) {
+            r = classify(ln, rejects, connects, verdicts, markers, &ranges, &ts, &elapsed,
+                         &size);
             if (r < 0)
                 goto fail;
         }
@@ -963,13 +1012,13 @@ native_chunk(PyObject *self, PyObject *args)
         }
         PyObject *item = NULL;
         if (r == KEEP && mk.cls != NULL) {
-            item = observation_of(&mk, index, tok, len, ts, elapsed, size, line, n);
+            item = observation_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n);
             if (item == NULL && PyErr_Occurred())
                 goto fail;
             records += item != NULL; /* made here: counted here */
         }
         if (item == NULL)
-            item = r == KEEP ? fields_of(index, tok, len, ts, elapsed, size, line, n)
+            item = r == KEEP ? fields_of(index, ln->tok, ln->len, ts, elapsed, size, line, n)
                              : handed_back(index, line, n);
         if (item == NULL)
             goto fail;
