@@ -167,23 +167,36 @@ find_scheme_sep(const char *s, Py_ssize_t n)
     return -1;
 }
 
-/* 1 when s[0:n] holds one of the byte strings of the tuple `markers`: each position whose
- * byte starts a marker is compared with those markers (a path has few such bytes) */
-static int
-has_marker(const char *s, Py_ssize_t n, PyObject *markers)
+/* The byte strings of the tuple `markers` (an LLM API path holds one), and the bytes that
+ * start one */
+typedef struct {
+    PyObject *tuple;
+    unsigned char first[256];
+} Markers;
+
+static void
+markers_of(PyObject *tuple, Markers *m)
 {
-    unsigned char first[256] = {0};
-    Py_ssize_t count = PyTuple_GET_SIZE(markers);
-    for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *m = PyTuple_GET_ITEM(markers, k);
-        if (PyBytes_Check(m) && PyBytes_GET_SIZE(m) > 0)
-            first[(unsigned char)PyBytes_AS_STRING(m)[0]] = 1;
+    memset(m, 0, sizeof(*m));
+    m->tuple = tuple;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tuple); k++) {
+        PyObject *b = PyTuple_GET_ITEM(tuple, k);
+        if (PyBytes_Check(b) && PyBytes_GET_SIZE(b) > 0)
+            m->first[(unsigned char)PyBytes_AS_STRING(b)[0]] = 1;
     }
+}
+
+/* 1 when s[0:n] holds one of the markers: each position whose byte starts a marker is
+ * compared with those markers (a path has few such bytes) */
+static int
+has_marker(const char *s, Py_ssize_t n, const Markers *markers)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(markers->tuple);
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!first[(unsigned char)s[i]])
+        if (!markers->first[(unsigned char)s[i]])
             continue;
         for (Py_ssize_t k = 0; k < count; k++) {
-            PyObject *m = PyTuple_GET_ITEM(markers, k);
+            PyObject *m = PyTuple_GET_ITEM(markers->tuple, k);
             if (!PyBytes_Check(m))
                 continue;
             Py_ssize_t mlen = PyBytes_GET_SIZE(m);
@@ -681,7 +694,7 @@ next_line(const char *data, Py_ssize_t size, Py_ssize_t *pos, int clean, Py_ssiz
  * On KEEP, *ts, *elapsed, *size hold the values of its fields. */
 static int
 classify(const Line *ln, PyObject *rejects, PyObject *connects, Verdicts *verdicts,
-         PyObject *markers, const Ranges *ranges, double *ts, long long *elapsed,
+         const Markers *markers, const Ranges *ranges, double *ts, long long *elapsed,
          long long *size)
 {
     const char *const *tok = ln->tok;
@@ -981,6 +994,8 @@ native_chunk(PyObject *self, PyObject *args)
     } else {
         Py_INCREF(markers);
     }
+    Markers marks;
+    markers_of(markers, &marks);
     Py_INCREF(chunk); /* a dict lookup may run Python code; keep the buffer alive */
     PyObject *todo = PyList_New(0);
     if (todo == NULL)
@@ -1000,7 +1015,7 @@ native_chunk(PyObject *self, PyObject *args)
         long long elapsed = 0, size = 0;
         int r = 0;
         if (ln->split) {
-            r = classify(ln, rejects, connects, verdicts, markers, &ranges, &ts, &elapsed,
+            r = classify(ln, rejects, connects, verdicts, &marks, &ranges, &ts, &elapsed,
                          &size);
             if (r < 0)
                 goto fail;
