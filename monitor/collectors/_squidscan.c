@@ -44,7 +44,7 @@
 
 
 /* bit k of the result set when p[k] is a separator, for k < 64 (p[0:64] readable) */
-#if defined(__SSE2__)
+#if defined(__SSE2__) && !defined(ACCEL_PORTABLE) /* -DACCEL_PORTABLE: the loop below */
 #include <emmintrin.h>
 
 static inline uint64_t
