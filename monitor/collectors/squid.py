@@ -210,7 +210,7 @@ class _Targets:
         #: the same for CONNECT targets: one text may be both and read differently as each
         self.connects: dict[bytes, bool] = {}
         self.fronts: dict[bytes, bool] = {}  # %Sh/%<a field -> origin in the ingress ranges
-        #: the C pre-pass's copy of ``rejects`` (a ``_squidscan.Verdicts``), emptied with it
+        #: the C pre-pass's copy of ``rejects`` and ``connects`` (a ``_squidscan.Verdicts``)
         self.verdicts: Any = None
 
     def rejects_target(self, connect: bool, target: bytes) -> bool:
