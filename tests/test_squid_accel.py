@@ -9,6 +9,7 @@ straddle the chunks) and asserts equal observations, line numbers, counts and pr
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 from contextlib import contextmanager
@@ -415,7 +416,7 @@ def test_native_chunk_makes_observations() -> None:
     """With ``maker``, a kept CONNECT whose values the caches hold becomes the Observation
     the Python loop makes of it, counted; one a cache lacks stays a tuple, uncounted; a
     layout that is not the class's slots is refused. Filling the slots or calling the class
-    gives the same Observation."""
+    gives the same Observation; filled with atoms only, the cycle collector does not track it."""
     (reference,), _ = parse(LLM + b"\n")
     t = squid._Targets(HOST_FILTER)
     rejects = {b"api.openai.com:443": False}
@@ -427,12 +428,17 @@ def test_native_chunk_makes_observations() -> None:
     )
     t.code_status(b"TCP_TUNNEL/200"), t.word(b"CONNECT"), t.ip(b"10.1.88.196")
     t.peer(b"HIER_DIRECT/172.66.0.243"), t.target("CONNECT", b"api.openai.com:443")
-    for layout in (squid._layout(), None):
+    slots, defaults, rid = squid._layout()
+    boxed = (slots, (*defaults[:18], [], *defaults[19:]), rid)  # a container: ts_end
+    for layout, watched in ((squid._layout(), False), (boxed, True), (None, True)):
         done, (blank, o), lines = built.native_chunk(
             b"\n" + LLM + b"\n", True, MAX_LINE, rejects, (), None, _maker(t, 4, layout)
         )
         assert done == 1 and lines == 2 and blank == (0, b"") and type(o) is Observation
-        assert o.to_dict() | {"id": o.record_id} == reference | {"line": 6}
+        if layout is not boxed:
+            assert o.to_dict() | {"id": o.record_id} == reference | {"line": 6}
+        # made of atoms only, it can be in no cycle: the cycle collector need not watch it
+        assert gc.is_tracked(o) == watched
     t.ips.clear()
     assert (
         built.native_chunk(
