@@ -9,6 +9,7 @@ straddle the chunks) and asserts equal observations, line numbers, counts and pr
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 from contextlib import contextmanager
@@ -79,7 +80,7 @@ def parse(data: bytes, piece: int | None = None) -> tuple[list[dict], tuple]:
         o.to_dict() | {"id": o.record_id} for o in collector.parse(stream, "t", diag, HOST_FILTER)
     ]
     problems = [(p.line, p.reason, p.excerpt) for p in (*diag.problems, *diag.notices)]
-    return found, (diag.records, diag.malformed, diag.skipped, problems)
+    return found, (diag.records, diag.malformed, diag.skipped, problems, diag.lines)
 
 
 def two_ways(data: bytes, piece: int | None = None) -> tuple[tuple, tuple]:
@@ -268,8 +269,8 @@ def test_benchmark_log_agrees(tmp_path: Path) -> None:
     """The benchmark generator's log, with a malformed line in every hundred."""
     out = tmp_path / "access.log"
     generated_squid_log(out, "--lines", "30000", "--malformed-rate", "0.01")
-    found, (records, malformed, _, problems) = both_ways(out.read_bytes())
-    assert found and malformed > 100 and problems and records > 29000
+    found, (records, malformed, _, problems, lines) = both_ways(out.read_bytes())
+    assert found and malformed > 100 and problems and records > 29000 and lines == 30000
 
 
 @pytest.mark.parametrize("piece", [1, 7, 100, 4096, 70_000])
@@ -280,9 +281,9 @@ def test_lines_across_chunks(piece: int) -> None:
     body = [OTHER, LLM, b"", OTHER + b"\r", LLM + b"\r\r", long, OTHER, long + b"\r", LLM,
             OTHER.replace(b"anan", b"an\x00an"), LLM + b" " + OTHER, b"  ", LLM]  # fmt: skip
     data = b"\n".join(body * 3) + b"\n" + long
-    found, (records, malformed, skipped, problems) = both_ways(data, piece)
+    found, (records, malformed, skipped, problems, lines) = both_ways(data, piece)
     assert [o["line"] for o in found if o["dest_host"] == "api.openai.com"][:4] == [2, 5, 9, 11]
-    assert skipped == 6 and records == 27
+    assert skipped == 6 and records == 27 and lines == len(body) * 3 + 1
     assert [line for line, reason, _ in problems if "longer" in reason] == [
         6,
         8,
@@ -305,22 +306,23 @@ def test_native_chunk_contract() -> None:
     todo = [fields, (3, b""), (4, lines[4]), (5, lines[5])]
     for end in (b"\n", b"\r\n", b"\r\r\n"):
         chunk = end.join(lines) + end
-        assert built.native_chunk(chunk, True, MAX_LINE, rejects) == (2, todo)
-        assert built.native_chunk(chunk, False, MAX_LINE, rejects) == (2, todo)
+        assert built.native_chunk(chunk, True, MAX_LINE, rejects) == (2, todo, 6)
+        assert built.native_chunk(chunk, False, MAX_LINE, rejects) == (2, todo, 6)
     # after the last newline: the start of a line the next chunk holds, not read
-    assert built.native_chunk(b"\n".join(lines), True, MAX_LINE, rejects) == (2, todo[:-1])
-    assert built.native_chunk(LLM + b"\n", True, len(LLM) - 1, rejects) == (0, [(0, LLM)])
-    assert built.native_chunk(b"", True, MAX_LINE, rejects) == (0, [])
+    assert built.native_chunk(b"\n".join(lines), True, MAX_LINE, rejects) == (2, todo[:-1], 5)
+    assert built.native_chunk(LLM + b"\n", True, len(LLM) - 1, rejects) == (0, [(0, LLM)], 1)
+    assert built.native_chunk(b"", True, MAX_LINE, rejects) == (0, [], 0)
     nul = LLM.replace(b"10.1.88.196", b"10.1.88.1\x00")
-    assert built.native_chunk(nul + b"\n", False, MAX_LINE, rejects) == (0, [(0, nul)])
+    assert built.native_chunk(nul + b"\n", False, MAX_LINE, rejects) == (0, [(0, nul)], 1)
     with pytest.raises(TypeError):
         built.native_chunk(lines, True, MAX_LINE, rejects)
     marked = OTHER.replace(b"/x?q=1", b"/x/v1/messages")
     assert built.native_chunk(marked + b"\n", True, MAX_LINE, rejects, (b"/v1/messages",)) == (
         0,
         [(0, marked)],
+        1,
     )
-    assert built.native_chunk(marked + b"\n", True, MAX_LINE, rejects, (b"/v2/",)) == (1, [])
+    assert built.native_chunk(marked + b"\n", True, MAX_LINE, rejects, (b"/v2/",)) == (1, [], 1)
 
 
 #: PEERS the pre-pass hands back with the bundled ranges: an address in them, or text with a
@@ -347,11 +349,11 @@ def test_native_chunk_ranges() -> None:
     rejects = {b"http://anan.co.jp": True}
     for peer in PEERS:
         line = OTHER.replace(PEER, peer) + b"\n"
-        back = (0, [(0, line[:-1])]) if peer in HANDED_BACK else (1, [])
+        back = (0, [(0, line[:-1])], 1) if peer in HANDED_BACK else (1, [], 1)
         assert built.native_chunk(line, True, MAX_LINE, rejects, (), ranges) == back, peer
-        assert built.native_chunk(line, True, MAX_LINE, rejects) == (1, [])
-        assert built.native_chunk(line, True, MAX_LINE, rejects, (), None) == (1, [])
-        assert built.native_chunk(line, True, MAX_LINE, rejects, (), (b"", b"")) == (1, [])
+        assert built.native_chunk(line, True, MAX_LINE, rejects) == (1, [], 1)
+        assert built.native_chunk(line, True, MAX_LINE, rejects, (), None) == (1, [], 1)
+        assert built.native_chunk(line, True, MAX_LINE, rejects, (), (b"", b"")) == (1, [], 1)
     inside = OTHER.replace(PEER, PEERS[0]) + b"\n"
     with pytest.raises(ValueError):
         built.native_chunk(inside, True, MAX_LINE, rejects, (), (b"123", b""))
@@ -389,7 +391,7 @@ def test_range_search_is_membership(networks, data) -> None:
     rejects = {b"http://anan.co.jp": True}
     for addr in [*picks, *anywhere]:
         line = OTHER.replace(PEER, b"HIER_DIRECT/" + str(addr).encode()) + b"\n"
-        dropped, _ = built.native_chunk(line, True, MAX_LINE, rejects, (), ranges)
+        dropped, _, _ = built.native_chunk(line, True, MAX_LINE, rejects, (), ranges)
         assert dropped == (not any(addr in n for n in networks)), (addr, networks)
 
 
@@ -414,24 +416,29 @@ def test_native_chunk_makes_observations() -> None:
     """With ``maker``, a kept CONNECT whose values the caches hold becomes the Observation
     the Python loop makes of it, counted; one a cache lacks stays a tuple, uncounted; a
     layout that is not the class's slots is refused. Filling the slots or calling the class
-    gives the same Observation."""
+    gives the same Observation; filled with atoms only, the cycle collector does not track it."""
     (reference,), _ = parse(LLM + b"\n")
     t = squid._Targets(HOST_FILTER)
     rejects = {b"api.openai.com:443": False}
     plain = built.native_chunk(LLM + b"\n", True, MAX_LINE, rejects)
-    assert plain == (0, [(0, *plain[1][0][1:])])  # caches empty: the fields
+    assert plain == (0, [(0, *plain[1][0][1:])], 1)  # caches empty: the fields
     assert (
         built.native_chunk(LLM + b"\n", True, MAX_LINE, rejects, (), None, _maker(t, 4, None))
         == plain
     )
     t.code_status(b"TCP_TUNNEL/200"), t.word(b"CONNECT"), t.ip(b"10.1.88.196")
     t.peer(b"HIER_DIRECT/172.66.0.243"), t.target("CONNECT", b"api.openai.com:443")
-    for layout in (squid._layout(), None):
-        done, (blank, o) = built.native_chunk(
+    slots, defaults, rid = squid._layout()
+    boxed = (slots, (*defaults[:18], [], *defaults[19:]), rid)  # a container: ts_end
+    for layout, watched in ((squid._layout(), False), (boxed, True), (None, True)):
+        done, (blank, o), lines = built.native_chunk(
             b"\n" + LLM + b"\n", True, MAX_LINE, rejects, (), None, _maker(t, 4, layout)
         )
-        assert done == 1 and blank == (0, b"") and type(o) is Observation
-        assert o.to_dict() | {"id": o.record_id} == reference | {"line": 6}
+        assert done == 1 and lines == 2 and blank == (0, b"") and type(o) is Observation
+        if layout is not boxed:
+            assert o.to_dict() | {"id": o.record_id} == reference | {"line": 6}
+        # made of atoms only, it can be in no cycle: the cycle collector need not watch it
+        assert gc.is_tracked(o) == watched
     t.ips.clear()
     assert (
         built.native_chunk(
@@ -442,6 +449,68 @@ def test_native_chunk_makes_observations() -> None:
     bad = (squid._layout()[0][:-1] + (None,), *squid._layout()[1:])
     with pytest.raises(ValueError):
         built.native_chunk(LLM + b"\n", True, MAX_LINE, rejects, (), None, _maker(t, 4, bad))
+
+
+CONNECT = OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"CONNECT anan.co.jp:443")
+
+
+def test_verdicts_mirror_rejects() -> None:
+    """A Verdicts table answers for the targets (of at most 48 bytes) it copied from
+    ``rejects``, as rejects did: the same results with it, and without rejects once it
+    holds them; a long target is always looked up in rejects; cleared, it holds none."""
+    far = b"a" * 60 + b".example:443"
+    rejects = {b"http://anan.co.jp": True, b"api.openai.com:443": False, b"anan.co.jp:443": True}
+    rejects[far] = True
+    lines = [OTHER, LLM, CONNECT, CONNECT.replace(b"anan.co.jp:443", far), OTHER + b" x"]
+    chunk = b"\n".join(lines) + b"\n"
+    plain = built.native_chunk(chunk, True, MAX_LINE, rejects)
+    assert plain[0] == 3 and plain[2] == 5
+    held = built.Verdicts()
+    assert built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, None, held) == plain
+    assert len(held) == 3
+    done, todo, count = built.native_chunk(chunk, True, MAX_LINE, {}, (), None, None, held)
+    assert (done, count) == (2, 5) and todo == sorted([*plain[1], (3, lines[3])])
+    held.clear()
+    assert len(held) == 0
+    assert built.native_chunk(chunk, True, MAX_LINE, {}, (), None, None, held)[0] == 0
+    with pytest.raises(TypeError):
+        built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, None, rejects)
+    with pytest.raises(TypeError):
+        built.Verdicts(1)
+
+
+def test_verdicts_bounded() -> None:
+    """More targets than the table may hold: it empties itself when full and never holds
+    more than CAPACITY; what it no longer holds is read from rejects again."""
+    capacity = built.Verdicts.CAPACITY
+    hosts = [b"h%d.example:443" % k for k in range(capacity + capacity // 2)]
+    rejects = dict.fromkeys(hosts, True)
+    chunk = b"".join(CONNECT.replace(b"anan.co.jp:443", h) + b"\n" for h in hosts)
+    held = built.Verdicts()
+    for _ in range(2):
+        assert built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, None, held) == (
+            len(hosts),
+            [],
+            len(hosts),
+        )
+        assert 0 < len(held) <= capacity
+    done, todo, _ = built.native_chunk(chunk, True, MAX_LINE, {}, (), None, None, held)
+    assert done == len(held) and len(todo) == len(hosts) - done
+
+
+@pytest.mark.parametrize("limit", [3, 40])
+def test_caches_emptied_agree(monkeypatch, limit: int) -> None:
+    """The collector's caches emptied over and over (the Verdicts table with ``rejects``),
+    with a target that is a CONNECT's and a URL's: the same as the pure-Python loop."""
+    monkeypatch.setattr(squid, "_CACHE_LIMIT", limit)
+    odd = OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"CONNECT http://api.openai.com")
+    lines = []
+    for k in range(120):
+        host = b"h%d.example" % (k % 50)
+        lines += [OTHER.replace(b"anan.co.jp", host), CONNECT.replace(b"anan.co.jp", host)]
+        lines += [LLM, odd, OTHER.replace(b"anan.co.jp/x", b"api.openai.com/v1")][k % 3 :][:1]
+    found, _ = both_ways(b"\n".join(lines) + b"\n", 997)
+    assert sum(o["dest_host"] == "api.openai.com" for o in found) >= 40
 
 
 def test_layout_only_for_a_plain_dataclass() -> None:

@@ -1,7 +1,7 @@
 /* The Squid native collector's pre-pass, in C (see monitor/accel.py).
  *
- * native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None)
- *     -> (records, todo)
+ * native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None,
+ *              verdicts=None, connects=rejects) -> (records, todo, lines)
  *
  * `chunk` holds whole lines, each ending in a newline (monitor.collectors.base.iter_chunks),
  * and after the last newline perhaps the start of a line that the next chunk holds, which
@@ -9,7 +9,8 @@
  * line it does what the first steps of SquidCollector._parse_native do when a host filter
  * is set. A line of exactly ten whitespace-separated fields whose fields are well formed
  * and whose target (the CONNECT host:port, or a URL's scheme://authority) the filter has
- * already judged is
+ * already judged (in `connects` for a CONNECT, `rejects` for the others: one text may be
+ * read as either, differently) is
  *   - rejected (rejects[target] is True): a record that is counted and dropped, unless it
  *     is a URL whose path holds one of `markers` (byte strings an LLM API path holds), or
  *     its %Sh/%<a field names an address that may lie in `ranges` (a provider's published
@@ -26,8 +27,9 @@
  * line), for the Python loop to read. `ranges` is (v4, v6): bytes of sorted, disjoint
  * [first, last] address pairs, big-endian, 4 and 16 bytes per address. It is stricter than the
  * Python code, never looser; `todo` keeps the order of the lines; `clean` says the chunk
- * holds no NUL byte. Rejected lines are only read: no object is made for them but the
- * lookup key.
+ * holds no NUL byte; `lines` is the number of lines read (the newlines of the chunk, up to its
+ * last). `verdicts` (a Verdicts) holds what `rejects` held for the targets seen so far: a
+ * rejected line whose target it holds is only read, no object is made for it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -40,37 +42,76 @@
 
 #define FIELDS 10
 
+
+/* bit k of the result set when p[k] is a separator, for k < 64 (p[0:64] readable) */
+#if defined(__SSE2__) && !defined(ACCEL_PORTABLE) /* -DACCEL_PORTABLE: the loop below */
+#include <emmintrin.h>
+
+static inline uint64_t
+separators64(const char *p)
+{
+    const __m128i space = _mm_set1_epi8(' '), tab = _mm_set1_epi8('\t'), four = _mm_set1_epi8(4);
+    uint64_t m = 0;
+    for (int k = 0; k < 4; k++) {
+        __m128i b = _mm_loadu_si128((const __m128i *)(p + 16 * k));
+        /* ' ', or \t..\r: b - '\t' at most 4, unsigned */
+        __m128i ctrl = _mm_cmpeq_epi8(_mm_subs_epu8(_mm_sub_epi8(b, tab), four), _mm_setzero_si128());
+        __m128i sep = _mm_or_si128(_mm_cmpeq_epi8(b, space), ctrl);
+        m |= (uint64_t)(uint16_t)_mm_movemask_epi8(sep) << (16 * k);
+    }
+    return m;
+}
+#else
 /* bytes.split() separators (Py_ISSPACE): space and \t \n \v \f \r */
 static const unsigned char SPACE[256] = {
     ['\t'] = 1, ['\n'] = 1, ['\v'] = 1, ['\f'] = 1, ['\r'] = 1, [' '] = 1,
 };
 #define is_space(c) (SPACE[(unsigned char)(c)])
 
-/* the end of the field starting at s[i]: the first separator at or after i, or n. Eight
- * bytes at a time where the byte order allows: the lowest byte below 0x21 of a word (the
- * lowest bit the test sets is exact) is a separator, or a control byte to step over. */
-static Py_ssize_t
-field_end(const char *s, Py_ssize_t i, Py_ssize_t n)
+static inline uint64_t
+separators64(const char *p)
 {
-#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-    while (i + 8 <= n) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        uint64_t below = (w - ones * 0x21) & ~w & highs;
-        if (below == 0) {
-            i += 8;
-            continue;
-        }
-        i += __builtin_ctzll(below) >> 3;
-        if (is_space(s[i]))
-            return i;
-        i++;
-    }
+    uint64_t m = 0;
+    for (int k = 0; k < 64; k++)
+        m |= (uint64_t)is_space(p[k]) << k;
+    return m;
+}
 #endif
-    while (i < n && !is_space((unsigned char)s[i]))
-        i++;
-    return i;
+
+/* Split s[0:n] at separators (as bytes.split() does) into at most FIELDS fields: their
+ * count, or FIELDS + 1 when there are more. Reads 64 bytes at a time: s[0:avail] must be
+ * readable (avail >= n), what lies past n is read but taken for separators. */
+static int
+split_fields(const char *s, Py_ssize_t n, Py_ssize_t avail, const char **tok, Py_ssize_t *len)
+{
+    int starts_seen = 0, ends_seen = 0;
+    uint64_t before = 1; /* whether the byte before the block is a separator */
+    for (Py_ssize_t base = 0; base < n; base += 64) {
+        uint64_t sep;
+        if (base + 64 <= avail) {
+            sep = separators64(s + base);
+        } else {
+            char pad[64];
+            memset(pad, ' ', sizeof(pad));
+            memcpy(pad, s + base, (size_t)(avail - base));
+            sep = separators64(pad);
+        }
+        if (n - base < 64)
+            sep |= ~0ULL << (n - base);
+        uint64_t shifted = sep << 1 | before;
+        uint64_t starts = ~sep & shifted, ends = sep & ~shifted;
+        before = sep >> 63;
+        for (; starts; starts &= starts - 1) {
+            if (starts_seen == FIELDS)
+                return FIELDS + 1;
+            tok[starts_seen++] = s + base + __builtin_ctzll(starts);
+        }
+        for (; ends; ends &= ends - 1, ends_seen++)
+            len[ends_seen] = s + base + __builtin_ctzll(ends) - tok[ends_seen];
+    }
+    if (ends_seen < starts_seen) /* the last field runs to n */
+        len[ends_seen] = s + n - tok[ends_seen];
+    return starts_seen;
 }
 
 static int
@@ -126,23 +167,36 @@ find_scheme_sep(const char *s, Py_ssize_t n)
     return -1;
 }
 
-/* 1 when s[0:n] holds one of the byte strings of the tuple `markers`: each position whose
- * byte starts a marker is compared with those markers (a path has few such bytes) */
-static int
-has_marker(const char *s, Py_ssize_t n, PyObject *markers)
+/* The byte strings of the tuple `markers` (an LLM API path holds one), and the bytes that
+ * start one */
+typedef struct {
+    PyObject *tuple;
+    unsigned char first[256];
+} Markers;
+
+static void
+markers_of(PyObject *tuple, Markers *m)
 {
-    unsigned char first[256] = {0};
-    Py_ssize_t count = PyTuple_GET_SIZE(markers);
-    for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *m = PyTuple_GET_ITEM(markers, k);
-        if (PyBytes_Check(m) && PyBytes_GET_SIZE(m) > 0)
-            first[(unsigned char)PyBytes_AS_STRING(m)[0]] = 1;
+    memset(m, 0, sizeof(*m));
+    m->tuple = tuple;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tuple); k++) {
+        PyObject *b = PyTuple_GET_ITEM(tuple, k);
+        if (PyBytes_Check(b) && PyBytes_GET_SIZE(b) > 0)
+            m->first[(unsigned char)PyBytes_AS_STRING(b)[0]] = 1;
     }
+}
+
+/* 1 when s[0:n] holds one of the markers: each position whose byte starts a marker is
+ * compared with those markers (a path has few such bytes) */
+static int
+has_marker(const char *s, Py_ssize_t n, const Markers *markers)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(markers->tuple);
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!first[(unsigned char)s[i]])
+        if (!markers->first[(unsigned char)s[i]])
             continue;
         for (Py_ssize_t k = 0; k < count; k++) {
-            PyObject *m = PyTuple_GET_ITEM(markers, k);
+            PyObject *m = PyTuple_GET_ITEM(markers->tuple, k);
             if (!PyBytes_Check(m))
                 continue;
             Py_ssize_t mlen = PyBytes_GET_SIZE(m);
@@ -410,44 +464,217 @@ small_int(const char *s, Py_ssize_t n)
     return v;
 }
 
+/* Verdicts: the host filter's verdicts on targets (the keys of `rejects`) in a C table, so
+ * that a line's target is looked up without making it a bytes object and hashing it through
+ * Python. It only mirrors `rejects`: a target is added when it is found there, so what is
+ * decided stays Python's; squid.py clears both together. Bounded: VERDICT_SLOTS slots of
+ * 64 bytes, at most half of them used (then it is emptied, as the Python caches are), keys
+ * of at most VERDICT_KEY bytes, and a lookup looks at VERDICT_PROBES slots at most (targets
+ * come from the log: a run of colliding ones only sends the lines to `rejects`). */
+#define VERDICT_SLOTS 32768
+#define VERDICT_KEY 48
+#define VERDICT_PROBES 16
+
+typedef struct {
+    uint64_t hash; /* 0: empty */
+    uint16_t len;
+    uint8_t connect; /* a CONNECT target (`connects`), else a URL's (`rejects`) */
+    uint8_t verdict; /* 1: rejected */
+    char key[VERDICT_KEY];
+} VerdictSlot;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t used;
+    uint64_t seed;
+    VerdictSlot *slot;
+} Verdicts;
+
+static PyTypeObject VerdictsType;
+
+static uint64_t
+mix64(uint64_t h)
+{
+    h ^= h >> 32;
+    h *= 0xd6e8feb86659fd93ULL;
+    h ^= h >> 32;
+    return h;
+}
+
+/* a 64-bit hash of s[0:n] (n <= VERDICT_KEY) as a CONNECT target or not, never 0 */
+static uint64_t
+verdict_hash(uint64_t seed, int connect, const char *s, Py_ssize_t n)
+{
+    uint64_t h = seed ^ ((uint64_t)(n * 2 + connect) * 0x9e3779b97f4a7c15ULL);
+    for (; n >= 8; s += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
+    }
+    if (n > 0) {
+        uint64_t w = 0;
+        memcpy(&w, s, (size_t)n);
+        h = mix64(h ^ w ^ 0xff51afd7ed558ccdULL);
+    }
+    return mix64(h) | 1;
+}
+
+/* key[0:n] == s[0:n], for the short keys of the table (n <= VERDICT_KEY), inline */
+static inline int
+same_key(const char *key, const char *s, Py_ssize_t n)
+{
+    uint64_t diff = 0, a, b;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&a, key + i, 8);
+        memcpy(&b, s + i, 8);
+        diff |= a ^ b;
+    }
+    for (; i < n; i++)
+        diff |= (unsigned char)key[i] ^ (unsigned char)s[i];
+    return diff == 0;
+}
+
+/* the verdict on s[0:n] (0 kept, 1 rejected), or -1 when the table does not hold it */
+static int
+verdict_get(const Verdicts *v, uint64_t h, int connect, const char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t k = 0; k < VERDICT_PROBES; k++) {
+        const VerdictSlot *e = &v->slot[(h + (uint64_t)k) & (VERDICT_SLOTS - 1)];
+        if (e->hash == 0)
+            return -1;
+        if (e->hash == h && e->len == n && e->connect == connect && same_key(e->key, s, n))
+            return e->verdict;
+    }
+    return -1;
+}
+
+static void
+verdict_put(Verdicts *v, uint64_t h, int connect, const char *s, Py_ssize_t n, int verdict)
+{
+    if (v->used >= VERDICT_SLOTS / 2) {
+        memset(v->slot, 0, sizeof(VerdictSlot) * VERDICT_SLOTS);
+        v->used = 0;
+    }
+    for (Py_ssize_t k = 0; k < VERDICT_PROBES; k++) {
+        VerdictSlot *e = &v->slot[(h + (uint64_t)k) & (VERDICT_SLOTS - 1)];
+        if (e->hash == 0) {
+            e->hash = h;
+            e->len = (uint16_t)n;
+            e->connect = (uint8_t)connect;
+            e->verdict = (uint8_t)verdict;
+            memcpy(e->key, s, (size_t)n);
+            v->used++;
+            return;
+        }
+    }
+}
+
+static PyObject *
+Verdicts_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Verdicts() takes no arguments");
+        return NULL;
+    }
+    Verdicts *v = (Verdicts *)type->tp_alloc(type, 0);
+    if (v == NULL)
+        return NULL;
+    v->slot = PyMem_Calloc(VERDICT_SLOTS, sizeof(VerdictSlot));
+    if (v->slot == NULL) {
+        Py_DECREF(v);
+        return PyErr_NoMemory();
+    }
+    /* targets come from the log: a seed its writer cannot know */
+    v->seed = mix64((uint64_t)(uintptr_t)v->slot ^ (uint64_t)(uintptr_t)v ^ 0x2545f4914f6cdd1dULL);
+    return (PyObject *)v;
+}
+
+static void
+Verdicts_dealloc(Verdicts *v)
+{
+    PyMem_Free(v->slot);
+    Py_TYPE(v)->tp_free((PyObject *)v);
+}
+
+static PyObject *
+Verdicts_clear(Verdicts *v, PyObject *unused)
+{
+    memset(v->slot, 0, sizeof(VerdictSlot) * VERDICT_SLOTS);
+    v->used = 0;
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+Verdicts_len(Verdicts *v)
+{
+    return v->used;
+}
+
+static PyMethodDef Verdicts_methods[] = {
+    {"clear", (PyCFunction)Verdicts_clear, METH_NOARGS, "Forget every verdict."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Verdicts_as_sequence = {
+    .sq_length = (lenfunc)Verdicts_len,
+};
+
+static PyTypeObject VerdictsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "monitor.collectors._squidscan.Verdicts",
+    .tp_doc = "Verdicts() -> the host filter's verdicts on targets, mirrored from `rejects` "
+              "for native_chunk (bounded: at most CAPACITY targets).",
+    .tp_basicsize = sizeof(Verdicts),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Verdicts_new,
+    .tp_dealloc = (destructor)Verdicts_dealloc,
+    .tp_methods = Verdicts_methods,
+    .tp_as_sequence = &Verdicts_as_sequence,
+};
+
 #define DROP 1 /* counted and dropped */
 #define KEEP 2 /* kept: split into fields */
 
-/* DROP, KEEP; 0: to the Python loop by index; -1: error set. On KEEP, tok/len hold the
- * fields and *ts, *elapsed, *size their values. */
+/* One line of a chunk: split into its fields, its target found and hashed, the slot of its
+ * verdict fetched; its verdict not yet looked up (that is done a line later, so that the
+ * slot, most often not cached, is fetched while the line before is dealt with). */
+typedef struct {
+    const char *line;
+    Py_ssize_t n;   /* its length, without the newline and the carriage returns before it */
+    int split;      /* ten fields, s[0:n] free of NUL bytes and not longer than max_line */
+    int connect;    /* a CONNECT: the target is a connects key, else a rejects key */
+    const char *tok[FIELDS];
+    Py_ssize_t len[FIELDS];
+    Py_ssize_t tlen; /* the target: tok[6][0:tlen] */
+    uint64_t h;      /* its hash in verdicts, 0 when verdicts do not hold it */
+} Line;
+
+/* the line of the chunk data[0:size] at *pos into ln, and *pos past it; 0 when no newline
+ * ends it (the start of a line that the next chunk holds) */
 static int
-classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *markers,
-         const Ranges *ranges, const char **tok, Py_ssize_t *len, double *ts,
-         long long *elapsed, long long *size)
+next_line(const char *data, Py_ssize_t size, Py_ssize_t *pos, int clean, Py_ssize_t max_line,
+          const Verdicts *verdicts, Line *ln)
 {
-    int count = 0;
-    Py_ssize_t i = 0;
-
-    if (!clean && memchr(s, 0, (size_t)n) != NULL)
+    const char *s = data + *pos;
+    const char *nl = memchr(s, '\n', (size_t)(size - *pos));
+    if (nl == NULL)
         return 0;
-    while (1) {
-        while (i < n && is_space((unsigned char)s[i]))
-            i++;
-        if (i >= n)
-            break;
-        if (count == FIELDS)
-            return 0; /* an eleventh field */
-        Py_ssize_t start = i;
-        i = field_end(s, i, n);
-        tok[count] = s + start;
-        len[count] = i - start;
-        count++;
-    }
-    if (count != FIELDS)
-        return 0;
-    *elapsed = small_int(tok[1], len[1]);
-    *size = small_int(tok[4], len[4]);
-    if (*elapsed < 0 || *size < 0 || !code_status(tok[3], len[3]) || !plain_ts(tok[0], len[0]))
-        return 0;
-
-    const char *target = tok[6];
-    Py_ssize_t tlen = len[6];
-    if (!(len[5] == 7 && memcmp(tok[5], "CONNECT", 7) == 0)) {
+    Py_ssize_t n = nl - s;
+    *pos += n + 1;
+    while (n > 0 && s[n - 1] == '\r')
+        n--;
+    ln->line = s;
+    ln->n = n;
+    ln->split = 0;
+    ln->h = 0;
+    if (n > max_line || (!clean && memchr(s, 0, (size_t)n) != NULL) ||
+        split_fields(s, n, size - (s - data), ln->tok, ln->len) != FIELDS)
+        return 1;
+    ln->split = 1;
+    const char *target = ln->tok[6];
+    Py_ssize_t tlen = ln->len[6];
+    ln->connect = ln->len[5] == 7 && memcmp(ln->tok[5], "CONNECT", 7) == 0;
+    if (!ln->connect) {
         Py_ssize_t sep = find_scheme_sep(target, tlen);
         if (sep > 0) {
             const char *slash = memchr(target + sep + 3, '/', (size_t)(tlen - sep - 3));
@@ -455,14 +682,49 @@ classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *ma
                 tlen = slash - target;
         }
     }
-    PyObject *key = PyBytes_FromStringAndSize(target, tlen);
-    if (key == NULL)
-        return -1;
-    PyObject *verdict = PyDict_GetItemWithError(rejects, key); /* borrowed */
-    Py_DECREF(key);
-    if (verdict == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    if (verdict == Py_False) {
+    ln->tlen = tlen;
+    if (verdicts != NULL && tlen <= VERDICT_KEY) {
+        ln->h = verdict_hash(verdicts->seed, ln->connect, target, tlen);
+        __builtin_prefetch(&verdicts->slot[ln->h & (VERDICT_SLOTS - 1)]);
+    }
+    return 1;
+}
+
+/* What becomes of a split line: DROP, KEEP; 0: to the Python loop by index; -1: error set.
+ * On KEEP, *ts, *elapsed, *size hold the values of its fields. */
+static int
+classify(const Line *ln, PyObject *rejects, PyObject *connects, Verdicts *verdicts,
+         const Markers *markers, const Ranges *ranges, double *ts, long long *elapsed,
+         long long *size)
+{
+    const char *const *tok = ln->tok;
+    const Py_ssize_t *len = ln->len;
+    const char *target = tok[6];
+    Py_ssize_t tlen = ln->tlen;
+    int connect = ln->connect;
+    uint64_t h = ln->h;
+    int rejected = -1;
+    *elapsed = small_int(tok[1], len[1]);
+    *size = small_int(tok[4], len[4]);
+    if (*elapsed < 0 || *size < 0 || !code_status(tok[3], len[3]) || !plain_ts(tok[0], len[0]))
+        return 0;
+    if (h != 0)
+        rejected = verdict_get(verdicts, h, connect, target, tlen);
+    if (rejected < 0) {
+        PyObject *key = PyBytes_FromStringAndSize(target, tlen);
+        if (key == NULL)
+            return -1;
+        PyObject *verdict = PyDict_GetItemWithError(connect ? connects : rejects, key);
+        Py_DECREF(key);
+        if (verdict == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        if (verdict != Py_False && verdict != Py_True)
+            return 0;
+        rejected = verdict == Py_True;
+        if (h != 0)
+            verdict_put(verdicts, h, connect, target, tlen, rejected);
+    }
+    if (!rejected) {
         /* plain_ts: at most 10 digits, '.', digits; longer fractions go to Python */
         char buf[40];
         if (len[0] >= (Py_ssize_t)sizeof(buf))
@@ -474,8 +736,6 @@ classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *ma
             return -1;
         return KEEP;
     }
-    if (verdict != Py_True)
-        return 0;
     if (tlen < len[6] && has_marker(target + tlen, len[6] - tlen, markers))
         return 0; /* a URL whose path may be an LLM API's */
     if ((ranges->n4 > 0 || ranges->n6 > 0) && peer_in_ranges(tok[8], len[8], ranges))
@@ -485,8 +745,8 @@ classify(const char *s, Py_ssize_t n, int clean, PyObject *rejects, PyObject *ma
 
 /* the tuple a kept line becomes (see the top of this file); steals nothing */
 static PyObject *
-fields_of(Py_ssize_t index, const char **tok, Py_ssize_t *len, double ts, long long elapsed,
-          long long size, const char *line, Py_ssize_t n)
+fields_of(Py_ssize_t index, const char *const *tok, const Py_ssize_t *len, double ts,
+          long long elapsed, long long size, const char *line, Py_ssize_t n)
 {
     PyObject *t = PyTuple_New(FIELDS + 1);
     if (t == NULL)
@@ -554,8 +814,8 @@ cached(PyObject *dict, const char *s, Py_ssize_t n, int *err)
 /* the Observation of a kept line; NULL and no error when it is no CONNECT or a value is not
  * cached yet (the line goes to Python as a tuple), NULL and an error set on a failure */
 static PyObject *
-observation_of(const Maker *mk, Py_ssize_t index, const char **tok, Py_ssize_t *len, double ts,
-               long long elapsed, long long size, const char *line, Py_ssize_t n)
+observation_of(const Maker *mk, Py_ssize_t index, const char *const *tok, const Py_ssize_t *len,
+               double ts, long long elapsed, long long size, const char *line, Py_ssize_t n)
 {
     if (!(len[5] == 7 && memcmp(tok[5], "CONNECT", 7) == 0))
         return NULL;
@@ -599,10 +859,17 @@ observation_of(const Maker *mk, Py_ssize_t index, const char **tok, Py_ssize_t *
         if (mk->nslots > 0) {
             PyTypeObject *tp = (PyTypeObject *)mk->cls;
             o = tp->tp_alloc(tp, 0);
+            int atoms = 1; /* every value a str, a number or None, none a container */
             for (Py_ssize_t k = 0; o != NULL && k < mk->nslots; k++) {
                 PyObject *v = k < 18 ? args[k] : k == mk->rid ? rid : mk->fallback[k];
                 *(PyObject **)((char *)o + mk->offset[k]) = Py_NewRef(v);
+                atoms &= !PyObject_IS_GC(v);
             }
+            /* then it can be in no reference cycle (its fields are typed so): the cycle
+             * collector need not watch it, as CPython does not watch a tuple of atoms.
+             * Hundreds of thousands of them per chunk at a 25 % LLM share woke it often. */
+            if (o != NULL && atoms && PyObject_IS_GC(o))
+                PyObject_GC_UnTrack(o);
         } else {
             o = PyObject_Vectorcall(mk->cls, args, 18, mk->kwnames);
         }
@@ -696,14 +963,26 @@ static PyObject *
 native_chunk(PyObject *self, PyObject *args)
 {
     PyObject *chunk, *rejects, *markers = NULL, *ranges_arg = NULL, *maker = NULL;
+    PyObject *verdicts_arg = NULL, *connects = NULL;
     int clean;
     Py_ssize_t max_line;
     Ranges ranges;
     Maker mk;
 
-    if (!PyArg_ParseTuple(args, "SpnO!|O!OO:native_chunk", &chunk, &clean, &max_line,
-                          &PyDict_Type, &rejects, &PyTuple_Type, &markers, &ranges_arg, &maker))
+    if (!PyArg_ParseTuple(args, "SpnO!|O!OOOO!:native_chunk", &chunk, &clean, &max_line,
+                          &PyDict_Type, &rejects, &PyTuple_Type, &markers, &ranges_arg, &maker,
+                          &verdicts_arg, &PyDict_Type, &connects))
         return NULL;
+    if (connects == NULL)
+        connects = rejects;
+    if (verdicts_arg != NULL && verdicts_arg != Py_None &&
+        !PyObject_TypeCheck(verdicts_arg, &VerdictsType)) {
+        PyErr_SetString(PyExc_TypeError, "verdicts must be None or a Verdicts");
+        return NULL;
+    }
+    Verdicts *verdicts = verdicts_arg == NULL || verdicts_arg == Py_None
+                             ? NULL
+                             : (Verdicts *)verdicts_arg;
     if (ranges_arg != NULL && ranges_arg != Py_None && !PyTuple_Check(ranges_arg)) {
         PyErr_SetString(PyExc_TypeError, "ranges must be None or a (v4, v6) tuple of bytes");
         return NULL;
@@ -722,6 +1001,8 @@ native_chunk(PyObject *self, PyObject *args)
     } else {
         Py_INCREF(markers);
     }
+    Markers marks;
+    markers_of(markers, &marks);
     Py_INCREF(chunk); /* a dict lookup may run Python code; keep the buffer alive */
     PyObject *todo = PyList_New(0);
     if (todo == NULL)
@@ -729,23 +1010,19 @@ native_chunk(PyObject *self, PyObject *args)
     const char *data = PyBytes_AS_STRING(chunk);
     Py_ssize_t size_all = PyBytes_GET_SIZE(chunk);
     Py_ssize_t records = 0, index = 0, pos = 0;
-    while (pos < size_all) {
-        const char *line = data + pos;
-        const char *nl = memchr(line, '\n', (size_t)(size_all - pos));
-        if (nl == NULL)
-            break; /* after the last newline: the start of the next chunk's first line */
-        Py_ssize_t raw = nl - line;
-        Py_ssize_t n = raw;
-        while (n > 0 && line[n - 1] == '\r')
-            n--;
-        pos += raw + 1;
-        const char *tok[FIELDS];
-        Py_ssize_t len[FIELDS];
+    Line lines[2];
+    int cur = 0;
+    int more = next_line(data, size_all, &pos, clean, max_line, verdicts, &lines[0]);
+    for (; more; cur ^= 1) {
+        const Line *ln = &lines[cur];
+        more = next_line(data, size_all, &pos, clean, max_line, verdicts, &lines[cur ^ 1]);
+        const char *line = ln->line;
+        Py_ssize_t n = ln->n;
         double ts = 0;
         long long elapsed = 0, size = 0;
         int r = 0;
-        if (n <= max_line) {
-            r = classify(line, n, clean, rejects, markers, &ranges, tok, len, &ts, &elapsed,
+        if (ln->split) {
+            r = classify(ln, rejects, connects, verdicts, &marks, &ranges, &ts, &elapsed,
                          &size);
             if (r < 0)
                 goto fail;
@@ -757,13 +1034,13 @@ native_chunk(PyObject *self, PyObject *args)
         }
         PyObject *item = NULL;
         if (r == KEEP && mk.cls != NULL) {
-            item = observation_of(&mk, index, tok, len, ts, elapsed, size, line, n);
+            item = observation_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n);
             if (item == NULL && PyErr_Occurred())
                 goto fail;
             records += item != NULL; /* made here: counted here */
         }
         if (item == NULL)
-            item = r == KEEP ? fields_of(index, tok, len, ts, elapsed, size, line, n)
+            item = r == KEEP ? fields_of(index, ln->tok, ln->len, ts, elapsed, size, line, n)
                              : handed_back(index, line, n);
         if (item == NULL)
             goto fail;
@@ -775,7 +1052,7 @@ native_chunk(PyObject *self, PyObject *args)
     }
     Py_DECREF(chunk);
     Py_DECREF(markers);
-    return Py_BuildValue("nN", records, todo);
+    return Py_BuildValue("nNn", records, todo, index);
 fail:
     Py_DECREF(chunk);
     Py_DECREF(markers);
@@ -797,9 +1074,9 @@ static PyMethodDef methods[] = {
     {"record_id", record_id, METH_O,
      "record_id(line) -> str: monitor.ids.record_id, the id of a kept line, in C."},
     {"native_chunk", native_chunk, METH_VARARGS,
-     "native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None) -> "
-     "(records, todo): over the lines of a chunk, count those whose target the host filter "
-     "rejected (unless their URL path holds a marker or their peer address lies in ranges); "
+     "native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None, "
+     "verdicts=None, connects=rejects) -> (records, todo, lines): over the lines of a chunk, count those whose "
+     "target the host filter rejected (unless their URL path holds a marker or their peer address lies in ranges); "
      "make the Observation of a kept CONNECT whose values are cached (with maker), split "
      "the other kept lines into their fields; (index, line) for the others."},
     {NULL, NULL, 0, NULL},
@@ -814,10 +1091,21 @@ PyInit__squidscan(void)
     CONNECT_SOURCE = PyUnicode_InternFromString("connect");
     if (CONNECT_SOURCE == NULL)
         return NULL;
+    if (PyType_Ready(&VerdictsType) < 0)
+        return NULL;
+    PyObject *capacity = PyLong_FromLong(VERDICT_SLOTS / 2);
+    int bad = capacity == NULL ||
+              PyDict_SetItemString(VerdictsType.tp_dict, "CAPACITY", capacity) < 0;
+    Py_XDECREF(capacity);
+    PyType_Modified(&VerdictsType);
+    if (bad)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     /* 4: native_chunk reads whole chunks; 5: it takes the ingress ranges; 6: a kept line
-     * comes with its record id. squid.py ignores a module built before that */
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 6) < 0) {
+     * comes with its record id; 7: it takes a Verdicts table. squid.py ignores a module
+     * built before that */
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 7) < 0 ||
+                      PyModule_AddObjectRef(m, "Verdicts", (PyObject *)&VerdictsType) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

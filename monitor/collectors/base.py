@@ -391,9 +391,28 @@ Batch = tuple[int, list[bytes], bool]  # (line number before the first line, lin
 Chunk = tuple[int, bytes, bool]
 
 
-def iter_chunks(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Chunk]:
+class Counted:
+    """The lines of the chunk :func:`iter_chunks` yielded last, as its reader counted them
+    while reading it (``lines`` is the number of newlines up to its last): told so before
+    asking for the next chunk, iter_chunks need not count them again. Any other chunk, or
+    none told, and iter_chunks counts."""
+
+    __slots__ = ("chunk", "lines")
+
+    def __init__(self) -> None:
+        self.chunk: bytes | None = None
+        self.lines = 0
+
+    def tell(self, chunk: bytes, lines: int) -> None:
+        self.chunk, self.lines = chunk, lines
+
+
+def iter_chunks(
+    stream: BinaryIO, source: str, diag: Diagnostics, counted: Counted | None = None
+) -> Iterator[Chunk]:
     """Stream a text input as the whole lines of each chunk read, not yet split, for a
-    collector that reads them without making each line an object (the Squid C pre-pass).
+    collector that reads them without making each line an object (the Squid C pre-pass);
+    a reader that counts the lines of a chunk may say so through ``counted``.
 
     Line numbers count every physical line. A line longer than ``MAX_LINE`` that does not
     end inside its chunk is reported as malformed and skipped, so a file without newlines
@@ -424,18 +443,22 @@ def iter_chunks(stream: BinaryIO, source: str, diag: Diagnostics) -> Iterator[Ch
                 chunk = carry + chunk
                 carry = b""
             end = chunk.rfind(b"\n") + 1
-            lines = chunk.count(b"\n", 0, end)
             if end < len(chunk):
                 carry = chunk[end:]  # the chunk keeps it: readers stop at its last newline
             if len(carry) > MAX_LINE:
+                lines = chunk.count(b"\n", 0, end)
                 diag.malformed_record(
                     source, lineno + lines + 1, f"line longer than {MAX_LINE} bytes", carry
                 )
                 carry = b""
                 skipping = True
-            if lines:
+            if end:
                 yield lineno, chunk, b"\x00" not in chunk
-                lineno += lines
+                if counted is not None and counted.chunk is chunk:
+                    lineno += counted.lines
+                    counted.chunk = None
+                else:
+                    lineno += chunk.count(b"\n", 0, end)
             if skipping:
                 lineno += 1
         if carry:

@@ -175,12 +175,14 @@ class _Targets:
         "words",
         "filter",
         "rejects",
+        "connects",
         "host_filter",
         "requests",
         "markers",
         "marker_search",
         "ingress",
         "fronts",
+        "verdicts",
     )
 
     def __init__(self, host_filter: HostFilter | None = None) -> None:
@@ -203,17 +205,25 @@ class _Targets:
         self.codes: dict[bytes, tuple[str, int | None] | None] = {}
         self.words: dict[bytes, str] = {}
         self.filter: dict[str, bool] = {}
-        self.rejects: dict[bytes, bool] = {}  # CONNECT target -> rejected by the host filter
+        #: URL target (``scheme://authority``, or as logged) -> rejected by the host filter
+        self.rejects: dict[bytes, bool] = {}
+        #: the same for CONNECT targets: one text may be both and read differently as each
+        self.connects: dict[bytes, bool] = {}
         self.fronts: dict[bytes, bool] = {}  # %Sh/%<a field -> origin in the ingress ranges
+        #: the C pre-pass's copy of ``rejects`` and ``connects`` (a ``_squidscan.Verdicts``)
+        self.verdicts: Any = None
 
     def rejects_target(self, connect: bool, target: bytes) -> bool:
         """Whether the host filter rejects the host of a CONNECT target or of a URL's
         ``scheme://authority`` (memoised per distinct target)."""
         host = self.target("CONNECT" if connect else "GET", target)[0]
         v = host is not None and not self.keep(host)
-        if len(self.rejects) > _CACHE_LIMIT:
-            self.rejects.clear()
-        self.rejects[target] = v
+        verdicts = self.connects if connect else self.rejects
+        if len(verdicts) > _CACHE_LIMIT:
+            verdicts.clear()
+            if self.verdicts is not None:
+                self.verdicts.clear()  # it holds no verdict that its dicts do not
+        verdicts[target] = v
         return v
 
     def wanted(self, url: bytes | None, user_agent: bytes | None = None) -> bool:
@@ -357,25 +367,37 @@ Intervals = tuple[bytes, bytes]
 #: source, format, line number before the chunk's first, the caches of :class:`_Targets`
 #: codes, words, connect, ips, hier, ("record_id",), and :func:`_layout`)
 Maker = tuple[type, str, str, int, dict, dict, dict, dict, dict, tuple[str], tuple | None]
-#: (chunk, clean, max_line, rejects, markers, ranges, maker) -> (records counted: dropped or
-#: made, the other lines in order: Observations, split into their fields, or (index, line)
-#: for the Python loop)
+#: (chunk, clean, max_line, rejects, markers, ranges, maker, verdicts, connects) -> (records
+#: counted: dropped or made, the other lines in order: Observations, split into their
+#: fields, or (index, line) for the Python loop, the lines read); verdicts: a ``Verdicts``
+#: table mirroring rejects and connects (the verdicts on URL and on CONNECT targets)
 NativeChunk = Callable[
-    [bytes, bool, int, dict[bytes, bool], tuple[bytes, ...], Intervals | None, Maker | None],
-    tuple[int, list[Observation | tuple[int, bytes] | Fields]],
+    [
+        bytes,
+        bool,
+        int,
+        dict[bytes, bool],
+        tuple[bytes, ...],
+        Intervals | None,
+        Maker | None,
+        Any,
+        dict[bytes, bool],
+    ],
+    tuple[int, list[Observation | tuple[int, bytes] | Fields], int],
 ]
 
 
-def _accelerator() -> NativeChunk | None:
-    """``native_chunk`` of the C pre-pass (``_squidscan.c``), when it is built and wanted."""
+def _accelerator() -> Any:
+    """The C pre-pass module (``_squidscan.c``: ``native_chunk``, ``Verdicts``), when it is
+    built and wanted."""
     module = accel.load("monitor.collectors._squidscan")
     if module is None or getattr(module, "ABI", 1) < _ACCEL_ABI:
         return None  # absent, or built from an older source: rebuild it (pip install)
-    return module.native_chunk
+    return module
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 6
+_ACCEL_ABI = 7
 _RID = ("record_id",)
 
 
@@ -476,12 +498,13 @@ class SquidCollector(_base.Collector):
 
     def read(self, job: _base.ParseInput) -> Iterator[Observation]:
         stream, source, diag, host_filter = job
-        chunks: Iterable[Chunk] = iter_chunks(stream, source, diag)
+        counted = _base.Counted()
+        chunks: Iterable[Chunk] = iter_chunks(stream, source, diag, counted)
         variant = self.variant
         if variant == "auto":
             variant, chunks = _detect(chunks)
         if variant == FORMAT_NATIVE:
-            return self._parse_native(chunks, source, diag, host_filter)
+            return self._parse_native(chunks, source, diag, host_filter, counted)
         compiled = self.compiled if variant == FORMAT_CUSTOM else None
         if compiled is None:
             compiled = _builtin("combined" if variant == FORMAT_COMBINED else "common")
@@ -496,6 +519,7 @@ class SquidCollector(_base.Collector):
         source: str,
         diag: Diagnostics,
         host_filter: HostFilter | None,
+        counted: _base.Counted | None = None,
     ) -> Iterator[Observation]:
         """The hot loop. A line of exactly ten fields that convert cleanly takes the fast
         path (per-field caches, no regex); anything else (extra fields, glued records,
@@ -503,7 +527,7 @@ class SquidCollector(_base.Collector):
         t = _Targets(host_filter)
         ips, codes, hiers, connect, words = t.ips, t.codes, t.hier, t.connect, t.words
         fcache = t.filter
-        rejects = t.rejects
+        rejects, connects = t.rejects, t.connects
         missing = _MISSING
         obs = Observation
         digest = record_id
@@ -518,7 +542,12 @@ class SquidCollector(_base.Collector):
         networks = getattr(host_filter, "networks", None)
         ranges = intervals(networks) if t.ingress is not None and networks is not None else None
         usable = t.ingress is None or ranges is not None
-        prepass = _accelerator() if filtering and usable else None
+        module = _accelerator() if filtering and usable else None
+        prepass: NativeChunk | None = None
+        if module is not None:
+            prepass = module.native_chunk
+            t.verdicts = module.Verdicts()
+        verdicts = t.verdicts
         # what it needs to make the Observation of a kept CONNECT whose values are cached
         cached = (codes, words, connect, ips, hiers, _RID, _layout())
         fronting = t.ingress is not None
@@ -532,7 +561,11 @@ class SquidCollector(_base.Collector):
             for first, chunk, clean in chunks:
                 if prepass is not None:
                     maker = (obs, source, fmt, first, *cached)
-                    done, todo = prepass(chunk, clean, max_line, rejects, markers, ranges, maker)
+                    done, todo, lines = prepass(
+                        chunk, clean, max_line, rejects, markers, ranges, maker, verdicts, connects
+                    )
+                    if counted is not None:
+                        counted.tell(chunk, lines)  # iter_chunks need not count them
                     records += done
                     batches: Iterable[tuple[int, Iterable[tuple]]] = ((first, todo),)
                 else:
@@ -584,14 +617,15 @@ class SquidCollector(_base.Collector):
                                 # first (CONNECT host:port, or a URL's scheme and authority),
                                 # then only that the record is well formed
                                 target = parts[6]
-                                if parts[5] != b"CONNECT":
+                                is_connect = parts[5] == b"CONNECT"
+                                if not is_connect:
                                     k = target.find(b"://")
                                     j = target.find(b"/", k + 3) if k > 0 else -1
                                     if j > 0:
                                         target = target[:j]
-                                rejected = rejects.get(target)
+                                rejected = (connects if is_connect else rejects).get(target)
                                 if rejected is None:
-                                    rejected = t.rejects_target(parts[5] == b"CONNECT", target)
+                                    rejected = t.rejects_target(is_connect, target)
                                 if rejected and markers and target is not parts[6]:
                                     # a URL with a path: an LLM API path keeps it all the same
                                     rejected = marker_search(parts[6], len(target)) is None
