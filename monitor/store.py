@@ -1846,14 +1846,29 @@ class Store:
 
     def egress_groups(self, start: float, end: float) -> list[tuple[str, str, int, str]]:
         """Who (the user, else the client address) reached which provider in ``[start,
-        end)``: (who, provider, how many egress countries, the first of them)."""
-        days, params = self._days(iso_day(start), iso_day(end))
+        end)``: (who, provider, how many egress countries, the first of them). Contexts
+        whose rolled-up requests all fall in the span are read from their roll-ups (one row
+        per client, not per request); the requests of the others, and those not rolled up
+        yet, one by one."""
+        first, last = iso_day(start), iso_day(end)
+        days, params = self._days(first, last)
+        inside = (
+            "SELECT t.ctx FROM obs_context_totals t CROSS JOIN obs_contexts c ON c.n = t.ctx"
+            " WHERE c.day >= ? AND c.day <= ? AND t.first_ts >= ? AND t.last_ts < ?"
+        )
+        span = [first, last, start, end]
         return [tuple(r) for r in self.db.execute(
-            f"""SELECT coalesce(user, client_ip) AS who, provider,
-                      count(DISTINCT egress_country), min(egress_country)
-               FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY}
+            f"""SELECT who, provider, count(DISTINCT egress_country), min(egress_country) FROM (
+                 SELECT coalesce(w.user, w.client_ip) AS who, c.provider, c.egress_country
+                 FROM obs_rollup r CROSS JOIN obs_contexts c ON c.n = r.ctx
+                   CROSS JOIN obs_clients w ON w.n = r.client
+                 WHERE r.ctx IN ({inside}) AND {_EGRESS_WHO}
+                 UNION ALL
+                 SELECT coalesce(user, client_ip) AS who, provider, egress_country
+                 FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY}
+                   AND (o.n > {_MARK} OR o.ctx NOT IN ({inside})))
                GROUP BY who, provider ORDER BY who, provider""",  # noqa: S608 - constants
-            [*params, start, end])]  # fmt: skip
+            [*span, *params, start, end, *span])]  # fmt: skip
 
     def egress_buckets(
         self, start: float, end: float, who: Sequence[str]
@@ -3204,10 +3219,11 @@ def _set_mark(conn: sqlite3.Connection) -> None:
 
 
 #: observations of a time span that tell a client's egress country with a provider
-_EGRESS_HISTORY = (
-    "ts >= ? AND ts < ? AND egress_country IS NOT NULL"
-    " AND coalesce(user, client_ip) IS NOT NULL AND provider_kind IN ('api', 'consumer')"
+_EGRESS_WHO = (
+    "egress_country IS NOT NULL AND coalesce(user, client_ip) IS NOT NULL"
+    " AND provider_kind IN ('api', 'consumer')"
 )
+_EGRESS_HISTORY = f"ts >= ? AND ts < ? AND {_EGRESS_WHO}"
 
 
 def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
