@@ -300,7 +300,9 @@ def test_egress_history_reads_roll_ups_and_rows_alike(tmp_path):
                  AND provider_kind IN ('api', 'consumer') GROUP BY 1, 2 ORDER BY 1, 2""",
             [lo, hi])]  # fmt: skip
 
-    spans = [(day0 + a * 3600, day0 + b * 3600) for a, b in ((0, 96), (-30, 50), (13, 61), (30, 31))]
+    spans = [
+        (day0 + a * 3600, day0 + b * 3600) for a, b in ((0, 96), (-30, 50), (13, 61), (30, 31))
+    ]
     store.ingest(sid, [(r, []) for r in rows(0, 300)])
     store.roll_up()
     store.ingest(sid, [(r, []) for r in rows(300, 200)])  # above the roll-ups' mark
