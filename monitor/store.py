@@ -1851,24 +1851,26 @@ class Store:
         per client, not per request); the requests of the others, and those not rolled up
         yet, one by one."""
         first, last = iso_day(start), iso_day(end)
-        days, params = self._days(first, last)
         inside = (
             "SELECT t.ctx FROM obs_context_totals t CROSS JOIN obs_contexts c ON c.n = t.ctx"
             " WHERE c.day >= ? AND c.day <= ? AND t.first_ts >= ? AND t.last_ts < ?"
         )
-        span = [first, last, start, end]
+        edge = f"day >= ? AND day <= ? AND n NOT IN ({inside})"  # contexts read row by row
+        span = [first, last, start, end]  # the parameters of each part below
+        rows = f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country
+                   FROM {_OBS} WHERE {{}} AND day >= ? AND day <= ? AND {_EGRESS_HISTORY}"""
         return [tuple(r) for r in self.db.execute(
             f"""SELECT who, provider, count(DISTINCT egress_country), min(egress_country) FROM (
                  SELECT coalesce(w.user, w.client_ip) AS who, c.provider, c.egress_country
                  FROM obs_rollup r CROSS JOIN obs_contexts c ON c.n = r.ctx
                    CROSS JOIN obs_clients w ON w.n = r.client
                  WHERE r.ctx IN ({inside}) AND {_EGRESS_WHO}
-                 UNION ALL
-                 SELECT coalesce(user, client_ip) AS who, provider, egress_country
-                 FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY}
-                   AND (o.n > {_MARK} OR o.ctx NOT IN ({inside})))
+                 UNION ALL {rows.format(f"o.n > {_MARK}")}
+                 UNION ALL {rows.format(
+                     f"o.n >= (SELECT coalesce(min(first_row), 1 << 62) FROM obs_contexts"
+                     f" WHERE {edge}) AND o.n <= {_MARK} AND o.ctx NOT IN ({inside})")})
                GROUP BY who, provider ORDER BY who, provider""",  # noqa: S608 - constants
-            [*span, *params, start, end, *span])]  # fmt: skip
+            [*span, *span, first, last, *span, *span, *span])]  # fmt: skip
 
     def egress_buckets(
         self, start: float, end: float, who: Sequence[str]
