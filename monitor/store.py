@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import repeat
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -651,12 +650,8 @@ class Store:
         if deltas:
             self._store_incidents(deltas, result)
             keys = self._incident_numbers(list(deltas))
-            pairs: list[tuple[int, int]] = []
-            for incs, rows, offset in links:
-                for inc in incs:
-                    pairs.extend(
-                        zip(repeat(keys[inc["id"]]), map(offset.__add__, rows), strict=False)
-                    )
+            pairs = [(k, offset + i) for incs, rows, offset in links
+                     for k in [keys[inc["id"]] for inc in incs] for i in rows]  # fmt: skip
             conn.executemany("INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", pairs)
         if result.rule_of:
             self._advance_findings(scan_id, result)
@@ -784,7 +779,9 @@ class Store:
                     :EVIDENCE_SAMPLES
                 ]
                 evidence_text = json.dumps(evidence)
-            facts = merge_fact_lists(d.get("facts"), old.facts if old is not None else None)
+            # the transaction's few facts into the stored ones (the lists keep the first few
+            # values in a fixed order: merging is the same either way round)
+            facts = merge_fact_lists(old.facts if old is not None else None, d.get("facts"))
             if old is not None and facts == old.facts:
                 facts_text = old.facts_text
             else:
@@ -1858,7 +1855,7 @@ class Store:
         edge = f"day >= ? AND day <= ? AND n NOT IN ({inside})"  # contexts read row by row
         span = [first, last, start, end]  # the parameters of each part below
         rows = f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country
-                   FROM {_OBS} WHERE {{}} AND day >= ? AND day <= ? AND {_EGRESS_HISTORY}"""
+                   FROM {_OBS} WHERE {{}} AND day >= ? AND day <= ? AND {_EGRESS_HISTORY}"""  # noqa: S608
         return [tuple(r) for r in self.db.execute(
             f"""SELECT who, provider, count(DISTINCT egress_country), min(egress_country) FROM (
                  SELECT coalesce(w.user, w.client_ip) AS who, c.provider, c.egress_country
