@@ -728,20 +728,23 @@ class Store:
         )
         return self.db.conn.executemany(sql, rows).rowcount
 
-    @staticmethod
-    def _add_batch_deltas(deltas: dict[str, dict[str, Any]], batch: Batch,
+    def _add_batch_deltas(self, deltas: dict[str, dict[str, Any]], batch: Batch,
                           parts: dict[str, dict[str, Any]], scan_id: int) -> None:  # fmt: skip
         """Add a batch's deltas (:func:`monitor.batch.incident_deltas`) to the transaction's
-        (:func:`_delta`): the first of an incident is taken as it is."""
+        (:func:`_delta`): the first of an incident is taken as it is. Incidents stored with
+        all their evidence samples keep them (:meth:`_store_incidents`): none are made."""
+        stored = self._incident_state
         for iid, part in parts.items():
+            old = stored.get(iid)
+            full = old is not None and len(old.evidence) >= EVIDENCE_SAMPLES
             d = deltas.get(iid)
             if d is None:
-                part.update(evidence=[batch.sample(i) for i in part["evidence"]],
+                part.update(evidence=[] if full else [batch.sample(i) for i in part["evidence"]],
                             finding_id=_finding_of(part["inc"]), first_scan=scan_id,
                             last_scan=scan_id)  # fmt: skip
                 deltas[iid] = part
                 continue
-            room = EVIDENCE_SAMPLES - len(d["evidence"])
+            room = 0 if full else EVIDENCE_SAMPLES - len(d["evidence"])
             evidence = d["evidence"]
             if room > 0:
                 evidence = evidence + [batch.sample(i) for i in part["evidence"][:room]]
