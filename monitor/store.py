@@ -336,6 +336,9 @@ class _StoredIncident(NamedTuple):
     evidence_text: str | None
     facts: dict[str, list[Any]] | None
     facts_text: str | None
+    #: its first and last timestamps as this connection wrote them (None: read back)
+    first: float | None = None
+    last: float | None = None
 
 
 _NEW_INCIDENT_COLUMNS = (*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
@@ -345,11 +348,12 @@ _INSERT_INCIDENT = (
     f"INSERT INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)})"  # noqa: S608 - constants
     f" VALUES ({', '.join('?' * len(_NEW_INCIDENT_COLUMNS))})"
 )
-#: what new observations add to a stored incident (parameters: first_seen, last_seen, count,
-#: blocked, bytes_out, bytes_in, evidence, facts, first_scan, last_scan, id)
+#: what new observations add to a stored incident (parameters: first_seen, last_seen (None:
+#: within the stored ones), count, blocked, bytes_out, bytes_in, evidence, facts,
+#: first_scan, last_scan, id)
 _UPDATE_INCIDENT = """UPDATE incident_rows SET
-  first_seen = min(first_seen, ?1),
-  last_seen = max(last_seen, ?2),
+  first_seen = coalesce(min(first_seen, ?1), first_seen),
+  last_seen = coalesce(max(last_seen, ?2), last_seen),
   count = count + ?3,
   blocked = blocked + ?4,
   bytes_out = CASE WHEN bytes_out IS NULL AND ?5 IS NULL THEN NULL
@@ -756,9 +760,8 @@ class Store:
 
         The evidence samples and facts of the incidents this connection stored are
         remembered (:meth:`_forget_incidents`), so an incident that recurs from one
-        transaction to the next is neither read back nor rewritten whole."""
-        for d in deltas.values():
-            d["first_seen"], d["last_seen"] = iso_utc(d["first"]), iso_utc(d["last"])
+        transaction to the next is neither read back nor rewritten whole, nor its first and
+        last times when the new observations are within them."""
         result.rule_of.update(
             {iid: (d["inc"]["rule"], d["inc"]["severity"]) for iid, d in deltas.items()}
         )
@@ -789,18 +792,28 @@ class Store:
                 facts_text = old.facts_text
             else:
                 facts_text = json.dumps(facts, sort_keys=True) if facts else None
-            stored[iid] = _StoredIncident(evidence, evidence_text, facts, facts_text)
+            first, last = d["first"], d["last"]
             if old is None:
+                stored[iid] = _StoredIncident(
+                    evidence, evidence_text, facts, facts_text, first, last
+                )
                 inc = d["inc"]
                 row = {k: inc.get(k) for k in INCIDENT_IDENTITY}
                 row.update(d, evidence=evidence_text, facts=facts_text,
                            severity_rank=SEVERITY_RANK[inc["severity"]],
-                           outcome=_outcome(d["blocked"], d["count"]))  # fmt: skip
+                           outcome=_outcome(d["blocked"], d["count"]), first_seen=iso_utc(first),
+                           last_seen=iso_utc(last))  # fmt: skip
                 new.append(self._incident_values(row, _NEW_INCIDENT_COLUMNS))
-            else:
-                updates.append((d["first_seen"], d["last_seen"], d["count"], d["blocked"],
-                                d["bytes_out"], d["bytes_in"], evidence_text,
-                                self._facts(facts_text), d["first_scan"], d["last_scan"], iid))  # fmt: skip
+                continue
+            # times formatted only when they move the stored span (None: it stays)
+            lo = None if old.first is None else min(old.first, first)
+            hi = None if old.last is None else max(old.last, last)
+            stored[iid] = _StoredIncident(evidence, evidence_text, facts, facts_text, lo, hi)
+            updates.append((iso_utc(first) if lo is None or lo != old.first else None,
+                            iso_utc(last) if hi is None or hi != old.last else None,
+                            d["count"], d["blocked"],
+                            d["bytes_out"], d["bytes_in"], evidence_text,
+                            self._facts(facts_text), d["first_scan"], d["last_scan"], iid))  # fmt: skip
         self.db.conn.executemany(_INSERT_INCIDENT, new)
         self.db.conn.executemany(_UPDATE_INCIDENT, updates)
 

@@ -311,3 +311,25 @@ def test_egress_history_reads_roll_ups_and_rows_alike(tmp_path):
         assert found == by_request(lo, hi) and (found or (lo, hi) == spans[-1])
     store.roll_up()
     assert [store.egress_groups(lo, hi) for lo, hi in spans] == [by_request(*s) for s in spans]
+
+
+def test_an_incident_spans_its_observations_whatever_order_they_come_in(tmp_path):
+    """first_seen/last_seen move only outwards, from one transaction to the next, whether
+    the store wrote the incident itself or reads it back (another connection)."""
+    path = tmp_path / "s.db"
+    t = 1795741200.0  # 2026-11-27T01:00:00Z
+
+    def seen(store, *offsets):
+        sid = store.start_scan(["a.log"], {})
+        for k in offsets:  # one transaction each
+            store.ingest(sid, [(obs(int(k * 1000), ts=t + k), [inc()])])
+        (row,) = store.incidents(IncidentQuery())
+        return row["first_seen"][11:], row["last_seen"][11:], row["count"]
+
+    store = Store(path)
+    assert seen(store, 10) == ("01:00:10.000Z", "01:00:10.000Z", 1)
+    assert seen(store, 5.5, 12.25, 11, 4) == ("01:00:04.000Z", "01:00:12.250Z", 5)
+    store.close()
+    again = Store(path)  # what it knows of the incident is read back
+    assert seen(again, 8, 3.001) == ("01:00:03.001Z", "01:00:12.250Z", 7)
+    assert seen(again, 30, 2) == ("01:00:02.000Z", "01:00:30.000Z", 9)
