@@ -3233,11 +3233,12 @@ def _set_mark(conn: sqlite3.Connection) -> None:
     )
 
 
-#: observations of a time span that tell a client's egress country with a provider
+#: requests (or roll-up rows) that tell a client's egress country with a provider
 _EGRESS_WHO = (
     "egress_country IS NOT NULL AND coalesce(user, client_ip) IS NOT NULL"
     " AND provider_kind IN ('api', 'consumer')"
 )
+#: such requests of a time span
 _EGRESS_HISTORY = f"ts >= ? AND ts < ? AND {_EGRESS_WHO}"
 
 
