@@ -64,6 +64,8 @@ def correlate(
         return result
     first = _day_start(min(days))
     last = _day_start(max(days)) + DAY
+    if rules.correlations:  # the history is read from the roll-ups where they hold it
+        store.roll_up()
     for rule in rules.correlations:
         window = rule.correlate.window
         margin = math.ceil(window / DAY) * DAY

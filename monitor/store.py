@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import repeat
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -339,6 +338,9 @@ class _StoredIncident(NamedTuple):
     evidence_text: str | None
     facts: dict[str, list[Any]] | None
     facts_text: str | None
+    #: its first and last timestamps as this connection wrote them (None: read back)
+    first: float | None = None
+    last: float | None = None
 
 
 _NEW_INCIDENT_COLUMNS = (*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
@@ -348,11 +350,12 @@ _INSERT_INCIDENT = (
     f"INSERT INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)})"  # noqa: S608 - constants
     f" VALUES ({', '.join('?' * len(_NEW_INCIDENT_COLUMNS))})"
 )
-#: what new observations add to a stored incident (parameters: first_seen, last_seen, count,
-#: blocked, bytes_out, bytes_in, evidence, facts, first_scan, last_scan, id)
+#: what new observations add to a stored incident (parameters: first_seen, last_seen (None:
+#: within the stored ones), count, blocked, bytes_out, bytes_in, evidence, facts,
+#: first_scan, last_scan, id)
 _UPDATE_INCIDENT = """UPDATE incident_rows SET
-  first_seen = min(first_seen, ?1),
-  last_seen = max(last_seen, ?2),
+  first_seen = coalesce(min(first_seen, ?1), first_seen),
+  last_seen = coalesce(max(last_seen, ?2), last_seen),
   count = count + ?3,
   blocked = blocked + ?4,
   bytes_out = CASE WHEN bytes_out IS NULL AND ?5 IS NULL THEN NULL
@@ -653,12 +656,8 @@ class Store:
         if deltas:
             self._store_incidents(deltas, result)
             keys = self._incident_numbers(list(deltas))
-            pairs: list[tuple[int, int]] = []
-            for incs, rows, offset in links:
-                for inc in incs:
-                    pairs.extend(
-                        zip(repeat(keys[inc["id"]]), map(offset.__add__, rows), strict=False)
-                    )
+            pairs = [(k, offset + i) for incs, rows, offset in links
+                     for k in [keys[inc["id"]] for inc in incs] for i in rows]  # fmt: skip
             conn.executemany("INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", pairs)
         if result.rule_of:
             self._advance_findings(scan_id, result)
@@ -735,20 +734,23 @@ class Store:
         )
         return self.db.conn.executemany(sql, rows).rowcount
 
-    @staticmethod
-    def _add_batch_deltas(deltas: dict[str, dict[str, Any]], batch: Batch,
+    def _add_batch_deltas(self, deltas: dict[str, dict[str, Any]], batch: Batch,
                           parts: dict[str, dict[str, Any]], scan_id: int) -> None:  # fmt: skip
         """Add a batch's deltas (:func:`monitor.batch.incident_deltas`) to the transaction's
-        (:func:`_delta`): the first of an incident is taken as it is."""
+        (:func:`_delta`): the first of an incident is taken as it is. Incidents stored with
+        all their evidence samples keep them (:meth:`_store_incidents`): none are made."""
+        stored = self._incident_state
         for iid, part in parts.items():
+            old = stored.get(iid)
+            full = old is not None and len(old.evidence) >= EVIDENCE_SAMPLES
             d = deltas.get(iid)
             if d is None:
-                part.update(evidence=[batch.sample(i) for i in part["evidence"]],
+                part.update(evidence=[] if full else [batch.sample(i) for i in part["evidence"]],
                             finding_id=_finding_of(part["inc"]), first_scan=scan_id,
                             last_scan=scan_id)  # fmt: skip
                 deltas[iid] = part
                 continue
-            room = EVIDENCE_SAMPLES - len(d["evidence"])
+            room = 0 if full else EVIDENCE_SAMPLES - len(d["evidence"])
             evidence = d["evidence"]
             if room > 0:
                 evidence = evidence + [batch.sample(i) for i in part["evidence"][:room]]
@@ -760,9 +762,8 @@ class Store:
 
         The evidence samples and facts of the incidents this connection stored are
         remembered (:meth:`_forget_incidents`), so an incident that recurs from one
-        transaction to the next is neither read back nor rewritten whole."""
-        for d in deltas.values():
-            d["first_seen"], d["last_seen"] = iso_utc(d["first"]), iso_utc(d["last"])
+        transaction to the next is neither read back nor rewritten whole, nor its first and
+        last times when the new observations are within them."""
         result.rule_of.update(
             {iid: (d["inc"]["rule"], d["inc"]["severity"]) for iid, d in deltas.items()}
         )
@@ -786,23 +787,35 @@ class Store:
                     :EVIDENCE_SAMPLES
                 ]
                 evidence_text = json.dumps(evidence)
-            facts = merge_fact_lists(d.get("facts"), old.facts if old is not None else None)
+            # the transaction's few facts into the stored ones (the lists keep the first few
+            # values in a fixed order: merging is the same either way round)
+            facts = merge_fact_lists(old.facts if old is not None else None, d.get("facts"))
             if old is not None and facts == old.facts:
                 facts_text = old.facts_text
             else:
                 facts_text = json.dumps(facts, sort_keys=True) if facts else None
-            stored[iid] = _StoredIncident(evidence, evidence_text, facts, facts_text)
+            first, last = d["first"], d["last"]
             if old is None:
+                stored[iid] = _StoredIncident(
+                    evidence, evidence_text, facts, facts_text, first, last
+                )
                 inc = d["inc"]
                 row = {k: inc.get(k) for k in INCIDENT_IDENTITY}
                 row.update(d, evidence=evidence_text, facts=facts_text,
                            severity_rank=SEVERITY_RANK[inc["severity"]],
-                           outcome=_outcome(d["blocked"], d["count"]))  # fmt: skip
+                           outcome=_outcome(d["blocked"], d["count"]), first_seen=iso_utc(first),
+                           last_seen=iso_utc(last))  # fmt: skip
                 new.append(self._incident_values(row, _NEW_INCIDENT_COLUMNS))
-            else:
-                updates.append((d["first_seen"], d["last_seen"], d["count"], d["blocked"],
-                                d["bytes_out"], d["bytes_in"], evidence_text,
-                                self._facts(facts_text), d["first_scan"], d["last_scan"], iid))  # fmt: skip
+                continue
+            # times formatted only when they move the stored span (None: it stays)
+            lo = None if old.first is None else min(old.first, first)
+            hi = None if old.last is None else max(old.last, last)
+            stored[iid] = _StoredIncident(evidence, evidence_text, facts, facts_text, lo, hi)
+            updates.append((iso_utc(first) if lo is None or lo != old.first else None,
+                            iso_utc(last) if hi is None or hi != old.last else None,
+                            d["count"], d["blocked"],
+                            d["bytes_out"], d["bytes_in"], evidence_text,
+                            self._facts(facts_text), d["first_scan"], d["last_scan"], iid))  # fmt: skip
         self.db.conn.executemany(_INSERT_INCIDENT, new)
         self.db.conn.executemany(_UPDATE_INCIDENT, updates)
 
@@ -1848,14 +1861,31 @@ class Store:
 
     def egress_groups(self, start: float, end: float) -> list[tuple[str, str, int, str]]:
         """Who (the user, else the client address) reached which provider in ``[start,
-        end)``: (who, provider, how many egress countries, the first of them)."""
-        days, params = self._days(iso_day(start), iso_day(end))
+        end)``: (who, provider, how many egress countries, the first of them). Contexts
+        whose rolled-up requests all fall in the span are read from their roll-ups (one row
+        per client, not per request); the requests of the others, and those not rolled up
+        yet, one by one."""
+        first, last = iso_day(start), iso_day(end)
+        inside = (
+            "SELECT t.ctx FROM obs_context_totals t CROSS JOIN obs_contexts c ON c.n = t.ctx"
+            " WHERE c.day >= ? AND c.day <= ? AND t.first_ts >= ? AND t.last_ts < ?"
+        )
+        edge = f"day >= ? AND day <= ? AND n NOT IN ({inside})"  # contexts read row by row
+        span = [first, last, start, end]  # the parameters of each part below
+        rows = f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country
+                   FROM {_OBS} WHERE {{}} AND day >= ? AND day <= ? AND {_EGRESS_HISTORY}"""  # noqa: S608
         return [tuple(r) for r in self.db.execute(
-            f"""SELECT coalesce(user, client_ip) AS who, provider,
-                      count(DISTINCT egress_country), min(egress_country)
-               FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY}
+            f"""SELECT who, provider, count(DISTINCT egress_country), min(egress_country) FROM (
+                 SELECT coalesce(w.user, w.client_ip) AS who, c.provider, c.egress_country
+                 FROM obs_rollup r CROSS JOIN obs_contexts c ON c.n = r.ctx
+                   CROSS JOIN obs_clients w ON w.n = r.client
+                 WHERE r.ctx IN ({inside}) AND {_EGRESS_WHO}
+                 UNION ALL {rows.format(f"o.n > {_MARK}")}
+                 UNION ALL {rows.format(
+                     f"o.n >= (SELECT coalesce(min(first_row), 1 << 62) FROM obs_contexts"
+                     f" WHERE {edge}) AND o.n <= {_MARK} AND o.ctx NOT IN ({inside})")})
                GROUP BY who, provider ORDER BY who, provider""",  # noqa: S608 - constants
-            [*params, start, end])]  # fmt: skip
+            [*span, *span, first, last, *span, *span, *span])]  # fmt: skip
 
     def egress_buckets(
         self, start: float, end: float, who: Sequence[str]
@@ -3215,11 +3245,13 @@ def _set_mark(conn: sqlite3.Connection) -> None:
     )
 
 
-#: observations of a time span that tell a client's egress country with a provider
-_EGRESS_HISTORY = (
-    "ts >= ? AND ts < ? AND egress_country IS NOT NULL"
-    " AND coalesce(user, client_ip) IS NOT NULL AND provider_kind IN ('api', 'consumer')"
+#: requests (or roll-up rows) that tell a client's egress country with a provider
+_EGRESS_WHO = (
+    "egress_country IS NOT NULL AND coalesce(user, client_ip) IS NOT NULL"
+    " AND provider_kind IN ('api', 'consumer')"
 )
+#: such requests of a time span
+_EGRESS_HISTORY = f"ts >= ? AND ts < ? AND {_EGRESS_WHO}"
 
 
 def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:

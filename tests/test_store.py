@@ -274,3 +274,62 @@ def test_a_reader_waits_for_the_schema_a_first_scan_is_creating(tmp_path):
     finally:
         timer.join()
         con.close()
+
+
+def test_egress_history_reads_roll_ups_and_rows_alike(tmp_path):
+    """Who reached which provider through how many egress countries in a span: the same
+    whether the requests are rolled up, partly in the span (a day at its edge) or not rolled
+    up yet, as counted request by request."""
+    store = Store(tmp_path / "s.db")
+    sid = store.start_scan(["a.log"], {})
+    day0 = 1795741200.0 - 3600  # 2026-11-27T00:00:00Z
+
+    def rows(first, count):
+        for i in range(first, first + count):
+            ts = day0 + (i * 7919 % 4) * 86400 + i * 613 % 86400
+            yield obs(i, ts=ts, day=f"2026-11-{27 + int((ts - day0) // 86400)}",
+                      client_ip=f"10.0.0.{i % 5}", user="ann" if i % 7 == 0 else None,
+                      provider="openai" if i % 3 else "anthropic", provider_kind="api",
+                      egress_country=("CN", "HK", "SG", None)[i % 4 if i % 11 else 1])  # fmt: skip
+
+    def by_request(lo, hi):
+        return [tuple(r) for r in store.db.execute(
+            """SELECT coalesce(user, client_ip) AS who, provider, count(DISTINCT egress_country),
+                 min(egress_country) FROM observations WHERE ts >= ? AND ts < ?
+                 AND egress_country IS NOT NULL AND coalesce(user, client_ip) IS NOT NULL
+                 AND provider_kind IN ('api', 'consumer') GROUP BY 1, 2 ORDER BY 1, 2""",
+            [lo, hi])]  # fmt: skip
+
+    spans = [
+        (day0 + a * 3600, day0 + b * 3600) for a, b in ((0, 96), (-30, 50), (13, 61), (30, 31))
+    ]
+    store.ingest(sid, [(r, []) for r in rows(0, 300)])
+    store.roll_up()
+    store.ingest(sid, [(r, []) for r in rows(300, 200)])  # above the roll-ups' mark
+    for lo, hi in spans:
+        found = store.egress_groups(lo, hi)
+        assert found == by_request(lo, hi) and (found or (lo, hi) == spans[-1])
+    store.roll_up()
+    assert [store.egress_groups(lo, hi) for lo, hi in spans] == [by_request(*s) for s in spans]
+
+
+def test_an_incident_spans_its_observations_whatever_order_they_come_in(tmp_path):
+    """first_seen/last_seen move only outwards, from one transaction to the next, whether
+    the store wrote the incident itself or reads it back (another connection)."""
+    path = tmp_path / "s.db"
+    t = 1795741200.0  # 2026-11-27T01:00:00Z
+
+    def seen(store, *offsets):
+        sid = store.start_scan(["a.log"], {})
+        for k in offsets:  # one transaction each
+            store.ingest(sid, [(obs(int(k * 1000), ts=t + k), [inc()])])
+        (row,) = store.incidents(IncidentQuery())
+        return row["first_seen"][11:], row["last_seen"][11:], row["count"]
+
+    store = Store(path)
+    assert seen(store, 10) == ("01:00:10.000Z", "01:00:10.000Z", 1)
+    assert seen(store, 5.5, 12.25, 11, 4) == ("01:00:04.000Z", "01:00:12.250Z", 5)
+    store.close()
+    again = Store(path)  # what it knows of the incident is read back
+    assert seen(again, 8, 3.001) == ("01:00:03.001Z", "01:00:12.250Z", 7)
+    assert seen(again, 30, 2) == ("01:00:02.000Z", "01:00:30.000Z", 9)
