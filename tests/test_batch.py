@@ -111,15 +111,46 @@ def test_repeated_numbers_records_as_next_does():
     items = []
     for k, t in enumerate(ts * 3):
         record_id = rng.choice(["a", "b", f"u{k}"])
-        items.append((record_id, observation_values(id=k, ts=t, line=k, day="x"), []))
+        row = observation_values(id=observation_id(record_id), ts=t, line=k, day="x")
+        items.append((record_id, row, []))  # the id as producers make it: the first copy's
     expected, seen = [], scanner.Occurrences()
     for record_id, row, _ in items:
         expected.append(seen.next(record_id, row[COL["ts"]]))
+    assert _numbered(items, 10) == expected and any(expected)
+
+
+def _numbered(items: list, size: int) -> list[int]:
+    """The nth of each record, numbered batch by batch."""
     got = [0] * len(items)
     numbering = scanner.Occurrences()
-    for start in range(0, len(items), 10):
-        batch = Batch.of(items[start : start + 10])
+    for start in range(0, len(items), size):
+        batch = Batch.of(items[start : start + size])
         for i, nth in numbering.repeated(batch):
             got[start + i] = nth
-    assert got == expected and any(expected)
-    assert numbering._hours.keys() == seen._hours.keys()
+    return got
+
+
+def test_busy_hours_are_kept_compact(monkeypatch):
+    """Past ``COMPACT_FROM`` ids an hour keeps them in a sorted array, not as Python
+    objects, and numbers records exactly as before (repeats within a run, across runs, of
+    ids compacted earlier); at most ``HOURS_KEPT + 1`` hours are kept whatever the length."""
+    monkeypatch.setattr(scanner._Hour, "COMPACT_FROM", 8)
+    rng = random.Random(5)
+    items, expected, counts = [], [], {}
+    for k in range(3000):
+        hour = k // 500  # six busy hours, in order
+        record_id = f"r{hour}-{rng.randrange(400)}"  # copies near and far within the hour
+        ts = hour * 3600.0 + 1
+        row = observation_values(id=observation_id(record_id), ts=ts, line=k, day="x")
+        items.append((record_id, row, []))
+        expected.append(counts.get(record_id, 0))  # the reference: copies seen before
+        counts[record_id] = expected[-1] + 1
+    assert _numbered(items, 37) == expected and max(expected) >= 2
+
+    seen = scanner.Occurrences()
+    for k in range(3000):
+        seen.next(f"x{k}", (k // 500) * 3600.0)
+    assert len(seen._hours) <= scanner.Occurrences.HOURS_KEPT + 1
+    hour = seen._hours[5]
+    assert len(hour.ids) < 8 and hour.array is not None and len(hour.array) >= 492
+    assert seen.next("x2999", 5 * 3600.0) == 1 and seen.next("x0", 5 * 3600.0) == 0
