@@ -67,6 +67,10 @@ INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
 _CACHED = 1 << 16  # entries of each in-memory dictionary cache before it starts over
+#: incidents whose evidence and facts are remembered (about 1 KB each) before it starts
+#: over: a scan of one busy day holds tens of thousands, of which a transaction touches a
+#: few thousand; a long log's earlier days need not stay in memory
+_INCIDENTS_CACHED = 1 << 14
 _CACHE_KB = 65536  # SQLite page cache per connection: index pages stay in memory
 #: page cache while reading the whole history (see :meth:`Store._sorting`)
 _SORT_CACHE_KB = 4096
@@ -769,7 +773,7 @@ class Store:
             {iid: (d["inc"]["rule"], d["inc"]["severity"]) for iid, d in deltas.items()}
         )
         stored = self._incident_state
-        if len(stored) > _CACHED:
+        if len(stored) > _INCIDENTS_CACHED:
             stored.clear()
         stored.update(self._evidence_of([iid for iid in deltas if iid not in stored]))
         existing = {iid for iid in deltas if iid in stored}

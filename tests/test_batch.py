@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 from monitor import scanner
+from monitor import store as store_module
 from monitor.batch import ROW_ID, Batch
 from monitor.ids import observation_id
 from monitor.rows import COL, observation_values
@@ -154,3 +155,29 @@ def test_busy_hours_are_kept_compact(monkeypatch):
     hour = seen._hours[5]
     assert len(hour.ids) < 8 and hour.array is not None and len(hour.array) >= 492
     assert seen.next("x2999", 5 * 3600.0) == 1 and seen.next("x0", 5 * 3600.0) == 0
+
+
+def test_remembered_incidents_are_bounded(tmp_path, monkeypatch):
+    """The store remembers at most ``_INCIDENTS_CACHED`` incidents' evidence and facts
+    (memory stays flat however many a long log raises); one that recurs after it started
+    over is read back, so every table is the one an unbounded memory makes."""
+    records = _records(600, random.Random(8))
+    full = Store(tmp_path / "full.db")
+    full.start_scan([], {})
+    counts = _batched(full, records, 23, 1)
+    assert len(full._incident_state) > 4
+    monkeypatch.setattr(store_module, "_INCIDENTS_CACHED", 4)
+    small = Store(tmp_path / "small.db")
+    small.start_scan([], {})
+    sizes = []  # (incidents of the transaction, incidents remembered after it)
+    real = small._store_incidents
+
+    def watched(deltas, result):
+        real(deltas, result)
+        sizes.append((len(deltas), len(small._incident_state)))
+
+    monkeypatch.setattr(small, "_store_incidents", watched)
+    assert _batched(small, records, 23, 1) == counts
+    assert _tables(small) == _tables(full)
+    assert all(kept <= 4 + 1 + touched for touched, kept in sizes)  # over by one transaction
+    assert any(kept < before for (_, before), (_, kept) in zip(sizes, sizes[1:], strict=False))
