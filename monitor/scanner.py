@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from monitor.batch import ROW_ID, ROW_TS, Batch
+from monitor.batch import ROW_ID, Batch
 from monitor.collectors import LINE_FORMATS, Diagnostics, InputError, format_of, note_misread
 from monitor.collectors.base import (
     MAX_PROBLEMS_KEPT,
@@ -124,43 +124,98 @@ def plan(
 class Occurrences:
     """Numbers identical records (the 2nd copy of a line is a second request), remembering
     only the last few hours of log time: identical records share their timestamp and logs
-    run in time order, so memory stays flat however long the file is."""
+    run in time order, so memory stays flat however long the file is.
+
+    Records are known by their observation id (``observation_id(record_id)``, which the
+    producers computed: the stored id of a first copy), so an hour holds integers, not the
+    record ids' strings, and a busy hour holds them compactly (see :class:`_Hour`)."""
 
     HOURS_KEPT = 3
 
     def __init__(self) -> None:
-        self._hours: dict[int, dict[str, int]] = {}
+        self._hours: dict[int, _Hour] = {}
 
-    def _counts(self, hour: int) -> dict[str, int]:
-        counts = self._hours.get(hour)
-        if counts is None:
-            counts = self._hours[hour] = {}
+    def _hour(self, hour: int) -> _Hour:
+        seen = self._hours.get(hour)
+        if seen is None:
+            seen = self._hours[hour] = _Hour()
             for old in [h for h in self._hours if h < hour - self.HOURS_KEPT]:
                 del self._hours[old]
-        return counts
+        return seen
 
     def next(self, record_id: str, ts: float) -> int:
-        counts = self._counts(int(ts // 3600))
-        nth = counts.get(record_id, 0)
-        counts[record_id] = nth + 1
-        return nth
+        """How many copies of this record came before it (0: the first)."""
+        repeats = self._hour(int(ts // 3600)).number([observation_id(record_id)])
+        return repeats[0][1] if repeats else 0
 
     def repeated(self, batch: Batch) -> Iterator[tuple[int, int]]:
         """:meth:`next` of each record of a batch, in order: (index, nth) of those with
-        an nth (a run of one hour at a time, whole when its records are all new)."""
-        ids, ts = batch.record_ids or [], batch.columns[ROW_TS]
+        an nth (a run of one hour at a time)."""
+        if batch.record_ids is None:
+            return
+        ids = batch.columns[ROW_ID]  # as produced: the first copy's, for every record
         start = 0
         for hour, end in batch.hours:
-            counts = self._counts(hour)
-            fresh = dict.fromkeys(ids[start:end], 1)
-            if len(fresh) == end - start and counts.keys().isdisjoint(fresh):
-                counts.update(fresh)
-            else:
-                for i in range(start, end):
-                    nth = self.next(ids[i], ts[i])
-                    if nth:
-                        yield i, nth
+            for i, nth in self._hour(hour).number(ids[start:end]):
+                yield start + i, nth
             start = end
+
+
+class _Hour:
+    """The records of one hour of log time seen so far, by observation id: a set while it
+    is small, then (from :attr:`COMPACT_FROM` on) a sorted int64 array, 8 bytes an id
+    outside Python's small-object heap, whose arenas the ids of a busy hour (arriving batch
+    by batch among short-lived rows) would otherwise keep from being freed. Ids seen more
+    than once also count their copies."""
+
+    COMPACT_FROM = 1 << 14
+    __slots__ = ("ids", "array", "copies")
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+        self.array: Any = None  # numpy, imported only for hours this busy
+        self.copies: dict[int, int] = {}  # id -> copies seen (of ids seen twice or more)
+
+    def number(self, ids: list[int]) -> list[tuple[int, int]]:
+        """Add a run of records: (index, nth) of those that are not the first copy."""
+        fresh = set(ids)
+        known = self._in_array(ids)
+        if len(fresh) == len(ids) and self.ids.isdisjoint(fresh) and not any(known):
+            self._add(fresh)  # the common case: all new
+            return []
+        repeats, first = [], set()
+        for i, oid in enumerate(ids):
+            nth = self.copies.get(oid)
+            if nth is None:
+                if oid not in self.ids and not known[i] and oid not in first:
+                    first.add(oid)
+                    continue
+                nth = 1
+            self.copies[oid] = nth + 1
+            repeats.append((i, nth))
+        self._add(first)
+        return repeats
+
+    def _in_array(self, ids: list[int]) -> Sequence[bool]:
+        """Whether each id is in the array."""
+        if self.array is None:
+            return [False] * len(ids)
+        import numpy as np
+
+        keys = np.array(ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.array, keys), len(self.array) - 1)
+        return (self.array[at] == keys).tolist()
+
+    def _add(self, ids: Iterable[int]) -> None:
+        self.ids.update(ids)
+        if len(self.ids) >= self.COMPACT_FROM:
+            import numpy as np
+
+            new = np.sort(np.fromiter(self.ids, dtype=np.int64, count=len(self.ids)))
+            old = self.array
+            # two sorted runs: the stable sort merges them in linear time
+            self.array = new if old is None else np.sort(np.concatenate((old, new)), kind="stable")
+            self.ids = set()
 
 
 def part_messages(pipeline: Pipeline, part: Part, on_read=None) -> Iterator[tuple[str, Any]]:

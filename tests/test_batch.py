@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 from monitor import scanner
+from monitor import store as store_module
 from monitor.batch import ROW_ID, Batch
 from monitor.ids import observation_id
 from monitor.rows import COL, observation_values
@@ -111,15 +112,72 @@ def test_repeated_numbers_records_as_next_does():
     items = []
     for k, t in enumerate(ts * 3):
         record_id = rng.choice(["a", "b", f"u{k}"])
-        items.append((record_id, observation_values(id=k, ts=t, line=k, day="x"), []))
+        row = observation_values(id=observation_id(record_id), ts=t, line=k, day="x")
+        items.append((record_id, row, []))  # the id as producers make it: the first copy's
     expected, seen = [], scanner.Occurrences()
     for record_id, row, _ in items:
         expected.append(seen.next(record_id, row[COL["ts"]]))
+    assert _numbered(items, 10) == expected and any(expected)
+
+
+def _numbered(items: list, size: int) -> list[int]:
+    """The nth of each record, numbered batch by batch."""
     got = [0] * len(items)
     numbering = scanner.Occurrences()
-    for start in range(0, len(items), 10):
-        batch = Batch.of(items[start : start + 10])
+    for start in range(0, len(items), size):
+        batch = Batch.of(items[start : start + size])
         for i, nth in numbering.repeated(batch):
             got[start + i] = nth
-    assert got == expected and any(expected)
-    assert numbering._hours.keys() == seen._hours.keys()
+    return got
+
+
+def test_busy_hours_are_kept_compact(monkeypatch):
+    """Past ``COMPACT_FROM`` ids an hour keeps them in a sorted array, not as Python
+    objects, and numbers records exactly as before (repeats within a run, across runs, of
+    ids compacted earlier); at most ``HOURS_KEPT + 1`` hours are kept whatever the length."""
+    monkeypatch.setattr(scanner._Hour, "COMPACT_FROM", 8)
+    rng = random.Random(5)
+    items, expected, counts = [], [], {}
+    for k in range(3000):
+        hour = k // 500  # six busy hours, in order
+        record_id = f"r{hour}-{rng.randrange(400)}"  # copies near and far within the hour
+        ts = hour * 3600.0 + 1
+        row = observation_values(id=observation_id(record_id), ts=ts, line=k, day="x")
+        items.append((record_id, row, []))
+        expected.append(counts.get(record_id, 0))  # the reference: copies seen before
+        counts[record_id] = expected[-1] + 1
+    assert _numbered(items, 37) == expected and max(expected) >= 2
+
+    seen = scanner.Occurrences()
+    for k in range(3000):
+        seen.next(f"x{k}", (k // 500) * 3600.0)
+    assert len(seen._hours) <= scanner.Occurrences.HOURS_KEPT + 1
+    hour = seen._hours[5]
+    assert len(hour.ids) < 8 and hour.array is not None and len(hour.array) >= 492
+    assert seen.next("x2999", 5 * 3600.0) == 1 and seen.next("x0", 5 * 3600.0) == 0
+
+
+def test_remembered_incidents_are_bounded(tmp_path, monkeypatch):
+    """The store remembers at most ``_INCIDENTS_CACHED`` incidents' evidence and facts
+    (memory stays flat however many a long log raises); one that recurs after it started
+    over is read back, so every table is the one an unbounded memory makes."""
+    records = _records(600, random.Random(8))
+    full = Store(tmp_path / "full.db")
+    full.start_scan([], {})
+    counts = _batched(full, records, 23, 1)
+    assert len(full._incident_state) > 4
+    monkeypatch.setattr(store_module, "_INCIDENTS_CACHED", 4)
+    small = Store(tmp_path / "small.db")
+    small.start_scan([], {})
+    sizes = []  # (incidents of the transaction, incidents remembered after it)
+    real = small._store_incidents
+
+    def watched(deltas, result):
+        real(deltas, result)
+        sizes.append((len(deltas), len(small._incident_state)))
+
+    monkeypatch.setattr(small, "_store_incidents", watched)
+    assert _batched(small, records, 23, 1) == counts
+    assert _tables(small) == _tables(full)
+    assert all(kept <= 4 + 1 + touched for touched, kept in sizes)  # over by one transaction
+    assert any(kept < before for (_, before), (_, kept) in zip(sizes, sizes[1:], strict=False))
