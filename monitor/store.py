@@ -61,9 +61,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 from monitor.policy import SEVERITY_RANK
 
-SCHEMA_VERSION = 14
-#: the UTC hour of an observation row (its unique index leads with it, see _schema_v14)
-OBS_HOUR = "CAST(ts / 3600 AS INTEGER)"
+SCHEMA_VERSION = 13
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
@@ -732,7 +730,7 @@ class Store:
             names = [c for c, p in zip(ROW_FIELDS, present, strict=True) if p]
             sql = self._insert_sql[present] = (
                 f"INSERT INTO obs_rows (ctx, client, {', '.join(names)}) "  # noqa: S608 - constants
-                f"VALUES (?, ?, {', '.join('?' * len(names))}) ON CONFLICT DO NOTHING"
+                f"VALUES (?, ?, {', '.join('?' * len(names))}) ON CONFLICT(id) DO NOTHING"
             )
         values = [col for col, p in zip(columns, present, strict=True) if p]
         if batch.line_base and present[ROW_LINE]:
@@ -3034,15 +3032,6 @@ def _schema_v13(db: sqlite_utils.Database) -> None:
     _by_hour(db.conn, "1 = 1", [])
 
 
-def _schema_v14(db: sqlite_utils.Database) -> None:
-    """Observation ids unique within their UTC hour: the same record always has the same
-    time, so this de-duplicates exactly as a unique ``id`` did, but a scan's inserts land in
-    the few index pages of the hours it reads instead of at random across the whole index
-    (whose pages all turn dirty, then written, at every commit of a large database)."""
-    db.execute("DROP INDEX idx_obs_rows_id")
-    db.execute(f"CREATE UNIQUE INDEX idx_obs_rows_hour_id ON obs_rows ({OBS_HOUR}, id)")
-
-
 MIGRATIONS = {
     1: _schema_v1,
     2: _schema_v2,
@@ -3057,7 +3046,6 @@ MIGRATIONS = {
     11: _schema_v11,
     12: _schema_v12,
     13: _schema_v13,
-    14: _schema_v14,
 }
 
 #: the lifecycle actions of findings that alert (the ``monitor.events`` type of the same name;
