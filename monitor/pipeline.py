@@ -429,12 +429,6 @@ class Evaluator:
         if "provider.asns" in rules.fields:
             varying.add("match.pattern")
         self._key_getters = [self._getters[f] for f in sorted(varying)]
-        #: rule fields that read the client only through ``[entities]`` client networks:
-        #: with none configured, they follow from the egress site
-        self.site_only = frozenset(
-            () if any(e.client_cidrs for e in config.entities.values())
-            else ("entity.name", "entity.controlled_from")
-        )  # fmt: skip
         self._memo: dict[tuple[Any, ...], list[Rule]] = {}
         self._evidence_getters = {
             r.id: [self._getters[f] for f in r.evidence]
@@ -705,20 +699,6 @@ class RecordMemo:
         self._decided = itemgetter(*(COL[c] for c in CONTEXT if c not in own))
         self._numbers: tuple[dict[Any, int], dict[Any, int]] = ({}, {})
         self._count = itertools.count(1)
-        #: ``(obs, match, egress) -> key`` of what the records of many keys share when
-        #: the rules do not read the client (its enrichment but for the egress point, which
-        #: the key holds instead, and the rules' verdicts), else None: a client's first
-        #: record then makes only its rows (see :meth:`_context`)
-        self._shared_key = None
-        #: (match, egress, destination, outcome, rules raised) per shared key (the match
-        #: held, so that the id in the key stays this match's)
-        self._shared: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        read = obs_reads(f for f in rules.fields if f not in pipeline.evaluator.site_only)
-        if not (read | evidence) & set(CLIENT):
-            shared = "".join(f", o.{name}" for name in sorted(keyed - set(CLIENT)))
-            self._shared_key = compiled(
-                "shared_key", "o, m, g", f"(id(m), o.ts // 86400, g{shared})"
-            )
         #: rule ids whose evidence the key decides (else incident rows are made per record)
         self._evidence_keyed = frozenset(
             r.id for r in rules.rules if obs_reads(r.evidence) <= keyed
@@ -735,7 +715,8 @@ class RecordMemo:
 
     def _context(self, obs: Observation, match: Match) -> Context:
         p = self._pipeline
-        enriched, rules = self._enriched(obs, match)
+        enriched = p.enricher.enrich(obs, match)
+        rules = p.evaluator.evaluate(enriched)  # on the real addresses: rules may name them
         shown = enriched if p.pseudonymizer is None else p.pseudonymizer.apply(enriched)
         day = shown.day
         facts = (match, enriched.egress, enriched.dest, enriched.outcome, day, rules,
@@ -757,26 +738,6 @@ class RecordMemo:
                 numbers.clear()
             n = numbers[value] = next(self._count)
         return n
-
-    def _enriched(self, obs: Observation, match: Match) -> tuple[Enriched, list[Rule]]:
-        """Stages 3–4 of a record: enriched, and the rules it raises (on the real
-        addresses: rules may name them); shared by the keys of every client with the same
-        egress point, unless the rules read the client."""
-        p = self._pipeline
-        if self._shared_key is None:
-            enriched = p.enricher.enrich(obs, match)
-            return enriched, p.evaluator.evaluate(enriched)
-        egress = p.enricher.egress.resolve(obs.client_ip, obs.egress_ip)
-        key = self._shared_key(obs, match, egress)
-        found = self._shared.get(key)
-        if found is not None:
-            return Enriched(obs, match, *found[1:4]), found[4]
-        enriched = p.enricher.enrich(obs, match)
-        if len(self._shared) >= self._limit:
-            self._shared.clear()
-        rules = p.evaluator.evaluate(enriched)
-        self._shared[key] = (match, enriched.egress, enriched.dest, enriched.outcome, rules)
-        return enriched, rules
 
     def incidents(self, found: Context, shown: Enriched, day: str) -> list[dict[str, Any]]:
         """The incident rows of a record whose key does not decide them (``shown``: as

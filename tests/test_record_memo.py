@@ -257,19 +257,17 @@ when:
 
 @pytest.mark.parametrize("pseudonymize", [False, True])
 @pytest.mark.parametrize(
-    ("config", "rule", "shared"),
+    ("config", "rule"),
     [
-        (CONFIG, None, False),  # an entity by client network: the rules read the client
-        (CONFIG.replace('client_cidrs = ["10.1.2.0/24"]', 'sites = ["sh"]'), None, True),
-        (CONFIG.replace('client_cidrs = ["10.1.2.0/24"]', 'sites = ["sh"]'), CLIENT_RULE, False),
+        (CONFIG, None),  # an entity by client network: the rules read the client
+        (CONFIG.replace('client_cidrs = ["10.1.2.0/24"]', 'sites = ["sh"]'), None),
+        (CONFIG.replace('client_cidrs = ["10.1.2.0/24"]', 'sites = ["sh"]'), CLIENT_RULE),
     ],
 )
-def test_clients_share_enrichment_and_verdicts_unless_the_rules_read_the_client(
-    tmp_path, config, rule, shared, pseudonymize
-):
-    """Records of other clients with the same egress point share their enrichment and rule
-    verdicts (the memo's shared level) unless a rule reads the client; either way each
-    record's row and incident rows (whose ids hold the client) are the stages' own."""
+def test_each_client_gets_its_own_rows_and_incidents(tmp_path, config, rule, pseudonymize):
+    """Records of other clients with the same egress point, whether the rules read the
+    client (an entity by client network, a rule on client.ip) or not (an entity by site):
+    each record's row and incident rows (whose ids hold the client) are the stages' own."""
     cfg = tmp_path / "apiwatch.toml"
     cfg.write_text(config)
     rules = ()
@@ -294,10 +292,6 @@ def test_clients_share_enrichment_and_verdicts_unless_the_rules_read_the_client(
             got = memoised.record(dataclasses.replace(other), match)
             assert got == _reference(plain, dataclasses.replace(other), match), other
             raised |= {(i["rule"], i["client_ip"]) for i in got[1]}
-    memo = memoised.memo
-    assert (memo._shared_key is not None) == shared
-    if shared:
-        assert 0 < len(memo._shared) < len(memo._memo) * 2 // 3
     assert len({c for _, c in raised}) >= 4, "incidents per client"
     if rule:
         assert "client-watch" in {r for r, _ in raised}
