@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -248,10 +249,17 @@ class Catalog:
         self._resolved: dict[tuple[str, str | None], Match] = {}
         self._match_host = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._lookup_host)
         self._match_ip = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._lookup_ip)
+        #: the IPv4 ranges as integers (first, last, prefix length, match), in index order:
+        #: a dotted quad is looked up without an ipaddress object (one per distinct address)
+        self._v4 = [
+            (int(net.network_address), int(net.broadcast_address), net.prefixlen, hit)
+            for net, hit in self._index.ranges
+            if net.version == 4
+        ]
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes; caches dropped
         state = dict(self.__dict__)
-        del state["_match_host"], state["_match_ip"], state["_resolved"]
+        del state["_match_host"], state["_match_ip"], state["_resolved"], state["_v4"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -319,6 +327,16 @@ class Catalog:
         return found
 
     def _lookup_ip(self, ip: str) -> Match | None:
+        if ":" not in ip:  # IPv4 or no address: what inet_pton takes, ipaddress does
+            try:
+                a = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+            except (OSError, ValueError):
+                return None
+            found: tuple[int, Match] | None = None
+            for first, last, prefixlen, match in self._v4:
+                if first <= a <= last and (found is None or prefixlen > found[0]):
+                    found = (prefixlen, match)
+            return found[1] if found else None
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import pickle
 import textwrap
 import timeit
@@ -633,3 +634,19 @@ def test_missing_file_is_a_catalog_error(tmp_path):
 
 def test_default_load_is_the_bundled_rules_dir():
     assert Catalog.load().version == Catalog.load(rules_dir()).version
+
+
+@pytest.mark.parametrize("prefixlen", [23, 22])
+def test_match_ip_at_range_edges(cat, prefixlen):
+    """Dotted quads are looked up as integers: the first and last address of a range match,
+    their neighbours outside do not, and text ipaddress refuses matches nothing."""
+    net, hit = next(
+        (n, m) for n, m in cat._index.ranges if n.version == 4 and n.prefixlen == prefixlen
+    )
+    first, last = int(net.network_address), int(net.broadcast_address)
+    for a, inside in ((first, True), (last, True), (first - 1, False), (last + 1, False)):
+        found = cat.match_ip(str(ipaddress.IPv4Address(a)))
+        assert (found is hit) if inside else found is None, (a, inside)
+    text = str(net.network_address)
+    zeros = ".".join(f"0{o}" if i == 2 else o for i, o in enumerate(text.split(".")))
+    assert cat.match_ip(zeros) is None and cat.match_ip(text + ".") is None

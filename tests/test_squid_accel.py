@@ -71,7 +71,11 @@ class Trickle(io.RawIOBase):
         return len(got)
 
 
-def parse(data: bytes, piece: int | None = None) -> tuple[list[dict], tuple]:
+def parse(data: bytes, piece: int | None = None, warm: bool = False) -> tuple[list[dict], tuple]:
+    """What the collector reads from ``data``: with the caches a process keeps across its
+    parses (``warm``: as earlier parses left them), else cold, as for the first."""
+    if not warm:
+        squid._KEPT.clear()
     diag = Diagnostics()
     collector = make_collector("squid", CollectOptions(format="squid"))
     raw = io.BytesIO(data) if piece is None else Trickle(data, piece)
@@ -271,6 +275,27 @@ def test_benchmark_log_agrees(tmp_path: Path) -> None:
     generated_squid_log(out, "--lines", "30000", "--malformed-rate", "0.01")
     found, (records, malformed, _, problems, lines) = both_ways(out.read_bytes())
     assert found and malformed > 100 and problems and records > 29000 and lines == 30000
+
+
+def test_parts_read_with_warm_caches_agree(tmp_path: Path) -> None:
+    """A producer reads several parts of a log with the caches of the one before (targets,
+    verdicts, clients, peers): each part reads as it does cold, and as the pure-Python loop
+    reads it; the warm second part has the pre-pass make the kept CONNECTs itself."""
+    out = tmp_path / "access.log"
+    generated_squid_log(out, "--lines", "20000", "--malformed-rate", "0.01")
+    data = out.read_bytes()
+    cut = data.index(b"\n", len(data) // 2) + 1
+    first, second = data[:cut], data[cut:]
+    parse(first)
+    kept = squid._targets(HOST_FILTER)
+    assert kept.rejects and kept.ips and kept.verdicts is not None and len(kept.verdicts)
+    warm = parse(second, warm=True)
+    assert squid._targets(HOST_FILTER) is kept  # the same caches, not new ones
+    cold = parse(second)
+    with pure_python():
+        reference = parse(second)
+    assert warm == cold == reference
+    assert len(warm[0]) > 100
 
 
 @pytest.mark.parametrize("piece", [1, 7, 100, 4096, 70_000])

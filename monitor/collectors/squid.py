@@ -357,6 +357,22 @@ class _Targets:
         return hp[0], hp[1], ru, "url" if hp[0] else None
 
 
+_KEPT: dict[int, tuple[HostFilter | None, _Targets]] = {}
+
+
+def _targets(host_filter: HostFilter | None) -> _Targets:
+    """The caches of the parses filtered by ``host_filter``, kept for the process: a scan's
+    producer reads several parts of a log, whose distinct targets, clients and peers are
+    mostly the same (every value a cache holds follows from its token and the filter
+    alone). Held with the filter, so that its id names it while it is kept."""
+    kept = _KEPT.get(id(host_filter))
+    if kept is None or kept[0] is not host_filter:
+        if len(_KEPT) >= 8:
+            _KEPT.clear()
+        kept = _KEPT[id(host_filter)] = (host_filter, _Targets(host_filter))
+    return kept[1]
+
+
 #: A kept line split by the C pre-pass: (index in the chunk, ts, elapsed, client,
 #: code/status, size, method, target, user, peer, record id) -- the numbers converted, the
 #: record id made (:func:`monitor.ids.record_id` of the line), the rest bytes.
@@ -524,7 +540,7 @@ class SquidCollector(_base.Collector):
         """The hot loop. A line of exactly ten fields that convert cleanly takes the fast
         path (per-field caches, no regex); anything else (extra fields, glued records,
         junk, ``-`` sizes) goes to :meth:`_native_slow`."""
-        t = _Targets(host_filter)
+        t = _targets(host_filter)
         ips, codes, hiers, connect, words = t.ips, t.codes, t.hier, t.connect, t.words
         fcache = t.filter
         rejects, connects = t.rejects, t.connects
@@ -546,7 +562,8 @@ class SquidCollector(_base.Collector):
         prepass: NativeChunk | None = None
         if module is not None:
             prepass = module.native_chunk
-            t.verdicts = module.Verdicts()
+            if t.verdicts is None:
+                t.verdicts = module.Verdicts()
         verdicts = t.verdicts
         # what it needs to make the Observation of a kept CONNECT whose values are cached
         cached = (codes, words, connect, ips, hiers, _RID, _layout())
@@ -821,7 +838,7 @@ class SquidCollector(_base.Collector):
         compiled: CompiledLogformat,
         fmt: str,
     ) -> Iterator[Observation]:
-        t = _Targets(host_filter)
+        t = _targets(host_filter)
         if compiled.starts_with_timestamp:
             start_re: re.Pattern[bytes] | None = _NATIVE_START
         elif fmt in (FORMAT_COMMON, FORMAT_COMBINED):
