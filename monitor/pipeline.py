@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from monitor.store import IngestResult
 
 ID = COL["id"]
+_CLIENT_IP, _USER = COL["client_ip"], COL["user"]
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
 #: a character no host name, address literal or catalogue pattern (``*``) holds: controls,
@@ -429,6 +430,11 @@ class Evaluator:
         if "provider.asns" in rules.fields:
             varying.add("match.pattern")
         self._key_getters = [self._getters[f] for f in sorted(varying)]
+        # entities matched by client network make entity facts the client's; by site, not
+        by_network = any(ent.client_cidrs for ent in config.entities.values())
+        own = {f for f in rules.fields if by_network or not f.startswith("entity.")}
+        #: whether verdicts may differ between clients leaving by one egress point
+        self.client_verdicts = bool(obs_reads(own) & {"client_ip", "user"})
         self._memo: dict[tuple[Any, ...], list[Rule]] = {}
         self._evidence_getters = {
             r.id: [self._getters[f] for f in r.evidence]
@@ -678,6 +684,17 @@ class RecordMemo:
         #: ``(obs, match) -> key``: one tuple display (the key is built for every record)
         reads = "".join(f", o.{name}" for name in sorted(keyed))
         self.key = compiled("key", "o, m", f"(id(m), o.ts // 86400{reads})")
+        # A key is a client's (CLIENT) of a destination context: most keys are one more
+        # client of a context seen before, whose context (its first key's, the sibling
+        # of every later one) gives theirs but for what follows from the client
+        # (:meth:`_client_of`). Pseudonymised runs take the stages' path.
+        reads = "".join(f", o.{name}" for name in sorted(keyed - set(CLIENT)))
+        self._sibling_key = compiled("sibling_key", "o, m", f"(id(m), o.ts // 86400{reads})")
+        self._siblings: dict[tuple[Any, ...], Context] = {}
+        #: the rules whose evidence may differ between clients
+        self._evidence_by_client = frozenset(
+            r.id for r in rules.rules if obs_reads(r.evidence) & set(CLIENT)
+        )
         #: a record's stored row from its key's (pseudonymisation changes only fields of
         #: RECORD_READS, which the key holds)
         self.row = row_builder(keyed)
@@ -710,10 +727,56 @@ class RecordMemo:
         if found is None:
             if len(self._memo) >= self._limit:
                 self._memo.clear()
+                self._siblings.clear()
             found = self._memo[key] = self._context(obs, match)
         return found
 
     def _context(self, obs: Observation, match: Match) -> Context:
+        p = self._pipeline
+        if p.pseudonymizer is None:
+            sibling_key = self._sibling_key(obs, match)
+            sibling = self._siblings.get(sibling_key)
+            if sibling is None:
+                found = self._siblings[sibling_key] = self._stages(obs, match)
+                return found
+            found = self._client_of(sibling, obs, match)
+            if found is not None:
+                return found
+        return self._stages(obs, match)
+
+    def _client_of(self, sibling: Context, obs: Observation, match: Match) -> Context | None:
+        """The context of another client of ``sibling``'s destination context: the
+        sibling's with the client's row and incident rows (whose ids hold the client),
+        when the client leaves by the sibling's egress point and raises what it raised;
+        else None (the client's own stages)."""
+        p = self._pipeline
+        egress = p.enricher.egress.resolve(obs.client_ip, obs.egress_ip)
+        if egress != sibling.egress:
+            return None
+        enriched = Enriched(obs, match, egress, sibling.dest, sibling.outcome)
+        rules = sibling.rules
+        if p.evaluator.client_verdicts and p.evaluator.evaluate(enriched) != rules:
+            return None
+        row = list(sibling.row)
+        row[_CLIENT_IP], row[_USER] = obs.client_ip, obs.user
+        found = Context(match, egress, sibling.dest, sibling.outcome, sibling.day, rules,
+                        tuple(row), sibling.incidents, sibling.evidence)  # fmt: skip
+        if sibling.incidents is not None:
+            found.incidents = []
+            for inc, rule in zip(sibling.incidents, rules, strict=True):
+                inc = inc.copy()
+                inc["id"] = incident_id(rule.id, inc["provider"], obs.dest_host, obs.client_ip,
+                                        egress.ip, egress.country, sibling.day, obs.user)  # fmt: skip
+                inc["client_ip"], inc["user"] = obs.client_ip, obs.user
+                if rule.id in self._evidence_by_client and rule.evidence:
+                    inc["facts"] = p.evaluator.evidence(enriched, rule)
+                found.incidents.append(inc)
+        found.context_no = sibling.context_no  # what the key decides but the client
+        found.client_no = self._number(1, CLIENT_OF(found.row))
+        return found
+
+    def _stages(self, obs: Observation, match: Match) -> Context:
+        """A key's context from the stages themselves."""
         p = self._pipeline
         enriched = p.enricher.enrich(obs, match)
         rules = p.evaluator.evaluate(enriched)  # on the real addresses: rules may name them

@@ -267,7 +267,8 @@ when:
 def test_each_client_gets_its_own_rows_and_incidents(tmp_path, config, rule, pseudonymize):
     """Records of other clients with the same egress point, whether the rules read the
     client (an entity by client network, a rule on client.ip) or not (an entity by site):
-    each record's row and incident rows (whose ids hold the client) are the stages' own."""
+    each record's row and incident rows (whose ids hold the client) are the stages' own,
+    though most are made from another client's of the same destination context."""
     cfg = tmp_path / "apiwatch.toml"
     cfg.write_text(config)
     rules = ()
@@ -284,8 +285,9 @@ def test_each_client_gets_its_own_rows_and_incidents(tmp_path, config, rule, pse
     clients = ("10.1.2.3", "10.1.2.4", "10.2.0.9", "192.168.0.5", "8.8.8.8")
     raised = set()
     for obs in _records():
-        for client in clients:
-            other = dataclasses.replace(obs, client_ip=client, egress_ip=None)
+        # and one client as another user: a client is its address and user
+        for client, user in [*((c, obs.user) for c in clients), (clients[0], "bob")]:
+            other = dataclasses.replace(obs, client_ip=client, user=user, egress_ip=None)
             match = memoised.identifier.identify(other)
             if match is None:
                 continue
@@ -293,5 +295,8 @@ def test_each_client_gets_its_own_rows_and_incidents(tmp_path, config, rule, pse
             assert got == _reference(plain, dataclasses.replace(other), match), other
             raised |= {(i["rule"], i["client_ip"]) for i in got[1]}
     assert len({c for _, c in raised}) >= 4, "incidents per client"
+    memo = memoised.memo
+    if not pseudonymize:  # most keys were a sibling's other client (RecordMemo._client_of)
+        assert memo._siblings and len(memo._siblings) * 3 < len(memo._memo)
     if rule:
         assert "client-watch" in {r for r, _ in raised}
