@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import io
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -82,8 +84,8 @@ def plan(
     path: str, pipeline: Pipeline, store: Store | None, jobs: int, full: bool = False
 ) -> SourcePlan:
     """Decide what to read of one input and how to split it."""
-    if path == "-":
-        return SourcePlan(path, [Part(path)], fork=jobs > 1)
+    if path == "-":  # a producer reads it when it is a file descriptor it can inherit
+        return SourcePlan(path, [Part(path)], fork=jobs > 1 and _stdin_fd() is not None)
     if is_url(path):  # read whole, where the producer runs (no resume position yet)
         return SourcePlan(path, [Part(path)], fork=jobs > 1)
     p = Path(path)
@@ -247,6 +249,14 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _stdin_fd() -> int | None:
+    """The file descriptor behind ``sys.stdin`` (None: not a file, as under a test runner)."""
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 def _put(out: mp.Queue, item: Any, parent: int) -> None:
     while True:
         try:
@@ -257,10 +267,15 @@ def _put(out: mp.Queue, item: Any, parent: int) -> None:
                 os._exit(1)
 
 
-def _producer(pipeline: Pipeline, parts: list[Part], out: mp.Queue, progress, parent: int) -> None:
+def _producer(pipeline: Pipeline, parts: list[Part], out: mp.Queue, progress, parent: int,
+              stdin: int | None = None) -> None:  # fmt: skip
     """Child process body: forward :func:`part_messages` of each part, in order, to the
-    parent, then exit. One process reads several parts so that its caches stay warm."""
+    parent, then exit. One process reads several parts so that its caches stay warm.
+    ``stdin``: a copy of the parent's standard input, which multiprocessing closes in a
+    child (reading ``-`` there would otherwise find nothing)."""
     _die_with_parent(parent)
+    if stdin is not None:
+        sys.stdin = open(stdin)  # noqa: SIM115 - the process's standard input until it exits
 
     def on_read(n: int) -> None:
         with progress.get_lock():
@@ -281,12 +296,18 @@ class _Remote:
         self.queue = ctx.Queue(_QUEUE_BATCHES)
         self.progress = ctx.Value("q", 0)
         self.seen_progress = 0
+        fd = _stdin_fd() if any(part.path == "-" for part in parts) else None
+        stdin = None if fd is None else os.dup(fd)
         self.process = ctx.Process(
             target=_producer,
-            args=(pipeline, parts, self.queue, self.progress, os.getpid()),
+            args=(pipeline, parts, self.queue, self.progress, os.getpid(), stdin),
             daemon=True,
         )
-        self.process.start()
+        try:
+            self.process.start()
+        finally:
+            if stdin is not None:
+                os.close(stdin)  # the child's now
 
     def messages(self, on_read: Callable[[int], None] | None) -> Iterator[tuple[str, Any]]:
         """The messages of its next part."""

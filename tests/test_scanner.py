@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,6 +15,7 @@ from click.testing import CliRunner
 import monitor.scanner as scanner
 from monitor.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 HOSTS = [
     "api.openai.com",
     "api.anthropic.com",
@@ -45,11 +49,15 @@ def scan(db, *args):
         main, ["--db", str(db), "scan", *map(str, args), "--egress-country", "CN", "--json"]
     )
     assert result.exit_code == 0, result.output + result.stderr
+    return json.loads(result.stdout), incidents_of(db)
+
+
+def incidents_of(db):
     out = CliRunner().invoke(main, ["--db", str(db), "incidents", "--json"]).stdout
     incidents = [json.loads(line) for line in out.splitlines()]
     for inc in incidents:  # evidence names the file, which differs between .log and .log.gz
         inc["evidence"] = [e.rsplit(":", 1)[1] for e in inc["evidence"]]
-    return json.loads(result.stdout), sorted(incidents, key=lambda i: i["id"])
+    return sorted(incidents, key=lambda i: i["id"])
 
 
 def test_ranges_and_producers_match_in_process(tmp_path, log, monkeypatch):
@@ -63,6 +71,25 @@ def test_ranges_and_producers_match_in_process(tmp_path, log, monkeypatch):
     assert split["malformed"] == 1 and split["problems"] == alone["problems"]
     assert f"{log}:4001:" in split["problems"][0]  # absolute line number from a later range
     assert split_incidents == alone_incidents
+
+
+def test_standard_input_read_by_a_producer(tmp_path, log):
+    """``cat access.log | apiwatch scan -``: a producer process reads the pipe (it once read
+    nothing there: multiprocessing closes a child's standard input) and stores what a scan
+    of the file stores."""
+    _, from_file = scan(tmp_path / "a.db", log, "-j", "1")
+    db = tmp_path / "b.db"
+    with open(log, "rb") as stdin:
+        res = subprocess.run(
+            [sys.executable, "-m", "monitor", "--db", str(db), "scan", "-j", "2", "--json",
+             "--egress-country", "CN", "-"],
+            cwd=ROOT, stdin=stdin, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["records"] == 5999 and summary["stored"] == summary["llm_observations"] > 3000
+    assert summary["problems"][0].startswith("-:4001: ")
+    assert incidents_of(db) == from_file
 
 
 def test_compressed_input_through_one_producer(tmp_path, log, monkeypatch):
