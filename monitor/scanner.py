@@ -17,6 +17,11 @@ order, so ids, line numbers and de-duplication do not depend on ``jobs``.
 **Crash-safe.** After the last batch of each part, the read position is committed in the
 same transaction as the data that part produced. ``kill -9`` at any moment loses at most
 the part in flight, which the next run reads again (and de-duplicates).
+
+**Storing as batches come.** A producer's batch is committed at once when no other message
+waits (storing would otherwise wait for the part to end, and then lag behind the producers
+by that much at the end of the scan); while messages wait, batches gather, up to ``FLUSH``
+observations per transaction.
 """
 
 from __future__ import annotations
@@ -336,6 +341,10 @@ class _Remote:
             if kind in ("done", "input-error", "crash"):
                 return
 
+    def ready(self) -> bool:
+        """Whether a message is waiting (the storing process would not have to wait)."""
+        return not self.queue.empty()
+
     def stop(self) -> None:
         if self.process.is_alive():
             self.process.terminate()
@@ -452,6 +461,8 @@ class Scanner:
                 for kind, payload in messages:
                     if kind == "batch":
                         self._take(payload, base, seen, scan_id, summary)
+                        if workers and not remotes[i % workers].ready():
+                            self._flush(scan_id, summary)  # rather than wait: store what came
                     elif kind == "done":
                         diag: Diagnostics = payload
                         damaged |= bool(diag.file_errors)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,27 @@ def test_ranges_and_producers_match_in_process(tmp_path, log, monkeypatch):
     assert split_incidents == alone_incidents
 
 
+def test_small_batches_stored_as_they_come_give_the_same_database(tmp_path, log, monkeypatch):
+    alone, alone_incidents = scan(tmp_path / "a.db", log, "-j", "1")
+    monkeypatch.setattr(scanner, "IN_PROCESS_BELOW", 0)
+    monkeypatch.setattr(scanner, "PART_SIZE", 150_000)  # 4 parts of ~1,000 records
+    monkeypatch.setattr(scanner, "MIN_PART", 10_000)
+    monkeypatch.setattr(scanner, "BATCH", 37)  # a transaction whenever the next is not there yet
+    split, split_incidents = scan(tmp_path / "b.db", log, "-j", "2")
+    for key in ("records", "malformed", "llm_observations", "stored", "incidents_new", "problems"):
+        assert split[key] == alone[key], key
+    assert split_incidents == alone_incidents
+
+
+def connect_lines(start: int, count: int, hosts=HOSTS[:3]) -> str:
+    """Squid native CONNECT lines to ``hosts`` in turn (LLM APIs: one record each)."""
+    return "".join(
+        f"{1795741200 + i * 0.01:.3f} {i % 9000 + 1:6d} 10.20.{i % 7}.{i % 200 + 1} TCP_TUNNEL/200 "
+        f"{i % 90000 + 100} CONNECT {hosts[i % len(hosts)]}:443 - HIER_DIRECT/1.2.3.4 -\n"
+        for i in range(start, start + count)
+    )
+
+
 def test_standard_input_read_by_a_producer(tmp_path, log):
     """``cat access.log | apiwatch scan -``: a producer process reads the pipe (it once read
     nothing there: multiprocessing closes a child's standard input) and stores what a scan
@@ -90,6 +113,48 @@ def test_standard_input_read_by_a_producer(tmp_path, log):
     assert summary["records"] == 5999 and summary["stored"] == summary["llm_observations"] > 3000
     assert summary["problems"][0].startswith("-:4001: ")
     assert incidents_of(db) == from_file
+
+
+def test_a_batch_is_stored_before_its_part_ends(tmp_path):
+    """Storing does not wait for the end of a part: the first batch a producer hands over
+    is committed while the producer still reads (here: stdin, kept open)."""
+    db = tmp_path / "s.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "--db", str(db), "scan", "-j", "2", "--json",
+         "--egress-country", "CN", "-"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        proc.stdin.write(connect_lines(0, scanner.BATCH))  # one producer batch
+        # other traffic after it, so that the read blocks after the batch's last line (a
+        # pipe is read in blocks of READ_CHUNK)
+        proc.stdin.write(connect_lines(scanner.BATCH, 12_000, ["pypi.org"]))
+        proc.stdin.flush()
+        deadline, stored = time.monotonic() + 120, 0
+        while not stored and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            stored = observations(db)
+        assert stored == scanner.BATCH, "the batch was not stored while its part was read"
+        out, err = proc.communicate(connect_lines(scanner.BATCH + 12_000, 500), timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stored"] == observations(db) == scanner.BATCH + 500
+
+
+def observations(db) -> int:
+    """Observations committed so far (0 while the database has none)."""
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        return con.execute("SELECT count(*) FROM observations").fetchone()[0]
+    except sqlite3.OperationalError:  # no schema yet
+        return 0
+    finally:
+        con.close()
 
 
 def test_compressed_input_through_one_producer(tmp_path, log, monkeypatch):
