@@ -399,17 +399,58 @@ class Producers(Protocol):
 
 
 class Scanner:
-    def __init__(self, pipeline: Pipeline, store: Store, jobs: int | None = None,
+    def __init__(self, pipeline: Pipeline, store: Store | None, jobs: int | None = None,
                  full: bool = False, producers: Producers | None = None):  # fmt: skip
         self.pipeline = pipeline
-        self.store = store
+        self.store = store  # None until :meth:`run` (see :meth:`start`)
         self.jobs = default_jobs() if jobs is None else max(1, jobs)
         self.full = full
         self.producers = producers
+        self._early: tuple[SourcePlan, list[_Remote]] | None = None  # see start
+
+    def start(self, path: str) -> None:
+        """Start the producers of the first input before the store is opened, so that they
+        read while the caller opens and checks the database and records the scan (about a
+        tenth of a second on a new database, the whole quick check on a big one). It is
+        planned as an input not read before: :meth:`run` keeps them when the store's plan
+        is the same (a new input, or ``full``) and stops them otherwise; :meth:`close`
+        stops them when the scan does not run."""
+        if self.producers is not None or self.jobs <= 1:
+            return
+        try:
+            source = plan(path, self.pipeline, None, self.jobs, self.full)
+        except InputError:
+            return  # run reports it
+        if source.fork:
+            self._early = (source, self._fork(source))
+
+    def close(self) -> None:
+        """Stop the producers :meth:`start` started that :meth:`run` did not take."""
+        early, self._early = self._early, None
+        for remote in early[1] if early else ():
+            remote.stop()
+
+    def _fork(self, source: SourcePlan) -> list[_Remote]:
+        """Producer processes for a source's parts: part i is read by producer i % workers,
+        so the parts arrive in order and each producer starts its next part as soon as it
+        has handed over the last one."""
+        workers = min(self.jobs, len(source.parts))
+        ctx = mp.get_context("fork")
+        return [_Remote(ctx, self.pipeline, source.parts[w::workers]) for w in range(workers)]
+
+    def _started(self, source: SourcePlan) -> list[_Remote] | None:
+        """The producers :meth:`start` started, if they read what ``source`` plans."""
+        early = self._early
+        if early is None or early[0] != source:
+            self.close()
+            return None
+        self._early = None
+        return early[1]
 
     def run(
         self, paths: Iterable[str], scan_id: int, on_read: Callable[[int], None] | None = None
     ) -> ScanSummary:
+        assert self.store is not None, "a scan stores"
         summary = self.summary = ScanSummary()  # what was committed, should storing fail
         self._batches: list[Batch] = []
         self._queued = 0  # observations in them
@@ -430,23 +471,23 @@ class Scanner:
             if source.state:
                 summary.skipped_bytes += source.state["offset"]
             before = summary.diag.records, summary.diag.malformed
-            self._scan_source(source, scan_id, summary, on_read)
+            self._scan_source(source, scan_id, summary, on_read, self._started(source))
             note_misread(path, summary.diag, before, self.pipeline.collect_options,
                          source.parts[0].fmt)  # fmt: skip
 
     def _scan_source(self, source: SourcePlan, scan_id: int, summary: ScanSummary,
-                     on_read: Callable[[int], None] | None) -> None:  # fmt: skip
+                     on_read: Callable[[int], None] | None,
+                     remotes: list[_Remote] | None) -> None:  # fmt: skip
         seen = Occurrences()  # identical records within one input stay distinct
         base = source.state["lines"] if source.state else 0  # lines before the part at hand
         parts = source.parts
-        # part i is read by producer i % workers, so the parts arrive in order and each
-        # producer starts its next part as soon as it has handed over the last one
-        workers = min(self.jobs, len(parts)) if source.fork else 0
         elsewhere = None
         if self.producers is not None and source.path != "-":
-            workers, elsewhere = 0, self.producers.streams(parts)
-        ctx = mp.get_context("fork")
-        remotes = [_Remote(ctx, self.pipeline, parts[w::workers]) for w in range(workers)]
+            elsewhere = self.producers.streams(parts)
+        elif remotes is None and source.fork:
+            remotes = self._fork(source)
+        remotes = remotes or []
+        workers = len(remotes)
         damaged = False
         try:
             for i, part in enumerate(parts):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
 import random
 import sqlite3
 import subprocess
@@ -15,7 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 import monitor.scanner as scanner
+from monitor.app import App, Settings
 from monitor.cli import main
+from monitor.collectors import CollectOptions
+from monitor.egress import EgressOptions
+from monitor.store import StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTS = [
@@ -155,6 +160,75 @@ def observations(db) -> int:
         return 0
     finally:
         con.close()
+
+
+@pytest.fixture
+def split_small(monkeypatch):
+    """Producers even for small logs: ~4 parts of the 6,000-line log."""
+    monkeypatch.setattr(scanner, "IN_PROCESS_BELOW", 0)
+    monkeypatch.setattr(scanner, "PART_SIZE", 150_000)
+    monkeypatch.setattr(scanner, "MIN_PART", 10_000)
+
+
+def app_scan(db, path, **kwargs):
+    app = App(Settings(db=db))
+    try:
+        return app.scan([str(path)], EgressOptions(egress_country="CN"),
+                        CollectOptions(format="squid"), jobs=2, **kwargs)[1]  # fmt: skip
+    finally:
+        app.close()
+
+
+def test_producers_start_before_the_database_is_opened(tmp_path, log, split_small):
+    """The first input's producers read while the store is opened; the scan keeps them when
+    the store's plan is theirs (an input not read before) and stores what -j 1 stores."""
+    db = tmp_path / "early.db"
+    app = App(Settings(db=db))
+    pipeline = app.pipeline(EgressOptions(egress_country="CN"), CollectOptions(format="squid"))
+    early = scanner.Scanner(pipeline, None, jobs=2)
+    early.start(str(log))
+    source, remotes = early._early
+    assert len(remotes) == 2 and all(r.process.is_alive() for r in remotes)
+    assert not db.exists()  # reading before the database is even created
+    early.store = app.store
+    assert early._started(scanner.plan(str(log), pipeline, app.store, 2)) is remotes
+    for remote in remotes:
+        remote.stop()
+    app.close()
+    summary = app_scan(tmp_path / "b.db", log)
+    alone, alone_incidents = scan(tmp_path / "a.db", log, "-j", "1")
+    assert (summary.stored, summary.records) == (alone["stored"], alone["records"])
+    assert incidents_of(tmp_path / "b.db") == alone_incidents
+
+
+def test_early_producers_of_an_input_read_before_are_stopped(tmp_path, log, split_small):
+    """An input read in part before: the producers started as for a new one are stopped,
+    and the scan resumes where the last one left off."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    grown = tmp_path / "grown.log"
+    grown.write_bytes(b"".join(lines[:3000]))
+    db = tmp_path / "g.db"
+    first = app_scan(db, grown)
+    grown.write_bytes(b"".join(lines))
+    second = app_scan(db, grown)
+    assert not multiprocessing.active_children()  # the early ones were stopped, not left
+    assert second.skipped_bytes == len(b"".join(lines[:3000]))
+    assert second.duplicates == 0
+    alone, alone_incidents = scan(tmp_path / "a.db", log, "-j", "1")
+    assert first.stored + second.stored == alone["stored"]
+    scans = ("first_scan", "last_scan")  # two scans stored these, one those
+    assert [{k: v for k, v in i.items() if k not in scans} for i in incidents_of(db)] == [
+        {k: v for k, v in i.items() if k not in scans} for i in alone_incidents
+    ]
+
+
+def test_a_refused_scan_stops_its_early_producers(tmp_path, log, split_small, monkeypatch):
+    db = tmp_path / "p.db"
+    app_scan(db, log)
+    monkeypatch.setenv("APIWATCH_PSEUDONYMIZE_KEY", "k" * 32)
+    with pytest.raises(StoreError, match="refused, nothing was scanned"):
+        app_scan(db, log, pseudonymize=True, full=True)
+    assert not multiprocessing.active_children()
 
 
 def test_compressed_input_through_one_producer(tmp_path, log, monkeypatch):
