@@ -307,39 +307,45 @@ class App:
             "pseudonymize": pipeline.pseudonymizer is not None,
             "rules": [r.id for r in self.rules.rules],
         }
-        if not self._checked:  # never add to a database SQLite finds damaged
-            if damage := self.store.damage():
-                raise StoreError(
-                    f"{self.db_path}: the database is damaged ({damage}); nothing was scanned; "
-                    f"run `apiwatch --db {self.db_path} db check`"
-                )
-            self._checked = True
-        mode = privacy_mode(pipeline.pseudonymizer)
-        if (recorded := self.store.claim_privacy_mode(mode)) != mode:
-            raise StoreError(f"{self.db_path}: {_privacy_mismatch(recorded, mode)}")
         producers = None
-        if cluster:
-            from monitor.cluster import ClusterProducers  # Dask loads only for a cluster scan
-
-            recipe = self.recipe(egress, collect, pseudonymize)
-            producers = ClusterProducers(
-                cluster, partial(build_pipeline, recipe), pipeline.fingerprint()
-            )
-            options["cluster"] = cluster
-            jobs = jobs or producers.threads  # split big inputs into that many parts at least
-            paths = [p if p == "-" or "://" in p else os.path.abspath(p) for p in paths]
-        scan_id = self.store.start_scan(paths, options)
-        scanner = Scanner(pipeline, self.store, jobs, full, producers)
+        scanner = Scanner(pipeline, None, jobs, full)
+        if not cluster and paths:  # its producers read while the database is opened and checked
+            scanner.start(paths[0])
         try:
-            summary = scanner.run(paths, scan_id, on_read)
-        except sqlite3.DatabaseError as exc:  # a full disk, a damaged file: say what is kept
-            done = scanner.summary
-            raise StoreError(
-                f"{database_problem(self.db_path, exc)} (scan {scan_id} committed "
-                f"{done.stored} new observations, {len(done.incidents_new)} new and "
-                f"{len(done.incidents_updated)} updated incidents before it stopped)"
-            ) from exc
+            if not self._checked:  # never add to a database SQLite finds damaged
+                if damage := self.store.damage():
+                    raise StoreError(
+                        f"{self.db_path}: the database is damaged ({damage}); nothing was "
+                        f"scanned; run `apiwatch --db {self.db_path} db check`"
+                    )
+                self._checked = True
+            mode = privacy_mode(pipeline.pseudonymizer)
+            if (recorded := self.store.claim_privacy_mode(mode)) != mode:
+                raise StoreError(f"{self.db_path}: {_privacy_mismatch(recorded, mode)}")
+            if cluster:
+                from monitor.cluster import ClusterProducers  # Dask loads only for a cluster scan
+
+                recipe = self.recipe(egress, collect, pseudonymize)
+                producers = ClusterProducers(
+                    cluster, partial(build_pipeline, recipe), pipeline.fingerprint()
+                )
+                options["cluster"] = cluster
+                jobs = jobs or producers.threads  # split big inputs into that many parts at least
+                paths = [p if p == "-" or "://" in p else os.path.abspath(p) for p in paths]
+                scanner = Scanner(pipeline, None, jobs, full, producers)
+            scan_id = self.store.start_scan(paths, options)
+            scanner.store = self.store
+            try:
+                summary = scanner.run(paths, scan_id, on_read)
+            except sqlite3.DatabaseError as exc:  # a full disk, a damaged file: say what is kept
+                done = scanner.summary
+                raise StoreError(
+                    f"{database_problem(self.db_path, exc)} (scan {scan_id} committed "
+                    f"{done.stored} new observations, {len(done.incidents_new)} new and "
+                    f"{len(done.incidents_updated)} updated incidents before it stopped)"
+                ) from exc
         finally:
+            scanner.close()
             if producers is not None:
                 producers.close()
         summary.account(self.correlate([scan_id]).new)

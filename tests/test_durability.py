@@ -27,11 +27,11 @@ HOSTS = [
 ]
 
 
-def make_log(path: Path, lines: int, seed: int) -> None:
+def make_log(path: Path, lines: int, seed: int, hosts: list[str] = HOSTS) -> None:
     rnd = random.Random(seed)
     with open(path, "w") as f:
         for i in range(lines):
-            host = rnd.choice(HOSTS)
+            host = rnd.choice(hosts)
             f.write(
                 f"{1795741200 + i * 0.05:.3f} {rnd.randint(1, 9999):6d} 10.1.{rnd.randint(0, 3)}.{rnd.randint(1, 50)} "
                 f"TCP_TUNNEL/200 {rnd.randint(100, 99999)} CONNECT {host}:443 - HIER_DIRECT/1.2.3.4 -\n"
@@ -131,6 +131,46 @@ def test_kill_minus_nine_then_rerun_equals_uninterrupted(tmp_path, logs, referen
     assert summary["skipped_bytes"] > 0 or summary["duplicates"] > 0
     check = run_ok(db, "db", "check", "--json")
     assert check["integrity"] == "ok"
+
+
+def sources(db: Path) -> int:
+    """Read positions committed so far."""
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        return con.execute("SELECT count(*) FROM sources").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_kill_between_the_transactions_of_a_part_then_rerun_resumes_exactly(tmp_path):
+    """A part's batches are committed as they come, its read position with the last: killed
+    after some were, a re-run reads the part again, skips exactly what was stored and ends
+    where an uninterrupted scan ends."""
+    log = tmp_path / "llm.log"
+    make_log(log, 100_000, 3, HOSTS[:3])  # 9 MB, all LLM: one part, a producer, 5 batches
+    ref = tmp_path / "ref.db"
+    whole = run_ok(ref, "scan", str(log), "--egress-country", "CN", "--json", "-j", "1")
+    killed_after = 0
+    for attempt in range(5):
+        db = tmp_path / f"crash{attempt}.db"
+        proc = apiwatch(db, "scan", str(log), "--egress-country", "CN", "--json", "-j", "2")
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not stored(db):
+            time.sleep(0.02)
+        if proc.poll() is None and not sources(db):
+            proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        killed_after = stored(db)
+        if proc.returncode == -signal.SIGKILL and killed_after and not sources(db):
+            break  # batches of the part committed, its read position not
+    else:
+        pytest.fail("no kill landed between the first batch and the end of the part")
+    assert 0 < killed_after < whole["stored"]
+    again = run_ok(db, "scan", str(log), "--egress-country", "CN", "--json", "-j", "2")
+    assert again["skipped_bytes"] == 0  # no read position: the part is read again ...
+    assert again["duplicates"] == killed_after  # ... and what was stored is skipped
+    assert again["stored"] + killed_after == whole["stored"] == stored(db)
+    assert incidents(db) == incidents(ref)
 
 
 def test_concurrent_scans_of_the_same_and_different_files(tmp_path, logs, reference):

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
 import random
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import monitor.scanner as scanner
+from monitor.app import App, Settings
 from monitor.cli import main
+from monitor.collectors import CollectOptions
+from monitor.egress import EgressOptions
+from monitor.store import StoreError
 
+ROOT = Path(__file__).resolve().parents[1]
 HOSTS = [
     "api.openai.com",
     "api.anthropic.com",
@@ -45,11 +56,15 @@ def scan(db, *args):
         main, ["--db", str(db), "scan", *map(str, args), "--egress-country", "CN", "--json"]
     )
     assert result.exit_code == 0, result.output + result.stderr
+    return json.loads(result.stdout), incidents_of(db)
+
+
+def incidents_of(db):
     out = CliRunner().invoke(main, ["--db", str(db), "incidents", "--json"]).stdout
     incidents = [json.loads(line) for line in out.splitlines()]
     for inc in incidents:  # evidence names the file, which differs between .log and .log.gz
         inc["evidence"] = [e.rsplit(":", 1)[1] for e in inc["evidence"]]
-    return json.loads(result.stdout), sorted(incidents, key=lambda i: i["id"])
+    return sorted(incidents, key=lambda i: i["id"])
 
 
 def test_ranges_and_producers_match_in_process(tmp_path, log, monkeypatch):
@@ -63,6 +78,157 @@ def test_ranges_and_producers_match_in_process(tmp_path, log, monkeypatch):
     assert split["malformed"] == 1 and split["problems"] == alone["problems"]
     assert f"{log}:4001:" in split["problems"][0]  # absolute line number from a later range
     assert split_incidents == alone_incidents
+
+
+def test_small_batches_stored_as_they_come_give_the_same_database(tmp_path, log, monkeypatch):
+    alone, alone_incidents = scan(tmp_path / "a.db", log, "-j", "1")
+    monkeypatch.setattr(scanner, "IN_PROCESS_BELOW", 0)
+    monkeypatch.setattr(scanner, "PART_SIZE", 150_000)  # 4 parts of ~1,000 records
+    monkeypatch.setattr(scanner, "MIN_PART", 10_000)
+    monkeypatch.setattr(scanner, "BATCH", 37)  # a transaction whenever the next is not there yet
+    split, split_incidents = scan(tmp_path / "b.db", log, "-j", "2")
+    for key in ("records", "malformed", "llm_observations", "stored", "incidents_new", "problems"):
+        assert split[key] == alone[key], key
+    assert split_incidents == alone_incidents
+
+
+def connect_lines(start: int, count: int, hosts=HOSTS[:3]) -> str:
+    """Squid native CONNECT lines to ``hosts`` in turn (LLM APIs: one record each)."""
+    return "".join(
+        f"{1795741200 + i * 0.01:.3f} {i % 9000 + 1:6d} 10.20.{i % 7}.{i % 200 + 1} TCP_TUNNEL/200 "
+        f"{i % 90000 + 100} CONNECT {hosts[i % len(hosts)]}:443 - HIER_DIRECT/1.2.3.4 -\n"
+        for i in range(start, start + count)
+    )
+
+
+def test_standard_input_read_by_a_producer(tmp_path, log):
+    """``cat access.log | apiwatch scan -``: a producer process reads the pipe (it once read
+    nothing there: multiprocessing closes a child's standard input) and stores what a scan
+    of the file stores."""
+    _, from_file = scan(tmp_path / "a.db", log, "-j", "1")
+    db = tmp_path / "b.db"
+    with open(log, "rb") as stdin:
+        res = subprocess.run(
+            [sys.executable, "-m", "monitor", "--db", str(db), "scan", "-j", "2", "--json",
+             "--egress-country", "CN", "-"],
+            cwd=ROOT, stdin=stdin, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["records"] == 5999 and summary["stored"] == summary["llm_observations"] > 3000
+    assert summary["problems"][0].startswith("-:4001: ")
+    assert incidents_of(db) == from_file
+
+
+def test_a_batch_is_stored_before_its_part_ends(tmp_path):
+    """Storing does not wait for the end of a part: the first batch a producer hands over
+    is committed while the producer still reads (here: stdin, kept open)."""
+    db = tmp_path / "s.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "--db", str(db), "scan", "-j", "2", "--json",
+         "--egress-country", "CN", "-"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        proc.stdin.write(connect_lines(0, scanner.BATCH))  # one producer batch
+        # other traffic after it, so that the read blocks after the batch's last line (a
+        # pipe is read in blocks of READ_CHUNK)
+        proc.stdin.write(connect_lines(scanner.BATCH, 12_000, ["pypi.org"]))
+        proc.stdin.flush()
+        deadline, stored = time.monotonic() + 120, 0
+        while not stored and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            stored = observations(db)
+        assert stored == scanner.BATCH, "the batch was not stored while its part was read"
+        out, err = proc.communicate(connect_lines(scanner.BATCH + 12_000, 500), timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stored"] == observations(db) == scanner.BATCH + 500
+
+
+def observations(db) -> int:
+    """Observations committed so far (0 while the database has none)."""
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        return con.execute("SELECT count(*) FROM observations").fetchone()[0]
+    except sqlite3.OperationalError:  # no schema yet
+        return 0
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def split_small(monkeypatch):
+    """Producers even for small logs: ~4 parts of the 6,000-line log."""
+    monkeypatch.setattr(scanner, "IN_PROCESS_BELOW", 0)
+    monkeypatch.setattr(scanner, "PART_SIZE", 150_000)
+    monkeypatch.setattr(scanner, "MIN_PART", 10_000)
+
+
+def app_scan(db, path, **kwargs):
+    app = App(Settings(db=db))
+    try:
+        return app.scan([str(path)], EgressOptions(egress_country="CN"),
+                        CollectOptions(format="squid"), jobs=2, **kwargs)[1]  # fmt: skip
+    finally:
+        app.close()
+
+
+def test_producers_start_before_the_database_is_opened(tmp_path, log, split_small):
+    """The first input's producers read while the store is opened; the scan keeps them when
+    the store's plan is theirs (an input not read before) and stores what -j 1 stores."""
+    db = tmp_path / "early.db"
+    app = App(Settings(db=db))
+    pipeline = app.pipeline(EgressOptions(egress_country="CN"), CollectOptions(format="squid"))
+    early = scanner.Scanner(pipeline, None, jobs=2)
+    early.start(str(log))
+    source, remotes = early._early
+    assert len(remotes) == 2 and all(r.process.is_alive() for r in remotes)
+    assert not db.exists()  # reading before the database is even created
+    early.store = app.store
+    assert early._started(scanner.plan(str(log), pipeline, app.store, 2)) is remotes
+    for remote in remotes:
+        remote.stop()
+    app.close()
+    summary = app_scan(tmp_path / "b.db", log)
+    alone, alone_incidents = scan(tmp_path / "a.db", log, "-j", "1")
+    assert (summary.stored, summary.records) == (alone["stored"], alone["records"])
+    assert incidents_of(tmp_path / "b.db") == alone_incidents
+
+
+def test_early_producers_of_an_input_read_before_are_stopped(tmp_path, log, split_small):
+    """An input read in part before: the producers started as for a new one are stopped,
+    and the scan resumes where the last one left off."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    grown = tmp_path / "grown.log"
+    grown.write_bytes(b"".join(lines[:3000]))
+    db = tmp_path / "g.db"
+    first = app_scan(db, grown)
+    grown.write_bytes(b"".join(lines))
+    second = app_scan(db, grown)
+    assert not multiprocessing.active_children()  # the early ones were stopped, not left
+    assert second.skipped_bytes == len(b"".join(lines[:3000]))
+    assert second.duplicates == 0
+    alone, alone_incidents = scan(tmp_path / "a.db", log, "-j", "1")
+    assert first.stored + second.stored == alone["stored"]
+    scans = ("first_scan", "last_scan")  # two scans stored these, one those
+    assert [{k: v for k, v in i.items() if k not in scans} for i in incidents_of(db)] == [
+        {k: v for k, v in i.items() if k not in scans} for i in alone_incidents
+    ]
+
+
+def test_a_refused_scan_stops_its_early_producers(tmp_path, log, split_small, monkeypatch):
+    db = tmp_path / "p.db"
+    app_scan(db, log)
+    monkeypatch.setenv("APIWATCH_PSEUDONYMIZE_KEY", "k" * 32)
+    with pytest.raises(StoreError, match="refused, nothing was scanned"):
+        app_scan(db, log, pseudonymize=True, full=True)
+    assert not multiprocessing.active_children()
 
 
 def test_compressed_input_through_one_producer(tmp_path, log, monkeypatch):
