@@ -1899,19 +1899,34 @@ class Store:
     ) -> list[tuple[str, str, str, float, float, int, str | None, str | None, str | None]]:
         """For the clients ``who``: which provider they reached through which egress country,
         per hour of ``[start, end)``: (who, provider, country, first ts, last ts, records,
-        site, user, client address), the last three the least of the records'."""
-        out: list[tuple[str, str, str, float, float, int, str | None, str | None, str | None]] = []
+        site, user, client address), the last three the least of the records'. One pass
+        over the span's rows for all of them (their client entries looked up first): a pass
+        per few hundred clients read every row of the span each time."""
         days, params = self._days(iso_day(start), iso_day(end))
+        self._temp_rows("egress_who", "who TEXT", "who", [(w,) for w in set(who)])
         with self._sorting():
-            for chunk, marks in _chunks(sorted(set(who))):
-                out.extend(tuple(r) for r in self.db.execute(
-                    f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
-                              min(ts), max(ts), count(*), min(site), min(user), min(client_ip)
-                       FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY} AND who IN ({marks})
-                       GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
-                       ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants, placeholders
-                    [*params, start, end, *chunk]))  # fmt: skip
-        return out
+            found = [tuple(r) for r in self.db.execute(
+                f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
+                          min(ts), max(ts), count(*), min(site), min(user), min(client_ip)
+                   FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY} AND o.client IN (
+                     SELECT n FROM obs_clients WHERE coalesce(user, client_ip) IN temp.egress_who)
+                   GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
+                   ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants
+                [*params, start, end])]  # fmt: skip
+        self.db.execute("DROP TABLE temp.egress_who")
+        return found
+
+    def _temp_rows(
+        self, name: str, columns: str, key: str, rows: Iterable[tuple[Any, ...]]
+    ) -> None:
+        """A temporary table ``name`` of ``rows`` (``columns``, typed as the stored columns
+        they are compared with), indexed on ``key``."""
+        conn = self.db.conn
+        conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
+        conn.execute(f"CREATE TEMP TABLE {name} ({columns})")
+        conn.execute(f"CREATE INDEX temp.{name}_key ON {name} ({key})")
+        marks = ", ".join("?" * len(columns.split(", ")))
+        conn.executemany(f"INSERT INTO temp.{name} VALUES ({marks})", rows)  # noqa: S608
 
     @contextmanager
     def _sorting(self) -> Iterator[None]:
@@ -1961,16 +1976,8 @@ class Store:
                     "blocked", "outcome", "evidence", "facts", "first_scan", "last_scan"]  # fmt: skip
             values = []
             hits: list[tuple[str, int]] = []
-            for r in rows:
-                # the records behind it: the client's, with the provider, through the countries
-                who, provider, first, last, countries = r["span"]
-                marks = ", ".join("?" * len(countries))
-                days, dparams = self._days(iso_day(first), iso_day(last))
-                found = [x[0] for x in self.db.execute(
-                    f"""SELECT o.n FROM {_OBS} WHERE {days} AND ts >= ?
-                         AND ts <= ? AND provider = ? AND coalesce(user, client_ip) = ?
-                         AND egress_country IN ({marks})""",  # noqa: S608 - placeholders
-                    [*dparams, first, last, provider, who, *countries])]  # fmt: skip
+            behind = self._records_behind([r["span"] for r in rows])
+            for r, found in zip(rows, behind, strict=True):
                 self.db.execute(
                     "DELETE FROM hit_links WHERE incident ="
                     " (SELECT n FROM incident_rows WHERE id = ?)", [r["id"]])  # fmt: skip
@@ -2009,6 +2016,40 @@ class Store:
                 self._advance_findings(scan_id, result)
             self._settle(sorted(touched), "the correlation no longer finds it in the history")
         return removed, result
+
+    def _records_behind(
+        self, spans: Sequence[tuple[str, str, float, float, Sequence[str]]]
+    ) -> list[list[int]]:
+        """The rows behind each correlated incident's span (who, provider, first ts, last ts,
+        egress countries): the client's, with the provider, through one of the countries,
+        within the span. One pass over the rows of the spans' days for all (a query per
+        incident read every row of its days: minutes for a few thousand hopping clients)."""
+        found: list[list[int]] = [[] for _ in spans]
+        if not spans:
+            return found
+        self._temp_rows(
+            "spans",
+            "k INTEGER, who TEXT, provider TEXT, country TEXT, first REAL, last REAL,"
+            " first_day TEXT, last_day TEXT",
+            "who, provider, country",
+            ((k, who, provider, country, first, last, iso_day(first), iso_day(last))
+             for k, (who, provider, first, last, countries) in enumerate(spans)
+             for country in countries),
+        )  # fmt: skip
+        days, params = self._days(
+            min(iso_day(s[2]) for s in spans), max(iso_day(s[3]) for s in spans)
+        )
+        for k, n in self.db.execute(
+            f"""SELECT s.k, o.n FROM {_OBS} CROSS JOIN temp.spans s
+                 ON s.who = coalesce(w.user, w.client_ip) AND s.provider = c.provider
+                 AND s.country = c.egress_country
+               WHERE {days} AND o.ts >= s.first AND o.ts <= s.last AND c.day >= s.first_day
+                 AND c.day <= s.last_day""",  # noqa: S608 - constants
+            params,
+        ):
+            found[k].append(n)
+        self.db.execute("DROP TABLE temp.spans")
+        return found
 
     def _settle(self, fids: Sequence[str], why: str, actor: str | None = None) -> set[str]:
         """Refresh findings whose detail shrank; those left without any are superseded (kept,
