@@ -1908,8 +1908,8 @@ class Store:
             found = [tuple(r) for r in self.db.execute(
                 f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
                           min(ts), max(ts), count(*), min(site), min(user), min(client_ip)
-                   FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY} AND o.client IN (
-                     SELECT n FROM obs_clients WHERE coalesce(user, client_ip) IN temp.egress_who)
+                   FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY}
+                     AND o.client IN ({_CLIENTS_OF.format("SELECT who FROM temp.egress_who")})
                    GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
                    ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants
                 [*params, start, end])]  # fmt: skip
@@ -2043,7 +2043,8 @@ class Store:
             f"""SELECT s.k, o.n FROM {_OBS} CROSS JOIN temp.spans s
                  ON s.who = coalesce(w.user, w.client_ip) AND s.provider = c.provider
                  AND s.country = c.egress_country
-               WHERE {days} AND o.ts >= s.first AND o.ts <= s.last AND c.day >= s.first_day
+               WHERE {days} AND o.client IN ({_CLIENTS_OF.format("SELECT who FROM temp.spans")})
+                 AND o.ts >= s.first AND o.ts <= s.last AND c.day >= s.first_day
                  AND c.day <= s.last_day""",  # noqa: S608 - constants
             params,
         ):
@@ -3305,6 +3306,9 @@ _EGRESS_WHO = (
 )
 #: such requests of a time span
 _EGRESS_HISTORY = f"ts >= ? AND ts < ? AND {_EGRESS_WHO}"
+#: the client entries of the users (else addresses) that a query (``{}``) gives: a request
+#: of anyone else is passed over before its context and client are looked up
+_CLIENTS_OF = "SELECT n FROM obs_clients WHERE coalesce(user, client_ip) IN ({})"
 
 
 def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
