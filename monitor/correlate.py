@@ -73,11 +73,18 @@ def correlate(
         # only clients seen through several countries need the hour-by-hour history, unless
         # the rule holds for one country alone (then every window of the client holds)
         by_countries = not rule.fields & {"history.first_seen", "history.last_seen"}
-        detail = [
-            who
-            for who, provider, n, country in store.egress_groups(start - window, end)
-            if n > 1 or not by_countries or _holds_for(rule, catalog, who, provider, country)
-        ]
+        one_country: dict[tuple[str, ...], bool] = {}  # verdicts, by who only if it is read
+        by_client = "client.ip" in rule.fields
+        detail = []
+        for who, provider, n, country in store.egress_groups(start - window, end):
+            if n == 1 and by_countries:
+                key = (who, provider, country) if by_client else (provider, country)
+                held = one_country.get(key)
+                if held is None:
+                    held = one_country[key] = _holds_for(rule, catalog, who, provider, country)
+                if not held:
+                    continue
+            detail.append(who)
         buckets = store.egress_buckets(start - window, end, detail) if detail else []
         rows = list(_hops(rule, catalog, buckets, window, start, end))
         removed, ingest = store.replace_correlated(

@@ -1387,18 +1387,26 @@ class Store:
         return sql, params
 
     def _by_dest(
-        self, since: datetime, until: datetime, where: TrafficFilter
+        self, since: datetime, until: datetime, where: TrafficFilter, summed: bool = False
     ) -> tuple[str, list[Any]]:
         """A query of the requests of ``[since, until)`` that ``where`` selects, summed per
         client and destination (``client``, :data:`_DEST_COLUMNS`, ``requests, bytes_out,
         bytes_in, url``; a pair may come in several rows): whole UTC months from their
-        monthly roll-ups, the rest as :meth:`_grouped` reads it."""
+        monthly roll-ups, the rest as :meth:`_grouped` reads it (``summed``: see
+        :func:`_dest_rows`)."""
+
+        def days(a: datetime, b: datetime) -> tuple[str, str] | None:  # the UTC days of [a, b)
+            if not summed:
+                return None
+            last = b - timedelta(microseconds=1)
+            return _day_floor(a).strftime("%Y-%m-%d"), _day_floor(last).strftime("%Y-%m-%d")
+
         start = _day_floor(since).replace(day=1)
         if start != since:
             start = (start + timedelta(days=31)).replace(day=1)
         end = _day_floor(until).replace(day=1)
         if start >= end:  # no whole month in it
-            return _dest_rows(*self._grouped(since, until, where))
+            return _dest_rows(*self._grouped(since, until, where), days(since, until))
         first, last = start.strftime("%Y-%m"), (end - timedelta(days=1)).strftime("%Y-%m")
         f, params = where.sql("d", who=False)
         who, who_params = _clients_chosen("m", where)
@@ -1409,12 +1417,14 @@ class Store:
             f" WHERE m.month >= ? AND m.month <= ?{f}{who}"
         ]
         params = [first, last, *params, *who_params]
-        recent, recent_params = _dest_rows(*self._recent(first, last + "~", where))
+        recent, recent_params = _dest_rows(
+            *self._recent(first, last + "~", where), (first, last + "~") if summed else None
+        )
         parts.append(recent)
         params += recent_params
         for a, b in ((since, start), (end, until)):
             if a < b:
-                rest, rest_params = _dest_rows(*self._grouped(a, b, where))
+                rest, rest_params = _dest_rows(*self._grouped(a, b, where), days(a, b))
                 parts.append(rest)
                 params += rest_params
         return " UNION ALL ".join(parts), params
@@ -1899,19 +1909,34 @@ class Store:
     ) -> list[tuple[str, str, str, float, float, int, str | None, str | None, str | None]]:
         """For the clients ``who``: which provider they reached through which egress country,
         per hour of ``[start, end)``: (who, provider, country, first ts, last ts, records,
-        site, user, client address), the last three the least of the records'."""
-        out: list[tuple[str, str, str, float, float, int, str | None, str | None, str | None]] = []
+        site, user, client address), the last three the least of the records'. One pass
+        over the span's rows for all of them (their client entries looked up first): a pass
+        per few hundred clients read every row of the span each time."""
         days, params = self._days(iso_day(start), iso_day(end))
+        self._temp_rows("egress_who", "who TEXT", "who", [(w,) for w in set(who)])
         with self._sorting():
-            for chunk, marks in _chunks(sorted(set(who))):
-                out.extend(tuple(r) for r in self.db.execute(
-                    f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
-                              min(ts), max(ts), count(*), min(site), min(user), min(client_ip)
-                       FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY} AND who IN ({marks})
-                       GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
-                       ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants, placeholders
-                    [*params, start, end, *chunk]))  # fmt: skip
-        return out
+            found = [tuple(r) for r in self.db.execute(
+                f"""SELECT coalesce(user, client_ip) AS who, provider, egress_country,
+                          min(ts), max(ts), count(*), min(site), min(user), min(client_ip)
+                   FROM {_OBS} WHERE {days} AND {_EGRESS_HISTORY}
+                     AND o.client IN ({_CLIENTS_OF.format("SELECT who FROM temp.egress_who")})
+                   GROUP BY who, provider, egress_country, CAST(ts / 3600 AS INTEGER)
+                   ORDER BY who, provider, min(ts)""",  # noqa: S608 - constants
+                [*params, start, end])]  # fmt: skip
+        self.db.execute("DROP TABLE temp.egress_who")
+        return found
+
+    def _temp_rows(
+        self, name: str, columns: str, key: str, rows: Iterable[tuple[Any, ...]]
+    ) -> None:
+        """A temporary table ``name`` of ``rows`` (``columns``, typed as the stored columns
+        they are compared with), indexed on ``key``."""
+        conn = self.db.conn
+        conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
+        conn.execute(f"CREATE TEMP TABLE {name} ({columns})")
+        conn.execute(f"CREATE INDEX temp.{name}_key ON {name} ({key})")
+        marks = ", ".join("?" * len(columns.split(", ")))
+        conn.executemany(f"INSERT INTO temp.{name} VALUES ({marks})", rows)  # noqa: S608
 
     @contextmanager
     def _sorting(self) -> Iterator[None]:
@@ -1961,16 +1986,8 @@ class Store:
                     "blocked", "outcome", "evidence", "facts", "first_scan", "last_scan"]  # fmt: skip
             values = []
             hits: list[tuple[str, int]] = []
-            for r in rows:
-                # the records behind it: the client's, with the provider, through the countries
-                who, provider, first, last, countries = r["span"]
-                marks = ", ".join("?" * len(countries))
-                days, dparams = self._days(iso_day(first), iso_day(last))
-                found = [x[0] for x in self.db.execute(
-                    f"""SELECT o.n FROM {_OBS} WHERE {days} AND ts >= ?
-                         AND ts <= ? AND provider = ? AND coalesce(user, client_ip) = ?
-                         AND egress_country IN ({marks})""",  # noqa: S608 - placeholders
-                    [*dparams, first, last, provider, who, *countries])]  # fmt: skip
+            behind = self._records_behind([r["span"] for r in rows])
+            for r, found in zip(rows, behind, strict=True):
                 self.db.execute(
                     "DELETE FROM hit_links WHERE incident ="
                     " (SELECT n FROM incident_rows WHERE id = ?)", [r["id"]])  # fmt: skip
@@ -2009,6 +2026,41 @@ class Store:
                 self._advance_findings(scan_id, result)
             self._settle(sorted(touched), "the correlation no longer finds it in the history")
         return removed, result
+
+    def _records_behind(
+        self, spans: Sequence[tuple[str, str, float, float, Sequence[str]]]
+    ) -> list[list[int]]:
+        """The rows behind each correlated incident's span (who, provider, first ts, last ts,
+        egress countries): the client's, with the provider, through one of the countries,
+        within the span. One pass over the rows of the spans' days for all (a query per
+        incident read every row of its days: minutes for a few thousand hopping clients)."""
+        found: list[list[int]] = [[] for _ in spans]
+        if not spans:
+            return found
+        self._temp_rows(
+            "spans",
+            "k INTEGER, who TEXT, provider TEXT, country TEXT, first REAL, last REAL,"
+            " first_day TEXT, last_day TEXT",
+            "who, provider, country",
+            ((k, who, provider, country, first, last, iso_day(first), iso_day(last))
+             for k, (who, provider, first, last, countries) in enumerate(spans)
+             for country in countries),
+        )  # fmt: skip
+        days, params = self._days(
+            min(iso_day(s[2]) for s in spans), max(iso_day(s[3]) for s in spans)
+        )
+        for k, n in self.db.execute(
+            f"""SELECT s.k, o.n FROM {_OBS} CROSS JOIN temp.spans s
+                 ON s.who = coalesce(w.user, w.client_ip) AND s.provider = c.provider
+                 AND s.country = c.egress_country
+               WHERE {days} AND o.client IN ({_CLIENTS_OF.format("SELECT who FROM temp.spans")})
+                 AND o.ts >= s.first AND o.ts <= s.last AND c.day >= s.first_day
+                 AND c.day <= s.last_day""",  # noqa: S608 - constants
+            params,
+        ):
+            found[k].append(n)
+        self.db.execute("DROP TABLE temp.spans")
+        return found
 
     def _settle(self, fids: Sequence[str], why: str, actor: str | None = None) -> set[str]:
         """Refresh findings whose detail shrank; those left without any are superseded (kept,
@@ -2225,7 +2277,7 @@ class Store:
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Who went where: client x destination in ``[since, until)``, users as a JSON array."""
-        grouped, params = self._by_dest(since, until, where)
+        grouped, params = self._by_dest(since, until, where, summed=True)
         return self._read_only(
             f"""SELECT w.client_ip, g.dest_host, g.provider, g.provider_kind AS kind, g.site,
                        g.egress_country AS country, sum(g.requests) AS requests,
@@ -3145,9 +3197,26 @@ def _clients_chosen(alias: str, where: TrafficFilter) -> tuple[str, list[Any]]:
     return f" AND {alias}.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})", params  # noqa: S608
 
 
-def _dest_rows(grouped: str, params: list[Any]) -> tuple[str, list[Any]]:
-    """:meth:`Store._grouped` rows in :meth:`Store._by_dest`'s terms."""
+def _dest_rows(
+    grouped: str, params: list[Any], days: tuple[str, str] | None = None
+) -> tuple[str, list[Any]]:
+    """:meth:`Store._grouped` rows in :meth:`Store._by_dest`'s terms. Given the UTC ``days``
+    they are of, summed per client and destination, on numbers (a context of those days
+    stands for its destination by its rank among theirs), so that the grouping a caller
+    does next sorts one row per pair, not one per context and client (a month of a non-UTC
+    zone: 3.4 M day roll-up rows for 0.4 M pairs on a 10 M-request store, 11.4 s -> 5.4 s)."""
     dests = ", ".join(f"c.{c}" for c in _DEST_COLUMNS)
+    if days:
+        ranked = (
+            f"SELECT n, dense_rank() OVER (ORDER BY {', '.join(_DEST_COLUMNS)}) AS dest"  # noqa: S608
+            " FROM obs_contexts WHERE day >= ? AND day <= ?"
+        )
+        grouped = (
+            "SELECT g.client, min(g.ctx) AS ctx, sum(g.requests) AS requests,"  # noqa: S608
+            " sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in, min(g.url) AS url"
+            f" FROM ({grouped}) g CROSS JOIN ({ranked}) m ON m.n = g.ctx GROUP BY g.client, m.dest"
+        )
+        params = [*params, *days]
     return (
         f"SELECT g.client, {dests}, g.requests, g.bytes_out, g.bytes_in, g.url"  # noqa: S608
         f" FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx",
@@ -3264,6 +3333,9 @@ _EGRESS_WHO = (
 )
 #: such requests of a time span
 _EGRESS_HISTORY = f"ts >= ? AND ts < ? AND {_EGRESS_WHO}"
+#: the client entries of the users (else addresses) that a query (``{}``) gives: a request
+#: of anyone else is passed over before its context and client are looked up
+_CLIENTS_OF = "SELECT n FROM obs_clients WHERE coalesce(user, client_ip) IN ({})"
 
 
 def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:

@@ -674,6 +674,44 @@ def test_roll_ups_are_the_sums_of_their_rows_after_scans_prune_and_reevaluate(bu
     assert assert_rolled_up(db) > 10
 
 
+def test_who_went_where_is_the_per_request_grouping(built, tmp_path):
+    """Client x destination of a period, summed on destination numbers before the
+    destinations' texts are grouped: what the requests give one by one, for periods of
+    whole UTC months (monthly roll-ups), of local days (day roll-ups and rows at the edges)
+    and with no roll-up at all."""
+    from monitor.report.data import _zone
+    from monitor.store import TrafficFilter
+
+    def by_request(con, since, until):
+        rows = q(con, """SELECT client_ip, dest_host, provider, provider_kind, site,
+                   egress_country, count(*), sum(outcome IS 'blocked'), sum(bytes_out),
+                   sum(bytes_in), min(url), json_group_array(DISTINCT user)
+                 FROM observations WHERE ts >= ? AND ts < ? GROUP BY 1, 2, 3, 4, 5, 6""",
+                 [since.timestamp(), until.timestamp()])  # fmt: skip
+        return sorted((*r[:-1], sorted(json.loads(r[-1]), key=str)) for r in rows)
+
+    none = copy_db(built[0], tmp_path / "none.db")
+    con = sqlite3.connect(none)
+    with con:
+        for table in ("obs_rollup", "obs_monthly", "obs_context_totals", "obs_hourly"):
+            con.execute(f"DELETE FROM {table}")
+        con.execute("DELETE FROM meta WHERE key = 'rolled_up_to'")
+    for db in (built[0], none):
+        store = Store(db, readonly=True)
+        for since, until in ((datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)),
+                             (datetime(2026, 11, 1, tzinfo=_zone("Asia/Shanghai")),
+                              datetime(2026, 12, 1, tzinfo=_zone("Asia/Shanghai"))),
+                             (datetime(2026, 10, 20, 6, tzinfo=UTC),
+                              datetime(2026, 11, 27, 18, tzinfo=UTC))):  # fmt: skip
+            found = store.client_destinations(since, until, TrafficFilter())
+            assert len(found.rows) > 10
+            assert sorted(
+                (*r[:-1], sorted(json.loads(r[-1]), key=str)) for r in found.rows
+            ) == by_request(con, since, until), (db, since)
+        store.close()
+    con.close()
+
+
 def test_report_is_the_same_from_roll_ups_and_from_rows(built, tmp_path):
     """Rows stored since the last roll-up (a scan still storing, or killed before it
     finished) are read from the rows: whether none, some or all of the rows are rolled up,

@@ -313,6 +313,90 @@ def test_egress_history_reads_roll_ups_and_rows_alike(tmp_path):
     assert [store.egress_groups(lo, hi) for lo, hi in spans] == [by_request(*s) for s in spans]
 
 
+def test_egress_history_of_many_clients_is_the_per_request_history(tmp_path):
+    """Egress hopping by more clients than one IN (…) holds (1,300, some behind a user with
+    several addresses): the hour-by-hour history read in one pass and the records linked
+    to each hop are exactly what the requests say one by one."""
+    import json
+    from collections import defaultdict
+    from datetime import datetime
+
+    from monitor.catalog import bundled_catalog
+    from monitor.correlate import correlate
+    from monitor.observation import iso_day
+    from monitor.policy import RuleSet
+    from monitor.resources import rules_dir
+
+    store = Store(tmp_path / "s.db")
+    sid = store.start_scan(["a.log"], {})
+    day0 = 1795737600.0  # 2026-11-27T00:00:00Z
+    clients = 1300
+
+    def rows(first, count):
+        for i in range(first, first + count):
+            k, j = i % clients, i // clients  # the client, its j-th record
+            ts = day0 + (k * 13 + j * 7) % 72 * 3600 + (k * 31 + j * 17) % 3600
+            yield obs(i, ts=ts, day=iso_day(ts), scan_id=sid, client_ip=f"10.1.{k // 250}.{k % 250}",
+                      user=f"u{k % 40}" if k % 9 == 0 else None, site="sh" if k % 5 == 0 else None,
+                      provider="anthropic" if j % 3 == 0 else "openai",
+                      provider_kind=("api", "consumer", "api", "other")[k * j % 4],
+                      egress_country=("CN", "SG", "HK", None, "SG")[(j + k) % 5])  # fmt: skip
+
+    def by_request(lo, hi, who):
+        groups = defaultdict(list)
+        for r in store.db.execute(
+            """SELECT coalesce(user, client_ip), provider, egress_country, ts, site, user,
+                 client_ip FROM observations WHERE ts >= ? AND ts < ?
+                 AND egress_country IS NOT NULL AND coalesce(user, client_ip) IS NOT NULL
+                 AND provider_kind IN ('api', 'consumer')""",
+            [lo, hi],
+        ):
+            if r[0] in who:
+                groups[(*r[:3], int(r[3] / 3600))].append(r)
+        return sorted(
+            (*key[:3], min(r[3] for r in g), max(r[3] for r in g), len(g),
+             *(min((r[c] for r in g if r[c] is not None), default=None) for c in (4, 5, 6)))
+            for key, g in groups.items()
+        )  # fmt: skip
+
+    store.ingest(sid, [(r, []) for r in rows(0, 8 * clients)])
+    store.roll_up()
+    store.ingest(sid, [(r, []) for r in rows(8 * clients, 3 * clients)])  # above the mark
+    every = {w for w, *_ in store.egress_groups(day0, day0 + 72 * 3600)}
+    assert len(every) > 1000
+    chosen = {w for n, w in enumerate(sorted(every)) if n % 6} | {"10.9.9.9"}  # one never seen
+    for lo, hi in ((0, 72), (13, 50), (-24, 30)):
+        lo, hi = day0 + lo * 3600, day0 + hi * 3600
+        found = store.egress_buckets(lo, hi, sorted(chosen))
+        assert [r[:2] + r[3:4] for r in found] == sorted(r[:2] + r[3:4] for r in found)
+        assert sorted(found) == by_request(lo, hi, chosen) and len(found) > 1000
+
+    # every hop's records: the client's, with the provider, through its countries, in its span
+    rules = RuleSet.load([rules_dir() / "policies" / "egress-hopping.yaml"])
+    done = correlate(store, bundled_catalog(), rules, [sid])
+    hops = list(store.db.query("SELECT * FROM incidents WHERE rule = 'egress-hopping'"))
+    assert done.incidents == len(hops) > 500
+    linked, history = defaultdict(set), defaultdict(list)
+    for incident, observation in store.db.execute("SELECT * FROM hits"):
+        linked[incident].add(observation)
+    for i, who, provider, country, ts in store.db.execute(
+        "SELECT id, coalesce(user, client_ip), provider, egress_country, ts FROM observations"
+    ):
+        history[(who, provider)].append((i, country, ts))
+    for hop in hops:
+        countries = json.loads(hop["facts"])["history.countries"][0]
+        first, last = (
+            datetime.fromisoformat(hop[k]).timestamp() for k in ("first_seen", "last_seen")
+        )
+        expected = {
+            i
+            for i, country, ts in history[(hop["user"] or hop["client_ip"], hop["provider"])]
+            if first <= ts <= last and country in countries
+        }
+        assert linked[hop["id"]] == expected and hop["count"] == len(expected) > 1, hop["id"]
+    store.close()
+
+
 def test_an_incident_spans_its_observations_whatever_order_they_come_in(tmp_path):
     """first_seen/last_seen move only outwards, from one transaction to the next, whether
     the store wrote the incident itself or reads it back (another connection)."""
