@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -348,16 +349,19 @@ class _StoredIncident(NamedTuple):
     last: float | None = None
 
 
-_NEW_INCIDENT_COLUMNS = (*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
-                         "blocked", "bytes_out", "bytes_in", "outcome", "evidence", "facts",
-                         "first_scan", "last_scan")  # fmt: skip
+#: the columns of a new incident row, in the order :meth:`Store._store_incidents` gives them
+_NEW_INCIDENT_COLUMNS = ("id", "rule", "severity", "title", "provider", "provider_kind",
+                         "egress_source", "severity_rank", "dest_host", "client_ip", "site",
+                         "egress_ip", "egress_country", "day", "user", "finding_id",
+                         "first_seen", "last_seen", "count", "blocked", "bytes_out", "bytes_in",
+                         "outcome", "evidence", "facts", "first_scan", "last_scan")  # fmt: skip
 _INSERT_INCIDENT = (
     f"INSERT INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)})"  # noqa: S608 - constants
     f" VALUES ({', '.join('?' * len(_NEW_INCIDENT_COLUMNS))})"
 )
 #: what new observations add to a stored incident (parameters: first_seen, last_seen (None:
 #: within the stored ones), count, blocked, bytes_out, bytes_in, evidence, facts,
-#: first_scan, last_scan, id)
+#: first_scan, last_scan, row number)
 _UPDATE_INCIDENT = """UPDATE incident_rows SET
   first_seen = coalesce(min(first_seen, ?1), first_seen),
   last_seen = coalesce(max(last_seen, ?2), last_seen),
@@ -373,7 +377,7 @@ _UPDATE_INCIDENT = """UPDATE incident_rows SET
   facts = ?8,
   first_scan = min(coalesce(first_scan, ?9), ?9),
   last_scan = max(coalesce(last_scan, ?10), ?10)
-WHERE id = ?11"""
+WHERE n = ?11"""
 
 
 class Store:
@@ -406,6 +410,8 @@ class Store:
             self._incident_keys: dict[str, int] = {}
             self._incident_state: dict[str, _StoredIncident] = {}  # see _store_incidents
             self._texts: dict[str, int] = {}
+            #: an incident's identity texts -> as stored (see :meth:`_identity_texts`)
+            self._identities: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             self._fact_numbers: dict[str, int] = {}
             self._insert_sql: dict[tuple[bool, ...], str] = {}  # by the columns present
             self._data_version = -1
@@ -469,6 +475,7 @@ class Store:
         self._clients.forget()
         self._forget_incidents()
         self._texts.clear()
+        self._identities.clear()
         self._fact_numbers.clear()
 
     # -- schema -----------------------------------------------------------------------------
@@ -745,23 +752,24 @@ class Store:
         """Add a batch's deltas (:func:`monitor.batch.incident_deltas`) to the transaction's
         (:func:`_delta`): the first of an incident is taken as it is. Incidents stored with
         all their evidence samples keep them (:meth:`_store_incidents`): none are made."""
-        stored = self._incident_state
+        stored, found, sample = self._incident_state, deltas.get, batch.sample
         for iid, part in parts.items():
             old = stored.get(iid)
             full = old is not None and len(old.evidence) >= EVIDENCE_SAMPLES
-            d = deltas.get(iid)
+            d = found(iid)
             if d is None:
-                part.update(evidence=[] if full else [batch.sample(i) for i in part["evidence"]],
-                            finding_id=_finding_of(part["inc"]), first_scan=scan_id,
-                            last_scan=scan_id)  # fmt: skip
+                part["evidence"] = [] if full else [sample(i) for i in part["evidence"]]
+                part["finding_id"] = part["inc"].get("finding_id") or _finding_of(part["inc"])
+                part["first_scan"] = part["last_scan"] = scan_id
                 deltas[iid] = part
                 continue
-            room = 0 if full else EVIDENCE_SAMPLES - len(d["evidence"])
             evidence = d["evidence"]
+            room = 0 if full else EVIDENCE_SAMPLES - len(evidence)
             if room > 0:
-                evidence = evidence + [batch.sample(i) for i in part["evidence"][:room]]
+                evidence = evidence + [sample(i) for i in part["evidence"][:room]]
             add_delta(d, part, evidence)
-            d["facts"] = merge_fact_lists(d.get("facts"), part["facts"])
+            if part["facts"] is not None:
+                d["facts"] = merge_fact_lists(d["facts"], part["facts"])
 
     def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult) -> None:
         """Add what new observations brought (``deltas``, per incident) to the incidents.
@@ -769,21 +777,23 @@ class Store:
         The evidence samples and facts of the incidents this connection stored are
         remembered (:meth:`_forget_incidents`), so an incident that recurs from one
         transaction to the next is neither read back nor rewritten whole, nor its first and
-        last times when the new observations are within them."""
-        result.rule_of.update(
-            {iid: (d["inc"]["rule"], d["inc"]["severity"]) for iid, d in deltas.items()}
-        )
+        last times when the new observations are within them. This runs once per incident
+        and transaction (thousands per scan): rows are built as tuples, texts numbered and
+        facts serialised through caches."""
         stored = self._incident_state
         if len(stored) > _INCIDENTS_CACHED:
             stored.clear()
         stored.update(self._evidence_of([iid for iid in deltas if iid not in stored]))
-        existing = {iid for iid in deltas if iid in stored}
-        result.updated_incidents |= existing
-        result.new_incidents |= set(deltas) - existing
-        for d in deltas.values():
-            result.finding_requests[d["finding_id"]] += d["count"]
+        # updates name rows by number, in their order (pages in turn, no index look-up)
+        numbers = self._incident_numbers([iid for iid in deltas if iid in stored])
+        rule_of, requests = result.rule_of, result.finding_requests
+        new_ids, updated_ids = result.new_incidents, result.updated_incidents
+        identity, facts_entry = self._identity_texts, self._facts
         new, updates = [], []
         for iid, d in deltas.items():
+            inc = d["inc"]
+            rule_of[iid] = (inc["rule"], inc["severity"])
+            requests[d["finding_id"]] += d["count"]
             old = stored.get(iid)
             if old is not None and len(old.evidence) >= EVIDENCE_SAMPLES:
                 evidence, evidence_text = old.evidence, old.evidence_text
@@ -792,27 +802,29 @@ class Store:
                 evidence = (samples + [e for e in d["evidence"] if e not in samples])[
                     :EVIDENCE_SAMPLES
                 ]
-                evidence_text = json.dumps(evidence)
+                evidence_text = _json_strings(evidence)
             # the transaction's few facts into the stored ones (the lists keep the first few
             # values in a fixed order: merging is the same either way round)
             facts = merge_fact_lists(old.facts if old is not None else None, d.get("facts"))
             if old is not None and facts == old.facts:
                 facts_text = old.facts_text
             else:
-                facts_text = json.dumps(facts, sort_keys=True) if facts else None
+                facts_text = _facts_json(facts) if facts else None
             first, last = d["first"], d["last"]
             if old is None:
+                new_ids.add(iid)
                 stored[iid] = _StoredIncident(
                     evidence, evidence_text, facts, facts_text, first, last
                 )
-                inc = d["inc"]
-                row = {k: inc.get(k) for k in INCIDENT_IDENTITY}
-                row.update(d, evidence=evidence_text, facts=facts_text,
-                           severity_rank=SEVERITY_RANK[inc["severity"]],
-                           outcome=_outcome(d["blocked"], d["count"]), first_seen=iso_utc(first),
-                           last_seen=iso_utc(last))  # fmt: skip
-                new.append(self._incident_values(row, _NEW_INCIDENT_COLUMNS))
+                blocked, count = d["blocked"], d["count"]
+                new.append((iid, *identity(inc), inc.get("dest_host"), inc.get("client_ip"),
+                            inc.get("site"), inc.get("egress_ip"), inc.get("egress_country"),
+                            inc.get("day"), inc.get("user"), d["finding_id"], iso_utc(first),
+                            iso_utc(last), count, blocked, d["bytes_out"], d["bytes_in"],
+                            _outcome(blocked, count), evidence_text, facts_entry(facts_text),
+                            d["first_scan"], d["last_scan"]))  # fmt: skip
                 continue
+            updated_ids.add(iid)
             # times formatted only when they move the stored span (None: it stays)
             lo = None if old.first is None else min(old.first, first)
             hi = None if old.last is None else max(old.last, last)
@@ -821,9 +833,28 @@ class Store:
                             iso_utc(last) if hi is None or hi != old.last else None,
                             d["count"], d["blocked"],
                             d["bytes_out"], d["bytes_in"], evidence_text,
-                            self._facts(facts_text), d["first_scan"], d["last_scan"], iid))  # fmt: skip
+                            facts_entry(facts_text), d["first_scan"], d["last_scan"],
+                            numbers[iid]))  # fmt: skip
         self.db.conn.executemany(_INSERT_INCIDENT, new)
+        updates.sort(key=_LAST)
         self.db.conn.executemany(_UPDATE_INCIDENT, updates)
+
+    def _identity_texts(self, inc: dict[str, Any]) -> tuple[Any, ...]:
+        """Rule, severity, title, provider, kind, egress source and severity rank of an
+        incident row, as ``incident_rows`` holds them (texts as their entries): the
+        columns of :data:`_INSERT_INCIDENT` that few distinct values fill."""
+        key = (inc["rule"], inc["severity"], inc.get("title"), inc.get("provider"),
+               inc.get("provider_kind"), inc.get("egress_source"))  # fmt: skip
+        values = self._identities.get(key)
+        if values is None:
+            if len(self._identities) > _CACHED:
+                self._identities.clear()
+            rule, severity, title, provider, kind, source = key
+            text = self._text
+            values = (text(rule), text(severity), text(title), provider, text(kind),
+                      text(source), SEVERITY_RANK[severity])  # fmt: skip
+            self._identities[key] = values
+        return values
 
     def _forget_incidents(self) -> None:
         """Drop what is remembered of stored incidents (after writing them otherwise)."""
@@ -886,11 +917,17 @@ class Store:
         return n
 
     def _evidence_of(self, ids: list[str]) -> dict[str, _StoredIncident]:
-        """Evidence samples and facts of the incidents among ``ids`` that already exist."""
+        """Evidence samples and facts of the incidents among ``ids`` that already exist (and
+        their row numbers, remembered as :meth:`_incident_numbers` does)."""
         found: dict[str, _StoredIncident] = {}
+        numbers = self._incident_keys
         for chunk, marks in _chunks(ids):
-            sql = f"SELECT id, evidence, facts FROM incidents WHERE id IN ({marks})"  # noqa: S608
-            for iid, evidence, facts in self.db.execute(sql, chunk):
+            sql = (
+                "SELECT i.id, i.n, i.evidence, f.text FROM incident_rows i"  # noqa: S608
+                f" LEFT JOIN incident_facts f ON f.n = i.facts WHERE i.id IN ({marks})"
+            )
+            for iid, n, evidence, facts in self.db.execute(sql, chunk):
+                numbers[iid] = n
                 found[iid] = _StoredIncident(json.loads(evidence or "[]"), evidence,
                                              json.loads(facts) if facts else None, facts)  # fmt: skip
         return found
@@ -3337,6 +3374,31 @@ def _fact_entry(conn: sqlite3.Connection, text: str) -> int:
         if found is None or found[0] == text:
             return n
         n += 1
+
+
+def _json_strings(items: Sequence[str]) -> str:
+    """``json.dumps`` of a list of strings (evidence samples), without its per-call set-up."""
+    return f"[{', '.join(map(_json_string, items))}]"
+
+
+_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _facts_json(facts: dict[str, list[Any]]) -> str:
+    """``json.dumps(facts, sort_keys=True)``, remembered by the facts' ``repr`` (merged facts
+    are a few distinct values: a scan of thousands of incidents has a handful; equal reprs
+    of JSON values are equal JSON)."""
+    key = repr(facts)
+    text = _FACTS_JSON.get(key)
+    if text is None:
+        if len(_FACTS_JSON) > 4096:
+            _FACTS_JSON.clear()
+        text = _FACTS_JSON[key] = json.dumps(facts, sort_keys=True)
+    return text
+
+
+_FACTS_JSON: dict[str, str] = {}
+_LAST = itemgetter(-1)
 
 
 def _delta(inc: dict[str, Any], ts: float, scan_id: int | None) -> dict[str, Any]:

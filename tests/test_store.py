@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 import threading
+from datetime import UTC, datetime
 
 import pytest
 
@@ -333,3 +336,44 @@ def test_an_incident_spans_its_observations_whatever_order_they_come_in(tmp_path
     again = Store(path)  # what it knows of the incident is read back
     assert seen(again, 8, 3.001) == ("01:00:03.001Z", "01:00:12.250Z", 7)
     assert seen(again, 30, 2) == ("01:00:02.000Z", "01:00:30.000Z", 9)
+
+
+def test_incident_texts_are_what_json_and_strftime_write(tmp_path):
+    """Incident rows are built through caches (texts, facts, times) and a hand-made JSON
+    list of evidence: what they hold is exactly ``json.dumps`` and ``strftime`` text, for new
+    and updated incidents, whether this connection wrote them before or reads them back."""
+    path = tmp_path / "s.db"
+    source = 'logs "q"/é\\x.log'  # escaped in JSON, ASCII only
+    facts = [{"a": True, "b": 1}, {"a": 1, "b": 1.0}, {"ü": ["x", 2], "a": None}, {"a": "é\n"}]
+    day0 = 1795737600.0  # 2026-11-27T00:00:00Z
+    seen: dict[str, list[float]] = {}
+    for c, store in enumerate((Store(path), Store(path))):  # the second reads back
+        sid = store.start_scan([source], {})
+        for k in range(3):  # one transaction each
+            batch = []
+            for j in range(7):
+                n = c * 100 + k * 10 + j
+                ts = day0 + (37_003.0 * n) % 86_000 + (0.0005, 0.9996, 0.25)[j % 3]
+                incident = {**inc(f"i{j % 3}"), "facts": facts[(k + j + c) % 4]}
+                batch.append((obs(n, ts=ts, source=source, line=n + 1), [incident]))
+                seen.setdefault(incident["id"], []).append(ts)
+            store.ingest(sid, batch)
+        store.close()
+
+    def iso(ts):
+        second = math.floor(ts)
+        millis = min(999, round((ts - second) * 1000))
+        return f"{datetime.fromtimestamp(second, UTC).strftime('%Y-%m-%dT%H:%M:%S')}.{millis:03d}Z"
+
+    rows = sqlite3.connect(path).execute(
+        "SELECT i.id, i.evidence, f.text, i.first_seen, i.last_seen, i.count FROM incident_rows i"
+        " LEFT JOIN incident_facts f ON f.n = i.facts ORDER BY i.id"
+    )
+    found = 0
+    for iid, evidence, facts_text, first, last, count in rows:
+        found += 1
+        assert evidence == json.dumps(json.loads(evidence)) and evidence.isascii()
+        assert len(json.loads(evidence)) == 5 and json.loads(evidence)[0].startswith(source)
+        assert facts_text == json.dumps(json.loads(facts_text), sort_keys=True)
+        assert (first, last, count) == (iso(min(seen[iid])), iso(max(seen[iid])), len(seen[iid]))
+    assert found == 3
