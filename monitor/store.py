@@ -405,7 +405,7 @@ class Store:
                 if not self.path.exists():  # create it private: it holds addresses and users
                     os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
                 conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db = _sqlite_utils().Database(conn)
+            self.db = _sqlite_utils().Database(conn, execute_plugins=False)
             self._contexts = _Dictionary(conn, "obs_contexts", CONTEXT, ranged=True)
             self._clients = _Dictionary(conn, "obs_clients", CLIENT, ranged=False)
             self._incident_keys: dict[str, int] = {}
