@@ -80,14 +80,17 @@ OBSERVATION_FIELDS = tuple(f.name for f in fields(Observation))
 _values = attrgetter(*OBSERVATION_FIELDS)
 
 
-@lru_cache(maxsize=4096)
-def _iso_second(second: int) -> str:
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
 @lru_cache(maxsize=1024)
 def _iso_day(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+
+
+@lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    """The second's ``strftime("%Y-%m-%dT%H:%M:%S")``, from its memoised day: incidents
+    come in no time order, so most seconds are new (a third of the cost of strftime)."""
+    day, rest = divmod(second, 86400)
+    return f"{_iso_day(day)}T{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}"
 
 
 def iso_day(ts: float) -> str:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -346,18 +347,22 @@ class _StoredIncident(NamedTuple):
     #: its first and last timestamps as this connection wrote them (None: read back)
     first: float | None = None
     last: float | None = None
+    finding_id: str | None = None  # the finding it is stored under
 
 
-_NEW_INCIDENT_COLUMNS = (*INCIDENT_IDENTITY, "severity_rank", "first_seen", "last_seen", "count",
-                         "blocked", "bytes_out", "bytes_in", "outcome", "evidence", "facts",
-                         "first_scan", "last_scan")  # fmt: skip
+#: the columns of a new incident row, in the order :meth:`Store._store_incidents` gives them
+_NEW_INCIDENT_COLUMNS = ("id", "rule", "severity", "title", "provider", "provider_kind",
+                         "egress_source", "severity_rank", "dest_host", "client_ip", "site",
+                         "egress_ip", "egress_country", "day", "user", "finding_id",
+                         "first_seen", "last_seen", "count", "blocked", "bytes_out", "bytes_in",
+                         "outcome", "evidence", "facts", "first_scan", "last_scan")  # fmt: skip
 _INSERT_INCIDENT = (
     f"INSERT INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)})"  # noqa: S608 - constants
     f" VALUES ({', '.join('?' * len(_NEW_INCIDENT_COLUMNS))})"
 )
 #: what new observations add to a stored incident (parameters: first_seen, last_seen (None:
 #: within the stored ones), count, blocked, bytes_out, bytes_in, evidence, facts,
-#: first_scan, last_scan, id)
+#: first_scan, last_scan, row number)
 _UPDATE_INCIDENT = """UPDATE incident_rows SET
   first_seen = coalesce(min(first_seen, ?1), first_seen),
   last_seen = coalesce(max(last_seen, ?2), last_seen),
@@ -373,7 +378,7 @@ _UPDATE_INCIDENT = """UPDATE incident_rows SET
   facts = ?8,
   first_scan = min(coalesce(first_scan, ?9), ?9),
   last_scan = max(coalesce(last_scan, ?10), ?10)
-WHERE id = ?11"""
+WHERE n = ?11"""
 
 
 class Store:
@@ -400,12 +405,18 @@ class Store:
                 if not self.path.exists():  # create it private: it holds addresses and users
                     os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
                 conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db = _sqlite_utils().Database(conn)
+            self.db = _sqlite_utils().Database(conn, execute_plugins=False)
             self._contexts = _Dictionary(conn, "obs_contexts", CONTEXT, ranged=True)
             self._clients = _Dictionary(conn, "obs_clients", CLIENT, ranged=False)
             self._incident_keys: dict[str, int] = {}
             self._incident_state: dict[str, _StoredIncident] = {}  # see _store_incidents
+            #: per finding: the distinct clients, users, hosts and days of its detail (see
+            #: :meth:`_add_to_findings`), as far as this connection knows them
+            self._finding_detail: dict[str, tuple[set[Any], ...]] = {}
+            self._refresh_in_full: set[str | None] = set()  # see _store_incidents
             self._texts: dict[str, int] = {}
+            #: an incident's identity texts -> as stored (see :meth:`_identity_texts`)
+            self._identities: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             self._fact_numbers: dict[str, int] = {}
             self._insert_sql: dict[tuple[bool, ...], str] = {}  # by the columns present
             self._data_version = -1
@@ -469,6 +480,7 @@ class Store:
         self._clients.forget()
         self._forget_incidents()
         self._texts.clear()
+        self._identities.clear()
         self._fact_numbers.clear()
 
     # -- schema -----------------------------------------------------------------------------
@@ -608,6 +620,7 @@ class Store:
 
     def _ingest(self, scan_id: int, batches: Sequence[Batch]) -> IngestResult:
         result = IngestResult()
+        self._refresh_in_full.clear()
         pruned = self._meta("pruned_before")
         conn = self.db.conn
         # the unique index on id skips observations stored before; rows are appended after
@@ -666,7 +679,7 @@ class Store:
                      for k in [keys[inc["id"]] for inc in incs] for i in rows]  # fmt: skip
             conn.executemany("INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", pairs)
         if result.rule_of:
-            self._advance_findings(scan_id, result)
+            self._advance_findings(scan_id, result, deltas)
         return result
 
     @staticmethod
@@ -745,23 +758,24 @@ class Store:
         """Add a batch's deltas (:func:`monitor.batch.incident_deltas`) to the transaction's
         (:func:`_delta`): the first of an incident is taken as it is. Incidents stored with
         all their evidence samples keep them (:meth:`_store_incidents`): none are made."""
-        stored = self._incident_state
+        stored, found, sample = self._incident_state, deltas.get, batch.sample
         for iid, part in parts.items():
             old = stored.get(iid)
             full = old is not None and len(old.evidence) >= EVIDENCE_SAMPLES
-            d = deltas.get(iid)
+            d = found(iid)
             if d is None:
-                part.update(evidence=[] if full else [batch.sample(i) for i in part["evidence"]],
-                            finding_id=_finding_of(part["inc"]), first_scan=scan_id,
-                            last_scan=scan_id)  # fmt: skip
+                part["evidence"] = [] if full else [sample(i) for i in part["evidence"]]
+                part["finding_id"] = part["inc"].get("finding_id") or _finding_of(part["inc"])
+                part["first_scan"] = part["last_scan"] = scan_id
                 deltas[iid] = part
                 continue
-            room = 0 if full else EVIDENCE_SAMPLES - len(d["evidence"])
             evidence = d["evidence"]
+            room = 0 if full else EVIDENCE_SAMPLES - len(evidence)
             if room > 0:
-                evidence = evidence + [batch.sample(i) for i in part["evidence"][:room]]
+                evidence = evidence + [sample(i) for i in part["evidence"][:room]]
             add_delta(d, part, evidence)
-            d["facts"] = merge_fact_lists(d.get("facts"), part["facts"])
+            if part["facts"] is not None:
+                d["facts"] = merge_fact_lists(d["facts"], part["facts"])
 
     def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult) -> None:
         """Add what new observations brought (``deltas``, per incident) to the incidents.
@@ -769,21 +783,23 @@ class Store:
         The evidence samples and facts of the incidents this connection stored are
         remembered (:meth:`_forget_incidents`), so an incident that recurs from one
         transaction to the next is neither read back nor rewritten whole, nor its first and
-        last times when the new observations are within them."""
-        result.rule_of.update(
-            {iid: (d["inc"]["rule"], d["inc"]["severity"]) for iid, d in deltas.items()}
-        )
+        last times when the new observations are within them. This runs once per incident
+        and transaction (thousands per scan): rows are built as tuples, texts numbered and
+        facts serialised through caches."""
         stored = self._incident_state
         if len(stored) > _INCIDENTS_CACHED:
             stored.clear()
         stored.update(self._evidence_of([iid for iid in deltas if iid not in stored]))
-        existing = {iid for iid in deltas if iid in stored}
-        result.updated_incidents |= existing
-        result.new_incidents |= set(deltas) - existing
-        for d in deltas.values():
-            result.finding_requests[d["finding_id"]] += d["count"]
+        # updates name rows by number, in their order (pages in turn, no index look-up)
+        numbers = self._incident_numbers([iid for iid in deltas if iid in stored])
+        rule_of, requests = result.rule_of, result.finding_requests
+        new_ids, updated_ids = result.new_incidents, result.updated_incidents
+        identity, facts_entry = self._identity_texts, self._facts
         new, updates = [], []
         for iid, d in deltas.items():
+            inc = d["inc"]
+            rule_of[iid] = (inc["rule"], inc["severity"])
+            requests[d["finding_id"]] += d["count"]
             old = stored.get(iid)
             if old is not None and len(old.evidence) >= EVIDENCE_SAMPLES:
                 evidence, evidence_text = old.evidence, old.evidence_text
@@ -792,43 +808,69 @@ class Store:
                 evidence = (samples + [e for e in d["evidence"] if e not in samples])[
                     :EVIDENCE_SAMPLES
                 ]
-                evidence_text = json.dumps(evidence)
+                evidence_text = _json_strings(evidence)
             # the transaction's few facts into the stored ones (the lists keep the first few
             # values in a fixed order: merging is the same either way round)
             facts = merge_fact_lists(old.facts if old is not None else None, d.get("facts"))
             if old is not None and facts == old.facts:
                 facts_text = old.facts_text
             else:
-                facts_text = json.dumps(facts, sort_keys=True) if facts else None
+                facts_text = _facts_json(facts) if facts else None
             first, last = d["first"], d["last"]
             if old is None:
+                new_ids.add(iid)
                 stored[iid] = _StoredIncident(
-                    evidence, evidence_text, facts, facts_text, first, last
+                    evidence, evidence_text, facts, facts_text, first, last, d["finding_id"]
                 )
-                inc = d["inc"]
-                row = {k: inc.get(k) for k in INCIDENT_IDENTITY}
-                row.update(d, evidence=evidence_text, facts=facts_text,
-                           severity_rank=SEVERITY_RANK[inc["severity"]],
-                           outcome=_outcome(d["blocked"], d["count"]), first_seen=iso_utc(first),
-                           last_seen=iso_utc(last))  # fmt: skip
-                new.append(self._incident_values(row, _NEW_INCIDENT_COLUMNS))
+                blocked, count = d["blocked"], d["count"]
+                new.append((iid, *identity(inc), inc.get("dest_host"), inc.get("client_ip"),
+                            inc.get("site"), inc.get("egress_ip"), inc.get("egress_country"),
+                            inc.get("day"), inc.get("user"), d["finding_id"], iso_utc(first),
+                            iso_utc(last), count, blocked, d["bytes_out"], d["bytes_in"],
+                            _outcome(blocked, count), evidence_text, facts_entry(facts_text),
+                            d["first_scan"], d["last_scan"]))  # fmt: skip
                 continue
+            updated_ids.add(iid)
+            if old.finding_id != d["finding_id"]:  # stored under another (sites changed)
+                self._refresh_in_full.update((old.finding_id, d["finding_id"]))
             # times formatted only when they move the stored span (None: it stays)
             lo = None if old.first is None else min(old.first, first)
             hi = None if old.last is None else max(old.last, last)
-            stored[iid] = _StoredIncident(evidence, evidence_text, facts, facts_text, lo, hi)
+            stored[iid] = _StoredIncident(evidence, evidence_text, facts, facts_text, lo, hi,
+                                          old.finding_id)  # fmt: skip
             updates.append((iso_utc(first) if lo is None or lo != old.first else None,
                             iso_utc(last) if hi is None or hi != old.last else None,
                             d["count"], d["blocked"],
                             d["bytes_out"], d["bytes_in"], evidence_text,
-                            self._facts(facts_text), d["first_scan"], d["last_scan"], iid))  # fmt: skip
+                            facts_entry(facts_text), d["first_scan"], d["last_scan"],
+                            numbers[iid]))  # fmt: skip
         self.db.conn.executemany(_INSERT_INCIDENT, new)
+        updates.sort(key=_LAST)
         self.db.conn.executemany(_UPDATE_INCIDENT, updates)
+
+    def _identity_texts(self, inc: dict[str, Any]) -> tuple[Any, ...]:
+        """Rule, severity, title, provider, kind, egress source and severity rank of an
+        incident row, as ``incident_rows`` holds them (texts as their entries): the
+        columns of :data:`_INSERT_INCIDENT` that few distinct values fill."""
+        key = (inc["rule"], inc["severity"], inc.get("title"), inc.get("provider"),
+               inc.get("provider_kind"), inc.get("egress_source"))  # fmt: skip
+        values = self._identities.get(key)
+        if values is None:
+            if len(self._identities) > _CACHED:
+                self._identities.clear()
+            rule, severity, title, provider, kind, source = key
+            text = self._text
+            values = (text(rule), text(severity), text(title), provider, text(kind),
+                      text(source), SEVERITY_RANK[severity])  # fmt: skip
+            self._identities[key] = values
+        return values
 
     def _forget_incidents(self) -> None:
         """Drop what is remembered of stored incidents (after writing them otherwise)."""
         self._incident_keys.clear()
         self._incident_state.clear()
+        self._finding_detail.clear()
+        self._refresh_in_full.clear()
 
     def _incident_numbers(self, ids: Sequence[str]) -> dict[str, int]:
         """The row numbers (``incident_rows.n``) of these stored incidents."""
@@ -886,24 +928,37 @@ class Store:
         return n
 
     def _evidence_of(self, ids: list[str]) -> dict[str, _StoredIncident]:
-        """Evidence samples and facts of the incidents among ``ids`` that already exist."""
+        """Evidence samples and facts of the incidents among ``ids`` that already exist (and
+        their row numbers, remembered as :meth:`_incident_numbers` does)."""
         found: dict[str, _StoredIncident] = {}
+        numbers = self._incident_keys
         for chunk, marks in _chunks(ids):
-            sql = f"SELECT id, evidence, facts FROM incidents WHERE id IN ({marks})"  # noqa: S608
-            for iid, evidence, facts in self.db.execute(sql, chunk):
+            sql = (
+                "SELECT i.id, i.n, i.evidence, f.text, i.finding_id FROM incident_rows i"  # noqa: S608
+                f" LEFT JOIN incident_facts f ON f.n = i.facts WHERE i.id IN ({marks})"
+            )
+            for iid, n, evidence, facts, fid in self.db.execute(sql, chunk):
+                numbers[iid] = n
                 found[iid] = _StoredIncident(json.loads(evidence or "[]"), evidence,
-                                             json.loads(facts) if facts else None, facts)  # fmt: skip
+                                             json.loads(facts) if facts else None, facts,
+                                             finding_id=fid)  # fmt: skip
         return found
 
     # -- findings ---------------------------------------------------------------------------
 
-    def _advance_findings(self, scan_id: int, result: IngestResult) -> None:
+    def _advance_findings(self, scan_id: int, result: IngestResult,
+                          deltas: dict[str, dict[str, Any]] | None = None) -> None:  # fmt: skip
         """Roll the new detail up into its findings: raise new ones, reopen resolved (or
-        superseded) ones, and record new activity on acknowledged ones."""
+        superseded) ones, and record new activity on acknowledged ones. ``deltas``: what a
+        scan's transaction added to the detail (:meth:`_store_incidents`), added to the
+        findings' figures rather than recounting them from all their detail."""
         fids = list(result.finding_requests)
         ranks = self._finding_ranks(fids)
         before = self._finding_statuses(fids)
-        self._refresh_findings(fids)
+        if deltas is None:
+            self._refresh_findings(fids)
+        else:
+            self._add_to_findings(fids, deltas, result.new_incidents)
         active = []  # findings that stay open or acknowledged: ``updated`` (digested) alerts
         for fid in fids:
             requests = result.finding_requests[fid]
@@ -946,13 +1001,110 @@ class Store:
             where = f"finding_id IN ({marks})"
             for r in self.db.query(_ROLLUP.format(where=where), chunk):  # noqa: S608 - constants
                 rows.append([_rolled(r)[c] for c in cols])
+        self._upsert_findings(rows)
+        for fid in fids:  # what is known of their detail may be out of date
+            self._finding_detail.pop(fid, None)
+        return {r[0] for r in rows}
+
+    def _upsert_findings(self, rows: list[list[Any]]) -> None:
+        """Write findings' figures (``id`` and :data:`_ROLLUP_COLUMNS`, in order)."""
+        cols = ["id", *_ROLLUP_COLUMNS]
         updates = ", ".join(f"{c} = excluded.{c}" for c in _ROLLUP_COLUMNS)
         self.db.conn.executemany(
             f"INSERT INTO findings ({', '.join(cols)}) VALUES ({_marks(cols)}) "  # noqa: S608
             f"ON CONFLICT(id) DO UPDATE SET {updates}",
             rows,
         )
-        return {r[0] for r in rows}
+
+    def _add_to_findings(self, fids: Sequence[str], deltas: dict[str, dict[str, Any]],
+                         new: set[str]) -> None:  # fmt: skip
+        """What :meth:`_refresh_findings` makes of these findings, worked out from their
+        stored figures and what the transaction added (``deltas``; ``new``: the incidents
+        it made): a scan's transaction then costs its own detail, not the findings' whole
+        history (recounted in every transaction, that grew with the days kept: 10 s of a
+        25 % scan on top of 30 days). The distinct clients, users, hosts and days are
+        read once per finding and connection, then followed. Findings not stored yet, or
+        whose detail moved from one finding to another, are recounted."""
+        cols = ["id", *_ROLLUP_COLUMNS]
+        stored: dict[str, dict[str, Any]] = {}
+        for chunk, marks in _chunks(fids):
+            sql = f"SELECT {', '.join(cols)} FROM findings WHERE id IN ({marks})"  # noqa: S608
+            stored.update((r["id"], r) for r in self.db.query(sql, chunk))
+        again = self._refresh_in_full
+        added: dict[str, dict[str, Any]] = {}
+        for iid, d in deltas.items():
+            fid = d["finding_id"]
+            f = added.get(fid)
+            if f is None:
+                if fid not in stored or fid in again:
+                    continue
+                f = added[fid] = {**stored[fid], "new": []}
+                f["first"], f["last"] = d["first"], d["last"]
+            if d["first_scan"] is None or d["last_scan"] is None:
+                again.add(fid)
+            f["count"] += d["count"]
+            f["blocked"] = (f["blocked"] or 0) + d["blocked"]
+            f["bytes_out"] = _add(f["bytes_out"], d["bytes_out"])
+            f["bytes_in"] = _add(f["bytes_in"], d["bytes_in"])
+            f["first"], f["last"] = min(f["first"], d["first"]), max(f["last"], d["last"])
+            f["first_scan"] = _least(f["first_scan"], d["first_scan"])
+            f["last_scan"] = _greatest(f["last_scan"], d["last_scan"])
+            if iid in new:
+                f["new"].append(d["inc"])
+        rows = []
+        for fid, f in added.items():
+            if fid in again:
+                continue
+            f["first_seen"] = _least(f["first_seen"], iso_utc(f["first"]))
+            f["last_seen"] = _greatest(f["last_seen"], iso_utc(f["last"]))
+            if f["new"] and not self._add_detail(f):
+                again.add(fid)
+                continue
+            rows.append([f[c] for c in cols])
+        self._upsert_findings(rows)
+        # recounted: those not added to, and those detail moved from (stale on main: fixed)
+        moved = sorted(f for f in again if f is not None and f not in added and f not in fids)
+        self._refresh_findings([fid for fid in fids if fid not in added or fid in again] + moved)
+        again.clear()
+
+    def _add_detail(self, f: dict[str, Any]) -> bool:
+        """Add new incidents' rule, provider, site, severity, title, egress country and
+        distinct detail to the figures of their finding ``f``; False when a value is one
+        a recount would read otherwise (a country list with a comma)."""
+        incs = f["new"]
+        listed = [c for c in (f["egress_country"] or "").split(",") if c]
+        countries = set(listed)
+        if len(countries) < len(listed):
+            return False
+        for inc in incs:
+            country = inc.get("egress_country")
+            if country is not None and "," in country:
+                return False
+            countries.add(country)
+            for name, take in (("rule", _least), ("provider", _least), ("site", _least),
+                               ("title", _greatest)):  # fmt: skip
+                f[name] = take(f[name], inc.get(name))
+            f["severity_rank"] = _greatest(f["severity_rank"], SEVERITY_RANK[inc["severity"]])
+        countries.discard(None)
+        countries.discard("")
+        f["egress_country"] = ",".join(sorted(countries)) or None
+        f["severity"] = _SEVERITY_OF_RANK[f["severity_rank"]]
+        detail = self._finding_detail.get(f["id"])
+        if detail is None:  # read once: this transaction's new incidents are stored already
+            if len(self._finding_detail) > 64:
+                self._finding_detail.clear()
+            detail = self._finding_detail[f["id"]] = (set(), set(), set(), set())
+            sql = "SELECT client_ip, user, dest_host, day FROM incident_rows WHERE finding_id = ?"
+            for row in self.db.execute(sql, [f["id"]]):
+                for values, value in zip(detail, row, strict=True):
+                    values.add(value)
+        else:
+            for inc in incs:
+                for values, name in zip(detail, _DETAIL, strict=True):
+                    values.add(inc.get(name))
+        for values, name in zip(detail, ("clients", "users", "hosts", "days"), strict=True):
+            f[name] = len(values) - (None in values)
+        return True
 
     def _add_to_last_event(self, fid: str, scan_id: int, requests: int) -> bool:
         """Later batches of one scan add to the event its first batch recorded."""
@@ -3411,6 +3563,31 @@ def _fact_entry(conn: sqlite3.Connection, text: str) -> int:
         n += 1
 
 
+def _json_strings(items: Sequence[str]) -> str:
+    """``json.dumps`` of a list of strings (evidence samples), without its per-call set-up."""
+    return f"[{', '.join(map(_json_string, items))}]"
+
+
+_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _facts_json(facts: dict[str, list[Any]]) -> str:
+    """``json.dumps(facts, sort_keys=True)``, remembered by the facts' ``repr`` (merged facts
+    are a few distinct values: a scan of thousands of incidents has a handful; equal reprs
+    of JSON values are equal JSON)."""
+    key = repr(facts)
+    text = _FACTS_JSON.get(key)
+    if text is None:
+        if len(_FACTS_JSON) > 4096:
+            _FACTS_JSON.clear()
+        text = _FACTS_JSON[key] = json.dumps(facts, sort_keys=True)
+    return text
+
+
+_FACTS_JSON: dict[str, str] = {}
+_LAST = itemgetter(-1)
+
+
 def _delta(inc: dict[str, Any], ts: float, scan_id: int | None) -> dict[str, Any]:
     """What new observations add to the incident ``inc`` (none yet): its identity is
     ``inc``'s (:data:`INCIDENT_IDENTITY`)."""
@@ -3423,6 +3600,20 @@ def _finding_of(inc: dict[str, Any]) -> str:
     return inc.get("finding_id") or finding_id(
         inc["rule"], inc["provider"], inc.get("site"), inc.get("egress_country")
     )
+
+
+def _least(a: Any, b: Any) -> Any:
+    """SQL's ``min()`` aggregate of two values: the smaller that is not NULL."""
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    """SQL's ``max()`` aggregate of two values: the larger that is not NULL."""
+    return b if a is None else a if b is None else max(a, b)
+
+
+#: an incident's detail a finding counts distinct values of (clients, users, hosts, days)
+_DETAIL = ("client_ip", "user", "dest_host", "day")
 
 
 def _outcome(blocked: int, count: int) -> str:

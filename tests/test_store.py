@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
+import tempfile
 import threading
+from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.rows import observation_values
 from monitor.store import (
@@ -417,3 +423,102 @@ def test_an_incident_spans_its_observations_whatever_order_they_come_in(tmp_path
     again = Store(path)  # what it knows of the incident is read back
     assert seen(again, 8, 3.001) == ("01:00:03.001Z", "01:00:12.250Z", 7)
     assert seen(again, 30, 2) == ("01:00:02.000Z", "01:00:30.000Z", 9)
+
+
+def test_incident_texts_are_what_json_and_strftime_write(tmp_path):
+    """Incident rows are built through caches (texts, facts, times) and a hand-made JSON
+    list of evidence: what they hold is exactly ``json.dumps`` and ``strftime`` text, for new
+    and updated incidents, whether this connection wrote them before or reads them back."""
+    path = tmp_path / "s.db"
+    source = 'logs "q"/é\\x.log'  # escaped in JSON, ASCII only
+    facts = [{"a": True, "b": 1}, {"a": 1, "b": 1.0}, {"ü": ["x", 2], "a": None}, {"a": "é\n"}]
+    day0 = 1795737600.0  # 2026-11-27T00:00:00Z
+    seen: dict[str, list[float]] = {}
+    for c, store in enumerate((Store(path), Store(path))):  # the second reads back
+        sid = store.start_scan([source], {})
+        for k in range(3):  # one transaction each
+            batch = []
+            for j in range(7):
+                n = c * 100 + k * 10 + j
+                ts = day0 + (37_003.0 * n) % 86_000 + (0.0005, 0.9996, 0.25)[j % 3]
+                incident = {**inc(f"i{j % 3}"), "facts": facts[(k + j + c) % 4]}
+                batch.append((obs(n, ts=ts, source=source, line=n + 1), [incident]))
+                seen.setdefault(incident["id"], []).append(ts)
+            store.ingest(sid, batch)
+        store.close()
+
+    def iso(ts):
+        second = math.floor(ts)
+        millis = min(999, round((ts - second) * 1000))
+        return f"{datetime.fromtimestamp(second, UTC).strftime('%Y-%m-%dT%H:%M:%S')}.{millis:03d}Z"
+
+    rows = sqlite3.connect(path).execute(
+        "SELECT i.id, i.evidence, f.text, i.first_seen, i.last_seen, i.count FROM incident_rows i"
+        " LEFT JOIN incident_facts f ON f.n = i.facts ORDER BY i.id"
+    )
+    found = 0
+    for iid, evidence, facts_text, first, last, count in rows:
+        found += 1
+        assert evidence == json.dumps(json.loads(evidence)) and evidence.isascii()
+        assert len(json.loads(evidence)) == 5 and json.loads(evidence)[0].startswith(source)
+        assert facts_text == json.dumps(json.loads(facts_text), sort_keys=True)
+        assert (first, last, count) == (iso(min(seen[iid])), iso(max(seen[iid])), len(seen[iid]))
+    assert found == 3
+
+
+_DETAIL_SPACE = st.tuples(
+    st.sampled_from([("r1", "high", "t1"), ("r1", "high", "t0"), ("r2", "low", "t2")]),
+    st.sampled_from([None, "10.0.0.1", "10.0.0.2", "10.0.0.3"]),  # client
+    st.sampled_from([None, "ann", "bob"]),  # user
+    st.sampled_from([None, "api.openai.com", "chat.openai.com"]),  # host
+    st.sampled_from([None, "CN", "RU"]),  # egress country
+    st.sampled_from([None, "hq"]),  # site: not part of the incident's id, of its finding's
+    st.integers(0, 2),  # day
+    st.sampled_from([None, 0, 700]),  # bytes in
+    st.booleans(),  # blocked
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.lists(_DETAIL_SPACE, min_size=1, max_size=6), min_size=1,
+                         max_size=3), min_size=1, max_size=3))  # fmt: skip
+def test_findings_follow_their_detail_as_a_recount_would(scans):
+    """A scan's transactions add what they stored to their findings' figures (distinct
+    clients, users, hosts and days followed per connection) instead of recounting each
+    finding's whole detail: after every transaction, every finding is what a recount of
+    its detail gives, whether new, grown, read back by another connection, or left by
+    detail that moved to another finding (a site that changed)."""
+    from monitor.ids import incident_id
+    from monitor.store import _ROLLUP, _ROLLUP_COLUMNS, _rolled
+
+    day0 = 1795737600.0  # 2026-11-27T00:00:00Z
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/s.db"
+        n = 0
+        for transactions in scans:  # a scan: one connection
+            store = Store(path)
+            sid = store.start_scan(["a.log"], {})
+            for records in transactions:
+                batch = []
+                for identity, client, user, host, country, site, day, sent, blocked in records:
+                    rule, sev, title = identity
+                    n += 1
+                    ts = day0 + day * 86400 + n * 7.25
+                    dayname = f"2026-11-{27 + day}"
+                    incident = {
+                        **inc(incident_id(rule, "openai", host, client, None, country, dayname, user),
+                              rule, sev),
+                        "title": title, "client_ip": client, "user": user, "dest_host": host,
+                        "egress_country": country, "site": site, "day": dayname,
+                    }  # fmt: skip
+                    row = obs(n, ts=ts, day=dayname, bytes_in=sent,
+                              outcome="blocked" if blocked else "allowed")  # fmt: skip
+                    batch.append((row, [incident]))
+                store.ingest(sid, batch)
+                cols = ["id", *_ROLLUP_COLUMNS]
+                recount = [[_rolled(r)[c] for c in cols]
+                           for r in store.db.query(_ROLLUP.format(where="1 = 1"))]  # fmt: skip
+                stored = [list(r) for r in store.db.execute(
+                    f"SELECT {', '.join(cols)} FROM findings ORDER BY id")]  # noqa: S608  # fmt: skip
+                assert stored == recount
+            store.close()
