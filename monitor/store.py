@@ -20,6 +20,7 @@ Tables:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -3345,6 +3346,7 @@ def _marks(items: Sequence[Any]) -> str:
     return ", ".join("?" * len(items))
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a report asks again for each finding's detail
 def _is_network(text: str) -> bool:
     try:
         ipaddress.ip_network(text, strict=False)
