@@ -20,6 +20,7 @@ Tables:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -1513,7 +1514,7 @@ class Store:
         if start >= end:  # no whole day in it
             return self._rows_grouped(since, until, where)
         first, last = start.strftime("%Y-%m-%d"), (end - timedelta(days=1)).strftime("%Y-%m-%d")
-        rolled, params = _chosen("r", first, last, where)
+        rolled, params = _chosen("r", first, last, where, self._probe_rollup(first, last, where))
         if clients or where.users or where.clients is not None:
             rolled = f"SELECT {_ROLLUP_ROW} FROM obs_rollup r WHERE {rolled}"  # noqa: S608
         else:
@@ -1530,6 +1531,27 @@ class Store:
                 parts.append(rows)
                 params += rows_params
         return " UNION ALL ".join(parts), params
+
+    def _probe_rollup(self, first: str, last: str, where: TrafficFilter) -> bool:
+        """Whether a roll-up read of UTC days ``[first, last]`` should look up each client
+        ``where`` chooses in each context (its (ctx, client) key: a probe per pair) rather
+        than read the contexts' rows and keep those of the chosen clients. A probe costs
+        about what ten rows read do (measured on 10 M requests: a probe 0.85 µs, a row
+        0.09 µs), so it pays while the chosen entries are under a tenth of the rows of a
+        context, counted on a sample of the period's contexts. Alice's 5,000 addresses
+        probed took 40 s for two months where reading the rows took 1.2 s; one address 0.02
+        s where reading took 0.49 s."""
+        who, params = TrafficFilter(users=where.users, clients=where.clients).sql()
+        if not who:
+            return True
+        sample = "SELECT n FROM obs_contexts WHERE day >= ? AND day <= ? LIMIT 16"
+        ((chosen, contexts, rows),) = self._read_only(
+            f"""SELECT (SELECT count(*) FROM obs_clients WHERE 1 = 1{who}),
+                       (SELECT count(*) FROM ({sample})),
+                       (SELECT count(*) FROM obs_rollup WHERE ctx IN ({sample}))""",  # noqa: S608
+            [*params, first, last, first, last],
+        ).rows
+        return chosen * _PROBE_ROWS <= rows / max(contexts, 1)
 
     def _recent(self, first: str, last: str, where: TrafficFilter) -> tuple[str, list[Any]]:
         """:meth:`_grouped` of the rows of UTC days ``[first, last]`` stored since the last
@@ -2455,12 +2477,17 @@ class Store:
         )
 
     def traffic_sources(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
-        """The scans and input files behind the observations of ``[since, until)``."""
+        """The scans and input files behind the observations of ``[since, until)``. The
+        requests are summed per context before their context is looked up: a filter on
+        clients reads a row per client (2.6 M for a month of 10 M requests), and looking
+        each up took 1.9 s of the 3.0 s."""
         grouped, params = self._grouped(since, until, where, clients=False)
         return self._read_only(
             f"""SELECT c.scan_id, c.source, c.format, sum(g.requests) AS observations,
                        min(g.first_ts) AS first_ts, max(g.last_ts) AS last_ts
-                FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
+                FROM (SELECT ctx, sum(requests) AS requests, min(first_ts) AS first_ts,
+                        max(last_ts) AS last_ts FROM ({grouped}) GROUP BY ctx) g
+                  CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3""",  # noqa: S608
             params,
         )
@@ -3330,23 +3357,33 @@ _ROLLUP_INSERT = f"INSERT INTO obs_rollup ({', '.join(_ROLLUP_FIELDS)})"
 _ROLLUP_ROW = ", ".join(f"r.{c}" for c in _ROLLUP_FIELDS)
 
 
-def _chosen(alias: str, first: str, last: str, where: TrafficFilter) -> tuple[str, list[Any]]:
+def _chosen(
+    alias: str, first: str, last: str, where: TrafficFilter, probe: bool = True
+) -> tuple[str, list[Any]]:
     """A WHERE term on ``alias`` (``obs_rows`` or ``obs_rollup``: context and client numbers)
     for what ``where`` selects of UTC days ``[first, last]``: the contexts are chosen first
-    (a few per day), the users and clients in the client dictionary."""
+    (a few per day), the users and clients in the client dictionary (``probe``: see
+    :func:`_clients_chosen`)."""
     f, params = where.sql(who=False)
     term = f"{alias}.ctx IN (SELECT n FROM obs_contexts WHERE day >= ? AND day <= ?{f})"  # noqa: S608
-    who, who_params = _clients_chosen(alias, where)
+    who, who_params = _clients_chosen(alias, where, probe)
     return term + who, [first, last, *params, *who_params]
 
 
-def _clients_chosen(alias: str, where: TrafficFilter) -> tuple[str, list[Any]]:
+#: a probe of a (ctx, client) key costs about this many roll-up rows read in key order
+_PROBE_ROWS = 10
+
+
+def _clients_chosen(alias: str, where: TrafficFilter, probe: bool = True) -> tuple[str, list[Any]]:
     """`` AND alias.client IN (…)``: the client entries of the users and clients ``where``
-    selects (nothing: any)."""
+    selects (nothing: any). Without ``probe``, SQLite may not look them up in an index
+    that has the client after the context (``+``: it reads each chosen context's rows and
+    keeps the chosen clients': see :meth:`Store._probe_rollup`)."""
     who, params = TrafficFilter(users=where.users, clients=where.clients).sql()
     if not who:
         return "", []
-    return f" AND {alias}.client IN (SELECT n FROM obs_clients WHERE 1 = 1{who})", params  # noqa: S608
+    column = f"{alias}.client" if probe else f"+{alias}.client"
+    return f" AND {column} IN (SELECT n FROM obs_clients WHERE 1 = 1{who})", params  # noqa: S608
 
 
 def _dest_rows(
@@ -3538,6 +3575,7 @@ def _marks(items: Sequence[Any]) -> str:
     return ", ".join("?" * len(items))
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a report asks again for each finding's detail
 def _is_network(text: str) -> bool:
     try:
         ipaddress.ip_network(text, strict=False)

@@ -448,3 +448,40 @@ def test_config_check_names_exceptions_that_can_never_hold(tmp_path):
         "warning: alerts[0].rules: unknown rule 'nope': it never matches",
         "warning: exceptions[1]: ran out after 2020-01-01",
     ]
+
+
+def test_clients_in_many_networks_is_membership_of_any():
+    """``clients_in`` looks addresses up per prefix length: the same answer as testing each
+    address against each network (pseudonyms and the other IP version never inside)."""
+    import ipaddress
+
+    from monitor.findings import clients_in
+
+    clients = [f"10.40.{i // 250}.{i % 250}" for i in range(1_000)]
+    clients += [
+        "2001:db8::7",
+        "2001:db8:1::9",
+        "u-3f2a9c",
+        "",
+        None,
+        "10.41.0.1",
+        "::ffff:10.40.0.8",
+    ]
+    cidrs = [f"10.40.0.{i}" for i in range(0, 250, 3)] + [
+        "10.40.3.0/25",
+        "2001:db8::/48",
+        "10.41.0.1/32",
+    ]
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+    def inside(c):
+        try:
+            addr = ipaddress.ip_address(c)
+        except ValueError:
+            return False
+        return any(addr.version == n.version and addr in n for n in nets)
+
+    expected = [c for c in clients if c and inside(c)]
+    assert len(expected) == 84 + 128 + 1 + 1  # /32s, the /25, one IPv6, 10.41.0.1
+    assert clients_in(clients, cidrs) == expected
+    assert clients_in(clients, []) == []

@@ -26,7 +26,7 @@ from monitor.report import custom_window, output_path, period_window
 from monitor.report.markdown import code, md
 from monitor.report.tabular import spreadsheet_cell
 from monitor.rows import observation_values
-from monitor.store import Store
+from monitor.store import Store, TrafficFilter
 from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -762,3 +762,49 @@ def test_report_is_the_same_from_roll_ups_and_from_rows(built, tmp_path):
     Store(killed).roll_up()  # as the next scan's finish does
     assert_rolled_up(killed)
     assert reports(killed) == before
+
+
+def test_client_filters_read_the_roll_ups_as_the_requests_few_or_many(tmp_path):
+    """A report filtered on one client looks its key up in each context's roll-up rows; one
+    on many clients (a user with many addresses, a network) reads those rows instead: both
+    sum exactly the requests the filter selects, whole UTC days (roll-ups) and part days
+    (rows) alike."""
+    store = Store(tmp_path / "clients.db")
+    sid = store.start_scan(["many.log"], {})
+    day = datetime(2026, 11, 10, tzinfo=UTC).timestamp()
+    rows = [observation_values(
+        id=2 * i + k + 1, ts=(at := day + (i % 7) * 43_200 + i), day=iso_day(at), source="many.log",
+        line=i, client_ip=f"10.30.{i % 120 // 60}.{i % 60 + 1}", user="alice" if i % 120 < 50 else "bob",
+        dest_host=host, provider="openai", provider_kind="api", site="shanghai",
+        egress_country="CN", outcome="allowed", bytes_out=i % 13, bytes_in=i,
+        url=f"https://{host}/v1/x", scan_id=sid,
+    ) for i in range(2_400) for k, host in enumerate(("api.openai.com", "chatgpt.com"))]  # fmt: skip
+    assert store.ingest(sid, [(r, []) for r in rows]).stored == 4_800
+    store.roll_up()
+    since, until = datetime(2026, 11, 10, 6, tzinfo=UTC), datetime(2026, 11, 13, tzinfo=UTC)
+    first, last = "2026-11-11", "2026-11-12"  # the whole UTC days of [since, until)
+    filters = {
+        "one": (TrafficFilter(clients=["10.30.0.7"]), True),
+        "alice": (TrafficFilter(users=["alice"]), False),  # 50 entries, 120 rows a context
+        "network": (TrafficFilter(clients=[f"10.30.1.{i}" for i in range(1, 61)]), False),
+    }
+    con = sqlite3.connect(tmp_path / "clients.db")
+    for name, (where, probe) in filters.items():
+        assert store._probe_rollup(first, last, where) is probe, name
+        column, values = ("user", where.users) if where.users else ("client_ip", where.clients)
+        expected = q(
+            con,
+            f"""SELECT w.client_ip, c.dest_host, count(*), sum(o.bytes_out), sum(o.bytes_in)
+                FROM obs_rows o JOIN obs_clients w ON w.n = o.client
+                JOIN obs_contexts c ON c.n = o.ctx WHERE o.ts >= ? AND o.ts < ?
+                AND w.{column} IN (SELECT value FROM json_each(?))
+                GROUP BY 1, 2 ORDER BY 1, 2""",
+            [since.timestamp(), until.timestamp(), json.dumps(values)],
+        )
+        assert len(expected) > (1 if name == "one" else 50), name
+        got = store.client_destinations(since, until, where)
+        cols = [got.columns.index(c) for c in ("client_ip", "dest_host", "requests",
+                                                "bytes_out", "bytes_in")]  # fmt: skip
+        assert sorted(tuple(r[i] for i in cols) for r in got.rows) == expected, name
+    con.close()
+    store.close()
