@@ -18,10 +18,14 @@ order, so ids, line numbers and de-duplication do not depend on ``jobs``.
 same transaction as the data that part produced. ``kill -9`` at any moment loses at most
 the part in flight, which the next run reads again (and de-duplicates).
 
-**Storing as batches come.** A producer's batch is committed at once when no other message
-waits (storing would otherwise wait for the part to end, and then lag behind the producers
-by that much at the end of the scan); while messages wait, batches gather, up to ``FLUSH``
-observations per transaction.
+**Storing as batches come.** A part's batches are stored as they come, in one transaction
+(:class:`monitor.store.Ingestion`): rows, dictionary entries and incident deltas at once,
+while the producers read on; the per-transaction work (each incident touched, hit links,
+findings) once, with the commit at the part's end, or at ``FLUSH`` observations. Storing
+thus keeps up with the producers instead of waiting for the part to end and then lagging
+behind them by that much at the end of the scan. A part whose end may be far or never
+come (standard input, a compressed file) is also committed whenever no other message
+waits, so that what was read is stored while the input stays open.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from monitor.collectors.base import (
 )
 from monitor.ids import observation_id
 from monitor.pipeline import Part, Pipeline, ScanSummary
-from monitor.store import Store
+from monitor.store import Ingestion, Store
 
 BATCH = 20_000  # records per producer message: the store works per batch, per incident
 GC_THRESHOLD = 50_000  # allocations between young collections during a scan (default 700)
@@ -452,10 +456,15 @@ class Scanner:
     ) -> ScanSummary:
         assert self.store is not None, "a scan stores"
         summary = self.summary = ScanSummary()  # what was committed, should storing fail
-        self._batches: list[Batch] = []
-        self._queued = 0  # observations in them
-        with _fewer_collections():
-            self._run(paths, scan_id, on_read, summary)
+        self._open: Ingestion | None = None  # the transaction batches are added to
+        self._queued = 0  # observations in it
+        try:
+            with _fewer_collections():
+                self._run(paths, scan_id, on_read, summary)
+        finally:
+            if self._open is not None:  # an error: nothing of the part in flight is kept
+                self._open.abort()
+                self._open = None
         summary.records, summary.malformed = summary.diag.records, summary.diag.malformed
         return summary
 
@@ -499,11 +508,12 @@ class Scanner:
                     messages = remotes[i % workers].messages(on_read)
                 else:
                     messages = part_messages(self.pipeline, part, on_read)
+                open_ended = part.byte_range is None
                 for kind, payload in messages:
                     if kind == "batch":
                         self._take(payload, base, seen, scan_id, summary)
-                        if workers and not remotes[i % workers].ready():
-                            self._flush(scan_id, summary)  # rather than wait: store what came
+                        if open_ended and workers and not remotes[i % workers].ready():
+                            self._flush(scan_id, summary)  # rather than wait: commit what came
                     elif kind == "done":
                         diag: Diagnostics = payload
                         damaged |= bool(diag.file_errors)
@@ -544,15 +554,18 @@ class Scanner:
 
     def _take(self, batch: Batch, base: int, seen: Occurrences, scan_id: int,
               summary: ScanSummary) -> None:  # fmt: skip
-        """Queue a producer's batch for storing: absolute line numbers, the scan, and the
-        ids of repeated identical records (numbered here, across parts, in input order)."""
+        """Store a producer's batch in the open transaction: absolute line numbers, the
+        scan, and the ids of repeated identical records (numbered here, across parts, in
+        input order)."""
         batch.line_base = base
         batch.set_scan(scan_id)
         ids, record_ids = batch.columns[ROW_ID], batch.record_ids or []
         for i, nth in seen.repeated(batch):
             ids[i] = observation_id(record_ids[i], nth)
         batch.record_ids = None  # not needed any more
-        self._batches.append(batch)
+        if self._open is None:
+            self._open = self.store.ingestion(scan_id)
+        self._open.add(batch)
         self._queued += len(batch)
         summary.llm_observations += len(batch)
         if self._queued >= FLUSH:
@@ -561,9 +574,12 @@ class Scanner:
     def _flush(
         self, scan_id: int, summary: ScanSummary, checkpoint: dict[str, Any] | None = None
     ) -> None:
-        if self._batches or checkpoint is not None:
-            summary.account(self.store.ingest_batches(scan_id, self._batches, checkpoint))
-            self._batches, self._queued = [], 0
+        """Commit the open transaction (one is made for a ``checkpoint`` alone)."""
+        ingestion, self._open, self._queued = self._open, None, 0
+        if ingestion is None and checkpoint is not None:
+            ingestion = self.store.ingestion(scan_id)
+        if ingestion is not None:
+            summary.account(ingestion.commit(checkpoint))
 
 
 def _merge(into: Diagnostics, other: Diagnostics, line_base: int) -> None:

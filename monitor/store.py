@@ -250,6 +250,79 @@ class IngestResult:
 
 
 @dataclass
+class _IngestState:
+    """What an ingest transaction gathered so far (see :class:`Ingestion`)."""
+
+    scan_id: int
+    pruned: str | None  # the first day kept (older observations are not stored)
+    top: int  # the largest row number stored: this transaction's rows come after it
+    result: IngestResult = field(default_factory=IngestResult)
+    ids: set[int] = field(default_factory=set)  # of its observations: the first of each is stored
+    deltas: dict[str, dict[str, Any]] = field(default_factory=dict)  # per incident
+    links: list[tuple[Sequence[dict[str, Any]], list[int], int]] = field(
+        default_factory=list
+    )  # incidents, rows, + offset
+    # context/client -> first row, of those made in this transaction (the others are in use)
+    first_use: tuple[dict[int, int], dict[int, int]] = field(default_factory=lambda: ({}, {}))
+
+
+class Ingestion:
+    """One :meth:`Store.ingest_batches` transaction, fed batch by batch (:meth:`add`) as a
+    scan's producers hand them over, so that the rows, dictionary entries and incident
+    deltas of a batch are stored while the next batch is read; :meth:`commit` does the
+    per-transaction work (incidents, hit links, findings, the read position) once and
+    commits. The write lock is held from the first :meth:`add` on; nothing is committed
+    before :meth:`commit`, and :meth:`abort` (or an error) rolls it all back."""
+
+    def __init__(self, store: Store, scan_id: int):
+        self.store = store
+        store._begin()
+        try:
+            store._refresh_in_full.clear()
+            # the unique index on id skips observations stored before; rows are appended
+            # after the largest row number (SQLite picks them at random only past 2**63 - 1
+            # rows), so the ones a batch added are those above it, looked up only when some
+            # were skipped
+            top = store.db.conn.execute("SELECT max(n) FROM obs_rows").fetchone()[0] or 0
+            self._state: _IngestState | None = _IngestState(
+                scan_id, store._meta("pruned_before"), top
+            )
+        except BaseException:
+            store._rollback()
+            raise
+
+    def add(self, batch: Batch) -> None:
+        assert self._state is not None, "committed or aborted"
+        try:
+            self.store._ingest_batch(self._state, batch)
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self, source: dict[str, Any] | None = None) -> IngestResult:
+        """Store the incidents and findings of what was added, and ``source`` (how far its
+        input has been read, see :meth:`Store.source_state`), and commit."""
+        tx, store = self._state, self.store
+        assert tx is not None, "committed or aborted"
+        try:
+            result = store._ingest_end(tx)
+            if source is not None:
+                store.db["sources"].upsert({**source, "updated": _now()}, pk="key")
+        except BaseException:
+            self.abort()
+            raise
+        self._state = None
+        store._commit()
+        return result
+
+    def abort(self) -> None:
+        """Roll back what was added (nothing when already committed or aborted)."""
+        if self._state is not None:
+            self._state = None
+            self.store._rollback()
+
+
+@dataclass
 class ReevaluationResult:
     observations: int = 0  # stored observations re-evaluated
     changed: int = 0  # whose enrichment (site, egress, destination, outcome, …) changed
@@ -450,6 +523,15 @@ class Store:
     @contextmanager
     def _tx(self) -> Iterator[None]:
         """One write transaction, taken with the write lock up front (no upgrade deadlocks)."""
+        self._begin()
+        try:
+            yield
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit()
+
+    def _begin(self) -> None:
         conn = self.db.conn
         for attempt in range(_LOCK_RETRIES):
             try:
@@ -465,13 +547,13 @@ class Store:
         if version != self._data_version:  # another connection wrote: entries may be gone
             self._forget()
             self._data_version = version
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            self._forget()  # numbers handed out in the transaction were not kept
-            raise
-        conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        self.db.conn.execute("ROLLBACK")
+        self._forget()  # numbers handed out in the transaction were not kept
+
+    def _commit(self) -> None:
+        self.db.conn.execute("COMMIT")
         if self._emitted:  # finding events were committed: tell the listeners (hooks)
             for listener in self.listeners:
                 listener()
@@ -583,11 +665,15 @@ class Store:
         crash safe. Committing the read position with the data it produced is what lets a
         re-run resume where the last commit left off.
         """
-        with self._tx():
-            result = self._ingest(scan_id, batches)
-            if source is not None:
-                self.db["sources"].upsert({**source, "updated": _now()}, pk="key")
-        return result
+        ingestion = self.ingestion(scan_id)
+        for batch in batches:
+            ingestion.add(batch)
+        return ingestion.commit(source)
+
+    def ingestion(self, scan_id: int) -> Ingestion:
+        """An :meth:`ingest_batches` transaction fed batch by batch as they come (its
+        per-transaction work done once, at :meth:`Ingestion.commit`)."""
+        return Ingestion(self, scan_id)
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
@@ -619,68 +705,64 @@ class Store:
         rows = list(self.db.query("SELECT * FROM sources WHERE key = ?", [key]))
         return rows[0] if rows else None
 
-    def _ingest(self, scan_id: int, batches: Sequence[Batch]) -> IngestResult:
-        result = IngestResult()
-        self._refresh_in_full.clear()
-        pruned = self._meta("pruned_before")
-        conn = self.db.conn
-        # the unique index on id skips observations stored before; rows are appended after
-        # the largest row number (SQLite picks them at random only past 2**63 - 1 rows), so
-        # the ones a batch added are those above it, looked up only when some were skipped
-        top = conn.execute("SELECT max(n) FROM obs_rows").fetchone()[0] or 0
-        ids: set[int] = set()  # of the transaction's observations: the first of each is stored
-        deltas: dict[str, dict[str, Any]] = {}
-        links: list[tuple[Sequence[dict[str, Any]], list[int], int]] = []  # incs, rows, + offset
-        first_use: tuple[dict[int, int], dict[int, int]] = ({}, {})  # context/client -> first row
-        # (of those made in this transaction: the others are in use already)
-        for batch in batches:
-            size = len(batch)
-            if not size:
-                continue
-            new = set(batch.columns[ROW_ID])
-            expired = bool(pruned) and any(c[CTX_DAY] < pruned for c in batch.contexts)
-            if not expired and len(new) == size and ids.isdisjoint(new):  # the common case
-                ids |= new
-                kept: list[int] | None = None
-                ctx, client = self._numbers(batch, range(len(batch.contexts)),
-                                            range(len(batch.clients)), top + 1)  # fmt: skip
-            else:
-                kept = self._kept(batch, ids, pruned, result)
-                ctx, client = self._numbers(batch, dict.fromkeys(batch.ctx[i] for i in kept),
-                                            dict.fromkeys(batch.client[i] for i in kept), top + 1)  # fmt: skip
-            added = self._insert_rows(batch, ctx, client, kept)
-            if kept is None and added == size:
-                self._first_use(first_use, batch, ctx, client, top + 1)
-                self._add_batch_deltas(deltas, batch, batch.deltas, scan_id)
-                links.extend((incs, rows, top + 1) for incs, rows in batch.groups)
-            else:
-                if kept is None:
-                    kept = list(range(size))
-                new_ids = dict(conn.execute("SELECT id, n FROM obs_rows WHERE n > ?", [top]))
-                row_ids = batch.columns[ROW_ID]
-                number = {i: new_ids[row_ids[i]] for i in kept if row_ids[i] in new_ids}
-                result.duplicates += len(kept) - len(number)
-                for i, n in number.items():
-                    first_use[0].setdefault(ctx[batch.ctx[i]], n)
-                    first_use[1].setdefault(client[batch.client[i]], n)
-                groups = [(incs, [i for i in rows if i in number]) for incs, rows in batch.groups]
-                self._add_batch_deltas(deltas, batch, incident_deltas(batch, groups), scan_id)
-                links.extend((incs, [number[i] for i in rows], 0) for incs, rows in groups if rows)
-            result.stored += added
-            top += added
+    def _ingest_batch(self, tx: _IngestState, batch: Batch) -> None:
+        """Store one batch of an ingest transaction: its rows, its dictionary entries, and
+        its incident deltas added to the transaction's."""
+        size = len(batch)
+        if not size:
+            return
+        conn, result, ids, top = self.db.conn, tx.result, tx.ids, tx.top
+        new = set(batch.columns[ROW_ID])
+        expired = bool(tx.pruned) and any(c[CTX_DAY] < tx.pruned for c in batch.contexts)
+        if not expired and len(new) == size and ids.isdisjoint(new):  # the common case
+            ids |= new
+            kept: list[int] | None = None
+            ctx, client = self._numbers(batch, range(len(batch.contexts)),
+                                        range(len(batch.clients)), top + 1)  # fmt: skip
+        else:
+            kept = self._kept(batch, ids, tx.pruned, result)
+            ctx, client = self._numbers(batch, dict.fromkeys(batch.ctx[i] for i in kept),
+                                        dict.fromkeys(batch.client[i] for i in kept), top + 1)  # fmt: skip
+        added = self._insert_rows(batch, ctx, client, kept)
+        if kept is None and added == size:
+            self._first_use(tx.first_use, batch, ctx, client, top + 1)
+            self._add_batch_deltas(tx.deltas, batch, batch.deltas, tx.scan_id)
+            tx.links.extend((incs, rows, top + 1) for incs, rows in batch.groups)
+        else:
+            if kept is None:
+                kept = list(range(size))
+            new_ids = dict(conn.execute("SELECT id, n FROM obs_rows WHERE n > ?", [top]))
+            row_ids = batch.columns[ROW_ID]
+            number = {i: new_ids[row_ids[i]] for i in kept if row_ids[i] in new_ids}
+            result.duplicates += len(kept) - len(number)
+            for i, n in number.items():
+                tx.first_use[0].setdefault(ctx[batch.ctx[i]], n)
+                tx.first_use[1].setdefault(client[batch.client[i]], n)
+            groups = [(incs, [i for i in rows if i in number]) for incs, rows in batch.groups]
+            self._add_batch_deltas(tx.deltas, batch, incident_deltas(batch, groups), tx.scan_id)
+            tx.links.extend((incs, [number[i] for i in rows], 0) for incs, rows in groups if rows)
+        result.stored += added
+        tx.top = top + added
+
+    def _ingest_end(self, tx: _IngestState) -> IngestResult:
+        """The per-transaction work of an ingest, once its batches are stored: incidents,
+        hit links, findings."""
+        result, deltas = tx.result, tx.deltas
         # the dictionary entries this transaction made: kept with the first row that uses them
-        self._contexts.settle(first_use[0])
-        self._clients.settle(first_use[1])
+        self._contexts.settle(tx.first_use[0])
+        self._clients.settle(tx.first_use[1])
         if not result.stored:
             return result
         if deltas:
             self._store_incidents(deltas, result)
             keys = self._incident_numbers(list(deltas))
-            pairs = [(k, offset + i) for incs, rows, offset in links
+            pairs = [(k, offset + i) for incs, rows, offset in tx.links
                      for k in [keys[inc["id"]] for inc in incs] for i in rows]  # fmt: skip
-            conn.executemany("INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", pairs)
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", pairs
+            )
         if result.rule_of:
-            self._advance_findings(scan_id, result, deltas)
+            self._advance_findings(tx.scan_id, result, deltas)
         return result
 
     @staticmethod

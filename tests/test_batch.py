@@ -5,6 +5,10 @@ database files."""
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from monitor import scanner
 from monitor import store as store_module
@@ -14,6 +18,7 @@ from monitor.rows import COL, observation_values
 from monitor.store import Store
 
 DAY_TS = 1795737600.0  # 2026-11-27T00:00:00Z
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _records(n: int, rng: random.Random) -> list[tuple[str, list, list[dict]]]:
@@ -60,13 +65,7 @@ def _one_at_a_time(store: Store, records: list) -> list[tuple[int, int, int]]:
 
 
 def _batched(store: Store, records: list, size: int, per_tx: int) -> list[tuple[int, int, int]]:
-    seen, batches = scanner.Occurrences(), []
-    for start in range(0, len(records), size):
-        batch = Batch.of([(r, list(row), incs) for r, row, incs in records[start : start + size]])
-        batch.set_scan(1)
-        for i, nth in seen.repeated(batch):
-            batch.columns[ROW_ID][i] = observation_id(batch.record_ids[i], nth)
-        batches.append(batch)
+    batches = _batches_of(records, size)
     results = [
         store.ingest_batches(1, batches[k : k + per_tx]) for k in range(0, len(batches), per_tx)
     ]
@@ -181,3 +180,72 @@ def test_remembered_incidents_are_bounded(tmp_path, monkeypatch):
     assert _tables(small) == _tables(full)
     assert all(kept <= 4 + 1 + touched for touched, kept in sizes)  # over by one transaction
     assert any(kept < before for (_, before), (_, kept) in zip(sizes, sizes[1:], strict=False))
+
+
+def _batches_of(records: list, size: int) -> list[Batch]:
+    """Producer batches of ``records`` (``size`` each), repeated records numbered."""
+    seen, batches = scanner.Occurrences(), []
+    for start in range(0, len(records), size):
+        batch = Batch.of([(r, list(row), incs) for r, row, incs in records[start : start + size]])
+        batch.set_scan(1)
+        for i, nth in seen.repeated(batch):
+            batch.columns[ROW_ID][i] = observation_id(batch.record_ids[i], nth)
+        batches.append(batch)
+    return batches
+
+
+def test_a_transaction_fed_batch_by_batch_stores_what_one_call_stores(tmp_path):
+    """A part's batches added to an :class:`Ingestion` as they come, then committed with the
+    read position, make the tables (and counts) one ``ingest_batches`` call makes; on top of
+    stored data too (duplicates skipped, incidents updated)."""
+    records = _records(400, random.Random(8))
+    once, fed = Store(tmp_path / "once.db"), Store(tmp_path / "fed.db")
+    source = {"key": "k", "path": "a.log", "offset": 10, "lines": 3}
+    for part in (records[:250], records[200:]):
+        for store in (once, fed):
+            store.start_scan([], {})
+        whole = once.ingest_batches(1, _batches_of(part, 29), source)
+        ingestion = fed.ingestion(1)
+        for batch in _batches_of(part, 29):
+            ingestion.add(batch)
+        got = ingestion.commit(source)
+        assert (got.stored, got.duplicates, got.new_incidents, got.updated_incidents) == (
+            whole.stored, whole.duplicates, whole.new_incidents, whole.updated_incidents)  # fmt: skip
+        assert _tables(fed) == _tables(once)
+        assert fed.source_state("k")["offset"] == 10
+    assert got.duplicates == 50
+
+
+def test_a_kill_before_the_commit_leaves_nothing_of_the_transaction(tmp_path):
+    """``kill -9`` while batches have been added but not committed: the database holds what
+    it held before, and the write lock is free for the next writer."""
+    db = tmp_path / "k.db"
+    records = _records(300, random.Random(9))
+    store = Store(db)
+    store.start_scan([], {})
+    store.ingest_batches(1, _batches_of(records[:100], 40))
+    before = _tables(store)
+    store.close()
+    script = (
+        "import random, sys, time\n"
+        "from monitor.store import Store\n"
+        "from tests.test_batch import _batches_of, _records\n"
+        "store = Store(sys.argv[1])\n"
+        "ingestion = store.ingestion(1)\n"
+        "for batch in _batches_of(_records(300, random.Random(9)), 40):\n"
+        "    ingestion.add(batch)\n"
+        "print('added', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(db)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "added\n"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    after = Store(db)
+    assert _tables(after) == before
+    result = after.ingest_batches(1, _batches_of(records, 40))  # the lock is free
+    assert result.stored == 200 and result.duplicates == 100

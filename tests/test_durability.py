@@ -143,9 +143,9 @@ def sources(db: Path) -> int:
 
 
 def test_kill_between_the_transactions_of_a_part_then_rerun_resumes_exactly(tmp_path):
-    """A part's batches are committed as they come, its read position with the last: killed
-    after some were, a re-run reads the part again, skips exactly what was stored and ends
-    where an uninterrupted scan ends."""
+    """A big part's batches are committed every ``FLUSH`` observations, its read position
+    with the last: killed after some were, a re-run reads the part again, skips exactly what
+    was stored and ends where an uninterrupted scan ends."""
     log = tmp_path / "llm.log"
     make_log(log, 100_000, 3, HOSTS[:3])  # 9 MB, all LLM: one part, a producer, 5 batches
     ref = tmp_path / "ref.db"

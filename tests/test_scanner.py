@@ -85,7 +85,7 @@ def test_small_batches_stored_as_they_come_give_the_same_database(tmp_path, log,
     monkeypatch.setattr(scanner, "IN_PROCESS_BELOW", 0)
     monkeypatch.setattr(scanner, "PART_SIZE", 150_000)  # 4 parts of ~1,000 records
     monkeypatch.setattr(scanner, "MIN_PART", 10_000)
-    monkeypatch.setattr(scanner, "BATCH", 37)  # a transaction whenever the next is not there yet
+    monkeypatch.setattr(scanner, "BATCH", 37)  # ~27 batches a part, stored in one transaction
     split, split_incidents = scan(tmp_path / "b.db", log, "-j", "2")
     for key in ("records", "malformed", "llm_observations", "stored", "incidents_new", "problems"):
         assert split[key] == alone[key], key
