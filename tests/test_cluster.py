@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -116,7 +116,7 @@ def test_killed_worker_parts_are_run_again_and_nothing_counts_twice(
     cluster, logs, small_parts, tmp_path
 ):
     big = tmp_path / "big.log"
-    subprocess.run([sys.executable, str(GEN), "-o", str(big), "--lines", "150000", "--seed", "7",
+    subprocess.run([sys.executable, str(GEN), "-o", str(big), "--lines", "400000", "--seed", "7",
                     "--no-truth", "-q"], check=True)  # fmt: skip
     code, out = scan(tmp_path / "local.db", "-j", "1", str(big))
     assert code == 0, out
@@ -129,7 +129,8 @@ def test_killed_worker_parts_are_run_again_and_nothing_counts_twice(
     before = cluster.worker_pids()
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(1.5)
+    # killed once the first parts are committed: mid-scan however fast the scan is
+    wait_for(lambda: _stored(tmp_path / "cluster.db") > 0, 120, "the first parts to be stored")
     assert t.is_alive(), "the scan must still be running when a worker is killed"
     os.kill(before[0], signal.SIGKILL)  # the worker, not its nanny: the nanny starts a new one
     t.join(300)
@@ -141,6 +142,15 @@ def test_killed_worker_parts_are_run_again_and_nothing_counts_twice(
     local, remote = dump(tmp_path / "local.db"), dump(tmp_path / "cluster.db")
     for table in local:
         assert remote[table] == local[table], table
+
+
+def _stored(db: Path) -> int:
+    """Observations committed so far in a database a scan is writing (0 before it exists)."""
+    try:
+        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT count(*) FROM obs_rows").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 def test_file_urls_are_read_by_the_workers(cluster, logs, tmp_path):
