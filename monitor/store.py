@@ -1145,7 +1145,7 @@ class Store:
                 continue
             rows.append([f[c] for c in cols])
         self._upsert_findings(rows)
-        # recounted: those not added to, and those detail moved from (stale on main: fixed)
+        # recounted: those not added to, and those whose detail moved to another finding
         moved = sorted(f for f in again if f is not None and f not in added and f not in fids)
         self._refresh_findings([fid for fid in fids if fid not in added or fid in again] + moved)
         again.clear()
@@ -1560,14 +1560,9 @@ class Store:
 
     def _temp_table(self, name: str, columns: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """A temporary table of ``rows``: a row group (context, client, URL), indexed, and
-        ``columns``. Typed as the stored columns: an index serves only comparisons of one
-        affinity."""
-        conn = self.db.conn
-        conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
-        conn.execute(f"CREATE TEMP TABLE {name} (ctx INTEGER, client INTEGER, url TEXT, {columns})")
-        conn.execute(f"CREATE INDEX temp.{name}_key ON {name} (ctx, client, url)")
-        marks = ", ".join("?" * (3 + len(columns.split(", "))))
-        conn.executemany(f"INSERT INTO temp.{name} VALUES ({marks})", rows)  # noqa: S608
+        ``columns`` (see :meth:`_temp_rows`)."""
+        self._temp_rows(name, f"ctx INTEGER, client INTEGER, url TEXT, {columns}",
+                        "ctx, client, url", rows)  # fmt: skip
 
     def _rows_in_span(
         self, since: datetime, until: datetime, where: TrafficFilter
@@ -2186,7 +2181,8 @@ class Store:
         self, name: str, columns: str, key: str, rows: Iterable[tuple[Any, ...]]
     ) -> None:
         """A temporary table ``name`` of ``rows`` (``columns``, typed as the stored columns
-        they are compared with), indexed on ``key``."""
+        they are compared with: an index serves only comparisons of one affinity), indexed
+        on ``key``."""
         conn = self.db.conn
         conn.execute(f"DROP TABLE IF EXISTS temp.{name}")
         conn.execute(f"CREATE TEMP TABLE {name} ({columns})")
