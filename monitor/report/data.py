@@ -232,12 +232,12 @@ class Context:
         self.query = q
         self.now = q.now or datetime.now(UTC)
         self.window, self.previous = q.window, q.window.previous()
-        chosen = (  # the client addresses --client names, among those of both periods
-            self.store.clients_matching(q.clients, self.previous.since, self.window.until)
-            if q.clients
-            else None
-        )
+        chosen = self.store.clients_matching(q.clients) if q.clients else None
+        #: the filter of incidents and findings; :attr:`traffic`: of both periods' requests
         self.filter = TrafficFilter(q.sites, q.providers, q.users, chosen)
+        self.traffic = self.store.traffic_filter(
+            self.filter, self.previous.since, self.window.until
+        )
         self.bucket, self.width = self.window.bucket()
         self.origin = _floor(self.window.since, self.width, self.window.tz)  # whole hours/days
         self.fetched: dict[str, Any] = {}
@@ -247,7 +247,7 @@ class Context:
         """The traffic reads most sections fold: A the cube (both periods, at the grain
         every traffic table and the timeline need), B who went where, C the sources behind
         the period, D distinct clients of the previous period."""
-        store, win, prev, f = self.store, self.window, self.previous, self.filter
+        store, win, prev, f = self.store, self.window, self.previous, self.traffic
         return {
             "cube": lambda: store.traffic_cube(
                 win.since, win.until, prev.since, self.origin, self.width, f

@@ -20,7 +20,7 @@ class Processing(Section):
     nav = "Processing"
 
     def queries(self, ctx: Context) -> dict[str, Callable[[], Any]]:
-        win, f = ctx.window, ctx.filter
+        win, f = ctx.window, ctx.traffic
         return {"processing": lambda: ctx.store.processing_locations(win.since, win.until, f)}
 
     def compute(self, ctx: Context) -> dict[str, Any]:
