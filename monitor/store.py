@@ -2578,6 +2578,35 @@ class Store:
             params,
         )
 
+    def context_figures(
+        self, since: datetime, until: datetime, where: TrafficFilter
+    ) -> tuple[Rows, Rows]:
+        """:meth:`traffic_sources` and :meth:`processing_locations` of ``[since, until)`` in
+        one read: with a filter on users or clients both sum the same roll-up rows per
+        client and the rows of part days (a month of a user's 5,000 addresses over 10 M
+        requests: 1.0 s each in UTC, 1.5 s in Asia/Shanghai), here once per context."""
+        grouped, params = self._grouped(since, until, where, clients=False)
+        found = self._read_only(
+            f"""WITH g AS MATERIALIZED (SELECT ctx, sum(requests) AS requests,
+                  min(first_ts) AS first_ts, max(last_ts) AS last_ts FROM ({grouped})
+                  GROUP BY ctx)
+                SELECT 0, c.scan_id, c.source, c.format, NULL, sum(g.requests),
+                       min(g.first_ts), max(g.last_ts)
+                FROM g CROSS JOIN obs_contexts c ON c.n = g.ctx GROUP BY 2, 3, 4
+                UNION ALL
+                SELECT 1, c.site, c.processing_geo, c.residency_basis, c.processing_region,
+                       sum(g.requests),
+                       sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END), NULL
+                FROM g CROSS JOIN obs_contexts c ON c.n = g.ctx GROUP BY 2, 3, 4, 5""",  # noqa: S608
+            params,
+        ).rows
+        sources = [r[1:4] + r[5:] for r in found if r[0] == 0]
+        processing = [r[1:7] for r in found if r[0] == 1]
+        return (
+            Rows(["scan_id", "source", "format", "observations", "first_ts", "last_ts"], sources),
+            Rows(["site", "geo", "basis", "region", "requests", "blocked"], processing),
+        )
+
     def distinct_clients(self, since: datetime, until: datetime, where: TrafficFilter) -> int:
         grouped, params = self._by_dest(since, until, where)
         sql = (

@@ -209,3 +209,21 @@ def test_every_client_reads_the_unfiltered_totals_only_when_no_other_has_traffic
         users = TrafficFilter(users=["alice"], clients=every.clients)
         assert store.traffic_filter(users, since, until) == users
         store.close()
+
+
+def test_sources_and_processing_read_once_equal_their_own_reads(stores):
+    """``context_figures`` (a filtered report's sources and processing locations in one
+    read) gives what ``traffic_sources`` and ``processing_locations`` give, row for row."""
+    store = Store(stores["in"], readonly=True)
+    spans = [(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)),
+             (datetime(2026, 11, 1, tzinfo=SH), datetime(2026, 12, 1, tzinfo=SH)),
+             (datetime(2026, 10, 20, 6, 30, tzinfo=UTC), datetime(2026, 11, 30, 1, tzinfo=UTC))]  # fmt: skip
+    filters = [TrafficFilter(users=["alice"]), TrafficFilter(clients=["10.1.0.3", "2001:db8::2"]),
+               TrafficFilter(sites=["la"], clients=store.clients_matching(["10.0.0.0/8"]))]  # fmt: skip
+    for since, until in spans:
+        for where in filters:
+            sources, processing = store.context_figures(since, until, where)
+            assert sources == store.traffic_sources(since, until, where)
+            assert processing == store.processing_locations(since, until, where)
+            assert sum(r[3] for r in sources.rows) == sum(r[4] for r in processing.rows) > 10
+    store.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -242,6 +243,8 @@ class Context:
         self.origin = _floor(self.window.since, self.width, self.window.tz)  # whole hours/days
         self.fetched: dict[str, Any] = {}
         self._once: dict[str, Any] = {}
+        self._contexts: tuple[Rows, Rows] | None = None
+        self._contexts_lock = threading.Lock()
 
     def shared_queries(self) -> dict[str, Callable[[], Any]]:
         """The traffic reads most sections fold: A the cube (both periods, at the grain
@@ -253,9 +256,23 @@ class Context:
                 win.since, win.until, prev.since, self.origin, self.width, f
             ),
             "who": lambda: store.client_destinations(win.since, win.until, f),
-            "sources": lambda: store.traffic_sources(win.since, win.until, f),
+            "sources": lambda: self.context_read(0),
             "previous_clients": lambda: store.distinct_clients(prev.since, prev.until, f),
         }
+
+    def context_read(self, part: int) -> Rows:
+        """:meth:`Store.traffic_sources` (``part`` 0) or :meth:`Store.processing_locations`
+        (1) of the period. With a filter on users or clients both sum the same rows, so
+        they are read once (:meth:`Store.context_figures`): the first query to ask reads
+        them, the other waits."""
+        win, f = self.window, self.traffic
+        if not (f.users or f.clients is not None):
+            read = self.store.processing_locations if part else self.store.traffic_sources
+            return read(win.since, win.until, f)
+        with self._contexts_lock:
+            if self._contexts is None:
+                self._contexts = self.store.context_figures(win.since, win.until, f)
+        return self._contexts[part]
 
     def fetch(self, queries: dict[str, Callable[[], Any]]) -> None:
         """Run ``queries`` side by side, each on its own read-only connection (SQLite

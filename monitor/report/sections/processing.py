@@ -20,8 +20,7 @@ class Processing(Section):
     nav = "Processing"
 
     def queries(self, ctx: Context) -> dict[str, Callable[[], Any]]:
-        win, f = ctx.window, ctx.traffic
-        return {"processing": lambda: ctx.store.processing_locations(win.since, win.until, f)}
+        return {"processing": lambda: ctx.context_read(1)}
 
     def compute(self, ctx: Context) -> dict[str, Any]:
         found = ctx.fetched["processing"]
