@@ -134,3 +134,18 @@ def test_export_help_names_the_default_severity():
     assert f"[default: {DEFAULT_SEVERITY}]" in text
     refused = run("export", "nonsense", ok=(2,)).stderr  # FORMAT's choices load when needed
     assert all(name in refused for name in FORMATS)
+
+
+def test_exit_leaves_the_last_collections_nothing_to_walk(tmp_path):
+    """Once a command has run and closed what it opened, what it made is frozen out of the
+    cycle collector's view, so that the interpreter's last collections do not walk it."""
+    db, out = tmp_path / "a.db", tmp_path / "frozen.txt"
+    code = (
+        "import atexit, gc, runpy, sys\n"
+        f"atexit.register(lambda: open({str(out)!r}, 'w').write(str(gc.get_freeze_count())))\n"
+        f"sys.argv = ['apiwatch', '--db', {str(db)!r}, 'scan', {str(SQUID_LOG)!r}, '-q']\n"
+        "runpy.run_module('monitor', run_name='__main__')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+    assert int(out.read_text()) > 10_000  # (the handler above ran after the freeze)
+    assert not Path(f"{db}-wal").exists()  # the database was closed first (checkpointed)
