@@ -292,12 +292,9 @@ class App:
         :meth:`ScanSummary.exit_code`); returns its id and summary. With ``cluster`` (a Dask
         scheduler address) the inputs are parsed by the cluster's workers
         (:mod:`monitor.cluster`) and stored here."""
-        import sqlite3
-
         from monitor.egress import contradictions
         from monitor.privacy import privacy_mode
         from monitor.scanner import Scanner
-        from monitor.store import StoreError, database_problem
 
         pipeline = self.pipeline(egress, collect, pseudonymize)  # validates before writing
         options = {
@@ -311,6 +308,10 @@ class App:
         scanner = Scanner(pipeline, None, jobs, full)
         if not cluster and paths:  # its producers read while the database is opened and checked
             scanner.start(paths[0])
+        import sqlite3  # the store's part loads only now: producers do not need it
+
+        from monitor.store import StoreError, database_problem
+
         try:
             if not self._checked:  # never add to a database SQLite finds damaged
                 if damage := self.store.damage():

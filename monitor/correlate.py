@@ -70,13 +70,20 @@ def correlate(
         window = rule.correlate.window
         margin = math.ceil(window / DAY) * DAY
         start, end = first - margin, last + margin
+        first_day, last_day = iso_day(start - window), iso_day(end)  # what the history spans
         # only clients seen through several countries need the hour-by-hour history, unless
         # the rule holds for one country alone (then every window of the client holds)
         by_countries = not rule.fields & {"history.first_seen", "history.last_seen"}
         one_country: dict[tuple[str, ...], bool] = {}  # verdicts, by who only if it is read
         by_client = "client.ip" in rule.fields
         detail = []
-        for who, provider, n, country in store.egress_groups(start - window, end):
+        hopeless = (  # no client's history can hold (often so: one site, one egress)
+            by_countries
+            and not by_client
+            and not _may_hold(rule, catalog, store.egress_countries(first_day, last_day))
+        )
+        groups = [] if hopeless else store.egress_groups(start - window, end)
+        for who, provider, n, country in groups:
             if n == 1 and by_countries:
                 key = (who, provider, country) if by_client else (provider, country)
                 held = one_country.get(key)
@@ -98,6 +105,18 @@ def correlate(
         result.new.new_findings |= ingest.new_findings
         result.new.reopened_findings |= ingest.reopened_findings
     return result
+
+
+def _may_hold(rule: Rule, catalog: Catalog, seen: dict[str, set[str]]) -> bool:
+    """Whether a rule that reads only the countries (not the client, not the times) can
+    hold for some client, given the egress countries each provider was reached through in
+    the span (a superset of each client's): not when none was reached through two and the
+    rule holds for no single one. A scan of one site, one egress, rarely has more."""
+    return any(
+        len(countries) > 1 or _holds_for(rule, catalog, None, provider, country)
+        for provider, countries in seen.items()
+        for country in countries
+    )
 
 
 def _day_start(day: str) -> float:
@@ -191,7 +210,7 @@ def _hops(
             }
 
 
-def _holds_for(rule: Rule, catalog: Catalog, who: str, provider: str, country: str) -> bool:
+def _holds_for(rule: Rule, catalog: Catalog, who: str | None, provider: str, country: str) -> bool:
     """The rule's verdict on a client seen through one country only (times not read)."""
     p = catalog.providers.get(provider)
     allowed = catalog.allowed_countries(provider)

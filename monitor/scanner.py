@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor.batch import ROW_ID, Batch
 from monitor.collectors import LINE_FORMATS, Diagnostics, InputError, format_of, note_misread
@@ -57,7 +57,9 @@ from monitor.collectors.base import (
 )
 from monitor.ids import observation_id
 from monitor.pipeline import Part, Pipeline, ScanSummary
-from monitor.store import Ingestion, Store
+
+if TYPE_CHECKING:  # the store loads after the producers have started (see Scanner.start)
+    from monitor.store import Ingestion, Store
 
 BATCH = 20_000  # records per producer message: the store works per batch, per incident
 GC_THRESHOLD = 50_000  # allocations between young collections during a scan (default 700)

@@ -32,7 +32,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
@@ -232,6 +233,67 @@ def _sqlite_utils() -> ModuleType:
     return sys.modules["sqlite_utils"]
 
 
+class _Database:
+    """The store's connection, with what of sqlite-utils' ``Database`` the store uses on
+    every command (``execute``, ``query``, ``conn``) done here, the same way, and the rest
+    (``db["table"]`` and the migrations' table helpers) handed to a real one made when
+    first needed: importing sqlite-utils costs 30 ms of CPU, more than a whole scan of a
+    small log spends in SQLite, and a scan, a query or a report needs none of it."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    @functools.cached_property
+    def utils(self) -> sqlite_utils.Database:
+        return _sqlite_utils().Database(self.conn, execute_plugins=False)
+
+    def execute(self, sql: str, parameters: Any = None) -> sqlite3.Cursor:
+        if parameters is None:
+            return self.conn.execute(sql)
+        return self.conn.execute(sql, parameters)
+
+    def query(self, sql: str, params: Any = None) -> Iterator[dict[str, Any]]:
+        """Rows as dicts (a name repeated among the columns gets ``_2``, ``_3``…)."""
+        cursor = self.execute(sql, params)
+        keys = _unique_names([d[0] for d in cursor.description])
+        return (dict(zip(keys, row, strict=True)) for row in cursor)
+
+    def __getitem__(self, table: str) -> sqlite_utils.db.Table:
+        return self.utils[table]
+
+    def __getattr__(self, name: str) -> Any:  # the rest of sqlite-utils' Database
+        return getattr(self.utils, name)
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Column names made unique as sqlite-utils' ``query`` makes them."""
+    if len(set(names)) == len(names):
+        return names
+    taken, seen, unique = set(names), set(), []
+    for name in names:
+        if name in seen:
+            new, suffix = name, 2
+            while new in seen or new in taken:
+                new, suffix = f"{name}_{suffix}", suffix + 1
+            name = new
+        seen.add(name)
+        unique.append(name)
+    return unique
+
+
+def _sql_value(value: Any) -> Any:
+    """A Python value as sqlite-utils stores it: containers as JSON, dates in ISO 8601."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=repr, ensure_ascii=False)
+    if isinstance(value, (datetime, date, dt_time)):
+        return value.isoformat()
+    return value
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
 class StoreError(ApiwatchError, RuntimeError):
     """The database cannot be opened or is not an apiwatch database."""
 
@@ -307,7 +369,7 @@ class Ingestion:
         try:
             result = store._ingest_end(tx)
             if source is not None:
-                store.db["sources"].upsert({**source, "updated": _now()}, pk="key")
+                store._upsert("sources", {**source, "updated": _now()}, "key")
         except BaseException:
             self.abort()
             raise
@@ -479,7 +541,7 @@ class Store:
                 if not self.path.exists():  # create it private: it holds addresses and users
                     os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
                 conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db = _sqlite_utils().Database(conn, execute_plugins=False)
+            self.db = _Database(conn)
             self._contexts = _Dictionary(conn, "obs_contexts", CONTEXT, ranged=True)
             self._clients = _Dictionary(conn, "obs_clients", CLIENT, ranged=False)
             self._incident_keys: dict[str, int] = {}
@@ -496,9 +558,9 @@ class Store:
             self._data_version = -1
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute(f"PRAGMA cache_size = -{_CACHE_KB}")
-            if not readonly:
-                self.db.execute("PRAGMA journal_mode = WAL")
+            if not readonly:  # (NORMAL first: a new file's switch to WAL syncs less)
                 self.db.execute("PRAGMA synchronous = NORMAL")
+                self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
             self._migrate()
         except (OSError, sqlite3.DatabaseError) as exc:
@@ -571,7 +633,7 @@ class Store:
     def _migrate(self) -> None:
         """Create the schema, or bring an older apiwatch database up to date."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if self.readonly and version == 0 and not self.db.table_names():
+        if self.readonly and version == 0 and not self._has_tables():
             version = self._created_meanwhile()  # a first scan has just created the file
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -586,15 +648,23 @@ class Store:
                 if version
                 else f"{self.path}: not an apiwatch database"
             )
-        if version == 0 and self.db.table_names():
+        if version == 0 and self._has_tables():
             raise StoreError(
                 f"{self.path}: not an apiwatch database (has tables, no schema version)"
             )
         with self._tx():
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and not self._has_tables():  # a new file (no one made it meanwhile)
+                version = _create_schema(self.db.conn)
             for step in range(version + 1, SCHEMA_VERSION + 1):
-                MIGRATIONS[step](self.db)  # each runs in this one transaction
+                MIGRATIONS[step](self.db.utils)  # each runs in this one transaction
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _has_tables(self) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone()
+            is not None
+        )
 
     def _created_meanwhile(self, wait: float = 10.0) -> int:
         """The schema version of a database file without any schema yet, once the process
@@ -614,24 +684,20 @@ class Store:
     # -- scans ------------------------------------------------------------------------------
 
     def start_scan(self, files: Sequence[str], options: dict[str, Any]) -> int:
+        row = {"started": _now(), "files": json.dumps(list(files)), "options": json.dumps(options)}
         with self._tx():
-            table = self.db["scans"].insert(
-                {
-                    "started": _now(),
-                    "files": json.dumps(list(files)),
-                    "options": json.dumps(options),
-                }
-            )
-        return int(table.last_pk)
+            return self._insert("scans", [row])
 
     def finish_scan(
         self, scan_id: int, summary: dict[str, Any], problems: Iterable[dict[str, Any]]
     ) -> None:
         row = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in summary.items()}
         row["finished"] = _now()
+        sets = ", ".join(f'"{k}" = ?' for k in row)
+        sql = f"UPDATE scans SET {sets} WHERE id = ?"  # noqa: S608 - the summary's own keys
         with self._tx():
-            self.db["scans"].update(scan_id, row)
-            self.db["scan_problems"].insert_all({"scan_id": scan_id, **p} for p in problems)
+            self.db.execute(sql, [*map(_sql_value, row.values()), scan_id])
+            self._insert("scan_problems", [{"scan_id": scan_id, **p} for p in problems])
             self._drop_unused_facts()  # what the scan's facts were on the way
             with self._sorting():
                 _roll_up(self.db.conn)  # the requests it stored, summed for reports
@@ -675,6 +741,25 @@ class Store:
         per-transaction work done once, at :meth:`Ingestion.commit`)."""
         return Ingestion(self, scan_id)
 
+    def _insert(self, table: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert ``rows`` as sqlite-utils' ``insert_all`` does (every column one of them
+        names, NULL where another lacks it); the rowid of the first (of the only one)."""
+        if not rows:
+            return 0
+        cols = list(dict.fromkeys(c for row in rows for c in row))
+        sql = f"INSERT INTO {table} ({_quoted(cols)}) VALUES ({_marks(cols)})"  # noqa: S608
+        values = [[_sql_value(row.get(c)) for c in cols] for row in rows]
+        first = self.db.execute(sql, values[0]).lastrowid
+        self.db.conn.executemany(sql, values[1:])
+        return first
+
+    def _upsert(self, table: str, row: dict[str, Any], pk: str) -> None:
+        """Insert ``row``, or update the row with its ``pk`` (sqlite-utils' ``upsert``)."""
+        sets = ", ".join(f'"{c}" = excluded."{c}"' for c in row if c != pk)
+        act = f"UPDATE SET {sets}" if sets else "NOTHING"
+        sql = f'INSERT INTO {table} ({_quoted(row)}) VALUES ({_marks(row)}) ON CONFLICT ("{pk}") DO {act}'  # noqa: S608
+        self.db.execute(sql, [_sql_value(v) for v in row.values()])
+
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
@@ -692,7 +777,7 @@ class Store:
                 ).fetchone()
                 if seen is not None and bool(seen[0]) != (mode != "plain"):
                     return "pseudonymized:(key not recorded)" if seen[0] else "plain"
-                self.db["meta"].upsert({"key": "privacy", "value": mode}, pk="key")
+                self._upsert("meta", {"key": "privacy", "value": mode}, "key")
                 return mode
         return recorded
 
@@ -1208,7 +1293,7 @@ class Store:
         event = {"finding_id": fid, "at": _now(), "action": action, "status_from": status_from,
                  "status_to": status_to, "note": None, "actor": None, "scan_id": None,
                  "requests": None, **fields}  # fmt: skip
-        event["id"] = self.db["finding_events"].insert(event).last_pk
+        event["id"] = self._insert("finding_events", [event])
         if self.emit_events and action in _ALERTED_ACTIONS:  # the alert, in its transaction
             self._outbox([self._finding_event(
                 fid, action, event["requests"] or 0, actor=event["actor"], note=event["note"],
@@ -2137,6 +2222,20 @@ class Store:
             sql = f"SELECT DISTINCT day FROM obs_contexts WHERE scan_id IN ({marks})"  # noqa: S608
             days.update(r[0] for r in self.db.execute(sql, chunk))
         return sorted(days)
+
+    def egress_countries(self, first_day: str, last_day: str) -> dict[str, set[str]]:
+        """The egress countries each provider was reached through on UTC days ``[first_day,
+        last_day]``, as their contexts say (a superset of what :meth:`egress_groups` reads
+        of them: one query of a small table, where that one reads every client's roll-ups)."""
+        found: dict[str, set[str]] = {}
+        for provider, country in self.db.execute(
+            "SELECT DISTINCT provider, egress_country FROM obs_contexts"
+            " WHERE day >= ? AND day <= ? AND egress_country IS NOT NULL"
+            " AND provider_kind IN ('api', 'consumer')",
+            [first_day, last_day],
+        ):
+            found.setdefault(provider, set()).add(country)
+        return found
 
     def egress_groups(self, start: float, end: float) -> list[tuple[str, str, int, str]]:
         """Who (the user, else the client address) reached which provider in ``[start,
@@ -3463,6 +3562,183 @@ MIGRATIONS = {
     12: _schema_v12,
     13: _schema_v13,
 }
+
+
+#: What steps 1 to ``_SCHEMA_AT`` leave in a new database (its objects, in the order they
+#: were made, and rows), made at once instead: on a new file the steps take 15 ms of CPU and
+#: need sqlite-utils (30 ms to import). The steps after it run as on any older database.
+#: ``test_store`` checks that it is what the steps make; a landed step never changes, so it
+#: stays right, and moving it to a later step is a matter of speed (the test prints it).
+_SCHEMA_AT = 13
+_SCHEMA = (
+    """CREATE TABLE "scans" (
+   "id" INTEGER PRIMARY KEY,
+   "started" TEXT,
+   "finished" TEXT,
+   "files" TEXT,
+   "options" TEXT,
+   "records" INTEGER,
+   "malformed" INTEGER,
+   "llm_observations" INTEGER,
+   "stored" INTEGER,
+   "duplicates" INTEGER,
+   "incidents_new" INTEGER,
+   "incidents_updated" INTEGER,
+   "by_rule" TEXT,
+   "file_errors" TEXT,
+   "catalog_version" TEXT,
+   "geodata" TEXT,
+   "exit_code" INTEGER
+, "expired" INTEGER, "skipped_bytes" INTEGER, "settings_digest" TEXT)""",
+    """CREATE TABLE "scan_problems" (
+   "scan_id" INTEGER,
+   "source" TEXT,
+   "line" INTEGER,
+   "reason" TEXT,
+   "excerpt" TEXT
+)""",
+    """CREATE INDEX "idx_scan_problems_scan_id"
+    ON "scan_problems" ("scan_id")""",
+    """CREATE TABLE "incident_events" (
+   "id" INTEGER PRIMARY KEY,
+   "incident_id" TEXT NOT NULL,
+   "at" TEXT NOT NULL,
+   "action" TEXT NOT NULL,
+   "status_from" TEXT,
+   "status_to" TEXT,
+   "note" TEXT,
+   "actor" TEXT
+)""",
+    """CREATE INDEX "idx_incident_events_incident_id_at"
+    ON "incident_events" ("incident_id", "at")""",
+    """CREATE TABLE "sources" (
+   "key" TEXT PRIMARY KEY,
+   "head_len" INTEGER,
+   "path" TEXT,
+   "device" INTEGER,
+   "inode" INTEGER,
+   "size" INTEGER,
+   "offset" INTEGER,
+   "lines" INTEGER,
+   "updated" TEXT
+)""",
+    """CREATE TABLE "meta" (
+   "key" TEXT PRIMARY KEY,
+   "value" TEXT
+)""",
+    """CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL
+           UNIQUE, finding_id TEXT NOT NULL, event_type TEXT NOT NULL, at TEXT NOT NULL,
+           payload TEXT NOT NULL)""",
+    """CREATE INDEX "idx_outbox_finding_id"
+    ON "outbox" ("finding_id")""",
+    """CREATE TABLE "alert_sinks" (
+   "name" TEXT PRIMARY KEY,
+   "kind" TEXT,
+   "cursor" INTEGER,
+   "registered" TEXT,
+   "delivered" INTEGER,
+   "attempts" INTEGER,
+   "next_at" REAL,
+   "last_error" TEXT,
+   "last_failure" TEXT,
+   "last_success" TEXT,
+   "lease_owner" TEXT,
+   "lease_until" REAL
+)""",
+    """CREATE TABLE "finding_alerts" (
+   "finding_id" TEXT PRIMARY KEY,
+   "last_event_at" REAL,
+   "last_count" INTEGER
+)""",
+    """CREATE TABLE "findings" (
+   "id" TEXT PRIMARY KEY,
+   "rule" TEXT NOT NULL,
+   "provider" TEXT,
+   "site" TEXT,
+   "egress_country" TEXT,
+   "severity" TEXT NOT NULL,
+   "severity_rank" INTEGER,
+   "title" TEXT,
+   "status" TEXT NOT NULL DEFAULT 'open',
+   "first_seen" TEXT,
+   "last_seen" TEXT,
+   "count" INTEGER NOT NULL DEFAULT 0,
+   "blocked" INTEGER DEFAULT 0,
+   "bytes_out" INTEGER,
+   "bytes_in" INTEGER,
+   "clients" INTEGER,
+   "users" INTEGER,
+   "hosts" INTEGER,
+   "days" INTEGER,
+   "first_scan" INTEGER,
+   "last_scan" INTEGER,
+   "changed" TEXT,
+   "exception_until" TEXT,
+   "exception_reason" TEXT,
+   "exception_by" TEXT,
+   "exception_source" TEXT
+)""",
+    """CREATE INDEX "idx_findings_last_seen"
+    ON "findings" ("last_seen")""",
+    """CREATE INDEX "idx_findings_status"
+    ON "findings" ("status")""",
+    """CREATE INDEX "idx_findings_rule"
+    ON "findings" ("rule")""",
+    """CREATE INDEX "idx_findings_provider"
+    ON "findings" ("provider")""",
+    """CREATE INDEX "idx_findings_site"
+    ON "findings" ("site")""",
+    """CREATE INDEX "idx_findings_severity_rank"
+    ON "findings" ("severity_rank")""",
+    """CREATE TABLE "finding_events" (
+   "id" INTEGER PRIMARY KEY,
+   "finding_id" TEXT NOT NULL,
+   "at" TEXT NOT NULL,
+   "action" TEXT NOT NULL,
+   "status_from" TEXT,
+   "status_to" TEXT,
+   "note" TEXT,
+   "actor" TEXT,
+   "scan_id" INTEGER,
+   "requests" INTEGER,
+   "until" TEXT
+)""",
+    """CREATE INDEX "idx_finding_events_finding_id_id"
+    ON "finding_events" ("finding_id", "id")""",
+    """CREATE INDEX "idx_finding_events_at"
+    ON "finding_events" ("at")""",
+    """CREATE INDEX "idx_finding_events_scan_id"
+    ON "finding_events" ("scan_id")""",
+    "CREATE TABLE obs_contexts (n INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE, first_row INTEGER NOT NULL, day TEXT, source TEXT, format TEXT, method TEXT, dest_host TEXT, dest_port INTEGER, dest_ip TEXT, status INTEGER, host_source TEXT, result TEXT, ech INTEGER, ech_outer TEXT, tunnel TEXT, tunnel_src TEXT, tunnel_dst TEXT, ja4 TEXT, user_agent TEXT, processing_region TEXT, processing_geo TEXT, residency_basis TEXT, residency_caveat TEXT, provider TEXT, provider_kind TEXT, match_pattern TEXT, site TEXT, egress_ip TEXT, egress_country TEXT, egress_source TEXT, egress_geo_country TEXT, egress_logged TEXT, dest_country TEXT, dest_asn INTEGER, outcome TEXT, scan_id INTEGER)",
+    "CREATE TABLE obs_clients (n INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE, client_ip TEXT, user TEXT)",
+    "CREATE TABLE obs_rows (n INTEGER PRIMARY KEY, id INTEGER NOT NULL, ctx INTEGER NOT NULL, client INTEGER NOT NULL, ts REAL NOT NULL, line INTEGER, bytes_out INTEGER, bytes_in INTEGER, duration REAL, url TEXT, client_port INTEGER, ts_end REAL, packets_out INTEGER, packets_in INTEGER)",
+    "CREATE UNIQUE INDEX idx_obs_rows_id ON obs_rows (id)",
+    "CREATE VIEW observations AS SELECT o.id AS id, c.day AS day, o.ts AS ts, c.source AS source, o.line AS line, c.format AS format, w.client_ip AS client_ip, o.client_port AS client_port, w.user AS user, c.method AS method, c.dest_host AS dest_host, c.dest_port AS dest_port, c.dest_ip AS dest_ip, o.url AS url, c.status AS status, o.bytes_out AS bytes_out, o.bytes_in AS bytes_in, c.host_source AS host_source, c.result AS result, o.duration AS duration, o.ts_end AS ts_end, o.packets_out AS packets_out, o.packets_in AS packets_in, c.ech AS ech, c.ech_outer AS ech_outer, c.tunnel AS tunnel, c.tunnel_src AS tunnel_src, c.tunnel_dst AS tunnel_dst, c.ja4 AS ja4, c.user_agent AS user_agent, c.processing_region AS processing_region, c.processing_geo AS processing_geo, c.residency_basis AS residency_basis, c.residency_caveat AS residency_caveat, c.provider AS provider, c.provider_kind AS provider_kind, c.match_pattern AS match_pattern, c.site AS site, c.egress_ip AS egress_ip, c.egress_country AS egress_country, c.egress_source AS egress_source, c.egress_geo_country AS egress_geo_country, c.egress_logged AS egress_logged, c.dest_country AS dest_country, c.dest_asn AS dest_asn, c.outcome AS outcome, c.scan_id AS scan_id FROM obs_rows o CROSS JOIN obs_contexts c ON c.n = o.ctx CROSS JOIN obs_clients w ON w.n = o.client",
+    "CREATE TABLE incident_texts (n INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE incident_facts (n INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE incident_rows (n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, rule INTEGER NOT NULL, severity INTEGER NOT NULL, severity_rank INTEGER, title INTEGER, provider TEXT, provider_kind INTEGER, dest_host TEXT, client_ip TEXT, site TEXT, egress_ip TEXT, egress_country TEXT, egress_source INTEGER, day TEXT NOT NULL, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 0, blocked INTEGER DEFAULT 0, bytes_out INTEGER, bytes_in INTEGER, outcome TEXT, status TEXT NOT NULL DEFAULT 'open', evidence TEXT DEFAULT '[]', facts INTEGER, first_scan INTEGER, last_scan INTEGER, user TEXT, finding_id TEXT)",
+    'CREATE TABLE "hit_links" (incident INTEGER NOT NULL, obs INTEGER NOT NULL, PRIMARY KEY (incident, obs)) WITHOUT ROWID',
+    "CREATE INDEX idx_incident_rows_last_seen ON incident_rows (last_seen)",
+    "CREATE INDEX idx_incident_rows_finding_id ON incident_rows (finding_id)",
+    "CREATE VIEW incidents AS SELECT i.id AS id, t_rule.text AS rule, t_severity.text AS severity, i.severity_rank AS severity_rank, t_title.text AS title, i.provider AS provider, t_provider_kind.text AS provider_kind, i.dest_host AS dest_host, i.client_ip AS client_ip, i.site AS site, i.egress_ip AS egress_ip, i.egress_country AS egress_country, t_egress_source.text AS egress_source, i.day AS day, i.first_seen AS first_seen, i.last_seen AS last_seen, i.count AS count, i.blocked AS blocked, i.bytes_out AS bytes_out, i.bytes_in AS bytes_in, i.outcome AS outcome, i.status AS status, i.evidence AS evidence, t_facts.text AS facts, i.first_scan AS first_scan, i.last_scan AS last_scan, i.user AS user, i.finding_id AS finding_id FROM incident_rows i LEFT JOIN incident_texts t_rule ON t_rule.n = i.rule LEFT JOIN incident_texts t_severity ON t_severity.n = i.severity LEFT JOIN incident_texts t_title ON t_title.n = i.title LEFT JOIN incident_texts t_provider_kind ON t_provider_kind.n = i.provider_kind LEFT JOIN incident_texts t_egress_source ON t_egress_source.n = i.egress_source LEFT JOIN incident_facts t_facts ON t_facts.n = i.facts",
+    "CREATE VIEW hits AS SELECT i.id AS incident_id, o.id AS observation_id FROM hit_links l JOIN incident_rows i ON i.n = l.incident JOIN obs_rows o ON o.n = l.obs",
+    "CREATE TABLE obs_rollup (ctx INTEGER NOT NULL, client INTEGER NOT NULL, requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER, url TEXT, first_ts REAL NOT NULL, last_ts REAL NOT NULL, PRIMARY KEY (ctx, client)) WITHOUT ROWID",
+    "CREATE TABLE obs_dests (n INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, dest_host TEXT, provider TEXT, provider_kind TEXT, site TEXT, egress_country TEXT, outcome TEXT)",
+    "CREATE TABLE obs_monthly (month TEXT NOT NULL, client INTEGER NOT NULL, dest INTEGER NOT NULL, requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER, url TEXT, PRIMARY KEY (month, client, dest)) WITHOUT ROWID",
+    "CREATE TABLE obs_context_totals (ctx INTEGER PRIMARY KEY, requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER, first_ts REAL NOT NULL, last_ts REAL NOT NULL)",
+    "CREATE INDEX idx_incident_rows_user ON incident_rows (user)",
+    "CREATE INDEX idx_incident_rows_client_ip ON incident_rows (client_ip)",
+    "CREATE TABLE obs_hourly (ctx INTEGER NOT NULL, hour INTEGER NOT NULL, requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER, PRIMARY KEY (ctx, hour)) WITHOUT ROWID",
+    "INSERT INTO meta (key, value) VALUES ('rolled_up_to', '0')",
+)
+
+
+def _create_schema(conn: sqlite3.Connection) -> int:
+    """Give a new, empty database :data:`_SCHEMA`; returns its schema version."""
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    return _SCHEMA_AT
+
 
 #: the lifecycle actions of findings that alert (the ``monitor.events`` type of the same name;
 #: ``activity`` alerts as ``updated``/``escalated``, digested: :meth:`Store._alert_activity`)

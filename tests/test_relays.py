@@ -465,6 +465,39 @@ def test_egress_hopping_across_scans_is_deterministic_and_idempotent(tmp_path):
     }
 
 
+def test_egress_hopping_reads_no_client_history_where_no_client_can_hop(tmp_path):
+    """When every provider was reached through one egress country in the span (a scan of
+    one site) and the rule holds for no single country, no client's history is read; once
+    a second country is there, it is, and the hop is found."""
+    from pathlib import Path
+
+    from monitor.app import App, Settings
+
+    t = 1795741200.0  # 2026-11-27T01:00Z
+    log = tmp_path / "hk.log"
+    log.write_text(native_line(t, "10.0.0.1", "CONNECT", "api.openai.com:443", "1.1.1.1") + "\n")
+    db = tmp_path / "apiwatch.db"
+    run("--db", db, "scan", log, "--egress-country", "HK")
+
+    def correlated(scan: int) -> tuple[int, list[str]]:
+        app = App(Settings(db=Path(db)))
+        statements: list[str] = []
+        app.store.db.conn.set_trace_callback(statements.append)
+        try:
+            found = app.correlate([scan]).incidents
+        finally:
+            app.close()
+        return found, [s for s in statements if "count(DISTINCT egress_country)" in s]
+
+    assert correlated(1) == (0, [])
+    log.write_text(
+        native_line(t + 60, "10.0.0.1", "CONNECT", "api.openai.com:443", "1.1.1.1") + "\n"
+    )
+    run("--db", db, "scan", log, "--egress-country", "SG")
+    found, history = correlated(2)
+    assert found == 1 and len(history) == 1
+
+
 def test_egress_hopping_findings_count_reopen_take_exceptions_and_alert(tmp_path):
     """Hops roll up into findings like every other rule's (rule, provider, site — or the
     egress country evaded): listed by `findings`, counted by --fail-on, one alert each,

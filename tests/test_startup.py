@@ -4,6 +4,7 @@ modules a real ``python -m monitor`` process has loaded (not from timings, which
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -44,16 +45,23 @@ NOT_FOR_HELP = {
 NOT_FOR_PARSE = NOT_FOR_HELP - {"monitor.collectors", "monitor.egress", "monitor.geo",
                                 "monitor.pipeline", "yaml"}  # fmt: skip
 
-#: what ``scan`` never loads: exports, reports, live capture, the cluster, geoip2's models
+#: what ``scan`` never loads: exports, reports, live capture, the cluster, geoip2's models,
+#: sqlite-utils (the store uses SQLite directly, but for old databases' upgrade steps)
 NOT_FOR_SCAN = {"monitor.export", "monitor.follow", "monitor.live", "monitor.report",
-                "dask", "distributed", "geoip2", "jinja2", "pandas"}  # fmt: skip
+                "dask", "distributed", "geoip2", "jinja2", "pandas", "sqlite_utils"}  # fmt: skip
+#: what the main process of a scan has not loaded yet when it starts the producers (they
+#: need none of it, and every millisecond before them is the whole scan's)
+NOT_BEFORE_PRODUCERS = {"monitor.store", "monitor.correlate", "monitor.alerts", "sqlite3",
+                        "sqlite_utils"}  # fmt: skip
 
 
-def _loaded(args: list[str], tmp_path: Path) -> set[str]:
-    """Modules loaded by ``python -m monitor ARGS`` once it has run (its own process)."""
+def _loaded(args: list[str], tmp_path: Path, setup: str = "") -> set[str]:
+    """Modules loaded by ``python -m monitor ARGS`` once it has run (its own process);
+    ``setup``: code run first."""
     out = tmp_path / "modules.json"
     code = (
         "import json, runpy, sys\n"
+        f"{setup}"
         f"sys.argv = ['apiwatch', *{args!r}]\n"
         "try:\n"
         "    runpy.run_module('monitor', run_name='__main__')\n"
@@ -85,9 +93,28 @@ def test_parse_loads_neither_store_nor_alerting(tmp_path):
 def test_scan_loads_no_exporters_reports_or_cluster(tmp_path):
     db = tmp_path / "a.db"
     args = ["--db", str(db), "scan", str(SQUID_LOG), "--egress-country", "CN", "-q"]
-    loaded = _loaded(args, tmp_path)
-    assert {"monitor.store", "monitor.scanner", "maxminddb"} <= loaded  # it did scan, locate
-    assert _heavy(loaded, NOT_FOR_SCAN) == []
+    for _new_then_existing in range(2):
+        loaded = _loaded([*args, "--full"], tmp_path)
+        assert {"monitor.store", "monitor.scanner", "maxminddb"} <= loaded  # it did scan, locate
+        assert _heavy(loaded, NOT_FOR_SCAN) == []
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM scans").fetchone() == (2,)
+
+
+def test_scan_starts_its_producers_before_loading_the_store(tmp_path):
+    """The main process forks the producers first, then loads what storing needs."""
+    seen = tmp_path / "at_fork.json"
+    setup = (  # a small log is parsed in-process unless told otherwise; note what is loaded
+        "import monitor.scanner as s\n"
+        "s.IN_PROCESS_BELOW = 0\n"
+        "fork = s.Scanner._fork\n"
+        "def noted(self, source):\n"
+        f"    open({str(seen)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
+        "    return fork(self, source)\n"
+        "s.Scanner._fork = noted\n"
+    )
+    args = ["--db", str(tmp_path / "a.db"), "scan", str(SQUID_LOG), "-j", "2", "-q"]
+    assert "monitor.store" in _loaded(args, tmp_path, setup)  # it did store
+    assert _heavy(set(json.loads(seen.read_text())), NOT_BEFORE_PRODUCERS) == []
 
 
 def test_help_still_lists_every_command_and_choice():
@@ -107,3 +134,18 @@ def test_export_help_names_the_default_severity():
     assert f"[default: {DEFAULT_SEVERITY}]" in text
     refused = run("export", "nonsense", ok=(2,)).stderr  # FORMAT's choices load when needed
     assert all(name in refused for name in FORMATS)
+
+
+def test_exit_leaves_the_last_collections_nothing_to_walk(tmp_path):
+    """Once a command has run and closed what it opened, what it made is frozen out of the
+    cycle collector's view, so that the interpreter's last collections do not walk it."""
+    db, out = tmp_path / "a.db", tmp_path / "frozen.txt"
+    code = (
+        "import atexit, gc, runpy, sys\n"
+        f"atexit.register(lambda: open({str(out)!r}, 'w').write(str(gc.get_freeze_count())))\n"
+        f"sys.argv = ['apiwatch', '--db', {str(db)!r}, 'scan', {str(SQUID_LOG)!r}, '-q']\n"
+        "runpy.run_module('monitor', run_name='__main__')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+    assert int(out.read_text()) > 10_000  # (the handler above ran after the freeze)
+    assert not Path(f"{db}-wal").exists()  # the database was closed first (checkpointed)

@@ -522,3 +522,75 @@ def test_findings_follow_their_detail_as_a_recount_would(scans):
                     f"SELECT {', '.join(cols)} FROM findings ORDER BY id")]  # noqa: S608  # fmt: skip
                 assert stored == recount
             store.close()
+
+
+def _contents(path) -> tuple[list[tuple], dict[str, list[tuple]], int]:
+    """A database's schema objects (in the order they were made), every table's rows (with
+    their types), and its schema version."""
+    con = sqlite3.connect(path)
+    objects = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid")
+    objects = objects.fetchall()
+    rows = {}
+    for kind, name, _table, _sql in objects:
+        if kind == "table":
+            cols = [r[1] for r in con.execute(f'PRAGMA table_info("{name}")')]
+            typed = ", ".join(f'quote("{c}")' for c in cols) or "1"
+            rows[name] = sorted(con.execute(f'SELECT {typed} FROM "{name}"').fetchall())  # noqa: S608
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    con.close()
+    return objects, rows, version
+
+
+def test_a_new_database_is_what_the_schema_steps_make(tmp_path):
+    """A new file gets the schema at once (``_SCHEMA``), not step by step: it must be what
+    the landed steps make of an empty database, object for object (their SQL, in order) and
+    row for row, and stay a database the steps after it and every command accept."""
+    import sqlite_utils
+
+    from monitor.store import _SCHEMA_AT
+
+    stepped = tmp_path / "stepped.db"
+    db = sqlite_utils.Database(sqlite3.connect(stepped, isolation_level=None))
+    db.execute("BEGIN")
+    for step in range(1, SCHEMA_VERSION + 1):
+        MIGRATIONS[step](db)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.execute("COMMIT")
+    db.conn.close()
+    Store(tmp_path / "new.db").close()
+    made, expected = _contents(tmp_path / "new.db"), _contents(stepped)
+    if made != expected:  # print what _SCHEMA should be, should a landed step have changed
+        at = tmp_path / "at.db"
+        db = sqlite_utils.Database(sqlite3.connect(at))
+        for step in range(1, _SCHEMA_AT + 1):
+            MIGRATIONS[step](db)
+        print(*(r[3] for r in _contents(at)[0] if r[3] and not r[1].startswith("sqlite_")))
+    assert made == expected
+    assert "sqlite_sequence" in made[1]  # (the outbox's AUTOINCREMENT made it, as a step does)
+
+
+def test_store_writes_rows_as_sqlite_utils_would(tmp_path):
+    """What the store writes and reads without sqlite-utils (a scan never loads it) is what
+    sqlite-utils' own insert, upsert and query make of the same rows."""
+    import sqlite_utils
+
+    schema = (
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER DEFAULT 7, c TEXT);"
+        'CREATE TABLE m ("key" TEXT PRIMARY KEY, "offset" INTEGER, "value" TEXT)'
+    )
+    rows = [{"a": "x", "b": 1}, {"a": {"k": ["é", 1]}, "c": (1, "two")}, {"b": None},
+            {"c": datetime(2026, 12, 5, 1, 2, 3, tzinfo=UTC)}]  # fmt: skip
+    ours, theirs = Store(tmp_path / "ours.db"), sqlite_utils.Database(tmp_path / "theirs.db")
+    for con in (ours.db.conn, theirs.conn):
+        con.executescript(schema)
+    assert ours._insert("t", rows[:1]) == theirs["t"].insert(rows[0]).last_pk == 1
+    ours._insert("t", rows[1:])
+    theirs["t"].insert_all(rows[1:])
+    for row in ({"key": "k", "offset": 3}, {"key": "k", "value": "v"}, {"key": "j"}):
+        ours._upsert("m", row, "key")
+        theirs["m"].upsert(row, pk="key")
+    for sql in ("SELECT * FROM t ORDER BY id", "SELECT * FROM m ORDER BY key",
+                "SELECT t.id, m.*, t.a AS key, t.id AS id_2 FROM t, m ORDER BY 1, 2"):  # fmt: skip
+        assert list(ours.db.query(sql)) == list(theirs.query(sql)), sql
+    assert ours.db.query("SELECT * FROM t").__class__ is not list  # read as it is iterated
+    assert ours.db["t"].count == 4  # the rest of sqlite-utils, when asked for

@@ -7,7 +7,9 @@ and register themselves on :data:`main`; nothing here imports them.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import sys
 from collections.abc import Callable, Iterable
 from datetime import date
@@ -164,6 +166,12 @@ def main(ctx: click.Context, db, config, geoip, geo_overrides, rules) -> None:
         )
     )
     ctx.call_on_close(ctx.obj.close)
+    # At exit, what the command made is kept out of the cycle collector's view: CPython's
+    # last collections would walk all of it (catalogue, rules, caches, a few hundred
+    # modules), 30-40 ms of CPU, a tenth of a small scan. It is freed as before, by
+    # reference counting, after the database, the producers and the files were closed.
+    atexit.unregister(gc.freeze)  # once, however many commands a process runs
+    atexit.register(gc.freeze)
 
 
 def collect_options(
