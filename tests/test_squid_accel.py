@@ -24,7 +24,7 @@ from monitor import accel
 from monitor.catalog import Catalog
 from monitor.collectors import CollectOptions, Diagnostics, make_collector, squid
 from monitor.collectors.base import MAX_LINE
-from monitor.ids import record_id
+from monitor.ids import observation_id, record_id
 from monitor.observation import Observation
 from monitor.pipeline import Identifier
 from tests.conftest import generated_squid_log
@@ -430,6 +430,29 @@ def test_range_search_is_membership(networks, data) -> None:
 def test_record_id_is_ids_record_id(line: bytes) -> None:
     """The pre-pass names a kept line as :func:`monitor.ids.record_id` does (BLAKE2b in C)."""
     assert built.record_id(line) == record_id(line)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.one_of(
+        st.binary(min_size=12, max_size=12).map(bytes.hex),  # what record ids are
+        st.text(max_size=300),
+        st.sampled_from(["x" * n for n in (0, 127, 128, 129, 256, 257)] + ["\ud800"]),
+    )
+)
+def test_observation_id_is_ids_observation_id(rid: str) -> None:
+    """The pipeline numbers records with the accelerator's observation id (BLAKE2b in C)
+    when it is built: the same as :func:`monitor.ids.observation_id`, the reference."""
+    try:
+        expected = observation_id(rid)
+    except UnicodeEncodeError:  # a lone surrogate: no id either way
+        with pytest.raises(UnicodeEncodeError):
+            built.observation_id(rid)
+        return
+    assert built.observation_id(rid) == expected
+    assert squid.first_observation_id() is built.observation_id
+    with pure_python():
+        assert squid.first_observation_id() is observation_id
 
 
 def _maker(t: squid._Targets, first: int, layout) -> tuple:

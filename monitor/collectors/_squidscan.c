@@ -421,14 +421,12 @@ b2_compress(uint64_t h[8], const unsigned char *block, uint64_t t, int last)
         h[k] ^= v[k] ^ v[k + 8];
 }
 
-/* the record id of s[0:n] as a str of 24 hex digits; NULL with an error set */
-static PyObject *
-record_id_of(const char *s, Py_ssize_t n)
+/* h: the BLAKE2b state of s[0:n] hashed whole, for a digest of `size` bytes (1..64) */
+static void
+b2_hash(uint64_t h[8], const char *s, Py_ssize_t n, int size)
 {
-    static const char hex[] = "0123456789abcdef";
-    uint64_t h[8];
-    memcpy(h, B2_IV, sizeof(h));
-    h[0] ^= 0x01010000ULL ^ RECORD_ID_BYTES; /* fanout 1, depth 1, no key, digest length */
+    memcpy(h, B2_IV, 8 * sizeof(uint64_t));
+    h[0] ^= 0x01010000ULL ^ (uint64_t)size; /* fanout 1, depth 1, no key, digest length */
     const unsigned char *p = (const unsigned char *)s;
     uint64_t t = 0;
     for (; n > 128; p += 128, n -= 128) {
@@ -438,6 +436,15 @@ record_id_of(const char *s, Py_ssize_t n)
     unsigned char last[128] = {0};
     memcpy(last, p, (size_t)n);
     b2_compress(h, last, t + (uint64_t)n, 1);
+}
+
+/* the record id of s[0:n] as a str of 24 hex digits; NULL with an error set */
+static PyObject *
+record_id_of(const char *s, Py_ssize_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t h[8];
+    b2_hash(h, s, n, RECORD_ID_BYTES);
     PyObject *out = PyUnicode_New(2 * RECORD_ID_BYTES, 127);
     if (out == NULL)
         return NULL;
@@ -1068,9 +1075,33 @@ record_id(PyObject *self, PyObject *arg)
     return record_id_of(PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg));
 }
 
+/* monitor.ids.observation_id(record_id) (the first of its identical records): the
+ * BLAKE2b-64 of the id's UTF-8, big-endian, shifted right by one */
+static PyObject *
+observation_id(PyObject *self, PyObject *arg)
+{
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "observation_id() takes str");
+        return NULL;
+    }
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(arg, &n);
+    if (s == NULL)
+        return NULL;
+    uint64_t h[8];
+    b2_hash(h, s, n, 8);
+    uint64_t v = h[0]; /* little-endian words: the digest's bytes are h[0]'s, low first */
+    uint64_t be = 0;
+    for (int k = 0; k < 8; k++, v >>= 8)
+        be = be << 8 | (v & 0xff);
+    return PyLong_FromUnsignedLongLong(be >> 1);
+}
+
 static PyMethodDef methods[] = {
     {"record_id", record_id, METH_O,
      "record_id(line) -> str: monitor.ids.record_id, the id of a kept line, in C."},
+    {"observation_id", observation_id, METH_O,
+     "observation_id(record_id) -> int: monitor.ids.observation_id(record_id), in C."},
     {"native_chunk", native_chunk, METH_VARARGS,
      "native_chunk(chunk, clean, max_line, rejects, markers=(), ranges=None, maker=None, "
      "verdicts=None, connects=rejects) -> (records, todo, lines): over the lines of a chunk, count those whose "
@@ -1100,9 +1131,9 @@ PyInit__squidscan(void)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     /* 4: native_chunk reads whole chunks; 5: it takes the ingress ranges; 6: a kept line
-     * comes with its record id; 7: it takes a Verdicts table. squid.py ignores a module
-     * built before that */
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 7) < 0 ||
+     * comes with its record id; 7: it takes a Verdicts table; 8: observation_id. squid.py
+     * ignores a module built before that */
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 8) < 0 ||
                       PyModule_AddObjectRef(m, "Verdicts", (PyObject *)&VerdictsType) < 0)) {
         Py_DECREF(m);
         return NULL;
