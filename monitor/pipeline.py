@@ -939,11 +939,16 @@ class Pipeline:
         incidents_of, values_of, first_id = self._incidents, request_values, first_observation_id()
         builder = BatchBuilder()
         ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
+        by_host, named = self.identifier.by_host, {}  # host -> its match by name, the answer
         for obs in found:  # observe(), inlined but for place(): the memo key decides that
-            match = identify(obs)
+            match = named.get(obs.dest_host)
             if match is None:
-                malformed(obs, diag)
-                continue
+                match = identify(obs)
+                if match is None:
+                    malformed(obs, diag)
+                    continue
+                if obs.dest_host and match is by_host(obs.dest_host):
+                    named[obs.dest_host] = match  # what identify() answers whatever else
             ctx = lookup(key(obs, match))
             if ctx is None:
                 place(obs, match)  # the key's row holds it for all its records
