@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import re
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
@@ -348,6 +349,28 @@ def test_native_chunk_contract() -> None:
         1,
     )
     assert built.native_chunk(marked + b"\n", True, MAX_LINE, rejects, (b"/v2/",)) == (1, [], 1)
+
+
+MARKERS = (b"/v1/messages", b"/v1/chat", b"/api/x/", b":gen", b"#", b"/")
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.lists(st.sampled_from([b"/", b"v1", b"/v1", b"messages", b"chat", b"api", b"x", b":",
+                              b"gen", b"#", b"?q=", b"e"]), max_size=12).map(b"".join),
+    st.lists(st.sampled_from(MARKERS), max_size=4).map(tuple),
+)  # fmt: skip
+def test_rejected_urls_kept_by_their_path_as_python_keeps_them(path: bytes, markers) -> None:
+    """A rejected URL with a path is handed back (for its path to be read) exactly when the
+    Python loop's marker search finds a marker in the path: markers of one byte, and pairs
+    of first bytes the markers share."""
+    rejects = {b"http://anan.co.jp": True}
+    line = OTHER.replace(b"/x?q=1", b"/" + path)
+    search = re.compile(b"|".join(re.escape(m) for m in markers)).search if markers else None
+    url = line.split()[6]
+    kept = search is not None and search(url, len(b"http://anan.co.jp")) is not None
+    got = built.native_chunk(line + b"\n", True, MAX_LINE, rejects, markers)
+    assert got == ((0, [(0, line)], 1) if kept else (1, [], 1)), (path, markers)
 
 
 #: PEERS the pre-pass hands back with the bundled ranges: an address in them, or text with a

@@ -167,11 +167,12 @@ find_scheme_sep(const char *s, Py_ssize_t n)
     return -1;
 }
 
-/* The byte strings of the tuple `markers` (an LLM API path holds one), and the bytes that
- * start one */
+/* The byte strings of the tuple `markers` (an LLM API path holds one): the bytes that are a
+ * marker alone, and the byte pairs that start a longer one (a bit per second byte) */
 typedef struct {
     PyObject *tuple;
-    unsigned char first[256];
+    unsigned char single[256];
+    uint32_t pairs[256][8];
 } Markers;
 
 static void
@@ -181,19 +182,27 @@ markers_of(PyObject *tuple, Markers *m)
     m->tuple = tuple;
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tuple); k++) {
         PyObject *b = PyTuple_GET_ITEM(tuple, k);
-        if (PyBytes_Check(b) && PyBytes_GET_SIZE(b) > 0)
-            m->first[(unsigned char)PyBytes_AS_STRING(b)[0]] = 1;
+        if (!PyBytes_Check(b) || PyBytes_GET_SIZE(b) == 0)
+            continue;
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(b);
+        if (PyBytes_GET_SIZE(b) == 1)
+            m->single[p[0]] = 1;
+        else
+            m->pairs[p[0]][p[1] >> 5] |= 1u << (p[1] & 31);
     }
 }
 
-/* 1 when s[0:n] holds one of the markers: each position whose byte starts a marker is
- * compared with those markers (a path has few such bytes) */
+/* 1 when s[0:n] holds one of the markers: each position whose two bytes start a marker is
+ * compared with the markers (a path has few such positions: most '/' start none) */
 static int
 has_marker(const char *s, Py_ssize_t n, const Markers *markers)
 {
     Py_ssize_t count = PyTuple_GET_SIZE(markers->tuple);
+    const unsigned char *u = (const unsigned char *)s;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!markers->first[(unsigned char)s[i]])
+        if (markers->single[u[i]])
+            return 1;
+        if (i + 1 == n || !(markers->pairs[u[i]][u[i + 1] >> 5] >> (u[i + 1] & 31) & 1))
             continue;
         for (Py_ssize_t k = 0; k < count; k++) {
             PyObject *m = PyTuple_GET_ITEM(markers->tuple, k);
