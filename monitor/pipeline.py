@@ -26,6 +26,7 @@ from monitor.batch import CLIENT_OF, Batch, BatchBuilder, request_values
 from monitor.catalog import Catalog, Match, Provider
 from monitor.clients import Signatures, bundled_signatures
 from monitor.collectors import CollectOptions, Diagnostics, collect
+from monitor.collectors.squid import first_observation_id
 from monitor.config import Config, Entity
 from monitor.egress import Egress, EgressOptions, EgressResolver
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
@@ -625,6 +626,10 @@ class ScanSummary:
                 self.updated_by_rule[rule_of[iid][0]] += 1
 
 
+#: the observation fields :func:`place` sets from the match
+PLACED = ("processing_region", "processing_geo", "residency_basis", "residency_caveat")
+
+
 def place(obs: Observation, match: Match) -> None:
     """Where the matched endpoint processes the request (region, geo, basis, caveat)."""
     p = match.processing
@@ -696,8 +701,12 @@ class RecordMemo:
             r.id for r in rules.rules if obs_reads(r.evidence) & set(CLIENT)
         )
         #: a record's stored row from its key's (pseudonymisation changes only fields of
-        #: RECORD_READS, which the key holds)
-        self.row = row_builder(keyed)
+        #: RECORD_READS, which the key holds; the match, which the key holds, decides where
+        #: the record is processed: records are placed (:func:`place`) before the record
+        #: path, or not at all (a live capture's), and Pipeline.process places only the
+        #: first record of a key)
+        decided = keyed | set(PLACED)
+        self.row = row_builder(decided)
         # a record's client is its key's; its context is the values of its key's row that
         # the key decides (numbered: Context.context_no) and of the fields the row reads
         # from the record itself (:meth:`Pipeline.process` builds one row per slot)
@@ -705,7 +714,7 @@ class RecordMemo:
         own = {
             c.name
             for c in COLUMNS
-            if c.path and c.path[4:] not in keyed and c.path.startswith("obs.")
+            if c.path and c.path[4:] not in decided and c.path.startswith("obs.")
         }
         #: ``(context number, obs) -> slot``: records of one slot share their context
         self.slot = compiled(
@@ -884,30 +893,26 @@ class Pipeline:
     ) -> Iterator[tuple[Observation, Match | None]]:
         """Stages 1–2 for one input: observations with their catalogue match."""
         host_filter = self.identifier.host_filter if only_llm else None
-        found = collect(
-            path,
-            self.collect_options,
-            diag,
-            host_filter,
-            on_read,
-            fmt=fmt,
-            byte_range=byte_range,
-            skip=skip,
-            catalog=self.catalog,
-        )
-        identify, bad_host = self.identifier.identify, self.identifier.bad_host
+        found = collect(path, self.collect_options, diag, host_filter, on_read, fmt=fmt,
+                        byte_range=byte_range, skip=skip, catalog=self.catalog)  # fmt: skip
+        identify, malformed = self.identifier.identify, self._malformed
         for obs in found:
             match = identify(obs)
-            if match is None and obs.dest_host and bad_host(obs.dest_host):
-                diag.records -= 1  # collectors count it as read; it is not a record
-                host = obs.dest_host.encode("utf-8", "backslashreplace")
-                diag.malformed_record(obs.source, obs.line, "destination is not a host name", host)
-                continue
             if match is not None:
                 place(obs, match)
                 yield obs, match
-            elif not only_llm:
+            elif not malformed(obs, diag) and not only_llm:
                 yield obs, match
+
+    def _malformed(self, obs: Observation, diag: Diagnostics) -> bool:
+        """Whether an observation no match was found for names a destination no host can
+        be: reported as a malformed record (never an LLM observation)."""
+        if not obs.dest_host or not self.identifier.bad_host(obs.dest_host):
+            return False
+        diag.records -= 1  # collectors count it as read; it is not a record
+        host = obs.dest_host.encode("utf-8", "backslashreplace")
+        diag.malformed_record(obs.source, obs.line, "destination is not a host name", host)
+        return True
 
     def process(
         self,
@@ -925,18 +930,32 @@ class Pipeline:
         per-request values go straight into the batch's columns, and its context and client
         are found per memo key and the few context fields the key does not hold (its slot,
         see :class:`RecordMemo`); this is the loop every LLM record of a scan goes through."""
-        found = self.observe(part.path, diag, only_llm=True, on_read=on_read, fmt=part.fmt,
-                             byte_range=part.byte_range, skip=part.skip)  # fmt: skip
+        found = collect(part.path, self.collect_options, diag, self.identifier.host_filter,
+                        on_read, fmt=part.fmt, byte_range=part.byte_range, skip=part.skip,
+                        catalog=self.catalog)  # fmt: skip
+        identify, malformed = self.identifier.identify, self._malformed
         memo = self.memo
         key, lookup, context, build, slot_of = memo.key, memo.lookup, memo.get, memo.row, memo.slot
-        incidents_of, values_of = self._incidents, request_values
+        incidents_of, values_of, first_id = self._incidents, request_values, first_observation_id()
         builder = BatchBuilder()
         ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
-        for obs, match in found:
-            ctx = lookup(key(obs, match)) or context(obs, match)  # type: ignore[arg-type]
+        by_host, named = self.identifier.by_host, {}  # host -> its match by name, the answer
+        for obs in found:  # observe(), inlined but for place(): the memo key decides that
+            match = named.get(obs.dest_host)
+            if match is None:
+                match = identify(obs)
+                if match is None:
+                    malformed(obs, diag)
+                    continue
+                if obs.dest_host and match is by_host(obs.dest_host):
+                    named[obs.dest_host] = match  # what identify() answers whatever else
+            ctx = lookup(key(obs, match))
+            if ctx is None:
+                place(obs, match)  # the key's row holds it for all its records
+                ctx = context(obs, match)
             incidents = ctx.incidents
             if incidents is None:
-                incidents = incidents_of(ctx, obs, match)  # type: ignore[arg-type]
+                incidents = incidents_of(ctx, obs, match)
             slot = slot_of(ctx.context_no, obs)
             c = slots.get(slot)
             if c is None:
@@ -945,7 +964,7 @@ class Pipeline:
             if w is None:
                 w = clients[ctx.client_no] = builder.client_index(ctx.row)
             record_id = obs.record_id or observed_record_id(obs)
-            ids.append(observation_id(record_id))
+            ids.append(first_id(record_id))
             values.append(values_of(obs))
             ctxs.append(c)
             who.append(w)

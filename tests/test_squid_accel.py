@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import re
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
@@ -24,7 +25,7 @@ from monitor import accel
 from monitor.catalog import Catalog
 from monitor.collectors import CollectOptions, Diagnostics, make_collector, squid
 from monitor.collectors.base import MAX_LINE
-from monitor.ids import record_id
+from monitor.ids import observation_id, record_id
 from monitor.observation import Observation
 from monitor.pipeline import Identifier
 from tests.conftest import generated_squid_log
@@ -350,6 +351,28 @@ def test_native_chunk_contract() -> None:
     assert built.native_chunk(marked + b"\n", True, MAX_LINE, rejects, (b"/v2/",)) == (1, [], 1)
 
 
+MARKERS = (b"/v1/messages", b"/v1/chat", b"/api/x/", b":gen", b"#", b"/")
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.lists(st.sampled_from([b"/", b"v1", b"/v1", b"messages", b"chat", b"api", b"x", b":",
+                              b"gen", b"#", b"?q=", b"e"]), max_size=12).map(b"".join),
+    st.lists(st.sampled_from(MARKERS), max_size=4).map(tuple),
+)  # fmt: skip
+def test_rejected_urls_kept_by_their_path_as_python_keeps_them(path: bytes, markers) -> None:
+    """A rejected URL with a path is handed back (for its path to be read) exactly when the
+    Python loop's marker search finds a marker in the path: markers of one byte, and pairs
+    of first bytes the markers share."""
+    rejects = {b"http://anan.co.jp": True}
+    line = OTHER.replace(b"/x?q=1", b"/" + path)
+    search = re.compile(b"|".join(re.escape(m) for m in markers)).search if markers else None
+    url = line.split()[6]
+    kept = search is not None and search(url, len(b"http://anan.co.jp")) is not None
+    got = built.native_chunk(line + b"\n", True, MAX_LINE, rejects, markers)
+    assert got == ((0, [(0, line)], 1) if kept else (1, [], 1)), (path, markers)
+
+
 #: PEERS the pre-pass hands back with the bundled ranges: an address in them, or text with a
 #: ':' that inet_pton does not read; every other rejected line is dropped
 HANDED_BACK = {
@@ -430,6 +453,29 @@ def test_range_search_is_membership(networks, data) -> None:
 def test_record_id_is_ids_record_id(line: bytes) -> None:
     """The pre-pass names a kept line as :func:`monitor.ids.record_id` does (BLAKE2b in C)."""
     assert built.record_id(line) == record_id(line)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.one_of(
+        st.binary(min_size=12, max_size=12).map(bytes.hex),  # what record ids are
+        st.text(max_size=300),
+        st.sampled_from(["x" * n for n in (0, 127, 128, 129, 256, 257)] + ["\ud800"]),
+    )
+)
+def test_observation_id_is_ids_observation_id(rid: str) -> None:
+    """The pipeline numbers records with the accelerator's observation id (BLAKE2b in C)
+    when it is built: the same as :func:`monitor.ids.observation_id`, the reference."""
+    try:
+        expected = observation_id(rid)
+    except UnicodeEncodeError:  # a lone surrogate: no id either way
+        with pytest.raises(UnicodeEncodeError):
+            built.observation_id(rid)
+        return
+    assert built.observation_id(rid) == expected
+    assert squid.first_observation_id() is built.observation_id
+    with pure_python():
+        assert squid.first_observation_id() is observation_id
 
 
 def _maker(t: squid._Targets, first: int, layout) -> tuple:

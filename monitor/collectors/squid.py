@@ -50,7 +50,7 @@ from monitor.collectors.squid_logformat import (
     LogformatError,
     compile_logformat,
 )
-from monitor.ids import record_id
+from monitor.ids import observation_id, record_id
 from monitor.observation import Observation, canonical_ip, split_host_port
 
 __all__ = ["SquidCollector", "sniff", "LogformatError"]
@@ -412,8 +412,15 @@ def _accelerator() -> Any:
     return module
 
 
+def first_observation_id() -> Callable[[str], int]:
+    """:func:`monitor.ids.observation_id` of a record id's first record (``nth`` 0): the
+    accelerator's (the same BLAKE2b in C) when it is built, else the reference."""
+    module = _accelerator()
+    return observation_id if module is None else module.observation_id
+
+
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 7
+_ACCEL_ABI = 8
 _RID = ("record_id",)
 
 
