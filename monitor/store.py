@@ -2534,8 +2534,8 @@ class Store:
         month = self._month_edges(since, until)
         if month is None:
             grouped, params = self._by_dest(since, until, where, summed=True)
-            return self._read_only(_WHO.format(grouped=grouped), params, _CACHE_KB)
-        with self._reader() as con:
+            return self._read_only(_WHO.format(grouped=grouped), params)
+        with self._reader(_SORT_CACHE_KB) as con:  # it reads the month and edges once
             grouped, params = self._edge_pairs(con, since, until, month, where)
             return _rows(con.execute(_WHO.format(grouped=grouped), params))
 
@@ -2696,7 +2696,8 @@ class Store:
             grouped, params = self._by_dest(since, until, where)
             return int(self._read_only(distinct.format(grouped=grouped), params).rows[0][0])
         grouped, params = self._month_clients(*month, where)
-        return int(self._read_only(distinct.format(grouped=grouped), params).rows[0][0])
+        found = self._read_only(distinct.format(grouped=grouped), params, _SORT_CACHE_KB)
+        return int(found.rows[0][0])
 
     def _month_clients(
         self, start: datetime, end: datetime, edges: list[tuple[int, datetime, datetime]],
@@ -2980,7 +2981,7 @@ class Store:
             )
         return found
 
-    def _read_only(self, sql: str, params: Sequence[Any], cache_kb: int = _SORT_CACHE_KB) -> Rows:
+    def _read_only(self, sql: str, params: Sequence[Any], cache_kb: int = _CACHE_KB) -> Rows:
         """One query on its own read-only connection (safe to run in a worker thread)."""
         with self._reader(cache_kb) as con:
             return _rows(con.execute(sql, list(params)))
