@@ -1570,8 +1570,7 @@ class Store:
         """A WHERE term on ``obs_rows o`` alone for the observations of ``[since, until)``
         that ``where`` selects: their contexts are chosen first (a few per day), so a report
         groups the rows by their context number and looks each context up once."""
-        first = since.strftime("%Y-%m-%d")
-        last = (until - timedelta(microseconds=1)).strftime("%Y-%m-%d")
+        first, last = _day_span(since, until)
         chosen, params = _chosen("o", first, last, where)
         rows = f"{_FROM_ROW} AND {chosen} AND o.ts >= ? AND o.ts < ?"
         return rows, [first, last, *params, since.timestamp(), until.timestamp()]
@@ -2542,16 +2541,18 @@ class Store:
     def _month_edges(
         self, since: datetime, until: datetime
     ) -> tuple[datetime, datetime, list[tuple[int, datetime, datetime]]] | None:
-        """``[since, until)`` as the UTC month ``[start, end)`` nearest to it, less (1) and
-        plus (2) the spans between their bounds (``edges``): a month of Asia/Shanghai is the
+        """``[since, until)`` as the UTC month ``[start, end)`` less than a day from it, less
+        (1) and plus (2) the spans between their bounds (``edges``, each within one UTC
+        day, at one of its ends): a month of Asia/Shanghai is the
         UTC month less its last 8 hours, plus the 8 before it; its monthly roll-ups and the
         rows of 16 hours rather than the roll-ups of 29 days and the rows of 2 (who went
         where over 10 M requests: 5.3 -> 1.4 s CPU). None when the period is no such month,
         is the UTC month, or the monthly roll-ups do not know the destination of every
         context of its days (stored since the last roll-up: the day roll-ups serve)."""
-        start, end = (_day_floor(t + timedelta(hours=12)) for t in (since, until))
+        since, until = since.astimezone(UTC), until.astimezone(UTC)
+        start, end = _month_near(since), _month_near(until)
         if (
-            start.day != 1
+            start is None
             or end != (start + timedelta(days=31)).replace(day=1)
             or (start, end) == (since, until)
         ):
@@ -2601,38 +2602,42 @@ class Store:
             params,
         )
         con.execute("CREATE UNIQUE INDEX temp.delta_key ON delta (client, dest)")
+        con.execute(
+            f"""CREATE TEMP TABLE taken AS SELECT *, rest > 0 AND u1 = u AS su,
+                  rest > 0 AND o1 = o AS so, rest > 0 AND i1 = i AS si
+                FROM (SELECT *, r - r1 AS rest FROM (
+                  SELECT e.*, coalesce(m.requests, 0) + coalesce(e.r0, 0) AS r,
+                    {_plus("m.bytes_out", "e.o0")} AS o, {_plus("m.bytes_in", "e.i0")} AS i,
+                    {_plus("m.url", "e.u0", "min")} AS u
+                  FROM temp.delta e LEFT JOIN obs_monthly m ON m.month = ?
+                    AND m.client = e.client AND m.dest = e.dest WHERE e.r1 IS NOT NULL))""",  # noqa: S608
+            [name],
+        )
+        a, b = max(since, start), min(until, end)  # the rest of the month
+        if self._still_unsure(con, a, b, [(x, y) for part, x, y in edges if part == 1]):
+            rest, rest_params = _dest_rows(*self._grouped(a, b, where), _day_span(a, b))
+            con.execute(
+                f"""CREATE TEMP TABLE again AS SELECT g.client, d.n AS dest, g.requests,
+                      g.bytes_out, g.bytes_in, g.url FROM ({rest}) g
+                    CROSS JOIN obs_dests d ON d.key = {_DEST_KEY.replace("c.", "g.")}
+                    WHERE (g.client, d.n) IN (SELECT client, dest FROM temp.taken
+                      WHERE su OR so OR si)""",  # noqa: S608
+                rest_params,
+            )
+        else:
+            con.execute(
+                "CREATE TEMP TABLE again (client, dest, requests, bytes_out, bytes_in, url)"
+            )
         lost = (
             "CASE WHEN unsure OR rest = 0 THEN NULL WHEN {c}1 IS NULL THEN {c} ELSE {c} - {c}1 END"
         )
-        con.execute(
-            f"""CREATE TEMP TABLE taken AS SELECT client, dest,
-                  CASE WHEN unsure THEN r2 ELSE rest + coalesce(r2, 0) END AS requests,
-                  {_plus(lost.format(c="o"), "o2")} AS bytes_out,
-                  {_plus(lost.format(c="i"), "i2")} AS bytes_in,
-                  {_plus("CASE WHEN unsure OR rest = 0 THEN NULL ELSE u END", "u2", "min")} AS url,
-                  unsure
-                FROM (SELECT *, rest > 0 AND (u1 = u OR o1 = o OR i1 = i) AS unsure
-                  FROM (SELECT *, r - r1 AS rest FROM (
-                    SELECT e.*, coalesce(m.requests, 0) + coalesce(e.r0, 0) AS r,
-                      {_plus("m.bytes_out", "e.o0")} AS o, {_plus("m.bytes_in", "e.i0")} AS i,
-                      {_plus("m.url", "e.u0", "min")} AS u
-                    FROM temp.delta e LEFT JOIN obs_monthly m ON m.month = ?
-                      AND m.client = e.client AND m.dest = e.dest WHERE e.r1 IS NOT NULL)))
-                WHERE unsure OR rest + coalesce(r2, 0) > 0""",  # noqa: S608
-            [name],
-        )
-        con.execute("CREATE TEMP TABLE again (client, dest, requests, bytes_out, bytes_in, url)")
-        if con.execute("SELECT 1 FROM temp.taken WHERE unsure LIMIT 1").fetchone():
-            a, b = max(since, start), min(until, end)  # the rest of the month
-            rest, rest_params = _dest_rows(*self._grouped(a, b, where), _day_span(a, b))
-            con.execute(
-                f"""INSERT INTO temp.again SELECT g.client, d.n, g.requests, g.bytes_out,
-                      g.bytes_in, g.url FROM ({rest}) g
-                    CROSS JOIN obs_dests d ON d.key = {_DEST_KEY.replace("c.", "g.")}
-                    WHERE (g.client, d.n) IN (SELECT client, dest FROM temp.taken
-                      WHERE unsure)""",  # noqa: S608
-                rest_params,
-            )
+        taken = f"""SELECT client, dest,
+              CASE WHEN unsure THEN r2 ELSE rest + coalesce(r2, 0) END AS requests,
+              {_plus(lost.format(c="o"), "o2")} AS bytes_out,
+              {_plus(lost.format(c="i"), "i2")} AS bytes_in,
+              {_plus("CASE WHEN unsure OR rest = 0 THEN NULL ELSE u END", "u2", "min")} AS url
+            FROM (SELECT *, su OR so OR si AS unsure FROM temp.taken)
+            WHERE unsure OR rest + coalesce(r2, 0) > 0"""  # noqa: S608
         f, params = where.sql("d", who=False)
         who, who_params = _clients_chosen("m", where)
         dests = ", ".join(f"d.{c}" for c in _DEST_COLUMNS)
@@ -2649,11 +2654,46 @@ class Store:
                   WHERE e.client = m.client AND e.dest = m.dest AND e.r1 IS NOT NULL)
                 UNION ALL
                 SELECT g.client, {dests}, g.requests, g.bytes_out, g.bytes_in, g.url
-                FROM ({added} UNION ALL SELECT client, dest, requests, bytes_out, bytes_in, url
-                  FROM temp.taken UNION ALL SELECT * FROM temp.again) g
+                FROM ({added} UNION ALL {taken} UNION ALL SELECT * FROM temp.again) g
                 CROSS JOIN obs_dests d ON d.n = g.dest""",  # noqa: S608
             [name, *params, *who_params],
         )
+
+    def _still_unsure(
+        self, con: sqlite3.Connection, since: datetime, until: datetime,
+        taken_off: list[tuple[datetime, datetime]], days: int = 3,
+    ) -> bool:  # fmt: skip
+        """Settle what :meth:`_edge_pairs` is unsure of (``temp.taken``), where a day roll-up
+        of a whole UTC day of the rest of the month ``[since, until)`` shows it: the pair's
+        minimum URL there (``su``), bytes there (``so``, ``si``: those left come to 0, not
+        null). A pair seen every day settles on the day next to the edge; True when some
+        are still unsure after ``days`` days (nearest the edges ``taken_off`` first)."""
+        unsure = "SELECT 1 FROM temp.taken WHERE su OR so OR si LIMIT 1"
+        if not taken_off or not con.execute(unsure).fetchone():
+            return False
+        first = _day_floor(since) + timedelta(days=0 if _day_floor(since) == since else 1)
+        whole = [first + timedelta(days=k) for k in range((_day_floor(until) - first).days)]
+        whole.sort(key=lambda d: min(abs(d - a) for a, _ in taken_off))
+        con.execute("CREATE TEMP TABLE day_dests (ctx INTEGER PRIMARY KEY, dest INTEGER)")
+        con.execute("CREATE INDEX temp.day_dests_dest ON day_dests (dest)")
+        for day in whole[:days]:
+            con.execute("DELETE FROM temp.day_dests")
+            con.execute(
+                f"""INSERT INTO temp.day_dests SELECT c.n, d.n FROM obs_contexts c
+                    CROSS JOIN obs_dests d ON d.key = {_DEST_KEY} WHERE c.day = ?""",  # noqa: S608
+                [day.strftime("%Y-%m-%d")],
+            )
+            for flag, seen in (("su", "r.url = t.u"), ("so", "r.bytes_out IS NOT NULL"),
+                               ("si", "r.bytes_in IS NOT NULL")):  # fmt: skip
+                con.execute(
+                    f"""UPDATE temp.taken AS t SET {flag} = 0 WHERE {flag} AND EXISTS (
+                          SELECT 1 FROM temp.day_dests x CROSS JOIN obs_rollup r
+                            ON r.ctx = x.ctx AND r.client = t.client
+                          WHERE x.dest = t.dest AND {seen})"""  # noqa: S608
+                )
+            if not con.execute(unsure).fetchone():
+                return False
+        return True
 
     def processing_locations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
         """Where the requests of ``[since, until)`` were processed: by site, processing geo,
@@ -3697,6 +3737,16 @@ def _dest_numbers(grouped: str) -> str:
         f" ON d.key = {_DEST_KEY} WHERE c.day >= ? AND c.day <= ?) m ON m.ctx = g.ctx"
         " GROUP BY 1, 2"
     )
+
+
+def _month_near(when: datetime) -> datetime | None:
+    """The start of the UTC month less than a day from ``when`` (local midnights are at
+    most 14 hours from UTC's), if any."""
+    first = _day_floor(when).replace(day=1)
+    for start in (first, (first + timedelta(days=31)).replace(day=1)):
+        if abs(start - when) < timedelta(days=1):
+            return start
+    return None
 
 
 def _plus(rest: str, edge: str, agg: str = "") -> str:
