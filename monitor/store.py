@@ -2507,14 +2507,28 @@ class Store:
         if at is not None:
             prev = f"CASE WHEN {at} >= ? THEN 0 ELSE 1 END"
             bucket = f"CASE WHEN {at} >= ? THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END"
+            params = [*cut, *params]
         else:
             span, params = self._rows_in_span(previous, until, where)
             prev, bucket = "g.prev", "g.bucket"
+            split = _split_hours(previous, since, until, origin, width) if hours else []
+            marks = ", ".join("?" * len(split))
+            if split:  # the hours a bound splits first: a test far cheaper than the others
+                span = f"CAST(o.ts / 3600 AS INTEGER) IN ({marks}) AND {span}"
             rows = f"""SELECT CASE WHEN o.ts >= ? THEN 0 ELSE 1 END AS prev,
                          CASE WHEN o.ts >= ? THEN CAST((o.ts - ?) / ? AS INTEGER) ELSE -1 END
                            AS bucket, o.ctx AS ctx, count(*) AS requests,
                          sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in
                        FROM obs_rows o WHERE {span} GROUP BY 1, 2, 3"""  # noqa: S608
+            params = [*cut, *split, *params]
+            if split:  # days from a part hour (Asia/Kolkata): the other hours' totals
+                hourly, hourly_params = _hourly(previous, until, where)
+                at = "g.hour * 3600"
+                rows += f"""
+                    UNION ALL SELECT CASE WHEN {at} >= ? THEN 0 ELSE 1 END, CASE WHEN {at} >= ?
+                      THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END, g.ctx, g.requests,
+                      g.bytes_out, g.bytes_in FROM ({hourly}) g WHERE g.hour NOT IN ({marks})"""  # noqa: S608
+                params += [*cut, *hourly_params, *split]
         return self._read_only(
             f"""SELECT {prev} AS prev, {bucket} AS bucket, c.provider,
                        c.provider_kind AS kind, c.site, c.egress_country AS country,
@@ -2523,7 +2537,7 @@ class Store:
                        sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in
                 FROM ({rows}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
-            [*cut, *params],
+            params,
         )
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
@@ -3747,6 +3761,24 @@ def _month_near(when: datetime) -> datetime | None:
         if abs(start - when) < timedelta(days=1):
             return start
     return None
+
+
+def _split_hours(
+    previous: datetime, since: datetime, until: datetime, origin: datetime, width: int
+) -> list[int]:
+    """The hours (since the epoch) that a bound of :meth:`Store.traffic_cube`'s periods
+    or buckets of days (``width``) splits: the rest are whole hours of one bucket, their
+    hourly totals will do. None for buckets of hours (each would be split): empty."""
+    if width < 86400:
+        return []
+    buckets = int((until - origin).total_seconds() // width) + 1
+    bounds = [
+        previous,
+        since,
+        until,
+        *(origin + timedelta(seconds=k * width) for k in range(buckets)),
+    ]
+    return sorted({int(t.timestamp()) // 3600 for t in bounds if t.timestamp() % 3600})
 
 
 def _plus(rest: str, edge: str, agg: str = "") -> str:

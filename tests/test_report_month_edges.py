@@ -284,3 +284,30 @@ def test_pairs_seen_every_day_settle_without_recounting_the_month(tmp_path, monk
     for zone in ZONES:
         assert check(path, zones=(zone,), filters={"all": TrafficFilter()}) > 5, zone
     assert recounted == []
+
+
+def test_cube_of_days_from_a_part_hour_equals_the_requests(stored):
+    """The timeline and traffic tables of a month in Asia/Kolkata or America/St_Johns
+    (days from half past an hour): the hours a bound splits come from the rows, the others
+    from their hourly totals."""
+    from monitor.report.data import _floor, period_window
+
+    store, con = Store(stored, readonly=True), sqlite3.connect(stored)
+    for zone in ZONES:
+        win = period_window("monthly", datetime(2026, 11, 15).date(), tz=zone)
+        prev = win.previous()
+        _, width = win.bucket()
+        origin = _floor(win.since, width, zone)
+        s, u, p, o = (t.timestamp() for t in (win.since, win.until, prev.since, origin))
+        expected = con.execute(
+            """SELECT ts < ?, CASE WHEN ts >= ? THEN CAST((ts - ?) / ? AS INTEGER) ELSE -1 END,
+                 provider, provider_kind, site, egress_country, count(*),
+                 sum(outcome IS 'blocked'), sum(bytes_out), sum(bytes_in)
+               FROM observations WHERE ts >= ? AND ts < ? GROUP BY 1, 2, 3, 4, 5, 6""",
+            [s, s, o, width, p, u],
+        ).fetchall()
+        got = store.traffic_cube(win.since, win.until, prev.since, origin, width, TrafficFilter())
+        assert sorted(got.rows, key=str) == sorted(expected, key=str), zone
+        assert len(expected) > 100
+    store.close()
+    con.close()
