@@ -2523,10 +2523,10 @@ class Store:
             params = [*cut, *split, *params]
             if split:  # days from a part hour (Asia/Kolkata): the other hours' totals
                 hourly, hourly_params = _hourly(previous, until, where)
-                at = "g.hour * 3600"
                 rows += f"""
-                    UNION ALL SELECT CASE WHEN {at} >= ? THEN 0 ELSE 1 END, CASE WHEN {at} >= ?
-                      THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END, g.ctx, g.requests,
+                    UNION ALL SELECT CASE WHEN g.hour * 3600 >= ? THEN 0 ELSE 1 END,
+                      CASE WHEN g.hour * 3600 >= ? THEN CAST((g.hour * 3600 - ?) / ? AS INTEGER)
+                        ELSE -1 END, g.ctx, g.requests,
                       g.bytes_out, g.bytes_in FROM ({hourly}) g WHERE g.hour NOT IN ({marks})"""  # noqa: S608
                 params += [*cut, *hourly_params, *split]
         return self._read_only(
@@ -2538,6 +2538,7 @@ class Store:
                 FROM ({rows}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608 - fragments are constants
             params,
+            _CACHE_KB if at else _SORT_CACHE_KB,  # the rows are read once, in their order
         )
 
     def client_destinations(self, since: datetime, until: datetime, where: TrafficFilter) -> Rows:
