@@ -23,6 +23,8 @@ Definitions (also printed in the report's methods section):
 from __future__ import annotations
 
 import calendar
+import contextlib
+import ctypes
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -281,6 +283,7 @@ class Context:
             futures = {name: pool.submit(fn) for name, fn in queries.items()}
             self.source.catalog  # noqa: B018 - loads (pure Python) while SQLite works
             self.fetched.update({name: f.result() for name, f in futures.items()})
+        _trim_heap()
 
     def once(self, name: str, compute: Callable[[Context], Any]) -> Any:
         """``compute(self)``, computed once per report: figures several sections show."""
@@ -400,6 +403,15 @@ def ranked(series: pd.Series) -> list[str]:
     """Index values by their count, largest first, ties by name."""
     pairs = sorted(((str(k), int(v)) for k, v in series.items()), key=lambda p: (-p[1], p[0]))
     return [k for k, _ in pairs]
+
+
+def _trim_heap() -> None:
+    """Give the memory SQLite freed in the worker threads back to the system: glibc keeps
+    it in their own arenas, where the sections' pandas work cannot reuse it (a month in
+    Asia/Shanghai peaked 15 MB above the same report in UTC, and level with it in one
+    arena). Nothing where the C library has no ``malloc_trim``."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _floor(when: datetime, width: int, tz: str = "UTC") -> datetime:
