@@ -28,11 +28,13 @@ import os
 import sqlite3
 import sys
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain, repeat
 from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
@@ -47,6 +49,7 @@ from monitor.batch import (
     ROW_ID,
     ROW_LINE,
     Batch,
+    Group,
     _add,
     add_delta,
     incident_deltas,
@@ -257,11 +260,15 @@ class _IngestState:
     pruned: str | None  # the first day kept (older observations are not stored)
     top: int  # the largest row number stored: this transaction's rows come after it
     result: IngestResult = field(default_factory=IngestResult)
-    ids: set[int] = field(default_factory=set)  # of its observations: the first of each is stored
     deltas: dict[str, dict[str, Any]] = field(default_factory=dict)  # per incident
-    links: list[tuple[Sequence[dict[str, Any]], list[int], int]] = field(
-        default_factory=list
-    )  # incidents, rows, + offset
+    #: which row raised which incident, as flat integer arrays (what a transaction holds
+    #: for each of its rows: a few bytes, and none of its batch's objects, whose memory it
+    #: would keep from being reused): the incident's index in ``linked``, the row's index
+    #: in its batch, and per batch the end of its pairs and the number of its first row
+    linked: dict[str, int] = field(default_factory=dict)  # incident id -> index
+    link_incident: array = field(default_factory=lambda: array("l"))
+    link_row: array = field(default_factory=lambda: array("q"))
+    link_batches: list[tuple[int, int]] = field(default_factory=list)
     # context/client -> first row, of those made in this transaction (the others are in use)
     first_use: tuple[dict[int, int], dict[int, int]] = field(default_factory=lambda: ({}, {}))
 
@@ -711,23 +718,23 @@ class Store:
         size = len(batch)
         if not size:
             return
-        conn, result, ids, top = self.db.conn, tx.result, tx.ids, tx.top
-        new = set(batch.columns[ROW_ID])
+        conn, result, top = self.db.conn, tx.result, tx.top
         expired = bool(tx.pruned) and any(c[CTX_DAY] < tx.pruned for c in batch.contexts)
-        if not expired and len(new) == size and ids.isdisjoint(new):  # the common case
-            ids |= new
+        # rows stored before (by an earlier transaction or batch) are skipped by the unique
+        # index on id: then fewer are added than given, and those added are looked up
+        if not expired and len(set(batch.columns[ROW_ID])) == size:  # the common case
             kept: list[int] | None = None
             ctx, client = self._numbers(batch, range(len(batch.contexts)),
                                         range(len(batch.clients)), top + 1)  # fmt: skip
         else:
-            kept = self._kept(batch, ids, tx.pruned, result)
+            kept = self._kept(batch, tx.pruned, result)
             ctx, client = self._numbers(batch, dict.fromkeys(batch.ctx[i] for i in kept),
                                         dict.fromkeys(batch.client[i] for i in kept), top + 1)  # fmt: skip
         added = self._insert_rows(batch, ctx, client, kept)
         if kept is None and added == size:
             self._first_use(tx.first_use, batch, ctx, client, top + 1)
             self._add_batch_deltas(tx.deltas, batch, batch.deltas, tx.scan_id)
-            tx.links.extend((incs, rows, top + 1) for incs, rows in batch.groups)
+            _link(tx, batch.groups, top + 1)
         else:
             if kept is None:
                 kept = list(range(size))
@@ -740,7 +747,7 @@ class Store:
                 tx.first_use[1].setdefault(client[batch.client[i]], n)
             groups = [(incs, [i for i in rows if i in number]) for incs, rows in batch.groups]
             self._add_batch_deltas(tx.deltas, batch, incident_deltas(batch, groups), tx.scan_id)
-            tx.links.extend((incs, [number[i] for i in rows], 0) for incs, rows in groups if rows)
+            _link(tx, [(incs, [number[i] for i in rows]) for incs, rows in groups if rows], 0)
         result.stored += added
         tx.top = top + added
 
@@ -756,20 +763,25 @@ class Store:
         if deltas:
             self._store_incidents(deltas, result)
             keys = self._incident_numbers(list(deltas))
-            pairs = [(k, offset + i) for incs, rows, offset in tx.links
-                     for k in [keys[inc["id"]] for inc in incs] for i in rows]  # fmt: skip
+            number = [keys[iid] for iid in tx.linked]
+            incident, row, start = tx.link_incident, tx.link_row, 0
+            pairs = []
+            for end, first in tx.link_batches:
+                pairs.append(zip(map(number.__getitem__, incident[start:end]),
+                                 map(first.__add__, row[start:end]), strict=True))  # fmt: skip
+                start = end
             self.db.conn.executemany(
-                "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", pairs
+                "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", chain(*pairs)
             )
         if result.rule_of:
             self._advance_findings(tx.scan_id, result, deltas)
         return result
 
     @staticmethod
-    def _kept(batch: Batch, ids: set[int], pruned: str | None, result: IngestResult) -> list[int]:
+    def _kept(batch: Batch, pruned: str | None, result: IngestResult) -> list[int]:
         """The rows of a batch to store, when some are older than a prune (their twins may
-        have been pruned: never counted again) or repeat an earlier row of the transaction
-        (``ids``: its observations so far, to which the rows kept are added)."""
+        have been pruned: never counted again) or repeat an earlier row of the batch."""
+        ids: set[int] = set()
         kept = []
         for i, oid in enumerate(batch.columns[ROW_ID]):
             if pruned and batch.contexts[batch.ctx[i]][CTX_DAY] < pruned:
@@ -3489,6 +3501,22 @@ def _dest_rows(
         f" FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx",
         params,
     )
+
+
+def _link(tx: _IngestState, groups: Iterable[Group], first: int) -> None:
+    """Add which of a batch's rows raised which incident to a transaction's links
+    (``first``: the number of the batch's first row; 0: the groups' rows are numbers)."""
+    linked, incident, row = tx.linked, tx.link_incident, tx.link_row
+    for incs, rows in groups:
+        for inc in incs:
+            k = linked.setdefault(inc["id"], len(linked))
+            if len(rows) == 1:  # the common case
+                incident.append(k)
+                row.append(rows[0])
+            else:
+                incident.extend(repeat(k, len(rows)))
+                row.extend(rows)
+    tx.link_batches.append((len(row), first))
 
 
 def _day_floor(when: datetime) -> datetime:
