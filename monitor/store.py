@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import chain, repeat
+from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
@@ -49,10 +49,9 @@ from monitor.batch import (
     ROW_ID,
     ROW_LINE,
     Batch,
-    Group,
     _add,
-    add_delta,
     incident_deltas,
+    links_of,
     merge_fact_lists,
     merge_facts,
 )
@@ -261,14 +260,13 @@ class _IngestState:
     top: int  # the largest row number stored: this transaction's rows come after it
     result: IngestResult = field(default_factory=IngestResult)
     deltas: dict[str, dict[str, Any]] = field(default_factory=dict)  # per incident
-    #: which row raised which incident, as flat integer arrays (what a transaction holds
-    #: for each of its rows: a few bytes, and none of its batch's objects, whose memory it
-    #: would keep from being reused): the incident's index in ``linked``, the row's index
-    #: in its batch, and per batch the end of its pairs and the number of its first row
+    #: which row raised which incident, per batch (:meth:`monitor.batch.Batch.links`):
+    #: integer arrays (what a transaction holds for each of its rows: a few bytes, and none
+    #: of its batch's objects, whose memory it would keep from being reused), the indexes
+    #: in ``linked`` of its incidents, and the number of its first row (0: the rows are
+    #: numbers)
     linked: dict[str, int] = field(default_factory=dict)  # incident id -> index
-    link_incident: array = field(default_factory=lambda: array("l"))
-    link_row: array = field(default_factory=lambda: array("q"))
-    link_batches: list[tuple[int, int]] = field(default_factory=list)
+    links: list[tuple[array, array, array, int]] = field(default_factory=list)
     # context/client -> first row, of those made in this transaction (the others are in use)
     first_use: tuple[dict[int, int], dict[int, int]] = field(default_factory=lambda: ({}, {}))
 
@@ -734,7 +732,7 @@ class Store:
         if kept is None and added == size:
             self._first_use(tx.first_use, batch, ctx, client, top + 1)
             self._add_batch_deltas(tx.deltas, batch, batch.deltas, tx.scan_id)
-            _link(tx, batch.groups, top + 1)
+            _link(tx, batch.links(), top + 1)
         else:
             if kept is None:
                 kept = list(range(size))
@@ -745,9 +743,9 @@ class Store:
             for i, n in number.items():
                 tx.first_use[0].setdefault(ctx[batch.ctx[i]], n)
                 tx.first_use[1].setdefault(client[batch.client[i]], n)
-            groups = [(incs, [i for i in rows if i in number]) for incs, rows in batch.groups]
+            groups = [(incs, [i for i in rows if i in number]) for incs, rows in batch.grouped()]
             self._add_batch_deltas(tx.deltas, batch, incident_deltas(batch, groups), tx.scan_id)
-            _link(tx, [(incs, [number[i] for i in rows]) for incs, rows in groups if rows], 0)
+            _link(tx, links_of([(incs, [number[i] for i in rows]) for incs, rows in groups]), 0)
         result.stored += added
         tx.top = top + added
 
@@ -764,12 +762,10 @@ class Store:
             self._store_incidents(deltas, result)
             keys = self._incident_numbers(list(deltas))
             number = [keys[iid] for iid in tx.linked]
-            incident, row, start = tx.link_incident, tx.link_row, 0
             pairs = []
-            for end, first in tx.link_batches:
-                pairs.append(zip(map(number.__getitem__, incident[start:end]),
-                                 map(first.__add__, row[start:end]), strict=True))  # fmt: skip
-                start = end
+            for incidents, of, row, first in tx.links:
+                key = [number[k] for k in incidents]
+                pairs.append(zip(map(key.__getitem__, of), map(first.__add__, row), strict=True))
             self.db.conn.executemany(
                 "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", chain(*pairs)
             )
@@ -855,20 +851,35 @@ class Store:
         all their evidence samples keep them (:meth:`_store_incidents`): none are made."""
         stored, found, sample = self._incident_state, deltas.get, batch.sample
         for iid, part in parts.items():
-            old = stored.get(iid)
-            full = old is not None and len(old.evidence) >= EVIDENCE_SAMPLES
             d = found(iid)
             if d is None:
-                part["evidence"] = [] if full else [sample(i) for i in part["evidence"]]
+                old = stored.get(iid)
+                if old is not None and len(old.evidence) >= EVIDENCE_SAMPLES:
+                    part["evidence"] = []
+                else:
+                    part["evidence"] = [sample(i) for i in part["evidence"]]
                 part["finding_id"] = part["inc"].get("finding_id") or _finding_of(part["inc"])
                 part["first_scan"] = part["last_scan"] = scan_id
                 deltas[iid] = part
                 continue
+            # added in place (a transaction spans many batches: this runs for each incident
+            # of each, a hundred thousand times a part at 25 % LLM lines)
             evidence = d["evidence"]
-            room = 0 if full else EVIDENCE_SAMPLES - len(evidence)
+            room = EVIDENCE_SAMPLES - len(evidence)
             if room > 0:
-                evidence = evidence + [sample(i) for i in part["evidence"][:room]]
-            add_delta(d, part, evidence)
+                old = stored.get(iid)
+                if old is None or len(old.evidence) < EVIDENCE_SAMPLES:
+                    d["evidence"] = evidence + [sample(i) for i in part["evidence"][:room]]
+            d["count"] += part["count"]
+            d["blocked"] += part["blocked"]
+            if part["bytes_out"] is not None:
+                d["bytes_out"] = _add(d["bytes_out"], part["bytes_out"])
+            if part["bytes_in"] is not None:
+                d["bytes_in"] = _add(d["bytes_in"], part["bytes_in"])
+            if part["first"] < d["first"]:
+                d["first"] = part["first"]
+            if part["last"] > d["last"]:
+                d["last"] = part["last"]
             if part["facts"] is not None:
                 d["facts"] = merge_fact_lists(d["facts"], part["facts"])
 
@@ -3503,20 +3514,12 @@ def _dest_rows(
     )
 
 
-def _link(tx: _IngestState, groups: Iterable[Group], first: int) -> None:
-    """Add which of a batch's rows raised which incident to a transaction's links
-    (``first``: the number of the batch's first row; 0: the groups' rows are numbers)."""
-    linked, incident, row = tx.linked, tx.link_incident, tx.link_row
-    for incs, rows in groups:
-        for inc in incs:
-            k = linked.setdefault(inc["id"], len(linked))
-            if len(rows) == 1:  # the common case
-                incident.append(k)
-                row.append(rows[0])
-            else:
-                incident.extend(repeat(k, len(rows)))
-                row.extend(rows)
-    tx.link_batches.append((len(row), first))
+def _link(tx: _IngestState, links: tuple[list[str], array, array], first: int) -> None:
+    """Add which of a batch's rows raised which incident (:meth:`Batch.links`) to a
+    transaction's (``first``: the number of the batch's first row; 0: rows are numbers)."""
+    ids, of, row = links
+    linked = tx.linked
+    tx.links.append((array("q", [linked.setdefault(i, len(linked)) for i in ids]), of, row, first))
 
 
 def _day_floor(when: datetime) -> datetime:
