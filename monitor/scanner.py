@@ -25,8 +25,7 @@ findings) once, at the commit. One transaction spans the parts of an input: each
 it touches is rewritten once, however many parts brought it requests (a busy incident
 recurs in every part), and so are the indexes' pages. It commits at the end of the input,
 or once it holds ``HOLD`` observations (what memory and a kill may lose are bounded by
-that) or the parts stored in it span ``HOLD_BYTES`` (so are the bytes a re-run reads
-again); an input read as one part, whose end may be far, every ``FLUSH`` observations; a
+that) or ``HOLD_PARTS`` parts ended in it (so are the bytes a re-run reads again); an input read as one part, whose end may be far, every ``FLUSH`` observations; a
 part whose end may never come (standard input) also whenever no other message waits, so
 that what was read is stored while the input stays open.
 """
@@ -66,7 +65,7 @@ BATCH = 20_000  # records per producer message: the store works per batch, per i
 GC_THRESHOLD = 50_000  # allocations between young collections during a scan (default 700)
 #: observations per store transaction: an incident recurs in fewer of them (see above)
 HOLD = 500_000
-HOLD_BYTES = 512 << 20  # bytes of input whose parts one transaction may span
+HOLD_PARTS = 8  # parts one transaction may span (512 MB of a plain log)
 FLUSH = 50_000  # observations per transaction of an input read as one part
 HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
 #: inputs smaller than this are parsed in the main process: forking would cost more
@@ -465,7 +464,7 @@ class Scanner:
         self._open: Ingestion | None = None  # the transaction batches are added to
         self._queued = 0  # observations in it
         self._checkpoint: dict[str, Any] | None = None  # the read position to commit with it
-        self._read_bytes = 0  # of the parts that ended since the last commit
+        self._parts = 0  # parts that ended since the last commit
         try:
             with _fewer_collections():
                 self._run(paths, scan_id, on_read, summary)
@@ -532,8 +531,8 @@ class Scanner:
                         if source.state is not None and not damaged:
                             self._checkpoint = self._advance(source, part, diag, base)
                         base += diag.lines
-                        self._read_bytes += _size(part)
-                        if self._read_bytes >= HOLD_BYTES or self._queued >= limit:
+                        self._parts += 1
+                        if self._parts >= HOLD_PARTS or self._queued >= limit:
                             self._flush(scan_id, summary)
                     elif kind == "input-error":
                         damaged = True
@@ -584,17 +583,12 @@ class Scanner:
     def _flush(self, scan_id: int, summary: ScanSummary) -> None:
         """Commit the open transaction with the read position after the last part stored in
         it (one is made for a read position alone)."""
-        ingestion, self._open, self._queued, self._read_bytes = self._open, None, 0, 0
+        ingestion, self._open, self._queued, self._parts = self._open, None, 0, 0
         checkpoint, self._checkpoint = self._checkpoint, None
         if ingestion is None and checkpoint is not None:
             ingestion = self.store.ingestion(scan_id)
         if ingestion is not None:
             summary.account(ingestion.commit(checkpoint))
-
-
-def _size(part: Part) -> int:
-    """The bytes of a part (0: read whole, its size unknown)."""
-    return part.byte_range[1] - part.byte_range[0] if part.byte_range else 0
 
 
 def _merge(into: Diagnostics, other: Diagnostics, line_base: int) -> None:

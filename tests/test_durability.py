@@ -174,7 +174,7 @@ def test_kill_between_the_transactions_of_a_part_then_rerun_resumes_exactly(tmp_
 
 
 def test_kill_while_a_transaction_spans_parts_then_rerun_resumes_exactly(tmp_path):
-    """One transaction spans a split log's parts, committed every ``HOLD_BYTES`` of them
+    """One transaction spans a split log's parts, committed every ``HOLD_PARTS`` of them
     with the read position after the last: killed while parts that ended are held
     uncommitted, every committed position has exactly the observations of the lines
     before it, and a re-run reads on from there to where an uninterrupted scan ends."""
@@ -185,7 +185,7 @@ def test_kill_while_a_transaction_spans_parts_then_rerun_resumes_exactly(tmp_pat
     script = (
         "import sys, monitor.scanner as s\n"
         "s.PART_SIZE = s.MIN_PART = 1 << 20\n"
-        "s.HOLD_BYTES = 3 << 20\n"
+        "s.HOLD_PARTS = 3\n"
         "from monitor.cli import main\n"
         "main(sys.argv[1:])\n"
     )

@@ -268,20 +268,20 @@ def test_one_transaction_spans_the_parts_of_an_input(tmp_path, log, split_small,
     assert summary.stored == alone["stored"] and incidents_of(tmp_path / "b.db") == alone_incidents
 
 
-@pytest.mark.parametrize("bound", ["HOLD", "HOLD_BYTES"])
+@pytest.mark.parametrize("bound", ["HOLD", "HOLD_PARTS"])
 def test_a_spanning_transaction_commits_at_its_bounds(tmp_path, log, split_small, monkeypatch,
                                                       bound):  # fmt: skip
-    """Past ``HOLD`` observations (at a batch's end) or ``HOLD_BYTES`` of parts (at a part's
+    """Past ``HOLD`` observations (at a batch's end) or ``HOLD_PARTS`` parts (at a part's
     end) the transaction commits, with the read position of the last part that ended in it:
     each position committed with all the observations of the lines before it."""
     alone, alone_incidents = scan(tmp_path / "a.db", log, "-j", "1")
     monkeypatch.setattr(scanner, "BATCH", 400)  # ~3 batches a part
-    monkeypatch.setattr(scanner, bound, 1)  # HOLD: after each batch; HOLD_BYTES: each part
+    monkeypatch.setattr(scanner, bound, 1)  # HOLD: after each batch; HOLD_PARTS: each part
     commits = _commits(monkeypatch, tmp_path / "a.db")
     summary = app_scan(tmp_path / "b.db", log)
     parts = _parts(tmp_path, log)
-    # HOLD_BYTES: a commit a part; HOLD: a commit a batch (a part's last one is short)
-    assert len(commits) == parts if bound == "HOLD_BYTES" else len(commits) > 2 * parts
+    # HOLD_PARTS: a commit a part; HOLD: a commit a batch (a part's last one is short)
+    assert len(commits) == parts if bound == "HOLD_PARTS" else len(commits) > 2 * parts
     for held, _, before, expected in commits:
         assert before == expected and (bound == "HOLD" or held == before)
     positions = [lines for _, lines, _, _ in commits if lines]
