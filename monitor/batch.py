@@ -14,8 +14,10 @@ new (the common case) and works the deltas out again over the rows it did store 
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, chain, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -58,6 +60,10 @@ class Batch:
     record_ids: list[str] | None  # per row (the scanner numbers identical records by them)
     hours: list[tuple[int, int]]  # runs of rows in one UTC hour: (hour, end index)
     line_base: int = 0  # lines before the part's first (the scanner's)
+    #: the groups as pickled (see :meth:`__getstate__`): unpacked when asked for
+    packed: tuple[list[Sequence[dict[str, Any]]], array, array] | None = None
+    #: see :meth:`links` (made once: before pickling, by the producer)
+    linked: tuple[list[str], array, array] | None = None
 
     @classmethod
     def of(cls, items: Sequence[tuple[str | None, list[Any], Sequence[dict[str, Any]]]]) -> Batch:
@@ -95,6 +101,42 @@ class Batch:
 
     def set_scan(self, scan_id: int) -> None:
         self.contexts = [(*c[:CTX_SCAN], scan_id, *c[CTX_SCAN + 1 :]) for c in self.contexts]
+
+    def grouped(self) -> list[Group]:
+        """The groups (unpacked from how they were pickled, if need be)."""
+        if self.packed is not None:
+            incs, rows, ends = self.packed
+            starts = chain((0,), ends)  # one longer than ends
+            self.groups = [(i, rows[a:b].tolist()) for i, a, b in zip(incs, starts, ends, strict=False)]  # fmt: skip
+            self.packed = None
+        return self.groups
+
+    def links(self) -> tuple[list[str], array, array]:
+        """Which row raised which incident: the incident ids, in order of first appearance,
+        and per (incident, row) pair, in the groups' order, the index of its incident among
+        them and the row's index (see :func:`links_of`)."""
+        if self.linked is None:
+            self.linked = links_of(self.grouped(), "i")  # indexes in the batch: 4 bytes
+        return self.linked
+
+    # How a batch travels from a producer to the storing process: the groups as the list
+    # of their incident rows (the dicts are the deltas', pickled once) and their rows as
+    # one integer array, cut by another; and :meth:`links`, made here, where there is time
+    # to spare, as integer arrays: a dozen bytes a record less than the groups' lists, and
+    # arrays the store uses as they are (a few objects to unpickle, none to walk).
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        groups = self.grouped()
+        rows = array("i", chain.from_iterable(rows for _, rows in groups))
+        ends = array("i", accumulate(len(rows) for _, rows in groups))
+        return (self.columns, self.contexts, self.ctx, self.clients, self.client,
+                ([incs for incs, _ in groups], rows, ends), self.deltas, self.record_ids,
+                self.hours, self.line_base, self.links())  # fmt: skip
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self.columns, self.contexts, self.ctx, self.clients, self.client, self.packed,
+         self.deltas, self.record_ids, self.hours, self.line_base, self.linked) = state  # fmt: skip
+        self.groups = []
 
     def sample(self, row: int) -> str:
         """The evidence ``file:line`` of a row."""
@@ -152,6 +194,24 @@ class BatchBuilder:
         return batch
 
 
+def links_of(groups: Iterable[Group], typecode: str = "q") -> tuple[list[str], array, array]:
+    """The (incident, row) pairs of ``groups``, in order: the incident ids, in order of
+    first appearance, and per pair the index of its incident among them and its row
+    (arrays of ``typecode``)."""
+    index: dict[str, int] = {}
+    of, row = array(typecode), array(typecode)
+    for incs, rows in groups:
+        for inc in incs if rows else ():
+            k = index.setdefault(inc["id"], len(index))
+            if len(rows) == 1:  # the common case
+                of.append(k)
+                row.append(rows[0])
+            else:
+                of.extend(repeat(k, len(rows)))
+                row.extend(rows)
+    return list(index), of, row
+
+
 def _distinct(keys: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[int]]:
     """The distinct keys, in order of first appearance, and each key's index among them
     (each key hashed once: a context is a long tuple)."""
@@ -177,7 +237,7 @@ def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str
     the first rows, in row order) and ``facts`` (the evidence facts, see :func:`merge_facts`).
 
     Run by the producer over every batch (a third of a group per LLM record at 25 %), so
-    a delta is added to in place rather than through :func:`add_delta`."""
+    a delta is added to in place rather than through a helper."""
     ts, out, in_ = (batch.columns[c] for c in (ROW_TS, ROW_OUT, ROW_IN))
     blocked_ctx = [int(c[CTX_OUTCOME] == "blocked") for c in batch.contexts]
     ctx = batch.ctx
@@ -227,20 +287,6 @@ def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str
     return deltas
 
 
-def add_delta(d: dict[str, Any], part: dict[str, Any], evidence: list[Any]) -> None:
-    """Add ``part``'s figures to the delta ``d`` (an incident's, see
-    :func:`incident_deltas`); ``evidence``: the samples of both, in order (cut here)."""
-    d["count"] += part["count"]
-    d["blocked"] += part["blocked"]
-    d["bytes_out"] = _add(d["bytes_out"], part["bytes_out"])
-    d["bytes_in"] = _add(d["bytes_in"], part["bytes_in"])
-    if part["first"] < d["first"]:
-        d["first"] = part["first"]
-    if part["last"] > d["last"]:
-        d["last"] = part["last"]
-    d["evidence"] = evidence[:EVIDENCE_SAMPLES]
-
-
 def merge_fact_lists(
     old: dict[str, list[Any]] | None, new: dict[str, list[Any]] | None
 ) -> dict[str, list[Any]] | None:
@@ -250,8 +296,11 @@ def merge_fact_lists(
     if not old:
         return {name: list(values) for name, values in new.items()}
     for name, values in new.items():
+        have = old.get(name, ())
         for value in values:
-            old = merge_facts(old, {name: value})
+            if value not in have:  # (merge_facts would return old as it is)
+                old = merge_facts(old, {name: value})
+                have = old[name]
     return old
 
 

@@ -14,18 +14,20 @@ main process stores. A big plain log is cut at line boundaries into parts of abo
 at most ``jobs`` producers run ahead of the part being stored. Parts are stored in file
 order, so ids, line numbers and de-duplication do not depend on ``jobs``.
 
-**Crash-safe.** After the last batch of each part, the read position is committed in the
-same transaction as the data that part produced. ``kill -9`` at any moment loses at most
-the part in flight, which the next run reads again (and de-duplicates).
+**Crash-safe.** The read position after a part is committed in the same transaction as
+the data that part produced, never before it. ``kill -9`` at any moment loses at most what
+the open transaction holds, which the next run reads again (and de-duplicates).
 
-**Storing as batches come.** A part's batches are stored as they come, in one transaction
+**Storing as batches come.** Batches are stored as they come, in one transaction
 (:class:`monitor.store.Ingestion`): rows, dictionary entries and incident deltas at once,
 while the producers read on; the per-transaction work (each incident touched, hit links,
-findings) once, with the commit at the part's end, or at ``FLUSH`` observations. Storing
-thus keeps up with the producers instead of waiting for the part to end and then lagging
-behind them by that much at the end of the scan. A part whose end may be far or never
-come (standard input, a compressed file) is also committed whenever no other message
-waits, so that what was read is stored while the input stays open.
+findings) once, at the commit. One transaction spans the parts of an input: each incident
+it touches is rewritten once, however many parts brought it requests (a busy incident
+recurs in every part), and so are the indexes' pages. It commits at the end of the input,
+or once it holds ``HOLD`` observations (what memory and a kill may lose are bounded by
+that) or ``HOLD_PARTS`` parts ended in it (so are the bytes a re-run reads again); an input read as one part, whose end may be far, every ``FLUSH`` observations; a
+part whose end may never come (standard input) also whenever no other message waits, so
+that what was read is stored while the input stays open.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ if TYPE_CHECKING:  # the store loads after the producers have started (see Scann
 
 BATCH = 20_000  # records per producer message: the store works per batch, per incident
 GC_THRESHOLD = 50_000  # allocations between young collections during a scan (default 700)
-FLUSH = 50_000  # observations per store transaction: an incident recurs in fewer of them
+#: observations per store transaction: an incident recurs in fewer of them (see above)
+HOLD = 500_000
+HOLD_PARTS = 8  # parts one transaction may span (512 MB of a plain log)
+FLUSH = 50_000  # observations per transaction of an input read as one part
 HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
 #: inputs smaller than this are parsed in the main process: forking would cost more
 IN_PROCESS_BELOW = 8 << 20
@@ -460,6 +465,8 @@ class Scanner:
         summary = self.summary = ScanSummary()  # what was committed, should storing fail
         self._open: Ingestion | None = None  # the transaction batches are added to
         self._queued = 0  # observations in it
+        self._checkpoint: dict[str, Any] | None = None  # the read position to commit with it
+        self._parts = 0  # parts that ended since the last commit
         try:
             with _fewer_collections():
                 self._run(paths, scan_id, on_read, summary)
@@ -499,6 +506,7 @@ class Scanner:
             remotes = self._fork(source)
         remotes = remotes or []
         workers = len(remotes)
+        limit = HOLD if len(parts) > 1 else FLUSH  # observations before a commit mid-part
         damaged = False
         try:
             for i, part in enumerate(parts):
@@ -514,17 +522,20 @@ class Scanner:
                 for kind, payload in messages:
                     if kind == "batch":
                         self._take(payload, base, seen, scan_id, summary)
-                        if open_ended and workers and not remotes[i % workers].ready():
-                            self._flush(scan_id, summary)  # rather than wait: commit what came
+                        if self._queued >= limit or (
+                            open_ended and workers and not remotes[i % workers].ready()
+                        ):  # rather than wait: commit what came
+                            self._flush(scan_id, summary)
                     elif kind == "done":
                         diag: Diagnostics = payload
                         damaged |= bool(diag.file_errors)
                         _merge(summary.diag, diag, base)
-                        checkpoint = None
                         if source.state is not None and not damaged:
-                            checkpoint = self._advance(source, part, diag, base)
+                            self._checkpoint = self._advance(source, part, diag, base)
                         base += diag.lines
-                        self._flush(scan_id, summary, checkpoint)
+                        self._parts += 1
+                        if self._parts >= HOLD_PARTS or self._queued >= limit:
+                            self._flush(scan_id, summary)
                     elif kind == "input-error":
                         damaged = True
                         summary.diag.file_error(part.path, payload.removeprefix(f"{part.path}: "))
@@ -570,14 +581,12 @@ class Scanner:
         self._open.add(batch)
         self._queued += len(batch)
         summary.llm_observations += len(batch)
-        if self._queued >= FLUSH:
-            self._flush(scan_id, summary)
 
-    def _flush(
-        self, scan_id: int, summary: ScanSummary, checkpoint: dict[str, Any] | None = None
-    ) -> None:
-        """Commit the open transaction (one is made for a ``checkpoint`` alone)."""
-        ingestion, self._open, self._queued = self._open, None, 0
+    def _flush(self, scan_id: int, summary: ScanSummary) -> None:
+        """Commit the open transaction with the read position after the last part stored in
+        it (one is made for a read position alone)."""
+        ingestion, self._open, self._queued, self._parts = self._open, None, 0, 0
+        checkpoint, self._checkpoint = self._checkpoint, None
         if ingestion is None and checkpoint is not None:
             ingestion = self.store.ingestion(scan_id)
         if ingestion is not None:

@@ -28,12 +28,14 @@ import os
 import sqlite3
 import sys
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
+from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
@@ -49,8 +51,8 @@ from monitor.batch import (
     ROW_LINE,
     Batch,
     _add,
-    add_delta,
     incident_deltas,
+    links_of,
     merge_fact_lists,
     merge_facts,
 )
@@ -319,11 +321,14 @@ class _IngestState:
     pruned: str | None  # the first day kept (older observations are not stored)
     top: int  # the largest row number stored: this transaction's rows come after it
     result: IngestResult = field(default_factory=IngestResult)
-    ids: set[int] = field(default_factory=set)  # of its observations: the first of each is stored
     deltas: dict[str, dict[str, Any]] = field(default_factory=dict)  # per incident
-    links: list[tuple[Sequence[dict[str, Any]], list[int], int]] = field(
-        default_factory=list
-    )  # incidents, rows, + offset
+    #: which row raised which incident, per batch (:meth:`monitor.batch.Batch.links`):
+    #: integer arrays (what a transaction holds for each of its rows: a few bytes, and none
+    #: of its batch's objects, whose memory it would keep from being reused), the indexes
+    #: in ``linked`` of its incidents, and the number of its first row (0: the rows are
+    #: numbers)
+    linked: dict[str, int] = field(default_factory=dict)  # incident id -> index
+    links: list[tuple[array, array, array, int]] = field(default_factory=list)
     # context/client -> first row, of those made in this transaction (the others are in use)
     first_use: tuple[dict[int, int], dict[int, int]] = field(default_factory=lambda: ({}, {}))
 
@@ -796,23 +801,23 @@ class Store:
         size = len(batch)
         if not size:
             return
-        conn, result, ids, top = self.db.conn, tx.result, tx.ids, tx.top
-        new = set(batch.columns[ROW_ID])
+        conn, result, top = self.db.conn, tx.result, tx.top
         expired = bool(tx.pruned) and any(c[CTX_DAY] < tx.pruned for c in batch.contexts)
-        if not expired and len(new) == size and ids.isdisjoint(new):  # the common case
-            ids |= new
+        # rows stored before (by an earlier transaction or batch) are skipped by the unique
+        # index on id: then fewer are added than given, and those added are looked up
+        if not expired and len(set(batch.columns[ROW_ID])) == size:  # the common case
             kept: list[int] | None = None
             ctx, client = self._numbers(batch, range(len(batch.contexts)),
                                         range(len(batch.clients)), top + 1)  # fmt: skip
         else:
-            kept = self._kept(batch, ids, tx.pruned, result)
+            kept = self._kept(batch, tx.pruned, result)
             ctx, client = self._numbers(batch, dict.fromkeys(batch.ctx[i] for i in kept),
                                         dict.fromkeys(batch.client[i] for i in kept), top + 1)  # fmt: skip
         added = self._insert_rows(batch, ctx, client, kept)
         if kept is None and added == size:
             self._first_use(tx.first_use, batch, ctx, client, top + 1)
             self._add_batch_deltas(tx.deltas, batch, batch.deltas, tx.scan_id)
-            tx.links.extend((incs, rows, top + 1) for incs, rows in batch.groups)
+            _link(tx, batch.links(), top + 1)
         else:
             if kept is None:
                 kept = list(range(size))
@@ -823,9 +828,9 @@ class Store:
             for i, n in number.items():
                 tx.first_use[0].setdefault(ctx[batch.ctx[i]], n)
                 tx.first_use[1].setdefault(client[batch.client[i]], n)
-            groups = [(incs, [i for i in rows if i in number]) for incs, rows in batch.groups]
+            groups = [(incs, [i for i in rows if i in number]) for incs, rows in batch.grouped()]
             self._add_batch_deltas(tx.deltas, batch, incident_deltas(batch, groups), tx.scan_id)
-            tx.links.extend((incs, [number[i] for i in rows], 0) for incs, rows in groups if rows)
+            _link(tx, links_of([(incs, [number[i] for i in rows]) for incs, rows in groups]), 0)
         result.stored += added
         tx.top = top + added
 
@@ -841,20 +846,23 @@ class Store:
         if deltas:
             self._store_incidents(deltas, result)
             keys = self._incident_numbers(list(deltas))
-            pairs = [(k, offset + i) for incs, rows, offset in tx.links
-                     for k in [keys[inc["id"]] for inc in incs] for i in rows]  # fmt: skip
+            number = [keys[iid] for iid in tx.linked]
+            pairs = []
+            for incidents, of, row, first in tx.links:
+                key = [number[k] for k in incidents]
+                pairs.append(zip(map(key.__getitem__, of), map(first.__add__, row), strict=True))
             self.db.conn.executemany(
-                "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", pairs
+                "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", chain(*pairs)
             )
         if result.rule_of:
             self._advance_findings(tx.scan_id, result, deltas)
         return result
 
     @staticmethod
-    def _kept(batch: Batch, ids: set[int], pruned: str | None, result: IngestResult) -> list[int]:
+    def _kept(batch: Batch, pruned: str | None, result: IngestResult) -> list[int]:
         """The rows of a batch to store, when some are older than a prune (their twins may
-        have been pruned: never counted again) or repeat an earlier row of the transaction
-        (``ids``: its observations so far, to which the rows kept are added)."""
+        have been pruned: never counted again) or repeat an earlier row of the batch."""
+        ids: set[int] = set()
         kept = []
         for i, oid in enumerate(batch.columns[ROW_ID]):
             if pruned and batch.contexts[batch.ctx[i]][CTX_DAY] < pruned:
@@ -928,20 +936,35 @@ class Store:
         all their evidence samples keep them (:meth:`_store_incidents`): none are made."""
         stored, found, sample = self._incident_state, deltas.get, batch.sample
         for iid, part in parts.items():
-            old = stored.get(iid)
-            full = old is not None and len(old.evidence) >= EVIDENCE_SAMPLES
             d = found(iid)
             if d is None:
-                part["evidence"] = [] if full else [sample(i) for i in part["evidence"]]
+                old = stored.get(iid)
+                if old is not None and len(old.evidence) >= EVIDENCE_SAMPLES:
+                    part["evidence"] = []
+                else:
+                    part["evidence"] = [sample(i) for i in part["evidence"]]
                 part["finding_id"] = part["inc"].get("finding_id") or _finding_of(part["inc"])
                 part["first_scan"] = part["last_scan"] = scan_id
                 deltas[iid] = part
                 continue
+            # added in place (a transaction spans many batches: this runs for each incident
+            # of each, a hundred thousand times a part at 25 % LLM lines)
             evidence = d["evidence"]
-            room = 0 if full else EVIDENCE_SAMPLES - len(evidence)
+            room = EVIDENCE_SAMPLES - len(evidence)
             if room > 0:
-                evidence = evidence + [sample(i) for i in part["evidence"][:room]]
-            add_delta(d, part, evidence)
+                old = stored.get(iid)
+                if old is None or len(old.evidence) < EVIDENCE_SAMPLES:
+                    d["evidence"] = evidence + [sample(i) for i in part["evidence"][:room]]
+            d["count"] += part["count"]
+            d["blocked"] += part["blocked"]
+            if part["bytes_out"] is not None:
+                d["bytes_out"] = _add(d["bytes_out"], part["bytes_out"])
+            if part["bytes_in"] is not None:
+                d["bytes_in"] = _add(d["bytes_in"], part["bytes_in"])
+            if part["first"] < d["first"]:
+                d["first"] = part["first"]
+            if part["last"] > d["last"]:
+                d["last"] = part["last"]
             if part["facts"] is not None:
                 d["facts"] = merge_fact_lists(d["facts"], part["facts"])
 
@@ -4205,6 +4228,14 @@ def _day_span(since: datetime, until: datetime) -> tuple[str, str]:
 
 def _rows(cursor: sqlite3.Cursor) -> Rows:
     return Rows([d[0] for d in cursor.description], cursor.fetchall())
+
+
+def _link(tx: _IngestState, links: tuple[list[str], array, array], first: int) -> None:
+    """Add which of a batch's rows raised which incident (:meth:`Batch.links`) to a
+    transaction's (``first``: the number of the batch's first row; 0: rows are numbers)."""
+    ids, of, row = links
+    linked = tx.linked
+    tx.links.append((array("q", [linked.setdefault(i, len(linked)) for i in ids]), of, row, first))
 
 
 def _day_floor(when: datetime) -> datetime:

@@ -4,6 +4,7 @@ database files."""
 
 from __future__ import annotations
 
+import pickle
 import random
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from monitor import scanner
 from monitor import store as store_module
-from monitor.batch import ROW_ID, Batch
+from monitor.batch import ROW_ID, Batch, links_of
 from monitor.ids import observation_id
 from monitor.rows import COL, observation_values
 from monitor.store import Store
@@ -249,3 +250,35 @@ def test_a_kill_before_the_commit_leaves_nothing_of_the_transaction(tmp_path):
     assert _tables(after) == before
     result = after.ingest_batches(1, _batches_of(records, 40))  # the lock is free
     assert result.stored == 200 and result.duplicates == 100
+
+
+def test_batches_sent_by_a_producer_store_what_batches_made_here_store(tmp_path):
+    """A batch as it travels from a producer (pickled: its groups packed, its links made
+    as integer arrays) unpacks to the groups it was made with, and stores every table (and
+    count) the batch made in the storing process does: all rows new, some stored before
+    (the per-row fall-back), and after a prune."""
+    records = _records(400, random.Random(21))
+    here, sent = Store(tmp_path / "here.db"), Store(tmp_path / "sent.db")
+    for store in (here, sent):
+        store.start_scan([], {})
+    results = []
+    for chunk, prune in (
+        (records[:300], None),
+        (records[250:], None),
+        (records[:90], "2026-11-28"),
+    ):
+        if prune:
+            for store in (here, sent):
+                store.prune(prune)
+        made = _batches_of(chunk, 41)
+        travelled = [pickle.loads(pickle.dumps(b, pickle.HIGHEST_PROTOCOL)) for b in made]
+        assert [b.grouped() for b in travelled] == [b.groups for b in made]
+        assert [b.links() for b in travelled] == [links_of(b.groups) for b in made]
+        got = sent.ingest_batches(1, [pickle.loads(pickle.dumps(b, -1)) for b in made])
+        want = here.ingest_batches(1, made)
+        assert (got.stored, got.duplicates, got.expired, got.new_incidents) == (
+            want.stored, want.duplicates, want.expired, want.new_incidents)  # fmt: skip
+        assert _tables(sent) == _tables(here)
+        results.append(got)
+    # the second and third ran the per-row fall-back: rows stored before, rows pruned
+    assert results[1].duplicates == 50 and results[2].expired > 0

@@ -173,6 +173,69 @@ def test_kill_between_the_transactions_of_a_part_then_rerun_resumes_exactly(tmp_
     assert incidents(db) == incidents(ref)
 
 
+def test_kill_while_a_transaction_spans_parts_then_rerun_resumes_exactly(tmp_path):
+    """One transaction spans a split log's parts, committed every ``HOLD_PARTS`` of them
+    with the read position after the last: killed while parts that ended are held
+    uncommitted, every committed position has exactly the observations of the lines
+    before it, and a re-run reads on from there to where an uninterrupted scan ends."""
+    log = tmp_path / "llm.log"
+    make_log(log, 120_000, 4)  # 10 MB: 10 parts of 1 MB, a commit every 3
+    ref = tmp_path / "ref.db"
+    whole = run_ok(ref, "scan", str(log), "--egress-country", "CN", "--json", "-j", "1")
+    script = (
+        "import sys, monitor.scanner as s\n"
+        "s.PART_SIZE = s.MIN_PART = 1 << 20\n"
+        "s.HOLD_PARTS = 3\n"
+        "from monitor.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    rnd, kills = random.Random(11), 0
+    db = tmp_path / "crash.db"
+    for _attempt in range(4):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, "--db", str(db), "scan", str(log), "--egress-country",
+             "CN", "--json", "-j", "2"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        before, deadline = read_lines(db), time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and read_lines(db) == before:
+            time.sleep(0.02)
+        time.sleep(rnd.uniform(0.0, 0.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+        lines = read_lines(db)
+        assert lines > 0 and stored(db) == observations_before(ref, lines)
+    assert kills >= 1, "every run finished before it could be killed: make the log bigger"
+    again = run_ok(db, "scan", str(log), "--egress-country", "CN", "--json", "-j", "2")
+    assert again["skipped_bytes"] > 0 and again["duplicates"] == 0
+    assert stored(db) == whole["stored"] and incidents(db) == incidents(ref)
+
+
+def read_lines(db: Path) -> int:
+    """The lines of the read position committed (0: none yet)."""
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        row = con.execute("SELECT max(lines) FROM sources").fetchone()
+        return row[0] or 0
+    except sqlite3.OperationalError:  # no schema yet
+        return 0
+    finally:
+        con.close()
+
+
+def observations_before(db: Path, lines: int) -> int:
+    """The observations ``db`` holds of the first ``lines`` lines."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT count(*) FROM obs_rows WHERE line <= ?", [lines]).fetchone()[0]
+    finally:
+        con.close()
+
+
 def test_concurrent_scans_of_the_same_and_different_files(tmp_path, logs, reference):
     db = tmp_path / "shared.db"
     procs = [

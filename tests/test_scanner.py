@@ -20,7 +20,7 @@ from monitor.app import App, Settings
 from monitor.cli import main
 from monitor.collectors import CollectOptions
 from monitor.egress import EgressOptions
-from monitor.store import StoreError
+from monitor.store import Ingestion, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTS = [
@@ -220,6 +220,73 @@ def test_early_producers_of_an_input_read_before_are_stopped(tmp_path, log, spli
     assert [{k: v for k, v in i.items() if k not in scans} for i in incidents_of(db)] == [
         {k: v for k, v in i.items() if k not in scans} for i in alone_incidents
     ]
+
+
+_BEFORE = "SELECT count(*) FROM obs_rows WHERE line <= ?"
+
+
+def _commits(monkeypatch, reference: Path) -> list[tuple[int, int, int, int]]:
+    """Of each commit of the scans in this process, as it is about to commit: the
+    observations stored, the lines its read position covers (0: it has none), the
+    observations of those lines stored, and those of ``reference`` (the same log, -j 1)."""
+    commits: list[tuple[int, int, int, int]] = []
+    real = Ingestion.commit
+
+    def commit(self, source=None):
+        conn, lines = self.store.db.conn, source["lines"] if source else 0
+        ref = sqlite3.connect(reference)
+        try:
+            commits.append((conn.execute("SELECT count(*) FROM obs_rows").fetchone()[0], lines,
+                            conn.execute(_BEFORE, [lines]).fetchone()[0],
+                            ref.execute(_BEFORE, [lines]).fetchone()[0]))  # fmt: skip
+        finally:
+            ref.close()
+        return real(self, source)
+
+    monkeypatch.setattr(Ingestion, "commit", commit)
+    return commits
+
+
+def _parts(tmp_path: Path, log: Path) -> int:
+    """The parts a scan with two producers reads ``log`` in."""
+    app = App(Settings(db=tmp_path / "plan.db"))
+    try:
+        pipeline = app.pipeline(EgressOptions(egress_country="CN"), CollectOptions(format="squid"))
+        return len(scanner.plan(str(log), pipeline, None, 2).parts)
+    finally:
+        app.close()
+
+
+def test_one_transaction_spans_the_parts_of_an_input(tmp_path, log, split_small, monkeypatch):
+    """The parts of a split log are stored in one transaction, committed at the input's end
+    with the read position after its last part: what a scan in one process stores."""
+    alone, alone_incidents = scan(tmp_path / "a.db", log, "-j", "1")
+    assert _parts(tmp_path, log) >= 4
+    commits = _commits(monkeypatch, tmp_path / "a.db")
+    summary = app_scan(tmp_path / "b.db", log)
+    assert commits == [(alone["stored"], 6000, alone["stored"], alone["stored"])]
+    assert summary.stored == alone["stored"] and incidents_of(tmp_path / "b.db") == alone_incidents
+
+
+@pytest.mark.parametrize("bound", ["HOLD", "HOLD_PARTS"])
+def test_a_spanning_transaction_commits_at_its_bounds(tmp_path, log, split_small, monkeypatch,
+                                                      bound):  # fmt: skip
+    """Past ``HOLD`` observations (at a batch's end) or ``HOLD_PARTS`` parts (at a part's
+    end) the transaction commits, with the read position of the last part that ended in it:
+    each position committed with all the observations of the lines before it."""
+    alone, alone_incidents = scan(tmp_path / "a.db", log, "-j", "1")
+    monkeypatch.setattr(scanner, "BATCH", 400)  # ~3 batches a part
+    monkeypatch.setattr(scanner, bound, 1)  # HOLD: after each batch; HOLD_PARTS: each part
+    commits = _commits(monkeypatch, tmp_path / "a.db")
+    summary = app_scan(tmp_path / "b.db", log)
+    parts = _parts(tmp_path, log)
+    # HOLD_PARTS: a commit a part; HOLD: a commit a batch (a part's last one is short)
+    assert len(commits) == parts if bound == "HOLD_PARTS" else len(commits) > 2 * parts
+    for held, _, before, expected in commits:
+        assert before == expected and (bound == "HOLD" or held == before)
+    positions = [lines for _, lines, _, _ in commits if lines]
+    assert positions == sorted(positions) and positions[-1] == commits[-1][1] == 6000
+    assert summary.stored == alone["stored"] and incidents_of(tmp_path / "b.db") == alone_incidents
 
 
 def test_a_refused_scan_stops_its_early_producers(tmp_path, log, split_small, monkeypatch):
