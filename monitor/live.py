@@ -32,7 +32,7 @@ from monitor.collectors import Diagnostics, make_collector
 from monitor.collectors.pcap import PCAP_MAGICS
 from monitor.errors import ApiwatchError
 from monitor.observation import Observation
-from monitor.pipeline import Pipeline
+from monitor.pipeline import Pipeline, place
 
 TICK = 0.5  # seconds of silence before a tick frame
 ETHERNET = 1
@@ -153,6 +153,7 @@ class LiveCapture:
                                    self.pipeline.identifier.host_filter):  # fmt: skip
             match = identify(obs)
             if match is not None:
+                place(obs, match)  # where the endpoint processes it, as a scan stores it
                 self.found.put((obs, match))
 
     def drain(self) -> list[tuple[Observation, object]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -83,3 +84,10 @@ def test_live_capture_on_loopback_alerts_within_5s(tmp_path):
     print("\nlive capture: connection closed to alert received: "
           + ", ".join(f"{h} {s:.2f} s" for h, s in latency.items()))  # fmt: skip
     assert max(latency.values()) < LATENCY_LIMIT
+    # where each endpoint processes requests, as a scan of the same traffic stores it (the
+    # catalogue's: both are global endpoints; Anthropic's with its inference-geo caveat)
+    with sqlite3.connect(db) as con:
+        placed = set(con.execute("SELECT dest_host, residency_basis, residency_caveat"
+                                 " FROM observations"))  # fmt: skip
+    assert placed == {("api.openai.com", "global", None),
+                      ("api.anthropic.com", "global", "anthropic-inference-geo")}  # fmt: skip
