@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,39 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_dnsmasq(
+    exe: str, args: list[str], answering: Callable[[int], bool]
+) -> tuple[subprocess.Popen[bytes], int]:
+    """dnsmasq (``exe``) in the foreground on 127.0.0.1, with ``args`` after the common ones,
+    once ``answering(port)``; stopped by the caller (its PID). The port is free for UDP and
+    TCP (dnsmasq binds both); one another process takes meanwhile (dnsmasq exits with 2, a
+    network error) is tried again with another."""
+    err = b""
+    for _ in range(5):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        proc = subprocess.Popen(
+            [exe, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
+             "--listen-address=127.0.0.1", f"--port={port}", "--log-facility=-", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            if answering(port):
+                return proc, port
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 2, f"dnsmasq exited with {proc.returncode}: {err.decode()}"
+    raise AssertionError(f"dnsmasq found no free port in 5 tries: {err.decode()}")
 
 
 def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:

@@ -40,6 +40,7 @@ from scapy.utils import rdpcap, wrpcap
 
 from monitor.collectors.dns import parse_message
 from tests.pcaps import client_hello, parse_capture
+from tests.receivers import start_dnsmasq
 from tests.test_real_capture import _free_port, _need, _start_tcpdump
 
 pytestmark = pytest.mark.realtools
@@ -82,38 +83,12 @@ def _query(port: int, qtype: str, ident: int) -> bytes:
         return s.recv(4096)
 
 
-def _start_dnsmasq(exe: str, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """dnsmasq on a loopback port free for UDP and TCP (it binds both), answering; a port
-    another process takes meanwhile is tried again with another (dnsmasq exits with 2)."""
-    err = b""
-    for _ in range(5):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            try:
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        proc = subprocess.Popen(
-            [exe, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll", "--conf-file=/dev/null",
-             "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={port}",
-             "--user=root" if os.geteuid() == 0 else "--user=", f"--pid-file={tmp / 'dnsmasq.pid'}",
-             f"--host-record={SERVICE},{ADDRESS}", f"--dns-rr={SERVICE},65,{https_rdata().hex()}",
-             "--log-facility=-"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                _query(port, "A", 1)
-                return proc, port
-            except OSError:
-                time.sleep(0.1)
-        if proc.poll() is None:
-            proc.kill()
-        _, err = proc.communicate(timeout=10)
-        assert proc.returncode == 2, f"dnsmasq exited with {proc.returncode}: {err.decode()}"
-    raise AssertionError(f"dnsmasq found no free port in 5 tries: {err.decode()}")
+def _answers(port: int) -> bool:
+    try:
+        _query(port, "A", 1)
+    except OSError:
+        return False
+    return True
 
 
 def _dns_capture(tmp: Path) -> Path:
@@ -121,7 +96,13 @@ def _dns_capture(tmp: Path) -> Path:
     exe = shutil.which("dnsmasq")
     _need(exe is not None, "dnsmasq is not installed")
     _need(shutil.which("tcpdump") is not None, "tcpdump is not installed")
-    proc, port = _start_dnsmasq(exe, tmp)
+    proc, port = start_dnsmasq(
+        exe,
+        ["--no-poll", "--conf-file=/dev/null", "--user=root" if os.geteuid() == 0 else "--user=",
+         f"--pid-file={tmp / 'dnsmasq.pid'}", f"--host-record={SERVICE},{ADDRESS}",
+         f"--dns-rr={SERVICE},65,{https_rdata().hex()}"],
+        _answers,
+    )  # fmt: skip
     cap = tmp / "dns.pcap"
     dump = None
     try:

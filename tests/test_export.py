@@ -27,6 +27,7 @@ from monitor.cli import EXIT_FINDINGS, EXIT_USAGE, main
 from monitor.export.suricata import sid_for
 from monitor.export.zeek import FIELDS as ZEEK_FIELDS
 from tests.pcaps import Tcp, client_hello, http_request, udp, write_scapy
+from tests.receivers import start_dnsmasq
 from tests.squid_harness import in_ci, squid_proxy
 from tests.test_suricata import SURICATA_YAML as BASE_SURICATA_YAML
 
@@ -412,16 +413,20 @@ def _free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def _answering(port: int) -> bool:
+    try:
+        _query(port, "api.openai.com", 1)
+    except OSError:
+        return False
+    return True
+
+
 def _wait_answering(proc: subprocess.Popen, port: int) -> None:
     """Until the resolver answers on ``port`` (it exits or 10 s pass: fail)."""
     deadline = time.monotonic() + 10
-    while True:
-        try:
-            _query(port, "api.openai.com", 1)
-            return
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-            time.sleep(0.1)
+    while not _answering(port):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+        time.sleep(0.1)
 
 
 def test_dnsmasq_answers_listed_names_with_nxdomain(tmp_path):
@@ -431,18 +436,13 @@ def test_dnsmasq_answers_listed_names_with_nxdomain(tmp_path):
     workdir = Path(tempfile.mkdtemp(prefix="apiwatch-dnsmasq-"))
     try:
         (workdir / "apiwatch.conf").write_text(text)
-        port = _free_udp_port()
-        pid = workdir / "dnsmasq.pid"
-        proc = subprocess.Popen(
-            [exe, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll",
-             "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={port}",
-             "--user=root" if Path("/proc/self").owner() == "root" else "--user=",
-             f"--pid-file={pid}", f"--conf-file={workdir / 'apiwatch.conf'}",
-             "--log-facility=-"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        proc, port = start_dnsmasq(
+            exe,
+            ["--no-poll", "--user=root" if Path("/proc/self").owner() == "root" else "--user=",
+             f"--pid-file={workdir / 'dnsmasq.pid'}", f"--conf-file={workdir / 'apiwatch.conf'}"],
+            _answering,
         )  # fmt: skip
         try:
-            _wait_answering(proc, port)
             nxdomain, refused = 3, 5  # no upstream: anything not listed is refused
             expressible = [n for n in LISTED if "aws-external" not in n and "aiplatform" not in n]
             for name in expressible:

@@ -26,6 +26,7 @@ from scapy.utils import rdpcap, wrpcap
 from monitor import accel
 from monitor.cli import main
 from tests.pcaps import Tcp, client_hello, with_ether, write_scapy
+from tests.receivers import start_dnsmasq
 from tests.test_real_capture import _cert, _free_port, _need, _Server, _start_tcpdump, tools
 
 __all__ = ["tools"]  # the fixture, used by name
@@ -110,28 +111,18 @@ def test_unrelated_name_at_a_published_range_is_fronted(tmp_path):
 def dnsmasq(tmp_path) -> Iterator[int]:
     """dnsmasq on 127.0.0.1 (a free high port) answering api.openai.com with 127.0.0.1, as a
     hijacked resolver would; stopped by its PID."""
-    _need(shutil.which("dnsmasq") is not None, "dnsmasq is not installed")
-    port = _free_port_udp()
-    proc = subprocess.Popen(
-        ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--listen-address=127.0.0.1",
-         f"--port={port}", "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=",
-         "--address=/api.openai.com/127.0.0.1", "--log-facility=-"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    exe = shutil.which("dnsmasq")
+    _need(exe is not None, "dnsmasq is not installed")
+    proc, port = start_dnsmasq(
+        exe,
+        ["--conf-file=/dev/null", "--pid-file=", "--address=/api.openai.com/127.0.0.1"],
+        lambda port: _resolve(port, "api.openai.com", timeout=0.5) is not None,
+    )
     try:
-        deadline = time.monotonic() + 10
-        while _resolve(port, "api.openai.com", timeout=0.5) is None:
-            _need(proc.poll() is None and time.monotonic() < deadline, "dnsmasq did not start")
         yield port
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _free_port_udp() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _resolve(port: int, name: str, timeout: float = 5) -> str | None:

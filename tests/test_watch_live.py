@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from contextlib import closing
 
 from tests.alerting import write_config
 from tests.receivers import HttpReceiver, free_port, listening, make_test_ca, need, wait_until
@@ -86,7 +87,7 @@ def test_live_capture_on_loopback_alerts_within_5s(tmp_path):
     assert max(latency.values()) < LATENCY_LIMIT
     # where each endpoint processes requests, as a scan of the same traffic stores it (the
     # catalogue's: both are global endpoints; Anthropic's with its inference-geo caveat)
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con:
         placed = set(con.execute("SELECT dest_host, residency_basis, residency_caveat"
                                  " FROM observations"))  # fmt: skip
     assert placed == {("api.openai.com", "global", None),
