@@ -236,8 +236,7 @@ def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str
     when no row has one), ``first``/``last`` (timestamps), ``evidence`` (the indexes of
     the first rows, in row order) and ``facts`` (the evidence facts, see :func:`merge_facts`).
 
-    Run by the producer over every batch (a third of a group per LLM record at 25 %), so
-    a delta is added to in place rather than through a helper."""
+    Run by the producer over every batch (a third of a group per LLM record at 25 %)."""
     ts, out, in_ = (batch.columns[c] for c in (ROW_TS, ROW_OUT, ROW_IN))
     blocked_ctx = [int(c[CTX_OUTCOME] == "blocked") for c in batch.contexts]
     ctx = batch.ctx

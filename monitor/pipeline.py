@@ -703,8 +703,7 @@ class RecordMemo:
         #: a record's stored row from its key's (pseudonymisation changes only fields of
         #: RECORD_READS, which the key holds; the match, which the key holds, decides where
         #: the record is processed: records are placed (:func:`place`) before the record
-        #: path, or not at all (a live capture's), and Pipeline.process places only the
-        #: first record of a key)
+        #: path, and Pipeline.process places only the first record of a key)
         decided = keyed | set(PLACED)
         self.row = row_builder(decided)
         # a record's client is its key's; its context is the values of its key's row that

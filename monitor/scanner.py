@@ -25,9 +25,10 @@ findings) once, at the commit. One transaction spans the parts of an input: each
 it touches is rewritten once, however many parts brought it requests (a busy incident
 recurs in every part), and so are the indexes' pages. It commits at the end of the input,
 or once it holds ``HOLD`` observations (what memory and a kill may lose are bounded by
-that) or ``HOLD_PARTS`` parts ended in it (so are the bytes a re-run reads again); an input read as one part, whose end may be far, every ``FLUSH`` observations; a
-part whose end may never come (standard input) also whenever no other message waits, so
-that what was read is stored while the input stays open.
+that) or ``HOLD_PARTS`` parts ended in it (so are the bytes a re-run reads again); an
+input read as one part, whose end may be far, every ``FLUSH`` observations; a part whose
+end is not known (standard input, a compressed input) also whenever no other message
+waits, so that what was read is stored while the input stays open.
 """
 
 from __future__ import annotations
@@ -471,7 +472,7 @@ class Scanner:
             with _fewer_collections():
                 self._run(paths, scan_id, on_read, summary)
         finally:
-            if self._open is not None:  # an error: nothing of the part in flight is kept
+            if self._open is not None:  # an error: nothing since the last commit is kept
                 self._open.abort()
                 self._open = None
         summary.records, summary.malformed = summary.diag.records, summary.diag.malformed

@@ -263,9 +263,6 @@ class _Database:
     def __getitem__(self, table: str) -> sqlite_utils.db.Table:
         return self.utils[table]
 
-    def __getattr__(self, name: str) -> Any:  # the rest of sqlite-utils' Database
-        return getattr(self.utils, name)
-
 
 def _unique_names(names: list[str]) -> list[str]:
     """Column names made unique as sqlite-utils' ``query`` makes them."""
@@ -338,7 +335,7 @@ class Ingestion:
     scan's producers hand them over, so that the rows, dictionary entries and incident
     deltas of a batch are stored while the next batch is read; :meth:`commit` does the
     per-transaction work (incidents, hit links, findings, the read position) once and
-    commits. The write lock is held from the first :meth:`add` on; nothing is committed
+    commits. The write lock is held from its creation on; nothing is committed
     before :meth:`commit`, and :meth:`abort` (or an error) rolls it all back."""
 
     def __init__(self, store: Store, scan_id: int):
@@ -433,11 +430,16 @@ class TrafficFilter:
                 params.extend(values)
         return sql, params
 
+    @property
+    def names_clients(self) -> bool:
+        """Whether it chooses users or clients (roll-ups without a client do not serve it)."""
+        return bool(self.users) or self.clients is not None
+
     def finding_sql(self, alias: str) -> tuple[str, list[Any]]:
         """:meth:`sql` for the findings table ``alias``: its site and provider, and (with a
         user or client filter) findings with detail of those users and clients."""
         sql, params = self.sql(alias, who=False)
-        if self.users or self.clients is not None:
+        if self.names_clients:
             who, who_params = TrafficFilter(users=self.users, clients=self.clients).sql()
             sql += f" AND {alias}.id IN (SELECT finding_id FROM incidents WHERE 1 = 1{who})"  # noqa: S608
             params += who_params
@@ -1704,17 +1706,15 @@ class Store:
         last_ts``; a pair may come in several rows): the whole UTC days in it from their
         roll-ups (and the rows stored since the last roll-up), part days from their rows.
         Without ``clients`` (and no filter on them), the whole days come from the contexts'
-        totals, with null for client and URL; with ``hours`` too, the whole hours of part
-        days from their hourly totals, with null first_ts and last_ts too (a month of
+        totals, with null for client and URL; with ``hours`` too, part days whose bounds
+        fall on the hour from their hourly totals, with null first_ts and last_ts too (a month of
         Asia/Shanghai: the rows of two days read to find those of 16 hours took 0.7 s)."""
-        start = _day_floor(since)
-        start += timedelta(days=0 if start == since else 1)
-        end = _day_floor(until)
+        start, end = _day_ceil(since), _day_floor(until)
         if start >= end:  # no whole day in it
             return self._rows_grouped(since, until, where)
-        first, last = start.strftime("%Y-%m-%d"), (end - timedelta(days=1)).strftime("%Y-%m-%d")
+        first, last = _day_span(start, end)
         rolled, params = _chosen("r", first, last, where, self._probe_rollup(first, last, where))
-        if clients or where.users or where.clients is not None:
+        if clients or where.names_clients:
             rolled = f"SELECT {_ROLLUP_ROW} FROM obs_rollup r WHERE {rolled}"  # noqa: S608
         else:
             rolled = (
@@ -1724,7 +1724,7 @@ class Store:
         recent, recent_params = self._recent(first, last, where)
         parts = [rolled, recent]
         params += recent_params
-        hourly = hours and not clients and not where.users and where.clients is None
+        hourly = hours and not clients and not where.names_clients
         for a, b in ((since, start), (end, until)):
             if a < b:
                 if hourly and a.timestamp() % 3600 == 0 and b.timestamp() % 3600 == 0:
@@ -1774,10 +1774,7 @@ class Store:
         :func:`_dest_rows`)."""
 
         def days(a: datetime, b: datetime) -> tuple[str, str] | None:  # the UTC days of [a, b)
-            if not summed:
-                return None
-            last = b - timedelta(microseconds=1)
-            return _day_floor(a).strftime("%Y-%m-%d"), _day_floor(last).strftime("%Y-%m-%d")
+            return _day_span(a, b) if summed else None
 
         start = _day_floor(since).replace(day=1)
         if start != since:
@@ -2508,7 +2505,7 @@ class Store:
             event = {"incident_id": row["id"], "at": _now(), "action": status, "status_from": row["status"],
                      "status_to": status, "note": note, "actor": actor}  # fmt: skip
             self.db.execute("UPDATE incident_rows SET status = ? WHERE id = ?", [status, row["id"]])
-            self.db["incident_events"].insert(event)
+            self._insert("incident_events", [event])
             self._follow_detail(row["finding_id"], note, actor)  # its alerts: the finding's
         return event
 
@@ -2556,7 +2553,7 @@ class Store:
             _set_mark(self.db.conn)
             self._contexts.forget()
             if before_day > (self._meta("pruned_before") or ""):
-                self.db["meta"].upsert({"key": "pruned_before", "value": before_day}, pk="key")
+                self._upsert("meta", {"key": "pruned_before", "value": before_day}, "key")
             # alert events every sink is done with (a sink that is down keeps its own)
             alert_events = self.db.execute(
                 """DELETE FROM outbox WHERE at < ? AND seq <= coalesce(
@@ -2627,7 +2624,7 @@ class Store:
         day), buckets of whole hours from their hourly totals, finer ones from the requests."""
         cut = [since.timestamp(), since.timestamp(), origin.timestamp(), width]
         bounds = (previous, since, until, origin)
-        hours = not (where.users or where.clients is not None)  # hourly totals name no client
+        hours = not where.names_clients  # hourly totals name no client
         at = None  # when the requests of a totals row were made, to the bucket's grain
         if all(_utc_midnight(t) for t in bounds) and width % 86400 == 0:
             grouped, params = self._grouped(previous, until, where, clients=False)
@@ -2639,8 +2636,7 @@ class Store:
             at = "g.hour * 3600"
             rows, params = _hourly(previous, until, where)
         if at is not None:
-            prev = f"CASE WHEN {at} >= ? THEN 0 ELSE 1 END"
-            bucket = f"CASE WHEN {at} >= ? THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END"
+            prev, bucket = _period_bucket(at)
             params = [*cut, *params]
         elif not hours and width == 86400 and (late := _late_second(bounds)) is not None:
             found = self._cube_of_day_parts(cut, previous, until, late, where)
@@ -2648,24 +2644,22 @@ class Store:
                 return found
         if at is None:
             span, params = self._rows_in_span(previous, until, where)
-            prev, bucket = "g.prev", "g.bucket"
+            prev, bucket = "g.prev AS prev", "g.bucket AS bucket"
             split = _split_hours(previous, since, until, origin, width) if hours else []
             marks = ", ".join("?" * len(split))
             if split:  # the hours a bound splits first: a test far cheaper than the others
                 span = f"CAST(o.ts / 3600 AS INTEGER) IN ({marks}) AND {span}"
-            rows = f"""SELECT CASE WHEN o.ts >= ? THEN 0 ELSE 1 END AS prev,
-                         CASE WHEN o.ts >= ? THEN CAST((o.ts - ?) / ? AS INTEGER) ELSE -1 END
-                           AS bucket, o.ctx AS ctx, count(*) AS requests,
-                         sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in
+            rows = f"""SELECT {", ".join(_period_bucket("o.ts"))}, o.ctx AS ctx,
+                         count(*) AS requests, sum(o.bytes_out) AS bytes_out,
+                         sum(o.bytes_in) AS bytes_in
                        FROM obs_rows o WHERE {span} GROUP BY 1, 2, 3"""  # noqa: S608
             params = [*cut, *split, *params]
             if split:  # days from a part hour (Asia/Kolkata): the other hours' totals
                 hourly, hourly_params = _hourly(previous, until, where)
                 rows += f"""
-                    UNION ALL SELECT CASE WHEN g.hour * 3600 >= ? THEN 0 ELSE 1 END,
-                      CASE WHEN g.hour * 3600 >= ? THEN CAST((g.hour * 3600 - ?) / ? AS INTEGER)
-                        ELSE -1 END, g.ctx, g.requests,
-                      g.bytes_out, g.bytes_in FROM ({hourly}) g WHERE g.hour NOT IN ({marks})"""  # noqa: S608
+                    UNION ALL SELECT {", ".join(_period_bucket("g.hour * 3600"))}, g.ctx,
+                      g.requests, g.bytes_out, g.bytes_in FROM ({hourly}) g
+                    WHERE g.hour NOT IN ({marks})"""  # noqa: S608
                 params += [*cut, *hourly_params, *split]
         return self._read_only(_CUBE.format(prev=prev, bucket=bucket, rows=rows, unsure=""),
                                params, _CACHE_KB if at else _SORT_CACHE_KB)  # fmt: skip
@@ -2681,10 +2675,10 @@ class Store:
         the rows compares their times first and looks up the client of a third of them,
         where counting each in its bucket looked up every client and sorted the chosen
         rows (a user's 5,000 addresses, a month of Asia/Shanghai over 10 M requests: 4.1 s
-        -> 3.2 s CPU on a shared machine). None when the chosen clients are few (the roll-ups are probed per
-        client, and the rows that count them are few: counting those costs no more), or
-        when bytes would come to 0 in a part less its late part (they may be null there,
-        not 0): the caller counts the rows."""
+        -> 3.2 s CPU on a shared machine). None when the chosen clients are few (the
+        roll-ups are probed per client, and the rows that count them are few: counting those
+        costs no more), or when bytes would come to 0 in a part less its late part (they may
+        be null there, not 0): the caller counts the rows."""
         first, last = _day_span(previous, until)
         if self._probe_rollup(first, last, where):
             return None
@@ -2702,14 +2696,9 @@ class Store:
                     l AS MATERIALIZED (SELECT o.ctx, count(*) AS r, sum(o.bytes_out) AS o,
                       sum(o.bytes_in) AS i FROM obs_rows o WHERE {span} GROUP BY 1)
                     {parts}"""  # noqa: S608
-        at = "g.at"
+        prev, bucket = _period_bucket("g.at")
         found = self._read_only(
-            _CUBE.format(
-                prev=f"CASE WHEN {at} >= ? THEN 0 ELSE 1 END",
-                bucket=f"CASE WHEN {at} >= ? THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END",
-                rows=rows,
-                unsure=", max(g.unsure) AS unsure",
-            ),
+            _CUBE.format(prev=prev, bucket=bucket, rows=rows, unsure=", max(g.unsure) AS unsure"),
             [*cut, *params, *span_params, late, late],
         )
         if any(r[-1] for r in found.rows):
@@ -2861,7 +2850,7 @@ class Store:
         unsure = "SELECT 1 FROM temp.taken WHERE su OR so OR si LIMIT 1"
         if not taken_off or not con.execute(unsure).fetchone():
             return False
-        first = _day_floor(since) + timedelta(days=0 if _day_floor(since) == since else 1)
+        first = _day_ceil(since)
         whole = [first + timedelta(days=k) for k in range((_day_floor(until) - first).days)]
         whole.sort(key=lambda d: min(abs(d - a) for a, _ in taken_off))
         con.execute("CREATE TEMP TABLE day_dests (ctx INTEGER PRIMARY KEY, dest INTEGER)")
@@ -2913,7 +2902,7 @@ class Store:
                   CROSS JOIN obs_contexts c ON c.n = g.ctx
                 GROUP BY 1, 2, 3""",  # noqa: S608
             params,
-            _CACHE_KB if where.users or where.clients is not None else _SORT_CACHE_KB,
+            _CACHE_KB if where.names_clients else _SORT_CACHE_KB,
         )
 
     def context_figures(
@@ -3015,7 +3004,7 @@ class Store:
                 GROUP BY rule, severity, severity_rank""",  # noqa: S608 - constants only
             [s, u, u, s, u, u, s, u, ps, s, *fparams],
         )
-        return Rows([d[0] for d in cursor.description], cursor.fetchall())
+        return _rows(cursor)
 
     def incident_list(
         self, which: str, since: datetime, until: datetime, where: TrafficFilter, limit: int
@@ -3086,8 +3075,8 @@ class Store:
         span (their roll-ups and the rows stored since) with no user filter."""
         if where.clients is None or where.users:
             return where
-        first = _day_floor(since).strftime("%Y-%m")
-        last = _day_floor(until - timedelta(microseconds=1)).strftime("%Y-%m") + "~"
+        first, last = (day[:7] for day in _day_span(since, until))
+        last += "~"
         chosen, params = TrafficFilter(clients=where.clients).sql()
         others = f"NOT IN (SELECT n FROM obs_clients WHERE 1 = 1{chosen})"  # noqa: S608
         found = self._read_only(
@@ -4031,7 +4020,7 @@ def _local_day(column: str, since: datetime, until: datetime, tz: str) -> tuple[
 #: :meth:`Store.traffic_cube`'s figures of the rows ``{rows}`` (``ctx``, ``requests``,
 #: ``bytes_out``, ``bytes_in`` and what ``{prev}`` and ``{bucket}`` read), by period, bucket,
 #: provider, kind, site and egress country (and ``{unsure}``)
-_CUBE = """SELECT {prev} AS prev, {bucket} AS bucket, c.provider, c.provider_kind AS kind,
+_CUBE = """SELECT {prev}, {bucket}, c.provider, c.provider_kind AS kind,
          c.site, c.egress_country AS country, sum(g.requests) AS requests,
          sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
          sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in{unsure}
@@ -4241,6 +4230,23 @@ def _link(tx: _IngestState, links: tuple[list[str], array, array], first: int) -
 def _day_floor(when: datetime) -> datetime:
     """The UTC midnight at or before ``when``."""
     return when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _period_bucket(at: str) -> tuple[str, str]:
+    """The :data:`_CUBE` terms (named ``prev`` and ``bucket``) of a row made at ``at`` (SQL,
+    seconds): its period (0 from the period's start on, else 1: the one before) and its
+    bucket (-1 in the one before); four parameters: the start twice, the origin and the
+    bucket's width."""
+    return (
+        f"CASE WHEN {at} >= ? THEN 0 ELSE 1 END AS prev",
+        f"CASE WHEN {at} >= ? THEN CAST(({at} - ?) / ? AS INTEGER) ELSE -1 END AS bucket",
+    )
+
+
+def _day_ceil(when: datetime) -> datetime:
+    """The UTC midnight at or after ``when``."""
+    floor = _day_floor(when)
+    return floor if floor == when else floor + timedelta(days=1)
 
 
 #: how a roll-up row takes in more of its requests (``excluded``), as SUM, MIN and MAX

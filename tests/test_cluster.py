@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from click.testing import CliRunner
 
 from monitor import scanner
 from monitor.cli import EXIT_ERROR, main
+from tests.test_durability import stored
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -130,7 +130,7 @@ def test_killed_worker_parts_are_run_again_and_nothing_counts_twice(
     t = threading.Thread(target=run)
     t.start()
     # killed once the first parts are committed: mid-scan however fast the scan is
-    wait_for(lambda: _stored(tmp_path / "cluster.db") > 0, 120, "the first parts to be stored")
+    wait_for(lambda: stored(tmp_path / "cluster.db") > 0, 120, "the first parts to be stored")
     assert t.is_alive(), "the scan must still be running when a worker is killed"
     os.kill(before[0], signal.SIGKILL)  # the worker, not its nanny: the nanny starts a new one
     t.join(300)
@@ -142,15 +142,6 @@ def test_killed_worker_parts_are_run_again_and_nothing_counts_twice(
     local, remote = dump(tmp_path / "local.db"), dump(tmp_path / "cluster.db")
     for table in local:
         assert remote[table] == local[table], table
-
-
-def _stored(db: Path) -> int:
-    """Observations committed so far in a database a scan is writing (0 before it exists)."""
-    try:
-        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
-            return conn.execute("SELECT count(*) FROM obs_rows").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def test_file_urls_are_read_by_the_workers(cluster, logs, tmp_path):

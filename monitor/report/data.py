@@ -268,7 +268,7 @@ class Context:
         they are read once (:meth:`Store.context_figures`): the first query to ask reads
         them, the other waits."""
         win, f = self.window, self.traffic
-        if not (f.users or f.clients is not None):
+        if not f.names_clients:
             read = self.store.processing_locations if part else self.store.traffic_sources
             return read(win.since, win.until, f)
         with self._contexts_lock:
