@@ -10,8 +10,9 @@ the records, and the store skips ids it already holds.
 
 **Parallel.** Parsing is the expensive part and storing must happen in one process, so
 producer processes run the record path (:meth:`monitor.pipeline.Pipeline.process`) and the
-main process stores. A big plain log is cut at line boundaries into parts of about ``PART_SIZE`` bytes;
-at most ``jobs`` producers run ahead of the part being stored. Parts are stored in file
+main process stores. A big plain log is cut at line boundaries into parts of at most ``PART_SIZE``
+bytes, as many for each producer and the last ones short (:func:`part_cuts`); at most ``jobs``
+producers run ahead of the part being stored. Parts are stored in file
 order, so ids, line numbers and de-duplication do not depend on ``jobs``.
 
 **Crash-safe.** The read position after a part is committed in the same transaction as
@@ -52,11 +53,11 @@ from monitor.batch import ROW_ID, Batch
 from monitor.collectors import LINE_FORMATS, Diagnostics, InputError, format_of, note_misread
 from monitor.collectors.base import (
     MAX_PROBLEMS_KEPT,
+    cut_at_lines,
     is_compressed,
     is_url,
     last_line_end,
     read_head,
-    split_at_lines,
 )
 from monitor.ids import observation_id
 from monitor.pipeline import Part, Pipeline, ScanSummary
@@ -76,6 +77,7 @@ IN_PROCESS_BELOW = 8 << 20
 #: bytes of a big plain log between commit points (``APIWATCH_PART_SIZE`` to tune)
 PART_SIZE = int(os.environ.get("APIWATCH_PART_SIZE", 64 << 20))
 MIN_PART = 16 << 20
+TAIL_SHARE = 8  # see part_cuts
 _QUEUE_BATCHES = 2  # bounded hand-over: producers wait rather than fill memory
 
 
@@ -91,6 +93,27 @@ class SourcePlan:
     key: str | None = None  # identity (None: stdin, unreadable, or not resumable)
     state: dict[str, Any] | None = None  # what to commit, advanced part by part
     complete_end: int | None = None  # plain files: offset after the last complete line
+
+
+def part_cuts(todo: int, jobs: int) -> list[int]:
+    """Where to cut ``todo`` bytes read by ``jobs`` producers (offsets, ascending): parts of
+    at most ``PART_SIZE``, as many for each producer (part i is read by producer i % jobs),
+    so that they end together; and, when there are several rounds of them, a last round of
+    parts of ``PART_SIZE / TAIL_SHARE``: what is stored after the producers end (their last
+    parts, which the storing process takes only then) is that much shorter."""
+    if todo < jobs * MIN_PART:  # too little for all: parts of PART_SIZE
+        n = -(-todo // PART_SIZE)
+        return [todo * i // n for i in range(1, n)]
+    body, tail = todo, 0
+    if todo >= jobs * (PART_SIZE + PART_SIZE // TAIL_SHARE):
+        tail = jobs * (PART_SIZE // TAIL_SHARE)
+        body -= tail
+    rounds = -(-body // (jobs * PART_SIZE))
+    n = rounds * jobs
+    cuts = [body * i // n for i in range(1, n)]
+    if tail:
+        cuts += [body + tail * i // jobs for i in range(jobs)]
+    return cuts
 
 
 def source_key(head: bytes) -> str:
@@ -132,8 +155,7 @@ def plan(
     if jobs <= 1 or todo < IN_PROCESS_BELOW:
         ranges = [(start, size)]
     else:
-        n = max(jobs if todo >= jobs * MIN_PART else 1, -(-todo // PART_SIZE))
-        ranges = split_at_lines(path, start, size, n)
+        ranges = cut_at_lines(path, start, size, part_cuts(todo, jobs))
     parts = [Part(path, fmt, r) for r in ranges]
     return SourcePlan(
         path, parts, jobs > 1 and todo >= IN_PROCESS_BELOW, key, new_state, end_complete

@@ -325,6 +325,51 @@ def test_split_points_are_line_starts(tmp_path, log):
         assert end == start and data[start - 1 : start] == b"\n"
 
 
+@pytest.mark.parametrize("jobs", [2, 3, 4])
+@pytest.mark.parametrize("mb", [10, 40, 70, 100, 150, 240, 1000])
+def test_parts_end_together_with_a_short_last_round(jobs, mb):
+    """Each producer reads as many parts, of at most ``PART_SIZE`` (part i by producer
+    i % jobs); past one round, the last round's parts are ``PART_SIZE / TAIL_SHARE``: what
+    is stored after the producers end is that much shorter (issue 15)."""
+    todo = mb << 20
+    cuts = scanner.part_cuts(todo, jobs)
+    bounds = [0, *cuts, todo]
+    sizes = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    assert cuts == sorted(cuts) and all(s > 0 for s in sizes)
+    assert max(sizes) <= scanner.PART_SIZE
+    if todo < jobs * scanner.MIN_PART:  # as before: parts of PART_SIZE, if any
+        assert len(sizes) == -(-todo // scanner.PART_SIZE)
+        return
+    assert len(sizes) % jobs == 0
+    read = [sum(sizes[w::jobs]) for w in range(jobs)]
+    assert max(read) - min(read) <= jobs  # rounding aside, the same bytes each
+    tail = scanner.PART_SIZE // scanner.TAIL_SHARE
+    if len(sizes) > jobs:
+        assert sizes[-jobs:] == [tail] * jobs and min(sizes[:-jobs]) > tail
+    else:
+        assert todo < jobs * (scanner.PART_SIZE + tail)
+
+
+def test_a_split_log_ends_with_its_short_parts(tmp_path, log, monkeypatch):
+    """plan() cuts the log where part_cuts says, at line starts, covering it all."""
+    monkeypatch.setattr(scanner, "PART_SIZE", 100_000)
+    monkeypatch.setattr(scanner, "MIN_PART", 10_000)
+    monkeypatch.setattr(scanner, "IN_PROCESS_BELOW", 0)
+    app = App(Settings(db=tmp_path / "plan.db"))
+    try:
+        pipeline = app.pipeline(EgressOptions(egress_country="CN"), CollectOptions(format="squid"))
+        parts = scanner.plan(str(log), pipeline, None, 2).parts
+    finally:
+        app.close()
+    data = log.read_bytes()
+    ranges = [p.byte_range for p in parts]
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(data) and len(ranges) % 2 == 0
+    for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False):
+        assert end == start and data[start - 1 : start] == b"\n"
+    sizes = [b - a for a, b in ranges]
+    assert all(abs(s - 12_500) < 200 for s in sizes[-2:]) and min(sizes[:-2]) > 50_000
+
+
 def test_occurrences_number_identical_records_and_forget_old_hours():
     seen = scanner.Occurrences()
     assert [seen.next("a", 3600.5), seen.next("a", 3600.5), seen.next("b", 3600.5)] == [0, 1, 0]

@@ -13,7 +13,7 @@ import io
 import lzma
 import sys
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -330,16 +330,23 @@ def is_compressed(path: str) -> bool:
 def split_at_lines(path: str, start: int, end: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` byte ranges of about equal size covering [start, end), each starting right
     after a newline (``start`` is assumed to be a line start)."""
-    cuts = [start]
+    return cut_at_lines(path, start, end, [(end - start) * i // parts for i in range(1, parts)])
+
+
+def cut_at_lines(path: str, start: int, end: int, cuts: Iterable[int]) -> list[tuple[int, int]]:
+    """Byte ranges covering [start, end), cut at the first line start at or after each of
+    ``cuts`` (offsets from ``start``, ascending; ``start`` is assumed to be a line start).
+    A range no line starts in is left out."""
+    starts = [start]
     with open(path, "rb") as f:
-        for i in range(1, parts):
-            pos = _next_line_start(f, max(start + (end - start) * i // parts, cuts[-1]), end)
+        for cut in cuts:
+            pos = _next_line_start(f, max(start + cut, starts[-1]), end)
             if pos >= end:
                 break
-            if pos > cuts[-1]:
-                cuts.append(pos)
-    cuts.append(end)
-    return list(zip(cuts, cuts[1:], strict=False))
+            if pos > starts[-1]:
+                starts.append(pos)
+    starts.append(end)
+    return list(zip(starts, starts[1:], strict=False))
 
 
 def _next_line_start(f: BinaryIO, pos: int, end: int) -> int:
