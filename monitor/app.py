@@ -350,6 +350,7 @@ class App:
             scanner.close()
             if producers is not None:
                 producers.close()
+        self.store.checkpoint_aside()  # what the scan stored goes to the file meanwhile
         summary.account(self.correlate([scan_id]).new)
         summary.warnings = contradictions(self.config.sites, self.geo, egress)
         ran_out = [e["finding_id"] for e in self.apply_exceptions()

@@ -546,6 +546,7 @@ class Store:
         self._check: _Check | None = None  # a quick check running aside (see check_aside)
         self._held = False  # commits are held in one open transaction until its verdict
         self._held_events = False  # finding events among them (listeners run at the commit)
+        self._checkpointer: Any = None  # a thread copying the log into the file (see close)
         try:
             if readonly:
                 conn = self._connect_readonly()
@@ -3321,12 +3322,36 @@ class Store:
         finally:
             con.close()
 
+    def checkpoint_aside(self) -> None:
+        """Copy what the write-ahead log holds into the database file now, on a connection
+        of its own in a thread (SQLite does it without the GIL), while this one goes on
+        (a scan's correlation and summary): else closing does it, fsyncs and all, after
+        everything else (a third of the closing of a 3 % scan's 9 MB database). Passive:
+        it never waits for, nor blocks, a writer."""
+        if self.readonly or self._checkpointer is not None or self._held:
+            return  # (held: nothing is committed yet)
+        import threading
+
+        def run() -> None:
+            with contextlib.suppress(sqlite3.Error):
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                finally:
+                    conn.close()
+
+        self._checkpointer = threading.Thread(target=run, name="checkpoint", daemon=True)
+        self._checkpointer.start()
+
     def close(self) -> None:
         """Close the database; what is held for a quick check's verdict is committed if the
         check finds nothing (a scan that failed midway keeps what it committed)."""
         if self._held:
             with contextlib.suppress(sqlite3.Error):
                 self.settle()
+        if self._checkpointer is not None:  # this connection closes last: it ends the log
+            self._checkpointer.join()
+            self._checkpointer = None
         self.db.conn.close()
 
 

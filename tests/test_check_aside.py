@@ -138,3 +138,30 @@ def test_the_verdict_of_a_sound_database_is_kept_for_the_next_scan(tmp_path, log
         app.close()
     assert checks == [1]
     assert outside(db, "SELECT count(*) FROM scans") == [(3,)]
+
+
+def test_the_log_is_copied_into_the_file_beside_the_scan(tmp_path, logs):
+    """checkpoint_aside: what was committed reaches the database file itself (read here
+    while ignoring the log) before the store is closed, and closing ends the log."""
+    from monitor.store import Store
+
+    first, _ = logs
+    db = tmp_path / "c.db"
+    scan(db, first)
+    committed = outside(db, "SELECT count(*) FROM obs_rows")
+    store = Store(db)
+    try:
+        with store._tx():  # something new in the log, committed
+            store.db.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
+        file_only = f"{db.resolve().as_uri()}?mode=ro&immutable=1"
+        assert sqlite3.connect(file_only, uri=True).execute(
+            "SELECT count(*) FROM meta WHERE key = 'x'").fetchall() == [(0,)]  # fmt: skip
+        store.checkpoint_aside()
+        store._checkpointer.join()
+        con = sqlite3.connect(file_only, uri=True)
+        assert con.execute("SELECT count(*) FROM meta WHERE key = 'x'").fetchall() == [(1,)]
+        assert con.execute("SELECT count(*) FROM obs_rows").fetchall() == committed
+        con.close()
+    finally:
+        store.close()
+    assert not db.with_name(db.name + "-wal").exists()
