@@ -76,8 +76,8 @@ HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
 IN_PROCESS_BELOW = 8 << 20
 #: bytes of a big plain log between commit points (``APIWATCH_PART_SIZE`` to tune)
 PART_SIZE = int(os.environ.get("APIWATCH_PART_SIZE", 64 << 20))
-MIN_PART = 16 << 20
 TAIL_SHARE = 8  # see part_cuts
+MIN_PART = 16 << 20
 _QUEUE_BATCHES = 2  # bounded hand-over: producers wait rather than fill memory
 
 

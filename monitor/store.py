@@ -19,7 +19,6 @@ Tables:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -32,7 +31,7 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
@@ -2617,6 +2616,27 @@ class Store:
             ).rowcount
         return {"observations": observations, "hits": hits, "alert_events": alert_events}
 
+    def checkpoint_aside(self) -> None:
+        """Copy what the write-ahead log holds into the database file now, on a connection
+        of its own in a thread (SQLite does it without the GIL), while this one goes on
+        (a scan's correlation and summary): else closing does it, fsyncs and all, after
+        everything else (a third of the closing of a 3 % scan's 9 MB database). Passive:
+        it never waits for, nor blocks, a writer."""
+        if self.readonly or self._checkpointer is not None or self._held:
+            return  # (held: nothing is committed yet)
+        import threading
+
+        def run() -> None:
+            with suppress(sqlite3.Error):
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                finally:
+                    conn.close()
+
+        self._checkpointer = threading.Thread(target=run, name="checkpoint", daemon=True)
+        self._checkpointer.start()
+
     def damage(self) -> str | None:
         """What SQLite's quick check finds wrong (None: nothing). It reads every page once,
         so a scan runs it before writing (or beside it: :meth:`check_aside`), not each query."""
@@ -3322,32 +3342,11 @@ class Store:
         finally:
             con.close()
 
-    def checkpoint_aside(self) -> None:
-        """Copy what the write-ahead log holds into the database file now, on a connection
-        of its own in a thread (SQLite does it without the GIL), while this one goes on
-        (a scan's correlation and summary): else closing does it, fsyncs and all, after
-        everything else (a third of the closing of a 3 % scan's 9 MB database). Passive:
-        it never waits for, nor blocks, a writer."""
-        if self.readonly or self._checkpointer is not None or self._held:
-            return  # (held: nothing is committed yet)
-        import threading
-
-        def run() -> None:
-            with contextlib.suppress(sqlite3.Error):
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                finally:
-                    conn.close()
-
-        self._checkpointer = threading.Thread(target=run, name="checkpoint", daemon=True)
-        self._checkpointer.start()
-
     def close(self) -> None:
         """Close the database; what is held for a quick check's verdict is committed if the
         check finds nothing (a scan that failed midway keeps what it committed)."""
         if self._held:
-            with contextlib.suppress(sqlite3.Error):
+            with suppress(sqlite3.Error):
                 self.settle()
         if self._checkpointer is not None:  # this connection closes last: it ends the log
             self._checkpointer.join()
