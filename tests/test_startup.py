@@ -149,3 +149,30 @@ def test_exit_leaves_the_last_collections_nothing_to_walk(tmp_path):
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
     assert int(out.read_text()) > 10_000  # (the handler above ran after the freeze)
     assert not Path(f"{db}-wal").exists()  # the database was closed first (checkpointed)
+
+
+def test_scan_start_up_sets_off_few_collections(tmp_path):
+    """Start-up (imports, catalogue, rules, the scan's options) runs without the cycle
+    collector and freezes what it made: a handful of collections before the producers
+    start, not 40 walking the same long-lived objects again and again (issue 15)."""
+    seen = tmp_path / "collections.json"
+    setup = (
+        "import gc, monitor.scanner as s\n"
+        "s.IN_PROCESS_BELOW = 0\n"
+        "counted = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and counted.append(1))\n"
+        "fork = s.Scanner._fork\n"
+        "def noted(self, source):\n"
+        f"    open({str(seen)!r}, 'w').write(json.dumps([len(counted), gc.isenabled()]))\n"
+        "    return fork(self, source)\n"
+        "s.Scanner._fork = noted\n"
+    )
+    args = ["--db", str(tmp_path / "a.db"), "scan", str(SQUID_LOG), "-j", "2", "-q"]
+    _loaded(args, tmp_path, setup)
+    collections, enabled = json.loads(seen.read_text())
+    assert collections <= 4 and not enabled  # (13 before; on again once they are forked)
+
+
+def test_importing_the_cli_leaves_the_collector_on():
+    code = "import gc, monitor.cli; assert gc.isenabled() and gc.get_freeze_count() > 0"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

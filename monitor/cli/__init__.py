@@ -7,18 +7,27 @@ Exit codes (for cron): 0 success; 1 error (unreadable input, bad config or rules
 2 usage error; 3 ``--fail-on`` matched new or reopened findings.
 """
 
-from monitor.cli import (  # noqa: F401 (registration)
-    alerts,
-    collect,
-    database,
-    discovered,
-    export,
-    findings,
-    query,
-    reporting,
-    triage,
-    watch,
-)
-from monitor.cli.base import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+import gc
+
+_collecting = gc.isenabled()
+gc.disable()  # importing makes no garbage cycles: see monitor.app.uncollected
+try:
+    from monitor.cli import (  # noqa: F401 (registration)
+        alerts,
+        collect,
+        database,
+        discovered,
+        export,
+        findings,
+        query,
+        reporting,
+        triage,
+        watch,
+    )
+    from monitor.cli.base import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+finally:
+    gc.freeze()
+    if _collecting:
+        gc.enable()
 
 __all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "main"]

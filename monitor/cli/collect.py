@@ -111,11 +111,14 @@ def scan(
     apiwatch scan span-port.pcapng /var/log/zeek/2026-11-27/ --site hongkong
     apiwatch scan --cluster tcp://10.0.0.5:8786 /shared/squid/access.log.*.gz
     """
+    from monitor.app import uncollected
     from monitor.egress import EgressOptions
 
     app = app_of(ctx)
-    egress = EgressOptions(egress_ip=egress_ip, egress_country=egress_country, site=site)
-    check_site(app, site)
+    with uncollected():  # until App.scan's own start-up
+        egress = EgressOptions(egress_ip=egress_ip, egress_country=egress_country, site=site)
+        check_site(app, site)
+        options = collect_options(fmt, squid_logformat, columns, mapping)
     show_bar = (progress if progress is not None else sys.stderr.isatty()) and not quiet
     total = sum(Path(p).stat().st_size for p in paths if p != "-" and Path(p).is_file())
     with click.progressbar(
@@ -128,7 +131,7 @@ def scan(
         scan_id, summary = app.scan(
             list(paths),
             egress,
-            collect_options(fmt, squid_logformat, columns, mapping),
+            options,
             bar.update,
             jobs,
             full,
