@@ -115,24 +115,62 @@ split_fields(const char *s, Py_ssize_t n, Py_ssize_t avail, const char **tok, Py
     return starts_seen;
 }
 
-static int
+/* Digits and ASCII eight bytes at a time, in the fields a line starts with (ts, elapsed,
+ * code/status, size): five more fields and their separators follow them in the line, so a
+ * word read from inside one of them never reaches past the line. The words are read
+ * little-endian (byte k of s is bits 8k..8k+7), which the carries of nondigits() need:
+ * they only run towards later bytes. */
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "_squidscan.c reads words little-endian"
+#endif
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* s[0:m] (m >= 1) as a word, its bytes past min(m, 8) being `pad`; reads s[0:8] */
+static inline uint64_t
+word_of(const char *s, Py_ssize_t m, unsigned char pad)
+{
+    uint64_t w;
+    memcpy(&w, s, 8);
+    if (m >= 8)
+        return w;
+    uint64_t keep = (1ULL << (8 * m)) - 1;
+    return (w & keep) | (ONES * pad & ~keep);
+}
+
+/* the high bit of each byte of w that is no ASCII digit; the lowest such byte is exact,
+ * those after it may be marked too (a carry) */
+static inline uint64_t
+nondigits(uint64_t w)
+{
+    uint64_t x = w ^ (ONES * '0'); /* a digit: 0..9 */
+    return ((x + ONES * 0x76) | x) & HIGHS; /* 0x76 + x reaches 0x80 from x = 10 */
+}
+
+/* how many ASCII digits s[0:n] starts with */
+static inline Py_ssize_t
+leading_digits(const char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i += 8) {
+        Py_ssize_t m = n - i < 8 ? n - i : 8;
+        uint64_t bad = nondigits(word_of(s + i, m, '0'));
+        if (bad)
+            return i + (__builtin_ctzll(bad) >> 3);
+    }
+    return n;
+}
+
+static inline int
 all_digits(const char *s, Py_ssize_t n)
 {
-    if (n <= 0)
-        return 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-    return 1;
+    return n > 0 && leading_digits(s, n) == n;
 }
 
 /* %ts.%03tu: 1-10 digits, optionally '.' and 1+ digits (so 0 <= ts < 1e10) */
 static int
 plain_ts(const char *s, Py_ssize_t n)
 {
-    Py_ssize_t i = 0;
-    while (i < n && s[i] >= '0' && s[i] <= '9')
-        i++;
+    Py_ssize_t i = leading_digits(s, n);
     if (i == 0 || i > 10)
         return 0;
     if (i == n)
@@ -152,9 +190,11 @@ code_status(const char *s, Py_ssize_t n)
     unsigned char c0 = (unsigned char)s[0];
     if (!((c0 >= 'A' && c0 <= 'Z') || (c0 >= 'a' && c0 <= 'z')))
         return 0;
-    for (Py_ssize_t i = 1; i < k; i++)
-        if ((unsigned char)s[i] >= 0x80)
-            return 0;
+    uint64_t high = 0;
+    for (Py_ssize_t i = 1; i < k; i += 8)
+        high |= word_of(s + i, k - i < 8 ? k - i : 8, 0);
+    if (high & HIGHS)
+        return 0;
     return all_digits(s + k + 1, n - k - 1);
 }
 
