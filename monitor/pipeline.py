@@ -952,7 +952,9 @@ class Pipeline:
         What :meth:`records` does, inlined and without a row per record: each record's
         per-request values go straight into the batch's columns, and its context and client
         are found per memo key and the few context fields the key does not hold (its slot,
-        see :class:`RecordMemo`); this is the loop every LLM record of a scan goes through."""
+        see :class:`RecordMemo`); this is the loop every LLM record of a scan goes through.
+        A record the collector names by a line key the memo knows (:meth:`RecordMemo.known`)
+        comes with all of that but its per-request values, its ids and no Observation."""
         memo = self.memo
         known = memo.known(part.path)
         found = collect(part.path, self.collect_options, diag, self.identifier.host_filter,
@@ -964,58 +966,42 @@ class Pipeline:
         builder = BatchBuilder()
         ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
         by_host, named = self.identifier.by_host, {}  # host -> its match by name, the answer
-        entries, line_key = known.entries, None
+        entries = known.entries
         for obs in found:  # observe(), inlined but for place(): the memo key decides that
-            if type(obs) is tuple:  # named by the collector (see Known)
-                if len(obs) == 2:  # a record it names by line_key: its entry is added below
-                    obs, line_key = obs
-                else:  # a record of a known line key: what its entry says
-                    (slot, client_no, incidents, ctx, first), vals, record_id, oid = obs
-                    c = slots.get(slot)
-                    if c is None:
-                        c = slots[slot] = builder.context_index(build(first, ctx.row))
-                    w = clients.get(client_no)
-                    if w is None:
-                        w = clients[client_no] = builder.client_index(ctx.row)
-                    ids.append(oid)
-                    values.append(vals)
-                    ctxs.append(c)
-                    who.append(w)
-                    raised.append(incidents)
-                    record_ids.append(record_id)
-                    if len(ids) >= size:
-                        yield builder.batch()
-                        ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
-                    continue
+            if type(obs) is tuple and len(obs) == 4:  # of a known line key (see Known)
+                (slot, client_no, incidents, ctx, first), vals, record_id, oid = obs
             else:
                 line_key = None
-            match = named.get(obs.dest_host)
-            if match is None:
-                match = identify(obs)
+                if type(obs) is tuple:  # named by line_key: its entry is added below
+                    obs, line_key = obs
+                match = named.get(obs.dest_host)
                 if match is None:
-                    malformed(obs, diag)
-                    continue
-                if obs.dest_host and match is by_host(obs.dest_host):
-                    named[obs.dest_host] = match  # what identify() answers whatever else
-            ctx = lookup(key(obs, match))
-            if ctx is None:
-                place(obs, match)  # the key's row holds it for all its records
-                ctx = context(obs, match)
-            incidents = ctx.incidents
-            if incidents is None:
-                incidents = incidents_of(ctx, obs, match)
-            slot = slot_of(ctx.context_no, obs)
+                    match = identify(obs)
+                    if match is None:
+                        malformed(obs, diag)
+                        continue
+                    if obs.dest_host and match is by_host(obs.dest_host):
+                        named[obs.dest_host] = match  # what identify() answers whatever else
+                ctx = lookup(key(obs, match))
+                if ctx is None:
+                    place(obs, match)  # the key's row holds it for all its records
+                    ctx = context(obs, match)
+                incidents = ctx.incidents
+                if incidents is None:
+                    incidents = incidents_of(ctx, obs, match)
+                slot, client_no, first = slot_of(ctx.context_no, obs), ctx.client_no, obs
+                if line_key is not None and incidents is ctx.incidents:  # the key decides them
+                    memo.add_known(entries, line_key, (slot, client_no, incidents, ctx, obs))
+                record_id = obs.record_id or observed_record_id(obs)
+                oid, vals = first_id(record_id), values_of(obs)
             c = slots.get(slot)
             if c is None:
-                c = slots[slot] = builder.context_index(build(obs, ctx.row))
-            w = clients.get(ctx.client_no)
+                c = slots[slot] = builder.context_index(build(first, ctx.row))
+            w = clients.get(client_no)
             if w is None:
-                w = clients[ctx.client_no] = builder.client_index(ctx.row)
-            if line_key is not None and incidents is ctx.incidents:  # the key decides them
-                memo.add_known(entries, line_key, (slot, ctx.client_no, incidents, ctx, obs))
-            record_id = obs.record_id or observed_record_id(obs)
-            ids.append(first_id(record_id))
-            values.append(values_of(obs))
+                w = clients[client_no] = builder.client_index(ctx.row)
+            ids.append(oid)
+            values.append(vals)
             ctxs.append(c)
             who.append(w)
             raised.append(incidents)
