@@ -80,6 +80,23 @@ OBSERVATION_FIELDS = tuple(f.name for f in fields(Observation))
 _values = attrgetter(*OBSERVATION_FIELDS)
 
 
+@dataclass(slots=True)
+class Known:
+    """Records a consumer already knows, by line key. A collector that can name a record by
+    a key from which every field of its Observation follows but the per-request ones
+    (``ts``, ``line``, sizes, ``duration``, ``record_id``) and the source yields, for a key
+    ``entries`` holds, the tuple (the key's entry, the record's ``values`` fields in that
+    order, its record id, :func:`monitor.ids.observation_id` of it) instead of an
+    Observation, and for any other record it names, the pair (Observation, key) so that
+    the consumer may add the key's entry. One Known serves one source. Only the Squid
+    native collector's C pre-pass names records (kept CONNECTs); the scan's record path
+    (:meth:`monitor.pipeline.Pipeline.process`) is the consumer: a record known so costs no
+    object and no memo lookup."""
+
+    entries: dict[bytes, Any]
+    values: tuple[str, ...]
+
+
 @lru_cache(maxsize=1024)
 def _iso_day(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")

@@ -22,7 +22,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from monitor import __version__
-from monitor.batch import CLIENT_OF, Batch, BatchBuilder, request_values
+from monitor.batch import CLIENT_OF, ROW_FIELDS, Batch, BatchBuilder, request_values
 from monitor.catalog import Catalog, Match, Provider
 from monitor.clients import Signatures, bundled_signatures
 from monitor.collectors import CollectOptions, Diagnostics, collect
@@ -32,7 +32,7 @@ from monitor.egress import Egress, EgressOptions, EgressResolver
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from monitor.geo import GeoAnswer, GeoResolver
 from monitor.ids import finding_id, incident_id, observation_id, observed_record_id
-from monitor.observation import Observation, canonical_ip, iso_day
+from monitor.observation import Known, Observation, canonical_ip, iso_day
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
 from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, compiled, observation_row, row_builder
@@ -678,6 +678,10 @@ class RecordMemo:
         self._pipeline = pipeline
         self._limit = limit
         self._memo: dict[tuple[Any, ...], Context] = {}
+        #: per source, the records of :meth:`Pipeline.process` known by line key
+        #: (:class:`Known`): entries (slot, client number, incident rows, context, the
+        #: first record), forgotten with the memo
+        self._known: dict[str, Known] = {}
         #: the context of a key seen before, else None (``lookup(key(obs, match))`` or
         #: :meth:`get`: the first half of :meth:`get`, for callers that inline it)
         self.lookup = self._memo.get
@@ -736,8 +740,28 @@ class RecordMemo:
             if len(self._memo) >= self._limit:
                 self._memo.clear()
                 self._siblings.clear()
+                for known in self._known.values():
+                    known.entries.clear()  # a part being read holds its own
             found = self._memo[key] = self._context(obs, match)
         return found
+
+    def known(self, source: str) -> Known:
+        """The records of ``source`` known by line key (see :class:`Known`): a record of a
+        line key whose first record's incident rows its memo key decided is that record's
+        but for its per-request values (every other value, the memo key, the slot and the
+        client follow from the line key and the source)."""
+        found = self._known.get(source)
+        if found is None:
+            if len(self._known) >= 8:
+                self._known.clear()
+            found = self._known[source] = Known({}, ROW_FIELDS[1:])
+        return found
+
+    def add_known(self, entries: dict[bytes, Any], line_key: bytes, entry: tuple[Any, ...]) -> None:
+        """Know a line key's records by ``entry`` (bounded as the memo is)."""
+        if len(entries) >= self._limit:
+            entries.clear()
+        entries[line_key] = entry
 
     def _context(self, obs: Observation, match: Match) -> Context:
         p = self._pipeline
@@ -928,43 +952,56 @@ class Pipeline:
         What :meth:`records` does, inlined and without a row per record: each record's
         per-request values go straight into the batch's columns, and its context and client
         are found per memo key and the few context fields the key does not hold (its slot,
-        see :class:`RecordMemo`); this is the loop every LLM record of a scan goes through."""
+        see :class:`RecordMemo`); this is the loop every LLM record of a scan goes through.
+        A record the collector names by a line key the memo knows (:meth:`RecordMemo.known`)
+        comes with all of that but its per-request values, its ids and no Observation."""
+        memo = self.memo
+        known = memo.known(part.path)
         found = collect(part.path, self.collect_options, diag, self.identifier.host_filter,
                         on_read, fmt=part.fmt, byte_range=part.byte_range, skip=part.skip,
-                        catalog=self.catalog)  # fmt: skip
+                        catalog=self.catalog, known=known)  # fmt: skip
         identify, malformed = self.identifier.identify, self._malformed
-        memo = self.memo
         key, lookup, context, build, slot_of = memo.key, memo.lookup, memo.get, memo.row, memo.slot
         incidents_of, values_of, first_id = self._incidents, request_values, first_observation_id()
         builder = BatchBuilder()
         ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
         by_host, named = self.identifier.by_host, {}  # host -> its match by name, the answer
+        entries = known.entries
         for obs in found:  # observe(), inlined but for place(): the memo key decides that
-            match = named.get(obs.dest_host)
-            if match is None:
-                match = identify(obs)
+            if type(obs) is tuple and len(obs) == 4:  # of a known line key (see Known)
+                (slot, client_no, incidents, ctx, first), vals, record_id, oid = obs
+            else:
+                line_key = None
+                if type(obs) is tuple:  # named by line_key: its entry is added below
+                    obs, line_key = obs
+                match = named.get(obs.dest_host)
                 if match is None:
-                    malformed(obs, diag)
-                    continue
-                if obs.dest_host and match is by_host(obs.dest_host):
-                    named[obs.dest_host] = match  # what identify() answers whatever else
-            ctx = lookup(key(obs, match))
-            if ctx is None:
-                place(obs, match)  # the key's row holds it for all its records
-                ctx = context(obs, match)
-            incidents = ctx.incidents
-            if incidents is None:
-                incidents = incidents_of(ctx, obs, match)
-            slot = slot_of(ctx.context_no, obs)
+                    match = identify(obs)
+                    if match is None:
+                        malformed(obs, diag)
+                        continue
+                    if obs.dest_host and match is by_host(obs.dest_host):
+                        named[obs.dest_host] = match  # what identify() answers whatever else
+                ctx = lookup(key(obs, match))
+                if ctx is None:
+                    place(obs, match)  # the key's row holds it for all its records
+                    ctx = context(obs, match)
+                incidents = ctx.incidents
+                if incidents is None:
+                    incidents = incidents_of(ctx, obs, match)
+                slot, client_no, first = slot_of(ctx.context_no, obs), ctx.client_no, obs
+                if line_key is not None and incidents is ctx.incidents:  # the key decides them
+                    memo.add_known(entries, line_key, (slot, client_no, incidents, ctx, obs))
+                record_id = obs.record_id or observed_record_id(obs)
+                oid, vals = first_id(record_id), values_of(obs)
             c = slots.get(slot)
             if c is None:
-                c = slots[slot] = builder.context_index(build(obs, ctx.row))
-            w = clients.get(ctx.client_no)
+                c = slots[slot] = builder.context_index(build(first, ctx.row))
+            w = clients.get(client_no)
             if w is None:
-                w = clients[ctx.client_no] = builder.client_index(ctx.row)
-            record_id = obs.record_id or observed_record_id(obs)
-            ids.append(first_id(record_id))
-            values.append(values_of(obs))
+                w = clients[client_no] = builder.client_index(ctx.row)
+            ids.append(oid)
+            values.append(vals)
             ctxs.append(c)
             who.append(w)
             raised.append(incidents)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from monitor import accel
 from monitor.app import App, Settings
 from monitor.batch import Batch
 from monitor.collectors import CollectOptions, Diagnostics
@@ -24,10 +25,12 @@ from monitor.pipeline import (
     Evaluator,
     Part,
     Pipeline,
+    RecordMemo,
     incident_rows,
     observation_row,
 )
 from monitor.privacy import Pseudonymizer
+from monitor.rows import COL
 from tests.conftest import generated_squid_log
 
 CONFIG = """\
@@ -245,6 +248,60 @@ def test_process_batches_equal_the_batches_of_the_records_rows(app, tmp_path, ps
         rules |= {inc["rule"] for incs, _ in got.groups for inc in incs}
     assert {"provider-region-unsupported", "relay-service", "llm-api-unknown-host"} <= rules
     assert sum(len(b.contexts) for b in fused) < len(items) // 4, "contexts are shared"
+
+
+@pytest.mark.parametrize("pseudonymize", [False, True])
+def test_records_known_by_line_key_give_the_records_batches(
+    app, tmp_path, monkeypatch, pseudonymize
+):
+    """Records the Squid pre-pass names by a line key the memo knows (:class:`Known`) skip
+    the Observation and the memo: the batches are those of the rows :meth:`Pipeline.records`
+    gives all the same, on a first pass, on a third (every CONNECT known), with a memo
+    that forgets (known entries go with it) and in pure Python (no line keys)."""
+    log = tmp_path / "access.log"
+    generated_squid_log(log, "--lines", "6000", "--llm-share", "0.4", "--seed", "9")
+    pseud = Pseudonymizer("k" * 32) if pseudonymize else None
+
+    def pipeline(limit: int = 1 << 16) -> Pipeline:
+        p = Pipeline(app.catalog, app.geo, app.rules, app.config,
+                     EgressOptions(egress_country="CN"), CollectOptions(), pseud)  # fmt: skip
+        p.memo = RecordMemo(p, limit)
+        return p
+
+    size = 500
+    plain = pipeline()
+    items = list(plain.records(plain.observe(str(log), Diagnostics(), only_llm=True)))
+    want = [Batch.of(items[i : i + size]) for i in range(0, len(items), size)]
+
+    def same(got: list[Batch], grouped: bool = True) -> None:
+        """Equal batches; not ``grouped``: their groups may cut the rows of one incident
+        list differently (a memo that forgets makes a key's incident rows anew)."""
+        assert len(got) == len(want)
+        for batch, expected in zip(got, want, strict=True):
+            for name in Batch.__slots__:
+                if grouped or name not in ("groups", "linked"):
+                    assert getattr(batch, name) == getattr(expected, name), name
+            assert raised(batch) == raised(expected)
+
+    def raised(batch: Batch) -> dict[int, list[dict]]:
+        return {i: incs for incs, rows in batch.groups for i in rows}
+
+    fused = pipeline()
+    for _ in range(2):  # the first warms the collector's caches, the second names the lines
+        same(list(fused.process(Part(str(log)), Diagnostics(), size=size)))
+    keyed = fused.memo.key
+    calls = []
+    fused.memo.key = lambda o, m: calls.append(o) or keyed(o, m)
+    same(list(fused.process(Part(str(log)), Diagnostics(), size=size)))
+    if accel.load("monitor.collectors._squidscan") is not None:  # no CONNECT asked the memo
+        connects = sum(1 for _, row, _ in items if row[COL["method"]] == "CONNECT")
+        assert connects > len(items) // 2 and len(calls) == len(items) - connects
+    forgetful = pipeline(limit=64)
+    for _ in range(3):
+        same(list(forgetful.process(Part(str(log)), Diagnostics(), size=size)), grouped=False)
+    assert len(forgetful.memo.known(str(log)).entries) <= 64
+    monkeypatch.setenv(accel.PURE_ENV, "1")
+    same(list(pipeline().process(Part(str(log)), Diagnostics(), size=size)))
 
 
 CLIENT_RULE = """\

@@ -13,15 +13,17 @@ import gc
 import io
 import os
 import re
+import struct
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from monitor import accel
+from monitor.batch import ROW_FIELDS
 from monitor.catalog import Catalog
 from monitor.collectors import CollectOptions, Diagnostics, make_collector, squid
 from monitor.collectors.base import MAX_LINE
@@ -520,6 +522,73 @@ def test_native_chunk_makes_observations() -> None:
     bad = (squid._layout()[0][:-1] + (None,), *squid._layout()[1:])
     with pytest.raises(ValueError):
         built.native_chunk(LLM + b"\n", True, MAX_LINE, rejects, (), None, _maker(t, 4, bad))
+
+
+def _line_key(line: bytes, ts: float) -> bytes:
+    """The line key of a kept CONNECT (``_squidscan.c``, Maker): the day's double, then the
+    fields client, code/status, target, user and peer."""
+    f = line.split()
+    return struct.pack("=d", ts // 86400) + b" " + b" ".join(f[k] for k in (2, 3, 6, 7, 8))
+
+
+def test_native_chunk_names_known_connects() -> None:
+    """With ``known``, a kept CONNECT the maker makes comes as (Observation, line key); one
+    of a key ``known`` holds comes as (its entry, its per-request values in the order asked,
+    record id, observation id), counted, with no Observation made; other kept lines are
+    split as before, and a line too long for a key comes with None."""
+    t = squid._Targets(HOST_FILTER)
+    rejects = {b"api.openai.com:443": False, b"http://api.openai.com": False}
+    t.code_status(b"TCP_TUNNEL/200"), t.word(b"CONNECT"), t.ip(b"10.1.88.196")
+    t.peer(b"HIER_DIRECT/172.66.0.243"), t.target("CONNECT", b"api.openai.com:443")
+    values = tuple(reversed(ROW_FIELDS[1:]))
+    known: dict[bytes, object] = {}
+    maker = (*_maker(t, 4, squid._layout()), known, squid._known_codes(values))
+    get = LLM.replace(b"CONNECT api.openai.com:443", b"GET http://api.openai.com/v1/x")
+    chunk = LLM + b"\n" + get + b"\n"
+    done, (named, split), lines = built.native_chunk(
+        chunk, True, MAX_LINE, rejects, (), None, maker
+    )
+    o, key = named
+    assert (done, lines) == (1, 2) and type(o) is Observation and split[0] == 1 and len(split) == 11
+    assert key == _line_key(LLM, o.ts) and o.record_id == record_id(LLM)
+    known[key] = entry = object()
+    again = built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, maker)
+    assert again == (1, [(entry, tuple(getattr(o, f) for f in values), o.record_id,
+                          observation_id(o.record_id)), split], 2)  # fmt: skip
+    other_day = LLM.replace(b"1732752001.203", b"1732838401.203")
+    _, [(_, key2)], _ = built.native_chunk(
+        other_day + b"\n", True, MAX_LINE, rejects, (), None, maker
+    )
+    assert key2 != key and key2[8:] == key[8:]
+    long_user = LLM.replace(b" - HIER", b" " + b"u" * 600 + b" HIER")
+    t.word(b"u" * 600)
+    _, [(long_o, none)], _ = built.native_chunk(
+        long_user + b"\n", True, MAX_LINE, rejects, (), None, maker
+    )
+    assert none is None and long_o.user == "u" * 600
+    with pytest.raises(ValueError):
+        built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, (*maker[:-1], (9,)))
+    assert squid._known_codes(("ts", "status")) is None, "a field a line key decides"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(0, 9_999_999_999), st.text("0123456789", max_size=26))
+@example(86399, "9" * 20)
+@example(1732838399, "9999")
+@example(0, "")
+def test_line_key_day_is_pythons(sec: int, frac: str) -> None:
+    """The day in a line key is Python's ``ts // 86400`` of the float ts, whatever the
+    digits (a fraction that rounds up to the next day, the last millisecond of one)."""
+    ts = f"{sec}.{frac}".encode() if frac else str(sec).encode()
+    line = LLM.replace(b"1732752001.203", ts)
+    t = squid._Targets(HOST_FILTER)
+    t.code_status(b"TCP_TUNNEL/200"), t.word(b"CONNECT"), t.ip(b"10.1.88.196")
+    t.peer(b"HIER_DIRECT/172.66.0.243"), t.target("CONNECT", b"api.openai.com:443")
+    maker = (*_maker(t, 0, squid._layout()), {}, squid._known_codes(("ts",)))
+    _, [(o, key)], _ = built.native_chunk(
+        line + b"\n", True, MAX_LINE, {b"api.openai.com:443": False}, (), None, maker
+    )
+    assert o.ts == float(ts) and key == _line_key(line, float(ts))
 
 
 CONNECT = OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"CONNECT anan.co.jp:443")

@@ -24,7 +24,7 @@ from monitor.collectors.base import (
     OpenedInput,
     open_input,
 )
-from monitor.observation import Observation
+from monitor.observation import Known, Observation
 
 if TYPE_CHECKING:
     from monitor.catalog import Catalog
@@ -149,9 +149,11 @@ def collect(
     byte_range: tuple[int, int] | None = None,
     skip: int = 0,
     catalog: Catalog | None = None,
+    known: Known | None = None,
 ) -> Iterator[Observation]:
     """Open, detect and parse one input (or one byte range of it, in format ``fmt``);
-    ``catalog`` as for :func:`make_collector` (the pipeline passes its own).
+    ``catalog`` as for :func:`make_collector` (the pipeline passes its own), ``known`` as
+    for :meth:`Collector.parse`.
 
     Raises :class:`InputError` before yielding anything when the file cannot be opened or
     its format is unknown. A directory is read as one day of Zeek logs."""
@@ -173,7 +175,7 @@ def collect(
     except BaseException:
         opened.close()
         raise
-    return _parse_and_close(collector, opened, diag, host_filter)
+    return _parse_and_close(collector, opened, diag, host_filter, known)
 
 
 def _zeek_directory(path: str, options: CollectOptions) -> bool:
@@ -188,9 +190,9 @@ def _zeek_directory(path: str, options: CollectOptions) -> bool:
     )
 
 
-def _parse_and_close(collector, opened, diag, host_filter) -> Iterator[Observation]:
+def _parse_and_close(collector, opened, diag, host_filter, known) -> Iterator[Observation]:
     try:
-        yield from collector.parse(opened.stream, opened.name, diag, host_filter)
+        yield from collector.parse(opened.stream, opened.name, diag, host_filter, known)
     finally:
         opened.close()
 

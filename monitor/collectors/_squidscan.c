@@ -34,6 +34,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <arpa/inet.h>
+#include <math.h>
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
@@ -114,24 +115,62 @@ split_fields(const char *s, Py_ssize_t n, Py_ssize_t avail, const char **tok, Py
     return starts_seen;
 }
 
-static int
+/* Digits and ASCII eight bytes at a time, in the fields a line starts with (ts, elapsed,
+ * code/status, size): five more fields and their separators follow them in the line, so a
+ * word read from inside one of them never reaches past the line. The words are read
+ * little-endian (byte k of s is bits 8k..8k+7), which the carries of nondigits() need:
+ * they only run towards later bytes. */
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "_squidscan.c reads words little-endian"
+#endif
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* s[0:m] (m >= 1) as a word, its bytes past min(m, 8) being `pad`; reads s[0:8] */
+static inline uint64_t
+word_of(const char *s, Py_ssize_t m, unsigned char pad)
+{
+    uint64_t w;
+    memcpy(&w, s, 8);
+    if (m >= 8)
+        return w;
+    uint64_t keep = (1ULL << (8 * m)) - 1;
+    return (w & keep) | (ONES * pad & ~keep);
+}
+
+/* the high bit of each byte of w that is no ASCII digit; the lowest such byte is exact,
+ * those after it may be marked too (a carry) */
+static inline uint64_t
+nondigits(uint64_t w)
+{
+    uint64_t x = w ^ (ONES * '0'); /* a digit: 0..9 */
+    return ((x + ONES * 0x76) | x) & HIGHS; /* 0x76 + x reaches 0x80 from x = 10 */
+}
+
+/* how many ASCII digits s[0:n] starts with */
+static inline Py_ssize_t
+leading_digits(const char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i += 8) {
+        Py_ssize_t m = n - i < 8 ? n - i : 8;
+        uint64_t bad = nondigits(word_of(s + i, m, '0'));
+        if (bad)
+            return i + (__builtin_ctzll(bad) >> 3);
+    }
+    return n;
+}
+
+static inline int
 all_digits(const char *s, Py_ssize_t n)
 {
-    if (n <= 0)
-        return 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-    return 1;
+    return n > 0 && leading_digits(s, n) == n;
 }
 
 /* %ts.%03tu: 1-10 digits, optionally '.' and 1+ digits (so 0 <= ts < 1e10) */
 static int
 plain_ts(const char *s, Py_ssize_t n)
 {
-    Py_ssize_t i = 0;
-    while (i < n && s[i] >= '0' && s[i] <= '9')
-        i++;
+    Py_ssize_t i = leading_digits(s, n);
     if (i == 0 || i > 10)
         return 0;
     if (i == n)
@@ -151,9 +190,11 @@ code_status(const char *s, Py_ssize_t n)
     unsigned char c0 = (unsigned char)s[0];
     if (!((c0 >= 'A' && c0 <= 'Z') || (c0 >= 'a' && c0 <= 'z')))
         return 0;
-    for (Py_ssize_t i = 1; i < k; i++)
-        if ((unsigned char)s[i] >= 0x80)
-            return 0;
+    uint64_t high = 0;
+    for (Py_ssize_t i = 1; i < k; i += 8)
+        high |= word_of(s + i, k - i < 8 ? k - i : 8, 0);
+    if (high & HIGHS)
+        return 0;
     return all_digits(s + k + 1, n - k - 1);
 }
 
@@ -479,6 +520,20 @@ record_id_of(const char *s, Py_ssize_t n)
         d[2 * k + 1] = (Py_UCS1)hex[b & 15];
     }
     return out;
+}
+
+/* monitor.ids.observation_id of the record id s[0:n] (its UTF-8), nth 0: the BLAKE2b-64 of
+ * it, big-endian, shifted right by one */
+static PyObject *
+first_id_of(const char *s, Py_ssize_t n)
+{
+    uint64_t h[8];
+    b2_hash(h, s, n, 8);
+    uint64_t v = h[0]; /* little-endian words: the digest's bytes are h[0]'s, low first */
+    uint64_t be = 0;
+    for (int k = 0; k < 8; k++, v >>= 8)
+        be = be << 8 | (v & 0xff);
+    return PyLong_FromUnsignedLongLong(be >> 1);
 }
 
 /* digits only, at most 18 of them (no overflow): the value; else -1 */
@@ -809,11 +864,31 @@ fields_of(Py_ssize_t index, const char *const *tok, const Py_ssize_t *len, doubl
 /* What a kept CONNECT line becomes when every value it needs is in the collector's caches
  * (squid.py `_Targets`: bytes -> value): the Observation SquidCollector._parse_native makes of
  * it, made here. `maker` is the tuple (Observation, source, format, first, codes, words,
- * connect, ips, hiers, kwnames): first the number of the chunk's line before its first,
- * kwnames ("record_id",). */
+ * connect, ips, hiers, kwnames[, layout[, known, values]]): first the number of the chunk's
+ * line before its first, kwnames ("record_id",).
+ *
+ * With `known` (a dict: see squid.py `Known`), a kept CONNECT is named by its line key: the
+ * bytes of its day (the 8 bytes of the double ts // 86400, as Python computes it) and of its
+ * fields client, code/status, target, user and peer, separated by spaces (no field holds one).
+ * Every value of its Observation but ts, line, bytes_in, duration and record_id follows from
+ * that key and the source. A key `known` holds becomes the tuple (known[key], values,
+ * record id, observation id): values the record's per-request values in the order of
+ * `values` (a tuple of KNOWN_* codes); any other line the maker makes becomes the pair
+ * (Observation, key) (key None when it is too long to be one), for the consumer to fill
+ * `known`. */
 #define MAX_SLOTS 64
+#define KNOWN_NONE 0
+#define KNOWN_TS 1
+#define KNOWN_LINE 2
+#define KNOWN_BYTES_IN 3
+#define KNOWN_DURATION 4
+#define MAX_VALUES 32
+#define KNOWN_KEY 512
 typedef struct {
     PyObject *cls, *source, *format, *codes, *words, *connect, *ips, *hiers, *kwnames;
+    PyObject *known; /* NULL: none */
+    Py_ssize_t nvalues;
+    int values[MAX_VALUES];
     Py_ssize_t first;
     /* with a layout: the slots of Observation, their offsets and defaults, filled here
      * instead of calling its __init__ (which only stores its arguments) */
@@ -915,6 +990,98 @@ observation_of(const Maker *mk, Py_ssize_t index, const char *const *tok, const 
     return o;
 }
 
+/* Python's float floor division vx // wx (Objects/floatobject.c, _float_div_mod) */
+static double
+py_floordiv(double vx, double wx)
+{
+    double mod = fmod(vx, wx);
+    double div = (vx - mod) / wx;
+    if (mod != 0.0) {
+        if ((wx < 0) != (mod < 0))
+            div -= 1.0;
+    }
+    double floordiv;
+    if (div != 0.0) {
+        floordiv = floor(div);
+        if (div - floordiv > 0.5)
+            floordiv += 1.0;
+    } else {
+        floordiv = copysign(0.0, vx / wx);
+    }
+    return floordiv;
+}
+
+/* The line key of a kept CONNECT (see Maker) into *key (a new bytes object, or NULL when
+ * the line is too long for one); then the tuple of a key `known` holds, else NULL (and
+ * NULL with an error set on a failure). */
+static PyObject *
+known_of(const Maker *mk, Py_ssize_t index, const char *const *tok, const Py_ssize_t *len,
+         double ts, long long elapsed, long long size, const char *line, Py_ssize_t n,
+         PyObject **key)
+{
+    static const int KEYED[] = {2, 3, 6, 7, 8};
+    char buf[KNOWN_KEY];
+    double day = py_floordiv(ts, 86400.0);
+    Py_ssize_t at = sizeof(day);
+    memcpy(buf, &day, sizeof(day));
+    *key = NULL;
+    for (size_t k = 0; k < sizeof(KEYED) / sizeof(KEYED[0]); k++) {
+        Py_ssize_t m = len[KEYED[k]];
+        if (at + 1 + m > KNOWN_KEY)
+            return NULL;
+        buf[at++] = ' ';
+        memcpy(buf + at, tok[KEYED[k]], (size_t)m);
+        at += m;
+    }
+    *key = PyBytes_FromStringAndSize(buf, at);
+    if (*key == NULL)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(mk->known, *key);
+    if (entry == NULL)
+        return NULL;
+    Py_INCREF(entry); /* made objects may run Python code that changes `known` */
+    PyObject *values = PyTuple_New(mk->nvalues);
+    PyObject *rid = record_id_of(line, n);
+    PyObject *oid = NULL, *out = NULL;
+    if (values != NULL && rid != NULL) {
+        oid = first_id_of((const char *)PyUnicode_1BYTE_DATA(rid), PyUnicode_GET_LENGTH(rid));
+        int ok = oid != NULL;
+        for (Py_ssize_t k = 0; ok && k < mk->nvalues; k++) {
+            PyObject *v;
+            switch (mk->values[k]) {
+            case KNOWN_TS:
+                v = PyFloat_FromDouble(ts);
+                break;
+            case KNOWN_LINE:
+                v = PyLong_FromSsize_t(mk->first + index + 1);
+                break;
+            case KNOWN_BYTES_IN:
+                v = PyLong_FromLongLong(size);
+                break;
+            case KNOWN_DURATION:
+                v = PyFloat_FromDouble((double)elapsed / 1000.0);
+                break;
+            default:
+                v = Py_NewRef(Py_None);
+            }
+            ok = v != NULL;
+            PyTuple_SET_ITEM(values, k, v);
+        }
+        if (ok)
+            out = PyTuple_Pack(4, entry, values, rid, oid);
+    }
+    Py_DECREF(entry);
+    Py_XDECREF(values);
+    Py_XDECREF(rid);
+    Py_XDECREF(oid);
+    if (out == NULL) {
+        Py_CLEAR(*key);
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+    }
+    return out;
+}
+
 /* `maker` (None or the tuple above) into mk; 0 with an error set if it is malformed */
 static int
 maker_of(PyObject *maker, Maker *mk)
@@ -922,12 +1089,30 @@ maker_of(PyObject *maker, Maker *mk)
     memset(mk, 0, sizeof(*mk));
     if (maker == NULL || maker == Py_None)
         return 1;
-    PyObject *layout = Py_None;
-    if (!PyArg_ParseTuple(maker, "OUUnO!O!O!O!O!O!|O:maker", &mk->cls, &mk->source,
+    PyObject *layout = Py_None, *known = Py_None, *values = NULL;
+    if (!PyArg_ParseTuple(maker, "OUUnO!O!O!O!O!O!|OOO!:maker", &mk->cls, &mk->source,
                           &mk->format, &mk->first, &PyDict_Type, &mk->codes, &PyDict_Type,
                           &mk->words, &PyDict_Type, &mk->connect, &PyDict_Type, &mk->ips,
-                          &PyDict_Type, &mk->hiers, &PyTuple_Type, &mk->kwnames, &layout))
+                          &PyDict_Type, &mk->hiers, &PyTuple_Type, &mk->kwnames, &layout,
+                          &known, &PyTuple_Type, &values))
         return 0;
+    if (known != Py_None) {
+        if (!PyDict_Check(known) || values == NULL || PyTuple_GET_SIZE(values) > MAX_VALUES) {
+            PyErr_SetString(PyExc_ValueError, "maker: known is a dict, with a values tuple");
+            return 0;
+        }
+        mk->known = known;
+        mk->nvalues = PyTuple_GET_SIZE(values);
+        for (Py_ssize_t k = 0; k < mk->nvalues; k++) {
+            long code = PyLong_AsLong(PyTuple_GET_ITEM(values, k));
+            if (code < KNOWN_NONE || code > KNOWN_DURATION) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "maker: a values code out of range");
+                return 0;
+            }
+            mk->values[k] = (int)code;
+        }
+    }
     if (layout == Py_None)
         return 1;
     /* (slot descriptors of cls in field order, their defaults, index of record_id) */
@@ -1063,7 +1248,20 @@ native_chunk(PyObject *self, PyObject *args)
         }
         PyObject *item = NULL;
         if (r == KEEP && mk.cls != NULL) {
-            item = observation_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n);
+            PyObject *key = NULL;
+            if (mk.known != NULL && ln->connect) {
+                item = known_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n, &key);
+                if (item == NULL && PyErr_Occurred())
+                    goto fail;
+            }
+            if (item == NULL) {
+                item = observation_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n);
+                if (item != NULL && mk.known != NULL) {
+                    PyObject *pair = PyTuple_Pack(2, item, key != NULL ? key : Py_None);
+                    Py_SETREF(item, pair);
+                }
+            }
+            Py_XDECREF(key);
             if (item == NULL && PyErr_Occurred())
                 goto fail;
             records += item != NULL; /* made here: counted here */
@@ -1112,13 +1310,7 @@ observation_id(PyObject *self, PyObject *arg)
     const char *s = PyUnicode_AsUTF8AndSize(arg, &n);
     if (s == NULL)
         return NULL;
-    uint64_t h[8];
-    b2_hash(h, s, n, 8);
-    uint64_t v = h[0]; /* little-endian words: the digest's bytes are h[0]'s, low first */
-    uint64_t be = 0;
-    for (int k = 0; k < 8; k++, v >>= 8)
-        be = be << 8 | (v & 0xff);
-    return PyLong_FromUnsignedLongLong(be >> 1);
+    return first_id_of(s, n);
 }
 
 static PyMethodDef methods[] = {
@@ -1155,9 +1347,9 @@ PyInit__squidscan(void)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     /* 4: native_chunk reads whole chunks; 5: it takes the ingress ranges; 6: a kept line
-     * comes with its record id; 7: it takes a Verdicts table; 8: observation_id. squid.py
-     * ignores a module built before that */
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 8) < 0 ||
+     * comes with its record id; 7: it takes a Verdicts table; 8: observation_id; 9: the
+     * maker takes `known` (line keys). squid.py ignores a module built before that */
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 9) < 0 ||
                       PyModule_AddObjectRef(m, "Verdicts", (PyObject *)&VerdictsType) < 0)) {
         Py_DECREF(m);
         return NULL;

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from monitor.errors import ApiwatchError
-from monitor.observation import Observation
+from monitor.observation import Known, Observation
 
 #: Longest line a collector will look at; longer ones are reported as malformed.
 MAX_LINE = 64 * 1024
@@ -132,14 +132,22 @@ class Collector:
         source: str,
         diag: Diagnostics,
         host_filter: HostFilter | None = None,
+        known: Known | None = None,
     ) -> Iterator[Observation]:
         """Yield observations. With ``host_filter``, a collector may skip building records
-        whose destination host the filter rejects (they are still counted as read)."""
-        return self.read(ParseInput(stream, source, diag, host_filter))
+        whose destination host the filter rejects (they are still counted as read); with
+        ``known``, it may yield what :class:`~monitor.observation.Known` says instead."""
+        job = ParseInput(stream, source, diag, host_filter)
+        return self.read(job) if known is None else self.read_known(job, known)
 
     def read(self, job: ParseInput) -> Iterator[Observation]:
         """What :meth:`parse` yields, for ``job``'s stream."""
         raise NotImplementedError
+
+    def read_known(self, job: ParseInput, known: Known) -> Iterator[Any]:
+        """What :meth:`parse` yields with ``known``: a collector that names no records
+        yields Observations."""
+        return self.read(job)
 
 
 @dataclass(frozen=True)

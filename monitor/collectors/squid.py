@@ -51,7 +51,7 @@ from monitor.collectors.squid_logformat import (
     compile_logformat,
 )
 from monitor.ids import observation_id, record_id
-from monitor.observation import Observation, canonical_ip, split_host_port
+from monitor.observation import Known, Observation, canonical_ip, split_host_port
 
 __all__ = ["SquidCollector", "sniff", "LogformatError"]
 
@@ -381,8 +381,11 @@ Fields = tuple[int, float, int, bytes, bytes, int, bytes, bytes, bytes, bytes, s
 Intervals = tuple[bytes, bytes]
 #: What the C pre-pass needs to make the Observation of a kept CONNECT itself: (Observation,
 #: source, format, line number before the chunk's first, the caches of :class:`_Targets`
-#: codes, words, connect, ips, hier, ("record_id",), and :func:`_layout`)
-Maker = tuple[type, str, str, int, dict, dict, dict, dict, dict, tuple[str], tuple | None]
+#: codes, words, connect, ips, hier, ("record_id",), :func:`_layout`, and to name it by
+#: its line key (:class:`Known`): the entries and :func:`_known_codes` of the values)
+Maker = tuple[
+    type, str, str, int, dict, dict, dict, dict, dict, tuple[str], tuple | None, *tuple[Any, ...]
+]
 #: (chunk, clean, max_line, rejects, markers, ranges, maker, verdicts, connects) -> (records
 #: counted: dropped or made, the other lines in order: Observations, split into their
 #: fields, or (index, line) for the Python loop, the lines read); verdicts: a ``Verdicts``
@@ -420,8 +423,25 @@ def first_observation_id() -> Callable[[str], int]:
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 8
+_ACCEL_ABI = 9
 _RID = ("record_id",)
+#: the per-request fields the C pre-pass fills in a known record's values (its KNOWN_*
+#: codes): every other field of a kept CONNECT's Observation is None whatever the line
+_KNOWN_CODES = {"ts": 1, "line": 2, "bytes_in": 3, "duration": 4}
+
+
+@cache
+def _known_codes(values: tuple[str, ...], cls: type = Observation) -> tuple[int, ...] | None:
+    """The C pre-pass's codes of a :class:`Known`'s ``values`` fields, or None when one is
+    neither filled by it nor always None in a kept CONNECT's Observation (then records are
+    not named: the consumer gets Observations)."""
+    fs = dataclasses.fields(cls)
+    none = {"client_port", "bytes_out", "url"} | {
+        f.name for f in fs[len(POSITIONAL_FIELDS) :] if f.default is None and f.name != "record_id"
+    }
+    if not set(values) <= none | set(_KNOWN_CODES):
+        return None
+    return tuple(_KNOWN_CODES.get(v, 0) for v in values)
 
 
 @cache
@@ -520,6 +540,10 @@ class SquidCollector(_base.Collector):
     # -- entry point ---------------------------------------------------------------------
 
     def read(self, job: _base.ParseInput) -> Iterator[Observation]:
+        return self.read_known(job, None)
+
+    def read_known(self, job: _base.ParseInput, known: Known | None) -> Iterator[Any]:
+        """Native lines are named (kept CONNECTs the C pre-pass makes, see :class:`Known`)."""
         stream, source, diag, host_filter = job
         counted = _base.Counted()
         chunks: Iterable[Chunk] = iter_chunks(stream, source, diag, counted)
@@ -527,7 +551,7 @@ class SquidCollector(_base.Collector):
         if variant == "auto":
             variant, chunks = _detect(chunks)
         if variant == FORMAT_NATIVE:
-            return self._parse_native(chunks, source, diag, host_filter, counted)
+            return self._parse_native(chunks, source, diag, host_filter, counted, known)
         compiled = self.compiled if variant == FORMAT_CUSTOM else None
         if compiled is None:
             compiled = _builtin("combined" if variant == FORMAT_COMBINED else "common")
@@ -543,10 +567,12 @@ class SquidCollector(_base.Collector):
         diag: Diagnostics,
         host_filter: HostFilter | None,
         counted: _base.Counted | None = None,
+        known: Known | None = None,
     ) -> Iterator[Observation]:
         """The hot loop. A line of exactly ten fields that convert cleanly takes the fast
         path (per-field caches, no regex); anything else (extra fields, glued records,
-        junk, ``-`` sizes) goes to :meth:`_native_slow`."""
+        junk, ``-`` sizes) goes to :meth:`_native_slow`. With ``known``, the C pre-pass
+        names the kept CONNECTs it makes (see :class:`Known`)."""
         t = _targets(host_filter)
         ips, codes, hiers, connect, words = t.ips, t.codes, t.hier, t.connect, t.words
         fcache = t.filter
@@ -573,7 +599,10 @@ class SquidCollector(_base.Collector):
                 t.verdicts = module.Verdicts()
         verdicts = t.verdicts
         # what it needs to make the Observation of a kept CONNECT whose values are cached
-        cached = (codes, words, connect, ips, hiers, _RID, _layout())
+        cached: tuple[Any, ...] = (codes, words, connect, ips, hiers, _RID, _layout())
+        codes_of = _known_codes(known.values) if known is not None else None
+        if codes_of is not None:
+            cached = (*cached, known.entries, codes_of)  # type: ignore[union-attr]
         fronting = t.ingress is not None
         fronted = t.fronted
         fronts = t.fronts
@@ -600,6 +629,9 @@ class SquidCollector(_base.Collector):
                 for base, todo in batches:
                     for item in todo:
                         if type(item) is obs:  # made by the pre-pass
+                            yield item
+                            continue
+                        if type(item[0]) is not int:  # named by the pre-pass (Known)
                             yield item
                             continue
                         if len(item) != 2:  # kept and split by the pre-pass
