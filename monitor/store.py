@@ -19,6 +19,7 @@ Tables:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -2178,13 +2179,32 @@ class Store:
     # -- queries ----------------------------------------------------------------------------
 
     def incidents(self, q: IncidentQuery) -> Iterator[dict[str, Any]]:
+        fid = self.resolve_finding_id(q.finding) if q.finding else None
+        yield from self._incidents_of(q, self._incident_where(q), fid)
+
+    def finding_detail(
+        self, q: IncidentQuery, fids: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """:meth:`incidents` of each finding ``fids`` (full ids; ``q.finding`` aside), with
+        ``q``'s filters resolved once: a report's findings list asked for each finding's
+        detail, and resolved ``--client`` again each time (a month's 20 findings of
+        ``10.0.0.0/8`` over 10 M requests: 0.9 s of 1.6)."""
+        where = self._incident_where(q)
+        return {fid: list(self._incidents_of(q, where, fid)) for fid in fids}
+
+    def _incident_where(self, q: IncidentQuery) -> tuple[list[str], list[Any]]:
+        """The WHERE terms of :meth:`incidents` but the finding (bound parameters only)."""
         where, params = self._filters(q)  # every value is a bound parameter
         detail_where, detail_params = self._detail_filters(q)
-        where += detail_where
-        params += detail_params
-        if q.finding:
+        return where + detail_where, params + detail_params
+
+    def _incidents_of(
+        self, q: IncidentQuery, terms: tuple[list[str], list[Any]], fid: str | None
+    ) -> Iterator[dict[str, Any]]:
+        where, params = list(terms[0]), list(terms[1])
+        if fid is not None:
             where.append("finding_id = ?")
-            params.append(self.resolve_finding_id(q.finding))
+            params.append(fid)
         sql = f"SELECT * FROM incidents WHERE {' AND '.join(where)} ORDER BY last_seen DESC, id"  # noqa: S608
         if q.limit:
             sql += " LIMIT ?"
@@ -3270,6 +3290,17 @@ class Store:
             yield con
         finally:
             con.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[Store]:
+        """This store on a read-only connection of its own, for the worker thread that
+        opens it: a report's incident, finding and audit reads run there side by side with
+        its traffic reads (run one after the other, they took a second of a month's report
+        over 10 M requests while the other core idled)."""
+        with self._reader() as con:
+            view = copy.copy(self)
+            view.db = _Database(con)
+            yield view
 
     def close(self) -> None:
         self.db.conn.close()

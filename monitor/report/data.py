@@ -244,7 +244,6 @@ class Context:
         self.bucket, self.width = self.window.bucket()
         self.origin = _floor(self.window.since, self.width, self.window.tz)  # whole hours/days
         self.fetched: dict[str, Any] = {}
-        self._once: dict[str, Any] = {}
         self._contexts: tuple[Rows, Rows] | None = None
         self._contexts_lock = threading.Lock()
 
@@ -276,6 +275,16 @@ class Context:
                 self._contexts = self.store.context_figures(win.since, win.until, f)
         return self._contexts[part]
 
+    def reading(self, read: Callable[[Store], Any]) -> Callable[[], Any]:
+        """A query for :meth:`fetch` that calls ``read`` with the store on a read-only
+        connection of the worker thread's own (see :meth:`Store.reading`)."""
+
+        def query() -> Any:
+            with self.store.reading() as store:
+                return read(store)
+
+        return query
+
     def fetch(self, queries: dict[str, Callable[[], Any]]) -> None:
         """Run ``queries`` side by side, each on its own read-only connection (SQLite
         releases the GIL while it works); the catalogue loads meanwhile."""
@@ -284,12 +293,6 @@ class Context:
             self.source.catalog  # noqa: B018 - loads (pure Python) while SQLite works
             self.fetched.update({name: f.result() for name, f in futures.items()})
         _trim_heap()
-
-    def once(self, name: str, compute: Callable[[Context], Any]) -> Any:
-        """``compute(self)``, computed once per report: figures several sections show."""
-        if name not in self._once:
-            self._once[name] = compute(self)
-        return self._once[name]
 
     @cached_property
     def cube(self) -> pd.DataFrame:
