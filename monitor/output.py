@@ -12,6 +12,7 @@ import csv
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, TextIO
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -113,17 +114,43 @@ def write_table(
     out: TextIO,
     headers: Sequence[str] | None = None,
 ) -> int:
-    body = [[safe_text(row.get(c)) for c in columns] for row in rows]
+    body = [_table_cells(row, columns) for row in rows]
     if body:
-        from tabulate import tabulate  # here: it costs JSON and CSV output 10 ms of start-up
+        heads = list(headers or columns)
+        text = _simple_table(body, heads)
+        if text is None:
+            from tabulate import tabulate  # here: it costs JSON and CSV output 10 ms of start-up
 
-        out.write(
-            tabulate(
-                body, headers=list(headers or columns), tablefmt="simple", disable_numparse=True
-            )
-        )
+            text = tabulate(body, headers=heads, tablefmt="simple", disable_numparse=True)
+        out.write(text)
         out.write("\n")
     return len(body)
+
+
+def _table_cells(row: Mapping[str, Any], columns: Sequence[str]) -> list[str]:
+    """:func:`safe_text` of the row's ``columns``, with one search for control characters
+    per row, not one per cell (100 k incidents: 0.65 -> 0.5 s of CPU)."""
+    cells = ["-" if v is None else str(v) for v in map(row.get, columns)]
+    if _CONTROL.search(" ".join(cells)):
+        return [safe_text(c) for c in cells]
+    return [c if len(c) <= MAX_CELL else c[: MAX_CELL - 1] + "…" for c in cells]
+
+
+def _simple_table(body: list[list[str]], headers: list[str]) -> str | None:
+    """The table tabulate's ``simple`` format makes of these text cells (``disable_numparse``:
+    every column left-aligned, cells stripped, each column at least two wider than its header,
+    lines right-stripped), made here: tabulate took 6.5 s of CPU for 100 k incidents, this
+    0.85 s (a loaded machine). None when some cell or header is not ASCII (tabulate measures
+    those by their width on a terminal: wide and combining characters); control characters
+    are escaped already."""
+    if not all(map(str.isascii, headers)) or not all(map(str.isascii, map("".join, body))):
+        return None
+    body = [list(map(str.strip, r)) for r in body]
+    widths = [max(len(h) + 2, *map(len, map(itemgetter(i), body))) for i, h in enumerate(headers)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths).format  # each cell padded to its width
+    lines = [line(*headers).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += [line(*r).rstrip() for r in body]
+    return "\n".join(lines)
 
 
 def write_rows(

@@ -32,6 +32,8 @@ from monitor.store import Store, TrafficFilter
 ZONES = ("Asia/Shanghai", "America/New_York", "America/Los_Angeles", "Pacific/Auckland",
          "Asia/Kolkata", "Pacific/Kiritimati", "America/St_Johns")  # fmt: skip
 MONTHS = ((2026, 10), (2026, 11))
+#: the zones whose midnights are not on the hour
+HALF_HOURS = {"Asia/Kolkata", "America/St_Johns"}
 HOSTS = (("api.openai.com", "openai", "api"), ("api.anthropic.com", "anthropic", "api"),
          ("chatgpt.com", "openai", "consumer"))  # fmt: skip
 URLS = (None, None, "https://x/a", "https://x/b", "https://x/c")
@@ -166,11 +168,26 @@ def processing_by_request(con, since: datetime, until: datetime, where: TrafficF
     ).fetchall(), key=str)  # fmt: skip
 
 
+def cube_by_request(con, since: datetime, until: datetime, previous: datetime,
+                    where: TrafficFilter) -> list:  # fmt: skip
+    """A monthly report's cube (daily buckets from ``since``) counted per request."""
+    f, params = selected(where)
+    s = since.timestamp()
+    return sorted(con.execute(
+        f"""SELECT CASE WHEN ts >= ? THEN 0 ELSE 1 END,
+              CASE WHEN ts >= ? THEN CAST((ts - ?) / 86400 AS INTEGER) ELSE -1 END,
+              provider, provider_kind, site, egress_country, count(*),
+              sum(outcome IS 'blocked'), sum(bytes_out), sum(bytes_in)
+            FROM observations WHERE ts >= ? AND ts < ?{f} GROUP BY 1, 2, 3, 4, 5, 6""",  # noqa: S608
+        [s, s, s, previous.timestamp(), until.timestamp(), *params],
+    ).fetchall(), key=str)  # fmt: skip
+
+
 def check(path, zones=ZONES, filters=FILTERS, edges=True, months=MONTHS) -> int:
     """Who went where, the clients and where requests were processed, of each zone's
     months, equal what the requests give one by one; returns the pairs compared."""
     store, con = Store(path, readonly=True), sqlite3.connect(path)
-    compared = 0
+    compared, split_cubes = 0, set()
     for zone in zones:
         for year, mon in months:
             since, until = month(zone, year, mon)
@@ -181,12 +198,26 @@ def check(path, zones=ZONES, filters=FILTERS, edges=True, months=MONTHS) -> int:
                 assert store.distinct_clients(since, until, where) == clients_by_request(
                     con, since, until, where
                 ), (zone, mon, name)
-                assert sorted(store.processing_locations(since, until, where).rows, key=str) == (
+                processing = store.processing_locations(since, until, where)
+                assert sorted(processing.rows, key=str) == (
                     processing_by_request(con, since, until, where)
                 ), (zone, mon, name)
                 compared += len(expected)
+                # a monthly report's cube (the month before, daily buckets) counts them too
+                # in zones whose midnights are not on the hour: the same rows, in order
+                cube_args = (since, until, month(zone, year, mon - 1)[0], since, 86400, where)
+                if store.cube_counts_processing(*cube_args):
+                    assert not where.names_clients and zone in HALF_HOURS, (zone, name)
+                    cube, found = store.traffic_cube_processing(*cube_args)
+                    assert found == processing and cube == store.traffic_cube(*cube_args)
+                    assert sorted(cube.rows, key=str) == cube_by_request(con, *cube_args[:3], where)
+                    split_cubes.add(zone)
+                else:
+                    with pytest.raises(ValueError):
+                        store.traffic_cube_processing(*cube_args)
     store.close()
     con.close()
+    assert split_cubes == (HALF_HOURS & set(zones) if edges else set()), split_cubes
     return compared
 
 

@@ -594,3 +594,48 @@ def test_store_writes_rows_as_sqlite_utils_would(tmp_path):
         assert list(ours.db.query(sql)) == list(theirs.query(sql)), sql
     assert ours.db.query("SELECT * FROM t").__class__ is not list  # read as it is iterated
     assert ours.db["t"].count == 4  # the rest of sqlite-utils, when asked for
+
+
+def test_finding_detail_is_each_findings_incidents(tmp_path):
+    """A report's findings list reads each finding's detail with the filters resolved once
+    (:meth:`Store.finding_detail`), on a worker thread's own connection
+    (:meth:`Store.reading`): the same incidents, in the same order, as ``incidents
+    --finding`` gives each, with and without a filter on clients (a network) and users."""
+    from dataclasses import replace
+
+    from monitor.ids import incident_id
+
+    store = Store(tmp_path / "s.db")
+    sid = store.start_scan(["a.log"], {})
+    batch, n = [], 0
+    for rule in ("provider-region-unsupported", "egress-unexpected"):
+        for k in range(12):
+            client, user = f"10.{k % 3}.0.{k}", ("alice", "bob", None)[k % 3]
+            day = f"2026-11-{27 + k % 3}"
+            iid = incident_id(rule, "openai", "api.openai.com", client, None, "CN", day, user)
+            for _ in range(k % 4 + 1):
+                n += 1
+                row = obs(n, ts=1795737600.0 + (k % 3) * 86400 + n, day=day, client_ip=client,
+                          user=user)  # fmt: skip
+                batch.append((row, [{**inc(iid, rule), "client_ip": client, "user": user,
+                                     "day": day}]))  # fmt: skip
+    store.ingest(sid, batch)
+    fids = [r[0] for r in store.db.execute("SELECT id FROM findings ORDER BY id")]
+    assert len(fids) == 2
+    for q in (IncidentQuery(limit=3), IncidentQuery(client=("10.1.0.0/16",), limit=10),
+              IncidentQuery(user=("alice",), client=("10.0.0.0", "10.0.0.3")),
+              IncidentQuery(client=("192.168.0.0/16",))):  # fmt: skip
+        want = {fid: list(store.incidents(replace(q, finding=fid))) for fid in fids}
+        assert any(want.values()) or q.client == ("192.168.0.0/16",)
+        assert store.finding_detail(q, fids) == want
+        found = {}
+
+        def read(q=q, found=found):
+            with store.reading() as view:
+                found.update(view.finding_detail(q, fids))
+
+        worker = threading.Thread(target=read)
+        worker.start()
+        worker.join()
+        assert found == want
+    store.close()

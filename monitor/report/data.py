@@ -243,8 +243,12 @@ class Context:
         )
         self.bucket, self.width = self.window.bucket()
         self.origin = _floor(self.window.since, self.width, self.window.tz)  # whole hours/days
+        #: the cube's read counts the processing locations too (see its store method)
+        self.cube_counts_processing = self.store.cube_counts_processing(
+            self.window.since, self.window.until, self.previous.since, self.origin, self.width,
+            self.traffic,
+        )  # fmt: skip
         self.fetched: dict[str, Any] = {}
-        self._once: dict[str, Any] = {}
         self._contexts: tuple[Rows, Rows] | None = None
         self._contexts_lock = threading.Lock()
 
@@ -254,13 +258,24 @@ class Context:
         the period, D distinct clients of the previous period."""
         store, win, prev, f = self.store, self.window, self.previous, self.traffic
         return {
-            "cube": lambda: store.traffic_cube(
+            "cube": self._cube_and_processing
+            if self.cube_counts_processing
+            else lambda: store.traffic_cube(
                 win.since, win.until, prev.since, self.origin, self.width, f
             ),
             "who": lambda: store.client_destinations(win.since, win.until, f),
             "sources": lambda: self.context_read(0),
             "previous_clients": lambda: store.distinct_clients(prev.since, prev.until, f),
         }
+
+    def _cube_and_processing(self) -> Rows:
+        """The cube; the processing locations counted with it go to :attr:`fetched`
+        (``processing``: see :meth:`Store.cube_counts_processing`)."""
+        win, prev = self.window, self.previous
+        cube, self.fetched["processing"] = self.store.traffic_cube_processing(
+            win.since, win.until, prev.since, self.origin, self.width, self.traffic
+        )
+        return cube
 
     def context_read(self, part: int) -> Rows:
         """:meth:`Store.traffic_sources` (``part`` 0) or :meth:`Store.processing_locations`
@@ -276,6 +291,16 @@ class Context:
                 self._contexts = self.store.context_figures(win.since, win.until, f)
         return self._contexts[part]
 
+    def reading(self, read: Callable[[Store], Any]) -> Callable[[], Any]:
+        """A query for :meth:`fetch` that calls ``read`` with the store on a read-only
+        connection of the worker thread's own (see :meth:`Store.reading`)."""
+
+        def query() -> Any:
+            with self.store.reading() as store:
+                return read(store)
+
+        return query
+
     def fetch(self, queries: dict[str, Callable[[], Any]]) -> None:
         """Run ``queries`` side by side, each on its own read-only connection (SQLite
         releases the GIL while it works); the catalogue loads meanwhile."""
@@ -284,12 +309,6 @@ class Context:
             self.source.catalog  # noqa: B018 - loads (pure Python) while SQLite works
             self.fetched.update({name: f.result() for name, f in futures.items()})
         _trim_heap()
-
-    def once(self, name: str, compute: Callable[[Context], Any]) -> Any:
-        """``compute(self)``, computed once per report: figures several sections show."""
-        if name not in self._once:
-            self._once[name] = compute(self)
-        return self._once[name]
 
     @cached_property
     def cube(self) -> pd.DataFrame:

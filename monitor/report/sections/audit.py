@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from monitor.report.data import Context, Report
@@ -16,9 +16,16 @@ class Audit(Section):
     id = "audit"
     nav = "Audit trail"
 
-    def compute(self, ctx: Context) -> dict[str, Any]:
+    def queries(self, ctx: Context) -> dict[str, Callable[[], Any]]:
         win = ctx.window
-        return {"events": ctx.store.status_changes(win.since, win.until, ctx.filter, EVENT_LIMIT)}
+        return {
+            "events": ctx.reading(
+                lambda store: store.status_changes(win.since, win.until, ctx.filter, EVENT_LIMIT)
+            )
+        }
+
+    def compute(self, ctx: Context) -> dict[str, Any]:
+        return {"events": ctx.fetched["events"]}
 
     def markdown(self, report: Report) -> list[str]:
         ev = report.events

@@ -7,7 +7,7 @@ are their detail.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from monitor.observation import iso_datetime
@@ -24,20 +24,19 @@ DETAIL_ROWS = 10  # detail rows (incidents) under each finding of the HTML list
 _DETAIL_FIELDS = ("id", "client_ip", "user", "dest_host", "day", "count", "status")
 
 
-def findings_part(store: Store, window: Any, where: TrafficFilter, limit: int,
-                  names: dict[str, str]) -> dict[str, Any]:  # fmt: skip
-    """``findings`` of the report: ``summary`` (sentences), ``totals``, ``items`` (the first
-    ``limit``), ``exceptions``. ``names``: provider id -> display name."""
+def findings_part(store: Store, window: Any, where: TrafficFilter, limit: int) -> dict[str, Any]:
+    """What ``findings`` of the report reads from the store (the summary aside):
+    ``totals``, ``items`` (the first ``limit``), ``exceptions``, and ``all`` the rows."""
     found = store.report_findings(window.since, window.until, where, limit, tz=window.tz)
-    rows = found.pop("all")
+    rows = found["all"]
+    q = IncidentQuery(
+        since=iso_datetime(window.since), until=iso_datetime(window.until),
+        site=where.sites, provider=where.providers, user=where.users,
+        client=tuple(where.clients or ()), limit=DETAIL_ROWS,
+    )  # fmt: skip
+    detail = store.finding_detail(q, [item["id"] for item in found["items"]])
     for item in found["items"]:  # its detail in the period, the latest first
-        q = IncidentQuery(
-            since=iso_datetime(window.since), until=iso_datetime(window.until),
-            site=where.sites, provider=where.providers, user=where.users,
-            client=tuple(where.clients or ()), finding=item["id"], limit=DETAIL_ROWS,
-        )  # fmt: skip
-        item["detail"] = [{k: d[k] for k in _DETAIL_FIELDS} for d in store.incidents(q)]
-    when = _PERIOD_WORDS.get(window.period, "in the period")
+        item["detail"] = [{k: d[k] for k in _DETAIL_FIELDS} for d in detail[item["id"]]]
     totals = {
         "findings": len(rows),
         "high": sum(SEVERITY_RANK[r["severity"]] >= HIGH for r in rows),
@@ -46,7 +45,6 @@ def findings_part(store: Store, window: Any, where: TrafficFilter, limit: int,
         "excepted": sum(bool(r["exception_until"]) for r in rows),
     }
     return {
-        "summary": summary_sentences(rows, names, when),
         "totals": totals,
         **found,
         "exceptions": store.report_exceptions(window.since, window.until, where),
@@ -86,9 +84,19 @@ class Findings(Section):
     id = "findings"
     nav = "Findings"
 
+    def queries(self, ctx: Context) -> dict[str, Callable[[], Any]]:
+        return {
+            "findings": ctx.reading(
+                lambda store: findings_part(store, ctx.window, ctx.filter, ctx.query.top)
+            )
+        }
+
     def compute(self, ctx: Context) -> dict[str, Any]:
         names = {e.id: e.name for e in ctx.source.catalog.entries()}
-        return {"findings": findings_part(ctx.store, ctx.window, ctx.filter, ctx.query.top, names)}
+        found = dict(ctx.fetched["findings"])
+        rows = found.pop("all")
+        when = _PERIOD_WORDS.get(ctx.window.period, "in the period")
+        return {"findings": {"summary": summary_sentences(rows, names, when), **found}}
 
     def markdown(self, report: Report) -> list[str]:
         """The findings first: what there is to decide, in plain words, then the list; the

@@ -3,7 +3,7 @@ still open and resolved incidents."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from monitor.policy import SEVERITIES
@@ -28,8 +28,11 @@ class Incidents(Section):
     id = "incidents"
     nav = "Incidents"
 
+    def queries(self, ctx: Context) -> dict[str, Callable[[], Any]]:
+        return incident_queries(ctx)
+
     def compute(self, ctx: Context) -> dict[str, Any]:
-        return {"incidents": ctx.once("incidents", incident_figures)}
+        return {"incidents": incident_figures(ctx)}
 
     def markdown(self, report: Report) -> list[str]:
         inc = report.incidents
@@ -91,10 +94,21 @@ class Incidents(Section):
         return {"severity_chart": hbars(rows, "Incidents by severity", 90)}
 
 
+def incident_queries(ctx: Context) -> dict[str, Callable[[], Any]]:
+    """The read of :func:`incident_figures` (the sections that show them ask for it)."""
+    return {
+        "incidents": ctx.reading(
+            lambda store: _incident_figures(
+                store, ctx.window, ctx.previous, ctx.filter, ctx.query.top
+            )
+        )
+    }
+
+
 def incident_figures(ctx: Context) -> dict[str, Any]:
     """Incident counts by rule and severity, totals and the lists the report shows (the
     summary's incident figures too)."""
-    return _incident_figures(ctx.store, ctx.window, ctx.previous, ctx.filter, ctx.query.top)
+    return ctx.fetched["incidents"]
 
 
 def _list_table(items: list[dict[str, Any]]) -> str:

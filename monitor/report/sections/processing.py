@@ -20,6 +20,8 @@ class Processing(Section):
     nav = "Processing"
 
     def queries(self, ctx: Context) -> dict[str, Callable[[], Any]]:
+        if ctx.cube_counts_processing:  # the cube's read counts them
+            return {}
         return {"processing": lambda: ctx.context_read(1)}
 
     def compute(self, ctx: Context) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -10,7 +10,7 @@ import pandas as pd
 from monitor.report.data import Context, Report, pct, sum_or_none
 from monitor.report.markdown import change, md, num, table
 from monitor.report.section import CsvRow, Section
-from monitor.report.sections.incidents import incident_figures
+from monitor.report.sections.incidents import incident_figures, incident_queries
 
 TOTAL_METRICS = (
     ("requests", "LLM API requests"),
@@ -31,8 +31,11 @@ class Summary(Section):
     id = "summary"
     nav = "Summary"
 
+    def queries(self, ctx: Context) -> dict[str, Callable[[], Any]]:
+        return incident_queries(ctx)
+
     def compute(self, ctx: Context) -> dict[str, Any]:
-        who, incidents = ctx.who, ctx.once("incidents", incident_figures)
+        who, incidents = ctx.who, incident_figures(ctx)
         current = _totals(ctx.current, len(set(who.client_ip.dropna())) if len(who) else 0)
         current["incidents_new"] = incidents["totals"]["new"]
         current["incidents_new_high"] = incidents["totals"]["new_high"]
