@@ -13,7 +13,7 @@ from pathlib import Path
 
 from monitor import scanner
 from monitor import store as store_module
-from monitor.batch import ROW_ID, Batch, links_of
+from monitor.batch import ROW_ID, Batch
 from monitor.ids import observation_id
 from monitor.rows import COL, observation_values
 from monitor.store import Store
@@ -190,7 +190,7 @@ def _batches_of(records: list, size: int) -> list[Batch]:
         batch = Batch.of([(r, list(row), incs) for r, row, incs in records[start : start + size]])
         batch.set_scan(1)
         for i, nth in seen.repeated(batch):
-            batch.columns[ROW_ID][i] = observation_id(batch.record_ids[i], nth)
+            batch.columns[ROW_ID][i] = observation_id(batch.record_id(i), nth)
         batches.append(batch)
     return batches
 
@@ -252,6 +252,17 @@ def test_a_kill_before_the_commit_leaves_nothing_of_the_transaction(tmp_path):
     assert result.stored == 200 and result.duplicates == 100
 
 
+def _links_of(groups: list) -> list[tuple[str, int]]:
+    """(incident id, row) per incident of each group and row of it, in order."""
+    return [(inc["id"], row) for incs, rows in groups for inc in incs for row in rows]
+
+
+def _pairs(links: tuple) -> list[tuple[str, int]]:
+    ids, of, row = links
+    assert ids == list(dict.fromkeys(ids)), "each incident once"
+    return [(ids[k], r) for k, r in zip(of, row, strict=True)]
+
+
 def test_batches_sent_by_a_producer_store_what_batches_made_here_store(tmp_path):
     """A batch as it travels from a producer (pickled: its groups packed, its links made
     as integer arrays) unpacks to the groups it was made with, and stores every table (and
@@ -273,7 +284,7 @@ def test_batches_sent_by_a_producer_store_what_batches_made_here_store(tmp_path)
         made = _batches_of(chunk, 41)
         travelled = [pickle.loads(pickle.dumps(b, pickle.HIGHEST_PROTOCOL)) for b in made]
         assert [b.grouped() for b in travelled] == [b.groups for b in made]
-        assert [b.links() for b in travelled] == [links_of(b.groups) for b in made]
+        assert [_pairs(b.links()) for b in travelled] == [_links_of(b.groups) for b in made]
         got = sent.ingest_batches(1, [pickle.loads(pickle.dumps(b, -1)) for b in made])
         want = here.ingest_batches(1, made)
         assert (got.stored, got.duplicates, got.expired, got.new_incidents) == (
