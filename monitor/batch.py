@@ -321,29 +321,31 @@ def _tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]]
     every batch: a third of a group per LLM record at 25 %)."""
     ts, out, in_ = (columns[c] for c in (ROW_TS, ROW_OUT, ROW_IN))
     blocked_ctx = [int(c[CTX_OUTCOME] == "blocked") for c in contexts]
+    blocking = any(blocked_ctx)
+    sum_out, sum_in = _summing(out), _summing(in_)
     d = Deltas([], [], [], [], [], [], [], [], [], [], array(typecode), array(typecode))
     ids, incs_of, counts, blocks, sent_of, received_of = d.ids, d.incs, d.count, d.blocked, d.bytes_out, d.bytes_in  # fmt: skip
     firsts, lasts, evidence, facts_of, of, linked = d.first, d.last, d.evidence, d.facts, d.of, d.row  # fmt: skip
     index: dict[str, int] = {}
-    found = index.get
-    listed: dict[Any, dict[str, list[Any]]] = {}  # facts -> as lists (equal ones shared)
+    found, listed = index.get, _LISTED.get
     for incs, rows in groups:
         if len(rows) == 1:  # the common case: groups are small
             i = rows[0]
             count, blocked, sent, received = 1, blocked_ctx[ctx[i]], out[i], in_[i]
             first = last = ts[i]
         elif rows:
-            count = len(rows)
-            blocked = sum([blocked_ctx[ctx[i]] for i in rows])
-            sent, received = _sum([out[i] for i in rows]), _sum([in_[i] for i in rows])
-            times = [ts[i] for i in rows]
+            count, pick = len(rows), itemgetter(*rows)  # a tuple of a column's values
+            blocked = sum(map(blocked_ctx.__getitem__, pick(ctx))) if blocking else 0
+            sent, received = sum_out(pick(out)), sum_in(pick(in_))
+            times = pick(ts)
             first, last = min(times), max(times)
         else:
             continue
         for inc in incs:
             facts = inc.get("facts")
-            if facts:
-                facts = _listed(facts, listed)
+            if facts:  # memo keys share theirs, batch after batch
+                hit = listed(id(facts))
+                facts = hit[1] if hit is not None and hit[0] is facts else _listed(facts)
             iid = inc["id"]
             k = found(iid)
             if k is None:
@@ -388,19 +390,29 @@ def _tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]]
     return d
 
 
-def _listed(facts: dict[str, Any], listed: dict[Any, dict[str, list[Any]]]) -> dict[str, list[Any]]:
-    """An incident row's facts in :func:`merge_facts`' form (field -> values), the same
-    object for equal facts (facts in that form are never changed, only replaced)."""
+def _listed(facts: dict[str, Any]) -> dict[str, list[Any]]:
+    """An incident row's facts in :func:`merge_facts`' form (field -> values), remembered
+    (:data:`_LISTED`) and the same object for equal facts (facts in that form are never
+    changed, only replaced)."""
+    if len(_LISTED) >= _LISTED_KEPT:
+        _LISTED.clear()
+        _EQUAL.clear()
     kinds = tuple(map(type, facts.values()))
-    if not _SHARED.issuperset(kinds):  # unhashable, or equal but not alike (0.0 and -0.0)
-        return {name: [value] for name, value in facts.items()}
-    key = (kinds, *facts.items())  # by type too: 1 and True are equal, not alike
-    found = listed.get(key)
-    if found is None:
-        found = listed[key] = {name: [value] for name, value in facts.items()}
+    if _SHARED.issuperset(kinds):
+        key = (kinds, *facts.items())  # by type too: 1 and True are equal, not alike
+        found = _EQUAL.get(key)
+        if found is None:
+            found = _EQUAL[key] = {name: [value] for name, value in facts.items()}
+    else:  # unhashable, or equal but not alike (0.0 and -0.0)
+        found = {name: [value] for name, value in facts.items()}
+    _LISTED[id(facts)] = (facts, found)
     return found
 
 
+#: id of an incident row's facts -> (the facts, kept so that the id is theirs, in lists)
+_LISTED: dict[int, tuple[dict[str, Any], dict[str, list[Any]]]] = {}
+_EQUAL: dict[tuple[Any, ...], dict[str, list[Any]]] = {}  # facts alike -> in lists
+_LISTED_KEPT = 1 << 14
 _SHARED = frozenset((str, int, bool, type(None)))  # fact values equal only when alike
 
 
@@ -456,11 +468,22 @@ def _fact_key(value: Any) -> str:
 _FACT_KEYS: dict[tuple[type, Any], str] = {}
 
 
-def _sum(values: list[int | None]) -> int | None:
+def _sum(values: Sequence[int | None]) -> int | None:
     """The sum of the values given (None: none is)."""
     if None in values:
         values = [v for v in values if v is not None]
     return sum(values) if values else None
+
+
+def _none(values: Sequence[Any]) -> None:
+    return None
+
+
+def _summing(column: Sequence[int | None]) -> Callable[[Sequence[int | None]], int | None]:
+    """:func:`_sum` for values of ``column``: ``sum`` when it has no None, nothing when it
+    has nothing else (a log format without the field)."""
+    nones = column.count(None)
+    return sum if not nones else _none if nones == len(column) else _sum
 
 
 def _add(a: int | None, b: int | None) -> int | None:
