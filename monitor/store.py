@@ -965,9 +965,11 @@ class Store:
             d["count"] += count
             d["blocked"] += blocked
             if sent is not None:
-                d["bytes_out"] = _add(d["bytes_out"], sent)
+                had = d["bytes_out"]
+                d["bytes_out"] = sent if had is None else had + sent
             if received is not None:
-                d["bytes_in"] = _add(d["bytes_in"], received)
+                had = d["bytes_in"]
+                d["bytes_in"] = received if had is None else had + received
             if first < d["first"]:
                 d["first"] = first
             if last > d["last"]:
