@@ -49,34 +49,77 @@ Group = tuple[Sequence[dict[str, Any]], list[int]]
 
 
 @dataclass(slots=True)
+class Deltas:
+    """What a batch's rows (those of some of its groups) add to each incident they raise
+    (:func:`incident_deltas`), a list per field, an item per incident in order of first
+    appearance in the groups: its id and incident row (``incs``: its identity, the first
+    group's), ``count``, ``blocked``, ``bytes_out``, ``bytes_in`` (None when no row has
+    one), ``first``/``last`` (timestamps), ``evidence`` (the indexes of its first rows, in
+    row order) and ``facts`` (the evidence facts, see :func:`merge_facts`); and which row
+    raised which (:meth:`Batch.links`): per (incident, row) pair, in the groups' order,
+    the index of its incident (``of``) and its row."""
+
+    ids: list[str]
+    incs: list[dict[str, Any]]
+    count: Sequence[int]
+    blocked: Sequence[int]
+    bytes_out: list[int | None]
+    bytes_in: list[int | None]
+    first: Sequence[float]
+    last: Sequence[float]
+    evidence: list[Sequence[int]]
+    facts: list[dict[str, list[Any]] | None]
+    of: array
+    row: array
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # pickled (see Batch) with its integer and float lists as arrays, and its evidence as
+    # one array cut by another: a few objects to unpickle rather than a list per incident
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        ends = array("i", accumulate(map(len, self.evidence)))
+        return (self.ids, self.incs, _packed(self.count, int), _packed(self.blocked, int),
+                self.bytes_out, self.bytes_in, _packed(self.first, float),
+                _packed(self.last, float), array("i", chain.from_iterable(self.evidence)), ends,
+                self.facts, self.of, self.row)  # fmt: skip
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self.ids, self.incs, self.count, self.blocked, self.bytes_out, self.bytes_in,
+         self.first, self.last, flat, ends, self.facts, self.of, self.row) = state  # fmt: skip
+        self.evidence = _cut(flat, ends)
+
+
+@dataclass(slots=True)
 class Batch:
-    columns: list[list[Any]]  # per-request values, one list per ROW_FIELDS column
+    columns: list[Sequence[Any]]  # per-request values, one list (or array) per ROW_FIELDS column
     contexts: list[tuple[Any, ...]]  # distinct context values (CONTEXT), in order of first use
-    ctx: list[int]  # per row: its context's index in ``contexts``
+    ctx: Sequence[int]  # per row: its context's index in ``contexts``
     clients: list[tuple[Any, ...]]  # distinct client values (CLIENT)
-    client: list[int]  # per row: its client's index
+    client: Sequence[int]  # per row: its client's index
     groups: list[Group]
-    deltas: dict[str, dict[str, Any]]  # incident id -> what all rows add (incident_deltas)
-    record_ids: list[str] | None  # per row (the scanner numbers identical records by them)
+    deltas: Deltas  # what all rows add to the incidents they raise (incident_deltas)
+    #: per row (the scanner numbers identical records by them): a list, or as pickled
+    #: (:func:`_packed_ids`); see :meth:`record_id`
+    record_ids: list[str] | bytes | None
     hours: list[tuple[int, int]]  # runs of rows in one UTC hour: (hour, end index)
     line_base: int = 0  # lines before the part's first (the scanner's)
     #: the groups as pickled (see :meth:`__getstate__`): unpacked when asked for
-    packed: tuple[list[Sequence[dict[str, Any]]], array, array] | None = None
-    #: see :meth:`links` (made once: before pickling, by the producer)
-    linked: tuple[list[str], array, array] | None = None
+    packed: tuple[list[dict[str, Any]], array, array, array] | None = None
 
     @classmethod
     def of(cls, items: Sequence[tuple[str | None, list[Any], Sequence[dict[str, Any]]]]) -> Batch:
         """The batch of (record id, stored row, incident rows) items (the :data:`Produced`
         of :meth:`monitor.pipeline.Pipeline.records`; record ids may be None)."""
         record_ids, rows, raised = zip(*items, strict=True) if items else ((), (), ())
-        columns = [list(map(get, rows)) for get in _COLUMN_OF]
+        columns: list[Sequence[Any]] = [list(map(get, rows)) for get in _COLUMN_OF]
         contexts, ctx = _distinct(map(CONTEXT_OF, rows))
         clients, client = _distinct(map(CLIENT_OF, rows))
         return cls.made(columns, contexts, ctx, clients, client, raised, record_ids)
 
     @classmethod
-    def made(cls, columns: list[list[Any]], contexts: list[tuple[Any, ...]], ctx: list[int],
+    def made(cls, columns: list[Sequence[Any]], contexts: list[tuple[Any, ...]], ctx: list[int],
              clients: list[tuple[Any, ...]], client: list[int],
              raised: Sequence[Sequence[dict[str, Any]]],
              record_ids: Sequence[str | None]) -> Batch:  # fmt: skip
@@ -89,10 +132,11 @@ class Batch:
                 if group is None:
                     group = grouped[id(incs)] = (incs, [])
                 group[1].append(i)
-        batch = cls(columns, contexts, ctx, clients, client, list(grouped.values()), {}, None, [])
-        batch.deltas = incident_deltas(batch, batch.groups)
+        groups = list(grouped.values())
+        deltas = _tally(columns, contexts, ctx, groups, "i")  # indexes in the batch: 4 bytes
+        batch = cls(columns, contexts, ctx, clients, client, groups, deltas, None, [])
         if record_ids and record_ids[0] is not None:
-            batch.record_ids = list(record_ids)
+            batch.record_ids = list(record_ids)  # type: ignore[arg-type]
             batch.hours = _hour_runs(columns[ROW_TS])
         return batch
 
@@ -102,40 +146,53 @@ class Batch:
     def set_scan(self, scan_id: int) -> None:
         self.contexts = [(*c[:CTX_SCAN], scan_id, *c[CTX_SCAN + 1 :]) for c in self.contexts]
 
+    def record_id(self, row: int) -> str:
+        """The record id of a row (the batch has them: ``record_ids`` is not None)."""
+        ids = self.record_ids
+        if isinstance(ids, bytes):
+            return ids[row * _ID_BYTES : (row + 1) * _ID_BYTES].hex()
+        assert ids is not None, "record ids"
+        return ids[row]
+
     def grouped(self) -> list[Group]:
         """The groups (unpacked from how they were pickled, if need be)."""
         if self.packed is not None:
-            incs, rows, ends = self.packed
-            starts = chain((0,), ends)  # one longer than ends
-            self.groups = [(i, rows[a:b].tolist()) for i, a, b in zip(incs, starts, ends, strict=False)]  # fmt: skip
+            flat, widths, rows, ends = self.packed
+            incs = _cut(flat, accumulate(widths))
+            self.groups = list(zip(incs, (r.tolist() for r in _cut(rows, ends)), strict=True))
             self.packed = None
         return self.groups
 
     def links(self) -> tuple[list[str], array, array]:
         """Which row raised which incident: the incident ids, in order of first appearance,
         and per (incident, row) pair, in the groups' order, the index of its incident among
-        them and the row's index (see :func:`links_of`)."""
-        if self.linked is None:
-            self.linked = links_of(self.grouped(), "i")  # indexes in the batch: 4 bytes
-        return self.linked
+        them and the row's index (made with the deltas, see :class:`Deltas`)."""
+        deltas = self.deltas
+        return deltas.ids, deltas.of, deltas.row
 
-    # How a batch travels from a producer to the storing process: the groups as the list
-    # of their incident rows (the dicts are the deltas', pickled once) and their rows as
-    # one integer array, cut by another; and :meth:`links`, made here, where there is time
-    # to spare, as integer arrays: a dozen bytes a record less than the groups' lists, and
-    # arrays the store uses as they are (a few objects to unpickle, none to walk).
+    # How a batch travels from a producer to the storing process (pickled): its columns as
+    # typed arrays where they can be (:func:`_packed`), its record ids as one bytes object
+    # (:func:`_packed_ids`), its groups as the list of their incident rows (the dicts are
+    # the deltas', pickled once), cut by an array, and their rows as one integer array, cut
+    # by another; and its deltas as arrays (see :class:`Deltas`): a few objects to pickle
+    # and unpickle where a list has one per row or incident.
 
     def __getstate__(self) -> tuple[Any, ...]:
         groups = self.grouped()
+        flat = list(chain.from_iterable(incs for incs, _ in groups))
+        widths = array("i", [len(incs) for incs, _ in groups])
         rows = array("i", chain.from_iterable(rows for _, rows in groups))
         ends = array("i", accumulate(len(rows) for _, rows in groups))
-        return (self.columns, self.contexts, self.ctx, self.clients, self.client,
-                ([incs for incs, _ in groups], rows, ends), self.deltas, self.record_ids,
-                self.hours, self.line_base, self.links())  # fmt: skip
+        columns = [_packed(col, COLUMNS[COL[name]].type) for col, name in zip(self.columns, ROW_FIELDS, strict=True)]  # fmt: skip
+        return (columns, self.contexts, array("i", self.ctx), self.clients,
+                array("i", self.client), (flat, widths, rows, ends), self.deltas,
+                _packed_ids(self.record_ids), self.hours, self.line_base)  # fmt: skip
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (self.columns, self.contexts, self.ctx, self.clients, self.client, self.packed,
-         self.deltas, self.record_ids, self.hours, self.line_base, self.linked) = state  # fmt: skip
+        (columns, self.contexts, self.ctx, self.clients, self.client, self.packed,
+         self.deltas, self.record_ids, self.hours, self.line_base) = state  # fmt: skip
+        size = len(self.ctx)
+        self.columns = [[None] * size if col is None else col for col in columns]
         self.groups = []
 
     def sample(self, row: int) -> str:
@@ -144,6 +201,46 @@ class Batch:
         if self.line_base:
             line += self.line_base
         return f"{self.contexts[self.ctx[row]][CTX_SOURCE]}:{line}"
+
+
+_ID_BYTES = 12  # a record id (monitor.ids.record_id): 24 hex digits
+_ARRAY_OF = {int: "q", float: "d"}
+
+
+def _cut(items: Sequence[Any], ends: Iterable[int]) -> list[Any]:
+    """``items`` cut into consecutive slices ending at ``ends``."""
+    ends = list(ends)
+    return [items[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+
+
+def _packed(values: Sequence[Any], kind: type) -> Sequence[Any] | None:
+    """A column as pickled: None when every value is None (the receiver makes the list),
+    an array of 64-bit integers or of doubles when the column's type (``kind``) is int or
+    float and every value is one (an int within 64 bits), else as it is. The store binds
+    what SQLite stores: a REAL column makes an integer a double, an INTEGER column keeps
+    a bool as 1, and so does the array."""
+    if isinstance(values, array):
+        return values
+    code = _ARRAY_OF.get(kind)
+    if code is not None:
+        try:
+            return array(code, values)
+        except (TypeError, OverflowError):  # a None, or not a number of its type
+            pass
+    return None if values and values.count(None) == len(values) else values
+
+
+def _packed_ids(ids: list[str] | bytes | None) -> list[str] | bytes | None:
+    """Record ids as pickled: one bytes object of 12 bytes each, when every id is 24
+    lowercase hex digits (:func:`monitor.ids.record_id`), else as they are."""
+    if not isinstance(ids, list) or set(map(len, ids)) != {2 * _ID_BYTES}:
+        return ids
+    joined = "".join(ids)
+    try:
+        packed = bytes.fromhex(joined)
+    except ValueError:
+        return ids
+    return packed if packed.hex() == joined else ids
 
 
 class BatchBuilder:
@@ -194,24 +291,6 @@ class BatchBuilder:
         return batch
 
 
-def links_of(groups: Iterable[Group], typecode: str = "q") -> tuple[list[str], array, array]:
-    """The (incident, row) pairs of ``groups``, in order: the incident ids, in order of
-    first appearance, and per pair the index of its incident among them and its row
-    (arrays of ``typecode``)."""
-    index: dict[str, int] = {}
-    of, row = array(typecode), array(typecode)
-    for incs, rows in groups:
-        for inc in incs if rows else ():
-            k = index.setdefault(inc["id"], len(index))
-            if len(rows) == 1:  # the common case
-                of.append(k)
-                row.append(rows[0])
-            else:
-                of.extend(repeat(k, len(rows)))
-                row.extend(rows)
-    return list(index), of, row
-
-
 def _distinct(keys: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[int]]:
     """The distinct keys, in order of first appearance, and each key's index among them
     (each key hashed once: a context is a long tuple)."""
@@ -230,67 +309,118 @@ def _hour_runs(ts: list[float]) -> list[tuple[int, int]]:
     return runs
 
 
-def incident_deltas(batch: Batch, groups: Iterable[Group]) -> dict[str, dict[str, Any]]:
-    """What the rows of ``groups`` add to each incident they raise: the incident row
-    (``inc``: its identity), ``count``, ``blocked``, ``bytes_out``, ``bytes_in`` (None
-    when no row has one), ``first``/``last`` (timestamps), ``evidence`` (the indexes of
-    the first rows, in row order) and ``facts`` (the evidence facts, see :func:`merge_facts`).
+def incident_deltas(batch: Batch, groups: Iterable[Group], typecode: str = "q") -> Deltas:
+    """What the rows of ``groups`` add to each incident they raise, and which row raised
+    which (see :class:`Deltas`; its ``of`` and ``row`` arrays of ``typecode``)."""
+    return _tally(batch.columns, batch.contexts, batch.ctx, groups, typecode)
 
-    Run by the producer over every batch (a third of a group per LLM record at 25 %)."""
-    ts, out, in_ = (batch.columns[c] for c in (ROW_TS, ROW_OUT, ROW_IN))
-    blocked_ctx = [int(c[CTX_OUTCOME] == "blocked") for c in batch.contexts]
-    ctx = batch.ctx
-    deltas: dict[str, dict[str, Any]] = {}
-    found = deltas.get
+
+def _tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]],
+           ctx: Sequence[int], groups: Iterable[Group], typecode: str) -> Deltas:  # fmt: skip
+    """:func:`incident_deltas` of the rows given column by column (run by the producer over
+    every batch: a third of a group per LLM record at 25 %)."""
+    ts, out, in_ = (columns[c] for c in (ROW_TS, ROW_OUT, ROW_IN))
+    blocked_ctx = [int(c[CTX_OUTCOME] == "blocked") for c in contexts]
+    blocking = any(blocked_ctx)
+    sum_out, sum_in = _summing(out), _summing(in_)
+    d = Deltas([], [], [], [], [], [], [], [], [], [], array(typecode), array(typecode))
+    ids, incs_of, counts, blocks, sent_of, received_of = d.ids, d.incs, d.count, d.blocked, d.bytes_out, d.bytes_in  # fmt: skip
+    firsts, lasts, evidence, facts_of, of, linked = d.first, d.last, d.evidence, d.facts, d.of, d.row  # fmt: skip
+    index: dict[str, int] = {}
+    found, listed = index.get, _LISTED.get
     for incs, rows in groups:
         if len(rows) == 1:  # the common case: groups are small
             i = rows[0]
             count, blocked, sent, received = 1, blocked_ctx[ctx[i]], out[i], in_[i]
             first = last = ts[i]
         elif rows:
-            count = len(rows)
-            blocked = sum([blocked_ctx[ctx[i]] for i in rows])
-            sent, received = _sum([out[i] for i in rows]), _sum([in_[i] for i in rows])
-            times = [ts[i] for i in rows]
+            count, pick = len(rows), itemgetter(*rows)  # a tuple of a column's values
+            blocked = sum(map(blocked_ctx.__getitem__, pick(ctx))) if blocking else 0
+            sent, received = sum_out(pick(out)), sum_in(pick(in_))
+            times = pick(ts)
             first, last = min(times), max(times)
         else:
             continue
         for inc in incs:
             facts = inc.get("facts")
+            if facts:  # memo keys share theirs, batch after batch
+                hit = listed(id(facts))
+                facts = hit[1] if hit is not None and hit[0] is facts else _listed(facts)
             iid = inc["id"]
-            d = found(iid)
-            if d is None:
-                deltas[iid] = {"inc": inc, "count": count, "blocked": blocked, "bytes_out": sent,
-                               "bytes_in": received, "first": first, "last": last,
-                               "evidence": rows[:EVIDENCE_SAMPLES],
-                               "facts": {k: [v] for k, v in facts.items()} if facts else None}  # fmt: skip
-                continue
-            samples = d["evidence"]
-            if rows[0] > samples[-1]:  # the rows follow the samples: no sort
-                if len(samples) < EVIDENCE_SAMPLES:
-                    d["evidence"] = samples + rows[: EVIDENCE_SAMPLES - len(samples)]
+            k = found(iid)
+            if k is None:
+                k = index[iid] = len(ids)
+                ids.append(iid)
+                incs_of.append(inc)
+                counts.append(count)
+                blocks.append(blocked)
+                sent_of.append(sent)
+                received_of.append(received)
+                firsts.append(first)
+                lasts.append(last)
+                evidence.append(rows[:EVIDENCE_SAMPLES])
+                facts_of.append(facts or None)
             else:
-                d["evidence"] = sorted({*samples, *rows[:EVIDENCE_SAMPLES]})[:EVIDENCE_SAMPLES]
-            d["count"] += count
-            d["blocked"] += blocked
-            if sent is not None:
-                d["bytes_out"] = sent if d["bytes_out"] is None else d["bytes_out"] + sent
-            if received is not None:
-                d["bytes_in"] = received if d["bytes_in"] is None else d["bytes_in"] + received
-            if first < d["first"]:
-                d["first"] = first
-            if last > d["last"]:
-                d["last"] = last
-            if facts:
-                d["facts"] = merge_facts(d["facts"], facts)
-    return deltas
+                samples = evidence[k]
+                if rows[0] > samples[-1]:  # the rows follow the samples: no sort
+                    if len(samples) < EVIDENCE_SAMPLES:
+                        evidence[k] = samples + rows[: EVIDENCE_SAMPLES - len(samples)]
+                else:
+                    evidence[k] = sorted({*samples, *rows[:EVIDENCE_SAMPLES]})[:EVIDENCE_SAMPLES]
+                counts[k] += count
+                blocks[k] += blocked
+                if sent is not None:
+                    had = sent_of[k]
+                    sent_of[k] = sent if had is None else had + sent
+                if received is not None:
+                    had = received_of[k]
+                    received_of[k] = received if had is None else had + received
+                if first < firsts[k]:
+                    firsts[k] = first
+                if last > lasts[k]:
+                    lasts[k] = last
+                if facts and facts is not facts_of[k]:
+                    facts_of[k] = merge_fact_lists(facts_of[k], facts)
+            if len(rows) == 1:
+                of.append(k)
+                linked.append(rows[0])
+            else:
+                of.extend(repeat(k, len(rows)))
+                linked.extend(rows)
+    return d
+
+
+def _listed(facts: dict[str, Any]) -> dict[str, list[Any]]:
+    """An incident row's facts in :func:`merge_facts`' form (field -> values), remembered
+    (:data:`_LISTED`) and the same object for equal facts (facts in that form are never
+    changed, only replaced)."""
+    if len(_LISTED) >= _LISTED_KEPT:
+        _LISTED.clear()
+        _EQUAL.clear()
+    kinds = tuple(map(type, facts.values()))
+    if _SHARED.issuperset(kinds):
+        key = (kinds, *facts.items())  # by type too: 1 and True are equal, not alike
+        found = _EQUAL.get(key)
+        if found is None:
+            found = _EQUAL[key] = {name: [value] for name, value in facts.items()}
+    else:  # unhashable, or equal but not alike (0.0 and -0.0)
+        found = {name: [value] for name, value in facts.items()}
+    _LISTED[id(facts)] = (facts, found)
+    return found
+
+
+#: id of an incident row's facts -> (the facts, kept so that the id is theirs, in lists)
+_LISTED: dict[int, tuple[dict[str, Any], dict[str, list[Any]]]] = {}
+_EQUAL: dict[tuple[Any, ...], dict[str, list[Any]]] = {}  # facts alike -> in lists
+_LISTED_KEPT = 1 << 14
+_SHARED = frozenset((str, int, bool, type(None)))  # fact values equal only when alike
 
 
 def merge_fact_lists(
     old: dict[str, list[Any]] | None, new: dict[str, list[Any]] | None
 ) -> dict[str, list[Any]] | None:
     """Facts in :func:`merge_facts`' form (field -> values) merged with more of them."""
-    if not new or new == old:  # merging is idempotent
+    if not new or new is old or new == old:  # merging is idempotent
         return old
     if not old:
         return {name: list(values) for name, values in new.items()}
@@ -338,11 +468,22 @@ def _fact_key(value: Any) -> str:
 _FACT_KEYS: dict[tuple[type, Any], str] = {}
 
 
-def _sum(values: list[int | None]) -> int | None:
+def _sum(values: Sequence[int | None]) -> int | None:
     """The sum of the values given (None: none is)."""
     if None in values:
         values = [v for v in values if v is not None]
     return sum(values) if values else None
+
+
+def _none(values: Sequence[Any]) -> None:
+    return None
+
+
+def _summing(column: Sequence[int | None]) -> Callable[[Sequence[int | None]], int | None]:
+    """:func:`_sum` for values of ``column``: ``sum`` when it has no None, nothing when it
+    has nothing else (a log format without the field)."""
+    nones = column.count(None)
+    return sum if not nones else _none if nones == len(column) else _sum
 
 
 def _add(a: int | None, b: int | None) -> int | None:

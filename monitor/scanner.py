@@ -595,9 +595,9 @@ class Scanner:
         input order)."""
         batch.line_base = base
         batch.set_scan(scan_id)
-        ids, record_ids = batch.columns[ROW_ID], batch.record_ids or []
+        ids = batch.columns[ROW_ID]
         for i, nth in seen.repeated(batch):
-            ids[i] = observation_id(record_ids[i], nth)
+            ids[i] = observation_id(batch.record_id(i), nth)
         batch.record_ids = None  # not needed any more
         if self._open is None:
             self._open = self.store.ingestion(scan_id)

@@ -51,9 +51,9 @@ from monitor.batch import (
     ROW_ID,
     ROW_LINE,
     Batch,
+    Deltas,
     _add,
     incident_deltas,
-    links_of,
     merge_fact_lists,
     merge_facts,
 )
@@ -886,8 +886,9 @@ class Store:
                 tx.first_use[0].setdefault(ctx[batch.ctx[i]], n)
                 tx.first_use[1].setdefault(client[batch.client[i]], n)
             groups = [(incs, [i for i in rows if i in number]) for incs, rows in batch.grouped()]
-            self._add_batch_deltas(tx.deltas, batch, incident_deltas(batch, groups), tx.scan_id)
-            _link(tx, links_of([(incs, [number[i] for i in rows]) for incs, rows in groups]), 0)
+            deltas = incident_deltas(batch, groups)
+            self._add_batch_deltas(tx.deltas, batch, deltas, tx.scan_id)
+            _link(tx, (deltas.ids, deltas.of, array("q", map(number.__getitem__, deltas.row))), 0)
         result.stored += added
         tx.top = top + added
 
@@ -970,7 +971,7 @@ class Store:
                 return 0
             columns = [[col[i] for i in kept] for col in columns]
             ctxs, clients = [ctxs[i] for i in kept], [clients[i] for i in kept]
-        present = tuple(col.count(None) != len(col) for col in columns)
+        present = tuple(isinstance(col, array) or col.count(None) != len(col) for col in columns)
         sql = self._insert_sql.get(present)
         if sql is None:
             names = [c for c, p in zip(ROW_FIELDS, present, strict=True) if p]
@@ -986,44 +987,50 @@ class Store:
         )
         return self.db.conn.executemany(sql, rows).rowcount
 
-    def _add_batch_deltas(self, deltas: dict[str, dict[str, Any]], batch: Batch,
-                          parts: dict[str, dict[str, Any]], scan_id: int) -> None:  # fmt: skip
+    def _add_batch_deltas(self, deltas: dict[str, dict[str, Any]], batch: Batch, parts: Deltas,
+                          scan_id: int) -> None:  # fmt: skip
         """Add a batch's deltas (:func:`monitor.batch.incident_deltas`) to the transaction's
-        (:func:`_delta`): the first of an incident is taken as it is. Incidents stored with
-        all their evidence samples keep them (:meth:`_store_incidents`): none are made."""
+        (a dict per incident, in order of first appearance: see :meth:`_store_incidents`).
+        Incidents stored with all their evidence samples keep them
+        (:meth:`_store_incidents`): none are made."""
         stored, found, sample = self._incident_state, deltas.get, batch.sample
-        for iid, part in parts.items():
+        # added in place (a transaction spans many batches: this runs for each incident of
+        # each, a hundred thousand times a part at 25 % LLM lines)
+        for iid, inc, count, blocked, sent, received, first, last, rows, facts in zip(
+            parts.ids, parts.incs, parts.count, parts.blocked, parts.bytes_out, parts.bytes_in,
+            parts.first, parts.last, parts.evidence, parts.facts, strict=True,
+        ):  # fmt: skip
             d = found(iid)
             if d is None:
                 old = stored.get(iid)
-                if old is not None and len(old.evidence) >= EVIDENCE_SAMPLES:
-                    part["evidence"] = []
-                else:
-                    part["evidence"] = [sample(i) for i in part["evidence"]]
-                part["finding_id"] = part["inc"].get("finding_id") or _finding_of(part["inc"])
-                part["first_scan"] = part["last_scan"] = scan_id
-                deltas[iid] = part
+                full = old is not None and len(old.evidence) >= EVIDENCE_SAMPLES
+                deltas[iid] = {"inc": inc, "count": count, "blocked": blocked,
+                               "bytes_out": sent, "bytes_in": received, "first": first,
+                               "last": last, "evidence": [] if full else [sample(i) for i in rows],
+                               "facts": facts,
+                               "finding_id": inc.get("finding_id") or _finding_of(inc),
+                               "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
                 continue
-            # added in place (a transaction spans many batches: this runs for each incident
-            # of each, a hundred thousand times a part at 25 % LLM lines)
             evidence = d["evidence"]
             room = EVIDENCE_SAMPLES - len(evidence)
             if room > 0:
                 old = stored.get(iid)
                 if old is None or len(old.evidence) < EVIDENCE_SAMPLES:
-                    d["evidence"] = evidence + [sample(i) for i in part["evidence"][:room]]
-            d["count"] += part["count"]
-            d["blocked"] += part["blocked"]
-            if part["bytes_out"] is not None:
-                d["bytes_out"] = _add(d["bytes_out"], part["bytes_out"])
-            if part["bytes_in"] is not None:
-                d["bytes_in"] = _add(d["bytes_in"], part["bytes_in"])
-            if part["first"] < d["first"]:
-                d["first"] = part["first"]
-            if part["last"] > d["last"]:
-                d["last"] = part["last"]
-            if part["facts"] is not None:
-                d["facts"] = merge_fact_lists(d["facts"], part["facts"])
+                    d["evidence"] = evidence + [sample(i) for i in rows[:room]]
+            d["count"] += count
+            d["blocked"] += blocked
+            if sent is not None:
+                had = d["bytes_out"]
+                d["bytes_out"] = sent if had is None else had + sent
+            if received is not None:
+                had = d["bytes_in"]
+                d["bytes_in"] = received if had is None else had + received
+            if first < d["first"]:
+                d["first"] = first
+            if last > d["last"]:
+                d["last"] = last
+            if facts is not None and facts != d["facts"]:
+                d["facts"] = merge_fact_lists(d["facts"], facts)
 
     def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult) -> None:
         """Add what new observations brought (``deltas``, per incident) to the incidents.

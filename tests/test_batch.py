@@ -9,11 +9,12 @@ import random
 import signal
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
 from monitor import scanner
 from monitor import store as store_module
-from monitor.batch import ROW_ID, Batch, links_of
+from monitor.batch import ROW_FIELDS, ROW_ID, Batch
 from monitor.ids import observation_id
 from monitor.rows import COL, observation_values
 from monitor.store import Store
@@ -190,7 +191,7 @@ def _batches_of(records: list, size: int) -> list[Batch]:
         batch = Batch.of([(r, list(row), incs) for r, row, incs in records[start : start + size]])
         batch.set_scan(1)
         for i, nth in seen.repeated(batch):
-            batch.columns[ROW_ID][i] = observation_id(batch.record_ids[i], nth)
+            batch.columns[ROW_ID][i] = observation_id(batch.record_id(i), nth)
         batches.append(batch)
     return batches
 
@@ -252,6 +253,17 @@ def test_a_kill_before_the_commit_leaves_nothing_of_the_transaction(tmp_path):
     assert result.stored == 200 and result.duplicates == 100
 
 
+def _links_of(groups: list) -> list[tuple[str, int]]:
+    """(incident id, row) per incident of each group and row of it, in order."""
+    return [(inc["id"], row) for incs, rows in groups for inc in incs for row in rows]
+
+
+def _pairs(links: tuple) -> list[tuple[str, int]]:
+    ids, of, row = links
+    assert ids == list(dict.fromkeys(ids)), "each incident once"
+    return [(ids[k], r) for k, r in zip(of, row, strict=True)]
+
+
 def test_batches_sent_by_a_producer_store_what_batches_made_here_store(tmp_path):
     """A batch as it travels from a producer (pickled: its groups packed, its links made
     as integer arrays) unpacks to the groups it was made with, and stores every table (and
@@ -273,7 +285,7 @@ def test_batches_sent_by_a_producer_store_what_batches_made_here_store(tmp_path)
         made = _batches_of(chunk, 41)
         travelled = [pickle.loads(pickle.dumps(b, pickle.HIGHEST_PROTOCOL)) for b in made]
         assert [b.grouped() for b in travelled] == [b.groups for b in made]
-        assert [b.links() for b in travelled] == [links_of(b.groups) for b in made]
+        assert [_pairs(b.links()) for b in travelled] == [_links_of(b.groups) for b in made]
         got = sent.ingest_batches(1, [pickle.loads(pickle.dumps(b, -1)) for b in made])
         want = here.ingest_batches(1, made)
         assert (got.stored, got.duplicates, got.expired, got.new_incidents) == (
@@ -282,3 +294,50 @@ def test_batches_sent_by_a_producer_store_what_batches_made_here_store(tmp_path)
         results.append(got)
     # the second and third ran the per-row fall-back: rows stored before, rows pruned
     assert results[1].duplicates == 50 and results[2].expired > 0
+
+
+def test_a_pickled_batch_keeps_every_value_and_stores_the_same_rows(tmp_path):
+    """Columns travel as typed arrays where every value fits one (64-bit integers,
+    doubles), as nothing when all are None and as they are otherwise (a None among
+    numbers, texts); record ids of 24 hex digits as one bytes
+    object, others as they are. Every value comes back as the store binds it (a REAL
+    column's integer as the double SQLite makes of it), every record id as it was, and
+    the stored rows are the in-process batch's, value by value and type by type."""
+    records = _records(60, random.Random(4))
+    odd = {COL["bytes_in"]: 2**62 + 5, COL["duration"]: 3, COL["client_port"]: None,
+           COL["url"]: "https://api.x.ai/v1/chat"}  # fmt: skip
+    items = []
+    for k, (record_id, row, incs) in enumerate(records):
+        row = list(row)
+        row[COL["duration"]] = k / 7 if k % 3 else float(k)  # doubles, whole ones too
+        row[COL["client_port"]] = 40000 + k
+        for col, value in odd.items() if k == 30 else ():
+            row[col] = value
+        items.append((record_id if k else "not-hex", row, incs))
+    made = Batch.of(items)
+    travelled = pickle.loads(pickle.dumps(made, pickle.HIGHEST_PROTOCOL))
+    columns = dict(zip(ROW_FIELDS, travelled.columns, strict=True))
+    assert isinstance(columns["id"], array) and isinstance(columns["ts"], array)
+    assert isinstance(columns["packets_in"], list) and set(columns["packets_in"]) == {None}
+    assert isinstance(columns["bytes_out"], list) and None in columns["bytes_out"]
+    assert isinstance(columns["client_port"], list) and columns["client_port"][30] is None
+    assert isinstance(columns["duration"], array) and columns["duration"][30] == 3.0
+    for name, got, want in zip(ROW_FIELDS, travelled.columns, made.columns, strict=True):
+        assert list(got) == list(want), name
+    assert [travelled.record_id(i) for i in range(len(items))] == [r for r, _, _ in items]
+    hexed = Batch.of([(f"{k:024x}", row, incs) for k, (_, row, incs) in enumerate(items)])
+    travelled_hex = pickle.loads(pickle.dumps(hexed, -1))
+    assert isinstance(travelled_hex.record_ids, bytes)
+    assert [travelled_hex.record_id(i) for i in range(60)] == [f"{k:024x}" for k in range(60)]
+    stored = []
+    for name, batch in (("here", made), ("sent", travelled)):
+        store = Store(tmp_path / f"{name}.db")
+        store.start_scan([], {})
+        batch.set_scan(1)
+        store.ingest_batches(1, [batch])
+        stored.append(store.db.execute(
+            "SELECT *, typeof(bytes_in), typeof(duration), typeof(client_port) FROM obs_rows"
+        ).fetchall())  # fmt: skip
+        stored.append(_tables(store))
+    assert stored[0] == stored[2] and stored[1] == stored[3]
+    assert ("real", "integer") in {(r[-2], r[-1]) for r in stored[0]}
