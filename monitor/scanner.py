@@ -38,6 +38,7 @@ import hashlib
 import io
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -76,7 +77,11 @@ IN_PROCESS_BELOW = 8 << 20
 #: bytes of a big plain log between commit points (``APIWATCH_PART_SIZE`` to tune)
 PART_SIZE = int(os.environ.get("APIWATCH_PART_SIZE", 64 << 20))
 MIN_PART = 16 << 20
-_QUEUE_BATCHES = 2  # bounded hand-over: producers wait rather than fill memory
+#: batches a producer may hand over before the storing process takes them (bounded: then it
+#: waits rather than fill memory): enough for a producer to read its next part while the
+#: part before it is stored (a 64 MB part of a log with a quarter LLM lines is 6 batches),
+#: each held pickled (about 3 MB) until it is taken
+_QUEUE_BATCHES = 8
 
 
 def default_jobs() -> int:
@@ -306,8 +311,10 @@ def _producer(pipeline: Pipeline, parts: list[Part], out: mp.Queue, progress, pa
 
     try:
         for part in parts:
-            for message in part_messages(pipeline, part, on_read):
-                _put(out, message, parent)
+            for kind, payload in part_messages(pipeline, part, on_read):
+                if kind == "batch":  # queued as bytes: compact while it waits (see _Remote)
+                    payload = pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
+                _put(out, (kind, payload), parent)
     except BaseException:  # a bug: report it to the parent rather than die silently
         _put(out, ("crash", traceback.format_exc()), parent)
 
@@ -338,6 +345,8 @@ class _Remote:
             try:
                 with _uncollected():
                     kind, payload = self.queue.get(timeout=0.5)
+                    if kind == "batch":
+                        payload = pickle.loads(payload)
             except queue.Empty:
                 if not self.process.is_alive() and self.queue.empty():
                     yield "crash", f"producer exited with code {self.process.exitcode}"
@@ -537,6 +546,8 @@ class Scanner:
                         self._parts += 1
                         if self._parts >= HOLD_PARTS or self._queued >= limit:
                             self._flush(scan_id, summary)
+                        elif self._open is not None:  # the part's rows, while the next is read
+                            self._open.roll_up()
                     elif kind == "input-error":
                         damaged = True
                         summary.diag.file_error(part.path, payload.removeprefix(f"{part.path}: "))
@@ -578,7 +589,7 @@ class Scanner:
             ids[i] = observation_id(record_ids[i], nth)
         batch.record_ids = None  # not needed any more
         if self._open is None:
-            self._open = self.store.ingestion(scan_id)
+            self._open = self.store.ingestion(scan_id, roll_up=True)
         self._open.add(batch)
         self._queued += len(batch)
         summary.llm_observations += len(batch)
@@ -589,7 +600,7 @@ class Scanner:
         ingestion, self._open, self._queued, self._parts = self._open, None, 0, 0
         checkpoint, self._checkpoint = self._checkpoint, None
         if ingestion is None and checkpoint is not None:
-            ingestion = self.store.ingestion(scan_id)
+            ingestion = self.store.ingestion(scan_id, roll_up=True)
         if ingestion is not None:
             summary.account(ingestion.commit(checkpoint))
 

@@ -172,8 +172,8 @@ def test_remembered_incidents_are_bounded(tmp_path, monkeypatch):
     sizes = []  # (incidents of the transaction, incidents remembered after it)
     real = small._store_incidents
 
-    def watched(deltas, result):
-        real(deltas, result)
+    def watched(deltas, result, *numbers):
+        real(deltas, result, *numbers)
         sizes.append((len(deltas), len(small._incident_state)))
 
     monkeypatch.setattr(small, "_store_incidents", watched)
