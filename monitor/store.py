@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
@@ -873,24 +874,24 @@ class Store:
 
     def _store_links(self, tx: _IngestState) -> None:
         """Insert the hit links of the batch just stored (:func:`_link`). They name incidents
-        by row number, so an incident new to the database is given its number when the
-        transaction first meets it: the next after the last, in the order
-        :meth:`_store_incidents` inserts the new ones (that of ``tx.deltas``, which the
-        batch's incidents were just added to in the order of ``links``)."""
-        numbers = tx.numbers
+        by row number, so an incident new to the database is given its number as soon as
+        the transaction meets it: the next after the last, in the order
+        :meth:`_store_incidents` will insert the new ones (that of ``tx.deltas``, to which
+        the batch's incidents were just added)."""
+        numbers, deltas = tx.numbers, tx.deltas
+        if len(deltas) > len(numbers):  # the incidents the batch added, in order
+            met = list(islice(reversed(deltas), len(deltas) - len(numbers)))[::-1]
+            stored = self._incident_numbers(met)
+            for iid in met:
+                n = stored.get(iid)
+                if n is None:
+                    if tx.last_incident is None:
+                        tx.last_incident = self.db.conn.execute(
+                            "SELECT coalesce(max(n), 0) FROM incident_rows"
+                        ).fetchone()[0]
+                    n = tx.last_incident = tx.last_incident + 1
+                numbers[iid] = n
         for ids, of, row, first in tx.links:
-            fresh = [iid for iid in ids if iid not in numbers]
-            if fresh:
-                stored = self._incident_numbers(fresh)
-                for iid in fresh:
-                    n = stored.get(iid)
-                    if n is None:
-                        if tx.last_incident is None:
-                            tx.last_incident = self.db.conn.execute(
-                                "SELECT coalesce(max(n), 0) FROM incident_rows"
-                            ).fetchone()[0]
-                        n = tx.last_incident = tx.last_incident + 1
-                    numbers[iid] = n
             key = [numbers[iid] for iid in ids]
             self.db.conn.executemany(
                 "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
