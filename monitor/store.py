@@ -326,6 +326,7 @@ class _IngestState:
     numbers: dict[str, int] = field(default_factory=dict)
     last_incident: int | None = None  # the number the last new incident was given
     rolling: bool = False  # roll up as it goes (see :meth:`Ingestion.roll_up`)
+    gathered: int | None = None  # the last row gathered for the roll-ups (None: none yet)
     # context/client -> first row, of those made in this transaction (the others are in use)
     first_use: tuple[dict[int, int], dict[int, int]] = field(default_factory=lambda: ({}, {}))
 
@@ -369,13 +370,14 @@ class Ingestion:
             raise
 
     def roll_up(self) -> None:
-        """Sum the rows stored so far into the roll-ups, inside the transaction (the rows of
-        earlier transactions not rolled up yet too): what one roll-up at the commit would
-        make, done while the producers read on."""
+        """Sum the rows stored since the last call (the first time: since the mark, rows of
+        earlier transactions not rolled up yet too) for the roll-ups, while the producers
+        read on (:func:`_gather`); the commit adds them to the roll-ups and moves the mark:
+        what one roll-up at the commit would make."""
         tx = self._state
         assert tx is not None and tx.rolling, "a rolling transaction, open"
         try:
-            _roll_up(self.store.db.conn)
+            self.store._gather(tx)
         except BaseException:
             self.abort()
             raise
@@ -862,15 +864,22 @@ class Store:
         # the dictionary entries this transaction made: kept with the first row that uses them
         self._contexts.settle(tx.first_use[0])
         self._clients.settle(tx.first_use[1])
+        if tx.rolling and (result.stored or tx.gathered is not None):  # (gathered: folded)
+            self._gather(tx)
+            _fold(self.db.conn)
         if not result.stored:
             return result
         if deltas:
             self._store_incidents(deltas, result, tx.numbers)
         if result.rule_of:
             self._advance_findings(tx.scan_id, result, deltas)
-        if tx.rolling:
-            _roll_up(self.db.conn)
         return result
+
+    def _gather(self, tx: _IngestState) -> None:
+        """:func:`_gather` the rows the transaction stored since it last did."""
+        if tx.gathered != tx.top:
+            _gather(self.db.conn, tx.gathered)
+            tx.gathered = tx.top
 
     def _store_links(self, tx: _IngestState) -> None:
         """Insert the hit links of the batch just stored (:func:`_link`). They name incidents
@@ -4312,11 +4321,30 @@ _DEST_KEY = f"json_array({', '.join(f'c.{c}' for c in _DEST_COLUMNS)})"
 
 def _roll_up(conn: sqlite3.Connection) -> None:
     """Add the rows above the mark to their roll-ups and move the mark to the last row."""
-    conn.execute("DROP TABLE IF EXISTS temp.rolled")
+    _gather(conn, None)
+    _fold(conn)
+
+
+def _gather(conn: sqlite3.Connection, after: int | None) -> None:
+    """Sum the rows numbered above ``after`` (None: the mark) into ``temp.rolled`` (made as
+    needed: their roll-up rows, to be added to the roll-ups by :func:`_fold`) and into the
+    hourly totals. What a transaction stores part by part is gathered so, as it goes: the
+    work per row is done once, and the work per roll-up row too, at the end."""
+    above = _MARK if after is None else int(after)
     conn.execute(
-        f"CREATE TEMP TABLE rolled AS SELECT {_ROLLED_ROWS} FROM obs_rows o"  # noqa: S608
-        f" WHERE o.n > {_MARK} GROUP BY 1, 2"
+        "CREATE TEMP TABLE IF NOT EXISTS rolled (ctx INTEGER NOT NULL, client INTEGER NOT NULL,"
+        " requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER, url TEXT,"
+        " first_ts REAL NOT NULL, last_ts REAL NOT NULL, PRIMARY KEY (ctx, client)) WITHOUT ROWID"
     )
+    conn.execute(
+        f"""INSERT INTO temp.rolled SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE o.n > {above}
+            GROUP BY 1, 2 ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
+    )
+    _by_hour(conn, f"o.n > {above}", [])
+
+
+def _fold(conn: sqlite3.Connection) -> None:
+    """Add what :func:`_gather` gathered to the roll-ups, and move the mark to the last row."""
     conn.execute(
         f"""{_ROLLUP_INSERT} SELECT * FROM temp.rolled WHERE 1 = 1
             ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
@@ -4324,7 +4352,6 @@ def _roll_up(conn: sqlite3.Connection) -> None:
     _by_context(conn, "temp.rolled", "1 = 1", [])
     _by_month(conn, "temp.rolled", "1 = 1", [])
     conn.execute("DROP TABLE temp.rolled")
-    _by_hour(conn, f"o.n > {_MARK}", [])
     _set_mark(conn)
 
 
