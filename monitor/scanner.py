@@ -44,7 +44,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -82,10 +82,6 @@ MIN_PART = 16 << 20
 #: part before it is stored (a 64 MB part of a log with a quarter LLM lines is 6 batches),
 #: each held pickled (about 3 MB) until it is taken
 _QUEUE_BATCHES = 8
-#: how much lower the producers' scheduling priority is than the storing process's: when
-#: all three want the two cores, the storing process (the one every batch waits for, and
-#: which alone works after the producers end) is the last to be held back
-PRODUCER_NICE = 5
 
 
 def default_jobs() -> int:
@@ -305,8 +301,6 @@ def _producer(pipeline: Pipeline, parts: list[Part], out: mp.Queue, progress, pa
     collector's caches, which grow with the input (a tenth of a producer's CPU at 25 % LLM
     lines); the process exits when the scan ends."""
     _die_with_parent(parent)
-    with suppress(OSError):
-        os.nice(PRODUCER_NICE)
     gc.disable()
     if stdin is not None:
         sys.stdin = open(stdin)  # noqa: SIM115 - the process's standard input until it exits
