@@ -19,9 +19,11 @@ the data that part produced, never before it. ``kill -9`` at any moment loses at
 the open transaction holds, which the next run reads again (and de-duplicates).
 
 **Storing as batches come.** Batches are stored as they come, in one transaction
-(:class:`monitor.store.Ingestion`): rows, dictionary entries and incident deltas at once,
-while the producers read on; the per-transaction work (each incident touched, hit links,
-findings) once, at the commit. One transaction spans the parts of an input: each incident
+(:class:`monitor.store.Ingestion`): rows, dictionary entries, incident deltas and hit links
+at once, while the producers read on (each a part ahead: see ``_QUEUE_BATCHES``); each
+part's rows are gathered for the roll-ups as the next is read; the per-transaction work
+(each incident touched, findings, the roll-ups' totals) once, at the commit, so that little
+is left after the last part. One transaction spans the parts of an input: each incident
 it touches is rewritten once, however many parts brought it requests (a busy incident
 recurs in every part), and so are the indexes' pages. It commits at the end of the input,
 or once it holds ``HOLD`` observations (what memory and a kill may lose are bounded by

@@ -319,7 +319,8 @@ class _IngestState:
     top: int  # the largest row number stored: this transaction's rows come after it
     result: IngestResult = field(default_factory=IngestResult)
     deltas: dict[str, dict[str, Any]] = field(default_factory=dict)  # per incident
-    #: which rows of the batch being stored raised which incident (see :func:`_link`)
+    #: which rows of the batch being stored raised which incident (see :func:`_link`),
+    #: inserted as hit links once it is stored
     links: list[tuple[list[str], array, array, int]] = field(default_factory=list)
     #: the row number (``incident_rows.n``) of each incident the transaction touched: a
     #: new one's is the one it will be inserted under (see :meth:`Store._store_links`)
@@ -339,9 +340,10 @@ class Ingestion:
     commits. The write lock is held from its creation on; nothing is committed
     before :meth:`commit`, and :meth:`abort` (or an error) rolls it all back.
 
-    ``roll_up``: the transaction also sums its rows into the roll-ups (and moves the mark),
-    part by part (:meth:`roll_up`) and at the commit, so that a scan's last work is not to
-    read all it stored again; a kill loses them with the rows they sum."""
+    ``roll_up``: the transaction also sums its rows into the roll-ups and moves the mark,
+    gathering them part by part (:meth:`roll_up`) and adding them up at the commit, so that
+    a scan's last work is not to read all it stored again; a kill loses them with the rows
+    they sum, as it loses the whole transaction."""
 
     def __init__(self, store: Store, scan_id: int, roll_up: bool = False):
         self.store = store
@@ -1066,7 +1068,8 @@ class Store:
                     evidence, evidence_text, facts, facts_text, first, last, d["finding_id"]
                 )
                 blocked, count = d["blocked"], d["count"]
-                new.append((None if new_numbers is None else new_numbers[iid], iid, *identity(inc), inc.get("dest_host"), inc.get("client_ip"),
+                n = None if new_numbers is None else new_numbers[iid]
+                new.append((n, iid, *identity(inc), inc.get("dest_host"), inc.get("client_ip"),
                             inc.get("site"), inc.get("egress_ip"), inc.get("egress_country"),
                             inc.get("day"), inc.get("user"), d["finding_id"], iso_utc(first),
                             iso_utc(last), count, blocked, d["bytes_out"], d["bytes_in"],
@@ -4106,9 +4109,11 @@ _DAYS = f"{_FROM_ROW} AND day >= ? AND day <= ?"
 # and client (a context belongs to one UTC day: a roll-up row is one day of one client's
 # traffic to one destination through one egress, for one source and scan). It holds
 # exactly the rows numbered up to the mark (``meta`` ``rolled_up_to``): appended rows are
-# added set-based when a scan finishes (and while a watch runs), and reads take the rows
-# above the mark from ``obs_rows`` itself, so a report is exact while a scan is storing or
-# after one was killed. Whatever changes or deletes rows (re-evaluation, prune) rebuilds
+# added set-based in the scan transaction that stores them (gathered part by part, added
+# at its commit: see :class:`Ingestion`), and what else is above the mark (rows a killed
+# scan committed, a watch's) when a scan finishes and while a watch runs; reads take the
+# rows above the mark from ``obs_rows`` itself, so a report is exact while a scan is
+# storing or after one was killed. Whatever changes or deletes rows (re-evaluation, prune) rebuilds
 # or drops their contexts' roll-ups in the same transaction and sets the mark again.
 _MARK = "(SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'rolled_up_to')"
 #: a roll-up row of the requests ``o`` grouped by context and client
@@ -4326,10 +4331,12 @@ def _roll_up(conn: sqlite3.Connection) -> None:
 
 
 def _gather(conn: sqlite3.Connection, after: int | None) -> None:
-    """Sum the rows numbered above ``after`` (None: the mark) into ``temp.rolled`` (made as
-    needed: their roll-up rows, to be added to the roll-ups by :func:`_fold`) and into the
-    hourly totals. What a transaction stores part by part is gathered so, as it goes: the
-    work per row is done once, and the work per roll-up row too, at the end."""
+    """Sum the rows numbered above ``after`` (None: the mark, and a new gathering) into
+    ``temp.rolled`` (their roll-up rows, to be added to the roll-ups by :func:`_fold`) and
+    into the hourly totals. What a transaction stores part by part is gathered so, as it
+    goes: the work per row is done once, and the work per roll-up row too, at the end."""
+    if after is None:
+        conn.execute("DROP TABLE IF EXISTS temp.rolled")
     above = _MARK if after is None else int(after)
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS rolled (ctx INTEGER NOT NULL, client INTEGER NOT NULL,"
