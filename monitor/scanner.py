@@ -20,17 +20,17 @@ the open transaction holds, which the next run reads again (and de-duplicates).
 
 **Storing as batches come.** Batches are stored as they come, in one transaction
 (:class:`monitor.store.Ingestion`): rows, dictionary entries, incident deltas and hit links
-at once, while the producers read on (each a part ahead: see ``_QUEUE_BATCHES``); each
-part's rows are gathered for the roll-ups as the next is read; the per-transaction work
-(each incident touched, findings, the roll-ups' totals) once, at the commit, so that little
-is left after the last part. One transaction spans the parts of an input: each incident
-it touches is rewritten once, however many parts brought it requests (a busy incident
-recurs in every part), and so are the indexes' pages. It commits at the end of the input,
-or once it holds ``HOLD`` observations (what memory and a kill may lose are bounded by
-that) or ``HOLD_PARTS`` parts ended in it (so are the bytes a re-run reads again); an
-input read as one part, whose end may be far, every ``FLUSH`` observations; a part whose
-end is not known (standard input, a compressed input) also whenever no other message
-waits, so that what was read is stored while the input stays open.
+at once, while the producers read on; each part's rows are gathered for the roll-ups as
+the next is read; the per-transaction work (each incident touched, findings, the roll-ups'
+totals) once, at the commit, so that little is left after the last part. One transaction
+spans the parts of an input: each incident it touches is rewritten once, however many
+parts brought it requests (a busy incident recurs in every part), and so are the indexes'
+pages. It commits at the end of the input, or once it holds ``HOLD`` observations (what
+memory and a kill may lose are bounded by that) or ``HOLD_PARTS`` parts ended in it (so
+are the bytes a re-run reads again); an input read as one part, whose end may be far,
+every ``FLUSH`` observations; a part whose end is not known (standard input, a compressed
+input) also whenever no other message waits, so that what was read is stored while the
+input stays open.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import hashlib
 import io
 import multiprocessing as mp
 import os
-import pickle
 import queue
 import signal
 import sys
@@ -79,11 +78,7 @@ IN_PROCESS_BELOW = 8 << 20
 #: bytes of a big plain log between commit points (``APIWATCH_PART_SIZE`` to tune)
 PART_SIZE = int(os.environ.get("APIWATCH_PART_SIZE", 64 << 20))
 MIN_PART = 16 << 20
-#: batches a producer may hand over before the storing process takes them (bounded: then it
-#: waits rather than fill memory): enough for a producer to read its next part while the
-#: part before it is stored (a 64 MB part of a log with a quarter LLM lines is 6 batches),
-#: each held pickled (about 3 MB) until it is taken
-_QUEUE_BATCHES = 8
+_QUEUE_BATCHES = 2  # bounded hand-over: producers wait rather than fill memory
 
 
 def default_jobs() -> int:
@@ -313,10 +308,8 @@ def _producer(pipeline: Pipeline, parts: list[Part], out: mp.Queue, progress, pa
 
     try:
         for part in parts:
-            for kind, payload in part_messages(pipeline, part, on_read):
-                if kind == "batch":  # queued as bytes: compact while it waits (see _Remote)
-                    payload = pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
-                _put(out, (kind, payload), parent)
+            for message in part_messages(pipeline, part, on_read):
+                _put(out, message, parent)
     except BaseException:  # a bug: report it to the parent rather than die silently
         _put(out, ("crash", traceback.format_exc()), parent)
 
@@ -347,8 +340,6 @@ class _Remote:
             try:
                 with _uncollected():
                     kind, payload = self.queue.get(timeout=0.5)
-                    if kind == "batch":
-                        payload = pickle.loads(payload)
             except queue.Empty:
                 if not self.process.is_alive() and self.queue.empty():
                     yield "crash", f"producer exited with code {self.process.exitcode}"
