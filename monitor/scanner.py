@@ -20,16 +20,18 @@ the data that part produced, never before it. ``kill -9`` at any moment loses at
 the open transaction holds, which the next run reads again (and de-duplicates).
 
 **Storing as batches come.** Batches are stored as they come, in one transaction
-(:class:`monitor.store.Ingestion`): rows, dictionary entries and incident deltas at once,
-while the producers read on; the per-transaction work (each incident touched, hit links,
-findings) once, at the commit. One transaction spans the parts of an input: each incident
-it touches is rewritten once, however many parts brought it requests (a busy incident
-recurs in every part), and so are the indexes' pages. It commits at the end of the input,
-or once it holds ``HOLD`` observations (what memory and a kill may lose are bounded by
-that) or ``HOLD_PARTS`` parts ended in it (so are the bytes a re-run reads again); an
-input read as one part, whose end may be far, every ``FLUSH`` observations; a part whose
-end is not known (standard input, a compressed input) also whenever no other message
-waits, so that what was read is stored while the input stays open.
+(:class:`monitor.store.Ingestion`): rows, dictionary entries, incident deltas and hit links
+at once, while the producers read on; each part's rows are gathered for the roll-ups as
+the next is read; the per-transaction work (each incident touched, findings, the roll-ups'
+totals) once, at the commit, so that little is left after the last part. One transaction
+spans the parts of an input: each incident it touches is rewritten once, however many
+parts brought it requests (a busy incident recurs in every part), and so are the indexes'
+pages. It commits at the end of the input, or once it holds ``HOLD`` observations (what
+memory and a kill may lose are bounded by that) or ``HOLD_PARTS`` parts ended in it (so
+are the bytes a re-run reads again); an input read as one part, whose end may be far,
+every ``FLUSH`` observations; a part whose end is not known (standard input, a compressed
+input) also whenever no other message waits, so that what was read is stored while the
+input stays open.
 """
 
 from __future__ import annotations
@@ -559,6 +561,8 @@ class Scanner:
                         self._parts += 1
                         if self._parts >= HOLD_PARTS or self._queued >= limit:
                             self._flush(scan_id, summary)
+                        elif self._open is not None:  # the part's rows, while the next is read
+                            self._open.roll_up()
                     elif kind == "input-error":
                         damaged = True
                         summary.diag.file_error(part.path, payload.removeprefix(f"{part.path}: "))
@@ -600,7 +604,7 @@ class Scanner:
             ids[i] = observation_id(batch.record_id(i), nth)
         batch.record_ids = None  # not needed any more
         if self._open is None:
-            self._open = self.store.ingestion(scan_id)
+            self._open = self.store.ingestion(scan_id, roll_up=True)
         self._open.add(batch)
         self._queued += len(batch)
         summary.llm_observations += len(batch)
@@ -611,7 +615,7 @@ class Scanner:
         ingestion, self._open, self._queued, self._parts = self._open, None, 0, 0
         checkpoint, self._checkpoint = self._checkpoint, None
         if ingestion is None and checkpoint is not None:
-            ingestion = self.store.ingestion(scan_id)
+            ingestion = self.store.ingestion(scan_id, roll_up=True)
         if ingestion is not None:
             summary.account(ingestion.commit(checkpoint))
 

@@ -36,7 +36,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
-from itertools import chain
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
@@ -322,13 +322,15 @@ class _IngestState:
     top: int  # the largest row number stored: this transaction's rows come after it
     result: IngestResult = field(default_factory=IngestResult)
     deltas: dict[str, dict[str, Any]] = field(default_factory=dict)  # per incident
-    #: which row raised which incident, per batch (:meth:`monitor.batch.Batch.links`):
-    #: integer arrays (what a transaction holds for each of its rows: a few bytes, and none
-    #: of its batch's objects, whose memory it would keep from being reused), the indexes
-    #: in ``linked`` of its incidents, and the number of its first row (0: the rows are
-    #: numbers)
-    linked: dict[str, int] = field(default_factory=dict)  # incident id -> index
-    links: list[tuple[array, array, array, int]] = field(default_factory=list)
+    #: which rows of the batch being stored raised which incident (see :func:`_link`),
+    #: inserted as hit links once it is stored
+    links: list[tuple[list[str], array, array, int]] = field(default_factory=list)
+    #: the row number (``incident_rows.n``) of each incident the transaction touched: a
+    #: new one's is the one it will be inserted under (see :meth:`Store._store_links`)
+    numbers: dict[str, int] = field(default_factory=dict)
+    last_incident: int | None = None  # the number the last new incident was given
+    rolling: bool = False  # roll up as it goes (see :meth:`Ingestion.roll_up`)
+    gathered: int | None = None  # the last row gathered for the roll-ups (None: none yet)
     # context/client -> first row, of those made in this transaction (the others are in use)
     first_use: tuple[dict[int, int], dict[int, int]] = field(default_factory=lambda: ({}, {}))
 
@@ -336,12 +338,17 @@ class _IngestState:
 class Ingestion:
     """One :meth:`Store.ingest_batches` transaction, fed batch by batch (:meth:`add`) as a
     scan's producers hand them over, so that the rows, dictionary entries and incident
-    deltas of a batch are stored while the next batch is read; :meth:`commit` does the
-    per-transaction work (incidents, hit links, findings, the read position) once and
+    deltas, hit links of a batch are stored while the next batch is read; :meth:`commit`
+    does the per-transaction work (incidents, findings, the read position) once and
     commits. The write lock is held from its creation on; nothing is committed
-    before :meth:`commit`, and :meth:`abort` (or an error) rolls it all back."""
+    before :meth:`commit`, and :meth:`abort` (or an error) rolls it all back.
 
-    def __init__(self, store: Store, scan_id: int):
+    ``roll_up``: the transaction also sums its rows into the roll-ups and moves the mark,
+    gathering them part by part (:meth:`roll_up`) and adding them up at the commit, so that
+    a scan's last work is not to read all it stored again; a kill loses them with the rows
+    they sum, as it loses the whole transaction."""
+
+    def __init__(self, store: Store, scan_id: int, roll_up: bool = False):
         self.store = store
         store._begin()
         try:
@@ -352,7 +359,7 @@ class Ingestion:
             # were skipped
             top = store.db.conn.execute("SELECT max(n) FROM obs_rows").fetchone()[0] or 0
             self._state: _IngestState | None = _IngestState(
-                scan_id, store._meta("pruned_before"), top
+                scan_id, store._meta("pruned_before"), top, rolling=roll_up
             )
         except BaseException:
             store._rollback()
@@ -362,6 +369,20 @@ class Ingestion:
         assert self._state is not None, "committed or aborted"
         try:
             self.store._ingest_batch(self._state, batch)
+            self.store._store_links(self._state)
+        except BaseException:
+            self.abort()
+            raise
+
+    def roll_up(self) -> None:
+        """Sum the rows stored since the last call (the first time: since the mark, rows of
+        earlier transactions not rolled up yet too) for the roll-ups, while the producers
+        read on (:func:`_gather`); the commit adds them to the roll-ups and moves the mark:
+        what one roll-up at the commit would make."""
+        tx = self._state
+        assert tx is not None and tx.rolling, "a rolling transaction, open"
+        try:
+            self.store._gather(tx)
         except BaseException:
             self.abort()
             raise
@@ -497,11 +518,12 @@ class _StoredIncident(NamedTuple):
 
 
 #: the columns of a new incident row, in the order :meth:`Store._store_incidents` gives them
-_NEW_INCIDENT_COLUMNS = ("id", "rule", "severity", "title", "provider", "provider_kind",
+_NEW_INCIDENT_COLUMNS = ("n", "id", "rule", "severity", "title", "provider", "provider_kind",
                          "egress_source", "severity_rank", "dest_host", "client_ip", "site",
                          "egress_ip", "egress_country", "day", "user", "finding_id",
                          "first_seen", "last_seen", "count", "blocked", "bytes_out", "bytes_in",
                          "outcome", "evidence", "facts", "first_scan", "last_scan")  # fmt: skip
+#: (``n`` None: the next number, as SQLite picks it)
 _INSERT_INCIDENT = (
     f"INSERT INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)})"  # noqa: S608 - constants
     f" VALUES ({', '.join('?' * len(_NEW_INCIDENT_COLUMNS))})"
@@ -798,10 +820,11 @@ class Store:
             ingestion.add(batch)
         return ingestion.commit(source)
 
-    def ingestion(self, scan_id: int) -> Ingestion:
+    def ingestion(self, scan_id: int, roll_up: bool = False) -> Ingestion:
         """An :meth:`ingest_batches` transaction fed batch by batch as they come (its
-        per-transaction work done once, at :meth:`Ingestion.commit`)."""
-        return Ingestion(self, scan_id)
+        per-transaction work done once, at :meth:`Ingestion.commit`; ``roll_up``: see
+        :class:`Ingestion`)."""
+        return Ingestion(self, scan_id, roll_up)
 
     def _insert(self, table: str, rows: Sequence[dict[str, Any]]) -> int:
         """Insert ``rows`` as sqlite-utils' ``insert_all`` does (every column one of them
@@ -893,28 +916,55 @@ class Store:
         tx.top = top + added
 
     def _ingest_end(self, tx: _IngestState) -> IngestResult:
-        """The per-transaction work of an ingest, once its batches are stored: incidents,
-        hit links, findings."""
+        """The per-transaction work of an ingest, once its batches (and their hit links) are
+        stored: incidents, findings, and the roll-up of what is left when it rolls up."""
         result, deltas = tx.result, tx.deltas
         # the dictionary entries this transaction made: kept with the first row that uses them
         self._contexts.settle(tx.first_use[0])
         self._clients.settle(tx.first_use[1])
+        if tx.rolling and (result.stored or tx.gathered is not None):  # (gathered: folded)
+            self._gather(tx)
+            _fold(self.db.conn)
         if not result.stored:
             return result
         if deltas:
-            self._store_incidents(deltas, result)
-            keys = self._incident_numbers(list(deltas))
-            number = [keys[iid] for iid in tx.linked]
-            pairs = []
-            for incidents, of, row, first in tx.links:
-                key = [number[k] for k in incidents]
-                pairs.append(zip(map(key.__getitem__, of), map(first.__add__, row), strict=True))
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)", chain(*pairs)
-            )
+            self._store_incidents(deltas, result, tx.numbers)
         if result.rule_of:
             self._advance_findings(tx.scan_id, result, deltas)
         return result
+
+    def _gather(self, tx: _IngestState) -> None:
+        """:func:`_gather` the rows the transaction stored since it last did."""
+        if tx.gathered != tx.top:
+            _gather(self.db.conn, tx.gathered)
+            tx.gathered = tx.top
+
+    def _store_links(self, tx: _IngestState) -> None:
+        """Insert the hit links of the batch just stored (:func:`_link`). They name incidents
+        by row number, so an incident new to the database is given its number as soon as
+        the transaction meets it: the next after the last, in the order
+        :meth:`_store_incidents` will insert the new ones (that of ``tx.deltas``, to which
+        the batch's incidents were just added)."""
+        numbers, deltas = tx.numbers, tx.deltas
+        if len(deltas) > len(numbers):  # the incidents the batch added, in order
+            met = list(islice(reversed(deltas), len(deltas) - len(numbers)))[::-1]
+            stored = self._incident_numbers(met)
+            for iid in met:
+                n = stored.get(iid)
+                if n is None:
+                    if tx.last_incident is None:
+                        tx.last_incident = self.db.conn.execute(
+                            "SELECT coalesce(max(n), 0) FROM incident_rows"
+                        ).fetchone()[0]
+                    n = tx.last_incident = tx.last_incident + 1
+                numbers[iid] = n
+        for ids, of, row, first in tx.links:
+            key = [numbers[iid] for iid in ids]
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
+                zip(map(key.__getitem__, of), map(first.__add__, row), strict=True),
+            )
+        tx.links.clear()
 
     @staticmethod
     def _kept(batch: Batch, pruned: str | None, result: IngestResult) -> list[int]:
@@ -1032,8 +1082,10 @@ class Store:
             if facts is not None and facts != d["facts"]:
                 d["facts"] = merge_fact_lists(d["facts"], facts)
 
-    def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult) -> None:
-        """Add what new observations brought (``deltas``, per incident) to the incidents.
+    def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult,
+                         new_numbers: dict[str, int] | None = None) -> None:  # fmt: skip
+        """Add what new observations brought (``deltas``, per incident) to the incidents
+        (``new_numbers``: the row numbers new ones are given, see :meth:`_store_links`).
 
         The evidence samples and facts of the incidents this connection stored are
         remembered (:meth:`_forget_incidents`), so an incident that recurs from one
@@ -1078,7 +1130,8 @@ class Store:
                     evidence, evidence_text, facts, facts_text, first, last, d["finding_id"]
                 )
                 blocked, count = d["blocked"], d["count"]
-                new.append((iid, *identity(inc), inc.get("dest_host"), inc.get("client_ip"),
+                n = None if new_numbers is None else new_numbers[iid]
+                new.append((n, iid, *identity(inc), inc.get("dest_host"), inc.get("client_ip"),
                             inc.get("site"), inc.get("egress_ip"), inc.get("egress_country"),
                             inc.get("day"), inc.get("user"), d["finding_id"], iso_utc(first),
                             iso_utc(last), count, blocked, d["bytes_out"], d["bytes_in"],
@@ -1100,6 +1153,8 @@ class Store:
                             facts_entry(facts_text), d["first_scan"], d["last_scan"],
                             numbers[iid]))  # fmt: skip
         self.db.conn.executemany(_INSERT_INCIDENT, new)
+        if new_numbers is not None:
+            self._incident_keys.update((row[1], row[0]) for row in new)
         updates.sort(key=_LAST)
         self.db.conn.executemany(_UPDATE_INCIDENT, updates)
 
@@ -4218,9 +4273,11 @@ _DAYS = f"{_FROM_ROW} AND day >= ? AND day <= ?"
 # and client (a context belongs to one UTC day: a roll-up row is one day of one client's
 # traffic to one destination through one egress, for one source and scan). It holds
 # exactly the rows numbered up to the mark (``meta`` ``rolled_up_to``): appended rows are
-# added set-based when a scan finishes (and while a watch runs), and reads take the rows
-# above the mark from ``obs_rows`` itself, so a report is exact while a scan is storing or
-# after one was killed. Whatever changes or deletes rows (re-evaluation, prune) rebuilds
+# added set-based in the scan transaction that stores them (gathered part by part, added
+# at its commit: see :class:`Ingestion`), and what else is above the mark (rows a killed
+# scan committed, a watch's) when a scan finishes and while a watch runs; reads take the
+# rows above the mark from ``obs_rows`` itself, so a report is exact while a scan is
+# storing or after one was killed. Whatever changes or deletes rows (re-evaluation, prune) rebuilds
 # or drops their contexts' roll-ups in the same transaction and sets the mark again.
 _MARK = "(SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'rolled_up_to')"
 #: a roll-up row of the requests ``o`` grouped by context and client
@@ -4384,11 +4441,10 @@ def _rows(cursor: sqlite3.Cursor) -> Rows:
 
 
 def _link(tx: _IngestState, links: tuple[list[str], array, array], first: int) -> None:
-    """Add which of a batch's rows raised which incident (:meth:`Batch.links`) to a
-    transaction's (``first``: the number of the batch's first row; 0: rows are numbers)."""
-    ids, of, row = links
-    linked = tx.linked
-    tx.links.append((array("q", [linked.setdefault(i, len(linked)) for i in ids]), of, row, first))
+    """Which of a batch's rows raised which incident (:meth:`Batch.links`), for
+    :meth:`Store._store_links` (``first``: the number of the batch's first row; 0: rows
+    are numbers)."""
+    tx.links.append((*links, first))
 
 
 def _day_floor(when: datetime) -> datetime:
@@ -4434,11 +4490,32 @@ _DEST_KEY = f"json_array({', '.join(f'c.{c}' for c in _DEST_COLUMNS)})"
 
 def _roll_up(conn: sqlite3.Connection) -> None:
     """Add the rows above the mark to their roll-ups and move the mark to the last row."""
-    conn.execute("DROP TABLE IF EXISTS temp.rolled")
+    _gather(conn, None)
+    _fold(conn)
+
+
+def _gather(conn: sqlite3.Connection, after: int | None) -> None:
+    """Sum the rows numbered above ``after`` (None: the mark, and a new gathering) into
+    ``temp.rolled`` (their roll-up rows, to be added to the roll-ups by :func:`_fold`) and
+    into the hourly totals. What a transaction stores part by part is gathered so, as it
+    goes: the work per row is done once, and the work per roll-up row too, at the end."""
+    if after is None:
+        conn.execute("DROP TABLE IF EXISTS temp.rolled")
+    above = _MARK if after is None else int(after)
     conn.execute(
-        f"CREATE TEMP TABLE rolled AS SELECT {_ROLLED_ROWS} FROM obs_rows o"  # noqa: S608
-        f" WHERE o.n > {_MARK} GROUP BY 1, 2"
+        "CREATE TEMP TABLE IF NOT EXISTS rolled (ctx INTEGER NOT NULL, client INTEGER NOT NULL,"
+        " requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER, url TEXT,"
+        " first_ts REAL NOT NULL, last_ts REAL NOT NULL, PRIMARY KEY (ctx, client)) WITHOUT ROWID"
     )
+    conn.execute(
+        f"""INSERT INTO temp.rolled SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE o.n > {above}
+            GROUP BY 1, 2 ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
+    )
+    _by_hour(conn, f"o.n > {above}", [])
+
+
+def _fold(conn: sqlite3.Connection) -> None:
+    """Add what :func:`_gather` gathered to the roll-ups, and move the mark to the last row."""
     conn.execute(
         f"""{_ROLLUP_INSERT} SELECT * FROM temp.rolled WHERE 1 = 1
             ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
@@ -4446,7 +4523,6 @@ def _roll_up(conn: sqlite3.Connection) -> None:
     _by_context(conn, "temp.rolled", "1 = 1", [])
     _by_month(conn, "temp.rolled", "1 = 1", [])
     conn.execute("DROP TABLE temp.rolled")
-    _by_hour(conn, f"o.n > {_MARK}", [])
     _set_mark(conn)
 
 

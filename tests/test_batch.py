@@ -12,6 +12,8 @@ import sys
 from array import array
 from pathlib import Path
 
+import pytest
+
 from monitor import scanner
 from monitor import store as store_module
 from monitor.batch import ROW_FIELDS, ROW_ID, Batch
@@ -173,8 +175,8 @@ def test_remembered_incidents_are_bounded(tmp_path, monkeypatch):
     sizes = []  # (incidents of the transaction, incidents remembered after it)
     real = small._store_incidents
 
-    def watched(deltas, result):
-        real(deltas, result)
+    def watched(deltas, result, *numbers):
+        real(deltas, result, *numbers)
         sizes.append((len(deltas), len(small._incident_state)))
 
     monkeypatch.setattr(small, "_store_incidents", watched)
@@ -218,24 +220,72 @@ def test_a_transaction_fed_batch_by_batch_stores_what_records_one_at_a_time_stor
     assert got.duplicates == 50
 
 
-def test_a_kill_before_the_commit_leaves_nothing_of_the_transaction(tmp_path):
-    """``kill -9`` while batches have been added but not committed: the database holds what
-    it held before, and the write lock is free for the next writer."""
+ROLL_UPS = ("obs_rollup", "obs_hourly", "obs_monthly", "obs_context_totals", "obs_dests", "meta")
+
+
+def _roll_ups(store: Store) -> dict[str, list]:
+    return {t: store.db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in ROLL_UPS}  # noqa: S608
+
+
+def test_a_rolling_transaction_rolls_up_as_one_roll_up_at_its_end(tmp_path):
+    """A transaction that rolls up as it goes (part by part, as a scan's does) makes the
+    roll-ups (and destination numbers, and mark) that one roll-up after it makes: over rows
+    an earlier transaction left above the mark too, with duplicates skipped, and when all
+    it is given was stored before; one rolled back leaves the roll-ups as they were."""
+    records = _records(600, random.Random(12))
+    once, rolling = Store(tmp_path / "once.db"), Store(tmp_path / "rolling.db")
+    for store in (once, rolling):
+        store.start_scan([], {})
+        store.ingest_batches(1, _batches_of(records[:150], 40))  # above the mark: a killed scan
+    killed = _records(60, random.Random(14))
+    for part in (records[100:450], records[400:], records[300:500]):  # the last: all stored
+        if part[0] is records[300]:  # after a scan killed again: rows above the mark
+            for store in (once, rolling):
+                store.ingest_batches(1, _batches_of(killed, 25))
+        once.ingest_batches(1, _batches_of(part, 37))
+        once.roll_up()
+        ingestion = rolling.ingestion(1, roll_up=True)
+        for k, batch in enumerate(_batches_of(part, 37)):
+            ingestion.add(batch)
+            if k % 3 == 2:  # a part's end
+                ingestion.roll_up()
+        ingestion.roll_up()
+        stored = ingestion.commit().stored
+        assert _roll_ups(rolling) == _roll_ups(once) and _tables(rolling) == _tables(once)
+    assert stored == 0
+    assert len(_roll_ups(once)["obs_rollup"]) > 10
+    before = _roll_ups(rolling)
+    ingestion = rolling.ingestion(1, roll_up=True)
+    for batch in _batches_of(_records(100, random.Random(13)), 30):
+        ingestion.add(batch)
+        ingestion.roll_up()
+    ingestion.abort()
+    assert _roll_ups(rolling) == before
+    assert not rolling.db.execute("SELECT name FROM temp.sqlite_master").fetchall()
+
+
+@pytest.mark.parametrize("rolling", [False, True])
+def test_a_kill_before_the_commit_leaves_nothing_of_the_transaction(tmp_path, rolling):
+    """``kill -9`` while batches have been added but not committed (and, rolling, their
+    rows gathered for the roll-ups): the database holds what it held before, roll-ups and
+    mark included, and the write lock is free for the next writer."""
     db = tmp_path / "k.db"
     records = _records(300, random.Random(9))
     store = Store(db)
     store.start_scan([], {})
     store.ingest_batches(1, _batches_of(records[:100], 40))
-    before = _tables(store)
+    store.roll_up()
+    before = {**_tables(store), **_roll_ups(store)}
     store.close()
     script = (
         "import random, sys, time\n"
         "from monitor.store import Store\n"
         "from tests.test_batch import _batches_of, _records\n"
         "store = Store(sys.argv[1])\n"
-        "ingestion = store.ingestion(1)\n"
+        f"ingestion = store.ingestion(1, roll_up={rolling})\n"
         "for batch in _batches_of(_records(300, random.Random(9)), 40):\n"
         "    ingestion.add(batch)\n"
+        f"    {'ingestion.roll_up()' if rolling else 'pass'}\n"
         "print('added', flush=True)\n"
         "time.sleep(600)\n"
     )
@@ -248,7 +298,7 @@ def test_a_kill_before_the_commit_leaves_nothing_of_the_transaction(tmp_path):
     finally:
         proc.kill()
     after = Store(db)
-    assert _tables(after) == before
+    assert {**_tables(after), **_roll_ups(after)} == before
     result = after.ingest_batches(1, _batches_of(records, 40))  # the lock is free
     assert result.stored == 200 and result.duplicates == 100
 

@@ -207,10 +207,26 @@ def test_kill_while_a_transaction_spans_parts_then_rerun_resumes_exactly(tmp_pat
         proc.communicate(timeout=60)
         lines = read_lines(db)
         assert lines > 0 and stored(db) == observations_before(ref, lines)
+        assert rolled_up(db) == stored(db)  # part by part in the transactions: those committed
     assert kills >= 1, "every run finished before it could be killed: make the log bigger"
     again = run_ok(db, "scan", str(log), "--egress-country", "CN", "--json", "-j", "2")
     assert again["skipped_bytes"] > 0 and again["duplicates"] == 0
     assert stored(db) == whole["stored"] and incidents(db) == incidents(ref)
+    assert rolled_up(db) == stored(db)
+
+
+def rolled_up(db: Path) -> int:
+    """The requests the roll-ups sum (the same in each), all numbered up to the mark."""
+    con = sqlite3.connect(db)
+    try:
+        mark = con.execute("SELECT value FROM meta WHERE key = 'rolled_up_to'").fetchone()[0]
+        assert int(mark) == con.execute("SELECT coalesce(max(n), 0) FROM obs_rows").fetchone()[0]
+        sums = {t: con.execute(f"SELECT sum(requests) FROM {t}").fetchone()[0]  # noqa: S608
+                for t in ("obs_rollup", "obs_hourly", "obs_context_totals", "obs_monthly")}  # fmt: skip
+        assert len(set(sums.values())) == 1, sums
+        return sums["obs_rollup"]
+    finally:
+        con.close()
 
 
 def read_lines(db: Path) -> int:

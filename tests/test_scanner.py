@@ -6,6 +6,7 @@ import gzip
 import json
 import multiprocessing
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from monitor.app import App, Settings
 from monitor.cli import main
 from monitor.collectors import CollectOptions
 from monitor.egress import EgressOptions
-from monitor.store import Ingestion, StoreError
+from monitor.store import Ingestion, Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTS = [
@@ -266,6 +267,90 @@ def test_one_transaction_spans_the_parts_of_an_input(tmp_path, log, split_small,
     summary = app_scan(tmp_path / "b.db", log)
     assert commits == [(alone["stored"], 6000, alone["stored"], alone["stored"])]
     assert summary.stored == alone["stored"] and incidents_of(tmp_path / "b.db") == alone_incidents
+
+
+#: the roll-up tables, each in an order of its key
+ROLL_UPS = {"obs_rollup": "ctx, client", "obs_hourly": "ctx, hour", "obs_context_totals": "ctx",
+            "obs_monthly": "month, client, dest", "obs_dests": "n"}  # fmt: skip
+
+
+def _rows_of(db: Path, tables: dict[str, str]) -> dict[str, list[tuple]]:
+    con = sqlite3.connect(db)
+    try:
+        sql = "SELECT * FROM {} ORDER BY {}"
+        return {t: con.execute(sql.format(t, o)).fetchall() for t, o in tables.items()}
+    finally:
+        con.close()
+
+
+def _linked_as_counted(db: Path) -> int:
+    """Incidents are numbered 1, 2, … and each has a hit link for each request it counts
+    (its requests linked to it, not to another): how many incidents there are."""
+    con = sqlite3.connect(db)
+    try:
+        numbers = [n for (n,) in con.execute("SELECT n FROM incident_rows ORDER BY n")]
+        assert numbers == list(range(1, len(numbers) + 1))
+        assert not con.execute("""SELECT i.n FROM incident_rows i WHERE i.count !=
+            (SELECT count(*) FROM hit_links h WHERE h.incident = i.n)""").fetchall()
+        return len(numbers)
+    finally:
+        con.close()
+
+
+def test_a_spanning_transaction_rolls_up_part_by_part_as_one_roll_up_would(
+    tmp_path, log, split_small, monkeypatch
+):
+    """The transaction that spans a split log's parts sums each part's rows into the
+    roll-ups as the next is read (and the rest at its commit): the roll-ups, the mark, the
+    hit links and the incidents' numbers (new ones numbered when first met, before they are
+    stored) are those one roll-up after a scan in one process makes."""
+    scan(tmp_path / "a.db", log, "-j", "1")
+    rolled, commits = [], _commits(monkeypatch, tmp_path / "a.db")
+    real = Ingestion.roll_up
+
+    def roll_up(self):
+        rolled.append(self.store.db.conn.execute("SELECT count(*) FROM obs_rows").fetchone()[0])
+        real(self)
+
+    monkeypatch.setattr(Ingestion, "roll_up", roll_up)
+    app_scan(tmp_path / "b.db", log)
+    assert len(commits) == 1 and len(rolled) == _parts(tmp_path, log) >= 4  # one a part
+    assert rolled == sorted(set(rolled)) and rolled[0] > 0 and rolled[-1] == commits[0][0]
+    once = tmp_path / "once.db"  # the same rows, rolled up once
+    shutil.copy(tmp_path / "b.db", once)
+    con = sqlite3.connect(once)
+    with con:
+        for table in ROLL_UPS:
+            con.execute(f"DELETE FROM {table}")  # noqa: S608
+        con.execute("UPDATE meta SET value = '0' WHERE key = 'rolled_up_to'")
+    con.close()
+    Store(once).roll_up()
+    links = {"hit_links": "incident, obs", "incident_rows": "n", "meta": "key"}
+    b = _rows_of(tmp_path / "b.db", {**ROLL_UPS, **links})
+    assert len(b["obs_rollup"]) > 50 and len(b["hit_links"]) > 1000
+    assert b == _rows_of(once, {**ROLL_UPS, **links})
+    assert {t: b[t] for t in links} == _rows_of(tmp_path / "a.db", links)
+    assert _linked_as_counted(tmp_path / "b.db") > 50
+
+
+def test_a_second_scan_numbers_its_new_incidents_after_the_stored_ones(tmp_path, log, split_small):
+    """A scan on top of a database holding incidents numbers those it makes after them, as
+    it links their requests: what a scan in one process makes."""
+    lines = log.read_text().splitlines(keepends=True)
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    first.write_text("".join(lines[:2000]))
+    later = [
+        f"{float(ts) + 86400:.3f} {rest}" for ts, rest in (x.split(" ", 1) for x in lines[3000:])
+    ]
+    second.write_text("".join(lines[1500:3000] + later))  # some stored, some of a new day
+    tables = {"hit_links": "incident, obs", "incident_rows": "n", **ROLL_UPS}
+    for db, jobs in ((tmp_path / "a.db", "1"), (tmp_path / "b.db", "2")):
+        scan(db, first, "-j", jobs)
+        before = _linked_as_counted(db)
+        scan(db, second, "-j", jobs)
+        assert _linked_as_counted(db) > before > 10  # new ones, after those stored
+    a = _rows_of(tmp_path / "a.db", tables)
+    assert _rows_of(tmp_path / "b.db", tables) == a
 
 
 @pytest.mark.parametrize("bound", ["HOLD", "HOLD_PARTS"])
