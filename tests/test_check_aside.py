@@ -15,8 +15,6 @@ from monitor.app import App, Settings
 from monitor.collectors import CollectOptions
 from monitor.egress import EgressOptions
 from monitor.store import Ingestion, StoreError
-from tests.test_hardening import _stored as stored
-from tests.test_hardening import rows
 
 HOSTS = ("api.openai.com", "api.anthropic.com", "github.com", "api.deepseek.com")
 
@@ -43,7 +41,22 @@ def scan(db: Path, log: Path, jobs: int = 1) -> None:
 
 def outside(db: Path, sql: str) -> list[tuple]:
     """What another connection sees (committed data only)."""
-    return rows(db, sql)
+    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def stored(db: Path) -> dict[str, list[tuple]]:
+    return {
+        "observations": outside(db, "SELECT * FROM observations ORDER BY id"),
+        "incidents": outside(db, "SELECT * FROM incidents ORDER BY id"),
+        "hits": outside(db, "SELECT * FROM hits ORDER BY incident_id, observation_id"),
+        "findings": outside(db, "SELECT id, status, severity FROM findings ORDER BY id"),
+        "sources": outside(db, "SELECT key, size, offset, lines FROM sources ORDER BY key"),
+        "scans": outside(db, "SELECT records, llm_observations, stored, incidents_new FROM scans"),
+    }
 
 
 @pytest.fixture
