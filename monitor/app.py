@@ -313,17 +313,16 @@ class App:
                 scanner.start(paths[0])
         import sqlite3  # the store's part loads only now: producers do not need it
 
-        from monitor.store import CHECK_ASIDE_FROM, StoreError, damaged, database_problem
+        from monitor.store import StoreError, database_problem
 
         try:
-            store = self.store
             if not self._checked:  # never add to a database SQLite finds damaged
-                if store.path.stat().st_size >= CHECK_ASIDE_FROM:
-                    store.check_aside()  # beside the scan: its verdict comes before any commit
-                elif damage := store.damage():
-                    raise StoreError(damaged(self.db_path, damage))
-                else:
-                    self._checked = True
+                if damage := self.store.damage():
+                    raise StoreError(
+                        f"{self.db_path}: the database is damaged ({damage}); nothing was "
+                        f"scanned; run `apiwatch --db {self.db_path} db check`"
+                    )
+                self._checked = True
             mode = privacy_mode(pipeline.pseudonymizer)
             if (recorded := self.store.claim_privacy_mode(mode)) != mode:
                 raise StoreError(f"{self.db_path}: {_privacy_mismatch(recorded, mode)}")
@@ -366,9 +365,6 @@ class App:
         record["catalog_version"] = self.catalog.version
         record["geodata"] = [asdict(s) for s in self.geo.sources()]
         self.store.finish_scan(scan_id, record, problems)
-        if damage := self.store.settle():  # the quick check beside it: all is rolled back
-            raise StoreError(damaged(self.db_path, damage))
-        self._checked = True
         for hook in self.after_evaluation:
             hook(self, [scan_id])
         return scan_id, summary

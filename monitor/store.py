@@ -77,8 +77,6 @@ _CACHED = 1 << 16  # entries of each in-memory dictionary cache before it starts
 #: few thousand; a long log's earlier days need not stay in memory
 _INCIDENTS_CACHED = 1 << 14
 _CACHE_KB = 65536  # SQLite page cache per connection: index pages stay in memory
-#: databases at least this big are quick-checked beside the scan (:meth:`Store.check_aside`)
-CHECK_ASIDE_FROM = 64 << 20
 #: page cache while reading the whole history (see :meth:`Store._sorting`)
 _SORT_CACHE_KB = 4096
 
@@ -565,9 +563,6 @@ class Store:
         #: called after each commit that added events (a dispatcher's wake-up), like hooks
         self.listeners: list[Callable[[], None]] = []
         self._emitted = 0  # events written by the transaction in progress
-        self._check: _Check | None = None  # a quick check running aside (see check_aside)
-        self._held = False  # commits are held in one open transaction until its verdict
-        self._held_events = False  # finding events among them (listeners run at the commit)
         self._checkpointer: Any = None  # a thread copying the log into the file (see close)
         try:
             if readonly:
@@ -631,10 +626,6 @@ class Store:
 
     def _begin(self) -> None:
         conn = self.db.conn
-        if self._held:  # a transaction inside the held one, undone alone on rollback
-            conn.execute("SAVEPOINT tx")
-            self._emitted = 0
-            return
         for attempt in range(_LOCK_RETRIES):
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -651,58 +642,14 @@ class Store:
             self._data_version = version
 
     def _rollback(self) -> None:
-        if self._held:  # what was committed before it stays held
-            self.db.conn.execute("ROLLBACK TO tx")
-            self.db.conn.execute("RELEASE tx")
-        else:
-            self.db.conn.execute("ROLLBACK")
+        self.db.conn.execute("ROLLBACK")
         self._forget()  # numbers handed out in the transaction were not kept
 
     def _commit(self) -> None:
-        if self._check is not None:  # nothing is committed before the quick check's verdict
-            if self._held:
-                self.db.conn.execute("RELEASE tx")
-            self._held = True
-            self._held_events |= bool(self._emitted)
-            if self._check.done() and (damage := self.settle()):
-                raise StoreError(damaged(self.path, damage))
-            return
         self.db.conn.execute("COMMIT")
         if self._emitted:  # finding events were committed: tell the listeners (hooks)
             for listener in self.listeners:
                 listener()
-
-    def check_aside(self) -> None:
-        """Run SQLite's quick check (:meth:`damage`) on a connection of its own, in a thread,
-        while the scan reads and stores: on a big database it takes seconds (3 s of CPU for
-        900 MB), which the scan would otherwise wait for before storing anything. Until its
-        verdict, what is committed is held in one open transaction (each later transaction a
-        savepoint in it, undone alone on rollback): committed at the verdict when the check
-        finds nothing, rolled back whole when it finds damage, so that nothing is added to a
-        damaged database. A ``kill -9`` meanwhile loses what is held, as it would an open
-        transaction (a re-run reads it again)."""
-        if self._check is None and not self.readonly:
-            self._check = _Check(self._ro_uri)
-
-    def settle(self) -> str | None:
-        """Wait for the quick check :meth:`check_aside` started (None: none runs), then
-        commit what is held, or roll it back when it found damage: what it found, or None."""
-        check, self._check = self._check, None
-        if check is None:
-            return None
-        damage = check.verdict()
-        held, self._held = self._held, False
-        events, self._held_events = self._held_events, False
-        if held:
-            if damage is None:
-                self.db.conn.execute("COMMIT")
-                if events:
-                    for listener in self.listeners:
-                        listener()
-            else:
-                self.db.conn.execute("ROLLBACK")
-                self._forget()
-        return damage
 
     def _forget(self) -> None:
         self._contexts.forget()
@@ -2704,8 +2651,8 @@ class Store:
         (a scan's correlation and summary): else closing does it, fsyncs and all, after
         everything else (a third of the closing of a 3 % scan's 9 MB database). Passive:
         it never waits for, nor blocks, a writer."""
-        if self.readonly or self._checkpointer is not None or self._held:
-            return  # (held: nothing is committed yet)
+        if self.readonly or (self._checkpointer is not None and self._checkpointer.is_alive()):
+            return
         import threading
 
         def run() -> None:
@@ -2721,8 +2668,12 @@ class Store:
 
     def damage(self) -> str | None:
         """What SQLite's quick check finds wrong (None: nothing). It reads every page once,
-        so a scan runs it before writing (or beside it: :meth:`check_aside`), not each query."""
-        return _quick_check(self.db.conn)
+        so a scan runs it before writing, not each query."""
+        try:
+            found = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if found == ["ok"] else "; ".join(found).replace("\n", " ")
 
     def check(self) -> dict[str, Any]:
         """Integrity, schema version and table sizes, for ``apiwatch db check``."""
@@ -3472,11 +3423,7 @@ class Store:
             yield view
 
     def close(self) -> None:
-        """Close the database; what is held for a quick check's verdict is committed if the
-        check finds nothing (a scan that failed midway keeps what it committed)."""
-        if self._held:
-            with suppress(sqlite3.Error):
-                self.settle()
+        """Close the database (after the checkpoint :meth:`checkpoint_aside` started)."""
         if self._checkpointer is not None:  # this connection closes last: it ends the log
             self._checkpointer.join()
             self._checkpointer = None
@@ -4603,56 +4550,6 @@ def _chunks(ids: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
     for i in range(0, len(ids), _IN_CHUNK):
         chunk = list(ids[i : i + _IN_CHUNK])
         yield chunk, ", ".join("?" * len(chunk))
-
-
-def _quick_check(conn: sqlite3.Connection) -> str | None:
-    """What ``PRAGMA quick_check`` finds wrong on ``conn`` (None: nothing)."""
-    try:
-        found = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
-    return None if found == ["ok"] else "; ".join(found).replace("\n", " ")
-
-
-class _Check:
-    """A quick check on its own read-only connection, in a thread (SQLite runs it without
-    the GIL): see :meth:`Store.check_aside`."""
-
-    def __init__(self, uri: str):
-        import threading
-
-        self._uri = uri
-        self._damage: str | None = None
-        self._thread = threading.Thread(target=self._run, name="quick-check", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            conn = sqlite3.connect(self._uri, uri=True, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            self._damage = str(exc)
-            return
-        try:
-            self._damage = _quick_check(conn)
-        except sqlite3.Error as exc:  # not a database at all, locked past the timeout
-            self._damage = str(exc)
-        finally:
-            conn.close()
-
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def verdict(self) -> str | None:
-        self._thread.join()
-        return self._damage
-
-
-def damaged(path: Path, damage: str) -> str:
-    """The error of a scan refused because the quick check found ``damage``."""
-    return (
-        f"{path}: the database is damaged ({damage}); nothing was scanned; "
-        f"run `apiwatch --db {path} db check`"
-    )
 
 
 def database_problem(path: Path, exc: BaseException, doing: str = "database error") -> str:
