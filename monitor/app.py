@@ -442,8 +442,8 @@ def uncollected() -> Iterator[None]:
     gc.disable()
     try:
         yield
+        gc.freeze()  # (not after a failure: what it left may be cycles to collect)
     finally:
-        gc.freeze()
         if enabled:
             gc.enable()
 

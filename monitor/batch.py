@@ -233,12 +233,14 @@ def _packed(values: Sequence[Any], kind: type) -> Sequence[Any] | None:
 def _packed_ids(ids: list[str] | bytes | None) -> list[str] | bytes | None:
     """Record ids as pickled: one bytes object of 12 bytes each, when every id is 24
     lowercase hex digits (:func:`monitor.ids.record_id`), else as they are."""
-    if not isinstance(ids, list) or set(map(len, ids)) != {2 * _ID_BYTES}:
+    if not isinstance(ids, list):
         return ids
-    joined = "".join(ids)
-    try:
+    try:  # (a None among them, or ids of other shapes: kept as they are)
+        if set(map(len, ids)) != {2 * _ID_BYTES}:
+            return ids
+        joined = "".join(ids)
         packed = bytes.fromhex(joined)
-    except ValueError:
+    except (TypeError, ValueError):
         return ids
     return packed if packed.hex() == joined else ids
 

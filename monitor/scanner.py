@@ -100,7 +100,8 @@ class SourcePlan:
 def part_cuts(todo: int, jobs: int) -> list[int]:
     """Where to cut ``todo`` bytes read by ``jobs`` producers (offsets, ascending): parts of
     at most ``PART_SIZE``, as many for each producer (part i is read by producer i % jobs),
-    so that they end together; and, when there are several rounds of them, a last round of
+    so that they end together (unless a line longer than a part drops a cut: balance only);
+    and, when there are several rounds of them, a last round of
     parts of ``PART_SIZE / TAIL_SHARE``: what is stored after the producers end (their last
     parts, which the storing process takes only then) is that much shorter."""
     if todo < jobs * MIN_PART:  # too little for all: parts of PART_SIZE

@@ -642,8 +642,11 @@ class Store:
             self._data_version = version
 
     def _rollback(self) -> None:
-        self.db.conn.execute("ROLLBACK")
-        self._forget()  # numbers handed out in the transaction were not kept
+        try:  # SQLite rolls back by itself on some errors (a full disk): the error is that one
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("ROLLBACK")
+        finally:
+            self._forget()  # numbers handed out in the transaction were not kept
 
     def _commit(self) -> None:
         self.db.conn.execute("COMMIT")
@@ -731,11 +734,11 @@ class Store:
             self._insert("scan_problems", [{"scan_id": scan_id, **p} for p in problems])
             self._drop_unused_facts()  # what the scan's facts were on the way
             with self._sorting():
-                _roll_up(self.db.conn)  # the requests it stored, summed for reports
+                _roll_up(self.db.conn)  # rows not rolled up yet (a scan rolls up as it stores)
 
     def roll_up(self) -> None:
         """Sum the requests stored since the last roll-up into ``obs_rollup`` (a scan does
-        when it finishes; a long-running watch calls this as it goes)."""
+        in the transactions that store them; a long-running watch calls this as it goes)."""
         with self._tx(), self._sorting():
             _roll_up(self.db.conn)
 

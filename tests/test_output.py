@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tabulate import tabulate
 
-from monitor.output import MAX_CELL, safe_text, write_table
+from monitor.output import MAX_CELL, _simple_table, safe_text, write_table
 
 #: cells as a listing gets them: texts tabulate might take for numbers or booleans, padded,
 #: empty, long, with controls, wide or combining characters, and non-text values
@@ -46,12 +46,15 @@ def test_a_table_is_what_tabulate_makes_of_its_cells(table):
 
 
 def test_a_listing_of_many_rows_is_tabulates():
-    """100 k-row listings are ASCII: drawn here, the same as tabulate's."""
+    """Listings are ASCII but for the "…" of cut cells (long URLs here): drawn by apiwatch,
+    the same as tabulate's."""
     rows = [{"id": f"I-{i:06x}", "count": i * 7, "site": None if i % 3 else " shanghai",
              "url": "https://api.openai.com/v1/" + "x" * (i % 90)} for i in range(3000)]  # fmt: skip
     out = io.StringIO()
     write_table(rows, ["id", "count", "site", "url"], out)
     cells = [[safe_text(r[c]) for c in ("id", "count", "site", "url")] for r in rows]
+    assert any(c[3].endswith("…") for c in cells), "some URLs are cut"
+    assert _simple_table(cells, ["id", "count", "site", "url"]) is not None, "drawn here"
     expected = tabulate(cells, headers=["id", "count", "site", "url"], tablefmt="simple",
                         disable_numparse=True)  # fmt: skip
     assert out.getvalue() == expected + "\n"

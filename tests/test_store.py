@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import sqlite3
@@ -607,7 +608,7 @@ def test_finding_detail_is_each_findings_incidents(tmp_path):
 
     store = Store(tmp_path / "s.db")
     sid = store.start_scan(["a.log"], {})
-    batch, n = [], 0
+    batch, n, made = [], 0, {}  # made: incident id -> (rule, client, user, last time)
     for rule in ("provider-region-unsupported", "egress-unexpected"):
         for k in range(12):
             client, user = f"10.{k % 3}.0.{k}", ("alice", "bob", None)[k % 3]
@@ -615,17 +616,32 @@ def test_finding_detail_is_each_findings_incidents(tmp_path):
             iid = incident_id(rule, "openai", "api.openai.com", client, None, "CN", day, user)
             for _ in range(k % 4 + 1):
                 n += 1
-                row = obs(n, ts=1795737600.0 + (k % 3) * 86400 + n, day=day, client_ip=client,
-                          user=user)  # fmt: skip
+                ts = 1795737600.0 + (k % 3) * 86400 + n
+                row = obs(n, ts=ts, day=day, client_ip=client, user=user)
                 batch.append((row, [{**inc(iid, rule), "client_ip": client, "user": user,
                                      "day": day}]))  # fmt: skip
+                made[iid] = (rule, ipaddress.ip_address(client), user, ts)
     store.ingest(sid, batch)
-    fids = [r[0] for r in store.db.execute("SELECT id FROM findings ORDER BY id")]
+    rule_of = dict(store.db.execute("SELECT id, rule FROM findings"))
+    fids = sorted(rule_of)
     assert len(fids) == 2
+
+    def expected(q: IncidentQuery, fid: str) -> list[str]:
+        """The finding's incident ids the filters keep, from what was stored (not from
+        the store's queries): latest first, then by id, cut to the limit."""
+        nets = [ipaddress.ip_network(c) for c in q.client or ()]
+        kept = [(-last, iid) for iid, (rule, ip, user, last) in made.items()
+                if rule == rule_of[fid] and (not nets or any(ip in net for net in nets))
+                and (not q.user or user in q.user)]  # fmt: skip
+        return [iid for _, iid in sorted(kept)][: q.limit or None]
+
     for q in (IncidentQuery(limit=3), IncidentQuery(client=("10.1.0.0/16",), limit=10),
               IncidentQuery(user=("alice",), client=("10.0.0.0", "10.0.0.3")),
               IncidentQuery(client=("192.168.0.0/16",))):  # fmt: skip
         want = {fid: list(store.incidents(replace(q, finding=fid))) for fid in fids}
+        assert {fid: [i["id"] for i in want[fid]] for fid in fids} == {
+            fid: expected(q, fid) for fid in fids
+        }
         assert any(want.values()) or q.client == ("192.168.0.0/16",)
         assert store.finding_detail(q, fids) == want
         found = {}

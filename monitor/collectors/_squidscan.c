@@ -20,7 +20,10 @@
  *     with ts a float, elapsed and size ints, id the line's record id (a str: what
  *     monitor.ids.record_id makes of the line) and the rest bytes, appended to `todo`;
  *     with `maker`, a CONNECT whose values are all in the collector's caches becomes its
- *     Observation right here (counted in `records`, see observation_of).
+ *     Observation right here (counted in `records`, see observation_of); when the maker
+ *     names known line keys (monitor.observation.Known), such a CONNECT comes as the pair
+ *     (Observation, line key), or, when its key is known, as the tuple (entry, per-request
+ *     values, record id, observation id) with no Observation (see known_of).
  * Every other line (any other shape, longer than max_line, a target not yet in `rejects`,
  * a timestamp that is not plain digits[.digits] below 1e10, a marker in a rejected URL, a
  * peer address in `ranges` or one that only Python can read) goes to `todo` as (index,
@@ -1251,8 +1254,10 @@ native_chunk(PyObject *self, PyObject *args)
             PyObject *key = NULL;
             if (mk.known != NULL && ln->connect) {
                 item = known_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n, &key);
-                if (item == NULL && PyErr_Occurred())
+                if (item == NULL && PyErr_Occurred()) {
+                    Py_XDECREF(key);
                     goto fail;
+                }
             }
             if (item == NULL) {
                 item = observation_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n);

@@ -387,8 +387,9 @@ Maker = tuple[
     type, str, str, int, dict, dict, dict, dict, dict, tuple[str], tuple | None, *tuple[Any, ...]
 ]
 #: (chunk, clean, max_line, rejects, markers, ranges, maker, verdicts, connects) -> (records
-#: counted: dropped or made, the other lines in order: Observations, split into their
-#: fields, or (index, line) for the Python loop, the lines read); verdicts: a ``Verdicts``
+#: counted: dropped or made, the other lines in order: Observations (or, naming line keys,
+#: (Observation, key) pairs and the 4-tuples of known keys), split into their fields, or
+#: (index, line) for the Python loop, the lines read); verdicts: a ``Verdicts``
 #: table mirroring rejects and connects (the verdicts on URL and on CONNECT targets)
 NativeChunk = Callable[
     [
