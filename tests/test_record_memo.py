@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from monitor import accel
 from monitor.app import App, Settings
-from monitor.batch import Batch
+from monitor.batch import Batch, Deltas
 from monitor.collectors import CollectOptions, Diagnostics
 from monitor.egress import Egress, EgressOptions
 from monitor.ids import observation_id, observed_record_id
@@ -275,13 +276,21 @@ def test_records_known_by_line_key_give_the_records_batches(
 
     def same(got: list[Batch], grouped: bool = True) -> None:
         """Equal batches; not ``grouped``: their groups may cut the rows of one incident
-        list differently (a memo that forgets makes a key's incident rows anew)."""
+        list differently (a memo that forgets makes a key's incident rows anew), so their
+        (incident, row) links come in another order: the same pairs."""
         assert len(got) == len(want)
         for batch, expected in zip(got, want, strict=True):
             for name in Batch.__slots__:
-                if grouped or name not in ("groups", "linked"):
+                if grouped or name not in ("groups", "linked", "deltas"):
                     assert getattr(batch, name) == getattr(expected, name), name
+            if not grouped:
+                assert unordered(batch.deltas) == unordered(expected.deltas)
             assert raised(batch) == raised(expected)
+
+    def unordered(d: Deltas) -> tuple[list[Any], set[tuple[str, int]]]:
+        """Deltas per incident, and their links as a set of (incident id, row) pairs."""
+        fields = [getattr(d, f.name) for f in dataclasses.fields(d) if f.name not in ("of", "row")]
+        return fields, {(d.ids[k], r) for k, r in zip(d.of, d.row, strict=True)}
 
     def raised(batch: Batch) -> dict[int, list[dict]]:
         return {i: incs for incs, rows in batch.groups for i in rows}
