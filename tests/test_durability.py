@@ -59,17 +59,23 @@ def incidents(db: Path) -> list[tuple]:
         con.close()
 
 
-def stored(db: Path) -> int:
-    """Observations committed so far (0 while the database does not exist yet)."""
+def committed(db: Path, sql: str) -> int:
+    """What ``sql`` counts of what is committed (0 while the database or its schema does
+    not exist yet)."""
     if not db.exists():
         return 0
     con = sqlite3.connect(db, timeout=30)
     try:
-        return con.execute("SELECT count(*) FROM observations").fetchone()[0]
-    except sqlite3.OperationalError:
+        return con.execute(sql).fetchone()[0] or 0
+    except sqlite3.OperationalError:  # no schema yet
         return 0
     finally:
         con.close()
+
+
+def stored(db: Path) -> int:
+    """Observations committed so far."""
+    return committed(db, "SELECT count(*) FROM observations")
 
 
 def run_ok(db: Path, *args: str) -> dict:
@@ -231,16 +237,7 @@ def rolled_up(db: Path) -> int:
 
 def read_lines(db: Path) -> int:
     """The lines of the read position committed (0: none yet)."""
-    if not db.exists():
-        return 0
-    con = sqlite3.connect(db, timeout=30)
-    try:
-        row = con.execute("SELECT max(lines) FROM sources").fetchone()
-        return row[0] or 0
-    except sqlite3.OperationalError:  # no schema yet
-        return 0
-    finally:
-        con.close()
+    return committed(db, "SELECT max(lines) FROM sources")
 
 
 def observations_before(db: Path, lines: int) -> int:
