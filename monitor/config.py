@@ -473,16 +473,17 @@ def _opt_bool(body: dict[str, Any], name: str, where: str, key: str) -> bool:
 def _source(
     body: dict[str, Any], where: str, key: str, base: Path, sites: dict[str, Site]
 ) -> Source:
-    from monitor.collectors import FORMATS
+    from monitor.collectors import FORMAT_NAMES
 
     _no_unknown(body, _SOURCE_KEYS, where, key + ".")
     pattern = _opt_str(body, "path", where, key)
     if pattern is None:
         raise ConfigError(f"{where}: {key}.path: missing (a log file or glob pattern)")
     fmt = _opt_str(body, "format", where, key) or "auto"
-    if fmt != "auto" and fmt not in FORMATS:
+    if fmt != "auto" and fmt not in FORMAT_NAMES:
         raise ConfigError(
-            f"{where}: {key}.format: unknown format {fmt!r} (expected auto, {', '.join(FORMATS)})"
+            f"{where}: {key}.format: unknown format {fmt!r} "
+            f"(expected auto, {', '.join(FORMAT_NAMES)})"
         )
     site = _opt_str(body, "site", where, key)
     if site is not None and site not in sites:

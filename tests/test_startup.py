@@ -53,6 +53,13 @@ NOT_FOR_SCAN = {"monitor.export", "monitor.follow", "monitor.live", "monitor.rep
 #: need none of it, and every millisecond before them is the whole scan's)
 NOT_BEFORE_PRODUCERS = {"monitor.store", "monitor.correlate", "monitor.alerts", "sqlite3",
                         "sqlite_utils"}  # fmt: skip
+#: what reading a Squid log never loads: detection tests the other formats' first bytes
+#: with monitor.collectors.sniff and Squid's lines vote first, so the capture reader, the
+#: Zeek, Suricata, Zscaler, W3C and mapped collectors (and orjson) stay unloaded
+NOT_FOR_A_SQUID_LOG = {"monitor.collectors.pcap", "monitor.collectors.flows",
+                       "monitor.collectors.zeek", "monitor.collectors.suricata",
+                       "monitor.collectors.zscaler", "monitor.collectors.elff",
+                       "monitor.collectors.mapped", "orjson"}  # fmt: skip
 
 
 def _loaded(args: list[str], tmp_path: Path, setup: str = "") -> set[str]:
@@ -113,8 +120,37 @@ def test_scan_starts_its_producers_before_loading_the_store(tmp_path):
         "s.Scanner._fork = noted\n"
     )
     args = ["--db", str(tmp_path / "a.db"), "scan", str(SQUID_LOG), "-j", "2", "-q"]
-    assert "monitor.store" in _loaded(args, tmp_path, setup)  # it did store
-    assert _heavy(set(json.loads(seen.read_text())), NOT_BEFORE_PRODUCERS) == []
+    loaded = _loaded(args, tmp_path, setup)
+    assert "monitor.store" in loaded  # it did store
+    at_fork = set(json.loads(seen.read_text()))
+    assert _heavy(at_fork, NOT_BEFORE_PRODUCERS) == []
+    assert "monitor.collectors.squid" in at_fork  # it detected the format
+    assert _heavy(loaded, NOT_FOR_A_SQUID_LOG) == []
+
+
+def test_format_registry_is_what_the_collector_modules_define():
+    """The registry names each format, in detection order, with what its module's
+    FORMAT_SPECS say, before loading the module: its module, whether it splits, its
+    first-bytes test (the very function) and whether it votes on lines."""
+    import importlib
+
+    from monitor.collectors import _REGISTRY, FORMAT_NAMES, FORMATS, LINE_FORMATS
+
+    modules = dict.fromkeys(f.module for f in _REGISTRY)
+    specs = [(m, s) for m in modules for s in importlib.import_module(m).FORMAT_SPECS]
+    assert [(f.module, f.name) for f in _REGISTRY] == [(m, s.name) for m, s in specs]
+    for f, (_, spec) in zip(_REGISTRY, specs, strict=True):
+        assert f.splittable == spec.splittable, f.name
+        assert f.head is spec.sniff_head, f.name
+        assert f.votes == (spec.sniff_line is not None), f.name
+    assert list(FORMATS) == list(FORMAT_NAMES) == [s.name for _, s in specs]
+    assert {s.name for _, s in specs if s.splittable} == LINE_FORMATS
+
+
+def test_parse_of_a_squid_log_loads_no_other_collector(tmp_path):
+    loaded = _loaded(["parse", "--json", str(SQUID_LOG)], tmp_path)
+    assert "monitor.collectors.squid" in loaded
+    assert _heavy(loaded, NOT_FOR_A_SQUID_LOG) == []
 
 
 def test_help_still_lists_every_command_and_choice():

@@ -211,9 +211,9 @@ class LazyChoice(click.Choice):
 
 
 def _format_names() -> list[str]:
-    from monitor.collectors import FORMATS
+    from monitor.collectors import FORMAT_NAMES
 
-    return ["auto", *FORMATS]
+    return ["auto", *FORMAT_NAMES]
 
 
 format_option = click.option(

@@ -1,7 +1,8 @@
 """Collectors: one module per input format, all yielding :class:`~monitor.observation.Observation`.
 
-``FORMATS`` names every format ``--format`` accepts; ``detect`` picks one from a file's
-first lines, and says which formats it tried when none fits.
+``FORMAT_NAMES`` names every format ``--format`` accepts (``FORMATS`` describes them);
+``detect`` picks one from a file's first lines, and says which formats it tried when none
+fits. A format's module loads when it is first needed (see ``_REGISTRY``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from monitor.collectors import sniff
 from monitor.collectors.base import (
     CollectOptions,
     Collector,
@@ -33,40 +36,72 @@ SNIFF_LINES = 20
 SNIFF_BYTES = 64 * 1024
 
 
-#: modules that define FORMAT_SPECS, in detection order
-_SPEC_MODULES = (
-    "monitor.collectors.pcap",
-    "monitor.collectors.squid",
-    "monitor.collectors.zeek",
-    "monitor.collectors.suricata",
-    "monitor.collectors.zscaler",
-    "monitor.collectors.elff",
-    "monitor.collectors.mapped",
+@dataclass(frozen=True, slots=True)
+class _Registered:
+    """A format as the registry knows it before its module loads: the module whose
+    ``FORMAT_SPECS`` defines it, whether it is split for parallel parsing, its first-bytes
+    test when that lives in :mod:`monitor.collectors.sniff`, whether it votes on lines."""
+
+    name: str
+    module: str
+    splittable: bool = False
+    head: Callable[[bytes], bool] | None = None
+    votes: bool = False
+
+
+_PCAP, _SQUID = "monitor.collectors.pcap", "monitor.collectors.squid"
+_ZEEK, _SURICATA = "monitor.collectors.zeek", "monitor.collectors.suricata"
+_ZSCALER, _ELFF = "monitor.collectors.zscaler", "monitor.collectors.elff"
+#: every format, in detection order. A collector module loads when one of its formats is
+#: made or detection asks its line vote, so that reading a Squid log loads neither the
+#: capture reader nor the JSON, Zeek, W3C and mapped collectors (tests/test_startup.py
+#: checks this table against the modules' FORMAT_SPECS)
+_REGISTRY: tuple[_Registered, ...] = (
+    _Registered("pcap", _PCAP, head=sniff.pcap_head),
+    _Registered("squid", _SQUID, splittable=True, votes=True),
+    _Registered("squid-common", _SQUID, splittable=True, votes=True),
+    _Registered("squid-combined", _SQUID, splittable=True, votes=True),
+    _Registered("squid-custom", _SQUID, splittable=True),
+    _Registered("zeek", _ZEEK, head=sniff.zeek_tsv_head),
+    _Registered("zeek-json", _ZEEK, votes=True),
+    _Registered("suricata-eve", _SURICATA, votes=True),
+    _Registered("zscaler-csv", _ZSCALER, splittable=True, votes=True),
+    _Registered("zscaler-json", _ZSCALER, splittable=True, votes=True),
+    _Registered("zscaler-kv", _ZSCALER, splittable=True, votes=True),
+    _Registered("elff", _ELFF, head=sniff.elff_head),
+    _Registered("mapped", "monitor.collectors.mapped"),
 )
-
-
-def _load_specs() -> dict[str, FormatSpec]:
-    specs: dict[str, FormatSpec] = {}
-    for module in _SPEC_MODULES:
-        for spec in importlib.import_module(module).FORMAT_SPECS:
-            specs[spec.name] = spec
-    return specs
-
-
-SPECS = _load_specs()
-#: format name -> one-line description (for --help and errors)
-FORMATS: dict[str, str] = {name: spec.description for name, spec in SPECS.items()}
+_BY_NAME = {f.name: f for f in _REGISTRY}
+#: every format name, in detection order (``--format`` choices)
+FORMAT_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 #: formats whose files can be split at line boundaries and parsed in parallel
-LINE_FORMATS = frozenset(name for name, spec in SPECS.items() if spec.splittable)
+LINE_FORMATS = frozenset(f.name for f in _REGISTRY if f.splittable)
+
+
+def _spec(name: str) -> FormatSpec:
+    """The spec of a registered format (its module loads now if it has not yet)."""
+    for spec in importlib.import_module(_BY_NAME[name].module).FORMAT_SPECS:
+        if spec.name == name:
+            return spec
+    raise LookupError(f"{name}: not in its module's FORMAT_SPECS")
+
+
+def __getattr__(name: str) -> Any:
+    """``SPECS`` (name -> :class:`FormatSpec`) and ``FORMATS`` (name -> one-line
+    description, for errors and the config's check) load every collector module."""
+    if name == "SPECS":
+        return {f.name: _spec(f.name) for f in _REGISTRY}
+    if name == "FORMATS":
+        return {f.name: _spec(f.name).description for f in _REGISTRY}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_collector(name: str, options: CollectOptions, catalog: Catalog | None = None) -> Collector:
     """The collector of format ``name``; with a ``catalog``, captures and flow logs name
     destinations by its published IP ranges too."""
-    spec = SPECS.get(name)
-    if spec is None:
-        raise InputError(f"unknown format {name!r} (known: {', '.join(FORMATS)})")
-    return spec.make(options, catalog)
+    if name not in _BY_NAME:
+        raise InputError(f"unknown format {name!r} (known: {', '.join(FORMAT_NAMES)})")
+    return _spec(name).make(options, catalog)
 
 
 def detect(opened: OpenedInput) -> str:
@@ -75,19 +110,19 @@ def detect(opened: OpenedInput) -> str:
         head = opened.stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
     except DamagedInput:  # damaged at its very start: nothing to read, the parser says so
         return "squid"
-    for spec in SPECS.values():
-        if spec.sniff_head is not None and spec.sniff_head(head):
-            return spec.name
-    voters = [spec for spec in SPECS.values() if spec.sniff_line is not None]
+    for f in _REGISTRY:
+        if f.head is not None and f.head(head):
+            return f.name
+    voters = [f.name for f in _REGISTRY if f.votes]
     votes: Counter[str] = Counter()
     seen = 0
     for line in head.splitlines():
         if not line.strip() or line.startswith(b"#"):
             continue
         seen += 1
-        for spec in voters:
-            if spec.sniff_line(line):  # type: ignore[misc]
-                votes[spec.name] += 1
+        for name in voters:  # in order: a later format's module loads only when asked
+            if _spec(name).sniff_line(line):  # type: ignore[misc]
+                votes[name] += 1
                 break
         if seen >= SNIFF_LINES:
             break
@@ -95,7 +130,7 @@ def detect(opened: OpenedInput) -> str:
         return votes.most_common(1)[0][0]
     if seen == 0 and not head.strip(b"\r\n\t #"):
         return "squid"  # empty file: any line collector reads it as zero records
-    tried = ", ".join(n for n, spec in SPECS.items() if spec.sniff_head or spec.sniff_line)
+    tried = ", ".join(f.name for f in _REGISTRY if f.head or f.votes)
     raise InputError(
         f"{opened.name}: unrecognised log format (tried {tried}); "
         "force one with --format, give --squid-logformat for a custom Squid logformat, "
@@ -199,6 +234,8 @@ def _parse_and_close(collector, opened, diag, host_filter, known) -> Iterator[Ob
 
 __all__ = [
     "FORMATS",
+    "FORMAT_NAMES",
+    "LINE_FORMATS",
     "CollectOptions",
     "FormatSpec",
     "Diagnostics",

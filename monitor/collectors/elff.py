@@ -25,6 +25,7 @@ from monitor.collectors.base import (
 )
 from monitor.collectors.fields import host_keeper, memoised, record_keeper
 from monitor.collectors.mapped import DEFAULT_PORTS, text, url_target
+from monitor.collectors.sniff import elff_head as sniff_head
 from monitor.ids import record_id
 from monitor.observation import Observation, canonical_ip, split_host_port
 
@@ -32,7 +33,6 @@ __all__ = ["ElffCollector", "sniff_head", "split_fields", "FORMAT"]
 
 FORMAT = "elff"
 _CACHE_LIMIT = 50_000
-_DIRECTIVES = (b"#Software:", b"#Version:", b"#Fields:", b"#Date:", b"#Remark:", b"#Start-Date:")
 
 #: Observation input -> W3C field names (lower-case), first present wins.
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -65,12 +65,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "user_agent": ("cs(user-agent)",),
 }
 _TUNNEL_SCHEMES = frozenset({"tcp", "ssl"})
-
-
-def sniff_head(head: bytes) -> bool:
-    """A W3C file starts with its directives (after an optional UTF-8 BOM)."""
-    h = head.lstrip(b"\xef\xbb\xbf").lstrip(b"\r\n")
-    return h.startswith(_DIRECTIVES)
 
 
 def split_fields(line: bytes) -> list[bytes] | None:

@@ -33,6 +33,8 @@ from typing import Any, BinaryIO
 from monitor.collectors.base import CollectOptions, Collector, FormatSpec, ParseInput
 from monitor.collectors.dns import DnsMap
 from monitor.collectors.flows import LINKTYPES, MAX_FRAME, FlowTable
+from monitor.collectors.sniff import PCAP_MAGICS, PCAPNG_MAGIC
+from monitor.collectors.sniff import pcap_head as sniff
 from monitor.observation import Observation
 
 __all__ = ["PcapCollector", "sniff", "PCAP_MAGICS", "PCAPNG_MAGIC"]
@@ -44,14 +46,6 @@ CHUNK = 1 << 20
 MAX_BLOCK = 16 << 20
 GLUE = MAX_FRAME + 16  # enough of a new chunk to complete any record begun in the last one
 
-#: first four bytes -> (struct byte order, seconds per timestamp fraction unit)
-PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
-    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
-    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
-}
-PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 _BOUND_STATS = {
     "flows_evicted_table_full": "flow table full: flows reported early",
@@ -60,11 +54,6 @@ _BOUND_STATS = {
     "fragment_limit": "IP fragment table full: datagrams dropped",
     "tunnel_depth_limit": "tunnels nested too deep: frames dropped",
 }
-
-
-def sniff(head: bytes) -> bool:
-    """True when ``head`` starts like a pcap or pcapng file."""
-    return head[:4] in PCAP_MAGICS or head[:4] == PCAPNG_MAGIC
 
 
 class _Damage(Exception):

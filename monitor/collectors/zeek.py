@@ -54,6 +54,7 @@ from monitor.collectors.base import (
 )
 from monitor.collectors.dns import TYPE_A, TYPE_AAAA, TYPE_CNAME, DnsAnswer, DnsMap, DnsMessage
 from monitor.collectors.fields import host_keeper, memoised, record_keeper
+from monitor.collectors.sniff import zeek_tsv_head as sniff_tsv
 from monitor.ids import record_id
 from monitor.observation import Observation, canonical_ip, split_host_port
 
@@ -990,15 +991,6 @@ def _collect_directory(path, files, catalog, diag, host_filter, on_read, max_pen
 
 
 # ----------------------------------------------------------------------------- detection
-
-
-def sniff_tsv(head: bytes) -> bool:
-    """A Zeek TSV header within the first lines (``### …`` lines before it are allowed)."""
-    for line in head.split(b"\n", 8)[:8]:
-        if line.startswith(b"###"):
-            continue
-        return line.startswith(b"#separator ")
-    return False
 
 
 def sniff_json(line: bytes) -> bool:
