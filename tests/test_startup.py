@@ -126,6 +126,16 @@ def test_scan_starts_its_producers_before_loading_the_store(tmp_path):
     assert _heavy(at_fork, NOT_BEFORE_PRODUCERS) == []
     assert "monitor.collectors.squid" in at_fork  # it detected the format
     assert _heavy(loaded, NOT_FOR_A_SQUID_LOG) == []
+    commands = {m for m in loaded if m.startswith("monitor.cli.")}
+    assert commands == {"monitor.cli.base", "monitor.cli.collect"}  # the scan's module only
+
+
+def test_command_table_names_what_each_module_registers():
+    """Each command is looked up in the module the table names: importing that module
+    registers it, and every registered command is in the table."""
+    table = main.commands._modules
+    registered = {name: command.callback.__module__ for name, command in main.commands.items()}
+    assert registered == table
 
 
 def test_format_registry_is_what_the_collector_modules_define():
