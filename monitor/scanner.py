@@ -52,7 +52,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor.batch import ROW_ID, Batch
-from monitor.collectors import LINE_FORMATS, Diagnostics, InputError, format_of, note_misread
+from monitor.collectors import (
+    FORMAT_NAMES,
+    LINE_FORMATS,
+    Diagnostics,
+    InputError,
+    format_of,
+    note_misread,
+    spec_of,
+)
 from monitor.collectors.base import (
     MAX_PROBLEMS_KEPT,
     cut_at_lines,
@@ -472,6 +480,8 @@ class Scanner:
         so the parts arrive in order and each producer starts its next part as soon as it
         has handed over the last one."""
         workers = min(self.jobs, len(source.parts))
+        if source.parts[0].fmt in FORMAT_NAMES:  # its collector's module: loaded once, inherited
+            spec_of(source.parts[0].fmt)
         ctx = mp.get_context("fork")
         return [_Remote(ctx, self.pipeline, source.parts[w::workers]) for w in range(workers)]
 

@@ -130,6 +130,27 @@ def test_scan_starts_its_producers_before_loading_the_store(tmp_path):
     assert commands == {"monitor.cli.base", "monitor.cli.collect"}  # the scan's module only
 
 
+def test_producers_inherit_their_collector_module(tmp_path):
+    """The main process loads the collector of what it forks producers for (a capture's:
+    detection only reads its magic number), so that they do not each import it."""
+    from tests.pcaps import write_raw
+
+    capture = write_raw(tmp_path / "empty.pcap", [], 1)
+    seen = tmp_path / "in_producer.json"
+    setup = (  # what a producer has loaded when it starts, before it reads
+        "import monitor.scanner as s\n"
+        "s.IN_PROCESS_BELOW = 0\n"
+        "producer = s._producer\n"
+        "def noted(*args):\n"
+        f"    open({str(seen)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
+        "    return producer(*args)\n"
+        "s._producer = noted\n"
+    )
+    args = ["--db", str(tmp_path / "a.db"), "scan", str(capture), "-j", "2", "-q"]
+    _loaded(args, tmp_path, setup)
+    assert "monitor.collectors.pcap" in json.loads(seen.read_text())
+
+
 def test_command_table_names_what_each_module_registers():
     """Each command is looked up in the module the table names: importing that module
     registers it, and every registered command is in the table."""

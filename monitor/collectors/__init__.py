@@ -78,7 +78,7 @@ FORMAT_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 LINE_FORMATS = frozenset(f.name for f in _REGISTRY if f.splittable)
 
 
-def _spec(name: str) -> FormatSpec:
+def spec_of(name: str) -> FormatSpec:
     """The spec of a registered format (its module loads now if it has not yet)."""
     for spec in importlib.import_module(_BY_NAME[name].module).FORMAT_SPECS:
         if spec.name == name:
@@ -90,9 +90,9 @@ def __getattr__(name: str) -> Any:
     """``SPECS`` (name -> :class:`FormatSpec`) and ``FORMATS`` (name -> one-line
     description, for errors and the config's check) load every collector module."""
     if name == "SPECS":
-        return {f.name: _spec(f.name) for f in _REGISTRY}
+        return {f.name: spec_of(f.name) for f in _REGISTRY}
     if name == "FORMATS":
-        return {f.name: _spec(f.name).description for f in _REGISTRY}
+        return {f.name: spec_of(f.name).description for f in _REGISTRY}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -101,7 +101,7 @@ def make_collector(name: str, options: CollectOptions, catalog: Catalog | None =
     destinations by its published IP ranges too."""
     if name not in _BY_NAME:
         raise InputError(f"unknown format {name!r} (known: {', '.join(FORMAT_NAMES)})")
-    return _spec(name).make(options, catalog)
+    return spec_of(name).make(options, catalog)
 
 
 def detect(opened: OpenedInput) -> str:
@@ -121,7 +121,7 @@ def detect(opened: OpenedInput) -> str:
             continue
         seen += 1
         for name in voters:  # in order: a later format's module loads only when asked
-            if _spec(name).sniff_line(line):  # type: ignore[misc]
+            if spec_of(name).sniff_line(line):  # type: ignore[misc]
                 votes[name] += 1
                 break
         if seen >= SNIFF_LINES:
@@ -244,4 +244,5 @@ __all__ = [
     "detect",
     "make_collector",
     "note_misread",
+    "spec_of",
 ]
