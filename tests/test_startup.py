@@ -82,6 +82,26 @@ def _loaded(args: list[str], tmp_path: Path, setup: str = "") -> set[str]:
     return set(json.loads(out.read_text()))
 
 
+def _noting(seen: Path, where: str, what: str = "sorted(sys.modules)", first: str = "") -> str:
+    """``setup`` for :func:`_loaded`: producers however small the input (a small log is
+    parsed in-process unless told otherwise), and ``what`` (an expression) written as JSON
+    to ``seen`` when ``where`` of monitor.scanner (``Scanner._fork``: in the main process
+    before it forks; ``_producer``: in a producer as it starts) is called; ``first``: code
+    run before."""
+    owner, _, name = where.rpartition(".")
+    target = f"s.{owner}" if owner else "s"
+    return (
+        "import gc, monitor.scanner as s\n"
+        "s.IN_PROCESS_BELOW = 0\n"
+        f"{first}"
+        f"real = {target}.{name}\n"
+        "def noted(*args):\n"
+        f"    open({str(seen)!r}, 'w').write(json.dumps({what}))\n"
+        "    return real(*args)\n"
+        f"{target}.{name} = noted\n"
+    )
+
+
 def _heavy(loaded: set[str], forbidden: set[str]) -> list[str]:
     return sorted(m for m in loaded if m in forbidden or m.split(".")[0] in forbidden
                   or any(m.startswith(f + ".") for f in forbidden))  # fmt: skip
@@ -110,17 +130,8 @@ def test_scan_loads_no_exporters_reports_or_cluster(tmp_path):
 def test_scan_starts_its_producers_before_loading_the_store(tmp_path):
     """The main process forks the producers first, then loads what storing needs."""
     seen = tmp_path / "at_fork.json"
-    setup = (  # a small log is parsed in-process unless told otherwise; note what is loaded
-        "import monitor.scanner as s\n"
-        "s.IN_PROCESS_BELOW = 0\n"
-        "fork = s.Scanner._fork\n"
-        "def noted(self, source):\n"
-        f"    open({str(seen)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
-        "    return fork(self, source)\n"
-        "s.Scanner._fork = noted\n"
-    )
     args = ["--db", str(tmp_path / "a.db"), "scan", str(SQUID_LOG), "-j", "2", "-q"]
-    loaded = _loaded(args, tmp_path, setup)
+    loaded = _loaded(args, tmp_path, _noting(seen, "Scanner._fork"))
     assert "monitor.store" in loaded  # it did store
     at_fork = set(json.loads(seen.read_text()))
     assert _heavy(at_fork, NOT_BEFORE_PRODUCERS) == []
@@ -137,17 +148,8 @@ def test_producers_inherit_their_collector_module(tmp_path):
 
     capture = write_raw(tmp_path / "empty.pcap", [], 1)
     seen = tmp_path / "in_producer.json"
-    setup = (  # what a producer has loaded when it starts, before it reads
-        "import monitor.scanner as s\n"
-        "s.IN_PROCESS_BELOW = 0\n"
-        "producer = s._producer\n"
-        "def noted(*args):\n"
-        f"    open({str(seen)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n"
-        "    return producer(*args)\n"
-        "s._producer = noted\n"
-    )
     args = ["--db", str(tmp_path / "a.db"), "scan", str(capture), "-j", "2", "-q"]
-    _loaded(args, tmp_path, setup)
+    _loaded(args, tmp_path, _noting(seen, "_producer"))
     assert "monitor.collectors.pcap" in json.loads(seen.read_text())
 
 
@@ -223,17 +225,11 @@ def test_scan_start_up_sets_off_few_collections(tmp_path):
     collector and freezes what it made: a handful of collections before the producers
     start, not 40 walking the same long-lived objects again and again (issue 15)."""
     seen = tmp_path / "collections.json"
-    setup = (
-        "import gc, monitor.scanner as s\n"
-        "s.IN_PROCESS_BELOW = 0\n"
+    counting = (
         "counted = []\n"
         "gc.callbacks.append(lambda phase, info: phase == 'start' and counted.append(1))\n"
-        "fork = s.Scanner._fork\n"
-        "def noted(self, source):\n"
-        f"    open({str(seen)!r}, 'w').write(json.dumps([len(counted), gc.isenabled()]))\n"
-        "    return fork(self, source)\n"
-        "s.Scanner._fork = noted\n"
     )
+    setup = _noting(seen, "Scanner._fork", "[len(counted), gc.isenabled()]", counting)
     args = ["--db", str(tmp_path / "a.db"), "scan", str(SQUID_LOG), "-j", "2", "-q"]
     _loaded(args, tmp_path, setup)
     collections, enabled = json.loads(seen.read_text())
