@@ -162,9 +162,11 @@ class CollectOptions:
 class FormatSpec:
     """One input format: how to recognise it and how to build its collector.
 
-    Each collector module lists its formats in ``FORMAT_SPECS``; the registry below only
-    imports those modules. ``sniff_head`` looks at the first bytes of a file (magic numbers,
-    headers); ``sniff_line`` votes on each of the first non-comment lines.
+    Each collector module lists its formats in ``FORMAT_SPECS``; the registry
+    (:mod:`monitor.collectors`) imports a module when one of its formats is needed.
+    ``sniff_head`` looks at the first bytes of a file (magic numbers, headers: kept in
+    :mod:`monitor.collectors.sniff`); ``sniff_line`` votes on each of the first non-comment
+    lines.
     """
 
     name: str

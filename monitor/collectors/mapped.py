@@ -645,7 +645,7 @@ def load_mapping(path: str) -> Mapping:
         raise MappingError(f"{path}: {exc.strerror or exc}") from exc
     try:
         if p.suffix.lower() == ".toml":
-            import tomllib  # only for a mapping file: every input format loads this module
+            import tomllib  # only for a mapping file, not for the W3C collector that uses this module
 
             data = tomllib.loads(raw.decode("utf-8"))
         else:
