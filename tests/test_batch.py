@@ -107,6 +107,27 @@ def test_batches_store_what_records_one_at_a_time_store(tmp_path):
     assert _tables(many) == _tables(one)
 
 
+def test_hit_links_packed_or_bound_pair_by_pair_are_the_same(tmp_path, monkeypatch):
+    """A batch's hit links go in packed, one JSON array per batch
+    (:func:`monitor.store._insert_links`), or bound pair by pair when their numbers are
+    too far apart to pack: the same pairs either way, for new rows and for a re-read whose
+    rows were partly stored before (links by row number)."""
+    records = _records(500, random.Random(7))
+    tables, packed, limits = [], [], (store_module._PACKED_LIMIT, 1)
+    for limit in limits:
+        monkeypatch.setattr(store_module, "_PACKED_LIMIT", limit)
+        store = Store(tmp_path / f"{limit}.db")
+        store.start_scan([], {})
+        store.db.conn.set_trace_callback(
+            lambda sql, n=limit: "json_each" in sql and packed.append(n)
+        )
+        _batched(store, records[:400], 41, 3)
+        assert _batched(store, records[50:120] + records[400:], 33, 2)[0][:2] == (100, 70)
+        tables.append(_tables(store))
+    assert tables[0] == tables[1] and len(tables[0]["hit_links"]) > 300
+    assert set(packed) == {limits[0]}  # the second store bound them pair by pair
+
+
 def test_repeated_numbers_records_as_next_does():
     """:meth:`Occurrences.repeated` over a batch is :meth:`Occurrences.next` record by
     record: runs of one hour, hours going back, identical records within and across runs."""
