@@ -4419,7 +4419,9 @@ def _insert_links(conn: sqlite3.Connection, key: list[int], of: Sequence[int],
     base = [(k - lo) * span - low for k in key]  # + row: (incident - lo) * span + row - low
     packed = [base[i] + r for i, r in zip(of, row, strict=True)]
     packed.sort()
-    conn.execute(_INSERT_LINKS, (lo, first + low, span, json.dumps(packed)))
+    for at in range(0, len(packed), _PACKED_PER_STATEMENT):  # (a JSON text of ~10 MB at most)
+        chunk = json.dumps(packed[at : at + _PACKED_PER_STATEMENT])
+        conn.execute(_INSERT_LINKS, (lo, first + low, span, chunk))
 
 
 #: hit links packed by :func:`_insert_links`: the first incident, the first row, the
@@ -4429,6 +4431,7 @@ _INSERT_LINKS = (
     " SELECT ?1 + value / ?3, ?2 + value % ?3 FROM json_each(?4)"
 )
 _PACKED_LIMIT = 1 << 53  # packed pairs stay exact integers, even read as JSON doubles
+_PACKED_PER_STATEMENT = 1 << 20
 
 
 def _day_floor(when: datetime) -> datetime:
