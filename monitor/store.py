@@ -81,7 +81,6 @@ _INCIDENTS_CACHED = 1 << 14
 #: tree (obs_rows' insert ~8 % less CPU), and commits and checkpoints handle fewer pages
 #: (about half their CPU); reports over 10 M requests measured the same CPU either way
 _PAGE_SIZE = 16384
-_CHECKPOINT_BYTES = 64 << 20  # log written between automatic checkpoints: fewer, larger ones
 _CACHE_KB = 65536  # SQLite page cache per connection: index pages stay in memory
 #: page cache while reading the whole history (see :meth:`Store._sorting`)
 _SORT_CACHE_KB = 4096
@@ -600,8 +599,7 @@ class Store:
                 if not self.db.execute("PRAGMA page_count").fetchone()[0]:  # a new file
                     self.db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # (before WAL: fixed)
                 self.db.execute("PRAGMA journal_mode = WAL")
-                page = self.db.execute("PRAGMA page_size").fetchone()[0]  # (4 KiB: 16384)
-                self.db.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_BYTES // page}")
+                self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
             self._migrate()
         except (OSError, sqlite3.DatabaseError) as exc:
             raise StoreError(database_problem(self.path, exc, "cannot open database")) from exc
