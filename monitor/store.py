@@ -76,11 +76,6 @@ _CACHED = 1 << 16  # entries of each in-memory dictionary cache before it starts
 #: over: a scan of one busy day holds tens of thousands, of which a transaction touches a
 #: few thousand; a long log's earlier days need not stay in memory
 _INCIDENTS_CACHED = 1 << 14
-#: the page size of new databases (those made before keep SQLite's default, 4 KiB): the
-#: unique index of random row ids takes a scan's rows with fewer page splits in a shallower
-#: tree (obs_rows' insert ~8 % less CPU), and commits and checkpoints handle fewer pages
-#: (about half their CPU); reports over 10 M requests measured the same CPU either way
-_PAGE_SIZE = 16384
 _CACHE_KB = 65536  # SQLite page cache per connection: index pages stay in memory
 #: page cache while reading the whole history (see :meth:`Store._sorting`)
 _SORT_CACHE_KB = 4096
@@ -596,8 +591,6 @@ class Store:
             self.db.execute(f"PRAGMA cache_size = -{_CACHE_KB}")
             if not readonly:  # (NORMAL first: a new file's switch to WAL syncs less)
                 self.db.execute("PRAGMA synchronous = NORMAL")
-                if not self.db.execute("PRAGMA page_count").fetchone()[0]:  # a new file
-                    self.db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # (before WAL: fixed)
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
             self._migrate()

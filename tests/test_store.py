@@ -135,36 +135,6 @@ def test_reopen_keeps_data(tmp_path):
     assert [r["id"] for r in Store(path).incidents(IncidentQuery())] == ["i1"]
 
 
-def test_new_databases_get_larger_pages_older_ones_keep_theirs(tmp_path, monkeypatch):
-    """A new file (or an empty one) is made with ``_PAGE_SIZE`` pages; a database made
-    before, with SQLite's 4 KiB, keeps them, and a scan on top stores into it as ever."""
-    from monitor import store as store_module
-
-    def page_size(path):
-        return sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
-
-    (tmp_path / "empty.db").touch()
-    for name in ("new.db", "empty.db"):
-        store = Store(tmp_path / name)
-        store.ingest(store.start_scan([], {}), [(obs(1), [inc()])])
-        store.close()
-        assert page_size(tmp_path / name) == store_module._PAGE_SIZE == 16384
-    old = tmp_path / "old.db"
-    with monkeypatch.context() as m:
-        m.setattr(store_module, "_PAGE_SIZE", 4096)  # what apiwatch made before
-        store = Store(old)
-        store.ingest(store.start_scan([], {}), [(obs(i), [inc()]) for i in range(50)])
-        store.close()
-    store = Store(old)
-    assert (
-        store.ingest(store.start_scan([], {}), [(obs(i), [inc()]) for i in range(100)]).stored == 50
-    )
-    assert [(r["id"], r["count"]) for r in store.incidents(IncidentQuery())] == [("i1", 100)]
-    assert store.check()["integrity"] == "ok"
-    store.close()
-    assert page_size(old) == 4096
-
-
 def test_schema_holds_every_stored_column(tmp_path):
     """A field added to Observation is a column of monitor.rows: it needs a schema step."""
     from monitor.rows import TYPES
