@@ -909,11 +909,7 @@ class Store:
                     n = tx.last_incident = tx.last_incident + 1
                 numbers[iid] = n
         for ids, of, row, first in tx.links:
-            key = [numbers[iid] for iid in ids]
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
-                zip(map(key.__getitem__, of), map(first.__add__, row), strict=True),
-            )
+            _insert_links(self.db.conn, [numbers[iid] for iid in ids], of, row, first)
         tx.links.clear()
 
     @staticmethod
@@ -4395,6 +4391,40 @@ def _link(tx: _IngestState, links: tuple[list[str], array, array], first: int) -
     :meth:`Store._store_links` (``first``: the number of the batch's first row; 0: rows
     are numbers)."""
     tx.links.append((*links, first))
+
+
+def _insert_links(conn: sqlite3.Connection, key: list[int], of: Sequence[int],
+                  row: Sequence[int], first: int) -> None:  # fmt: skip
+    """Insert the hit links (``key[of[i]]``, ``first + row[i]``) of a batch, in key order.
+    Sorted, they walk the table's B-tree in order; packed, each pair one integer in a JSON
+    array that SQLite unpacks (:data:`_INSERT_LINKS`), they cost half as much as bound
+    pair by pair. Numbers too far apart to pack (never in practice) are bound as pairs."""
+    if not of:
+        return
+    lo, low = min(key), min(row)
+    span = max(row) - low + 1
+    if (max(key) - lo + 1) * span >= _PACKED_LIMIT:
+        conn.executemany(
+            "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
+            sorted(zip(map(key.__getitem__, of), map(first.__add__, row), strict=True)),
+        )
+        return
+    base = [(k - lo) * span - low for k in key]  # + row: (incident - lo) * span + row - low
+    packed = [base[i] + r for i, r in zip(of, row, strict=True)]
+    packed.sort()
+    for at in range(0, len(packed), _PACKED_PER_STATEMENT):  # (a JSON text of ~10 MB at most)
+        chunk = json.dumps(packed[at : at + _PACKED_PER_STATEMENT])
+        conn.execute(_INSERT_LINKS, (lo, first + low, span, chunk))
+
+
+#: hit links packed by :func:`_insert_links`: the first incident, the first row, the
+#: span of rows, the packed pairs
+_INSERT_LINKS = (
+    "INSERT OR IGNORE INTO hit_links (incident, obs)"
+    " SELECT ?1 + value / ?3, ?2 + value % ?3 FROM json_each(?4)"
+)
+_PACKED_LIMIT = 1 << 53  # packed pairs stay exact integers, even read as JSON doubles
+_PACKED_PER_STATEMENT = 1 << 20
 
 
 def _day_floor(when: datetime) -> datetime:

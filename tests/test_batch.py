@@ -107,6 +107,32 @@ def test_batches_store_what_records_one_at_a_time_store(tmp_path):
     assert _tables(many) == _tables(one)
 
 
+def test_hit_links_packed_or_bound_pair_by_pair_are_the_same(tmp_path, monkeypatch):
+    """A batch's hit links go in packed, in JSON arrays (:func:`monitor.store._insert_links`),
+    or bound pair by pair when their numbers are too far apart to pack: the same pairs
+    either way, in one array per batch or in several, for new rows and for a re-read whose
+    rows were partly stored before (links by row number)."""
+    records = _records(500, random.Random(7))
+    limit, per = store_module._PACKED_LIMIT, store_module._PACKED_PER_STATEMENT
+    ways = {"packed": (limit, per), "bound": (1, per), "in arrays of 7": (limit, 7)}
+    tables, statements = {}, dict.fromkeys(ways, 0)
+    for way, (most, size) in ways.items():
+        monkeypatch.setattr(store_module, "_PACKED_LIMIT", most)
+        monkeypatch.setattr(store_module, "_PACKED_PER_STATEMENT", size)
+        store = Store(tmp_path / f"{len(tables)}.db")
+        store.start_scan([], {})
+        stored = _batched(store, records[:400], 41, 3)
+        store.db.conn.set_trace_callback(
+            lambda sql, way=way: statements.update({way: statements[way] + ("json_each" in sql)})
+        )
+        assert _batched(store, records[50:120] + records[400:], 33, 2)[0][:2] == (100, 70)
+        tables[way] = _tables(store)
+        assert stored == [(400, 0, 0)]
+    assert tables["packed"] == tables["bound"] == tables["in arrays of 7"]
+    assert len(tables["packed"]["hit_links"]) > 300
+    assert statements["bound"] == 0 < statements["packed"] < statements["in arrays of 7"]
+
+
 def test_repeated_numbers_records_as_next_does():
     """:meth:`Occurrences.repeated` over a batch is :meth:`Occurrences.next` record by
     record: runs of one hour, hours going back, identical records within and across runs."""
