@@ -340,7 +340,7 @@ def _group_tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any,
     for k, f in merges:
         listed = _facts_listed(f)
         if listed is not facts[k]:
-            facts[k] = merge_fact_lists(facts[k], listed)
+            facts[k] = _merged(facts[k], listed)
     deltas = Deltas(ids, incs, count, blocks, sent, received, first, last, evidence, facts,
                     array("i", of), array("i", row))  # fmt: skip
     return groups, deltas
@@ -416,7 +416,7 @@ def _tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]]
                 if last > lasts[k]:
                     lasts[k] = last
                 if facts and facts is not facts_of[k]:
-                    facts_of[k] = merge_fact_lists(facts_of[k], facts)
+                    facts_of[k] = _merged(facts_of[k], facts)
             if len(rows) == 1:
                 of.append(k)
                 linked.append(rows[0])
@@ -452,9 +452,29 @@ def _listed(facts: dict[str, Any]) -> dict[str, list[Any]]:
     return found
 
 
+def _merged(
+    old: dict[str, list[Any]] | None, new: dict[str, list[Any]]
+) -> dict[str, list[Any]] | None:
+    """:func:`merge_fact_lists` of listed facts, remembered by their ids (:data:`_MERGED`):
+    an incident's rows of several memo keys (another status, say) merge the same facts
+    batch after batch, and the merged facts are the same object each time, so a chain of
+    merges is found again too."""
+    key = (id(old), id(new))
+    hit = _MERGED.get(key)
+    if hit is not None and hit[0] is old and hit[1] is new:
+        return hit[2]
+    if len(_MERGED) >= _LISTED_KEPT:
+        _MERGED.clear()
+    merged = merge_fact_lists(old, new)
+    _MERGED[key] = (old, new, merged)
+    return merged
+
+
 #: id of an incident row's facts -> (the facts, kept so that the id is theirs, in lists)
 _LISTED: dict[int, tuple[dict[str, Any], dict[str, list[Any]]]] = {}
 _EQUAL: dict[tuple[Any, ...], dict[str, list[Any]]] = {}  # facts alike -> in lists
+#: ids of listed facts merged -> (them, kept so that the ids are theirs, the merged facts)
+_MERGED: dict[tuple[int, int], tuple[Any, Any, dict[str, list[Any]] | None]] = {}
 _LISTED_KEPT = 1 << 14
 _SHARED = frozenset((str, int, bool, type(None)))  # fact values equal only when alike
 
