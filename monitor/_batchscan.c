@@ -454,7 +454,109 @@ hour_runs(PyObject *self, PyObject *ts)
     return runs;
 }
 
+/* batch_rows(items, nvalues, slots, clients, context_of, client_of) -> tuple
+ *
+ * What batch.py BatchBuilder.batch makes of its items (see there: per record the tuple
+ * (entry, values, record id, observation id), the entry (slot, client number, incident
+ * rows, context, first record), values a tuple of `nvalues`): the tuple (ids, columns,
+ * ctx, client, raised, record ids), columns the values transposed (a list per value).
+ * A record's context index is slots[slot], its client index clients[client number]; when
+ * one is not there yet, context_of(entry) or client_of(entry) (Python) returns it (and
+ * puts it there). Records of one entry object (a known line key's) are looked up once. */
+typedef struct {
+    PyObject *entry, *ctx, *client; /* ctx, client: owned */
+} Seen;
+
+static PyObject *
+index_of(PyObject *dict, PyObject *key, PyObject *make, PyObject *entry)
+{
+    PyObject *found = PyDict_GetItemWithError(dict, key);
+    if (found != NULL)
+        return Py_NewRef(found);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_CallOneArg(make, entry);
+}
+
+static PyObject *
+batch_rows(PyObject *self, PyObject *args)
+{
+    PyObject *list, *slots, *clients, *context_of, *client_of;
+    Py_ssize_t nvalues;
+    if (!PyArg_ParseTuple(args, "O!nO!O!OO:batch_rows", &PyList_Type, &list, &nvalues,
+                          &PyDict_Type, &slots, &PyDict_Type, &clients, &context_of, &client_of))
+        return NULL;
+    PyObject *items = PyList_AsTuple(list); /* held: the callbacks run Python code */
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    PyObject *result = NULL, *out[5] = {NULL}, *columns = PyList_New(nvalues > 0 ? nvalues : 0);
+    size_t cap = 8;
+    while (cap < 2 * (size_t)n)
+        cap <<= 1;
+    Seen *seen = PyMem_Calloc(cap, sizeof(Seen));
+    int ok = columns != NULL && seen != NULL && nvalues >= 0;
+    if (seen == NULL)
+        PyErr_NoMemory();
+    for (int c = 0; ok && c < 5; c++)
+        ok = (out[c] = PyList_New(n)) != NULL;
+    for (Py_ssize_t j = 0; ok && j < nvalues; j++) {
+        PyObject *col = PyList_New(n);
+        ok = col != NULL;
+        if (ok)
+            PyList_SET_ITEM(columns, j, col);
+    }
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i), *entry, *values;
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 4 ||
+            !PyTuple_CheckExact(entry = PyTuple_GET_ITEM(item, 0)) ||
+            PyTuple_GET_SIZE(entry) < 3 || !PyTuple_CheckExact(values = PyTuple_GET_ITEM(item, 1)) ||
+            PyTuple_GET_SIZE(values) != nvalues) {
+            PyErr_SetString(PyExc_ValueError, "batch_rows: an item is not (entry, values, id, id)");
+            ok = 0;
+            break;
+        }
+        size_t s = slot_of(entry, cap - 1);
+        while (seen[s].entry != NULL && seen[s].entry != entry)
+            s = (s + 1) & (cap - 1);
+        Seen *e = &seen[s];
+        if (e->entry == NULL) {
+            PyObject *c = index_of(slots, PyTuple_GET_ITEM(entry, 0), context_of, entry);
+            PyObject *w = c == NULL ? NULL
+                                    : index_of(clients, PyTuple_GET_ITEM(entry, 1), client_of, entry);
+            if (w == NULL) {
+                Py_XDECREF(c);
+                ok = 0;
+                break;
+            }
+            e->entry = entry; /* held by items */
+            e->ctx = c;
+            e->client = w;
+        }
+        PyList_SET_ITEM(out[0], i, Py_NewRef(PyTuple_GET_ITEM(item, 3)));
+        PyList_SET_ITEM(out[1], i, Py_NewRef(e->ctx));
+        PyList_SET_ITEM(out[2], i, Py_NewRef(e->client));
+        PyList_SET_ITEM(out[3], i, Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
+        PyList_SET_ITEM(out[4], i, Py_NewRef(PyTuple_GET_ITEM(item, 2)));
+        for (Py_ssize_t j = 0; j < nvalues; j++)
+            PyList_SET_ITEM(PyList_GET_ITEM(columns, j), i, Py_NewRef(PyTuple_GET_ITEM(values, j)));
+    }
+    if (ok)
+        result = Py_BuildValue("(OOOOOO)", out[0], columns, out[1], out[2], out[3], out[4]);
+    for (size_t s = 0; seen != NULL && s < cap; s++) {
+        Py_XDECREF(seen[s].ctx);
+        Py_XDECREF(seen[s].client);
+    }
+    PyMem_Free(seen);
+    for (int c = 0; c < 5; c++)
+        Py_XDECREF(out[c]);
+    Py_XDECREF(columns);
+    Py_DECREF(items);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"batch_rows", batch_rows, METH_VARARGS, "BatchBuilder.batch's lists (see above)."},
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
     {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of a list of floats, or None."},
     {NULL, NULL, 0, NULL},

@@ -253,51 +253,72 @@ def _packed_ids(ids: list[str] | bytes | None) -> list[str] | bytes | None:
 
 
 class BatchBuilder:
-    """Builds a producer's batches record by record, without a row per record: the
-    caller (:meth:`monitor.pipeline.Pipeline.process`) appends to :meth:`lists` each
-    record's id, :data:`request_values`, context and client indexes and incident rows,
-    finding those indexes per memo key's context and client (numbers, see
-    :class:`monitor.pipeline.RecordMemo`) in ``slots`` and ``clients``: only the first
-    record of each in a batch hands its row to :meth:`context_index` or :meth:`client_index`."""
+    """Builds a producer's batches from its records as the Squid pre-pass names those of a
+    known line key (:class:`monitor.observation.Known`), without a row per record: the
+    caller (:meth:`monitor.pipeline.Pipeline.process`) appends to :attr:`items` per record
+    the tuple (entry, :data:`request_values`, record id, observation id), the entry being
+    (slot, client number, incident rows, :class:`monitor.pipeline.Context`, the key's
+    first Observation): a record known so costs the caller one append. A batch finds the
+    indexes of its contexts and clients per slot and client number (see
+    :class:`monitor.pipeline.RecordMemo`): only the first record of each hands its row
+    (``row(first, context.row)``, the memo's :meth:`~monitor.pipeline.RecordMemo.row`)."""
 
-    def __init__(self) -> None:
-        self._start()
-
-    def _start(self) -> None:
-        self.ids: list[int] = []
-        self.values: list[tuple[Any, ...]] = []
-        self.ctx: list[int] = []
-        self.client: list[int] = []
-        self.raised: list[Sequence[dict[str, Any]]] = []
-        self.record_ids: list[str] = []
-        self.slots: dict[Any, int] = {}  # the caller's: context index per slot
-        self.clients: dict[Any, int] = {}  # the caller's: client index per client number
-        self._contexts: dict[tuple[Any, ...], int] = {}
-        self._clients: dict[tuple[Any, ...], int] = {}
-
-    def lists(self) -> tuple[list[int], list[tuple[Any, ...]], list[int], list[int],
-                             list[Sequence[dict[str, Any]]], list[str], dict[Any, int],
-                             dict[Any, int]]:  # fmt: skip
-        """ids, request values, context and client indexes, incident rows, record ids;
-        slots and clients"""
-        return (self.ids, self.values, self.ctx, self.client, self.raised, self.record_ids,
-                self.slots, self.clients)  # fmt: skip
-
-    def context_index(self, row: Sequence[Any]) -> int:
-        """The context index of a stored row."""
-        return self._contexts.setdefault(CONTEXT_OF(row), len(self._contexts))
-
-    def client_index(self, row: Sequence[Any]) -> int:
-        """The client index of a stored row."""
-        return self._clients.setdefault(CLIENT_OF(row), len(self._clients))
+    def __init__(self, row: Callable[[Any, tuple[Any, ...]], Sequence[Any]]) -> None:
+        self._row = row
+        self.items: list[tuple[tuple[Any, ...], tuple[Any, ...], str, int]] = []
 
     def batch(self) -> Batch:
         """The batch of the records appended so far (at least one); starts the next."""
-        columns = [self.ids, *map(list, zip(*self.values, strict=True))]
-        batch = Batch.made(columns, list(self._contexts), self.ctx, list(self._clients),
-                           self.client, self.raised, self.record_ids)  # fmt: skip
-        self._start()
-        return batch
+        items, self.items = self.items, []
+        if _ACCEL is None:
+            return self._batch(items)
+        row, slots, clients = self._row, {}, {}
+        contexts: dict[tuple[Any, ...], int] = {}
+        client_rows: dict[tuple[Any, ...], int] = {}
+
+        def context_of(e: tuple[Any, ...]) -> int:
+            c = slots[e[0]] = contexts.setdefault(CONTEXT_OF(row(e[4], e[3].row)), len(contexts))
+            return c
+
+        def client_of(e: tuple[Any, ...]) -> int:
+            w = clients[e[1]] = client_rows.setdefault(CLIENT_OF(e[3].row), len(client_rows))
+            return w
+
+        ids, columns, ctx, client, raised, record_ids = _ACCEL.batch_rows(
+            items, len(ROW_FIELDS) - 1, slots, clients, context_of, client_of
+        )
+        return Batch.made([ids, *columns], list(contexts), ctx, list(client_rows), client,
+                          raised, record_ids)  # fmt: skip
+
+    def _batch(self, items: list[tuple[tuple[Any, ...], tuple[Any, ...], str, int]]) -> Batch:
+        """:meth:`batch` in Python: per distinct slot and client number, in first use order."""
+        entries, values, record_ids, ids = zip(*items, strict=True)
+        slots, numbers = list(map(_SLOT, entries)), list(map(_CLIENT_NO, entries))
+        row = self._row
+        contexts: dict[tuple[Any, ...], int] = {}
+        of_slot = _first_uses(slots)
+        for slot, i in of_slot.items():  # in order of first use, as the records come
+            e = entries[i]
+            of_slot[slot] = contexts.setdefault(CONTEXT_OF(row(e[4], e[3].row)), len(contexts))
+        clients: dict[tuple[Any, ...], int] = {}
+        of_number = _first_uses(numbers)
+        for number, i in of_number.items():
+            of_number[number] = clients.setdefault(CLIENT_OF(entries[i][3].row), len(clients))
+        columns = [list(ids), *map(list, zip(*values, strict=True))]
+        return Batch.made(columns, list(contexts), list(map(of_slot.__getitem__, slots)),
+                          list(clients), list(map(of_number.__getitem__, numbers)),
+                          list(map(_RAISED, entries)), record_ids)  # fmt: skip
+
+
+def _first_uses(keys: list[Any]) -> dict[Any, int]:
+    """The index of the first use of each distinct key, in order of first use (dicts and
+    sorts in C: no Python code per key)."""
+    n = len(keys)
+    first = dict(zip(reversed(keys), range(n - 1, -1, -1), strict=True))  # the first wins
+    return dict(sorted(first.items(), key=itemgetter(1)))
+
+
+_SLOT, _CLIENT_NO, _RAISED = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def _distinct(keys: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[int]]:
