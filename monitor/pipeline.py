@@ -733,8 +733,10 @@ class RecordMemo:
             r.id for r in rules.rules if obs_reads(r.evidence) <= keyed
         )
 
-    def get(self, obs: Observation, match: Match) -> Context:
-        key = self.key(obs, match)
+    def get(self, obs: Observation, match: Match, key: tuple[Any, ...] | None = None) -> Context:
+        """The context of a record (``key``: its :attr:`key`, when the caller has it)."""
+        if key is None:
+            key = self.key(obs, match)
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= self._limit:
@@ -983,10 +985,11 @@ class Pipeline:
                         continue
                     if obs.dest_host and match is by_host(obs.dest_host):
                         named[obs.dest_host] = match  # what identify() answers whatever else
-                ctx = lookup(key(obs, match))
+                memo_key = key(obs, match)
+                ctx = lookup(memo_key)
                 if ctx is None:
                     place(obs, match)  # the key's row holds it for all its records
-                    ctx = context(obs, match)
+                    ctx = context(obs, match, memo_key)
                 incidents = ctx.incidents
                 if incidents is None:
                     incidents = incidents_of(ctx, obs, match)

@@ -174,7 +174,7 @@ def test_a_scans_batches_made_in_c_are_pythons(tmp_path, pseudonymize):
     with the accelerator equal those made in Python, record for record, on a first pass
     and on a second one (records known by line key), with pseudonymised clients too."""
     log = tmp_path / "access.log"
-    generated_squid_log(log, "--lines", "8000", "--llm-share", "0.4", "--seed", "3")
+    generated_squid_log(log, "--lines", "4000", "--llm-share", "0.4", "--seed", "3")
     app = App(Settings(db=tmp_path / "x.db"))
     pseud = Pseudonymizer("k" * 32) if pseudonymize else None
     made = {}
@@ -182,7 +182,7 @@ def test_a_scans_batches_made_in_c_are_pythons(tmp_path, pseudonymize):
         with _accelerated(module):
             pipeline = Pipeline(app.catalog, app.geo, app.rules, app.config,
                                 EgressOptions(egress_country="CN"), CollectOptions(), pseud)  # fmt: skip
-            made[module] = [list(pipeline.process(Part(str(log)), Diagnostics(), size=700))
+            made[module] = [list(pipeline.process(Part(str(log)), Diagnostics(), size=400))
                             for _ in range(2)]  # fmt: skip
     got, want = made[built], made[None]
     assert len(got[0]) > 3 and [len(b) for b in got[0]] == [len(b) for b in got[1]]
