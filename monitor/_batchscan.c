@@ -17,9 +17,9 @@
  * caller merges them in that order, as _tally does), and of/row the (incident, row) pairs
  * as bytes of native ints (array "i"). Anything this does not handle exactly as the Python
  * code would (a column that is not a list, a timestamp that is not a float or is NaN, a
- * size that is not an int or whose sum leaves 64 bits, incident rows that are not dicts,
- * one incident twice in one row's incident rows, ...) makes it return None: the Python
- * code then does the work, and raises what it raises.
+ * size that is not an int or whose sum leaves 64 bits, incident rows that are not dicts
+ * or whose id is not a str, one incident twice in one row's incident rows, ...) makes it
+ * return None: the Python code then does the work, and raises what it raises.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -235,7 +235,8 @@ group_tally(PyObject *self, PyObject *args)
             }
             PyObject *iid = PyDict_GetItemWithError(row, ID_KEY);
             PyObject *facts = iid == NULL ? NULL : PyDict_GetItemWithError(row, FACTS_KEY);
-            if (PyErr_Occurred() || iid == NULL) {
+            if (PyErr_Occurred() || iid == NULL || !PyUnicode_CheckExact(iid)) {
+                /* (an id of another type might run Python code when hashed or compared) */
                 PyErr_Clear();
                 fallback = 1;
                 goto done;

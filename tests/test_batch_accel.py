@@ -140,6 +140,7 @@ def test_odd_values_are_left_to_python():
         ({}, [incs, [incs[0], incs[0]]]),  # one incident twice in one row's
         ({}, [incs, [{"id": "b", "facts": ["x"]}]]),
         ({}, [incs, [["not a dict"]]]),
+        ({}, [incs, [{"id": 7, "facts": None}]]),  # an id that is no str
         ({}, [incs, "ab"]),
     ]
     for values, raised in odd:
