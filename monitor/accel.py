@@ -1,4 +1,4 @@
-"""Optional C accelerators for the collectors' hot loops.
+"""Optional C accelerators for the collectors' hot loops (and the producers' batches).
 
 An accelerator does, in C, exactly what a stretch of pure-Python collector code does, for
 the common case only; whatever it is unsure of it hands back to the Python code, which

@@ -21,9 +21,12 @@ from itertools import accumulate, chain, repeat
 from operator import itemgetter
 from typing import Any
 
+from monitor import accel
 from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
+#: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None
+_ACCEL = accel.load("monitor._batchscan")
 
 #: ``obs_rows``' per-request columns, in row order; a batch holds one list per column
 ROW_FIELDS = tuple(c.name for c in COLUMNS if c.name in PER_REQUEST)
@@ -125,15 +128,19 @@ class Batch:
              record_ids: Sequence[str | None]) -> Batch:  # fmt: skip
         """The batch of rows given column by column, with the incident rows each raises
         (grouped here by identity: records of one memo key share theirs)."""
-        grouped: dict[int, Group] = {}
-        for i, incs in enumerate(raised):
-            if incs:
-                group = grouped.get(id(incs))
-                if group is None:
-                    group = grouped[id(incs)] = (incs, [])
-                group[1].append(i)
-        groups = list(grouped.values())
-        deltas = _tally(columns, contexts, ctx, groups, "i")  # indexes in the batch: 4 bytes
+        found = _group_tally(columns, contexts, ctx, raised)
+        if found is None:
+            grouped: dict[int, Group] = {}
+            for i, incs in enumerate(raised):
+                if incs:
+                    group = grouped.get(id(incs))
+                    if group is None:
+                        group = grouped[id(incs)] = (incs, [])
+                    group[1].append(i)
+            groups = list(grouped.values())
+            deltas = _tally(columns, contexts, ctx, groups, "i")  # indexes in the batch: 4 bytes
+        else:
+            groups, deltas = found
         batch = cls(columns, contexts, ctx, clients, client, groups, deltas, None, [])
         if record_ids and record_ids[0] is not None:
             batch.record_ids = list(record_ids)  # type: ignore[arg-type]
@@ -246,51 +253,72 @@ def _packed_ids(ids: list[str] | bytes | None) -> list[str] | bytes | None:
 
 
 class BatchBuilder:
-    """Builds a producer's batches record by record, without a row per record: the
-    caller (:meth:`monitor.pipeline.Pipeline.process`) appends to :meth:`lists` each
-    record's id, :data:`request_values`, context and client indexes and incident rows,
-    finding those indexes per memo key's context and client (numbers, see
-    :class:`monitor.pipeline.RecordMemo`) in ``slots`` and ``clients``: only the first
-    record of each in a batch hands its row to :meth:`context_index` or :meth:`client_index`."""
+    """Builds a producer's batches from its records as the Squid pre-pass names those of a
+    known line key (:class:`monitor.observation.Known`), without a row per record: the
+    caller (:meth:`monitor.pipeline.Pipeline.process`) appends to :attr:`items` per record
+    the tuple (entry, :data:`request_values`, record id, observation id), the entry being
+    (slot, client number, incident rows, :class:`monitor.pipeline.Context`, the key's
+    first Observation): a record known so costs the caller one append. A batch finds the
+    indexes of its contexts and clients per slot and client number (see
+    :class:`monitor.pipeline.RecordMemo`): only the first record of each hands its row
+    (``row(first, context.row)``, the memo's :meth:`~monitor.pipeline.RecordMemo.row`)."""
 
-    def __init__(self) -> None:
-        self._start()
-
-    def _start(self) -> None:
-        self.ids: list[int] = []
-        self.values: list[tuple[Any, ...]] = []
-        self.ctx: list[int] = []
-        self.client: list[int] = []
-        self.raised: list[Sequence[dict[str, Any]]] = []
-        self.record_ids: list[str] = []
-        self.slots: dict[Any, int] = {}  # the caller's: context index per slot
-        self.clients: dict[Any, int] = {}  # the caller's: client index per client number
-        self._contexts: dict[tuple[Any, ...], int] = {}
-        self._clients: dict[tuple[Any, ...], int] = {}
-
-    def lists(self) -> tuple[list[int], list[tuple[Any, ...]], list[int], list[int],
-                             list[Sequence[dict[str, Any]]], list[str], dict[Any, int],
-                             dict[Any, int]]:  # fmt: skip
-        """ids, request values, context and client indexes, incident rows, record ids;
-        slots and clients"""
-        return (self.ids, self.values, self.ctx, self.client, self.raised, self.record_ids,
-                self.slots, self.clients)  # fmt: skip
-
-    def context_index(self, row: Sequence[Any]) -> int:
-        """The context index of a stored row."""
-        return self._contexts.setdefault(CONTEXT_OF(row), len(self._contexts))
-
-    def client_index(self, row: Sequence[Any]) -> int:
-        """The client index of a stored row."""
-        return self._clients.setdefault(CLIENT_OF(row), len(self._clients))
+    def __init__(self, row: Callable[[Any, tuple[Any, ...]], Sequence[Any]]) -> None:
+        self._row = row
+        self.items: list[tuple[tuple[Any, ...], tuple[Any, ...], str, int]] = []
 
     def batch(self) -> Batch:
         """The batch of the records appended so far (at least one); starts the next."""
-        columns = [self.ids, *map(list, zip(*self.values, strict=True))]
-        batch = Batch.made(columns, list(self._contexts), self.ctx, list(self._clients),
-                           self.client, self.raised, self.record_ids)  # fmt: skip
-        self._start()
-        return batch
+        items, self.items = self.items, []
+        if _ACCEL is None:
+            return self._batch(items)
+        row, slots, clients = self._row, {}, {}
+        contexts: dict[tuple[Any, ...], int] = {}
+        client_rows: dict[tuple[Any, ...], int] = {}
+
+        def context_of(e: tuple[Any, ...]) -> int:
+            c = slots[e[0]] = contexts.setdefault(CONTEXT_OF(row(e[4], e[3].row)), len(contexts))
+            return c
+
+        def client_of(e: tuple[Any, ...]) -> int:
+            w = clients[e[1]] = client_rows.setdefault(CLIENT_OF(e[3].row), len(client_rows))
+            return w
+
+        ids, columns, ctx, client, raised, record_ids = _ACCEL.batch_rows(
+            items, len(ROW_FIELDS) - 1, slots, clients, context_of, client_of
+        )
+        return Batch.made([ids, *columns], list(contexts), ctx, list(client_rows), client,
+                          raised, record_ids)  # fmt: skip
+
+    def _batch(self, items: list[tuple[tuple[Any, ...], tuple[Any, ...], str, int]]) -> Batch:
+        """:meth:`batch` in Python: per distinct slot and client number, in first use order."""
+        entries, values, record_ids, ids = zip(*items, strict=True)
+        slots, numbers = list(map(_SLOT, entries)), list(map(_CLIENT_NO, entries))
+        row = self._row
+        contexts: dict[tuple[Any, ...], int] = {}
+        of_slot = _first_uses(slots)
+        for slot, i in of_slot.items():  # in order of first use, as the records come
+            e = entries[i]
+            of_slot[slot] = contexts.setdefault(CONTEXT_OF(row(e[4], e[3].row)), len(contexts))
+        clients: dict[tuple[Any, ...], int] = {}
+        of_number = _first_uses(numbers)
+        for number, i in of_number.items():
+            of_number[number] = clients.setdefault(CLIENT_OF(entries[i][3].row), len(clients))
+        columns = [list(ids), *map(list, zip(*values, strict=True))]
+        return Batch.made(columns, list(contexts), list(map(of_slot.__getitem__, slots)),
+                          list(clients), list(map(of_number.__getitem__, numbers)),
+                          list(map(_RAISED, entries)), record_ids)  # fmt: skip
+
+
+def _first_uses(keys: list[Any]) -> dict[Any, int]:
+    """The index of the first use of each distinct key, in order of first use (dicts and
+    sorts in C: no Python code per key)."""
+    n = len(keys)
+    first = dict(zip(reversed(keys), range(n - 1, -1, -1), strict=True))  # the first wins
+    return dict(sorted(first.items(), key=itemgetter(1)))
+
+
+_SLOT, _CLIENT_NO, _RAISED = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def _distinct(keys: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[int]]:
@@ -302,13 +330,41 @@ def _distinct(keys: Iterable[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], l
 
 
 def _hour_runs(ts: list[float]) -> list[tuple[int, int]]:
+    """Runs of consecutive rows in one UTC hour: (hour, end index), in row order."""
+    found = _ACCEL.hour_runs(ts) if _ACCEL is not None else None
+    if found is not None:
+        return found
     if not ts:
         return []
-    """Runs of consecutive rows in one UTC hour: (hour, end index), in row order."""
     hours = [int(t // 3600) for t in ts]
     runs = [(hours[i - 1], i) for i in range(1, len(hours)) if hours[i] != hours[i - 1]]
     runs.append((hours[-1], len(hours)))
     return runs
+
+
+def _group_tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]],
+                 ctx: Sequence[int], raised: Sequence[Sequence[dict[str, Any]]]
+                 ) -> tuple[list[Group], Deltas] | None:  # fmt: skip
+    """What :meth:`Batch.made` makes of its rows, the groups and :func:`_tally` of them,
+    made in C (``_batchscan.group_tally``: per row and per group, a producer's biggest
+    per-batch cost at 25 % LLM lines) but the facts, merged here as :func:`_tally` merges
+    them; None without the accelerator or for values it leaves to the Python code."""
+    if _ACCEL is None:
+        return None
+    blocked = bytes(c[CTX_OUTCOME] == "blocked" for c in contexts)
+    found = _ACCEL.group_tally(raised, columns[ROW_TS], columns[ROW_OUT], columns[ROW_IN],
+                               ctx, blocked)  # fmt: skip
+    if found is None:
+        return None
+    groups, ids, incs, count, blocks, sent, received, first, last, evidence, raw, merges, of, row = found  # fmt: skip
+    facts = [None if f is None else _facts_listed(f) for f in raw]
+    for k, f in merges:
+        listed = _facts_listed(f)
+        if listed is not facts[k]:
+            facts[k] = _merged(facts[k], listed)
+    deltas = Deltas(ids, incs, count, blocks, sent, received, first, last, evidence, facts,
+                    array("i", of), array("i", row))  # fmt: skip
+    return groups, deltas
 
 
 def incident_deltas(batch: Batch, groups: Iterable[Group], typecode: str = "q") -> Deltas:
@@ -329,7 +385,7 @@ def _tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]]
     ids, incs_of, counts, blocks, sent_of, received_of = d.ids, d.incs, d.count, d.blocked, d.bytes_out, d.bytes_in  # fmt: skip
     firsts, lasts, evidence, facts_of, of, linked = d.first, d.last, d.evidence, d.facts, d.of, d.row  # fmt: skip
     index: dict[str, int] = {}
-    found, listed = index.get, _LISTED.get
+    found = index.get
     for incs, rows in groups:
         if len(rows) == 1:  # the common case: groups are small
             i = rows[0]
@@ -346,8 +402,7 @@ def _tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]]
         for inc in incs:
             facts = inc.get("facts")
             if facts:  # memo keys share theirs, batch after batch
-                hit = listed(id(facts))
-                facts = hit[1] if hit is not None and hit[0] is facts else _listed(facts)
+                facts = _facts_listed(facts)
             iid = inc["id"]
             k = found(iid)
             if k is None:
@@ -382,7 +437,7 @@ def _tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]]
                 if last > lasts[k]:
                     lasts[k] = last
                 if facts and facts is not facts_of[k]:
-                    facts_of[k] = merge_fact_lists(facts_of[k], facts)
+                    facts_of[k] = _merged(facts_of[k], facts)
             if len(rows) == 1:
                 of.append(k)
                 linked.append(rows[0])
@@ -390,6 +445,13 @@ def _tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]]
                 of.extend(repeat(k, len(rows)))
                 linked.extend(rows)
     return d
+
+
+def _facts_listed(facts: dict[str, Any]) -> dict[str, list[Any]]:
+    """:func:`_listed` of an incident row's facts, found by their id first (memo keys
+    share theirs, batch after batch)."""
+    hit = _LISTED.get(id(facts))
+    return hit[1] if hit is not None and hit[0] is facts else _listed(facts)
 
 
 def _listed(facts: dict[str, Any]) -> dict[str, list[Any]]:
@@ -411,9 +473,29 @@ def _listed(facts: dict[str, Any]) -> dict[str, list[Any]]:
     return found
 
 
+def _merged(
+    old: dict[str, list[Any]] | None, new: dict[str, list[Any]]
+) -> dict[str, list[Any]] | None:
+    """:func:`merge_fact_lists` of listed facts, remembered by their ids (:data:`_MERGED`):
+    an incident's rows of several memo keys (another status, say) merge the same facts
+    batch after batch, and the merged facts are the same object each time, so a chain of
+    merges is found again too."""
+    key = (id(old), id(new))
+    hit = _MERGED.get(key)
+    if hit is not None and hit[0] is old and hit[1] is new:
+        return hit[2]
+    if len(_MERGED) >= _LISTED_KEPT:
+        _MERGED.clear()
+    merged = merge_fact_lists(old, new)
+    _MERGED[key] = (old, new, merged)
+    return merged
+
+
 #: id of an incident row's facts -> (the facts, kept so that the id is theirs, in lists)
 _LISTED: dict[int, tuple[dict[str, Any], dict[str, list[Any]]]] = {}
 _EQUAL: dict[tuple[Any, ...], dict[str, list[Any]]] = {}  # facts alike -> in lists
+#: ids of listed facts merged -> (them, kept so that the ids are theirs, the merged facts)
+_MERGED: dict[tuple[int, int], tuple[Any, Any, dict[str, list[Any]] | None]] = {}
 _LISTED_KEPT = 1 << 14
 _SHARED = frozenset((str, int, bool, type(None)))  # fact values equal only when alike
 

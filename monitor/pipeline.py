@@ -733,8 +733,10 @@ class RecordMemo:
             r.id for r in rules.rules if obs_reads(r.evidence) <= keyed
         )
 
-    def get(self, obs: Observation, match: Match) -> Context:
-        key = self.key(obs, match)
+    def get(self, obs: Observation, match: Match, key: tuple[Any, ...] | None = None) -> Context:
+        """The context of a record (``key``: its :attr:`key`, when the caller has it)."""
+        if key is None:
+            key = self.key(obs, match)
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= self._limit:
@@ -961,15 +963,16 @@ class Pipeline:
                         on_read, fmt=part.fmt, byte_range=part.byte_range, skip=part.skip,
                         catalog=self.catalog, known=known)  # fmt: skip
         identify, malformed = self.identifier.identify, self._malformed
-        key, lookup, context, build, slot_of = memo.key, memo.lookup, memo.get, memo.row, memo.slot
+        key, lookup, context, slot_of = memo.key, memo.lookup, memo.get, memo.slot
         incidents_of, values_of, first_id = self._incidents, request_values, first_observation_id()
-        builder = BatchBuilder()
-        ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
+        builder = BatchBuilder(memo.row)
+        items = builder.items
+        append = items.append
         by_host, named = self.identifier.by_host, {}  # host -> its match by name, the answer
         entries = known.entries
         for obs in found:  # observe(), inlined but for place(): the memo key decides that
             if type(obs) is tuple and len(obs) == 4:  # of a known line key (see Known)
-                (slot, client_no, incidents, ctx, first), vals, record_id, oid = obs
+                append(obs)  # what the builder takes
             else:
                 line_key = None
                 if type(obs) is tuple:  # named by line_key: its entry is added below
@@ -982,34 +985,24 @@ class Pipeline:
                         continue
                     if obs.dest_host and match is by_host(obs.dest_host):
                         named[obs.dest_host] = match  # what identify() answers whatever else
-                ctx = lookup(key(obs, match))
+                memo_key = key(obs, match)
+                ctx = lookup(memo_key)
                 if ctx is None:
                     place(obs, match)  # the key's row holds it for all its records
-                    ctx = context(obs, match)
+                    ctx = context(obs, match, memo_key)
                 incidents = ctx.incidents
                 if incidents is None:
                     incidents = incidents_of(ctx, obs, match)
-                slot, client_no, first = slot_of(ctx.context_no, obs), ctx.client_no, obs
+                entry = (slot_of(ctx.context_no, obs), ctx.client_no, incidents, ctx, obs)
                 if line_key is not None and incidents is ctx.incidents:  # the key decides them
-                    memo.add_known(entries, line_key, (slot, client_no, incidents, ctx, obs))
+                    memo.add_known(entries, line_key, entry)
                 record_id = obs.record_id or observed_record_id(obs)
-                oid, vals = first_id(record_id), values_of(obs)
-            c = slots.get(slot)
-            if c is None:
-                c = slots[slot] = builder.context_index(build(first, ctx.row))
-            w = clients.get(client_no)
-            if w is None:
-                w = clients[client_no] = builder.client_index(ctx.row)
-            ids.append(oid)
-            values.append(vals)
-            ctxs.append(c)
-            who.append(w)
-            raised.append(incidents)
-            record_ids.append(record_id)
-            if len(ids) >= size:
+                append((entry, values_of(obs), record_id, first_id(record_id)))
+            if len(items) >= size:
                 yield builder.batch()
-                ids, values, ctxs, who, raised, record_ids, slots, clients = builder.lists()
-        if ids:
+                items = builder.items
+                append = items.append
+        if items:
             yield builder.batch()
 
     def records(self, found: Iterable[tuple[Observation, Match | None]]) -> Iterator[Produced]:

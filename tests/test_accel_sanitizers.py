@@ -19,7 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "monitor").rglob("_*.c"))
-TESTS = [str(ROOT / "tests" / t) for t in ("test_squid_accel.py", "test_pcap_accel.py")]
+TESTS = [str(ROOT / "tests" / t)
+         for t in ("test_squid_accel.py", "test_pcap_accel.py", "test_batch_accel.py")]  # fmt: skip
 
 
 def _runtime(cc: str, name: str) -> str | None:
@@ -64,7 +65,9 @@ def test_accelerators_clean_under_sanitizers(tmp_path: Path) -> None:
     # --capture=sys leaves file descriptor 2 alone, where a sanitizer writes its report
     script = (
         "import sys, pytest, monitor.collectors._squidscan as m, monitor.collectors._pcapscan;"
+        "import monitor._batchscan as b;"
         f"assert m.__file__.startswith({str(tmp_path)!r}), m.__file__;"
+        f"assert b.__file__.startswith({str(tmp_path)!r}), b.__file__;"
         f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--capture=sys', *{TESTS!r}]))"
     )
     run = subprocess.run(

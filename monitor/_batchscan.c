@@ -1,0 +1,579 @@
+/* A producer's per-batch work of monitor/batch.py (Batch.made), in C (see monitor/accel.py).
+ *
+ * group_tally(raised, ts, out, in_, ctx, blocked) -> tuple | None
+ *
+ * What Batch.made's grouping and _tally(..., "i") do for the rows of a batch: `raised` the
+ * incident rows of each row (a list or tuple of dicts, shared by the rows of one memo key;
+ * None or empty: none), `ts`, `out` and `in_` the rows' timestamp, bytes_out and bytes_in
+ * columns, `ctx` each row's context index and `blocked` (bytes) per context 1 when its
+ * outcome is blocked, else 0. Rows are grouped by the identity of their incident rows, in
+ * order of first appearance; per incident (by its "id"), in order of first appearance in
+ * the groups, what its rows add (see batch.py Deltas). Returns the tuple
+ *   (groups, ids, incs, count, blocked, bytes_out, bytes_in, first, last, evidence, facts,
+ *    merges, of, row)
+ * with groups a list of (incident rows, row indexes), facts the "facts" of each incident's
+ * first incident row (None when it has none), merges the (incident index, facts) of every
+ * later incident row of an incident whose facts are not that first one's object (the
+ * caller merges them in that order, as _tally does), and of/row the (incident, row) pairs
+ * as bytes of native ints (array "i"). Anything this does not handle exactly as the Python
+ * code would (a column that is not a list, a timestamp that is not a float or is NaN, a
+ * size that is not an int or whose sum leaves 64 bits, incident rows that are not dicts
+ * or whose id is not a str, one incident twice in one row's incident rows, ...) makes it
+ * return None: the Python code then does the work, and raises what it raises.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "collectors/_accel.h"
+
+#define EVIDENCE 5 /* batch.py EVIDENCE_SAMPLES */
+
+static PyObject *ID_KEY, *FACTS_KEY;
+
+typedef struct {
+    Py_ssize_t count, blocked;
+    int64_t out, in;
+    int has_out, has_in;
+    Py_ssize_t first, last; /* rows whose ts object is the first/last */
+    Py_ssize_t nev;
+    Py_ssize_t ev[EVIDENCE];
+    PyObject *facts; /* borrowed: the first incident row's truthy facts, or NULL */
+} Incident;
+
+/* a column of exact ints or None into v (has: 1 for an int); 0 when it is not one */
+static int
+sizes_of(PyObject *col, Py_ssize_t n, int64_t *v, char *has)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x = PyList_GET_ITEM(col, i);
+        if (x == Py_None) {
+            v[i] = 0;
+            has[i] = 0;
+            continue;
+        }
+        if (!PyLong_CheckExact(x))
+            return 0;
+        int overflow = 0;
+        long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
+        if (overflow || (value == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        v[i] = (int64_t)value;
+        has[i] = 1;
+    }
+    return 1;
+}
+
+/* the truthiness of an incident row's facts: 1 a non-empty dict, 0 none or empty, -1 other */
+static int
+facts_truth(PyObject *facts)
+{
+    if (facts == NULL || facts == Py_None)
+        return 0;
+    if (PyDict_CheckExact(facts))
+        return PyDict_GET_SIZE(facts) > 0;
+    return -1;
+}
+
+static inline size_t
+slot_of(const void *p, size_t mask)
+{
+    return (size_t)(((uintptr_t)p >> 4) * (uintptr_t)0x9E3779B97F4A7C15ULL) & mask;
+}
+
+static PyObject *
+group_tally(PyObject *self, PyObject *args)
+{
+    PyObject *raised, *ts, *out, *in, *ctx;
+    Py_buffer blocked;
+    if (!PyArg_ParseTuple(args, "OOOOOy*:group_tally", &raised, &ts, &out, &in, &ctx, &blocked))
+        return NULL;
+    PyObject *result = NULL, *index = NULL, *groups = NULL, *ids = NULL, *incs = NULL;
+    PyObject *merges = NULL;
+    double *tsv = NULL;
+    int64_t *outv = NULL, *inv = NULL;
+    char *has_out = NULL, *has_in = NULL;
+    Py_ssize_t *group_of = NULL, *firsts = NULL, *sizes = NULL, *starts = NULL, *order = NULL;
+    Py_ssize_t *unit_k = NULL;
+    const void **keys = NULL;
+    Py_ssize_t *vals = NULL;
+    Incident *inc = NULL;
+    int *of = NULL, *rowv = NULL;
+    const unsigned char *blocking = blocked.buf;
+    int fallback = 0;
+
+    if (!PyList_CheckExact(raised) || !PyList_CheckExact(ts) || !PyList_CheckExact(out) ||
+        !PyList_CheckExact(in) || !PyList_CheckExact(ctx)) {
+        fallback = 1;
+        goto done;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(raised);
+    if (PyList_GET_SIZE(ts) != n || PyList_GET_SIZE(out) != n || PyList_GET_SIZE(in) != n ||
+        PyList_GET_SIZE(ctx) != n || n >= INT32_MAX) {
+        fallback = 1;
+        goto done;
+    }
+    Py_ssize_t m = n > 0 ? n : 1;
+    tsv = PyMem_Malloc(m * sizeof(double));
+    outv = PyMem_Malloc(m * sizeof(int64_t));
+    inv = PyMem_Malloc(m * sizeof(int64_t));
+    has_out = PyMem_Malloc(m);
+    has_in = PyMem_Malloc(m);
+    group_of = PyMem_Malloc(m * sizeof(Py_ssize_t));
+    firsts = PyMem_Malloc(m * sizeof(Py_ssize_t));
+    order = PyMem_Malloc(m * sizeof(Py_ssize_t));
+    size_t cap = 8;
+    while (cap < 2 * (size_t)m)
+        cap <<= 1;
+    keys = PyMem_Calloc(cap, sizeof(void *));
+    vals = PyMem_Malloc(cap * sizeof(Py_ssize_t));
+    if (tsv == NULL || outv == NULL || inv == NULL || has_out == NULL || has_in == NULL ||
+        group_of == NULL || firsts == NULL || order == NULL || keys == NULL || vals == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(ts, i);
+        if (!PyFloat_CheckExact(t) || isnan(PyFloat_AS_DOUBLE(t))) {
+            fallback = 1;
+            goto done;
+        }
+        tsv[i] = PyFloat_AS_DOUBLE(t);
+        PyObject *c = PyList_GET_ITEM(ctx, i);
+        Py_ssize_t k = PyLong_CheckExact(c) ? PyLong_AsSsize_t(c) : -1;
+        if (k < 0 || k >= blocked.len) {
+            PyErr_Clear();
+            fallback = 1;
+            goto done;
+        }
+    }
+    if (!sizes_of(out, n, outv, has_out) || !sizes_of(in, n, inv, has_in)) {
+        fallback = 1;
+        goto done;
+    }
+
+    /* groups: rows by the identity of their incident rows, in order of first appearance */
+    Py_ssize_t ngroups = 0, units = 0;
+    size_t mask = cap - 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyList_GET_ITEM(raised, i);
+        group_of[i] = -1;
+        if (r == Py_None)
+            continue;
+        if (!PyList_CheckExact(r) && !PyTuple_CheckExact(r)) {
+            fallback = 1;
+            goto done;
+        }
+        if (PySequence_Fast_GET_SIZE(r) == 0)
+            continue;
+        size_t s = slot_of(r, mask);
+        while (keys[s] != NULL && keys[s] != r)
+            s = (s + 1) & mask;
+        if (keys[s] == NULL) {
+            keys[s] = r;
+            vals[s] = ngroups;
+            firsts[ngroups++] = i;
+            units += PySequence_Fast_GET_SIZE(r);
+        }
+        group_of[i] = vals[s];
+    }
+    Py_ssize_t g1 = ngroups > 0 ? ngroups : 1;
+    sizes = PyMem_Calloc(g1, sizeof(Py_ssize_t));
+    starts = PyMem_Malloc(g1 * sizeof(Py_ssize_t));
+    unit_k = PyMem_Malloc((units > 0 ? units : 1) * sizeof(Py_ssize_t));
+    inc = PyMem_Calloc(units > 0 ? units : 1, sizeof(Incident));
+    if (sizes == NULL || starts == NULL || unit_k == NULL || inc == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (group_of[i] >= 0)
+            sizes[group_of[i]]++;
+    Py_ssize_t grouped = 0;
+    for (Py_ssize_t g = 0; g < ngroups; g++) {
+        starts[g] = grouped;
+        grouped += sizes[g];
+    }
+    for (Py_ssize_t g = 0; g < ngroups; g++)
+        sizes[g] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t g = group_of[i];
+        if (g >= 0)
+            order[starts[g] + sizes[g]++] = i;
+    }
+
+    /* incidents: per group, per incident row of it, in order */
+    Py_ssize_t pairs = 0;
+    for (Py_ssize_t g = 0; g < ngroups; g++)
+        pairs += sizes[g] * PySequence_Fast_GET_SIZE(PyList_GET_ITEM(raised, firsts[g]));
+    of = PyMem_Malloc((pairs > 0 ? pairs : 1) * sizeof(int));
+    rowv = PyMem_Malloc((pairs > 0 ? pairs : 1) * sizeof(int));
+    index = PyDict_New();
+    ids = PyList_New(0);
+    incs = PyList_New(0);
+    merges = PyList_New(0);
+    if (of == NULL || rowv == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (index == NULL || ids == NULL || incs == NULL || merges == NULL)
+        goto done;
+    Py_ssize_t nk = 0, u = 0, p = 0;
+    for (Py_ssize_t g = 0; g < ngroups; g++) {
+        PyObject *r = PyList_GET_ITEM(raised, firsts[g]);
+        Py_ssize_t width = PySequence_Fast_GET_SIZE(r), size = sizes[g];
+        const Py_ssize_t *rows = order + starts[g];
+        for (Py_ssize_t j = 0; j < width; j++, u++) {
+            PyObject *row = PySequence_Fast_GET_ITEM(r, j);
+            if (!PyDict_CheckExact(row)) {
+                fallback = 1;
+                goto done;
+            }
+            PyObject *iid = PyDict_GetItemWithError(row, ID_KEY);
+            PyObject *facts = iid == NULL ? NULL : PyDict_GetItemWithError(row, FACTS_KEY);
+            if (PyErr_Occurred() || iid == NULL || !PyUnicode_CheckExact(iid)) {
+                /* (an id of another type might run Python code when hashed or compared) */
+                PyErr_Clear();
+                fallback = 1;
+                goto done;
+            }
+            int truthy = facts_truth(facts);
+            if (truthy < 0) {
+                fallback = 1;
+                goto done;
+            }
+            PyObject *found = PyDict_GetItemWithError(index, iid);
+            if (found == NULL && PyErr_Occurred()) { /* unhashable */
+                PyErr_Clear();
+                fallback = 1;
+                goto done;
+            }
+            Py_ssize_t k;
+            Incident *d;
+            if (found == NULL) {
+                k = nk++;
+                PyObject *number = PyLong_FromSsize_t(k);
+                int failed = number == NULL || PyDict_SetItem(index, iid, number) < 0 ||
+                             PyList_Append(ids, iid) < 0 || PyList_Append(incs, row) < 0;
+                Py_XDECREF(number);
+                if (failed)
+                    goto done;
+                d = &inc[k];
+                d->first = d->last = rows[0];
+                d->facts = truthy ? facts : NULL;
+            } else {
+                k = PyLong_AsSsize_t(found);
+                for (Py_ssize_t v = u - j; v < u; v++)
+                    if (unit_k[v] == k) { /* one incident twice in one row's: Python's */
+                        fallback = 1;
+                        goto done;
+                    }
+                d = &inc[k];
+                if (truthy && facts != d->facts) {
+                    PyObject *pair = Py_BuildValue("(nO)", k, facts);
+                    int failed = pair == NULL || PyList_Append(merges, pair) < 0;
+                    Py_XDECREF(pair);
+                    if (failed)
+                        goto done;
+                }
+            }
+            unit_k[u] = k;
+            d->count += size;
+            for (Py_ssize_t q = 0; q < size; q++) {
+                Py_ssize_t i = rows[q];
+                d->blocked += blocking[PyLong_AsSsize_t(PyList_GET_ITEM(ctx, i))] != 0;
+                if (has_out[i]) {
+                    if (__builtin_add_overflow(d->out, outv[i], &d->out)) {
+                        fallback = 1;
+                        goto done;
+                    }
+                    d->has_out = 1;
+                }
+                if (has_in[i]) {
+                    if (__builtin_add_overflow(d->in, inv[i], &d->in)) {
+                        fallback = 1;
+                        goto done;
+                    }
+                    d->has_in = 1;
+                }
+                if (tsv[i] < tsv[d->first])
+                    d->first = i;
+                if (tsv[i] > tsv[d->last])
+                    d->last = i;
+                of[p] = (int)k;
+                rowv[p++] = (int)i;
+            }
+            /* the first rows (a group's rows come in row order: only its first few) */
+            for (Py_ssize_t q = 0; q < size && q < EVIDENCE; q++) {
+                Py_ssize_t i = rows[q], at = d->nev;
+                if (at == EVIDENCE && i > d->ev[EVIDENCE - 1])
+                    break;
+                while (at > 0 && d->ev[at - 1] > i)
+                    at--;
+                if (d->nev < EVIDENCE)
+                    d->nev++;
+                memmove(d->ev + at + 1, d->ev + at, (d->nev - 1 - at) * sizeof(Py_ssize_t));
+                d->ev[at] = i;
+            }
+        }
+    }
+
+    /* the answer */
+    groups = PyList_New(ngroups);
+    if (groups == NULL)
+        goto done;
+    for (Py_ssize_t g = 0; g < ngroups; g++) {
+        PyObject *rows = PyList_New(sizes[g]);
+        if (rows == NULL)
+            goto done;
+        for (Py_ssize_t q = 0; q < sizes[g]; q++) {
+            PyObject *i = PyLong_FromSsize_t(order[starts[g] + q]);
+            if (i == NULL) {
+                Py_DECREF(rows);
+                goto done;
+            }
+            PyList_SET_ITEM(rows, q, i);
+        }
+        PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(raised, firsts[g]), rows);
+        Py_DECREF(rows);
+        if (pair == NULL)
+            goto done;
+        PyList_SET_ITEM(groups, g, pair);
+    }
+    PyObject *lists[8];
+    int made = 1;
+    for (int c = 0; c < 8; c++)
+        made &= (lists[c] = PyList_New(nk)) != NULL;
+    for (Py_ssize_t k = 0; made && k < nk; k++) {
+        Incident *d = &inc[k];
+        PyObject *ev = PyList_New(d->nev);
+        for (Py_ssize_t q = 0; ev != NULL && q < d->nev; q++) {
+            PyObject *i = PyLong_FromSsize_t(d->ev[q]);
+            if (i == NULL)
+                Py_CLEAR(ev);
+            else
+                PyList_SET_ITEM(ev, q, i);
+        }
+        PyObject *values[8] = {
+            PyLong_FromSsize_t(d->count),
+            PyLong_FromSsize_t(d->blocked),
+            d->has_out ? PyLong_FromLongLong(d->out) : Py_NewRef(Py_None),
+            d->has_in ? PyLong_FromLongLong(d->in) : Py_NewRef(Py_None),
+            Py_NewRef(PyList_GET_ITEM(ts, d->first)),
+            Py_NewRef(PyList_GET_ITEM(ts, d->last)),
+            ev,
+            Py_NewRef(d->facts != NULL ? d->facts : Py_None),
+        };
+        for (int c = 0; c < 8; c++) {
+            made &= values[c] != NULL;
+            PyList_SET_ITEM(lists[c], k, values[c] != NULL ? values[c] : Py_NewRef(Py_None));
+        }
+    }
+    PyObject *of_bytes = made ? PyBytes_FromStringAndSize((char *)of, p * sizeof(int)) : NULL;
+    PyObject *row_bytes = made ? PyBytes_FromStringAndSize((char *)rowv, p * sizeof(int)) : NULL;
+    if (of_bytes != NULL && row_bytes != NULL)
+        result = PyTuple_Pack(14, groups, ids, incs, lists[0], lists[1], lists[2], lists[3],
+                              lists[4], lists[5], lists[6], lists[7], merges, of_bytes,
+                              row_bytes);
+    for (int c = 0; c < 8; c++)
+        Py_XDECREF(lists[c]);
+    Py_XDECREF(of_bytes);
+    Py_XDECREF(row_bytes);
+
+done:
+    PyBuffer_Release(&blocked);
+    Py_XDECREF(index);
+    Py_XDECREF(groups);
+    Py_XDECREF(ids);
+    Py_XDECREF(incs);
+    Py_XDECREF(merges);
+    PyMem_Free(tsv);
+    PyMem_Free(outv);
+    PyMem_Free(inv);
+    PyMem_Free(has_out);
+    PyMem_Free(has_in);
+    PyMem_Free(group_of);
+    PyMem_Free(firsts);
+    PyMem_Free(sizes);
+    PyMem_Free(starts);
+    PyMem_Free(order);
+    PyMem_Free(unit_k);
+    PyMem_Free((void *)keys);
+    PyMem_Free(vals);
+    PyMem_Free(inc);
+    PyMem_Free(of);
+    PyMem_Free(rowv);
+    if (fallback && result == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return result;
+}
+
+/* hour_runs(ts) -> list | None: batch.py _hour_runs of a list of floats (None: not one) */
+static PyObject *
+hour_runs(PyObject *self, PyObject *ts)
+{
+    if (!PyList_CheckExact(ts))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(ts);
+    long long prev = 0;
+    PyObject *runs = PyList_New(0);
+    if (runs == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        long long hour = 0;
+        if (i < n) {
+            PyObject *t = PyList_GET_ITEM(ts, i);
+            double v = PyFloat_CheckExact(t) ? PyFloat_AS_DOUBLE(t) : NAN;
+            if (!(fabs(v) < 1e15)) { /* not a float, NaN, or far beyond any log's time */
+                Py_DECREF(runs);
+                Py_RETURN_NONE;
+            }
+            /* Python's float floor division t // 3600 (Objects/floatobject.c) */
+            double mod = fmod(v, 3600.0), div = (v - mod) / 3600.0;
+            if (mod < 0)
+                div -= 1.0;
+            double floored = floor(div);
+            if (div - floored > 0.5)
+                floored += 1.0;
+            hour = (long long)floored;
+        }
+        if (i > 0 && (i == n || hour != prev)) {
+            PyObject *run = Py_BuildValue("(Ln)", prev, i);
+            if (run == NULL || PyList_Append(runs, run) < 0) {
+                Py_XDECREF(run);
+                Py_DECREF(runs);
+                return NULL;
+            }
+            Py_DECREF(run);
+        }
+        prev = hour;
+    }
+    return runs;
+}
+
+/* batch_rows(items, nvalues, slots, clients, context_of, client_of) -> tuple
+ *
+ * What batch.py BatchBuilder.batch makes of its items (see there: per record the tuple
+ * (entry, values, record id, observation id), the entry (slot, client number, incident
+ * rows, context, first record), values a tuple of `nvalues`): the tuple (ids, columns,
+ * ctx, client, raised, record ids), columns the values transposed (a list per value).
+ * A record's context index is slots[slot], its client index clients[client number]; when
+ * one is not there yet, context_of(entry) or client_of(entry) (Python) returns it (and
+ * puts it there). Records of one entry object (a known line key's) are looked up once. */
+typedef struct {
+    PyObject *entry, *ctx, *client; /* ctx, client: owned */
+} Seen;
+
+static PyObject *
+index_of(PyObject *dict, PyObject *key, PyObject *make, PyObject *entry)
+{
+    PyObject *found = PyDict_GetItemWithError(dict, key);
+    if (found != NULL)
+        return Py_NewRef(found);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_CallOneArg(make, entry);
+}
+
+static PyObject *
+batch_rows(PyObject *self, PyObject *args)
+{
+    PyObject *list, *slots, *clients, *context_of, *client_of;
+    Py_ssize_t nvalues;
+    if (!PyArg_ParseTuple(args, "O!nO!O!OO:batch_rows", &PyList_Type, &list, &nvalues,
+                          &PyDict_Type, &slots, &PyDict_Type, &clients, &context_of, &client_of))
+        return NULL;
+    PyObject *items = PyList_AsTuple(list); /* held: the callbacks run Python code */
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    PyObject *result = NULL, *out[5] = {NULL}, *columns = PyList_New(nvalues > 0 ? nvalues : 0);
+    size_t cap = 8;
+    while (cap < 2 * (size_t)n)
+        cap <<= 1;
+    Seen *seen = PyMem_Calloc(cap, sizeof(Seen));
+    int ok = columns != NULL && seen != NULL && nvalues >= 0;
+    if (seen == NULL)
+        PyErr_NoMemory();
+    for (int c = 0; ok && c < 5; c++)
+        ok = (out[c] = PyList_New(n)) != NULL;
+    for (Py_ssize_t j = 0; ok && j < nvalues; j++) {
+        PyObject *col = PyList_New(n);
+        ok = col != NULL;
+        if (ok)
+            PyList_SET_ITEM(columns, j, col);
+    }
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i), *entry, *values;
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 4 ||
+            !PyTuple_CheckExact(entry = PyTuple_GET_ITEM(item, 0)) ||
+            PyTuple_GET_SIZE(entry) < 3 || !PyTuple_CheckExact(values = PyTuple_GET_ITEM(item, 1)) ||
+            PyTuple_GET_SIZE(values) != nvalues) {
+            PyErr_SetString(PyExc_ValueError, "batch_rows: an item is not (entry, values, id, id)");
+            ok = 0;
+            break;
+        }
+        size_t s = slot_of(entry, cap - 1);
+        while (seen[s].entry != NULL && seen[s].entry != entry)
+            s = (s + 1) & (cap - 1);
+        Seen *e = &seen[s];
+        if (e->entry == NULL) {
+            PyObject *c = index_of(slots, PyTuple_GET_ITEM(entry, 0), context_of, entry);
+            PyObject *w = c == NULL ? NULL
+                                    : index_of(clients, PyTuple_GET_ITEM(entry, 1), client_of, entry);
+            if (w == NULL) {
+                Py_XDECREF(c);
+                ok = 0;
+                break;
+            }
+            e->entry = entry; /* held by items */
+            e->ctx = c;
+            e->client = w;
+        }
+        PyList_SET_ITEM(out[0], i, Py_NewRef(PyTuple_GET_ITEM(item, 3)));
+        PyList_SET_ITEM(out[1], i, Py_NewRef(e->ctx));
+        PyList_SET_ITEM(out[2], i, Py_NewRef(e->client));
+        PyList_SET_ITEM(out[3], i, Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
+        PyList_SET_ITEM(out[4], i, Py_NewRef(PyTuple_GET_ITEM(item, 2)));
+        for (Py_ssize_t j = 0; j < nvalues; j++)
+            PyList_SET_ITEM(PyList_GET_ITEM(columns, j), i, Py_NewRef(PyTuple_GET_ITEM(values, j)));
+    }
+    if (ok)
+        result = Py_BuildValue("(OOOOOO)", out[0], columns, out[1], out[2], out[3], out[4]);
+    for (size_t s = 0; seen != NULL && s < cap; s++) {
+        Py_XDECREF(seen[s].ctx);
+        Py_XDECREF(seen[s].client);
+    }
+    PyMem_Free(seen);
+    for (int c = 0; c < 5; c++)
+        Py_XDECREF(out[c]);
+    Py_XDECREF(columns);
+    Py_DECREF(items);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"batch_rows", batch_rows, METH_VARARGS, "BatchBuilder.batch's lists (see above)."},
+    {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
+    {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of a list of floats, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+ACCEL_MODULE("monitor._batchscan", "A producer's per-batch work of monitor/batch.py in C.");
+
+PyMODINIT_FUNC
+PyInit__batchscan(void)
+{
+    ID_KEY = PyUnicode_InternFromString("id");
+    FACTS_KEY = PyUnicode_InternFromString("facts");
+    if (ID_KEY == NULL || FACTS_KEY == NULL)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 1) < 0)
+        Py_CLEAR(m);
+    return m;
+}

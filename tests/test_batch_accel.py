@@ -1,0 +1,194 @@
+"""The C accelerator of :class:`monitor.batch.BatchBuilder` and :meth:`~monitor.batch.Batch.made`
+(``monitor/_batchscan.c``) against the Python code it stands in for: the same groups,
+deltas and hour runs for any rows, the Python code's answer (through a None from C) for
+values C leaves to it, and the same batches of a scan's records."""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from monitor import accel, batch
+from monitor.app import App, Settings
+from monitor.batch import ROW_FIELDS, ROW_IN, ROW_OUT, ROW_TS, Batch
+from monitor.collectors import CollectOptions, Diagnostics
+from monitor.egress import EgressOptions
+from monitor.pipeline import Part, Pipeline
+from monitor.privacy import Pseudonymizer
+from monitor.rows import CONTEXT
+from tests.conftest import generated_squid_log
+
+MODULE = "monitor._batchscan"
+built = accel.load(MODULE)
+if built is None and os.environ.get("CI") and not os.environ.get(accel.PURE_ENV):
+    pytest.fail("the C accelerator was not built (hatch_build.py needs a C compiler)")
+pytestmark = pytest.mark.skipif(built is None, reason="C accelerator not built")
+
+OUTCOME = CONTEXT.index("outcome")
+DAY = 1795737600.0
+
+
+def _contexts(outcomes: list[str]) -> list[tuple]:
+    return [tuple(o if i == OUTCOME else f"c{k}" for i in range(len(CONTEXT)))
+            for k, o in enumerate(outcomes)]  # fmt: skip
+
+
+@st.composite
+def batches(draw, odd: bool = False):
+    """Rows of a batch: incident rows shared by several rows (lists, tuples, empty, None),
+    incidents recurring across them with facts shared, equal or different, sizes with and
+    without None; ``odd``: also values C leaves to Python (a NaN or int time, a bool or
+    huge size, one incident twice in one row's, facts that are no dict)."""
+    n = draw(st.integers(0, 40))
+    ctxs = draw(st.lists(st.sampled_from(["allowed", "blocked", "error"]), min_size=1, max_size=4))
+    shared_facts = [{"request.status": 200}, {"request.status": 403, "x": [1, 2]}]
+    facts = st.one_of(
+        st.none(), st.just({}), st.sampled_from(shared_facts),
+        st.builds(lambda v: {"request.status": v}, st.sampled_from([200, 404, 500, True])),
+        *([st.just(["no", "dict"])] if odd else []),
+    )  # fmt: skip
+
+    def incident(i: int) -> dict:
+        return {"id": f"i{i}", "rule": "r", "facts": draw(facts)}
+
+    pool: list = [None, [], ()]
+    for _ in range(draw(st.integers(1, 8))):
+        ids = draw(st.lists(st.integers(0, 5), min_size=1, max_size=3, unique=not odd))
+        incs = [incident(i) for i in ids]
+        pool.append(tuple(incs) if draw(st.booleans()) else incs)
+    size = st.one_of(st.none(), st.integers(0, 10**6),
+                     *([st.just(True), st.just(2**62), st.just(2**70)] if odd else []))  # fmt: skip
+    ts = st.one_of(st.floats(DAY - 7200, DAY + 7200, allow_nan=False),
+                   st.sampled_from([DAY, DAY - 0.0, -3600.5]),
+                   *([st.just(math.nan), st.integers(0, 10**9)] if odd else []))  # fmt: skip
+    columns = [[None] * n for _ in ROW_FIELDS]
+    columns[0] = list(range(n))
+    columns[ROW_TS] = [draw(ts) for _ in range(n)]
+    for c in (ROW_OUT, ROW_IN):
+        kind = draw(st.sampled_from(["none", "ints", "mixed"]))
+        columns[c] = [None if kind == "none" else draw(size) if kind == "mixed"
+                      else draw(st.integers(0, 10**6)) for _ in range(n)]  # fmt: skip
+    ctx = [draw(st.integers(0, len(ctxs) - 1)) for _ in range(n)]
+    raised = [draw(st.sampled_from(pool)) for _ in range(n)]
+    return columns, _contexts(ctxs), ctx, raised
+
+
+@contextmanager
+def _accelerated(module):
+    """batch.py with the accelerator ``module`` (None: pure Python)."""
+    old, batch._ACCEL = batch._ACCEL, module
+    try:
+        yield
+    finally:
+        batch._ACCEL = old
+
+
+def _made(columns, contexts, ctx, raised, accelerated) -> Batch:
+    ids = [f"{k:024x}" for k in range(len(ctx))]
+    with _accelerated(built if accelerated else None):
+        return Batch.made([list(c) for c in columns], contexts, ctx, [()], [0] * len(ctx),
+                          raised, ids)  # fmt: skip
+
+
+def _same(columns, contexts, ctx, raised) -> None:
+    """The batch made with C is Python's (or both raise the same error: junk)."""
+    try:
+        want = _made(columns, contexts, ctx, raised, False)
+    except (TypeError, AttributeError, ValueError) as exc:
+        with pytest.raises(type(exc)):
+            _made(columns, contexts, ctx, raised, True)
+        return
+    got = _made(columns, contexts, ctx, raised, True)
+    for name in Batch.__slots__:
+        assert getattr(got, name) == getattr(want, name), name
+    assert got.deltas.of.typecode == got.deltas.row.typecode == "i"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_made_in_c_equals_made_in_python(rows):
+    columns, contexts, ctx, raised = rows
+    blocked = bytes(c[OUTCOME] == "blocked" for c in contexts)
+    found = built.group_tally(raised, columns[ROW_TS], columns[ROW_OUT], columns[ROW_IN],
+                              ctx, blocked)  # fmt: skip
+    assert found is not None, "C made it"
+    _same(columns, contexts, ctx, raised)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches(odd=True))
+def test_values_c_leaves_to_python_give_pythons_answer(rows):
+    columns, contexts, ctx, raised = rows
+    _same(columns, contexts, ctx, raised)
+
+
+def test_odd_values_are_left_to_python():
+    """Each odd value alone makes C answer None, and the batch is Python's all the same."""
+    incs = [{"id": "a", "facts": None}]
+    plain = {ROW_TS: [DAY, DAY + 1], ROW_OUT: [1, 2], ROW_IN: [None, 3]}
+    odd = [
+        ({ROW_TS: [DAY, math.nan]}, [incs, incs]),
+        ({ROW_TS: [DAY, 5]}, [incs, incs]),
+        ({ROW_OUT: [1, True]}, [incs, incs]),
+        ({ROW_IN: [2**63, 1]}, [incs, incs]),
+        ({ROW_IN: [2**62, 2**62]}, [incs, incs]),  # the sum leaves 64 bits
+        ({}, [incs, [incs[0], incs[0]]]),  # one incident twice in one row's
+        ({}, [incs, [{"id": "b", "facts": ["x"]}]]),
+        ({}, [incs, [["not a dict"]]]),
+        ({}, [incs, [{"id": 7, "facts": None}]]),  # an id that is no str
+        ({}, [incs, "ab"]),
+    ]
+    for values, raised in odd:
+        columns = [[None, None] for _ in ROW_FIELDS]
+        for c, col in {**plain, **values}.items():
+            columns[c] = col
+        ctx, contexts = [0, 0], _contexts(["blocked"])
+        blocked = b"\x01"
+        assert built.group_tally(raised, columns[ROW_TS], columns[ROW_OUT], columns[ROW_IN],
+                                 ctx, blocked) is None, values  # fmt: skip
+        _same(columns, contexts, ctx, raised)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.floats(-1e12, 1e12, allow_nan=False),
+    st.integers(-100, 100).map(lambda h: h * 3600.0),
+    st.integers(-100, 100).map(lambda h: math.nextafter(h * 3600.0, -math.inf)),
+    st.integers(-100, 100).map(lambda h: math.nextafter(h * 3600.0, math.inf)),
+    st.just(-0.0),
+)))  # fmt: skip
+def test_hour_runs_in_c_equal_pythons(ts):
+    got = built.hour_runs(ts)
+    with _accelerated(None):
+        assert got == batch._hour_runs(ts)
+    assert built.hour_runs([*ts, math.nan]) is None and built.hour_runs([1]) is None
+
+
+@pytest.mark.parametrize("pseudonymize", [False, True])
+def test_a_scans_batches_made_in_c_are_pythons(tmp_path, pseudonymize):
+    """A part's batches (:meth:`Pipeline.process`: BatchBuilder.batch, Batch.made) made
+    with the accelerator equal those made in Python, record for record, on a first pass
+    and on a second one (records known by line key), with pseudonymised clients too."""
+    log = tmp_path / "access.log"
+    generated_squid_log(log, "--lines", "4000", "--llm-share", "0.4", "--seed", "3")
+    app = App(Settings(db=tmp_path / "x.db"))
+    pseud = Pseudonymizer("k" * 32) if pseudonymize else None
+    made = {}
+    for module in (built, None):
+        with _accelerated(module):
+            pipeline = Pipeline(app.catalog, app.geo, app.rules, app.config,
+                                EgressOptions(egress_country="CN"), CollectOptions(), pseud)  # fmt: skip
+            made[module] = [list(pipeline.process(Part(str(log)), Diagnostics(), size=400))
+                            for _ in range(2)]  # fmt: skip
+    got, want = made[built], made[None]
+    assert len(got[0]) > 3 and [len(b) for b in got[0]] == [len(b) for b in got[1]]
+    for batches, expected in zip(got, want, strict=True):
+        assert len(batches) == len(expected)
+        for one, other in zip(batches, expected, strict=True):
+            for name in Batch.__slots__:
+                assert getattr(one, name) == getattr(other, name), name
