@@ -101,20 +101,6 @@ scan_block(const char *p, uint64_t *nl, uint64_t *nul, int clean)
     return clean ? scan64(p, nl, nul, 0) : scan64(p, nl, nul, 1);
 }
 
-/* the number of bits set in x (SWAR: an x86-64 need not have POPCNT) */
-static inline int
-bits_set(uint64_t x)
-{
-#ifdef __POPCNT__
-    return __builtin_popcountll(x);
-#else
-    x -= (x >> 1) & 0x5555555555555555ULL;
-    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
-    x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
-    return (int)((x * 0x0101010101010101ULL) >> 56);
-#endif
-}
-
 /* Digits and ASCII eight bytes at a time, in the fields a line starts with (ts, elapsed,
  * code/status, size): five more fields and their separators follow them in the line, so a
  * word read from inside one of them never reaches past the line. The words are read
@@ -805,7 +791,7 @@ next_line(const char *data, Py_ssize_t size, Py_ssize_t *pos, int clean, Py_ssiz
 {
     const char *s = data + *pos;
     Py_ssize_t avail = size - *pos, end = -1;
-    int32_t edge[2 * FIELDS];
+    int32_t edge[2 * FIELDS + 64];
     int edges = 0, whole = 1; /* whole: no NUL, at most ten fields so far */
     uint64_t before = 1;      /* whether the byte before the block is a separator */
     for (Py_ssize_t base = 0; base < avail; base += 64) {
@@ -831,26 +817,12 @@ next_line(const char *data, Py_ssize_t size, Py_ssize_t *pos, int clean, Py_ssiz
             whole = 0;
         uint64_t edges64 = (sep ^ (sep << 1 | before)) & upto;
         before = sep >> 63;
-        int count = bits_set(edges64);
-        if (edges + count > 2 * FIELDS)
-            whole = 0;
         if (whole) {
-            /* as many as there are, unrolled: no test per edge */
-            int32_t *out = edge + edges, at = (int32_t)base;
-            edges += count;
-            switch (count) {
-#define EDGE(k)                                                                                \
-    case k:                                                                                    \
-        *out++ = at + __builtin_ctzll(edges64);                                                \
-        edges64 &= edges64 - 1;                                                                \
-        __attribute__((fallthrough));
-                EDGE(20) EDGE(19) EDGE(18) EDGE(17) EDGE(16) EDGE(15) EDGE(14) EDGE(13) EDGE(12)
-                EDGE(11) EDGE(10) EDGE(9) EDGE(8) EDGE(7) EDGE(6) EDGE(5) EDGE(4) EDGE(3)
-                EDGE(2) EDGE(1)
-#undef EDGE
-            case 0:
-                break;
-            }
+            /* edge has room for a whole block of them past the twentieth; more than twenty
+             * are an eleventh field */
+            for (int32_t at = (int32_t)base; edges64; edges64 &= edges64 - 1)
+                edge[edges++] = at + __builtin_ctzll(edges64);
+            whole = edges <= 2 * FIELDS;
         }
         if (end >= 0)
             break;
