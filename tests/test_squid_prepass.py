@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import sysconfig
+from importlib.machinery import ExtensionFileLoader
+from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
 
 import pytest
 
 from monitor.collectors import squid
 from monitor.collectors.base import MAX_LINE
-from tests.test_squid_accel import LLM, OTHER, built, two_ways
+from tests.conftest import generated_squid_log
+from tests.test_squid_accel import HOST_FILTER, LLM, OTHER, built, two_ways
 
 pytestmark = pytest.mark.skipif(built is None, reason="C accelerator not built, or outdated")
 
@@ -204,48 +206,51 @@ def test_markers_at_every_offset(markers: tuple[bytes, ...]) -> None:
     assert outcomes == {True, False}
 
 
-@pytest.mark.realtools
-def test_portable_build_agrees(tmp_path: Path) -> None:
-    """The portable scan (-DACCEL_PORTABLE: byte loops instead of SSE2, which every x86-64
-    has but other machines lack) passes the same tests as the SSE2 build."""
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory):
+    """``_squidscan`` built with -DACCEL_PORTABLE (byte loops instead of SSE2, which every
+    x86-64 has but other machines lack), loaded beside the SSE2 build."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         if os.environ.get("CI"):
             pytest.fail("a C compiler is needed in CI")
         pytest.skip("no C compiler")
-    package = tmp_path / "monitor"
-    shutil.copytree(ROOT / "monitor", package, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    for data in ("rules", "geodata"):
-        (tmp_path / data).symlink_to(ROOT / data)
-    (tmp_path / "tests").symlink_to(ROOT / "tests")
-    suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    include = sysconfig.get_paths()["include"]
+    out = tmp_path_factory.mktemp("portable") / (
+        "_squidscan" + sysconfig.get_config_var("EXT_SUFFIX")
+    )
     source = ROOT / "monitor" / "collectors" / "_squidscan.c"
-    target = package / "collectors" / ("_squidscan" + suffix)
-    subprocess.run(
-        [
-            cc,
-            "-shared",
-            "-fPIC",
-            "-O2",
-            "-DACCEL_PORTABLE",
-            f"-I{include}",
-            str(source),
-            "-o",
-            str(target),
-        ],
-        check=True,
-    )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CI": "1"}
-    env.pop("APIWATCH_PURE_PYTHON", None)
-    tests = [str(tmp_path / "tests" / t) for t in ("test_squid_accel.py", "test_squid_prepass.py")]
-    script = (
-        "import sys, pytest, monitor.collectors._squidscan as m;"
-        f"assert m.__file__.startswith({str(tmp_path)!r}), m.__file__;"
-        f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-k', 'not portable', *{tests!r}]))"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert squid._ACCEL_ABI == built.ABI
+    include = sysconfig.get_paths()["include"]
+    command = [cc, "-shared", "-fPIC", "-O2", "-DACCEL_PORTABLE", f"-I{include}", str(source)]
+    subprocess.run([*command, "-o", str(out)], check=True)
+    loader = ExtensionFileLoader("monitor.collectors._squidscan", str(out))
+    module = module_from_spec(spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    assert module.ABI == built.ABI and module.native_chunk is not built.native_chunk
+    return module
+
+
+def test_portable_build_agrees(portable, tmp_path: Path) -> None:
+    """The portable build does with every line what the SSE2 build does (tested against
+    Python above): the lines of these tests, the benchmark generator's log with malformed
+    lines, and junk; cold, then with the verdict table filled."""
+    lines = [OTHER, LLM, OTHER.replace(b"/x?q=1", b"/v1/messages"), b"x" * 70_000]
+    lines += [base[:k] + odd + base[k:] for base in (OTHER, LLM) for k in range(0, len(base), 7)
+              for odd in (b"\x00", b"\r", b"\t", b"  ", b"\xff")]  # fmt: skip
+    log = tmp_path / "access.log"
+    generated_squid_log(log, "--lines", "5000", "--malformed-rate", "0.02")
+    targets = {}
+    for line in log.read_bytes().split(b"\n"):
+        parts = line.split()
+        if len(parts) > 6:
+            targets[parts[6].split(b"/x")[0]] = len(targets) % 5 != 0
+    rejects = {**targets, b"http://anan.co.jp": True, b"api.openai.com:443": False}
+    markers = (b"/v1/messages", b":gen")
+    ranges = squid.intervals(HOST_FILTER.networks)
+    for chunk in (b"\n".join(lines) + b"\n", log.read_bytes(), bytes(range(256)) * 50):
+        for max_line in (MAX_LINE, 100):
+            ours, theirs = built.Verdicts(), portable.Verdicts()
+            for _ in range(2):
+                args = (chunk, b"\x00" not in chunk, max_line, rejects, markers, ranges, None)
+                assert built.native_chunk(*args, ours, rejects) == portable.native_chunk(
+                    *args, theirs, rejects
+                )
