@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import sysconfig
 from importlib.machinery import ExtensionFileLoader
 from importlib.util import module_from_spec, spec_from_loader
@@ -222,10 +223,17 @@ def portable(tmp_path_factory):
     include = sysconfig.get_paths()["include"]
     command = [cc, "-shared", "-fPIC", "-O2", "-DACCEL_PORTABLE", f"-I{include}", str(source)]
     subprocess.run([*command, "-o", str(out)], check=True)
-    loader = ExtensionFileLoader("monitor.collectors._squidscan", str(out))
-    module = module_from_spec(spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
+    # its own name (the init function is named by the last part): loading a module also
+    # puts it into sys.modules, where it must not replace the SSE2 build
+    name = "squidscan_portable._squidscan"
+    loader = ExtensionFileLoader(name, str(out))
+    try:
+        module = module_from_spec(spec_from_loader(name, loader))
+        loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
     assert module.ABI == built.ABI and module.native_chunk is not built.native_chunk
+    assert sys.modules[built.__name__] is built
     return module
 
 
