@@ -20,7 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "monitor").rglob("_*.c"))
 TESTS = [str(ROOT / "tests" / t)
-         for t in ("test_squid_accel.py", "test_pcap_accel.py", "test_batch_accel.py")]  # fmt: skip
+         for t in ("test_squid_accel.py", "test_squid_prepass.py", "test_pcap_accel.py",
+                   "test_batch_accel.py")]  # fmt: skip
 
 
 def _runtime(cc: str, name: str) -> str | None:
