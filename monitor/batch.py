@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 from array import array
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, repeat
-from operator import itemgetter
+from itertools import accumulate, chain, compress, islice, repeat
+from math import isfinite
+from operator import add, floordiv, is_not, itemgetter, le, mod, mul, sub
 from typing import Any
 
 from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
@@ -28,7 +31,7 @@ EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: ``obs_rows``' per-request columns, in row order; a batch holds one list per column
 ROW_FIELDS = tuple(c.name for c in COLUMNS if c.name in PER_REQUEST)
 ROW_ID, ROW_TS, ROW_LINE = (ROW_FIELDS.index(c) for c in ("id", "ts", "line"))
-ROW_OUT, ROW_IN = ROW_FIELDS.index("bytes_out"), ROW_FIELDS.index("bytes_in")
+ROW_OUT, ROW_IN, ROW_URL = (ROW_FIELDS.index(c) for c in ("bytes_out", "bytes_in", "url"))
 #: positions in a context's values
 CTX_SCAN, CTX_SOURCE, CTX_DAY, CTX_OUTCOME = (
     CONTEXT.index(c) for c in ("scan_id", "source", "day", "outcome")
@@ -107,6 +110,8 @@ class Batch:
     line_base: int = 0  # lines before the part's first (the scanner's)
     #: the groups as pickled (see :meth:`__getstate__`): unpacked when asked for
     packed: tuple[list[dict[str, Any]], array, array, array] | None = None
+    #: what the rows add to the roll-ups (a scanner's batch: see :func:`rollup_of`)
+    rollup: Rollup | None = None
 
     @classmethod
     def of(cls, items: Sequence[tuple[str | None, list[Any], Sequence[dict[str, Any]]]]) -> Batch:
@@ -138,6 +143,7 @@ class Batch:
         if record_ids and record_ids[0] is not None:
             batch.record_ids = list(record_ids)  # type: ignore[arg-type]
             batch.hours = _hour_runs(columns[ROW_TS])
+            batch.rollup = rollup_of(columns, ctx, client, len(contexts), len(clients))
         return batch
 
     def __len__(self) -> int:
@@ -186,11 +192,11 @@ class Batch:
         columns = [_packed(col, COLUMNS[COL[name]].type) for col, name in zip(self.columns, ROW_FIELDS, strict=True)]  # fmt: skip
         return (columns, self.contexts, array("i", self.ctx), self.clients,
                 array("i", self.client), (flat, widths, rows, ends), self.deltas,
-                _packed_ids(self.record_ids), self.hours, self.line_base)  # fmt: skip
+                _packed_ids(self.record_ids), self.hours, self.line_base, self.rollup)  # fmt: skip
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (columns, self.contexts, self.ctx, self.clients, self.client, self.packed,
-         self.deltas, self.record_ids, self.hours, self.line_base) = state  # fmt: skip
+         self.deltas, self.record_ids, self.hours, self.line_base, self.rollup) = state  # fmt: skip
         size = len(self.ctx)
         self.columns = [[None] * size if col is None else col for col in columns]
         self.groups = []
@@ -492,3 +498,153 @@ def _add(a: int | None, b: int | None) -> int | None:
     if b is None:
         return a
     return b if a is None else a + b
+
+
+# A batch's roll-up rows, made where the batch is: the storing process adds them to the
+# roll-ups (:mod:`monitor.store`) instead of reading the rows it stored back out of SQLite.
+# They are what SQL makes of the rows (GROUP BY; a sum of NULLs is NULL, a minimum passes
+# NULL over, CAST(ts / 3600 AS INTEGER) is the hour), worked out per run of equal keys
+# of the rows sorted by them, in C loops (map, accumulate, Counter, sort): no Python
+# code runs per row.
+
+
+@dataclass(slots=True)
+class Rollup:
+    """What a batch's rows add to the roll-ups: per context, client and UTC hour (batch
+    indexes: the store adds the hours of a context and client up), the requests, the sums
+    of their bytes (None: all NULL), the least URL and the first and last time; and per
+    context and hour (``obs_hourly``) the requests and bytes."""
+
+    ctx: Sequence[int]
+    client: Sequence[int]
+    requests: Sequence[int]
+    bytes_out: Sequence[int | None] | None
+    bytes_in: Sequence[int | None] | None
+    url: Sequence[str | None] | None
+    first_ts: Sequence[float]
+    last_ts: Sequence[float]
+    hour_ctx: Sequence[int]
+    hour: Sequence[int]
+    hour_requests: Sequence[int]
+    hour_out: Sequence[int | None] | None
+    hour_in: Sequence[int | None] | None
+
+    def __len__(self) -> int:
+        return len(self.ctx)
+
+
+class _NotAsStored(Exception):
+    """A value SQLite would store as another type (the store sums such rows itself)."""
+
+
+#: times whose hours SQLite's CAST gives as Python's int() does (far within 64 bits)
+_TS_BOUND = 1e18
+
+
+def _hour(ts: float) -> int:
+    """The UTC hour of a time as ``CAST(ts / 3600 AS INTEGER)`` (truncated, not floored)."""
+    return int(ts / 3600.0)
+
+
+def rollup_of(columns: Sequence[Sequence[Any]], ctx: Sequence[int], client: Sequence[int],
+              contexts: int, clients: int) -> Rollup | None:  # fmt: skip
+    """The :class:`Rollup` of rows given column by column (``contexts`` and ``clients``:
+    how many distinct ones), or None when a value is not what SQLite stores (a time that
+    is not a finite number, bytes that are not integers, a URL that is not text: the
+    store sums such a batch's rows itself)."""
+    n = len(ctx)
+    try:
+        ts = array("d", columns[ROW_TS])
+        if not n or not isfinite(sum(ts)):
+            return None
+        out, in_, url = columns[ROW_OUT], columns[ROW_IN], columns[ROW_URL]
+        if not all(map(le, ts, islice(ts, 1, None))):  # rows in time order: hours are runs
+            pick = itemgetter(*sorted(range(n), key=ts.__getitem__))
+            ts, ctx, client = array("d", pick(ts)), pick(ctx), pick(client)
+            out, in_, url = (col if col.count(None) == n else pick(col) for col in (out, in_, url))
+        if not -_TS_BOUND < ts[0] <= ts[-1] < _TS_BOUND:
+            return None
+        sums = [_as_summed(out), _as_summed(in_)]
+        # key: (run of an hour, context, client), in that order of significance
+        key = list(map(add, map(mul, ctx, repeat(clients)), client))
+        per_hour, hours, start, last = contexts * clients, [], 0, _hour(ts[-1])
+        while start < n:
+            hour = _hour(ts[start])
+            end = n if hour == last else bisect_left(ts, hour + 1, start, n, key=_hour)
+            if hours:
+                key[start:end] = map(add, key[start:end], repeat(len(hours) * per_hour))
+            hours.append(hour)
+            start = end
+        counts = Counter(key)
+        keys = sorted(counts)  # the roll-up rows, in key order
+        order = sorted(range(n), key=key.__getitem__)  # the rows by key, in time order
+        ends = list(accumulate(map(counts.__getitem__, keys)))
+        starts = [0, *ends[:-1]]
+        # the (hour, context) runs of keys: hourly rows
+        runs = Counter(map(floordiv, keys, repeat(clients)))
+        hour_ends = list(map(ends.__getitem__, map(sub, accumulate(runs.values()), repeat(1))))
+        hour_starts = [0, *hour_ends[:-1]]
+        totals = [_sums(c, order, starts, ends, hour_starts, hour_ends) for c in sums]
+        least = _least(url, key)
+        pairs = list(map(mod, keys, repeat(per_hour)))
+        at = order.__getitem__
+        return Rollup(
+            array("i", map(floordiv, pairs, repeat(clients))),
+            array("i", map(mod, pairs, repeat(clients))),
+            array("q", map(sub, ends, starts)),
+            *(t[0] for t in totals),
+            None if least is None else list(map(least.get, keys)),
+            array("d", map(ts.__getitem__, map(at, starts))),
+            array("d", map(ts.__getitem__, map(at, map(sub, ends, repeat(1))))),
+            array("i", map(mod, runs, repeat(contexts))),
+            array("q", map(hours.__getitem__, map(floordiv, runs, repeat(contexts)))),
+            array("q", map(sub, hour_ends, hour_starts)),
+            *(t[1] for t in totals),
+        )
+    except (_NotAsStored, TypeError, OverflowError):
+        return None
+
+
+def _as_summed(column: Sequence[Any]) -> tuple[Sequence[int], list[int] | None] | None:
+    """A bytes column as :func:`_sums` adds it up: its values with NULL as 0, and per row
+    whether it has one (None: every row has); None when all are NULL."""
+    nones = column.count(None)
+    if nones == len(column):
+        return None
+    if not nones:
+        return array("q", column), None
+    values = array("q", [0 if v is None else v for v in column])
+    return values, list(map(is_not, column, repeat(None)))
+
+
+def _sums(summed: tuple[Sequence[int], list[int] | None] | None, order: list[int],
+          *bounds: list[int]) -> tuple[Sequence[int | None] | None, ...]:  # fmt: skip
+    """The sums of a column (:func:`_as_summed`) over the rows ``order[start:end]`` for
+    each pair of lists of starts and ends in ``bounds``: SQL's ``sum`` (NULL when all
+    are NULL)."""
+    if summed is None:
+        return (None,) * (len(bounds) // 2)
+    values, has = summed
+    total = list(accumulate(map(values.__getitem__, order), initial=0))
+    counted = None if has is None else list(accumulate(map(has.__getitem__, order), initial=0))
+    out: list[Sequence[int | None] | None] = []
+    for starts, ends in zip(bounds[::2], bounds[1::2], strict=True):
+        sums = list(map(sub, map(total.__getitem__, ends), map(total.__getitem__, starts)))
+        if counted is None:
+            out.append(array("q", sums))
+        else:
+            some = map(sub, map(counted.__getitem__, ends), map(counted.__getitem__, starts))
+            out.append([s if k else None for s, k in zip(sums, some, strict=True)])
+    return tuple(out)
+
+
+def _least(url: Sequence[str | None], key: list[int]) -> dict[int, str] | None:
+    """The least URL of each key's rows that have one (None: no row has)."""
+    n = len(url)
+    if url.count(None) == n:
+        return None
+    rows = list(compress(range(n), map(is_not, url, repeat(None))))
+    if not {str}.issuperset(map(type, map(url.__getitem__, rows))):
+        raise _NotAsStored("url")
+    rows.sort(key=url.__getitem__, reverse=True)  # the least last: a dict keeps it
+    return dict(zip(map(key.__getitem__, rows), map(url.__getitem__, rows), strict=True))
