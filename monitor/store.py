@@ -57,6 +57,7 @@ from monitor.batch import (
     incident_deltas,
     merge_fact_lists,
     merge_facts,
+    merged_rollups,
 )
 from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
@@ -4517,13 +4518,17 @@ def _add_rollups(
 ) -> None:
     """Gather the roll-up rows of batches (:class:`Rollup`, with the numbers of the
     batch's contexts and clients) as :func:`_gather` gathers rows: what it would have
-    made of those batches' rows."""
+    made of those batches' rows (their rows summed per context and client first)."""
+    if len(rollups) > 1:
+        conn.executemany(_ADD_ROLLED, merged_rollups(rollups))
     for r, ctx, client in rollups:
-        size, hours = len(r), len(r.hour)
-        conn.executemany(_ADD_ROLLED, zip(
-            map(ctx.__getitem__, r.ctx), map(client.__getitem__, r.client), r.requests,
-            _or_nulls(r.bytes_out, size), _or_nulls(r.bytes_in, size), _or_nulls(r.url, size),
-            r.first_ts, r.last_ts, strict=True))  # fmt: skip
+        if len(rollups) == 1:
+            size = len(r)
+            conn.executemany(_ADD_ROLLED, zip(
+                map(ctx.__getitem__, r.ctx), map(client.__getitem__, r.client), r.requests,
+                _or_nulls(r.bytes_out, size), _or_nulls(r.bytes_in, size),
+                _or_nulls(r.url, size), r.first_ts, r.last_ts, strict=True))  # fmt: skip
+        hours = len(r.hour)
         conn.executemany(_ADD_HOURLY, zip(
             map(ctx.__getitem__, r.hour_ctx), r.hour, r.hour_requests,
             _or_nulls(r.hour_out, hours), _or_nulls(r.hour_in, hours), strict=True))  # fmt: skip

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from monitor import batch as batch_module
 from monitor import store as store_module
 from monitor.batch import ROW_FIELDS, ROW_ID, ROW_IN, ROW_OUT, ROW_TS, ROW_URL, rollup_of
 from monitor.store import Store
@@ -23,6 +24,15 @@ from tests.test_durability import committed, run_ok, stored
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 1795737600  # 2026-11-27T00:00:00Z
+#: how a scan in a child process makes roll-up rows of every batch, however many it makes
+#: (small test files have few requests per client; see batch._SPARSE)
+EVERY_BATCH = "import monitor.batch as b\nb._SPARSE = 1.0\n"
+
+
+@pytest.fixture
+def every_batch(monkeypatch):
+    """Roll-up rows of every batch (see :data:`EVERY_BATCH`)."""
+    monkeypatch.setattr(batch_module, "_SPARSE", 1.0)
 
 
 def _from_scratch(db: Path, tmp: Path) -> dict[str, list]:
@@ -120,7 +130,7 @@ def _odd_rows(rng: random.Random, n: int) -> tuple[list, int, int]:
     return [columns, ctx, client], contexts, clients
 
 
-def test_producer_rollup_rows_are_what_sql_makes_of_the_rows(tmp_path):
+def test_producer_rollup_rows_are_what_sql_makes_of_the_rows(tmp_path, every_batch):
     """Per context and client the requests, sums of bytes (NULL when all are), least URL
     (NULLs passed over) and first and last time, and per context and UTC hour (SQL's
     CAST(ts / 3600 AS INTEGER): truncated, and of the rounded quotient) the requests and
@@ -150,7 +160,7 @@ def test_producer_rollup_rows_are_what_sql_makes_of_the_rows(tmp_path):
     [(ROW_OUT, 1.5), (ROW_IN, 7.0), (ROW_IN, 2**64), (ROW_URL, 42), (ROW_TS, float("inf")),
      (ROW_TS, float("nan")), (ROW_TS, "1795737600"), (ROW_TS, 1e20)],
 )  # fmt: skip
-def test_values_sqlite_would_store_as_another_type_make_no_rollup_rows(tmp_path, column, value):
+def test_values_sqlite_would_store_as_another_type_make_no_rollup_rows(column, value, every_batch):
     """A value that SQLite would store as another type or that its CAST would clip (bytes
     not integers or beyond 64 bits, a URL not text, a time not a finite number or far out of
     range): no roll-up rows, the store sums that batch's rows itself."""
@@ -170,7 +180,9 @@ def _gathers(store: Store) -> list[str]:
     return seen
 
 
-def test_a_rolling_ingestion_adds_what_batches_roll_up_and_sums_only_the_other_rows(tmp_path):
+def test_a_rolling_ingestion_adds_what_batches_roll_up_and_sums_only_the_other_rows(
+    tmp_path, every_batch
+):
     """Batches stored as they came add their roll-up rows, travelled as a producer sends
     them: no row of theirs is read back. The rows of the others (stored before, repeated
     within the batch, without roll-up rows) and those a killed scan left above the mark
@@ -239,7 +251,7 @@ def test_a_scans_roll_ups_are_those_sql_makes_of_its_rows(tmp_path):
     for jobs in ("2", "1"):
         db = tmp_path / f"j{jobs}.db"
         env = ["--egress-country", "CN", "--json", "-j", jobs]
-        run = [sys.executable, "-c", "import sys, monitor.scanner as s\n"
+        run = [sys.executable, "-c", f"{EVERY_BATCH}import sys, monitor.scanner as s\n"
                "s.PART_SIZE = s.MIN_PART = 1 << 19\ns.HOLD_PARTS = 2\n"
                "from monitor.cli import main\nmain(sys.argv[1:])\n"]  # fmt: skip
         out = subprocess.run([*run, "--db", str(db), "scan", str(first), *env], cwd=ROOT,
@@ -261,7 +273,7 @@ def test_a_scan_killed_mid_transaction_leaves_roll_ups_of_exactly_its_committed_
     log = tmp_path / "big.log"
     _squid_log(log, 150_000, 7)
     db = tmp_path / "killed.db"
-    script = ("import sys, monitor.scanner as s\ns.PART_SIZE = s.MIN_PART = 1 << 20\n"
+    script = (f"{EVERY_BATCH}import sys, monitor.scanner as s\ns.PART_SIZE = s.MIN_PART = 1 << 20\n"
               "s.HOLD_PARTS = 3\nfrom monitor.cli import main\nmain(sys.argv[1:])\n")  # fmt: skip
     args = ["--db", str(db), "scan", str(log), "--egress-country", "CN", "--json", "-j", "2"]
     rng, kills = random.Random(5), 0
@@ -285,3 +297,24 @@ def test_a_scan_killed_mid_transaction_leaves_roll_ups_of_exactly_its_committed_
     run_ok(db, "scan", str(log), "--egress-country", "CN", "--json", "-j", "2")
     assert _rolled(db) == _from_scratch(db, tmp_path)
     assert set(ROLL_UPS) <= set(_rolled(db))
+
+
+def test_a_batch_of_many_roll_up_rows_per_row_has_none_and_its_rows_are_summed(tmp_path):
+    """Rows that make more than one roll-up row for two (few requests per client: handing
+    SQLite a roll-up row costs more than its summing a row) make none; such batches' rows
+    are summed from ``obs_rows``, and the roll-ups are those SQL makes from scratch."""
+    (columns, _, _), _, _ = _odd_rows(random.Random(2), 40)
+    sparse = [*range(40)], [0] * 40
+    assert rollup_of(columns, *sparse, 40, 1) is None
+    assert rollup_of(columns, [0] * 40, [0] * 40, 1, 1) is not None
+    records = _records(200, random.Random(6))
+    store = Store(tmp_path / "sparse.db")
+    store.start_scan([], {})
+    batches = _batches_of(records, 20)
+    assert any(b.rollup is None for b in batches)
+    ingestion = store.ingestion(1, roll_up=True)
+    for batch in batches:
+        ingestion.add(batch)
+    ingestion.commit()
+    store.close()
+    assert _rolled(tmp_path / "sparse.db") == _from_scratch(tmp_path / "sparse.db", tmp_path)
