@@ -17,11 +17,11 @@ import json
 from array import array
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, compress, islice, pairwise, repeat
+from itertools import accumulate, chain, islice, repeat
 from math import isfinite
-from operator import add, floordiv, is_not, itemgetter, le, mod, mul, ne, sub
+from operator import add, itemgetter, le
 from typing import Any
 
 from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
@@ -561,6 +561,9 @@ def rollup_of(columns: Sequence[Sequence[Any]], ctx: Sequence[int], client: Sequ
     n = len(ctx)
     try:
         ts = array("d", columns[ROW_TS])
+    except TypeError:  # not a number
+        return None
+    try:
         if not n or not isfinite(sum(ts)):
             return None
         out, in_, url = columns[ROW_OUT], columns[ROW_IN], columns[ROW_URL]
@@ -570,7 +573,7 @@ def rollup_of(columns: Sequence[Sequence[Any]], ctx: Sequence[int], client: Sequ
             out, in_, url = (col if col.count(None) == n else pick(col) for col in (out, in_, url))
         if not -_TS_BOUND < ts[0] <= ts[-1] < _TS_BOUND:
             return None
-        sums = [_as_summed(out), _as_summed(in_)]
+        out, in_, url = _as_stored(out, _INTEGER), _as_stored(in_, _INTEGER), _as_stored(url, _TEXT)
         # key: (run of an hour, context, client), in that order of significance
         key = [c * clients + w for c, w in zip(ctx, client, strict=True)]
         per_hour, hours, start, last = contexts * clients, [], 0, _hour(ts[-1])
@@ -584,122 +587,115 @@ def rollup_of(columns: Sequence[Sequence[Any]], ctx: Sequence[int], client: Sequ
         counts = Counter(key)
         if len(counts) > n * _SPARSE:
             return None
-        keys = sorted(counts)  # the roll-up rows, in key order
-        order = sorted(range(n), key=key.__getitem__)  # the rows by key, in time order
-        sizes = list(map(counts.__getitem__, keys))
-        ends = list(accumulate(sizes))
-        starts = [0, *ends[:-1]]
-        # the (hour, context) runs of keys: hourly rows
-        runs = Counter(map(floordiv, keys, repeat(clients)))
-        hour_ends = list(map(ends.__getitem__, map(sub, accumulate(runs.values()), repeat(1))))
-        hour_starts = [0, *hour_ends[:-1]]
-        totals = [_sums(c, order, starts, ends, hour_starts, hour_ends) for c in sums]
-        least = _least(url, key)
+        # per key: bytes out and in, least URL, first and last time (rows in time order)
+        rows: dict[int, list[Any]] = {}
+        found = rows.get
+        for k, t, sent, received, link in zip(
+            key, ts, nulls(out, n), nulls(in_, n), nulls(url, n), strict=True
+        ):
+            row = found(k)
+            if row is None:
+                rows[k] = [sent, received, link, t, t]
+                continue
+            if sent is not None:
+                row[0] = sent if row[0] is None else row[0] + sent
+            if received is not None:
+                row[1] = received if row[1] is None else row[1] + received
+            if link is not None and (row[2] is None or link < row[2]):
+                row[2] = link
+            row[4] = t
+        keys, values = list(rows), list(rows.values())
+        requests = list(map(counts.__getitem__, keys))
+        # per (run of an hour, context): the hourly rows
+        hourly: dict[int, list[Any]] = {}
+        for k, q, (sent, received, *_) in zip(keys, requests, values, strict=True):
+            row = hourly.get(k // clients)
+            if row is None:
+                hourly[k // clients] = [q, sent, received]
+                continue
+            row[0] += q
+            if sent is not None:
+                row[1] = sent if row[1] is None else row[1] + sent
+            if received is not None:
+                row[2] = received if row[2] is None else row[2] + received
         pairs = [k % per_hour for k in keys]
-        at = order.__getitem__
         return Rollup(
             array("i", [p // clients for p in pairs]),
             array("i", [p % clients for p in pairs]),
-            array("q", sizes),
-            *(t[0] for t in totals),
-            None if least is None else list(map(least.get, keys)),
-            array("d", list(map(ts.__getitem__, map(at, starts)))),
-            array("d", [ts[at(e - 1)] for e in ends]),
-            array("i", [r % contexts for r in runs]),
-            array("q", [hours[r // contexts] for r in runs]),
-            array("q", map(sub, hour_ends, hour_starts)),
-            *(t[1] for t in totals),
+            array("q", requests),
+            None if out is None else _sums([v[0] for v in values]),
+            None if in_ is None else _sums([v[1] for v in values]),
+            None if url is None else [v[2] for v in values],
+            array("d", [v[3] for v in values]),
+            array("d", [v[4] for v in values]),
+            array("i", [k % contexts for k in hourly]),
+            array("q", [hours[k // contexts] for k in hourly]),
+            array("q", [v[0] for v in hourly.values()]),
+            None if out is None else _sums([v[1] for v in hourly.values()]),
+            None if in_ is None else _sums([v[2] for v in hourly.values()]),
         )
-    except (_NotAsStored, TypeError, OverflowError):
+    except (_NotAsStored, OverflowError):
         return None
 
 
-def _as_summed(column: Sequence[Any]) -> tuple[Sequence[int], list[int] | None] | None:
-    """A bytes column as :func:`_sums` adds it up: its values with NULL as 0, and per row
-    whether it has one (None: every row has); None when all are NULL."""
-    nones = column.count(None)
-    if nones == len(column):
+_INTEGER = frozenset((int, bool, type(None)))  # what SQLite sums as integers
+_TEXT = frozenset((str, type(None)))
+
+
+def _sums(values: list[int | None]) -> Sequence[int | None]:
+    """Sums as a :class:`Rollup` holds them: 64-bit integers (OverflowError: beyond, as
+    SQLite's sum), or a list when some are NULL."""
+    try:
+        return array("q", values)
+    except TypeError:  # a None among them
+        return values
+
+
+def _as_stored(column: Sequence[Any], kinds: frozenset[type]) -> Sequence[Any] | None:
+    """A column of a type SQLite stores as it is (None: all NULL)."""
+    if column.count(None) == len(column):
         return None
-    if not nones:
-        array("q", column)  # (TypeError, OverflowError: not all 64-bit integers)
-        return column, None
-    values = [0 if v is None else v for v in column]
-    array("q", values)
-    return values, list(map(is_not, column, repeat(None)))
-
-
-def _sums(summed: tuple[Sequence[int], list[int] | None] | None, order: list[int],
-          *bounds: list[int]) -> tuple[Sequence[int | None] | None, ...]:  # fmt: skip
-    """The sums of a column (:func:`_as_summed`) over the rows ``order[start:end]`` for
-    each pair of lists of starts and ends in ``bounds``: SQL's ``sum`` (NULL when all
-    are NULL)."""
-    if summed is None:
-        return (None,) * (len(bounds) // 2)
-    values, has = summed
-    total = list(accumulate(map(values.__getitem__, order), initial=0))
-    counted = None if has is None else list(accumulate(map(has.__getitem__, order), initial=0))
-    out: list[Sequence[int | None] | None] = []
-    for starts, ends in zip(bounds[::2], bounds[1::2], strict=True):
-        sums = list(map(sub, map(total.__getitem__, ends), map(total.__getitem__, starts)))
-        if counted is None:
-            out.append(array("q", sums))  # (OverflowError: a sum beyond 64 bits)
-        else:
-            some = map(sub, map(counted.__getitem__, ends), map(counted.__getitem__, starts))
-            out.append([s if k else None for s, k in zip(sums, some, strict=True)])
-    return tuple(out)
-
-
-def _least(url: Sequence[str | None], key: list[int]) -> dict[int, str] | None:
-    """The least URL of each key's rows that have one (None: no row has)."""
-    n = len(url)
-    if url.count(None) == n:
-        return None
-    rows = list(compress(range(n), map(is_not, url, repeat(None))))
-    if not {str}.issuperset(map(type, map(url.__getitem__, rows))):
-        raise _NotAsStored("url")
-    rows.sort(key=url.__getitem__, reverse=True)  # the least last: a dict keeps it
-    return dict(zip(map(key.__getitem__, rows), map(url.__getitem__, rows), strict=True))
+    if not kinds.issuperset(map(type, column)):
+        raise _NotAsStored(column)
+    return column
 
 
 def merged_rollups(
     rollups: Sequence[tuple[Rollup, Sequence[int], Sequence[int]]],
-) -> Iterator[tuple[Any, ...]]:
+) -> Iterable[list[Any]]:
     """The roll-up rows of several batches (each with the numbers of its contexts and
     clients) summed per context and client number, as adding them one by one to a roll-up
     would (requests and bytes summed, NULL when all are; the least URL, the first and last
-    time): ``(ctx, client, requests, bytes_out, bytes_in, url, first_ts, last_ts)``, fewer
-    rows for the store to hand to SQLite (a part's batches share most of theirs)."""
-    ctx = list(chain.from_iterable(map(c.__getitem__, r.ctx) for r, c, _ in rollups))
-    client = list(chain.from_iterable(map(w.__getitem__, r.client) for r, _, w in rollups))
-    width = max(client) + 1
-    key = list(map(add, map(mul, ctx, repeat(width)), client))
-    n = len(key)
-    order = sorted(range(n), key=key.__getitem__)
-    ordered = list(map(key.__getitem__, order))
-    starts = [0, *compress(range(1, n), map(ne, islice(ordered, 1, None), ordered))]
-    ends = [*starts[1:], n]
-    keys = list(map(ordered.__getitem__, starts))
+    time): ``[ctx, client, requests, bytes_out, bytes_in, url, first_ts, last_ts]``, fewer
+    rows for the store to hand to SQLite (a part's batches share most of theirs). One
+    dictionary look-up a row: cheaper here than sorting them (most rows add to a row)."""
+    merged: dict[tuple[int, int], list[Any]] = {}
+    found = merged.get
+    for r, ctx, client in rollups:
+        size = len(r)
+        for key, requests, sent, received, url, first, last in zip(
+            zip(map(ctx.__getitem__, r.ctx), map(client.__getitem__, r.client), strict=True),
+            r.requests,
+            nulls(r.bytes_out, size), nulls(r.bytes_in, size), nulls(r.url, size),
+            r.first_ts, r.last_ts, strict=True):  # fmt: skip
+            row = found(key)
+            if row is None:
+                merged[key] = [*key, requests, sent, received, url, first, last]
+                continue
+            row[2] += requests
+            if sent is not None:
+                row[3] = sent if row[3] is None else row[3] + sent
+            if received is not None:
+                row[4] = received if row[4] is None else row[4] + received
+            if url is not None and (row[5] is None or url < row[5]):
+                row[5] = url
+            if first < row[6]:
+                row[6] = first
+            if last > row[7]:
+                row[7] = last
+    return merged.values()
 
-    def joined(name: str) -> list[Any]:
-        return list(chain.from_iterable(
-            repeat(None, len(r)) if getattr(r, name) is None else getattr(r, name)
-            for r, _, _ in rollups))  # fmt: skip
 
-    sums = [_sums(_as_summed(joined(c)), order, starts, ends)[0] for c in ("requests", "bytes_out", "bytes_in")]  # fmt: skip
-    least = _least(joined("url"), key)
-    firsts, lasts = joined("first_ts"), joined("last_ts")
-    if all(min(b.first_ts) >= max(a.last_ts) for (a, _, _), (b, _, _) in pairwise(rollups)):
-        # batches in time order, a batch's rows of a context and client too (by hour): the
-        # first row of each in order has its first time, the last its last
-        spans = [map(firsts.__getitem__, map(order.__getitem__, starts)),
-                 map(lasts.__getitem__, map(order.__getitem__, map(sub, ends, repeat(1))))]  # fmt: skip
-    else:
-        spans = []
-        for times, pick in ((firsts, min), (lasts, max)):
-            in_order = list(map(times.__getitem__, order))
-            spans.append(map(pick, map(in_order.__getitem__, map(slice, starts, ends))))
-    return zip(
-        map(floordiv, keys, repeat(width)), map(mod, keys, repeat(width)), *(
-            repeat(None, len(keys)) if s is None else s for s in sums),
-        repeat(None, len(keys)) if least is None else map(least.get, keys), *spans,
-        strict=True)  # fmt: skip
+def nulls(values: Sequence[Any] | None, size: int) -> Iterable[Any]:
+    """A :class:`Rollup` column (None: all NULL) of ``size`` values."""
+    return repeat(None, size) if values is None else values

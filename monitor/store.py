@@ -36,7 +36,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
-from itertools import islice, repeat
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
@@ -58,6 +58,7 @@ from monitor.batch import (
     merge_fact_lists,
     merge_facts,
     merged_rollups,
+    nulls,
 )
 from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
@@ -4518,25 +4519,14 @@ def _add_rollups(
 ) -> None:
     """Gather the roll-up rows of batches (:class:`Rollup`, with the numbers of the
     batch's contexts and clients) as :func:`_gather` gathers rows: what it would have
-    made of those batches' rows (their rows summed per context and client first)."""
-    if len(rollups) > 1:
-        conn.executemany(_ADD_ROLLED, merged_rollups(rollups))
-    for r, ctx, client in rollups:
-        if len(rollups) == 1:
-            size = len(r)
-            conn.executemany(_ADD_ROLLED, zip(
-                map(ctx.__getitem__, r.ctx), map(client.__getitem__, r.client), r.requests,
-                _or_nulls(r.bytes_out, size), _or_nulls(r.bytes_in, size),
-                _or_nulls(r.url, size), r.first_ts, r.last_ts, strict=True))  # fmt: skip
+    made of those batches' rows (their roll-up rows summed per context and client first:
+    :func:`merged_rollups`)."""
+    conn.executemany(_ADD_ROLLED, merged_rollups(rollups))
+    for r, ctx, _ in rollups:
         hours = len(r.hour)
         conn.executemany(_ADD_HOURLY, zip(
             map(ctx.__getitem__, r.hour_ctx), r.hour, r.hour_requests,
-            _or_nulls(r.hour_out, hours), _or_nulls(r.hour_in, hours), strict=True))  # fmt: skip
-
-
-def _or_nulls(values: Sequence[Any] | None, size: int) -> Iterable[Any]:
-    """A :class:`Rollup` column (None: all NULL) of ``size`` values."""
-    return repeat(None, size) if values is None else values
+            nulls(r.hour_out, hours), nulls(r.hour_in, hours), strict=True))  # fmt: skip
 
 
 def _fold(conn: sqlite3.Connection) -> None:
