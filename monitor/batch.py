@@ -684,9 +684,9 @@ def merged_rollups(
                 continue
             row[2] += requests
             if sent is not None:
-                row[3] = sent if row[3] is None else row[3] + sent
+                row[3] = _add(row[3], sent)
             if received is not None:
-                row[4] = received if row[4] is None else row[4] + received
+                row[4] = _add(row[4], received)
             if url is not None and (row[5] is None or url < row[5]):
                 row[5] = url
             if first < row[6]:
