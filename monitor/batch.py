@@ -28,8 +28,13 @@ from monitor import accel
 from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
-#: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None
+#: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
+_ACCEL_ABI = 2
+#: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
+#: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
+if _ACCEL is not None and getattr(_ACCEL, "ABI", 1) < _ACCEL_ABI:
+    _ACCEL = None
 
 #: ``obs_rows``' per-request columns, in row order; a batch holds one list per column
 ROW_FIELDS = tuple(c.name for c in COLUMNS if c.name in PER_REQUEST)
@@ -639,7 +644,14 @@ def rollup_of(columns: Sequence[Sequence[Any]], ctx: Sequence[int], client: Sequ
     how many distinct ones), or None when a value is not what SQLite stores (a time that
     is not a finite number, bytes that are not integers, a URL that is not text) or when
     the rows would make too many roll-up rows (:data:`_SPARSE`): the store sums such a
-    batch's rows itself."""
+    batch's rows itself. Made in C (``_batchscan.rollup``: a Python loop a row here, as much
+    CPU in the producers as the roll-up rows save the storing process) but for values it
+    leaves to this code."""
+    if _ACCEL is not None:
+        found = _ACCEL.rollup(columns[ROW_TS], columns[ROW_OUT], columns[ROW_IN],
+                              columns[ROW_URL], ctx, client, contexts, clients, _SPARSE)  # fmt: skip
+        if found is not None:
+            return Rollup(*map(_unpacked, _ROLLUP_TYPES, found)) if found else None
     n = len(ctx)
     try:
         ts = array("d", columns[ROW_TS])
@@ -718,6 +730,15 @@ def rollup_of(columns: Sequence[Sequence[Any]], ctx: Sequence[int], client: Sequ
         )
     except (_NotAsStored, OverflowError):
         return None
+
+
+#: the typecodes of the :class:`Rollup` fields ``_batchscan.rollup`` gives as bytes
+_ROLLUP_TYPES = ("i", "i", "q", "q", "q", "", "d", "d", "i", "q", "q", "q", "q")
+
+
+def _unpacked(typecode: str, values: Any) -> Any:
+    """A :class:`Rollup` field as made in C: an array of bytes, else as it is."""
+    return array(typecode, values) if type(values) is bytes else values
 
 
 _INTEGER = frozenset((int, bool, type(None)))  # what SQLite sums as integers
