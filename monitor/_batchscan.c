@@ -1,4 +1,5 @@
-/* A producer's per-batch work of monitor/batch.py (Batch.made), in C (see monitor/accel.py).
+/* A producer's per-batch work of monitor/batch.py (Batch.made, rollup_of), in C (see
+ * monitor/accel.py).
  *
  * group_tally(raised, ts, out, in_, ctx, blocked) -> tuple | None
  *
