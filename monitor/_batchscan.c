@@ -1,4 +1,5 @@
-/* A producer's per-batch work of monitor/batch.py (Batch.made), in C (see monitor/accel.py).
+/* A producer's per-batch work of monitor/batch.py (Batch.made, rollup_of), in C (see
+ * monitor/accel.py).
  *
  * group_tally(raised, ts, out, in_, ctx, blocked) -> tuple | None
  *
@@ -556,10 +557,368 @@ batch_rows(PyObject *self, PyObject *args)
     return result;
 }
 
+/* rollup(ts, out, in_, url, ctx, client, contexts, clients, sparse) -> tuple | False | None
+ *
+ * batch.py rollup_of of the rows given column by column (lists; `contexts` and `clients`
+ * how many distinct ones, `sparse` batch._SPARSE): the Rollup's fields as a tuple (its
+ * arrays as bytes of native ints/int64/doubles, a bytes column None when all NULL, else
+ * bytes when no sum is NULL or a list), False where rollup_of returns None (a time not
+ * finite or beyond +-1e18, bytes of a type SQLite stores as another, too many roll-up
+ * rows), None for what this leaves to rollup_of (a column that is not a list, a time
+ * that is neither a float nor an int of at most 53 bits, bytes that are bool or leave 64
+ * bits, or a sum that does, odd indexes, values of other types). */
+typedef struct {
+    int64_t key; /* c * clients + w */
+    Py_ssize_t run, entry;
+} Slot;
+
+typedef struct {
+    Py_ssize_t ctx, client, run, requests;
+    int64_t out, in;
+    int has_out, has_in;
+    PyObject *url; /* borrowed, or NULL */
+    double first, last;
+} Entry;
+
+typedef struct {
+    double t;
+    Py_ssize_t i;
+} Timed;
+
+static int
+timed_cmp(const void *a, const void *b)
+{
+    const Timed *x = a, *y = b;
+    if (x->t != y->t)
+        return x->t < y->t ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i; /* stable, as sorted() */
+}
+
+/* a bytes column's value: 1 an int (in *v), 0 None, 2 a type SQLite stores as another,
+ * -1 one left to Python */
+static int
+stored_int(PyObject *x, int64_t *v)
+{
+    if (x == Py_None)
+        return 0;
+    if (PyLong_CheckExact(x)) {
+        int overflow = 0;
+        long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
+        if (overflow || (value == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return -1;
+        }
+        *v = (int64_t)value;
+        return 1;
+    }
+    return PyFloat_CheckExact(x) || PyUnicode_CheckExact(x) ? 2 : -1;
+}
+
+static inline int
+add_checked(int64_t *sum, int *has, int64_t v)
+{
+    if (!*has) {
+        *sum = v;
+        *has = 1;
+        return 1;
+    }
+    return !__builtin_add_overflow(*sum, v, sum);
+}
+
+static PyObject *
+sums_of(const Entry *e, Py_ssize_t size, int in, int all_null)
+{
+    if (all_null)
+        Py_RETURN_NONE;
+    int complete = 1;
+    for (Py_ssize_t k = 0; k < size && complete; k++)
+        complete = in ? e[k].has_in : e[k].has_out;
+    if (complete) {
+        PyObject *b = PyBytes_FromStringAndSize(NULL, size * (Py_ssize_t)sizeof(int64_t));
+        if (b == NULL)
+            return NULL;
+        int64_t *v = (int64_t *)PyBytes_AS_STRING(b);
+        for (Py_ssize_t k = 0; k < size; k++)
+            v[k] = in ? e[k].in : e[k].out;
+        return b;
+    }
+    PyObject *list = PyList_New(size);
+    for (Py_ssize_t k = 0; list != NULL && k < size; k++) {
+        PyObject *x = (in ? e[k].has_in : e[k].has_out)
+                          ? PyLong_FromLongLong(in ? e[k].in : e[k].out)
+                          : Py_NewRef(Py_None);
+        if (x == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, k, x);
+    }
+    return list;
+}
+
+static PyObject *
+rollup(PyObject *self, PyObject *args)
+{
+    PyObject *ts, *out, *in, *url, *ctx, *client;
+    Py_ssize_t contexts, clients;
+    double sparse;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnd:rollup", &ts, &out, &in, &url, &ctx, &client,
+                          &contexts, &clients, &sparse))
+        return NULL;
+    if (!PyList_CheckExact(ts) || !PyList_CheckExact(out) || !PyList_CheckExact(in) ||
+        !PyList_CheckExact(url) || !PyList_CheckExact(ctx) || !PyList_CheckExact(client))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(ctx);
+    if (PyList_GET_SIZE(ts) != n || PyList_GET_SIZE(out) != n || PyList_GET_SIZE(in) != n ||
+        PyList_GET_SIZE(url) != n || PyList_GET_SIZE(client) != n || n >= INT32_MAX ||
+        contexts < 0 || clients < 0 || contexts >= INT32_MAX || clients >= INT32_MAX ||
+        contexts > 2 * n + 64)
+        Py_RETURN_NONE;
+    if (n == 0)
+        Py_RETURN_FALSE;
+    PyObject *result = NULL;
+    Timed *timed = PyMem_Malloc(n * sizeof(Timed));
+    int64_t *outv = PyMem_Malloc(n * sizeof(int64_t)), *inv = PyMem_Malloc(n * sizeof(int64_t));
+    char *kind = PyMem_Malloc(2 * n); /* per row: out, in: 1 a value, 0 NULL */
+    Py_ssize_t *cv = PyMem_Malloc(2 * n * sizeof(Py_ssize_t));
+    Entry *entries = NULL;
+    Slot *slots = NULL;
+    Py_ssize_t *hourly = NULL, *hourly_run = NULL;
+    Entry *hrow = NULL;
+    int64_t *hours = NULL;
+    size_t cap = 8;
+    while (cap < 2 * (size_t)n)
+        cap <<= 1;
+    if (timed == NULL || outv == NULL || inv == NULL || kind == NULL || cv == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* the values: any left to Python first (it may raise on them), then those it rolls
+     * up to None */
+    int none = 0, sorted_ = 1, any_out = 0, any_in = 0, any_url = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(ts, i), *c = PyList_GET_ITEM(ctx, i),
+                 *w = PyList_GET_ITEM(client, i), *u = PyList_GET_ITEM(url, i);
+        double v;
+        if (PyFloat_CheckExact(t))
+            v = PyFloat_AS_DOUBLE(t);
+        else if (PyLong_CheckExact(t)) {
+            int overflow = 0;
+            long long x = PyLong_AsLongLongAndOverflow(t, &overflow);
+            if (overflow || x > (1LL << 53) || x < -(1LL << 53)) {
+                PyErr_Clear();
+                goto fallback;
+            }
+            v = (double)x;
+        }
+        else
+            goto fallback;
+        if (!PyLong_CheckExact(c) || !PyLong_CheckExact(w))
+            goto fallback;
+        Py_ssize_t ci = PyLong_AsSsize_t(c), wi = PyLong_AsSsize_t(w);
+        if (ci < 0 || ci >= contexts || wi < 0 || wi >= clients) {
+            PyErr_Clear();
+            goto fallback;
+        }
+        cv[2 * i] = ci;
+        cv[2 * i + 1] = wi;
+        if (!(v > -1e18 && v < 1e18)) /* NaN, infinite or beyond batch._TS_BOUND */
+            none = 1;
+        timed[i].t = v;
+        timed[i].i = i;
+        if (i > 0 && !(timed[i - 1].t <= v))
+            sorted_ = 0;
+        int ko = stored_int(PyList_GET_ITEM(out, i), &outv[i]);
+        int ki = stored_int(PyList_GET_ITEM(in, i), &inv[i]);
+        if (ko < 0 || ki < 0)
+            goto fallback;
+        none |= ko == 2 || ki == 2;
+        kind[2 * i] = ko == 1;
+        kind[2 * i + 1] = ki == 1;
+        any_out |= ko != 0;
+        any_in |= ki != 0;
+        if (u != Py_None) {
+            if (PyUnicode_CheckExact(u))
+                any_url = 1;
+            else if (PyLong_CheckExact(u) || PyFloat_CheckExact(u))
+                none = 1;
+            else
+                goto fallback;
+        }
+    }
+    if (none) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    if (!sorted_)
+        qsort(timed, n, sizeof(Timed), timed_cmp);
+    entries = PyMem_Malloc(n * sizeof(Entry));
+    slots = PyMem_Calloc(cap, sizeof(Slot));
+    hours = PyMem_Malloc(n * sizeof(int64_t));
+    if (entries == NULL || slots == NULL || hours == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* entries per (run of an hour, context, client), in order of first use (rows in time
+     * order); slots of earlier runs count as free (run stamps start at 1) */
+    Py_ssize_t runs = 0, size = 0;
+    int overflow = 0;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        Py_ssize_t i = timed[r].i;
+        double t = timed[r].t;
+        int64_t hour = (int64_t)(t / 3600.0); /* CAST(ts / 3600 AS INTEGER): truncated */
+        if (runs == 0 || hours[runs - 1] != hour)
+            hours[runs++] = hour;
+        Py_ssize_t run = runs, c = cv[2 * i], w = cv[2 * i + 1];
+        int64_t key = (int64_t)c * clients + w;
+        size_t s = (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> 20) & (cap - 1);
+        while (slots[s].run == run && slots[s].key != key)
+            s = (s + 1) & (cap - 1);
+        Entry *e;
+        if (slots[s].run != run) {
+            slots[s].run = run;
+            slots[s].key = key;
+            slots[s].entry = size;
+            e = &entries[size++];
+            e->ctx = c;
+            e->client = w;
+            e->run = run - 1;
+            e->requests = 1;
+            e->has_out = kind[2 * i];
+            e->out = outv[i];
+            e->has_in = kind[2 * i + 1];
+            e->in = inv[i];
+            e->url = PyList_GET_ITEM(url, i);
+            if (e->url == Py_None)
+                e->url = NULL;
+            e->first = e->last = t;
+            continue;
+        }
+        e = &entries[slots[s].entry];
+        e->requests++;
+        if (kind[2 * i] && !add_checked(&e->out, &e->has_out, outv[i]))
+            overflow = 1;
+        if (kind[2 * i + 1] && !add_checked(&e->in, &e->has_in, inv[i]))
+            overflow = 1;
+        PyObject *u = PyList_GET_ITEM(url, i);
+        if (u != Py_None) {
+            if (e->url == NULL)
+                e->url = u;
+            else {
+                int less = PyUnicode_Compare(u, e->url);
+                if (less == -1 && PyErr_Occurred())
+                    goto done;
+                if (less < 0)
+                    e->url = u;
+            }
+        }
+        e->last = t;
+    }
+    if ((double)size > (double)n * sparse) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    if (overflow)
+        goto fallback;
+    /* the hourly rows: per (run, context), in order of first use by the entries */
+    hourly = PyMem_Malloc((contexts > 0 ? contexts : 1) * sizeof(Py_ssize_t));
+    hourly_run = PyMem_Malloc((contexts > 0 ? contexts : 1) * sizeof(Py_ssize_t));
+    hrow = PyMem_Malloc((size > 0 ? size : 1) * sizeof(Entry));
+    if (hourly == NULL || hourly_run == NULL || hrow == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t c = 0; c < contexts; c++)
+        hourly_run[c] = -1;
+    Py_ssize_t nh = 0;
+    for (Py_ssize_t k = 0; k < size; k++) {
+        Entry *e = &entries[k];
+        if (hourly_run[e->ctx] != e->run) {
+            hourly_run[e->ctx] = e->run;
+            hourly[e->ctx] = nh;
+            hrow[nh] = *e;
+            nh++;
+            continue;
+        }
+        Entry *h = &hrow[hourly[e->ctx]];
+        h->requests += e->requests;
+        if (e->has_out && !add_checked(&h->out, &h->has_out, e->out))
+            overflow = 1;
+        if (e->has_in && !add_checked(&h->in, &h->has_in, e->in))
+            overflow = 1;
+    }
+    if (overflow)
+        goto fallback;
+    PyObject *f[13] = {NULL};
+    f[0] = PyBytes_FromStringAndSize(NULL, size * sizeof(int));
+    f[1] = PyBytes_FromStringAndSize(NULL, size * sizeof(int));
+    f[2] = PyBytes_FromStringAndSize(NULL, size * sizeof(int64_t));
+    f[6] = PyBytes_FromStringAndSize(NULL, size * sizeof(double));
+    f[7] = PyBytes_FromStringAndSize(NULL, size * sizeof(double));
+    f[8] = PyBytes_FromStringAndSize(NULL, nh * sizeof(int));
+    f[9] = PyBytes_FromStringAndSize(NULL, nh * sizeof(int64_t));
+    f[10] = PyBytes_FromStringAndSize(NULL, nh * sizeof(int64_t));
+    f[3] = sums_of(entries, size, 0, !any_out);
+    f[4] = sums_of(entries, size, 1, !any_in);
+    f[11] = sums_of(hrow, nh, 0, !any_out);
+    f[12] = sums_of(hrow, nh, 1, !any_in);
+    if (any_url) {
+        f[5] = PyList_New(size);
+        for (Py_ssize_t k = 0; f[5] != NULL && k < size; k++)
+            PyList_SET_ITEM(f[5], k, Py_NewRef(entries[k].url ? entries[k].url : Py_None));
+    }
+    else
+        f[5] = Py_NewRef(Py_None);
+    int ok = 1;
+    for (int j = 0; j < 13; j++)
+        ok &= f[j] != NULL;
+    if (ok) {
+        int *ec = (int *)PyBytes_AS_STRING(f[0]), *ew = (int *)PyBytes_AS_STRING(f[1]);
+        int64_t *eq = (int64_t *)PyBytes_AS_STRING(f[2]);
+        double *ef = (double *)PyBytes_AS_STRING(f[6]), *el = (double *)PyBytes_AS_STRING(f[7]);
+        for (Py_ssize_t k = 0; k < size; k++) {
+            ec[k] = (int)entries[k].ctx;
+            ew[k] = (int)entries[k].client;
+            eq[k] = entries[k].requests;
+            ef[k] = entries[k].first;
+            el[k] = entries[k].last;
+        }
+        int *hc = (int *)PyBytes_AS_STRING(f[8]);
+        int64_t *hh = (int64_t *)PyBytes_AS_STRING(f[9]), *hq = (int64_t *)PyBytes_AS_STRING(f[10]);
+        for (Py_ssize_t k = 0; k < nh; k++) {
+            hc[k] = (int)hrow[k].ctx;
+            hh[k] = hours[hrow[k].run];
+            hq[k] = hrow[k].requests;
+        }
+        result = PyTuple_New(13);
+        for (int j = 0; result != NULL && j < 13; j++)
+            PyTuple_SET_ITEM(result, j, Py_NewRef(f[j]));
+    }
+    for (int j = 0; j < 13; j++)
+        Py_XDECREF(f[j]);
+    goto done;
+fallback:
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(timed);
+    PyMem_Free(outv);
+    PyMem_Free(inv);
+    PyMem_Free(kind);
+    PyMem_Free(cv);
+    PyMem_Free(entries);
+    PyMem_Free(slots);
+    PyMem_Free(hourly);
+    PyMem_Free(hourly_run);
+    PyMem_Free(hrow);
+    PyMem_Free(hours);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"batch_rows", batch_rows, METH_VARARGS, "BatchBuilder.batch's lists (see above)."},
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
     {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of a list of floats, or None."},
+    {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -573,7 +932,7 @@ PyInit__batchscan(void)
     if (ID_KEY == NULL || FACTS_KEY == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 1) < 0)
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 2) < 0)
         Py_CLEAR(m);
     return m;
 }

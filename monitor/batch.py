@@ -15,23 +15,31 @@ from __future__ import annotations
 
 import json
 from array import array
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, repeat
-from operator import itemgetter
+from itertools import accumulate, chain, islice, repeat
+from math import isfinite
+from operator import add, itemgetter, le
 from typing import Any
 
 from monitor import accel
 from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
-#: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None
+#: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
+_ACCEL_ABI = 2
+#: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
+#: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
+if _ACCEL is not None and getattr(_ACCEL, "ABI", 1) < _ACCEL_ABI:
+    _ACCEL = None
 
 #: ``obs_rows``' per-request columns, in row order; a batch holds one list per column
 ROW_FIELDS = tuple(c.name for c in COLUMNS if c.name in PER_REQUEST)
 ROW_ID, ROW_TS, ROW_LINE = (ROW_FIELDS.index(c) for c in ("id", "ts", "line"))
-ROW_OUT, ROW_IN = ROW_FIELDS.index("bytes_out"), ROW_FIELDS.index("bytes_in")
+ROW_OUT, ROW_IN, ROW_URL = (ROW_FIELDS.index(c) for c in ("bytes_out", "bytes_in", "url"))
 #: positions in a context's values
 CTX_SCAN, CTX_SOURCE, CTX_DAY, CTX_OUTCOME = (
     CONTEXT.index(c) for c in ("scan_id", "source", "day", "outcome")
@@ -110,6 +118,8 @@ class Batch:
     line_base: int = 0  # lines before the part's first (the scanner's)
     #: the groups as pickled (see :meth:`__getstate__`): unpacked when asked for
     packed: tuple[list[dict[str, Any]], array, array, array] | None = None
+    #: what the rows add to the roll-ups (a scanner's batch: see :func:`rollup_of`)
+    rollup: Rollup | None = None
 
     @classmethod
     def of(cls, items: Sequence[tuple[str | None, list[Any], Sequence[dict[str, Any]]]]) -> Batch:
@@ -145,6 +155,7 @@ class Batch:
         if record_ids and record_ids[0] is not None:
             batch.record_ids = list(record_ids)  # type: ignore[arg-type]
             batch.hours = _hour_runs(columns[ROW_TS])
+            batch.rollup = rollup_of(columns, ctx, client, len(contexts), len(clients))
         return batch
 
     def __len__(self) -> int:
@@ -193,11 +204,11 @@ class Batch:
         columns = [_packed(col, COLUMNS[COL[name]].type) for col, name in zip(self.columns, ROW_FIELDS, strict=True)]  # fmt: skip
         return (columns, self.contexts, array("i", self.ctx), self.clients,
                 array("i", self.client), (flat, widths, rows, ends), self.deltas,
-                _packed_ids(self.record_ids), self.hours, self.line_base)  # fmt: skip
+                _packed_ids(self.record_ids), self.hours, self.line_base, self.rollup)  # fmt: skip
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (columns, self.contexts, self.ctx, self.clients, self.client, self.packed,
-         self.deltas, self.record_ids, self.hours, self.line_base) = state  # fmt: skip
+         self.deltas, self.record_ids, self.hours, self.line_base, self.rollup) = state  # fmt: skip
         size = len(self.ctx)
         self.columns = [[None] * size if col is None else col for col in columns]
         self.groups = []
@@ -574,3 +585,220 @@ def _add(a: int | None, b: int | None) -> int | None:
     if b is None:
         return a
     return b if a is None else a + b
+
+
+# A batch's roll-up rows, made where the batch is: the storing process adds them to the
+# roll-ups (:mod:`monitor.store`) instead of reading the rows it stored back out of SQLite.
+# They are what SQL makes of the rows (GROUP BY; a sum of NULLs is NULL, a minimum passes
+# NULL over, CAST(ts / 3600 AS INTEGER) is the hour): rows of a key counted by Counter,
+# summed with one dictionary look-up a row (cheaper than sorting them by key, measured).
+
+
+@dataclass(slots=True)
+class Rollup:
+    """What a batch's rows add to the roll-ups: per context, client and UTC hour (batch
+    indexes: the store adds the hours of a context and client up), the requests, the sums
+    of their bytes (None: all NULL), the least URL and the first and last time; and per
+    context and hour (``obs_hourly``) the requests and bytes."""
+
+    ctx: Sequence[int]
+    client: Sequence[int]
+    requests: Sequence[int]
+    bytes_out: Sequence[int | None] | None
+    bytes_in: Sequence[int | None] | None
+    url: Sequence[str | None] | None
+    first_ts: Sequence[float]
+    last_ts: Sequence[float]
+    hour_ctx: Sequence[int]
+    hour: Sequence[int]
+    hour_requests: Sequence[int]
+    hour_out: Sequence[int | None] | None
+    hour_in: Sequence[int | None] | None
+
+    def __len__(self) -> int:
+        return len(self.ctx)
+
+
+class _NotAsStored(Exception):
+    """A value SQLite would store as another type (the store sums such rows itself)."""
+
+
+#: times whose hours SQLite's CAST gives as Python's int() does (far within 64 bits)
+_TS_BOUND = 1e18
+#: roll-up rows per row beyond which a batch has none, its rows summed by the store as
+#: before: handing SQLite a roll-up row costs the storing process about what its summing a
+#: stored row does, and making them costs the producer, for little gain (a log of many
+#: clients' few requests each: at 3 % LLM lines a batch has 0.7 per row, at 25 % 0.4, and
+#: a part's batches share most of theirs: see :func:`merged_rollups`)
+_SPARSE = 0.5
+
+
+def _hour(ts: float) -> int:
+    """The UTC hour of a time as ``CAST(ts / 3600 AS INTEGER)`` (truncated, not floored)."""
+    return int(ts / 3600.0)
+
+
+def rollup_of(columns: Sequence[Sequence[Any]], ctx: Sequence[int], client: Sequence[int],
+              contexts: int, clients: int) -> Rollup | None:  # fmt: skip
+    """The :class:`Rollup` of rows given column by column (``contexts`` and ``clients``:
+    how many distinct ones), or None when a value is not what SQLite stores (a time that
+    is not a finite number, bytes that are not integers, a URL that is not text) or when
+    the rows would make too many roll-up rows (:data:`_SPARSE`): the store sums such a
+    batch's rows itself. Made in C (``_batchscan.rollup``: a Python loop a row here, as much
+    CPU in the producers as the roll-up rows save the storing process) but for values it
+    leaves to this code."""
+    if _ACCEL is not None:
+        found = _ACCEL.rollup(columns[ROW_TS], columns[ROW_OUT], columns[ROW_IN],
+                              columns[ROW_URL], ctx, client, contexts, clients, _SPARSE)  # fmt: skip
+        if found is not None:
+            return Rollup(*map(_unpacked, _ROLLUP_TYPES, found)) if found else None
+    n = len(ctx)
+    try:
+        ts = array("d", columns[ROW_TS])
+    except TypeError:  # not a number
+        return None
+    try:
+        if not n or not isfinite(sum(ts)):
+            return None
+        out, in_, url = columns[ROW_OUT], columns[ROW_IN], columns[ROW_URL]
+        if not all(map(le, ts, islice(ts, 1, None))):  # rows in time order: hours are runs
+            pick = itemgetter(*sorted(range(n), key=ts.__getitem__))
+            ts, ctx, client = array("d", pick(ts)), pick(ctx), pick(client)
+            out, in_, url = (col if col.count(None) == n else pick(col) for col in (out, in_, url))
+        if not -_TS_BOUND < ts[0] <= ts[-1] < _TS_BOUND:
+            return None
+        out, in_, url = _as_stored(out, _INTEGER), _as_stored(in_, _INTEGER), _as_stored(url, _TEXT)
+        # key: (run of an hour, context, client), in that order of significance
+        key = [c * clients + w for c, w in zip(ctx, client, strict=True)]
+        per_hour, hours, start, last = contexts * clients, [], 0, _hour(ts[-1])
+        while start < n:
+            hour = _hour(ts[start])
+            end = n if hour == last else bisect_left(ts, hour + 1, start, n, key=_hour)
+            if hours:
+                key[start:end] = map(add, key[start:end], repeat(len(hours) * per_hour))
+            hours.append(hour)
+            start = end
+        counts = Counter(key)
+        if len(counts) > n * _SPARSE:
+            return None
+        # per key: bytes out and in, least URL, first and last time (rows in time order)
+        rows: dict[int, list[Any]] = {}
+        found = rows.get
+        for k, t, sent, received, link in zip(
+            key, ts, nulls(out, n), nulls(in_, n), nulls(url, n), strict=True
+        ):
+            row = found(k)
+            if row is None:
+                rows[k] = [sent, received, link, t, t]
+                continue
+            if sent is not None:
+                row[0] = sent if row[0] is None else row[0] + sent
+            if received is not None:
+                row[1] = received if row[1] is None else row[1] + received
+            if link is not None and (row[2] is None or link < row[2]):
+                row[2] = link
+            row[4] = t
+        keys, values = list(rows), list(rows.values())
+        requests = list(map(counts.__getitem__, keys))
+        # per (run of an hour, context): the hourly rows
+        hourly: dict[int, list[Any]] = {}
+        for k, q, (sent, received, *_) in zip(keys, requests, values, strict=True):
+            row = hourly.get(k // clients)
+            if row is None:
+                hourly[k // clients] = [q, sent, received]
+                continue
+            row[0] += q
+            if sent is not None:
+                row[1] = sent if row[1] is None else row[1] + sent
+            if received is not None:
+                row[2] = received if row[2] is None else row[2] + received
+        pairs = [k % per_hour for k in keys]
+        return Rollup(
+            array("i", [p // clients for p in pairs]),
+            array("i", [p % clients for p in pairs]),
+            array("q", requests),
+            None if out is None else _sums([v[0] for v in values]),
+            None if in_ is None else _sums([v[1] for v in values]),
+            None if url is None else [v[2] for v in values],
+            array("d", [v[3] for v in values]),
+            array("d", [v[4] for v in values]),
+            array("i", [k % contexts for k in hourly]),
+            array("q", [hours[k // contexts] for k in hourly]),
+            array("q", [v[0] for v in hourly.values()]),
+            None if out is None else _sums([v[1] for v in hourly.values()]),
+            None if in_ is None else _sums([v[2] for v in hourly.values()]),
+        )
+    except (_NotAsStored, OverflowError):
+        return None
+
+
+#: the typecodes of the :class:`Rollup` fields ``_batchscan.rollup`` gives as bytes
+_ROLLUP_TYPES = ("i", "i", "q", "q", "q", "", "d", "d", "i", "q", "q", "q", "q")
+
+
+def _unpacked(typecode: str, values: Any) -> Any:
+    """A :class:`Rollup` field as made in C: an array of bytes, else as it is."""
+    return array(typecode, values) if type(values) is bytes else values
+
+
+_INTEGER = frozenset((int, bool, type(None)))  # what SQLite sums as integers
+_TEXT = frozenset((str, type(None)))
+
+
+def _sums(values: list[int | None]) -> Sequence[int | None]:
+    """Sums as a :class:`Rollup` holds them: 64-bit integers (OverflowError: beyond, as
+    SQLite's sum), or a list when some are NULL."""
+    try:
+        return array("q", values)
+    except TypeError:  # a None among them
+        return values
+
+
+def _as_stored(column: Sequence[Any], kinds: frozenset[type]) -> Sequence[Any] | None:
+    """A column of a type SQLite stores as it is (None: all NULL)."""
+    if column.count(None) == len(column):
+        return None
+    if not kinds.issuperset(map(type, column)):
+        raise _NotAsStored(column)
+    return column
+
+
+def merged_rollups(
+    rollups: Sequence[tuple[Rollup, Sequence[int], Sequence[int]]],
+) -> Iterable[list[Any]]:
+    """The roll-up rows of several batches (each with the numbers of its contexts and
+    clients) summed per context and client number, as adding them one by one to a roll-up
+    would (requests and bytes summed, NULL when all are; the least URL, the first and last
+    time): ``[ctx, client, requests, bytes_out, bytes_in, url, first_ts, last_ts]``, fewer
+    rows for the store to hand to SQLite (a part's batches share most of theirs). One
+    dictionary look-up a row: cheaper here than sorting them (most rows add to a row)."""
+    merged: dict[tuple[int, int], list[Any]] = {}
+    found = merged.get
+    for r, ctx, client in rollups:
+        size = len(r)
+        for key, requests, sent, received, url, first, last in zip(
+            zip(map(ctx.__getitem__, r.ctx), map(client.__getitem__, r.client), strict=True),
+            r.requests,
+            nulls(r.bytes_out, size), nulls(r.bytes_in, size), nulls(r.url, size),
+            r.first_ts, r.last_ts, strict=True):  # fmt: skip
+            row = found(key)
+            if row is None:
+                merged[key] = [*key, requests, sent, received, url, first, last]
+                continue
+            row[2] += requests
+            if sent is not None:
+                row[3] = _add(row[3], sent)
+            if received is not None:
+                row[4] = _add(row[4], received)
+            if url is not None and (row[5] is None or url < row[5]):
+                row[5] = url
+            if first < row[6]:
+                row[6] = first
+            if last > row[7]:
+                row[7] = last
+    return merged.values()
+
+
+def nulls(values: Sequence[Any] | None, size: int) -> Iterable[Any]:
+    """A :class:`Rollup` column (None: all NULL) of ``size`` values."""
+    return repeat(None, size) if values is None else values

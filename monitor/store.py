@@ -52,10 +52,13 @@ from monitor.batch import (
     ROW_LINE,
     Batch,
     Deltas,
+    Rollup,
     _add,
     incident_deltas,
     merge_fact_lists,
     merge_facts,
+    merged_rollups,
+    nulls,
 )
 from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
@@ -329,6 +332,12 @@ class _IngestState:
     last_incident: int | None = None  # the number the last new incident was given
     rolling: bool = False  # roll up as it goes (see :meth:`Ingestion.roll_up`)
     gathered: int | None = None  # the last row gathered for the roll-ups (None: none yet)
+    #: to gather (when rolling): the roll-up rows of the batches stored as they came with
+    #: them, with their context and client numbers (see :meth:`Store._to_roll`), and the
+    #: stored rows none covers, as ranges ``(after, upto]`` of row numbers (after None:
+    #: the mark; at first the rows earlier transactions left above it)
+    rollups: list[tuple[Rollup, list[int], list[int]]] = field(default_factory=list)
+    unsummed: list[list[int | None]] = field(default_factory=list)
     # context/client -> first row, of those made in this transaction (the others are in use)
     first_use: tuple[dict[int, int], dict[int, int]] = field(default_factory=lambda: ({}, {}))
 
@@ -357,7 +366,7 @@ class Ingestion:
             # were skipped
             top = store.db.conn.execute("SELECT max(n) FROM obs_rows").fetchone()[0] or 0
             self._state: _IngestState | None = _IngestState(
-                scan_id, store._meta("pruned_before"), top, rolling=roll_up
+                scan_id, store._meta("pruned_before"), top, rolling=roll_up, unsummed=[[None, top]]
             )
         except BaseException:
             store._rollback()
@@ -862,6 +871,8 @@ class Store:
             deltas = incident_deltas(batch, groups)
             self._add_batch_deltas(tx.deltas, batch, deltas, tx.scan_id)
             _link(tx, (deltas.ids, deltas.of, array("q", map(number.__getitem__, deltas.row))), 0)
+        if tx.rolling:
+            self._to_roll(tx, batch, ctx, client, added, kept is None and added == size)
         result.stored += added
         tx.top = top + added
 
@@ -883,11 +894,36 @@ class Store:
             self._advance_findings(tx.scan_id, result, deltas)
         return result
 
+    @staticmethod
+    def _to_roll(tx: _IngestState, batch: Batch, ctx: list[int], client: list[int], added: int,
+                 as_given: bool) -> None:  # fmt: skip
+        """Keep what a batch just stored (``added`` rows after ``tx.top``) adds to the
+        roll-ups, for :meth:`_gather`: its :class:`Rollup` when all its rows were stored
+        as given (``as_given``: then ``ctx`` and ``client`` number all its contexts and
+        clients), else the range of the rows it added, to be summed from ``obs_rows``."""
+        if as_given and batch.rollup is not None:
+            tx.rollups.append((batch.rollup, ctx, client))
+        elif added:
+            last = tx.unsummed[-1] if tx.unsummed else None
+            if last is not None and last[1] == tx.top:  # rows that follow: one range
+                last[1] = tx.top + added
+            else:
+                tx.unsummed.append([tx.top, tx.top + added])
+
     def _gather(self, tx: _IngestState) -> None:
-        """:func:`_gather` the rows the transaction stored since it last did."""
-        if tx.gathered != tx.top:
-            _gather(self.db.conn, tx.gathered)
-            tx.gathered = tx.top
+        """Gather what the transaction stored since it last did for the roll-ups (see
+        :meth:`_to_roll`): the first time, in a new ``temp.rolled``."""
+        conn = self.db.conn
+        if tx.gathered is None:
+            _gathering(conn)
+        elif not (tx.unsummed or tx.rollups):
+            return
+        for after, upto in tx.unsummed:
+            _gather(conn, after, upto)
+        _add_rollups(conn, tx.rollups)
+        tx.unsummed.clear()
+        tx.rollups.clear()
+        tx.gathered = tx.top
 
     def _store_links(self, tx: _IngestState) -> None:
         """Insert the hit links of the batch just stored (:func:`_link`). They name incidents
@@ -4219,8 +4255,10 @@ _DAYS = f"{_FROM_ROW} AND day >= ? AND day <= ?"
 # and client (a context belongs to one UTC day: a roll-up row is one day of one client's
 # traffic to one destination through one egress, for one source and scan). It holds
 # exactly the rows numbered up to the mark (``meta`` ``rolled_up_to``): appended rows are
-# added set-based in the scan transaction that stores them (gathered part by part, added
-# at its commit: see :class:`Ingestion`), and what else is above the mark (rows a killed
+# added in the scan transaction that stores them (gathered part by part, added at its
+# commit: see :class:`Ingestion`; a batch stored as the producer made it brings its roll-up
+# rows, :class:`monitor.batch.Rollup`, the others' rows are summed set-based from
+# ``obs_rows``), and what else is above the mark (rows a killed
 # scan committed, a watch's) when a scan finishes and while a watch runs; reads take the
 # rows above the mark from ``obs_rows`` itself, so a report is exact while a scan is
 # storing or after one was killed. Whatever changes or deletes rows (re-evaluation, prune) rebuilds
@@ -4470,28 +4508,57 @@ _DEST_KEY = f"json_array({', '.join(f'c.{c}' for c in _DEST_COLUMNS)})"
 
 def _roll_up(conn: sqlite3.Connection) -> None:
     """Add the rows above the mark to their roll-ups and move the mark to the last row."""
+    _gathering(conn)
     _gather(conn, None)
     _fold(conn)
 
 
-def _gather(conn: sqlite3.Connection, after: int | None) -> None:
-    """Sum the rows numbered above ``after`` (None: the mark, and a new gathering) into
-    ``temp.rolled`` (their roll-up rows, to be added to the roll-ups by :func:`_fold`) and
-    into the hourly totals. What a transaction stores part by part is gathered so, as it
-    goes: the work per row is done once, and the work per roll-up row too, at the end."""
-    if after is None:
-        conn.execute("DROP TABLE IF EXISTS temp.rolled")
-    above = _MARK if after is None else int(after)
+def _gathering(conn: sqlite3.Connection) -> None:
+    """Start a new gathering of roll-up rows: an empty ``temp.rolled``."""
+    conn.execute("DROP TABLE IF EXISTS temp.rolled")
     conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS rolled (ctx INTEGER NOT NULL, client INTEGER NOT NULL,"
+        "CREATE TEMP TABLE rolled (ctx INTEGER NOT NULL, client INTEGER NOT NULL,"
         " requests INTEGER NOT NULL, bytes_out INTEGER, bytes_in INTEGER, url TEXT,"
         " first_ts REAL NOT NULL, last_ts REAL NOT NULL, PRIMARY KEY (ctx, client)) WITHOUT ROWID"
     )
+
+
+def _gather(conn: sqlite3.Connection, after: int | None, upto: int | None = None) -> None:
+    """Sum the rows numbered above ``after`` (None: the mark), up to ``upto`` (None: all),
+    into ``temp.rolled`` (their roll-up rows, to be added to the roll-ups by :func:`_fold`)
+    and into the hourly totals. What a transaction stores part by part is gathered so, as
+    it goes: the work per row is done once, and the work per roll-up row too, at the end."""
+    rows = f"o.n > {_MARK if after is None else int(after)}"
+    if upto is not None:
+        rows += f" AND o.n <= {int(upto)}"
     conn.execute(
-        f"""INSERT INTO temp.rolled SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE o.n > {above}
+        f"""INSERT INTO temp.rolled SELECT {_ROLLED_ROWS} FROM obs_rows o WHERE {rows}
             GROUP BY 1, 2 ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
     )
-    _by_hour(conn, f"o.n > {above}", [])
+    _by_hour(conn, rows, [])
+
+
+#: how roll-up rows made elsewhere (:class:`Rollup`) are added to ``temp.rolled`` and to
+#: the hourly totals
+_ADD_ROLLED = f"""INSERT INTO temp.rolled VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
+_ADD_HOURLY = f"""INSERT INTO obs_hourly (ctx, hour, requests, bytes_out, bytes_in)
+    VALUES (?, ?, ?, ?, ?) ON CONFLICT (ctx, hour) DO UPDATE SET {_SUMS}"""  # noqa: S608
+
+
+def _add_rollups(
+    conn: sqlite3.Connection, rollups: Sequence[tuple[Rollup, list[int], list[int]]]
+) -> None:
+    """Gather the roll-up rows of batches (:class:`Rollup`, with the numbers of the
+    batch's contexts and clients) as :func:`_gather` gathers rows: what it would have
+    made of those batches' rows (their roll-up rows summed per context and client first:
+    :func:`merged_rollups`)."""
+    conn.executemany(_ADD_ROLLED, merged_rollups(rollups))
+    for r, ctx, _ in rollups:
+        hours = len(r.hour)
+        conn.executemany(_ADD_HOURLY, zip(
+            map(ctx.__getitem__, r.hour_ctx), r.hour, r.hour_requests,
+            nulls(r.hour_out, hours), nulls(r.hour_in, hours), strict=True))  # fmt: skip
 
 
 def _fold(conn: sqlite3.Connection) -> None:

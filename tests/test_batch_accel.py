@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from array import array
 from contextlib import contextmanager
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from monitor import accel, batch
 from monitor.app import App, Settings
-from monitor.batch import ROW_FIELDS, ROW_IN, ROW_OUT, ROW_TS, Batch
+from monitor.batch import ROW_FIELDS, ROW_IN, ROW_OUT, ROW_TS, ROW_URL, Batch
 from monitor.collectors import CollectOptions, Diagnostics
 from monitor.egress import EgressOptions
 from monitor.pipeline import Part, Pipeline
@@ -192,3 +193,118 @@ def test_a_scans_batches_made_in_c_are_pythons(tmp_path, pseudonymize):
         for one, other in zip(batches, expected, strict=True):
             for name in Batch.__slots__:
                 assert getattr(one, name) == getattr(other, name), name
+
+
+HOUR = 3600.0
+
+
+@st.composite
+def rollup_rows(draw, odd: bool = False):
+    """Columns of a batch's rows for :func:`batch.rollup_of` (and how many contexts and
+    clients, and batch._SPARSE): times across hours, before 1970, on and next to hour
+    boundaries, -0.0, small ints, in or out of order; bytes with and without NULL, near
+    64 bits; URLs with and without NULL, non-ASCII; ``odd``: also values rollup_of makes no
+    rows of or that C leaves to it (NaN, infinite, far or huge-int times, bool, float,
+    text or beyond-64-bit bytes and sums, a URL not text, an index out of range)."""
+    n = draw(st.integers(0, 30))
+    contexts, clients = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    hours = st.integers(-3, 3).map(lambda h: DAY + h * HOUR)
+    ts = st.one_of(
+        st.floats(DAY - 3 * HOUR, DAY + 3 * HOUR, allow_nan=False), hours,
+        hours.map(lambda t: math.nextafter(t, -math.inf)), st.sampled_from([0.0, -0.0, -3600.5, -1e-7]),
+        st.integers(-10**6, 10**6),
+        *([st.sampled_from([math.nan, math.inf, -math.inf, 1e18, -1e18, 2**60, True, "1"])] if odd else []),
+    )  # fmt: skip
+    size = st.one_of(
+        st.none(), st.integers(0, 10**6), st.just(2**50),
+        *([st.sampled_from([True, 1.5, "7", 2**62, 2**63, 2**64, -(2**63)])] if odd else []),
+    )  # fmt: skip
+    url = st.one_of(
+        st.none(), st.sampled_from(["", "a", "ab", "b", "Z", "z€", "https://api.openai.com/v1/ü"]),
+        *([st.sampled_from([42, 1.5, b"a"])] if odd else []),
+    )  # fmt: skip
+    columns = [[None] * n for _ in ROW_FIELDS]
+    columns[ROW_TS] = draw(st.lists(ts, min_size=n, max_size=n))
+    if draw(st.booleans()):
+        columns[ROW_TS].sort(key=float)
+    for c, values in ((ROW_OUT, size), (ROW_IN, size), (ROW_URL, url)):
+        if draw(st.booleans()):
+            columns[c] = draw(st.lists(values, min_size=n, max_size=n))
+    index = st.integers(0, contexts - 1 + odd), st.integers(0, clients - 1 + odd)
+    ctx, client = (draw(st.lists(i, min_size=n, max_size=n)) for i in index)
+    return columns, ctx, client, contexts, clients, draw(st.sampled_from([0.5, 1.0]))
+
+
+def _rollups(rows) -> tuple:
+    """rollup_of of the rows made with C and in Python, or the error Python raises (and C
+    the same)."""
+    columns, ctx, client, contexts, clients, sparse = rows
+    old, batch._SPARSE = batch._SPARSE, sparse
+    try:
+        with _accelerated(None):
+            try:
+                want = batch.rollup_of(columns, ctx, client, contexts, clients)
+            except (TypeError, OverflowError, IndexError, ValueError) as exc:
+                with _accelerated(built), pytest.raises(type(exc)):
+                    batch.rollup_of(columns, ctx, client, contexts, clients)
+                return None, None
+        with _accelerated(built):
+            got = batch.rollup_of(columns, ctx, client, contexts, clients)
+    finally:
+        batch._SPARSE = old
+    return got, want
+
+
+def _as_made(rollup) -> list | None:
+    """A Rollup's fields as they are: an array's typecode and bytes (0.0 is not -0.0), a
+    list's values with their types."""
+    if rollup is None:
+        return None
+    fields = (getattr(rollup, f) for f in batch.Rollup.__slots__)
+    return [v if v is None else (v.typecode, v.tobytes()) if isinstance(v, array)
+            else [(type(x), x) for x in v] for v in fields]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(rollup_rows())
+def test_rollup_rows_made_in_c_are_pythons(rows):
+    columns, ctx, client, contexts, clients, sparse = rows
+    got, want = _rollups(rows)
+    assert _as_made(got) == _as_made(want)
+    found = built.rollup(columns[ROW_TS], columns[ROW_OUT], columns[ROW_IN], columns[ROW_URL],
+                         ctx, client, contexts, clients, sparse)  # fmt: skip
+    assert found is not None, "C made it (or knew there are none)"
+    assert (found is False) == (want is None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rollup_rows(odd=True))
+def test_rollup_values_c_leaves_to_python_give_pythons_answer(rows):
+    got, want = _rollups(rows)
+    assert _as_made(got) == _as_made(want)
+
+
+def test_odd_rollup_values_c_answers_as_python_or_leaves_to_it():
+    """Each odd value alone: C's answer (no rows: False) or None, and rollup_of's answer
+    is Python's all the same."""
+    plain = {ROW_TS: [DAY, DAY + 1, DAY + HOUR], ROW_OUT: [1, 2, None], ROW_IN: [None] * 3,
+             ROW_URL: ["b", None, "a"]}  # fmt: skip
+    odd = [
+        (ROW_TS, math.nan, False), (ROW_TS, math.inf, False), (ROW_TS, 1e18, False),
+        (ROW_TS, 2**60, None), (ROW_TS, 10**400, None), (ROW_TS, True, None), (ROW_TS, "1", None),
+        (ROW_OUT, 1.5, False), (ROW_OUT, "7", False), (ROW_OUT, True, None), (ROW_OUT, 2**63, None),
+        (ROW_OUT, 2**63 - 1, None),  # the sum leaves 64 bits
+        (ROW_URL, 42, False), (ROW_URL, b"a", None),
+    ]  # fmt: skip
+    for column, value, answer in odd:
+        columns = [[None] * 3 for _ in ROW_FIELDS]
+        for c, col in plain.items():
+            columns[c] = list(col)
+        columns[column][0] = value
+        found = built.rollup(columns[ROW_TS], columns[ROW_OUT], columns[ROW_IN],
+                             columns[ROW_URL], [0] * 3, [0] * 3, 1, 1, 1.0)  # fmt: skip
+        assert found is answer, (column, value)
+        got, want = _rollups((columns, [0] * 3, [0] * 3, 1, 1, 1.0))
+        assert _as_made(got) == _as_made(want), (column, value)
+    assert built.rollup([DAY], [None], [None], [None], [0], [0], 1, 1, 0.5) is False  # sparse
+    assert built.rollup([DAY], [None], [None], [None], [1], [0], 1, 1, 1.0) is None  # index
