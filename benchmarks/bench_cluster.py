@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per command")
     ap.add_argument("--tmpdir", type=Path, help="where generated logs and databases go")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument("--apiwatch", help="apiwatch command line (default: apiwatch on PATH)")
+    ap.add_argument(
+        "--apiwatch",
+        help="apiwatch command line (default: the apiwatch beside this Python, else on PATH)",
+    )
     args = ap.parse_args(argv)
     timer = pick_timer("auto")
     counts = [int(n) for n in args.workers.split(",") if n.strip()]

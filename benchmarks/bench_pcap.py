@@ -564,7 +564,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per command; best time kept")
     ap.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     ap.add_argument("--country", default="CN", help="--egress-country of the scan row")
-    ap.add_argument("--apiwatch", help="apiwatch command line (default: PATH, else python -m)")
+    ap.add_argument(
+        "--apiwatch",
+        help="apiwatch command line (default: beside this Python, else PATH, else python -m)",
+    )
     ap.add_argument("--only", help="comma-separated subset: parse,scan,suricata,tshark")
     ap.add_argument("--timer", choices=("auto", "gnu-time", "wait4"), default="auto")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per command")

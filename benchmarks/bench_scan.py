@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--country", default="CN", help="--egress-country for the scan row")
     ap.add_argument(
         "--apiwatch",
-        help="apiwatch command line (default: apiwatch on PATH, else python -m monitor)",
+        help="apiwatch command line (default: the apiwatch beside this Python, else on PATH, else python -m monitor)",
     )
     ap.add_argument(
         "--ok-exit",

@@ -135,7 +135,6 @@ def test_scan_starts_its_producers_before_loading_the_store(tmp_path):
     assert "monitor.store" in loaded  # it did store
     at_fork = set(json.loads(seen.read_text()))
     assert _heavy(at_fork, NOT_BEFORE_PRODUCERS) == []
-    assert "monitor.collectors.squid" in at_fork  # it detected the format
     assert _heavy(loaded, NOT_FOR_A_SQUID_LOG) == []
     commands = {m for m in loaded if m.startswith("monitor.cli.")}
     assert commands == {"monitor.cli.base", "monitor.cli.collect"}  # the scan's module only
@@ -159,6 +158,9 @@ def test_command_table_names_what_each_module_registers():
     table = main.commands._modules
     registered = {name: command.callback.__module__ for name, command in main.commands.items()}
     assert registered == table
+    # a command module the table leaves out would never be imported: its commands gone
+    files = {f"monitor.cli.{p.stem}" for p in (ROOT / "monitor" / "cli").glob("*.py")}
+    assert files - {"monitor.cli.__init__", "monitor.cli.base"} == set(table.values())
 
 
 def test_format_registry_is_what_the_collector_modules_define():
@@ -170,6 +172,10 @@ def test_format_registry_is_what_the_collector_modules_define():
     from monitor.collectors import _REGISTRY, FORMAT_NAMES, FORMATS, LINE_FORMATS
 
     modules = dict.fromkeys(f.module for f in _REGISTRY)
+    # a collector module the registry leaves out would never be loaded: its formats gone
+    defining = {f"monitor.collectors.{p.stem}" for p in (ROOT / "monitor" / "collectors").glob("*.py")
+                if "\nFORMAT_SPECS" in p.read_text(encoding="utf-8")}  # fmt: skip
+    assert defining == set(modules)
     specs = [(m, s) for m in modules for s in importlib.import_module(m).FORMAT_SPECS]
     assert [(f.module, f.name) for f in _REGISTRY] == [(m, s.name) for m, s in specs]
     for f, (_, spec) in zip(_REGISTRY, specs, strict=True):

@@ -68,7 +68,10 @@ def guard(fn):
 
 def import_uncollected(module: str) -> None:
     """Import ``module`` without the cycle collector, and freeze what it made: importing
-    makes no garbage cycles (see :func:`monitor.app.uncollected`)."""
+    makes no garbage cycles (see :func:`monitor.app.uncollected`). A module imported
+    already is left alone: freezing then would keep whatever garbage there is forever."""
+    if module in sys.modules:
+        return
     collecting = gc.isenabled()
     gc.disable()
     try:

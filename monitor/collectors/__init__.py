@@ -88,7 +88,7 @@ def spec_of(name: str) -> FormatSpec:
 
 def __getattr__(name: str) -> Any:
     """``SPECS`` (name -> :class:`FormatSpec`) and ``FORMATS`` (name -> one-line
-    description, for errors and the config's check) load every collector module."""
+    description) load every collector module."""
     if name == "SPECS":
         return {f.name: spec_of(f.name) for f in _REGISTRY}
     if name == "FORMATS":
