@@ -497,6 +497,8 @@ batch_rows(PyObject *self, PyObject *args)
     while (cap < 2 * (size_t)n)
         cap <<= 1;
     Seen *seen = PyMem_Calloc(cap, sizeof(Seen));
+    if (nvalues < 0 && columns != NULL && seen != NULL)
+        PyErr_SetString(PyExc_ValueError, "batch_rows: nvalues is negative");
     int ok = columns != NULL && seen != NULL && nvalues >= 0;
     if (seen == NULL)
         PyErr_NoMemory();

@@ -750,8 +750,13 @@ def _sums(values: list[int | None]) -> Sequence[int | None]:
     SQLite's sum), or a list when some are NULL."""
     try:
         return array("q", values)
-    except TypeError:  # a None among them
+    except TypeError:  # a None among them (and none beyond 64 bits, whatever the order)
+        if any(v is not None and not _INT64_MIN <= v <= _INT64_MAX for v in values):
+            raise OverflowError("a roll-up sum beyond 64 bits") from None
         return values
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def _as_stored(column: Sequence[Any], kinds: frozenset[type]) -> Sequence[Any] | None:

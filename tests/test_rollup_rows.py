@@ -170,6 +170,19 @@ def test_values_sqlite_would_store_as_another_type_make_no_rollup_rows(column, v
     assert rollup_of(columns, ctx, client, contexts, clients) is None
 
 
+@pytest.mark.parametrize("none_first", [True, False])
+def test_a_sum_beyond_64_bits_makes_no_rollup_rows_whatever_the_order(none_first, every_batch):
+    """Rows whose bytes sum beyond 64 bits in one context, beside a context with no bytes:
+    no roll-up rows (the store sums them itself, as SQLite does), with the byte-less
+    context's rows first or last."""
+    columns: list = [[None] * 8 for _ in ROW_FIELDS]
+    columns[ROW_TS] = [1795737600.0 + i for i in range(8)]
+    big, none = [2**62] * 4, [None] * 4
+    columns[ROW_OUT] = none + big if none_first else big + none
+    ctx = [0] * 4 + [1] * 4
+    assert rollup_of(columns, ctx, [0] * 8, 2, 1) is None
+
+
 def _gathers(store: Store) -> list[str]:
     """The statements of ``store``'s connection that sum stored rows for the roll-ups
     (traced by SQLite as it runs them)."""
