@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,20 @@ def run_ok(db: Path, *args: str) -> dict:
 SMALL_PARTS = {"APIWATCH_PART_SIZE": "200000"}
 
 
+def kill_once_writing(proc: subprocess.Popen, progress: Callable[[], int], rnd: random.Random,
+                      within: float, poll: float = 0.02, wait: float = 120) -> bool:  # fmt: skip
+    """SIGKILL a scan at a random moment ``within`` seconds after ``progress()`` (what it
+    committed) first changes; whether it was killed (it may have finished first)."""
+    before, deadline = progress(), time.monotonic() + wait
+    while proc.poll() is None and time.monotonic() < deadline and progress() == before:
+        time.sleep(poll)
+    time.sleep(rnd.uniform(0.0, within))
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    return True
+
+
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory):
     d = tmp_path_factory.mktemp("logs")
@@ -121,16 +136,9 @@ def test_kill_minus_nine_then_rerun_equals_uninterrupted(tmp_path, logs, referen
             "2",
             env=SMALL_PARTS,
         )
-        # kill once the scan is really writing, at a random moment after that
-        before, deadline = stored(db), time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline and stored(db) == before:
-            time.sleep(0.05)
-        # these scans end about 0.13 s after their first commit on a quiet machine (batches
-        # made in C): kill within that, at a random moment
-        time.sleep(rnd.uniform(0.0, 0.1))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
+        # kill once the scan is really writing, at a random moment after that: these scans
+        # end about 0.13 s after their first commit on a quiet machine (batches made in C)
+        kills += kill_once_writing(proc, lambda: stored(db), rnd, 0.1, poll=0.05, wait=60)
         proc.communicate(timeout=60)
     summary = run_ok(db, "scan", *map(str, logs), "--egress-country", "CN", "--json")
     assert kills >= 1, "every run finished before it could be killed: make the logs bigger"
@@ -205,13 +213,7 @@ def test_kill_while_a_transaction_spans_parts_then_rerun_resumes_exactly(tmp_pat
              "CN", "--json", "-j", "2"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        before, deadline = read_lines(db), time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and read_lines(db) == before:
-            time.sleep(0.02)
-        time.sleep(rnd.uniform(0.0, 0.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
+        kills += kill_once_writing(proc, lambda: read_lines(db), rnd, 0.5)
         proc.communicate(timeout=60)
         lines = read_lines(db)
         assert lines > 0 and stored(db) == observations_before(ref, lines)

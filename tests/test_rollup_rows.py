@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import pickle
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from monitor import store as store_module
 from monitor.batch import ROW_FIELDS, ROW_ID, ROW_IN, ROW_OUT, ROW_TS, ROW_URL, rollup_of
 from monitor.store import Store
 from tests.test_batch import ROLL_UPS, _batches_of, _records, _roll_ups, _tables
-from tests.test_durability import committed, run_ok, stored
+from tests.test_durability import committed, kill_once_writing, run_ok, stored
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 1795737600  # 2026-11-27T00:00:00Z
@@ -295,14 +293,7 @@ def test_a_scan_killed_mid_transaction_leaves_roll_ups_of_exactly_its_committed_
             Path(f"{db}{suffix}").unlink(missing_ok=True)
         proc = subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        deadline = time.monotonic() + 120
-        before = stored(db)
-        while proc.poll() is None and time.monotonic() < deadline and stored(db) == before:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.4))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
+        kills += kill_once_writing(proc, lambda: stored(db), rng, 0.4)
         proc.communicate(timeout=60)
         if committed(db, "SELECT count(*) FROM obs_rows"):
             assert _rolled(db) == _from_scratch(db, tmp_path)
