@@ -79,7 +79,14 @@ def test_odd_bytes_at_every_offset(odd: bytes) -> None:
     offset of a rejected and of a kept line (a NUL hands the line back, whitespace splits or
     joins fields: an eleventh field, nine, glued records)."""
     lines = [base[:k] + odd + base[k:] for base in (OTHER, LLM) for k in range(len(base) + 1)]
-    agree(lines, pieces=[None, 64])
+    data = b"\n".join([OTHER, LLM, OTHER, LLM, *lines]) + b"\n"
+    for piece in (None, 64):
+        fast, reference = two_ways(data, piece)
+        assert fast == reference, piece
+        records, malformed = fast[1][:2]
+        assert records + malformed >= 4 + len(lines)  # every line read as a record or not
+        if odd == b"\x00":  # a NUL anywhere makes the line malformed, whatever else it holds
+            assert malformed == len(lines), piece
 
 
 def test_long_lines() -> None:
