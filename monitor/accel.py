@@ -1,4 +1,5 @@
-"""Optional C accelerators for the collectors' hot loops (and the producers' batches).
+"""Optional C accelerators for the collectors' hot loops (and the producers' batches, and
+the store's inserts of a batch's rows: ``monitor/sqlbind.py``).
 
 An accelerator does, in C, exactly what a stretch of pure-Python collector code does, for
 the common case only; whatever it is unsure of it hands back to the Python code, which

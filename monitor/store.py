@@ -65,6 +65,7 @@ from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
 from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
 from monitor.observation import iso_datetime, iso_day, iso_utc
 from monitor.rows import CLIENT, COL, CONTEXT, PER_REQUEST, TYPES
+from monitor.sqlbind import Via, insert_columns
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -1012,12 +1013,10 @@ class Store:
                 f"VALUES (?, ?, {', '.join('?' * len(names))}) ON CONFLICT(id) DO NOTHING"
             )
         values = [col for col, p in zip(columns, present, strict=True) if p]
+        via: list[Via] = [ctx, client, *[None] * len(values)]  # numbers by index; lines + base
         if batch.line_base and present[ROW_LINE]:
-            values[sum(present[:ROW_LINE])] = map(batch.line_base.__add__, columns[ROW_LINE])
-        rows = zip(
-            map(ctx.__getitem__, ctxs), map(client.__getitem__, clients), *values, strict=True
-        )
-        return self.db.conn.executemany(sql, rows).rowcount
+            via[2 + sum(present[:ROW_LINE])] = batch.line_base
+        return insert_columns(self.db.conn, sql, [ctxs, clients, *values], via)
 
     def _add_batch_deltas(self, deltas: dict[str, dict[str, Any]], batch: Batch, parts: Deltas,
                           scan_id: int) -> None:  # fmt: skip

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "monitor").rglob("_*.c"))
 TESTS = [str(ROOT / "tests" / t)
          for t in ("test_squid_accel.py", "test_squid_prepass.py", "test_pcap_accel.py",
-                   "test_batch_accel.py")]  # fmt: skip
+                   "test_batch_accel.py", "test_sqlbind.py")]  # fmt: skip
 
 
 def _runtime(cc: str, name: str) -> str | None:
@@ -66,9 +66,10 @@ def test_accelerators_clean_under_sanitizers(tmp_path: Path) -> None:
     # --capture=sys leaves file descriptor 2 alone, where a sanitizer writes its report
     script = (
         "import sys, pytest, monitor.collectors._squidscan as m, monitor.collectors._pcapscan;"
-        "import monitor._batchscan as b;"
+        "import monitor._batchscan as b, monitor._sqlbind as q;"
         f"assert m.__file__.startswith({str(tmp_path)!r}), m.__file__;"
         f"assert b.__file__.startswith({str(tmp_path)!r}), b.__file__;"
+        f"assert q.__file__.startswith({str(tmp_path)!r}), q.__file__;"
         f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--capture=sys', *{TESTS!r}]))"
     )
     run = subprocess.run(

@@ -1,0 +1,387 @@
+"""The C accelerator of :func:`monitor.sqlbind.insert_columns` (``monitor/_sqlbind.c``)
+against sqlite3's ``executemany`` of the same rows, the reference: the same rows stored,
+cell by cell with their SQLite types, the same count of changes, and the same exception
+(class, message, SQLite result code and name) leaving the same rows, for any columns, odd
+values, conflicts, constraint failures, a read-only database, a full one, a full disk, a
+closed connection; and a real scan stores the same database with and without it."""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from array import array
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from monitor import accel, sqlbind
+from tests.conftest import generated_squid_log
+
+MODULE = "monitor._sqlbind"
+built = accel.load(MODULE)
+if built is None and os.environ.get("CI") and not os.environ.get(accel.PURE_ENV):
+    pytest.fail("the C accelerator was not built (hatch_build.py needs a C compiler)")
+pytestmark = pytest.mark.skipif(built is None, reason="C accelerator not built")
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = (
+    "CREATE TABLE t (n INTEGER PRIMARY KEY, id INTEGER NOT NULL, a, b REAL, c TEXT, d INTEGER)",
+    "CREATE UNIQUE INDEX t_id ON t (id)",
+)
+INSERT = "INSERT INTO t (id, a, b, c, d) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING"
+TABLE = [7, -3, 2**63 - 1, None, 1.5, "x", 2**64]  # a via's list (of the store's numbers)
+I64 = st.integers(-(2**63), 2**63 - 1)
+NUMBERS = st.one_of(I64, st.integers(-5, 5))
+FLOATS = st.floats(allow_nan=True, allow_infinity=True)
+
+
+def _database(path: str = ":memory:") -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    if not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        for sql in SCHEMA:
+            conn.execute(sql)
+    return conn
+
+
+def _stored(conn: sqlite3.Connection) -> list[tuple]:
+    """Every cell of ``t`` with its SQLite type (a NaN is no REAL: SQLite stores NULL)."""
+    return conn.execute(
+        "SELECT n, id, typeof(id), a, typeof(a), b, typeof(b), c, typeof(c), d, typeof(d)"
+        " FROM t ORDER BY n"
+    ).fetchall()
+
+
+def _outcome(run: Callable[[], int]) -> tuple:
+    """What a call gives: its count of changes, or its exception's class, message and
+    SQLite code and name (when it has them)."""
+    try:
+        return ("changes", run())
+    except Exception as exc:  # noqa: BLE001 - the exception is the outcome compared
+        code = getattr(exc, "sqlite_errorcode", None), getattr(exc, "sqlite_errorname", None)
+        return (type(exc), str(exc), *code)
+
+
+def _insert(conn, columns, via, sql=INSERT, module=None) -> tuple:
+    """The outcome of insert_columns with the accelerator ``module`` (None: executemany)."""
+    old, sqlbind._ACCEL = sqlbind._ACCEL, module
+    try:
+        return _outcome(lambda: sqlbind.insert_columns(conn, sql, list(columns), list(via)))
+    finally:
+        sqlbind._ACCEL = old
+
+
+def _both(columns: Sequence[Any], via: Sequence[Any], sql: str = INSERT, before=(),
+          begin: str | None = "BEGIN IMMEDIATE", open_db=_database) -> tuple:  # fmt: skip
+    """The outcome, rows stored and transaction state of C's insert and of Python's, each
+    on a database made by ``open_db`` holding the rows ``before``; asserts they agree."""
+    results = []
+    for module in (built, None):
+        conn = open_db()
+        if before:
+            conn.executemany(INSERT, before)
+        if begin:
+            conn.execute(begin)
+        outcome = _insert(conn, columns, via, sql, module)
+        results.append((outcome, _stored(conn), conn.in_transaction))
+        conn.close()
+    assert results[0] == results[1]
+    return results[0]
+
+
+@st.composite
+def columns(draw, odd: bool = False):
+    """Five columns of one length for ``t`` (id, a, b, c, d) and their vias: typed arrays
+    (q, d, i) and lists of None, ints to 64 bits, bools, floats with NaN and infinities,
+    text, bytes; ids that repeat and meet stored rows (conflicts) or are NULL (a NOT NULL
+    failure mid-batch); indexes into a list (negative too) and offsets that may leave 64
+    bits; ``odd``: also what Python's sqlite3 rejects (ints beyond 64 bits, lone
+    surrogates, a type it cannot bind, an index out of range, a column shorter)."""
+    n = draw(st.integers(0, 30))
+    plain = [st.none(), NUMBERS, st.booleans(), FLOATS, st.text(max_size=8), st.binary(max_size=8)]
+    if odd:
+        plain += [st.integers(2**63, 2**65), st.just("a\udc80"), st.just(object()),
+                  st.just(bytearray(b"z")), st.just(Path("p"))]  # fmt: skip
+
+    def one(kind: str):
+        if kind == "q":
+            return array("q", draw(st.lists(I64, min_size=n, max_size=n))), None
+        if kind == "d":
+            return array("d", draw(st.lists(FLOATS, min_size=n, max_size=n))), None
+        if kind == "i":  # indexes into TABLE
+            top = len(TABLE) + (2 if odd else 0)
+            return array(
+                "i", draw(st.lists(st.integers(-top, top - 1), min_size=n, max_size=n))
+            ), TABLE
+        if kind == "offset":
+            base = draw(st.sampled_from([1, -(2**40), 2**63 - 10]))
+            values = st.integers(-20, 20) if not odd else st.one_of(st.integers(-20, 20), st.none())
+            col = draw(st.lists(values, min_size=n, max_size=n))
+            return (col if odd or draw(st.booleans()) else array("q", col)), base
+        return draw(st.lists(st.one_of(*plain), min_size=n, max_size=n)), None
+
+    ids = st.integers(0, max(3, n)) if not odd else st.one_of(st.integers(0, 9), st.none())
+    id_col = draw(st.lists(ids, min_size=n, max_size=n))
+    made = [
+        (array("q", id_col), None) if None not in id_col and draw(st.booleans()) else (id_col, None)
+    ]
+    made += [one(draw(st.sampled_from(["q", "d", "i", "offset", "list"]))) for _ in range(4)]
+    cols, via = [c for c, _ in made], [v for _, v in made]
+    if odd and n and draw(st.booleans()):
+        cols[draw(st.integers(0, 4))] = list(cols[0])[:-1]  # one column a row short
+    return cols, via
+
+
+BEFORE = [(1, "stored", 0.5, "s", 1), (3, None, None, None, None)]  # rows met by conflicts
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(columns())
+def test_inserted_rows_are_pythons(drawn):
+    cols, via = drawn
+    outcome, rows, _ = _both(cols, via, before=BEFORE)
+    if outcome[0] == "changes":
+        assert len(rows) == len(BEFORE) + outcome[1]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(columns(odd=True))
+def test_odd_values_insert_or_fail_as_in_python(drawn):
+    cols, via = drawn
+    _both(cols, via, before=BEFORE)
+
+
+def test_c_binds_the_stores_columns_itself():
+    """The store's kinds of columns (ids and times as arrays, numbers through a list,
+    lines plus a base, a list with NULLs and text) are done in C, stop None, with the
+    changes counted as executemany counts them (conflicting rows not)."""
+    conn = _database()
+    conn.execute("BEGIN IMMEDIATE")
+    cols = [array("q", [5, 6, 5, 1]), array("i", [0, 1, 0, -7]), array("d", [1.5, math.nan, 0.0, -0.0]),
+            [None, "ü", None, "x"], array("q", [1, 2, 3, 4])]  # fmt: skip
+    via = [None, TABLE, None, None, 100]
+    assert built.insert(conn, INSERT, cols, via) == (3, None)
+    assert _stored(conn) == [
+        (1, 5, "integer", 7, "integer", 1.5, "real", None, "null", 101, "integer"),
+        (2, 6, "integer", -3, "integer", None, "null", "ü", "text", 102, "integer"),
+        (3, 1, "integer", 7, "integer", -0.0, "real", "x", "text", 104, "integer"),
+    ]
+    assert _both(cols, via)[0] == ("changes", 3)
+
+
+def test_what_c_leaves_to_python_is_pythons():
+    """C stops at the first row it cannot bind as Python would and returns it: the rows
+    before are stored by C, the rest by executemany (which raises what it raises)."""
+    conn = _database()
+    conn.execute("BEGIN IMMEDIATE")
+    cols = [[1, 2, 3], [0, 2**70, 0], [None] * 3, [None] * 3, [None] * 3]
+    assert built.insert(conn, INSERT, cols, [None] * 5) == (1, 1)
+    assert [r[1] for r in _stored(conn)] == [1]
+    outcome, rows, _ = _both(cols, [None] * 5)
+    assert outcome == (
+        OverflowError,
+        "Python int too large to convert to SQLite INTEGER",
+        None,
+        None,
+    )
+    assert [r[1] for r in rows] == [1]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT ?, ?, ?, ?, ?",  # not DML
+    "INSERT INTO t (id, a, b, c, d) VALUES (?, ?, ?, ?, ?); SELECT 1",  # two statements
+    "INSERT INTO t (id, a, b, c) VALUES (?, ?, ?, ?)",  # fewer parameters than columns
+    "INSERT INTO nowhere VALUES (?, ?, ?, ?, ?)",  # no such table
+    "INSERT INTO t (id, a, b, c, d) VALUES (?, ?, ?, ?, ?) RETURNING n",  # rows back
+    "INSERT INTO t (id, a, b, c, d) VALUES (?, ?, ?, ?, ?)\0 junk",  # a NUL in it
+    "INSERT INTO t (id, a, b, c, d) VALUES (?, ?, ?, ?, ?) -- \udc80",  # not UTF-8
+    "-- a comment first\nINSERT INTO t (id, a, b, c, d) VALUES (?, ?, ?, ?, ?)",
+])  # fmt: skip
+def test_statements_c_does_not_run_fail_as_in_python(sql):
+    cols = [[1, 2], [1, 2], [1.0, 2.0], ["a", "b"], [1, 2]]
+    conn = _database()
+    assert built.insert(conn, sql, cols, [None] * 5) == (0, 0)
+    _both(cols, [None] * 5, sql=sql)
+
+
+def test_constraint_failure_mid_batch_is_pythons():
+    """A NOT NULL id in row 3: sqlite3_step's error, raised by C as _sqlite3 raises it."""
+    cols = [[10, 11, None, 12], [1, 2, 3, 4], [None] * 4, [None] * 4, [None] * 4]
+    outcome, rows, in_tx = _both(cols, [None] * 5)
+    assert outcome == (sqlite3.IntegrityError, "NOT NULL constraint failed: t.id", 1299,
+                       "SQLITE_CONSTRAINT_NOTNULL")  # fmt: skip
+    assert [r[1] for r in rows] == [10, 11] and in_tx
+
+
+def test_a_full_database_fails_as_in_python():
+    """PRAGMA max_page_count reached mid-batch: SQLITE_FULL, the same exception, the same
+    rows left and the same transaction state."""
+
+    def small():
+        conn = _database()
+        conn.execute("PRAGMA max_page_count = 8")
+        return conn
+
+    n = 400
+    cols = [list(range(n)), ["v" * 200] * n, [None] * n, [None] * n, [None] * n]
+    outcome, _, _ = _both(cols, [None] * 5, open_db=small)
+    assert outcome == (sqlite3.OperationalError, "database or disk is full", 13, "SQLITE_FULL")
+
+
+def test_a_read_only_database_fails_as_in_python(tmp_path):
+    path = tmp_path / "ro.db"
+    _database(str(path)).close()
+    uri = f"{path.as_uri()}?mode=ro"
+    cols = [[1, 2], [1, 2], [None] * 2, [None] * 2, [None] * 2]
+    outcome, rows, _ = _both(cols, [None] * 5, begin=None,
+                             open_db=lambda: sqlite3.connect(uri, uri=True, isolation_level=None))  # fmt: skip
+    assert outcome == (sqlite3.OperationalError, "attempt to write a readonly database", 8,
+                       "SQLITE_READONLY")  # fmt: skip
+    assert rows == []
+
+
+def test_a_full_disk_fails_as_in_python(small_fs):
+    """A real 1 MB tmpfs filling up mid-batch (a small cache spills pages to the WAL)."""
+    if small_fs is None:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    results = []
+    for module in (built, None):
+        path = small_fs / "x.db"
+        conn = _database(str(path))
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA cache_size = 10")
+        conn.execute("BEGIN IMMEDIATE")
+        n = 3000
+        cols = [list(range(n)), [os.urandom(400).hex()] * n, [None] * n, [None] * n, [None] * n]
+        outcome = _insert(conn, cols, [None] * 5, module=module)
+        results.append((outcome, conn.in_transaction))
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        results.append(conn.execute("SELECT count(*) FROM t").fetchone())
+        conn.close()
+        for leftover in small_fs.iterdir():
+            leftover.unlink()
+    assert results[0][0][:2] == (sqlite3.OperationalError, "database or disk is full")
+    assert results[:2] == results[2:]
+
+
+def test_a_closed_connection_raises_as_in_python():
+    cols = [[1], [1], [None], [None], [None]]
+    got = []
+    for module in (built, None):
+        conn = _database()
+        conn.close()
+        got.append(_insert(conn, cols, [None] * 5, module=module))
+    assert got[0] == got[1]
+    assert got[0][:2] == (sqlite3.ProgrammingError, "Cannot operate on a closed database.")
+
+
+def test_another_thread_is_refused_as_in_python():
+    cols = [[1], [1], [None], [None], [None]]
+    got = []
+    for module in (built, None):
+        conn = _database()
+        worker = threading.Thread(target=lambda c, m: got.append(_insert(c, cols, [None] * 5, module=m)),
+                                  args=(conn, module))  # fmt: skip
+        worker.start()
+        worker.join()
+        assert _stored(conn) == []
+    assert (
+        got[0][0] is sqlite3.ProgrammingError
+        and got[0][1].split(" The object")[0] == (got[1][1].split(" The object")[0])
+    )  # (the messages name the threads' ids, which differ)
+
+
+def test_an_implicit_begin_and_adapters_stay_pythons():
+    """A connection with an isolation level (Python's sqlite3 begins a transaction before
+    an INSERT) and an adapter registered for int: C leaves both to Python."""
+    cols = [[1, 2], [5, 6], [None] * 2, [None] * 2, [None] * 2]
+    result = _both(cols, [None] * 5, begin=None, open_db=lambda: _with_schema(sqlite3.connect(":memory:")))  # fmt: skip
+    assert result[0] == ("changes", 2) and result[2] is True  # the implicit BEGIN
+    sqlite3.register_adapter(int, lambda v: v * 10)
+    try:
+        outcome, rows, _ = _both(cols, [None] * 5)
+    finally:
+        del sqlite3.adapters[(int, sqlite3.PrepareProtocol)]
+    assert outcome == ("changes", 2) and [r[3] for r in rows] == [50, 60]
+
+
+def _with_schema(conn: sqlite3.Connection) -> sqlite3.Connection:
+    for sql in SCHEMA:
+        conn.execute(sql)
+    return conn
+
+
+def _tables(path: Path) -> dict[str, list[tuple]]:
+    """Every row of the tables a scan's rows go into, each cell with its SQLite type."""
+    conn = sqlite3.connect(path)
+    found = {}
+    for table in ("obs_rows", "obs_contexts", "obs_clients", "obs_hourly", "obs_rollup"):
+        cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+        typed = ", ".join(f'"{c}", typeof("{c}")' for c in cols)
+        found[table] = sorted(conn.execute(f"SELECT {typed} FROM {table}"), key=repr)  # noqa: S608
+    conn.close()
+    return found
+
+
+def test_a_scan_stores_the_same_with_and_without_c(tmp_path):
+    """A real scan through the CLI (two producers, a line base on the second part) stores
+    the same rows with the accelerators as in pure Python."""
+    log = tmp_path / "access.log"
+    generated_squid_log(log, "--lines", "6000", "--llm-share", "0.3", "--seed", "5")
+    stored = []
+    for pure in ("0", "1"):
+        db = tmp_path / f"pure{pure}.db"
+        subprocess.run(
+            [sys.executable, "-m", "monitor", "--db", str(db), "scan", "-j", "2", str(log),
+             "--egress-country", "CN"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), accel.PURE_ENV: pure},
+            check=True, capture_output=True,
+        )  # fmt: skip
+        stored.append(_tables(db))
+    assert len(stored[0]["obs_rows"]) > 1000
+    assert stored[0] == stored[1]
+
+
+def _sqlite_library() -> Path:
+    """The SQLite library file this process's _sqlite3 has mapped."""
+    sqlite3.connect(":memory:").close()
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    found = {line.split()[-1] for line in maps if "libsqlite3" in line}
+    if len(found) != 1:
+        pytest.skip(f"no single shared SQLite library mapped: {found}")
+    return Path(found.pop())
+
+
+def test_a_second_sqlite_in_the_process_keeps_c_out(tmp_path):
+    """A copy of SQLite (renamed, so loaded beside the system's) preloaded into the global
+    scope, where _sqlite3's calls go: C's look-up through _sqlite3's own libraries would
+    find the other instance, so the module does not load, and the insert is Python's."""
+    lib = _sqlite_library()
+    copy = tmp_path / "libsqlitX.so"
+    data = lib.read_bytes()
+    assert data.count(b"libsqlite3.so.0\0") == 1  # its SONAME
+    copy.write_bytes(data.replace(b"libsqlite3.so.0\0", b"libsqlitX3.so.\0\0"))
+    script = (
+        "import sqlite3; from monitor import sqlbind\n"
+        "assert sqlbind._ACCEL is None\n"
+        "c = sqlite3.connect(':memory:', isolation_level=None)\n"
+        "c.execute('CREATE TABLE t (a, b)')\n"
+        "print(sqlbind.insert_columns(c, 'INSERT INTO t VALUES (?, ?)', [[1, 2], ['x', None]],"
+        " [None, None]), c.execute('SELECT * FROM t').fetchall())\n"
+        "import monitor._sqlbind\n"
+    )
+    preload = " ".join(filter(None, [os.environ.get("LD_PRELOAD"), str(copy)]))
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "LD_PRELOAD": preload})  # fmt: skip
+    assert run.stdout == "2 [(1, 'x'), (2, None)]\n"
+    assert run.stderr.strip().endswith(
+        "ImportError: sqlite3_prepare_v2: another SQLite is in the global scope"
+    ), run.stderr
