@@ -16,7 +16,7 @@
  * index out of range, columns of different lengths, a statement that is not one INSERT,
  * any error binding) is bound, or raised, by Python's sqlite3 itself. Errors of
  * sqlite3_step raise as _sqlite3's _pysqlite_seterror does (class by SQLite's result
- * code, SQLite's message, sqlite_errorcode; sqlite3.py adds sqlite_errorname).
+ * code, SQLite's message, sqlite_errorcode; sqlbind.py adds sqlite_errorname).
  *
  * Safety. SQLite is called only through the library instance _sqlite3 itself calls: the
  * functions are looked up with dlsym through dlopen(_sqlite3.__file__, RTLD_NOLOAD) (that
@@ -33,6 +33,7 @@
  * step inside its BEGIN IMMEDIATE waits on no lock, and no other thread can change a
  * column or the handle meanwhile); values are bound SQLITE_TRANSIENT as Python's are.
  */
+#define _GNU_SOURCE 1 /* RTLD_DEFAULT (as pyconfig.h defines it) */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -44,9 +45,6 @@
 #endif
 
 #ifdef SQLBIND_SUPPORTED
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
 #include <dlfcn.h>
 #include <limits.h>
 #include <stdint.h>
@@ -179,7 +177,8 @@ self_test(PyObject *conn, sqlite3 *db)
     return run(conn, "ROLLBACK") < 0 ? -1 : agrees;
 }
 
-/* whether the handles of Connection objects can be used: the self-test, run once */
+/* whether the handles of Connection objects can be used: the self-test, run once; -1
+ * with the exception set when something not an Exception (an interrupt) stopped it */
 static int
 verify(void)
 {
@@ -198,12 +197,21 @@ verify(void)
         sqlite3 *db = ((connection_head *)conn)->db;
         ok = db == NULL ? 0 : self_test(conn, db);
     }
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
     if (conn != NULL) {
         PyObject *r = PyObject_CallMethod(conn, "close", NULL);
         Py_XDECREF(r);
         Py_DECREF(conn);
+        PyErr_Clear();
     }
-    PyErr_Clear(); /* a failure of the test is a failed test: Python's path then */
+    if (type != NULL && !PyErr_GivenExceptionMatches(type, PyExc_Exception)) {
+        PyErr_Restore(type, value, traceback); /* an interrupt, not the test's answer */
+        return -1;
+    }
+    Py_XDECREF(type); /* an error of the test is a failed test: Python's path then */
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
     verified = ok > 0 ? 1 : -1;
     return verified > 0;
 }
@@ -501,7 +509,11 @@ insert(PyObject *self, PyObject *args)
     }
     if (ok > 0 && PyObject_TypeCheck(conn, CONNECTION)) {
         sqlite3 *db = ((connection_head *)conn)->db;
-        if (db != NULL && verify()) {
+        int usable = db != NULL ? verify() : 0;
+        if (usable < 0)
+            ok = -1;
+        db = ((connection_head *)conn)->db; /* (the test ran Python code: read it again) */
+        if (usable > 0 && db != NULL) {
             sqlite3_stmt *st = NULL;
             const char *tail = NULL;
             if (api.prepare_v2(db, sql, -1, &st, &tail) == SQLITE_OK && st != NULL &&
