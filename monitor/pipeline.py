@@ -956,7 +956,8 @@ class Pipeline:
         are found per memo key and the few context fields the key does not hold (its slot,
         see :class:`RecordMemo`); this is the loop every LLM record of a scan goes through.
         A record the collector names by a line key the memo knows (:meth:`RecordMemo.known`)
-        comes with all of that but its per-request values, its ids and no Observation."""
+        comes with all of that but its per-request values, its ids and no Observation, in
+        a run of such records that goes into the batches whole."""
         memo = self.memo
         known = memo.known(part.path)
         found = collect(part.path, self.collect_options, diag, self.identifier.host_filter,
@@ -971,8 +972,15 @@ class Pipeline:
         by_host, named = self.identifier.by_host, {}  # host -> its match by name, the answer
         entries = known.entries
         for obs in found:  # observe(), inlined but for place(): the memo key decides that
-            if type(obs) is tuple and len(obs) == 4:  # of a known line key (see Known)
-                append(obs)  # what the builder takes
+            if type(obs) is list:  # a run of records of known line keys (see Known)
+                while len(obs) > size - len(items):  # what the builder takes, cut at batches
+                    cut = size - len(items)
+                    items += obs[:cut]
+                    obs = obs[cut:]
+                    yield builder.batch()
+                    items = builder.items
+                    append = items.append
+                items += obs
             else:
                 line_key = None
                 if type(obs) is tuple:  # named by line_key: its entry is added below
