@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from monitor.store import IngestResult
 
 ID = COL["id"]
-_CLIENT_IP, _USER = COL["client_ip"], COL["user"]
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
 #: a character no host name, address literal or catalogue pattern (``*``) holds: controls,
@@ -704,6 +703,12 @@ class RecordMemo:
         self._evidence_by_client = frozenset(
             r.id for r in rules.rules if obs_reads(r.evidence) & set(CLIENT)
         )
+        #: whether another client's verdicts or evidence are worked out (from its Enriched)
+        self._client_enriched = pipeline.evaluator.client_verdicts or bool(self._evidence_by_client)
+        #: ``(row, obs) -> row``: a sibling's stored row with another client's columns
+        self._client_row = compiled("client_row", "t, o", "({},)".format(", ".join(
+            f"o.{c.path[4:]}" if c.name in CLIENT else f"t[{i}]" for i, c in enumerate(COLUMNS)
+        )))  # fmt: skip
         #: a record's stored row from its key's (pseudonymisation changes only fields of
         #: RECORD_READS, which the key holds; the match, which the key holds, decides where
         #: the record is processed: records are placed (:func:`place`) before the record
@@ -733,18 +738,21 @@ class RecordMemo:
             r.id for r in rules.rules if obs_reads(r.evidence) <= keyed
         )
 
-    def get(self, obs: Observation, match: Match, key: tuple[Any, ...] | None = None) -> Context:
-        """The context of a record (``key``: its :attr:`key`, when the caller has it)."""
-        if key is None:
-            key = self.key(obs, match)
+    def get(self, obs: Observation, match: Match) -> Context:
+        """The context of a record."""
+        key = self.key(obs, match)
         found = self._memo.get(key)
-        if found is None:
-            if len(self._memo) >= self._limit:
-                self._memo.clear()
-                self._siblings.clear()
-                for known in self._known.values():
-                    known.entries.clear()  # a part being read holds its own
-            found = self._memo[key] = self._context(obs, match)
+        return self.make(obs, match, key) if found is None else found
+
+    def make(self, obs: Observation, match: Match, key: tuple[Any, ...]) -> Context:
+        """The context of a record whose :attr:`key` ``key`` the memo does not hold (the
+        second half of :meth:`get`, for callers that inline the first)."""
+        if len(self._memo) >= self._limit:
+            self._memo.clear()
+            self._siblings.clear()
+            for known in self._known.values():
+                known.entries.clear()  # a part being read holds its own
+        found = self._memo[key] = self._context(obs, match)
         return found
 
     def known(self, source: str) -> Known:
@@ -785,16 +793,17 @@ class RecordMemo:
         else None (the client's own stages)."""
         p = self._pipeline
         egress = p.enricher.egress.resolve(obs.client_ip, obs.egress_ip)
-        if egress != sibling.egress:
+        if egress is not sibling.egress and egress != sibling.egress:  # answers are shared
             return None
-        enriched = Enriched(obs, match, egress, sibling.dest, sibling.outcome)
         rules = sibling.rules
-        if p.evaluator.client_verdicts and p.evaluator.evaluate(enriched) != rules:
-            return None
-        row = list(sibling.row)
-        row[_CLIENT_IP], row[_USER] = obs.client_ip, obs.user
+        enriched = None
+        if self._client_enriched:
+            enriched = Enriched(obs, match, egress, sibling.dest, sibling.outcome)
+            if p.evaluator.client_verdicts and p.evaluator.evaluate(enriched) != rules:
+                return None
         found = Context(match, egress, sibling.dest, sibling.outcome, sibling.day, rules,
-                        tuple(row), sibling.incidents, sibling.evidence)  # fmt: skip
+                        self._client_row(sibling.row, obs), sibling.incidents,
+                        sibling.evidence)  # fmt: skip
         if sibling.incidents is not None:
             found.incidents = []
             for inc, rule in zip(sibling.incidents, rules, strict=True):
@@ -802,7 +811,7 @@ class RecordMemo:
                 inc["id"] = incident_id(rule.id, inc["provider"], obs.dest_host, obs.client_ip,
                                         egress.ip, egress.country, sibling.day, obs.user)  # fmt: skip
                 inc["client_ip"], inc["user"] = obs.client_ip, obs.user
-                if rule.id in self._evidence_by_client and rule.evidence:
+                if enriched is not None and rule.id in self._evidence_by_client and rule.evidence:
                     inc["facts"] = p.evaluator.evidence(enriched, rule)
                 found.incidents.append(inc)
         found.context_no = sibling.context_no  # what the key decides but the client
@@ -964,7 +973,7 @@ class Pipeline:
                         on_read, fmt=part.fmt, byte_range=part.byte_range, skip=part.skip,
                         catalog=self.catalog, known=known)  # fmt: skip
         identify, malformed = self.identifier.identify, self._malformed
-        key, lookup, context, slot_of = memo.key, memo.lookup, memo.get, memo.slot
+        key, lookup, context, slot_of = memo.key, memo.lookup, memo.make, memo.slot
         incidents_of, values_of, first_id = self._incidents, request_values, first_observation_id()
         builder = BatchBuilder(memo.row)
         items = builder.items
@@ -1017,10 +1026,11 @@ class Pipeline:
         """Stages 3 on over LLM observations with their match, one :data:`Produced` per
         record: a live capture's (:mod:`monitor.live`). What :meth:`record` does, inlined."""
         memo = self.memo
-        key, lookup, context, build = memo.key, memo.lookup, memo.get, memo.row
+        key, lookup, make, build = memo.key, memo.lookup, memo.make, memo.row
         incidents_of = self._incidents
         for obs, match in found:
-            ctx = lookup(key(obs, match)) or context(obs, match)  # type: ignore[arg-type]
+            memo_key = key(obs, match)
+            ctx = lookup(memo_key) or make(obs, match, memo_key)  # type: ignore[arg-type]
             incidents = ctx.incidents
             if incidents is None:
                 incidents = incidents_of(ctx, obs, match)  # type: ignore[arg-type]
