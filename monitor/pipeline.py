@@ -695,19 +695,21 @@ class RecordMemo:
         # A key is a client's (CLIENT) of a destination context: most keys are one more
         # client of a context seen before, whose context (its first key's, the sibling
         # of every later one) gives theirs but for what follows from the client
-        # (:meth:`_client_of`). Pseudonymised runs take the stages' path.
+        # (:meth:`_client_of`), held with its client's address.
         reads = "".join(f", o.{name}" for name in sorted(keyed - set(CLIENT)))
         self._sibling_key = compiled("sibling_key", "o, m", f"(id(m), o.ts // 86400{reads})")
-        self._siblings: dict[tuple[Any, ...], Context] = {}
+        self._siblings: dict[tuple[Any, ...], tuple[Context, str | None]] = {}
         #: the rules whose evidence may differ between clients
         self._evidence_by_client = frozenset(
             r.id for r in rules.rules if obs_reads(r.evidence) & set(CLIENT)
         )
         #: whether another client's verdicts or evidence are worked out (from its Enriched)
         self._client_enriched = pipeline.evaluator.client_verdicts or bool(self._evidence_by_client)
-        #: ``(row, obs) -> row``: a sibling's stored row with another client's columns
-        self._client_row = compiled("client_row", "t, o", "({},)".format(", ".join(
-            f"o.{c.path[4:]}" if c.name in CLIENT else f"t[{i}]" for i, c in enumerate(COLUMNS)
+        #: ``(row, client) -> row``: a sibling's stored row with another client's columns
+        #: (``client``: their values, in CLIENT order)
+        self._client_row = compiled("client_row", "t, c", "({},)".format(", ".join(
+            f"c[{CLIENT.index(c.name)}]" if c.name in CLIENT else f"t[{i}]"
+            for i, c in enumerate(COLUMNS)
         )))  # fmt: skip
         #: a record's stored row from its key's (pseudonymisation changes only fields of
         #: RECORD_READS, which the key holds; the match, which the key holds, decides where
@@ -774,27 +776,41 @@ class RecordMemo:
         entries[line_key] = entry
 
     def _context(self, obs: Observation, match: Match) -> Context:
-        p = self._pipeline
-        if p.pseudonymizer is None:
-            sibling_key = self._sibling_key(obs, match)
-            sibling = self._siblings.get(sibling_key)
-            if sibling is None:
-                found = self._siblings[sibling_key] = self._stages(obs, match)
-                return found
-            found = self._client_of(sibling, obs, match)
-            if found is not None:
-                return found
-        return self._stages(obs, match)
+        sibling_key = self._sibling_key(obs, match)
+        sibling = self._siblings.get(sibling_key)
+        if sibling is None:
+            found = self._stages(obs, match)
+            self._siblings[sibling_key] = (found, obs.client_ip)
+            return found
+        return self._client_of(*sibling, obs, match) or self._stages(obs, match)
 
-    def _client_of(self, sibling: Context, obs: Observation, match: Match) -> Context | None:
-        """The context of another client of ``sibling``'s destination context: the
-        sibling's with the client's row and incident rows (whose ids hold the client),
-        when the client leaves by the sibling's egress point and raises what it raised;
-        else None (the client's own stages)."""
+    def _client_of(
+        self, sibling: Context, sibling_client: str | None, obs: Observation, match: Match
+    ) -> Context | None:
+        """The context of another client of ``sibling``'s destination context (whose
+        client's address is ``sibling_client``): the sibling's with the client's row and
+        incident rows (whose ids hold the client, as stored: pseudonymised or not), when
+        the client leaves by the sibling's egress point and raises what it raised; else
+        None (the client's own stages). Pseudonymised, also when the egress address (or
+        the logged one) is shown as the one client's own but not the other's, or a rule's
+        evidence reads the client (the stages pseudonymise those)."""
         p = self._pipeline
         egress = p.enricher.egress.resolve(obs.client_ip, obs.egress_ip)
         if egress is not sibling.egress and egress != sibling.egress:  # answers are shared
             return None
+        client: tuple[str | None, str | None] = (obs.client_ip, obs.user)
+        shown = p.pseudonymizer
+        if shown is not None:
+            logged = obs.egress_ip  # the key's, the sibling's too
+            if (
+                self._evidence_by_client
+                or (egress.ip is not None and egress.ip == obs.client_ip)
+                != (egress.ip is not None and egress.ip == sibling_client)
+                or (logged is not None and logged == obs.client_ip)
+                != (logged is not None and logged == sibling_client)
+            ):
+                return None
+            client = (shown(obs.client_ip), shown(obs.user))
         rules = sibling.rules
         enriched = None
         if self._client_enriched:
@@ -802,15 +818,16 @@ class RecordMemo:
             if p.evaluator.client_verdicts and p.evaluator.evaluate(enriched) != rules:
                 return None
         found = Context(match, egress, sibling.dest, sibling.outcome, sibling.day, rules,
-                        self._client_row(sibling.row, obs), sibling.incidents,
+                        self._client_row(sibling.row, client), sibling.incidents,
                         sibling.evidence)  # fmt: skip
         if sibling.incidents is not None:
             found.incidents = []
             for inc, rule in zip(sibling.incidents, rules, strict=True):
                 inc = inc.copy()
-                inc["id"] = incident_id(rule.id, inc["provider"], obs.dest_host, obs.client_ip,
-                                        egress.ip, egress.country, sibling.day, obs.user)  # fmt: skip
-                inc["client_ip"], inc["user"] = obs.client_ip, obs.user
+                # the sibling's egress address as stored (pseudonymised or not) is the client's
+                inc["id"] = incident_id(rule.id, inc["provider"], obs.dest_host, client[0],
+                                        inc["egress_ip"], egress.country, sibling.day, client[1])  # fmt: skip
+                inc["client_ip"], inc["user"] = client
                 if enriched is not None and rule.id in self._evidence_by_client and rule.evidence:
                     inc["facts"] = p.evaluator.evidence(enriched, rule)
                 found.incidents.append(inc)
