@@ -681,8 +681,8 @@ class RecordMemo:
         #: (:class:`Known`): entries (slot, client number, incident rows, context, the
         #: first record), forgotten with the memo
         self._known: dict[str, Known] = {}
-        #: the context of a key seen before, else None (``lookup(key(obs, match))`` or
-        #: :meth:`get`: the first half of :meth:`get`, for callers that inline it)
+        #: the context of a key seen before, else None (``lookup(key(obs, match))``: the
+        #: first half of :meth:`get`, for callers that inline it; then :meth:`make`)
         self.lookup = self._memo.get
         rules = pipeline.evaluator.rules
         # the fields the rules read, and those their evidence reads but the URL, which
