@@ -38,7 +38,11 @@ class EgressOptions:
 
 
 class EgressResolver:
-    """Maps a client address to its egress point; memoised per distinct client."""
+    """Maps a client address to its egress point; memoised per distinct client. Equal
+    answers are one object, so that comparing the egress points of two clients (as the
+    record path does for every new client of a destination) is mostly an identity test."""
+
+    SHARED = 65536  # distinct answers shared (then forgotten, and shared anew)
 
     def __init__(self, sites: dict[str, Site], geo: GeoResolver, options: EgressOptions):
         if options.site is not None and options.site not in sites:
@@ -48,7 +52,14 @@ class EgressResolver:
         self._geo = geo
         self._opts = options
         self._forced_site = sites.get(options.site) if options.site else None
-        self.resolve = lru_cache(maxsize=65536)(self._resolve)
+        self._answers: dict[Egress, Egress] = {}
+        self.resolve = lru_cache(maxsize=65536)(self._shared)
+
+    def _shared(self, client_ip: str | None, logged_egress: str | None = None) -> Egress:
+        answer = self._resolve(client_ip, logged_egress)
+        if len(self._answers) >= self.SHARED:
+            self._answers.clear()
+        return self._answers.setdefault(answer, answer)
 
     def _site_for(self, client_ip: str | None, is_public: bool) -> Site | None:
         if self._forced_site is not None:

@@ -87,7 +87,8 @@ class Known:
     (``ts``, ``line``, sizes, ``duration``, ``record_id``) and the source yields, for a key
     ``entries`` holds, the tuple (the key's entry, the record's ``values`` fields in that
     order, its record id, :func:`monitor.ids.observation_id` of it) instead of an
-    Observation, and for any other record it names, the pair (Observation, key) so that
+    Observation, consecutive such tuples in one list (a run, taken whole: no Python code
+    per record), and for any other record it names, the pair (Observation, key) so that
     the consumer may add the key's entry. One Known serves one source. Only the Squid
     native collector's C pre-pass names records (kept CONNECTs); the scan's record path
     (:meth:`monitor.pipeline.Pipeline.process`) is the consumer: a record known so costs no

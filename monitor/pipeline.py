@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from monitor.store import IngestResult
 
 ID = COL["id"]
-_CLIENT_IP, _USER = COL["client_ip"], COL["user"]
 
 BLOCKED_STATUSES = frozenset({401, 403, 407, 451})
 #: a character no host name, address literal or catalogue pattern (``*``) holds: controls,
@@ -682,8 +681,8 @@ class RecordMemo:
         #: (:class:`Known`): entries (slot, client number, incident rows, context, the
         #: first record), forgotten with the memo
         self._known: dict[str, Known] = {}
-        #: the context of a key seen before, else None (``lookup(key(obs, match))`` or
-        #: :meth:`get`: the first half of :meth:`get`, for callers that inline it)
+        #: the context of a key seen before, else None (``lookup(key(obs, match))``: the
+        #: first half of :meth:`get`, for callers that inline it; then :meth:`make`)
         self.lookup = self._memo.get
         rules = pipeline.evaluator.rules
         # the fields the rules read, and those their evidence reads but the URL, which
@@ -696,14 +695,22 @@ class RecordMemo:
         # A key is a client's (CLIENT) of a destination context: most keys are one more
         # client of a context seen before, whose context (its first key's, the sibling
         # of every later one) gives theirs but for what follows from the client
-        # (:meth:`_client_of`). Pseudonymised runs take the stages' path.
+        # (:meth:`_client_of`), held with its client's address.
         reads = "".join(f", o.{name}" for name in sorted(keyed - set(CLIENT)))
         self._sibling_key = compiled("sibling_key", "o, m", f"(id(m), o.ts // 86400{reads})")
-        self._siblings: dict[tuple[Any, ...], Context] = {}
+        self._siblings: dict[tuple[Any, ...], tuple[Context, str | None]] = {}
         #: the rules whose evidence may differ between clients
         self._evidence_by_client = frozenset(
             r.id for r in rules.rules if obs_reads(r.evidence) & set(CLIENT)
         )
+        #: whether another client's verdicts or evidence are worked out (from its Enriched)
+        self._client_enriched = pipeline.evaluator.client_verdicts or bool(self._evidence_by_client)
+        #: ``(row, client) -> row``: a sibling's stored row with another client's columns
+        #: (``client``: their values, in CLIENT order)
+        self._client_row = compiled("client_row", "t, c", "({},)".format(", ".join(
+            f"c[{CLIENT.index(c.name)}]" if c.name in CLIENT else f"t[{i}]"
+            for i, c in enumerate(COLUMNS)
+        )))  # fmt: skip
         #: a record's stored row from its key's (pseudonymisation changes only fields of
         #: RECORD_READS, which the key holds; the match, which the key holds, decides where
         #: the record is processed: records are placed (:func:`place`) before the record
@@ -733,18 +740,21 @@ class RecordMemo:
             r.id for r in rules.rules if obs_reads(r.evidence) <= keyed
         )
 
-    def get(self, obs: Observation, match: Match, key: tuple[Any, ...] | None = None) -> Context:
-        """The context of a record (``key``: its :attr:`key`, when the caller has it)."""
-        if key is None:
-            key = self.key(obs, match)
+    def get(self, obs: Observation, match: Match) -> Context:
+        """The context of a record."""
+        key = self.key(obs, match)
         found = self._memo.get(key)
-        if found is None:
-            if len(self._memo) >= self._limit:
-                self._memo.clear()
-                self._siblings.clear()
-                for known in self._known.values():
-                    known.entries.clear()  # a part being read holds its own
-            found = self._memo[key] = self._context(obs, match)
+        return self.make(obs, match, key) if found is None else found
+
+    def make(self, obs: Observation, match: Match, key: tuple[Any, ...]) -> Context:
+        """The context of a record whose :attr:`key` ``key`` the memo does not hold (the
+        second half of :meth:`get`, for callers that inline the first)."""
+        if len(self._memo) >= self._limit:
+            self._memo.clear()
+            self._siblings.clear()
+            for known in self._known.values():
+                known.entries.clear()  # a part being read holds its own
+        found = self._memo[key] = self._context(obs, match)
         return found
 
     def known(self, source: str) -> Known:
@@ -766,43 +776,59 @@ class RecordMemo:
         entries[line_key] = entry
 
     def _context(self, obs: Observation, match: Match) -> Context:
-        p = self._pipeline
-        if p.pseudonymizer is None:
-            sibling_key = self._sibling_key(obs, match)
-            sibling = self._siblings.get(sibling_key)
-            if sibling is None:
-                found = self._siblings[sibling_key] = self._stages(obs, match)
-                return found
-            found = self._client_of(sibling, obs, match)
-            if found is not None:
-                return found
-        return self._stages(obs, match)
+        sibling_key = self._sibling_key(obs, match)
+        sibling = self._siblings.get(sibling_key)
+        if sibling is None:
+            found = self._stages(obs, match)
+            self._siblings[sibling_key] = (found, obs.client_ip)
+            return found
+        return self._client_of(*sibling, obs, match) or self._stages(obs, match)
 
-    def _client_of(self, sibling: Context, obs: Observation, match: Match) -> Context | None:
-        """The context of another client of ``sibling``'s destination context: the
-        sibling's with the client's row and incident rows (whose ids hold the client),
-        when the client leaves by the sibling's egress point and raises what it raised;
-        else None (the client's own stages)."""
+    def _client_of(
+        self, sibling: Context, sibling_client: str | None, obs: Observation, match: Match
+    ) -> Context | None:
+        """The context of another client of ``sibling``'s destination context (whose
+        client's address is ``sibling_client``): the sibling's with the client's row and
+        incident rows (whose ids hold the client, as stored: pseudonymised or not), when
+        the client leaves by the sibling's egress point and raises what it raised; else
+        None (the client's own stages). Pseudonymised, also when the egress address (or
+        the logged one) is shown as the one client's own but not the other's, or a rule's
+        evidence reads the client (the stages pseudonymise those)."""
         p = self._pipeline
         egress = p.enricher.egress.resolve(obs.client_ip, obs.egress_ip)
-        if egress != sibling.egress:
+        if egress is not sibling.egress and egress != sibling.egress:  # answers are shared
             return None
-        enriched = Enriched(obs, match, egress, sibling.dest, sibling.outcome)
+        client: tuple[str | None, str | None] = (obs.client_ip, obs.user)
+        shown = p.pseudonymizer
+        if shown is not None:
+            logged = obs.egress_ip  # the key's, the sibling's too
+            if (
+                self._evidence_by_client
+                or (egress.ip is not None and egress.ip == obs.client_ip)
+                != (egress.ip is not None and egress.ip == sibling_client)
+                or (logged is not None and logged == obs.client_ip)
+                != (logged is not None and logged == sibling_client)
+            ):
+                return None
+            client = (shown(obs.client_ip), shown(obs.user))
         rules = sibling.rules
-        if p.evaluator.client_verdicts and p.evaluator.evaluate(enriched) != rules:
-            return None
-        row = list(sibling.row)
-        row[_CLIENT_IP], row[_USER] = obs.client_ip, obs.user
+        enriched = None
+        if self._client_enriched:
+            enriched = Enriched(obs, match, egress, sibling.dest, sibling.outcome)
+            if p.evaluator.client_verdicts and p.evaluator.evaluate(enriched) != rules:
+                return None
         found = Context(match, egress, sibling.dest, sibling.outcome, sibling.day, rules,
-                        tuple(row), sibling.incidents, sibling.evidence)  # fmt: skip
+                        self._client_row(sibling.row, client), sibling.incidents,
+                        sibling.evidence)  # fmt: skip
         if sibling.incidents is not None:
             found.incidents = []
             for inc, rule in zip(sibling.incidents, rules, strict=True):
                 inc = inc.copy()
-                inc["id"] = incident_id(rule.id, inc["provider"], obs.dest_host, obs.client_ip,
-                                        egress.ip, egress.country, sibling.day, obs.user)  # fmt: skip
-                inc["client_ip"], inc["user"] = obs.client_ip, obs.user
-                if rule.id in self._evidence_by_client and rule.evidence:
+                # the sibling's egress address as stored (pseudonymised or not) is the client's
+                inc["id"] = incident_id(rule.id, inc["provider"], obs.dest_host, client[0],
+                                        inc["egress_ip"], egress.country, sibling.day, client[1])  # fmt: skip
+                inc["client_ip"], inc["user"] = client
+                if enriched is not None and rule.id in self._evidence_by_client and rule.evidence:
                     inc["facts"] = p.evaluator.evidence(enriched, rule)
                 found.incidents.append(inc)
         found.context_no = sibling.context_no  # what the key decides but the client
@@ -956,14 +982,15 @@ class Pipeline:
         are found per memo key and the few context fields the key does not hold (its slot,
         see :class:`RecordMemo`); this is the loop every LLM record of a scan goes through.
         A record the collector names by a line key the memo knows (:meth:`RecordMemo.known`)
-        comes with all of that but its per-request values, its ids and no Observation."""
+        comes with all of that but its per-request values, its ids and no Observation, in
+        a run of such records that goes into the batches whole."""
         memo = self.memo
         known = memo.known(part.path)
         found = collect(part.path, self.collect_options, diag, self.identifier.host_filter,
                         on_read, fmt=part.fmt, byte_range=part.byte_range, skip=part.skip,
                         catalog=self.catalog, known=known)  # fmt: skip
         identify, malformed = self.identifier.identify, self._malformed
-        key, lookup, context, slot_of = memo.key, memo.lookup, memo.get, memo.slot
+        key, lookup, context, slot_of = memo.key, memo.lookup, memo.make, memo.slot
         incidents_of, values_of, first_id = self._incidents, request_values, first_observation_id()
         builder = BatchBuilder(memo.row)
         items = builder.items
@@ -971,8 +998,15 @@ class Pipeline:
         by_host, named = self.identifier.by_host, {}  # host -> its match by name, the answer
         entries = known.entries
         for obs in found:  # observe(), inlined but for place(): the memo key decides that
-            if type(obs) is tuple and len(obs) == 4:  # of a known line key (see Known)
-                append(obs)  # what the builder takes
+            if type(obs) is list:  # a run of records of known line keys (see Known)
+                while len(obs) > size - len(items):  # what the builder takes, cut at batches
+                    cut = size - len(items)
+                    items += obs[:cut]
+                    obs = obs[cut:]
+                    yield builder.batch()
+                    items = builder.items
+                    append = items.append
+                items += obs
             else:
                 line_key = None
                 if type(obs) is tuple:  # named by line_key: its entry is added below
@@ -1009,10 +1043,11 @@ class Pipeline:
         """Stages 3 on over LLM observations with their match, one :data:`Produced` per
         record: a live capture's (:mod:`monitor.live`). What :meth:`record` does, inlined."""
         memo = self.memo
-        key, lookup, context, build = memo.key, memo.lookup, memo.get, memo.row
+        key, lookup, make, build = memo.key, memo.lookup, memo.make, memo.row
         incidents_of = self._incidents
         for obs, match in found:
-            ctx = lookup(key(obs, match)) or context(obs, match)  # type: ignore[arg-type]
+            memo_key = key(obs, match)
+            ctx = lookup(memo_key) or make(obs, match, memo_key)  # type: ignore[arg-type]
             incidents = ctx.incidents
             if incidents is None:
                 incidents = incidents_of(ctx, obs, match)  # type: ignore[arg-type]

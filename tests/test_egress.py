@@ -49,6 +49,20 @@ def test_public_client_is_its_own_egress(geo):
     assert (e.ip, e.country, e.site) == ("133.1.1.50", "JP", None)
 
 
+def test_equal_answers_are_one_object(geo):
+    """Clients of one site leave by one egress point: one answer object for them all (the
+    record path compares egress points by identity first); other answers stay apart, and
+    once the shared answers are forgotten, equal ones still compare equal."""
+    resolver = EgressResolver(SITES, geo, EgressOptions())
+    first, second = resolver.resolve("10.20.3.4"), resolver.resolve("10.20.9.9", None)
+    assert first is second and first.site == "shanghai"
+    assert resolver.resolve("10.30.0.9") != first
+    assert resolver.resolve("133.1.1.50") is not resolver.resolve("133.1.1.51")
+    resolver._answers.clear()
+    later = resolver.resolve("10.20.7.7")
+    assert later == first and later is not first
+
+
 def test_options_beat_everything(geo):
     e = resolve(geo, "10.20.3.4", egress_country="DE")
     assert (e.country, e.source) == ("DE", "option:--egress-country")

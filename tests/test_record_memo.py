@@ -368,3 +368,62 @@ def test_each_client_gets_its_own_rows_and_incidents(tmp_path, config, rule, pse
         assert memo._siblings and len(memo._siblings) * 3 < len(memo._memo)
     if rule:
         assert "client-watch" in {r for r, _ in raised}
+
+
+def test_pseudonymised_clients_of_a_sibling_are_stored_as_the_stages_store_them(app):
+    """Pseudonymised, another client of a destination context is made from the context's
+    first client too, its row and incident rows pseudonymised as the stages make them:
+    also a public client as another user (its own address is its egress, shown as its
+    pseudonym in both), and never when the egress address or the logged one is shown as
+    one client's own but not the other's (a public client, a logged egress that is one
+    client's address, also where --egress-ip names the egress): those take the stages."""
+    pseud = Pseudonymizer("k" * 32)
+    clients = [("10.1.2.3", "ana"), ("10.1.9.9", "bo"), ("10.1.9.9", None), ("8.8.8.8", "ana"),
+               ("8.8.8.8", "bo"), ("8.8.4.4", "ana"), ("203.0.113.7", "ana"),
+               ("198.51.100.9", "ana")]  # fmt: skip
+    for option in (EgressOptions(), EgressOptions(egress_ip="198.18.0.1")):
+        memoised = Pipeline(app.catalog, app.geo, app.rules, app.config, option,
+                            CollectOptions(), pseud)  # fmt: skip
+        plain = Pipeline(app.catalog, app.geo, app.rules, app.config, option,
+                         CollectOptions(), pseud)  # fmt: skip
+        calls: list[Any] = []
+        made = memoised.memo._client_of
+        memoised.memo._client_of = lambda *a, made=made, calls=calls: (
+            calls.append(made(*a)) or calls[-1]
+        )
+        stored = set()
+        # a context's first client is its sibling: for the second host, a public one
+        for host, order in (("api.openai.com", clients), ("api.deepseek.com", clients[3:])):
+            for logged in (None, "203.0.113.7"):
+                for client, user in order:
+                    obs = _record(dest_host=host, client_ip=client, user=user, egress_ip=logged)
+                    match = memoised.identifier.identify(obs)
+                    got = memoised.record(dataclasses.replace(obs), match)
+                    assert got == _reference(plain, dataclasses.replace(obs), match), obs
+                    stored.add(got[0][COL["client_ip"]])
+                    assert all(i["client_ip"].startswith("anon:") for i in got[1])
+        assert all(c.startswith("anon:") for c in stored) and len(stored) == 6  # the addresses
+        made_here = [c for c in calls if c is not None]
+        assert len(made_here) >= 8, "most clients come from a sibling"
+        assert None in calls, "a client whose egress is shown as its own: the stages"
+        if option.egress_ip is None:
+            assert any(c.egress.ip == "8.8.8.8" for c in made_here), "a public client, two users"
+
+
+def test_runs_of_known_records_are_cut_at_the_batch_size(app, tmp_path):
+    """A run of records of known line keys longer than what a batch has room for is cut
+    there: the batches are those of the records one by one (every size, any cut)."""
+    log = tmp_path / "access.log"
+    generated_squid_log(log, "--lines", "3000", "--llm-share", "0.5", "--seed", "4")
+    p = Pipeline(app.catalog, app.geo, app.rules, app.config,
+                 EgressOptions(egress_country="CN"), CollectOptions())  # fmt: skip
+    items = list(p.records(p.observe(str(log), Diagnostics(), only_llm=True)))
+    for _ in range(2):  # then every CONNECT of a key seen is known by its line key
+        list(p.process(Part(str(log)), Diagnostics()))
+    for size in (1, 7, 250, len(items) - 1, len(items)):
+        got = list(p.process(Part(str(log)), Diagnostics(), size=size))
+        want = [Batch.of(items[i : i + size]) for i in range(0, len(items), size)]
+        assert [len(b) for b in got] == [len(b) for b in want]
+        for batch, expected in zip(got, want, strict=True):
+            assert batch.columns == expected.columns and batch.record_ids == expected.record_ids
+            assert batch.contexts == expected.contexts and batch.ctx == expected.ctx

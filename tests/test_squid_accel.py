@@ -553,8 +553,8 @@ def test_native_chunk_names_known_connects() -> None:
     assert key == _line_key(LLM, o.ts) and o.record_id == record_id(LLM)
     known[key] = entry = object()
     again = built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, maker)
-    assert again == (1, [(entry, tuple(getattr(o, f) for f in values), o.record_id,
-                          observation_id(o.record_id)), split], 2)  # fmt: skip
+    assert again == (1, [[(entry, tuple(getattr(o, f) for f in values), o.record_id,
+                           observation_id(o.record_id))], split], 2)  # fmt: skip
     other_day = LLM.replace(b"1732752001.203", b"1732838401.203")
     _, [(_, key2)], _ = built.native_chunk(
         other_day + b"\n", True, MAX_LINE, rejects, (), None, maker
@@ -569,6 +569,33 @@ def test_native_chunk_names_known_connects() -> None:
     with pytest.raises(ValueError):
         built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, (*maker[:-1], (9,)))
     assert squid._known_codes(("ts", "status")) is None, "a field a line key decides"
+
+
+def test_native_chunk_gives_known_records_in_runs() -> None:
+    """Consecutive records of known line keys come in one list (a run), in line order: lines
+    the filter drops between them do not part a run, any other item does; a record of a key
+    not yet known comes as its (Observation, key) pair between runs."""
+    t = squid._Targets(HOST_FILTER)
+    rejects = {b"api.openai.com:443": False, b"anan.co.jp:443": True, b"http://anan.co.jp": True}
+    t.code_status(b"TCP_TUNNEL/200"), t.word(b"CONNECT"), t.ip(b"10.1.88.196")
+    t.peer(b"HIER_DIRECT/172.66.0.243"), t.target("CONNECT", b"api.openai.com:443")
+    values = ("line",)
+    known: dict[bytes, object] = {}
+    maker = (*_maker(t, 0, squid._layout()), known, squid._known_codes(values))
+    other_client = LLM.replace(b"10.1.88.196", b"10.1.88.197")
+    t.ip(b"10.1.88.197")
+    _, [(o, key)], _ = built.native_chunk(LLM + b"\n", True, MAX_LINE, rejects, (), None, maker)
+    known[key] = entry = object()
+    lines = [LLM, CONNECT, OTHER, LLM, other_client, LLM, LLM, b"junk", LLM]
+    done, todo, count = built.native_chunk(
+        b"\n".join(lines) + b"\n", True, MAX_LINE, rejects, (), None, maker
+    )
+    assert (done, count) == (8, 9)
+    runs = [item for item in todo if type(item) is list]
+    assert [[record[1] for record in run] for run in runs] == [[(1,), (4,)], [(6,), (7,)], [(9,)]]
+    assert all(r[0] is entry and r[2] == record_id(LLM) for run in runs for r in run)
+    assert [type(item) for item in todo] == [list, tuple, list, tuple, list]
+    assert todo[1][0].client_ip == "10.1.88.197" and todo[3] == (7, b"junk")
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)

@@ -23,7 +23,8 @@
  *     Observation right here (counted in `records`, see observation_of); when the maker
  *     names known line keys (monitor.observation.Known), such a CONNECT comes as the pair
  *     (Observation, line key), or, when its key is known, as the tuple (entry, per-request
- *     values, record id, observation id) with no Observation (see known_of).
+ *     values, record id, observation id) with no Observation (see known_of), consecutive
+ *     ones in one list (a run).
  * Every other line (any other shape, longer than max_line, a target not yet in `rejects`,
  * a timestamp that is not plain digits[.digits] below 1e10, a marker in a rejected URL, a
  * peer address in `ranges` or one that only Python can read) goes to `todo` as (index,
@@ -974,7 +975,8 @@ fields_of(Py_ssize_t index, const char *const *tok, const Py_ssize_t *len, doubl
  * record id, observation id): values the record's per-request values in the order of
  * `values` (a tuple of KNOWN_* codes); any other line the maker makes becomes the pair
  * (Observation, key) (key None when it is too long to be one), for the consumer to fill
- * `known`. */
+ * `known`. Consecutive tuples of known keys (lines dropped between them do not part them)
+ * come in one list, a run: the consumer takes a run whole, with no Python code per record. */
 #define MAX_SLOTS 64
 #define KNOWN_NONE 0
 #define KNOWN_TS 1
@@ -1335,6 +1337,7 @@ native_chunk(PyObject *self, PyObject *args)
     Py_ssize_t records = 0, index = 0, pos = 0;
     Line lines[2];
     int cur = 0;
+    PyObject *run = NULL; /* borrowed: the run of known records todo ends with, if any */
     int more = next_line(data, size_all, &pos, clean, max_line, verdicts, &lines[0]);
     for (; more; cur ^= 1) {
         const Line *ln = &lines[cur];
@@ -1356,6 +1359,7 @@ native_chunk(PyObject *self, PyObject *args)
             continue;
         }
         PyObject *item = NULL;
+        int named = 0; /* item is the tuple of a known line key */
         if (r == KEEP && mk.cls != NULL) {
             PyObject *key = NULL;
             if (mk.known != NULL && ln->connect) {
@@ -1364,6 +1368,7 @@ native_chunk(PyObject *self, PyObject *args)
                     Py_XDECREF(key);
                     goto fail;
                 }
+                named = item != NULL;
             }
             if (item == NULL) {
                 item = observation_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n);
@@ -1382,7 +1387,18 @@ native_chunk(PyObject *self, PyObject *args)
                              : handed_back(index, line, n);
         if (item == NULL)
             goto fail;
-        int err = PyList_Append(todo, item);
+        if (named && run == NULL) { /* a run starts: todo holds it */
+            run = PyList_New(0);
+            if (run == NULL || PyList_Append(todo, run) < 0) {
+                Py_XDECREF(run);
+                Py_DECREF(item);
+                goto fail;
+            }
+            Py_DECREF(run);
+        } else if (!named) {
+            run = NULL;
+        }
+        int err = PyList_Append(named ? run : todo, item);
         Py_DECREF(item);
         if (err < 0)
             goto fail;
@@ -1459,8 +1475,9 @@ PyInit__squidscan(void)
     PyObject *m = PyModule_Create(&module);
     /* 4: native_chunk reads whole chunks; 5: it takes the ingress ranges; 6: a kept line
      * comes with its record id; 7: it takes a Verdicts table; 8: observation_id; 9: the
-     * maker takes `known` (line keys). squid.py ignores a module built before that */
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 9) < 0 ||
+     * maker takes `known` (line keys); 10: known records come in runs (lists). squid.py
+     * ignores a module built before that */
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 10) < 0 ||
                       PyModule_AddObjectRef(m, "Verdicts", (PyObject *)&VerdictsType) < 0)) {
         Py_DECREF(m);
         return NULL;

@@ -388,7 +388,7 @@ Maker = tuple[
 ]
 #: (chunk, clean, max_line, rejects, markers, ranges, maker, verdicts, connects) -> (records
 #: counted: dropped or made, the other lines in order: Observations (or, naming line keys,
-#: (Observation, key) pairs and the 4-tuples of known keys), split into their fields, or
+#: (Observation, key) pairs and lists of the 4-tuples of known keys), split into their fields, or
 #: (index, line) for the Python loop, the lines read); verdicts: a ``Verdicts``
 #: table mirroring rejects and connects (the verdicts on URL and on CONNECT targets)
 NativeChunk = Callable[
@@ -424,7 +424,7 @@ def first_observation_id() -> Callable[[str], int]:
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 9
+_ACCEL_ABI = 10
 _RID = ("record_id",)
 #: the per-request fields the C pre-pass fills in a known record's values (its KNOWN_*
 #: codes): every other field of a kept CONNECT's Observation is None whatever the line
@@ -629,11 +629,8 @@ class SquidCollector(_base.Collector):
                     )
                 for base, todo in batches:
                     for item in todo:
-                        if type(item) is obs:  # made by the pre-pass
-                            yield item
-                            continue
-                        if type(item[0]) is not int:  # named by the pre-pass (Known)
-                            yield item
+                        if type(item) is obs or type(item[0]) is not int:
+                            yield item  # made (or named, see Known) by the pre-pass
                             continue
                         if len(item) != 2:  # kept and split by the pre-pass
                             (
