@@ -940,16 +940,23 @@ done:
 static PyObject *COUNT_KEY, *BLOCKED_KEY, *OUT_KEY, *IN_KEY, *FIRST_KEY, *LAST_KEY,
     *EVIDENCE_KEY;
 
-/* d[key] + add (d[key] a borrowed reference, set anew); -1 on error */
+/* d[key], borrowed, or NULL with KeyError set (or the lookup's error) */
+static PyObject *
+item_of(PyObject *d, PyObject *key)
+{
+    PyObject *value = PyDict_GetItemWithError(d, key);
+    if (value == NULL && !PyErr_Occurred())
+        PyErr_SetObject(PyExc_KeyError, key);
+    return value;
+}
+
+/* d[key] = d[key] + add (None + add: add); -1 on error */
 static int
 add_to(PyObject *d, PyObject *key, PyObject *add)
 {
-    PyObject *had = PyDict_GetItemWithError(d, key);
-    if (had == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetObject(PyExc_KeyError, key);
+    PyObject *had = item_of(d, key);
+    if (had == NULL)
         return -1;
-    }
     PyObject *sum = had == Py_None ? Py_NewRef(add) : PyNumber_Add(had, add);
     if (sum == NULL)
         return -1;
@@ -962,12 +969,9 @@ add_to(PyObject *d, PyObject *key, PyObject *add)
 static int
 move_to(PyObject *d, PyObject *key, PyObject *value, int op)
 {
-    PyObject *had = PyDict_GetItemWithError(d, key);
-    if (had == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetObject(PyExc_KeyError, key);
+    PyObject *had = item_of(d, key);
+    if (had == NULL)
         return -1;
-    }
     int beyond = PyObject_RichCompareBool(value, had, op);
     if (beyond <= 0)
         return beyond;
@@ -978,12 +982,9 @@ move_to(PyObject *d, PyObject *key, PyObject *value, int op)
 static int
 has_room(PyObject *d, PyObject *iid, PyObject *stored)
 {
-    PyObject *evidence = PyDict_GetItemWithError(d, EVIDENCE_KEY);
-    if (evidence == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetObject(PyExc_KeyError, EVIDENCE_KEY);
+    PyObject *evidence = item_of(d, EVIDENCE_KEY);
+    if (evidence == NULL)
         return -1;
-    }
     Py_ssize_t have = PyObject_Length(evidence);
     if (have < 0)
         return -1;
@@ -1065,12 +1066,9 @@ merge_deltas(PyObject *self, PyObject *args)
             Py_XDECREF(items[j]);
         PyObject *theirs = PyList_GET_ITEM(facts, k);
         if (!failed && theirs != Py_None) {
-            PyObject *had = PyDict_GetItemWithError(d, FACTS_KEY);
-            if (had == NULL) {
-                if (!PyErr_Occurred())
-                    PyErr_SetObject(PyExc_KeyError, FACTS_KEY);
+            PyObject *had = item_of(d, FACTS_KEY);
+            if (had == NULL)
                 failed = 1;
-            }
             else if (had != theirs) {
                 PyObject *merged = NULL;
                 for (int j = 0; j < npairs && merged == NULL; j++)
