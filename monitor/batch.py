@@ -20,7 +20,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, islice, repeat
+from itertools import accumulate, chain, filterfalse, islice, repeat
 from math import isfinite
 from operator import add, itemgetter, le
 from typing import Any
@@ -228,11 +228,10 @@ class Batch:
 def _packed_groups(groups: list[Group]) -> tuple[list[dict[str, Any]], array, array, array]:
     """Groups as pickled (:attr:`Batch.packed`): their incident rows in one list, cut by
     an array of their widths, and their rows in one array, cut by another."""
-    flat = list(chain.from_iterable(incs for incs, _ in groups))
-    widths = array("i", [len(incs) for incs, _ in groups])
-    rows = array("i", chain.from_iterable(rows for _, rows in groups))
-    ends = array("i", accumulate(len(rows) for _, rows in groups))
-    return flat, widths, rows, ends
+    incs, rows = zip(*groups, strict=True) if groups else ((), ())  # (no Python code a group)
+    ends = array("i", accumulate(map(len, rows)))
+    return (list(chain.from_iterable(incs)), array("i", map(len, incs)),
+            array("i", chain.from_iterable(rows)), ends)  # fmt: skip
 
 
 # A producer sends the batches of a part as one stream (:func:`monitor.scanner.part_messages`),
@@ -311,17 +310,14 @@ class BatchStream:
 
     def _refs(self, objects: list[dict[str, Any]], new: list[dict[str, Any]]) -> array:
         """The numbers of rows in the stream's table, those not in it yet added (to ``new``)."""
-        number = self._number
-        found = list(map(number.get, map(id, objects)))  # (no Python code per known row)
-        if None in found:
-            for i, k in enumerate(found):
-                if k is None:
-                    obj = objects[i]
-                    k = found[i] = number.setdefault(id(obj), len(self._rows))
-                    if k == len(self._rows):
-                        self._rows.append(obj)
-                        new.append(obj)
-        return array("i", found)
+        number, table = self._number, self._rows
+        ids = list(map(id, objects))
+        first = dict(zip(ids, objects, strict=True))  # (no Python code but a new row's)
+        for key in filterfalse(number.__contains__, first):
+            number[key] = len(table)
+            table.append(first[key])
+            new.append(first[key])
+        return array("i", map(number.__getitem__, ids))
 
 
 class BatchTable:
