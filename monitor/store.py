@@ -840,6 +840,8 @@ class Store:
     def _ingest_batch(self, tx: _IngestState, batch: Batch) -> None:
         """Store one batch of an ingest transaction: its rows, its dictionary entries, and
         its incident deltas added to the transaction's."""
+        if batch.refs is not None:  # a stream's batch not decoded (see BatchTable): fail
+            raise batch.refs.undecoded()
         size = len(batch)
         if not size:
             return
@@ -1073,12 +1075,12 @@ class Store:
                 sample(i) for i in parts.evidence[k][: EVIDENCE_SAMPLES - len(evidence)]
             ]
         for k in fresh:
-            iid, inc, first = parts.ids[k], parts.incs[k], parts.first[k]
+            iid, inc = parts.ids[k], parts.incs[k]
             old = stored.get(iid)
             full = old is not None and len(old.evidence) >= EVIDENCE_SAMPLES
             deltas[iid] = {"inc": inc, "count": parts.count[k], "blocked": parts.blocked[k],
                            "bytes_out": parts.bytes_out[k], "bytes_in": parts.bytes_in[k],
-                           "first": first, "last": parts.last[k],
+                           "first": parts.first[k], "last": parts.last[k],
                            "evidence": [] if full else [sample(i) for i in parts.evidence[k]],
                            "facts": facts_of[k],
                            "finding_id": inc.get("finding_id") or _finding_of(inc),

@@ -205,3 +205,36 @@ def test_any_batches_of_shared_rows_decode_to_themselves(batches, keys):
         assert [inc["id"] for inc in got.deltas.incs] == got.deltas.ids
     # each row object sent once, with the first batch to raise it
     assert sent == len({id(inc) for records in batches for k, _ in records for inc in raised[k]})
+
+
+def test_an_undecoded_batch_fails_even_when_it_needs_no_incident_row(tmp_path):
+    """A stream's second batch raising only incidents its first raised (their sums need no
+    row) still fails undecoded, before it stores anything, and stores what it should
+    decoded."""
+    rows = [_incident(0, 200), _incident(1, 403)]
+    stream = BatchStream()
+
+    def sent(first_line: int) -> Batch:
+        items = [(None, observation_values(id=f"o{k}", ts=DAY_TS + k, line=k, source="a.log",
+                                           dest_host="api.openai.com", client_ip="10.0.0.1",
+                                           day="2026-11-27", outcome="allowed"), rows)
+                 for k in range(first_line, first_line + 5)]  # fmt: skip
+        return pickle.loads(pickle.dumps(stream.encode(Batch.of(items)), -1))
+
+    first, second = sent(1), sent(6)
+    assert len(second.refs.new) == 0  # all its rows were the first's
+    store = Store(tmp_path / "x.db")
+    scan_id = store.start_scan([], {})
+    table = BatchTable()
+    for b in (first, second):
+        b.set_scan(scan_id)
+    ingestion = store.ingestion(scan_id)
+    ingestion.add(table.decode(first))
+    undecoded = pickle.loads(pickle.dumps(second, -1))
+    with pytest.raises(StreamError, match="used undecoded"):
+        ingestion.add(undecoded)  # (the transaction is aborted)
+    assert store.db.execute("SELECT count(*) FROM obs_rows").fetchone()[0] == 0
+    result = store.ingest_batches(scan_id, [first, table.decode(second)])
+    assert result.stored == 10 and result.new_incidents == {"i0", "i1"}
+    counts = store.db.execute("SELECT id, count FROM incident_rows ORDER BY id").fetchall()
+    assert counts == [("i0", 10), ("i1", 10)]
