@@ -1,7 +1,9 @@
-/* A producer's per-batch work of monitor/batch.py (Batch.made, rollup_of), in C (see
+/* A producer's per-batch work of monitor/batch.py (Batch.made, rollup_of), and the storing
+ * process's sums of a batch's deltas (store.py _add_batch_deltas), in C (see
  * monitor/accel.py).
  *
  * group_tally(raised, ts, out, in_, ctx, blocked) -> tuple | None
+ * (and merge_deltas, the storing process's: see there)
  *
  * What Batch.made's grouping and _tally(..., "i") do for the rows of a batch: `raised` the
  * incident rows of each row (a list or tuple of dicts, shared by the rows of one memo key;
@@ -916,25 +918,225 @@ done:
     return result;
 }
 
+/* merge_deltas(deltas, ids, count, blocked, out, in_, first, last, facts, stored, merge)
+ *   -> (new, roomy) | None
+ *
+ * The storing process's part of store.py Store._add_batch_deltas for the incidents of a
+ * batch's deltas (ids, count, ... facts: the Deltas lists; ids, out, in_ and facts lists,
+ * the others any sequences) already in the transaction's `deltas` (a dict by incident id
+ * of dicts): adds "count" and "blocked", adds "bytes_out" and "bytes_in" (a None adds
+ * nothing; to a None: the value), lowers "first" and raises "last", and replaces "facts"
+ * by merge(theirs, the batch's) when the batch's are not None and not that object (merge:
+ * batch.py merged_facts, a pure function of the two, called once a distinct pair here).
+ * Values are added and compared as Python objects, as the Python code does; an error
+ * (of `+`, say) propagates. Returns the indexes of the incidents that are not in `deltas`
+ * (new: the caller makes them) and of those that are whose "evidence" has room: fewer
+ * than EVIDENCE samples, and the incident not stored with that many
+ * (stored.get(id).evidence: the caller adds samples). None when ids, out, in_ or facts
+ * is not a list (the Python code then does it all). */
+
+#define FACT_PAIRS 16 /* distinct (old, new) facts remembered a call: a batch has a few */
+
+static PyObject *COUNT_KEY, *BLOCKED_KEY, *OUT_KEY, *IN_KEY, *FIRST_KEY, *LAST_KEY,
+    *EVIDENCE_KEY;
+
+/* d[key], borrowed, or NULL with KeyError set (or the lookup's error) */
+static PyObject *
+item_of(PyObject *d, PyObject *key)
+{
+    PyObject *value = PyDict_GetItemWithError(d, key);
+    if (value == NULL && !PyErr_Occurred())
+        PyErr_SetObject(PyExc_KeyError, key);
+    return value;
+}
+
+/* d[key] = d[key] + add (None + add: add); -1 on error */
+static int
+add_to(PyObject *d, PyObject *key, PyObject *add)
+{
+    PyObject *had = item_of(d, key);
+    if (had == NULL)
+        return -1;
+    PyObject *sum = had == Py_None ? Py_NewRef(add) : PyNumber_Add(had, add);
+    if (sum == NULL)
+        return -1;
+    int failed = PyDict_SetItem(d, key, sum);
+    Py_DECREF(sum);
+    return failed;
+}
+
+/* d[key] = value when value `op` d[key] (Py_LT: lower it, Py_GT: raise it); -1 on error */
+static int
+move_to(PyObject *d, PyObject *key, PyObject *value, int op)
+{
+    PyObject *had = item_of(d, key);
+    if (had == NULL)
+        return -1;
+    int beyond = PyObject_RichCompareBool(value, had, op);
+    if (beyond <= 0)
+        return beyond;
+    return PyDict_SetItem(d, key, value);
+}
+
+/* whether an existing incident's evidence has room (see above): 1, 0, or -1 on error */
+static int
+has_room(PyObject *d, PyObject *iid, PyObject *stored)
+{
+    PyObject *evidence = item_of(d, EVIDENCE_KEY);
+    if (evidence == NULL)
+        return -1;
+    Py_ssize_t have = PyObject_Length(evidence);
+    if (have < 0)
+        return -1;
+    if (have >= EVIDENCE)
+        return 0;
+    PyObject *old = PyDict_GetItemWithError(stored, iid);
+    if (old == NULL)
+        return PyErr_Occurred() ? -1 : 1;
+    PyObject *samples = PyObject_GetAttr(old, EVIDENCE_KEY);
+    if (samples == NULL)
+        return -1;
+    have = PyObject_Length(samples);
+    Py_DECREF(samples);
+    return have < 0 ? -1 : have < EVIDENCE;
+}
+
+static PyObject *
+merge_deltas(PyObject *self, PyObject *args)
+{
+    PyObject *deltas, *ids, *count, *blocked, *out, *in, *first, *last, *facts, *stored, *merge;
+    if (!PyArg_ParseTuple(args, "O!OOOOOOOOO!O:merge_deltas", &PyDict_Type, &deltas, &ids,
+                          &count, &blocked, &out, &in, &first, &last, &facts, &PyDict_Type,
+                          &stored, &merge))
+        return NULL;
+    if (!PyList_CheckExact(ids) || !PyList_CheckExact(out) || !PyList_CheckExact(in) ||
+        !PyList_CheckExact(facts))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(ids);
+    if (PyList_GET_SIZE(out) != n || PyList_GET_SIZE(in) != n || PyList_GET_SIZE(facts) != n ||
+        PySequence_Size(count) != n || PySequence_Size(blocked) != n ||
+        PySequence_Size(first) != n || PySequence_Size(last) != n) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "merge_deltas: lists of other lengths");
+        return NULL;
+    }
+    PyObject *pairs[FACT_PAIRS][3] = {{NULL}}; /* (old, new, merged): strong references */
+    int npairs = 0, next_pair = 0;
+    PyObject *fresh = PyList_New(0), *roomy = PyList_New(0), *result = NULL;
+    if (fresh == NULL || roomy == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *iid = PyList_GET_ITEM(ids, k);
+        PyObject *d = PyDict_GetItemWithError(deltas, iid);
+        if (d == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            PyObject *index = PyLong_FromSsize_t(k);
+            int failed = index == NULL || PyList_Append(fresh, index) < 0;
+            Py_XDECREF(index);
+            if (failed)
+                goto done;
+            continue;
+        }
+        if (!PyDict_Check(d)) {
+            PyErr_SetString(PyExc_TypeError, "merge_deltas: a delta that is not a dict");
+            goto done;
+        }
+        Py_INCREF(d); /* (setting its items may run code that drops it from deltas) */
+        int room = has_room(d, iid, stored);
+        if (room > 0) {
+            PyObject *index = PyLong_FromSsize_t(k);
+            room = index == NULL || PyList_Append(roomy, index) < 0 ? -1 : 0;
+            Py_XDECREF(index);
+        }
+        PyObject *items[6] = {PySequence_GetItem(count, k), PySequence_GetItem(blocked, k),
+                              Py_NewRef(PyList_GET_ITEM(out, k)),
+                              Py_NewRef(PyList_GET_ITEM(in, k)), PySequence_GetItem(first, k),
+                              PySequence_GetItem(last, k)};
+        int failed = room < 0;
+        for (int j = 0; j < 6; j++)
+            failed |= items[j] == NULL;
+        failed = failed || add_to(d, COUNT_KEY, items[0]) < 0 ||
+                 add_to(d, BLOCKED_KEY, items[1]) < 0 ||
+                 (items[2] != Py_None && add_to(d, OUT_KEY, items[2]) < 0) ||
+                 (items[3] != Py_None && add_to(d, IN_KEY, items[3]) < 0) ||
+                 move_to(d, FIRST_KEY, items[4], Py_LT) < 0 ||
+                 move_to(d, LAST_KEY, items[5], Py_GT) < 0;
+        for (int j = 0; j < 6; j++)
+            Py_XDECREF(items[j]);
+        PyObject *theirs = PyList_GET_ITEM(facts, k);
+        if (!failed && theirs != Py_None) {
+            PyObject *had = item_of(d, FACTS_KEY);
+            if (had == NULL)
+                failed = 1;
+            else if (had != theirs) {
+                PyObject *merged = NULL;
+                for (int j = 0; j < npairs && merged == NULL; j++)
+                    if (pairs[j][0] == had && pairs[j][1] == theirs)
+                        merged = pairs[j][2];
+                if (merged == NULL) {
+                    merged = PyObject_CallFunctionObjArgs(merge, had, theirs, NULL);
+                    if (merged == NULL)
+                        failed = 1;
+                    else { /* remembered (round robin), the pair kept alive with it */
+                        PyObject **pair = pairs[next_pair];
+                        Py_XDECREF(pair[0]);
+                        Py_XDECREF(pair[1]);
+                        Py_XDECREF(pair[2]);
+                        pair[0] = Py_NewRef(had);
+                        pair[1] = Py_NewRef(theirs);
+                        pair[2] = merged;
+                        next_pair = (next_pair + 1) % FACT_PAIRS;
+                        if (npairs < FACT_PAIRS)
+                            npairs++;
+                    }
+                }
+                failed = failed || PyDict_SetItem(d, FACTS_KEY, merged) < 0;
+            }
+        }
+        Py_DECREF(d);
+        if (failed)
+            goto done;
+    }
+    result = PyTuple_Pack(2, fresh, roomy);
+done:
+    for (int j = 0; j < npairs; j++)
+        for (int i = 0; i < 3; i++)
+            Py_XDECREF(pairs[j][i]);
+    Py_XDECREF(fresh);
+    Py_XDECREF(roomy);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"batch_rows", batch_rows, METH_VARARGS, "BatchBuilder.batch's lists (see above)."},
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
+    {"merge_deltas", merge_deltas, METH_VARARGS, "Store._add_batch_deltas's sums (see above)."},
     {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of a list of floats, or None."},
     {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
     {NULL, NULL, 0, NULL},
 };
 
-ACCEL_MODULE("monitor._batchscan", "A producer's per-batch work of monitor/batch.py in C.");
+ACCEL_MODULE("monitor._batchscan", "The per-batch work of monitor/batch.py in C.");
 
 PyMODINIT_FUNC
 PyInit__batchscan(void)
 {
     ID_KEY = PyUnicode_InternFromString("id");
     FACTS_KEY = PyUnicode_InternFromString("facts");
-    if (ID_KEY == NULL || FACTS_KEY == NULL)
+    COUNT_KEY = PyUnicode_InternFromString("count");
+    BLOCKED_KEY = PyUnicode_InternFromString("blocked");
+    OUT_KEY = PyUnicode_InternFromString("bytes_out");
+    IN_KEY = PyUnicode_InternFromString("bytes_in");
+    FIRST_KEY = PyUnicode_InternFromString("first");
+    LAST_KEY = PyUnicode_InternFromString("last");
+    EVIDENCE_KEY = PyUnicode_InternFromString("evidence");
+    if (ID_KEY == NULL || FACTS_KEY == NULL || COUNT_KEY == NULL || BLOCKED_KEY == NULL ||
+        OUT_KEY == NULL || IN_KEY == NULL || FIRST_KEY == NULL || LAST_KEY == NULL ||
+        EVIDENCE_KEY == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 2) < 0)
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 3) < 0)
         Py_CLEAR(m);
     return m;
 }

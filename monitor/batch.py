@@ -14,12 +14,13 @@ new (the common case) and works the deltas out again over the rows it did store 
 from __future__ import annotations
 
 import json
+import os
 from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, islice, repeat
+from itertools import accumulate, chain, filterfalse, islice, repeat
 from math import isfinite
 from operator import add, itemgetter, le
 from typing import Any
@@ -29,7 +30,7 @@ from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 2
+_ACCEL_ABI = 3
 #: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
 #: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
@@ -120,6 +121,9 @@ class Batch:
     packed: tuple[list[dict[str, Any]], array, array, array] | None = None
     #: what the rows add to the roll-ups (a scanner's batch: see :func:`rollup_of`)
     rollup: Rollup | None = None
+    #: a batch of a producer's stream as sent (:meth:`BatchStream.encode`): its incident
+    #: rows are references into its stream's table until :meth:`BatchTable.decode`
+    refs: StreamRefs | None = None
 
     @classmethod
     def of(cls, items: Sequence[tuple[str | None, list[Any], Sequence[dict[str, Any]]]]) -> Batch:
@@ -174,6 +178,8 @@ class Batch:
 
     def grouped(self) -> list[Group]:
         """The groups (unpacked from how they were pickled, if need be)."""
+        if self.refs is not None:
+            raise self.refs.undecoded()
         if self.packed is not None:
             flat, widths, rows, ends = self.packed
             incs = _cut(flat, accumulate(widths))
@@ -191,24 +197,22 @@ class Batch:
     # How a batch travels from a producer to the storing process (pickled): its columns as
     # typed arrays where they can be (:func:`_packed`), its record ids as one bytes object
     # (:func:`_packed_ids`), its groups as the list of their incident rows (the dicts are
-    # the deltas', pickled once), cut by an array, and their rows as one integer array, cut
-    # by another; and its deltas as arrays (see :class:`Deltas`): a few objects to pickle
-    # and unpickle where a list has one per row or incident.
+    # the deltas', pickled once; a stream's batch: references, see :class:`BatchStream`),
+    # cut by an array, and their rows as one integer array, cut by another; and its deltas
+    # as arrays (see :class:`Deltas`): a few objects to pickle and unpickle where a list
+    # has one per row or incident.
 
     def __getstate__(self) -> tuple[Any, ...]:
-        groups = self.grouped()
-        flat = list(chain.from_iterable(incs for incs, _ in groups))
-        widths = array("i", [len(incs) for incs, _ in groups])
-        rows = array("i", chain.from_iterable(rows for _, rows in groups))
-        ends = array("i", accumulate(len(rows) for _, rows in groups))
+        packed = self.packed if self.packed is not None else _packed_groups(self.groups)
         columns = [_packed(col, COLUMNS[COL[name]].type) for col, name in zip(self.columns, ROW_FIELDS, strict=True)]  # fmt: skip
         return (columns, self.contexts, array("i", self.ctx), self.clients,
-                array("i", self.client), (flat, widths, rows, ends), self.deltas,
-                _packed_ids(self.record_ids), self.hours, self.line_base, self.rollup)  # fmt: skip
+                array("i", self.client), packed, self.deltas, _packed_ids(self.record_ids),
+                self.hours, self.line_base, self.rollup, self.refs)  # fmt: skip
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (columns, self.contexts, self.ctx, self.clients, self.client, self.packed,
-         self.deltas, self.record_ids, self.hours, self.line_base, self.rollup) = state  # fmt: skip
+         self.deltas, self.record_ids, self.hours, self.line_base, self.rollup,
+         self.refs) = state  # fmt: skip
         size = len(self.ctx)
         self.columns = [[None] * size if col is None else col for col in columns]
         self.groups = []
@@ -219,6 +223,135 @@ class Batch:
         if self.line_base:
             line += self.line_base
         return f"{self.contexts[self.ctx[row]][CTX_SOURCE]}:{line}"
+
+
+def _packed_groups(groups: list[Group]) -> tuple[list[dict[str, Any]], array, array, array]:
+    """Groups as pickled (:attr:`Batch.packed`): their incident rows in one list, cut by
+    an array of their widths, and their rows in one array, cut by another."""
+    incs, rows = zip(*groups, strict=True) if groups else ((), ())  # (no Python code a group)
+    ends = array("i", accumulate(map(len, rows)))
+    return (list(chain.from_iterable(incs)), array("i", map(len, incs)),
+            array("i", chain.from_iterable(rows)), ends)  # fmt: skip
+
+
+# A producer sends the batches of a part as one stream (:func:`monitor.scanner.part_messages`),
+# each incident row once: a busy incident recurs in every batch of a part (a 2 M line log
+# at 25 % LLM lines: 174k incident rows pickled in 26 batches for 14k incidents, 23 of their
+# 80 MB; a stream a part: 54k). The first batch of the stream to hold a row sends it; later
+# ones refer to it by its number in the stream's table, which the storing process rebuilds
+# batch by batch. A stream is one part's, so nothing outlives the part: parts are stored
+# in file order whichever producer (or cluster task, or a retry of one) made them.
+
+
+class StreamError(RuntimeError):
+    """A stream's batch decoded out of its stream (another stream's table, a batch missed
+    or repeated): its incident references would name other incidents."""
+
+
+@dataclass(slots=True)
+class StreamRefs:
+    """What makes a sent batch's incident references its stream's (:class:`BatchStream`):
+    the stream (a random token), the batch's number in it, the size of the stream's table
+    before it, the rows it adds to the table, and its references: the deltas' incident
+    rows' and the groups' (``Deltas.incs`` and the flat list of :attr:`Batch.packed`)."""
+
+    stream: bytes
+    seq: int
+    base: int
+    new: list[dict[str, Any]]
+    incs: array
+    flat: array
+
+    def undecoded(self) -> StreamError:
+        return StreamError(f"batch {self.seq} of stream {self.stream.hex()} used undecoded: "
+                           "its incident rows are references into its stream's table")  # fmt: skip
+
+
+class _Undecoded(Sequence[Any]):
+    """``Deltas.incs`` of a sent batch until it is decoded: any use raises."""
+
+    __slots__ = ("refs",)
+
+    def __init__(self, refs: StreamRefs) -> None:
+        self.refs = refs
+
+    def __getitem__(self, index: Any) -> Any:
+        raise self.refs.undecoded()
+
+    def __len__(self) -> int:
+        raise self.refs.undecoded()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _Undecoded, (self.refs,)
+
+
+class BatchStream:
+    """A producer's side of a stream: numbers the incident rows it sends (by identity: the
+    memo's rows are shared and never changed, see :class:`monitor.pipeline.RecordMemo`,
+    and kept here while the stream lasts, so that no other object takes an id)."""
+
+    def __init__(self) -> None:
+        self.token = os.urandom(8)
+        self._seq = 0
+        self._number: dict[int, int] = {}
+        self._rows: list[dict[str, Any]] = []
+
+    def encode(self, batch: Batch) -> Batch:
+        """``batch`` (made here: its groups unpacked) as sent: its incident rows replaced
+        by references, the rows new to the stream with them (:class:`StreamRefs`)."""
+        flat, widths, rows, ends = _packed_groups(batch.grouped())
+        base, new = len(self._rows), []
+        refs = StreamRefs(self.token, self._seq, base, new, self._refs(batch.deltas.incs, new),
+                          self._refs(flat, new))  # fmt: skip
+        self._seq += 1
+        batch.refs, batch.groups, batch.packed = refs, [], (None, widths, rows, ends)  # type: ignore[assignment]
+        batch.deltas.incs = _Undecoded(refs)  # type: ignore[assignment]
+        return batch
+
+    def _refs(self, objects: list[dict[str, Any]], new: list[dict[str, Any]]) -> array:
+        """The numbers of rows in the stream's table, those not in it yet added (to ``new``)."""
+        number, table = self._number, self._rows
+        ids = list(map(id, objects))
+        first = dict(zip(ids, objects, strict=True))  # (no Python code but a new row's)
+        for key in filterfalse(number.__contains__, first):
+            number[key] = len(table)
+            table.append(first[key])
+            new.append(first[key])
+        return array("i", map(number.__getitem__, ids))
+
+
+class BatchTable:
+    """The storing process's side of a stream: its table, rebuilt as its batches come in
+    order. A batch of another stream, or out of order, fails (:class:`StreamError`) rather
+    than take another incident's row; a stream that starts again (its first batch) starts
+    a new table."""
+
+    def __init__(self) -> None:
+        self.stream: bytes | None = None
+        self._seq = 0
+        self._rows: list[dict[str, Any]] = []
+
+    def decode(self, batch: Batch) -> Batch:
+        """``batch`` with its incident rows, when sent as a stream's (else as it is)."""
+        refs = batch.refs
+        if refs is None:
+            return batch
+        if refs.seq == 0:
+            self.stream, self._seq, self._rows = refs.stream, 0, []
+        if refs.stream != self.stream or refs.seq != self._seq or refs.base != len(self._rows):
+            raise StreamError(
+                f"batch {refs.seq} of stream {refs.stream.hex()} (table of {refs.base} rows) "
+                f"decoded as batch {self._seq} of stream "
+                f"{self.stream.hex() if self.stream else 'none'} (table of {len(self._rows)})"
+            )
+        self._rows.extend(refs.new)
+        self._seq += 1
+        row = self._rows.__getitem__
+        _, widths, rows, ends = batch.packed  # type: ignore[misc]
+        batch.packed = (list(map(row, refs.flat)), widths, rows, ends)
+        batch.deltas.incs = list(map(row, refs.incs))
+        batch.refs = None
+        return batch
 
 
 _ID_BYTES = 12  # a record id (monitor.ids.record_id): 24 hex digits
@@ -372,7 +505,7 @@ def _group_tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any,
     for k, f in merges:
         listed = _facts_listed(f)
         if listed is not facts[k]:
-            facts[k] = _merged(facts[k], listed)
+            facts[k] = merged_facts(facts[k], listed)
     deltas = Deltas(ids, incs, count, blocks, sent, received, first, last, evidence, facts,
                     array("i", of), array("i", row))  # fmt: skip
     return groups, deltas
@@ -448,7 +581,7 @@ def _tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]]
                 if last > lasts[k]:
                     lasts[k] = last
                 if facts and facts is not facts_of[k]:
-                    facts_of[k] = _merged(facts_of[k], facts)
+                    facts_of[k] = merged_facts(facts_of[k], facts)
             if len(rows) == 1:
                 of.append(k)
                 linked.append(rows[0])
@@ -484,13 +617,14 @@ def _listed(facts: dict[str, Any]) -> dict[str, list[Any]]:
     return found
 
 
-def _merged(
+def merged_facts(
     old: dict[str, list[Any]] | None, new: dict[str, list[Any]]
 ) -> dict[str, list[Any]] | None:
     """:func:`merge_fact_lists` of listed facts, remembered by their ids (:data:`_MERGED`):
     an incident's rows of several memo keys (another status, say) merge the same facts
     batch after batch, and the merged facts are the same object each time, so a chain of
-    merges is found again too."""
+    merges is found again too (in the storing process too: a batch's incidents share a few
+    facts objects, and so do a transaction's deltas)."""
     key = (id(old), id(new))
     hit = _MERGED.get(key)
     if hit is not None and hit[0] is old and hit[1] is new:
@@ -502,12 +636,45 @@ def _merged(
     return merged
 
 
+def merge_deltas(deltas: dict[str, dict[str, Any]], parts: Deltas,
+                 facts: list[dict[str, list[Any]] | None], stored: dict[str, Any]
+                 ) -> tuple[list[int], list[int]] | None:  # fmt: skip
+    """The sums of :meth:`monitor.store.Store._add_batch_deltas`, in C
+    (``_batchscan.merge_deltas``): a batch's deltas (``parts``, with ``facts`` for theirs)
+    added to the transaction's (``deltas``) for the incidents it has, facts merged by
+    :func:`merged_facts`; the indexes of the incidents new to it and of those with room for
+    evidence samples (``stored``: the store's stored incidents) for the caller. None
+    without the accelerator or for lists it leaves to the Python code."""
+    if _ACCEL is None:
+        return None
+    return _ACCEL.merge_deltas(deltas, parts.ids, parts.count, parts.blocked, parts.bytes_out,
+                               parts.bytes_in, parts.first, parts.last, facts, stored,
+                               merged_facts)  # fmt: skip
+
+
+def shared_facts(facts: list[dict[str, list[Any]] | None]) -> list[dict[str, list[Any]] | None]:
+    """A batch's deltas' facts (:attr:`Deltas.facts`) with equal ones one object, the same
+    from batch to batch (:data:`_SHARED_FACTS`): each batch the storing process unpickles
+    brings its own objects, yet the transaction's facts are merged with a batch's only when
+    they are other objects, and :func:`merged_facts` remembers merges by identity."""
+    distinct = dict(zip(map(id, facts), facts, strict=True))
+    if len(_SHARED_FACTS) >= _LISTED_KEPT:
+        _SHARED_FACTS.clear()
+    for k, f in distinct.items():
+        if f is not None and _SHARED.issuperset(type(v) for values in f.values() for v in values):
+            key = tuple((name, *((v.__class__, v) for v in values)) for name, values in f.items())
+            distinct[k] = _SHARED_FACTS.setdefault(key, f)  # (by type too, as _listed)
+    return list(map(distinct.__getitem__, map(id, facts)))
+
+
 #: id of an incident row's facts -> (the facts, kept so that the id is theirs, in lists)
 _LISTED: dict[int, tuple[dict[str, Any], dict[str, list[Any]]]] = {}
 _EQUAL: dict[tuple[Any, ...], dict[str, list[Any]]] = {}  # facts alike -> in lists
 #: ids of listed facts merged -> (them, kept so that the ids are theirs, the merged facts)
 _MERGED: dict[tuple[int, int], tuple[Any, Any, dict[str, list[Any]] | None]] = {}
 _LISTED_KEPT = 1 << 14
+#: listed facts of plain values (by name, type and value) -> one of them (shared_facts)
+_SHARED_FACTS: dict[tuple[Any, ...], dict[str, list[Any]]] = {}
 _SHARED = frozenset((str, int, bool, type(None)))  # fact values equal only when alike
 
 

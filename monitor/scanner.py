@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from monitor.batch import ROW_ID, Batch
+from monitor.batch import ROW_ID, Batch, BatchStream, BatchTable
 from monitor.collectors import (
     FORMAT_NAMES,
     LINE_FORMATS,
@@ -274,11 +274,14 @@ def part_messages(pipeline: Pipeline, part: Part, on_read=None) -> Iterator[tupl
     """What a producer says about one part: ("batch", :class:`Batch`)… then ("done",
     diagnostics), or ("input-error", message). The same stream whether produced here, in a
     child or on a cluster: the per-record work of storing is done here (see
-    :mod:`monitor.batch`)."""
+    :mod:`monitor.batch`), and each incident row is sent once (the batches are one
+    :class:`BatchStream`'s: the storing process decodes them in order with a
+    :class:`BatchTable` of the part's own)."""
     diag = Diagnostics()
+    stream = BatchStream()
     try:
         for batch in pipeline.process(part, diag, on_read, BATCH):
-            yield "batch", batch
+            yield "batch", stream.encode(batch)
         yield "done", diag
     except InputError as exc:
         yield "input-error", str(exc)
@@ -555,9 +558,10 @@ class Scanner:
                 else:
                     messages = part_messages(self.pipeline, part, on_read)
                 open_ended = part.byte_range is None
+                table = BatchTable()  # the part's stream (see part_messages)
                 for kind, payload in messages:
                     if kind == "batch":
-                        self._take(payload, base, seen, scan_id, summary)
+                        self._take(table.decode(payload), base, seen, scan_id, summary)
                         if self._queued >= limit or (
                             open_ended and workers and not remotes[i % workers].ready()
                         ):  # rather than wait: commit what came

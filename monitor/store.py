@@ -55,10 +55,13 @@ from monitor.batch import (
     Rollup,
     _add,
     incident_deltas,
+    merge_deltas,
     merge_fact_lists,
     merge_facts,
+    merged_facts,
     merged_rollups,
     nulls,
+    shared_facts,
 )
 from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
@@ -838,6 +841,8 @@ class Store:
     def _ingest_batch(self, tx: _IngestState, batch: Batch) -> None:
         """Store one batch of an ingest transaction: its rows, its dictionary entries, and
         its incident deltas added to the transaction's."""
+        if batch.refs is not None:  # a stream's batch not decoded (see BatchTable): fail
+            raise batch.refs.undecoded()
         size = len(batch)
         if not size:
             return
@@ -1023,45 +1028,62 @@ class Store:
         """Add a batch's deltas (:func:`monitor.batch.incident_deltas`) to the transaction's
         (a dict per incident, in order of first appearance: see :meth:`_store_incidents`).
         Incidents stored with all their evidence samples keep them
-        (:meth:`_store_incidents`): none are made."""
-        stored, found, sample = self._incident_state, deltas.get, batch.sample
-        # added in place (a transaction spans many batches: this runs for each incident of
-        # each, a hundred thousand times a part at 25 % LLM lines)
-        for iid, inc, count, blocked, sent, received, first, last, rows, facts in zip(
-            parts.ids, parts.incs, parts.count, parts.blocked, parts.bytes_out, parts.bytes_in,
-            parts.first, parts.last, parts.evidence, parts.facts, strict=True,
-        ):  # fmt: skip
-            d = found(iid)
-            if d is None:
-                old = stored.get(iid)
-                full = old is not None and len(old.evidence) >= EVIDENCE_SAMPLES
-                deltas[iid] = {"inc": inc, "count": count, "blocked": blocked,
-                               "bytes_out": sent, "bytes_in": received, "first": first,
-                               "last": last, "evidence": [] if full else [sample(i) for i in rows],
-                               "facts": facts,
-                               "finding_id": inc.get("finding_id") or _finding_of(inc),
-                               "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
-                continue
+        (:meth:`_store_incidents`): none are made.
+
+        This runs for each incident of each batch (a hundred thousand times a part at 25 %
+        LLM lines), mostly for incidents the transaction has already: their sums are added
+        in place, in C when it is built (:func:`monitor.batch.merge_deltas`); only those new
+        to the transaction (their incident row) and those with room for evidence samples
+        need more, here."""
+        stored, sample, facts_of = self._incident_state, batch.sample, shared_facts(parts.facts)
+        split = merge_deltas(deltas, parts, facts_of, stored)
+        if split is None:  # the reference: in Python
+            split = fresh, roomy = [], []
+            found = deltas.get
+            for k, (iid, count, blocked, sent, received, first, last, facts) in enumerate(zip(
+                parts.ids, parts.count, parts.blocked, parts.bytes_out, parts.bytes_in,
+                parts.first, parts.last, facts_of, strict=True,
+            )):  # fmt: skip
+                d = found(iid)
+                if d is None:
+                    fresh.append(k)
+                    continue
+                if len(d["evidence"]) < EVIDENCE_SAMPLES:
+                    old = stored.get(iid)
+                    if old is None or len(old.evidence) < EVIDENCE_SAMPLES:
+                        roomy.append(k)
+                d["count"] += count
+                d["blocked"] += blocked
+                if sent is not None:
+                    had = d["bytes_out"]
+                    d["bytes_out"] = sent if had is None else had + sent
+                if received is not None:
+                    had = d["bytes_in"]
+                    d["bytes_in"] = received if had is None else had + received
+                if first < d["first"]:
+                    d["first"] = first
+                if last > d["last"]:
+                    d["last"] = last
+                if facts is not None and facts is not d["facts"]:
+                    d["facts"] = merged_facts(d["facts"], facts)
+        fresh, roomy = split
+        for k in roomy:
+            d = deltas[parts.ids[k]]
             evidence = d["evidence"]
-            room = EVIDENCE_SAMPLES - len(evidence)
-            if room > 0:
-                old = stored.get(iid)
-                if old is None or len(old.evidence) < EVIDENCE_SAMPLES:
-                    d["evidence"] = evidence + [sample(i) for i in rows[:room]]
-            d["count"] += count
-            d["blocked"] += blocked
-            if sent is not None:
-                had = d["bytes_out"]
-                d["bytes_out"] = sent if had is None else had + sent
-            if received is not None:
-                had = d["bytes_in"]
-                d["bytes_in"] = received if had is None else had + received
-            if first < d["first"]:
-                d["first"] = first
-            if last > d["last"]:
-                d["last"] = last
-            if facts is not None and facts != d["facts"]:
-                d["facts"] = merge_fact_lists(d["facts"], facts)
+            d["evidence"] = evidence + [
+                sample(i) for i in parts.evidence[k][: EVIDENCE_SAMPLES - len(evidence)]
+            ]
+        for k in fresh:
+            iid, inc = parts.ids[k], parts.incs[k]
+            old = stored.get(iid)
+            full = old is not None and len(old.evidence) >= EVIDENCE_SAMPLES
+            deltas[iid] = {"inc": inc, "count": parts.count[k], "blocked": parts.blocked[k],
+                           "bytes_out": parts.bytes_out[k], "bytes_in": parts.bytes_in[k],
+                           "first": parts.first[k], "last": parts.last[k],
+                           "evidence": [] if full else [sample(i) for i in parts.evidence[k]],
+                           "facts": facts_of[k],
+                           "finding_id": inc.get("finding_id") or _finding_of(inc),
+                           "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
 
     def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult,
                          new_numbers: dict[str, int] | None = None) -> None:  # fmt: skip

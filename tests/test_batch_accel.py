@@ -15,13 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor import accel, batch
+from monitor import store as store_module
 from monitor.app import App, Settings
-from monitor.batch import ROW_FIELDS, ROW_IN, ROW_OUT, ROW_TS, ROW_URL, Batch
+from monitor.batch import ROW_FIELDS, ROW_IN, ROW_OUT, ROW_TS, ROW_URL, Batch, Deltas
 from monitor.collectors import CollectOptions, Diagnostics
 from monitor.egress import EgressOptions
 from monitor.pipeline import Part, Pipeline
 from monitor.privacy import Pseudonymizer
-from monitor.rows import CONTEXT
+from monitor.rows import CONTEXT, observation_values
+from monitor.store import Store
 from tests.conftest import generated_squid_log
 
 MODULE = "monitor._batchscan"
@@ -313,3 +315,78 @@ def test_odd_rollup_values_c_answers_as_python_or_leaves_to_it():
         assert _as_made(got) == _as_made(want), (column, value)
     assert built.rollup([DAY], [None], [None], [None], [0], [0], 1, 1, 0.5) is False  # sparse
     assert built.rollup([DAY], [None], [None], [None], [1], [0], 1, 1, 1.0) is None  # index
+
+
+# -- the storing process's sums (merge_deltas, Store._add_batch_deltas) ---------------------
+
+LISTED = [{"request.status": [200]}, {"request.status": [200, 403]}, {"request.status": [True]},
+          {"request.status": [403], "x": ["a"]}]  # fmt: skip
+
+
+@st.composite
+def batch_deltas(draw, rows: int, odd: bool = False) -> Deltas:
+    """What a batch adds to incidents (:class:`batch.Deltas`): a few of six incidents, sums
+    with and without None (beyond 64 bits too), times lower, higher and equal (0.0 and
+    -0.0), facts None, shared, equal but other objects, or other; evidence rows; lists or
+    arrays as pickled; ``odd``: also sizes no sum takes (a text)."""
+    ids = draw(st.lists(st.sampled_from([f"i{k}" for k in range(6)]), unique=True, max_size=6))
+    n = len(ids)
+    size = st.one_of(st.none(), st.integers(0, 10**6), st.just(2**70),
+                     *([st.just("7")] if odd else []))  # fmt: skip
+    ts = st.one_of(st.sampled_from([DAY, 0.0, -0.0, DAY + 1]), st.floats(DAY - 9, DAY + 9))
+    facts = st.one_of(st.none(), st.sampled_from(LISTED),
+                      st.sampled_from(LISTED).map(lambda f: {k: list(v) for k, v in f.items()}))
+    count = draw(st.lists(st.integers(1, 2**40), min_size=n, max_size=n))
+    blocked = draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+    first = draw(st.lists(ts, min_size=n, max_size=n))
+    pack = draw(st.booleans())  # as pickled: typed arrays
+    return Deltas(
+        ids, [{"id": i, "rule": "r", "provider": "p", "site": None} for i in ids],
+        array("q", count) if pack else count, array("q", blocked) if pack else blocked,
+        draw(st.lists(size, min_size=n, max_size=n)), draw(st.lists(size, min_size=n, max_size=n)),
+        array("d", first) if pack else first, [t + draw(st.sampled_from([0, 5])) for t in first],
+        [sorted(draw(st.sets(st.integers(0, rows - 1), max_size=5))) for _ in ids],
+        draw(st.lists(facts, min_size=n, max_size=n)), array("i"), array("i"),
+    )  # fmt: skip
+
+
+@st.composite
+def merges(draw):
+    """Batches' deltas added one after the other to a transaction's, and the incidents the
+    store holds already (evidence full or not); one case in ten with odd values."""
+    rows, odd = 8, draw(st.integers(0, 9)) == 0
+    stored = {f"i{k}": store_module._StoredIncident(
+                  [f"a.log:{j}" for j in range(draw(st.integers(0, 6)))], None, None, None)
+              for k in draw(st.sets(st.integers(0, 5)))}  # fmt: skip
+    return stored, draw(st.lists(batch_deltas(rows, odd), min_size=1, max_size=4))
+
+
+@pytest.fixture(scope="module")
+def holder(tmp_path_factory) -> Store:
+    """A store whose stored incidents each case sets (what _add_batch_deltas reads)."""
+    return Store(tmp_path_factory.mktemp("merge") / "x.db")
+
+
+def _merged(holder, stored, parts, accelerated):
+    """The transaction's deltas after each batch's (every value with its type and repr: -0.0), or the
+    type of the error."""
+    sample = Batch.of([(None, observation_values(ts=DAY, line=k, source="a.log"), [])
+                       for k in range(8)])  # fmt: skip
+    holder._incident_state = dict(stored)
+    deltas: dict = {}
+    with _accelerated(built if accelerated else None):
+        try:
+            for p in parts:
+                holder._add_batch_deltas(deltas, sample, p, 1)
+        except Exception as exc:  # noqa: BLE001 - compared
+            return type(exc)
+    return [(iid, [(k, type(v), repr(v)) for k, v in d.items()]) for iid, d in deltas.items()]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(merges())
+def test_deltas_merged_in_c_are_pythons(holder, case):
+    """A batch's deltas added to the transaction's in C (batch.merge_deltas) and in Python:
+    the same deltas, key by key, value by value and type by type (or the same error)."""
+    stored, parts = case
+    assert _merged(holder, stored, parts, True) == _merged(holder, stored, parts, False)
