@@ -504,10 +504,10 @@ def _numbered(stream: list[tuple[int, str]], sizes: list[int]) -> list[int]:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    runs=st.lists(st.tuples(st.integers(0, 9), st.lists(st.integers(0, 30), min_size=1, max_size=70)),
+    runs=st.lists(st.tuples(st.integers(0, 9), st.lists(st.integers(0, 20), min_size=1, max_size=70)),
                   min_size=1, max_size=12),
     sizes=st.lists(st.integers(1, 90), min_size=1, max_size=4),
-    compact_from=st.integers(1, 80),
+    compact_from=st.integers(1, 40),
 )  # fmt: skip
 def test_numbering_is_the_reference_numbering(runs, sizes, compact_from):
     """Identical records numbered batch by batch, or one by one, are numbered as defined
@@ -534,9 +534,11 @@ def test_busy_hours_are_numbered_as_defined_in_arrays_from_their_start():
     for hour in (3, 4, 3):
         fresh = [(hour, f"{hour}-{k}") for k in range(threshold + 3000)]
         stream += fresh + rng.sample(fresh, 300)  # copies within and across batches
-    rng.shuffle(stream[-2000:])
+    stream[-2000:] = rng.sample(stream[-2000:], 2000)  # the hours' records interleaved
     got = _numbered(stream, [scanner.BATCH, 777, scanner.BATCH - 1])
-    assert got == _reference_numbering(stream) and max(got) >= 3
+    expected = _reference_numbering(stream)
+    wrong = [(k, n, m) for k, (n, m) in enumerate(zip(got, expected, strict=True)) if n != m]
+    assert not wrong and max(got) >= 3, wrong[:5]  # (not a diff of lists this long: slow)
 
     seen = scanner.Occurrences()
     for k in range(threshold):
