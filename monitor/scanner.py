@@ -190,9 +190,10 @@ class Occurrences:
     def _hour(self, hour: int) -> _Hour:
         seen = self._hours.get(hour)
         if seen is None:
-            seen = self._hours[hour] = _Hour()
             for old in [h for h in self._hours if h < hour - self.HOURS_KEPT]:
                 del self._hours[old]
+            # in a busy log (an hour kept is busy), an array from the start
+            seen = self._hours[hour] = _Hour(any(h.busy for h in self._hours.values()))
         return seen
 
     def next(self, record_id: str, ts: float) -> int:
@@ -215,26 +216,57 @@ class Occurrences:
 
 class _Hour:
     """The records of one hour of log time seen so far, by observation id: a set while it
-    is small, then (from :attr:`COMPACT_FROM` on) a sorted int64 array, 8 bytes an id
-    outside Python's small-object heap, whose arenas the ids of a busy hour (arriving batch
-    by batch among short-lived rows) would otherwise keep from being freed. Ids seen more
-    than once also count their copies."""
+    is small, then (from :attr:`COMPACT_FROM` ids on, or from its start in a busy log) a
+    sorted int64 array, 8 bytes an id outside Python's small-object heap, whose arenas the
+    ids of a busy hour (arriving batch by batch among short-lived rows) would otherwise keep
+    from being freed, beside a set of those added since it was last merged. A long run (a
+    sixteenth of :attr:`COMPACT_FROM` or more) on an array is numbered in numpy: one of all
+    new ids (the common case) is sorted and merged with no Python object per id. Ids seen
+    more than once also count their copies."""
 
     COMPACT_FROM = 1 << 14
     __slots__ = ("ids", "array", "copies")
 
-    def __init__(self) -> None:
-        self.ids: set[int] = set()
+    def __init__(self, compact: bool = False) -> None:
+        self.ids: set[int] = set()  # those not in the array (fewer than COMPACT_FROM)
         self.array: Any = None  # numpy, imported only for hours this busy
         self.copies: dict[int, int] = {}  # id -> copies seen (of ids seen twice or more)
+        if compact:
+            self._compact()
 
-    def number(self, ids: list[int]) -> list[tuple[int, int]]:
+    @property
+    def busy(self) -> bool:
+        """Whether the hour holds :attr:`COMPACT_FROM` ids or more."""
+        return self.array is not None and len(self.array) >= self.COMPACT_FROM
+
+    def number(self, ids: Sequence[int]) -> list[tuple[int, int]]:
         """Add a run of records: (index, nth) of those that are not the first copy."""
+        if len(ids) * 16 >= self.COMPACT_FROM and (
+            self.array is not None or len(self.ids) + len(ids) >= self.COMPACT_FROM
+        ):
+            return self._number_long(ids)
+        known = [False] * len(ids) if self.array is None else self._known(ids).tolist()
         fresh = set(ids)
-        known = self._in_array(ids)
         if len(fresh) == len(ids) and self.ids.isdisjoint(fresh) and not any(known):
             self._add(fresh)  # the common case: all new
             return []
+        return self._numbered(ids, known)
+
+    def _number_long(self, ids: Sequence[int]) -> list[tuple[int, int]]:
+        """:meth:`number` of a long run, in numpy (the hour is an array from now on)."""
+        import numpy as np
+
+        self._compact()
+        keys = np.asarray(ids, dtype=np.int64)  # an array's buffer, not copied
+        run = np.sort(keys)
+        if not (run[1:] == run[:-1]).any() and not self._known(run).any():
+            self._merge(run)  # the common case: all new
+            return []
+        return self._numbered(ids, self._known(keys).tolist())
+
+    def _numbered(self, ids: Sequence[int], known: list[bool]) -> list[tuple[int, int]]:
+        """:meth:`number` record by record (the run has copies); ``known``: whether each
+        id is in the array."""
         repeats, first = [], set()
         for i, oid in enumerate(ids):
             nth = self.copies.get(oid)
@@ -248,26 +280,38 @@ class _Hour:
         self._add(first)
         return repeats
 
-    def _in_array(self, ids: list[int]) -> Sequence[bool]:
-        """Whether each id is in the array."""
-        if self.array is None:
-            return [False] * len(ids)
+    def _known(self, keys: Any) -> Any:
+        """Whether each of ``keys`` is in the array (bools, in numpy)."""
         import numpy as np
 
-        keys = np.array(ids, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.array, keys), len(self.array) - 1)
-        return (self.array[at] == keys).tolist()
+        array, keys = self.array, np.asarray(keys, dtype=np.int64)
+        if not len(array):
+            return np.zeros(len(keys), dtype=bool)
+        return array[np.minimum(np.searchsorted(array, keys), len(array) - 1)] == keys
 
-    def _add(self, ids: Iterable[int]) -> None:
+    def _add(self, ids: set[int]) -> None:
         self.ids.update(ids)
         if len(self.ids) >= self.COMPACT_FROM:
-            import numpy as np
+            self._compact()
 
-            new = np.sort(np.fromiter(self.ids, dtype=np.int64, count=len(self.ids)))
-            old = self.array
-            # two sorted runs: the stable sort merges them in linear time
-            self.array = new if old is None else np.sort(np.concatenate((old, new)), kind="stable")
+    def _compact(self) -> None:
+        """Merge the set into the array (made if there is none)."""
+        import numpy as np
+
+        if self.array is None or self.ids:
+            run = np.sort(np.fromiter(self.ids, dtype=np.int64, count=len(self.ids)))
             self.ids = set()
+            if self.array is None:
+                self.array = run
+            else:
+                self._merge(run)
+
+    def _merge(self, run: Any) -> None:
+        """Add a sorted run of new ids to the array."""
+        import numpy as np
+
+        # two sorted runs: the stable sort merges them in linear time
+        self.array = np.sort(np.concatenate((self.array, run)), kind="stable")
 
 
 def part_messages(pipeline: Pipeline, part: Part, on_read=None) -> Iterator[tuple[str, Any]]:

@@ -12,15 +12,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import monitor.scanner as scanner
 from monitor.app import App, Settings
+from monitor.batch import Batch
 from monitor.cli import main
 from monitor.collectors import CollectOptions
 from monitor.egress import EgressOptions
+from monitor.ids import observation_id
+from monitor.rows import observation_values
 from monitor.store import Ingestion, Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -462,3 +468,88 @@ def test_occurrences_number_identical_records_and_forget_old_hours():
         seen.next("x", hour * 3600.0)
     assert len(seen._hours) <= scanner.Occurrences.HOURS_KEPT + 1
     assert seen.next("a", 39 * 3600.0) == 0  # another hour: another record
+
+
+def _reference_numbering(stream: list[tuple[int, str]]) -> list[int]:
+    """The nth of each (hour, record id) of a stream as it is defined: the copies of it seen
+    before in its hour, an hour being forgotten once one more than ``HOURS_KEPT`` hours
+    later is first seen (a dict of counts: no sets, no arrays, no runs)."""
+    hours: dict[int, dict[str, int]] = {}
+    out = []
+    for hour, record_id in stream:
+        if hour not in hours:
+            hours[hour] = {}
+            for old in [h for h in hours if h < hour - scanner.Occurrences.HOURS_KEPT]:
+                del hours[old]
+        out.append(hours[hour].get(record_id, 0))
+        hours[hour][record_id] = out[-1] + 1
+    return out
+
+
+def _numbered(stream: list[tuple[int, str]], sizes: list[int]) -> list[int]:
+    """The nth of each (hour, record id) of a stream as :meth:`Occurrences.repeated` numbers
+    it over batches of the given sizes (in turn)."""
+    items = [(record_id, observation_values(id=observation_id(record_id), ts=hour * 3600.0 + 1,
+                                             line=k, day="x"), [])
+             for k, (hour, record_id) in enumerate(stream)]  # fmt: skip
+    got, seen, start = [0] * len(stream), scanner.Occurrences(), 0
+    for k in range(len(stream)):
+        end = min(start + sizes[k % len(sizes)], len(stream))
+        for i, nth in seen.repeated(Batch.of(items[start:end])):
+            got[start + i] = nth
+        if (start := end) == len(stream):
+            break
+    return got
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    runs=st.lists(st.tuples(st.integers(0, 9), st.lists(st.integers(0, 20), min_size=1, max_size=70)),
+                  min_size=1, max_size=12),
+    sizes=st.lists(st.integers(1, 90), min_size=1, max_size=4),
+    compact_from=st.integers(1, 40),
+)  # fmt: skip
+def test_numbering_is_the_reference_numbering(runs, sizes, compact_from):
+    """Identical records numbered batch by batch, or one by one, are numbered as defined
+    (:func:`_reference_numbering`) whatever the batches' sizes, with copies within a run and
+    across runs, hours going back and forth (some forgotten), and hours past a compaction
+    threshold made small, so that sets, arrays beside sets, sets turned arrays on the way
+    and long runs numbered in numpy all count."""
+    stream = [(hour, f"r{n}") for hour, ns in runs for n in ns]
+    with patch.object(scanner._Hour, "COMPACT_FROM", compact_from):
+        by_batch = _numbered(stream, sizes)
+        seen = scanner.Occurrences()
+        one_by_one = [seen.next(record_id, hour * 3600.0) for hour, record_id in stream]
+    assert by_batch == one_by_one == _reference_numbering(stream)
+
+
+def test_busy_hours_are_numbered_as_defined_in_arrays_from_their_start():
+    """At the real threshold, in producer-sized batches: busy hours of new ids with copies
+    near and far (and an hour seen again after another) are numbered as defined; a long run
+    of an hour that began after a busy one goes to an array (no set of its ids), and a
+    quiet hour after the busy one is forgotten is a set again."""
+    rng = random.Random(15)
+    threshold = scanner._Hour.COMPACT_FROM
+    stream = []
+    for hour in (3, 4, 3):
+        fresh = [(hour, f"{hour}-{k}") for k in range(threshold + 3000)]
+        stream += fresh + rng.sample(fresh, 300)  # copies within and across batches
+    stream[-2000:] = rng.sample(stream[-2000:], 2000)  # the hours' records interleaved
+    got = _numbered(stream, [scanner.BATCH, 777, scanner.BATCH - 1])
+    expected = _reference_numbering(stream)
+    wrong = [(k, n, m) for k, (n, m) in enumerate(zip(got, expected, strict=True)) if n != m]
+    assert not wrong and max(got) >= 3, wrong[:5]  # (not a diff of lists this long: slow)
+
+    seen = scanner.Occurrences()
+    for k in range(threshold):
+        seen.next(f"a{k}", 3600.0)
+    hours = seen._hours
+    assert len(hours[1].array) == threshold and not hours[1].ids
+    long = [(f"b{k}", observation_values(id=observation_id(f"b{k}"), ts=7200.0, line=k, day="x"), [])
+            for k in range(threshold // 16)]  # fmt: skip
+    assert list(seen.repeated(Batch.of(long))) == []
+    assert len(hours[2].array) == threshold // 16 and not hours[2].ids  # after a busy hour
+    for hour in range(3, 3 + scanner.Occurrences.HOURS_KEPT):
+        assert seen.next("c", hour * 3600.0) == 0
+    assert 1 not in hours and hours[max(hours)].array is None
+    assert hours[max(hours)].ids == {observation_id("c")}
