@@ -220,8 +220,9 @@ class _Hour:
     sorted int64 array, 8 bytes an id outside Python's small-object heap, whose arenas the
     ids of a busy hour (arriving batch by batch among short-lived rows) would otherwise keep
     from being freed, beside a set of those added since it was last merged. A long run (a
-    sixteenth of :attr:`COMPACT_FROM` or more) on an array is numbered in numpy: one of all
-    new ids (the common case) is sorted and merged with no Python object per id. Ids seen
+    sixteenth of :attr:`COMPACT_FROM` or of the array, whichever is more) on an array is
+    numbered in numpy: one of all new ids (the common case) is sorted and merged with no
+    Python object per id. Ids seen
     more than once also count their copies."""
 
     COMPACT_FROM = 1 << 14
@@ -241,7 +242,10 @@ class _Hour:
 
     def number(self, ids: Sequence[int]) -> list[tuple[int, int]]:
         """Add a run of records: (index, nth) of those that are not the first copy."""
-        if len(ids) * 16 >= self.COMPACT_FROM and (
+        # a run merged into the array costs the array's length: runs of a sixteenth of it or
+        # more, so that an hour costs a bounded multiple of its ids (shorter ones: the set)
+        array = 0 if self.array is None else len(self.array)
+        if len(ids) * 16 >= max(self.COMPACT_FROM, array) and (
             self.array is not None or len(self.ids) + len(ids) >= self.COMPACT_FROM
         ):
             return self._number_long(ids)

@@ -86,13 +86,6 @@ _INCIDENTS_CACHED = 1 << 14
 _CACHE_KB = 65536  # SQLite page cache per connection: index pages stay in memory
 #: page cache while reading the whole history (see :meth:`Store._sorting`)
 _SORT_CACHE_KB = 4096
-#: a new database's page size: fewer B-tree splits while a scan inserts random 63-bit ids
-#: into the index of ``obs_rows``. An existing database keeps its own (SQLite changes it
-#: only by a VACUUM out of WAL mode, which apiwatch never runs)
-_PAGE_SIZE = 16384
-#: write-ahead log a commit lets grow before copying it into the file (fewer, larger
-#: checkpoints), whatever the page size: SQLite counts it in pages
-_CHECKPOINT_BYTES = 16384 * 4096
 
 #: stored observation columns (name -> type, in row order): see :mod:`monitor.rows`
 OBSERVATION_COLUMNS = TYPES
@@ -610,11 +603,9 @@ class Store:
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute(f"PRAGMA cache_size = -{_CACHE_KB}")
             if not readonly:  # (NORMAL first: a new file's switch to WAL syncs less)
-                self.db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # before WAL: a new file's
                 self.db.execute("PRAGMA synchronous = NORMAL")
                 self.db.execute("PRAGMA journal_mode = WAL")
-                page = self.db.execute("PRAGMA page_size").fetchone()[0]
-                self.db.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_BYTES // page}")
+                self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
             self._migrate()
         except (OSError, sqlite3.DatabaseError) as exc:
             raise StoreError(database_problem(self.path, exc, "cannot open database")) from exc

@@ -534,7 +534,9 @@ def test_busy_hours_are_numbered_as_defined_in_arrays_from_their_start():
     for hour in (3, 4, 3):
         fresh = [(hour, f"{hour}-{k}") for k in range(threshold + 3000)]
         stream += fresh + rng.sample(fresh, 300)  # copies within and across batches
-    stream[-2000:] = rng.sample(stream[-2000:], 2000)  # the hours' records interleaved
+    edge = 2 * (threshold + 3300)  # where hour 4's records end and hour 3's begin again
+    stream[edge - 1000 : edge + 1000] = rng.sample(stream[edge - 1000 : edge + 1000], 2000)
+    assert {h for h, _ in stream[edge - 1000 : edge - 900]} == {3, 4}  # the hours interleaved
     got = _numbered(stream, [scanner.BATCH, 777, scanner.BATCH - 1])
     expected = _reference_numbering(stream)
     wrong = [(k, n, m) for k, (n, m) in enumerate(zip(got, expected, strict=True)) if n != m]
