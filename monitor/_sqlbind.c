@@ -4,17 +4,20 @@
  *
  * insert(conn, sql, columns, via) -> (changes, stop)
  *
- * `columns` a list of equally long columns, each a list or tuple of values or an array of
- * typecode q, l, i or d; `via` per column None (its values as they are), an int (added to
- * each value: sqlbind's ``map(via.__add__, column)``) or a list or tuple (each value an
+ * `columns` a list of equally long columns, each a list or tuple of values or an
+ * array.array of typecode q, l, i or d (not a subclass, not another buffer); `via` per
+ * column None (its values as they are), an int (added to each value: sqlbind's
+ * ``map(via.__add__, column)``; not a bool or a subclass) or a list or tuple (each value an
  * index into it: ``map(via.__getitem__, column)``). Prepares `sql` once on the
  * connection's handle, binds each row, steps and resets it, finalizes the statement; the
  * changes are sqlite3_changes summed over the rows (executemany's rowcount). `stop` is None
- * when every row is done, else the first row this left undone: the caller runs executemany
- * over the rows from there, so whatever this does not bind exactly as Python's sqlite3
- * does (an int beyond 64 bits, a str that is not UTF-8, a type it does not know, an
- * index out of range, columns of different lengths, a statement that is not one INSERT,
- * any error binding) is bound, or raised, by Python's sqlite3 itself. Errors of
+ * when every row is done, else the first row this left undone (the column's length when a
+ * callback of the steps resized a list column, the next row when the connection was
+ * closed during a step): the caller runs executemany over the rows from there, so whatever this does
+ * not bind exactly as Python's sqlite3 does (an int beyond 64 bits, a str that is not
+ * UTF-8, a type it does not know, an index out of range, columns of different lengths, a
+ * statement that is not one INSERT, a named parameter, any error binding) is bound, or
+ * raised, by Python's sqlite3 itself. Errors of
  * sqlite3_step raise as _sqlite3's _pysqlite_seterror does (class by SQLite's result
  * code, SQLite's message, sqlite_errorcode; sqlbind.py adds sqlite_errorname).
  *
@@ -29,9 +32,18 @@
  * sqlite3_get_autocommit follows in_transaction), else every call returns stop 0. The
  * handle is the first member after PyObject_HEAD of _sqlite3's Connection object in
  * CPython 3.11 to 3.13 (Modules/_sqlite/connection.h); other builds compile a module that
- * does not import. The GIL is held throughout (the store is single-threaded, in WAL mode a
- * step inside its BEGIN IMMEDIATE waits on no lock, and no other thread can change a
- * column or the handle meanwhile); values are bound SQLITE_TRANSIENT as Python's are.
+ * does not import.
+ *
+ * The GIL is released around the sqlite3_step of the first row and of every
+ * STEPS_PER_RELEASE-th after it (_sqlite3 releases it around each): the first row's step
+ * takes the write lock when the transaction does not hold it yet, a wait that another
+ * thread may need the GIL to end (its COMMIT), and other threads run at least once per
+ * STEPS_PER_RELEASE rows. Once the write lock is held (sqlbind.py calls this only inside
+ * a transaction) a later step of an INSERT waits on no lock in WAL mode, the store's; a
+ * release per row cost 6 % of this function's instructions (callgrind, 50,000 rows of
+ * obs_rows' kinds). Nothing a step reads is a Python object's (values are bound
+ * SQLITE_TRANSIENT, copied as Python's are; arrays are exported, so cannot resize), and
+ * after it the lists' sizes and the handle are read again.
  */
 #define _GNU_SOURCE 1 /* RTLD_DEFAULT (as pyconfig.h defines it) */
 #define PY_SSIZE_T_CLEAN
@@ -47,6 +59,7 @@
 #ifdef SQLBIND_SUPPORTED
 #include <dlfcn.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -61,12 +74,13 @@ typedef void (*sqlite3_destructor)(void *);
 #define SQLITE_DONE 101
 #define SQLITE_TRANSIENT ((sqlite3_destructor)-1)
 
-static struct {
+static struct api {
     int (*prepare_v2)(sqlite3 *, const char *, int, sqlite3_stmt **, const char **);
     int (*step)(sqlite3_stmt *);
     int (*reset)(sqlite3_stmt *);
     int (*finalize)(sqlite3_stmt *);
     int (*bind_parameter_count)(sqlite3_stmt *);
+    const char *(*bind_parameter_name)(sqlite3_stmt *, int);
     int (*column_count)(sqlite3_stmt *);
     int (*column_int)(sqlite3_stmt *, int);
     int (*bind_int64)(sqlite3_stmt *, int, sqlite3_int64);
@@ -83,14 +97,23 @@ static struct {
     int (*libversion_number)(void);
 } api;
 
-static const char *const API_NAMES[] = {
-    "sqlite3_prepare_v2", "sqlite3_step", "sqlite3_reset", "sqlite3_finalize",
-    "sqlite3_bind_parameter_count", "sqlite3_column_count", "sqlite3_column_int",
-    "sqlite3_bind_int64", "sqlite3_bind_double", "sqlite3_bind_text", "sqlite3_bind_blob",
-    "sqlite3_bind_null", "sqlite3_changes", "sqlite3_errcode", "sqlite3_extended_errcode",
-    "sqlite3_errmsg", "sqlite3_get_autocommit", "sqlite3_memory_used",
-    "sqlite3_libversion_number",
+/* each function's name and where its pointer goes in `api` (stored with memcpy: dlsym's
+ * void * is not a function pointer's type, POSIX only promises the same representation) */
+#define API(name) {"sqlite3_" #name, offsetof(struct api, name)}
+static const struct {
+    const char *name;
+    size_t offset;
+} API_TABLE[] = {
+    API(prepare_v2), API(step), API(reset), API(finalize), API(bind_parameter_count),
+    API(bind_parameter_name), API(column_count), API(column_int), API(bind_int64),
+    API(bind_double), API(bind_text), API(bind_blob), API(bind_null), API(changes),
+    API(errcode), API(extended_errcode), API(errmsg), API(get_autocommit), API(memory_used),
+    API(libversion_number),
 };
+#undef API
+_Static_assert(sizeof(void *) == sizeof api.step, "dlsym's pointers hold functions");
+_Static_assert(sizeof API_TABLE / sizeof *API_TABLE == sizeof api / sizeof api.step,
+               "every function of api looked up");
 
 /* _sqlite3's Connection: the handle right after the object header (CPython 3.11-3.13) */
 typedef struct {
@@ -100,6 +123,7 @@ typedef struct {
 
 static PyObject *SQLITE; /* the _sqlite3 module */
 static PyTypeObject *CONNECTION;
+static PyTypeObject *ARRAY; /* array.array: the only buffers read (not a subclass's) */
 static int verified;     /* 0: not yet, 1: the self-test passed, -1: it failed */
 
 /* the functions, from the instance _sqlite3 calls; -1 (ImportError set) when not found */
@@ -115,16 +139,15 @@ resolve(PyObject *sqlite)
         PyErr_SetString(PyExc_ImportError, "_sqlite3 is not a loaded shared library");
         return -1;
     }
-    void **slot = (void **)&api;
-    for (size_t i = 0; i < sizeof API_NAMES / sizeof *API_NAMES; i++) {
-        void *f = dlsym(lib, API_NAMES[i]);
-        void *global = dlsym(RTLD_DEFAULT, API_NAMES[i]);
+    for (size_t i = 0; i < sizeof API_TABLE / sizeof *API_TABLE; i++) {
+        void *f = dlsym(lib, API_TABLE[i].name);
+        void *global = dlsym(RTLD_DEFAULT, API_TABLE[i].name);
         if (f == NULL || (global != NULL && global != f)) {
-            PyErr_Format(PyExc_ImportError, "%s: %s", API_NAMES[i],
+            PyErr_Format(PyExc_ImportError, "%s: %s", API_TABLE[i].name,
                          f ? "another SQLite is in the global scope" : "not found");
             return -1;
         }
-        slot[i] = f;
+        memcpy((char *)&api + API_TABLE[i].offset, &f, sizeof f);
     }
     return 0;
 }
@@ -332,47 +355,19 @@ bind_at(sqlite3_stmt *st, int pos, column *c, Py_ssize_t i)
     return bind_object(st, pos, PySequence_Fast_GET_ITEM(c->seq, i));
 }
 
-/* a column and its via made ready; -1 on an error, 0 when this does not take them, else
- * 1 and its length in *n */
+/* a column and its via made ready; -1 on an error, 0 when this does not take them (nothing
+ * held then), else 1 and its length in *n (an array's buffer held: PyBuffer_Release) */
 static int
 column_of(column *c, PyObject *col, PyObject *via, Py_ssize_t *n)
 {
-    if (PyList_CheckExact(col) || PyTuple_CheckExact(col)) {
-        c->kind = LIST;
-        c->seq = col;
-        *n = PySequence_Fast_GET_SIZE(col);
-    } else if (PyObject_CheckBuffer(col) && !PyBytes_Check(col) && !PyByteArray_Check(col)) {
-        if (PyObject_GetBuffer(col, &c->view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
-            PyErr_Clear();
-            return 0;
-        }
-        c->kind = LIST; /* (not taken: a buffer this does not read) */
-        const char *f = c->view.format;
-        if (f != NULL && f[0] != '\0' && f[1] == '\0') {
-            if ((f[0] == 'q' || f[0] == 'l') && c->view.itemsize == 8)
-                c->kind = I64;
-            else if (f[0] == 'i' && c->view.itemsize == 4)
-                c->kind = I32;
-            else if (f[0] == 'd' && c->view.itemsize == 8)
-                c->kind = F64;
-        }
-        if (c->kind == LIST) {
-            PyBuffer_Release(&c->view);
-            return 0;
-        }
-        *n = c->view.len / c->view.itemsize;
-    } else {
-        return 0;
-    }
     if (via == Py_None) {
         c->how = AS_IS;
-    } else if (PyLong_CheckExact(via)) {
+    } else if (PyLong_CheckExact(via)) { /* (a bool or a subclass: its own __add__, Python's) */
         int overflow;
         c->how = OFFSET;
         c->offset = PyLong_AsLongLongAndOverflow(via, &overflow);
         if (overflow || (c->offset == -1 && PyErr_Occurred())) {
             PyErr_Clear();
-            c->how = AS_IS; /* (not taken) */
             return 0;
         }
     } else if (PyList_CheckExact(via) || PyTuple_CheckExact(via)) {
@@ -381,6 +376,34 @@ column_of(column *c, PyObject *col, PyObject *via, Py_ssize_t *n)
     } else {
         return 0;
     }
+    if (PyList_CheckExact(col) || PyTuple_CheckExact(col)) {
+        c->kind = LIST;
+        c->seq = col;
+        *n = PySequence_Fast_GET_SIZE(col);
+        return 1;
+    }
+    if (Py_TYPE(col) != ARRAY) /* (a memoryview's shape and alignment, a subclass's
+                                * __iter__: Python's iteration reads what it reads) */
+        return 0;
+    if (PyObject_GetBuffer(col, &c->view, PyBUF_FORMAT | PyBUF_ND) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    const char *f = c->view.format;
+    c->kind = LIST; /* (not taken: a typecode this does not read) */
+    if (c->view.ndim == 1 && f != NULL && f[0] != '\0' && f[1] == '\0') {
+        if ((f[0] == 'q' || f[0] == 'l') && c->view.itemsize == 8)
+            c->kind = I64;
+        else if (f[0] == 'i' && c->view.itemsize == 4)
+            c->kind = I32;
+        else if (f[0] == 'd' && c->view.itemsize == 8)
+            c->kind = F64;
+    }
+    if (c->kind == LIST) {
+        PyBuffer_Release(&c->view);
+        return 0;
+    }
+    *n = c->view.len / c->view.itemsize;
     return 1;
 }
 
@@ -439,16 +462,35 @@ one_insert(const char *sql, const char *tail)
     return 1;
 }
 
-/* step every row; the rows done, or -1 with the step's error set */
+/* rows between two releases of the GIL around a step (see the top) */
+#define STEPS_PER_RELEASE 256
+
+/* step every row (the GIL released in some steps: see the top); the rows done, or -1 with
+ * the step's error set */
 static Py_ssize_t
-step_rows(sqlite3 *db, sqlite3_stmt *st, column *cols, int ncols, Py_ssize_t n,
-          long long *changes)
+step_rows(PyObject *conn, sqlite3 *db, sqlite3_stmt *st, column *cols, int ncols,
+          Py_ssize_t n, long long *changes)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         for (int j = 0; j < ncols; j++)
             if (!bind_at(st, j + 1, &cols[j], i))
                 return i;
-        int rc = api.step(st);
+        int rc;
+        if (i % STEPS_PER_RELEASE == 0) {
+            Py_BEGIN_ALLOW_THREADS
+            rc = api.step(st);
+            Py_END_ALLOW_THREADS
+        } else {
+            rc = api.step(st);
+        }
+        if (((connection_head *)conn)->db != db) { /* closed meanwhile (by a callback or
+                                                    * another thread): Python's says so */
+            if (rc == SQLITE_DONE)
+                *changes += api.changes(db); /* (a zombie till the statement's finalized) */
+            api.reset(st);
+            PyErr_Clear();
+            return rc == SQLITE_DONE ? i + 1 : i;
+        }
         if (rc != SQLITE_DONE) {
             api.reset(st);
             if (PyErr_Occurred()) /* a Python callback's, which Python's sqlite3 drops too */
@@ -460,6 +502,31 @@ step_rows(sqlite3 *db, sqlite3_stmt *st, column *cols, int ncols, Py_ssize_t n,
         api.reset(st);
     }
     return n;
+}
+
+/* whether every parameter of `st` is positional (? or ?NNN): named ones Python's sqlite3
+ * binds from a sequence only with a DeprecationWarning (3.12 on), so it binds them */
+static int
+positional(sqlite3_stmt *st)
+{
+    int count = api.bind_parameter_count(st);
+    for (int i = 1; i <= count; i++) {
+        const char *name = api.bind_parameter_name(st, i);
+        if (name != NULL && name[0] != '?')
+            return 0;
+    }
+    return 1;
+}
+
+/* whether a list column's size is no longer `n` (a callback of the steps changed it):
+ * the rows from `n` on, if any, are Python's to iterate */
+static int
+resized(const column *cols, Py_ssize_t ncols, Py_ssize_t n)
+{
+    for (Py_ssize_t j = 0; j < ncols; j++)
+        if (cols[j].kind == LIST && PySequence_Fast_GET_SIZE(cols[j].seq) != n)
+            return 1;
+    return 0;
 }
 
 static PyObject *
@@ -518,9 +585,9 @@ insert(PyObject *self, PyObject *args)
             const char *tail = NULL;
             if (api.prepare_v2(db, sql, -1, &st, &tail) == SQLITE_OK && st != NULL &&
                 one_insert(sql, tail) && api.column_count(st) == 0 &&
-                api.bind_parameter_count(st) == ncols) {
-                done = step_rows(db, st, cols, (int)ncols, n < 0 ? 0 : n, &changes);
-                ran = 1;
+                api.bind_parameter_count(st) == ncols && positional(st)) {
+                done = step_rows(conn, db, st, cols, (int)ncols, n < 0 ? 0 : n, &changes);
+                ran = done != n || !resized(cols, ncols, n);
             }
             api.finalize(st);
             if (done < 0)
@@ -535,7 +602,7 @@ insert(PyObject *self, PyObject *args)
     Py_DECREF(vias);
     if (ok < 0)
         return NULL;
-    if (ran && done == n)
+    if (ran && done == n) /* (not ran: done 0, or all n of a resized column) */
         return Py_BuildValue("(LO)", changes, Py_None);
     return Py_BuildValue("(Ln)", changes, done);
 }
@@ -559,8 +626,16 @@ PyInit__sqlbind(void)
         PyErr_SetString(PyExc_ImportError, "_sqlite3.Connection is not a type");
         return NULL;
     }
+    PyObject *arrays = PyImport_ImportModule("array");
+    ARRAY = arrays ? (PyTypeObject *)PyObject_GetAttrString(arrays, "array") : NULL;
+    Py_XDECREF(arrays);
+    if (ARRAY == NULL || !PyType_Check(ARRAY)) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ImportError, "array.array is not a type");
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 1) < 0)
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 2) < 0)
         Py_CLEAR(m);
     return m;
 }

@@ -14,7 +14,7 @@ from typing import Any
 from monitor import accel
 
 #: the ``_sqlbind`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 1
+_ACCEL_ABI = 2
 _ACCEL = accel.load("monitor._sqlbind")
 if _ACCEL is not None and getattr(_ACCEL, "ABI", 0) != _ACCEL_ABI:
     _ACCEL = None
@@ -43,12 +43,13 @@ def insert_columns(conn: sqlite3.Connection, sql: str, columns: list[Sequence[An
     """Run ``sql`` (one INSERT with a parameter per column) for each row of ``columns``
     (values of ``via``, see :data:`Via`) as ``conn.executemany`` does, with its errors;
     returns the rows changed (its ``rowcount``). The C code does the rows it can bind as
-    Python's sqlite3 would, the rest (from the first it cannot) ``executemany`` does."""
+    Python's sqlite3 would, the rest (from the first it cannot) ``executemany`` does; C only
+    inside a transaction (the store's), where Python's sqlite3 would open none itself."""
     cursor = conn.cursor()  # sqlite3's own checks first: the connection open, this thread
     changes, stop = 0, 0
     if (
         _ACCEL is not None
-        and (conn.isolation_level is None or conn.in_transaction)  # no implicit BEGIN to make
+        and conn.in_transaction  # no implicit BEGIN to make, no autocommit per row
         and _BOUND.isdisjoint(sqlite3.adapters)  # no adapter for Python's sqlite3 to call
     ):
         try:

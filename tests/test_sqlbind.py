@@ -13,6 +13,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
+import warnings
 from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,6 +61,12 @@ def _stored(conn: sqlite3.Connection) -> list[tuple]:
     ).fetchall()
 
 
+def _exact(rows: list[tuple]) -> list[tuple]:
+    """Rows with each cell as its type and repr: -0.0 is not 0.0, 1 not True (what ``==``
+    and SQLite's own ``quote()``, which prints -0.0 as 0.0, would not tell apart)."""
+    return [tuple((type(cell).__name__, repr(cell)) for cell in row) for row in rows]
+
+
 def _outcome(run: Callable[[], int]) -> tuple:
     """What a call gives: its count of changes, or its exception's class, message and
     SQLite code and name (when it has them)."""
@@ -78,10 +86,11 @@ def _insert(conn, columns, via, sql=INSERT, module=None) -> tuple:
         sqlbind._ACCEL = old
 
 
-def _both(columns: Sequence[Any], via: Sequence[Any], sql: str = INSERT, before=(),
-          begin: str | None = "BEGIN IMMEDIATE", open_db=_database) -> tuple:  # fmt: skip
-    """The outcome, rows stored and transaction state of C's insert and of Python's, each
-    on a database made by ``open_db`` holding the rows ``before``; asserts they agree."""
+def _results(columns: Sequence[Any], via: Sequence[Any], sql: str = INSERT, before=(),
+             begin: str | None = "BEGIN IMMEDIATE", open_db=_database) -> list[tuple]:  # fmt: skip
+    """The outcome, rows stored, transaction state and rows stored exactly (:func:`_exact`)
+    of C's insert and of Python's, each on a database made by ``open_db`` holding the rows
+    ``before``, in a transaction begun by ``begin``."""
     results = []
     for module in (built, None):
         conn = open_db()
@@ -90,10 +99,35 @@ def _both(columns: Sequence[Any], via: Sequence[Any], sql: str = INSERT, before=
         if begin:
             conn.execute(begin)
         outcome = _insert(conn, columns, via, sql, module)
-        results.append((outcome, _stored(conn), conn.in_transaction))
+        rows = _stored(conn)
+        results.append((outcome, rows, conn.in_transaction, _exact(rows)))
         conn.close()
-    assert results[0] == results[1]
-    return results[0]
+    return results
+
+
+def _both(columns: Sequence[Any], via: Sequence[Any], **how: Any) -> tuple:
+    """C's outcome, rows and transaction state from :func:`_results` (``how`` its
+    options), asserted equal to Python's, the rows exactly."""
+    c_result, python_result = _results(columns, via, **how)
+    assert c_result == python_result
+    return c_result[:3]
+
+
+def _bound(value: Any, via: Any) -> Any:
+    """A value as bound through its via (what ``sqlbind._values`` makes of it)."""
+    if via is None:
+        return value
+    return via + value if isinstance(via, int) else via[value]
+
+
+def _first_unbindable(columns: Sequence[Any], via: Sequence[Any]) -> int | None:
+    """The first row with a value C leaves to Python (an int beyond 64 bits, as bound)."""
+    for i, row in enumerate(zip(*columns, strict=True)):
+        for value, how in zip(row, via, strict=True):
+            bound = _bound(value, how)
+            if isinstance(bound, int) and not -(2**63) <= bound < 2**63:
+                return i
+    return None
 
 
 @st.composite
@@ -145,17 +179,26 @@ BEFORE = [(1, "stored", 0.5, "s", 1), (3, None, None, None, None)]  # rows met b
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(columns())
 def test_inserted_rows_are_pythons(drawn):
+    """Python's rows and changes, and C did them all itself up to the first value it
+    leaves to Python (stop None when there is none), counting the changes it made."""
     cols, via = drawn
     outcome, rows, _ = _both(cols, via, before=BEFORE)
     if outcome[0] == "changes":
         assert len(rows) == len(BEFORE) + outcome[1]
+    conn = _database()
+    conn.executemany(INSERT, BEFORE)
+    conn.execute("BEGIN IMMEDIATE")
+    changes, stop = built.insert(conn, INSERT, list(cols), list(via))
+    assert stop == _first_unbindable(cols, via)
+    assert changes == len(_stored(conn)) - len(BEFORE)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(columns(odd=True))
 def test_odd_values_insert_or_fail_as_in_python(drawn):
     cols, via = drawn
-    _both(cols, via, before=BEFORE)
+    c_result, python_result = _results(cols, via, before=BEFORE)
+    assert c_result == python_result
 
 
 def test_c_binds_the_stores_columns_itself():
@@ -235,12 +278,13 @@ def test_a_full_database_fails_as_in_python():
     assert outcome == (sqlite3.OperationalError, "database or disk is full", 13, "SQLITE_FULL")
 
 
-def test_a_read_only_database_fails_as_in_python(tmp_path):
+@pytest.mark.parametrize("begin", [None, "BEGIN"])  # Python's (autocommit), C's
+def test_a_read_only_database_fails_as_in_python(tmp_path, begin):
     path = tmp_path / "ro.db"
     _database(str(path)).close()
     uri = f"{path.as_uri()}?mode=ro"
     cols = [[1, 2], [1, 2], [None] * 2, [None] * 2, [None] * 2]
-    outcome, rows, _ = _both(cols, [None] * 5, begin=None,
+    outcome, rows, _ = _both(cols, [None] * 5, begin=begin,
                              open_db=lambda: sqlite3.connect(uri, uri=True, isolation_level=None))  # fmt: skip
     assert outcome == (sqlite3.OperationalError, "attempt to write a readonly database", 8,
                        "SQLITE_READONLY")  # fmt: skip
@@ -385,3 +429,167 @@ def test_a_second_sqlite_in_the_process_keeps_c_out(tmp_path):
     assert run.stderr.strip().endswith(
         "ImportError: sqlite3_prepare_v2: another SQLite is in the global scope"
     ), run.stderr
+
+
+def test_a_step_waiting_on_a_lock_lets_its_holder_commit(tmp_path):
+    """Another thread holds the write lock and needs the GIL to commit: C's step waits for
+    the lock with the GIL released (as _sqlite3's does), so it gets it well within the
+    busy timeout instead of failing with SQLITE_BUSY after it."""
+    path = tmp_path / "busy.db"
+    _database(str(path)).execute("PRAGMA journal_mode = WAL").fetchone()
+    holding = threading.Event()
+
+    def hold_then_commit() -> None:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        holding.set()
+        time.sleep(0.3)  # (Python work: the GIL needed again before the COMMIT)
+        other.execute("COMMIT")
+        other.close()
+
+    holder = threading.Thread(target=hold_then_commit)
+    holder.start()
+    holding.wait()
+    conn = sqlite3.connect(path, isolation_level=None, timeout=5)
+    conn.execute("BEGIN")  # (deferred: the INSERT's step takes the write lock)
+    started = time.monotonic()
+    cols = [[1, 2, 3], [1, 2, 3], [None] * 3, [None] * 3, [None] * 3]
+    try:
+        result = built.insert(conn, INSERT, cols, [None] * 5)
+    finally:
+        holder.join()
+    assert result == (3, None)
+    assert time.monotonic() - started < 4
+
+
+def test_another_thread_runs_during_the_steps():
+    """A thread counting runs while C steps a long batch (the GIL is released in a step
+    every few hundred rows), not only before and after it."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE t (a)")
+    conn.execute("BEGIN")
+    column = array("q", range(1_000_000))
+    done = threading.Event()
+    ticks: list[float] = []
+
+    def count_until_done() -> None:
+        while not done.is_set():
+            ticks.append(time.monotonic())
+
+    counter = threading.Thread(target=count_until_done)
+    counter.start()
+    try:
+        started = time.monotonic()
+        result = built.insert(conn, "INSERT INTO t VALUES (?)", [column], [None])
+        ended = time.monotonic()
+    finally:
+        done.set()
+        counter.join()
+    assert result == (len(column), None)
+    quarter = (ended - started) / 4
+    assert any(started + quarter < tick < ended - quarter for tick in ticks)
+
+
+class _Plus(int):
+    """An int whose addition is its own (a via Python's sqlite3 path calls)."""
+
+    def __add__(self, other: object) -> int:
+        return int(self) + int(other) + 1000  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("via", [2**70, True, _Plus(5), 1.5, "x", {0: 1}])
+def test_a_via_c_does_not_take_leaves_the_array_as_it_was(via):
+    """A via C does not take (an int beyond 64 bits, a bool, an int subclass, a float, a
+    str, a dict) on an array column: C leaves the rows to Python with the array's buffer
+    released (it can grow again) and its reference count as before; the rows Python's."""
+    conn = _database()
+    conn.execute("BEGIN")
+    column = array("q", [1, 2])
+    cols = [array("q", [1, 2]), column, [None] * 2, [None] * 2, [None] * 2]
+    refs = sys.getrefcount(column)
+    assert built.insert(conn, INSERT, cols, [None, via, None, None, None]) == (0, 0)
+    assert sys.getrefcount(column) == refs
+    column.append(3)
+    column.pop()
+    c_result, python_result = _results(cols, [None, via, None, None, None])
+    assert c_result == python_result
+
+
+class _Reversed(array):
+    """An array iterated backwards (what Python's sqlite3 reads of it)."""
+
+    def __iter__(self):
+        return reversed(list(super().__iter__()))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: memoryview(array("q", [4, 5])),  # a 1-D view
+    lambda: memoryview(array("q", range(4))).cast("B").cast("q", (2, 2)),  # 2-D
+    lambda: memoryview(array("q", [7])).cast("B").cast("q", ()),  # 0-d
+    lambda: memoryview(bytearray(17))[1:].cast("q"),  # misaligned items
+    lambda: _Reversed("q", [4, 5]),  # a subclass with its own __iter__
+])  # fmt: skip
+def test_buffers_other_than_an_array_are_pythons(make):
+    """C reads only an array.array itself: other buffers of typecode q are Python's."""
+    conn = _database()
+    conn.execute("BEGIN")
+    assert built.insert(conn, INSERT, [make()], [None]) == (0, 0)
+    assert built.insert(conn, "INSERT INTO t (id) VALUES (?)", [make()], [None]) == (0, 0)
+    c_result, python_result = _results([make()], [None], sql="INSERT INTO t (id) VALUES (?)")
+    assert c_result == python_result
+
+
+@pytest.mark.parametrize(("sql", "c_does_it"), [
+    ("INSERT INTO t (id, a) VALUES (:x, :y)", False),
+    ("INSERT INTO t (id, a) VALUES (@x, $y)", False),
+    ("INSERT INTO t (id, a) VALUES (?, :y)", False),
+    ("INSERT INTO t (id, a) VALUES (?1, ?2)", True),
+    ("INSERT INTO t (id, a) VALUES (?2, ?1)", True),
+])  # fmt: skip
+def test_named_parameters_are_pythons(sql, c_does_it):
+    """Named parameters bound from a sequence: Python's sqlite3 warns (3.12 on), so C
+    leaves them to it; numbered ones (?NNN) C binds by their numbers as Python does."""
+    cols = [[1, 2], [3, 4]]
+    conn = _database()
+    conn.execute("BEGIN")
+    assert built.insert(conn, sql, cols, [None, None]) == ((2, None) if c_does_it else (0, 0))
+    results = []
+    for module in (built, None):
+        conn = _database()
+        conn.execute("BEGIN")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outcome = _insert(conn, cols, [None, None], sql, module)
+        results.append((outcome, _exact(_stored(conn)), [w.category for w in caught]))
+    assert results[0] == results[1]
+
+
+def test_a_list_grown_by_a_trigger_is_done_to_its_end():
+    """A SQL function a trigger calls replaces the column's values by more of them during
+    a step: C stops after its rows (stop n) and Python's iteration does the rest, as
+    executemany over the same list would."""
+    stored = []
+    for module in (built, None):
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.execute("CREATE TABLE t (a)")
+        conn.execute("CREATE TABLE u (a)")
+        column = [1, 2, 3, 4, 5]
+
+        def grow(x: Any, column: list = column) -> Any:
+            if x == 2:
+                column[:] = ["a", "b", "c", "d", "e", "f"]
+            return x
+
+        conn.create_function("grow", 1, grow)
+        conn.execute("CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO u VALUES (grow(new.a)); END")  # fmt: skip
+        conn.execute("BEGIN")
+        if module is not None:
+            stepped = built.insert(conn, "INSERT INTO t VALUES (?)", [column], [None])
+            assert stepped == (5, 5)  # (the trigger's rows not counted, as in executemany)
+            conn.execute("DELETE FROM t")
+            conn.execute("DELETE FROM u")
+            column[:] = [1, 2, 3, 4, 5]
+        outcome = _insert(conn, [column], [None], "INSERT INTO t VALUES (?)", module)
+        stored.append((outcome, conn.execute("SELECT a FROM t").fetchall()))
+    assert stored[0] == stored[1]
+    assert stored[0][1][-1] == ("f",)
