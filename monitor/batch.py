@@ -288,7 +288,12 @@ class _Undecoded(Sequence[Any]):
 class BatchStream:
     """A producer's side of a stream: numbers the incident rows it sends (by identity: the
     memo's rows are shared and never changed, see :class:`monitor.pipeline.RecordMemo`,
-    and kept here while the stream lasts, so that no other object takes an id)."""
+    and kept here while they are numbered, so that no other object takes an id). The
+    table is bounded, as the memo is: past :attr:`LIMIT` rows the next batch starts it
+    again (its ``base`` 0), so a part read whole (compressed, standard input) keeps memory
+    flat in both processes."""
+
+    LIMIT = 1 << 14
 
     def __init__(self) -> None:
         self.token = os.urandom(8)
@@ -300,6 +305,8 @@ class BatchStream:
         """``batch`` (made here: its groups unpacked) as sent: its incident rows replaced
         by references, the rows new to the stream with them (:class:`StreamRefs`)."""
         flat, widths, rows, ends = _packed_groups(batch.grouped())
+        if len(self._rows) >= self.LIMIT:
+            self._number, self._rows = {}, []
         base, new = len(self._rows), []
         refs = StreamRefs(self.token, self._seq, base, new, self._refs(batch.deltas.incs, new),
                           self._refs(flat, new))  # fmt: skip
@@ -324,7 +331,7 @@ class BatchTable:
     """The storing process's side of a stream: its table, rebuilt as its batches come in
     order. A batch of another stream, or out of order, fails (:class:`StreamError`) rather
     than take another incident's row; a stream that starts again (its first batch) starts
-    a new table."""
+    a new table, and so does a batch whose table starts again (``base`` 0: bounded)."""
 
     def __init__(self) -> None:
         self.stream: bytes | None = None
@@ -337,7 +344,9 @@ class BatchTable:
         if refs is None:
             return batch
         if refs.seq == 0:
-            self.stream, self._seq, self._rows = refs.stream, 0, []
+            self.stream, self._seq = refs.stream, 0
+        if refs.base == 0:
+            self._rows = []
         if refs.stream != self.stream or refs.seq != self._seq or refs.base != len(self._rows):
             raise StreamError(
                 f"batch {refs.seq} of stream {refs.stream.hex()} (table of {refs.base} rows) "

@@ -53,6 +53,13 @@ def _sent(pipeline: Pipeline, parts: list[Part]) -> list[list[bytes]]:
              if kind == "batch"] for part in parts]  # fmt: skip
 
 
+def _made(pipeline: Pipeline, part: Part, size: int) -> list[Batch]:
+    """A part's batches made without a stream, pickled and back."""
+    return [
+        pickle.loads(pickle.dumps(b, -1)) for b in pipeline.process(part, Diagnostics(), size=size)
+    ]
+
+
 def _same(got: Batch, want: Batch) -> None:
     """Every field of a decoded batch is the batch's made without a stream (pickled too)."""
     assert got.grouped() == want.grouped()
@@ -73,7 +80,7 @@ def test_parts_streams_decode_to_their_batches_in_the_scanners_order(world, monk
     reference = _pipeline(app)
     for i, part in enumerate(parts):
         sent = producers[i % 2][i // 2]
-        want = [pickle.loads(pickle.dumps(b, -1)) for b in reference.process(part, Diagnostics(), size=150)]
+        want = _made(reference, part, 150)
         assert len(sent) == len(want) > 2
         table = BatchTable()
         refs, rows = 0, 0
@@ -161,7 +168,7 @@ def test_a_restarted_stream_starts_a_new_table(world, monkeypatch):
     monkeypatch.setattr(scanner, "BATCH", 400)
     app, log = world
     killed, again = _stream_of(app, log), _stream_of(app, log)
-    want = [pickle.loads(pickle.dumps(b, -1)) for b in _pipeline(app).process(Part(str(log)), Diagnostics(), size=400)]
+    want = _made(_pipeline(app), Part(str(log)), 400)
     table = BatchTable()
     for b in killed[:2]:
         table.decode(b)
@@ -169,6 +176,32 @@ def test_a_restarted_stream_starts_a_new_table(world, monkeypatch):
         _same(table.decode(got), expected)
     with pytest.raises(StreamError):
         table.decode(killed[2])
+
+
+def test_a_long_stream_starts_its_table_again_and_keeps_it_bounded(world, monkeypatch):
+    """A part read whole (a compressed input, standard input) is one long stream: past its
+    limit the producer's table starts again, and so does the storing process's, both
+    bounded; every batch still decodes to the one made without a stream, and a batch missed
+    across a new start still fails."""
+    monkeypatch.setattr(scanner, "BATCH", 150)
+    monkeypatch.setattr(BatchStream, "LIMIT", 60)
+    app, log = world
+    sent = _stream_of(app, log)
+    want = _made(_pipeline(app), Part(str(log)), 150)
+    again = [b.refs.seq for b in sent[1:] if b.refs.base == 0]
+    assert len(again) >= 2, "the table started again"
+    assert all(b.refs.base < 60 for b in sent)
+    table, largest = BatchTable(), 0
+    for got, expected in zip(sent, want, strict=True):
+        _same(table.decode(got), expected)
+        largest = max(largest, len(table._rows))
+    assert largest < 60 + max(len(b.deltas) for b in want) * 2
+    missed = _stream_of(app, log)
+    table = BatchTable()
+    for b in missed[: again[0] - 1]:
+        table.decode(b)
+    with pytest.raises(StreamError):
+        table.decode(missed[again[0]])  # the batch before the new start missed
 
 
 def _incident(k: int, facts: int) -> dict:
