@@ -950,14 +950,15 @@ item_of(PyObject *d, PyObject *key)
     return value;
 }
 
-/* d[key] = d[key] + add (None + add: add); -1 on error */
+/* d[key] = d[key] + add (with `or_none`, None + add: add, as for the byte sums; else
+ * None + add raises as in Python); -1 on error */
 static int
-add_to(PyObject *d, PyObject *key, PyObject *add)
+add_to(PyObject *d, PyObject *key, PyObject *add, int or_none)
 {
     PyObject *had = item_of(d, key);
     if (had == NULL)
         return -1;
-    PyObject *sum = had == Py_None ? Py_NewRef(add) : PyNumber_Add(had, add);
+    PyObject *sum = or_none && had == Py_None ? Py_NewRef(add) : PyNumber_Add(had, add);
     if (sum == NULL)
         return -1;
     int failed = PyDict_SetItem(d, key, sum);
@@ -1049,24 +1050,28 @@ merge_deltas(PyObject *self, PyObject *args)
             room = index == NULL || PyList_Append(roomy, index) < 0 ? -1 : 0;
             Py_XDECREF(index);
         }
+        if (room < 0) { /* (no other call with the error set) */
+            Py_DECREF(d);
+            goto done;
+        }
         PyObject *items[6] = {PySequence_GetItem(count, k), PySequence_GetItem(blocked, k),
                               Py_NewRef(PyList_GET_ITEM(out, k)),
                               Py_NewRef(PyList_GET_ITEM(in, k)), PySequence_GetItem(first, k),
                               PySequence_GetItem(last, k)};
-        int failed = room < 0;
+        int failed = 0;
         for (int j = 0; j < 6; j++)
             failed |= items[j] == NULL;
-        failed = failed || add_to(d, COUNT_KEY, items[0]) < 0 ||
-                 add_to(d, BLOCKED_KEY, items[1]) < 0 ||
-                 (items[2] != Py_None && add_to(d, OUT_KEY, items[2]) < 0) ||
-                 (items[3] != Py_None && add_to(d, IN_KEY, items[3]) < 0) ||
+        failed = failed || add_to(d, COUNT_KEY, items[0], 0) < 0 ||
+                 add_to(d, BLOCKED_KEY, items[1], 0) < 0 ||
+                 (items[2] != Py_None && add_to(d, OUT_KEY, items[2], 1) < 0) ||
+                 (items[3] != Py_None && add_to(d, IN_KEY, items[3], 1) < 0) ||
                  move_to(d, FIRST_KEY, items[4], Py_LT) < 0 ||
                  move_to(d, LAST_KEY, items[5], Py_GT) < 0;
         for (int j = 0; j < 6; j++)
             Py_XDECREF(items[j]);
-        PyObject *theirs = PyList_GET_ITEM(facts, k);
+        PyObject *theirs = Py_NewRef(PyList_GET_ITEM(facts, k)); /* (held: merge runs code) */
         if (!failed && theirs != Py_None) {
-            PyObject *had = item_of(d, FACTS_KEY);
+            PyObject *had = Py_XNewRef(item_of(d, FACTS_KEY));
             if (had == NULL)
                 failed = 1;
             else if (had != theirs) {
@@ -1093,7 +1098,9 @@ merge_deltas(PyObject *self, PyObject *args)
                 }
                 failed = failed || PyDict_SetItem(d, FACTS_KEY, merged) < 0;
             }
+            Py_XDECREF(had);
         }
+        Py_DECREF(theirs);
         Py_DECREF(d);
         if (failed)
             goto done;

@@ -383,6 +383,25 @@ def _merged(holder, stored, parts, accelerated):
     return [(iid, [(k, type(v), repr(v)) for k, v in d.items()]) for iid, d in deltas.items()]
 
 
+def test_only_byte_sums_take_a_none_in_c_as_in_python(holder):
+    """A None the transaction holds is nothing to add to for the byte sums only: a None
+    count or blocked count raises in C as in Python (Python's ``+=``), not a 0."""
+
+    def deltas(count, blocked, size):
+        return Deltas(["i0"], [{"id": "i0", "rule": "r", "provider": "p", "site": None}],
+                      [count], [blocked], [size], [size], [DAY], [DAY], [[0]], [None],
+                      array("i"), array("i"))  # fmt: skip
+
+    cases = {"count": [deltas(None, 0, 1), deltas(2, 0, 1)],
+             "blocked": [deltas(1, None, 1), deltas(2, 1, 1)],
+             "bytes": [deltas(1, 0, None), deltas(2, 1, 7)]}  # fmt: skip
+    outcomes = {name: [_merged(holder, {}, parts, c) for c in (True, False)]
+                for name, parts in cases.items()}  # fmt: skip
+    assert outcomes["count"] == outcomes["blocked"] == [TypeError, TypeError]
+    c, python = outcomes["bytes"]
+    assert c == python and ("bytes_out", int, "7") in c[0][1] and ("count", int, "3") in c[0][1]
+
+
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(merges())
 def test_deltas_merged_in_c_are_pythons(holder, case):
