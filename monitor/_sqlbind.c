@@ -37,8 +37,10 @@
  * The GIL is released around the sqlite3_step of the first row and of every
  * STEPS_PER_RELEASE-th after it (_sqlite3 releases it around each): the first row's step
  * takes the write lock when the transaction does not hold it yet, a wait that another
- * thread may need the GIL to end (its COMMIT), and other threads run at least once per
- * STEPS_PER_RELEASE rows. Once the write lock is held (sqlbind.py calls this only inside
+ * thread may need the GIL to end (its COMMIT); the later releases give other threads a
+ * chance, no promise (a waiting thread asks for the GIL only after a switch interval with
+ * no hand-over, and these quick re-takes count as hand-overs: one may wait out a batch, a
+ * few tens of milliseconds at the store's 20,000 rows). Once the write lock is held (sqlbind.py calls this only inside
  * a transaction) a later step of an INSERT waits on no lock in WAL mode, the store's; a
  * release per row cost 6 % of this function's instructions (callgrind, 50,000 rows of
  * obs_rows' kinds). Nothing a step reads is a Python object's (values are bound

@@ -462,34 +462,6 @@ def test_a_step_waiting_on_a_lock_lets_its_holder_commit(tmp_path):
     assert time.monotonic() - started < 4
 
 
-def test_another_thread_runs_during_the_steps():
-    """A thread counting runs while C steps a long batch (the GIL is released in a step
-    every few hundred rows), not only before and after it."""
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    conn.execute("CREATE TABLE t (a)")
-    conn.execute("BEGIN")
-    column = array("q", range(1_000_000))
-    done = threading.Event()
-    ticks: list[float] = []
-
-    def count_until_done() -> None:
-        while not done.is_set():
-            ticks.append(time.monotonic())
-
-    counter = threading.Thread(target=count_until_done)
-    counter.start()
-    try:
-        started = time.monotonic()
-        result = built.insert(conn, "INSERT INTO t VALUES (?)", [column], [None])
-        ended = time.monotonic()
-    finally:
-        done.set()
-        counter.join()
-    assert result == (len(column), None)
-    quarter = (ended - started) / 4
-    assert any(started + quarter < tick < ended - quarter for tick in ticks)
-
-
 class _Plus(int):
     """An int whose addition is its own (a via Python's sqlite3 path calls)."""
 
