@@ -222,8 +222,7 @@ class _Hour:
     from being freed, beside a set of those added since it was last merged. A long run (a
     sixteenth of :attr:`COMPACT_FROM` or of the array, whichever is more) on an array is
     numbered in numpy: one of all new ids (the common case) is sorted and merged with no
-    Python object per id. Ids seen
-    more than once also count their copies."""
+    Python object per id. Ids seen more than once also count their copies."""
 
     COMPACT_FROM = 1 << 14
     __slots__ = ("ids", "array", "copies")
