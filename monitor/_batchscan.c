@@ -1115,6 +1115,447 @@ done:
     return result;
 }
 
+/* Sums() -> batch.py RollupSums's sums, in C
+ *
+ * The roll-up rows of a transaction's batches summed in memory by the storing process:
+ * per (context number, client number) the requests, bytes out and in (each with whether
+ * any was not NULL), the least URL, the first and last time; per (context number, hour)
+ * the requests and bytes. add(rollup, ctx, client) adds a batch.Rollup whose context and
+ * client indexes `ctx` and `client` (lists of ints) number; rows() and hourly() give the
+ * sums sorted by key as RollupSums's columns (arrays as bytes of int64/doubles, a bytes
+ * column None when all NULL, bytes when none is, else a list). add checks all it reads
+ * before it adds anything: a column of another type or size, an index out of range or a
+ * URL that is neither str nor None raise (TypeError, ValueError, IndexError), and a sum
+ * beyond 64 bits raises OverflowError (the sums of the keys added before it are kept). */
+typedef struct {
+    int64_t a, b; /* the key: (ctx, client) or (ctx, hour) */
+    int64_t requests, out, in;
+    int has_out, has_in;
+    PyObject *url; /* owned, or NULL */
+    double first, last;
+} Sum;
+
+typedef struct {
+    Sum *e;
+    Py_ssize_t n;
+    Py_ssize_t *slot; /* entry + 1, 0: free */
+    size_t nslots;    /* a power of 2, at least twice n */
+} Table;
+
+typedef struct {
+    PyObject_HEAD
+    Table rows, hours;
+} Sums;
+
+static PyObject *ROLLUP_FIELDS[13]; /* the batch.Rollup attributes, interned */
+
+static inline size_t
+slot_hash(int64_t a, int64_t b, size_t mask)
+{
+    uint64_t h = (uint64_t)a * 0x9E3779B97F4A7C15ULL ^ (uint64_t)b * 0xC2B2AE3D27D4EB4FULL;
+    return (size_t)((h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL >> 32) & mask;
+}
+
+/* the entry of key (a, b), made (all zero, *fresh 1) when the table lacks it; NULL with
+ * MemoryError set */
+static Sum *
+table_get(Table *t, int64_t a, int64_t b, int *fresh)
+{
+    if (2 * (size_t)(t->n + 1) > t->nslots) {
+        size_t nslots = t->nslots ? 2 * t->nslots : 64;
+        Sum *e = PyMem_Realloc(t->e, nslots / 2 * sizeof(Sum));
+        if (e == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        t->e = e;
+        Py_ssize_t *slot = PyMem_Calloc(nslots, sizeof(Py_ssize_t));
+        if (slot == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        for (Py_ssize_t k = 0; k < t->n; k++) {
+            size_t s = slot_hash(e[k].a, e[k].b, nslots - 1);
+            while (slot[s])
+                s = (s + 1) & (nslots - 1);
+            slot[s] = k + 1;
+        }
+        PyMem_Free(t->slot);
+        t->slot = slot;
+        t->nslots = nslots;
+    }
+    size_t mask = t->nslots - 1, s = slot_hash(a, b, mask);
+    for (; t->slot[s]; s = (s + 1) & mask) {
+        Sum *e = &t->e[t->slot[s] - 1];
+        if (e->a == a && e->b == b) {
+            *fresh = 0;
+            return e;
+        }
+    }
+    t->slot[s] = ++t->n;
+    Sum *e = &t->e[t->n - 1];
+    memset(e, 0, sizeof(Sum));
+    e->a = a;
+    e->b = b;
+    *fresh = 1;
+    return e;
+}
+
+static void
+table_free(Table *t)
+{
+    for (Py_ssize_t k = 0; k < t->n; k++)
+        Py_XDECREF(t->e[k].url);
+    PyMem_Free(t->e);
+    PyMem_Free(t->slot);
+    memset(t, 0, sizeof(Table));
+}
+
+/* a column of n ints (an array of typecode i or q, or a list of ints and, `nullable`,
+ * None: has[k] 0) into v; None (nullable): all NULL. 0 with an error set */
+static int
+int_column(PyObject *col, Py_ssize_t n, int64_t *v, char *has, int nullable)
+{
+    if (col == Py_None && nullable) {
+        memset(has, 0, (size_t)n);
+        return 1;
+    }
+    if (PyList_CheckExact(col)) {
+        if (PyList_GET_SIZE(col) != n)
+            goto size;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *x = PyList_GET_ITEM(col, k);
+            has[k] = x != Py_None;
+            if (!has[k] && nullable)
+                continue;
+            if (!PyLong_Check(x))
+                goto type;
+            int overflow = 0;
+            v[k] = PyLong_AsLongLongAndOverflow(x, &overflow);
+            if (overflow) {
+                PyErr_SetString(PyExc_OverflowError, "a roll-up value beyond 64 bits");
+                return 0;
+            }
+            if (v[k] == -1 && PyErr_Occurred())
+                return 0;
+        }
+        return 1;
+    }
+    if (!PyObject_CheckBuffer(col))
+        goto type;
+    Py_buffer view;
+    if (PyObject_GetBuffer(col, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return 0;
+    int ok = 0;
+    const char *f = view.format ? view.format : "B";
+    if (view.ndim != 1 || view.shape[0] != n)
+        PyErr_SetString(PyExc_ValueError, "a roll-up column of another size");
+    else if (strcmp(f, "i") == 0) {
+        for (Py_ssize_t k = 0; k < n; k++)
+            v[k] = ((const int *)view.buf)[k];
+        ok = 1;
+    }
+    else if (strcmp(f, "q") == 0) {
+        memcpy(v, view.buf, (size_t)n * sizeof(int64_t));
+        ok = 1;
+    }
+    else
+        PyErr_SetString(PyExc_TypeError, "a roll-up column of another type");
+    PyBuffer_Release(&view);
+    if (ok)
+        memset(has, 1, (size_t)n);
+    return ok;
+size:
+    PyErr_SetString(PyExc_ValueError, "a roll-up column of another size");
+    return 0;
+type:
+    PyErr_SetString(PyExc_TypeError, "a roll-up column of another type");
+    return 0;
+}
+
+/* a column of n doubles (an array of typecode d) into v; 0 with an error set */
+static int
+float_column(PyObject *col, Py_ssize_t n, double *v)
+{
+    Py_buffer view;
+    if (!PyObject_CheckBuffer(col)) {
+        PyErr_SetString(PyExc_TypeError, "a roll-up column of another type");
+        return 0;
+    }
+    if (PyObject_GetBuffer(col, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return 0;
+    int ok = view.ndim == 1 && view.shape[0] == n && view.format && strcmp(view.format, "d") == 0;
+    if (ok)
+        memcpy(v, view.buf, (size_t)n * sizeof(double));
+    else
+        PyErr_SetString(PyExc_TypeError, "a roll-up column of another type or size");
+    PyBuffer_Release(&view);
+    return ok;
+}
+
+/* adds v to a nullable sum (given: v is not NULL); 0 when it leaves 64 bits */
+static inline int
+add_nullable(int64_t *sum, int *has, int64_t v, char given)
+{
+    return !given || add_checked(sum, has, v);
+}
+
+static PyObject *
+Sums_add(Sums *self, PyObject *args)
+{
+    PyObject *rollup, *ctx, *client, *result = NULL, *f[13] = {NULL};
+    int64_t *numbers = NULL, *v = NULL;
+    double *d = NULL;
+    char *has = NULL;
+    if (!PyArg_ParseTuple(args, "OO!O!:add", &rollup, &PyList_Type, &ctx, &PyList_Type, &client))
+        return NULL;
+    for (int j = 0; j < 13; j++)
+        if ((f[j] = PyObject_GetAttr(rollup, ROLLUP_FIELDS[j])) == NULL)
+            goto done;
+    Py_ssize_t nc = PyList_GET_SIZE(ctx), nw = PyList_GET_SIZE(client);
+    Py_ssize_t n = PyObject_Length(f[0]), nh = PyObject_Length(f[9]);
+    if (n < 0 || nh < 0)
+        goto done;
+    /* the columns of the rows (ctx, client, requests, out, in: n int64 each; first and
+     * last: n doubles each), then of the hourly rows (ctx, hour, requests, out, in) */
+    numbers = PyMem_Malloc((size_t)(nc + nw + 1) * sizeof(int64_t));
+    v = PyMem_Malloc((size_t)(5 * n + 5 * nh + 1) * sizeof(int64_t));
+    d = PyMem_Malloc((size_t)(2 * n + 1) * sizeof(double));
+    has = PyMem_Malloc((size_t)(5 * n + 5 * nh + 1));
+    if (numbers == NULL || v == NULL || d == NULL || has == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < nc + nw; k++) {
+        PyObject *x = PyList_GET_ITEM(k < nc ? ctx : client, k < nc ? k : k - nc);
+        if (!PyLong_Check(x)) {
+            PyErr_SetString(PyExc_TypeError, "a context or client number that is not an int");
+            goto done;
+        }
+        numbers[k] = PyLong_AsLongLong(x);
+        if (numbers[k] == -1 && PyErr_Occurred())
+            goto done;
+    }
+    int64_t *hv = v + 5 * n;
+    char *hh = has + 5 * n;
+    for (int j = 0; j < 5; j++)
+        if (!int_column(f[j], n, v + j * n, has + j * n, j >= 3) ||
+            !int_column(f[8 + j], nh, hv + j * nh, hh + j * nh, j >= 3))
+            goto done;
+    if (!float_column(f[6], n, d) || !float_column(f[7], n, d + n))
+        goto done;
+    PyObject *url = f[5];
+    if (url != Py_None) {
+        if (!PyList_CheckExact(url) || PyList_GET_SIZE(url) != n) {
+            PyErr_SetString(PyExc_TypeError, "a roll-up URL column that is not a list of n");
+            goto done;
+        }
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *u = PyList_GET_ITEM(url, k);
+            if (u != Py_None && !PyUnicode_CheckExact(u)) {
+                PyErr_SetString(PyExc_TypeError, "a roll-up URL that is not text");
+                goto done;
+            }
+        }
+    }
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (v[k] < 0 || v[k] >= nc || v[n + k] < 0 || v[n + k] >= nw)
+            goto index;
+    for (Py_ssize_t k = 0; k < nh; k++)
+        if (hv[k] < 0 || hv[k] >= nc)
+            goto index;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        int fresh;
+        Sum *e = table_get(&self->rows, numbers[v[k]], numbers[nc + v[n + k]], &fresh);
+        if (e == NULL)
+            goto done;
+        double first = d[k], last = d[n + k];
+        if (fresh || first < e->first)
+            e->first = first;
+        if (fresh || last > e->last)
+            e->last = last;
+        if (__builtin_add_overflow(e->requests, v[2 * n + k], &e->requests) ||
+            !add_nullable(&e->out, &e->has_out, v[3 * n + k], has[3 * n + k]) ||
+            !add_nullable(&e->in, &e->has_in, v[4 * n + k], has[4 * n + k]))
+            goto overflow;
+        PyObject *u = url == Py_None ? Py_None : PyList_GET_ITEM(url, k);
+        if (u != Py_None && (e->url == NULL || PyUnicode_Compare(u, e->url) < 0))
+            Py_XSETREF(e->url, Py_NewRef(u)); /* (exact str: no error to compare) */
+    }
+    for (Py_ssize_t k = 0; k < nh; k++) {
+        int fresh;
+        Sum *e = table_get(&self->hours, numbers[hv[k]], hv[nh + k], &fresh);
+        if (e == NULL)
+            goto done;
+        if (__builtin_add_overflow(e->requests, hv[2 * nh + k], &e->requests) ||
+            !add_nullable(&e->out, &e->has_out, hv[3 * nh + k], hh[3 * nh + k]) ||
+            !add_nullable(&e->in, &e->has_in, hv[4 * nh + k], hh[4 * nh + k]))
+            goto overflow;
+    }
+    result = Py_NewRef(Py_None);
+    goto done;
+index:
+    PyErr_SetString(PyExc_IndexError, "a roll-up index out of range");
+    goto done;
+overflow:
+    PyErr_SetString(PyExc_OverflowError, "a roll-up sum beyond 64 bits");
+done:
+    PyMem_Free(numbers);
+    PyMem_Free(v);
+    PyMem_Free(d);
+    PyMem_Free(has);
+    for (int j = 0; j < 13; j++)
+        Py_XDECREF(f[j]);
+    return result;
+}
+
+static int
+sum_cmp(const void *x, const void *y)
+{
+    const Sum *a = *(Sum *const *)x, *b = *(Sum *const *)y;
+    if (a->a != b->a)
+        return a->a < b->a ? -1 : 1;
+    return a->b < b->b ? -1 : a->b > b->b;
+}
+
+/* a nullable sum column: None when all NULL, bytes of int64 when none is, else a list */
+static PyObject *
+nullable_of(Sum *const *e, Py_ssize_t n, int in)
+{
+    Py_ssize_t given = 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        given += in ? e[k]->has_in : e[k]->has_out;
+    if (given == 0)
+        Py_RETURN_NONE;
+    if (given == n) {
+        PyObject *b = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+        if (b != NULL)
+            for (Py_ssize_t k = 0; k < n; k++)
+                ((int64_t *)PyBytes_AS_STRING(b))[k] = in ? e[k]->in : e[k]->out;
+        return b;
+    }
+    PyObject *list = PyList_New(n);
+    for (Py_ssize_t k = 0; list != NULL && k < n; k++) {
+        PyObject *x = (in ? e[k]->has_in : e[k]->has_out)
+                          ? PyLong_FromLongLong(in ? e[k]->in : e[k]->out)
+                          : Py_NewRef(Py_None);
+        if (x == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, k, x);
+    }
+    return list;
+}
+
+/* the sums of a table sorted by key: (a, b, requests, out, in) and, `rows`, (url, first,
+ * last) */
+static PyObject *
+sums_out(Table *t, int rows)
+{
+    Py_ssize_t n = t->n, width = rows ? 8 : 5;
+    Sum **e = PyMem_Malloc((size_t)(n + 1) * sizeof(Sum *));
+    if (e == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t k = 0; k < n; k++)
+        e[k] = &t->e[k];
+    qsort(e, (size_t)n, sizeof(Sum *), sum_cmp);
+    PyObject *f[8] = {NULL}, *result = NULL;
+    for (int j = 0; j < 3; j++)
+        f[j] = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    f[3] = nullable_of(e, n, 0);
+    f[4] = nullable_of(e, n, 1);
+    int any_url = 0;
+    if (rows) {
+        for (Py_ssize_t k = 0; k < n && !any_url; k++)
+            any_url = e[k]->url != NULL;
+        f[5] = any_url ? PyList_New(n) : Py_NewRef(Py_None);
+        f[6] = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(double));
+        f[7] = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(double));
+    }
+    for (int j = 0; j < width; j++)
+        if (f[j] == NULL)
+            goto done;
+    int64_t *a = (int64_t *)PyBytes_AS_STRING(f[0]), *b = (int64_t *)PyBytes_AS_STRING(f[1]),
+            *q = (int64_t *)PyBytes_AS_STRING(f[2]);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        a[k] = e[k]->a;
+        b[k] = e[k]->b;
+        q[k] = e[k]->requests;
+        if (rows) {
+            ((double *)PyBytes_AS_STRING(f[6]))[k] = e[k]->first;
+            ((double *)PyBytes_AS_STRING(f[7]))[k] = e[k]->last;
+            if (any_url)
+                PyList_SET_ITEM(f[5], k, Py_NewRef(e[k]->url ? e[k]->url : Py_None));
+        }
+    }
+    result = PyTuple_New(width);
+    for (int j = 0; result != NULL && j < width; j++)
+        PyTuple_SET_ITEM(result, j, Py_NewRef(f[j]));
+done:
+    for (int j = 0; j < 8; j++)
+        Py_XDECREF(f[j]);
+    PyMem_Free(e);
+    return result;
+}
+
+static PyObject *
+Sums_rows(Sums *self, PyObject *unused)
+{
+    return sums_out(&self->rows, 1);
+}
+
+static PyObject *
+Sums_hourly(Sums *self, PyObject *unused)
+{
+    return sums_out(&self->hours, 0);
+}
+
+static PyObject *
+Sums_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Sums() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0); /* (zeroed: empty tables) */
+}
+
+static void
+Sums_dealloc(Sums *self)
+{
+    table_free(&self->rows);
+    table_free(&self->hours);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t
+Sums_len(Sums *self)
+{
+    return self->rows.n + self->hours.n;
+}
+
+static PyMethodDef Sums_methods[] = {
+    {"add", (PyCFunction)Sums_add, METH_VARARGS, "Add a batch.Rollup (see above)."},
+    {"rows", (PyCFunction)Sums_rows, METH_NOARGS, "The sums per context and client."},
+    {"hourly", (PyCFunction)Sums_hourly, METH_NOARGS, "The sums per context and hour."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Sums_as_sequence = {
+    .sq_length = (lenfunc)Sums_len,
+};
+
+static PyTypeObject SumsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "monitor._batchscan.Sums",
+    .tp_doc = "Sums() -> batch.py RollupSums's sums (see above).",
+    .tp_basicsize = sizeof(Sums),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Sums_new,
+    .tp_dealloc = (destructor)Sums_dealloc,
+    .tp_methods = Sums_methods,
+    .tp_as_sequence = &Sums_as_sequence,
+};
+
 static PyMethodDef methods[] = {
     {"batch_rows", batch_rows, METH_VARARGS, "BatchBuilder.batch's lists (see above)."},
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
@@ -1142,8 +1583,17 @@ PyInit__batchscan(void)
         OUT_KEY == NULL || IN_KEY == NULL || FIRST_KEY == NULL || LAST_KEY == NULL ||
         EVIDENCE_KEY == NULL)
         return NULL;
+    static const char *const fields[13] = {
+        "ctx", "client", "requests", "bytes_out", "bytes_in", "url", "first_ts", "last_ts",
+        "hour_ctx", "hour", "hour_requests", "hour_out", "hour_in"};
+    for (int j = 0; j < 13; j++)
+        if ((ROLLUP_FIELDS[j] = PyUnicode_InternFromString(fields[j])) == NULL)
+            return NULL;
+    if (PyType_Ready(&SumsType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 3) < 0)
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 4) < 0 ||
+                      PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);
     return m;
 }

@@ -30,7 +30,7 @@ from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 3
+_ACCEL_ABI = 4
 #: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
 #: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
@@ -801,12 +801,13 @@ class _NotAsStored(Exception):
 
 #: times whose hours SQLite's CAST gives as Python's int() does (far within 64 bits)
 _TS_BOUND = 1e18
-#: roll-up rows per row beyond which a batch has none, its rows summed by the store as
-#: before: handing SQLite a roll-up row costs the storing process about what its summing a
-#: stored row does, and making them costs the producer, for little gain (a log of many
-#: clients' few requests each: at 3 % LLM lines a batch has 0.7 per row, at 25 % 0.4, and
-#: a part's batches share most of theirs: see :func:`merged_rollups`)
-_SPARSE = 0.5
+#: roll-up rows per row beyond which a batch has none, its rows summed by the store from
+#: ``obs_rows`` (about 1 us of the storing process's CPU a row): adding a roll-up row to
+#: the transaction's sums (:class:`RollupSums`) costs it tens of ns, and making and sending
+#: them the producer little more than at 0.5 (l25's 26 batches: 18 ms in C either way),
+#: so all but batches of nearly a key a row (nothing summed) have them (a log of many
+#: clients' few requests each: at 3 % LLM lines a batch has 0.7 per row, at 25 % 0.4-0.55)
+_SPARSE = 0.9
 
 
 def _hour(ts: float) -> int:
@@ -944,40 +945,113 @@ def _as_stored(column: Sequence[Any], kinds: frozenset[type]) -> Sequence[Any] |
     return column
 
 
-def merged_rollups(
-    rollups: Sequence[tuple[Rollup, Sequence[int], Sequence[int]]],
-) -> Iterable[list[Any]]:
-    """The roll-up rows of several batches (each with the numbers of its contexts and
-    clients) summed per context and client number, as adding them one by one to a roll-up
-    would (requests and bytes summed, NULL when all are; the least URL, the first and last
-    time): ``[ctx, client, requests, bytes_out, bytes_in, url, first_ts, last_ts]``, fewer
-    rows for the store to hand to SQLite (a part's batches share most of theirs). One
-    dictionary look-up a row: cheaper here than sorting them (most rows add to a row)."""
-    merged: dict[tuple[int, int], list[Any]] = {}
-    found = merged.get
-    for r, ctx, client in rollups:
-        size = len(r)
+class RollupSums:
+    """The roll-up rows of a transaction's batches (:class:`Rollup`, each with the numbers
+    of its batch's contexts and clients) summed in the storing process's memory as they
+    come, per context and client number and per context number and hour, as adding them
+    one by one to a roll-up would (requests and bytes summed, NULL when all are; the least
+    URL, the first and last time): the store writes each roll-up table once from them at
+    the commit (see :func:`monitor.store._fold`) rather than SQLite's upserting every
+    batch's rows. Sums per key, not per row: as big as the roll-ups the transaction adds
+    to. In C (``_batchscan.Sums``: a Python loop a roll-up row here) but for the
+    reference; a sum beyond 64 bits raises OverflowError (as binding it would)."""
+
+    def __init__(self) -> None:
+        self._made = _ACCEL.Sums() if _ACCEL is not None else None
+        # key -> [requests, bytes_out, bytes_in, url, first_ts, last_ts]; (ctx, hour) ->
+        # [requests, bytes_out, bytes_in]
+        self._rows: dict[tuple[int, int], list[Any]] = {}
+        self._hours: dict[tuple[int, int], list[Any]] = {}
+
+    def __len__(self) -> int:
+        """How many sums it holds (roll-up and hourly rows): none when nothing was added."""
+        return len(self._made) if self._made is not None else len(self._rows) + len(self._hours)
+
+    def add(self, r: Rollup, ctx: list[int], client: list[int]) -> None:
+        """Add the roll-up rows of a batch whose context and client indexes ``ctx`` and
+        ``client`` number."""
+        if self._made is not None:
+            self._made.add(r, ctx, client)
+            return
+        size, rows = len(r), self._rows
         for key, requests, sent, received, url, first, last in zip(
             zip(map(ctx.__getitem__, r.ctx), map(client.__getitem__, r.client), strict=True),
             r.requests,
             nulls(r.bytes_out, size), nulls(r.bytes_in, size), nulls(r.url, size),
             r.first_ts, r.last_ts, strict=True):  # fmt: skip
-            row = found(key)
+            row = rows.get(key)
             if row is None:
-                merged[key] = [*key, requests, sent, received, url, first, last]
+                rows[key] = [requests, sent, received, url, first, last]
                 continue
-            row[2] += requests
-            if sent is not None:
-                row[3] = _add(row[3], sent)
-            if received is not None:
-                row[4] = _add(row[4], received)
-            if url is not None and (row[5] is None or url < row[5]):
-                row[5] = url
-            if first < row[6]:
-                row[6] = first
-            if last > row[7]:
-                row[7] = last
-    return merged.values()
+            row[0] += requests
+            row[1] = _add(row[1], sent)
+            row[2] = _add(row[2], received)
+            if url is not None and (row[3] is None or url < row[3]):
+                row[3] = url
+            if first < row[4]:
+                row[4] = first
+            if last > row[5]:
+                row[5] = last
+        hours, size = self._hours, len(r.hour)
+        for key, requests, sent, received in zip(
+            zip(map(ctx.__getitem__, r.hour_ctx), r.hour, strict=True), r.hour_requests,
+            nulls(r.hour_out, size), nulls(r.hour_in, size), strict=True):  # fmt: skip
+            row = hours.get(key)
+            if row is None:
+                hours[key] = [requests, sent, received]
+            else:
+                row[:] = row[0] + requests, _add(row[1], sent), _add(row[2], received)
+
+    def rows(self) -> list[Sequence[Any] | None]:
+        """The sums per context and client, in key order: the columns ctx, client and
+        requests (arrays of int64), bytes_out and bytes_in (see :func:`_summed`), url (a
+        list; None: all NULL), first_ts and last_ts (arrays of doubles)."""
+        if self._made is not None:
+            return list(map(_unpacked, _SUMS_TYPES, self._made.rows()))
+        keys = sorted(self._rows)
+        values = list(map(self._rows.__getitem__, keys))
+        urls = [v[3] for v in values]
+        return [
+            *_keys(keys),
+            _int64([v[0] for v in values]),
+            _summed([v[1] for v in values]),
+            _summed([v[2] for v in values]),
+            None if urls.count(None) == len(urls) else urls,
+            array("d", [v[4] for v in values]),
+            array("d", [v[5] for v in values]),
+        ]
+
+    def hourly(self) -> list[Sequence[Any] | None]:
+        """The sums per context and hour, in key order: the columns ctx, hour and requests
+        (arrays of int64), bytes_out and bytes_in (see :func:`_summed`)."""
+        if self._made is not None:
+            return list(map(_unpacked, _SUMS_TYPES, self._made.hourly()))
+        keys = sorted(self._hours)
+        values = list(map(self._hours.__getitem__, keys))
+        return [*_keys(keys), _int64([v[0] for v in values]),
+                _summed([v[1] for v in values]), _summed([v[2] for v in values])]  # fmt: skip
+
+
+#: the typecodes of the :meth:`RollupSums.rows` (and ``hourly``) columns C gives as bytes
+_SUMS_TYPES = ("q", "q", "q", "q", "q", "", "d", "d")
+
+
+def _keys(keys: list[tuple[int, int]]) -> list[array]:
+    """The two columns of sorted keys, as arrays of int64."""
+    return [_int64([k[0] for k in keys]), _int64([k[1] for k in keys])]
+
+
+def _int64(values: list[int]) -> array:
+    """64-bit integers (OverflowError: a sum beyond)."""
+    try:
+        return array("q", values)
+    except OverflowError:
+        raise OverflowError("a roll-up sum beyond 64 bits") from None
+
+
+def _summed(values: list[int | None]) -> Sequence[int | None] | None:
+    """A column of nullable sums: None when all are NULL, else as :func:`_sums` makes it."""
+    return None if values.count(None) == len(values) else _sums(values)
 
 
 def nulls(values: Sequence[Any] | None, size: int) -> Iterable[Any]:

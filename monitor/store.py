@@ -52,15 +52,13 @@ from monitor.batch import (
     ROW_LINE,
     Batch,
     Deltas,
-    Rollup,
+    RollupSums,
     _add,
     incident_deltas,
     merge_deltas,
     merge_fact_lists,
     merge_facts,
     merged_facts,
-    merged_rollups,
-    nulls,
     shared_facts,
 )
 from monitor.errors import ApiwatchError
@@ -336,11 +334,11 @@ class _IngestState:
     last_incident: int | None = None  # the number the last new incident was given
     rolling: bool = False  # roll up as it goes (see :meth:`Ingestion.roll_up`)
     gathered: int | None = None  # the last row gathered for the roll-ups (None: none yet)
-    #: to gather (when rolling): the roll-up rows of the batches stored as they came with
-    #: them, with their context and client numbers (see :meth:`Store._to_roll`), and the
-    #: stored rows none covers, as ranges ``(after, upto]`` of row numbers (after None:
-    #: the mark; at first the rows earlier transactions left above it)
-    rollups: list[tuple[Rollup, list[int], list[int]]] = field(default_factory=list)
+    #: the roll-up rows of the batches stored as they came with them, summed as they come
+    #: (see :meth:`Store._to_roll`), and the stored rows none covers, to gather, as ranges
+    #: ``(after, upto]`` of row numbers (after None: the mark; at first the rows earlier
+    #: transactions left above it)
+    sums: RollupSums = field(default_factory=RollupSums)
     unsummed: list[list[int | None]] = field(default_factory=list)
     # context/client -> first row, of those made in this transaction (the others are in use)
     first_use: tuple[dict[int, int], dict[int, int]] = field(default_factory=lambda: ({}, {}))
@@ -891,7 +889,7 @@ class Store:
         self._clients.settle(tx.first_use[1])
         if tx.rolling and (result.stored or tx.gathered is not None):  # (gathered: folded)
             self._gather(tx)
-            _fold(self.db.conn)
+            _fold(self.db.conn, tx.sums)
         if not result.stored:
             return result
         if deltas:
@@ -904,11 +902,12 @@ class Store:
     def _to_roll(tx: _IngestState, batch: Batch, ctx: list[int], client: list[int], added: int,
                  as_given: bool) -> None:  # fmt: skip
         """Keep what a batch just stored (``added`` rows after ``tx.top``) adds to the
-        roll-ups, for :meth:`_gather`: its :class:`Rollup` when all its rows were stored
-        as given (``as_given``: then ``ctx`` and ``client`` number all its contexts and
-        clients), else the range of the rows it added, to be summed from ``obs_rows``."""
+        roll-ups: its :class:`monitor.batch.Rollup` added to the transaction's sums when
+        all its rows were stored as given (``as_given``: then ``ctx`` and ``client`` number
+        all its contexts and clients), else the range of the rows it added, to be summed
+        from ``obs_rows`` (:meth:`_gather`)."""
         if as_given and batch.rollup is not None:
-            tx.rollups.append((batch.rollup, ctx, client))
+            tx.sums.add(batch.rollup, ctx, client)
         elif added:
             last = tx.unsummed[-1] if tx.unsummed else None
             if last is not None and last[1] == tx.top:  # rows that follow: one range
@@ -917,18 +916,17 @@ class Store:
                 tx.unsummed.append([tx.top, tx.top + added])
 
     def _gather(self, tx: _IngestState) -> None:
-        """Gather what the transaction stored since it last did for the roll-ups (see
-        :meth:`_to_roll`): the first time, in a new ``temp.rolled``."""
+        """Gather the rows the transaction stored since it last did that no batch's
+        roll-up rows cover (see :meth:`_to_roll`) for the roll-ups: the first time, in a
+        new ``temp.rolled``."""
         conn = self.db.conn
         if tx.gathered is None:
             _gathering(conn)
-        elif not (tx.unsummed or tx.rollups):
+        elif not tx.unsummed:
             return
         for after, upto in tx.unsummed:
             _gather(conn, after, upto)
-        _add_rollups(conn, tx.rollups)
         tx.unsummed.clear()
-        tx.rollups.clear()
         tx.gathered = tx.top
 
     def _store_links(self, tx: _IngestState) -> None:
@@ -4559,31 +4557,28 @@ def _gather(conn: sqlite3.Connection, after: int | None, upto: int | None = None
     _by_hour(conn, rows, [])
 
 
-#: how roll-up rows made elsewhere (:class:`Rollup`) are added to ``temp.rolled`` and to
-#: the hourly totals
+#: how the sums of roll-up rows made elsewhere (:class:`RollupSums`) are added to
+#: ``temp.rolled`` and to the hourly totals
 _ADD_ROLLED = f"""INSERT INTO temp.rolled VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
 _ADD_HOURLY = f"""INSERT INTO obs_hourly (ctx, hour, requests, bytes_out, bytes_in)
     VALUES (?, ?, ?, ?, ?) ON CONFLICT (ctx, hour) DO UPDATE SET {_SUMS}"""  # noqa: S608
 
 
-def _add_rollups(
-    conn: sqlite3.Connection, rollups: Sequence[tuple[Rollup, list[int], list[int]]]
-) -> None:
-    """Gather the roll-up rows of batches (:class:`Rollup`, with the numbers of the
-    batch's contexts and clients) as :func:`_gather` gathers rows: what it would have
-    made of those batches' rows (their roll-up rows summed per context and client first:
-    :func:`merged_rollups`)."""
-    conn.executemany(_ADD_ROLLED, merged_rollups(rollups))
-    for r, ctx, _ in rollups:
-        hours = len(r.hour)
-        conn.executemany(_ADD_HOURLY, zip(
-            map(ctx.__getitem__, r.hour_ctx), r.hour, r.hour_requests,
-            nulls(r.hour_out, hours), nulls(r.hour_in, hours), strict=True))  # fmt: skip
+def _add_sums(conn: sqlite3.Connection, sums: RollupSums) -> None:
+    """Gather the sums of batches' roll-up rows as :func:`_gather` gathers rows: what it
+    would have made of those batches' rows, one statement a table, bound in C."""
+    for sql, columns in ((_ADD_ROLLED, sums.rows()), (_ADD_HOURLY, sums.hourly())):
+        size = len(columns[0])  # type: ignore[arg-type]
+        insert_columns(conn, sql, [[None] * size if c is None else c for c in columns],
+                       [None] * len(columns))  # fmt: skip
 
 
-def _fold(conn: sqlite3.Connection) -> None:
-    """Add what :func:`_gather` gathered to the roll-ups, and move the mark to the last row."""
+def _fold(conn: sqlite3.Connection, sums: RollupSums | None = None) -> None:
+    """Add what :func:`_gather` gathered, and ``sums``, to the roll-ups, and move the mark to
+    the last row."""
+    if sums:
+        _add_sums(conn, sums)
     conn.execute(
         f"""{_ROLLUP_INSERT} SELECT * FROM temp.rolled WHERE 1 = 1
             ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608

@@ -317,6 +317,94 @@ def test_odd_rollup_values_c_answers_as_python_or_leaves_to_it():
     assert built.rollup([DAY], [None], [None], [None], [1], [0], 1, 1, 1.0) is None  # index
 
 
+# -- the storing process's sums of roll-up rows (batch.RollupSums) ---------------------------
+
+
+@st.composite
+def batch_rollups(draw) -> list:
+    """The roll-up rows of a few batches (:func:`batch.rollup_of` in Python of
+    :func:`rollup_rows`), each with numbers for its context and client indexes drawn from
+    a few (batches share keys, and a batch's indexes may share a number), or an out-of-range
+    index."""
+    made = []
+    for rows in draw(st.lists(rollup_rows(), min_size=1, max_size=4)):
+        columns, ctx, client, contexts, clients, _ = rows
+        with _accelerated(None):
+            rollup = batch.rollup_of(columns, ctx, client, contexts, clients)
+        if rollup is None:
+            continue
+        numbers = st.integers(0, 3) | st.sampled_from([2**40, -(2**62)])
+        ctx_numbers = draw(st.lists(numbers, min_size=contexts, max_size=contexts))
+        client_numbers = draw(st.lists(numbers, min_size=clients, max_size=clients))
+        if draw(st.integers(0, 20)) == 0:  # an index out of range
+            (ctx_numbers if draw(st.booleans()) else client_numbers).pop()
+        made.append((rollup, ctx_numbers, client_numbers))
+    return made
+
+
+def _summed_up(rollups, module) -> tuple:
+    """The rows and hourly rows of a :class:`batch.RollupSums` (``module``: None, Python's)
+    the rollups were added to (and its size), or the error adding them raised."""
+    with _accelerated(module):
+        sums = batch.RollupSums()
+        try:
+            for rollup, ctx, client in rollups:
+                sums.add(rollup, ctx, client)
+            rows, hourly = sums.rows(), sums.hourly()
+        except (IndexError, OverflowError) as exc:
+            return type(exc), None, None
+        return len(sums), [_column(c) for c in rows], [_column(c) for c in hourly]
+
+
+def _column(values) -> object:
+    """A column as made: an array's typecode and bytes (0.0 is not -0.0), a list's values
+    with their types."""
+    if values is None:
+        return None
+    if isinstance(values, array):
+        return values.typecode, values.tobytes()
+    return [(type(x), x) for x in values]
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch_rollups())
+def test_rollup_sums_made_in_c_are_pythons(rollups):
+    """The sums of roll-up rows per key, added up in C and in Python: the same columns,
+    value by value with their types (NULL sums, least URLs, -0.0 times, int64 sums), or
+    the same error (an index out of range, a sum beyond 64 bits)."""
+    assert _summed_up(rollups, built) == _summed_up(rollups, None)
+
+
+def test_rollup_sums_beyond_64_bits_raise_overflow_error_in_c_and_python():
+    """Two batches' bytes whose sum leaves 64 bits: OverflowError (as binding it would)."""
+    columns = [[None] * 2 for _ in ROW_FIELDS]
+    columns[ROW_TS], columns[ROW_OUT] = [DAY, DAY + 1], [2**61, 2**61]
+    with _accelerated(None):
+        rollup = batch.rollup_of(columns, [0, 0], [0, 0], 1, 1)
+    assert rollup is not None and list(rollup.bytes_out) == [2**62]
+    for module in (built, None):
+        assert _summed_up([(rollup, [7], [9])], module)[1] is not None
+        assert _summed_up([(rollup, [7], [9])] * 2, module) == (OverflowError, None, None)
+
+
+def test_rollup_sums_reject_columns_of_other_types():
+    """A roll-up whose columns are not what rollup_of makes: an error, nothing added."""
+    columns = [[None] * 2 for _ in ROW_FIELDS]
+    columns[ROW_TS], columns[ROW_URL] = [DAY, DAY + 1], ["a", "b"]
+    with _accelerated(None):
+        rollup = batch.rollup_of(columns, [0, 0], [0, 0], 1, 1)
+    sums = built.Sums()
+    for field, value in (("url", [42]), ("first_ts", array("q", [1])), ("requests", [None]),
+                         ("ctx", array("i", [0, 0])), ("hour", "x")):  # fmt: skip
+        odd = batch.Rollup(*(getattr(rollup, f) for f in batch.Rollup.__slots__))
+        setattr(odd, field, value)
+        with pytest.raises((TypeError, ValueError)):
+            sums.add(odd, [0], [0])
+    assert len(sums) == 0
+    sums.add(rollup, [0], [0])
+    assert len(sums) == 2 and sums.rows()[5] == ["a"]
+
+
 # -- the storing process's sums (merge_deltas, Store._add_batch_deltas) ---------------------
 
 LISTED = [{"request.status": [200]}, {"request.status": [200, 403]}, {"request.status": [True]},

@@ -15,7 +15,16 @@ import pytest
 
 from monitor import batch as batch_module
 from monitor import store as store_module
-from monitor.batch import ROW_FIELDS, ROW_ID, ROW_IN, ROW_OUT, ROW_TS, ROW_URL, rollup_of
+from monitor.batch import (
+    ROW_FIELDS,
+    ROW_ID,
+    ROW_IN,
+    ROW_OUT,
+    ROW_TS,
+    ROW_URL,
+    RollupSums,
+    rollup_of,
+)
 from monitor.store import Store
 from tests.test_batch import ROLL_UPS, _batches_of, _records, _roll_ups, _tables
 from tests.test_durability import committed, kill_once_writing, run_ok, stored
@@ -90,14 +99,17 @@ def _sql_of(db: Path, rows: list[tuple]) -> tuple[list, list]:
 
 
 def _added_up(db: Path, rollup) -> tuple[list, list]:
-    """A :class:`Rollup` added up as the store adds it (:func:`store._add_rollups`, batch
-    indexes as numbers) in a real file: the roll-up and hourly rows."""
+    """A :class:`Rollup` added up as the store adds it (:class:`RollupSums`, written by
+    :func:`store._add_sums`, batch indexes as numbers) in a real file: the roll-up and
+    hourly rows."""
     store = Store(db)
     try:
         conn = store.db.conn
         store_module._gathering(conn)
         numbers = list(range(max([*rollup.ctx, *rollup.hour_ctx, *rollup.client]) + 1))
-        store_module._add_rollups(conn, [(rollup, numbers, numbers)])
+        sums = RollupSums()
+        sums.add(rollup, numbers, numbers)
+        store_module._add_sums(conn, sums)
         return (
             conn.execute("SELECT * FROM temp.rolled ORDER BY 1, 2").fetchall(),
             conn.execute("SELECT * FROM obs_hourly ORDER BY 1, 2").fetchall(),
