@@ -4592,23 +4592,34 @@ def _fold(conn: sqlite3.Connection, sums: RollupSums | None = None) -> None:
 def _by_month(conn: sqlite3.Connection, source: str, where: str, params: Sequence[Any]) -> None:
     """Add the roll-up rows of ``source`` (``obs_rollup`` or rows like its, ``g``) that
     ``where`` selects to the monthly roll-ups: one row per UTC month, client and
-    destination (numbered in ``obs_dests``)."""
-    joined = f"FROM {source} g CROSS JOIN obs_contexts c ON c.n = g.ctx WHERE {where}"
-    cols = ", ".join(_DEST_COLUMNS)
+    destination (numbered in ``obs_dests``). A context's month and destination are looked
+    up once (``temp.month_dests``), not per roll-up row; new destinations are numbered in
+    the order of their first context, as the roll-up rows (in context order) meet them."""
+    contexts = f"c.n IN (SELECT g.ctx FROM {source} g WHERE {where})"
     conn.execute(
-        f"INSERT OR IGNORE INTO obs_dests (key, {cols}) SELECT DISTINCT {_DEST_KEY},"  # noqa: S608
-        f" {', '.join(f'c.{c}' for c in _DEST_COLUMNS)} {joined}",
+        f"INSERT OR IGNORE INTO obs_dests (key, {', '.join(_DEST_COLUMNS)}) SELECT DISTINCT"  # noqa: S608
+        f" {_DEST_KEY}, {', '.join(f'c.{c}' for c in _DEST_COLUMNS)} FROM obs_contexts c"
+        f" WHERE {contexts}",
+        params,
+    )
+    conn.execute(
+        "CREATE TEMP TABLE month_dests (ctx INTEGER PRIMARY KEY, month TEXT, dest INTEGER)"
+    )
+    conn.execute(
+        f"""INSERT INTO temp.month_dests SELECT c.n, substr(c.day, 1, 7), d.n
+            FROM obs_contexts c CROSS JOIN obs_dests d ON d.key = {_DEST_KEY}
+            WHERE {contexts}""",  # noqa: S608
         params,
     )
     conn.execute(
         f"""INSERT INTO obs_monthly (month, client, dest, requests, bytes_out, bytes_in, url)
-            SELECT substr(c.day, 1, 7), g.client, d.n, sum(g.requests), sum(g.bytes_out),
+            SELECT m.month, g.client, m.dest, sum(g.requests), sum(g.bytes_out),
               sum(g.bytes_in), min(g.url)
-            FROM {source} g CROSS JOIN obs_contexts c ON c.n = g.ctx
-            CROSS JOIN obs_dests d ON d.key = {_DEST_KEY} WHERE {where} GROUP BY 1, 2, 3
-            ON CONFLICT (month, client, dest) DO UPDATE SET {_SUMS}, {_URL}""",  # noqa: S608
+            FROM {source} g CROSS JOIN temp.month_dests m ON m.ctx = g.ctx WHERE {where}
+            GROUP BY 1, 2, 3 ON CONFLICT (month, client, dest) DO UPDATE SET {_SUMS}, {_URL}""",  # noqa: S608
         params,
     )
+    conn.execute("DROP TABLE temp.month_dests")
 
 
 def _by_context(conn: sqlite3.Connection, source: str, where: str, params: Sequence[Any]) -> None:
