@@ -4595,7 +4595,7 @@ def _by_month(conn: sqlite3.Connection, source: str, where: str, params: Sequenc
     destination (numbered in ``obs_dests``). A context's month and destination are looked
     up once (``temp.month_dests``), not per roll-up row; new destinations are numbered in
     the order of their first context, as the roll-up rows (in context order) meet them."""
-    contexts = f"c.n IN (SELECT g.ctx FROM {source} g WHERE {where})"
+    contexts = f"c.n IN (SELECT g.ctx FROM {source} g WHERE {where})"  # noqa: S608 - constants
     conn.execute(
         f"INSERT OR IGNORE INTO obs_dests (key, {', '.join(_DEST_COLUMNS)}) SELECT DISTINCT"  # noqa: S608
         f" {_DEST_KEY}, {', '.join(f'c.{c}' for c in _DEST_COLUMNS)} FROM obs_contexts c"
