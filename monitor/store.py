@@ -4274,10 +4274,11 @@ _DAYS = f"{_FROM_ROW} AND day >= ? AND day <= ?"
 # and client (a context belongs to one UTC day: a roll-up row is one day of one client's
 # traffic to one destination through one egress, for one source and scan). It holds
 # exactly the rows numbered up to the mark (``meta`` ``rolled_up_to``): appended rows are
-# added in the scan transaction that stores them (gathered part by part, added at its
-# commit: see :class:`Ingestion`; a batch stored as the producer made it brings its roll-up
-# rows, :class:`monitor.batch.Rollup`, the others' rows are summed set-based from
-# ``obs_rows``), and what else is above the mark (rows a killed
+# added in the scan transaction that stores them (see :class:`Ingestion`: a batch stored
+# as the producer made it brings its roll-up rows, :class:`monitor.batch.Rollup`, summed
+# in memory as they come, :class:`monitor.batch.RollupSums`; the others' rows are summed
+# set-based from ``obs_rows`` part by part, into ``temp.rolled``; both are added to the
+# roll-ups at the commit), and what else is above the mark (rows a killed
 # scan committed, a watch's) when a scan finishes and while a watch runs; reads take the
 # rows above the mark from ``obs_rows`` itself, so a report is exact while a scan is
 # storing or after one was killed. Whatever changes or deletes rows (re-evaluation, prune) rebuilds
