@@ -336,3 +336,37 @@ def test_a_batch_of_many_roll_up_rows_per_row_has_none_and_its_rows_are_summed(t
     ingestion.commit()
     store.close()
     assert _rolled(tmp_path / "sparse.db") == _from_scratch(tmp_path / "sparse.db", tmp_path)
+
+
+def test_destinations_are_numbered_in_the_order_of_their_first_context(tmp_path):
+    """The monthly roll-ups number a destination (``obs_dests``) when a roll-up first
+    meets it, in context order: across a scan's transactions and a second scan, in the
+    order of the first context of each (what reading every roll-up row in context order
+    makes), and a prune that makes the months again keeps them."""
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    _squid_log(logs[0], 20_000, 3)
+    _squid_log(logs[1], 8_000, 4, start=DAY + 86400 * 3)
+    db = tmp_path / "dests.db"
+    script = ("import sys, monitor.scanner as s\ns.PART_SIZE = s.MIN_PART = 1 << 19\n"
+              "s.HOLD_PARTS = 1\nfrom monitor.cli import main\nmain(sys.argv[1:])\n")  # fmt: skip
+    for log, country in zip(logs, ("CN", "US"), strict=True):
+        out = subprocess.run(
+            [sys.executable, "-c", script, "--db", str(db), "scan", str(log), "--json",
+             "--egress-country", country], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    con = sqlite3.connect(db)
+    try:
+        numbered = [k for (k,) in con.execute("SELECT key FROM obs_dests ORDER BY n")]
+        met = con.execute(
+            f"SELECT {store_module._DEST_KEY} FROM obs_contexts c"  # noqa: S608
+            " WHERE c.n IN (SELECT ctx FROM obs_rollup) ORDER BY c.n"
+        ).fetchall()
+    finally:
+        con.close()
+    assert len(numbered) > 3 and numbered == list(dict.fromkeys(k for (k,) in met))
+    rolled = _rolled(db)
+    run_ok(db, "db", "prune", "--keep", "2026-11-28", "--json")
+    after = _rolled(db)
+    assert after["obs_dests"] == rolled["obs_dests"] and after["obs_monthly"] != rolled["obs_monthly"]
+    assert after == _from_scratch(db, tmp_path)
