@@ -368,5 +368,6 @@ def test_destinations_are_numbered_in_the_order_of_their_first_context(tmp_path)
     rolled = _rolled(db)
     run_ok(db, "db", "prune", "--keep", "2026-11-28", "--json")
     after = _rolled(db)
-    assert after["obs_dests"] == rolled["obs_dests"] and after["obs_monthly"] != rolled["obs_monthly"]
+    assert after["obs_dests"] == rolled["obs_dests"]
+    assert after["obs_monthly"] != rolled["obs_monthly"]
     assert after == _from_scratch(db, tmp_path)
