@@ -1,6 +1,6 @@
 /* A producer's per-batch work of monitor/batch.py (Batch.made, rollup_of), and the storing
- * process's sums of a batch's deltas (store.py _add_batch_deltas), in C (see
- * monitor/accel.py).
+ * process's sums of a batch's deltas (store.py _add_batch_deltas) and of the batches'
+ * roll-up rows (batch.py RollupSums: the Sums type), in C (see monitor/accel.py).
  *
  * group_tally(raised, ts, out, in_, ctx, blocked) -> tuple | None
  * (and merge_deltas, the storing process's: see there)

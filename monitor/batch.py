@@ -1002,16 +1002,17 @@ class RollupSums:
             else:
                 row[:] = row[0] + requests, _add(row[1], sent), _add(row[2], received)
 
-    def rows(self) -> list[Sequence[Any] | None]:
-        """The sums per context and client, in key order: the columns ctx, client and
-        requests (arrays of int64), bytes_out and bytes_in (see :func:`_summed`), url (a
-        list; None: all NULL), first_ts and last_ts (arrays of doubles)."""
+    def rows(self) -> list[Sequence[Any]]:
+        """The sums per context and client, in key order, as columns to bind (see
+        :func:`_filled`): ctx, client and requests (arrays of int64), bytes_out and
+        bytes_in (as :func:`_sums` makes them), url (a list), first_ts and last_ts (arrays
+        of doubles)."""
         if self._made is not None:
-            return list(map(_unpacked, _SUMS_TYPES, self._made.rows()))
+            return _filled(list(map(_unpacked, _SUMS_TYPES, self._made.rows())))
         keys = sorted(self._rows)
         values = list(map(self._rows.__getitem__, keys))
         urls = [v[3] for v in values]
-        return [
+        return _filled([
             *_keys(keys),
             _int64([v[0] for v in values]),
             _summed([v[1] for v in values]),
@@ -1019,17 +1020,17 @@ class RollupSums:
             None if urls.count(None) == len(urls) else urls,
             array("d", [v[4] for v in values]),
             array("d", [v[5] for v in values]),
-        ]
+        ])  # fmt: skip
 
-    def hourly(self) -> list[Sequence[Any] | None]:
-        """The sums per context and hour, in key order: the columns ctx, hour and requests
-        (arrays of int64), bytes_out and bytes_in (see :func:`_summed`)."""
+    def hourly(self) -> list[Sequence[Any]]:
+        """The sums per context and hour, in key order, as columns to bind: ctx, hour and
+        requests (arrays of int64), bytes_out and bytes_in (see :meth:`rows`)."""
         if self._made is not None:
-            return list(map(_unpacked, _SUMS_TYPES, self._made.hourly()))
+            return _filled(list(map(_unpacked, _SUMS_TYPES, self._made.hourly())))
         keys = sorted(self._hours)
         values = list(map(self._hours.__getitem__, keys))
-        return [*_keys(keys), _int64([v[0] for v in values]),
-                _summed([v[1] for v in values]), _summed([v[2] for v in values])]  # fmt: skip
+        return _filled([*_keys(keys), _int64([v[0] for v in values]),
+                        _summed([v[1] for v in values]), _summed([v[2] for v in values])])  # fmt: skip
 
 
 #: the typecodes of the :meth:`RollupSums.rows` (and ``hourly``) columns C gives as bytes
@@ -1052,6 +1053,13 @@ def _int64(values: list[int]) -> array:
 def _summed(values: list[int | None]) -> Sequence[int | None] | None:
     """A column of nullable sums: None when all are NULL, else as :func:`_sums` makes it."""
     return None if values.count(None) == len(values) else _sums(values)
+
+
+def _filled(columns: list[Any]) -> list[Sequence[Any]]:
+    """Columns of the length of the first, a column None (all NULL, as C and the sums
+    make it) a list of NULLs."""
+    size = len(columns[0])
+    return [[None] * size if c is None else c for c in columns]
 
 
 def nulls(values: Sequence[Any] | None, size: int) -> Iterable[Any]:

@@ -4570,9 +4570,7 @@ def _add_sums(conn: sqlite3.Connection, sums: RollupSums) -> None:
     """Gather the sums of batches' roll-up rows as :func:`_gather` gathers rows: what it
     would have made of those batches' rows, one statement a table, bound in C."""
     for sql, columns in ((_ADD_ROLLED, sums.rows()), (_ADD_HOURLY, sums.hourly())):
-        size = len(columns[0])  # type: ignore[arg-type]
-        insert_columns(conn, sql, [[None] * size if c is None else c for c in columns],
-                       [None] * len(columns))  # fmt: skip
+        insert_columns(conn, sql, columns, [None] * len(columns))
 
 
 def _fold(conn: sqlite3.Connection, sums: RollupSums | None = None) -> None:

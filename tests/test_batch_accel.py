@@ -359,8 +359,6 @@ def _summed_up(rollups, module) -> tuple:
 def _column(values) -> object:
     """A column as made: an array's typecode and bytes (0.0 is not -0.0), a list's values
     with their types."""
-    if values is None:
-        return None
     if isinstance(values, array):
         return values.typecode, values.tobytes()
     return [(type(x), x) for x in values]
