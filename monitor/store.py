@@ -61,6 +61,7 @@ from monitor.batch import (
     merged_facts,
     merged_rollups,
     nulls,
+    packed_links,
     shared_facts,
 )
 from monitor.errors import ApiwatchError
@@ -4454,36 +4455,30 @@ def _link(tx: _IngestState, links: tuple[list[str], array, array], first: int) -
 
 def _insert_links(conn: sqlite3.Connection, key: list[int], of: Sequence[int],
                   row: Sequence[int], first: int) -> None:  # fmt: skip
-    """Insert the hit links (``key[of[i]]``, ``first + row[i]``) of a batch, in key order.
-    Sorted, they walk the table's B-tree in order; packed, each pair one integer in a JSON
-    array that SQLite unpacks (:data:`_INSERT_LINKS`), they cost half as much as bound
-    pair by pair. Numbers too far apart to pack (never in practice) are bound as pairs."""
+    """Insert the hit links (``key[of[i]]``, ``first + row[i]``) of a batch, in key order,
+    packed (:func:`monitor.batch.packed_links`, unpacked by :data:`_INSERT_LINKS`); numbers
+    too far apart to pack (never in practice) are bound as pairs."""
     if not of:
         return
-    lo, low = min(key), min(row)
-    span = max(row) - low + 1
-    if (max(key) - lo + 1) * span >= _PACKED_LIMIT:
+    packed = packed_links(key, of, row, _PACKED_LIMIT, _PACKED_PER_STATEMENT)
+    if packed is None:
         conn.executemany(
             "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
             sorted(zip(map(key.__getitem__, of), map(first.__add__, row), strict=True)),
         )
         return
-    base = [(k - lo) * span - low for k in key]  # + row: (incident - lo) * span + row - low
-    packed = [base[i] + r for i, r in zip(of, row, strict=True)]
-    packed.sort()
-    for at in range(0, len(packed), _PACKED_PER_STATEMENT):  # (a JSON text of ~10 MB at most)
-        chunk = json.dumps(packed[at : at + _PACKED_PER_STATEMENT])
-        conn.execute(_INSERT_LINKS, (lo, first + low, span, chunk))
+    for text in packed.texts:
+        conn.execute(_INSERT_LINKS, (packed.lo, first + packed.low, packed.span, text))
 
 
-#: hit links packed by :func:`_insert_links`: the first incident, the first row, the
-#: span of rows, the packed pairs
+#: hit links packed by :func:`monitor.batch.packed_links`: the first incident, the first
+#: row, the span of rows, the packed pairs
 _INSERT_LINKS = (
     "INSERT OR IGNORE INTO hit_links (incident, obs)"
     " SELECT ?1 + value / ?3, ?2 + value % ?3 FROM json_each(?4)"
 )
 _PACKED_LIMIT = 1 << 53  # packed pairs stay exact integers, even read as JSON doubles
-_PACKED_PER_STATEMENT = 1 << 20
+_PACKED_PER_STATEMENT = 1 << 20  # (a JSON text of ~10 MB at most)
 
 
 def _day_floor(when: datetime) -> datetime:
