@@ -1107,29 +1107,21 @@ class Store:
         new_ids, updated_ids = result.new_incidents, result.updated_incidents
         identity, facts_entry = self._identity_texts, self._facts
         new, updates = [], []
+        facts_texts: dict[int, str | None] = {}  # by the id of a delta's facts (held by it)
         for iid, d in deltas.items():
             inc = d["inc"]
             rule_of[iid] = (inc["rule"], inc["severity"])
             requests[d["finding_id"]] += d["count"]
             old = stored.get(iid)
-            if old is not None and len(old.evidence) >= EVIDENCE_SAMPLES:
-                evidence, evidence_text = old.evidence, old.evidence_text
-            else:
-                samples = old.evidence if old is not None else []
-                evidence = (samples + [e for e in d["evidence"] if e not in samples])[
-                    :EVIDENCE_SAMPLES
-                ]
-                evidence_text = _json_strings(evidence)
-            # the transaction's few facts into the stored ones (the lists keep the first few
-            # values in a fixed order: merging is the same either way round)
-            facts = merge_fact_lists(old.facts if old is not None else None, d.get("facts"))
-            if old is not None and facts == old.facts:
-                facts_text = old.facts_text
-            else:
-                facts_text = _facts_json(facts) if facts else None
             first, last = d["first"], d["last"]
-            if old is None:
+            if old is None:  # new: its samples and facts are the delta's (merged with none)
                 new_ids.add(iid)
+                evidence = d["evidence"][:EVIDENCE_SAMPLES]
+                evidence_text = _json_strings(evidence)
+                facts = d.get("facts") or None  # (facts are replaced, never changed)
+                facts_text = facts_texts.get(id(facts))
+                if facts_text is None and facts is not None:
+                    facts_text = facts_texts[id(facts)] = _facts_json(facts)
                 stored[iid] = _StoredIncident(
                     evidence, evidence_text, facts, facts_text, first, last, d["finding_id"]
                 )
@@ -1142,6 +1134,21 @@ class Store:
                             _outcome(blocked, count), evidence_text, facts_entry(facts_text),
                             d["first_scan"], d["last_scan"]))  # fmt: skip
                 continue
+            if len(old.evidence) >= EVIDENCE_SAMPLES:
+                evidence, evidence_text = old.evidence, old.evidence_text
+            else:
+                samples = old.evidence
+                evidence = (samples + [e for e in d["evidence"] if e not in samples])[
+                    :EVIDENCE_SAMPLES
+                ]
+                evidence_text = _json_strings(evidence)
+            # the transaction's few facts into the stored ones (the lists keep the first few
+            # values in a fixed order: merging is the same either way round)
+            facts = merge_fact_lists(old.facts, d.get("facts"))
+            if facts == old.facts:
+                facts_text = old.facts_text
+            else:
+                facts_text = _facts_json(facts) if facts else None
             updated_ids.add(iid)
             if old.finding_id != d["finding_id"]:  # stored under another (sites changed)
                 self._refresh_in_full.update((old.finding_id, d["finding_id"]))
