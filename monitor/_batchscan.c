@@ -3,7 +3,7 @@
  * roll-up rows (batch.py RollupSums: the Sums type), in C (see monitor/accel.py).
  *
  * group_tally(raised, ts, out, in_, ctx, blocked) -> tuple | None
- * (and merge_deltas, the storing process's: see there)
+ * (and merge_deltas and packed_links, the storing process's: see there)
  *
  * What Batch.made's grouping and _tally(..., "i") do for the rows of a batch: `raised` the
  * incident rows of each row (a list or tuple of dicts, shared by the rows of one memo key;
@@ -1556,10 +1556,205 @@ static PyTypeObject SumsType = {
     .tp_as_sequence = &Sums_as_sequence,
 };
 
+/* packed_links(key, of, row, limit, per_text) -> (lo, low, span, texts) | None
+ *
+ * batch.py _packed_links of a batch's hit links: per pair i, incident key[of[i]] and row
+ * row[i], packed as (key[of[i]] - lo) * span + row[i] - low (lo, low: the least key and
+ * row, span: the rows' range), sorted, written as JSON arrays of at most `per_text`
+ * numbers ("[1, 2]", json.dumps' text). `key` a list of exact ints, `of` and `row`
+ * array.array of typecode i, l or q, `limit` at most MAX_LIMIT. None when it leaves them
+ * to the Python code (another type, an index out of range, arrays of other lengths, no
+ * pair, numbers that do not pack below `limit`: the Python code then says what they
+ * make, or raises). */
+
+#define MAX_LIMIT (INT64_C(1) << 62)
+#define RADIX_BITS 11
+
+static PyTypeObject *ARRAY; /* array.array */
+
+/* an array.array of machine integers as int64 (a copy); NULL (no error set) when `obj` is
+ * not one, NULL with an error set on one */
+static int64_t *
+int_array(PyObject *obj, Py_ssize_t *n)
+{
+    if (!Py_IS_TYPE(obj, ARRAY)) /* (not a subclass: its buffer may be another's) */
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    const char *f = view.format ? view.format : "B";
+    int64_t *v = NULL;
+    if (strlen(f) == 1 && strchr("ilq", f[0]) != NULL && view.itemsize > 0) {
+        *n = view.len / view.itemsize;
+        v = PyMem_Malloc((*n > 0 ? *n : 1) * sizeof(int64_t));
+        if (v == NULL)
+            PyErr_NoMemory();
+        else
+            for (Py_ssize_t i = 0; i < *n; i++)
+                v[i] = f[0] == 'i'   ? ((const int *)view.buf)[i]
+                       : f[0] == 'l' ? ((const long *)view.buf)[i]
+                                     : ((const long long *)view.buf)[i];
+    }
+    PyBuffer_Release(&view);
+    return v;
+}
+
+/* sort v (n values in [0, 2**53)) with tmp as scratch, least significant digits first */
+static void
+radix_sort(uint64_t *v, uint64_t *tmp, Py_ssize_t n, uint64_t most)
+{
+    size_t counts[1 << RADIX_BITS];
+    for (int shift = 0; shift < 64 && (most >> shift) != 0; shift += RADIX_BITS) {
+        memset(counts, 0, sizeof counts);
+        for (Py_ssize_t i = 0; i < n; i++)
+            counts[(v[i] >> shift) & ((1 << RADIX_BITS) - 1)]++;
+        size_t at = 0;
+        for (int d = 0; d < (1 << RADIX_BITS); d++) {
+            size_t c = counts[d];
+            counts[d] = at;
+            at += c;
+        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            tmp[counts[(v[i] >> shift) & ((1 << RADIX_BITS) - 1)]++] = v[i];
+        memcpy(v, tmp, n * sizeof *v);
+    }
+}
+
+/* the JSON array of n values, as json.dumps writes a list of ints */
+static PyObject *
+json_of(const uint64_t *v, Py_ssize_t n)
+{
+    char *text = PyMem_Malloc(n * 22 + 2), *p = text;
+    if (text == NULL)
+        return PyErr_NoMemory();
+    *p++ = '[';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i) {
+            *p++ = ',';
+            *p++ = ' ';
+        }
+        char digits[24];
+        int d = 0;
+        uint64_t x = v[i];
+        do {
+            digits[d++] = (char)('0' + x % 10);
+            x /= 10;
+        } while (x);
+        while (d)
+            *p++ = digits[--d];
+    }
+    *p++ = ']';
+    PyObject *s = PyUnicode_DecodeASCII(text, p - text, NULL);
+    PyMem_Free(text);
+    return s;
+}
+
+static PyObject *
+packed_links(PyObject *self, PyObject *args)
+{
+    PyObject *key, *ofobj, *rowobj, *limitobj, *perobj;
+    if (!PyArg_ParseTuple(args, "OOOOO:packed_links", &key, &ofobj, &rowobj, &limitobj, &perobj))
+        return NULL;
+    int overflow_limit = 0, overflow_per = 0;
+    long long limit = PyLong_CheckExact(limitobj)
+                          ? PyLong_AsLongLongAndOverflow(limitobj, &overflow_limit) : 0;
+    long long per_text = PyLong_CheckExact(perobj)
+                             ? PyLong_AsLongLongAndOverflow(perobj, &overflow_per) : 0;
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyList_CheckExact(key) || PyList_GET_SIZE(key) == 0 || overflow_limit ||
+        overflow_per || limit < 1 || limit > MAX_LIMIT || per_text < 1)
+        Py_RETURN_NONE;
+    Py_ssize_t nkey = PyList_GET_SIZE(key), n = 0, nrow = 0;
+    int64_t *keys = NULL, *of = NULL, *row = NULL;
+    uint64_t *packed = NULL, *tmp = NULL;
+    PyObject *result = NULL, *texts = NULL;
+    int fallback = 1;
+    keys = PyMem_Malloc(nkey * sizeof(int64_t));
+    if (keys == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
+    for (Py_ssize_t k = 0; k < nkey; k++) {
+        PyObject *x = PyList_GET_ITEM(key, k);
+        if (!PyLong_CheckExact(x))
+            goto done;
+        int overflow = 0;
+        long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
+        if (overflow || (value == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            goto done;
+        }
+        keys[k] = value;
+        lo = value < lo ? value : lo;
+        hi = value > hi ? value : hi;
+    }
+    of = int_array(ofobj, &n);
+    if (of == NULL)
+        goto done;
+    row = int_array(rowobj, &nrow);
+    if (row == NULL || nrow != n || n == 0)
+        goto done;
+    int64_t low = INT64_MAX, high = INT64_MIN;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (of[i] < 0 || of[i] >= nkey)
+            goto done;
+        low = row[i] < low ? row[i] : low;
+        high = row[i] > high ? row[i] : high;
+    }
+    /* (hi - lo + 1) * span < limit, each factor at least 1, without overflow */
+    if ((uint64_t)hi - (uint64_t)lo >= (uint64_t)limit ||
+        (uint64_t)high - (uint64_t)low >= (uint64_t)limit)
+        goto done;
+    uint64_t keys_span = (uint64_t)hi - (uint64_t)lo + 1, span = (uint64_t)high - (uint64_t)low + 1;
+    if (keys_span > (uint64_t)limit / span || keys_span * span >= (uint64_t)limit)
+        goto done;
+    packed = PyMem_Malloc(n * sizeof(uint64_t));
+    tmp = PyMem_Malloc(n * sizeof(uint64_t));
+    if (packed == NULL || tmp == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    uint64_t most = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        packed[i] = ((uint64_t)keys[of[i]] - (uint64_t)lo) * span +
+                    ((uint64_t)row[i] - (uint64_t)low);
+        most |= packed[i];
+    }
+    radix_sort(packed, tmp, n, most);
+    fallback = 0;
+    texts = PyList_New(0);
+    if (texts == NULL)
+        goto done;
+    for (Py_ssize_t at = 0; at < n; at += (Py_ssize_t)per_text) {
+        PyObject *text = json_of(packed + at, n - at < per_text ? n - at : (Py_ssize_t)per_text);
+        int failed = text == NULL || PyList_Append(texts, text) < 0;
+        Py_XDECREF(text);
+        if (failed)
+            goto done;
+    }
+    result = Py_BuildValue("(LLKO)", (long long)lo, (long long)low, (unsigned long long)span,
+                           texts);
+done:
+    PyMem_Free(keys);
+    PyMem_Free(of);
+    PyMem_Free(row);
+    PyMem_Free(packed);
+    PyMem_Free(tmp);
+    Py_XDECREF(texts);
+    if (result == NULL && fallback && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"batch_rows", batch_rows, METH_VARARGS, "BatchBuilder.batch's lists (see above)."},
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
     {"merge_deltas", merge_deltas, METH_VARARGS, "Store._add_batch_deltas's sums (see above)."},
+    {"packed_links", packed_links, METH_VARARGS, "batch.py _packed_links (see above)."},
     {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of a list of floats, or None."},
     {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
     {NULL, NULL, 0, NULL},
@@ -1591,8 +1786,17 @@ PyInit__batchscan(void)
             return NULL;
     if (PyType_Ready(&SumsType) < 0)
         return NULL;
+    PyObject *arrays = PyImport_ImportModule("array");
+    ARRAY = arrays ? (PyTypeObject *)PyObject_GetAttrString(arrays, "array") : NULL;
+    Py_XDECREF(arrays);
+    if (ARRAY == NULL)
+        return NULL;
+    if (!PyType_Check(ARRAY)) {
+        PyErr_SetString(PyExc_ImportError, "array.array is not a type");
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 4) < 0 ||
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 5) < 0 ||
                       PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);
     return m;

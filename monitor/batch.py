@@ -30,7 +30,7 @@ from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 4
+_ACCEL_ABI = 5
 #: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
 #: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
@@ -659,6 +659,48 @@ def merge_deltas(deltas: dict[str, dict[str, Any]], parts: Deltas,
     return _ACCEL.merge_deltas(deltas, parts.ids, parts.count, parts.blocked, parts.bytes_out,
                                parts.bytes_in, parts.first, parts.last, facts, stored,
                                merged_facts)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PackedLinks:
+    """A batch's hit links as the store inserts them (:func:`packed_links`): link
+    (``lo + p // span``, ``low + p % span``) for each number ``p`` of the JSON arrays
+    ``texts``, in order."""
+
+    lo: int  # the least incident number
+    low: int  # the least row
+    span: int  # the range of the rows
+    texts: list[str]
+
+
+def packed_links(key: Sequence[int], of: Sequence[int], row: Sequence[int], limit: int,
+                 per_text: int) -> PackedLinks | None:  # fmt: skip
+    """The hit links (``key[of[i]]``, ``row[i]``) of a batch, each pair one integer below
+    ``limit``, sorted (in key order, they walk the table's B-tree in order) and written as
+    JSON arrays of ``per_text`` numbers at most that SQLite unpacks (``json_each``: half
+    the cost of binding them pair by pair); None when the numbers are too far apart to
+    pack. In C when it is built (``_batchscan.packed_links``: the Python code's lists, sort
+    and ``json.dumps`` cost the storing process half as much as SQLite's inserting them),
+    else :func:`_packed_links`."""
+    if _ACCEL is not None:
+        found = _ACCEL.packed_links(key, of, row, limit, per_text)
+        if found is not None:
+            return PackedLinks(*found)
+    return _packed_links(key, of, row, limit, per_text)
+
+
+def _packed_links(key: Sequence[int], of: Sequence[int], row: Sequence[int], limit: int,
+                  per_text: int) -> PackedLinks | None:  # fmt: skip
+    """:func:`packed_links` in Python (the reference)."""
+    lo, low = min(key), min(row)
+    span = max(row) - low + 1
+    if (max(key) - lo + 1) * span >= limit:
+        return None
+    base = [(k - lo) * span - low for k in key]  # + row: (incident - lo) * span + row - low
+    packed = [base[i] + r for i, r in zip(of, row, strict=True)]
+    packed.sort()
+    texts = [json.dumps(packed[at : at + per_text]) for at in range(0, len(packed), per_text)]
+    return PackedLinks(lo, low, span, texts)
 
 
 def shared_facts(facts: list[dict[str, list[Any]] | None]) -> list[dict[str, list[Any]] | None]:

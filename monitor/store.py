@@ -59,6 +59,7 @@ from monitor.batch import (
     merge_fact_lists,
     merge_facts,
     merged_facts,
+    packed_links,
     shared_facts,
 )
 from monitor.errors import ApiwatchError
@@ -1104,29 +1105,21 @@ class Store:
         new_ids, updated_ids = result.new_incidents, result.updated_incidents
         identity, facts_entry = self._identity_texts, self._facts
         new, updates = [], []
+        facts_texts: dict[int, str | None] = {}  # by the id of a delta's facts (held by it)
         for iid, d in deltas.items():
             inc = d["inc"]
             rule_of[iid] = (inc["rule"], inc["severity"])
             requests[d["finding_id"]] += d["count"]
             old = stored.get(iid)
-            if old is not None and len(old.evidence) >= EVIDENCE_SAMPLES:
-                evidence, evidence_text = old.evidence, old.evidence_text
-            else:
-                samples = old.evidence if old is not None else []
-                evidence = (samples + [e for e in d["evidence"] if e not in samples])[
-                    :EVIDENCE_SAMPLES
-                ]
-                evidence_text = _json_strings(evidence)
-            # the transaction's few facts into the stored ones (the lists keep the first few
-            # values in a fixed order: merging is the same either way round)
-            facts = merge_fact_lists(old.facts if old is not None else None, d.get("facts"))
-            if old is not None and facts == old.facts:
-                facts_text = old.facts_text
-            else:
-                facts_text = _facts_json(facts) if facts else None
             first, last = d["first"], d["last"]
-            if old is None:
+            if old is None:  # new: its samples and facts are the delta's (merged with none)
                 new_ids.add(iid)
+                evidence = d["evidence"][:EVIDENCE_SAMPLES]
+                evidence_text = _json_strings(evidence)
+                facts = d.get("facts") or None  # (facts are replaced, never changed)
+                facts_text = facts_texts.get(id(facts))
+                if facts_text is None and facts is not None:
+                    facts_text = facts_texts[id(facts)] = _facts_json(facts)
                 stored[iid] = _StoredIncident(
                     evidence, evidence_text, facts, facts_text, first, last, d["finding_id"]
                 )
@@ -1139,6 +1132,21 @@ class Store:
                             _outcome(blocked, count), evidence_text, facts_entry(facts_text),
                             d["first_scan"], d["last_scan"]))  # fmt: skip
                 continue
+            if len(old.evidence) >= EVIDENCE_SAMPLES:
+                evidence, evidence_text = old.evidence, old.evidence_text
+            else:
+                samples = old.evidence
+                evidence = (samples + [e for e in d["evidence"] if e not in samples])[
+                    :EVIDENCE_SAMPLES
+                ]
+                evidence_text = _json_strings(evidence)
+            # the transaction's few facts into the stored ones (the lists keep the first few
+            # values in a fixed order: merging is the same either way round)
+            facts = merge_fact_lists(old.facts, d.get("facts"))
+            if facts == old.facts:
+                facts_text = old.facts_text
+            else:
+                facts_text = _facts_json(facts) if facts else None
             updated_ids.add(iid)
             if old.finding_id != d["finding_id"]:  # stored under another (sites changed)
                 self._refresh_in_full.update((old.finding_id, d["finding_id"]))
@@ -4453,36 +4461,30 @@ def _link(tx: _IngestState, links: tuple[list[str], array, array], first: int) -
 
 def _insert_links(conn: sqlite3.Connection, key: list[int], of: Sequence[int],
                   row: Sequence[int], first: int) -> None:  # fmt: skip
-    """Insert the hit links (``key[of[i]]``, ``first + row[i]``) of a batch, in key order.
-    Sorted, they walk the table's B-tree in order; packed, each pair one integer in a JSON
-    array that SQLite unpacks (:data:`_INSERT_LINKS`), they cost half as much as bound
-    pair by pair. Numbers too far apart to pack (never in practice) are bound as pairs."""
+    """Insert the hit links (``key[of[i]]``, ``first + row[i]``) of a batch, in key order,
+    packed (:func:`monitor.batch.packed_links`, unpacked by :data:`_INSERT_LINKS`); numbers
+    too far apart to pack (never in practice) are bound as pairs."""
     if not of:
         return
-    lo, low = min(key), min(row)
-    span = max(row) - low + 1
-    if (max(key) - lo + 1) * span >= _PACKED_LIMIT:
+    packed = packed_links(key, of, row, _PACKED_LIMIT, _PACKED_PER_STATEMENT)
+    if packed is None:
         conn.executemany(
             "INSERT OR IGNORE INTO hit_links (incident, obs) VALUES (?, ?)",
             sorted(zip(map(key.__getitem__, of), map(first.__add__, row), strict=True)),
         )
         return
-    base = [(k - lo) * span - low for k in key]  # + row: (incident - lo) * span + row - low
-    packed = [base[i] + r for i, r in zip(of, row, strict=True)]
-    packed.sort()
-    for at in range(0, len(packed), _PACKED_PER_STATEMENT):  # (a JSON text of ~10 MB at most)
-        chunk = json.dumps(packed[at : at + _PACKED_PER_STATEMENT])
-        conn.execute(_INSERT_LINKS, (lo, first + low, span, chunk))
+    for text in packed.texts:
+        conn.execute(_INSERT_LINKS, (packed.lo, first + packed.low, packed.span, text))
 
 
-#: hit links packed by :func:`_insert_links`: the first incident, the first row, the
-#: span of rows, the packed pairs
+#: hit links packed by :func:`monitor.batch.packed_links`: the first incident, the first
+#: row, the span of rows, the packed pairs
 _INSERT_LINKS = (
     "INSERT OR IGNORE INTO hit_links (incident, obs)"
     " SELECT ?1 + value / ?3, ?2 + value % ?3 FROM json_each(?4)"
 )
 _PACKED_LIMIT = 1 << 53  # packed pairs stay exact integers, even read as JSON doubles
-_PACKED_PER_STATEMENT = 1 << 20
+_PACKED_PER_STATEMENT = 1 << 20  # (a JSON text of ~10 MB at most)
 
 
 def _day_floor(when: datetime) -> datetime:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import math
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.observation import canonical_ip, normalise_host
+from monitor.observation import canonical_ip, iso_utc, normalise_host
 
 
 def reference(text: str) -> str | None:
@@ -49,3 +51,17 @@ def test_normalise_host_of_addresses() -> None:
     assert normalise_host("10.1.2.3:443") == "10.1.2.3"
     assert normalise_host("[2001:DB8::1]:443") == "2001:db8::1"
     assert normalise_host("API.OpenAI.com.") == "api.openai.com"
+
+
+@given(st.one_of(st.floats(-(2**33), 2**35, allow_nan=False),
+                 st.integers(0, 2**35).map(lambda ms: ms / 1000),
+                 st.integers(-(2**33), 2**35),
+                 st.sampled_from([0.0, -0.0, 0.9995, 0.9999, 1732800000.9996, 86399.9999])))  # fmt: skip
+def test_iso_utc_is_strftime_with_milliseconds(ts):
+    """``iso_utc`` (memoised per second, tables of minutes, seconds and milliseconds) is the
+    second's ``strftime`` and its fraction rounded to milliseconds, 999 at most (a fraction
+    that rounds up stays within its second)."""
+    second = math.floor(ts)
+    millis = min(999, round((ts - second) * 1000))
+    expected = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    assert iso_utc(ts) == f"{expected}.{millis:03d}Z" and iso_utc(None) is None
