@@ -83,6 +83,19 @@ def _rest(cursor: sqlite3.Cursor, sql: str, columns: list[Sequence[Any]], via: l
     return cursor.executemany(sql, islice(rows, stop, None)).rowcount
 
 
+#: the insert whose steps run on each connection (by ``id``), until they end
+_UNDER_WAY: dict[int, PendingInsert] = {}
+
+
+def join_steps(conn: sqlite3.Connection) -> None:
+    """Wait until no insert's steps run on ``conn`` (see :meth:`PendingInsert.join`;
+    their outcome is left to its :meth:`~PendingInsert.wait`): before a rollback, which
+    may come from an interrupt at any point, even before the insert's caller holds it."""
+    running = _UNDER_WAY.get(id(conn))
+    if running is not None:
+        running.join()
+
+
 class PendingInsert:
     """:func:`insert_columns` begun, the caller going on; :meth:`wait` ends it.
 
@@ -106,16 +119,20 @@ class PendingInsert:
         if steps is None:
             self._changes = insert_columns(conn, sql, columns, via)
             return
-        self._thread = threading.Thread(target=self._step, args=(steps,), name="apiwatch-insert",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(target=self._step, args=(steps, id(conn)),
+                                        name="apiwatch-insert", daemon=True)  # fmt: skip
+        _UNDER_WAY[id(conn)] = self  # (before the steps start: see join_steps)
         self._thread.start()
 
-    def _step(self, steps: Any) -> None:
+    def _step(self, steps: Any, key: int) -> None:
         """The thread's body: the C steps, their result or error kept for :meth:`wait`."""
         try:
             self._stepped = steps.run()
         except BaseException as exc:  # noqa: BLE001 - raised again by wait, in the caller
             self._error = exc
+        finally:
+            if _UNDER_WAY.get(key) is self:
+                del _UNDER_WAY[key]
 
     def join(self) -> None:
         """Wait for the steps to end (the connection free again), however often this wait

@@ -68,7 +68,7 @@ from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
 from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
 from monitor.observation import iso_datetime, iso_day, iso_utc
 from monitor.rows import CLIENT, COL, CONTEXT, PER_REQUEST, TYPES
-from monitor.sqlbind import PendingInsert, Via
+from monitor.sqlbind import PendingInsert, Via, join_steps
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -467,11 +467,9 @@ class Ingestion:
         """Roll back what was added (nothing when already committed or aborted), once the
         insert under way, if any, has ended (its error dropped: nothing of it is kept)."""
         if self._state is not None:
-            self._state = None
-            storing, self._storing = self._storing, None
+            self._state = self._storing = None
             try:
-                if storing is not None and storing.insert is not None:
-                    storing.insert.join()
+                join_steps(self.store.db.conn)
             finally:
                 self.store._rollback()
 
