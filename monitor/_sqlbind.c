@@ -845,10 +845,11 @@ Steps_run(Steps *s, PyObject *Py_UNUSED(ignored))
         if (!bound)
             break; /* (Python's sqlite3 binds it, or raises) */
         rc = api.step(st);
-        api.reset(st);
+        if (rc == SQLITE_DONE)
+            changes += api.changes(db);
+        api.reset(st); /* (after an error: its code and message stay the handle's) */
         if (rc != SQLITE_DONE)
             break;
-        changes += api.changes(db);
     }
     Py_END_ALLOW_THREADS
     PyObject *result = NULL;
