@@ -672,3 +672,21 @@ def test_steps_never_run_leave_the_connection_as_it_was():
     del steps
     conn.execute("COMMIT")
     assert _stored(conn) == []
+
+
+def test_a_pending_insert_meeting_a_held_write_lock_fails_as_in_python(tmp_path):
+    """Another connection holds the write lock past the busy timeout: SQLITE_BUSY, raised
+    by wait as executemany raises it, nothing inserted."""
+    path = tmp_path / "busy.db"
+    _database(str(path)).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        outcome, rows, _ = _both([[1, 2], [1, 2], *[[None] * 2] * 3], [None] * 5, begin="BEGIN",
+                                 open_db=lambda: sqlite3.connect(path, timeout=0.05, isolation_level=None),
+                                 call=_waited)  # fmt: skip
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert outcome == (sqlite3.OperationalError, "database is locked", 5, "SQLITE_BUSY")
+    assert rows == []
