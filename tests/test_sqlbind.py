@@ -690,3 +690,21 @@ def test_a_pending_insert_meeting_a_held_write_lock_fails_as_in_python(tmp_path)
         holder.close()
     assert outcome == (sqlite3.OperationalError, "database is locked", 5, "SQLITE_BUSY")
     assert rows == []
+
+
+def test_a_pending_insert_interrupted_fails_as_in_python():
+    """conn.interrupt() during the steps (by a trigger's SQL function, at the second row,
+    in the thread that steps; the trigger's next loop sees it): SQLITE_INTERRUPT, raised by
+    wait as executemany raises it, the transaction rolled back as it rolls it back."""
+
+    def interrupted_at_2() -> sqlite3.Connection:
+        conn = _database()
+        conn.create_function("stop", 1, lambda x: conn.interrupt() if x == 2 else None)
+        conn.execute("CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT stop(new.id);"
+                     " SELECT sum(id) FROM t; END")
+        return conn
+
+    outcome, rows, in_tx = _both([[1, 2, 3], [1, 2, 3], *[[None] * 3] * 3], [None] * 5,
+                                 open_db=interrupted_at_2, call=_waited)  # fmt: skip
+    assert outcome == (sqlite3.OperationalError, "interrupted", 9, "SQLITE_INTERRUPT")
+    assert rows == [] and not in_tx  # (SQLite rolls an interrupted insert's transaction back)
