@@ -21,6 +21,15 @@
  * sqlite3_step raise as _sqlite3's _pysqlite_seterror does (class by SQLite's result
  * code, SQLite's message, sqlite_errorcode; sqlbind.py adds sqlite_errorname).
  *
+ * start(conn, sql, columns, via) -> Steps or None, then Steps.run() -> (changes, stop):
+ * insert in two halves, for sqlbind.PendingInsert, whose thread runs the second while the
+ * caller's does Python work. start reads every value (with the GIL, in the caller's
+ * thread) up to the first row insert would leave to Python; run binds and steps them
+ * with the GIL released throughout, and returns or raises as insert does (None from
+ * start: insert would leave every row to Python). The rows are those of the columns when
+ * start read them (a trigger's callback that changes a list during the steps changes
+ * nothing inserted: insert, like executemany, would insert what it finds).
+ *
  * Safety. SQLite is called only through the library instance _sqlite3 itself calls: the
  * functions are looked up with dlsym through dlopen(_sqlite3.__file__, RTLD_NOLOAD) (that
  * module and the libraries it was loaded with), never linked here, and the module refuses
@@ -283,38 +292,127 @@ int_at(column *c, Py_ssize_t i, long long *v)
     return 1;
 }
 
-/* bind a value as Python's sqlite3 does (no adapter registered for its type: see
- * sqlbind.py); 0 when this cannot (Python's sqlite3 then binds, or raises) */
+/* a value as bound: read from Python's objects first (value_of, value_at), bound later
+ * (bind_value), with the GIL released when run_steps binds it: a text or blob points into
+ * an object kept alive (and unchanged: str and bytes are immutable) until then */
+enum vtype { V_NULL, V_INT, V_FLOAT, V_TEXT, V_BLOB };
+typedef struct {
+    enum vtype type;
+    int size; /* V_TEXT, V_BLOB */
+    union {
+        long long i;
+        double d;
+        const char *p;
+    } u;
+} value;
+
+/* a value as Python's sqlite3 binds it (no adapter registered for its type: see
+ * sqlbind.py); 0 when this cannot take it (Python's sqlite3 then binds, or raises) */
 static int
-bind_object(sqlite3_stmt *st, int pos, PyObject *x)
+value_of(PyObject *x, value *v)
 {
-    if (x == Py_None)
-        return api.bind_null(st, pos) == SQLITE_OK;
+    if (x == Py_None) {
+        v->type = V_NULL;
+        return 1;
+    }
     if (PyLong_CheckExact(x) || PyBool_Check(x)) {
         int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(x, &overflow);
-        if (overflow || (v == -1 && PyErr_Occurred())) {
+        v->u.i = PyLong_AsLongLongAndOverflow(x, &overflow);
+        if (overflow || (v->u.i == -1 && PyErr_Occurred())) {
             PyErr_Clear();
             return 0;
         }
-        return api.bind_int64(st, pos, v) == SQLITE_OK;
+        v->type = V_INT;
+        return 1;
     }
-    if (PyFloat_CheckExact(x))
-        return api.bind_double(st, pos, PyFloat_AS_DOUBLE(x)) == SQLITE_OK;
+    if (PyFloat_CheckExact(x)) {
+        v->type = V_FLOAT;
+        v->u.d = PyFloat_AS_DOUBLE(x);
+        return 1;
+    }
     if (PyUnicode_CheckExact(x)) {
         Py_ssize_t size;
-        const char *text = PyUnicode_AsUTF8AndSize(x, &size);
-        if (text == NULL || size > INT_MAX) {
+        v->u.p = PyUnicode_AsUTF8AndSize(x, &size); /* (kept by the str) */
+        if (v->u.p == NULL || size > INT_MAX) {
             PyErr_Clear();
             return 0;
         }
-        return api.bind_text(st, pos, text, (int)size, SQLITE_TRANSIENT) == SQLITE_OK;
+        v->type = V_TEXT;
+        v->size = (int)size;
+        return 1;
     }
     if (PyBytes_CheckExact(x)) {
         if (PyBytes_GET_SIZE(x) > INT_MAX)
             return 0;
-        return api.bind_blob(st, pos, PyBytes_AS_STRING(x), (int)PyBytes_GET_SIZE(x),
-                             SQLITE_TRANSIENT) == SQLITE_OK;
+        v->type = V_BLOB;
+        v->u.p = PyBytes_AS_STRING(x);
+        v->size = (int)PyBytes_GET_SIZE(x);
+        return 1;
+    }
+    return 0;
+}
+
+/* value i of a column (through its `via`); 0 when this cannot take it */
+static int
+value_at(column *c, Py_ssize_t i, value *v)
+{
+    long long n;
+    switch (c->how) {
+    case TABLE: {
+        if (!int_at(c, i, &n))
+            return 0;
+        Py_ssize_t size = PySequence_Fast_GET_SIZE(c->table);
+        if (n < 0)
+            n += size;
+        if (n < 0 || n >= size)
+            return 0;
+        return value_of(PySequence_Fast_GET_ITEM(c->table, (Py_ssize_t)n), v);
+    }
+    case OFFSET:
+        if (!int_at(c, i, &n) || __builtin_add_overflow(n, c->offset, &v->u.i))
+            return 0;
+        v->type = V_INT;
+        return 1;
+    case AS_IS:
+        break;
+    }
+    switch (c->kind) {
+    case I64:
+        v->type = V_INT;
+        v->u.i = ((const long long *)c->view.buf)[i];
+        return 1;
+    case I32:
+        v->type = V_INT;
+        v->u.i = ((const int *)c->view.buf)[i];
+        return 1;
+    case F64:
+        v->type = V_FLOAT;
+        v->u.d = ((const double *)c->view.buf)[i];
+        return 1;
+    case LIST:
+        break;
+    }
+    if (i >= PySequence_Fast_GET_SIZE(c->seq))
+        return 0;
+    return value_of(PySequence_Fast_GET_ITEM(c->seq, i), v);
+}
+
+/* bind a value (copied: SQLITE_TRANSIENT, as Python's sqlite3 binds); 0 on an error
+ * (Python's sqlite3 then binds, or raises). Reads no Python object. */
+static int
+bind_value(sqlite3_stmt *st, int pos, const value *v)
+{
+    switch (v->type) {
+    case V_NULL:
+        return api.bind_null(st, pos) == SQLITE_OK;
+    case V_INT:
+        return api.bind_int64(st, pos, v->u.i) == SQLITE_OK;
+    case V_FLOAT:
+        return api.bind_double(st, pos, v->u.d) == SQLITE_OK;
+    case V_TEXT:
+        return api.bind_text(st, pos, v->u.p, v->size, SQLITE_TRANSIENT) == SQLITE_OK;
+    case V_BLOB:
+        return api.bind_blob(st, pos, v->u.p, v->size, SQLITE_TRANSIENT) == SQLITE_OK;
     }
     return 0;
 }
@@ -323,38 +421,8 @@ bind_object(sqlite3_stmt *st, int pos, PyObject *x)
 static int
 bind_at(sqlite3_stmt *st, int pos, column *c, Py_ssize_t i)
 {
-    long long v;
-    switch (c->how) {
-    case TABLE: {
-        if (!int_at(c, i, &v))
-            return 0;
-        Py_ssize_t size = PySequence_Fast_GET_SIZE(c->table);
-        if (v < 0)
-            v += size;
-        if (v < 0 || v >= size)
-            return 0;
-        return bind_object(st, pos, PySequence_Fast_GET_ITEM(c->table, (Py_ssize_t)v));
-    }
-    case OFFSET:
-        if (!int_at(c, i, &v) || __builtin_add_overflow(v, c->offset, &v))
-            return 0;
-        return api.bind_int64(st, pos, v) == SQLITE_OK;
-    case AS_IS:
-        break;
-    }
-    switch (c->kind) {
-    case I64:
-        return api.bind_int64(st, pos, ((const long long *)c->view.buf)[i]) == SQLITE_OK;
-    case I32:
-        return api.bind_int64(st, pos, ((const int *)c->view.buf)[i]) == SQLITE_OK;
-    case F64:
-        return api.bind_double(st, pos, ((const double *)c->view.buf)[i]) == SQLITE_OK;
-    case LIST:
-        break;
-    }
-    if (i >= PySequence_Fast_GET_SIZE(c->seq))
-        return 0;
-    return bind_object(st, pos, PySequence_Fast_GET_ITEM(c->seq, i));
+    value v;
+    return value_at(c, i, &v) && bind_value(st, pos, &v);
 }
 
 /* a column and its via made ready; -1 on an error, 0 when this does not take them (nothing
@@ -531,44 +599,74 @@ resized(const column *cols, Py_ssize_t ncols, Py_ssize_t n)
     return 0;
 }
 
-static PyObject *
-insert(PyObject *self, PyObject *args)
+/* an insert's arguments as read: its columns (column_of: `taken` of them, their buffers
+ * held, all `n` long; n -1 with none) and, when this can run it, its statement prepared on
+ * the connection's handle (else `st` NULL: the rows are Python's) */
+typedef struct {
+    PyObject *columns, *vias; /* tuples (the columns stay alive whatever a callback of
+                               * SQLite's does to the lists) */
+    column *cols;
+    Py_ssize_t ncols, n;
+    int taken;
+    sqlite3 *db;
+    sqlite3_stmt *st;
+} rows;
+
+/* what rows_of holds let go (the statement finalized); again: nothing */
+static void
+rows_release(rows *r)
 {
-    PyObject *conn, *sqlobj, *given, *given_vias;
-    if (!PyArg_ParseTuple(args, "OUO!O!", &conn, &sqlobj, &PyList_Type, &given, &PyList_Type,
+    if (r->st != NULL)
+        api.finalize(r->st);
+    r->st = NULL;
+    for (int j = 0; j < r->taken; j++)
+        if (r->cols[j].kind != LIST)
+            PyBuffer_Release(&r->cols[j].view);
+    r->taken = 0;
+    PyMem_Free(r->cols);
+    r->cols = NULL;
+    Py_CLEAR(r->columns);
+    Py_CLEAR(r->vias);
+}
+
+/* insert's arguments read into `r` (see rows; rows_release it either way); -1 on an error */
+static int
+rows_of(PyObject *args, PyObject **conn, rows *r)
+{
+    PyObject *sqlobj, *given, *given_vias;
+    memset(r, 0, sizeof *r);
+    r->n = -1;
+    if (!PyArg_ParseTuple(args, "OUO!O!", conn, &sqlobj, &PyList_Type, &given, &PyList_Type,
                           &given_vias))
-        return NULL;
+        return -1;
     if (PyList_GET_SIZE(given_vias) != PyList_GET_SIZE(given)) {
         PyErr_SetString(PyExc_ValueError, "one via per column");
-        return NULL;
+        return -1;
     }
-    /* (tuples: the columns stay alive whatever a callback of SQLite's does to the lists) */
-    PyObject *columns = PyList_AsTuple(given), *vias = PyList_AsTuple(given_vias);
-    Py_ssize_t ncols = PyList_GET_SIZE(given);
-    column *cols = PyMem_Calloc(ncols ? ncols : 1, sizeof(column));
-    if (columns == NULL || vias == NULL || cols == NULL) {
-        Py_XDECREF(columns);
-        Py_XDECREF(vias);
-        PyMem_Free(cols);
-        return cols == NULL ? PyErr_NoMemory() : NULL;
+    r->columns = PyList_AsTuple(given);
+    r->vias = PyList_AsTuple(given_vias);
+    r->ncols = PyList_GET_SIZE(given);
+    r->cols = PyMem_Calloc(r->ncols ? r->ncols : 1, sizeof(column));
+    if (r->columns == NULL || r->vias == NULL || r->cols == NULL) {
+        if (r->cols == NULL)
+            PyErr_NoMemory();
+        return -1;
     }
-    long long changes = 0;
-    Py_ssize_t done = 0, n = -1;
-    int taken = 0, ok = 1, ran = 0;
-    for (; taken < ncols; taken++) { /* every column this can read, all of one length */
+    int ok = 1;
+    for (; r->taken < r->ncols; r->taken++) { /* every column this can read, of one length */
         Py_ssize_t len = 0;
-        int r = column_of(&cols[taken], PyTuple_GET_ITEM(columns, taken),
-                          PyTuple_GET_ITEM(vias, taken), &len);
-        if (r <= 0) {
-            ok = r;
+        int got = column_of(&r->cols[r->taken], PyTuple_GET_ITEM(r->columns, r->taken),
+                            PyTuple_GET_ITEM(r->vias, r->taken), &len);
+        if (got <= 0) {
+            ok = got;
             break;
         }
-        if (n >= 0 && len != n) {
+        if (r->n >= 0 && len != r->n) {
             ok = 0;
-            taken++;
+            r->taken++;
             break;
         }
-        n = len;
+        r->n = len;
     }
     Py_ssize_t size;
     const char *sql = PyUnicode_AsUTF8AndSize(sqlobj, &size);
@@ -576,41 +674,222 @@ insert(PyObject *self, PyObject *args)
         PyErr_Clear(); /* not UTF-8, a NUL in it, too long: Python's sqlite3 says so */
         ok = 0;
     }
-    if (ok > 0 && PyObject_TypeCheck(conn, CONNECTION)) {
-        sqlite3 *db = ((connection_head *)conn)->db;
-        int usable = db != NULL ? verify() : 0;
-        if (usable < 0)
-            ok = -1;
-        db = ((connection_head *)conn)->db; /* (the test ran Python code: read it again) */
-        if (usable > 0 && db != NULL) {
-            sqlite3_stmt *st = NULL;
-            const char *tail = NULL;
-            if (api.prepare_v2(db, sql, -1, &st, &tail) == SQLITE_OK && st != NULL &&
-                one_insert(sql, tail) && api.column_count(st) == 0 &&
-                api.bind_parameter_count(st) == ncols && positional(st)) {
-                done = step_rows(conn, db, st, cols, (int)ncols, n < 0 ? 0 : n, &changes);
-                ran = done != n || !resized(cols, ncols, n);
-            }
+    if (ok <= 0 || !PyObject_TypeCheck(*conn, CONNECTION))
+        return ok;
+    sqlite3 *db = ((connection_head *)*conn)->db;
+    int usable = db != NULL ? verify() : 0;
+    if (usable < 0)
+        return -1;
+    db = ((connection_head *)*conn)->db; /* (the test ran Python code: read it again) */
+    if (usable > 0 && db != NULL) {
+        sqlite3_stmt *st = NULL;
+        const char *tail = NULL;
+        if (api.prepare_v2(db, sql, -1, &st, &tail) == SQLITE_OK && st != NULL &&
+            one_insert(sql, tail) && api.column_count(st) == 0 &&
+            api.bind_parameter_count(st) == r->ncols && positional(st)) {
+            r->db = db;
+            r->st = st;
+        } else {
             api.finalize(st);
-            if (done < 0)
-                ok = -1;
         }
     }
-    for (int j = 0; j < taken; j++)
-        if (cols[j].kind != LIST)
-            PyBuffer_Release(&cols[j].view);
-    PyMem_Free(cols);
-    Py_DECREF(columns);
-    Py_DECREF(vias);
-    if (ok < 0)
+    return 0;
+}
+
+static PyObject *
+insert(PyObject *self, PyObject *args)
+{
+    PyObject *conn;
+    rows r;
+    long long changes = 0;
+    Py_ssize_t done = 0, n;
+    int ran = 0;
+    if (rows_of(args, &conn, &r) < 0) {
+        rows_release(&r);
+        return NULL;
+    }
+    n = r.n;
+    if (r.st != NULL) {
+        done = step_rows(conn, r.db, r.st, r.cols, (int)r.ncols, n < 0 ? 0 : n, &changes);
+        ran = done != n || !resized(r.cols, r.ncols, n);
+    }
+    rows_release(&r);
+    if (done < 0)
         return NULL;
     if (ran && done == n) /* (not ran: done 0, or all n of a resized column) */
         return Py_BuildValue("(LO)", changes, Py_None);
     return Py_BuildValue("(Ln)", changes, done);
 }
 
+/* start(conn, sql, columns, via) -> Steps, or None: insert's rows read now (with the GIL),
+ * to be stepped by Steps.run, which releases the GIL for all of them: another thread runs
+ * it while this one does other work (sqlbind.PendingInsert). Each value is read as insert
+ * binds it, up to the first row this cannot bind (the rows from there are Python's, as
+ * insert leaves them); the lists read are copied first (tuples: a text bound points into a
+ * str they keep), arrays read at once (released: not held till the steps). None when
+ * insert would leave every row to Python (stop 0): the caller calls insert_columns. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *conn;
+    rows r;            /* the statement (the arrays' buffers already released) */
+    PyObject *kept;    /* the copies of the lists read */
+    value *values;     /* `count` rows of r.ncols values */
+    Py_ssize_t count;
+    int ran;
+} Steps;
+
+static PyTypeObject StepsType;
+
+static void
+Steps_dealloc(Steps *s)
+{
+    rows_release(&s->r); /* (a Steps never run: its statement finalized, nothing stepped) */
+    PyMem_Free(s->values);
+    Py_XDECREF(s->kept);
+    Py_XDECREF(s->conn);
+    PyObject_Free(s);
+}
+
+/* a list read copied into `kept` (*seq then the copy); -1 on an error */
+static int
+keep_copy(PyObject *kept, PyObject **seq)
+{
+    PyObject *copy = PySequence_Tuple(*seq);
+    if (copy == NULL || PyList_Append(kept, copy) < 0) {
+        Py_XDECREF(copy);
+        return -1;
+    }
+    Py_DECREF(copy); /* (kept's) */
+    *seq = copy;
+    return 0;
+}
+
+static PyObject *
+start(PyObject *self, PyObject *args)
+{
+    PyObject *conn;
+    rows r;
+    if (rows_of(args, &conn, &r) < 0 || r.st == NULL) {
+        rows_release(&r);
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Steps *s = PyObject_New(Steps, &StepsType);
+    if (s == NULL) {
+        rows_release(&r);
+        return NULL;
+    }
+    s->conn = Py_NewRef(conn);
+    s->r = r;
+    s->values = NULL;
+    s->count = 0;
+    s->ran = 0;
+    s->kept = PyList_New(0);
+    Py_ssize_t n = r.n < 0 ? 0 : r.n, ncols = r.ncols;
+    if (s->kept == NULL)
+        goto error;
+    if (ncols && n > PY_SSIZE_T_MAX / ncols / (Py_ssize_t)sizeof(value)) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    s->values = PyMem_Malloc((n * ncols > 0 ? (size_t)(n * ncols) : 1) * sizeof(value));
+    if (s->values == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    for (Py_ssize_t j = 0; j < ncols; j++) {
+        column *c = &s->r.cols[j];
+        if ((c->kind == LIST && keep_copy(s->kept, &c->seq) < 0) ||
+            (c->how == TABLE && keep_copy(s->kept, &c->table) < 0))
+            goto error;
+    }
+    for (; s->count < n; s->count++)
+        for (Py_ssize_t j = 0; j < ncols; j++)
+            if (!value_at(&s->r.cols[j], s->count, &s->values[s->count * ncols + j]))
+                goto read;
+read:
+    for (int j = 0; j < s->r.taken; j++) /* (their values read) */
+        if (s->r.cols[j].kind != LIST)
+            PyBuffer_Release(&s->r.cols[j].view);
+    s->r.taken = 0;
+    return (PyObject *)s;
+error:
+    Py_DECREF(s);
+    return NULL;
+}
+
+/* Steps.run() -> (changes, stop), as insert returns them, or the step's error raised as
+ * insert raises it; once. The rows are bound and stepped with the GIL released (no Python
+ * object is read: the values were), the statement finalized after. */
+static PyObject *
+Steps_run(Steps *s, PyObject *Py_UNUSED(ignored))
+{
+    if (s->ran || s->r.st == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Steps.run: run already");
+        return NULL;
+    }
+    s->ran = 1;
+    sqlite3 *db = s->r.db;
+    sqlite3_stmt *st = s->r.st;
+    const value *values = s->values;
+    int ncols = (int)s->r.ncols;
+    long long changes = 0;
+    Py_ssize_t done = 0, count = s->count;
+    int rc = SQLITE_DONE;
+    Py_BEGIN_ALLOW_THREADS
+    for (; done < count; done++) {
+        int bound = 1;
+        for (int j = 0; j < ncols && bound; j++)
+            bound = bind_value(st, j + 1, &values[done * ncols + j]);
+        if (!bound)
+            break; /* (Python's sqlite3 binds it, or raises) */
+        rc = api.step(st);
+        if (rc == SQLITE_DONE)
+            changes += api.changes(db);
+        api.reset(st); /* (after an error: its code and message stay the handle's) */
+        if (rc != SQLITE_DONE)
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (((connection_head *)s->conn)->db != db) { /* closed meanwhile: Python's says so */
+        PyErr_Clear();
+        result = Py_BuildValue("(Ln)", changes, done);
+    } else if (rc != SQLITE_DONE) {
+        if (PyErr_Occurred()) /* a Python callback's, which Python's sqlite3 drops too */
+            PyErr_Clear();
+        set_error(db);
+    } else if (done == s->r.n) {
+        result = Py_BuildValue("(LO)", changes, Py_None);
+    } else {
+        result = Py_BuildValue("(Ln)", changes, done);
+    }
+    rows_release(&s->r);
+    PyMem_Free(s->values);
+    s->values = NULL;
+    Py_CLEAR(s->kept);
+    return result;
+}
+
+static PyMethodDef Steps_methods[] = {
+    {"run", (PyCFunction)Steps_run, METH_NOARGS, "Step the rows read (see start)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject StepsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "monitor._sqlbind.Steps",
+    .tp_basicsize = sizeof(Steps),
+    .tp_dealloc = (destructor)Steps_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "An insert's rows read, to be stepped (see start).",
+    .tp_methods = Steps_methods,
+};
+
 static PyMethodDef methods[] = {
     {"insert", insert, METH_VARARGS, "Rows of columns bound to an INSERT (see above)."},
+    {"start", start, METH_VARARGS, "Rows of columns read, to be stepped (see above)."},
     {NULL, NULL, 0, NULL},
 };
 ACCEL_MODULE("monitor._sqlbind", "Rows bound to an INSERT and stepped in C.");
@@ -636,8 +915,10 @@ PyInit__sqlbind(void)
         PyErr_SetString(PyExc_ImportError, "array.array is not a type");
         return NULL;
     }
+    if (PyType_Ready(&StepsType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 2) < 0)
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 3) < 0)
         Py_CLEAR(m);
     return m;
 }

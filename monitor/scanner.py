@@ -21,17 +21,18 @@ the open transaction holds, which the next run reads again (and de-duplicates).
 
 **Storing as batches come.** Batches are stored as they come, in one transaction
 (:class:`monitor.store.Ingestion`): rows, dictionary entries, incident deltas and hit links
-at once, while the producers read on; each part's rows are gathered for the roll-ups as
-the next is read; the per-transaction work (each incident touched, findings, the roll-ups'
-totals) once, at the commit, so that little is left after the last part. One transaction
-spans the parts of an input: each incident it touches is rewritten once, however many
-parts brought it requests (a busy incident recurs in every part), and so are the indexes'
-pages. It commits at the end of the input, or once it holds ``HOLD`` observations (what
-memory and a kill may lose are bounded by that) or ``HOLD_PARTS`` parts ended in it (so
-are the bytes a re-run reads again); an input read as one part, whose end may be far,
-every ``FLUSH`` observations; a part whose end is not known (standard input, a compressed
-input) also whenever no other message waits, so that what was read is stored while the
-input stays open.
+at once, while the producers read on; a batch's rows are inserted (by SQLite, in a thread
+of their own) while the next batch is received and numbered; each part's rows are gathered
+for the roll-ups as the next is read; the per-transaction work (each incident touched,
+findings, the roll-ups' totals) once, at the commit, so that little is left after the last
+part. One transaction spans the parts of an input: each incident it touches is rewritten
+once, however many parts brought it requests (a busy incident recurs in every part), and so
+are the indexes' pages. It commits at the end of the input, or once it holds ``HOLD``
+observations (what memory and a kill may lose are bounded by that) or ``HOLD_PARTS`` parts
+ended in it (so are the bytes a re-run reads again); an input read as one part, whose end
+may be far, every ``FLUSH`` observations; a part whose end is not known (standard input, a
+compressed input) also whenever no other message waits, so that what was read is stored
+while the input stays open.
 """
 
 from __future__ import annotations
@@ -624,6 +625,7 @@ class Scanner:
                         if self._parts >= HOLD_PARTS or self._queued >= limit:
                             self._flush(scan_id, summary)
                         elif self._open is not None:  # the part's rows, while the next is read
+                            self._open.settle()  # (all of them: see _flush)
                             self._open.roll_up()
                     elif kind == "input-error":
                         damaged = True
@@ -679,6 +681,9 @@ class Scanner:
         if ingestion is None and checkpoint is not None:
             ingestion = self.store.ingestion(scan_id, roll_up=True)
         if ingestion is not None:
+            # every batch added stored before the commit (and a part's roll-up) is asked
+            # for: what they see of the transaction is all it was given
+            ingestion.settle()
             summary.account(ingestion.commit(checkpoint))
 
 

@@ -2,11 +2,13 @@
 the zipped columns (the reference), or the same rows bound and stepped in C on the
 connection's own handle (``monitor/_sqlbind.c``), without a tuple and an int or float
 object made per value: for the store's ``obs_rows``, Python's per-row binding cost more
-than SQLite's inserting."""
+than SQLite's inserting. :class:`PendingInsert` runs the C steps in another thread, the GIL
+released, while the caller does other work (the store's scan: the next batch)."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from itertools import islice
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 from monitor import accel
 
 #: the ``_sqlbind`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 2
+_ACCEL_ABI = 3
 _ACCEL = accel.load("monitor._sqlbind")
 if _ACCEL is not None and getattr(_ACCEL, "ABI", 0) != _ACCEL_ABI:
     _ACCEL = None
@@ -47,20 +49,117 @@ def insert_columns(conn: sqlite3.Connection, sql: str, columns: list[Sequence[An
     inside a transaction (the store's), where Python's sqlite3 would open none itself."""
     cursor = conn.cursor()  # sqlite3's own checks first: the connection open, this thread
     changes, stop = 0, 0
-    if (
+    if _c_runs(conn):
+        try:
+            changes, stop = _ACCEL.insert(conn, sql, columns, via)
+        except sqlite3.Error as exc:
+            _named(exc)
+            raise
+    return changes + _rest(cursor, sql, columns, via, stop)
+
+
+def _c_runs(conn: sqlite3.Connection) -> bool:
+    """Whether the C code may bind and step rows on ``conn``: inside a transaction (the
+    store's), where Python's sqlite3 would open none itself, and no adapter registered."""
+    return (
         _ACCEL is not None
         and conn.in_transaction  # no implicit BEGIN to make, no autocommit per row
         and _BOUND.isdisjoint(sqlite3.adapters)  # no adapter for Python's sqlite3 to call
-    ):
+    )
+
+
+def _named(exc: sqlite3.Error) -> sqlite3.Error:
+    """A step's error of the C code (as sqlite3 raises it), given its name."""
+    exc.sqlite_errorname = _ERROR_NAMES.get(exc.sqlite_errorcode, "unknown")
+    return exc
+
+
+def _rest(cursor: sqlite3.Cursor, sql: str, columns: list[Sequence[Any]], via: list[Via],
+          stop: int | None) -> int:  # fmt: skip
+    """``executemany`` of the rows from ``stop`` on (None: none), which C left to Python."""
+    if stop is None:
+        return 0
+    rows = zip(*map(_values, columns, via), strict=True)
+    return cursor.executemany(sql, islice(rows, stop, None)).rowcount
+
+
+#: the insert whose steps run on each connection (by ``id``), until they end
+_UNDER_WAY: dict[int, PendingInsert] = {}
+
+
+def join_steps(conn: sqlite3.Connection) -> None:
+    """Wait until no insert's steps run on ``conn`` (see :meth:`PendingInsert.join`;
+    their outcome is left to its :meth:`~PendingInsert.wait`): before a rollback, which
+    may come from an interrupt at any point, even before the insert's caller holds it."""
+    running = _UNDER_WAY.get(id(conn))
+    if running is not None:
+        running.join()
+
+
+class PendingInsert:
+    """:func:`insert_columns` begun, the caller going on; :meth:`wait` ends it.
+
+    The C code reads the rows' values at the start, in the caller's thread, then a thread
+    of its own steps them with the GIL released: SQLite's inserting, most of the call's
+    time, overlaps the caller's Python work. Until :meth:`wait` (or :meth:`join`) returns,
+    nothing else may use the connection (SQLite would interleave the statements in the
+    transaction), nor change the columns' lists (what is read is read: a list's later
+    changes are not inserted). Without C (or when C leaves every row to Python) the rows
+    are inserted at the start, as :func:`insert_columns` does."""
+
+    def __init__(self, conn: sqlite3.Connection, sql: str, columns: list[Sequence[Any]],
+                 via: list[Via]) -> None:  # fmt: skip
+        self._cursor = conn.cursor()  # sqlite3's own checks, in the connection's thread
+        self._sql, self._columns, self._via = sql, columns, via
+        self._changes: int | None = None  # the count, once known
+        self._stepped: tuple[int, int | None] | None = None  # the C steps' (changes, stop)
+        self._error: BaseException | None = None  # theirs
+        self._thread: threading.Thread | None = None
+        steps = _ACCEL.start(conn, sql, columns, via) if _c_runs(conn) else None
+        if steps is None:
+            self._changes = insert_columns(conn, sql, columns, via)
+            return
+        self._thread = threading.Thread(target=self._step, args=(steps, id(conn)),
+                                        name="apiwatch-insert", daemon=True)  # fmt: skip
+        _UNDER_WAY[id(conn)] = self  # (before the steps start: see join_steps)
+        self._thread.start()
+
+    def _step(self, steps: Any, key: int) -> None:
+        """The thread's body: the C steps, their result or error kept for :meth:`wait`."""
         try:
-            changes, stop = _ACCEL.insert(conn, sql, columns, via)
-        except sqlite3.Error as exc:  # a step's error: as sqlite3 raises it, but for the name
-            exc.sqlite_errorname = _ERROR_NAMES.get(exc.sqlite_errorcode, "unknown")
-            raise
-    if stop is not None:
-        rows = zip(*map(_values, columns, via), strict=True)
-        changes += cursor.executemany(sql, islice(rows, stop, None)).rowcount
-    return changes
+            self._stepped = steps.run()
+        except BaseException as exc:  # noqa: BLE001 - raised again by wait, in the caller
+            self._error = exc
+        finally:
+            if _UNDER_WAY.get(key) is self:
+                del _UNDER_WAY[key]
+
+    def join(self) -> None:
+        """Wait for the steps to end (the connection free again), however often this wait
+        is interrupted (the interrupt raised after): the caller may then roll back."""
+        interrupted: BaseException | None = None
+        while self._thread is not None and self._thread.is_alive():
+            try:
+                self._thread.join()
+            except BaseException as exc:  # noqa: BLE001 - raised once the thread ended
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+
+    def wait(self) -> int:
+        """The rows changed (``insert_columns``' result), or its error, raised here, in the
+        connection's thread; the rows C left to Python inserted now."""
+        if self._changes is None:
+            self.join()
+            error, self._error = self._error, None
+            if isinstance(error, sqlite3.Error):
+                raise _named(error)
+            if error is not None:
+                raise error
+            assert self._stepped is not None
+            changes, stop = self._stepped
+            self._changes = changes + _rest(self._cursor, self._sql, self._columns, self._via, stop)
+        return self._changes
 
 
 def _values(column: Sequence[Any], via: Via) -> Iterable[Any]:

@@ -67,7 +67,7 @@ from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
 from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
 from monitor.observation import iso_datetime, iso_day, iso_utc
 from monitor.rows import CLIENT, COL, CONTEXT, PER_REQUEST, TYPES
-from monitor.sqlbind import Via, insert_columns
+from monitor.sqlbind import PendingInsert, Via, insert_columns, join_steps
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -345,6 +345,19 @@ class _IngestState:
     first_use: tuple[dict[int, int], dict[int, int]] = field(default_factory=lambda: ({}, {}))
 
 
+@dataclass
+class _Storing:
+    """A batch of an ingest transaction whose rows are being inserted (see
+    :meth:`Store._ingest_batch`)."""
+
+    batch: Batch
+    top: int  # the largest row number stored before its rows
+    ctx: list[int]  # the numbers of its contexts and clients (see Store._numbers)
+    client: list[int]
+    kept: list[int] | None  # the rows inserted, when not all (see Store._kept)
+    insert: PendingInsert | None  # (None: no row to insert)
+
+
 class Ingestion:
     """One :meth:`Store.ingest_batches` transaction, fed batch by batch (:meth:`add`) as a
     scan's producers hand them over, so that the rows, dictionary entries and incident
@@ -371,15 +384,49 @@ class Ingestion:
             self._state: _IngestState | None = _IngestState(
                 scan_id, store._meta("pruned_before"), top, rolling=roll_up, unsummed=[[None, top]]
             )
+            self._storing: _Storing | None = None  # the batch whose rows are being inserted
         except BaseException:
             store._rollback()
             raise
 
     def add(self, batch: Batch) -> None:
-        assert self._state is not None, "committed or aborted"
+        """Add a batch. Its rows are inserted while the caller goes on (reads the next
+        batch): the next call (:meth:`add`, :meth:`roll_up`, :meth:`commit`) waits for
+        them, and raises their error if there was one, before it uses the connection.
+        Meanwhile this adds the incident deltas of the batch before, which need the insert
+        of its rows done but not the connection."""
+        tx = self._state
+        assert tx is not None, "committed or aborted"
         try:
-            self.store._ingest_batch(self._state, batch)
-            self.store._store_links(self._state)
+            inserted = self._inserted()
+            self.store._store_links(tx)
+            self._storing = self.store._ingest_batch(tx, batch)
+            if inserted is not None:
+                self.store._ingest_deltas(tx, inserted)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _inserted(self) -> _Storing | None:
+        """Wait for the insert of the batch added last, if any, and account for it
+        (:meth:`Store._ingest_inserted`); that batch, when its deltas are left to add."""
+        storing, self._storing = self._storing, None
+        if storing is not None and self.store._ingest_inserted(self._state, storing):
+            return storing
+        return None
+
+    def settle(self) -> None:
+        """Wait until every batch added is stored, with its deltas and links (raising what
+        storing it raised): from then until the next :meth:`add`, the connection is free
+        for other work in the transaction (:meth:`roll_up` and :meth:`commit` settle first
+        themselves)."""
+        tx = self._state
+        assert tx is not None, "committed or aborted"
+        try:
+            inserted = self._inserted()
+            if inserted is not None:
+                self.store._ingest_deltas(tx, inserted)
+            self.store._store_links(tx)
         except BaseException:
             self.abort()
             raise
@@ -391,6 +438,7 @@ class Ingestion:
         what one roll-up at the commit would make."""
         tx = self._state
         assert tx is not None and tx.rolling, "a rolling transaction, open"
+        self.settle()
         try:
             self.store._gather(tx)
         except BaseException:
@@ -402,6 +450,7 @@ class Ingestion:
         input has been read, see :meth:`Store.source_state`), and commit."""
         tx, store = self._state, self.store
         assert tx is not None, "committed or aborted"
+        self.settle()
         try:
             result = store._ingest_end(tx)
             if source is not None:
@@ -414,10 +463,14 @@ class Ingestion:
         return result
 
     def abort(self) -> None:
-        """Roll back what was added (nothing when already committed or aborted)."""
+        """Roll back what was added (nothing when already committed or aborted), once the
+        insert under way, if any, has ended (its error dropped: nothing of it is kept)."""
         if self._state is not None:
-            self._state = None
-            self.store._rollback()
+            self._state = self._storing = None
+            try:
+                join_steps(self.store.db.conn)
+            finally:
+                self.store._rollback()
 
 
 @dataclass
@@ -837,15 +890,16 @@ class Store:
         rows = list(self.db.query("SELECT * FROM sources WHERE key = ?", [key]))
         return rows[0] if rows else None
 
-    def _ingest_batch(self, tx: _IngestState, batch: Batch) -> None:
-        """Store one batch of an ingest transaction: its rows, its dictionary entries, and
-        its incident deltas added to the transaction's."""
+    def _ingest_batch(self, tx: _IngestState, batch: Batch) -> _Storing | None:
+        """Begin storing one batch of an ingest transaction: its dictionary entries made and
+        the insert of its rows begun (None: an empty batch), for :meth:`_ingest_inserted`
+        once it is done (see :meth:`Ingestion.add`)."""
         if batch.refs is not None:  # a stream's batch not decoded (see BatchTable): fail
             raise batch.refs.undecoded()
         size = len(batch)
         if not size:
-            return
-        conn, result, top = self.db.conn, tx.result, tx.top
+            return None
+        top = tx.top
         expired = bool(tx.pruned) and any(c[CTX_DAY] < tx.pruned for c in batch.contexts)
         # rows stored before (by an earlier transaction or batch) are skipped by the unique
         # index on id: then fewer are added than given, and those added are looked up
@@ -854,18 +908,27 @@ class Store:
             ctx, client = self._numbers(batch, range(len(batch.contexts)),
                                         range(len(batch.clients)), top + 1)  # fmt: skip
         else:
-            kept = self._kept(batch, tx.pruned, result)
+            kept = self._kept(batch, tx.pruned, tx.result)
             ctx, client = self._numbers(batch, dict.fromkeys(batch.ctx[i] for i in kept),
                                         dict.fromkeys(batch.client[i] for i in kept), top + 1)  # fmt: skip
-        added = self._insert_rows(batch, ctx, client, kept)
-        if kept is None and added == size:
-            self._first_use(tx.first_use, batch, ctx, client, top + 1)
-            self._add_batch_deltas(tx.deltas, batch, batch.deltas, tx.scan_id)
-            _link(tx, batch.links(), top + 1)
-        else:
+        return _Storing(batch, top, ctx, client, kept, self._insert_rows(batch, ctx, client, kept))
+
+    def _ingest_inserted(self, tx: _IngestState, storing: _Storing) -> bool:
+        """Account for a batch whose rows' insert (:meth:`_ingest_batch`) is done: its rows
+        counted, its roll-up kept, and, when some were not stored as given (skipped, or
+        stored before), its incident deltas and hit links, from the rows stored. Whether
+        they were all stored as given: then its deltas and links are
+        :meth:`_ingest_deltas`', which need the connection no more (so another batch's
+        insert may run meanwhile)."""
+        batch, top, ctx, client, kept = (storing.batch, storing.top, storing.ctx,
+                                         storing.client, storing.kept)  # fmt: skip
+        added = 0 if storing.insert is None else storing.insert.wait()
+        as_given = kept is None and added == len(batch)
+        if not as_given:
+            result = tx.result
             if kept is None:
-                kept = list(range(size))
-            new_ids = dict(conn.execute("SELECT id, n FROM obs_rows WHERE n > ?", [top]))
+                kept = list(range(len(batch)))
+            new_ids = dict(self.db.conn.execute("SELECT id, n FROM obs_rows WHERE n > ?", [top]))
             row_ids = batch.columns[ROW_ID]
             number = {i: new_ids[row_ids[i]] for i in kept if row_ids[i] in new_ids}
             result.duplicates += len(kept) - len(number)
@@ -877,9 +940,18 @@ class Store:
             self._add_batch_deltas(tx.deltas, batch, deltas, tx.scan_id)
             _link(tx, (deltas.ids, deltas.of, array("q", map(number.__getitem__, deltas.row))), 0)
         if tx.rolling:
-            self._to_roll(tx, batch, ctx, client, added, kept is None and added == size)
-        result.stored += added
+            self._to_roll(tx, batch, ctx, client, added, as_given)
+        tx.result.stored += added
         tx.top = top + added
+        return as_given
+
+    def _ingest_deltas(self, tx: _IngestState, storing: _Storing) -> None:
+        """Add the incident deltas and hit links of a batch whose rows were all stored as
+        given (:meth:`_ingest_inserted`) to the transaction's: no use of the connection."""
+        batch, first = storing.batch, storing.top + 1
+        self._first_use(tx.first_use, batch, storing.ctx, storing.client, first)
+        self._add_batch_deltas(tx.deltas, batch, batch.deltas, tx.scan_id)
+        _link(tx, batch.links(), first)
 
     def _ingest_end(self, tx: _IngestState) -> IngestResult:
         """The per-transaction work of an ingest, once its batches (and their hit links) are
@@ -998,14 +1070,15 @@ class Store:
                     used.setdefault(n, first_row)
 
     def _insert_rows(self, batch: Batch, ctx: list[int], client: list[int],
-                     kept: list[int] | None) -> int:  # fmt: skip
-        """Append the batch's rows (``kept``: those of these indexes; None: all) to
-        ``obs_rows``, but those whose id is stored already; returns how many were added.
-        Columns no row has a value in are left out of the statement (NULL either way)."""
+                     kept: list[int] | None) -> PendingInsert | None:  # fmt: skip
+        """Begin appending the batch's rows (``kept``: those of these indexes; None: all) to
+        ``obs_rows``, but those whose id is stored already: how many were added is the
+        insert's to say once done (None: no row to add). Columns no row has a value in
+        are left out of the statement (NULL either way)."""
         columns, ctxs, clients = batch.columns, batch.ctx, batch.client
         if kept is not None:
             if not kept:
-                return 0
+                return None
             columns = [[col[i] for i in kept] for col in columns]
             ctxs, clients = [ctxs[i] for i in kept], [clients[i] for i in kept]
         present = tuple(isinstance(col, array) or col.count(None) != len(col) for col in columns)
@@ -1020,7 +1093,7 @@ class Store:
         via: list[Via] = [ctx, client, *[None] * len(values)]  # numbers by index; lines + base
         if batch.line_base and present[ROW_LINE]:
             via[2 + sum(present[:ROW_LINE])] = batch.line_base
-        return insert_columns(self.db.conn, sql, [ctxs, clients, *values], via)
+        return PendingInsert(self.db.conn, sql, [ctxs, clients, *values], via)
 
     def _add_batch_deltas(self, deltas: dict[str, dict[str, Any]], batch: Batch, parts: Deltas,
                           scan_id: int) -> None:  # fmt: skip

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -77,20 +78,28 @@ def _outcome(run: Callable[[], int]) -> tuple:
         return (type(exc), str(exc), *code)
 
 
-def _insert(conn, columns, via, sql=INSERT, module=None) -> tuple:
-    """The outcome of insert_columns with the accelerator ``module`` (None: executemany)."""
+def _waited(conn: sqlite3.Connection, sql: str, columns: list, via: list) -> int:
+    """insert_columns as the store runs it: begun (the C steps in a thread of their own),
+    then waited for."""
+    return sqlbind.PendingInsert(conn, sql, columns, via).wait()
+
+
+def _insert(conn, columns, via, sql=INSERT, module=None, call=sqlbind.insert_columns) -> tuple:
+    """The outcome of insert_columns (or ``call``, done as it) with the accelerator
+    ``module`` (None: executemany)."""
     old, sqlbind._ACCEL = sqlbind._ACCEL, module
     try:
-        return _outcome(lambda: sqlbind.insert_columns(conn, sql, list(columns), list(via)))
+        return _outcome(lambda: call(conn, sql, list(columns), list(via)))
     finally:
         sqlbind._ACCEL = old
 
 
 def _results(columns: Sequence[Any], via: Sequence[Any], sql: str = INSERT, before=(),
-             begin: str | None = "BEGIN IMMEDIATE", open_db=_database) -> list[tuple]:  # fmt: skip
+             begin: str | None = "BEGIN IMMEDIATE", open_db=_database,
+             call=sqlbind.insert_columns) -> list[tuple]:  # fmt: skip
     """The outcome, rows stored, transaction state and rows stored exactly (:func:`_exact`)
     of C's insert and of Python's, each on a database made by ``open_db`` holding the rows
-    ``before``, in a transaction begun by ``begin``."""
+    ``before``, in a transaction begun by ``begin`` (``call``: see :func:`_insert`)."""
     results = []
     for module in (built, None):
         conn = open_db()
@@ -98,7 +107,7 @@ def _results(columns: Sequence[Any], via: Sequence[Any], sql: str = INSERT, befo
             conn.executemany(INSERT, before)
         if begin:
             conn.execute(begin)
-        outcome = _insert(conn, columns, via, sql, module)
+        outcome = _insert(conn, columns, via, sql, module, call)
         rows = _stored(conn)
         results.append((outcome, rows, conn.in_transaction, _exact(rows)))
         conn.close()
@@ -565,3 +574,137 @@ def test_a_list_grown_by_a_trigger_is_done_to_its_end():
         stored.append((outcome, conn.execute("SELECT a FROM t").fetchall()))
     assert stored[0] == stored[1]
     assert stored[0][1][-1] == ("f",)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(columns(odd=True))
+def test_a_pending_insert_inserts_or_fails_as_in_python(drawn):
+    """Begun, its rows stepped in another thread, then waited for: Python's rows, changes
+    and exceptions, raised by wait in the caller's thread."""
+    cols, via = drawn
+    c_result, python_result = _results(cols, via, before=BEFORE, call=_waited)
+    assert c_result == python_result
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(columns())
+def test_started_steps_stop_where_insert_stops(drawn):
+    """start reads the rows insert would bind (up to the same first row left to Python);
+    run steps them once, counting the changes it made."""
+    cols, via = drawn
+    conn = _database()
+    conn.executemany(INSERT, BEFORE)
+    conn.execute("BEGIN IMMEDIATE")
+    steps = built.start(conn, INSERT, list(cols), list(via))
+    changes, stop = steps.run()
+    assert stop == _first_unbindable(cols, via)
+    assert changes == len(_stored(conn)) - len(BEFORE)
+    with pytest.raises(RuntimeError, match="run already"):
+        steps.run()
+
+
+def test_pending_inserts_errors_are_pythons():
+    """A NOT NULL failure mid-batch, a full database, a read-only one: raised by wait as
+    executemany raises them, the same rows left, the transaction as it leaves it."""
+    cols = [[10, 11, None, 12], [1, 2, 3, 4], [None] * 4, [None] * 4, [None] * 4]
+    outcome, rows, in_tx = _both(cols, [None] * 5, call=_waited)
+    assert outcome[0] is sqlite3.IntegrityError and outcome[3] == "SQLITE_CONSTRAINT_NOTNULL"
+    assert [r[1] for r in rows] == [10, 11] and in_tx
+
+    many = [list(range(500)), ["w" * 300] * 500, *[[None] * 500] * 3]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ro.db"
+        _database(str(path)).close()
+        for open_db, begin, error in (
+            (lambda: _limited(_database(), 8), "BEGIN IMMEDIATE", "database or disk is full"),
+            (lambda: sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None),
+             "BEGIN", "attempt to write a readonly database"),
+        ):  # fmt: skip
+            outcome, rows, _ = _both(many, [None] * 5, begin=begin, open_db=open_db, call=_waited)
+            assert outcome[:2] == (sqlite3.OperationalError, error) and len(rows) < 500
+
+
+def _limited(conn: sqlite3.Connection, pages: int) -> sqlite3.Connection:
+    """``conn`` with room for ``pages`` pages only (SQLITE_FULL past them)."""
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    return conn
+
+
+def test_a_pending_insert_steps_in_its_own_thread_what_it_read_at_its_start():
+    """The rows are stepped in a thread of their own (a trigger's SQL function runs there),
+    and they are the columns' values when the insert began, whatever the caller does to
+    its lists meanwhile; join_steps waits for them to end. An insert C does not take is
+    done at once, in the caller's thread."""
+    seen: dict[str, list[int]] = {}
+    for name, module in (("c", built), ("python", None)):
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.execute("CREATE TABLE t (a)")
+        conn.execute("CREATE TABLE u (a)")
+        threads = seen[name] = []
+        conn.create_function("noted", 1, lambda x, threads=threads: threads.append(threading.get_ident()) or x)  # fmt: skip
+        conn.execute("CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO u VALUES (noted(new.a)); END")  # fmt: skip
+        conn.execute("BEGIN")
+        column = ["a", "b", "c"]
+        old, sqlbind._ACCEL = sqlbind._ACCEL, module
+        try:
+            pending = sqlbind.PendingInsert(conn, "INSERT INTO t VALUES (?)", [column], [None])
+        finally:
+            sqlbind._ACCEL = old
+        column[:] = ["x"]  # after the start: not what is inserted
+        sqlbind.join_steps(conn)  # the steps over: the connection free, before wait
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 3
+        assert pending.wait() == 3 and pending.wait() == 3
+        assert conn.execute("SELECT a FROM t").fetchall() == [("a",), ("b",), ("c",)]
+        assert conn.execute("SELECT a FROM u").fetchall() == [("a",), ("b",), ("c",)]
+        conn.close()
+    here = threading.get_ident()
+    assert len(seen["c"]) == 3 and len(set(seen["c"])) == 1 and here not in seen["c"]
+    assert seen["python"] == [here] * 3
+
+
+def test_steps_never_run_leave_the_connection_as_it_was():
+    """A Steps dropped unrun (its thread never started) finalizes its statement: nothing
+    inserted, the transaction and the connection usable."""
+    conn = _database()
+    conn.execute("BEGIN IMMEDIATE")
+    steps = built.start(conn, INSERT, [[1, 2], [1, 2], [None] * 2, [None] * 2, [None] * 2], [None] * 5)
+    assert steps is not None
+    del steps
+    conn.execute("COMMIT")
+    assert _stored(conn) == []
+
+
+def test_a_pending_insert_meeting_a_held_write_lock_fails_as_in_python(tmp_path):
+    """Another connection holds the write lock past the busy timeout: SQLITE_BUSY, raised
+    by wait as executemany raises it, nothing inserted."""
+    path = tmp_path / "busy.db"
+    _database(str(path)).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        outcome, rows, _ = _both([[1, 2], [1, 2], *[[None] * 2] * 3], [None] * 5, begin="BEGIN",
+                                 open_db=lambda: sqlite3.connect(path, timeout=0.05, isolation_level=None),
+                                 call=_waited)  # fmt: skip
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert outcome == (sqlite3.OperationalError, "database is locked", 5, "SQLITE_BUSY")
+    assert rows == []
+
+
+def test_a_pending_insert_interrupted_fails_as_in_python():
+    """conn.interrupt() during the steps (by a trigger's SQL function, at the second row,
+    in the thread that steps; the trigger's next loop sees it): SQLITE_INTERRUPT, raised by
+    wait as executemany raises it, the transaction rolled back as it rolls it back."""
+
+    def interrupted_at_2() -> sqlite3.Connection:
+        conn = _database()
+        conn.create_function("stop", 1, lambda x: conn.interrupt() if x == 2 else None)
+        conn.execute("CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT stop(new.id);"
+                     " SELECT sum(id) FROM t; END")
+        return conn
+
+    outcome, rows, in_tx = _both([[1, 2, 3], [1, 2, 3], *[[None] * 3] * 3], [None] * 5,
+                                 open_db=interrupted_at_2, call=_waited)  # fmt: skip
+    assert outcome == (sqlite3.OperationalError, "interrupted", 9, "SQLITE_INTERRUPT")
+    assert rows == [] and not in_tx  # (SQLite rolls an interrupted insert's transaction back)

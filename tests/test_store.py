@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.batch import Batch
 from monitor.rows import observation_values
 from monitor.store import (
     MIGRATIONS,
@@ -655,3 +656,74 @@ def test_finding_detail_is_each_findings_incidents(tmp_path):
         worker.join()
         assert found == want
     store.close()
+
+
+def _batches(scan_id: int) -> list[Batch]:
+    """Three batches, the second repeating rows of the first (its rows looked up after the
+    insert, the other path), of two incidents."""
+    made = []
+    for first, n in ((0, 300), (250, 300), (600, 40)):
+        batch = Batch.of([(None, obs(i), [inc("i1" if i % 3 else "i2")])
+                          for i in range(first, first + n)])  # fmt: skip
+        batch.set_scan(scan_id)
+        made.append(batch)
+    return made
+
+
+def _tables(store: Store) -> dict[str, list[tuple]]:
+    return {t: store.db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()  # noqa: S608
+            for t in ("obs_rows", "incident_rows", "hit_links", "obs_contexts", "obs_clients")}  # fmt: skip
+
+
+def test_batches_stored_as_the_next_is_added_are_as_stored_one_by_one(tmp_path):
+    """Ingestion.add returns while the batch's rows are inserted (in C, by a thread of their
+    own), adding the batch before's deltas meanwhile: the database and the result are those
+    of batches each stored whole (settled) before the next is added."""
+    got = []
+    for name, settle in (("overlap", False), ("settled", True)):
+        store = Store(tmp_path / f"{name}.db")
+        scan_id = store.start_scan(["a.log"], {})
+        ingestion = store.ingestion(scan_id, roll_up=True)
+        for batch in _batches(scan_id):
+            ingestion.add(batch)
+            if settle:
+                ingestion.settle()
+        result = ingestion.commit()
+        got.append((_tables(store), result.stored, result.duplicates, result.new_incidents))
+    assert got[0] == got[1]
+    assert got[0][1:] == (590, 50, {"i1", "i2"}) and len(got[0][0]["hit_links"]) == 590
+
+
+def test_an_insert_that_fails_in_its_thread_raises_by_the_next_call_and_keeps_nothing(tmp_path):
+    """The database full mid-insert (the rows stepped in a thread of their own): the error
+    as SQLite gave it, raised by the next call in the caller's thread, the transaction
+    rolled back and the store usable again."""
+    store = Store(tmp_path / "s.db")
+    scan_id = store.start_scan(["a.log"], {})
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages + 2}")
+    ingestion = store.ingestion(scan_id)
+    big = Batch.of([(None, obs(i), [inc()]) for i in range(3000)])
+    big.set_scan(scan_id)
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full") as failed:
+        ingestion.add(big)
+        ingestion.commit()
+    assert failed.value.sqlite_errorname == "SQLITE_FULL"
+    assert not store.db.conn.in_transaction
+    store.db.execute("PRAGMA max_page_count = 1073741823")
+    assert store.ingest(scan_id, [(obs(i), [inc()]) for i in range(5)]).stored == 5
+    assert store.db.execute("SELECT count(*) FROM obs_rows").fetchone()[0] == 5
+
+
+def test_an_ingestion_aborted_while_its_insert_runs_keeps_nothing(tmp_path):
+    """Aborted right after a batch is added (its rows being inserted): the abort waits for
+    the insert, then rolls back; nothing kept, and the same batch stored whole after."""
+    store = Store(tmp_path / "s.db")
+    scan_id = store.start_scan(["a.log"], {})
+    ingestion = store.ingestion(scan_id, roll_up=True)
+    batches = _batches(scan_id)
+    ingestion.add(batches[0])
+    ingestion.abort()
+    assert not store.db.conn.in_transaction
+    assert store.db.execute("SELECT count(*) FROM obs_rows").fetchone()[0] == 0
+    assert store.ingest_batches(scan_id, batches[:1]).stored == 300
