@@ -676,15 +676,17 @@ class Scanner:
     def _flush(self, scan_id: int, summary: ScanSummary) -> None:
         """Commit the open transaction with the read position after the last part stored in
         it (one is made for a read position alone)."""
-        ingestion, self._open, self._queued, self._parts = self._open, None, 0, 0
-        checkpoint, self._checkpoint = self._checkpoint, None
+        ingestion, checkpoint = self._open, self._checkpoint
         if ingestion is None and checkpoint is not None:
-            ingestion = self.store.ingestion(scan_id, roll_up=True)
+            ingestion = self._open = self.store.ingestion(scan_id, roll_up=True)
         if ingestion is not None:
             # every batch added stored before the commit (and a part's roll-up) is asked
-            # for: what they see of the transaction is all it was given
+            # for: what they see of the transaction is all it was given. The transaction
+            # stays the open one until committed, so that an interrupt anywhere on the way
+            # aborts it (run's cleanup) once its insert under way has ended
             ingestion.settle()
             summary.account(ingestion.commit(checkpoint))
+        self._open, self._checkpoint, self._queued, self._parts = None, None, 0, 0
 
 
 def _merge(into: Diagnostics, other: Diagnostics, line_base: int) -> None:

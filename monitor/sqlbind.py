@@ -93,7 +93,7 @@ def join_steps(conn: sqlite3.Connection) -> None:
     may come from an interrupt at any point, even before the insert's caller holds it."""
     running = _UNDER_WAY.get(id(conn))
     if running is not None:
-        running.join()
+        running.join(cancel=True)
 
 
 class PendingInsert:
@@ -115,6 +115,10 @@ class PendingInsert:
         self._stepped: tuple[int, int | None] | None = None  # the C steps' (changes, stop)
         self._error: BaseException | None = None  # theirs
         self._thread: threading.Thread | None = None
+        # one token: the thread takes it to step, join_steps to cancel; list.pop is atomic
+        # under the GIL, so exactly one of them wins, whatever interrupts whom
+        self._token = [None]
+        self._done = threading.Event()  # set by the thread once it stepped (or will not)
         steps = _ACCEL.start(conn, sql, columns, via) if _c_runs(conn) else None
         if steps is None:
             self._changes = insert_columns(conn, sql, columns, via)
@@ -127,20 +131,35 @@ class PendingInsert:
     def _step(self, steps: Any, key: int) -> None:
         """The thread's body: the C steps, their result or error kept for :meth:`wait`."""
         try:
+            try:
+                self._token.pop()
+            except IndexError:  # cancelled (join_steps) before it began: nothing stepped
+                return
             self._stepped = steps.run()
         except BaseException as exc:  # noqa: BLE001 - raised again by wait, in the caller
             self._error = exc
         finally:
             if _UNDER_WAY.get(key) is self:
                 del _UNDER_WAY[key]
+            self._done.set()
 
-    def join(self) -> None:
+    def join(self, cancel: bool = False) -> None:
         """Wait for the steps to end (the connection free again), however often this wait
         is interrupted (the interrupt raised after): the caller may then roll back."""
-        interrupted: BaseException | None = None
-        while self._thread is not None and self._thread.is_alive():
+        if self._thread is None:
+            return
+        if cancel:
             try:
-                self._thread.join()
+                self._token.pop()
+                return  # the thread will step nothing
+            except IndexError:
+                pass  # it is stepping: wait
+        interrupted: BaseException | None = None
+        # (not Thread.join/is_alive: 3.11's join, interrupted, marks a running thread
+        # stopped; is_alive is False until the new thread runs)
+        while not self._done.is_set():
+            try:
+                self._done.wait()
             except BaseException as exc:  # noqa: BLE001 - raised once the thread ended
                 interrupted = exc
         if interrupted is not None:

@@ -8,7 +8,10 @@ import math
 import sqlite3
 import tempfile
 import threading
+import time
 from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -727,3 +730,92 @@ def test_an_ingestion_aborted_while_its_insert_runs_keeps_nothing(tmp_path):
     assert not store.db.conn.in_transaction
     assert store.db.execute("SELECT count(*) FROM obs_rows").fetchone()[0] == 0
     assert store.ingest_batches(scan_id, batches[:1]).stored == 300
+
+
+def _committed(path: Path) -> tuple[int, int]:
+    """Rows committed in the database at ``path``, and those of them whose context is not."""
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT count(*), (SELECT count(*) FROM obs_rows WHERE ctx NOT IN"
+                           " (SELECT n FROM obs_contexts)) FROM obs_rows").fetchone()  # fmt: skip
+    finally:
+        con.close()
+
+
+def _many(scan_id: int, n: int) -> Batch:
+    """A batch of ``n`` rows of many clients (long enough to be inserted for a while)."""
+    batch = Batch.of([(None, obs(i, client_ip=f"10.{i // 60000}.{i // 250 % 240}.{i % 250}"),
+                       [inc("i1" if i % 3 else "i2")]) for i in range(n)])  # fmt: skip
+    batch.set_scan(scan_id)
+    return batch
+
+
+def _no_insert_threads() -> None:
+    while any(t.name == "apiwatch-insert" for t in threading.enumerate()):
+        time.sleep(0.01)
+
+
+class _InterruptedStart(threading.Thread):
+    """A Ctrl-C while ``start`` waits for the new thread to say it runs (raised after the
+    thread was launched; until it runs, ``Thread.is_alive`` is False)."""
+
+    def start(self) -> None:
+        wait = self._started.wait  # type: ignore[attr-defined]
+
+        def interrupted(timeout: float | None = None) -> bool:
+            self._started.wait = wait  # type: ignore[attr-defined]
+            raise KeyboardInterrupt
+
+        self._started.wait = interrupted  # type: ignore[attr-defined]
+        super().start()
+
+
+class _InterruptedWait(threading.Event):
+    """An event whose first wait is interrupted (a Ctrl-C while the caller waits)."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not getattr(self, "interrupted", False):
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return super().wait(timeout)
+
+
+def test_a_ctrl_c_as_the_insert_thread_starts_keeps_nothing(tmp_path, monkeypatch):
+    """Interrupted inside ``Thread.start`` (the insert's thread launched): the abort waits
+    for the thread's steps (or cancels them) before it rolls back, so no row is committed
+    on its own after the ROLLBACK (the reviewer's reproducer committed all 20,000, their
+    contexts rolled back)."""
+    from monitor import sqlbind
+
+    path = tmp_path / "s.db"
+    store = Store(path)
+    scan_id = store.start_scan(["a.log"], {})
+    ingestion = store.ingestion(scan_id)
+    monkeypatch.setattr(sqlbind, "threading", SimpleNamespace(Thread=_InterruptedStart,
+                                                              Event=threading.Event))
+    with pytest.raises(KeyboardInterrupt):
+        ingestion.add(_many(scan_id, 20000))
+    _no_insert_threads()
+    assert not store.db.conn.in_transaction
+    assert _committed(path) == (0, 0)
+
+
+def test_a_ctrl_c_while_the_insert_is_waited_for_keeps_nothing(tmp_path, monkeypatch):
+    """Interrupted while the caller waits for the insert (``settle``): the wait goes on
+    until the steps end, the interrupt is raised after, and the abort rolls everything
+    back (3.11's ``Thread.join``, interrupted, marked a running thread stopped: the abort
+    then rolled back under the steps, which committed the rest of the batch row by row)."""
+    from monitor import sqlbind
+
+    path = tmp_path / "s.db"
+    store = Store(path)
+    scan_id = store.start_scan(["a.log"], {})
+    ingestion = store.ingestion(scan_id)
+    monkeypatch.setattr(sqlbind, "threading", SimpleNamespace(Thread=threading.Thread,
+                                                              Event=_InterruptedWait))
+    ingestion.add(_many(scan_id, 60000))
+    with pytest.raises(KeyboardInterrupt):
+        ingestion.settle()
+    _no_insert_threads()
+    assert not store.db.conn.in_transaction
+    assert _committed(path) == (0, 0)
