@@ -71,6 +71,42 @@ sizes_of(PyObject *col, Py_ssize_t n, int64_t *v, char *has)
     return 1;
 }
 
+/* a column that is no list as the buffer of n items of `format` ("d": doubles, "q": int64,
+ * as an array of that typecode: batch.py _typed) in *view; 0 (nothing to release) when it
+ * is not one */
+static int
+column_view(PyObject *col, const char *format, Py_ssize_t n, Py_buffer *view)
+{
+    if (PyList_Check(col) || !PyObject_CheckBuffer(col))
+        return 0;
+    if (PyObject_GetBuffer(col, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (view->itemsize != 8 || view->format == NULL || strcmp(view->format, format) != 0 ||
+        view->len != n * 8) {
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
+/* a column of exact ints or None (a list), or of int64 (see column_view), into v (has: 1
+ * for an int); 0 when it is neither */
+static int
+sizes_in(PyObject *col, Py_ssize_t n, int64_t *v, char *has)
+{
+    if (PyList_CheckExact(col))
+        return PyList_GET_SIZE(col) == n && sizes_of(col, n, v, has);
+    Py_buffer view;
+    if (!column_view(col, "q", n, &view))
+        return 0;
+    memcpy(v, view.buf, n * sizeof(int64_t));
+    memset(has, 1, n);
+    PyBuffer_Release(&view);
+    return 1;
+}
+
 /* the truthiness of an incident row's facts: 1 a non-empty dict, 0 none or empty, -1 other */
 static int
 facts_truth(PyObject *facts)
@@ -109,14 +145,13 @@ group_tally(PyObject *self, PyObject *args)
     const unsigned char *blocking = blocked.buf;
     int fallback = 0;
 
-    if (!PyList_CheckExact(raised) || !PyList_CheckExact(ts) || !PyList_CheckExact(out) ||
-        !PyList_CheckExact(in) || !PyList_CheckExact(ctx)) {
+    if (!PyList_CheckExact(raised) || !PyList_CheckExact(ctx)) {
         fallback = 1;
         goto done;
     }
     Py_ssize_t n = PyList_GET_SIZE(raised);
-    if (PyList_GET_SIZE(ts) != n || PyList_GET_SIZE(out) != n || PyList_GET_SIZE(in) != n ||
-        PyList_GET_SIZE(ctx) != n || n >= INT32_MAX) {
+    int ts_list = PyList_CheckExact(ts); /* else the doubles of an array */
+    if ((ts_list && PyList_GET_SIZE(ts) != n) || PyList_GET_SIZE(ctx) != n || n >= INT32_MAX) {
         fallback = 1;
         goto done;
     }
@@ -139,13 +174,27 @@ group_tally(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = PyList_GET_ITEM(ts, i);
-        if (!PyFloat_CheckExact(t) || isnan(PyFloat_AS_DOUBLE(t))) {
+    Py_buffer view;
+    if (!ts_list) {
+        if (!column_view(ts, "d", n, &view)) {
             fallback = 1;
             goto done;
         }
-        tsv[i] = PyFloat_AS_DOUBLE(t);
+        memcpy(tsv, view.buf, n * sizeof(double));
+        PyBuffer_Release(&view);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = ts_list ? PyList_GET_ITEM(ts, i) : NULL;
+        if (t != NULL && !PyFloat_CheckExact(t)) {
+            fallback = 1;
+            goto done;
+        }
+        if (t != NULL)
+            tsv[i] = PyFloat_AS_DOUBLE(t);
+        if (isnan(tsv[i])) {
+            fallback = 1;
+            goto done;
+        }
         PyObject *c = PyList_GET_ITEM(ctx, i);
         Py_ssize_t k = PyLong_CheckExact(c) ? PyLong_AsSsize_t(c) : -1;
         if (k < 0 || k >= blocked.len) {
@@ -154,7 +203,7 @@ group_tally(PyObject *self, PyObject *args)
             goto done;
         }
     }
-    if (!sizes_of(out, n, outv, has_out) || !sizes_of(in, n, inv, has_in)) {
+    if (!sizes_in(out, n, outv, has_out) || !sizes_in(in, n, inv, has_in)) {
         fallback = 1;
         goto done;
     }
@@ -366,8 +415,8 @@ group_tally(PyObject *self, PyObject *args)
             PyLong_FromSsize_t(d->blocked),
             d->has_out ? PyLong_FromLongLong(d->out) : Py_NewRef(Py_None),
             d->has_in ? PyLong_FromLongLong(d->in) : Py_NewRef(Py_None),
-            Py_NewRef(PyList_GET_ITEM(ts, d->first)),
-            Py_NewRef(PyList_GET_ITEM(ts, d->last)),
+            ts_list ? Py_NewRef(PyList_GET_ITEM(ts, d->first)) : PyFloat_FromDouble(tsv[d->first]),
+            ts_list ? Py_NewRef(PyList_GET_ITEM(ts, d->last)) : PyFloat_FromDouble(tsv[d->last]),
             ev,
             Py_NewRef(d->facts != NULL ? d->facts : Py_None),
         };
@@ -419,20 +468,28 @@ done:
 static PyObject *
 hour_runs(PyObject *self, PyObject *ts)
 {
-    if (!PyList_CheckExact(ts))
+    Py_buffer view = {0};
+    int list = PyList_CheckExact(ts);
+    Py_ssize_t n = list ? PyList_GET_SIZE(ts) : PyObject_Size(ts);
+    if (n < 0)
+        PyErr_Clear();
+    if (!list && (n < 0 || !column_view(ts, "d", n, &view)))
         Py_RETURN_NONE;
-    Py_ssize_t n = PyList_GET_SIZE(ts);
+    const double *tsv = view.buf;
     long long prev = 0;
     PyObject *runs = PyList_New(0);
-    if (runs == NULL)
+    if (runs == NULL) {
+        PyBuffer_Release(&view);
         return NULL;
+    }
     for (Py_ssize_t i = 0; i <= n; i++) {
         long long hour = 0;
         if (i < n) {
-            PyObject *t = PyList_GET_ITEM(ts, i);
-            double v = PyFloat_CheckExact(t) ? PyFloat_AS_DOUBLE(t) : NAN;
+            PyObject *t = list ? PyList_GET_ITEM(ts, i) : NULL;
+            double v = t == NULL ? tsv[i] : PyFloat_CheckExact(t) ? PyFloat_AS_DOUBLE(t) : NAN;
             if (!(fabs(v) < 1e15)) { /* not a float, NaN, or far beyond any log's time */
                 Py_DECREF(runs);
+                PyBuffer_Release(&view);
                 Py_RETURN_NONE;
             }
             /* Python's float floor division t // 3600 (Objects/floatobject.c) */
@@ -449,27 +506,38 @@ hour_runs(PyObject *self, PyObject *ts)
             if (run == NULL || PyList_Append(runs, run) < 0) {
                 Py_XDECREF(run);
                 Py_DECREF(runs);
+                PyBuffer_Release(&view);
                 return NULL;
             }
             Py_DECREF(run);
         }
         prev = hour;
     }
+    PyBuffer_Release(&view);
     return runs;
 }
 
-/* batch_rows(items, nvalues, slots, clients, context_of, client_of) -> tuple
+/* batch_rows(items, typecodes, slots, clients, context_of, client_of, codes) -> tuple
  *
  * What batch.py BatchBuilder.batch makes of its items (see there: per record the tuple
  * (entry, values, record id, observation id), the entry (slot, client number, incident
- * rows, context, first record), values a tuple of `nvalues`): the tuple (ids, columns,
- * ctx, client, raised, record ids), columns the values transposed (a list per value).
- * A record's context index is slots[slot], its client index clients[client number]; when
- * one is not there yet, context_of(entry) or client_of(entry) (Python) returns it (and
- * puts it there). Records of one entry object (a known line key's) are looked up once. */
+ * rows, context, first record), values a tuple of len(typecodes) - 1; per run of known
+ * records the pair (entries, packed records): KnownRecord in collectors/_accel.h, whose
+ * values `codes` (KNOWN_*) name, in values' order): the tuple (ids, columns, ctx, client,
+ * raised, record ids), columns the values transposed. A column (ids the first) whose
+ * typecode is "d" or "q" and whose every value is a float, or an int within 64 bits, comes
+ * as the bytes of its array (batch.py _typed), else as a list; the record ids as their
+ * bytes, 12 a record, when every one is 24 lowercase hex digits (batch.py _packed_ids),
+ * else as a list. A record's context index is slots[slot], its client index
+ * clients[client number]; when one is not there yet, context_of(entry) or
+ * client_of(entry) (Python) returns it (and puts it there). Records of one entry object
+ * (a known line key's) are looked up once. */
 typedef struct {
     PyObject *entry, *ctx, *client; /* ctx, client: owned */
 } Seen;
+
+#define MAX_COLUMNS 64
+#define RID_BYTES 12
 
 static PyObject *
 index_of(PyObject *dict, PyObject *key, PyObject *make, PyObject *entry)
@@ -482,81 +550,282 @@ index_of(PyObject *dict, PyObject *key, PyObject *make, PyObject *entry)
     return PyObject_CallOneArg(make, entry);
 }
 
+/* the value of 'd' (1) or 'q' (2) column kind an object gives, into *v; 0: not one */
+static int
+typed_value(PyObject *x, int kind, double *d, int64_t *q)
+{
+    if (kind == 1) {
+        if (!PyFloat_CheckExact(x))
+            return 0;
+        *d = PyFloat_AS_DOUBLE(x);
+        return 1;
+    }
+    if (!PyLong_CheckExact(x))
+        return 0;
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
+    if (overflow || (value == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *q = (int64_t)value;
+    return 1;
+}
+
+/* a record id's bytes into raw when it is 24 lowercase hex digits; 0 when it is not */
+static int
+rid_bytes(PyObject *rid, unsigned char *raw)
+{
+    if (!PyUnicode_Check(rid) || PyUnicode_GET_LENGTH(rid) != 2 * RID_BYTES ||
+        PyUnicode_KIND(rid) != PyUnicode_1BYTE_KIND)
+        return 0;
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(rid);
+    for (int k = 0; k < 2 * RID_BYTES; k++) {
+        int c = s[k], v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0)
+            return 0;
+        if (k % 2 == 0)
+            raw[k / 2] = (unsigned char)(v << 4);
+        else
+            raw[k / 2] |= (unsigned char)v;
+    }
+    return 1;
+}
+
+/* a known record's value of `code` as an object (a new reference) */
+static PyObject *
+known_value(const KnownRecord *r, int code)
+{
+    switch (code) {
+    case KNOWN_TS:
+        return PyFloat_FromDouble(r->ts);
+    case KNOWN_LINE:
+        return PyLong_FromLongLong(r->line);
+    case KNOWN_BYTES_IN:
+        return PyLong_FromLongLong(r->bytes_in);
+    case KNOWN_DURATION:
+        return PyFloat_FromDouble(r->duration);
+    default:
+        return Py_NewRef(Py_None);
+    }
+}
+
 static PyObject *
 batch_rows(PyObject *self, PyObject *args)
 {
-    PyObject *list, *slots, *clients, *context_of, *client_of;
-    Py_ssize_t nvalues;
-    if (!PyArg_ParseTuple(args, "O!nO!O!OO:batch_rows", &PyList_Type, &list, &nvalues,
-                          &PyDict_Type, &slots, &PyDict_Type, &clients, &context_of, &client_of))
+    PyObject *list, *typecodes, *slots, *clients, *context_of, *client_of, *codes_arg;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OOO!:batch_rows", &PyList_Type, &list, &PyTuple_Type,
+                          &typecodes, &PyDict_Type, &slots, &PyDict_Type, &clients, &context_of,
+                          &client_of, &PyTuple_Type, &codes_arg))
         return NULL;
+    Py_ssize_t ncols = PyTuple_GET_SIZE(typecodes), nvalues = ncols - 1;
+    Py_ssize_t ncodes = PyTuple_GET_SIZE(codes_arg);
+    int kind[MAX_COLUMNS], code[MAX_COLUMNS]; /* kind: 0 a list, 1 'd', 2 'q' */
+    if (ncols < 1 || ncols > MAX_COLUMNS || (ncodes != 0 && ncodes != nvalues)) {
+        PyErr_SetString(PyExc_ValueError, "batch_rows: typecodes (1 to 64) and codes (one a value)");
+        return NULL;
+    }
+    for (Py_ssize_t c = 0; c < ncols; c++) {
+        PyObject *t = PyTuple_GET_ITEM(typecodes, c);
+        if (!PyUnicode_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "batch_rows: a typecode is not a str");
+            return NULL;
+        }
+        kind[c] = PyUnicode_CompareWithASCIIString(t, "d") == 0   ? 1
+                  : PyUnicode_CompareWithASCIIString(t, "q") == 0 ? 2
+                                                                  : 0;
+        code[c] = KNOWN_NONE;
+        if (c > 0 && ncodes) {
+            long v = PyLong_AsLong(PyTuple_GET_ITEM(codes_arg, c - 1));
+            if (v < KNOWN_NONE || v > KNOWN_DURATION) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "batch_rows: a code out of range");
+                return NULL;
+            }
+            code[c] = (int)v;
+        }
+    }
     PyObject *items = PyList_AsTuple(list); /* held: the callbacks run Python code */
     if (items == NULL)
         return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(items);
-    PyObject *result = NULL, *out[5] = {NULL}, *columns = PyList_New(nvalues > 0 ? nvalues : 0);
+    Py_ssize_t nitems = PyTuple_GET_SIZE(items), n = 0;
+    for (Py_ssize_t i = 0; i < nitems; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i), *entry, *values;
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2 &&
+            PyList_CheckExact(PyTuple_GET_ITEM(item, 0)) &&
+            PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1)) && ncodes == nvalues &&
+            PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 1)) ==
+                PyList_GET_SIZE(PyTuple_GET_ITEM(item, 0)) * (Py_ssize_t)sizeof(KnownRecord)) {
+            PyObject *entries = PyTuple_GET_ITEM(item, 0);
+            for (Py_ssize_t j = 0; j < PyList_GET_SIZE(entries); j++) {
+                entry = PyList_GET_ITEM(entries, j);
+                if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 3)
+                    goto bad_item;
+            }
+            n += PyList_GET_SIZE(entries);
+            continue;
+        }
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 4 ||
+            !PyTuple_CheckExact(entry = PyTuple_GET_ITEM(item, 0)) ||
+            PyTuple_GET_SIZE(entry) < 3 || !PyTuple_CheckExact(values = PyTuple_GET_ITEM(item, 1)) ||
+            PyTuple_GET_SIZE(values) != nvalues)
+            goto bad_item;
+        n++;
+    }
+    if (0) {
+    bad_item:
+        PyErr_SetString(PyExc_ValueError,
+                        "batch_rows: an item is not (entry, values, id, id) nor a run");
+        Py_DECREF(items);
+        return NULL;
+    }
+    PyObject *result = NULL, *out[3] = {NULL}, *columns = NULL, *rids = NULL;
+    PyObject *col[MAX_COLUMNS] = {NULL};
     size_t cap = 8;
     while (cap < 2 * (size_t)n)
         cap <<= 1;
     Seen *seen = PyMem_Calloc(cap, sizeof(Seen));
-    if (nvalues < 0 && columns != NULL && seen != NULL)
-        PyErr_SetString(PyExc_ValueError, "batch_rows: nvalues is negative");
-    int ok = columns != NULL && seen != NULL && nvalues >= 0;
-    if (seen == NULL)
+    Seen **of = PyMem_Malloc((n > 0 ? n : 1) * sizeof(Seen *));
+    int typed_rids = n > 0;
+    int ok = seen != NULL && of != NULL;
+    if (!ok)
         PyErr_NoMemory();
-    for (int c = 0; ok && c < 5; c++)
-        ok = (out[c] = PyList_New(n)) != NULL;
-    for (Py_ssize_t j = 0; ok && j < nvalues; j++) {
-        PyObject *col = PyList_New(n);
-        ok = col != NULL;
-        if (ok)
-            PyList_SET_ITEM(columns, j, col);
-    }
-    for (Py_ssize_t i = 0; ok && i < n; i++) {
-        PyObject *item = PyTuple_GET_ITEM(items, i), *entry, *values;
-        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 4 ||
-            !PyTuple_CheckExact(entry = PyTuple_GET_ITEM(item, 0)) ||
-            PyTuple_GET_SIZE(entry) < 3 || !PyTuple_CheckExact(values = PyTuple_GET_ITEM(item, 1)) ||
-            PyTuple_GET_SIZE(values) != nvalues) {
-            PyErr_SetString(PyExc_ValueError, "batch_rows: an item is not (entry, values, id, id)");
-            ok = 0;
-            break;
+    /* first: each record's context and client, and which columns are typed */
+    for (Py_ssize_t i = 0, r = 0; ok && i < nitems; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        int run = PyTuple_GET_SIZE(item) == 2;
+        PyObject *entries = run ? PyTuple_GET_ITEM(item, 0) : NULL;
+        Py_ssize_t count = run ? PyList_GET_SIZE(entries) : 1;
+        if (!run) {
+            PyObject *values = PyTuple_GET_ITEM(item, 1);
+            unsigned char raw[RID_BYTES];
+            double d;
+            int64_t q;
+            for (Py_ssize_t c = 0; c < ncols; c++)
+                if (kind[c])
+                    kind[c] *= typed_value(c ? PyTuple_GET_ITEM(values, c - 1)
+                                             : PyTuple_GET_ITEM(item, 3),
+                                           kind[c], &d, &q);
+            typed_rids = typed_rids && rid_bytes(PyTuple_GET_ITEM(item, 2), raw);
+        } else {
+            if (kind[0] != 2) /* observation ids: ints */
+                kind[0] = 0;
+            for (Py_ssize_t c = 1; c < ncols; c++) /* a code of the column's type */
+                if (!(kind[c] == 1 && (code[c] == KNOWN_TS || code[c] == KNOWN_DURATION)) &&
+                    !(kind[c] == 2 && (code[c] == KNOWN_LINE || code[c] == KNOWN_BYTES_IN)))
+                    kind[c] = 0;
         }
-        size_t s = slot_of(entry, cap - 1);
-        while (seen[s].entry != NULL && seen[s].entry != entry)
-            s = (s + 1) & (cap - 1);
-        Seen *e = &seen[s];
-        if (e->entry == NULL) {
-            PyObject *c = index_of(slots, PyTuple_GET_ITEM(entry, 0), context_of, entry);
-            PyObject *w = c == NULL ? NULL
-                                    : index_of(clients, PyTuple_GET_ITEM(entry, 1), client_of, entry);
-            if (w == NULL) {
-                Py_XDECREF(c);
-                ok = 0;
-                break;
+        for (Py_ssize_t j = 0; ok && j < count; j++, r++) {
+            PyObject *entry = run ? PyList_GET_ITEM(entries, j) : PyTuple_GET_ITEM(item, 0);
+            size_t s = slot_of(entry, cap - 1);
+            while (seen[s].entry != NULL && seen[s].entry != entry)
+                s = (s + 1) & (cap - 1);
+            Seen *e = &seen[s];
+            if (e->entry == NULL) {
+                PyObject *c = index_of(slots, PyTuple_GET_ITEM(entry, 0), context_of, entry);
+                PyObject *w = c == NULL ? NULL
+                                        : index_of(clients, PyTuple_GET_ITEM(entry, 1), client_of,
+                                                   entry);
+                if (w == NULL) {
+                    Py_XDECREF(c);
+                    ok = 0;
+                    break;
+                }
+                e->entry = entry; /* held by items */
+                e->ctx = c;
+                e->client = w;
             }
-            e->entry = entry; /* held by items */
-            e->ctx = c;
-            e->client = w;
+            of[r] = e;
         }
-        PyList_SET_ITEM(out[0], i, Py_NewRef(PyTuple_GET_ITEM(item, 3)));
-        PyList_SET_ITEM(out[1], i, Py_NewRef(e->ctx));
-        PyList_SET_ITEM(out[2], i, Py_NewRef(e->client));
-        PyList_SET_ITEM(out[3], i, Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
-        PyList_SET_ITEM(out[4], i, Py_NewRef(PyTuple_GET_ITEM(item, 2)));
-        for (Py_ssize_t j = 0; j < nvalues; j++)
-            PyList_SET_ITEM(PyList_GET_ITEM(columns, j), i, Py_NewRef(PyTuple_GET_ITEM(values, j)));
+    }
+    /* then the columns */
+    for (int c = 0; ok && c < 3; c++)
+        ok = (out[c] = PyList_New(n)) != NULL;
+    for (Py_ssize_t c = 0; ok && c < ncols; c++)
+        ok = (col[c] = kind[c] ? PyBytes_FromStringAndSize(NULL, n * 8) : PyList_New(n)) != NULL;
+    if (ok)
+        ok = (rids = typed_rids ? PyBytes_FromStringAndSize(NULL, n * RID_BYTES) : PyList_New(n)) !=
+             NULL;
+    for (Py_ssize_t i = 0, r = 0; ok && i < nitems; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        if (PyTuple_GET_SIZE(item) == 2) {
+            PyObject *entries = PyTuple_GET_ITEM(item, 0);
+            const KnownRecord *known = (const KnownRecord *)PyBytes_AS_STRING(PyTuple_GET_ITEM(item, 1));
+            for (Py_ssize_t j = 0; ok && j < PyList_GET_SIZE(entries); j++, r++) {
+                const KnownRecord *k = &known[j];
+                for (Py_ssize_t c = 0; ok && c < ncols; c++) {
+                    int what = c ? code[c] : -1; /* -1: the observation id */
+                    if (kind[c] == 1) {
+                        double v = what == KNOWN_TS ? k->ts : k->duration;
+                        memcpy(PyBytes_AS_STRING(col[c]) + 8 * r, &v, 8);
+                    } else if (kind[c] == 2) {
+                        int64_t v = what < 0 ? k->oid : what == KNOWN_LINE ? k->line : k->bytes_in;
+                        memcpy(PyBytes_AS_STRING(col[c]) + 8 * r, &v, 8);
+                    } else {
+                        PyObject *v = what < 0 ? PyLong_FromLongLong(k->oid) : known_value(k, what);
+                        ok = v != NULL;
+                        PyList_SET_ITEM(col[c], r, v);
+                    }
+                }
+                if (typed_rids) {
+                    memcpy(PyBytes_AS_STRING(rids) + RID_BYTES * r, k->rid, RID_BYTES);
+                } else if (ok) {
+                    static const char hex[] = "0123456789abcdef";
+                    PyObject *v = PyUnicode_New(2 * RID_BYTES, 127);
+                    ok = v != NULL;
+                    for (int b = 0; ok && b < RID_BYTES; b++) {
+                        PyUnicode_1BYTE_DATA(v)[2 * b] = (Py_UCS1)hex[k->rid[b] >> 4];
+                        PyUnicode_1BYTE_DATA(v)[2 * b + 1] = (Py_UCS1)hex[k->rid[b] & 15];
+                    }
+                    PyList_SET_ITEM(rids, r, v);
+                }
+                Seen *e = of[r];
+                PyList_SET_ITEM(out[0], r, Py_NewRef(e->ctx));
+                PyList_SET_ITEM(out[1], r, Py_NewRef(e->client));
+                PyList_SET_ITEM(out[2], r, Py_NewRef(PyTuple_GET_ITEM(PyList_GET_ITEM(entries, j), 2)));
+            }
+            continue;
+        }
+        PyObject *entry = PyTuple_GET_ITEM(item, 0), *values = PyTuple_GET_ITEM(item, 1);
+        for (Py_ssize_t c = 0; c < ncols; c++) {
+            PyObject *v = c ? PyTuple_GET_ITEM(values, c - 1) : PyTuple_GET_ITEM(item, 3);
+            double d = 0;
+            int64_t q = 0;
+            if (kind[c]) {
+                typed_value(v, kind[c], &d, &q); /* (checked above) */
+                memcpy(PyBytes_AS_STRING(col[c]) + 8 * r, kind[c] == 1 ? (void *)&d : (void *)&q, 8);
+            } else {
+                PyList_SET_ITEM(col[c], r, Py_NewRef(v));
+            }
+        }
+        if (typed_rids)
+            rid_bytes(PyTuple_GET_ITEM(item, 2), (unsigned char *)PyBytes_AS_STRING(rids) + RID_BYTES * r);
+        else
+            PyList_SET_ITEM(rids, r, Py_NewRef(PyTuple_GET_ITEM(item, 2)));
+        Seen *e = of[r];
+        PyList_SET_ITEM(out[0], r, Py_NewRef(e->ctx));
+        PyList_SET_ITEM(out[1], r, Py_NewRef(e->client));
+        PyList_SET_ITEM(out[2], r, Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
+        r++;
     }
     if (ok)
-        result = Py_BuildValue("(OOOOOO)", out[0], columns, out[1], out[2], out[3], out[4]);
+        ok = (columns = PyList_New(nvalues)) != NULL;
+    for (Py_ssize_t c = 1; ok && c < ncols; c++)
+        PyList_SET_ITEM(columns, c - 1, Py_NewRef(col[c]));
+    if (ok)
+        result = Py_BuildValue("(OOOOOO)", col[0], columns, out[0], out[1], out[2], rids);
     for (size_t s = 0; seen != NULL && s < cap; s++) {
         Py_XDECREF(seen[s].ctx);
         Py_XDECREF(seen[s].client);
     }
     PyMem_Free(seen);
-    for (int c = 0; c < 5; c++)
+    PyMem_Free(of);
+    for (int c = 0; c < 3; c++)
         Py_XDECREF(out[c]);
+    for (Py_ssize_t c = 0; c < ncols; c++)
+        Py_XDECREF(col[c]);
     Py_XDECREF(columns);
+    Py_XDECREF(rids);
     Py_DECREF(items);
     return result;
 }
@@ -669,17 +938,30 @@ rollup(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOnnd:rollup", &ts, &out, &in, &url, &ctx, &client,
                           &contexts, &clients, &sparse))
         return NULL;
-    if (!PyList_CheckExact(ts) || !PyList_CheckExact(out) || !PyList_CheckExact(in) ||
-        !PyList_CheckExact(url) || !PyList_CheckExact(ctx) || !PyList_CheckExact(client))
+    if (!PyList_CheckExact(url) || !PyList_CheckExact(ctx) || !PyList_CheckExact(client))
         Py_RETURN_NONE;
     Py_ssize_t n = PyList_GET_SIZE(ctx);
-    if (PyList_GET_SIZE(ts) != n || PyList_GET_SIZE(out) != n || PyList_GET_SIZE(in) != n ||
+    /* ts, out and in: lists, or arrays of doubles and int64 (column_view) */
+    int ts_list = PyList_CheckExact(ts), out_list = PyList_CheckExact(out),
+        in_list = PyList_CheckExact(in);
+    if ((ts_list && PyList_GET_SIZE(ts) != n) || (out_list && PyList_GET_SIZE(out) != n) ||
+        (in_list && PyList_GET_SIZE(in) != n) ||
         PyList_GET_SIZE(url) != n || PyList_GET_SIZE(client) != n || n >= INT32_MAX ||
         contexts < 0 || clients < 0 || contexts >= INT32_MAX || clients >= INT32_MAX ||
         contexts > 2 * n + 64)
         Py_RETURN_NONE;
     if (n == 0)
         Py_RETURN_FALSE;
+    Py_buffer views[3] = {{0}}; /* of ts, out, in when they are arrays */
+    if ((!ts_list && !column_view(ts, "d", n, &views[0])) ||
+        (!out_list && !column_view(out, "q", n, &views[1])) ||
+        (!in_list && !column_view(in, "q", n, &views[2]))) {
+        for (int k = 0; k < 3; k++)
+            PyBuffer_Release(&views[k]);
+        Py_RETURN_NONE;
+    }
+    const double *tsv = views[0].buf;
+    const int64_t *outs = views[1].buf, *ins = views[2].buf;
     PyObject *result = NULL;
     Timed *timed = PyMem_Malloc(n * sizeof(Timed));
     int64_t *outv = PyMem_Malloc(n * sizeof(int64_t)), *inv = PyMem_Malloc(n * sizeof(int64_t));
@@ -701,10 +983,12 @@ rollup(PyObject *self, PyObject *args)
      * up to None */
     int none = 0, sorted_ = 1, any_out = 0, any_in = 0, any_url = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = PyList_GET_ITEM(ts, i), *c = PyList_GET_ITEM(ctx, i),
+        PyObject *t = ts_list ? PyList_GET_ITEM(ts, i) : NULL, *c = PyList_GET_ITEM(ctx, i),
                  *w = PyList_GET_ITEM(client, i), *u = PyList_GET_ITEM(url, i);
         double v;
-        if (PyFloat_CheckExact(t))
+        if (t == NULL)
+            v = tsv[i];
+        else if (PyFloat_CheckExact(t))
             v = PyFloat_AS_DOUBLE(t);
         else if (PyLong_CheckExact(t)) {
             int overflow = 0;
@@ -732,8 +1016,8 @@ rollup(PyObject *self, PyObject *args)
         timed[i].i = i;
         if (i > 0 && !(timed[i - 1].t <= v))
             sorted_ = 0;
-        int ko = stored_int(PyList_GET_ITEM(out, i), &outv[i]);
-        int ki = stored_int(PyList_GET_ITEM(in, i), &inv[i]);
+        int ko = out_list ? stored_int(PyList_GET_ITEM(out, i), &outv[i]) : (outv[i] = outs[i], 1);
+        int ki = in_list ? stored_int(PyList_GET_ITEM(in, i), &inv[i]) : (inv[i] = ins[i], 1);
         if (ko < 0 || ki < 0)
             goto fallback;
         none |= ko == 2 || ki == 2;
@@ -915,6 +1199,8 @@ done:
     PyMem_Free(hourly_run);
     PyMem_Free(hrow);
     PyMem_Free(hours);
+    for (int k = 0; k < 3; k++)
+        PyBuffer_Release(&views[k]);
     return result;
 }
 
@@ -1143,7 +1429,7 @@ PyInit__batchscan(void)
         EVIDENCE_KEY == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 3) < 0)
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 4) < 0)
         Py_CLEAR(m);
     return m;
 }
