@@ -72,19 +72,20 @@ sizes_of(PyObject *col, Py_ssize_t n, int64_t *v, char *has)
 }
 
 /* a column that is no list as the buffer of n items of `format` ("d": doubles, "q": int64,
- * as an array of that typecode: batch.py _typed) in *view; 0 (nothing to release) when it
- * is not one */
+ * "i": ints, as an array of that typecode: batch.py _typed, Batch.made) in *view; 0
+ * (nothing to release) when it is not one */
 static int
 column_view(PyObject *col, const char *format, Py_ssize_t n, Py_buffer *view)
 {
+    Py_ssize_t itemsize = format[0] == 'i' ? (Py_ssize_t)sizeof(int) : 8;
     if (PyList_Check(col) || !PyObject_CheckBuffer(col))
         return 0;
     if (PyObject_GetBuffer(col, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
         PyErr_Clear();
         return 0;
     }
-    if (view->itemsize != 8 || view->format == NULL || strcmp(view->format, format) != 0 ||
-        view->len != n * 8) {
+    if (view->itemsize != itemsize || view->format == NULL || strcmp(view->format, format) != 0 ||
+        view->len != n * itemsize) {
         PyBuffer_Release(view);
         return 0;
     }
@@ -103,6 +104,36 @@ sizes_in(PyObject *col, Py_ssize_t n, int64_t *v, char *has)
         return 0;
     memcpy(v, view.buf, n * sizeof(int64_t));
     memset(has, 1, n);
+    PyBuffer_Release(&view);
+    return 1;
+}
+
+/* a column of indexes (a list of exact ints, or an array of ints) into v; 0 when it is
+ * neither (or an int beyond Py_ssize_t) */
+static int
+indexes_in(PyObject *col, Py_ssize_t n, Py_ssize_t *v)
+{
+    if (PyList_CheckExact(col)) {
+        if (PyList_GET_SIZE(col) != n)
+            return 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *x = PyList_GET_ITEM(col, i);
+            v[i] = PyLong_CheckExact(x) ? PyLong_AsSsize_t(x) : -1;
+            if (v[i] == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                return 0;
+            }
+            if (!PyLong_CheckExact(x))
+                return 0;
+        }
+        return 1;
+    }
+    Py_buffer view;
+    if (!column_view(col, "i", n, &view))
+        return 0;
+    const int *w = view.buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+        v[i] = w[i];
     PyBuffer_Release(&view);
     return 1;
 }
@@ -137,7 +168,7 @@ group_tally(PyObject *self, PyObject *args)
     int64_t *outv = NULL, *inv = NULL;
     char *has_out = NULL, *has_in = NULL;
     Py_ssize_t *group_of = NULL, *firsts = NULL, *sizes = NULL, *starts = NULL, *order = NULL;
-    Py_ssize_t *unit_k = NULL;
+    Py_ssize_t *unit_k = NULL, *ctxv = NULL;
     const void **keys = NULL;
     Py_ssize_t *vals = NULL;
     Incident *inc = NULL;
@@ -145,13 +176,13 @@ group_tally(PyObject *self, PyObject *args)
     const unsigned char *blocking = blocked.buf;
     int fallback = 0;
 
-    if (!PyList_CheckExact(raised) || !PyList_CheckExact(ctx)) {
+    if (!PyList_CheckExact(raised)) {
         fallback = 1;
         goto done;
     }
     Py_ssize_t n = PyList_GET_SIZE(raised);
     int ts_list = PyList_CheckExact(ts); /* else the doubles of an array */
-    if ((ts_list && PyList_GET_SIZE(ts) != n) || PyList_GET_SIZE(ctx) != n || n >= INT32_MAX) {
+    if ((ts_list && PyList_GET_SIZE(ts) != n) || n >= INT32_MAX) {
         fallback = 1;
         goto done;
     }
@@ -164,17 +195,23 @@ group_tally(PyObject *self, PyObject *args)
     group_of = PyMem_Malloc(m * sizeof(Py_ssize_t));
     firsts = PyMem_Malloc(m * sizeof(Py_ssize_t));
     order = PyMem_Malloc(m * sizeof(Py_ssize_t));
+    ctxv = PyMem_Malloc(m * sizeof(Py_ssize_t));
     size_t cap = 8;
     while (cap < 2 * (size_t)m)
         cap <<= 1;
     keys = PyMem_Calloc(cap, sizeof(void *));
     vals = PyMem_Malloc(cap * sizeof(Py_ssize_t));
     if (tsv == NULL || outv == NULL || inv == NULL || has_out == NULL || has_in == NULL ||
-        group_of == NULL || firsts == NULL || order == NULL || keys == NULL || vals == NULL) {
+        group_of == NULL || firsts == NULL || order == NULL || ctxv == NULL || keys == NULL ||
+        vals == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     Py_buffer view;
+    if (!indexes_in(ctx, n, ctxv)) {
+        fallback = 1;
+        goto done;
+    }
     if (!ts_list) {
         if (!column_view(ts, "d", n, &view)) {
             fallback = 1;
@@ -195,10 +232,7 @@ group_tally(PyObject *self, PyObject *args)
             fallback = 1;
             goto done;
         }
-        PyObject *c = PyList_GET_ITEM(ctx, i);
-        Py_ssize_t k = PyLong_CheckExact(c) ? PyLong_AsSsize_t(c) : -1;
-        if (k < 0 || k >= blocked.len) {
-            PyErr_Clear();
+        if (ctxv[i] < 0 || ctxv[i] >= blocked.len) {
             fallback = 1;
             goto done;
         }
@@ -337,7 +371,7 @@ group_tally(PyObject *self, PyObject *args)
             d->count += size;
             for (Py_ssize_t q = 0; q < size; q++) {
                 Py_ssize_t i = rows[q];
-                d->blocked += blocking[PyLong_AsSsize_t(PyList_GET_ITEM(ctx, i))] != 0;
+                d->blocked += blocking[ctxv[i]] != 0;
                 if (has_out[i]) {
                     if (__builtin_add_overflow(d->out, outv[i], &d->out)) {
                         fallback = 1;
@@ -453,6 +487,7 @@ done:
     PyMem_Free(sizes);
     PyMem_Free(starts);
     PyMem_Free(order);
+    PyMem_Free(ctxv);
     PyMem_Free(unit_k);
     PyMem_Free((void *)keys);
     PyMem_Free(vals);
@@ -528,12 +563,14 @@ hour_runs(PyObject *self, PyObject *ts)
  * typecode is "d" or "q" and whose every value is a float, or an int within 64 bits, comes
  * as the bytes of its array (batch.py _typed), else as a list; the record ids as their
  * bytes, 12 a record, when every one is 24 lowercase hex digits (batch.py _packed_ids),
- * else as a list. A record's context index is slots[slot], its client index
+ * else as a list; ctx and client as the bytes of arrays of ints. A record's context index
+ * is slots[slot], its client index
  * clients[client number]; when one is not there yet, context_of(entry) or
  * client_of(entry) (Python) returns it (and puts it there). Records of one entry object
  * (a known line key's) are looked up once. */
 typedef struct {
     PyObject *entry, *ctx, *client; /* ctx, client: owned */
+    int c, w;                       /* their values */
 } Seen;
 
 #define MAX_COLUMNS 64
@@ -734,13 +771,23 @@ batch_rows(PyObject *self, PyObject *args)
                 e->entry = entry; /* held by items */
                 e->ctx = c;
                 e->client = w;
+                long cl = PyLong_Check(c) ? PyLong_AsLong(c) : -1, wl = PyLong_Check(w) ? PyLong_AsLong(w) : -1;
+                if (cl < 0 || wl < 0 || cl > INT32_MAX || wl > INT32_MAX) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetString(PyExc_ValueError, "batch_rows: an index is not an int");
+                    ok = 0;
+                    break;
+                }
+                e->c = (int)cl;
+                e->w = (int)wl;
             }
             of[r] = e;
         }
     }
-    /* then the columns */
+    /* then the columns (ctx and client: the bytes of arrays of ints) */
     for (int c = 0; ok && c < 3; c++)
-        ok = (out[c] = PyList_New(n)) != NULL;
+        ok = (out[c] = c < 2 ? PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int))
+                             : PyList_New(n)) != NULL;
     for (Py_ssize_t c = 0; ok && c < ncols; c++)
         ok = (col[c] = kind[c] ? PyBytes_FromStringAndSize(NULL, n * 8) : PyList_New(n)) != NULL;
     if (ok)
@@ -779,9 +826,8 @@ batch_rows(PyObject *self, PyObject *args)
                     }
                     PyList_SET_ITEM(rids, r, v);
                 }
-                Seen *e = of[r];
-                PyList_SET_ITEM(out[0], r, Py_NewRef(e->ctx));
-                PyList_SET_ITEM(out[1], r, Py_NewRef(e->client));
+                ((int *)PyBytes_AS_STRING(out[0]))[r] = of[r]->c;
+                ((int *)PyBytes_AS_STRING(out[1]))[r] = of[r]->w;
                 PyList_SET_ITEM(out[2], r, Py_NewRef(PyTuple_GET_ITEM(PyList_GET_ITEM(entries, j), 2)));
             }
             continue;
@@ -802,9 +848,8 @@ batch_rows(PyObject *self, PyObject *args)
             rid_bytes(PyTuple_GET_ITEM(item, 2), (unsigned char *)PyBytes_AS_STRING(rids) + RID_BYTES * r);
         else
             PyList_SET_ITEM(rids, r, Py_NewRef(PyTuple_GET_ITEM(item, 2)));
-        Seen *e = of[r];
-        PyList_SET_ITEM(out[0], r, Py_NewRef(e->ctx));
-        PyList_SET_ITEM(out[1], r, Py_NewRef(e->client));
+        ((int *)PyBytes_AS_STRING(out[0]))[r] = of[r]->c;
+        ((int *)PyBytes_AS_STRING(out[1]))[r] = of[r]->w;
         PyList_SET_ITEM(out[2], r, Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
         r++;
     }
@@ -938,15 +983,15 @@ rollup(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOnnd:rollup", &ts, &out, &in, &url, &ctx, &client,
                           &contexts, &clients, &sparse))
         return NULL;
-    if (!PyList_CheckExact(url) || !PyList_CheckExact(ctx) || !PyList_CheckExact(client))
+    if (!PyList_CheckExact(url))
         Py_RETURN_NONE;
-    Py_ssize_t n = PyList_GET_SIZE(ctx);
+    Py_ssize_t n = PyList_GET_SIZE(url); /* ctx and client: lists, or arrays of ints */
     /* ts, out and in: lists, or arrays of doubles and int64 (column_view) */
     int ts_list = PyList_CheckExact(ts), out_list = PyList_CheckExact(out),
         in_list = PyList_CheckExact(in);
     if ((ts_list && PyList_GET_SIZE(ts) != n) || (out_list && PyList_GET_SIZE(out) != n) ||
         (in_list && PyList_GET_SIZE(in) != n) ||
-        PyList_GET_SIZE(url) != n || PyList_GET_SIZE(client) != n || n >= INT32_MAX ||
+        n >= INT32_MAX ||
         contexts < 0 || clients < 0 || contexts >= INT32_MAX || clients >= INT32_MAX ||
         contexts > 2 * n + 64)
         Py_RETURN_NONE;
@@ -979,12 +1024,26 @@ rollup(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
+    /* the indexes, as pairs: ctx then client (read apart, then interleaved) */
+    Py_ssize_t *wv = PyMem_Malloc(n * sizeof(Py_ssize_t));
+    if (wv == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int read = indexes_in(ctx, n, cv + n) && indexes_in(client, n, wv);
+    for (Py_ssize_t i = 0; read && i < n; i++) {
+        Py_ssize_t c = cv[n + i]; /* (before 2i + 1 may overwrite it) */
+        cv[2 * i] = c;
+        cv[2 * i + 1] = wv[i];
+    }
+    PyMem_Free(wv);
+    if (!read)
+        goto fallback;
     /* the values: any left to Python first (it may raise on them), then those it rolls
      * up to None */
     int none = 0, sorted_ = 1, any_out = 0, any_in = 0, any_url = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = ts_list ? PyList_GET_ITEM(ts, i) : NULL, *c = PyList_GET_ITEM(ctx, i),
-                 *w = PyList_GET_ITEM(client, i), *u = PyList_GET_ITEM(url, i);
+        PyObject *t = ts_list ? PyList_GET_ITEM(ts, i) : NULL, *u = PyList_GET_ITEM(url, i);
         double v;
         if (t == NULL)
             v = tsv[i];
@@ -1001,15 +1060,9 @@ rollup(PyObject *self, PyObject *args)
         }
         else
             goto fallback;
-        if (!PyLong_CheckExact(c) || !PyLong_CheckExact(w))
+        Py_ssize_t ci = cv[2 * i], wi = cv[2 * i + 1];
+        if (ci < 0 || ci >= contexts || wi < 0 || wi >= clients)
             goto fallback;
-        Py_ssize_t ci = PyLong_AsSsize_t(c), wi = PyLong_AsSsize_t(w);
-        if (ci < 0 || ci >= contexts || wi < 0 || wi >= clients) {
-            PyErr_Clear();
-            goto fallback;
-        }
-        cv[2 * i] = ci;
-        cv[2 * i + 1] = wi;
         if (!(v > -1e18 && v < 1e18)) /* NaN, infinite or beyond batch._TS_BOUND */
             none = 1;
         timed[i].t = v;

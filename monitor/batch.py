@@ -137,12 +137,17 @@ class Batch:
         return cls.made(columns, contexts, ctx, clients, client, raised, record_ids)
 
     @classmethod
-    def made(cls, columns: list[Sequence[Any]], contexts: list[tuple[Any, ...]], ctx: list[int],
-             clients: list[tuple[Any, ...]], client: list[int],
+    def made(cls, columns: list[Sequence[Any]], contexts: list[tuple[Any, ...]],
+             ctx: Sequence[int], clients: list[tuple[Any, ...]], client: Sequence[int],
              raised: Sequence[Sequence[dict[str, Any]]],
-             record_ids: Sequence[str | None]) -> Batch:  # fmt: skip
+             record_ids: Sequence[str | None] | bytes) -> Batch:  # fmt: skip
         """The batch of rows given column by column, with the incident rows each raises
-        (grouped here by identity: records of one memo key share theirs)."""
+        (grouped here by identity: records of one memo key share theirs). Its columns are
+        held as they are pickled where every value is of the column's type (arrays, see
+        :func:`_typed`), its record ids packed (:func:`_packed_ids`), and so are its rows'
+        context and client indexes (arrays of ints)."""
+        columns = list(map(_typed, _TYPECODES, columns))
+        ctx, client = _indexes(ctx), _indexes(client)
         found = _group_tally(columns, contexts, ctx, raised)
         if found is None:
             grouped: dict[int, Group] = {}
@@ -157,8 +162,10 @@ class Batch:
         else:
             groups, deltas = found
         batch = cls(columns, contexts, ctx, clients, client, groups, deltas, None, [])
-        if record_ids and record_ids[0] is not None:  # (packed: see _packed_ids)
-            batch.record_ids = record_ids if type(record_ids) is bytes else list(record_ids)  # type: ignore[assignment]
+        if record_ids and record_ids[0] is not None:
+            batch.record_ids = _packed_ids(
+                record_ids if type(record_ids) is bytes else list(record_ids)  # type: ignore[arg-type]
+            )
             batch.hours = _hour_runs(columns[ROW_TS])
             batch.rollup = rollup_of(columns, ctx, client, len(contexts), len(clients))
         return batch
@@ -418,10 +425,9 @@ class BatchBuilder:
     record is made of it. A batch finds the indexes of its contexts and clients per slot
     and client number (see :class:`monitor.pipeline.RecordMemo`): only the first record of
     each hands its row (``row(first, context.row)``, the memo's
-    :meth:`~monitor.pipeline.RecordMemo.row`). Its per-request columns come as arrays
-    where every value is of the column's type (:func:`_typed`), its record ids packed
-    (:func:`_packed_ids`): as a batch is pickled, and so read by the C code of its groups,
-    sums and roll-ups."""
+    :meth:`~monitor.pipeline.RecordMemo.row`). In C, the columns whose every value is of
+    the column's type are written into arrays, the record ids packed, as the batch holds
+    them (:meth:`Batch.made`): no object per record of a run is made."""
 
     def __init__(self, row: Callable[[Any, tuple[Any, ...]], Sequence[Any]],
                  codes: tuple[int, ...] = ()) -> None:  # fmt: skip
@@ -451,8 +457,8 @@ class BatchBuilder:
         )
         columns = [array(code, c) if type(c) is bytes else c
                    for code, c in zip(_TYPECODES, [ids, *columns], strict=True)]  # fmt: skip
-        return Batch.made(columns, list(contexts), ctx, list(client_rows), client, raised,
-                          record_ids)  # fmt: skip
+        return Batch.made(columns, list(contexts), array("i", ctx), list(client_rows),
+                          array("i", client), raised, record_ids)  # fmt: skip
 
     def _batch(self, items: list[tuple[Any, ...]]) -> Batch:
         """:meth:`batch` in Python: per distinct slot and client number, in first use order."""
@@ -471,10 +477,10 @@ class BatchBuilder:
         of_number = _first_uses(numbers)
         for number, i in of_number.items():
             of_number[number] = clients.setdefault(CLIENT_OF(entries[i][3].row), len(clients))
-        columns = list(map(_typed, _TYPECODES, [list(ids), *map(list, zip(*values, strict=True))]))
+        columns = [list(ids), *map(list, zip(*values, strict=True))]
         return Batch.made(columns, list(contexts), list(map(of_slot.__getitem__, slots)),
                           list(clients), list(map(of_number.__getitem__, numbers)),
-                          list(map(_RAISED, entries)), _packed_ids(list(record_ids)))  # fmt: skip
+                          list(map(_RAISED, entries)), record_ids)  # fmt: skip
 
 
 #: per ROW_FIELDS column, the typecode of the array :func:`_typed` makes of it ("": none)
@@ -482,12 +488,17 @@ _TYPECODES = tuple(_ARRAY_OF.get(COLUMNS[COL[c]].type, "") for c in ROW_FIELDS)
 _EXACT = {code: kind for kind, code in _ARRAY_OF.items()}
 
 
-def _typed(code: str, values: list[Any]) -> Sequence[Any]:
-    """A column of a built batch: an array of ``code`` when every value is exactly of its
-    type (a float; an int within 64 bits), else the list (pickled as :func:`_packed`
-    makes it: an array too, when the array takes its values)."""
+def _indexes(values: Sequence[int]) -> array:
+    """Rows' context or client indexes as a batch holds and pickles them."""
+    return values if type(values) is array else array("i", values)
+
+
+def _typed(code: str, values: Sequence[Any]) -> Sequence[Any]:
+    """A column of a batch as it holds it: a list of values exactly of its type (a float;
+    an int within 64 bits) as an array of ``code``, else as it is (a list is pickled as
+    :func:`_packed` makes it: an array too, when the array takes its values)."""
     kind = _EXACT.get(code)
-    if kind is None or not all(type(v) is kind for v in values):
+    if kind is None or type(values) is not list or not all(type(v) is kind for v in values):
         return values
     try:
         return array(code, values)
