@@ -499,6 +499,69 @@ done:
     return result;
 }
 
+/* packed_groups(groups) -> (flat, widths, rows, ends) | None: batch.py _packed_groups of
+ * groups (a list of (incident rows, row indexes) pairs, each a list or tuple): the incident
+ * rows in one list, and the bytes of arrays of ints of their widths, of the rows and of
+ * the groups' ends in them; None for what it leaves to the Python code (another shape, a
+ * row that is no int or beyond an int). */
+static PyObject *
+packed_groups(PyObject *self, PyObject *groups)
+{
+    if (!PyList_CheckExact(groups))
+        Py_RETURN_NONE;
+    Py_ssize_t g = PyList_GET_SIZE(groups), nrows = 0;
+    for (Py_ssize_t k = 0; k < g; k++) {
+        PyObject *pair = PyList_GET_ITEM(groups, k);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+            Py_RETURN_NONE;
+        PyObject *incs = PyTuple_GET_ITEM(pair, 0), *rows = PyTuple_GET_ITEM(pair, 1);
+        if ((!PyList_CheckExact(incs) && !PyTuple_CheckExact(incs)) ||
+            (!PyList_CheckExact(rows) && !PyTuple_CheckExact(rows)))
+            Py_RETURN_NONE;
+        nrows += PySequence_Fast_GET_SIZE(rows);
+    }
+    if (nrows >= INT32_MAX)
+        Py_RETURN_NONE;
+    PyObject *flat = PyList_New(0), *result = NULL;
+    PyObject *widths = PyBytes_FromStringAndSize(NULL, g * (Py_ssize_t)sizeof(int));
+    PyObject *rowv = PyBytes_FromStringAndSize(NULL, nrows * (Py_ssize_t)sizeof(int));
+    PyObject *ends = PyBytes_FromStringAndSize(NULL, g * (Py_ssize_t)sizeof(int));
+    int ok = flat != NULL && widths != NULL && rowv != NULL && ends != NULL, leave = 0;
+    Py_ssize_t at = 0;
+    for (Py_ssize_t k = 0; ok && !leave && k < g; k++) {
+        PyObject *pair = PyList_GET_ITEM(groups, k);
+        PyObject *incs = PyTuple_GET_ITEM(pair, 0), *rows = PyTuple_GET_ITEM(pair, 1);
+        Py_ssize_t width = PySequence_Fast_GET_SIZE(incs);
+        if (width > INT32_MAX) {
+            leave = 1;
+            break;
+        }
+        for (Py_ssize_t j = 0; ok && j < width; j++)
+            ok = PyList_Append(flat, PySequence_Fast_GET_ITEM(incs, j)) == 0;
+        ((int *)PyBytes_AS_STRING(widths))[k] = (int)width;
+        for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(rows); j++) {
+            PyObject *x = PySequence_Fast_GET_ITEM(rows, j);
+            int overflow = 0;
+            long v = PyLong_CheckExact(x) ? PyLong_AsLongAndOverflow(x, &overflow) : 0;
+            if (!PyLong_CheckExact(x) || overflow || v < INT32_MIN || v > INT32_MAX) {
+                leave = 1;
+                break;
+            }
+            ((int *)PyBytes_AS_STRING(rowv))[at++] = (int)v;
+        }
+        ((int *)PyBytes_AS_STRING(ends))[k] = (int)at;
+    }
+    if (ok && !leave)
+        result = PyTuple_Pack(4, flat, widths, rowv, ends);
+    else if (ok)
+        result = Py_NewRef(Py_None);
+    Py_XDECREF(flat);
+    Py_XDECREF(widths);
+    Py_XDECREF(rowv);
+    Py_XDECREF(ends);
+    return result;
+}
+
 /* hour_runs(ts) -> list | None: batch.py _hour_runs of a list of floats (None: not one) */
 static PyObject *
 hour_runs(PyObject *self, PyObject *ts)
@@ -1459,6 +1522,7 @@ static PyMethodDef methods[] = {
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
     {"merge_deltas", merge_deltas, METH_VARARGS, "Store._add_batch_deltas's sums (see above)."},
     {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of a list of floats, or None."},
+    {"packed_groups", packed_groups, METH_O, "batch.py _packed_groups (see above), or None."},
     {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
     {NULL, NULL, 0, NULL},
 };

@@ -235,7 +235,13 @@ class Batch:
 
 def _packed_groups(groups: list[Group]) -> tuple[list[dict[str, Any]], array, array, array]:
     """Groups as pickled (:attr:`Batch.packed`): their incident rows in one list, cut by
-    an array of their widths, and their rows in one array, cut by another."""
+    an array of their widths, and their rows in one array, cut by another (in C,
+    ``_batchscan.packed_groups``, but for values it leaves to this code: no int object a
+    row read into an array here)."""
+    found = _ACCEL.packed_groups(groups) if _ACCEL is not None else None
+    if found is not None:
+        flat, widths, rows, ends = found
+        return flat, array("i", widths), array("i", rows), array("i", ends)
     incs, rows = zip(*groups, strict=True) if groups else ((), ())  # (no Python code a group)
     ends = array("i", accumulate(map(len, rows)))
     return (list(chain.from_iterable(incs)), array("i", map(len, incs)),

@@ -214,3 +214,32 @@ def test_hour_runs_of_an_array_are_of_its_list(ts):
     assert built.hour_runs(array("q", [1])) is None and built.hour_runs(array("d", [1.0])) == [
         (0, 1)
     ]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from([{"id": "a"}, {"id": "b"}]), max_size=3).map(
+                lambda incs: incs if len(incs) % 2 else tuple(incs)
+            ),
+            st.lists(
+                st.one_of(st.integers(0, 2**31 - 1), st.sampled_from([True, -1, 2**31])), max_size=4
+            ),
+        ),
+        max_size=6,
+    )
+)
+def test_groups_packed_in_c_are_pythons(groups):
+    """Groups as pickled (batch._packed_groups), in C and in Python: the same incident
+    rows, widths, rows and ends, arrays of ints (or the same error: a row beyond an int)."""
+
+    def packed(module: Any) -> Any:
+        with _accelerated(module):
+            try:
+                return _exact(list(batch._packed_groups(groups)))
+            except OverflowError as exc:
+                return type(exc)
+
+    assert packed(built) == packed(None)
+    assert built.packed_groups([([], [])]) == ([], bytes(4), b"", bytes(4))
+    assert built.packed_groups([({"id": "a"}, [1])]) is None and built.packed_groups(()) is None

@@ -22,9 +22,9 @@
  *     with `maker`, a CONNECT whose values are all in the collector's caches becomes its
  *     Observation right here (counted in `records`, see observation_of); when the maker
  *     names known line keys (monitor.observation.Known), such a CONNECT comes as the pair
- *     (Observation, line key), or, when its key is known, as the tuple (entry, per-request
- *     values, record id, observation id) with no Observation (see known_of), consecutive
- *     ones in one list (a run).
+ *     (Observation, line key), or, when its key is known, with no Observation, in a run of
+ *     consecutive ones: the pair (their entries, their per-request values and ids packed,
+ *     a KnownRecord of collectors/_accel.h each; see known_of).
  * Every other line (any other shape, longer than max_line, a target not yet in `rejects`,
  * a timestamp that is not plain digits[.digits] below 1e10, a marker in a rejected URL, a
  * peer address in `ranges` or one that only Python can read) goes to `todo` as (index,
@@ -980,19 +980,20 @@ fields_of(Py_ssize_t index, const char *const *tok, const Py_ssize_t *len, doubl
 /* What a kept CONNECT line becomes when every value it needs is in the collector's caches
  * (squid.py `_Targets`: bytes -> value): the Observation SquidCollector._parse_native makes of
  * it, made here. `maker` is the tuple (Observation, source, format, first, codes, words,
- * connect, ips, hiers, kwnames[, layout[, known, values]]): first the number of the chunk's
+ * connect, ips, hiers, kwnames[, layout[, known]]): first the number of the chunk's
  * line before its first, kwnames ("record_id",).
  *
  * With `known` (a dict: see squid.py `Known`), a kept CONNECT is named by its line key: the
  * bytes of its day (the 8 bytes of the double ts // 86400, as Python computes it) and of its
  * fields client, code/status, target, user and peer, separated by spaces (no field holds one).
  * Every value of its Observation but ts, line, bytes_in, duration and record_id follows from
- * that key and the source. A key `known` holds becomes the tuple (known[key], values,
- * record id, observation id): values the record's per-request values in the order of
- * `values` (a tuple of KNOWN_* codes); any other line the maker makes becomes the pair
- * (Observation, key) (key None when it is too long to be one), for the consumer to fill
- * `known`. Consecutive tuples of known keys (lines dropped between them do not part them)
- * come in one list, a run: the consumer takes a run whole, with no Python code per record. */
+ * that key and the source. A record of a key `known` holds is its entry known[key] and its
+ * KnownRecord (those values, its record id's bytes and its observation id); any other
+ * line the maker makes becomes the pair (Observation, key) (key None when it is too long
+ * to be one), for the consumer to fill `known`. Consecutive records of known keys (lines
+ * dropped between them do not part them) come in one run, the pair (a list of their
+ * entries, the bytes of their KnownRecords): the consumer takes a run whole, and no object
+ * is made per record. */
 #define MAX_SLOTS 64
 #define KNOWN_KEY 512
 typedef struct {
