@@ -46,6 +46,22 @@ typedef struct {
     PyObject *facts; /* borrowed: the first incident row's truthy facts, or NULL */
 } Incident;
 
+/* an exact int within 64 bits into *v: 1, else 0 */
+static int
+int64_of(PyObject *x, int64_t *v)
+{
+    if (!PyLong_CheckExact(x))
+        return 0;
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
+    if (overflow || (value == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *v = (int64_t)value;
+    return 1;
+}
+
 /* a column of exact ints or None into v (has: 1 for an int); 0 when it is not one */
 static int
 sizes_of(PyObject *col, Py_ssize_t n, int64_t *v, char *has)
@@ -57,15 +73,8 @@ sizes_of(PyObject *col, Py_ssize_t n, int64_t *v, char *has)
             has[i] = 0;
             continue;
         }
-        if (!PyLong_CheckExact(x))
+        if (!int64_of(x, &v[i]))
             return 0;
-        int overflow = 0;
-        long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
-        if (overflow || (value == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            return 0;
-        }
-        v[i] = (int64_t)value;
         has[i] = 1;
     }
     return 1;
@@ -660,16 +669,7 @@ typed_value(PyObject *x, int kind, double *d, int64_t *q)
         *d = PyFloat_AS_DOUBLE(x);
         return 1;
     }
-    if (!PyLong_CheckExact(x))
-        return 0;
-    int overflow = 0;
-    long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
-    if (overflow || (value == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        return 0;
-    }
-    *q = (int64_t)value;
-    return 1;
+    return int64_of(x, q);
 }
 
 /* a record id's bytes into raw when it is 24 lowercase hex digits; 0 when it is not */
