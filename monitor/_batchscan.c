@@ -46,6 +46,22 @@ typedef struct {
     PyObject *facts; /* borrowed: the first incident row's truthy facts, or NULL */
 } Incident;
 
+/* an exact int within 64 bits into *v: 1, else 0 */
+static int
+int64_of(PyObject *x, int64_t *v)
+{
+    if (!PyLong_CheckExact(x))
+        return 0;
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
+    if (overflow || (value == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *v = (int64_t)value;
+    return 1;
+}
+
 /* a column of exact ints or None into v (has: 1 for an int); 0 when it is not one */
 static int
 sizes_of(PyObject *col, Py_ssize_t n, int64_t *v, char *has)
@@ -57,17 +73,77 @@ sizes_of(PyObject *col, Py_ssize_t n, int64_t *v, char *has)
             has[i] = 0;
             continue;
         }
-        if (!PyLong_CheckExact(x))
+        if (!int64_of(x, &v[i]))
             return 0;
-        int overflow = 0;
-        long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
-        if (overflow || (value == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            return 0;
-        }
-        v[i] = (int64_t)value;
         has[i] = 1;
     }
+    return 1;
+}
+
+/* a column that is no list as the buffer of n items of `format` ("d": doubles, "q": int64,
+ * "i": ints, as an array of that typecode: batch.py _typed, Batch.made) in *view; 0
+ * (nothing to release) when it is not one */
+static int
+column_view(PyObject *col, const char *format, Py_ssize_t n, Py_buffer *view)
+{
+    Py_ssize_t itemsize = format[0] == 'i' ? (Py_ssize_t)sizeof(int) : 8;
+    if (PyList_Check(col) || !PyObject_CheckBuffer(col))
+        return 0;
+    if (PyObject_GetBuffer(col, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (view->itemsize != itemsize || view->format == NULL || strcmp(view->format, format) != 0 ||
+        view->len != n * itemsize) {
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
+/* a column of exact ints or None (a list), or of int64 (see column_view), into v (has: 1
+ * for an int); 0 when it is neither */
+static int
+sizes_in(PyObject *col, Py_ssize_t n, int64_t *v, char *has)
+{
+    if (PyList_CheckExact(col))
+        return PyList_GET_SIZE(col) == n && sizes_of(col, n, v, has);
+    Py_buffer view;
+    if (!column_view(col, "q", n, &view))
+        return 0;
+    memcpy(v, view.buf, n * sizeof(int64_t));
+    memset(has, 1, n);
+    PyBuffer_Release(&view);
+    return 1;
+}
+
+/* a column of indexes (a list of exact ints, or an array of ints) into v; 0 when it is
+ * neither (or an int beyond Py_ssize_t) */
+static int
+indexes_in(PyObject *col, Py_ssize_t n, Py_ssize_t *v)
+{
+    if (PyList_CheckExact(col)) {
+        if (PyList_GET_SIZE(col) != n)
+            return 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *x = PyList_GET_ITEM(col, i);
+            v[i] = PyLong_CheckExact(x) ? PyLong_AsSsize_t(x) : -1;
+            if (v[i] == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                return 0;
+            }
+            if (!PyLong_CheckExact(x))
+                return 0;
+        }
+        return 1;
+    }
+    Py_buffer view;
+    if (!column_view(col, "i", n, &view))
+        return 0;
+    const int *w = view.buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+        v[i] = w[i];
+    PyBuffer_Release(&view);
     return 1;
 }
 
@@ -101,7 +177,7 @@ group_tally(PyObject *self, PyObject *args)
     int64_t *outv = NULL, *inv = NULL;
     char *has_out = NULL, *has_in = NULL;
     Py_ssize_t *group_of = NULL, *firsts = NULL, *sizes = NULL, *starts = NULL, *order = NULL;
-    Py_ssize_t *unit_k = NULL;
+    Py_ssize_t *unit_k = NULL, *ctxv = NULL;
     const void **keys = NULL;
     Py_ssize_t *vals = NULL;
     Incident *inc = NULL;
@@ -109,14 +185,13 @@ group_tally(PyObject *self, PyObject *args)
     const unsigned char *blocking = blocked.buf;
     int fallback = 0;
 
-    if (!PyList_CheckExact(raised) || !PyList_CheckExact(ts) || !PyList_CheckExact(out) ||
-        !PyList_CheckExact(in) || !PyList_CheckExact(ctx)) {
+    if (!PyList_CheckExact(raised)) {
         fallback = 1;
         goto done;
     }
     Py_ssize_t n = PyList_GET_SIZE(raised);
-    if (PyList_GET_SIZE(ts) != n || PyList_GET_SIZE(out) != n || PyList_GET_SIZE(in) != n ||
-        PyList_GET_SIZE(ctx) != n || n >= INT32_MAX) {
+    int ts_list = PyList_CheckExact(ts); /* else the doubles of an array */
+    if ((ts_list && PyList_GET_SIZE(ts) != n) || n >= INT32_MAX) {
         fallback = 1;
         goto done;
     }
@@ -129,32 +204,49 @@ group_tally(PyObject *self, PyObject *args)
     group_of = PyMem_Malloc(m * sizeof(Py_ssize_t));
     firsts = PyMem_Malloc(m * sizeof(Py_ssize_t));
     order = PyMem_Malloc(m * sizeof(Py_ssize_t));
+    ctxv = PyMem_Malloc(m * sizeof(Py_ssize_t));
     size_t cap = 8;
     while (cap < 2 * (size_t)m)
         cap <<= 1;
     keys = PyMem_Calloc(cap, sizeof(void *));
     vals = PyMem_Malloc(cap * sizeof(Py_ssize_t));
     if (tsv == NULL || outv == NULL || inv == NULL || has_out == NULL || has_in == NULL ||
-        group_of == NULL || firsts == NULL || order == NULL || keys == NULL || vals == NULL) {
+        group_of == NULL || firsts == NULL || order == NULL || ctxv == NULL || keys == NULL ||
+        vals == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = PyList_GET_ITEM(ts, i);
-        if (!PyFloat_CheckExact(t) || isnan(PyFloat_AS_DOUBLE(t))) {
+    Py_buffer view;
+    if (!indexes_in(ctx, n, ctxv)) {
+        fallback = 1;
+        goto done;
+    }
+    if (!ts_list) {
+        if (!column_view(ts, "d", n, &view)) {
             fallback = 1;
             goto done;
         }
-        tsv[i] = PyFloat_AS_DOUBLE(t);
-        PyObject *c = PyList_GET_ITEM(ctx, i);
-        Py_ssize_t k = PyLong_CheckExact(c) ? PyLong_AsSsize_t(c) : -1;
-        if (k < 0 || k >= blocked.len) {
-            PyErr_Clear();
+        memcpy(tsv, view.buf, n * sizeof(double));
+        PyBuffer_Release(&view);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = ts_list ? PyList_GET_ITEM(ts, i) : NULL;
+        if (t != NULL && !PyFloat_CheckExact(t)) {
+            fallback = 1;
+            goto done;
+        }
+        if (t != NULL)
+            tsv[i] = PyFloat_AS_DOUBLE(t);
+        if (isnan(tsv[i])) {
+            fallback = 1;
+            goto done;
+        }
+        if (ctxv[i] < 0 || ctxv[i] >= blocked.len) {
             fallback = 1;
             goto done;
         }
     }
-    if (!sizes_of(out, n, outv, has_out) || !sizes_of(in, n, inv, has_in)) {
+    if (!sizes_in(out, n, outv, has_out) || !sizes_in(in, n, inv, has_in)) {
         fallback = 1;
         goto done;
     }
@@ -288,7 +380,7 @@ group_tally(PyObject *self, PyObject *args)
             d->count += size;
             for (Py_ssize_t q = 0; q < size; q++) {
                 Py_ssize_t i = rows[q];
-                d->blocked += blocking[PyLong_AsSsize_t(PyList_GET_ITEM(ctx, i))] != 0;
+                d->blocked += blocking[ctxv[i]] != 0;
                 if (has_out[i]) {
                     if (__builtin_add_overflow(d->out, outv[i], &d->out)) {
                         fallback = 1;
@@ -366,8 +458,8 @@ group_tally(PyObject *self, PyObject *args)
             PyLong_FromSsize_t(d->blocked),
             d->has_out ? PyLong_FromLongLong(d->out) : Py_NewRef(Py_None),
             d->has_in ? PyLong_FromLongLong(d->in) : Py_NewRef(Py_None),
-            Py_NewRef(PyList_GET_ITEM(ts, d->first)),
-            Py_NewRef(PyList_GET_ITEM(ts, d->last)),
+            ts_list ? Py_NewRef(PyList_GET_ITEM(ts, d->first)) : PyFloat_FromDouble(tsv[d->first]),
+            ts_list ? Py_NewRef(PyList_GET_ITEM(ts, d->last)) : PyFloat_FromDouble(tsv[d->last]),
             ev,
             Py_NewRef(d->facts != NULL ? d->facts : Py_None),
         };
@@ -404,6 +496,7 @@ done:
     PyMem_Free(sizes);
     PyMem_Free(starts);
     PyMem_Free(order);
+    PyMem_Free(ctxv);
     PyMem_Free(unit_k);
     PyMem_Free((void *)keys);
     PyMem_Free(vals);
@@ -415,24 +508,95 @@ done:
     return result;
 }
 
+/* packed_groups(groups) -> (flat, widths, rows, ends) | None: batch.py _packed_groups of
+ * groups (a list of (incident rows, row indexes) pairs, each a list or tuple): the incident
+ * rows in one list, and the bytes of arrays of ints of their widths, of the rows and of
+ * the groups' ends in them; None for what it leaves to the Python code (another shape, a
+ * row that is no int or beyond an int). */
+static PyObject *
+packed_groups(PyObject *self, PyObject *groups)
+{
+    if (!PyList_CheckExact(groups))
+        Py_RETURN_NONE;
+    Py_ssize_t g = PyList_GET_SIZE(groups), nrows = 0;
+    for (Py_ssize_t k = 0; k < g; k++) {
+        PyObject *pair = PyList_GET_ITEM(groups, k);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+            Py_RETURN_NONE;
+        PyObject *incs = PyTuple_GET_ITEM(pair, 0), *rows = PyTuple_GET_ITEM(pair, 1);
+        if ((!PyList_CheckExact(incs) && !PyTuple_CheckExact(incs)) ||
+            (!PyList_CheckExact(rows) && !PyTuple_CheckExact(rows)))
+            Py_RETURN_NONE;
+        nrows += PySequence_Fast_GET_SIZE(rows);
+    }
+    if (nrows >= INT32_MAX)
+        Py_RETURN_NONE;
+    PyObject *flat = PyList_New(0), *result = NULL;
+    PyObject *widths = PyBytes_FromStringAndSize(NULL, g * (Py_ssize_t)sizeof(int));
+    PyObject *rowv = PyBytes_FromStringAndSize(NULL, nrows * (Py_ssize_t)sizeof(int));
+    PyObject *ends = PyBytes_FromStringAndSize(NULL, g * (Py_ssize_t)sizeof(int));
+    int ok = flat != NULL && widths != NULL && rowv != NULL && ends != NULL, leave = 0;
+    Py_ssize_t at = 0;
+    for (Py_ssize_t k = 0; ok && !leave && k < g; k++) {
+        PyObject *pair = PyList_GET_ITEM(groups, k);
+        PyObject *incs = PyTuple_GET_ITEM(pair, 0), *rows = PyTuple_GET_ITEM(pair, 1);
+        Py_ssize_t width = PySequence_Fast_GET_SIZE(incs);
+        if (width > INT32_MAX) {
+            leave = 1;
+            break;
+        }
+        for (Py_ssize_t j = 0; ok && j < width; j++)
+            ok = PyList_Append(flat, PySequence_Fast_GET_ITEM(incs, j)) == 0;
+        ((int *)PyBytes_AS_STRING(widths))[k] = (int)width;
+        for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(rows); j++) {
+            PyObject *x = PySequence_Fast_GET_ITEM(rows, j);
+            int overflow = 0;
+            long v = PyLong_CheckExact(x) ? PyLong_AsLongAndOverflow(x, &overflow) : 0;
+            if (!PyLong_CheckExact(x) || overflow || v < INT32_MIN || v > INT32_MAX) {
+                leave = 1;
+                break;
+            }
+            ((int *)PyBytes_AS_STRING(rowv))[at++] = (int)v;
+        }
+        ((int *)PyBytes_AS_STRING(ends))[k] = (int)at;
+    }
+    if (ok && !leave)
+        result = PyTuple_Pack(4, flat, widths, rowv, ends);
+    else if (ok)
+        result = Py_NewRef(Py_None);
+    Py_XDECREF(flat);
+    Py_XDECREF(widths);
+    Py_XDECREF(rowv);
+    Py_XDECREF(ends);
+    return result;
+}
+
 /* hour_runs(ts) -> list | None: batch.py _hour_runs of a list of floats (None: not one) */
 static PyObject *
 hour_runs(PyObject *self, PyObject *ts)
 {
-    if (!PyList_CheckExact(ts))
+    Py_buffer view = {0};
+    int list = PyList_CheckExact(ts);
+    Py_ssize_t n = list ? PyList_GET_SIZE(ts) : PyObject_Size(ts);
+    if (n < 0)
+        PyErr_Clear();
+    if (!list && (n < 0 || !column_view(ts, "d", n, &view)))
         Py_RETURN_NONE;
-    Py_ssize_t n = PyList_GET_SIZE(ts);
+    const double *tsv = view.buf;
     long long prev = 0;
     PyObject *runs = PyList_New(0);
-    if (runs == NULL)
+    if (runs == NULL) {
+        PyBuffer_Release(&view);
         return NULL;
+    }
     for (Py_ssize_t i = 0; i <= n; i++) {
         long long hour = 0;
         if (i < n) {
-            PyObject *t = PyList_GET_ITEM(ts, i);
-            double v = PyFloat_CheckExact(t) ? PyFloat_AS_DOUBLE(t) : NAN;
+            PyObject *t = list ? PyList_GET_ITEM(ts, i) : NULL;
+            double v = t == NULL ? tsv[i] : PyFloat_CheckExact(t) ? PyFloat_AS_DOUBLE(t) : NAN;
             if (!(fabs(v) < 1e15)) { /* not a float, NaN, or far beyond any log's time */
                 Py_DECREF(runs);
+                PyBuffer_Release(&view);
                 Py_RETURN_NONE;
             }
             /* Python's float floor division t // 3600 (Objects/floatobject.c) */
@@ -449,27 +613,40 @@ hour_runs(PyObject *self, PyObject *ts)
             if (run == NULL || PyList_Append(runs, run) < 0) {
                 Py_XDECREF(run);
                 Py_DECREF(runs);
+                PyBuffer_Release(&view);
                 return NULL;
             }
             Py_DECREF(run);
         }
         prev = hour;
     }
+    PyBuffer_Release(&view);
     return runs;
 }
 
-/* batch_rows(items, nvalues, slots, clients, context_of, client_of) -> tuple
+/* batch_rows(items, typecodes, slots, clients, context_of, client_of, codes) -> tuple
  *
  * What batch.py BatchBuilder.batch makes of its items (see there: per record the tuple
  * (entry, values, record id, observation id), the entry (slot, client number, incident
- * rows, context, first record), values a tuple of `nvalues`): the tuple (ids, columns,
- * ctx, client, raised, record ids), columns the values transposed (a list per value).
- * A record's context index is slots[slot], its client index clients[client number]; when
- * one is not there yet, context_of(entry) or client_of(entry) (Python) returns it (and
- * puts it there). Records of one entry object (a known line key's) are looked up once. */
+ * rows, context, first record), values a tuple of len(typecodes) - 1; per run of known
+ * records the pair (entries, packed records): KnownRecord in collectors/_accel.h, whose
+ * values `codes` (KNOWN_*) name, in values' order): the tuple (ids, columns, ctx, client,
+ * raised, record ids), columns the values transposed. A column (ids the first) whose
+ * typecode is "d" or "q" and whose every value is a float, or an int within 64 bits, comes
+ * as the bytes of its array (batch.py _typed), else as a list; the record ids as their
+ * bytes, 12 a record, when every one is 24 lowercase hex digits (batch.py _packed_ids),
+ * else as a list; ctx and client as the bytes of arrays of ints. A record's context index
+ * is slots[slot], its client index
+ * clients[client number]; when one is not there yet, context_of(entry) or
+ * client_of(entry) (Python) returns it (and puts it there). Records of one entry object
+ * (a known line key's) are looked up once. */
 typedef struct {
     PyObject *entry, *ctx, *client; /* ctx, client: owned */
+    int c, w;                       /* their values */
 } Seen;
+
+#define MAX_COLUMNS 64
+#define RID_BYTES 12
 
 static PyObject *
 index_of(PyObject *dict, PyObject *key, PyObject *make, PyObject *entry)
@@ -482,81 +659,281 @@ index_of(PyObject *dict, PyObject *key, PyObject *make, PyObject *entry)
     return PyObject_CallOneArg(make, entry);
 }
 
+/* the value of 'd' (1) or 'q' (2) column kind an object gives, into *v; 0: not one */
+static int
+typed_value(PyObject *x, int kind, double *d, int64_t *q)
+{
+    if (kind == 1) {
+        if (!PyFloat_CheckExact(x))
+            return 0;
+        *d = PyFloat_AS_DOUBLE(x);
+        return 1;
+    }
+    return int64_of(x, q);
+}
+
+/* a record id's bytes into raw when it is 24 lowercase hex digits; 0 when it is not */
+static int
+rid_bytes(PyObject *rid, unsigned char *raw)
+{
+    if (!PyUnicode_Check(rid) || PyUnicode_GET_LENGTH(rid) != 2 * RID_BYTES ||
+        PyUnicode_KIND(rid) != PyUnicode_1BYTE_KIND)
+        return 0;
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(rid);
+    for (int k = 0; k < 2 * RID_BYTES; k++) {
+        int c = s[k], v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0)
+            return 0;
+        if (k % 2 == 0)
+            raw[k / 2] = (unsigned char)(v << 4);
+        else
+            raw[k / 2] |= (unsigned char)v;
+    }
+    return 1;
+}
+
+/* a known record's value of `code` as an object (a new reference) */
+static PyObject *
+known_value(const KnownRecord *r, int code)
+{
+    switch (code) {
+    case KNOWN_TS:
+        return PyFloat_FromDouble(r->ts);
+    case KNOWN_LINE:
+        return PyLong_FromLongLong(r->line);
+    case KNOWN_BYTES_IN:
+        return PyLong_FromLongLong(r->bytes_in);
+    case KNOWN_DURATION:
+        return PyFloat_FromDouble(r->duration);
+    default:
+        return Py_NewRef(Py_None);
+    }
+}
+
 static PyObject *
 batch_rows(PyObject *self, PyObject *args)
 {
-    PyObject *list, *slots, *clients, *context_of, *client_of;
-    Py_ssize_t nvalues;
-    if (!PyArg_ParseTuple(args, "O!nO!O!OO:batch_rows", &PyList_Type, &list, &nvalues,
-                          &PyDict_Type, &slots, &PyDict_Type, &clients, &context_of, &client_of))
+    PyObject *list, *typecodes, *slots, *clients, *context_of, *client_of, *codes_arg;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OOO!:batch_rows", &PyList_Type, &list, &PyTuple_Type,
+                          &typecodes, &PyDict_Type, &slots, &PyDict_Type, &clients, &context_of,
+                          &client_of, &PyTuple_Type, &codes_arg))
         return NULL;
+    Py_ssize_t ncols = PyTuple_GET_SIZE(typecodes), nvalues = ncols - 1;
+    Py_ssize_t ncodes = PyTuple_GET_SIZE(codes_arg);
+    int kind[MAX_COLUMNS], code[MAX_COLUMNS]; /* kind: 0 a list, 1 'd', 2 'q' */
+    if (ncols < 1 || ncols > MAX_COLUMNS || (ncodes != 0 && ncodes != nvalues)) {
+        PyErr_SetString(PyExc_ValueError, "batch_rows: typecodes (1 to 64) and codes (one a value)");
+        return NULL;
+    }
+    for (Py_ssize_t c = 0; c < ncols; c++) {
+        PyObject *t = PyTuple_GET_ITEM(typecodes, c);
+        if (!PyUnicode_Check(t)) {
+            PyErr_SetString(PyExc_TypeError, "batch_rows: a typecode is not a str");
+            return NULL;
+        }
+        kind[c] = PyUnicode_CompareWithASCIIString(t, "d") == 0   ? 1
+                  : PyUnicode_CompareWithASCIIString(t, "q") == 0 ? 2
+                                                                  : 0;
+        code[c] = KNOWN_NONE;
+        if (c > 0 && ncodes) {
+            long v = PyLong_AsLong(PyTuple_GET_ITEM(codes_arg, c - 1));
+            if (v < KNOWN_NONE || v > KNOWN_DURATION) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "batch_rows: a code out of range");
+                return NULL;
+            }
+            code[c] = (int)v;
+        }
+    }
     PyObject *items = PyList_AsTuple(list); /* held: the callbacks run Python code */
     if (items == NULL)
         return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(items);
-    PyObject *result = NULL, *out[5] = {NULL}, *columns = PyList_New(nvalues > 0 ? nvalues : 0);
+    Py_ssize_t nitems = PyTuple_GET_SIZE(items), n = 0;
+    for (Py_ssize_t i = 0; i < nitems; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i), *entry, *values;
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2 &&
+            PyList_CheckExact(PyTuple_GET_ITEM(item, 0)) &&
+            PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1)) && ncodes == nvalues &&
+            PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 1)) ==
+                PyList_GET_SIZE(PyTuple_GET_ITEM(item, 0)) * (Py_ssize_t)sizeof(KnownRecord)) {
+            PyObject *entries = PyTuple_GET_ITEM(item, 0);
+            for (Py_ssize_t j = 0; j < PyList_GET_SIZE(entries); j++) {
+                entry = PyList_GET_ITEM(entries, j);
+                if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 3)
+                    goto bad_item;
+            }
+            n += PyList_GET_SIZE(entries);
+            continue;
+        }
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 4 ||
+            !PyTuple_CheckExact(entry = PyTuple_GET_ITEM(item, 0)) ||
+            PyTuple_GET_SIZE(entry) < 3 || !PyTuple_CheckExact(values = PyTuple_GET_ITEM(item, 1)) ||
+            PyTuple_GET_SIZE(values) != nvalues)
+            goto bad_item;
+        n++;
+    }
+    if (0) {
+    bad_item:
+        PyErr_SetString(PyExc_ValueError,
+                        "batch_rows: an item is not (entry, values, id, id) nor a run");
+        Py_DECREF(items);
+        return NULL;
+    }
+    PyObject *result = NULL, *out[3] = {NULL}, *columns = NULL, *rids = NULL;
+    PyObject *col[MAX_COLUMNS] = {NULL};
     size_t cap = 8;
     while (cap < 2 * (size_t)n)
         cap <<= 1;
     Seen *seen = PyMem_Calloc(cap, sizeof(Seen));
-    if (nvalues < 0 && columns != NULL && seen != NULL)
-        PyErr_SetString(PyExc_ValueError, "batch_rows: nvalues is negative");
-    int ok = columns != NULL && seen != NULL && nvalues >= 0;
-    if (seen == NULL)
+    Seen **of = PyMem_Malloc((n > 0 ? n : 1) * sizeof(Seen *));
+    int typed_rids = n > 0;
+    int ok = seen != NULL && of != NULL;
+    if (!ok)
         PyErr_NoMemory();
-    for (int c = 0; ok && c < 5; c++)
-        ok = (out[c] = PyList_New(n)) != NULL;
-    for (Py_ssize_t j = 0; ok && j < nvalues; j++) {
-        PyObject *col = PyList_New(n);
-        ok = col != NULL;
-        if (ok)
-            PyList_SET_ITEM(columns, j, col);
-    }
-    for (Py_ssize_t i = 0; ok && i < n; i++) {
-        PyObject *item = PyTuple_GET_ITEM(items, i), *entry, *values;
-        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 4 ||
-            !PyTuple_CheckExact(entry = PyTuple_GET_ITEM(item, 0)) ||
-            PyTuple_GET_SIZE(entry) < 3 || !PyTuple_CheckExact(values = PyTuple_GET_ITEM(item, 1)) ||
-            PyTuple_GET_SIZE(values) != nvalues) {
-            PyErr_SetString(PyExc_ValueError, "batch_rows: an item is not (entry, values, id, id)");
-            ok = 0;
-            break;
+    /* first: each record's context and client, and which columns are typed */
+    for (Py_ssize_t i = 0, r = 0; ok && i < nitems; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        int run = PyTuple_GET_SIZE(item) == 2;
+        PyObject *entries = run ? PyTuple_GET_ITEM(item, 0) : NULL;
+        Py_ssize_t count = run ? PyList_GET_SIZE(entries) : 1;
+        if (!run) {
+            PyObject *values = PyTuple_GET_ITEM(item, 1);
+            unsigned char raw[RID_BYTES];
+            double d;
+            int64_t q;
+            for (Py_ssize_t c = 0; c < ncols; c++)
+                if (kind[c])
+                    kind[c] *= typed_value(c ? PyTuple_GET_ITEM(values, c - 1)
+                                             : PyTuple_GET_ITEM(item, 3),
+                                           kind[c], &d, &q);
+            typed_rids = typed_rids && rid_bytes(PyTuple_GET_ITEM(item, 2), raw);
+        } else {
+            if (kind[0] != 2) /* observation ids: ints */
+                kind[0] = 0;
+            for (Py_ssize_t c = 1; c < ncols; c++) /* a code of the column's type */
+                if (!(kind[c] == 1 && (code[c] == KNOWN_TS || code[c] == KNOWN_DURATION)) &&
+                    !(kind[c] == 2 && (code[c] == KNOWN_LINE || code[c] == KNOWN_BYTES_IN)))
+                    kind[c] = 0;
         }
-        size_t s = slot_of(entry, cap - 1);
-        while (seen[s].entry != NULL && seen[s].entry != entry)
-            s = (s + 1) & (cap - 1);
-        Seen *e = &seen[s];
-        if (e->entry == NULL) {
-            PyObject *c = index_of(slots, PyTuple_GET_ITEM(entry, 0), context_of, entry);
-            PyObject *w = c == NULL ? NULL
-                                    : index_of(clients, PyTuple_GET_ITEM(entry, 1), client_of, entry);
-            if (w == NULL) {
-                Py_XDECREF(c);
-                ok = 0;
-                break;
+        for (Py_ssize_t j = 0; ok && j < count; j++, r++) {
+            PyObject *entry = run ? PyList_GET_ITEM(entries, j) : PyTuple_GET_ITEM(item, 0);
+            size_t s = slot_of(entry, cap - 1);
+            while (seen[s].entry != NULL && seen[s].entry != entry)
+                s = (s + 1) & (cap - 1);
+            Seen *e = &seen[s];
+            if (e->entry == NULL) {
+                PyObject *c = index_of(slots, PyTuple_GET_ITEM(entry, 0), context_of, entry);
+                PyObject *w = c == NULL ? NULL
+                                        : index_of(clients, PyTuple_GET_ITEM(entry, 1), client_of,
+                                                   entry);
+                if (w == NULL) {
+                    Py_XDECREF(c);
+                    ok = 0;
+                    break;
+                }
+                e->entry = entry; /* held by items */
+                e->ctx = c;
+                e->client = w;
+                long cl = PyLong_Check(c) ? PyLong_AsLong(c) : -1, wl = PyLong_Check(w) ? PyLong_AsLong(w) : -1;
+                if (cl < 0 || wl < 0 || cl > INT32_MAX || wl > INT32_MAX) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetString(PyExc_ValueError, "batch_rows: an index is not an int");
+                    ok = 0;
+                    break;
+                }
+                e->c = (int)cl;
+                e->w = (int)wl;
             }
-            e->entry = entry; /* held by items */
-            e->ctx = c;
-            e->client = w;
+            of[r] = e;
         }
-        PyList_SET_ITEM(out[0], i, Py_NewRef(PyTuple_GET_ITEM(item, 3)));
-        PyList_SET_ITEM(out[1], i, Py_NewRef(e->ctx));
-        PyList_SET_ITEM(out[2], i, Py_NewRef(e->client));
-        PyList_SET_ITEM(out[3], i, Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
-        PyList_SET_ITEM(out[4], i, Py_NewRef(PyTuple_GET_ITEM(item, 2)));
-        for (Py_ssize_t j = 0; j < nvalues; j++)
-            PyList_SET_ITEM(PyList_GET_ITEM(columns, j), i, Py_NewRef(PyTuple_GET_ITEM(values, j)));
+    }
+    /* then the columns (ctx and client: the bytes of arrays of ints) */
+    for (int c = 0; ok && c < 3; c++)
+        ok = (out[c] = c < 2 ? PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int))
+                             : PyList_New(n)) != NULL;
+    for (Py_ssize_t c = 0; ok && c < ncols; c++)
+        ok = (col[c] = kind[c] ? PyBytes_FromStringAndSize(NULL, n * 8) : PyList_New(n)) != NULL;
+    if (ok)
+        ok = (rids = typed_rids ? PyBytes_FromStringAndSize(NULL, n * RID_BYTES) : PyList_New(n)) !=
+             NULL;
+    for (Py_ssize_t i = 0, r = 0; ok && i < nitems; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        if (PyTuple_GET_SIZE(item) == 2) {
+            PyObject *entries = PyTuple_GET_ITEM(item, 0);
+            const KnownRecord *known = (const KnownRecord *)PyBytes_AS_STRING(PyTuple_GET_ITEM(item, 1));
+            for (Py_ssize_t j = 0; ok && j < PyList_GET_SIZE(entries); j++, r++) {
+                const KnownRecord *k = &known[j];
+                for (Py_ssize_t c = 0; ok && c < ncols; c++) {
+                    int what = c ? code[c] : -1; /* -1: the observation id */
+                    if (kind[c] == 1) {
+                        double v = what == KNOWN_TS ? k->ts : k->duration;
+                        memcpy(PyBytes_AS_STRING(col[c]) + 8 * r, &v, 8);
+                    } else if (kind[c] == 2) {
+                        int64_t v = what < 0 ? k->oid : what == KNOWN_LINE ? k->line : k->bytes_in;
+                        memcpy(PyBytes_AS_STRING(col[c]) + 8 * r, &v, 8);
+                    } else {
+                        PyObject *v = what < 0 ? PyLong_FromLongLong(k->oid) : known_value(k, what);
+                        ok = v != NULL;
+                        PyList_SET_ITEM(col[c], r, v);
+                    }
+                }
+                if (typed_rids) {
+                    memcpy(PyBytes_AS_STRING(rids) + RID_BYTES * r, k->rid, RID_BYTES);
+                } else if (ok) {
+                    static const char hex[] = "0123456789abcdef";
+                    PyObject *v = PyUnicode_New(2 * RID_BYTES, 127);
+                    ok = v != NULL;
+                    for (int b = 0; ok && b < RID_BYTES; b++) {
+                        PyUnicode_1BYTE_DATA(v)[2 * b] = (Py_UCS1)hex[k->rid[b] >> 4];
+                        PyUnicode_1BYTE_DATA(v)[2 * b + 1] = (Py_UCS1)hex[k->rid[b] & 15];
+                    }
+                    PyList_SET_ITEM(rids, r, v);
+                }
+                ((int *)PyBytes_AS_STRING(out[0]))[r] = of[r]->c;
+                ((int *)PyBytes_AS_STRING(out[1]))[r] = of[r]->w;
+                PyList_SET_ITEM(out[2], r, Py_NewRef(PyTuple_GET_ITEM(PyList_GET_ITEM(entries, j), 2)));
+            }
+            continue;
+        }
+        PyObject *entry = PyTuple_GET_ITEM(item, 0), *values = PyTuple_GET_ITEM(item, 1);
+        for (Py_ssize_t c = 0; c < ncols; c++) {
+            PyObject *v = c ? PyTuple_GET_ITEM(values, c - 1) : PyTuple_GET_ITEM(item, 3);
+            double d = 0;
+            int64_t q = 0;
+            if (kind[c]) {
+                typed_value(v, kind[c], &d, &q); /* (checked above) */
+                memcpy(PyBytes_AS_STRING(col[c]) + 8 * r, kind[c] == 1 ? (void *)&d : (void *)&q, 8);
+            } else {
+                PyList_SET_ITEM(col[c], r, Py_NewRef(v));
+            }
+        }
+        if (typed_rids)
+            rid_bytes(PyTuple_GET_ITEM(item, 2), (unsigned char *)PyBytes_AS_STRING(rids) + RID_BYTES * r);
+        else
+            PyList_SET_ITEM(rids, r, Py_NewRef(PyTuple_GET_ITEM(item, 2)));
+        ((int *)PyBytes_AS_STRING(out[0]))[r] = of[r]->c;
+        ((int *)PyBytes_AS_STRING(out[1]))[r] = of[r]->w;
+        PyList_SET_ITEM(out[2], r, Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
+        r++;
     }
     if (ok)
-        result = Py_BuildValue("(OOOOOO)", out[0], columns, out[1], out[2], out[3], out[4]);
+        ok = (columns = PyList_New(nvalues)) != NULL;
+    for (Py_ssize_t c = 1; ok && c < ncols; c++)
+        PyList_SET_ITEM(columns, c - 1, Py_NewRef(col[c]));
+    if (ok)
+        result = Py_BuildValue("(OOOOOO)", col[0], columns, out[0], out[1], out[2], rids);
     for (size_t s = 0; seen != NULL && s < cap; s++) {
         Py_XDECREF(seen[s].ctx);
         Py_XDECREF(seen[s].client);
     }
     PyMem_Free(seen);
-    for (int c = 0; c < 5; c++)
+    PyMem_Free(of);
+    for (int c = 0; c < 3; c++)
         Py_XDECREF(out[c]);
+    for (Py_ssize_t c = 0; c < ncols; c++)
+        Py_XDECREF(col[c]);
     Py_XDECREF(columns);
+    Py_XDECREF(rids);
     Py_DECREF(items);
     return result;
 }
@@ -669,17 +1046,30 @@ rollup(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOOOnnd:rollup", &ts, &out, &in, &url, &ctx, &client,
                           &contexts, &clients, &sparse))
         return NULL;
-    if (!PyList_CheckExact(ts) || !PyList_CheckExact(out) || !PyList_CheckExact(in) ||
-        !PyList_CheckExact(url) || !PyList_CheckExact(ctx) || !PyList_CheckExact(client))
+    if (!PyList_CheckExact(url))
         Py_RETURN_NONE;
-    Py_ssize_t n = PyList_GET_SIZE(ctx);
-    if (PyList_GET_SIZE(ts) != n || PyList_GET_SIZE(out) != n || PyList_GET_SIZE(in) != n ||
-        PyList_GET_SIZE(url) != n || PyList_GET_SIZE(client) != n || n >= INT32_MAX ||
+    Py_ssize_t n = PyList_GET_SIZE(url); /* ctx and client: lists, or arrays of ints */
+    /* ts, out and in: lists, or arrays of doubles and int64 (column_view) */
+    int ts_list = PyList_CheckExact(ts), out_list = PyList_CheckExact(out),
+        in_list = PyList_CheckExact(in);
+    if ((ts_list && PyList_GET_SIZE(ts) != n) || (out_list && PyList_GET_SIZE(out) != n) ||
+        (in_list && PyList_GET_SIZE(in) != n) ||
+        n >= INT32_MAX ||
         contexts < 0 || clients < 0 || contexts >= INT32_MAX || clients >= INT32_MAX ||
         contexts > 2 * n + 64)
         Py_RETURN_NONE;
     if (n == 0)
         Py_RETURN_FALSE;
+    Py_buffer views[3] = {{0}}; /* of ts, out, in when they are arrays */
+    if ((!ts_list && !column_view(ts, "d", n, &views[0])) ||
+        (!out_list && !column_view(out, "q", n, &views[1])) ||
+        (!in_list && !column_view(in, "q", n, &views[2]))) {
+        for (int k = 0; k < 3; k++)
+            PyBuffer_Release(&views[k]);
+        Py_RETURN_NONE;
+    }
+    const double *tsv = views[0].buf;
+    const int64_t *outs = views[1].buf, *ins = views[2].buf;
     PyObject *result = NULL;
     Timed *timed = PyMem_Malloc(n * sizeof(Timed));
     int64_t *outv = PyMem_Malloc(n * sizeof(int64_t)), *inv = PyMem_Malloc(n * sizeof(int64_t));
@@ -697,14 +1087,30 @@ rollup(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
+    /* the indexes, as pairs: ctx then client (read apart, then interleaved) */
+    Py_ssize_t *wv = PyMem_Malloc(n * sizeof(Py_ssize_t));
+    if (wv == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int read = indexes_in(ctx, n, cv + n) && indexes_in(client, n, wv);
+    for (Py_ssize_t i = 0; read && i < n; i++) {
+        Py_ssize_t c = cv[n + i]; /* (before 2i + 1 may overwrite it) */
+        cv[2 * i] = c;
+        cv[2 * i + 1] = wv[i];
+    }
+    PyMem_Free(wv);
+    if (!read)
+        goto fallback;
     /* the values: any left to Python first (it may raise on them), then those it rolls
      * up to None */
     int none = 0, sorted_ = 1, any_out = 0, any_in = 0, any_url = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = PyList_GET_ITEM(ts, i), *c = PyList_GET_ITEM(ctx, i),
-                 *w = PyList_GET_ITEM(client, i), *u = PyList_GET_ITEM(url, i);
+        PyObject *t = ts_list ? PyList_GET_ITEM(ts, i) : NULL, *u = PyList_GET_ITEM(url, i);
         double v;
-        if (PyFloat_CheckExact(t))
+        if (t == NULL)
+            v = tsv[i];
+        else if (PyFloat_CheckExact(t))
             v = PyFloat_AS_DOUBLE(t);
         else if (PyLong_CheckExact(t)) {
             int overflow = 0;
@@ -717,23 +1123,17 @@ rollup(PyObject *self, PyObject *args)
         }
         else
             goto fallback;
-        if (!PyLong_CheckExact(c) || !PyLong_CheckExact(w))
+        Py_ssize_t ci = cv[2 * i], wi = cv[2 * i + 1];
+        if (ci < 0 || ci >= contexts || wi < 0 || wi >= clients)
             goto fallback;
-        Py_ssize_t ci = PyLong_AsSsize_t(c), wi = PyLong_AsSsize_t(w);
-        if (ci < 0 || ci >= contexts || wi < 0 || wi >= clients) {
-            PyErr_Clear();
-            goto fallback;
-        }
-        cv[2 * i] = ci;
-        cv[2 * i + 1] = wi;
         if (!(v > -1e18 && v < 1e18)) /* NaN, infinite or beyond batch._TS_BOUND */
             none = 1;
         timed[i].t = v;
         timed[i].i = i;
         if (i > 0 && !(timed[i - 1].t <= v))
             sorted_ = 0;
-        int ko = stored_int(PyList_GET_ITEM(out, i), &outv[i]);
-        int ki = stored_int(PyList_GET_ITEM(in, i), &inv[i]);
+        int ko = out_list ? stored_int(PyList_GET_ITEM(out, i), &outv[i]) : (outv[i] = outs[i], 1);
+        int ki = in_list ? stored_int(PyList_GET_ITEM(in, i), &inv[i]) : (inv[i] = ins[i], 1);
         if (ko < 0 || ki < 0)
             goto fallback;
         none |= ko == 2 || ki == 2;
@@ -915,6 +1315,8 @@ done:
     PyMem_Free(hourly_run);
     PyMem_Free(hrow);
     PyMem_Free(hours);
+    for (int k = 0; k < 3; k++)
+        PyBuffer_Release(&views[k]);
     return result;
 }
 
@@ -1756,6 +2158,7 @@ static PyMethodDef methods[] = {
     {"merge_deltas", merge_deltas, METH_VARARGS, "Store._add_batch_deltas's sums (see above)."},
     {"packed_links", packed_links, METH_VARARGS, "batch.py _packed_links (see above)."},
     {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of a list of floats, or None."},
+    {"packed_groups", packed_groups, METH_O, "batch.py _packed_groups (see above), or None."},
     {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
     {NULL, NULL, 0, NULL},
 };
@@ -1796,7 +2199,7 @@ PyInit__batchscan(void)
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 5) < 0 ||
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 6) < 0 ||
                       PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);
     return m;

@@ -26,11 +26,12 @@ from operator import add, itemgetter, le
 from typing import Any
 
 from monitor import accel
+from monitor.observation import run_records
 from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 5
+_ACCEL_ABI = 6
 #: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
 #: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
@@ -136,12 +137,17 @@ class Batch:
         return cls.made(columns, contexts, ctx, clients, client, raised, record_ids)
 
     @classmethod
-    def made(cls, columns: list[Sequence[Any]], contexts: list[tuple[Any, ...]], ctx: list[int],
-             clients: list[tuple[Any, ...]], client: list[int],
+    def made(cls, columns: list[Sequence[Any]], contexts: list[tuple[Any, ...]],
+             ctx: Sequence[int], clients: list[tuple[Any, ...]], client: Sequence[int],
              raised: Sequence[Sequence[dict[str, Any]]],
-             record_ids: Sequence[str | None]) -> Batch:  # fmt: skip
+             record_ids: Sequence[str | None] | bytes) -> Batch:  # fmt: skip
         """The batch of rows given column by column, with the incident rows each raises
-        (grouped here by identity: records of one memo key share theirs)."""
+        (grouped here by identity: records of one memo key share theirs). Its columns are
+        held as they are pickled where every value is of the column's type (arrays, see
+        :func:`_typed`), its record ids packed (:func:`_packed_ids`), and so are its rows'
+        context and client indexes (arrays of ints)."""
+        columns = list(map(_typed, _TYPECODES, columns))
+        ctx, client = _indexes(ctx), _indexes(client)
         found = _group_tally(columns, contexts, ctx, raised)
         if found is None:
             grouped: dict[int, Group] = {}
@@ -157,7 +163,9 @@ class Batch:
             groups, deltas = found
         batch = cls(columns, contexts, ctx, clients, client, groups, deltas, None, [])
         if record_ids and record_ids[0] is not None:
-            batch.record_ids = list(record_ids)  # type: ignore[arg-type]
+            batch.record_ids = _packed_ids(
+                record_ids if type(record_ids) is bytes else list(record_ids)  # type: ignore[arg-type]
+            )
             batch.hours = _hour_runs(columns[ROW_TS])
             batch.rollup = rollup_of(columns, ctx, client, len(contexts), len(clients))
         return batch
@@ -227,7 +235,13 @@ class Batch:
 
 def _packed_groups(groups: list[Group]) -> tuple[list[dict[str, Any]], array, array, array]:
     """Groups as pickled (:attr:`Batch.packed`): their incident rows in one list, cut by
-    an array of their widths, and their rows in one array, cut by another."""
+    an array of their widths, and their rows in one array, cut by another (in C,
+    ``_batchscan.packed_groups``, but for values it leaves to this code: no int object a
+    row read into an array here)."""
+    found = _ACCEL.packed_groups(groups) if _ACCEL is not None else None
+    if found is not None:
+        flat, widths, rows, ends = found
+        return flat, array("i", widths), array("i", rows), array("i", ends)
     incs, rows = zip(*groups, strict=True) if groups else ((), ())  # (no Python code a group)
     ends = array("i", accumulate(map(len, rows)))
     return (list(chain.from_iterable(incs)), array("i", map(len, incs)),
@@ -411,14 +425,21 @@ class BatchBuilder:
     caller (:meth:`monitor.pipeline.Pipeline.process`) appends to :attr:`items` per record
     the tuple (entry, :data:`request_values`, record id, observation id), the entry being
     (slot, client number, incident rows, :class:`monitor.pipeline.Context`, the key's
-    first Observation): a record known so costs the caller one append. A batch finds the
-    indexes of its contexts and clients per slot and client number (see
-    :class:`monitor.pipeline.RecordMemo`): only the first record of each hands its row
-    (``row(first, context.row)``, the memo's :meth:`~monitor.pipeline.RecordMemo.row`)."""
+    first Observation), and per run of known records the run as the pre-pass gives it (its
+    entries, its records packed: :func:`monitor.observation.run_records`, whose values
+    ``codes`` name): a run of any length costs the caller one append, and no object per
+    record is made of it. A batch finds the indexes of its contexts and clients per slot
+    and client number (see :class:`monitor.pipeline.RecordMemo`): only the first record of
+    each hands its row (``row(first, context.row)``, the memo's
+    :meth:`~monitor.pipeline.RecordMemo.row`). In C, the columns whose every value is of
+    the column's type are written into arrays, the record ids packed, as the batch holds
+    them (:meth:`Batch.made`): no object per record of a run is made."""
 
-    def __init__(self, row: Callable[[Any, tuple[Any, ...]], Sequence[Any]]) -> None:
+    def __init__(self, row: Callable[[Any, tuple[Any, ...]], Sequence[Any]],
+                 codes: tuple[int, ...] = ()) -> None:  # fmt: skip
         self._row = row
-        self.items: list[tuple[tuple[Any, ...], tuple[Any, ...], str, int]] = []
+        self._codes = codes
+        self.items: list[tuple[Any, ...]] = []
 
     def batch(self) -> Batch:
         """The batch of the records appended so far (at least one); starts the next."""
@@ -438,14 +459,19 @@ class BatchBuilder:
             return w
 
         ids, columns, ctx, client, raised, record_ids = _ACCEL.batch_rows(
-            items, len(ROW_FIELDS) - 1, slots, clients, context_of, client_of
+            items, _TYPECODES, slots, clients, context_of, client_of, self._codes
         )
-        return Batch.made([ids, *columns], list(contexts), ctx, list(client_rows), client,
-                          raised, record_ids)  # fmt: skip
+        columns = [array(code, c) if type(c) is bytes else c
+                   for code, c in zip(_TYPECODES, [ids, *columns], strict=True)]  # fmt: skip
+        return Batch.made(columns, list(contexts), array("i", ctx), list(client_rows),
+                          array("i", client), raised, record_ids)  # fmt: skip
 
-    def _batch(self, items: list[tuple[tuple[Any, ...], tuple[Any, ...], str, int]]) -> Batch:
+    def _batch(self, items: list[tuple[Any, ...]]) -> Batch:
         """:meth:`batch` in Python: per distinct slot and client number, in first use order."""
-        entries, values, record_ids, ids = zip(*items, strict=True)
+        codes = self._codes
+        records = [r for item in items
+                   for r in (run_records(item, codes) if len(item) == 2 else (item,))]  # fmt: skip
+        entries, values, record_ids, ids = zip(*records, strict=True)
         slots, numbers = list(map(_SLOT, entries)), list(map(_CLIENT_NO, entries))
         row = self._row
         contexts: dict[tuple[Any, ...], int] = {}
@@ -461,6 +487,29 @@ class BatchBuilder:
         return Batch.made(columns, list(contexts), list(map(of_slot.__getitem__, slots)),
                           list(clients), list(map(of_number.__getitem__, numbers)),
                           list(map(_RAISED, entries)), record_ids)  # fmt: skip
+
+
+#: per ROW_FIELDS column, the typecode of the array :func:`_typed` makes of it ("": none)
+_TYPECODES = tuple(_ARRAY_OF.get(COLUMNS[COL[c]].type, "") for c in ROW_FIELDS)
+_EXACT = {code: kind for kind, code in _ARRAY_OF.items()}
+
+
+def _indexes(values: Sequence[int]) -> array:
+    """Rows' context or client indexes as a batch holds and pickles them."""
+    return values if type(values) is array else array("i", values)
+
+
+def _typed(code: str, values: Sequence[Any]) -> Sequence[Any]:
+    """A column of a batch as it holds it: a list of values exactly of its type (a float;
+    an int within 64 bits) as an array of ``code``, else as it is (a list is pickled as
+    :func:`_packed` makes it: an array too, when the array takes its values)."""
+    kind = _EXACT.get(code)
+    if kind is None or type(values) is not list or not all(type(v) is kind for v in values):
+        return values
+    try:
+        return array(code, values)
+    except OverflowError:
+        return values
 
 
 def _first_uses(keys: list[Any]) -> dict[Any, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
+import struct
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -84,18 +85,47 @@ _values = attrgetter(*OBSERVATION_FIELDS)
 class Known:
     """Records a consumer already knows, by line key. A collector that can name a record by
     a key from which every field of its Observation follows but the per-request ones
-    (``ts``, ``line``, sizes, ``duration``, ``record_id``) and the source yields, for a key
-    ``entries`` holds, the tuple (the key's entry, the record's ``values`` fields in that
-    order, its record id, :func:`monitor.ids.observation_id` of it) instead of an
-    Observation, consecutive such tuples in one list (a run, taken whole: no Python code
-    per record), and for any other record it names, the pair (Observation, key) so that
-    the consumer may add the key's entry. One Known serves one source. Only the Squid
-    native collector's C pre-pass names records (kept CONNECTs); the scan's record path
-    (:meth:`monitor.pipeline.Pipeline.process`) is the consumer: a record known so costs no
-    object and no memo lookup."""
+    (``ts``, ``line``, ``bytes_in``, ``duration``, ``record_id``) and the source yields
+    the records of keys ``entries`` holds as runs of consecutive ones: the pair (their
+    entries, a list, one per record; their per-request values and ids packed in one bytes
+    object, :data:`RUN_RECORD` a record, see :func:`run_records`), taken whole with no
+    object per record; and for any other record it names, the pair (Observation, key) so
+    that the consumer may add the key's entry. One Known serves one source; ``values`` are
+    the per-request fields the consumer wants, in its order. Only the Squid native
+    collector's C pre-pass names records (kept CONNECTs); the scan's record path
+    (:meth:`monitor.pipeline.Pipeline.process`) is the consumer, and its batch builder reads
+    a run column by column (:class:`monitor.batch.BatchBuilder`)."""
 
     entries: dict[bytes, Any]
     values: tuple[str, ...]
+
+
+#: A run's record as packed (``KnownRecord`` in ``monitor/collectors/_accel.h``): ts, line,
+#: bytes_in, duration, :func:`monitor.ids.observation_id` of its record id, that id's bytes
+RUN_RECORD = struct.Struct("=dqqdq12s4x")
+#: the number of each per-request field a run's record holds (its value's place in
+#: :data:`RUN_RECORD` but the ids); any other field of a known record is None (0)
+KNOWN_CODES = {"ts": 1, "line": 2, "bytes_in": 3, "duration": 4}
+#: a run: its entries and its packed records (see :class:`Known`)
+Run = tuple[list[Any], bytes]
+
+
+def known_codes(values: tuple[str, ...]) -> tuple[int, ...]:
+    """The :data:`KNOWN_CODES` of per-request fields (0: None in a known record)."""
+    return tuple(KNOWN_CODES.get(v, 0) for v in values)
+
+
+def run_records(run: Run, codes: tuple[int, ...]) -> list[tuple[Any, tuple[Any, ...], str, int]]:
+    """A run's records as (entry, values of ``codes``, record id, observation id): what the
+    C batch builder reads of them (the reference, see :class:`monitor.batch.BatchBuilder`)."""
+    entries, packed = run
+    found = []
+    for entry, (ts, line, size, duration, oid, rid) in zip(
+        entries, RUN_RECORD.iter_unpack(packed), strict=True
+    ):
+        known = (None, ts, line, size, duration)
+        found.append((entry, tuple([known[c] for c in codes]), rid.hex(), oid))
+    return found
 
 
 @lru_cache(maxsize=1024)

@@ -32,7 +32,7 @@ from monitor.egress import Egress, EgressOptions, EgressResolver
 from monitor.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from monitor.geo import GeoAnswer, GeoResolver
 from monitor.ids import finding_id, incident_id, observation_id, observed_record_id
-from monitor.observation import Known, Observation, canonical_ip, iso_day
+from monitor.observation import RUN_RECORD, Known, Observation, canonical_ip, iso_day, known_codes
 from monitor.policy import FIELDS, SEVERITY_RANK, Rule, RuleSet
 from monitor.privacy import Pseudonymizer
 from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, compiled, observation_row, row_builder
@@ -992,21 +992,25 @@ class Pipeline:
         identify, malformed = self.identifier.identify, self._malformed
         key, lookup, context, slot_of = memo.key, memo.lookup, memo.make, memo.slot
         incidents_of, values_of, first_id = self._incidents, request_values, first_observation_id()
-        builder = BatchBuilder(memo.row)
+        builder = BatchBuilder(memo.row, known_codes(known.values))
         items = builder.items
         append = items.append
+        count, width = 0, RUN_RECORD.size  # records the builder holds; a run's record's bytes
         by_host, named = self.identifier.by_host, {}  # host -> its match by name, the answer
         entries = known.entries
         for obs in found:  # observe(), inlined but for place(): the memo key decides that
-            if type(obs) is list:  # a run of records of known line keys (see Known)
-                while len(obs) > size - len(items):  # what the builder takes, cut at batches
-                    cut = size - len(items)
-                    items += obs[:cut]
-                    obs = obs[cut:]
+            if type(obs) is tuple and type(obs[0]) is list:  # a run of known records (Known)
+                run, packed = obs
+                while count + len(run) > size:  # what the builder takes, cut at batches
+                    cut = size - count
+                    append((run[:cut], packed[: cut * width]))
+                    run, packed = run[cut:], packed[cut * width :]
                     yield builder.batch()
                     items = builder.items
                     append = items.append
-                items += obs
+                    count = 0
+                append((run, packed))
+                count += len(run)
             else:
                 line_key = None
                 if type(obs) is tuple:  # named by line_key: its entry is added below
@@ -1032,10 +1036,12 @@ class Pipeline:
                     memo.add_known(entries, line_key, entry)
                 record_id = obs.record_id or observed_record_id(obs)
                 append((entry, values_of(obs), record_id, first_id(record_id)))
-            if len(items) >= size:
+                count += 1
+            if count >= size:
                 yield builder.batch()
                 items = builder.items
                 append = items.append
+                count = 0
         if items:
             yield builder.batch()
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "monitor").rglob("_*.c"))
 TESTS = [str(ROOT / "tests" / t)
          for t in ("test_squid_accel.py", "test_squid_prepass.py", "test_pcap_accel.py",
-                   "test_batch_accel.py", "test_sqlbind.py")]  # fmt: skip
+                   "test_batch_accel.py", "test_batch_columns.py", "test_sqlbind.py")]  # fmt: skip
 
 
 def _runtime(cc: str, name: str) -> str | None:

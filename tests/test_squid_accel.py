@@ -28,7 +28,7 @@ from monitor.catalog import Catalog
 from monitor.collectors import CollectOptions, Diagnostics, make_collector, squid
 from monitor.collectors.base import MAX_LINE
 from monitor.ids import observation_id, record_id
-from monitor.observation import Observation
+from monitor.observation import RUN_RECORD, Observation, run_records
 from monitor.pipeline import Identifier
 from tests.conftest import generated_squid_log
 
@@ -533,16 +533,17 @@ def _line_key(line: bytes, ts: float) -> bytes:
 
 def test_native_chunk_names_known_connects() -> None:
     """With ``known``, a kept CONNECT the maker makes comes as (Observation, line key); one
-    of a key ``known`` holds comes as (its entry, its per-request values in the order asked,
-    record id, observation id), counted, with no Observation made; other kept lines are
-    split as before, and a line too long for a key comes with None."""
+    of a key ``known`` holds comes in a run (its entry, its per-request values and ids
+    packed), whose record is its per-request values in the order asked, record id and
+    observation id, counted, with no Observation made; other kept lines are split as
+    before, and a line too long for a key comes with None."""
     t = squid._Targets(HOST_FILTER)
     rejects = {b"api.openai.com:443": False, b"http://api.openai.com": False}
     t.code_status(b"TCP_TUNNEL/200"), t.word(b"CONNECT"), t.ip(b"10.1.88.196")
     t.peer(b"HIER_DIRECT/172.66.0.243"), t.target("CONNECT", b"api.openai.com:443")
     values = tuple(reversed(ROW_FIELDS[1:]))
     known: dict[bytes, object] = {}
-    maker = (*_maker(t, 4, squid._layout()), known, squid._known_codes(values))
+    maker = (*_maker(t, 4, squid._layout()), known)
     get = LLM.replace(b"CONNECT api.openai.com:443", b"GET http://api.openai.com/v1/x")
     chunk = LLM + b"\n" + get + b"\n"
     done, (named, split), lines = built.native_chunk(
@@ -553,8 +554,12 @@ def test_native_chunk_names_known_connects() -> None:
     assert key == _line_key(LLM, o.ts) and o.record_id == record_id(LLM)
     known[key] = entry = object()
     again = built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, maker)
-    assert again == (1, [[(entry, tuple(getattr(o, f) for f in values), o.record_id,
-                           observation_id(o.record_id))], split], 2)  # fmt: skip
+    packed = RUN_RECORD.pack(o.ts, o.line, o.bytes_in, o.duration, observation_id(o.record_id),
+                             bytes.fromhex(o.record_id))  # fmt: skip
+    assert again == (1, [([entry], packed), split], 2)
+    assert run_records(again[1][0], squid._known_codes(values)) == [
+        (entry, tuple(getattr(o, f) for f in values), o.record_id, observation_id(o.record_id))
+    ]
     other_day = LLM.replace(b"1732752001.203", b"1732838401.203")
     _, [(_, key2)], _ = built.native_chunk(
         other_day + b"\n", True, MAX_LINE, rejects, (), None, maker
@@ -566,22 +571,22 @@ def test_native_chunk_names_known_connects() -> None:
         long_user + b"\n", True, MAX_LINE, rejects, (), None, maker
     )
     assert none is None and long_o.user == "u" * 600
-    with pytest.raises(ValueError):
-        built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, (*maker[:-1], (9,)))
+    with pytest.raises(TypeError):
+        built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, (*maker[:-1], [known]))
     assert squid._known_codes(("ts", "status")) is None, "a field a line key decides"
 
 
 def test_native_chunk_gives_known_records_in_runs() -> None:
-    """Consecutive records of known line keys come in one list (a run), in line order: lines
-    the filter drops between them do not part a run, any other item does; a record of a key
+    """Consecutive records of known line keys come in one run, in line order: lines the
+    filter drops between them do not part a run, any other item does; a record of a key
     not yet known comes as its (Observation, key) pair between runs."""
     t = squid._Targets(HOST_FILTER)
     rejects = {b"api.openai.com:443": False, b"anan.co.jp:443": True, b"http://anan.co.jp": True}
     t.code_status(b"TCP_TUNNEL/200"), t.word(b"CONNECT"), t.ip(b"10.1.88.196")
     t.peer(b"HIER_DIRECT/172.66.0.243"), t.target("CONNECT", b"api.openai.com:443")
-    values = ("line",)
+    codes = squid._known_codes(("line",))
     known: dict[bytes, object] = {}
-    maker = (*_maker(t, 0, squid._layout()), known, squid._known_codes(values))
+    maker = (*_maker(t, 0, squid._layout()), known)
     other_client = LLM.replace(b"10.1.88.196", b"10.1.88.197")
     t.ip(b"10.1.88.197")
     _, [(o, key)], _ = built.native_chunk(LLM + b"\n", True, MAX_LINE, rejects, (), None, maker)
@@ -591,10 +596,10 @@ def test_native_chunk_gives_known_records_in_runs() -> None:
         b"\n".join(lines) + b"\n", True, MAX_LINE, rejects, (), None, maker
     )
     assert (done, count) == (8, 9)
-    runs = [item for item in todo if type(item) is list]
+    runs = [run_records(item, codes) for item in todo if type(item[0]) is list]
     assert [[record[1] for record in run] for run in runs] == [[(1,), (4,)], [(6,), (7,)], [(9,)]]
     assert all(r[0] is entry and r[2] == record_id(LLM) for run in runs for r in run)
-    assert [type(item) for item in todo] == [list, tuple, list, tuple, list]
+    assert [type(item[0]) for item in todo] == [list, Observation, list, int, list]
     assert todo[1][0].client_ip == "10.1.88.197" and todo[3] == (7, b"junk")
 
 
@@ -611,7 +616,7 @@ def test_line_key_day_is_pythons(sec: int, frac: str) -> None:
     t = squid._Targets(HOST_FILTER)
     t.code_status(b"TCP_TUNNEL/200"), t.word(b"CONNECT"), t.ip(b"10.1.88.196")
     t.peer(b"HIER_DIRECT/172.66.0.243"), t.target("CONNECT", b"api.openai.com:443")
-    maker = (*_maker(t, 0, squid._layout()), {}, squid._known_codes(("ts",)))
+    maker = (*_maker(t, 0, squid._layout()), {})
     _, [(o, key)], _ = built.native_chunk(
         line + b"\n", True, MAX_LINE, {b"api.openai.com:443": False}, (), None, maker
     )

@@ -22,9 +22,9 @@
  *     with `maker`, a CONNECT whose values are all in the collector's caches becomes its
  *     Observation right here (counted in `records`, see observation_of); when the maker
  *     names known line keys (monitor.observation.Known), such a CONNECT comes as the pair
- *     (Observation, line key), or, when its key is known, as the tuple (entry, per-request
- *     values, record id, observation id) with no Observation (see known_of), consecutive
- *     ones in one list (a run).
+ *     (Observation, line key), or, when its key is known, with no Observation, in a run of
+ *     consecutive ones: the pair (their entries, their per-request values and ids packed,
+ *     a KnownRecord of collectors/_accel.h each; see known_of).
  * Every other line (any other shape, longer than max_line, a target not yet in `rejects`,
  * a timestamp that is not plain digits[.digits] below 1e10, a marker in a rejected URL, a
  * peer address in `ranges` or one that only Python can read) goes to `todo` as (index,
@@ -540,29 +540,39 @@ b2_hash(uint64_t h[8], const char *s, Py_ssize_t n, int size)
     b2_compress(h, last, t + (uint64_t)n, 1);
 }
 
+/* the record id of s[0:n]: its bytes into raw (RECORD_ID_BYTES), their hex into hex */
+static void
+record_id_raw(const char *s, Py_ssize_t n, unsigned char *raw, char *hex)
+{
+    static const char digits[] = "0123456789abcdef";
+    uint64_t h[8];
+    b2_hash(h, s, n, RECORD_ID_BYTES);
+    for (int k = 0; k < RECORD_ID_BYTES; k++) {
+        unsigned b = (unsigned)(h[k / 8] >> (8 * (k % 8))) & 0xff;
+        raw[k] = (unsigned char)b;
+        hex[2 * k] = digits[b >> 4];
+        hex[2 * k + 1] = digits[b & 15];
+    }
+}
+
 /* the record id of s[0:n] as a str of 24 hex digits; NULL with an error set */
 static PyObject *
 record_id_of(const char *s, Py_ssize_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    uint64_t h[8];
-    b2_hash(h, s, n, RECORD_ID_BYTES);
+    unsigned char raw[RECORD_ID_BYTES];
+    char hex[2 * RECORD_ID_BYTES];
+    record_id_raw(s, n, raw, hex);
     PyObject *out = PyUnicode_New(2 * RECORD_ID_BYTES, 127);
     if (out == NULL)
         return NULL;
-    Py_UCS1 *d = PyUnicode_1BYTE_DATA(out);
-    for (int k = 0; k < RECORD_ID_BYTES; k++) {
-        unsigned b = (unsigned)(h[k / 8] >> (8 * (k % 8))) & 0xff;
-        d[2 * k] = (Py_UCS1)hex[b >> 4];
-        d[2 * k + 1] = (Py_UCS1)hex[b & 15];
-    }
+    memcpy(PyUnicode_1BYTE_DATA(out), hex, sizeof(hex));
     return out;
 }
 
 /* monitor.ids.observation_id of the record id s[0:n] (its UTF-8), nth 0: the BLAKE2b-64 of
  * it, big-endian, shifted right by one */
-static PyObject *
-first_id_of(const char *s, Py_ssize_t n)
+static uint64_t
+first_id_value(const char *s, Py_ssize_t n)
 {
     uint64_t h[8];
     b2_hash(h, s, n, 8);
@@ -570,7 +580,13 @@ first_id_of(const char *s, Py_ssize_t n)
     uint64_t be = 0;
     for (int k = 0; k < 8; k++, v >>= 8)
         be = be << 8 | (v & 0xff);
-    return PyLong_FromUnsignedLongLong(be >> 1);
+    return be >> 1;
+}
+
+static PyObject *
+first_id_of(const char *s, Py_ssize_t n)
+{
+    return PyLong_FromUnsignedLongLong(first_id_value(s, n));
 }
 
 /* the value of s[0:n], 1-18 digits (no overflow) */
@@ -964,32 +980,25 @@ fields_of(Py_ssize_t index, const char *const *tok, const Py_ssize_t *len, doubl
 /* What a kept CONNECT line becomes when every value it needs is in the collector's caches
  * (squid.py `_Targets`: bytes -> value): the Observation SquidCollector._parse_native makes of
  * it, made here. `maker` is the tuple (Observation, source, format, first, codes, words,
- * connect, ips, hiers, kwnames[, layout[, known, values]]): first the number of the chunk's
+ * connect, ips, hiers, kwnames[, layout[, known]]): first the number of the chunk's
  * line before its first, kwnames ("record_id",).
  *
  * With `known` (a dict: see squid.py `Known`), a kept CONNECT is named by its line key: the
  * bytes of its day (the 8 bytes of the double ts // 86400, as Python computes it) and of its
  * fields client, code/status, target, user and peer, separated by spaces (no field holds one).
  * Every value of its Observation but ts, line, bytes_in, duration and record_id follows from
- * that key and the source. A key `known` holds becomes the tuple (known[key], values,
- * record id, observation id): values the record's per-request values in the order of
- * `values` (a tuple of KNOWN_* codes); any other line the maker makes becomes the pair
- * (Observation, key) (key None when it is too long to be one), for the consumer to fill
- * `known`. Consecutive tuples of known keys (lines dropped between them do not part them)
- * come in one list, a run: the consumer takes a run whole, with no Python code per record. */
+ * that key and the source. A record of a key `known` holds is its entry known[key] and its
+ * KnownRecord (those values, its record id's bytes and its observation id); any other
+ * line the maker makes becomes the pair (Observation, key) (key None when it is too long
+ * to be one), for the consumer to fill `known`. Consecutive records of known keys (lines
+ * dropped between them do not part them) come in one run, the pair (a list of their
+ * entries, the bytes of their KnownRecords): the consumer takes a run whole, and no object
+ * is made per record. */
 #define MAX_SLOTS 64
-#define KNOWN_NONE 0
-#define KNOWN_TS 1
-#define KNOWN_LINE 2
-#define KNOWN_BYTES_IN 3
-#define KNOWN_DURATION 4
-#define MAX_VALUES 32
 #define KNOWN_KEY 512
 typedef struct {
     PyObject *cls, *source, *format, *codes, *words, *connect, *ips, *hiers, *kwnames;
     PyObject *known; /* NULL: none */
-    Py_ssize_t nvalues;
-    int values[MAX_VALUES];
     Py_ssize_t first;
     /* with a layout: the slots of Observation, their offsets and defaults, filled here
      * instead of calling its __init__ (which only stores its arguments) */
@@ -1113,12 +1122,12 @@ py_floordiv(double vx, double wx)
 }
 
 /* The line key of a kept CONNECT (see Maker) into *key (a new bytes object, or NULL when
- * the line is too long for one); then the tuple of a key `known` holds, else NULL (and
- * NULL with an error set on a failure). */
+ * the line is too long for one); then the entry `known` holds for it (a new reference),
+ * with the record's values in *rec, else NULL (and NULL with an error set on a failure). */
 static PyObject *
 known_of(const Maker *mk, Py_ssize_t index, const char *const *tok, const Py_ssize_t *len,
          double ts, long long elapsed, long long size, const char *line, Py_ssize_t n,
-         PyObject **key)
+         PyObject **key, KnownRecord *rec)
 {
     static const int KEYED[] = {2, 3, 6, 7, 8};
     char buf[KNOWN_KEY];
@@ -1140,47 +1149,73 @@ known_of(const Maker *mk, Py_ssize_t index, const char *const *tok, const Py_ssi
     PyObject *entry = PyDict_GetItemWithError(mk->known, *key);
     if (entry == NULL)
         return NULL;
-    Py_INCREF(entry); /* made objects may run Python code that changes `known` */
-    PyObject *values = PyTuple_New(mk->nvalues);
-    PyObject *rid = record_id_of(line, n);
-    PyObject *oid = NULL, *out = NULL;
-    if (values != NULL && rid != NULL) {
-        oid = first_id_of((const char *)PyUnicode_1BYTE_DATA(rid), PyUnicode_GET_LENGTH(rid));
-        int ok = oid != NULL;
-        for (Py_ssize_t k = 0; ok && k < mk->nvalues; k++) {
-            PyObject *v;
-            switch (mk->values[k]) {
-            case KNOWN_TS:
-                v = PyFloat_FromDouble(ts);
-                break;
-            case KNOWN_LINE:
-                v = PyLong_FromSsize_t(mk->first + index + 1);
-                break;
-            case KNOWN_BYTES_IN:
-                v = PyLong_FromLongLong(size);
-                break;
-            case KNOWN_DURATION:
-                v = PyFloat_FromDouble((double)elapsed / 1000.0);
-                break;
-            default:
-                v = Py_NewRef(Py_None);
-            }
-            ok = v != NULL;
-            PyTuple_SET_ITEM(values, k, v);
+    char hex[2 * RECORD_ID_BYTES];
+    memset(rec, 0, sizeof(*rec));
+    rec->ts = ts;
+    rec->line = mk->first + index + 1;
+    rec->bytes_in = size;
+    rec->duration = (double)elapsed / 1000.0;
+    record_id_raw(line, n, rec->rid, hex);
+    rec->oid = (int64_t)first_id_value(hex, sizeof(hex));
+    return Py_NewRef(entry);
+}
+
+/* A run of known records being made: its entries, and its records in a buffer that grows */
+typedef struct {
+    PyObject *entries; /* NULL: no run open */
+    Py_ssize_t at;     /* its place in todo (None until it is closed) */
+    KnownRecord *records;
+    Py_ssize_t size, cap;
+} Run;
+
+/* the open run's record of entry (stolen) added to it (opened in todo if need be); 0 with an
+ * error set on a failure */
+static int
+run_add(Run *run, PyObject *todo, PyObject *entry, const KnownRecord *rec)
+{
+    if (run->entries == NULL) {
+        run->entries = PyList_New(0);
+        run->at = PyList_GET_SIZE(todo);
+        run->size = 0;
+        if (run->entries == NULL || PyList_Append(todo, Py_None) < 0) {
+            Py_DECREF(entry);
+            return 0;
         }
-        if (ok)
-            out = PyTuple_Pack(4, entry, values, rid, oid);
     }
-    Py_DECREF(entry);
-    Py_XDECREF(values);
-    Py_XDECREF(rid);
-    Py_XDECREF(oid);
-    if (out == NULL) {
-        Py_CLEAR(*key);
-        if (!PyErr_Occurred())
+    if (run->size == run->cap) {
+        Py_ssize_t cap = run->cap ? 2 * run->cap : 256;
+        KnownRecord *grown = PyMem_Realloc(run->records, cap * sizeof(KnownRecord));
+        if (grown == NULL) {
+            Py_DECREF(entry);
             PyErr_NoMemory();
+            return 0;
+        }
+        run->records = grown;
+        run->cap = cap;
     }
-    return out;
+    int err = PyList_Append(run->entries, entry);
+    Py_DECREF(entry);
+    if (err < 0)
+        return 0;
+    run->records[run->size++] = *rec;
+    return 1;
+}
+
+/* the open run, if any, closed: the tuple (entries, records) in its place in todo; 0 with an
+ * error set on a failure */
+static int
+run_close(Run *run, PyObject *todo)
+{
+    if (run->entries == NULL)
+        return 1;
+    PyObject *records = PyBytes_FromStringAndSize((const char *)run->records,
+                                                  run->size * (Py_ssize_t)sizeof(KnownRecord));
+    PyObject *pair = records == NULL ? NULL : PyTuple_Pack(2, run->entries, records);
+    Py_XDECREF(records);
+    Py_CLEAR(run->entries);
+    if (pair == NULL)
+        return 0;
+    return PyList_SetItem(todo, run->at, pair) == 0; /* steals pair */
 }
 
 /* `maker` (None or the tuple above) into mk; 0 with an error set if it is malformed */
@@ -1190,30 +1225,15 @@ maker_of(PyObject *maker, Maker *mk)
     memset(mk, 0, sizeof(*mk));
     if (maker == NULL || maker == Py_None)
         return 1;
-    PyObject *layout = Py_None, *known = Py_None, *values = NULL;
-    if (!PyArg_ParseTuple(maker, "OUUnO!O!O!O!O!O!|OOO!:maker", &mk->cls, &mk->source,
+    PyObject *layout = Py_None, *known = Py_None;
+    if (!PyArg_ParseTuple(maker, "OUUnO!O!O!O!O!O!|OO!:maker", &mk->cls, &mk->source,
                           &mk->format, &mk->first, &PyDict_Type, &mk->codes, &PyDict_Type,
                           &mk->words, &PyDict_Type, &mk->connect, &PyDict_Type, &mk->ips,
                           &PyDict_Type, &mk->hiers, &PyTuple_Type, &mk->kwnames, &layout,
-                          &known, &PyTuple_Type, &values))
+                          &PyDict_Type, &known))
         return 0;
-    if (known != Py_None) {
-        if (!PyDict_Check(known) || values == NULL || PyTuple_GET_SIZE(values) > MAX_VALUES) {
-            PyErr_SetString(PyExc_ValueError, "maker: known is a dict, with a values tuple");
-            return 0;
-        }
+    if (known != Py_None)
         mk->known = known;
-        mk->nvalues = PyTuple_GET_SIZE(values);
-        for (Py_ssize_t k = 0; k < mk->nvalues; k++) {
-            long code = PyLong_AsLong(PyTuple_GET_ITEM(values, k));
-            if (code < KNOWN_NONE || code > KNOWN_DURATION) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_ValueError, "maker: a values code out of range");
-                return 0;
-            }
-            mk->values[k] = (int)code;
-        }
-    }
     if (layout == Py_None)
         return 1;
     /* (slot descriptors of cls in field order, their defaults, index of record_id) */
@@ -1328,6 +1348,7 @@ native_chunk(PyObject *self, PyObject *args)
     }
     Markers marks;
     markers_of(markers, &marks);
+    Run run = {NULL, 0, NULL, 0, 0}; /* the run of known records todo ends with, if any */
     Py_INCREF(chunk); /* a dict lookup may run Python code; keep the buffer alive */
     PyObject *todo = PyList_New(0);
     if (todo == NULL)
@@ -1337,7 +1358,6 @@ native_chunk(PyObject *self, PyObject *args)
     Py_ssize_t records = 0, index = 0, pos = 0;
     Line lines[2];
     int cur = 0;
-    PyObject *run = NULL; /* borrowed: the run of known records todo ends with, if any */
     int more = next_line(data, size_all, &pos, clean, max_line, verdicts, &lines[0]);
     for (; more; cur ^= 1) {
         const Line *ln = &lines[cur];
@@ -1359,23 +1379,29 @@ native_chunk(PyObject *self, PyObject *args)
             continue;
         }
         PyObject *item = NULL;
-        int named = 0; /* item is the tuple of a known line key */
         if (r == KEEP && mk.cls != NULL) {
             PyObject *key = NULL;
             if (mk.known != NULL && ln->connect) {
-                item = known_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n, &key);
-                if (item == NULL && PyErr_Occurred()) {
+                KnownRecord rec;
+                PyObject *entry = known_of(&mk, index, ln->tok, ln->len, ts, elapsed, size,
+                                           line, n, &key, &rec);
+                if (entry != NULL) { /* a record of a known line key: into the run */
+                    Py_DECREF(key);
+                    if (!run_add(&run, todo, entry, &rec))
+                        goto fail;
+                    records++;
+                    index++;
+                    continue;
+                }
+                if (PyErr_Occurred()) {
                     Py_XDECREF(key);
                     goto fail;
                 }
-                named = item != NULL;
             }
-            if (item == NULL) {
-                item = observation_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n);
-                if (item != NULL && mk.known != NULL) {
-                    PyObject *pair = PyTuple_Pack(2, item, key != NULL ? key : Py_None);
-                    Py_SETREF(item, pair);
-                }
+            item = observation_of(&mk, index, ln->tok, ln->len, ts, elapsed, size, line, n);
+            if (item != NULL && mk.known != NULL) {
+                PyObject *pair = PyTuple_Pack(2, item, key != NULL ? key : Py_None);
+                Py_SETREF(item, pair);
             }
             Py_XDECREF(key);
             if (item == NULL && PyErr_Occurred())
@@ -1385,29 +1411,25 @@ native_chunk(PyObject *self, PyObject *args)
         if (item == NULL)
             item = r == KEEP ? fields_of(index, ln->tok, ln->len, ts, elapsed, size, line, n)
                              : handed_back(index, line, n);
-        if (item == NULL)
+        if (item == NULL || !run_close(&run, todo)) { /* any other item ends a run */
+            Py_XDECREF(item);
             goto fail;
-        if (named && run == NULL) { /* a run starts: todo holds it */
-            run = PyList_New(0);
-            if (run == NULL || PyList_Append(todo, run) < 0) {
-                Py_XDECREF(run);
-                Py_DECREF(item);
-                goto fail;
-            }
-            Py_DECREF(run);
-        } else if (!named) {
-            run = NULL;
         }
-        int err = PyList_Append(named ? run : todo, item);
+        int err = PyList_Append(todo, item);
         Py_DECREF(item);
         if (err < 0)
             goto fail;
         index++;
     }
+    if (!run_close(&run, todo))
+        goto fail;
+    PyMem_Free(run.records);
     Py_DECREF(chunk);
     Py_DECREF(markers);
     return Py_BuildValue("nNn", records, todo, index);
 fail:
+    Py_XDECREF(run.entries);
+    PyMem_Free(run.records);
     Py_DECREF(chunk);
     Py_DECREF(markers);
     Py_XDECREF(todo);
@@ -1475,9 +1497,10 @@ PyInit__squidscan(void)
     PyObject *m = PyModule_Create(&module);
     /* 4: native_chunk reads whole chunks; 5: it takes the ingress ranges; 6: a kept line
      * comes with its record id; 7: it takes a Verdicts table; 8: observation_id; 9: the
-     * maker takes `known` (line keys); 10: known records come in runs (lists). squid.py
+     * maker takes `known` (line keys); 10: known records come in runs (lists); 11: a run is
+     * (entries, packed records), the maker takes no values codes. squid.py
      * ignores a module built before that */
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 10) < 0 ||
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 11) < 0 ||
                       PyModule_AddObjectRef(m, "Verdicts", (PyObject *)&VerdictsType) < 0)) {
         Py_DECREF(m);
         return NULL;

@@ -51,7 +51,14 @@ from monitor.collectors.squid_logformat import (
     compile_logformat,
 )
 from monitor.ids import observation_id, record_id
-from monitor.observation import Known, Observation, canonical_ip, split_host_port
+from monitor.observation import (
+    KNOWN_CODES,
+    Known,
+    Observation,
+    canonical_ip,
+    known_codes,
+    split_host_port,
+)
 
 __all__ = ["SquidCollector", "sniff", "LogformatError"]
 
@@ -382,13 +389,13 @@ Intervals = tuple[bytes, bytes]
 #: What the C pre-pass needs to make the Observation of a kept CONNECT itself: (Observation,
 #: source, format, line number before the chunk's first, the caches of :class:`_Targets`
 #: codes, words, connect, ips, hier, ("record_id",), :func:`_layout`, and to name it by
-#: its line key (:class:`Known`): the entries and :func:`_known_codes` of the values)
+#: its line key (:class:`Known`, when :func:`_known_codes` of its values are some): the entries)
 Maker = tuple[
     type, str, str, int, dict, dict, dict, dict, dict, tuple[str], tuple | None, *tuple[Any, ...]
 ]
 #: (chunk, clean, max_line, rejects, markers, ranges, maker, verdicts, connects) -> (records
 #: counted: dropped or made, the other lines in order: Observations (or, naming line keys,
-#: (Observation, key) pairs and lists of the 4-tuples of known keys), split into their fields, or
+#: (Observation, key) pairs and runs of records of known keys), split into their fields, or
 #: (index, line) for the Python loop, the lines read); verdicts: a ``Verdicts``
 #: table mirroring rejects and connects (the verdicts on URL and on CONNECT targets)
 NativeChunk = Callable[
@@ -424,25 +431,22 @@ def first_observation_id() -> Callable[[str], int]:
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 10
+_ACCEL_ABI = 11
 _RID = ("record_id",)
-#: the per-request fields the C pre-pass fills in a known record's values (its KNOWN_*
-#: codes): every other field of a kept CONNECT's Observation is None whatever the line
-_KNOWN_CODES = {"ts": 1, "line": 2, "bytes_in": 3, "duration": 4}
 
 
 @cache
 def _known_codes(values: tuple[str, ...], cls: type = Observation) -> tuple[int, ...] | None:
-    """The C pre-pass's codes of a :class:`Known`'s ``values`` fields, or None when one is
-    neither filled by it nor always None in a kept CONNECT's Observation (then records are
-    not named: the consumer gets Observations)."""
+    """The codes (:data:`~monitor.observation.KNOWN_CODES`) of a :class:`Known`'s ``values``
+    fields, or None when one is neither in a run's records nor always None in a kept
+    CONNECT's Observation (then records are not named: the consumer gets Observations)."""
     fs = dataclasses.fields(cls)
     none = {"client_port", "bytes_out", "url"} | {
         f.name for f in fs[len(POSITIONAL_FIELDS) :] if f.default is None and f.name != "record_id"
     }
-    if not set(values) <= none | set(_KNOWN_CODES):
+    if not set(values) <= none | set(KNOWN_CODES):
         return None
-    return tuple(_KNOWN_CODES.get(v, 0) for v in values)
+    return known_codes(values)
 
 
 @cache
@@ -601,9 +605,8 @@ class SquidCollector(_base.Collector):
         verdicts = t.verdicts
         # what it needs to make the Observation of a kept CONNECT whose values are cached
         cached: tuple[Any, ...] = (codes, words, connect, ips, hiers, _RID, _layout())
-        codes_of = _known_codes(known.values) if known is not None else None
-        if codes_of is not None:
-            cached = (*cached, known.entries, codes_of)  # type: ignore[union-attr]
+        if known is not None and _known_codes(known.values) is not None:
+            cached = (*cached, known.entries)
         fronting = t.ingress is not None
         fronted = t.fronted
         fronts = t.fronts
