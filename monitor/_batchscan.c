@@ -1528,7 +1528,9 @@ done:
  * column None when all NULL, bytes when none is, else a list). add checks all it reads
  * before it adds anything: a column of another type or size, an index out of range or a
  * URL that is neither str nor None raise (TypeError, ValueError, IndexError), and a sum
- * beyond 64 bits raises OverflowError (the sums of the keys added before it are kept). */
+ * beyond 64 bits raises OverflowError, and so does every later call (add, rows, hourly):
+ * the sums are then unusable (the key whose sum overflowed is half added), as the Python
+ * reference's exact sums are when bound (a transaction that meets it is aborted). */
 typedef struct {
     int64_t a, b; /* the key: (ctx, client) or (ctx, hour) */
     int64_t requests, out, in;
@@ -1547,6 +1549,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     Table rows, hours;
+    int overflowed; /* a sum went beyond 64 bits: the sums are wrong, every call raises */
 } Sums;
 
 static PyObject *ROLLUP_FIELDS[13]; /* the batch.Rollup attributes, interned */
@@ -1703,12 +1706,21 @@ add_nullable(int64_t *sum, int *has, int64_t v, char given)
 }
 
 static PyObject *
+sums_overflowed(void)
+{
+    PyErr_SetString(PyExc_OverflowError, "a roll-up sum beyond 64 bits");
+    return NULL;
+}
+
+static PyObject *
 Sums_add(Sums *self, PyObject *args)
 {
     PyObject *rollup, *ctx, *client, *result = NULL, *f[13] = {NULL};
     int64_t *numbers = NULL, *v = NULL;
     double *d = NULL;
     char *has = NULL;
+    if (self->overflowed)
+        return sums_overflowed();
     if (!PyArg_ParseTuple(args, "OO!O!:add", &rollup, &PyList_Type, &ctx, &PyList_Type, &client))
         return NULL;
     for (int j = 0; j < 13; j++)
@@ -1800,7 +1812,8 @@ index:
     PyErr_SetString(PyExc_IndexError, "a roll-up index out of range");
     goto done;
 overflow:
-    PyErr_SetString(PyExc_OverflowError, "a roll-up sum beyond 64 bits");
+    self->overflowed = 1;
+    sums_overflowed();
 done:
     PyMem_Free(numbers);
     PyMem_Free(v);
@@ -1903,12 +1916,16 @@ done:
 static PyObject *
 Sums_rows(Sums *self, PyObject *unused)
 {
+    if (self->overflowed)
+        return sums_overflowed();
     return sums_out(&self->rows, 1);
 }
 
 static PyObject *
 Sums_hourly(Sums *self, PyObject *unused)
 {
+    if (self->overflowed)
+        return sums_overflowed();
     return sums_out(&self->hours, 0);
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from array import array
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -383,6 +383,14 @@ def test_rollup_sums_beyond_64_bits_raise_overflow_error_in_c_and_python():
     for module in (built, None):
         assert _summed_up([(rollup, [7], [9])], module)[1] is not None
         assert _summed_up([(rollup, [7], [9])] * 2, module) == (OverflowError, None, None)
+        with _accelerated(module):  # and the sums after it: never a wrapped one
+            sums = batch.RollupSums()
+            sums.add(rollup, [7], [9])
+            with suppress(OverflowError):
+                sums.add(rollup, [7], [9])
+            for call in (sums.rows, sums.hourly):
+                with pytest.raises(OverflowError):
+                    call()
 
 
 def test_rollup_sums_reject_columns_of_other_types():
