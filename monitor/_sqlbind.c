@@ -477,12 +477,12 @@ column_of(column *c, PyObject *col, PyObject *via, Py_ssize_t *n)
     return 1;
 }
 
-/* the exception _pysqlite_seterror raises for the handle's error (after the step failed) */
+/* the exception _pysqlite_seterror raises for an error: its code, extended code and
+ * message as the handle gave them after the step failed */
 static void
-set_error(sqlite3 *db)
+raise_error(int code, int extended, const char *message)
 {
     const char *name;
-    int code = api.errcode(db);
     switch (code) {
     case 2: case 12: /* INTERNAL, NOTFOUND */
         name = "InternalError";
@@ -509,13 +509,20 @@ set_error(sqlite3 *db)
         break;
     }
     PyObject *cls = PyObject_GetAttrString(SQLITE, name);
-    PyObject *exc = cls ? PyObject_CallFunction(cls, "s", api.errmsg(db)) : NULL;
-    PyObject *ext = exc ? PyLong_FromLong(api.extended_errcode(db)) : NULL;
+    PyObject *exc = cls ? PyObject_CallFunction(cls, "s", message) : NULL;
+    PyObject *ext = exc ? PyLong_FromLong(extended) : NULL;
     if (ext != NULL && PyObject_SetAttrString(exc, "sqlite_errorcode", ext) == 0)
         PyErr_SetObject(cls, exc);
     Py_XDECREF(ext);
     Py_XDECREF(exc);
     Py_XDECREF(cls);
+}
+
+/* the exception _pysqlite_seterror raises for the handle's error (after the step failed) */
+static void
+set_error(sqlite3 *db)
+{
+    raise_error(api.errcode(db), api.extended_errcode(db), api.errmsg(db));
 }
 
 /* whether `sql` is one INSERT statement and nothing after it (else Python's sqlite3 runs) */
@@ -836,7 +843,9 @@ Steps_run(Steps *s, PyObject *Py_UNUSED(ignored))
     int ncols = (int)s->r.ncols;
     long long changes = 0;
     Py_ssize_t done = 0, count = s->count;
-    int rc = SQLITE_DONE;
+    int rc = SQLITE_DONE, code = 0, extended = 0;
+    char *message = NULL; /* the error's, read here: the handle's may change once the GIL
+                           * is back (a statement finalized by the caller's thread) */
     Py_BEGIN_ALLOW_THREADS
     for (; done < count; done++) {
         int bound = 1;
@@ -848,8 +857,15 @@ Steps_run(Steps *s, PyObject *Py_UNUSED(ignored))
         if (rc == SQLITE_DONE)
             changes += api.changes(db);
         api.reset(st); /* (after an error: its code and message stay the handle's) */
-        if (rc != SQLITE_DONE)
+        if (rc != SQLITE_DONE) {
+            code = api.errcode(db);
+            extended = api.extended_errcode(db);
+            const char *text = api.errmsg(db);
+            size_t size = strlen(text) + 1;
+            if ((message = PyMem_RawMalloc(size)) != NULL)
+                memcpy(message, text, size);
             break;
+        }
     }
     Py_END_ALLOW_THREADS
     PyObject *result = NULL;
@@ -859,12 +875,16 @@ Steps_run(Steps *s, PyObject *Py_UNUSED(ignored))
     } else if (rc != SQLITE_DONE) {
         if (PyErr_Occurred()) /* a Python callback's, which Python's sqlite3 drops too */
             PyErr_Clear();
-        set_error(db);
+        if (message == NULL)
+            PyErr_NoMemory();
+        else
+            raise_error(code, extended, message);
     } else if (done == s->r.n) {
         result = Py_BuildValue("(LO)", changes, Py_None);
     } else {
         result = Py_BuildValue("(Ln)", changes, done);
     }
+    PyMem_RawFree(message);
     rows_release(&s->r);
     PyMem_Free(s->values);
     s->values = NULL;
