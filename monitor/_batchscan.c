@@ -756,13 +756,22 @@ batch_rows(PyObject *self, PyObject *args)
             PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1)) && ncodes == nvalues &&
             PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 1)) ==
                 PyList_GET_SIZE(PyTuple_GET_ITEM(item, 0)) * (Py_ssize_t)sizeof(KnownRecord)) {
-            PyObject *entries = PyTuple_GET_ITEM(item, 0);
-            for (Py_ssize_t j = 0; j < PyList_GET_SIZE(entries); j++) {
-                entry = PyList_GET_ITEM(entries, j);
+            /* its entries held as they are now (a tuple in the run's place in `items`, a
+             * tuple of our own): the callbacks run Python code, which may change the list */
+            PyObject *entries = PyList_AsTuple(PyTuple_GET_ITEM(item, 0));
+            PyObject *held = entries ? PyTuple_Pack(2, entries, PyTuple_GET_ITEM(item, 1)) : NULL;
+            Py_XDECREF(entries);
+            if (held == NULL) {
+                Py_DECREF(items);
+                return NULL;
+            }
+            PyTuple_SetItem(items, i, held); /* (steals held; items is ours alone) */
+            for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(entries); j++) {
+                entry = PyTuple_GET_ITEM(entries, j);
                 if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) < 3)
                     goto bad_item;
             }
-            n += PyList_GET_SIZE(entries);
+            n += PyTuple_GET_SIZE(entries);
             continue;
         }
         if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 4 ||
@@ -795,7 +804,7 @@ batch_rows(PyObject *self, PyObject *args)
         PyObject *item = PyTuple_GET_ITEM(items, i);
         int run = PyTuple_GET_SIZE(item) == 2;
         PyObject *entries = run ? PyTuple_GET_ITEM(item, 0) : NULL;
-        Py_ssize_t count = run ? PyList_GET_SIZE(entries) : 1;
+        Py_ssize_t count = run ? PyTuple_GET_SIZE(entries) : 1;
         if (!run) {
             PyObject *values = PyTuple_GET_ITEM(item, 1);
             unsigned char raw[RID_BYTES];
@@ -816,7 +825,7 @@ batch_rows(PyObject *self, PyObject *args)
                     kind[c] = 0;
         }
         for (Py_ssize_t j = 0; ok && j < count; j++, r++) {
-            PyObject *entry = run ? PyList_GET_ITEM(entries, j) : PyTuple_GET_ITEM(item, 0);
+            PyObject *entry = run ? PyTuple_GET_ITEM(entries, j) : PyTuple_GET_ITEM(item, 0);
             size_t s = slot_of(entry, cap - 1);
             while (seen[s].entry != NULL && seen[s].entry != entry)
                 s = (s + 1) & (cap - 1);
@@ -861,7 +870,7 @@ batch_rows(PyObject *self, PyObject *args)
         if (PyTuple_GET_SIZE(item) == 2) {
             PyObject *entries = PyTuple_GET_ITEM(item, 0);
             const KnownRecord *known = (const KnownRecord *)PyBytes_AS_STRING(PyTuple_GET_ITEM(item, 1));
-            for (Py_ssize_t j = 0; ok && j < PyList_GET_SIZE(entries); j++, r++) {
+            for (Py_ssize_t j = 0; ok && j < PyTuple_GET_SIZE(entries); j++, r++) {
                 const KnownRecord *k = &known[j];
                 for (Py_ssize_t c = 0; ok && c < ncols; c++) {
                     int what = c ? code[c] : -1; /* -1: the observation id */
@@ -891,7 +900,7 @@ batch_rows(PyObject *self, PyObject *args)
                 }
                 ((int *)PyBytes_AS_STRING(out[0]))[r] = of[r]->c;
                 ((int *)PyBytes_AS_STRING(out[1]))[r] = of[r]->w;
-                PyList_SET_ITEM(out[2], r, Py_NewRef(PyTuple_GET_ITEM(PyList_GET_ITEM(entries, j), 2)));
+                PyList_SET_ITEM(out[2], r, Py_NewRef(PyTuple_GET_ITEM(PyTuple_GET_ITEM(entries, j), 2)));
             }
             continue;
         }

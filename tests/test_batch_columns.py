@@ -243,3 +243,28 @@ def test_groups_packed_in_c_are_pythons(groups):
     assert packed(built) == packed(None)
     assert built.packed_groups([([], [])]) == ([], bytes(4), b"", bytes(4))
     assert built.packed_groups([({"id": "a"}, [1])]) is None and built.packed_groups(()) is None
+
+
+@pytest.mark.skipif(built is None, reason="the C accelerator is not built")
+@pytest.mark.parametrize("change", ["clear", "grow"])
+def test_a_run_changed_by_a_callback_is_read_as_it_was_given(change):
+    """The callbacks that number contexts run Python code: a run's list of entries emptied
+    (or a later run's grown) by one is read as it was when batch_rows was called (it
+    read past the list's end, or wrote past its arrays, before)."""
+    nvalues = len(batch._TYPECODES) - 1
+    codes = (1,) + (0,) * (nvalues - 1)
+    record = RUN_RECORD.pack(1.0, 1, 2, 0.5, 3, b"\x00" * 12)
+    entry = (0, 0, [], None, None)
+    first, second = [entry, entry], [entry]
+
+    def context_of(_entry: Any) -> int:
+        if change == "clear":
+            first.clear()
+        elif len(second) == 1:
+            second.extend([entry] * 100_000)
+        return 0
+
+    out = built.batch_rows([(first, record * 2), (second, record)], batch._TYPECODES, {}, {},
+                           context_of, lambda _entry: 0, codes)  # fmt: skip
+    assert len(out[4]) == 3  # the rows' raised incidents: one a record given
+    assert array("i", out[2]).tolist() == [0, 0, 0]
