@@ -19,10 +19,11 @@
  * later incident row of an incident whose facts are not that first one's object (the
  * caller merges them in that order, as _tally does), and of/row the (incident, row) pairs
  * as bytes of native ints (array "i"). Anything this does not handle exactly as the Python
- * code would (a column that is not a list, a timestamp that is not a float or is NaN, a
- * size that is not an int or whose sum leaves 64 bits, incident rows that are not dicts
- * or whose id is not a str, one incident twice in one row's incident rows, ...) makes it
- * return None: the Python code then does the work, and raises what it raises.
+ * code would (a column neither a list nor an array of its typecode, a timestamp that is
+ * not a float or is NaN, a size that is not an int or whose sum leaves 64 bits, incident
+ * rows that are not dicts or whose id is not a str, one incident twice in one row's
+ * incident rows, ...) makes it return None: the Python code then does the work, and
+ * raises what it raises.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -571,7 +572,8 @@ packed_groups(PyObject *self, PyObject *groups)
     return result;
 }
 
-/* hour_runs(ts) -> list | None: batch.py _hour_runs of a list of floats (None: not one) */
+/* hour_runs(ts) -> list | None: batch.py _hour_runs of a list or array('d') of floats
+ * (None: not one) */
 static PyObject *
 hour_runs(PyObject *self, PyObject *ts)
 {
@@ -641,12 +643,11 @@ hour_runs(PyObject *self, PyObject *ts)
  * client_of(entry) (Python) returns it (and puts it there). Records of one entry object
  * (a known line key's) are looked up once. */
 typedef struct {
-    PyObject *entry, *ctx, *client; /* ctx, client: owned */
-    int c, w;                       /* their values */
+    PyObject *entry; /* held by items */
+    int c, w;        /* its context and client indexes */
 } Seen;
 
 #define MAX_COLUMNS 64
-#define RID_BYTES 12
 
 static PyObject *
 index_of(PyObject *dict, PyObject *key, PyObject *make, PyObject *entry)
@@ -676,11 +677,11 @@ typed_value(PyObject *x, int kind, double *d, int64_t *q)
 static int
 rid_bytes(PyObject *rid, unsigned char *raw)
 {
-    if (!PyUnicode_Check(rid) || PyUnicode_GET_LENGTH(rid) != 2 * RID_BYTES ||
+    if (!PyUnicode_Check(rid) || PyUnicode_GET_LENGTH(rid) != 2 * RECORD_ID_BYTES ||
         PyUnicode_KIND(rid) != PyUnicode_1BYTE_KIND)
         return 0;
     const Py_UCS1 *s = PyUnicode_1BYTE_DATA(rid);
-    for (int k = 0; k < 2 * RID_BYTES; k++) {
+    for (int k = 0; k < 2 * RECORD_ID_BYTES; k++) {
         int c = s[k], v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
         if (v < 0)
             return 0;
@@ -807,7 +808,7 @@ batch_rows(PyObject *self, PyObject *args)
         Py_ssize_t count = run ? PyTuple_GET_SIZE(entries) : 1;
         if (!run) {
             PyObject *values = PyTuple_GET_ITEM(item, 1);
-            unsigned char raw[RID_BYTES];
+            unsigned char raw[RECORD_ID_BYTES];
             double d;
             int64_t q;
             for (Py_ssize_t c = 0; c < ncols; c++)
@@ -840,10 +841,10 @@ batch_rows(PyObject *self, PyObject *args)
                     ok = 0;
                     break;
                 }
-                e->entry = entry; /* held by items */
-                e->ctx = c;
-                e->client = w;
+                e->entry = entry;
                 long cl = PyLong_Check(c) ? PyLong_AsLong(c) : -1, wl = PyLong_Check(w) ? PyLong_AsLong(w) : -1;
+                Py_DECREF(c);
+                Py_DECREF(w);
                 if (cl < 0 || wl < 0 || cl > INT32_MAX || wl > INT32_MAX) {
                     if (!PyErr_Occurred())
                         PyErr_SetString(PyExc_ValueError, "batch_rows: an index is not an int");
@@ -863,7 +864,7 @@ batch_rows(PyObject *self, PyObject *args)
     for (Py_ssize_t c = 0; ok && c < ncols; c++)
         ok = (col[c] = kind[c] ? PyBytes_FromStringAndSize(NULL, n * 8) : PyList_New(n)) != NULL;
     if (ok)
-        ok = (rids = typed_rids ? PyBytes_FromStringAndSize(NULL, n * RID_BYTES) : PyList_New(n)) !=
+        ok = (rids = typed_rids ? PyBytes_FromStringAndSize(NULL, n * RECORD_ID_BYTES) : PyList_New(n)) !=
              NULL;
     for (Py_ssize_t i = 0, r = 0; ok && i < nitems; i++) {
         PyObject *item = PyTuple_GET_ITEM(items, i);
@@ -887,12 +888,12 @@ batch_rows(PyObject *self, PyObject *args)
                     }
                 }
                 if (typed_rids) {
-                    memcpy(PyBytes_AS_STRING(rids) + RID_BYTES * r, k->rid, RID_BYTES);
+                    memcpy(PyBytes_AS_STRING(rids) + RECORD_ID_BYTES * r, k->rid, RECORD_ID_BYTES);
                 } else if (ok) {
                     static const char hex[] = "0123456789abcdef";
-                    PyObject *v = PyUnicode_New(2 * RID_BYTES, 127);
+                    PyObject *v = PyUnicode_New(2 * RECORD_ID_BYTES, 127);
                     ok = v != NULL;
-                    for (int b = 0; ok && b < RID_BYTES; b++) {
+                    for (int b = 0; ok && b < RECORD_ID_BYTES; b++) {
                         PyUnicode_1BYTE_DATA(v)[2 * b] = (Py_UCS1)hex[k->rid[b] >> 4];
                         PyUnicode_1BYTE_DATA(v)[2 * b + 1] = (Py_UCS1)hex[k->rid[b] & 15];
                     }
@@ -917,7 +918,7 @@ batch_rows(PyObject *self, PyObject *args)
             }
         }
         if (typed_rids)
-            rid_bytes(PyTuple_GET_ITEM(item, 2), (unsigned char *)PyBytes_AS_STRING(rids) + RID_BYTES * r);
+            rid_bytes(PyTuple_GET_ITEM(item, 2), (unsigned char *)PyBytes_AS_STRING(rids) + RECORD_ID_BYTES * r);
         else
             PyList_SET_ITEM(rids, r, Py_NewRef(PyTuple_GET_ITEM(item, 2)));
         ((int *)PyBytes_AS_STRING(out[0]))[r] = of[r]->c;
@@ -931,10 +932,6 @@ batch_rows(PyObject *self, PyObject *args)
         PyList_SET_ITEM(columns, c - 1, Py_NewRef(col[c]));
     if (ok)
         result = Py_BuildValue("(OOOOOO)", col[0], columns, out[0], out[1], out[2], rids);
-    for (size_t s = 0; seen != NULL && s < cap; s++) {
-        Py_XDECREF(seen[s].ctx);
-        Py_XDECREF(seen[s].client);
-    }
     PyMem_Free(seen);
     PyMem_Free(of);
     for (int c = 0; c < 3; c++)
@@ -954,7 +951,8 @@ batch_rows(PyObject *self, PyObject *args)
  * arrays as bytes of native ints/int64/doubles, a bytes column None when all NULL, else
  * bytes when no sum is NULL or a list), False where rollup_of returns None (a time not
  * finite or beyond +-1e18, bytes of a type SQLite stores as another, too many roll-up
- * rows), None for what this leaves to rollup_of (a column that is not a list, a time
+ * rows), None for what this leaves to rollup_of (a column neither a list nor an array of
+ * its typecode, a time
  * that is neither a float nor an int of at most 53 bits, bytes that are bool or leave 64
  * bits, or a sum that does, odd indexes, values of other types). */
 typedef struct {
@@ -2107,15 +2105,9 @@ packed_links(PyObject *self, PyObject *args)
     }
     int64_t lo = INT64_MAX, hi = INT64_MIN;
     for (Py_ssize_t k = 0; k < nkey; k++) {
-        PyObject *x = PyList_GET_ITEM(key, k);
-        if (!PyLong_CheckExact(x))
+        int64_t value;
+        if (!int64_of(PyList_GET_ITEM(key, k), &value))
             goto done;
-        int overflow = 0;
-        long long value = PyLong_AsLongLongAndOverflow(x, &overflow);
-        if (overflow || (value == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            goto done;
-        }
         keys[k] = value;
         lo = value < lo ? value : lo;
         hi = value > hi ? value : hi;
@@ -2183,7 +2175,7 @@ static PyMethodDef methods[] = {
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
     {"merge_deltas", merge_deltas, METH_VARARGS, "Store._add_batch_deltas's sums (see above)."},
     {"packed_links", packed_links, METH_VARARGS, "batch.py _packed_links (see above)."},
-    {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of a list of floats, or None."},
+    {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of floats (a list or array), or None."},
     {"packed_groups", packed_groups, METH_O, "batch.py _packed_groups (see above), or None."},
     {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
     {NULL, NULL, 0, NULL},

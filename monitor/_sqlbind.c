@@ -163,7 +163,7 @@ resolve(PyObject *sqlite)
     return 0;
 }
 
-/* conn.method(sql) (a Python sqlite3 call), its result dropped; -1 on an error */
+/* conn.execute(sql) (a Python sqlite3 call), its result dropped; -1 on an error */
 static int
 run(PyObject *conn, const char *sql)
 {
@@ -293,7 +293,7 @@ int_at(column *c, Py_ssize_t i, long long *v)
 }
 
 /* a value as bound: read from Python's objects first (value_of, value_at), bound later
- * (bind_value), with the GIL released when run_steps binds it: a text or blob points into
+ * (bind_value), with the GIL released when Steps.run binds it: a text or blob points into
  * an object kept alive (and unchanged: str and bytes are immutable) until then */
 enum vtype { V_NULL, V_INT, V_FLOAT, V_TEXT, V_BLOB };
 typedef struct {

@@ -1,8 +1,11 @@
-/* What the C accelerators (monitor/collectors/_*.c, see monitor/accel.py) share. */
+/* What the C accelerators (monitor/_*.c and monitor/collectors/_*.c, see monitor/accel.py)
+ * share. */
 #ifndef APIWATCH_ACCEL_H
 #define APIWATCH_ACCEL_H
 
 #include <stdint.h>
+
+#define RECORD_ID_BYTES 12 /* a record id's (monitor.ids.record_id: 24 hex digits) */
 
 /* `module`, the definition of accelerator module `name` (for PyModule_Create), whose
  * functions are the including file's `methods` */
@@ -22,7 +25,7 @@ typedef struct {
     int64_t bytes_in;
     double duration;  /* seconds */
     int64_t oid;      /* monitor.ids.observation_id(record id), its first record's */
-    unsigned char rid[12]; /* the record id's bytes (monitor.ids.record_id: their hex) */
+    unsigned char rid[RECORD_ID_BYTES]; /* the record id's bytes */
     unsigned char pad[4];
 } KnownRecord;
 

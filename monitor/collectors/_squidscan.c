@@ -450,7 +450,6 @@ static const uint8_t B2_SIGMA[10][16] = { /* round r uses row r mod 10 */
     {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
     {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
 };
-#define RECORD_ID_BYTES 12
 
 static uint64_t
 rotr64(uint64_t x, int n)
