@@ -57,11 +57,14 @@ def incident_id(
 ) -> str:
     """Deterministic: the same traffic always aggregates into the same incident. The user is
     part of the key only when the log names one (ids of user-less traffic do not change)."""
-    parts = [rule, provider, dest_host, client_ip, egress_ip, egress_country, day]
+    # one tuple display, no comprehension (its own frame): the record path makes one per
+    # new client of a destination and rule
+    key = "\x1f".join((rule or "", provider or "", dest_host or "", client_ip or "",
+                       egress_ip or "", egress_country or "", day or ""))  # fmt: skip
     if user:
-        parts.append(user)
+        key += "\x1f" + user
     h = _B8.copy()
-    h.update("\x1f".join([x or "" for x in parts]).encode("utf-8", "surrogatepass"))
+    h.update(key.encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
 

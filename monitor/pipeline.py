@@ -636,6 +636,17 @@ def place(obs: Observation, match: Match) -> None:
     obs.residency_basis, obs.residency_caveat = p.basis, p.caveat
 
 
+_CLIENT_IP, _USER = (COL[c] for c in CLIENT)
+
+
+def client_row(row: tuple[Any, ...], client: tuple[str | None, str | None]) -> tuple[Any, ...]:
+    """A stored row with another client's columns (``client``: their values, in CLIENT
+    order): a copy and two stores, which cost less than a display of every column."""
+    made = list(row)
+    made[_CLIENT_IP], made[_USER] = client
+    return tuple(made)
+
+
 @dataclass(slots=True)
 class Context:
     """What the stages after *identify* make of every record of one memo key (read only:
@@ -705,12 +716,6 @@ class RecordMemo:
         )
         #: whether another client's verdicts or evidence are worked out (from its Enriched)
         self._client_enriched = pipeline.evaluator.client_verdicts or bool(self._evidence_by_client)
-        #: ``(row, client) -> row``: a sibling's stored row with another client's columns
-        #: (``client``: their values, in CLIENT order)
-        self._client_row = compiled("client_row", "t, c", "({},)".format(", ".join(
-            f"c[{CLIENT.index(c.name)}]" if c.name in CLIENT else f"t[{i}]"
-            for i, c in enumerate(COLUMNS)
-        )))  # fmt: skip
         #: a record's stored row from its key's (pseudonymisation changes only fields of
         #: RECORD_READS, which the key holds; the match, which the key holds, decides where
         #: the record is processed: records are placed (:func:`place`) before the record
@@ -818,7 +823,7 @@ class RecordMemo:
             if p.evaluator.client_verdicts and p.evaluator.evaluate(enriched) != rules:
                 return None
         found = Context(match, egress, sibling.dest, sibling.outcome, sibling.day, rules,
-                        self._client_row(sibling.row, client), sibling.incidents,
+                        client_row(sibling.row, client), sibling.incidents,
                         sibling.evidence)  # fmt: skip
         if sibling.incidents is not None:
             found.incidents = []
@@ -832,7 +837,7 @@ class RecordMemo:
                     inc["facts"] = p.evaluator.evidence(enriched, rule)
                 found.incidents.append(inc)
         found.context_no = sibling.context_no  # what the key decides but the client
-        found.client_no = self._number(1, CLIENT_OF(found.row))
+        found.client_no = self._number(1, client)  # CLIENT_OF(found.row), as it is made
         return found
 
     def _stages(self, obs: Observation, match: Match) -> Context:
