@@ -3,7 +3,8 @@
  * roll-up rows (batch.py RollupSums: the Sums type), in C (see monitor/accel.py).
  *
  * group_tally(raised, ts, out, in_, ctx, blocked) -> tuple | None
- * (and merge_deltas and packed_links, the storing process's: see there)
+ * (and stream_refs, a producer's per sent batch; merge_deltas and packed_links, the
+ * storing process's: see there)
  *
  * What Batch.made's grouping and _tally(..., "i") do for the rows of a batch: `raised` the
  * incident rows of each row (a list or tuple of dicts, shared by the rows of one memo key;
@@ -570,6 +571,73 @@ packed_groups(PyObject *self, PyObject *groups)
     Py_XDECREF(rowv);
     Py_XDECREF(ends);
     return result;
+}
+
+/* stream_refs(objects, number, table, new) -> bytes | None: batch.py BatchStream._refs:
+ * the number of each of `objects` (a list) in a stream's table (`table`, a list, numbered
+ * by `number`, a dict of id(row) -> index), as the bytes of an array of ints; an object
+ * not in it yet is appended to `table` and to `new` (in order of first appearance) and
+ * numbered. None for what it leaves to the Python code (other types, a table too big for
+ * an int); a number that is no int, or beyond an int, raises as the array would. Per
+ * object, a dict look-up on its id and no Python code (the C code keeps the same dict the
+ * Python code does: id() is PyLong_FromVoidPtr). */
+static PyObject *
+stream_refs(PyObject *self, PyObject *args)
+{
+    PyObject *objects, *number, *table, *new;
+    if (!PyArg_ParseTuple(args, "OOOO:stream_refs", &objects, &number, &table, &new))
+        return NULL;
+    if (!PyList_CheckExact(objects) || !PyDict_CheckExact(number) || !PyList_CheckExact(table) ||
+        !PyList_CheckExact(new))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(objects);
+    if (PyList_GET_SIZE(table) > INT32_MAX - n)
+        Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int));
+    if (out == NULL)
+        return NULL;
+    int *refs = (int *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *obj = PyList_GET_ITEM(objects, i);
+        PyObject *key = PyLong_FromVoidPtr(obj);
+        if (key == NULL)
+            goto error;
+        PyObject *found = PyDict_GetItemWithError(number, key); /* borrowed */
+        if (found != NULL) {
+            Py_DECREF(key);
+            int overflow = 0;
+            long v = PyLong_Check(found) ? PyLong_AsLongAndOverflow(found, &overflow) : 0;
+            if (!PyLong_Check(found)) {
+                PyErr_SetString(PyExc_TypeError, "stream_refs: a number that is no int");
+                goto error;
+            }
+            if (v == -1 && PyErr_Occurred())
+                goto error;
+            if (overflow || v < INT32_MIN || v > INT32_MAX) {
+                PyErr_SetString(PyExc_OverflowError, "stream_refs: a number beyond an int");
+                goto error;
+            }
+            refs[i] = (int)v;
+            continue;
+        }
+        if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            goto error;
+        }
+        Py_ssize_t at = PyList_GET_SIZE(table);
+        PyObject *index = PyLong_FromSsize_t(at);
+        int failed = index == NULL || PyDict_SetItem(number, key, index) < 0 ||
+                     PyList_Append(table, obj) < 0 || PyList_Append(new, obj) < 0;
+        Py_XDECREF(index);
+        Py_DECREF(key);
+        if (failed)
+            goto error;
+        refs[i] = (int)at;
+    }
+    return out;
+error:
+    Py_DECREF(out);
+    return NULL;
 }
 
 /* hour_runs(ts) -> list | None: batch.py _hour_runs of a list or array('d') of floats
@@ -2178,6 +2246,7 @@ static PyMethodDef methods[] = {
     {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of floats (a list or array), or None."},
     {"packed_groups", packed_groups, METH_O, "batch.py _packed_groups (see above), or None."},
     {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
+    {"stream_refs", stream_refs, METH_VARARGS, "BatchStream._refs (see above), or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2217,7 +2286,7 @@ PyInit__batchscan(void)
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 6) < 0 ||
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 7) < 0 ||
                       PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);
     return m;

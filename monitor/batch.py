@@ -31,7 +31,7 @@ from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 6
+_ACCEL_ABI = 7
 #: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
 #: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
@@ -330,8 +330,12 @@ class BatchStream:
         return batch
 
     def _refs(self, objects: list[dict[str, Any]], new: list[dict[str, Any]]) -> array:
-        """The numbers of rows in the stream's table, those not in it yet added (to ``new``)."""
+        """The numbers of rows in the stream's table, those not in it yet added (to ``new``);
+        in C (``_batchscan.stream_refs``: the same dict and lists) when it is built."""
         number, table = self._number, self._rows
+        found = _ACCEL.stream_refs(objects, number, table, new) if _ACCEL is not None else None
+        if found is not None:
+            return array("i", found)
         ids = list(map(id, objects))
         first = dict(zip(ids, objects, strict=True))  # (no Python code but a new row's)
         for key in filterfalse(number.__contains__, first):

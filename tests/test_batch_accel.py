@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from monitor import accel, batch
 from monitor import store as store_module
 from monitor.app import App, Settings
-from monitor.batch import ROW_FIELDS, ROW_IN, ROW_OUT, ROW_TS, ROW_URL, Batch, Deltas
+from monitor.batch import ROW_FIELDS, ROW_IN, ROW_OUT, ROW_TS, ROW_URL, Batch, BatchStream, Deltas
 from monitor.collectors import CollectOptions, Diagnostics
 from monitor.egress import EgressOptions
 from monitor.pipeline import Part, Pipeline
@@ -570,3 +570,41 @@ def test_links_packed_in_c_unpack_to_the_pairs():
     numbers = [int(v) for t in packed.texts for v in t.strip("[]").split(", ")]
     pairs = [(packed.lo + p // packed.span, packed.low + p % packed.span) for p in numbers]
     assert pairs == sorted((key[i], r) for i, r in zip(of, row, strict=True))
+
+
+def _stream_refs(calls: list[list[dict]], accelerated: bool) -> list[tuple]:
+    """What a stream's ``_refs`` answers for each call in turn (the typecode and numbers of
+    its array, the rows it adds, by identity), then its table and numbering."""
+    stream, found = BatchStream(), []
+    with _accelerated(built if accelerated else None):
+        for objects in calls:
+            new: list[dict] = []
+            refs = stream._refs(objects, new)
+            found.append((refs.typecode, refs.tolist(), [id(r) for r in new]))
+    return [*found, [id(r) for r in stream._rows], stream._number]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 30)), max_size=6))
+def test_stream_references_made_in_c_are_pythons(calls):
+    """A stream's incident rows numbered in C (``_batchscan.stream_refs``) and in Python:
+    the same numbers, rows added in the same order and the same table, call after call,
+    rows recurring within a call and across calls."""
+    pool = [{"id": f"i{k}"} for k in range(31)]  # (equal rows would be numbered apart)
+    lists = [[pool[k] for k in ks] for ks in calls]
+    assert built.stream_refs([pool[0]], {}, [], []) is not None, "C numbers them"
+    assert _stream_refs(lists, True) == _stream_refs(lists, False)
+
+
+def test_stream_references_c_leaves_to_python_or_refuses_as_python():
+    """Other types than the stream's make C answer None (Python's answer then holds); a
+    numbering that is no int's, or beyond an int's, raises the array's error."""
+    row = {"id": "a"}
+    assert built.stream_refs((row,), {}, [], []) is None
+    assert built.stream_refs([row], {}, (), []) is None
+    for bad, error in (("1", TypeError), (2**40, OverflowError)):
+        for accelerated in (True, False):
+            stream = BatchStream()
+            stream._number, stream._rows = {id(row): bad}, [row]
+            with _accelerated(built if accelerated else None), pytest.raises(error):
+                stream._refs([row], [])
