@@ -266,7 +266,7 @@ _GETTERS: dict[str, Callable[[Enriched], Any]] = {
 #: The observation fields each rule-context field reads from the record itself; whatever a
 #: field reads through the match, the egress point, the destination's geolocation or the
 #: outcome follows from :data:`RECORD_READS`. The record path's memo key holds these fields
-#: for the fields the loaded rules read (tests/test_pipeline_memo.py checks every getter).
+#: for the fields the loaded rules read (tests/test_record_memo.py checks every getter).
 OBS_READS: dict[str, tuple[str, ...]] = {
     "dest.host": ("dest_host",),
     "dest.ip": ("dest_ip",),
