@@ -1402,8 +1402,8 @@ done:
  * batch's deltas (ids, count, ... facts: the Deltas lists; ids, out, in_ and facts lists,
  * the others any sequences) already in the transaction's `deltas` (a dict by incident id
  * of dicts): adds "count" and "blocked", adds "bytes_out" and "bytes_in" (a None adds
- * nothing; to a None: the value), lowers "first" and raises "last", and replaces "facts"
- * by merge(theirs, the batch's) when the batch's are not None and not that object (merge:
+ * nothing; to a None: the value; saturated to 64 bits), lowers "first" and raises "last",
+ * and replaces "facts" by merge(theirs, the batch's) when the batch's are not None and not that object (merge:
  * batch.py merged_facts, a pure function of the two, called once a distinct pair here).
  * Values are added and compared as Python objects, as the Python code does; an error
  * (of `+`, say) propagates. Returns the indexes of the incidents that are not in `deltas`
@@ -1427,8 +1427,9 @@ item_of(PyObject *d, PyObject *key)
     return value;
 }
 
-/* d[key] = d[key] + add (with `or_none`, None + add: add, as for the byte sums; else
- * None + add raises as in Python); -1 on error */
+/* d[key] = d[key] + add (with `or_none`, as for the byte sums: None + add is add, and a
+ * sum beyond 64 bits is INT64_MAX (below: INT64_MIN), as batch.py _add; else None + add
+ * raises as in Python); -1 on error */
 static int
 add_to(PyObject *d, PyObject *key, PyObject *add, int or_none)
 {
@@ -1438,6 +1439,18 @@ add_to(PyObject *d, PyObject *key, PyObject *add, int or_none)
     PyObject *sum = or_none && had == Py_None ? Py_NewRef(add) : PyNumber_Add(had, add);
     if (sum == NULL)
         return -1;
+    if (or_none && had != Py_None) {
+        int overflow = 0;
+        PyLong_AsLongLongAndOverflow(sum, &overflow); /* (an int: a byte sum is) */
+        if (PyErr_Occurred()) {
+            Py_DECREF(sum);
+            return -1;
+        }
+        if (overflow)
+            Py_SETREF(sum, PyLong_FromLongLong(overflow > 0 ? INT64_MAX : INT64_MIN));
+        if (sum == NULL)
+            return -1;
+    }
     int failed = PyDict_SetItem(d, key, sum);
     Py_DECREF(sum);
     return failed;
@@ -1602,10 +1615,11 @@ done:
  * sums sorted by key as RollupSums's columns (arrays as bytes of int64/doubles, a bytes
  * column None when all NULL, bytes when none is, else a list). add checks all it reads
  * before it adds anything: a column of another type or size, an index out of range or a
- * URL that is neither str nor None raise (TypeError, ValueError, IndexError), and a sum
- * beyond 64 bits raises OverflowError, and so does every later call (add, rows, hourly):
- * the sums are then unusable (the key whose sum overflowed is half added), as the Python
- * reference's exact sums are when bound (a transaction that meets it is aborted). */
+ * URL that is neither str nor None raise (TypeError, ValueError, IndexError). Byte sums
+ * saturate at INT64_MAX (see add_saturating); a count of requests beyond 64 bits (no
+ * database holds that many rows) raises OverflowError, and so does every later call (add,
+ * rows, hourly): the sums are then unusable (the key whose count overflowed is half added),
+ * as the Python reference's exact counts are when bound (the transaction is aborted). */
 typedef struct {
     int64_t a, b; /* the key: (ctx, client) or (ctx, hour) */
     int64_t requests, out, in;
@@ -1773,11 +1787,13 @@ float_column(PyObject *col, Py_ssize_t n, double *v)
     return ok;
 }
 
-/* adds v to a nullable sum (given: v is not NULL); 0 when it leaves 64 bits */
-static inline int
-add_nullable(int64_t *sum, int *has, int64_t v, char given)
+/* adds v to a nullable byte sum (given: v is not NULL), saturating at INT64_MAX (below:
+ * INT64_MIN) as batch._add and store.SATURATED_SUM do (see observation.MAX_COUNT) */
+static inline void
+add_saturating(int64_t *sum, int *has, int64_t v, char given)
 {
-    return !given || add_checked(sum, has, v);
+    if (given && !add_checked(sum, has, v))
+        *sum = v > 0 ? INT64_MAX : INT64_MIN;
 }
 
 static PyObject *
@@ -1863,10 +1879,10 @@ Sums_add(Sums *self, PyObject *args)
             e->first = first;
         if (fresh || last > e->last)
             e->last = last;
-        if (__builtin_add_overflow(e->requests, v[2 * n + k], &e->requests) ||
-            !add_nullable(&e->out, &e->has_out, v[3 * n + k], has[3 * n + k]) ||
-            !add_nullable(&e->in, &e->has_in, v[4 * n + k], has[4 * n + k]))
+        if (__builtin_add_overflow(e->requests, v[2 * n + k], &e->requests))
             goto overflow;
+        add_saturating(&e->out, &e->has_out, v[3 * n + k], has[3 * n + k]);
+        add_saturating(&e->in, &e->has_in, v[4 * n + k], has[4 * n + k]);
         PyObject *u = url == Py_None ? Py_None : PyList_GET_ITEM(url, k);
         if (u != Py_None && (e->url == NULL || PyUnicode_Compare(u, e->url) < 0))
             Py_XSETREF(e->url, Py_NewRef(u)); /* (exact str: no error to compare) */
@@ -1876,10 +1892,10 @@ Sums_add(Sums *self, PyObject *args)
         Sum *e = table_get(&self->hours, numbers[hv[k]], hv[nh + k], &fresh);
         if (e == NULL)
             goto done;
-        if (__builtin_add_overflow(e->requests, hv[2 * nh + k], &e->requests) ||
-            !add_nullable(&e->out, &e->has_out, hv[3 * nh + k], hh[3 * nh + k]) ||
-            !add_nullable(&e->in, &e->has_in, hv[4 * nh + k], hh[4 * nh + k]))
+        if (__builtin_add_overflow(e->requests, hv[2 * nh + k], &e->requests))
             goto overflow;
+        add_saturating(&e->out, &e->has_out, hv[3 * nh + k], hh[3 * nh + k]);
+        add_saturating(&e->in, &e->has_in, hv[4 * nh + k], hh[4 * nh + k]);
     }
     result = Py_NewRef(Py_None);
     goto done;
@@ -2286,7 +2302,9 @@ PyInit__batchscan(void)
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 7) < 0 ||
+    /* 8: stream_refs; Sums and merge_deltas saturate byte sums at INT64_MAX (Sums raised
+       OverflowError) */
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 8) < 0 ||
                       PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);
     return m;

@@ -26,12 +26,12 @@ from operator import add, itemgetter, le
 from typing import Any
 
 from monitor import accel
-from monitor.observation import run_records
+from monitor.observation import MAX_SUM, run_records
 from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 7
+_ACCEL_ABI = 8
 #: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
 #: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
@@ -633,11 +633,9 @@ def _tally(columns: Sequence[Sequence[Any]], contexts: Sequence[tuple[Any, ...]]
                 counts[k] += count
                 blocks[k] += blocked
                 if sent is not None:
-                    had = sent_of[k]
-                    sent_of[k] = sent if had is None else had + sent
+                    sent_of[k] = _add(sent_of[k], sent)
                 if received is not None:
-                    had = received_of[k]
-                    received_of[k] = received if had is None else had + received
+                    received_of[k] = _add(received_of[k], received)
                 if first < firsts[k]:
                     firsts[k] = first
                 if last > lasts[k]:
@@ -835,10 +833,15 @@ _FACT_KEYS: dict[tuple[type, Any], str] = {}
 
 
 def _sum(values: Sequence[int | None]) -> int | None:
-    """The sum of the values given (None: none is)."""
+    """The sum of the values given (None: none is), saturated (see :func:`_add`)."""
     if None in values:
         values = [v for v in values if v is not None]
-    return sum(values) if values else None
+    return min(sum(values), MAX_SUM) if values else None
+
+
+def _sum_all(values: Sequence[int]) -> int:
+    """The sum of the values given, none None, saturated (see :func:`_add`)."""
+    return min(sum(values), MAX_SUM)
 
 
 def _none(values: Sequence[Any]) -> None:
@@ -846,16 +849,25 @@ def _none(values: Sequence[Any]) -> None:
 
 
 def _summing(column: Sequence[int | None]) -> Callable[[Sequence[int | None]], int | None]:
-    """:func:`_sum` for values of ``column``: ``sum`` when it has no None, nothing when it
-    has nothing else (a log format without the field)."""
+    """:func:`_sum` for values of ``column``: :func:`_sum_all` when it has no None, nothing
+    when it has nothing else (a log format without the field)."""
     nones = column.count(None)
-    return sum if not nones else _none if nones == len(column) else _sum
+    return _sum_all if not nones else _none if nones == len(column) else _sum
 
 
 def _add(a: int | None, b: int | None) -> int | None:
+    """The sum of two nullable byte sums, saturating at MAX_SUM (see
+    :data:`monitor.observation.MAX_COUNT`), as :func:`monitor.store.saturated_sum` and
+    ``_batchscan.Sums`` add them. The counts are not negative, so a sum saturated on the way
+    is the whole sum saturated, however it is split into parts (batches, transactions, the
+    roll-up levels): every path to a stored total gives the same value. (Below 64 bits,
+    which no count reaches, as ``_batchscan`` does: its least value.)"""
     if b is None:
         return a
-    return b if a is None else a + b
+    if a is None:
+        return b
+    total = a + b
+    return total if _INT64_MIN <= total <= MAX_SUM else MAX_SUM if total > 0 else _INT64_MIN
 
 
 # A batch's roll-up rows, made where the batch is: the storing process adds them to the
@@ -1049,7 +1061,9 @@ class RollupSums:
     the commit (see :func:`monitor.store._fold`) rather than SQLite's upserting every
     batch's rows. Sums per key, not per row: as big as the roll-ups the transaction adds
     to. In C (``_batchscan.Sums``: a Python loop a roll-up row here) but for the
-    reference; a sum beyond 64 bits raises OverflowError (as binding it would)."""
+    reference. Byte sums saturate at MAX_SUM (:func:`_add`), as SQLite's are made to (see
+    :func:`monitor.store.saturated_sum`): a count of requests beyond 64 bits (no database
+    holds that many rows) raises OverflowError."""
 
     def __init__(self) -> None:
         self._made = _ACCEL.Sums() if _ACCEL is not None else None

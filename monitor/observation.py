@@ -20,6 +20,34 @@ from typing import Any
 #: Field metadata of what is not a stored column (see :mod:`monitor.rows`).
 NOT_STORED = {"stored": False}
 
+#: The largest byte or packet count (and Squid elapsed time, in ms) one record may carry:
+#: 2**48, 256 TiB. No single request or flow comes near it, and a signed 64-bit integer (what
+#: SQLite stores, what Squid's own counters are) holds 32768 of them. A count beyond it (or
+#: below 0) is damage or forgery, and binding it would end the scan: the collectors read it
+#: as they read any other unreadable field, the Squid ones reporting the record as malformed
+#: (file:line, counted; in C and Python alike), the others storing the count as unknown.
+#: The bound alone cannot keep the stored totals (roll-ups, hourly, monthly, incidents,
+#: findings) within 64 bits: 2**15 records at it overflow one, and a database holds many
+#: more; any bound low enough to prevent that (below 2**20 for 2**43 rows) would refuse
+#: ordinary transfers. So sums of counts saturate at MAX_SUM instead of ending the scan (or
+#: a report): :func:`monitor.batch._add` in memory, ``_batchscan``'s in C,
+#: :func:`monitor.store.saturated_sum` in SQL; below it they are exact, as before.
+MAX_COUNT = 1 << 48
+#: The largest value a stored sum of counts takes (SQLite's largest integer).
+MAX_SUM = (1 << 63) - 1
+
+
+def bounded(count: int | None) -> int | None:
+    """A byte or packet count a record may carry (see MAX_COUNT), else None (unknown)."""
+    return count if count is not None and 0 <= count <= MAX_COUNT else None
+
+
+def http_status(status: int | None) -> int | None:
+    """An HTTP status a record may carry (three digits; 0: none), else None (unknown): a
+    number beyond would end the scan when bound, as a count beyond MAX_COUNT would."""
+    return status if status is not None and 0 <= status <= 999 else None
+
+
 #: How ``dest_host`` was learned, from most to least direct.
 HOST_SOURCES = ("connect", "url", "sni", "http_host", "cert", "dns", "ip")
 

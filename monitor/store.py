@@ -65,7 +65,7 @@ from monitor.batch import (
 from monitor.errors import ApiwatchError
 from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
 from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
-from monitor.observation import iso_datetime, iso_day, iso_utc
+from monitor.observation import MAX_SUM, iso_datetime, iso_day, iso_utc
 from monitor.rows import CLIENT, COL, CONTEXT, PER_REQUEST, TYPES
 from monitor.sqlbind import PendingInsert, Via, insert_columns, join_steps
 
@@ -91,6 +91,27 @@ OBSERVATION_COLUMNS = TYPES
 _ID, _TS, _DAY, _SOURCE, _LINE = COL["id"], COL["ts"], COL["day"], COL["source"], COL["line"]
 _OUT, _IN, _OUTCOME = COL["bytes_out"], COL["bytes_in"], COL["outcome"]
 _SCAN = COL["scan_id"]
+
+
+def saturated_sum(column: str, where: str = "") -> str:
+    """SQL: ``sum(column)`` of byte counts (of the rows ``where`` selects, a FILTER), but at
+    most MAX_SUM. SQLite's ``sum`` stops the statement ("integer overflow") past 64 bits, and
+    a scan's or a report's one statement is all of it: the stored counts are bounded
+    (:data:`monitor.observation.MAX_COUNT`), their sums are not. The high and low 24 bits
+    are summed apart, then added, where SQLite's ``*`` and ``+`` turn to a REAL past 64
+    bits, which ``min`` makes MAX_SUM: the exact ``sum`` below it (same value, same type: an
+    integer), saturated above, as ``_batchscan.Sums`` and :func:`monitor.batch._add` add in
+    memory. Neither part can overflow: each needs 2**39 stored requests (a roll-up row at
+    MAX_SUM stands for 2**15 at least), and a database holds fewer than 2**37 (4 KiB pages,
+    at most 2**30 of them, 32 bytes a request at the least). One more aggregate costs a
+    ``GROUP BY`` of 2 M rows about 10 %; the scans' roll-ups sum in memory (same figures)."""
+    f = f" FILTER (WHERE {where})" if where else ""
+    return f"min(sum({column} >> 24){f} * 16777216 + sum({column} & 16777215){f}, {MAX_SUM})"
+
+
+def _sums(alias: str = "") -> str:
+    """SQL: the saturated sums of ``alias``'s bytes_out and bytes_in, named so."""
+    return ", ".join(f"{saturated_sum(alias + c)} AS {c}" for c in ("bytes_out", "bytes_in"))
 
 
 # How observations are kept (schema step 9). A stored request is one narrow row of
@@ -552,15 +573,15 @@ class IncidentQuery:
 FindingQuery = IncidentQuery
 
 #: a finding's figures, rolled up from its detail rows (findings are never counted apart)
-_ROLLUP = """SELECT finding_id AS id, min(rule) AS rule, min(provider) AS provider,
+_ROLLUP = f"""SELECT finding_id AS id, min(rule) AS rule, min(provider) AS provider,
       min(site) AS site, max(severity_rank) AS severity_rank, max(title) AS title,
       min(first_seen) AS first_seen, max(last_seen) AS last_seen, sum(count) AS count,
-      sum(blocked) AS blocked, sum(bytes_out) AS bytes_out, sum(bytes_in) AS bytes_in,
+      sum(blocked) AS blocked, {_sums()},
       count(DISTINCT client_ip) AS clients, count(DISTINCT user) AS users,
       count(DISTINCT dest_host) AS hosts, count(DISTINCT day) AS days,
       group_concat(DISTINCT egress_country) AS egress_country,
       min(first_scan) AS first_scan, max(last_scan) AS last_scan
-    FROM incidents WHERE {where} GROUP BY finding_id"""
+    FROM incidents WHERE {{where}} GROUP BY finding_id"""  # noqa: S608 - constants
 _ROLLUP_COLUMNS = ("rule", "provider", "site", "severity", "severity_rank", "title", "first_seen",
                    "last_seen", "count", "blocked", "bytes_out", "bytes_in", "clients", "users",
                    "hosts", "days", "egress_country", "first_scan", "last_scan")  # fmt: skip
@@ -594,22 +615,22 @@ _INSERT_INCIDENT = (
 #: what new observations add to a stored incident (parameters: first_seen, last_seen (None:
 #: within the stored ones), count, blocked, bytes_out, bytes_in, evidence, facts,
 #: first_scan, last_scan, row number)
-_UPDATE_INCIDENT = """UPDATE incident_rows SET
+_UPDATE_INCIDENT = f"""UPDATE incident_rows SET
   first_seen = coalesce(min(first_seen, ?1), first_seen),
   last_seen = coalesce(max(last_seen, ?2), last_seen),
   count = count + ?3,
   blocked = blocked + ?4,
   bytes_out = CASE WHEN bytes_out IS NULL AND ?5 IS NULL THEN NULL
-              ELSE coalesce(bytes_out, 0) + coalesce(?5, 0) END,
+              ELSE min(coalesce(bytes_out, 0) + coalesce(?5, 0), {MAX_SUM}) END,
   bytes_in = CASE WHEN bytes_in IS NULL AND ?6 IS NULL THEN NULL
-             ELSE coalesce(bytes_in, 0) + coalesce(?6, 0) END,
+             ELSE min(coalesce(bytes_in, 0) + coalesce(?6, 0), {MAX_SUM}) END,
   outcome = CASE WHEN blocked + ?4 = 0 THEN 'allowed'
                  WHEN blocked + ?4 = count + ?3 THEN 'blocked' ELSE 'mixed' END,
   evidence = ?7,
   facts = ?8,
   first_scan = min(coalesce(first_scan, ?9), ?9),
   last_scan = max(coalesce(last_scan, ?10), ?10)
-WHERE n = ?11"""
+WHERE n = ?11"""  # noqa: S608 - constants
 
 
 class Store:
@@ -1127,11 +1148,9 @@ class Store:
                 d["count"] += count
                 d["blocked"] += blocked
                 if sent is not None:
-                    had = d["bytes_out"]
-                    d["bytes_out"] = sent if had is None else had + sent
+                    d["bytes_out"] = _add(d["bytes_out"], sent)
                 if received is not None:
-                    had = d["bytes_in"]
-                    d["bytes_in"] = received if had is None else had + received
+                    d["bytes_in"] = _add(d["bytes_in"], received)
                 if first < d["first"]:
                     d["first"] = first
                 if last > d["last"]:
@@ -2091,7 +2110,7 @@ class Store:
                 f"""SELECT g.ctx, g.client, g.url, g.first, g.rows, g.bytes_out, g.bytes_in,
                       g.first_ts, g.last_ts, {_OBS_COLUMNS}
                     FROM (SELECT o.ctx, o.client, o.url, min(o.n) AS first, count(*) AS rows,
-                            sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in,
+                            {_sums("o.")},
                             min(o.ts) AS first_ts, max(o.ts) AS last_ts
                           FROM obs_rows o WHERE {rows} GROUP BY o.ctx, o.client, o.url) g
                     CROSS JOIN {_OBS} WHERE o.n = g.first ORDER BY g.first""",  # noqa: S608
@@ -2868,8 +2887,7 @@ class Store:
         if all(_utc_midnight(t) for t in bounds) and width % 86400 == 0:
             grouped, params = self._grouped(previous, until, where, clients=False)
             at = "CAST(strftime('%s', c.day) AS INTEGER)"
-            rows = f"""SELECT g.ctx AS ctx, sum(g.requests) AS requests,
-                         sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in
+            rows = f"""SELECT g.ctx AS ctx, sum(g.requests) AS requests, {_sums("g.")}
                        FROM ({grouped}) g GROUP BY 1"""  # noqa: S608 - constants
         elif hours and all(t.timestamp() % 3600 == 0 for t in bounds) and width % 3600 == 0:
             at = "g.hour * 3600"
@@ -2933,8 +2951,7 @@ class Store:
         if split:  # the hours a bound splits first: a test far cheaper than the others
             span = f"CAST(o.ts / 3600 AS INTEGER) IN ({marks}) AND {span}"
         rows = f"""SELECT {", ".join(_period_bucket("o.ts"))}, o.ctx AS ctx,
-                     count(*) AS requests, sum(o.bytes_out) AS bytes_out,
-                     sum(o.bytes_in) AS bytes_in
+                     count(*) AS requests, {_sums("o.")}
                    FROM obs_rows o WHERE {span} GROUP BY 1, 2, 3"""  # noqa: S608
         params = [*cut, *split, *params]
         if split:  # days from a part hour (Asia/Kolkata): the other hours' totals
@@ -2973,10 +2990,12 @@ class Store:
                     UNION ALL SELECT l.ctx, t.day + ?, l.r, l.o, l.i, 0
                     FROM l CROSS JOIN t ON t.ctx = l.ctx"""  # noqa: S608
         rows = f"""WITH t AS MATERIALIZED (SELECT g.ctx, CAST(strftime('%s', c.day) AS INTEGER)
-                      AS day, sum(g.requests) AS r, sum(g.bytes_out) AS o, sum(g.bytes_in) AS i
+                      AS day, sum(g.requests) AS r, {saturated_sum("g.bytes_out")} AS o,
+                      {saturated_sum("g.bytes_in")} AS i
                       FROM ({grouped}) g CROSS JOIN obs_contexts c ON c.n = g.ctx GROUP BY 1),
-                    l AS MATERIALIZED (SELECT o.ctx, count(*) AS r, sum(o.bytes_out) AS o,
-                      sum(o.bytes_in) AS i FROM obs_rows o WHERE {span} GROUP BY 1)
+                    l AS MATERIALIZED (SELECT o.ctx, count(*) AS r,
+                      {saturated_sum("o.bytes_out")} AS o, {saturated_sum("o.bytes_in")} AS i
+                      FROM obs_rows o WHERE {span} GROUP BY 1)
                     {parts}"""  # noqa: S608
         prev, bucket = _period_bucket("g.at")
         found = self._read_only(
@@ -3053,7 +3072,7 @@ class Store:
             parts.append(f"SELECT {part} AS part, * FROM ({_dest_numbers(sql)})")  # noqa: S608
             params += [*more, *span]
         sums = ", ".join(
-            f"{agg}(g.{column}) FILTER (WHERE g.part = {p}) AS {n}{p}"
+            f"{agg(f'g.{column}', f'g.part = {p}')} AS {n}{p}"
             for p in (0, 1, 2)
             for agg, column, n in _EDGE_SUMS
         )
@@ -3392,7 +3411,8 @@ class Store:
                   min(i.site) AS site, max(i.severity_rank) AS severity_rank,
                   max(i.title) AS title, min(o.ts) AS first_ts, max(o.ts) AS last_ts,
                   count(*) AS count, sum({o["outcome"]} IS 'blocked') AS blocked,
-                  sum({o["bytes_out"]}) AS bytes_out, sum({o["bytes_in"]}) AS bytes_in,
+                  {saturated_sum(o["bytes_out"])} AS bytes_out,
+                  {saturated_sum(o["bytes_in"])} AS bytes_in,
                   count(DISTINCT {o["client_ip"]}) AS clients,
                   count(DISTINCT {o["user"]}) AS users,
                   count(DISTINCT {o["dest_host"]}) AS hosts, count(DISTINCT {day}) AS days,
@@ -4022,8 +4042,8 @@ def _schema_v11(db: sqlite_utils.Database) -> None:
         " first_ts REAL NOT NULL, last_ts REAL NOT NULL, PRIMARY KEY (ctx, client)) WITHOUT ROWID"
     )
     db.execute(
-        "INSERT INTO obs_rollup SELECT o.ctx, o.client, count(*), sum(o.bytes_out),"
-        " sum(o.bytes_in), min(o.url), min(o.ts), max(o.ts) FROM obs_rows o GROUP BY 1, 2"
+        f"INSERT INTO obs_rollup SELECT o.ctx, o.client, count(*), {_sums('o.')},"  # noqa: S608
+        " min(o.url), min(o.ts), max(o.ts) FROM obs_rows o GROUP BY 1, 2"
     )
     db.execute(
         "INSERT INTO meta (key, value) VALUES ('rolled_up_to', (SELECT coalesce(max(n), 0)"
@@ -4310,12 +4330,12 @@ def _local_day(column: str, since: datetime, until: datetime, tz: str) -> tuple[
 #: :meth:`Store.traffic_cube`'s figures of the rows ``{rows}`` (``ctx``, ``requests``,
 #: ``bytes_out``, ``bytes_in`` and what ``{prev}`` and ``{bucket}`` read), by period, bucket,
 #: provider, kind, site and egress country (and ``{unsure}``)
-_CUBE = """SELECT {prev}, {bucket}, c.provider, c.provider_kind AS kind,
+_CUBE = f"""SELECT {{prev}}, {{bucket}}, c.provider, c.provider_kind AS kind,
          c.site, c.egress_country AS country, sum(g.requests) AS requests,
          sum(CASE WHEN c.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
-         sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in{unsure}
-  FROM ({rows}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
-  GROUP BY 1, 2, 3, 4, 5, 6"""
+         {_sums("g.")}{{unsure}}
+  FROM ({{rows}}) g CROSS JOIN obs_contexts c ON c.n = g.ctx
+  GROUP BY 1, 2, 3, 4, 5, 6"""  # noqa: S608 - constants
 #: :data:`_CUBE` of the rows :meth:`Store._cube_rows` made
 _CUBE_OF_ROWS = {"prev": "g.prev AS prev", "bucket": "g.bucket AS bucket",
                  "rows": "SELECT * FROM temp.cube", "unsure": ""}  # fmt: skip
@@ -4367,13 +4387,12 @@ _DAYS = f"{_FROM_ROW} AND day >= ? AND day <= ?"
 _MARK = "(SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'rolled_up_to')"
 #: a roll-up row of the requests ``o`` grouped by context and client
 _ROLLED_ROWS = (
-    "o.ctx AS ctx, o.client AS client, count(*) AS requests, sum(o.bytes_out) AS bytes_out,"
-    " sum(o.bytes_in) AS bytes_in, min(o.url) AS url, min(o.ts) AS first_ts, max(o.ts) AS last_ts"
+    f"o.ctx AS ctx, o.client AS client, count(*) AS requests, {_sums('o.')},"
+    " min(o.url) AS url, min(o.ts) AS first_ts, max(o.ts) AS last_ts"
 )
 #: the hourly totals of the requests ``o`` (hours since the epoch, UTC)
 _HOURLY_ROWS = (
-    "o.ctx AS ctx, CAST(o.ts / 3600 AS INTEGER) AS hour, count(*) AS requests,"
-    " sum(o.bytes_out) AS bytes_out, sum(o.bytes_in) AS bytes_in"
+    f"o.ctx AS ctx, CAST(o.ts / 3600 AS INTEGER) AS hour, count(*) AS requests, {_sums('o.')}"
 )
 _ROLLUP_FIELDS = ("ctx", "client", "requests", "bytes_out", "bytes_in", "url", "first_ts",
                   "last_ts")  # fmt: skip
@@ -4426,7 +4445,7 @@ def _dest_rows(
         )
         grouped = (
             "SELECT g.client, min(g.ctx) AS ctx, sum(g.requests) AS requests,"  # noqa: S608
-            " sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in, min(g.url) AS url"
+            f" {_sums('g.')}, min(g.url) AS url"
             f" FROM ({grouped}) g CROSS JOIN ({ranked}) m ON m.n = g.ctx GROUP BY g.client, m.dest"
         )
         params = [*params, *days]
@@ -4438,18 +4457,22 @@ def _dest_rows(
 
 
 #: :meth:`Store.client_destinations`' query of the rows ``{grouped}`` (see :meth:`Store._by_dest`)
-_WHO = """SELECT w.client_ip, g.dest_host, g.provider, g.provider_kind AS kind, g.site,
+_WHO = f"""SELECT w.client_ip, g.dest_host, g.provider, g.provider_kind AS kind, g.site,
          g.egress_country AS country, sum(g.requests) AS requests,
          sum(CASE WHEN g.outcome IS 'blocked' THEN g.requests ELSE 0 END) AS blocked,
-         sum(g.bytes_out) AS bytes_out, sum(g.bytes_in) AS bytes_in,
+         {_sums("g.")},
          min(g.url) AS example_url, json_group_array(DISTINCT w.user) AS users
-  FROM ({grouped}) g CROSS JOIN obs_clients w ON w.n = g.client
-  GROUP BY 1, 2, 3, 4, 5, 6"""
+  FROM ({{grouped}}) g CROSS JOIN obs_clients w ON w.n = g.client
+  GROUP BY 1, 2, 3, 4, 5, 6"""  # noqa: S608 - constants
 
 
 #: the sums :meth:`Store._edge_pairs` keeps of each part (aggregate, column, name)
-_EDGE_SUMS = (("sum", "requests", "r"), ("sum", "bytes_out", "o"), ("sum", "bytes_in", "i"),
-              ("min", "url", "u"))  # fmt: skip
+_EDGE_SUMS = (
+    (lambda c, w: f"sum({c}) FILTER (WHERE {w})", "requests", "r"),
+    (saturated_sum, "bytes_out", "o"),
+    (saturated_sum, "bytes_in", "i"),
+    (lambda c, w: f"min({c}) FILTER (WHERE {w})", "url", "u"),
+)
 
 
 def _hourly(since: datetime, until: datetime, where: TrafficFilter) -> tuple[str, list[Any]]:
@@ -4472,8 +4495,8 @@ def _dest_numbers(grouped: str) -> str:
     """:meth:`Store._grouped` rows (of UTC days given as two more parameters) summed per
     client and destination number (``obs_dests``, as the monthly roll-ups keep them)."""
     return (
-        "SELECT g.client, m.dest, sum(g.requests) AS requests, sum(g.bytes_out) AS bytes_out,"  # noqa: S608
-        f" sum(g.bytes_in) AS bytes_in, min(g.url) AS url FROM ({grouped}) g"
+        f"SELECT g.client, m.dest, sum(g.requests) AS requests, {_sums('g.')},"  # noqa: S608
+        f" min(g.url) AS url FROM ({grouped}) g"
         f" CROSS JOIN (SELECT c.n AS ctx, d.n AS dest FROM obs_contexts c CROSS JOIN obs_dests d"
         f" ON d.key = {_DEST_KEY} WHERE c.day >= ? AND c.day <= ?) m ON m.ctx = g.ctx"
         " GROUP BY 1, 2"
@@ -4589,7 +4612,7 @@ _SUMS = ", ".join(
         "requests = requests + excluded.requests",
         *(
             f"{c} = CASE WHEN {c} IS NULL THEN excluded.{c} WHEN excluded.{c} IS NULL THEN {c}"
-            f" ELSE {c} + excluded.{c} END"
+            f" ELSE min({c} + excluded.{c}, {MAX_SUM}) END"
             for c in ("bytes_out", "bytes_in")
         ),
     ]
@@ -4687,8 +4710,7 @@ def _by_month(conn: sqlite3.Connection, source: str, where: str, params: Sequenc
     )
     conn.execute(
         f"""INSERT INTO obs_monthly (month, client, dest, requests, bytes_out, bytes_in, url)
-            SELECT m.month, g.client, m.dest, sum(g.requests), sum(g.bytes_out),
-              sum(g.bytes_in), min(g.url)
+            SELECT m.month, g.client, m.dest, sum(g.requests), {_sums("g.")}, min(g.url)
             FROM {source} g CROSS JOIN temp.month_dests m ON m.ctx = g.ctx WHERE {where}
             GROUP BY 1, 2, 3 ON CONFLICT (month, client, dest) DO UPDATE SET {_SUMS}, {_URL}""",  # noqa: S608
         params,
@@ -4700,7 +4722,7 @@ def _by_context(conn: sqlite3.Connection, source: str, where: str, params: Seque
     """Add the roll-up rows of ``source`` (as :func:`_by_month`) to their contexts' totals."""
     conn.execute(
         f"""INSERT INTO obs_context_totals (ctx, requests, bytes_out, bytes_in, first_ts, last_ts)
-            SELECT g.ctx, sum(g.requests), sum(g.bytes_out), sum(g.bytes_in), min(g.first_ts),
+            SELECT g.ctx, sum(g.requests), {_sums("g.")}, min(g.first_ts),
               max(g.last_ts) FROM {source} g WHERE {where} GROUP BY 1
             ON CONFLICT (ctx) DO UPDATE SET {_SUMS}, {_SPAN}""",  # noqa: S608 - constants
         params,

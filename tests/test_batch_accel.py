@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from array import array
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +20,7 @@ from monitor.app import App, Settings
 from monitor.batch import ROW_FIELDS, ROW_IN, ROW_OUT, ROW_TS, ROW_URL, Batch, BatchStream, Deltas
 from monitor.collectors import CollectOptions, Diagnostics
 from monitor.egress import EgressOptions
+from monitor.observation import MAX_SUM
 from monitor.pipeline import Part, Pipeline
 from monitor.privacy import Pseudonymizer
 from monitor.rows import CONTEXT, observation_values
@@ -373,24 +374,24 @@ def test_rollup_sums_made_in_c_are_pythons(rollups):
     assert _summed_up(rollups, built) == _summed_up(rollups, None)
 
 
-def test_rollup_sums_beyond_64_bits_raise_overflow_error_in_c_and_python():
-    """Two batches' bytes whose sum leaves 64 bits: OverflowError (as binding it would)."""
+def test_rollup_byte_sums_beyond_64_bits_saturate_in_c_and_python():
+    """Batches' bytes whose sum leaves 64 bits: the sum stops at 2**63 - 1 in C and in
+    Python (as SQL's saturated sums, monitor.store.saturated_sum), and later sums stay
+    there, never a wrapped one; the other columns are summed on."""
     columns = [[None] * 2 for _ in ROW_FIELDS]
     columns[ROW_TS], columns[ROW_OUT] = [DAY, DAY + 1], [2**61, 2**61]
     with _accelerated(None):
         rollup = batch.rollup_of(columns, [0, 0], [0, 0], 1, 1)
     assert rollup is not None and list(rollup.bytes_out) == [2**62]
+    found = []
     for module in (built, None):
-        assert _summed_up([(rollup, [7], [9])], module)[1] is not None
-        assert _summed_up([(rollup, [7], [9])] * 2, module) == (OverflowError, None, None)
-        with _accelerated(module):  # and the sums after it: never a wrapped one
-            sums = batch.RollupSums()
-            sums.add(rollup, [7], [9])
-            with suppress(OverflowError):
-                sums.add(rollup, [7], [9])
-            for call in (sums.rows, sums.hourly):
-                with pytest.raises(OverflowError):
-                    call()
+        for times, want in ((1, 2**62), (2, MAX_SUM), (3, MAX_SUM)):
+            size, rows, hourly = _summed_up([(rollup, [7], [9])] * times, module)
+            assert rows[3] == ("q", array("q", [want]).tobytes())  # bytes_out
+            assert hourly[3] == ("q", array("q", [want]).tobytes())
+            assert rows[2] == ("q", array("q", [2 * times]).tobytes())  # requests
+            found.append((size, rows, hourly))
+    assert found[:3] == found[3:]
 
 
 def test_rollup_sums_reject_columns_of_other_types():

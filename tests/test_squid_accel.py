@@ -28,7 +28,7 @@ from monitor.catalog import Catalog
 from monitor.collectors import CollectOptions, Diagnostics, make_collector, squid
 from monitor.collectors.base import MAX_LINE
 from monitor.ids import observation_id, record_id
-from monitor.observation import RUN_RECORD, Observation, run_records
+from monitor.observation import MAX_COUNT, RUN_RECORD, Observation, run_records
 from monitor.pipeline import Identifier
 from tests.conftest import generated_squid_log
 
@@ -155,7 +155,7 @@ KEPT = [
     (b" 70428 ", b" -70428 "),
     (b" 70428 ", b" 0 "),
     (b" 2475 ", b" - "),
-    (b" 2475 ", b" 999999999999999999 "),  # 18 digits: read in C
+    (b" 2475 ", b" 999999999999999999 "),  # 18 digits: above MAX_COUNT, to Python
     (b" 2475 ", b" 9999999999999999999999 "),  # more: to Python
     (b" 2475 ", b" 1_0 "),  # int() reads it; C hands it back
     (b" - HIER", b" ana%20b HIER"),
@@ -253,6 +253,38 @@ def logs(draw) -> bytes:
 def test_generated_lines_agree(data: bytes, piece: int | None) -> None:
     fast, reference = two_ways(data, piece)
     assert fast == reference
+
+
+#: a count field around MAX_COUNT, the bound of what a record may carry (and 18 digits, the
+#: most C reads), some with leading zeros
+COUNTS = st.tuples(
+    st.one_of(st.integers(MAX_COUNT - 2, MAX_COUNT + 2), st.integers(0, 10**19),
+              st.integers(0, 999)),
+    st.integers(0, 20),
+).map(lambda v: b"0" * v[1] + str(v[0]).encode())  # fmt: skip
+
+
+#: a Squid status: three digits, or more (not an HTTP status: the record is malformed)
+STATUSES = st.sampled_from([b"200", b"000", b"0200", b"2000", b"99999999999999999999"])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(st.lists(st.tuples(COUNTS, COUNTS, st.booleans(), STATUSES), min_size=1, max_size=8))
+def test_counts_around_the_bound_agree(lines) -> None:
+    """Elapsed times and sizes around MAX_COUNT, and statuses of three digits and more, in
+    kept lines (and in rejected ones): what C keeps, Python keeps with the same values;
+    what it hands back, Python reports as malformed with the same reason."""
+    made = [(LLM if kept else OTHER).replace(b" 70428 " if kept else b" 27 ", b" %s " % e)
+            .replace(b" 2475 " if kept else b" 778 ", b" %s " % size)
+            .replace(b"/200 ", b"/%s " % status)
+            for e, size, kept, status in lines]  # fmt: skip
+    found, (_, malformed, _, problems, _) = both_ways(b"\n".join([OTHER, LLM, *made]) + b"\n")
+    bounded = [int(e) <= MAX_COUNT and int(size) <= MAX_COUNT and len(status) <= 3
+               for e, size, kept, status in lines if kept]  # fmt: skip
+    assert len(found) == 1 + bounded.count(True)
+    # (a rejected line out of range is dropped, or malformed when read field by field)
+    assert bounded.count(False) <= malformed == len(problems)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True,

@@ -6,6 +6,8 @@
 #include <stdint.h>
 
 #define RECORD_ID_BYTES 12 /* a record id's (monitor.ids.record_id: 24 hex digits) */
+/* the largest byte count a record may carry (monitor.observation.MAX_COUNT: 2**48) */
+#define MAX_COUNT (1LL << 48)
 
 /* `module`, the definition of accelerator module `name` (for PyModule_Create), whose
  * functions are the including file's `methods` */

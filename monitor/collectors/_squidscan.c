@@ -175,7 +175,8 @@ plain_ts(const char *s, Py_ssize_t n)
     return s[i] == '.' && all_digits(s + i + 1, n - i - 1);
 }
 
-/* "TCP_MISS/200": a letter first, ASCII before the last '/', digits after it */
+/* "TCP_MISS/200": a letter first, ASCII before the last '/', 1-3 digits after it (an HTTP
+ * status, as squid.py's _Targets.code_status reads it) */
 static int
 code_status(const char *s, Py_ssize_t n)
 {
@@ -192,7 +193,7 @@ code_status(const char *s, Py_ssize_t n)
         high |= word_at(s + i) & first_bytes(k - i);
     if (high & HIGHS)
         return 0;
-    return all_digits(s + k + 1, n - k - 1);
+    return n - k - 1 <= 3 && all_digits(s + k + 1, n - k - 1);
 }
 
 /* first occurrence of "://" in s[0:n], or -1 */
@@ -888,7 +889,8 @@ next_line(const char *data, Py_ssize_t size, Py_ssize_t *pos, int clean, Py_ssiz
 }
 
 /* What becomes of a split line: DROP, KEEP; 0: to the Python loop by index; -1: error set.
- * On KEEP, *ts, *elapsed, *size hold the values of its fields. */
+ * On KEEP, *ts, *elapsed, *size hold the values of its fields, at most MAX_COUNT (a kept
+ * line with a larger one is the Python loop's to report: one reason, made in one place). */
 static int
 classify(const Line *ln, PyObject *rejects, PyObject *connects, Verdicts *verdicts,
          const Markers *markers, const Ranges *ranges, double *ts, long long *elapsed,
@@ -933,6 +935,8 @@ classify(const Line *ln, PyObject *rejects, PyObject *connects, Verdicts *verdic
             return -1;
         *elapsed = small_int(tok[1], len[1]);
         *size = small_int(tok[4], len[4]);
+        if (*elapsed > MAX_COUNT || *size > MAX_COUNT)
+            return 0; /* out of range: the Python loop reports the line as malformed */
         return KEEP;
     }
     if (tlen < len[6] && has_marker(target + tlen, len[6] - tlen, markers))
@@ -1497,12 +1501,18 @@ PyInit__squidscan(void)
     /* 4: native_chunk reads whole chunks; 5: it takes the ingress ranges; 6: a kept line
      * comes with its record id; 7: it takes a Verdicts table; 8: observation_id; 9: the
      * maker takes `known` (line keys); 10: known records come in runs (lists); 11: a run is
-     * (entries, packed records), the maker takes no values codes. squid.py
+     * (entries, packed records), the maker takes no values codes; 12: a kept line's elapsed
+     * time and size above MAX_COUNT, and a status of more than three digits, go to the
+     * Python loop (MAX_COUNT exported). squid.py
      * ignores a module built before that */
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 11) < 0 ||
+    PyObject *max_count = PyLong_FromLongLong(MAX_COUNT);
+    if (m != NULL && (max_count == NULL || PyModule_AddIntConstant(m, "ABI", 12) < 0 ||
+                      PyModule_AddObjectRef(m, "MAX_COUNT", max_count) < 0 ||
                       PyModule_AddObjectRef(m, "Verdicts", (PyObject *)&VerdictsType) < 0)) {
+        Py_XDECREF(max_count);
         Py_DECREF(m);
         return NULL;
     }
+    Py_XDECREF(max_count);
     return m;
 }

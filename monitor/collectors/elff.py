@@ -27,7 +27,7 @@ from monitor.collectors.fields import host_keeper, memoised, record_keeper
 from monitor.collectors.mapped import DEFAULT_PORTS, text, url_target
 from monitor.collectors.sniff import elff_head as sniff_head
 from monitor.ids import record_id
-from monitor.observation import Observation, canonical_ip, split_host_port
+from monitor.observation import Observation, bounded, canonical_ip, split_host_port
 
 __all__ = ["ElffCollector", "sniff_head", "split_fields", "FORMAT"]
 
@@ -387,8 +387,8 @@ class ElffCollector(Collector):
             dest_ip,
             url,
             _status(toks[i["status"]]),
-            _int(toks[i["cs_bytes"]]),
-            _int(toks[i["sc_bytes"]]),
+            bounded(_int(toks[i["cs_bytes"]])),
+            bounded(_int(toks[i["sc_bytes"]])),
             hsrc,
             result,
             tt / 1000 if tt is not None else None,

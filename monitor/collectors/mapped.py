@@ -44,7 +44,14 @@ from monitor.collectors.base import (
 )
 from monitor.collectors.fields import memoised, record_keeper
 from monitor.ids import record_id
-from monitor.observation import HOST_SOURCES, Observation, canonical_ip, split_host_port
+from monitor.observation import (
+    HOST_SOURCES,
+    Observation,
+    bounded,
+    canonical_ip,
+    http_status,
+    split_host_port,
+)
 
 __all__ = [
     "FORMAT",
@@ -747,9 +754,9 @@ class _Builder:
             dest_port=port,
             dest_ip=dest_ip,
             url=url,
-            status=to_int(get("status")),
-            bytes_out=to_int(get("bytes_out")),
-            bytes_in=to_int(get("bytes_in")),
+            status=http_status(to_int(get("status"))),
+            bytes_out=bounded(to_int(get("bytes_out"))),
+            bytes_in=bounded(to_int(get("bytes_in"))),
             host_source=hsrc,
             result=get("result"),
             duration=to_seconds(get("duration"), self.m.duration_unit),

@@ -53,9 +53,11 @@ from monitor.collectors.squid_logformat import (
 from monitor.ids import observation_id, record_id
 from monitor.observation import (
     KNOWN_CODES,
+    MAX_COUNT,
     Known,
     Observation,
     canonical_ip,
+    http_status,
     known_codes,
     split_host_port,
 )
@@ -103,6 +105,8 @@ _CLF_START = re.compile(
 _SNIFF_CLF = re.compile(rb'^\S+ \S+ \S+ \[[^\]]{10,40}\] "[^"]*" -?\d+ (?:-|\d+)( "|\s+\S+:\S+)')
 
 _COMPILED_BUILTIN: dict[str, CompiledLogformat] = {}
+#: how many digits MAX_COUNT has
+_COUNT_DIGITS = len(str(MAX_COUNT))
 
 #: Observation is built positionally up to ``duration`` (measurably faster on the hot
 #: path); tests/test_squid.py checks this order against OBSERVATION_FIELDS.
@@ -291,7 +295,13 @@ class _Targets:
         v = self.codes.get(tok, _MISSING)
         if v is _MISSING:
             code, slash, status = tok.rpartition(b"/")
-            if slash and code[:1].isalpha() and code.isascii() and status.isdigit():
+            if (
+                slash
+                and code[:1].isalpha()
+                and code.isascii()
+                and status.isdigit()
+                and len(status) <= 3  # an HTTP status (a number beyond: the scan's end)
+            ):
                 v = (code.decode("ascii"), int(status))
             else:
                 v = None
@@ -420,6 +430,8 @@ def _accelerator() -> Any:
     module = accel.load("monitor.collectors._squidscan")
     if module is None or getattr(module, "ABI", 1) < _ACCEL_ABI:
         return None  # absent, or built from an older source: rebuild it (pip install)
+    if module.MAX_COUNT != MAX_COUNT:
+        return None  # built with another bound: it would keep lines this module reports
     return module
 
 
@@ -431,7 +443,7 @@ def first_observation_id() -> Callable[[str], int]:
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 11
+_ACCEL_ABI = 12
 _RID = ("record_id",)
 
 
@@ -494,6 +506,33 @@ def intervals(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network])
             b"".join(a.to_bytes(width, "big") + b.to_bytes(width, "big") for a, b in merged)
         )
     return packed[0], packed[1]
+
+
+def _counted(digits: bytes) -> bool:
+    """Whether ASCII ``digits`` are a count a record may carry (at most MAX_COUNT), read
+    without converting a number of any length (``int`` refuses more than 4300 digits)."""
+    digits = digits.lstrip(b"0")
+    return len(digits) < _COUNT_DIGITS or (
+        len(digits) == _COUNT_DIGITS and int(digits) <= MAX_COUNT
+    )
+
+
+def _count(text: bytes | None) -> int | None:
+    """A byte count of a logformat field (``-?\\d+``, or None when absent): ValueError
+    (the record's reason, see :func:`_reason_on_error`) when it is outside 0..MAX_COUNT."""
+    if text is None:
+        return None
+    if text[:1] == b"-" or not _counted(text):
+        raise ValueError(f"byte count out of range (0 to {MAX_COUNT})")
+    return int(text)
+
+
+def _port(text: bytes | None) -> int | None:
+    """A port of a logformat field (``-?\\d+``), None when absent or not one (1-65535)."""
+    if text is None or not text.isdigit() or len(text) > 5:
+        return None
+    port = int(text)
+    return port if 0 < port < 65536 else None
 
 
 def _host_port(text: str) -> tuple[str | None, int | None]:
@@ -613,6 +652,7 @@ class SquidCollector(_base.Collector):
         markers = t.markers if t.requests is not None else ()
         marker_search = t.marker_search
         max_line = _base.MAX_LINE
+        max_count = MAX_COUNT
         records = 0
         try:
             for first, chunk, clean in chunks:
@@ -712,8 +752,13 @@ class SquidCollector(_base.Collector):
                                 size = int(parts[4])
                             except ValueError:
                                 ts = size = -1
-                            if cs is None or size < 0 or not 0 <= ts < 1e11:
-                                # the careful path: "-" size, junk
+                            if (
+                                cs is None
+                                or not 0 <= size <= max_count
+                                or not -max_count <= elapsed <= max_count
+                                or not 0 <= ts < 1e11
+                            ):
+                                # the careful path: "-" size, junk, numbers out of range
                                 for o in slow(line, parts, base + i + 1, source, diag, t):
                                     records += 1
                                     if o is not None:
@@ -788,8 +833,11 @@ class SquidCollector(_base.Collector):
             return "bad timestamp"
         ts = float(parts[0])
         el = parts[1]
-        if not el.lstrip(b"-").isdigit():
+        digits = el[1:] if el[:1] == b"-" else el
+        if not digits.isdigit():
             return "bad elapsed time"
+        if not _counted(digits):
+            return f"elapsed time out of range (above {MAX_COUNT} ms)"
         elapsed = int(el)
         cs = t.code_status(parts[3])
         if cs is None:
@@ -797,6 +845,8 @@ class SquidCollector(_base.Collector):
         size = parts[4]
         if not (size.isdigit() or size == b"-"):
             return "bad size"
+        if size != b"-" and not _counted(size):
+            return f"size out of range (above {MAX_COUNT} bytes)"
         method = t.word(parts[5])
         if method == "-":
             method = None
@@ -971,7 +1021,9 @@ class SquidCollector(_base.Collector):
             result = t.word(rs)
         st = get("status") or get("status_next")
         if st is not None:
-            status = int(st)
+            status = http_status(int(st)) if len(st) <= 3 else None
+            if status is None:
+                raise ValueError("HTTP status out of range (0 to 999)")
         method_b = get("method") or get("method_client")
         method = t.word(method_b) if method_b is not None else None
         ru = get("url") or get("url_client")
@@ -982,7 +1034,7 @@ class SquidCollector(_base.Collector):
         if host is None and get("domain") is not None:
             host, port = _host_port(_text(get("domain")))  # type: ignore[arg-type]
             if port is None and get("url_port") is not None:
-                port = int(get("url_port"))  # type: ignore[arg-type]
+                port = _port(get("url_port"))
             hsrc = "url" if host else None
         if host is None and get("host_header") is not None:
             host, hport = _host_port(_text(get("host_header")))  # type: ignore[arg-type]
@@ -1014,7 +1066,7 @@ class SquidCollector(_base.Collector):
             lineno,
             fmt,
             t.ip(client) if client is not None else None,
-            int(cport) if cport is not None else None,
+            _port(cport),
             user,
             method,
             host,
@@ -1022,8 +1074,8 @@ class SquidCollector(_base.Collector):
             dest_ip,
             url,
             status,
-            int(bout) if bout is not None else None,
-            int(bin_) if bin_ is not None else None,
+            _count(bout),
+            _count(bin_),
             hsrc,
             result,
             int(elapsed) / 1000 if elapsed is not None and int(elapsed) >= 0 else None,

@@ -44,7 +44,7 @@ from monitor.collectors.zeek import (
     tls_observation,
 )
 from monitor.ids import record_id
-from monitor.observation import Observation
+from monitor.observation import Observation, bounded, http_status
 
 __all__ = ["SuricataCollector", "sniff", "JSON_PARSER"]
 
@@ -71,7 +71,7 @@ def _port(v: Any) -> int | None:
 
 
 def _count(v: Any) -> int | None:
-    return v if type(v) is int and v >= 0 else None
+    return bounded(v) if type(v) is int else None
 
 
 def _str(v: Any) -> str | None:
@@ -202,7 +202,7 @@ class SuricataCollector(JoinCollector):
             status = h.get("status")
             if type(status) is str and status.isdigit():
                 status = int(status)
-            status = status if type(status) is int else None
+            status = http_status(status) if type(status) is int else None
             length = _count(h.get("length"))
             obs = http_observation(head, method, target, status, None, length, record_id(raw))
             obs.user_agent = _str(h.get("http_user_agent"))

@@ -56,7 +56,13 @@ from monitor.collectors.dns import TYPE_A, TYPE_AAAA, TYPE_CNAME, DnsAnswer, Dns
 from monitor.collectors.fields import host_keeper, memoised, record_keeper
 from monitor.collectors.sniff import zeek_tsv_head as sniff_tsv
 from monitor.ids import record_id
-from monitor.observation import Observation, canonical_ip, split_host_port
+from monitor.observation import (
+    Observation,
+    bounded,
+    canonical_ip,
+    http_status,
+    split_host_port,
+)
 
 __all__ = [
     "ZeekCollector",
@@ -892,7 +898,8 @@ class ZeekCollector(JoinCollector):
         if path == "conn":
             duration = _float(r.get("duration"))
             end = ts + duration if duration is not None else None
-            st = FlowStats(head, end, duration, *[_int(r.get(k)) for k in _CONN_COUNTS])
+            counts = [bounded(_int(r.get(k))) for k in _CONN_COUNTS]
+            st = FlowStats(head, end, duration, *counts)
             services = r.get("service")
             if isinstance(services, str):
                 services = services.split(",")
@@ -917,9 +924,9 @@ class ZeekCollector(JoinCollector):
             head,
             method,
             http_target(method, _str(r.get("host")), _str(r.get("uri")), sport),
-            _int(r.get("status_code")),
-            _int(r.get("request_body_len")),
-            _int(r.get("response_body_len")),
+            http_status(_int(r.get("status_code"))),
+            bounded(_int(r.get("request_body_len"))),
+            bounded(_int(r.get("response_body_len"))),
             rid,
         )
         agent = _str(r.get("user_agent"))

@@ -47,7 +47,13 @@ from monitor.collectors.mapped import (
     url_target,
 )
 from monitor.ids import record_id
-from monitor.observation import Observation, canonical_ip, split_host_port
+from monitor.observation import (
+    Observation,
+    bounded,
+    canonical_ip,
+    http_status,
+    split_host_port,
+)
 
 __all__ = ["ZscalerCollector", "sniff", "FORMAT_CSV", "FORMAT_JSON", "FORMAT_KV"]
 
@@ -485,9 +491,9 @@ class _Parse:
             port,
             dest_ip,
             url,
-            _num(get(k_status)) if k_status is not None else None,
-            _num(get(k_out)) if k_out is not None else None,
-            _num(get(k_in)) if k_in is not None else None,
+            http_status(_num(get(k_status))) if k_status is not None else None,
+            bounded(_num(get(k_out))) if k_out is not None else None,
+            bounded(_num(get(k_in))) if k_in is not None else None,
             hsrc,
             w(action) if action is not None else None,
             ctime / 1000 if ctime is not None else None,
@@ -548,9 +554,9 @@ class _Parse:
             port,
             dest_ip,
             url,
-            _num(f[i_status]),
-            _num(f[i_out]),
-            _num(f[i_in]),
+            http_status(_num(f[i_status])),
+            bounded(_num(f[i_out])),
+            bounded(_num(f[i_in])),
             hsrc,
             w(f[i_action]),
             ctime / 1000 if ctime is not None else None,
