@@ -20,9 +20,10 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate, chain, filterfalse, islice, repeat
 from math import isfinite
-from operator import add, itemgetter, le
+from operator import add, eq, itemgetter, le
 from typing import Any
 
 from monitor import accel
@@ -31,7 +32,7 @@ from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 6
+_ACCEL_ABI = 7
 #: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
 #: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
@@ -708,6 +709,35 @@ def merge_deltas(deltas: dict[str, dict[str, Any]], parts: Deltas,
     return _ACCEL.merge_deltas(deltas, parts.ids, parts.count, parts.blocked, parts.bytes_out,
                                parts.bytes_in, parts.first, parts.last, facts, stored,
                                merged_facts)  # fmt: skip
+
+
+def merged_new(hour: array, ids: Sequence[int]) -> array | None:
+    """``hour``'s ids (int64, sorted, distinct: :class:`monitor.scanner._Hour`'s) and
+    ``ids``, sorted, in a new array, when those are distinct and none is in ``hour``; None
+    when one is a copy. In C when it is built (``_batchscan.merged_new``: the run sorted
+    and merged with no Python object per id)."""
+    run = _int64_ids(ids)
+    if _ACCEL is not None:
+        return _ACCEL.merged_new(hour, run)
+    ordered = sorted(run)
+    if any(map(eq, ordered, islice(ordered, 1, None))) or any(known_in(hour, ordered)):
+        return None
+    return array("q", sorted(chain(hour, ordered)))  # two sorted runs: merged in linear time
+
+
+def known_in(hour: array, ids: Sequence[int]) -> list[bool]:
+    """Whether ``hour`` (see :func:`merged_new`) has each of ``ids`` (in C when it is
+    built: ``_batchscan.known_in``)."""
+    run = _int64_ids(ids)
+    if _ACCEL is not None:
+        return _ACCEL.known_in(hour, run)
+    size, at = len(hour), partial(bisect_left, hour)
+    return [i < size and hour[i] == k for k, i in zip(run, map(at, run), strict=True)]
+
+
+def _int64_ids(ids: Sequence[int]) -> array:
+    """Ids as an array of int64 (OverflowError beyond; a batch's id column is one)."""
+    return ids if type(ids) is array and ids.typecode == "q" else array("q", ids)
 
 
 @dataclass(frozen=True, slots=True)
