@@ -2199,9 +2199,10 @@ q_view(PyObject *obj, Py_buffer *view)
     return -1;
 }
 
-/* both views, or -1 with TypeError set (neither held) */
+/* both views and their lengths (ids), or -1 with TypeError set (neither held) */
 static int
-q_views(PyObject *args, const char *format, Py_buffer *hour, Py_buffer *run)
+q_views(PyObject *args, const char *format, Py_buffer *hour, Py_buffer *run, Py_ssize_t *n,
+        Py_ssize_t *m)
 {
     PyObject *hourobj, *runobj;
     if (!PyArg_ParseTuple(args, format, &hourobj, &runobj) || q_view(hourobj, hour) < 0)
@@ -2210,6 +2211,8 @@ q_views(PyObject *args, const char *format, Py_buffer *hour, Py_buffer *run)
         PyBuffer_Release(hour);
         return -1;
     }
+    *n = hour->len / (Py_ssize_t)sizeof(int64_t);
+    *m = run->len / (Py_ssize_t)sizeof(int64_t);
     return 0;
 }
 
@@ -2232,13 +2235,14 @@ static PyObject *
 merged_new(PyObject *self, PyObject *args)
 {
     Py_buffer hv, rv;
-    if (q_views(args, "OO:merged_new", &hv, &rv) < 0)
+    Py_ssize_t n, m;
+    if (q_views(args, "OO:merged_new", &hv, &rv, &n, &m) < 0)
         return NULL;
     const int64_t *hour = hv.buf, *given = rv.buf;
-    Py_ssize_t n = hv.len / (Py_ssize_t)sizeof(int64_t), m = rv.len / (Py_ssize_t)sizeof(int64_t);
     uint64_t *run = PyMem_Malloc((m > 0 ? m : 1) * sizeof(uint64_t));
     uint64_t *tmp = PyMem_Malloc((m > 0 ? m : 1) * sizeof(uint64_t));
     PyObject *bytes = NULL, *result = NULL;
+    int copy = 0; /* the run has a copy: None */
     if (run == NULL || tmp == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -2247,9 +2251,10 @@ merged_new(PyObject *self, PyObject *args)
     for (Py_ssize_t j = 0; j < m; j++)
         most |= run[j] = (uint64_t)given[j] ^ SIGN_BIT;
     radix_sort(run, tmp, m, most);
-    for (Py_ssize_t j = 1; j < m; j++)
-        if (run[j] == run[j - 1])
-            goto none; /* a copy within the run */
+    for (Py_ssize_t j = 1; j < m && !copy; j++)
+        copy = run[j] == run[j - 1]; /* a copy within the run */
+    if (copy)
+        goto done;
     bytes = PyBytes_FromStringAndSize(NULL, (n + m) * (Py_ssize_t)sizeof(int64_t));
     if (bytes == NULL)
         goto done;
@@ -2259,8 +2264,8 @@ merged_new(PyObject *self, PyObject *args)
         int64_t x = (int64_t)(run[j] ^ SIGN_BIT);
         if (hour[i] < x)
             out[k++] = hour[i++];
-        else if (hour[i] == x)
-            goto none; /* a copy of an id the hour has */
+        else if ((copy = hour[i] == x)) /* a copy of an id the hour has */
+            goto done;
         else {
             out[k++] = x;
             j++;
@@ -2271,31 +2276,29 @@ merged_new(PyObject *self, PyObject *args)
     while (j < m)
         out[k++] = (int64_t)(run[j++] ^ SIGN_BIT);
     result = PyObject_CallFunction((PyObject *)ARRAY, "sO", "q", bytes);
-    goto done;
-none:
-    result = Py_NewRef(Py_None);
 done:
     PyMem_Free(run);
     PyMem_Free(tmp);
     Py_XDECREF(bytes);
     PyBuffer_Release(&hv);
     PyBuffer_Release(&rv);
-    return result;
+    return copy ? Py_NewRef(Py_None) : result;
 }
 
 static PyObject *
 known_in(PyObject *self, PyObject *args)
 {
+    Py_ssize_t n, m;
     Py_buffer hv, rv;
-    if (q_views(args, "OO:known_in", &hv, &rv) < 0)
-        return NULL;
-    const int64_t *hour = hv.buf, *run = rv.buf;
-    Py_ssize_t n = hv.len / (Py_ssize_t)sizeof(int64_t), m = rv.len / (Py_ssize_t)sizeof(int64_t);
-    PyObject *known = PyList_New(m);
-    for (Py_ssize_t j = 0; known != NULL && j < m; j++)
-        PyList_SET_ITEM(known, j, PyBool_FromLong(has_id(hour, n, run[j])));
-    PyBuffer_Release(&hv);
-    PyBuffer_Release(&rv);
+    PyObject *known = NULL;
+    if (q_views(args, "OO:known_in", &hv, &rv, &n, &m) == 0) {
+        const int64_t *hour = hv.buf, *run = rv.buf;
+        known = PyList_New(m);
+        for (Py_ssize_t j = 0; known != NULL && j < m; j++)
+            PyList_SET_ITEM(known, j, PyBool_FromLong(has_id(hour, n, run[j])));
+        PyBuffer_Release(&hv);
+        PyBuffer_Release(&rv);
+    }
     return known;
 }
 
