@@ -3,8 +3,8 @@
  * roll-up rows (batch.py RollupSums: the Sums type), in C (see monitor/accel.py).
  *
  * group_tally(raised, ts, out, in_, ctx, blocked) -> tuple | None
- * (and stream_refs, a producer's per sent batch; merge_deltas and packed_links, the
- * storing process's: see there)
+ * (and stream_refs, a producer's per sent batch; merge_deltas, packed_links, merged_new
+ * and known_in, the storing process's: see there)
  *
  * What Batch.made's grouping and _tally(..., "i") do for the rows of a batch: `raised` the
  * incident rows of each row (a list or tuple of dicts, shared by the rows of one memo key;
@@ -2254,6 +2254,137 @@ done:
     return result;
 }
 
+/* merged_new(hour, run) -> array | None
+ * known_in(hour, run) -> list
+ *
+ * The ids of one hour of log time the scanner numbers identical records by (batch.py
+ * merged_new and known_in, for scanner.py _Hour): `hour` an array.array of typecode q,
+ * sorted and without copies, `run` one of typecode q. merged_new: a new array (typecode
+ * q) of hour's and run's ids, sorted, when run's are distinct and none is in hour, else
+ * None; known_in: per id of run, whether hour has it (True or False). Either raises
+ * TypeError when given another object (the Python code makes the arrays). */
+
+#define SIGN_BIT (UINT64_C(1) << 63) /* flipped: signed order is unsigned order */
+
+/* a view of an array.array of typecode q: 0, else -1 with TypeError set */
+static int
+q_view(PyObject *obj, Py_buffer *view)
+{
+    if (Py_IS_TYPE(obj, ARRAY) &&
+        PyObject_GetBuffer(obj, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) == 0) {
+        if (view->format != NULL && strcmp(view->format, "q") == 0 &&
+            view->itemsize == (Py_ssize_t)sizeof(int64_t))
+            return 0;
+        PyBuffer_Release(view);
+    }
+    PyErr_Clear();
+    PyErr_SetString(PyExc_TypeError, "an array.array of typecode 'q' is required");
+    return -1;
+}
+
+/* both views and their lengths (ids), or -1 with TypeError set (neither held) */
+static int
+q_views(PyObject *args, const char *format, Py_buffer *hour, Py_buffer *run, Py_ssize_t *n,
+        Py_ssize_t *m)
+{
+    PyObject *hourobj, *runobj;
+    if (!PyArg_ParseTuple(args, format, &hourobj, &runobj) || q_view(hourobj, hour) < 0)
+        return -1;
+    if (q_view(runobj, run) < 0) {
+        PyBuffer_Release(hour);
+        return -1;
+    }
+    *n = hour->len / (Py_ssize_t)sizeof(int64_t);
+    *m = run->len / (Py_ssize_t)sizeof(int64_t);
+    return 0;
+}
+
+/* whether sorted v[0..n) has x */
+static int
+has_id(const int64_t *v, Py_ssize_t n, int64_t x)
+{
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (v[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && v[lo] == x;
+}
+
+static PyObject *
+merged_new(PyObject *self, PyObject *args)
+{
+    Py_buffer hv, rv;
+    Py_ssize_t n, m;
+    if (q_views(args, "OO:merged_new", &hv, &rv, &n, &m) < 0)
+        return NULL;
+    const int64_t *hour = hv.buf, *given = rv.buf;
+    uint64_t *run = PyMem_Malloc((m > 0 ? m : 1) * sizeof(uint64_t));
+    uint64_t *tmp = PyMem_Malloc((m > 0 ? m : 1) * sizeof(uint64_t));
+    PyObject *bytes = NULL, *result = NULL;
+    int copy = 0; /* the run has a copy: None */
+    if (run == NULL || tmp == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    uint64_t most = 0;
+    for (Py_ssize_t j = 0; j < m; j++)
+        most |= run[j] = (uint64_t)given[j] ^ SIGN_BIT;
+    radix_sort(run, tmp, m, most);
+    for (Py_ssize_t j = 1; j < m && !copy; j++)
+        copy = run[j] == run[j - 1]; /* a copy within the run */
+    if (copy)
+        goto done;
+    bytes = PyBytes_FromStringAndSize(NULL, (n + m) * (Py_ssize_t)sizeof(int64_t));
+    if (bytes == NULL)
+        goto done;
+    int64_t *out = (int64_t *)PyBytes_AS_STRING(bytes);
+    Py_ssize_t i = 0, j = 0, k = 0;
+    while (i < n && j < m) {
+        int64_t x = (int64_t)(run[j] ^ SIGN_BIT);
+        if (hour[i] < x)
+            out[k++] = hour[i++];
+        else if ((copy = hour[i] == x)) /* a copy of an id the hour has */
+            goto done;
+        else {
+            out[k++] = x;
+            j++;
+        }
+    }
+    while (i < n)
+        out[k++] = hour[i++];
+    while (j < m)
+        out[k++] = (int64_t)(run[j++] ^ SIGN_BIT);
+    result = PyObject_CallFunction((PyObject *)ARRAY, "sO", "q", bytes);
+done:
+    PyMem_Free(run);
+    PyMem_Free(tmp);
+    Py_XDECREF(bytes);
+    PyBuffer_Release(&hv);
+    PyBuffer_Release(&rv);
+    return copy ? Py_NewRef(Py_None) : result;
+}
+
+static PyObject *
+known_in(PyObject *self, PyObject *args)
+{
+    Py_ssize_t n, m;
+    Py_buffer hv, rv;
+    PyObject *known = NULL;
+    if (q_views(args, "OO:known_in", &hv, &rv, &n, &m) == 0) {
+        const int64_t *hour = hv.buf, *run = rv.buf;
+        known = PyList_New(m);
+        for (Py_ssize_t j = 0; known != NULL && j < m; j++)
+            PyList_SET_ITEM(known, j, PyBool_FromLong(has_id(hour, n, run[j])));
+        PyBuffer_Release(&hv);
+        PyBuffer_Release(&rv);
+    }
+    return known;
+}
+
 static PyMethodDef methods[] = {
     {"batch_rows", batch_rows, METH_VARARGS, "BatchBuilder.batch's lists (see above)."},
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
@@ -2263,6 +2394,8 @@ static PyMethodDef methods[] = {
     {"packed_groups", packed_groups, METH_O, "batch.py _packed_groups (see above), or None."},
     {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
     {"stream_refs", stream_refs, METH_VARARGS, "BatchStream._refs (see above), or None."},
+    {"merged_new", merged_new, METH_VARARGS, "batch.py merged_new (see above)."},
+    {"known_in", known_in, METH_VARARGS, "batch.py known_in (see above)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2302,8 +2435,8 @@ PyInit__batchscan(void)
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
-    /* 8: stream_refs; Sums and merge_deltas saturate byte sums at INT64_MAX (Sums raised
-       OverflowError) */
+    /* 8: stream_refs, merged_new, known_in; Sums and merge_deltas saturate byte sums at
+       INT64_MAX (Sums raised OverflowError) */
     if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 8) < 0 ||
                       PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);

@@ -20,9 +20,10 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate, chain, filterfalse, islice, repeat
 from math import isfinite
-from operator import add, itemgetter, le
+from operator import add, eq, itemgetter, le
 from typing import Any
 
 from monitor import accel
@@ -267,14 +268,29 @@ class StreamRefs:
     """What makes a sent batch's incident references its stream's (:class:`BatchStream`):
     the stream (a random token), the batch's number in it, the size of the stream's table
     before it, the rows it adds to the table, and its references: the deltas' incident
-    rows' and the groups' (``Deltas.incs`` and the flat list of :attr:`Batch.packed`)."""
+    rows' and the groups' (``Deltas.incs`` and the flat list of :attr:`Batch.packed`).
+
+    The rows travel as tuples of their values, with the keys they share once (``keys``;
+    a row with other keys as it is): a tuple is unpickled for a sixth of a dict's cost, and
+    the storing process makes the dicts of few of them (:class:`BatchTable`)."""
 
     stream: bytes
     seq: int
     base: int
-    new: list[dict[str, Any]]
+    new: list[Any]  # dicts; as received, the tuples of the values of ``keys`` (or dicts)
     incs: array
     flat: array
+    keys: tuple[str, ...] | None = None  # (None: the rows as made, dicts)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        new, keys = self.new, self.keys
+        if new and keys is None:
+            keys = tuple(new[0])
+            new = [tuple(row.values()) if tuple(row) == keys else row for row in new]
+        return self.stream, self.seq, self.base, new, self.incs, self.flat, keys
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.stream, self.seq, self.base, self.new, self.incs, self.flat, self.keys = state
 
     def undecoded(self) -> StreamError:
         return StreamError(f"batch {self.seq} of stream {self.stream.hex()} used undecoded: "
@@ -354,7 +370,7 @@ class BatchTable:
     def __init__(self) -> None:
         self.stream: bytes | None = None
         self._seq = 0
-        self._rows: list[dict[str, Any]] = []
+        self._rows = _TableRows()
 
     def decode(self, batch: Batch) -> Batch:
         """``batch`` with its incident rows, when sent as a stream's (else as it is)."""
@@ -364,21 +380,71 @@ class BatchTable:
         if refs.seq == 0:
             self.stream, self._seq = refs.stream, 0
         if refs.base == 0:
-            self._rows = []
-        if refs.stream != self.stream or refs.seq != self._seq or refs.base != len(self._rows):
+            self._rows = _TableRows()
+        table = self._rows
+        if refs.stream != self.stream or refs.seq != self._seq or refs.base != len(table):
             raise StreamError(
                 f"batch {refs.seq} of stream {refs.stream.hex()} (table of {refs.base} rows) "
                 f"decoded as batch {self._seq} of stream "
-                f"{self.stream.hex() if self.stream else 'none'} (table of {len(self._rows)})"
+                f"{self.stream.hex() if self.stream else 'none'} (table of {len(table)})"
             )
-        self._rows.extend(refs.new)
+        table.sent.extend(refs.new)
+        table.keys.extend(repeat(refs.keys, len(refs.new)))
         self._seq += 1
-        row = self._rows.__getitem__
         _, widths, rows, ends = batch.packed  # type: ignore[misc]
-        batch.packed = (list(map(row, refs.flat)), widths, rows, ends)
-        batch.deltas.incs = list(map(row, refs.incs))
+        batch.packed = (_Rows(table, refs.flat), widths, rows, ends)  # type: ignore[assignment]
+        batch.deltas.incs = _Rows(table, refs.incs)  # type: ignore[assignment]
         batch.refs = None
         return batch
+
+
+class _TableRows:
+    """A stream's table as received (:class:`BatchTable`): per row, as sent (a dict, or the
+    tuple of its values) and the keys of its values; a row is made a dict once, when asked
+    for (:meth:`row`), and is that dict from then on."""
+
+    __slots__ = ("sent", "keys")
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any] | tuple[Any, ...]] = []
+        self.keys: list[tuple[str, ...] | None] = []
+
+    def __len__(self) -> int:
+        return len(self.sent)
+
+    def row(self, number: int) -> dict[str, Any]:
+        row = self.sent[number]
+        if type(row) is tuple:
+            row = self.sent[number] = dict(zip(self.keys[number] or (), row, strict=True))
+        return row  # type: ignore[return-value]
+
+
+class _Rows(Sequence[dict[str, Any]]):
+    """A decoded batch's incident rows (``Deltas.incs``, the flat list of
+    :attr:`Batch.packed`): the rows of its stream's table its references name, each made a
+    dict when it is read (the store reads few: those of incidents new to its transaction);
+    a list of them when sliced or pickled, and equal to any sequence of equal rows."""
+
+    __slots__ = ("table", "refs")
+
+    def __init__(self, table: _TableRows, refs: array) -> None:
+        self.table, self.refs = table, refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return list(map(self.table.row, self.refs[k]))
+        return self.table.row(self.refs[k])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return list, (list(self),)
 
 
 _ID_BYTES = 12  # a record id (monitor.ids.record_id): 24 hex digits
@@ -710,6 +776,35 @@ def merge_deltas(deltas: dict[str, dict[str, Any]], parts: Deltas,
     return _ACCEL.merge_deltas(deltas, parts.ids, parts.count, parts.blocked, parts.bytes_out,
                                parts.bytes_in, parts.first, parts.last, facts, stored,
                                merged_facts)  # fmt: skip
+
+
+def merged_new(hour: array, ids: Sequence[int]) -> array | None:
+    """``hour``'s ids (int64, sorted, distinct: :class:`monitor.scanner._Hour`'s) and
+    ``ids``, sorted, in a new array, when those are distinct and none is in ``hour``; None
+    when one is a copy. In C when it is built (``_batchscan.merged_new``: the run sorted
+    and merged with no Python object per id)."""
+    run = _int64_ids(ids)
+    if _ACCEL is not None:
+        return _ACCEL.merged_new(hour, run)
+    ordered = sorted(run)
+    if any(map(eq, ordered, islice(ordered, 1, None))) or any(known_in(hour, ordered)):
+        return None
+    return array("q", sorted(chain(hour, ordered)))  # two sorted runs: merged in linear time
+
+
+def known_in(hour: array, ids: Sequence[int]) -> list[bool]:
+    """Whether ``hour`` (see :func:`merged_new`) has each of ``ids`` (in C when it is
+    built: ``_batchscan.known_in``)."""
+    run = _int64_ids(ids)
+    if _ACCEL is not None:
+        return _ACCEL.known_in(hour, run)
+    size, at = len(hour), partial(bisect_left, hour)
+    return [i < size and hour[i] == k for k, i in zip(run, map(at, run), strict=True)]
+
+
+def _int64_ids(ids: Sequence[int]) -> array:
+    """Ids as an array of int64 (OverflowError beyond; a batch's id column is one)."""
+    return ids if type(ids) is array and ids.typecode == "q" else array("q", ids)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,13 +47,14 @@ import queue
 import signal
 import sys
 import traceback
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from monitor.batch import ROW_ID, Batch, BatchStream, BatchTable
+from monitor.batch import ROW_ID, Batch, BatchStream, BatchTable, known_in, merged_new
 from monitor.collectors import (
     FORMAT_NAMES,
     LINE_FORMATS,
@@ -219,19 +220,20 @@ class Occurrences:
 class _Hour:
     """The records of one hour of log time seen so far, by observation id: a set while it
     is small, then (from :attr:`COMPACT_FROM` ids on, or from its start in a busy log) a
-    sorted int64 array, 8 bytes an id outside Python's small-object heap, whose arenas the
-    ids of a busy hour (arriving batch by batch among short-lived rows) would otherwise keep
-    from being freed, beside a set of those added since it was last merged. A long run (a
-    sixteenth of :attr:`COMPACT_FROM` or of the array, whichever is more) on an array is
-    numbered in numpy: one of all new ids (the common case) is sorted and merged with no
-    Python object per id. Ids seen more than once also count their copies."""
+    sorted array of int64, 8 bytes an id outside Python's small-object heap, whose arenas
+    the ids of a busy hour (arriving batch by batch among short-lived rows) would otherwise
+    keep from being freed, beside a set of those added since it was last merged. A long
+    run (a sixteenth of :attr:`COMPACT_FROM` or of the array, whichever is more) on an
+    array is numbered as a whole (:func:`monitor.batch.merged_new`, in C when it is built):
+    one of all new ids (the common case) is sorted and merged with no Python object per
+    id. Ids seen more than once also count their copies."""
 
     COMPACT_FROM = 1 << 14
     __slots__ = ("ids", "array", "copies")
 
     def __init__(self, compact: bool = False) -> None:
         self.ids: set[int] = set()  # those not in the array (fewer than COMPACT_FROM)
-        self.array: Any = None  # numpy, imported only for hours this busy
+        self.array: array | None = None  # (made only for hours this busy)
         self.copies: dict[int, int] = {}  # id -> copies seen (of ids seen twice or more)
         if compact:
             self._compact()
@@ -245,12 +247,12 @@ class _Hour:
         """Add a run of records: (index, nth) of those that are not the first copy."""
         # a run merged into the array costs the array's length: runs of a sixteenth of it or
         # more, so that an hour costs a bounded multiple of its ids (shorter ones: the set)
-        array = 0 if self.array is None else len(self.array)
-        if len(ids) * 16 >= max(self.COMPACT_FROM, array) and (
+        size = 0 if self.array is None else len(self.array)
+        if len(ids) * 16 >= max(self.COMPACT_FROM, size) and (
             self.array is not None or len(self.ids) + len(ids) >= self.COMPACT_FROM
         ):
             return self._number_long(ids)
-        known = [False] * len(ids) if self.array is None else self._known(ids).tolist()
+        known = [False] * len(ids) if self.array is None else known_in(self.array, ids)
         fresh = set(ids)
         if len(fresh) == len(ids) and self.ids.isdisjoint(fresh) and not any(known):
             self._add(fresh)  # the common case: all new
@@ -258,16 +260,14 @@ class _Hour:
         return self._numbered(ids, known)
 
     def _number_long(self, ids: Sequence[int]) -> list[tuple[int, int]]:
-        """:meth:`number` of a long run, in numpy (the hour is an array from now on)."""
-        import numpy as np
-
+        """:meth:`number` of a long run, as a whole (the hour is an array from now on)."""
         self._compact()
-        keys = np.asarray(ids, dtype=np.int64)  # an array's buffer, not copied
-        run = np.sort(keys)
-        if not (run[1:] == run[:-1]).any() and not self._known(run).any():
-            self._merge(run)  # the common case: all new
+        assert self.array is not None
+        merged = merged_new(self.array, ids)
+        if merged is not None:  # the common case: all new
+            self.array = merged
             return []
-        return self._numbered(ids, self._known(keys).tolist())
+        return self._numbered(ids, known_in(self.array, ids))
 
     def _numbered(self, ids: Sequence[int], known: list[bool]) -> list[tuple[int, int]]:
         """:meth:`number` record by record (the run has copies); ``known``: whether each
@@ -285,15 +285,6 @@ class _Hour:
         self._add(first)
         return repeats
 
-    def _known(self, keys: Any) -> Any:
-        """Whether each of ``keys`` is in the array (bools, in numpy)."""
-        import numpy as np
-
-        array, keys = self.array, np.asarray(keys, dtype=np.int64)
-        if not len(array):
-            return np.zeros(len(keys), dtype=bool)
-        return array[np.minimum(np.searchsorted(array, keys), len(array) - 1)] == keys
-
     def _add(self, ids: set[int]) -> None:
         self.ids.update(ids)
         if len(self.ids) >= self.COMPACT_FROM:
@@ -301,22 +292,10 @@ class _Hour:
 
     def _compact(self) -> None:
         """Merge the set into the array (made if there is none)."""
-        import numpy as np
-
         if self.array is None or self.ids:
-            run = np.sort(np.fromiter(self.ids, dtype=np.int64, count=len(self.ids)))
-            self.ids = set()
-            if self.array is None:
-                self.array = run
-            else:
-                self._merge(run)
-
-    def _merge(self, run: Any) -> None:
-        """Add a sorted run of new ids to the array."""
-        import numpy as np
-
-        # two sorted runs: the stable sort merges them in linear time
-        self.array = np.sort(np.concatenate((self.array, run)), kind="stable")
+            merged = merged_new(array("q") if self.array is None else self.array, self.ids)
+            assert merged is not None, "the set's ids are not in the array"
+            self.array, self.ids = merged, set()
 
 
 def part_messages(pipeline: Pipeline, part: Part, on_read=None) -> Iterator[tuple[str, Any]]:

@@ -1080,10 +1080,15 @@ class Store:
         the dictionary entries made in this transaction that the batch uses (clients: that
         they are used)."""
         made, used = self._contexts.created, first_use[0]
-        if made:
-            for i, n in enumerate(ctx):
-                if n in made and n not in used:
-                    used[n] = first_row + batch.ctx.index(i)
+        new = [(i, n) for i, n in enumerate(ctx) if n in made and n not in used] if made else []
+        if new:
+            rows = batch.ctx
+            # a pass over the rows costs about a dozen look-ups (a transaction's first
+            # batch: all its contexts are new)
+            first = (dict(zip(reversed(rows), range(len(rows) - 1, -1, -1), strict=True)) if len(new) > 12
+                     else {i: rows.index(i) for i, _ in new})  # fmt: skip
+            for i, n in new:
+                used.setdefault(n, first_row + first[i])
         made, used = self._clients.created, first_use[1]
         if made:
             for n in client:

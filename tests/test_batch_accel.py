@@ -9,12 +9,13 @@ import math
 import os
 from array import array
 from contextlib import contextmanager
+from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor import accel, batch
+from monitor import accel, batch, scanner
 from monitor import store as store_module
 from monitor.app import App, Settings
 from monitor.batch import ROW_FIELDS, ROW_IN, ROW_OUT, ROW_TS, ROW_URL, Batch, BatchStream, Deltas
@@ -609,3 +610,72 @@ def test_stream_references_c_leaves_to_python_or_refuses_as_python():
             stream._number, stream._rows = {id(row): bad}, [row]
             with _accelerated(built if accelerated else None), pytest.raises(error):
                 stream._refs([row], [])
+
+
+_INT64 = st.one_of(st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-40, 40),
+                   st.sampled_from([-(1 << 63), (1 << 63) - 1, 0, -1]))  # fmt: skip
+
+
+@st.composite
+def hour_runs(draw):
+    """An hour's ids (sorted, distinct) and a run of ids: new ones, copies within the run
+    and of the hour's, at the edges of int64 too; as a list or an array."""
+    hour = sorted(set(draw(st.lists(_INT64, max_size=50))))
+    ids = st.one_of(_INT64, st.sampled_from(hour)) if hour else _INT64
+    run = draw(st.lists(ids, max_size=50))
+    return array("q", hour), array("q", run) if draw(st.booleans()) else run
+
+
+def _hour_outcome(case, accelerated: bool) -> tuple:
+    hour, run = case
+    with _accelerated(built if accelerated else None):
+        merged, known = batch.merged_new(hour, run), batch.known_in(hour, run)
+    return (type(merged), getattr(merged, "typecode", None), merged, [(type(k), k) for k in known])
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(hour_runs())
+def test_hour_ids_merged_and_found_in_c_are_pythons(case):
+    """An hour's ids and a run merged (``_batchscan.merged_new``: a new sorted array of
+    int64, or None when the run has a copy) and looked up (``known_in``: a bool per id) in
+    C as in Python, type by type; and what the merge gives is the sorted ids of both."""
+    got = _hour_outcome(case, True)
+    assert got == _hour_outcome(case, False)
+    hour, run = case
+    if got[2] is not None:
+        assert list(got[2]) == sorted([*hour, *run]) and len(set(run)) == len(run)
+
+
+def test_hour_ids_beyond_int64_or_not_arrays_raise():
+    """An id beyond 64 bits raises OverflowError in C as in Python (the run is made an
+    array first); C given other objects than arrays of int64 raises TypeError."""
+    for accelerated in (True, False):
+        with _accelerated(built if accelerated else None):
+            with pytest.raises(OverflowError):
+                batch.merged_new(array("q"), [1 << 63])
+            with pytest.raises(OverflowError):
+                batch.known_in(array("q", [1]), [-(1 << 63) - 1])
+    for hour, run in ([1], array("q")), (array("q"), [1]), (array("i"), array("q")):
+        with pytest.raises(TypeError):
+            built.merged_new(hour, run)
+        with pytest.raises(TypeError):
+            built.known_in(hour, run)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs=st.lists(st.lists(st.integers(-3, 40), min_size=1, max_size=80), min_size=1,
+                     max_size=10),
+       compact_from=st.integers(1, 30))  # fmt: skip
+def test_hours_numbered_in_c_are_pythons(runs, compact_from):
+    """Runs of one hour numbered by the scanner (its set, its array, long runs merged as a
+    whole) with the array merged and searched in C and in Python: the same copies found,
+    run by run, and the same hour at the end."""
+
+    def numbered(accelerated: bool) -> tuple:
+        with _accelerated(built if accelerated else None), \
+                patch.object(scanner._Hour, "COMPACT_FROM", compact_from):  # fmt: skip
+            hour = scanner._Hour()
+            found = [hour.number(array("q", run)) for run in runs]
+        return found, hour.array, hour.ids, hour.copies
+
+    assert numbered(True) == numbered(False)

@@ -271,3 +271,32 @@ def test_an_undecoded_batch_fails_even_when_it_needs_no_incident_row(tmp_path):
     assert result.stored == 10 and result.new_incidents == {"i0", "i1"}
     counts = store.db.execute("SELECT id, count FROM incident_rows ORDER BY id").fetchall()
     assert counts == [("i0", 10), ("i1", 10)]
+
+
+def test_incident_rows_travel_as_tuples_and_decode_to_equal_dicts_when_read():
+    """A batch's new incident rows travel as the tuples of their values, the keys they share
+    once, a row with other keys (or in another order) as it is; decoded, each reads as a
+    dict equal to the row sent (the same dict however often it is read, and in the next
+    batch's references), and the decoded batch pickles again as it was."""
+    odd = {"rule": "r", "id": "i9", "severity": "low"}  # other keys, another order
+    rows = [_incident(0, 200), _incident(1, 403), odd, _incident(2, 500)]
+    stream, table = BatchStream(), BatchTable()
+
+    def travelled(raised: list) -> Batch:
+        items = [(None, observation_values(id=f"o{k}", ts=DAY_TS + k, line=k, source="a.log",
+                                           day="2026-11-27", outcome="allowed"), incs)
+                 for k, incs in enumerate(raised)]  # fmt: skip
+        return pickle.loads(pickle.dumps(stream.encode(Batch.of(items)), -1))
+
+    first = travelled([rows[:2], [odd], rows[3:]])
+    assert first.refs.keys == tuple(rows[0])
+    assert [type(r) for r in first.refs.new] == [tuple, tuple, dict, tuple]
+    decoded = table.decode(first)
+    incs = decoded.deltas.incs
+    assert [dict(r) for r in incs] == [rows[0], rows[1], odd, rows[3]]
+    assert all(type(r) is dict for r in incs) and incs[0] is incs[0] and incs[1:3] == rows[1:3]
+    second = table.decode(travelled([rows[1:2], rows[3:]]))
+    assert second.deltas.incs[0] is incs[1] and second.deltas.incs == [rows[1], rows[3]]
+    again = pickle.loads(pickle.dumps(decoded, -1))
+    assert again.deltas.incs == incs and type(again.deltas.incs) is list
+    assert again.grouped() == decoded.grouped() == [(rows[:2], [0]), ([odd], [1]), (rows[3:], [2])]

@@ -514,7 +514,7 @@ def test_numbering_is_the_reference_numbering(runs, sizes, compact_from):
     (:func:`_reference_numbering`) whatever the batches' sizes, with copies within a run and
     across runs, hours going back and forth (some forgotten), and hours past a compaction
     threshold made small, so that sets, arrays beside sets, sets turned arrays on the way
-    and long runs numbered in numpy all count."""
+    and long runs numbered as a whole all count."""
     stream = [(hour, f"r{n}") for hour, ns in runs for n in ns]
     with patch.object(scanner._Hour, "COMPACT_FROM", compact_from):
         by_batch = _numbered(stream, sizes)
