@@ -336,6 +336,9 @@ class _IngestState:
     #: new one's is the one it will be inserted under (see :meth:`Store._store_links`)
     numbers: dict[str, int] = field(default_factory=dict)
     last_incident: int | None = None  # the number the last new incident was given
+    #: the largest number of an incident stored before the transaction (set as it meets
+    #: its first new one): those numbered above are new, with nothing to read back
+    stored_incidents: int | None = None
     rolling: bool = False  # roll up as it goes (see :meth:`Ingestion.roll_up`)
     gathered: int | None = None  # the last row gathered for the roll-ups (None: none yet)
     #: the roll-up rows of the batches stored as they came with them, summed as they come
@@ -972,7 +975,7 @@ class Store:
         if not result.stored:
             return result
         if deltas:
-            self._store_incidents(deltas, result, tx.numbers)
+            self._store_incidents(deltas, result, tx.numbers, tx.stored_incidents)
         if result.rule_of:
             self._advance_findings(tx.scan_id, result, deltas)
         return result
@@ -1022,7 +1025,7 @@ class Store:
                 n = stored.get(iid)
                 if n is None:
                     if tx.last_incident is None:
-                        tx.last_incident = self.db.conn.execute(
+                        tx.last_incident = tx.stored_incidents = self.db.conn.execute(
                             "SELECT coalesce(max(n), 0) FROM incident_rows"
                         ).fetchone()[0]
                     n = tx.last_incident = tx.last_incident + 1
@@ -1164,9 +1167,11 @@ class Store:
                            "first_scan": scan_id, "last_scan": scan_id}  # fmt: skip
 
     def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult,
-                         new_numbers: dict[str, int] | None = None) -> None:  # fmt: skip
+                         new_numbers: dict[str, int] | None = None,
+                         stored_upto: int | None = None) -> None:  # fmt: skip
         """Add what new observations brought (``deltas``, per incident) to the incidents
-        (``new_numbers``: the row numbers new ones are given, see :meth:`_store_links`).
+        (``new_numbers``: the row numbers new ones are given, see :meth:`_store_links`;
+        those above ``stored_upto`` are new to the database, not looked up in it).
 
         The evidence samples and facts of the incidents this connection stored are
         remembered (:meth:`_forget_incidents`), so an incident that recurs from one
@@ -1180,7 +1185,10 @@ class Store:
         stored = self._incident_state
         if len(stored) > _INCIDENTS_CACHED:
             stored.clear()
-        stored.update(self._evidence_of([iid for iid in deltas if iid not in stored]))
+        unknown = [iid for iid in deltas if iid not in stored]
+        if stored_upto is not None and new_numbers is not None:
+            unknown = [iid for iid in unknown if new_numbers[iid] <= stored_upto]
+        stored.update(self._evidence_of(unknown))
         # updates name rows by number, in their order (pages in turn, no index look-up)
         numbers = self._incident_numbers([iid for iid in deltas if iid in stored])
         rule_of, requests = result.rule_of, result.finding_requests

@@ -889,3 +889,25 @@ def test_a_chunk_of_incidents_that_fails_keeps_nothing_of_the_transaction(tmp_pa
     _new_incidents(store, scan_id, 0, 12)
     store.close()
     assert _committed(path) == (12, 0) and len(_incident_tables(path)["incident_rows"]) == 12
+
+
+def test_a_transaction_reads_back_only_the_incidents_stored_before_it(tmp_path, monkeypatch):
+    """The incidents a transaction numbers as new are not looked up in the database when it
+    stores them (a scan's thousands): only those stored before are read back, and they
+    grow as before."""
+    path = tmp_path / "s.db"
+    store = Store(path)
+    scan_id = store.start_scan(["a.log"], {})
+    _new_incidents(store, scan_id, 0, 5)
+    store.close()
+    store = Store(path)  # remembers nothing: the stored ones are read back
+    asked: list[str] = []
+    read_back = Store._evidence_of
+    monkeypatch.setattr(Store, "_evidence_of",
+                        lambda self, ids: asked.extend(ids) or read_back(self, ids))  # fmt: skip
+    result = store.ingest(scan_id, [(obs(i), [inc(f"n{i % 8}")]) for i in range(10, 26)])
+    store.close()
+    assert sorted(asked) == [f"n{i}" for i in range(5)]
+    assert result.new_incidents == {"n5", "n6", "n7"}
+    counts = dict(sqlite3.connect(path).execute("SELECT id, count FROM incident_rows"))
+    assert counts == {**{f"n{i}": 3 for i in range(5)}, **{f"n{i}": 2 for i in range(5, 8)}}
