@@ -819,3 +819,95 @@ def test_a_ctrl_c_while_the_insert_is_waited_for_keeps_nothing(tmp_path, monkeyp
     _no_insert_threads()
     assert not store.db.conn.in_transaction
     assert _committed(path) == (0, 0)
+
+
+def _incident_tables(path: Path) -> dict[str, list[tuple]]:
+    con = sqlite3.connect(path)
+    try:
+        return {t: con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()  # noqa: S608
+                for t in ("incident_rows", "incident_texts", "incident_facts")}  # fmt: skip
+    finally:
+        con.close()
+
+
+def _new_incidents(store: Store, scan_id: int, first: int, n: int) -> None:
+    """One transaction of ``n`` observations, each its own new incident: titles and facts
+    new every few rows, so that their entries are looked up between chunks."""
+    store.ingest(scan_id, [
+        (obs(i), [{**inc(f"n{i}"), "title": f"t{i // 4}", "facts": {"k": [i // 6]}}])
+        for i in range(first, first + n)
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("bound_in_c", [True, False])
+def test_new_incidents_inserted_a_chunk_at_a_time_make_the_same_rows(tmp_path, monkeypatch,
+                                                                     bound_in_c):  # fmt: skip
+    """New incident rows are inserted a chunk at a time, each while the next is built
+    (their texts' and facts' entries looked up in between, on the connection the insert
+    runs on): the rows, texts and facts are those one statement for all of them makes, in
+    C (in a thread) or through Python's sqlite3, for a first transaction and a later one."""
+    from monitor import sqlbind
+    from monitor import store as store_module
+
+    if not bound_in_c:
+        monkeypatch.setattr(sqlbind, "_ACCEL", None)
+    elif sqlbind._ACCEL is None:
+        pytest.skip("monitor._sqlbind not built")
+    tables = []
+    for chunk in (3, 10**6):
+        monkeypatch.setattr(store_module, "_INCIDENT_CHUNK", chunk)
+        store = Store(tmp_path / f"s{chunk}.db")
+        scan_id = store.start_scan(["a.log"], {})
+        _new_incidents(store, scan_id, 0, 40)
+        _new_incidents(store, scan_id, 40, 11)
+        store.close()
+        tables.append(_incident_tables(tmp_path / f"s{chunk}.db"))
+    assert tables[0] == tables[1]
+    assert len(tables[0]["incident_rows"]) == 51 and len(tables[0]["incident_texts"]) > 13
+
+
+def test_a_chunk_of_incidents_that_fails_keeps_nothing_of_the_transaction(tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    """An error inserting a chunk of new incidents (here a trigger's, on the second chunk,
+    while the third is built) is raised by the ingest, which rolls back all it stored once
+    the steps under way have ended; the store then ingests as before."""
+    from monitor import store as store_module
+
+    monkeypatch.setattr(store_module, "_INCIDENT_CHUNK", 4)
+    path = tmp_path / "s.db"
+    store = Store(path)
+    scan_id = store.start_scan(["a.log"], {})
+    store.db.conn.execute("CREATE TRIGGER no_n5 BEFORE INSERT ON incident_rows"
+                          " WHEN NEW.id = 'n5' BEGIN SELECT RAISE(ABORT, 'no n5'); END")  # fmt: skip
+    with pytest.raises(sqlite3.IntegrityError, match="no n5"):
+        _new_incidents(store, scan_id, 0, 12)
+    _no_insert_threads()
+    assert not store.db.conn.in_transaction
+    assert _committed(path) == (0, 0)
+    assert _incident_tables(path)["incident_rows"] == []
+    store.db.conn.execute("DROP TRIGGER no_n5")
+    _new_incidents(store, scan_id, 0, 12)
+    store.close()
+    assert _committed(path) == (12, 0) and len(_incident_tables(path)["incident_rows"]) == 12
+
+
+def test_a_transaction_reads_back_only_the_incidents_stored_before_it(tmp_path, monkeypatch):
+    """The incidents a transaction numbers as new are not looked up in the database when it
+    stores them (a scan's thousands): only those stored before are read back, and they
+    grow as before."""
+    path = tmp_path / "s.db"
+    store = Store(path)
+    scan_id = store.start_scan(["a.log"], {})
+    _new_incidents(store, scan_id, 0, 5)
+    store.close()
+    store = Store(path)  # remembers nothing: the stored ones are read back
+    asked: list[str] = []
+    read_back = Store._evidence_of
+    monkeypatch.setattr(Store, "_evidence_of",
+                        lambda self, ids: asked.extend(ids) or read_back(self, ids))  # fmt: skip
+    result = store.ingest(scan_id, [(obs(i), [inc(f"n{i % 8}")]) for i in range(10, 26)])
+    store.close()
+    assert sorted(asked) == [f"n{i}" for i in range(5)]
+    assert result.new_incidents == {"n5", "n6", "n7"}
+    counts = dict(sqlite3.connect(path).execute("SELECT id, count FROM incident_rows"))
+    assert counts == {**{f"n{i}": 3 for i in range(5)}, **{f"n{i}": 2 for i in range(5, 8)}}
