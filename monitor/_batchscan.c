@@ -2111,7 +2111,9 @@ int_array(PyObject *obj, Py_ssize_t *n)
     return v;
 }
 
-/* sort v (n values in [0, 2**53)) with tmp as scratch, least significant digits first */
+/* sort v (n values, none above `most`) with tmp as scratch, least significant digits first:
+   only the digits `most` has are sorted on (packed_links' pairs, below 2**53; merged_new's
+   ids with the sign bit flipped, all 64 bits) */
 static void
 radix_sort(uint64_t *v, uint64_t *tmp, Py_ssize_t n, uint64_t most)
 {
