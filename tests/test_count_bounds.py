@@ -256,6 +256,45 @@ def test_stored_sums_beyond_64_bits_saturate(tmp_path, pure):
     assert report.returncode == 0 and json.loads(report.stdout)["findings"]["items"]
 
 
+def byte_values(doc: object) -> list[int | None]:
+    """Every byte total a JSON report prints: ``bytes_*`` fields, and the current and previous
+    values of the summary's byte metrics."""
+    if isinstance(doc, list):
+        return [v for item in doc for v in byte_values(item)]
+    if not isinstance(doc, dict):
+        return []
+    found = [v for k, v in doc.items() if k.startswith("bytes_") and not isinstance(v, dict | list)]
+    if str(doc.get("metric", "")).startswith("bytes_"):
+        found += [doc["current"], doc["previous"]]
+    return found + [v for item in doc.values() for v in byte_values(item)]
+
+
+@WAYS
+@pytest.mark.parametrize(("sizes", "want"), [
+    ([MAX_COUNT] * 2**15 + [1] * 3, MAX_SUM),  # 2**63 + 3: one more than 64 bits hold
+    ([MAX_COUNT - 1] * 64 + [1], 2**54 - 63),  # exact, where a float64 sum rounds
+])  # fmt: skip
+def test_report_byte_totals_saturate_as_stored_sums(tmp_path, pure, sizes, want):
+    """The report adds stored byte sums (per client, destination, provider, period) as the
+    store does: exact below MAX_SUM and MAX_SUM from there, never wrapped negative, never
+    above it. One client, one destination: every byte total it prints is the whole sum."""
+    log = tmp_path / "a.log"
+    log.write_text("".join(native(size=n, ts=f"{1732752000 + k // 1000}.{k % 1000:03d}") + "\n"
+                           for k, n in enumerate(sizes)))  # fmt: skip
+    db = tmp_path / "x.db"
+    res, named = scan(db, pure, log)
+    assert res.returncode == 0 and not named, res.stderr
+    report = apiwatch("--db", db, "report", "--since", "2024-11-28", "--until", "2024-11-29",
+                      "--format", "json", env=env(pure))  # fmt: skip
+    no_traceback(report)
+    assert report.returncode == 0, report.stderr
+    doc = json.loads(report.stdout)
+    printed = [v for v in byte_values(doc) if v is not None]
+    assert len(printed) >= 5 and set(printed) == {want}, printed
+    assert [(m["current"], m["previous"]) for m in doc["totals"]
+            if m["metric"] == "bytes_in"] == [(want, None)]  # fmt: skip
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(st.none(), st.integers(0, MAX_COUNT), st.just(MAX_SUM),
                           st.integers(0, MAX_SUM)), max_size=40))  # fmt: skip
