@@ -360,17 +360,20 @@ def test_http_status_out_of_range_is_unknown(tmp_path, name, value, pure):
 
 @WAYS
 def test_squid_status_and_ports_out_of_range(tmp_path, pure):
-    """Squid: a status beyond three digits makes the record malformed (native: ``bad result
-    code/status``, in C and Python; logformats: ``unreadable field``); a client or URL port
-    out of range is unknown, as a CONNECT target's is."""
+    """Squid: a status above 999 makes the record malformed (native: ``bad result
+    code/status``, in C and Python; logformats: ``unreadable field``), one with leading zeros
+    below is read (``0200``: 200); a client or URL port out of range is unknown, as a CONNECT
+    target's is."""
     native_log, custom_log = tmp_path / "native.log", tmp_path / "custom.log"
     native_log.write_text("\n".join([native(), native().replace("/200 ", f"/{2**64} "),
-                                     native().replace(":443 ", f":{2**64} ")]) + "\n")  # fmt: skip
+                                     native().replace(":443 ", f":{2**64} "),
+                                     native().replace("/200 ", "/0000000200 ")]) + "\n")  # fmt: skip
     fmt = "%ts.%03tu %>a %>p %Ss/%03>Hs %<st %rm %ru"
     line = "1732752001.203 10.0.0.5 {port} TCP_MISS/{status} 5 GET http://api.openai.com/v1/x"
     custom_log.write_text("\n".join([line.format(port=5, status=200),
                                      line.format(port=2**64, status=200),
-                                     line.format(port=5, status=2**64)]) + "\n")  # fmt: skip
+                                     line.format(port=5, status=2**64),
+                                     line.format(port=5, status="0200")]) + "\n")  # fmt: skip
     db = tmp_path / "x.db"
     res, named = scan(db, pure, native_log)
     assert res.returncode == 0, res.stderr
@@ -384,4 +387,36 @@ def test_squid_status_and_ports_out_of_range(tmp_path, pure):
     assert rows(db, "SELECT source, line, status, client_port, dest_port FROM observations"
                 " ORDER BY source, line") == [
         (str(custom_log), 1, 200, 5, 80), (str(custom_log), 2, 200, None, 80),
-        (str(native_log), 1, 200, None, 443), (str(native_log), 3, 200, None, None)]  # fmt: skip
+        (str(custom_log), 4, 200, 5, 80), (str(native_log), 1, 200, None, 443),
+        (str(native_log), 3, 200, None, None), (str(native_log), 4, 200, None, 443)]  # fmt: skip
+
+
+@WAYS
+def test_squid_elapsed_times_out_of_range(tmp_path, pure):
+    """An elapsed time beyond MAX_COUNT ms either way makes a line malformed, in the native
+    format and a logformat's ``%tr`` alike (any number of digits: no "exceeds the limit"
+    of int()); a negative one in range is stored with no duration, as Squid may log it."""
+    native_log, custom_log = tmp_path / "native.log", tmp_path / "custom.log"
+    native_log.write_text("\n".join([native(elapsed=-5), native(elapsed="-" + "9" * 30),
+                                     native(elapsed=-MAX_COUNT)]) + "\n")  # fmt: skip
+    fmt = "%ts.%03tu %tr %>a %Ss/%03>Hs %<st %rm %ru"
+    line = "1732752001.203 {elapsed} 10.0.0.5 TCP_MISS/200 5 GET http://api.openai.com/v1/x"
+    custom_log.write_text("\n".join(line.format(elapsed=e) for e in
+                                    [7, "9" * 30, "9" * 5000, -5, -MAX_COUNT - 1, MAX_COUNT])
+                          + "\n")  # fmt: skip
+    db = tmp_path / "x.db"
+    res, named = scan(db, pure, native_log)
+    assert res.returncode == 0, res.stderr
+    assert [n[: n.index(": 1732")] for n in named] == [
+        f"malformed: {native_log}:2: elapsed time out of range (below -{MAX_COUNT} ms)"]
+    res, named = scan(db, pure, "--format", "squid-custom", "--squid-logformat", fmt, custom_log)
+    assert res.returncode == 0, res.stderr
+    reason = "unreadable field: elapsed time out of range"
+    assert [n[: n.index(": 1732")] for n in named] == [
+        f"malformed: {custom_log}:2: {reason} (above {MAX_COUNT} ms)",
+        f"malformed: {custom_log}:3: {reason} (above {MAX_COUNT} ms)",
+        f"malformed: {custom_log}:5: {reason} (below -{MAX_COUNT} ms)"]  # fmt: skip
+    assert rows(db, "SELECT source, line, duration FROM observations ORDER BY source, line") == [
+        (str(custom_log), 1, 0.007), (str(custom_log), 4, None),
+        (str(custom_log), 6, MAX_COUNT / 1000), (str(native_log), 1, None),
+        (str(native_log), 3, None)]  # fmt: skip
