@@ -256,6 +256,45 @@ def test_stored_sums_beyond_64_bits_saturate(tmp_path, pure):
     assert report.returncode == 0 and json.loads(report.stdout)["findings"]["items"]
 
 
+def byte_values(doc: object) -> list[int | None]:
+    """Every byte total a JSON report prints: ``bytes_*`` fields, and the current and previous
+    values of the summary's byte metrics."""
+    if isinstance(doc, list):
+        return [v for item in doc for v in byte_values(item)]
+    if not isinstance(doc, dict):
+        return []
+    found = [v for k, v in doc.items() if k.startswith("bytes_") and not isinstance(v, dict | list)]
+    if str(doc.get("metric", "")).startswith("bytes_"):
+        found += [doc["current"], doc["previous"]]
+    return found + [v for item in doc.values() for v in byte_values(item)]
+
+
+@WAYS
+@pytest.mark.parametrize(("sizes", "want"), [
+    ([MAX_COUNT] * 2**15 + [1] * 3, MAX_SUM),  # 2**63 + 3: one more than 64 bits hold
+    ([MAX_COUNT - 1] * 64 + [1], 2**54 - 63),  # exact, where a float64 sum rounds
+])  # fmt: skip
+def test_report_byte_totals_saturate_as_stored_sums(tmp_path, pure, sizes, want):
+    """The report adds stored byte sums (per client, destination, provider, period) as the
+    store does: exact below MAX_SUM and MAX_SUM from there, never wrapped negative, never
+    above it. One client, one destination: every byte total it prints is the whole sum."""
+    log = tmp_path / "a.log"
+    log.write_text("".join(native(size=n, ts=f"{1732752000 + k // 1000}.{k % 1000:03d}") + "\n"
+                           for k, n in enumerate(sizes)))  # fmt: skip
+    db = tmp_path / "x.db"
+    res, named = scan(db, pure, log)
+    assert res.returncode == 0 and not named, res.stderr
+    report = apiwatch("--db", db, "report", "--since", "2024-11-28", "--until", "2024-11-29",
+                      "--format", "json", env=env(pure))  # fmt: skip
+    no_traceback(report)
+    assert report.returncode == 0, report.stderr
+    doc = json.loads(report.stdout)
+    printed = [v for v in byte_values(doc) if v is not None]
+    assert len(printed) >= 5 and set(printed) == {want}, printed
+    assert [(m["current"], m["previous"]) for m in doc["totals"]
+            if m["metric"] == "bytes_in"] == [(want, None)]  # fmt: skip
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(st.none(), st.integers(0, MAX_COUNT), st.just(MAX_SUM),
                           st.integers(0, MAX_SUM)), max_size=40))  # fmt: skip
@@ -321,17 +360,20 @@ def test_http_status_out_of_range_is_unknown(tmp_path, name, value, pure):
 
 @WAYS
 def test_squid_status_and_ports_out_of_range(tmp_path, pure):
-    """Squid: a status beyond three digits makes the record malformed (native: ``bad result
-    code/status``, in C and Python; logformats: ``unreadable field``); a client or URL port
-    out of range is unknown, as a CONNECT target's is."""
+    """Squid: a status above 999 makes the record malformed (native: ``bad result
+    code/status``, in C and Python; logformats: ``unreadable field``), one with leading zeros
+    below is read (``0200``: 200); a client or URL port out of range is unknown, as a CONNECT
+    target's is."""
     native_log, custom_log = tmp_path / "native.log", tmp_path / "custom.log"
     native_log.write_text("\n".join([native(), native().replace("/200 ", f"/{2**64} "),
-                                     native().replace(":443 ", f":{2**64} ")]) + "\n")  # fmt: skip
+                                     native().replace(":443 ", f":{2**64} "),
+                                     native().replace("/200 ", "/0000000200 ")]) + "\n")  # fmt: skip
     fmt = "%ts.%03tu %>a %>p %Ss/%03>Hs %<st %rm %ru"
     line = "1732752001.203 10.0.0.5 {port} TCP_MISS/{status} 5 GET http://api.openai.com/v1/x"
     custom_log.write_text("\n".join([line.format(port=5, status=200),
                                      line.format(port=2**64, status=200),
-                                     line.format(port=5, status=2**64)]) + "\n")  # fmt: skip
+                                     line.format(port=5, status=2**64),
+                                     line.format(port=5, status="0200")]) + "\n")  # fmt: skip
     db = tmp_path / "x.db"
     res, named = scan(db, pure, native_log)
     assert res.returncode == 0, res.stderr
@@ -345,4 +387,36 @@ def test_squid_status_and_ports_out_of_range(tmp_path, pure):
     assert rows(db, "SELECT source, line, status, client_port, dest_port FROM observations"
                 " ORDER BY source, line") == [
         (str(custom_log), 1, 200, 5, 80), (str(custom_log), 2, 200, None, 80),
-        (str(native_log), 1, 200, None, 443), (str(native_log), 3, 200, None, None)]  # fmt: skip
+        (str(custom_log), 4, 200, 5, 80), (str(native_log), 1, 200, None, 443),
+        (str(native_log), 3, 200, None, None), (str(native_log), 4, 200, None, 443)]  # fmt: skip
+
+
+@WAYS
+def test_squid_elapsed_times_out_of_range(tmp_path, pure):
+    """An elapsed time beyond MAX_COUNT ms either way makes a line malformed, in the native
+    format and a logformat's ``%tr`` alike (any number of digits: no "exceeds the limit"
+    of int()); a negative one in range is stored with no duration, as Squid may log it."""
+    native_log, custom_log = tmp_path / "native.log", tmp_path / "custom.log"
+    native_log.write_text("\n".join([native(elapsed=-5), native(elapsed="-" + "9" * 30),
+                                     native(elapsed=-MAX_COUNT)]) + "\n")  # fmt: skip
+    fmt = "%ts.%03tu %tr %>a %Ss/%03>Hs %<st %rm %ru"
+    line = "1732752001.203 {elapsed} 10.0.0.5 TCP_MISS/200 5 GET http://api.openai.com/v1/x"
+    custom_log.write_text("\n".join(line.format(elapsed=e) for e in
+                                    [7, "9" * 30, "9" * 5000, -5, -MAX_COUNT - 1, MAX_COUNT])
+                          + "\n")  # fmt: skip
+    db = tmp_path / "x.db"
+    res, named = scan(db, pure, native_log)
+    assert res.returncode == 0, res.stderr
+    assert [n[: n.index(": 1732")] for n in named] == [
+        f"malformed: {native_log}:2: elapsed time out of range (below -{MAX_COUNT} ms)"]
+    res, named = scan(db, pure, "--format", "squid-custom", "--squid-logformat", fmt, custom_log)
+    assert res.returncode == 0, res.stderr
+    reason = "unreadable field: elapsed time out of range"
+    assert [n[: n.index(": 1732")] for n in named] == [
+        f"malformed: {custom_log}:2: {reason} (above {MAX_COUNT} ms)",
+        f"malformed: {custom_log}:3: {reason} (above {MAX_COUNT} ms)",
+        f"malformed: {custom_log}:5: {reason} (below -{MAX_COUNT} ms)"]  # fmt: skip
+    assert rows(db, "SELECT source, line, duration FROM observations ORDER BY source, line") == [
+        (str(custom_log), 1, 0.007), (str(custom_log), 4, None),
+        (str(custom_log), 6, MAX_COUNT / 1000), (str(native_log), 1, None),
+        (str(native_log), 3, None)]  # fmt: skip

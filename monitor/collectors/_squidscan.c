@@ -175,8 +175,8 @@ plain_ts(const char *s, Py_ssize_t n)
     return s[i] == '.' && all_digits(s + i + 1, n - i - 1);
 }
 
-/* "TCP_MISS/200": a letter first, ASCII before the last '/', 1-3 digits after it (an HTTP
- * status, as squid.py's _Targets.code_status reads it) */
+/* "TCP_MISS/200": a letter first, ASCII before the last '/', digits after it of at most 999
+ * (an HTTP status by value, "0200" too, as squid.py's _Targets.code_status reads it) */
 static int
 code_status(const char *s, Py_ssize_t n)
 {
@@ -193,7 +193,10 @@ code_status(const char *s, Py_ssize_t n)
         high |= word_at(s + i) & first_bytes(k - i);
     if (high & HIGHS)
         return 0;
-    return n - k - 1 <= 3 && all_digits(s + k + 1, n - k - 1);
+    Py_ssize_t d = k + 1;
+    while (d < n && s[d] == '0')
+        d++;
+    return n - d <= 3 && all_digits(s + k + 1, n - k - 1);
 }
 
 /* first occurrence of "://" in s[0:n], or -1 */
@@ -1502,7 +1505,7 @@ PyInit__squidscan(void)
      * comes with its record id; 7: it takes a Verdicts table; 8: observation_id; 9: the
      * maker takes `known` (line keys); 10: known records come in runs (lists); 11: a run is
      * (entries, packed records), the maker takes no values codes; 12: a kept line's elapsed
-     * time and size above MAX_COUNT, and a status of more than three digits, go to the
+     * time and size above MAX_COUNT, and a status above 999, go to the
      * Python loop (MAX_COUNT exported). squid.py
      * ignores a module built before that */
     PyObject *max_count = PyLong_FromLongLong(MAX_COUNT);

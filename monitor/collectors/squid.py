@@ -300,7 +300,8 @@ class _Targets:
                 and code[:1].isalpha()
                 and code.isascii()
                 and status.isdigit()
-                and len(status) <= 3  # an HTTP status (a number beyond: the scan's end)
+                # an HTTP status by value, 0200 too (a number beyond 999: the scan's end)
+                and len(status.lstrip(b"0")) <= 3
             ):
                 v = (code.decode("ascii"), int(status))
             else:
@@ -525,6 +526,15 @@ def _count(text: bytes | None) -> int | None:
     if text[:1] == b"-" or not _counted(text):
         raise ValueError(f"byte count out of range (0 to {MAX_COUNT})")
     return int(text)
+
+
+def _elapsed_beyond(text: bytes) -> str | None:
+    """Why an elapsed time ``-?\\d+`` (ms) is out of range (beyond MAX_COUNT either way), or
+    None when it is not. A negative one in range is stored as unknown, as Squid logs it."""
+    if _counted(text[1:] if text[:1] == b"-" else text):
+        return None
+    side = "below -" if text[:1] == b"-" else "above "
+    return f"elapsed time out of range ({side}{MAX_COUNT} ms)"
 
 
 def _port(text: bytes | None) -> int | None:
@@ -836,8 +846,9 @@ class SquidCollector(_base.Collector):
         digits = el[1:] if el[:1] == b"-" else el
         if not digits.isdigit():
             return "bad elapsed time"
-        if not _counted(digits):
-            return f"elapsed time out of range (above {MAX_COUNT} ms)"
+        beyond = _elapsed_beyond(el)
+        if beyond is not None:
+            return beyond
         elapsed = int(el)
         cs = t.code_status(parts[3])
         if cs is None:
@@ -1021,7 +1032,7 @@ class SquidCollector(_base.Collector):
             result = t.word(rs)
         st = get("status") or get("status_next")
         if st is not None:
-            status = http_status(int(st)) if len(st) <= 3 else None
+            status = http_status(int(st)) if len(st.lstrip(b"0")) <= 3 else None
             if status is None:
                 raise ValueError("HTTP status out of range (0 to 999)")
         method_b = get("method") or get("method_client")
@@ -1052,6 +1063,9 @@ class SquidCollector(_base.Collector):
         client = get("client_ip")
         cport = get("client_port")
         elapsed = get("elapsed")
+        beyond = _elapsed_beyond(elapsed) if elapsed is not None else None
+        if beyond is not None:
+            raise ValueError(beyond)
         bin_ = get("bytes_in")
         bout = get("bytes_out")
         user = None

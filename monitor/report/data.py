@@ -40,6 +40,7 @@ import pandas as pd
 
 from monitor import __version__
 from monitor.config import REPORT_PERIODS
+from monitor.observation import MAX_SUM
 from monitor.observation import iso_datetime as _iso
 from monitor.store import Rows, Store, TrafficFilter
 
@@ -402,9 +403,11 @@ def py(value: Any) -> Any:
 
 
 def sum_or_none(series: pd.Series) -> int | None:
-    """Sum that stays null when every value is null (as SQL's SUM)."""
-    value = series.sum(min_count=1) if len(series) else None
-    return None if value is None or pd.isna(value) else int(value)
+    """Sum of byte sums as the store makes them (:func:`monitor.store.saturated_sum`): exact
+    below MAX_SUM and MAX_SUM from there (pandas' int64 sum wraps past 64 bits, a float64 one
+    rounds); null when every value is null (as SQL's SUM)."""
+    values = series.dropna().tolist()
+    return min(sum(map(int, values)), MAX_SUM) if values else None
 
 
 def pct(cur: int | None, prev: int | None) -> float | None:
@@ -414,8 +417,10 @@ def pct(cur: int | None, prev: int | None) -> float | None:
 
 
 def int_or_none(value: Any) -> int | None:
+    """A byte total as an int of at most MAX_SUM: a column with nulls reaches pandas as
+    float64, where MAX_SUM reads as 2**63."""
     value = py(value)
-    return None if value is None else int(value)
+    return None if value is None else min(int(value), MAX_SUM)
 
 
 def ranked(series: pd.Series) -> list[str]:
@@ -451,8 +456,8 @@ def _destinations(who: pd.DataFrame) -> pd.DataFrame:
             requests=("requests", "sum"),
             blocked=("blocked", "sum"),
             clients=("client_ip", "nunique"),
-            bytes_out=("bytes_out", lambda s: s.sum(min_count=1)),
-            bytes_in=("bytes_in", lambda s: s.sum(min_count=1)),
+            bytes_out=("bytes_out", sum_or_none),
+            bytes_in=("bytes_in", sum_or_none),
             example_url=("example_url", lambda s: s.dropna().min() if s.notna().any() else None),
         )
         .reset_index()

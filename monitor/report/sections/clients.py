@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from monitor.report.data import Context, Report, int_or_none, loads, py, ranked
+from monitor.report.data import Context, Report, int_or_none, loads, py, ranked, sum_or_none
 from monitor.report.markdown import code, codes, num, table
 from monitor.report.section import CsvRow, Section
 
@@ -49,13 +49,14 @@ class Clients(Section):
 def _top_clients(who: pd.DataFrame, top: int) -> list[dict[str, Any]]:
     if not len(who):
         return []
-    by_client = who.astype({"bytes_out": float, "bytes_in": float}).groupby(
-        "client_ip", dropna=False
-    )
-    per = (  # bytes sum to null where no row has them (SQL's SUM), in one pass per column
-        by_client[["requests", "blocked"]]
-        .sum()
-        .join(by_client[["bytes_out", "bytes_in"]].sum(min_count=1))
+    per = (  # bytes sum as stored sums do, to null where no row has them (SQL's SUM)
+        who.groupby("client_ip", dropna=False)
+        .agg(
+            requests=("requests", "sum"),
+            blocked=("blocked", "sum"),
+            bytes_out=("bytes_out", sum_or_none),
+            bytes_in=("bytes_in", sum_or_none),
+        )
         .reset_index()
     )
     per["key"] = per.client_ip.fillna("")

@@ -19,6 +19,7 @@ from monitor.report.data import (
     pct,
     py,
     sorted_dest,
+    sum_or_none,
 )
 from monitor.report.markdown import change, code, codes, md, num, table
 from monitor.report.section import CsvRow, Section
@@ -196,8 +197,8 @@ def _breakdown(
         grouped = cur.groupby(key, dropna=False).agg(
             requests=("requests", "sum"),
             blocked=("blocked", "sum"),
-            bytes_out=("bytes_out", lambda s: s.sum(min_count=1)),
-            bytes_in=("bytes_in", lambda s: s.sum(min_count=1)),
+            bytes_out=("bytes_out", sum_or_none),
+            bytes_in=("bytes_in", sum_or_none),
         )
         clients = {
             py(k): int(v)
