@@ -77,6 +77,7 @@ SCHEMA_VERSION = 13
 INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
 _IN_CHUNK = 500  # bound on SQL parameters per IN (...) query
 _LOCK_RETRIES = 5  # after the busy timeout, before giving up on the write lock
+_BUSY_SECONDS = 30  # the busy timeout: how long a connection waits for another's lock
 _CACHED = 1 << 16  # entries of each in-memory dictionary cache before it starts over
 #: incidents whose evidence and facts are remembered (about 1 KB each) before it starts
 #: over: a scan of one busy day holds tens of thousands, of which a transaction touches a
@@ -680,15 +681,31 @@ class Store:
             self._fact_numbers: dict[str, int] = {}
             self._insert_sql: dict[tuple[bool, ...], str] = {}  # by the columns present
             self._data_version = -1
-            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.db.execute(f"PRAGMA busy_timeout = {_BUSY_SECONDS * 1000}")
             self.db.execute(f"PRAGMA cache_size = -{_CACHE_KB}")
             if not readonly:  # (NORMAL first: a new file's switch to WAL syncs less)
                 self.db.execute("PRAGMA synchronous = NORMAL")
-                self.db.execute("PRAGMA journal_mode = WAL")
+                self._switch_to_wal()
                 self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
             self._migrate()
         except (OSError, sqlite3.DatabaseError) as exc:
             raise StoreError(database_problem(self.path, exc, "cannot open database")) from exc
+
+    def _switch_to_wal(self) -> None:
+        """Put the file in WAL mode. A new file's switch needs the file to itself, and SQLite
+        answers "database is locked" at once rather than wait for it (the busy timeout is
+        not consulted), so first scans started together would fail: wait here as the busy
+        timeout would."""
+        deadline, pause = time.monotonic() + _BUSY_SECONDS, 0.002
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _connect_readonly(self) -> sqlite3.Connection:
         if not self.path.is_file():
@@ -761,8 +778,13 @@ class Store:
 
     def _migrate(self) -> None:
         """Create the schema, or bring an older apiwatch database up to date."""
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if self.readonly and version == 0 and not self._has_tables():
+        # read together (one statement, one snapshot): read apart, a first scan committing
+        # in between would make a new file look like someone else's (tables, no version)
+        version, has_tables = self.db.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version),"
+            " EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table')"
+        ).fetchone()
+        if self.readonly and version == 0 and not has_tables:
             version = self._created_meanwhile()  # a first scan has just created the file
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -777,7 +799,7 @@ class Store:
                 if version
                 else f"{self.path}: not an apiwatch database"
             )
-        if version == 0 and self._has_tables():
+        if version == 0 and has_tables:
             raise StoreError(
                 f"{self.path}: not an apiwatch database (has tables, no schema version)"
             )

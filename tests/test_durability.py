@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import monitor.scanner as scanner
+from monitor.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTS = [
@@ -285,3 +286,36 @@ def test_part_size_knob_is_honoured(monkeypatch):
     finally:
         monkeypatch.delenv("APIWATCH_PART_SIZE")
         importlib.reload(scanner)
+
+
+def _open_when_told(path: Path, go, answers) -> None:
+    go.wait()
+    try:
+        Store(path)
+        answers.put("ok")
+    except Exception as exc:  # noqa: BLE001 - the answer is what the test reads
+        answers.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_creating_one_database_together_all_open_it(tmp_path):
+    """First scans started together on a new file all get the database: the switch to WAL
+    (which SQLite refuses at once, without the busy timeout, while another process has the
+    new file) is waited for, and a schema committed between two reads is not taken for
+    someone else's file. Six processes, released at once, thirty new files."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    failures = []
+    for trial in range(30):
+        path = tmp_path / f"new{trial}.db"
+        go, answers = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_open_when_told, args=(path, go, answers)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        go.set()
+        got = [answers.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        failures += [g for g in got if g != "ok"]
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert failures == []
