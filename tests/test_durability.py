@@ -196,7 +196,7 @@ def test_kill_while_a_transaction_spans_parts_then_rerun_resumes_exactly(tmp_pat
     uncommitted, every committed position has exactly the observations of the lines
     before it, and a re-run reads on from there to where an uninterrupted scan ends."""
     log = tmp_path / "llm.log"
-    make_log(log, 120_000, 4)  # 10 MB: 10 parts of 1 MB, a commit every 3
+    make_log(log, 240_000, 4)  # 20 MB: 20 parts of 1 MB, a commit every 3
     ref = tmp_path / "ref.db"
     whole = run_ok(ref, "scan", str(log), "--egress-country", "CN", "--json", "-j", "1")
     script = (
