@@ -931,7 +931,7 @@ def _sum(values: Sequence[int | None]) -> int | None:
     """The sum of the values given (None: none is), saturated (see :func:`_add`)."""
     if None in values:
         values = [v for v in values if v is not None]
-    return min(sum(values), MAX_SUM) if values else None
+    return _sum_all(values) if values else None
 
 
 def _sum_all(values: Sequence[int]) -> int:

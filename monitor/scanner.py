@@ -21,19 +21,19 @@ the open transaction holds, which the next run reads again (and de-duplicates).
 
 **Storing as batches come.** Batches are stored as they come, in one transaction
 (:class:`monitor.store.Ingestion`): rows, dictionary entries, incident deltas and hit links
-at once, while the producers read on; a batch's rows are inserted (by SQLite, in a thread
-of their own) while the batch before's incident deltas are added and the next batch is
+at once, while the producers read on; a batch's rows are inserted (by SQLite, in a thread of
+their own) while the batch before's incident deltas are added and the next batch is
 received; the batches' roll-up rows are summed in memory as they come, and each part's rows
 no batch's roll-up rows cover gathered as the next is read; the per-transaction work (each
 incident touched, findings, the roll-ups' totals) once, at the commit, so that little is
-left after the last part. One transaction spans the parts of an input: each incident it touches is rewritten
-once, however many parts brought it requests (a busy incident recurs in every part), and so
-are the indexes' pages. It commits at the end of the input, or once it holds ``HOLD``
-observations (what memory and a kill may lose are bounded by that) or ``HOLD_PARTS`` parts
-ended in it (so are the bytes a re-run reads again); an input read as one part, whose end
-may be far, every ``FLUSH`` observations; a part whose end is not known (standard input, a
-compressed input) also whenever no other message waits, so that what was read is stored
-while the input stays open.
+left after the last part. One transaction spans the parts of an input: each incident it
+touches is rewritten once, however many parts brought it requests (a busy incident recurs in
+every part), and so are the indexes' pages. It commits at the end of the input, or once it
+holds ``HOLD`` observations (what memory and a kill may lose are bounded by that) or
+``HOLD_PARTS`` parts ended in it (so are the bytes a re-run reads again); an input read as
+one part, whose end may be far, every ``FLUSH`` observations; a part whose end is not known
+(standard input, a compressed input) also whenever no other message waits, so that what was
+read is stored while the input stays open.
 """
 
 from __future__ import annotations
