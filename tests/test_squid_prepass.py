@@ -5,6 +5,9 @@ its field edges in the same pass, and searches a rejected URL's path 16 bytes at
 these tests put every edge, separator, NUL and marker at every offset of those blocks, and
 lines across reads and around ``MAX_LINE``, and compare what the collector reads with the
 pure-Python loop (``two_ways``), or what ``native_chunk`` does with what ``rejects`` says.
+The ids it gives kept lines are BLAKE2b digests computed with a vector compression when the
+CPU has one (AVX2), else the portable one: both are compared with hashlib at every length
+around the 128-byte message blocks.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.collectors import squid
 from monitor.collectors.base import MAX_LINE
+from monitor.ids import observation_id, record_id
 from tests.conftest import generated_squid_log
 from tests.test_squid_accel import HOST_FILTER, LLM, OTHER, built, two_ways
 
@@ -269,3 +275,44 @@ def test_portable_build_agrees(portable, tmp_path: Path) -> None:
                 assert built.native_chunk(*args, ours, rejects) == portable.native_chunk(
                     *args, theirs, rejects
                 )
+
+
+def _cpu_flags() -> set[str] | None:
+    """The x86 CPU's flags as Linux reports them (AVX2 only when the OS saves its registers);
+    None on other systems and CPUs."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = [line.split(":", 1)[1] for line in text.splitlines() if line.startswith("flags")]
+    return set(flags[0].split()) if flags else None
+
+
+def test_blake2b_compressions(portable) -> None:
+    """The build in use hashes with AVX2 when the CPU has it, chosen at run time without
+    special compile flags; the portable build (-DACCEL_PORTABLE) leaves the vector code out,
+    so the tests below compare both compressions with hashlib."""
+    ours, theirs = built.BLAKE2B, portable.BLAKE2B
+    assert theirs == "portable" and ours in ("avx2", "portable")
+    flags = _cpu_flags()
+    if flags is not None:
+        assert ours == ("avx2" if "avx2" in flags else "portable")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(min_size=601, max_size=601), st.text(max_size=320))
+def test_ids_of_every_length_agree_with_hashlib(portable, pool: bytes, text: str) -> None:
+    """Record ids and observation ids of messages of every length 0-600 bytes (every
+    128-byte block boundary, a byte before and after it, and the empty message) from both
+    compressions, the vector one (`built`, when the CPU has AVX2) and the portable one, are
+    hashlib's: the same values, of the same types."""
+    for n in range(len(pool)):
+        line = pool[:n]
+        rid = record_id(line)
+        assert built.record_id(line) == rid and portable.record_id(line) == rid, n
+        assert type(built.record_id(line)) is str and type(portable.record_id(line)) is str
+        ascii_text = bytes(b & 0x7F for b in line).decode("ascii")  # n bytes of UTF-8
+        for s in (ascii_text, text[:n]):
+            oid = observation_id(s)
+            assert built.observation_id(s) == oid and portable.observation_id(s) == oid, n
+            assert type(built.observation_id(s)) is int is type(portable.observation_id(s))
