@@ -657,6 +657,22 @@ def test_line_key_day_is_pythons(sec: int, frac: str) -> None:
     assert o.ts == float(ts) and key == _line_key(line, float(ts))
 
 
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.text("0123456789", min_size=1, max_size=10), st.text("0123456789", max_size=12))
+@example("9999999999", "99999")  # 15 digits: the most read as an integer
+@example("9999999999", "999999")  # 16: strtod's
+@example("1732752001", "2035")
+@example("0", "000000000000")
+def test_kept_line_ts_is_pythons_float(whole: str, frac: str) -> None:
+    """A kept line's ts is ``float()`` of its text: up to 15 digits read as an integer and
+    divided by a power of ten (both exact, the quotient rounded once), more by strtod."""
+    ts = f"{whole}.{frac}".encode() if frac else whole.encode()
+    line = LLM.replace(b"1732752001.203", ts)
+    rejects = {b"api.openai.com:443": False}
+    _, [fields], _ = built.native_chunk(line + b"\n", True, MAX_LINE, rejects)
+    assert type(fields[1]) is float and fields[1] == float(ts)
+
+
 CONNECT = OTHER.replace(b"GET http://anan.co.jp/x?q=1", b"CONNECT anan.co.jp:443")
 
 

@@ -175,6 +175,31 @@ plain_ts(const char *s, Py_ssize_t n)
     return s[i] == '.' && all_digits(s + i + 1, n - i - 1);
 }
 
+/* The value of a plain_ts text s[0:n] when it has at most 15 digits, else -1 (then
+ * PyOS_string_to_double reads it). All its digits as an integer M < 10^15 < 2^53 and 10^f,
+ * f the digits after the point, are exact doubles; IEEE division rounds the exact quotient
+ * M / 10^f once, to nearest, which is what the correctly rounded strtod of Python gives.
+ * A tenth of its cost, for every kept line. */
+static double
+exact_ts(const char *s, Py_ssize_t n)
+{
+    static const double POW10[16] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+    uint64_t v = 0;
+    int digits = 0, point = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] == '.') {
+            point = digits;
+            continue;
+        }
+        v = v * 10 + (uint64_t)(s[i] - '0');
+        digits++;
+    }
+    if (digits > 15)
+        return -1.0;
+    return point < 0 ? (double)v : (double)v / POW10[digits - point];
+}
+
 /* "TCP_MISS/200": a letter first, ASCII before the last '/', digits after it of at most 999
  * (an HTTP status by value, "0200" too, as squid.py's _Targets.code_status reads it) */
 static int
@@ -1029,14 +1054,17 @@ classify(const Line *ln, PyObject *rejects, PyObject *connects, Verdicts *verdic
     }
     if (!rejected) {
         /* plain_ts: at most 10 digits, '.', digits; longer fractions go to Python */
-        char buf[40];
-        if (len[0] >= (Py_ssize_t)sizeof(buf))
-            return 0;
-        memcpy(buf, tok[0], (size_t)len[0]);
-        buf[len[0]] = '\0';
-        *ts = PyOS_string_to_double(buf, NULL, NULL);
-        if (*ts == -1.0 && PyErr_Occurred())
-            return -1;
+        *ts = exact_ts(tok[0], len[0]);
+        if (*ts < 0) {
+            char buf[40];
+            if (len[0] >= (Py_ssize_t)sizeof(buf))
+                return 0;
+            memcpy(buf, tok[0], (size_t)len[0]);
+            buf[len[0]] = '\0';
+            *ts = PyOS_string_to_double(buf, NULL, NULL);
+            if (*ts == -1.0 && PyErr_Occurred())
+                return -1;
+        }
         *elapsed = small_int(tok[1], len[1]);
         *size = small_int(tok[4], len[4]);
         if (*elapsed > MAX_COUNT || *size > MAX_COUNT)
@@ -1238,7 +1266,9 @@ known_of(const Maker *mk, Py_ssize_t index, const char *const *tok, const Py_ssi
 {
     static const int KEYED[] = {2, 3, 6, 7, 8};
     char buf[KNOWN_KEY];
-    double day = py_floordiv(ts, 86400.0);
+    /* for 0 <= ts < 2^63 (a plain_ts's), ts // 86400 is floor(ts) // 86400: integers */
+    double day = ts >= 0 && ts < 0x1p63 ? (double)((int64_t)ts / 86400)
+                                        : py_floordiv(ts, 86400.0);
     Py_ssize_t at = sizeof(day);
     memcpy(buf, &day, sizeof(day));
     *key = NULL;
