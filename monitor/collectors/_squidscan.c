@@ -38,6 +38,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <arpa/inet.h>
+#include <float.h>
 #include <math.h>
 #include <structmember.h>
 #include <stdint.h>
@@ -178,8 +179,9 @@ plain_ts(const char *s, Py_ssize_t n)
 /* The value of a plain_ts text s[0:n] when it has at most 15 digits, else -1 (then
  * PyOS_string_to_double reads it). All its digits as an integer M < 10^15 < 2^53 and 10^f,
  * f the digits after the point, are exact doubles; IEEE division rounds the exact quotient
- * M / 10^f once, to nearest, which is what the correctly rounded strtod of Python gives.
- * A tenth of its cost, for every kept line. */
+ * M / 10^f once, to nearest, which is what the correctly rounded strtod of Python gives
+ * (where doubles are computed as doubles: not so with x87 registers, FLT_EVAL_METHOD 2, whose
+ * extended quotient would be rounded twice). A tenth of its cost, for every kept line. */
 static double
 exact_ts(const char *s, Py_ssize_t n)
 {
@@ -195,7 +197,7 @@ exact_ts(const char *s, Py_ssize_t n)
         v = v * 10 + (uint64_t)(s[i] - '0');
         digits++;
     }
-    if (digits > 15)
+    if (digits > 15 || FLT_EVAL_METHOD != 0)
         return -1.0;
     return point < 0 ? (double)v : (double)v / POW10[digits - point];
 }
