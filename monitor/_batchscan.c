@@ -654,6 +654,8 @@ hour_runs(PyObject *self, PyObject *ts)
         Py_RETURN_NONE;
     const double *tsv = view.buf;
     long long prev = 0;
+    /* the previous row's hour as [lo, hi): a row in it is in that hour (no fmod a row) */
+    double lo = 1.0, hi = 0.0;
     PyObject *runs = PyList_New(0);
     if (runs == NULL) {
         PyBuffer_Release(&view);
@@ -669,14 +671,21 @@ hour_runs(PyObject *self, PyObject *ts)
                 PyBuffer_Release(&view);
                 Py_RETURN_NONE;
             }
-            /* Python's float floor division t // 3600 (Objects/floatobject.c) */
-            double mod = fmod(v, 3600.0), div = (v - mod) / 3600.0;
-            if (mod < 0)
-                div -= 1.0;
-            double floored = floor(div);
-            if (div - floored > 0.5)
-                floored += 1.0;
-            hour = (long long)floored;
+            if (lo <= v && v < hi) {
+                hour = prev;
+            } else {
+                /* Python's float floor division t // 3600 (Objects/floatobject.c): below
+                 * 1e15, exactly the floor of t / 3600, so [lo, hi) holds the hour's times */
+                double mod = fmod(v, 3600.0), div = (v - mod) / 3600.0;
+                if (mod < 0)
+                    div -= 1.0;
+                double floored = floor(div);
+                if (div - floored > 0.5)
+                    floored += 1.0;
+                hour = (long long)floored;
+                lo = floored * 3600.0;
+                hi = lo + 3600.0;
+            }
         }
         if (i > 0 && (i == n || hour != prev)) {
             PyObject *run = Py_BuildValue("(Ln)", prev, i);

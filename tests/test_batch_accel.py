@@ -612,6 +612,21 @@ def test_stream_references_c_leaves_to_python_or_refuses_as_python():
                 stream._refs([row], [])
 
 
+def test_hour_runs_of_times_within_an_hour_and_at_its_edges():
+    """Rows in the previous row's hour are found without the floor division (the hour's
+    bounds, kept from the row that found it): the same runs at both edges of each hour,
+    negative hours and -0.0 too."""
+    ts = []
+    for h in (-3, -1, 0, 1, 481_000):
+        lo, hi = h * 3600.0, (h + 1) * 3600.0
+        ts += [lo, lo + 1.5, math.nextafter(hi, -math.inf), hi, math.nextafter(lo, -math.inf),
+               lo, -0.0, math.nextafter(hi, -math.inf)]  # fmt: skip
+    got = built.hour_runs(ts)
+    with _accelerated(None):
+        assert got == batch._hour_runs(ts)
+    assert got == built.hour_runs(array("d", ts)) and len(got) > 20
+
+
 _INT64 = st.one_of(st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-40, 40),
                    st.sampled_from([-(1 << 63), (1 << 63) - 1, 0, -1]))  # fmt: skip
 
