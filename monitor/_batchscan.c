@@ -640,6 +640,55 @@ error:
     return NULL;
 }
 
+/* row_values(rows, keys) -> list | None: batch.py _row_values: per row of `rows` (a list),
+ * the tuple of its values when its keys are `keys` (a tuple) in order, else the row itself;
+ * None for what it leaves to the Python code (other types, a row that is no dict, a key
+ * that is no str: comparing it might run Python code). */
+static PyObject *
+row_values(PyObject *self, PyObject *args)
+{
+    PyObject *rows, *keys;
+    if (!PyArg_ParseTuple(args, "OO:row_values", &rows, &keys))
+        return NULL;
+    if (!PyList_CheckExact(rows) || !PyTuple_CheckExact(keys))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(rows), width = PyTuple_GET_SIZE(keys);
+    for (Py_ssize_t j = 0; j < width; j++)
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(keys, j)))
+            Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i), *key, *value;
+        if (!PyDict_CheckExact(row))
+            Py_RETURN_NONE;
+        Py_ssize_t at = 0;
+        while (PyDict_Next(row, &at, &key, &value))
+            if (!PyUnicode_CheckExact(key))
+                Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i), *key, *value;
+        int same = PyDict_GET_SIZE(row) == width;
+        Py_ssize_t at = 0, j = 0;
+        while (same && PyDict_Next(row, &at, &key, &value)) {
+            PyObject *want = PyTuple_GET_ITEM(keys, j++);
+            same = key == want || PyUnicode_Compare(key, want) == 0;
+        }
+        PyObject *made = same ? PyTuple_New(width) : Py_NewRef(row);
+        if (made == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        at = j = 0;
+        while (same && PyDict_Next(row, &at, &key, &value))
+            PyTuple_SET_ITEM(made, j++, Py_NewRef(value));
+        PyList_SET_ITEM(out, i, made);
+    }
+    return out;
+}
+
 /* hour_runs(ts) -> list | None: batch.py _hour_runs of a list or array('d') of floats
  * (None: not one) */
 static PyObject *
@@ -2405,6 +2454,7 @@ static PyMethodDef methods[] = {
     {"packed_groups", packed_groups, METH_O, "batch.py _packed_groups (see above), or None."},
     {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
     {"stream_refs", stream_refs, METH_VARARGS, "BatchStream._refs (see above), or None."},
+    {"row_values", row_values, METH_VARARGS, "batch.py _row_values (see above), or None."},
     {"merged_new", merged_new, METH_VARARGS, "batch.py merged_new (see above)."},
     {"known_in", known_in, METH_VARARGS, "batch.py known_in (see above)."},
     {NULL, NULL, 0, NULL},
@@ -2447,8 +2497,8 @@ PyInit__batchscan(void)
     }
     PyObject *m = PyModule_Create(&module);
     /* 8: stream_refs, merged_new, known_in; Sums and merge_deltas saturate byte sums at
-       INT64_MAX (Sums raised OverflowError) */
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 8) < 0 ||
+       INT64_MAX (Sums raised OverflowError); 10: row_values */
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 10) < 0 ||
                       PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);
     return m;
