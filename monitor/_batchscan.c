@@ -656,34 +656,40 @@ row_values(PyObject *self, PyObject *args)
     for (Py_ssize_t j = 0; j < width; j++)
         if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(keys, j)))
             Py_RETURN_NONE;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *row = PyList_GET_ITEM(rows, i), *key, *value;
-        if (!PyDict_CheckExact(row))
-            Py_RETURN_NONE;
-        Py_ssize_t at = 0;
-        while (PyDict_Next(row, &at, &key, &value))
-            if (!PyUnicode_CheckExact(key))
-                Py_RETURN_NONE;
-    }
     PyObject *out = PyList_New(n);
     if (out == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PyList_GET_ITEM(rows, i), *key, *value;
-        int same = PyDict_GET_SIZE(row) == width;
-        Py_ssize_t at = 0, j = 0;
-        while (same && PyDict_Next(row, &at, &key, &value)) {
-            PyObject *want = PyTuple_GET_ITEM(keys, j++);
-            same = key == want || PyUnicode_Compare(key, want) == 0;
+        if (!PyDict_CheckExact(row)) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
         }
-        PyObject *made = same ? PyTuple_New(width) : Py_NewRef(row);
-        if (made == NULL) {
+        /* one pass: every key a str (else all is left to Python), the values while the
+           keys are `keys` */
+        int same = PyDict_GET_SIZE(row) == width;
+        PyObject *made = same ? PyTuple_New(width) : NULL;
+        if (same && made == NULL) {
             Py_DECREF(out);
             return NULL;
         }
-        at = j = 0;
-        while (same && PyDict_Next(row, &at, &key, &value))
-            PyTuple_SET_ITEM(made, j++, Py_NewRef(value));
+        Py_ssize_t at = 0, j = 0;
+        while (PyDict_Next(row, &at, &key, &value)) {
+            if (!PyUnicode_CheckExact(key)) {
+                Py_XDECREF(made);
+                Py_DECREF(out);
+                Py_RETURN_NONE;
+            }
+            if (same) {
+                PyObject *want = PyTuple_GET_ITEM(keys, j);
+                same = key == want || PyUnicode_Compare(key, want) == 0;
+                PyTuple_SET_ITEM(made, j++, Py_NewRef(value));
+            }
+        }
+        if (!same) {
+            Py_XDECREF(made); /* (its unset items are NULL: freed as none) */
+            made = Py_NewRef(row);
+        }
         PyList_SET_ITEM(out, i, made);
     }
     return out;
