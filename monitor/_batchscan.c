@@ -640,6 +640,61 @@ error:
     return NULL;
 }
 
+/* row_values(rows, keys) -> list | None: batch.py _row_values: per row of `rows` (a list),
+ * the tuple of its values when its keys are `keys` (a tuple) in order, else the row itself;
+ * None for what it leaves to the Python code (other types, a row that is no dict, a key
+ * that is no str: comparing it might run Python code). */
+static PyObject *
+row_values(PyObject *self, PyObject *args)
+{
+    PyObject *rows, *keys;
+    if (!PyArg_ParseTuple(args, "OO:row_values", &rows, &keys))
+        return NULL;
+    if (!PyList_CheckExact(rows) || !PyTuple_CheckExact(keys))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(rows), width = PyTuple_GET_SIZE(keys);
+    for (Py_ssize_t j = 0; j < width; j++)
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(keys, j)))
+            Py_RETURN_NONE;
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i), *key, *value;
+        if (!PyDict_CheckExact(row)) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        /* one pass: every key a str (else all is left to Python), the values while the
+           keys are `keys` */
+        int same = PyDict_GET_SIZE(row) == width;
+        PyObject *made = same ? PyTuple_New(width) : NULL;
+        if (same && made == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_ssize_t at = 0, j = 0;
+        while (PyDict_Next(row, &at, &key, &value)) {
+            if (!PyUnicode_CheckExact(key)) {
+                Py_XDECREF(made);
+                Py_DECREF(out);
+                Py_RETURN_NONE;
+            }
+            if (same) {
+                PyObject *want = PyTuple_GET_ITEM(keys, j);
+                same = key == want || PyUnicode_Compare(key, want) == 0;
+                PyTuple_SET_ITEM(made, j++, Py_NewRef(value));
+            }
+        }
+        if (!same) {
+            Py_XDECREF(made); /* (its unset items are NULL: freed as none) */
+            made = Py_NewRef(row);
+        }
+        PyList_SET_ITEM(out, i, made);
+    }
+    return out;
+}
+
 /* hour_runs(ts) -> list | None: batch.py _hour_runs of a list or array('d') of floats
  * (None: not one) */
 static PyObject *
@@ -654,6 +709,8 @@ hour_runs(PyObject *self, PyObject *ts)
         Py_RETURN_NONE;
     const double *tsv = view.buf;
     long long prev = 0;
+    /* the previous row's hour as [lo, hi): a row in it is in that hour (no fmod a row) */
+    double lo = 1.0, hi = 0.0;
     PyObject *runs = PyList_New(0);
     if (runs == NULL) {
         PyBuffer_Release(&view);
@@ -669,14 +726,21 @@ hour_runs(PyObject *self, PyObject *ts)
                 PyBuffer_Release(&view);
                 Py_RETURN_NONE;
             }
-            /* Python's float floor division t // 3600 (Objects/floatobject.c) */
-            double mod = fmod(v, 3600.0), div = (v - mod) / 3600.0;
-            if (mod < 0)
-                div -= 1.0;
-            double floored = floor(div);
-            if (div - floored > 0.5)
-                floored += 1.0;
-            hour = (long long)floored;
+            if (lo <= v && v < hi) {
+                hour = prev;
+            } else {
+                /* Python's float floor division t // 3600 (Objects/floatobject.c): below
+                 * 1e15, exactly the floor of t / 3600, so [lo, hi) holds the hour's times */
+                double mod = fmod(v, 3600.0), div = (v - mod) / 3600.0;
+                if (mod < 0)
+                    div -= 1.0;
+                double floored = floor(div);
+                if (div - floored > 0.5)
+                    floored += 1.0;
+                hour = (long long)floored;
+                lo = floored * 3600.0;
+                hi = lo + 3600.0;
+            }
         }
         if (i > 0 && (i == n || hour != prev)) {
             PyObject *run = Py_BuildValue("(Ln)", prev, i);
@@ -2396,6 +2460,7 @@ static PyMethodDef methods[] = {
     {"packed_groups", packed_groups, METH_O, "batch.py _packed_groups (see above), or None."},
     {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
     {"stream_refs", stream_refs, METH_VARARGS, "BatchStream._refs (see above), or None."},
+    {"row_values", row_values, METH_VARARGS, "batch.py _row_values (see above), or None."},
     {"merged_new", merged_new, METH_VARARGS, "batch.py merged_new (see above)."},
     {"known_in", known_in, METH_VARARGS, "batch.py known_in (see above)."},
     {NULL, NULL, 0, NULL},
@@ -2438,8 +2503,8 @@ PyInit__batchscan(void)
     }
     PyObject *m = PyModule_Create(&module);
     /* 8: stream_refs, merged_new, known_in; Sums and merge_deltas saturate byte sums at
-       INT64_MAX (Sums raised OverflowError) */
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 8) < 0 ||
+       INT64_MAX (Sums raised OverflowError); 10: row_values */
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 10) < 0 ||
                       PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);
     return m;

@@ -249,6 +249,8 @@ class Catalog:
         self._resolved: dict[tuple[str, str | None], Match] = {}
         self._match_host = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._lookup_host)
         self._match_ip = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._lookup_ip)
+        #: the last two labels of the names each index (listed, unlisted) can match
+        self._tails = (_tails(self._index), _tails(self._unlisted))
         #: the IPv4 ranges as integers (first, last, prefix length, match), in index order:
         #: a dotted quad is looked up without an ipaddress object (one per distinct address)
         self._v4 = [
@@ -260,6 +262,7 @@ class Catalog:
     def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes; caches dropped
         state = dict(self.__dict__)
         del state["_match_host"], state["_match_ip"], state["_resolved"], state["_v4"]
+        del state["_tails"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -304,8 +307,11 @@ class Catalog:
     def _lookup_host(self, host: str) -> Match | None:
         if not host:
             return None
-        found = _find(self._index, host)
-        if found is None and (self._unlisted.suffix or self._unlisted.middle):
+        # most hosts asked are no provider's: their last two labels tell (see _tails)
+        tail = host[host.rfind(".", 0, host.rfind(".")) + 1 :]
+        listed, unlisted = self._tails
+        found = _find(self._index, host) if tail in listed else None
+        if found is None and tail in unlisted and (self._unlisted.suffix or self._unlisted.middle):
             found = _find(self._unlisted, host)
         if found is not None and found.processing.region and "{" in found.processing.region:
             found = self._resolve(found, host)
@@ -408,6 +414,20 @@ def _find(idx: _Index, host: str) -> Match | None:
                 ):
                     best = hit
     return best
+
+
+def _tails(idx: _Index) -> frozenset[str]:
+    """The last two labels of every name ``idx`` can match. Every way :func:`_find`
+    matches compares the host's last two labels with a name's as written (exact, ``*.a.b``,
+    ``a.*.b.c``, ``*-x.a.b``: the loader takes no name whose last two labels are not
+    fixed), so a host whose last two labels are not among them matches nothing: most hosts
+    a scan asks about, found so by a set lookup where the walk costs a slice and a hash a
+    label, twice (listed, unlisted)."""
+    names = [*idx.exact, *idx.suffix, *idx.label_tail,
+             *(key for slots in idx.middle.values() for _, table in slots for key in table)]  # fmt: skip
+    tails = {name[name.rfind(".", 0, name.rfind(".")) + 1 :] for name in names}
+    assert not any("*" in t or "." not in t for t in tails), "names end in two fixed labels"
+    return frozenset(tails)
 
 
 def _fill(template: str, pattern: str, host: str) -> str | None:

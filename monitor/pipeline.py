@@ -716,6 +716,8 @@ class RecordMemo:
         )
         #: whether another client's verdicts or evidence are worked out (from its Enriched)
         self._client_enriched = pipeline.evaluator.client_verdicts or bool(self._evidence_by_client)
+        #: a client's egress point (memoised per client: equal answers are one object)
+        self._egress = pipeline.enricher.egress.resolve
         #: a record's stored row from its key's (pseudonymisation changes only fields of
         #: RECORD_READS, which the key holds; the match, which the key holds, decides where
         #: the record is processed: records are placed (:func:`place`) before the record
@@ -800,45 +802,49 @@ class RecordMemo:
         the logged one) is shown as the one client's own but not the other's, or a rule's
         evidence reads the client (the stages pseudonymise those)."""
         p = self._pipeline
-        egress = p.enricher.egress.resolve(obs.client_ip, obs.egress_ip)
+        client_ip, user = obs.client_ip, obs.user
+        egress = self._egress(client_ip, obs.egress_ip)
         if egress is not sibling.egress and egress != sibling.egress:  # answers are shared
             return None
-        client: tuple[str | None, str | None] = (obs.client_ip, obs.user)
+        client: tuple[str | None, str | None] = (client_ip, user)
         shown = p.pseudonymizer
         if shown is not None:
             logged = obs.egress_ip  # the key's, the sibling's too
             if (
                 self._evidence_by_client
-                or (egress.ip is not None and egress.ip == obs.client_ip)
+                or (egress.ip is not None and egress.ip == client_ip)
                 != (egress.ip is not None and egress.ip == sibling_client)
-                or (logged is not None and logged == obs.client_ip)
+                or (logged is not None and logged == client_ip)
                 != (logged is not None and logged == sibling_client)
             ):
                 return None
-            client = (shown(obs.client_ip), shown(obs.user))
+            client = (shown(client_ip), shown(user))
         rules = sibling.rules
         enriched = None
         if self._client_enriched:
             enriched = Enriched(obs, match, egress, sibling.dest, sibling.outcome)
             if p.evaluator.client_verdicts and p.evaluator.evaluate(enriched) != rules:
                 return None
-        found = Context(match, egress, sibling.dest, sibling.outcome, sibling.day, rules,
-                        client_row(sibling.row, client), sibling.incidents,
-                        sibling.evidence)  # fmt: skip
-        if sibling.incidents is not None:
-            found.incidents = []
-            for inc, rule in zip(sibling.incidents, rules, strict=True):
+        incidents = sibling.incidents
+        if incidents is not None:
+            made: list[dict[str, Any]] = []
+            host, country, day = obs.dest_host, egress.country, sibling.day
+            shown_ip, shown_user = client
+            for inc, rule in zip(incidents, rules, strict=True):
                 inc = inc.copy()
                 # the sibling's egress address as stored (pseudonymised or not) is the client's
-                inc["id"] = incident_id(rule.id, inc["provider"], obs.dest_host, client[0],
-                                        inc["egress_ip"], egress.country, sibling.day, client[1])  # fmt: skip
+                inc["id"] = incident_id(rule.id, inc["provider"], host, shown_ip,
+                                        inc["egress_ip"], country, day, shown_user)  # fmt: skip
                 inc["client_ip"], inc["user"] = client
                 if enriched is not None and rule.id in self._evidence_by_client and rule.evidence:
                     inc["facts"] = p.evaluator.evidence(enriched, rule)
-                found.incidents.append(inc)
-        found.context_no = sibling.context_no  # what the key decides but the client
-        found.client_no = self._number(1, client)  # CLIENT_OF(found.row), as it is made
-        return found
+                made.append(inc)
+            incidents = made
+        # numbered as made: what the key decides but the client is the sibling's, and the
+        # client is CLIENT_OF(the row)
+        return Context(match, egress, sibling.dest, sibling.outcome, sibling.day, rules,
+                       client_row(sibling.row, client), incidents, sibling.evidence, {},
+                       sibling.context_no, self._number(1, client))  # fmt: skip
 
     def _stages(self, obs: Observation, match: Match) -> Context:
         """A key's context from the stages themselves."""

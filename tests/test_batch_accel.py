@@ -598,6 +598,43 @@ def test_stream_references_made_in_c_are_pythons(calls):
     assert _stream_refs(lists, True) == _stream_refs(lists, False)
 
 
+_KEYS = st.sampled_from(["id", "rule", "facts", "user", "ïd"])
+_VALUES = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=3),
+                    st.lists(st.integers(), max_size=2), st.booleans())  # fmt: skip
+
+
+def _sent(rows: list, keys: tuple, accelerated: bool) -> list[tuple]:
+    """``_row_values`` of the rows, each as (its type, and the row itself when kept as it
+    is, else its values with their types)."""
+    with _accelerated(built if accelerated else None):
+        found = batch._row_values(rows, keys)
+    return [(type(r), id(r) if type(r) is dict else [(type(v), v) for v in r]) for r in found]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(_KEYS, _VALUES, max_size=5), max_size=8),
+       st.lists(_KEYS, max_size=5, unique=True))  # fmt: skip
+def test_rows_sent_as_values_in_c_are_pythons(rows, keys):
+    """A stream's new incident rows as sent (``_batchscan.row_values``) and in Python: the
+    tuple of the values of a row whose keys are the keys in order (equal keys that are
+    other objects too), else the row itself, type by type."""
+    keys = tuple(keys)
+    twins = tuple("".join(list(k)) for k in keys)  # equal keys, other objects
+    assert built.row_values(rows, keys) is not None, "C sends them"
+    for wanted in (keys, twins):
+        assert _sent(rows, wanted, True) == _sent(rows, wanted, False)
+
+
+def test_rows_sent_as_values_c_leaves_to_python():
+    """Other types than a stream's, a row that is no dict or a key that is no str: C
+    answers None (Python's answer then holds)."""
+    row = {"id": "a"}
+    for rows, keys in (((row,), ("id",)), ([row], ["id"]), ([row, ("a",)], ("id",)),
+                       ([row, {1: "a"}], ("id",)), ([row], ("id", 1))):  # fmt: skip
+        assert built.row_values(rows, keys) is None
+    assert batch._row_values([row, {1: "a"}], ("id",)) == [("a",), {1: "a"}]
+
+
 def test_stream_references_c_leaves_to_python_or_refuses_as_python():
     """Other types than the stream's make C answer None (Python's answer then holds); a
     numbering that is no int's, or beyond an int's, raises the array's error."""
@@ -610,6 +647,21 @@ def test_stream_references_c_leaves_to_python_or_refuses_as_python():
             stream._number, stream._rows = {id(row): bad}, [row]
             with _accelerated(built if accelerated else None), pytest.raises(error):
                 stream._refs([row], [])
+
+
+def test_hour_runs_of_times_within_an_hour_and_at_its_edges():
+    """Rows in the previous row's hour are found without the floor division (the hour's
+    bounds, kept from the row that found it): the same runs at both edges of each hour,
+    negative hours and -0.0 too."""
+    ts = []
+    for h in (-3, -1, 0, 1, 481_000):
+        lo, hi = h * 3600.0, (h + 1) * 3600.0
+        ts += [lo, lo + 1.5, math.nextafter(hi, -math.inf), hi, math.nextafter(lo, -math.inf),
+               lo, -0.0, math.nextafter(hi, -math.inf)]  # fmt: skip
+    got = built.hour_runs(ts)
+    with _accelerated(None):
+        assert got == batch._hour_runs(ts)
+    assert got == built.hour_runs(array("d", ts)) and len(got) > 20
 
 
 _INT64 = st.one_of(st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-40, 40),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.catalog import Catalog, CatalogError, Match
 from monitor.countries import ISO_ALPHA2, VALID_COUNTRY_CODES, is_country_code
@@ -178,6 +180,51 @@ def test_label_boundaries_hold_for_every_catalogue_host(cat):
                 m = cat.match_host(lookalike)
                 assert m is None or m.pattern != host, lookalike
             assert cat.match_host(host).pattern == host
+
+
+def _walked(cat: Catalog, host: str) -> Match | None:
+    """``match_host`` of a host with the last-two-labels shortcut off: the host's own last
+    two labels taken as every index's, so that each index is walked."""
+    own = frozenset({host[host.rfind(".", 0, host.rfind(".")) + 1 :]})
+    tails, cat._tails = cat._tails, (own, own)
+    try:
+        return cat._lookup_host(host)
+    finally:
+        cat._tails = tails
+
+
+_LABELS = st.sampled_from(["api", "x", "eu", "us-east-1", "gw", "com", "ai", "net", "sample"])
+
+
+@st.composite
+def _hosts(draw, names: list[str]) -> str:
+    """Hosts near the catalogue's names: a name with its wildcards filled, labels put in
+    front, dropped from the front or the end, or swapped for others; and random ones."""
+    labels = draw(st.sampled_from(names)).replace("*", draw(_LABELS)).split(".")
+    labels = draw(st.lists(_LABELS, max_size=2)) + labels[draw(st.integers(0, len(labels) - 1)) :]
+    if draw(st.booleans()) and len(labels) > 1:
+        labels[draw(st.integers(0, len(labels) - 1))] = draw(_LABELS)
+    if draw(st.booleans()):
+        labels = labels[: draw(st.integers(1, len(labels)))]
+    return ".".join(labels)
+
+
+_CATALOGUE_NAMES = [h for e in Catalog.load().entries() for h in e.hosts + e.consumer_hosts]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_hosts(_CATALOGUE_NAMES), st.text("ab.-*", max_size=12)))
+def test_hosts_no_name_ends_as_match_what_the_walk_matches(cat, host):
+    """The shortcut (a host whose last two labels no pattern of an index ends in is looked
+    up in no index of them) answers as the walk of every index: the bundled catalogue."""
+    assert cat._lookup_host(host) == _walked(cat, host)
+
+
+@pytest.mark.parametrize("host", ["q.b.example.com", "x.eu.example.com", "eu-gw.example.com",
+                                  "example.com", "com", "b.example.com", "a.example.org"])  # fmt: skip
+def test_hosts_of_every_pattern_shape_match_with_the_shortcut(tmp_path, host):
+    cat = Catalog.load(_write(tmp_path))
+    assert cat.match_host(host) == _walked(cat, host)
 
 
 def test_catalog_pickles_for_worker_processes(cat):
