@@ -1471,6 +1471,15 @@ move_to(PyObject *d, PyObject *key, PyObject *value, int op)
     return PyDict_SetItem(d, key, value);
 }
 
+/* d[key] = value, made by the caller (its reference taken; NULL: its error); -1 on error */
+static int
+set_made(PyObject *d, PyObject *key, PyObject *value)
+{
+    int failed = value == NULL || PyDict_SetItem(d, key, value) < 0;
+    Py_XDECREF(value);
+    return failed ? -1 : 0;
+}
+
 /* the k-th value of a count column (`view`: its int64, when an array; else NULL) added to
  * d[key] as add_to does (no or_none): in C when both are ints within 64 bits whose sum is
  * too, the int made once; -1 on error */
@@ -1483,12 +1492,8 @@ add_count(PyObject *d, PyObject *key, PyObject *col, const Py_buffer *view, Py_s
         PyObject *had = item_of(d, key);
         if (had == NULL)
             return -1;
-        if (stored_int(had, &had_v) == 1 && !__builtin_add_overflow(had_v, v, &had_v)) {
-            PyObject *sum = PyLong_FromLongLong(had_v);
-            int failed = sum == NULL || PyDict_SetItem(d, key, sum) < 0;
-            Py_XDECREF(sum);
-            return failed ? -1 : 0;
-        }
+        if (stored_int(had, &had_v) == 1 && !__builtin_add_overflow(had_v, v, &had_v))
+            return set_made(d, key, PyLong_FromLongLong(had_v));
         add = PyLong_FromLongLong(v);
     }
     else
@@ -1513,12 +1518,7 @@ move_time(PyObject *d, PyObject *key, PyObject *col, const Py_buffer *view, Py_s
             return -1;
         if (PyFloat_CheckExact(had)) {
             double h = PyFloat_AS_DOUBLE(had);
-            if (!(op == Py_LT ? v < h : v > h))
-                return 0;
-            value = PyFloat_FromDouble(v);
-            int failed = value == NULL || PyDict_SetItem(d, key, value) < 0;
-            Py_XDECREF(value);
-            return failed ? -1 : 0;
+            return (op == Py_LT ? v < h : v > h) ? set_made(d, key, PyFloat_FromDouble(v)) : 0;
         }
         value = PyFloat_FromDouble(v);
     }
