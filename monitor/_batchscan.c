@@ -1469,8 +1469,10 @@ done:
  * nothing; to a None: the value; saturated to 64 bits), lowers "first" and raises "last",
  * and replaces "facts" by merge(theirs, the batch's) when the batch's are not None and not that object (merge:
  * batch.py merged_facts, a pure function of the two, called once a distinct pair here).
- * Values are added and compared as Python objects, as the Python code does; an error
- * (of `+`, say) propagates. Returns the indexes of the incidents that are not in `deltas`
+ * Values are added and compared as Python objects, as the Python code does (but counts
+ * and times read in place from arrays, as pickled: added to an int in C while the sum fits
+ * 64 bits, compared with a float in C, the same outcome); an error (of `+`, say)
+ * propagates. Returns the indexes of the incidents that are not in `deltas`
  * (new: the caller makes them) and of those that are whose "evidence" has room: fewer
  * than EVIDENCE samples, and the incident not stored with that many
  * (stored.get(id).evidence: the caller adds samples). None when ids, out, in_ or facts
@@ -1533,6 +1535,64 @@ move_to(PyObject *d, PyObject *key, PyObject *value, int op)
     return PyDict_SetItem(d, key, value);
 }
 
+/* d[key] = value, made by the caller (its reference taken; NULL: its error); -1 on error */
+static int
+set_made(PyObject *d, PyObject *key, PyObject *value)
+{
+    int failed = value == NULL || PyDict_SetItem(d, key, value) < 0;
+    Py_XDECREF(value);
+    return failed ? -1 : 0;
+}
+
+/* the k-th value of a count column (`view`: its int64, when an array; else NULL) added to
+ * d[key] as add_to does (no or_none): in C when both are ints within 64 bits whose sum is
+ * too, the int made once; -1 on error */
+static int
+add_count(PyObject *d, PyObject *key, PyObject *col, const Py_buffer *view, Py_ssize_t k)
+{
+    PyObject *add;
+    if (view != NULL) {
+        int64_t v = ((const int64_t *)view->buf)[k], had_v;
+        PyObject *had = item_of(d, key);
+        if (had == NULL)
+            return -1;
+        if (stored_int(had, &had_v) == 1 && !__builtin_add_overflow(had_v, v, &had_v))
+            return set_made(d, key, PyLong_FromLongLong(had_v));
+        add = PyLong_FromLongLong(v);
+    }
+    else
+        add = PySequence_GetItem(col, k);
+    int failed = add == NULL || add_to(d, key, add, 0) < 0;
+    Py_XDECREF(add);
+    return failed ? -1 : 0;
+}
+
+/* the k-th value of a time column (`view`: its doubles, when an array; else NULL) moved
+ * into d[key] as move_to does: compared in C with a float there, made an object only when
+ * it moves; -1 on error */
+static int
+move_time(PyObject *d, PyObject *key, PyObject *col, const Py_buffer *view, Py_ssize_t k,
+          int op)
+{
+    PyObject *value;
+    if (view != NULL) {
+        double v = ((const double *)view->buf)[k];
+        PyObject *had = item_of(d, key);
+        if (had == NULL)
+            return -1;
+        if (PyFloat_CheckExact(had)) {
+            double h = PyFloat_AS_DOUBLE(had);
+            return (op == Py_LT ? v < h : v > h) ? set_made(d, key, PyFloat_FromDouble(v)) : 0;
+        }
+        value = PyFloat_FromDouble(v);
+    }
+    else
+        value = PySequence_GetItem(col, k);
+    int failed = value == NULL || move_to(d, key, value, op) < 0;
+    Py_XDECREF(value);
+    return failed ? -1 : 0;
+}
+
 /* whether an existing incident's evidence has room (see above): 1, 0, or -1 on error */
 static int
 has_room(PyObject *d, PyObject *iid, PyObject *stored)
@@ -1577,6 +1637,12 @@ merge_deltas(PyObject *self, PyObject *args)
     }
     PyObject *pairs[FACT_PAIRS][3] = {{NULL}}; /* (old, new, merged): strong references */
     int npairs = 0, next_pair = 0;
+    /* count, blocked, first, last read in place when they are arrays (as pickled) */
+    PyObject *cols[4] = {count, blocked, first, last};
+    Py_buffer views[4];
+    const Py_buffer *in_place[4];
+    for (int j = 0; j < 4; j++)
+        in_place[j] = column_view(cols[j], j < 2 ? "q" : "d", n, &views[j]) ? &views[j] : NULL;
     PyObject *fresh = PyList_New(0), *roomy = PyList_New(0), *result = NULL;
     if (fresh == NULL || roomy == NULL)
         goto done;
@@ -1608,21 +1674,13 @@ merge_deltas(PyObject *self, PyObject *args)
             Py_DECREF(d);
             goto done;
         }
-        PyObject *items[6] = {PySequence_GetItem(count, k), PySequence_GetItem(blocked, k),
-                              Py_NewRef(PyList_GET_ITEM(out, k)),
-                              Py_NewRef(PyList_GET_ITEM(in, k)), PySequence_GetItem(first, k),
-                              PySequence_GetItem(last, k)};
-        int failed = 0;
-        for (int j = 0; j < 6; j++)
-            failed |= items[j] == NULL;
-        failed = failed || add_to(d, COUNT_KEY, items[0], 0) < 0 ||
-                 add_to(d, BLOCKED_KEY, items[1], 0) < 0 ||
-                 (items[2] != Py_None && add_to(d, OUT_KEY, items[2], 1) < 0) ||
-                 (items[3] != Py_None && add_to(d, IN_KEY, items[3], 1) < 0) ||
-                 move_to(d, FIRST_KEY, items[4], Py_LT) < 0 ||
-                 move_to(d, LAST_KEY, items[5], Py_GT) < 0;
-        for (int j = 0; j < 6; j++)
-            Py_XDECREF(items[j]);
+        PyObject *sent = PyList_GET_ITEM(out, k), *received = PyList_GET_ITEM(in, k);
+        int failed = add_count(d, COUNT_KEY, count, in_place[0], k) < 0 ||
+                     add_count(d, BLOCKED_KEY, blocked, in_place[1], k) < 0 ||
+                     (sent != Py_None && add_to(d, OUT_KEY, sent, 1) < 0) ||
+                     (received != Py_None && add_to(d, IN_KEY, received, 1) < 0) ||
+                     move_time(d, FIRST_KEY, first, in_place[2], k, Py_LT) < 0 ||
+                     move_time(d, LAST_KEY, last, in_place[3], k, Py_GT) < 0;
         PyObject *theirs = Py_NewRef(PyList_GET_ITEM(facts, k)); /* (held: merge runs code) */
         if (!failed && theirs != Py_None) {
             PyObject *had = Py_XNewRef(item_of(d, FACTS_KEY));
@@ -1661,6 +1719,9 @@ merge_deltas(PyObject *self, PyObject *args)
     }
     result = PyTuple_Pack(2, fresh, roomy);
 done:
+    for (int j = 0; j < 4; j++)
+        if (in_place[j] != NULL)
+            PyBuffer_Release(&views[j]);
     for (int j = 0; j < npairs; j++)
         for (int i = 0; i < 3; i++)
             Py_XDECREF(pairs[j][i]);
@@ -2434,6 +2495,46 @@ done:
     return copy ? Py_NewRef(Py_None) : result;
 }
 
+/* distinct_ids(ids) -> bool: whether no value of `ids` (an array.array of typecode q: a
+ * batch's id column, batch.py distinct_ids) is there twice, by an open-addressing hash set
+ * of the values: no Python object per id, no sort. TypeError for other objects. */
+static PyObject *
+distinct_ids(PyObject *self, PyObject *obj)
+{
+    Py_buffer view;
+    if (q_view(obj, &view) < 0)
+        return NULL;
+    const int64_t *ids = view.buf;
+    Py_ssize_t n = view.len / (Py_ssize_t)sizeof(int64_t);
+    size_t size = 16;
+    int bits = 4;
+    while (size < 2 * (size_t)n) {
+        size <<= 1;
+        bits++;
+    }
+    int64_t *slot = PyMem_Malloc(size * sizeof(int64_t));
+    unsigned char *used = PyMem_Calloc(size, 1);
+    int distinct = 1;
+    if (slot == NULL || used == NULL) {
+        PyMem_Free(slot);
+        PyMem_Free(used);
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t j = 0; j < n && distinct; j++) {
+        size_t at = (size_t)(((uint64_t)ids[j] * 0x9E3779B97F4A7C15u) >> (64 - bits));
+        while (used[at] && slot[at] != ids[j])
+            at = (at + 1) & (size - 1);
+        distinct = !used[at];
+        used[at] = 1;
+        slot[at] = ids[j];
+    }
+    PyMem_Free(slot);
+    PyMem_Free(used);
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(distinct);
+}
+
 static PyObject *
 known_in(PyObject *self, PyObject *args)
 {
@@ -2455,6 +2556,7 @@ static PyMethodDef methods[] = {
     {"batch_rows", batch_rows, METH_VARARGS, "BatchBuilder.batch's lists (see above)."},
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
     {"merge_deltas", merge_deltas, METH_VARARGS, "Store._add_batch_deltas's sums (see above)."},
+    {"distinct_ids", distinct_ids, METH_O, "batch.py distinct_ids of an array of int64."},
     {"packed_links", packed_links, METH_VARARGS, "batch.py _packed_links (see above)."},
     {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of floats (a list or array), or None."},
     {"packed_groups", packed_groups, METH_O, "batch.py _packed_groups (see above), or None."},
@@ -2503,8 +2605,8 @@ PyInit__batchscan(void)
     }
     PyObject *m = PyModule_Create(&module);
     /* 8: stream_refs, merged_new, known_in; Sums and merge_deltas saturate byte sums at
-       INT64_MAX (Sums raised OverflowError); 10: row_values */
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 10) < 0 ||
+       INT64_MAX (Sums raised OverflowError); 9: distinct_ids; 10: row_values; 11: both */
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 11) < 0 ||
                       PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);
     return m;

@@ -32,7 +32,7 @@ from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 10
+_ACCEL_ABI = 11
 #: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
 #: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
@@ -91,6 +91,7 @@ class Deltas:
 
     # pickled (see Batch) with its integer and float lists as arrays, and its evidence as
     # one array cut by another: a few objects to unpickle rather than a list per incident
+    # (and cut as it is read, :class:`_Slices`)
 
     def __getstate__(self) -> tuple[Any, ...]:
         # (an array made of a list: a fifth less than of an iterator, item by item)
@@ -103,7 +104,7 @@ class Deltas:
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.ids, self.incs, self.count, self.blocked, self.bytes_out, self.bytes_in,
          self.first, self.last, flat, ends, self.facts, self.of, self.row) = state  # fmt: skip
-        self.evidence = _cut(flat, ends)
+        self.evidence = _Slices(flat, ends)
 
 
 @dataclass(slots=True)
@@ -430,7 +431,22 @@ class _TableRows:
         return row  # type: ignore[return-value]
 
 
-class _Rows(Sequence[dict[str, Any]]):
+class _Made(Sequence[Any]):
+    """A sequence whose items are made as they are read: equal to any sequence of equal
+    items, pickled as the list of them."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return list, (list(self),)
+
+
+class _Rows(_Made):
     """A decoded batch's incident rows (``Deltas.incs``, the flat list of
     :attr:`Batch.packed`): the rows of its stream's table its references name, each made a
     dict when it is read (the store reads few: those of incidents new to its transaction);
@@ -449,14 +465,6 @@ class _Rows(Sequence[dict[str, Any]]):
             return list(map(self.table.row, self.refs[k]))
         return self.table.row(self.refs[k])
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return list, (list(self),)
-
 
 _ID_BYTES = 12  # a record id (monitor.ids.record_id): 24 hex digits
 _ARRAY_OF = {int: "q", float: "d"}
@@ -466,6 +474,30 @@ def _cut(items: Sequence[Any], ends: Iterable[int]) -> list[Any]:
     """``items`` cut into consecutive slices ending at ``ends``."""
     ends = list(ends)
     return [items[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+
+
+class _Slices(_Made):
+    """``items`` cut into consecutive slices ending at ``ends`` (:func:`_cut`), each made
+    when it is read: a received batch's evidence (:class:`Deltas`), of which the store
+    reads that of few incidents (those new to its transaction or with room for samples),
+    where cutting it all made an array per incident of every batch."""
+
+    __slots__ = ("items", "ends")
+
+    def __init__(self, items: Sequence[Any], ends: Sequence[int]) -> None:
+        self.items, self.ends = items, ends
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self.ends)
+        if not 0 <= k < len(self.ends):
+            raise IndexError("slice index out of range")
+        return self.items[self.ends[k - 1] if k else 0 : self.ends[k]]
 
 
 def _packed(values: Sequence[Any], kind: type) -> Sequence[Any] | None:
@@ -813,6 +845,16 @@ def known_in(hour: array, ids: Sequence[int]) -> list[bool]:
     return [i < size and hour[i] == k for k, i in zip(run, map(at, run), strict=True)]
 
 
+def distinct_ids(ids: Sequence[Any]) -> bool:
+    """Whether no value of a batch's id column is there twice: in C
+    (``_batchscan.distinct_ids``: a hash set of int64, no Python object per id; the set of
+    a batch's ids made here cost the storing process nearly half as much as unpickling
+    the batch) when it is an array of int64, as a producer's batch's is, else by a set."""
+    if _ACCEL is not None and type(ids) is array and ids.typecode == "q":
+        return _ACCEL.distinct_ids(ids)
+    return len(set(ids)) == len(ids)
+
+
 def _int64_ids(ids: Sequence[int]) -> array:
     """Ids as an array of int64 (OverflowError beyond; a batch's id column is one)."""
     return ids if type(ids) is array and ids.typecode == "q" else array("q", ids)
@@ -865,14 +907,15 @@ def shared_facts(facts: list[dict[str, list[Any]] | None]) -> list[dict[str, lis
     from batch to batch (:data:`_SHARED_FACTS`): each batch the storing process unpickles
     brings its own objects, yet the transaction's facts are merged with a batch's only when
     they are other objects, and :func:`merged_facts` remembers merges by identity."""
-    distinct = dict(zip(map(id, facts), facts, strict=True))
+    ids = list(map(id, facts))
+    distinct = dict(zip(ids, facts, strict=True))
     if len(_SHARED_FACTS) >= _LISTED_KEPT:
         _SHARED_FACTS.clear()
     for k, f in distinct.items():
         if f is not None and _SHARED.issuperset(type(v) for values in f.values() for v in values):
             key = tuple((name, *((v.__class__, v) for v in values)) for name, values in f.items())
             distinct[k] = _SHARED_FACTS.setdefault(key, f)  # (by type too, as _listed)
-    return list(map(distinct.__getitem__, map(id, facts)))
+    return list(map(distinct.__getitem__, ids))
 
 
 #: id of an incident row's facts -> (the facts, kept so that the id is theirs, in lists)

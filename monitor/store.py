@@ -54,6 +54,7 @@ from monitor.batch import (
     Deltas,
     RollupSums,
     _add,
+    distinct_ids,
     incident_deltas,
     merge_deltas,
     merge_fact_lists,
@@ -175,6 +176,17 @@ class _Dictionary:
             self.known.clear()
         self.known[values] = n
         return n
+
+    def numbers(self, values: Sequence[tuple[Any, ...]], wanted: Iterable[int],
+                first_row: int) -> list[int]:  # fmt: skip
+        """:meth:`number` of the values at the indexes ``wanted``, in their order (the
+        others: 0). Most are known: a batch's thousand clients are looked up here, one
+        call of :meth:`number` made for each of the few that are not."""
+        known, number = self.known.get, self.number
+        found = [0] * len(values)
+        for i in wanted:
+            found[i] = known(values[i]) or number(values[i], first_row)
+        return found
 
     def settle(self, first_use: dict[int, int]) -> None:
         """The batch is stored (``first_use``: entry -> the first row stored with it, for
@@ -955,7 +967,7 @@ class Store:
         expired = bool(tx.pruned) and any(c[CTX_DAY] < tx.pruned for c in batch.contexts)
         # rows stored before (by an earlier transaction or batch) are skipped by the unique
         # index on id: then fewer are added than given, and those added are looked up
-        if not expired and len(set(batch.columns[ROW_ID])) == size:  # the common case
+        if not expired and distinct_ids(batch.columns[ROW_ID]):  # the common case
             kept: list[int] | None = None
             ctx, client = self._numbers(batch, range(len(batch.contexts)),
                                         range(len(batch.clients)), top + 1)  # fmt: skip
@@ -1097,13 +1109,8 @@ class Store:
                  first_row: int) -> tuple[list[int], list[int]]:  # fmt: skip
         """The dictionary entries of the batch's contexts and clients (by their index in
         the batch; those not asked for: 0), made as needed in order of first use."""
-        context, client = self._contexts.number, self._clients.number
-        ctx, who = [0] * len(batch.contexts), [0] * len(batch.clients)
-        for i in contexts:
-            ctx[i] = context(batch.contexts[i], first_row)
-        for i in clients:
-            who[i] = client(batch.clients[i], 0)
-        return ctx, who
+        return (self._contexts.numbers(batch.contexts, contexts, first_row),
+                self._clients.numbers(batch.clients, clients, 0))  # fmt: skip
 
     def _first_use(self, first_use: tuple[dict[int, int], dict[int, int]], batch: Batch,
                    ctx: list[int], client: list[int], first_row: int) -> None:  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from array import array
 from contextlib import contextmanager
 from unittest.mock import patch
@@ -498,6 +499,37 @@ def test_only_byte_sums_take_a_none_in_c_as_in_python(holder):
     assert c == python and ("bytes_out", int, "7") in c[0][1] and ("count", int, "3") in c[0][1]
 
 
+def test_deltas_read_in_place_merge_in_c_as_in_python(holder):
+    """Counts and times as pickled (arrays of int64 and doubles, which C reads in place):
+    a count whose sum passes 64 bits is Python's int, a time moves past a float, an int, a
+    NaN or an equal one as in Python, a count adds to a float or a bool as in Python."""
+    nan, top = float("nan"), (1 << 63) - 1
+
+    def deltas(count, first, last):
+        return Deltas(["i0"], [{"id": "i0", "rule": "r", "provider": "p", "site": None}],
+                      array("q", [count]), array("q", [count]), [None], [None],
+                      array("d", [first]), array("d", [last]), [[0]], [None],
+                      array("i"), array("i"))  # fmt: skip
+
+    cases = [[deltas(top, DAY, DAY), deltas(top, DAY - 1, DAY + 1)],
+             [deltas(1, nan, nan), deltas(2, DAY, DAY), deltas(3, -0.0, 0.0)],
+             [deltas(-top - 1, 0.0, -0.0), deltas(-1, -0.0, 0.0), deltas(top, DAY, DAY)]]  # fmt: skip
+    for parts in cases:
+        assert _merged(holder, {}, parts, True) == _merged(holder, {}, parts, False)
+    sample = Batch.of([(None, observation_values(ts=DAY, line=1, source="a.log"), [])])
+    holder._incident_state = {}
+    for had in ({"count": 2.5, "blocked": True, "first": DAY + 1, "last": 5},
+                {"count": top, "blocked": -1, "first": nan, "last": DAY - 1}):  # fmt: skip
+        got = []
+        for accelerated in (True, False):
+            transaction = {"i0": {**had, "bytes_out": None, "bytes_in": None,
+                                  "evidence": ["a.log:1"] * 5, "facts": None}}  # fmt: skip
+            with _accelerated(built if accelerated else None):
+                holder._add_batch_deltas(transaction, sample, deltas(1, DAY, DAY), 1)
+            got.append([(k, type(v), repr(v)) for k, v in transaction["i0"].items()])
+        assert got[0] == got[1]
+
+
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(merges())
 def test_deltas_merged_in_c_are_pythons(holder, case):
@@ -696,6 +728,34 @@ def test_hour_ids_merged_and_found_in_c_are_pythons(case):
     hour, run = case
     if got[2] is not None:
         assert list(got[2]) == sorted([*hour, *run]) and len(set(run)) == len(run)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_INT64, st.integers(0, 8)), max_size=60), st.booleans())
+def test_batch_ids_found_distinct_in_c_as_in_python(ids, packed):
+    """Whether a batch's id column has a value twice (``distinct_ids``: C's sort for an
+    array of int64, a set otherwise) is answered in C as in Python, a bool either way."""
+    column = array("q", ids) if packed else ids
+    answers = []
+    for accelerated in (True, False):
+        with _accelerated(built if accelerated else None):
+            answers.append(batch.distinct_ids(column))
+    assert answers == [len(set(ids)) == len(ids)] * 2
+    assert all(type(a) is bool for a in answers)
+
+
+def test_batch_ids_of_a_whole_batch_found_distinct_in_c():
+    """A batch's worth of ids (the C set grows past its first size) is distinct, until a
+    copy of any of them, first or last, is added; C given other than an array of int64
+    raises TypeError."""
+    rng = random.Random(9)
+    ids = array("q", dict.fromkeys(rng.getrandbits(64) - (1 << 63) for _ in range(20000)))
+    assert built.distinct_ids(ids) is True
+    for copy in (ids[0], ids[-1], ids[9999]):
+        assert built.distinct_ids(ids + array("q", [copy])) is False
+    for other in ([1, 2], array("i", [1, 2]), None):
+        with pytest.raises(TypeError):
+            built.distinct_ids(other)
 
 
 def test_hour_ids_beyond_int64_or_not_arrays_raise():
