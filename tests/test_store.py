@@ -732,6 +732,61 @@ def test_an_ingestion_aborted_while_its_insert_runs_keeps_nothing(tmp_path):
     assert store.ingest_batches(scan_id, batches[:1]).stored == 300
 
 
+_ROLLUPS = ("obs_rollup", "obs_monthly", "obs_hourly", "obs_context_totals", "obs_dests")
+
+
+def test_the_last_fold_runs_beside_the_incident_rows_and_sums_the_same(tmp_path):
+    """A rolling ingestion's commit folds its roll-ups in a thread of its own (SQL, the GIL
+    released) while the incident rows are built: the roll-ups, incidents and mark are those
+    of the same batches stored, then rolled up on their own afterwards."""
+    got = []
+    for name, rolling in (("beside", True), ("after", False)):
+        store = Store(tmp_path / f"{name}.db")
+        threads: list[int] = []
+        store.db.conn.create_function("noted", 1, lambda x, threads=threads: threads.append(threading.get_ident()) or x)  # fmt: skip
+        store.db.execute("CREATE TEMP TRIGGER t AFTER INSERT ON obs_monthly BEGIN"
+                         " SELECT noted(new.requests); END")  # fmt: skip
+        scan_id = store.start_scan(["a.log"], {})
+        ingestion = store.ingestion(scan_id, roll_up=rolling)
+        for batch in _batches(scan_id):
+            ingestion.add(batch)
+        result = ingestion.commit()
+        if not rolling:
+            store.roll_up()
+        tables = _tables(store)
+        tables.update({t: store.db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()  # noqa: S608
+                       for t in (*_ROLLUPS, "incident_texts", "meta")})  # fmt: skip
+        got.append((tables, result.new_incidents, sorted(result.finding_requests.items())))
+        assert threads and (threading.get_ident() in threads) != rolling
+        store.close()
+    assert got[0] == got[1] and got[0][0]["obs_monthly"] and len(got[0][0]["incident_rows"]) == 2
+
+
+def test_a_fold_that_fails_beside_the_incident_rows_keeps_nothing(tmp_path):
+    """The fold fails in its thread (a trigger aborts it) while the incident rows are built:
+    the commit raises SQLite's error in the caller's thread, nothing of the transaction is
+    kept, and the store stores the same batches once the cause is gone."""
+    store = Store(tmp_path / "s.db")
+    store.db.execute("CREATE TEMP TRIGGER t BEFORE INSERT ON obs_monthly BEGIN"
+                     " SELECT RAISE(ABORT, 'no monthly rows'); END")  # fmt: skip
+    scan_id = store.start_scan(["a.log"], {})
+    ingestion = store.ingestion(scan_id, roll_up=True)
+    for batch in _batches(scan_id):
+        ingestion.add(batch)
+    with pytest.raises(sqlite3.IntegrityError, match="no monthly rows"):
+        ingestion.commit()
+    assert not store.db.conn.in_transaction
+    for table in ("obs_rows", "incident_rows", "incident_texts", *_ROLLUPS):
+        assert store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0  # noqa: S608
+    store.db.execute("DROP TRIGGER temp.t")
+    ingestion = store.ingestion(scan_id, roll_up=True)
+    for batch in _batches(scan_id):
+        ingestion.add(batch)
+    assert ingestion.commit().stored == 590
+    assert store.db.execute("SELECT sum(requests) FROM obs_monthly").fetchone()[0] == 590
+    store.close()
+
+
 def _committed(path: Path) -> tuple[int, int]:
     """Rows committed in the database at ``path``, and those of them whose context is not."""
     con = sqlite3.connect(path)
