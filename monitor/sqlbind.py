@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import Any
 
@@ -41,17 +41,24 @@ _ERROR_NAMES = {
 
 
 def insert_columns(conn: sqlite3.Connection, sql: str, columns: list[Sequence[Any]],
-                   via: list[Via]) -> int:  # fmt: skip
+                   via: list[Via], released: bool = False) -> int:  # fmt: skip
     """Run ``sql`` (one INSERT with a parameter per column) for each row of ``columns``
     (values of ``via``, see :data:`Via`) as ``conn.executemany`` does, with its errors;
     returns the rows changed (its ``rowcount``). The C code does the rows it can bind as
     Python's sqlite3 would, the rest (from the first it cannot) ``executemany`` does; C only
-    inside a transaction (the store's), where Python's sqlite3 would open none itself."""
+    inside a transaction (the store's), where Python's sqlite3 would open none itself.
+    ``released``: C reads the values first, then steps them all with the GIL released (as
+    :class:`PendingInsert`'s thread, here in the caller's): for a thread beside another
+    that runs Python, which would otherwise hold the GIL while this waits for it, a
+    switch interval each time C takes it back (every 256 rows)."""
     cursor = conn.cursor()  # sqlite3's own checks first: the connection open, this thread
     changes, stop = 0, 0
     if _c_runs(conn):
         try:
-            changes, stop = _ACCEL.insert(conn, sql, columns, via)
+            if not released:
+                changes, stop = _ACCEL.insert(conn, sql, columns, via)
+            elif (steps := _ACCEL.start(conn, sql, columns, via)) is not None:
+                changes, stop = steps.run()
         except sqlite3.Error as exc:
             _named(exc)
             raise
@@ -83,59 +90,50 @@ def _rest(cursor: sqlite3.Cursor, sql: str, columns: list[Sequence[Any]], via: l
     return cursor.executemany(sql, islice(rows, stop, None)).rowcount
 
 
-#: the insert whose steps run on each connection (by ``id``), until they end
-_UNDER_WAY: dict[int, PendingInsert] = {}
+#: the insert whose steps (or the call) run on each connection (by ``id``), until they end
+_UNDER_WAY: dict[int, PendingCall] = {}
 
 
 def join_steps(conn: sqlite3.Connection) -> None:
-    """Wait until no insert's steps run on ``conn`` (see :meth:`PendingInsert.join`;
-    their outcome is left to its :meth:`~PendingInsert.wait`): before a rollback, which
-    may come from an interrupt at any point, even before the insert's caller holds it."""
+    """Wait until no insert's steps (nor other call) run on ``conn`` (see
+    :meth:`PendingCall.join`; their outcome is left to its :meth:`~PendingCall.wait`):
+    before a rollback, which may come from an interrupt at any point, even before the
+    caller holds it."""
     running = _UNDER_WAY.get(id(conn))
     if running is not None:
         running.join(cancel=True)
 
 
-class PendingInsert:
-    """:func:`insert_columns` begun, the caller going on; :meth:`wait` ends it.
+class PendingCall:
+    """A call that uses only ``conn`` (SQL that SQLite runs with the GIL released) run in
+    a thread of its own while the caller does Python work that leaves the connection
+    alone; :meth:`wait` ends it: its result, or its error raised, in the caller's thread.
+    Until :meth:`wait` (or :meth:`join`) returns, nothing else may use the connection
+    (SQLite would interleave the statements in the transaction). The store's: an insert's
+    C steps (:class:`PendingInsert`), and at the end of a scan, the roll-ups folded while
+    the incident rows are built (in Python, on a connection that allows other threads)."""
 
-    The C code reads the rows' values at the start, in the caller's thread, then a thread
-    of its own steps them with the GIL released: SQLite's inserting, most of the call's
-    time, overlaps the caller's Python work. Until :meth:`wait` (or :meth:`join`) returns,
-    nothing else may use the connection (SQLite would interleave the statements in the
-    transaction), nor change the columns' lists (what is read is read: a list's later
-    changes are not inserted). Without C (or when C leaves every row to Python) the rows
-    are inserted at the start, as :func:`insert_columns` does."""
-
-    def __init__(self, conn: sqlite3.Connection, sql: str, columns: list[Sequence[Any]],
-                 via: list[Via]) -> None:  # fmt: skip
-        self._cursor = conn.cursor()  # sqlite3's own checks, in the connection's thread
-        self._sql, self._columns, self._via = sql, columns, via
-        self._changes: int | None = None  # the count, once known
-        self._stepped: tuple[int, int | None] | None = None  # the C steps' (changes, stop)
-        self._error: BaseException | None = None  # theirs
-        self._thread: threading.Thread | None = None
-        # one token: the thread takes it to step, join_steps to cancel; list.pop is atomic
+    def __init__(self, conn: sqlite3.Connection, work: Callable[[], Any],
+                 name: str = "apiwatch-call") -> None:  # fmt: skip
+        self._result: Any = None  # the work's, once it ended
+        self._error: BaseException | None = None  # its error
+        # one token: the thread takes it to work, join_steps to cancel; list.pop is atomic
         # under the GIL, so exactly one of them wins, whatever interrupts whom
         self._token = [None]
-        self._done = threading.Event()  # set by the thread once it stepped (or will not)
-        steps = _ACCEL.start(conn, sql, columns, via) if _c_runs(conn) else None
-        if steps is None:
-            self._changes = insert_columns(conn, sql, columns, via)
-            return
-        self._thread = threading.Thread(target=self._step, args=(steps, id(conn)),
-                                        name="apiwatch-insert", daemon=True)  # fmt: skip
-        _UNDER_WAY[id(conn)] = self  # (before the steps start: see join_steps)
+        self._done = threading.Event()  # set by the thread once it worked (or will not)
+        self._thread = threading.Thread(target=self._run, args=(work, id(conn)),
+                                        name=name, daemon=True)  # fmt: skip
+        _UNDER_WAY[id(conn)] = self  # (before the work starts: see join_steps)
         self._thread.start()
 
-    def _step(self, steps: Any, key: int) -> None:
-        """The thread's body: the C steps, their result or error kept for :meth:`wait`."""
+    def _run(self, work: Callable[[], Any], key: int) -> None:
+        """The thread's body: the work, its result or error kept for :meth:`wait`."""
         try:
             try:
                 self._token.pop()
-            except IndexError:  # cancelled (join_steps) before it began: nothing stepped
+            except IndexError:  # cancelled (join_steps) before it began: nothing done
                 return
-            self._stepped = steps.run()
+            self._result = work()
         except BaseException as exc:  # noqa: BLE001 - raised again by wait, in the caller
             self._error = exc
         finally:
@@ -143,17 +141,19 @@ class PendingInsert:
                 del _UNDER_WAY[key]
             self._done.set()
 
+    def done(self) -> bool:
+        """Whether the work has ended (:meth:`wait` returns at once)."""
+        return self._done.is_set()
+
     def join(self, cancel: bool = False) -> None:
-        """Wait for the steps to end (the connection free again), however often this wait
+        """Wait for the work to end (the connection free again), however often this wait
         is interrupted (the interrupt raised after): the caller may then roll back."""
-        if self._thread is None:
-            return
         if cancel:
             try:
                 self._token.pop()
-                return  # the thread will step nothing
+                return  # the thread will do nothing
             except IndexError:
-                pass  # it is stepping: wait
+                pass  # it is working: wait
         interrupted: BaseException | None = None
         # (not Thread.join/is_alive: 3.11's join, interrupted, marks a running thread
         # stopped; is_alive is False until the new thread runs)
@@ -165,18 +165,57 @@ class PendingInsert:
         if interrupted is not None:
             raise interrupted
 
+    def wait(self) -> Any:
+        """The work's result, once it ended, or its error raised here (once)."""
+        self.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return self._result
+
+
+class PendingInsert:
+    """:func:`insert_columns` begun, the caller going on; :meth:`wait` ends it.
+
+    The C code reads the rows' values at the start, in the caller's thread, then a thread
+    of its own steps them with the GIL released (a :class:`PendingCall`): SQLite's inserting,
+    most of the call's time, overlaps the caller's Python work. Until :meth:`wait` (or
+    :meth:`join`) returns, nothing else may use the connection (SQLite would interleave
+    the statements in the transaction), nor change the columns' lists (what is read is
+    read: a list's later changes are not inserted). Without C (or when C leaves every row
+    to Python) the rows are inserted at the start, as :func:`insert_columns` does."""
+
+    def __init__(self, conn: sqlite3.Connection, sql: str, columns: list[Sequence[Any]],
+                 via: list[Via]) -> None:  # fmt: skip
+        self._cursor = conn.cursor()  # sqlite3's own checks, in the connection's thread
+        self._sql, self._columns, self._via = sql, columns, via
+        self._changes: int | None = None  # the count, once known
+        self._steps: PendingCall | None = None  # the C steps under way: their (changes, stop)
+        steps = _ACCEL.start(conn, sql, columns, via) if _c_runs(conn) else None
+        if steps is None:
+            self._changes = insert_columns(conn, sql, columns, via)
+            return
+        self._steps = PendingCall(conn, steps.run, "apiwatch-insert")
+
+    def done(self) -> bool:
+        """Whether the rows are stepped (:meth:`wait` waits for no thread)."""
+        return self._steps is None or self._steps.done()
+
+    def join(self, cancel: bool = False) -> None:
+        """Wait for the steps to end (see :meth:`PendingCall.join`)."""
+        if self._steps is not None:
+            self._steps.join(cancel)
+
     def wait(self) -> int:
         """The rows changed (``insert_columns``' result), or its error, raised here, in the
         connection's thread; the rows C left to Python inserted now."""
         if self._changes is None:
-            self.join()
-            error, self._error = self._error, None
-            if isinstance(error, sqlite3.Error):
-                raise _named(error)
-            if error is not None:
-                raise error
-            assert self._stepped is not None
-            changes, stop = self._stepped
+            assert self._steps is not None
+            try:
+                changes, stop = self._steps.wait()
+            except sqlite3.Error as exc:  # (the C steps' error, as insert_columns names it)
+                _named(exc)
+                raise
             self._changes = changes + _rest(self._cursor, self._sql, self._columns, self._via, stop)
         return self._changes
 

@@ -68,7 +68,7 @@ from monitor.events import DEFAULT_DIGEST_SECONDS, FindingEvent
 from monitor.findings import ACTIVE_STATUSES, ExceptionEntry, clients_in, finding_id
 from monitor.observation import MAX_SUM, iso_datetime, iso_day, iso_utc
 from monitor.rows import CLIENT, COL, CONTEXT, PER_REQUEST, TYPES
-from monitor.sqlbind import PendingInsert, Via, insert_columns, join_steps
+from monitor.sqlbind import PendingCall, PendingInsert, Via, insert_columns, join_steps
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -84,8 +84,8 @@ _CACHED = 1 << 16  # entries of each in-memory dictionary cache before it starts
 #: over: a scan of one busy day holds tens of thousands, of which a transaction touches a
 #: few thousand; a long log's earlier days need not stay in memory
 _INCIDENTS_CACHED = 1 << 14
-#: new incident rows inserted by one statement's steps, in a thread of their own while the
-#: next ones are built (see :meth:`Store._store_incidents`)
+#: new incident rows inserted by one statement's steps (at least; those built meanwhile), in
+#: a thread of their own while the next ones are built (see :meth:`Store._store_incidents`)
 _INCIDENT_CHUNK = 1024
 _CACHE_KB = 65536  # SQLite page cache per connection: index pages stay in memory
 #: page cache while reading the whole history (see :meth:`Store._sorting`)
@@ -500,6 +500,8 @@ class Ingestion:
             raise
         self._state = None
         store._commit()
+        if store.checkpoint_after_commit:
+            store.checkpoint_aside()
         return result
 
     def abort(self) -> None:
@@ -669,6 +671,9 @@ class Store:
         self.listeners: list[Callable[[], None]] = []
         self._emitted = 0  # events written by the transaction in progress
         self._checkpointer: Any = None  # a thread copying the log into the file (see close)
+        #: start that copy after each ingest commit (a scan's: its last begins at once, not
+        #: after the scan's accounting of it, see :meth:`checkpoint_aside`)
+        self.checkpoint_after_commit = False
         try:
             if readonly:
                 conn = self._connect_readonly()
@@ -676,13 +681,17 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 if not self.path.exists():  # create it private: it holds addresses and users
                     os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                # other threads: the end of an ingest folds the roll-ups in one while this
+                # one builds the incident rows, keeping off the connection (PendingCall)
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                       check_same_thread=False)  # fmt: skip
             self.db = _Database(conn)
             self._contexts = _Dictionary(conn, "obs_contexts", CONTEXT, ranged=True)
             self._clients = _Dictionary(conn, "obs_clients", CLIENT, ranged=False)
             self._incident_keys: dict[str, int] = {}
             self._incident_state: dict[str, _StoredIncident] = {}  # see _store_incidents
-            self._incident_insert: PendingInsert | None = None  # (the same)
+            #: the incident rows being inserted, or the roll-ups being folded, meanwhile
+            self._incident_insert: PendingInsert | PendingCall | None = None
             #: per finding: the distinct clients, users, hosts and days of its detail (see
             #: :meth:`_add_to_findings`), as far as this connection knows them
             self._finding_detail: dict[str, tuple[set[Any], ...]] = {}
@@ -1024,13 +1033,14 @@ class Store:
         # the dictionary entries this transaction made: kept with the first row that uses them
         self._contexts.settle(tx.first_use[0])
         self._clients.settle(tx.first_use[1])
+        fold = None
         if tx.rolling and (result.stored or tx.gathered is not None):  # (gathered: folded)
             self._gather(tx)
-            _fold(self.db.conn, tx.sums)
-        if not result.stored:
-            return result
-        if deltas:
-            self._store_incidents(deltas, result, tx.numbers, tx.stored_incidents)
+            fold = functools.partial(_fold, self.db.conn, tx.sums)
+        if result.stored and deltas:  # the roll-ups folded while the incident rows are built
+            self._store_incidents(deltas, result, tx.numbers, tx.stored_incidents, fold)
+        elif fold is not None:
+            fold()
         if result.rule_of:
             self._advance_findings(tx.scan_id, result, deltas)
         return result
@@ -1221,10 +1231,13 @@ class Store:
 
     def _store_incidents(self, deltas: dict[str, dict[str, Any]], result: IngestResult,
                          new_numbers: dict[str, int] | None = None,
-                         stored_upto: int | None = None) -> None:  # fmt: skip
+                         stored_upto: int | None = None,
+                         aside: Callable[[], None] | None = None) -> None:  # fmt: skip
         """Add what new observations brought (``deltas``, per incident) to the incidents
         (``new_numbers``: the row numbers new ones are given, see :meth:`_store_links`;
         those above ``stored_upto`` are new to the database, not looked up in it).
+        ``aside``: other work on the connection (SQL: a scan's roll-ups folded), run in a
+        thread while the rows are built, before they are inserted.
 
         The evidence samples and facts of the incidents this connection stored are
         remembered (:meth:`_forget_incidents`), so an incident that recurs from one
@@ -1234,7 +1247,9 @@ class Store:
         facts serialised through caches, and the new rows are inserted a chunk at a time,
         each while the next is built (:meth:`_insert_incidents`): at the end of a scan,
         when no other work is left to overlap, building and inserting them took a third
-        of a second one after the other (25 % LLM lines, 14,000 incidents)."""
+        of a second one after the other (25 % LLM lines, 14,000 incidents). A chunk is
+        what was built while the connection was busy (at least :data:`_INCIDENT_CHUNK`
+        rows): the build waits for it only at the end."""
         stored = self._incident_state
         if len(stored) > _INCIDENTS_CACHED:
             stored.clear()
@@ -1249,6 +1264,9 @@ class Store:
         identity, facts_entry = self._identity_texts, self._facts
         new, updates = [], []
         facts_texts: dict[int, str | None] = {}  # by the id of a delta's facts (held by it)
+        if aside is not None:
+            self._enter_texts(deltas, stored, facts_texts)
+            self._incident_insert = PendingCall(self.db.conn, aside)
         for iid, d in deltas.items():
             inc = d["inc"]
             rule_of[iid] = (inc["rule"], inc["severity"])
@@ -1274,7 +1292,7 @@ class Store:
                             iso_utc(last), count, blocked, d["bytes_out"], d["bytes_in"],
                             _outcome(blocked, count), evidence_text, facts_entry(facts_text),
                             d["first_scan"], d["last_scan"]))  # fmt: skip
-                if len(new) == _INCIDENT_CHUNK:
+                if len(new) >= _INCIDENT_CHUNK and self._incidents_free():
                     self._insert_incidents(new, new_numbers is not None)
                     new = []
                 continue
@@ -1312,6 +1330,22 @@ class Store:
         updates.sort(key=_LAST)
         self.db.conn.executemany(_UPDATE_INCIDENT, updates)
 
+    def _enter_texts(self, deltas: dict[str, dict[str, Any]], stored: dict[str, Any],
+                     facts_texts: dict[int, str | None]) -> None:  # fmt: skip
+        """Make the text and facts entries that the rows of the new incidents among
+        ``deltas`` take (see :meth:`_store_incidents`; ``facts_texts`` as it keeps them),
+        in the order it meets them, up to the first incident ``stored`` already (whose
+        facts it merges with the stored ones): it then builds those rows off the
+        connection, entries numbered as it would number them."""
+        for iid, d in deltas.items():
+            if iid in stored:
+                return
+            self._identity_texts(d["inc"])
+            facts = d.get("facts") or None
+            if facts is not None and id(facts) not in facts_texts:
+                facts_texts[id(facts)] = text = _facts_json(facts)
+                self._facts(text)
+
     def _insert_incidents(self, rows: list[tuple[Any, ...]], numbered: bool) -> None:
         """Begin inserting these new incident rows (``numbered``: their numbers are given,
         and remembered) once the rows begun before are inserted: the caller builds the next
@@ -1325,9 +1359,15 @@ class Store:
             if numbered:
                 self._incident_keys.update((row[1], row[0]) for row in rows)
 
+    def _incidents_free(self) -> bool:
+        """Whether the connection is free of incident rows being inserted and of the work
+        aside (see :meth:`_incidents_inserted`), without waiting."""
+        return self._incident_insert is None or self._incident_insert.done()
+
     def _incidents_inserted(self) -> None:
-        """Wait for the incident rows being inserted (:meth:`_insert_incidents`), if any,
-        raising their error: the connection is free again."""
+        """Wait for the incident rows being inserted (:meth:`_insert_incidents`), or the
+        work aside (see :meth:`_store_incidents`), if any, raising their error: the
+        connection is free again."""
         pending, self._incident_insert = self._incident_insert, None
         if pending is not None:
             pending.wait()
@@ -2878,8 +2918,11 @@ class Store:
         """Copy what the write-ahead log holds into the database file now, on a connection
         of its own in a thread (SQLite does it without the GIL), while this one goes on
         (a scan's correlation and summary): else closing does it, fsyncs and all, after
-        everything else (a third of the closing of a 3 % scan's 9 MB database). Passive:
-        it never waits for, nor blocks, a writer."""
+        everything else (a third of the closing of a 3 % scan's 9 MB database). A scan's
+        begins as each of its ingest commits ends (:attr:`checkpoint_after_commit`), not
+        after the scan's accounting of its last one (30 ms of 14,000 new incidents): the
+        copy is what a scan's end waits for longest. Passive: it never waits for, nor
+        blocks, a writer."""
         if self.readonly or (self._checkpointer is not None and self._checkpointer.is_alive()):
             return
         import threading
@@ -4741,9 +4784,10 @@ _ADD_HOURLY = f"""INSERT INTO obs_hourly (ctx, hour, requests, bytes_out, bytes_
 
 def _add_sums(conn: sqlite3.Connection, sums: RollupSums) -> None:
     """Gather the sums of batches' roll-up rows as :func:`_gather` gathers rows: what it
-    would have made of those batches' rows, one statement a table, bound in C."""
+    would have made of those batches' rows, one statement a table, bound in C (stepped
+    with the GIL released: a scan's last fold runs beside Python work)."""
     for sql, columns in ((_ADD_ROLLED, sums.rows()), (_ADD_HOURLY, sums.hourly())):
-        insert_columns(conn, sql, columns, [None] * len(columns))
+        insert_columns(conn, sql, columns, [None] * len(columns), released=True)
 
 
 def _fold(conn: sqlite3.Connection, sums: RollupSums | None = None) -> None:

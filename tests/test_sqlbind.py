@@ -586,6 +586,44 @@ def test_a_pending_insert_inserts_or_fails_as_in_python(drawn):
     assert c_result == python_result
 
 
+def _released(conn: sqlite3.Connection, sql: str, columns: list, via: list) -> int:
+    """insert_columns with its rows stepped with the GIL released (the store's fold)."""
+    return sqlbind.insert_columns(conn, sql, columns, via, released=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(columns(odd=True))
+def test_an_insert_stepped_with_the_gil_released_inserts_or_fails_as_in_python(drawn):
+    """Read first, then stepped with the GIL released, in the caller's thread: Python's
+    rows, changes and exceptions."""
+    cols, via = drawn
+    c_result, python_result = _results(cols, via, before=BEFORE, call=_released)
+    assert c_result == python_result
+
+
+def test_a_pending_call_runs_in_its_own_thread_and_raises_in_the_callers():
+    """A PendingCall runs its SQL in a thread of its own (a connection that allows it),
+    gives its result by wait, or raises its error there, SQLite's as Python's sqlite3
+    names it; join_steps waits for it (the connection free for a rollback)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    threads: list[int] = []
+    conn.create_function("noted", 1, lambda x: threads.append(threading.get_ident()) or x)
+    conn.execute("CREATE TABLE t (a NOT NULL)")
+    conn.execute("BEGIN")
+    sql = "INSERT INTO t SELECT noted(value) FROM json_each('[1, 2]')"
+    pending = sqlbind.PendingCall(conn, lambda: conn.execute(sql).rowcount)
+    sqlbind.join_steps(conn)
+    assert pending.done() and pending.wait() == 2
+    assert len(threads) == 2 and threading.get_ident() not in threads
+    failing = sqlbind.PendingCall(conn, lambda: conn.execute("INSERT INTO t VALUES (NULL)"))
+    with pytest.raises(sqlite3.IntegrityError, match="NOT NULL") as failed:
+        failing.wait()
+    assert failed.value.sqlite_errorname == "SQLITE_CONSTRAINT_NOTNULL"
+    conn.execute("ROLLBACK")
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+    conn.close()
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(columns())
 def test_started_steps_stop_where_insert_stops(drawn):
