@@ -2497,7 +2497,10 @@ done:
 
 /* distinct_ids(ids) -> bool: whether no value of `ids` (an array.array of typecode q: a
  * batch's id column, batch.py distinct_ids) is there twice, by an open-addressing hash set
- * of the values: no Python object per id, no sort. TypeError for other objects. */
+ * of the values: no Python object per id, no sort. TypeError for other objects; None when
+ * a look-up probes more than DISTINCT_PROBES slots (ids chosen to collide: Python's set,
+ * whose hash this is not, answers then, in linear time). */
+#define DISTINCT_PROBES 64
 static PyObject *
 distinct_ids(PyObject *self, PyObject *obj)
 {
@@ -2521,9 +2524,11 @@ distinct_ids(PyObject *self, PyObject *obj)
         PyBuffer_Release(&view);
         return PyErr_NoMemory();
     }
-    for (Py_ssize_t j = 0; j < n && distinct; j++) {
+    int crowded = 0;
+    for (Py_ssize_t j = 0; j < n && distinct && !crowded; j++) {
         size_t at = (size_t)(((uint64_t)ids[j] * 0x9E3779B97F4A7C15u) >> (64 - bits));
-        while (used[at] && slot[at] != ids[j])
+        int probes = 0;
+        while (used[at] && slot[at] != ids[j] && !(crowded = ++probes > DISTINCT_PROBES))
             at = (at + 1) & (size - 1);
         distinct = !used[at];
         used[at] = 1;
@@ -2532,7 +2537,7 @@ distinct_ids(PyObject *self, PyObject *obj)
     PyMem_Free(slot);
     PyMem_Free(used);
     PyBuffer_Release(&view);
-    return PyBool_FromLong(distinct);
+    return crowded ? Py_NewRef(Py_None) : PyBool_FromLong(distinct);
 }
 
 static PyObject *

@@ -849,9 +849,12 @@ def distinct_ids(ids: Sequence[Any]) -> bool:
     """Whether no value of a batch's id column is there twice: in C
     (``_batchscan.distinct_ids``: a hash set of int64, no Python object per id; the set of
     a batch's ids made here cost the storing process nearly half as much as unpickling
-    the batch) when it is an array of int64, as a producer's batch's is, else by a set."""
+    the batch) when it is an array of int64, as a producer's batch's is, else (or when C
+    finds ids chosen to collide in its table) by a set."""
     if _ACCEL is not None and type(ids) is array and ids.typecode == "q":
-        return _ACCEL.distinct_ids(ids)
+        found = _ACCEL.distinct_ids(ids)
+        if found is not None:
+            return found
     return len(set(ids)) == len(ids)
 
 

@@ -733,8 +733,8 @@ def test_hour_ids_merged_and_found_in_c_are_pythons(case):
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(_INT64, st.integers(0, 8)), max_size=60), st.booleans())
 def test_batch_ids_found_distinct_in_c_as_in_python(ids, packed):
-    """Whether a batch's id column has a value twice (``distinct_ids``: C's sort for an
-    array of int64, a set otherwise) is answered in C as in Python, a bool either way."""
+    """Whether a batch's id column has a value twice (``distinct_ids``: C's hash set for
+    an array of int64, a set otherwise) is answered in C as in Python, a bool either way."""
     column = array("q", ids) if packed else ids
     answers = []
     for accelerated in (True, False):
@@ -756,6 +756,19 @@ def test_batch_ids_of_a_whole_batch_found_distinct_in_c():
     for other in ([1, 2], array("i", [1, 2]), None):
         with pytest.raises(TypeError):
             built.distinct_ids(other)
+
+
+def test_batch_ids_chosen_to_collide_in_c_are_answered_by_python_in_linear_time():
+    """Ids chosen so that C's multiplicative hash puts all of them in one slot (a log's
+    lines would need ~2^64 tries to do it): C gives up (None) after a few probes rather
+    than probing quadratically, and ``distinct_ids`` answers by a set, right either way."""
+    inverse = pow(0x9E3779B97F4A7C15, -1, 1 << 64)
+    values = [k * inverse % (1 << 64) for k in range(20000)]
+    ids = array("q", [v - (1 << 64) if v >= 1 << 63 else v for v in values])
+    assert built.distinct_ids(ids) is None
+    with _accelerated(built):
+        assert batch.distinct_ids(ids) is True
+        assert batch.distinct_ids(ids + array("q", [ids[-1]])) is False
 
 
 def test_hour_ids_beyond_int64_or_not_arrays_raise():

@@ -1268,9 +1268,10 @@ known_of(const Maker *mk, Py_ssize_t index, const char *const *tok, const Py_ssi
 {
     static const int KEYED[] = {2, 3, 6, 7, 8};
     char buf[KNOWN_KEY];
-    /* for 0 <= ts < 2^63 (a plain_ts's), ts // 86400 is floor(ts) // 86400: integers */
-    double day = ts >= 0 && ts < 0x1p63 ? (double)((int64_t)ts / 86400)
-                                        : py_floordiv(ts, 86400.0);
+    /* for 0 < ts < 2^53 (a plain_ts's are below 1e10 + 1), ts // 86400 is
+     * floor(ts) // 86400: integers (0.0 and -0.0 keep Python's signed zero) */
+    double day = ts > 0 && ts < 0x1p53 ? (double)((int64_t)ts / 86400)
+                                       : py_floordiv(ts, 86400.0);
     Py_ssize_t at = sizeof(day);
     memcpy(buf, &day, sizeof(day));
     *key = NULL;
