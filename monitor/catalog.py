@@ -310,8 +310,9 @@ class Catalog:
         # most hosts asked are no provider's: their last two labels tell (see _tails)
         tail = host[host.rfind(".", 0, host.rfind(".")) + 1 :]
         listed, unlisted = self._tails
-        found = _find(self._index, host) if tail in listed else None
-        if found is None and tail in unlisted and (self._unlisted.suffix or self._unlisted.middle):
+        found = _find(self._index, host) if listed is None or tail in listed else None
+        if (found is None and (unlisted is None or tail in unlisted)
+                and (self._unlisted.suffix or self._unlisted.middle)):  # fmt: skip
             found = _find(self._unlisted, host)
         if found is not None and found.processing.region and "{" in found.processing.region:
             found = self._resolve(found, host)
@@ -416,17 +417,19 @@ def _find(idx: _Index, host: str) -> Match | None:
     return best
 
 
-def _tails(idx: _Index) -> frozenset[str]:
+def _tails(idx: _Index) -> frozenset[str] | None:
     """The last two labels of every name ``idx`` can match. Every way :func:`_find`
     matches compares the host's last two labels with a name's as written (exact, ``*.a.b``,
     ``a.*.b.c``, ``*-x.a.b``: the loader takes no name whose last two labels are not
     fixed), so a host whose last two labels are not among them matches nothing: most hosts
     a scan asks about, found so by a set lookup where the walk costs a slice and a hash a
-    label, twice (listed, unlisted)."""
+    label, twice (listed, unlisted). None (every host walks the index) should a name ever
+    end otherwise."""
     names = [*idx.exact, *idx.suffix, *idx.label_tail,
              *(key for slots in idx.middle.values() for _, table in slots for key in table)]  # fmt: skip
     tails = {name[name.rfind(".", 0, name.rfind(".")) + 1 :] for name in names}
-    assert not any("*" in t or "." not in t for t in tails), "names end in two fixed labels"
+    if any("*" in t or "." not in t for t in tails):
+        return None
     return frozenset(tails)
 
 

@@ -3696,7 +3696,9 @@ class Store:
             yield view
 
     def close(self) -> None:
-        """Close the database (after the checkpoint :meth:`checkpoint_aside` started)."""
+        """Close the database (after the checkpoint :meth:`checkpoint_aside` started, and
+        any insert or fold an interrupted ingestion left running on the connection)."""
+        join_steps(self.db.conn)
         if self._checkpointer is not None:  # this connection closes last: it ends the log
             self._checkpointer.join()
             self._checkpointer = None
