@@ -339,7 +339,6 @@ class App:
                 scanner = Scanner(pipeline, None, jobs, full, producers)
             scan_id = self.store.start_scan(paths, options)
             scanner.store = self.store
-            self.store.checkpoint_after_commit = True  # what it commits goes to the file meanwhile
             try:
                 summary = scanner.run(paths, scan_id, on_read)
             except sqlite3.DatabaseError as exc:  # a full disk, a damaged file: say what is kept
@@ -349,13 +348,11 @@ class App:
                     f"{done.stored} new observations, {len(done.incidents_new)} new and "
                     f"{len(done.incidents_updated)} updated incidents before it stopped)"
                 ) from exc
-            finally:
-                self.store.checkpoint_after_commit = False
         finally:
             scanner.close()
             if producers is not None:
                 producers.close()
-        self.store.checkpoint_aside()  # (what was left, if the last commit's copy ended)
+        self.store.checkpoint_aside()  # what the scan stored goes to the file meanwhile
         summary.account(self.correlate([scan_id]).new)
         summary.warnings = contradictions(self.config.sites, self.geo, egress)
         ran_out = [e["finding_id"] for e in self.apply_exceptions()

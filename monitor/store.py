@@ -500,8 +500,6 @@ class Ingestion:
             raise
         self._state = None
         store._commit()
-        if store.checkpoint_after_commit:
-            store.checkpoint_aside()
         return result
 
     def abort(self) -> None:
@@ -671,9 +669,6 @@ class Store:
         self.listeners: list[Callable[[], None]] = []
         self._emitted = 0  # events written by the transaction in progress
         self._checkpointer: Any = None  # a thread copying the log into the file (see close)
-        #: start that copy after each ingest commit (a scan's: its last begins at once, not
-        #: after the scan's accounting of it, see :meth:`checkpoint_aside`)
-        self.checkpoint_after_commit = False
         try:
             if readonly:
                 conn = self._connect_readonly()
@@ -2918,11 +2913,8 @@ class Store:
         """Copy what the write-ahead log holds into the database file now, on a connection
         of its own in a thread (SQLite does it without the GIL), while this one goes on
         (a scan's correlation and summary): else closing does it, fsyncs and all, after
-        everything else (a third of the closing of a 3 % scan's 9 MB database). A scan's
-        begins as each of its ingest commits ends (:attr:`checkpoint_after_commit`), not
-        after the scan's accounting of its last one (30 ms of 14,000 new incidents): the
-        copy is what a scan's end waits for longest. Passive: it never waits for, nor
-        blocks, a writer."""
+        everything else (a third of the closing of a 3 % scan's 9 MB database). Passive:
+        it never waits for, nor blocks, a writer."""
         if self.readonly or (self._checkpointer is not None and self._checkpointer.is_alive()):
             return
         import threading

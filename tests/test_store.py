@@ -24,7 +24,6 @@ from monitor.store import (
     OBSERVATION_COLUMNS,
     SCHEMA_VERSION,
     IncidentQuery,
-    IngestResult,
     Store,
     StoreError,
 )
@@ -736,15 +735,6 @@ def test_an_ingestion_aborted_while_its_insert_runs_keeps_nothing(tmp_path):
 _ROLLUPS = ("obs_rollup", "obs_monthly", "obs_hourly", "obs_context_totals", "obs_dests")
 
 
-def _ingested(store: Store, roll_up: bool = True) -> IngestResult:
-    """The result of a scan's ingestion of :func:`_batches`, committed."""
-    scan_id = store.start_scan(["a.log"], {})
-    ingestion = store.ingestion(scan_id, roll_up=roll_up)
-    for batch in _batches(scan_id):
-        ingestion.add(batch)
-    return ingestion.commit()
-
-
 def test_the_last_fold_runs_beside_the_incident_rows_and_sums_the_same(tmp_path):
     """A rolling ingestion's commit folds its roll-ups in a thread of its own (SQL, the GIL
     released) while the incident rows are built: the roll-ups, incidents and mark are those
@@ -756,7 +746,11 @@ def test_the_last_fold_runs_beside_the_incident_rows_and_sums_the_same(tmp_path)
         store.db.conn.create_function("noted", 1, lambda x, threads=threads: threads.append(threading.get_ident()) or x)  # fmt: skip
         store.db.execute("CREATE TEMP TRIGGER t AFTER INSERT ON obs_monthly BEGIN"
                          " SELECT noted(new.requests); END")  # fmt: skip
-        result = _ingested(store, roll_up=rolling)
+        scan_id = store.start_scan(["a.log"], {})
+        ingestion = store.ingestion(scan_id, roll_up=rolling)
+        for batch in _batches(scan_id):
+            ingestion.add(batch)
+        result = ingestion.commit()
         if not rolling:
             store.roll_up()
         tables = _tables(store)
@@ -775,40 +769,22 @@ def test_a_fold_that_fails_beside_the_incident_rows_keeps_nothing(tmp_path):
     store = Store(tmp_path / "s.db")
     store.db.execute("CREATE TEMP TRIGGER t BEFORE INSERT ON obs_monthly BEGIN"
                      " SELECT RAISE(ABORT, 'no monthly rows'); END")  # fmt: skip
+    scan_id = store.start_scan(["a.log"], {})
+    ingestion = store.ingestion(scan_id, roll_up=True)
+    for batch in _batches(scan_id):
+        ingestion.add(batch)
     with pytest.raises(sqlite3.IntegrityError, match="no monthly rows"):
-        _ingested(store)
+        ingestion.commit()
     assert not store.db.conn.in_transaction
     for table in ("obs_rows", "incident_rows", "incident_texts", *_ROLLUPS):
         assert store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0  # noqa: S608
     store.db.execute("DROP TRIGGER temp.t")
-    assert _ingested(store).stored == 590
+    ingestion = store.ingestion(scan_id, roll_up=True)
+    for batch in _batches(scan_id):
+        ingestion.add(batch)
+    assert ingestion.commit().stored == 590
     assert store.db.execute("SELECT sum(requests) FROM obs_monthly").fetchone()[0] == 590
     store.close()
-
-
-def test_a_scans_commit_starts_copying_the_log_into_the_file(tmp_path):
-    """With checkpoint_after_commit (a scan's store), an ingest commit starts the copy of the
-    write-ahead log into the database file at once, beside what the store does next: the
-    file alone (copied without its log) then holds what was committed, while the store is
-    still open. Without it, the log holds it until the store closes."""
-    for after_commit in (True, False):
-        path = tmp_path / f"{after_commit}.db"
-        store = Store(path)
-        store.checkpoint_after_commit = after_commit
-        assert _ingested(store).stored == 590
-        if store._checkpointer is not None:
-            store._checkpointer.join()
-        alone = tmp_path / f"alone-{after_commit}.db"
-        alone.write_bytes(path.read_bytes())
-        con = sqlite3.connect(alone)
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        con.close()
-        if after_commit:
-            assert _committed(alone) == (590, 0)
-        else:  # (not even the schema: the log holds all)
-            assert "obs_rows" not in tables
-        store.close()
-        assert not Path(f"{path}-wal").exists() and _committed(path) == (590, 0)
 
 
 def _committed(path: Path) -> tuple[int, int]:
