@@ -24,6 +24,7 @@ from monitor.store import (
     OBSERVATION_COLUMNS,
     SCHEMA_VERSION,
     IncidentQuery,
+    Ingestion,
     Store,
     StoreError,
 )
@@ -735,6 +736,16 @@ def test_an_ingestion_aborted_while_its_insert_runs_keeps_nothing(tmp_path):
 _ROLLUPS = ("obs_rollup", "obs_monthly", "obs_hourly", "obs_context_totals", "obs_dests")
 
 
+def _ingested(store: Store, rolling: bool, scan_id: int | None = None) -> Ingestion:
+    """An ingestion (of a new scan, or of ``scan_id``) holding :func:`_batches`, uncommitted."""
+    if scan_id is None:
+        scan_id = store.start_scan(["a.log"], {})
+    ingestion = store.ingestion(scan_id, roll_up=rolling)
+    for batch in _batches(scan_id):
+        ingestion.add(batch)
+    return ingestion
+
+
 def test_the_last_fold_runs_beside_the_incident_rows_and_sums_the_same(tmp_path):
     """A rolling ingestion's commit folds its roll-ups in a thread of its own (SQL, the GIL
     released) while the incident rows are built: the roll-ups, incidents and mark are those
@@ -746,11 +757,7 @@ def test_the_last_fold_runs_beside_the_incident_rows_and_sums_the_same(tmp_path)
         store.db.conn.create_function("noted", 1, lambda x, threads=threads: threads.append(threading.get_ident()) or x)  # fmt: skip
         store.db.execute("CREATE TEMP TRIGGER t AFTER INSERT ON obs_monthly BEGIN"
                          " SELECT noted(new.requests); END")  # fmt: skip
-        scan_id = store.start_scan(["a.log"], {})
-        ingestion = store.ingestion(scan_id, roll_up=rolling)
-        for batch in _batches(scan_id):
-            ingestion.add(batch)
-        result = ingestion.commit()
+        result = _ingested(store, rolling).commit()
         if not rolling:
             store.roll_up()
         tables = _tables(store)
@@ -770,19 +777,13 @@ def test_a_fold_that_fails_beside_the_incident_rows_keeps_nothing(tmp_path):
     store.db.execute("CREATE TEMP TRIGGER t BEFORE INSERT ON obs_monthly BEGIN"
                      " SELECT RAISE(ABORT, 'no monthly rows'); END")  # fmt: skip
     scan_id = store.start_scan(["a.log"], {})
-    ingestion = store.ingestion(scan_id, roll_up=True)
-    for batch in _batches(scan_id):
-        ingestion.add(batch)
     with pytest.raises(sqlite3.IntegrityError, match="no monthly rows"):
-        ingestion.commit()
+        _ingested(store, True, scan_id).commit()
     assert not store.db.conn.in_transaction
     for table in ("obs_rows", "incident_rows", "incident_texts", *_ROLLUPS):
         assert store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0  # noqa: S608
     store.db.execute("DROP TRIGGER temp.t")
-    ingestion = store.ingestion(scan_id, roll_up=True)
-    for batch in _batches(scan_id):
-        ingestion.add(batch)
-    assert ingestion.commit().stored == 590
+    assert _ingested(store, True, scan_id).commit().stored == 590
     assert store.db.execute("SELECT sum(requests) FROM obs_monthly").fetchone()[0] == 590
     store.close()
 
