@@ -308,7 +308,7 @@ class Catalog:
         if not host:
             return None
         # most hosts asked are no provider's: their last two labels tell (see _tails)
-        tail = host[host.rfind(".", 0, host.rfind(".")) + 1 :]
+        tail = last_two_labels(host)
         listed, unlisted = self._tails
         found = _find(self._index, host) if listed is None or tail in listed else None
         if (found is None and (unlisted is None or tail in unlisted)
@@ -417,6 +417,11 @@ def _find(idx: _Index, host: str) -> Match | None:
     return best
 
 
+def last_two_labels(name: str) -> str:
+    """``a.b`` of ``x.y.a.b`` (the whole of a name of one or two labels)."""
+    return name[name.rfind(".", 0, name.rfind(".")) + 1 :]
+
+
 def _tails(idx: _Index) -> frozenset[str] | None:
     """The last two labels of every name ``idx`` can match. Every way :func:`_find`
     matches compares the host's last two labels with a name's as written (exact, ``*.a.b``,
@@ -427,7 +432,7 @@ def _tails(idx: _Index) -> frozenset[str] | None:
     end otherwise."""
     names = [*idx.exact, *idx.suffix, *idx.label_tail,
              *(key for slots in idx.middle.values() for _, table in slots for key in table)]  # fmt: skip
-    tails = {name[name.rfind(".", 0, name.rfind(".")) + 1 :] for name in names}
+    tails = set(map(last_two_labels, names))
     if any("*" in t or "." not in t for t in tails):
         return None
     return frozenset(tails)

@@ -1273,9 +1273,7 @@ class Store:
                 evidence = d["evidence"][:EVIDENCE_SAMPLES]
                 evidence_text = _json_strings(evidence)
                 facts = d.get("facts") or None  # (facts are replaced, never changed)
-                facts_text = facts_texts.get(id(facts))
-                if facts_text is None and facts is not None:
-                    facts_text = facts_texts[id(facts)] = _facts_json(facts)
+                facts_text = _delta_facts_text(facts, facts_texts)
                 stored[iid] = _StoredIncident(
                     evidence, evidence_text, facts, facts_text, first, last, d["finding_id"]
                 )
@@ -1336,10 +1334,7 @@ class Store:
             if iid in stored:
                 return
             self._identity_texts(d["inc"])
-            facts = d.get("facts") or None
-            if facts is not None and id(facts) not in facts_texts:
-                facts_texts[id(facts)] = text = _facts_json(facts)
-                self._facts(text)
+            self._facts(_delta_facts_text(d.get("facts") or None, facts_texts))
 
     def _insert_incidents(self, rows: list[tuple[Any, ...]], numbered: bool) -> None:
         """Begin inserting these new incident rows (``numbered``: their numbers are given,
@@ -4961,6 +4956,18 @@ def _json_strings(items: Sequence[str]) -> str:
 
 
 _json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _delta_facts_text(facts: dict[str, list[Any]] | None,
+                      texts: dict[int, str | None]) -> str | None:  # fmt: skip
+    """The JSON text of a delta's facts (None: none), made once per facts object (``texts``,
+    by its id: the deltas hold the objects)."""
+    if facts is None:
+        return None
+    text = texts.get(id(facts))
+    if text is None:
+        text = texts[id(facts)] = _facts_json(facts)
+    return text
 
 
 def _facts_json(facts: dict[str, list[Any]]) -> str:

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.catalog import Catalog, CatalogError, Match
+from monitor.catalog import Catalog, CatalogError, Match, last_two_labels
 from monitor.countries import ISO_ALPHA2, VALID_COUNTRY_CODES, is_country_code
 from monitor.resources import rules_dir
 
@@ -185,7 +185,7 @@ def test_label_boundaries_hold_for_every_catalogue_host(cat):
 def _walked(cat: Catalog, host: str) -> Match | None:
     """``match_host`` of a host with the last-two-labels shortcut off: the host's own last
     two labels taken as every index's, so that each index is walked."""
-    own = frozenset({host[host.rfind(".", 0, host.rfind(".")) + 1 :]})
+    own = frozenset({last_two_labels(host)})
     tails, cat._tails = cat._tails, (own, own)
     try:
         return cat._lookup_host(host)

@@ -488,20 +488,12 @@ rotr64(uint64_t x, int n)
     return (x >> n) | (x << (64 - n));
 }
 
-/* the 16 little-endian words of a message block (one load each on a little-endian host) */
+/* the 16 little-endian words of a message block: one copy (the host is little-endian: the
+ * build stops otherwise, see the top) */
 static inline void
 load_block(uint64_t m[16], const unsigned char *block)
 {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     memcpy(m, block, 128);
-#else
-    for (int k = 0; k < 16; k++) {
-        uint64_t v = 0;
-        for (int b = 7; b >= 0; b--)
-            v = v << 8 | block[8 * k + b];
-        m[k] = v;
-    }
-#endif
 }
 
 #define B2_G(a, b, c, d, x, y)                                                                 \
