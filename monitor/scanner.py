@@ -44,6 +44,7 @@ import io
 import multiprocessing as mp
 import os
 import queue
+import re
 import signal
 import sys
 import traceback
@@ -72,6 +73,7 @@ from monitor.collectors.base import (
     last_line_end,
     read_head,
 )
+from monitor.errors import ApiwatchError
 from monitor.ids import observation_id
 from monitor.pipeline import Part, Pipeline, ScanSummary
 
@@ -87,8 +89,34 @@ FLUSH = 50_000  # observations per transaction of an input read as one part
 HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
 #: inputs smaller than this are parsed in the main process: forking would cost more
 IN_PROCESS_BELOW = 8 << 20
+PART_ENV = "APIWATCH_PART_SIZE"
+_SIZE = re.compile(r"\s*([0-9]{1,15})\s*(?:([KMG])(?:I?B)?|B)?\s*", re.IGNORECASE)
+
+
+def byte_size(text: str) -> int:
+    """A positive size in bytes from ``text``: a whole number, optionally followed by K, M or
+    G (powers of 1024, as in Squid's and rsync's settings; ``B`` or ``iB`` may follow, any
+    case: ``200000``, ``512K``, ``2MB``, ``64MiB``). ValueError names what is wrong."""
+    m = _SIZE.fullmatch(text)
+    if m is None or int(m[1]) == 0:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with K, M or G: 2M, 512K)")
+    return int(m[1]) << {None: 0, "K": 10, "M": 20, "G": 30}[m[2] and m[2].upper()]
+
+
+def _part_size() -> tuple[int, str | None]:
+    """``APIWATCH_PART_SIZE`` (default 64 MiB) and what is wrong with it, if anything: a
+    scan then stops with that one line (:class:`Scanner`), any other command is unaffected."""
+    text = os.environ.get(PART_ENV)
+    if text is None:
+        return 64 << 20, None
+    try:
+        return byte_size(text), None
+    except ValueError as exc:
+        return 64 << 20, f"{PART_ENV}: {exc}"
+
+
 #: bytes of a big plain log between commit points (``APIWATCH_PART_SIZE`` to tune)
-PART_SIZE = int(os.environ.get("APIWATCH_PART_SIZE", 64 << 20))
+PART_SIZE, PART_SIZE_PROBLEM = _part_size()
 TAIL_SHARE = 8  # see part_cuts
 MIN_PART = 16 << 20
 _QUEUE_BATCHES = 2  # bounded hand-over: producers wait rather than fill memory
@@ -467,6 +495,10 @@ class ScanError(RuntimeError):
     """A producer process failed: a bug, reported with its traceback."""
 
 
+class ScanSettingError(ApiwatchError):
+    """A scan setting from the environment that cannot be used (``APIWATCH_PART_SIZE``)."""
+
+
 class Producers(Protocol):
     """Producers elsewhere (:class:`monitor.cluster.ClusterProducers`): each part's messages,
     in the order of the parts."""
@@ -477,6 +509,8 @@ class Producers(Protocol):
 class Scanner:
     def __init__(self, pipeline: Pipeline, store: Store | None, jobs: int | None = None,
                  full: bool = False, producers: Producers | None = None):  # fmt: skip
+        if PART_SIZE_PROBLEM:  # before any producer starts or anything is written
+            raise ScanSettingError(PART_SIZE_PROBLEM)
         self.pipeline = pipeline
         self.store = store  # None until :meth:`run` (see :meth:`start`)
         self.jobs = default_jobs() if jobs is None else max(1, jobs)

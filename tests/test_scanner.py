@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import sqlite3
@@ -555,3 +556,36 @@ def test_busy_hours_are_numbered_as_defined_in_arrays_from_their_start():
         assert seen.next("c", hour * 3600.0) == 0
     assert 1 not in hours and hours[max(hours)].array is None
     assert hours[max(hours)].ids == {observation_id("c")}
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("200000", 200000), ("512K", 512 << 10), ("2MB", 2 << 20), ("64MiB", 64 << 20),
+     (" 3 g ", 3 << 30), ("1kb", 1 << 10), ("7B", 7)],
+)  # fmt: skip
+def test_part_size_takes_bytes_or_a_binary_unit(text, size):
+    assert scanner.byte_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5", "1.5M", "2XB", "2iB", "2 T", "\u0663", "9" * 40])
+def test_a_part_size_that_is_not_one_is_refused_naming_it(text):
+    with pytest.raises(ValueError, match="is not a size") as caught:
+        scanner.byte_size(text)
+    assert repr(text) in str(caught.value)
+
+
+def test_a_bad_part_size_stops_a_scan_before_anything_is_written(tmp_path, log):
+    """The knob is read when the module loads: a value that is no size stops each scan
+    with one line naming it (exit 1, nothing written), and leaves other commands alone."""
+    db = tmp_path / "x.db"
+    env = {**os.environ, "APIWATCH_PART_SIZE": "2XB\x1b[31m"}
+    run = [sys.executable, "-m", "monitor", "--db", str(db)]
+    scan = subprocess.run([*run, "scan", str(log)], env=env, capture_output=True, text=True)
+    assert scan.returncode == 1 and scan.stdout == ""
+    assert scan.stderr == (
+        "Error: APIWATCH_PART_SIZE: '2XB\\x1b[31m' is not a size"
+        " (bytes, or a number with K, M or G: 2M, 512K)\n"
+    )
+    assert not db.exists()
+    parse = subprocess.run([*run, "parse", str(log)], env=env, capture_output=True, text=True)
+    assert parse.returncode == 0 and len(parse.stdout.splitlines()) == 5999
