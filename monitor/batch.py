@@ -876,11 +876,10 @@ class LinkPacks:
 
 def link_packs(incidents: Sequence[int], obs: Sequence[int]) -> LinkPacks:
     """The hit links (``incidents[i]``, ``obs[i]``) of a transaction as packs: its
-    distinct pairs, sorted, one pack per incident (a row per incident instead of one per
-    link: a scan's links cost SQLite a tenth as much, and a fifth of the space). In C when
-    it is built (``_batchscan.link_packs``, for arrays: a radix sort and the texts written
-    at once, at the end of the transaction, in a second of the scan where little else
-    runs beside it), else :func:`_link_packs`."""
+    distinct pairs, sorted, one pack per incident (SQLite inserts a row per incident
+    instead of one per link). In C when it is built (``_batchscan.link_packs``, for
+    arrays: a radix sort, the texts written at once: it runs at the end of a scan, when
+    little else runs beside it), else :func:`_link_packs`."""
     if _ACCEL is not None:
         found = _ACCEL.link_packs(incidents, obs)
         if found is not None:

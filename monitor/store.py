@@ -2895,9 +2895,8 @@ class Store:
             _roll_up(self.db.conn)  # every row summed: the roll-ups of the days pruned go
             for table in ("obs_rollup", "obs_context_totals", "obs_hourly"):
                 self.db.execute(f"DELETE FROM {table} WHERE ctx IN ({old})", [before_day])  # noqa: S608
-            hits = _unlink(
-                self.db.conn, f"SELECT n FROM obs_rows WHERE ctx IN ({old})", [before_day]  # noqa: S608 - constants
-            )
+            observed = f"SELECT n FROM obs_rows WHERE ctx IN ({old})"  # noqa: S608 - constants
+            hits = _unlink(self.db.conn, observed, [before_day])
             observations = self.db.execute(
                 f"DELETE FROM obs_rows WHERE ctx IN ({old})",  # noqa: S608 - constants
                 [before_day],
@@ -4211,8 +4210,9 @@ def _schema_v14(db: sqlite_utils.Database) -> None:
     """Hit links kept as packs (``hit_packs``): a row per incident and ingest transaction
     (here: per incident), its least observation row (``first``) and the JSON array of its
     rows less that, ascending; ``hit_links`` becomes the view of the pairs. A scan stored
-    a row per link (a fifth of a 25 % scan's rows, inserted all over the table's B-tree,
-    on the connection its requests' rows were inserted on); now a row per incident."""
+    a row per link as it went (a 25 % scan: one per request in four, inserted all over the
+    table's B-tree, on the connection its requests' rows are inserted on, which the
+    producers wait for); now a row per incident, at the end."""
     db.execute(
         "CREATE TABLE hit_packs (incident INTEGER NOT NULL, first INTEGER NOT NULL,"
         " obs TEXT NOT NULL, PRIMARY KEY (incident, first)) WITHOUT ROWID"

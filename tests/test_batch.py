@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor import scanner
 from monitor import batch as batch_module
+from monitor import scanner
 from monitor import store as store_module
 from monitor.batch import ROW_FIELDS, ROW_ID, Batch
 from monitor.ids import observation_id

@@ -597,8 +597,9 @@ def test_link_packs_in_c_unpack_to_the_distinct_pairs():
     pairs = [(rng.randrange(1, 10**6), rng.randrange(1, 3 * 10**6)) for _ in range(1000)]
     pairs = [(k, rng.randrange(1, 3 * 10**6)) for k, _ in pairs for _ in range(130)]
     pairs += rng.sample(pairs, 70000)
+    incidents, obs = array("q", (k for k, _ in pairs)), array("q", (n for _, n in pairs))
     with _accelerated(built):
-        packs = batch.link_packs(array("q", [k for k, _ in pairs]), array("q", [n for _, n in pairs]))
+        packs = batch.link_packs(incidents, obs)
     assert len(packs.incidents) == len(set(packs.incidents)) == len({k for k, _ in pairs})
     unpacked = []
     for incident, first, text in zip(packs.incidents, packs.firsts, packs.texts, strict=True):
