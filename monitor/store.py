@@ -4731,9 +4731,9 @@ def _packs_of(links: str) -> str:
     of distinct rows ``incident``, ``pack`` and ``obs``: one pack per incident and
     ``pack``, its offsets ascending (the rows come sorted, and SQLite's sorter for the
     GROUP BY keeps rows of one group in the order they come: its merges take the earlier
-    of equal keys first; a window's aggregate, in order by definition, made a 25 % scan's
-    links into packs ten times slower, its texts copied per row). The WHERE lets an INSERT
-    of it take an ON CONFLICT clause."""
+    of equal keys first; a window's aggregate, in order by definition, made migrating a
+    25 % scan's links three times slower, 9.7 s against 3.2 s, its text made per row).
+    The WHERE lets an INSERT of it take an ON CONFLICT clause."""
     return (
         "SELECT incident, min(first), json_group_array(obs - first) FROM"  # noqa: S608
         " (SELECT incident, pack, obs, min(obs) OVER (PARTITION BY incident, pack) AS first"
