@@ -3,7 +3,7 @@
  * roll-up rows (batch.py RollupSums: the Sums type), in C (see monitor/accel.py).
  *
  * group_tally(raised, ts, out, in_, ctx, blocked) -> tuple | None
- * (and stream_refs, a producer's per sent batch; merge_deltas, link_packs, merged_new
+ * (and stream_refs, a producer's per sent batch; merge_deltas, link_pairs, link_packs, merged_new
  * and known_in, the storing process's: see there)
  *
  * What Batch.made's grouping and _tally(..., "i") do for the rows of a batch: `raised` the
@@ -2288,6 +2288,61 @@ json_of(const uint64_t *v, Py_ssize_t n)
     return s;
 }
 
+/* link_pairs(key, of, row, first) -> (incidents, obs) | None
+ *
+ * batch.py link_pairs's pairs of a batch's hit links: incident key[of[i]] and row
+ * first + row[i] per pair, as the bytes of two arrays of int64 (array "q", native order)
+ * to append. `key` a list of exact ints, `of` and `row` array.array of typecode i, l or q
+ * of one length, `first` an exact int. None when it leaves them to the Python code
+ * (another type, an index out of range or negative, a number beyond 64 bits: the Python
+ * code then says what they make, or raises). */
+static PyObject *
+link_pairs(PyObject *self, PyObject *args)
+{
+    PyObject *key, *ofobj, *rowobj, *firstobj;
+    if (!PyArg_ParseTuple(args, "OOOO:link_pairs", &key, &ofobj, &rowobj, &firstobj))
+        return NULL;
+    int64_t first;
+    if (!PyList_CheckExact(key) || !int64_of(firstobj, &first))
+        Py_RETURN_NONE;
+    Py_ssize_t nkey = PyList_GET_SIZE(key), n = 0, nrow = 0;
+    int64_t *keys = PyMem_Malloc((nkey > 0 ? nkey : 1) * sizeof(int64_t)), *of = NULL, *row = NULL;
+    PyObject *result = NULL, *incidents = NULL, *obs = NULL;
+    if (keys == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < nkey; k++)
+        if (!int64_of(PyList_GET_ITEM(key, k), &keys[k]))
+            goto done;
+    of = int_array(ofobj, &n);
+    if (of == NULL)
+        goto done;
+    row = int_array(rowobj, &nrow);
+    if (row == NULL || nrow != n)
+        goto done;
+    incidents = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    obs = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    if (incidents == NULL || obs == NULL)
+        goto done;
+    int64_t *to = (int64_t *)PyBytes_AS_STRING(incidents), *at = (int64_t *)PyBytes_AS_STRING(obs);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (of[i] < 0 || of[i] >= nkey || __builtin_add_overflow(first, row[i], &at[i]))
+            goto done;
+        to[i] = keys[of[i]];
+    }
+    result = PyTuple_Pack(2, incidents, obs);
+done:
+    PyMem_Free(keys);
+    PyMem_Free(of);
+    PyMem_Free(row);
+    Py_XDECREF(incidents);
+    Py_XDECREF(obs);
+    if (result == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return result;
+}
+
 /* append an int64 to a list: 0, else -1 with an error set */
 static int
 append_int64(PyObject *list, int64_t value)
@@ -2559,6 +2614,7 @@ static PyMethodDef methods[] = {
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
     {"merge_deltas", merge_deltas, METH_VARARGS, "Store._add_batch_deltas's sums (see above)."},
     {"distinct_ids", distinct_ids, METH_O, "batch.py distinct_ids of an array of int64."},
+    {"link_pairs", link_pairs, METH_VARARGS, "batch.py link_pairs's pairs (see above), or None."},
     {"link_packs", link_packs, METH_VARARGS, "batch.py _link_packs (see above), or None."},
     {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of floats (a list or array), or None."},
     {"packed_groups", packed_groups, METH_O, "batch.py _packed_groups (see above), or None."},
@@ -2608,7 +2664,7 @@ PyInit__batchscan(void)
     PyObject *m = PyModule_Create(&module);
     /* 8: stream_refs, merged_new, known_in; Sums and merge_deltas saturate byte sums at
        INT64_MAX (Sums raised OverflowError); 9: distinct_ids; 10: row_values; 11: both;
-       12: link_packs instead of packed_links */
+       12: link_pairs and link_packs instead of packed_links */
     if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 12) < 0 ||
                       PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);

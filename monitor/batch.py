@@ -874,6 +874,22 @@ class LinkPacks:
     texts: list[str]
 
 
+def link_pairs(key: list[int], of: Sequence[int], row: Sequence[int], first: int,
+               pairs: tuple[array, array]) -> None:  # fmt: skip
+    """Append the hit links (``key[of[i]]``, ``first + row[i]``) of a batch to ``pairs``
+    (incidents and rows, arrays of int64), for :func:`link_packs` at the end of the
+    transaction. In C when it is built (``_batchscan.link_pairs``: Python's maps cost the
+    storing process a tenth of a second in a 25 % scan, in its busiest part)."""
+    incidents, obs = pairs
+    found = _ACCEL.link_pairs(key, of, row, first) if _ACCEL is not None else None
+    if found is not None:
+        incidents.frombytes(found[0])
+        obs.frombytes(found[1])
+        return
+    incidents.extend(map(key.__getitem__, of))
+    obs.extend(map(first.__add__, row))
+
+
 def link_packs(incidents: Sequence[int], obs: Sequence[int]) -> LinkPacks:
     """The hit links (``incidents[i]``, ``obs[i]``) of a transaction as packs: its
     distinct pairs, sorted, one pack per incident (SQLite inserts a row per incident

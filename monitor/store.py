@@ -59,6 +59,7 @@ from monitor.batch import (
     distinct_ids,
     incident_deltas,
     link_packs,
+    link_pairs,
     merge_deltas,
     merge_fact_lists,
     merge_facts,
@@ -1101,10 +1102,8 @@ class Store:
                         ).fetchone()[0]
                     n = tx.last_incident = tx.last_incident + 1
                 numbers[iid] = n
-        incidents, obs = tx.linked
         for ids, of, row, first in tx.links:
-            incidents.extend(map([numbers[iid] for iid in ids].__getitem__, of))
-            obs.extend(map(first.__add__, row))
+            link_pairs([numbers[iid] for iid in ids], of, row, first, tx.linked)
         tx.links.clear()
 
     @staticmethod

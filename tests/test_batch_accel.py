@@ -541,6 +541,54 @@ def test_deltas_merged_in_c_are_pythons(holder, case):
 
 
 @st.composite
+def batch_links(draw):
+    """A batch's hit links as :func:`monitor.batch.link_pairs` takes them: incident
+    numbers, pairs indexing them, rows in arrays of each typecode the store passes, the
+    number of the batch's first row (0: rows are numbers); and now and then one thing C
+    leaves to Python: a bool or an int beyond 64 bits among the numbers, an index out of
+    range or negative, one row short, another typecode, a sum beyond 64 bits."""
+    key = draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=6))
+    n = draw(st.integers(0, 30))
+    of = [draw(st.integers(0, len(key) - 1)) for _ in range(n)]
+    row = [draw(st.integers(-(2**31), 2**31 - 1)) for _ in range(n)]
+    first = draw(st.sampled_from([0, 1, 10**6, 2**63 - 2**31, -(2**63) + 2**31]))
+    typecodes = draw(st.sampled_from(["ii", "qq", "iq", "ql"]))
+    odd = draw(st.sampled_from([None] * 6 + ["key", "of", "row", "typecode", "first"]))
+    if odd == "key":
+        key[draw(st.integers(0, len(key) - 1))] = draw(st.sampled_from([True, 2**64]))
+    elif odd == "of" and n:
+        of[draw(st.integers(0, n - 1))] = draw(st.sampled_from([-1, len(key)]))
+    elif odd == "row" and n:
+        row.pop()
+    elif odd == "typecode":
+        typecodes, row = typecodes[0] + "h", [r % 30000 for r in row]
+    elif odd == "first":
+        first = draw(st.sampled_from([2**63 - 1, -(2**63), 2**64, True]))
+    return key, array(typecodes[0], of), array(typecodes[1], row), first
+
+
+def _paired(case, accelerated):
+    """The pairs link_pairs appends to two arrays holding a pair already (their typecodes
+    and values), and the type of its error, if any."""
+    pairs = (array("q", [1]), array("q", [2]))
+    error = None
+    with _accelerated(built if accelerated else None):
+        try:
+            batch.link_pairs(*case, pairs)
+        except Exception as exc:  # noqa: BLE001 - compared
+            error = type(exc)
+    return [(a.typecode, a.tolist()) for a in pairs], error
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(batch_links())
+def test_link_pairs_in_c_are_pythons(case):
+    """A batch's hit links appended as pairs in C (``_batchscan.link_pairs``) and in
+    Python: the same arrays, value by value, or the same error after the same pairs."""
+    assert _paired(case, True) == _paired(case, False)
+
+
+@st.composite
 def links(draw):
     """A transaction's hit links as :func:`monitor.batch.link_packs` takes them: incident
     and row numbers in arrays of each typecode the store passes, with repeated pairs, few
