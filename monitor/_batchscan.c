@@ -3,7 +3,7 @@
  * roll-up rows (batch.py RollupSums: the Sums type), in C (see monitor/accel.py).
  *
  * group_tally(raised, ts, out, in_, ctx, blocked) -> tuple | None
- * (and stream_refs, a producer's per sent batch; merge_deltas, packed_links, merged_new
+ * (and stream_refs, a producer's per sent batch; merge_deltas, link_pairs, link_packs, merged_new
  * and known_in, the storing process's: see there)
  *
  * What Batch.made's grouping and _tally(..., "i") do for the rows of a batch: `raised` the
@@ -2191,18 +2191,19 @@ static PyTypeObject SumsType = {
     .tp_as_sequence = &Sums_as_sequence,
 };
 
-/* packed_links(key, of, row, limit, per_text) -> (lo, low, span, texts) | None
+/* link_packs(incidents, obs) -> (incidents, firsts, texts) | None
  *
- * batch.py _packed_links of a batch's hit links: per pair i, incident key[of[i]] and row
- * row[i], packed as (key[of[i]] - lo) * span + row[i] - low (lo, low: the least key and
- * row, span: the rows' range), sorted, written as JSON arrays of at most `per_text`
- * numbers ("[1, 2]", json.dumps' text). `key` a list of exact ints, `of` and `row`
- * array.array of typecode i, l or q, `limit` at most MAX_LIMIT. None when it leaves them
- * to the Python code (another type, an index out of range, arrays of other lengths, no
- * pair, numbers that do not pack below `limit`: the Python code then says what they
- * make, or raises). */
+ * batch.py _link_packs of a transaction's hit links: pair i links incident incidents[i]
+ * and observation row obs[i] (array.array of typecode i, l or q, of one length). The
+ * distinct pairs, sorted, as one pack per incident: the incident, its least row `first`
+ * and the JSON array of its rows less `first`, ascending ("[0,3,4]", json.dumps' text
+ * with separators "," and ":"). The pairs are sorted packed into one number each,
+ * (incident - lo) * span + row - low (lo, low: the least incident and row; span: the
+ * rows' range), below 2**62. None when it leaves them to the Python code (another type,
+ * arrays of other lengths, numbers too far apart to pack: the Python code then says what
+ * they make, or raises). */
 
-#define MAX_LIMIT (INT64_C(1) << 62)
+#define MAX_PACKED (INT64_C(1) << 62)
 #define RADIX_BITS 11
 
 static PyTypeObject *ARRAY; /* array.array */
@@ -2237,7 +2238,7 @@ int_array(PyObject *obj, Py_ssize_t *n)
 }
 
 /* sort v (n values, none above `most`) with tmp as scratch, least significant digits first:
-   only the digits `most` has are sorted on (packed_links' pairs, below 2**53; merged_new's
+   only the digits `most` has are sorted on (link_packs' pairs, below 2**62; merged_new's
    ids with the sign bit flipped, all 64 bits) */
 static void
 radix_sort(uint64_t *v, uint64_t *tmp, Py_ssize_t n, uint64_t most)
@@ -2259,19 +2260,18 @@ radix_sort(uint64_t *v, uint64_t *tmp, Py_ssize_t n, uint64_t most)
     }
 }
 
-/* the JSON array of n values, as json.dumps writes a list of ints */
+/* the JSON array of n values, as json.dumps writes a list of ints with separators "," and
+   ":" */
 static PyObject *
 json_of(const uint64_t *v, Py_ssize_t n)
 {
-    char *text = PyMem_Malloc(n * 22 + 2), *p = text;
+    char *text = PyMem_Malloc(n * 21 + 2), *p = text;
     if (text == NULL)
         return PyErr_NoMemory();
     *p++ = '[';
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (i) {
+        if (i)
             *p++ = ',';
-            *p++ = ' ';
-        }
         char digits[24];
         int d = 0;
         uint64_t x = v[i];
@@ -2288,93 +2288,145 @@ json_of(const uint64_t *v, Py_ssize_t n)
     return s;
 }
 
+/* link_pairs(key, of, row, first) -> (incidents, obs) | None
+ *
+ * batch.py link_pairs's pairs of a batch's hit links: incident key[of[i]] and row
+ * first + row[i] per pair, as the bytes of two arrays of int64 (array "q", native order)
+ * to append. `key` a list of exact ints, `of` and `row` array.array of typecode i, l or q
+ * of one length, `first` an exact int. None when it leaves them to the Python code
+ * (another type, an index out of range or negative, a number beyond 64 bits: the Python
+ * code then says what they make, or raises). */
 static PyObject *
-packed_links(PyObject *self, PyObject *args)
+link_pairs(PyObject *self, PyObject *args)
 {
-    PyObject *key, *ofobj, *rowobj, *limitobj, *perobj;
-    if (!PyArg_ParseTuple(args, "OOOOO:packed_links", &key, &ofobj, &rowobj, &limitobj, &perobj))
+    PyObject *key, *ofobj, *rowobj, *firstobj;
+    if (!PyArg_ParseTuple(args, "OOOO:link_pairs", &key, &ofobj, &rowobj, &firstobj))
         return NULL;
-    int overflow_limit = 0, overflow_per = 0;
-    long long limit = PyLong_CheckExact(limitobj)
-                          ? PyLong_AsLongLongAndOverflow(limitobj, &overflow_limit) : 0;
-    long long per_text = PyLong_CheckExact(perobj)
-                             ? PyLong_AsLongLongAndOverflow(perobj, &overflow_per) : 0;
-    if (PyErr_Occurred())
-        return NULL;
-    if (!PyList_CheckExact(key) || PyList_GET_SIZE(key) == 0 || overflow_limit ||
-        overflow_per || limit < 1 || limit > MAX_LIMIT || per_text < 1)
+    int64_t first;
+    if (!PyList_CheckExact(key) || !int64_of(firstobj, &first))
         Py_RETURN_NONE;
     Py_ssize_t nkey = PyList_GET_SIZE(key), n = 0, nrow = 0;
-    int64_t *keys = NULL, *of = NULL, *row = NULL;
-    uint64_t *packed = NULL, *tmp = NULL;
-    PyObject *result = NULL, *texts = NULL;
-    int fallback = 1;
-    keys = PyMem_Malloc(nkey * sizeof(int64_t));
+    int64_t *keys = PyMem_Malloc((nkey > 0 ? nkey : 1) * sizeof(int64_t)), *of = NULL, *row = NULL;
+    PyObject *result = NULL, *incidents = NULL, *obs = NULL;
     if (keys == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    int64_t lo = INT64_MAX, hi = INT64_MIN;
-    for (Py_ssize_t k = 0; k < nkey; k++) {
-        int64_t value;
-        if (!int64_of(PyList_GET_ITEM(key, k), &value))
+    for (Py_ssize_t k = 0; k < nkey; k++)
+        if (!int64_of(PyList_GET_ITEM(key, k), &keys[k]))
             goto done;
-        keys[k] = value;
-        lo = value < lo ? value : lo;
-        hi = value > hi ? value : hi;
-    }
     of = int_array(ofobj, &n);
     if (of == NULL)
         goto done;
     row = int_array(rowobj, &nrow);
-    if (row == NULL || nrow != n || n == 0)
+    if (row == NULL || nrow != n)
         goto done;
-    int64_t low = INT64_MAX, high = INT64_MIN;
+    incidents = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    obs = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    if (incidents == NULL || obs == NULL)
+        goto done;
+    int64_t *to = (int64_t *)PyBytes_AS_STRING(incidents), *at = (int64_t *)PyBytes_AS_STRING(obs);
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (of[i] < 0 || of[i] >= nkey)
+        if (of[i] < 0 || of[i] >= nkey || __builtin_add_overflow(first, row[i], &at[i]))
             goto done;
-        low = row[i] < low ? row[i] : low;
-        high = row[i] > high ? row[i] : high;
+        to[i] = keys[of[i]];
     }
-    /* (hi - lo + 1) * span < limit, each factor at least 1, without overflow */
-    if ((uint64_t)hi - (uint64_t)lo >= (uint64_t)limit ||
-        (uint64_t)high - (uint64_t)low >= (uint64_t)limit)
+    result = PyTuple_Pack(2, incidents, obs);
+done:
+    PyMem_Free(keys);
+    PyMem_Free(of);
+    PyMem_Free(row);
+    Py_XDECREF(incidents);
+    Py_XDECREF(obs);
+    if (result == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return result;
+}
+
+/* append an int64 to a list: 0, else -1 with an error set */
+static int
+append_int64(PyObject *list, int64_t value)
+{
+    PyObject *x = PyLong_FromLongLong(value);
+    int failed = x == NULL || PyList_Append(list, x) < 0;
+    Py_XDECREF(x);
+    return failed ? -1 : 0;
+}
+
+static PyObject *
+link_packs(PyObject *self, PyObject *args)
+{
+    PyObject *incobj, *obsobj;
+    if (!PyArg_ParseTuple(args, "OO:link_packs", &incobj, &obsobj))
+        return NULL;
+    Py_ssize_t n = 0, nobs = 0;
+    int64_t *inc = NULL, *obs = NULL;
+    uint64_t *packed = NULL, *tmp = NULL;
+    PyObject *result = NULL, *incidents = NULL, *firsts = NULL, *texts = NULL;
+    int fallback = 1;
+    inc = int_array(incobj, &n);
+    if (inc == NULL)
         goto done;
-    uint64_t keys_span = (uint64_t)hi - (uint64_t)lo + 1, span = (uint64_t)high - (uint64_t)low + 1;
-    if (keys_span > (uint64_t)limit / span || keys_span * span >= (uint64_t)limit)
+    obs = int_array(obsobj, &nobs);
+    if (obs == NULL || nobs != n)
         goto done;
-    packed = PyMem_Malloc(n * sizeof(uint64_t));
-    tmp = PyMem_Malloc(n * sizeof(uint64_t));
+    int64_t lo = INT64_MAX, hi = INT64_MIN, low = INT64_MAX, high = INT64_MIN;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        lo = inc[i] < lo ? inc[i] : lo;
+        hi = inc[i] > hi ? inc[i] : hi;
+        low = obs[i] < low ? obs[i] : low;
+        high = obs[i] > high ? obs[i] : high;
+    }
+    uint64_t span = 1;
+    if (n > 0) { /* (hi - lo + 1) * span below MAX_PACKED, without overflow */
+        if ((uint64_t)hi - (uint64_t)lo >= (uint64_t)MAX_PACKED ||
+            (uint64_t)high - (uint64_t)low >= (uint64_t)MAX_PACKED)
+            goto done;
+        uint64_t incs = (uint64_t)hi - (uint64_t)lo + 1;
+        span = (uint64_t)high - (uint64_t)low + 1;
+        if (incs > (uint64_t)MAX_PACKED / span || incs * span >= (uint64_t)MAX_PACKED)
+            goto done;
+    }
+    packed = PyMem_Malloc((n > 0 ? n : 1) * sizeof(uint64_t));
+    tmp = PyMem_Malloc((n > 0 ? n : 1) * sizeof(uint64_t));
     if (packed == NULL || tmp == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     uint64_t most = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        packed[i] = ((uint64_t)keys[of[i]] - (uint64_t)lo) * span +
-                    ((uint64_t)row[i] - (uint64_t)low);
+        packed[i] = ((uint64_t)inc[i] - (uint64_t)lo) * span + ((uint64_t)obs[i] - (uint64_t)low);
         most |= packed[i];
     }
     radix_sort(packed, tmp, n, most);
     fallback = 0;
+    incidents = PyList_New(0);
+    firsts = PyList_New(0);
     texts = PyList_New(0);
-    if (texts == NULL)
+    if (incidents == NULL || firsts == NULL || texts == NULL)
         goto done;
-    for (Py_ssize_t at = 0; at < n; at += (Py_ssize_t)per_text) {
-        PyObject *text = json_of(packed + at, n - at < per_text ? n - at : (Py_ssize_t)per_text);
-        int failed = text == NULL || PyList_Append(texts, text) < 0;
+    for (Py_ssize_t at = 0; at < n;) { /* a pack: the pairs of one incident, tmp its offsets */
+        uint64_t incident = packed[at] / span, first = packed[at] % span;
+        Py_ssize_t k = 0;
+        for (; at < n && packed[at] / span == incident; at++)
+            if (k == 0 || packed[at] != packed[at - 1])
+                tmp[k++] = packed[at] % span - first;
+        PyObject *text = json_of(tmp, k);
+        int failed = text == NULL || PyList_Append(texts, text) < 0 ||
+                     append_int64(incidents, (int64_t)((uint64_t)lo + incident)) < 0 ||
+                     append_int64(firsts, (int64_t)((uint64_t)low + first)) < 0;
         Py_XDECREF(text);
         if (failed)
             goto done;
     }
-    result = Py_BuildValue("(LLKO)", (long long)lo, (long long)low, (unsigned long long)span,
-                           texts);
+    result = PyTuple_Pack(3, incidents, firsts, texts);
 done:
-    PyMem_Free(keys);
-    PyMem_Free(of);
-    PyMem_Free(row);
+    PyMem_Free(inc);
+    PyMem_Free(obs);
     PyMem_Free(packed);
     PyMem_Free(tmp);
+    Py_XDECREF(incidents);
+    Py_XDECREF(firsts);
     Py_XDECREF(texts);
     if (result == NULL && fallback && !PyErr_Occurred())
         Py_RETURN_NONE;
@@ -2562,7 +2614,8 @@ static PyMethodDef methods[] = {
     {"group_tally", group_tally, METH_VARARGS, "Batch.made's groups and deltas (see above)."},
     {"merge_deltas", merge_deltas, METH_VARARGS, "Store._add_batch_deltas's sums (see above)."},
     {"distinct_ids", distinct_ids, METH_O, "batch.py distinct_ids of an array of int64."},
-    {"packed_links", packed_links, METH_VARARGS, "batch.py _packed_links (see above)."},
+    {"link_pairs", link_pairs, METH_VARARGS, "batch.py link_pairs's pairs (see above), or None."},
+    {"link_packs", link_packs, METH_VARARGS, "batch.py _link_packs (see above), or None."},
     {"hour_runs", hour_runs, METH_O, "batch.py _hour_runs of floats (a list or array), or None."},
     {"packed_groups", packed_groups, METH_O, "batch.py _packed_groups (see above), or None."},
     {"rollup", rollup, METH_VARARGS, "batch.py rollup_of's Rollup fields (see above)."},
@@ -2610,8 +2663,9 @@ PyInit__batchscan(void)
     }
     PyObject *m = PyModule_Create(&module);
     /* 8: stream_refs, merged_new, known_in; Sums and merge_deltas saturate byte sums at
-       INT64_MAX (Sums raised OverflowError); 9: distinct_ids; 10: row_values; 11: both */
-    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 11) < 0 ||
+       INT64_MAX (Sums raised OverflowError); 9: distinct_ids; 10: row_values; 11: both;
+       12: link_pairs and link_packs instead of packed_links */
+    if (m != NULL && (PyModule_AddIntConstant(m, "ABI", 12) < 0 ||
                       PyModule_AddObjectRef(m, "Sums", (PyObject *)&SumsType) < 0))
         Py_CLEAR(m);
     return m;

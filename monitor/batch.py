@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import accumulate, chain, filterfalse, islice, repeat
+from itertools import accumulate, chain, filterfalse, groupby, islice, repeat
 from math import isfinite
 from operator import add, eq, itemgetter, le
 from typing import Any
@@ -32,7 +32,7 @@ from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 11
+_ACCEL_ABI = 12
 #: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
 #: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
@@ -864,45 +864,54 @@ def _int64_ids(ids: Sequence[int]) -> array:
 
 
 @dataclass(frozen=True, slots=True)
-class PackedLinks:
-    """A batch's hit links as the store inserts them (:func:`packed_links`): link
-    (``lo + p // span``, ``low + p % span``) for each number ``p`` of the JSON arrays
-    ``texts``, in order."""
+class LinkPacks:
+    """Hit links as the store keeps them (``hit_packs``, see :func:`link_packs`): pack
+    ``k`` links incident ``incidents[k]`` and the rows ``firsts[k] + o`` for each number
+    ``o`` of the JSON array ``texts[k]`` (ascending, the first 0)."""
 
-    lo: int  # the least incident number
-    low: int  # the least row
-    span: int  # the range of the rows
+    incidents: list[int]
+    firsts: list[int]
     texts: list[str]
 
 
-def packed_links(key: Sequence[int], of: Sequence[int], row: Sequence[int], limit: int,
-                 per_text: int) -> PackedLinks | None:  # fmt: skip
-    """The hit links (``key[of[i]]``, ``row[i]``) of a batch, each pair one integer below
-    ``limit``, sorted (in key order, they walk the table's B-tree in order) and written as
-    JSON arrays of ``per_text`` numbers at most that SQLite unpacks (``json_each``: half
-    the cost of binding them pair by pair); None when the numbers are too far apart to
-    pack. In C when it is built (``_batchscan.packed_links``: the Python code's lists, sort
-    and ``json.dumps`` cost the storing process half as much as SQLite's inserting them),
-    else :func:`_packed_links`."""
+def link_pairs(key: list[int], of: Sequence[int], row: Sequence[int], first: int,
+               pairs: tuple[array, array]) -> None:  # fmt: skip
+    """Append the hit links (``key[of[i]]``, ``first + row[i]``) of a batch to ``pairs``
+    (incidents and rows, arrays of int64), for :func:`link_packs` at the end of the
+    transaction. In C when it is built (``_batchscan.link_pairs``: Python's maps cost the
+    storing process a tenth of a second in a 25 % scan, in its busiest part)."""
+    incidents, obs = pairs
+    found = _ACCEL.link_pairs(key, of, row, first) if _ACCEL is not None else None
+    if found is not None:
+        incidents.frombytes(found[0])
+        obs.frombytes(found[1])
+        return
+    incidents.extend(map(key.__getitem__, of))
+    obs.extend(map(first.__add__, row))
+
+
+def link_packs(incidents: Sequence[int], obs: Sequence[int]) -> LinkPacks:
+    """The hit links (``incidents[i]``, ``obs[i]``) of a transaction as packs: its
+    distinct pairs, sorted, one pack per incident (SQLite inserts a row per incident
+    instead of one per link). In C when it is built (``_batchscan.link_packs``, for
+    arrays: a radix sort, the texts written at once: it runs at the end of a scan, when
+    little else runs beside it), else :func:`_link_packs`."""
     if _ACCEL is not None:
-        found = _ACCEL.packed_links(key, of, row, limit, per_text)
+        found = _ACCEL.link_packs(incidents, obs)
         if found is not None:
-            return PackedLinks(*found)
-    return _packed_links(key, of, row, limit, per_text)
+            return LinkPacks(*found)
+    return _link_packs(incidents, obs)
 
 
-def _packed_links(key: Sequence[int], of: Sequence[int], row: Sequence[int], limit: int,
-                  per_text: int) -> PackedLinks | None:  # fmt: skip
-    """:func:`packed_links` in Python (the reference)."""
-    lo, low = min(key), min(row)
-    span = max(row) - low + 1
-    if (max(key) - lo + 1) * span >= limit:
-        return None
-    base = [(k - lo) * span - low for k in key]  # + row: (incident - lo) * span + row - low
-    packed = [base[i] + r for i, r in zip(of, row, strict=True)]
-    packed.sort()
-    texts = [json.dumps(packed[at : at + per_text]) for at in range(0, len(packed), per_text)]
-    return PackedLinks(lo, low, span, texts)
+def _link_packs(incidents: Sequence[int], obs: Sequence[int]) -> LinkPacks:
+    """:func:`link_packs` in Python (the reference)."""
+    packs = LinkPacks([], [], [])
+    for incident, pairs in groupby(sorted(set(zip(incidents, obs, strict=True))), itemgetter(0)):
+        rows = [n for _, n in pairs]
+        packs.incidents.append(incident)
+        packs.firsts.append(rows[0])
+        packs.texts.append(json.dumps([n - rows[0] for n in rows], separators=(",", ":")))
+    return packs
 
 
 def shared_facts(facts: list[dict[str, list[Any]] | None]) -> list[dict[str, list[Any]] | None]:

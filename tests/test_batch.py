@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from monitor import batch as batch_module
 from monitor import scanner
 from monitor import store as store_module
 from monitor.batch import ROW_FIELDS, ROW_ID, Batch
@@ -107,30 +108,32 @@ def test_batches_store_what_records_one_at_a_time_store(tmp_path):
     assert _tables(many) == _tables(one)
 
 
-def test_hit_links_packed_or_bound_pair_by_pair_are_the_same(tmp_path, monkeypatch):
-    """A batch's hit links go in packed, in JSON arrays (:func:`monitor.store._insert_links`),
-    or bound pair by pair when their numbers are too far apart to pack: the same pairs
-    either way, in one array per batch or in several, for new rows and for a re-read whose
-    rows were partly stored before (links by row number)."""
+def test_hit_links_packed_in_c_or_python_are_the_same(tmp_path, monkeypatch):
+    """A transaction's hit links go in as packs (:func:`monitor.batch.link_packs`), one
+    per incident: the same packs built in C or in Python, for new rows and for a re-read
+    whose rows were partly stored before (links by row number), and ``hit_links`` unpacks
+    them to the pairs that storing each record in a transaction of its own makes."""
     records = _records(500, random.Random(7))
-    limit, per = store_module._PACKED_LIMIT, store_module._PACKED_PER_STATEMENT
-    ways = {"packed": (limit, per), "bound": (1, per), "in arrays of 7": (limit, 7)}
-    tables, statements = {}, dict.fromkeys(ways, 0)
-    for way, (most, size) in ways.items():
-        monkeypatch.setattr(store_module, "_PACKED_LIMIT", most)
-        monkeypatch.setattr(store_module, "_PACKED_PER_STATEMENT", size)
+    tables = {}
+    for way in ("C", "Python", "one at a time"):
+        if way == "Python":
+            monkeypatch.setattr(batch_module, "_ACCEL", None)
         store = Store(tmp_path / f"{len(tables)}.db")
         store.start_scan([], {})
-        stored = _batched(store, records[:400], 41, 3)
-        store.db.conn.set_trace_callback(
-            lambda sql, way=way: statements.update({way: statements[way] + ("json_each" in sql)})
-        )
-        assert _batched(store, records[50:120] + records[400:], 33, 2)[0][:2] == (100, 70)
-        tables[way] = _tables(store)
-        assert stored == [(400, 0, 0)]
-    assert tables["packed"] == tables["bound"] == tables["in arrays of 7"]
-    assert len(tables["packed"]["hit_links"]) > 300
-    assert statements["bound"] == 0 < statements["packed"] < statements["in arrays of 7"]
+        if way == "one at a time":
+            _one_at_a_time(store, records[:400])
+            _one_at_a_time(store, records[50:120] + records[400:])
+        else:
+            assert _batched(store, records[:400], 41, 3) == [(400, 0, 0)]
+            assert _batched(store, records[50:120] + records[400:], 33, 2)[0][:2] == (100, 70)
+        tables[way] = [store.db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()  # noqa: S608
+                       for t in ("hit_links", "hit_packs")]  # fmt: skip
+    assert tables["C"] == tables["Python"]
+    (links, packs), (one_links, one_packs) = tables["C"], tables["one at a time"]
+    assert links == one_links and len(links) > 300
+    # (batches in transactions of 3, then 2: each incident in a pack per transaction at most)
+    assert len({k for k, _ in links}) < len(packs) <= 7 * len({k for k, _ in links}) < len(links)
+    assert len(one_packs) > len(packs)
 
 
 def test_repeated_numbers_records_as_next_does():

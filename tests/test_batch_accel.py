@@ -5,6 +5,7 @@ values C leaves to it, and the same batches of a scan's records."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -540,70 +541,120 @@ def test_deltas_merged_in_c_are_pythons(holder, case):
 
 
 @st.composite
-def links(draw):
-    """A batch's hit links as :func:`monitor.batch.packed_links` takes them: incident
-    numbers, pairs indexing them, rows in arrays of each typecode the store passes, texts
-    of a few numbers or of all; and now and then one thing C leaves to Python: a bool, a
-    float or an int beyond 64 bits among the numbers, an index out of range or negative,
-    one row short, another typecode, no pair, a limit they may not pack under."""
-    key = draw(st.lists(st.one_of(st.integers(0, 10**6), st.integers(-(2**62), 2**62)),
-                        min_size=1, max_size=6))  # fmt: skip
-    n = draw(st.integers(1, 30))
+def batch_links(draw):
+    """A batch's hit links as :func:`monitor.batch.link_pairs` takes them: incident
+    numbers, pairs indexing them, rows in arrays of each typecode the store passes, the
+    number of the batch's first row (0: rows are numbers); and now and then one thing C
+    leaves to Python: a bool or an int beyond 64 bits among the numbers, an index out of
+    range or negative, one row short, another typecode, a sum beyond 64 bits."""
+    key = draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=6))
+    n = draw(st.integers(0, 30))
     of = [draw(st.integers(0, len(key) - 1)) for _ in range(n)]
     row = [draw(st.integers(-(2**31), 2**31 - 1)) for _ in range(n)]
-    typecodes, limit = draw(st.sampled_from(["ii", "qq", "iq", "ql"])), 1 << 53
-    odd = draw(st.sampled_from([None] * 6 + ["key", "of", "row", "typecode", "none", "limit"]))
+    first = draw(st.sampled_from([0, 1, 10**6, 2**63 - 2**31, -(2**63) + 2**31]))
+    typecodes = draw(st.sampled_from(["ii", "qq", "iq", "ql"]))
+    odd = draw(st.sampled_from([None] * 6 + ["key", "of", "row", "typecode", "first"]))
     if odd == "key":
-        key[draw(st.integers(0, len(key) - 1))] = draw(st.sampled_from([True, 2.0, 2**64]))
-    elif odd == "of":
+        key[draw(st.integers(0, len(key) - 1))] = draw(st.sampled_from([True, 2**64]))
+    elif odd == "of" and n:
         of[draw(st.integers(0, n - 1))] = draw(st.sampled_from([-1, len(key)]))
-    elif odd == "row":
+    elif odd == "row" and n:
         row.pop()
     elif odd == "typecode":
         typecodes, row = typecodes[0] + "h", [r % 30000 for r in row]
-    elif odd == "none":
-        of, row = [], []
-    elif odd == "limit":
-        limit = draw(st.sampled_from([1 << 62, 1 << 63, 1000, 1, 0]))
-    per_text = draw(st.sampled_from([1 << 20, 1, 3]))
-    return key, array(typecodes[0], of), array(typecodes[1], row), limit, per_text
+    elif odd == "first":
+        first = draw(st.sampled_from([2**63 - 1, -(2**63), 2**64, True]))
+    return key, array(typecodes[0], of), array(typecodes[1], row), first
 
 
-def _packed(case, accelerated):
-    """packed_links' answer (its fields, each with its type) or the type of its error."""
+def _paired(case, accelerated):
+    """The pairs link_pairs appends to two arrays holding a pair already (their typecodes
+    and values), and the type of its error, if any."""
+    pairs = (array("q", [1]), array("q", [2]))
+    error = None
     with _accelerated(built if accelerated else None):
         try:
-            found = batch.packed_links(*case)
+            batch.link_pairs(*case, pairs)
+        except Exception as exc:  # noqa: BLE001 - compared
+            error = type(exc)
+    return [(a.typecode, a.tolist()) for a in pairs], error
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(batch_links())
+def test_link_pairs_in_c_are_pythons(case):
+    """A batch's hit links appended as pairs in C (``_batchscan.link_pairs``) and in
+    Python: the same arrays, value by value, or the same error after the same pairs."""
+    assert _paired(case, True) == _paired(case, False)
+
+
+@st.composite
+def links(draw):
+    """A transaction's hit links as :func:`monitor.batch.link_packs` takes them: incident
+    and row numbers in arrays of each typecode the store passes, with repeated pairs, few
+    incidents or many, near or far apart (up to the ends of 64 bits); and now and then one
+    thing C leaves to Python: one number short, another typecode, lists, no pair."""
+    n = draw(st.integers(1, 40))
+    wide = st.integers(-(2**63), 2**63 - 1)
+    incidents = draw(st.lists(st.one_of(st.integers(1, 6), wide), min_size=n, max_size=n))
+    obs = draw(st.lists(st.one_of(st.integers(1, 50), wide), min_size=n, max_size=n))
+    repeats = draw(st.lists(st.integers(0, n - 1), max_size=5))
+    incidents += [incidents[i] for i in repeats]
+    obs += [obs[i] for i in repeats]
+    typecodes = "qq"
+    odd = draw(st.sampled_from([None] * 6 + ["short", "typecode", "lists", "none"]))
+    if odd == "short":
+        obs.pop()
+    elif odd == "typecode":
+        typecodes, obs = "qh", [v % 30000 for v in obs]
+    elif odd == "none":
+        incidents, obs = [], []
+    elif odd == "lists":
+        return incidents, obs
+    if odd != "typecode" and draw(st.booleans()):  # the store's numbers fit in 32 bits too
+        typecodes = draw(st.sampled_from(["ii", "il", "li"]))
+        incidents, obs = [v % 2**31 for v in incidents], [v % 2**31 for v in obs]
+    return array(typecodes[0], incidents), array(typecodes[1], obs)
+
+
+def _packs(case, accelerated):
+    """link_packs' answer (its fields, each value with its type) or the type of its error."""
+    with _accelerated(built if accelerated else None):
+        try:
+            found = batch.link_packs(*case)
         except Exception as exc:  # noqa: BLE001 - compared
             return type(exc)
-    if found is None:
-        return None
-    return [(type(v), v if not isinstance(v, list) else [(type(t), t) for t in v])
-            for v in (found.lo, found.low, found.span, found.texts)]  # fmt: skip
+    fields = (found.incidents, found.firsts, found.texts)
+    return [(type(v), [(type(x), x) for x in v]) for v in fields]
 
 
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 @given(links())
-def test_links_packed_in_c_are_pythons(case):
-    """A batch's hit links packed in C (``_batchscan.packed_links``) and in Python: the
-    same first incident, first row, span and JSON texts, value by value and type by type,
-    or the same None (they do not pack) or the same error."""
-    assert _packed(case, True) == _packed(case, False)
+def test_link_packs_in_c_are_pythons(case):
+    """A transaction's hit links packed in C (``_batchscan.link_packs``) and in Python:
+    the same incidents, first rows and JSON texts, value by value and type by type, or
+    the same error."""
+    assert _packs(case, True) == _packs(case, False)
 
 
-def test_links_packed_in_c_unpack_to_the_pairs():
-    """Packed in C, a batch's links unpack to its pairs, sorted, in texts of at most the
-    number asked for: 20,000 pairs over a thousand incidents, two texts."""
+def test_link_packs_in_c_unpack_to_the_distinct_pairs():
+    """Packed in C, 200,000 links (a third of them repeated) over a thousand incidents
+    unpack to the distinct pairs, sorted: one pack per incident, its rows ascending from
+    its first (offset 0)."""
     rng = __import__("random").Random(5)
-    key = [rng.randrange(1, 10**6) for _ in range(1000)]
-    of = array("i", (rng.randrange(1000) for _ in range(20000)))
-    row = array("i", (rng.randrange(80000) for _ in range(20000)))
+    pairs = [(rng.randrange(1, 10**6), rng.randrange(1, 3 * 10**6)) for _ in range(1000)]
+    pairs = [(k, rng.randrange(1, 3 * 10**6)) for k, _ in pairs for _ in range(130)]
+    pairs += rng.sample(pairs, 70000)
+    incidents, obs = array("q", (k for k, _ in pairs)), array("q", (n for _, n in pairs))
     with _accelerated(built):
-        packed = batch.packed_links(key, of, row, 1 << 53, 15000)
-    assert packed is not None and len(packed.texts) == 2
-    numbers = [int(v) for t in packed.texts for v in t.strip("[]").split(", ")]
-    pairs = [(packed.lo + p // packed.span, packed.low + p % packed.span) for p in numbers]
-    assert pairs == sorted((key[i], r) for i, r in zip(of, row, strict=True))
+        packs = batch.link_packs(incidents, obs)
+    assert len(packs.incidents) == len(set(packs.incidents)) == len({k for k, _ in pairs})
+    unpacked = []
+    for incident, first, text in zip(packs.incidents, packs.firsts, packs.texts, strict=True):
+        offsets = json.loads(text)
+        assert offsets[0] == 0 and offsets == sorted(set(offsets))
+        unpacked += [(incident, first + o) for o in offsets]
+    assert unpacked == sorted(set(pairs))
 
 
 def _stream_refs(calls: list[list[dict]], accelerated: bool) -> list[tuple]:
