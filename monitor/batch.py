@@ -881,7 +881,9 @@ def link_pairs(key: list[int], of: Sequence[int], row: Sequence[int], first: int
     transaction. In C when it is built (``_batchscan.link_pairs``: Python's maps cost the
     storing process a tenth of a second in a 25 % scan, in its busiest part)."""
     incidents, obs = pairs
-    found = _ACCEL.link_pairs(key, of, row, first) if _ACCEL is not None else None
+    found = None  # (C writes int64 values: into arrays of that typecode only)
+    if _ACCEL is not None and incidents.typecode == obs.typecode == "q":
+        found = _ACCEL.link_pairs(key, of, row, first)
     if found is not None:
         incidents.frombytes(found[0])
         obs.frombytes(found[1])

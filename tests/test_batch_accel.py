@@ -567,10 +567,10 @@ def batch_links(draw):
     return key, array(typecodes[0], of), array(typecodes[1], row), first
 
 
-def _paired(case, accelerated):
+def _paired(case, accelerated, typecode="q"):
     """The pairs link_pairs appends to two arrays holding a pair already (their typecodes
     and values), and the type of its error, if any."""
-    pairs = (array("q", [1]), array("q", [2]))
+    pairs = (array(typecode, [1]), array(typecode, [2]))
     error = None
     with _accelerated(built if accelerated else None):
         try:
@@ -586,6 +586,20 @@ def test_link_pairs_in_c_are_pythons(case):
     """A batch's hit links appended as pairs in C (``_batchscan.link_pairs``) and in
     Python: the same arrays, value by value, or the same error after the same pairs."""
     assert _paired(case, True) == _paired(case, False)
+    assert _paired(case, True, "i") == _paired(case, False, "i")  # (C writes int64 only)
+
+
+def test_c_answers_for_the_links_a_store_passes():
+    """The store's shapes (int64 arrays, indexes in range, rows near their batch's first)
+    are packed and paired by C itself, not left to the Python fallback."""
+    key, of, row = [7, 3, 9], array("i", [2, 0, 0, 1]), array("i", [0, 1, 5, 5])
+    paired = built.link_pairs(key, of, row, 40_000)
+    assert paired is not None
+    incidents, obs = (array("q", paired[0]), array("q", paired[1]))
+    assert list(zip(incidents, obs, strict=True)) == [(9, 40_000), (7, 40_001), (7, 40_005),
+                                                      (3, 40_005)]  # fmt: skip
+    assert built.link_packs(incidents, obs) == ([3, 7, 9], [40_005, 40_001, 40_000],
+                                                ["[0]", "[0,4]", "[0]"])  # fmt: skip
 
 
 @st.composite
@@ -646,6 +660,7 @@ def test_link_packs_in_c_unpack_to_the_distinct_pairs():
     pairs = [(k, rng.randrange(1, 3 * 10**6)) for k, _ in pairs for _ in range(130)]
     pairs += rng.sample(pairs, 70000)
     incidents, obs = array("q", (k for k, _ in pairs)), array("q", (n for _, n in pairs))
+    assert built.link_packs(incidents, obs) is not None  # C answers, no fallback
     with _accelerated(built):
         packs = batch.link_packs(incidents, obs)
     assert len(packs.incidents) == len(set(packs.incidents)) == len({k for k, _ in pairs})
