@@ -710,6 +710,9 @@ class Store:
                 self.db.execute("PRAGMA synchronous = NORMAL")
                 self._switch_to_wal()
                 self.db.execute("PRAGMA wal_autocheckpoint = 16384")  # fewer, larger checkpoints
+                # one sorter thread (SQLite's default): _packs_of relies on its merges
+                # keeping equal keys in the order they came, which worker threads' do not
+                self.db.execute("PRAGMA threads = 0")
             self._migrate()
         except (OSError, sqlite3.DatabaseError) as exc:
             raise StoreError(database_problem(self.path, exc, "cannot open database")) from exc
@@ -4730,8 +4733,10 @@ def _packs_of(links: str) -> str:
     of distinct rows ``incident``, ``pack`` and ``obs``: one pack per incident and
     ``pack``, its offsets ascending (the rows come sorted, and SQLite's sorter for the
     GROUP BY keeps rows of one group in the order they come: its merges take the earlier
-    of equal keys first; a window's aggregate, in order by definition, made migrating a
-    25 % scan's links three times slower, 9.7 s against 3.2 s, its text made per row).
+    of equal keys first, with one sorter thread, as the store sets (``PRAGMA threads = 0``:
+    with worker threads some packs came out unordered); a window's aggregate, in order by
+    definition, made migrating a 25 % scan's links three times slower, 9.7 s against
+    3.2 s, its text made per row; ``json_group_array(... ORDER BY)`` needs SQLite 3.44).
     The WHERE lets an INSERT of it take an ON CONFLICT clause."""
     return (
         "SELECT incident, min(first), json_group_array(obs - first) FROM"  # noqa: S608
@@ -4745,7 +4750,10 @@ def _unlink(conn: sqlite3.Connection, rows: str, params: Sequence[Any]) -> int:
     ``params``) selects; returns how many links went. Each pack holding some is written
     again without them, as a pack of its own (packs of one incident keep to their ranges
     of rows: an ingest's packs stay in row order), under its least row left; none left:
-    it goes."""
+    it goes. (Its work tables go first should a failed call outside a transaction, which
+    would have taken them away, have left them.)"""
+    for table in ("unlinked", "unpacked", "repacked"):
+        conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
     conn.execute("CREATE TEMP TABLE unlinked (n INTEGER PRIMARY KEY)")
     conn.execute(f"INSERT OR IGNORE INTO temp.unlinked {rows}", params)  # noqa: S608
     conn.execute(  # the packs that hold some, and how many

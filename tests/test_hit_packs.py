@@ -168,6 +168,26 @@ def test_unlinking_rows_rewrites_the_packs_holding_them(tmp_path):
     store.close()
 
 
+def test_unlinking_after_a_failed_unlinking_outside_a_transaction_works(tmp_path):
+    """A call that fails outside a transaction leaves its work tables (nothing takes them
+    away); the next call works all the same."""
+    from monitor.store import _unlink
+
+    store = Store(tmp_path / "f.db")
+    con = store.db.conn
+    with store._tx():
+        _insert_packs(con, link_packs(array("q", [1, 1, 2]), array("q", [5, 6, 5])))
+    with pytest.raises(sqlite3.OperationalError, match="no such column"):
+        _unlink(con, "SELECT nope", [])
+    assert con.execute("SELECT count(*) FROM temp.sqlite_master").fetchone()[0] > 0
+    with store._tx():
+        assert _unlink(con, "SELECT value FROM json_each(?)", ["[5]"]) == 2
+    assert _packs(con) == {(1, 6)}
+    assert con.execute("SELECT count(*) FROM temp.sqlite_master").fetchone()[0] == 0
+    assert con.execute("PRAGMA threads").fetchone()[0] == 0  # (see _packs_of)
+    store.close()
+
+
 def test_a_database_of_schema_13_migrates_its_links_into_packs(tmp_path):
     """A database whose links are rows (schema step 13) opened: its links become packs
     (one per incident), the same hits; its schema is a new database's."""
