@@ -13,9 +13,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import re
 import sqlite3
+import stat
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -598,6 +601,33 @@ def test_report_command_line(built, tmp_path):
     assert run("--db", db, "report", ok=(2,)).exit_code == 2
     assert run("--db", db, "report", "--period", "daily", "--since", "1d", ok=(2,)).exit_code == 2
     assert run("--db", db, "report", "--since", "2026-11-05", "--until", "2026-11-01", ok=(2,)).exit_code == 2  # fmt: skip
+
+
+def test_a_report_into_a_device_a_pipe_or_a_link_writes_into_it(built, tmp_path):
+    """``-o`` naming what is not a file writes into it: a device (``/dev/null``: renaming a
+    report over it, as root, made it a file), a pipe (its reader gets the report), a
+    symbolic link (its target gets the report; the link stays)."""
+    db, _ = built
+    args = ("--db", db, "report", "--period", "weekly", "--date", WEEK, "--format", "json")
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    run(*args, "-o", fifo)
+    reader.join(30)
+    assert json.loads(got[0])["meta"]["period"] == "weekly"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    run(*args, "-o", link)
+    assert link.is_symlink() and json.loads(target.read_text())["meta"]["period"] == "weekly"
+    if os.geteuid() == 0:  # (only root makes device nodes)
+        null = tmp_path / "null"
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        run(*args, "-o", null)
+        assert stat.S_ISCHR(null.lstat().st_mode) and null.read_text() == ""
 
 
 def test_escaping_helpers():

@@ -11,6 +11,7 @@ renderers (HTML, Markdown, CSV, JSON) only format that model::
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Sequence
 from datetime import date
@@ -99,8 +100,21 @@ def output_path(pattern: str, window: Window, fmt: str) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a report."""
+    """Write through a temporary file and rename, so a reader never sees half a report.
+    What is not a file is written into, not replaced: a device or a pipe (``-o /dev/null``,
+    ``-o /dev/stdout``; a rename there replaced the device itself, run as root), and a
+    symbolic link's target (the link stays)."""
     path = Path(path)
+    try:
+        kind: int | None = os.stat(path).st_mode  # (through links)
+    except OSError:  # none yet, a dangling link, a path through a file: as before
+        kind = None
+    if kind is not None and not stat.S_ISREG(kind):
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        return
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
