@@ -2195,15 +2195,21 @@ static PyTypeObject SumsType = {
  *
  * batch.py _link_packs of a transaction's hit links: pair i links incident incidents[i]
  * and observation row obs[i] (array.array of typecode i, l or q, of one length). The
- * distinct pairs, sorted, as one pack per incident: the incident, its least row `first`
- * and the JSON array of its rows less `first`, ascending ("[0,3,4]", json.dumps' text
- * with separators "," and ":"). The pairs are sorted packed into one number each,
+ * distinct pairs, sorted, as one pack per incident and block of PACK_ROWS rows: the
+ * incident, the block's first row `first` and the JSON array of its rows less `first`,
+ * ascending ("[2,3,7]", json.dumps' text with separators "," and ":"). The pairs are sorted packed into one number each,
  * (incident - lo) * span + row - low (lo, low: the least incident and row; span: the
  * rows' range), below 2**62. None when it leaves them to the Python code (another type,
  * arrays of other lengths, numbers too far apart to pack: the Python code then says what
  * they make, or raises). */
 
 #define MAX_PACKED (INT64_C(1) << 62)
+/* batch.py PACK_ROWS: a pack holds one incident's rows of one block of this many rows */
+#define PACK_ROWS (INT64_C(1) << 20)
+/* the first row of a row's block (its low bits cleared: floor, negative rows too) */
+#define PACK_BLOCK(row) ((int64_t)((uint64_t)(row) & ~(uint64_t)(PACK_ROWS - 1)))
+/* the row of packed pair `at` (link_packs) */
+#define ROW_AT(at) ((int64_t)((uint64_t)low + packed[(at)] % span))
 #define RADIX_BITS 11
 
 static PyTypeObject *ARRAY; /* array.array */
@@ -2405,16 +2411,18 @@ link_packs(PyObject *self, PyObject *args)
     texts = PyList_New(0);
     if (incidents == NULL || firsts == NULL || texts == NULL)
         goto done;
-    for (Py_ssize_t at = 0; at < n;) { /* a pack: the pairs of one incident, tmp its offsets */
-        uint64_t incident = packed[at] / span, first = packed[at] % span;
+    for (Py_ssize_t at = 0; at < n;) { /* a pack: one incident's rows in one block, tmp their
+                                           offsets from the block's first row */
+        uint64_t incident = packed[at] / span;
+        int64_t block = PACK_BLOCK(ROW_AT(at));
         Py_ssize_t k = 0;
-        for (; at < n && packed[at] / span == incident; at++)
+        for (; at < n && packed[at] / span == incident && PACK_BLOCK(ROW_AT(at)) == block; at++)
             if (k == 0 || packed[at] != packed[at - 1])
-                tmp[k++] = packed[at] % span - first;
+                tmp[k++] = (uint64_t)ROW_AT(at) - (uint64_t)block;
         PyObject *text = json_of(tmp, k);
         int failed = text == NULL || PyList_Append(texts, text) < 0 ||
                      append_int64(incidents, (int64_t)((uint64_t)lo + incident)) < 0 ||
-                     append_int64(firsts, (int64_t)((uint64_t)low + first)) < 0;
+                     append_int64(firsts, block) < 0;
         Py_XDECREF(text);
         if (failed)
             goto done;

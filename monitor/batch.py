@@ -867,7 +867,7 @@ def _int64_ids(ids: Sequence[int]) -> array:
 class LinkPacks:
     """Hit links as the store keeps them (``hit_packs``, see :func:`link_packs`): pack
     ``k`` links incident ``incidents[k]`` and the rows ``firsts[k] + o`` for each number
-    ``o`` of the JSON array ``texts[k]`` (ascending, the first 0)."""
+    ``o`` of the JSON array ``texts[k]`` (ascending, below :data:`PACK_ROWS`)."""
 
     incidents: list[int]
     firsts: list[int]
@@ -892,10 +892,16 @@ def link_pairs(key: list[int], of: Sequence[int], row: Sequence[int], first: int
     obs.extend(map(first.__add__, row))
 
 
+#: a pack of hit links holds one incident's rows of one block of this many rows (numbered
+#: from 0: ``first`` is a multiple): which pack a link goes to depends on the link alone,
+#: not on where a scan's transactions commit, so that the same links make the same table
+PACK_ROWS = 1 << 20
+
+
 def link_packs(incidents: Sequence[int], obs: Sequence[int]) -> LinkPacks:
     """The hit links (``incidents[i]``, ``obs[i]``) of a transaction as packs: its
-    distinct pairs, sorted, one pack per incident (SQLite inserts a row per incident
-    instead of one per link). In C when it is built (``_batchscan.link_packs``, for
+    distinct pairs, sorted, one pack per incident and block of :data:`PACK_ROWS` rows
+    (SQLite inserts a row per incident instead of one per link). In C when it is built (``_batchscan.link_packs``, for
     arrays: a radix sort, the texts written at once: it runs at the end of a scan, when
     little else runs beside it), else :func:`_link_packs`."""
     if _ACCEL is not None:
@@ -908,11 +914,11 @@ def link_packs(incidents: Sequence[int], obs: Sequence[int]) -> LinkPacks:
 def _link_packs(incidents: Sequence[int], obs: Sequence[int]) -> LinkPacks:
     """:func:`link_packs` in Python (the reference)."""
     packs = LinkPacks([], [], [])
-    for incident, pairs in groupby(sorted(set(zip(incidents, obs, strict=True))), itemgetter(0)):
-        rows = [n for _, n in pairs]
+    pairs = sorted(set(zip(incidents, obs, strict=True)))
+    for (incident, first), pack in groupby(pairs, lambda p: (p[0], p[1] & -PACK_ROWS)):
         packs.incidents.append(incident)
-        packs.firsts.append(rows[0])
-        packs.texts.append(json.dumps([n - rows[0] for n in rows], separators=(",", ":")))
+        packs.firsts.append(first)
+        packs.texts.append(json.dumps([n - first for _, n in pack], separators=(",", ":")))
     return packs
 
 

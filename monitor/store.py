@@ -11,7 +11,7 @@ Tables:
   observations   LLM-API traffic (one row per request/flow) with its enrichment: a view
                  over obs_rows (per request) and its dictionaries obs_contexts, obs_clients
   hits           which observation raised which incident: a view over hit_links, itself
-                 a view over hit_packs (per incident and transaction, its rows as offsets)
+                 a view over hit_packs (per incident and block of rows, as offsets)
   incidents      one row per (rule, provider, dest_host, client, egress, UTC day)
   outbox         finding events (monitor.events), written in the transaction of their change
   alert_sinks    per configured sink: how far through the outbox it is, its last failure
@@ -48,6 +48,7 @@ from monitor.batch import (
     CONTEXT_OF,
     CTX_DAY,
     EVIDENCE_SAMPLES,
+    PACK_ROWS,
     ROW_FIELDS,
     ROW_ID,
     ROW_LINE,
@@ -1085,7 +1086,7 @@ class Store:
 
     def _store_links(self, tx: _IngestState) -> None:
         """Add the hit links of the batch just stored (:func:`_link`) to the transaction's
-        pairs, inserted as packs at its end (one row per incident: the pairs of every
+        pairs, inserted as packs at its end (a row per incident and block of rows: the pairs of every
         batch, inserted as they came, kept SQLite busy on the connection the rows'
         inserts need, in the middle of a scan, when the storing process is what the
         producers wait for). They name incidents by row number, so an incident new to the
@@ -2329,7 +2330,7 @@ class Store:
                 self._temp_table("group_links", "incident INTEGER",
                                  [(*k, keys[iid]) for *k, iid in links])  # fmt: skip
                 linked = (  # (the rows' links went with _unlink: no pack holds them)
-                    "SELECT DISTINCT r.incident AS incident, r.incident AS pack,"  # noqa: S608
+                    "SELECT DISTINCT r.incident AS incident,"  # noqa: S608
                     f" obs_rows.n AS obs FROM obs_rows JOIN temp.group_links r ON {by_group}"
                     " WHERE obs_rows.n >= ?"
                 )
@@ -4209,9 +4210,10 @@ def _schema_v13(db: sqlite_utils.Database) -> None:
 
 
 def _schema_v14(db: sqlite_utils.Database) -> None:
-    """Hit links kept as packs (``hit_packs``): a row per incident and ingest transaction
-    (here: per incident), its least observation row (``first``) and the JSON array of its
-    rows less that, ascending; ``hit_links`` becomes the view of the pairs. A scan stored
+    """Hit links kept as packs (``hit_packs``): a row per incident and block of
+    :data:`monitor.batch.PACK_ROWS` observation rows, the block's first row (``first``) and
+    the JSON array of the incident's rows in it less that, ascending; ``hit_links``
+    becomes the view of the pairs. A scan stored
     a row per link as it went (a 25 % scan: one per request in four, inserted all over the
     table's B-tree, on the connection its requests' rows are inserted on, which the
     producers wait for); now a row per incident, at the end."""
@@ -4221,7 +4223,7 @@ def _schema_v14(db: sqlite_utils.Database) -> None:
     )
     db.execute(
         "INSERT INTO hit_packs (incident, first, obs) "  # noqa: S608 - constants
-        + _packs_of("SELECT incident, incident AS pack, obs FROM hit_links")
+        + _packs_of("SELECT incident, obs FROM hit_links")
     )
     db.execute("DROP VIEW hits")
     db.execute("DROP TABLE hit_links")
@@ -4717,9 +4719,9 @@ def _insert_packs(conn: sqlite3.Connection, packs: LinkPacks,
     insert_columns(conn, _INSERT_PACKS, columns, [None] * len(columns), released=True)
 
 
-#: a pack of hit links that meets one stored with the same incident and first row takes
-#: its offsets in too (the union, ascending); links never repeat, so what a pack's
-#: ``first`` does not meet, no other pack of its incident holds (see :func:`_unlink`)
+#: a pack of hit links that meets one stored with the same incident and block (``first``)
+#: takes its offsets in too (the union, ascending): a transaction that ends in a block and
+#: the next, which goes on in it, both bring links of that block
 _MERGE_PACKS = (
     " ON CONFLICT (incident, first) DO UPDATE SET obs = (SELECT json_group_array(value) FROM"
     " (SELECT value FROM json_each(hit_packs.obs) UNION SELECT value FROM json_each(excluded.obs)"
@@ -4730,27 +4732,25 @@ _INSERT_PACKS = f"INSERT INTO hit_packs (incident, first, obs) VALUES (?, ?, ?){
 
 def _packs_of(links: str) -> str:
     """SQL: the packs (incident, first, offsets: ``hit_packs``' columns) of ``links``, SQL
-    of distinct rows ``incident``, ``pack`` and ``obs``: one pack per incident and
-    ``pack``, its offsets ascending (the rows come sorted, and SQLite's sorter for the
-    GROUP BY keeps rows of one group in the order they come: its merges take the earlier
-    of equal keys first, with one sorter thread, as the store sets (``PRAGMA threads = 0``:
-    with worker threads some packs came out unordered); a window's aggregate, in order by
-    definition, made migrating a 25 % scan's links three times slower, 9.7 s against
-    3.2 s, its text made per row; ``json_group_array(... ORDER BY)`` needs SQLite 3.44).
-    The WHERE lets an INSERT of it take an ON CONFLICT clause."""
+    of distinct rows ``incident`` and ``obs``, as :func:`monitor.batch.link_packs` makes
+    them: one per incident and block of rows, its offsets ascending (the rows come sorted,
+    and SQLite's sorter for the GROUP BY keeps rows of one group in the order they come:
+    its merges take the earlier of equal keys first, with one sorter thread, as the store
+    sets (``PRAGMA threads = 0``: with worker threads some packs came out unordered); a
+    window's aggregate, in order by definition, made migrating a 25 % scan's links three
+    times slower, its text made per row; ``json_group_array(... ORDER BY)`` needs SQLite
+    3.44). The WHERE lets an INSERT of it take an ON CONFLICT clause."""
     return (
-        "SELECT incident, min(first), json_group_array(obs - first) FROM"  # noqa: S608
-        " (SELECT incident, pack, obs, min(obs) OVER (PARTITION BY incident, pack) AS first"
-        f" FROM ({links}) ORDER BY incident, pack, obs) WHERE 1 GROUP BY incident, pack"
+        "SELECT incident, first, json_group_array(obs - first) FROM"  # noqa: S608
+        f" (SELECT incident, obs, obs & {-PACK_ROWS} AS first FROM ({links})"
+        " ORDER BY incident, first, obs) WHERE 1 GROUP BY incident, first"
     )
 
 
 def _unlink(conn: sqlite3.Connection, rows: str, params: Sequence[Any]) -> int:
     """Remove the hit links of the observation rows that ``rows`` (SQL, their numbers, with
     ``params``) selects; returns how many links went. Each pack holding some is written
-    again without them, as a pack of its own (packs of one incident keep to their ranges
-    of rows: an ingest's packs stay in row order), under its least row left; none left:
-    it goes. (Its work tables go first should a failed call outside a transaction, which
+    again without them (none left: it goes). (Its work tables go first should a failed call outside a transaction, which
     would have taken them away, have left them.)"""
     for table in ("unlinked", "unpacked", "repacked"):
         conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
@@ -4765,7 +4765,7 @@ def _unlink(conn: sqlite3.Connection, rows: str, params: Sequence[Any]) -> int:
     removed = conn.execute("SELECT coalesce(sum(links), 0) FROM temp.unpacked").fetchone()[0]
     if removed:
         kept = (
-            "SELECT p.incident AS incident, p.first AS pack, p.first + j.value AS obs"
+            "SELECT p.incident AS incident, p.first + j.value AS obs"
             " FROM temp.unpacked u CROSS JOIN hit_packs p"
             " ON p.incident = u.incident AND p.first = u.first, json_each(p.obs) j"
             " WHERE p.first + j.value NOT IN temp.unlinked"

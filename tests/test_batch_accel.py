@@ -598,8 +598,8 @@ def test_c_answers_for_the_links_a_store_passes():
     incidents, obs = (array("q", paired[0]), array("q", paired[1]))
     assert list(zip(incidents, obs, strict=True)) == [(9, 40_000), (7, 40_001), (7, 40_005),
                                                       (3, 40_005)]  # fmt: skip
-    assert built.link_packs(incidents, obs) == ([3, 7, 9], [40_005, 40_001, 40_000],
-                                                ["[0]", "[0,4]", "[0]"])  # fmt: skip
+    assert built.link_packs(incidents, obs) == ([3, 7, 9], [0, 0, 0],
+                                                ["[40005]", "[40001,40005]", "[40000]"])  # fmt: skip
 
 
 @st.composite
@@ -653,8 +653,8 @@ def test_link_packs_in_c_are_pythons(case):
 
 def test_link_packs_in_c_unpack_to_the_distinct_pairs():
     """Packed in C, 200,000 links (a third of them repeated) over a thousand incidents
-    unpack to the distinct pairs, sorted: one pack per incident, its rows ascending from
-    its first (offset 0)."""
+    unpack to the distinct pairs, sorted: one pack per incident and block of rows, its
+    first the block's first row, its rows ascending within the block."""
     rng = __import__("random").Random(5)
     pairs = [(rng.randrange(1, 10**6), rng.randrange(1, 3 * 10**6)) for _ in range(1000)]
     pairs = [(k, rng.randrange(1, 3 * 10**6)) for k, _ in pairs for _ in range(130)]
@@ -663,11 +663,13 @@ def test_link_packs_in_c_unpack_to_the_distinct_pairs():
     assert built.link_packs(incidents, obs) is not None  # C answers, no fallback
     with _accelerated(built):
         packs = batch.link_packs(incidents, obs)
-    assert len(packs.incidents) == len(set(packs.incidents)) == len({k for k, _ in pairs})
+    keys = list(zip(packs.incidents, packs.firsts, strict=True))
+    assert len(keys) == len(set(keys)) == len({(k, n & -batch.PACK_ROWS) for k, n in pairs})
     unpacked = []
     for incident, first, text in zip(packs.incidents, packs.firsts, packs.texts, strict=True):
         offsets = json.loads(text)
-        assert offsets[0] == 0 and offsets == sorted(set(offsets))
+        assert first % batch.PACK_ROWS == 0 and offsets[0] >= 0 and offsets[-1] < batch.PACK_ROWS
+        assert offsets == sorted(set(offsets))
         unpacked += [(incident, first + o) for o in offsets]
     assert unpacked == sorted(set(pairs))
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from monitor import sqlbind
-from monitor.batch import LinkPacks, link_packs
+from monitor.batch import PACK_ROWS, LinkPacks, link_packs
 from monitor.cli import main
 from monitor.store import _SCHEMA, SCHEMA_VERSION, Store, _insert_packs
 from tests.test_findings import CLIENTS, HOSTS, squid_line
@@ -83,12 +83,14 @@ def _story(tmp) -> dict:
 
 
 def _packs(con: sqlite3.Connection) -> set[tuple[int, int]]:
-    """The links of ``hit_packs``, checked as the store keeps them: each pack's offsets
-    ascending from 0, no link in two packs, ``hit_links`` the same pairs."""
+    """The links of ``hit_packs``, checked as the store keeps them: each pack's first row
+    the first of a block, its offsets ascending within the block, no link in two packs,
+    ``hit_links`` the same pairs."""
     links: set[tuple[int, int]] = set()
     for incident, first, text in con.execute("SELECT * FROM hit_packs"):
         offsets = json.loads(text)
-        assert offsets[0] == 0 and offsets == sorted(set(offsets))
+        assert first % PACK_ROWS == 0 and offsets[0] >= 0 and offsets[-1] < PACK_ROWS
+        assert offsets == sorted(set(offsets))
         pack = {(incident, first + o) for o in offsets}
         assert not pack & links
         links |= pack
@@ -106,9 +108,11 @@ def test_scans_prunes_and_reevaluation_keep_the_hits_main_kept(tmp_path):
     con.close()
 
 
-def test_scanned_packs_one_per_incident_and_transaction(tmp_path):
-    """Each scan (a transaction) keeps one pack per incident it linked: an incident of
-    the day both files hold has a pack of each."""
+def test_scanned_packs_one_per_incident_and_block_whichever_transactions_brought_them(
+    tmp_path,
+):
+    """Two scans (two transactions) keep one pack per incident and block of rows: an
+    incident of the day both files hold has one pack, its links from both."""
     db = tmp_path / "s.db"
     for log in _logs(tmp_path):
         _run("--db", db, "scan", log, "--egress-country", "CN")
@@ -116,32 +120,32 @@ def test_scanned_packs_one_per_incident_and_transaction(tmp_path):
     links = _packs(con)
     per_incident = dict(con.execute("SELECT incident, count(*) FROM hit_packs GROUP BY 1"))
     con.close()
-    assert len(per_incident) == len({k for k, _ in links}) and set(per_incident.values()) == {1, 2}
+    assert len(per_incident) == len({k for k, _ in links}) and set(per_incident.values()) == {1}
 
 
 @pytest.mark.parametrize("accelerated", [True, False])
 def test_a_pack_meeting_a_stored_one_merges_into_it(tmp_path, monkeypatch, accelerated):
-    """Links inserted as a pack whose incident and first row a stored pack has (that link
-    was stored before) merge into it: the union of their rows, ascending, once each;
-    bound in C or by sqlite3."""
+    """Links inserted as a pack whose incident and block a stored pack has (a transaction
+    going on in the block the one before ended in) merge into it: the union of their
+    rows, ascending, once each; bound in C or by sqlite3."""
     if not accelerated:
         monkeypatch.setattr(sqlbind, "_ACCEL", None)
     store = Store(tmp_path / "m.db")
     con = store.db.conn
     with store._tx():
-        _insert_packs(con, LinkPacks([7, 9], [100, 5], ["[0,2,5]", "[0]"]))
+        _insert_packs(con, LinkPacks([7, 9], [0, 0], ["[100,102,105]", "[5]"]))
         more = link_packs(array("q", [7, 7, 7, 9, 8]), array("q", [100, 101, 105, 6, 3]))
         _insert_packs(con, more)
     assert con.execute("SELECT * FROM hit_packs ORDER BY 1, 2").fetchall() == [
-        (7, 100, "[0,1,2,5]"), (8, 3, "[0]"), (9, 5, "[0]"), (9, 6, "[0]")]  # fmt: skip
+        (7, 0, "[100,101,102,105]"), (8, 0, "[3]"), (9, 0, "[5,6]")]  # fmt: skip
     assert _packs(con) == {(7, 100), (7, 101), (7, 102), (7, 105), (8, 3), (9, 5), (9, 6)}
     store.close()
 
 
 def test_unlinking_rows_rewrites_the_packs_holding_them(tmp_path):
     """Rows unlinked (a prune's, a re-evaluation's) leave every other link, each pack that
-    held some written again without them (under its least row left, when its first went;
-    gone when nothing is left), and their count is the links that went."""
+    held some written again without them (gone when nothing is left), and their count is
+    the links that went."""
     from monitor.store import _unlink
 
     rng = __import__("random").Random(3)
@@ -161,7 +165,7 @@ def test_unlinking_rows_rewrites_the_packs_holding_them(tmp_path):
     kept = {(k, n) for k, n in pairs if n not in gone}
     assert removed == len(pairs) - len(kept) and _packs(con) == kept
     after = con.execute("SELECT count(*) FROM hit_packs").fetchone()[0]
-    assert after == len({(k, n // 1000) for k, n in kept}) < before
+    assert after == len({k for k, _ in kept}) and before == len({k for k, _ in pairs})
     with store._tx():
         assert _unlink(con, "SELECT value FROM json_each(?)", ["[]"]) == 0
     assert _packs(con) == kept
