@@ -2197,9 +2197,9 @@ static PyTypeObject SumsType = {
  * and observation row obs[i] (array.array of typecode i, l or q, of one length). The
  * distinct pairs, sorted, as one pack per incident and block of PACK_ROWS rows: the
  * incident, the block's first row `first` and the JSON array of its rows less `first`,
- * ascending ("[2,3,7]", json.dumps' text with separators "," and ":"). The pairs are sorted packed into one number each,
- * (incident - lo) * span + row - low (lo, low: the least incident and row; span: the
- * rows' range), below 2**62. None when it leaves them to the Python code (another type,
+ * ascending ("[2,3,7]", json.dumps' text with separators "," and ":"). The pairs are
+ * sorted packed into one number each, (incident - lo) * span + row - low (lo, low: the
+ * least incident and row; span: the rows' range), below 2**62. None when it leaves them to the Python code (another type,
  * arrays of other lengths, numbers too far apart to pack: the Python code then says what
  * they make, or raises). */
 
@@ -2208,8 +2208,13 @@ static PyTypeObject SumsType = {
 #define PACK_ROWS (INT64_C(1) << 20)
 /* the first row of a row's block (its low bits cleared: floor, negative rows too) */
 #define PACK_BLOCK(row) ((int64_t)((uint64_t)(row) & ~(uint64_t)(PACK_ROWS - 1)))
-/* the row of packed pair `at` (link_packs) */
-#define ROW_AT(at) ((int64_t)((uint64_t)low + packed[(at)] % span))
+
+/* the row of a pair packed by link_packs (`low`, `span`: as it packs them) */
+static inline int64_t
+packed_row(uint64_t packed, int64_t low, uint64_t span)
+{
+    return (int64_t)((uint64_t)low + packed % span);
+}
 #define RADIX_BITS 11
 
 static PyTypeObject *ARRAY; /* array.array */
@@ -2414,11 +2419,15 @@ link_packs(PyObject *self, PyObject *args)
     for (Py_ssize_t at = 0; at < n;) { /* a pack: one incident's rows in one block, tmp their
                                            offsets from the block's first row */
         uint64_t incident = packed[at] / span;
-        int64_t block = PACK_BLOCK(ROW_AT(at));
+        int64_t block = PACK_BLOCK(packed_row(packed[at], low, span));
         Py_ssize_t k = 0;
-        for (; at < n && packed[at] / span == incident && PACK_BLOCK(ROW_AT(at)) == block; at++)
+        for (; at < n && packed[at] / span == incident; at++) {
+            int64_t row = packed_row(packed[at], low, span);
+            if (PACK_BLOCK(row) != block)
+                break;
             if (k == 0 || packed[at] != packed[at - 1])
-                tmp[k++] = (uint64_t)ROW_AT(at) - (uint64_t)block;
+                tmp[k++] = (uint64_t)row - (uint64_t)block;
+        }
         PyObject *text = json_of(tmp, k);
         int failed = text == NULL || PyList_Append(texts, text) < 0 ||
                      append_int64(incidents, (int64_t)((uint64_t)lo + incident)) < 0 ||

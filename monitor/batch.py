@@ -901,9 +901,10 @@ PACK_ROWS = 1 << 20
 def link_packs(incidents: Sequence[int], obs: Sequence[int]) -> LinkPacks:
     """The hit links (``incidents[i]``, ``obs[i]``) of a transaction as packs: its
     distinct pairs, sorted, one pack per incident and block of :data:`PACK_ROWS` rows
-    (SQLite inserts a row per incident instead of one per link). In C when it is built (``_batchscan.link_packs``, for
-    arrays: a radix sort, the texts written at once: it runs at the end of a scan, when
-    little else runs beside it), else :func:`_link_packs`."""
+    (SQLite inserts a row per incident instead of one per link). In C when it is built
+    (``_batchscan.link_packs``, for arrays: a radix sort, the texts written at once: it
+    runs at the end of a scan, when little else runs beside it), else
+    :func:`_link_packs`."""
     if _ACCEL is not None:
         found = _ACCEL.link_packs(incidents, obs)
         if found is not None:

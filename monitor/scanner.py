@@ -90,6 +90,7 @@ HEAD_BYTES = 4096  # identity of a source: a digest of this much of its content
 #: inputs smaller than this are parsed in the main process: forking would cost more
 IN_PROCESS_BELOW = 8 << 20
 PART_ENV = "APIWATCH_PART_SIZE"
+_DEFAULT_PART_SIZE = 64 << 20
 _SIZE = re.compile(r"\s*([0-9]{1,15})\s*(?:([KMG])(?:I?B)?|B)?\s*", re.IGNORECASE)
 
 
@@ -108,11 +109,11 @@ def _part_size() -> tuple[int, str | None]:
     scan then stops with that one line (:class:`Scanner`), any other command is unaffected."""
     text = os.environ.get(PART_ENV)
     if text is None:
-        return 64 << 20, None
+        return _DEFAULT_PART_SIZE, None
     try:
         return byte_size(text), None
     except ValueError as exc:
-        return 64 << 20, f"{PART_ENV}: {exc}"
+        return _DEFAULT_PART_SIZE, f"{PART_ENV}: {exc}"
 
 
 #: bytes of a big plain log between commit points (``APIWATCH_PART_SIZE`` to tune)

@@ -1086,10 +1086,10 @@ class Store:
 
     def _store_links(self, tx: _IngestState) -> None:
         """Add the hit links of the batch just stored (:func:`_link`) to the transaction's
-        pairs, inserted as packs at its end (a row per incident and block of rows: the pairs of every
-        batch, inserted as they came, kept SQLite busy on the connection the rows'
-        inserts need, in the middle of a scan, when the storing process is what the
-        producers wait for). They name incidents by row number, so an incident new to the
+        pairs, inserted as packs at its end (a row per incident and block of rows: the
+        pairs of every batch, inserted as they came, kept SQLite busy on the connection
+        the rows' inserts need, in the middle of a scan, when the storing process is what
+        the producers wait for). They name incidents by row number, so an incident new to the
         database is given its number as soon as the transaction meets it: the next after
         the last, in the order :meth:`_store_incidents` will insert the new ones (that of
         ``tx.deltas``, to which the batch's incidents were just added)."""
@@ -4213,10 +4213,10 @@ def _schema_v14(db: sqlite_utils.Database) -> None:
     """Hit links kept as packs (``hit_packs``): a row per incident and block of
     :data:`monitor.batch.PACK_ROWS` observation rows, the block's first row (``first``) and
     the JSON array of the incident's rows in it less that, ascending; ``hit_links``
-    becomes the view of the pairs. A scan stored
-    a row per link as it went (a 25 % scan: one per request in four, inserted all over the
-    table's B-tree, on the connection its requests' rows are inserted on, which the
-    producers wait for); now a row per incident, at the end."""
+    becomes the view of the pairs. A scan stored a row per link as it went (a 25 % scan:
+    one per request in four, inserted all over the table's B-tree, on the connection its
+    requests' rows are inserted on, which the producers wait for); now a row per incident
+    and block, at the end of each transaction."""
     db.execute(
         "CREATE TABLE hit_packs (incident INTEGER NOT NULL, first INTEGER NOT NULL,"
         " obs TEXT NOT NULL, PRIMARY KEY (incident, first)) WITHOUT ROWID"
@@ -4709,8 +4709,8 @@ def _link(tx: _IngestState, links: tuple[list[str], array, array], first: int) -
 
 def _insert_packs(conn: sqlite3.Connection, packs: LinkPacks,
                   before: Callable[[], None] | None = None) -> None:  # fmt: skip
-    """Insert hit links as packs (:func:`monitor.batch.link_packs`), merged into a pack of
-    the same incident and first row (whose link was stored before), after ``before``
+    """Insert hit links as packs (:func:`monitor.batch.link_packs`), merged into a stored
+    pack of the same incident and block (see :data:`_MERGE_PACKS`), after ``before``
     (other work on the connection, in the same thread: a scan's roll-ups folded), with
     the GIL released (a scan's end runs it beside Python work)."""
     if before is not None:
@@ -4750,8 +4750,8 @@ def _packs_of(links: str) -> str:
 def _unlink(conn: sqlite3.Connection, rows: str, params: Sequence[Any]) -> int:
     """Remove the hit links of the observation rows that ``rows`` (SQL, their numbers, with
     ``params``) selects; returns how many links went. Each pack holding some is written
-    again without them (none left: it goes). (Its work tables go first should a failed call outside a transaction, which
-    would have taken them away, have left them.)"""
+    again without them (none left: it goes). Its work tables go first, should a failed
+    call outside a transaction (which would have taken them away) have left them."""
     for table in ("unlinked", "unpacked", "repacked"):
         conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
     conn.execute("CREATE TEMP TABLE unlinked (n INTEGER PRIMARY KEY)")
