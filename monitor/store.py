@@ -1046,7 +1046,8 @@ class Store:
         if tx.linked[0]:  # the hit links packed (C: no Python work to overlap), inserted aside
             fold = functools.partial(_insert_packs, self.db.conn, link_packs(*tx.linked), fold)
         if result.stored and deltas:  # folded and inserted while the incident rows are built
-            self._store_incidents(deltas, result, tx.numbers, tx.stored_incidents, fold)
+            with _handing_over():
+                self._store_incidents(deltas, result, tx.numbers, tx.stored_incidents, fold)
         elif fold is not None:
             fold()
         if result.rule_of:
@@ -4700,6 +4701,23 @@ def _rows(cursor: sqlite3.Cursor) -> Rows:
     return Rows([d[0] for d in cursor.description], cursor.fetchall())
 
 
+#: the interpreter's switch interval while a thread aside runs SQL beside Python work
+_ASIDE_SWITCH = 0.0002
+
+
+@contextmanager
+def _handing_over() -> Iterator[None]:
+    """Hand the GIL over sooner while a thread aside (:class:`PendingCall`) runs SQL beside
+    this one's Python work: each statement it steps, with the GIL released, ends waiting
+    to take it back, up to a switch interval (5 ms) while this thread holds it."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(_ASIDE_SWITCH)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def _link(tx: _IngestState, links: tuple[list[str], array, array], first: int) -> None:
     """Which of a batch's rows raised which incident (:meth:`Batch.links`), for
     :meth:`Store._store_links` (``first``: the number of the batch's first row; 0: rows
@@ -4862,25 +4880,42 @@ _ADD_HOURLY = f"""INSERT INTO obs_hourly (ctx, hour, requests, bytes_out, bytes_
     VALUES (?, ?, ?, ?, ?) ON CONFLICT (ctx, hour) DO UPDATE SET {_SUMS}"""  # noqa: S608
 
 
-def _add_sums(conn: sqlite3.Connection, sums: RollupSums) -> None:
+#: the sums of roll-up rows as the roll-ups of a database that holds none, nor any gathered
+_ADD_ROLLUP = f"{_ROLLUP_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - constants
+#: whether the roll-up rows of a fold are its sums alone, into no stored roll-up row
+_SUMS_ALONE = (
+    "SELECT NOT EXISTS (SELECT 1 FROM temp.rolled) AND NOT EXISTS (SELECT 1 FROM obs_rollup)"
+)
+
+
+def _add_sums(conn: sqlite3.Connection, sums: RollupSums, rolled: str = _ADD_ROLLED) -> None:
     """Gather the sums of batches' roll-up rows as :func:`_gather` gathers rows: what it
     would have made of those batches' rows, one statement a table, bound in C (stepped
-    with the GIL released: a scan's last fold runs beside Python work)."""
-    for sql, columns in ((_ADD_ROLLED, sums.rows()), (_ADD_HOURLY, sums.hourly())):
+    with the GIL released: a scan's last fold runs beside Python work). ``rolled``: the
+    statement that takes the roll-up rows (:data:`_ADD_ROLLUP`: straight into the
+    roll-ups)."""
+    for sql, columns in ((rolled, sums.rows()), (_ADD_HOURLY, sums.hourly())):
         insert_columns(conn, sql, columns, [None] * len(columns), released=True)
 
 
 def _fold(conn: sqlite3.Connection, sums: RollupSums | None = None) -> None:
     """Add what :func:`_gather` gathered, and ``sums``, to the roll-ups, and move the mark to
-    the last row."""
-    if sums:
-        _add_sums(conn, sums)
-    conn.execute(
-        f"""{_ROLLUP_INSERT} SELECT * FROM temp.rolled WHERE 1 = 1
-            ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
-    )
-    _by_context(conn, "temp.rolled", "1 = 1", [])
-    _by_month(conn, "temp.rolled", "1 = 1", [])
+    the last row. When the sums are all there is, and no roll-up row is stored (a first
+    scan), they are the roll-ups: inserted there, not into ``temp.rolled`` and copied (a
+    25 % scan's 25,000 rows: 13 ms of the fold's 100, at a scan's end, on one core)."""
+    source = "temp.rolled"
+    if sums and conn.execute(_SUMS_ALONE).fetchone()[0]:
+        _add_sums(conn, sums, _ADD_ROLLUP)
+        source = "obs_rollup"
+    else:
+        if sums:
+            _add_sums(conn, sums)
+        conn.execute(
+            f"""{_ROLLUP_INSERT} SELECT * FROM temp.rolled WHERE 1 = 1
+                ON CONFLICT (ctx, client) DO UPDATE SET {_SUMS}, {_URL}, {_SPAN}"""  # noqa: S608
+        )
+    _by_context(conn, source, "1 = 1", [])
+    _by_month(conn, source, "1 = 1", [])
     conn.execute("DROP TABLE temp.rolled")
     _set_mark(conn)
 
@@ -4890,7 +4925,11 @@ def _by_month(conn: sqlite3.Connection, source: str, where: str, params: Sequenc
     ``where`` selects to the monthly roll-ups: one row per UTC month, client and
     destination (numbered in ``obs_dests``). A context's month and destination are looked
     up once (``temp.month_dests``), not per roll-up row; new destinations are numbered in
-    the order of their first context, as the roll-up rows (in context order) meet them."""
+    the order of their first context, as the roll-up rows (in context order) meet them.
+    Each roll-up row is added to its monthly row as it comes (the upsert sums as SUM would),
+    not grouped first: the sorter of a ``GROUP BY`` (month, client, destination) cost more
+    than the upserts it spares (a 25 % scan's 25,000 roll-up rows into 20,000 monthly
+    ones: 66 ms grouped, 39 ms one by one; same rows, same types)."""
     contexts = f"c.n IN (SELECT g.ctx FROM {source} g WHERE {where})"  # noqa: S608 - constants
     conn.execute(
         f"INSERT OR IGNORE INTO obs_dests (key, {', '.join(_DEST_COLUMNS)}) SELECT DISTINCT"  # noqa: S608
@@ -4909,9 +4948,9 @@ def _by_month(conn: sqlite3.Connection, source: str, where: str, params: Sequenc
     )
     conn.execute(
         f"""INSERT INTO obs_monthly (month, client, dest, requests, bytes_out, bytes_in, url)
-            SELECT m.month, g.client, m.dest, sum(g.requests), {_sums("g.")}, min(g.url)
+            SELECT m.month, g.client, m.dest, g.requests, g.bytes_out, g.bytes_in, g.url
             FROM {source} g CROSS JOIN temp.month_dests m ON m.ctx = g.ctx WHERE {where}
-            GROUP BY 1, 2, 3 ON CONFLICT (month, client, dest) DO UPDATE SET {_SUMS}, {_URL}""",  # noqa: S608
+            ON CONFLICT (month, client, dest) DO UPDATE SET {_SUMS}, {_URL}""",  # noqa: S608
         params,
     )
     conn.execute("DROP TABLE temp.month_dests")
