@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 from hypothesis import settings
 
+import monitor.batch as batch_module
 from monitor.catalog import Catalog
 from monitor.cli import main
 from monitor.collectors import CollectOptions, Diagnostics, collect
@@ -37,6 +38,14 @@ def db(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def catalog() -> Catalog:
     return Catalog.load()
+
+
+@pytest.fixture
+def every_batch(monkeypatch):
+    """Roll-up rows of every batch a producer makes, however few requests per client a small
+    test file has (``monitor.batch._SPARSE``; a child process: ``EVERY_BATCH`` in
+    tests/test_rollup_rows.py)."""
+    monkeypatch.setattr(batch_module, "_SPARSE", 1.0)
 
 
 def run(*args, ok: Iterable[int] = (0,), input: str | None = None, env=None) -> Result:

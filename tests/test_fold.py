@@ -15,7 +15,7 @@ from monitor.observation import MAX_SUM
 from monitor.store import Store
 from tests.test_batch import _batches_of, _records, _roll_ups
 from tests.test_durability import run_ok
-from tests.test_rollup_rows import DAY, _from_scratch, _squid_log, every_batch  # noqa: F401
+from tests.test_rollup_rows import DAY, _from_scratch, _squid_log
 
 _MONTHLY = "SELECT * FROM obs_monthly ORDER BY month, client, dest"
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from monitor import batch as batch_module
 from monitor import store as store_module
 from monitor.batch import (
     ROW_FIELDS,
@@ -34,12 +33,6 @@ DAY = 1795737600  # 2026-11-27T00:00:00Z
 #: how a scan in a child process makes roll-up rows of every batch, however many it makes
 #: (small test files have few requests per client; see batch._SPARSE)
 EVERY_BATCH = "import monitor.batch as b\nb._SPARSE = 1.0\n"
-
-
-@pytest.fixture
-def every_batch(monkeypatch):
-    """Roll-up rows of every batch (see :data:`EVERY_BATCH`)."""
-    monkeypatch.setattr(batch_module, "_SPARSE", 1.0)
 
 
 def _from_scratch(db: Path, tmp: Path) -> dict[str, list]:
