@@ -747,3 +747,119 @@ def test_layout_only_for_a_plain_dataclass() -> None:
             pass
 
     assert squid._layout(Checked) is None
+
+
+def _warm_for(t: squid._Targets, lines: list[bytes]) -> None:
+    """The collector's caches holding every value of the kept CONNECT ``lines``, as the
+    Python loop leaves them (so that the pre-pass makes their Observations itself)."""
+    for line in lines:
+        f = line.split()
+        t.code_status(f[3]), t.word(f[5]), t.ip(f[2]), t.peer(f[8]), t.target("CONNECT", f[6])
+
+
+def _read_named(chunks: list[bytes], rejects: dict, t: squid._Targets, held) -> list:
+    """What the pre-pass gives for ``chunks`` read in order by a consumer that, as
+    Pipeline.process does, lets ``known`` name every key it is given (its entry: the key's
+    text and the first record's line); runs as (entries, packed), pairs as (the
+    Observation's fields, key)."""
+    known: dict[bytes, object] = {}
+    out: list = []
+    first = 0
+    for chunk in chunks:
+        maker = (*_maker(t, first, squid._layout()), known)
+        done, todo, lines = built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, maker,
+                                               held)  # fmt: skip
+        out.append((done, lines))
+        for item in todo:
+            if type(item[0]) is list:
+                out.append(("run", item[0], item[1]))
+            else:
+                o, key = item
+                if key is not None:
+                    known.setdefault(key, (bytes(key), o.line))
+                out.append(("pair", o.to_dict() | {"id": o.record_id}, key))
+        first += lines
+    return out
+
+
+def test_verdicts_remember_line_keys() -> None:
+    """With a Verdicts table, a kept CONNECT's line key is the bytes object made for its
+    text the first time (which ``known`` then holds), and a later line of it is found in
+    ``known`` by that object; ``known`` still decides: a key it does not hold comes as a
+    pair again, with the same object, and once the table is cleared with a new equal one.
+    The items are those made without the table."""
+    t = squid._Targets(HOST_FILTER)
+    rejects = {b"api.openai.com:443": False}
+    _warm_for(t, [LLM])
+    known: dict[bytes, object] = {}
+    maker = (*_maker(t, 0, squid._layout()), known)
+    held = built.Verdicts()
+    chunk = LLM + b"\n"
+
+    def read(table):
+        return built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, maker, table)
+
+    _, [(o, key)], _ = read(held)
+    assert key == _line_key(LLM, o.ts) and type(key) is bytes
+    _, [(_, again)], _ = read(held)
+    assert again is key, "the key made the first time"
+    known[key] = entry = object()
+    found = read(held)
+    assert found == read(None) and found[1][0][0] == [entry]
+    known.clear()
+    _, [(_, again)], _ = read(held)
+    assert again is key, "known decides: a pair again, with the remembered object"
+    held.clear()
+    _, [(_, fresh)], _ = read(held)
+    assert fresh == key and fresh is not key
+    assert len(held) == 1, "len counts the verdicts only"
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 2), st.booleans()),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(1, 7),
+)
+def test_remembered_line_keys_agree(picks, per_chunk: int) -> None:
+    """Kept CONNECTs of a few clients, peers and days, read chunk by chunk while ``known``
+    fills: the same runs, pairs, keys and counts with a Verdicts table remembering line keys
+    as without one; and with it, the key a run's entry names is the object first made."""
+    lines = []
+    for client, peer, day, denied in picks:
+        line = LLM.replace(b"10.1.88.196", b"10.1.88.%d" % (190 + client))
+        line = line.replace(b"172.66.0.243", b"172.66.0.%d" % (240 + peer))
+        line = line.replace(b"1732752001", b"%d" % (1732752001 + 86400 * day))
+        lines.append(line.replace(b"TCP_TUNNEL/200", b"TCP_DENIED/403") if denied else line)
+    chunks = [b"".join(x + b"\n" for x in lines[k : k + per_chunk])
+              for k in range(0, len(lines), per_chunk)]  # fmt: skip
+    t = squid._Targets(HOST_FILTER)
+    _warm_for(t, lines)
+    rejects = {b"api.openai.com:443": False}
+    held = built.Verdicts()
+    remembered = _read_named(chunks, rejects, t, held)
+    assert remembered == _read_named(chunks, rejects, t, None)
+    keys = [item[2] for item in remembered if item[0] == "pair"]
+    assert len({id(k) for k in keys}) == len(set(keys)), "one object per key text"
+    assert sum(n for n, _ in (x for x in remembered if type(x[0]) is int)) == len(lines)
+
+
+def test_remembered_line_keys_bounded() -> None:
+    """More distinct line keys than a Verdicts table remembers (NAMES): it lets them all go
+    when full and makes them again; the runs are those made without it."""
+    count = built.Verdicts.NAMES + 300
+    lines = [LLM.replace(b"10.1.88.196", b"10.%d.%d.%d" % (k >> 16, k >> 8 & 255, k & 255))
+             for k in range(count)]  # fmt: skip
+    t = squid._Targets(HOST_FILTER)
+    _warm_for(t, lines)
+    rejects = {b"api.openai.com:443": False}
+    chunk = b"".join(x + b"\n" for x in lines)
+    held = built.Verdicts()
+    remembered = _read_named([chunk, chunk], rejects, t, held)
+    assert remembered == _read_named([chunk, chunk], rejects, t, None)
+    run = remembered[-1]
+    assert run[0] == "run" and len(run[1]) == count and remembered[-2] == (count, count)

@@ -33,7 +33,8 @@
  * Python code, never looser; `todo` keeps the order of the lines; `clean` says the chunk
  * holds no NUL byte; `lines` is the number of lines read (the newlines of the chunk, up to its
  * last). `verdicts` (a Verdicts) holds what `rejects` held for the targets seen so far: a
- * rejected line whose target it holds is only read, no object is made for it.
+ * rejected line whose target it holds is only read, no object is made for it; it also
+ * remembers the line keys it made, so that a known one is not made again (see known_of).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -741,11 +742,28 @@ typedef struct {
     char key[VERDICT_KEY];
 } VerdictSlot;
 
+/* Line keys (see known_of) remembered by their text: the bytes object made for a key the
+ * first time, so that a later line of the key is looked up in `known` with that object,
+ * whose hash Python keeps in it and which `known` holds itself (found by identity), instead
+ * of a new bytes object hashed through Python (siphash over the ~90 bytes of a key) and
+ * freed, per kept CONNECT. `known` stays what decides: only its keys' objects are kept
+ * here, which never change. Bounded as the verdicts are: NAME_SLOTS slots, at most half of
+ * them used (then all are let go), NAME_PROBES probes a lookup. */
+#define NAME_SLOTS 65536
+#define NAME_PROBES 16
+
+typedef struct {
+    uint64_t hash; /* 0: empty */
+    PyObject *key; /* a bytes object, held */
+} NameSlot;
+
 typedef struct {
     PyObject_HEAD
     Py_ssize_t used;
     uint64_t seed;
     VerdictSlot *slot;
+    Py_ssize_t names_used;
+    NameSlot *names;
 } Verdicts;
 
 static PyTypeObject VerdictsType;
@@ -837,6 +855,60 @@ verdict_put(Verdicts *v, uint64_t h, int connect, const char *s, Py_ssize_t n, i
     }
 }
 
+/* the bytes object remembered for the line key s[0:n] (hash h, see name_hash), borrowed,
+ * or NULL */
+static PyObject *
+name_get(const Verdicts *v, uint64_t h, const char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t k = 0; k < NAME_PROBES; k++) {
+        const NameSlot *e = &v->names[(h + (uint64_t)k) & (NAME_SLOTS - 1)];
+        if (e->hash == 0)
+            return NULL;
+        if (e->hash == h && PyBytes_GET_SIZE(e->key) == n &&
+            memcmp(PyBytes_AS_STRING(e->key), s, (size_t)n) == 0)
+            return e->key;
+    }
+    return NULL;
+}
+
+static void
+names_clear(Verdicts *v)
+{
+    for (Py_ssize_t k = 0; k < NAME_SLOTS && v->names_used > 0; k++) {
+        NameSlot *e = &v->names[k];
+        if (e->hash != 0) {
+            e->hash = 0;
+            v->names_used--;
+            Py_CLEAR(e->key); /* a bytes object: its release runs no Python code */
+        }
+    }
+    v->names_used = 0;
+}
+
+/* remember `key` (a bytes object, the line key of hash h) */
+static void
+name_put(Verdicts *v, uint64_t h, PyObject *key)
+{
+    if (v->names_used >= NAME_SLOTS / 2)
+        names_clear(v);
+    for (Py_ssize_t k = 0; k < NAME_PROBES; k++) {
+        NameSlot *e = &v->names[(h + (uint64_t)k) & (NAME_SLOTS - 1)];
+        if (e->hash == 0) {
+            e->hash = h;
+            e->key = Py_NewRef(key);
+            v->names_used++;
+            return;
+        }
+    }
+}
+
+/* a 64-bit hash of the line key s[0:n] (8 < n: it starts with its day's 8 bytes), never 0 */
+static inline uint64_t
+name_hash(const Verdicts *v, const char *s, Py_ssize_t n)
+{
+    return verdict_hash(v->seed ^ 0x94d049bb133111ebULL, 0, s, n);
+}
+
 static PyObject *
 Verdicts_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -848,7 +920,8 @@ Verdicts_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (v == NULL)
         return NULL;
     v->slot = PyMem_Calloc(VERDICT_SLOTS, sizeof(VerdictSlot));
-    if (v->slot == NULL) {
+    v->names = PyMem_Calloc(NAME_SLOTS, sizeof(NameSlot));
+    if (v->slot == NULL || v->names == NULL) {
         Py_DECREF(v);
         return PyErr_NoMemory();
     }
@@ -860,6 +933,9 @@ Verdicts_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static void
 Verdicts_dealloc(Verdicts *v)
 {
+    if (v->names != NULL)
+        names_clear(v);
+    PyMem_Free(v->names);
     PyMem_Free(v->slot);
     Py_TYPE(v)->tp_free((PyObject *)v);
 }
@@ -869,6 +945,7 @@ Verdicts_clear(Verdicts *v, PyObject *unused)
 {
     memset(v->slot, 0, sizeof(VerdictSlot) * VERDICT_SLOTS);
     v->used = 0;
+    names_clear(v);
     Py_RETURN_NONE;
 }
 
@@ -879,7 +956,8 @@ Verdicts_len(Verdicts *v)
 }
 
 static PyMethodDef Verdicts_methods[] = {
-    {"clear", (PyCFunction)Verdicts_clear, METH_NOARGS, "Forget every verdict."},
+    {"clear", (PyCFunction)Verdicts_clear, METH_NOARGS,
+     "Forget every verdict (and every line key remembered)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -890,7 +968,8 @@ static PySequenceMethods Verdicts_as_sequence = {
 static PyTypeObject VerdictsType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "monitor.collectors._squidscan.Verdicts",
     .tp_doc = "Verdicts() -> the host filter's verdicts on targets, mirrored from `rejects` "
-              "for native_chunk (bounded: at most CAPACITY targets).",
+              "for native_chunk (bounded: at most CAPACITY targets), and the line keys' "
+              "objects it made (at most NAMES).",
     .tp_basicsize = sizeof(Verdicts),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = Verdicts_new,
@@ -1254,9 +1333,9 @@ py_floordiv(double vx, double wx)
  * the line is too long for one); then the entry `known` holds for it (a new reference),
  * with the record's values in *rec, else NULL (and NULL with an error set on a failure). */
 static PyObject *
-known_of(const Maker *mk, Py_ssize_t index, const char *const *tok, const Py_ssize_t *len,
-         double ts, long long elapsed, long long size, const char *line, Py_ssize_t n,
-         PyObject **key, KnownRecord *rec)
+known_of(const Maker *mk, Verdicts *names, Py_ssize_t index, const char *const *tok,
+         const Py_ssize_t *len, double ts, long long elapsed, long long size, const char *line,
+         Py_ssize_t n, PyObject **key, KnownRecord *rec)
 {
     static const int KEYED[] = {2, 3, 6, 7, 8};
     char buf[KNOWN_KEY];
@@ -1275,9 +1354,14 @@ known_of(const Maker *mk, Py_ssize_t index, const char *const *tok, const Py_ssi
         memcpy(buf + at, tok[KEYED[k]], (size_t)m);
         at += m;
     }
-    *key = PyBytes_FromStringAndSize(buf, at);
+    /* the key's object when `names` (a Verdicts) remembers it, else a new one it remembers */
+    uint64_t h = names != NULL ? name_hash(names, buf, at) : 0;
+    PyObject *seen = names != NULL ? name_get(names, h, buf, at) : NULL;
+    *key = seen != NULL ? Py_NewRef(seen) : PyBytes_FromStringAndSize(buf, at);
     if (*key == NULL)
         return NULL;
+    if (names != NULL && seen == NULL)
+        name_put(names, h, *key);
     PyObject *entry = PyDict_GetItemWithError(mk->known, *key);
     if (entry == NULL)
         return NULL;
@@ -1515,8 +1599,8 @@ native_chunk(PyObject *self, PyObject *args)
             PyObject *key = NULL;
             if (mk.known != NULL && ln->connect) {
                 KnownRecord rec;
-                PyObject *entry = known_of(&mk, index, ln->tok, ln->len, ts, elapsed, size,
-                                           line, n, &key, &rec);
+                PyObject *entry = known_of(&mk, verdicts, index, ln->tok, ln->len, ts, elapsed,
+                                           size, line, n, &key, &rec);
                 if (entry != NULL) { /* a record of a known line key: into the run */
                     Py_DECREF(key);
                     if (!run_add(&run, todo, entry, &rec))
@@ -1620,9 +1704,12 @@ PyInit__squidscan(void)
     if (PyType_Ready(&VerdictsType) < 0)
         return NULL;
     PyObject *capacity = PyLong_FromLong(VERDICT_SLOTS / 2);
-    int bad = capacity == NULL ||
-              PyDict_SetItemString(VerdictsType.tp_dict, "CAPACITY", capacity) < 0;
+    PyObject *names = PyLong_FromLong(NAME_SLOTS / 2);
+    int bad = capacity == NULL || names == NULL ||
+              PyDict_SetItemString(VerdictsType.tp_dict, "CAPACITY", capacity) < 0 ||
+              PyDict_SetItemString(VerdictsType.tp_dict, "NAMES", names) < 0;
     Py_XDECREF(capacity);
+    Py_XDECREF(names);
     PyType_Modified(&VerdictsType);
     if (bad)
         return NULL;
@@ -1641,10 +1728,11 @@ PyInit__squidscan(void)
      * (entries, packed records), the maker takes no values codes; 12: a kept line's elapsed
      * time and size above MAX_COUNT, and a status above 999, go to the
      * Python loop (MAX_COUNT exported); 13: BLAKE2B names the BLAKE2b compression in use
-     * ("avx2" or "portable", for the tests that compare both with hashlib). squid.py
-     * ignores a module built before that */
+     * ("avx2" or "portable", for the tests that compare both with hashlib); 14: a
+     * Verdicts table also remembers the line keys' objects (known_of: see NameSlot), and
+     * clear() forgets them too. squid.py ignores a module built before that */
     PyObject *max_count = PyLong_FromLongLong(MAX_COUNT);
-    if (m != NULL && (max_count == NULL || PyModule_AddIntConstant(m, "ABI", 13) < 0 ||
+    if (m != NULL && (max_count == NULL || PyModule_AddIntConstant(m, "ABI", 14) < 0 ||
                       PyModule_AddStringConstant(m, "BLAKE2B", compression) < 0 ||
                       PyModule_AddObjectRef(m, "MAX_COUNT", max_count) < 0 ||
                       PyModule_AddObjectRef(m, "Verdicts", (PyObject *)&VerdictsType) < 0)) {

@@ -444,7 +444,7 @@ def first_observation_id() -> Callable[[str], int]:
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 13
+_ACCEL_ABI = 14
 _RID = ("record_id",)
 
 
