@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import sys
+import threading
 
 import pytest
 
@@ -126,7 +127,7 @@ def test_a_first_transaction_stores_its_sums_as_the_roll_ups(tmp_path):
         for part in (records[:300], records[280:]):
             ingestion = store.ingestion(1, roll_up=True)
             for k, batch in enumerate(_batches_of(part, 40)):
-                if k == bare and part is not records:
+                if k == bare:
                     batch.rollup = None
                 ingestion.add(batch)
             ingestion.commit()
@@ -159,3 +160,28 @@ def test_the_fold_hands_the_gil_over_sooner_and_restores_the_switch_interval(tmp
     store.close()
     assert result.new_incidents and during == [pytest.approx(store_module._ASIDE_SWITCH)]
     assert sys.getswitchinterval() == before != store_module._ASIDE_SWITCH
+
+
+def test_handovers_that_overlap_restore_the_interval_once_the_last_ends():
+    """Two stores handing over at once (threads of one process): the interval is the short
+    one until the last is done, then the one before the first, also after an error."""
+    before, seen = sys.getswitchinterval(), []
+    first_in, second_out = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with store_module._handing_over():
+            first_in.set()
+            second_out.wait(10)
+            seen.append(sys.getswitchinterval())
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(10)
+    with pytest.raises(RuntimeError), store_module._handing_over():
+        seen.append(sys.getswitchinterval())
+        raise RuntimeError("the second store's commit fails")
+    seen.append(sys.getswitchinterval())
+    second_out.set()
+    thread.join(10)
+    assert seen == [pytest.approx(store_module._ASIDE_SWITCH)] * 3
+    assert sys.getswitchinterval() == before
