@@ -849,17 +849,30 @@ def test_remembered_line_keys_agree(picks, per_chunk: int) -> None:
 
 
 def test_remembered_line_keys_bounded() -> None:
-    """More distinct line keys than a Verdicts table remembers (NAMES): it lets them all go
-    when full and makes them again; the runs are those made without it."""
-    count = built.Verdicts.NAMES + 300
+    """More distinct line keys than a Verdicts table remembers (NAMES): once full it lets
+    them all go and remembers those made after, so an early key comes as a new equal object
+    and a late one as the object made for it; the runs are those made without the table."""
+    count = built.Verdicts.NAMES + 2_000
     lines = [LLM.replace(b"10.1.88.196", b"10.%d.%d.%d" % (k >> 16, k >> 8 & 255, k & 255))
              for k in range(count)]  # fmt: skip
     t = squid._Targets(HOST_FILTER)
     _warm_for(t, lines)
     rejects = {b"api.openai.com:443": False}
-    chunk = b"".join(x + b"\n" for x in lines)
     held = built.Verdicts()
-    remembered = _read_named([chunk, chunk], rejects, t, held)
+    maker = (*_maker(t, 0, squid._layout()), {})  # known holds no key: every line a pair
+
+    def keys(chunk_lines: list[bytes]) -> list[bytes]:
+        chunk = b"".join(x + b"\n" for x in chunk_lines)
+        _, todo, _ = built.native_chunk(chunk, True, MAX_LINE, rejects, (), None, maker, held)
+        return [key for _, key in todo]
+
+    made = keys(lines)
+    assert len(made) == count and len({id(k) for k in made}) == count
+    early, late = keys([lines[0], lines[-1]])
+    assert early == made[0] and early is not made[0], "let go when the table was full"
+    assert late is made[-1], "remembered after"
+    chunk = b"".join(x + b"\n" for x in lines)
+    remembered = _read_named([chunk, chunk], rejects, t, built.Verdicts())
     assert remembered == _read_named([chunk, chunk], rejects, t, None)
     run = remembered[-1]
     assert run[0] == "run" and len(run[1]) == count and remembered[-2] == (count, count)

@@ -746,9 +746,10 @@ typedef struct {
  * first time, so that a later line of the key is looked up in `known` with that object,
  * whose hash Python keeps in it and which `known` holds itself (found by identity), instead
  * of a new bytes object hashed through Python (siphash over the ~90 bytes of a key) and
- * freed, per kept CONNECT. `known` stays what decides: only its keys' objects are kept
- * here, which never change. Bounded as the verdicts are: NAME_SLOTS slots, at most half of
- * them used (then all are let go), NAME_PROBES probes a lookup. */
+ * freed, per kept CONNECT. `known` stays what decides: what is kept here is only the
+ * bytes objects made here (immutable), whether `known` holds them or not. Bounded as the
+ * verdicts are: NAME_SLOTS slots, at most half of them used (then all are let go; a key
+ * whose NAME_PROBES slots are taken is not remembered), NAME_PROBES probes a lookup. */
 #define NAME_SLOTS 65536
 #define NAME_PROBES 16
 
@@ -791,8 +792,9 @@ tail_word(const char *s, Py_ssize_t n)
     return w & ((1ULL << (8 * n)) - 1);
 }
 
-/* a 64-bit hash of s[0:n] (0 < n <= VERDICT_KEY, see tail_word) as a CONNECT target or not,
- * never 0: the words before the last, then the last eight bytes (n is hashed too) */
+/* a 64-bit hash of s[0:n] (0 < n; a target's n <= VERDICT_KEY, a line key's 8 < n, see
+ * name_hash and tail_word) as a CONNECT target or not, never 0: the words before the last,
+ * then the last eight bytes (n is hashed too) */
 static inline uint64_t
 verdict_hash(uint64_t seed, int connect, const char *s, Py_ssize_t n)
 {
@@ -882,7 +884,6 @@ names_clear(Verdicts *v)
             Py_CLEAR(e->key); /* a bytes object: its release runs no Python code */
         }
     }
-    v->names_used = 0;
 }
 
 /* remember `key` (a bytes object, the line key of hash h) */
