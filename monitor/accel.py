@@ -12,16 +12,78 @@ from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import dataclass
 from types import ModuleType
 
 PURE_ENV = "APIWATCH_PURE_PYTHON"
 
+#: the interface each accelerator's caller calls (see :func:`expect`): module name -> the
+#: module attribute that names its version, the version, whether a later one does too
+_CALLED: dict[str, tuple[str, int, bool]] = {}
 
-def load(name: str) -> ModuleType | None:
-    """The accelerator module ``name`` (e.g. ``monitor.collectors._squidscan``), or None."""
-    if os.environ.get(PURE_ENV, "") not in ("", "0"):
-        return None
+
+@dataclass(frozen=True)
+class Stale:
+    """An accelerator built from another version of its source than the code calls: not
+    used (its work runs in Python, slower) until it is built again."""
+
+    name: str
+    attr: str
+    built: object  # what the module says (None: nothing)
+    called: int
+
+    def __str__(self) -> str:
+        return (f"C accelerator {self.name} is built from another version of its source "
+                f"({self.attr} {self.built}, this code calls {self.called}): it is not used, so "
+                "that work runs in pure Python (slower); reinstall apiwatch to build it again")  # fmt: skip
+
+
+def expect(name: str, version: int, attr: str = "ABI", exact: bool = False) -> None:
+    """Say which interface of accelerator ``name`` this code calls: its ``attr`` is
+    ``version`` (or later, unless ``exact``). :func:`load` then gives no module built from
+    another version of its source, and :func:`stale` names it."""
+    _CALLED[name] = (attr, version, exact)
+
+
+def _pure() -> bool:
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
+def _imported(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
     except ImportError:
         return None
+
+
+def _stale(name: str, module: ModuleType) -> Stale | None:
+    """What is wrong with ``module`` as accelerator ``name`` (None: nothing, or nothing
+    expected of it)."""
+    called = _CALLED.get(name)
+    if called is None:
+        return None
+    attr, version, exact = called
+    built = getattr(module, attr, None)
+    if type(built) is int and (built == version or (built > version and not exact)):
+        return None
+    return Stale(name, attr, built, version)
+
+
+def load(name: str) -> ModuleType | None:
+    """The accelerator module ``name`` (e.g. ``monitor.collectors._squidscan``), or None:
+    pure Python asked for, not built, or built from another version of its source than the
+    code calls (:func:`expect`)."""
+    if _pure():
+        return None
+    module = _imported(name)
+    return None if module is None or _stale(name, module) else module
+
+
+def stale() -> list[Stale]:
+    """The accelerators this code calls (those :func:`expect` named so far) that are built
+    but from another version of their source: silently slower otherwise, so the commands
+    that parse say so. None when pure Python is asked for."""
+    if _pure():
+        return []
+    found = ((name, _imported(name)) for name in sorted(_CALLED))
+    return [s for name, module in found if module and (s := _stale(name, module))]

@@ -33,11 +33,10 @@ from monitor.rows import CLIENT, COL, COLUMNS, CONTEXT, PER_REQUEST, compiled
 EVIDENCE_SAMPLES = 5  # file:line samples kept per incident
 #: the ``_batchscan`` interface this module calls (``ABI`` of the compiled module)
 _ACCEL_ABI = 12
+accel.expect("monitor._batchscan", _ACCEL_ABI)
 #: the C accelerator of :meth:`Batch.made` (``monitor/_batchscan.c``), or None (a stale
 #: build too: it lacks what this module calls)
 _ACCEL = accel.load("monitor._batchscan")
-if _ACCEL is not None and getattr(_ACCEL, "ABI", 1) < _ACCEL_ABI:
-    _ACCEL = None
 
 #: ``obs_rows``' per-request columns, in row order; a batch holds one list per column
 ROW_FIELDS = tuple(c.name for c in COLUMNS if c.name in PER_REQUEST)

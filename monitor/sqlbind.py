@@ -17,9 +17,8 @@ from monitor import accel
 
 #: the ``_sqlbind`` interface this module calls (``ABI`` of the compiled module)
 _ACCEL_ABI = 3
+accel.expect("monitor._sqlbind", _ACCEL_ABI, exact=True)
 _ACCEL = accel.load("monitor._sqlbind")
-if _ACCEL is not None and getattr(_ACCEL, "ABI", 0) != _ACCEL_ABI:
-    _ACCEL = None
 
 #: how a column's values are bound: as they are (None), each plus this int, or each an
 #: index into this list (the store's context and client numbers)

@@ -24,6 +24,7 @@ from monitor.cli.base import (
     print_problems,
     report_delivery,
     spreadsheet_safe_option,
+    warn_stale_accelerators,
 )
 from monitor.output import json_text, safe_text, write_rows
 from monitor.policy import SEVERITIES
@@ -146,6 +147,7 @@ def scan(
             _print_summary(scan_id, summary)
     for text in summary.warnings:
         click.echo(f"warning: {safe_text(text, None)}", err=True)
+    warn_stale_accelerators()
     print_problems(summary.diag, stored=True)
     report_delivery(app.deliver_alerts())
     if code := summary.exit_code(fail_on):
@@ -234,6 +236,7 @@ def parse(ctx, paths, fmt, squid_logformat, columns, mapping, out, llm_only, spr
     except BrokenPipeError:  # `| head` is fine
         sys.stderr.close()
         ctx.exit(EXIT_OK)
+    warn_stale_accelerators()
     print_problems(diag, stored=False)
     if diag.file_errors:
         ctx.exit(EXIT_ERROR)

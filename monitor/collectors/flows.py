@@ -106,6 +106,7 @@ MAX_FRAME = 256 * 1024  # longest pcap record read (a longer one is damage)
 #: the interface of ``_pcapscan.scan`` that :meth:`FlowTable.scan` calls (its arguments and
 #: what it does); the C module says which one it was built with
 SCAN_VERSION = 4
+accel.expect("monitor.collectors._pcapscan", SCAN_VERSION, attr="SCAN_VERSION", exact=True)
 
 # flow.app
 # (APP_CERT: TLS read from the server's side, the ClientHello having been missed)
@@ -263,7 +264,8 @@ class FlowTable:
         self._decoder = Decoder(self.stats)
         self.unknown_linktypes = self._decoder.unknown_linktypes
         #: the C accelerator of :meth:`scan` (``monitor/collectors/_pcapscan.c``), or None;
-        #: one built from another version of the source is not used (rebuild it)
+        #: one built from another version of the source is not used (rebuild it): load
+        #: gives none, and whatever module it gives is checked here too
         cscan = accel.load("monitor.collectors._pcapscan")
         self._cscan = cscan if getattr(cscan, "SCAN_VERSION", None) == SCAN_VERSION else None
 

@@ -428,8 +428,8 @@ NativeChunk = Callable[
 def _accelerator() -> Any:
     """The C pre-pass module (``_squidscan.c``: ``native_chunk``, ``Verdicts``), when it is
     built and wanted."""
-    module = accel.load("monitor.collectors._squidscan")
-    if module is None or getattr(module, "ABI", 1) < _ACCEL_ABI:
+    module = accel.load(_ACCEL_NAME)
+    if module is None:
         return None  # absent, or built from an older source: rebuild it (pip install)
     if module.MAX_COUNT != MAX_COUNT:
         return None  # built with another bound: it would keep lines this module reports
@@ -444,7 +444,8 @@ def first_observation_id() -> Callable[[str], int]:
 
 
 #: the ``_squidscan`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 14
+_ACCEL_NAME, _ACCEL_ABI = "monitor.collectors._squidscan", 14
+accel.expect(_ACCEL_NAME, _ACCEL_ABI)
 _RID = ("record_id",)
 
 
