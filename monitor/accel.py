@@ -33,9 +33,14 @@ class Stale:
     called: int
 
     def __str__(self) -> str:
+        built = self.built if type(self.built) is int else repr(self.built)
         return (f"C accelerator {self.name} is built from another version of its source "
-                f"({self.attr} {self.built}, this code calls {self.called}): it is not used, so "
-                "that work runs in pure Python (slower); reinstall apiwatch to build it again")  # fmt: skip
+                f"({self.attr} {built}, this code calls {self.called}): it is not used, what it "
+                "speeds up runs in pure Python (slower); reinstall apiwatch to build it again")  # fmt: skip
+
+
+#: the accelerators :func:`load` left out as stale, by name (see :func:`stale`)
+_LEFT_OUT: dict[str, Stale] = {}
 
 
 def expect(name: str, version: int, attr: str = "ABI", exact: bool = False) -> None:
@@ -72,18 +77,22 @@ def _stale(name: str, module: ModuleType) -> Stale | None:
 def load(name: str) -> ModuleType | None:
     """The accelerator module ``name`` (e.g. ``monitor.collectors._squidscan``), or None:
     pure Python asked for, not built, or built from another version of its source than the
-    code calls (:func:`expect`)."""
+    code calls (:func:`expect`; then kept for :func:`stale`)."""
     if _pure():
         return None
     module = _imported(name)
-    return None if module is None or _stale(name, module) else module
+    if module is None:
+        return None
+    found = _stale(name, module)
+    if found is None:
+        _LEFT_OUT.pop(name, None)
+        return module
+    _LEFT_OUT[name] = found
+    return None
 
 
 def stale() -> list[Stale]:
-    """The accelerators this code calls (those :func:`expect` named so far) that are built
-    but from another version of their source: silently slower otherwise, so the commands
-    that parse say so. None when pure Python is asked for."""
-    if _pure():
-        return []
-    found = ((name, _imported(name)) for name in sorted(_CALLED))
-    return [s for name, module in found if module and (s := _stale(name, module))]
+    """The accelerators :func:`load` left out so far as built from another version of
+    their source than the code calls: silently slower otherwise, so the commands that parse
+    say so (nothing is imported for it; nothing when pure Python is asked for)."""
+    return [] if _pure() else [_LEFT_OUT[name] for name in sorted(_LEFT_OUT)]

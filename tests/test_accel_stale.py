@@ -17,6 +17,7 @@ import pytest
 
 from monitor import accel
 from monitor.batch import _ACCEL_ABI as BATCH_ABI
+from tests.conftest import run
 from tests.test_rollup_rows import _squid_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,7 @@ def probe(tmp_path, monkeypatch):
     (tmp_path / f"{PROBE}.py").write_text("ABI = 3\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(accel, "_CALLED", {})
+    monkeypatch.setattr(accel, "_LEFT_OUT", {})
     monkeypatch.delenv(accel.PURE_ENV, raising=False)
     yield
     sys.modules.pop(PROBE, None)
@@ -58,6 +60,41 @@ def test_a_module_built_from_another_version_is_not_used_and_is_named(monkeypatc
 def test_one_not_built_is_not_stale():
     accel.expect("apiwatch_probe_not_built", 1)
     assert accel.load("apiwatch_probe_not_built") is None and accel.stale() == []
+
+
+def test_each_caller_calls_the_interface_it_checked_before():
+    """Which version each accelerator's caller takes: the same or a later ABI for the batch
+    and Squid modules, only the one for the insert binding and the capture scan."""
+    from monitor import batch, sqlbind
+    from monitor.collectors import flows, squid
+
+    assert {name: accel._CALLED[name] for name in (
+        "monitor._batchscan", "monitor._sqlbind", "monitor.collectors._squidscan",
+        "monitor.collectors._pcapscan")} == {
+        "monitor._batchscan": ("ABI", batch._ACCEL_ABI, False),
+        "monitor._sqlbind": ("ABI", sqlbind._ACCEL_ABI, True),
+        "monitor.collectors._squidscan": ("ABI", squid._ACCEL_ABI, False),
+        "monitor.collectors._pcapscan": ("SCAN_VERSION", flows.SCAN_VERSION, True),
+    }  # fmt: skip
+
+
+@pytest.mark.usefixtures("probe")
+def test_the_warning_is_one_escaped_line(tmp_path):
+    """A stale module whose version prints as control characters and a line break: the
+    command's warning stays one line, escaped (a module's value is data)."""
+    (tmp_path / f"{PROBE}.py").write_text(
+        "class Odd:\n    def __repr__(self):\n"
+        "        return '\\x1b]0;title\\x07\\nwarning: forged'\n\nABI = Odd()\n"
+    )
+    accel.expect(PROBE, 1)
+    assert accel.load(PROBE) is None
+    log = tmp_path / "access.log"
+    _squid_log(log, 50, 3)
+    result = run("parse", log, "--json")
+    warned = [x for x in result.stderr.splitlines() if "C accelerator" in x]
+    assert result.exit_code == 0 and len(warned) == 1, result.stderr
+    assert "\x1b" not in warned[0] and "forged" in warned[0] and "\\x1b" in warned[0]
+    assert "warning: forged" not in result.stderr.replace(warned[0], "")
 
 
 def _observed(db: Path) -> dict[str, list[tuple]]:

@@ -392,7 +392,7 @@ def warn_stale_accelerators() -> None:
     their work runs in Python, a 25 % scan three times slower), since nothing else would
     show why parsing got slower after an update."""
     for found in accel.stale():
-        click.echo(f"warning: {found}", err=True)
+        click.echo(f"warning: {safe_text(str(found), None)}", err=True)  # (a module's value)
 
 
 def print_problems(diag: Diagnostics, stored: bool, limit: int = 20) -> None:
