@@ -92,7 +92,19 @@ def load(name: str) -> ModuleType | None:
 
 
 def stale() -> list[Stale]:
-    """The accelerators :func:`load` left out so far as built from another version of
-    their source than the code calls: silently slower otherwise, so the commands that parse
-    say so (nothing is imported for it; nothing when pure Python is asked for)."""
-    return [] if _pure() else [_LEFT_OUT[name] for name in sorted(_LEFT_OUT)]
+    """The accelerators the code calls (those :func:`expect` named so far) that are built
+    from another version of their source: silently slower otherwise, so the commands that
+    parse say so. Those :func:`load` left out, and those it has not been asked for here: a
+    scan's producer processes load the Squid pre-pass, not the process that says it. One
+    that fails to import in any way is left unsaid (not built, or broken: as before)."""
+    if _pure():
+        return []
+    found = dict(_LEFT_OUT)
+    for name in _CALLED.keys() - found.keys():
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001, S112 - whatever its init raises: nothing to say
+            continue
+        if (seen := _stale(name, module)) is not None:
+            found[name] = seen
+    return [found[name] for name in sorted(found)]

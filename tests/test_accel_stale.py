@@ -62,6 +62,18 @@ def test_one_not_built_is_not_stale():
     assert accel.load("apiwatch_probe_not_built") is None and accel.stale() == []
 
 
+@pytest.mark.usefixtures("probe")
+def test_one_not_loaded_here_is_named_and_a_broken_one_is_not(tmp_path):
+    """An accelerator this process never loaded (a scan's producers load the Squid
+    pre-pass): named all the same; one whose import fails in any way: not."""
+    accel.expect(PROBE, 4)
+    assert accel.stale() == [accel.Stale(PROBE, "ABI", 3, 4)]
+    broken = "apiwatch_probe_broken"
+    (tmp_path / f"{broken}.py").write_text("raise OSError('its init fails')\n")
+    accel.expect(broken, 1)
+    assert accel.stale() == [accel.Stale(PROBE, "ABI", 3, 4)]
+
+
 def test_each_caller_calls_the_interface_it_checked_before():
     """Which version each accelerator's caller takes: the same or a later ABI for the batch
     and Squid modules, only the one for the insert binding and the capture scan."""
