@@ -5,6 +5,7 @@ source as a build of an older version."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -165,3 +166,18 @@ def test_a_scan_with_an_older_build_names_it_and_stores_the_same(tmp_path):
     parsed = run("parse", str(log), "--json", stale=True)
     assert parsed.returncode == 0 and parsed.stdout.count("\n") == 3_000
     assert sum("C accelerator monitor._batchscan" in x for x in parsed.stderr.splitlines()) == 1
+
+
+@pytest.mark.usefixtures("probe")
+def test_daily_says_it_too_unless_quiet(tmp_path):
+    """``daily`` (the cron path) names a stale accelerator through its log on stderr, with
+    ``--json`` too (stdout holds only the JSON); ``--quiet`` prints nothing but errors."""
+    accel.expect(PROBE, 4)
+    shutil.copy(ROOT / "examples" / "apiwatch.toml", tmp_path / "apiwatch.toml")
+    shutil.copytree(ROOT / "examples" / "logs", tmp_path / "logs")
+    for flags, lines in (("--json",), 1), (("--json", "--quiet"), 0):
+        result = run("--db", tmp_path / "d.db", "daily", "--config", tmp_path / "apiwatch.toml",
+                     "--date", "2026-11-30", "--no-reports", *flags, ok=(0, 3))  # fmt: skip
+        warned = [x for x in result.stderr.splitlines() if f"C accelerator {PROBE}" in x]
+        assert len(warned) == lines and "C accelerator" not in result.stdout
+        assert json.loads(result.stdout)["today"] == "2026-11-30"

@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from monitor.cli.base import FATAL, Fatal, cidr_value, date_value, guard, main, when
+from monitor.cli.base import (
+    FATAL,
+    Fatal,
+    cidr_value,
+    date_value,
+    guard,
+    main,
+    warn_stale_accelerators,
+    when,
+)
 from monitor.config import (
     REPORT_FORMATS,
     ConfigError,
@@ -205,6 +214,7 @@ def daily_cmd(ctx, config_path, today, fail_on, jobs, no_reports, tz, as_json, q
             click.echo(("error: " if error else "") + safe_text(msg, None), err=True)
 
     result = run_daily(app, today, fail_on, jobs, not no_reports, log, tz)
+    warn_stale_accelerators(log)
     if as_json:
         click.echo(json_text(result.as_dict()))
     elif not quiet:
