@@ -392,11 +392,9 @@ def warn_stale_accelerators(say: Callable[[str], None] | None = None) -> None:
     their work runs in Python, a 25 % scan three times slower), since nothing else would
     show why parsing got slower after an update: on stderr, escaped (a module's value), or
     through ``say`` (a command's own log, which escapes)."""
+    say = say or (lambda text: click.echo(safe_text(text, None), err=True))
     for found in accel.stale():
-        if say is None:
-            click.echo(f"warning: {safe_text(str(found), None)}", err=True)
-        else:
-            say(f"warning: {found}")
+        say(f"warning: {found}")
 
 
 def print_problems(diag: Diagnostics, stored: bool, limit: int = 20) -> None:
