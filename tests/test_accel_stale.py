@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from monitor import accel
 from monitor.batch import _ACCEL_ABI as BATCH_ABI
 from tests.conftest import run
+from tests.receivers import wait_until
 from tests.test_rollup_rows import _squid_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,3 +184,44 @@ def test_daily_says_it_too_unless_quiet(tmp_path):
         warned = [x for x in result.stderr.splitlines() if f"C accelerator {PROBE}" in x]
         assert len(warned) == lines and "C accelerator" not in result.stdout
         assert json.loads(result.stdout)["today"] == "2026-11-30"
+
+
+def test_watch_names_it_in_its_log(tmp_path):
+    """``watch`` (a service: after an update without a reinstall it would only run slower)
+    names a stale accelerator in its log, once, after the line saying what it follows; here
+    a module file saying the interface before ``_batchscan``'s, found first on ``monitor``'s
+    path."""
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "_batchscan.py").write_text(f"ABI = {BATCH_ABI - 1}\n")
+    log = tmp_path / "access.log"
+    _squid_log(log, 300, 7)
+    code = f"import monitor; monitor.__path__.insert(0, {str(older)!r}); from monitor.cli import main; main()"
+    env = {k: v for k, v in os.environ.items() if k != accel.PURE_ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "--db", str(tmp_path / "w.db"), "watch", str(log),
+         "--egress-country", "CN"],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+
+    def following() -> int | None:
+        return next((i for i, x in enumerate(lines) if "watch: following" in x), None)
+
+    try:  # (what it logs next comes at once, or only when it stops)
+        wait_until(lambda: following() is not None or process.poll() is not None, 60, "watch")
+        wait_until(lambda: len(lines) > (following() or 0) + 1, 10, "its next line")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        exit_code = process.wait(30)
+        reader.join(5)
+    assert exit_code == 0, "".join(lines)
+    at = following()
+    warned = [x for x in lines if "C accelerator" in x]
+    assert at is not None and len(warned) == 1 and lines[at + 1] == warned[0], "".join(lines)
+    expected = (f"warning: C accelerator monitor._batchscan is built from another version of its"
+                f" source (ABI {BATCH_ABI - 1}, this code calls {BATCH_ABI})")  # fmt: skip
+    assert warned[0].split(" ", 1)[1].startswith(expected)

@@ -18,6 +18,7 @@ from monitor.cli.base import (
     log_inputs,
     main,
     report_delivery,
+    warn_stale_accelerators,
 )
 from monitor.output import safe_text
 
@@ -111,6 +112,7 @@ def watch_cmd(ctx, paths, fmt, squid_logformat, columns, mapping, site, egress_i
     followed = [i.pattern for i in inputs] + [c.source for c in captures]
     scan_id = store.start_scan(followed, {"watch": True, "bpf": bpf})
     log(f"watch: following {', '.join(followed)} (scan {scan_id})")
+    warn_stale_accelerators(log)  # a service slower after an update: its log says why
     dispatcher = app.dispatcher if app.config.alerts else None
     totals = WatchTotals()
     upkeep = Upkeep(app, scan_id, totals)
