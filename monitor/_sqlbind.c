@@ -63,8 +63,21 @@
  * the owner's path) and kept another thread's statements on the connection waiting up to
  * a whole run (sched_yield between holds: 24-128 ms, against 4 ms without holds); not
  * binding a value equal to the row before's saved nothing (the comparisons cost what the
- * binds did). Memory statistics off saved ~8 %, but only after sqlite3_shutdown, which no
- * other thread may be inside and which resets the process's heap limits: not done.
+ * binds did).
+ *
+ * quiet_memory() -> bool: SQLite's memory statistics off for the process (each of SQLite's
+ * allocations otherwise takes a global mutex to count itself: ~12 % of the store's insert
+ * thread's CPU), and whether they are off. SQLite takes that setting only between
+ * sqlite3_shutdown and sqlite3_initialize (importing _sqlite3 initializes it), and a
+ * shutdown is only for a process with nothing of SQLite's in use: this does it only when
+ * SQLite counts no memory in use (so no connection, statement or blob open anywhere in the
+ * process), no heap limit is set (a shutdown forgets them) and the caller says it is the
+ * process's only thread (sqlbind.py: Python's threads; nothing else here starts one). Else
+ * it changes nothing and answers whether they were off already.
+ *
+ * With the statistics off the memory counter proves nothing, so the self-test proves the
+ * instance the same another way too: the VFS a connection Python opened uses (its pager's,
+ * SQLITE_FCNTL_VFS_POINTER) is this instance's default VFS, an object of the library's own.
  */
 #define _GNU_SOURCE 1 /* RTLD_DEFAULT (as pyconfig.h defines it) */
 #define PY_SSIZE_T_CLEAN
@@ -94,6 +107,9 @@ typedef void (*sqlite3_destructor)(void *);
 #define SQLITE_ROW 100
 #define SQLITE_DONE 101
 #define SQLITE_TRANSIENT ((sqlite3_destructor)-1)
+#define SQLITE_CONFIG_MEMSTATUS 9
+#define SQLITE_FCNTL_VFS_POINTER 27
+typedef struct sqlite3_vfs sqlite3_vfs;
 
 static struct api {
     int (*prepare_v2)(sqlite3 *, const char *, int, sqlite3_stmt **, const char **);
@@ -116,6 +132,14 @@ static struct api {
     int (*get_autocommit)(sqlite3 *);
     sqlite3_int64 (*memory_used)(void);
     int (*libversion_number)(void);
+    int (*file_control)(sqlite3 *, const char *, int, void *);
+    sqlite3_vfs *(*vfs_find)(const char *);
+    int (*shutdown)(void);
+    int (*initialize)(void);
+    int (*config)(int, ...);
+    void *(*malloc)(int);
+    void (*free)(void *);
+    sqlite3_int64 (*soft_heap_limit64)(sqlite3_int64);
 } api;
 
 /* each function's name and where its pointer goes in `api` (stored with memcpy: dlsym's
@@ -129,7 +153,8 @@ static const struct {
     API(bind_parameter_name), API(column_count), API(column_int), API(bind_int64),
     API(bind_double), API(bind_text), API(bind_blob), API(bind_null), API(changes),
     API(errcode), API(extended_errcode), API(errmsg), API(get_autocommit), API(memory_used),
-    API(libversion_number),
+    API(libversion_number), API(file_control), API(vfs_find), API(shutdown), API(initialize),
+    API(config), API(malloc), API(free), API(soft_heap_limit64),
 };
 #undef API
 _Static_assert(sizeof(void *) == sizeof api.step, "dlsym's pointers hold functions");
@@ -197,8 +222,13 @@ self_test(PyObject *conn, sqlite3 *db)
     if (run(conn, "CREATE TABLE probe (b BLOB)") < 0 ||
         run(conn, "INSERT INTO probe VALUES (zeroblob(1048576))") < 0)
         return -1;
-    if (api.memory_used() - before < 1048576)
-        return 0; /* another SQLite, or one not counting its memory: not provably the same */
+    sqlite3_int64 after = api.memory_used();
+    if ((before != 0 || after != 0) && after - before < 1048576)
+        return 0; /* counted by another SQLite: not the same */
+    sqlite3_vfs *its = NULL; /* (both counters flat at 0: statistics off, see quiet_memory) */
+    if (api.file_control(db, "main", SQLITE_FCNTL_VFS_POINTER, &its) != SQLITE_OK ||
+        its == NULL || its != api.vfs_find(NULL))
+        return 0; /* another SQLite's VFS: not the same */
     unsigned int mark = (unsigned int)time(NULL) ^ (unsigned int)(uintptr_t)&before;
     int version = (int)(mark & 0x3fffffff) | 1;
     char sql[64];
@@ -917,7 +947,35 @@ static PyTypeObject StepsType = {
     .tp_methods = Steps_methods,
 };
 
+/* see the top; `only_thread` is the caller's word that no other thread runs */
+static PyObject *
+quiet_memory(PyObject *self, PyObject *only_thread)
+{
+    int alone = PyObject_IsTrue(only_thread);
+    if (alone < 0)
+        return NULL;
+    if (api.memory_used() != 0) /* something of SQLite's in use: counted, so counting */
+        Py_RETURN_FALSE;
+    void *probe = api.malloc(64);
+    if (probe == NULL)
+        return PyErr_NoMemory();
+    int counting = api.memory_used() != 0;
+    api.free(probe);
+    if (!counting)
+        Py_RETURN_TRUE; /* off already */
+    if (!alone || api.soft_heap_limit64(-1) != 0)
+        Py_RETURN_FALSE;
+    /* nothing in use, one thread: SQLite may be shut down; it is initialized again at once
+     * (whatever the setting's answer: an older SQLite may not know it) */
+    int rc = api.shutdown();
+    int set = rc == SQLITE_OK ? api.config(SQLITE_CONFIG_MEMSTATUS, 0) : rc;
+    if (rc == SQLITE_OK && api.initialize() != SQLITE_OK)
+        Py_RETURN_FALSE; /* (its next sqlite3_open initializes it, or says why not) */
+    return PyBool_FromLong(set == SQLITE_OK);
+}
+
 static PyMethodDef methods[] = {
+    {"quiet_memory", quiet_memory, METH_O, "SQLite's memory statistics off (see above)."},
     {"insert", insert, METH_VARARGS, "Rows of columns bound to an INSERT (see above)."},
     {"start", start, METH_VARARGS, "Rows of columns read, to be stepped (see above)."},
     {NULL, NULL, 0, NULL},
@@ -948,7 +1006,7 @@ PyInit__sqlbind(void)
     if (PyType_Ready(&StepsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 3) < 0)
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 4) < 0)
         Py_CLEAR(m);
     return m;
 }

@@ -16,7 +16,7 @@ from typing import Any
 from monitor import accel
 
 #: the ``_sqlbind`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 3
+_ACCEL_ABI = 4
 accel.expect("monitor._sqlbind", _ACCEL_ABI, exact=True)
 _ACCEL = accel.load("monitor._sqlbind")
 
@@ -37,6 +37,15 @@ _ERROR_NAMES = {
     for name, code in vars(sqlite3).items()
     if name.startswith("SQLITE_") and name.split("_")[1] in _PRIMARY
 }
+
+
+def quiet_memory() -> bool:
+    """Turn SQLite's memory statistics off for this process, when that is safe (in C, see
+    ``monitor/_sqlbind.c``: nothing of SQLite's in use, no heap limit, only this thread);
+    whether they are off. Each of SQLite's allocations otherwise takes a process-wide
+    mutex to count itself: about a tenth of the CPU of the store's inserts. For a command's
+    start, before it opens a database: later, or beside other threads, it changes nothing."""
+    return _ACCEL is not None and _ACCEL.quiet_memory(threading.active_count() == 1)
 
 
 def insert_columns(conn: sqlite3.Connection, sql: str, columns: list[Sequence[Any]],
