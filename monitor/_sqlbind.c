@@ -874,7 +874,9 @@ insert(PyObject *self, PyObject *args)
  * c0, c1... give each row's values in order, as bind_value binds them (texts and blobs not
  * copied: they stay alive and unchanged until the step ends). One statement then inserts
  * all of them: SQLite opens its cursors, checks the schema, begins and ends a statement
- * once, not once a row (an insert of obs_rows' kinds: a third fewer instructions). */
+ * once, not once a row (an insert of obs_rows' kinds: a third fewer instructions); its
+ * caller makes it INSERT OR FAIL, which ends at a failing row as executemany does and
+ * needs no statement journal (see sqlbind.PendingInsert). */
 #define WHOLE_TABLE "apiwatch_rows"
 #define WHOLE_COLUMNS 32
 #define WHOLE_SCHEMA                                                                           \
@@ -1215,7 +1217,7 @@ Steps_run(Steps *s, PyObject *Py_UNUSED(ignored))
                            * is back (a statement finalized by the caller's thread) */
     s->given = (whole_rows){values, count, ncols};
     Py_BEGIN_ALLOW_THREADS
-    if (s->whole != NULL && count > 0) { /* one statement for all: all or none stored */
+    if (s->whole != NULL && count > 0) { /* one statement for all (see whole_rows) */
         rc = whole_api.bind_pointer(s->whole, 1, &s->given, WHOLE_TABLE, NULL);
         if (rc == SQLITE_OK)
             rc = api.step(s->whole);

@@ -1176,8 +1176,8 @@ class Store:
             rows = ", ".join(f"c{i}" for i in range(len(names)))
             sqls = self._insert_sql[present] = (  # a row's, and all of them as one statement's
                 f"{head} VALUES ({', '.join('?' * len(names))}) ON CONFLICT(id) DO NOTHING",
-                f"{head} SELECT {rows} FROM apiwatch_rows(?) WHERE true"  # noqa: S608 - constants
-                " ON CONFLICT(id) DO NOTHING",
+                f"{head.replace('INSERT', 'INSERT OR FAIL', 1)} SELECT {rows}"  # noqa: S608 - constants
+                " FROM apiwatch_rows(?) WHERE true ON CONFLICT(id) DO NOTHING",
             )
         values = [col for col, p in zip(columns, present, strict=True) if p]
         via: list[Via] = [ctx, client, *[None] * len(values)]  # numbers by index; lines + base
