@@ -63,8 +63,21 @@
  * the owner's path) and kept another thread's statements on the connection waiting up to
  * a whole run (sched_yield between holds: 24-128 ms, against 4 ms without holds); not
  * binding a value equal to the row before's saved nothing (the comparisons cost what the
- * binds did). Memory statistics off saved ~8 %, but only after sqlite3_shutdown, which no
- * other thread may be inside and which resets the process's heap limits: not done.
+ * binds did).
+ *
+ * quiet_memory() -> bool: SQLite's memory statistics off for the process (each of SQLite's
+ * allocations otherwise takes a global mutex to count itself: ~12 % of the store's insert
+ * thread's CPU), and whether they are off. SQLite takes that setting only between
+ * sqlite3_shutdown and sqlite3_initialize (importing _sqlite3 initializes it), and a
+ * shutdown is only for a process with nothing of SQLite's in use: this does it only when
+ * SQLite counts no memory in use (so no connection, statement or blob open anywhere in the
+ * process), no heap limit is set (a shutdown forgets them) and the caller says it is the
+ * process's only thread (sqlbind.py: Python's threads; nothing else here starts one). Else
+ * it changes nothing and answers whether they were off already.
+ *
+ * With the statistics off the memory counter proves nothing, so the self-test proves the
+ * instance the same another way too: the VFS a connection Python opened uses (its pager's,
+ * SQLITE_FCNTL_VFS_POINTER) is this instance's default VFS, an object of the library's own.
  */
 #define _GNU_SOURCE 1 /* RTLD_DEFAULT (as pyconfig.h defines it) */
 #define PY_SSIZE_T_CLEAN
@@ -94,6 +107,70 @@ typedef void (*sqlite3_destructor)(void *);
 #define SQLITE_ROW 100
 #define SQLITE_DONE 101
 #define SQLITE_TRANSIENT ((sqlite3_destructor)-1)
+#define SQLITE_CONFIG_MEMSTATUS 9
+#define SQLITE_FCNTL_VFS_POINTER 27
+#define SQLITE_CONSTRAINT 19
+#define SQLITE_INDEX_CONSTRAINT_EQ 2
+#define SQLITE_STATIC ((sqlite3_destructor)0)
+typedef struct sqlite3_vfs sqlite3_vfs;
+typedef struct sqlite3_context sqlite3_context;
+typedef struct sqlite3_value sqlite3_value;
+
+/* the virtual table interface (sqlite3.h's layout, stable since 3.7; version 1 modules) */
+typedef struct sqlite3_vtab {
+    const struct sqlite3_module *pModule;
+    int nRef;
+    char *zErrMsg;
+} sqlite3_vtab;
+typedef struct sqlite3_vtab_cursor {
+    sqlite3_vtab *pVtab;
+} sqlite3_vtab_cursor;
+typedef struct sqlite3_index_info {
+    int nConstraint;
+    struct sqlite3_index_constraint {
+        int iColumn;
+        unsigned char op;
+        unsigned char usable;
+        int iTermOffset;
+    } *aConstraint;
+    int nOrderBy;
+    struct sqlite3_index_orderby {
+        int iColumn;
+        unsigned char desc;
+    } *aOrderBy;
+    struct sqlite3_index_constraint_usage {
+        int argvIndex;
+        unsigned char omit;
+    } *aConstraintUsage;
+    int idxNum;
+    char *idxStr;
+    int needToFreeIdxStr;
+    int orderByConsumed;
+    double estimatedCost;
+    /* (later fields: not read or written here) */
+} sqlite3_index_info;
+typedef struct sqlite3_module {
+    int iVersion;
+    int (*xCreate)(sqlite3 *, void *, int, const char *const *, sqlite3_vtab **, char **);
+    int (*xConnect)(sqlite3 *, void *, int, const char *const *, sqlite3_vtab **, char **);
+    int (*xBestIndex)(sqlite3_vtab *, sqlite3_index_info *);
+    int (*xDisconnect)(sqlite3_vtab *);
+    int (*xDestroy)(sqlite3_vtab *);
+    int (*xOpen)(sqlite3_vtab *, sqlite3_vtab_cursor **);
+    int (*xClose)(sqlite3_vtab_cursor *);
+    int (*xFilter)(sqlite3_vtab_cursor *, int, const char *, int, sqlite3_value **);
+    int (*xNext)(sqlite3_vtab_cursor *);
+    int (*xEof)(sqlite3_vtab_cursor *);
+    int (*xColumn)(sqlite3_vtab_cursor *, sqlite3_context *, int);
+    int (*xRowid)(sqlite3_vtab_cursor *, sqlite3_int64 *);
+    int (*xUpdate)(sqlite3_vtab *, int, sqlite3_value **, sqlite3_int64 *);
+    int (*xBegin)(sqlite3_vtab *);
+    int (*xSync)(sqlite3_vtab *);
+    int (*xCommit)(sqlite3_vtab *);
+    int (*xRollback)(sqlite3_vtab *);
+    int (*xFindFunction)(sqlite3_vtab *, int, const char *, void **, void **);
+    int (*xRename)(sqlite3_vtab *, const char *);
+} sqlite3_module;
 
 static struct api {
     int (*prepare_v2)(sqlite3 *, const char *, int, sqlite3_stmt **, const char **);
@@ -116,7 +193,31 @@ static struct api {
     int (*get_autocommit)(sqlite3 *);
     sqlite3_int64 (*memory_used)(void);
     int (*libversion_number)(void);
+    int (*file_control)(sqlite3 *, const char *, int, void *);
+    sqlite3_vfs *(*vfs_find)(const char *);
+    int (*shutdown)(void);
+    int (*initialize)(void);
+    int (*config)(int, ...);
+    void *(*malloc)(int);
+    void (*free)(void *);
+    sqlite3_int64 (*soft_heap_limit64)(sqlite3_int64);
 } api;
+
+/* what a whole insert needs besides (see Steps): looked up too, but optional (SQLite 3.20
+ * on); any missing: every insert row by row */
+static struct whole_api {
+    int (*create_module_v2)(sqlite3 *, const char *, const sqlite3_module *, void *,
+                            void (*)(void *));
+    int (*declare_vtab)(sqlite3 *, const char *);
+    int (*bind_pointer)(sqlite3_stmt *, int, void *, const char *, void (*)(void *));
+    void *(*value_pointer)(sqlite3_value *, const char *);
+    void (*result_int64)(sqlite3_context *, sqlite3_int64);
+    void (*result_double)(sqlite3_context *, double);
+    void (*result_text)(sqlite3_context *, const char *, int, sqlite3_destructor);
+    void (*result_blob)(sqlite3_context *, const void *, int, sqlite3_destructor);
+    void (*result_null)(sqlite3_context *);
+} whole_api;
+static int whole_ok; /* whether every function of whole_api was found */
 
 /* each function's name and where its pointer goes in `api` (stored with memcpy: dlsym's
  * void * is not a function pointer's type, POSIX only promises the same representation) */
@@ -129,8 +230,22 @@ static const struct {
     API(bind_parameter_name), API(column_count), API(column_int), API(bind_int64),
     API(bind_double), API(bind_text), API(bind_blob), API(bind_null), API(changes),
     API(errcode), API(extended_errcode), API(errmsg), API(get_autocommit), API(memory_used),
-    API(libversion_number),
+    API(libversion_number), API(file_control), API(vfs_find), API(shutdown), API(initialize),
+    API(config), API(malloc), API(free), API(soft_heap_limit64),
 };
+#define WHOLE_API(name) {"sqlite3_" #name, offsetof(struct whole_api, name)}
+static const struct {
+    const char *name;
+    size_t offset;
+} WHOLE_API_TABLE[] = {
+    WHOLE_API(create_module_v2), WHOLE_API(declare_vtab), WHOLE_API(bind_pointer),
+    WHOLE_API(value_pointer), WHOLE_API(result_int64), WHOLE_API(result_double),
+    WHOLE_API(result_text), WHOLE_API(result_blob), WHOLE_API(result_null),
+};
+#undef WHOLE_API
+_Static_assert(sizeof WHOLE_API_TABLE / sizeof *WHOLE_API_TABLE ==
+                   sizeof whole_api / sizeof whole_api.declare_vtab,
+               "every function of whole_api looked up");
 #undef API
 _Static_assert(sizeof(void *) == sizeof api.step, "dlsym's pointers hold functions");
 _Static_assert(sizeof API_TABLE / sizeof *API_TABLE == sizeof api / sizeof api.step,
@@ -170,6 +285,15 @@ resolve(PyObject *sqlite)
         }
         memcpy((char *)&api + API_TABLE[i].offset, &f, sizeof f);
     }
+    whole_ok = 1;
+    for (size_t i = 0; i < sizeof WHOLE_API_TABLE / sizeof *WHOLE_API_TABLE; i++) {
+        void *f = dlsym(lib, WHOLE_API_TABLE[i].name);
+        void *global = dlsym(RTLD_DEFAULT, WHOLE_API_TABLE[i].name);
+        if (f == NULL || (global != NULL && global != f))
+            whole_ok = 0;
+        else
+            memcpy((char *)&whole_api + WHOLE_API_TABLE[i].offset, &f, sizeof f);
+    }
     return 0;
 }
 
@@ -197,8 +321,13 @@ self_test(PyObject *conn, sqlite3 *db)
     if (run(conn, "CREATE TABLE probe (b BLOB)") < 0 ||
         run(conn, "INSERT INTO probe VALUES (zeroblob(1048576))") < 0)
         return -1;
-    if (api.memory_used() - before < 1048576)
-        return 0; /* another SQLite, or one not counting its memory: not provably the same */
+    sqlite3_int64 after = api.memory_used();
+    if ((before != 0 || after != 0) && after - before < 1048576)
+        return 0; /* counted by another SQLite: not the same */
+    sqlite3_vfs *its = NULL; /* (both counters flat at 0: statistics off, see quiet_memory) */
+    if (api.file_control(db, "main", SQLITE_FCNTL_VFS_POINTER, &its) != SQLITE_OK ||
+        its == NULL || its != api.vfs_find(NULL))
+        return 0; /* another SQLite's VFS: not the same */
     unsigned int mark = (unsigned int)time(NULL) ^ (unsigned int)(uintptr_t)&before;
     int version = (int)(mark & 0x3fffffff) | 1;
     char sql[64];
@@ -738,6 +867,195 @@ insert(PyObject *self, PyObject *args)
     return Py_BuildValue("(Ln)", changes, done);
 }
 
+/* A whole insert's rows, as the one table its statement reads gives them (see Steps): the
+ * eponymous-only virtual table WHOLE_TABLE, registered on a connection at its first whole
+ * insert (nothing is written to the database), whose hidden column `rows` takes the
+ * values read (a pointer bound as WHOLE_TABLE's: sqlite3_bind_pointer) and whose columns
+ * c0, c1... give each row's values in order, as bind_value binds them (texts and blobs not
+ * copied: they stay alive and unchanged until the step ends). One statement then inserts
+ * all of them: SQLite opens its cursors, checks the schema, begins and ends a statement
+ * once, not once a row (an insert of obs_rows' kinds: a third fewer instructions); its
+ * caller makes it INSERT OR FAIL, which ends at a failing row as executemany does and
+ * needs no statement journal (see sqlbind.PendingInsert). */
+#define WHOLE_TABLE "apiwatch_rows"
+#define WHOLE_COLUMNS 32
+#define WHOLE_SCHEMA                                                                           \
+    "CREATE TABLE x(c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, "     \
+    "c16, c17, c18, c19, c20, c21, c22, c23, c24, c25, c26, c27, c28, c29, c30, c31, "          \
+    "rows HIDDEN)"
+
+typedef struct {
+    const value *values; /* count rows of ncols values */
+    Py_ssize_t count;
+    int ncols;
+} whole_rows;
+
+typedef struct {
+    sqlite3_vtab_cursor base;
+    const whole_rows *rows; /* (NULL: none given) */
+    Py_ssize_t i;
+} whole_cursor;
+
+static int
+whole_connect(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **vtab,
+              char **err)
+{
+    int rc = whole_api.declare_vtab(db, WHOLE_SCHEMA);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_vtab *t = api.malloc(sizeof *t);
+    if (t == NULL)
+        return 7; /* SQLITE_NOMEM */
+    memset(t, 0, sizeof *t);
+    *vtab = t;
+    return SQLITE_OK;
+}
+
+static int
+whole_disconnect(sqlite3_vtab *t)
+{
+    api.free(t);
+    return SQLITE_OK;
+}
+
+/* only read with its rows given (an equality on the hidden column): else no plan */
+static int
+whole_best_index(sqlite3_vtab *t, sqlite3_index_info *info)
+{
+    for (int i = 0; i < info->nConstraint; i++) {
+        if (info->aConstraint[i].iColumn == WHOLE_COLUMNS &&
+            info->aConstraint[i].op == SQLITE_INDEX_CONSTRAINT_EQ) {
+            if (!info->aConstraint[i].usable)
+                return SQLITE_CONSTRAINT;
+            info->aConstraintUsage[i].argvIndex = 1;
+            info->aConstraintUsage[i].omit = 1;
+            info->estimatedCost = 1.0;
+            return SQLITE_OK;
+        }
+    }
+    return SQLITE_CONSTRAINT;
+}
+
+static int
+whole_open(sqlite3_vtab *t, sqlite3_vtab_cursor **cursor)
+{
+    whole_cursor *c = api.malloc(sizeof *c);
+    if (c == NULL)
+        return 7; /* SQLITE_NOMEM */
+    memset(c, 0, sizeof *c);
+    *cursor = &c->base;
+    return SQLITE_OK;
+}
+
+static int
+whole_close(sqlite3_vtab_cursor *c)
+{
+    api.free(c);
+    return SQLITE_OK;
+}
+
+static int
+whole_filter(sqlite3_vtab_cursor *cursor, int idx, const char *idx_str, int argc,
+             sqlite3_value **argv)
+{
+    whole_cursor *c = (whole_cursor *)cursor;
+    c->rows = argc == 1 ? whole_api.value_pointer(argv[0], WHOLE_TABLE) : NULL;
+    c->i = 0;
+    return SQLITE_OK;
+}
+
+static int
+whole_next(sqlite3_vtab_cursor *cursor)
+{
+    ((whole_cursor *)cursor)->i++;
+    return SQLITE_OK;
+}
+
+static int
+whole_eof(sqlite3_vtab_cursor *cursor)
+{
+    whole_cursor *c = (whole_cursor *)cursor;
+    return c->rows == NULL || c->i >= c->rows->count;
+}
+
+static int
+whole_column(sqlite3_vtab_cursor *cursor, sqlite3_context *ctx, int k)
+{
+    whole_cursor *c = (whole_cursor *)cursor;
+    if (k < 0 || k >= c->rows->ncols) { /* (a column past the rows': none) */
+        whole_api.result_null(ctx);
+        return SQLITE_OK;
+    }
+    const value *v = &c->rows->values[c->i * c->rows->ncols + k];
+    switch (v->type) {
+    case V_NULL:
+        whole_api.result_null(ctx);
+        break;
+    case V_INT:
+        whole_api.result_int64(ctx, v->u.i);
+        break;
+    case V_FLOAT:
+        whole_api.result_double(ctx, v->u.d);
+        break;
+    case V_TEXT:
+        whole_api.result_text(ctx, v->u.p, v->size, SQLITE_STATIC);
+        break;
+    case V_BLOB:
+        whole_api.result_blob(ctx, v->u.p, v->size, SQLITE_STATIC);
+        break;
+    }
+    return SQLITE_OK;
+}
+
+static int
+whole_rowid(sqlite3_vtab_cursor *cursor, sqlite3_int64 *rowid)
+{
+    *rowid = ((whole_cursor *)cursor)->i;
+    return SQLITE_OK;
+}
+
+static const sqlite3_module whole_module = {
+    .iVersion = 1,
+    .xCreate = NULL, /* eponymous only: never in a schema */
+    .xConnect = whole_connect,
+    .xBestIndex = whole_best_index,
+    .xDisconnect = whole_disconnect,
+    .xDestroy = whole_disconnect,
+    .xOpen = whole_open,
+    .xClose = whole_close,
+    .xFilter = whole_filter,
+    .xNext = whole_next,
+    .xEof = whole_eof,
+    .xColumn = whole_column,
+    .xRowid = whole_rowid,
+};
+
+/* `sql` (an INSERT reading its rows from WHOLE_TABLE) prepared on `db`, WHOLE_TABLE
+ * registered on it first if need be; NULL when it cannot be (the rows then go one by one) */
+static sqlite3_stmt *
+whole_statement(sqlite3 *db, const char *sql, int ncols)
+{
+    if (!whole_ok || ncols > WHOLE_COLUMNS)
+        return NULL;
+    sqlite3_stmt *st = NULL;
+    const char *tail = NULL;
+    if (api.prepare_v2(db, sql, -1, &st, &tail) != SQLITE_OK) {
+        api.finalize(st);
+        st = NULL;
+        if (whole_api.create_module_v2(db, WHOLE_TABLE, &whole_module, NULL, NULL) != SQLITE_OK ||
+            api.prepare_v2(db, sql, -1, &st, &tail) != SQLITE_OK) {
+            api.finalize(st);
+            return NULL;
+        }
+    }
+    if (st == NULL || !one_insert(sql, tail) || api.column_count(st) != 0 ||
+        api.bind_parameter_count(st) != 1) {
+        api.finalize(st);
+        return NULL;
+    }
+    return st;
+}
+
 /* start(conn, sql, columns, via) -> Steps, or None: insert's rows read now (with the GIL),
  * to be stepped by Steps.run, which releases the GIL for all of them: another thread runs
  * it while this one does other work (sqlbind.PendingInsert). Each value is read as insert
@@ -753,6 +1071,8 @@ typedef struct {
     value *values;     /* `count` rows of r.ncols values */
     Py_ssize_t count;
     int ran;
+    sqlite3_stmt *whole; /* the rows' statement as one (see whole_rows), or NULL */
+    whole_rows given;    /* what it reads */
 } Steps;
 
 static PyTypeObject StepsType;
@@ -761,6 +1081,8 @@ static void
 Steps_dealloc(Steps *s)
 {
     rows_release(&s->r); /* (a Steps never run: its statement finalized, nothing stepped) */
+    if (s->whole != NULL)
+        api.finalize(s->whole);
     PyMem_Free(s->values);
     Py_XDECREF(s->kept);
     Py_XDECREF(s->conn);
@@ -784,9 +1106,22 @@ keep_copy(PyObject *kept, PyObject **seq)
 static PyObject *
 start(PyObject *self, PyObject *args)
 {
-    PyObject *conn;
+    PyObject *conn, *whole_sql = Py_None;
     rows r;
-    if (rows_of(args, &conn, &r) < 0 || r.st == NULL) {
+    Py_ssize_t given = PyTuple_GET_SIZE(args);
+    if (given == 5) { /* (whole_sql: see Steps) */
+        whole_sql = PyTuple_GET_ITEM(args, 4);
+        if (whole_sql != Py_None && !PyUnicode_Check(whole_sql)) {
+            PyErr_SetString(PyExc_TypeError, "start: whole_sql is a str or None");
+            return NULL;
+        }
+    }
+    PyObject *four = given == 5 ? PyTuple_GetSlice(args, 0, 4) : Py_NewRef(args);
+    if (four == NULL)
+        return NULL;
+    int got = rows_of(four, &conn, &r);
+    Py_DECREF(four);
+    if (got < 0 || r.st == NULL) {
         rows_release(&r);
         if (PyErr_Occurred())
             return NULL;
@@ -802,6 +1137,15 @@ start(PyObject *self, PyObject *args)
     s->values = NULL;
     s->count = 0;
     s->ran = 0;
+    s->whole = NULL;
+    if (whole_sql != Py_None) {
+        Py_ssize_t size;
+        const char *text = PyUnicode_AsUTF8AndSize(whole_sql, &size);
+        if (text == NULL || (size_t)size != strlen(text))
+            PyErr_Clear(); /* (not UTF-8, a NUL in it: row by row) */
+        else
+            s->whole = whole_statement(r.db, text, (int)r.ncols);
+    }
     s->kept = PyList_New(0);
     Py_ssize_t n = r.n < 0 ? 0 : r.n, ncols = r.ncols;
     if (s->kept == NULL)
@@ -836,6 +1180,21 @@ error:
     return NULL;
 }
 
+/* the handle's error after a failed step: its codes, and a copy of its message (NULL when
+ * out of memory; PyMem_RawFree it), read without the GIL */
+static char *
+error_of(sqlite3 *db, int *code, int *extended)
+{
+    *code = api.errcode(db);
+    *extended = api.extended_errcode(db);
+    const char *text = api.errmsg(db);
+    size_t size = strlen(text) + 1;
+    char *message = PyMem_RawMalloc(size);
+    if (message != NULL)
+        memcpy(message, text, size);
+    return message;
+}
+
 /* Steps.run() -> (changes, stop), as insert returns them, or the step's error raised as
  * insert raises it; once. The rows are bound and stepped with the GIL released (no Python
  * object is read: the values were), the statement finalized after. */
@@ -856,8 +1215,21 @@ Steps_run(Steps *s, PyObject *Py_UNUSED(ignored))
     int rc = SQLITE_DONE, code = 0, extended = 0;
     char *message = NULL; /* the error's, read here: the handle's may change once the GIL
                            * is back (a statement finalized by the caller's thread) */
+    s->given = (whole_rows){values, count, ncols};
     Py_BEGIN_ALLOW_THREADS
-    for (; done < count; done++) {
+    if (s->whole != NULL && count > 0) { /* one statement for all (see whole_rows) */
+        rc = whole_api.bind_pointer(s->whole, 1, &s->given, WHOLE_TABLE, NULL);
+        if (rc == SQLITE_OK)
+            rc = api.step(s->whole);
+        if (rc == SQLITE_DONE) {
+            changes = api.changes(db);
+            done = count;
+        }
+        api.reset(s->whole);
+        if (rc != SQLITE_DONE)
+            message = error_of(db, &code, &extended);
+    }
+    for (; s->whole == NULL && done < count; done++) {
         int bound = 1;
         for (int j = 0; j < ncols && bound; j++)
             bound = bind_value(st, j + 1, &values[done * ncols + j]);
@@ -868,12 +1240,7 @@ Steps_run(Steps *s, PyObject *Py_UNUSED(ignored))
             changes += api.changes(db);
         api.reset(st); /* (after an error: its code and message stay the handle's) */
         if (rc != SQLITE_DONE) {
-            code = api.errcode(db);
-            extended = api.extended_errcode(db);
-            const char *text = api.errmsg(db);
-            size_t size = strlen(text) + 1;
-            if ((message = PyMem_RawMalloc(size)) != NULL)
-                memcpy(message, text, size);
+            message = error_of(db, &code, &extended);
             break;
         }
     }
@@ -896,6 +1263,9 @@ Steps_run(Steps *s, PyObject *Py_UNUSED(ignored))
     }
     PyMem_RawFree(message);
     rows_release(&s->r);
+    if (s->whole != NULL)
+        api.finalize(s->whole);
+    s->whole = NULL;
     PyMem_Free(s->values);
     s->values = NULL;
     Py_CLEAR(s->kept);
@@ -917,7 +1287,35 @@ static PyTypeObject StepsType = {
     .tp_methods = Steps_methods,
 };
 
+/* see the top; `only_thread` is the caller's word that no other thread runs */
+static PyObject *
+quiet_memory(PyObject *self, PyObject *only_thread)
+{
+    int alone = PyObject_IsTrue(only_thread);
+    if (alone < 0)
+        return NULL;
+    if (api.memory_used() != 0) /* something of SQLite's in use: counted, so counting */
+        Py_RETURN_FALSE;
+    void *probe = api.malloc(64);
+    if (probe == NULL)
+        return PyErr_NoMemory();
+    int counting = api.memory_used() != 0;
+    api.free(probe);
+    if (!counting)
+        Py_RETURN_TRUE; /* off already */
+    if (!alone || api.soft_heap_limit64(-1) != 0)
+        Py_RETURN_FALSE;
+    /* nothing in use, one thread: SQLite may be shut down; it is initialized again at once
+     * (whatever the setting's answer: an older SQLite may not know it) */
+    int rc = api.shutdown();
+    int set = rc == SQLITE_OK ? api.config(SQLITE_CONFIG_MEMSTATUS, 0) : rc;
+    if (rc == SQLITE_OK && api.initialize() != SQLITE_OK)
+        Py_RETURN_FALSE; /* (its next sqlite3_open initializes it, or says why not) */
+    return PyBool_FromLong(set == SQLITE_OK);
+}
+
 static PyMethodDef methods[] = {
+    {"quiet_memory", quiet_memory, METH_O, "SQLite's memory statistics off (see above)."},
     {"insert", insert, METH_VARARGS, "Rows of columns bound to an INSERT (see above)."},
     {"start", start, METH_VARARGS, "Rows of columns read, to be stepped (see above)."},
     {NULL, NULL, 0, NULL},
@@ -948,7 +1346,7 @@ PyInit__sqlbind(void)
     if (PyType_Ready(&StepsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 3) < 0)
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", 5) < 0)
         Py_CLEAR(m);
     return m;
 }

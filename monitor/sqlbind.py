@@ -16,7 +16,7 @@ from typing import Any
 from monitor import accel
 
 #: the ``_sqlbind`` interface this module calls (``ABI`` of the compiled module)
-_ACCEL_ABI = 3
+_ACCEL_ABI = 5
 accel.expect("monitor._sqlbind", _ACCEL_ABI, exact=True)
 _ACCEL = accel.load("monitor._sqlbind")
 
@@ -37,6 +37,15 @@ _ERROR_NAMES = {
     for name, code in vars(sqlite3).items()
     if name.startswith("SQLITE_") and name.split("_")[1] in _PRIMARY
 }
+
+
+def quiet_memory() -> bool:
+    """Turn SQLite's memory statistics off for this process, when that is safe (in C, see
+    ``monitor/_sqlbind.c``: nothing of SQLite's in use, no heap limit, only this thread);
+    whether they are off. Each of SQLite's allocations otherwise takes a process-wide
+    mutex to count itself: about a tenth of the CPU of the store's inserts. For a command's
+    start, before it opens a database: later, or beside other threads, it changes nothing."""
+    return _ACCEL is not None and _ACCEL.quiet_memory(threading.active_count() == 1)
 
 
 def insert_columns(conn: sqlite3.Connection, sql: str, columns: list[Sequence[Any]],
@@ -182,15 +191,26 @@ class PendingInsert:
     :meth:`join`) returns, nothing else may use the connection (SQLite would interleave
     the statements in the transaction), nor change the columns' lists (what is read is
     read: a list's later changes are not inserted). Without C (or when C leaves every row
-    to Python) the rows are inserted at the start, as :func:`insert_columns` does."""
+    to Python) the rows are inserted at the start, as :func:`insert_columns` does.
+
+    ``whole_sql``: the same INSERT as one statement over all the rows C read, which it
+    reads from the table ``apiwatch_rows(?)`` (columns ``c0``, ``c1``... in the order of
+    ``sql``'s parameters; ``WHERE true`` before an ``ON CONFLICT``, which SQLite's parser
+    would read as a join's ``ON``; see ``monitor/_sqlbind.c``). SQLite then does its
+    per-statement work once, not once a row: a third fewer instructions for ``obs_rows``.
+    Give it ``INSERT OR FAIL``: a failing row then ends it with the rows before it kept, as
+    ``executemany`` ends (``ABORT``, SQLite's default, would undo the statement, and so
+    copy each page it changes aside first: 119 MB of a temporary file for 500k rows)."""
 
     def __init__(self, conn: sqlite3.Connection, sql: str, columns: list[Sequence[Any]],
-                 via: list[Via]) -> None:  # fmt: skip
+                 via: list[Via], whole_sql: str | None = None) -> None:  # fmt: skip
         self._cursor = conn.cursor()  # sqlite3's own checks, in the connection's thread
         self._sql, self._columns, self._via = sql, columns, via
         self._changes: int | None = None  # the count, once known
         self._steps: PendingCall | None = None  # the C steps under way: their (changes, stop)
-        steps = _ACCEL.start(conn, sql, columns, via) if _c_runs(conn) else None
+        steps = None
+        if _c_runs(conn):
+            steps = _ACCEL.start(conn, sql, columns, via, whole_sql)
         if steps is None:
             self._changes = insert_columns(conn, sql, columns, via)
             return

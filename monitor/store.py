@@ -704,7 +704,7 @@ class Store:
             #: an incident's identity texts -> as stored (see :meth:`_identity_texts`)
             self._identities: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             self._fact_numbers: dict[str, int] = {}
-            self._insert_sql: dict[tuple[bool, ...], str] = {}  # by the columns present
+            self._insert_sql: dict[tuple[bool, ...], tuple[str, str]] = {}  # by the columns present
             self._data_version = -1
             self.db.execute(f"PRAGMA busy_timeout = {_BUSY_SECONDS * 1000}")
             self.db.execute(f"PRAGMA cache_size = -{_CACHE_KB}")
@@ -1169,18 +1169,21 @@ class Store:
             columns = [[col[i] for i in kept] for col in columns]
             ctxs, clients = [ctxs[i] for i in kept], [clients[i] for i in kept]
         present = tuple(isinstance(col, array) or col.count(None) != len(col) for col in columns)
-        sql = self._insert_sql.get(present)
-        if sql is None:
-            names = [c for c, p in zip(ROW_FIELDS, present, strict=True) if p]
-            sql = self._insert_sql[present] = (
-                f"INSERT INTO obs_rows (ctx, client, {', '.join(names)}) "  # noqa: S608 - constants
-                f"VALUES (?, ?, {', '.join('?' * len(names))}) ON CONFLICT(id) DO NOTHING"
+        sqls = self._insert_sql.get(present)
+        if sqls is None:
+            names = ["ctx", "client", *(c for c, p in zip(ROW_FIELDS, present, strict=True) if p)]
+            head = f"INSERT INTO obs_rows ({', '.join(names)})"
+            rows = ", ".join(f"c{i}" for i in range(len(names)))
+            sqls = self._insert_sql[present] = (  # a row's, and all of them as one statement's
+                f"{head} VALUES ({', '.join('?' * len(names))}) ON CONFLICT(id) DO NOTHING",
+                f"{head.replace('INSERT', 'INSERT OR FAIL', 1)} SELECT {rows}"  # noqa: S608 - constants
+                " FROM apiwatch_rows(?) WHERE true ON CONFLICT(id) DO NOTHING",
             )
         values = [col for col, p in zip(columns, present, strict=True) if p]
         via: list[Via] = [ctx, client, *[None] * len(values)]  # numbers by index; lines + base
         if batch.line_base and present[ROW_LINE]:
             via[2 + sum(present[:ROW_LINE])] = batch.line_base
-        return PendingInsert(self.db.conn, sql, [ctxs, clients, *values], via)
+        return PendingInsert(self.db.conn, sqls[0], [ctxs, clients, *values], via, sqls[1])
 
     def _add_batch_deltas(self, deltas: dict[str, dict[str, Any]], batch: Batch, parts: Deltas,
                           scan_id: int) -> None:  # fmt: skip

@@ -440,6 +440,74 @@ def test_a_second_sqlite_in_the_process_keeps_c_out(tmp_path):
     ), run.stderr
 
 
+def _in_a_new_process(script: str, *args: str) -> str:
+    """``script`` run by a new Python with this tree first on its path: what it printed."""
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_memory_statistics_go_off_only_where_nothing_of_sqlite_is_in_use():
+    """``quiet_memory`` turns SQLite's memory counting off in a process that has nothing of
+    SQLite's in use and one thread; C still proves the instance Python's (its VFS) and
+    binds the rows itself. It changes nothing beside an open connection, beside another
+    thread, or with a heap limit set (a shutdown would forget it)."""
+    script = (
+        "import ctypes, sqlite3, sys, threading\n"
+        "from monitor import sqlbind\n"
+        "lib = ctypes.CDLL(sys.argv[1]); lib.sqlite3_memory_used.restype = ctypes.c_int64\n"
+        "lib.sqlite3_soft_heap_limit64.restype = ctypes.c_int64\n"
+        "lib.sqlite3_soft_heap_limit64.argtypes = [ctypes.c_int64]\n"
+        "if sys.argv[2] == 'open':\n"
+        "    held = sqlite3.connect(':memory:')\n"
+        "if sys.argv[2] == 'thread':\n"
+        "    stop = threading.Event(); threading.Thread(target=stop.wait).start()\n"
+        "if sys.argv[2] == 'limit':\n"
+        "    lib.sqlite3_soft_heap_limit64(1 << 30)\n"
+        "quiet = sqlbind.quiet_memory()\n"
+        "if sys.argv[2] == 'thread':\n"
+        "    stop.set()\n"
+        "c = sqlite3.connect(':memory:', isolation_level=None)\n"
+        "c.execute('CREATE TABLE t (a, b)'); c.execute('BEGIN')\n"
+        "done = sqlbind._ACCEL.insert(c, 'INSERT INTO t VALUES (?, ?)', [[1, 2], ['x', None]],"
+        " [None, None])\n"
+        "print(quiet, sqlbind.quiet_memory(), lib.sqlite3_memory_used() > 0, done,"
+        " c.execute('SELECT * FROM t').fetchall() == [(1, 'x'), (2, None)])\n"
+    )
+    library = str(_sqlite_library())
+    off, on = "True True False (2, None) True", "False False True (2, None) True"
+    assert _in_a_new_process(script, library, "alone") == off
+    for case in ("open", "thread", "limit"):
+        assert _in_a_new_process(script, library, case) == on, case
+
+
+def test_a_command_turns_memory_statistics_off_and_stores_the_same(tmp_path):
+    """A command (here a scan through the CLI's entry) starts with SQLite's memory counting
+    off, so nothing is counted afterwards with a connection open; it stores the same rows
+    as the same scan in a process where a connection open at its start keeps it on."""
+    log = tmp_path / "access.log"
+    generated_squid_log(log, "--lines", "3000", "--llm-share", "0.3", "--seed", "9")
+    script = (
+        "import ctypes, sqlite3, sys\n"
+        "held = sqlite3.connect(':memory:') if sys.argv[4] == 'held' else None\n"
+        "from monitor.cli import main\n"
+        "main(args=['--db', sys.argv[2], 'scan', '-q', '-j', '1', sys.argv[3], '--egress-country',"
+        " 'CN'], prog_name='apiwatch', standalone_mode=False)\n"
+        "lib = ctypes.CDLL(sys.argv[1]); lib.sqlite3_memory_used.restype = ctypes.c_int64\n"
+        "c = sqlite3.connect(sys.argv[2])\n"
+        "print(c.execute('SELECT count(*) FROM obs_rows').fetchone()[0] > 500,"
+        " lib.sqlite3_memory_used() > 0)\n"
+    )
+    library = str(_sqlite_library())
+    counted = {}
+    for held in ("held", "none"):
+        db = tmp_path / f"{held}.db"
+        counted[held] = _in_a_new_process(script, library, str(db), str(log), held)
+    assert counted == {"held": "True True", "none": "True False"}
+    assert _tables(tmp_path / "held.db") == _tables(tmp_path / "none.db")
+
+
 def test_a_step_waiting_on_a_lock_lets_its_holder_commit(tmp_path):
     """Another thread holds the write lock and needs the GIL to commit: C's step waits for
     the lock with the GIL released (as _sqlite3's does), so it gets it well within the
@@ -599,6 +667,56 @@ def test_an_insert_stepped_with_the_gil_released_inserts_or_fails_as_in_python(d
     cols, via = drawn
     c_result, python_result = _results(cols, via, before=BEFORE, call=_released)
     assert c_result == python_result
+
+
+#: INSERT as one statement over all the rows C reads (see sqlbind.PendingInsert)
+WHOLE = ("INSERT OR FAIL INTO t (id, a, b, c, d) SELECT c0, c1, c2, c3, c4 FROM"
+         " apiwatch_rows(?) WHERE true ON CONFLICT(id) DO NOTHING")  # fmt: skip
+
+
+def _whole(conn: sqlite3.Connection, sql: str, columns: list, via: list) -> int:
+    """A pending insert of the rows as one statement (as the store's of ``obs_rows``)."""
+    assert sql == INSERT
+    return sqlbind.PendingInsert(conn, sql, columns, via, WHOLE).wait()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(columns(odd=True))
+def test_a_whole_insert_is_pythons(drawn):
+    """The rows C reads inserted by one statement (``OR FAIL``): Python's rows (cell by
+    cell, types too), changes, exceptions and transaction, a failing row's included (the
+    rows before it kept, as ``executemany`` keeps them)."""
+    cols, via = drawn
+    c_result, python_result = _results(cols, via, before=BEFORE, call=_whole)
+    assert c_result == python_result
+
+
+def test_a_whole_insert_is_one_statement_and_leaves_no_table_behind(tmp_path):
+    """One statement steps every row (SQLite's trace sees one, reading ``apiwatch_rows``);
+    a failing row (a NULL id) ends it with Python's error, the rows before it kept, as
+    Python keeps them; the table it reads is in nobody's schema (another connection sees
+    only ``t``)."""
+    conn = _database(str(tmp_path / "w.db"))
+    traced: list[str] = []
+    conn.set_trace_callback(traced.append)
+    conn.execute("BEGIN IMMEDIATE")
+    cols = [array("q", range(100, 150)), list(range(50)), [0.5] * 50, ["x"] * 50, [None] * 50]
+    assert _whole(conn, INSERT, cols, [None] * 5) == 50
+    inserts = [t for t in traced if t.startswith("INSERT")]
+    assert len(inserts) == 1 and " FROM apiwatch_rows(" in inserts[0], traced
+    failing = [[*range(200, 210), None, 211], *[[1] * 12 for _ in range(4)]]
+    python = _database()
+    python.execute("BEGIN IMMEDIATE")
+    c_outcome = _outcome(lambda: _whole(conn, INSERT, failing, [None] * 5))
+    assert c_outcome == _insert(python, failing, [None] * 5)
+    assert c_outcome[0] is sqlite3.IntegrityError
+    stored = "SELECT id, a, b, c, d FROM t WHERE id >= 200 ORDER BY n"
+    assert conn.execute(stored).fetchall() == python.execute(stored).fetchall()
+    assert len(conn.execute(stored).fetchall()) == 10
+    conn.execute("COMMIT")
+    other = sqlite3.connect(tmp_path / "w.db")
+    names = [r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    assert names == ["t"] and other.execute("SELECT count(*) FROM t").fetchone() == (60,)
 
 
 def test_a_pending_call_runs_in_its_own_thread_and_raises_in_the_callers():

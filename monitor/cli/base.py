@@ -223,7 +223,9 @@ def main(ctx: click.Context, db, config, geoip, geo_overrides, rules) -> None:
     apiwatch show 3f9a0c1d
     """
     from monitor.app import App, Settings
+    from monitor.sqlbind import quiet_memory
 
+    quiet_memory()  # before any database is opened: SQLite's allocations then count nothing
     ctx.obj = App(
         Settings(
             db=db,
