@@ -896,6 +896,18 @@ typedef struct {
     Py_ssize_t i;
 } whole_cursor;
 
+#define SQLITE_NOMEM 7
+
+/* `size` zeroed bytes from SQLite's allocator (what it frees: vtabs, cursors), or NULL */
+static void *
+zeroed(size_t size)
+{
+    void *p = api.malloc((int)size);
+    if (p != NULL)
+        memset(p, 0, size);
+    return p;
+}
+
 static int
 whole_connect(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **vtab,
               char **err)
@@ -903,12 +915,8 @@ whole_connect(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3
     int rc = whole_api.declare_vtab(db, WHOLE_SCHEMA);
     if (rc != SQLITE_OK)
         return rc;
-    sqlite3_vtab *t = api.malloc(sizeof *t);
-    if (t == NULL)
-        return 7; /* SQLITE_NOMEM */
-    memset(t, 0, sizeof *t);
-    *vtab = t;
-    return SQLITE_OK;
+    *vtab = zeroed(sizeof **vtab);
+    return *vtab == NULL ? SQLITE_NOMEM : SQLITE_OK;
 }
 
 static int
@@ -939,12 +947,9 @@ whole_best_index(sqlite3_vtab *t, sqlite3_index_info *info)
 static int
 whole_open(sqlite3_vtab *t, sqlite3_vtab_cursor **cursor)
 {
-    whole_cursor *c = api.malloc(sizeof *c);
-    if (c == NULL)
-        return 7; /* SQLITE_NOMEM */
-    memset(c, 0, sizeof *c);
-    *cursor = &c->base;
-    return SQLITE_OK;
+    whole_cursor *c = zeroed(sizeof *c);
+    *cursor = c == NULL ? NULL : &c->base;
+    return c == NULL ? SQLITE_NOMEM : SQLITE_OK;
 }
 
 static int
