@@ -640,6 +640,11 @@ _INSERT_INCIDENT = (
     f"INSERT INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)})"  # noqa: S608 - constants
     f" VALUES ({', '.join('?' * len(_NEW_INCIDENT_COLUMNS))})"
 )
+#: the same for all the rows of an insert as one statement (see sqlbind.PendingInsert)
+_INSERT_INCIDENTS = (
+    f"INSERT OR FAIL INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)}) SELECT"  # noqa: S608
+    f" {', '.join(f'c{i}' for i in range(len(_NEW_INCIDENT_COLUMNS)))} FROM apiwatch_rows(?) WHERE true"
+)
 #: what new observations add to a stored incident (parameters: first_seen, last_seen (None:
 #: within the stored ones), count, blocked, bytes_out, bytes_in, evidence, facts,
 #: first_scan, last_scan, row number)
@@ -1365,7 +1370,7 @@ class Store:
         if rows:
             columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
             self._incident_insert = PendingInsert(
-                self.db.conn, _INSERT_INCIDENT, columns, [None] * len(columns)
+                self.db.conn, _INSERT_INCIDENT, columns, [None] * len(columns), _INSERT_INCIDENTS
             )
             if numbered:
                 self._incident_keys.update((row[1], row[0]) for row in rows)
