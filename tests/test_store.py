@@ -788,6 +788,92 @@ def test_a_fold_that_fails_beside_the_incident_rows_keeps_nothing(tmp_path):
     store.close()
 
 
+
+def _many_incidents(scan_id: int) -> list[Batch]:
+    """Two batches of rows of 40 incidents, each linked to its rows (hit links)."""
+    made = []
+    for first, n in ((0, 200), (200, 120)):
+        batch = Batch.of([(None, obs(i), [inc(f"n{i % 40}")]) for i in range(first, first + n)])
+        batch.set_scan(scan_id)
+        made.append(batch)
+    return made
+
+
+def _writes_noted(store: Store) -> list[tuple[str, bool]]:
+    """The tables that ``store`` writes the roll-ups' monthly rows, hit packs and incident
+    rows into, in the order of the writes, each with whether the caller's thread wrote it
+    (temp triggers: this connection's)."""
+    writes: list[tuple[str, bool]] = []
+    caller = threading.get_ident()
+
+    def noted(table: str) -> None:
+        writes.append((table, threading.get_ident() == caller))
+
+    store.db.conn.create_function("noted", 1, noted)
+    for table in ("obs_monthly", "hit_packs", "incident_rows"):
+        store.db.execute(f"CREATE TEMP TRIGGER noted_{table} AFTER INSERT ON {table}"
+                         f" BEGIN SELECT noted('{table}'); END")  # fmt: skip
+    return writes
+
+
+@pytest.mark.parametrize("rolling", [True, False])
+def test_hit_links_are_packed_while_the_incident_rows_are_inserted_and_go_after_them(
+        tmp_path, monkeypatch, rolling):  # fmt: skip
+    """At a transaction's end the hit links are packed once the new incident rows are built
+    (while they are inserted in a thread) and inserted after them, by the caller, after
+    the roll-ups folded aside: the database is the same whether the new rows go a row at
+    a time or all at once."""
+    from monitor import store as store_module
+
+    got = []
+    for chunk in (1, 10**6):
+        monkeypatch.setattr(store_module, "_INCIDENT_CHUNK", chunk)
+        store = Store(tmp_path / f"s{chunk}.db")
+        scan_id = store.start_scan(["a.log"], {})
+        writes = _writes_noted(store)
+        ingestion = store.ingestion(scan_id, roll_up=rolling)
+        for batch in _many_incidents(scan_id):
+            ingestion.add(batch)
+        result = ingestion.commit()
+        tables = [t for t, _ in writes]
+        assert tables.count("hit_packs") == 40 and tables.count("incident_rows") == 40
+        assert ("obs_monthly" in tables) == rolling
+        assert tables[-40:] == ["hit_packs"] * 40  # after the fold and the incident rows
+        assert all(caller == (t == "hit_packs") for t, caller in writes if t != "incident_rows")
+        got.append((_tables(store), {t: store.db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()  # noqa: S608
+                                     for t in (*_ROLLUPS, "hit_packs", "incident_texts")},
+                    result.new_incidents))  # fmt: skip
+        store.close()
+    assert got[0] == got[1]
+    assert len(got[0][0]["incident_rows"]) == 40 and len(got[0][0]["hit_links"]) == 320
+
+
+def test_hit_links_that_fail_beside_the_incident_rows_keep_nothing(tmp_path):
+    """Inserting the hit packs fails (a trigger aborts it) at a transaction's end, while
+    the incident rows are built: the commit raises SQLite's error in the caller's thread,
+    no thread is left on the connection, nothing of the transaction is kept, and the
+    store stores the same batches once the cause is gone."""
+    store = Store(tmp_path / "s.db")
+    store.db.execute("CREATE TEMP TRIGGER t BEFORE INSERT ON hit_packs BEGIN"
+                     " SELECT RAISE(ABORT, 'no packs'); END")  # fmt: skip
+    scan_id = store.start_scan(["a.log"], {})
+    ingestion = store.ingestion(scan_id, roll_up=True)
+    for batch in _many_incidents(scan_id):
+        ingestion.add(batch)
+    with pytest.raises(sqlite3.IntegrityError, match="no packs"):
+        ingestion.commit()
+    assert not store.db.conn.in_transaction
+    assert not [t for t in threading.enumerate() if t.name.startswith("apiwatch-")]
+    for table in ("obs_rows", "incident_rows", "hit_packs", "incident_texts", *_ROLLUPS):
+        assert store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0  # noqa: S608
+    store.db.execute("DROP TRIGGER temp.t")
+    ingestion = store.ingestion(scan_id, roll_up=True)
+    for batch in _many_incidents(scan_id):
+        ingestion.add(batch)
+    assert ingestion.commit().stored == 320
+    assert store.db.execute("SELECT count(*) FROM hit_links").fetchone()[0] == 320
+    store.close()
+
 def _committed(path: Path) -> tuple[int, int]:
     """Rows committed in the database at ``path``, and those of them whose context is not."""
     con = sqlite3.connect(path)
