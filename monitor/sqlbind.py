@@ -49,7 +49,7 @@ def quiet_memory() -> bool:
 
 
 def insert_columns(conn: sqlite3.Connection, sql: str, columns: list[Sequence[Any]],
-                   via: list[Via], released: bool = False) -> int:  # fmt: skip
+                   via: list[Via], released: bool = False, whole_sql: str | None = None) -> int:  # fmt: skip
     """Run ``sql`` (one INSERT with a parameter per column) for each row of ``columns``
     (values of ``via``, see :data:`Via`) as ``conn.executemany`` does, with its errors;
     returns the rows changed (its ``rowcount``). The C code does the rows it can bind as
@@ -58,14 +58,15 @@ def insert_columns(conn: sqlite3.Connection, sql: str, columns: list[Sequence[An
     ``released``: C reads the values first, then steps them all with the GIL released (as
     :class:`PendingInsert`'s thread, here in the caller's): for a thread beside another
     that runs Python, which would otherwise hold the GIL while this waits for it, a
-    switch interval each time C takes it back (every 256 rows)."""
+    switch interval each time C takes it back (every 256 rows). ``whole_sql``: the rows C
+    reads inserted by one statement, as :class:`PendingInsert` does (released then too)."""
     cursor = conn.cursor()  # sqlite3's own checks first: the connection open, this thread
     changes, stop = 0, 0
     if _c_runs(conn):
         try:
-            if not released:
+            if not released and whole_sql is None:
                 changes, stop = _ACCEL.insert(conn, sql, columns, via)
-            elif (steps := _ACCEL.start(conn, sql, columns, via)) is not None:
+            elif (steps := _ACCEL.start(conn, sql, columns, via, whole_sql)) is not None:
                 changes, stop = steps.run()
         except sqlite3.Error as exc:
             _named(exc)

@@ -641,7 +641,7 @@ _INSERT_INCIDENT = (
     f" VALUES ({', '.join('?' * len(_NEW_INCIDENT_COLUMNS))})"
 )
 #: the same for all the rows of an insert as one statement (see sqlbind.PendingInsert)
-_INSERT_INCIDENTS = (
+_INSERT_ALL_INCIDENTS = (
     f"INSERT OR FAIL INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)}) SELECT"  # noqa: S608
     f" {', '.join(f'c{i}' for i in range(len(_NEW_INCIDENT_COLUMNS)))} FROM apiwatch_rows(?) WHERE true"
 )
@@ -1379,8 +1379,9 @@ class Store:
         self._incidents_inserted()
         if rows:
             columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+            via: list[Via] = [None] * len(columns)
             self._incident_insert = PendingInsert(
-                self.db.conn, _INSERT_INCIDENT, columns, [None] * len(columns), _INSERT_INCIDENTS
+                self.db.conn, _INSERT_INCIDENT, columns, via, _INSERT_ALL_INCIDENTS
             )
             if numbered:
                 self._incident_keys.update((row[1], row[0]) for row in rows)
@@ -4768,7 +4769,7 @@ def _insert_packs(conn: sqlite3.Connection, packs: LinkPacks) -> None:
     """Insert hit links as packs (:func:`monitor.batch.link_packs`), merged into a stored
     pack of the same incident and block (see :data:`_MERGE_PACKS`)."""
     columns: list[Sequence[Any]] = [packs.incidents, packs.firsts, packs.texts]
-    insert_columns(conn, _INSERT_PACKS, columns, [None] * len(columns))
+    insert_columns(conn, _INSERT_PACKS, columns, [None] * len(columns), whole_sql=_INSERT_ALL_PACKS)
 
 
 #: a pack of hit links that meets one stored with the same incident and block (``first``)
@@ -4780,6 +4781,11 @@ _MERGE_PACKS = (
     " ORDER BY 1))"
 )
 _INSERT_PACKS = f"INSERT INTO hit_packs (incident, first, obs) VALUES (?, ?, ?){_MERGE_PACKS}"  # noqa: S608
+#: the same as one statement for all of them (see sqlbind.PendingInsert)
+_INSERT_ALL_PACKS = (
+    "INSERT OR FAIL INTO hit_packs (incident, first, obs) SELECT c0, c1, c2"  # noqa: S608
+    f" FROM apiwatch_rows(?) WHERE true{_MERGE_PACKS}"
+)
 
 
 def _packs_of(links: str) -> str:
