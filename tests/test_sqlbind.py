@@ -680,15 +680,23 @@ def _whole(conn: sqlite3.Connection, sql: str, columns: list, via: list) -> int:
     return sqlbind.PendingInsert(conn, sql, columns, via, WHOLE).wait()
 
 
+def _whole_here(conn: sqlite3.Connection, sql: str, columns: list, via: list) -> int:
+    """insert_columns of the rows as one statement (as the store's of hit packs)."""
+    assert sql == INSERT
+    return sqlbind.insert_columns(conn, sql, columns, via, whole_sql=WHOLE)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(columns(odd=True))
 def test_a_whole_insert_is_pythons(drawn):
-    """The rows C reads inserted by one statement (``OR FAIL``): Python's rows (cell by
-    cell, types too), changes, exceptions and transaction, a failing row's included (the
-    rows before it kept, as ``executemany`` keeps them)."""
+    """The rows C reads inserted by one statement (``OR FAIL``), begun aside or in the
+    caller's thread: Python's rows (cell by cell, types too), changes, exceptions and
+    transaction, a failing row's included (the rows before it kept, as ``executemany``
+    keeps them)."""
     cols, via = drawn
-    c_result, python_result = _results(cols, via, before=BEFORE, call=_whole)
-    assert c_result == python_result
+    for call in (_whole, _whole_here):
+        c_result, python_result = _results(cols, via, before=BEFORE, call=call)
+        assert c_result == python_result
 
 
 def test_a_whole_insert_is_one_statement_and_leaves_no_table_behind(tmp_path):
