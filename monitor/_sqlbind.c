@@ -75,9 +75,16 @@
  * process's only thread (sqlbind.py: Python's threads; nothing else here starts one). Else
  * it changes nothing and answers whether they were off already.
  *
+ * It also refuses when the shutdown would lose a process-wide setting: a heap limit (a hard
+ * one sets the soft one too; with the statistics off SQLite enforces neither afterwards), a
+ * default VFS other than "unix", sqlite3_temp_directory or sqlite3_data_directory set.
+ *
  * With the statistics off the memory counter proves nothing, so the self-test proves the
  * instance the same another way too: the VFS a connection Python opened uses (its pager's,
- * SQLITE_FCNTL_VFS_POINTER) is this instance's default VFS, an object of the library's own.
+ * SQLITE_FCNTL_VFS_POINTER, SQLite 3.15 on) is this instance's default VFS, an object of the
+ * library's own; flat counters are taken only where quiet_memory saw the statistics off.
+ * (Calling file_control on a handle that might be another instance's is safe only because
+ * the version check before it makes both structs one layout.)
  */
 #define _GNU_SOURCE 1 /* RTLD_DEFAULT (as pyconfig.h defines it) */
 #define PY_SSIZE_T_CLEAN
@@ -218,6 +225,9 @@ static struct whole_api {
     void (*result_null)(sqlite3_context *);
 } whole_api;
 static int whole_ok; /* whether every function of whole_api was found */
+/* SQLite's sqlite3_temp_directory and sqlite3_data_directory (NULL: not found), which a
+ * shutdown would forget (see quiet_memory) */
+static char **temp_directory, **data_directory;
 
 /* each function's name and where its pointer goes in `api` (stored with memcpy: dlsym's
  * void * is not a function pointer's type, POSIX only promises the same representation) */
@@ -261,6 +271,7 @@ static PyObject *SQLITE; /* the _sqlite3 module */
 static PyTypeObject *CONNECTION;
 static PyTypeObject *ARRAY; /* array.array: the only buffers read (not a subclass's) */
 static int verified;     /* 0: not yet, 1: the self-test passed, -1: it failed */
+static int statistics_off; /* quiet_memory saw SQLite's memory statistics off (or put them) */
 
 /* the functions, from the instance _sqlite3 calls; -1 (ImportError set) when not found */
 static int
@@ -285,6 +296,8 @@ resolve(PyObject *sqlite)
         }
         memcpy((char *)&api + API_TABLE[i].offset, &f, sizeof f);
     }
+    temp_directory = dlsym(lib, "sqlite3_temp_directory");
+    data_directory = dlsym(lib, "sqlite3_data_directory");
     whole_ok = 1;
     for (size_t i = 0; i < sizeof WHOLE_API_TABLE / sizeof *WHOLE_API_TABLE; i++) {
         void *f = dlsym(lib, WHOLE_API_TABLE[i].name);
@@ -322,9 +335,9 @@ self_test(PyObject *conn, sqlite3 *db)
         run(conn, "INSERT INTO probe VALUES (zeroblob(1048576))") < 0)
         return -1;
     sqlite3_int64 after = api.memory_used();
-    if ((before != 0 || after != 0) && after - before < 1048576)
-        return 0; /* counted by another SQLite: not the same */
-    sqlite3_vfs *its = NULL; /* (both counters flat at 0: statistics off, see quiet_memory) */
+    if ((before != 0 || after != 0 || !statistics_off) && after - before < 1048576)
+        return 0; /* counted by another SQLite, or flat where quiet_memory saw them counted */
+    sqlite3_vfs *its = NULL; /* (both flat at 0: statistics off, see quiet_memory) */
     if (api.file_control(db, "main", SQLITE_FCNTL_VFS_POINTER, &its) != SQLITE_OK ||
         its == NULL || its != api.vfs_find(NULL))
         return 0; /* another SQLite's VFS: not the same */
@@ -876,7 +889,9 @@ insert(PyObject *self, PyObject *args)
  * all of them: SQLite opens its cursors, checks the schema, begins and ends a statement
  * once, not once a row (an insert of obs_rows' kinds: a third fewer instructions); its
  * caller makes it INSERT OR FAIL, which ends at a failing row as executemany does and
- * needs no statement journal (see sqlbind.PendingInsert). */
+ * needs no statement journal (see sqlbind.PendingInsert), for a table without triggers: a
+ * trigger's own failure, or its rows for a failing row, are undone with the row's statement
+ * by executemany, not by OR FAIL (the store's tables have none). */
 #define WHOLE_TABLE "apiwatch_rows"
 #define WHOLE_COLUMNS 32
 #define WHOLE_SCHEMA                                                                           \
@@ -1306,9 +1321,16 @@ quiet_memory(PyObject *self, PyObject *only_thread)
         return PyErr_NoMemory();
     int counting = api.memory_used() != 0;
     api.free(probe);
-    if (!counting)
+    if (!counting) {
+        statistics_off = 1;
         Py_RETURN_TRUE; /* off already */
-    if (!alone || api.soft_heap_limit64(-1) != 0)
+    }
+    /* what a shutdown would lose: a heap limit (a hard one sets the soft one too), another
+     * default VFS, the temporary or data directory set; else only what holds counted
+     * memory (auto-extensions), ruled out above */
+    if (!alone || api.soft_heap_limit64(-1) != 0 || api.vfs_find(NULL) != api.vfs_find("unix") ||
+        temp_directory == NULL || *temp_directory != NULL || data_directory == NULL ||
+        *data_directory != NULL)
         Py_RETURN_FALSE;
     /* nothing in use, one thread: SQLite may be shut down; it is initialized again at once
      * (whatever the setting's answer: an older SQLite may not know it) */
@@ -1316,7 +1338,8 @@ quiet_memory(PyObject *self, PyObject *only_thread)
     int set = rc == SQLITE_OK ? api.config(SQLITE_CONFIG_MEMSTATUS, 0) : rc;
     if (rc == SQLITE_OK && api.initialize() != SQLITE_OK)
         Py_RETURN_FALSE; /* (its next sqlite3_open initializes it, or says why not) */
-    return PyBool_FromLong(set == SQLITE_OK);
+    statistics_off = set == SQLITE_OK;
+    return PyBool_FromLong(statistics_off);
 }
 
 static PyMethodDef methods[] = {

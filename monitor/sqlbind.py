@@ -7,6 +7,7 @@ released, while the caller does other work (the store's scan: the next batch).""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -45,7 +46,17 @@ def quiet_memory() -> bool:
     whether they are off. Each of SQLite's allocations otherwise takes a process-wide
     mutex to count itself: about a tenth of the CPU of the store's inserts. For a command's
     start, before it opens a database: later, or beside other threads, it changes nothing."""
-    return _ACCEL is not None and _ACCEL.quiet_memory(threading.active_count() == 1)
+    return _ACCEL is not None and _ACCEL.quiet_memory(_one_thread())
+
+
+def _one_thread() -> bool:
+    """Whether this thread is the process's only one: Python's count, and the system's where
+    it tells (a thread not started by ``threading`` may use SQLite too)."""
+    try:
+        tasks = len(os.listdir("/proc/self/task"))
+    except OSError:  # (no /proc: Python's count alone)
+        tasks = 1
+    return threading.active_count() == 1 and tasks == 1
 
 
 def insert_columns(conn: sqlite3.Connection, sql: str, columns: list[Sequence[Any]],
@@ -201,7 +212,10 @@ class PendingInsert:
     per-statement work once, not once a row: a third fewer instructions for ``obs_rows``.
     Give it ``INSERT OR FAIL``: a failing row then ends it with the rows before it kept, as
     ``executemany`` ends (``ABORT``, SQLite's default, would undo the statement, and so
-    copy each page it changes aside first: 119 MB of a temporary file for 500k rows)."""
+    copy each page it changes aside first: 119 MB of a temporary file for 500k rows). Only
+    for a table without triggers (the store's have none): what a trigger did for a failing
+    row, or a trigger's own failure, ``executemany`` undoes with that row's statement, this
+    does not."""
 
     def __init__(self, conn: sqlite3.Connection, sql: str, columns: list[Sequence[Any]],
                  via: list[Via], whole_sql: str | None = None) -> None:  # fmt: skip

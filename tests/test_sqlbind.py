@@ -452,7 +452,8 @@ def test_memory_statistics_go_off_only_where_nothing_of_sqlite_is_in_use():
     """``quiet_memory`` turns SQLite's memory counting off in a process that has nothing of
     SQLite's in use and one thread; C still proves the instance Python's (its VFS) and
     binds the rows itself. It changes nothing beside an open connection, beside another
-    thread, or with a heap limit set (a shutdown would forget it)."""
+    thread (Python's, or one only the system counts), or where a shutdown would forget a
+    setting: a heap limit, a temporary directory, another default VFS."""
     script = (
         "import ctypes, sqlite3, sys, threading\n"
         "from monitor import sqlbind\n"
@@ -465,8 +466,16 @@ def test_memory_statistics_go_off_only_where_nothing_of_sqlite_is_in_use():
         "    stop = threading.Event(); threading.Thread(target=stop.wait).start()\n"
         "if sys.argv[2] == 'limit':\n"
         "    lib.sqlite3_soft_heap_limit64(1 << 30)\n"
+        "if sys.argv[2] == 'native':  # a thread threading does not count\n"
+        "    import _thread; stop = threading.Event(); _thread.start_new_thread(stop.wait, ())\n"
+        "if sys.argv[2] == 'directory':\n"
+        "    place = ctypes.c_char_p.in_dll(lib, 'sqlite3_temp_directory'); place.value = b'/tmp'\n"
+        "if sys.argv[2] == 'vfs':\n"
+        "    lib.sqlite3_vfs_find.restype = ctypes.c_void_p\n"
+        "    lib.sqlite3_vfs_register.argtypes = [ctypes.c_void_p, ctypes.c_int]\n"
+        "    lib.sqlite3_vfs_register(lib.sqlite3_vfs_find(b'unix-dotfile'), 1)\n"
         "quiet = sqlbind.quiet_memory()\n"
-        "if sys.argv[2] == 'thread':\n"
+        "if sys.argv[2] in ('thread', 'native'):\n"
         "    stop.set()\n"
         "c = sqlite3.connect(':memory:', isolation_level=None)\n"
         "c.execute('CREATE TABLE t (a, b)'); c.execute('BEGIN')\n"
@@ -478,7 +487,7 @@ def test_memory_statistics_go_off_only_where_nothing_of_sqlite_is_in_use():
     library = str(_sqlite_library())
     off, on = "True True False (2, None) True", "False False True (2, None) True"
     assert _in_a_new_process(script, library, "alone") == off
-    for case in ("open", "thread", "limit"):
+    for case in ("open", "thread", "native", "limit", "directory", "vfs"):
         assert _in_a_new_process(script, library, case) == on, case
 
 
@@ -690,9 +699,9 @@ def _whole_here(conn: sqlite3.Connection, sql: str, columns: list, via: list) ->
 @given(columns(odd=True))
 def test_a_whole_insert_is_pythons(drawn):
     """The rows C reads inserted by one statement (``OR FAIL``), begun aside or in the
-    caller's thread: Python's rows (cell by cell, types too), changes, exceptions and
-    transaction, a failing row's included (the rows before it kept, as ``executemany``
-    keeps them)."""
+    caller's thread, into a table without triggers (what it is for): Python's rows (cell
+    by cell, types too), changes, exceptions and transaction, a failing row's included (the
+    rows before it kept, as ``executemany`` keeps them)."""
     cols, via = drawn
     for call in (_whole, _whole_here):
         c_result, python_result = _results(cols, via, before=BEFORE, call=call)
