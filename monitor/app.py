@@ -81,6 +81,10 @@ class Settings:
     geoip: tuple[Path, ...] = ()
     geo_overrides: tuple[Path, ...] = ()
     rules: tuple[Path, ...] = ()  # empty: the bundled rules/policies
+    #: a command's own process: SQLite's memory statistics off before its first database
+    #: is opened, where safe (see :func:`monitor.sqlbind.quiet_memory`); a library's caller
+    #: keeps SQLite as it set it
+    quiet_sqlite: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,10 @@ class App:
     def store(self) -> Store:
         from monitor.store import Store
 
+        if self.settings.quiet_sqlite:
+            from monitor.sqlbind import quiet_memory
+
+            quiet_memory()
         readonly = self.read_only and self.db_path.exists()  # none yet: an empty one
         store = Store(self.db_path, readonly=readonly)
         if readonly:  # queries: nothing is stored, no outbox to fill

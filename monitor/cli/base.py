@@ -223,9 +223,7 @@ def main(ctx: click.Context, db, config, geoip, geo_overrides, rules) -> None:
     apiwatch show 3f9a0c1d
     """
     from monitor.app import App, Settings
-    from monitor.sqlbind import quiet_memory
 
-    quiet_memory()  # before any database is opened: SQLite's allocations then count nothing
     ctx.obj = App(
         Settings(
             db=db,
@@ -233,6 +231,7 @@ def main(ctx: click.Context, db, config, geoip, geo_overrides, rules) -> None:
             geoip=tuple(geoip),
             geo_overrides=tuple(geo_overrides),
             rules=tuple(rules),
+            quiet_sqlite=True,  # this process is the command's: SQLite's allocations uncounted
         )
     )
     ctx.call_on_close(ctx.obj.close)
