@@ -42,8 +42,8 @@ _ERROR_NAMES = {
 
 def quiet_memory() -> bool:
     """Turn SQLite's memory statistics off for this process, when that is safe (in C, see
-    ``monitor/_sqlbind.c``: nothing of SQLite's in use, no heap limit, only this thread);
-    whether they are off. Each of SQLite's allocations otherwise takes a process-wide
+    ``monitor/_sqlbind.c``: nothing of SQLite's in use, nothing set that a shutdown would
+    lose, only this thread); whether they are off. Each of SQLite's allocations otherwise takes a process-wide
     mutex to count itself: about a tenth of the CPU of the store's inserts. For a command's
     start, before it opens a database: later, or beside other threads, it changes nothing."""
     return _ACCEL is not None and _ACCEL.quiet_memory(_one_thread())
