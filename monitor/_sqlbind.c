@@ -65,19 +65,18 @@
  * binding a value equal to the row before's saved nothing (the comparisons cost what the
  * binds did).
  *
- * quiet_memory() -> bool: SQLite's memory statistics off for the process (each of SQLite's
- * allocations otherwise takes a global mutex to count itself: ~12 % of the store's insert
- * thread's CPU), and whether they are off. SQLite takes that setting only between
- * sqlite3_shutdown and sqlite3_initialize (importing _sqlite3 initializes it), and a
- * shutdown is only for a process with nothing of SQLite's in use: this does it only when
+ * quiet_memory(only_thread) -> bool: SQLite's memory statistics off for the process (each
+ * of SQLite's allocations otherwise takes a global mutex to count itself: ~12 % of the
+ * store's insert thread's CPU), and whether they are off. SQLite takes that setting only
+ * between sqlite3_shutdown and sqlite3_initialize (importing _sqlite3 initializes it), and
+ * a shutdown is only for a process with nothing of SQLite's in use: this does it only when
  * SQLite counts no memory in use (so no connection, statement or blob open anywhere in the
- * process), no heap limit is set (a shutdown forgets them) and the caller says it is the
- * process's only thread (sqlbind.py: Python's threads; nothing else here starts one). Else
- * it changes nothing and answers whether they were off already.
- *
- * It also refuses when the shutdown would lose a process-wide setting: a heap limit (a hard
- * one sets the soft one too; with the statistics off SQLite enforces neither afterwards), a
- * default VFS other than "unix", sqlite3_temp_directory or sqlite3_data_directory set.
+ * process), the caller says it is the process's only thread (sqlbind.py: by Python's count
+ * and the system's), and the shutdown would lose no process-wide setting: no heap limit (a
+ * hard one sets the soft one too; with the statistics off SQLite enforces neither
+ * afterwards), "unix" the default VFS, neither sqlite3_temp_directory nor
+ * sqlite3_data_directory set. Else it changes nothing and answers whether they were off
+ * already.
  *
  * With the statistics off the memory counter proves nothing, so the self-test proves the
  * instance the same another way too: the VFS a connection Python opened uses (its pager's,
@@ -116,6 +115,7 @@ typedef void (*sqlite3_destructor)(void *);
 #define SQLITE_TRANSIENT ((sqlite3_destructor)-1)
 #define SQLITE_CONFIG_MEMSTATUS 9
 #define SQLITE_FCNTL_VFS_POINTER 27
+#define SQLITE_NOMEM 7
 #define SQLITE_CONSTRAINT 19
 #define SQLITE_INDEX_CONSTRAINT_EQ 2
 #define SQLITE_STATIC ((sqlite3_destructor)0)
@@ -273,6 +273,21 @@ static PyTypeObject *ARRAY; /* array.array: the only buffers read (not a subclas
 static int verified;     /* 0: not yet, 1: the self-test passed, -1: it failed */
 static int statistics_off; /* quiet_memory saw SQLite's memory statistics off (or put them) */
 
+/* function `name` of `lib` stored at `slot` (memcpy: dlsym's void * is not a function
+ * pointer's type); NULL, else what is wrong (then nothing stored) */
+static const char *
+look_up(void *lib, const char *name, void *slot)
+{
+    void *f = dlsym(lib, name);
+    void *global = dlsym(RTLD_DEFAULT, name);
+    if (f == NULL)
+        return "not found";
+    if (global != NULL && global != f)
+        return "another SQLite is in the global scope";
+    memcpy(slot, &f, sizeof f);
+    return NULL;
+}
+
 /* the functions, from the instance _sqlite3 calls; -1 (ImportError set) when not found */
 static int
 resolve(PyObject *sqlite)
@@ -287,26 +302,19 @@ resolve(PyObject *sqlite)
         return -1;
     }
     for (size_t i = 0; i < sizeof API_TABLE / sizeof *API_TABLE; i++) {
-        void *f = dlsym(lib, API_TABLE[i].name);
-        void *global = dlsym(RTLD_DEFAULT, API_TABLE[i].name);
-        if (f == NULL || (global != NULL && global != f)) {
-            PyErr_Format(PyExc_ImportError, "%s: %s", API_TABLE[i].name,
-                         f ? "another SQLite is in the global scope" : "not found");
+        const char *wrong = look_up(lib, API_TABLE[i].name, (char *)&api + API_TABLE[i].offset);
+        if (wrong != NULL) {
+            PyErr_Format(PyExc_ImportError, "%s: %s", API_TABLE[i].name, wrong);
             return -1;
         }
-        memcpy((char *)&api + API_TABLE[i].offset, &f, sizeof f);
     }
     temp_directory = dlsym(lib, "sqlite3_temp_directory");
     data_directory = dlsym(lib, "sqlite3_data_directory");
     whole_ok = 1;
-    for (size_t i = 0; i < sizeof WHOLE_API_TABLE / sizeof *WHOLE_API_TABLE; i++) {
-        void *f = dlsym(lib, WHOLE_API_TABLE[i].name);
-        void *global = dlsym(RTLD_DEFAULT, WHOLE_API_TABLE[i].name);
-        if (f == NULL || (global != NULL && global != f))
+    for (size_t i = 0; i < sizeof WHOLE_API_TABLE / sizeof *WHOLE_API_TABLE; i++)
+        if (look_up(lib, WHOLE_API_TABLE[i].name,
+                    (char *)&whole_api + WHOLE_API_TABLE[i].offset) != NULL)
             whole_ok = 0;
-        else
-            memcpy((char *)&whole_api + WHOLE_API_TABLE[i].offset, &f, sizeof f);
-    }
     return 0;
 }
 
@@ -910,8 +918,6 @@ typedef struct {
     const whole_rows *rows; /* (NULL: none given) */
     Py_ssize_t i;
 } whole_cursor;
-
-#define SQLITE_NOMEM 7
 
 /* `size` zeroed bytes from SQLite's allocator (what it frees: vtabs, cursors), or NULL */
 static void *

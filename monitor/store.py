@@ -640,11 +640,18 @@ _INSERT_INCIDENT = (
     f"INSERT INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)})"  # noqa: S608 - constants
     f" VALUES ({', '.join('?' * len(_NEW_INCIDENT_COLUMNS))})"
 )
-#: the same for all the rows of an insert as one statement (see sqlbind.PendingInsert)
-_INSERT_ALL_INCIDENTS = (
-    f"INSERT OR FAIL INTO incident_rows ({', '.join(_NEW_INCIDENT_COLUMNS)}) SELECT"  # noqa: S608
-    f" {', '.join(f'c{i}' for i in range(len(_NEW_INCIDENT_COLUMNS)))} FROM apiwatch_rows(?) WHERE true"
-)
+
+
+def _insert_all(table: str, columns: Sequence[str], tail: str = "") -> str:
+    """SQL: the INSERT of ``columns`` (then ``tail``: an ``ON CONFLICT`` clause) that puts
+    all the rows the C code read in ``table`` by one statement (see sqlbind.PendingInsert:
+    ``OR FAIL``, ``WHERE true``)."""
+    rows = ", ".join(f"c{i}" for i in range(len(columns)))
+    return (f"INSERT OR FAIL INTO {table} ({', '.join(columns)}) SELECT {rows}"  # noqa: S608 - constants
+            f" FROM apiwatch_rows(?) WHERE true{tail}")  # fmt: skip
+
+
+_INSERT_ALL_INCIDENTS = _insert_all("incident_rows", _NEW_INCIDENT_COLUMNS)
 #: what new observations add to a stored incident (parameters: first_seen, last_seen (None:
 #: within the stored ones), count, blocked, bytes_out, bytes_in, evidence, facts,
 #: first_scan, last_scan, row number)
@@ -1180,12 +1187,10 @@ class Store:
         sqls = self._insert_sql.get(present)
         if sqls is None:
             names = ["ctx", "client", *(c for c, p in zip(ROW_FIELDS, present, strict=True) if p)]
-            head = f"INSERT INTO obs_rows ({', '.join(names)})"
-            rows = ", ".join(f"c{i}" for i in range(len(names)))
+            skip = " ON CONFLICT(id) DO NOTHING"
             sqls = self._insert_sql[present] = (  # a row's, and all of them as one statement's
-                f"{head} VALUES ({', '.join('?' * len(names))}) ON CONFLICT(id) DO NOTHING",
-                f"{head.replace('INSERT', 'INSERT OR FAIL', 1)} SELECT {rows}"  # noqa: S608 - constants
-                " FROM apiwatch_rows(?) WHERE true ON CONFLICT(id) DO NOTHING",
+                f"INSERT INTO obs_rows ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}){skip}",  # noqa: S608 - constants
+                _insert_all("obs_rows", names, skip),
             )
         values = [col for col, p in zip(columns, present, strict=True) if p]
         via: list[Via] = [ctx, client, *[None] * len(values)]  # numbers by index; lines + base
@@ -4781,11 +4786,7 @@ _MERGE_PACKS = (
     " ORDER BY 1))"
 )
 _INSERT_PACKS = f"INSERT INTO hit_packs (incident, first, obs) VALUES (?, ?, ?){_MERGE_PACKS}"  # noqa: S608
-#: the same as one statement for all of them (see sqlbind.PendingInsert)
-_INSERT_ALL_PACKS = (
-    "INSERT OR FAIL INTO hit_packs (incident, first, obs) SELECT c0, c1, c2"  # noqa: S608
-    f" FROM apiwatch_rows(?) WHERE true{_MERGE_PACKS}"
-)
+_INSERT_ALL_PACKS = _insert_all("hit_packs", ("incident", "first", "obs"), _MERGE_PACKS)
 
 
 def _packs_of(links: str) -> str:

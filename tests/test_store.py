@@ -788,7 +788,6 @@ def test_a_fold_that_fails_beside_the_incident_rows_keeps_nothing(tmp_path):
     store.close()
 
 
-
 def _many_incidents(scan_id: int) -> list[Batch]:
     """Two batches of rows of 40 incidents, each linked to its rows (hit links)."""
     made = []
@@ -873,6 +872,7 @@ def test_hit_links_that_fail_beside_the_incident_rows_keep_nothing(tmp_path):
     assert ingestion.commit().stored == 320
     assert store.db.execute("SELECT count(*) FROM hit_links").fetchone()[0] == 320
     store.close()
+
 
 def _committed(path: Path) -> tuple[int, int]:
     """Rows committed in the database at ``path``, and those of them whose context is not."""
